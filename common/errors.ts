@@ -1,0 +1,85 @@
+/**
+ * Every error Driftline raises carries a stable code from this registry. Tests assert
+ * codes, never messages; adapters (gRPC, HTTP, MQTT) map the code's kind to their own
+ * status in exactly one place each.
+ */
+export type ErrorKind =
+  | 'invalid' // the caller sent something malformed or out of range
+  | 'unauthenticated'
+  | 'forbidden'
+  | 'not_found'
+  | 'conflict' // already exists, already used, wrong state
+  | 'exhausted' // overloaded, quota, too large
+  | 'unavailable' // try again later
+  | 'deadline'
+  | 'internal';
+
+export const ERROR_CODES = {
+  CONFIG_INVALID: 'invalid',
+  PROFILE_INVALID: 'invalid',
+  ID_INVALID: 'invalid',
+  REQUEST_INVALID: 'invalid',
+  PAYLOAD_MALFORMED: 'invalid',
+  PAYLOAD_TOO_LARGE: 'exhausted',
+  AUTH_MISSING: 'unauthenticated',
+  AUTH_INVALID: 'unauthenticated',
+  ROLE_INSUFFICIENT: 'forbidden',
+  ENROLLMENT_TOKEN_INVALID: 'unauthenticated',
+  ENROLLMENT_TOKEN_USED: 'unauthenticated',
+  ENROLLMENT_TOKEN_EXPIRED: 'unauthenticated',
+  DEVICE_NOT_FOUND: 'not_found',
+  DEVICE_DECOMMISSIONED: 'forbidden',
+  DEVICE_ALREADY_ENROLLED: 'conflict',
+  TOPIC_FORBIDDEN: 'forbidden',
+  MODEL_NOT_FOUND: 'not_found',
+  MODEL_INVALID: 'invalid',
+  MODEL_NOT_LOADED: 'unavailable',
+  MODEL_CHECKSUM_MISMATCH: 'invalid',
+  ARTIFACT_NOT_FOUND: 'not_found',
+  UPLOAD_INCOMPLETE: 'invalid',
+  INFERENCE_INPUT_INVALID: 'invalid',
+  INFERENCE_FAILED: 'internal',
+  INFERENCE_OVERLOADED: 'exhausted',
+  INFERENCE_TIMEOUT: 'deadline',
+  PROVIDER_UNAVAILABLE: 'unavailable',
+  BUFFER_FULL: 'exhausted',
+  STORE_FAILED: 'internal',
+  UPLINK_UNAVAILABLE: 'unavailable',
+  DOWNLOAD_FAILED: 'unavailable',
+  SHUTTING_DOWN: 'unavailable',
+  NOT_IMPLEMENTED: 'internal',
+  INTERNAL: 'internal',
+} as const satisfies Record<string, ErrorKind>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class DriftlineError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'DriftlineError';
+    this.code = code;
+    this.details = options.details;
+  }
+
+  get kind(): ErrorKind {
+    return ERROR_CODES[this.code];
+  }
+
+  toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message };
+  }
+}
+
+export function isErrorCode(value: string): value is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, value);
+}
+
+/** Wraps anything thrown into a DriftlineError, keeping a DriftlineError as it is. */
+export function asDriftlineError(err: unknown, fallback: ErrorCode = 'INTERNAL'): DriftlineError {
+  if (err instanceof DriftlineError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new DriftlineError(fallback, message, { cause: err });
+}
