@@ -1,0 +1,58 @@
+import { z } from 'zod';
+import { byteSize, duration, parseConfig } from '../common/config.js';
+
+const tlsFiles = z
+  .object({
+    cert: z.string().min(1).describe('PEM certificate chain file'),
+    key: z.string().min(1).describe('PEM private key file'),
+    clientCa: z.string().min(1).optional().describe('PEM CA bundle; when set, clients must present a certificate it signed (mTLS)'),
+  })
+  .strict();
+
+const port = z.number().int().min(0).max(65535);
+
+/** Configuration of `driftline serve`: one schema, validated once and frozen. */
+export const controlPlaneConfigSchema = z
+  .object({
+    dataDir: z.string().min(1),
+    grpc: z.object({ host: z.string().default('127.0.0.1'), port: port.default(7443), tls: tlsFiles.optional() }).strict().prefault({}),
+    http: z.object({ host: z.string().default('127.0.0.1'), port: port.default(7480) }).strict().prefault({}),
+    mqtt: z
+      .object({
+        /** When set, use this external broker (Mosquitto, EMQX, HiveMQ) instead of the embedded one. */
+        url: z.string().regex(/^mqtts?:\/\//, 'expected mqtt:// or mqtts://').optional(),
+        username: z.string().optional(),
+        password: z.string().optional(),
+        caFile: z.string().optional(),
+        /** Shared-subscription group so several control-plane replicas split the ingest on an external broker. */
+        sharedGroup: z.string().regex(/^[A-Za-z0-9_-]+$/).default('driftline'),
+        host: z.string().default('127.0.0.1'),
+        port: port.default(1883),
+        tls: tlsFiles.omit({ clientCa: true }).optional(),
+        /** The broker URL handed to devices at enrollment; defaults to the broker's own address. */
+        advertisedUrl: z.string().regex(/^mqtts?:\/\//).optional(),
+        maxPacketBytes: byteSize.prefault('1MiB'),
+      })
+      .strict()
+      .prefault({}),
+    /** Base URL devices use to download artifacts; defaults to the HTTP listener's own address. */
+    advertisedHttpUrl: z.string().url().optional(),
+    enrollmentTokenTtl: duration.prefault('24h'),
+    ingest: z
+      .object({
+        maxRecordsPerBatch: z.number().int().positive().default(10_000),
+      })
+      .strict()
+      .prefault({}),
+    /** A device counts as online when it was seen within this window. */
+    onlineWindow: duration.prefault('90s'),
+    maxModelBytes: byteSize.prefault('2GiB'),
+    shutdownGrace: duration.prefault('10s'),
+  })
+  .strict();
+
+export type ControlPlaneConfig = z.output<typeof controlPlaneConfigSchema>;
+export type ControlPlaneConfigInput = z.input<typeof controlPlaneConfigSchema>;
+
+export const parseControlPlaneConfig = (input: unknown, source = 'control-plane options'): Readonly<ControlPlaneConfig> =>
+  parseConfig(controlPlaneConfigSchema, input, source);
