@@ -1,0 +1,115 @@
+import { readFileSync } from 'node:fs';
+import mqtt, { type MqttClient } from 'mqtt';
+import { DriftlineError } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import { downPrefix, upTopic, type DownChannel, type UpChannel } from '../../common/topics.js';
+import { backoffDelay } from './backoff.js';
+import type { Uplink, UplinkStatus } from './ports.js';
+
+export interface MqttUplinkOptions {
+  url: string;
+  deviceId: string;
+  password: string;
+  caFile?: string | undefined;
+  keepaliveSeconds: number;
+  reconnectMinMs: number;
+  reconnectMaxMs: number;
+  connectTimeoutMs: number;
+  logger: Logger;
+}
+
+const DOWN_CHANNELS: readonly DownChannel[] = ['ack', 'desired', 'command'];
+
+/** MQTT 3.1.1 uplink: client id = username = device id; reconnects with backoff and jitter. */
+export class MqttUplink implements Uplink {
+  private client: MqttClient | undefined;
+  private messageHandlers: Array<(channel: DownChannel, payload: Buffer) => void> = [];
+  private statusHandlers: Array<(status: UplinkStatus) => void> = [];
+  private attempt = 0;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private stopping = false;
+
+  constructor(private readonly options: MqttUplinkOptions) {}
+
+  get connected(): boolean {
+    return this.client?.connected ?? false;
+  }
+
+  onMessage(handler: (channel: DownChannel, payload: Buffer) => void): void {
+    this.messageHandlers.push(handler);
+  }
+
+  onStatus(handler: (status: UplinkStatus) => void): void {
+    this.statusHandlers.push(handler);
+  }
+
+  /** Starts connecting; does not wait for the broker (the agent works offline). */
+  async start(): Promise<void> {
+    const { url, deviceId, password, caFile, keepaliveSeconds, connectTimeoutMs, logger } = this.options;
+    const client = mqtt.connect(url, {
+      clientId: deviceId,
+      username: deviceId,
+      password,
+      ca: caFile ? readFileSync(caFile) : undefined,
+      protocolVersion: 4,
+      clean: true,
+      keepalive: keepaliveSeconds,
+      connectTimeout: connectTimeoutMs,
+      // Reconnects are ours, with backoff and jitter (mqtt.js only knows a fixed period).
+      reconnectPeriod: 0,
+      // Messages are never queued in memory while offline: the SQLite buffer holds them.
+      queueQoSZero: false,
+    });
+    this.client = client;
+    const prefix = downPrefix(deviceId);
+    client.on('connect', () => {
+      this.attempt = 0;
+      client.subscribe(`${prefix}#`, { qos: 1 }, (err, granted) => {
+        if (err || granted?.some((g) => g.qos === 128)) logger.error({ err }, 'subscription to the down/ topics was refused');
+        else this.emit({ type: 'connected' });
+      });
+    });
+    client.on('message', (topic, payload) => {
+      const channel = topic.slice(prefix.length) as DownChannel;
+      if (!topic.startsWith(prefix) || !DOWN_CHANNELS.includes(channel)) return;
+      for (const handler of this.messageHandlers) handler(channel, payload);
+    });
+    client.on('error', (err) => logger.warn({ err: err.message }, 'mqtt error'));
+    client.on('close', () => {
+      if (this.stopping) return;
+      this.emit({ type: 'disconnected', reason: 'connection closed' });
+      this.scheduleReconnect();
+    });
+  }
+
+  private scheduleReconnect(): void {
+    if (this.reconnectTimer || this.stopping) return;
+    this.attempt++;
+    const delayMs = backoffDelay(this.attempt, this.options.reconnectMinMs, this.options.reconnectMaxMs);
+    this.emit({ type: 'reconnecting', attempt: this.attempt, delayMs });
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      if (!this.stopping) this.client?.reconnect();
+    }, delayMs);
+  }
+
+  private emit(status: UplinkStatus): void {
+    for (const handler of this.statusHandlers) handler(status);
+  }
+
+  async publish(channel: UpChannel, payload: Uint8Array): Promise<void> {
+    const client = this.client;
+    if (!client?.connected) throw new DriftlineError('UPLINK_UNAVAILABLE', 'not connected to the broker');
+    try {
+      await client.publishAsync(upTopic(this.options.deviceId, channel), Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1 });
+    } catch (err) {
+      throw new DriftlineError('UPLINK_UNAVAILABLE', 'the broker did not accept the message', { cause: err });
+    }
+  }
+
+  async shutdown(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.reconnectTimer);
+    await this.client?.endAsync();
+  }
+}

@@ -1,0 +1,93 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import mqtt, { type MqttClient } from 'mqtt';
+import { DriftlineError } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import { ALL_UP_FILTER, downTopic, parseUpTopic, type DownChannel, type UpChannel } from '../../common/topics.js';
+
+export interface ServiceLinkOptions {
+  url: string;
+  username?: string | undefined;
+  password?: string | undefined;
+  caFile?: string | undefined;
+  clientId: string;
+  /** On an external broker, replicas share the ingest through `$share/<group>/…`. */
+  sharedGroup?: string | undefined;
+  logger: Logger;
+  onUp(deviceId: string, channel: UpChannel, payload: Buffer): Promise<void>;
+}
+
+export interface ServiceLink {
+  publish(deviceId: string, channel: DownChannel, payload: Uint8Array, options?: { retain?: boolean }): Promise<void>;
+  readonly connected: boolean;
+  shutdown(): Promise<void>;
+}
+
+/**
+ * The control plane's own MQTT session (to the embedded broker or an external one).
+ * Each inbound message is handled before its PUBACK goes out, so the broker keeps
+ * anything the control plane had not finished with when it stopped.
+ */
+export async function connectServiceLink(options: ServiceLinkOptions): Promise<ServiceLink> {
+  const { logger } = options;
+  const client: MqttClient = mqtt.connect(options.url, {
+    clientId: options.clientId,
+    username: options.username,
+    password: options.password,
+    ca: options.caFile ? readFileSync(options.caFile) : undefined,
+    protocolVersion: 4,
+    // A persistent session lets an external broker queue device messages while we restart.
+    clean: false,
+    reconnectPeriod: 1000,
+    connectTimeout: 10_000,
+  });
+
+  client.handleMessage = (packet, done) => {
+    const topic = packet.topic;
+    const parsed = parseUpTopic(topic);
+    if (!parsed) {
+      logger.warn({ topic }, 'ignoring message on unexpected topic');
+      return done();
+    }
+    const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+    options.onUp(parsed.deviceId, parsed.channel, payload).then(
+      () => done(),
+      (err: unknown) => {
+        // Not acknowledging to the device is the safe failure: it resends.
+        logger.error({ err, deviceId: parsed.deviceId, channel: parsed.channel }, 'failed to handle device message');
+        done();
+      },
+    );
+  };
+  client.on('error', (err) => logger.warn({ err: err.message }, 'service mqtt error'));
+  client.on('reconnect', () => logger.debug('service mqtt reconnecting'));
+
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => {
+      client.end(true);
+      reject(new DriftlineError('UPLINK_UNAVAILABLE', `cannot connect to the MQTT broker at ${options.url}: ${err.message}`, { cause: err }));
+    };
+    client.once('error', onError);
+    client.once('connect', () => {
+      client.off('error', onError);
+      resolve();
+    });
+  });
+  const filter = options.sharedGroup ? `$share/${options.sharedGroup}/${ALL_UP_FILTER}` : ALL_UP_FILTER;
+  await client.subscribeAsync(filter, { qos: 1 });
+  logger.info({ url: options.url, filter }, 'control plane subscribed to device uplinks');
+
+  return {
+    get connected() {
+      return client.connected;
+    },
+    async publish(deviceId, channel, payload, publishOptions = {}) {
+      await client.publishAsync(downTopic(deviceId, channel), Buffer.from(payload), { qos: 1, retain: publishOptions.retain ?? false });
+    },
+    async shutdown() {
+      await client.endAsync();
+    },
+  };
+}
+
+export const serviceClientId = (prefix: string): string => `${prefix}${randomUUID().slice(0, 8)}`;

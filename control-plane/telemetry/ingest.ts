@@ -1,0 +1,122 @@
+import { DriftlineError } from '../../common/errors.js';
+import type { Clock } from '../../common/clock.js';
+import type { Logger } from '../../common/logger.js';
+import type { UpChannel } from '../../common/topics.js';
+import {
+  CommandResult,
+  DesiredState,
+  ReportedState,
+  TelemetryAck,
+  TelemetryBatch,
+  type SeqRange,
+  type TelemetryRecord,
+} from '../../common/proto/driftline/v1/device_link.js';
+import type { DeviceStateSink, DownlinkPublisher, TelemetryRepository } from './ports.js';
+
+export interface IngestOptions {
+  repository: TelemetryRepository;
+  devices: DeviceStateSink;
+  downlink: DownlinkPublisher;
+  clock: Clock;
+  logger: Logger;
+  maxRecordsPerBatch: number;
+}
+
+export interface IngestStats {
+  batches: number;
+  recordsStored: number;
+  duplicates: number;
+  rejectedBatches: number;
+}
+
+/**
+ * Everything a device sends up lands here. Telemetry is committed first and
+ * acknowledged after, so a crash between the two only causes a resend, which the
+ * (device, boot, seq) key turns into a no-op. The device id comes from the topic, which
+ * the broker has tied to the authenticated client; payloads never name their sender.
+ */
+export class TelemetryIngest {
+  readonly stats: IngestStats = { batches: 0, recordsStored: 0, duplicates: 0, rejectedBatches: 0 };
+
+  constructor(private readonly options: IngestOptions) {}
+
+  async handle(deviceId: string, channel: UpChannel, payload: Uint8Array): Promise<void> {
+    const { devices, clock, logger } = this.options;
+    devices.recordSeen(deviceId, clock.now());
+    try {
+      if (channel === 'telemetry') await this.ingestTelemetry(deviceId, payload);
+      else if (channel === 'state') await this.ingestState(deviceId, payload);
+      else this.ingestCommandResult(deviceId, payload);
+    } catch (err) {
+      if (!(err instanceof DriftlineError) || err.kind !== 'invalid') throw err;
+      if (channel === 'telemetry') {
+        this.stats.rejectedBatches++;
+        this.options.repository.noteRejectedBatch(deviceId);
+      }
+      logger.warn({ deviceId, channel, code: err.code, reason: err.message }, 'device message rejected');
+    }
+  }
+
+  private async ingestTelemetry(deviceId: string, payload: Uint8Array): Promise<void> {
+    const batch = decode(TelemetryBatch, payload, 'telemetry batch');
+    if (batch.records.length > this.options.maxRecordsPerBatch) {
+      throw new DriftlineError('PAYLOAD_MALFORMED', `batch of ${batch.records.length} records exceeds ${this.options.maxRecordsPerBatch}`);
+    }
+    batch.records.forEach(validateRecord);
+    const { stored, duplicates } = this.options.repository.commit(deviceId, batch.records, this.options.clock.now());
+    this.stats.batches++;
+    this.stats.recordsStored += stored;
+    this.stats.duplicates += duplicates;
+    const ack = TelemetryAck.encode({ ranges: toRanges(batch.records), stored, duplicates }).finish();
+    await this.options.downlink.publishAck(deviceId, ack);
+  }
+
+  private async ingestState(deviceId: string, payload: Uint8Array): Promise<void> {
+    const state = decode(ReportedState, payload, 'reported state');
+    const { devices, repository, clock, downlink } = this.options;
+    devices.saveReported(deviceId, state, clock.now());
+    repository.noteDeviceState(deviceId, state);
+    // Reconcile: a device that reports an older desired revision missed an update
+    // (offline, broker restarted, session lost), so it gets the current one again.
+    const desired = devices.getDesired(deviceId);
+    if (desired && desired.revision > state.desiredRevision) {
+      await downlink.publishDesired(deviceId, DesiredState.encode(desired).finish());
+    }
+  }
+
+  private ingestCommandResult(deviceId: string, payload: Uint8Array): void {
+    const result = decode(CommandResult, payload, 'command result');
+    this.options.logger.info({ deviceId, commandId: result.id, ok: result.ok, code: result.errorCode }, 'command result');
+  }
+}
+
+function decode<T>(codec: { decode(input: Uint8Array): T }, payload: Uint8Array, what: string): T {
+  try {
+    return codec.decode(payload);
+  } catch (err) {
+    throw new DriftlineError('PAYLOAD_MALFORMED', `${what} is not valid protobuf`, { cause: err });
+  }
+}
+
+function validateRecord(record: TelemetryRecord, index: number): void {
+  const problem =
+    !Number.isSafeInteger(record.boot) || record.boot < 1 ? 'boot must be a positive integer'
+    : !Number.isSafeInteger(record.seq) || record.seq < 1 ? 'seq must be a positive integer'
+    : !Number.isFinite(record.timeMs) ? 'time must be finite'
+    : record.body === undefined ? 'record has no body'
+    : record.body.$case === 'inference' && !Number.isFinite(record.body.value.latencyMs) ? 'latency must be finite'
+    : undefined;
+  if (problem) throw new DriftlineError('PAYLOAD_MALFORMED', `record ${index}: ${problem}`);
+}
+
+/** Compresses the (boot, seq) pairs of a batch into inclusive ranges for the ack. */
+export function toRanges(records: readonly Pick<TelemetryRecord, 'boot' | 'seq'>[]): SeqRange[] {
+  const sorted = [...records].sort((a, b) => a.boot - b.boot || a.seq - b.seq);
+  const ranges: SeqRange[] = [];
+  for (const { boot, seq } of sorted) {
+    const last = ranges.at(-1);
+    if (last && last.boot === boot && seq <= last.last + 1) last.last = Math.max(last.last, seq);
+    else ranges.push({ boot, first: seq, last: seq });
+  }
+  return ranges;
+}

@@ -1,0 +1,195 @@
+import type { Database, Statement } from 'better-sqlite3';
+import { applyMigrations } from '../store/database.js';
+import { Outcome, TelemetryRecord, type ReportedState } from '../../common/proto/driftline/v1/device_link.js';
+import type { DeviceTelemetry, TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
+import type { TelemetryRepository } from './ports.js';
+
+const MIGRATIONS = [
+  `CREATE TABLE telemetry_records (
+     device_id TEXT NOT NULL,
+     boot INTEGER NOT NULL,
+     seq INTEGER NOT NULL,
+     time_ms INTEGER NOT NULL,
+     received_ms INTEGER NOT NULL,
+     stream INTEGER NOT NULL,
+     kind TEXT NOT NULL,
+     model TEXT,
+     model_version INTEGER,
+     latency_ms REAL,
+     ok INTEGER,
+     record BLOB NOT NULL,
+     PRIMARY KEY (device_id, boot, seq)
+   ) WITHOUT ROWID;
+   CREATE INDEX telemetry_records_device_time ON telemetry_records (device_id, time_ms);
+   CREATE TABLE telemetry_device_totals (
+     device_id TEXT PRIMARY KEY,
+     records INTEGER NOT NULL DEFAULT 0,
+     inferences INTEGER NOT NULL DEFAULT 0,
+     inference_errors INTEGER NOT NULL DEFAULT 0,
+     latency_sum REAL NOT NULL DEFAULT 0,
+     latency_max REAL NOT NULL DEFAULT 0,
+     events INTEGER NOT NULL DEFAULT 0,
+     last_record_ms INTEGER NOT NULL DEFAULT 0,
+     buffer_depth INTEGER NOT NULL DEFAULT 0,
+     dropped_records INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE telemetry_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);`,
+];
+
+interface TotalsDelta {
+  records: number;
+  inferences: number;
+  errors: number;
+  latencySum: number;
+  latencyMax: number;
+  events: number;
+  lastRecordMs: number;
+}
+
+/**
+ * Telemetry in SQLite: raw records keyed by (device, boot, seq), so a resent record is
+ * ignored by the primary key, plus running per-device totals updated in the same
+ * transaction from the records that were actually new.
+ */
+export class SqliteTelemetryRepository implements TelemetryRepository {
+  private readonly insertRecord: Statement;
+  private readonly bumpTotals: Statement;
+  private readonly bumpCounter: Statement;
+  private readonly setDeviceState: Statement;
+  private readonly commitTx: (deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number) => { stored: number; duplicates: number };
+
+  constructor(private readonly db: Database) {
+    applyMigrations(db, 'telemetry', MIGRATIONS);
+    this.insertRecord = db.prepare(
+      `INSERT OR IGNORE INTO telemetry_records (device_id, boot, seq, time_ms, received_ms, stream, kind, model, model_version, latency_ms, ok, record)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    this.bumpTotals = db.prepare(
+      `INSERT INTO telemetry_device_totals (device_id, records, inferences, inference_errors, latency_sum, latency_max, events, last_record_ms)
+       VALUES (@deviceId, @records, @inferences, @errors, @latencySum, @latencyMax, @events, @lastRecordMs)
+       ON CONFLICT (device_id) DO UPDATE SET
+         records = records + excluded.records,
+         inferences = inferences + excluded.inferences,
+         inference_errors = inference_errors + excluded.inference_errors,
+         latency_sum = latency_sum + excluded.latency_sum,
+         latency_max = max(latency_max, excluded.latency_max),
+         events = events + excluded.events,
+         last_record_ms = max(last_record_ms, excluded.last_record_ms)`,
+    );
+    this.bumpCounter = db.prepare(
+      `INSERT INTO telemetry_counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`,
+    );
+    this.setDeviceState = db.prepare(
+      `INSERT INTO telemetry_device_totals (device_id, buffer_depth, dropped_records) VALUES (?, ?, ?)
+       ON CONFLICT (device_id) DO UPDATE SET buffer_depth = excluded.buffer_depth, dropped_records = excluded.dropped_records`,
+    );
+    this.commitTx = db.transaction((deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number) => {
+      const delta: TotalsDelta = { records: 0, inferences: 0, errors: 0, latencySum: 0, latencyMax: 0, events: 0, lastRecordMs: 0 };
+      for (const record of records) {
+        const inference = record.body?.$case === 'inference' ? record.body.value : undefined;
+        const { changes } = this.insertRecord.run(
+          deviceId,
+          record.boot,
+          record.seq,
+          record.timeMs,
+          receivedAtMs,
+          record.stream,
+          record.body?.$case ?? 'empty',
+          inference?.model ?? null,
+          inference?.version ?? null,
+          inference?.latencyMs ?? null,
+          inference ? (inference.outcome === Outcome.OUTCOME_ERROR ? 0 : 1) : null,
+          TelemetryRecord.encode(record).finish(),
+        );
+        if (changes === 0) continue;
+        delta.records++;
+        delta.lastRecordMs = Math.max(delta.lastRecordMs, record.timeMs);
+        if (inference) {
+          delta.inferences++;
+          if (inference.outcome === Outcome.OUTCOME_ERROR) delta.errors++;
+          delta.latencySum += inference.latencyMs;
+          delta.latencyMax = Math.max(delta.latencyMax, inference.latencyMs);
+        } else if (record.body?.$case === 'event') {
+          delta.events++;
+        }
+      }
+      const duplicates = records.length - delta.records;
+      if (delta.records > 0) this.bumpTotals.run({ deviceId, ...delta });
+      this.bumpCounter.run('records_stored', delta.records);
+      if (duplicates > 0) this.bumpCounter.run('duplicates_dropped', duplicates);
+      return { stored: delta.records, duplicates };
+    });
+  }
+
+  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number): { stored: number; duplicates: number } {
+    return this.commitTx(deviceId, records, receivedAtMs);
+  }
+
+  noteRejectedBatch(_deviceId: string): void {
+    this.bumpCounter.run('rejected_batches', 1);
+  }
+
+  noteDeviceState(deviceId: string, state: ReportedState): void {
+    this.setDeviceState.run(deviceId, state.bufferDepth, state.droppedRecords);
+  }
+
+  summary(request: TelemetrySummaryRequest): TelemetrySummary {
+    const devices = request.sinceMs > 0 ? this.windowedTotals(request) : this.runningTotals(request.deviceId);
+    const counter = (name: string): number =>
+      (this.db.prepare('SELECT value FROM telemetry_counters WHERE name = ?').get(name) as { value: number } | undefined)?.value ?? 0;
+    return {
+      devices,
+      recordsStored: counter('records_stored'),
+      duplicatesDropped: counter('duplicates_dropped'),
+      rejectedBatches: counter('rejected_batches'),
+    };
+  }
+
+  private runningTotals(deviceId: string): DeviceTelemetry[] {
+    const rows = this.db
+      .prepare(
+        `SELECT device_id, records, inferences, inference_errors, latency_sum, latency_max, events, last_record_ms, buffer_depth, dropped_records
+         FROM telemetry_device_totals WHERE (? = '' OR device_id = ?) ORDER BY device_id`,
+      )
+      .all(deviceId, deviceId) as Array<Record<string, number> & { device_id: string }>;
+    return rows.map((r) => ({
+      deviceId: r.device_id,
+      records: r.records!,
+      inferences: r.inferences!,
+      inferenceErrors: r.inference_errors!,
+      latencyMeanMs: r.inferences ? r.latency_sum! / r.inferences : 0,
+      latencyMaxMs: r.latency_max!,
+      events: r.events!,
+      lastRecordMs: r.last_record_ms!,
+      bufferDepth: r.buffer_depth!,
+      droppedRecords: r.dropped_records!,
+    }));
+  }
+
+  private windowedTotals({ deviceId, sinceMs }: TelemetrySummaryRequest): DeviceTelemetry[] {
+    const rows = this.db
+      .prepare(
+        `SELECT r.device_id AS device_id, count(*) AS records,
+                sum(r.kind = 'inference') AS inferences, sum(r.ok = 0) AS errors,
+                avg(r.latency_ms) AS latency_mean, coalesce(max(r.latency_ms), 0) AS latency_max,
+                sum(r.kind = 'event') AS events, max(r.time_ms) AS last_record_ms,
+                coalesce(t.buffer_depth, 0) AS buffer_depth, coalesce(t.dropped_records, 0) AS dropped_records
+         FROM telemetry_records r LEFT JOIN telemetry_device_totals t ON t.device_id = r.device_id
+         WHERE r.time_ms >= ? AND (? = '' OR r.device_id = ?)
+         GROUP BY r.device_id ORDER BY r.device_id`,
+      )
+      .all(sinceMs, deviceId, deviceId) as Array<Record<string, number | null> & { device_id: string }>;
+    return rows.map((r) => ({
+      deviceId: r.device_id,
+      records: r.records ?? 0,
+      inferences: r.inferences ?? 0,
+      inferenceErrors: r.errors ?? 0,
+      latencyMeanMs: r.latency_mean ?? 0,
+      latencyMaxMs: r.latency_max ?? 0,
+      events: r.events ?? 0,
+      lastRecordMs: r.last_record_ms ?? 0,
+      bufferDepth: r.buffer_depth ?? 0,
+      droppedRecords: r.dropped_records ?? 0,
+    }));
+  }
+}
