@@ -1,0 +1,273 @@
+import { mkdirSync } from 'node:fs';
+import { arch } from 'node:os';
+import { join } from 'node:path';
+import cron, { type ScheduledTask } from 'node-cron';
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { systemClock, type Clock } from '../common/clock.js';
+import { DriftlineError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { Command, CommandResult, DesiredState, Outcome, ReportedState } from '../common/proto/driftline/v1/device_link.js';
+import { DRIFTLINE_VERSION } from '../common/version.js';
+import type { AgentConfig } from './config.js';
+import { SqliteBuffer } from './buffer/sqlite-buffer.js';
+import { enrollOverGrpc } from './enrollment/grpc-enrollment.js';
+import { readIdentity, writeIdentity, type DeviceIdentity } from './enrollment/identity.js';
+import { InferenceEngine } from './inference/engine.js';
+import { registerInferenceMetrics } from './inference/metrics.js';
+import { OnnxRuntime } from './inference/onnxruntime-runtime.js';
+import { startLocalApi } from './local-api/server.js';
+import { ModelManager } from './models/model-manager.js';
+import { TelemetryRecorder } from './telemetry/recorder.js';
+import { TelemetryUploader } from './telemetry/uploader.js';
+import { MqttUplink } from './uplink/mqtt-uplink.js';
+import type { Uplink } from './uplink/ports.js';
+
+export type AgentState = 'starting' | 'running' | 'stopping' | 'stopped';
+
+export interface AgentHandle {
+  readonly deviceId: string;
+  readonly localApiUrl: string;
+  readonly state: AgentState;
+  reportState(): Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+const DOWNLOAD_TIMEOUT_MS = 10 * 60_000;
+const ENROLL_TIMEOUT_MS = 15_000;
+
+/**
+ * Enrolls the device if it has to, then wires buffer, uplink, inference, model manager
+ * and local API together. Nothing here handles signals: the entry point does.
+ */
+export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: Logger; clock?: Clock }): Promise<AgentHandle> {
+  const { logger } = deps;
+  const clock = deps.clock ?? systemClock;
+  const startedAt = clock.now();
+  let state: AgentState = 'starting';
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+
+  const firmwareProfile = config.firmwareProfile === 'auto' ? `generic-${arch() === 'arm64' ? 'arm64' : 'x86_64'}-cpu` : config.firmwareProfile;
+  const identity = await ensureIdentity(config, firmwareProfile, logger, clock);
+  const deviceId = identity.deviceId;
+  const buffer = SqliteBuffer.open({ file: join(config.dataDir, 'buffer.db'), synchronous: config.buffer.synchronous });
+  logger.info({ deviceId, boot: buffer.boot, firmwareProfile }, 'agent starting');
+
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics });
+  new Gauge({ name: 'driftline_agent_buffer_depth', help: 'Telemetry records waiting for acknowledgement', registers: [metrics], collect() { this.set(buffer.depth()); } });
+
+  const uplink: Uplink = new MqttUplink({
+    url: config.mqtt.url ?? identity.mqttUrl,
+    deviceId,
+    password: identity.mqttPassword,
+    caFile: config.mqtt.caFile,
+    keepaliveSeconds: Math.max(1, Math.round(config.mqtt.keepalive / 1000)),
+    reconnectMinMs: config.mqtt.reconnectMin,
+    reconnectMaxMs: config.mqtt.reconnectMax,
+    connectTimeoutMs: config.mqtt.connectTimeout,
+    logger,
+  });
+  new Gauge({ name: 'driftline_agent_uplink_connected', help: '1 when connected to the broker', registers: [metrics], collect() { this.set(uplink.connected ? 1 : 0); } });
+  const uploader = new TelemetryUploader({
+    buffer,
+    uplink,
+    clock,
+    logger,
+    maxBatchRecords: config.uplink.maxBatchRecords,
+    maxInflightBatches: config.uplink.maxInflightBatches,
+    batchDelayMs: config.uplink.batchDelay,
+    ackTimeoutMs: config.uplink.ackTimeout,
+  });
+  const recorder = new TelemetryRecorder(buffer, clock, logger, () => uploader.notify());
+
+  const inferenceMetrics = registerInferenceMetrics(metrics);
+  const engine = await InferenceEngine.create({
+    runtime: new OnnxRuntime({ logger }),
+    providers: config.inference.providers,
+    logger,
+    clock,
+    observer: {
+      onInference(rec) {
+        inferenceMetrics.onInference(rec);
+        recorder.inference({
+          model: rec.model,
+          version: rec.version,
+          provider: rec.provider,
+          latencyMs: rec.latencyMs,
+          outcome: rec.ok ? Outcome.OUTCOME_OK : Outcome.OUTCOME_ERROR,
+          errorCode: rec.errorCode ?? '',
+          topClass: rec.topClass ?? -1,
+          confidence: rec.confidence ?? 0,
+          batchSize: rec.batchSize,
+        });
+      },
+    },
+  });
+
+  const models = new ModelManager({
+    modelsDir: join(config.dataDir, 'models'),
+    host: engine,
+    state: buffer,
+    artifactBaseUrl: identity.artifactBaseUrl,
+    credential: { username: identity.mqttUsername, password: identity.mqttPassword },
+    downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS,
+    maxModelBytes: config.maxModelBytes,
+    logger,
+    onChange(change) {
+      recorder.event(change.kind, change.error?.message ?? `${change.model.name} v${change.model.version}`, {
+        model: change.model.name,
+        version: String(change.model.version),
+        ...(change.error ? { code: change.error.code } : {}),
+      });
+      void reportState();
+    },
+  });
+  await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active model'));
+
+  async function reportState(): Promise<void> {
+    if (!uplink.connected) return;
+    const active = engine.active();
+    const error = models.error;
+    const reported: ReportedState = {
+      agentVersion: DRIFTLINE_VERSION,
+      firmwareProfile,
+      activeModel: active ? { name: active.name, version: active.version, sha256: active.sha256, provider: active.provider } : undefined,
+      bufferDepth: buffer.depth(),
+      boot: buffer.boot,
+      uptimeS: Math.round((clock.now() - startedAt) / 1000),
+      desiredRevision: models.desiredRevision,
+      lastErrorCode: error?.code ?? '',
+      lastError: error?.message ?? '',
+      droppedRecords: recorder.dropped,
+      reportedAtMs: clock.now(),
+    };
+    await uplink.publish('state', ReportedState.encode(reported).finish()).catch((err: unknown) => logger.debug({ err }, 'state report not sent'));
+  }
+
+  const seenCommands = new Set<string>();
+  async function runCommand(payload: Buffer): Promise<void> {
+    const command = Command.decode(payload);
+    // Replayed commands are answered again but not executed twice.
+    const replay = seenCommands.has(command.id);
+    seenCommands.add(command.id);
+    if (seenCommands.size > 1024) seenCommands.delete(seenCommands.values().next().value!);
+    let result: CommandResult;
+    if (command.expiresAtMs > 0 && command.expiresAtMs < clock.now()) {
+      result = { id: command.id, ok: false, errorCode: 'REQUEST_INVALID', message: 'command expired', output: {} };
+    } else if (command.kind === 'ping') {
+      result = { id: command.id, ok: true, errorCode: '', message: 'pong', output: { boot: String(buffer.boot) } };
+    } else if (command.kind === 'report-state') {
+      if (!replay) await reportState();
+      result = { id: command.id, ok: true, errorCode: '', message: 'state reported', output: {} };
+    } else {
+      result = { id: command.id, ok: false, errorCode: 'REQUEST_INVALID', message: `unknown command ${JSON.stringify(command.kind)}`, output: {} };
+    }
+    await uplink.publish('result', CommandResult.encode(result).finish());
+  }
+
+  uplink.onMessage((channel, payload) => {
+    if (channel === 'desired') {
+      let desired: DesiredState;
+      try {
+        desired = DesiredState.decode(payload);
+      } catch (err) {
+        logger.warn({ err }, 'ignoring malformed desired state');
+        return;
+      }
+      void models.apply(desired).then(reportState);
+    } else if (channel === 'command') {
+      runCommand(payload).catch((err: unknown) => logger.warn({ err }, 'command failed'));
+    }
+  });
+  uplink.onStatus((status) => {
+    if (status.type === 'connected') {
+      logger.info('connected to the control plane broker');
+      void reportState();
+    } else if (status.type === 'reconnecting') {
+      logger.info({ attempt: status.attempt, delayMs: status.delayMs }, 'broker unreachable; reconnecting');
+    }
+  });
+
+  const localApi = await startLocalApi({
+    engine,
+    health: () => ({
+      ok: state === 'running',
+      details: { state, deviceId, uplinkConnected: uplink.connected, bufferDepth: buffer.depth(), activeModel: engine.active()?.name ?? null },
+    }),
+    metrics,
+    logger,
+    host: config.localApi.host,
+    port: config.localApi.port,
+    socketPath: config.localApi.socketPath,
+    maxBodyBytes: config.localApi.maxBodyBytes,
+  });
+
+  const tasks: ScheduledTask[] = [
+    cron.schedule(config.schedule.heartbeat, () => reportState(), { noOverlap: true, name: 'heartbeat' }),
+    cron.schedule(config.schedule.system, () => recorder.system(config.dataDir), { noOverlap: true, name: 'system-metrics' }),
+    cron.schedule(config.schedule.uplinkCheck, () => uploader.checkTimeouts(), { noOverlap: true, name: 'uplink-check' }),
+  ];
+  await uplink.start();
+  recorder.event('agent.started', `driftline-agent ${DRIFTLINE_VERSION}`, { boot: String(buffer.boot), profile: firmwareProfile });
+  state = 'running';
+  logger.info({ deviceId, localApi: localApi.url }, 'agent ready');
+
+  return {
+    deviceId,
+    localApiUrl: localApi.url,
+    get state() {
+      return state;
+    },
+    reportState,
+    async shutdown() {
+      if (state === 'stopping' || state === 'stopped') return;
+      state = 'stopping';
+      for (const task of tasks) await task.destroy();
+      await localApi.close();
+      // Drain: give acknowledged delivery a chance before going; what is left stays buffered.
+      const drained = await uploader.drain(config.shutdownGrace);
+      if (!drained) logger.warn({ remaining: buffer.depth() }, 'shutting down with unacknowledged telemetry; it stays buffered for the next start');
+      uploader.stop();
+      await reportState();
+      await uplink.shutdown();
+      await engine.shutdown();
+      await buffer.close();
+      state = 'stopped';
+      logger.info('agent stopped');
+    },
+  };
+}
+
+async function ensureIdentity(config: Readonly<AgentConfig>, firmwareProfile: string, logger: Logger, clock: Clock): Promise<DeviceIdentity> {
+  const existing = readIdentity(config.dataDir);
+  if (existing && !config.enrollToken) {
+    if (config.deviceId && config.deviceId !== existing.deviceId) {
+      throw new DriftlineError('CONFIG_INVALID', `this data folder belongs to device ${existing.deviceId}, not ${config.deviceId}`);
+    }
+    return existing;
+  }
+  if (!config.enrollToken || !config.deviceId) {
+    throw new DriftlineError('CONFIG_INVALID', 'the agent is not enrolled: pass --device-id and --enroll-token (from `driftline devices token <id>`)');
+  }
+  const response = await enrollOverGrpc({
+    server: config.server,
+    tls: config.serverTls,
+    caFile: config.serverCaFile,
+    token: config.enrollToken,
+    deviceId: config.deviceId,
+    firmwareProfile,
+    agentVersion: DRIFTLINE_VERSION,
+    timeoutMs: ENROLL_TIMEOUT_MS,
+  });
+  const identity: DeviceIdentity = {
+    deviceId: response.deviceId,
+    mqttUsername: response.mqttUsername,
+    mqttPassword: response.mqttPassword,
+    mqttUrl: response.mqttUrl,
+    artifactBaseUrl: response.artifactBaseUrl,
+    enrolledAtMs: clock.now(),
+  };
+  writeIdentity(config.dataDir, identity);
+  logger.info({ deviceId: identity.deviceId }, 'enrolled; credential stored');
+  return identity;
+}

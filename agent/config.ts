@@ -1,0 +1,125 @@
+import { z } from 'zod';
+import { byteSize, duration, parseConfig, readConfigFile } from '../common/config.js';
+
+const cronExpression = z.string().regex(/^(\S+\s+){4,5}\S+$/, 'expected a cron expression (5 or 6 fields)');
+
+/** The agent's configuration: one schema, validated once at start and frozen. */
+export const agentConfigSchema = z
+  .object({
+    /** Required to enroll; afterwards the enrolled identity is authoritative. */
+    deviceId: z.string().optional(),
+    dataDir: z.string().min(1).default('./.driftline-agent'),
+    /** The control plane's gRPC address, used to enroll. */
+    server: z.string().regex(/^[^\s/:]+:\d+$/, 'expected host:port').default('127.0.0.1:7443'),
+    serverCaFile: z.string().optional(),
+    serverTls: z.boolean().default(false),
+    enrollToken: z.string().optional(),
+    /** A firmware profile name, or "auto" to detect it. */
+    firmwareProfile: z.string().default('auto'),
+    mqtt: z
+      .object({
+        /** Overrides the broker URL handed out at enrollment. */
+        url: z.string().regex(/^mqtts?:\/\//, 'expected mqtt:// or mqtts://').optional(),
+        caFile: z.string().optional(),
+        keepalive: duration.prefault('30s'),
+        reconnectMin: duration.prefault('1s'),
+        reconnectMax: duration.prefault('60s'),
+        connectTimeout: duration.prefault('10s'),
+      })
+      .strict()
+      .prefault({}),
+    buffer: z
+      .object({
+        /** FULL: nothing committed is lost even on power loss. NORMAL: faster; the last commits may be lost on power loss. */
+        synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
+      })
+      .strict()
+      .prefault({}),
+    uplink: z
+      .object({
+        maxBatchRecords: z.number().int().min(1).max(10_000).default(500),
+        maxInflightBatches: z.number().int().min(1).max(64).default(4),
+        batchDelay: duration.prefault('50ms'),
+        ackTimeout: duration.prefault('15s'),
+      })
+      .strict()
+      .prefault({}),
+    localApi: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(7390),
+        socketPath: z.string().optional(),
+        maxBodyBytes: byteSize.prefault('8MiB'),
+      })
+      .strict()
+      .prefault({}),
+    inference: z
+      .object({
+        /** Execution providers in order of preference; the firmware profile supplies these later. */
+        providers: z.array(z.enum(['tensorrt', 'cuda', 'cpu'])).min(1).default(['cpu']),
+      })
+      .strict()
+      .prefault({}),
+    schedule: z
+      .object({
+        /** Reported state (heartbeat), with seconds: node-cron syntax. */
+        heartbeat: cronExpression.default('*/15 * * * * *'),
+        /** System metrics sample. */
+        system: cronExpression.default('*/30 * * * * *'),
+        /** Checks for unacknowledged telemetry to resend. */
+        uplinkCheck: cronExpression.default('*/5 * * * * *'),
+      })
+      .strict()
+      .prefault({}),
+    shutdownGrace: duration.prefault('10s'),
+    maxModelBytes: byteSize.prefault('2GiB'),
+    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  })
+  .strict();
+
+export type AgentConfig = z.output<typeof agentConfigSchema>;
+export type AgentConfigInput = z.input<typeof agentConfigSchema>;
+
+/** Environment variables the agent reads, and the setting each one sets. */
+export const AGENT_ENVIRONMENT: Readonly<Record<string, (value: string) => Record<string, unknown>>> = {
+  DRIFTLINE_AGENT_DEVICE_ID: (v) => ({ deviceId: v }),
+  DRIFTLINE_AGENT_DATA_DIR: (v) => ({ dataDir: v }),
+  DRIFTLINE_AGENT_SERVER: (v) => ({ server: v }),
+  DRIFTLINE_AGENT_ENROLL_TOKEN: (v) => ({ enrollToken: v }),
+  DRIFTLINE_AGENT_PROFILE: (v) => ({ firmwareProfile: v }),
+  DRIFTLINE_AGENT_MQTT_URL: (v) => ({ mqtt: { url: v } }),
+  DRIFTLINE_AGENT_LOCAL_PORT: (v) => ({ localApi: { port: Number(v) } }),
+  DRIFTLINE_AGENT_LOG_LEVEL: (v) => ({ logLevel: v }),
+};
+
+/** Defaults < configuration file < environment < command-line flags. */
+export function loadAgentConfig(options: { file?: string | undefined; env?: NodeJS.ProcessEnv; flags?: Record<string, unknown> }): Readonly<AgentConfig> {
+  const fromFile = options.file ? readConfigFile(options.file) : {};
+  if (fromFile === null || typeof fromFile !== 'object' || Array.isArray(fromFile)) {
+    return parseConfig(agentConfigSchema, fromFile, options.file ?? 'configuration');
+  }
+  const env = options.env ?? {};
+  const fromEnv = Object.entries(AGENT_ENVIRONMENT).reduce<Record<string, unknown>>(
+    (acc, [name, set]) => (env[name] !== undefined && env[name] !== '' ? deepMerge(acc, set(env[name]!)) : acc),
+    {},
+  );
+  const merged = deepMerge(deepMerge(fromFile as Record<string, unknown>, fromEnv), options.flags ?? {});
+  const source = [options.file, Object.keys(fromEnv).length ? 'environment' : undefined, options.flags && Object.keys(options.flags).length ? 'flags' : undefined]
+    .filter(Boolean)
+    .join(' + ');
+  return parseConfig(agentConfigSchema, merged, source || 'defaults');
+}
+
+function deepMerge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    // Keys that would reach the prototype are dropped before validation sees them.
+    if (value === undefined || key === '__proto__' || key === 'constructor' || key === 'prototype') continue;
+    const current = out[key];
+    out[key] =
+      isPlainObject(current) && isPlainObject(value) ? deepMerge(current, value) : value;
+  }
+  return out;
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -1,0 +1,93 @@
+import { Command, InvalidArgumentError } from 'commander';
+import { DriftlineError } from '../common/errors.js';
+import { createLogger } from '../common/logger.js';
+import { DRIFTLINE_VERSION } from '../common/version.js';
+import { startAgent } from './agent.js';
+import { AGENT_ENVIRONMENT, loadAgentConfig } from './config.js';
+
+/** Exit codes of driftline-agent. */
+export const AGENT_EXIT = { ok: 0, failed: 1, usage: 2, config: 3 } as const;
+
+const port = (value: string): number => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('expected a port number 0-65535');
+  return n;
+};
+
+const program = new Command('driftline-agent')
+  .description('Driftline edge agent: serves ONNX models on this device and keeps the fleet informed')
+  .version(DRIFTLINE_VERSION, '-V, --version')
+  .exitOverride()
+  .showHelpAfterError();
+
+program
+  .command('run')
+  .description('enroll if needed, then run until SIGINT/SIGTERM')
+  .option('-c, --config <file>', 'configuration file (YAML or JSON)')
+  .option('--device-id <id>', 'device id (needed to enroll)')
+  .option('--enroll-token <token>', 'one-time enrollment token from `driftline devices token <id>`')
+  .option('--server <host:port>', 'control plane gRPC address used to enroll')
+  .option('--server-ca <file>', 'CA bundle for the control plane TLS certificate')
+  .option('--data-dir <dir>', 'folder for identity, buffer and models')
+  .option('--profile <name>', 'firmware profile name, or auto')
+  .option('--mqtt-url <url>', 'override the broker URL given at enrollment')
+  .option('--mqtt-ca <file>', 'CA bundle for an mqtts:// broker')
+  .option('--local-port <port>', 'local inference API port on 127.0.0.1 (0 = any free port)', port)
+  .option('--local-socket <path>', 'serve the local API on a unix socket instead')
+  .option('--buffer-sync <mode>', 'SQLite synchronous mode for the buffer: FULL or NORMAL')
+  .option('--log-level <level>', 'trace, debug, info, warn, error')
+  .addHelpText(
+    'after',
+    `\nPrecedence: defaults < --config file < environment < flags.\nEnvironment: ${Object.keys(AGENT_ENVIRONMENT).join(', ')}\n` +
+      `Exit codes: 0 stopped cleanly, 1 failed, 2 usage, 3 configuration or enrollment refused.`,
+  )
+  .action(async (opts: Record<string, string | number | undefined>) => {
+    const config = loadAgentConfig({
+      file: opts.config as string | undefined,
+      env: process.env,
+      flags: {
+        deviceId: opts.deviceId,
+        enrollToken: opts.enrollToken,
+        server: opts.server,
+        serverCaFile: opts.serverCa,
+        dataDir: opts.dataDir,
+        firmwareProfile: opts.profile,
+        mqtt: { url: opts.mqttUrl, caFile: opts.mqttCa },
+        localApi: { port: opts.localPort, socketPath: opts.localSocket },
+        buffer: { synchronous: opts.bufferSync },
+        logLevel: opts.logLevel,
+      },
+    });
+    const logger = createLogger('driftline-agent', config.logLevel);
+    const agent = await startAgent(config, { logger });
+    // The one line scripts wait for; logs go to stderr.
+    process.stdout.write(`driftline-agent: ready device=${agent.deviceId} local-api=${agent.localApiUrl}\n`);
+    let signals = 0;
+    const stop = (signal: string): void => {
+      if (++signals > 1) process.exit(AGENT_EXIT.failed);
+      logger.info({ signal }, 'stopping');
+      agent.shutdown().then(
+        () => process.exit(AGENT_EXIT.ok),
+        (err: unknown) => {
+          logger.error({ err }, 'shutdown failed');
+          process.exit(AGENT_EXIT.failed);
+        },
+      );
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  const code = (err as { code?: string }).code;
+  if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') process.exit(AGENT_EXIT.ok);
+  if (code?.startsWith('commander.')) process.exit(AGENT_EXIT.usage);
+  if (err instanceof DriftlineError) {
+    process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}\n`);
+    process.exit(err.kind === 'invalid' || err.kind === 'unauthenticated' || err.kind === 'forbidden' ? AGENT_EXIT.config : AGENT_EXIT.failed);
+  }
+  process.stderr.write(`driftline-agent: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(AGENT_EXIT.failed);
+}

@@ -1,0 +1,68 @@
+import { statfsSync } from 'node:fs';
+import { freemem } from 'node:os';
+import type { Clock } from '../../common/clock.js';
+import type { Logger } from '../../common/logger.js';
+import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
+import type { TelemetryBuffer } from '../buffer/ports.js';
+
+/**
+ * Turns what the agent observes into buffered telemetry records. Recording never
+ * blocks or fails the caller: a record the buffer refuses is counted as dropped, and
+ * the count travels in the reported state.
+ */
+export class TelemetryRecorder {
+  dropped = 0;
+  private lastCpu = process.cpuUsage();
+  private lastCpuAt: number;
+
+  constructor(
+    private readonly buffer: TelemetryBuffer,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    private readonly onRecorded: () => void,
+  ) {
+    this.lastCpuAt = clock.now();
+  }
+
+  inference(value: Partial<InferenceRecord> & Pick<InferenceRecord, 'model' | 'latencyMs'>): void {
+    this.record(Stream.STREAM_INFERENCE, { $case: 'inference', value: { version: 0, provider: '', outcome: Outcome.OUTCOME_OK, topClass: -1, confidence: 0, errorCode: '', batchSize: 1, ...value } });
+  }
+
+  event(kind: string, message: string, attributes: Record<string, string> = {}): void {
+    this.record(Stream.STREAM_EVENTS, { $case: 'event', value: { kind, message, attributes } satisfies EventRecord });
+  }
+
+  system(dataDir: string): void {
+    const now = this.clock.now();
+    const cpu = process.cpuUsage(this.lastCpu);
+    const elapsedMs = Math.max(1, now - this.lastCpuAt);
+    this.lastCpu = process.cpuUsage();
+    this.lastCpuAt = now;
+    let diskFree = 0;
+    try {
+      const fs = statfsSync(dataDir);
+      diskFree = fs.bavail * fs.bsize;
+    } catch {
+      // Not every filesystem answers statfs; 0 means unknown.
+    }
+    const value: SystemRecord = {
+      cpuPercent: ((cpu.user + cpu.system) / 1000 / elapsedMs) * 100,
+      rssBytes: process.memoryUsage.rss(),
+      memoryFreeBytes: freemem(),
+      diskFreeBytes: diskFree,
+      bufferDepth: this.buffer.depth(),
+      gpuPercent: 0,
+      temperatureC: 0,
+    };
+    this.record(Stream.STREAM_SYSTEM, { $case: 'system', value });
+  }
+
+  private record(stream: Stream, body: TelemetryRecord['body']): void {
+    const timeMs = this.clock.now();
+    const bytes = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream, body }).finish();
+    this.buffer.enqueue({ stream, timeMs, body: bytes }).then(this.onRecorded, (err: unknown) => {
+      this.dropped++;
+      this.logger.warn({ err, stream }, 'telemetry record dropped');
+    });
+  }
+}
