@@ -49,6 +49,7 @@ export const ERROR_CODES = {
   SHUTTING_DOWN: 'unavailable',
   NOT_IMPLEMENTED: 'internal',
   INTERNAL: 'internal',
+  TOKEN_NOT_FOUND: 'not_found',
 } as const satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
