@@ -50,6 +50,8 @@ export const ERROR_CODES = {
   NOT_IMPLEMENTED: 'internal',
   INTERNAL: 'internal',
   TOKEN_NOT_FOUND: 'not_found',
+  INFERENCE_CANCELLED: 'unavailable',
+  ROUTE_NOT_FOUND: 'not_found',
 } as const satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
