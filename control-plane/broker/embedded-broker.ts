@@ -106,7 +106,8 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
   });
 
   const clientsById = new Map<string, Client>();
-  broker.on('clientReady', (client) => clientsById.set(client.id, client));
+  // 'client' fires when the session registers, before the CONNACK goes out.
+  broker.on('client', (client) => clientsById.set(client.id, client));
   broker.on('clientDisconnect', (client) => {
     if (clientsById.get(client.id) === client) clientsById.delete(client.id);
   });

@@ -1,0 +1,16 @@
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+
+/** Connects and resolves with the client, or rejects with the CONNACK refusal. */
+export function connectClient(url: string, options: IClientOptions): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, ...options });
+    client.once('connect', () => resolve(client));
+    client.once('error', (err) => {
+      client.end(true);
+      reject(err);
+    });
+  });
+}
+
+/** Resolves once the client's connection closes (e.g. the broker dropped it). */
+export const closed = (client: MqttClient): Promise<void> => new Promise((resolve) => client.once('close', () => resolve()));
