@@ -1,0 +1,170 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Readable, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
+import { Presets, SingleBar } from 'cli-progress';
+import type { Command } from 'commander';
+import { systemClock } from '../../../common/clock.js';
+import { assertModelName } from '../../../common/ids.js';
+import {
+  DeployModelResponse,
+  ListModelsResponse,
+  Model,
+  ModelServiceClient,
+  ModelVersion,
+  type TensorSpec,
+  type UploadModelHeader,
+  type UploadModelRequest,
+} from '../../../common/proto/driftline/v1/models.js';
+import { integer, repeated } from '../arguments.js';
+import { type Connection, usageError } from '../connection.js';
+import { withConnection } from '../context.js';
+import { bytes, relativeTime } from '../output.js';
+
+/** Upload chunk size: small enough for grpc-js's default 4 MiB message limit, large enough to stream fast. */
+const CHUNK_BYTES = 64 * 1024;
+
+const shortSha = (sha256: string): string => sha256.slice(0, 12);
+const tensors = (specs: TensorSpec[]): string => specs.map((t) => `${t.name}:${t.type}[${t.shape.map((d) => (d < 0 ? '?' : d)).join(',')}]`).join(' ') || '-';
+
+export function registerModels(program: Command): void {
+  const models = program.command('models').description('push, list and deploy ONNX models');
+
+  models
+    .command('push')
+    .description('upload an ONNX file as the next version of a model')
+    .argument('<file>', 'ONNX model file')
+    .requiredOption('--name <name>', 'model name')
+    .option('--description <text>', 'what changed in this version', '')
+    .action((file: string, options: { name: string; description: string }, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        assertModelName(options.name);
+        const { size, sha256 } = await fingerprint(file);
+        const showProgress = Boolean(process.stderr.isTTY) && !output.json;
+        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata: {} }, showProgress);
+        output.result(ModelVersion.toJSON(version), () =>
+          output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
+        );
+      }),
+    );
+
+  models
+    .command('list')
+    .description('list models with their latest version')
+    .action((_options: unknown, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(ModelServiceClient);
+        const response = await connection.call(client, 'listModels', {});
+        output.result(ListModelsResponse.toJSON(response), () => {
+          const now = systemClock.now();
+          output.table(
+            ['NAME', 'VERSION', 'SIZE', 'SHA256', 'OPSET', 'CREATED', 'DESCRIPTION'],
+            response.latest.map((v) => [v.name, v.version, bytes(v.sizeBytes), shortSha(v.sha256), v.opset, relativeTime(v.createdAtMs, now), v.description || '-']),
+          );
+        });
+      }),
+    );
+
+  models
+    .command('get')
+    .description('show every version of a model')
+    .argument('<name>', 'model name')
+    .action((name: string, _options: unknown, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(ModelServiceClient);
+        const model = await connection.call(client, 'getModel', { name });
+        output.result(Model.toJSON(model), () => {
+          const now = systemClock.now();
+          output.table(
+            ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'CREATED', 'DESCRIPTION'],
+            model.versions.map((v) => [
+              v.version,
+              bytes(v.sizeBytes),
+              shortSha(v.sha256),
+              v.opset,
+              tensors(v.inputs),
+              tensors(v.outputs),
+              relativeTime(v.createdAtMs, now),
+              v.description || '-',
+            ]),
+          );
+        });
+      }),
+    );
+
+  models
+    .command('deploy')
+    .description('set the model devices should run (every enrolled device unless narrowed)')
+    .argument('<name>', 'model name')
+    .option('--version <n>', 'version to deploy (default: the latest)', integer(1))
+    .option('--device <id>', 'target this device (repeatable)', repeated)
+    .option('--selector <k=v,...>', 'target devices whose labels match', '')
+    .action((name: string, options: { version?: number; device?: string[]; selector: string }, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(ModelServiceClient);
+        const response = await connection.call(client, 'deployModel', {
+          name,
+          version: options.version ?? 0,
+          deviceIds: options.device ?? [],
+          selector: options.selector,
+        });
+        output.result(DeployModelResponse.toJSON(response), () =>
+          output.line(`deployed ${response.model?.name ?? name}@v${response.model?.version ?? '?'} to ${response.devices} device(s)`),
+        );
+      }),
+    );
+}
+
+/** The server recomputes the hash and refuses a mismatch, so a file changed mid-upload is caught. */
+async function fingerprint(file: string): Promise<{ size: number; sha256: string }> {
+  try {
+    const { size } = await stat(file);
+    const hash = createHash('sha256');
+    await pipeline(createReadStream(file), hash);
+    return { size, sha256: hash.digest('hex') };
+  } catch (err) {
+    throw usageError(`cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
+async function upload(connection: Connection, file: string, header: UploadModelHeader, showProgress: boolean): Promise<ModelVersion> {
+  const client = connection.client(ModelServiceClient);
+  let call!: ClientWritableStream<UploadModelRequest>;
+  const answer = new Promise<ModelVersion>((resolve, reject) => {
+    call = client.uploadModel(connection.metadata(), connection.callOptions('stream'), (error: ServiceError | null, version: ModelVersion) =>
+      error ? reject(error) : resolve(version),
+    );
+  });
+  const bar = showProgress ? new SingleBar({ stream: process.stderr, format: 'uploading [{bar}] {percentage}% {value}/{total} bytes' }, Presets.shades_classic) : undefined;
+  bar?.start(header.sizeBytes, 0);
+
+  async function* messages(): AsyncGenerator<UploadModelRequest> {
+    yield { part: { $case: 'header', value: header } };
+    for await (const chunk of createReadStream(file, { highWaterMark: CHUNK_BYTES }) as AsyncIterable<Buffer>) {
+      yield { part: { $case: 'chunk', value: chunk } };
+      bar?.increment(chunk.length);
+    }
+  }
+
+  // The server may answer before the last chunk (a refusal); the answer stops the sending,
+  // and a local read failure cancels the call so the answer never hangs.
+  const stop = new AbortController();
+  let readFailure: unknown;
+  // grpc-js types the call as its own ObjectWritable; at run time it is an object-mode Writable.
+  const sending = pipeline(Readable.from(messages()), call as unknown as Writable, { signal: stop.signal }).catch((err: unknown) => {
+    if (stop.signal.aborted) return;
+    readFailure = usageError(`cannot read ${file}: ${(err as Error).message}`);
+    call.cancel();
+  });
+  try {
+    return await answer;
+  } catch (err) {
+    throw readFailure ?? err;
+  } finally {
+    stop.abort();
+    await sending;
+    bar?.stop();
+  }
+}

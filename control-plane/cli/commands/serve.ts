@@ -1,0 +1,128 @@
+import { Option, type Command } from 'commander';
+import { readConfigFile } from '../../../common/config.js';
+import { createLogger } from '../../../common/logger.js';
+import type { ControlPlaneConfigInput } from '../../config.js';
+import { integer } from '../arguments.js';
+import { EXIT } from '../connection.js';
+
+interface ServeOptions {
+  config?: string;
+  dataDir?: string;
+  grpcHost?: string;
+  grpcPort?: number;
+  httpHost?: string;
+  httpPort?: number;
+  mqttHost?: string;
+  mqttPort?: number;
+  mqttUrl?: string;
+  mqttUsername?: string;
+  mqttPassword?: string;
+  mqttCa?: string;
+  advertiseMqttUrl?: string;
+  advertiseHttpUrl?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  logLevel: string;
+}
+
+const DEFAULT_DATA_DIR = '.driftline';
+const port = integer(0, 65535);
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('run the control plane (gRPC API, MQTT broker, artifact HTTP server) in this process')
+    .option('--config <file>', 'configuration file (.yaml or .json); flags override it')
+    .option('--data-dir <dir>', `where the store, artifacts and admin token live (default: ${DEFAULT_DATA_DIR})`)
+    .option('--grpc-host <host>', 'gRPC listen address')
+    .option('--grpc-port <port>', 'gRPC port (0: any free port)', port)
+    .option('--http-host <host>', 'artifact HTTP listen address')
+    .option('--http-port <port>', 'artifact HTTP port (0: any free port)', port)
+    .option('--mqtt-host <host>', 'embedded MQTT broker listen address')
+    .option('--mqtt-port <port>', 'embedded MQTT broker port (0: any free port)', port)
+    .option('--mqtt-url <url>', 'use this external broker (mqtt:// or mqtts://) instead of the embedded one')
+    .option('--mqtt-username <name>', 'user name on the external broker')
+    .addOption(new Option('--mqtt-password <password>', 'password on the external broker').env('DRIFTLINE_MQTT_PASSWORD'))
+    .option('--mqtt-ca <file>', 'CA bundle that signed the external broker certificate')
+    .option('--advertise-mqtt-url <url>', 'broker URL handed to devices at enrollment')
+    .option('--advertise-http-url <url>', 'artifact base URL handed to devices')
+    .option('--tls-client-ca <file>', 'require gRPC clients to present a certificate this CA signed (mTLS)')
+    .addOption(
+      new Option('--log-level <level>', 'log level (logs go to stderr)')
+        .choices(['trace', 'debug', 'info', 'warn', 'error', 'silent'])
+        .env('DRIFTLINE_LOG_LEVEL')
+        .default('info'),
+    )
+    .addHelpText('after', '\nWith serve, the global --tls-cert and --tls-key are the gRPC server certificate and key.')
+    .action(async (_options: unknown, command: Command) => {
+      // optsWithGlobals: --tls-cert/--tls-key are global options, read by the program wherever they appear.
+      const options = command.optsWithGlobals<ServeOptions>();
+      const config = withFlags(options.config ? readConfigFile(options.config) : {}, options);
+      const logger = createLogger('driftline', options.logLevel);
+      // Loaded here so that client commands do not pay for SQLite, the broker and the registry.
+      const { startControlPlane } = await import('../../server.js');
+      const plane = await startControlPlane(config, { logger });
+      const { grpc, mqtt, http } = plane.addresses;
+      process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${plane.adminTokenFile}\n`);
+
+      let stopping = false;
+      const stop = (signal: NodeJS.Signals): void => {
+        if (stopping) {
+          logger.warn({ signal }, 'second signal: exiting without waiting for shutdown');
+          logger.flush();
+          process.exit(EXIT.internal);
+        }
+        stopping = true;
+        logger.info({ signal }, 'shutting down');
+        plane.shutdown().then(
+          () => logger.flush(() => process.exit(EXIT.ok)),
+          (err: unknown) => {
+            logger.error({ err }, 'shutdown failed');
+            logger.flush(() => process.exit(EXIT.internal));
+          },
+        );
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+}
+
+/** Lays the flags that were given over the file's settings; the schema validates the result. */
+function withFlags(file: unknown, o: ServeOptions): ControlPlaneConfigInput {
+  const flags = {
+    dataDir: o.dataDir,
+    grpc: {
+      host: o.grpcHost,
+      port: o.grpcPort,
+      tls: o.tlsCert || o.tlsKey || o.tlsClientCa ? { cert: o.tlsCert, key: o.tlsKey, clientCa: o.tlsClientCa } : undefined,
+    },
+    http: { host: o.httpHost, port: o.httpPort },
+    mqtt: {
+      host: o.mqttHost,
+      port: o.mqttPort,
+      url: o.mqttUrl,
+      username: o.mqttUsername,
+      password: o.mqttPassword,
+      caFile: o.mqttCa,
+      advertisedUrl: o.advertiseMqttUrl,
+    },
+    advertisedHttpUrl: o.advertiseHttpUrl,
+  };
+  const merged = merge(file, flags) as ControlPlaneConfigInput;
+  return isRecord(merged) && merged.dataDir === undefined ? { ...merged, dataDir: DEFAULT_DATA_DIR } : merged;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function merge(base: unknown, over: Record<string, unknown>): unknown {
+  if (!isRecord(base)) return base;
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    if (value === undefined) continue;
+    out[key] = isRecord(value) && isRecord(out[key]) ? merge(out[key], value) : isRecord(value) ? merge({}, value) : value;
+  }
+  return out;
+}

@@ -1,0 +1,57 @@
+import { Option, type Command } from 'commander';
+import { systemClock } from '../../../common/clock.js';
+import { AccessServiceClient, CreateTokenResponse, ListTokensResponse, Role, roleToJSON } from '../../../common/proto/driftline/v1/fleet.js';
+import { withConnection } from '../context.js';
+import { relativeTime } from '../output.js';
+
+const ROLES = { viewer: Role.ROLE_VIEWER, operator: Role.ROLE_OPERATOR, admin: Role.ROLE_ADMIN } as const;
+const roleName = (role: Role): string => roleToJSON(role).replace(/^ROLE_/, '').toLowerCase();
+
+export function registerTokens(program: Command): void {
+  const tokens = program.command('tokens').description('operator API tokens (admin only)');
+
+  tokens
+    .command('create')
+    .description('create an operator token; it is shown only once')
+    .requiredOption('--name <name>', 'who or what uses the token')
+    .addOption(new Option('--role <role>', 'what the token may do').choices(Object.keys(ROLES)).makeOptionMandatory())
+    .action((options: { name: string; role: keyof typeof ROLES }, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(AccessServiceClient);
+        const created = await connection.call(client, 'createToken', { name: options.name, role: ROLES[options.role] });
+        output.result(CreateTokenResponse.toJSON(created), () => {
+          output.line(`created ${roleName(created.role)} token ${created.id}; it is shown only once:`);
+          output.line(created.token);
+        });
+      }),
+    );
+
+  tokens
+    .command('list')
+    .description('list operator tokens')
+    .action((_options: unknown, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(AccessServiceClient);
+        const response = await connection.call(client, 'listTokens', {});
+        output.result(ListTokensResponse.toJSON(response), () => {
+          const now = systemClock.now();
+          output.table(
+            ['ID', 'NAME', 'ROLE', 'CREATED', 'REVOKED'],
+            response.tokens.map((t) => [t.id, t.name, roleName(t.role), relativeTime(t.createdAtMs, now), t.revoked ? 'yes' : 'no']),
+          );
+        });
+      }),
+    );
+
+  tokens
+    .command('revoke')
+    .description('revoke an operator token')
+    .argument('<id>', 'token id')
+    .action((id: string, _options: unknown, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(AccessServiceClient);
+        await connection.call(client, 'revokeToken', { id });
+        output.result({ id, revoked: true }, () => output.line(`revoked token ${id}`));
+      }),
+    );
+}

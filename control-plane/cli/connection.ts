@@ -1,0 +1,198 @@
+import { existsSync, readFileSync } from 'node:fs';
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  type Client,
+  type ClientOptions,
+  type ClientUnaryCall,
+  credentials,
+  Metadata,
+  type ServiceError,
+  status,
+} from '@grpc/grpc-js';
+import { DriftlineError, ERROR_CODES, type ErrorKind, isErrorCode } from '../../common/errors.js';
+
+/** Exit codes are part of the CLI's contract: scripts branch on them. */
+export const EXIT = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  auth: 3,
+  notFound: 4,
+  unavailable: 5,
+  conflict: 6,
+} as const;
+
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+export const EXIT_CODES_HELP = `Exit codes:
+  0  ok
+  1  internal or unknown error
+  2  usage error or invalid input
+  3  authentication or permission denied
+  4  not found
+  5  control plane unavailable or timed out
+  6  conflict (already exists, already used, wrong state)`;
+
+export const DEFAULT_SERVER = '127.0.0.1:7443';
+export const DEFAULT_TOKEN_FILE = '.driftline/admin.token';
+const DEFAULT_TIMEOUT_S = 30;
+
+/** The options every client command shares (commander's global options). */
+export interface ConnectionOptions {
+  server: string;
+  token?: string;
+  tokenFile?: string;
+  tls?: boolean;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  timeout?: number;
+}
+
+const EXIT_BY_KIND: Record<ErrorKind, ExitCode> = {
+  invalid: EXIT.usage,
+  unauthenticated: EXIT.auth,
+  forbidden: EXIT.auth,
+  not_found: EXIT.notFound,
+  conflict: EXIT.conflict,
+  // What the control plane reports as exhausted is a model over its size limit: the input is at fault.
+  exhausted: EXIT.usage,
+  unavailable: EXIT.unavailable,
+  deadline: EXIT.unavailable,
+  internal: EXIT.internal,
+};
+
+const EXIT_BY_STATUS: Partial<Record<status, ExitCode>> = {
+  [status.INVALID_ARGUMENT]: EXIT.usage,
+  [status.OUT_OF_RANGE]: EXIT.usage,
+  [status.RESOURCE_EXHAUSTED]: EXIT.usage,
+  [status.UNAUTHENTICATED]: EXIT.auth,
+  [status.PERMISSION_DENIED]: EXIT.auth,
+  [status.NOT_FOUND]: EXIT.notFound,
+  [status.ALREADY_EXISTS]: EXIT.conflict,
+  [status.FAILED_PRECONDITION]: EXIT.conflict,
+  [status.ABORTED]: EXIT.conflict,
+  [status.UNAVAILABLE]: EXIT.unavailable,
+  [status.DEADLINE_EXCEEDED]: EXIT.unavailable,
+};
+
+/** What the CLI reports: `error [code]: message` on stderr and the exit code. */
+export class CliError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly exitCode: ExitCode,
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+export function usageError(message: string): CliError {
+  return new CliError('USAGE', message, EXIT.usage);
+}
+
+function isServiceError(err: unknown): err is ServiceError {
+  return err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number' && (err as Partial<ServiceError>).metadata instanceof Metadata;
+}
+
+/**
+ * Turns anything a command throws into what the operator sees. The control plane's own
+ * code (trailer `driftline-error-code`) wins; the gRPC status is the fallback for errors
+ * raised before the API layer, such as a connection that never opened.
+ */
+export function toCliError(err: unknown, server: string): CliError {
+  if (err instanceof CliError) return err;
+  if (err instanceof DriftlineError) return new CliError(err.code, err.message, EXIT_BY_KIND[err.kind]);
+  if (isServiceError(err)) {
+    const trailer = err.metadata.get('driftline-error-code')[0];
+    const code = typeof trailer === 'string' && trailer ? trailer : status[err.code];
+    const exitCode = isErrorCode(code) ? EXIT_BY_KIND[ERROR_CODES[code]] : (EXIT_BY_STATUS[err.code] ?? EXIT.internal);
+    if (!trailer && err.code === status.UNAVAILABLE) {
+      return new CliError(code, `cannot reach the control plane at ${server}: is \`driftline serve\` running?`, exitCode);
+    }
+    if (!trailer && err.code === status.DEADLINE_EXCEEDED) {
+      return new CliError(code, `the control plane at ${server} did not answer in time (see --timeout)`, exitCode);
+    }
+    return new CliError(code, err.details || err.message, exitCode);
+  }
+  return new CliError('INTERNAL', err instanceof Error ? err.message : String(err), EXIT.internal);
+}
+
+/** Token lookup order: --token, DRIFTLINE_TOKEN (both via commander), --token-file, ./.driftline/admin.token. */
+export function resolveToken(options: Pick<ConnectionOptions, 'token' | 'tokenFile'>): string | undefined {
+  if (options.token) return options.token;
+  if (options.tokenFile) return readText(options.tokenFile, 'token file').trim();
+  return existsSync(DEFAULT_TOKEN_FILE) ? readText(DEFAULT_TOKEN_FILE, 'token file').trim() : undefined;
+}
+
+function readText(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw usageError(`cannot read ${what} ${path}: ${(err as Error).message}`);
+  }
+}
+
+function channelCredentials(options: ConnectionOptions): ChannelCredentials {
+  if (Boolean(options.tlsCert) !== Boolean(options.tlsKey)) throw usageError('--tls-cert and --tls-key go together');
+  if (!options.tls && !options.tlsCa && !options.tlsCert) return credentials.createInsecure();
+  const read = (path: string | undefined, what: string) => (path ? Buffer.from(readText(path, what)) : null);
+  return credentials.createSsl(read(options.tlsCa, 'CA file'), read(options.tlsKey, 'key file'), read(options.tlsCert, 'certificate file'));
+}
+
+type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => ClientUnaryCall;
+type RequestOf<M> = M extends UnaryMethod<infer Req, unknown> ? Req : never;
+type ResponseOf<M> = M extends UnaryMethod<never, infer Res> ? Res : never;
+type ClientConstructor<C extends Client> = new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>) => C;
+
+/** One operator session against one control plane: credentials, token, deadlines. */
+export class Connection {
+  private readonly clients: Client[] = [];
+  private readonly credentials: ChannelCredentials;
+  private readonly token: string | undefined;
+
+  constructor(private readonly options: ConnectionOptions) {
+    this.credentials = channelCredentials(options);
+    this.token = resolveToken(options);
+  }
+
+  get server(): string {
+    return this.options.server;
+  }
+
+  client<C extends Client>(Ctor: ClientConstructor<C>): C {
+    const client = new Ctor(this.options.server, this.credentials);
+    this.clients.push(client);
+    return client;
+  }
+
+  metadata(): Metadata {
+    const metadata = new Metadata();
+    if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
+    return metadata;
+  }
+
+  /** Unary calls get a deadline by default; a streamed upload only when --timeout is given. */
+  callOptions(kind: 'unary' | 'stream' = 'unary'): Partial<CallOptions> {
+    const seconds = this.options.timeout ?? (kind === 'unary' ? DEFAULT_TIMEOUT_S : undefined);
+    return seconds === undefined ? {} : { deadline: Date.now() + seconds * 1000 };
+  }
+
+  call<C, K extends keyof C>(client: C, method: K, request: RequestOf<C[K]>): Promise<ResponseOf<C[K]>> {
+    const fn = client[method] as UnaryMethod<RequestOf<C[K]>, ResponseOf<C[K]>>;
+    return new Promise((resolve, reject) => {
+      fn.call(client, request, this.metadata(), this.callOptions(), (error, response) => (error ? reject(error) : resolve(response)));
+    });
+  }
+
+  close(): void {
+    for (const client of this.clients) client.close();
+  }
+}

@@ -1,0 +1,67 @@
+import Table from 'cli-table3';
+
+/** Where a command writes its result: a table or lines for people, one JSON document for scripts. */
+export interface Output {
+  readonly json: boolean;
+  /** Prints `data` as JSON with --json, otherwise calls `human`. */
+  result(data: unknown, human: () => void): void;
+  line(text: string): void;
+  table(head: string[], rows: Array<Array<string | number>>): void;
+}
+
+export function createOutput(json: boolean, write: (text: string) => void = (t) => process.stdout.write(t)): Output {
+  return {
+    json,
+    result(data, human) {
+      if (json) write(`${JSON.stringify(data, null, 2)}\n`);
+      else human();
+    },
+    line(text) {
+      write(`${text}\n`);
+    },
+    table(head, rows) {
+      write(`${renderTable(head, rows)}\n`);
+    },
+  };
+}
+
+// Borderless, space-separated columns (as kubectl prints them), so output stays greppable.
+const PLAIN: Record<string, string> = Object.fromEntries(
+  ['top', 'top-mid', 'top-left', 'top-right', 'bottom', 'bottom-mid', 'bottom-left', 'bottom-right', 'left', 'left-mid', 'mid', 'mid-mid', 'right', 'right-mid'].map((c) => [c, '']),
+);
+
+export function renderTable(head: string[], rows: Array<Array<string | number>>): string {
+  const table = new Table({
+    head,
+    chars: { ...PLAIN, middle: '   ' },
+    style: { 'padding-left': 0, 'padding-right': 0, head: [], border: [], compact: true },
+  });
+  table.push(...rows);
+  return table.toString().replace(/[ \t]+$/gm, '');
+}
+
+/** "12s ago", "3m ago", "in 2h" (a skewed device clock), "-" for never. */
+export function relativeTime(ms: number, now: number): string {
+  if (!ms) return '-';
+  const delta = Math.round((now - ms) / 1000);
+  const abs = Math.abs(delta);
+  const [value, unit] =
+    abs < 60 ? [abs, 's'] : abs < 3600 ? [Math.floor(abs / 60), 'm'] : abs < 86_400 ? [Math.floor(abs / 3600), 'h'] : [Math.floor(abs / 86_400), 'd'];
+  return delta >= 0 ? `${value}${unit} ago` : `in ${value}${unit}`;
+}
+
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = n;
+  let i = 0;
+  while (value >= 1024 && i < units.length - 1) {
+    value /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${value.toFixed(1)} ${units[i]}`;
+}
+
+export function labelsText(labels: Record<string, string>): string {
+  const entries = Object.entries(labels);
+  return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(',') : '-';
+}
