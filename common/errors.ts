@@ -52,6 +52,7 @@ export const ERROR_CODES = {
   TOKEN_NOT_FOUND: 'not_found',
   INFERENCE_CANCELLED: 'unavailable',
   ROUTE_NOT_FOUND: 'not_found',
+  LISTEN_FAILED: 'unavailable',
 } as const satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

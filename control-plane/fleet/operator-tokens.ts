@@ -65,7 +65,7 @@ export class OperatorTokenStore {
   }
 
   list(): OperatorToken[] {
-    return (this.db.prepare('SELECT * FROM operator_tokens ORDER BY created_at_ms, id').all() as TokenRow[]).map(toToken);
+    return (this.db.prepare('SELECT * FROM operator_tokens ORDER BY created_at_ms, rowid').all() as TokenRow[]).map(toToken);
   }
 
   revoke(id: string, nowMs: number): void {

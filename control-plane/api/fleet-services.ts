@@ -1,0 +1,123 @@
+import { z } from 'zod';
+import { DriftlineError } from '../../common/errors.js';
+import { assertDeviceId, parseSelector } from '../../common/ids.js';
+import {
+  DeviceStatus,
+  Role,
+  type AccessServiceServer,
+  type Device,
+  type DeviceServiceServer,
+  type EnrollmentServiceServer,
+} from '../../common/proto/driftline/v1/fleet.js';
+import type { DeviceRecord } from '../fleet/fleet-store.js';
+import { ROLES, type OperatorRole } from '../fleet/operator-tokens.js';
+import type { ApiDeps } from './ports.js';
+import { unary, validate, type RpcContext } from './rpc.js';
+
+/** The longest an enrollment token may live: it is a bearer credential for a device identity. */
+const MAX_ENROLLMENT_TOKEN_TTL_MS = 30 * 86_400_000;
+
+const FIRMWARE_PROFILE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+
+const createTokenRequest = z.object({ ttlSeconds: z.number().int().nonnegative() });
+const labelRequest = z.object({ remove: z.array(z.string().min(1).max(63)).max(64) });
+const enrollRequest = z.object({
+  firmwareProfile: z.string().regex(FIRMWARE_PROFILE, 'expected a firmware profile name such as jetson-orin-nano'),
+  agentVersion: z.string().max(64),
+});
+const createOperatorToken = z.object({
+  name: z.string().trim().min(1).max(64),
+  role: z.union([z.literal(Role.ROLE_VIEWER), z.literal(Role.ROLE_OPERATOR), z.literal(Role.ROLE_ADMIN)], { error: 'role must be viewer, operator or admin' }),
+});
+const revokeOperatorToken = z.object({ id: z.string().min(1).max(64) });
+
+export function deviceService(deps: ApiDeps, ctx: RpcContext): DeviceServiceServer {
+  const { fleet, clock, config } = deps;
+  const view = (device: DeviceRecord): Device => toDeviceMessage(device, clock.now(), config.onlineWindow);
+  return {
+    createEnrollmentToken: unary(ctx, 'CreateEnrollmentToken', 'operator', (req, caller) => {
+      const { ttlSeconds } = validate(createTokenRequest, req);
+      const ttlMs = ttlSeconds === 0 ? config.enrollmentTokenTtl : ttlSeconds * 1000;
+      if (ttlMs > MAX_ENROLLMENT_TOKEN_TTL_MS) {
+        throw new DriftlineError('REQUEST_INVALID', `ttl_seconds may be at most ${MAX_ENROLLMENT_TOKEN_TTL_MS / 1000}`, { details: { ttlSeconds } });
+      }
+      const now = clock.now();
+      const grant = fleet.createEnrollmentToken(assertDeviceId(req.deviceId), req.labels, now + ttlMs, now);
+      deps.logger.info({ deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs, by: caller?.id }, 'enrollment token created');
+      return { token: grant.token, deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs };
+    }),
+    listDevices: unary(ctx, 'ListDevices', 'viewer', (req) => {
+      parseSelector(req.selector);
+      return { devices: fleet.list(req.selector, { includeDecommissioned: req.includeDecommissioned }).map(view) };
+    }),
+    getDevice: unary(ctx, 'GetDevice', 'viewer', (req) => view(fleet.get(assertDeviceId(req.deviceId)))),
+    labelDevice: unary(ctx, 'LabelDevice', 'operator', (req) => {
+      const { remove } = validate(labelRequest, req);
+      return view(fleet.setLabels(assertDeviceId(req.deviceId), req.set, remove));
+    }),
+    decommissionDevice: unary(ctx, 'DecommissionDevice', 'operator', (req, caller) => {
+      const device = fleet.decommission(assertDeviceId(req.deviceId));
+      deps.fleetLink.disconnectDevice(device.id);
+      deps.logger.info({ deviceId: device.id, by: caller?.id }, 'device decommissioned');
+      return view(device);
+    }),
+  };
+}
+
+export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentServiceServer {
+  return {
+    enroll: unary(ctx, 'Enroll', 'public', (req) => {
+      if (!req.token || req.token.length > 256) throw new DriftlineError('ENROLLMENT_TOKEN_INVALID', 'an enrollment token is required');
+      const deviceId = assertDeviceId(req.deviceId);
+      const { firmwareProfile, agentVersion } = validate(enrollRequest, req);
+      const enrollment = deps.fleet.enroll({ token: req.token, deviceId, firmwareProfile }, deps.clock.now());
+      deps.logger.info({ deviceId, firmwareProfile, agentVersion }, 'device enrolled');
+      return {
+        deviceId,
+        mqttUsername: deviceId,
+        mqttPassword: enrollment.secret,
+        mqttUrl: deps.advertisedMqttUrl(),
+        artifactBaseUrl: deps.advertisedHttpUrl(),
+        labels: enrollment.labels,
+      };
+    }),
+  };
+}
+
+export function accessService(deps: ApiDeps, ctx: RpcContext): AccessServiceServer {
+  const { tokens, clock } = deps;
+  return {
+    createToken: unary(ctx, 'CreateToken', 'admin', (req, caller) => {
+      const { name, role } = validate(createOperatorToken, req);
+      const { token, secret } = tokens.create(name, roleName(role), clock.now());
+      deps.logger.info({ token: token.id, role: token.role, by: caller?.id }, 'operator token created');
+      return { id: token.id, token: secret, role };
+    }),
+    listTokens: unary(ctx, 'ListTokens', 'admin', () => ({
+      tokens: tokens.list().map((t) => ({ id: t.id, name: t.name, role: roleMessage(t.role), createdAtMs: t.createdAtMs, revoked: t.revoked })),
+    })),
+    revokeToken: unary(ctx, 'RevokeToken', 'admin', (req, caller) => {
+      const { id } = validate(revokeOperatorToken, req);
+      tokens.revoke(id, clock.now());
+      deps.logger.info({ token: id, by: caller?.id }, 'operator token revoked');
+      return {};
+    }),
+  };
+}
+
+export function toDeviceMessage(device: DeviceRecord, nowMs: number, onlineWindowMs: number): Device {
+  return {
+    id: device.id,
+    labels: device.labels,
+    status: device.status === 'enrolled' ? DeviceStatus.DEVICE_STATUS_ENROLLED : DeviceStatus.DEVICE_STATUS_DECOMMISSIONED,
+    enrolledAtMs: device.enrolledAtMs,
+    lastSeenMs: device.lastSeenMs,
+    online: device.status === 'enrolled' && device.lastSeenMs > 0 && nowMs - device.lastSeenMs <= onlineWindowMs,
+    reported: device.reported,
+    desiredModel: device.desired?.model,
+  };
+}
+
+const ROLE_MESSAGES: Record<OperatorRole, Role> = { viewer: Role.ROLE_VIEWER, operator: Role.ROLE_OPERATOR, admin: Role.ROLE_ADMIN };
+const roleMessage = (role: OperatorRole): Role => ROLE_MESSAGES[role];
+const roleName = (role: Role): OperatorRole => ROLES.find((r) => ROLE_MESSAGES[r] === role)!;

@@ -1,0 +1,84 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { DriftlineError } from '../../common/errors.js';
+import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
+import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
+import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
+import { accessService, deviceService, enrollmentService } from './fleet-services.js';
+import { modelService } from './model-service.js';
+import type { ApiDeps } from './ports.js';
+import type { RpcContext } from './rpc.js';
+import { telemetryService } from './telemetry-service.js';
+
+export interface GrpcServerOptions extends ApiDeps {
+  host: string;
+  port: number;
+  /** PEM file paths; with clientCa, callers must present a certificate it signed (mTLS). */
+  tls?: { cert: string; key: string; clientCa?: string | undefined } | undefined;
+}
+
+export interface GrpcServer {
+  readonly port: number;
+  /** Refuses new calls, lets calls in flight finish for graceMs, then cancels the rest. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
+
+/** Services this server implements; Rollout, Training and Federated answer UNIMPLEMENTED until they exist. */
+const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService'].map((s) => `driftline.v1.${s}`);
+
+/** The fleet management API. */
+export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
+  const { logger } = options;
+  const ctx: RpcContext = { tokens: options.tokens, logger };
+  const server = new Server();
+  server.addService(DeviceServiceService, deviceService(options, ctx));
+  server.addService(EnrollmentServiceService, enrollmentService(options, ctx));
+  server.addService(ModelServiceService, modelService(options, ctx));
+  server.addService(TelemetryServiceService, telemetryService(options, ctx));
+  server.addService(AccessServiceService, accessService(options, ctx));
+  // Reflection lets grpcurl and other generic tools discover the API without the .proto files.
+  new ReflectionService(loadProtos(), { services: SERVED }).addToServer(server);
+
+  const address = `${options.host.includes(':') ? `[${options.host}]` : options.host}:${options.port}`;
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(address, credentials(options.tls), (err, boundPort) => {
+      if (err) reject(new DriftlineError('LISTEN_FAILED', `cannot listen for gRPC on ${address}`, { cause: err }));
+      else resolve(boundPort);
+    });
+  });
+  logger.info({ host: options.host, port, tls: options.tls ? (options.tls.clientCa ? 'mtls' : 'tls') : 'none' }, 'gRPC API listening');
+
+  return {
+    port,
+    shutdown: (graceMs) =>
+      new Promise<void>((resolve) => {
+        const force = setTimeout(() => server.forceShutdown(), graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      }),
+  };
+}
+
+function credentials(tls: GrpcServerOptions['tls']): ServerCredentials {
+  if (!tls) return ServerCredentials.createInsecure();
+  try {
+    const clientCa = tls.clientCa ? readFileSync(tls.clientCa) : null;
+    return ServerCredentials.createSsl(clientCa, [{ cert_chain: readFileSync(tls.cert), private_key: readFileSync(tls.key) }], clientCa !== null);
+  } catch (err) {
+    throw new DriftlineError('CONFIG_INVALID', 'cannot read the gRPC TLS files', { cause: err, details: { ...tls } });
+  }
+}
+
+function loadProtos(): ReturnType<typeof loadSync> {
+  const files = readdirSync(`${PROTO_ROOT}/driftline/v1`)
+    .filter((f) => f.endsWith('.proto'))
+    .map((f) => `driftline/v1/${f}`);
+  return loadSync(files, { includeDirs: [PROTO_ROOT] });
+}

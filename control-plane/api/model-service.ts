@@ -1,0 +1,85 @@
+import type { ServerReadableStream } from '@grpc/grpc-js';
+import { z } from 'zod';
+import { DriftlineError } from '../../common/errors.js';
+import { assertDeviceId, assertModelName, matchesSelector, parseSelector } from '../../common/ids.js';
+import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
+import type { ModelServiceServer, ModelVersion, UploadModelRequest } from '../../common/proto/driftline/v1/models.js';
+import type { DeviceRecord } from '../fleet/fleet-store.js';
+import { artifactPath } from '../registry/artifact-store.js';
+import type { ApiDeps } from './ports.js';
+import { clientStreaming, unary, validate, type RpcContext } from './rpc.js';
+
+const deployRequest = z.object({
+  version: z.number().int().nonnegative(),
+  deviceIds: z.array(z.string()).max(10_000),
+});
+
+export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer {
+  const { registry, logger } = deps;
+  return {
+    uploadModel: clientStreaming(ctx, 'UploadModel', 'operator', async (call, caller) => {
+      const version = await receiveUpload(deps, call);
+      logger.info({ model: version.name, version: version.version, sha256: version.sha256, by: caller?.id }, 'model uploaded');
+      return version;
+    }),
+    listModels: unary(ctx, 'ListModels', 'viewer', () => ({ latest: registry.listLatest() })),
+    getModel: unary(ctx, 'GetModel', 'viewer', (req) => registry.get(assertModelName(req.name))),
+    deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
+      const { version, deviceIds } = validate(deployRequest, req);
+      const model = registry.resolve(assertModelName(req.name), version);
+      const targets = selectTargets(deps, deviceIds, req.selector);
+      const published = await deploy(deps, model, targets);
+      logger.info({ model: model.name, version: model.version, devices: targets.length, published, by: caller?.id }, 'model deployed');
+      return { model, devices: targets.length };
+    }),
+  };
+}
+
+/** Reads the header, then hands the chunks to the registry as they arrive. */
+async function receiveUpload(deps: ApiDeps, call: ServerReadableStream<UploadModelRequest, ModelVersion>): Promise<ModelVersion> {
+  const messages = call[Symbol.asyncIterator]() as AsyncIterator<UploadModelRequest>;
+  const first = await messages.next();
+  if (first.done || first.value.part?.$case !== 'header') {
+    throw new DriftlineError('REQUEST_INVALID', 'an upload starts with exactly one header message');
+  }
+  async function* chunks(): AsyncGenerator<Uint8Array> {
+    for (let next = await messages.next(); !next.done; next = await messages.next()) {
+      const part = next.value.part;
+      if (part?.$case !== 'chunk') throw new DriftlineError('REQUEST_INVALID', 'after the header an upload carries only chunks');
+      yield part.value;
+    }
+  }
+  return deps.registry.upload(first.value.part.value, chunks());
+}
+
+/**
+ * The devices a deploy reaches: the named ones (each must exist) and/or those matching the
+ * selector, or every enrolled device when neither is given. Decommissioned devices are skipped.
+ */
+function selectTargets({ fleet }: ApiDeps, deviceIds: readonly string[], selector: string): DeviceRecord[] {
+  const terms = parseSelector(selector);
+  const named = deviceIds.length > 0 ? [...new Set(deviceIds)].map((id) => fleet.get(assertDeviceId(id))) : fleet.list();
+  return named.filter((device) => device.status === 'enrolled' && matchesSelector(device.labels, terms));
+}
+
+/**
+ * Persists every target's new desired state first, so a device that is offline (or a publish
+ * that fails) still converges when the device next connects and is sent its stored state.
+ * Revisions are read and written with no await in between, so concurrent deploys cannot
+ * hand a device the same revision twice.
+ */
+async function deploy({ fleet, fleetLink, logger }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[]): Promise<number> {
+  const desired = targets.map((device): [string, DesiredState] => [
+    device.id,
+    {
+      revision: (device.desired?.revision ?? 0) + 1,
+      model: { name: model.name, version: model.version, sha256: model.sha256, sizeBytes: model.sizeBytes, artifactPath: artifactPath(model.sha256) },
+    },
+  ]);
+  for (const [deviceId, state] of desired) fleet.setDesired(deviceId, state);
+  const results = await Promise.allSettled(desired.map(([deviceId, state]) => fleetLink.publishDesired(deviceId, state)));
+  results.forEach((result, i) => {
+    if (result.status === 'rejected') logger.warn({ err: result.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');
+  });
+  return results.filter((r) => r.status === 'fulfilled').length;
+}

@@ -1,0 +1,36 @@
+import type { Clock } from '../../common/clock.js';
+import type { Logger } from '../../common/logger.js';
+import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
+import type { TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
+import type { ControlPlaneConfig } from '../config.js';
+import type { FleetStore } from '../fleet/fleet-store.js';
+import type { OperatorTokenStore } from '../fleet/operator-tokens.js';
+import type { ModelRegistry } from '../registry/model-registry.js';
+
+/** How the API reaches devices; the composition root implements it over the broker. */
+export interface FleetLink {
+  /** Sends a device its desired state (retained, so it also reaches a device that is offline now). */
+  publishDesired(deviceId: string, desired: DesiredState): Promise<void>;
+  /** Drops a device's live connection, e.g. right after it is decommissioned. */
+  disconnectDevice(deviceId: string): void;
+}
+
+/** Read side of telemetry, answered by the telemetry store. */
+export interface TelemetryQueries {
+  summary(request: TelemetrySummaryRequest): TelemetrySummary;
+}
+
+/** Everything the gRPC services are built from; the composition root provides it. */
+export interface ApiDeps {
+  fleet: FleetStore;
+  tokens: OperatorTokenStore;
+  registry: ModelRegistry;
+  fleetLink: FleetLink;
+  telemetry: TelemetryQueries;
+  /** Functions, because the listeners' ports are known only after they listen. */
+  advertisedMqttUrl: () => string;
+  advertisedHttpUrl: () => string;
+  config: Pick<ControlPlaneConfig, 'enrollmentTokenTtl' | 'onlineWindow'>;
+  clock: Clock;
+  logger: Logger;
+}
