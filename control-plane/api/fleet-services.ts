@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
-import { assertDeviceId, parseSelector } from '../../common/ids.js';
+import { assertDeviceId } from '../../common/ids.js';
 import {
   DeviceStatus,
   Role,
@@ -46,10 +46,9 @@ export function deviceService(deps: ApiDeps, ctx: RpcContext): DeviceServiceServ
       deps.logger.info({ deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs, by: caller?.id }, 'enrollment token created');
       return { token: grant.token, deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs };
     }),
-    listDevices: unary(ctx, 'ListDevices', 'viewer', (req) => {
-      parseSelector(req.selector);
-      return { devices: fleet.list(req.selector, { includeDecommissioned: req.includeDecommissioned }).map(view) };
-    }),
+    listDevices: unary(ctx, 'ListDevices', 'viewer', (req) => ({
+      devices: fleet.list(req.selector, { includeDecommissioned: req.includeDecommissioned }).map(view),
+    })),
     getDevice: unary(ctx, 'GetDevice', 'viewer', (req) => view(fleet.get(assertDeviceId(req.deviceId)))),
     labelDevice: unary(ctx, 'LabelDevice', 'operator', (req) => {
       const { remove } = validate(labelRequest, req);
