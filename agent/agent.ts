@@ -14,7 +14,7 @@ import { enrollOverGrpc } from './enrollment/grpc-enrollment.js';
 import { readIdentity, writeIdentity, type DeviceIdentity } from './enrollment/identity.js';
 import { InferenceEngine } from './inference/engine.js';
 import { registerInferenceMetrics } from './inference/metrics.js';
-import { OnnxRuntime } from './inference/onnxruntime-runtime.js';
+import { createOnnxRuntime } from './inference/onnxruntime-runtime.js';
 import { startLocalApi } from './local-api/server.js';
 import { ModelManager } from './models/model-manager.js';
 import { TelemetryRecorder } from './telemetry/recorder.js';
@@ -82,7 +82,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
 
   const inferenceMetrics = registerInferenceMetrics(metrics);
   const engine = await InferenceEngine.create({
-    runtime: new OnnxRuntime({ logger }),
+    runtime: createOnnxRuntime({ logger }),
     providers: config.inference.providers,
     logger,
     clock,
@@ -192,7 +192,17 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     engine,
     health: () => ({
       ok: state === 'running',
-      details: { state, deviceId, uplinkConnected: uplink.connected, bufferDepth: buffer.depth(), activeModel: engine.active()?.name ?? null },
+      details: {
+        state,
+        deviceId,
+        boot: buffer.boot,
+        uplinkConnected: uplink.connected,
+        bufferDepth: buffer.depth(),
+        recordsEnqueued: recorder.enqueued,
+        recordsDropped: recorder.dropped,
+        recordsAcknowledged: uploader.stats.recordsAcknowledged,
+        activeModel: engine.active() ?? null,
+      },
     }),
     metrics,
     logger,

@@ -11,6 +11,8 @@ import type { TelemetryBuffer } from '../buffer/ports.js';
  * the count travels in the reported state.
  */
 export class TelemetryRecorder {
+  /** Records the buffer has durably accepted, and records it refused. */
+  enqueued = 0;
   dropped = 0;
   private lastCpu = process.cpuUsage();
   private lastCpuAt: number;
@@ -60,7 +62,10 @@ export class TelemetryRecorder {
   private record(stream: Stream, body: TelemetryRecord['body']): void {
     const timeMs = this.clock.now();
     const bytes = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream, body }).finish();
-    this.buffer.enqueue({ stream, timeMs, body: bytes }).then(this.onRecorded, (err: unknown) => {
+    this.buffer.enqueue({ stream, timeMs, body: bytes }).then(() => {
+      this.enqueued++;
+      this.onRecorded();
+    }, (err: unknown) => {
       this.dropped++;
       this.logger.warn({ err, stream }, 'telemetry record dropped');
     });

@@ -44,8 +44,8 @@ export class TelemetryIngest {
     const { devices, clock, logger } = this.options;
     devices.recordSeen(deviceId, clock.now());
     try {
-      if (channel === 'telemetry') await this.ingestTelemetry(deviceId, payload);
-      else if (channel === 'state') await this.ingestState(deviceId, payload);
+      if (channel === 'telemetry') this.ingestTelemetry(deviceId, payload);
+      else if (channel === 'state') this.ingestState(deviceId, payload);
       else this.ingestCommandResult(deviceId, payload);
     } catch (err) {
       if (!(err instanceof DriftlineError) || err.kind !== 'invalid') throw err;
@@ -57,7 +57,7 @@ export class TelemetryIngest {
     }
   }
 
-  private async ingestTelemetry(deviceId: string, payload: Uint8Array): Promise<void> {
+  private ingestTelemetry(deviceId: string, payload: Uint8Array): void {
     const batch = decode(TelemetryBatch, payload, 'telemetry batch');
     if (batch.records.length > this.options.maxRecordsPerBatch) {
       throw new DriftlineError('PAYLOAD_MALFORMED', `batch of ${batch.records.length} records exceeds ${this.options.maxRecordsPerBatch}`);
@@ -68,10 +68,10 @@ export class TelemetryIngest {
     this.stats.recordsStored += stored;
     this.stats.duplicates += duplicates;
     const ack = TelemetryAck.encode({ ranges: toRanges(batch.records), stored, duplicates }).finish();
-    await this.options.downlink.publishAck(deviceId, ack);
+    this.send(deviceId, 'ack', this.options.downlink.publishAck(deviceId, ack));
   }
 
-  private async ingestState(deviceId: string, payload: Uint8Array): Promise<void> {
+  private ingestState(deviceId: string, payload: Uint8Array): void {
     const state = decode(ReportedState, payload, 'reported state');
     const { devices, repository, clock, downlink } = this.options;
     devices.saveReported(deviceId, state, clock.now());
@@ -80,8 +80,16 @@ export class TelemetryIngest {
     // (offline, broker restarted, session lost), so it gets the current one again.
     const desired = devices.getDesired(deviceId);
     if (desired && desired.revision > state.desiredRevision) {
-      await downlink.publishDesired(deviceId, DesiredState.encode(desired).finish());
+      this.send(deviceId, 'desired', downlink.publishDesired(deviceId, DesiredState.encode(desired).finish()));
     }
+  }
+
+  /**
+   * Replies are not awaited: the broker's PUBACK for them cannot arrive while the
+   * message being handled still holds the link. A lost reply only causes a resend.
+   */
+  private send(deviceId: string, what: string, sending: Promise<void>): void {
+    sending.catch((err: unknown) => this.options.logger.warn({ err, deviceId, what }, 'reply to device not sent; it will resend'));
   }
 
   private ingestCommandResult(deviceId: string, payload: Uint8Array): void {

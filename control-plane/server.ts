@@ -1,0 +1,187 @@
+import { mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { systemClock, type Clock } from '../common/clock.js';
+import type { Logger } from '../common/logger.js';
+import { DesiredState } from '../common/proto/driftline/v1/device_link.js';
+import { startGrpcServer } from './api/grpc-server.js';
+import { startEmbeddedBroker, type EmbeddedBroker } from './broker/embedded-broker.js';
+import { connectServiceLink, serviceClientId, type ServiceLink } from './broker/service-link.js';
+import { parseControlPlaneConfig, type ControlPlaneConfigInput } from './config.js';
+import { FleetStore } from './fleet/fleet-store.js';
+import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js';
+import { startArtifactServer } from './registry/artifact-http.js';
+import { ArtifactStore } from './registry/artifact-store.js';
+import { ModelRegistry } from './registry/model-registry.js';
+import { openDatabase } from './store/database.js';
+import { TelemetryIngest } from './telemetry/ingest.js';
+import { SqliteTelemetryRepository } from './telemetry/sqlite-telemetry-repository.js';
+
+export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
+
+export interface ControlPlane {
+  readonly addresses: { grpc: string; mqtt: string; http: string };
+  readonly adminTokenFile: string;
+  readonly state: ControlPlaneState;
+  readonly ingest: TelemetryIngest;
+  shutdown(): Promise<void>;
+}
+
+/**
+ * The composition root of `driftline serve`: SQLite store, artifact store, broker
+ * (embedded or external), telemetry ingest, artifact HTTP server and the gRPC API.
+ * Shutdown stops taking work first (gRPC, HTTP), then the device link, then the store.
+ */
+export async function startControlPlane(input: ControlPlaneConfigInput, deps: { logger: Logger; clock?: Clock }): Promise<ControlPlane> {
+  const config = parseControlPlaneConfig(input);
+  const { logger } = deps;
+  const clock = deps.clock ?? systemClock;
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+
+  const db = openDatabase(join(config.dataDir, 'control-plane.db'));
+  const fleet = new FleetStore(db);
+  const tokens = new OperatorTokenStore(db);
+  const admin = ensureAdminToken(tokens, config.dataDir, clock);
+  if (admin.created) logger.info({ file: admin.file }, 'created the first admin token');
+  const artifacts = new ArtifactStore(join(config.dataDir, 'artifacts'));
+  const registry = new ModelRegistry({ db, artifacts, clock, maxModelBytes: config.maxModelBytes });
+  const telemetry = new SqliteTelemetryRepository(db);
+  const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
+
+  let embedded: EmbeddedBroker | undefined;
+  let link: ServiceLink | undefined;
+  const closers: Array<() => Promise<void>> = [
+    async () => {
+      db.close();
+    },
+  ];
+  const shutdownAll = async (): Promise<void> => {
+    for (const close of closers.splice(0).reverse()) await close().catch((err: unknown) => logger.error({ err }, 'shutdown step failed'));
+  };
+
+  try {
+    const ingest = new TelemetryIngest({
+      repository: telemetry,
+      devices: fleet,
+      downlink: {
+        publishAck: (deviceId, payload) => requireLink().publish(deviceId, 'ack', payload),
+        publishDesired: (deviceId, payload) => requireLink().publish(deviceId, 'desired', payload, { retain: true }),
+      },
+      clock,
+      logger,
+      maxRecordsPerBatch: config.ingest.maxRecordsPerBatch,
+    });
+    const requireLink = (): ServiceLink => {
+      if (!link) throw new Error('device link not connected yet');
+      return link;
+    };
+
+    if (!config.mqtt.url) {
+      embedded = await startEmbeddedBroker({
+        host: config.mqtt.host,
+        port: config.mqtt.port,
+        tls: config.mqtt.tls,
+        maxPacketBytes: config.mqtt.maxPacketBytes,
+        verifyDeviceCredential,
+        logger,
+      });
+      closers.push(() => embedded!.shutdown());
+    }
+    const brokerUrl = embedded?.url ?? config.mqtt.url!;
+    link = await connectServiceLink(
+      embedded
+        ? {
+            url: embedded.url,
+            username: embedded.serviceCredential.username,
+            password: embedded.serviceCredential.password,
+            clientId: serviceClientId(embedded.serviceCredential.clientIdPrefix),
+            logger,
+            onUp: (deviceId, channel, payload) => ingest.handle(deviceId, channel, payload),
+          }
+        : {
+            url: brokerUrl,
+            username: config.mqtt.username,
+            password: config.mqtt.password,
+            caFile: config.mqtt.caFile,
+            // Stable per host, so an external broker keeps this replica's session across restarts.
+            clientId: `driftline-cp-${hostname()}`.slice(0, 64),
+            sharedGroup: config.mqtt.sharedGroup,
+            logger,
+            onUp: (deviceId, channel, payload) => ingest.handle(deviceId, channel, payload),
+          },
+    );
+    closers.push(() => link!.shutdown());
+
+    const metrics = new Registry();
+    collectDefaultMetrics({ register: metrics });
+    const gauge = (name: string, help: string, read: () => number): void => {
+      new Gauge({ name, help, registers: [metrics], collect() { this.set(read()); } });
+    };
+    gauge('driftline_ingest_batches_total', 'Telemetry batches committed', () => ingest.stats.batches);
+    gauge('driftline_ingest_records_total', 'Telemetry records stored', () => ingest.stats.recordsStored);
+    gauge('driftline_ingest_duplicates_total', 'Resent telemetry records dropped as duplicates', () => ingest.stats.duplicates);
+    gauge('driftline_ingest_rejected_batches_total', 'Telemetry batches rejected as malformed', () => ingest.stats.rejectedBatches);
+    gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => embedded?.stats.refusedConnects ?? 0);
+    gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => embedded?.stats.refusedPublishes ?? 0);
+    gauge('driftline_devices_online', 'Devices seen within the online window', () => {
+      const since = clock.now() - config.onlineWindow;
+      return fleet.list().filter((d) => d.lastSeenMs >= since).length;
+    });
+
+    const artifactServer = await startArtifactServer({
+      host: config.http.host,
+      port: config.http.port,
+      artifacts,
+      verifyDeviceCredential,
+      metrics,
+      health: () => ({ ok: link?.connected ?? false, details: { brokerConnected: link?.connected ?? false, broker: embedded ? 'embedded' : 'external' } }),
+      logger,
+    });
+    closers.push(() => artifactServer.close());
+
+    const grpc = await startGrpcServer({
+      host: config.grpc.host,
+      port: config.grpc.port,
+      tls: config.grpc.tls,
+      fleet,
+      tokens,
+      registry,
+      telemetry,
+      fleetLink: {
+        publishDesired: (deviceId, desired) => requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true }),
+        disconnectDevice: (deviceId) => {
+          if (embedded) embedded.disconnectDevice(deviceId);
+          else logger.warn({ deviceId }, 'decommissioned device stays connected to the external broker until it revokes the credential');
+        },
+      },
+      advertisedMqttUrl: () => config.mqtt.advertisedUrl ?? brokerUrl,
+      advertisedHttpUrl: () => config.advertisedHttpUrl ?? artifactServer.url,
+      config,
+      clock,
+      logger,
+    });
+    closers.push(() => grpc.shutdown(config.shutdownGrace));
+
+    let state: ControlPlaneState = 'running';
+    const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;
+    return {
+      addresses: { grpc: `${grpcHost}:${grpc.port}`, mqtt: brokerUrl, http: artifactServer.url },
+      adminTokenFile: admin.file,
+      ingest,
+      get state() {
+        return state;
+      },
+      async shutdown() {
+        if (state !== 'running') return;
+        state = 'stopping';
+        await shutdownAll();
+        state = 'stopped';
+        logger.info('control plane stopped');
+      },
+    };
+  } catch (err) {
+    await shutdownAll();
+    throw err;
+  }
+}
