@@ -18,7 +18,8 @@ const TOKEN_HELP = `Token lookup order (first found wins):
 export function buildProgram(): Command {
   const program = new Command('driftline')
     .description('Driftline operator CLI: run the control plane, manage devices, models and tokens')
-    .version(DRIFTLINE_VERSION)
+    // Only -V: a program-level --version would swallow `models deploy --version N`.
+    .version(DRIFTLINE_VERSION, '-V', 'print the version')
     .addOption(new Option('--server <host:port>', 'control plane gRPC address').env('DRIFTLINE_SERVER').default(DEFAULT_SERVER))
     .addOption(new Option('--token <token>', 'operator token (lookup order: see driftline --help)').env('DRIFTLINE_TOKEN'))
     .option('--token-file <file>', `file holding the operator token (default: ./${DEFAULT_TOKEN_FILE} if it exists)`)
@@ -51,7 +52,9 @@ export async function main(argv: readonly string[]): Promise<ExitCode> {
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     const error = toCliError(err, program.opts<GlobalOptions>().server);
-    process.stderr.write(`error [${error.code}]: ${error.message.replace(/\s*\n\s*/g, '; ')}\n`);
+    // One line per error, so scripts can grep it: a multi-line problem list becomes `a: b; c`.
+    const message = error.message.replace(/(:?)\s*\n\s*/g, (_, colon: string) => (colon ? ': ' : '; '));
+    process.stderr.write(`error [${error.code}]: ${message}\n`);
     return error.exitCode;
   }
 }

@@ -9,7 +9,8 @@ export interface Output {
   table(head: string[], rows: Array<Array<string | number>>): void;
 }
 
-export function createOutput(json: boolean, write: (text: string) => void = (t) => process.stdout.write(t)): Output {
+export function createOutput(json: boolean): Output {
+  const write = (text: string): void => void process.stdout.write(text);
   return {
     json,
     result(data, human) {
@@ -30,7 +31,7 @@ const PLAIN: Record<string, string> = Object.fromEntries(
   ['top', 'top-mid', 'top-left', 'top-right', 'bottom', 'bottom-mid', 'bottom-left', 'bottom-right', 'left', 'left-mid', 'mid', 'mid-mid', 'right', 'right-mid'].map((c) => [c, '']),
 );
 
-export function renderTable(head: string[], rows: Array<Array<string | number>>): string {
+function renderTable(head: string[], rows: Array<Array<string | number>>): string {
   const table = new Table({
     head,
     chars: { ...PLAIN, middle: '   ' },

@@ -1,6 +1,6 @@
 import { Argument, type Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { CreateEnrollmentTokenResponse, Device, DeviceServiceClient, DeviceStatus, ListDevicesResponse } from '../../../common/proto/driftline/v1/fleet.js';
+import { CreateEnrollmentTokenResponse, Device, DeviceServiceClient, DeviceStatus } from '../../../common/proto/driftline/v1/fleet.js';
 import { durationMs, keyValue, repeated } from '../arguments.js';
 import { usageError } from '../connection.js';
 import { withConnection } from '../context.js';
@@ -29,7 +29,8 @@ export function registerDevices(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.client(DeviceServiceClient);
         const response = await connection.call(client, 'listDevices', { selector: options.selector, includeDecommissioned: Boolean(options.all) });
-        output.result(ListDevicesResponse.toJSON(response), () => {
+        // Lists always carry their array in JSON (proto3 JSON would drop an empty one).
+        output.result({ devices: response.devices.map((d) => Device.toJSON(d)) }, () => {
           const now = systemClock.now();
           output.table(
             ['ID', 'STATUS', 'ONLINE', 'PROFILE', 'MODEL', 'LAST SEEN', 'BUFFER', 'LABELS'],

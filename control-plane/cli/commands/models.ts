@@ -10,8 +10,6 @@ import { systemClock } from '../../../common/clock.js';
 import { assertModelName } from '../../../common/ids.js';
 import {
   DeployModelResponse,
-  ListModelsResponse,
-  Model,
   ModelServiceClient,
   ModelVersion,
   type TensorSpec,
@@ -57,7 +55,7 @@ export function registerModels(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.client(ModelServiceClient);
         const response = await connection.call(client, 'listModels', {});
-        output.result(ListModelsResponse.toJSON(response), () => {
+        output.result({ latest: response.latest.map((v) => ModelVersion.toJSON(v)) }, () => {
           const now = systemClock.now();
           output.table(
             ['NAME', 'VERSION', 'SIZE', 'SHA256', 'OPSET', 'CREATED', 'DESCRIPTION'],
@@ -75,7 +73,7 @@ export function registerModels(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.client(ModelServiceClient);
         const model = await connection.call(client, 'getModel', { name });
-        output.result(Model.toJSON(model), () => {
+        output.result({ name: model.name, versions: model.versions.map((v) => ModelVersion.toJSON(v)) }, () => {
           const now = systemClock.now();
           output.table(
             ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'CREATED', 'DESCRIPTION'],

@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { readConfigFile } from '../../../common/config.js';
 import { createLogger } from '../../../common/logger.js';
@@ -64,7 +65,7 @@ export function registerServe(program: Command): void {
       const { startControlPlane } = await import('../../server.js');
       const plane = await startControlPlane(config, { logger });
       const { grpc, mqtt, http } = plane.addresses;
-      process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${plane.adminTokenFile}\n`);
+      process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${resolve(plane.adminTokenFile)}\n`);
 
       let stopping = false;
       const stop = (signal: NodeJS.Signals): void => {

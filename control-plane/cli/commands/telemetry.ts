@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { TelemetryServiceClient, TelemetrySummary } from '../../../common/proto/driftline/v1/telemetry.js';
+import { DeviceTelemetry, TelemetryServiceClient, TelemetrySummary } from '../../../common/proto/driftline/v1/telemetry.js';
 import { durationMs } from '../arguments.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
@@ -21,7 +21,7 @@ export function registerTelemetry(program: Command): void {
           deviceId: options.device ?? '',
           sinceMs: options.since === undefined ? 0 : now - options.since,
         });
-        output.result(TelemetrySummary.toJSON(summary), () => {
+        output.result({ ...(TelemetrySummary.toJSON(summary) as object), devices: summary.devices.map((d) => DeviceTelemetry.toJSON(d)) }, () => {
           output.table(
             ['DEVICE', 'RECORDS', 'INFERENCES', 'ERRORS', 'LATENCY MEAN', 'LATENCY MAX', 'EVENTS', 'LAST RECORD', 'BUFFER', 'DROPPED'],
             summary.devices.map((d) => [

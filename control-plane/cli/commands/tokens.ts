@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { AccessServiceClient, CreateTokenResponse, ListTokensResponse, Role, roleToJSON } from '../../../common/proto/driftline/v1/fleet.js';
+import { AccessServiceClient, CreateTokenResponse, Role, roleToJSON, TokenInfo } from '../../../common/proto/driftline/v1/fleet.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
 
@@ -33,7 +33,7 @@ export function registerTokens(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.client(AccessServiceClient);
         const response = await connection.call(client, 'listTokens', {});
-        output.result(ListTokensResponse.toJSON(response), () => {
+        output.result({ tokens: response.tokens.map((t) => TokenInfo.toJSON(t)) }, () => {
           const now = systemClock.now();
           output.table(
             ['ID', 'NAME', 'ROLE', 'CREATED', 'REVOKED'],
