@@ -24,8 +24,17 @@ import type { Uplink } from './uplink/ports.js';
 
 export type AgentState = 'starting' | 'running' | 'stopping' | 'stopped';
 
+export interface AgentStats {
+  recordsEnqueued: number;
+  recordsAcknowledged: number;
+  recordsDropped: number;
+  bufferDepth: number;
+}
+
 export interface AgentHandle {
   readonly deviceId: string;
+  /** Record accounting; after shutdown, the final figures. */
+  stats(): AgentStats;
   readonly localApiUrl: string;
   readonly state: AgentState;
   reportState(): Promise<void>;
@@ -44,6 +53,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   const clock = deps.clock ?? systemClock;
   const startedAt = clock.now();
   let state: AgentState = 'starting';
+  let finalDepth: number | undefined;
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
 
   const firmwareProfile = config.firmwareProfile === 'auto' ? `generic-${arch() === 'arm64' ? 'arm64' : 'x86_64'}-cpu` : config.firmwareProfile;
@@ -229,6 +239,12 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       return state;
     },
     reportState,
+    stats: () => ({
+      recordsEnqueued: recorder.enqueued,
+      recordsAcknowledged: uploader.stats.recordsAcknowledged,
+      recordsDropped: recorder.dropped,
+      bufferDepth: finalDepth ?? buffer.depth(),
+    }),
     async shutdown() {
       if (state === 'stopping' || state === 'stopped') return;
       state = 'stopping';
@@ -241,6 +257,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       await reportState();
       await uplink.shutdown();
       await engine.shutdown();
+      finalDepth = buffer.depth();
       await buffer.close();
       state = 'stopped';
       logger.info('agent stopped');

@@ -67,7 +67,13 @@ program
       if (++signals > 1) process.exit(AGENT_EXIT.failed);
       logger.info({ signal }, 'stopping');
       agent.shutdown().then(
-        () => process.exit(AGENT_EXIT.ok),
+        () => {
+          const s = agent.stats();
+          process.stdout.write(
+            `driftline-agent: stopped device=${agent.deviceId} enqueued=${s.recordsEnqueued} acknowledged=${s.recordsAcknowledged} buffered=${s.bufferDepth} dropped=${s.recordsDropped}\n`,
+          );
+          process.exit(AGENT_EXIT.ok);
+        },
         (err: unknown) => {
           logger.error({ err }, 'shutdown failed');
           process.exit(AGENT_EXIT.failed);
