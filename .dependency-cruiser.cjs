@@ -1,0 +1,41 @@
+/**
+ * The architecture, as rules the tests enforce (test/architecture.layers.test.ts and
+ * `npm run lint:layers`): no import cycles; the agent and the control plane share code only
+ * through common/; core logic stays free of transports, runtimes and databases so adapters
+ * can be swapped and tests can drive the core directly.
+ */
+const ADAPTER_PACKAGES = '(^|/)node_modules/(mqtt|@grpc/|onnxruntime-node|better-sqlite3|aedes|azure-iot-device)/';
+const CORE = [
+  '^common/(?!proto/)',
+  '^agent/telemetry/',
+  '^agent/models/model-manager\\.ts$',
+  '^agent/inference/(engine|model-runtime|datatypes)\\.ts$',
+  '^agent/(buffer|uplink)/ports\\.ts$',
+  '^agent/uplink/backoff\\.ts$',
+  '^control-plane/telemetry/(ingest|ports)\\.ts$',
+  '^control-plane/broker/device-acl\\.ts$',
+  '^control-plane/api/ports\\.ts$',
+];
+
+module.exports = {
+  forbidden: [
+    { name: 'no-circular', severity: 'error', from: {}, to: { circular: true } },
+    {
+      name: 'core-without-adapters',
+      comment: 'Core logic depends on small interfaces; only adapters import transports, runtimes and databases.',
+      severity: 'error',
+      from: { path: CORE },
+      to: { path: ADAPTER_PACKAGES, dependencyTypesNot: ['type-only'] },
+    },
+    { name: 'agent-not-control-plane', severity: 'error', from: { path: '^agent/' }, to: { path: '^control-plane/' } },
+    { name: 'control-plane-not-agent', severity: 'error', from: { path: '^control-plane/' }, to: { path: '^agent/' } },
+    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|demo)/' } },
+  ],
+  options: {
+    doNotFollow: { path: 'node_modules' },
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: 'tsconfig.json' },
+    enhancedResolveOptions: { exportsFields: ['exports'], conditionNames: ['import', 'require', 'node', 'default'], extensions: ['.ts', '.js', '.json'] },
+    moduleSystems: ['es6', 'cjs'],
+  },
+};
