@@ -1,0 +1,433 @@
+import { z } from 'zod';
+import { systemClock, type Clock } from '../../common/clock.js';
+import { asDriftlineError, DriftlineError, type ErrorCode } from '../../common/errors.js';
+import { assertModelName } from '../../common/ids.js';
+import type { Logger } from '../../common/logger.js';
+import { DATATYPES, datatypeOf, isDatatype, toTensorData, type Datatype } from './datatypes.js';
+import type { ModelRuntime, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
+
+/** The metadata key naming the output that holds class probabilities. */
+export const PROBABILITIES_OUTPUT_KEY = 'driftline.probabilities_output';
+const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
+
+export interface ModelToLoad {
+  name: string;
+  version: number;
+  path: string;
+  sha256: string;
+  /** Overrides the model's 'driftline.probabilities_output' metadata. */
+  probabilitiesOutput?: string;
+}
+
+export interface ActiveModelInfo {
+  name: string;
+  version: number;
+  sha256: string;
+  provider: string;
+  inputs: TensorSpec[];
+  outputs: TensorSpec[];
+  loadedAtMs: number;
+}
+
+export interface InferInput {
+  name: string;
+  /** An Open Inference Protocol datatype name (FP32, INT64, ...). */
+  datatype: string;
+  shape: readonly number[];
+  /** Flat row-major values, or a typed array of the datatype's kind (passed without a copy). */
+  data: ArrayLike<unknown>;
+}
+
+export interface InferOutput {
+  name: string;
+  datatype: Datatype;
+  shape: number[];
+  data: TensorData;
+}
+
+export interface InferResult {
+  model: string;
+  version: number;
+  provider: string;
+  outputs: InferOutput[];
+}
+
+export interface InferOptions {
+  /** Serve only if this version is the active one. */
+  version?: number;
+  /** Return only these outputs (all when absent). */
+  outputs?: readonly string[];
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** One per request that reached a loaded model, whatever its outcome. */
+export interface InferenceRecord {
+  model: string;
+  version: number;
+  provider: string;
+  latencyMs: number;
+  ok: boolean;
+  errorCode?: ErrorCode;
+  /** Argmax of row 0 of the probabilities output, when the model has one. */
+  topClass?: number;
+  confidence?: number;
+  /** Rows run; 0 when the request was refused before running. */
+  batchSize: number;
+}
+
+export interface InferenceObserver {
+  onInference(record: InferenceRecord): void;
+}
+
+/** What callers of the engine (the local API) depend on. */
+export interface InferenceService {
+  active(): ActiveModelInfo | undefined;
+  infer(model: string, inputs: readonly InferInput[], options?: InferOptions): Promise<InferResult>;
+}
+
+export interface InferenceEngineOptions {
+  runtime: ModelRuntime;
+  /** Execution providers in order of preference, from the device profile. */
+  providers: readonly string[];
+  logger: Logger;
+  observer?: InferenceObserver;
+  clock?: Clock;
+  intraOpThreads?: number;
+  interOpThreads?: number;
+}
+
+const ModelToLoadSchema = z.object({
+  name: z.string(),
+  version: z.number().int().positive(),
+  path: z.string().min(1),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits'),
+  probabilitiesOutput: z.string().min(1).optional(),
+});
+
+/**
+ * Serves one model at a time and swaps versions without dropping a request: the new
+ * version loads and warms up beside the current one, the swap is a single assignment, and
+ * the old session is released once the runs already started on it have finished.
+ */
+export class InferenceEngine implements InferenceService {
+  private current: Slot | undefined;
+  private readonly retiring = new Set<Slot>();
+  private loading: Promise<unknown> = Promise.resolve();
+  private state: 'running' | 'stopping' | 'stopped' = 'running';
+  private readonly clock: Clock;
+
+  private constructor(private readonly options: InferenceEngineOptions) {
+    this.clock = options.clock ?? systemClock;
+  }
+
+  static create(options: InferenceEngineOptions): InferenceEngine {
+    if (options.providers.length === 0) throw new DriftlineError('CONFIG_INVALID', 'the inference engine needs at least one execution provider');
+    return new InferenceEngine(options);
+  }
+
+  active(): ActiveModelInfo | undefined {
+    return this.current?.info;
+  }
+
+  /** Loads serialize, so two pushes in a row end with the second one active. */
+  load(model: ModelToLoad): Promise<ActiveModelInfo> {
+    const next = this.loading.then(() => this.swapIn(model));
+    this.loading = next.catch(() => undefined);
+    return next;
+  }
+
+  async infer(modelName: string, inputs: readonly InferInput[], options: InferOptions = {}): Promise<InferResult> {
+    if (this.state !== 'running') throw new DriftlineError('SHUTTING_DOWN', 'the inference engine is shutting down');
+    const slot = this.route(modelName, options.version);
+    const started = performance.now();
+    let batchSize = 0;
+    try {
+      const { feeds, rows } = slot.feeds(inputs);
+      const wanted = slot.selectOutputs(options.outputs);
+      const signal = deadline(options);
+      if (signal?.aborted) throw abortError(signal);
+      batchSize = rows;
+      // Nothing awaits between routing and run(), so a swap cannot release this session first.
+      const run = slot.enter(feeds);
+      const raw = await (signal ? abortable(run, signal) : run);
+      const outputs = wanted.map((name) => toOutput(name, raw));
+      this.record(slot, { latencyMs: performance.now() - started, ok: true, batchSize, ...slot.topClass(raw) });
+      return { model: slot.info.name, version: slot.info.version, provider: slot.info.provider, outputs };
+    } catch (err) {
+      const error = asDriftlineError(err, 'INFERENCE_FAILED');
+      this.record(slot, { latencyMs: performance.now() - started, ok: false, errorCode: error.code, batchSize });
+      throw error;
+    }
+  }
+
+  /** Refuses new work, lets runs in flight finish for up to graceMs, then releases every session. */
+  async shutdown({ graceMs = DEFAULT_SHUTDOWN_GRACE_MS }: { graceMs?: number } = {}): Promise<void> {
+    if (this.state !== 'running') return;
+    this.state = 'stopping';
+    await this.loading;
+    if (this.current) this.retire(this.current);
+    this.current = undefined;
+    const slots = [...this.retiring];
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, graceMs);
+    });
+    await Promise.race([Promise.all(slots.map((s) => s.released)), graceOver]);
+    clearTimeout(timer);
+    const forced = slots.filter((s) => s.inFlight > 0);
+    if (forced.length > 0) this.options.logger.warn({ models: forced.map((s) => s.describe()) }, 'releasing sessions with runs still in flight');
+    await Promise.all(slots.map((s) => s.release()));
+    this.state = 'stopped';
+  }
+
+  private route(modelName: string, version: number | undefined): Slot {
+    const slot = this.current;
+    if (!slot) throw new DriftlineError('MODEL_NOT_LOADED', 'no model is loaded yet');
+    if (slot.info.name !== modelName) {
+      throw new DriftlineError('MODEL_NOT_FOUND', `model ${JSON.stringify(modelName)} is not served here; the active model is ${slot.info.name}`);
+    }
+    if (version !== undefined && version !== slot.info.version) {
+      throw new DriftlineError('MODEL_NOT_FOUND', `version ${version} of ${modelName} is not active; version ${slot.info.version} is`);
+    }
+    return slot;
+  }
+
+  private async swapIn(model: ModelToLoad): Promise<ActiveModelInfo> {
+    if (this.state !== 'running') throw new DriftlineError('SHUTTING_DOWN', 'the inference engine is shutting down');
+    const parsed = ModelToLoadSchema.safeParse(model);
+    if (!parsed.success) throw new DriftlineError('MODEL_INVALID', `model to load is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
+    const spec = parsed.data;
+    assertModelName(spec.name);
+    const { logger } = this.options;
+    let session: RuntimeSession;
+    try {
+      session = await this.options.runtime.load(spec.path, {
+        providers: this.options.providers,
+        intraOpThreads: this.options.intraOpThreads,
+        interOpThreads: this.options.interOpThreads,
+      });
+    } catch (err) {
+      throw asDriftlineError(err, 'MODEL_INVALID');
+    }
+    let slot: Slot;
+    try {
+      const info: ActiveModelInfo = {
+        name: spec.name,
+        version: spec.version,
+        sha256: spec.sha256,
+        provider: session.provider,
+        inputs: session.inputs.map(copySpec),
+        outputs: session.outputs.map(copySpec),
+        loadedAtMs: this.clock.now(),
+      };
+      slot = new Slot(info, session, probabilitiesOutput(session, spec.probabilitiesOutput), logger);
+      await session.run(warmUpFeeds(session.inputs));
+    } catch (err) {
+      await session.release().catch((releaseErr: unknown) => logger.warn({ err: releaseErr }, 'releasing a model that failed to load failed'));
+      if (err instanceof DriftlineError) throw err;
+      throw new DriftlineError('MODEL_INVALID', `${spec.name} v${spec.version} failed its warm-up inference: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    }
+    if (this.state !== 'running') {
+      await session.release();
+      throw new DriftlineError('SHUTTING_DOWN', 'the inference engine shut down while the model was loading');
+    }
+    const previous = this.current;
+    this.current = slot;
+    if (previous) this.retire(previous);
+    logger.info({ model: spec.name, version: spec.version, provider: session.provider, previous: previous?.describe() }, 'model active');
+    return slot.info;
+  }
+
+  private retire(slot: Slot): void {
+    this.retiring.add(slot);
+    void slot.released.then(() => this.retiring.delete(slot));
+    slot.retire();
+  }
+
+  private record(slot: Slot, outcome: Omit<InferenceRecord, 'model' | 'version' | 'provider'>): void {
+    const observer = this.options.observer;
+    if (!observer) return;
+    try {
+      observer.onInference({ model: slot.info.name, version: slot.info.version, provider: slot.info.provider, ...outcome });
+    } catch (err) {
+      this.options.logger.warn({ err }, 'inference observer failed');
+    }
+  }
+}
+
+/** A loaded session and the requests running on it. */
+class Slot {
+  inFlight = 0;
+  private retired = false;
+  private releasing: Promise<void> | undefined;
+  readonly released: Promise<void>;
+  private markReleased!: () => void;
+  private readonly inputs = new Map<string, TensorSpec>();
+
+  constructor(
+    readonly info: ActiveModelInfo,
+    private readonly session: RuntimeSession,
+    private readonly probabilities: string | undefined,
+    private readonly logger: Logger,
+  ) {
+    for (const input of info.inputs) this.inputs.set(input.name, input);
+    this.released = new Promise((resolve) => {
+      this.markReleased = resolve;
+    });
+  }
+
+  describe(): string {
+    return `${this.info.name}@${this.info.version}`;
+  }
+
+  enter(feeds: Record<string, RuntimeTensor>): Promise<Record<string, RuntimeTensor>> {
+    this.inFlight++;
+    const run = this.session.run(feeds);
+    const leave = () => {
+      this.inFlight--;
+      if (this.retired && this.inFlight === 0) void this.release();
+    };
+    run.then(leave, leave);
+    return run;
+  }
+
+  retire(): void {
+    this.retired = true;
+    if (this.inFlight === 0) void this.release();
+  }
+
+  release(): Promise<void> {
+    this.releasing ??= this.session
+      .release()
+      .catch((err: unknown) => this.logger.warn({ err, model: this.describe() }, 'releasing a model session failed'))
+      .then(() => this.markReleased());
+    return this.releasing;
+  }
+
+  /** Checks every input against the model's signature before anything runs. */
+  feeds(inputs: readonly InferInput[]): { feeds: Record<string, RuntimeTensor>; rows: number } {
+    const feeds: Record<string, RuntimeTensor> = {};
+    const seen = new Set<string>();
+    for (const input of inputs) {
+      const spec = this.inputs.get(input.name);
+      if (!spec) invalid(input.name, `unknown input ${JSON.stringify(input.name)}; the model's inputs are ${[...this.inputs.keys()].join(', ')}`);
+      if (seen.has(spec.name)) invalid(spec.name, `input ${spec.name} is given more than once`);
+      seen.add(spec.name);
+      feeds[spec.name] = toTensor(input, spec);
+    }
+    for (const spec of this.inputs.values()) {
+      if (!seen.has(spec.name)) invalid(spec.name, `missing input ${spec.name} (${datatypeOf(spec.type) ?? spec.type} ${formatShape(spec.shape)})`);
+    }
+    const first = feeds[this.info.inputs[0]?.name ?? ''];
+    return { feeds, rows: first && first.dims.length > 0 ? first.dims[0] : 1 };
+  }
+
+  selectOutputs(requested: readonly string[] | undefined): string[] {
+    const names = this.info.outputs.map((o) => o.name);
+    if (requested === undefined) return names;
+    for (const name of requested) {
+      if (!names.includes(name)) throw new DriftlineError('REQUEST_INVALID', `unknown output ${JSON.stringify(name)}; the model's outputs are ${names.join(', ')}`, { details: { output: name } });
+    }
+    return [...requested];
+  }
+
+  topClass(outputs: Record<string, RuntimeTensor>): { topClass?: number; confidence?: number } {
+    const tensor = this.probabilities === undefined ? undefined : outputs[this.probabilities];
+    if (!tensor || tensor.dims.length !== 2 || tensor.dims[0] < 1 || tensor.dims[1] < 1) return {};
+    const row = tensor.data as Float32Array | Float64Array;
+    let best = 0;
+    for (let c = 1; c < tensor.dims[1]; c++) if (row[c] > row[best]) best = c;
+    return { topClass: best, confidence: row[best] };
+  }
+}
+
+function toTensor(input: InferInput, spec: TensorSpec): RuntimeTensor {
+  const expected = datatypeOf(spec.type);
+  if (expected === undefined) invalid(spec.name, `input ${spec.name} has element type ${spec.type}, which the inference API cannot carry`);
+  if (!isDatatype(input.datatype) || input.datatype !== expected) {
+    invalid(spec.name, `input ${spec.name} has datatype ${JSON.stringify(input.datatype)}; expected ${expected}`);
+  }
+  const shape = input.shape;
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    invalid(spec.name, `input ${spec.name} has shape ${JSON.stringify(shape)}; expected a list of non-negative integers`);
+  }
+  const fits = shape.length === spec.shape.length && spec.shape.every((d, i) => d < 0 || d === shape[i]);
+  if (!fits) invalid(spec.name, `input ${spec.name} has shape ${formatShape(shape)}; expected ${formatShape(spec.shape)} (-1 is any size)`);
+  const elements = shape.reduce((n, d) => n * d, 1);
+  const data = input.data;
+  if (!Array.isArray(data) && !ArrayBuffer.isView(data)) invalid(spec.name, `input ${spec.name} has no data array`);
+  if (data.length !== elements) {
+    invalid(spec.name, `input ${spec.name} has ${data.length} values; shape ${formatShape(shape)} needs ${elements}`);
+  }
+  const converted = toTensorData(expected, data);
+  if (typeof converted === 'string') invalid(spec.name, `input ${spec.name}: ${converted}; expected ${expected}`);
+  return { type: DATATYPES[expected], dims: shape, data: converted };
+}
+
+function invalid(input: string, message: string): never {
+  throw new DriftlineError('INFERENCE_INPUT_INVALID', message, { details: { input } });
+}
+
+function formatShape(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+function toOutput(name: string, raw: Record<string, RuntimeTensor>): InferOutput {
+  const tensor = raw[name];
+  const datatype = tensor && datatypeOf(tensor.type);
+  if (!tensor || !datatype) throw new DriftlineError('INFERENCE_FAILED', `output ${name} is missing or has an element type the inference API cannot carry`);
+  return { name, datatype, shape: [...tensor.dims], data: tensor.data };
+}
+
+function copySpec(spec: TensorSpec): TensorSpec {
+  return { name: spec.name, type: spec.type, shape: [...spec.shape] };
+}
+
+/** The named probabilities output, else the first float output of rank 2 (batch x classes). */
+function probabilitiesOutput(session: RuntimeSession, override: string | undefined): string | undefined {
+  const named = override ?? session.metadata[PROBABILITIES_OUTPUT_KEY];
+  if (named !== undefined) {
+    if (!session.outputs.some((o) => o.name === named)) throw new DriftlineError('MODEL_INVALID', `probabilities output ${named} is not an output of the model`);
+    return named;
+  }
+  return session.outputs.find((o) => (o.type === 'float32' || o.type === 'float64') && o.shape.length === 2)?.name;
+}
+
+/** Zeros in every declared shape, dynamic dimensions as 1, so the first real request does not pay for lazy initialization. */
+function warmUpFeeds(inputs: readonly TensorSpec[]): Record<string, RuntimeTensor> {
+  const feeds: Record<string, RuntimeTensor> = {};
+  for (const spec of inputs) {
+    const datatype = datatypeOf(spec.type);
+    if (!datatype) throw new DriftlineError('MODEL_INVALID', `input ${spec.name} has element type ${spec.type}, which the inference API cannot carry`);
+    const dims = spec.shape.map((d) => (d < 0 ? 1 : d));
+    const elements = dims.reduce((n, d) => n * d, 1);
+    const data = toTensorData(datatype, new Array(elements).fill(datatype === 'BYTES' ? '' : datatype === 'BOOL' ? false : 0));
+    if (typeof data === 'string') throw new DriftlineError('INTERNAL', `cannot build warm-up data for ${spec.name}: ${data}`);
+    feeds[spec.name] = { type: spec.type as RuntimeTensor['type'], dims, data };
+  }
+  return feeds;
+}
+
+function deadline({ timeoutMs, signal }: InferOptions): AbortSignal | undefined {
+  if (timeoutMs === undefined) return signal;
+  const timeout = AbortSignal.timeout(timeoutMs);
+  return signal ? AbortSignal.any([signal, timeout]) : timeout;
+}
+
+function abortError(signal: AbortSignal): DriftlineError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof DOMException && reason.name === 'TimeoutError') {
+    return new DriftlineError('INFERENCE_TIMEOUT', 'inference did not finish before its deadline', { cause: reason });
+  }
+  return new DriftlineError('INFERENCE_CANCELLED', 'inference was cancelled by the caller', { cause: reason });
+}
+
+/** onnxruntime cannot stop a run, so on abort the caller stops waiting and the run finishes unobserved. */
+function abortable<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}

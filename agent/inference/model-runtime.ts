@@ -1,0 +1,63 @@
+import type { TensorSpec } from '../../common/proto/driftline/v1/models.js';
+
+export type { TensorSpec };
+
+/** Element types as onnxruntime names them (TensorSpec.type carries one of these). */
+export type TensorType =
+  | 'bool'
+  | 'uint8'
+  | 'uint16'
+  | 'uint32'
+  | 'uint64'
+  | 'int8'
+  | 'int16'
+  | 'int32'
+  | 'int64'
+  | 'float16'
+  | 'float32'
+  | 'float64'
+  | 'string';
+
+/** Flat row-major element storage; bool travels as Uint8Array and float16 as raw bits, as onnxruntime does. */
+export type TensorData =
+  | Uint8Array
+  | Uint16Array
+  | Uint32Array
+  | BigUint64Array
+  | Int8Array
+  | Int16Array
+  | Int32Array
+  | BigInt64Array
+  | Float32Array
+  | Float64Array
+  | string[];
+
+export interface RuntimeTensor {
+  type: TensorType;
+  dims: readonly number[];
+  data: TensorData;
+}
+
+export interface RuntimeLoadOptions {
+  /** Execution providers in order of preference ('tensorrt', 'cuda', 'cpu', ...). */
+  providers: readonly string[];
+  intraOpThreads?: number;
+  interOpThreads?: number;
+}
+
+/** One loaded model; the engine owns its lifetime. */
+export interface RuntimeSession {
+  readonly inputs: readonly TensorSpec[];
+  readonly outputs: readonly TensorSpec[];
+  /** The provider that actually loaded, which may be a fallback from the preferred one. */
+  readonly provider: string;
+  /** The model's metadata_props. */
+  readonly metadata: Readonly<Record<string, string>>;
+  run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>>;
+  release(): Promise<void>;
+}
+
+/** What the engine needs from an inference library; onnxruntime-runtime.ts is the real one. */
+export interface ModelRuntime {
+  load(path: string, options: RuntimeLoadOptions): Promise<RuntimeSession>;
+}

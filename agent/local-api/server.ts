@@ -1,0 +1,326 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import type { Registry } from 'prom-client';
+import { z } from 'zod';
+import { asDriftlineError, DriftlineError, type ErrorKind } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import { DRIFTLINE_VERSION } from '../../common/version.js';
+import { datatypeOf, toJsonValues } from '../inference/datatypes.js';
+import type { ActiveModelInfo, InferenceService, InferInput } from '../inference/engine.js';
+import type { TensorSpec } from '../inference/model-runtime.js';
+
+const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
+const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
+const SERVER_NAME = 'driftline-agent';
+
+export interface LocalApiOptions {
+  engine: InferenceService;
+  health: () => { ok: boolean; details: Record<string, unknown> };
+  metrics: Registry;
+  logger: Logger;
+  host?: string;
+  port?: number;
+  /** Listen on this unix socket instead of TCP. */
+  socketPath?: string;
+  maxBodyBytes?: number;
+  /** Deadline for each inference request; none when absent. */
+  inferTimeoutMs?: number;
+  /** How long close() lets requests in flight finish before cutting connections. */
+  shutdownGraceMs?: number;
+}
+
+export interface LocalApi {
+  /** http://host:port, or unix:<path> for a unix socket. */
+  url: string;
+  /** 0 on a unix socket. */
+  port: number;
+  close(): Promise<void>;
+}
+
+/** The one place an error kind becomes an HTTP status. */
+const STATUS_BY_KIND: Record<ErrorKind, number> = {
+  invalid: 400,
+  unauthenticated: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  exhausted: 429,
+  unavailable: 503,
+  deadline: 504,
+  internal: 500,
+};
+
+function statusOf(error: DriftlineError): number {
+  return error.code === 'PAYLOAD_TOO_LARGE' ? 413 : STATUS_BY_KIND[error.kind];
+}
+
+const InferRequestSchema = z.object({
+  id: z.string().optional(),
+  inputs: z
+    .array(
+      z.object({
+        name: z.string(),
+        shape: z.array(z.number()),
+        datatype: z.string(),
+        // Elements are checked once, by the engine, against the model's datatype.
+        data: z.custom<unknown[]>((v) => Array.isArray(v), 'expected an array'),
+      }),
+    )
+    .min(1),
+  outputs: z.array(z.object({ name: z.string() })).optional(),
+});
+
+const MODEL_ROUTE = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer)?$/;
+
+/**
+ * The device's inference API for applications, in the shape of the Open Inference
+ * Protocol v2 (KServe) over HTTP/JSON, on loopback or a unix socket only.
+ */
+export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi> {
+  const { logger } = options;
+  const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+
+  const server = createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => sendError(res, asDriftlineError(err)));
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?', 1)[0];
+    const method = req.method ?? 'GET';
+    if (method === 'GET') {
+      if (path === '/v2/health/live') return sendJson(res, 200, { live: true });
+      if (path === '/v2/health/ready') {
+        const ready = options.engine.active() !== undefined;
+        return sendJson(res, ready ? 200 : 503, { ready });
+      }
+      if (path === '/v2') return sendJson(res, 200, { name: SERVER_NAME, version: DRIFTLINE_VERSION, extensions: [] });
+      if (path === '/healthz') {
+        const health = options.health();
+        return sendJson(res, health.ok ? 200 : 503, health);
+      }
+      if (path === '/metrics') {
+        const text = await options.metrics.metrics();
+        res.writeHead(200, { 'content-type': options.metrics.contentType, 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+        return;
+      }
+    }
+    const route = MODEL_ROUTE.exec(path);
+    if (route) {
+      const name = decodeSegment(route[1]);
+      const version = route[2] === undefined ? undefined : parseVersion(decodeSegment(route[2]));
+      const action = route[3];
+      if (method === 'GET' && action === undefined) return sendJson(res, 200, modelMetadata(activeModel(name, version)));
+      if (method === 'GET' && action === '/ready') {
+        activeModel(name, version);
+        return sendJson(res, 200, { name, ready: true });
+      }
+      if (method === 'POST' && action === '/infer') return infer(req, res, name, version);
+    }
+    throw new DriftlineError('ROUTE_NOT_FOUND', `no route for ${method} ${path}`);
+  }
+
+  function activeModel(name: string, version: number | undefined): ActiveModelInfo {
+    const active = options.engine.active();
+    if (!active) throw new DriftlineError('MODEL_NOT_LOADED', 'no model is loaded yet');
+    if (active.name !== name || (version !== undefined && version !== active.version)) {
+      throw new DriftlineError('MODEL_NOT_FOUND', `model ${name}${version === undefined ? '' : ` version ${version}`} is not served here`);
+    }
+    return active;
+  }
+
+  async function infer(req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
+    const body = await readJson(req, maxBodyBytes);
+    const parsed = InferRequestSchema.safeParse(body);
+    if (!parsed.success) throw new DriftlineError('REQUEST_INVALID', `inference request is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
+    const request = parsed.data;
+    // A client that hangs up stops waiting for its result.
+    const abandoned = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) abandoned.abort();
+    });
+    const inputs: InferInput[] = request.inputs.map((i) => ({ name: i.name, datatype: i.datatype, shape: i.shape, data: flatten(i.data) }));
+    const result = await options.engine.infer(name, inputs, {
+      version,
+      outputs: request.outputs?.map((o) => o.name),
+      timeoutMs: options.inferTimeoutMs,
+      signal: abandoned.signal,
+    });
+    sendJson(res, 200, {
+      model_name: result.model,
+      model_version: String(result.version),
+      id: request.id ?? randomUUID(),
+      outputs: result.outputs.map((o) => ({ name: o.name, shape: o.shape, datatype: o.datatype, data: toJsonValues(o.datatype, o.data) })),
+    });
+  }
+
+  function sendError(res: ServerResponse, error: DriftlineError): void {
+    const status = statusOf(error);
+    if (status >= 500) logger.warn({ err: error, code: error.code }, 'local API request failed');
+    else logger.debug({ code: error.code, message: error.message }, 'local API request refused');
+    if (res.headersSent) {
+      res.destroy(error);
+      return;
+    }
+    // Node would otherwise read the rest of a refused body to reuse the connection; an endless one never ends.
+    sendJson(res, status, { error: error.message, code: error.code }, error.code === 'PAYLOAD_TOO_LARGE');
+  }
+
+  const address = await listen(server, options);
+  logger.info({ url: address.url }, 'local inference API listening');
+  let closing: Promise<void> | undefined;
+  return {
+    ...address,
+    close() {
+      closing ??= shutdown(server, options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS);
+      return closing;
+    },
+  };
+}
+
+function modelMetadata(model: ActiveModelInfo): Record<string, unknown> {
+  return {
+    name: model.name,
+    versions: [String(model.version)],
+    platform: 'onnxruntime',
+    inputs: model.inputs.map(tensorMetadata),
+    outputs: model.outputs.map(tensorMetadata),
+    provider: model.provider,
+    sha256: model.sha256,
+  };
+}
+
+function tensorMetadata(spec: TensorSpec): { name: string; datatype: string; shape: number[] } {
+  return { name: spec.name, datatype: datatypeOf(spec.type) ?? spec.type, shape: spec.shape };
+}
+
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch (err) {
+    throw new DriftlineError('REQUEST_INVALID', `path segment ${JSON.stringify(segment)} is not valid percent-encoding`, { cause: err });
+  }
+}
+
+function parseVersion(text: string): number {
+  const version = Number(text);
+  if (!Number.isSafeInteger(version) || version < 1) throw new DriftlineError('REQUEST_INVALID', `model version ${JSON.stringify(text)} is not a positive integer`);
+  return version;
+}
+
+/** The protocol allows nested row-major arrays; the engine takes flat ones. */
+function flatten(data: unknown[]): unknown[] {
+  return data.length > 0 && Array.isArray(data[0]) ? data.flat(Infinity) : data;
+}
+
+/**
+ * Reads at most maxBytes. Past that it answers 413 straight away: the rest of the body is
+ * discarded as it arrives, never buffered, and the connection closes after the response.
+ */
+async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown> {
+  const body = await new Promise<Buffer>((resolve, reject) => {
+    const tooLarge = () => new DriftlineError('PAYLOAD_TOO_LARGE', `request body exceeds ${maxBytes} bytes`, { details: { maxBytes } });
+    if (Number(req.headers['content-length'] ?? 0) > maxBytes) {
+      req.resume();
+      reject(tooLarge());
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= maxBytes) chunks.push(chunk);
+      else {
+        // Left flowing without a listener, the remainder is dropped rather than buffered.
+        req.off('data', onData);
+        chunks.length = 0;
+        reject(tooLarge());
+      }
+    };
+    req.on('data', onData);
+    req.once('end', () => resolve(Buffer.concat(chunks, size)));
+    req.once('error', (err) => reject(new DriftlineError('REQUEST_INVALID', `request body could not be read: ${err.message}`, { cause: err })));
+  });
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new DriftlineError('REQUEST_INVALID', `request body is not valid JSON: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, closeConnection = false): void {
+  const text = JSON.stringify(body);
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) };
+  if (closeConnection) headers.connection = 'close';
+  res.writeHead(status, headers);
+  res.end(text);
+}
+
+async function listen(server: Server, options: LocalApiOptions): Promise<{ url: string; port: number }> {
+  if (options.socketPath !== undefined) {
+    const socketPath = options.socketPath;
+    try {
+      await listenOn(server, socketPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || !(await isStaleSocket(socketPath))) throw cannotListen(socketPath, err);
+      await unlink(socketPath);
+      await listenOn(server, socketPath).catch((retryErr: unknown) => {
+        throw cannotListen(socketPath, retryErr);
+      });
+    }
+    return { url: `unix:${socketPath}`, port: 0 };
+  }
+  const host = options.host ?? '127.0.0.1';
+  const port = options.port ?? 0;
+  await listenOn(server, { host, port }).catch((err: unknown) => {
+    throw cannotListen(`${host}:${port}`, err);
+  });
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new DriftlineError('INTERNAL', 'the local API has no TCP address');
+  const urlHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return { url: `http://${urlHost}:${address.port}`, port: address.port };
+}
+
+function cannotListen(where: string, err: unknown): DriftlineError {
+  return new DriftlineError('INTERNAL', `the local API cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
+
+function listenOn(server: Server, target: string | { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    const done = () => {
+      server.off('error', reject);
+      resolve();
+    };
+    if (typeof target === 'string') server.listen(target, done);
+    else server.listen(target.port, target.host, done);
+  });
+}
+
+/** A socket file nobody answers on is left over from a process that was killed; anything else is not ours to remove. */
+async function isStaleSocket(path: string): Promise<boolean> {
+  if (!(await lstat(path)).isSocket()) return false;
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once('error', () => resolve(true));
+  });
+}
+
+/** Stops accepting, lets requests in flight finish for up to graceMs, then cuts what is left. */
+function shutdown(server: Server, graceMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const force = setTimeout(() => server.closeAllConnections(), graceMs);
+    server.close((err) => {
+      clearTimeout(force);
+      if (err) reject(err);
+      else resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
