@@ -75,6 +75,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     reconnectMinMs: config.mqtt.reconnectMin,
     reconnectMaxMs: config.mqtt.reconnectMax,
     connectTimeoutMs: config.mqtt.connectTimeout,
+    publishTimeoutMs: config.mqtt.connectTimeout,
     logger,
   });
   new Gauge({ name: 'driftline_agent_uplink_connected', help: '1 when connected to the broker', registers: [metrics], collect() { this.set(uplink.connected ? 1 : 0); } });

@@ -15,6 +15,8 @@ export interface MqttUplinkOptions {
   reconnectMinMs: number;
   reconnectMaxMs: number;
   connectTimeoutMs: number;
+  /** How long to wait for a PUBACK (and for a polite disconnect) before giving up. */
+  publishTimeoutMs: number;
   logger: Logger;
 }
 
@@ -100,16 +102,35 @@ export class MqttUplink implements Uplink {
   async publish(channel: UpChannel, payload: Uint8Array): Promise<void> {
     const client = this.client;
     if (!client?.connected) throw new DriftlineError('UPLINK_UNAVAILABLE', 'not connected to the broker');
+    // A PUBACK lost with a dropped connection would otherwise leave the caller waiting
+    // until some later reconnect; callers resend from their own buffer instead.
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new DriftlineError('UPLINK_UNAVAILABLE', 'the broker did not acknowledge the message in time')), this.options.publishTimeoutMs);
+    });
     try {
-      await client.publishAsync(upTopic(this.options.deviceId, channel), Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1 });
+      await Promise.race([
+        client.publishAsync(upTopic(this.options.deviceId, channel), Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1 }),
+        deadline,
+      ]);
     } catch (err) {
-      throw new DriftlineError('UPLINK_UNAVAILABLE', 'the broker did not accept the message', { cause: err });
+      throw err instanceof DriftlineError ? err : new DriftlineError('UPLINK_UNAVAILABLE', 'the broker did not accept the message', { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
   }
 
+  /** Ends the session politely when the broker answers in time, otherwise drops it: everything unacknowledged is still buffered. */
   async shutdown(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
-    await this.client?.endAsync();
+    const client = this.client;
+    if (!client) return;
+    let timer: NodeJS.Timeout | undefined;
+    const forced = new Promise<void>((resolve) => {
+      timer = setTimeout(() => client.end(true, {}, () => resolve()), this.options.publishTimeoutMs);
+    });
+    await Promise.race([client.endAsync(), forced]);
+    clearTimeout(timer);
   }
 }
