@@ -151,6 +151,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       lastError: error?.message ?? '',
       droppedRecords: recorder.dropped,
       reportedAtMs: clock.now(),
+      warnings: [],
     };
     await uplink.publish('state', ReportedState.encode(reported).finish()).catch((err: unknown) => logger.debug({ err }, 'state report not sent'));
   }

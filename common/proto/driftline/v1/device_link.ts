@@ -205,6 +205,8 @@ export interface ReportedState {
   lastError: string;
   droppedRecords: number;
   reportedAtMs: number;
+  /** Problems the agent wants an operator to see, e.g. unknown hardware served by the generic CPU profile. */
+  warnings: string[];
 }
 
 export interface ActiveModel {
@@ -1606,6 +1608,7 @@ function createBaseReportedState(): ReportedState {
     lastError: "",
     droppedRecords: 0,
     reportedAtMs: 0,
+    warnings: [],
   };
 }
 
@@ -1643,6 +1646,9 @@ export const ReportedState: MessageFns<ReportedState> = {
     }
     if (message.reportedAtMs !== 0) {
       writer.uint32(88).int64(message.reportedAtMs);
+    }
+    for (const v of message.warnings) {
+      writer.uint32(98).string(v!);
     }
     return writer;
   },
@@ -1748,6 +1754,14 @@ export const ReportedState: MessageFns<ReportedState> = {
             message.reportedAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.warnings.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1813,6 +1827,9 @@ export const ReportedState: MessageFns<ReportedState> = {
         : isSet(object.reported_at_ms)
         ? globalThis.Number(object.reported_at_ms)
         : 0,
+      warnings: globalThis.Array.isArray(object?.warnings)
+        ? object.warnings.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1851,6 +1868,9 @@ export const ReportedState: MessageFns<ReportedState> = {
     if (message.reportedAtMs !== 0) {
       obj.reportedAtMs = Math.round(message.reportedAtMs);
     }
+    if (message.warnings?.length) {
+      obj.warnings = message.warnings;
+    }
     return obj;
   },
 
@@ -1872,6 +1892,7 @@ export const ReportedState: MessageFns<ReportedState> = {
     message.lastError = object.lastError ?? "";
     message.droppedRecords = object.droppedRecords ?? 0;
     message.reportedAtMs = object.reportedAtMs ?? 0;
+    message.warnings = object.warnings?.map((e) => e) || [];
     return message;
   },
 };
