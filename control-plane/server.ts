@@ -93,6 +93,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       embedded
         ? {
             url: embedded.url,
+            connect: () => embedded!.connectInProcess(),
             username: embedded.serviceCredential.username,
             password: embedded.serviceCredential.password,
             clientId: serviceClientId(embedded.serviceCredential.clientIdPrefix),

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server } from 'node:net';
+import { Duplex } from 'node:stream';
 import { createServer as createTlsServer } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
 import type { Logger } from '../../common/logger.js';
@@ -22,6 +23,8 @@ export interface EmbeddedBroker {
   readonly url: string;
   /** The control plane's own credential: full access, never given to a device. */
   readonly serviceCredential: { clientIdPrefix: string; username: string; password: string };
+  /** A connection into the broker that never touches the network (for the control plane's own session). */
+  connectInProcess(): Duplex;
   disconnectDevice(deviceId: string): void;
   readonly stats: { refusedConnects: number; refusedPublishes: number; refusedSubscribes: number };
   shutdown(): Promise<void>;
@@ -128,6 +131,11 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
     url,
     serviceCredential: { clientIdPrefix: SERVICE_CLIENT_PREFIX, username: SERVICE_USERNAME, password: servicePassword },
     stats,
+    connectInProcess() {
+      const [ours, theirs] = duplexPair();
+      broker.handle(theirs);
+      return ours;
+    },
     disconnectDevice(deviceId) {
       clientsById.get(deviceId)?.close();
     },
@@ -137,4 +145,27 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** Two cross-wired in-memory streams: what one side writes, the other reads. */
+function duplexPair(): [Duplex, Duplex] {
+  const wire = (peer: () => Duplex): Duplex =>
+    new Duplex({
+      read() {},
+      write(chunk, _encoding, callback) {
+        peer().push(chunk);
+        callback();
+      },
+      final(callback) {
+        peer().push(null);
+        callback();
+      },
+      destroy(err, callback) {
+        peer().destroy();
+        callback(err);
+      },
+    });
+  const a: Duplex = wire(() => b);
+  const b: Duplex = wire(() => a);
+  return [a, b];
 }

@@ -1,12 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import mqtt, { type MqttClient } from 'mqtt';
+import type { Duplex } from 'node:stream';
+import mqtt, { MqttClient, type IClientOptions } from 'mqtt';
 import { DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import { ALL_UP_FILTER, downTopic, parseUpTopic, type DownChannel, type UpChannel } from '../../common/topics.js';
 
 export interface ServiceLinkOptions {
+  /** Where the broker is; for the embedded broker, `connect` opens an in-process stream instead. */
   url: string;
+  connect?: (() => Duplex) | undefined;
   username?: string | undefined;
   password?: string | undefined;
   caFile?: string | undefined;
@@ -30,7 +33,7 @@ export interface ServiceLink {
  */
 export async function connectServiceLink(options: ServiceLinkOptions): Promise<ServiceLink> {
   const { logger } = options;
-  const client: MqttClient = mqtt.connect(options.url, {
+  const clientOptions: IClientOptions = {
     clientId: options.clientId,
     username: options.username,
     password: options.password,
@@ -40,7 +43,9 @@ export async function connectServiceLink(options: ServiceLinkOptions): Promise<S
     clean: false,
     reconnectPeriod: 1000,
     connectTimeout: 10_000,
-  });
+  };
+  const connect = options.connect;
+  const client: MqttClient = connect ? new MqttClient(() => connect(), clientOptions) : mqtt.connect(options.url, clientOptions);
 
   client.handleMessage = (packet, done) => {
     const topic = packet.topic;
