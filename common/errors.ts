@@ -53,6 +53,23 @@ export const ERROR_CODES = {
   INFERENCE_CANCELLED: 'unavailable',
   ROUTE_NOT_FOUND: 'not_found',
   LISTEN_FAILED: 'unavailable',
+  TRUST_SIGNATURE_INVALID: 'forbidden',
+  TRUST_KEY_UNKNOWN: 'forbidden',
+  TRUST_KEY_REVOKED: 'forbidden',
+  TRUST_THRESHOLD_NOT_MET: 'forbidden',
+  TRUST_METADATA_EXPIRED: 'forbidden',
+  TRUST_ROOT_INVALID: 'invalid',
+  TRUST_NOT_CONFIGURED: 'invalid',
+  KEY_PASSPHRASE_INVALID: 'unauthenticated',
+  RELEASE_INVALID: 'invalid',
+  RELEASE_MISMATCH: 'invalid',
+  RELEASE_UNSIGNED: 'forbidden',
+  RELEASE_VERSION_REFUSED: 'conflict',
+  RELEASE_INCOMPATIBLE: 'invalid',
+  RELEASE_SELF_TEST_FAILED: 'invalid',
+  RELEASE_CONFLICT: 'conflict',
+  RELEASE_ACTIVATION_INTERRUPTED: 'internal',
+  DOWNLOAD_TIMEOUT: 'deadline',
 } as const satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
