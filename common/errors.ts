@@ -70,6 +70,8 @@ export const ERROR_CODES = {
   RELEASE_CONFLICT: 'conflict',
   RELEASE_ACTIVATION_INTERRUPTED: 'internal',
   DOWNLOAD_TIMEOUT: 'deadline',
+  NATIVE_ADDON_FAILED: 'internal',
+  SELFTEST_FAILED: 'internal',
 } as const satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
