@@ -1,0 +1,404 @@
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { asDriftlineError, DriftlineError } from '../common/errors.js';
+import { toCliError } from '../control-plane/cli/connection.js';
+import { DemoFleet } from './fleet.js';
+import { writeDemoModel } from './model/demo-model.js';
+import { vibrationRowSampler } from './model/vibration-data.js';
+import { describeExit, ProcessGroup, type DemoChild } from './processes.js';
+import { buildReport, renderSummary, type AgentAccount, type DemoModelInfo, type DeviceOutcome } from './report.js';
+import { collectSnapshot, readAgentHealth, type AgentHealth, type DemoDevice } from './snapshot.js';
+import { createStatusDisplay, type StatusDisplay } from './status-view.js';
+import { DeviceTraffic } from './traffic.js';
+
+const LISTENING = /^driftline: listening grpc=(\S+) mqtt=(\S+) http=(\S+) token-file=(\S+)$/;
+const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
+const AGENT_STOPPED = /^driftline-agent: stopped device=(\S+) enqueued=(\d+) acknowledged=(\d+) buffered=(\d+) dropped=(\d+)$/;
+
+const MODEL_NAME = 'vibration';
+const MAX_DEVICES = 50;
+/** First start of a process pays for tsx compiling the sources; two cores shared by everyone. */
+const START_TIMEOUT_MS = 60_000;
+/** How long to wait for agents to empty their buffers after traffic stops, before stopping them anyway. */
+const DRAIN_TIMEOUT_MS = 20_000;
+/** Above the agent's own shutdown grace (10 s), so a drain in progress is not cut off. */
+const AGENT_STOP_GRACE_MS = 20_000;
+const CONTROL_PLANE_STOP_GRACE_MS = 10_000;
+const EXIT_INTERRUPTED = 130;
+const EXIT_USAGE = 2;
+/** How often the fleet's status is read while traffic runs. */
+const STATUS_EVERY_MS = 1000;
+
+interface DemoOptions {
+  devices: number;
+  duration?: number;
+  rate: number;
+  dataDir?: string;
+  keep?: boolean;
+  json?: boolean;
+}
+
+interface RunningAgent extends DemoDevice {
+  process: DemoChild;
+  lastHealth: AgentAccount | undefined;
+}
+
+const wholeNumber = (min: number, max: number) => (value: string): number => {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}`);
+  return n;
+};
+
+const positiveNumber = (value: string): number => {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected a number > 0');
+  return n;
+};
+
+/** The CLI spelled as a newcomer would type it, for the commands the demo shows. */
+const CLI = 'driftline';
+
+/**
+ * The whole loop on one machine, with real processes: a control plane, N agents that
+ * enroll, receive a deployed model and serve it, applications sending inferences to them,
+ * and telemetry flowing back until the control plane has stored every record once.
+ */
+class Demo {
+  private readonly display: StatusDisplay;
+  private readonly group = new ProcessGroup();
+  private readonly stopRequested = new AbortController();
+  private readonly agents: RunningAgent[] = [];
+  private readonly problems: string[] = [];
+  private controlPlane: DemoChild | undefined;
+  private fleet: DemoFleet | undefined;
+  private dataDir = '';
+  private grpcAddress = '';
+  private createdDataDir = false;
+  private signals = 0;
+  private interrupted = false;
+
+  constructor(private readonly options: DemoOptions) {
+    this.display = createStatusDisplay({ live: !options.json && Boolean(process.stdout.isTTY) });
+  }
+
+  /** Runs the demo and resolves with the exit code; every child process is gone when it resolves. */
+  async run(): Promise<number> {
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, this.onSignal);
+    let exitCode = 1;
+    let keep = Boolean(this.options.keep);
+    try {
+      this.prepareDataDir();
+      const { report, exitCode: code } = await this.runLoop();
+      exitCode = code;
+      keep ||= !report.ok;
+      if (keep) report.dataDir = this.dataDir;
+      process.stdout.write(this.options.json ? `${JSON.stringify(report)}\n` : renderSummary(report));
+    } catch (err) {
+      exitCode = this.interrupted ? EXIT_INTERRUPTED : err instanceof DriftlineError && err.kind === 'invalid' ? EXIT_USAGE : 1;
+      // What failed is in the logs; a run the person stopped on purpose leaves nothing worth keeping.
+      keep ||= !this.interrupted;
+      const error = describeError(err, this.grpcAddress);
+      this.note(exitCode === EXIT_INTERRUPTED ? 'interrupted before the loop was running' : `error [${error.code}]: ${error.message}`);
+      if (this.options.json) process.stdout.write(`${JSON.stringify({ ok: false, error, dataDir: this.dataDir || undefined })}\n`);
+    } finally {
+      await this.stopEverything();
+      for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(signal, this.onSignal);
+      if (this.dataDir && !keep && this.createdDataDir) rmSync(this.dataDir, { recursive: true, force: true });
+      else if (this.dataDir) this.note(`data and logs kept in ${this.dataDir} (logs/ has each process's log)`);
+    }
+    return exitCode;
+  }
+
+  private readonly onSignal = (signal: NodeJS.Signals): void => {
+    if (++this.signals > 1) {
+      // The person asked twice: stop waiting for drains and go now.
+      this.group.forceKillAll();
+      process.exit(EXIT_INTERRUPTED);
+    }
+    this.note(`${signal}: stopping (again to stop at once)`);
+    this.interrupted = true;
+    this.stopRequested.abort();
+  };
+
+  private note(text: string): void {
+    this.display.note(`demo: ${text}`);
+  }
+
+  private showCommand(text: string): void {
+    this.display.note(`  $ ${text}`);
+  }
+
+  private prepareDataDir(): void {
+    if (this.options.dataDir) {
+      const dir = resolve(this.options.dataDir);
+      // A previous demo's devices are enrolled there already; their tokens would be refused.
+      if (existsSync(dir) && readdirSync(dir).length > 0) {
+        throw new DriftlineError('CONFIG_INVALID', `--data-dir ${dir} is not empty; give an empty or new folder`);
+      }
+      mkdirSync(dir, { recursive: true });
+      this.dataDir = dir;
+    } else {
+      this.dataDir = mkdtempSync(join(tmpdir(), 'driftline-demo-'));
+      this.createdDataDir = true;
+    }
+    mkdirSync(join(this.dataDir, 'logs'));
+  }
+
+  private async runLoop(): Promise<{ report: ReturnType<typeof buildReport>; exitCode: number }> {
+    const written = await this.startControlPlane();
+    const fleet = this.fleet!;
+    await this.interruptible(this.enrollAgents());
+    const { version, deployedAt } = await this.interruptible(this.pushAndDeploy(written.path));
+    const model: DemoModelInfo = { name: MODEL_NAME, version, sha256: written.sha256, accuracy: written.accuracy };
+
+    const trafficStartedAt = performance.now();
+    for (const agent of this.agents) agent.traffic.start();
+    this.note(
+      `sending ${this.options.rate} inferences/s to each agent's local API` +
+        (this.options.duration === undefined ? ' until Ctrl-C' : ` for ${this.options.duration} s`),
+    );
+    const row = vibrationRowSampler(1)().features.map((v) => Number(v.toFixed(2)));
+    const body = { inputs: [{ name: 'features', shape: [1, row.length], datatype: 'FP32', data: row }] };
+    this.showCommand(`curl -s ${this.agents[0]!.localApiUrl}/v2/models/${MODEL_NAME}/infer -H 'content-type: application/json' -d '${JSON.stringify(body)}'`);
+    await this.watch(fleet, trafficStartedAt, deployedAt);
+    const durationS = (performance.now() - trafficStartedAt) / 1000;
+
+    this.display.close();
+    this.note('stopping traffic');
+    await Promise.all(this.agents.map((a) => a.traffic.stop()));
+    await this.waitForDrain();
+    const accounts = await this.stopAgents();
+    if (!this.controlPlane!.running) {
+      throw new DriftlineError('INTERNAL', `the control plane is gone, so what it stored cannot be read; see ${this.controlPlane!.spec.logFile}`);
+    }
+    this.showCommand(`${CLI} telemetry summary`);
+    const summary = await fleet.summary();
+    await this.stopControlPlane();
+
+    const devices: DeviceOutcome[] = this.agents.map((a, i) => ({ id: a.id, traffic: a.traffic, account: accounts[i], lastHealth: a.lastHealth }));
+    const report = buildReport({ devices, summary, model, durationS, ratePerDevice: this.options.rate, problems: this.problems });
+    return { report, exitCode: report.ok ? 0 : 1 };
+  }
+
+  /** Starts `driftline serve` and, while it boots, trains the demo model; resolves with the model on disk. */
+  private async startControlPlane(): Promise<{ path: string; sha256: string; accuracy: number }> {
+    const dir = join(this.dataDir, 'control-plane');
+    const args = ['serve', '--data-dir', dir, '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'];
+    this.note(`starting the control plane (gRPC API, MQTT broker, artifact server) in ${this.dataDir}`);
+    this.showCommand(`${CLI} ${args.join(' ')}`);
+    const starting = this.group.start({
+      name: 'control plane',
+      script: 'bin/driftline.js',
+      args,
+      logFile: join(this.dataDir, 'logs', 'control-plane.log'),
+      ready: LISTENING,
+      readyTimeoutMs: START_TIMEOUT_MS,
+    });
+    // Not awaited yet: if the model fails first, the start is still awaited below so its failure is not left unhandled.
+    starting.catch(() => undefined);
+
+    const path = join(this.dataDir, 'models', `${MODEL_NAME}.onnx`);
+    this.note('training the demo vibration-fault classifier (8 features, 4 classes)');
+    const written = await writeDemoModel(path);
+    this.note(`wrote ${path} (held-out accuracy ${(100 * written.accuracy).toFixed(1)}%)`);
+
+    this.controlPlane = await this.interruptible(starting);
+    const [, grpc, mqtt, http, tokenFile] = this.controlPlane.ready;
+    this.grpcAddress = grpc!;
+    this.note(`control plane listening: gRPC ${grpc}, MQTT ${mqtt}, artifacts ${http}`);
+    this.note(`to follow along from another terminal: export DRIFTLINE_SERVER=${grpc} DRIFTLINE_TOKEN=$(cat ${tokenFile}); ${CLI} = node bin/driftline.js`);
+    this.fleet = new DemoFleet(grpc!, readFileSync(tokenFile!, 'utf8').trim());
+    this.watchForCrash(this.controlPlane);
+    return written;
+  }
+
+  /** One enrollment token per device, then every agent started at once (separate processes, separate data folders). */
+  private async enrollAgents(): Promise<void> {
+    const fleet = this.fleet!;
+    const grpc = this.controlPlane!.ready[1]!;
+    const ids = Array.from({ length: this.options.devices }, (_, i) => `demo-edge-${i + 1}`);
+    const tokens: string[] = [];
+    for (const [i, id] of ids.entries()) {
+      if (this.stopRequested.signal.aborted) throw new DriftlineError('SHUTTING_DOWN', 'the demo was stopped');
+      const labels = { site: `plant-${(i % 2) + 1}`, line: `line-${Math.floor(i / 2) + 1}` };
+      this.showCommand(`${CLI} devices token ${id} ${Object.entries(labels).map(([k, v]) => `--label ${k}=${v}`).join(' ')}`);
+      tokens.push(await fleet.createEnrollmentToken(id, labels));
+    }
+    this.note(`starting ${ids.length} agents; each enrolls with its token, then connects to the broker`);
+    const started = await Promise.allSettled(
+      ids.map((id, i) => {
+        const args = ['run', '--device-id', id, '--enroll-token', tokens[i]!, '--server', grpc, '--data-dir', join(this.dataDir, 'agents', id), '--local-port', '0', '--log-level', 'warn'];
+        if (i === 0) this.showCommand(`driftline-agent ${args.map((a) => (a === tokens[i] ? '<token>' : a)).join(' ')}`);
+        return this.group.start({
+          name: id,
+          script: 'bin/driftline-agent.js',
+          args,
+          logFile: join(this.dataDir, 'logs', `${id}.log`),
+          ready: AGENT_READY,
+          readyTimeoutMs: START_TIMEOUT_MS,
+        });
+      }),
+    );
+    const failure = started.find((s) => s.status === 'rejected');
+    if (failure) throw failure.reason;
+    for (const [i, outcome] of started.entries()) {
+      const child = (outcome as PromiseFulfilledResult<DemoChild>).value;
+      const localApiUrl = child.ready[2]!;
+      this.agents.push({
+        id: ids[i]!,
+        localApiUrl,
+        process: child,
+        lastHealth: undefined,
+        traffic: new DeviceTraffic(localApiUrl, { model: MODEL_NAME, ratePerSecond: this.options.rate, seed: 1000 + i }),
+      });
+      this.watchForCrash(child);
+    }
+    this.note(`agents ready: ${this.agents.map((a) => `${a.id} ${a.localApiUrl}`).join(', ')}`);
+  }
+
+  /** Uploads the model as the next version and sets it as every device's desired model; resolves with when it was deployed. */
+  private async pushAndDeploy(path: string): Promise<{ version: number; deployedAt: number }> {
+    const fleet = this.fleet!;
+    this.showCommand(`${CLI} models push ${path} --name ${MODEL_NAME}`);
+    const pushed = await fleet.uploadModel(MODEL_NAME, readFileSync(path), 'demo vibration-fault classifier');
+    this.note(`pushed ${pushed.name}@v${pushed.version} (${pushed.sizeBytes} bytes, sha256 ${pushed.sha256.slice(0, 12)})`);
+    this.showCommand(`${CLI} models deploy ${MODEL_NAME}`);
+    const deployed = await fleet.deployLatest(MODEL_NAME);
+    this.note(`deployed ${MODEL_NAME}@v${deployed.version} to ${deployed.devices} devices; each downloads, verifies and loads it`);
+    return { version: deployed.version, deployedAt: performance.now() };
+  }
+
+  /** Shows the fleet while traffic runs, until the duration is up, Ctrl-C, or a process dies. */
+  private async watch(fleet: DemoFleet, startedAt: number, deployedAt: number): Promise<void> {
+    const endsAt = this.options.duration === undefined ? undefined : startedAt + this.options.duration * 1000;
+    const serving = new Set<string>();
+    const signal = this.stopRequested.signal;
+    while (!signal.aborted) {
+      const now = performance.now();
+      if (endsAt !== undefined && now >= endsAt) break;
+      for (const agent of this.agents) {
+        if (!serving.has(agent.id) && agent.traffic.ok > 0) {
+          serving.add(agent.id);
+          if (serving.size === this.agents.length) this.note(`all ${serving.size} agents serving ${MODEL_NAME} (model arrived within ${((now - deployedAt) / 1000).toFixed(1)} s of the deploy)`);
+        }
+      }
+      const snapshot = await collectSnapshot(fleet, this.agents, (performance.now() - startedAt) / 1000);
+      for (const [i, row] of snapshot.rows.entries()) if (row.health) this.agents[i]!.lastHealth = accountOf(row.health);
+      const footer =
+        endsAt === undefined ? 'Ctrl-C to stop' : `stopping in ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s (Ctrl-C to stop now)`;
+      this.display.update(snapshot, footer);
+      const wait = endsAt === undefined ? STATUS_EVERY_MS : Math.min(STATUS_EVERY_MS, Math.max(0, endsAt - performance.now()));
+      await sleep(wait, undefined, { signal }).catch(() => undefined);
+    }
+  }
+
+  /** After traffic stops, agents still hold the last records; wait (bounded) until each has had them acknowledged. */
+  private async waitForDrain(): Promise<void> {
+    this.note('waiting for every agent to deliver its buffered telemetry');
+    // A crashed agent has nothing left to drain; waiting for it would only delay the others' accounting.
+    const agents = this.agents.filter((a) => a.process.running);
+    const deadline = performance.now() + DRAIN_TIMEOUT_MS;
+    // Without the control plane nothing gets acknowledged; waiting would only delay the report of why.
+    while (performance.now() < deadline && this.controlPlane?.running) {
+      const health = await Promise.all(agents.map((a) => readAgentHealth(a.localApiUrl)));
+      for (const [i, h] of health.entries()) if (h) agents[i]!.lastHealth = accountOf(h);
+      if (health.every((h) => h && h.bufferDepth === 0 && h.recordsAcknowledged >= h.recordsEnqueued)) return;
+      await sleep(200);
+    }
+    // Not fatal by itself: the agents drain again on SIGTERM, and the final accounting says what is missing.
+    if (this.controlPlane?.running) this.note(`buffers not empty after ${DRAIN_TIMEOUT_MS / 1000} s; stopping the agents anyway`);
+  }
+
+  /** SIGTERM to every agent; each drains, then prints its final record accounting. Undefined for an agent that did not. */
+  private stopAgents(): Promise<Array<AgentAccount | undefined>> {
+    this.note('stopping the agents (SIGTERM: each drains, then reports what it enqueued and what was acknowledged)');
+    return Promise.all(
+      this.agents.map(async (agent) => {
+        // One that already died was reported when it did.
+        if (!agent.process.running) return undefined;
+        const stopped = agent.process.line(AGENT_STOPPED, AGENT_STOP_GRACE_MS + 1000, 'its stopped line').catch(() => undefined);
+        const exit = await agent.process.stop(AGENT_STOP_GRACE_MS);
+        const match = await stopped;
+        if (!match || exit.code !== 0) {
+          this.problems.push(`${agent.id} exited with ${describeExit(exit)}; see ${agent.process.spec.logFile}`);
+          return undefined;
+        }
+        const [, , enqueued, acknowledged, buffered, dropped] = match.map(Number);
+        return { enqueued: enqueued!, acknowledged: acknowledged!, buffered: buffered!, dropped: dropped! };
+      }),
+    );
+  }
+
+  private async stopControlPlane(): Promise<void> {
+    if (!this.controlPlane?.running) return;
+    this.note('stopping the control plane');
+    const exit = await this.controlPlane.stop(CONTROL_PLANE_STOP_GRACE_MS);
+    if (exit.code !== 0) this.problems.push(`the control plane exited with ${describeExit(exit)}; see ${this.controlPlane.spec.logFile}`);
+  }
+
+  /** The exit path for everything: agents first (they need the control plane to drain), then the control plane. */
+  private async stopEverything(): Promise<void> {
+    await Promise.all(this.agents.map((a) => a.traffic.stop()));
+    this.display.close();
+    this.fleet?.close();
+    this.group.close();
+    const agents = this.group.running.filter((c) => c !== this.controlPlane);
+    await Promise.all(agents.map((c) => c.stop(AGENT_STOP_GRACE_MS)));
+    await Promise.all(this.group.running.map((c) => c.stop(CONTROL_PLANE_STOP_GRACE_MS)));
+  }
+
+  /** A process that dies while the demo runs ends the run: its log says why. */
+  private watchForCrash(child: DemoChild): void {
+    void child.exited.then((exit) => {
+      if (child.stopRequested) return;
+      this.problems.push(`${child.name} exited unexpectedly with ${describeExit(exit)}; see ${child.spec.logFile}`);
+      this.note(`${child.name} exited unexpectedly (${describeExit(exit)}); see ${child.spec.logFile}`);
+      this.stopRequested.abort();
+    });
+  }
+
+  /** Lets Ctrl-C cut a setup step short instead of waiting for it. */
+  private interruptible<T>(promise: Promise<T>): Promise<T> {
+    const signal = this.stopRequested.signal;
+    if (signal.aborted) return Promise.reject(new DriftlineError('SHUTTING_DOWN', 'the demo was stopped'));
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = (): void => reject(new DriftlineError('SHUTTING_DOWN', 'the demo was stopped'));
+      signal.addEventListener('abort', onAbort, { once: true });
+      promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+}
+
+function accountOf(health: AgentHealth): AgentAccount {
+  return { enqueued: health.recordsEnqueued, acknowledged: health.recordsAcknowledged, buffered: health.bufferDepth, dropped: health.recordsDropped };
+}
+
+/** gRPC failures carry the control plane's code in a trailer; the CLI's mapping reads it. */
+function describeError(err: unknown, server: string): { code: string; message: string } {
+  if (err instanceof DriftlineError) return { code: err.code, message: err.message };
+  const cli = toCliError(err, server);
+  if (cli.code !== 'INTERNAL') return { code: cli.code, message: cli.message };
+  const error = asDriftlineError(err);
+  return { code: error.code, message: error.message };
+}
+
+const program = new Command('demo')
+  .description('Run the whole Driftline loop on this machine: a control plane, agents, a deployed model, inference traffic and telemetry')
+  .option('--devices <n>', 'agent processes to start', wholeNumber(1, MAX_DEVICES), 3)
+  .option('--duration <seconds>', 'seconds of traffic before stopping (default: until Ctrl-C)', positiveNumber)
+  .option('--rate <n>', 'inferences per second sent to each device', positiveNumber, 20)
+  .option('--data-dir <dir>', 'an empty folder for the control plane, the agents and their logs (default: a fresh temp folder)')
+  .option('--keep', 'keep the temp data folder at the end (it is always kept when something failed)')
+  .option('--json', 'print one JSON line with the results on stdout, and nothing else there')
+  .addHelpText('after', '\nExit codes: 0 every inference answered and no telemetry lost, 1 otherwise, 2 usage, 130 interrupted before the loop ran.')
+  .exitOverride();
+
+try {
+  program.parse(process.argv);
+} catch (err) {
+  process.exit(err instanceof CommanderError && err.exitCode === 0 ? 0 : EXIT_USAGE);
+}
+process.exitCode = await new Demo(program.opts<DemoOptions>()).run();

@@ -1,0 +1,59 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { REPO_ROOT } from './helpers/processes.js';
+
+interface DemoRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function runDemo(args: string[]): Promise<DemoRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'demo/run.ts', ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Processes whose command line mentions the folder (Linux /proc); the demo's children all do. */
+function processesUsing(folder: string): string[] {
+  if (!existsSync('/proc')) return [];
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .map((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+      } catch {
+        return '';
+      }
+    })
+    .filter((cmdline) => cmdline.includes(folder));
+}
+
+describe('npm run demo', () => {
+  it('runs the whole loop with real processes and prints one JSON line in which nothing is lost', async () => {
+    const run = await runDemo(['--duration', '8', '--json', '--devices', '2']);
+
+    expect(run.code, run.stderr).toBe(0);
+    const lines = run.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const result = JSON.parse(lines[0]!);
+    expect(result).toMatchObject({ ok: true, devices: 2, lost: 0, failedInferences: 0, buffered: 0, model: { name: 'vibration', version: 1 } });
+    expect(result.inferences).toBeGreaterThan(0);
+    expect(result.telemetryStored).toBeGreaterThan(0);
+    // Every record an agent enqueued reached the store, device by device.
+    for (const device of result.perDevice) expect(device.stored).toBe(device.enqueued);
+
+    // The temp folder is gone and no child process outlived the demo.
+    const dataDir = /starting the control plane .* in (\S+)/.exec(run.stderr)?.[1];
+    expect(dataDir).toBeDefined();
+    expect(existsSync(dataDir!)).toBe(false);
+    expect(processesUsing(dataDir!)).toEqual([]);
+  });
+});
