@@ -346,7 +346,7 @@ describe('control-plane gRPC API', () => {
 
       const res = await rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration' }), operator, cb));
       expect(res).toEqual({ model: v1, devices: 2 });
-      const expectedModel = { name: 'vibration', version: 1, sha256: v1.sha256, sizeBytes: v1.sizeBytes, artifactPath: `artifacts/sha256/${v1.sha256}` };
+      const expectedModel = { name: 'vibration', version: 1, sha256: v1.sha256, sizeBytes: v1.sizeBytes, artifactPath: `artifacts/sha256/${v1.sha256}`, driftReference: '' };
       expect(link.published).toEqual([
         { deviceId: 'edge-1', desired: { revision: 1, model: expectedModel } },
         { deviceId: 'edge-2', desired: { revision: 1, model: expectedModel } },

@@ -73,7 +73,7 @@ async function deploy({ fleet, fleetLink, logger }: ApiDeps, model: ModelVersion
     device.id,
     {
       revision: (device.desired?.revision ?? 0) + 1,
-      model: { name: model.name, version: model.version, sha256: model.sha256, sizeBytes: model.sizeBytes, artifactPath: artifactPath(model.sha256) },
+      model: { name: model.name, version: model.version, sha256: model.sha256, sizeBytes: model.sizeBytes, artifactPath: artifactPath(model.sha256), driftReference: model.metadata['driftline.reference'] ?? '' },
     },
   ]);
   for (const [deviceId, state] of desired) fleet.setDesired(deviceId, state);

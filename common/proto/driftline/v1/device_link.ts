@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { DriftSketch } from "./drift.js";
 
 export const protobufPackage = "driftline.v1";
 
@@ -117,6 +118,8 @@ export function outcomeToJSON(object: Outcome): string {
 export interface TelemetryBatch {
   records: TelemetryRecord[];
   sentAtMs: number;
+  /** When set, records is empty and this is the zlib deflate of a TelemetryBatch holding them. */
+  deflated: Buffer;
 }
 
 export interface TelemetryRecord {
@@ -124,10 +127,12 @@ export interface TelemetryRecord {
   seq: number;
   timeMs: number;
   stream: Stream;
-  body: { $case: "inference"; value: InferenceRecord } | { $case: "system"; value: SystemRecord } | {
-    $case: "event";
-    value: EventRecord;
-  } | undefined;
+  body:
+    | { $case: "inference"; value: InferenceRecord }
+    | { $case: "system"; value: SystemRecord }
+    | { $case: "event"; value: EventRecord }
+    | { $case: "drift"; value: DriftSketch }
+    | undefined;
 }
 
 export interface InferenceRecord {
@@ -180,7 +185,16 @@ export interface SeqRange {
 /** down/desired (retained per device): what the device should be running. */
 export interface DesiredState {
   revision: number;
-  model: DesiredModel | undefined;
+  model:
+    | DesiredModel
+    | undefined;
+  /**
+   * Signed root metadata versions (DSSE envelopes, oldest first) the device walks from its
+   * pinned root before verifying the release.
+   */
+  rootChain: Buffer[];
+  /** A signed rollback directive (DSSE) that allows a version below the highest ever activated. */
+  rollback: Buffer;
 }
 
 export interface DesiredModel {
@@ -190,6 +204,10 @@ export interface DesiredModel {
   sizeBytes: number;
   /** Path below the control plane's artifact base URL (content-addressed). */
   artifactPath: string;
+  /** The model's drift reference (compact JSON, see common/drift/reference.ts); may be empty. */
+  driftReference: string;
+  /** The signed release manifest (DSSE envelope); empty for unsigned releases. */
+  envelope: Buffer;
 }
 
 /** up/state: what the device is actually doing. */
@@ -245,7 +263,7 @@ export interface CommandResult_OutputEntry {
 }
 
 function createBaseTelemetryBatch(): TelemetryBatch {
-  return { records: [], sentAtMs: 0 };
+  return { records: [], sentAtMs: 0, deflated: Buffer.alloc(0) };
 }
 
 export const TelemetryBatch: MessageFns<TelemetryBatch> = {
@@ -255,6 +273,9 @@ export const TelemetryBatch: MessageFns<TelemetryBatch> = {
     }
     if (message.sentAtMs !== 0) {
       writer.uint32(16).int64(message.sentAtMs);
+    }
+    if (message.deflated.length !== 0) {
+      writer.uint32(26).bytes(message.deflated);
     }
     return writer;
   },
@@ -288,6 +309,14 @@ export const TelemetryBatch: MessageFns<TelemetryBatch> = {
             message.sentAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deflated = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -310,6 +339,7 @@ export const TelemetryBatch: MessageFns<TelemetryBatch> = {
         : isSet(object.sent_at_ms)
         ? globalThis.Number(object.sent_at_ms)
         : 0,
+      deflated: isSet(object.deflated) ? Buffer.from(bytesFromBase64(object.deflated)) : Buffer.alloc(0),
     };
   },
 
@@ -321,6 +351,9 @@ export const TelemetryBatch: MessageFns<TelemetryBatch> = {
     if (message.sentAtMs !== 0) {
       obj.sentAtMs = Math.round(message.sentAtMs);
     }
+    if (message.deflated.length !== 0) {
+      obj.deflated = base64FromBytes(message.deflated);
+    }
     return obj;
   },
 
@@ -331,6 +364,7 @@ export const TelemetryBatch: MessageFns<TelemetryBatch> = {
     const message = createBaseTelemetryBatch();
     message.records = object.records?.map((e) => TelemetryRecord.fromPartial(e)) || [];
     message.sentAtMs = object.sentAtMs ?? 0;
+    message.deflated = object.deflated ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -362,6 +396,9 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
         break;
       case "event":
         EventRecord.encode(message.body.value, writer.uint32(98).fork()).join();
+        break;
+      case "drift":
+        DriftSketch.encode(message.body.value, writer.uint32(106).fork()).join();
         break;
     }
     return writer;
@@ -436,6 +473,14 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
             message.body = { $case: "event", value: EventRecord.decode(reader, reader.uint32()) };
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.body = { $case: "drift", value: DriftSketch.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -464,6 +509,8 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
         ? { $case: "system", value: SystemRecord.fromJSON(object.system) }
         : isSet(object.event)
         ? { $case: "event", value: EventRecord.fromJSON(object.event) }
+        : isSet(object.drift)
+        ? { $case: "drift", value: DriftSketch.fromJSON(object.drift) }
         : undefined,
     };
   },
@@ -488,6 +535,8 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
       obj.system = SystemRecord.toJSON(message.body.value);
     } else if (message.body?.$case === "event") {
       obj.event = EventRecord.toJSON(message.body.value);
+    } else if (message.body?.$case === "drift") {
+      obj.drift = DriftSketch.toJSON(message.body.value);
     }
     return obj;
   },
@@ -517,6 +566,12 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
       case "event": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "event", value: EventRecord.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "drift": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "drift", value: DriftSketch.fromPartial(object.body.value) };
         }
         break;
       }
@@ -1368,7 +1423,7 @@ export const SeqRange: MessageFns<SeqRange> = {
 };
 
 function createBaseDesiredState(): DesiredState {
-  return { revision: 0, model: undefined };
+  return { revision: 0, model: undefined, rootChain: [], rollback: Buffer.alloc(0) };
 }
 
 export const DesiredState: MessageFns<DesiredState> = {
@@ -1378,6 +1433,12 @@ export const DesiredState: MessageFns<DesiredState> = {
     }
     if (message.model !== undefined) {
       DesiredModel.encode(message.model, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.rootChain) {
+      writer.uint32(26).bytes(v!);
+    }
+    if (message.rollback.length !== 0) {
+      writer.uint32(34).bytes(message.rollback);
     }
     return writer;
   },
@@ -1411,6 +1472,22 @@ export const DesiredState: MessageFns<DesiredState> = {
             message.model = DesiredModel.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rootChain.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rollback = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1427,6 +1504,12 @@ export const DesiredState: MessageFns<DesiredState> = {
     return {
       revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0,
       model: isSet(object.model) ? DesiredModel.fromJSON(object.model) : undefined,
+      rootChain: globalThis.Array.isArray(object?.rootChain)
+        ? object.rootChain.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : globalThis.Array.isArray(object?.root_chain)
+        ? object.root_chain.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      rollback: isSet(object.rollback) ? Buffer.from(bytesFromBase64(object.rollback)) : Buffer.alloc(0),
     };
   },
 
@@ -1437,6 +1520,12 @@ export const DesiredState: MessageFns<DesiredState> = {
     }
     if (message.model !== undefined) {
       obj.model = DesiredModel.toJSON(message.model);
+    }
+    if (message.rootChain?.length) {
+      obj.rootChain = message.rootChain.map((e) => base64FromBytes(e));
+    }
+    if (message.rollback.length !== 0) {
+      obj.rollback = base64FromBytes(message.rollback);
     }
     return obj;
   },
@@ -1450,12 +1539,22 @@ export const DesiredState: MessageFns<DesiredState> = {
     message.model = (object.model !== undefined && object.model !== null)
       ? DesiredModel.fromPartial(object.model)
       : undefined;
+    message.rootChain = object.rootChain?.map((e) => e) || [];
+    message.rollback = object.rollback ?? Buffer.alloc(0);
     return message;
   },
 };
 
 function createBaseDesiredModel(): DesiredModel {
-  return { name: "", version: 0, sha256: "", sizeBytes: 0, artifactPath: "" };
+  return {
+    name: "",
+    version: 0,
+    sha256: "",
+    sizeBytes: 0,
+    artifactPath: "",
+    driftReference: "",
+    envelope: Buffer.alloc(0),
+  };
 }
 
 export const DesiredModel: MessageFns<DesiredModel> = {
@@ -1474,6 +1573,12 @@ export const DesiredModel: MessageFns<DesiredModel> = {
     }
     if (message.artifactPath !== "") {
       writer.uint32(42).string(message.artifactPath);
+    }
+    if (message.driftReference !== "") {
+      writer.uint32(50).string(message.driftReference);
+    }
+    if (message.envelope.length !== 0) {
+      writer.uint32(58).bytes(message.envelope);
     }
     return writer;
   },
@@ -1531,6 +1636,22 @@ export const DesiredModel: MessageFns<DesiredModel> = {
             message.artifactPath = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.driftReference = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.envelope = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1558,6 +1679,12 @@ export const DesiredModel: MessageFns<DesiredModel> = {
         : isSet(object.artifact_path)
         ? globalThis.String(object.artifact_path)
         : "",
+      driftReference: isSet(object.driftReference)
+        ? globalThis.String(object.driftReference)
+        : isSet(object.drift_reference)
+        ? globalThis.String(object.drift_reference)
+        : "",
+      envelope: isSet(object.envelope) ? Buffer.from(bytesFromBase64(object.envelope)) : Buffer.alloc(0),
     };
   },
 
@@ -1578,6 +1705,12 @@ export const DesiredModel: MessageFns<DesiredModel> = {
     if (message.artifactPath !== "") {
       obj.artifactPath = message.artifactPath;
     }
+    if (message.driftReference !== "") {
+      obj.driftReference = message.driftReference;
+    }
+    if (message.envelope.length !== 0) {
+      obj.envelope = base64FromBytes(message.envelope);
+    }
     return obj;
   },
 
@@ -1591,6 +1724,8 @@ export const DesiredModel: MessageFns<DesiredModel> = {
     message.sha256 = object.sha256 ?? "";
     message.sizeBytes = object.sizeBytes ?? 0;
     message.artifactPath = object.artifactPath ?? "";
+    message.driftReference = object.driftReference ?? "";
+    message.envelope = object.envelope ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -2521,6 +2656,14 @@ export const CommandResult_OutputEntry: MessageFns<CommandResult_OutputEntry> = 
     return message;
   },
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
