@@ -78,6 +78,8 @@ export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentSer
         mqttUrl: deps.advertisedMqttUrl(),
         artifactBaseUrl: deps.advertisedHttpUrl(),
         labels: enrollment.labels,
+        // The device pins this root; enrollment is authenticated by the one-time token.
+        rootMetadata: deps.trustRoot?.() ?? new Uint8Array(),
       };
     }),
   };

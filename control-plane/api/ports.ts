@@ -33,4 +33,6 @@ export interface ApiDeps {
   config: Pick<ControlPlaneConfig, 'enrollmentTokenTtl' | 'onlineWindow'>;
   clock: Clock;
   logger: Logger;
+  /** The latest signed root metadata (DSSE envelope) devices pin at enrollment; undefined without a trust root. */
+  trustRoot?: () => Uint8Array | undefined;
 }

@@ -188,6 +188,8 @@ export interface EnrollResponse {
   /** Base URL for artifact downloads (basic auth with the MQTT credential). */
   artifactBaseUrl: string;
   labels: { [key: string]: string };
+  /** Signed root metadata (DSSE envelope) the device pins; empty when the control plane has none. */
+  rootMetadata: Buffer;
 }
 
 export interface EnrollResponse_LabelsEntry {
@@ -1542,7 +1544,15 @@ export const EnrollRequest: MessageFns<EnrollRequest> = {
 };
 
 function createBaseEnrollResponse(): EnrollResponse {
-  return { deviceId: "", mqttUsername: "", mqttPassword: "", mqttUrl: "", artifactBaseUrl: "", labels: {} };
+  return {
+    deviceId: "",
+    mqttUsername: "",
+    mqttPassword: "",
+    mqttUrl: "",
+    artifactBaseUrl: "",
+    labels: {},
+    rootMetadata: Buffer.alloc(0),
+  };
 }
 
 export const EnrollResponse: MessageFns<EnrollResponse> = {
@@ -1565,6 +1575,9 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
     globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
       EnrollResponse_LabelsEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
     });
+    if (message.rootMetadata.length !== 0) {
+      writer.uint32(58).bytes(message.rootMetadata);
+    }
     return writer;
   },
 
@@ -1632,6 +1645,14 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
             }
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.rootMetadata = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1685,6 +1706,11 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
           {},
         )
         : {},
+      rootMetadata: isSet(object.rootMetadata)
+        ? Buffer.from(bytesFromBase64(object.rootMetadata))
+        : isSet(object.root_metadata)
+        ? Buffer.from(bytesFromBase64(object.root_metadata))
+        : Buffer.alloc(0),
     };
   },
 
@@ -1714,6 +1740,9 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
         });
       }
     }
+    if (message.rootMetadata.length !== 0) {
+      obj.rootMetadata = base64FromBytes(message.rootMetadata);
+    }
     return obj;
   },
 
@@ -1736,6 +1765,7 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
       },
       {},
     );
+    message.rootMetadata = object.rootMetadata ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -2680,6 +2710,14 @@ export const AccessServiceClient = makeGenericClientConstructor(
   service: typeof AccessServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
