@@ -79,7 +79,7 @@ export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentSer
         artifactBaseUrl: deps.advertisedHttpUrl(),
         labels: enrollment.labels,
         // The device pins this root; enrollment is authenticated by the one-time token.
-        rootMetadata: deps.trustRoot?.() ?? new Uint8Array(),
+        rootMetadata: deps.trustRoot?.() ?? Buffer.alloc(0),
       };
     }),
   };

@@ -34,5 +34,5 @@ export interface ApiDeps {
   clock: Clock;
   logger: Logger;
   /** The latest signed root metadata (DSSE envelope) devices pin at enrollment; undefined without a trust root. */
-  trustRoot?: () => Uint8Array | undefined;
+  trustRoot?: () => Buffer | undefined;
 }
