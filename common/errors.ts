@@ -77,6 +77,8 @@ export const ERROR_CODES = {
   DOWNLOAD_TIMEOUT: 'deadline',
   NATIVE_ADDON_FAILED: 'internal',
   SELFTEST_FAILED: 'internal',
+  DRIFT_REFERENCE_INVALID: 'invalid',
+  DRIFT_SKETCH_INCOMPATIBLE: 'invalid',
 } as const satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
