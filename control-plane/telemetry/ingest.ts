@@ -59,6 +59,8 @@ export class TelemetryIngest {
 
   private ingestTelemetry(deviceId: string, payload: Uint8Array): void {
     const batch = decode(TelemetryBatch, payload, 'telemetry batch');
+    // Agents never send an empty batch; bytes that protobuf happens to read as one must not earn an ack.
+    if (batch.records.length === 0) throw new DriftlineError('PAYLOAD_MALFORMED', 'telemetry batch has no records');
     if (batch.records.length > this.options.maxRecordsPerBatch) {
       throw new DriftlineError('PAYLOAD_MALFORMED', `batch of ${batch.records.length} records exceeds ${this.options.maxRecordsPerBatch}`);
     }
