@@ -4,6 +4,7 @@ import { createLogger } from '../common/logger.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import { startAgent } from './agent.js';
 import { AGENT_ENVIRONMENT, loadAgentConfig } from './config.js';
+import { formatSelftest, runSelftest } from './selftest.js';
 
 /** Exit codes of driftline-agent. */
 export const AGENT_EXIT = { ok: 0, failed: 1, usage: 2, config: 3 } as const;
@@ -19,6 +20,20 @@ const program = new Command('driftline-agent')
   .version(DRIFTLINE_VERSION, '-V, --version')
   .exitOverride()
   .showHelpAfterError();
+
+program
+  .command('selftest')
+  .description('check this installation: native addons, one inference on the bundled demo model, the buffer, the firmware profile')
+  .option('--data-dir <dir>', 'open (or create) the buffer in this folder instead of a temporary one')
+  .option('--model <file.onnx>', 'run this model instead of the demo model bundled in the binary')
+  .option('--profile <name>', 'firmware profile name, or auto')
+  .option('--json', 'print the results as one JSON line')
+  .addHelpText('after', '\nExit codes: 0 every check passed, 1 a check failed.')
+  .action(async (opts: { dataDir?: string; model?: string; profile?: string; json?: boolean }) => {
+    const report = await runSelftest(opts);
+    process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatSelftest(report));
+    process.exit(report.ok ? AGENT_EXIT.ok : AGENT_EXIT.failed);
+  });
 
 program
   .command('run')
@@ -84,9 +99,8 @@ program
     process.on('SIGTERM', stop);
   });
 
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
+// No top-level await: the packaged binary bundles this module as CommonJS (packaging/build-agent.ts).
+program.parseAsync(process.argv).catch((err: unknown) => {
   const code = (err as { code?: string }).code;
   if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') process.exit(AGENT_EXIT.ok);
   if (code?.startsWith('commander.')) process.exit(AGENT_EXIT.usage);
@@ -96,4 +110,4 @@ try {
   }
   process.stderr.write(`driftline-agent: ${err instanceof Error ? err.stack : String(err)}\n`);
   process.exit(AGENT_EXIT.failed);
-}
+});
