@@ -75,6 +75,7 @@ export const ERROR_CODES = {
   RELEASE_CONFLICT: 'conflict',
   RELEASE_ACTIVATION_INTERRUPTED: 'internal',
   DOWNLOAD_TIMEOUT: 'deadline',
+  KEYS_EXIST: 'conflict',
   NATIVE_ADDON_FAILED: 'internal',
   SELFTEST_FAILED: 'internal',
   DRIFT_REFERENCE_INVALID: 'invalid',
