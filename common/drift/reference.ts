@@ -1,0 +1,133 @@
+import { z } from 'zod';
+import { DriftlineError } from '../errors.js';
+import { sha256Hex } from '../hashing.js';
+
+/**
+ * What drift is measured against: the reference distributions of one model version,
+ * computed from its training (or validation) data. A self-contained value, carried for
+ * now in the model's metadata under REFERENCE_METADATA_KEY and handed to the device with
+ * the desired model; it can move into the signed release manifest unchanged.
+ *
+ * Every distribution is counts on bins: for edges e0 < e1 < ... < ek there are k + 2
+ * bins: underflow (x < e0), [e0, e1), ..., [e(k-1), ek] and overflow (x > ek).
+ */
+export interface DriftReference {
+  version: 1;
+  rows: number;
+  /** Name of the input tensor whose rows are the features (the first input when absent). */
+  input?: string | undefined;
+  /** Name of the probabilities output (the engine's guess when absent). */
+  probabilities?: string | undefined;
+  features: Array<{ name: string; edges: number[]; counts: number[] }>;
+  /** Class distribution of the reference (labels, or predictions when known). */
+  classes: { names: string[]; counts: number[] };
+  confidence: { edges: number[]; counts: number[] };
+}
+
+export const REFERENCE_METADATA_KEY = 'driftline.reference';
+
+const binned = z
+  .object({ edges: z.array(z.number().finite()).min(1).max(64), counts: z.array(z.number().int().nonnegative()) })
+  .refine((b) => b.counts.length === b.edges.length + 1, 'counts must have edges + 1 entries')
+  .refine((b) => b.edges.every((e, i) => i === 0 || e > b.edges[i - 1]!), 'edges must be strictly increasing');
+
+const referenceSchema = z
+  .object({
+    version: z.literal(1),
+    rows: z.number().int().nonnegative(),
+    input: z.string().optional(),
+    probabilities: z.string().optional(),
+    features: z.array(binned.and(z.object({ name: z.string().min(1).max(128) }))).max(1024),
+    classes: z.object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()) }).refine((c) => c.names.length === c.counts.length, 'one count per class'),
+    confidence: binned,
+  });
+
+/** Confidence bins when the reference has no predictions of its own: ten equal bins on [0, 1]. */
+export const DEFAULT_CONFIDENCE_EDGES: readonly number[] = Array.from({ length: 11 }, (_, i) => i / 10);
+
+export function parseReference(json: string): DriftReference {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch (err) {
+    throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the drift reference is not JSON', { cause: err });
+  }
+  const parsed = referenceSchema.safeParse(value);
+  if (!parsed.success) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift reference is invalid: ${parsed.error.issues[0]?.message ?? ''}`);
+  return parsed.data as DriftReference;
+}
+
+export const serializeReference = (reference: DriftReference): string => JSON.stringify(reference);
+
+/** Identifies a reference's bin layout; sketches merge only when their digests match. */
+export function referenceDigest(reference: DriftReference): string {
+  const layout = { f: reference.features.map((f) => [f.name, f.edges]), c: reference.classes.names, k: reference.confidence.edges };
+  return sha256Hex(JSON.stringify(layout)).slice(0, 16);
+}
+
+/** The bin of x on edges (layout above). NaN counts as underflow. */
+export function binIndex(edges: readonly number[], x: number): number {
+  const k = edges.length;
+  if (!(x >= edges[0]!)) return 0;
+  if (x > edges[k - 1]!) return k;
+  // Largest i in [0, k-2] with edges[i] <= x, plus one for the underflow bin.
+  let lo = 0;
+  let hi = k - 2;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (edges[mid]! <= x) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo + 1;
+}
+
+export function countOnEdges(values: readonly number[], edges: readonly number[]): number[] {
+  const counts = new Array<number>(edges.length + 1).fill(0);
+  for (const v of values) counts[binIndex(edges, v)]!++;
+  return counts;
+}
+
+const round = (x: number, digits: number): number => (x === 0 ? 0 : Number(x.toPrecision(digits)));
+
+/** Quantile edges: min, the (i / bins) quantiles, max; rounded to keep the JSON small, deduplicated. */
+export function quantileEdges(values: readonly number[], bins: number, digits = 5): number[] {
+  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+  if (sorted.length === 0) return [0];
+  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * (sorted.length - 1)))]!;
+  const raw = [sorted[0]!, ...Array.from({ length: bins - 1 }, (_, i) => at((i + 1) / bins)), sorted.at(-1)!].map((x) => round(x, digits));
+  return raw.filter((e, i) => i === 0 || e > raw[i - 1]!);
+}
+
+export interface BuildReferenceOptions {
+  featureNames: readonly string[];
+  classNames: readonly string[];
+  /** Labels (or predictions) of the rows, as class indexes. */
+  labels?: readonly number[];
+  /** Top-class confidences of the model on the rows, when known. */
+  confidences?: readonly number[];
+  bins?: number;
+  input?: string;
+  probabilities?: string;
+}
+
+/** Computes a reference from rows of features (row-major, one array per row). */
+export function buildReference(rows: readonly (readonly number[])[], options: BuildReferenceOptions): DriftReference {
+  const bins = options.bins ?? 10;
+  const features = options.featureNames.map((name, j) => {
+    const column = rows.map((r) => r[j]!);
+    const edges = quantileEdges(column, bins);
+    return { name, edges, counts: countOnEdges(column, edges) };
+  });
+  const classCounts = options.classNames.map(() => 0);
+  for (const label of options.labels ?? []) if (label >= 0 && label < classCounts.length) classCounts[label]!++;
+  const confidenceEdges = [...DEFAULT_CONFIDENCE_EDGES];
+  return {
+    version: 1,
+    rows: rows.length,
+    ...(options.input ? { input: options.input } : {}),
+    ...(options.probabilities ? { probabilities: options.probabilities } : {}),
+    features,
+    classes: { names: [...options.classNames], counts: classCounts },
+    confidence: { edges: confidenceEdges, counts: countOnEdges(options.confidences ?? [], confidenceEdges) },
+  };
+}

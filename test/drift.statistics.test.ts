@@ -1,0 +1,77 @@
+import { describe, expect, it } from 'vitest';
+import { benjaminiHochberg, bonferroni, chiSquare, chiSquareSurvival, hellinger, jensenShannon, ksStatistic, psi, wasserstein } from '../common/drift/statistics.js';
+
+// Independent reference values: closed forms for normal distributions, and hand-computed sums.
+function erf(x: number): number {
+  // Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+  const s = Math.sign(x);
+  const t = 1 / (1 + 0.3275911 * Math.abs(x));
+  const y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-x * x);
+  return s * y;
+}
+const normalCdf = (x: number, mean: number): number => 0.5 * (1 + erf((x - mean) / Math.SQRT2));
+
+/** Expected counts of N(mean, 1) on fine edges from -6 to 6, with under- and overflow bins. */
+function normalCounts(mean: number, edges: number[], n = 1e7): number[] {
+  const cdf = [0, ...edges.map((e) => normalCdf(e, mean)), 1];
+  return cdf.slice(1).map((c, i) => Math.round((c - cdf[i]!) * n));
+}
+const fineEdges = Array.from({ length: 1201 }, (_, i) => -6 + i * 0.01);
+
+describe('drift statistics', () => {
+  const p = normalCounts(0, fineEdges);
+  const q = normalCounts(0.5, fineEdges);
+
+  it('PSI of two unit normals half a standard deviation apart is the squared shift (0.25)', () => {
+    // Bins of 0.1 where proportions stay above PSI's floor; the tails sit in the outer bins.
+    const edges = Array.from({ length: 61 }, (_, i) => -3 + i * 0.1);
+    expect(psi(normalCounts(0, edges), normalCounts(0.5, edges))).toBeCloseTo(0.25, 2);
+  });
+
+  it('KS from binned CDFs matches 2 Phi(0.25) - 1 for a shift of 0.5', () => {
+    expect(ksStatistic(p, q)).toBeCloseTo(2 * normalCdf(0.25, 0) - 1, 3);
+  });
+
+  it('Wasserstein from binned CDFs equals the shift between two normals', () => {
+    expect(wasserstein(p, q, fineEdges)).toBeCloseTo(0.5, 2);
+  });
+
+  it('Hellinger distance of two unit normals is sqrt(1 - exp(-shift^2 / 8))', () => {
+    expect(hellinger(p, q)).toBeCloseTo(Math.sqrt(1 - Math.exp(-0.25 / 8)), 3);
+  });
+
+  it('Jensen-Shannon distance matches the hand-computed value for [1/2, 1/2] against [1, 0]', () => {
+    const klPm = 0.5 * Math.log(0.5 / 0.75) + 0.5 * Math.log(0.5 / 0.25);
+    const klQm = Math.log(1 / 0.75);
+    expect(jensenShannon([50, 50], [100, 0])).toBeCloseTo(Math.sqrt(0.5 * klPm + 0.5 * klQm), 10);
+  });
+
+  it('identical distributions have zero distance on every statistic', () => {
+    for (const d of [psi(p, p), jensenShannon(p, p), hellinger(p, p), ksStatistic(p, p), wasserstein(p, p, fineEdges)]) expect(d).toBeCloseTo(0, 6);
+  });
+
+  it('PSI compares proportions, so sample size does not change it', () => {
+    expect(psi([10, 20, 30, 40], [25, 25, 25, 25])).toBeCloseTo(psi([100, 200, 300, 400], [2500, 2500, 2500, 2500]), 12);
+    const byHand = [0.1, 0.2, 0.3, 0.4].reduce((s, r) => s + (0.25 - r) * Math.log(0.25 / r), 0);
+    expect(psi([10, 20, 30, 40], [25, 25, 25, 25])).toBeCloseTo(byHand, 12);
+  });
+
+  it('chi-square survival matches tabulated critical values', () => {
+    expect(chiSquareSurvival(3.841458820694124, 1)).toBeCloseTo(0.05, 6);
+    expect(chiSquareSurvival(11.070497693516351, 5)).toBeCloseTo(0.05, 6);
+    expect(chiSquareSurvival(23.209251158954356, 10)).toBeCloseTo(0.01, 6);
+    expect(chiSquareSurvival(0, 3)).toBe(1);
+  });
+
+  it('chi-square homogeneity test on a 2 x 2 table gives the textbook statistic', () => {
+    // [[10, 20], [30, 40]]: expected [[12, 18], [28, 42]]; statistic 4/12 + 4/18 + 4/28 + 4/42.
+    const result = chiSquare([10, 30], [20, 40]);
+    expect(result.df).toBe(1);
+    expect(result.statistic).toBeCloseTo(4 / 12 + 4 / 28 + 4 / 18 + 4 / 42, 10);
+  });
+
+  it('Benjamini-Hochberg and Bonferroni adjust p-values as published', () => {
+    expect(benjaminiHochberg([0.01, 0.04, 0.03, 0.005])).toEqual([0.02, 0.04, 0.04, 0.02].map((x) => expect.closeTo(x, 12)));
+    expect(bonferroni([0.01, 0.3])).toEqual([0.02, 0.6]);
+  });
+});
