@@ -3,12 +3,17 @@ import { systemClock, type Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError, type ErrorCode } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
 import type { Logger } from '../../common/logger.js';
+import { RequestQueue, realTimers, type BatchingOptions, type BatchTimers, type RequestQueueStats } from './batcher.js';
 import { DATATYPES, datatypeOf, isDatatype, toTensorData, type Datatype } from './datatypes.js';
-import type { ModelRuntime, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
+import type { ModelRuntime, ProviderChoice, ProviderFailure, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
+
+export type { BatchingOptions } from './batcher.js';
 
 /** The metadata key naming the output that holds class probabilities. */
 export const PROBABILITIES_OUTPUT_KEY = 'driftline.probabilities_output';
 const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
+/** Without a profile: no combining, one run at a time, a generous but finite queue. */
+export const DEFAULT_BATCHING: Readonly<BatchingOptions> = Object.freeze({ defaultBatch: 1, maxBatch: 1, maxQueueDelayMs: 0, maxQueue: 1024, concurrency: 1 });
 
 export interface ModelToLoad {
   name: string;
@@ -24,6 +29,10 @@ export interface ActiveModelInfo {
   version: number;
   sha256: string;
   provider: string;
+  /** Preferred providers that could not load this model, and why: a fallback is never silent. */
+  fallbacks: ProviderFailure[];
+  /** Most rows one run combines; 1 when micro-batching is off for this model. */
+  maxBatch: number;
   inputs: TensorSpec[];
   outputs: TensorSpec[];
   loadedAtMs: number;
@@ -84,17 +93,23 @@ export interface InferenceObserver {
 export interface InferenceService {
   active(): ActiveModelInfo | undefined;
   infer(model: string, inputs: readonly InferInput[], options?: InferOptions): Promise<InferResult>;
+  /** Requests waiting and running on the active model. */
+  queueStats(): RequestQueueStats;
 }
 
 export interface InferenceEngineOptions {
   runtime: ModelRuntime;
   /** Execution providers in order of preference, from the device profile. */
-  providers: readonly string[];
+  providers: readonly ProviderChoice[];
   logger: Logger;
   observer?: InferenceObserver;
   clock?: Clock;
   intraOpThreads?: number;
   interOpThreads?: number;
+  /** Queueing and micro-batching, from the device profile; DEFAULT_BATCHING when absent. */
+  batching?: BatchingOptions;
+  /** Timers for the batching delay; tests swap them. */
+  timers?: BatchTimers;
 }
 
 const ModelToLoadSchema = z.object({
@@ -130,6 +145,10 @@ export class InferenceEngine implements InferenceService {
     return this.current?.info;
   }
 
+  queueStats(): RequestQueueStats {
+    return this.current?.queue.stats() ?? { queued: 0, running: 0, peakQueued: 0 };
+  }
+
   /** Loads serialize, so two pushes in a row end with the second one active. */
   load(model: ModelToLoad): Promise<ActiveModelInfo> {
     const next = this.loading.then(() => this.swapIn(model));
@@ -146,11 +165,9 @@ export class InferenceEngine implements InferenceService {
       const { feeds, rows } = slot.feeds(inputs);
       const wanted = slot.selectOutputs(options.outputs);
       const signal = deadline(options);
-      if (signal?.aborted) throw abortError(signal);
       batchSize = rows;
-      // Nothing awaits between routing and run(), so a swap cannot release this session first.
-      const run = slot.enter(feeds);
-      const raw = await (signal ? abortable(run, signal) : run);
+      // Nothing awaits between routing and submit(), so a swap cannot release this session first.
+      const raw = await slot.queue.submit(feeds, rows, signal);
       const outputs = wanted.map((name) => toOutput(name, raw));
       this.record(slot, { latencyMs: performance.now() - started, ok: true, batchSize, ...slot.topClass(raw) });
       return { model: slot.info.name, version: slot.info.version, provider: slot.info.provider, outputs };
@@ -175,7 +192,7 @@ export class InferenceEngine implements InferenceService {
     });
     await Promise.race([Promise.all(slots.map((s) => s.released)), graceOver]);
     clearTimeout(timer);
-    const forced = slots.filter((s) => s.inFlight > 0);
+    const forced = slots.filter((s) => s.queue.busy);
     if (forced.length > 0) this.options.logger.warn({ models: forced.map((s) => s.describe()) }, 'releasing sessions with runs still in flight');
     await Promise.all(slots.map((s) => s.release()));
     this.state = 'stopped';
@@ -211,17 +228,20 @@ export class InferenceEngine implements InferenceService {
       throw asDriftlineError(err, 'MODEL_INVALID');
     }
     let slot: Slot;
+    const batching = this.options.batching ?? DEFAULT_BATCHING;
     try {
       const info: ActiveModelInfo = {
         name: spec.name,
         version: spec.version,
         sha256: spec.sha256,
         provider: session.provider,
+        fallbacks: (session.fallbacks ?? []).map((f) => ({ ...f })),
+        maxBatch: session.batchDimension === true ? batching.maxBatch : 1,
         inputs: session.inputs.map(copySpec),
         outputs: session.outputs.map(copySpec),
         loadedAtMs: this.clock.now(),
       };
-      slot = new Slot(info, session, probabilitiesOutput(session, spec.probabilitiesOutput), logger);
+      slot = new Slot(info, session, probabilitiesOutput(session, spec.probabilitiesOutput), logger, batching, this.options.timers ?? realTimers);
       await session.run(warmUpFeeds(session.inputs));
     } catch (err) {
       await session.release().catch((releaseErr: unknown) => logger.warn({ err: releaseErr }, 'releasing a model that failed to load failed'));
@@ -235,7 +255,7 @@ export class InferenceEngine implements InferenceService {
     const previous = this.current;
     this.current = slot;
     if (previous) this.retire(previous);
-    logger.info({ model: spec.name, version: spec.version, provider: session.provider, previous: previous?.describe() }, 'model active');
+    logger.info({ model: spec.name, version: spec.version, provider: session.provider, fallbacks: slot.info.fallbacks, maxBatch: slot.info.maxBatch, previous: previous?.describe() }, 'model active');
     return slot.info;
   }
 
@@ -256,9 +276,9 @@ export class InferenceEngine implements InferenceService {
   }
 }
 
-/** A loaded session and the requests running on it. */
+/** A loaded session and the requests queued and running on it. */
 class Slot {
-  inFlight = 0;
+  readonly queue: RequestQueue;
   private retired = false;
   private releasing: Promise<void> | undefined;
   readonly released: Promise<void>;
@@ -270,8 +290,13 @@ class Slot {
     private readonly session: RuntimeSession,
     private readonly probabilities: string | undefined,
     private readonly logger: Logger,
+    batching: BatchingOptions,
+    timers: BatchTimers,
   ) {
     for (const input of info.inputs) this.inputs.set(input.name, input);
+    this.queue = new RequestQueue((feeds) => session.run(feeds), batching, info.maxBatch > 1, abortError, timers, () => {
+      if (this.retired) void this.release();
+    });
     this.released = new Promise((resolve) => {
       this.markReleased = resolve;
     });
@@ -281,20 +306,9 @@ class Slot {
     return `${this.info.name}@${this.info.version}`;
   }
 
-  enter(feeds: Record<string, RuntimeTensor>): Promise<Record<string, RuntimeTensor>> {
-    this.inFlight++;
-    const run = this.session.run(feeds);
-    const leave = () => {
-      this.inFlight--;
-      if (this.retired && this.inFlight === 0) void this.release();
-    };
-    run.then(leave, leave);
-    return run;
-  }
-
   retire(): void {
     this.retired = true;
-    if (this.inFlight === 0) void this.release();
+    if (!this.queue.busy) void this.release();
   }
 
   release(): Promise<void> {
@@ -421,13 +435,4 @@ function abortError(signal: AbortSignal): DriftlineError {
     return new DriftlineError('INFERENCE_TIMEOUT', 'inference did not finish before its deadline', { cause: reason });
   }
   return new DriftlineError('INFERENCE_CANCELLED', 'inference was cancelled by the caller', { cause: reason });
-}
-
-/** onnxruntime cannot stop a run, so on abort the caller stops waiting and the run finishes unobserved. */
-function abortable<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(abortError(signal));
-    signal.addEventListener('abort', onAbort, { once: true });
-    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-  });
 }

@@ -1,3 +1,4 @@
+import type { ExecutionProvider } from '../../common/firmware-profile.js';
 import type { TensorSpec } from '../../common/proto/driftline/v1/models.js';
 
 export type { TensorSpec };
@@ -38,11 +39,19 @@ export interface RuntimeTensor {
   data: TensorData;
 }
 
+/** A provider by name, or with its options from the firmware profile. */
+export type ProviderChoice = string | ExecutionProvider;
+
 export interface RuntimeLoadOptions {
   /** Execution providers in order of preference ('tensorrt', 'cuda', 'cpu', ...). */
-  providers: readonly string[];
+  providers: readonly ProviderChoice[];
   intraOpThreads?: number;
   interOpThreads?: number;
+}
+
+export interface ProviderFailure {
+  provider: string;
+  reason: string;
 }
 
 /** One loaded model; the engine owns its lifetime. */
@@ -53,6 +62,13 @@ export interface RuntimeSession {
   readonly provider: string;
   /** The model's metadata_props. */
   readonly metadata: Readonly<Record<string, string>>;
+  /** Preferred providers that could not load the model, and why; empty when the first one did. */
+  readonly fallbacks?: readonly ProviderFailure[];
+  /**
+   * Every input and output has the same symbolic first dimension, so requests can be
+   * concatenated along it and the outputs split back.
+   */
+  readonly batchDimension?: boolean;
   run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>>;
   release(): Promise<void>;
 }

@@ -1,40 +1,76 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { arch, platform } from 'node:os';
+import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { DriftlineError } from '../../common/errors.js';
+import type { ExecutionProvider } from '../../common/firmware-profile.js';
 import type { Logger } from '../../common/logger.js';
-import type { ModelRuntime, RuntimeLoadOptions, RuntimeSession, RuntimeTensor, TensorSpec, TensorType } from './model-runtime.js';
+import { missingProviderFact } from '../profiles/detect.js';
+import type { ModelRuntime, ProviderChoice, ProviderFailure, RuntimeLoadOptions, RuntimeSession, RuntimeTensor, TensorSpec, TensorType } from './model-runtime.js';
 import { readOnnxMetadata } from './onnx-metadata.js';
 
 /** Only fatal native logs: provider fallbacks are reported through our own logger instead. */
 const ORT_LOG_FATAL = 4;
 
-/** The ModelRuntime over onnxruntime-node. */
-export function createOnnxRuntime({ logger }: { logger: Logger }): ModelRuntime {
+export interface OnnxRuntime extends ModelRuntime {
+  /** Providers this onnxruntime build can actually run here. */
+  availableProviders(): string[];
+}
+
+/** The ModelRuntime over onnxruntime-node. libraryPath: where a device-specific onnxruntime was loaded from, for error messages. */
+export function createOnnxRuntime({ logger, libraryPath }: { logger: Logger; libraryPath?: string }): OnnxRuntime {
+  const available = availableProviders(libraryPath);
   return {
+    availableProviders: () => [...available],
     async load(path, options) {
       const metadata = await readModelMetadata(path);
-      const failures: Array<{ provider: string; reason: string }> = [];
-      for (const provider of options.providers) {
+      const failures: ProviderFailure[] = [];
+      for (const choice of options.providers) {
+        const provider = providerName(choice);
         let session: ort.InferenceSession;
         try {
-          session = await ort.InferenceSession.create(path, sessionOptions(provider, options));
+          session = await ort.InferenceSession.create(path, sessionOptions(choice, options));
         } catch (err) {
-          const reason = err instanceof Error ? err.message : String(err);
+          const message = err instanceof Error ? err.message : String(err);
+          // Say which fact applies when the provider is not in this onnxruntime at all.
+          const reason = available.includes(provider) ? message : `${message} (${missingProviderFact(provider, { arch: arch(), platform: platform() }, libraryPath)})`;
           failures.push({ provider, reason });
           logger.warn({ path, provider, reason }, 'execution provider failed to load the model, trying the next one');
           // CPU is always present, so when it fails the model itself is at fault.
-          if (provider === 'cpu') throw new DriftlineError('MODEL_INVALID', `onnxruntime cannot load ${path}: ${reason}`, { cause: err, details: { failures } });
+          if (provider === 'cpu') throw new DriftlineError('MODEL_INVALID', `onnxruntime cannot load ${path}: ${message}`, { cause: err, details: { failures } });
           continue;
         }
         try {
-          return new OnnxRuntimeSession(session, provider, metadata);
+          return new OnnxRuntimeSession(session, provider, metadata, failures);
         } catch (err) {
           await session.release();
           throw err;
         }
       }
-      throw new DriftlineError('PROVIDER_UNAVAILABLE', `none of the execution providers [${options.providers.join(', ')}] could load ${path}`, { details: { failures } });
+      throw new DriftlineError('PROVIDER_UNAVAILABLE', `none of the execution providers [${options.providers.map(providerName).join(', ')}] could load ${path}: ${failures.map((f) => `${f.provider}: ${f.reason}`).join('; ')}`, {
+        details: { failures },
+      });
     },
   };
+}
+
+function providerName(choice: ProviderChoice): string {
+  return typeof choice === 'string' ? choice : choice.name;
+}
+
+/**
+ * onnxruntime-node lists CUDA and TensorRT on linux-x64 even when their provider libraries
+ * were never downloaded (they come only with --onnxruntime-node-install=cuda12), so a
+ * provider counts as available when it is bundled or its library is on disk.
+ */
+function availableProviders(libraryPath: string | undefined): string[] {
+  const bindingDir = dirname(createRequire(import.meta.url).resolve(`onnxruntime-node/bin/napi-v6/${process.platform}/${process.arch}/onnxruntime_binding.node`));
+  const folders = [bindingDir, ...(libraryPath === undefined ? [] : [libraryPath])];
+  return ort
+    .listSupportedBackends()
+    .filter((b) => b.bundled || folders.some((dir) => existsSync(join(dir, `libonnxruntime_providers_${b.name}.so`))))
+    .map((b) => b.name);
 }
 
 async function readModelMetadata(path: string): Promise<Record<string, string>> {
@@ -45,26 +81,57 @@ async function readModelMetadata(path: string): Promise<Record<string, string>> 
   }
 }
 
-function sessionOptions(provider: string, options: RuntimeLoadOptions): ort.InferenceSession.SessionOptions {
+function sessionOptions(choice: ProviderChoice, options: RuntimeLoadOptions): ort.InferenceSession.SessionOptions {
   return {
-    executionProviders: [provider],
+    executionProviders: [typeof choice === 'string' ? choice : providerOptions(choice)],
     logSeverityLevel: ORT_LOG_FATAL,
     ...(options.intraOpThreads === undefined ? {} : { intraOpNumThreads: options.intraOpThreads }),
     ...(options.interOpThreads === undefined ? {} : { interOpNumThreads: options.interOpThreads }),
   };
 }
 
+/**
+ * The profile's provider options as onnxruntime names them. onnxruntime-node passes only
+ * deviceId through to TensorRT, so the rest also go in the TensorRT provider's documented
+ * ORT_TENSORRT_* environment overrides, which it reads when a session is created.
+ */
+function providerOptions(provider: ExecutionProvider): ort.InferenceSession.ExecutionProviderConfig {
+  if (provider.name === 'tensorrt') {
+    const env: Record<string, string | undefined> = {
+      ORT_TENSORRT_FP16_ENABLE: provider.fp16 ? '1' : '0',
+      ORT_TENSORRT_MAX_WORKSPACE_SIZE: provider.workspaceSize === undefined ? undefined : String(provider.workspaceSize),
+      ORT_TENSORRT_ENGINE_CACHE_ENABLE: provider.engineCacheDir === undefined ? undefined : '1',
+      ORT_TENSORRT_CACHE_PATH: provider.engineCacheDir,
+    };
+    for (const [name, value] of Object.entries(env)) if (value !== undefined) process.env[name] = value;
+    return {
+      name: 'tensorrt',
+      deviceId: provider.deviceId,
+      trt_fp16_enable: provider.fp16,
+      ...(provider.workspaceSize === undefined ? {} : { trt_max_workspace_size: provider.workspaceSize }),
+      ...(provider.engineCacheDir === undefined ? {} : { trt_engine_cache_enable: true, trt_engine_cache_path: provider.engineCacheDir }),
+    } as ort.InferenceSession.ExecutionProviderConfig;
+  }
+  if (provider.name === 'cuda') {
+    return { name: 'cuda', deviceId: provider.deviceId, ...(provider.memoryLimit === undefined ? {} : { gpu_mem_limit: provider.memoryLimit }) } as ort.InferenceSession.ExecutionProviderConfig;
+  }
+  return { name: 'cpu' };
+}
+
 class OnnxRuntimeSession implements RuntimeSession {
   readonly inputs: TensorSpec[];
   readonly outputs: TensorSpec[];
+  readonly batchDimension: boolean;
 
   constructor(
     private readonly session: ort.InferenceSession,
     readonly provider: string,
     readonly metadata: Readonly<Record<string, string>>,
+    readonly fallbacks: readonly ProviderFailure[],
   ) {
     this.inputs = session.inputMetadata.map((m) => toSpec(m, 'input'));
     this.outputs = session.outputMetadata.map((m) => toSpec(m, 'output'));
+    this.batchDimension = sharesBatchDimension([...session.inputMetadata, ...session.outputMetadata]);
   }
 
   async run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>> {
@@ -84,6 +151,16 @@ class OnnxRuntimeSession implements RuntimeSession {
   release(): Promise<void> {
     return this.session.release();
   }
+}
+
+/** Every tensor's first dimension is the same symbolic name ('batch'), so rows can be concatenated and split. */
+function sharesBatchDimension(values: readonly ort.InferenceSession.ValueMetadata[]): boolean {
+  const first = new Set<unknown>();
+  for (const value of values) {
+    if (!value.isTensor || value.shape.length === 0 || typeof value.shape[0] !== 'string') return false;
+    first.add(value.shape[0]);
+  }
+  return first.size === 1;
 }
 
 function toSpec(meta: ort.InferenceSession.ValueMetadata, role: 'input' | 'output'): TensorSpec {
