@@ -15,6 +15,7 @@ const CORE = [
   '^control-plane/telemetry/(ingest|ports)\\.ts$',
   '^control-plane/broker/device-acl\\.ts$',
   '^control-plane/api/ports\\.ts$',
+  '^control-plane/rollout/(plan|cohorts|gates|state-machine|engine|ports)\\.ts$',
 ];
 
 module.exports = {

@@ -1,0 +1,97 @@
+import type { Logger } from '../../common/logger.js';
+import { DesiredModel, DesiredState } from '../../common/proto/driftline/v1/device_link.js';
+import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
+import { PROFILE_LABEL, type DeviceRecord, type FleetStore } from '../fleet/fleet-store.js';
+import { artifactPath } from '../registry/artifact-store.js';
+import { constraintsFromMetadata, type ModelConstraints } from './cohorts.js';
+import type { InstallStats } from './gates.js';
+import type { FleetView, ModelCatalog, ReleasePublisher } from './ports.js';
+import type { PlanningDevice } from './state-machine.js';
+
+const activeVersion = (device: DeviceRecord, model: string): number =>
+  device.reported?.activeModel?.name === model ? device.reported.activeModel.version : 0;
+
+/** The rollout's view of the fleet: targets, what they run and how their installs went, from reported state. */
+export class FleetStoreView implements FleetView {
+  constructor(private readonly fleet: Pick<FleetStore, 'list' | 'get'>) {}
+
+  devices(selector: string, model: string): PlanningDevice[] {
+    return this.fleet.list(selector).map((d) => ({
+      id: d.id,
+      labels: d.labels,
+      profile: d.reported?.firmwareProfile || d.labels[PROFILE_LABEL] || '',
+      activeVersion: activeVersion(d, model),
+    }));
+  }
+
+  installStatus(model: string, version: number, deviceIds: readonly string[]): InstallStats {
+    const stats: InstallStats = { attempted: deviceIds.length, installed: 0, failed: 0, pending: 0 };
+    for (const id of deviceIds) {
+      const device = this.fleet.get(id);
+      if (activeVersion(device, model) === version) stats.installed++;
+      // The agent keeps the old model and reports the error when an update fails.
+      else if (device.reported?.lastErrorCode && device.desired?.model?.version === version) stats.failed++;
+      else stats.pending++;
+    }
+    return stats;
+  }
+
+  activeVersions(model: string, deviceIds: readonly string[]): Record<string, number> {
+    return Object.fromEntries(deviceIds.map((id) => [id, activeVersion(this.fleet.get(id), model)]));
+  }
+}
+
+/** Constraints from the registry's version metadata (signed manifests will carry them later). */
+export class RegistryCatalog implements ModelCatalog {
+  constructor(private readonly registry: { resolve(name: string, version: number): ModelVersion }) {}
+
+  constraints(model: string, version: number): ModelConstraints {
+    return constraintsFromMetadata(this.registry.resolve(model, version).metadata);
+  }
+}
+
+/**
+ * Publishes releases as desired state over the existing DeployModel path: store the new
+ * desired state per device (next revision), then publish it retained. A rollback is the
+ * same with the older version. Swap this for signed release manifests and signed rollback
+ * directives when the trust module lands; the engine only sees ReleasePublisher.
+ */
+export class DesiredStatePublisher implements ReleasePublisher {
+  constructor(
+    private readonly deps: {
+      fleet: Pick<FleetStore, 'get' | 'setDesired'>;
+      registry: { resolve(name: string, version: number): ModelVersion };
+      publishDesired: (deviceId: string, desired: DesiredState) => Promise<void>;
+      logger: Logger;
+    },
+  ) {}
+
+  deploy(model: string, version: number, deviceIds: readonly string[]): Promise<void> {
+    return this.send(this.deps.registry.resolve(model, version), deviceIds);
+  }
+
+  async rollback(model: string, devices: ReadonlyArray<{ deviceId: string; toVersion: number }>, reason: string): Promise<void> {
+    const byVersion = new Map<number, string[]>();
+    for (const { deviceId, toVersion } of devices) byVersion.set(toVersion, [...(byVersion.get(toVersion) ?? []), deviceId]);
+    for (const [version, ids] of byVersion) {
+      this.deps.logger.warn({ model, version, devices: ids.length, reason }, 'rolling devices back');
+      await this.send(this.deps.registry.resolve(model, version), ids);
+    }
+  }
+
+  private async send(model: ModelVersion, deviceIds: readonly string[]): Promise<void> {
+    const { fleet, publishDesired, logger } = this.deps;
+    const desired = deviceIds.map((id): [string, DesiredState] => [
+      id,
+      DesiredState.fromPartial({
+        revision: (fleet.get(id).desired?.revision ?? 0) + 1,
+        model: DesiredModel.fromPartial({ name: model.name, version: model.version, sha256: model.sha256, sizeBytes: model.sizeBytes, artifactPath: artifactPath(model.sha256) }),
+      }),
+    ]);
+    for (const [id, state] of desired) fleet.setDesired(id, state);
+    const results = await Promise.allSettled(desired.map(([id, state]) => publishDesired(id, state)));
+    results.forEach((r, i) => {
+      if (r.status === 'rejected') logger.warn({ err: r.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');
+    });
+  }
+}

@@ -1,0 +1,49 @@
+import type { Database } from 'better-sqlite3';
+import type { CohortStats } from './gates.js';
+import type { CohortMetrics, CohortQuery } from './ports.js';
+
+/**
+ * Per-version cohort metrics read straight from stored telemetry (telemetry_records carries
+ * model, model_version, latency_ms and ok for every inference). Windows use the control
+ * plane's receive time, so a device with a skewed clock cannot move its records in or out of
+ * a wave. Quantiles are exact over the window (nearest rank); rollups can replace this query
+ * without the engine noticing.
+ */
+export class SqliteCohortMetrics implements CohortMetrics {
+  constructor(private readonly db: Database) {}
+
+  cohort(query: CohortQuery): CohortStats {
+    if (query.deviceIds.length === 0) return { devices: 0, devicesWithData: 0, inferences: 0, errors: 0, p95LatencyMs: null };
+    const rows = this.db
+      .prepare(
+        `SELECT device_id, latency_ms, ok FROM telemetry_records
+         WHERE device_id IN (SELECT value FROM json_each(?)) AND kind = 'inference' AND model = ? AND received_ms >= ?
+           AND (? IS NULL OR model_version = ?) AND (? IS NULL OR model_version != ?)`,
+      )
+      .all(
+        JSON.stringify(query.deviceIds),
+        query.model,
+        query.sinceMs,
+        query.version ?? null,
+        query.version ?? null,
+        query.excludeVersion ?? null,
+        query.excludeVersion ?? null,
+      ) as Array<{ device_id: string; latency_ms: number | null; ok: number | null }>;
+    const devices = new Set<string>();
+    const latencies: number[] = [];
+    let errors = 0;
+    for (const row of rows) {
+      devices.add(row.device_id);
+      if (row.ok === 0) errors++;
+      if (row.latency_ms !== null) latencies.push(row.latency_ms);
+    }
+    return { devices: query.deviceIds.length, devicesWithData: devices.size, inferences: rows.length, errors, p95LatencyMs: quantile(latencies, 0.95) };
+  }
+}
+
+/** Nearest-rank quantile; null for no values. */
+export function quantile(values: number[], q: number): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
