@@ -75,8 +75,6 @@ program
     });
     const logger = createLogger('driftline-agent', config.logLevel);
     const agent = await startAgent(config, { logger });
-    // The one line scripts wait for; logs go to stderr.
-    process.stdout.write(`driftline-agent: ready device=${agent.deviceId} local-api=${agent.localApiUrl}\n`);
     let signals = 0;
     const stop = (signal: string): void => {
       if (++signals > 1) process.exit(AGENT_EXIT.failed);
@@ -97,6 +95,8 @@ program
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
+    // The one line scripts wait for (logs go to stderr); only now, so a signal sent on seeing it finds the handlers.
+    process.stdout.write(`driftline-agent: ready device=${agent.deviceId} local-api=${agent.localApiUrl}\n`);
   });
 
 // No top-level await: the packaged binary bundles this module as CommonJS (packaging/build-agent.ts).
