@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -24,21 +26,59 @@ export const protobufPackage = "driftline.v1";
 export const protobufFileName = "driftline/v1/rollouts.proto";
 
 /**
- * Staged rollouts (issue: signed releases and staged rollout). Declared so clients can
- * be generated now; the server answers UNIMPLEMENTED until the rollout engine lands.
+ * Staged rollouts: a model version goes out in waves of growing, nested cohorts; after each
+ * wave's bake, gates compare the new version's cohort with the devices still on the old one,
+ * and a failed gate aborts the rollout and rolls every touched device back by itself.
+ * Commands carry a client_request_id: a replay with the same id changes nothing and answers
+ * with the rollout as it is now.
  */
 
 export interface StartRolloutRequest {
   model: string;
   version: number;
+  /** Percent of the compatible targeted devices per wave, increasing, the last one 100. */
   wavePercents: number[];
   bakeSeconds: number;
   minDevices: number;
+  /** Label selector, e.g. "profile=jetson-*,site=plant-3"; empty targets every device. */
   target: string;
   clientRequestId: string;
+  /** Gates such as "p95-latency-ratio<=1.5"; empty uses the defaults. */
+  gates: string[];
+  /** Failed gate evaluations tolerated per wave before aborting (default 0). */
+  failureLimit: number;
+  /** Consecutive evaluations without metrics tolerated before aborting (0: the default, 4). */
+  consecutiveErrorLimit: number;
+  /** Inferences needed per cohort for latency and error gates (0: the default, 50). */
+  minInferences: number;
+  /** Time between evaluations after a failed one (0: the default, 60 s). */
+  intervalSeconds: number;
 }
 
 export interface GetRolloutRequest {
+  id: string;
+}
+
+export interface ListRolloutsRequest {
+  activeOnly: boolean;
+  model: string;
+}
+
+export interface ListRolloutsResponse {
+  rollouts: Rollout[];
+}
+
+export interface RolloutCommandRequest {
+  id: string;
+  clientRequestId: string;
+  reason: string;
+}
+
+export interface WatchRolloutRequest {
+  id: string;
+}
+
+export interface GetRolloutAuditRequest {
   id: string;
 }
 
@@ -46,13 +86,94 @@ export interface Rollout {
   id: string;
   model: string;
   version: number;
+  /** pending, progressing, paused, succeeded or aborted. */
   state: string;
+  /** The current wave, 1-based; 0 while pending. */
   wave: number;
+  reason: string;
+  target: string;
+  waves: RolloutWave[];
+  gates: string[];
+  targetedDevices: number;
+  incompatible: IncompatibleDevice[];
+  /** Devices per active version of the model among the targets, now. */
+  versions: { [key: number]: number };
+  baselineVersion: number;
+  lastEvaluation: GateOutcome[];
+  createdAtMs: number;
+  updatedAtMs: number;
+  waveStartedAtMs: number;
+  nextEvaluationAtMs: number;
+  touchedDevices: number;
+  rolledBackDevices: number;
+  failureLimit: number;
+  failures: number;
+}
+
+export interface Rollout_VersionsEntry {
+  key: number;
+  value: number;
+}
+
+export interface RolloutWave {
+  percent: number;
+  minDevices: number;
+  bakeSeconds: number;
+  /** Devices in the cohort up to and including this wave. */
+  devices: number;
+  /** pending, baking, passed, promoted, failed or skipped. */
+  status: string;
+}
+
+export interface IncompatibleDevice {
+  deviceId: string;
   reason: string;
 }
 
+export interface GateOutcome {
+  gate: string;
+  /** pass, fail or inconclusive. */
+  verdict: string;
+  value: number;
+  hasValue: boolean;
+  threshold: number;
+  detail: string;
+}
+
+export interface RolloutAudit {
+  entries: RolloutAuditEntry[];
+}
+
+export interface RolloutAuditEntry {
+  seq: number;
+  atMs: number;
+  /** Operator token id, or "system" for the rollout's own decisions. */
+  actor: string;
+  clientRequestId: string;
+  action: string;
+  fromState: string;
+  toState: string;
+  wave: number;
+  reason: string;
+  /** JSON. */
+  details: string;
+}
+
 function createBaseStartRolloutRequest(): StartRolloutRequest {
-  return { model: "", version: 0, wavePercents: [], bakeSeconds: 0, minDevices: 0, target: "", clientRequestId: "" };
+  return {
+    model: "",
+    version: 0,
+    wavePercents: [],
+    bakeSeconds: 0,
+    minDevices: 0,
+    target: "",
+    clientRequestId: "",
+    gates: [],
+    failureLimit: 0,
+    consecutiveErrorLimit: 0,
+    minInferences: 0,
+    intervalSeconds: 0,
+  };
 }
 
 export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
@@ -81,6 +202,21 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
     }
     if (message.clientRequestId !== "") {
       writer.uint32(58).string(message.clientRequestId);
+    }
+    for (const v of message.gates) {
+      writer.uint32(66).string(v!);
+    }
+    if (message.failureLimit !== 0) {
+      writer.uint32(72).int32(message.failureLimit);
+    }
+    if (message.consecutiveErrorLimit !== 0) {
+      writer.uint32(80).int32(message.consecutiveErrorLimit);
+    }
+    if (message.minInferences !== 0) {
+      writer.uint32(88).int32(message.minInferences);
+    }
+    if (message.intervalSeconds !== 0) {
+      writer.uint32(96).int64(message.intervalSeconds);
     }
     return writer;
   },
@@ -164,6 +300,46 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
             message.clientRequestId = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.gates.push(reader.string());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.failureLimit = reader.int32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.consecutiveErrorLimit = reader.int32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.minInferences = reader.int32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.intervalSeconds = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -201,6 +377,29 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
         : isSet(object.client_request_id)
         ? globalThis.String(object.client_request_id)
         : "",
+      gates: globalThis.Array.isArray(object?.gates)
+        ? object.gates.map((e: any) => globalThis.String(e))
+        : [],
+      failureLimit: isSet(object.failureLimit)
+        ? globalThis.Number(object.failureLimit)
+        : isSet(object.failure_limit)
+        ? globalThis.Number(object.failure_limit)
+        : 0,
+      consecutiveErrorLimit: isSet(object.consecutiveErrorLimit)
+        ? globalThis.Number(object.consecutiveErrorLimit)
+        : isSet(object.consecutive_error_limit)
+        ? globalThis.Number(object.consecutive_error_limit)
+        : 0,
+      minInferences: isSet(object.minInferences)
+        ? globalThis.Number(object.minInferences)
+        : isSet(object.min_inferences)
+        ? globalThis.Number(object.min_inferences)
+        : 0,
+      intervalSeconds: isSet(object.intervalSeconds)
+        ? globalThis.Number(object.intervalSeconds)
+        : isSet(object.interval_seconds)
+        ? globalThis.Number(object.interval_seconds)
+        : 0,
     };
   },
 
@@ -227,6 +426,21 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
     if (message.clientRequestId !== "") {
       obj.clientRequestId = message.clientRequestId;
     }
+    if (message.gates?.length) {
+      obj.gates = message.gates;
+    }
+    if (message.failureLimit !== 0) {
+      obj.failureLimit = Math.round(message.failureLimit);
+    }
+    if (message.consecutiveErrorLimit !== 0) {
+      obj.consecutiveErrorLimit = Math.round(message.consecutiveErrorLimit);
+    }
+    if (message.minInferences !== 0) {
+      obj.minInferences = Math.round(message.minInferences);
+    }
+    if (message.intervalSeconds !== 0) {
+      obj.intervalSeconds = Math.round(message.intervalSeconds);
+    }
     return obj;
   },
 
@@ -242,6 +456,11 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
     message.minDevices = object.minDevices ?? 0;
     message.target = object.target ?? "";
     message.clientRequestId = object.clientRequestId ?? "";
+    message.gates = object.gates?.map((e) => e) || [];
+    message.failureLimit = object.failureLimit ?? 0;
+    message.consecutiveErrorLimit = object.consecutiveErrorLimit ?? 0;
+    message.minInferences = object.minInferences ?? 0;
+    message.intervalSeconds = object.intervalSeconds ?? 0;
     return message;
   },
 };
@@ -313,8 +532,428 @@ export const GetRolloutRequest: MessageFns<GetRolloutRequest> = {
   },
 };
 
+function createBaseListRolloutsRequest(): ListRolloutsRequest {
+  return { activeOnly: false, model: "" };
+}
+
+export const ListRolloutsRequest: MessageFns<ListRolloutsRequest> = {
+  encode(message: ListRolloutsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.activeOnly !== false) {
+      writer.uint32(8).bool(message.activeOnly);
+    }
+    if (message.model !== "") {
+      writer.uint32(18).string(message.model);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRolloutsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRolloutsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.activeOnly = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRolloutsRequest {
+    return {
+      activeOnly: isSet(object.activeOnly)
+        ? globalThis.Boolean(object.activeOnly)
+        : isSet(object.active_only)
+        ? globalThis.Boolean(object.active_only)
+        : false,
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+    };
+  },
+
+  toJSON(message: ListRolloutsRequest): unknown {
+    const obj: any = {};
+    if (message.activeOnly !== false) {
+      obj.activeOnly = message.activeOnly;
+    }
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRolloutsRequest>, I>>(base?: I): ListRolloutsRequest {
+    return ListRolloutsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRolloutsRequest>, I>>(object: I): ListRolloutsRequest {
+    const message = createBaseListRolloutsRequest();
+    message.activeOnly = object.activeOnly ?? false;
+    message.model = object.model ?? "";
+    return message;
+  },
+};
+
+function createBaseListRolloutsResponse(): ListRolloutsResponse {
+  return { rollouts: [] };
+}
+
+export const ListRolloutsResponse: MessageFns<ListRolloutsResponse> = {
+  encode(message: ListRolloutsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.rollouts) {
+      Rollout.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRolloutsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRolloutsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rollouts.push(Rollout.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRolloutsResponse {
+    return {
+      rollouts: globalThis.Array.isArray(object?.rollouts) ? object.rollouts.map((e: any) => Rollout.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListRolloutsResponse): unknown {
+    const obj: any = {};
+    if (message.rollouts?.length) {
+      obj.rollouts = message.rollouts.map((e) => Rollout.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRolloutsResponse>, I>>(base?: I): ListRolloutsResponse {
+    return ListRolloutsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRolloutsResponse>, I>>(object: I): ListRolloutsResponse {
+    const message = createBaseListRolloutsResponse();
+    message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRolloutCommandRequest(): RolloutCommandRequest {
+  return { id: "", clientRequestId: "", reason: "" };
+}
+
+export const RolloutCommandRequest: MessageFns<RolloutCommandRequest> = {
+  encode(message: RolloutCommandRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.clientRequestId !== "") {
+      writer.uint32(18).string(message.clientRequestId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RolloutCommandRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRolloutCommandRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientRequestId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RolloutCommandRequest {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      clientRequestId: isSet(object.clientRequestId)
+        ? globalThis.String(object.clientRequestId)
+        : isSet(object.client_request_id)
+        ? globalThis.String(object.client_request_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: RolloutCommandRequest): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.clientRequestId !== "") {
+      obj.clientRequestId = message.clientRequestId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RolloutCommandRequest>, I>>(base?: I): RolloutCommandRequest {
+    return RolloutCommandRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RolloutCommandRequest>, I>>(object: I): RolloutCommandRequest {
+    const message = createBaseRolloutCommandRequest();
+    message.id = object.id ?? "";
+    message.clientRequestId = object.clientRequestId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchRolloutRequest(): WatchRolloutRequest {
+  return { id: "" };
+}
+
+export const WatchRolloutRequest: MessageFns<WatchRolloutRequest> = {
+  encode(message: WatchRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchRolloutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchRolloutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchRolloutRequest {
+    return { id: isSet(object.id) ? globalThis.String(object.id) : "" };
+  },
+
+  toJSON(message: WatchRolloutRequest): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchRolloutRequest>, I>>(base?: I): WatchRolloutRequest {
+    return WatchRolloutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchRolloutRequest>, I>>(object: I): WatchRolloutRequest {
+    const message = createBaseWatchRolloutRequest();
+    message.id = object.id ?? "";
+    return message;
+  },
+};
+
+function createBaseGetRolloutAuditRequest(): GetRolloutAuditRequest {
+  return { id: "" };
+}
+
+export const GetRolloutAuditRequest: MessageFns<GetRolloutAuditRequest> = {
+  encode(message: GetRolloutAuditRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetRolloutAuditRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetRolloutAuditRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetRolloutAuditRequest {
+    return { id: isSet(object.id) ? globalThis.String(object.id) : "" };
+  },
+
+  toJSON(message: GetRolloutAuditRequest): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetRolloutAuditRequest>, I>>(base?: I): GetRolloutAuditRequest {
+    return GetRolloutAuditRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetRolloutAuditRequest>, I>>(object: I): GetRolloutAuditRequest {
+    const message = createBaseGetRolloutAuditRequest();
+    message.id = object.id ?? "";
+    return message;
+  },
+};
+
 function createBaseRollout(): Rollout {
-  return { id: "", model: "", version: 0, state: "", wave: 0, reason: "" };
+  return {
+    id: "",
+    model: "",
+    version: 0,
+    state: "",
+    wave: 0,
+    reason: "",
+    target: "",
+    waves: [],
+    gates: [],
+    targetedDevices: 0,
+    incompatible: [],
+    versions: {},
+    baselineVersion: 0,
+    lastEvaluation: [],
+    createdAtMs: 0,
+    updatedAtMs: 0,
+    waveStartedAtMs: 0,
+    nextEvaluationAtMs: 0,
+    touchedDevices: 0,
+    rolledBackDevices: 0,
+    failureLimit: 0,
+    failures: 0,
+  };
 }
 
 export const Rollout: MessageFns<Rollout> = {
@@ -336,6 +975,54 @@ export const Rollout: MessageFns<Rollout> = {
     }
     if (message.reason !== "") {
       writer.uint32(50).string(message.reason);
+    }
+    if (message.target !== "") {
+      writer.uint32(58).string(message.target);
+    }
+    for (const v of message.waves) {
+      RolloutWave.encode(v!, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.gates) {
+      writer.uint32(74).string(v!);
+    }
+    if (message.targetedDevices !== 0) {
+      writer.uint32(80).int32(message.targetedDevices);
+    }
+    for (const v of message.incompatible) {
+      IncompatibleDevice.encode(v!, writer.uint32(90).fork()).join();
+    }
+    globalThis.Object.entries(message.versions).forEach(([key, value]: [string, number]) => {
+      Rollout_VersionsEntry.encode({ key: key as any, value }, writer.uint32(98).fork()).join();
+    });
+    if (message.baselineVersion !== 0) {
+      writer.uint32(104).int64(message.baselineVersion);
+    }
+    for (const v of message.lastEvaluation) {
+      GateOutcome.encode(v!, writer.uint32(114).fork()).join();
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(120).int64(message.createdAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      writer.uint32(128).int64(message.updatedAtMs);
+    }
+    if (message.waveStartedAtMs !== 0) {
+      writer.uint32(136).int64(message.waveStartedAtMs);
+    }
+    if (message.nextEvaluationAtMs !== 0) {
+      writer.uint32(144).int64(message.nextEvaluationAtMs);
+    }
+    if (message.touchedDevices !== 0) {
+      writer.uint32(152).int32(message.touchedDevices);
+    }
+    if (message.rolledBackDevices !== 0) {
+      writer.uint32(160).int32(message.rolledBackDevices);
+    }
+    if (message.failureLimit !== 0) {
+      writer.uint32(168).int32(message.failureLimit);
+    }
+    if (message.failures !== 0) {
+      writer.uint32(176).int32(message.failures);
     }
     return writer;
   },
@@ -401,6 +1088,137 @@ export const Rollout: MessageFns<Rollout> = {
             message.reason = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.waves.push(RolloutWave.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.gates.push(reader.string());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.targetedDevices = reader.int32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.incompatible.push(IncompatibleDevice.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            const entry12 = Rollout_VersionsEntry.decode(reader, reader.uint32());
+            if (entry12.value !== undefined) {
+              message.versions[entry12.key] = entry12.value;
+            }
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.baselineVersion = longToNumber(reader.int64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.lastEvaluation.push(GateOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.updatedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.waveStartedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.nextEvaluationAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.touchedDevices = reader.int32();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.rolledBackDevices = reader.int32();
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.failureLimit = reader.int32();
+            continue;
+          }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.failures = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -421,6 +1239,77 @@ export const Rollout: MessageFns<Rollout> = {
       state: isSet(object.state) ? globalThis.String(object.state) : "",
       wave: isSet(object.wave) ? globalThis.Number(object.wave) : 0,
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      waves: globalThis.Array.isArray(object?.waves) ? object.waves.map((e: any) => RolloutWave.fromJSON(e)) : [],
+      gates: globalThis.Array.isArray(object?.gates) ? object.gates.map((e: any) => globalThis.String(e)) : [],
+      targetedDevices: isSet(object.targetedDevices)
+        ? globalThis.Number(object.targetedDevices)
+        : isSet(object.targeted_devices)
+        ? globalThis.Number(object.targeted_devices)
+        : 0,
+      incompatible: globalThis.Array.isArray(object?.incompatible)
+        ? object.incompatible.map((e: any) => IncompatibleDevice.fromJSON(e))
+        : [],
+      versions: isObject(object.versions)
+        ? (globalThis.Object.entries(object.versions) as [string, any][]).reduce(
+          (acc: { [key: number]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, globalThis.Number(key), {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      baselineVersion: isSet(object.baselineVersion)
+        ? globalThis.Number(object.baselineVersion)
+        : isSet(object.baseline_version)
+        ? globalThis.Number(object.baseline_version)
+        : 0,
+      lastEvaluation: globalThis.Array.isArray(object?.lastEvaluation)
+        ? object.lastEvaluation.map((e: any) => GateOutcome.fromJSON(e))
+        : globalThis.Array.isArray(object?.last_evaluation)
+        ? object.last_evaluation.map((e: any) => GateOutcome.fromJSON(e))
+        : [],
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      updatedAtMs: isSet(object.updatedAtMs)
+        ? globalThis.Number(object.updatedAtMs)
+        : isSet(object.updated_at_ms)
+        ? globalThis.Number(object.updated_at_ms)
+        : 0,
+      waveStartedAtMs: isSet(object.waveStartedAtMs)
+        ? globalThis.Number(object.waveStartedAtMs)
+        : isSet(object.wave_started_at_ms)
+        ? globalThis.Number(object.wave_started_at_ms)
+        : 0,
+      nextEvaluationAtMs: isSet(object.nextEvaluationAtMs)
+        ? globalThis.Number(object.nextEvaluationAtMs)
+        : isSet(object.next_evaluation_at_ms)
+        ? globalThis.Number(object.next_evaluation_at_ms)
+        : 0,
+      touchedDevices: isSet(object.touchedDevices)
+        ? globalThis.Number(object.touchedDevices)
+        : isSet(object.touched_devices)
+        ? globalThis.Number(object.touched_devices)
+        : 0,
+      rolledBackDevices: isSet(object.rolledBackDevices)
+        ? globalThis.Number(object.rolledBackDevices)
+        : isSet(object.rolled_back_devices)
+        ? globalThis.Number(object.rolled_back_devices)
+        : 0,
+      failureLimit: isSet(object.failureLimit)
+        ? globalThis.Number(object.failureLimit)
+        : isSet(object.failure_limit)
+        ? globalThis.Number(object.failure_limit)
+        : 0,
+      failures: isSet(object.failures) ? globalThis.Number(object.failures) : 0,
     };
   },
 
@@ -444,6 +1333,60 @@ export const Rollout: MessageFns<Rollout> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.waves?.length) {
+      obj.waves = message.waves.map((e) => RolloutWave.toJSON(e));
+    }
+    if (message.gates?.length) {
+      obj.gates = message.gates;
+    }
+    if (message.targetedDevices !== 0) {
+      obj.targetedDevices = Math.round(message.targetedDevices);
+    }
+    if (message.incompatible?.length) {
+      obj.incompatible = message.incompatible.map((e) => IncompatibleDevice.toJSON(e));
+    }
+    if (message.versions) {
+      const entries = globalThis.Object.entries(message.versions) as [string, number][];
+      if (entries.length > 0) {
+        obj.versions = {};
+        entries.forEach(([k, v]) => {
+          obj.versions[k] = Math.round(v);
+        });
+      }
+    }
+    if (message.baselineVersion !== 0) {
+      obj.baselineVersion = Math.round(message.baselineVersion);
+    }
+    if (message.lastEvaluation?.length) {
+      obj.lastEvaluation = message.lastEvaluation.map((e) => GateOutcome.toJSON(e));
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      obj.updatedAtMs = Math.round(message.updatedAtMs);
+    }
+    if (message.waveStartedAtMs !== 0) {
+      obj.waveStartedAtMs = Math.round(message.waveStartedAtMs);
+    }
+    if (message.nextEvaluationAtMs !== 0) {
+      obj.nextEvaluationAtMs = Math.round(message.nextEvaluationAtMs);
+    }
+    if (message.touchedDevices !== 0) {
+      obj.touchedDevices = Math.round(message.touchedDevices);
+    }
+    if (message.rolledBackDevices !== 0) {
+      obj.rolledBackDevices = Math.round(message.rolledBackDevices);
+    }
+    if (message.failureLimit !== 0) {
+      obj.failureLimit = Math.round(message.failureLimit);
+    }
+    if (message.failures !== 0) {
+      obj.failures = Math.round(message.failures);
+    }
     return obj;
   },
 
@@ -458,6 +1401,809 @@ export const Rollout: MessageFns<Rollout> = {
     message.state = object.state ?? "";
     message.wave = object.wave ?? 0;
     message.reason = object.reason ?? "";
+    message.target = object.target ?? "";
+    message.waves = object.waves?.map((e) => RolloutWave.fromPartial(e)) || [];
+    message.gates = object.gates?.map((e) => e) || [];
+    message.targetedDevices = object.targetedDevices ?? 0;
+    message.incompatible = object.incompatible?.map((e) => IncompatibleDevice.fromPartial(e)) || [];
+    message.versions = (globalThis.Object.entries(object.versions ?? {}) as [string, number][]).reduce(
+      (acc: { [key: number]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[globalThis.Number(key)] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.baselineVersion = object.baselineVersion ?? 0;
+    message.lastEvaluation = object.lastEvaluation?.map((e) => GateOutcome.fromPartial(e)) || [];
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.updatedAtMs = object.updatedAtMs ?? 0;
+    message.waveStartedAtMs = object.waveStartedAtMs ?? 0;
+    message.nextEvaluationAtMs = object.nextEvaluationAtMs ?? 0;
+    message.touchedDevices = object.touchedDevices ?? 0;
+    message.rolledBackDevices = object.rolledBackDevices ?? 0;
+    message.failureLimit = object.failureLimit ?? 0;
+    message.failures = object.failures ?? 0;
+    return message;
+  },
+};
+
+function createBaseRollout_VersionsEntry(): Rollout_VersionsEntry {
+  return { key: 0, value: 0 };
+}
+
+export const Rollout_VersionsEntry: MessageFns<Rollout_VersionsEntry> = {
+  encode(message: Rollout_VersionsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== 0) {
+      writer.uint32(8).int64(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).int32(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Rollout_VersionsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRollout_VersionsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.key = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Rollout_VersionsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.Number(object.key) : 0,
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: Rollout_VersionsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== 0) {
+      obj.key = Math.round(message.key);
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Rollout_VersionsEntry>, I>>(base?: I): Rollout_VersionsEntry {
+    return Rollout_VersionsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Rollout_VersionsEntry>, I>>(object: I): Rollout_VersionsEntry {
+    const message = createBaseRollout_VersionsEntry();
+    message.key = object.key ?? 0;
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseRolloutWave(): RolloutWave {
+  return { percent: 0, minDevices: 0, bakeSeconds: 0, devices: 0, status: "" };
+}
+
+export const RolloutWave: MessageFns<RolloutWave> = {
+  encode(message: RolloutWave, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.percent !== 0) {
+      writer.uint32(9).double(message.percent);
+    }
+    if (message.minDevices !== 0) {
+      writer.uint32(16).int32(message.minDevices);
+    }
+    if (message.bakeSeconds !== 0) {
+      writer.uint32(24).int64(message.bakeSeconds);
+    }
+    if (message.devices !== 0) {
+      writer.uint32(32).int32(message.devices);
+    }
+    if (message.status !== "") {
+      writer.uint32(42).string(message.status);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RolloutWave {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRolloutWave();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.percent = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.minDevices = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bakeSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.devices = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.status = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RolloutWave {
+    return {
+      percent: isSet(object.percent) ? globalThis.Number(object.percent) : 0,
+      minDevices: isSet(object.minDevices)
+        ? globalThis.Number(object.minDevices)
+        : isSet(object.min_devices)
+        ? globalThis.Number(object.min_devices)
+        : 0,
+      bakeSeconds: isSet(object.bakeSeconds)
+        ? globalThis.Number(object.bakeSeconds)
+        : isSet(object.bake_seconds)
+        ? globalThis.Number(object.bake_seconds)
+        : 0,
+      devices: isSet(object.devices) ? globalThis.Number(object.devices) : 0,
+      status: isSet(object.status) ? globalThis.String(object.status) : "",
+    };
+  },
+
+  toJSON(message: RolloutWave): unknown {
+    const obj: any = {};
+    if (message.percent !== 0) {
+      obj.percent = floatToJson(message.percent);
+    }
+    if (message.minDevices !== 0) {
+      obj.minDevices = Math.round(message.minDevices);
+    }
+    if (message.bakeSeconds !== 0) {
+      obj.bakeSeconds = Math.round(message.bakeSeconds);
+    }
+    if (message.devices !== 0) {
+      obj.devices = Math.round(message.devices);
+    }
+    if (message.status !== "") {
+      obj.status = message.status;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RolloutWave>, I>>(base?: I): RolloutWave {
+    return RolloutWave.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RolloutWave>, I>>(object: I): RolloutWave {
+    const message = createBaseRolloutWave();
+    message.percent = object.percent ?? 0;
+    message.minDevices = object.minDevices ?? 0;
+    message.bakeSeconds = object.bakeSeconds ?? 0;
+    message.devices = object.devices ?? 0;
+    message.status = object.status ?? "";
+    return message;
+  },
+};
+
+function createBaseIncompatibleDevice(): IncompatibleDevice {
+  return { deviceId: "", reason: "" };
+}
+
+export const IncompatibleDevice: MessageFns<IncompatibleDevice> = {
+  encode(message: IncompatibleDevice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deviceId !== "") {
+      writer.uint32(10).string(message.deviceId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IncompatibleDevice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIncompatibleDevice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deviceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IncompatibleDevice {
+    return {
+      deviceId: isSet(object.deviceId)
+        ? globalThis.String(object.deviceId)
+        : isSet(object.device_id)
+        ? globalThis.String(object.device_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: IncompatibleDevice): unknown {
+    const obj: any = {};
+    if (message.deviceId !== "") {
+      obj.deviceId = message.deviceId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<IncompatibleDevice>, I>>(base?: I): IncompatibleDevice {
+    return IncompatibleDevice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<IncompatibleDevice>, I>>(object: I): IncompatibleDevice {
+    const message = createBaseIncompatibleDevice();
+    message.deviceId = object.deviceId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseGateOutcome(): GateOutcome {
+  return { gate: "", verdict: "", value: 0, hasValue: false, threshold: 0, detail: "" };
+}
+
+export const GateOutcome: MessageFns<GateOutcome> = {
+  encode(message: GateOutcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.gate !== "") {
+      writer.uint32(10).string(message.gate);
+    }
+    if (message.verdict !== "") {
+      writer.uint32(18).string(message.verdict);
+    }
+    if (message.value !== 0) {
+      writer.uint32(25).double(message.value);
+    }
+    if (message.hasValue !== false) {
+      writer.uint32(32).bool(message.hasValue);
+    }
+    if (message.threshold !== 0) {
+      writer.uint32(41).double(message.threshold);
+    }
+    if (message.detail !== "") {
+      writer.uint32(50).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GateOutcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGateOutcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.gate = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.verdict = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.hasValue = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.threshold = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GateOutcome {
+    return {
+      gate: isSet(object.gate) ? globalThis.String(object.gate) : "",
+      verdict: isSet(object.verdict) ? globalThis.String(object.verdict) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+      hasValue: isSet(object.hasValue)
+        ? globalThis.Boolean(object.hasValue)
+        : isSet(object.has_value)
+        ? globalThis.Boolean(object.has_value)
+        : false,
+      threshold: isSet(object.threshold) ? globalThis.Number(object.threshold) : 0,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: GateOutcome): unknown {
+    const obj: any = {};
+    if (message.gate !== "") {
+      obj.gate = message.gate;
+    }
+    if (message.verdict !== "") {
+      obj.verdict = message.verdict;
+    }
+    if (message.value !== 0) {
+      obj.value = floatToJson(message.value);
+    }
+    if (message.hasValue !== false) {
+      obj.hasValue = message.hasValue;
+    }
+    if (message.threshold !== 0) {
+      obj.threshold = floatToJson(message.threshold);
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GateOutcome>, I>>(base?: I): GateOutcome {
+    return GateOutcome.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GateOutcome>, I>>(object: I): GateOutcome {
+    const message = createBaseGateOutcome();
+    message.gate = object.gate ?? "";
+    message.verdict = object.verdict ?? "";
+    message.value = object.value ?? 0;
+    message.hasValue = object.hasValue ?? false;
+    message.threshold = object.threshold ?? 0;
+    message.detail = object.detail ?? "";
+    return message;
+  },
+};
+
+function createBaseRolloutAudit(): RolloutAudit {
+  return { entries: [] };
+}
+
+export const RolloutAudit: MessageFns<RolloutAudit> = {
+  encode(message: RolloutAudit, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.entries) {
+      RolloutAuditEntry.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RolloutAudit {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRolloutAudit();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.entries.push(RolloutAuditEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RolloutAudit {
+    return {
+      entries: globalThis.Array.isArray(object?.entries)
+        ? object.entries.map((e: any) => RolloutAuditEntry.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RolloutAudit): unknown {
+    const obj: any = {};
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => RolloutAuditEntry.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RolloutAudit>, I>>(base?: I): RolloutAudit {
+    return RolloutAudit.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RolloutAudit>, I>>(object: I): RolloutAudit {
+    const message = createBaseRolloutAudit();
+    message.entries = object.entries?.map((e) => RolloutAuditEntry.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRolloutAuditEntry(): RolloutAuditEntry {
+  return {
+    seq: 0,
+    atMs: 0,
+    actor: "",
+    clientRequestId: "",
+    action: "",
+    fromState: "",
+    toState: "",
+    wave: 0,
+    reason: "",
+    details: "",
+  };
+}
+
+export const RolloutAuditEntry: MessageFns<RolloutAuditEntry> = {
+  encode(message: RolloutAuditEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seq !== 0) {
+      writer.uint32(8).int64(message.seq);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(16).int64(message.atMs);
+    }
+    if (message.actor !== "") {
+      writer.uint32(26).string(message.actor);
+    }
+    if (message.clientRequestId !== "") {
+      writer.uint32(34).string(message.clientRequestId);
+    }
+    if (message.action !== "") {
+      writer.uint32(42).string(message.action);
+    }
+    if (message.fromState !== "") {
+      writer.uint32(50).string(message.fromState);
+    }
+    if (message.toState !== "") {
+      writer.uint32(58).string(message.toState);
+    }
+    if (message.wave !== 0) {
+      writer.uint32(64).int32(message.wave);
+    }
+    if (message.reason !== "") {
+      writer.uint32(74).string(message.reason);
+    }
+    if (message.details !== "") {
+      writer.uint32(82).string(message.details);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RolloutAuditEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRolloutAuditEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.actor = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.clientRequestId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.fromState = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.toState = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.wave = reader.int32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RolloutAuditEntry {
+    return {
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      actor: isSet(object.actor) ? globalThis.String(object.actor) : "",
+      clientRequestId: isSet(object.clientRequestId)
+        ? globalThis.String(object.clientRequestId)
+        : isSet(object.client_request_id)
+        ? globalThis.String(object.client_request_id)
+        : "",
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+      fromState: isSet(object.fromState)
+        ? globalThis.String(object.fromState)
+        : isSet(object.from_state)
+        ? globalThis.String(object.from_state)
+        : "",
+      toState: isSet(object.toState)
+        ? globalThis.String(object.toState)
+        : isSet(object.to_state)
+        ? globalThis.String(object.to_state)
+        : "",
+      wave: isSet(object.wave) ? globalThis.Number(object.wave) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
+    };
+  },
+
+  toJSON(message: RolloutAuditEntry): unknown {
+    const obj: any = {};
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.actor !== "") {
+      obj.actor = message.actor;
+    }
+    if (message.clientRequestId !== "") {
+      obj.clientRequestId = message.clientRequestId;
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    if (message.fromState !== "") {
+      obj.fromState = message.fromState;
+    }
+    if (message.toState !== "") {
+      obj.toState = message.toState;
+    }
+    if (message.wave !== 0) {
+      obj.wave = Math.round(message.wave);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.details !== "") {
+      obj.details = message.details;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RolloutAuditEntry>, I>>(base?: I): RolloutAuditEntry {
+    return RolloutAuditEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RolloutAuditEntry>, I>>(object: I): RolloutAuditEntry {
+    const message = createBaseRolloutAuditEntry();
+    message.seq = object.seq ?? 0;
+    message.atMs = object.atMs ?? 0;
+    message.actor = object.actor ?? "";
+    message.clientRequestId = object.clientRequestId ?? "";
+    message.action = object.action ?? "";
+    message.fromState = object.fromState ?? "";
+    message.toState = object.toState ?? "";
+    message.wave = object.wave ?? 0;
+    message.reason = object.reason ?? "";
+    message.details = object.details ?? "";
     return message;
   },
 };
@@ -482,11 +2228,91 @@ export const RolloutServiceService = {
     responseSerialize: (value: Rollout): Buffer => Buffer.from(Rollout.encode(value).finish()),
     responseDeserialize: (value: Buffer): Rollout => Rollout.decode(value),
   },
+  listRollouts: {
+    path: "/driftline.v1.RolloutService/ListRollouts" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRolloutsRequest): Buffer => Buffer.from(ListRolloutsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRolloutsRequest => ListRolloutsRequest.decode(value),
+    responseSerialize: (value: ListRolloutsResponse): Buffer =>
+      Buffer.from(ListRolloutsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRolloutsResponse => ListRolloutsResponse.decode(value),
+  },
+  pauseRollout: {
+    path: "/driftline.v1.RolloutService/PauseRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RolloutCommandRequest): Buffer =>
+      Buffer.from(RolloutCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RolloutCommandRequest => RolloutCommandRequest.decode(value),
+    responseSerialize: (value: Rollout): Buffer => Buffer.from(Rollout.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Rollout => Rollout.decode(value),
+  },
+  resumeRollout: {
+    path: "/driftline.v1.RolloutService/ResumeRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RolloutCommandRequest): Buffer =>
+      Buffer.from(RolloutCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RolloutCommandRequest => RolloutCommandRequest.decode(value),
+    responseSerialize: (value: Rollout): Buffer => Buffer.from(Rollout.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Rollout => Rollout.decode(value),
+  },
+  abortRollout: {
+    path: "/driftline.v1.RolloutService/AbortRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RolloutCommandRequest): Buffer =>
+      Buffer.from(RolloutCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RolloutCommandRequest => RolloutCommandRequest.decode(value),
+    responseSerialize: (value: Rollout): Buffer => Buffer.from(Rollout.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Rollout => Rollout.decode(value),
+  },
+  /** Skips the rest of the current wave's bake and gates: starts the next wave (or completes). */
+  promoteRollout: {
+    path: "/driftline.v1.RolloutService/PromoteRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RolloutCommandRequest): Buffer =>
+      Buffer.from(RolloutCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RolloutCommandRequest => RolloutCommandRequest.decode(value),
+    responseSerialize: (value: Rollout): Buffer => Buffer.from(Rollout.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Rollout => Rollout.decode(value),
+  },
+  /** The rollout now, then again after every change, until it ends or the client cancels. */
+  watchRollout: {
+    path: "/driftline.v1.RolloutService/WatchRollout" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchRolloutRequest): Buffer => Buffer.from(WatchRolloutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchRolloutRequest => WatchRolloutRequest.decode(value),
+    responseSerialize: (value: Rollout): Buffer => Buffer.from(Rollout.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Rollout => Rollout.decode(value),
+  },
+  getRolloutAudit: {
+    path: "/driftline.v1.RolloutService/GetRolloutAudit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetRolloutAuditRequest): Buffer =>
+      Buffer.from(GetRolloutAuditRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetRolloutAuditRequest => GetRolloutAuditRequest.decode(value),
+    responseSerialize: (value: RolloutAudit): Buffer => Buffer.from(RolloutAudit.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RolloutAudit => RolloutAudit.decode(value),
+  },
 } as const;
 
 export interface RolloutServiceServer extends UntypedServiceImplementation {
   startRollout: handleUnaryCall<StartRolloutRequest, Rollout>;
   getRollout: handleUnaryCall<GetRolloutRequest, Rollout>;
+  listRollouts: handleUnaryCall<ListRolloutsRequest, ListRolloutsResponse>;
+  pauseRollout: handleUnaryCall<RolloutCommandRequest, Rollout>;
+  resumeRollout: handleUnaryCall<RolloutCommandRequest, Rollout>;
+  abortRollout: handleUnaryCall<RolloutCommandRequest, Rollout>;
+  /** Skips the rest of the current wave's bake and gates: starts the next wave (or completes). */
+  promoteRollout: handleUnaryCall<RolloutCommandRequest, Rollout>;
+  /** The rollout now, then again after every change, until it ends or the client cancels. */
+  watchRollout: handleServerStreamingCall<WatchRolloutRequest, Rollout>;
+  getRolloutAudit: handleUnaryCall<GetRolloutAuditRequest, RolloutAudit>;
 }
 
 export interface RolloutServiceClient extends Client {
@@ -519,6 +2345,104 @@ export interface RolloutServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  listRollouts(
+    request: ListRolloutsRequest,
+    callback: (error: ServiceError | null, response: ListRolloutsResponse) => void,
+  ): ClientUnaryCall;
+  listRollouts(
+    request: ListRolloutsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRolloutsResponse) => void,
+  ): ClientUnaryCall;
+  listRollouts(
+    request: ListRolloutsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRolloutsResponse) => void,
+  ): ClientUnaryCall;
+  pauseRollout(
+    request: RolloutCommandRequest,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  pauseRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  pauseRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  resumeRollout(
+    request: RolloutCommandRequest,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  resumeRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  resumeRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  abortRollout(
+    request: RolloutCommandRequest,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  abortRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  abortRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  /** Skips the rest of the current wave's bake and gates: starts the next wave (or completes). */
+  promoteRollout(
+    request: RolloutCommandRequest,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  promoteRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  promoteRollout(
+    request: RolloutCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Rollout) => void,
+  ): ClientUnaryCall;
+  /** The rollout now, then again after every change, until it ends or the client cancels. */
+  watchRollout(request: WatchRolloutRequest, options?: Partial<CallOptions>): ClientReadableStream<Rollout>;
+  watchRollout(
+    request: WatchRolloutRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<Rollout>;
+  getRolloutAudit(
+    request: GetRolloutAuditRequest,
+    callback: (error: ServiceError | null, response: RolloutAudit) => void,
+  ): ClientUnaryCall;
+  getRolloutAudit(
+    request: GetRolloutAuditRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RolloutAudit) => void,
+  ): ClientUnaryCall;
+  getRolloutAudit(
+    request: GetRolloutAuditRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RolloutAudit) => void,
   ): ClientUnaryCall;
 }
 
@@ -557,6 +2481,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {
