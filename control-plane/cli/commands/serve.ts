@@ -65,7 +65,6 @@ export function registerServe(program: Command): void {
       const { startControlPlane } = await import('../../server.js');
       const plane = await startControlPlane(config, { logger });
       const { grpc, mqtt, http } = plane.addresses;
-      process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${resolve(plane.adminTokenFile)}\n`);
 
       let stopping = false;
       const stop = (signal: NodeJS.Signals): void => {
@@ -86,6 +85,8 @@ export function registerServe(program: Command): void {
       };
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);
+      // Only now: a supervisor that signals on seeing this line must find the handlers in place.
+      process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${resolve(plane.adminTokenFile)}\n`);
     });
 }
 
