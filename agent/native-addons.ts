@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as sea from 'node:sea';
+import { pathToFileURL } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import { DriftlineError } from '../common/errors.js';
 
@@ -12,8 +13,9 @@ import { DriftlineError } from '../common/errors.js';
  * start they are extracted into a folder named by the manifest's content hash, written to a
  * temporary folder and renamed into place so a crash or a second process never sees half a
  * folder, and loaded from there with process.dlopen. Later starts verify and reuse the folder.
- * The files sit flat in one folder: onnxruntime_binding.node finds libonnxruntime.so.1
- * through its RUNPATH ($ORIGIN).
+ * The folder mirrors the packages' layout (node_modules/onnxruntime-node/bin/napi-v6/...),
+ * so code that resolves a file inside a package from its own location finds it there, and
+ * onnxruntime_binding.node finds libonnxruntime.so.1 beside it through its RUNPATH ($ORIGIN).
  */
 
 export const NATIVE_MANIFEST_ASSET = 'native/manifest.json';
@@ -22,7 +24,7 @@ export const NATIVE_DIR_ENV = 'DRIFTLINE_AGENT_NATIVE_DIR';
 const COMPLETE_MARKER = '.complete';
 
 export interface NativeFile {
-  /** File name inside the extraction folder, e.g. libonnxruntime.so.1. */
+  /** Path inside the extraction folder, e.g. libonnxruntime.so.1 or firmware-profiles/generic-x86_64-cpu.yaml. */
   name: string;
   /** SEA asset key holding the gzip-compressed bytes. */
   asset: string;
@@ -132,16 +134,25 @@ export function prepareNativeAddons(root: string = nativeCacheRoot()): NativeAdd
   }
 }
 
-/** Loads one embedded addon (e.g. better_sqlite3.node) from the extraction folder. */
+/**
+ * The file URL a bundled module would have if the repository's layout were unpacked in the
+ * extraction folder: modules that find resources beside themselves through import.meta.url
+ * (common/firmware-profile.ts and its firmware-profiles/ folder) find the extracted copies.
+ */
+export function extractedModuleUrl(repoRelativePath: string): string {
+  return pathToFileURL(join(prepareNativeAddons().dir, repoRelativePath)).href;
+}
+
+/** Loads one embedded addon from the extraction folder, by its path there or its file name (better_sqlite3.node). */
 export function loadNativeAddon(name: string): unknown {
   const cached = loaded.get(name);
   if (cached) return cached;
   const info = prepareNativeAddons();
-  const file = info.files.find((f) => f.name === name);
+  const file = info.files.find((f) => f.name === name) ?? info.files.find((f) => f.name.endsWith(`/${name}`));
   if (!file) throw new DriftlineError('NATIVE_ADDON_FAILED', `the binary embeds no native addon named ${name}`);
   const module = { exports: {} as unknown };
   try {
-    process.dlopen(module, join(info.dir, name));
+    process.dlopen(module, join(info.dir, file.name));
   } catch (err) {
     throw new DriftlineError('NATIVE_ADDON_FAILED', `cannot load ${name} from ${info.dir}: ${(err as Error).message}`, { cause: err });
   }
@@ -155,14 +166,17 @@ function writeAsset(dir: string, file: NativeFile): void {
     throw new DriftlineError('NATIVE_ADDON_FAILED', `embedded asset ${file.asset} does not match its manifest entry`);
   }
   const path = join(dir, file.name);
-  const fd = openSync(path, 'w', 0o755);
+  // Shared objects must be executable; resources (firmware profiles) are plain files.
+  const mode = /\.(node|so)(\.\d+)*$/.test(file.name) ? 0o755 : 0o644;
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  const fd = openSync(path, 'w', mode);
   try {
     writeFileSync(fd, bytes);
     fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
-  chmodSync(path, 0o755);
+  chmodSync(path, mode);
 }
 
 function verifyFolder(dir: string, files: readonly NativeFile[]): boolean {

@@ -1,0 +1,248 @@
+/**
+ * `npm run package:agent [-- --arch x64|arm64 --node <node binary> --sqlite-addon <file>]`
+ *
+ * Builds the agent as one executable with Node's single-executable applications (SEA):
+ * esbuild bundles agent/main.ts into one CommonJS file, the native addons (better-sqlite3,
+ * onnxruntime-node's binding and libonnxruntime.so.1), the firmware profiles and the demo
+ * model for `selftest` become SEA assets, and postject injects the blob into a copy of a
+ * Node 20 binary. Everything comes from this machine: no download, so it works offline.
+ * (@yao-pkg/pkg would download its patched Node base binaries, which fails offline.)
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { gzipSync, constants as zlib } from 'node:zlib';
+import * as esbuild from 'esbuild';
+import { buildDemoModel } from '../demo/model/demo-model.js';
+import type { NativeFile, NativeManifest } from '../agent/native-addons.js';
+import { NATIVE_MANIFEST_ASSET } from '../agent/native-addons.js';
+import { SELFTEST_MODEL_ASSET } from '../agent/selftest.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+const ARCHES = { x64: { elfMachine: 62, profileArch: 'x86_64' }, arm64: { elfMachine: 183, profileArch: 'arm64' } } as const;
+type Arch = keyof typeof ARCHES;
+const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
+
+export interface BuildOptions {
+  arch: Arch;
+  /** The Node 20 binary to turn into the agent; the running one for a native build. */
+  node: string;
+  /** better_sqlite3.node for the target arch. */
+  sqliteAddon: string;
+  out: string;
+  strip: boolean;
+  log: (line: string) => void;
+}
+
+export interface BuildResult {
+  out: string;
+  bytes: number;
+  sha256: string;
+  assets: Array<{ key: string; bytes: number; sourceBytes: number }>;
+  seconds: number;
+}
+
+export async function buildAgentBinary(options: BuildOptions): Promise<BuildResult> {
+  const started = Date.now();
+  const { arch, log } = options;
+  const work = join(ROOT, 'dist', `.build-${arch}`);
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  mkdirSync(dirname(options.out), { recursive: true });
+  const native = arch === process.arch;
+
+  // 1. One CommonJS file (SEA runs CommonJS mains only).
+  const bundle = join(work, 'agent.cjs');
+  const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+  const result = await esbuild.build({
+    entryPoints: [join(ROOT, 'packaging', 'sea-entry.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    outfile: bundle,
+    minify: true,
+    keepNames: true,
+    legalComments: 'none',
+    logLevel: 'error',
+    metafile: true,
+    // Dependencies' import.meta.url (node-cron computes a path with it at load) becomes the executable's own URL.
+    banner: { js: 'var __driftlineExecUrl = require("node:url").pathToFileURL(process.execPath).href;' },
+    define: { 'import.meta.url': '__driftlineExecUrl' },
+    plugins: [seaPlugin(version)],
+  });
+  for (const w of result.warnings) log(`  esbuild: ${w.text}${w.location ? ` (${w.location.file})` : ''}`);
+
+  // 2. Assets: the native files (extracted in the packages' own layout), firmware profiles, the selftest model.
+  const ortDir = join(ROOT, 'node_modules', 'onnxruntime-node', 'bin', 'napi-v6', 'linux', arch);
+  const nativeSources: Array<{ name: string; path: string; elf: boolean }> = [
+    { name: 'node_modules/better-sqlite3/build/Release/better_sqlite3.node', path: options.sqliteAddon, elf: true },
+    { name: `node_modules/onnxruntime-node/bin/napi-v6/linux/${arch}/onnxruntime_binding.node`, path: join(ortDir, 'onnxruntime_binding.node'), elf: true },
+    { name: `node_modules/onnxruntime-node/bin/napi-v6/linux/${arch}/libonnxruntime.so.1`, path: join(ortDir, 'libonnxruntime.so.1'), elf: true },
+    ...readdirSync(join(ROOT, 'firmware-profiles'))
+      .filter((f) => /\.ya?ml$/.test(f))
+      .sort()
+      .map((f) => ({ name: `firmware-profiles/${f}`, path: join(ROOT, 'firmware-profiles', f), elf: false })),
+  ];
+  const assets: Record<string, string> = {};
+  const summary: BuildResult['assets'] = [{ key: 'agent.cjs (bundled JavaScript)', bytes: statSync(bundle).size, sourceBytes: statSync(bundle).size }];
+  const files: NativeFile[] = [];
+  for (const source of nativeSources) {
+    if (!existsSync(source.path)) throw new Error(`missing ${source.path}`);
+    if (source.elf) assertElfArch(source.path, arch);
+    const bytes = readFileSync(source.path);
+    const gz = gzipSync(bytes, { level: 9, memLevel: 9, strategy: zlib.Z_DEFAULT_STRATEGY });
+    const key = `native/${source.name}.gz`;
+    const staged = join(work, 'assets', `${source.name}.gz`);
+    mkdirSync(dirname(staged), { recursive: true });
+    writeFileSync(staged, gz);
+    assets[key] = staged;
+    files.push({ name: source.name, asset: key, sha256: sha256(bytes), size: bytes.length });
+    summary.push({ key, bytes: gz.length, sourceBytes: bytes.length });
+  }
+  const manifest: NativeManifest = {
+    format: 1,
+    platform: 'linux',
+    arch,
+    key: sha256(Buffer.from(JSON.stringify({ arch, files: files.map((f) => [f.name, f.sha256]) }))).slice(0, 32),
+    files,
+  };
+  assets[NATIVE_MANIFEST_ASSET] = join(work, 'assets', 'manifest.json');
+  writeFileSync(assets[NATIVE_MANIFEST_ASSET], JSON.stringify(manifest));
+  const model = buildDemoModel();
+  assets[SELFTEST_MODEL_ASSET] = join(work, 'assets', 'demo-model.onnx');
+  writeFileSync(assets[SELFTEST_MODEL_ASSET], model.bytes);
+  summary.push({ key: SELFTEST_MODEL_ASSET, bytes: model.bytes.length, sourceBytes: model.bytes.length });
+
+  // 3. The SEA blob. V8's code cache is only valid for the Node that made it: native builds only.
+  const blob = join(work, 'sea-prep.blob');
+  const seaConfig = { main: bundle, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: native, assets };
+  writeFileSync(join(work, 'sea-config.json'), JSON.stringify(seaConfig, null, 2));
+  execFileSync(native ? options.node : process.execPath, ['--experimental-sea-config', join(work, 'sea-config.json')], { stdio: 'pipe' });
+
+  // 4. A copy of Node, stripped of debug symbols, with the blob injected.
+  assertElfArch(options.node, arch);
+  if (!readFileSync(options.node).includes(SEA_FUSE)) throw new Error(`${options.node} has no SEA fuse: it is not a Node build that supports single executables`);
+  const tmp = `${options.out}.tmp-${process.pid}`;
+  copyFileSync(options.node, tmp);
+  chmodSync(tmp, 0o755);
+  if (options.strip) {
+    const stripTool = native ? 'strip' : 'aarch64-linux-gnu-strip';
+    const stripped = spawnSync(stripTool, ['--strip-all', tmp], { stdio: 'pipe' });
+    if (stripped.status !== 0) log(`  note: ${stripTool} unavailable or failed; the Node binary keeps its symbols`);
+  }
+  // postject (LIEF) chatters on stdout and stderr; its output is shown only when it fails.
+  const postject = spawnSync(process.execPath, [require.resolve('postject/dist/cli.js'), tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE], { encoding: 'utf8' });
+  if (postject.status !== 0) {
+    rmSync(tmp, { force: true });
+    throw new Error(`postject failed:\n${postject.stdout}${postject.stderr}`);
+  }
+  renameSync(tmp, options.out);
+  const bytes = statSync(options.out).size;
+  return { out: options.out, bytes, sha256: fileSha256(options.out), assets: summary, seconds: (Date.now() - started) / 1000 };
+}
+
+/** Bundling fixes for the single executable; each fails the build loudly if its target moved. */
+function seaPlugin(version: string): esbuild.Plugin {
+  const nativeAddons = join(ROOT, 'agent', 'native-addons.ts');
+  return {
+    name: 'driftline-sea',
+    setup(build) {
+      // better-sqlite3 finds its addon through `bindings`, which walks the file system.
+      build.onResolve({ filter: /^bindings$/ }, () => ({ path: join(ROOT, 'packaging', 'shims', 'bindings.cjs') }));
+      // onnxruntime-node requires its binding by a path relative to node_modules.
+      build.onLoad({ filter: /onnxruntime-node[\\/]dist[\\/]binding\.js$/ }, (args) => {
+        const source = readFileSync(args.path, 'utf8');
+        const pattern = /require\(`\.\.\/bin\/napi-v6\/\$\{process\.platform\}\/\$\{process\.arch\}\/onnxruntime_binding\.node`\)/;
+        if (!pattern.test(source)) throw new Error(`${args.path} no longer loads its binding the way build-agent.ts expects`);
+        return { contents: source.replace(pattern, `require(${JSON.stringify(nativeAddons)}).loadNativeAddon(\`node_modules/onnxruntime-node/bin/napi-v6/\${process.platform}/\${process.arch}/onnxruntime_binding.node\`)`), loader: 'js' };
+      });
+      // The version is read from package.json at run time in development; here it is fixed at build time.
+      build.onLoad({ filter: /[\\/]common[\\/]version\.ts$/ }, () => ({ contents: `export const DRIFTLINE_VERSION: string = ${JSON.stringify(version)};`, loader: 'ts' }));
+      // Our modules that locate resources through import.meta.url get a URL in the extraction folder.
+      build.onLoad({ filter: /\.ts$/ }, (args) => {
+        if (args.path.includes('node_modules')) return undefined;
+        const source = readFileSync(args.path, 'utf8');
+        if (!source.includes('import.meta.url')) return undefined;
+        const rel = relative(ROOT, args.path).split('\\').join('/');
+        return { contents: source.replaceAll('import.meta.url', `globalThis.__driftlineModuleUrl(${JSON.stringify(rel)})`), loader: 'ts' };
+      });
+    },
+  };
+}
+
+function assertElfArch(path: string, arch: Arch): void {
+  const header = Buffer.alloc(20);
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, header, 0, 20, 0);
+  } finally {
+    closeSync(fd);
+  }
+  if (header.readUInt32BE(0) !== 0x7f454c46) throw new Error(`${path} is not an ELF file`);
+  const machine = header.readUInt16LE(18);
+  if (machine !== ARCHES[arch].elfMachine) throw new Error(`${path} is not built for linux-${arch} (ELF machine ${machine})`);
+}
+
+const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
+const fileSha256 = (path: string): string => sha256(readFileSync(path));
+const mb = (n: number): string => `${(n / 1024 / 1024).toFixed(1)} MB`;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      arch: { type: 'string', default: process.arch },
+      node: { type: 'string' },
+      'sqlite-addon': { type: 'string' },
+      out: { type: 'string' },
+      'no-strip': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(
+      [
+        'usage: npm run package:agent -- [--arch x64|arm64] [--node <node20 binary>] [--sqlite-addon <better_sqlite3.node>] [--out <file>] [--no-strip]',
+        '',
+        'Builds dist/driftline-agent-linux-<arch>, a single executable with the native addons embedded.',
+        'Native builds need nothing beyond node_modules. A cross build for arm64 needs an arm64 Node binary of the',
+        "same version as this one and better-sqlite3's arm64 addon (see README: Installing the agent on a device).",
+        '',
+      ].join('\n'),
+    );
+    return;
+  }
+  const arch = values.arch as Arch;
+  if (!(arch in ARCHES)) throw new Error(`--arch must be x64 or arm64, not ${values.arch}`);
+  if (process.platform !== 'linux') throw new Error('the agent binary is built on linux');
+  const native = arch === process.arch;
+  if (!native && (!values.node || !values['sqlite-addon'])) {
+    throw new Error(`a ${arch} build on ${process.arch} needs --node <${arch} node binary> and --sqlite-addon <${arch} better_sqlite3.node>`);
+  }
+  const options: BuildOptions = {
+    arch,
+    node: resolve(values.node ?? process.execPath),
+    sqliteAddon: resolve(values['sqlite-addon'] ?? join(ROOT, 'node_modules', 'better-sqlite3', 'build', 'Release', 'better_sqlite3.node')),
+    out: resolve(values.out ?? join(ROOT, 'dist', `driftline-agent-linux-${arch}`)),
+    strip: !values['no-strip'],
+    log: (line) => process.stdout.write(`${line}\n`),
+  };
+  process.stdout.write(`building driftline-agent for linux-${arch} from ${options.node} (node ${native ? process.version : 'cross'})\n`);
+  const built = await buildAgentBinary(options);
+  const width = Math.max(...built.assets.map((a) => a.key.length));
+  process.stdout.write(`embedded (gzip; extracted on first start into a folder named by their hash):\n`);
+  for (const a of built.assets) process.stdout.write(`  ${a.key.padEnd(width)} ${mb(a.bytes).padStart(8)}${a.bytes !== a.sourceBytes ? `  (${mb(a.sourceBytes)} unpacked)` : ''}\n`);
+  process.stdout.write(`${relative(process.cwd(), built.out) || built.out}: ${mb(built.bytes)}, sha256 ${built.sha256}, built in ${built.seconds.toFixed(1)} s\n`);
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`package:agent: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}
