@@ -51,6 +51,10 @@ export interface RequestQueueStats {
   running: number;
   /** The most requests that ever waited at once. */
   peakQueued: number;
+  /** Session runs so far; fewer than requests when batches combined them. */
+  runs: number;
+  /** The most requests one run combined. */
+  largestBatch: number;
 }
 
 /**
@@ -65,6 +69,8 @@ export class RequestQueue {
   private readonly waiting: Pending[] = [];
   private running = 0;
   private peak = 0;
+  private runs = 0;
+  private largestBatch = 0;
   private cancelTimer: (() => void) | undefined;
 
   constructor(
@@ -78,7 +84,7 @@ export class RequestQueue {
   ) {}
 
   stats(): RequestQueueStats {
-    return { queued: this.waiting.length, running: this.running, peakQueued: this.peak };
+    return { queued: this.waiting.length, running: this.running, peakQueued: this.peak, runs: this.runs, largestBatch: this.largestBatch };
   }
 
   /** True while anything waits or runs. */
@@ -121,6 +127,7 @@ export class RequestQueue {
 
   private runAlone(feeds: Feeds, signal: AbortSignal | undefined): Promise<Outputs> {
     this.running++;
+    this.counted(1);
     const work = this.run(feeds);
     const done = () => {
       this.running--;
@@ -136,6 +143,7 @@ export class RequestQueue {
       const batch = this.takeBatch();
       if (batch === undefined) return;
       this.running++;
+      this.counted(batch.length);
       void this.execute(batch).finally(() => {
         this.running--;
         this.pump();
@@ -168,6 +176,11 @@ export class RequestQueue {
     this.cancelTimer = undefined;
     for (const pending of batch) this.waiting.splice(this.waiting.indexOf(pending), 1);
     return batch;
+  }
+
+  private counted(requests: number): void {
+    this.runs++;
+    this.largestBatch = Math.max(this.largestBatch, requests);
   }
 
   private idleCheck(): void {

@@ -146,7 +146,7 @@ export class InferenceEngine implements InferenceService {
   }
 
   queueStats(): RequestQueueStats {
-    return this.current?.queue.stats() ?? { queued: 0, running: 0, peakQueued: 0 };
+    return this.current?.queue.stats() ?? { queued: 0, running: 0, peakQueued: 0, runs: 0, largestBatch: 0 };
   }
 
   /** Loads serialize, so two pushes in a row end with the second one active. */

@@ -34,7 +34,7 @@ export function createOnnxRuntime({ logger, libraryPath }: { logger: Logger; lib
         } catch (err) {
           const message = err instanceof Error ? err.message : String(err);
           // Say which fact applies when the provider is not in this onnxruntime at all.
-          const reason = available.includes(provider) ? message : `${message} (${missingProviderFact(provider, { arch: arch(), platform: platform() }, libraryPath)})`;
+          const reason = available.includes(provider) ? message : `${message} (${missingProviderFact(provider, { arch: arch(), platform: platform() }, libraryPath).message})`;
           failures.push({ provider, reason });
           logger.warn({ path, provider, reason }, 'execution provider failed to load the model, trying the next one');
           // CPU is always present, so when it fails the model itself is at fault.

@@ -8,8 +8,9 @@ import { asDriftlineError, DriftlineError, type ErrorKind } from '../../common/e
 import type { Logger } from '../../common/logger.js';
 import { DRIFTLINE_VERSION } from '../../common/version.js';
 import { datatypeOf, toJsonValues } from '../inference/datatypes.js';
-import type { ActiveModelInfo, InferenceService, InferInput } from '../inference/engine.js';
+import type { ActiveModelInfo, InferenceService, InferInput, InferOutput } from '../inference/engine.js';
 import type { TensorSpec } from '../inference/model-runtime.js';
+import { BINARY_HEADER, decodeBinaryTensor, encodeBinaryTensor } from './binary-tensors.js';
 
 const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
@@ -56,21 +57,30 @@ function statusOf(error: DriftlineError): number {
   return error.code === 'PAYLOAD_TOO_LARGE' ? 413 : STATUS_BY_KIND[error.kind];
 }
 
+const binaryDataSize = z.number().int().nonnegative();
+
 const InferRequestSchema = z.object({
   id: z.string().optional(),
+  parameters: z.object({ binary_data_output: z.boolean().optional() }).loose().optional(),
   inputs: z
     .array(
-      z.object({
-        name: z.string(),
-        shape: z.array(z.number()),
-        datatype: z.string(),
-        // Elements are checked once, by the engine, against the model's datatype.
-        data: z.custom<unknown[]>((v) => Array.isArray(v), 'expected an array'),
-      }),
+      z
+        .object({
+          name: z.string(),
+          shape: z.array(z.number()),
+          datatype: z.string(),
+          parameters: z.object({ binary_data_size: binaryDataSize.optional() }).loose().optional(),
+          // Elements are checked once, by the engine, against the model's datatype.
+          data: z.custom<unknown[]>((v) => Array.isArray(v), 'expected an array').optional(),
+        })
+        .refine((i) => (i.data === undefined) !== (i.parameters?.binary_data_size === undefined), {
+          message: 'give either data or parameters.binary_data_size (with the bytes after the JSON header)',
+        }),
     )
     .min(1),
-  outputs: z.array(z.object({ name: z.string() })).optional(),
+  outputs: z.array(z.object({ name: z.string(), parameters: z.object({ binary_data: z.boolean().optional() }).loose().optional() })).optional(),
 });
+type InferRequest = z.infer<typeof InferRequestSchema>;
 
 const MODEL_ROUTE = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer)?$/;
 
@@ -95,7 +105,7 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
         const ready = options.engine.active() !== undefined;
         return sendJson(res, ready ? 200 : 503, { ready });
       }
-      if (path === '/v2') return sendJson(res, 200, { name: SERVER_NAME, version: DRIFTLINE_VERSION, extensions: [] });
+      if (path === '/v2') return sendJson(res, 200, { name: SERVER_NAME, version: DRIFTLINE_VERSION, extensions: ['binary_tensor_data'] });
       if (path === '/healthz') {
         const health = options.health();
         return sendJson(res, health.ok ? 200 : 503, health);
@@ -132,8 +142,9 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
   }
 
   async function infer(req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
-    const body = await readJson(req, maxBodyBytes);
-    const parsed = InferRequestSchema.safeParse(body);
+    const raw = await readBody(req, maxBodyBytes);
+    const { json, binary } = splitBody(raw, req.headers[BINARY_HEADER]);
+    const parsed = InferRequestSchema.safeParse(json);
     if (!parsed.success) throw new DriftlineError('REQUEST_INVALID', `inference request is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
     const request = parsed.data;
     // A client that hangs up stops waiting for its result.
@@ -141,19 +152,34 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
     res.once('close', () => {
       if (!res.writableFinished) abandoned.abort();
     });
-    const inputs: InferInput[] = request.inputs.map((i) => ({ name: i.name, datatype: i.datatype, shape: i.shape, data: flatten(i.data) }));
-    const result = await options.engine.infer(name, inputs, {
+    const result = await options.engine.infer(name, toInputs(request, binary), {
       version,
       outputs: request.outputs?.map((o) => o.name),
       timeoutMs: options.inferTimeoutMs,
       signal: abandoned.signal,
     });
-    sendJson(res, 200, {
-      model_name: result.model,
-      model_version: String(result.version),
-      id: request.id ?? randomUUID(),
-      outputs: result.outputs.map((o) => ({ name: o.name, shape: o.shape, datatype: o.datatype, data: toJsonValues(o.datatype, o.data) })),
+    const header = { model_name: result.model, model_version: String(result.version), id: request.id ?? randomUUID() };
+    const binaryOut = new Set(
+      result.outputs.filter((o) => request.outputs?.find((r) => r.name === o.name)?.parameters?.binary_data ?? request.parameters?.binary_data_output === true).map((o) => o.name),
+    );
+    if (binaryOut.size === 0) {
+      sendJson(res, 200, { ...header, outputs: result.outputs.map(jsonOutput) });
+      return;
+    }
+    // Open Inference Protocol binary extension: JSON header, then each binary output's bytes in order.
+    const parts: Uint8Array[] = [];
+    const outputs = result.outputs.map((o) => {
+      if (!binaryOut.has(o.name)) return jsonOutput(o);
+      const bytes = encodeBinaryTensor(o.data);
+      parts.push(bytes);
+      return { name: o.name, shape: o.shape, datatype: o.datatype, parameters: { binary_data_size: bytes.length } };
     });
+    const text = Buffer.from(JSON.stringify({ ...header, outputs }));
+    const length = parts.reduce((n, p) => n + p.length, text.length);
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': length, [BINARY_HEADER]: text.length });
+    res.write(text);
+    for (const part of parts) res.write(part);
+    res.end();
   }
 
   function sendError(res: ServerResponse, error: DriftlineError): void {
@@ -188,6 +214,8 @@ function modelMetadata(model: ActiveModelInfo): Record<string, unknown> {
     inputs: model.inputs.map(tensorMetadata),
     outputs: model.outputs.map(tensorMetadata),
     provider: model.provider,
+    provider_fallbacks: model.fallbacks,
+    max_batch_size: model.maxBatch,
     sha256: model.sha256,
   };
 }
@@ -210,6 +238,39 @@ function parseVersion(text: string): number {
   return version;
 }
 
+function jsonOutput(o: InferOutput): Record<string, unknown> {
+  return { name: o.name, shape: o.shape, datatype: o.datatype, data: toJsonValues(o.datatype, o.data) };
+}
+
+/** The JSON part of a body, and with the binary extension the bytes after it. */
+function splitBody(body: Buffer, headerLength: string | string[] | undefined): { json: unknown; binary: Buffer } {
+  if (headerLength === undefined) return { json: parseJson(body), binary: Buffer.alloc(0) };
+  const length = Number(headerLength);
+  if (typeof headerLength !== 'string' || !Number.isSafeInteger(length) || length < 0 || length > body.length) {
+    throw new DriftlineError('REQUEST_INVALID', `${BINARY_HEADER} is ${JSON.stringify(headerLength)}; expected the JSON header's byte length, at most the body's ${body.length} bytes`);
+  }
+  return { json: parseJson(body.subarray(0, length)), binary: body.subarray(length) };
+}
+
+/** Inputs with JSON data, or cut in order from the binary part by their binary_data_size. */
+function toInputs(request: InferRequest, binary: Buffer): InferInput[] {
+  let offset = 0;
+  const inputs = request.inputs.map((i): InferInput => {
+    const size = i.parameters?.binary_data_size;
+    if (size === undefined) return { name: i.name, datatype: i.datatype, shape: i.shape, data: flatten(i.data ?? []) };
+    if (offset + size > binary.length) {
+      throw new DriftlineError('INFERENCE_INPUT_INVALID', `input ${i.name} declares ${size} binary bytes but only ${binary.length - offset} follow the JSON header`, { details: { input: i.name } });
+    }
+    const data = decodeBinaryTensor(i.name, i.datatype, binary.subarray(offset, offset + size));
+    offset += size;
+    return { name: i.name, datatype: i.datatype, shape: i.shape, data };
+  });
+  if (offset !== binary.length) {
+    throw new DriftlineError('REQUEST_INVALID', `${binary.length - offset} bytes after the inputs' binary data belong to no input`);
+  }
+  return inputs;
+}
+
 /** The protocol allows nested row-major arrays; the engine takes flat ones. */
 function flatten(data: unknown[]): unknown[] {
   return data.length > 0 && Array.isArray(data[0]) ? data.flat(Infinity) : data;
@@ -219,8 +280,8 @@ function flatten(data: unknown[]): unknown[] {
  * Reads at most maxBytes. Past that it answers 413 straight away: the rest of the body is
  * discarded as it arrives, never buffered, and the connection closes after the response.
  */
-async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown> {
-  const body = await new Promise<Buffer>((resolve, reject) => {
+function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
     const tooLarge = () => new DriftlineError('PAYLOAD_TOO_LARGE', `request body exceeds ${maxBytes} bytes`, { details: { maxBytes } });
     if (Number(req.headers['content-length'] ?? 0) > maxBytes) {
       req.resume();
@@ -243,6 +304,9 @@ async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown
     req.once('end', () => resolve(Buffer.concat(chunks, size)));
     req.once('error', (err) => reject(new DriftlineError('REQUEST_INVALID', `request body could not be read: ${err.message}`, { cause: err })));
   });
+}
+
+function parseJson(body: Buffer): unknown {
   try {
     return JSON.parse(body.toString('utf8'));
   } catch (err) {

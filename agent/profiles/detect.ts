@@ -93,19 +93,27 @@ function matches(detect: NonNullable<FirmwareProfile['detect']>, facts: HostFact
   return matched.length > 0 ? matched : undefined;
 }
 
+/** Which known fact keeps a provider out of this onnxruntime. */
+export type MissingProviderFact = 'arm64-prebuilt-cpu-only' | 'library-lacks-provider' | 'x64-cuda-not-installed' | 'not-on-this-platform';
+
 /**
  * Why an accelerated provider the profile asks for is missing from this onnxruntime, in
  * terms of the fact that applies to this host, so the fix is in the message.
  */
-export function missingProviderFact(provider: string, facts: Pick<HostFacts, 'arch' | 'platform'>, libraryPath: string | undefined): string {
-  if (provider === 'cpu') return 'the CPU provider is always present';
+export function missingProviderFact(provider: string, facts: Pick<HostFacts, 'arch' | 'platform'>, libraryPath: string | undefined): { fact: MissingProviderFact; message: string } {
   if (facts.platform === 'linux' && facts.arch === 'arm64') {
     return libraryPath === undefined
-      ? `onnxruntime-node's prebuilt linux-arm64 library is CPU-only (microsoft/onnxruntime#21232): set onnxruntime.libraryPath in the firmware profile (or inference.libraryPath in the agent configuration) to a folder with an onnxruntime built for this device's JetPack`
-      : `the onnxruntime loaded from ${libraryPath} has no ${provider} provider: it must be a build for this device's JetPack with CUDA and TensorRT enabled`;
+      ? {
+          fact: 'arm64-prebuilt-cpu-only',
+          message: `onnxruntime-node's prebuilt linux-arm64 library is CPU-only (microsoft/onnxruntime#21232): set onnxruntime.libraryPath in the firmware profile (or inference.libraryPath in the agent configuration) to a folder with an onnxruntime built for this device's JetPack`,
+        }
+      : { fact: 'library-lacks-provider', message: `the onnxruntime loaded from ${libraryPath} has no ${provider} provider: it must be a build for this device's JetPack with CUDA and TensorRT enabled` };
   }
   if (facts.platform === 'linux' && facts.arch === 'x64') {
-    return `onnxruntime-node installs the ${provider} provider on linux-x64 only with \`npm ci --onnxruntime-node-install=cuda12\` (CUDA 12, run on a host with network access)`;
+    return {
+      fact: 'x64-cuda-not-installed',
+      message: `onnxruntime-node installs the ${provider} provider on linux-x64 only with \`npm ci --onnxruntime-node-install=cuda12\` (CUDA 12, run on a host with network access)`,
+    };
   }
-  return `onnxruntime-node has no ${provider} provider on ${facts.platform}-${facts.arch}`;
+  return { fact: 'not-on-this-platform', message: `onnxruntime-node has no ${provider} provider on ${facts.platform}-${facts.arch}` };
 }
