@@ -12,7 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { gzipSync, constants as zlib } from 'node:zlib';
@@ -50,7 +50,8 @@ export interface BuildResult {
 export async function buildAgentBinary(options: BuildOptions): Promise<BuildResult> {
   const started = Date.now();
   const { arch, log } = options;
-  const work = join(ROOT, 'dist', `.build-${arch}`);
+  // Intermediate files live beside the output, so builds into different folders never collide.
+  const work = join(dirname(options.out), `.build-${basename(options.out)}`);
   rmSync(work, { recursive: true, force: true });
   mkdirSync(work, { recursive: true });
   mkdirSync(dirname(options.out), { recursive: true });
