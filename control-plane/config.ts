@@ -44,6 +44,15 @@ export const controlPlaneConfigSchema = z
       })
       .strict()
       .prefault({}),
+    rollout: z
+      .object({
+        /** How often the rollout driver moves rollouts along (bakes end, gates are judged). */
+        tickInterval: duration.prefault('5s'),
+        /** How often `rollout status --watch` streams refreshed device counts. */
+        watchInterval: duration.prefault('1s'),
+      })
+      .strict()
+      .prefault({}),
     /** A device counts as online when it was seen within this window. */
     onlineWindow: duration.prefault('90s'),
     maxModelBytes: byteSize.prefault('2GiB'),

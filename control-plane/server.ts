@@ -14,6 +14,11 @@ import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js
 import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
+import { RolloutDriver } from './rollout/driver.js';
+import { RolloutEngine } from './rollout/engine.js';
+import { DesiredStatePublisher, FleetStoreView, RegistryCatalog } from './rollout/fleet-adapters.js';
+import { SqliteCohortMetrics } from './rollout/sqlite-cohort-metrics.js';
+import { SqliteRolloutRepository } from './rollout/sqlite-rollout-repository.js';
 import { openDatabase } from './store/database.js';
 import { TelemetryIngest } from './telemetry/ingest.js';
 import { SqliteTelemetryRepository } from './telemetry/sqlite-telemetry-repository.js';
@@ -25,6 +30,8 @@ export interface ControlPlane {
   readonly adminTokenFile: string;
   readonly state: ControlPlaneState;
   readonly ingest: TelemetryIngest;
+  /** Staged rollouts; tests with a ManualClock call rollouts.tick() themselves. */
+  readonly rollouts: RolloutEngine;
   shutdown(): Promise<void>;
 }
 
@@ -141,6 +148,21 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     });
     closers.push(() => artifactServer.close());
 
+    const publishDesired = (deviceId: string, desired: DesiredState): Promise<void> =>
+      requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true });
+    const rollouts = new RolloutEngine({
+      repository: new SqliteRolloutRepository(db),
+      fleet: new FleetStoreView(fleet),
+      metrics: new SqliteCohortMetrics(db),
+      publisher: new DesiredStatePublisher({ fleet, registry, publishDesired, logger }),
+      catalog: new RegistryCatalog(registry),
+      clock,
+      logger,
+    });
+    const rolloutDriver = RolloutDriver.create({ engine: rollouts, tickIntervalMs: config.rollout.tickInterval, logger });
+    rolloutDriver.run();
+    closers.push(() => rolloutDriver.shutdown());
+
     const grpc = await startGrpcServer({
       host: config.grpc.host,
       port: config.grpc.port,
@@ -159,6 +181,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       advertisedMqttUrl: () => config.mqtt.advertisedUrl ?? brokerUrl,
       advertisedHttpUrl: () => config.advertisedHttpUrl ?? artifactServer.url,
       config,
+      rollouts: { rollouts, watchIntervalMs: config.rollout.watchInterval },
       clock,
       logger,
     });
@@ -170,6 +193,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       addresses: { grpc: `${grpcHost}:${grpc.port}`, mqtt: brokerUrl, http: artifactServer.url },
       adminTokenFile: admin.file,
       ingest,
+      rollouts,
       get state() {
         return state;
       },

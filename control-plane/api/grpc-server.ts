@@ -6,10 +6,12 @@ import { ReflectionService } from '@grpc/reflection';
 import { DriftlineError } from '../../common/errors.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
+import { RolloutServiceService } from '../../common/proto/driftline/v1/rollouts.js';
 import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
 import { accessService, deviceService, enrollmentService } from './fleet-services.js';
 import { modelService } from './model-service.js';
 import type { ApiDeps } from './ports.js';
+import { rolloutService, type RolloutApiDeps } from './rollout-service.js';
 import type { RpcContext } from './rpc.js';
 import { telemetryService } from './telemetry-service.js';
 
@@ -18,6 +20,8 @@ export interface GrpcServerOptions extends ApiDeps {
   port: number;
   /** PEM file paths; with clientCa, callers must present a certificate it signed (mTLS). */
   tls?: { cert: string; key: string; clientCa?: string | undefined } | undefined;
+  /** The rollout engine; without it RolloutService answers UNIMPLEMENTED. */
+  rollouts?: RolloutApiDeps | undefined;
 }
 
 export interface GrpcServer {
@@ -28,7 +32,7 @@ export interface GrpcServer {
 
 const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
-/** Services this server implements; Rollout, Training and Federated answer UNIMPLEMENTED until they exist. */
+/** Services this server implements; Training and Federated answer UNIMPLEMENTED until they exist. */
 const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService'].map((s) => `driftline.v1.${s}`);
 
 /** The fleet management API. */
@@ -41,8 +45,9 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(ModelServiceService, modelService(options, ctx));
   server.addService(TelemetryServiceService, telemetryService(options, ctx));
   server.addService(AccessServiceService, accessService(options, ctx));
+  if (options.rollouts) server.addService(RolloutServiceService, rolloutService(options.rollouts, ctx));
   // Reflection lets grpcurl and other generic tools discover the API without the .proto files.
-  new ReflectionService(loadProtos(), { services: SERVED }).addToServer(server);
+  new ReflectionService(loadProtos(), { services: options.rollouts ? [...SERVED, 'driftline.v1.RolloutService'] : SERVED }).addToServer(server);
 
   const address = `${options.host.includes(':') ? `[${options.host}]` : options.host}:${options.port}`;
   const port = await new Promise<number>((resolve, reject) => {

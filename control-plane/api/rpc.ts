@@ -1,4 +1,4 @@
-import type { handleClientStreamingCall, handleUnaryCall, Metadata, ServerReadableStream } from '@grpc/grpc-js';
+import type { handleClientStreamingCall, handleServerStreamingCall, handleUnaryCall, Metadata, ServerReadableStream, ServerWritableStream } from '@grpc/grpc-js';
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
@@ -40,6 +40,20 @@ export function clientStreaming<Req, Res>(
       (response) => callback(null, response),
       (err: unknown) => callback(toGrpcStatus(err, ctx.logger, method)),
     );
+  };
+}
+
+/** Wraps a server-streaming handler: authorization first, then the handler writes until it ends the call; failures become the status. */
+export function serverStreaming<Req, Res>(
+  ctx: RpcContext,
+  method: string,
+  access: Access,
+  fn: (call: ServerWritableStream<Req, Res>, caller: Caller) => Promise<void>,
+): handleServerStreamingCall<Req, Res> {
+  return (call) => {
+    run(ctx, method, access, call, (caller) => fn(call, caller)).catch((err: unknown) => {
+      if (!call.cancelled) call.emit('error', toGrpcStatus(err, ctx.logger, method));
+    });
   };
 }
 

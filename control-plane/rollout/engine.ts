@@ -103,6 +103,13 @@ export class RolloutEngine {
     return this.options.repository.audit(id);
   }
 
+  /** Devices per active version of the rollout's model among its targets, now (0: none). */
+  versionCounts(r: Rollout): Record<number, number> {
+    const counts: Record<number, number> = {};
+    for (const v of Object.values(this.options.fleet.activeVersions(r.plan.model, r.targets))) counts[v] = (counts[v] ?? 0) + 1;
+    return counts;
+  }
+
   /** Called with every rollout after each change (for Watch). Returns the unsubscribe function. */
   subscribe(listener: RolloutListener): () => void {
     this.listeners.add(listener);
