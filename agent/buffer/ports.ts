@@ -16,14 +16,29 @@ export interface NewRecord {
   body: Uint8Array;
 }
 
+/** Why the buffer dropped records on its own: a stream over its quota, the disk budget, or age. */
+export type DropReason = 'quota' | 'budget' | 'ttl';
+
+/** Records dropped by policy since the buffer was created, per stream and reason (persisted). */
+export type DropCounts = Record<number, Record<DropReason, number>>;
+
+/** Streams in upload order: events first, captured samples last (the proto enum's order). */
+export const STREAM_PRIORITY: readonly Stream[] = [1, 2, 3, 4];
+
 /** The agent's store-and-forward buffer; records stay until the control plane acknowledges them. */
 export interface TelemetryBuffer {
   readonly boot: number;
   /** Resolves once the records are durable (group-committed with others of the same tick). */
   enqueue(record: NewRecord): Promise<void>;
-  /** The oldest unacknowledged records after `afterSeq`, in sequence order. */
+  /** The oldest unacknowledged records after `afterSeq`, in sequence order, any stream. */
   peek(limit: number, afterSeq: number): BufferedRecord[];
+  /** The oldest unacknowledged records of one stream after `afterSeq`. */
+  peekStream(stream: Stream, afterSeq: number, limit: number): BufferedRecord[];
+  /** The newest unacknowledged records above `aboveSeq`, newest first. */
+  peekNewest(aboveSeq: number, limit: number): BufferedRecord[];
   acknowledge(ranges: readonly SeqRange[]): number;
   depth(): number;
+  depthByStream(): Record<number, number>;
+  dropped(): DropCounts;
   close(): Promise<void>;
 }

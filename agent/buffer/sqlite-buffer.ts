@@ -1,14 +1,30 @@
 import Database from 'better-sqlite3';
 import type { Database as Db, Statement } from 'better-sqlite3';
+import type { Clock } from '../../common/clock.js';
+import { systemClock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import type { SeqRange } from '../../common/proto/driftline/v1/device_link.js';
-import type { BufferedRecord, NewRecord, TelemetryBuffer } from './ports.js';
+import { STREAM_PRIORITY, type BufferedRecord, type DropCounts, type DropReason, type NewRecord, type TelemetryBuffer } from './ports.js';
+
+export interface BufferLimits {
+  /** Budget for stored records (body bytes plus ROW_OVERHEAD_BYTES each); 0: unlimited. */
+  maxBytes: number;
+  /** Per-stream record quotas (stream number to count); absent or 0: unlimited. */
+  maxRecords: Partial<Record<number, number>>;
+  /** Records older than this (by the device clock) are dropped by maintain(); 0: never. */
+  ttlMs: number;
+}
 
 export interface SqliteBufferOptions {
   file: string;
   /** FULL survives power loss; NORMAL (WAL) may lose the last commits on power loss, never on a process crash. */
   synchronous: 'FULL' | 'NORMAL';
+  limits?: Partial<BufferLimits>;
+  clock?: Clock;
 }
+
+/** What a row costs besides its body (key, columns, b-tree slack): an estimate for the budget. */
+export const ROW_OVERHEAD_BYTES = 40;
 
 interface Pending {
   record: NewRecord;
@@ -16,19 +32,36 @@ interface Pending {
   reject(err: unknown): void;
 }
 
+const REASONS: readonly DropReason[] = ['quota', 'budget', 'ttl'];
+const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) => [s, { quota: 0, budget: 0, ttl: 0 }]));
+
 /**
  * The outbox in SQLite (WAL). Sequence numbers are the table's AUTOINCREMENT rowid, so
  * they never repeat, even after records are deleted or the agent restarts; the boot
  * counter is persisted and bumped on every open. Enqueues in the same event-loop turn
  * share one transaction (group commit), which keeps fsyncs off the per-record path.
+ *
+ * Bounded: after each commit, a stream over its quota loses its oldest records, and while
+ * the whole buffer is over its byte budget the oldest records of the lowest-priority
+ * stream that has any go. Drops are counted per stream and reason in the same
+ * transaction as the deletes, so the counts survive kill -9 exactly.
  */
 export class SqliteBuffer implements TelemetryBuffer {
   readonly boot: number;
   private readonly db: Db;
+  private readonly limits: BufferLimits;
+  private readonly clock: Clock;
   private readonly insert: Statement;
   private readonly selectAfter: Statement;
+  private readonly selectStream: Statement;
+  private readonly selectNewest: Statement;
   private readonly deleteRange: Statement;
-  private readonly countAll: Statement;
+  private readonly evictOldest: Statement;
+  private readonly expire: Statement;
+  private readonly saveDrops: Statement;
+  /** Records and bytes per stream, kept in step with the table. */
+  private readonly counts = new Map<number, { records: number; bytes: number }>();
+  private drops: DropCounts = emptyDrops();
   private pending: Pending[] = [];
   private flushScheduled = false;
   private closed = false;
@@ -37,16 +70,20 @@ export class SqliteBuffer implements TelemetryBuffer {
     let db: Db;
     try {
       db = new Database(options.file);
+      // Only takes effect on a new file; lets maintain() hand freed pages back to the disk.
+      db.pragma('auto_vacuum = INCREMENTAL');
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${options.synchronous}`);
     } catch (err) {
       throw new DriftlineError('STORE_FAILED', `cannot open the agent buffer at ${options.file}`, { cause: err });
     }
-    return new SqliteBuffer(db);
+    return new SqliteBuffer(db, { maxBytes: 0, maxRecords: {}, ttlMs: 0, ...options.limits }, options.clock ?? systemClock);
   }
 
-  private constructor(db: Db) {
+  private constructor(db: Db, limits: BufferLimits, clock: Clock) {
     this.db = db;
+    this.limits = limits;
+    this.clock = clock;
     db.exec(`
       CREATE TABLE IF NOT EXISTS outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,6 +92,7 @@ export class SqliteBuffer implements TelemetryBuffer {
         time_ms INTEGER NOT NULL,
         body BLOB NOT NULL
       );
+      CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream);
       CREATE TABLE IF NOT EXISTS agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     `);
     this.boot = db.transaction(() => {
@@ -63,10 +101,19 @@ export class SqliteBuffer implements TelemetryBuffer {
       db.prepare(`INSERT INTO agent_state (key, value) VALUES ('boot', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(String(next));
       return next;
     })();
+    for (const s of STREAM_PRIORITY) this.counts.set(s, { records: 0, bytes: 0 });
+    const rows = db.prepare('SELECT stream, count(*) AS n, coalesce(sum(length(body)), 0) AS b FROM outbox GROUP BY stream').all() as Array<{ stream: number; n: number; b: number }>;
+    for (const r of rows) this.counts.set(r.stream, { records: r.n, bytes: r.b + r.n * ROW_OVERHEAD_BYTES });
+    const saved = this.getState('buffer.drops');
+    if (saved) this.drops = { ...emptyDrops(), ...(JSON.parse(saved) as DropCounts) };
     this.insert = db.prepare('INSERT INTO outbox (boot, stream, time_ms, body) VALUES (?, ?, ?, ?)');
     this.selectAfter = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
-    this.deleteRange = db.prepare('DELETE FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ?');
-    this.countAll = db.prepare('SELECT count(*) AS n FROM outbox');
+    this.selectStream = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?');
+    this.selectNewest = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT ?');
+    this.deleteRange = db.prepare('DELETE FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ? RETURNING stream, length(body) AS bytes');
+    this.evictOldest = db.prepare('DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes');
+    this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? RETURNING stream, length(body) AS bytes');
+    this.saveDrops = db.prepare(`INSERT INTO agent_state (key, value) VALUES ('buffer.drops', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
   }
 
   enqueue(record: NewRecord): Promise<void> {
@@ -85,27 +132,166 @@ export class SqliteBuffer implements TelemetryBuffer {
     const batch = this.pending;
     this.pending = [];
     if (batch.length === 0) return;
+    const before = this.snapshot();
     try {
       this.db.transaction(() => {
-        for (const { record } of batch) this.insert.run(this.boot, record.stream, record.timeMs, record.body);
+        for (const { record } of batch) {
+          this.insert.run(this.boot, record.stream, record.timeMs, record.body);
+          const c = this.countsOf(record.stream);
+          c.records++;
+          c.bytes += record.body.length + ROW_OVERHEAD_BYTES;
+        }
+        this.enforceLimits();
       })();
       for (const p of batch) p.resolve();
     } catch (err) {
+      this.restore(before);
       const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
       for (const p of batch) p.reject(error);
     }
+  }
+
+  private countsOf(stream: number): { records: number; bytes: number } {
+    let c = this.counts.get(stream);
+    if (!c) this.counts.set(stream, (c = { records: 0, bytes: 0 }));
+    return c;
+  }
+
+  private snapshot(): { counts: Array<[number, { records: number; bytes: number }]>; drops: string } {
+    return { counts: [...this.counts].map(([s, c]) => [s, { ...c }]), drops: JSON.stringify(this.drops) };
+  }
+
+  private restore(s: ReturnType<SqliteBuffer['snapshot']>): void {
+    this.counts.clear();
+    for (const [k, v] of s.counts) this.counts.set(k, v);
+    this.drops = JSON.parse(s.drops) as DropCounts;
+  }
+
+  /** Runs inside the commit's transaction. */
+  private enforceLimits(): void {
+    let dropped = false;
+    for (const [stream, quota] of Object.entries(this.limits.maxRecords)) {
+      const c = this.countsOf(Number(stream));
+      if (quota && c.records > quota) {
+        this.evict(Number(stream), c.records - quota, 'quota');
+        dropped = true;
+      }
+    }
+    const budget = this.limits.maxBytes;
+    if (budget > 0) {
+      let total = this.totalBytes();
+      while (total > budget) {
+        // The lowest-priority stream that has records loses its oldest ones.
+        const stream = [...this.counts.entries()].filter(([, c]) => c.records > 0).sort(([a], [b]) => b - a)[0]?.[0];
+        if (stream === undefined) break;
+        const c = this.countsOf(stream);
+        const average = c.bytes / c.records;
+        this.evict(stream, Math.min(c.records, Math.max(1, Math.ceil((total - budget) / average))), 'budget');
+        dropped = true;
+        total = this.totalBytes();
+      }
+    }
+    if (dropped) this.saveDrops.run(JSON.stringify(this.drops));
+  }
+
+  private evict(stream: number, n: number, reason: DropReason): void {
+    const rows = this.evictOldest.all(stream, n) as Array<{ bytes: number }>;
+    const c = this.countsOf(stream);
+    c.records -= rows.length;
+    c.bytes -= rows.reduce((sum, r) => sum + r.bytes + ROW_OVERHEAD_BYTES, 0);
+    this.dropsOf(stream)[reason] += rows.length;
+  }
+
+  private dropsOf(stream: number): Record<DropReason, number> {
+    return (this.drops[stream] ??= { quota: 0, budget: 0, ttl: 0 });
+  }
+
+  private totalBytes(): number {
+    let total = 0;
+    for (const c of this.counts.values()) total += c.bytes;
+    return total;
+  }
+
+  /**
+   * Drops records past their TTL (counted), then hands free pages back to the disk and
+   * truncates the WAL. Meant for a periodic task, not the enqueue path.
+   */
+  maintain(): { expired: number } {
+    let expired = 0;
+    if (this.limits.ttlMs > 0) {
+      const before = this.snapshot();
+      try {
+        this.db.transaction(() => {
+          const rows = this.expire.all(this.clock.now() - this.limits.ttlMs) as Array<{ stream: number; bytes: number }>;
+          for (const r of rows) {
+            const c = this.countsOf(r.stream);
+            c.records--;
+            c.bytes -= r.bytes + ROW_OVERHEAD_BYTES;
+            this.dropsOf(r.stream).ttl++;
+          }
+          expired = rows.length;
+          if (expired > 0) this.saveDrops.run(JSON.stringify(this.drops));
+        })();
+      } catch (err) {
+        this.restore(before);
+        throw new DriftlineError('STORE_FAILED', 'cannot expire old records', { cause: err });
+      }
+    }
+    this.db.pragma('incremental_vacuum');
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
+    return { expired };
   }
 
   peek(limit: number, afterSeq: number): BufferedRecord[] {
     return this.selectAfter.all(afterSeq, limit) as BufferedRecord[];
   }
 
+  peekStream(stream: number, afterSeq: number, limit: number): BufferedRecord[] {
+    return this.selectStream.all(stream, afterSeq, limit) as BufferedRecord[];
+  }
+
+  peekNewest(aboveSeq: number, limit: number): BufferedRecord[] {
+    return this.selectNewest.all(aboveSeq, limit) as BufferedRecord[];
+  }
+
   acknowledge(ranges: readonly SeqRange[]): number {
-    return this.db.transaction(() => ranges.reduce((n, r) => n + this.deleteRange.run(r.boot, r.first, r.last).changes, 0))();
+    return this.db.transaction(() => {
+      let n = 0;
+      for (const r of ranges) {
+        for (const row of this.deleteRange.all(r.boot, r.first, r.last) as Array<{ stream: number; bytes: number }>) {
+          const c = this.countsOf(row.stream);
+          c.records--;
+          c.bytes -= row.bytes + ROW_OVERHEAD_BYTES;
+          n++;
+        }
+      }
+      return n;
+    })();
   }
 
   depth(): number {
-    return (this.countAll.get() as { n: number }).n + this.pending.length;
+    let n = this.pending.length;
+    for (const c of this.counts.values()) n += c.records;
+    return n;
+  }
+
+  depthByStream(): Record<number, number> {
+    return Object.fromEntries([...this.counts].map(([s, c]) => [s, c.records]));
+  }
+
+  /** Bytes the budget counts now. */
+  usedBytes(): number {
+    return this.totalBytes();
+  }
+
+  dropped(): DropCounts {
+    return JSON.parse(JSON.stringify(this.drops)) as DropCounts;
+  }
+
+  droppedTotal(): number {
+    let n = 0;
+    for (const d of Object.values(this.drops)) for (const r of REASONS) n += d[r];
+    return n;
   }
 
   getState(key: string): string | undefined {

@@ -1,8 +1,9 @@
+import { deflateSync } from 'node:zlib';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
-import { TelemetryAck } from '../../common/proto/driftline/v1/device_link.js';
-import type { BufferedRecord, TelemetryBuffer } from '../buffer/ports.js';
+import { TelemetryAck, type SeqRange } from '../../common/proto/driftline/v1/device_link.js';
+import { STREAM_PRIORITY, type BufferedRecord, type TelemetryBuffer } from '../buffer/ports.js';
 import type { Uplink } from '../uplink/ports.js';
 
 export interface UploaderOptions {
@@ -16,6 +17,12 @@ export interface UploaderOptions {
   batchDelayMs: number;
   /** A batch not acknowledged within this is sent again (the control plane de-duplicates). */
   ackTimeoutMs: number;
+  /** Batches at least this large are deflated when that saves 10 % or more; 0: never. */
+  compressMinBytes?: number;
+  /** Upload bandwidth cap in bytes per second (payload bytes); 0: none. */
+  maxBytesPerSecond?: number;
+  /** While a backlog drains oldest first, every Nth batch carries the newest records instead; 0: never. */
+  liveEvery?: number;
 }
 
 export interface UploaderStats {
@@ -23,25 +30,41 @@ export interface UploaderStats {
   recordsSent: number;
   recordsAcknowledged: number;
   resends: number;
+  bytesSent: number;
+  compressedBatches: number;
+}
+
+interface Inflight {
+  sentAt: number;
 }
 
 /**
  * Drains the buffer to the control plane: a window of batches in flight, each record
- * deleted only when the control plane's ack (sent after its commit) names it. Anything
- * unacknowledged after a reconnect or a timeout is sent again from the oldest.
+ * deleted only when the control plane's ack (sent after its commit) names it. Batches
+ * fill by priority (events, inference, system, samples), each stream oldest first; while
+ * a backlog drains, every `liveEvery`-th batch takes the newest records so live data is
+ * not stuck behind hours of backlog. Anything unacknowledged after a reconnect or a
+ * timeout is sent again from the oldest; the control plane drops what it already has.
  */
 export class TelemetryUploader {
-  readonly stats: UploaderStats = { batchesSent: 0, recordsSent: 0, recordsAcknowledged: 0, resends: 0 };
-  /** Highest seq handed to the uplink since the last reset. */
-  private cursor = 0;
-  /** Last seq of each batch in flight, with the time it was sent. */
-  private readonly inflight = new Map<number, number>();
+  readonly stats: UploaderStats = { batchesSent: 0, recordsSent: 0, recordsAcknowledged: 0, resends: 0, bytesSent: 0, compressedBatches: 0 };
+  /** Highest seq handed to the uplink per stream since the last reset. */
+  private cursors = new Map<number, number>();
+  /** Highest seq a live batch has taken. */
+  private liveCursor = 0;
+  private readonly inflight = new Map<string, Inflight>();
   private timer: NodeJS.Timeout | undefined;
+  private bandwidthTimer: NodeJS.Timeout | undefined;
+  private tokens: number;
+  private tokensAt: number;
+  private batchCounter = 0;
   private pumping = false;
   private stopped = false;
   private drainWaiters: Array<() => void> = [];
 
   constructor(private readonly options: UploaderOptions) {
+    this.tokens = options.maxBytesPerSecond ?? 0;
+    this.tokensAt = options.clock.now();
     options.uplink.onStatus((status) => {
       if (status.type === 'connected') this.restart('connected');
     });
@@ -62,8 +85,9 @@ export class TelemetryUploader {
   /** Called periodically: resends batches whose ack never came. */
   checkTimeouts(): void {
     const now = this.options.clock.now();
-    for (const sentAt of this.inflight.values()) {
-      if (now - sentAt >= this.options.ackTimeoutMs) {
+    for (const { sentAt } of this.inflight.values()) {
+      // A clock stepped backwards must not hold batches forever.
+      if (now - sentAt >= this.options.ackTimeoutMs || now < sentAt) {
         this.restart('ack timeout');
         return;
       }
@@ -72,36 +96,94 @@ export class TelemetryUploader {
   }
 
   private restart(reason: string): void {
-    if (this.inflight.size > 0 || this.cursor > 0) this.options.logger.debug({ reason, inflight: this.inflight.size }, 'resending unacknowledged telemetry');
-    if (this.inflight.size > 0) this.stats.resends++;
-    this.cursor = 0;
+    if (this.inflight.size > 0) {
+      this.options.logger.debug({ reason, inflight: this.inflight.size }, 'resending unacknowledged telemetry');
+      this.stats.resends++;
+    }
+    this.cursors.clear();
+    this.liveCursor = 0;
     this.inflight.clear();
     this.pump();
+  }
+
+  /** Token bucket: true when a batch may go now; otherwise a timer resumes the pump. */
+  private bandwidthAllows(): boolean {
+    const rate = this.options.maxBytesPerSecond ?? 0;
+    if (rate <= 0) return true;
+    const now = this.options.clock.now();
+    this.tokens = Math.min(rate, this.tokens + (Math.max(0, now - this.tokensAt) * rate) / 1000);
+    this.tokensAt = now;
+    if (this.tokens > 0) return true;
+    if (!this.bandwidthTimer) {
+      this.bandwidthTimer = setTimeout(() => {
+        this.bandwidthTimer = undefined;
+        this.pump();
+      }, Math.ceil((-this.tokens / rate) * 1000) + 1);
+    }
+    return false;
+  }
+
+  private nextBatch(): BufferedRecord[] {
+    const { buffer, maxBatchRecords, liveEvery = 4 } = this.options;
+    const cursor = (stream: number): number => this.cursors.get(stream) ?? 0;
+    this.batchCounter++;
+    if (liveEvery > 0 && this.batchCounter % liveEvery === 0) {
+      // Records above every cursor that are not yet sent, newest first.
+      const live = buffer.peekNewest(this.liveCursor, maxBatchRecords).filter((r) => r.seq > cursor(r.stream));
+      if (live.length > 0 && live.length < buffer.depth()) {
+        this.liveCursor = Math.max(this.liveCursor, live[0]!.seq);
+        return live;
+      }
+    }
+    const records: BufferedRecord[] = [];
+    for (const stream of STREAM_PRIORITY) {
+      const room = maxBatchRecords - records.length;
+      if (room <= 0) break;
+      const taken = buffer.peekStream(stream, cursor(stream), room);
+      if (taken.length > 0) {
+        this.cursors.set(stream, taken[taken.length - 1]!.seq);
+        records.push(...taken);
+      }
+    }
+    return records;
   }
 
   private pump(): void {
     if (this.pumping || this.stopped) return;
     this.pumping = true;
     try {
-      const { buffer, uplink, maxBatchRecords, maxInflightBatches, clock } = this.options;
-      while (uplink.connected && this.inflight.size < maxInflightBatches) {
-        const records = buffer.peek(maxBatchRecords, this.cursor);
+      const { uplink, maxInflightBatches, clock } = this.options;
+      while (uplink.connected && this.inflight.size < maxInflightBatches && this.bandwidthAllows()) {
+        const records = this.nextBatch();
         if (records.length === 0) break;
-        const lastSeq = records[records.length - 1]!.seq;
-        this.cursor = lastSeq;
-        this.inflight.set(lastSeq, clock.now());
+        const key = batchKey(records);
+        this.inflight.set(key, { sentAt: clock.now() });
+        const payload = this.encode(records);
+        this.tokens -= payload.length;
         this.stats.batchesSent++;
         this.stats.recordsSent += records.length;
-        uplink.publish('telemetry', encodeBatch(records, clock.now())).catch((err: unknown) => {
+        this.stats.bytesSent += payload.length;
+        uplink.publish('telemetry', payload).catch((err: unknown) => {
           // Offline or refused: the records stay buffered and go again after reconnect.
           this.options.logger.debug({ err }, 'telemetry batch not accepted by the broker');
-          this.inflight.delete(lastSeq);
+          this.inflight.delete(key);
         });
       }
     } finally {
       this.pumping = false;
     }
     this.resolveDrainWaiters();
+  }
+
+  private encode(records: readonly BufferedRecord[]): Uint8Array {
+    const sentAt = this.options.clock.now();
+    const raw = encodeBatch(records, sentAt);
+    const min = this.options.compressMinBytes ?? 0;
+    if (min <= 0 || raw.length < min) return raw;
+    const deflated = deflateSync(raw, { level: 1 });
+    if (deflated.length > raw.length * 0.9) return raw;
+    this.stats.compressedBatches++;
+    return new BinaryWriter().uint32(16).int64(sentAt).uint32(26).bytes(deflated).finish();
   }
 
   private onAck(payload: Buffer): void {
@@ -113,8 +195,7 @@ export class TelemetryUploader {
       return;
     }
     this.stats.recordsAcknowledged += this.options.buffer.acknowledge(ack.ranges);
-    const highest = Math.max(0, ...ack.ranges.map((r) => r.last));
-    for (const lastSeq of this.inflight.keys()) if (lastSeq <= highest) this.inflight.delete(lastSeq);
+    this.inflight.delete(rangesKey(ack.ranges));
     this.pump();
   }
 
@@ -139,7 +220,26 @@ export class TelemetryUploader {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.bandwidthTimer);
   }
+}
+
+/** Identifies a batch by its (boot, seq) set the way the control plane's ack names it. */
+function batchKey(records: readonly BufferedRecord[]): string {
+  const sorted = records.map((r) => [r.boot, r.seq] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const first = sorted[0]!;
+  const last = sorted[sorted.length - 1]!;
+  let distinct = 0;
+  for (let i = 0; i < sorted.length; i++) if (i === 0 || sorted[i]![0] !== sorted[i - 1]![0] || sorted[i]![1] !== sorted[i - 1]![1]) distinct++;
+  return `${first[0]}:${first[1]}-${last[0]}:${last[1]}#${distinct}`;
+}
+
+function rangesKey(ranges: readonly SeqRange[]): string {
+  if (ranges.length === 0) return '';
+  const first = ranges[0]!;
+  const last = ranges[ranges.length - 1]!;
+  const count = ranges.reduce((n, r) => n + (r.last - r.first + 1), 0);
+  return `${first.boot}:${first.first}-${last.boot}:${last.last}#${count}`;
 }
 
 /**

@@ -4,10 +4,12 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { DriftlineError } from '../../common/errors.js';
+import { DriftServiceService } from '../../common/proto/driftline/v1/drift.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
 import { RolloutServiceService } from '../../common/proto/driftline/v1/rollouts.js';
 import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
+import { driftService } from './drift-service.js';
 import { accessService, deviceService, enrollmentService } from './fleet-services.js';
 import { modelService } from './model-service.js';
 import type { ApiDeps } from './ports.js';
@@ -33,7 +35,7 @@ export interface GrpcServer {
 const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
 /** Services this server implements; Training and Federated answer UNIMPLEMENTED until they exist. */
-const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService'].map((s) => `driftline.v1.${s}`);
+const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService', 'DriftService'].map((s) => `driftline.v1.${s}`);
 
 /** The fleet management API. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
@@ -45,6 +47,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(ModelServiceService, modelService(options, ctx));
   server.addService(TelemetryServiceService, telemetryService(options, ctx));
   server.addService(AccessServiceService, accessService(options, ctx));
+  server.addService(DriftServiceService, driftService(options, ctx));
   if (options.rollouts) server.addService(RolloutServiceService, rolloutService(options.rollouts, ctx));
   // Reflection lets grpcurl and other generic tools discover the API without the .proto files.
   new ReflectionService(loadProtos(), { services: options.rollouts ? [...SERVED, 'driftline.v1.RolloutService'] : SERVED }).addToServer(server);

@@ -1,6 +1,7 @@
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
+import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
 import type { TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
 import type { ControlPlaneConfig } from '../config.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
@@ -20,6 +21,11 @@ export interface TelemetryQueries {
   summary(request: TelemetrySummaryRequest): TelemetrySummary;
 }
 
+/** Drift status per model version and cohort, answered by the drift rollups. */
+export interface DriftQueries {
+  status(request: DriftStatusRequest): DriftStatus[];
+}
+
 /** Everything the gRPC services are built from; the composition root provides it. */
 export interface ApiDeps {
   fleet: FleetStore;
@@ -27,6 +33,8 @@ export interface ApiDeps {
   registry: ModelRegistry;
   fleetLink: FleetLink;
   telemetry: TelemetryQueries;
+  /** Fleet drift on merged sketches; without it DriftService answers NOT_IMPLEMENTED. */
+  drift?: DriftQueries | undefined;
   /** Functions, because the listeners' ports are known only after they listen. */
   advertisedMqttUrl: () => string;
   advertisedHttpUrl: () => string;

@@ -1,3 +1,4 @@
+import { inflateSync } from 'node:zlib';
 import { DriftlineError } from '../../common/errors.js';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
@@ -11,6 +12,7 @@ import {
   type SeqRange,
   type TelemetryRecord,
 } from '../../common/proto/driftline/v1/device_link.js';
+import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
 import type { DeviceStateSink, DownlinkPublisher, TelemetryRepository } from './ports.js';
 
 export interface IngestOptions {
@@ -20,6 +22,8 @@ export interface IngestOptions {
   clock: Clock;
   logger: Logger;
   maxRecordsPerBatch: number;
+  /** Largest a deflated batch may inflate to; bigger ones are refused as PAYLOAD_TOO_LARGE. */
+  maxInflatedBytes?: number;
 }
 
 export interface IngestStats {
@@ -48,7 +52,7 @@ export class TelemetryIngest {
       else if (channel === 'state') this.ingestState(deviceId, payload);
       else this.ingestCommandResult(deviceId, payload);
     } catch (err) {
-      if (!(err instanceof DriftlineError) || err.kind !== 'invalid') throw err;
+      if (!(err instanceof DriftlineError) || (err.kind !== 'invalid' && err.code !== 'PAYLOAD_TOO_LARGE')) throw err;
       if (channel === 'telemetry') {
         this.stats.rejectedBatches++;
         this.options.repository.noteRejectedBatch(deviceId);
@@ -58,19 +62,32 @@ export class TelemetryIngest {
   }
 
   private ingestTelemetry(deviceId: string, payload: Uint8Array): void {
-    const batch = decode(TelemetryBatch, payload, 'telemetry batch');
+    let batch = decode(TelemetryBatch, payload, 'telemetry batch');
+    if (batch.deflated.length > 0) batch = decode(TelemetryBatch, this.inflate(batch.deflated), 'deflated telemetry batch');
     // Agents never send an empty batch; bytes that protobuf happens to read as one must not earn an ack.
     if (batch.records.length === 0) throw new DriftlineError('PAYLOAD_MALFORMED', 'telemetry batch has no records');
     if (batch.records.length > this.options.maxRecordsPerBatch) {
       throw new DriftlineError('PAYLOAD_MALFORMED', `batch of ${batch.records.length} records exceeds ${this.options.maxRecordsPerBatch}`);
     }
     batch.records.forEach(validateRecord);
-    const { stored, duplicates } = this.options.repository.commit(deviceId, batch.records, this.options.clock.now());
+    const now = this.options.clock.now();
+    // sent_at is the device's clock at sending, so this offset also corrects a skewed device clock.
+    const offset = batch.sentAtMs > 0 ? now - batch.sentAtMs : 0;
+    const { stored, duplicates } = this.options.repository.commit(deviceId, batch.records, now, offset);
     this.stats.batches++;
     this.stats.recordsStored += stored;
     this.stats.duplicates += duplicates;
     const ack = TelemetryAck.encode({ ranges: toRanges(batch.records), stored, duplicates }).finish();
     this.send(deviceId, 'ack', this.options.downlink.publishAck(deviceId, ack));
+  }
+
+  private inflate(deflated: Uint8Array): Uint8Array {
+    try {
+      return inflateSync(deflated, { maxOutputLength: this.options.maxInflatedBytes ?? 64 * 1024 * 1024 });
+    } catch (err) {
+      const tooLarge = (err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE';
+      throw new DriftlineError(tooLarge ? 'PAYLOAD_TOO_LARGE' : 'PAYLOAD_MALFORMED', tooLarge ? 'deflated batch inflates beyond the limit' : 'deflated batch is not valid zlib', { cause: err });
+    }
   }
 
   private ingestState(deviceId: string, payload: Uint8Array): void {
@@ -115,8 +132,14 @@ function validateRecord(record: TelemetryRecord, index: number): void {
     : !Number.isFinite(record.timeMs) ? 'time must be finite'
     : record.body === undefined ? 'record has no body'
     : record.body.$case === 'inference' && !Number.isFinite(record.body.value.latencyMs) ? 'latency must be finite'
+    : record.body.$case === 'drift' && !validSketch(record.body.value) ? 'drift sketch counts must be non-negative integers'
     : undefined;
   if (problem) throw new DriftlineError('PAYLOAD_MALFORMED', `record ${index}: ${problem}`);
+}
+
+function validSketch(sketch: DriftSketch): boolean {
+  const ok = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;
+  return ok(sketch.rows) && ok(sketch.errors) && ok(sketch.requests) && sketch.classCounts.every(ok) && sketch.confidenceCounts.every(ok) && sketch.features.every((f) => f.counts.every(ok));
 }
 
 /** Compresses the (boot, seq) pairs of a batch into inclusive ranges for the ack. */

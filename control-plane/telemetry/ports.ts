@@ -4,7 +4,8 @@ import type { TelemetrySummary, TelemetrySummaryRequest } from '../../common/pro
 /** Where ingested telemetry is committed; implemented over SQLite (PostgreSQL later). */
 export interface TelemetryRepository {
   /** Commits a batch in one transaction; records already stored are skipped, not rewritten. */
-  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number): { stored: number; duplicates: number };
+  /** deviceClockOffsetMs: the control plane's clock minus the device's, estimated from the batch's sent_at. */
+  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, deviceClockOffsetMs?: number): { stored: number; duplicates: number };
   noteRejectedBatch(deviceId: string): void;
   noteDeviceState(deviceId: string, state: ReportedState): void;
   summary(request: TelemetrySummaryRequest): TelemetrySummary;

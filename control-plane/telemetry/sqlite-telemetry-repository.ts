@@ -34,7 +34,28 @@ const MIGRATIONS = [
      dropped_records INTEGER NOT NULL DEFAULT 0
    );
    CREATE TABLE telemetry_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);`,
+  `CREATE TABLE telemetry_rollups (
+     bucket_ms INTEGER NOT NULL,
+     bucket_start INTEGER NOT NULL,
+     device_id TEXT NOT NULL,
+     model TEXT NOT NULL,
+     model_version INTEGER NOT NULL,
+     records INTEGER NOT NULL,
+     inferences INTEGER NOT NULL,
+     inference_errors INTEGER NOT NULL,
+     latency_sum REAL NOT NULL,
+     latency_max REAL NOT NULL,
+     events INTEGER NOT NULL,
+     PRIMARY KEY (bucket_ms, bucket_start, device_id, model, model_version)
+   ) WITHOUT ROWID;
+   CREATE INDEX telemetry_records_received ON telemetry_records (received_ms);`,
 ];
+
+/** Rollup bucket sizes: 1 minute and 1 hour. */
+export const ROLLUP_BUCKETS_MS = [60_000, 3_600_000] as const;
+
+/** Receives each newly stored record inside the commit's transaction (drift rollups). */
+export type RecordSink = (deviceId: string, record: TelemetryRecord, correctedTimeMs: number) => void;
 
 interface TotalsDelta {
   records: number;
@@ -56,10 +77,25 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
   private readonly bumpTotals: Statement;
   private readonly bumpCounter: Statement;
   private readonly setDeviceState: Statement;
-  private readonly commitTx: (deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number) => { stored: number; duplicates: number };
+  private readonly bumpRollup: Statement;
+  private readonly commitTx: (deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, offsetMs: number) => { stored: number; duplicates: number };
 
-  constructor(private readonly db: Database) {
+  constructor(
+    private readonly db: Database,
+    private readonly sinks: readonly RecordSink[] = [],
+  ) {
     applyMigrations(db, 'telemetry', MIGRATIONS);
+    this.bumpRollup = db.prepare(
+      `INSERT INTO telemetry_rollups (bucket_ms, bucket_start, device_id, model, model_version, records, inferences, inference_errors, latency_sum, latency_max, events)
+       VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
+       ON CONFLICT (bucket_ms, bucket_start, device_id, model, model_version) DO UPDATE SET
+         records = records + 1,
+         inferences = inferences + excluded.inferences,
+         inference_errors = inference_errors + excluded.inference_errors,
+         latency_sum = latency_sum + excluded.latency_sum,
+         latency_max = max(latency_max, excluded.latency_max),
+         events = events + excluded.events`,
+    );
     this.insertRecord = db.prepare(
       `INSERT OR IGNORE INTO telemetry_records (device_id, boot, seq, time_ms, received_ms, stream, kind, model, model_version, latency_ms, ok, record)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -83,7 +119,7 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
       `INSERT INTO telemetry_device_totals (device_id, buffer_depth, dropped_records) VALUES (?, ?, ?)
        ON CONFLICT (device_id) DO UPDATE SET buffer_depth = excluded.buffer_depth, dropped_records = excluded.dropped_records`,
     );
-    this.commitTx = db.transaction((deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number) => {
+    this.commitTx = db.transaction((deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, offsetMs: number) => {
       const delta: TotalsDelta = { records: 0, inferences: 0, errors: 0, latencySum: 0, latencyMax: 0, events: 0, lastRecordMs: 0 };
       for (const record of records) {
         const inference = record.body?.$case === 'inference' ? record.body.value : undefined;
@@ -102,6 +138,14 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
           TelemetryRecord.encode(record).finish(),
         );
         if (changes === 0) continue;
+        // Buckets use the device's time corrected by its clock offset, never a time in the future.
+        const corrected = Math.min(receivedAtMs, record.timeMs + offsetMs);
+        for (const bucketMs of ROLLUP_BUCKETS_MS) {
+          const isError = inference?.outcome === Outcome.OUTCOME_ERROR ? 1 : 0;
+          this.bumpRollup.run(bucketMs, Math.floor(corrected / bucketMs) * bucketMs, deviceId, inference?.model ?? '', inference?.version ?? 0,
+            inference ? 1 : 0, isError, inference?.latencyMs ?? 0, inference?.latencyMs ?? 0, record.body?.$case === 'event' ? 1 : 0);
+        }
+        for (const sink of this.sinks) sink(deviceId, record, corrected);
         delta.records++;
         delta.lastRecordMs = Math.max(delta.lastRecordMs, record.timeMs);
         if (inference) {
@@ -121,8 +165,35 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     });
   }
 
-  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number): { stored: number; duplicates: number } {
-    return this.commitTx(deviceId, records, receivedAtMs);
+  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, deviceClockOffsetMs = 0): { stored: number; duplicates: number } {
+    return this.commitTx(deviceId, records, receivedAtMs, deviceClockOffsetMs);
+  }
+
+  /** Retention: raw records by arrival time, rollups by bucket start. Returns rows deleted. */
+  prune(nowMs: number, retention: { rawMs: number; minuteMs: number; hourMs: number }): number {
+    let n = this.db.prepare('DELETE FROM telemetry_records WHERE received_ms < ?').run(nowMs - retention.rawMs).changes;
+    const del = this.db.prepare('DELETE FROM telemetry_rollups WHERE bucket_ms = ? AND bucket_start < ?');
+    n += del.run(ROLLUP_BUCKETS_MS[0], nowMs - retention.minuteMs).changes;
+    n += del.run(ROLLUP_BUCKETS_MS[1], nowMs - retention.hourMs).changes;
+    return n;
+  }
+
+  /** Rollup rows (per device, model version, bucket) from sinceMs on. */
+  rollups(bucketMs: number, sinceMs: number, deviceId = ''): Array<{ bucketStart: number; deviceId: string; model: string; version: number; records: number; inferences: number; errors: number; latencyMeanMs: number; latencyMaxMs: number; events: number }> {
+    const rows = this.db
+      .prepare(
+        `SELECT bucket_start, device_id, model, model_version, records, inferences, inference_errors, latency_sum, latency_max, events FROM telemetry_rollups
+         WHERE bucket_ms = ? AND bucket_start >= ? AND (? = '' OR device_id = ?) ORDER BY bucket_start, device_id, model, model_version`,
+      )
+      .all(bucketMs, Math.floor(sinceMs / bucketMs) * bucketMs, deviceId, deviceId) as Array<Record<string, number> & { device_id: string; model: string }>;
+    return rows.map((r) => ({
+      bucketStart: r.bucket_start!, deviceId: r.device_id, model: r.model, version: r.model_version!, records: r.records!, inferences: r.inferences!,
+      errors: r.inference_errors!, latencyMeanMs: r.inferences ? r.latency_sum! / r.inferences : 0, latencyMaxMs: r.latency_max!, events: r.events!,
+    }));
+  }
+
+  counter(name: string): number {
+    return (this.db.prepare('SELECT value FROM telemetry_counters WHERE name = ?').get(name) as { value: number } | undefined)?.value ?? 0;
   }
 
   noteRejectedBatch(_deviceId: string): void {
