@@ -68,7 +68,7 @@ describe('local inference API', () => {
   it('local api - answers liveness, readiness and server metadata', async () => {
     expect(await get('/v2/health/live')).toEqual({ status: 200, json: { live: true } });
     expect(await get('/v2/health/ready')).toEqual({ status: 200, json: { ready: true } });
-    expect(await get('/v2')).toEqual({ status: 200, json: { name: 'driftline-agent', version: DRIFTLINE_VERSION, extensions: [] } });
+    expect(await get('/v2')).toEqual({ status: 200, json: { name: 'driftline-agent', version: DRIFTLINE_VERSION, extensions: ['binary_tensor_data'] } });
   });
 
   it('local api - describes the active model with protocol datatypes, its provider and its sha256', async () => {
@@ -84,6 +84,8 @@ describe('local inference API', () => {
         { name: 'label', datatype: 'INT64', shape: [-1] },
       ],
       provider: 'cpu',
+      provider_fallbacks: [],
+      max_batch_size: 1,
       sha256: demo.sha256,
     });
     expect(await get('/v2/models/vibration/ready')).toEqual({ status: 200, json: { name: 'vibration', ready: true } });

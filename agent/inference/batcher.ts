@@ -72,6 +72,8 @@ export class RequestQueue {
   private runs = 0;
   private largestBatch = 0;
   private cancelTimer: (() => void) | undefined;
+  /** The request whose delay the last timer ended: it runs now, whatever the clock reads. */
+  private expired: Pending | undefined;
 
   constructor(
     private readonly run: (feeds: Feeds) => Promise<Outputs>,
@@ -168,10 +170,11 @@ export class RequestQueue {
       rows += pending.rows;
     }
     const waited = this.timers.now() - head.enqueuedAt;
-    if (rows < this.options.defaultBatch && waited < this.options.maxQueueDelayMs) {
-      this.armTimer(this.options.maxQueueDelayMs - waited);
+    if (rows < this.options.defaultBatch && waited < this.options.maxQueueDelayMs && this.expired !== head) {
+      this.armTimer(head, this.options.maxQueueDelayMs - waited);
       return undefined;
     }
+    this.expired = undefined;
     this.cancelTimer?.();
     this.cancelTimer = undefined;
     for (const pending of batch) this.waiting.splice(this.waiting.indexOf(pending), 1);
@@ -187,10 +190,11 @@ export class RequestQueue {
     if (!this.busy) this.onIdle();
   }
 
-  private armTimer(ms: number): void {
+  private armTimer(head: Pending, ms: number): void {
     if (this.cancelTimer) return;
     this.cancelTimer = this.timers.setTimeout(() => {
       this.cancelTimer = undefined;
+      this.expired = head;
       this.pump();
     }, ms);
   }
