@@ -34,7 +34,7 @@ export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ct
   return {
     startRollout: unary(ctx, 'StartRollout', 'operator', async (req, caller) => {
       const v = validate(startRequest, req);
-      const gates = v.gates.length > 0 ? v.gates.map(parseGate) : [...DEFAULT_GATES];
+      const gates = v.gates.length === 0 ? [...DEFAULT_GATES] : v.gates.length === 1 && v.gates[0] === 'none' ? [] : v.gates.map(parseGate);
       const rollout = await rollouts.start(
         {
           model: assertModelName(req.model),

@@ -43,7 +43,7 @@ export interface StartRolloutRequest {
   /** Label selector, e.g. "profile=jetson-*,site=plant-3"; empty targets every device. */
   target: string;
   clientRequestId: string;
-  /** Gates such as "p95-latency-ratio<=1.5"; empty uses the defaults. */
+  /** Gates such as "p95-latency-ratio<=1.5"; empty uses the defaults, ["none"] judges nothing. */
   gates: string[];
   /** Failed gate evaluations tolerated per wave before aborting (default 0). */
   failureLimit: number;
