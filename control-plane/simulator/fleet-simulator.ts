@@ -1,0 +1,275 @@
+import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import mqtt, { type MqttClient } from 'mqtt';
+import type { Clock } from '../../common/clock.js';
+import { DriftlineError } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import { DesiredState, Outcome, ReportedState, Stream, TelemetryBatch, type TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
+import { DeviceServiceClient, EnrollmentServiceClient } from '../../common/proto/driftline/v1/fleet.js';
+import { downTopic, upTopic } from '../../common/topics.js';
+
+/**
+ * Many simulated devices in one process, each a real MQTT client with its own credential,
+ * speaking the device protocol to the real broker: it obeys its desired state ("installs" a
+ * version without running onnxruntime), reports state, and sends inference telemetry whose
+ * latency and error rate depend on the version it runs. Used by the end-to-end rollout tests
+ * and by the demo's rollout scenarios.
+ */
+
+/** How a model version behaves on a simulated device. */
+export interface VersionBehavior {
+  /** Median inference latency. */
+  latencyMs: number;
+  /** Fraction of inferences that fail. */
+  errorRate: number;
+  /** The install fails (the device keeps its old model and reports the error). */
+  installFails?: boolean;
+}
+
+export interface SimulatedDeviceSpec {
+  id: string;
+  profile: string;
+  labels?: Record<string, string>;
+}
+
+export interface SimulatedCredential {
+  deviceId: string;
+  username: string;
+  password: string;
+  profile: string;
+}
+
+export interface InstallEvent {
+  version: number;
+  revision: number;
+  ok: boolean;
+  atMs: number;
+}
+
+const AGENT_VERSION = 'simulator';
+
+/** Enrolls devices through the real API: one-time token (operator), then enrollment (public). */
+export async function enrollSimulatedDevices(options: { address: string; token: string; devices: readonly SimulatedDeviceSpec[]; concurrency?: number }): Promise<SimulatedCredential[]> {
+  const channel = credentials.createInsecure();
+  const deviceApi = new DeviceServiceClient(options.address, channel);
+  const enrollApi = new EnrollmentServiceClient(options.address, channel);
+  const metadata = new Metadata();
+  metadata.set('authorization', `Bearer ${options.token}`);
+  const call = <T>(fn: (cb: (err: ServiceError | null, value: T) => void) => unknown): Promise<T> =>
+    new Promise((resolve, reject) => fn((err, value) => (err ? reject(err) : resolve(value))));
+  try {
+    return await inBatches(options.devices, options.concurrency ?? 25, async (spec) => {
+      const { token } = await call<{ token: string }>((cb) => deviceApi.createEnrollmentToken({ deviceId: spec.id, labels: spec.labels ?? {}, ttlSeconds: 600 }, metadata, cb));
+      const enrolled = await call<{ mqttUsername: string; mqttPassword: string }>((cb) =>
+        enrollApi.enroll({ token, deviceId: spec.id, firmwareProfile: spec.profile, agentVersion: AGENT_VERSION }, cb),
+      );
+      return { deviceId: spec.id, username: enrolled.mqttUsername, password: enrolled.mqttPassword, profile: spec.profile };
+    });
+  } finally {
+    deviceApi.close();
+    enrollApi.close();
+  }
+}
+
+/** One simulated device. */
+export class SimulatedDevice {
+  active: { name: string; version: number; sha256: string } | undefined;
+  appliedRevision = 0;
+  lastErrorCode = '';
+  /** Every install the device attempted, in order. */
+  readonly installs: InstallEvent[] = [];
+  private seq = 0;
+  private readonly boot: number;
+
+  constructor(
+    readonly id: string,
+    readonly profile: string,
+    private readonly client: MqttClient,
+    private readonly sim: { clock: Clock; behavior: (version: number) => VersionBehavior; random: () => number },
+    boot: number,
+  ) {
+    this.boot = boot;
+  }
+
+  /** Versions this device ever ran, in order (0: none at first). */
+  get versionHistory(): number[] {
+    return this.installs.filter((i) => i.ok).map((i) => i.version);
+  }
+
+  async onDesired(desired: DesiredState): Promise<void> {
+    if (desired.revision <= this.appliedRevision) return;
+    const model = desired.model;
+    if (model && !(this.active?.name === model.name && this.active.version === model.version)) {
+      const ok = !this.sim.behavior(model.version).installFails;
+      this.installs.push({ version: model.version, revision: desired.revision, ok, atMs: this.sim.clock.now() });
+      if (!ok) {
+        this.lastErrorCode = 'MODEL_INVALID';
+        await this.report();
+        return;
+      }
+      this.active = { name: model.name, version: model.version, sha256: model.sha256 };
+    }
+    this.lastErrorCode = '';
+    this.appliedRevision = desired.revision;
+    await this.report();
+  }
+
+  report(): Promise<void> {
+    const state = ReportedState.fromPartial({
+      agentVersion: AGENT_VERSION,
+      firmwareProfile: this.profile,
+      ...(this.active ? { activeModel: { name: this.active.name, version: this.active.version, sha256: this.active.sha256, provider: 'cpu' } } : {}),
+      boot: this.boot,
+      desiredRevision: this.appliedRevision,
+      lastErrorCode: this.lastErrorCode,
+      reportedAtMs: this.sim.clock.now(),
+    });
+    return this.publish(upTopic(this.id, 'state'), ReportedState.encode(state).finish());
+  }
+
+  /** Sends `count` inferences of the active model in one batch; a device with no model sends nothing. */
+  emitInferences(count: number): Promise<void> {
+    const active = this.active;
+    if (!active || count <= 0) return Promise.resolve();
+    const behavior = this.sim.behavior(active.version);
+    const now = this.sim.clock.now();
+    const records: TelemetryRecord[] = [];
+    for (let i = 0; i < count; i++) {
+      const failed = this.sim.random() < behavior.errorRate;
+      records.push({
+        boot: this.boot,
+        seq: ++this.seq,
+        timeMs: now,
+        stream: Stream.STREAM_INFERENCE,
+        body: {
+          $case: 'inference',
+          value: {
+            model: active.name,
+            version: active.version,
+            provider: 'cpu',
+            latencyMs: behavior.latencyMs * (0.8 + 0.4 * this.sim.random()),
+            outcome: failed ? Outcome.OUTCOME_ERROR : Outcome.OUTCOME_OK,
+            topClass: failed ? -1 : 0,
+            confidence: failed ? 0 : 0.9,
+            errorCode: failed ? 'INFERENCE_FAILED' : '',
+            batchSize: 1,
+          },
+        },
+      } as TelemetryRecord);
+    }
+    return this.publish(upTopic(this.id, 'telemetry'), TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: now })).finish());
+  }
+
+  private publish(topic: string, payload: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => this.client.publish(topic, Buffer.from(payload), { qos: 1 }, (err) => (err ? reject(err) : resolve())));
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.client.end(false, {}, () => resolve()));
+  }
+}
+
+export interface FleetSimulatorOptions {
+  brokerUrl: string;
+  devices: readonly SimulatedCredential[];
+  behavior: (version: number) => VersionBehavior;
+  clock: Clock;
+  logger: Logger;
+  seed?: number;
+  concurrency?: number;
+}
+
+export class FleetSimulator {
+  private constructor(readonly devices: SimulatedDevice[]) {}
+
+  /** Connects every device (its own MQTT client and credential), subscribes to its desired state and reports in. */
+  static async start(options: FleetSimulatorOptions): Promise<FleetSimulator> {
+    const random = mulberry32(options.seed ?? 42);
+    const sim = { clock: options.clock, behavior: options.behavior, random };
+    const devices = await inBatches(options.devices, options.concurrency ?? 50, async (cred) => {
+      const client = await connect(options.brokerUrl, cred);
+      const device = new SimulatedDevice(cred.deviceId, cred.profile, client, sim, 1);
+      // Desired states are handled one at a time per device, in arrival order, like the agent.
+      let queue = Promise.resolve();
+      client.on('message', (topic, payload) => {
+        if (topic !== downTopic(cred.deviceId, 'desired')) return;
+        queue = queue
+          .then(() => device.onDesired(DesiredState.decode(payload)))
+          .catch((err: unknown) => options.logger.warn({ err, deviceId: cred.deviceId }, 'simulated device could not apply its desired state'));
+      });
+      await new Promise<void>((resolve, reject) =>
+        client.subscribe([downTopic(cred.deviceId, 'desired'), downTopic(cred.deviceId, 'ack')], { qos: 1 }, (err) => (err ? reject(err) : resolve())),
+      );
+      await device.report();
+      return device;
+    });
+    options.logger.info({ devices: devices.length }, 'fleet simulator connected');
+    return new FleetSimulator(devices);
+  }
+
+  /** Every device with a model sends `perDevice` inferences; resolves when the broker has them all. */
+  async emitInferences(perDevice: number): Promise<number> {
+    await inBatches(this.devices, 100, (d) => d.emitInferences(perDevice));
+    return this.devices.filter((d) => d.active).length * perDevice;
+  }
+
+  /** Devices per active version (0: no model). */
+  versions(): Record<string, number> {
+    const counts: Record<string, number> = {};
+    for (const d of this.devices) {
+      const v = String(d.active?.version ?? 0);
+      counts[v] = (counts[v] ?? 0) + 1;
+    }
+    return counts;
+  }
+
+  device(id: string): SimulatedDevice {
+    const d = this.devices.find((x) => x.id === id);
+    if (!d) throw new DriftlineError('DEVICE_NOT_FOUND', `no simulated device ${id}`);
+    return d;
+  }
+
+  async shutdown(): Promise<void> {
+    await Promise.all(this.devices.map((d) => d.close()));
+  }
+}
+
+function connect(url: string, cred: SimulatedCredential): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(url, {
+      protocolVersion: 4,
+      clientId: cred.deviceId,
+      username: cred.username,
+      password: cred.password,
+      clean: true,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+    });
+    const onError = (err: Error): void => {
+      client.end(true);
+      reject(new DriftlineError('UPLINK_UNAVAILABLE', `simulated device ${cred.deviceId} cannot connect`, { cause: err }));
+    };
+    client.once('error', onError);
+    client.once('connect', () => {
+      client.off('error', onError);
+      resolve(client);
+    });
+  });
+}
+
+async function inBatches<T, R>(items: readonly T[], size: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (let i = 0; i < items.length; i += size) out.push(...(await Promise.all(items.slice(i, i + size).map(fn))));
+  return out;
+}
+
+/** Small seeded PRNG, so a simulated fleet behaves the same on every run. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
