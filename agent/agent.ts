@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs';
-import { arch } from 'node:os';
+import { arch, totalmem } from 'node:os';
 import { join } from 'node:path';
 import cron, { type ScheduledTask } from 'node-cron';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
@@ -16,7 +16,14 @@ import { InferenceEngine } from './inference/engine.js';
 import { registerInferenceMetrics } from './inference/metrics.js';
 import { createOnnxRuntime } from './inference/onnxruntime-runtime.js';
 import { startLocalApi } from './local-api/server.js';
+import { runGoldenSelfTest } from './models/golden-self-test.js';
 import { ModelManager } from './models/model-manager.js';
+import { PinnedRoot } from './trust/pinned-root.js';
+import { parseReference, type DriftReference } from '../common/drift/reference.js';
+import { Stream } from '../common/proto/driftline/v1/device_link.js';
+import { dropAttributes } from './buffer/ports.js';
+import { DriftMonitor } from './drift/monitor.js';
+import type { InferenceService } from './inference/engine.js';
 import { TelemetryRecorder } from './telemetry/recorder.js';
 import { TelemetryUploader } from './telemetry/uploader.js';
 import { MqttUplink } from './uplink/mqtt-uplink.js';
@@ -59,7 +66,18 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   const firmwareProfile = config.firmwareProfile === 'auto' ? `generic-${arch() === 'arm64' ? 'arm64' : 'x86_64'}-cpu` : config.firmwareProfile;
   const identity = await ensureIdentity(config, firmwareProfile, logger, clock);
   const deviceId = identity.deviceId;
-  const buffer = SqliteBuffer.open({ file: join(config.dataDir, 'buffer.db'), synchronous: config.buffer.synchronous });
+  const { quotas } = config.buffer;
+  const buffer = SqliteBuffer.open({
+    file: join(config.dataDir, 'buffer.db'),
+    synchronous: config.buffer.synchronous,
+    limits: {
+      maxBytes: config.buffer.maxBytes,
+      maxRecords: { [Stream.STREAM_EVENTS]: quotas.events, [Stream.STREAM_INFERENCE]: quotas.inference, [Stream.STREAM_SYSTEM]: quotas.system, [Stream.STREAM_SAMPLES]: quotas.samples },
+      ttlMs: config.buffer.ttl,
+    },
+    clock,
+  });
+  const droppedAtStart = buffer.droppedTotal();
   logger.info({ deviceId, boot: buffer.boot, firmwareProfile }, 'agent starting');
 
   const metrics = new Registry();
@@ -88,8 +106,43 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     maxInflightBatches: config.uplink.maxInflightBatches,
     batchDelayMs: config.uplink.batchDelay,
     ackTimeoutMs: config.uplink.ackTimeout,
+    compressMinBytes: config.uplink.compressMinBytes,
+    maxBytesPerSecond: config.uplink.maxBytesPerSecond,
+    liveEvery: config.uplink.liveEvery,
   });
   const recorder = new TelemetryRecorder(buffer, clock, logger, () => uploader.notify());
+
+  // Drift: the desired model's reference is kept per version, so a restart or rollback finds it again.
+  const drift = new DriftMonitor(recorder, clock, logger);
+  const referenceKey = (name: string, version: number): string => `drift.reference:${name}@${version}`;
+  const parsedReferences = new Map<string, DriftReference | undefined>();
+  const syncDrift = (): void => {
+    const active = engine.active();
+    const json = active ? buffer.getState(referenceKey(active.name, active.version)) : undefined;
+    if (json !== undefined && !parsedReferences.has(json)) {
+      try {
+        parsedReferences.set(json, parseReference(json));
+      } catch (err) {
+        logger.warn({ err }, 'the model\'s drift reference is invalid; drift sketches are off for it');
+        parsedReferences.set(json, undefined);
+      }
+    }
+    drift.setModel(active?.name ?? '', active?.version ?? 0, json === undefined ? undefined : parsedReferences.get(json));
+  };
+  let reportedDrops = JSON.stringify(buffer.dropped());
+  const maintainBuffer = (): void => {
+    try {
+      buffer.maintain();
+    } catch (err) {
+      logger.warn({ err }, 'buffer maintenance failed');
+    }
+    // Records the policy dropped are themselves reported, as an event with the running counts.
+    const drops = JSON.stringify(buffer.dropped());
+    if (drops !== reportedDrops) {
+      reportedDrops = drops;
+      recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(buffer.dropped()));
+    }
+  };
 
   const inferenceMetrics = registerInferenceMetrics(metrics);
   const engine = await InferenceEngine.create({
@@ -124,16 +177,23 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS,
     maxModelBytes: config.maxModelBytes,
     logger,
+    clock,
+    // Signed releases: verified against the root pinned at enrollment (none pinned: unsigned mode).
+    trust: PinnedRoot.open(config.dataDir),
+    device: { deviceId, arch: arch() === 'arm64' ? 'arm64' : 'x86_64', providers: config.inference.providers, memoryBytes: totalmem() },
+    selfTest: (path, golden) => runGoldenSelfTest(createOnnxRuntime({ logger }), config.inference.providers, path, golden),
     onChange(change) {
       recorder.event(change.kind, change.error?.message ?? `${change.model.name} v${change.model.version}`, {
         model: change.model.name,
         version: String(change.model.version),
         ...(change.error ? { code: change.error.code } : {}),
       });
+      syncDrift();
       void reportState();
     },
   });
   await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active model'));
+  syncDrift();
 
   async function reportState(): Promise<void> {
     if (!uplink.connected) return;
@@ -149,7 +209,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       desiredRevision: models.desiredRevision,
       lastErrorCode: error?.code ?? '',
       lastError: error?.message ?? '',
-      droppedRecords: recorder.dropped,
+      droppedRecords: recorder.dropped + buffer.droppedTotal(),
       reportedAtMs: clock.now(),
       warnings: [],
     };
@@ -186,7 +246,11 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
         logger.warn({ err }, 'ignoring malformed desired state');
         return;
       }
-      void models.apply(desired).then(reportState);
+      if (desired.model?.driftReference) buffer.setState(referenceKey(desired.model.name, desired.model.version), desired.model.driftReference);
+      void models.apply(desired).then(() => {
+        syncDrift();
+        return reportState();
+      });
     } else if (channel === 'command') {
       runCommand(payload).catch((err: unknown) => logger.warn({ err }, 'command failed'));
     }
@@ -201,7 +265,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   });
 
   const localApi = await startLocalApi({
-    engine,
+    engine: observed(engine, drift),
     health: () => ({
       ok: state === 'running',
       details: {
@@ -228,6 +292,8 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     cron.schedule(config.schedule.heartbeat, () => reportState(), { noOverlap: true, name: 'heartbeat' }),
     cron.schedule(config.schedule.system, () => recorder.system(config.dataDir), { noOverlap: true, name: 'system-metrics' }),
     cron.schedule(config.schedule.uplinkCheck, () => uploader.checkTimeouts(), { noOverlap: true, name: 'uplink-check' }),
+    cron.schedule(config.schedule.driftWindow, () => drift.flush(), { noOverlap: true, name: 'drift-window' }),
+    cron.schedule(config.schedule.bufferMaintenance, maintainBuffer, { noOverlap: true, name: 'buffer-maintenance' }),
   ];
   await uplink.start();
   recorder.event('agent.started', `driftline-agent ${DRIFTLINE_VERSION}`, { boot: String(buffer.boot), profile: firmwareProfile });
@@ -244,7 +310,8 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     stats: () => ({
       recordsEnqueued: recorder.enqueued,
       recordsAcknowledged: uploader.stats.recordsAcknowledged,
-      recordsDropped: recorder.dropped,
+      // Refused by the buffer, plus dropped by its policy during this run.
+      recordsDropped: recorder.dropped + buffer.droppedTotal() - droppedAtStart,
       bufferDepth: finalDepth ?? buffer.depth(),
     }),
     async shutdown() {
@@ -252,6 +319,8 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       state = 'stopping';
       for (const task of tasks) await task.destroy();
       await localApi.close();
+      // The last drift window goes up with the rest.
+      drift.flush();
       // Drain: give acknowledged delivery a chance before going; what is left stays buffered.
       const drained = await uploader.drain(config.shutdownGrace);
       if (!drained) logger.warn({ remaining: buffer.depth() }, 'shutting down with unacknowledged telemetry; it stays buffered for the next start');
@@ -263,6 +332,25 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       await buffer.close();
       state = 'stopped';
       logger.info('agent stopped');
+    },
+  };
+}
+
+/** The engine as the local API sees it, with every request's inputs and outputs shown to the drift monitor. */
+function observed(engine: InferenceService, drift: DriftMonitor): InferenceService {
+  return {
+    active: () => engine.active(),
+    async infer(model, inputs, options) {
+      const started = performance.now();
+      try {
+        const result = await engine.infer(model, inputs, options);
+        drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true);
+        return result;
+      } catch (err) {
+        const active = engine.active();
+        if (active) drift.observe(active.name, active.version, inputs, undefined, performance.now() - started, false);
+        throw err;
+      }
     },
   };
 }
@@ -296,7 +384,13 @@ async function ensureIdentity(config: Readonly<AgentConfig>, firmwareProfile: st
     artifactBaseUrl: response.artifactBaseUrl,
     enrolledAtMs: clock.now(),
   };
+  // The root handed out at enrollment is checked before anything is written: a device that
+  // cannot pin it must not come up in unsigned mode.
+  const pinned = PinnedRoot.open(config.dataDir);
+  const root = response.rootMetadata.length > 0 && !pinned.current() ? pinned.verifyForPinning(response.rootMetadata, clock) : undefined;
   writeIdentity(config.dataDir, identity);
+  if (root) pinned.pin(root, clock);
+  else if (response.rootMetadata.length === 0) logger.warn('the control plane has no trust root: this device accepts unsigned models');
   logger.info({ deviceId: identity.deviceId }, 'enrolled; credential stored');
   return identity;
 }

@@ -53,6 +53,18 @@ export const controlPlaneConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Signed releases: the root metadata (from `driftline keys init`) and, opted in, the online rollback key. */
+    trust: z
+      .object({
+        /** The keys folder's root/ (every root.v<N>.json) or one root file. Without it releases are unsigned. */
+        root: z.string().min(1).optional(),
+        /** Online signing of rollback directives only: the rollback key file (encrypted at rest when it was created with a passphrase). */
+        rollbackKey: z.string().min(1).optional(),
+        /** Environment variable holding the rollback key's passphrase. */
+        rollbackKeyPassphraseEnv: z.string().default('DRIFTLINE_ROLLBACK_KEY_PASSPHRASE'),
+      })
+      .strict()
+      .prefault({}),
     /** A device counts as online when it was seen within this window. */
     onlineWindow: duration.prefault('90s'),
     maxModelBytes: byteSize.prefault('2GiB'),

@@ -14,6 +14,7 @@ import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js
 import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
+import { openReleaseStore } from './registry/release-trust.js';
 import { RolloutDriver } from './rollout/driver.js';
 import { RolloutEngine } from './rollout/engine.js';
 import { DesiredStatePublisher, FleetStoreView, RegistryCatalog } from './rollout/fleet-adapters.js';
@@ -53,6 +54,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   if (admin.created) logger.info({ file: admin.file }, 'created the first admin token');
   const artifacts = new ArtifactStore(join(config.dataDir, 'artifacts'));
   const registry = new ModelRegistry({ db, artifacts, clock, maxModelBytes: config.maxModelBytes });
+  const releases = openReleaseStore({ db, registry, clock, logger, trust: config.trust });
   const telemetry = new SqliteTelemetryRepository(db);
   const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
 
@@ -170,6 +172,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       fleet,
       tokens,
       registry,
+      releases,
+      trustRoot: () => releases.latestRoot(),
       telemetry,
       fleetLink: {
         publishDesired: (deviceId, desired) => requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true }),

@@ -346,16 +346,17 @@ describe('control-plane gRPC API', () => {
 
       const res = await rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration' }), operator, cb));
       expect(res).toEqual({ model: v1, devices: 2 });
-      const expectedModel = { name: 'vibration', version: 1, sha256: v1.sha256, sizeBytes: v1.sizeBytes, artifactPath: `artifacts/sha256/${v1.sha256}`, driftReference: '' };
+      const expectedModel = { name: 'vibration', version: 1, sha256: v1.sha256, sizeBytes: v1.sizeBytes, artifactPath: `artifacts/sha256/${v1.sha256}`, driftReference: '', envelope: Buffer.alloc(0) };
+      const unsigned = { rootChain: [], rollback: Buffer.alloc(0) };
       expect(link.published).toEqual([
-        { deviceId: 'edge-1', desired: { revision: 1, model: expectedModel } },
-        { deviceId: 'edge-2', desired: { revision: 1, model: expectedModel } },
+        { deviceId: 'edge-1', desired: { revision: 1, model: expectedModel, ...unsigned } },
+        { deviceId: 'edge-2', desired: { revision: 1, model: expectedModel, ...unsigned } },
       ]);
-      expect(fleet.getDesired('edge-1')).toEqual({ revision: 1, model: expectedModel });
+      expect(fleet.getDesired('edge-1')).toEqual({ revision: 1, model: expectedModel, ...unsigned });
       expect((await getDevice('edge-1')).desiredModel).toEqual(expectedModel);
 
       await rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration', version: 1, deviceIds: ['edge-2'] }), operator, cb));
-      expect(link.published.at(-1)).toEqual({ deviceId: 'edge-2', desired: { revision: 2, model: expectedModel } });
+      expect(link.published.at(-1)).toEqual({ deviceId: 'edge-2', desired: { revision: 2, model: expectedModel, ...unsigned } });
     });
 
     it('refuses to deploy an unknown version or to an unknown device', async () => {

@@ -78,7 +78,7 @@ describe('control-plane store', () => {
       fleet.enroll({ token, deviceId: 'edge-1', firmwareProfile: 'jetson-orin-nano' }, clock.now());
       fleet.saveReported('edge-1', { agentVersion: '0.1.0', firmwareProfile: 'jetson-orin-nano', activeModel: undefined, bufferDepth: 3, boot: 2, uptimeS: 10, desiredRevision: 0, lastErrorCode: '', lastError: '', droppedRecords: 0, reportedAtMs: 5, warnings: [] }, clock.now() + 10);
       fleet.recordSeen('edge-1', clock.now() + 5);
-      fleet.setDesired('edge-1', { revision: 4, model: { name: 'm', version: 2, sha256: 'a'.repeat(64), sizeBytes: 9, artifactPath: `artifacts/sha256/${'a'.repeat(64)}`, driftReference: '' } });
+      fleet.setDesired('edge-1', { revision: 4, model: { name: 'm', version: 2, sha256: 'a'.repeat(64), sizeBytes: 9, artifactPath: `artifacts/sha256/${'a'.repeat(64)}`, driftReference: '', envelope: Buffer.alloc(0) }, rootChain: [], rollback: Buffer.alloc(0) });
       const device = fleet.get('edge-1');
       expect(device).toMatchObject({ labels: { site: 'plant-3', profile: 'jetson-orin-nano' }, lastSeenMs: clock.now() + 10, reported: { bufferDepth: 3, boot: 2 } });
       expect(fleet.getDesired('edge-1')?.revision).toBe(4);

@@ -1,8 +1,13 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
-import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
+import { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
+import { verifyRelease, type ReleaseManifest } from '../../common/trust/manifest.js';
+import type { TrustedRoot } from '../../common/trust/root.js';
+import { verifyRollbackDirective } from '../../common/trust/rollback.js';
 import { downloadArtifact } from './artifact-download.js';
 
 export interface ModelRef {
@@ -11,16 +16,35 @@ export interface ModelRef {
   sha256: string;
 }
 
-/** The part of the inference engine the manager drives. */
+/** The part of the inference engine the manager drives: loads beside the running model, then swaps. */
 export interface ModelHost {
   load(model: ModelRef & { path: string }): Promise<unknown>;
 }
 
-/** Where the manager remembers what is active across restarts. */
+/** Where the manager remembers what is active across restarts (the agent's SQLite agent_state). */
 export interface ModelStateStore {
   getState(key: string): string | undefined;
   setState(key: string, value: string): void;
 }
+
+/** The device's pinned root (agent/trust/pinned-root.ts). */
+export interface TrustAnchor {
+  current(): TrustedRoot | undefined;
+  /** Verifies and persists newer root versions; all or nothing. */
+  advance(chain: readonly Uint8Array[], clock: Clock): TrustedRoot;
+}
+
+/** What the device offers, checked against a release's constraints. */
+export interface DeviceTraits {
+  deviceId: string;
+  /** 'x86_64' | 'arm64' */
+  arch: string;
+  providers: readonly string[];
+  memoryBytes: number;
+}
+
+/** Install states, persisted before each step so a restart knows where it stopped. */
+export type InstallState = 'downloading' | 'verifying' | 'staged' | 'activating';
 
 export interface ModelManagerOptions {
   modelsDir: string;
@@ -31,64 +55,121 @@ export interface ModelManagerOptions {
   downloadTimeoutMs: number;
   maxModelBytes: number;
   logger: Logger;
+  clock: Clock;
+  /** The pinned root; without one (a device enrolled without a trust root) unsigned releases are accepted. */
+  trust?: TrustAnchor;
+  device?: DeviceTraits;
+  /** Runs a release's golden vectors on the downloaded file, beside the running model. */
+  selfTest?: (path: string, golden: ReleaseManifest['golden']) => Promise<void>;
   /** Called after every change worth reporting (activated, failed). */
-  onChange(event: { kind: 'model.activated' | 'model.failed'; model: ModelRef; error?: DriftlineError }): void;
+  onChange(event: { kind: 'model.activated' | 'model.failed' | 'model.rolled_back'; model: ModelRef; error?: DriftlineError }): void;
+  /** Test hook: called right after each state is persisted (the kill -9 tests stop the process here). */
+  onStep?: (step: InstallState | 'activated') => void;
 }
 
-interface ActiveRecord extends ModelRef {
+interface Installed extends ModelRef {
+  sizeBytes: number;
   revision: number;
 }
 
-const ACTIVE_KEY = 'models.active';
-const REVISION_KEY = 'models.desired_revision';
+interface Install {
+  state: InstallState;
+  /** DesiredState as proto JSON (bytes in base64). */
+  desired: unknown;
+}
+
+/** Everything in one agent_state value, so each transition is one atomic write. */
+interface Persisted {
+  active?: Installed;
+  /** Kept on disk for instant local rollback. */
+  previous?: Installed;
+  /** Highest version ever activated, per model name (anti-rollback). */
+  highest: Record<string, number>;
+  appliedRevision: number;
+  install?: Install;
+}
+
+const STATE_KEY = 'models.manager';
+const LEGACY_ACTIVE_KEY = 'models.active';
+const LEGACY_REVISION_KEY = 'models.desired_revision';
+const ARTIFACT_PATH = /^[A-Za-z0-9][A-Za-z0-9._/-]*$/;
 
 /**
- * Brings the device to its desired model: download (verified), load beside the running
- * model, swap, remember. Desired states are applied one at a time, newest wins, and a
- * failure leaves the running model untouched and is reported.
+ * Brings the device to its desired model, crash-safely:
+ *   signed desired state -> root chain walked from the pinned root -> release verified
+ *   (signature, release key, expiry) -> matches the desired state -> anti-rollback (or a
+ *   signed rollback directive) -> compatible with the device -> download (resumable, capped
+ *   at the signed size, sha256) -> golden-vector self-test beside the running model ->
+ *   swap -> one atomic write of the new active record.
+ * Desired states are applied one at a time, newest wins. A refusal at any step leaves the
+ * running model, the files it needs and the pinned root untouched, and is reported.
  */
 export class ModelManager {
-  private active: ActiveRecord | undefined;
-  private appliedRevision: number;
+  private persisted: Persisted;
   private lastError: DriftlineError | undefined;
   private queue: Promise<void> = Promise.resolve();
   private latestDesired: DesiredState | undefined;
 
   constructor(private readonly options: ModelManagerOptions) {
     mkdirSync(options.modelsDir, { recursive: true });
-    const stored = options.state.getState(ACTIVE_KEY);
-    this.active = stored ? (JSON.parse(stored) as ActiveRecord) : undefined;
-    this.appliedRevision = Number(options.state.getState(REVISION_KEY) ?? 0);
+    this.persisted = this.read();
   }
 
   get desiredRevision(): number {
-    return this.appliedRevision;
+    return this.persisted.appliedRevision;
   }
 
   get error(): DriftlineError | undefined {
     return this.lastError;
   }
 
-  /** Loads the model that was active before the restart, if its file is still there. */
+  /** The active and previous versions and the install in progress, as persisted. */
+  snapshot(): Readonly<Persisted> {
+    return structuredClone(this.persisted);
+  }
+
+  /**
+   * After a restart: loads the active model after re-checking its file (falling back to the
+   * previous one when the active file is gone or damaged), then finishes what was in flight:
+   * a download or a staged release resumes; an activation that was interrupted is rolled
+   * back (the old model stays active) and reported, so a model that kills the process while
+   * loading cannot put the device into a crash loop.
+   */
   async restore(): Promise<void> {
-    const active = this.active;
-    if (!active) return;
-    const path = this.pathFor(active.sha256);
-    if (!existsSync(path)) {
-      this.options.logger.warn({ model: active }, 'previously active model file is missing; waiting for desired state');
-      this.active = undefined;
+    const p = this.persisted;
+    if (p.active && !(await this.fileIsIntact(p.active))) {
+      this.options.logger.warn({ model: p.active }, 'active model file is missing or damaged; falling back to the previous model');
+      const fallback = p.previous && (await this.fileIsIntact(p.previous)) ? p.previous : undefined;
+      this.write({ ...p, active: fallback, previous: undefined });
+    }
+    const active = this.persisted.active;
+    if (active) {
+      await this.options.host.load({ name: active.name, version: active.version, sha256: active.sha256, path: this.pathFor(active.sha256) });
+      this.options.logger.info({ model: active.name, version: active.version }, 'restored active model');
+    }
+    const install = this.persisted.install;
+    if (!install) return this.collectGarbage();
+    const desired = DesiredState.fromJSON(install.desired);
+    if (install.state === 'activating') {
+      const ref = refOf(desired);
+      const error = new DriftlineError('RELEASE_ACTIVATION_INTERRUPTED', `activation of ${ref.name} v${ref.version} was interrupted; the previous model stays active`);
+      this.write({ ...this.persisted, install: undefined, appliedRevision: Math.max(this.persisted.appliedRevision, desired.revision) });
+      this.fail(ref, error);
+      this.collectGarbage();
       return;
     }
-    await this.options.host.load({ ...active, path });
-    this.options.logger.info({ model: active.name, version: active.version }, 'restored active model');
+    this.options.logger.info({ state: install.state, revision: desired.revision }, 'resuming the interrupted model install');
+    await this.apply(desired, { resume: true });
   }
 
   /**
    * Queues a desired state; replays, older revisions and one already in progress are
-   * ignored. A failed revision is forgotten, so the control plane's next resend retries it.
+   * ignored. A refused revision is remembered as applied (the device reports it with the
+   * error), so the same bad release is not retried until a new revision arrives; a failed
+   * download is forgotten so the control plane's resend retries it.
    */
-  apply(desired: DesiredState): Promise<void> {
-    if (desired.revision <= this.appliedRevision) return this.queue;
+  apply(desired: DesiredState, { resume = false }: { resume?: boolean } = {}): Promise<void> {
+    if (!resume && desired.revision <= this.persisted.appliedRevision) return this.queue;
     if (this.latestDesired && desired.revision <= this.latestDesired.revision) return this.queue;
     this.latestDesired = desired;
     this.queue = this.queue.then(async () => {
@@ -105,48 +186,178 @@ export class ModelManager {
   private async reconcile(desired: DesiredState): Promise<void> {
     const model = desired.model;
     if (!model) return this.markApplied(desired.revision);
-    const ref: ModelRef = { name: model.name, version: model.version, sha256: model.sha256 };
-    if (this.active?.sha256 === model.sha256 && this.active.name === model.name && this.active.version === model.version) {
-      return this.markApplied(desired.revision);
-    }
+    const ref = refOf(desired);
     try {
-      if (model.sizeBytes > this.options.maxModelBytes) {
-        throw new DriftlineError('PAYLOAD_TOO_LARGE', `model of ${model.sizeBytes} bytes exceeds the device limit of ${this.options.maxModelBytes}`);
+      const checked = this.check(desired);
+      const active = this.persisted.active;
+      if (active && active.sha256 === ref.sha256 && active.name === ref.name && active.version === ref.version) {
+        this.write({ ...this.persisted, install: undefined });
+        return this.markApplied(desired.revision);
       }
-      const path = this.pathFor(model.sha256);
+      const path = this.pathFor(ref.sha256);
+      this.step('downloading', desired);
       if (!existsSync(path)) {
         await downloadArtifact({
           url: new URL(model.artifactPath, withSlash(this.options.artifactBaseUrl)).toString(),
           ...this.options.credential,
-          expectedSha256: model.sha256,
+          expectedSha256: ref.sha256,
           expectedBytes: model.sizeBytes,
           destination: path,
           timeoutMs: this.options.downloadTimeoutMs,
         });
       }
+      this.step('verifying', desired);
+      if (!(await this.fileIsIntact({ ...ref, sizeBytes: model.sizeBytes }))) {
+        rmSync(path, { force: true });
+        throw new DriftlineError('MODEL_CHECKSUM_MISMATCH', `the stored file of ${ref.name} v${ref.version} does not match its sha256`);
+      }
+      if (checked.manifest) await this.options.selfTest?.(path, checked.manifest.golden);
+      this.step('staged', desired);
+      this.step('activating', desired);
       await this.options.host.load({ ...ref, path });
-      this.active = { ...ref, revision: desired.revision };
-      this.options.state.setState(ACTIVE_KEY, JSON.stringify(this.active));
+      const previous = this.persisted.active;
+      const highest = { ...this.persisted.highest, [ref.name]: Math.max(this.persisted.highest[ref.name] ?? 0, ref.version) };
+      this.write({
+        active: { ...ref, sizeBytes: model.sizeBytes, revision: desired.revision },
+        previous: previous && previous.sha256 !== ref.sha256 ? previous : this.persisted.previous,
+        highest,
+        appliedRevision: Math.max(this.persisted.appliedRevision, desired.revision),
+        install: undefined,
+      });
+      this.options.onStep?.('activated');
       this.lastError = undefined;
-      this.markApplied(desired.revision);
-      this.options.logger.info({ model: ref.name, version: ref.version }, 'model activated');
-      this.options.onChange({ kind: 'model.activated', model: ref });
+      this.collectGarbage();
+      this.options.logger.info({ model: ref.name, version: ref.version, rollback: checked.rollback }, 'model activated');
+      this.options.onChange({ kind: checked.rollback ? 'model.rolled_back' : 'model.activated', model: ref });
     } catch (err) {
       const error = asDriftlineError(err, 'MODEL_INVALID');
-      this.lastError = error;
-      this.options.logger.error({ model: ref, code: error.code, err: error.message }, 'model update failed; the running model stays');
-      this.options.onChange({ kind: 'model.failed', model: ref, error });
+      // Transient failures are retried on the next resend; refusals are final for this revision.
+      const transient = error.code === 'DOWNLOAD_FAILED' || error.code === 'DOWNLOAD_TIMEOUT' || error.code === 'SHUTTING_DOWN';
+      // A transient failure keeps its install record (and the .part file), so a restart resumes it too.
+      if (!transient) this.write({ ...this.persisted, install: undefined, appliedRevision: Math.max(this.persisted.appliedRevision, desired.revision) });
+      this.fail(ref, error);
     }
   }
 
+  /**
+   * Every check that needs no download: trust chain, signature, consistency with the desired
+   * state, anti-rollback and compatibility. Throws the refusal's code.
+   */
+  private check(desired: DesiredState): { manifest?: ReleaseManifest; rollback: boolean } {
+    const model = desired.model!;
+    const { trust, clock, device } = this.options;
+    if (!ARTIFACT_PATH.test(model.artifactPath) || model.artifactPath.split('/').some((seg) => seg === '..' || seg === '.') || !model.artifactPath.endsWith(model.sha256)) {
+      throw new DriftlineError('RELEASE_MISMATCH', `artifact path ${JSON.stringify(model.artifactPath)} is not the content address of ${model.sha256}`);
+    }
+    if (model.sizeBytes > this.options.maxModelBytes) {
+      throw new DriftlineError('PAYLOAD_TOO_LARGE', `model of ${model.sizeBytes} bytes exceeds the device limit of ${this.options.maxModelBytes}`);
+    }
+    const pinned = trust?.current();
+    if (!pinned) {
+      if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(model.name) || !/^[0-9a-f]{64}$/.test(model.sha256)) {
+        throw new DriftlineError('RELEASE_INVALID', 'invalid model name or sha256 in the desired state');
+      }
+      return { rollback: false };
+    }
+    if (model.envelope.length === 0) throw new DriftlineError('RELEASE_UNSIGNED', `${model.name} v${model.version} is not signed and this device has a pinned root`);
+    const root = trust!.advance(desired.rootChain, clock);
+    const { manifest } = verifyRelease(model.envelope, root.metadata, clock);
+    if (manifest.name !== model.name || manifest.version !== model.version || manifest.artifact.sha256 !== model.sha256 || manifest.artifact.sizeBytes !== model.sizeBytes) {
+      throw new DriftlineError('RELEASE_MISMATCH', `the signed manifest (${manifest.name} v${manifest.version}) does not describe the desired artifact`, {
+        details: { signed: { name: manifest.name, version: manifest.version, sha256: manifest.artifact.sha256, sizeBytes: manifest.artifact.sizeBytes } },
+      });
+    }
+    const active = this.persisted.active;
+    const isActive = active?.name === manifest.name && active.version === manifest.version && active.sha256 === manifest.artifact.sha256;
+    const highest = this.persisted.highest[manifest.name] ?? 0;
+    let rollback = false;
+    if (manifest.version <= highest && !isActive) {
+      if (desired.rollback.length === 0) {
+        throw new DriftlineError('RELEASE_VERSION_REFUSED', `${manifest.name} v${manifest.version} is not newer than v${highest}, the highest ever activated`, {
+          details: { offered: manifest.version, highest },
+        });
+      }
+      verifyRollbackDirective(desired.rollback, root.metadata, clock, {
+        deviceId: device?.deviceId ?? '',
+        model: manifest.name,
+        version: manifest.version,
+        sha256: manifest.artifact.sha256,
+      });
+      rollback = true;
+    }
+    if (device) {
+      const c = manifest.constraints;
+      const incompatible: string[] = [];
+      if (c.arch.length > 0 && !c.arch.includes(device.arch)) incompatible.push(`arch ${device.arch} not in [${c.arch.join(', ')}]`);
+      if (c.providers.length > 0 && !c.providers.some((p) => device.providers.includes(p))) incompatible.push(`none of the providers [${c.providers.join(', ')}]`);
+      if (c.minMemoryBytes > device.memoryBytes) incompatible.push(`needs ${c.minMemoryBytes} bytes of memory`);
+      if (incompatible.length > 0) throw new DriftlineError('RELEASE_INCOMPATIBLE', `${manifest.name} v${manifest.version} does not fit this device: ${incompatible.join('; ')}`);
+    }
+    return { manifest, rollback };
+  }
+
+  private step(state: InstallState, desired: DesiredState): void {
+    this.write({ ...this.persisted, install: { state, desired: DesiredState.toJSON(desired) } });
+    this.options.onStep?.(state);
+  }
+
+  private fail(ref: ModelRef, error: DriftlineError): void {
+    this.lastError = error;
+    this.options.logger.error({ model: ref, code: error.code, err: error.message }, 'model update refused; the running model stays');
+    this.options.onChange({ kind: 'model.failed', model: ref, error });
+  }
+
   private markApplied(revision: number): void {
-    this.appliedRevision = revision;
-    this.options.state.setState(REVISION_KEY, String(revision));
+    this.write({ ...this.persisted, appliedRevision: Math.max(this.persisted.appliedRevision, revision) });
+  }
+
+  private read(): Persisted {
+    const stored = this.options.state.getState(STATE_KEY);
+    if (stored) return JSON.parse(stored) as Persisted;
+    // Agents from before signed releases kept two keys.
+    const legacy = this.options.state.getState(LEGACY_ACTIVE_KEY);
+    const active = legacy ? (JSON.parse(legacy) as Installed) : undefined;
+    return {
+      active: active ? { ...active, sizeBytes: active.sizeBytes ?? 0 } : undefined,
+      highest: active ? { [active.name]: active.version } : {},
+      appliedRevision: Number(this.options.state.getState(LEGACY_REVISION_KEY) ?? 0),
+    };
+  }
+
+  private write(next: Persisted): void {
+    this.options.state.setState(STATE_KEY, JSON.stringify(next));
+    this.persisted = next;
+  }
+
+  private async fileIsIntact(model: ModelRef & { sizeBytes: number }): Promise<boolean> {
+    const path = this.pathFor(model.sha256);
+    if (!existsSync(path)) return false;
+    const hash = createHash('sha256');
+    for await (const chunk of createReadStream(path) as AsyncIterable<Buffer>) hash.update(chunk);
+    return hash.digest('hex') === model.sha256;
+  }
+
+  /** Keeps the active and previous model files and a partial download of the release in flight. */
+  private collectGarbage(): void {
+    const p = this.persisted;
+    const keep = new Set([p.active?.sha256, p.previous?.sha256].filter(Boolean).map((sha) => `${sha}.onnx`));
+    const pending = p.install ? (DesiredState.fromJSON(p.install.desired).model?.sha256 ?? '') : '';
+    for (const file of readdirSync(this.options.modelsDir)) {
+      if (keep.has(file) || (pending && file.startsWith(pending))) continue;
+      if (file.endsWith('.onnx') || file.endsWith('.onnx.part')) rmSync(join(this.options.modelsDir, file), { force: true });
+    }
   }
 
   private pathFor(sha256: string): string {
+    if (!/^[0-9a-f]{64}$/.test(sha256)) throw new DriftlineError('RELEASE_INVALID', 'invalid sha256');
     return join(this.options.modelsDir, `${sha256}.onnx`);
   }
 }
+
+const refOf = (desired: DesiredState): ModelRef => ({
+  name: desired.model?.name ?? '',
+  version: desired.model?.version ?? 0,
+  sha256: desired.model?.sha256 ?? '',
+});
 
 const withSlash = (url: string): string => (url.endsWith('/') ? url : `${url}/`);

@@ -7,11 +7,13 @@ import { DriftlineError } from '../../common/errors.js';
 import { DriftServiceService } from '../../common/proto/driftline/v1/drift.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
+import { ReleaseServiceService } from '../../common/proto/driftline/v1/releases.js';
 import { RolloutServiceService } from '../../common/proto/driftline/v1/rollouts.js';
 import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
 import { driftService } from './drift-service.js';
 import { accessService, deviceService, enrollmentService } from './fleet-services.js';
 import { modelService } from './model-service.js';
+import { releaseService } from './release-service.js';
 import type { ApiDeps } from './ports.js';
 import { rolloutService, type RolloutApiDeps } from './rollout-service.js';
 import type { RpcContext } from './rpc.js';
@@ -35,7 +37,7 @@ export interface GrpcServer {
 const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
 /** Services this server implements; Training and Federated answer UNIMPLEMENTED until they exist. */
-const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService', 'DriftService'].map((s) => `driftline.v1.${s}`);
+const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService', 'DriftService', 'ReleaseService'].map((s) => `driftline.v1.${s}`);
 
 /** The fleet management API. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
@@ -48,6 +50,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(TelemetryServiceService, telemetryService(options, ctx));
   server.addService(AccessServiceService, accessService(options, ctx));
   server.addService(DriftServiceService, driftService(options, ctx));
+  server.addService(ReleaseServiceService, releaseService(options, ctx));
   if (options.rollouts) server.addService(RolloutServiceService, rolloutService(options.rollouts, ctx));
   // Reflection lets grpcurl and other generic tools discover the API without the .proto files.
   new ReflectionService(loadProtos(), { services: options.rollouts ? [...SERVED, 'driftline.v1.RolloutService'] : SERVED }).addToServer(server);

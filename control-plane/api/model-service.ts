@@ -68,12 +68,24 @@ function selectTargets({ fleet }: ApiDeps, deviceIds: readonly string[], selecto
  * Revisions are read and written with no await in between, so concurrent deploys cannot
  * hand a device the same revision twice.
  */
-async function deploy({ fleet, fleetLink, logger }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[]): Promise<number> {
+async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[]): Promise<number> {
+  // With a trust root the signed envelope and the root chain travel with the desired model.
+  const signed = releases?.desiredModel(model);
   const desired = targets.map((device): [string, DesiredState] => [
     device.id,
     {
       revision: (device.desired?.revision ?? 0) + 1,
-      model: { name: model.name, version: model.version, sha256: model.sha256, sizeBytes: model.sizeBytes, artifactPath: artifactPath(model.sha256), driftReference: model.metadata['driftline.reference'] ?? '' },
+      model: signed?.model ?? {
+        name: model.name,
+        version: model.version,
+        sha256: model.sha256,
+        sizeBytes: model.sizeBytes,
+        artifactPath: artifactPath(model.sha256),
+        driftReference: model.metadata['driftline.reference'] ?? '',
+        envelope: Buffer.alloc(0),
+      },
+      rootChain: signed?.rootChain ?? [],
+      rollback: Buffer.alloc(0),
     },
   ]);
   for (const [deviceId, state] of desired) fleet.setDesired(deviceId, state);

@@ -7,6 +7,7 @@ import type { ControlPlaneConfig } from '../config.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { OperatorTokenStore } from '../fleet/operator-tokens.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
+import type { ReleaseStore } from '../registry/release-store.js';
 
 /** How the API reaches devices; the composition root implements it over the broker. */
 export interface FleetLink {
@@ -43,4 +44,6 @@ export interface ApiDeps {
   logger: Logger;
   /** The latest signed root metadata (DSSE envelope) devices pin at enrollment; undefined without a trust root. */
   trustRoot?: () => Buffer | undefined;
+  /** Signed releases; without them ReleaseService answers TRUST_NOT_CONFIGURED and deploys are unsigned. */
+  releases?: ReleaseStore;
 }

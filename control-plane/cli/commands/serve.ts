@@ -21,6 +21,8 @@ interface ServeOptions {
   mqttCa?: string;
   advertiseMqttUrl?: string;
   advertiseHttpUrl?: string;
+  trustRoot?: string;
+  rollbackKey?: string;
   tlsCert?: string;
   tlsKey?: string;
   tlsClientCa?: string;
@@ -49,6 +51,8 @@ export function registerServe(program: Command): void {
     .option('--advertise-mqtt-url <url>', 'broker URL handed to devices at enrollment')
     .option('--advertise-http-url <url>', 'artifact base URL handed to devices')
     .option('--tls-client-ca <file>', 'require gRPC clients to present a certificate this CA signed (mTLS)')
+    .option('--trust-root <path>', 'root metadata for signed releases: the root/ folder of `driftline keys init` (or one root.v<N>.json)')
+    .option('--rollback-key <file>', 'opt in to online signing of rollback directives with this key (passphrase in $DRIFTLINE_ROLLBACK_KEY_PASSPHRASE)')
     .addOption(
       new Option('--log-level <level>', 'log level (logs go to stderr)')
         .choices(['trace', 'debug', 'info', 'warn', 'error', 'silent'])
@@ -110,6 +114,7 @@ function withFlags(file: unknown, o: ServeOptions): ControlPlaneConfigInput {
       advertisedUrl: o.advertiseMqttUrl,
     },
     advertisedHttpUrl: o.advertiseHttpUrl,
+    trust: { root: o.trustRoot, rollbackKey: o.rollbackKey },
   };
   const merged = merge(file, flags) as ControlPlaneConfigInput;
   return isRecord(merged) && merged.dataDir === undefined ? { ...merged, dataDir: DEFAULT_DATA_DIR } : merged;

@@ -1,0 +1,196 @@
+import type { Database } from 'better-sqlite3';
+import type { Clock } from '../../common/clock.js';
+import { DriftlineError } from '../../common/errors.js';
+import { assertModelName } from '../../common/ids.js';
+import type { Logger } from '../../common/logger.js';
+import type { DesiredModel } from '../../common/proto/driftline/v1/device_link.js';
+import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
+import type { Release } from '../../common/proto/driftline/v1/releases.js';
+import type { Signer } from '../../common/trust/keys.js';
+import { verifyRelease } from '../../common/trust/manifest.js';
+import { updateRoot, verifyInitialRoot, type TrustedRoot } from '../../common/trust/root.js';
+import { signRollbackDirective } from '../../common/trust/rollback.js';
+import { applyMigrations } from '../store/database.js';
+import { artifactPath } from './artifact-store.js';
+
+const MIGRATIONS = [
+  `CREATE TABLE releases (
+     name TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     sha256 TEXT NOT NULL,
+     size_bytes INTEGER NOT NULL,
+     key_ids TEXT NOT NULL,
+     envelope BLOB NOT NULL,
+     published_at_ms INTEGER NOT NULL,
+     PRIMARY KEY (name, version)
+   );`,
+];
+
+interface ReleaseRow {
+  name: string;
+  version: number;
+  sha256: string;
+  size_bytes: number;
+  key_ids: string;
+  envelope: Buffer;
+  published_at_ms: number;
+}
+
+export interface ReleaseStoreOptions {
+  db: Database;
+  clock: Clock;
+  logger: Logger;
+  /** Every known root version, oldest first (from `driftline keys init`/`rotate`); empty: no trust root. */
+  rootChain: readonly Buffer[];
+  registry: { resolve(name: string, version: number): ModelVersion };
+  /** The online rollback key, when the operator opted in to online signing of rollback directives. */
+  rollbackSigner?: Signer;
+}
+
+/**
+ * Signed releases beside the model registry: a release is a model version's DSSE-signed
+ * manifest, accepted only when it verifies against the configured root and describes exactly
+ * the stored version (name, version, sha256, size). Versions are assigned by the registry at
+ * upload; the CLI signs the assigned version and publishes the envelope here (two calls).
+ */
+export class ReleaseStore {
+  private readonly root: TrustedRoot | undefined;
+
+  constructor(private readonly options: ReleaseStoreOptions) {
+    applyMigrations(options.db, 'releases', MIGRATIONS);
+    const [first, ...rest] = options.rootChain;
+    // The chain must hold together (the control plane hands it to devices); expiry is checked per use.
+    const far = { now: () => 0 };
+    this.root = first ? updateRoot(verifyInitialRoot(first, far), rest, far) : undefined;
+  }
+
+  get trusted(): boolean {
+    return this.root !== undefined;
+  }
+
+  /** The newest root version devices pin at enrollment. */
+  latestRoot(): Buffer | undefined {
+    return this.root?.envelope;
+  }
+
+  rootChain(): Buffer[] {
+    return [...this.options.rootChain];
+  }
+
+  rootVersion(): { version: number; expiresAtMs: number } | undefined {
+    return this.root ? { version: this.root.metadata.version, expiresAtMs: this.root.metadata.expiresAtMs } : undefined;
+  }
+
+  /**
+   * Stores a signed manifest for a stored version. Publishing the same envelope again is a
+   * no-op; a different envelope for an already signed version is a conflict.
+   */
+  publish(name: string, version: number, envelope: Buffer): Release {
+    if (!this.root) throw new DriftlineError('TRUST_NOT_CONFIGURED', 'the control plane has no trust root (serve --trust-root <keys>/root)');
+    assertModelName(name);
+    const { manifest, keyIds } = verifyRelease(envelope, this.root.metadata, this.options.clock);
+    const stored = this.options.registry.resolve(name, version);
+    if (manifest.name !== stored.name || manifest.version !== stored.version || manifest.artifact.sha256 !== stored.sha256 || manifest.artifact.sizeBytes !== stored.sizeBytes) {
+      throw new DriftlineError('RELEASE_MISMATCH', `the manifest (${manifest.name} v${manifest.version}) does not describe the stored ${stored.name} v${stored.version}`);
+    }
+    const existing = this.row(name, version);
+    if (existing) {
+      if (Buffer.compare(existing.envelope, envelope) === 0) return toRelease(existing);
+      throw new DriftlineError('RELEASE_CONFLICT', `${name} v${version} is already signed`);
+    }
+    const row: ReleaseRow = {
+      name,
+      version,
+      sha256: stored.sha256,
+      size_bytes: stored.sizeBytes,
+      key_ids: JSON.stringify(keyIds),
+      envelope,
+      published_at_ms: this.options.clock.now(),
+    };
+    this.options.db
+      .prepare('INSERT INTO releases (name, version, sha256, size_bytes, key_ids, envelope, published_at_ms) VALUES (@name, @version, @sha256, @size_bytes, @key_ids, @envelope, @published_at_ms)')
+      .run(row);
+    this.options.logger.info({ model: name, version, keyIds }, 'signed release published');
+    return toRelease(row);
+  }
+
+  /** The signed release of a version; version 0 means the latest signed one. */
+  get(name: string, version: number): Release {
+    assertModelName(name);
+    const row =
+      version === 0
+        ? (this.options.db.prepare('SELECT * FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1').get(name) as ReleaseRow | undefined)
+        : this.row(name, version);
+    if (!row) throw new DriftlineError('MODEL_NOT_FOUND', `${name}${version ? ` v${version}` : ''} has no signed release`);
+    return toRelease(row);
+  }
+
+  envelopeOf(name: string, version: number): Buffer | undefined {
+    return this.row(name, version)?.envelope;
+  }
+
+  /**
+   * The desired model for a version, with its signed envelope when there is one, plus the
+   * root chain devices walk. What DeployModel and the rollout engine send.
+   */
+  desiredModel(model: ModelVersion): { model: DesiredModel; rootChain: Buffer[] } {
+    const envelope = this.envelopeOf(model.name, model.version);
+    if (this.root && !envelope) {
+      this.options.logger.warn({ model: model.name, version: model.version }, 'deploying an unsigned version: devices with a pinned root will refuse it');
+    }
+    return {
+      model: {
+        name: model.name,
+        version: model.version,
+        sha256: model.sha256,
+        sizeBytes: model.sizeBytes,
+        artifactPath: artifactPath(model.sha256),
+        driftReference: model.metadata['driftline.reference'] ?? '',
+        envelope: envelope ?? Buffer.alloc(0),
+      },
+      rootChain: envelope ? this.rootChain() : [],
+    };
+  }
+
+  /**
+   * A signed rollback directive allowing `deviceIds` (empty: any device) to go back to
+   * `toVersion` of `model`, signed by the online rollback key; undefined when online signing
+   * is not enabled (devices then refuse the older version, and the operator signs offline).
+   */
+  rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Buffer | undefined {
+    const signer = this.options.rollbackSigner;
+    if (!signer) return undefined;
+    const target = this.options.registry.resolve(input.model, input.toVersion);
+    const now = this.options.clock.now();
+    return signRollbackDirective(
+      {
+        type: 'driftline-rollback',
+        id: input.id,
+        model: input.model,
+        toVersion: input.toVersion,
+        toSha256: target.sha256,
+        deviceIds: [...input.deviceIds],
+        reason: input.reason.slice(0, 1024),
+        issuedAtMs: now,
+        expiresAtMs: now + input.ttlMs,
+      },
+      signer,
+    );
+  }
+
+  private row(name: string, version: number): ReleaseRow | undefined {
+    return this.options.db.prepare('SELECT * FROM releases WHERE name = ? AND version = ?').get(name, version) as ReleaseRow | undefined;
+  }
+}
+
+function toRelease(row: ReleaseRow): Release {
+  return {
+    name: row.name,
+    version: row.version,
+    sha256: row.sha256,
+    sizeBytes: row.size_bytes,
+    keyIds: JSON.parse(row.key_ids) as string[],
+    envelope: Buffer.from(row.envelope),
+    publishedAtMs: row.published_at_ms,
+  };
+}

@@ -1,0 +1,31 @@
+import type { Database } from 'better-sqlite3';
+import type { Clock } from '../../common/clock.js';
+import type { Logger } from '../../common/logger.js';
+import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
+import { readKeyFile, readRootChain } from '../../common/trust/key-files.js';
+import type { ControlPlaneConfig } from '../config.js';
+import { ReleaseStore } from './release-store.js';
+
+/**
+ * Builds the release store from configuration: the root chain from `trust.root`, and the
+ * online rollback key only when the operator opted in with `trust.rollbackKey`. Without a
+ * root, releases are unsigned and the control plane says so loudly.
+ */
+export function openReleaseStore(deps: {
+  db: Database;
+  registry: { resolve(name: string, version: number): ModelVersion };
+  clock: Clock;
+  logger: Logger;
+  trust: ControlPlaneConfig['trust'];
+}): ReleaseStore {
+  const { trust, logger } = deps;
+  const rootChain = trust.root ? readRootChain(trust.root) : [];
+  if (rootChain.length === 0) {
+    logger.warn('no trust root configured (serve --trust-root): devices enrolled now accept unsigned models; run `driftline keys init` and restart with --trust-root');
+  }
+  const rollbackSigner = trust.rollbackKey ? readKeyFile(trust.rollbackKey, process.env[trust.rollbackKeyPassphraseEnv]) : undefined;
+  const store = new ReleaseStore({ db: deps.db, clock: deps.clock, logger, rootChain, registry: deps.registry, rollbackSigner });
+  const root = store.rootVersion();
+  if (root) logger.info({ rootVersion: root.version, expiresAtMs: root.expiresAtMs, onlineRollbackSigning: Boolean(rollbackSigner) }, 'signed releases enabled');
+  return store;
+}
