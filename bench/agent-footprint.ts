@@ -1,0 +1,242 @@
+/**
+ * `npm run bench:agent-footprint [-- --minutes 10 --binary dist/driftline-agent-linux-x64 --runs 5 --concurrency 4]`
+ *
+ * The packaged agent's footprint: binary size, start-to-ready time (an enrolled data folder
+ * with the demo model active, against a control plane), idle RSS with the model loaded, and
+ * RSS during and after `--minutes` of steady inference (a leak shows as growth). Builds the
+ * binary first unless --binary is given. Progress goes to stderr; the last stdout line is JSON.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { credentials, Metadata } from '@grpc/grpc-js';
+import { silentLogger } from '../common/logger.js';
+import { DeviceServiceClient } from '../common/proto/driftline/v1/fleet.js';
+import { ModelServiceClient } from '../common/proto/driftline/v1/models.js';
+import { startControlPlane } from '../control-plane/server.js';
+import { buildDemoModel } from '../demo/model/demo-model.js';
+import { vibrationRowSampler } from '../demo/model/vibration-data.js';
+import { buildAgentBinary } from '../packaging/build-agent.js';
+import { createHash } from 'node:crypto';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
+const TARGETS = { idle_rss_mb: 80, ready_ms: 1500 };
+const log = (line: string): void => void process.stderr.write(`[agent-footprint] ${line}\n`);
+const mb = (kb: number): number => Math.round((kb / 1024) * 10) / 10;
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+const { values } = parseArgs({
+  options: {
+    minutes: { type: 'string', default: '10' },
+    binary: { type: 'string' },
+    runs: { type: 'string', default: '5' },
+    concurrency: { type: 'string', default: '4' },
+  },
+});
+const minutes = Number(values.minutes);
+const runs = Number(values.runs);
+const concurrency = Number(values.concurrency);
+if (!(minutes >= 0) || !(runs >= 1) || !(concurrency >= 1)) throw new Error('--minutes, --runs and --concurrency must be positive numbers');
+
+interface Agent {
+  child: ChildProcess;
+  readyMs: number;
+  localApi: string;
+  exited: Promise<number | null>;
+}
+
+const scratch = mkdtempSync(join(tmpdir(), 'driftline-footprint-'));
+const home = join(scratch, 'home');
+const env = { PATH: '/usr/bin:/bin', HOME: home, DRIFTLINE_LOG_LEVEL: 'warn', DRIFTLINE_AGENT_NATIVE_DIR: join(scratch, 'native') };
+
+function startAgent(binary: string, args: string[]): Promise<Agent> {
+  const started = process.hrtime.bigint();
+  const child = spawn(binary, ['run', ...args], { cwd: scratch, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  return new Promise((res, rej) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      const m = line.match(READY);
+      if (m) res({ child, readyMs: Number(process.hrtime.bigint() - started) / 1e6, localApi: m[2]!, exited });
+    });
+    void exited.then((code) => rej(new Error(`agent exited with ${code} before ready:\n${stderr}`)));
+  });
+}
+
+async function stop(agent: Agent): Promise<number | null> {
+  agent.child.kill('SIGTERM');
+  return agent.exited;
+}
+
+/** RSS of a process and the part of it that is onnxruntime's library and the binary's own pages. */
+function memory(pid: number): { rss: number; anon: number; file: number; onnxruntime: number; binary: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string): number => Number(status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm'))?.[1] ?? 0);
+  let onnxruntime = 0;
+  let binary = 0;
+  let current = '';
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const header = line.match(/^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/);
+    if (header) current = header[1] ?? '';
+    else if (line.startsWith('Rss:')) {
+      const kb = Number(line.split(/\s+/)[1]);
+      if (current.includes('libonnxruntime')) onnxruntime += kb;
+      else if (current.endsWith('driftline-agent-linux-x64') || current.endsWith('driftline-agent-linux-arm64') || current === binaryPath) binary += kb;
+    }
+  }
+  return { rss: field('VmRSS'), anon: field('RssAnon'), file: field('RssFile'), onnxruntime, binary };
+}
+
+async function infer(localApi: string, row: number[]): Promise<boolean> {
+  const response = await fetch(`${localApi}/v2/models/vibration/infer`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ inputs: [{ name: 'features', shape: [1, row.length], datatype: 'FP32', data: row }] }),
+  });
+  await response.arrayBuffer();
+  return response.ok;
+}
+
+async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+let binaryPath = '';
+async function main(): Promise<void> {
+  binaryPath = resolve(values.binary ?? join(ROOT, 'dist', `driftline-agent-linux-${process.arch}`));
+  if (!values.binary) {
+    log(`building ${binaryPath}`);
+    await buildAgentBinary({
+      arch: process.arch as 'x64' | 'arm64',
+      node: process.execPath,
+      sqliteAddon: join(ROOT, 'node_modules', 'better-sqlite3', 'build', 'Release', 'better_sqlite3.node'),
+      out: binaryPath,
+      strip: true,
+      log,
+    });
+  }
+  const binaryBytes = statSync(binaryPath).size;
+
+  // First start of this binary: extracting the embedded addons (then `--version` with them cached).
+  const timed = (args: string[]): number => {
+    const t = process.hrtime.bigint();
+    const r = spawnSync(binaryPath, args, { cwd: scratch, env, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${args.join(' ')} failed: ${r.stderr}`);
+    return Number(process.hrtime.bigint() - t) / 1e6;
+  };
+  const firstStartMs = timed(['--version']);
+  const cachedStartMs = timed(['--version']);
+
+  const cp = await startControlPlane({ dataDir: join(scratch, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
+  const metadata = new Metadata();
+  metadata.set('authorization', `Bearer ${readFileSync(cp.adminTokenFile, 'utf8').trim()}`);
+  const devices = new DeviceServiceClient(cp.addresses.grpc, credentials.createInsecure());
+  const models = new ModelServiceClient(cp.addresses.grpc, credentials.createInsecure());
+  const unary = <T>(fn: (cb: (err: Error | null, v: T) => void) => void): Promise<T> => new Promise((res, rej) => fn((err, v) => (err ? rej(err) : res(v))));
+  const dataDir = join(scratch, 'agent');
+  const results: Record<string, unknown> = {};
+  try {
+    // Enroll once and activate the demo model, so later starts restore it from the data folder.
+    const { token } = await unary<{ token: string }>((cb) => devices.createEnrollmentToken({ deviceId: 'footprint-1', labels: {}, ttlSeconds: 600 }, metadata, cb));
+    let agent = await startAgent(binaryPath, ['--device-id', 'footprint-1', '--enroll-token', token, '--server', cp.addresses.grpc, '--data-dir', dataDir, '--local-port', '0']);
+    const model = buildDemoModel().bytes;
+    await new Promise<void>((res, rej) => {
+      const stream = models.uploadModel(metadata, (err) => (err ? rej(err) : res()));
+      stream.write({ part: { $case: 'header', value: { name: 'vibration', sizeBytes: model.length, sha256: createHash('sha256').update(model).digest('hex'), description: 'footprint', metadata: {} } } });
+      stream.write({ part: { $case: 'chunk', value: Buffer.from(model) } });
+      stream.end();
+    });
+    await unary((cb) => models.deployModel({ name: 'vibration', version: 0, deviceIds: [], selector: '' }, metadata, cb));
+    const sample = vibrationRowSampler(11);
+    await waitUntil('the demo model on the agent', () => infer(agent.localApi, sample().features));
+    await stop(agent);
+    log(`enrolled; binary ${(binaryBytes / 1048576).toFixed(1)} MB; first start (extracting addons) ${firstStartMs.toFixed(0)} ms, cached ${cachedStartMs.toFixed(0)} ms`);
+
+    // Start to ready, as an installed, enrolled device restarts.
+    const readyRuns: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      agent = await startAgent(binaryPath, ['--data-dir', dataDir, '--local-port', '0']);
+      readyRuns.push(Math.round(agent.readyMs));
+      if (i < runs - 1) await stop(agent);
+    }
+    log(`ready in ${readyRuns.join(', ')} ms`);
+
+    // Idle with the model loaded: let start-up garbage settle, then sample.
+    await waitUntil('the restored model', async () => (await fetch(`${agent.localApi}/v2/models/vibration/ready`)).ok);
+    await new Promise((r) => setTimeout(r, 3000));
+    const idle = memory(agent.child.pid!);
+    log(`idle RSS ${mb(idle.rss)} MB (anon ${mb(idle.anon)}, file ${mb(idle.file)}; libonnxruntime ${mb(idle.onnxruntime)}, binary ${mb(idle.binary)})`);
+
+    // Steady inference: `concurrency` callers back to back for `minutes`.
+    const until = Date.now() + minutes * 60_000;
+    let inferences = 0;
+    let failures = 0;
+    const samples: Array<{ t: number; rss: number }> = [];
+    const sampler = setInterval(() => samples.push({ t: Date.now(), rss: memory(agent.child.pid!).rss }), 5000);
+    const started = Date.now();
+    await Promise.all(
+      Array.from({ length: concurrency }, async (_, k) => {
+        const rows = vibrationRowSampler(100 + k);
+        while (Date.now() < until) {
+          if (await infer(agent.localApi, rows().features).catch(() => false)) inferences++;
+          else failures++;
+        }
+      }),
+    );
+    clearInterval(sampler);
+    const seconds = (Date.now() - started) / 1000;
+    const after = memory(agent.child.pid!);
+    // Growth over the second half of the run, when warm-up allocations are done.
+    const late = samples.filter((s) => s.t >= started + (seconds * 1000) / 2);
+    const growth = late.length >= 2 ? (late.at(-1)!.rss - late[0]!.rss) / 1024 / ((late.at(-1)!.t - late[0]!.t) / 60_000) : null;
+    log(`${inferences} inferences in ${seconds.toFixed(0)} s (${failures} failed); RSS after ${mb(after.rss)} MB, max ${mb(Math.max(after.rss, ...samples.map((s) => s.rss)))} MB`);
+    const exit = await stop(agent);
+
+    Object.assign(results, {
+      binary_mb: Math.round((binaryBytes / 1048576) * 10) / 10,
+      ready_ms: median(readyRuns),
+      ready_ms_runs: readyRuns,
+      first_start_extract_ms: Math.round(firstStartMs),
+      cached_version_ms: Math.round(cachedStartMs),
+      idle_rss_mb: mb(idle.rss),
+      idle_rss_anon_mb: mb(idle.anon),
+      idle_rss_file_mb: mb(idle.file),
+      idle_rss_onnxruntime_lib_mb: mb(idle.onnxruntime),
+      idle_rss_binary_pages_mb: mb(idle.binary),
+      minutes,
+      inferences,
+      inference_failures: failures,
+      inferences_per_s: Math.round(inferences / Math.max(seconds, 1e-9)),
+      rss_after_load_mb: mb(after.rss),
+      rss_max_mb: mb(Math.max(after.rss, ...samples.map((s) => s.rss))),
+      rss_growth_mb_per_min: growth === null ? null : Math.round(growth * 100) / 100,
+      clean_exit: exit === 0,
+      targets: TARGETS,
+      met: { idle_rss_mb: mb(idle.rss) <= TARGETS.idle_rss_mb, ready_ms: median(readyRuns) <= TARGETS.ready_ms },
+    });
+  } finally {
+    devices.close();
+    models.close();
+    await cp.shutdown();
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  process.stdout.write(`${JSON.stringify(results)}\n`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`bench:agent-footprint failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exit(1);
+  },
+);
