@@ -340,6 +340,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
 function observed(engine: InferenceService, drift: DriftMonitor): InferenceService {
   return {
     active: () => engine.active(),
+    queueStats: () => engine.queueStats(),
     async infer(model, inputs, options) {
       const started = performance.now();
       try {

@@ -32,6 +32,20 @@ export const agentConfigSchema = z
       .object({
         /** FULL: nothing committed is lost even on power loss. NORMAL: faster; the last commits may be lost on power loss. */
         synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
+        /** Disk budget for buffered records; when full, the oldest records of the lowest-priority stream go (counted, reported). */
+        maxBytes: byteSize.prefault('256MiB'),
+        /** Per-stream record quotas (0: only the budget applies). */
+        quotas: z
+          .object({
+            events: z.number().int().nonnegative().default(100_000),
+            inference: z.number().int().nonnegative().default(2_000_000),
+            system: z.number().int().nonnegative().default(100_000),
+            samples: z.number().int().nonnegative().default(10_000),
+          })
+          .strict()
+          .prefault({}),
+        /** Records older than this are dropped (counted); 0: kept until acknowledged or evicted. */
+        ttl: duration.prefault('7d'),
       })
       .strict()
       .prefault({}),
@@ -41,6 +55,12 @@ export const agentConfigSchema = z
         maxInflightBatches: z.number().int().min(1).max(64).default(4),
         batchDelay: duration.prefault('50ms'),
         ackTimeout: duration.prefault('15s'),
+        /** Batches at least this large are deflated when that saves 10 % or more; 0: never. */
+        compressMinBytes: byteSize.prefault('2KiB'),
+        /** Upload cap in bytes per second; 0: none (the firmware profile will set it). */
+        maxBytesPerSecond: byteSize.prefault(0),
+        /** While a backlog drains, every Nth batch carries the newest records; 0: strictly oldest first. */
+        liveEvery: z.number().int().nonnegative().default(4),
       })
       .strict()
       .prefault({}),
@@ -68,6 +88,10 @@ export const agentConfigSchema = z
         system: cronExpression.default('*/30 * * * * *'),
         /** Checks for unacknowledged telemetry to resend. */
         uplinkCheck: cronExpression.default('*/5 * * * * *'),
+        /** Closes a drift window: its sketch goes up as telemetry. */
+        driftWindow: cronExpression.default('*/15 * * * * *'),
+        /** Buffer TTL, compaction and the report of records dropped by policy. */
+        bufferMaintenance: cronExpression.default('0 * * * * *'),
       })
       .strict()
       .prefault({}),

@@ -42,3 +42,14 @@ export interface TelemetryBuffer {
   dropped(): DropCounts;
   close(): Promise<void>;
 }
+
+const STREAM_NAMES: Record<number, string> = { 1: 'events', 2: 'inference', 3: 'system', 4: 'samples' };
+
+/** Drop counts as event attributes: `inference.budget` = "12", ... (non-zero entries only). */
+export function dropAttributes(drops: DropCounts): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [stream, reasons] of Object.entries(drops)) {
+    for (const [reason, n] of Object.entries(reasons)) if (n > 0) out[`${STREAM_NAMES[Number(stream)] ?? stream}.${reason}`] = String(n);
+  }
+  return out;
+}

@@ -2,6 +2,7 @@ import { statfsSync } from 'node:fs';
 import { freemem } from 'node:os';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
+import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
 import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
 import type { TelemetryBuffer } from '../buffer/ports.js';
 
@@ -32,6 +33,11 @@ export class TelemetryRecorder {
 
   event(kind: string, message: string, attributes: Record<string, string> = {}): void {
     this.record(Stream.STREAM_EVENTS, { $case: 'event', value: { kind, message, attributes } satisfies EventRecord });
+  }
+
+  /** A window's drift sketch: aggregated inference data, so it shares the inference stream's priority. */
+  drift(sketch: DriftSketch): void {
+    this.record(Stream.STREAM_INFERENCE, { $case: 'drift', value: sketch });
   }
 
   system(dataDir: string): void {
