@@ -1,7 +1,8 @@
 /**
  * Bad telemetry from an authenticated device: a device with its real credential (enrolled
  * through the gRPC API) publishes malformed protobuf and oversized payloads on its own
- * up/telemetry topic. The control plane must keep running, count each malformed batch as
+ * up/telemetry topic, deflated batches that are not zlib or inflate past the ingest's ceiling
+ * included. The control plane must keep running, count each malformed batch as
  * rejected, acknowledge none of them, store nothing from them, and still store and
  * acknowledge the device's next valid batch. The broker itself disconnects a device that
  * sends a payload above the packet limit.
@@ -9,6 +10,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { deflateSync } from 'node:zlib';
 import { credentials } from '@grpc/grpc-js';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,7 +32,9 @@ import { closed, connectClient } from './helpers/mqtt.js';
 import { waitFor } from './helpers/processes.js';
 
 const DEVICE = 'edge-bad-telemetry';
-const MAX_PACKET_BYTES = 64 * 1024;
+const MAX_PACKET_BYTES = 256 * 1024;
+/** The ingest's default ceiling for an inflated batch (control-plane/telemetry/ingest.ts). */
+const MAX_INFLATED_BYTES = 64 * 1024 * 1024;
 const MAX_RECORDS_PER_BATCH = 50;
 const BOOT = 1;
 
@@ -47,6 +51,8 @@ const inference = (seq: number, latencyMs = 4.2): TelemetryRecord =>
   });
 const batch = (...records: TelemetryRecord[]): Buffer => Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: 1_700_000_000_000 })).finish());
 
+const deflated = (bytes: Buffer): Buffer => Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ deflated: bytes, sentAtMs: 1_700_000_000_000 })).finish());
+
 /** Each malformed batch, built around the seq that the valid batch after it then uses. */
 const malformed: Array<[string, (seq: number) => Buffer]> = [
   ['bytes that are not protobuf', () => Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])],
@@ -59,6 +65,10 @@ const malformed: Array<[string, (seq: number) => Buffer]> = [
   ['a record without a body', (seq) => batch({ ...inference(seq), body: undefined })],
   ['more records than a batch may hold', (seq) => batch(...Array.from({ length: MAX_RECORDS_PER_BATCH + 1 }, (_, i) => inference(seq + i)))],
   ['text that protobuf reads as an empty batch', () => Buffer.from('this is not protobuf')],
+  ['a deflated batch that is not zlib', () => deflated(Buffer.from('not zlib at all'))],
+  ['a deflated batch that inflates to bytes that are not protobuf', () => deflated(deflateSync(Buffer.alloc(64, 0xff)))],
+  // A few hundred kilobytes on the wire, more than the ceiling once inflated.
+  ['a deflated batch that inflates beyond the limit', () => deflated(deflateSync(Buffer.alloc(MAX_INFLATED_BYTES + 1024), { level: 9 }))],
 ];
 
 describe('bad inputs - telemetry from an authenticated device', () => {
