@@ -41,6 +41,36 @@ export const controlPlaneConfigSchema = z
     ingest: z
       .object({
         maxRecordsPerBatch: z.number().int().positive().default(10_000),
+        /** A deflated batch may inflate to at most this. */
+        maxInflatedBytes: byteSize.prefault('64MiB'),
+      })
+      .strict()
+      .prefault({}),
+    /** How long telemetry is kept: raw records by arrival, rollups by bucket. */
+    telemetry: z
+      .object({
+        rawRetention: duration.prefault('7d'),
+        minuteRollupRetention: duration.prefault('48h'),
+        hourRollupRetention: duration.prefault('90d'),
+        pruneInterval: duration.prefault('10m'),
+      })
+      .strict()
+      .prefault({}),
+    /** Fleet drift tests on merged sketches. */
+    drift: z
+      .object({
+        /** Window drift status covers when a request names none. */
+        window: duration.prefault('15m'),
+        /** Windows up to this long use 1-minute buckets, longer ones 1-hour buckets. */
+        minuteBucketsUpTo: duration.prefault('6h'),
+        psiWarn: z.number().positive().default(0.1),
+        psiAlert: z.number().positive().default(0.2),
+        jensenShannon: z.number().positive().default(0.1),
+        /** Significance after Benjamini-Hochberg correction across features. */
+        alpha: z.number().gt(0).lt(1).default(0.05),
+        /** Share of drifted features at which the dataset counts as drifted (alert). */
+        datasetShare: z.number().gt(0).max(1).default(0.5),
+        minRows: z.number().int().positive().default(100),
       })
       .strict()
       .prefault({}),

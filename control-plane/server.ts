@@ -23,6 +23,8 @@ import { SqliteRolloutRepository } from './rollout/sqlite-rollout-repository.js'
 import { openDatabase } from './store/database.js';
 import { TelemetryIngest } from './telemetry/ingest.js';
 import { SqliteTelemetryRepository } from './telemetry/sqlite-telemetry-repository.js';
+import { BUCKET_HOUR_MS, BUCKET_MINUTE_MS, SqliteDriftRepository } from './drift/sqlite-drift-repository.js';
+import { driftQueries, driftRecordSink } from './drift/wiring.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -55,7 +57,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const artifacts = new ArtifactStore(join(config.dataDir, 'artifacts'));
   const registry = new ModelRegistry({ db, artifacts, clock, maxModelBytes: config.maxModelBytes });
   const releases = openReleaseStore({ db, registry, clock, logger, trust: config.trust });
-  const telemetry = new SqliteTelemetryRepository(db);
+  const drift = new SqliteDriftRepository(db, logger);
+  const telemetry = new SqliteTelemetryRepository(db, [driftRecordSink(drift)]);
   const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
 
   let embedded: EmbeddedBroker | undefined;
@@ -80,6 +83,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       clock,
       logger,
       maxRecordsPerBatch: config.ingest.maxRecordsPerBatch,
+      maxInflatedBytes: config.ingest.maxInflatedBytes,
     });
     const requireLink = (): ServiceLink => {
       if (!link) throw new Error('device link not connected yet');
@@ -134,6 +138,30 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     gauge('driftline_ingest_rejected_batches_total', 'Telemetry batches rejected as malformed', () => ingest.stats.rejectedBatches);
     gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => embedded?.stats.refusedConnects ?? 0);
     gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => embedded?.stats.refusedPublishes ?? 0);
+    gauge('driftline_ingest_lag_seconds', 'Age of the oldest record in the last committed batch (device clock corrected)', () => ingest.stats.lagMs / 1000);
+    gauge('driftline_drift_sketches_rejected_total', 'Drift sketches stored but left out of the rollups', () => drift.rejectedSketches);
+    new Gauge({
+      name: 'driftline_device_last_seen_seconds',
+      help: 'Seconds since each device was last seen',
+      labelNames: ['device'],
+      registers: [metrics],
+      collect() {
+        this.reset();
+        for (const d of fleet.list()) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
+      },
+    });
+    const pruner = setInterval(() => {
+      const now = clock.now();
+      try {
+        telemetry.prune(now, { rawMs: config.telemetry.rawRetention, minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention });
+        drift.pruneOlderThan(BUCKET_MINUTE_MS, now - config.telemetry.minuteRollupRetention);
+        drift.pruneOlderThan(BUCKET_HOUR_MS, now - config.telemetry.hourRollupRetention);
+      } catch (err) {
+        logger.warn({ err }, 'telemetry retention pass failed');
+      }
+    }, config.telemetry.pruneInterval);
+    pruner.unref();
+    closers.push(async () => clearInterval(pruner));
     gauge('driftline_devices_online', 'Devices seen within the online window', () => {
       const since = clock.now() - config.onlineWindow;
       return fleet.list().filter((d) => d.lastSeenMs >= since).length;
@@ -175,6 +203,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       releases,
       trustRoot: () => releases.latestRoot(),
       telemetry,
+      drift: driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } }),
       fleetLink: {
         publishDesired: (deviceId, desired) => requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true }),
         disconnectDevice: (deviceId) => {

@@ -31,6 +31,8 @@ export interface IngestStats {
   recordsStored: number;
   duplicates: number;
   rejectedBatches: number;
+  /** Age of the oldest record of the last committed batch, device clock corrected. */
+  lagMs: number;
 }
 
 /**
@@ -40,7 +42,7 @@ export interface IngestStats {
  * the broker has tied to the authenticated client; payloads never name their sender.
  */
 export class TelemetryIngest {
-  readonly stats: IngestStats = { batches: 0, recordsStored: 0, duplicates: 0, rejectedBatches: 0 };
+  readonly stats: IngestStats = { batches: 0, recordsStored: 0, duplicates: 0, rejectedBatches: 0, lagMs: 0 };
 
   constructor(private readonly options: IngestOptions) {}
 
@@ -75,6 +77,7 @@ export class TelemetryIngest {
     const offset = batch.sentAtMs > 0 ? now - batch.sentAtMs : 0;
     const { stored, duplicates } = this.options.repository.commit(deviceId, batch.records, now, offset);
     this.stats.batches++;
+    if (batch.records.length > 0) this.stats.lagMs = Math.max(0, now - (batch.records.reduce((m, r) => Math.min(m, r.timeMs), Infinity) + offset));
     this.stats.recordsStored += stored;
     this.stats.duplicates += duplicates;
     const ack = TelemetryAck.encode({ ranges: toRanges(batch.records), stored, duplicates }).finish();

@@ -1,0 +1,48 @@
+import type { Clock } from '../../common/clock.js';
+import { REFERENCE_METADATA_KEY } from '../../common/drift/reference.js';
+import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
+import type { FleetStore } from '../fleet/fleet-store.js';
+import type { ModelRegistry } from '../registry/model-registry.js';
+import type { RecordSink } from '../telemetry/sqlite-telemetry-repository.js';
+import type { DriftThresholds } from './evaluate.js';
+import type { DriftLookups, SqliteDriftRepository } from './sqlite-drift-repository.js';
+
+/** The device label that names a device's cohort in drift status. */
+export const COHORT_LABEL = 'cohort';
+
+/** Feeds drift sketches, as they are committed, into the drift rollups. */
+export const driftRecordSink =
+  (drift: SqliteDriftRepository): RecordSink =>
+  (deviceId, record, atMs) => {
+    if (record.body?.$case === 'drift') drift.add(deviceId, record.body.value, atMs);
+  };
+
+export interface DriftQueryConfig {
+  window: number;
+  minuteBucketsUpTo: number;
+  thresholds: DriftThresholds;
+}
+
+/** Drift status answered from the rollups, with references from the registry and cohorts from device labels. */
+export function driftQueries(deps: { drift: SqliteDriftRepository; registry: ModelRegistry; fleet: FleetStore; config: DriftQueryConfig; clock: Clock }): { status(request: DriftStatusRequest): DriftStatus[] } {
+  const lookups: DriftLookups = {
+    reference(model, version) {
+      try {
+        return deps.registry.resolve(model, version).metadata[REFERENCE_METADATA_KEY];
+      } catch {
+        return undefined;
+      }
+    },
+    cohort(deviceId) {
+      try {
+        return deps.fleet.get(deviceId).labels[COHORT_LABEL] ?? '';
+      } catch {
+        return '';
+      }
+    },
+  };
+  return {
+    status: (request) =>
+      deps.drift.status(request, lookups, { thresholds: deps.config.thresholds, defaultWindowMs: deps.config.window, minuteBucketsUpToMs: deps.config.minuteBucketsUpTo }, deps.clock.now()),
+  };
+}
