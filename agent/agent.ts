@@ -14,7 +14,11 @@ import { enrollOverGrpc } from './enrollment/grpc-enrollment.js';
 import { readIdentity, writeIdentity, type DeviceIdentity } from './enrollment/identity.js';
 import { InferenceEngine } from './inference/engine.js';
 import { registerInferenceMetrics } from './inference/metrics.js';
-import { createOnnxRuntime } from './inference/onnxruntime-runtime.js';
+import { preloadOnnxRuntimeLibrary } from './inference/onnxruntime-library.js';
+import { chooseProfile, type HostProbe } from './profiles/detect.js';
+import { systemHostProbe } from './profiles/host-probe.js';
+import { inferenceSettings, providerWarnings } from './profiles/inference-settings.js';
+import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import { startLocalApi } from './local-api/server.js';
 import { runGoldenSelfTest } from './models/golden-self-test.js';
 import { ModelManager } from './models/model-manager.js';
@@ -55,7 +59,7 @@ const ENROLL_TIMEOUT_MS = 15_000;
  * Enrolls the device if it has to, then wires buffer, uplink, inference, model manager
  * and local API together. Nothing here handles signals: the entry point does.
  */
-export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: Logger; clock?: Clock }): Promise<AgentHandle> {
+export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: Logger; clock?: Clock; hostProbe?: HostProbe }): Promise<AgentHandle> {
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
   const startedAt = clock.now();
@@ -63,7 +67,23 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   let finalDepth: number | undefined;
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
 
-  const firmwareProfile = config.firmwareProfile === 'auto' ? `generic-${arch() === 'arm64' ? 'arm64' : 'x86_64'}-cpu` : config.firmwareProfile;
+  // The firmware profile (named, or detected from the host's facts) supplies providers, threads, batching and limits; config overrides.
+  const hostFacts = await (deps.hostProbe ?? systemHostProbe()).facts();
+  const profileChoice = chooseProfile(config.firmwareProfile, loadFirmwareProfiles(config.inference.profilesDir), hostFacts);
+  const firmwareProfile = profileChoice.profile.name;
+  const inference = inferenceSettings(profileChoice.profile, {
+    ...config.inference,
+    batching: { ...config.inference.batching, maxQueueDelayMs: config.inference.batching.maxQueueDelay },
+    maxModelBytes: config.maxModelBytes,
+  });
+  // A device-specific onnxruntime (Jetson) must be in the process before onnxruntime-node's binding loads.
+  if (inference.libraryPath !== undefined) logger.info({ library: preloadOnnxRuntimeLibrary(inference.libraryPath) }, 'onnxruntime library loaded');
+  const { createOnnxRuntime } = await import('./inference/onnxruntime-runtime.js');
+  const runtime = createOnnxRuntime({ logger, libraryPath: inference.libraryPath });
+  const providerNames = inference.providers.map((p) => p.name);
+  const warnings = [...profileChoice.warnings, ...providerWarnings(inference, runtime.availableProviders(), hostFacts)];
+  logger.info({ firmwareProfile, reason: profileChoice.reason, providers: providerNames, batching: inference.batching, maxModelBytes: inference.maxModelBytes }, 'firmware profile');
+  for (const warning of warnings) logger.warn({ firmwareProfile }, warning);
   const identity = await ensureIdentity(config, firmwareProfile, logger, clock);
   const deviceId = identity.deviceId;
   const { quotas } = config.buffer;
@@ -146,8 +166,11 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
 
   const inferenceMetrics = registerInferenceMetrics(metrics);
   const engine = await InferenceEngine.create({
-    runtime: createOnnxRuntime({ logger }),
-    providers: config.inference.providers,
+    runtime,
+    providers: inference.providers,
+    intraOpThreads: inference.intraOpThreads,
+    interOpThreads: inference.interOpThreads,
+    batching: inference.batching,
     logger,
     clock,
     observer: {
@@ -175,13 +198,13 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     artifactBaseUrl: identity.artifactBaseUrl,
     credential: { username: identity.mqttUsername, password: identity.mqttPassword },
     downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS,
-    maxModelBytes: config.maxModelBytes,
+    maxModelBytes: inference.maxModelBytes,
     logger,
     clock,
     // Signed releases: verified against the root pinned at enrollment (none pinned: unsigned mode).
     trust: PinnedRoot.open(config.dataDir),
-    device: { deviceId, arch: arch() === 'arm64' ? 'arm64' : 'x86_64', providers: config.inference.providers, memoryBytes: totalmem() },
-    selfTest: (path, golden) => runGoldenSelfTest(createOnnxRuntime({ logger }), config.inference.providers, path, golden),
+    device: { deviceId, arch: arch() === 'arm64' ? 'arm64' : 'x86_64', providers: providerNames, memoryBytes: totalmem() },
+    selfTest: (path, golden) => runGoldenSelfTest(runtime, providerNames, path, golden),
     onChange(change) {
       recorder.event(change.kind, change.error?.message ?? `${change.model.name} v${change.model.version}`, {
         model: change.model.name,
@@ -211,7 +234,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       lastError: error?.message ?? '',
       droppedRecords: recorder.dropped + buffer.droppedTotal(),
       reportedAtMs: clock.now(),
-      warnings: [],
+      warnings,
     };
     await uplink.publish('state', ReportedState.encode(reported).finish()).catch((err: unknown) => logger.debug({ err }, 'state report not sent'));
   }
@@ -278,6 +301,9 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
         recordsDropped: recorder.dropped,
         recordsAcknowledged: uploader.stats.recordsAcknowledged,
         activeModel: engine.active() ?? null,
+        firmwareProfile,
+        warnings,
+        inferenceQueue: engine.queueStats(),
       },
     }),
     metrics,
@@ -286,11 +312,12 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     port: config.localApi.port,
     socketPath: config.localApi.socketPath,
     maxBodyBytes: config.localApi.maxBodyBytes,
+    inferTimeoutMs: config.inference.timeout,
   });
 
   const tasks: ScheduledTask[] = [
-    cron.schedule(config.schedule.heartbeat, () => reportState(), { noOverlap: true, name: 'heartbeat' }),
-    cron.schedule(config.schedule.system, () => recorder.system(config.dataDir), { noOverlap: true, name: 'system-metrics' }),
+    cron.schedule(config.schedule.heartbeat ?? profileChoice.profile.telemetry.heartbeat, () => reportState(), { noOverlap: true, name: 'heartbeat' }),
+    cron.schedule(config.schedule.system ?? profileChoice.profile.telemetry.system, () => recorder.system(config.dataDir), { noOverlap: true, name: 'system-metrics' }),
     cron.schedule(config.schedule.uplinkCheck, () => uploader.checkTimeouts(), { noOverlap: true, name: 'uplink-check' }),
     cron.schedule(config.schedule.driftWindow, () => drift.flush(), { noOverlap: true, name: 'drift-window' }),
     cron.schedule(config.schedule.bufferMaintenance, maintainBuffer, { noOverlap: true, name: 'buffer-maintenance' }),

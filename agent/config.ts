@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { byteSize, duration, parseConfig, readConfigFile } from '../common/config.js';
+import { EXECUTION_PROVIDERS } from '../common/firmware-profile.js';
 
 const cronExpression = z.string().regex(/^(\S+\s+){4,5}\S+$/, 'expected a cron expression (5 or 6 fields)');
 
@@ -73,19 +74,38 @@ export const agentConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Overrides of the firmware profile's inference settings; absent fields come from the profile. */
     inference: z
       .object({
-        /** Execution providers in order of preference; the firmware profile supplies these later. */
-        providers: z.array(z.enum(['tensorrt', 'cuda', 'cpu'])).min(1).default(['cpu']),
+        /** Execution providers in order of preference (the profile's options for each are kept). */
+        providers: z.array(z.enum(EXECUTION_PROVIDERS)).min(1).optional(),
+        intraOpThreads: z.number().int().min(0).optional(),
+        interOpThreads: z.number().int().min(0).optional(),
+        /** Folder with an onnxruntime library built for this device (Jetson: for its JetPack). */
+        libraryPath: z.string().min(1).optional(),
+        batching: z
+          .object({
+            defaultBatch: z.number().int().min(1).optional(),
+            maxBatch: z.number().int().min(1).optional(),
+            maxQueueDelay: duration.optional(),
+            maxQueue: z.number().int().min(1).optional(),
+            concurrency: z.number().int().min(1).optional(),
+          })
+          .strict()
+          .prefault({}),
+        /** Deadline for each local API request; none when absent. */
+        timeout: duration.optional(),
+        /** A folder of firmware profiles instead of the shipped ones. */
+        profilesDir: z.string().min(1).optional(),
       })
       .strict()
       .prefault({}),
     schedule: z
       .object({
-        /** Reported state (heartbeat), with seconds: node-cron syntax. */
-        heartbeat: cronExpression.default('*/15 * * * * *'),
-        /** System metrics sample. */
-        system: cronExpression.default('*/30 * * * * *'),
+        /** Reported state (heartbeat), with seconds: node-cron syntax; the firmware profile's when absent. */
+        heartbeat: cronExpression.optional(),
+        /** System metrics sample; the firmware profile's when absent. */
+        system: cronExpression.optional(),
         /** Checks for unacknowledged telemetry to resend. */
         uplinkCheck: cronExpression.default('*/5 * * * * *'),
         /** Closes a drift window: its sketch goes up as telemetry. */
@@ -96,7 +116,8 @@ export const agentConfigSchema = z
       .strict()
       .prefault({}),
     shutdownGrace: duration.prefault('10s'),
-    maxModelBytes: byteSize.prefault('2GiB'),
+    /** Largest model accepted; the firmware profile's when absent. */
+    maxModelBytes: byteSize.optional(),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   })
   .strict();

@@ -110,7 +110,7 @@ describe('inference engine micro-batching', () => {
         { name: 'state', datatype: 'FP32', shape: [1, 4], data: state },
       ]);
     const run = async (engine: InferenceEngine, stream: number) => {
-      let state = new Float32Array(4);
+      let state: Float32Array<ArrayBufferLike> = new Float32Array(4);
       const ys: number[][] = [];
       for (let t = 0; t < STEPS; t++) {
         const result = await step(engine, stream, t, state);
