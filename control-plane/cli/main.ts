@@ -2,7 +2,9 @@ import { Command, CommanderError, Option } from 'commander';
 import { DRIFTLINE_VERSION } from '../../common/version.js';
 import { positiveSeconds } from './arguments.js';
 import { registerDevices } from './commands/devices.js';
+import { registerDrift } from './commands/drift.js';
 import { registerModels } from './commands/models.js';
+import { registerRollout } from './commands/rollout.js';
 import { registerServe } from './commands/serve.js';
 import { registerTelemetry } from './commands/telemetry.js';
 import { registerTokens } from './commands/tokens.js';
@@ -17,7 +19,7 @@ const TOKEN_HELP = `Token lookup order (first found wins):
 
 export function buildProgram(): Command {
   const program = new Command('driftline')
-    .description('Driftline operator CLI: run the control plane, manage devices, models and tokens')
+    .description('Driftline operator CLI: run the control plane, manage devices, models, rollouts and tokens')
     // Only -V: a program-level --version would swallow `models deploy --version N`.
     .version(DRIFTLINE_VERSION, '-V', 'print the version')
     .addOption(new Option('--server <host:port>', 'control plane gRPC address').env('DRIFTLINE_SERVER').default(DEFAULT_SERVER))
@@ -38,7 +40,9 @@ export function buildProgram(): Command {
   registerServe(program);
   registerDevices(program);
   registerModels(program);
+  registerRollout(program);
   registerTelemetry(program);
+  registerDrift(program);
   registerTokens(program);
   return program;
 }
