@@ -131,3 +131,35 @@ export function buildReference(rows: readonly (readonly number[])[], options: Bu
     confidence: { edges: confidenceEdges, counts: countOnEdges(options.confidences ?? [], confidenceEdges) },
   };
 }
+
+/**
+ * A reference from a CSV with a header row: numeric feature columns, and optionally a
+ * label column of class names. Class indexes follow `classNames` when given (the model's
+ * output order), otherwise the order labels first appear in.
+ */
+export function referenceFromCsv(text: string, options: { labelColumn?: string; classNames?: readonly string[]; bins?: number } = {}): DriftReference {
+  const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '');
+  const header = lines[0]?.split(',').map((h) => h.trim());
+  if (!header || header.length === 0 || lines.length < 2) throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the CSV needs a header row and at least one data row');
+  const labelAt = header.indexOf(options.labelColumn ?? 'label');
+  const featureAt = header.map((_, i) => i).filter((i) => i !== labelAt);
+  const classNames = [...(options.classNames ?? [])];
+  const rows: number[][] = [];
+  const labels: number[] = [];
+  for (let n = 1; n < lines.length; n++) {
+    const cells = lines[n]!.split(',');
+    const row = featureAt.map((i) => Number(cells[i]));
+    if (row.some((v) => !Number.isFinite(v))) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `CSV line ${n + 1} has a value that is not a finite number`);
+    rows.push(row);
+    if (labelAt >= 0) {
+      const label = (cells[labelAt] ?? '').trim();
+      let index = classNames.indexOf(label);
+      if (index < 0) {
+        if (options.classNames) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `CSV line ${n + 1}: unknown class ${JSON.stringify(label)}`);
+        index = classNames.push(label) - 1;
+      }
+      labels.push(index);
+    }
+  }
+  return buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) });
+}

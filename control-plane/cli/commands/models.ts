@@ -1,12 +1,13 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
+import { REFERENCE_METADATA_KEY, referenceFromCsv, serializeReference } from '../../../common/drift/reference.js';
 import { assertModelName } from '../../../common/ids.js';
 import {
   DeployModelResponse,
@@ -36,12 +37,19 @@ export function registerModels(program: Command): void {
     .argument('<file>', 'ONNX model file')
     .requiredOption('--name <name>', 'model name')
     .option('--description <text>', 'what changed in this version', '')
-    .action((file: string, options: { name: string; description: string }, command: Command) =>
+    .option('--reference <csv>', 'drift reference data: CSV with a header of feature names and an optional label column')
+    .option('--classes <a,b,...>', 'class names in the model\'s output order (for the reference\'s label column)')
+    .action((file: string, options: { name: string; description: string; reference?: string; classes?: string }, command: Command) =>
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
         const { size, sha256 } = await fingerprint(file);
         const showProgress = Boolean(process.stderr.isTTY) && !output.json;
-        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata: {} }, showProgress);
+        const metadata: Record<string, string> = {};
+        if (options.reference) {
+          const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : undefined;
+          metadata[REFERENCE_METADATA_KEY] = serializeReference(referenceFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {}));
+        }
+        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress);
         output.result(ModelVersion.toJSON(version), () =>
           output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
         );
