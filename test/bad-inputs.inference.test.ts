@@ -80,7 +80,7 @@ describe('bad inputs - inference requests to a fully wired agent', () => {
           dataDir: join(dir, 'agent'),
           localApi: { port: 0, maxBodyBytes: MAX_BODY_BYTES },
           // Only inferences and events make records, so the final counts are exact.
-          schedule: { system: '0 0 1 1 *' },
+          schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *' },
         },
       }),
       { logger: silentLogger() },
@@ -107,8 +107,11 @@ describe('bad inputs - inference requests to a fully wired agent', () => {
   it('bad inputs - the agent stays healthy and every record, refusals included, is stored once', async () => {
     const health = await send('GET', '/healthz', undefined);
     expect(health).toMatchObject({ status: 200, json: { ok: true, details: { state: 'running', uplinkConnected: true } } });
-    const stats = await waitFor(() => agent.stats(), (s) => s.bufferDepth === 0 && s.recordsAcknowledged === s.recordsEnqueued, { what: 'telemetry drained' });
-    const device = await waitFor(() => api.summary(DEVICE), (s) => s.devices[0]?.records === stats.recordsEnqueued, { what: 'telemetry stored' });
+    const { stats, device } = await waitFor(
+      async () => ({ stats: agent.stats(), device: await api.summary(DEVICE) }),
+      ({ stats, device }) => stats.bufferDepth === 0 && stats.recordsAcknowledged === stats.recordsEnqueued && device.devices[0]?.records === stats.recordsEnqueued,
+      { what: 'telemetry drained and stored' },
+    );
     // Requests refused by the model's signature are inference errors with their code; the ones refused before routing never reach a model.
     const reachedModel = refusals.filter((r) => r[6]).length;
     expect(device.devices[0]).toMatchObject({ inferences: ok + reachedModel, inferenceErrors: reachedModel });

@@ -89,7 +89,7 @@ describe.skipIf(!MOSQUITTO)(`interop - agent and control plane through Mosquitto
         mqtt: { reconnectMin: '100ms', reconnectMax: '500ms' },
         uplink: { ackTimeout: '2s', maxBatchRecords: 20 },
         // Only inferences and events make records here, so counts can be compared at any moment.
-        schedule: { system: '0 0 1 1 *', uplinkCheck: '* * * * * *' },
+        schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *', uplinkCheck: '* * * * * *' },
         shutdownGrace: '30s',
       },
     });
@@ -127,10 +127,13 @@ describe.skipIf(!MOSQUITTO)(`interop - agent and control plane through Mosquitto
 
   it('interop - stores the agent telemetry exactly once', async () => {
     expect(await driveInferences(agent.localApiUrl, 20)).toBe(20);
-    const stats = await waitFor(() => agent.stats(), (s) => s.bufferDepth === 0 && s.recordsAcknowledged === s.recordsEnqueued, { what: 'all records acknowledged' });
-    const rows = (await storedRows()).devices[0]!;
-    expect(rows.records).toBe(stats.recordsEnqueued);
-    expect(rows.inferences).toBe(21); // the 20 above and the one that found the model active
+    const { stats, rows } = await waitFor(
+      async () => ({ stats: agent.stats(), rows: (await storedRows()).devices[0] }),
+      ({ stats, rows }) => stats.bufferDepth === 0 && stats.recordsAcknowledged === stats.recordsEnqueued && rows?.records === stats.recordsEnqueued,
+      { what: 'every record acknowledged and stored' },
+    );
+    expect(rows!.records).toBe(stats.recordsEnqueued);
+    expect(rows!.inferences).toBe(21); // the 20 above and the one that found the model active
     expect((await api.summary(DEVICE)).devices[0]!.records).toBe(stats.recordsEnqueued);
     expect(stats.recordsDropped).toBe(0);
   });
