@@ -80,6 +80,8 @@ export const controlPlaneConfigSchema = z
         tickInterval: duration.prefault('5s'),
         /** How often `rollout status --watch` streams refreshed device counts. */
         watchInterval: duration.prefault('1s'),
+        /** Lifetime of the signed rollback directive an aborted rollout sends (with online rollback signing). */
+        rollbackTtl: duration.prefault('7d'),
       })
       .strict()
       .prefault({}),

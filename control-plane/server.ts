@@ -184,7 +184,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       repository: new SqliteRolloutRepository(db),
       fleet: new FleetStoreView(fleet),
       metrics: new SqliteCohortMetrics(db),
-      publisher: new DesiredStatePublisher({ fleet, registry, publishDesired, logger }),
+      publisher: new DesiredStatePublisher({ fleet, registry, releases, publishDesired, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
       catalog: new RegistryCatalog(registry),
       clock,
       logger,

@@ -185,7 +185,7 @@ export class RolloutEngine {
     const { publisher, logger } = this.options;
     try {
       if (effect.kind === 'deploy') await publisher.deploy(r.plan.model, r.plan.version, effect.deviceIds);
-      else await publisher.rollback(r.plan.model, effect.devices, effect.reason);
+      else await publisher.rollback(r.plan.model, effect.devices, effect.reason, r.id);
     } catch (err) {
       logger.error({ err, rollout: r.id, effect: effect.kind }, 'rollout effect not fully applied');
     }

@@ -50,42 +50,66 @@ export class RegistryCatalog implements ModelCatalog {
   }
 }
 
+/** The signing side of releases (control-plane/registry/release-store.ts), when a trust root is configured. */
+export interface SignedReleases {
+  desiredModel(model: ModelVersion): { model: DesiredModel; rootChain: Buffer[] };
+  rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Buffer | undefined;
+}
+
 /**
- * Publishes releases as desired state over the existing DeployModel path: store the new
- * desired state per device (next revision), then publish it retained. A rollback is the
- * same with the older version. Swap this for signed release manifests and signed rollback
- * directives when the trust module lands; the engine only sees ReleasePublisher.
+ * Publishes releases as desired state, like DeployModel: store the new desired state per
+ * device (next revision), then publish it retained. With signed releases the desired model
+ * carries its DSSE envelope and the root chain, and a rollback carries a signed rollback
+ * directive for exactly the devices sent back (devices refuse an older version without one;
+ * without online signing the rollback is still sent and the refusal shows in their state).
  */
 export class DesiredStatePublisher implements ReleasePublisher {
   constructor(
     private readonly deps: {
       fleet: Pick<FleetStore, 'get' | 'setDesired'>;
       registry: { resolve(name: string, version: number): ModelVersion };
+      releases?: SignedReleases | undefined;
       publishDesired: (deviceId: string, desired: DesiredState) => Promise<void>;
+      /** Lifetime of a signed rollback directive. */
+      rollbackTtlMs: number;
       logger: Logger;
     },
   ) {}
 
   deploy(model: string, version: number, deviceIds: readonly string[]): Promise<void> {
-    return this.send(this.deps.registry.resolve(model, version), deviceIds);
+    return this.send(this.deps.registry.resolve(model, version), deviceIds, undefined);
   }
 
-  async rollback(model: string, devices: ReadonlyArray<{ deviceId: string; toVersion: number }>, reason: string): Promise<void> {
+  async rollback(model: string, devices: ReadonlyArray<{ deviceId: string; toVersion: number }>, reason: string, id: string): Promise<void> {
     const byVersion = new Map<number, string[]>();
     for (const { deviceId, toVersion } of devices) byVersion.set(toVersion, [...(byVersion.get(toVersion) ?? []), deviceId]);
     for (const [version, ids] of byVersion) {
-      this.deps.logger.warn({ model, version, devices: ids.length, reason }, 'rolling devices back');
-      await this.send(this.deps.registry.resolve(model, version), ids);
+      const directive = this.deps.releases?.rollbackDirective({ model, toVersion: version, deviceIds: ids, reason, ttlMs: this.deps.rollbackTtlMs, id: `${id}-v${version}` });
+      this.deps.logger.warn({ model, version, devices: ids.length, reason, signed: Boolean(directive) }, 'rolling devices back');
+      await this.send(this.deps.registry.resolve(model, version), ids, directive);
     }
   }
 
-  private async send(model: ModelVersion, deviceIds: readonly string[]): Promise<void> {
-    const { fleet, publishDesired, logger } = this.deps;
+  private async send(model: ModelVersion, deviceIds: readonly string[], rollback: Buffer | undefined): Promise<void> {
+    const { fleet, publishDesired, logger, releases } = this.deps;
+    const signed = releases?.desiredModel(model);
+    const desiredModel =
+      signed?.model ??
+      DesiredModel.fromPartial({
+        name: model.name,
+        version: model.version,
+        sha256: model.sha256,
+        sizeBytes: model.sizeBytes,
+        artifactPath: artifactPath(model.sha256),
+        driftReference: model.metadata['driftline.reference'] ?? '',
+      });
     const desired = deviceIds.map((id): [string, DesiredState] => [
       id,
       DesiredState.fromPartial({
         revision: (fleet.get(id).desired?.revision ?? 0) + 1,
-        model: DesiredModel.fromPartial({ name: model.name, version: model.version, sha256: model.sha256, sizeBytes: model.sizeBytes, artifactPath: artifactPath(model.sha256) }),
+        model: desiredModel,
+        rootChain: signed?.rootChain ?? [],
+        ...(rollback ? { rollback } : {}),
       }),
     ]);
     for (const [id, state] of desired) fleet.setDesired(id, state);

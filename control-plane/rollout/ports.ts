@@ -42,7 +42,8 @@ export interface RolloutRepository {
  */
 export interface ReleasePublisher {
   deploy(model: string, version: number, deviceIds: readonly string[]): Promise<void>;
-  rollback(model: string, devices: ReadonlyArray<{ deviceId: string; toVersion: number }>, reason: string): Promise<void>;
+  /** `id` names the rollback (the rollout's id), so a signed directive can be traced to it. */
+  rollback(model: string, devices: ReadonlyArray<{ deviceId: string; toVersion: number }>, reason: string, id: string): Promise<void>;
 }
 
 export interface FleetView {
