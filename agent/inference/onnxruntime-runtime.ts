@@ -21,6 +21,9 @@ export interface OnnxRuntime extends ModelRuntime {
 /** The ModelRuntime over onnxruntime-node. libraryPath: where a device-specific onnxruntime was loaded from, for error messages. */
 export function createOnnxRuntime({ logger, libraryPath }: { logger: Logger; libraryPath?: string }): OnnxRuntime {
   const available = availableProviders(libraryPath);
+  // The process-wide native log level, fixed when the first session is created: a provider that
+  // fails to load is reported through our logger with the fact behind it, not as native noise.
+  ort.env.logLevel = 'fatal';
   return {
     availableProviders: () => [...available],
     async load(path, options) {
