@@ -1,5 +1,5 @@
 /**
- * `npm run bench:agent-footprint [-- --minutes 10 --binary dist/driftline-agent-linux-x64 --runs 5 --concurrency 4]`
+ * `npm run bench:agent-footprint [-- --minutes 10 --binary dist/driftline-agent-linux-x64 --runs 5 --concurrency 4 --node-options='--max-semi-space-size=1']`
  *
  * The packaged agent's footprint: binary size, start-to-ready time (an enrolled data folder
  * with the demo model active, against a control plane), idle RSS with the model loaded, and
@@ -35,8 +35,12 @@ const { values } = parseArgs({
     binary: { type: 'string' },
     runs: { type: 'string', default: '5' },
     concurrency: { type: 'string', default: '4' },
+    /** NODE_OPTIONS for the agent; by default the ones the systemd unit sets, so the figures are the installed agent's. */
+    'node-options': { type: 'string' },
   },
 });
+const unitNodeOptions = readFileSync(join(ROOT, 'packaging', 'install', 'driftline-agent.service'), 'utf8').match(/^Environment=NODE_OPTIONS=(.*)$/m)?.[1] ?? '';
+const nodeOptions = values['node-options'] ?? unitNodeOptions;
 const minutes = Number(values.minutes);
 const runs = Number(values.runs);
 const concurrency = Number(values.concurrency);
@@ -51,7 +55,13 @@ interface Agent {
 
 const scratch = mkdtempSync(join(tmpdir(), 'driftline-footprint-'));
 const home = join(scratch, 'home');
-const env = { PATH: '/usr/bin:/bin', HOME: home, DRIFTLINE_LOG_LEVEL: 'warn', DRIFTLINE_AGENT_NATIVE_DIR: join(scratch, 'native') };
+const env: NodeJS.ProcessEnv = {
+  PATH: '/usr/bin:/bin',
+  HOME: home,
+  DRIFTLINE_LOG_LEVEL: 'warn',
+  DRIFTLINE_AGENT_NATIVE_DIR: join(scratch, 'native'),
+  ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}),
+};
 
 function startAgent(binary: string, args: string[]): Promise<Agent> {
   const started = process.hrtime.bigint();
@@ -214,6 +224,7 @@ async function main(): Promise<void> {
       idle_rss_onnxruntime_lib_mb: mb(idle.onnxruntime),
       idle_rss_binary_pages_mb: mb(idle.binary),
       minutes,
+      node_options: nodeOptions,
       inferences,
       inference_failures: failures,
       inferences_per_s: Math.round(inferences / Math.max(seconds, 1e-9)),
