@@ -3,6 +3,7 @@ import { DRIFTLINE_VERSION } from '../../common/version.js';
 import { positiveSeconds } from './arguments.js';
 import { registerDevices } from './commands/devices.js';
 import { registerDrift } from './commands/drift.js';
+import { registerKeys } from './commands/keys.js';
 import { registerModels } from './commands/models.js';
 import { registerRollout } from './commands/rollout.js';
 import { registerServe } from './commands/serve.js';
@@ -44,6 +45,7 @@ export function buildProgram(): Command {
   registerTelemetry(program);
   registerDrift(program);
   registerTokens(program);
+  registerKeys(program);
   return program;
 }
 

@@ -17,7 +17,11 @@ import {
   type UploadModelHeader,
   type UploadModelRequest,
 } from '../../../common/proto/driftline/v1/models.js';
-import { integer, repeated } from '../arguments.js';
+import { keyFolder, releaseSigner } from '../../../common/trust/key-files.js';
+import { buildManifest, signManifestBytes } from '../../../common/trust/manifest.js';
+import { ReleaseServiceClient } from '../../../common/proto/driftline/v1/releases.js';
+import { integer, keyValue, repeated } from '../arguments.js';
+import { DEFAULT_KEYS_DIR } from './keys.js';
 import { type Connection, usageError } from '../connection.js';
 import { withConnection } from '../context.js';
 import { bytes, relativeTime } from '../output.js';
@@ -39,9 +43,20 @@ export function registerModels(program: Command): void {
     .option('--description <text>', 'what changed in this version', '')
     .option('--reference <csv>', 'drift reference data: CSV with a header of feature names and an optional label column')
     .option('--classes <a,b,...>', 'class names in the model\'s output order (for the reference\'s label column)')
-    .action((file: string, options: { name: string; description: string; reference?: string; classes?: string }, command: Command) =>
+    .option('--sign', 'sign a release manifest for the assigned version (offline, with the release key in --keys-dir) and publish it')
+    .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
+    .option('--golden <n>', 'with --sign: golden test vectors to record (from --reference rows, else seeded inputs)', integer(0, 64), 3)
+    .option('--providers <list>', 'with --sign: execution providers the model needs, any of (e.g. cuda,cpu)', commaList)
+    .option('--arch <list>', 'with --sign: device architectures it runs on (x86_64,arm64)', commaList)
+    .option('--min-memory <bytes>', 'with --sign: device memory it needs, in bytes', integer(0))
+    .option('--flag <flag>', 'with --sign: a profile flag it needs (repeatable)', repeated)
+    .option('--job <id>', 'with --sign: lineage, the training job that produced it', '')
+    .option('--metric <k=v>', 'with --sign: lineage, an evaluation metric (repeatable)', keyValue)
+    .action((file: string, options: PushOptions, command: Command) =>
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
+        // Everything that can fail offline (keys, reference data, golden vectors) fails before the upload.
+        const signing = options.sign ? await prepareSigning(file, options) : undefined;
         const { size, sha256 } = await fingerprint(file);
         const showProgress = Boolean(process.stderr.isTTY) && !output.json;
         const metadata: Record<string, string> = {};
@@ -50,8 +65,20 @@ export function registerModels(program: Command): void {
           metadata[REFERENCE_METADATA_KEY] = serializeReference(referenceFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {}));
         }
         const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress);
-        output.result(ModelVersion.toJSON(version), () =>
-          output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
+        if (!signing) {
+          output.result(ModelVersion.toJSON(version), () =>
+            output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
+          );
+          return;
+        }
+        // The server assigned the version at upload; the manifest is signed for exactly that version.
+        const release = await connection.call(connection.client(ReleaseServiceClient), 'publishRelease', {
+          name: version.name,
+          version: version.version,
+          envelope: signing.sign(version.version),
+        });
+        output.result({ ...(ModelVersion.toJSON(version) as object), signedBy: release.keyIds }, () =>
+          output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}`),
         );
       }),
     );
@@ -173,4 +200,62 @@ async function upload(connection: Connection, file: string, header: UploadModelH
     await sending;
     bar?.stop();
   }
+}
+
+interface PushOptions {
+  name: string;
+  description: string;
+  reference?: string;
+  classes?: string;
+  sign?: boolean;
+  keysDir: string;
+  golden: number;
+  providers?: string[];
+  arch?: string[];
+  minMemory?: number;
+  flag?: string[];
+  job: string;
+  metric?: Record<string, string>;
+}
+
+function commaList(value: string): string[] {
+  return value.split(',').map((v) => v.trim()).filter(Boolean);
+}
+
+/**
+ * Builds the manifest (all but the version) and loads the release key before anything is
+ * uploaded; `sign(version)` then signs it for the version the server assigned.
+ */
+async function prepareSigning(file: string, options: PushOptions): Promise<{ sign(version: number): Buffer }> {
+  const signer = releaseSigner(keyFolder(options.keysDir));
+  let modelBytes: Buffer;
+  let referenceCsv: string | undefined;
+  try {
+    modelBytes = await readFile(file);
+    referenceCsv = options.reference ? await readFile(options.reference, 'utf8') : undefined;
+  } catch (err) {
+    throw usageError(`cannot read ${(err as NodeJS.ErrnoException).path ?? file}: ${(err as Error).message}`);
+  }
+  const metrics = Object.fromEntries(
+    Object.entries(options.metric ?? {}).map(([k, v]) => {
+      const n = Number(v);
+      if (!Number.isFinite(n)) throw usageError(`--metric ${k}=${v}: the value must be a number`);
+      return [k, n];
+    }),
+  );
+  // Loaded only here: onnxruntime runs the model to record its golden vectors.
+  const { buildReleaseManifest } = await import('../releases/manifest-builder.js');
+  const draft = await buildReleaseManifest({
+    bytes: modelBytes,
+    name: options.name,
+    version: 1,
+    createdAtMs: systemClock.now(),
+    referenceCsv,
+    goldenVectors: options.golden,
+    constraints: { providers: options.providers ?? [], arch: options.arch ?? [], minMemoryBytes: options.minMemory ?? 0, flags: options.flag ?? [] },
+    lineage: { job: options.job, metrics },
+  });
+  return {
+    sign: (version) => signManifestBytes(buildManifest({ ...draft, version, lineage: { ...draft.lineage, parentVersion: draft.lineage.parentVersion || version - 1 } }), signer),
+  };
 }

@@ -1,0 +1,96 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { systemClock } from '../../../common/clock.js';
+import { initKeys, keyFolder, latestRoot, rotateRoot } from '../../../common/trust/key-files.js';
+import { durationMs, integer, repeated } from '../arguments.js';
+import { usageError } from '../connection.js';
+import type { GlobalOptions } from '../context.js';
+import { createOutput } from '../output.js';
+
+export const DEFAULT_KEYS_DIR = './.driftline-keys';
+
+const jsonOf = (command: Command): boolean => Boolean(command.optsWithGlobals<GlobalOptions>().json);
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+/** `driftline keys`: offline key management. Private keys stay in the folder and are never printed. */
+export function registerKeys(program: Command): void {
+  const keys = program.command('keys').description('offline signing keys and root metadata for signed releases');
+
+  keys
+    .command('init')
+    .description('create root keys, a release key, an online rollback key and root metadata v1 signed by every root key')
+    .option('--dir <dir>', 'key folder (private keys 0600; give only its root/ folder to the control plane)', DEFAULT_KEYS_DIR)
+    .option('--root-keys <n>', 'number of root keys', integer(1, 16), 3)
+    .option('--threshold <n>', 'root signatures required for every root version', integer(1, 16), 2)
+    .option('--expires <duration>', 'root metadata lifetime (e.g. 365d, 8760h)', durationMs)
+    .option('--rollback-passphrase-env <VAR>', 'encrypt the online rollback key (scrypt + aes-256-gcm) with the passphrase in this environment variable')
+    .action((options: { dir: string; rootKeys: number; threshold: number; expires?: number; rollbackPassphraseEnv?: string }, command: Command) => {
+      if (options.threshold > options.rootKeys) throw usageError('--threshold cannot exceed --root-keys');
+      const passphrase = options.rollbackPassphraseEnv ? process.env[options.rollbackPassphraseEnv] : undefined;
+      if (options.rollbackPassphraseEnv && !passphrase) throw usageError(`$${options.rollbackPassphraseEnv} is empty`);
+      const result = initKeys({ dir: options.dir, rootKeys: options.rootKeys, threshold: options.threshold, clock: systemClock, lifetimeMs: options.expires, rollbackPassphrase: passphrase });
+      const output = createOutput(jsonOf(command));
+      output.result({ ...result, rootDir: resolve(keyFolder(options.dir).rootDir) }, () => {
+        output.line(`created ${result.rootKeyIds.length} root keys (threshold ${result.threshold}), release key ${result.releaseKeyId.slice(0, 12)}, rollback key ${result.rollbackKeyId.slice(0, 12)}`);
+        output.line(`root metadata v1 (expires ${iso(result.expiresAtMs)}): ${result.rootFile}`);
+        output.line(`next: driftline serve --trust-root ${keyFolder(options.dir).rootDir}; driftline models push model.onnx --name <name> --sign --keys-dir ${options.dir}`);
+      });
+    });
+
+  keys
+    .command('rotate')
+    .description('write the next root version: rotate or revoke keys; signed by a threshold of the old and of the new root keys')
+    .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
+    .option('--add-release-key', 'create a new release key')
+    .option('--revoke <keyid>', 'revoke a release or rollback key (repeatable)', repeated)
+    .option('--add-root-keys <n>', 'create this many new root keys', integer(0, 16))
+    .option('--remove-root-key <keyid>', 'drop a root key (repeatable)', repeated)
+    .option('--threshold <n>', 'new root threshold', integer(1, 16))
+    .option('--expires <duration>', 'lifetime of the new version (e.g. 365d)', durationMs)
+    .action(
+      (
+        options: { dir: string; addReleaseKey?: boolean; revoke?: string[]; addRootKeys?: number; removeRootKey?: string[]; threshold?: number; expires?: number },
+        command: Command,
+      ) => {
+        const { rootFile, metadata, newKeyIds } = rotateRoot(
+          options.dir,
+          {
+            addReleaseKey: options.addReleaseKey,
+            revokeKeyIds: options.revoke,
+            addRootKeys: options.addRootKeys,
+            removeRootKeyIds: options.removeRootKey,
+            threshold: options.threshold,
+            lifetimeMs: options.expires,
+          },
+          systemClock,
+        );
+        const output = createOutput(jsonOf(command));
+        output.result({ rootFile, version: metadata.version, expiresAtMs: metadata.expiresAtMs, newKeyIds, revokedKeys: metadata.revokedKeys }, () => {
+          output.line(`root metadata v${metadata.version} (expires ${iso(metadata.expiresAtMs)}): ${rootFile}`);
+          if (newKeyIds.length > 0) output.line(`new keys: ${newKeyIds.map((k) => k.slice(0, 12)).join(', ')}`);
+          output.line('restart driftline serve to hand devices the new root; they walk to it with their next signed desired state');
+        });
+      },
+    );
+
+  keys
+    .command('show')
+    .description('show the latest root version: keys, threshold, expiry')
+    .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
+    .action((options: { dir: string }, command: Command) => {
+      const root = latestRoot(keyFolder(options.dir));
+      const output = createOutput(jsonOf(command));
+      output.result(root, () => {
+        output.line(`root v${root.version}, threshold ${root.threshold}, expires ${iso(root.expiresAtMs)}`);
+        output.table(
+          ['ROLE', 'KEY ID'],
+          [
+            ...Object.keys(root.rootKeys).map((k) => ['root', k]),
+            ...Object.keys(root.releaseKeys).map((k) => ['release', k]),
+            ...Object.keys(root.rollbackKeys).map((k) => ['rollback', k]),
+            ...root.revokedKeys.map((k) => ['revoked', k]),
+          ],
+        );
+      });
+    });
+}
