@@ -15,6 +15,7 @@ import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
 import { openReleaseStore } from './registry/release-trust.js';
+import { driftSourceFrom } from './rollout/drift-adapter.js';
 import { RolloutDriver } from './rollout/driver.js';
 import { RolloutEngine } from './rollout/engine.js';
 import { DesiredStatePublisher, FleetStoreView, RegistryCatalog } from './rollout/fleet-adapters.js';
@@ -186,6 +187,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       metrics: new SqliteCohortMetrics(db),
       publisher: new DesiredStatePublisher({ fleet, registry, releases, publishDesired, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
       catalog: new RegistryCatalog(registry),
+      drift: driftSourceFrom(driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } })),
       clock,
       logger,
     });
