@@ -1,0 +1,92 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildDemoModel } from '../demo/model/demo-model.js';
+import { generateVibrationData, toCsv } from '../demo/model/vibration-data.js';
+import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
+import { REPO_ROOT, startProcess, stopProcess, waitFor, type RunningProcess } from './helpers/processes.js';
+
+const LISTENING = /^driftline: listening grpc=(\S+) mqtt=(\S+) http=(\S+) token-file=(\S+)$/;
+const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
+
+describe('signed releases end to end: keys init, signed push, a device that pins the root', () => {
+  let dir: string;
+  let keysDir: string;
+  let controlPlane: RunningProcess;
+  let agent: RunningProcess | undefined;
+  let api: FleetApi;
+  let grpc: string;
+  let tokenFile: string;
+
+  const driftline = (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
+    new Promise((resolve) => {
+      const env = { ...process.env };
+      delete env.DRIFTLINE_SERVER;
+      delete env.DRIFTLINE_TOKEN;
+      execFile(process.execPath, ['bin/driftline.js', ...args], { cwd: REPO_ROOT, env }, (error, stdout, stderr) =>
+        resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
+      );
+    });
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'driftline-releases-e2e-'));
+    keysDir = join(dir, 'keys');
+    const init = await driftline('keys', 'init', '--dir', keysDir, '--root-keys', '3', '--threshold', '2', '--json');
+    expect(init.code, init.stderr).toBe(0);
+    expect(init.stdout).not.toContain('PRIVATE KEY');
+    controlPlane = await startProcess(
+      'bin/driftline.js',
+      ['serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0', '--trust-root', join(keysDir, 'root')],
+      LISTENING,
+    );
+    grpc = controlPlane.ready[1]!;
+    tokenFile = controlPlane.ready[4]!;
+    api = fleetApi(grpc, tokenFile);
+  }, 60_000);
+
+  afterAll(async () => {
+    api?.close();
+    await stopProcess(agent, 'SIGKILL');
+    await stopProcess(controlPlane);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a device enrolled with the root runs a signed push, refuses an unsigned one and keeps running, then takes the next signed one', async () => {
+    const token = await api.createEnrollmentToken('edge-signed-1');
+    const agentDir = join(dir, 'agent');
+    agent = await startProcess('bin/driftline-agent.js', ['run', '--device-id', 'edge-signed-1', '--enroll-token', token, '--server', grpc, '--data-dir', agentDir, '--local-port', '0'], AGENT_READY);
+    expect(statSync(join(agentDir, 'trust', 'root.json')).isFile()).toBe(true);
+    await waitFor(() => api.listDevices(), (d) => d[0]?.online === true, { what: 'device online' });
+
+    const v1File = join(dir, 'v1.onnx');
+    writeFileSync(v1File, buildDemoModel({ seed: 1 }).bytes);
+    const csv = join(dir, 'reference.csv');
+    writeFileSync(csv, toCsv(generateVibrationData({ rows: 200, seed: 7 })));
+    const push = (file: string, ...extra: string[]) => driftline('--server', grpc, '--token-file', tokenFile, '--json', 'models', 'push', file, '--name', 'vibration', ...extra);
+
+    const signed = await push(v1File, '--sign', '--keys-dir', keysDir, '--reference', csv, '--metric', 'accuracy=0.93');
+    expect(signed.code, signed.stderr).toBe(0);
+    expect(JSON.parse(signed.stdout)).toMatchObject({ version: 1, signedBy: [expect.any(String)] });
+    await api.deploy('vibration');
+    await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.version === 1, { what: 'signed v1 active', timeoutMs: 30_000 });
+
+    const v2File = join(dir, 'v2.onnx');
+    writeFileSync(v2File, buildDemoModel({ seed: 2 }).bytes);
+    const unsigned = await push(v2File);
+    expect(unsigned.code, unsigned.stderr).toBe(0);
+    await api.deploy('vibration');
+    const refused = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.lastErrorCode === 'RELEASE_UNSIGNED', { what: 'unsigned v2 refused', timeoutMs: 30_000 });
+    expect(refused[0]!.reported!.activeModel?.version).toBe(1);
+
+    const v3File = join(dir, 'v3.onnx');
+    writeFileSync(v3File, buildDemoModel({ seed: 3 }).bytes);
+    const resigned = await push(v3File, '--sign', '--keys-dir', keysDir);
+    expect(resigned.code, resigned.stderr).toBe(0);
+    await api.deploy('vibration');
+    const after = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.version === 3, { what: 'signed v3 active', timeoutMs: 30_000 });
+    expect(after[0]!.reported!.lastErrorCode).toBe('');
+    expect(readFileSync(join(agentDir, 'trust', 'root.json')).length).toBeGreaterThan(0);
+  }, 90_000);
+});
