@@ -13,6 +13,7 @@ import { buildReport, renderSummary, type AgentAccount, type DemoModelInfo, type
 import { collectSnapshot, readAgentHealth, type AgentHealth, type DemoDevice } from './snapshot.js';
 import { createStatusDisplay, type StatusDisplay } from './status-view.js';
 import { DeviceTraffic } from './traffic.js';
+import { ROLLOUT_SCENARIOS, runRolloutScenario, type RolloutScenario } from './rollout-scenario.js';
 
 const LISTENING = /^driftline: listening grpc=(\S+) mqtt=(\S+) http=(\S+) token-file=(\S+)$/;
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
@@ -39,6 +40,7 @@ interface DemoOptions {
   dataDir?: string;
   keep?: boolean;
   json?: boolean;
+  scenario: 'fleet' | RolloutScenario;
 }
 
 interface RunningAgent extends DemoDevice {
@@ -393,6 +395,15 @@ const program = new Command('demo')
   .option('--data-dir <dir>', 'an empty folder for the control plane, the agents and their logs (default: a fresh temp folder)')
   .option('--keep', 'keep the temp data folder at the end (it is always kept when something failed)')
   .option('--json', 'print one JSON line with the results on stdout, and nothing else there')
+  .option(
+    '--scenario <name>',
+    'fleet: agents serving a deployed model; rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, --duration bounds the rollout, default 40 s)',
+    (value: string) => {
+      if (value !== 'fleet' && !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected fleet, ${ROLLOUT_SCENARIOS.join(' or ')}`);
+      return value;
+    },
+    'fleet',
+  )
   .addHelpText('after', '\nExit codes: 0 every inference answered and no telemetry lost, 1 otherwise, 2 usage, 130 interrupted before the loop ran.')
   .exitOverride();
 
@@ -401,4 +412,8 @@ try {
 } catch (err) {
   process.exit(err instanceof CommanderError && err.exitCode === 0 ? 0 : EXIT_USAGE);
 }
-process.exitCode = await new Demo(program.opts<DemoOptions>()).run();
+const demoOptions = program.opts<DemoOptions>();
+process.exitCode =
+  demoOptions.scenario === 'fleet'
+    ? await new Demo(demoOptions).run()
+    : await runRolloutScenario({ scenario: demoOptions.scenario, duration: demoOptions.duration, json: demoOptions.json, dataDir: demoOptions.dataDir, keep: demoOptions.keep });
