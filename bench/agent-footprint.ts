@@ -8,7 +8,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -232,6 +232,9 @@ async function main(): Promise<void> {
       rss_max_mb: mb(Math.max(after.rss, ...samples.map((s) => s.rss))),
       rss_growth_mb_per_min: growth === null ? null : Math.round(growth * 100) / 100,
       clean_exit: exit === 0,
+      // Start-up times scale with how busy the machine is: read them against this.
+      load_avg_1m: Math.round(loadavg()[0]! * 100) / 100,
+      cpus: cpus().length,
       targets: TARGETS,
       met: { idle_rss_mb: mb(idle.rss) <= TARGETS.idle_rss_mb, ready_ms: median(readyRuns) <= TARGETS.ready_ms },
     });
