@@ -19,10 +19,13 @@ export interface BatchingOptions {
 export interface BatchTimers {
   now(): number;
   setTimeout(fn: () => void, ms: number): () => void;
+  /** Runs fn once the callbacks already due have run (setImmediate). */
+  defer?(fn: () => void): void;
 }
 
 export const realTimers: BatchTimers = {
   now: () => performance.now(),
+  defer: (fn) => void setImmediate(fn),
   setTimeout(fn, ms) {
     const timer = setTimeout(fn, ms);
     return () => clearTimeout(timer);
@@ -133,8 +136,7 @@ export class RequestQueue {
     const work = this.run(feeds);
     const done = () => {
       this.running--;
-      this.pump();
-      this.idleCheck();
+      this.afterRun();
     };
     work.then(done, done);
     return signal ? abortable(work, signal, this.abortError) : work;
@@ -148,8 +150,7 @@ export class RequestQueue {
       this.counted(batch.length);
       void this.execute(batch).finally(() => {
         this.running--;
-        this.pump();
-        this.idleCheck();
+        this.afterRun();
       });
     }
   }
@@ -179,6 +180,23 @@ export class RequestQueue {
     this.cancelTimer = undefined;
     for (const pending of batch) this.waiting.splice(this.waiting.indexOf(pending), 1);
     return batch;
+  }
+
+  /**
+   * The next batch forms one event-loop turn after a run ends: callers that just got their
+   * answer and ask again at once join it, instead of a batch of one leaving without them.
+   */
+  private afterRun(): void {
+    if (this.waiting.length === 0) {
+      this.idleCheck();
+      return;
+    }
+    const next = () => {
+      this.pump();
+      this.idleCheck();
+    };
+    if (this.timers.defer) this.timers.defer(next);
+    else setImmediate(next);
   }
 
   private counted(requests: number): void {

@@ -1,0 +1,251 @@
+/**
+ * `npm run bench:inference [-- --seconds 2]`
+ *
+ * The agent's inference path against bare onnxruntime-node, in one process and one run:
+ * - the larger model (bench/conv-model.ts, ~3.9M parameters, 1x3x64x64): bare
+ *   `session.run` vs the engine in-process, batch 1, one client alternating request by request;
+ * - the demo model: bare batch 1; the engine in-process; the local HTTP API (JSON, one
+ *   keep-alive client); 8 concurrent clients with micro-batching, in-process and over HTTP.
+ * The engine uses the settings of the generic-x86_64-cpu firmware profile, as the agent does.
+ * Progress and a table go to stderr; the last stdout line is JSON with the figures.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import ort from 'onnxruntime-node';
+import { Registry } from 'prom-client';
+import { InferenceEngine, type InferenceService } from '../agent/inference/engine.js';
+import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
+import { startLocalApi } from '../agent/local-api/server.js';
+import { inferenceSettings } from '../agent/profiles/inference-settings.js';
+import { loadFirmwareProfiles } from '../common/firmware-profile.js';
+import { silentLogger } from '../common/logger.js';
+import { buildDemoModel } from '../demo/model/demo-model.js';
+import { buildConvModel, CONV_INPUT_SHAPE } from './conv-model.js';
+
+const TARGETS = { engine_vs_bare: 0.95, batching_speedup: 1.5, http_added_p50_ms: 1 };
+const CLIENTS = 8;
+
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' } } });
+const phaseMs = Number(values.seconds) * 1000;
+const log = (line: string): void => void process.stderr.write(`[inference] ${line}\n`);
+
+interface Phase {
+  requests: number;
+  elapsedMs: number;
+  latencies: number[];
+}
+
+const throughput = (p: Phase): number => (p.requests / p.elapsedMs) * 1000;
+function percentile(p: Phase, q: number): number {
+  const sorted = [...p.latencies].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+/** `clients` loops calling `call` back to back for `ms` after a warm-up; every request timed. */
+async function measure(call: () => Promise<unknown>, { clients = 1, ms = phaseMs, warmup = 50 } = {}): Promise<Phase> {
+  for (let i = 0; i < warmup; i++) await Promise.all(Array.from({ length: clients }, () => call()));
+  const latencies: number[] = [];
+  const started = performance.now();
+  const end = started + ms;
+  const loop = async () => {
+    while (performance.now() < end) {
+      const t = performance.now();
+      await call();
+      latencies.push(performance.now() - t);
+    }
+  };
+  await Promise.all(Array.from({ length: clients }, loop));
+  return { requests: latencies.length, elapsedMs: performance.now() - started, latencies };
+}
+
+/**
+ * One client alternating between the calls request by request, each timed on its own: on a
+ * noisy machine both sides see the same interference, so their ratio is what it measures.
+ */
+async function paired(calls: Array<() => Promise<unknown>>, { ms = phaseMs, warmup = 50 } = {}): Promise<Phase[]> {
+  for (let i = 0; i < warmup; i++) for (const call of calls) await call();
+  const phases: Phase[] = calls.map(() => ({ requests: 0, elapsedMs: 0, latencies: [] }));
+  const end = performance.now() + ms * calls.length;
+  while (performance.now() < end) {
+    for (let c = 0; c < calls.length; c++) {
+      const t = performance.now();
+      await calls[c]!();
+      const took = performance.now() - t;
+      const phase = phases[c]!;
+      phase.requests++;
+      phase.elapsedMs += took;
+      phase.latencies.push(took);
+    }
+  }
+  return phases;
+}
+
+/**
+ * The thinnest keep-alive HTTP/1.1 client: a prepared request written to a socket, the
+ * response read up to its content-length. What it measures is what the server adds, not
+ * what a client library costs (node:http's client costs about as much again).
+ */
+class RawHttpClient {
+  private readonly socket: Socket;
+  private buffer: Buffer = Buffer.alloc(0);
+  private waiting: { resolve(): void; reject(err: Error): void } | undefined;
+
+  private constructor(socket: Socket, private readonly requestBytes: Buffer) {
+    this.socket = socket;
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+      this.tryComplete();
+    });
+    socket.on('error', (err) => this.waiting?.reject(err));
+  }
+
+  static async open(url: URL, body: string): Promise<RawHttpClient> {
+    const socket = connect(Number(url.port), url.hostname);
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    const head = `POST ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
+    return new RawHttpClient(socket, Buffer.from(head + body));
+  }
+
+  call(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.waiting = { resolve, reject };
+      this.socket.write(this.requestBytes);
+    });
+  }
+
+  private tryComplete(): void {
+    const headerEnd = this.buffer.indexOf('\r\n\r\n');
+    if (headerEnd < 0 || !this.waiting) return;
+    const head = this.buffer.subarray(0, headerEnd).toString('latin1');
+    const length = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0);
+    if (this.buffer.length < headerEnd + 4 + length) return;
+    const status = Number(head.slice(9, 12));
+    this.buffer = this.buffer.subarray(headerEnd + 4 + length);
+    const waiting = this.waiting;
+    this.waiting = undefined;
+    if (status === 200) waiting.resolve();
+    else waiting.reject(new Error(`HTTP ${status}`));
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'driftline-bench-inference-'));
+const logger = silentLogger();
+const settings = inferenceSettings(loadFirmwareProfiles().get(values.profile)!);
+const sessionOptions: ort.InferenceSession.SessionOptions = {
+  executionProviders: ['cpu'],
+  ...(settings.intraOpThreads === undefined ? {} : { intraOpNumThreads: settings.intraOpThreads }),
+  ...(settings.interOpThreads === undefined ? {} : { interOpNumThreads: settings.interOpThreads }),
+};
+const newEngine = () =>
+  InferenceEngine.create({
+    runtime: createOnnxRuntime({ logger }),
+    providers: ['cpu'],
+    intraOpThreads: settings.intraOpThreads,
+    interOpThreads: settings.interOpThreads,
+    batching: settings.batching,
+    logger,
+  });
+
+try {
+  // The larger model: bare vs engine, batch 1, one client, interleaved rounds.
+  const conv = buildConvModel();
+  const convPath = join(dir, 'conv.onnx');
+  writeFileSync(convPath, conv.bytes);
+  log(`conv model: ${conv.parameters} parameters, ${(conv.bytes.length / 1024 ** 2).toFixed(1)} MiB`);
+  const image = Float32Array.from({ length: CONV_INPUT_SHAPE.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i) * 0.5 + 0.5);
+  const convDims = [1, ...CONV_INPUT_SHAPE];
+  const bareConv = await ort.InferenceSession.create(convPath, sessionOptions);
+  const convEngine = newEngine();
+  await convEngine.load({ name: 'conv', version: 1, path: convPath, sha256: '0'.repeat(64) });
+  const [bareConvPhase, engineConvPhase] = await paired(
+    [() => bareConv.run({ image: new ort.Tensor('float32', image, convDims) }), () => convEngine.infer('conv', [{ name: 'image', datatype: 'FP32', shape: convDims, data: image }])],
+    { warmup: 10, ms: phaseMs * 2 },
+  );
+  await convEngine.shutdown();
+  await bareConv.release();
+
+  // The demo model.
+  const demoPath = join(dir, 'demo.onnx');
+  writeFileSync(demoPath, buildDemoModel({ seed: 1 }).bytes);
+  const row = Float32Array.from([4.1, 12.0, 2.9, 3.2, 2.5, 0.9, 0.4, 41.0]);
+  const bareDemo = await ort.InferenceSession.create(demoPath, sessionOptions);
+  const bareCall = () => bareDemo.run({ features: new ort.Tensor('float32', row, [1, 8]) });
+  const engine = newEngine();
+  await engine.load({ name: 'vibration', version: 1, path: demoPath, sha256: '0'.repeat(64) });
+  const engineCall = () => engine.infer('vibration', [{ name: 'features', datatype: 'FP32', shape: [1, 8], data: row }]);
+  const service: InferenceService = engine;
+  const api = await startLocalApi({ engine: service, health: () => ({ ok: true, details: {} }), metrics: new Registry(), logger });
+  const url = new URL(`${api.url}/v2/models/vibration/infer`);
+  const body = JSON.stringify({ inputs: [{ name: 'features', shape: [1, 8], datatype: 'FP32', data: Array.from(row) }] });
+  const clients = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpClient.open(url, body)));
+  const httpCall = () => clients[0]!.call();
+
+  const [bareDemoPhase, engineDemoPhase] = await paired([bareCall, engineCall]);
+  // HTTP against the same engine, alternating with in-process calls: the difference is what HTTP adds.
+  const [engineBesideHttp, httpDemoPhase] = await paired([engineCall, httpCall]);
+  const runsBefore = engine.queueStats().runs;
+  const engineConcurrent = await measure(engineCall, { clients: CLIENTS });
+  const batchedRuns = engine.queueStats().runs - runsBefore;
+  let next = 0;
+  const httpConcurrent = await measure(() => clients[next++ % CLIENTS]!.call(), { clients: CLIENTS });
+  const bareConcurrent = await measure(bareCall, { clients: CLIENTS });
+  for (const client of clients) client.close();
+  await api.close();
+  await engine.shutdown();
+  await bareDemo.release();
+
+  const rows: Array<[string, Phase]> = [
+    ['conv   bare session.run      b1 x1', bareConvPhase],
+    ['conv   engine in-process     b1 x1', engineConvPhase],
+    ['demo   bare session.run      b1 x1', bareDemoPhase],
+    ['demo   engine in-process     b1 x1', engineDemoPhase],
+    ['demo   local HTTP API (JSON) b1 x1', httpDemoPhase],
+    [`demo   bare session.run      b1 x${CLIENTS}`, bareConcurrent],
+    [`demo   engine micro-batched  b1 x${CLIENTS}`, engineConcurrent],
+    [`demo   HTTP micro-batched    b1 x${CLIENTS}`, httpConcurrent],
+  ];
+  log('                                     req/s      p50 ms    p99 ms');
+  for (const [name, p] of rows) log(`${name}  ${throughput(p).toFixed(0).padStart(8)}  ${percentile(p, 0.5).toFixed(3).padStart(9)} ${percentile(p, 0.99).toFixed(3).padStart(9)}`);
+  log(`micro-batching: ${engineConcurrent.requests} requests in ${batchedRuns} runs (mean ${(engineConcurrent.requests / Math.max(1, batchedRuns)).toFixed(1)} rows per run; profile ${values.profile}, maxBatch ${settings.batching.maxBatch})`);
+
+  const round3 = (n: number) => Math.round(n * 1000) / 1000;
+  const figures = {
+    engine_vs_bare: round3(throughput(engineConvPhase) / throughput(bareConvPhase)),
+    batching_speedup: round3(throughput(engineConcurrent) / throughput(bareDemoPhase)),
+    http_added_p50_ms: round3(percentile(httpDemoPhase, 0.5) - percentile(engineBesideHttp, 0.5)),
+    conv_parameters: conv.parameters,
+    conv_bare_rps: Math.round(throughput(bareConvPhase)),
+    conv_engine_rps: Math.round(throughput(engineConvPhase)),
+    conv_bare_p50_ms: round3(percentile(bareConvPhase, 0.5)),
+    conv_engine_p50_ms: round3(percentile(engineConvPhase, 0.5)),
+    conv_engine_p99_ms: round3(percentile(engineConvPhase, 0.99)),
+    demo_bare_rps: Math.round(throughput(bareDemoPhase)),
+    demo_engine_rps: Math.round(throughput(engineDemoPhase)),
+    demo_http_rps: Math.round(throughput(httpDemoPhase)),
+    demo_bare_p50_ms: round3(percentile(bareDemoPhase, 0.5)),
+    demo_engine_p50_ms: round3(percentile(engineDemoPhase, 0.5)),
+    demo_http_p50_ms: round3(percentile(httpDemoPhase, 0.5)),
+    demo_http_p99_ms: round3(percentile(httpDemoPhase, 0.99)),
+    demo_bare_8_clients_rps: Math.round(throughput(bareConcurrent)),
+    demo_batched_8_clients_rps: Math.round(throughput(engineConcurrent)),
+    demo_batched_8_clients_p50_ms: round3(percentile(engineConcurrent, 0.5)),
+    demo_batched_8_clients_p99_ms: round3(percentile(engineConcurrent, 0.99)),
+    demo_http_batched_8_clients_rps: Math.round(throughput(httpConcurrent)),
+    demo_http_batched_8_clients_p99_ms: round3(percentile(httpConcurrent, 0.99)),
+    mean_rows_per_run: round3(engineConcurrent.requests / Math.max(1, batchedRuns)),
+    targets_met: false,
+  };
+  figures.targets_met =
+    figures.engine_vs_bare >= TARGETS.engine_vs_bare && figures.batching_speedup >= TARGETS.batching_speedup && figures.http_added_p50_ms <= TARGETS.http_added_p50_ms;
+  process.stdout.write(`${JSON.stringify(figures)}\n`);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
