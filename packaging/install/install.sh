@@ -77,7 +77,11 @@ else
   echo "install.sh: user $user does not exist; staged files keep the installing user as owner" >&2
 fi
 group=""; [ -z "$owner" ] || group=$(id -gn "$owner")
-own() { [ -z "$owner" ] || chown "$1" "$2"; }
+# Staging as an ordinary user (an image build, the tests): files stay that user's.
+own() {
+  if [ -z "$owner" ] || { [ "$staged" = 1 ] && [ "$(id -u)" != 0 ]; }; then return 0; fi
+  chown "$1" "$2"
+}
 
 # The binary: copied beside its final name, then renamed over it, so a running agent keeps
 # its inode and a crash mid-copy never leaves half a binary.
