@@ -26,6 +26,9 @@ export interface SqliteBufferOptions {
 /** What a row costs besides its body (key, columns, b-tree slack): an estimate for the budget. */
 export const ROW_OVERHEAD_BYTES = 40;
 
+/** Rows per multi-row INSERT (4 parameters each, well under SQLite's limit of 32766). */
+const MULTI_ROW = 64;
+
 interface Pending {
   record: NewRecord;
   resolve(): void;
@@ -52,6 +55,7 @@ export class SqliteBuffer implements TelemetryBuffer {
   private readonly limits: BufferLimits;
   private readonly clock: Clock;
   private readonly insert: Statement;
+  private readonly insertMany: Statement;
   private readonly selectAfter: Statement;
   private readonly selectStream: Statement;
   private readonly selectNewest: Statement;
@@ -107,6 +111,7 @@ export class SqliteBuffer implements TelemetryBuffer {
     const saved = this.getState('buffer.drops');
     if (saved) this.drops = { ...emptyDrops(), ...(JSON.parse(saved) as DropCounts) };
     this.insert = db.prepare('INSERT INTO outbox (boot, stream, time_ms, body) VALUES (?, ?, ?, ?)');
+    this.insertMany = db.prepare(`INSERT INTO outbox (boot, stream, time_ms, body) VALUES ${Array.from({ length: MULTI_ROW }, () => '(?, ?, ?, ?)').join(', ')}`);
     this.selectAfter = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
     this.selectStream = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?');
     this.selectNewest = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT ?');
@@ -135,8 +140,21 @@ export class SqliteBuffer implements TelemetryBuffer {
     const before = this.snapshot();
     try {
       this.db.transaction(() => {
+        // Multi-row INSERTs: one statement step per MULTI_ROW records instead of one per record.
+        let i = 0;
+        for (; i + MULTI_ROW <= batch.length; i += MULTI_ROW) {
+          const args: unknown[] = [];
+          for (let j = i; j < i + MULTI_ROW; j++) {
+            const r = batch[j]!.record;
+            args.push(this.boot, r.stream, r.timeMs, r.body);
+          }
+          this.insertMany.run(args);
+        }
+        for (; i < batch.length; i++) {
+          const r = batch[i]!.record;
+          this.insert.run(this.boot, r.stream, r.timeMs, r.body);
+        }
         for (const { record } of batch) {
-          this.insert.run(this.boot, record.stream, record.timeMs, record.body);
           const c = this.countsOf(record.stream);
           c.records++;
           c.bytes += record.body.length + ROW_OVERHEAD_BYTES;

@@ -51,6 +51,27 @@ const MIGRATIONS = [
    CREATE INDEX telemetry_records_received ON telemetry_records (received_ms);`,
 ];
 
+/** Rows per multi-row INSERT (12 parameters each). */
+const INSERT_ROWS = 64;
+
+function rowParams(deviceId: string, record: TelemetryRecord, receivedAtMs: number): unknown[] {
+  const inference = record.body?.$case === 'inference' ? record.body.value : undefined;
+  return [
+    deviceId,
+    record.boot,
+    record.seq,
+    record.timeMs,
+    receivedAtMs,
+    record.stream,
+    record.body?.$case ?? 'empty',
+    inference?.model ?? null,
+    inference?.version ?? null,
+    inference?.latencyMs ?? null,
+    inference ? (inference.outcome === Outcome.OUTCOME_ERROR ? 0 : 1) : null,
+    TelemetryRecord.encode(record).finish(),
+  ];
+}
+
 /** Rollup bucket sizes: 1 minute and 1 hour. */
 export const ROLLUP_BUCKETS_MS = [60_000, 3_600_000] as const;
 
@@ -73,11 +94,12 @@ interface TotalsDelta {
  * transaction from the records that were actually new.
  */
 export class SqliteTelemetryRepository implements TelemetryRepository {
-  private readonly insertRecord: Statement;
   private readonly bumpTotals: Statement;
   private readonly bumpCounter: Statement;
   private readonly setDeviceState: Statement;
   private readonly bumpRollup: Statement;
+  private readonly insertRecords: Statement;
+  private readonly selectStored: Statement;
   private readonly commitTx: (deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, offsetMs: number) => { stored: number; duplicates: number };
 
   constructor(
@@ -85,20 +107,18 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     private readonly sinks: readonly RecordSink[] = [],
   ) {
     applyMigrations(db, 'telemetry', MIGRATIONS);
+    this.insertRecords = this.insertRows(INSERT_ROWS);
+    this.selectStored = db.prepare('SELECT seq FROM telemetry_records WHERE device_id = ? AND boot = ? AND seq BETWEEN ? AND ?');
     this.bumpRollup = db.prepare(
       `INSERT INTO telemetry_rollups (bucket_ms, bucket_start, device_id, model, model_version, records, inferences, inference_errors, latency_sum, latency_max, events)
-       VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (bucket_ms, bucket_start, device_id, model, model_version) DO UPDATE SET
-         records = records + 1,
+         records = records + excluded.records,
          inferences = inferences + excluded.inferences,
          inference_errors = inference_errors + excluded.inference_errors,
          latency_sum = latency_sum + excluded.latency_sum,
          latency_max = max(latency_max, excluded.latency_max),
          events = events + excluded.events`,
-    );
-    this.insertRecord = db.prepare(
-      `INSERT OR IGNORE INTO telemetry_records (device_id, boot, seq, time_ms, received_ms, stream, kind, model, model_version, latency_ms, ok, record)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     this.bumpTotals = db.prepare(
       `INSERT INTO telemetry_device_totals (device_id, records, inferences, inference_errors, latency_sum, latency_max, events, last_record_ms)
@@ -121,29 +141,31 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     );
     this.commitTx = db.transaction((deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, offsetMs: number) => {
       const delta: TotalsDelta = { records: 0, inferences: 0, errors: 0, latencySum: 0, latencyMax: 0, events: 0, lastRecordMs: 0 };
-      for (const record of records) {
+      // Rollup deltas are summed per bucket first, so a batch costs one upsert per bucket, not per record.
+      const rollups = new Map<string, { bucketMs: number; start: number; model: string; version: number; records: number; inferences: number; errors: number; latencySum: number; latencyMax: number; events: number }>();
+      // Records already stored (a resend) are found by key range first, so the new ones go in with multi-row INSERTs.
+      const fresh = this.freshRecords(deviceId, records);
+      for (let i = 0; i < fresh.length; i += INSERT_ROWS) {
+        const chunk = fresh.slice(i, i + INSERT_ROWS);
+        const params = chunk.flatMap((record) => rowParams(deviceId, record, receivedAtMs));
+        (chunk.length === INSERT_ROWS ? this.insertRecords : this.insertRows(chunk.length)).run(params);
+      }
+      for (const record of fresh) {
         const inference = record.body?.$case === 'inference' ? record.body.value : undefined;
-        const { changes } = this.insertRecord.run(
-          deviceId,
-          record.boot,
-          record.seq,
-          record.timeMs,
-          receivedAtMs,
-          record.stream,
-          record.body?.$case ?? 'empty',
-          inference?.model ?? null,
-          inference?.version ?? null,
-          inference?.latencyMs ?? null,
-          inference ? (inference.outcome === Outcome.OUTCOME_ERROR ? 0 : 1) : null,
-          TelemetryRecord.encode(record).finish(),
-        );
-        if (changes === 0) continue;
         // Buckets use the device's time corrected by its clock offset, never a time in the future.
         const corrected = Math.min(receivedAtMs, record.timeMs + offsetMs);
         for (const bucketMs of ROLLUP_BUCKETS_MS) {
-          const isError = inference?.outcome === Outcome.OUTCOME_ERROR ? 1 : 0;
-          this.bumpRollup.run(bucketMs, Math.floor(corrected / bucketMs) * bucketMs, deviceId, inference?.model ?? '', inference?.version ?? 0,
-            inference ? 1 : 0, isError, inference?.latencyMs ?? 0, inference?.latencyMs ?? 0, record.body?.$case === 'event' ? 1 : 0);
+          const start = Math.floor(corrected / bucketMs) * bucketMs;
+          const key = `${bucketMs}\u0000${start}\u0000${inference?.model ?? ''}\u0000${inference?.version ?? 0}`;
+          let r = rollups.get(key);
+          if (!r) rollups.set(key, (r = { bucketMs, start, model: inference?.model ?? '', version: inference?.version ?? 0, records: 0, inferences: 0, errors: 0, latencySum: 0, latencyMax: 0, events: 0 }));
+          r.records++;
+          if (inference) {
+            r.inferences++;
+            if (inference.outcome === Outcome.OUTCOME_ERROR) r.errors++;
+            r.latencySum += inference.latencyMs;
+            r.latencyMax = Math.max(r.latencyMax, inference.latencyMs);
+          } else if (record.body?.$case === 'event') r.events++;
         }
         for (const sink of this.sinks) sink(deviceId, record, corrected);
         delta.records++;
@@ -157,12 +179,54 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
           delta.events++;
         }
       }
+      for (const r of rollups.values()) {
+        this.bumpRollup.run(r.bucketMs, r.start, deviceId, r.model, r.version, r.records, r.inferences, r.errors, r.latencySum, r.latencyMax, r.events);
+      }
       const duplicates = records.length - delta.records;
       if (delta.records > 0) this.bumpTotals.run({ deviceId, ...delta });
       this.bumpCounter.run('records_stored', delta.records);
       if (duplicates > 0) this.bumpCounter.run('duplicates_dropped', duplicates);
       return { stored: delta.records, duplicates };
     });
+  }
+
+  private readonly insertStatements = new Map<number, Statement>();
+
+  private insertRows(n: number): Statement {
+    let statement = this.insertStatements.get(n);
+    if (!statement) {
+      statement = this.db.prepare(
+        `INSERT OR IGNORE INTO telemetry_records (device_id, boot, seq, time_ms, received_ms, stream, kind, model, model_version, latency_ms, ok, record)
+         VALUES ${Array.from({ length: n }, () => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`,
+      );
+      this.insertStatements.set(n, statement);
+    }
+    return statement;
+  }
+
+  /** The records of a batch not stored yet, each once. */
+  private freshRecords(deviceId: string, records: readonly TelemetryRecord[]): TelemetryRecord[] {
+    const spans = new Map<number, { first: number; last: number }>();
+    for (const r of records) {
+      const span = spans.get(r.boot);
+      if (!span) spans.set(r.boot, { first: r.seq, last: r.seq });
+      else {
+        span.first = Math.min(span.first, r.seq);
+        span.last = Math.max(span.last, r.seq);
+      }
+    }
+    const seen = new Set<string>();
+    for (const [boot, { first, last }] of spans) {
+      for (const { seq } of this.selectStored.all(deviceId, boot, first, last) as Array<{ seq: number }>) seen.add(`${boot}:${seq}`);
+    }
+    const fresh: TelemetryRecord[] = [];
+    for (const r of records) {
+      const key = `${r.boot}:${r.seq}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      fresh.push(r);
+    }
+    return fresh;
   }
 
   commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, deviceClockOffsetMs = 0): { stored: number; duplicates: number } {
