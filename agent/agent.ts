@@ -1,5 +1,4 @@
 import { mkdirSync } from 'node:fs';
-import { arch, totalmem } from 'node:os';
 import { join } from 'node:path';
 import cron, { type ScheduledTask } from 'node-cron';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
@@ -77,11 +76,20 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     maxModelBytes: config.maxModelBytes,
   });
   // A device-specific onnxruntime (Jetson) must be in the process before onnxruntime-node's binding loads.
-  if (inference.libraryPath !== undefined) logger.info({ library: preloadOnnxRuntimeLibrary(inference.libraryPath) }, 'onnxruntime library loaded');
+  // Without it the agent still serves, on onnxruntime-node's own library, and says why.
+  const warnings = [...profileChoice.warnings];
+  if (inference.libraryPath !== undefined) {
+    try {
+      logger.info({ library: preloadOnnxRuntimeLibrary(inference.libraryPath) }, 'onnxruntime library loaded');
+    } catch (err) {
+      warnings.push(`${err instanceof Error ? err.message : String(err)}; serving with onnxruntime-node's own library`);
+      inference.libraryPath = undefined;
+    }
+  }
   const { createOnnxRuntime } = await import('./inference/onnxruntime-runtime.js');
   const runtime = createOnnxRuntime({ logger, libraryPath: inference.libraryPath });
   const providerNames = inference.providers.map((p) => p.name);
-  const warnings = [...profileChoice.warnings, ...providerWarnings(inference, runtime.availableProviders(), hostFacts)];
+  warnings.push(...providerWarnings(inference, runtime.availableProviders(), hostFacts));
   logger.info({ firmwareProfile, reason: profileChoice.reason, providers: providerNames, batching: inference.batching, maxModelBytes: inference.maxModelBytes }, 'firmware profile');
   for (const warning of warnings) logger.warn({ firmwareProfile }, warning);
   const identity = await ensureIdentity(config, firmwareProfile, logger, clock);
@@ -203,7 +211,14 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     clock,
     // Signed releases: verified against the root pinned at enrollment (none pinned: unsigned mode).
     trust: PinnedRoot.open(config.dataDir),
-    device: { deviceId, arch: arch() === 'arm64' ? 'arm64' : 'x86_64', providers: providerNames, memoryBytes: totalmem() },
+    // What a release's constraints are checked against: the firmware profile's facts.
+    device: {
+      deviceId,
+      arch: profileChoice.profile.arch,
+      providers: providerNames,
+      memoryBytes: profileChoice.profile.inference.memoryBudget,
+      flags: [profileChoice.profile.name, profileChoice.profile.accelerator],
+    },
     selfTest: (path, golden) => runGoldenSelfTest(runtime, providerNames, path, golden),
     onChange(change) {
       recorder.event(change.kind, change.error?.message ?? `${change.model.name} v${change.model.version}`, {

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
+import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import type { Logger } from '../common/logger.js';
 import { DesiredState } from '../common/proto/driftline/v1/device_link.js';
 import { startGrpcServer } from './api/grpc-server.js';
@@ -183,10 +184,10 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true });
     const rollouts = new RolloutEngine({
       repository: new SqliteRolloutRepository(db),
-      fleet: new FleetStoreView(fleet),
+      fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
       metrics: new SqliteCohortMetrics(db),
       publisher: new DesiredStatePublisher({ fleet, registry, releases, publishDesired, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
-      catalog: new RegistryCatalog(registry),
+      catalog: new RegistryCatalog(registry, releases),
       drift: driftSourceFrom(driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } })),
       clock,
       logger,

@@ -74,7 +74,7 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
     metafile: true,
     // Dependencies' import.meta.url (node-cron computes a path with it at load) becomes the executable's own URL.
     banner: { js: 'var __driftlineExecUrl = require("node:url").pathToFileURL(process.execPath).href;' },
-    define: { 'import.meta.url': '__driftlineExecUrl' },
+    define: { 'import.meta.url': '__driftlineExecUrl', 'import.meta.filename': 'process.execPath', 'import.meta.dirname': '__dirname' },
     plugins: [seaPlugin(version)],
   });
   for (const w of result.warnings) log(`  esbuild: ${w.text}${w.location ? ` (${w.location.file})` : ''}`);
@@ -169,9 +169,17 @@ function seaPlugin(version: string): esbuild.Plugin {
       build.onLoad({ filter: /\.ts$/ }, (args) => {
         if (args.path.includes('node_modules')) return undefined;
         const source = readFileSync(args.path, 'utf8');
-        if (!source.includes('import.meta.url')) return undefined;
+        if (!/import\.meta\.(url|dirname|filename)/.test(source)) return undefined;
         const rel = relative(ROOT, args.path).split('\\').join('/');
-        return { contents: source.replaceAll('import.meta.url', `globalThis.__driftlineModuleUrl(${JSON.stringify(rel)})`), loader: 'ts' };
+        const url = `globalThis.__driftlineModuleUrl(${JSON.stringify(rel)})`;
+        const file = `require("node:url").fileURLToPath(${url})`;
+        return {
+          contents: source
+            .replaceAll('import.meta.url', url)
+            .replaceAll('import.meta.filename', file)
+            .replaceAll('import.meta.dirname', `require("node:path").dirname(${file})`),
+          loader: 'ts',
+        };
       });
     },
   };

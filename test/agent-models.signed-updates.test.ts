@@ -269,6 +269,12 @@ describe('agent model manager - signed updates', () => {
     await expectRefusedThenRecovers(d, desiredFor(2, armOnly), 'RELEASE_INCOMPATIBLE');
   });
 
+  it('refuses a release that requires a fact of the firmware profile this device lacks', async () => {
+    const d = await deviceOnV1();
+    const jetsonOnly = await makeRelease('vibration', 2, models[1]!, trust.release.signer, { constraints: { providers: [], arch: [], minMemoryBytes: 0, flags: ['jetson-agx-orin-jp6'] } });
+    await expectRefusedThenRecovers(d, desiredFor(2, jetsonOnly), 'RELEASE_INCOMPATIBLE');
+  });
+
   it('refuses a release whose golden vectors the model does not reproduce', async () => {
     const d = await deviceOnV1();
     const golden = structuredClone(v2.manifest.golden);

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -64,5 +64,52 @@ describe('firmware profile on a fully wired agent', () => {
     );
     expect(device!.reported).toMatchObject({ firmwareProfile: 'x86_64-nvidia-cuda12', activeModel: { provider: 'cpu' } });
     expect(device!.reported!.warnings).toEqual(health.details.warnings);
+  });
+});
+
+describe('firmware profile whose onnxruntime library is missing', () => {
+  let dir: string;
+  let cp: ControlPlane | undefined;
+  let agent: AgentHandle | undefined;
+
+  afterAll(async () => {
+    await agent?.shutdown();
+    await cp?.shutdown();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('profile agent - a Jetson without its JetPack onnxruntime starts on onnxruntime-node\'s library and says which fact applies', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'driftline-profile-lib-'));
+    const emptyLibrary = join(dir, 'onnxruntime-jetpack6');
+    mkdirSync(emptyLibrary);
+    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
+    const api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
+    const token = await api.createEnrollmentToken('edge-jetson');
+    api.close();
+    // A Jetson Orin Nano as its device tree and /etc/nv_tegra_release describe it.
+    const jetson: HostFacts = { arch: 'arm64', platform: 'linux', deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit', tegraRelease: '# R36 (release), REVISION: 3.0', nvidiaSmi: false };
+    agent = await startAgent(
+      loadAgentConfig({
+        env: {},
+        flags: {
+          deviceId: 'edge-jetson',
+          enrollToken: token,
+          server: cp.addresses.grpc,
+          dataDir: join(dir, 'agent'),
+          localApi: { port: 0 },
+          inference: { libraryPath: emptyLibrary },
+          schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *' },
+        },
+      }),
+      { logger: silentLogger(), hostProbe: { facts: async () => jetson } },
+    ).catch((err: unknown) => {
+      throw new Error(`the agent should start without its device library: ${String(err)}`);
+    });
+    const health = (await (await fetch(`${agent.localApiUrl}/healthz`)).json()) as { details: { firmwareProfile: string; warnings: string[] } };
+    expect(health.details.firmwareProfile).toMatch(/^jetson-orin-nano/);
+    // Which fact applies depends on whether this test process already holds onnxruntime: the folder is empty, or it is too late to load one.
+    const warning = health.details.warnings.find((w) => w.includes(emptyLibrary));
+    expect(warning).toMatch(/no onnxruntime library \(libonnxruntime\.so.*\) in .*|onnxruntime is already loaded in this process/);
+    expect(warning).toContain("serving with onnxruntime-node's own library");
   });
 });

@@ -46,4 +46,17 @@ describe('rollout cohorts', () => {
     expect(incompatibility(constraints, device('jetson-agx-orin-jp6', {}))).toMatch(/camera/);
     expect(incompatibility(constraintsFromMetadata({}), device(''))).toBeUndefined();
   });
+
+  it('rollout - checks a signed manifest\'s hardware constraints against what the device\'s firmware profile says', () => {
+    const hardware = { arch: 'arm64', providers: ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider'], memoryBytes: 4 * 2 ** 30 };
+    const device = (hw: typeof hardware | undefined) => ({ id: 'd', profile: 'jetson-orin-nano-jp6', labels: {}, hardware: hw });
+    const needs = (c: { arch?: string[]; providers?: string[]; minMemoryBytes?: number }) => ({ profiles: [], labels: {}, ...c });
+    expect(incompatibility(needs({ arch: ['arm64'], providers: ['CUDAExecutionProvider'], minMemoryBytes: 2 ** 30 }), device(hardware))).toBeUndefined();
+    expect(incompatibility(needs({ arch: ['x86_64'] }), device(hardware))).toMatch(/arch arm64/);
+    expect(incompatibility(needs({ providers: ['OpenVINOExecutionProvider'] }), device(hardware))).toMatch(/providers/);
+    expect(incompatibility(needs({ minMemoryBytes: 8 * 2 ** 30 }), device(hardware))).toMatch(/memory/);
+    // A device on a profile the control plane does not know cannot be shown to fit.
+    expect(incompatibility(needs({ arch: ['arm64'] }), device(undefined))).toMatch(/not a known profile/);
+    expect(incompatibility(needs({}), device(undefined))).toBeUndefined();
+  });
 });

@@ -40,7 +40,10 @@ export interface DeviceTraits {
   /** 'x86_64' | 'arm64' */
   arch: string;
   providers: readonly string[];
+  /** Memory models may use (the firmware profile's budget). */
   memoryBytes: number;
+  /** Facts a release may require by name (profile name, accelerator kind). */
+  flags?: readonly string[];
 }
 
 /** Install states, persisted before each step so a restart knows where it stopped. */
@@ -291,6 +294,8 @@ export class ModelManager {
       if (c.arch.length > 0 && !c.arch.includes(device.arch)) incompatible.push(`arch ${device.arch} not in [${c.arch.join(', ')}]`);
       if (c.providers.length > 0 && !c.providers.some((p) => device.providers.includes(p))) incompatible.push(`none of the providers [${c.providers.join(', ')}]`);
       if (c.minMemoryBytes > device.memoryBytes) incompatible.push(`needs ${c.minMemoryBytes} bytes of memory`);
+      const missing = c.flags.filter((f) => !(device.flags ?? []).includes(f));
+      if (missing.length > 0) incompatible.push(`lacks ${missing.join(', ')}`);
       if (incompatible.length > 0) throw new DriftlineError('RELEASE_INCOMPATIBLE', `${manifest.name} v${manifest.version} does not fit this device: ${incompatible.join('; ')}`);
     }
     return { manifest, rollback };

@@ -43,6 +43,10 @@ export interface ModelConstraints {
   profiles: string[];
   /** Labels the device must carry (values may end in `*`). */
   labels: Record<string, string>;
+  /** From the signed manifest: one of these architectures, any of these providers, this much memory. */
+  arch?: string[] | undefined;
+  providers?: string[] | undefined;
+  minMemoryBytes?: number | undefined;
 }
 
 /** Metadata keys a release may carry its constraints under (until signed manifests carry them). */
@@ -68,6 +72,8 @@ export interface DeviceFacts {
   labels: Record<string, string>;
   /** The profile the device last reported, else its `profile` label. */
   profile: string;
+  /** What the profile says about the hardware; undefined when the profile is not a known one. */
+  hardware?: { arch: string; providers: string[]; memoryBytes: number } | undefined;
 }
 
 const matches = (pattern: string, value: string): boolean => (pattern.endsWith('*') ? value.startsWith(pattern.slice(0, -1)) : value === pattern);
@@ -77,6 +83,14 @@ export function incompatibility(constraints: ModelConstraints, device: DeviceFac
   if (constraints.profiles.length > 0) {
     if (!device.profile) return 'firmware profile unknown';
     if (!constraints.profiles.some((p) => matches(p, device.profile))) return `profile ${device.profile} not in ${constraints.profiles.join(',')}`;
+  }
+  const needsHardware = (constraints.arch?.length ?? 0) > 0 || (constraints.providers?.length ?? 0) > 0 || (constraints.minMemoryBytes ?? 0) > 0;
+  if (needsHardware) {
+    const hw = device.hardware;
+    if (!hw) return `firmware profile ${device.profile || '(none)'} is not a known profile, so its hardware is unknown`;
+    if (constraints.arch?.length && !constraints.arch.includes(hw.arch)) return `arch ${hw.arch} not in ${constraints.arch.join(',')}`;
+    if (constraints.providers?.length && !constraints.providers.some((p) => hw.providers.includes(p))) return `none of the providers ${constraints.providers.join(',')}`;
+    if ((constraints.minMemoryBytes ?? 0) > hw.memoryBytes) return `needs ${constraints.minMemoryBytes} bytes of memory`;
   }
   for (const [key, pattern] of Object.entries(constraints.labels)) {
     const value = Object.hasOwn(device.labels, key) ? device.labels[key] : undefined;

@@ -1,6 +1,8 @@
 import type { Logger } from '../../common/logger.js';
 import { DesiredModel, DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
+import type { FirmwareProfile } from '../../common/firmware-profile.js';
+import { peekManifest } from '../../common/trust/manifest.js';
 import { PROFILE_LABEL, type DeviceRecord, type FleetStore } from '../fleet/fleet-store.js';
 import { artifactPath } from '../registry/artifact-store.js';
 import { constraintsFromMetadata, type ModelConstraints } from './cohorts.js';
@@ -13,15 +15,24 @@ const activeVersion = (device: DeviceRecord, model: string): number =>
 
 /** The rollout's view of the fleet: targets, what they run and how their installs went, from reported state. */
 export class FleetStoreView implements FleetView {
-  constructor(private readonly fleet: Pick<FleetStore, 'list' | 'get'>) {}
+  /** @param profiles known firmware profiles by name (the shipped ones), for the hardware behind a device's profile */
+  constructor(
+    private readonly fleet: Pick<FleetStore, 'list' | 'get'>,
+    private readonly profiles: ReadonlyMap<string, FirmwareProfile> = new Map(),
+  ) {}
 
   devices(selector: string, model: string): PlanningDevice[] {
-    return this.fleet.list(selector).map((d) => ({
-      id: d.id,
-      labels: d.labels,
-      profile: d.reported?.firmwareProfile || d.labels[PROFILE_LABEL] || '',
-      activeVersion: activeVersion(d, model),
-    }));
+    return this.fleet.list(selector).map((d) => {
+      const profile = d.reported?.firmwareProfile || d.labels[PROFILE_LABEL] || '';
+      const known = this.profiles.get(profile);
+      return {
+        id: d.id,
+        labels: d.labels,
+        profile,
+        hardware: known ? { arch: known.arch, providers: known.inference.providers.map((p) => p.name), memoryBytes: known.inference.memoryBudget } : undefined,
+        activeVersion: activeVersion(d, model),
+      };
+    });
   }
 
   installStatus(model: string, version: number, deviceIds: readonly string[]): InstallStats {
@@ -41,12 +52,23 @@ export class FleetStoreView implements FleetView {
   }
 }
 
-/** Constraints from the registry's version metadata (signed manifests will carry them later). */
+/**
+ * Constraints of a version: profiles and labels from its registry metadata, and the hardware
+ * constraints (arch, providers, memory) of its signed manifest when it has one.
+ */
 export class RegistryCatalog implements ModelCatalog {
-  constructor(private readonly registry: { resolve(name: string, version: number): ModelVersion }) {}
+  constructor(
+    private readonly registry: { resolve(name: string, version: number): ModelVersion },
+    private readonly releases?: { envelopeOf(name: string, version: number): Buffer | undefined },
+  ) {}
 
   constraints(model: string, version: number): ModelConstraints {
-    return constraintsFromMetadata(this.registry.resolve(model, version).metadata);
+    const base = constraintsFromMetadata(this.registry.resolve(model, version).metadata);
+    const envelope = this.releases?.envelopeOf(model, version);
+    if (!envelope) return base;
+    // The release store verified the envelope when it was published; here only its content is needed.
+    const { constraints } = peekManifest(envelope);
+    return { ...base, arch: constraints.arch, providers: constraints.providers, minMemoryBytes: constraints.minMemoryBytes };
   }
 }
 

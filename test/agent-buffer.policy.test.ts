@@ -1,0 +1,91 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../common/clock.js';
+import { Stream } from '../common/proto/driftline/v1/device_link.js';
+import { ROW_OVERHEAD_BYTES, SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'driftline-buffer-policy-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let files = 0;
+const file = (): string => join(dir, `buffer-${++files}.db`);
+const body = (i: number, size = 10): Uint8Array => new Uint8Array(size).fill(i % 251);
+
+async function fill(buffer: SqliteBuffer, stream: Stream, n: number, clock: ManualClock, size = 10): Promise<void> {
+  await Promise.all(Array.from({ length: n }, (_, i) => buffer.enqueue({ stream, timeMs: clock.now(), body: body(i, size) })));
+}
+
+describe('agent buffer policy', () => {
+  it('a stream over its quota loses its own oldest records, counted as quota drops', async () => {
+    const clock = new ManualClock();
+    const buffer = SqliteBuffer.open({ file: file(), synchronous: 'FULL', clock, limits: { maxRecords: { [Stream.STREAM_SYSTEM]: 5 } } });
+    await fill(buffer, Stream.STREAM_SYSTEM, 8, clock);
+    await fill(buffer, Stream.STREAM_EVENTS, 3, clock);
+    expect(buffer.depthByStream()).toMatchObject({ [Stream.STREAM_SYSTEM]: 5, [Stream.STREAM_EVENTS]: 3 });
+    expect(buffer.dropped()[Stream.STREAM_SYSTEM]).toEqual({ quota: 3, budget: 0, ttl: 0 });
+    // The oldest went: what is left are the last five system records (seq 4..8).
+    expect(buffer.peekStream(Stream.STREAM_SYSTEM, 0, 100).map((r) => r.seq)).toEqual([4, 5, 6, 7, 8]);
+    await buffer.close();
+  });
+
+  it('when the byte budget is full the lowest-priority stream goes first, and events last', async () => {
+    const clock = new ManualClock();
+    const perRecord = 10 + ROW_OVERHEAD_BYTES;
+    const buffer = SqliteBuffer.open({ file: file(), synchronous: 'FULL', clock, limits: { maxBytes: 20 * perRecord } });
+    await fill(buffer, Stream.STREAM_EVENTS, 5, clock);
+    await fill(buffer, Stream.STREAM_INFERENCE, 5, clock);
+    await fill(buffer, Stream.STREAM_SAMPLES, 8, clock);
+    await fill(buffer, Stream.STREAM_SYSTEM, 6, clock);
+    // 24 records for a budget of 20: four samples go, the newest samples stay.
+    expect(buffer.depth()).toBe(20);
+    expect(buffer.depthByStream()).toMatchObject({ 1: 5, 2: 5, 3: 6, 4: 4 });
+    expect(buffer.dropped()[Stream.STREAM_SAMPLES]!.budget).toBe(4);
+    await fill(buffer, Stream.STREAM_EVENTS, 12, clock);
+    // Samples and system records are gone before any inference record or event.
+    expect(buffer.depthByStream()).toMatchObject({ 1: 17, 2: 3, 3: 0, 4: 0 });
+    expect(buffer.usedBytes()).toBeLessThanOrEqual(20 * perRecord);
+    await buffer.close();
+  });
+
+  it('drop counts survive a restart, and each record is either buffered or counted as dropped', async () => {
+    const clock = new ManualClock();
+    const path = file();
+    const limits = { maxRecords: { [Stream.STREAM_INFERENCE]: 50 } };
+    let buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits });
+    await fill(buffer, Stream.STREAM_INFERENCE, 80, clock);
+    await buffer.close();
+    buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits });
+    await fill(buffer, Stream.STREAM_INFERENCE, 20, clock);
+    expect(buffer.boot).toBe(2);
+    expect(buffer.depth() + buffer.droppedTotal()).toBe(100);
+    expect(buffer.dropped()[Stream.STREAM_INFERENCE]!.quota).toBe(50);
+    await buffer.close();
+  });
+
+  it('records past their TTL are expired by maintenance and counted as ttl drops', async () => {
+    const clock = new ManualClock();
+    const buffer = SqliteBuffer.open({ file: file(), synchronous: 'NORMAL', clock, limits: { ttlMs: 60_000 } });
+    await fill(buffer, Stream.STREAM_SYSTEM, 4, clock);
+    clock.advance(45_000);
+    await fill(buffer, Stream.STREAM_EVENTS, 2, clock);
+    clock.advance(30_000);
+    expect(buffer.maintain()).toEqual({ expired: 4 });
+    expect(buffer.depthByStream()).toMatchObject({ [Stream.STREAM_EVENTS]: 2, [Stream.STREAM_SYSTEM]: 0 });
+    expect(buffer.dropped()[Stream.STREAM_SYSTEM]!.ttl).toBe(4);
+    await buffer.close();
+  });
+
+  it('acknowledged records leave the buffer and free their budget', async () => {
+    const clock = new ManualClock();
+    const buffer = SqliteBuffer.open({ file: file(), synchronous: 'FULL', clock, limits: { maxBytes: 1_000_000 } });
+    await fill(buffer, Stream.STREAM_INFERENCE, 10, clock, 100);
+    const used = buffer.usedBytes();
+    expect(buffer.acknowledge([{ boot: buffer.boot, first: 1, last: 6 }])).toBe(6);
+    expect(buffer.depth()).toBe(4);
+    expect(buffer.usedBytes()).toBe(used - 6 * (100 + ROW_OVERHEAD_BYTES));
+    // A repeated ack is harmless.
+    expect(buffer.acknowledge([{ boot: buffer.boot, first: 1, last: 6 }])).toBe(0);
+    await buffer.close();
+  });
+});
