@@ -95,11 +95,14 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   const identity = await ensureIdentity(config, firmwareProfile, logger, clock);
   const deviceId = identity.deviceId;
   const { quotas } = config.buffer;
+  // Disk budget and upload cap: the firmware profile's unless the configuration sets them.
+  const bufferBudgetBytes = config.buffer.maxBytes ?? profileChoice.profile.buffer.diskBudget;
+  const uploadBytesPerSecond = config.uplink.maxBytesPerSecond ?? profileChoice.profile.telemetry.uploadBytesPerSecond;
   const buffer = SqliteBuffer.open({
     file: join(config.dataDir, 'buffer.db'),
     synchronous: config.buffer.synchronous,
     limits: {
-      maxBytes: config.buffer.maxBytes,
+      maxBytes: bufferBudgetBytes,
       maxRecords: { [Stream.STREAM_EVENTS]: quotas.events, [Stream.STREAM_INFERENCE]: quotas.inference, [Stream.STREAM_SYSTEM]: quotas.system, [Stream.STREAM_SAMPLES]: quotas.samples },
       ttlMs: config.buffer.ttl,
     },
@@ -135,7 +138,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     batchDelayMs: config.uplink.batchDelay,
     ackTimeoutMs: config.uplink.ackTimeout,
     compressMinBytes: config.uplink.compressMinBytes,
-    maxBytesPerSecond: config.uplink.maxBytesPerSecond,
+    maxBytesPerSecond: uploadBytesPerSecond,
     liveEvery: config.uplink.liveEvery,
   });
   const recorder = new TelemetryRecorder(buffer, clock, logger, () => uploader.notify());
@@ -312,6 +315,9 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
         boot: buffer.boot,
         uplinkConnected: uplink.connected,
         bufferDepth: buffer.depth(),
+        bufferBytes: buffer.usedBytes(),
+        bufferBudgetBytes,
+        uploadBytesPerSecond,
         recordsEnqueued: recorder.enqueued,
         recordsDropped: recorder.dropped,
         recordsAcknowledged: uploader.stats.recordsAcknowledged,

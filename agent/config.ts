@@ -33,8 +33,8 @@ export const agentConfigSchema = z
       .object({
         /** FULL: nothing committed is lost even on power loss. NORMAL: faster; the last commits may be lost on power loss. */
         synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
-        /** Disk budget for buffered records; when full, the oldest records of the lowest-priority stream go (counted, reported). */
-        maxBytes: byteSize.prefault('256MiB'),
+        /** Disk budget for buffered records (the firmware profile's buffer.diskBudget when absent); when full, the oldest records of the lowest-priority stream go (counted, reported). */
+        maxBytes: byteSize.optional(),
         /** Per-stream record quotas (0: only the budget applies). */
         quotas: z
           .object({
@@ -58,8 +58,8 @@ export const agentConfigSchema = z
         ackTimeout: duration.prefault('15s'),
         /** Batches at least this large are deflated when that saves 10 % or more; 0: never. */
         compressMinBytes: byteSize.prefault('2KiB'),
-        /** Upload cap in bytes per second; 0: none (the firmware profile will set it). */
-        maxBytesPerSecond: byteSize.prefault(0),
+        /** Upload cap in bytes per second, 0: none; the firmware profile's telemetry.uploadBytesPerSecond when absent. */
+        maxBytesPerSecond: byteSize.optional(),
         /** While a backlog drains, every Nth batch carries the newest records; 0: strictly oldest first. */
         liveEvery: z.number().int().nonnegative().default(4),
       })

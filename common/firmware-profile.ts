@@ -113,6 +113,8 @@ export const firmwareProfileSchema = z
         heartbeat: cronExpression,
         /** System metrics sample. */
         system: cronExpression,
+        /** Telemetry upload cap in bytes per second; 0: none. */
+        uploadBytesPerSecond: byteSize.prefault(0),
       })
       .strict(),
   })

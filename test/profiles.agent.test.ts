@@ -105,8 +105,12 @@ describe('firmware profile whose onnxruntime library is missing', () => {
     ).catch((err: unknown) => {
       throw new Error(`the agent should start without its device library: ${String(err)}`);
     });
-    const health = (await (await fetch(`${agent.localApiUrl}/healthz`)).json()) as { details: { firmwareProfile: string; warnings: string[] } };
+    const health = (await (await fetch(`${agent.localApiUrl}/healthz`)).json()) as {
+      details: { firmwareProfile: string; warnings: string[]; bufferBudgetBytes: number; uploadBytesPerSecond: number };
+    };
     expect(health.details.firmwareProfile).toMatch(/^jetson-orin-nano/);
+    // The profile's buffer disk budget and upload cap, since the configuration sets neither.
+    expect(health.details).toMatchObject({ bufferBudgetBytes: 2 * 1024 ** 3, uploadBytesPerSecond: 512 * 1024 });
     // Which fact applies depends on whether this test process already holds onnxruntime: the folder is empty, or it is too late to load one.
     const warning = health.details.warnings.find((w) => w.includes(emptyLibrary));
     expect(warning).toMatch(/no onnxruntime library \(libonnxruntime\.so.*\) in .*|onnxruntime is already loaded in this process/);
