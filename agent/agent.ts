@@ -27,6 +27,7 @@ import { Stream } from '../common/proto/driftline/v1/device_link.js';
 import { dropAttributes } from './buffer/ports.js';
 import { DriftMonitor } from './drift/monitor.js';
 import type { InferenceService } from './inference/engine.js';
+import { HostSensors } from './telemetry/host-sensors.js';
 import { TelemetryRecorder } from './telemetry/recorder.js';
 import { TelemetryUploader } from './telemetry/uploader.js';
 import { MqttUplink } from './uplink/mqtt-uplink.js';
@@ -142,6 +143,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     liveEvery: config.uplink.liveEvery,
   });
   const recorder = new TelemetryRecorder(buffer, clock, logger, () => uploader.notify());
+  const hostSensors = new HostSensors({ accelerator: profileChoice.profile.accelerator });
 
   // Drift: the desired model's reference is kept per version, so a restart or rollback finds it again.
   const drift = new DriftMonitor(recorder, clock, logger);
@@ -338,7 +340,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
 
   const tasks: ScheduledTask[] = [
     cron.schedule(config.schedule.heartbeat ?? profileChoice.profile.telemetry.heartbeat, () => reportState(), { noOverlap: true, name: 'heartbeat' }),
-    cron.schedule(config.schedule.system ?? profileChoice.profile.telemetry.system, () => recorder.system(config.dataDir), { noOverlap: true, name: 'system-metrics' }),
+    cron.schedule(config.schedule.system ?? profileChoice.profile.telemetry.system, () => hostSensors.read().then((host) => recorder.system(config.dataDir, host)), { noOverlap: true, name: 'system-metrics' }),
     cron.schedule(config.schedule.uplinkCheck, () => uploader.checkTimeouts(), { noOverlap: true, name: 'uplink-check' }),
     cron.schedule(config.schedule.driftWindow, () => drift.flush(), { noOverlap: true, name: 'drift-window' }),
     cron.schedule(config.schedule.bufferMaintenance, maintainBuffer, { noOverlap: true, name: 'buffer-maintenance' }),

@@ -5,6 +5,7 @@ import type { Logger } from '../../common/logger.js';
 import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
 import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
 import type { TelemetryBuffer } from '../buffer/ports.js';
+import type { HostReading } from './host-sensors.js';
 
 /**
  * Turns what the agent observes into buffered telemetry records. Recording never
@@ -40,7 +41,8 @@ export class TelemetryRecorder {
     this.record(Stream.STREAM_INFERENCE, { $case: 'drift', value: sketch });
   }
 
-  system(dataDir: string): void {
+  /** @param host GPU load and temperature where the hardware exposes them (HostSensors) */
+  system(dataDir: string, host: HostReading = {}): void {
     const now = this.clock.now();
     const cpu = process.cpuUsage(this.lastCpu);
     const elapsedMs = Math.max(1, now - this.lastCpuAt);
@@ -59,8 +61,9 @@ export class TelemetryRecorder {
       memoryFreeBytes: freemem(),
       diskFreeBytes: diskFree,
       bufferDepth: this.buffer.depth(),
-      gpuPercent: 0,
-      temperatureC: 0,
+      // 0 on the wire where the hardware exposes nothing (proto3 scalars).
+      gpuPercent: host.gpuPercent ?? 0,
+      temperatureC: host.temperatureC ?? 0,
     };
     this.record(Stream.STREAM_SYSTEM, { $case: 'system', value });
   }
