@@ -16,11 +16,14 @@ export interface NewRecord {
   body: Uint8Array;
 }
 
-/** Why the buffer dropped records on its own: a stream over its quota, the disk budget, or age. */
-export type DropReason = 'quota' | 'budget' | 'ttl';
+/** Why the buffer dropped records on its own: a stream over its quota, the disk budget, age, or a disk that filled up first. */
+export type DropReason = 'quota' | 'budget' | 'ttl' | 'disk_full';
 
-/** Records dropped by policy since the buffer was created, per stream and reason (persisted). */
-export type DropCounts = Record<number, Record<DropReason, number>>;
+/**
+ * Records dropped by policy since the buffer was created, per stream and reason (persisted).
+ * `disk_full` is only present once a stream has lost records to a full disk.
+ */
+export type DropCounts = Record<number, Record<Exclude<DropReason, 'disk_full'>, number> & { disk_full?: number }>;
 
 /** Streams in upload order: events first, captured samples last (the proto enum's order). */
 export const STREAM_PRIORITY: readonly Stream[] = [1, 2, 3, 4];
@@ -28,7 +31,10 @@ export const STREAM_PRIORITY: readonly Stream[] = [1, 2, 3, 4];
 /** The agent's store-and-forward buffer; records stay until the control plane acknowledges them. */
 export interface TelemetryBuffer {
   readonly boot: number;
-  /** Resolves once the records are durable (group-committed with others of the same tick). */
+  /**
+   * Resolves once the record is durable (group-committed with others of the same tick), or
+   * once it is counted in dropped() (a quota, the budget or a full disk took it or older ones).
+   */
   enqueue(record: NewRecord): Promise<void>;
   /** The oldest unacknowledged records after `afterSeq`, in sequence order, any stream. */
   peek(limit: number, afterSeq: number): BufferedRecord[];

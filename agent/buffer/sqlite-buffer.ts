@@ -21,6 +21,12 @@ export interface SqliteBufferOptions {
   synchronous: 'FULL' | 'NORMAL';
   limits?: Partial<BufferLimits>;
   clock?: Clock;
+  /**
+   * A hard ceiling for the database file (PRAGMA max_page_count); 0 or absent: the disk's
+   * size. SQLite refuses to grow the file past it with SQLITE_FULL, exactly as on a full
+   * disk, and the buffer handles both the same way (see flush()).
+   */
+  maxFileBytes?: number;
 }
 
 /** What a row costs besides its body (key, columns, b-tree slack): an estimate for the budget. */
@@ -35,7 +41,7 @@ interface Pending {
   reject(err: unknown): void;
 }
 
-const REASONS: readonly DropReason[] = ['quota', 'budget', 'ttl'];
+const REASONS: readonly DropReason[] = ['quota', 'budget', 'ttl', 'disk_full'];
 const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) => [s, { quota: 0, budget: 0, ttl: 0 }]));
 
 /**
@@ -47,7 +53,8 @@ const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) 
  * Bounded: after each commit, a stream over its quota loses its oldest records, and while
  * the whole buffer is over its byte budget the oldest records of the lowest-priority
  * stream that has any go. Drops are counted per stream and reason in the same
- * transaction as the deletes, so the counts survive kill -9 exactly.
+ * transaction as the deletes, so the counts survive kill -9 exactly. A disk that fills up
+ * before the budget does (SQLITE_FULL) gets the same policy; see flush().
  */
 export class SqliteBuffer implements TelemetryBuffer {
   readonly boot: number;
@@ -66,6 +73,8 @@ export class SqliteBuffer implements TelemetryBuffer {
   /** Records and bytes per stream, kept in step with the table. */
   private readonly counts = new Map<number, { records: number; bytes: number }>();
   private drops: DropCounts = emptyDrops();
+  /** Drop counts changed by a commit that failed: saved with the next one that succeeds. */
+  private dropsUnsaved = false;
   private pending: Pending[] = [];
   private flushScheduled = false;
   private closed = false;
@@ -78,6 +87,7 @@ export class SqliteBuffer implements TelemetryBuffer {
       db.pragma('auto_vacuum = INCREMENTAL');
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${options.synchronous}`);
+      if (options.maxFileBytes) db.pragma(`max_page_count = ${Math.max(1, Math.floor(options.maxFileBytes / (db.pragma('page_size', { simple: true }) as number)))}`);
     } catch (err) {
       throw new DriftlineError('STORE_FAILED', `cannot open the agent buffer at ${options.file}`, { cause: err });
     }
@@ -139,34 +149,93 @@ export class SqliteBuffer implements TelemetryBuffer {
     if (batch.length === 0) return;
     const before = this.snapshot();
     try {
-      this.db.transaction(() => {
-        // Multi-row INSERTs: one statement step per MULTI_ROW records instead of one per record.
-        let i = 0;
-        for (; i + MULTI_ROW <= batch.length; i += MULTI_ROW) {
-          const args: unknown[] = [];
-          for (let j = i; j < i + MULTI_ROW; j++) {
-            const r = batch[j]!.record;
-            args.push(this.boot, r.stream, r.timeMs, r.body);
-          }
-          this.insertMany.run(args);
-        }
-        for (; i < batch.length; i++) {
-          const r = batch[i]!.record;
-          this.insert.run(this.boot, r.stream, r.timeMs, r.body);
-        }
-        for (const { record } of batch) {
-          const c = this.countsOf(record.stream);
-          c.records++;
-          c.bytes += record.body.length + ROW_OVERHEAD_BYTES;
-        }
-        this.enforceLimits();
-      })();
+      this.db.transaction(() => this.insertBatch(batch))();
       for (const p of batch) p.resolve();
+      return;
     } catch (err) {
       this.restore(before);
-      const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
-      for (const p of batch) p.reject(error);
+      if (!isDiskFull(err)) {
+        const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
+        for (const p of batch) p.reject(error);
+        return;
+      }
     }
+    // The disk (or maxFileBytes) filled up before the byte budget did. Same policy as the
+    // budget: the oldest records of the lowest-priority stream make room (never a stream more
+    // important than any in the batch), and the batch is tried once more in the same transaction.
+    try {
+      this.db.transaction(() => {
+        this.makeRoom(batch);
+        this.insertBatch(batch);
+      })();
+    } catch (err) {
+      this.restore(before);
+      if (!isDiskFull(err)) {
+        const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
+        for (const p of batch) p.reject(error);
+        return;
+      }
+      // Still no room: the batch itself is dropped and counted, like any policy drop. The
+      // count is saved now if the disk allows, else with the next commit that succeeds.
+      for (const { record } of batch) {
+        const d = this.dropsOf(record.stream);
+        d.disk_full = (d.disk_full ?? 0) + 1;
+      }
+      this.dropsUnsaved = true;
+      try {
+        this.saveDrops.run(JSON.stringify(this.drops));
+        this.dropsUnsaved = false;
+      } catch {
+        // The disk is full; the counts stay in memory until the next commit.
+      }
+    }
+    for (const p of batch) p.resolve();
+  }
+
+  /** Runs inside a transaction: inserts the batch, then applies quotas and the budget. */
+  private insertBatch(batch: readonly Pending[]): void {
+    // Multi-row INSERTs: one statement step per MULTI_ROW records instead of one per record.
+    let i = 0;
+    for (; i + MULTI_ROW <= batch.length; i += MULTI_ROW) {
+      const args: unknown[] = [];
+      for (let j = i; j < i + MULTI_ROW; j++) {
+        const r = batch[j]!.record;
+        args.push(this.boot, r.stream, r.timeMs, r.body);
+      }
+      this.insertMany.run(args);
+    }
+    for (; i < batch.length; i++) {
+      const r = batch[i]!.record;
+      this.insert.run(this.boot, r.stream, r.timeMs, r.body);
+    }
+    for (const { record } of batch) {
+      const c = this.countsOf(record.stream);
+      c.records++;
+      c.bytes += record.body.length + ROW_OVERHEAD_BYTES;
+    }
+    this.enforceLimits();
+  }
+
+  /**
+   * Runs inside a transaction: evicts the oldest records of the lowest-priority streams, no
+   * more important than the batch's most important record, until twice the batch's bytes
+   * are free (freed pages are reused by the insert that follows; the slack keeps the next
+   * commits from failing at once). Counted as disk_full drops.
+   */
+  private makeRoom(batch: readonly Pending[]): void {
+    let needed = 2 * batch.reduce((sum, p) => sum + p.record.body.length + ROW_OVERHEAD_BYTES, 0);
+    const floor = batch.reduce((min, p) => Math.min(min, p.record.stream), Infinity);
+    const candidates = [...this.counts.entries()].filter(([s, c]) => s >= floor && c.records > 0).sort(([a], [b]) => b - a);
+    for (const [stream, c] of candidates) {
+      while (needed > 0 && c.records > 0) {
+        const freed = this.evict(stream, Math.min(c.records, Math.max(1, Math.ceil(needed / (c.bytes / c.records)))), 'disk_full');
+        if (freed === 0) break;
+        needed -= freed;
+      }
+      if (needed <= 0) break;
+    }
+    this.saveDrops.run(JSON.stringify(this.drops));
+    this.dropsUnsaved = false;
   }
 
   private countsOf(stream: number): { records: number; bytes: number } {
@@ -175,14 +244,15 @@ export class SqliteBuffer implements TelemetryBuffer {
     return c;
   }
 
-  private snapshot(): { counts: Array<[number, { records: number; bytes: number }]>; drops: string } {
-    return { counts: [...this.counts].map(([s, c]) => [s, { ...c }]), drops: JSON.stringify(this.drops) };
+  private snapshot(): { counts: Array<[number, { records: number; bytes: number }]>; drops: string; dropsUnsaved: boolean } {
+    return { counts: [...this.counts].map(([s, c]) => [s, { ...c }]), drops: JSON.stringify(this.drops), dropsUnsaved: this.dropsUnsaved };
   }
 
   private restore(s: ReturnType<SqliteBuffer['snapshot']>): void {
     this.counts.clear();
     for (const [k, v] of s.counts) this.counts.set(k, v);
     this.drops = JSON.parse(s.drops) as DropCounts;
+    this.dropsUnsaved = s.dropsUnsaved;
   }
 
   /** Runs inside the commit's transaction. */
@@ -209,18 +279,25 @@ export class SqliteBuffer implements TelemetryBuffer {
         total = this.totalBytes();
       }
     }
-    if (dropped) this.saveDrops.run(JSON.stringify(this.drops));
+    if (dropped || this.dropsUnsaved) {
+      this.saveDrops.run(JSON.stringify(this.drops));
+      this.dropsUnsaved = false;
+    }
   }
 
-  private evict(stream: number, n: number, reason: DropReason): void {
+  /** Deletes the stream's n oldest records, counted as dropped for the reason; returns the bytes freed. */
+  private evict(stream: number, n: number, reason: DropReason): number {
     const rows = this.evictOldest.all(stream, n) as Array<{ bytes: number }>;
     const c = this.countsOf(stream);
+    const freed = rows.reduce((sum, r) => sum + r.bytes + ROW_OVERHEAD_BYTES, 0);
     c.records -= rows.length;
-    c.bytes -= rows.reduce((sum, r) => sum + r.bytes + ROW_OVERHEAD_BYTES, 0);
-    this.dropsOf(stream)[reason] += rows.length;
+    c.bytes -= freed;
+    const d = this.dropsOf(stream);
+    d[reason] = (d[reason] ?? 0) + rows.length;
+    return freed;
   }
 
-  private dropsOf(stream: number): Record<DropReason, number> {
+  private dropsOf(stream: number): DropCounts[number] {
     return (this.drops[stream] ??= { quota: 0, budget: 0, ttl: 0 });
   }
 
@@ -308,7 +385,7 @@ export class SqliteBuffer implements TelemetryBuffer {
 
   droppedTotal(): number {
     let n = 0;
-    for (const d of Object.values(this.drops)) for (const r of REASONS) n += d[r];
+    for (const d of Object.values(this.drops)) for (const r of REASONS) n += d[r] ?? 0;
     return n;
   }
 
@@ -326,4 +403,9 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.closed = true;
     this.db.close();
   }
+}
+
+/** SQLITE_FULL: the disk, or the file's max_page_count, has no room for the write. */
+function isDiskFull(err: unknown): boolean {
+  return (err as { code?: unknown }).code === 'SQLITE_FULL';
 }
