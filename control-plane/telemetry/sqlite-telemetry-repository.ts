@@ -301,6 +301,11 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     }));
   }
 
+  /**
+   * Totals over records received since sinceMs: the window is on the control plane's clock
+   * (like rollups and cohort metrics), so a device whose clock is hours off is neither left
+   * out of nor pulled into it. time_ms keeps the device's own time.
+   */
   private windowedTotals({ deviceId, sinceMs }: TelemetrySummaryRequest): DeviceTelemetry[] {
     const rows = this.db
       .prepare(
@@ -310,7 +315,7 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
                 sum(r.kind = 'event') AS events, max(r.time_ms) AS last_record_ms,
                 coalesce(t.buffer_depth, 0) AS buffer_depth, coalesce(t.dropped_records, 0) AS dropped_records
          FROM telemetry_records r LEFT JOIN telemetry_device_totals t ON t.device_id = r.device_id
-         WHERE r.time_ms >= ? AND (? = '' OR r.device_id = ?)
+         WHERE r.received_ms >= ? AND (? = '' OR r.device_id = ?)
          GROUP BY r.device_id ORDER BY r.device_id`,
       )
       .all(sinceMs, deviceId, deviceId) as Array<Record<string, number | null> & { device_id: string }>;
