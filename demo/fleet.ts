@@ -1,5 +1,6 @@
 import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
 import { sha256Hex } from '../common/hashing.js';
+import { DriftServiceClient, type DriftStatus } from '../common/proto/driftline/v1/drift.js';
 import { DeviceServiceClient, type Device } from '../common/proto/driftline/v1/fleet.js';
 import { ModelServiceClient, type ModelVersion, type UploadModelRequest } from '../common/proto/driftline/v1/models.js';
 import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
@@ -9,7 +10,7 @@ import { Connection } from '../control-plane/cli/connection.js';
 const UPLOAD_CHUNK_BYTES = 64 * 1024;
 
 /**
- * The operator's side of the demo: the calls `driftline devices|models|telemetry ...` make,
+ * The operator's side of the demo: the calls `driftline devices|models|telemetry|drift ...` make,
  * over the same Connection the CLI uses (bearer token, deadlines), without paying for a
  * CLI process per call while the live view polls every second.
  */
@@ -18,6 +19,7 @@ export class DemoFleet {
   private readonly devices: DeviceServiceClient;
   private readonly models: ModelServiceClient;
   private readonly telemetry: TelemetryServiceClient;
+  private readonly drift: DriftServiceClient;
 
   constructor(server: string, token: string) {
     // A deadline of its own, shorter than the CLI's: a poll that hangs must not freeze the live view.
@@ -25,6 +27,7 @@ export class DemoFleet {
     this.devices = this.connection.client(DeviceServiceClient);
     this.models = this.connection.client(ModelServiceClient);
     this.telemetry = this.connection.client(TelemetryServiceClient);
+    this.drift = this.connection.client(DriftServiceClient);
   }
 
   async createEnrollmentToken(deviceId: string, labels: Record<string, string>): Promise<string> {
@@ -59,6 +62,11 @@ export class DemoFleet {
 
   summary(): Promise<TelemetrySummary> {
     return this.connection.call(this.telemetry, 'getSummary', { deviceId: '', sinceMs: 0 });
+  }
+
+  /** What `driftline drift show --model <name>` prints: every version, the fleet ("") and each cohort, over the server's default window. */
+  async driftStatus(model: string): Promise<DriftStatus[]> {
+    return (await this.connection.call(this.drift, 'getDriftStatus', { model, version: 0, sinceMs: 0 })).statuses;
   }
 
   close(): void {

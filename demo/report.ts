@@ -1,4 +1,5 @@
 import type { TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
+import { describeDrift, type DemoDriftReport } from './drift-scenario.js';
 import { count, plainTable } from './status-view.js';
 import { fleetPercentile, type DeviceTraffic } from './traffic.js';
 
@@ -50,6 +51,8 @@ export interface DemoReport {
   telemetryStored: number;
   /** Sum over agents of (enqueued - stored for that device), each clamped at 0. */
   lost: number;
+  /** With --scenario drift: drift per cohort, as the control plane's DriftService reported it at the end. */
+  drift?: DemoDriftReport;
   enqueued: number;
   buffered: number;
   dropped: number;
@@ -82,6 +85,7 @@ export function buildReport(input: {
   durationS: number;
   ratePerDevice: number;
   problems: readonly string[];
+  drift?: DemoDriftReport | undefined;
 }): DemoReport {
   const stored = new Map(input.summary.devices.map((d) => [d.deviceId, d.records]));
   const problems = [...input.problems];
@@ -124,6 +128,7 @@ export function buildReport(input: {
     failedInferences,
     telemetryStored: input.summary.recordsStored,
     lost: sum((d) => d.lost),
+    ...(input.drift ? { drift: input.drift } : {}),
     enqueued: sum((d) => d.enqueued),
     buffered: sum((d) => d.buffered),
     dropped: sum((d) => d.dropped),
@@ -154,6 +159,9 @@ export function renderSummary(report: DemoReport): string {
     `  inferences  ${count(report.inferences)} ok, ${count(report.failedInferences)} failed; ${latency}`,
     `  telemetry   ${count(report.enqueued)} records enqueued by the agents, ${count(report.telemetryStored)} stored by the control plane`,
     `  lost        ${count(report.lost)} (duplicates dropped on the way: ${count(report.duplicatesDropped)})`,
+    ...(report.drift
+      ? [`  drift       ${report.drift.status}: ${describeDrift(report.drift)}${report.drift.firstAlertS === null ? '' : `; first alert after ${report.drift.firstAlertS} s of traffic`}`]
+      : []),
     '',
     table,
     report.ok ? 'OK: every inference answered, every telemetry record stored exactly once.' : `FAILED:\n${report.problems.map((p) => `  - ${p}`).join('\n')}`,

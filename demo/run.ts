@@ -1,10 +1,22 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
 import { toCliError } from '../control-plane/cli/connection.js';
+import {
+  CLEAN_COHORT,
+  COHORT_LABEL,
+  describeDrift,
+  DRIFTED_COHORT,
+  driftProblems,
+  REFERENCE_CLASSES,
+  summarizeDrift,
+  writeAgentConfig,
+  writeReferenceCsv,
+  type DemoDriftReport,
+} from './drift-scenario.js';
 import { DemoFleet } from './fleet.js';
 import { writeDemoModel } from './model/demo-model.js';
 import { vibrationRowSampler } from './model/vibration-data.js';
@@ -17,6 +29,7 @@ import { ROLLOUT_SCENARIOS, runRolloutScenario, type RolloutScenario } from './r
 
 const LISTENING = /^driftline: listening grpc=(\S+) mqtt=(\S+) http=(\S+) token-file=(\S+)$/;
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
+const PUSHED = /^pushed (\S+)@v(\d+) \(.*, sha256 ([0-9a-f]{64})\)$/;
 const AGENT_STOPPED = /^driftline-agent: stopped device=(\S+) enqueued=(\d+) acknowledged=(\d+) buffered=(\d+) dropped=(\d+)$/;
 
 const MODEL_NAME = 'vibration';
@@ -40,7 +53,7 @@ interface DemoOptions {
   dataDir?: string;
   keep?: boolean;
   json?: boolean;
-  scenario: 'fleet' | RolloutScenario;
+  scenario: 'fleet' | 'drift' | RolloutScenario;
 }
 
 interface RunningAgent extends DemoDevice {
@@ -63,10 +76,16 @@ const positiveNumber = (value: string): number => {
 /** The CLI spelled as a newcomer would type it, for the commands the demo shows. */
 const CLI = 'driftline';
 
+/** Devices alternate between two sites; with --scenario drift the site is also the device's drift cohort. */
+const siteOf = (i: number): string => `plant-${(i % 2) + 1}`;
+
 /**
  * The whole loop on one machine, with real processes: a control plane, N agents that
  * enroll, receive a deployed model and serve it, applications sending inferences to them,
  * and telemetry flowing back until the control plane has stored every record once.
+ * With --scenario drift, the model goes up with a drift reference (through the real
+ * `driftline models push --reference`), one cohort's applications read aged sensors, and
+ * the fleet's drift per cohort comes from the control plane's DriftService.
  */
 class Demo {
   private readonly display: StatusDisplay;
@@ -78,12 +97,17 @@ class Demo {
   private fleet: DemoFleet | undefined;
   private dataDir = '';
   private grpcAddress = '';
+  private operatorToken = '';
+  private readonly driftScenario: boolean;
+  /** Seconds of traffic before the live view first saw the drifted cohort alert. */
+  private firstAlertS: number | null = null;
   private createdDataDir = false;
   private signals = 0;
   private interrupted = false;
 
   constructor(private readonly options: DemoOptions) {
     this.display = createStatusDisplay({ live: !options.json && Boolean(process.stdout.isTTY) });
+    this.driftScenario = options.scenario === 'drift';
   }
 
   /** Runs the demo and resolves with the exit code; every child process is gone when it resolves. */
@@ -92,6 +116,9 @@ class Demo {
     let exitCode = 1;
     let keep = Boolean(this.options.keep);
     try {
+      if (this.driftScenario && this.options.devices < 2) {
+        throw new DriftlineError('CONFIG_INVALID', `--scenario drift needs --devices 2 or more (a clean cohort ${CLEAN_COHORT} and a drifted one ${DRIFTED_COHORT})`);
+      }
       this.prepareDataDir();
       const { report, exitCode: code } = await this.runLoop();
       exitCode = code;
@@ -160,7 +187,8 @@ class Demo {
     for (const agent of this.agents) agent.traffic.start();
     this.note(
       `sending ${this.options.rate} inferences/s to each agent's local API` +
-        (this.options.duration === undefined ? ' until Ctrl-C' : ` for ${this.options.duration} s`),
+        (this.options.duration === undefined ? ' until Ctrl-C' : ` for ${this.options.duration} s`) +
+        (this.driftScenario ? `; the applications of cohort ${DRIFTED_COHORT} read aged sensors (drifted inputs), ${CLEAN_COHORT}'s read healthy ones` : ''),
     );
     const row = vibrationRowSampler(1)().features.map((v) => Number(v.toFixed(2)));
     const body = { inputs: [{ name: 'features', shape: [1, row.length], datatype: 'FP32', data: row }] };
@@ -178,10 +206,17 @@ class Demo {
     }
     this.showCommand(`${CLI} telemetry summary`);
     const summary = await fleet.summary();
+    let drift: DemoDriftReport | undefined;
+    if (this.driftScenario) {
+      // After the agents stopped: each sent its last, partial drift window on the way out.
+      this.showCommand(`${CLI} drift show --model ${MODEL_NAME}`);
+      drift = summarizeDrift(await fleet.driftStatus(MODEL_NAME), this.firstAlertS);
+      this.problems.push(...driftProblems(drift));
+    }
     await this.stopControlPlane();
 
     const devices: DeviceOutcome[] = this.agents.map((a, i) => ({ id: a.id, traffic: a.traffic, account: accounts[i], lastHealth: a.lastHealth }));
-    const report = buildReport({ devices, summary, model, durationS, ratePerDevice: this.options.rate, problems: this.problems });
+    const report = buildReport({ devices, summary, model, durationS, ratePerDevice: this.options.rate, problems: this.problems, drift });
     return { report, exitCode: report.ok ? 0 : 1 };
   }
 
@@ -210,9 +245,10 @@ class Demo {
     this.controlPlane = await this.interruptible(starting);
     const [, grpc, mqtt, http, tokenFile] = this.controlPlane.ready;
     this.grpcAddress = grpc!;
+    this.operatorToken = readFileSync(tokenFile!, 'utf8').trim();
     this.note(`control plane listening: gRPC ${grpc}, MQTT ${mqtt}, artifacts ${http}`);
     this.note(`to follow along from another terminal: export DRIFTLINE_SERVER=${grpc} DRIFTLINE_TOKEN=$(cat ${tokenFile}); ${CLI} = node bin/driftline.js`);
-    this.fleet = new DemoFleet(grpc!, readFileSync(tokenFile!, 'utf8').trim());
+    this.fleet = new DemoFleet(grpc!, this.operatorToken);
     this.watchForCrash(this.controlPlane);
     return written;
   }
@@ -225,14 +261,20 @@ class Demo {
     const tokens: string[] = [];
     for (const [i, id] of ids.entries()) {
       if (this.stopRequested.signal.aborted) throw new DriftlineError('SHUTTING_DOWN', 'the demo was stopped');
-      const labels = { site: `plant-${(i % 2) + 1}`, line: `line-${Math.floor(i / 2) + 1}` };
+      const labels = { site: siteOf(i), line: `line-${Math.floor(i / 2) + 1}`, ...(this.driftScenario ? { [COHORT_LABEL]: siteOf(i) } : {}) };
       this.showCommand(`${CLI} devices token ${id} ${Object.entries(labels).map(([k, v]) => `--label ${k}=${v}`).join(' ')}`);
       tokens.push(await fleet.createEnrollmentToken(id, labels));
+    }
+    const config = join(this.dataDir, 'agent.json');
+    if (this.driftScenario) {
+      writeAgentConfig(config);
+      this.note(`the agents get ${config}: a drift window every 5 s (default 15 s), so drift shows within seconds`);
     }
     this.note(`starting ${ids.length} agents; each enrolls with its token, then connects to the broker`);
     const started = await Promise.allSettled(
       ids.map((id, i) => {
         const args = ['run', '--device-id', id, '--enroll-token', tokens[i]!, '--server', grpc, '--data-dir', join(this.dataDir, 'agents', id), '--local-port', '0', '--log-level', 'warn'];
+        if (this.driftScenario) args.push('--config', config);
         if (i === 0) this.showCommand(`driftline-agent ${args.map((a) => (a === tokens[i] ? '<token>' : a)).join(' ')}`);
         return this.group.start({
           name: id,
@@ -254,7 +296,7 @@ class Demo {
         localApiUrl,
         process: child,
         lastHealth: undefined,
-        traffic: new DeviceTraffic(localApiUrl, { model: MODEL_NAME, ratePerSecond: this.options.rate, seed: 1000 + i }),
+        traffic: new DeviceTraffic(localApiUrl, { model: MODEL_NAME, ratePerSecond: this.options.rate, seed: 1000 + i, drift: this.driftScenario && siteOf(i) === DRIFTED_COHORT }),
       });
       this.watchForCrash(child);
     }
@@ -264,13 +306,44 @@ class Demo {
   /** Uploads the model as the next version and sets it as every device's desired model; resolves with when it was deployed. */
   private async pushAndDeploy(path: string): Promise<{ version: number; deployedAt: number }> {
     const fleet = this.fleet!;
-    this.showCommand(`${CLI} models push ${path} --name ${MODEL_NAME}`);
-    const pushed = await fleet.uploadModel(MODEL_NAME, readFileSync(path), 'demo vibration-fault classifier');
+    let pushed: { name: string; version: number; sizeBytes: number; sha256: string };
+    if (this.driftScenario) pushed = await this.pushWithReference(path);
+    else {
+      this.showCommand(`${CLI} models push ${path} --name ${MODEL_NAME}`);
+      pushed = await fleet.uploadModel(MODEL_NAME, readFileSync(path), 'demo vibration-fault classifier');
+    }
     this.note(`pushed ${pushed.name}@v${pushed.version} (${pushed.sizeBytes} bytes, sha256 ${pushed.sha256.slice(0, 12)})`);
     this.showCommand(`${CLI} models deploy ${MODEL_NAME}`);
     const deployed = await fleet.deployLatest(MODEL_NAME);
     this.note(`deployed ${MODEL_NAME}@v${deployed.version} to ${deployed.devices} devices; each downloads, verifies and loads it`);
     return { version: deployed.version, deployedAt: performance.now() };
+  }
+
+  /**
+   * The model's own training rows become its drift reference, pushed the way an operator
+   * does it: the real `driftline models push --reference <csv> --classes ...` process.
+   */
+  private async pushWithReference(path: string): Promise<{ name: string; version: number; sizeBytes: number; sha256: string }> {
+    const csv = join(this.dataDir, 'models', `${MODEL_NAME}-reference.csv`);
+    writeReferenceCsv(csv);
+    this.note(`wrote ${csv}: the rows the model was trained on, as the reference its inputs are compared with`);
+    const args = ['models', 'push', path, '--name', MODEL_NAME, '--description', 'demo vibration-fault classifier', '--reference', csv, '--classes', REFERENCE_CLASSES];
+    this.showCommand(`${CLI} ${args.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`);
+    const cli = await this.interruptible(
+      this.group.start({
+        name: `${CLI} models push`,
+        script: 'bin/driftline.js',
+        args,
+        logFile: join(this.dataDir, 'logs', 'models-push.log'),
+        ready: PUSHED,
+        readyTimeoutMs: START_TIMEOUT_MS,
+        env: { DRIFTLINE_SERVER: this.grpcAddress, DRIFTLINE_TOKEN: this.operatorToken },
+      }),
+    );
+    const exit = await cli.exited;
+    if (exit.code !== 0) throw new DriftlineError('INTERNAL', `${CLI} models push exited with ${describeExit(exit)}; see ${cli.spec.logFile}`);
+    const [, name, version, sha256] = cli.ready;
+    return { name: name!, version: Number(version), sizeBytes: statSync(path).size, sha256: sha256! };
   }
 
   /** Shows the fleet while traffic runs, until the duration is up, Ctrl-C, or a process dies. */
@@ -287,8 +360,13 @@ class Demo {
           if (serving.size === this.agents.length) this.note(`all ${serving.size} agents serving ${MODEL_NAME} (model arrived within ${((now - deployedAt) / 1000).toFixed(1)} s of the deploy)`);
         }
       }
-      const snapshot = await collectSnapshot(fleet, this.agents, (performance.now() - startedAt) / 1000);
+      const snapshot = await collectSnapshot(fleet, this.agents, (performance.now() - startedAt) / 1000, this.driftScenario ? MODEL_NAME : undefined);
       for (const [i, row] of snapshot.rows.entries()) if (row.health) this.agents[i]!.lastHealth = accountOf(row.health);
+      if (this.firstAlertS === null && snapshot.drift?.cohorts[DRIFTED_COHORT]?.status === 'alert') {
+        this.firstAlertS = Number(snapshot.elapsedS.toFixed(1));
+        this.note(`drift alert for cohort ${DRIFTED_COHORT} after ${this.firstAlertS} s of traffic: ${describeDrift(snapshot.drift)}`);
+        this.showCommand(`${CLI} drift show --model ${MODEL_NAME}`);
+      }
       const footer =
         endsAt === undefined ? 'Ctrl-C to stop' : `stopping in ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s (Ctrl-C to stop now)`;
       this.display.update(snapshot, footer);
@@ -397,14 +475,20 @@ const program = new Command('demo')
   .option('--json', 'print one JSON line with the results on stdout, and nothing else there')
   .option(
     '--scenario <name>',
-    'fleet: agents serving a deployed model; rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, --duration bounds the rollout, default 40 s)',
+    `fleet: agents serving a deployed model; drift: the same, the model pushed with a drift reference, and devices in cohort ${DRIFTED_COHORT} fed drifted inputs (their drift alerts, ${CLEAN_COHORT}'s does not); ` +
+      'rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, --duration bounds the rollout, default 40 s)',
     (value: string) => {
-      if (value !== 'fleet' && !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected fleet, ${ROLLOUT_SCENARIOS.join(' or ')}`);
+      if (value !== 'fleet' && value !== 'drift' && !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)) {
+        throw new InvalidArgumentError(`expected fleet, drift, ${ROLLOUT_SCENARIOS.join(' or ')}`);
+      }
       return value;
     },
     'fleet',
   )
-  .addHelpText('after', '\nExit codes: 0 every inference answered and no telemetry lost, 1 otherwise, 2 usage, 130 interrupted before the loop ran.')
+  .addHelpText(
+    'after',
+    '\nExit codes: 0 every inference answered and no telemetry lost (with drift: and only the drifted cohort alerts), 1 otherwise, 2 usage, 130 interrupted before the loop ran.',
+  )
   .exitOverride();
 
 try {
@@ -414,6 +498,6 @@ try {
 }
 const demoOptions = program.opts<DemoOptions>();
 process.exitCode =
-  demoOptions.scenario === 'fleet'
+  demoOptions.scenario === 'fleet' || demoOptions.scenario === 'drift'
     ? await new Demo(demoOptions).run()
     : await runRolloutScenario({ scenario: demoOptions.scenario, duration: demoOptions.duration, json: demoOptions.json, dataDir: demoOptions.dataDir, keep: demoOptions.keep });

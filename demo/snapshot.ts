@@ -1,5 +1,6 @@
 import type { Device } from '../common/proto/driftline/v1/fleet.js';
 import type { TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
+import { summarizeDrift, type DemoDriftReport } from './drift-scenario.js';
 import type { DemoFleet } from './fleet.js';
 import type { DeviceTraffic } from './traffic.js';
 
@@ -40,6 +41,8 @@ export interface FleetSnapshot {
   rows: DeviceStatusRow[];
   recordsStored: number | undefined;
   duplicatesDropped: number | undefined;
+  /** Drift per cohort from the DriftService, when the snapshot was asked for a model's; undefined before any sketch or when it could not be asked. */
+  drift?: DemoDriftReport | undefined;
 }
 
 /** Reads one agent's health; undefined when it does not answer (stopping, busy, gone). */
@@ -58,11 +61,12 @@ export async function readAgentHealth(localApiUrl: string): Promise<AgentHealth 
  * control plane knows and has stored. Parts that do not answer show as unknown rather than
  * stopping the view.
  */
-export async function collectSnapshot(fleet: DemoFleet, devices: readonly DemoDevice[], elapsedS: number): Promise<FleetSnapshot> {
-  const [listed, summary, health] = await Promise.all([
+export async function collectSnapshot(fleet: DemoFleet, devices: readonly DemoDevice[], elapsedS: number, driftModel?: string): Promise<FleetSnapshot> {
+  const [listed, summary, health, drift] = await Promise.all([
     fleet.listDevices().catch((): Device[] | undefined => undefined),
     fleet.summary().catch((): TelemetrySummary | undefined => undefined),
     Promise.all(devices.map((d) => readAgentHealth(d.localApiUrl))),
+    driftModel === undefined ? undefined : fleet.driftStatus(driftModel).then((s) => summarizeDrift(s), () => undefined),
   ]);
   const online = new Map(listed?.map((d) => [d.id, d.online]));
   const stored = new Map(summary?.devices.map((d) => [d.deviceId, d.records]));
@@ -80,5 +84,6 @@ export async function collectSnapshot(fleet: DemoFleet, devices: readonly DemoDe
     })),
     recordsStored: summary?.recordsStored,
     duplicatesDropped: summary?.duplicatesDropped,
+    ...(driftModel === undefined ? {} : { drift }),
   };
 }

@@ -1,4 +1,5 @@
 import Table from 'cli-table3';
+import { describeDrift } from './drift-scenario.js';
 import type { DeviceStatusRow, FleetSnapshot } from './snapshot.js';
 
 /** A one-line status on stderr this often when there is no live table (pipes, CI, --json). */
@@ -96,7 +97,8 @@ class LiveTable implements StatusDisplay {
     const header =
       `driftline demo  ${Math.round(snapshot.elapsedS)}s  ${t.online}/${snapshot.rows.length} devices online  model ${t.models}\n` +
       `inferences ${count(t.sent)} ok, ${count(t.failed)} failed, ${Math.round(this.rate)}/s, ${accuracyText(snapshot)} correct  ` +
-      `telemetry stored ${orDash(snapshot.recordsStored)}, buffered ${count(t.buffered)}\n`;
+      `telemetry stored ${orDash(snapshot.recordsStored)}, buffered ${count(t.buffered)}\n` +
+      ('drift' in snapshot ? `drift ${describeDrift(snapshot.drift)}\n` : '');
     const table = plainTable(
       ['DEVICE', 'ONLINE', 'MODEL', 'PROVIDER', 'SENT', 'FAILED', 'P50', 'BUFFER', 'STORED'],
       snapshot.rows.map((row) => [
@@ -153,7 +155,8 @@ class PlainStatus implements StatusDisplay {
     const t = totals(snapshot);
     this.note(
       `demo: ${Math.round(snapshot.elapsedS)}s  ${t.online}/${snapshot.rows.length} online  ${t.models}  inferences ${count(t.sent)} (${count(t.failed)} failed)  ` +
-        `stored ${orDash(snapshot.recordsStored)}  buffered ${count(t.buffered)}`,
+        `stored ${orDash(snapshot.recordsStored)}  buffered ${count(t.buffered)}` +
+        ('drift' in snapshot ? `  drift ${describeDrift(snapshot.drift)}` : ''),
     );
   }
 

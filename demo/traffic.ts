@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { vibrationRowSampler } from './model/vibration-data.js';
+import { vibrationRowSampler, type DriftOption } from './model/vibration-data.js';
 
 /** How long to wait before asking again while the deployed model is still on its way. */
 const MODEL_WAIT_MS = 250;
@@ -33,9 +33,10 @@ export class DeviceTraffic {
 
   constructor(
     private readonly localApiUrl: string,
-    private readonly options: { model: string; ratePerSecond: number; seed: number },
+    /** `drift`: the rows come from aged sensors (see DriftOption). */
+    private readonly options: { model: string; ratePerSecond: number; seed: number; drift?: DriftOption },
   ) {
-    this.nextRow = vibrationRowSampler(options.seed);
+    this.nextRow = vibrationRowSampler(options.seed, { drift: options.drift });
   }
 
   start(): void {

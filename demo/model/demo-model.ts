@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import { buildModel } from '../../common/onnx/builder.js';
 import { sha256Hex } from '../../common/hashing.js';
 import { mlpAccuracy, trainMlp, type MlpWeights } from './train.js';
-import { generateVibrationData } from './vibration-data.js';
+import { generateVibrationData, type VibrationData } from './vibration-data.js';
 
 export interface DemoModelOptions {
   /** Seeds the training data and the weights; the held-out set uses a seed derived from it. */
@@ -22,10 +22,13 @@ export interface DemoModel {
 const TRAIN_ROWS = 4000;
 const HOLDOUT_ROWS = 2000;
 
+/** The rows the demo model is trained on; also what its drift reference is computed from. */
+export const demoTrainingData = (seed = 1): VibrationData => generateVibrationData({ rows: TRAIN_ROWS, seed });
+
 /** The vibration-fault classifier every demo and integration test ships to devices. */
 export function buildDemoModel(options: DemoModelOptions = {}): DemoModel {
   const seed = options.seed ?? 1;
-  const train = generateVibrationData({ rows: TRAIN_ROWS, seed });
+  const train = demoTrainingData(seed);
   const holdout = generateVibrationData({ rows: HOLDOUT_ROWS, seed: seed + 0x10000 });
   const weights = trainMlp(train, { seed });
   const { featureNames, classNames } = train;
