@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import cron, { type ScheduledTask } from 'node-cron';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
-import { DriftlineError } from '../common/errors.js';
+import { asDriftlineError, DriftlineError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { Command, CommandResult, DesiredState, Outcome, ReportedState } from '../common/proto/driftline/v1/device_link.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
@@ -28,6 +28,7 @@ import { dropAttributes } from './buffer/ports.js';
 import { DriftMonitor } from './drift/monitor.js';
 import type { InferenceService } from './inference/engine.js';
 import { HostSensors } from './telemetry/host-sensors.js';
+import { SampleCapture } from './telemetry/sample-capture.js';
 import { TelemetryRecorder } from './telemetry/recorder.js';
 import { TelemetryUploader } from './telemetry/uploader.js';
 import { MqttUplink } from './uplink/mqtt-uplink.js';
@@ -308,7 +309,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   });
 
   const localApi = await startLocalApi({
-    engine: observed(engine, drift),
+    engine: observed(engine, drift, new SampleCapture(config.capture), recorder),
     health: () => ({
       ok: state === 'running',
       details: {
@@ -387,7 +388,8 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
 }
 
 /** The engine as the local API sees it, with every request's inputs and outputs shown to the drift monitor. */
-function observed(engine: InferenceService, drift: DriftMonitor): InferenceService {
+/** The engine as the local API sees it: every answer also feeds the drift monitor and the sample capture. */
+function observed(engine: InferenceService, drift: DriftMonitor, capture: SampleCapture, recorder: TelemetryRecorder): InferenceService {
   return {
     active: () => engine.active(),
     queueStats: () => engine.queueStats(),
@@ -396,10 +398,18 @@ function observed(engine: InferenceService, drift: DriftMonitor): InferenceServi
       try {
         const result = await engine.infer(model, inputs, options);
         drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true);
+        if (capture.enabled) {
+          const sample = capture.consider(inputs, { model: result.model, version: result.version, outputs: result.outputs });
+          if (sample) recorder.sample(sample);
+        }
         return result;
       } catch (err) {
         const active = engine.active();
         if (active) drift.observe(active.name, active.version, inputs, undefined, performance.now() - started, false);
+        if (active && capture.enabled) {
+          const sample = capture.consider(inputs, { model: active.name, version: active.version, errorCode: asDriftlineError(err).code });
+          if (sample) recorder.sample(sample);
+        }
         throw err;
       }
     },

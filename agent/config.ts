@@ -100,6 +100,18 @@ export const agentConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Raw inputs and outputs kept for labelling and retraining, on the samples stream (the first evicted). */
+    capture: z
+      .object({
+        /** Share of successful requests captured, 0 to 1. */
+        sampleRate: z.number().min(0).max(1).default(0),
+        /** Capture every failed request (what callers really send when it goes wrong). */
+        errors: z.boolean().default(false),
+        /** Larger samples are skipped and counted. */
+        maxSampleBytes: byteSize.prefault('64KiB'),
+      })
+      .strict()
+      .prefault({}),
     schedule: z
       .object({
         /** Reported state (heartbeat), with seconds: node-cron syntax; the firmware profile's when absent. */

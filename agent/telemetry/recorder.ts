@@ -3,7 +3,7 @@ import { freemem } from 'node:os';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
-import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
+import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type SampleRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
 import type { TelemetryBuffer } from '../buffer/ports.js';
 import type { HostReading } from './host-sensors.js';
 
@@ -34,6 +34,11 @@ export class TelemetryRecorder {
 
   event(kind: string, message: string, attributes: Record<string, string> = {}): void {
     this.record(Stream.STREAM_EVENTS, { $case: 'event', value: { kind, message, attributes } satisfies EventRecord });
+  }
+
+  /** Captured raw inputs and outputs of one request: the samples stream, first to go when space runs out. */
+  sample(value: SampleRecord): void {
+    this.record(Stream.STREAM_SAMPLES, { $case: 'sample', value });
   }
 
   /** A window's drift sketch: aggregated inference data, so it shares the inference stream's priority. */

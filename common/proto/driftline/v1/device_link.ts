@@ -132,7 +132,35 @@ export interface TelemetryRecord {
     | { $case: "system"; value: SystemRecord }
     | { $case: "event"; value: EventRecord }
     | { $case: "drift"; value: DriftSketch }
+    | { $case: "sample"; value: SampleRecord }
     | undefined;
+}
+
+/**
+ * Raw inputs of one inference, captured by policy (a sampled share of requests, failed
+ * requests) for labelling and retraining. Travels on the samples stream, the first to go
+ * when the buffer is full.
+ */
+export interface SampleRecord {
+  model: string;
+  version: number;
+  /** Why it was captured: "sampled" or "error". */
+  reason: string;
+  inputs: SampleTensor[];
+  /** What the model answered (none when the request failed). */
+  outputs: SampleTensor[];
+  errorCode: string;
+}
+
+/**
+ * One tensor as the Open Inference Protocol's binary extension lays it out: little-endian
+ * elements, strings (BYTES) as 4-byte length prefixes followed by UTF-8.
+ */
+export interface SampleTensor {
+  name: string;
+  datatype: string;
+  shape: number[];
+  data: Buffer;
 }
 
 export interface InferenceRecord {
@@ -400,6 +428,9 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
       case "drift":
         DriftSketch.encode(message.body.value, writer.uint32(106).fork()).join();
         break;
+      case "sample":
+        SampleRecord.encode(message.body.value, writer.uint32(114).fork()).join();
+        break;
     }
     return writer;
   },
@@ -481,6 +512,14 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
             message.body = { $case: "drift", value: DriftSketch.decode(reader, reader.uint32()) };
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.body = { $case: "sample", value: SampleRecord.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -511,6 +550,8 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
         ? { $case: "event", value: EventRecord.fromJSON(object.event) }
         : isSet(object.drift)
         ? { $case: "drift", value: DriftSketch.fromJSON(object.drift) }
+        : isSet(object.sample)
+        ? { $case: "sample", value: SampleRecord.fromJSON(object.sample) }
         : undefined,
     };
   },
@@ -537,6 +578,8 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
       obj.event = EventRecord.toJSON(message.body.value);
     } else if (message.body?.$case === "drift") {
       obj.drift = DriftSketch.toJSON(message.body.value);
+    } else if (message.body?.$case === "sample") {
+      obj.sample = SampleRecord.toJSON(message.body.value);
     }
     return obj;
   },
@@ -575,7 +618,299 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
         }
         break;
       }
+      case "sample": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "sample", value: SampleRecord.fromPartial(object.body.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseSampleRecord(): SampleRecord {
+  return { model: "", version: 0, reason: "", inputs: [], outputs: [], errorCode: "" };
+}
+
+export const SampleRecord: MessageFns<SampleRecord> = {
+  encode(message: SampleRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    for (const v of message.inputs) {
+      SampleTensor.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.outputs) {
+      SampleTensor.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.errorCode !== "") {
+      writer.uint32(50).string(message.errorCode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SampleRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSampleRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.inputs.push(SampleTensor.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.outputs.push(SampleTensor.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.errorCode = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SampleRecord {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      inputs: globalThis.Array.isArray(object?.inputs) ? object.inputs.map((e: any) => SampleTensor.fromJSON(e)) : [],
+      outputs: globalThis.Array.isArray(object?.outputs)
+        ? object.outputs.map((e: any) => SampleTensor.fromJSON(e))
+        : [],
+      errorCode: isSet(object.errorCode)
+        ? globalThis.String(object.errorCode)
+        : isSet(object.error_code)
+        ? globalThis.String(object.error_code)
+        : "",
+    };
+  },
+
+  toJSON(message: SampleRecord): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.inputs?.length) {
+      obj.inputs = message.inputs.map((e) => SampleTensor.toJSON(e));
+    }
+    if (message.outputs?.length) {
+      obj.outputs = message.outputs.map((e) => SampleTensor.toJSON(e));
+    }
+    if (message.errorCode !== "") {
+      obj.errorCode = message.errorCode;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SampleRecord>, I>>(base?: I): SampleRecord {
+    return SampleRecord.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SampleRecord>, I>>(object: I): SampleRecord {
+    const message = createBaseSampleRecord();
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.reason = object.reason ?? "";
+    message.inputs = object.inputs?.map((e) => SampleTensor.fromPartial(e)) || [];
+    message.outputs = object.outputs?.map((e) => SampleTensor.fromPartial(e)) || [];
+    message.errorCode = object.errorCode ?? "";
+    return message;
+  },
+};
+
+function createBaseSampleTensor(): SampleTensor {
+  return { name: "", datatype: "", shape: [], data: Buffer.alloc(0) };
+}
+
+export const SampleTensor: MessageFns<SampleTensor> = {
+  encode(message: SampleTensor, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.datatype !== "") {
+      writer.uint32(18).string(message.datatype);
+    }
+    if (message.shape.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.shape) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(34).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SampleTensor {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSampleTensor();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.datatype = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.shape.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.shape.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SampleTensor {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      datatype: isSet(object.datatype) ? globalThis.String(object.datatype) : "",
+      shape: globalThis.Array.isArray(object?.shape) ? object.shape.map((e: any) => globalThis.Number(e)) : [],
+      data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SampleTensor): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.datatype !== "") {
+      obj.datatype = message.datatype;
+    }
+    if (message.shape?.length) {
+      obj.shape = message.shape.map((e) => Math.round(e));
+    }
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SampleTensor>, I>>(base?: I): SampleTensor {
+    return SampleTensor.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SampleTensor>, I>>(object: I): SampleTensor {
+    const message = createBaseSampleTensor();
+    message.name = object.name ?? "";
+    message.datatype = object.datatype ?? "";
+    message.shape = object.shape?.map((e) => e) || [];
+    message.data = object.data ?? Buffer.alloc(0);
     return message;
   },
 };
