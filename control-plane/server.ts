@@ -24,6 +24,7 @@ import { SqliteCohortMetrics } from './rollout/sqlite-cohort-metrics.js';
 import { SqliteRolloutRepository } from './rollout/sqlite-rollout-repository.js';
 import { openDatabase } from './store/database.js';
 import { TelemetryIngest } from './telemetry/ingest.js';
+import { SqliteRollupQueries } from './telemetry/rollup-queries.js';
 import { SqliteTelemetryRepository } from './telemetry/sqlite-telemetry-repository.js';
 import { BUCKET_HOUR_MS, BUCKET_MINUTE_MS, SqliteDriftRepository } from './drift/sqlite-drift-repository.js';
 import { driftQueries, driftRecordSink } from './drift/wiring.js';
@@ -206,6 +207,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       releases,
       trustRoot: () => releases.latestRoot(),
       telemetry,
+      telemetryRollups: new SqliteRollupQueries({ db, devices: fleet, clock, retention: { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention } }),
       drift: driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } }),
       fleetLink: {
         publishDesired: (deviceId, desired) => requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true }),

@@ -2,7 +2,7 @@ import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
-import type { TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
+import type { TelemetryRollups, TelemetryRollupsRequest, TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
 import type { ControlPlaneConfig } from '../config.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { OperatorTokenStore } from '../fleet/operator-tokens.js';
@@ -22,6 +22,11 @@ export interface TelemetryQueries {
   summary(request: TelemetrySummaryRequest): TelemetrySummary;
 }
 
+/** Telemetry rollup sums per bucket and group, answered from the rollup tables. */
+export interface TelemetryRollupQueries {
+  rollups(request: TelemetryRollupsRequest): TelemetryRollups;
+}
+
 /** Drift status per model version and cohort, answered by the drift rollups. */
 export interface DriftQueries {
   status(request: DriftStatusRequest): DriftStatus[];
@@ -34,6 +39,8 @@ export interface ApiDeps {
   registry: ModelRegistry;
   fleetLink: FleetLink;
   telemetry: TelemetryQueries;
+  /** Rollups per bucket and group; without them GetRollups answers NOT_IMPLEMENTED. */
+  telemetryRollups?: TelemetryRollupQueries | undefined;
   /** Fleet drift on merged sketches; without it DriftService answers NOT_IMPLEMENTED. */
   drift?: DriftQueries | undefined;
   /** Functions, because the listeners' ports are known only after they listen. */

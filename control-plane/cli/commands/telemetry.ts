@@ -1,7 +1,14 @@
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { DeviceTelemetry, TelemetryServiceClient, TelemetrySummary } from '../../../common/proto/driftline/v1/telemetry.js';
-import { durationMs } from '../arguments.js';
+import {
+  DeviceTelemetry,
+  RollupBucket,
+  RollupGroupBy,
+  TelemetryRollup,
+  TelemetryServiceClient,
+  TelemetrySummary,
+} from '../../../common/proto/driftline/v1/telemetry.js';
+import { durationMs, integer } from '../arguments.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
 
@@ -41,4 +48,63 @@ export function registerTelemetry(program: Command): void {
         });
       }),
     );
+
+  telemetry
+    .command('rollups')
+    .description('telemetry sums per time bucket, by device, model version, cohort (device label "cohort") or the whole fleet')
+    .option('--model <name>', 'only this model')
+    .option('--version <n>', 'only this version of --model', integer(1))
+    .option('--device <id>', 'only this device')
+    .option('--selector <labels>', 'only devices whose labels match, e.g. site=plant-3,cohort=a')
+    .addOption(new Option('--by <grouping>', 'one row per bucket and').choices(Object.keys(GROUP_BY)).default('fleet'))
+    .addOption(new Option('--bucket <size>', 'bucket size').choices(Object.keys(BUCKET)).default('1m'))
+    .option('--since <duration>', "only buckets from this long ago on, e.g. 1h (default: all the server's retention keeps)", durationMs)
+    .option('--limit <n>', 'at most this many rows, the newest (default: the server\'s, 1000)', integer(1))
+    .action(
+      (
+        options: { model?: string; version?: number; device?: string; selector?: string; by: keyof typeof GROUP_BY; bucket: keyof typeof BUCKET; since?: number; limit?: number },
+        command: Command,
+      ) =>
+        withConnection(command, async (connection, output) => {
+          const client = connection.client(TelemetryServiceClient);
+          const result = await connection.call(client, 'getRollups', {
+            model: options.model ?? '',
+            version: options.version ?? 0,
+            deviceId: options.device ?? '',
+            selector: options.selector ?? '',
+            groupBy: GROUP_BY[options.by],
+            bucket: BUCKET[options.bucket],
+            sinceMs: options.since === undefined ? 0 : systemClock.now() - options.since,
+            limit: options.limit ?? 0,
+          });
+          output.result({ rows: result.rows.map((r) => TelemetryRollup.toJSON(r)), truncated: result.truncated }, () => {
+            output.table(
+              ['BUCKET', KEY_HEADING[options.by], 'RECORDS', 'INFERENCES', 'ERRORS', 'ERROR RATE', 'LATENCY MEAN', 'LATENCY MAX', 'EVENTS'],
+              result.rows.map((r) => [
+                `${new Date(r.bucketStartMs).toISOString().slice(0, 16)}Z`,
+                r.key || (options.by === 'cohort' ? '(none)' : '(no model)'),
+                r.records,
+                r.inferences,
+                r.errors,
+                `${(r.errorRate * 100).toFixed(1)}%`,
+                `${r.meanLatencyMs.toFixed(1)} ms`,
+                `${r.maxLatencyMs.toFixed(1)} ms`,
+                r.events,
+              ]),
+            );
+            if (result.truncated) output.line('(older rows left out: raise --limit or narrow --since)');
+          });
+        }),
+    );
 }
+
+const GROUP_BY = {
+  device: RollupGroupBy.ROLLUP_GROUP_BY_DEVICE,
+  version: RollupGroupBy.ROLLUP_GROUP_BY_MODEL_VERSION,
+  cohort: RollupGroupBy.ROLLUP_GROUP_BY_COHORT,
+  fleet: RollupGroupBy.ROLLUP_GROUP_BY_FLEET,
+} as const;
+
+const KEY_HEADING: Record<keyof typeof GROUP_BY, string> = { device: 'DEVICE', version: 'MODEL VERSION', cohort: 'COHORT', fleet: 'FLEET' };
+
+const BUCKET = { '1m': RollupBucket.ROLLUP_BUCKET_ONE_MINUTE, '1h': RollupBucket.ROLLUP_BUCKET_ONE_HOUR } as const;

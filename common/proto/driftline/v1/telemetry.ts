@@ -25,6 +25,101 @@ export const protobufFileName = "driftline/v1/telemetry.proto";
 
 /** Telemetry queries over what the fleet has sent. */
 
+/** How rollup rows are grouped within each time bucket. */
+export enum RollupGroupBy {
+  /** ROLLUP_GROUP_BY_UNSPECIFIED - The whole fleet. */
+  ROLLUP_GROUP_BY_UNSPECIFIED = 0,
+  ROLLUP_GROUP_BY_DEVICE = 1,
+  ROLLUP_GROUP_BY_MODEL_VERSION = 2,
+  /** ROLLUP_GROUP_BY_COHORT - The device label "cohort", as drift status groups devices. */
+  ROLLUP_GROUP_BY_COHORT = 3,
+  ROLLUP_GROUP_BY_FLEET = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function rollupGroupByFromJSON(object: any): RollupGroupBy {
+  switch (object) {
+    case 0:
+    case "ROLLUP_GROUP_BY_UNSPECIFIED":
+      return RollupGroupBy.ROLLUP_GROUP_BY_UNSPECIFIED;
+    case 1:
+    case "ROLLUP_GROUP_BY_DEVICE":
+      return RollupGroupBy.ROLLUP_GROUP_BY_DEVICE;
+    case 2:
+    case "ROLLUP_GROUP_BY_MODEL_VERSION":
+      return RollupGroupBy.ROLLUP_GROUP_BY_MODEL_VERSION;
+    case 3:
+    case "ROLLUP_GROUP_BY_COHORT":
+      return RollupGroupBy.ROLLUP_GROUP_BY_COHORT;
+    case 4:
+    case "ROLLUP_GROUP_BY_FLEET":
+      return RollupGroupBy.ROLLUP_GROUP_BY_FLEET;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RollupGroupBy.UNRECOGNIZED;
+  }
+}
+
+export function rollupGroupByToJSON(object: RollupGroupBy): string {
+  switch (object) {
+    case RollupGroupBy.ROLLUP_GROUP_BY_UNSPECIFIED:
+      return "ROLLUP_GROUP_BY_UNSPECIFIED";
+    case RollupGroupBy.ROLLUP_GROUP_BY_DEVICE:
+      return "ROLLUP_GROUP_BY_DEVICE";
+    case RollupGroupBy.ROLLUP_GROUP_BY_MODEL_VERSION:
+      return "ROLLUP_GROUP_BY_MODEL_VERSION";
+    case RollupGroupBy.ROLLUP_GROUP_BY_COHORT:
+      return "ROLLUP_GROUP_BY_COHORT";
+    case RollupGroupBy.ROLLUP_GROUP_BY_FLEET:
+      return "ROLLUP_GROUP_BY_FLEET";
+    case RollupGroupBy.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** The rollup bucket sizes the control plane keeps (each with its own retention). */
+export enum RollupBucket {
+  /** ROLLUP_BUCKET_UNSPECIFIED - One minute. */
+  ROLLUP_BUCKET_UNSPECIFIED = 0,
+  ROLLUP_BUCKET_ONE_MINUTE = 1,
+  ROLLUP_BUCKET_ONE_HOUR = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function rollupBucketFromJSON(object: any): RollupBucket {
+  switch (object) {
+    case 0:
+    case "ROLLUP_BUCKET_UNSPECIFIED":
+      return RollupBucket.ROLLUP_BUCKET_UNSPECIFIED;
+    case 1:
+    case "ROLLUP_BUCKET_ONE_MINUTE":
+      return RollupBucket.ROLLUP_BUCKET_ONE_MINUTE;
+    case 2:
+    case "ROLLUP_BUCKET_ONE_HOUR":
+      return RollupBucket.ROLLUP_BUCKET_ONE_HOUR;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RollupBucket.UNRECOGNIZED;
+  }
+}
+
+export function rollupBucketToJSON(object: RollupBucket): string {
+  switch (object) {
+    case RollupBucket.ROLLUP_BUCKET_UNSPECIFIED:
+      return "ROLLUP_BUCKET_UNSPECIFIED";
+    case RollupBucket.ROLLUP_BUCKET_ONE_MINUTE:
+      return "ROLLUP_BUCKET_ONE_MINUTE";
+    case RollupBucket.ROLLUP_BUCKET_ONE_HOUR:
+      return "ROLLUP_BUCKET_ONE_HOUR";
+    case RollupBucket.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface TelemetrySummaryRequest {
   /** Empty: every device. */
   deviceId: string;
@@ -50,6 +145,55 @@ export interface TelemetrySummary {
   recordsStored: number;
   duplicatesDropped: number;
   rejectedBatches: number;
+}
+
+export interface TelemetryRollupsRequest {
+  /** Empty: every model, and records that carry none (events, drift sketches). */
+  model: string;
+  /** 0: every version; needs model. */
+  version: number;
+  /** Empty: every device. */
+  deviceId: string;
+  /** Label selector, e.g. "site=plant-3,cohort=a"; empty: every device. */
+  selector: string;
+  groupBy: RollupGroupBy;
+  bucket: RollupBucket;
+  /**
+   * Only buckets that start at or after the bucket holding this time (device time, clock
+   * corrected); 0: every bucket still within the bucket size's retention.
+   */
+  sinceMs: number;
+  /** At most this many rows, the newest buckets; 0: the server's default (1000). */
+  limit: number;
+}
+
+/** One group's sums over one time bucket. */
+export interface TelemetryRollup {
+  bucketStartMs: number;
+  bucketMs: number;
+  /**
+   * The device id, "model vN", the cohort, or "fleet"; "" for records without a model
+   * (by model version) and for devices without a cohort label (by cohort).
+   */
+  key: string;
+  /** The group's model version when grouped by model version, otherwise the request's filter. */
+  model: string;
+  version: number;
+  records: number;
+  inferences: number;
+  errors: number;
+  /** errors / inferences; 0 without inferences. */
+  errorRate: number;
+  meanLatencyMs: number;
+  maxLatencyMs: number;
+  events: number;
+}
+
+export interface TelemetryRollups {
+  /** Oldest bucket first; within a bucket, by key, model and version. */
+  rows: TelemetryRollup[];
+  /** More rows matched than the limit allowed; the oldest were left out. */
+  truncated: boolean;
 }
 
 function createBaseTelemetrySummaryRequest(): TelemetrySummaryRequest {
@@ -528,6 +672,562 @@ export const TelemetrySummary: MessageFns<TelemetrySummary> = {
   },
 };
 
+function createBaseTelemetryRollupsRequest(): TelemetryRollupsRequest {
+  return { model: "", version: 0, deviceId: "", selector: "", groupBy: 0, bucket: 0, sinceMs: 0, limit: 0 };
+}
+
+export const TelemetryRollupsRequest: MessageFns<TelemetryRollupsRequest> = {
+  encode(message: TelemetryRollupsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.deviceId !== "") {
+      writer.uint32(26).string(message.deviceId);
+    }
+    if (message.selector !== "") {
+      writer.uint32(34).string(message.selector);
+    }
+    if (message.groupBy !== 0) {
+      writer.uint32(40).int32(message.groupBy);
+    }
+    if (message.bucket !== 0) {
+      writer.uint32(48).int32(message.bucket);
+    }
+    if (message.sinceMs !== 0) {
+      writer.uint32(56).int64(message.sinceMs);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(64).int64(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TelemetryRollupsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTelemetryRollupsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deviceId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.groupBy = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bucket = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.sinceMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.limit = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TelemetryRollupsRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      deviceId: isSet(object.deviceId)
+        ? globalThis.String(object.deviceId)
+        : isSet(object.device_id)
+        ? globalThis.String(object.device_id)
+        : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      groupBy: isSet(object.groupBy)
+        ? rollupGroupByFromJSON(object.groupBy)
+        : isSet(object.group_by)
+        ? rollupGroupByFromJSON(object.group_by)
+        : 0,
+      bucket: isSet(object.bucket) ? rollupBucketFromJSON(object.bucket) : 0,
+      sinceMs: isSet(object.sinceMs)
+        ? globalThis.Number(object.sinceMs)
+        : isSet(object.since_ms)
+        ? globalThis.Number(object.since_ms)
+        : 0,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: TelemetryRollupsRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.deviceId !== "") {
+      obj.deviceId = message.deviceId;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.groupBy !== 0) {
+      obj.groupBy = rollupGroupByToJSON(message.groupBy);
+    }
+    if (message.bucket !== 0) {
+      obj.bucket = rollupBucketToJSON(message.bucket);
+    }
+    if (message.sinceMs !== 0) {
+      obj.sinceMs = Math.round(message.sinceMs);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TelemetryRollupsRequest>, I>>(base?: I): TelemetryRollupsRequest {
+    return TelemetryRollupsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TelemetryRollupsRequest>, I>>(object: I): TelemetryRollupsRequest {
+    const message = createBaseTelemetryRollupsRequest();
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.deviceId = object.deviceId ?? "";
+    message.selector = object.selector ?? "";
+    message.groupBy = object.groupBy ?? 0;
+    message.bucket = object.bucket ?? 0;
+    message.sinceMs = object.sinceMs ?? 0;
+    message.limit = object.limit ?? 0;
+    return message;
+  },
+};
+
+function createBaseTelemetryRollup(): TelemetryRollup {
+  return {
+    bucketStartMs: 0,
+    bucketMs: 0,
+    key: "",
+    model: "",
+    version: 0,
+    records: 0,
+    inferences: 0,
+    errors: 0,
+    errorRate: 0,
+    meanLatencyMs: 0,
+    maxLatencyMs: 0,
+    events: 0,
+  };
+}
+
+export const TelemetryRollup: MessageFns<TelemetryRollup> = {
+  encode(message: TelemetryRollup, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.bucketStartMs !== 0) {
+      writer.uint32(8).int64(message.bucketStartMs);
+    }
+    if (message.bucketMs !== 0) {
+      writer.uint32(16).int64(message.bucketMs);
+    }
+    if (message.key !== "") {
+      writer.uint32(26).string(message.key);
+    }
+    if (message.model !== "") {
+      writer.uint32(34).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(40).int64(message.version);
+    }
+    if (message.records !== 0) {
+      writer.uint32(48).int64(message.records);
+    }
+    if (message.inferences !== 0) {
+      writer.uint32(56).int64(message.inferences);
+    }
+    if (message.errors !== 0) {
+      writer.uint32(64).int64(message.errors);
+    }
+    if (message.errorRate !== 0) {
+      writer.uint32(73).double(message.errorRate);
+    }
+    if (message.meanLatencyMs !== 0) {
+      writer.uint32(81).double(message.meanLatencyMs);
+    }
+    if (message.maxLatencyMs !== 0) {
+      writer.uint32(89).double(message.maxLatencyMs);
+    }
+    if (message.events !== 0) {
+      writer.uint32(96).int64(message.events);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TelemetryRollup {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTelemetryRollup();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.bucketStartMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bucketMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.records = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.inferences = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.errors = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.errorRate = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.meanLatencyMs = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.maxLatencyMs = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.events = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TelemetryRollup {
+    return {
+      bucketStartMs: isSet(object.bucketStartMs)
+        ? globalThis.Number(object.bucketStartMs)
+        : isSet(object.bucket_start_ms)
+        ? globalThis.Number(object.bucket_start_ms)
+        : 0,
+      bucketMs: isSet(object.bucketMs)
+        ? globalThis.Number(object.bucketMs)
+        : isSet(object.bucket_ms)
+        ? globalThis.Number(object.bucket_ms)
+        : 0,
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      records: isSet(object.records) ? globalThis.Number(object.records) : 0,
+      inferences: isSet(object.inferences) ? globalThis.Number(object.inferences) : 0,
+      errors: isSet(object.errors) ? globalThis.Number(object.errors) : 0,
+      errorRate: isSet(object.errorRate)
+        ? globalThis.Number(object.errorRate)
+        : isSet(object.error_rate)
+        ? globalThis.Number(object.error_rate)
+        : 0,
+      meanLatencyMs: isSet(object.meanLatencyMs)
+        ? globalThis.Number(object.meanLatencyMs)
+        : isSet(object.mean_latency_ms)
+        ? globalThis.Number(object.mean_latency_ms)
+        : 0,
+      maxLatencyMs: isSet(object.maxLatencyMs)
+        ? globalThis.Number(object.maxLatencyMs)
+        : isSet(object.max_latency_ms)
+        ? globalThis.Number(object.max_latency_ms)
+        : 0,
+      events: isSet(object.events) ? globalThis.Number(object.events) : 0,
+    };
+  },
+
+  toJSON(message: TelemetryRollup): unknown {
+    const obj: any = {};
+    if (message.bucketStartMs !== 0) {
+      obj.bucketStartMs = Math.round(message.bucketStartMs);
+    }
+    if (message.bucketMs !== 0) {
+      obj.bucketMs = Math.round(message.bucketMs);
+    }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.records !== 0) {
+      obj.records = Math.round(message.records);
+    }
+    if (message.inferences !== 0) {
+      obj.inferences = Math.round(message.inferences);
+    }
+    if (message.errors !== 0) {
+      obj.errors = Math.round(message.errors);
+    }
+    if (message.errorRate !== 0) {
+      obj.errorRate = floatToJson(message.errorRate);
+    }
+    if (message.meanLatencyMs !== 0) {
+      obj.meanLatencyMs = floatToJson(message.meanLatencyMs);
+    }
+    if (message.maxLatencyMs !== 0) {
+      obj.maxLatencyMs = floatToJson(message.maxLatencyMs);
+    }
+    if (message.events !== 0) {
+      obj.events = Math.round(message.events);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TelemetryRollup>, I>>(base?: I): TelemetryRollup {
+    return TelemetryRollup.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TelemetryRollup>, I>>(object: I): TelemetryRollup {
+    const message = createBaseTelemetryRollup();
+    message.bucketStartMs = object.bucketStartMs ?? 0;
+    message.bucketMs = object.bucketMs ?? 0;
+    message.key = object.key ?? "";
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.records = object.records ?? 0;
+    message.inferences = object.inferences ?? 0;
+    message.errors = object.errors ?? 0;
+    message.errorRate = object.errorRate ?? 0;
+    message.meanLatencyMs = object.meanLatencyMs ?? 0;
+    message.maxLatencyMs = object.maxLatencyMs ?? 0;
+    message.events = object.events ?? 0;
+    return message;
+  },
+};
+
+function createBaseTelemetryRollups(): TelemetryRollups {
+  return { rows: [], truncated: false };
+}
+
+export const TelemetryRollups: MessageFns<TelemetryRollups> = {
+  encode(message: TelemetryRollups, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.rows) {
+      TelemetryRollup.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.truncated !== false) {
+      writer.uint32(16).bool(message.truncated);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TelemetryRollups {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTelemetryRollups();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rows.push(TelemetryRollup.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.truncated = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TelemetryRollups {
+    return {
+      rows: globalThis.Array.isArray(object?.rows) ? object.rows.map((e: any) => TelemetryRollup.fromJSON(e)) : [],
+      truncated: isSet(object.truncated) ? globalThis.Boolean(object.truncated) : false,
+    };
+  },
+
+  toJSON(message: TelemetryRollups): unknown {
+    const obj: any = {};
+    if (message.rows?.length) {
+      obj.rows = message.rows.map((e) => TelemetryRollup.toJSON(e));
+    }
+    if (message.truncated !== false) {
+      obj.truncated = message.truncated;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TelemetryRollups>, I>>(base?: I): TelemetryRollups {
+    return TelemetryRollups.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TelemetryRollups>, I>>(object: I): TelemetryRollups {
+    const message = createBaseTelemetryRollups();
+    message.rows = object.rows?.map((e) => TelemetryRollup.fromPartial(e)) || [];
+    message.truncated = object.truncated ?? false;
+    return message;
+  },
+};
+
 export type TelemetryServiceService = typeof TelemetryServiceService;
 export const TelemetryServiceService = {
   getSummary: {
@@ -540,10 +1240,23 @@ export const TelemetryServiceService = {
     responseSerialize: (value: TelemetrySummary): Buffer => Buffer.from(TelemetrySummary.encode(value).finish()),
     responseDeserialize: (value: Buffer): TelemetrySummary => TelemetrySummary.decode(value),
   },
+  /** Rollup sums per time bucket, grouped by device, model version, cohort or the whole fleet. */
+  getRollups: {
+    path: "/driftline.v1.TelemetryService/GetRollups" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TelemetryRollupsRequest): Buffer =>
+      Buffer.from(TelemetryRollupsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TelemetryRollupsRequest => TelemetryRollupsRequest.decode(value),
+    responseSerialize: (value: TelemetryRollups): Buffer => Buffer.from(TelemetryRollups.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TelemetryRollups => TelemetryRollups.decode(value),
+  },
 } as const;
 
 export interface TelemetryServiceServer extends UntypedServiceImplementation {
   getSummary: handleUnaryCall<TelemetrySummaryRequest, TelemetrySummary>;
+  /** Rollup sums per time bucket, grouped by device, model version, cohort or the whole fleet. */
+  getRollups: handleUnaryCall<TelemetryRollupsRequest, TelemetryRollups>;
 }
 
 export interface TelemetryServiceClient extends Client {
@@ -561,6 +1274,22 @@ export interface TelemetryServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: TelemetrySummary) => void,
+  ): ClientUnaryCall;
+  /** Rollup sums per time bucket, grouped by device, model version, cohort or the whole fleet. */
+  getRollups(
+    request: TelemetryRollupsRequest,
+    callback: (error: ServiceError | null, response: TelemetryRollups) => void,
+  ): ClientUnaryCall;
+  getRollups(
+    request: TelemetryRollupsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TelemetryRollups) => void,
+  ): ClientUnaryCall;
+  getRollups(
+    request: TelemetryRollupsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TelemetryRollups) => void,
   ): ClientUnaryCall;
 }
 
