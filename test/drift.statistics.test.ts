@@ -70,6 +70,24 @@ describe('drift statistics', () => {
     expect(result.statistic).toBeCloseTo(4 / 12 + 4 / 28 + 4 / 18 + 4 / 42, 10);
   });
 
+  it('chi-square pools sparse bins: one clean value outside the reference range is not drift, a real shift still is', () => {
+    // Reference deciles of 4000 rows with empty under- and overflow bins, as the device's sketch lays them out.
+    const reference = [0, ...new Array(10).fill(400), 0];
+    const clean = [0, 15, 15, 15, 15, 15, 15, 15, 15, 15, 14, 1];
+    // Without pooling the lone overflow value alone adds ~26 to the statistic (p < 1e-3 at df 10).
+    const result = chiSquare(reference, clean);
+    expect(result.pValue).toBeGreaterThan(0.5);
+    // Columns of at least 5 * 4150 / 150 = 138.3 observations: the outer bins join their neighbours,
+    // leaving ten; by hand that is the 2 x 10 table whose last column holds 400 vs 15.
+    expect(result.df).toBe(9);
+    const e = (col: number, n: number) => (n * col) / 4150;
+    const cell = (o: number, col: number, n: number) => (o - e(col, n)) ** 2 / e(col, n);
+    const byHand = 9 * (cell(400, 415, 4000) + cell(15, 415, 150)) + cell(400, 415, 4000) + cell(15, 415, 150);
+    expect(result.statistic).toBeCloseTo(byHand, 10);
+    const shifted = [0, 0, 0, 0, 0, 0, 10, 20, 30, 30, 30, 30];
+    expect(chiSquare(reference, shifted).pValue).toBeLessThan(1e-12);
+  });
+
   it('Benjamini-Hochberg and Bonferroni adjust p-values as published', () => {
     expect(benjaminiHochberg([0.01, 0.04, 0.03, 0.005])).toEqual([0.02, 0.04, 0.04, 0.02].map((x) => expect.closeTo(x, 12)));
     expect(bonferroni([0.01, 0.3])).toEqual([0.02, 0.6]);

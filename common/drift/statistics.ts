@@ -68,25 +68,46 @@ export function wasserstein(reference: readonly number[], current: readonly numb
   return distance;
 }
 
-/** Two-sample chi-square test of homogeneity on a 2 x k table; bins empty in both are left out. */
+/**
+ * Two-sample chi-square test of homogeneity on a 2 x k table. Adjacent bins are pooled until
+ * every expected count is at least 5 (Cochran's rule): the reference's under- and overflow
+ * bins are empty by construction, and one current value landing there would otherwise add
+ * ~n_ref/n to the statistic and call a clean window drifted. Mass that moves past the
+ * reference's range still shows, in the pooled outer bin.
+ */
 export function chiSquare(reference: readonly number[], current: readonly number[]): { statistic: number; df: number; pValue: number } {
   const n1 = reference.reduce((a, b) => a + b, 0);
   const n2 = current.reduce((a, b) => a + b, 0);
   if (n1 === 0 || n2 === 0) return { statistic: 0, df: 0, pValue: 1 };
   const n = n1 + n2;
-  let statistic = 0;
-  let used = 0;
+  // A pooled column needs this many observations for both expected counts to reach 5.
+  const minColumn = (MIN_EXPECTED * n) / Math.min(n1, n2);
+  const columns: Array<[number, number]> = [];
+  let open: [number, number] = [0, 0];
   for (let i = 0; i < reference.length; i++) {
-    const col = reference[i]! + current[i]!;
-    if (col === 0) continue;
-    used++;
+    open = [open[0] + reference[i]!, open[1] + current[i]!];
+    if (open[0] + open[1] >= minColumn) {
+      columns.push(open);
+      open = [0, 0];
+    }
+  }
+  // What is left at the end joins the last column (or is the only one).
+  if (open[0] + open[1] > 0) {
+    const last = columns.pop() ?? [0, 0];
+    columns.push([last[0] + open[0], last[1] + open[1]]);
+  }
+  let statistic = 0;
+  for (const [a, b] of columns) {
+    const col = a + b;
     const e1 = (n1 * col) / n;
     const e2 = (n2 * col) / n;
-    statistic += (reference[i]! - e1) ** 2 / e1 + (current[i]! - e2) ** 2 / e2;
+    statistic += (a - e1) ** 2 / e1 + (b - e2) ** 2 / e2;
   }
-  const df = Math.max(0, used - 1);
+  const df = Math.max(0, columns.length - 1);
   return { statistic, df, pValue: df === 0 ? 1 : chiSquareSurvival(statistic, df) };
 }
+
+const MIN_EXPECTED = 5;
 
 /** P(X > x) for X ~ chi-square(df): the regularized upper incomplete gamma Q(df/2, x/2). */
 export function chiSquareSurvival(x: number, df: number): number {
