@@ -42,6 +42,8 @@ export interface TelemetryBuffer {
   peekStream(stream: Stream, afterSeq: number, limit: number): BufferedRecord[];
   /** The newest unacknowledged records above `aboveSeq`, newest first. */
   peekNewest(aboveSeq: number, limit: number): BufferedRecord[];
+  /** The uplink is about to send these: from now until acknowledged, the drop policy leaves them alone. */
+  markSent(records: readonly BufferedRecord[]): void;
   acknowledge(ranges: readonly SeqRange[]): number;
   depth(): number;
   depthByStream(): Record<number, number>;

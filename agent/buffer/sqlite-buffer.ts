@@ -55,6 +55,11 @@ const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) 
  * stream that has any go. Drops are counted per stream and reason in the same
  * transaction as the deletes, so the counts survive kill -9 exactly. A disk that fills up
  * before the budget does (SQLITE_FULL) gets the same policy; see flush().
+ *
+ * Records handed to the uplink and not acknowledged yet (markSent) are never dropped by
+ * policy: the control plane may have stored them already, and a record must be either
+ * stored or counted as dropped, never both. That set is kept in memory: after a restart,
+ * records sent before it count as unsent until they are sent again.
  */
 export class SqliteBuffer implements TelemetryBuffer {
   readonly boot: number;
@@ -73,6 +78,8 @@ export class SqliteBuffer implements TelemetryBuffer {
   /** Records and bytes per stream, kept in step with the table. */
   private readonly counts = new Map<number, { records: number; bytes: number }>();
   private drops: DropCounts = emptyDrops();
+  /** Seqs handed to the uplink and not acknowledged yet: policy drops skip them. */
+  private readonly sent = new Set<number>();
   /** Drop counts changed by a commit that failed: saved with the next one that succeeds. */
   private dropsUnsaved = false;
   private pending: Pending[] = [];
@@ -125,9 +132,11 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.selectAfter = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
     this.selectStream = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?');
     this.selectNewest = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT ?');
-    this.deleteRange = db.prepare('DELETE FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ? RETURNING stream, length(body) AS bytes');
-    this.evictOldest = db.prepare('DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes');
-    this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? RETURNING stream, length(body) AS bytes');
+    this.deleteRange = db.prepare('DELETE FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ? RETURNING seq, stream, length(body) AS bytes');
+    this.evictOldest = db.prepare(
+      'DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes',
+    );
+    this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? AND seq NOT IN (SELECT value FROM json_each(?)) RETURNING stream, length(body) AS bytes');
     this.saveDrops = db.prepare(`INSERT INTO agent_state (key, value) VALUES ('buffer.drops', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
   }
 
@@ -268,15 +277,16 @@ export class SqliteBuffer implements TelemetryBuffer {
     const budget = this.limits.maxBytes;
     if (budget > 0) {
       let total = this.totalBytes();
-      while (total > budget) {
-        // The lowest-priority stream that has records loses its oldest ones.
-        const stream = [...this.counts.entries()].filter(([, c]) => c.records > 0).sort(([a], [b]) => b - a)[0]?.[0];
-        if (stream === undefined) break;
+      // The lowest-priority stream that has records loses its oldest ones (the next one when
+      // all it has left is in flight: then the budget is over by at most the uplink's window).
+      for (const stream of [...this.counts.keys()].sort((a, b) => b - a)) {
         const c = this.countsOf(stream);
-        const average = c.bytes / c.records;
-        this.evict(stream, Math.min(c.records, Math.max(1, Math.ceil((total - budget) / average))), 'budget');
-        dropped = true;
-        total = this.totalBytes();
+        while (total > budget && c.records > 0) {
+          if (this.evict(stream, Math.min(c.records, Math.max(1, Math.ceil((total - budget) / (c.bytes / c.records)))), 'budget') === 0) break;
+          dropped = true;
+          total = this.totalBytes();
+        }
+        if (total <= budget) break;
       }
     }
     if (dropped || this.dropsUnsaved) {
@@ -287,7 +297,7 @@ export class SqliteBuffer implements TelemetryBuffer {
 
   /** Deletes the stream's n oldest records, counted as dropped for the reason; returns the bytes freed. */
   private evict(stream: number, n: number, reason: DropReason): number {
-    const rows = this.evictOldest.all(stream, n) as Array<{ bytes: number }>;
+    const rows = this.evictOldest.all(stream, JSON.stringify([...this.sent]), n) as Array<{ bytes: number }>;
     const c = this.countsOf(stream);
     const freed = rows.reduce((sum, r) => sum + r.bytes + ROW_OVERHEAD_BYTES, 0);
     c.records -= rows.length;
@@ -317,7 +327,7 @@ export class SqliteBuffer implements TelemetryBuffer {
       const before = this.snapshot();
       try {
         this.db.transaction(() => {
-          const rows = this.expire.all(this.clock.now() - this.limits.ttlMs) as Array<{ stream: number; bytes: number }>;
+          const rows = this.expire.all(this.clock.now() - this.limits.ttlMs, JSON.stringify([...this.sent])) as Array<{ stream: number; bytes: number }>;
           for (const r of rows) {
             const c = this.countsOf(r.stream);
             c.records--;
@@ -349,11 +359,16 @@ export class SqliteBuffer implements TelemetryBuffer {
     return this.selectNewest.all(aboveSeq, limit) as BufferedRecord[];
   }
 
+  markSent(records: readonly BufferedRecord[]): void {
+    for (const r of records) this.sent.add(r.seq);
+  }
+
   acknowledge(ranges: readonly SeqRange[]): number {
     return this.db.transaction(() => {
       let n = 0;
       for (const r of ranges) {
-        for (const row of this.deleteRange.all(r.boot, r.first, r.last) as Array<{ stream: number; bytes: number }>) {
+        for (const row of this.deleteRange.all(r.boot, r.first, r.last) as Array<{ seq: number; stream: number; bytes: number }>) {
+          this.sent.delete(row.seq);
           const c = this.countsOf(row.stream);
           c.records--;
           c.bytes -= row.bytes + ROW_OVERHEAD_BYTES;

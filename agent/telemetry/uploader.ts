@@ -158,6 +158,8 @@ export class TelemetryUploader {
         if (records.length === 0) break;
         const key = batchKey(records);
         this.inflight.set(key, { sentAt: clock.now() });
+        // Possibly stored from now on: the buffer's drop policy must not count them as dropped.
+        this.options.buffer.markSent(records);
         const payload = this.encode(records);
         this.tokens -= payload.length;
         this.stats.batchesSent++;
