@@ -84,12 +84,19 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
   };
   const storedCount = (): number => readStore().n;
 
-  /** Stops the agent cleanly (it drains), then checks the buffer file against the store. */
-  const expectEveryCommittedRecordStoredOnce = async (): Promise<void> => {
-    await stopProcess(agent);
-    expect(await agent.exited).toBe(0);
-    const [, , , , buffered, dropped] = (await agent.line(AGENT_STOPPED)).map(Number);
-    expect({ buffered, dropped }).toEqual({ buffered: 0, dropped: 0 });
+  /**
+   * Checks the buffer file against the store, once the agent has drained: stopped cleanly, or
+   * idle (no traffic; system metrics and drift windows are off, so it makes no records).
+   */
+  const expectEveryCommittedRecordStoredOnce = async (how: 'stop' | 'idle'): Promise<void> => {
+    if (how === 'stop') {
+      await stopProcess(agent);
+      expect(await agent.exited).toBe(0);
+      const [, , , , buffered, dropped] = (await agent.line(AGENT_STOPPED)).map(Number);
+      expect({ buffered, dropped }).toEqual({ buffered: 0, dropped: 0 });
+    } else {
+      await waitFor(() => [readBuffer(), storedCount()] as const, ([b, n]) => b.pending === 0 && n === b.committed, { what: 'the agent drained' });
+    }
     const buffer = readBuffer();
     expect(buffer).toMatchObject({ pending: 0, dropped: 0, boot: starts });
     // Every seq the buffer committed, across all boots, is in the store once; nothing else is.
@@ -126,7 +133,7 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
       [
         'mqtt:\n  reconnectMin: 100ms\n  reconnectMax: 400ms\n  keepalive: 2s',
         'uplink:\n  ackTimeout: 2s\n  maxBatchRecords: 10\n  maxInflightBatches: 1\n  maxBytesPerSecond: 8KiB',
-        `schedule:\n  uplinkCheck: '* * * * * *'\n  system: '0 0 1 1 *'`,
+        `schedule:\n  uplinkCheck: '* * * * * *'\n  system: '0 0 1 1 *'\n  driftWindow: '0 0 1 1 *'`,
         'shutdownGrace: 30s\n',
       ].join('\n'),
     );
@@ -160,22 +167,18 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     loads = [traffic(agent.ready[2]!, 3)];
     await waitFor(() => loads[0]!.state.ok, (n) => n >= 50, { what: 'inference traffic after the restart' });
     await loads[0]!.stop();
-    await waitFor(storedCount, (n) => n > afterKill.committed, { what: 'records of both boots stored' });
-    await expectEveryCommittedRecordStoredOnce();
+    await expectEveryCommittedRecordStoredOnce('idle');
   });
 
   it('crash - kill -9 of the agent and of the control plane in the middle of draining a backlog loses no committed record', async () => {
-    agent = await startAgentProcess();
-    await waitFor(storedCount, (n) => n >= readBuffer().committed, { what: 'the new boot connected and caught up' });
-
+    // The agent of the first test (boot 2) goes on.
     // The control plane goes away; inference goes on and builds a backlog.
     controlPlane.child.kill('SIGKILL');
     await controlPlane.exited;
     const load = traffic(agent.ready[2]!, 4);
-    await waitFor(() => load.state.ok, (n) => n >= 300, { what: 'a backlog while the control plane is down' });
+    await waitFor(() => load.state.ok, (n) => n >= 200, { what: 'a backlog while the control plane is down' });
     await load.stop();
-    const backlog = readBuffer().pending;
-    expect(backlog).toBeGreaterThanOrEqual(300);
+    expect(readBuffer().pending).toBeGreaterThanOrEqual(200);
 
     // Back up: the drain starts; the control plane is killed again in the middle of it.
     const before = storedCount();
@@ -195,6 +198,6 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
 
     agent = await startAgentProcess();
     await waitFor(() => readBuffer().pending, (n) => n === 0, { what: 'the rest of the backlog drained after the restart' });
-    await expectEveryCommittedRecordStoredOnce();
+    await expectEveryCommittedRecordStoredOnce('stop');
   });
 });
