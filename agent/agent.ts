@@ -175,6 +175,12 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     if (drops !== reportedDrops) {
       reportedDrops = drops;
       recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(buffer.dropped()));
+      // The report is a record too: in a full buffer it pushes an older one out (after its
+      // commit, the next turn). Such drops count but do not trigger a report of their own, or
+      // an idle agent offline would report, and drop, once a tick for as long as it is offline.
+      setImmediate(() => {
+        reportedDrops = JSON.stringify(buffer.dropped());
+      });
     }
   };
 
