@@ -52,6 +52,8 @@ export class TelemetryUploader {
   private cursors = new Map<number, number>();
   /** Highest seq a live batch has taken. */
   private liveCursor = 0;
+  /** Seq -> stream of records a live batch sent that the oldest-first drain has not passed yet (it skips them). */
+  private readonly liveSent = new Map<number, number>();
   private readonly inflight = new Map<string, Inflight>();
   private timer: NodeJS.Timeout | undefined;
   private bandwidthTimer: NodeJS.Timeout | undefined;
@@ -102,6 +104,7 @@ export class TelemetryUploader {
     }
     this.cursors.clear();
     this.liveCursor = 0;
+    this.liveSent.clear();
     this.inflight.clear();
     this.pump();
   }
@@ -132,19 +135,24 @@ export class TelemetryUploader {
       const live = buffer.peekNewest(this.liveCursor, maxBatchRecords).filter((r) => r.seq > cursor(r.stream));
       if (live.length > 0 && live.length < buffer.depth()) {
         this.liveCursor = Math.max(this.liveCursor, live[0]!.seq);
+        for (const r of live) this.liveSent.set(r.seq, r.stream);
         return live;
       }
     }
     const records: BufferedRecord[] = [];
     for (const stream of STREAM_PRIORITY) {
-      const room = maxBatchRecords - records.length;
-      if (room <= 0) break;
-      const taken = buffer.peekStream(stream, cursor(stream), room);
-      if (taken.length > 0) {
+      for (;;) {
+        const room = maxBatchRecords - records.length;
+        if (room <= 0) break;
+        const taken = buffer.peekStream(stream, cursor(stream), room);
+        if (taken.length === 0) break;
         this.cursors.set(stream, taken[taken.length - 1]!.seq);
-        records.push(...taken);
+        // A live batch already carried these: sending them again would only make duplicates.
+        for (const r of taken) if (!this.liveSent.delete(r.seq)) records.push(r);
       }
     }
+    // Live records acknowledged before the drain reached them are gone from the buffer: forget them once passed.
+    for (const [seq, stream] of this.liveSent) if (seq <= cursor(stream)) this.liveSent.delete(seq);
     return records;
   }
 

@@ -30,11 +30,18 @@ export class MqttUplink implements Uplink {
   private attempt = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private stopping = false;
+  /** The down/ subscription is in place: acks and desired state can reach us. */
+  private subscribed = false;
 
   constructor(private readonly options: MqttUplinkOptions) {}
 
+  /**
+   * Connected and subscribed. Between CONNACK and SUBACK an ack would be lost, so senders
+   * wait for this rather than for the socket: what they sent in that gap went again after
+   * the 'connected' status, as duplicates.
+   */
   get connected(): boolean {
-    return this.client?.connected ?? false;
+    return this.subscribed && (this.client?.connected ?? false);
   }
 
   onMessage(handler: (channel: DownChannel, payload: Buffer) => void): void {
@@ -66,9 +73,13 @@ export class MqttUplink implements Uplink {
     const prefix = downPrefix(deviceId);
     client.on('connect', () => {
       this.attempt = 0;
+      this.subscribed = false;
       client.subscribe(`${prefix}#`, { qos: 1 }, (err, granted) => {
         if (err || granted?.some((g) => g.qos === 128)) logger.error({ err }, 'subscription to the down/ topics was refused');
-        else this.emit({ type: 'connected' });
+        else {
+          this.subscribed = true;
+          this.emit({ type: 'connected' });
+        }
       });
     });
     client.on('message', (topic, payload) => {
@@ -78,6 +89,7 @@ export class MqttUplink implements Uplink {
     });
     client.on('error', (err) => logger.warn({ err: err.message }, 'mqtt error'));
     client.on('close', () => {
+      this.subscribed = false;
       if (this.stopping) return;
       this.emit({ type: 'disconnected', reason: 'connection closed' });
       this.scheduleReconnect();
