@@ -89,3 +89,26 @@ describe('agent buffer policy', () => {
     await buffer.close();
   });
 });
+
+describe('agent buffer policy across a restart', () => {
+  it('records sent but not acknowledged before a crash stay protected from eviction after it', async () => {
+    const clock = new ManualClock();
+    const path = file();
+    const perRecord = 10 + ROW_OVERHEAD_BYTES;
+    const limits = { maxBytes: 10 * perRecord };
+    let buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits });
+    await fill(buffer, Stream.STREAM_SAMPLES, 10, clock);
+    // The uplink took the five oldest; the process dies before their ack (no close, no ack).
+    const inFlight = buffer.peekStream(Stream.STREAM_SAMPLES, 0, 5);
+    buffer.markSent(inFlight);
+    buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits });
+    await fill(buffer, Stream.STREAM_SAMPLES, 10, clock);
+    // The budget made room from the oldest records that were never sent; the five in flight
+    // may already be stored, so they are still here, waiting for their resend and ack.
+    const left = buffer.peekStream(Stream.STREAM_SAMPLES, 0, 100).map((r) => r.seq);
+    expect(left.slice(0, 5)).toEqual(inFlight.map((r) => r.seq));
+    expect(buffer.depth() + buffer.droppedTotal()).toBe(20);
+    expect(buffer.acknowledge([{ boot: 1, first: 1, last: 5 }])).toBe(5);
+    await buffer.close();
+  });
+});

@@ -58,8 +58,8 @@ const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) 
  *
  * Records handed to the uplink and not acknowledged yet (markSent) are never dropped by
  * policy: the control plane may have stored them already, and a record must be either
- * stored or counted as dropped, never both. That set is kept in memory: after a restart,
- * records sent before it count as unsent until they are sent again.
+ * stored or counted as dropped, never both. The mark is persisted (column `sent`) before
+ * the batch is published, so it holds across kill -9 until the ack deletes the record.
  */
 export class SqliteBuffer implements TelemetryBuffer {
   readonly boot: number;
@@ -75,6 +75,7 @@ export class SqliteBuffer implements TelemetryBuffer {
   private readonly evictOldest: Statement;
   private readonly expire: Statement;
   private readonly saveDrops: Statement;
+  private readonly saveSent: Statement;
   /** Records and bytes per stream, kept in step with the table. */
   private readonly counts = new Map<number, { records: number; bytes: number }>();
   private drops: DropCounts = emptyDrops();
@@ -116,6 +117,11 @@ export class SqliteBuffer implements TelemetryBuffer {
       CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream);
       CREATE TABLE IF NOT EXISTS agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     `);
+    // Buffers written by agents before the sent mark was persisted get the column on first open.
+    if (!(db.pragma('table_info(outbox)') as Array<{ name: string }>).some((c) => c.name === 'sent')) {
+      db.exec('ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0');
+    }
+    for (const { seq } of db.prepare('SELECT seq FROM outbox WHERE sent = 1').all() as Array<{ seq: number }>) this.sent.add(seq);
     this.boot = db.transaction(() => {
       const row = db.prepare(`SELECT value FROM agent_state WHERE key = 'boot'`).get() as { value: string } | undefined;
       const next = (row ? Number(row.value) : 0) + 1;
@@ -137,6 +143,7 @@ export class SqliteBuffer implements TelemetryBuffer {
       'DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes',
     );
     this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? AND seq NOT IN (SELECT value FROM json_each(?)) RETURNING stream, length(body) AS bytes');
+    this.saveSent = db.prepare('UPDATE outbox SET sent = 1 WHERE seq IN (SELECT value FROM json_each(?)) AND sent = 0');
     this.saveDrops = db.prepare(`INSERT INTO agent_state (key, value) VALUES ('buffer.drops', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
   }
 
@@ -360,7 +367,15 @@ export class SqliteBuffer implements TelemetryBuffer {
   }
 
   markSent(records: readonly BufferedRecord[]): void {
-    for (const r of records) this.sent.add(r.seq);
+    const fresh = records.filter((r) => !this.sent.has(r.seq));
+    for (const r of fresh) this.sent.add(r.seq);
+    if (fresh.length === 0) return;
+    try {
+      this.saveSent.run(JSON.stringify(fresh.map((r) => r.seq)));
+    } catch (err) {
+      // A disk too full even for this update: the mark still holds in memory for this run.
+      if (!isDiskFull(err)) throw new DriftlineError('STORE_FAILED', 'cannot mark records as sent', { cause: err });
+    }
   }
 
   acknowledge(ranges: readonly SeqRange[]): number {
