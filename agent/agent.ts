@@ -103,6 +103,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   const buffer = SqliteBuffer.open({
     file: join(config.dataDir, 'buffer.db'),
     synchronous: config.buffer.synchronous,
+    maxFileBytes: config.buffer.maxFileBytes,
     limits: {
       maxBytes: bufferBudgetBytes,
       maxRecords: { [Stream.STREAM_EVENTS]: quotas.events, [Stream.STREAM_INFERENCE]: quotas.inference, [Stream.STREAM_SYSTEM]: quotas.system, [Stream.STREAM_SAMPLES]: quotas.samples },

@@ -35,6 +35,8 @@ export const agentConfigSchema = z
         synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
         /** Disk budget for buffered records (the firmware profile's buffer.diskBudget when absent); when full, the oldest records of the lowest-priority stream go (counted, reported). */
         maxBytes: byteSize.optional(),
+        /** Hard ceiling for buffer.db itself (SQLite max_page_count): past it writes fail as on a full disk and the drop policy makes room. */
+        maxFileBytes: byteSize.optional(),
         /** Per-stream record quotas (0: only the budget applies). */
         quotas: z
           .object({

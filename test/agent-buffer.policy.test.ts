@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
@@ -109,6 +110,30 @@ describe('agent buffer policy across a restart', () => {
     expect(left.slice(0, 5)).toEqual(inFlight.map((r) => r.seq));
     expect(buffer.depth() + buffer.droppedTotal()).toBe(20);
     expect(buffer.acknowledge([{ boot: 1, first: 1, last: 5 }])).toBe(5);
+    await buffer.close();
+  });
+});
+
+describe('agent buffer on a full disk', () => {
+  it('keeps its counts equal to the rows in the file through failed and retried commits', async () => {
+    const clock = new ManualClock();
+    const path = file();
+    const buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, maxFileBytes: 96 * 1024 });
+    // 1,500 records of one stream in commits of 25: the file's ceiling is reached halfway.
+    for (let i = 0; i < 60; i++) await fill(buffer, Stream.STREAM_INFERENCE, 25, clock, 60);
+    const rows = (): number => {
+      const db = new Database(path, { readonly: true });
+      try {
+        return (db.prepare('SELECT count(*) AS n FROM outbox').get() as { n: number }).n;
+      } finally {
+        db.close();
+      }
+    };
+    expect(buffer.dropped()[Stream.STREAM_INFERENCE]!.disk_full).toBeGreaterThan(0);
+    expect(buffer.depth()).toBe(rows());
+    expect(buffer.depth() + buffer.droppedTotal()).toBe(1500);
+    // The oldest went: what is left ends with the newest record.
+    expect(buffer.peekNewest(0, 1)[0]!.seq).toBe(1500);
     await buffer.close();
   });
 });

@@ -32,6 +32,9 @@ export interface SqliteBufferOptions {
 /** What a row costs besides its body (key, columns, b-tree slack): an estimate for the budget. */
 export const ROW_OVERHEAD_BYTES = 40;
 
+/** Pages a full disk's eviction frees at least (see makeRoom). */
+const ROOM_PAGES = 8;
+
 /** Rows per multi-row INSERT (4 parameters each, well under SQLite's limit of 32766). */
 const MULTI_ROW = 64;
 
@@ -76,6 +79,8 @@ export class SqliteBuffer implements TelemetryBuffer {
   private readonly expire: Statement;
   private readonly saveDrops: Statement;
   private readonly saveSent: Statement;
+  private readonly selectLastSeq: Statement;
+  private readonly pageSize: number;
   /** Records and bytes per stream, kept in step with the table. */
   private readonly counts = new Map<number, { records: number; bytes: number }>();
   private drops: DropCounts = emptyDrops();
@@ -143,6 +148,8 @@ export class SqliteBuffer implements TelemetryBuffer {
       'DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes',
     );
     this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? AND seq NOT IN (SELECT value FROM json_each(?)) RETURNING stream, length(body) AS bytes');
+    this.pageSize = db.pragma('page_size', { simple: true }) as number;
+    this.selectLastSeq = db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'outbox'`);
     this.saveSent = db.prepare('UPDATE outbox SET sent = 1 WHERE seq IN (SELECT value FROM json_each(?)) AND sent = 0');
     this.saveDrops = db.prepare(`INSERT INTO agent_state (key, value) VALUES ('buffer.drops', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
   }
@@ -164,11 +171,13 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.pending = [];
     if (batch.length === 0) return;
     const before = this.snapshot();
+    const seqBefore = this.lastSeq();
     try {
       this.db.transaction(() => this.insertBatch(batch))();
       for (const p of batch) p.resolve();
       return;
     } catch (err) {
+      if (this.landed(seqBefore, batch)) return;
       this.restore(before);
       if (!isDiskFull(err)) {
         const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
@@ -178,14 +187,21 @@ export class SqliteBuffer implements TelemetryBuffer {
     }
     // The disk (or maxFileBytes) filled up before the byte budget did. Same policy as the
     // budget: the oldest records of the lowest-priority stream make room (never a stream more
-    // important than any in the batch), and the batch is tried once more in the same transaction.
+    // important than any in the batch), committed on their own so their pages are free for
+    // the batch, which is tried once more.
+    let roomMade = before;
     try {
-      this.db.transaction(() => {
-        this.makeRoom(batch);
-        this.insertBatch(batch);
-      })();
-    } catch (err) {
+      this.db.transaction(() => this.makeRoom(batch))();
+      roomMade = this.snapshot();
+    } catch {
+      // Not even the deletes fit: nothing was evicted.
       this.restore(before);
+    }
+    try {
+      this.db.transaction(() => this.insertBatch(batch))();
+    } catch (err) {
+      if (this.landed(seqBefore, batch)) return;
+      this.restore(roomMade);
       if (!isDiskFull(err)) {
         const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
         for (const p of batch) p.reject(error);
@@ -206,6 +222,30 @@ export class SqliteBuffer implements TelemetryBuffer {
       }
     }
     for (const p of batch) p.resolve();
+  }
+
+  /** The last seq handed out: AUTOINCREMENT's counter, which only a committed insert moves. */
+  private lastSeq(): number {
+    return (this.selectLastSeq.get() as { seq: number } | undefined)?.seq ?? 0;
+  }
+
+  /**
+   * A commit can report SQLITE_FULL after its transaction reached the WAL (the automatic
+   * checkpoint that follows it needs a page the ceiling refuses). Then the batch is stored,
+   * and so is everything the transaction did to the counts and drops: keep them and resolve,
+   * rather than rolling the bookkeeping back and counting stored records as dropped.
+   */
+  private landed(seqBefore: number, batch: readonly Pending[]): boolean {
+    let last: number;
+    try {
+      last = this.lastSeq();
+    } catch {
+      return false;
+    }
+    if (last <= seqBefore) return false;
+    this.dropsUnsaved = false;
+    for (const p of batch) p.resolve();
+    return true;
   }
 
   /** Runs inside a transaction: inserts the batch, then applies quotas and the budget. */
@@ -239,7 +279,9 @@ export class SqliteBuffer implements TelemetryBuffer {
    * commits from failing at once). Counted as disk_full drops.
    */
   private makeRoom(batch: readonly Pending[]): void {
-    let needed = 2 * batch.reduce((sum, p) => sum + p.record.body.length + ROW_OVERHEAD_BYTES, 0);
+    // Rows append at the right edge of the table, so only whole pages freed at the old end
+    // make room: ask for at least a few pages, not just the batch's bytes.
+    let needed = Math.max(2 * batch.reduce((sum, p) => sum + p.record.body.length + ROW_OVERHEAD_BYTES, 0), ROOM_PAGES * this.pageSize);
     const floor = batch.reduce((min, p) => Math.min(min, p.record.stream), Infinity);
     const candidates = [...this.counts.entries()].filter(([s, c]) => s >= floor && c.records > 0).sort(([a], [b]) => b - a);
     for (const [stream, c] of candidates) {
@@ -266,7 +308,9 @@ export class SqliteBuffer implements TelemetryBuffer {
 
   private restore(s: ReturnType<SqliteBuffer['snapshot']>): void {
     this.counts.clear();
-    for (const [k, v] of s.counts) this.counts.set(k, v);
+    // Copies: a snapshot may be restored twice (after each failed attempt of one flush), and
+    // the counts restored the first time are mutated by the second attempt.
+    for (const [k, v] of s.counts) this.counts.set(k, { ...v });
     this.drops = JSON.parse(s.drops) as DropCounts;
     this.dropsUnsaved = s.dropsUnsaved;
   }
@@ -379,19 +423,22 @@ export class SqliteBuffer implements TelemetryBuffer {
   }
 
   acknowledge(ranges: readonly SeqRange[]): number {
-    return this.db.transaction(() => {
-      let n = 0;
-      for (const r of ranges) {
-        for (const row of this.deleteRange.all(r.boot, r.first, r.last) as Array<{ seq: number; stream: number; bytes: number }>) {
-          this.sent.delete(row.seq);
-          const c = this.countsOf(row.stream);
-          c.records--;
-          c.bytes -= row.bytes + ROW_OVERHEAD_BYTES;
-          n++;
-        }
-      }
-      return n;
-    })();
+    type Deleted = { seq: number; stream: number; bytes: number };
+    let deleted: Deleted[];
+    try {
+      deleted = this.db.transaction(() => ranges.flatMap((r) => this.deleteRange.all(r.boot, r.first, r.last) as Deleted[]))();
+    } catch (err) {
+      // Nothing was deleted; the records stay until the ack comes again after a resend.
+      throw new DriftlineError('STORE_FAILED', 'cannot delete acknowledged records', { cause: err });
+    }
+    // Counted only once the deletes are committed, so a failed commit leaves the counts true.
+    for (const row of deleted) {
+      this.sent.delete(row.seq);
+      const c = this.countsOf(row.stream);
+      c.records--;
+      c.bytes -= row.bytes + ROW_OVERHEAD_BYTES;
+    }
+    return deleted.length;
   }
 
   depth(): number {

@@ -204,7 +204,13 @@ export class TelemetryUploader {
       this.options.logger.warn({ err }, 'ignoring malformed telemetry ack');
       return;
     }
-    this.stats.recordsAcknowledged += this.options.buffer.acknowledge(ack.ranges);
+    try {
+      this.stats.recordsAcknowledged += this.options.buffer.acknowledge(ack.ranges);
+    } catch (err) {
+      // The batch stays in flight: it times out, goes again, and the control plane acks it again.
+      this.options.logger.warn({ err }, 'cannot remove acknowledged telemetry from the buffer');
+      return;
+    }
     this.inflight.delete(rangesKey(ack.ranges));
     this.pump();
   }
