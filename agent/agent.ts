@@ -344,6 +344,8 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     socketPath: config.localApi.socketPath,
     maxBodyBytes: config.localApi.maxBodyBytes,
     inferTimeoutMs: config.inference.timeout,
+    // Applications label answered requests by response id; each label is one record on the inference stream.
+    feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },
   });
 
   const tasks: ScheduledTask[] = [

@@ -73,6 +73,8 @@ export const agentConfigSchema = z
         port: z.number().int().min(0).max(65535).default(7390),
         socketPath: z.string().optional(),
         maxBodyBytes: byteSize.prefault('8MiB'),
+        /** Answered requests remembered for feedback (POST .../feedback); older ids are forgotten. */
+        feedbackMemory: z.number().int().min(1).max(1_000_000).default(10_000),
       })
       .strict()
       .prefault({}),

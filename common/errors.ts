@@ -52,6 +52,8 @@ export const ERROR_CODES = {
   TOKEN_NOT_FOUND: 'not_found',
   INFERENCE_CANCELLED: 'unavailable',
   ROUTE_NOT_FOUND: 'not_found',
+  FEEDBACK_UNKNOWN_ID: 'not_found',
+  FEEDBACK_DUPLICATE: 'conflict',
   LISTEN_FAILED: 'unavailable',
   ROLLOUT_NOT_FOUND: 'not_found',
   ROLLOUT_ACTIVE_EXISTS: 'conflict',

@@ -59,6 +59,9 @@ export interface InferResult {
   version: number;
   provider: string;
   outputs: InferOutput[];
+  /** For a one-row request to a model with a probabilities output: the argmax, and how many classes there are. */
+  topClass?: number;
+  classes?: number;
 }
 
 export interface InferOptions {
@@ -169,8 +172,10 @@ export class InferenceEngine implements InferenceService {
       // Nothing awaits between routing and submit(), so a swap cannot release this session first.
       const raw = await slot.queue.submit(feeds, rows, signal);
       const outputs = wanted.map((name) => toOutput(name, raw));
-      this.record(slot, { latencyMs: performance.now() - started, ok: true, batchSize, ...slot.topClass(raw) });
-      return { model: slot.info.name, version: slot.info.version, provider: slot.info.provider, outputs };
+      const { classes, ...top } = slot.topClass(raw);
+      this.record(slot, { latencyMs: performance.now() - started, ok: true, batchSize, ...top });
+      const answer = batchSize === 1 && top.topClass !== undefined ? { topClass: top.topClass, classes } : {};
+      return { model: slot.info.name, version: slot.info.version, provider: slot.info.provider, outputs, ...answer };
     } catch (err) {
       const error = asDriftlineError(err, 'INFERENCE_FAILED');
       this.record(slot, { latencyMs: performance.now() - started, ok: false, errorCode: error.code, batchSize });
@@ -346,13 +351,13 @@ class Slot {
     return [...requested];
   }
 
-  topClass(outputs: Record<string, RuntimeTensor>): { topClass?: number; confidence?: number } {
+  topClass(outputs: Record<string, RuntimeTensor>): { topClass?: number; confidence?: number; classes?: number } {
     const tensor = this.probabilities === undefined ? undefined : outputs[this.probabilities];
     if (!tensor || tensor.dims.length !== 2 || tensor.dims[0] < 1 || tensor.dims[1] < 1) return {};
     const row = tensor.data as Float32Array | Float64Array;
     let best = 0;
     for (let c = 1; c < tensor.dims[1]; c++) if (row[c] > row[best]) best = c;
-    return { topClass: best, confidence: row[best] };
+    return { topClass: best, confidence: row[best], classes: tensor.dims[1] };
   }
 }
 

@@ -4,13 +4,16 @@ import { lstat, unlink } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
+import { systemClock, type Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError, type ErrorKind } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import type { LabelRecord } from '../../common/proto/driftline/v1/device_link.js';
 import { DRIFTLINE_VERSION } from '../../common/version.js';
 import { datatypeOf, toJsonValues } from '../inference/datatypes.js';
 import type { ActiveModelInfo, InferenceService, InferInput, InferOutput } from '../inference/engine.js';
 import type { TensorSpec } from '../inference/model-runtime.js';
 import { BINARY_HEADER, decodeBinaryTensor, encodeBinaryTensor } from './binary-tensors.js';
+import { FeedbackLedger, parseFeedback } from './feedback.js';
 
 const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
@@ -30,6 +33,8 @@ export interface LocalApiOptions {
   inferTimeoutMs?: number;
   /** How long close() lets requests in flight finish before cutting connections. */
   shutdownGraceMs?: number;
+  /** Labels posted to .../feedback for remembered answers; without it there is no feedback route. */
+  feedback?: { memory: number; record(label: LabelRecord): void; clock?: Clock };
 }
 
 export interface LocalApi {
@@ -82,7 +87,7 @@ const InferRequestSchema = z.object({
 });
 type InferRequest = z.infer<typeof InferRequestSchema>;
 
-const MODEL_ROUTE = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer)?$/;
+const MODEL_ROUTE = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer|\/feedback)?$/;
 
 /**
  * The device's inference API for applications, in the shape of the Open Inference
@@ -91,6 +96,7 @@ const MODEL_ROUTE = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/in
 export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi> {
   const { logger } = options;
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const ledger = options.feedback ? new FeedbackLedger(options.feedback.memory, options.feedback.clock ?? systemClock) : undefined;
 
   const server = createServer((req, res) => {
     handle(req, res).catch((err: unknown) => sendError(res, asDriftlineError(err)));
@@ -128,6 +134,7 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
         return sendJson(res, 200, { name, ready: true });
       }
       if (method === 'POST' && action === '/infer') return infer(req, res, name, version);
+      if (method === 'POST' && action === '/feedback' && ledger) return feedback(req, res, ledger, name, version);
     }
     throw new DriftlineError('ROUTE_NOT_FOUND', `no route for ${method} ${path}`);
   }
@@ -159,6 +166,7 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
       signal: abandoned.signal,
     });
     const header = { model_name: result.model, model_version: String(result.version), id: request.id ?? randomUUID() };
+    ledger?.remember(header.id, result);
     const binaryOut = new Set(
       result.outputs.filter((o) => request.outputs?.find((r) => r.name === o.name)?.parameters?.binary_data ?? request.parameters?.binary_data_output === true).map((o) => o.name),
     );
@@ -180,6 +188,14 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
     res.write(text);
     for (const part of parts) res.write(part);
     res.end();
+  }
+
+  /** Labels for earlier answers, by response id: 202 once recorded (the telemetry goes up later). */
+  async function feedback(req: IncomingMessage, res: ServerResponse, ledger: FeedbackLedger, name: string, version: number | undefined): Promise<void> {
+    const items = parseFeedback(parseJson(await readBody(req, maxBodyBytes)));
+    const labels = ledger.label(items, { model: name, version });
+    for (const label of labels) options.feedback?.record(label);
+    sendJson(res, 202, { accepted: labels.length, items: labels.map((l) => ({ id: l.requestId, model_name: l.model, model_version: String(l.version), predicted: l.predicted, label: l.label, correct: l.correct })) });
   }
 
   function sendError(res: ServerResponse, error: DriftlineError): void {

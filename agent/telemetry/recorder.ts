@@ -3,7 +3,7 @@ import { freemem } from 'node:os';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
-import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type SampleRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
+import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type LabelRecord, type SampleRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
 import type { TelemetryBuffer } from '../buffer/ports.js';
 import type { HostReading } from './host-sensors.js';
 
@@ -39,6 +39,11 @@ export class TelemetryRecorder {
   /** Captured raw inputs and outputs of one request: the samples stream, first to go when space runs out. */
   sample(value: SampleRecord): void {
     this.record(Stream.STREAM_SAMPLES, { $case: 'sample', value });
+  }
+
+  /** An application's label for an answered request: inference data, on the inference stream. */
+  label(value: LabelRecord): void {
+    this.record(Stream.STREAM_INFERENCE, { $case: 'label', value });
   }
 
   /** A window's drift sketch: aggregated inference data, so it shares the inference stream's priority. */

@@ -7,7 +7,8 @@ import type { CohortMetrics, CohortQuery } from './ports.js';
  * model, model_version, latency_ms and ok for every inference). Windows use the control
  * plane's receive time, so a device with a skewed clock cannot move its records in or out of
  * a wave. Quantiles are exact over the window (nearest rank); rollups can replace this query
- * without the engine noticing.
+ * without the engine noticing. Labels (kind 'label', ok = the answer was correct) count by the
+ * version that answered and by when the label arrived, which is often well after the inference.
  */
 export class SqliteCohortMetrics implements CohortMetrics {
   constructor(private readonly db: Database) {}
@@ -16,8 +17,8 @@ export class SqliteCohortMetrics implements CohortMetrics {
     if (query.deviceIds.length === 0) return { devices: 0, devicesWithData: 0, inferences: 0, errors: 0, p95LatencyMs: null };
     const rows = this.db
       .prepare(
-        `SELECT device_id, latency_ms, ok FROM telemetry_records
-         WHERE device_id IN (SELECT value FROM json_each(?)) AND kind = 'inference' AND model = ? AND received_ms >= ?
+        `SELECT device_id, kind, latency_ms, ok FROM telemetry_records
+         WHERE device_id IN (SELECT value FROM json_each(?)) AND kind IN ('inference', 'label') AND model = ? AND received_ms >= ?
            AND (? IS NULL OR model_version = ?) AND (? IS NULL OR model_version != ?)`,
       )
       .all(
@@ -28,16 +29,25 @@ export class SqliteCohortMetrics implements CohortMetrics {
         query.version ?? null,
         query.excludeVersion ?? null,
         query.excludeVersion ?? null,
-      ) as Array<{ device_id: string; latency_ms: number | null; ok: number | null }>;
+      ) as Array<{ device_id: string; kind: 'inference' | 'label'; latency_ms: number | null; ok: number | null }>;
     const devices = new Set<string>();
     const latencies: number[] = [];
+    let inferences = 0;
     let errors = 0;
+    const labeled = { total: 0, correct: 0 };
     for (const row of rows) {
+      if (row.kind === 'label') {
+        labeled.total++;
+        if (row.ok === 1) labeled.correct++;
+        continue;
+      }
+      inferences++;
       devices.add(row.device_id);
       if (row.ok === 0) errors++;
       if (row.latency_ms !== null) latencies.push(row.latency_ms);
     }
-    return { devices: query.deviceIds.length, devicesWithData: devices.size, inferences: rows.length, errors, p95LatencyMs: quantile(latencies, 0.95) };
+    const stats: CohortStats = { devices: query.deviceIds.length, devicesWithData: devices.size, inferences, errors, p95LatencyMs: quantile(latencies, 0.95) };
+    return labeled.total > 0 ? { ...stats, labeled } : stats;
   }
 }
 

@@ -54,8 +54,14 @@ const MIGRATIONS = [
 /** Rows per multi-row INSERT (12 parameters each). */
 const INSERT_ROWS = 64;
 
+/**
+ * Columns queried without decoding: model and model_version for inference and label records;
+ * ok is 1/0 for an inference's outcome and, on a label record, for whether the model's answer
+ * was correct (so accuracy is sum(ok) / count(*) over kind = 'label').
+ */
 function rowParams(deviceId: string, record: TelemetryRecord, receivedAtMs: number): unknown[] {
   const inference = record.body?.$case === 'inference' ? record.body.value : undefined;
+  const label = record.body?.$case === 'label' ? record.body.value : undefined;
   return [
     deviceId,
     record.boot,
@@ -64,10 +70,10 @@ function rowParams(deviceId: string, record: TelemetryRecord, receivedAtMs: numb
     receivedAtMs,
     record.stream,
     record.body?.$case ?? 'empty',
-    inference?.model ?? null,
-    inference?.version ?? null,
+    inference?.model ?? label?.model ?? null,
+    inference?.version ?? label?.version ?? null,
     inference?.latencyMs ?? null,
-    inference ? (inference.outcome === Outcome.OUTCOME_ERROR ? 0 : 1) : null,
+    inference ? (inference.outcome === Outcome.OUTCOME_ERROR ? 0 : 1) : label ? (label.correct ? 1 : 0) : null,
     TelemetryRecord.encode(record).finish(),
   ];
 }

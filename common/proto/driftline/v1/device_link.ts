@@ -133,7 +133,27 @@ export interface TelemetryRecord {
     | { $case: "event"; value: EventRecord }
     | { $case: "drift"; value: DriftSketch }
     | { $case: "sample"; value: SampleRecord }
+    | { $case: "label"; value: LabelRecord }
     | undefined;
+}
+
+/**
+ * The true class of one answered request, given afterwards by the application through the
+ * local API's feedback endpoint. Travels on the inference stream; the control plane compares
+ * predicted and label per model version (the rollout's accuracy gate).
+ */
+export interface LabelRecord {
+  model: string;
+  /** The version that answered the request, not the one active when the label came. */
+  version: number;
+  /** The inference response's id. */
+  requestId: string;
+  /** The top class the model answered. */
+  predicted: number;
+  label: number;
+  correct: boolean;
+  /** When the request was answered (device clock). */
+  inferenceTimeMs: number;
 }
 
 /**
@@ -431,6 +451,9 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
       case "sample":
         SampleRecord.encode(message.body.value, writer.uint32(114).fork()).join();
         break;
+      case "label":
+        LabelRecord.encode(message.body.value, writer.uint32(122).fork()).join();
+        break;
     }
     return writer;
   },
@@ -520,6 +543,14 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
             message.body = { $case: "sample", value: SampleRecord.decode(reader, reader.uint32()) };
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.body = { $case: "label", value: LabelRecord.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -552,6 +583,8 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
         ? { $case: "drift", value: DriftSketch.fromJSON(object.drift) }
         : isSet(object.sample)
         ? { $case: "sample", value: SampleRecord.fromJSON(object.sample) }
+        : isSet(object.label)
+        ? { $case: "label", value: LabelRecord.fromJSON(object.label) }
         : undefined,
     };
   },
@@ -580,6 +613,8 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
       obj.drift = DriftSketch.toJSON(message.body.value);
     } else if (message.body?.$case === "sample") {
       obj.sample = SampleRecord.toJSON(message.body.value);
+    } else if (message.body?.$case === "label") {
+      obj.label = LabelRecord.toJSON(message.body.value);
     }
     return obj;
   },
@@ -624,7 +659,186 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
         }
         break;
       }
+      case "label": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "label", value: LabelRecord.fromPartial(object.body.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseLabelRecord(): LabelRecord {
+  return { model: "", version: 0, requestId: "", predicted: 0, label: 0, correct: false, inferenceTimeMs: 0 };
+}
+
+export const LabelRecord: MessageFns<LabelRecord> = {
+  encode(message: LabelRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(26).string(message.requestId);
+    }
+    if (message.predicted !== 0) {
+      writer.uint32(32).int32(message.predicted);
+    }
+    if (message.label !== 0) {
+      writer.uint32(40).int32(message.label);
+    }
+    if (message.correct !== false) {
+      writer.uint32(48).bool(message.correct);
+    }
+    if (message.inferenceTimeMs !== 0) {
+      writer.uint32(56).int64(message.inferenceTimeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LabelRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLabelRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.predicted = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.label = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.correct = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.inferenceTimeMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LabelRecord {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      predicted: isSet(object.predicted) ? globalThis.Number(object.predicted) : 0,
+      label: isSet(object.label) ? globalThis.Number(object.label) : 0,
+      correct: isSet(object.correct) ? globalThis.Boolean(object.correct) : false,
+      inferenceTimeMs: isSet(object.inferenceTimeMs)
+        ? globalThis.Number(object.inferenceTimeMs)
+        : isSet(object.inference_time_ms)
+        ? globalThis.Number(object.inference_time_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: LabelRecord): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.predicted !== 0) {
+      obj.predicted = Math.round(message.predicted);
+    }
+    if (message.label !== 0) {
+      obj.label = Math.round(message.label);
+    }
+    if (message.correct !== false) {
+      obj.correct = message.correct;
+    }
+    if (message.inferenceTimeMs !== 0) {
+      obj.inferenceTimeMs = Math.round(message.inferenceTimeMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LabelRecord>, I>>(base?: I): LabelRecord {
+    return LabelRecord.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LabelRecord>, I>>(object: I): LabelRecord {
+    const message = createBaseLabelRecord();
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.requestId = object.requestId ?? "";
+    message.predicted = object.predicted ?? 0;
+    message.label = object.label ?? 0;
+    message.correct = object.correct ?? false;
+    message.inferenceTimeMs = object.inferenceTimeMs ?? 0;
     return message;
   },
 };
