@@ -48,8 +48,9 @@ const START_TIMEOUT_MS = 60_000;
 const CONVERGE_TIMEOUT_MS = 15_000;
 
 const BEHAVIOR: Record<RolloutScenario, Record<number, VersionBehavior>> = {
-  rollout: { 1: { latencyMs: 12, errorRate: 0.01 }, 2: { latencyMs: 10, errorRate: 0.005 } },
-  'bad-model': { 1: { latencyMs: 12, errorRate: 0.01 }, 2: { latencyMs: 30, errorRate: 0.04 } },
+  // Half of the answers get their true label back from the application (the accuracy gate reads them).
+  rollout: { 1: { latencyMs: 12, errorRate: 0.01, labelRate: 0.5, accuracy: 0.9 }, 2: { latencyMs: 10, errorRate: 0.005, labelRate: 0.5, accuracy: 0.95 } },
+  'bad-model': { 1: { latencyMs: 12, errorRate: 0.01, labelRate: 0.5, accuracy: 0.9 }, 2: { latencyMs: 30, errorRate: 0.04, labelRate: 0.5, accuracy: 0.78 } },
 };
 
 export async function runRolloutScenario(options: RolloutScenarioOptions): Promise<number> {
@@ -107,7 +108,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
       }
     })();
 
-    const gates = ['install-failure-rate<=0.2', 'error-rate-delta<=0.02', 'p95-latency-ratio<=1.5'];
+    const gates = ['install-failure-rate<=0.2', 'error-rate-delta<=0.02', 'p95-latency-ratio<=1.5', 'accuracy-delta>=-0.02'];
     say(`demo: $ driftline rollout start --model ${MODEL} --version ${v2.version} --waves ${WAVES.join(',')} --bake ${bakeS}s --min-devices ${MIN_DEVICES} --target site=plant-3 ${gates.map((g) => `--gate '${g}'`).join(' ')}`);
     const started = await connection.call(rollouts, 'startRollout', startRequest(v2.version, WAVES, bakeS, gates, `demo-${options.scenario}`));
     say(`demo: rollout ${started.id}: ${started.targetedDevices} compatible devices, ${started.incompatible.length} incompatible (${started.incompatible[0]?.reason ?? '-'}); cohorts ${started.waves.map((w) => w.devices).join(' < ')}`);

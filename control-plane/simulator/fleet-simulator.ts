@@ -23,6 +23,10 @@ export interface VersionBehavior {
   errorRate: number;
   /** The install fails (the device keeps its old model and reports the error). */
   installFails?: boolean;
+  /** Share of answered inferences whose application later posts the true label (default 0: none). */
+  labelRate?: number;
+  /** Share of labelled answers that were right. */
+  accuracy?: number;
 }
 
 export interface SimulatedDeviceSpec {
@@ -155,6 +159,17 @@ export class SimulatedDevice {
           },
         },
       } as TelemetryRecord);
+      // The application's ground truth for some answers, as the local API's /feedback records it.
+      if (!failed && this.sim.random() < (behavior.labelRate ?? 0)) {
+        const correct = this.sim.random() < (behavior.accuracy ?? 1);
+        records.push({
+          boot: this.boot,
+          seq: ++this.seq,
+          timeMs: now,
+          stream: Stream.STREAM_INFERENCE,
+          body: { $case: 'label', value: { model: active.name, version: active.version, requestId: `${this.id}-${this.seq}`, predicted: 0, label: correct ? 0 : 1, correct, inferenceTimeMs: now } },
+        } as TelemetryRecord);
+      }
     }
     return this.publish(upTopic(this.id, 'telemetry'), TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: now })).finish());
   }
