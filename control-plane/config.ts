@@ -71,6 +71,10 @@ export const controlPlaneConfigSchema = z
         /** Share of drifted features at which the dataset counts as drifted (alert). */
         datasetShare: z.number().gt(0).max(1).default(0.5),
         minRows: z.number().int().positive().default(100),
+        /** How often the drift watcher re-evaluates every version and cohort and records status changes as events. */
+        evaluateInterval: duration.prefault('30s'),
+        /** How long drift events are kept. */
+        eventRetention: duration.prefault('90d'),
       })
       .strict()
       .prefault({}),

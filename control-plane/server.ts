@@ -27,7 +27,9 @@ import { TelemetryIngest } from './telemetry/ingest.js';
 import { SqliteRollupQueries } from './telemetry/rollup-queries.js';
 import { SqliteTelemetryRepository } from './telemetry/sqlite-telemetry-repository.js';
 import { BUCKET_HOUR_MS, BUCKET_MINUTE_MS, SqliteDriftRepository } from './drift/sqlite-drift-repository.js';
-import { driftQueries, driftRecordSink } from './drift/wiring.js';
+import { DriftWatcher } from './drift/drift-watcher.js';
+import { SqliteDriftEvents } from './drift/sqlite-drift-events.js';
+import { driftQueries, driftRecordSink, driftStatusSource } from './drift/wiring.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -38,6 +40,8 @@ export interface ControlPlane {
   readonly ingest: TelemetryIngest;
   /** Staged rollouts; tests with a ManualClock call rollouts.tick() themselves. */
   readonly rollouts: RolloutEngine;
+  /** Drift status changes as events; tests with a ManualClock call driftWatcher.evaluate() themselves. */
+  readonly driftWatcher: DriftWatcher;
   shutdown(): Promise<void>;
 }
 
@@ -197,6 +201,16 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     rolloutDriver.run();
     closers.push(() => rolloutDriver.shutdown());
 
+    const driftWatcher = DriftWatcher.create({
+      source: driftStatusSource(drift, driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } })),
+      store: new SqliteDriftEvents(db),
+      clock,
+      logger,
+      evaluateIntervalMs: config.drift.evaluateInterval,
+      windowMs: config.drift.window,
+      eventRetentionMs: config.drift.eventRetention,
+    });
+
     const grpc = await startGrpcServer({
       host: config.grpc.host,
       port: config.grpc.port,
@@ -209,6 +223,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       telemetry,
       telemetryRollups: new SqliteRollupQueries({ db, devices: fleet, clock, retention: { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention } }),
       drift: driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } }),
+      driftEvents: driftWatcher,
       fleetLink: {
         publishDesired: (deviceId, desired) => requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true }),
         disconnectDevice: (deviceId) => {
@@ -224,6 +239,9 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       logger,
     });
     closers.push(() => grpc.shutdown(config.shutdownGrace));
+    // Started after the gRPC server and stopped before it: the watcher ends open drift event streams first.
+    driftWatcher.run();
+    closers.push(() => driftWatcher.shutdown());
 
     let state: ControlPlaneState = 'running';
     const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;
@@ -232,6 +250,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       adminTokenFile: admin.file,
       ingest,
       rollouts,
+      driftWatcher,
       get state() {
         return state;
       },

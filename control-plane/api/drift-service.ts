@@ -1,12 +1,39 @@
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
-import type { DriftServiceServer } from '../../common/proto/driftline/v1/drift.js';
-import type { ApiDeps } from './ports.js';
-import { unary, validate, type RpcContext } from './rpc.js';
+import type { DriftEvent, DriftServiceServer } from '../../common/proto/driftline/v1/drift.js';
+import { matchesDriftFilter, type DriftEventFilter, type DriftEventRecord } from '../drift/drift-watcher.js';
+import type { ApiDeps, DriftEventFeed } from './ports.js';
+import { serverStreaming, unary, validate, type RpcContext } from './rpc.js';
 
 const statusRequest = z.object({ model: z.string().min(1).max(128), version: z.number().int().nonnegative(), sinceMs: z.number().int().nonnegative() });
 
+/** Events a List answers, and a Watch replays, when the request names no limit. */
+export const DEFAULT_DRIFT_EVENT_LIMIT = 1000;
+const MAX_DRIFT_EVENT_LIMIT = 10_000;
+
+const eventsRequest = z
+  .object({
+    model: z.string().max(128),
+    version: z.number().int().nonnegative(),
+    cohort: z.string().max(128).optional(),
+    sinceMs: z.number().int().nonnegative(),
+    afterId: z.number().int().nonnegative(),
+    limit: z.number().int().min(0).max(MAX_DRIFT_EVENT_LIMIT),
+  })
+  .refine((r) => r.version === 0 || r.model !== '', { message: 'a version filter needs a model', path: ['version'] });
+
+const toWire = (e: DriftEventRecord): DriftEvent => ({ ...e });
+
 export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer {
+  /** Validates an events request and returns its filter and limit, or refuses it. */
+  const eventsQuery = (req: unknown): { feed: DriftEventFeed; filter: DriftEventFilter; limit: number } => {
+    const r = validate(eventsRequest, req);
+    if (!deps.driftEvents) throw new DriftlineError('NOT_IMPLEMENTED', 'drift events are not served by this control plane');
+    // An unknown model is refused with MODEL_NOT_FOUND, as GetDriftStatus does, rather than answered with nothing.
+    if (r.model) deps.registry.get(r.model);
+    return { feed: deps.driftEvents, filter: { model: r.model, version: r.version, cohort: r.cohort, sinceMs: r.sinceMs, afterId: r.afterId }, limit: r.limit || DEFAULT_DRIFT_EVENT_LIMIT };
+  };
+
   return {
     getDriftStatus: unary(ctx, 'GetDriftStatus', 'viewer', (req) => {
       validate(statusRequest, req);
@@ -14,6 +41,30 @@ export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer
       // Refuses an unknown model with MODEL_NOT_FOUND rather than an empty answer.
       deps.registry.get(req.model);
       return { statuses: deps.drift.status(req) };
+    }),
+    listDriftEvents: unary(ctx, 'ListDriftEvents', 'viewer', (req) => {
+      const { feed, filter, limit } = eventsQuery(req);
+      return { events: feed.list(filter, limit).map(toWire) };
+    }),
+    watchDriftEvents: serverStreaming(ctx, 'WatchDriftEvents', 'viewer', (call) => {
+      const { feed, filter, limit } = eventsQuery(call.request);
+      // Subscribed before the replay is read; both run in this one synchronous turn, so no
+      // event falls between them, and an id check keeps a live event from repeating one replayed.
+      let lastId = filter.afterId ?? 0;
+      const send = (event: DriftEventRecord): void => {
+        if (event.id <= lastId || !matchesDriftFilter(event, filter)) return;
+        lastId = event.id;
+        call.write(toWire(event));
+      };
+      // The control plane's shutdown ends the stream, so it never holds up the gRPC server's drain.
+      const unsubscribe = feed.subscribe(send, () => call.end());
+      call.on('cancelled', unsubscribe);
+      call.on('close', unsubscribe);
+      // The replay sends every matching event after after_id, reading `limit` at a time.
+      for (let page = feed.list(filter, limit); page.length > 0; page = page.length < limit ? [] : feed.list({ ...filter, afterId: lastId }, limit)) {
+        for (const event of page) send(event);
+      }
+      return Promise.resolve();
     }),
   };
 }

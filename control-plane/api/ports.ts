@@ -4,6 +4,7 @@ import type { DesiredState } from '../../common/proto/driftline/v1/device_link.j
 import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
 import type { TelemetryRollups, TelemetryRollupsRequest, TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
 import type { ControlPlaneConfig } from '../config.js';
+import type { DriftEventFilter, DriftEventRecord } from '../drift/drift-watcher.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { OperatorTokenStore } from '../fleet/operator-tokens.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
@@ -32,6 +33,13 @@ export interface DriftQueries {
   status(request: DriftStatusRequest): DriftStatus[];
 }
 
+/** Recorded drift status changes, and a live feed of new ones (the drift watcher). */
+export interface DriftEventFeed {
+  list(filter: DriftEventFilter, limit: number): DriftEventRecord[];
+  /** `onEnd` runs when the feed stops (shutdown); returns the unsubscribe function. */
+  subscribe(listener: (event: DriftEventRecord) => void, onEnd?: () => void): () => void;
+}
+
 /** Everything the gRPC services are built from; the composition root provides it. */
 export interface ApiDeps {
   fleet: FleetStore;
@@ -43,6 +51,8 @@ export interface ApiDeps {
   telemetryRollups?: TelemetryRollupQueries | undefined;
   /** Fleet drift on merged sketches; without it DriftService answers NOT_IMPLEMENTED. */
   drift?: DriftQueries | undefined;
+  /** Drift events; without them ListDriftEvents and WatchDriftEvents answer NOT_IMPLEMENTED. */
+  driftEvents?: DriftEventFeed | undefined;
   /** Functions, because the listeners' ports are known only after they listen. */
   advertisedMqttUrl: () => string;
   advertisedHttpUrl: () => string;

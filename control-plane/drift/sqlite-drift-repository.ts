@@ -93,6 +93,13 @@ export class SqliteDriftRepository {
     return this.prune.run(bucketMs, beforeMs).changes;
   }
 
+  /** Model versions with sketches in an hour bucket that reaches `sinceMs` or later (a superset of the versions with data since then). */
+  versionsSince(sinceMs: number): Array<{ model: string; version: number }> {
+    return this.db
+      .prepare('SELECT DISTINCT model, version FROM drift_rollups WHERE bucket_ms = ? AND bucket_start >= ? ORDER BY model, version')
+      .all(BUCKET_HOUR_MS, Math.floor(sinceMs / BUCKET_HOUR_MS) * BUCKET_HOUR_MS) as Array<{ model: string; version: number }>;
+  }
+
   private referenceOf(lookups: DriftLookups, model: string, version: number): DriftReference | undefined {
     const key = `${model}\u0000${version}`;
     if (!this.references.has(key)) {

@@ -4,6 +4,7 @@ import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftli
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import type { RecordSink } from '../telemetry/sqlite-telemetry-repository.js';
+import type { DriftStatusSource } from './drift-watcher.js';
 import type { DriftThresholds } from './evaluate.js';
 import type { DriftLookups, SqliteDriftRepository } from './sqlite-drift-repository.js';
 
@@ -46,3 +47,9 @@ export function driftQueries(deps: { drift: SqliteDriftRepository; registry: Mod
       deps.drift.status(request, lookups, { thresholds: deps.config.thresholds, defaultWindowMs: deps.config.window, minuteBucketsUpToMs: deps.config.minuteBucketsUpTo }, deps.clock.now()),
   };
 }
+
+/** The drift watcher's input: versions with sketches from the rollups, their status from the drift queries (default window). */
+export const driftStatusSource = (drift: SqliteDriftRepository, queries: { status(request: DriftStatusRequest): DriftStatus[] }): DriftStatusSource => ({
+  versions: (sinceMs) => drift.versionsSince(sinceMs),
+  status: (model, version) => queries.status({ model, version, sinceMs: 0 }),
+});

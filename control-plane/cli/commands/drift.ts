@@ -1,8 +1,27 @@
+import type { ServiceError } from '@grpc/grpc-js';
 import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { DriftServiceClient, DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
+import { DriftEvent, DriftServiceClient, DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
 import { durationMs, integer } from '../arguments.js';
 import { withConnection } from '../context.js';
+
+/** How a cohort is shown; `--cohort "(fleet)"` selects the whole-fleet events. */
+const FLEET = '(fleet)';
+const EVENT_COLUMNS = ['ID', 'AT', 'MODEL', 'VERSION', 'COHORT', 'FROM', 'TO', 'DRIFTED', 'MAX PSI', 'ROWS', 'DEVICES', 'DRIFTED FEATURES'];
+const eventRow = (e: DriftEvent): Array<string | number> => [
+  e.id,
+  new Date(e.atMs).toISOString(),
+  e.model,
+  e.version,
+  e.cohort || FLEET,
+  e.previousStatus,
+  e.status,
+  `${Math.round(e.driftedShare * 100)}%`,
+  e.maxPsi.toFixed(3),
+  e.rows,
+  e.devices,
+  e.driftedFeatures.join(',') || '-',
+];
 
 export function registerDrift(program: Command): void {
   const drift = program.command('drift').description('fleet drift of a model, from the sketches devices send');
@@ -47,6 +66,46 @@ export function registerDrift(program: Command): void {
               shown.map((f) => [f.name, f.status, f.psi.toFixed(3), f.jensenShannon.toFixed(3), f.hellinger.toFixed(3), f.ks.toFixed(3), f.wasserstein.toPrecision(3), f.pAdjusted.toExponential(1), f.drifted ? 'yes' : 'no']),
             );
           }
+        });
+      }),
+    );
+
+  drift
+    .command('events')
+    .description('recorded changes of drift status per model version and cohort (ok, warn, alert, no_data), oldest first')
+    .option('--model <name>', 'only this model')
+    .option('--version <n>', 'only this version (needs --model)', integer(1))
+    .option('--cohort <label>', `only this cohort ("${FLEET}" for the whole fleet)`)
+    .option('--since <duration>', 'only events in this window, e.g. 24h', durationMs)
+    .option('--after-id <id>', 'only events after this id (to resume)', integer(0))
+    .option('--limit <n>', 'at most this many events (default: the server\'s, 1000)', integer(1, 10_000))
+    .option('--watch', 'after the recorded events, keep printing new ones until interrupted (one JSON line each with --json)')
+    .action((options: { model?: string; version?: number; cohort?: string; since?: number; afterId?: number; limit?: number; watch?: boolean }, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(DriftServiceClient);
+        const request = {
+          model: options.model ?? '',
+          version: options.version ?? 0,
+          cohort: options.cohort === undefined ? undefined : options.cohort === FLEET ? '' : options.cohort,
+          sinceMs: options.since === undefined ? 0 : systemClock.now() - options.since,
+          afterId: options.afterId ?? 0,
+          limit: options.limit ?? 0,
+        };
+        if (!options.watch) {
+          const { events } = await connection.call(client, 'listDriftEvents', request);
+          output.result({ events: events.map((e) => DriftEvent.toJSON(e)) }, () =>
+            events.length === 0 ? output.line('no drift events') : output.table(EVENT_COLUMNS, events.map(eventRow)),
+          );
+          return;
+        }
+        await new Promise<void>((resolve, reject) => {
+          const stream = client.watchDriftEvents(request, connection.metadata(), connection.callOptions('stream'));
+          stream.on('data', (e: DriftEvent) => {
+            if (output.json) output.line(JSON.stringify(DriftEvent.toJSON(e)));
+            else output.line(`${new Date(e.atMs).toISOString()} #${e.id} ${e.model}@v${e.version} ${e.cohort || FLEET} ${e.previousStatus} -> ${e.status} drifted ${Math.round(e.driftedShare * 100)}% max psi ${e.maxPsi.toFixed(3)}${e.driftedFeatures.length ? ` (${e.driftedFeatures.join(', ')})` : ''}`);
+          });
+          stream.on('end', () => resolve());
+          stream.on('error', (err: ServiceError) => reject(err));
         });
       }),
     );

@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -104,6 +106,61 @@ export interface FeatureDrift {
   drifted: boolean;
   /** ok | warn | alert, from PSI (warn 0.1, alert 0.2) */
   status: string;
+}
+
+/**
+ * A change of the drift status of one model version and cohort ("" is the whole fleet),
+ * recorded by the control plane's drift watcher; the first verdict counts as a change from no_data.
+ */
+export interface DriftEvent {
+  /** Monotonic: a later event has a larger id. */
+  id: number;
+  /** When the control plane saw the change (its clock). */
+  atMs: number;
+  model: string;
+  version: number;
+  cohort: string;
+  /** ok | warn | alert | no_data */
+  previousStatus: string;
+  status: string;
+  driftedShare: number;
+  driftedFeatures: string[];
+  maxPsi: number;
+  rows: number;
+  devices: number;
+}
+
+/** Filters, each optional: an empty model, version 0, cohort unset, since_ms 0 and after_id 0 match all. */
+export interface ListDriftEventsRequest {
+  model: string;
+  version: number;
+  /** Set: only this cohort ("" is the whole fleet); unset: every cohort. */
+  cohort?:
+    | string
+    | undefined;
+  /** Only events at or after this time. */
+  sinceMs: number;
+  /** Only events with a larger id (to page, or to resume a watch). */
+  afterId: number;
+  /** 0: the server's default (1000); at most 10000. */
+  limit: number;
+}
+
+export interface ListDriftEventsResponse {
+  events: DriftEvent[];
+}
+
+/**
+ * The same filters as ListDriftEventsRequest. The replay sends every matching event after
+ * after_id (limit is only how many are read at a time), then each new one as it is recorded.
+ */
+export interface WatchDriftEventsRequest {
+  model: string;
+  version: number;
+  cohort?: string | undefined;
+  sinceMs: number;
+  afterId: number;
+  limit: number;
 }
 
 function createBaseDriftSketch(): DriftSketch {
@@ -1249,6 +1306,667 @@ export const FeatureDrift: MessageFns<FeatureDrift> = {
   },
 };
 
+function createBaseDriftEvent(): DriftEvent {
+  return {
+    id: 0,
+    atMs: 0,
+    model: "",
+    version: 0,
+    cohort: "",
+    previousStatus: "",
+    status: "",
+    driftedShare: 0,
+    driftedFeatures: [],
+    maxPsi: 0,
+    rows: 0,
+    devices: 0,
+  };
+}
+
+export const DriftEvent: MessageFns<DriftEvent> = {
+  encode(message: DriftEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).int64(message.id);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(16).int64(message.atMs);
+    }
+    if (message.model !== "") {
+      writer.uint32(26).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(32).int64(message.version);
+    }
+    if (message.cohort !== "") {
+      writer.uint32(42).string(message.cohort);
+    }
+    if (message.previousStatus !== "") {
+      writer.uint32(50).string(message.previousStatus);
+    }
+    if (message.status !== "") {
+      writer.uint32(58).string(message.status);
+    }
+    if (message.driftedShare !== 0) {
+      writer.uint32(65).double(message.driftedShare);
+    }
+    for (const v of message.driftedFeatures) {
+      writer.uint32(74).string(v!);
+    }
+    if (message.maxPsi !== 0) {
+      writer.uint32(81).double(message.maxPsi);
+    }
+    if (message.rows !== 0) {
+      writer.uint32(88).int64(message.rows);
+    }
+    if (message.devices !== 0) {
+      writer.uint32(96).int64(message.devices);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DriftEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDriftEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.cohort = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.previousStatus = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.status = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.driftedShare = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.driftedFeatures.push(reader.string());
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.maxPsi = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.rows = longToNumber(reader.int64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.devices = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DriftEvent {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      cohort: isSet(object.cohort) ? globalThis.String(object.cohort) : "",
+      previousStatus: isSet(object.previousStatus)
+        ? globalThis.String(object.previousStatus)
+        : isSet(object.previous_status)
+        ? globalThis.String(object.previous_status)
+        : "",
+      status: isSet(object.status) ? globalThis.String(object.status) : "",
+      driftedShare: isSet(object.driftedShare)
+        ? globalThis.Number(object.driftedShare)
+        : isSet(object.drifted_share)
+        ? globalThis.Number(object.drifted_share)
+        : 0,
+      driftedFeatures: globalThis.Array.isArray(object?.driftedFeatures)
+        ? object.driftedFeatures.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.drifted_features)
+        ? object.drifted_features.map((e: any) => globalThis.String(e))
+        : [],
+      maxPsi: isSet(object.maxPsi)
+        ? globalThis.Number(object.maxPsi)
+        : isSet(object.max_psi)
+        ? globalThis.Number(object.max_psi)
+        : 0,
+      rows: isSet(object.rows) ? globalThis.Number(object.rows) : 0,
+      devices: isSet(object.devices) ? globalThis.Number(object.devices) : 0,
+    };
+  },
+
+  toJSON(message: DriftEvent): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.cohort !== "") {
+      obj.cohort = message.cohort;
+    }
+    if (message.previousStatus !== "") {
+      obj.previousStatus = message.previousStatus;
+    }
+    if (message.status !== "") {
+      obj.status = message.status;
+    }
+    if (message.driftedShare !== 0) {
+      obj.driftedShare = floatToJson(message.driftedShare);
+    }
+    if (message.driftedFeatures?.length) {
+      obj.driftedFeatures = message.driftedFeatures;
+    }
+    if (message.maxPsi !== 0) {
+      obj.maxPsi = floatToJson(message.maxPsi);
+    }
+    if (message.rows !== 0) {
+      obj.rows = Math.round(message.rows);
+    }
+    if (message.devices !== 0) {
+      obj.devices = Math.round(message.devices);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DriftEvent>, I>>(base?: I): DriftEvent {
+    return DriftEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DriftEvent>, I>>(object: I): DriftEvent {
+    const message = createBaseDriftEvent();
+    message.id = object.id ?? 0;
+    message.atMs = object.atMs ?? 0;
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.cohort = object.cohort ?? "";
+    message.previousStatus = object.previousStatus ?? "";
+    message.status = object.status ?? "";
+    message.driftedShare = object.driftedShare ?? 0;
+    message.driftedFeatures = object.driftedFeatures?.map((e) => e) || [];
+    message.maxPsi = object.maxPsi ?? 0;
+    message.rows = object.rows ?? 0;
+    message.devices = object.devices ?? 0;
+    return message;
+  },
+};
+
+function createBaseListDriftEventsRequest(): ListDriftEventsRequest {
+  return { model: "", version: 0, cohort: undefined, sinceMs: 0, afterId: 0, limit: 0 };
+}
+
+export const ListDriftEventsRequest: MessageFns<ListDriftEventsRequest> = {
+  encode(message: ListDriftEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.cohort !== undefined) {
+      writer.uint32(26).string(message.cohort);
+    }
+    if (message.sinceMs !== 0) {
+      writer.uint32(32).int64(message.sinceMs);
+    }
+    if (message.afterId !== 0) {
+      writer.uint32(40).int64(message.afterId);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(48).int32(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListDriftEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListDriftEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cohort = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sinceMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.afterId = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.limit = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListDriftEventsRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      cohort: isSet(object.cohort) ? globalThis.String(object.cohort) : undefined,
+      sinceMs: isSet(object.sinceMs)
+        ? globalThis.Number(object.sinceMs)
+        : isSet(object.since_ms)
+        ? globalThis.Number(object.since_ms)
+        : 0,
+      afterId: isSet(object.afterId)
+        ? globalThis.Number(object.afterId)
+        : isSet(object.after_id)
+        ? globalThis.Number(object.after_id)
+        : 0,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: ListDriftEventsRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.cohort !== undefined) {
+      obj.cohort = message.cohort;
+    }
+    if (message.sinceMs !== 0) {
+      obj.sinceMs = Math.round(message.sinceMs);
+    }
+    if (message.afterId !== 0) {
+      obj.afterId = Math.round(message.afterId);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListDriftEventsRequest>, I>>(base?: I): ListDriftEventsRequest {
+    return ListDriftEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListDriftEventsRequest>, I>>(object: I): ListDriftEventsRequest {
+    const message = createBaseListDriftEventsRequest();
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.cohort = object.cohort ?? undefined;
+    message.sinceMs = object.sinceMs ?? 0;
+    message.afterId = object.afterId ?? 0;
+    message.limit = object.limit ?? 0;
+    return message;
+  },
+};
+
+function createBaseListDriftEventsResponse(): ListDriftEventsResponse {
+  return { events: [] };
+}
+
+export const ListDriftEventsResponse: MessageFns<ListDriftEventsResponse> = {
+  encode(message: ListDriftEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.events) {
+      DriftEvent.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListDriftEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListDriftEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.events.push(DriftEvent.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListDriftEventsResponse {
+    return {
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => DriftEvent.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListDriftEventsResponse): unknown {
+    const obj: any = {};
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => DriftEvent.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListDriftEventsResponse>, I>>(base?: I): ListDriftEventsResponse {
+    return ListDriftEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListDriftEventsResponse>, I>>(object: I): ListDriftEventsResponse {
+    const message = createBaseListDriftEventsResponse();
+    message.events = object.events?.map((e) => DriftEvent.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseWatchDriftEventsRequest(): WatchDriftEventsRequest {
+  return { model: "", version: 0, cohort: undefined, sinceMs: 0, afterId: 0, limit: 0 };
+}
+
+export const WatchDriftEventsRequest: MessageFns<WatchDriftEventsRequest> = {
+  encode(message: WatchDriftEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.cohort !== undefined) {
+      writer.uint32(26).string(message.cohort);
+    }
+    if (message.sinceMs !== 0) {
+      writer.uint32(32).int64(message.sinceMs);
+    }
+    if (message.afterId !== 0) {
+      writer.uint32(40).int64(message.afterId);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(48).int32(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchDriftEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchDriftEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cohort = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sinceMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.afterId = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.limit = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchDriftEventsRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      cohort: isSet(object.cohort) ? globalThis.String(object.cohort) : undefined,
+      sinceMs: isSet(object.sinceMs)
+        ? globalThis.Number(object.sinceMs)
+        : isSet(object.since_ms)
+        ? globalThis.Number(object.since_ms)
+        : 0,
+      afterId: isSet(object.afterId)
+        ? globalThis.Number(object.afterId)
+        : isSet(object.after_id)
+        ? globalThis.Number(object.after_id)
+        : 0,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: WatchDriftEventsRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.cohort !== undefined) {
+      obj.cohort = message.cohort;
+    }
+    if (message.sinceMs !== 0) {
+      obj.sinceMs = Math.round(message.sinceMs);
+    }
+    if (message.afterId !== 0) {
+      obj.afterId = Math.round(message.afterId);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchDriftEventsRequest>, I>>(base?: I): WatchDriftEventsRequest {
+    return WatchDriftEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchDriftEventsRequest>, I>>(object: I): WatchDriftEventsRequest {
+    const message = createBaseWatchDriftEventsRequest();
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.cohort = object.cohort ?? undefined;
+    message.sinceMs = object.sinceMs ?? 0;
+    message.afterId = object.afterId ?? 0;
+    message.limit = object.limit ?? 0;
+    return message;
+  },
+};
+
 export type DriftServiceService = typeof DriftServiceService;
 export const DriftServiceService = {
   getDriftStatus: {
@@ -1260,10 +1978,37 @@ export const DriftServiceService = {
     responseSerialize: (value: DriftStatusResponse): Buffer => Buffer.from(DriftStatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DriftStatusResponse => DriftStatusResponse.decode(value),
   },
+  /** Recorded changes of drift status, oldest first. */
+  listDriftEvents: {
+    path: "/driftline.v1.DriftService/ListDriftEvents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListDriftEventsRequest): Buffer =>
+      Buffer.from(ListDriftEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListDriftEventsRequest => ListDriftEventsRequest.decode(value),
+    responseSerialize: (value: ListDriftEventsResponse): Buffer =>
+      Buffer.from(ListDriftEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListDriftEventsResponse => ListDriftEventsResponse.decode(value),
+  },
+  /** Replays the events after after_id, then streams new ones until the client cancels. */
+  watchDriftEvents: {
+    path: "/driftline.v1.DriftService/WatchDriftEvents" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchDriftEventsRequest): Buffer =>
+      Buffer.from(WatchDriftEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchDriftEventsRequest => WatchDriftEventsRequest.decode(value),
+    responseSerialize: (value: DriftEvent): Buffer => Buffer.from(DriftEvent.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DriftEvent => DriftEvent.decode(value),
+  },
 } as const;
 
 export interface DriftServiceServer extends UntypedServiceImplementation {
   getDriftStatus: handleUnaryCall<DriftStatusRequest, DriftStatusResponse>;
+  /** Recorded changes of drift status, oldest first. */
+  listDriftEvents: handleUnaryCall<ListDriftEventsRequest, ListDriftEventsResponse>;
+  /** Replays the events after after_id, then streams new ones until the client cancels. */
+  watchDriftEvents: handleServerStreamingCall<WatchDriftEventsRequest, DriftEvent>;
 }
 
 export interface DriftServiceClient extends Client {
@@ -1282,6 +2027,29 @@ export interface DriftServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DriftStatusResponse) => void,
   ): ClientUnaryCall;
+  /** Recorded changes of drift status, oldest first. */
+  listDriftEvents(
+    request: ListDriftEventsRequest,
+    callback: (error: ServiceError | null, response: ListDriftEventsResponse) => void,
+  ): ClientUnaryCall;
+  listDriftEvents(
+    request: ListDriftEventsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDriftEventsResponse) => void,
+  ): ClientUnaryCall;
+  listDriftEvents(
+    request: ListDriftEventsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDriftEventsResponse) => void,
+  ): ClientUnaryCall;
+  /** Replays the events after after_id, then streams new ones until the client cancels. */
+  watchDriftEvents(request: WatchDriftEventsRequest, options?: Partial<CallOptions>): ClientReadableStream<DriftEvent>;
+  watchDriftEvents(
+    request: WatchDriftEventsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<DriftEvent>;
 }
 
 export const DriftServiceClient = makeGenericClientConstructor(

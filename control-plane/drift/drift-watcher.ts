@@ -1,0 +1,198 @@
+import type { Clock } from '../../common/clock.js';
+import type { Logger } from '../../common/logger.js';
+import type { DriftStatus } from '../../common/proto/driftline/v1/drift.js';
+
+/** A verdict level the watcher records; no_data is also what a version or cohort without a verdict reads as. */
+export type DriftLevel = 'ok' | 'warn' | 'alert' | 'no_data';
+
+/** A change of the drift status of one model version and cohort ("" is the whole fleet). */
+export interface DriftEventRecord {
+  /** Monotonic; never reused, even after retention deletes older events. */
+  id: number;
+  atMs: number;
+  model: string;
+  version: number;
+  cohort: string;
+  previousStatus: DriftLevel;
+  status: DriftLevel;
+  driftedShare: number;
+  driftedFeatures: string[];
+  maxPsi: number;
+  rows: number;
+  devices: number;
+}
+
+export type NewDriftEvent = Omit<DriftEventRecord, 'id'>;
+
+/** Which events a reader wants; every field is optional. `cohort: ""` is the whole fleet, undefined every cohort. */
+export interface DriftEventFilter {
+  model?: string;
+  version?: number;
+  cohort?: string | undefined;
+  sinceMs?: number;
+  afterId?: number;
+}
+
+export interface DriftStatusKey {
+  model: string;
+  version: number;
+  cohort: string;
+}
+
+/** Where events and the last recorded status per key are kept (SQLite in the control plane). */
+export interface DriftEventStore {
+  /** The last recorded status of every key whose status is not no_data. */
+  current(): Array<DriftStatusKey & { status: DriftLevel }>;
+  /** Appends the events and moves the current statuses along, in one transaction; returns them with their ids. */
+  record(events: NewDriftEvent[]): DriftEventRecord[];
+  /** Events matching the filter, oldest first. */
+  list(filter: DriftEventFilter, limit: number): DriftEventRecord[];
+  /** Deletes events recorded before `beforeMs`. */
+  pruneOlderThan(beforeMs: number): number;
+}
+
+/** What the watcher evaluates: the model versions with recent drift data, and each one's status per cohort. */
+export interface DriftStatusSource {
+  /** Model versions with drift sketches since `sinceMs`. */
+  versions(sinceMs: number): Array<{ model: string; version: number }>;
+  /** The status of one version over the configured drift window: the fleet (cohort "") and each cohort. */
+  status(model: string, version: number): DriftStatus[];
+}
+
+export type DriftEventListener = (event: DriftEventRecord) => void;
+
+export type DriftWatcherState = 'created' | 'running' | 'stopped';
+
+export interface DriftWatcherOptions {
+  source: DriftStatusSource;
+  store: DriftEventStore;
+  clock: Clock;
+  logger: Logger;
+  /** How often run() evaluates. */
+  evaluateIntervalMs: number;
+  /** How far back a version must have sketches to be evaluated (the drift window). */
+  windowMs: number;
+  /** Events older than this are deleted on each evaluation. */
+  eventRetentionMs: number;
+}
+
+const LEVELS: ReadonlySet<string> = new Set<DriftLevel>(['ok', 'warn', 'alert', 'no_data']);
+const keyOf = (k: DriftStatusKey): string => `${k.model}\u0000${k.version}\u0000${k.cohort}`;
+
+/** Whether an event passes a filter; the same test the store's query applies, for events that arrive live. */
+export function matchesDriftFilter(event: DriftEventRecord, filter: DriftEventFilter): boolean {
+  return (
+    (!filter.model || event.model === filter.model) &&
+    (!filter.version || event.version === filter.version) &&
+    (filter.cohort === undefined || event.cohort === filter.cohort) &&
+    event.atMs >= (filter.sinceMs ?? 0) &&
+    event.id > (filter.afterId ?? 0)
+  );
+}
+
+/**
+ * Turns drift status, which is computed on demand, into events: each evaluation compares every
+ * version's status per cohort with the last one recorded and records a change (only a change,
+ * never one per evaluation). The first verdict is a change from no_data, and a version or cohort
+ * whose data stops (no sketches in the window, too few rows) goes back to no_data. Subscribers
+ * hear each new event after it is committed. Tests call evaluate() with a ManualClock; run()
+ * only adds the timer.
+ */
+export class DriftWatcher {
+  private readonly listeners = new Map<DriftEventListener, (() => void) | undefined>();
+  private timer: NodeJS.Timeout | undefined;
+  private stateValue: DriftWatcherState = 'created';
+
+  private constructor(private readonly options: DriftWatcherOptions) {}
+
+  static create(options: DriftWatcherOptions): DriftWatcher {
+    return new DriftWatcher(options);
+  }
+
+  get state(): DriftWatcherState {
+    return this.stateValue;
+  }
+
+  /** Hears every new event until unsubscribed; `onEnd` runs at shutdown (a stream ends its call there). Returns the unsubscribe function. */
+  subscribe(listener: DriftEventListener, onEnd?: () => void): () => void {
+    this.listeners.set(listener, onEnd);
+    return () => void this.listeners.delete(listener);
+  }
+
+  list(filter: DriftEventFilter, limit: number): DriftEventRecord[] {
+    return this.options.store.list(filter, limit);
+  }
+
+  /** Evaluates every version with recent drift data now; returns the events it recorded. */
+  evaluate(): DriftEventRecord[] {
+    const { source, store, clock } = this.options;
+    const now = clock.now();
+    store.pruneOlderThan(now - this.options.eventRetentionMs);
+    const verdicts = new Map<string, { key: DriftStatusKey; status: DriftStatus }>();
+    for (const { model, version } of source.versions(now - this.options.windowMs)) {
+      for (const status of source.status(model, version)) {
+        // A version without a reference has no verdict to watch.
+        if (!LEVELS.has(status.status) || status.status === 'no_data') continue;
+        const key = { model, version, cohort: status.cohort };
+        verdicts.set(keyOf(key), { key, status });
+      }
+    }
+    const changes: NewDriftEvent[] = [];
+    const previous = new Map(store.current().map((c) => [keyOf(c), c]));
+    for (const [k, { key, status }] of verdicts) {
+      const before = previous.get(k)?.status ?? 'no_data';
+      if (before === status.status) continue;
+      const drifted = status.features.filter((f) => f.drifted).map((f) => f.name);
+      changes.push({
+        atMs: now,
+        ...key,
+        previousStatus: before,
+        status: status.status as DriftLevel,
+        driftedShare: status.driftedShare,
+        driftedFeatures: drifted,
+        maxPsi: status.features.reduce((max, f) => Math.max(max, f.psi), 0),
+        rows: status.rows,
+        devices: status.devices,
+      });
+    }
+    for (const [k, before] of previous) {
+      if (verdicts.has(k)) continue;
+      changes.push({ atMs: now, model: before.model, version: before.version, cohort: before.cohort, previousStatus: before.status, status: 'no_data', driftedShare: 0, driftedFeatures: [], maxPsi: 0, rows: 0, devices: 0 });
+    }
+    if (changes.length === 0) return [];
+    const recorded = store.record(changes);
+    for (const event of recorded) {
+      for (const listener of [...this.listeners.keys()]) {
+        try {
+          listener(event);
+        } catch (err) {
+          this.options.logger.warn({ err }, 'drift event listener failed');
+        }
+      }
+    }
+    return recorded;
+  }
+
+  /** Evaluates every interval until shutdown(). */
+  run(): void {
+    if (this.stateValue !== 'created') return;
+    this.stateValue = 'running';
+    this.timer = setInterval(() => {
+      try {
+        this.evaluate();
+      } catch (err) {
+        this.options.logger.error({ err }, 'drift evaluation failed');
+      }
+    }, this.options.evaluateIntervalMs);
+    this.timer.unref();
+  }
+
+  /** Stops evaluating (an evaluation is synchronous, so none is ever in flight here) and ends every subscription. */
+  async shutdown(): Promise<void> {
+    clearInterval(this.timer);
+    this.stateValue = 'stopped';
+    const ends = [...this.listeners.values()];
+    this.listeners.clear();
+    for (const end of ends) end?.();
+  }
+}

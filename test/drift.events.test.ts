@@ -1,0 +1,249 @@
+/**
+ * Drift events end to end: a real control plane (embedded broker, SQLite) on a ManualClock, the
+ * model pushed with a drift reference, and two devices (cohort a, cohort b) that publish drift
+ * sketches over MQTT with their own credentials, as the agent does. The test drives the drift
+ * watcher with evaluate(): first verdicts become events, a drifted cohort becomes exactly one
+ * alert event, an evaluation with nothing new records nothing, and the gRPC List and Watch calls
+ * and the CLI serve the events.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { credentials, type Metadata, type ServiceError } from '@grpc/grpc-js';
+import type { MqttClient } from 'mqtt';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../common/clock.js';
+import { buildReference, parseReference, REFERENCE_METADATA_KEY, serializeReference, type DriftReference } from '../common/drift/reference.js';
+import { SketchBuilder } from '../common/drift/sketch.js';
+import { silentLogger } from '../common/logger.js';
+import { Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
+import { DriftServiceClient, ListDriftEventsRequest, WatchDriftEventsRequest, type DriftEvent, type ListDriftEventsResponse } from '../common/proto/driftline/v1/drift.js';
+import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
+import { downTopic, upTopic } from '../common/topics.js';
+import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
+import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
+import { VIBRATION_CLASSES, VIBRATION_FEATURES, vibrationRowSampler } from '../demo/model/vibration-data.js';
+import { demoModelBytes } from './fixtures/models.js';
+import { fleetApi } from './helpers/fleet-api.js';
+import { bearer, refusalOf, rpc } from './helpers/grpc-calls.js';
+import { connectClient } from './helpers/mqtt.js';
+import { rolloutApi } from './helpers/rollout-api.js';
+
+const BIN = fileURLToPath(new URL('../bin/driftline.js', import.meta.url));
+const MINUTE = 60_000;
+/** Past the default drift window (15m), so each round is judged on its own sketches. */
+const NEXT_ROUND = 16 * MINUTE;
+
+const referenceFrom = (seed: number, rows: number): DriftReference => {
+  const next = vibrationRowSampler(seed);
+  const data = Array.from({ length: rows }, next);
+  return buildReference(data.map((r) => r.features), { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) });
+};
+
+/** A compact view of events: [cohort, previous, status]. */
+const transitions = (events: DriftEvent[]) => events.map((e) => [e.cohort, e.previousStatus, e.status]);
+
+describe('drift events - watcher, gRPC and CLI', () => {
+  const clock = new ManualClock(1_790_000_000_000);
+  const reference = parseReference(serializeReference(referenceFrom(1, 4000)));
+  const devices = new Map<string, { client: MqttClient; seq: number }>();
+  let dir: string;
+  let cp: ControlPlane;
+  let drift: DriftServiceClient;
+  let metadata: Metadata;
+  let seed = 100;
+
+  const list = (request: Partial<ListDriftEventsRequest>) =>
+    rpc<ListDriftEventsResponse>((cb) => drift.listDriftEvents(ListDriftEventsRequest.fromPartial(request), metadata, cb)).then((r) => r.events);
+
+  /** One device publishes one drift sketch of `rows` rows, as the agent's recorder does, and waits for its ack. */
+  async function sendSketch(deviceId: string, drifted: boolean, rows = 1000): Promise<void> {
+    const device = devices.get(deviceId)!;
+    const next = vibrationRowSampler(seed++, { drift: drifted });
+    const builder = new SketchBuilder(reference, 'vib', 1, clock.now() - MINUTE);
+    for (let i = 0; i < rows; i++) {
+      const row = next();
+      builder.observeFeatures(row.features, 1, row.features.length);
+      builder.observePrediction(row.label, 0.9);
+      builder.observeRequest(5, true);
+    }
+    device.seq++;
+    const batch = TelemetryBatch.fromPartial({
+      sentAtMs: clock.now(),
+      records: [TelemetryRecord.fromPartial({ boot: 1, seq: device.seq, timeMs: clock.now() - 1000, stream: Stream.STREAM_INFERENCE, body: { $case: 'drift', value: builder.finish(clock.now()) } })],
+    });
+    const acked = new Promise<TelemetryAck>((resolve) => {
+      const onMessage = (topic: string, payload: Buffer) => {
+        if (topic !== downTopic(deviceId, 'ack')) return;
+        device.client.off('message', onMessage);
+        resolve(TelemetryAck.decode(payload));
+      };
+      device.client.on('message', onMessage);
+    });
+    await device.client.publishAsync(upTopic(deviceId, 'telemetry'), Buffer.from(TelemetryBatch.encode(batch).finish()), { qos: 1 });
+    await acked;
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'driftline-drift-events-'));
+    // The watcher's own timer is set far beyond the test, which calls evaluate() itself.
+    cp = await startControlPlane(
+      { dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, drift: { evaluateInterval: '24h' } },
+      { logger: silentLogger(), clock },
+    );
+    const api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
+    const models = rolloutApi(cp.addresses.grpc, cp.adminTokenFile);
+    await models.upload('vib', demoModelBytes(1), { [REFERENCE_METADATA_KEY]: serializeReference(reference) });
+    models.close();
+    const enrollment = new EnrollmentServiceClient(cp.addresses.grpc, credentials.createInsecure());
+    for (const [deviceId, cohort] of [['dev-a', 'a'], ['dev-b', 'b']] as const) {
+      const token = await api.createEnrollmentToken(deviceId, { cohort });
+      const credential = await rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+      const client = await connectClient(cp.addresses.mqtt, { clientId: deviceId, username: credential.mqttUsername, password: credential.mqttPassword });
+      await client.subscribeAsync(downTopic(deviceId, 'ack'), { qos: 1 });
+      devices.set(deviceId, { client, seq: 0 });
+    }
+    enrollment.close();
+    api.close();
+    drift = new DriftServiceClient(cp.addresses.grpc, credentials.createInsecure());
+    metadata = bearer(readFileSync(cp.adminTokenFile, 'utf8').trim());
+  });
+
+  afterAll(async () => {
+    for (const { client } of devices.values()) client.end(true);
+    drift?.close();
+    await cp?.shutdown();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('drift events - the first verdicts of the fleet and of each cohort are recorded as changes from no_data', async () => {
+    expect(cp.driftWatcher.evaluate()).toEqual([]);
+    await sendSketch('dev-a', false);
+    await sendSketch('dev-b', false);
+    const events = cp.driftWatcher.evaluate();
+    expect(transitions(events)).toEqual([
+      ['', 'no_data', 'ok'],
+      ['a', 'no_data', 'ok'],
+      ['b', 'no_data', 'ok'],
+    ]);
+    expect(events.map((e) => [e.model, e.version, e.atMs, e.rows, e.devices])).toEqual([
+      ['vib', 1, clock.now(), 2000, 2],
+      ['vib', 1, clock.now(), 1000, 1],
+      ['vib', 1, clock.now(), 1000, 1],
+    ]);
+    expect(events[1]!.id).toBeGreaterThan(events[0]!.id);
+  });
+
+  it('drift events - drifted sketches from cohort b make exactly one alert event for b, and none for a', async () => {
+    clock.advance(NEXT_ROUND);
+    await sendSketch('dev-a', false);
+    await sendSketch('dev-b', true);
+    const events = cp.driftWatcher.evaluate();
+    const b = events.filter((e) => e.cohort === 'b');
+    expect(transitions(b)).toEqual([['b', 'ok', 'alert']]);
+    expect(b[0]!.driftedShare).toBeGreaterThanOrEqual(0.5);
+    expect(b[0]!.driftedFeatures).toContain('temperature_c');
+    expect(b[0]!.maxPsi).toBeGreaterThan(0.2);
+    expect(events.filter((e) => e.cohort === 'a')).toEqual([]);
+  });
+
+  it('drift events - an evaluation with nothing new records nothing', async () => {
+    const before = await list({});
+    expect(cp.driftWatcher.evaluate()).toEqual([]);
+    clock.advance(MINUTE);
+    expect(cp.driftWatcher.evaluate()).toEqual([]);
+    expect(await list({})).toEqual(before);
+  });
+
+  it('drift events - ListDriftEvents filters by model, version, cohort, since, after id and limit', async () => {
+    const all = await list({});
+    expect(all.map((e) => e.id)).toEqual([...all.map((e) => e.id)].sort((x, y) => x - y));
+    expect(await list({ model: 'vib', version: 1 })).toEqual(all);
+    expect(transitions(await list({ cohort: 'b' }))).toEqual([
+      ['b', 'no_data', 'ok'],
+      ['b', 'ok', 'alert'],
+    ]);
+    expect((await list({ cohort: '' })).every((e) => e.cohort === '')).toBe(true);
+    expect(await list({ afterId: all[2]!.id })).toEqual(all.slice(3));
+    expect(await list({ sinceMs: all.at(-1)!.atMs })).toEqual(all.filter((e) => e.atMs >= all.at(-1)!.atMs));
+    expect(await list({ limit: 2 })).toEqual(all.slice(0, 2));
+    expect(await list({ model: 'vib', version: 2 })).toEqual([]);
+  });
+
+  it('drift events - bad filters are refused with REQUEST_INVALID, an unknown model with MODEL_NOT_FOUND', async () => {
+    expect((await refusalOf(list({ version: 1 }))).code).toBe('REQUEST_INVALID');
+    expect((await refusalOf(list({ limit: -1 }))).code).toBe('REQUEST_INVALID');
+    expect((await refusalOf(list({ limit: 10_001 }))).code).toBe('REQUEST_INVALID');
+    expect((await refusalOf(list({ model: 'nope' }))).code).toBe('MODEL_NOT_FOUND');
+    const watchRefusal = await new Promise<ServiceError>((resolve) => {
+      const stream = drift.watchDriftEvents(WatchDriftEventsRequest.fromPartial({ sinceMs: -5 }), metadata);
+      stream.on('data', () => undefined);
+      stream.on('error', resolve);
+    });
+    expect(String(watchRefusal.metadata.get(ERROR_CODE_METADATA_KEY)[0])).toBe('REQUEST_INVALID');
+  });
+
+  it('drift events - WatchDriftEvents replays the events after after_id, then streams a new one live', async () => {
+    const [first] = await list({ cohort: 'b' });
+    const seen: DriftEvent[] = [];
+    const stream = drift.watchDriftEvents(WatchDriftEventsRequest.fromPartial({ model: 'vib', cohort: 'b', afterId: first!.id }), metadata);
+    const arrived = (n: number) =>
+      new Promise<void>((resolve, reject) => {
+        const check = () => (seen.length >= n ? resolve() : undefined);
+        stream.on('data', (e: DriftEvent) => {
+          seen.push(e);
+          check();
+        });
+        stream.on('error', (err: ServiceError) => (err.code === 1 ? undefined : reject(err)));
+        check();
+      });
+    await arrived(1);
+    expect(transitions(seen)).toEqual([['b', 'ok', 'alert']]);
+
+    // Cohort b recovers; the watcher records it and the open stream hears it.
+    clock.advance(NEXT_ROUND);
+    await sendSketch('dev-a', false);
+    await sendSketch('dev-b', false);
+    const live = new Promise<void>((resolve) => stream.on('data', () => resolve()));
+    const recorded = cp.driftWatcher.evaluate();
+    await live;
+    stream.cancel();
+    expect(transitions(seen)).toEqual([
+      ['b', 'ok', 'alert'],
+      ['b', 'alert', 'ok'],
+    ]);
+    expect(seen[1]!.id).toBe(recorded.find((e) => e.cohort === 'b')!.id);
+  });
+
+  it('drift events - driftline drift events --json prints the recorded events as one JSON document', async () => {
+    const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+      execFile(process.execPath, [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'drift', 'events', '--model', 'vib', '--cohort', 'b', '--json'], { cwd: dir }, (error, out, err) =>
+        resolve({ code: error ? Number(error.code) : 0, stdout: out, stderr: err }),
+      ),
+    );
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+    const { events } = JSON.parse(stdout) as { events: Array<Record<string, unknown>> };
+    expect(events.map((e) => [e.cohort ?? '', e.previousStatus, e.status])).toEqual([
+      ['b', 'no_data', 'ok'],
+      ['b', 'ok', 'alert'],
+      ['b', 'alert', 'ok'],
+    ]);
+    expect(events[1]).toMatchObject({ model: 'vib', version: 1, devices: 1, rows: 1000 });
+  });
+
+  it('drift events - the control plane\'s shutdown ends an open watch stream cleanly', async () => {
+    const stream = drift.watchDriftEvents(WatchDriftEventsRequest.fromPartial({}), metadata);
+    const outcome = new Promise<string>((resolve) => {
+      stream.on('data', () => undefined);
+      stream.on('end', () => resolve('end'));
+      stream.on('error', (err: ServiceError) => resolve(`error ${err.code}`));
+    });
+    // The replay's first event shows the call is subscribed.
+    await new Promise((resolve) => stream.once('data', resolve));
+    await cp.shutdown();
+    expect(await outcome).toBe('end');
+  });
+});
