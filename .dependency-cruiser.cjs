@@ -16,6 +16,7 @@ const CORE = [
   '^control-plane/broker/device-acl\\.ts$',
   '^control-plane/api/ports\\.ts$',
   '^control-plane/rollout/(plan|cohorts|gates|state-machine|engine|ports)\\.ts$',
+  '^control-plane/drift/(evaluate|drift-watcher)\\.ts$',
 ];
 
 module.exports = {
