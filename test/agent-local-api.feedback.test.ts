@@ -3,15 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAgent, type AgentHandle } from '../agent/agent.js';
-import { loadAgentConfig } from '../agent/config.js';
-import { silentLogger } from '../common/logger.js';
+import type { AgentHandle } from '../agent/agent.js';
 import { Stream, TelemetryRecord, type LabelRecord } from '../common/proto/driftline/v1/device_link.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
+import type { ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { inferOnce } from './helpers/agent-traffic.js';
-import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
+import type { FleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
+import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
 
 const DEVICE = 'edge-feedback';
 const row = [4.1, 12, 2.9, 3.2, 2.5, 0.9, 0.4, 41];
@@ -24,23 +23,8 @@ describe('local API feedback on a wired agent', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-feedback-'));
-    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
-    const token = await api.createEnrollmentToken(DEVICE);
-    agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: {
-          deviceId: DEVICE,
-          enrollToken: token,
-          server: cp.addresses.grpc,
-          dataDir: join(dir, 'agent'),
-          localApi: { port: 0, feedbackMemory: 3 },
-          schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *' },
-        },
-      }),
-      { logger: silentLogger() },
-    );
+    ({ cp, api } = await startTestControlPlane(dir));
+    agent = await startEnrolledAgent(cp, api, DEVICE, join(dir, 'agent'), { localApi: { feedbackMemory: 3 } });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);
     await waitFor(() => inferOnce(agent.localApiUrl, row).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });

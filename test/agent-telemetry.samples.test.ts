@@ -3,16 +3,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAgent, type AgentHandle } from '../agent/agent.js';
-import { loadAgentConfig } from '../agent/config.js';
+import type { AgentHandle } from '../agent/agent.js';
 import { SampleCapture } from '../agent/telemetry/sample-capture.js';
-import { silentLogger } from '../common/logger.js';
 import { Stream, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
+import type { ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { inferOnce } from './helpers/agent-traffic.js';
-import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
+import type { FleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
+import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
 
 const row = [4.1, 12, 2.9, 3.2, 2.5, 0.9, 0.4, 41];
 const features = (values: number[]) => [{ name: 'features', datatype: 'FP32', shape: [1, values.length], data: values }];
@@ -46,24 +45,8 @@ describe('sample capture on a wired agent', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-samples-'));
-    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
-    const token = await api.createEnrollmentToken('edge-capture');
-    agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: {
-          deviceId: 'edge-capture',
-          enrollToken: token,
-          server: cp.addresses.grpc,
-          dataDir: join(dir, 'agent'),
-          localApi: { port: 0 },
-          capture: { sampleRate: 1, errors: true },
-          schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *' },
-        },
-      }),
-      { logger: silentLogger() },
-    );
+    ({ cp, api } = await startTestControlPlane(dir));
+    agent = await startEnrolledAgent(cp, api, 'edge-capture', join(dir, 'agent'), { capture: { sampleRate: 1, errors: true } });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', ['edge-capture']);
     await waitFor(() => inferOnce(agent.localApiUrl, row).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });

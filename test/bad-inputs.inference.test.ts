@@ -9,15 +9,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../common/logger.js';
-import { startAgent, type AgentHandle } from '../agent/agent.js';
-import { loadAgentConfig } from '../agent/config.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
+import type { AgentHandle } from '../agent/agent.js';
+import type { ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { inferOnce } from './helpers/agent-traffic.js';
-import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
+import type { FleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
+import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
 
 const DEVICE = 'edge-bad-inference';
 const MAX_BODY_BYTES = 64 * 1024;
@@ -67,24 +66,9 @@ describe('bad inputs - inference requests to a fully wired agent', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-bad-inference-'));
-    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
-    const token = await api.createEnrollmentToken(DEVICE);
-    agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: {
-          deviceId: DEVICE,
-          enrollToken: token,
-          server: cp.addresses.grpc,
-          dataDir: join(dir, 'agent'),
-          localApi: { port: 0, maxBodyBytes: MAX_BODY_BYTES },
-          // Only inferences and events make records, so the final counts are exact.
-          schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *' },
-        },
-      }),
-      { logger: silentLogger() },
-    );
+    ({ cp, api } = await startTestControlPlane(dir));
+    // Only inferences and events make records (system metrics and drift windows are off), so the final counts are exact.
+    agent = await startEnrolledAgent(cp, api, DEVICE, join(dir, 'agent'), { localApi: { maxBodyBytes: MAX_BODY_BYTES } });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);
     await waitFor(valid, (status) => status === 200, { what: 'model active on the agent' });

@@ -2,15 +2,14 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAgent, type AgentHandle } from '../agent/agent.js';
-import { loadAgentConfig } from '../agent/config.js';
+import type { AgentHandle } from '../agent/agent.js';
 import type { HostFacts } from '../agent/profiles/detect.js';
-import { silentLogger } from '../common/logger.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
+import type { ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { inferOnce } from './helpers/agent-traffic.js';
-import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
+import type { FleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
+import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
 
 const DEVICE = 'edge-gpu-box';
 // This CPU-only host, seen as an x86_64 server with an NVIDIA GPU: the profile asks for TensorRT and CUDA, which are not installed.
@@ -24,16 +23,8 @@ describe('firmware profile on a fully wired agent', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-profile-agent-'));
-    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
-    const token = await api.createEnrollmentToken(DEVICE);
-    agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: { deviceId: DEVICE, enrollToken: token, server: cp.addresses.grpc, dataDir: join(dir, 'agent'), localApi: { port: 0 }, schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *' } },
-      }),
-      { logger: silentLogger(), hostProbe: { facts: async () => gpuServer } },
-    );
+    ({ cp, api } = await startTestControlPlane(dir));
+    agent = await startEnrolledAgent(cp, api, DEVICE, join(dir, 'agent'), {}, { hostProbe: { facts: async () => gpuServer } });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);
     await waitFor(() => inferOnce(agent.localApiUrl, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
@@ -82,29 +73,12 @@ describe('firmware profile whose onnxruntime library is missing', () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-profile-lib-'));
     const emptyLibrary = join(dir, 'onnxruntime-jetpack6');
     mkdirSync(emptyLibrary);
-    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    const api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
-    const token = await api.createEnrollmentToken('edge-jetson');
-    api.close();
+    const started = await startTestControlPlane(dir);
+    cp = started.cp;
     // A Jetson Orin Nano as its device tree and /etc/nv_tegra_release describe it.
     const jetson: HostFacts = { arch: 'arm64', platform: 'linux', deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit', tegraRelease: '# R36 (release), REVISION: 3.0', nvidiaSmi: false };
-    agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: {
-          deviceId: 'edge-jetson',
-          enrollToken: token,
-          server: cp.addresses.grpc,
-          dataDir: join(dir, 'agent'),
-          localApi: { port: 0 },
-          inference: { libraryPath: emptyLibrary },
-          schedule: { system: '0 0 1 1 *', driftWindow: '0 0 1 1 *' },
-        },
-      }),
-      { logger: silentLogger(), hostProbe: { facts: async () => jetson } },
-    ).catch((err: unknown) => {
-      throw new Error(`the agent should start without its device library: ${String(err)}`);
-    });
+    agent = await startEnrolledAgent(cp, started.api, 'edge-jetson', join(dir, 'agent'), { inference: { libraryPath: emptyLibrary } }, { hostProbe: { facts: async () => jetson } });
+    started.api.close();
     const health = (await (await fetch(`${agent.localApiUrl}/healthz`)).json()) as {
       details: { firmwareProfile: string; warnings: string[]; bufferBudgetBytes: number; uploadBytesPerSecond: number };
     };

@@ -11,19 +11,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startAgent } from '../agent/agent.js';
 import { SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
-import { loadAgentConfig } from '../agent/config.js';
 import { ManualClock } from '../common/clock.js';
-import { silentLogger } from '../common/logger.js';
 import { Stream, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
-import { startControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { inferOnce } from './helpers/agent-traffic.js';
-import { fleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
 import { startTcpProxy } from './helpers/tcp-proxy.js';
+import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-disk-full-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -114,27 +110,15 @@ describe('telemetry on a full disk', () => {
 
   it('disk full, whole agent - buffer.maxFileBytes caps buffer.db; offline inference fills it, every request is answered, and stored + dropped == produced', async () => {
     const device = 'edge-full-disk';
-    const cp = await startControlPlane({ dataDir: join(dir, 'cp-disk'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    const api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
+    const { cp, api } = await startTestControlPlane(dir, { name: 'cp-disk' });
     const proxy = await startTcpProxy(Number(new URL(cp.addresses.mqtt).port));
-    const agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: {
-          deviceId: device,
-          enrollToken: await api.createEnrollmentToken(device),
-          server: cp.addresses.grpc,
-          dataDir: join(dir, 'agent-disk'),
-          localApi: { port: 0 },
-          mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
-          // The "disk": buffer.db may not grow past this; the byte budget is far away.
-          buffer: { maxFileBytes: '96KiB', maxBytes: '1GiB' },
-          uplink: { ackTimeout: '1s' },
-          schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: OFF, system: OFF, driftWindow: OFF, heartbeat: OFF },
-        },
-      }),
-      { logger: silentLogger() },
-    );
+    const agent = await startEnrolledAgent(cp, api, device, join(dir, 'agent-disk'), {
+      mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
+      // The "disk": buffer.db may not grow past this; the byte budget is far away.
+      buffer: { maxFileBytes: '96KiB', maxBytes: '1GiB' },
+      uplink: { ackTimeout: '1s' },
+      schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: OFF, heartbeat: OFF },
+    });
     try {
       await api.uploadModel('vibration', buildDemoModel({}).bytes);
       await api.deploy('vibration', [device]);
@@ -177,8 +161,7 @@ describe('telemetry on a full disk', () => {
 
   it('budget full - an offline agent drops its oldest inference records, reports the drops upstream, and stored + dropped == produced', async () => {
     const device = 'edge-full-budget';
-    const cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    const api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
+    const { cp, api } = await startTestControlPlane(dir);
     const proxy = await startTcpProxy(Number(new URL(cp.addresses.mqtt).port));
     const agentDir = join(dir, 'agent');
     const committedSeq = (): number => {
@@ -198,25 +181,14 @@ describe('telemetry on a full disk', () => {
         db.close();
       }
     };
-    const agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: {
-          deviceId: device,
-          enrollToken: await api.createEnrollmentToken(device),
-          server: cp.addresses.grpc,
-          dataDir: agentDir,
-          localApi: { port: 0 },
-          mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
-          // Room for a hundred or so inference records.
-          buffer: { maxBytes: 12 * 1024 },
-          uplink: { ackTimeout: '1s' },
-          // Maintenance every second reports the drop counts as an event.
-          schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: '* * * * * *', system: OFF, driftWindow: OFF, heartbeat: OFF },
-        },
-      }),
-      { logger: silentLogger() },
-    );
+    const agent = await startEnrolledAgent(cp, api, device, agentDir, {
+      mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
+      // Room for a hundred or so inference records.
+      buffer: { maxBytes: 12 * 1024 },
+      uplink: { ackTimeout: '1s' },
+      // Maintenance every second reports the drop counts as an event.
+      schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: '* * * * * *', heartbeat: OFF },
+    });
     try {
       await api.uploadModel('vibration', buildDemoModel({}).bytes);
       await api.deploy('vibration', [device]);

@@ -10,15 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAgent, type AgentHandle } from '../agent/agent.js';
-import { loadAgentConfig } from '../agent/config.js';
-import { silentLogger } from '../common/logger.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
+import type { AgentHandle } from '../agent/agent.js';
+import type { ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { inferOnce } from './helpers/agent-traffic.js';
-import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
+import type { FleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
+import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
 import { startTcpProxy, type TcpProxy } from './helpers/tcp-proxy.js';
 
 const DEVICE = 'edge-bad-link';
@@ -33,8 +32,7 @@ describe('telemetry over a link that drops, stalls and flaps', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-link-faults-'));
-    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-    api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
+    ({ cp, api } = await startTestControlPlane(dir));
     proxy = await startTcpProxy(Number(new URL(cp.addresses.mqtt).port));
   });
 
@@ -47,25 +45,13 @@ describe('telemetry over a link that drops, stalls and flaps', () => {
   });
 
   it('link faults - every buffered record is stored and acknowledged exactly once after drops, stalls and flaps mid-upload', async () => {
-    const token = await api.createEnrollmentToken(DEVICE);
-    agent = await startAgent(
-      loadAgentConfig({
-        env: {},
-        flags: {
-          deviceId: DEVICE,
-          enrollToken: token,
-          server: cp.addresses.grpc,
-          dataDir: join(dir, 'agent'),
-          localApi: { port: 0 },
-          // Through the proxy; short keepalive and ack timeout so a stalled link is noticed quickly.
-          mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
-          uplink: { maxBatchRecords: 20, batchDelay: '20ms', ackTimeout: '1s' },
-          schedule: { uplinkCheck: '* * * * * *', system: OFF, driftWindow: OFF, heartbeat: OFF },
-          shutdownGrace: '10s',
-        },
-      }),
-      { logger: silentLogger() },
-    );
+    agent = await startEnrolledAgent(cp, api, DEVICE, join(dir, 'agent'), {
+      // Through the proxy; short keepalive and ack timeout so a stalled link is noticed quickly.
+      mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
+      uplink: { maxBatchRecords: 20, batchDelay: '20ms', ackTimeout: '1s' },
+      schedule: { uplinkCheck: '* * * * * *', heartbeat: OFF },
+      shutdownGrace: '10s',
+    });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);
     let ok = 0;
