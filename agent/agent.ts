@@ -28,7 +28,7 @@ import { dropAttributes } from './buffer/ports.js';
 import { DriftMonitor } from './drift/monitor.js';
 import type { InferenceService } from './inference/engine.js';
 import { HostSensors } from './telemetry/host-sensors.js';
-import { SampleCapture } from './telemetry/sample-capture.js';
+import { SampleCapture, type CaptureOutcome } from './telemetry/sample-capture.js';
 import { TelemetryRecorder } from './telemetry/recorder.js';
 import { TelemetryUploader } from './telemetry/uploader.js';
 import { MqttUplink } from './uplink/mqtt-uplink.js';
@@ -396,7 +396,6 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   };
 }
 
-/** The engine as the local API sees it, with every request's inputs and outputs shown to the drift monitor. */
 /** The engine as the local API sees it: every answer also feeds the drift monitor and the sample capture. */
 function observed(engine: InferenceService, drift: DriftMonitor, capture: SampleCapture, recorder: TelemetryRecorder): InferenceService {
   return {
@@ -404,20 +403,20 @@ function observed(engine: InferenceService, drift: DriftMonitor, capture: Sample
     queueStats: () => engine.queueStats(),
     async infer(model, inputs, options) {
       const started = performance.now();
+      const keepSample = (outcome: CaptureOutcome): void => {
+        const sample = capture.consider(inputs, outcome);
+        if (sample) recorder.sample(sample);
+      };
       try {
         const result = await engine.infer(model, inputs, options);
         drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true);
-        if (capture.enabled) {
-          const sample = capture.consider(inputs, { model: result.model, version: result.version, outputs: result.outputs });
-          if (sample) recorder.sample(sample);
-        }
+        keepSample({ model: result.model, version: result.version, outputs: result.outputs });
         return result;
       } catch (err) {
         const active = engine.active();
-        if (active) drift.observe(active.name, active.version, inputs, undefined, performance.now() - started, false);
-        if (active && capture.enabled) {
-          const sample = capture.consider(inputs, { model: active.name, version: active.version, errorCode: asDriftlineError(err).code });
-          if (sample) recorder.sample(sample);
+        if (active) {
+          drift.observe(active.name, active.version, inputs, undefined, performance.now() - started, false);
+          keepSample({ model: active.name, version: active.version, errorCode: asDriftlineError(err).code });
         }
         throw err;
       }

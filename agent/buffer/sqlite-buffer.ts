@@ -79,7 +79,6 @@ export class SqliteBuffer implements TelemetryBuffer {
   private readonly expire: Statement;
   private readonly saveDrops: Statement;
   private readonly saveSent: Statement;
-  private readonly selectLastSeq: Statement;
   private readonly pageSize: number;
   /** Records and bytes per stream, kept in step with the table. */
   private readonly counts = new Map<number, { records: number; bytes: number }>();
@@ -149,7 +148,6 @@ export class SqliteBuffer implements TelemetryBuffer {
     );
     this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? AND seq NOT IN (SELECT value FROM json_each(?)) RETURNING stream, length(body) AS bytes');
     this.pageSize = db.pragma('page_size', { simple: true }) as number;
-    this.selectLastSeq = db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'outbox'`);
     this.saveSent = db.prepare('UPDATE outbox SET sent = 1 WHERE seq IN (SELECT value FROM json_each(?)) AND sent = 0');
     this.saveDrops = db.prepare(`INSERT INTO agent_state (key, value) VALUES ('buffer.drops', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
   }
@@ -171,19 +169,13 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.pending = [];
     if (batch.length === 0) return;
     const before = this.snapshot();
-    const seqBefore = this.lastSeq();
     try {
       this.db.transaction(() => this.insertBatch(batch))();
       for (const p of batch) p.resolve();
       return;
     } catch (err) {
-      if (this.landed(seqBefore, batch)) return;
       this.restore(before);
-      if (!isDiskFull(err)) {
-        const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
-        for (const p of batch) p.reject(error);
-        return;
-      }
+      if (!isDiskFull(err)) return rejectAll(batch, err);
     }
     // The disk (or maxFileBytes) filled up before the byte budget did. Same policy as the
     // budget: the oldest records of the lowest-priority stream make room (never a stream more
@@ -200,13 +192,8 @@ export class SqliteBuffer implements TelemetryBuffer {
     try {
       this.db.transaction(() => this.insertBatch(batch))();
     } catch (err) {
-      if (this.landed(seqBefore, batch)) return;
       this.restore(roomMade);
-      if (!isDiskFull(err)) {
-        const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause: err });
-        for (const p of batch) p.reject(error);
-        return;
-      }
+      if (!isDiskFull(err)) return rejectAll(batch, err);
       // Still no room: the batch itself is dropped and counted, like any policy drop. The
       // count is saved now if the disk allows, else with the next commit that succeeds.
       for (const { record } of batch) {
@@ -222,30 +209,6 @@ export class SqliteBuffer implements TelemetryBuffer {
       }
     }
     for (const p of batch) p.resolve();
-  }
-
-  /** The last seq handed out: AUTOINCREMENT's counter, which only a committed insert moves. */
-  private lastSeq(): number {
-    return (this.selectLastSeq.get() as { seq: number } | undefined)?.seq ?? 0;
-  }
-
-  /**
-   * A commit can report SQLITE_FULL after its transaction reached the WAL (the automatic
-   * checkpoint that follows it needs a page the ceiling refuses). Then the batch is stored,
-   * and so is everything the transaction did to the counts and drops: keep them and resolve,
-   * rather than rolling the bookkeeping back and counting stored records as dropped.
-   */
-  private landed(seqBefore: number, batch: readonly Pending[]): boolean {
-    let last: number;
-    try {
-      last = this.lastSeq();
-    } catch {
-      return false;
-    }
-    if (last <= seqBefore) return false;
-    this.dropsUnsaved = false;
-    for (const p of batch) p.resolve();
-    return true;
   }
 
   /** Runs inside a transaction: inserts the batch, then applies quotas and the budget. */
@@ -480,6 +443,12 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.closed = true;
     this.db.close();
   }
+}
+
+/** A batch that could not be written for another reason than a full disk: its callers get the error. */
+function rejectAll(batch: readonly Pending[], cause: unknown): void {
+  const error = new DriftlineError('BUFFER_FULL', 'cannot write to the agent buffer', { cause });
+  for (const p of batch) p.reject(error);
 }
 
 /** SQLITE_FULL: the disk, or the file's max_page_count, has no room for the write. */
