@@ -2,6 +2,9 @@ import { execFile } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+/** nvidia-smi answers in well under a second on a healthy driver; a wedged one must not stall the sample. */
+const NVIDIA_SMI_TIMEOUT_MS = 2_000;
+
 /** What the hardware tells about itself; a field is absent where the hardware does not expose it. */
 export interface HostReading {
   /** GPU busy share, 0-100. */
@@ -92,7 +95,7 @@ export class HostSensors {
       execFile(
         command,
         ['--query-gpu=utilization.gpu,temperature.gpu', '--format=csv,noheader,nounits'],
-        { timeout: this.options.commandTimeoutMs ?? 2_000, windowsHide: true },
+        { timeout: this.options.commandTimeoutMs ?? NVIDIA_SMI_TIMEOUT_MS, windowsHide: true },
         (err, stdout) => {
           if (err) return resolve(undefined);
           // One line per GPU: report the busiest and the hottest.
