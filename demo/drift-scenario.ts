@@ -1,7 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { DriftStatus } from '../common/proto/driftline/v1/drift.js';
-import { COHORT_LABEL } from '../control-plane/drift/wiring.js';
 import { demoTrainingData } from './model/demo-model.js';
 import { toCsv, VIBRATION_CLASSES } from './model/vibration-data.js';
 
@@ -11,8 +10,6 @@ import { toCsv, VIBRATION_CLASSES } from './model/vibration-data.js';
  * drift window, and the drift status as the control plane's DriftService reports it.
  */
 
-/** Drift status groups devices by this label; the demo sets it to the device's site. */
-export { COHORT_LABEL };
 export const CLEAN_COHORT = 'plant-1';
 /** Its devices' applications read aged sensors (the data generator's drift switch, severity 1). */
 export const DRIFTED_COHORT = 'plant-2';
@@ -22,7 +19,7 @@ export const DRIFTED_COHORT = 'plant-2';
  * the control plane a few seconds after traffic starts; the control plane's settings stay
  * `driftline serve`'s defaults (15 min window, 100 rows before a verdict).
  */
-export const DEMO_AGENT_CONFIG = { schedule: { driftWindow: '*/5 * * * * *' } } as const;
+const DEMO_AGENT_CONFIG = { schedule: { driftWindow: '*/5 * * * * *' } } as const;
 
 export const REFERENCE_CLASSES = VIBRATION_CLASSES.join(',');
 

@@ -47,10 +47,13 @@ const INFERENCES_PER_DEVICE_PER_S = 10;
 const START_TIMEOUT_MS = 60_000;
 const CONVERGE_TIMEOUT_MS = 15_000;
 
+// Half of the answers get their true label back from the application (the accuracy gate reads them).
+const LABEL_RATE = 0.5;
+/** v1, the model the fleet runs before either rollout. */
+const CURRENT: VersionBehavior = { latencyMs: 12, errorRate: 0.01, labelRate: LABEL_RATE, accuracy: 0.9 };
 const BEHAVIOR: Record<RolloutScenario, Record<number, VersionBehavior>> = {
-  // Half of the answers get their true label back from the application (the accuracy gate reads them).
-  rollout: { 1: { latencyMs: 12, errorRate: 0.01, labelRate: 0.5, accuracy: 0.9 }, 2: { latencyMs: 10, errorRate: 0.005, labelRate: 0.5, accuracy: 0.95 } },
-  'bad-model': { 1: { latencyMs: 12, errorRate: 0.01, labelRate: 0.5, accuracy: 0.9 }, 2: { latencyMs: 30, errorRate: 0.04, labelRate: 0.5, accuracy: 0.78 } },
+  rollout: { 1: CURRENT, 2: { latencyMs: 10, errorRate: 0.005, labelRate: LABEL_RATE, accuracy: 0.95 } },
+  'bad-model': { 1: CURRENT, 2: { latencyMs: 30, errorRate: 0.04, labelRate: LABEL_RATE, accuracy: 0.78 } },
 };
 
 export async function runRolloutScenario(options: RolloutScenarioOptions): Promise<number> {

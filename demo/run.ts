@@ -4,10 +4,11 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
+import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
 import { toCliError } from '../control-plane/cli/connection.js';
+import { COHORT_LABEL } from '../control-plane/drift/wiring.js';
 import {
   CLEAN_COHORT,
-  COHORT_LABEL,
   describeDrift,
   DRIFTED_COHORT,
   driftProblems,
@@ -56,6 +57,9 @@ interface DemoOptions {
   scenario: 'fleet' | 'drift' | RolloutScenario;
 }
 
+/** What the demo reports of a pushed model, whether it went up over gRPC or through the CLI. */
+type PushedModel = Pick<ModelVersion, 'name' | 'version' | 'sizeBytes' | 'sha256'>;
+
 interface RunningAgent extends DemoDevice {
   process: DemoChild;
   lastHealth: AgentAccount | undefined;
@@ -98,7 +102,6 @@ class Demo {
   private dataDir = '';
   private grpcAddress = '';
   private operatorToken = '';
-  private readonly driftScenario: boolean;
   /** Seconds of traffic before the live view first saw the drifted cohort alert. */
   private firstAlertS: number | null = null;
   private createdDataDir = false;
@@ -107,7 +110,10 @@ class Demo {
 
   constructor(private readonly options: DemoOptions) {
     this.display = createStatusDisplay({ live: !options.json && Boolean(process.stdout.isTTY) });
-    this.driftScenario = options.scenario === 'drift';
+  }
+
+  private get driftScenario(): boolean {
+    return this.options.scenario === 'drift';
   }
 
   /** Runs the demo and resolves with the exit code; every child process is gone when it resolves. */
@@ -261,6 +267,7 @@ class Demo {
     const tokens: string[] = [];
     for (const [i, id] of ids.entries()) {
       if (this.stopRequested.signal.aborted) throw new DriftlineError('SHUTTING_DOWN', 'the demo was stopped');
+      // Drift status groups devices by the cohort label; the drift scenario sets it to the device's site.
       const labels = { site: siteOf(i), line: `line-${Math.floor(i / 2) + 1}`, ...(this.driftScenario ? { [COHORT_LABEL]: siteOf(i) } : {}) };
       this.showCommand(`${CLI} devices token ${id} ${Object.entries(labels).map(([k, v]) => `--label ${k}=${v}`).join(' ')}`);
       tokens.push(await fleet.createEnrollmentToken(id, labels));
@@ -306,7 +313,7 @@ class Demo {
   /** Uploads the model as the next version and sets it as every device's desired model; resolves with when it was deployed. */
   private async pushAndDeploy(path: string): Promise<{ version: number; deployedAt: number }> {
     const fleet = this.fleet!;
-    let pushed: { name: string; version: number; sizeBytes: number; sha256: string };
+    let pushed: PushedModel;
     if (this.driftScenario) pushed = await this.pushWithReference(path);
     else {
       this.showCommand(`${CLI} models push ${path} --name ${MODEL_NAME}`);
@@ -323,7 +330,7 @@ class Demo {
    * The model's own training rows become its drift reference, pushed the way an operator
    * does it: the real `driftline models push --reference <csv> --classes ...` process.
    */
-  private async pushWithReference(path: string): Promise<{ name: string; version: number; sizeBytes: number; sha256: string }> {
+  private async pushWithReference(path: string): Promise<PushedModel> {
     const csv = join(this.dataDir, 'models', `${MODEL_NAME}-reference.csv`);
     writeReferenceCsv(csv);
     this.note(`wrote ${csv}: the rows the model was trained on, as the reference its inputs are compared with`);

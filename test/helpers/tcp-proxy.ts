@@ -25,12 +25,8 @@ export interface ProxyStats {
 export interface TcpProxy {
   /** host:port to give the client instead of the upstream's. */
   readonly address: string;
-  readonly port: number;
   readonly stats: ProxyStats;
-  readonly mode: LinkMode;
   setMode(mode: LinkMode, options?: { flapEveryMs?: number }): void;
-  /** Connections open right now. */
-  openConnections(): number;
   close(): Promise<void>;
 }
 
@@ -40,7 +36,7 @@ interface Pair {
 }
 
 /** A loopback TCP proxy in front of `upstreamPort` whose link can drop, stall and flap on command. */
-export async function startTcpProxy(upstreamPort: number, upstreamHost = '127.0.0.1'): Promise<TcpProxy> {
+export async function startTcpProxy(upstreamPort: number): Promise<TcpProxy> {
   let mode: LinkMode = 'pass';
   let flapTimer: NodeJS.Timeout | undefined;
   const pairs = new Set<Pair>();
@@ -68,7 +64,7 @@ export async function startTcpProxy(upstreamPort: number, upstreamHost = '127.0.
       client.destroy();
       return;
     }
-    const upstream = connect(upstreamPort, upstreamHost);
+    const upstream = connect(upstreamPort, '127.0.0.1');
     const pair: Pair = { client, upstream };
     pairs.add(pair);
     client.on('data', (chunk: Buffer) => {
@@ -94,11 +90,7 @@ export async function startTcpProxy(upstreamPort: number, upstreamHost = '127.0.
 
   return {
     address: `127.0.0.1:${port}`,
-    port,
     stats,
-    get mode() {
-      return mode;
-    },
     setMode(next, options = {}) {
       clearInterval(flapTimer);
       flapTimer = undefined;
@@ -112,7 +104,6 @@ export async function startTcpProxy(upstreamPort: number, upstreamHost = '127.0.
         }, options.flapEveryMs ?? 300);
       }
     },
-    openConnections: () => pairs.size,
     async close() {
       clearInterval(flapTimer);
       for (const pair of [...pairs]) cut(pair);

@@ -2,9 +2,7 @@ import { join } from 'node:path';
 import { startAgent, type AgentHandle } from '../../agent/agent.js';
 import { loadAgentConfig } from '../../agent/config.js';
 import type { HostProbe } from '../../agent/profiles/detect.js';
-import type { Clock } from '../../common/clock.js';
 import { silentLogger } from '../../common/logger.js';
-import type { ControlPlaneConfigInput } from '../../control-plane/config.js';
 import { startControlPlane, type ControlPlane } from '../../control-plane/server.js';
 import { fleetApi, type FleetApi } from './fleet-api.js';
 
@@ -12,11 +10,8 @@ import { fleetApi, type FleetApi } from './fleet-api.js';
 export const NEVER = '0 0 1 1 *';
 
 /** A control plane in `<dir>/<name>` on OS-chosen ports, and an operator client with its admin token. */
-export async function startTestControlPlane(dir: string, options: { name?: string; config?: Partial<ControlPlaneConfigInput>; clock?: Clock } = {}): Promise<{ cp: ControlPlane; api: FleetApi }> {
-  const cp = await startControlPlane(
-    { dataDir: join(dir, options.name ?? 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, ...options.config },
-    { logger: silentLogger(), ...(options.clock ? { clock: options.clock } : {}) },
-  );
+export async function startTestControlPlane(dir: string, options: { name?: string } = {}): Promise<{ cp: ControlPlane; api: FleetApi }> {
+  const cp = await startControlPlane({ dataDir: join(dir, options.name ?? 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
   return { cp, api: fleetApi(cp.addresses.grpc, cp.adminTokenFile) };
 }
 
@@ -32,7 +27,7 @@ export async function startEnrolledAgent(
   deviceId: string,
   dataDir: string,
   flags: Record<string, unknown> = {},
-  deps: { hostProbe?: HostProbe; clock?: Clock } = {},
+  deps: { hostProbe?: HostProbe } = {},
 ): Promise<AgentHandle> {
   const defaults: Record<string, unknown> = {
     deviceId,
