@@ -157,12 +157,14 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
         for (const d of fleet.list()) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
       },
     });
+    // Telemetry and drift rollups are kept as long per bucket size; rollup queries never read past it.
+    const rollupRetention = { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention };
     const pruner = setInterval(() => {
       const now = clock.now();
       try {
-        telemetry.prune(now, { rawMs: config.telemetry.rawRetention, minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention });
-        drift.pruneOlderThan(BUCKET_MINUTE_MS, now - config.telemetry.minuteRollupRetention);
-        drift.pruneOlderThan(BUCKET_HOUR_MS, now - config.telemetry.hourRollupRetention);
+        telemetry.prune(now, { rawMs: config.telemetry.rawRetention, ...rollupRetention });
+        drift.pruneOlderThan(BUCKET_MINUTE_MS, now - rollupRetention.minuteMs);
+        drift.pruneOlderThan(BUCKET_HOUR_MS, now - rollupRetention.hourMs);
       } catch (err) {
         logger.warn({ err }, 'telemetry retention pass failed');
       }
@@ -187,13 +189,15 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
 
     const publishDesired = (deviceId: string, desired: DesiredState): Promise<void> =>
       requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true });
+    // One drift status query serves the rollout gates, the drift watcher and DriftService.
+    const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
       repository: new SqliteRolloutRepository(db),
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
       metrics: new SqliteCohortMetrics(db),
       publisher: new DesiredStatePublisher({ fleet, registry, releases, publishDesired, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
       catalog: new RegistryCatalog(registry, releases),
-      drift: driftSourceFrom(driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } })),
+      drift: driftSourceFrom(driftStatus),
       clock,
       logger,
     });
@@ -202,7 +206,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     closers.push(() => rolloutDriver.shutdown());
 
     const driftWatcher = DriftWatcher.create({
-      source: driftStatusSource(drift, driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } })),
+      source: driftStatusSource(drift, driftStatus),
       store: new SqliteDriftEvents(db),
       clock,
       logger,
@@ -221,8 +225,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       releases,
       trustRoot: () => releases.latestRoot(),
       telemetry,
-      telemetryRollups: new SqliteRollupQueries({ db, devices: fleet, clock, retention: { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention } }),
-      drift: driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } }),
+      telemetryRollups: new SqliteRollupQueries({ db, devices: fleet, clock, retention: rollupRetention }),
+      drift: driftStatus,
       driftEvents: driftWatcher,
       fleetLink: {
         publishDesired: (deviceId, desired) => requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true }),

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
-import type { DriftEvent, DriftServiceServer } from '../../common/proto/driftline/v1/drift.js';
+import type { DriftServiceServer } from '../../common/proto/driftline/v1/drift.js';
 import { matchesDriftFilter, type DriftEventFilter, type DriftEventRecord } from '../drift/drift-watcher.js';
 import type { ApiDeps, DriftEventFeed } from './ports.js';
 import { serverStreaming, unary, validate, type RpcContext } from './rpc.js';
@@ -22,8 +22,6 @@ const eventsRequest = z
   })
   .refine((r) => r.version === 0 || r.model !== '', { message: 'a version filter needs a model', path: ['version'] });
 
-const toWire = (e: DriftEventRecord): DriftEvent => ({ ...e });
-
 export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer {
   /** Validates an events request and returns its filter and limit, or refuses it. */
   const eventsQuery = (req: unknown): { feed: DriftEventFeed; filter: DriftEventFilter; limit: number } => {
@@ -44,7 +42,7 @@ export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer
     }),
     listDriftEvents: unary(ctx, 'ListDriftEvents', 'viewer', (req) => {
       const { feed, filter, limit } = eventsQuery(req);
-      return { events: feed.list(filter, limit).map(toWire) };
+      return { events: feed.list(filter, limit) };
     }),
     watchDriftEvents: serverStreaming(ctx, 'WatchDriftEvents', 'viewer', (call) => {
       const { feed, filter, limit } = eventsQuery(call.request);
@@ -54,16 +52,18 @@ export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer
       const send = (event: DriftEventRecord): void => {
         if (event.id <= lastId || !matchesDriftFilter(event, filter)) return;
         lastId = event.id;
-        call.write(toWire(event));
+        call.write(event);
       };
       // The control plane's shutdown ends the stream, so it never holds up the gRPC server's drain.
       const unsubscribe = feed.subscribe(send, () => call.end());
       call.on('cancelled', unsubscribe);
       call.on('close', unsubscribe);
       // The replay sends every matching event after after_id, reading `limit` at a time.
-      for (let page = feed.list(filter, limit); page.length > 0; page = page.length < limit ? [] : feed.list({ ...filter, afterId: lastId }, limit)) {
+      let page: DriftEventRecord[];
+      do {
+        page = feed.list({ ...filter, afterId: lastId }, limit);
         for (const event of page) send(event);
-      }
+      } while (page.length === limit);
       return Promise.resolve();
     }),
   };

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from 'commander';
+import { systemClock } from '../../common/clock.js';
 import { parseDuration } from '../../common/config.js';
 
 /** Argument parsers for commander: a bad value becomes a usage error (exit 2) before any call is made. */
@@ -23,6 +24,11 @@ export function durationMs(value: string): number {
   } catch {
     throw new InvalidArgumentError('expected a duration such as 30s, 10m, 24h or 7d');
   }
+}
+
+/** A request's since_ms for a `--since <duration>` option: that long before now, or 0 (no window) without one. */
+export function sinceMs(since: number | undefined, now = systemClock.now()): number {
+  return since === undefined ? 0 : now - since;
 }
 
 /** One `key=value` pair, collected into a record by repeatable options. */

@@ -69,6 +69,8 @@ export class SqliteDriftEvents implements DriftEventStore {
   private readonly setCurrent: Statement;
   private readonly clearCurrent: Statement;
   private readonly prune: Statement;
+  private readonly selectCurrent: Statement;
+  private readonly selectEvents: Statement;
 
   constructor(private readonly db: Database) {
     applyMigrations(db, 'drift_events', MIGRATIONS);
@@ -82,10 +84,17 @@ export class SqliteDriftEvents implements DriftEventStore {
     );
     this.clearCurrent = db.prepare('DELETE FROM drift_status_current WHERE model = ? AND version = ? AND cohort = ?');
     this.prune = db.prepare('DELETE FROM drift_events WHERE at_ms < ?');
+    this.selectCurrent = db.prepare('SELECT model, version, cohort, status FROM drift_status_current ORDER BY model, version, cohort');
+    this.selectEvents = db.prepare(
+      `SELECT * FROM drift_events
+       WHERE (@model = '' OR model = @model) AND (@version = 0 OR version = @version) AND (@anyCohort = 1 OR cohort = @cohort)
+         AND at_ms >= @sinceMs AND id > @afterId
+       ORDER BY id LIMIT @limit`,
+    );
   }
 
   current(): Array<DriftStatusKey & { status: DriftLevel }> {
-    return this.db.prepare('SELECT model, version, cohort, status FROM drift_status_current ORDER BY model, version, cohort').all() as Array<DriftStatusKey & { status: DriftLevel }>;
+    return this.selectCurrent.all() as Array<DriftStatusKey & { status: DriftLevel }>;
   }
 
   record(events: NewDriftEvent[]): DriftEventRecord[] {
@@ -100,22 +109,15 @@ export class SqliteDriftEvents implements DriftEventStore {
   }
 
   list(filter: DriftEventFilter, limit: number): DriftEventRecord[] {
-    const rows = this.db
-      .prepare(
-        `SELECT * FROM drift_events
-         WHERE (@model = '' OR model = @model) AND (@version = 0 OR version = @version) AND (@anyCohort = 1 OR cohort = @cohort)
-           AND at_ms >= @sinceMs AND id > @afterId
-         ORDER BY id LIMIT @limit`,
-      )
-      .all({
-        model: filter.model ?? '',
-        version: filter.version ?? 0,
-        anyCohort: filter.cohort === undefined ? 1 : 0,
-        cohort: filter.cohort ?? '',
-        sinceMs: filter.sinceMs ?? 0,
-        afterId: filter.afterId ?? 0,
-        limit,
-      }) as EventRow[];
+    const rows = this.selectEvents.all({
+      model: filter.model ?? '',
+      version: filter.version ?? 0,
+      anyCohort: filter.cohort === undefined ? 1 : 0,
+      cohort: filter.cohort ?? '',
+      sinceMs: filter.sinceMs ?? 0,
+      afterId: filter.afterId ?? 0,
+      limit,
+    }) as EventRow[];
     return rows.map(fromRow);
   }
 

@@ -11,6 +11,9 @@ import type { DriftLookups, SqliteDriftRepository } from './sqlite-drift-reposit
 /** The device label that names a device's cohort in drift status. */
 export const COHORT_LABEL = 'cohort';
 
+/** A device's cohort from its labels: the `cohort` label, "" when it has none. */
+export const cohortOf = (labels: Record<string, string>): string => (Object.hasOwn(labels, COHORT_LABEL) ? labels[COHORT_LABEL]! : '');
+
 /** Feeds drift sketches, as they are committed, into the drift rollups. */
 export const driftRecordSink =
   (drift: SqliteDriftRepository): RecordSink =>
@@ -36,7 +39,7 @@ export function driftQueries(deps: { drift: SqliteDriftRepository; registry: Mod
     },
     cohort(deviceId) {
       try {
-        return deps.fleet.get(deviceId).labels[COHORT_LABEL] ?? '';
+        return cohortOf(deps.fleet.get(deviceId).labels);
       } catch {
         return '';
       }

@@ -2,8 +2,8 @@ import type { Database } from 'better-sqlite3';
 import type { Clock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import { RollupBucket, RollupGroupBy, type TelemetryRollup, type TelemetryRollups, type TelemetryRollupsRequest } from '../../common/proto/driftline/v1/telemetry.js';
-import { COHORT_LABEL } from '../drift/wiring.js';
-import { ROLLUP_BUCKETS_MS } from './sqlite-telemetry-repository.js';
+import { cohortOf } from '../drift/wiring.js';
+import { ROLLUP_BUCKETS_MS, rollupRetentionMs, type RollupRetention } from './sqlite-telemetry-repository.js';
 
 /** Rows a rollup query returns when the request names no limit, and the most it may ask for. */
 export const DEFAULT_ROLLUP_ROWS = 1000;
@@ -12,12 +12,6 @@ export const MAX_ROLLUP_ROWS = 10_000;
 /** What rollup queries need of the fleet: devices and their labels (the fleet store). */
 export interface RollupDevices {
   list(selector: string, options: { includeDecommissioned: boolean }): Array<{ id: string; labels: Record<string, string> }>;
-}
-
-/** How long each bucket size is kept (the telemetry retention configuration). */
-export interface RollupRetention {
-  minuteMs: number;
-  hourMs: number;
 }
 
 const [MINUTE_MS, HOUR_MS] = ROLLUP_BUCKETS_MS;
@@ -46,13 +40,13 @@ function grouping(groupBy: RollupGroupBy): keyof typeof GROUPINGS {
   }
 }
 
-function bucketSize(bucket: RollupBucket, retention: RollupRetention): { bucketMs: number; retentionMs: number } {
+function bucketSize(bucket: RollupBucket): (typeof ROLLUP_BUCKETS_MS)[number] {
   switch (bucket) {
     case RollupBucket.ROLLUP_BUCKET_UNSPECIFIED:
     case RollupBucket.ROLLUP_BUCKET_ONE_MINUTE:
-      return { bucketMs: MINUTE_MS, retentionMs: retention.minuteMs };
+      return MINUTE_MS;
     case RollupBucket.ROLLUP_BUCKET_ONE_HOUR:
-      return { bucketMs: HOUR_MS, retentionMs: retention.hourMs };
+      return HOUR_MS;
     default:
       throw new DriftlineError('REQUEST_INVALID', `bucket ${String(bucket)} is not one of ONE_MINUTE, ONE_HOUR`);
   }
@@ -84,16 +78,15 @@ export class SqliteRollupQueries {
 
   rollups(request: TelemetryRollupsRequest): TelemetryRollups {
     const by = grouping(request.groupBy);
-    const { bucketMs, retentionMs } = bucketSize(request.bucket, this.deps.retention);
-    if (request.limit < 0 || request.limit > MAX_ROLLUP_ROWS) throw new DriftlineError('REQUEST_INVALID', `limit must be from 0 (the default, ${DEFAULT_ROLLUP_ROWS}) to ${MAX_ROLLUP_ROWS}`);
-    if (request.version > 0 && request.model === '') throw new DriftlineError('REQUEST_INVALID', 'a version filter needs a model');
+    const bucketMs = bucketSize(request.bucket);
+    // The limit's range and a version without a model are refused by TelemetryService's request schema.
     const limit = request.limit || DEFAULT_ROLLUP_ROWS;
-    const fromMs = Math.max(Math.floor(request.sinceMs / bucketMs) * bucketMs, this.deps.clock.now() - retentionMs);
+    const fromMs = Math.max(Math.floor(request.sinceMs / bucketMs) * bucketMs, this.deps.clock.now() - rollupRetentionMs(bucketMs, this.deps.retention));
 
     // Decommissioned devices keep their telemetry, so they keep their labels here too.
     const selected = request.selector.trim() ? this.deps.devices.list(request.selector, { includeDecommissioned: true }).map((d) => d.id) : null;
     const cohorts =
-      by === 'cohort' ? Object.fromEntries(this.deps.devices.list('', { includeDecommissioned: true }).map((d) => [d.id, Object.hasOwn(d.labels, COHORT_LABEL) ? d.labels[COHORT_LABEL]! : ''])) : {};
+      by === 'cohort' ? Object.fromEntries(this.deps.devices.list('', { includeDecommissioned: true }).map((d) => [d.id, cohortOf(d.labels)])) : {};
     const { key, groupBy, orderBy } = GROUPINGS[by];
 
     const rows = this.deps.db

@@ -81,6 +81,16 @@ function rowParams(deviceId: string, record: TelemetryRecord, receivedAtMs: numb
 /** Rollup bucket sizes: 1 minute and 1 hour. */
 export const ROLLUP_BUCKETS_MS = [60_000, 3_600_000] as const;
 
+/** How long each rollup bucket size is kept (the telemetry retention configuration). */
+export interface RollupRetention {
+  minuteMs: number;
+  hourMs: number;
+}
+
+/** How long rollups of one bucket size are kept: what prune() deletes past and rollup queries never read past. */
+export const rollupRetentionMs = (bucketMs: (typeof ROLLUP_BUCKETS_MS)[number], retention: RollupRetention): number =>
+  bucketMs === ROLLUP_BUCKETS_MS[0] ? retention.minuteMs : retention.hourMs;
+
 /** Receives each newly stored record inside the commit's transaction (drift rollups). */
 export type RecordSink = (deviceId: string, record: TelemetryRecord, correctedTimeMs: number) => void;
 
@@ -240,11 +250,10 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
   }
 
   /** Retention: raw records by arrival time, rollups by bucket start. Returns rows deleted. */
-  prune(nowMs: number, retention: { rawMs: number; minuteMs: number; hourMs: number }): number {
+  prune(nowMs: number, retention: RollupRetention & { rawMs: number }): number {
     let n = this.db.prepare('DELETE FROM telemetry_records WHERE received_ms < ?').run(nowMs - retention.rawMs).changes;
     const del = this.db.prepare('DELETE FROM telemetry_rollups WHERE bucket_ms = ? AND bucket_start < ?');
-    n += del.run(ROLLUP_BUCKETS_MS[0], nowMs - retention.minuteMs).changes;
-    n += del.run(ROLLUP_BUCKETS_MS[1], nowMs - retention.hourMs).changes;
+    for (const bucketMs of ROLLUP_BUCKETS_MS) n += del.run(bucketMs, nowMs - rollupRetentionMs(bucketMs, retention)).changes;
     return n;
   }
 

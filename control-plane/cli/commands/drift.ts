@@ -1,12 +1,14 @@
 import type { ServiceError } from '@grpc/grpc-js';
 import type { Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
 import { DriftEvent, DriftServiceClient, DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
-import { durationMs, integer } from '../arguments.js';
+import { durationMs, integer, sinceMs } from '../arguments.js';
 import { withConnection } from '../context.js';
 
 /** How a cohort is shown; `--cohort "(fleet)"` selects the whole-fleet events. */
 const FLEET = '(fleet)';
+const percent = (share: number): string => `${Math.round(share * 100)}%`;
+
+/** An event as a row of `drift events`, and as the line `drift events --watch` prints. */
 const EVENT_COLUMNS = ['ID', 'AT', 'MODEL', 'VERSION', 'COHORT', 'FROM', 'TO', 'DRIFTED', 'MAX PSI', 'ROWS', 'DEVICES', 'DRIFTED FEATURES'];
 const eventRow = (e: DriftEvent): Array<string | number> => [
   e.id,
@@ -16,12 +18,14 @@ const eventRow = (e: DriftEvent): Array<string | number> => [
   e.cohort || FLEET,
   e.previousStatus,
   e.status,
-  `${Math.round(e.driftedShare * 100)}%`,
+  percent(e.driftedShare),
   e.maxPsi.toFixed(3),
   e.rows,
   e.devices,
   e.driftedFeatures.join(',') || '-',
 ];
+const eventLine = (e: DriftEvent): string =>
+  `${new Date(e.atMs).toISOString()} #${e.id} ${e.model}@v${e.version} ${e.cohort || FLEET} ${e.previousStatus} -> ${e.status} drifted ${percent(e.driftedShare)} max psi ${e.maxPsi.toFixed(3)}${e.driftedFeatures.length ? ` (${e.driftedFeatures.join(', ')})` : ''}`;
 
 export function registerDrift(program: Command): void {
   const drift = program.command('drift').description('fleet drift of a model, from the sketches devices send');
@@ -39,18 +43,18 @@ export function registerDrift(program: Command): void {
         const { statuses } = await connection.call(client, 'getDriftStatus', {
           model: options.model,
           version: options.version ?? 0,
-          sinceMs: options.since === undefined ? 0 : systemClock.now() - options.since,
+          sinceMs: sinceMs(options.since),
         });
         output.result({ statuses: statuses.map((s) => DriftStatus.toJSON(s)) }, () => {
           output.table(
             ['VERSION', 'COHORT', 'STATUS', 'DEVICES', 'ROWS', 'DRIFTED', 'MAX PSI', 'PREDICTIONS PSI', 'LATENCY P95', 'ERRORS'],
             statuses.map((s) => [
               s.version,
-              s.cohort || '(fleet)',
+              s.cohort || FLEET,
               s.status,
               s.devices,
               s.rows,
-              `${Math.round(s.driftedShare * 100)}%`,
+              percent(s.driftedShare),
               s.features.length ? Math.max(...s.features.map((f) => f.psi)).toFixed(3) : '-',
               s.predictions ? s.predictions.psi.toFixed(3) : '-',
               `${s.latencyP95Ms.toFixed(1)} ms`,
@@ -60,7 +64,7 @@ export function registerDrift(program: Command): void {
           for (const s of statuses) {
             const shown = s.features.filter((f) => options.features || f.drifted);
             if (shown.length === 0) continue;
-            output.line(`\n${options.model}@v${s.version} ${s.cohort || '(fleet)'}:`);
+            output.line(`\n${options.model}@v${s.version} ${s.cohort || FLEET}:`);
             output.table(
               ['FEATURE', 'STATUS', 'PSI', 'JS', 'HELLINGER', 'KS', 'WASSERSTEIN', 'P (BH)', 'DRIFTED'],
               shown.map((f) => [f.name, f.status, f.psi.toFixed(3), f.jensenShannon.toFixed(3), f.hellinger.toFixed(3), f.ks.toFixed(3), f.wasserstein.toPrecision(3), f.pAdjusted.toExponential(1), f.drifted ? 'yes' : 'no']),
@@ -87,7 +91,7 @@ export function registerDrift(program: Command): void {
           model: options.model ?? '',
           version: options.version ?? 0,
           cohort: options.cohort === undefined ? undefined : options.cohort === FLEET ? '' : options.cohort,
-          sinceMs: options.since === undefined ? 0 : systemClock.now() - options.since,
+          sinceMs: sinceMs(options.since),
           afterId: options.afterId ?? 0,
           limit: options.limit ?? 0,
         };
@@ -100,10 +104,7 @@ export function registerDrift(program: Command): void {
         }
         await new Promise<void>((resolve, reject) => {
           const stream = client.watchDriftEvents(request, connection.metadata(), connection.callOptions('stream'));
-          stream.on('data', (e: DriftEvent) => {
-            if (output.json) output.line(JSON.stringify(DriftEvent.toJSON(e)));
-            else output.line(`${new Date(e.atMs).toISOString()} #${e.id} ${e.model}@v${e.version} ${e.cohort || FLEET} ${e.previousStatus} -> ${e.status} drifted ${Math.round(e.driftedShare * 100)}% max psi ${e.maxPsi.toFixed(3)}${e.driftedFeatures.length ? ` (${e.driftedFeatures.join(', ')})` : ''}`);
-          });
+          stream.on('data', (e: DriftEvent) => output.line(output.json ? JSON.stringify(DriftEvent.toJSON(e)) : eventLine(e)));
           stream.on('end', () => resolve());
           stream.on('error', (err: ServiceError) => reject(err));
         });

@@ -8,7 +8,7 @@ import {
   TelemetryServiceClient,
   TelemetrySummary,
 } from '../../../common/proto/driftline/v1/telemetry.js';
-import { durationMs, integer } from '../arguments.js';
+import { durationMs, integer, sinceMs } from '../arguments.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
 
@@ -26,7 +26,7 @@ export function registerTelemetry(program: Command): void {
         const now = systemClock.now();
         const summary = await connection.call(client, 'getSummary', {
           deviceId: options.device ?? '',
-          sinceMs: options.since === undefined ? 0 : now - options.since,
+          sinceMs: sinceMs(options.since, now),
         });
         output.result({ ...(TelemetrySummary.toJSON(summary) as object), devices: summary.devices.map((d) => DeviceTelemetry.toJSON(d)) }, () => {
           output.table(
@@ -74,7 +74,7 @@ export function registerTelemetry(program: Command): void {
             selector: options.selector ?? '',
             groupBy: GROUP_BY[options.by],
             bucket: BUCKET[options.bucket],
-            sinceMs: options.since === undefined ? 0 : systemClock.now() - options.since,
+            sinceMs: sinceMs(options.since),
             limit: options.limit ?? 0,
           });
           output.result({ rows: result.rows.map((r) => TelemetryRollup.toJSON(r)), truncated: result.truncated }, () => {
