@@ -255,6 +255,8 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
     },
     async shutdown() {
       clearInterval(staleTimer);
+      // Connections still logging in are no session of aedes' yet: closing the broker would not end them.
+      for (const gate of pending.keys()) gate.destroy();
       // Closing the broker ends the client connections the server would otherwise wait for.
       await new Promise<void>((resolve) => broker.close(() => resolve()));
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -93,12 +93,6 @@ export class MqttPacketGate extends Duplex {
 
   /** Walks the chunk's framing; false (and the socket destroyed) when it holds something to refuse. */
   private inspect(chunk: Buffer): boolean {
-    if (!this.authenticated) {
-      this.bytesBeforeLogin += chunk.length;
-      if (this.bytesBeforeLogin > this.limits.unauthenticatedBytes) {
-        return this.refuse('unauthenticated_budget', this.bytesBeforeLogin, this.limits.unauthenticatedBytes);
-      }
-    }
     let i = 0;
     while (i < chunk.length) {
       if (this.phase === 'body') {
@@ -125,6 +119,12 @@ export class MqttPacketGate extends Duplex {
       if (this.length > this.limit()) return this.refuse('oversized', this.length, this.limit());
       this.bodyLeft = this.length;
       this.phase = this.length > 0 ? 'body' : 'type';
+    }
+    if (!this.authenticated) {
+      this.bytesBeforeLogin += chunk.length;
+      if (this.bytesBeforeLogin > this.limits.unauthenticatedBytes) {
+        return this.refuse('unauthenticated_budget', this.bytesBeforeLogin, this.limits.unauthenticatedBytes);
+      }
     }
     return true;
   }
