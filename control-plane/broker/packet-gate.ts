@@ -64,15 +64,6 @@ export class MqttPacketGate extends Duplex {
     this.authenticated = true;
   }
 
-  get isAuthenticated(): boolean {
-    return this.authenticated;
-  }
-
-  /** Bytes of the underlying socket, for the broker's own bookkeeping. */
-  get rawSocket(): Duplex {
-    return this.socket;
-  }
-
   override _read(): void {
     this.socket.resume();
   }
