@@ -7,6 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { systemClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { startEmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
+import { parseControlPlaneConfig } from '../control-plane/config.js';
 import { connectServiceLink, serviceClientId, type ServiceLink } from '../control-plane/broker/service-link.js';
 import { openDatabase } from '../control-plane/store/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
@@ -14,7 +15,18 @@ import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-tel
 
 const { dir, deviceId } = workerData as { dir: string; deviceId: string };
 const logger = silentLogger();
-const broker = await startEmbeddedBroker({ host: '127.0.0.1', port: 0, maxPacketBytes: 4 * 1024 * 1024, verifyDeviceCredential: (id) => (id === deviceId ? 'ok' : 'unknown'), logger });
+const { mqtt } = parseControlPlaneConfig({ dataDir: dir });
+const broker = await startEmbeddedBroker({
+  host: '127.0.0.1',
+  port: 0,
+  maxPacketBytes: 4 * 1024 * 1024,
+  maxConnectPacketBytes: mqtt.maxConnectPacketBytes,
+  maxPendingConnections: mqtt.maxPendingConnections,
+  connectTimeoutMs: mqtt.connectTimeout,
+  refusalLogIntervalMs: mqtt.refusalLogInterval,
+  verifyDeviceCredential: (id) => (id === deviceId ? 'ok' : 'unknown'),
+  logger,
+});
 const db = openDatabase(join(dir, 'control-plane.db'));
 const repository = new SqliteTelemetryRepository(db);
 let link: ServiceLink | undefined;

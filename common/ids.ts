@@ -5,7 +5,8 @@ import { DriftlineError } from './errors.js';
  * are kept to a conservative alphabet: this refuses `+`, `#`, `/`, `$SYS`, `__proto__`,
  * empty strings and anything longer than 64 characters.
  */
-const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export const MAX_DEVICE_ID_LENGTH = 64;
+const DEVICE_ID = new RegExp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_DEVICE_ID_LENGTH - 1}}$`);
 const MODEL_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const LABEL_KEY = /^[a-z0-9][a-z0-9._/-]{0,62}$/;
 const FORBIDDEN_WORDS = new Set(['__proto__', 'constructor', 'prototype']);

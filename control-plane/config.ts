@@ -32,6 +32,14 @@ export const controlPlaneConfigSchema = z
         /** The broker URL handed to devices at enrollment; defaults to the broker's own address. */
         advertisedUrl: z.string().regex(/^mqtts?:\/\//).optional(),
         maxPacketBytes: byteSize.prefault('1MiB'),
+        /** Embedded broker: largest packet, and total bytes, a connection may send before it has logged in (a CONNECT is a few hundred bytes). */
+        maxConnectPacketBytes: byteSize.prefault('8KiB'),
+        /** Embedded broker: connections accepted but not yet logged in, at most. */
+        maxPendingConnections: z.number().int().positive().default(1000),
+        /** Embedded broker: a connection that has not logged in within this is closed. */
+        connectTimeout: duration.prefault('10s'),
+        /** Embedded broker: at most one log line per refusal reason per interval, with a count of those left out. */
+        refusalLogInterval: duration.prefault('10s'),
       })
       .strict()
       .prefault({}),

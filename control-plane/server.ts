@@ -103,6 +103,11 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
         port: config.mqtt.port,
         tls: config.mqtt.tls,
         maxPacketBytes: config.mqtt.maxPacketBytes,
+        maxConnectPacketBytes: config.mqtt.maxConnectPacketBytes,
+        maxPendingConnections: config.mqtt.maxPendingConnections,
+        connectTimeoutMs: config.mqtt.connectTimeout,
+        refusalLogIntervalMs: config.mqtt.refusalLogInterval,
+        clock,
         verifyDeviceCredential,
         logger,
       });
@@ -145,6 +150,10 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     gauge('driftline_ingest_rejected_batches_total', 'Telemetry batches rejected as malformed', () => ingest.stats.rejectedBatches);
     gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => embedded?.stats.refusedConnects ?? 0);
     gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => embedded?.stats.refusedPublishes ?? 0);
+    gauge('driftline_broker_refused_packets_total', 'MQTT packets refused on their fixed header (too large before or after login)', () => embedded?.stats.refusedPackets ?? 0);
+    gauge('driftline_broker_refused_connections_total', 'MQTT connections closed on arrival: too many waiting to log in', () => embedded?.stats.refusedConnections ?? 0);
+    gauge('driftline_broker_connect_timeouts_total', 'MQTT connections closed for not logging in within mqtt.connectTimeout', () => embedded?.stats.connectTimeouts ?? 0);
+    gauge('driftline_broker_pending_connections', 'MQTT connections accepted and not yet logged in', () => embedded?.pendingConnections ?? 0);
     gauge('driftline_ingest_lag_seconds', 'Age of the oldest record in the last committed batch (device clock corrected)', () => ingest.stats.lagMs / 1000);
     gauge('driftline_drift_sketches_rejected_total', 'Drift sketches stored but left out of the rollups', () => drift.rejectedSketches);
     new Gauge({

@@ -4,7 +4,7 @@ import { silentLogger } from '../common/logger.js';
 import { downTopic, upTopic } from '../common/topics.js';
 import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe } from '../control-plane/broker/device-acl.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
-import { closed, connectClient } from './helpers/mqtt.js';
+import { closed, connectClient, defaultBrokerLimits } from './helpers/mqtt.js';
 
 const secrets: Record<string, string> = { 'dev-a': 'secret-a', 'dev-b': 'secret-b', 'dev-gone': 'secret-gone' };
 
@@ -47,6 +47,7 @@ describe('embedded broker', () => {
       host: '127.0.0.1',
       port: 0,
       maxPacketBytes: 64 * 1024,
+      ...defaultBrokerLimits(),
       logger: silentLogger(),
       verifyDeviceCredential: (id, secret) =>
         id === 'dev-gone' ? 'decommissioned' : !(id in secrets) ? 'unknown' : secrets[id] === secret ? 'ok' : 'bad_secret',

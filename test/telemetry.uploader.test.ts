@@ -14,6 +14,7 @@ import { openDatabase } from '../control-plane/store/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
 import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
 import { waitFor } from './helpers/processes.js';
+import { defaultBrokerLimits } from './helpers/mqtt.js';
 
 /**
  * The uploader against the real embedded broker and ingest, no faults: a backlog drains by
@@ -33,7 +34,7 @@ describe('telemetry uploader draining a backlog', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-uploader-'));
-    broker = await startEmbeddedBroker({ host: '127.0.0.1', port: 0, maxPacketBytes: 1024 * 1024, verifyDeviceCredential: (id) => (id.startsWith(DEVICE) ? 'ok' : 'unknown'), logger });
+    broker = await startEmbeddedBroker({ host: '127.0.0.1', port: 0, maxPacketBytes: 1024 * 1024, ...defaultBrokerLimits(), verifyDeviceCredential: (id) => (id.startsWith(DEVICE) ? 'ok' : 'unknown'), logger });
     db = openDatabase(join(dir, 'control-plane.db'));
     ingest = new TelemetryIngest({
       repository: new SqliteTelemetryRepository(db),

@@ -1,11 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer, type AddressInfo, type Server } from 'node:net';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { createServer as createTlsServer } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
+import { systemClock, type Clock } from '../../common/clock.js';
+import { MAX_DEVICE_ID_LENGTH } from '../../common/ids.js';
+import { LogThrottle } from '../../common/log-throttle.js';
 import type { Logger } from '../../common/logger.js';
+import { UP_CHANNELS, upTopic } from '../../common/topics.js';
+import { truncateUntrusted } from '../../common/untrusted-text.js';
 import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe, checkDeviceWill } from './device-acl.js';
+import { MqttPacketGate, type GateRefusal } from './packet-gate.js';
 
 export type CredentialVerdict = 'ok' | 'unknown' | 'decommissioned' | 'bad_secret';
 
@@ -13,7 +19,17 @@ export interface EmbeddedBrokerOptions {
   host: string;
   port: number;
   tls?: { cert: string; key: string } | undefined;
+  /** Largest publish payload after login; a packet's header may claim this plus the longest device topic. */
   maxPacketBytes: number;
+  /** Largest packet, and total bytes, a connection may send before it has logged in. */
+  maxConnectPacketBytes: number;
+  /** Connections accepted but not yet logged in, at most; more are closed on arrival. */
+  maxPendingConnections: number;
+  /** A connection that has not logged in within this is closed (also the TLS handshake's limit). */
+  connectTimeoutMs: number;
+  /** At most one log line per refusal reason per interval; the next line says how many were left out. */
+  refusalLogIntervalMs: number;
+  clock?: Clock | undefined;
   verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict;
   logger: Logger;
 }
@@ -26,9 +42,37 @@ export interface EmbeddedBroker {
   /** A connection into the broker that never touches the network (for the control plane's own session). */
   connectInProcess(): Duplex;
   disconnectDevice(deviceId: string): void;
-  readonly stats: { refusedConnects: number; refusedPublishes: number; refusedSubscribes: number };
+  readonly stats: BrokerStats;
+  /** Connections accepted and not yet logged in. */
+  readonly pendingConnections: number;
+  /**
+   * Closes connections that have not logged in within connectTimeoutMs of the clock. Runs on a
+   * timer; tests with a ManualClock advance it and call this themselves.
+   */
+  closeStaleConnections(): number;
   shutdown(): Promise<void>;
 }
+
+export interface BrokerStats {
+  refusedConnects: number;
+  refusedPublishes: number;
+  refusedSubscribes: number;
+  /** Packets refused on their fixed header (too large for the connection's state, or malformed). */
+  refusedPackets: number;
+  /** Connections closed on arrival because maxPendingConnections were already waiting to log in. */
+  refusedConnections: number;
+  /** Connections closed because they had not logged in within connectTimeoutMs. */
+  connectTimeouts: number;
+}
+
+/** PUBLISH's variable header around the topic: two bytes of topic length, two of packet id (MQTT 3.1.1). */
+const PUBLISH_HEADER_BYTES = 4;
+
+/** The longest topic a device may publish to: the header allowance over maxPacketBytes. */
+const MAX_DEVICE_TOPIC_BYTES = Math.max(...UP_CHANNELS.map((channel) => Buffer.byteLength(upTopic('x'.repeat(MAX_DEVICE_ID_LENGTH), channel))));
+
+/** How often, within one connect timeout, stale connections are looked for. */
+const STALE_CHECKS_PER_TIMEOUT = 4;
 
 const SERVICE_USERNAME = 'driftline-control-plane';
 const SERVICE_CLIENT_PREFIX = 'driftline-cp-';
@@ -37,6 +81,8 @@ const SERVICE_CLIENT_PREFIX = 'driftline-cp-';
 const IDENTIFIER_REJECTED = 2;
 const BAD_USERNAME_OR_PASSWORD = 4;
 const NOT_AUTHORIZED = 5;
+/** MQTT control packet type of PUBLISH. */
+const MQTT_PUBLISH = 3;
 
 function authError(returnCode: number, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
@@ -49,37 +95,52 @@ function authError(returnCode: number, message: string): AuthenticateError {
  */
 export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promise<EmbeddedBroker> {
   const { logger } = options;
+  const clock = options.clock ?? systemClock;
   const servicePassword = randomBytes(32).toString('base64url');
   const serviceClients = new WeakSet<Client>();
-  const stats = { refusedConnects: 0, refusedPublishes: 0, refusedSubscribes: 0 };
+  const stats: BrokerStats = { refusedConnects: 0, refusedPublishes: 0, refusedSubscribes: 0, refusedPackets: 0, refusedConnections: 0, connectTimeouts: 0 };
+  // Every refusal below can be triggered by anyone who reaches the port, as fast as they can
+  // send: the log carries at most one line per refusal per interval, and untrusted text
+  // (client ids, user names, topics) only truncated, once per line.
+  const throttle = new LogThrottle({ clock, intervalMs: options.refusalLogIntervalMs });
+  const logRefusal = (refusal: string, fields: Record<string, unknown>, message: string): void => {
+    const admitted = throttle.admit(refusal);
+    if (admitted) logger.warn({ refusal, ...fields, ...(admitted.suppressed > 0 ? { suppressed: admitted.suppressed } : {}) }, message);
+  };
 
   const broker = await Aedes.createBroker({
     // Device ids are up to 64 characters; MQTT 3.1's 23-character limit does not apply to 3.1.1.
-    maxClientsIdLength: 64,
+    maxClientsIdLength: MAX_DEVICE_ID_LENGTH,
+    // A backstop on real time: aedes stops this timer once CONNECT arrives; ours
+    // (closeStaleConnections, on the injected clock) runs until the login completes.
+    connectTimeout: options.connectTimeoutMs,
     authenticate(client, username, password, done) {
       if (username === SERVICE_USERNAME) {
         const ok = client.id.startsWith(SERVICE_CLIENT_PREFIX) && password?.toString() === servicePassword;
         if (ok) serviceClients.add(client);
-        else stats.refusedConnects++;
+        else {
+          stats.refusedConnects++;
+          logRefusal('service_credential', { clientId: truncateUntrusted(client.id) }, 'mqtt connect refused: bad service credential');
+        }
         return ok ? done(null, true) : done(authError(BAD_USERNAME_OR_PASSWORD, 'bad service credential'), false);
       }
       const identity = checkClientIdentity(client.id, username);
       if (!identity.allowed) {
         stats.refusedConnects++;
-        logger.warn({ clientId: client.id, reason: identity.reason }, 'mqtt connect refused');
+        logRefusal('identity', { clientId: truncateUntrusted(client.id), username: truncateUntrusted(username), detail: identity.reason }, 'mqtt connect refused');
         return done(authError(IDENTIFIER_REJECTED, identity.reason), false);
       }
       const will = (client as unknown as { _will?: { topic: string; retain: boolean } })._will;
       const willDecision = checkDeviceWill(client.id, will);
       if (!willDecision.allowed) {
         stats.refusedConnects++;
-        logger.warn({ deviceId: client.id, reason: willDecision.reason }, 'mqtt connect refused: will message');
+        logRefusal('will', { deviceId: client.id, topic: truncateUntrusted(will?.topic), detail: willDecision.reason }, 'mqtt connect refused: will message');
         return done(authError(NOT_AUTHORIZED, willDecision.reason), false);
       }
       const verdict = options.verifyDeviceCredential(client.id, password?.toString() ?? '');
       if (verdict === 'ok') return done(null, true);
       stats.refusedConnects++;
-      logger.warn({ deviceId: client.id, verdict }, 'mqtt connect refused');
+      logRefusal(`credential_${verdict}`, { deviceId: client.id, verdict }, 'mqtt connect refused');
       return done(authError(verdict === 'decommissioned' ? NOT_AUTHORIZED : BAD_USERNAME_OR_PASSWORD, verdict), false);
     },
     authorizePublish(client, packet, done) {
@@ -95,7 +156,7 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
       if (decision.allowed && !tooLarge) return done(null);
       stats.refusedPublishes++;
       const reason = tooLarge ? `payload of ${payloadBytes} bytes exceeds ${options.maxPacketBytes}` : (decision as { reason: string }).reason;
-      logger.warn({ deviceId: client.id, topic: packet.topic, reason }, 'mqtt publish refused; disconnecting');
+      logRefusal(tooLarge ? 'publish_too_large' : 'publish_acl', { deviceId: client.id, topic: truncateUntrusted(packet.topic), detail: reason }, 'mqtt publish refused; disconnecting');
       done(new Error(reason));
     },
     authorizeSubscribe(client, subscription, done) {
@@ -103,22 +164,71 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
       const decision = checkDeviceSubscribe(client.id, subscription.topic);
       if (decision.allowed) return done(null, subscription);
       stats.refusedSubscribes++;
-      logger.warn({ deviceId: client.id, filter: subscription.topic, reason: decision.reason }, 'mqtt subscribe refused');
+      logRefusal('subscribe_acl', { deviceId: client.id, filter: truncateUntrusted(subscription.topic), detail: decision.reason }, 'mqtt subscribe refused');
       done(null, null); // negative SUBACK (0x80), the connection stays up
     },
   });
 
+  // Connections from the network, gated, with when they were accepted, until they log in.
+  const pending = new Map<MqttPacketGate, number>();
+  const gateLimits = {
+    unauthenticatedBytes: options.maxConnectPacketBytes,
+    authenticatedPacketBytes: options.maxPacketBytes + PUBLISH_HEADER_BYTES + MAX_DEVICE_TOPIC_BYTES,
+  };
+  const onGateRefusal = (refusal: GateRefusal): void => {
+    stats.refusedPackets++;
+    // A publish refused on its header is a refused publish too, as when its payload is checked.
+    if (refusal.authenticated && refusal.packetType === MQTT_PUBLISH) stats.refusedPublishes++;
+    logRefusal(`packet_${refusal.reason}`, { ...refusal }, 'mqtt packet refused on its header; connection closed');
+  };
+  const accept = (socket: Socket): void => {
+    if (pending.size >= options.maxPendingConnections) {
+      stats.refusedConnections++;
+      logRefusal('too_many_pending', { pending: pending.size, limit: options.maxPendingConnections }, 'mqtt connection refused: too many connections waiting to log in');
+      socket.destroy();
+      return;
+    }
+    const gate = new MqttPacketGate(socket, gateLimits, onGateRefusal);
+    pending.set(gate, clock.now());
+    gate.once('close', () => pending.delete(gate));
+    broker.handle(gate);
+  };
+  const closeStaleConnections = (): number => {
+    const now = clock.now();
+    let closed = 0;
+    for (const [gate, acceptedAt] of pending) {
+      if (now - acceptedAt < options.connectTimeoutMs) continue;
+      pending.delete(gate);
+      stats.connectTimeouts++;
+      closed++;
+      gate.destroy();
+    }
+    if (closed > 0) logRefusal('connect_timeout', { closed, timeoutMs: options.connectTimeoutMs }, 'mqtt connections closed: no login within the connect timeout');
+    return closed;
+  };
+  const staleTimer = setInterval(closeStaleConnections, Math.max(1, Math.floor(options.connectTimeoutMs / STALE_CHECKS_PER_TIMEOUT)));
+  staleTimer.unref();
+
   const clientsById = new Map<string, Client>();
-  // 'client' fires when the session registers, before the CONNACK goes out.
-  broker.on('client', (client) => clientsById.set(client.id, client));
+  // 'client' fires when the session registers (after authenticate), before the CONNACK goes out.
+  broker.on('client', (client) => {
+    clientsById.set(client.id, client);
+    const conn: unknown = client.conn;
+    if (conn instanceof MqttPacketGate) {
+      conn.markAuthenticated();
+      pending.delete(conn);
+    }
+  });
   broker.on('clientDisconnect', (client) => {
     if (clientsById.get(client.id) === client) clientsById.delete(client.id);
   });
-  broker.on('clientError', (client, err) => logger.debug({ clientId: client.id, err: err.message }, 'mqtt client error'));
+  broker.on('clientError', (client, err) =>
+    logger.debug({ clientId: truncateUntrusted(client.id), err: truncateUntrusted(err.message) }, 'mqtt client error'),
+  );
 
   const server: Server = options.tls
-    ? createTlsServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key) }, broker.handle)
-    : createServer(broker.handle);
+    ? createTlsServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key), handshakeTimeout: options.connectTimeoutMs }, accept)
+    : createServer(accept);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());
@@ -131,6 +241,10 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
     url,
     serviceCredential: { clientIdPrefix: SERVICE_CLIENT_PREFIX, username: SERVICE_USERNAME, password: servicePassword },
     stats,
+    get pendingConnections() {
+      return pending.size;
+    },
+    closeStaleConnections,
     connectInProcess() {
       const [ours, theirs] = duplexPair();
       broker.handle(theirs);
@@ -140,6 +254,9 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
       clientsById.get(deviceId)?.close();
     },
     async shutdown() {
+      clearInterval(staleTimer);
+      // Connections still logging in are no session of aedes' yet: closing the broker would not end them.
+      for (const gate of pending.keys()) gate.destroy();
       // Closing the broker ends the client connections the server would otherwise wait for.
       await new Promise<void>((resolve) => broker.close(() => resolve()));
       await new Promise<void>((resolve) => server.close(() => resolve()));

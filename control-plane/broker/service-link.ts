@@ -5,6 +5,7 @@ import mqtt, { MqttClient, type IClientOptions } from 'mqtt';
 import { DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import { ALL_UP_FILTER, downTopic, parseUpTopic, type DownChannel, type UpChannel } from '../../common/topics.js';
+import { truncateUntrusted } from '../../common/untrusted-text.js';
 
 export interface ServiceLinkOptions {
   /** Where the broker is; for the embedded broker, `connect` opens an in-process stream instead. */
@@ -51,7 +52,7 @@ export async function connectServiceLink(options: ServiceLinkOptions): Promise<S
     const topic = packet.topic;
     const parsed = parseUpTopic(topic);
     if (!parsed) {
-      logger.warn({ topic }, 'ignoring message on unexpected topic');
+      logger.warn({ topic: truncateUntrusted(topic) }, 'ignoring message on unexpected topic');
       return done();
     }
     const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;

@@ -1,4 +1,6 @@
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { EmbeddedBrokerOptions } from '../../control-plane/broker/embedded-broker.js';
+import { parseControlPlaneConfig } from '../../control-plane/config.js';
 
 /** Connects and resolves with the client, or rejects with the CONNACK refusal. */
 export function connectClient(url: string, options: IClientOptions): Promise<MqttClient> {
@@ -14,3 +16,17 @@ export function connectClient(url: string, options: IClientOptions): Promise<Mqt
 
 /** Resolves once the client's connection closes (e.g. the broker dropped it). */
 export const closed = (client: MqttClient): Promise<void> => new Promise((resolve) => client.once('close', () => resolve()));
+
+/** The embedded broker's connection limits as `driftline serve` configures them by default, with overrides. */
+export function defaultBrokerLimits(overrides: Partial<BrokerLimits> = {}): BrokerLimits {
+  const { mqtt: config } = parseControlPlaneConfig({ dataDir: '.' });
+  return {
+    maxConnectPacketBytes: config.maxConnectPacketBytes,
+    maxPendingConnections: config.maxPendingConnections,
+    connectTimeoutMs: config.connectTimeout,
+    refusalLogIntervalMs: config.refusalLogInterval,
+    ...overrides,
+  };
+}
+
+type BrokerLimits = Pick<EmbeddedBrokerOptions, 'maxConnectPacketBytes' | 'maxPendingConnections' | 'connectTimeoutMs' | 'refusalLogIntervalMs'>;
