@@ -1,10 +1,10 @@
-import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import type { Logger } from '../common/logger.js';
+import { ensurePrivateDir } from '../common/private-files.js';
 import { DesiredState } from '../common/proto/driftline/v1/device_link.js';
 import { startGrpcServer } from './api/grpc-server.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './broker/embedded-broker.js';
@@ -54,7 +54,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const config = parseControlPlaneConfig(input);
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  // Created or tightened to 0700: it holds device secrets, tokens and telemetry.
+  ensurePrivateDir(config.dataDir);
 
   const db = openDatabase(join(config.dataDir, 'control-plane.db'));
   const fleet = new FleetStore(db);
