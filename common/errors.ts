@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   MODEL_NOT_LOADED: 'unavailable',
   MODEL_CHECKSUM_MISMATCH: 'invalid',
   ARTIFACT_NOT_FOUND: 'not_found',
+  ARTIFACT_FORBIDDEN: 'forbidden',
   UPLOAD_INCOMPLETE: 'invalid',
   INFERENCE_INPUT_INVALID: 'invalid',
   INFERENCE_FAILED: 'internal',

@@ -12,6 +12,7 @@ import { connectServiceLink, serviceClientId, type ServiceLink } from './broker/
 import { parseControlPlaneConfig, type ControlPlaneConfigInput } from './config.js';
 import { FleetStore } from './fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js';
+import { mayDownloadArtifact } from './registry/artifact-grants.js';
 import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
@@ -177,11 +178,19 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       return fleet.list().filter((d) => d.lastSeenMs >= since).length;
     });
 
+    const rolloutRepository = new SqliteRolloutRepository(db);
     const artifactServer = await startArtifactServer({
       host: config.http.host,
       port: config.http.port,
       artifacts,
       verifyDeviceCredential,
+      mayDownload: (deviceId, sha256) =>
+        mayDownloadArtifact(deviceId, sha256, {
+          desired: (id) => fleet.getDesired(id),
+          activeRollouts: () => rolloutRepository.list({ activeOnly: true }).map((r) => ({ model: r.plan.model, version: r.plan.version, sentTo: r.targets.slice(0, r.touched) })),
+          sha256Of: (model, version) => registry.resolve(model, version).sha256,
+        }),
+      authenticateOperator: (token) => tokens.authenticate(token) !== undefined,
       metrics,
       health: () => ({ ok: link?.connected ?? false, details: { brokerConnected: link?.connected ?? false, broker: embedded ? 'embedded' : 'external' } }),
       logger,
@@ -193,7 +202,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
     const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
-      repository: new SqliteRolloutRepository(db),
+      repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
       metrics: new SqliteCohortMetrics(db),
       publisher: new DesiredStatePublisher({ fleet, registry, releases, publishDesired, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
