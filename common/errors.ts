@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   ENROLLMENT_TOKEN_INVALID: 'unauthenticated',
   ENROLLMENT_TOKEN_USED: 'unauthenticated',
   ENROLLMENT_TOKEN_EXPIRED: 'unauthenticated',
+  ENROLLMENT_TOKEN_REVOKED: 'unauthenticated',
   DEVICE_NOT_FOUND: 'not_found',
   DEVICE_DECOMMISSIONED: 'forbidden',
   DEVICE_ALREADY_ENROLLED: 'conflict',
