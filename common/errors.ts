@@ -77,6 +77,7 @@ export const ERROR_CODES = {
   RELEASE_INCOMPATIBLE: 'invalid',
   RELEASE_SELF_TEST_FAILED: 'invalid',
   RELEASE_CONFLICT: 'conflict',
+  RELEASE_NOT_DEPLOYABLE: 'conflict',
   RELEASE_ACTIVATION_INTERRUPTED: 'internal',
   DOWNLOAD_TIMEOUT: 'deadline',
   KEYS_EXIST: 'conflict',

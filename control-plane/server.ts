@@ -16,7 +16,7 @@ import { mayDownloadArtifact } from './registry/artifact-grants.js';
 import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
-import { openReleaseStore } from './registry/release-trust.js';
+import { openReleaseStore, watchTrust } from './registry/release-trust.js';
 import { driftSourceFrom } from './rollout/drift-adapter.js';
 import { RolloutDriver } from './rollout/driver.js';
 import { RolloutEngine } from './rollout/engine.js';
@@ -178,6 +178,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       return fleet.list().filter((d) => d.lastSeenMs >= since).length;
     });
 
+    const trustWarnings = watchTrust({ releases, fleet, config: config.trust, logger });
+    closers.push(async () => trustWarnings.stop());
     const rolloutRepository = new SqliteRolloutRepository(db);
     const artifactServer = await startArtifactServer({
       host: config.http.host,
@@ -192,7 +194,10 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
         }),
       authenticateOperator: (token) => tokens.authenticate(token) !== undefined,
       metrics,
-      health: () => ({ ok: link?.connected ?? false, details: { brokerConnected: link?.connected ?? false, broker: embedded ? 'embedded' : 'external' } }),
+      health: () => ({
+        ok: link?.connected ?? false,
+        details: { brokerConnected: link?.connected ?? false, broker: embedded ? 'embedded' : 'external', trust: { root: releases.rootVersion() ?? null, warnings: trustWarnings.current() } },
+      }),
       logger,
     });
     closers.push(() => artifactServer.close());
