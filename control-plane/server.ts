@@ -12,7 +12,7 @@ import { connectServiceLink, serviceClientId, type ServiceLink } from './broker/
 import { parseControlPlaneConfig, type ControlPlaneConfigInput } from './config.js';
 import { FleetStore } from './fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js';
-import { mayDownloadArtifact } from './registry/artifact-grants.js';
+import { artifactGrantSources, mayDownloadArtifact } from './registry/artifact-grants.js';
 import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
@@ -181,17 +181,13 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     const trustWarnings = watchTrust({ releases, fleet, config: config.trust, logger });
     closers.push(async () => trustWarnings.stop());
     const rolloutRepository = new SqliteRolloutRepository(db);
+    const grants = artifactGrantSources({ fleet, rollouts: rolloutRepository, registry });
     const artifactServer = await startArtifactServer({
       host: config.http.host,
       port: config.http.port,
       artifacts,
       verifyDeviceCredential,
-      mayDownload: (deviceId, sha256) =>
-        mayDownloadArtifact(deviceId, sha256, {
-          desired: (id) => fleet.getDesired(id),
-          activeRollouts: () => rolloutRepository.list({ activeOnly: true }).map((r) => ({ model: r.plan.model, version: r.plan.version, sentTo: r.targets.slice(0, r.touched) })),
-          sha256Of: (model, version) => registry.resolve(model, version).sha256,
-        }),
+      mayDownload: (deviceId, sha256) => mayDownloadArtifact(deviceId, sha256, grants),
       authenticateOperator: (token) => tokens.authenticate(token) !== undefined,
       metrics,
       health: () => ({

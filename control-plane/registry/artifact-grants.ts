@@ -37,3 +37,22 @@ export function artifactsGrantedTo(deviceId: string, sources: ArtifactGrantSourc
 
 export const mayDownloadArtifact = (deviceId: string, sha256: string, sources: ArtifactGrantSources): boolean =>
   artifactsGrantedTo(deviceId, sources).has(sha256);
+
+/** The grant sources of `serve`: desired states from the fleet store, rollouts in flight from their repository, sha256s from the registry. */
+export function artifactGrantSources(deps: {
+  fleet: { getDesired(deviceId: string): DesiredState | undefined };
+  rollouts: { list(options: { activeOnly: boolean }): Array<{ plan: { model: string; version: number }; targets: string[]; touched: number }> };
+  registry: { resolve(name: string, version: number): { sha256: string } };
+}): ArtifactGrantSources {
+  return {
+    desired: (deviceId) => deps.fleet.getDesired(deviceId),
+    activeRollouts: () => deps.rollouts.list({ activeOnly: true }).map((r) => ({ model: r.plan.model, version: r.plan.version, sentTo: r.targets.slice(0, r.touched) })),
+    sha256Of: (model, version) => {
+      try {
+        return deps.registry.resolve(model, version).sha256;
+      } catch {
+        return undefined; // a version gone from the registry grants nothing
+      }
+    },
+  };
+}
