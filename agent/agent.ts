@@ -1,4 +1,3 @@
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import cron, { type ScheduledTask } from 'node-cron';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
@@ -23,6 +22,7 @@ import { runGoldenSelfTest } from './models/golden-self-test.js';
 import { ModelManager } from './models/model-manager.js';
 import { PinnedRoot } from './trust/pinned-root.js';
 import { parseReference, type DriftReference } from '../common/drift/reference.js';
+import { ensurePrivateDir } from '../common/private-files.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
 import { dropAttributes } from './buffer/ports.js';
 import { DriftMonitor } from './drift/monitor.js';
@@ -66,7 +66,8 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   const startedAt = clock.now();
   let state: AgentState = 'starting';
   let finalDepth: number | undefined;
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  // Created or tightened to 0700: it holds the device's credential and its buffered telemetry.
+  ensurePrivateDir(config.dataDir);
 
   // The firmware profile (named, or detected from the host's facts) supplies providers, threads, batching and limits; config overrides.
   const hostFacts = await (deps.hostProbe ?? systemHostProbe()).facts();

@@ -106,6 +106,10 @@ export const controlPlaneConfigSchema = z
         rollbackKey: z.string().min(1).optional(),
         /** Environment variable holding the rollback key's passphrase. */
         rollbackKeyPassphraseEnv: z.string().default('DRIFTLINE_ROLLBACK_KEY_PASSPHRASE'),
+        /** Warn (at start, in /healthz) when the root expires within this. */
+        expiryWarning: duration.prefault('30d'),
+        /** How often the trust warnings are re-evaluated (the root's expiry approaches while serve runs). */
+        checkInterval: duration.prefault('10m'),
       })
       .strict()
       .prefault({}),

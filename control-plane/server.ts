@@ -1,10 +1,10 @@
-import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import type { Logger } from '../common/logger.js';
+import { ensurePrivateDir } from '../common/private-files.js';
 import { DesiredState } from '../common/proto/driftline/v1/device_link.js';
 import { startGrpcServer } from './api/grpc-server.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './broker/embedded-broker.js';
@@ -12,10 +12,11 @@ import { connectServiceLink, serviceClientId, type ServiceLink } from './broker/
 import { parseControlPlaneConfig, type ControlPlaneConfigInput } from './config.js';
 import { FleetStore } from './fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js';
+import { artifactGrantSources, mayDownloadArtifact } from './registry/artifact-grants.js';
 import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
-import { openReleaseStore } from './registry/release-trust.js';
+import { openReleaseStore, watchTrust } from './registry/release-trust.js';
 import { driftSourceFrom } from './rollout/drift-adapter.js';
 import { RolloutDriver } from './rollout/driver.js';
 import { RolloutEngine } from './rollout/engine.js';
@@ -54,7 +55,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const config = parseControlPlaneConfig(input);
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  // Created or tightened to 0700: it holds device secrets, tokens and telemetry.
+  ensurePrivateDir(config.dataDir);
 
   const db = openDatabase(join(config.dataDir, 'control-plane.db'));
   const fleet = new FleetStore(db);
@@ -185,13 +187,22 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       return fleet.list().filter((d) => d.lastSeenMs >= since).length;
     });
 
+    const trustWarnings = watchTrust({ releases, fleet, config: config.trust, logger });
+    closers.push(async () => trustWarnings.stop());
+    const rolloutRepository = new SqliteRolloutRepository(db);
+    const grants = artifactGrantSources({ fleet, rollouts: rolloutRepository, registry });
     const artifactServer = await startArtifactServer({
       host: config.http.host,
       port: config.http.port,
       artifacts,
       verifyDeviceCredential,
+      mayDownload: (deviceId, sha256) => mayDownloadArtifact(deviceId, sha256, grants),
+      authenticateOperator: (token) => tokens.authenticate(token) !== undefined,
       metrics,
-      health: () => ({ ok: link?.connected ?? false, details: { brokerConnected: link?.connected ?? false, broker: embedded ? 'embedded' : 'external' } }),
+      health: () => ({
+        ok: link?.connected ?? false,
+        details: { brokerConnected: link?.connected ?? false, broker: embedded ? 'embedded' : 'external', trust: { root: releases.rootVersion() ?? null, warnings: trustWarnings.current() } },
+      }),
       logger,
     });
     closers.push(() => artifactServer.close());
@@ -201,7 +212,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
     const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
-      repository: new SqliteRolloutRepository(db),
+      repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
       metrics: new SqliteCohortMetrics(db),
       publisher: new DesiredStatePublisher({ fleet, registry, releases, publishDesired, rollbackTtlMs: config.rollout.rollbackTtl, logger }),

@@ -7,7 +7,7 @@
  * acknowledge the device's next valid batch. The broker itself disconnects a device that
  * sends a payload above the packet limit.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
@@ -201,7 +201,7 @@ describe('bad inputs - telemetry from an authenticated device', () => {
   });
 
   async function refusedPublishes(): Promise<number> {
-    const text = await (await fetch(`${cp.addresses.http}/metrics`)).text();
+    const text = await (await fetch(`${cp.addresses.http}/metrics`, { headers: { authorization: `Bearer ${readFileSync(cp.adminTokenFile, 'utf8').trim()}` } })).text();
     return Number(/^driftline_broker_refused_publishes_total (\d+)$/m.exec(text)?.[1] ?? Number.NaN);
   }
 });

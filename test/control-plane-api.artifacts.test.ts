@@ -21,6 +21,9 @@ describe('artifact HTTP server', () => {
   let secret: string;
   let content: Buffer;
   let sha256: string;
+  /** `device/sha256` pairs the device was told to install. */
+  let granted: Set<string>;
+  const OPERATOR_TOKEN = 'dlt_operator';
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-artifacts-'));
@@ -37,11 +40,14 @@ describe('artifact HTTP server', () => {
     sha256 = (await writer.commit()).sha256;
 
     healthy = true;
+    granted = new Set([`edge-1/${sha256}`, `edge-1/${sha256Hex('nothing')}`]);
     server = await startArtifactServer({
       host: '127.0.0.1',
       port: 0,
       artifacts,
       verifyDeviceCredential: (id, password) => fleet.verifyDeviceCredential(id, password),
+      mayDownload: (deviceId, wanted) => granted.has(`${deviceId}/${wanted}`),
+      authenticateOperator: (token) => token === OPERATOR_TOKEN,
       metrics: new Registry(),
       health: () => ({ ok: healthy, details: { db: healthy ? 'ok' : 'down' } }),
       logger: silentLogger(),
@@ -108,12 +114,21 @@ describe('artifact HTTP server', () => {
     expect(res.headers.get('www-authenticate')).toMatch(/^Basic/);
   });
 
-  it('answers 404 for content it does not hold', async () => {
-    expect((await get(`/artifacts/sha256/${sha256Hex('nothing')}`, basic('edge-1', secret))).status).toBe(404);
+  it('answers 404 ARTIFACT_NOT_FOUND for granted content it does not hold', async () => {
+    const missing = await get(`/artifacts/sha256/${sha256Hex('nothing')}`, basic('edge-1', secret));
+    expect([missing.status, missing.headers.get('driftline-error-code')]).toEqual([404, 'ARTIFACT_NOT_FOUND']);
     expect((await get('/artifacts/sha256/../../control-plane.db', basic('edge-1', secret))).status).toBe(404);
   });
 
-  it('serves health and metrics without credentials', async () => {
+  it('answers 403 ARTIFACT_FORBIDDEN for content the device was not granted, whether it exists or not', async () => {
+    granted.clear();
+    for (const wanted of [sha256, sha256Hex('nothing')]) {
+      const res = await get(`/artifacts/sha256/${wanted}`, basic('edge-1', secret));
+      expect([res.status, res.headers.get('driftline-error-code')]).toEqual([403, 'ARTIFACT_FORBIDDEN']);
+    }
+  });
+
+  it('serves health without credentials and metrics only with an operator token', async () => {
     const health = await get('/healthz');
     expect(health.status).toBe(200);
     expect(await health.json()).toEqual({ ok: true, details: { db: 'ok' } });
@@ -121,7 +136,9 @@ describe('artifact HTTP server', () => {
     expect((await get('/healthz')).status).toBe(503);
 
     await get(artifactUrl(), basic('edge-1', secret));
-    const metrics = await (await get('/metrics')).text();
+    expect((await get('/metrics')).status).toBe(401);
+    expect((await get('/metrics', { authorization: 'Bearer dlt_wrong' })).headers.get('driftline-error-code')).toBe('AUTH_INVALID');
+    const metrics = await (await get('/metrics', { authorization: `Bearer ${OPERATOR_TOKEN}` })).text();
     expect(metrics).toContain('driftline_artifact_responses_total{status="200"} 1');
   });
 });

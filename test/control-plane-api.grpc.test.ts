@@ -237,7 +237,7 @@ describe('control-plane gRPC API', () => {
 
     it('refuses to enroll a decommissioned device, and disconnects it when decommissioned', async () => {
       await enrollDevice('edge-1');
-      const { token } = await createToken('edge-1');
+      const { token } = await rpc<CreateEnrollmentTokenResponse>((cb) => devices.reenrollDevice({ deviceId: 'edge-1', ttlSeconds: 0 }, operator, cb));
       const device = await rpc<Device>((cb) => devices.decommissionDevice({ deviceId: 'edge-1' }, operator, cb));
       expect(device.status).toBe(DeviceStatus.DEVICE_STATUS_DECOMMISSIONED);
       expect(link.disconnected).toEqual(['edge-1']);
@@ -245,12 +245,27 @@ describe('control-plane gRPC API', () => {
       expect((await errorOf(createToken('edge-1'))).code).toBe('DEVICE_DECOMMISSIONED');
     });
 
-    it('rotates the secret when an enrolled device enrolls again with a fresh token', async () => {
+    it('refuses a second token for an enrolled device, and one issued before it enrolled, with DEVICE_ALREADY_ENROLLED', async () => {
+      const spare = await createToken('edge-1');
       const first = await enrollDevice('edge-1');
-      const second = await enrollDevice('edge-1');
+      expect(await errorOf(createToken('edge-1'))).toEqual({ status: status.FAILED_PRECONDITION, code: 'DEVICE_ALREADY_ENROLLED' });
+      expect((await errorOf(enroll(spare.token, 'edge-1'))).code).toBe('DEVICE_ALREADY_ENROLLED');
+      expect(fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('ok');
+      expect(link.disconnected).toEqual([]);
+    });
+
+    it('rotates the secret and disconnects the old session only when the operator asked to re-enroll', async () => {
+      const first = await enrollDevice('edge-1');
+      const grant = await rpc<CreateEnrollmentTokenResponse>((cb) => devices.reenrollDevice({ deviceId: 'edge-1', ttlSeconds: 0 }, operator, cb));
+      expect(grant).toMatchObject({ deviceId: 'edge-1', reenroll: true });
+      // Issuing the token changes nothing yet: the device keeps working until the token is spent.
+      expect(fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('ok');
+      const second = await enroll(grant.token, 'edge-1');
       expect(second.mqttPassword).not.toBe(first.mqttPassword);
       expect(fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('bad_secret');
       expect(fleet.verifyDeviceCredential('edge-1', second.mqttPassword)).toBe('ok');
+      expect(link.disconnected).toEqual(['edge-1']);
+      expect((await errorOf(rpc((cb) => devices.reenrollDevice({ deviceId: 'edge-never', ttlSeconds: 0 }, operator, cb)))).code).toBe('DEVICE_NOT_FOUND');
     });
   });
 

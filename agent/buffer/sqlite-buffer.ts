@@ -3,6 +3,7 @@ import type { Database as Db, Statement } from 'better-sqlite3';
 import type { Clock } from '../../common/clock.js';
 import { systemClock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
+import { tightenDatabaseFiles } from '../../common/private-files.js';
 import type { SeqRange } from '../../common/proto/driftline/v1/device_link.js';
 import { STREAM_PRIORITY, type BufferedRecord, type DropCounts, type DropReason, type NewRecord, type TelemetryBuffer } from './ports.js';
 
@@ -94,10 +95,13 @@ export class SqliteBuffer implements TelemetryBuffer {
   static open(options: SqliteBufferOptions): SqliteBuffer {
     let db: Db;
     try {
+      // Telemetry and captured samples are the owner's only (0600), also when an older install left them readable.
+      if (options.file !== ':memory:') tightenDatabaseFiles(options.file);
       db = new Database(options.file);
       // Only takes effect on a new file; lets maintain() hand freed pages back to the disk.
       db.pragma('auto_vacuum = INCREMENTAL');
       db.pragma('journal_mode = WAL');
+      if (options.file !== ':memory:') tightenDatabaseFiles(options.file);
       db.pragma(`synchronous = ${options.synchronous}`);
       if (options.maxFileBytes) db.pragma(`max_page_count = ${Math.max(1, Math.floor(options.maxFileBytes / (db.pragma('page_size', { simple: true }) as number)))}`);
     } catch (err) {

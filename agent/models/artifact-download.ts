@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
-import { DriftlineError } from '../../common/errors.js';
+import { DriftlineError, isErrorCode } from '../../common/errors.js';
 
 export interface DownloadRequest {
   url: string;
@@ -52,7 +52,10 @@ export async function downloadArtifact(request: DownloadRequest): Promise<void> 
       }
       if (response.status === 416 || !(response.ok || response.status === 206) || !response.body) {
         if (response.status === 416) keepPartial = false;
-        throw new DriftlineError(response.status === 404 ? 'ARTIFACT_NOT_FOUND' : 'DOWNLOAD_FAILED', `download of ${request.url} failed with HTTP ${response.status}`);
+        // The control plane names its refusal (ARTIFACT_FORBIDDEN, ARTIFACT_NOT_FOUND, ...); another server gets the status's reading.
+        const named = response.headers.get('driftline-error-code') ?? '';
+        const code = isErrorCode(named) ? named : response.status === 404 ? 'ARTIFACT_NOT_FOUND' : 'DOWNLOAD_FAILED';
+        throw new DriftlineError(code, `download of ${request.url} failed with HTTP ${response.status}`);
       }
       if (offset > 0 && response.status !== 206) {
         // The server sent the whole file: start over.

@@ -55,3 +55,9 @@ export function verifyRollbackDirective(
   if (!matches) throw new DriftlineError('RELEASE_MISMATCH', `rollback directive ${directive.id} does not allow ${target.model} v${target.version} on ${target.deviceId}`);
   return directive;
 }
+
+/** Reads a directive without verifying it (for the control plane's bookkeeping of directives it signed itself). */
+export function peekRollbackDirective(bytes: Uint8Array): RollbackDirective {
+  const envelope = decodeEnvelope(bytes, 'RELEASE_INVALID');
+  return parsePayload(Buffer.from(envelope.payload, 'base64'), rollbackDirectiveSchema, 'RELEASE_INVALID', 'rollback directive');
+}

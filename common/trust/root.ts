@@ -114,3 +114,24 @@ export function activeKeys(root: RootMetadata, role: 'release' | 'rollback'): Re
   const keys = role === 'release' ? root.releaseKeys : { ...root.releaseKeys, ...root.rollbackKeys };
   return Object.fromEntries(Object.entries(keys).filter(([id]) => !root.revokedKeys.includes(id)));
 }
+
+/** A reason devices will (soon) refuse what this root signs; warnings only, never thrown. */
+export interface TrustWarning {
+  code: 'TRUST_ROOT_EXPIRING' | 'TRUST_METADATA_EXPIRED' | 'TRUST_KEY_REVOKED';
+  message: string;
+  details: Record<string, unknown>;
+}
+
+/** A warning when the root has expired or expires within `windowMs`; undefined while it has longer. */
+export function rootExpiryWarning(metadata: Pick<RootMetadata, 'version' | 'expiresAtMs'>, nowMs: number, windowMs: number): TrustWarning | undefined {
+  const details = { version: metadata.version, expiresAtMs: metadata.expiresAtMs };
+  const at = new Date(metadata.expiresAtMs).toISOString();
+  if (nowMs >= metadata.expiresAtMs) {
+    return { code: 'TRUST_METADATA_EXPIRED', message: `root v${metadata.version} expired at ${at}: devices refuse every release until a new root version is published (driftline keys rotate)`, details };
+  }
+  if (metadata.expiresAtMs - nowMs <= windowMs) {
+    const days = Math.floor((metadata.expiresAtMs - nowMs) / 86_400_000);
+    return { code: 'TRUST_ROOT_EXPIRING', message: `root v${metadata.version} expires at ${at} (in ${days} days): publish the next root version (driftline keys rotate --expires ...)`, details };
+  }
+  return undefined;
+}

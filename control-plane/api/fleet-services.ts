@@ -5,11 +5,13 @@ import {
   DeviceStatus,
   Role,
   type AccessServiceServer,
+  type CreateEnrollmentTokenResponse,
   type Device,
+  type EnrollmentToken,
   type DeviceServiceServer,
   type EnrollmentServiceServer,
 } from '../../common/proto/driftline/v1/fleet.js';
-import type { DeviceRecord } from '../fleet/fleet-store.js';
+import type { DeviceRecord, EnrollmentTokenRecord } from '../fleet/fleet-store.js';
 import { ROLES, type OperatorRole } from '../fleet/operator-tokens.js';
 import type { ApiDeps } from './ports.js';
 import { unary, validate, type RpcContext } from './rpc.js';
@@ -30,21 +32,35 @@ const createOperatorToken = z.object({
   role: z.union([z.literal(Role.ROLE_VIEWER), z.literal(Role.ROLE_OPERATOR), z.literal(Role.ROLE_ADMIN)], { error: 'role must be viewer, operator or admin' }),
 });
 const revokeOperatorToken = z.object({ id: z.string().min(1).max(64) });
+const listEnrollmentTokens = z.object({ deviceId: z.string().max(64) });
+const revokeEnrollmentToken = z.object({ id: z.string().min(1).max(64) });
 
 export function deviceService(deps: ApiDeps, ctx: RpcContext): DeviceServiceServer {
   const { fleet, clock, config } = deps;
   const view = (device: DeviceRecord): Device => toDeviceMessage(device, clock.now(), config.onlineWindow);
+  const issueToken = (req: { deviceId: string; ttlSeconds: number }, labels: Record<string, string>, reenroll: boolean, by: string | undefined): CreateEnrollmentTokenResponse => {
+    const { ttlSeconds } = validate(createTokenRequest, req);
+    const ttlMs = ttlSeconds === 0 ? config.enrollmentTokenTtl : ttlSeconds * 1000;
+    if (ttlMs > MAX_ENROLLMENT_TOKEN_TTL_MS) {
+      throw new DriftlineError('REQUEST_INVALID', `ttl_seconds may be at most ${MAX_ENROLLMENT_TOKEN_TTL_MS / 1000}`, { details: { ttlSeconds } });
+    }
+    const now = clock.now();
+    const grant = fleet.createEnrollmentToken(assertDeviceId(req.deviceId), labels, now + ttlMs, now, { reenroll });
+    deps.logger.info({ deviceId: grant.deviceId, token: grant.id, reenroll, expiresAtMs: grant.expiresAtMs, by }, 'enrollment token created');
+    return { token: grant.token, id: grant.id, deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs, reenroll };
+  };
   return {
-    createEnrollmentToken: unary(ctx, 'CreateEnrollmentToken', 'operator', (req, caller) => {
-      const { ttlSeconds } = validate(createTokenRequest, req);
-      const ttlMs = ttlSeconds === 0 ? config.enrollmentTokenTtl : ttlSeconds * 1000;
-      if (ttlMs > MAX_ENROLLMENT_TOKEN_TTL_MS) {
-        throw new DriftlineError('REQUEST_INVALID', `ttl_seconds may be at most ${MAX_ENROLLMENT_TOKEN_TTL_MS / 1000}`, { details: { ttlSeconds } });
-      }
-      const now = clock.now();
-      const grant = fleet.createEnrollmentToken(assertDeviceId(req.deviceId), req.labels, now + ttlMs, now);
-      deps.logger.info({ deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs, by: caller?.id }, 'enrollment token created');
-      return { token: grant.token, deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs };
+    createEnrollmentToken: unary(ctx, 'CreateEnrollmentToken', 'operator', (req, caller) => issueToken(req, req.labels, false, caller?.id)),
+    reenrollDevice: unary(ctx, 'ReenrollDevice', 'operator', (req, caller) => issueToken(req, {}, true, caller?.id)),
+    listEnrollmentTokens: unary(ctx, 'ListEnrollmentTokens', 'operator', (req) => {
+      const { deviceId } = validate(listEnrollmentTokens, req);
+      return { tokens: fleet.listEnrollmentTokens(clock.now(), { deviceId, includeInactive: req.includeInactive }).map(toTokenMessage) };
+    }),
+    revokeEnrollmentToken: unary(ctx, 'RevokeEnrollmentToken', 'operator', (req, caller) => {
+      const { id } = validate(revokeEnrollmentToken, req);
+      const revoked = fleet.revokeEnrollmentToken(id, clock.now());
+      deps.logger.info({ token: id, deviceId: revoked.deviceId, state: revoked.state, by: caller?.id }, 'enrollment token revoked');
+      return toTokenMessage(revoked);
     }),
     listDevices: unary(ctx, 'ListDevices', 'viewer', (req) => ({
       devices: fleet.list(req.selector, { includeDecommissioned: req.includeDecommissioned }).map(view),
@@ -70,7 +86,10 @@ export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentSer
       const deviceId = assertDeviceId(req.deviceId);
       const { firmwareProfile, agentVersion } = validate(enrollRequest, req);
       const enrollment = deps.fleet.enroll({ token: req.token, deviceId, firmwareProfile }, deps.clock.now());
-      deps.logger.info({ deviceId, firmwareProfile, agentVersion }, 'device enrolled');
+      // The old secret is void: a session still using it (the device this replaces, or whoever took its secret) goes now.
+      // Before the response, so the new secret cannot be in use yet.
+      if (enrollment.reenrolled) deps.fleetLink.disconnectDevice(deviceId);
+      deps.logger.info({ deviceId, firmwareProfile, agentVersion, reenrolled: enrollment.reenrolled }, enrollment.reenrolled ? 'device re-enrolled' : 'device enrolled');
       return {
         deviceId,
         mqttUsername: deviceId,
@@ -103,6 +122,20 @@ export function accessService(deps: ApiDeps, ctx: RpcContext): AccessServiceServ
       deps.logger.info({ token: id, by: caller?.id }, 'operator token revoked');
       return {};
     }),
+  };
+}
+
+function toTokenMessage(token: EnrollmentTokenRecord): EnrollmentToken {
+  return {
+    id: token.id,
+    deviceId: token.deviceId,
+    labels: token.labels,
+    createdAtMs: token.createdAtMs,
+    expiresAtMs: token.expiresAtMs,
+    usedAtMs: token.usedAtMs ?? 0,
+    revokedAtMs: token.revokedAtMs ?? 0,
+    reenroll: token.reenroll,
+    state: token.state,
   };
 }
 

@@ -27,6 +27,8 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
     deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
       const { version, deviceIds } = validate(deployRequest, req);
       const model = registry.resolve(assertModelName(req.name), version);
+      // A release every device would refuse (revoked signing key, expired root) is refused here, with the reason.
+      deps.releases?.assertDeployable(model.name, model.version);
       const targets = selectTargets(deps, deviceIds, req.selector);
       const published = await deploy(deps, model, targets);
       logger.info({ model: model.name, version: model.version, devices: targets.length, published, by: caller?.id }, 'model deployed');

@@ -20,8 +20,25 @@ export interface DeviceRecord {
 
 export interface EnrollmentTokenGrant {
   token: string;
+  id: string;
   deviceId: string;
   expiresAtMs: number;
+  reenroll: boolean;
+}
+
+export type EnrollmentTokenState = 'active' | 'used' | 'expired' | 'revoked';
+
+/** What is kept of an enrollment token: never the token itself, only its hash (the id is a prefix of it). */
+export interface EnrollmentTokenRecord {
+  id: string;
+  deviceId: string;
+  labels: Record<string, string>;
+  createdAtMs: number;
+  expiresAtMs: number;
+  usedAtMs: number | null;
+  revokedAtMs: number | null;
+  reenroll: boolean;
+  state: EnrollmentTokenState;
 }
 
 export interface Enrollment {
@@ -29,7 +46,12 @@ export interface Enrollment {
   /** The device's MQTT password; only its hash is kept, so this is the one chance to read it. */
   secret: string;
   labels: Record<string, string>;
+  /** The device was enrolled already and its old secret is void now: drop sessions still using it. */
+  reenrolled: boolean;
 }
+
+/** The most enrollment tokens one list returns. */
+export const MAX_LISTED_ENROLLMENT_TOKENS = 1000;
 
 /** The label every device carries, naming the firmware profile it enrolled with. */
 export const PROFILE_LABEL = 'profile';
@@ -53,7 +75,15 @@ const MIGRATIONS = [
      expires_at_ms INTEGER NOT NULL,
      used_at_ms INTEGER
    );`,
+  // Tokens can be revoked, and only a token issued to re-enroll replaces an enrolled device's secret.
+  `ALTER TABLE enrollment_tokens ADD COLUMN revoked_at_ms INTEGER;
+   ALTER TABLE enrollment_tokens ADD COLUMN purpose TEXT NOT NULL DEFAULT 'enroll' CHECK (purpose IN ('enroll', 'reenroll'));
+   CREATE INDEX enrollment_tokens_by_device ON enrollment_tokens (device_id, created_at_ms);`,
 ];
+
+/** A token's public id: a prefix of its hash, so it names the token without revealing it. */
+const TOKEN_ID_HEX = 16;
+const tokenId = (tokenHash: string): string => `enr_${tokenHash.slice(0, TOKEN_ID_HEX)}`;
 
 interface DeviceRow {
   id: string;
@@ -67,10 +97,14 @@ interface DeviceRow {
 }
 
 interface TokenRow {
+  token_hash: string;
   device_id: string;
   labels: string;
+  created_at_ms: number;
   expires_at_ms: number;
   used_at_ms: number | null;
+  revoked_at_ms: number | null;
+  purpose: 'enroll' | 'reenroll';
 }
 
 /**
@@ -97,37 +131,70 @@ export class FleetStore {
     this.enrollTx = db.transaction((request: EnrollInput, nowMs: number) => this.enrollNow(request, nowMs));
   }
 
-  createEnrollmentToken(deviceId: string, labels: Record<string, string>, expiresAtMs: number, nowMs: number): EnrollmentTokenGrant {
+  /**
+   * A one-time token for a device identity. A device that is enrolled already gets one only
+   * with `reenroll` (the operator asked for it explicitly), so a stray or leaked token cannot
+   * take over an enrolled identity and lock the real device out.
+   */
+  createEnrollmentToken(deviceId: string, labels: Record<string, string>, expiresAtMs: number, nowMs: number, { reenroll = false } = {}): EnrollmentTokenGrant {
     assertDeviceId(deviceId);
     const clean = assertLabels(labels);
-    if (this.selectDevice.get(deviceId)?.status === 'decommissioned') {
+    const existing = this.selectDevice.get(deviceId);
+    if (existing?.status === 'decommissioned') {
       throw new DriftlineError('DEVICE_DECOMMISSIONED', `device ${deviceId} is decommissioned`, { details: { deviceId } });
     }
+    if (existing && !reenroll) throw alreadyEnrolled(deviceId);
+    if (!existing && reenroll) throw notFound(deviceId);
     const token = newSecret('dle');
+    const hash = sha256Hex(token);
     this.db
-      .prepare('INSERT INTO enrollment_tokens (token_hash, device_id, labels, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?)')
-      .run(sha256Hex(token), deviceId, JSON.stringify(clean), nowMs, expiresAtMs);
-    return { token, deviceId, expiresAtMs };
+      .prepare('INSERT INTO enrollment_tokens (token_hash, device_id, labels, created_at_ms, expires_at_ms, purpose) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(hash, deviceId, JSON.stringify(clean), nowMs, expiresAtMs, reenroll ? 'reenroll' : 'enroll');
+    return { token, id: tokenId(hash), deviceId, expiresAtMs, reenroll };
+  }
+
+  /** Enrollment tokens, newest first: every one, or only those still usable. */
+  listEnrollmentTokens(nowMs: number, { deviceId = '', includeInactive = false } = {}): EnrollmentTokenRecord[] {
+    if (deviceId) assertDeviceId(deviceId);
+    const rows = this.db
+      .prepare(
+        `SELECT * FROM enrollment_tokens
+         WHERE (? = '' OR device_id = ?) AND (? = 1 OR (used_at_ms IS NULL AND revoked_at_ms IS NULL AND expires_at_ms > ?))
+         ORDER BY created_at_ms DESC, rowid DESC LIMIT ?`,
+      )
+      .all(deviceId, deviceId, includeInactive ? 1 : 0, nowMs, MAX_LISTED_ENROLLMENT_TOKENS) as TokenRow[];
+    return rows.map((row) => toTokenRecord(row, nowMs));
+  }
+
+  /** Makes a token unusable; revoking a revoked or an already used token changes nothing (its state says which). */
+  revokeEnrollmentToken(id: string, nowMs: number): EnrollmentTokenRecord {
+    const prefix = /^enr_([0-9a-f]{16})$/.exec(id)?.[1];
+    const row = prefix ? (this.db.prepare('SELECT * FROM enrollment_tokens WHERE substr(token_hash, 1, 16) = ?').get(prefix) as TokenRow | undefined) : undefined;
+    if (!row) throw new DriftlineError('TOKEN_NOT_FOUND', `no enrollment token ${id}`, { details: { id } });
+    if (row.used_at_ms !== null) return toTokenRecord(row, nowMs);
+    this.db.prepare('UPDATE enrollment_tokens SET revoked_at_ms = coalesce(revoked_at_ms, ?) WHERE token_hash = ?').run(nowMs, row.token_hash);
+    return toTokenRecord({ ...row, revoked_at_ms: row.revoked_at_ms ?? nowMs }, nowMs);
   }
 
   /**
-   * Spends a one-time token and (re)issues the device's secret, in one transaction so two
-   * racing enrollments cannot both spend it. Re-enrolling replaces the old secret.
+   * Spends a one-time token and issues the device's secret, in one transaction so two
+   * racing enrollments cannot both spend it. Only a re-enrollment token replaces the secret
+   * of a device that is enrolled already; any other is refused with DEVICE_ALREADY_ENROLLED.
    */
   enroll(request: EnrollInput, nowMs: number): Enrollment {
     return this.enrollTx(request, nowMs);
   }
 
   private enrollNow({ token, deviceId, firmwareProfile }: EnrollInput, nowMs: number): Enrollment {
-    const row = this.db
-      .prepare('SELECT device_id, labels, expires_at_ms, used_at_ms FROM enrollment_tokens WHERE token_hash = ?')
-      .get(sha256Hex(token)) as TokenRow | undefined;
+    const row = this.db.prepare('SELECT * FROM enrollment_tokens WHERE token_hash = ?').get(sha256Hex(token)) as TokenRow | undefined;
     // A token for another device reads as unknown: it must not reveal which device it is for.
     if (!row || row.device_id !== deviceId) throw new DriftlineError('ENROLLMENT_TOKEN_INVALID', 'enrollment token is not valid for this device');
+    if (row.revoked_at_ms !== null) throw new DriftlineError('ENROLLMENT_TOKEN_REVOKED', 'enrollment token was revoked');
     if (row.used_at_ms !== null) throw new DriftlineError('ENROLLMENT_TOKEN_USED', 'enrollment token was already used');
     if (nowMs >= row.expires_at_ms) throw new DriftlineError('ENROLLMENT_TOKEN_EXPIRED', 'enrollment token has expired', { details: { expiresAtMs: row.expires_at_ms } });
     const existing = this.selectDevice.get(deviceId);
     if (existing?.status === 'decommissioned') throw new DriftlineError('DEVICE_DECOMMISSIONED', `device ${deviceId} is decommissioned`, { details: { deviceId } });
+    if (existing && row.purpose !== 'reenroll') throw alreadyEnrolled(deviceId);
 
     const labels = assertLabels({
       ...(existing ? (JSON.parse(existing.labels) as Record<string, string>) : {}),
@@ -142,7 +209,7 @@ export class FleetStore {
          ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, secret_hash = excluded.secret_hash, enrolled_at_ms = excluded.enrolled_at_ms`,
       )
       .run(deviceId, JSON.stringify(labels), sha256Hex(secret), nowMs);
-    return { deviceId, secret, labels };
+    return { deviceId, secret, labels, reenrolled: existing !== undefined };
   }
 
   verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict {
@@ -219,6 +286,27 @@ function toRecord(row: DeviceRow): DeviceRecord {
     desired: row.desired ? DesiredState.decode(row.desired) : undefined,
   };
 }
+
+function toTokenRecord(row: TokenRow, nowMs: number): EnrollmentTokenRecord {
+  const state: EnrollmentTokenState =
+    row.used_at_ms !== null ? 'used' : row.revoked_at_ms !== null ? 'revoked' : nowMs >= row.expires_at_ms ? 'expired' : 'active';
+  return {
+    id: tokenId(row.token_hash),
+    deviceId: row.device_id,
+    labels: JSON.parse(row.labels) as Record<string, string>,
+    createdAtMs: row.created_at_ms,
+    expiresAtMs: row.expires_at_ms,
+    usedAtMs: row.used_at_ms,
+    revokedAtMs: row.revoked_at_ms,
+    reenroll: row.purpose === 'reenroll',
+    state,
+  };
+}
+
+const alreadyEnrolled = (deviceId: string): DriftlineError =>
+  new DriftlineError('DEVICE_ALREADY_ENROLLED', `device ${deviceId} is enrolled already; to give it a new identity run \`driftline devices reenroll ${deviceId}\``, {
+    details: { deviceId },
+  });
 
 const notFound = (deviceId: string): DriftlineError =>
   new DriftlineError('DEVICE_NOT_FOUND', `device ${deviceId} is not enrolled`, { details: { deviceId } });

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import { Counter, type Registry } from 'prom-client';
+import type { ErrorCode } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { CredentialVerdict } from '../fleet/fleet-store.js';
 import type { ArtifactStore } from './artifact-store.js';
@@ -11,6 +12,10 @@ export interface ArtifactServerOptions {
   port: number;
   artifacts: Pick<ArtifactStore, 'sizeOf' | 'read'>;
   verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict;
+  /** Whether an authenticated device may download this artifact (see artifact-grants.ts). */
+  mayDownload(deviceId: string, sha256: string): boolean;
+  /** Whether a bearer token is a live operator token (any role): `/metrics` names every device. */
+  authenticateOperator(token: string): boolean;
   metrics: Registry;
   health: () => { ok: boolean; details: Record<string, unknown> };
   logger: Logger;
@@ -23,12 +28,17 @@ export interface ArtifactServer {
   close(graceMs?: number): Promise<void>;
 }
 
+/** Where a refusal's stable error code travels (also at the start of the plain-text body). */
+export const ERROR_CODE_HEADER = 'Driftline-Error-Code';
+
 const ARTIFACT_ROUTE = /^\/artifacts\/sha256\/([0-9a-f]{64})$/;
 
 /**
  * Serves model artifacts to devices over plain HTTP(S) so downloads can resume with Range
  * and be cached by any proxy, plus the control plane's health and Prometheus endpoints.
- * Devices authenticate with the same id and secret they use for MQTT.
+ * Devices authenticate with the same id and secret they use for MQTT and get only what they
+ * were told to install; `/metrics` wants an operator bearer token. Refusals carry a stable
+ * code in the `Driftline-Error-Code` header and the body.
  */
 export async function startArtifactServer(options: ArtifactServerOptions): Promise<ArtifactServer> {
   const { artifacts, logger } = options;
@@ -40,17 +50,24 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
     res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body), ...headers });
     res.end(body);
   };
+  const refuse = (res: ServerResponse, status: number, code: ErrorCode, message: string, headers: Record<string, string> = {}): void =>
+    send(res, status, `${code}: ${message}\n`, { [ERROR_CODE_HEADER]: code, ...headers });
 
   async function serveArtifact(req: IncomingMessage, res: ServerResponse, sha256: string): Promise<void> {
     const credentials = parseBasicAuth(req.headers.authorization);
     if (!credentials || options.verifyDeviceCredential(credentials.user, credentials.password) !== 'ok') {
       responses.inc({ status: 401 });
-      return send(res, 401, 'device credentials required\n', { 'WWW-Authenticate': 'Basic realm="driftline-artifacts", charset="UTF-8"' });
+      return refuse(res, 401, credentials ? 'AUTH_INVALID' : 'AUTH_MISSING', 'device credentials required', { 'WWW-Authenticate': 'Basic realm="driftline-artifacts", charset="UTF-8"' });
+    }
+    // Before the existence check, so a device cannot probe which artifacts the store holds.
+    if (!options.mayDownload(credentials.user, sha256)) {
+      responses.inc({ status: 403 });
+      return refuse(res, 403, 'ARTIFACT_FORBIDDEN', 'this device was not sent this artifact');
     }
     const size = await artifacts.sizeOf(sha256);
     if (size === undefined) {
       responses.inc({ status: 404 });
-      return send(res, 404, 'no such artifact\n');
+      return refuse(res, 404, 'ARTIFACT_NOT_FOUND', 'no such artifact');
     }
     const headers: Record<string, string | number> = {
       'Content-Type': 'application/octet-stream',
@@ -85,6 +102,10 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
       return void res.end(req.method === 'HEAD' ? undefined : body);
     }
     if (path === '/metrics') {
+      const token = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];
+      if (!token || !options.authenticateOperator(token)) {
+        return refuse(res, 401, token ? 'AUTH_INVALID' : 'AUTH_MISSING', 'metrics need an operator token (Authorization: Bearer)', { 'WWW-Authenticate': 'Bearer realm="driftline-metrics"' });
+      }
       const body = await options.metrics.metrics();
       res.writeHead(200, { 'Content-Type': options.metrics.contentType, 'Content-Length': Buffer.byteLength(body) });
       return void res.end(req.method === 'HEAD' ? undefined : body);

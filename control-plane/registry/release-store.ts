@@ -1,6 +1,6 @@
 import type { Database } from 'better-sqlite3';
 import type { Clock } from '../../common/clock.js';
-import { DriftlineError } from '../../common/errors.js';
+import { asDriftlineError, DriftlineError } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
 import type { Logger } from '../../common/logger.js';
 import type { DesiredModel } from '../../common/proto/driftline/v1/device_link.js';
@@ -8,7 +8,7 @@ import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import type { Release } from '../../common/proto/driftline/v1/releases.js';
 import type { Signer } from '../../common/trust/keys.js';
 import { verifyRelease } from '../../common/trust/manifest.js';
-import { updateRoot, verifyInitialRoot, type TrustedRoot } from '../../common/trust/root.js';
+import { rootExpiryWarning, updateRoot, verifyInitialRoot, type TrustedRoot, type TrustWarning } from '../../common/trust/root.js';
 import { signRollbackDirective } from '../../common/trust/rollback.js';
 import { applyMigrations } from '../store/database.js';
 import { artifactPath } from './artifact-store.js';
@@ -79,6 +79,55 @@ export class ReleaseStore {
 
   rootVersion(): { version: number; expiresAtMs: number } | undefined {
     return this.root ? { version: this.root.metadata.version, expiresAtMs: this.root.metadata.expiresAtMs } : undefined;
+  }
+
+  /**
+   * Why devices would refuse this signed release now (its keys revoked by the current root,
+   * or the root expired), or undefined. Unsigned versions are not judged here: devices that
+   * pinned no root accept them, and deploying one with a root configured is warned about.
+   */
+  refusal(name: string, version: number): DriftlineError | undefined {
+    const envelope = this.root ? this.envelopeOf(name, version) : undefined;
+    if (!this.root || !envelope) return undefined;
+    try {
+      verifyRelease(envelope, this.root.metadata, this.options.clock);
+      return undefined;
+    } catch (err) {
+      return asDriftlineError(err);
+    }
+  }
+
+  /** Refuses (RELEASE_NOT_DEPLOYABLE, the devices' reason in details.reason) a release every device would refuse. */
+  assertDeployable(name: string, version: number): void {
+    const why = this.refusal(name, version);
+    if (!why) return;
+    throw new DriftlineError('RELEASE_NOT_DEPLOYABLE', `devices will refuse ${name} v${version} (${why.code}): ${why.message}`, {
+      cause: why,
+      details: { model: name, version, reason: why.code },
+    });
+  }
+
+  /** What an operator should hear about: the root expiring within `expiryWarningMs` or expired, and deployed releases signed by a revoked key. */
+  trustWarnings(deployed: ReadonlyArray<{ name: string; version: number }>, expiryWarningMs: number): TrustWarning[] {
+    if (!this.root) return [];
+    const warnings: TrustWarning[] = [];
+    const expiry = rootExpiryWarning(this.root.metadata, this.options.clock.now(), expiryWarningMs);
+    if (expiry) warnings.push(expiry);
+    const seen = new Set<string>();
+    for (const { name, version } of deployed) {
+      const key = `${name}@${version}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const why = this.refusal(name, version);
+      if (why?.code === 'TRUST_KEY_REVOKED') {
+        warnings.push({
+          code: 'TRUST_KEY_REVOKED',
+          message: `deployed ${name} v${version} is signed by a key root v${this.root.metadata.version} revokes: devices refuse it; sign it again with a current release key or deploy another version`,
+          details: { model: name, version },
+        });
+      }
+    }
+    return warnings;
   }
 
   /**

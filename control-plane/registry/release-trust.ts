@@ -3,6 +3,7 @@ import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import { readKeyFile, readRootChain } from '../../common/trust/key-files.js';
+import type { TrustWarning } from '../../common/trust/root.js';
 import type { ControlPlaneConfig } from '../config.js';
 import { ReleaseStore } from './release-store.js';
 
@@ -28,4 +29,34 @@ export function openReleaseStore(deps: {
   const root = store.rootVersion();
   if (root) logger.info({ rootVersion: root.version, expiresAtMs: root.expiresAtMs, onlineRollbackSigning: Boolean(rollbackSigner) }, 'signed releases enabled');
   return store;
+}
+
+/**
+ * The trust warnings `serve` keeps current: the root expiring within `trust.expiryWarning`
+ * (or expired), and releases in devices' desired states signed by a key the root revokes.
+ * Evaluated at start (each one logged) and every `trust.checkInterval`, since the expiry comes
+ * closer while serve runs; /healthz reads the last result instead of scanning the fleet.
+ */
+export function watchTrust(deps: {
+  releases: Pick<ReleaseStore, 'trustWarnings'>;
+  fleet: { list(): Array<{ desired?: { model?: { name: string; version: number } | undefined } | undefined }> };
+  config: Pick<ControlPlaneConfig['trust'], 'expiryWarning' | 'checkInterval'>;
+  logger: Logger;
+}): { current(): TrustWarning[]; stop(): void } {
+  let warnings: TrustWarning[] = [];
+  const evaluate = (): void => {
+    try {
+      const deployed = deps.fleet.list().flatMap((d) => (d.desired?.model?.name ? [{ name: d.desired.model.name, version: d.desired.model.version }] : []));
+      const next = deps.releases.trustWarnings(deployed, deps.config.expiryWarning);
+      const known = new Set(warnings.map((w) => w.message));
+      for (const w of next) if (!known.has(w.message)) deps.logger.warn({ code: w.code, ...w.details }, w.message);
+      warnings = next;
+    } catch (err) {
+      deps.logger.warn({ err }, 'trust check failed');
+    }
+  };
+  evaluate();
+  const timer = setInterval(evaluate, deps.config.checkInterval);
+  timer.unref();
+  return { current: () => warnings, stop: () => clearInterval(timer) };
 }

@@ -70,6 +70,7 @@ export class RolloutEngine {
         });
       }
       const constraints = catalog.constraints(plan.model, plan.version);
+      catalog.assertDeployable?.(plan.model, plan.version);
       const created = createRollout({ id: this.newId(), plan, devices: fleet.devices(plan.target, plan.model), constraints, nowMs: clock.now() });
       // The first wave starts right away; the driver only has to watch the bake.
       const started = tickRollout(created.rollout, clock.now());

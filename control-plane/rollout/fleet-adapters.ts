@@ -59,8 +59,12 @@ export class FleetStoreView implements FleetView {
 export class RegistryCatalog implements ModelCatalog {
   constructor(
     private readonly registry: { resolve(name: string, version: number): ModelVersion },
-    private readonly releases?: { envelopeOf(name: string, version: number): Buffer | undefined },
+    private readonly releases?: { envelopeOf(name: string, version: number): Buffer | undefined; assertDeployable?(name: string, version: number): void },
   ) {}
+
+  assertDeployable(model: string, version: number): void {
+    this.releases?.assertDeployable?.(model, version);
+  }
 
   constraints(model: string, version: number): ModelConstraints {
     const base = constraintsFromMetadata(this.registry.resolve(model, version).metadata);

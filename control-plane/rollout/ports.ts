@@ -77,4 +77,6 @@ export interface DriftSource {
 /** What a model version requires of devices; throws MODEL_NOT_FOUND for an unknown version. */
 export interface ModelCatalog {
   constraints(model: string, version: number): ModelConstraints;
+  /** Throws (RELEASE_NOT_DEPLOYABLE) when every device would refuse the release, so no rollout starts with it. */
+  assertDeployable?(model: string, version: number): void;
 }

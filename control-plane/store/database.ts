@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3, { type Database } from 'better-sqlite3';
 import { DriftlineError } from '../../common/errors.js';
+import { tightenDatabaseFiles } from '../../common/private-files.js';
 
 export type { Database };
 
@@ -11,13 +12,18 @@ const BUSY_TIMEOUT_MS = 5_000;
 /**
  * Opens the control plane's SQLite file. WAL lets readers (the API) run beside the
  * ingest writer; synchronous=FULL because a commit acknowledges telemetry to a device,
- * and an acknowledged record must survive a power cut.
+ * and an acknowledged record must survive a power cut. The file and its -wal/-shm are
+ * the owner's only (0600), also when an older install left them readable.
  */
 export function openDatabase(file: string): Database {
   try {
-    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+    if (file !== ':memory:') {
+      mkdirSync(dirname(file), { recursive: true });
+      tightenDatabaseFiles(file);
+    }
     const db = new BetterSqlite3(file);
     db.pragma('journal_mode = WAL');
+    if (file !== ':memory:') tightenDatabaseFiles(file);
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
     db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);

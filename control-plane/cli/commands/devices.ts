@@ -1,10 +1,10 @@
 import { Argument, type Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { CreateEnrollmentTokenResponse, Device, DeviceServiceClient, DeviceStatus } from '../../../common/proto/driftline/v1/fleet.js';
+import { CreateEnrollmentTokenResponse, Device, DeviceServiceClient, DeviceStatus, EnrollmentToken } from '../../../common/proto/driftline/v1/fleet.js';
 import { durationMs, keyValue, repeated } from '../arguments.js';
-import { usageError } from '../connection.js';
+import { usageError, type Connection } from '../connection.js';
 import { withConnection } from '../context.js';
-import { labelsText, relativeTime } from '../output.js';
+import { labelsText, relativeTime, type Output } from '../output.js';
 
 const STATUS_TEXT: Record<number, string> = {
   [DeviceStatus.DEVICE_STATUS_ENROLLED]: 'enrolled',
@@ -61,28 +61,76 @@ export function registerDevices(program: Command): void {
       }),
     );
 
+  /** Prints a fresh token and the command that enrolls the device with it. */
+  const showToken = (connection: Connection, output: Output, response: CreateEnrollmentTokenResponse): void => {
+    const agentCommand = `driftline-agent run --enroll-token ${response.token} --device-id ${response.deviceId} --server ${connection.server}`;
+    output.result({ ...(CreateEnrollmentTokenResponse.toJSON(response) as object), agentCommand }, () => {
+      const what = response.reenroll ? 're-enrollment token' : 'enrollment token';
+      output.line(`${what} ${response.id} for ${response.deviceId} (one use, expires ${new Date(response.expiresAtMs).toISOString()}):`);
+      output.line(response.token);
+      output.line('');
+      output.line(response.reenroll ? 'on the device, remove its identity.json, then run:' : 'on the device, run:');
+      output.line(`  ${agentCommand}`);
+    });
+  };
+  const ttlSeconds = (ttl: number | undefined): number => (ttl === undefined ? 0 : Math.ceil(ttl / 1000));
+
   devices
     .command('token')
-    .description('create a one-time enrollment token for a device')
+    .description('create a one-time enrollment token for a device that is not enrolled yet')
     .argument('<id>', 'device id the token enrolls')
     .option('--label <k=v>', 'label the device gets at enrollment (repeatable)', keyValue)
     .option('--ttl <duration>', 'how long the token stays valid, e.g. 24h (default: the server setting)', durationMs)
     .action((id: string, options: { label?: Record<string, string>; ttl?: number }, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.client(DeviceServiceClient);
-        const response = await connection.call(client, 'createEnrollmentToken', {
-          deviceId: id,
-          labels: options.label ?? {},
-          ttlSeconds: options.ttl === undefined ? 0 : Math.ceil(options.ttl / 1000),
+        const response = await connection.call(client, 'createEnrollmentToken', { deviceId: id, labels: options.label ?? {}, ttlSeconds: ttlSeconds(options.ttl) });
+        showToken(connection, output, response);
+      }),
+    );
+
+  devices
+    .command('reenroll')
+    .description("create a one-time token that re-enrolls an enrolled device: when spent, the device gets a new secret and sessions using the old one are dropped")
+    .argument('<id>', 'device id')
+    .option('--ttl <duration>', 'how long the token stays valid, e.g. 24h (default: the server setting)', durationMs)
+    .action((id: string, options: { ttl?: number }, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(DeviceServiceClient);
+        showToken(connection, output, await connection.call(client, 'reenrollDevice', { deviceId: id, ttlSeconds: ttlSeconds(options.ttl) }));
+      }),
+    );
+
+  devices
+    .command('tokens')
+    .description('list enrollment tokens still usable (ids and state only; a token is shown once, when created)')
+    .option('--device <id>', "only this device's tokens")
+    .option('--all', 'also used, expired and revoked tokens')
+    .action((options: { device?: string; all?: boolean }, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(DeviceServiceClient);
+        const response = await connection.call(client, 'listEnrollmentTokens', { deviceId: options.device ?? '', includeInactive: Boolean(options.all) });
+        output.result({ tokens: response.tokens.map((t) => EnrollmentToken.toJSON(t)) }, () => {
+          const now = systemClock.now();
+          output.table(
+            ['ID', 'DEVICE', 'KIND', 'STATE', 'CREATED', 'EXPIRES'],
+            response.tokens.map((t) => [t.id, t.deviceId, t.reenroll ? 'reenroll' : 'enroll', t.state, relativeTime(t.createdAtMs, now), new Date(t.expiresAtMs).toISOString()]),
+          );
         });
-        const agentCommand = `driftline-agent run --enroll-token ${response.token} --device-id ${response.deviceId} --server ${connection.server}`;
-        output.result({ ...(CreateEnrollmentTokenResponse.toJSON(response) as object), agentCommand }, () => {
-          output.line(`enrollment token for ${response.deviceId} (one use, expires ${new Date(response.expiresAtMs).toISOString()}):`);
-          output.line(response.token);
-          output.line('');
-          output.line('on the device, run:');
-          output.line(`  ${agentCommand}`);
-        });
+      }),
+    );
+
+  devices
+    .command('revoke-token')
+    .description('revoke an enrollment token that was not used yet')
+    .argument('<token-id>', 'token id (enr_..., from devices tokens)')
+    .action((id: string, _options: unknown, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.client(DeviceServiceClient);
+        const token = await connection.call(client, 'revokeEnrollmentToken', { id });
+        output.result(EnrollmentToken.toJSON(token), () =>
+          output.line(token.state === 'used' ? `token ${token.id} was already used; nothing to revoke` : `revoked enrollment token ${token.id} for ${token.deviceId}`),
+        );
       }),
     );
 

@@ -2,12 +2,15 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
 import { initKeys, keyFolder, latestRoot, rotateRoot } from '../../../common/trust/key-files.js';
+import { rootExpiryWarning } from '../../../common/trust/root.js';
 import { durationMs, integer, repeated } from '../arguments.js';
 import { usageError } from '../connection.js';
 import type { GlobalOptions } from '../context.js';
 import { createOutput } from '../output.js';
 
 export const DEFAULT_KEYS_DIR = './.driftline-keys';
+/** Matches serve's trust.expiryWarning default. */
+const DEFAULT_EXPIRY_WARNING_MS = 30 * 86_400_000;
 
 const jsonOf = (command: Command): boolean => Boolean(command.optsWithGlobals<GlobalOptions>().json);
 const iso = (ms: number): string => new Date(ms).toISOString();
@@ -75,13 +78,16 @@ export function registerKeys(program: Command): void {
 
   keys
     .command('show')
-    .description('show the latest root version: keys, threshold, expiry')
+    .description('show the latest root version: keys, threshold, expiry; warns when it expires soon or has expired')
     .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
-    .action((options: { dir: string }, command: Command) => {
+    .option('--warn-within <duration>', 'warn when the root expires within this (e.g. 30d)', durationMs, DEFAULT_EXPIRY_WARNING_MS)
+    .action((options: { dir: string; warnWithin: number }, command: Command) => {
       const root = latestRoot(keyFolder(options.dir));
+      const warning = rootExpiryWarning(root, systemClock.now(), options.warnWithin);
       const output = createOutput(jsonOf(command));
-      output.result(root, () => {
+      output.result({ ...root, warnings: warning ? [warning] : [] }, () => {
         output.line(`root v${root.version}, threshold ${root.threshold}, expires ${iso(root.expiresAtMs)}`);
+        if (warning) output.line(`warning [${warning.code}]: ${warning.message}`);
         output.table(
           ['ROLE', 'KEY ID'],
           [
@@ -92,5 +98,7 @@ export function registerKeys(program: Command): void {
           ],
         );
       });
+      // A warning goes to stderr too, so a script reading --json still sees it.
+      if (warning && jsonOf(command)) process.stderr.write(`warning [${warning.code}]: ${warning.message}\n`);
     });
 }

@@ -141,6 +141,50 @@ export interface CreateEnrollmentTokenResponse {
   token: string;
   deviceId: string;
   expiresAtMs: number;
+  /** The token's id, for ListEnrollmentTokens and RevokeEnrollmentToken. */
+  id: string;
+  reenroll: boolean;
+}
+
+export interface ReenrollDeviceRequest {
+  deviceId: string;
+  ttlSeconds: number;
+}
+
+export interface ListEnrollmentTokensRequest {
+  /** Only this device's tokens; empty: every device. */
+  deviceId: string;
+  /** Also used, expired and revoked tokens. */
+  includeInactive: boolean;
+}
+
+export interface ListEnrollmentTokensResponse {
+  tokens: EnrollmentToken[];
+}
+
+export interface RevokeEnrollmentTokenRequest {
+  id: string;
+}
+
+export interface EnrollmentToken {
+  id: string;
+  deviceId: string;
+  labels: { [key: string]: string };
+  createdAtMs: number;
+  expiresAtMs: number;
+  /** 0: not used (yet). */
+  usedAtMs: number;
+  /** 0: not revoked. */
+  revokedAtMs: number;
+  /** Issued by ReenrollDevice. */
+  reenroll: boolean;
+  /** active | used | expired | revoked */
+  state: string;
+}
+
+export interface EnrollmentToken_LabelsEntry {
+  key: string;
+  value: string;
 }
 
 export interface ListDevicesRequest {
@@ -780,7 +824,7 @@ export const CreateEnrollmentTokenRequest_LabelsEntry: MessageFns<CreateEnrollme
 };
 
 function createBaseCreateEnrollmentTokenResponse(): CreateEnrollmentTokenResponse {
-  return { token: "", deviceId: "", expiresAtMs: 0 };
+  return { token: "", deviceId: "", expiresAtMs: 0, id: "", reenroll: false };
 }
 
 export const CreateEnrollmentTokenResponse: MessageFns<CreateEnrollmentTokenResponse> = {
@@ -793,6 +837,12 @@ export const CreateEnrollmentTokenResponse: MessageFns<CreateEnrollmentTokenResp
     }
     if (message.expiresAtMs !== 0) {
       writer.uint32(24).int64(message.expiresAtMs);
+    }
+    if (message.id !== "") {
+      writer.uint32(34).string(message.id);
+    }
+    if (message.reenroll !== false) {
+      writer.uint32(40).bool(message.reenroll);
     }
     return writer;
   },
@@ -834,6 +884,22 @@ export const CreateEnrollmentTokenResponse: MessageFns<CreateEnrollmentTokenResp
             message.expiresAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.reenroll = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -859,6 +925,8 @@ export const CreateEnrollmentTokenResponse: MessageFns<CreateEnrollmentTokenResp
         : isSet(object.expires_at_ms)
         ? globalThis.Number(object.expires_at_ms)
         : 0,
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      reenroll: isSet(object.reenroll) ? globalThis.Boolean(object.reenroll) : false,
     };
   },
 
@@ -873,6 +941,12 @@ export const CreateEnrollmentTokenResponse: MessageFns<CreateEnrollmentTokenResp
     if (message.expiresAtMs !== 0) {
       obj.expiresAtMs = Math.round(message.expiresAtMs);
     }
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.reenroll !== false) {
+      obj.reenroll = message.reenroll;
+    }
     return obj;
   },
 
@@ -886,6 +960,674 @@ export const CreateEnrollmentTokenResponse: MessageFns<CreateEnrollmentTokenResp
     message.token = object.token ?? "";
     message.deviceId = object.deviceId ?? "";
     message.expiresAtMs = object.expiresAtMs ?? 0;
+    message.id = object.id ?? "";
+    message.reenroll = object.reenroll ?? false;
+    return message;
+  },
+};
+
+function createBaseReenrollDeviceRequest(): ReenrollDeviceRequest {
+  return { deviceId: "", ttlSeconds: 0 };
+}
+
+export const ReenrollDeviceRequest: MessageFns<ReenrollDeviceRequest> = {
+  encode(message: ReenrollDeviceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deviceId !== "") {
+      writer.uint32(10).string(message.deviceId);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(16).int64(message.ttlSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReenrollDeviceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReenrollDeviceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deviceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReenrollDeviceRequest {
+    return {
+      deviceId: isSet(object.deviceId)
+        ? globalThis.String(object.deviceId)
+        : isSet(object.device_id)
+        ? globalThis.String(object.device_id)
+        : "",
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: ReenrollDeviceRequest): unknown {
+    const obj: any = {};
+    if (message.deviceId !== "") {
+      obj.deviceId = message.deviceId;
+    }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReenrollDeviceRequest>, I>>(base?: I): ReenrollDeviceRequest {
+    return ReenrollDeviceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReenrollDeviceRequest>, I>>(object: I): ReenrollDeviceRequest {
+    const message = createBaseReenrollDeviceRequest();
+    message.deviceId = object.deviceId ?? "";
+    message.ttlSeconds = object.ttlSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseListEnrollmentTokensRequest(): ListEnrollmentTokensRequest {
+  return { deviceId: "", includeInactive: false };
+}
+
+export const ListEnrollmentTokensRequest: MessageFns<ListEnrollmentTokensRequest> = {
+  encode(message: ListEnrollmentTokensRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deviceId !== "") {
+      writer.uint32(10).string(message.deviceId);
+    }
+    if (message.includeInactive !== false) {
+      writer.uint32(16).bool(message.includeInactive);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEnrollmentTokensRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEnrollmentTokensRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deviceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.includeInactive = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEnrollmentTokensRequest {
+    return {
+      deviceId: isSet(object.deviceId)
+        ? globalThis.String(object.deviceId)
+        : isSet(object.device_id)
+        ? globalThis.String(object.device_id)
+        : "",
+      includeInactive: isSet(object.includeInactive)
+        ? globalThis.Boolean(object.includeInactive)
+        : isSet(object.include_inactive)
+        ? globalThis.Boolean(object.include_inactive)
+        : false,
+    };
+  },
+
+  toJSON(message: ListEnrollmentTokensRequest): unknown {
+    const obj: any = {};
+    if (message.deviceId !== "") {
+      obj.deviceId = message.deviceId;
+    }
+    if (message.includeInactive !== false) {
+      obj.includeInactive = message.includeInactive;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEnrollmentTokensRequest>, I>>(base?: I): ListEnrollmentTokensRequest {
+    return ListEnrollmentTokensRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEnrollmentTokensRequest>, I>>(object: I): ListEnrollmentTokensRequest {
+    const message = createBaseListEnrollmentTokensRequest();
+    message.deviceId = object.deviceId ?? "";
+    message.includeInactive = object.includeInactive ?? false;
+    return message;
+  },
+};
+
+function createBaseListEnrollmentTokensResponse(): ListEnrollmentTokensResponse {
+  return { tokens: [] };
+}
+
+export const ListEnrollmentTokensResponse: MessageFns<ListEnrollmentTokensResponse> = {
+  encode(message: ListEnrollmentTokensResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.tokens) {
+      EnrollmentToken.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEnrollmentTokensResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEnrollmentTokensResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tokens.push(EnrollmentToken.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEnrollmentTokensResponse {
+    return {
+      tokens: globalThis.Array.isArray(object?.tokens)
+        ? object.tokens.map((e: any) => EnrollmentToken.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListEnrollmentTokensResponse): unknown {
+    const obj: any = {};
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens.map((e) => EnrollmentToken.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEnrollmentTokensResponse>, I>>(base?: I): ListEnrollmentTokensResponse {
+    return ListEnrollmentTokensResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEnrollmentTokensResponse>, I>>(object: I): ListEnrollmentTokensResponse {
+    const message = createBaseListEnrollmentTokensResponse();
+    message.tokens = object.tokens?.map((e) => EnrollmentToken.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRevokeEnrollmentTokenRequest(): RevokeEnrollmentTokenRequest {
+  return { id: "" };
+}
+
+export const RevokeEnrollmentTokenRequest: MessageFns<RevokeEnrollmentTokenRequest> = {
+  encode(message: RevokeEnrollmentTokenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeEnrollmentTokenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeEnrollmentTokenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeEnrollmentTokenRequest {
+    return { id: isSet(object.id) ? globalThis.String(object.id) : "" };
+  },
+
+  toJSON(message: RevokeEnrollmentTokenRequest): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeEnrollmentTokenRequest>, I>>(base?: I): RevokeEnrollmentTokenRequest {
+    return RevokeEnrollmentTokenRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeEnrollmentTokenRequest>, I>>(object: I): RevokeEnrollmentTokenRequest {
+    const message = createBaseRevokeEnrollmentTokenRequest();
+    message.id = object.id ?? "";
+    return message;
+  },
+};
+
+function createBaseEnrollmentToken(): EnrollmentToken {
+  return {
+    id: "",
+    deviceId: "",
+    labels: {},
+    createdAtMs: 0,
+    expiresAtMs: 0,
+    usedAtMs: 0,
+    revokedAtMs: 0,
+    reenroll: false,
+    state: "",
+  };
+}
+
+export const EnrollmentToken: MessageFns<EnrollmentToken> = {
+  encode(message: EnrollmentToken, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.deviceId !== "") {
+      writer.uint32(18).string(message.deviceId);
+    }
+    globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
+      EnrollmentToken_LabelsEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
+    });
+    if (message.createdAtMs !== 0) {
+      writer.uint32(32).int64(message.createdAtMs);
+    }
+    if (message.expiresAtMs !== 0) {
+      writer.uint32(40).int64(message.expiresAtMs);
+    }
+    if (message.usedAtMs !== 0) {
+      writer.uint32(48).int64(message.usedAtMs);
+    }
+    if (message.revokedAtMs !== 0) {
+      writer.uint32(56).int64(message.revokedAtMs);
+    }
+    if (message.reenroll !== false) {
+      writer.uint32(64).bool(message.reenroll);
+    }
+    if (message.state !== "") {
+      writer.uint32(74).string(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnrollmentToken {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnrollmentToken();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.deviceId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            const entry3 = EnrollmentToken_LabelsEntry.decode(reader, reader.uint32());
+            if (entry3.value !== undefined) {
+              message.labels[entry3.key] = entry3.value;
+            }
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.expiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.usedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.revokedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.reenroll = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnrollmentToken {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      deviceId: isSet(object.deviceId)
+        ? globalThis.String(object.deviceId)
+        : isSet(object.device_id)
+        ? globalThis.String(object.device_id)
+        : "",
+      labels: isObject(object.labels)
+        ? (globalThis.Object.entries(object.labels) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      expiresAtMs: isSet(object.expiresAtMs)
+        ? globalThis.Number(object.expiresAtMs)
+        : isSet(object.expires_at_ms)
+        ? globalThis.Number(object.expires_at_ms)
+        : 0,
+      usedAtMs: isSet(object.usedAtMs)
+        ? globalThis.Number(object.usedAtMs)
+        : isSet(object.used_at_ms)
+        ? globalThis.Number(object.used_at_ms)
+        : 0,
+      revokedAtMs: isSet(object.revokedAtMs)
+        ? globalThis.Number(object.revokedAtMs)
+        : isSet(object.revoked_at_ms)
+        ? globalThis.Number(object.revoked_at_ms)
+        : 0,
+      reenroll: isSet(object.reenroll) ? globalThis.Boolean(object.reenroll) : false,
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+    };
+  },
+
+  toJSON(message: EnrollmentToken): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.deviceId !== "") {
+      obj.deviceId = message.deviceId;
+    }
+    if (message.labels) {
+      const entries = globalThis.Object.entries(message.labels) as [string, string][];
+      if (entries.length > 0) {
+        obj.labels = {};
+        entries.forEach(([k, v]) => {
+          obj.labels[k] = v;
+        });
+      }
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.expiresAtMs !== 0) {
+      obj.expiresAtMs = Math.round(message.expiresAtMs);
+    }
+    if (message.usedAtMs !== 0) {
+      obj.usedAtMs = Math.round(message.usedAtMs);
+    }
+    if (message.revokedAtMs !== 0) {
+      obj.revokedAtMs = Math.round(message.revokedAtMs);
+    }
+    if (message.reenroll !== false) {
+      obj.reenroll = message.reenroll;
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnrollmentToken>, I>>(base?: I): EnrollmentToken {
+    return EnrollmentToken.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnrollmentToken>, I>>(object: I): EnrollmentToken {
+    const message = createBaseEnrollmentToken();
+    message.id = object.id ?? "";
+    message.deviceId = object.deviceId ?? "";
+    message.labels = (globalThis.Object.entries(object.labels ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.expiresAtMs = object.expiresAtMs ?? 0;
+    message.usedAtMs = object.usedAtMs ?? 0;
+    message.revokedAtMs = object.revokedAtMs ?? 0;
+    message.reenroll = object.reenroll ?? false;
+    message.state = object.state ?? "";
+    return message;
+  },
+};
+
+function createBaseEnrollmentToken_LabelsEntry(): EnrollmentToken_LabelsEntry {
+  return { key: "", value: "" };
+}
+
+export const EnrollmentToken_LabelsEntry: MessageFns<EnrollmentToken_LabelsEntry> = {
+  encode(message: EnrollmentToken_LabelsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnrollmentToken_LabelsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnrollmentToken_LabelsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnrollmentToken_LabelsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: EnrollmentToken_LabelsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnrollmentToken_LabelsEntry>, I>>(base?: I): EnrollmentToken_LabelsEntry {
+    return EnrollmentToken_LabelsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnrollmentToken_LabelsEntry>, I>>(object: I): EnrollmentToken_LabelsEntry {
+    const message = createBaseEnrollmentToken_LabelsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -2420,7 +3162,10 @@ export const RevokeTokenResponse: MessageFns<RevokeTokenResponse> = {
 
 export type DeviceServiceService = typeof DeviceServiceService;
 export const DeviceServiceService = {
-  /** A one-time token a device presents once to enroll (role: operator). */
+  /**
+   * A one-time token a device presents once to enroll (role: operator). Refused with
+   * DEVICE_ALREADY_ENROLLED for an enrolled device: use ReenrollDevice.
+   */
   createEnrollmentToken: {
     path: "/driftline.v1.DeviceService/CreateEnrollmentToken" as const,
     requestStream: false as const,
@@ -2431,6 +3176,44 @@ export const DeviceServiceService = {
     responseSerialize: (value: CreateEnrollmentTokenResponse): Buffer =>
       Buffer.from(CreateEnrollmentTokenResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateEnrollmentTokenResponse => CreateEnrollmentTokenResponse.decode(value),
+  },
+  /**
+   * A one-time token that re-enrolls an enrolled device: when it is spent the device gets a new
+   * secret and any session still using the old one is disconnected (role: operator).
+   */
+  reenrollDevice: {
+    path: "/driftline.v1.DeviceService/ReenrollDevice" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReenrollDeviceRequest): Buffer =>
+      Buffer.from(ReenrollDeviceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReenrollDeviceRequest => ReenrollDeviceRequest.decode(value),
+    responseSerialize: (value: CreateEnrollmentTokenResponse): Buffer =>
+      Buffer.from(CreateEnrollmentTokenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateEnrollmentTokenResponse => CreateEnrollmentTokenResponse.decode(value),
+  },
+  /** Enrollment tokens, newest first; only their ids and state, never the tokens (role: operator). */
+  listEnrollmentTokens: {
+    path: "/driftline.v1.DeviceService/ListEnrollmentTokens" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListEnrollmentTokensRequest): Buffer =>
+      Buffer.from(ListEnrollmentTokensRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListEnrollmentTokensRequest => ListEnrollmentTokensRequest.decode(value),
+    responseSerialize: (value: ListEnrollmentTokensResponse): Buffer =>
+      Buffer.from(ListEnrollmentTokensResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListEnrollmentTokensResponse => ListEnrollmentTokensResponse.decode(value),
+  },
+  /** Makes an unspent token unusable (role: operator). */
+  revokeEnrollmentToken: {
+    path: "/driftline.v1.DeviceService/RevokeEnrollmentToken" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevokeEnrollmentTokenRequest): Buffer =>
+      Buffer.from(RevokeEnrollmentTokenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevokeEnrollmentTokenRequest => RevokeEnrollmentTokenRequest.decode(value),
+    responseSerialize: (value: EnrollmentToken): Buffer => Buffer.from(EnrollmentToken.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EnrollmentToken => EnrollmentToken.decode(value),
   },
   listDevices: {
     path: "/driftline.v1.DeviceService/ListDevices" as const,
@@ -2473,8 +3256,20 @@ export const DeviceServiceService = {
 } as const;
 
 export interface DeviceServiceServer extends UntypedServiceImplementation {
-  /** A one-time token a device presents once to enroll (role: operator). */
+  /**
+   * A one-time token a device presents once to enroll (role: operator). Refused with
+   * DEVICE_ALREADY_ENROLLED for an enrolled device: use ReenrollDevice.
+   */
   createEnrollmentToken: handleUnaryCall<CreateEnrollmentTokenRequest, CreateEnrollmentTokenResponse>;
+  /**
+   * A one-time token that re-enrolls an enrolled device: when it is spent the device gets a new
+   * secret and any session still using the old one is disconnected (role: operator).
+   */
+  reenrollDevice: handleUnaryCall<ReenrollDeviceRequest, CreateEnrollmentTokenResponse>;
+  /** Enrollment tokens, newest first; only their ids and state, never the tokens (role: operator). */
+  listEnrollmentTokens: handleUnaryCall<ListEnrollmentTokensRequest, ListEnrollmentTokensResponse>;
+  /** Makes an unspent token unusable (role: operator). */
+  revokeEnrollmentToken: handleUnaryCall<RevokeEnrollmentTokenRequest, EnrollmentToken>;
   listDevices: handleUnaryCall<ListDevicesRequest, ListDevicesResponse>;
   getDevice: handleUnaryCall<GetDeviceRequest, Device>;
   labelDevice: handleUnaryCall<LabelDeviceRequest, Device>;
@@ -2483,7 +3278,10 @@ export interface DeviceServiceServer extends UntypedServiceImplementation {
 }
 
 export interface DeviceServiceClient extends Client {
-  /** A one-time token a device presents once to enroll (role: operator). */
+  /**
+   * A one-time token a device presents once to enroll (role: operator). Refused with
+   * DEVICE_ALREADY_ENROLLED for an enrolled device: use ReenrollDevice.
+   */
   createEnrollmentToken(
     request: CreateEnrollmentTokenRequest,
     callback: (error: ServiceError | null, response: CreateEnrollmentTokenResponse) => void,
@@ -2498,6 +3296,57 @@ export interface DeviceServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateEnrollmentTokenResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A one-time token that re-enrolls an enrolled device: when it is spent the device gets a new
+   * secret and any session still using the old one is disconnected (role: operator).
+   */
+  reenrollDevice(
+    request: ReenrollDeviceRequest,
+    callback: (error: ServiceError | null, response: CreateEnrollmentTokenResponse) => void,
+  ): ClientUnaryCall;
+  reenrollDevice(
+    request: ReenrollDeviceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateEnrollmentTokenResponse) => void,
+  ): ClientUnaryCall;
+  reenrollDevice(
+    request: ReenrollDeviceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateEnrollmentTokenResponse) => void,
+  ): ClientUnaryCall;
+  /** Enrollment tokens, newest first; only their ids and state, never the tokens (role: operator). */
+  listEnrollmentTokens(
+    request: ListEnrollmentTokensRequest,
+    callback: (error: ServiceError | null, response: ListEnrollmentTokensResponse) => void,
+  ): ClientUnaryCall;
+  listEnrollmentTokens(
+    request: ListEnrollmentTokensRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListEnrollmentTokensResponse) => void,
+  ): ClientUnaryCall;
+  listEnrollmentTokens(
+    request: ListEnrollmentTokensRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListEnrollmentTokensResponse) => void,
+  ): ClientUnaryCall;
+  /** Makes an unspent token unusable (role: operator). */
+  revokeEnrollmentToken(
+    request: RevokeEnrollmentTokenRequest,
+    callback: (error: ServiceError | null, response: EnrollmentToken) => void,
+  ): ClientUnaryCall;
+  revokeEnrollmentToken(
+    request: RevokeEnrollmentTokenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EnrollmentToken) => void,
+  ): ClientUnaryCall;
+  revokeEnrollmentToken(
+    request: RevokeEnrollmentTokenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EnrollmentToken) => void,
   ): ClientUnaryCall;
   listDevices(
     request: ListDevicesRequest,
