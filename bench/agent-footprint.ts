@@ -9,12 +9,15 @@
  * The baseline, in the same run: bare Node (the same pinned runtime the binary carries, stripped
  * the same way) with onnxruntime-node and one session of the same model, no agent code
  * (bench/bare-onnxruntime.cjs), with Node's default flags; `idle_rss_vs_bare` is the agent's
- * idle RSS over that one's.
+ * idle RSS over that one's. File-backed RSS depends on how a file came into the page cache (the
+ * kernel maps whole large folios on a fault), so every executable file either side runs (the
+ * agent binary, whose addons it extracts itself; the bare Node and onnxruntime-node's binaries)
+ * is a fresh copy written the same way in the scratch folder.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { credentials, Metadata } from '@grpc/grpc-js';
@@ -131,9 +134,15 @@ const describeMemory = (m: Memory): string =>
  * memory after the same settling time as the agent's, with Node's default flags unless `nodeOptions`.
  */
 async function bareIdle(node: string, model: string, nodeOptions?: string): Promise<Memory> {
-  const child = spawn(node, [join(ROOT, 'bench', 'bare-onnxruntime.cjs'), model, 'features', '8'], {
+  // onnxruntime-node as the agent loads it, from files freshly written (its other dependencies from node_modules).
+  const bareDir = join(scratch, 'bare');
+  const ort = join(ROOT, 'node_modules', 'onnxruntime-node');
+  const ortNative = join('bin', 'napi-v6', 'linux', process.arch);
+  for (const rel of ['package.json', 'dist', join(ortNative, 'onnxruntime_binding.node'), join(ortNative, 'libonnxruntime.so.1')]) freshCopy(join(ort, rel), join(bareDir, 'node_modules', 'onnxruntime-node', rel));
+  freshCopy(join(ROOT, 'bench', 'bare-onnxruntime.cjs'), join(bareDir, 'bare-onnxruntime.cjs'));
+  const child = spawn(node, [join(bareDir, 'bare-onnxruntime.cjs'), model, 'features', '8'], {
     cwd: scratch,
-    env: { PATH: env.PATH, HOME: home, ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}) },
+    env: { PATH: env.PATH, HOME: home, NODE_PATH: join(ROOT, 'node_modules'), ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
@@ -171,21 +180,36 @@ async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs 
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** Writes a copy of a file or folder the way the agent writes its extracted addons (one write per file), executable bits kept. */
+function freshCopy(from: string, to: string): void {
+  if (statSync(from).isDirectory()) {
+    for (const name of readdirSync(from)) freshCopy(join(from, name), join(to, name));
+    return;
+  }
+  mkdirSync(dirname(to), { recursive: true });
+  writeFileSync(to, readFileSync(from));
+  chmodSync(to, statSync(from).mode & 0o777);
+}
+
 let binaryPath = '';
 async function main(): Promise<void> {
-  binaryPath = resolve(values.binary ?? join(ROOT, 'dist', `driftline-agent-linux-${process.arch}`));
+  const built = resolve(values.binary ?? join(ROOT, 'dist', `driftline-agent-linux-${process.arch}`));
   const arch = process.arch as Arch;
   if (!values.binary) {
-    log(`building ${binaryPath}`);
+    log(`building ${built}`);
     const inputs = agentBuildInputs(arch, log);
-    await buildAgentBinary({ arch, node: inputs.runtime.node, sqliteAddon: inputs.sqliteAddon, out: binaryPath, strip: true, log });
+    await buildAgentBinary({ arch, node: inputs.runtime.node, sqliteAddon: inputs.sqliteAddon, out: built, strip: true, log });
   }
+  binaryPath = join(scratch, 'bin', basename(built));
+  freshCopy(built, binaryPath);
   // The baseline's Node: the runtime the binary carries, stripped as the build strips it.
   const runtime = ensureNodeRuntime(arch, log);
+  const stripped = join(scratch, 'node.stripped');
+  copyFileSync(runtime.node, stripped);
+  spawnSync('strip', ['--strip-all', stripped]);
   const bareNode = join(scratch, 'node');
-  copyFileSync(runtime.node, bareNode);
-  chmodSync(bareNode, 0o755);
-  spawnSync('strip', ['--strip-all', bareNode]);
+  freshCopy(stripped, bareNode);
+  rmSync(stripped);
   const bareModel = join(scratch, 'bare-model.onnx');
   writeFileSync(bareModel, buildDemoModel().bytes);
   const bare = await bareIdle(bareNode, bareModel);
