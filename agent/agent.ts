@@ -8,7 +8,6 @@ import { Command, CommandResult, DesiredState, Outcome, ReportedState } from '..
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import type { AgentConfig } from './config.js';
 import { SqliteBuffer } from './buffer/sqlite-buffer.js';
-import { enrollOverGrpc } from './enrollment/grpc-enrollment.js';
 import { readIdentity, writeIdentity, type DeviceIdentity } from './enrollment/identity.js';
 import { InferenceEngine } from './inference/engine.js';
 import { registerInferenceMetrics } from './inference/metrics.js';
@@ -436,6 +435,9 @@ async function ensureIdentity(config: Readonly<AgentConfig>, firmwareProfile: st
   if (!config.enrollToken || !config.deviceId) {
     throw new DriftlineError('CONFIG_INVALID', 'the agent is not enrolled: pass --device-id and --enroll-token (from `driftline devices token <id>`)');
   }
+  // gRPC (grpc-js and the fleet API's generated client) is loaded only to enroll: an enrolled
+  // device never holds it in memory (bench:agent-footprint).
+  const { enrollOverGrpc } = await import('./enrollment/grpc-enrollment.js');
   const response = await enrollOverGrpc({
     server: config.server,
     tls: config.serverTls,

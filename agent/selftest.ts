@@ -26,6 +26,8 @@ export interface SelftestReport {
   ok: boolean;
   version: string;
   packaged: boolean;
+  /** The runtime it ran on: the Node the binary carries when packaged. */
+  runtime: { node: string; platform: string; arch: string };
   checks: SelftestCheck[];
 }
 
@@ -121,13 +123,14 @@ export async function runSelftest(options: SelftestOptions = {}): Promise<Selfte
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
-  return { ok: checks.every((c) => c.ok), version: DRIFTLINE_VERSION, packaged, checks };
+  const runtime = { node: process.versions.node, platform: process.platform, arch: process.arch };
+  return { ok: checks.every((c) => c.ok), version: DRIFTLINE_VERSION, packaged, runtime, checks };
 }
 
 /** The report as a table people read at a terminal, ending with PASS or FAIL. */
 export function formatSelftest(report: SelftestReport): string {
   const width = Math.max(...report.checks.map((c) => c.name.length));
-  const lines = [`driftline-agent ${report.version} selftest (${report.packaged ? 'packaged binary' : 'from source'}, ${process.platform}-${process.arch}, node ${process.versions.node})`];
+  const lines = [`driftline-agent ${report.version} selftest (${report.packaged ? 'packaged binary' : 'from source'}, ${report.runtime.platform}-${report.runtime.arch}, node ${report.runtime.node})`];
   for (const c of report.checks) lines.push(`  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name.padEnd(width)}  ${c.code ? `[${c.code}] ` : ''}${c.detail}`);
   const failed = report.checks.filter((c) => !c.ok).length;
   lines.push(report.ok ? 'selftest: PASS' : `selftest: FAIL (${failed} of ${report.checks.length} checks failed)`);

@@ -5,11 +5,19 @@
  * with the demo model active, against a control plane), idle RSS with the model loaded, and
  * RSS during and after `--minutes` of steady inference (a leak shows as growth). Builds the
  * binary first unless --binary is given. Progress goes to stderr; the last stdout line is JSON.
+ *
+ * The baseline, in the same run: bare Node (the same pinned runtime the binary carries, stripped
+ * the same way) with onnxruntime-node and one session of the same model, no agent code
+ * (bench/bare-onnxruntime.cjs), with Node's default flags; `idle_rss_vs_bare` is the agent's
+ * idle RSS over that one's. File-backed RSS depends on how a file came into the page cache (the
+ * kernel maps whole large folios on a fault), so every executable file either side runs (the
+ * agent binary, whose addons it extracts itself; the bare Node and onnxruntime-node's binaries)
+ * is a fresh copy written the same way in the scratch folder.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { credentials, Metadata } from '@grpc/grpc-js';
@@ -20,11 +28,14 @@ import { startControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { buildAgentBinary } from '../packaging/build-agent.js';
+import { agentBuildInputs, ensureNodeRuntime, type Arch } from '../packaging/node-runtime.js';
 import { createHash } from 'node:crypto';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
-const TARGETS = { idle_rss_mb: 80, ready_ms: 1500 };
+const TARGETS = { idle_rss_mb: 80, idle_rss_vs_bare: 1.25, ready_ms: 1500 };
+/** How long start-up garbage gets to settle before an idle RSS sample (agent and bare alike). */
+const SETTLE_MS = 3000;
 const log = (line: string): void => void process.stderr.write(`[agent-footprint] ${line}\n`);
 const mb = (kb: number): number => Math.round((kb / 1024) * 10) / 10;
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -84,22 +95,70 @@ async function stop(agent: Agent): Promise<number | null> {
 }
 
 /** RSS of a process and the part of it that is onnxruntime's library and the binary's own pages. */
-function memory(pid: number): { rss: number; anon: number; file: number; onnxruntime: number; binary: number } {
+interface Memory {
+  rss: number;
+  anon: number;
+  file: number;
+  onnxruntime: number;
+  binary: number;
+  /** Resident kB per mapping name ([anon] for anonymous ones), largest first. */
+  top: Array<[string, number]>;
+}
+
+function memory(pid: number, executable: string = binaryPath): Memory {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string): number => Number(status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm'))?.[1] ?? 0);
   let onnxruntime = 0;
   let binary = 0;
   let current = '';
+  const byName = new Map<string, number>();
   for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
     const header = line.match(/^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/);
     if (header) current = header[1] ?? '';
     else if (line.startsWith('Rss:')) {
       const kb = Number(line.split(/\s+/)[1]);
+      byName.set(current.split('/').at(-1) || '[anon]', (byName.get(current.split('/').at(-1) || '[anon]') ?? 0) + kb);
       if (current.includes('libonnxruntime')) onnxruntime += kb;
-      else if (current.endsWith('driftline-agent-linux-x64') || current.endsWith('driftline-agent-linux-arm64') || current === binaryPath) binary += kb;
+      else if (current === executable) binary += kb;
     }
   }
-  return { rss: field('VmRSS'), anon: field('RssAnon'), file: field('RssFile'), onnxruntime, binary };
+  const top = [...byName].sort((a, b) => b[1] - a[1]).slice(0, 6);
+  return { rss: field('VmRSS'), anon: field('RssAnon'), file: field('RssFile'), onnxruntime, binary, top };
+}
+
+const describeMemory = (m: Memory): string =>
+  `${mb(m.rss)} MB (anon ${mb(m.anon)}, file ${mb(m.file)}; libonnxruntime ${mb(m.onnxruntime)}, node binary ${mb(m.binary)}; top: ${m.top.map(([n, kb]) => `${n} ${mb(kb)}`).join(', ')})`;
+
+/**
+ * Bare Node + onnxruntime-node + one session of `model`, no agent code, on `node`: its idle
+ * memory after the same settling time as the agent's, with Node's default flags unless `nodeOptions`.
+ */
+async function bareIdle(node: string, model: string, nodeOptions?: string): Promise<Memory> {
+  // onnxruntime-node as the agent loads it, from files freshly written (its other dependencies from node_modules).
+  const bareDir = join(scratch, 'bare');
+  const ort = join(ROOT, 'node_modules', 'onnxruntime-node');
+  const ortNative = join('bin', 'napi-v6', 'linux', process.arch);
+  for (const rel of ['package.json', 'dist', join(ortNative, 'onnxruntime_binding.node'), join(ortNative, 'libonnxruntime.so.1')]) freshCopy(join(ort, rel), join(bareDir, 'node_modules', 'onnxruntime-node', rel));
+  freshCopy(join(ROOT, 'bench', 'bare-onnxruntime.cjs'), join(bareDir, 'bare-onnxruntime.cjs'));
+  const child = spawn(node, [join(bareDir, 'bare-onnxruntime.cjs'), model, 'features', '8'], {
+    cwd: scratch,
+    env: { PATH: env.PATH, HOME: home, NODE_PATH: join(ROOT, 'node_modules'), ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  try {
+    await new Promise<void>((res, rej) => {
+      createInterface({ input: child.stdout! }).on('line', (line) => line === 'ready' && res());
+      void exited.then((code) => rej(new Error(`bare onnxruntime exited with ${code}:\n${stderr}`)));
+    });
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    return memory(child.pid!, node);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
 }
 
 async function infer(localApi: string, row: number[]): Promise<boolean> {
@@ -121,20 +180,42 @@ async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs 
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** Writes a copy of a file or folder the way the agent writes its extracted addons (one write per file), executable bits kept. */
+function freshCopy(from: string, to: string): void {
+  if (statSync(from).isDirectory()) {
+    for (const name of readdirSync(from)) freshCopy(join(from, name), join(to, name));
+    return;
+  }
+  mkdirSync(dirname(to), { recursive: true });
+  writeFileSync(to, readFileSync(from));
+  chmodSync(to, statSync(from).mode & 0o777);
+}
+
 let binaryPath = '';
 async function main(): Promise<void> {
-  binaryPath = resolve(values.binary ?? join(ROOT, 'dist', `driftline-agent-linux-${process.arch}`));
+  const built = resolve(values.binary ?? join(ROOT, 'dist', `driftline-agent-linux-${process.arch}`));
+  const arch = process.arch as Arch;
   if (!values.binary) {
-    log(`building ${binaryPath}`);
-    await buildAgentBinary({
-      arch: process.arch as 'x64' | 'arm64',
-      node: process.execPath,
-      sqliteAddon: join(ROOT, 'node_modules', 'better-sqlite3', 'build', 'Release', 'better_sqlite3.node'),
-      out: binaryPath,
-      strip: true,
-      log,
-    });
+    log(`building ${built}`);
+    const inputs = agentBuildInputs(arch, log);
+    await buildAgentBinary({ arch, node: inputs.runtime.node, sqliteAddon: inputs.sqliteAddon, out: built, strip: true, log });
   }
+  binaryPath = join(scratch, 'bin', basename(built));
+  freshCopy(built, binaryPath);
+  // The baseline's Node: the runtime the binary carries, stripped as the build strips it.
+  const runtime = ensureNodeRuntime(arch, log);
+  const stripped = join(scratch, 'node.stripped');
+  copyFileSync(runtime.node, stripped);
+  spawnSync('strip', ['--strip-all', stripped]);
+  const bareNode = join(scratch, 'node');
+  freshCopy(stripped, bareNode);
+  rmSync(stripped);
+  const bareModel = join(scratch, 'bare-model.onnx');
+  writeFileSync(bareModel, buildDemoModel().bytes);
+  const bare = await bareIdle(bareNode, bareModel);
+  const bareSameFlags = nodeOptions ? await bareIdle(bareNode, bareModel, nodeOptions) : bare;
+  log(`bare node ${runtime.version} + onnxruntime-node + one session, idle: ${describeMemory(bare)}`);
+  if (nodeOptions) log(`  the same with NODE_OPTIONS=${nodeOptions}: ${mb(bareSameFlags.rss)} MB`);
   const binaryBytes = statSync(binaryPath).size;
 
   // First start of this binary: extracting the embedded addons (then `--version` with them cached).
@@ -183,9 +264,10 @@ async function main(): Promise<void> {
 
     // Idle with the model loaded: let start-up garbage settle, then sample.
     await waitUntil('the restored model', async () => (await fetch(`${agent.localApi}/v2/models/vibration/ready`)).ok);
-    await new Promise((r) => setTimeout(r, 3000));
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
     const idle = memory(agent.child.pid!);
-    log(`idle RSS ${mb(idle.rss)} MB (anon ${mb(idle.anon)}, file ${mb(idle.file)}; libonnxruntime ${mb(idle.onnxruntime)}, binary ${mb(idle.binary)})`);
+    const vsBare = Math.round((idle.rss / bare.rss) * 100) / 100;
+    log(`agent idle: ${describeMemory(idle)}; ${vsBare}x bare`);
 
     // Steady inference: `concurrency` callers back to back for `minutes`.
     const until = Date.now() + minutes * 60_000;
@@ -223,6 +305,12 @@ async function main(): Promise<void> {
       idle_rss_file_mb: mb(idle.file),
       idle_rss_onnxruntime_lib_mb: mb(idle.onnxruntime),
       idle_rss_binary_pages_mb: mb(idle.binary),
+      bare_node: runtime.version,
+      bare_idle_rss_mb: mb(bare.rss),
+      bare_idle_rss_anon_mb: mb(bare.anon),
+      bare_idle_rss_file_mb: mb(bare.file),
+      bare_idle_rss_same_node_options_mb: mb(bareSameFlags.rss),
+      idle_rss_vs_bare: vsBare,
       minutes,
       node_options: nodeOptions,
       inferences,
@@ -236,7 +324,7 @@ async function main(): Promise<void> {
       load_avg_1m: Math.round(loadavg()[0]! * 100) / 100,
       cpus: cpus().length,
       targets: TARGETS,
-      met: { idle_rss_mb: mb(idle.rss) <= TARGETS.idle_rss_mb, ready_ms: median(readyRuns) <= TARGETS.ready_ms },
+      met: { idle_rss_mb: mb(idle.rss) <= TARGETS.idle_rss_mb, idle_rss_vs_bare: vsBare <= TARGETS.idle_rss_vs_bare, ready_ms: median(readyRuns) <= TARGETS.ready_ms },
     });
   } finally {
     devices.close();

@@ -4,13 +4,15 @@
  * Builds the agent as one executable with Node's single-executable applications (SEA):
  * esbuild bundles agent/main.ts into one CommonJS file, the native addons (better-sqlite3,
  * onnxruntime-node's binding and libonnxruntime.so.1), the firmware profiles and the demo
- * model for `selftest` become SEA assets, and postject injects the blob into a copy of a
- * Node 20 binary. Everything comes from this machine: no download, so it works offline.
- * (@yao-pkg/pkg would download its patched Node base binaries, which fails offline.)
+ * model for `selftest` become SEA assets, and postject injects the blob into a copy of the
+ * pinned Node LTS (packaging/node-runtime.ts: from the npm registry's node-linux-<arch>
+ * package, with better-sqlite3 compiled for it, both cached). Nothing comes from nodejs.org,
+ * so a build works with the npm registry alone, and offline once the cache holds the runtime.
+ * (@yao-pkg/pkg would download its patched Node base binaries from GitHub.)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,17 +23,19 @@ import { buildDemoModel } from '../demo/model/demo-model.js';
 import type { NativeFile, NativeManifest } from '../agent/native-addons.js';
 import { NATIVE_MANIFEST_ASSET } from '../agent/native-addons.js';
 import { SELFTEST_MODEL_ASSET } from '../agent/selftest.js';
+import { AGENT_NODE, agentBuildInputs, assertElfArch, type Arch } from './node-runtime.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
-const ARCHES = { x64: { elfMachine: 62, profileArch: 'x86_64' }, arm64: { elfMachine: 183, profileArch: 'arm64' } } as const;
-type Arch = keyof typeof ARCHES;
+const ARCHES: readonly Arch[] = ['x64', 'arm64'];
 const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 
 export interface BuildOptions {
   arch: Arch;
-  /** The Node 20 binary to turn into the agent; the running one for a native build. */
+  /** The Node binary to turn into the agent (the pinned runtime: agentBuildInputs). */
   node: string;
+  /** A Node of the same version as `node` that runs on this machine: it writes the SEA blob (whose format is per version). Defaults to `node` when that one runs here. */
+  hostNode?: string;
   /** better_sqlite3.node for the target arch. */
   sqliteAddon: string;
   out: string;
@@ -56,6 +60,9 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
   mkdirSync(work, { recursive: true });
   mkdirSync(dirname(options.out), { recursive: true });
   const native = arch === process.arch;
+  const hostNode = options.hostNode ?? (native ? options.node : undefined);
+  if (!hostNode) throw new Error(`a ${arch} build on ${process.arch} needs hostNode: a ${process.arch} Node of the same version as ${options.node}`);
+  const nodeMajor = Number(execFileSync(hostNode, ['-p', 'process.versions.node'], { encoding: 'utf8' }).split('.')[0]);
 
   // 1. One CommonJS file (SEA runs CommonJS mains only).
   const bundle = join(work, 'agent.cjs');
@@ -65,7 +72,7 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
     bundle: true,
     platform: 'node',
     format: 'cjs',
-    target: 'node20',
+    target: `node${nodeMajor}`,
     outfile: bundle,
     minify: true,
     keepNames: true,
@@ -124,7 +131,7 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
   const blob = join(work, 'sea-prep.blob');
   const seaConfig = { main: bundle, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: native, assets };
   writeFileSync(join(work, 'sea-config.json'), JSON.stringify(seaConfig, null, 2));
-  execFileSync(native ? options.node : process.execPath, ['--experimental-sea-config', join(work, 'sea-config.json')], { stdio: 'pipe' });
+  execFileSync(hostNode, ['--experimental-sea-config', join(work, 'sea-config.json')], { stdio: 'pipe' });
 
   // 4. A copy of Node, stripped of debug symbols, with the blob injected.
   assertElfArch(options.node, arch);
@@ -185,19 +192,6 @@ function seaPlugin(version: string): esbuild.Plugin {
   };
 }
 
-function assertElfArch(path: string, arch: Arch): void {
-  const header = Buffer.alloc(20);
-  const fd = openSync(path, 'r');
-  try {
-    readSync(fd, header, 0, 20, 0);
-  } finally {
-    closeSync(fd);
-  }
-  if (header.readUInt32BE(0) !== 0x7f454c46) throw new Error(`${path} is not an ELF file`);
-  const machine = header.readUInt16LE(18);
-  if (machine !== ARCHES[arch].elfMachine) throw new Error(`${path} is not built for linux-${arch} (ELF machine ${machine})`);
-}
-
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 const fileSha256 = (path: string): string => sha256(readFileSync(path));
 const mb = (n: number): string => `${(n / 1024 / 1024).toFixed(1)} MB`;
@@ -207,6 +201,7 @@ async function main(): Promise<void> {
     options: {
       arch: { type: 'string', default: process.arch },
       node: { type: 'string' },
+      'host-node': { type: 'string' },
       'sqlite-addon': { type: 'string' },
       out: { type: 'string' },
       'no-strip': { type: 'boolean', default: false },
@@ -216,32 +211,33 @@ async function main(): Promise<void> {
   if (values.help) {
     process.stdout.write(
       [
-        'usage: npm run package:agent -- [--arch x64|arm64] [--node <node20 binary>] [--sqlite-addon <better_sqlite3.node>] [--out <file>] [--no-strip]',
+        'usage: npm run package:agent -- [--arch x64|arm64] [--node <node binary> --host-node <same version, runs here>] [--sqlite-addon <better_sqlite3.node>] [--out <file>] [--no-strip]',
         '',
-        'Builds dist/driftline-agent-linux-<arch>, a single executable with the native addons embedded.',
-        'Native builds need nothing beyond node_modules. A cross build for arm64 needs an arm64 Node binary of the',
-        "same version as this one and better-sqlite3's arm64 addon (see README: Installing the agent on a device).",
+        `Builds dist/driftline-agent-linux-<arch>, a single executable on Node ${AGENT_NODE.version} with the native addons embedded.`,
+        'The runtime comes from the npm registry (node-linux-<arch>, cached in .cache/node-runtimes); better-sqlite3 is',
+        'compiled for it with node-gyp (for arm64 with aarch64-linux-gnu-g++), cached in .cache/better-sqlite3.',
         '',
       ].join('\n'),
     );
     return;
   }
   const arch = values.arch as Arch;
-  if (!(arch in ARCHES)) throw new Error(`--arch must be x64 or arm64, not ${values.arch}`);
+  if (!ARCHES.includes(arch)) throw new Error(`--arch must be x64 or arm64, not ${values.arch}`);
   if (process.platform !== 'linux') throw new Error('the agent binary is built on linux');
-  const native = arch === process.arch;
-  if (!native && (!values.node || !values['sqlite-addon'])) {
-    throw new Error(`a ${arch} build on ${process.arch} needs --node <${arch} node binary> and --sqlite-addon <${arch} better_sqlite3.node>`);
-  }
+  if (values.node && arch !== process.arch && !values['host-node']) throw new Error(`--node for a ${arch} build on ${process.arch} needs --host-node (a ${process.arch} Node of the same version)`);
+  const log = (line: string): void => void process.stdout.write(`${line}\n`);
+  // The pinned runtime and its better-sqlite3 unless both are given.
+  const inputs = values.node && values['sqlite-addon'] ? undefined : agentBuildInputs(arch, log);
   const options: BuildOptions = {
     arch,
-    node: resolve(values.node ?? process.execPath),
-    sqliteAddon: resolve(values['sqlite-addon'] ?? join(ROOT, 'node_modules', 'better-sqlite3', 'build', 'Release', 'better_sqlite3.node')),
+    node: resolve(values.node ?? inputs!.runtime.node),
+    hostNode: values.node ? (values['host-node'] && resolve(values['host-node'])) || undefined : inputs!.hostNode,
+    sqliteAddon: resolve(values['sqlite-addon'] ?? inputs!.sqliteAddon),
     out: resolve(values.out ?? join(ROOT, 'dist', `driftline-agent-linux-${arch}`)),
     strip: !values['no-strip'],
-    log: (line) => process.stdout.write(`${line}\n`),
+    log,
   };
-  process.stdout.write(`building driftline-agent for linux-${arch} from ${options.node} (node ${native ? process.version : 'cross'})\n`);
+  process.stdout.write(`building driftline-agent for linux-${arch} from ${options.node}${values.node ? '' : ` (node ${AGENT_NODE.version})`}\n`);
   const built = await buildAgentBinary(options);
   const width = Math.max(...built.assets.map((a) => a.key.length));
   process.stdout.write(`embedded (gzip; extracted on first start into a folder named by their hash):\n`);

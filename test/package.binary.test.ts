@@ -8,6 +8,7 @@ import { silentLogger } from '../common/logger.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { buildAgentBinary } from '../packaging/build-agent.js';
+import { AGENT_NODE, agentBuildInputs } from '../packaging/node-runtime.js';
 import { driveInferences, inferOnce } from './helpers/agent-traffic.js';
 import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
 import { REPO_ROOT, waitFor } from './helpers/processes.js';
@@ -19,6 +20,7 @@ const VERSION = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8'
 interface SelftestJson {
   ok: boolean;
   packaged: boolean;
+  runtime: { node: string; platform: string; arch: string };
   checks: Array<{ name: string; ok: boolean; detail: string; code?: string }>;
 }
 
@@ -39,10 +41,12 @@ describe('the agent as one executable', () => {
 
   beforeAll(async () => {
     scratch = mkdtempSync(join(tmpdir(), 'driftline-package-'));
+    // The pinned Node LTS and better-sqlite3 compiled for it (cached in .cache/ after the first build).
+    const inputs = agentBuildInputs('x64');
     const built = await buildAgentBinary({
-      arch: process.arch as 'x64',
-      node: process.execPath,
-      sqliteAddon: join(REPO_ROOT, 'node_modules', 'better-sqlite3', 'build', 'Release', 'better_sqlite3.node'),
+      arch: 'x64',
+      node: inputs.runtime.node,
+      sqliteAddon: inputs.sqliteAddon,
       out: join(scratch, 'build', 'driftline-agent-linux-x64'),
       strip: true,
       log: () => undefined,
@@ -56,7 +60,7 @@ describe('the agent as one executable', () => {
     cwd = join(scratch, 'device', 'cwd');
     mkdirSync(home, { recursive: true });
     mkdirSync(cwd, { recursive: true });
-  }, 300_000);
+  }, 900_000);
 
   afterAll(() => {
     if (scratch) rmSync(scratch, { recursive: true, force: true });
@@ -90,6 +94,12 @@ describe('the agent as one executable', () => {
     ]);
     expect(second.report.checks[0]!.detail).toMatch(/^verified in /);
     expect(readdirSync(cache).filter((f) => !f.startsWith('.'))).toEqual(folders);
+  });
+
+  it("carries the pinned Node LTS from the npm registry, not the build machine's Node", () => {
+    const { status, report } = selftestJson();
+    expect(status).toBe(0);
+    expect(report.runtime).toEqual({ node: AGENT_NODE.version, platform: 'linux', arch: 'x64' });
   });
 
   it('extracts its native addons again when the extracted copy was tampered with', () => {
