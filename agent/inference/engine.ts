@@ -5,7 +5,7 @@ import { assertModelName } from '../../common/ids.js';
 import type { Logger } from '../../common/logger.js';
 import { RequestQueue, realTimers, type BatchingOptions, type BatchTimers, type RequestQueueStats } from './batcher.js';
 import { DATATYPES, datatypeOf, isDatatype, toTensorData, type Datatype } from './datatypes.js';
-import type { ModelRuntime, ProviderChoice, ProviderFailure, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
+import type { Batchability, BatchingOffReason, ModelRuntime, ProviderChoice, ProviderFailure, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
 
 export type { BatchingOptions } from './batcher.js';
 
@@ -33,10 +33,21 @@ export interface ActiveModelInfo {
   fallbacks: ProviderFailure[];
   /** Most rows one run combines; 1 when micro-batching is off for this model. */
   maxBatch: number;
+  /** Whether requests are combined, and when not, a stable reason why. */
+  batching: BatchingInfo;
   inputs: TensorSpec[];
   outputs: TensorSpec[];
   loadedAtMs: number;
 }
+
+/**
+ * Micro-batching for the active model. reason, when off: profile_max_batch_1 (the firmware
+ * profile's maxBatch is 1), runtime_unreported (the runtime did not say), or what about the
+ * model's shapes prevents it (see Batchability: scalar_tensor, fixed_leading_dimension, not_a_tensor).
+ */
+export type BatchingInfo =
+  | { enabled: true }
+  | { enabled: false; reason: BatchingOffReason | 'profile_max_batch_1' | 'runtime_unreported'; tensor?: string; detail: string };
 
 export interface InferInput {
   name: string;
@@ -234,6 +245,7 @@ export class InferenceEngine implements InferenceService {
     }
     let slot: Slot;
     const batching = this.options.batching ?? DEFAULT_BATCHING;
+    const batchingInfo = batchingOf(session.batchability, batching.maxBatch);
     try {
       const info: ActiveModelInfo = {
         name: spec.name,
@@ -241,7 +253,8 @@ export class InferenceEngine implements InferenceService {
         sha256: spec.sha256,
         provider: session.provider,
         fallbacks: (session.fallbacks ?? []).map((f) => ({ ...f })),
-        maxBatch: session.batchDimension === true ? batching.maxBatch : 1,
+        maxBatch: batchingInfo.enabled ? batching.maxBatch : 1,
+        batching: batchingInfo,
         inputs: session.inputs.map(copySpec),
         outputs: session.outputs.map(copySpec),
         loadedAtMs: this.clock.now(),
@@ -260,7 +273,7 @@ export class InferenceEngine implements InferenceService {
     const previous = this.current;
     this.current = slot;
     if (previous) this.retire(previous);
-    logger.info({ model: spec.name, version: spec.version, provider: session.provider, fallbacks: slot.info.fallbacks, maxBatch: slot.info.maxBatch, previous: previous?.describe() }, 'model active');
+    logger.info({ model: spec.name, version: spec.version, provider: session.provider, fallbacks: slot.info.fallbacks, maxBatch: slot.info.maxBatch, batching: slot.info.batching, previous: previous?.describe() }, 'model active');
     return slot.info;
   }
 
@@ -397,6 +410,13 @@ function toOutput(name: string, raw: Record<string, RuntimeTensor>): InferOutput
   const datatype = tensor && datatypeOf(tensor.type);
   if (!tensor || !datatype) throw new DriftlineError('INFERENCE_FAILED', `output ${name} is missing or has an element type the inference API cannot carry`);
   return { name, datatype, shape: [...tensor.dims], data: tensor.data };
+}
+
+function batchingOf(shapes: Batchability | undefined, maxBatch: number): BatchingInfo {
+  if (shapes === undefined) return { enabled: false, reason: 'runtime_unreported', detail: 'the model runtime does not say whether the model can be batched' };
+  if (!shapes.batchable) return { enabled: false, reason: shapes.reason, tensor: shapes.tensor, detail: shapes.detail };
+  if (maxBatch <= 1) return { enabled: false, reason: 'profile_max_batch_1', detail: 'the firmware profile sets inference.batching.maxBatch to 1' };
+  return { enabled: true };
 }
 
 function copySpec(spec: TensorSpec): TensorSpec {
