@@ -81,6 +81,8 @@ export interface RuntimeSession {
    * input and output has a dynamic first dimension. Absent: not batchable.
    */
   readonly batchability?: Batchability;
+  /** Per input, the symbolic name of each dimension ('' for a fixed or unnamed one): inputs that share a name must agree on its size. */
+  readonly inputDimNames?: Readonly<Record<string, readonly string[]>>;
   run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>>;
   release(): Promise<void>;
 }

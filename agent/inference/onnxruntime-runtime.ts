@@ -4,6 +4,7 @@ import { arch, platform } from 'node:os';
 import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { DriftlineError } from '../../common/errors.js';
+import { describeRuntimeFailure, explainRuntimeFailure } from '../../common/onnx/runtime-errors.js';
 import type { ExecutionProvider } from '../../common/firmware-profile.js';
 import type { Logger } from '../../common/logger.js';
 import { missingProviderFact } from '../profiles/detect.js';
@@ -125,6 +126,7 @@ class OnnxRuntimeSession implements RuntimeSession {
   readonly inputs: TensorSpec[];
   readonly outputs: TensorSpec[];
   readonly batchability: Batchability;
+  readonly inputDimNames: Readonly<Record<string, readonly string[]>>;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -135,6 +137,7 @@ class OnnxRuntimeSession implements RuntimeSession {
     this.inputs = session.inputMetadata.map((m) => toSpec(m, 'input'));
     this.outputs = session.outputMetadata.map((m) => toSpec(m, 'output'));
     this.batchability = batchabilityOf(session.inputMetadata, session.outputMetadata);
+    this.inputDimNames = Object.fromEntries(session.inputMetadata.map((m) => [m.name, m.isTensor ? m.shape.map((d) => (typeof d === 'string' ? d : '')) : []]));
   }
 
   async run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>> {
@@ -142,7 +145,12 @@ class OnnxRuntimeSession implements RuntimeSession {
     for (const [name, tensor] of Object.entries(feeds)) {
       ortFeeds[name] = new ort.Tensor(tensor.type, tensor.data, tensor.dims);
     }
-    const results = await this.session.run(ortFeeds);
+    let results: ort.InferenceSession.OnnxValueMapType;
+    try {
+      results = await this.session.run(ortFeeds);
+    } catch (err) {
+      throw runFailure(err, feeds);
+    }
     const out: Record<string, RuntimeTensor> = {};
     for (const [name, value] of Object.entries(results)) {
       const tensor = value as ort.Tensor;
@@ -175,6 +183,21 @@ export function batchabilityOf(inputs: readonly ort.InferenceSession.ValueMetada
     }
   }
   return { batchable: true };
+}
+
+/**
+ * A run failure with a stable code: INPUT_SHAPE_INVALID when onnxruntime's message is about
+ * the shapes fed (a caller's error), INFERENCE_FAILED otherwise; either way in the model's
+ * own words (operator, node, message) rather than raw native text.
+ */
+function runFailure(err: unknown, feeds: Readonly<Record<string, RuntimeTensor>>): DriftlineError {
+  const failure = explainRuntimeFailure(err instanceof Error ? err.message : String(err));
+  const shapes = Object.entries(feeds).map(([name, t]) => `${name} [${t.dims.join(', ')}]`).join(', ');
+  const details = { ...(failure.op ? { op: failure.op, node: failure.node } : {}), shapes: Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, [...t.dims]])) };
+  if (failure.inputShape) {
+    return new DriftlineError('INPUT_SHAPE_INVALID', `the model cannot take inputs of these shapes (${shapes}): ${describeRuntimeFailure(failure)}`, { cause: err, details });
+  }
+  return new DriftlineError('INFERENCE_FAILED', `the model failed to run: ${describeRuntimeFailure(failure)}`, { cause: err, details });
 }
 
 function toSpec(meta: ort.InferenceSession.ValueMetadata, role: 'input' | 'output'): TensorSpec {
