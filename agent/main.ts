@@ -26,10 +26,11 @@ program
   .description('check this installation: native addons, one inference on the bundled demo model, the buffer, the firmware profile')
   .option('--data-dir <dir>', 'open (or create) the buffer in this folder instead of a temporary one')
   .option('--model <file.onnx>', 'run this model instead of the demo model bundled in the binary')
+  .option('--examples <file.json>', 'with --model: example inputs it runs on (the file `driftline models push --examples` takes); without, sizes for its dynamic dims are tried')
   .option('--profile <name>', 'firmware profile name, or auto')
   .option('--json', 'print the results as one JSON line')
   .addHelpText('after', '\nExit codes: 0 every check passed, 1 a check failed.')
-  .action(async (opts: { dataDir?: string; model?: string; profile?: string; json?: boolean }) => {
+  .action(async (opts: { dataDir?: string; model?: string; examples?: string; profile?: string; json?: boolean }) => {
     const report = await runSelftest(opts);
     process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatSelftest(report));
     process.exit(report.ok ? AGENT_EXIT.ok : AGENT_EXIT.failed);

@@ -8,7 +8,9 @@ import { silentLogger } from '../common/logger.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import { SqliteBuffer } from './buffer/sqlite-buffer.js';
-import { InferenceEngine } from './inference/engine.js';
+import { candidateExamples, parseExampleInputsFile, type ExampleInput, type ExampleInputs } from '../common/onnx/example-inputs.js';
+import { datatypeOf } from './inference/datatypes.js';
+import { InferenceEngine, type InferInput, type InferResult, type ActiveModelInfo } from './inference/engine.js';
 import { createOnnxRuntime } from './inference/onnxruntime-runtime.js';
 import { isSingleExecutable, prepareNativeAddons, readEmbeddedAsset } from './native-addons.js';
 
@@ -38,6 +40,8 @@ export interface SelftestOptions {
   model?: string | undefined;
   /** A firmware profile name, or auto. */
   profile?: string | undefined;
+  /** A JSON file of example inputs for --model (the format `driftline models push --examples` takes). */
+  examples?: string | undefined;
 }
 
 /** A row of the demo model's features (the README's example request). */
@@ -85,12 +89,9 @@ export async function runSelftest(options: SelftestOptions = {}): Promise<Selfte
       const providers = profile?.inference.providers.map((p) => p.name) ?? ['cpu'];
       const engine = InferenceEngine.create({ runtime: createOnnxRuntime({ logger: silentLogger() }), providers, logger: silentLogger() });
       try {
-        const info = await engine.load({ name: 'selftest', version: 1, path, sha256: sha256Hex(bytes) });
-        const input = info.inputs[0]!;
-        const shape = input.shape.map((d) => (d < 0 ? 1 : d));
-        const size = shape.reduce((a, b) => a * b, 1);
-        const data = size === SAMPLE_ROW.length ? SAMPLE_ROW : new Array<number>(size).fill(0);
-        const result = await engine.infer('selftest', [{ name: input.name, datatype: 'FP32', shape, data }]);
+        const examples = options.examples ? parseExampleInputsFile(readFileSync(options.examples, 'utf8'), options.examples) : undefined;
+        const info = await engine.load({ name: 'selftest', version: 1, path, sha256: sha256Hex(bytes), ...(examples ? { examples } : {}) });
+        const result = await inferExample(engine, info, examples);
         const outputs = result.outputs.map((o) => `${o.name}[${o.shape.join('x')}]`).join(', ');
         const probabilities = result.outputs.find((o) => o.name === 'probabilities');
         if (probabilities) {
@@ -125,6 +126,36 @@ export async function runSelftest(options: SelftestOptions = {}): Promise<Selfte
   }
   const runtime = { node: process.versions.node, platform: process.platform, arch: process.arch };
   return { ok: checks.every((c) => c.ok), version: DRIFTLINE_VERSION, packaged, runtime, checks };
+}
+
+/**
+ * One inference the way the model's warm-up ran it: on its example inputs, else on the first
+ * candidate size for its dynamic dims that runs; the demo model gets the README's sample row.
+ */
+async function inferExample(engine: InferenceEngine, info: ActiveModelInfo, examples: ExampleInputs | undefined): Promise<InferResult> {
+  const tries = examples ?? candidateExamples(info.inputs);
+  let lastError: unknown;
+  for (const example of tries) {
+    try {
+      return await engine.infer('selftest', toInferInputs(example, info));
+    } catch (err) {
+      lastError = err;
+      if (examples) break;
+    }
+  }
+  throw lastError;
+}
+
+function toInferInputs(example: ExampleInput, info: ActiveModelInfo): InferInput[] {
+  return info.inputs.map((spec) => {
+    const tensor = Object.hasOwn(example, spec.name) ? example[spec.name] : undefined;
+    if (!tensor) throw new DriftlineError('REQUEST_INVALID', `the example inputs give no ${spec.name}, which the model needs`);
+    const datatype = datatypeOf(spec.type) ?? spec.type;
+    const size = tensor.dims.reduce((a, b) => a * b, 1);
+    const zero = datatype === 'BYTES' ? '' : datatype === 'BOOL' ? false : 0;
+    const data = tensor.data ?? (info.inputs.length === 1 && datatype === 'FP32' && size === SAMPLE_ROW.length ? SAMPLE_ROW : new Array<unknown>(size).fill(zero));
+    return { name: spec.name, datatype, shape: tensor.dims, data };
+  });
 }
 
 /** The report as a table people read at a terminal, ending with PASS or FAIL. */

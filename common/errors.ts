@@ -36,10 +36,14 @@ export const ERROR_CODES = {
   MODEL_INVALID: 'invalid',
   MODEL_NOT_LOADED: 'unavailable',
   MODEL_CHECKSUM_MISMATCH: 'invalid',
+  /** The model loaded but its warm-up inference failed (example inputs, or every size tried). */
+  MODEL_WARMUP_FAILED: 'invalid',
   ARTIFACT_NOT_FOUND: 'not_found',
   ARTIFACT_FORBIDDEN: 'forbidden',
   UPLOAD_INCOMPLETE: 'invalid',
   INFERENCE_INPUT_INVALID: 'invalid',
+  /** The input fits the model's signature, but the model cannot take that shape (too small for its strides, a zero dimension, batch sizes that differ). */
+  INPUT_SHAPE_INVALID: 'invalid',
   INFERENCE_FAILED: 'internal',
   INFERENCE_OVERLOADED: 'exhausted',
   INFERENCE_TIMEOUT: 'deadline',

@@ -4,7 +4,7 @@ import { InferenceEngine, type BatchingOptions, type InferInput, type InferResul
 import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
 import { DriftlineError } from '../common/errors.js';
 import { silentLogger } from '../common/logger.js';
-import { fixedBatchModelBytes, statefulModelBytes, tokensModelBytes } from './fixtures/inference-models.js';
+import { fixedBatchModelBytes, flattenModelBytes, perTensorBatchNamesModelBytes, scalarInputModelBytes, statefulModelBytes, tokensModelBytes } from './fixtures/inference-models.js';
 import { demoModelBytes, modelFolder, type ModelFile, type ModelFolder } from './fixtures/models.js';
 
 const logger = silentLogger();
@@ -14,6 +14,9 @@ let demoV2: ModelFile;
 let stateful: ModelFile;
 let tokens: ModelFile;
 let fixed: ModelFile;
+let perTensor: ModelFile;
+let scalar: ModelFile;
+let flatten: ModelFile;
 
 beforeAll(async () => {
   folder = await modelFolder();
@@ -22,6 +25,9 @@ beforeAll(async () => {
   stateful = await folder.write('stateful.onnx', statefulModelBytes());
   tokens = await folder.write('tokens.onnx', tokensModelBytes());
   fixed = await folder.write('fixed.onnx', fixedBatchModelBytes());
+  perTensor = await folder.write('per-tensor.onnx', perTensorBatchNamesModelBytes());
+  scalar = await folder.write('scalar.onnx', scalarInputModelBytes());
+  flatten = await folder.write('flatten.onnx', flattenModelBytes());
 });
 afterAll(() => folder.remove());
 
@@ -154,6 +160,45 @@ describe('inference engine micro-batching', () => {
     });
     expect(engine.queueStats().largestBatch).toBeGreaterThan(1);
     await engine.shutdown();
+  });
+
+  it('batching - combines requests for a model whose dimension 0 is named differently per tensor, or not named', async () => {
+    const engine = newEngine(GREEDY);
+    const info = await engine.load({ name: 'detector', version: 1, ...perTensor });
+    expect(info.batching).toEqual({ enabled: true });
+    expect(info.maxBatch).toBe(8);
+    const requests = Array.from({ length: 24 }, (_, i) => [
+      { name: 'images', datatype: 'FP32', shape: [1, 4], data: [i, i + 1, i + 2, i + 3] },
+      { name: 'gain', datatype: 'FP32', shape: [1, 1], data: [2] },
+    ]);
+    const results = await Promise.all(requests.map((r) => engine.infer('detector', r)));
+    results.forEach((r, i) => {
+      expect(r.outputs[0]!.shape).toEqual([1, 4]);
+      expect(Array.from(r.outputs[0]!.data as Float32Array)).toEqual([2 * i, 2 * (i + 1), 2 * (i + 2), 2 * (i + 3)]);
+    });
+    expect(engine.queueStats().largestBatch).toBeGreaterThan(1);
+    await engine.shutdown();
+  });
+
+  it('batching - answers each request alone when a combined run has an output that is not per row', async () => {
+    const engine = newEngine(GREEDY);
+    expect((await engine.load({ name: 'flatten', version: 1, ...flatten })).batching).toEqual({ enabled: true });
+    const results = await Promise.all(Array.from({ length: 12 }, (_, i) => engine.infer('flatten', [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: [i, i, i, i] }])));
+    results.forEach((r, i) => expect(Array.from(r.outputs[0]!.data as Float32Array)).toEqual([i, i, i, i]));
+    expect(engine.queueStats().largestBatch).toBeGreaterThan(1);
+    await engine.shutdown();
+  });
+
+  it('batching - says why it is off: a fixed first dimension, a scalar tensor, or the profile', async () => {
+    const engine = newEngine(GREEDY);
+    expect((await engine.load({ name: 'fixed', version: 1, ...fixed })).batching).toMatchObject({ enabled: false, reason: 'fixed_leading_dimension', tensor: 'x' });
+    expect((await engine.load({ name: 'scalar', version: 1, ...scalar })).batching).toMatchObject({ enabled: false, reason: 'scalar_tensor', tensor: 'offset' });
+    await engine.shutdown();
+    const unbatched = newEngine(UNBATCHED);
+    const info = await unbatched.load({ name: 'detector', version: 1, ...perTensor });
+    expect(info.batching).toMatchObject({ enabled: false, reason: 'profile_max_batch_1' });
+    expect(info.maxBatch).toBe(1);
+    await unbatched.shutdown();
   });
 
   it('batching - stays off for a model whose batch dimension is fixed, and still serves it', async () => {

@@ -199,14 +199,16 @@ describe('inference engine', () => {
     await engine.shutdown();
   });
 
-  it('engine - wraps a failure inside onnxruntime as INFERENCE_FAILED with its cause', async () => {
+  it('engine - answers a shape onnxruntime says the model cannot take with INPUT_SHAPE_INVALID in the model\'s words, with its cause', async () => {
     const records: InferenceRecord[] = [];
     const engine = newEngine((r) => records.push(r));
     await engine.load({ name: 'reshape', version: 1, ...reshape });
     const err = await failure(engine.infer('reshape', [{ name: 'x', datatype: 'FP32', shape: [2, 4], data: new Float32Array(8) }]));
-    expect(err.code).toBe('INFERENCE_FAILED');
+    expect(err.code).toBe('INPUT_SHAPE_INVALID');
+    expect(err.message).toContain('Reshape node');
+    expect(err.message).not.toContain('onnxruntime_src');
     expect(err.cause).toBeInstanceOf(Error);
-    expect(records).toEqual([expect.objectContaining({ ok: false, errorCode: 'INFERENCE_FAILED', batchSize: 2 })]);
+    expect(records).toEqual([expect.objectContaining({ ok: false, errorCode: 'INPUT_SHAPE_INVALID', batchSize: 2 })]);
     // The engine keeps serving after a failed run.
     const ok = await engine.infer('reshape', [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: new Float32Array(4) }]);
     expect(ok.outputs[0]!.shape).toEqual([2, 2]);

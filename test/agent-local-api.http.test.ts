@@ -86,6 +86,7 @@ describe('local inference API', () => {
       provider: 'cpu',
       provider_fallbacks: [],
       max_batch_size: 1,
+      batching: { enabled: false, reason: 'profile_max_batch_1', detail: expect.any(String) },
       sha256: demo.sha256,
     });
     expect(await get('/v2/models/vibration/ready')).toEqual({ status: 200, json: { name: 'vibration', ready: true } });

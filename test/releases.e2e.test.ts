@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildDemoModel } from '../demo/model/demo-model.js';
+import { sequenceModelBytes } from './fixtures/inference-models.js';
 import { generateVibrationData, toCsv } from '../demo/model/vibration-data.js';
 import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
 import { REPO_ROOT, startProcess, stopProcess, waitFor, type RunningProcess } from './helpers/processes.js';
@@ -88,5 +89,45 @@ describe('signed releases end to end: keys init, signed push, a device that pins
     const after = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.version === 3, { what: 'signed v3 active', timeoutMs: 30_000 });
     expect(after[0]!.reported!.lastErrorCode).toBe('');
     expect(readFileSync(join(agentDir, 'trust', 'root.json')).length).toBeGreaterThan(0);
+
+    // Every device would refuse v1 (anti-rollback) and there is no online rollback key: refused here, saying how to roll back.
+    const desiredBefore = (await api.listDevices())[0]!.desiredModel;
+    const older = await driftline('--server', grpc, '--token-file', tokenFile, 'models', 'deploy', 'vibration', '--version', '1');
+    expect(older.code).not.toBe(0);
+    expect(older.stderr).toContain('[RELEASE_VERSION_REFUSED]');
+    expect(older.stderr).toContain('--rollback-key');
+    expect(older.stderr).toContain('models push');
+    expect((await api.listDevices())[0]!.desiredModel).toEqual(desiredBefore);
+  }, 90_000);
+
+  it('a stateful sequence model that cannot run on a length of 1 is signed and served with the example inputs of its release', async () => {
+    const file = join(dir, 'sequence.onnx');
+    writeFileSync(file, sequenceModelBytes(48));
+    const push = (...extra: string[]) => driftline('--server', grpc, '--token-file', tokenFile, '--json', 'models', 'push', file, '--name', 'sequence', '--sign', '--keys-dir', keysDir, ...extra);
+    const guessed = await push();
+    expect(guessed.code).not.toBe(0);
+    expect(guessed.stderr).toContain('[MODEL_WARMUP_FAILED]');
+    expect(guessed.stderr).toContain('cannot be reshaped');
+    expect(guessed.stderr).not.toContain('onnxruntime_src');
+
+    const examples = join(dir, 'sequence-examples.json');
+    writeFileSync(examples, JSON.stringify({ examples: [{ tokens: { type: 'float32', dims: [1, 96] }, step: { type: 'int64', dims: [], data: [1] }, state: { type: 'float32', dims: [1, 48] } }] }));
+    const signed = await push('--examples', examples);
+    expect(signed.code, signed.stderr).toBe(0);
+    await api.deploy('sequence');
+    const devices = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.name === 'sequence', { what: 'sequence model active', timeoutMs: 30_000 });
+    expect(devices[0]!.reported!.lastErrorCode).toBe('');
+    const response = await fetch(`${agent!.ready[2]}/v2/models/sequence/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        inputs: [
+          { name: 'tokens', datatype: 'FP32', shape: [1, 96], data: new Array(96).fill(1) },
+          { name: 'step', datatype: 'INT64', shape: [], data: [0] },
+          { name: 'state', datatype: 'FP32', shape: [1, 48], data: new Array(48).fill(0) },
+        ],
+      }),
+    });
+    expect(response.status).toBe(200);
   }, 90_000);
 });

@@ -224,7 +224,15 @@ export class RequestQueue {
         return;
       }
       const outputs = await this.run(concatenate(batch));
-      const parts = split(outputs, batch.map((p) => p.rows));
+      let parts: Outputs[];
+      try {
+        parts = split(outputs, batch.map((p) => p.rows));
+      } catch {
+        // Batchability is judged from declared shapes; an output whose dynamic first dimension is
+        // not the rows (a detector's variable box count) cannot be split, so each request runs alone.
+        for (const pending of batch) await this.run(pending.feeds).then(pending.resolve, pending.reject);
+        return;
+      }
       batch.forEach((pending, i) => pending.resolve(parts[i]!));
     } catch (err) {
       for (const pending of batch) pending.reject(err);

@@ -2,10 +2,11 @@ import { z } from 'zod';
 import { systemClock, type Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError, type ErrorCode } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
+import { candidateExamples, describeExample, exampleInputsSchema, type ExampleInput, type ExampleInputs } from '../../common/onnx/example-inputs.js';
 import type { Logger } from '../../common/logger.js';
 import { RequestQueue, realTimers, type BatchingOptions, type BatchTimers, type RequestQueueStats } from './batcher.js';
 import { DATATYPES, datatypeOf, isDatatype, toTensorData, type Datatype } from './datatypes.js';
-import type { ModelRuntime, ProviderChoice, ProviderFailure, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
+import type { Batchability, BatchingOffReason, ModelRuntime, ProviderChoice, ProviderFailure, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
 
 export type { BatchingOptions } from './batcher.js';
 
@@ -22,6 +23,8 @@ export interface ModelToLoad {
   sha256: string;
   /** Overrides the model's 'driftline.probabilities_output' metadata. */
   probabilitiesOutput?: string;
+  /** Inputs the model is known to run on (from its manifest); without them warm-up tries sizes for dynamic dims. */
+  examples?: ExampleInputs;
 }
 
 export interface ActiveModelInfo {
@@ -33,10 +36,21 @@ export interface ActiveModelInfo {
   fallbacks: ProviderFailure[];
   /** Most rows one run combines; 1 when micro-batching is off for this model. */
   maxBatch: number;
+  /** Whether requests are combined, and when not, a stable reason why. */
+  batching: BatchingInfo;
   inputs: TensorSpec[];
   outputs: TensorSpec[];
   loadedAtMs: number;
 }
+
+/**
+ * Micro-batching for the active model. reason, when off: profile_max_batch_1 (the firmware
+ * profile's maxBatch is 1), runtime_unreported (the runtime did not say), or what about the
+ * model's shapes prevents it (see Batchability: scalar_tensor, fixed_leading_dimension, not_a_tensor).
+ */
+export type BatchingInfo =
+  | { enabled: true }
+  | { enabled: false; reason: BatchingOffReason | 'profile_max_batch_1' | 'runtime_unreported'; tensor?: string; detail: string };
 
 export interface InferInput {
   name: string;
@@ -121,6 +135,7 @@ const ModelToLoadSchema = z.object({
   path: z.string().min(1),
   sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits'),
   probabilitiesOutput: z.string().min(1).optional(),
+  examples: exampleInputsSchema.optional(),
 });
 
 /**
@@ -234,6 +249,7 @@ export class InferenceEngine implements InferenceService {
     }
     let slot: Slot;
     const batching = this.options.batching ?? DEFAULT_BATCHING;
+    const batchingInfo = batchingOf(session.batchability, batching.maxBatch);
     try {
       const info: ActiveModelInfo = {
         name: spec.name,
@@ -241,17 +257,18 @@ export class InferenceEngine implements InferenceService {
         sha256: spec.sha256,
         provider: session.provider,
         fallbacks: (session.fallbacks ?? []).map((f) => ({ ...f })),
-        maxBatch: session.batchDimension === true ? batching.maxBatch : 1,
+        maxBatch: batchingInfo.enabled ? batching.maxBatch : 1,
+        batching: batchingInfo,
         inputs: session.inputs.map(copySpec),
         outputs: session.outputs.map(copySpec),
         loadedAtMs: this.clock.now(),
       };
-      slot = new Slot(info, session, probabilitiesOutput(session, spec.probabilitiesOutput), logger, batching, this.options.timers ?? realTimers);
-      await session.run(warmUpFeeds(session.inputs));
+      slot = new Slot(info, session, session.inputDimNames ?? {}, probabilitiesOutput(session, spec.probabilitiesOutput), logger, batching, this.options.timers ?? realTimers);
+      await warmUp(session, spec);
     } catch (err) {
       await session.release().catch((releaseErr: unknown) => logger.warn({ err: releaseErr }, 'releasing a model that failed to load failed'));
       if (err instanceof DriftlineError) throw err;
-      throw new DriftlineError('MODEL_INVALID', `${spec.name} v${spec.version} failed its warm-up inference: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      throw new DriftlineError('MODEL_INVALID', `${spec.name} v${spec.version} could not be prepared: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
     if (this.state !== 'running') {
       await session.release();
@@ -260,7 +277,7 @@ export class InferenceEngine implements InferenceService {
     const previous = this.current;
     this.current = slot;
     if (previous) this.retire(previous);
-    logger.info({ model: spec.name, version: spec.version, provider: session.provider, fallbacks: slot.info.fallbacks, maxBatch: slot.info.maxBatch, previous: previous?.describe() }, 'model active');
+    logger.info({ model: spec.name, version: spec.version, provider: session.provider, fallbacks: slot.info.fallbacks, maxBatch: slot.info.maxBatch, batching: slot.info.batching, previous: previous?.describe() }, 'model active');
     return slot.info;
   }
 
@@ -293,6 +310,7 @@ class Slot {
   constructor(
     readonly info: ActiveModelInfo,
     private readonly session: RuntimeSession,
+    private readonly dimNames: Readonly<Record<string, readonly string[]>>,
     private readonly probabilities: string | undefined,
     private readonly logger: Logger,
     batching: BatchingOptions,
@@ -338,8 +356,36 @@ class Slot {
     for (const spec of this.inputs.values()) {
       if (!seen.has(spec.name)) invalid(spec.name, `missing input ${spec.name} (${datatypeOf(spec.type) ?? spec.type} ${formatShape(spec.shape)})`);
     }
+    this.checkDimensionsAgree(feeds);
     const first = feeds[this.info.inputs[0]?.name ?? ''];
     return { feeds, rows: first && first.dims.length > 0 ? first.dims[0] : 1 };
+  }
+
+  /**
+   * What the signature alone cannot say: inputs sharing a symbolic dimension ('batch') agree on
+   * its size, and with micro-batching every input has the same rows, since runs combine along
+   * dimension 0. onnxruntime would otherwise fail deep inside a kernel, or not at all.
+   */
+  private checkDimensionsAgree(feeds: Record<string, RuntimeTensor>): void {
+    const seen = new Map<string, { input: string; size: number }>();
+    for (const spec of this.info.inputs) {
+      const dims = feeds[spec.name]!.dims;
+      (this.dimNames[spec.name] ?? []).forEach((symbol, i) => {
+        if (symbol === '') return;
+        const earlier = seen.get(symbol);
+        if (!earlier) seen.set(symbol, { input: spec.name, size: dims[i]! });
+        else if (earlier.size !== dims[i]) {
+          shapeInvalid(spec.name, `input ${spec.name} has ${dims[i]} for dimension ${JSON.stringify(symbol)} but ${earlier.input} has ${earlier.size}; inputs that share a dimension must agree on its size`);
+        }
+      });
+    }
+    if (this.info.maxBatch <= 1) return;
+    const [head, ...rest] = this.info.inputs;
+    for (const spec of rest) {
+      const rows = feeds[spec.name]!.dims[0];
+      const headRows = feeds[head!.name]!.dims[0];
+      if (rows !== headRows) shapeInvalid(spec.name, `input ${spec.name} has ${rows} rows (dimension 0) but ${head!.name} has ${headRows}; every input needs the same number of rows`);
+    }
   }
 
   selectOutputs(requested: readonly string[] | undefined): string[] {
@@ -373,6 +419,8 @@ function toTensor(input: InferInput, spec: TensorSpec): RuntimeTensor {
   }
   const fits = shape.length === spec.shape.length && spec.shape.every((d, i) => d < 0 || d === shape[i]);
   if (!fits) invalid(spec.name, `input ${spec.name} has shape ${formatShape(shape)}; expected ${formatShape(spec.shape)} (-1 is any size)`);
+  const zero = shape.findIndex((d, i) => d === 0 && spec.shape[i] !== 0);
+  if (zero >= 0) shapeInvalid(spec.name, `input ${spec.name} has shape ${formatShape(shape)}: dimension ${zero} is 0, and the model declares no empty dimension there`);
   const elements = shape.reduce((n, d) => n * d, 1);
   const data = input.data;
   if (!Array.isArray(data) && !ArrayBuffer.isView(data)) invalid(spec.name, `input ${spec.name} has no data array`);
@@ -388,6 +436,10 @@ function invalid(input: string, message: string): never {
   throw new DriftlineError('INFERENCE_INPUT_INVALID', message, { details: { input } });
 }
 
+function shapeInvalid(input: string, message: string): never {
+  throw new DriftlineError('INPUT_SHAPE_INVALID', message, { details: { input } });
+}
+
 function formatShape(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;
 }
@@ -397,6 +449,13 @@ function toOutput(name: string, raw: Record<string, RuntimeTensor>): InferOutput
   const datatype = tensor && datatypeOf(tensor.type);
   if (!tensor || !datatype) throw new DriftlineError('INFERENCE_FAILED', `output ${name} is missing or has an element type the inference API cannot carry`);
   return { name, datatype, shape: [...tensor.dims], data: tensor.data };
+}
+
+function batchingOf(shapes: Batchability | undefined, maxBatch: number): BatchingInfo {
+  if (shapes === undefined) return { enabled: false, reason: 'runtime_unreported', detail: 'the model runtime does not say whether the model can be batched' };
+  if (!shapes.batchable) return { enabled: false, reason: shapes.reason, tensor: shapes.tensor, detail: shapes.detail };
+  if (maxBatch <= 1) return { enabled: false, reason: 'profile_max_batch_1', detail: 'the firmware profile sets inference.batching.maxBatch to 1' };
+  return { enabled: true };
 }
 
 function copySpec(spec: TensorSpec): TensorSpec {
@@ -413,17 +472,50 @@ function probabilitiesOutput(session: RuntimeSession, override: string | undefin
   return session.outputs.find((o) => (o.type === 'float32' || o.type === 'float64') && o.shape.length === 2)?.name;
 }
 
-/** Zeros in every declared shape, dynamic dimensions as 1, so the first real request does not pay for lazy initialization. */
-function warmUpFeeds(inputs: readonly TensorSpec[]): Record<string, RuntimeTensor> {
+/**
+ * One inference before the model takes traffic, so the first real request does not pay for
+ * lazy initialization and a model that cannot run is refused before the swap. With example
+ * inputs every one must run; without, the first of the candidate sizes for dynamic dims that
+ * runs will do (a sequence model may need a length far above 1). A failure is
+ * MODEL_WARMUP_FAILED in the model's own words, with every shape tried.
+ */
+async function warmUp(session: RuntimeSession, spec: z.output<typeof ModelToLoadSchema>): Promise<void> {
+  const given = spec.examples !== undefined;
+  const examples = spec.examples ?? candidateExamples(session.inputs);
+  const attempts: Array<{ inputs: string; code: ErrorCode; message: string }> = [];
+  for (const example of examples) {
+    try {
+      await session.run(exampleFeeds(example, session.inputs));
+      if (!given) return;
+      continue;
+    } catch (err) {
+      const error = asDriftlineError(err, 'INFERENCE_FAILED');
+      attempts.push({ inputs: describeExample(example), code: error.code, message: error.message });
+      if (given || error.code === 'MODEL_INVALID') break;
+    }
+  }
+  if (attempts.length === 0) return;
+  const last = attempts[attempts.length - 1]!;
+  const tried = given ? `its example input ${last.inputs}` : `every size tried for its dynamic dimensions (${attempts.map((a) => `[${a.inputs}]`).join('; ')})`;
+  throw new DriftlineError('MODEL_WARMUP_FAILED', `${spec.name} v${spec.version} failed its warm-up inference on ${tried}: ${last.message}${given ? '' : '; give the release example inputs (models push --examples) it can run on'}`, {
+    details: { attempts },
+  });
+}
+
+/** An example as feeds: every input the model declares, with the example's values or zeros. */
+function exampleFeeds(example: ExampleInput, inputs: readonly TensorSpec[]): Record<string, RuntimeTensor> {
   const feeds: Record<string, RuntimeTensor> = {};
   for (const spec of inputs) {
+    const tensor = Object.hasOwn(example, spec.name) ? example[spec.name] : undefined;
+    if (!tensor) throw new DriftlineError('MODEL_INVALID', `the example inputs give no ${spec.name}, which the model needs`);
     const datatype = datatypeOf(spec.type);
     if (!datatype) throw new DriftlineError('MODEL_INVALID', `input ${spec.name} has element type ${spec.type}, which the inference API cannot carry`);
-    const dims = spec.shape.map((d) => (d < 0 ? 1 : d));
-    const elements = dims.reduce((n, d) => n * d, 1);
-    const data = toTensorData(datatype, new Array(elements).fill(datatype === 'BYTES' ? '' : datatype === 'BOOL' ? false : 0));
-    if (typeof data === 'string') throw new DriftlineError('INTERNAL', `cannot build warm-up data for ${spec.name}: ${data}`);
-    feeds[spec.name] = { type: spec.type as RuntimeTensor['type'], dims, data };
+    if (tensor.type !== spec.type) throw new DriftlineError('MODEL_INVALID', `the example input ${spec.name} is ${tensor.type}; the model takes ${spec.type}`);
+    const elements = tensor.dims.reduce((n, d) => n * d, 1);
+    const values = tensor.data ?? new Array(elements).fill(datatype === 'BYTES' ? '' : datatype === 'BOOL' ? false : 0);
+    const data = toTensorData(datatype, values);
+    if (typeof data === 'string') throw new DriftlineError('MODEL_INVALID', `the example input ${spec.name}: ${data}`);
+    feeds[spec.name] = { type: spec.type as RuntimeTensor['type'], dims: tensor.dims, data };
   }
   return feeds;
 }

@@ -54,6 +54,18 @@ export interface ProviderFailure {
   reason: string;
 }
 
+/**
+ * Why a model's shapes do (or do not) allow micro-batching. The reason is a stable code:
+ * - scalar_tensor: a tensor has no dimensions (rank 0, or its rank is not declared);
+ * - fixed_leading_dimension: a tensor's dimension 0 is a fixed size (often an exported batch of 1);
+ * - not_a_tensor: an input or output is a sequence or map.
+ */
+export type BatchingOffReason = 'scalar_tensor' | 'fixed_leading_dimension' | 'not_a_tensor';
+
+export type Batchability =
+  | { batchable: true }
+  | { batchable: false; reason: BatchingOffReason; tensor: string; detail: string };
+
 /** One loaded model; the engine owns its lifetime. */
 export interface RuntimeSession {
   readonly inputs: readonly TensorSpec[];
@@ -65,10 +77,12 @@ export interface RuntimeSession {
   /** Preferred providers that could not load the model, and why; empty when the first one did. */
   readonly fallbacks?: readonly ProviderFailure[];
   /**
-   * Every input and output has the same symbolic first dimension, so requests can be
-   * concatenated along it and the outputs split back.
+   * Whether requests can be concatenated along dimension 0 and the outputs split back: every
+   * input and output has a dynamic first dimension. Absent: not batchable.
    */
-  readonly batchDimension?: boolean;
+  readonly batchability?: Batchability;
+  /** Per input, the symbolic name of each dimension ('' for a fixed or unnamed one): inputs that share a name must agree on its size. */
+  readonly inputDimNames?: Readonly<Record<string, readonly string[]>>;
   run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>>;
   release(): Promise<void>;
 }

@@ -4,10 +4,11 @@ import { arch, platform } from 'node:os';
 import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { DriftlineError } from '../../common/errors.js';
+import { describeRuntimeFailure, explainRuntimeFailure } from '../../common/onnx/runtime-errors.js';
 import type { ExecutionProvider } from '../../common/firmware-profile.js';
 import type { Logger } from '../../common/logger.js';
 import { missingProviderFact } from '../profiles/detect.js';
-import type { ModelRuntime, ProviderChoice, ProviderFailure, RuntimeLoadOptions, RuntimeSession, RuntimeTensor, TensorSpec, TensorType } from './model-runtime.js';
+import type { Batchability, ModelRuntime, ProviderChoice, ProviderFailure, RuntimeLoadOptions, RuntimeSession, RuntimeTensor, TensorSpec, TensorType } from './model-runtime.js';
 import { readOnnxMetadata } from './onnx-metadata.js';
 
 /** Only fatal native logs: provider fallbacks are reported through our own logger instead. */
@@ -124,7 +125,8 @@ function providerOptions(provider: ExecutionProvider): ort.InferenceSession.Exec
 class OnnxRuntimeSession implements RuntimeSession {
   readonly inputs: TensorSpec[];
   readonly outputs: TensorSpec[];
-  readonly batchDimension: boolean;
+  readonly batchability: Batchability;
+  readonly inputDimNames: Readonly<Record<string, readonly string[]>>;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -134,7 +136,8 @@ class OnnxRuntimeSession implements RuntimeSession {
   ) {
     this.inputs = session.inputMetadata.map((m) => toSpec(m, 'input'));
     this.outputs = session.outputMetadata.map((m) => toSpec(m, 'output'));
-    this.batchDimension = sharesBatchDimension([...session.inputMetadata, ...session.outputMetadata]);
+    this.batchability = batchabilityOf(session.inputMetadata, session.outputMetadata);
+    this.inputDimNames = Object.fromEntries(session.inputMetadata.map((m) => [m.name, m.isTensor ? m.shape.map((d) => (typeof d === 'string' ? d : '')) : []]));
   }
 
   async run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>> {
@@ -142,7 +145,12 @@ class OnnxRuntimeSession implements RuntimeSession {
     for (const [name, tensor] of Object.entries(feeds)) {
       ortFeeds[name] = new ort.Tensor(tensor.type, tensor.data, tensor.dims);
     }
-    const results = await this.session.run(ortFeeds);
+    let results: ort.InferenceSession.OnnxValueMapType;
+    try {
+      results = await this.session.run(ortFeeds);
+    } catch (err) {
+      throw runFailure(err, feeds);
+    }
     const out: Record<string, RuntimeTensor> = {};
     for (const [name, value] of Object.entries(results)) {
       const tensor = value as ort.Tensor;
@@ -156,14 +164,40 @@ class OnnxRuntimeSession implements RuntimeSession {
   }
 }
 
-/** Every tensor's first dimension is the same symbolic name ('batch'), so rows can be concatenated and split. */
-function sharesBatchDimension(values: readonly ort.InferenceSession.ValueMetadata[]): boolean {
-  const first = new Set<unknown>();
-  for (const value of values) {
-    if (!value.isTensor || value.shape.length === 0 || typeof value.shape[0] !== 'string') return false;
-    first.add(value.shape[0]);
+/**
+ * Batchable when every input and output has a dynamic first dimension. Exported models often
+ * name it per tensor ('images', 'N', 'batch_size') or leave it unnamed (''), so the names
+ * are not compared; the batcher still refuses to split an output without the batch's rows.
+ */
+export function batchabilityOf(inputs: readonly ort.InferenceSession.ValueMetadata[], outputs: readonly ort.InferenceSession.ValueMetadata[]): Batchability {
+  const tensors = [...inputs.map((v) => ['input', v] as const), ...outputs.map((v) => ['output', v] as const)];
+  for (const [role, value] of tensors) {
+    const tensor = `${role} ${value.name}`;
+    if (!value.isTensor) return { batchable: false, reason: 'not_a_tensor', tensor: value.name, detail: `${tensor} is not a tensor` };
+    // onnxruntime reports a tensor of undeclared rank with an empty shape too.
+    const shape = value.shape;
+    if (shape.length === 0) return { batchable: false, reason: 'scalar_tensor', tensor: value.name, detail: `${tensor} has no dimensions (a scalar, or its rank is not declared)` };
+    const first = shape[0];
+    if (typeof first === 'number' && first >= 0) {
+      return { batchable: false, reason: 'fixed_leading_dimension', tensor: value.name, detail: `${tensor} has a fixed first dimension of ${first}` };
+    }
   }
-  return first.size === 1;
+  return { batchable: true };
+}
+
+/**
+ * A run failure with a stable code: INPUT_SHAPE_INVALID when onnxruntime's message is about
+ * the shapes fed (a caller's error), INFERENCE_FAILED otherwise; either way in the model's
+ * own words (operator, node, message) rather than raw native text.
+ */
+function runFailure(err: unknown, feeds: Readonly<Record<string, RuntimeTensor>>): DriftlineError {
+  const failure = explainRuntimeFailure(err instanceof Error ? err.message : String(err));
+  const shapes = Object.entries(feeds).map(([name, t]) => `${name} [${t.dims.join(', ')}]`).join(', ');
+  const details = { ...(failure.op ? { op: failure.op, node: failure.node } : {}), shapes: Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, [...t.dims]])) };
+  if (failure.inputShape) {
+    return new DriftlineError('INPUT_SHAPE_INVALID', `the model cannot take inputs of these shapes (${shapes}): ${describeRuntimeFailure(failure)}`, { cause: err, details });
+  }
+  return new DriftlineError('INFERENCE_FAILED', `the model failed to run: ${describeRuntimeFailure(failure)}`, { cause: err, details });
 }
 
 function toSpec(meta: ort.InferenceSession.ValueMetadata, role: 'input' | 'output'): TensorSpec {

@@ -232,6 +232,7 @@ function modelMetadata(model: ActiveModelInfo): Record<string, unknown> {
     provider: model.provider,
     provider_fallbacks: model.fallbacks,
     max_batch_size: model.maxBatch,
+    batching: model.batching,
     sha256: model.sha256,
   };
 }

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import type { ExampleInputs } from '../../common/onnx/example-inputs.js';
 import { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import { verifyRelease, type ReleaseManifest } from '../../common/trust/manifest.js';
 import type { TrustedRoot } from '../../common/trust/root.js';
@@ -18,8 +19,12 @@ export interface ModelRef {
 
 /** The part of the inference engine the manager drives: loads beside the running model, then swaps. */
 export interface ModelHost {
-  load(model: ModelRef & { path: string }): Promise<unknown>;
+  /** examples: inputs the model is known to run on, for its warm-up. */
+  load(model: ModelRef & { path: string; examples?: ExampleInputs }): Promise<unknown>;
 }
+
+/** Example values above this many per tensor are not kept in the persisted state: a restart warms up on zeros of the same shape. */
+const PERSISTED_EXAMPLE_VALUES = 4096;
 
 /** Where the manager remembers what is active across restarts (the agent's SQLite agent_state). */
 export interface ModelStateStore {
@@ -73,6 +78,8 @@ export interface ModelManagerOptions {
 interface Installed extends ModelRef {
   sizeBytes: number;
   revision: number;
+  /** The release's warm-up inputs, so a restart warms the model up the way its activation did. */
+  examples?: ExampleInputs;
 }
 
 interface Install {
@@ -147,7 +154,7 @@ export class ModelManager {
     }
     const active = this.persisted.active;
     if (active) {
-      await this.options.host.load({ name: active.name, version: active.version, sha256: active.sha256, path: this.pathFor(active.sha256) });
+      await this.options.host.load({ name: active.name, version: active.version, sha256: active.sha256, path: this.pathFor(active.sha256), ...(active.examples ? { examples: active.examples } : {}) });
       this.options.logger.info({ model: active.name, version: active.version }, 'restored active model');
     }
     const install = this.persisted.install;
@@ -217,11 +224,12 @@ export class ModelManager {
       if (checked.manifest) await this.options.selfTest?.(path, checked.manifest.golden);
       this.step('staged', desired);
       this.step('activating', desired);
-      await this.options.host.load({ ...ref, path });
+      const examples = checked.manifest ? warmUpExamples(checked.manifest) : undefined;
+      await this.options.host.load({ ...ref, path, ...(examples ? { examples } : {}) });
       const previous = this.persisted.active;
       const highest = { ...this.persisted.highest, [ref.name]: Math.max(this.persisted.highest[ref.name] ?? 0, ref.version) };
       this.write({
-        active: { ...ref, sizeBytes: model.sizeBytes, revision: desired.revision },
+        active: { ...ref, sizeBytes: model.sizeBytes, revision: desired.revision, ...(examples ? { examples: persistable(examples) } : {}) },
         previous: previous && previous.sha256 !== ref.sha256 ? previous : this.persisted.previous,
         highest,
         appliedRevision: Math.max(this.persisted.appliedRevision, desired.revision),
@@ -366,3 +374,16 @@ const refOf = (desired: DesiredState): ModelRef => ({
 });
 
 const withSlash = (url: string): string => (url.endsWith('/') ? url : `${url}/`);
+
+/** A release's example inputs, else its golden vectors' inputs (they ran when it was signed); none: the engine tries sizes. */
+function warmUpExamples(manifest: ReleaseManifest): ExampleInputs | undefined {
+  if (manifest.examples) return manifest.examples;
+  if (manifest.golden.vectors.length === 0) return undefined;
+  return manifest.golden.vectors.slice(0, 1).map((v) => v.inputs);
+}
+
+function persistable(examples: ExampleInputs): ExampleInputs {
+  return examples.map((example) =>
+    Object.fromEntries(Object.entries(example).map(([name, t]) => [name, t.data !== undefined && t.data.length > PERSISTED_EXAMPLE_VALUES ? { type: t.type, dims: t.dims } : t])),
+  );
+}

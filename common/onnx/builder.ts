@@ -9,7 +9,7 @@ export type { OnnxElemType } from './element-types.js';
 // onnx-proto is CommonJS; its namespace is only reachable through the default export under ESM.
 const { onnx } = onnxProto;
 
-/** A graph input or output. A string dim is symbolic (dynamic), e.g. 'batch'. */
+/** A graph input or output. A string dim is symbolic (dynamic), e.g. 'batch'; -1 is dynamic without a name. */
 export interface TensorDecl {
   name: string;
   type: OnnxElemType;
@@ -98,7 +98,8 @@ export function buildModel(decl: ModelDecl): Uint8Array {
 function valueInfo(decl: TensorDecl): OnnxSchema.IValueInfoProto {
   const dim = decl.shape.map((d): OnnxSchema.TensorShapeProto.IDimension => {
     if (typeof d === 'string') return { dimParam: d };
-    if (!Number.isSafeInteger(d) || d < 0) throw invalid(`tensor ${decl.name} has dim ${d}; dims are non-negative integers or names`);
+    if (d === -1) return {};
+    if (!Number.isSafeInteger(d) || d < 0) throw invalid(`tensor ${decl.name} has dim ${d}; dims are non-negative integers, names or -1 (unnamed)`);
     return { dimValue: d };
   });
   return { name: decl.name, type: { tensorType: { elemType: ONNX_DATA_TYPES[decl.type], shape: { dim } } } };

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { Clock } from '../clock.js';
 import { DriftlineError } from '../errors.js';
+import { exampleInputsSchema } from '../onnx/example-inputs.js';
 import { canonicalJson } from './canonical.js';
 import { decodeEnvelope, encodeEnvelope, parsePayload, signEnvelope, verifyEnvelope, type Envelope } from './dsse.js';
 import type { Signer } from './keys.js';
@@ -58,6 +59,8 @@ export const releaseManifestSchema = z.object({
     })
     .prefault({}),
   reference: referenceSchema.optional(),
+  /** Inputs the model is known to run on (warm-up, golden vectors); manifests from before they existed have none. */
+  examples: exampleInputsSchema.optional(),
   golden: z.object({ tolerance: z.object({ abs: z.number().nonnegative(), rel: z.number().nonnegative() }), vectors: z.array(goldenVectorSchema).max(64) }),
   lineage: z
     .object({

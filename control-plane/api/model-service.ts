@@ -30,8 +30,9 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       // A release every device would refuse (revoked signing key, expired root) is refused here, with the reason.
       deps.releases?.assertDeployable(model.name, model.version);
       const targets = selectTargets(deps, deviceIds, req.selector);
-      const published = await deploy(deps, model, targets);
-      logger.info({ model: model.name, version: model.version, devices: targets.length, published, by: caller?.id }, 'model deployed');
+      const rollback = rollbackFor(deps, model, targets, caller?.id);
+      const published = await deploy(deps, model, targets, rollback);
+      logger.info({ model: model.name, version: model.version, devices: targets.length, published, rolledBack: rollback?.deviceIds.size ?? 0, by: caller?.id }, 'model deployed');
       return { model, devices: targets.length };
     }),
   };
@@ -64,13 +65,51 @@ function selectTargets({ fleet }: ApiDeps, deviceIds: readonly string[], selecto
   return named.filter((device) => device.status === 'enrolled' && matchesSelector(device.labels, terms));
 }
 
+interface Rollback {
+  directive: Buffer;
+  deviceIds: ReadonlySet<string>;
+}
+
+/**
+ * Devices that pin a root refuse a version below the highest they ever activated unless a
+ * signed rollback directive names them (anti-rollback). Those known to run a newer version
+ * (their reported active model; a lower bound of the highest they activated) get a directive
+ * from the online rollback key, the way an aborted rollout sends devices back. Without online
+ * signing every one of them would refuse, so the deploy is refused here, saying how to roll back.
+ */
+function rollbackFor({ releases, config, clock }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], by: string | undefined): Rollback | undefined {
+  if (!releases) return undefined;
+  const ahead = targets.filter((d) => d.reported?.activeModel?.name === model.name && d.reported.activeModel.version > model.version);
+  if (ahead.length === 0) return undefined;
+  const ids = ahead.map((d) => d.id);
+  const newest = Math.max(...ahead.map((d) => d.reported!.activeModel!.version));
+  const directive = releases.rollbackDirective({
+    model: model.name,
+    toVersion: model.version,
+    deviceIds: ids,
+    reason: `models deploy ${model.name} --version ${model.version}${by ? ` by ${by}` : ''}`,
+    ttlMs: config.rollout.rollbackTtl,
+    id: `deploy-${model.name}-v${model.version}-${clock.now()}`,
+  });
+  if (!directive) {
+    const named = ids.slice(0, 5).join(', ') + (ids.length > 5 ? ` and ${ids.length - 5} more` : '');
+    throw new DriftlineError(
+      'RELEASE_VERSION_REFUSED',
+      `${ids.length} of the ${targets.length} target devices (${named}) already run a newer ${model.name} (up to v${newest}); devices refuse v${model.version} without a signed rollback directive (anti-rollback). ` +
+        `To roll back: start the control plane with online rollback signing (serve --rollback-key <file>) and deploy again, or push the v${model.version} file again as a new version (driftline models push <file> --sign) and deploy that`,
+      { details: { devices: ids.slice(0, 100), requested: model.version, newest } },
+    );
+  }
+  return { directive, deviceIds: new Set(ids) };
+}
+
 /**
  * Persists every target's new desired state first, so a device that is offline (or a publish
  * that fails) still converges when the device next connects and is sent its stored state.
  * Revisions are read and written with no await in between, so concurrent deploys cannot
  * hand a device the same revision twice.
  */
-async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[]): Promise<number> {
+async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], rollback: Rollback | undefined): Promise<number> {
   // With a trust root the signed envelope and the root chain travel with the desired model.
   const signed = releases?.desiredModel(model);
   const desired = targets.map((device): [string, DesiredState] => [
@@ -87,7 +126,7 @@ async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: Mo
         envelope: Buffer.alloc(0),
       },
       rootChain: signed?.rootChain ?? [],
-      rollback: Buffer.alloc(0),
+      rollback: rollback?.deviceIds.has(device.id) ? rollback.directive : Buffer.alloc(0),
     },
   ]);
   for (const [deviceId, state] of desired) fleet.setDesired(deviceId, state);

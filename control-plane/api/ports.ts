@@ -56,7 +56,7 @@ export interface ApiDeps {
   /** Functions, because the listeners' ports are known only after they listen. */
   advertisedMqttUrl: () => string;
   advertisedHttpUrl: () => string;
-  config: Pick<ControlPlaneConfig, 'enrollmentTokenTtl' | 'onlineWindow'>;
+  config: Pick<ControlPlaneConfig, 'enrollmentTokenTtl' | 'onlineWindow' | 'rollout'>;
   clock: Clock;
   logger: Logger;
   /** The latest signed root metadata (DSSE envelope) devices pin at enrollment; undefined without a trust root. */

@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
 import { REFERENCE_METADATA_KEY, referenceFromCsv, serializeReference } from '../../../common/drift/reference.js';
 import { assertModelName } from '../../../common/ids.js';
+import { parseExampleInputsFile } from '../../../common/onnx/example-inputs.js';
 import {
   DeployModelResponse,
   ModelServiceClient,
@@ -46,6 +47,7 @@ export function registerModels(program: Command): void {
     .option('--sign', 'sign a release manifest for the assigned version (offline, with the release key in --keys-dir) and publish it')
     .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
     .option('--golden <n>', 'with --sign: golden test vectors to record (from --reference rows, else seeded inputs)', integer(0, 64), 3)
+    .option('--examples <file.json>', 'with --sign: example inputs the model runs on (dims and optional values per input), signed in for the device\'s warm-up and used for the golden vectors')
     .option('--providers <list>', 'with --sign: execution providers the model needs, any of (e.g. cuda,cpu)', commaList)
     .option('--arch <list>', 'with --sign: device architectures it runs on (x86_64,arm64)', commaList)
     .option('--min-memory <bytes>', 'with --sign: device memory it needs, in bytes', integer(0))
@@ -210,6 +212,7 @@ interface PushOptions {
   sign?: boolean;
   keysDir: string;
   golden: number;
+  examples?: string;
   providers?: string[];
   arch?: string[];
   minMemory?: number;
@@ -230,9 +233,11 @@ async function prepareSigning(file: string, options: PushOptions): Promise<{ sig
   const signer = releaseSigner(keyFolder(options.keysDir));
   let modelBytes: Buffer;
   let referenceCsv: string | undefined;
+  let examplesJson: string | undefined;
   try {
     modelBytes = await readFile(file);
     referenceCsv = options.reference ? await readFile(options.reference, 'utf8') : undefined;
+    examplesJson = options.examples ? await readFile(options.examples, 'utf8') : undefined;
   } catch (err) {
     throw usageError(`cannot read ${(err as NodeJS.ErrnoException).path ?? file}: ${(err as Error).message}`);
   }
@@ -252,6 +257,7 @@ async function prepareSigning(file: string, options: PushOptions): Promise<{ sig
     createdAtMs: systemClock.now(),
     referenceCsv,
     goldenVectors: options.golden,
+    ...(examplesJson !== undefined ? { examples: parseExampleInputsFile(examplesJson, options.examples!) } : {}),
     constraints: { providers: options.providers ?? [], arch: options.arch ?? [], minMemoryBytes: options.minMemory ?? 0, flags: options.flag ?? [] },
     lineage: { job: options.job, metrics },
   });

@@ -1,6 +1,8 @@
 import ort from 'onnxruntime-node';
 import { DriftlineError } from '../../../common/errors.js';
 import { sha256Hex } from '../../../common/hashing.js';
+import { candidateExamples, describeExample, type ExampleInput, type ExampleInputs } from '../../../common/onnx/example-inputs.js';
+import { describeRuntimeFailure, explainRuntimeFailure } from '../../../common/onnx/runtime-errors.js';
 import { readModelSignature, type TensorSignature } from '../../../common/onnx/signature.js';
 import { toGoldenTensor } from '../../../common/trust/golden.js';
 import { buildManifest, type GoldenVector, type ReferenceDistributions, type ReleaseManifest, type ReleaseManifestInput } from '../../../common/trust/manifest.js';
@@ -16,6 +18,8 @@ export interface ManifestBuildInput {
   lineage?: ReleaseManifestInput['lineage'];
   /** How many golden vectors to record (rows of the reference, or seeded synthetic inputs). */
   goldenVectors?: number;
+  /** Inputs the model is known to run on: signed into the manifest for the device's warm-up, and the shapes (and values) of the golden vectors. */
+  examples?: ExampleInputs;
 }
 
 const GOLDEN_TOLERANCE = { abs: 1e-4, rel: 1e-3 };
@@ -31,7 +35,7 @@ export async function buildReleaseManifest(input: ManifestBuildInput): Promise<R
   const signature = readModelSignature(input.bytes);
   const table = input.referenceCsv ? parseNumericCsv(input.referenceCsv) : undefined;
   const reference = table && input.referenceCsv ? referenceOf(table, sha256Hex(input.referenceCsv)) : undefined;
-  const vectors = await goldenVectors(input.bytes, signature.inputs, table, input.goldenVectors ?? 3);
+  const vectors = await goldenVectors(input.bytes, signature.inputs, table, input.goldenVectors ?? 3, input.examples);
   return buildManifest({
     type: 'driftline-release',
     name: input.name,
@@ -42,6 +46,7 @@ export async function buildReleaseManifest(input: ManifestBuildInput): Promise<R
     outputs: signature.outputs,
     constraints: input.constraints ?? {},
     ...(reference ? { reference } : {}),
+    ...(input.examples ? { examples: input.examples } : {}),
     golden: { tolerance: GOLDEN_TOLERANCE, vectors },
     lineage: { ...(input.lineage ?? {}), dataSha256: input.lineage?.dataSha256 || reference?.dataSha256 || '' },
     createdAtMs: input.createdAtMs,
@@ -84,7 +89,12 @@ export function referenceOf(table: NumericTable, dataSha256: string): ReferenceD
   };
 }
 
-async function goldenVectors(bytes: Uint8Array, inputs: readonly TensorSignature[], table: NumericTable | undefined, count: number): Promise<GoldenVector[]> {
+/**
+ * Records golden vectors by running the model: on the example inputs when there are some
+ * (their values, or seeded values of their shapes), else on the first candidate size for
+ * dynamic dims that runs. A model that runs on none is MODEL_WARMUP_FAILED in its own words.
+ */
+async function goldenVectors(bytes: Uint8Array, inputs: readonly TensorSignature[], table: NumericTable | undefined, count: number, examples: ExampleInputs | undefined): Promise<GoldenVector[]> {
   if (count === 0 || inputs.length === 0) return [];
   let session: ort.InferenceSession;
   try {
@@ -93,30 +103,72 @@ async function goldenVectors(bytes: Uint8Array, inputs: readonly TensorSignature
     throw new DriftlineError('MODEL_INVALID', `onnxruntime cannot load the model to record golden vectors: ${(err as Error).message}`, { cause: err });
   }
   try {
-    const vectors: GoldenVector[] = [];
     let seed = 0x2545f491;
     const next = (): number => {
       seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
       return Math.round(((seed / 0xffffffff) * 2 - 1) * 1000) / 1000;
     };
-    for (let v = 0; v < count; v++) {
+    const feedsOf = (example: ExampleInput, v: number, zeros = false): Record<string, ort.Tensor> => {
       const feeds: Record<string, ort.Tensor> = {};
       for (const spec of inputs) {
-        const dims = spec.shape.length === 0 ? [] : spec.shape.map((d) => (d < 0 ? 1 : d));
-        const size = dims.reduce((a, b) => a * b, 1);
+        const given = Object.hasOwn(example, spec.name) ? example[spec.name] : undefined;
+        if (!given) throw new DriftlineError('REQUEST_INVALID', `the example inputs give no ${spec.name}, which the model needs`);
+        if (given.type !== spec.type) throw new DriftlineError('REQUEST_INVALID', `the example input ${spec.name} is ${given.type}; the model takes ${spec.type}`);
+        const size = given.dims.reduce((a, b) => a * b, 1);
         const row = table && inputs.length === 1 && table.rows.length > 0 ? table.rows[v % table.rows.length] : undefined;
-        const values = Array.from({ length: size }, (_, i) => (row && row.length === size ? row[i]! : next()));
-        feeds[spec.name] = tensorOf(spec.type, values, dims);
+        const values = given.data
+          ? given.data.map((x) => Number(x))
+          : zeros
+            ? new Array<number>(size).fill(0)
+            : Array.from({ length: size }, (_, i) => (row && row.length === size ? row[i]! : next()));
+        feeds[spec.name] = tensorOf(spec.type, values, given.dims);
       }
+      return feeds;
+    };
+    const record = async (feeds: Record<string, ort.Tensor>): Promise<GoldenVector> => {
       const outputs = await session.run(feeds);
-      vectors.push({
+      return {
         inputs: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toGoldenTensor({ type: t.type, dims: t.dims, data: t.data as ArrayLike<number> })])),
         outputs: Object.fromEntries(
           Object.entries(outputs)
             .filter(([, t]) => t instanceof ort.Tensor || (t as ort.Tensor).data !== undefined)
             .map(([k, t]) => [k, toGoldenTensor({ type: (t as ort.Tensor).type, dims: (t as ort.Tensor).dims, data: (t as ort.Tensor).data as ArrayLike<number> })]),
         ),
+      };
+    };
+    const failed = (example: ExampleInput, err: unknown, given: boolean, tried: string[]): DriftlineError => {
+      const why = describeRuntimeFailure(explainRuntimeFailure(err instanceof Error ? err.message : String(err)));
+      const on = given ? `its example input ${describeExample(example)}` : `every size tried for its dynamic dimensions (${tried.map((t) => `[${t}]`).join('; ')})`;
+      return new DriftlineError('MODEL_WARMUP_FAILED', `the model did not run on ${on}, so no golden vectors could be recorded: ${why}${given ? '' : '; give it example inputs with --examples <file.json>'}`, {
+        cause: err,
+        details: { inputs: describeExample(example) },
       });
+    };
+    let shapes = examples;
+    if (!shapes) {
+      // The first candidate size the model runs on stands in for example inputs.
+      const tried: string[] = [];
+      for (const candidate of candidateExamples(inputs)) {
+        tried.push(describeExample(candidate));
+        try {
+          await session.run(feedsOf(candidate, 0, true));
+          shapes = [candidate];
+          break;
+        } catch (err) {
+          if (err instanceof DriftlineError) throw err;
+          if (tried.length === candidateExamples(inputs).length) throw failed(candidate, err, false, tried);
+        }
+      }
+    }
+    const vectors: GoldenVector[] = [];
+    for (let v = 0; v < count; v++) {
+      const example = shapes![v % shapes!.length]!;
+      try {
+        vectors.push(await record(feedsOf(example, v)));
+      } catch (err) {
+        if (err instanceof DriftlineError) throw err;
+        throw failed(example, err, examples !== undefined, [describeExample(example)]);
+      }
     }
     return vectors;
   } finally {
