@@ -343,6 +343,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     port: config.localApi.port,
     socketPath: config.localApi.socketPath,
     maxBodyBytes: config.localApi.maxBodyBytes,
+    memoryBudgetBytes: profileChoice.profile.inference.memoryBudget,
     inferTimeoutMs: config.inference.timeout,
     // Applications label answered requests by response id; each label is one record on the inference stream.
     feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },

@@ -79,7 +79,11 @@ export const agentConfigSchema = z
         host: z.string().default('127.0.0.1'),
         port: z.number().int().min(0).max(65535).default(7390),
         socketPath: z.string().optional(),
-        maxBodyBytes: byteSize.prefault('8MiB'),
+        /**
+         * Largest request body; absent: derived from the active model's largest input (its shape,
+         * as JSON numbers or raw bytes) and, for dynamic dimensions, the profile's memory budget.
+         */
+        maxBodyBytes: byteSize.optional(),
         /** Answered requests remembered for feedback (POST .../feedback); older ids are forgotten. */
         feedbackMemory: z.number().int().min(1).max(1_000_000).default(10_000),
       })
