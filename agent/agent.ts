@@ -103,6 +103,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   const buffer = SqliteBuffer.open({
     file: join(config.dataDir, 'buffer.db'),
     synchronous: config.buffer.synchronous,
+    commitDelayMs: config.buffer.commitDelay,
     maxFileBytes: config.buffer.maxFileBytes,
     limits: {
       maxBytes: bufferBudgetBytes,
@@ -175,11 +176,10 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     const drops = JSON.stringify(buffer.dropped());
     if (drops !== reportedDrops) {
       reportedDrops = drops;
-      recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(buffer.dropped()));
-      // The report is a record too: in a full buffer it pushes an older one out (after its
-      // commit, the next turn). Such drops count but do not trigger a report of their own, or
-      // an idle agent offline would report, and drop, once a tick for as long as it is offline.
-      setImmediate(() => {
+      // The report is a record too: in a full buffer it pushes an older one out (in its own
+      // commit). Such drops count but do not trigger a report of their own, or an idle agent
+      // offline would report, and drop, once a tick for as long as it is offline.
+      void recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(buffer.dropped())).then(() => {
         reportedDrops = JSON.stringify(buffer.dropped());
       });
     }
@@ -234,7 +234,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     },
     selfTest: (path, golden) => runGoldenSelfTest(runtime, providerNames, path, golden),
     onChange(change) {
-      recorder.event(change.kind, change.error?.message ?? `${change.model.name} v${change.model.version}`, {
+      void recorder.event(change.kind, change.error?.message ?? `${change.model.name} v${change.model.version}`, {
         model: change.model.name,
         version: String(change.model.version),
         ...(change.error ? { code: change.error.code } : {}),
@@ -343,6 +343,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     port: config.localApi.port,
     socketPath: config.localApi.socketPath,
     maxBodyBytes: config.localApi.maxBodyBytes,
+    memoryBudgetBytes: profileChoice.profile.inference.memoryBudget,
     inferTimeoutMs: config.inference.timeout,
     // Applications label answered requests by response id; each label is one record on the inference stream.
     feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },
@@ -356,7 +357,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     cron.schedule(config.schedule.bufferMaintenance, maintainBuffer, { noOverlap: true, name: 'buffer-maintenance' }),
   ];
   await uplink.start();
-  recorder.event('agent.started', `driftline-agent ${DRIFTLINE_VERSION}`, { boot: String(buffer.boot), profile: firmwareProfile });
+  void recorder.event('agent.started', `driftline-agent ${DRIFTLINE_VERSION}`, { boot: String(buffer.boot), profile: firmwareProfile });
   state = 'running';
   logger.info({ deviceId, localApi: localApi.url }, 'agent ready');
 
@@ -381,6 +382,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       await localApi.close();
       // The last drift window goes up with the rest.
       drift.flush();
+      recorder.flush();
       // Drain: give acknowledged delivery a chance before going; what is left stays buffered.
       const drained = await uploader.drain(config.shutdownGrace);
       if (!drained) logger.warn({ remaining: buffer.depth() }, 'shutting down with unacknowledged telemetry; it stays buffered for the next start');

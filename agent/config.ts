@@ -33,6 +33,13 @@ export const agentConfigSchema = z
       .object({
         /** FULL: nothing committed is lost even on power loss. NORMAL: faster; the last commits may be lost on power loss. */
         synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
+        /**
+         * How long a new record may wait for others before its group commit (one fsync for all of
+         * them). Telemetry is acknowledged to nobody when it is recorded, so this only delays its
+         * upload; what the uplink sends is always committed first. 0: commit at the end of each
+         * event-loop turn.
+         */
+        commitDelay: duration.prefault('20ms').pipe(z.number().max(1_000, 'at most 1s: records wait for company, not for an upload')),
         /** Disk budget for buffered records (the firmware profile's buffer.diskBudget when absent); when full, the oldest records of the lowest-priority stream go (counted, reported). */
         maxBytes: byteSize.optional(),
         /** Hard ceiling for buffer.db itself (SQLite max_page_count): past it writes fail as on a full disk and the drop policy makes room. */
@@ -72,7 +79,11 @@ export const agentConfigSchema = z
         host: z.string().default('127.0.0.1'),
         port: z.number().int().min(0).max(65535).default(7390),
         socketPath: z.string().optional(),
-        maxBodyBytes: byteSize.prefault('8MiB'),
+        /**
+         * Largest request body; absent: derived from the active model's largest input (its shape,
+         * as JSON numbers or raw bytes) and, for dynamic dimensions, the profile's memory budget.
+         */
+        maxBodyBytes: byteSize.optional(),
         /** Answered requests remembered for feedback (POST .../feedback); older ids are forgotten. */
         feedbackMemory: z.number().int().min(1).max(1_000_000).default(10_000),
       })

@@ -2,6 +2,12 @@ import { buildModel, type InitializerDecl, type NodeDecl } from '../common/onnx/
 
 /** Input of the benchmark's convolutional model: one 64x64 RGB image per row. */
 export const CONV_INPUT_SHAPE = [3, 64, 64] as const;
+/**
+ * The realistic-size variant: one 224x224 RGB image (ImageNet-sized), a stride-2 stem like
+ * real vision models', about 0.5 GMAC per image.
+ */
+export const LARGE_INPUT_SHAPE = [3, 224, 224] as const;
+export const buildLargeConvModel = (seed = 11) => buildConvModel(seed, { inputShape: LARGE_INPUT_SHAPE, stemStride: 2 });
 
 /**
  * An image classifier shaped like the small vision models edge devices run: six 3x3
@@ -9,7 +15,8 @@ export const CONV_INPUT_SHAPE = [3, 64, 64] as const;
  * pooling and a 10-class softmax. About 3.9 million parameters, deterministic weights
  * (He-scaled, from a seeded generator) so activations stay finite. Dynamic batch dimension.
  */
-export function buildConvModel(seed = 7): { bytes: Uint8Array; parameters: number } {
+export function buildConvModel(seed = 7, options: { inputShape?: readonly [number, number, number]; stemStride?: number } = {}): { bytes: Uint8Array; parameters: number } {
+  const inputShape = options.inputShape ?? CONV_INPUT_SHAPE;
   let state = seed >>> 0 || 1;
   const random = () => {
     // xorshift32: fast, seeded, good enough for weights nobody trains.
@@ -19,7 +26,7 @@ export function buildConvModel(seed = 7): { bytes: Uint8Array; parameters: numbe
     return (state >>> 0) / 0x100000000;
   };
   const layers: Array<{ out: number; stride: number }> = [
-    { out: 32, stride: 1 },
+    { out: 32, stride: options.stemStride ?? 1 },
     { out: 64, stride: 2 },
     { out: 128, stride: 2 },
     { out: 256, stride: 2 },
@@ -29,7 +36,7 @@ export function buildConvModel(seed = 7): { bytes: Uint8Array; parameters: numbe
   const nodes: NodeDecl[] = [];
   const initializers: InitializerDecl[] = [];
   let parameters = 0;
-  let channels: number = CONV_INPUT_SHAPE[0];
+  let channels: number = inputShape[0];
   let x = 'image';
   layers.forEach(({ out, stride }, i) => {
     const fanIn = channels * 9;
@@ -54,7 +61,7 @@ export function buildConvModel(seed = 7): { bytes: Uint8Array; parameters: numbe
   nodes.push({ op: 'Softmax', inputs: ['logits'], outputs: ['probabilities'], attributes: { axis: { int: 1 } } });
   const bytes = buildModel({
     name: 'bench-conv',
-    inputs: [{ name: 'image', type: 'float32', shape: ['batch', ...CONV_INPUT_SHAPE] }],
+    inputs: [{ name: 'image', type: 'float32', shape: ['batch', ...inputShape] }],
     outputs: [{ name: 'probabilities', type: 'float32', shape: ['batch', classes] }],
     nodes,
     initializers,

@@ -9,7 +9,7 @@
  * The engine uses the settings of the generic-x86_64-cpu firmware profile, as the agent does.
  * Progress and a table go to stderr; the last stdout line is JSON with the figures.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,9 +23,12 @@ import { inferenceSettings } from '../agent/profiles/inference-settings.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import { silentLogger } from '../common/logger.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
-import { buildConvModel, CONV_INPUT_SHAPE } from './conv-model.js';
+import { buildConvModel, buildLargeConvModel, CONV_INPUT_SHAPE, LARGE_INPUT_SHAPE } from './conv-model.js';
+import { startProcess, stopProcess, waitFor } from '../test/helpers/processes.js';
+import { startTestControlPlane } from '../test/helpers/wired-agent.js';
 
-const TARGETS = { engine_vs_bare: 0.95, batching_speedup: 1.5, http_added_p50_ms: 1 };
+const TARGETS = { engine_vs_bare: 0.95, batching_speedup: 1.5, http_added_p50_ms: 1, large_binary_vs_bare_8_clients: 0.8, large_binary_p50_vs_bare: 1.1, agent_cpu_vs_bare: 1.2, large_json_p50_vs_binary: 2 };
+const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
 const CLIENTS = 8;
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' } } });
@@ -103,11 +106,13 @@ class RawHttpClient {
     socket.on('error', (err) => this.waiting?.reject(err));
   }
 
-  static async open(url: URL, body: string): Promise<RawHttpClient> {
+  static async open(url: URL, body: string | Buffer, headers: Record<string, string | number> = {}): Promise<RawHttpClient> {
     const socket = connect(Number(url.port), url.hostname);
     await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    const head = `POST ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
-    return new RawHttpClient(socket, Buffer.from(head + body));
+    const bytes = typeof body === 'string' ? Buffer.from(body) : body;
+    const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    const head = `POST ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: application/json\r\nContent-Length: ${bytes.length}\r\n${extra}\r\n`;
+    return new RawHttpClient(socket, Buffer.concat([Buffer.from(head), bytes]));
   }
 
   call(): Promise<void> {
@@ -202,7 +207,71 @@ try {
   await engine.shutdown();
   await bareDemo.release();
 
+  // The realistic-size model through the real agent (its own process, enrolled with a control
+  // plane in this one, the model pushed and deployed as an operator would), over HTTP, binary
+  // and JSON, against bare onnxruntime-node in this process.
+  const large = buildLargeConvModel();
+  const largePath = join(dir, 'large.onnx');
+  writeFileSync(largePath, large.bytes);
+  log(`large conv model: ${large.parameters} parameters, input 1x${LARGE_INPUT_SHAPE.join('x')}`);
+  const largeDims = [1, ...LARGE_INPUT_SHAPE];
+  const largeImage = Float32Array.from({ length: LARGE_INPUT_SHAPE.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i) * 0.5 + 0.5);
+  const { cp, api: fleet } = await startTestControlPlane(dir);
+  const device = 'bench-inference-1';
+  const agent = await startProcess(
+    'bin/driftline-agent.js',
+    ['run', '--server', cp.addresses.grpc, '--device-id', device, '--enroll-token', await fleet.createEnrollmentToken(device), '--data-dir', join(dir, 'agent'), '--local-port', '0', '--profile', values.profile],
+    AGENT_READY,
+    { timeoutMs: 120_000 },
+  );
+  log(`agent ready at ${agent.ready[2]}; deploying the large model`);
+  const largeUrl = new URL(`${agent.ready[2]}/v2/models/large/infer`);
+  await fleet.uploadModel('large', large.bytes);
+  await fleet.deploy('large', [device]);
+  await waitFor(() => fetch(`${agent.ready[2]}/v2/models/large/ready`).then((r) => r.status, () => 0), (status) => status === 200, { what: 'large model active on the agent', timeoutMs: 120_000 });
+  const jsonBody = JSON.stringify({ inputs: [{ name: 'image', shape: largeDims, datatype: 'FP32', data: Array.from(largeImage) }] });
+  const header = Buffer.from(JSON.stringify({ inputs: [{ name: 'image', shape: largeDims, datatype: 'FP32', parameters: { binary_data_size: largeImage.byteLength } }] }));
+  const binaryBody = Buffer.concat([header, Buffer.from(largeImage.buffer, largeImage.byteOffset, largeImage.byteLength)]);
+  const binaryClients = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpClient.open(largeUrl, binaryBody, { 'inference-header-content-length': header.length })));
+  const jsonClients = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpClient.open(largeUrl, jsonBody)));
+  const bareLarge = await ort.InferenceSession.create(largePath, sessionOptions);
+  const bareLargeCall = () => bareLarge.run({ image: new ort.Tensor('float32', largeImage, largeDims) });
+  // CPU time: the agent process's from /proc/<pid>/stat (user + system, clock ticks at 100 Hz),
+  // bare onnxruntime's from this process's cpuUsage() during a bare-only phase (this process
+  // then does nothing else: the agent is idle, the control plane has nothing to ingest).
+  const agentCpuMs = (): number => {
+    const fields = readFileSync(`/proc/${agent.child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  };
+  const cpuPerRequest = async (call: () => Promise<unknown>, clients: number, cpu: () => number): Promise<{ phase: Phase; cpuMs: number }> => {
+    const before = cpu();
+    const phase = await measure(call, { clients, warmup: 3 });
+    return { phase, cpuMs: (cpu() - before) / (phase.requests + 3 * clients) };
+  };
+  const selfCpuMs = (): number => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1000;
+  };
+  log('large model active; measuring');
+  const [bareLargePhase, binaryLargePhase, jsonLargePhase] = await paired([bareLargeCall, () => binaryClients[0]!.call(), () => jsonClients[0]!.call()], { warmup: 3, ms: phaseMs * 2 });
+  log('large model: 8 clients');
+  const bareLarge8 = await cpuPerRequest(bareLargeCall, CLIENTS, selfCpuMs);
+  let nextLarge = 0;
+  const binaryLarge8 = await cpuPerRequest(() => binaryClients[nextLarge++ % CLIENTS]!.call(), CLIENTS, agentCpuMs);
+  const jsonLarge8 = await measure(() => jsonClients[nextLarge++ % CLIENTS]!.call(), { clients: CLIENTS, warmup: 1 });
+  for (const client of [...binaryClients, ...jsonClients]) client.close();
+  await bareLarge.release();
+  await stopProcess(agent);
+  fleet.close();
+  await cp.shutdown();
+
   const rows: Array<[string, Phase]> = [
+    ['large  bare session.run      b1 x1', bareLargePhase],
+    ['large  agent HTTP binary     b1 x1', binaryLargePhase],
+    ['large  agent HTTP JSON       b1 x1', jsonLargePhase],
+    [`large  bare session.run      b1 x${CLIENTS}`, bareLarge8.phase],
+    [`large  agent HTTP binary     b1 x${CLIENTS}`, binaryLarge8.phase],
+    [`large  agent HTTP JSON       b1 x${CLIENTS}`, jsonLarge8],
     ['conv   bare session.run      b1 x1', bareConvPhase],
     ['conv   engine in-process     b1 x1', engineConvPhase],
     ['demo   bare session.run      b1 x1', bareDemoPhase],
@@ -241,10 +310,29 @@ try {
     demo_http_batched_8_clients_rps: Math.round(throughput(httpConcurrent)),
     demo_http_batched_8_clients_p99_ms: round3(percentile(httpConcurrent, 0.99)),
     mean_rows_per_run: round3(engineConcurrent.requests / Math.max(1, batchedRuns)),
+    large_parameters: large.parameters,
+    large_binary_vs_bare_8_clients: round3(throughput(binaryLarge8.phase) / throughput(bareLarge8.phase)),
+    large_binary_p50_vs_bare: round3(percentile(binaryLargePhase, 0.5) / percentile(bareLargePhase, 0.5)),
+    large_json_p50_vs_binary: round3(percentile(jsonLargePhase, 0.5) / percentile(binaryLargePhase, 0.5)),
+    agent_cpu_vs_bare: round3(binaryLarge8.cpuMs / bareLarge8.cpuMs),
+    large_bare_p50_ms: round3(percentile(bareLargePhase, 0.5)),
+    large_binary_p50_ms: round3(percentile(binaryLargePhase, 0.5)),
+    large_json_p50_ms: round3(percentile(jsonLargePhase, 0.5)),
+    large_bare_8_clients_rps: round3(throughput(bareLarge8.phase)),
+    large_binary_8_clients_rps: round3(throughput(binaryLarge8.phase)),
+    large_json_8_clients_rps: round3(throughput(jsonLarge8)),
+    large_bare_cpu_ms_per_inference: round3(bareLarge8.cpuMs),
+    large_agent_cpu_ms_per_inference: round3(binaryLarge8.cpuMs),
     targets_met: false,
   };
   figures.targets_met =
-    figures.engine_vs_bare >= TARGETS.engine_vs_bare && figures.batching_speedup >= TARGETS.batching_speedup && figures.http_added_p50_ms <= TARGETS.http_added_p50_ms;
+    figures.engine_vs_bare >= TARGETS.engine_vs_bare &&
+    figures.batching_speedup >= TARGETS.batching_speedup &&
+    figures.http_added_p50_ms <= TARGETS.http_added_p50_ms &&
+    figures.large_binary_vs_bare_8_clients >= TARGETS.large_binary_vs_bare_8_clients &&
+    figures.large_binary_p50_vs_bare <= TARGETS.large_binary_p50_vs_bare &&
+    figures.agent_cpu_vs_bare <= TARGETS.agent_cpu_vs_bare &&
+    figures.large_json_p50_vs_binary <= TARGETS.large_json_p50_vs_binary;
   process.stdout.write(`${JSON.stringify(figures)}\n`);
 } finally {
   rmSync(dir, { recursive: true, force: true });

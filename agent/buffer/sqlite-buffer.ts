@@ -28,6 +28,36 @@ export interface SqliteBufferOptions {
    * disk, and the buffer handles both the same way (see flush()).
    */
   maxFileBytes?: number;
+  /**
+   * How long an enqueued record may wait for company before its group commit (0: the end of
+   * the current event-loop turn). No caller waits on the commit to answer anyone (inference
+   * telemetry is acknowledged to nobody), so a few milliseconds turn one fsync per request
+   * into one per window. The uplink only ever reads committed rows, so what it sends is
+   * durable whatever the delay; close() commits what is still waiting.
+   */
+  commitDelayMs?: number;
+  /** Schedules the delayed commit; tests swap it to decide when the window closes. */
+  scheduleCommit?: CommitScheduler;
+}
+
+/** Runs `commit` after `delayMs`; the returned function cancels it. */
+export type CommitScheduler = (commit: () => void, delayMs: number) => () => void;
+
+const realCommitScheduler: CommitScheduler = (commit, delayMs) => {
+  if (delayMs <= 0) {
+    const immediate = setImmediate(commit);
+    return () => clearImmediate(immediate);
+  }
+  const timer = setTimeout(commit, delayMs);
+  return () => clearTimeout(timer);
+};
+
+/** Group commits so far: how many transactions the enqueue path cost, and the records they held. */
+export interface BufferCommitStats {
+  commits: number;
+  recordsCommitted: number;
+  /** Records enqueued and not committed yet (waiting for their window to close). */
+  waiting: number;
 }
 
 /** What a row costs besides its body (key, columns, b-tree slack): an estimate for the budget. */
@@ -89,8 +119,11 @@ export class SqliteBuffer implements TelemetryBuffer {
   /** Drop counts changed by a commit that failed: saved with the next one that succeeds. */
   private dropsUnsaved = false;
   private pending: Pending[] = [];
-  private flushScheduled = false;
+  private cancelFlush: (() => void) | undefined;
   private closed = false;
+  private readonly commitDelayMs: number;
+  private readonly scheduleCommit: CommitScheduler;
+  private readonly commitCounts = { commits: 0, recordsCommitted: 0 };
 
   static open(options: SqliteBufferOptions): SqliteBuffer {
     let db: Db;
@@ -107,13 +140,15 @@ export class SqliteBuffer implements TelemetryBuffer {
     } catch (err) {
       throw new DriftlineError('STORE_FAILED', `cannot open the agent buffer at ${options.file}`, { cause: err });
     }
-    return new SqliteBuffer(db, { maxBytes: 0, maxRecords: {}, ttlMs: 0, ...options.limits }, options.clock ?? systemClock);
+    return new SqliteBuffer(db, { maxBytes: 0, maxRecords: {}, ttlMs: 0, ...options.limits }, options);
   }
 
-  private constructor(db: Db, limits: BufferLimits, clock: Clock) {
+  private constructor(db: Db, limits: BufferLimits, options: SqliteBufferOptions) {
     this.db = db;
     this.limits = limits;
-    this.clock = clock;
+    this.clock = options.clock ?? systemClock;
+    this.commitDelayMs = Math.max(0, options.commitDelayMs ?? 0);
+    this.scheduleCommit = options.scheduleCommit ?? realCommitScheduler;
     db.exec(`
       CREATE TABLE IF NOT EXISTS outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -160,18 +195,23 @@ export class SqliteBuffer implements TelemetryBuffer {
     if (this.closed) return Promise.reject(new DriftlineError('SHUTTING_DOWN', 'the buffer is closed'));
     return new Promise((resolve, reject) => {
       this.pending.push({ record, resolve, reject });
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => this.flush());
-      }
+      // The first record of a window opens it; the others ride along in its commit.
+      this.cancelFlush ??= this.scheduleCommit(() => this.flush(), this.commitDelayMs);
     });
   }
 
+  commitStats(): BufferCommitStats {
+    return { ...this.commitCounts, waiting: this.pending.length };
+  }
+
   private flush(): void {
-    this.flushScheduled = false;
+    this.cancelFlush?.();
+    this.cancelFlush = undefined;
     const batch = this.pending;
     this.pending = [];
     if (batch.length === 0) return;
+    this.commitCounts.commits++;
+    this.commitCounts.recordsCommitted += batch.length;
     const before = this.snapshot();
     try {
       this.db.transaction(() => this.insertBatch(batch))();

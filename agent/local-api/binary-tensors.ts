@@ -25,7 +25,7 @@ const ELEMENT_BYTES: Partial<Record<Datatype, number>> = {
   FP64: 8,
 };
 
-const VIEWS: Partial<Record<Datatype, new (buffer: ArrayBuffer) => Exclude<TensorData, string[]>>> = {
+const VIEWS: Partial<Record<Datatype, new (buffer: ArrayBufferLike, byteOffset: number, length: number) => Exclude<TensorData, string[]>>> = {
   UINT8: Uint8Array,
   INT8: Int8Array,
   UINT16: Uint16Array,
@@ -49,11 +49,15 @@ export function decodeBinaryTensor(input: string, datatype: string, bytes: Uint8
   if (datatype === 'BYTES') return decodeStrings(input, bytes);
   const size = ELEMENT_BYTES[datatype]!;
   if (bytes.length % size !== 0) invalid(input, `input ${input} has ${bytes.length} binary bytes, not a whole number of ${size}-byte ${datatype} elements`);
-  // A copy: the body's bytes need not be aligned for a typed array view.
-  const owned = new Uint8Array(bytes.length);
-  owned.set(bytes);
-  if (datatype === 'BOOL') return Array.from(owned, (b) => b !== 0);
-  return new VIEWS[datatype]!(owned.buffer);
+  if (datatype === 'BOOL') return Array.from(bytes, (b) => b !== 0);
+  // A view on the request's own body buffer when the bytes sit where a typed array can start;
+  // a copy only when the JSON header's length leaves them unaligned.
+  let owned = bytes;
+  if (bytes.byteOffset % size !== 0) {
+    owned = new Uint8Array(bytes.length);
+    owned.set(bytes);
+  }
+  return new VIEWS[datatype]!(owned.buffer, owned.byteOffset, owned.length / size);
 }
 
 /** BYTES elements are each a 4-byte little-endian length and that many bytes. */

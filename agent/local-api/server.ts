@@ -13,9 +13,10 @@ import { datatypeOf, toJsonValues } from '../inference/datatypes.js';
 import type { ActiveModelInfo, InferenceService, InferInput, InferOutput } from '../inference/engine.js';
 import type { TensorSpec } from '../inference/model-runtime.js';
 import { BINARY_HEADER, decodeBinaryTensor, encodeBinaryTensor } from './binary-tensors.js';
+import { BODY_LIMIT_SETTING, defaultBodyLimits, MIN_BODY_BYTES, type BodyLimits } from './body-limit.js';
 import { FeedbackLedger, parseFeedback } from './feedback.js';
+import { parseRequestJson } from './request-json.js';
 
-const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
 const SERVER_NAME = 'driftline-agent';
 
@@ -28,7 +29,10 @@ export interface LocalApiOptions {
   port?: number;
   /** Listen on this unix socket instead of TCP. */
   socketPath?: string;
+  /** Overrides the body limits derived from the active model (localApi.maxBodyBytes). */
   maxBodyBytes?: number;
+  /** The profile's inference memory budget: bounds the derived limit of a model with dynamic input dimensions. */
+  memoryBudgetBytes?: number;
   /** Deadline for each inference request; none when absent. */
   inferTimeoutMs?: number;
   /** How long close() lets requests in flight finish before cutting connections. */
@@ -75,8 +79,8 @@ const InferRequestSchema = z.object({
           shape: z.array(z.number()),
           datatype: z.string(),
           parameters: z.object({ binary_data_size: binaryDataSize.optional() }).loose().optional(),
-          // Elements are checked once, by the engine, against the model's datatype.
-          data: z.custom<unknown[]>((v) => Array.isArray(v), 'expected an array').optional(),
+          // Elements are checked once, by the engine, against the model's datatype; numeric data arrives as one Float64Array.
+          data: z.custom<unknown[] | Float64Array>((v) => Array.isArray(v) || v instanceof Float64Array, 'expected an array').optional(),
         })
         .refine((i) => (i.data === undefined) !== (i.parameters?.binary_data_size === undefined), {
           message: 'give either data or parameters.binary_data_size (with the bytes after the JSON header)',
@@ -95,11 +99,18 @@ const MODEL_ROUTE = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/in
  */
 export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi> {
   const { logger } = options;
-  const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  // Derived once per loaded model (a swap brings a new info object).
+  let limitsFor: { model: ActiveModelInfo; limits: BodyLimits } | undefined;
+  const bodyLimits = (model: ActiveModelInfo): BodyLimits => {
+    if (options.maxBodyBytes !== undefined) return { json: options.maxBodyBytes, binary: options.maxBodyBytes };
+    if (limitsFor?.model !== model) limitsFor = { model, limits: defaultBodyLimits(model.inputs, options.memoryBudgetBytes) };
+    return limitsFor.limits;
+  };
+  const feedbackLimit = options.maxBodyBytes ?? MIN_BODY_BYTES;
   const ledger = options.feedback ? new FeedbackLedger(options.feedback.memory, options.feedback.clock ?? systemClock) : undefined;
 
   const server = createServer((req, res) => {
-    handle(req, res).catch((err: unknown) => sendError(res, asDriftlineError(err)));
+    handle(req, res).catch((err: unknown) => sendError(req, res, asDriftlineError(err)));
   });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -149,8 +160,11 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
   }
 
   async function infer(req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
-    const raw = await readBody(req, maxBodyBytes);
-    const { json, binary } = splitBody(raw, req.headers[BINARY_HEADER]);
+    // Routed before the body is read: a request for no model here costs no buffering.
+    const limits = bodyLimits(activeModel(name, version));
+    const binaryHeader = req.headers[BINARY_HEADER];
+    const raw = await readBody(req, binaryHeader === undefined ? limits.json : limits.binary);
+    const { json, binary } = splitBody(raw, binaryHeader);
     const parsed = InferRequestSchema.safeParse(json);
     if (!parsed.success) throw new DriftlineError('REQUEST_INVALID', `inference request is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
     const request = parsed.data;
@@ -192,13 +206,13 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
 
   /** Labels for earlier answers, by response id: 202 once recorded (the telemetry goes up later). */
   async function feedback(req: IncomingMessage, res: ServerResponse, ledger: FeedbackLedger, name: string, version: number | undefined): Promise<void> {
-    const items = parseFeedback(parseJson(await readBody(req, maxBodyBytes)));
+    const items = parseFeedback(parseJson(await readBody(req, feedbackLimit)));
     const labels = ledger.label(items, { model: name, version });
     for (const label of labels) options.feedback?.record(label);
     sendJson(res, 202, { accepted: labels.length, items: labels.map((l) => ({ id: l.requestId, model_name: l.model, model_version: String(l.version), predicted: l.predicted, label: l.label, correct: l.correct })) });
   }
 
-  function sendError(res: ServerResponse, error: DriftlineError): void {
+  function sendError(req: IncomingMessage, res: ServerResponse, error: DriftlineError): void {
     const status = statusOf(error);
     if (status >= 500) logger.warn({ err: error, code: error.code }, 'local API request failed');
     else logger.debug({ code: error.code, message: error.message }, 'local API request refused');
@@ -207,7 +221,10 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
       return;
     }
     // Node would otherwise read the rest of a refused body to reuse the connection; an endless one never ends.
-    sendJson(res, status, { error: error.message, code: error.code }, error.code === 'PAYLOAD_TOO_LARGE');
+    const unread = error.code === 'PAYLOAD_TOO_LARGE' || !req.complete;
+    const body: Record<string, unknown> = { error: error.message, code: error.code };
+    if (error.code === 'PAYLOAD_TOO_LARGE') Object.assign(body, error.details);
+    sendJson(res, status, body, unread);
   }
 
   const address = await listen(server, options);
@@ -261,7 +278,7 @@ function jsonOutput(o: InferOutput): Record<string, unknown> {
 
 /** The JSON part of a body, and with the binary extension the bytes after it. */
 function splitBody(body: Buffer, headerLength: string | string[] | undefined): { json: unknown; binary: Buffer } {
-  if (headerLength === undefined) return { json: parseJson(body), binary: Buffer.alloc(0) };
+  if (headerLength === undefined) return { json: parseRequestJson(body), binary: Buffer.alloc(0) };
   const length = Number(headerLength);
   if (typeof headerLength !== 'string' || !Number.isSafeInteger(length) || length < 0 || length > body.length) {
     throw new DriftlineError('REQUEST_INVALID', `${BINARY_HEADER} is ${JSON.stringify(headerLength)}; expected the JSON header's byte length, at most the body's ${body.length} bytes`);
@@ -288,37 +305,51 @@ function toInputs(request: InferRequest, binary: Buffer): InferInput[] {
   return inputs;
 }
 
-/** The protocol allows nested row-major arrays; the engine takes flat ones. */
-function flatten(data: unknown[]): unknown[] {
-  return data.length > 0 && Array.isArray(data[0]) ? data.flat(Infinity) : data;
+/** The protocol allows nested row-major arrays; the engine takes flat ones (numeric data is flat already). */
+function flatten(data: unknown[] | Float64Array): ArrayLike<unknown> {
+  return Array.isArray(data) && data.length > 0 && Array.isArray(data[0]) ? data.flat(Infinity) : data;
 }
 
 /**
  * Reads at most maxBytes. Past that it answers 413 straight away: the rest of the body is
  * discarded as it arrives, never buffered, and the connection closes after the response.
+ * With a content-length (the usual case) the body goes into one buffer of that size, each
+ * chunk copied once; without one (chunked), chunks are joined at the end.
  */
 function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
   return new Promise<Buffer>((resolve, reject) => {
-    const tooLarge = () => new DriftlineError('PAYLOAD_TOO_LARGE', `request body exceeds ${maxBytes} bytes`, { details: { maxBytes } });
-    if (Number(req.headers['content-length'] ?? 0) > maxBytes) {
+    const tooLarge = () =>
+      new DriftlineError('PAYLOAD_TOO_LARGE', `request body exceeds ${maxBytes} bytes (the model's largest input; set ${BODY_LIMIT_SETTING} to change it)`, {
+        details: { limit_bytes: maxBytes, setting: BODY_LIMIT_SETTING },
+      });
+    const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+    if (declared !== undefined && declared > maxBytes) {
       req.resume();
       reject(tooLarge());
       return;
     }
+    // Node's parser has checked content-length is a number and never delivers more than it says.
+    const whole = declared === undefined ? undefined : Buffer.allocUnsafe(declared);
     const chunks: Buffer[] = [];
     let size = 0;
     const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= maxBytes) chunks.push(chunk);
-      else {
+      if (size + chunk.length > maxBytes || (whole && size + chunk.length > whole.length)) {
         // Left flowing without a listener, the remainder is dropped rather than buffered.
         req.off('data', onData);
         chunks.length = 0;
         reject(tooLarge());
+        return;
       }
+      if (whole) chunk.copy(whole, size);
+      else chunks.push(chunk);
+      size += chunk.length;
     };
     req.on('data', onData);
-    req.once('end', () => resolve(Buffer.concat(chunks, size)));
+    req.once('end', () => {
+      if (!whole) resolve(Buffer.concat(chunks, size));
+      else if (size === whole.length) resolve(whole);
+      else reject(new DriftlineError('REQUEST_INVALID', `request body ended after ${size} of its ${whole.length} bytes`));
+    });
     req.once('error', (err) => reject(new DriftlineError('REQUEST_INVALID', `request body could not be read: ${err.message}`, { cause: err })));
   });
 }

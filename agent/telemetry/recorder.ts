@@ -18,6 +18,8 @@ export class TelemetryRecorder {
   dropped = 0;
   private lastCpu = process.cpuUsage();
   private lastCpuAt: number;
+  /** Observed this turn and not yet encoded: encoding and enqueueing happen after the caller has its answer. */
+  private observed: Array<{ stream: Stream; timeMs: number; body: TelemetryRecord['body']; settled?: () => void }> = [];
 
   constructor(
     private readonly buffer: TelemetryBuffer,
@@ -32,8 +34,9 @@ export class TelemetryRecorder {
     this.record(Stream.STREAM_INFERENCE, { $case: 'inference', value: { version: 0, provider: '', outcome: Outcome.OUTCOME_OK, topClass: -1, confidence: 0, errorCode: '', batchSize: 1, ...value } });
   }
 
-  event(kind: string, message: string, attributes: Record<string, string> = {}): void {
-    this.record(Stream.STREAM_EVENTS, { $case: 'event', value: { kind, message, attributes } satisfies EventRecord });
+  /** Resolves once the record is committed, or counted as dropped (never rejects). */
+  event(kind: string, message: string, attributes: Record<string, string> = {}): Promise<void> {
+    return new Promise((settled) => this.record(Stream.STREAM_EVENTS, { $case: 'event', value: { kind, message, attributes } satisfies EventRecord }, settled));
   }
 
   /** Captured raw inputs and outputs of one request: the samples stream, first to go when space runs out. */
@@ -78,15 +81,27 @@ export class TelemetryRecorder {
     this.record(Stream.STREAM_SYSTEM, { $case: 'system', value });
   }
 
-  private record(stream: Stream, body: TelemetryRecord['body']): void {
-    const timeMs = this.clock.now();
-    const bytes = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream, body }).finish();
-    this.buffer.enqueue({ stream, timeMs, body: bytes }).then(() => {
-      this.enqueued++;
-      this.onRecorded();
-    }, (err: unknown) => {
-      this.dropped++;
-      this.logger.warn({ err, stream }, 'telemetry record dropped');
-    });
+  /** Hands what was observed this turn to the buffer now (before a drain or shutdown). */
+  flush(): void {
+    const observed = this.observed;
+    this.observed = [];
+    for (const { stream, timeMs, body, settled } of observed) {
+      const bytes = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream, body }).finish();
+      this.buffer.enqueue({ stream, timeMs, body: bytes }).then(() => {
+        this.enqueued++;
+        this.onRecorded();
+        settled?.();
+      }, (err: unknown) => {
+        this.dropped++;
+        this.logger.warn({ err, stream }, 'telemetry record dropped');
+        settled?.();
+      });
+    }
+  }
+
+  private record(stream: Stream, body: TelemetryRecord['body'], settled?: () => void): void {
+    // Called on the inference path (the engine's observer): only the values are kept now,
+    // encoded and buffered once the turn that answered the caller is over.
+    if (this.observed.push({ stream, timeMs: this.clock.now(), body, settled }) === 1) setImmediate(() => this.flush());
   }
 }

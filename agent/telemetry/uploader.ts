@@ -36,6 +36,7 @@ export interface UploaderStats {
 
 interface Inflight {
   sentAt: number;
+  records: number;
 }
 
 /**
@@ -165,7 +166,7 @@ export class TelemetryUploader {
         const records = this.nextBatch();
         if (records.length === 0) break;
         const key = batchKey(records);
-        this.inflight.set(key, { sentAt: clock.now() });
+        this.inflight.set(key, { sentAt: clock.now(), records: records.length });
         // Possibly stored from now on: the buffer's drop policy must not count them as dropped.
         this.options.buffer.markSent(records);
         const payload = this.encode(records);
@@ -212,7 +213,21 @@ export class TelemetryUploader {
       return;
     }
     this.inflight.delete(rangesKey(ack.ranges));
-    this.pump();
+    // A full batch (or a drain) goes at once; a few live records wait for the batch delay
+    // like any others, so the ack round trip does not turn into a commit (markSent) and an
+    // ack commit per handful of records under steady inference load.
+    if (this.drainWaiters.length > 0 || this.unsent() >= this.options.maxBatchRecords) this.pump();
+    else {
+      this.resolveDrainWaiters();
+      if (this.options.buffer.depth() > 0) this.notify();
+    }
+  }
+
+  /** Buffered records not in any batch in flight (an estimate: records of a timed-out batch count twice until it goes again). */
+  private unsent(): number {
+    let inflight = 0;
+    for (const batch of this.inflight.values()) inflight += batch.records;
+    return this.options.buffer.depth() - inflight;
   }
 
   private resolveDrainWaiters(): void {
