@@ -60,6 +60,8 @@ export const controlPlaneConfigSchema = z
           .prefault({}),
         /** Refusals are logged at most once per this interval per device (with the counts since the last line). */
         refusalLogInterval: duration.prefault('1m'),
+        /** A device's last-seen time is written at most once per this (instead of a store commit per message). */
+        lastSeenResolution: duration.prefault('1s'),
       })
       .strict()
       .prefault({}),

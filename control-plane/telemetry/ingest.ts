@@ -30,6 +30,8 @@ export interface IngestLimits {
   deviceRate?: { messagesPerSecond: number; burst: number } | undefined;
   /** Refusals are logged at most once per this many milliseconds per device. */
   refusalLogInterval: number;
+  /** A device's last-seen time is written at most once per this many milliseconds (a store write per message otherwise). */
+  lastSeenResolution: number;
 }
 
 export interface IngestOptions {
@@ -77,6 +79,7 @@ export class TelemetryIngest {
   private readonly refusals: RefusalLedger;
   private readonly rate: DeviceRateLimiter | undefined;
   private readonly recordLimit: EntryLimit;
+  private readonly seenWrittenAt = new Map<string, number>();
 
   constructor(private readonly options: IngestOptions) {
     const { limits, clock, logger, repository } = options;
@@ -102,7 +105,12 @@ export class TelemetryIngest {
       this.refusals.note(deviceId, channel, 'DEVICE_RATE_LIMITED', `more than ${burst} messages at once or ${messagesPerSecond}/s sustained (ingest.deviceRate)`, false);
       return;
     }
-    devices.recordSeen(deviceId, clock.now());
+    const now = clock.now();
+    const seen = this.seenWrittenAt.get(deviceId);
+    if (seen === undefined || now < seen || now - seen >= limits.lastSeenResolution) {
+      devices.recordSeen(deviceId, now);
+      this.seenWrittenAt.set(deviceId, now);
+    }
     try {
       if (channel === 'telemetry') await this.ingestTelemetry(deviceId, payload);
       else if (channel === 'state') this.ingestState(deviceId, payload);
