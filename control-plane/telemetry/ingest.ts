@@ -1,4 +1,4 @@
-import { DriftlineError, type ErrorKind } from '../../common/errors.js';
+import { DriftlineError } from '../../common/errors.js';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { UpChannel } from '../../common/topics.js';
@@ -55,8 +55,9 @@ export interface IngestStats {
   lagMs: number;
 }
 
-/** Kinds of error that mean "this message is refused", not "the control plane failed". */
-const REFUSED_KINDS: ReadonlySet<ErrorKind> = new Set(['invalid', 'exhausted']);
+/** Errors that mean "this message is refused", not "the control plane failed" (a failed commit is rethrown: not acked, resent). */
+const refused = (err: unknown): err is DriftlineError =>
+  err instanceof DriftlineError && (err.kind === 'invalid' || err.code === 'PAYLOAD_TOO_LARGE' || err.code === 'PAYLOAD_TOO_MANY_ENTRIES');
 
 /** TelemetryBatch.records, ReportedState.warnings and CommandResult.output (a map: one entry per pair). */
 const RECORDS_FIELD = 1;
@@ -116,7 +117,7 @@ export class TelemetryIngest {
       else if (channel === 'state') this.ingestState(deviceId, payload);
       else this.ingestCommandResult(deviceId, payload);
     } catch (err) {
-      if (!(err instanceof DriftlineError) || !REFUSED_KINDS.has(err.kind)) throw err;
+      if (!refused(err)) throw err;
       const rejectedBatch = channel === 'telemetry';
       if (rejectedBatch) this.stats.rejectedBatches++;
       this.refusals.note(deviceId, channel, err.code, err.message, rejectedBatch);
