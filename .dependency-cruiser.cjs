@@ -12,7 +12,7 @@ const CORE = [
   '^agent/inference/(engine|model-runtime|datatypes)\\.ts$',
   '^agent/(buffer|uplink)/ports\\.ts$',
   '^agent/uplink/backoff\\.ts$',
-  '^control-plane/telemetry/(ingest|ports)\\.ts$',
+  '^control-plane/telemetry/(ingest|ports|bounded-decode|device-rate-limit|refusal-ledger)\\.ts$',
   '^control-plane/broker/device-acl\\.ts$',
   '^control-plane/api/ports\\.ts$',
   '^control-plane/rollout/(plan|cohorts|gates|state-machine|engine|ports)\\.ts$',

@@ -9,6 +9,7 @@ import { silentLogger } from '../common/logger.js';
 import { startEmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
 import { connectServiceLink, serviceClientId, type ServiceLink } from '../control-plane/broker/service-link.js';
+import { parseControlPlaneConfig } from '../control-plane/config.js';
 import { openDatabase } from '../control-plane/store/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
 import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
@@ -36,7 +37,8 @@ const ingest = new TelemetryIngest({
   downlink: { publishAck: (id, payload) => link!.publish(id, 'ack', payload), publishDesired: async () => undefined },
   clock: systemClock,
   logger,
-  maxRecordsPerBatch: 10_000,
+  // The configured ingest limits without the per-device rate limit: one device sends as fast as it can here.
+  limits: { ...parseControlPlaneConfig({ dataDir: dir }).ingest, deviceRate: undefined },
 });
 link = await connectServiceLink({
   url: broker.url,

@@ -21,6 +21,10 @@ export const ERROR_CODES = {
   REQUEST_INVALID: 'invalid',
   PAYLOAD_MALFORMED: 'invalid',
   PAYLOAD_TOO_LARGE: 'exhausted',
+  /** A repeated field (a batch's records, a state's warnings, a result's outputs) holds more entries than allowed. */
+  PAYLOAD_TOO_MANY_ENTRIES: 'exhausted',
+  /** A device sent messages faster than its rate limit (ingest.deviceRate); refused before decoding. */
+  DEVICE_RATE_LIMITED: 'exhausted',
   AUTH_MISSING: 'unauthenticated',
   AUTH_INVALID: 'unauthenticated',
   ROLE_INSUFFICIENT: 'forbidden',

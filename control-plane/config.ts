@@ -48,9 +48,28 @@ export const controlPlaneConfigSchema = z
     enrollmentTokenTtl: duration.prefault('24h'),
     ingest: z
       .object({
+        /** Records a telemetry batch may hold; counted on the wire before any is decoded (PAYLOAD_TOO_MANY_ENTRIES). */
         maxRecordsPerBatch: z.number().int().positive().default(10_000),
-        /** A deflated batch may inflate to at most this. */
+        /** A deflated batch may inflate to at most this; inflation stops there (PAYLOAD_TOO_LARGE). */
         maxInflatedBytes: byteSize.prefault('64MiB'),
+        /** Largest reported state (up/state) and command result (up/result) accepted. */
+        maxStateBytes: byteSize.prefault('64KiB'),
+        maxResultBytes: byteSize.prefault('64KiB'),
+        /** Entries a reported state's warnings and a command result's outputs may hold. */
+        maxStateWarnings: z.number().int().positive().default(64),
+        maxResultOutputs: z.number().int().positive().default(256),
+        /** Per-device token bucket over every message a device sends up; over it, refused before decoding (DEVICE_RATE_LIMITED). */
+        deviceRate: z
+          .object({
+            messagesPerSecond: z.number().positive().default(50),
+            burst: z.number().int().positive().default(500),
+          })
+          .strict()
+          .prefault({}),
+        /** Refusals are logged at most once per this interval per device (with the counts since the last line). */
+        refusalLogInterval: duration.prefault('1m'),
+        /** A device's last-seen time is written at most once per this (instead of a store commit per message). */
+        lastSeenResolution: duration.prefault('1s'),
       })
       .strict()
       .prefault({}),

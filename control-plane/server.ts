@@ -91,9 +91,10 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       },
       clock,
       logger,
-      maxRecordsPerBatch: config.ingest.maxRecordsPerBatch,
-      maxInflatedBytes: config.ingest.maxInflatedBytes,
+      limits: config.ingest,
     });
+    // Runs after the device link has stopped and before the store closes: no refusal count is lost.
+    closers.push(async () => ingest.flushRefusals());
     const requireLink = (): ServiceLink => {
       if (!link) throw new Error('device link not connected yet');
       return link;
@@ -150,6 +151,18 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     gauge('driftline_ingest_records_total', 'Telemetry records stored', () => ingest.stats.recordsStored);
     gauge('driftline_ingest_duplicates_total', 'Resent telemetry records dropped as duplicates', () => ingest.stats.duplicates);
     gauge('driftline_ingest_rejected_batches_total', 'Telemetry batches rejected as malformed', () => ingest.stats.rejectedBatches);
+    gauge('driftline_ingest_inflated_bytes_total', 'Bytes inflated from deflated telemetry batches, refused ones included', () => ingest.stats.inflatedBytes);
+    // By code only: the counts per device are in the telemetry summary (`driftline telemetry summary`).
+    new Gauge({
+      name: 'driftline_ingest_refused_messages_total',
+      help: 'Device messages refused, by error code (DEVICE_RATE_LIMITED, PAYLOAD_TOO_LARGE, PAYLOAD_TOO_MANY_ENTRIES, PAYLOAD_MALFORMED)',
+      labelNames: ['code'],
+      registers: [metrics],
+      collect() {
+        this.reset();
+        for (const [code, count] of ingest.refusedByCode) this.set({ code }, count);
+      },
+    });
     gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => embedded?.stats.refusedConnects ?? 0);
     gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => embedded?.stats.refusedPublishes ?? 0);
     gauge('driftline_broker_refused_packets_total', 'MQTT packets refused on their fixed header (too large before or after login)', () => embedded?.stats.refusedPackets ?? 0);
@@ -244,7 +257,13 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       registry,
       releases,
       trustRoot: () => releases.latestRoot(),
-      telemetry,
+      // Refusal counts are written in bulk; the summary flushes them first so it is exact.
+      telemetry: {
+        summary: (request) => {
+          ingest.flushRefusals();
+          return telemetry.summary(request);
+        },
+      },
       telemetryRollups: new SqliteRollupQueries({ db, devices: fleet, clock, retention: rollupRetention }),
       drift: driftStatus,
       driftEvents: driftWatcher,

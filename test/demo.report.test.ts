@@ -24,6 +24,7 @@ function summary(stored: Record<string, number>, duplicatesDropped = 0): Telemet
     lastRecordMs: 0,
     bufferDepth: 0,
     droppedRecords: 0,
+    refusals: [],
   }));
   return { devices, recordsStored: Object.values(stored).reduce((a, b) => a + b, 0), duplicatesDropped, rejectedBatches: 0 };
 }

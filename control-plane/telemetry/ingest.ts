@@ -1,4 +1,3 @@
-import { inflateSync } from 'node:zlib';
 import { DriftlineError } from '../../common/errors.js';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
@@ -13,7 +12,27 @@ import {
   type TelemetryRecord,
 } from '../../common/proto/driftline/v1/device_link.js';
 import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
+import { inflateBounded, scanEntries, type EntryLimit } from './bounded-decode.js';
+import { DeviceRateLimiter } from './device-rate-limit.js';
 import type { DeviceStateSink, DownlinkPublisher, TelemetryRepository } from './ports.js';
+import { RefusalLedger } from './refusal-ledger.js';
+
+/** What a device's messages may cost; `driftline serve` takes them from the `ingest` configuration. */
+export interface IngestLimits {
+  maxRecordsPerBatch: number;
+  /** Largest a deflated batch may inflate to; inflation stops there (PAYLOAD_TOO_LARGE). */
+  maxInflatedBytes: number;
+  maxStateBytes: number;
+  maxResultBytes: number;
+  maxStateWarnings: number;
+  maxResultOutputs: number;
+  /** Per-device token bucket over every message; absent: no rate limit. */
+  deviceRate?: { messagesPerSecond: number; burst: number } | undefined;
+  /** Refusals are logged at most once per this many milliseconds per device. */
+  refusalLogInterval: number;
+  /** A device's last-seen time is written at most once per this many milliseconds (a store write per message otherwise). */
+  lastSeenResolution: number;
+}
 
 export interface IngestOptions {
   repository: TelemetryRepository;
@@ -21,79 +40,125 @@ export interface IngestOptions {
   downlink: DownlinkPublisher;
   clock: Clock;
   logger: Logger;
-  maxRecordsPerBatch: number;
-  /** Largest a deflated batch may inflate to; bigger ones are refused as PAYLOAD_TOO_LARGE. */
-  maxInflatedBytes?: number;
+  limits: IngestLimits;
 }
 
 export interface IngestStats {
   batches: number;
   recordsStored: number;
   duplicates: number;
+  /** Telemetry batches refused for what they held (malformed, too large, too many records); not those refused for the rate. */
   rejectedBatches: number;
+  /** Bytes inflated from deflated batches, refused ones included: the work deflate asked for. */
+  inflatedBytes: number;
   /** Age of the oldest record of the last committed batch, device clock corrected. */
   lagMs: number;
 }
+
+/** Errors that mean "this message is refused", not "the control plane failed" (a failed commit is rethrown: not acked, resent). */
+const refused = (err: unknown): err is DriftlineError =>
+  err instanceof DriftlineError && (err.kind === 'invalid' || err.code === 'PAYLOAD_TOO_LARGE' || err.code === 'PAYLOAD_TOO_MANY_ENTRIES');
+
+/** TelemetryBatch.records, ReportedState.warnings and CommandResult.output (a map: one entry per pair). */
+const RECORDS_FIELD = 1;
+const WARNINGS_FIELD = 12;
+const OUTPUT_FIELD = 5;
 
 /**
  * Everything a device sends up lands here. Telemetry is committed first and
  * acknowledged after, so a crash between the two only causes a resend, which the
  * (device, boot, seq) key turns into a no-op. The device id comes from the topic, which
  * the broker has tied to the authenticated client; payloads never name their sender.
+ *
+ * The work a message can cause is bounded before it is done: a device over its rate is
+ * refused before anything is decoded (and, for telemetry, not acknowledged, so its agent
+ * sends the batch again later); sizes and list lengths are checked on the wire before
+ * decoding, and a deflated batch is inflated only as far as its limits allow.
  */
 export class TelemetryIngest {
-  readonly stats: IngestStats = { batches: 0, recordsStored: 0, duplicates: 0, rejectedBatches: 0, lagMs: 0 };
+  readonly stats: IngestStats = { batches: 0, recordsStored: 0, duplicates: 0, rejectedBatches: 0, inflatedBytes: 0, lagMs: 0 };
+  private readonly refusals: RefusalLedger;
+  private readonly rate: DeviceRateLimiter | undefined;
+  private readonly recordLimit: EntryLimit;
+  private readonly seenWrittenAt = new Map<string, number>();
 
-  constructor(private readonly options: IngestOptions) {}
+  constructor(private readonly options: IngestOptions) {
+    const { limits, clock, logger, repository } = options;
+    this.refusals = new RefusalLedger({ store: repository, clock, logger, logIntervalMs: limits.refusalLogInterval });
+    this.rate = limits.deviceRate ? new DeviceRateLimiter({ ...limits.deviceRate, clock }) : undefined;
+    this.recordLimit = { field: RECORDS_FIELD, max: limits.maxRecordsPerBatch, what: 'records', setting: 'ingest.maxRecordsPerBatch' };
+  }
+
+  /** Refused messages since start, by code (metrics). */
+  get refusedByCode(): ReadonlyMap<string, number> {
+    return this.refusals.totals;
+  }
+
+  /** Writes the pending per-device refusal counts to the store: before they are read, and at shutdown. */
+  flushRefusals(): void {
+    this.refusals.flush();
+  }
 
   async handle(deviceId: string, channel: UpChannel, payload: Uint8Array): Promise<void> {
-    const { devices, clock, logger } = this.options;
-    devices.recordSeen(deviceId, clock.now());
+    const { devices, clock, limits } = this.options;
+    if (this.rate && !this.rate.tryTake(deviceId)) {
+      const { messagesPerSecond, burst } = limits.deviceRate!;
+      this.refusals.note(deviceId, channel, 'DEVICE_RATE_LIMITED', `more than ${burst} messages at once or ${messagesPerSecond}/s sustained (ingest.deviceRate)`, false);
+      return;
+    }
+    const now = clock.now();
+    const seen = this.seenWrittenAt.get(deviceId);
+    if (seen === undefined || now < seen || now - seen >= limits.lastSeenResolution) {
+      devices.recordSeen(deviceId, now);
+      this.seenWrittenAt.set(deviceId, now);
+    }
     try {
-      if (channel === 'telemetry') this.ingestTelemetry(deviceId, payload);
+      if (channel === 'telemetry') await this.ingestTelemetry(deviceId, payload);
       else if (channel === 'state') this.ingestState(deviceId, payload);
       else this.ingestCommandResult(deviceId, payload);
     } catch (err) {
-      if (!(err instanceof DriftlineError) || (err.kind !== 'invalid' && err.code !== 'PAYLOAD_TOO_LARGE')) throw err;
-      if (channel === 'telemetry') {
-        this.stats.rejectedBatches++;
-        this.options.repository.noteRejectedBatch(deviceId);
-      }
-      logger.warn({ deviceId, channel, code: err.code, reason: err.message }, 'device message rejected');
+      if (!refused(err)) throw err;
+      const rejectedBatch = channel === 'telemetry';
+      if (rejectedBatch) this.stats.rejectedBatches++;
+      this.refusals.note(deviceId, channel, err.code, err.message, rejectedBatch);
     }
   }
 
-  private ingestTelemetry(deviceId: string, payload: Uint8Array): void {
+  private async ingestTelemetry(deviceId: string, payload: Uint8Array): Promise<void> {
+    const { limits } = this.options;
+    // Counted on the wire first: a batch of a million empty records is refused without decoding one.
+    scanEntries(payload, this.recordLimit);
     let batch = decode(TelemetryBatch, payload, 'telemetry batch');
-    if (batch.deflated.length > 0) batch = decode(TelemetryBatch, this.inflate(batch.deflated), 'deflated telemetry batch');
+    if (batch.deflated.length > 0) {
+      const inflated = await inflateBounded(batch.deflated, {
+        maxBytes: limits.maxInflatedBytes,
+        setting: 'ingest.maxInflatedBytes',
+        entries: this.recordLimit,
+        onInflated: (bytes) => {
+          this.stats.inflatedBytes += bytes;
+        },
+      });
+      batch = decode(TelemetryBatch, inflated, 'deflated telemetry batch');
+    }
     // Agents never send an empty batch; bytes that protobuf happens to read as one must not earn an ack.
     if (batch.records.length === 0) throw new DriftlineError('PAYLOAD_MALFORMED', 'telemetry batch has no records');
-    if (batch.records.length > this.options.maxRecordsPerBatch) {
-      throw new DriftlineError('PAYLOAD_MALFORMED', `batch of ${batch.records.length} records exceeds ${this.options.maxRecordsPerBatch}`);
-    }
     batch.records.forEach(validateRecord);
     const now = this.options.clock.now();
     // sent_at is the device's clock at sending, so this offset also corrects a skewed device clock.
     const offset = batch.sentAtMs > 0 ? now - batch.sentAtMs : 0;
     const { stored, duplicates } = this.options.repository.commit(deviceId, batch.records, now, offset);
     this.stats.batches++;
-    if (batch.records.length > 0) this.stats.lagMs = Math.max(0, now - (batch.records.reduce((m, r) => Math.min(m, r.timeMs), Infinity) + offset));
+    this.stats.lagMs = Math.max(0, now - (batch.records.reduce((m, r) => Math.min(m, r.timeMs), Infinity) + offset));
     this.stats.recordsStored += stored;
     this.stats.duplicates += duplicates;
     const ack = TelemetryAck.encode({ ranges: toRanges(batch.records), stored, duplicates }).finish();
     this.send(deviceId, 'ack', this.options.downlink.publishAck(deviceId, ack));
   }
 
-  private inflate(deflated: Uint8Array): Uint8Array {
-    try {
-      return inflateSync(deflated, { maxOutputLength: this.options.maxInflatedBytes ?? 64 * 1024 * 1024 });
-    } catch (err) {
-      const tooLarge = (err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE';
-      throw new DriftlineError(tooLarge ? 'PAYLOAD_TOO_LARGE' : 'PAYLOAD_MALFORMED', tooLarge ? 'deflated batch inflates beyond the limit' : 'deflated batch is not valid zlib', { cause: err });
-    }
-  }
-
   private ingestState(deviceId: string, payload: Uint8Array): void {
+    const { maxStateBytes, maxStateWarnings } = this.options.limits;
+    checkSize(payload, maxStateBytes, 'reported state', 'ingest.maxStateBytes');
+    scanEntries(payload, { field: WARNINGS_FIELD, max: maxStateWarnings, what: 'warnings', setting: 'ingest.maxStateWarnings' });
     const state = decode(ReportedState, payload, 'reported state');
     const { devices, repository, clock, downlink } = this.options;
     devices.saveReported(deviceId, state, clock.now());
@@ -115,8 +180,17 @@ export class TelemetryIngest {
   }
 
   private ingestCommandResult(deviceId: string, payload: Uint8Array): void {
+    const { maxResultBytes, maxResultOutputs } = this.options.limits;
+    checkSize(payload, maxResultBytes, 'command result', 'ingest.maxResultBytes');
+    scanEntries(payload, { field: OUTPUT_FIELD, max: maxResultOutputs, what: 'outputs', setting: 'ingest.maxResultOutputs' });
     const result = decode(CommandResult, payload, 'command result');
     this.options.logger.info({ deviceId, commandId: result.id, ok: result.ok, code: result.errorCode }, 'command result');
+  }
+}
+
+function checkSize(payload: Uint8Array, max: number, what: string, setting: string): void {
+  if (payload.length > max) {
+    throw new DriftlineError('PAYLOAD_TOO_LARGE', `${what} of ${payload.length} bytes exceeds ${max} (${setting})`, { details: { limit: max, setting } });
   }
 }
 

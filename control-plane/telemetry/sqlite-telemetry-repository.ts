@@ -2,7 +2,7 @@ import type { Database, Statement } from 'better-sqlite3';
 import { applyMigrations } from '../store/database.js';
 import { Outcome, TelemetryRecord, type ReportedState } from '../../common/proto/driftline/v1/device_link.js';
 import type { DeviceTelemetry, TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
-import type { TelemetryRepository } from './ports.js';
+import type { RefusalCount, TelemetryRepository } from './ports.js';
 
 const MIGRATIONS = [
   `CREATE TABLE telemetry_records (
@@ -49,6 +49,14 @@ const MIGRATIONS = [
      PRIMARY KEY (bucket_ms, bucket_start, device_id, model, model_version)
    ) WITHOUT ROWID;
    CREATE INDEX telemetry_records_received ON telemetry_records (received_ms);`,
+  // Refused device messages per device and error code (ingest limits, rate limit).
+  `CREATE TABLE telemetry_device_refusals (
+     device_id TEXT NOT NULL,
+     code TEXT NOT NULL,
+     count INTEGER NOT NULL,
+     last_ms INTEGER NOT NULL,
+     PRIMARY KEY (device_id, code)
+   ) WITHOUT ROWID;`,
 ];
 
 /** Rows per multi-row INSERT (12 parameters each). */
@@ -113,6 +121,8 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
   private readonly bumpTotals: Statement;
   private readonly bumpCounter: Statement;
   private readonly setDeviceState: Statement;
+  private readonly bumpRefusal: Statement;
+  private readonly noteRefusalsTx: (deviceId: string, refusals: readonly RefusalCount[], rejectedBatches: number) => void;
   private readonly bumpRollup: Statement;
   private readonly insertRecords: Statement;
   private readonly selectStored: Statement;
@@ -151,6 +161,14 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     this.bumpCounter = db.prepare(
       `INSERT INTO telemetry_counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`,
     );
+    this.bumpRefusal = db.prepare(
+      `INSERT INTO telemetry_device_refusals (device_id, code, count, last_ms) VALUES (?, ?, ?, ?)
+       ON CONFLICT (device_id, code) DO UPDATE SET count = count + excluded.count, last_ms = max(last_ms, excluded.last_ms)`,
+    );
+    this.noteRefusalsTx = db.transaction((deviceId: string, refusals: readonly RefusalCount[], rejectedBatches: number) => {
+      for (const r of refusals) this.bumpRefusal.run(deviceId, r.code, r.count, r.lastMs);
+      if (rejectedBatches > 0) this.bumpCounter.run('rejected_batches', rejectedBatches);
+    });
     this.setDeviceState = db.prepare(
       `INSERT INTO telemetry_device_totals (device_id, buffer_depth, dropped_records) VALUES (?, ?, ?)
        ON CONFLICT (device_id) DO UPDATE SET buffer_depth = excluded.buffer_depth, dropped_records = excluded.dropped_records`,
@@ -275,8 +293,27 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     return (this.db.prepare('SELECT value FROM telemetry_counters WHERE name = ?').get(name) as { value: number } | undefined)?.value ?? 0;
   }
 
-  noteRejectedBatch(_deviceId: string): void {
-    this.bumpCounter.run('rejected_batches', 1);
+  noteRefusals(deviceId: string, refusals: readonly RefusalCount[], rejectedBatches: number): void {
+    this.noteRefusalsTx(deviceId, refusals, rejectedBatches);
+  }
+
+  /** Refusal counts per device, attached to the summary's rows; a device with refusals but no records gets a row of its own. */
+  private withRefusals(rows: DeviceTelemetry[], deviceId: string, addMissing: boolean): DeviceTelemetry[] {
+    const refusals = this.db
+      .prepare(`SELECT device_id, code, count, last_ms FROM telemetry_device_refusals WHERE (? = '' OR device_id = ?) ORDER BY device_id, code`)
+      .all(deviceId, deviceId) as Array<{ device_id: string; code: string; count: number; last_ms: number }>;
+    if (refusals.length === 0) return rows;
+    const byDevice = new Map(rows.map((row) => [row.deviceId, row]));
+    for (const r of refusals) {
+      let row = byDevice.get(r.device_id);
+      if (!row) {
+        if (!addMissing) continue;
+        row = { deviceId: r.device_id, records: 0, inferences: 0, inferenceErrors: 0, latencyMeanMs: 0, latencyMaxMs: 0, events: 0, lastRecordMs: 0, bufferDepth: 0, droppedRecords: 0, refusals: [] };
+        byDevice.set(r.device_id, row);
+      }
+      row.refusals.push({ code: r.code, count: r.count, lastMs: r.last_ms });
+    }
+    return [...byDevice.values()].sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
   }
 
   noteDeviceState(deviceId: string, state: ReportedState): void {
@@ -284,7 +321,8 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
   }
 
   summary(request: TelemetrySummaryRequest): TelemetrySummary {
-    const devices = request.sinceMs > 0 ? this.windowedTotals(request) : this.runningTotals(request.deviceId);
+    const windowed = request.sinceMs > 0;
+    const devices = this.withRefusals(windowed ? this.windowedTotals(request) : this.runningTotals(request.deviceId), request.deviceId, !windowed);
     const counter = (name: string): number =>
       (this.db.prepare('SELECT value FROM telemetry_counters WHERE name = ?').get(name) as { value: number } | undefined)?.value ?? 0;
     return {
@@ -313,6 +351,7 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
       lastRecordMs: r.last_record_ms!,
       bufferDepth: r.buffer_depth!,
       droppedRecords: r.dropped_records!,
+      refusals: [],
     }));
   }
 
@@ -345,6 +384,7 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
       lastRecordMs: r.last_record_ms ?? 0,
       bufferDepth: r.buffer_depth ?? 0,
       droppedRecords: r.dropped_records ?? 0,
+      refusals: [],
     }));
   }
 }

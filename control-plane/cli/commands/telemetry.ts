@@ -30,7 +30,7 @@ export function registerTelemetry(program: Command): void {
         });
         output.result({ ...(TelemetrySummary.toJSON(summary) as object), devices: summary.devices.map((d) => DeviceTelemetry.toJSON(d)) }, () => {
           output.table(
-            ['DEVICE', 'RECORDS', 'INFERENCES', 'ERRORS', 'LATENCY MEAN', 'LATENCY MAX', 'EVENTS', 'LAST RECORD', 'BUFFER', 'DROPPED'],
+            ['DEVICE', 'RECORDS', 'INFERENCES', 'ERRORS', 'LATENCY MEAN', 'LATENCY MAX', 'EVENTS', 'LAST RECORD', 'BUFFER', 'DROPPED', 'REFUSED'],
             summary.devices.map((d) => [
               d.deviceId,
               d.records,
@@ -42,6 +42,7 @@ export function registerTelemetry(program: Command): void {
               relativeTime(d.lastRecordMs, now),
               d.bufferDepth,
               d.droppedRecords,
+              d.refusals.map((r) => `${r.code} ${r.count}`).join(', ') || '-',
             ]),
           );
           output.line(`records stored ${summary.recordsStored}, duplicates dropped ${summary.duplicatesDropped}, rejected batches ${summary.rejectedBatches}`);

@@ -138,6 +138,18 @@ export interface DeviceTelemetry {
   lastRecordMs: number;
   bufferDepth: number;
   droppedRecords: number;
+  /**
+   * Messages from this device the control plane refused, by error code (PAYLOAD_MALFORMED,
+   * PAYLOAD_TOO_LARGE, PAYLOAD_TOO_MANY_ENTRIES, DEVICE_RATE_LIMITED); counted since enrollment.
+   */
+  refusals: DeviceRefusal[];
+}
+
+export interface DeviceRefusal {
+  code: string;
+  count: number;
+  /** Control-plane time of the latest refusal with this code. */
+  lastMs: number;
 }
 
 export interface TelemetrySummary {
@@ -301,6 +313,7 @@ function createBaseDeviceTelemetry(): DeviceTelemetry {
     lastRecordMs: 0,
     bufferDepth: 0,
     droppedRecords: 0,
+    refusals: [],
   };
 }
 
@@ -335,6 +348,9 @@ export const DeviceTelemetry: MessageFns<DeviceTelemetry> = {
     }
     if (message.droppedRecords !== 0) {
       writer.uint32(80).int64(message.droppedRecords);
+    }
+    for (const v of message.refusals) {
+      DeviceRefusal.encode(v!, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -432,6 +448,14 @@ export const DeviceTelemetry: MessageFns<DeviceTelemetry> = {
             message.droppedRecords = longToNumber(reader.int64());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.refusals.push(DeviceRefusal.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -484,6 +508,9 @@ export const DeviceTelemetry: MessageFns<DeviceTelemetry> = {
         : isSet(object.dropped_records)
         ? globalThis.Number(object.dropped_records)
         : 0,
+      refusals: globalThis.Array.isArray(object?.refusals)
+        ? object.refusals.map((e: any) => DeviceRefusal.fromJSON(e))
+        : [],
     };
   },
 
@@ -519,6 +546,9 @@ export const DeviceTelemetry: MessageFns<DeviceTelemetry> = {
     if (message.droppedRecords !== 0) {
       obj.droppedRecords = Math.round(message.droppedRecords);
     }
+    if (message.refusals?.length) {
+      obj.refusals = message.refusals.map((e) => DeviceRefusal.toJSON(e));
+    }
     return obj;
   },
 
@@ -537,6 +567,112 @@ export const DeviceTelemetry: MessageFns<DeviceTelemetry> = {
     message.lastRecordMs = object.lastRecordMs ?? 0;
     message.bufferDepth = object.bufferDepth ?? 0;
     message.droppedRecords = object.droppedRecords ?? 0;
+    message.refusals = object.refusals?.map((e) => DeviceRefusal.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeviceRefusal(): DeviceRefusal {
+  return { code: "", count: 0, lastMs: 0 };
+}
+
+export const DeviceRefusal: MessageFns<DeviceRefusal> = {
+  encode(message: DeviceRefusal, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== "") {
+      writer.uint32(10).string(message.code);
+    }
+    if (message.count !== 0) {
+      writer.uint32(16).int64(message.count);
+    }
+    if (message.lastMs !== 0) {
+      writer.uint32(24).int64(message.lastMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeviceRefusal {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeviceRefusal();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.lastMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeviceRefusal {
+    return {
+      code: isSet(object.code) ? globalThis.String(object.code) : "",
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      lastMs: isSet(object.lastMs)
+        ? globalThis.Number(object.lastMs)
+        : isSet(object.last_ms)
+        ? globalThis.Number(object.last_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: DeviceRefusal): unknown {
+    const obj: any = {};
+    if (message.code !== "") {
+      obj.code = message.code;
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    if (message.lastMs !== 0) {
+      obj.lastMs = Math.round(message.lastMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeviceRefusal>, I>>(base?: I): DeviceRefusal {
+    return DeviceRefusal.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeviceRefusal>, I>>(object: I): DeviceRefusal {
+    const message = createBaseDeviceRefusal();
+    message.code = object.code ?? "";
+    message.count = object.count ?? 0;
+    message.lastMs = object.lastMs ?? 0;
     return message;
   },
 };
