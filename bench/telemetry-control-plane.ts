@@ -7,7 +7,6 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { systemClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { startEmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
-import { parseControlPlaneConfig } from '../control-plane/config.js';
 import { connectServiceLink, serviceClientId, type ServiceLink } from '../control-plane/broker/service-link.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
 import { openDatabase } from '../control-plane/store/database.js';
@@ -16,7 +15,7 @@ import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-tel
 
 const { dir, deviceId } = workerData as { dir: string; deviceId: string };
 const logger = silentLogger();
-const { mqtt } = parseControlPlaneConfig({ dataDir: dir });
+const { mqtt, ingest: ingestLimits } = parseControlPlaneConfig({ dataDir: dir });
 const broker = await startEmbeddedBroker({
   host: '127.0.0.1',
   port: 0,
@@ -38,7 +37,7 @@ const ingest = new TelemetryIngest({
   clock: systemClock,
   logger,
   // The configured ingest limits without the per-device rate limit: one device sends as fast as it can here.
-  limits: { ...parseControlPlaneConfig({ dataDir: dir }).ingest, deviceRate: undefined },
+  limits: { ...ingestLimits, deviceRate: undefined },
 });
 link = await connectServiceLink({
   url: broker.url,
