@@ -29,6 +29,8 @@ export interface ChaosOptions {
   /** Only these kinds (default: all). */
   kinds?: readonly KillKind[];
   keep?: boolean;
+  /** Each kind in turn instead of at random (the CI run covers every kind in a few trials). */
+  cycleKinds?: boolean;
   /** Start no trial after this many minutes (the check still runs); `trials` in the result says how many ran. */
   maxMinutes?: number;
   /** Progress lines (stderr in the CLI). */
@@ -257,7 +259,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         break;
       }
       trialsRun++;
-      const kind = pick(kinds);
+      const kind = options.cycleKinds ? kinds[(trial - 1) % kinds.length]! : pick(kinds);
       const agent = pick(agents);
       kills[kind]++;
       switch (kind) {
