@@ -219,6 +219,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     artifactBaseUrl: identity.artifactBaseUrl,
     credential: { username: identity.mqttUsername, password: identity.mqttPassword },
     downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS,
+    activationRetries: config.models.activationRetries,
     maxModelBytes: inference.maxModelBytes,
     logger,
     clock,

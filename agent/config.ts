@@ -142,6 +142,17 @@ export const agentConfigSchema = z
       })
       .strict()
       .prefault({}),
+    models: z
+      .object({
+        /**
+         * Times an activation cut short by the process dying (kill -9, power loss) is tried again
+         * after the restart before the release is refused as RELEASE_ACTIVATION_INTERRUPTED: a
+         * model that kills the agent while loading crashes it this many times more, not forever.
+         */
+        activationRetries: z.number().int().min(0).max(10).default(1),
+      })
+      .strict()
+      .prefault({}),
     shutdownGrace: duration.prefault('10s'),
     /** Largest model accepted; the firmware profile's when absent. */
     maxModelBytes: byteSize.optional(),

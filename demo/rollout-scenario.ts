@@ -29,8 +29,10 @@ export const ROLLOUT_SCENARIOS: readonly RolloutScenario[] = ['rollout', 'bad-mo
 
 export interface RolloutScenarioOptions {
   scenario: RolloutScenario;
-  /** Seconds the rollout may take (the bake of each wave is a fifth of it); default 40. */
+  /** Seconds the rollout may take, a bound: the scenario ends when the rollout does; default 40. */
   duration?: number | undefined;
+  /** Bake of each wave in seconds; default a fifth of the duration. */
+  bake?: number | undefined;
   json?: boolean | undefined;
   dataDir?: string | undefined;
   keep?: boolean | undefined;
@@ -61,7 +63,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     if (!options.json) process.stdout.write(`${text}\n`);
   };
   const durationS = options.duration ?? DEFAULT_DURATION_S;
-  const bakeS = Math.max(2, Math.floor(durationS / 5));
+  const bakeS = options.bake === undefined ? Math.max(2, Math.floor(durationS / 5)) : Math.ceil(options.bake);
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'driftline-demo-rollout-'));
   mkdirSync(join(dataDir, 'logs'), { recursive: true });
   const group = new ProcessGroup();
@@ -102,7 +104,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
 
     // Everyone that fits starts on v1 (a single wave with no gates), then traffic flows all along.
     const initial = await connection.call(rollouts, 'startRollout', startRequest(v1.version, [100], 0, ['none'], 'demo-initial'));
-    await until(async () => ((await connection!.call(rollouts, 'getRollout', { id: initial.id })).state === 'succeeded'), CONVERGE_TIMEOUT_MS, 'the fleet to run v1');
+    await until(async () => ((await connection!.call(rollouts, 'getRollout', { id: initial.id })).state === 'succeeded'), Math.max(CONVERGE_TIMEOUT_MS, durationS * 1000), 'the fleet to run v1');
     say(`demo: ${FITS} devices run ${MODEL}@v${v1.version}; sending ${INFERENCES_PER_DEVICE_PER_S} inferences/s from each`);
     traffic = (async () => {
       while (!stopTraffic.signal.aborted) {
@@ -118,6 +120,8 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     say(`demo: $ driftline rollout status ${started.id} --watch`);
 
     const deadline = performance.now() + durationS * 1000;
+    // Convergence waits are bounded by what is left of the duration, never less than their own bound.
+    const convergeMs = (): number => Math.max(CONVERGE_TIMEOUT_MS, deadline - performance.now());
     let current: Rollout = started;
     let lastLine = '';
     while (performance.now() < deadline) {
@@ -132,7 +136,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     // The rollout has decided; the devices follow by themselves (to v2, or back to v1).
     const target = current.state === 'succeeded' ? v2.version : v1.version;
     if (current.state === 'succeeded' || current.state === 'aborted') {
-      await until(async () => ((await connection!.call(rollouts, 'getRollout', { id: started.id })).versions[target] ?? 0) === FITS, CONVERGE_TIMEOUT_MS, `every device on v${target}`).catch(
+      await until(async () => ((await connection!.call(rollouts, 'getRollout', { id: started.id })).versions[target] ?? 0) === FITS, convergeMs(), `every device on v${target}`).catch(
         () => undefined,
       );
     }

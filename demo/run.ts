@@ -47,9 +47,20 @@ const EXIT_USAGE = 2;
 /** How often the fleet's status is read while traffic runs. */
 const STATUS_EVERY_MS = 1000;
 
+/**
+ * What `--until` waits for, instead of a fixed duration (which a loaded machine may not fill):
+ *   serving     every agent answered inferences and the control plane stored telemetry of each
+ *   drift-alert (--scenario drift) serving, and the drifted cohort alerts while the clean one
+ *               has a verdict below alert: what the scenario is there to show
+ */
+const UNTIL_CONDITIONS = ['serving', 'drift-alert'] as const;
+type UntilCondition = (typeof UNTIL_CONDITIONS)[number];
+
 interface DemoOptions {
   devices: number;
   duration?: number;
+  until?: UntilCondition;
+  bake?: number;
   rate: number;
   dataDir?: string;
   keep?: boolean;
@@ -122,6 +133,9 @@ class Demo {
     let exitCode = 1;
     let keep = Boolean(this.options.keep);
     try {
+      if (this.options.until === 'drift-alert' && !this.driftScenario) {
+        throw new DriftlineError('CONFIG_INVALID', '--until drift-alert needs --scenario drift');
+      }
       if (this.driftScenario && this.options.devices < 2) {
         throw new DriftlineError('CONFIG_INVALID', `--scenario drift needs --devices 2 or more (a clean cohort ${CLEAN_COHORT} and a drifted one ${DRIFTED_COHORT})`);
       }
@@ -193,7 +207,8 @@ class Demo {
     for (const agent of this.agents) agent.traffic.start();
     this.note(
       `sending ${this.options.rate} inferences/s to each agent's local API` +
-        (this.options.duration === undefined ? ' until Ctrl-C' : ` for ${this.options.duration} s`) +
+        (this.options.until === undefined ? '' : ` until ${describeUntil(this.options.until)}`) +
+        (this.options.duration === undefined ? (this.options.until === undefined ? ' until Ctrl-C' : '') : ` ${this.options.until === undefined ? 'for' : 'or at most'} ${this.options.duration} s`) +
         (this.driftScenario ? `; the applications of cohort ${DRIFTED_COHORT} read aged sensors (drifted inputs), ${CLEAN_COHORT}'s read healthy ones` : ''),
     );
     const row = vibrationRowSampler(1)().features.map((v) => Number(v.toFixed(2)));
@@ -353,14 +368,17 @@ class Demo {
     return { name: name!, version: Number(version), sizeBytes: statSync(path).size, sha256: sha256! };
   }
 
-  /** Shows the fleet while traffic runs, until the duration is up, Ctrl-C, or a process dies. */
+  /** Shows the fleet while traffic runs, until the --until condition holds, the duration is up, Ctrl-C, or a process dies. */
   private async watch(fleet: DemoFleet, startedAt: number, deployedAt: number): Promise<void> {
     const endsAt = this.options.duration === undefined ? undefined : startedAt + this.options.duration * 1000;
     const serving = new Set<string>();
     const signal = this.stopRequested.signal;
     while (!signal.aborted) {
       const now = performance.now();
-      if (endsAt !== undefined && now >= endsAt) break;
+      if (endsAt !== undefined && now >= endsAt) {
+        if (this.options.until !== undefined) this.problems.push(`--until ${this.options.until} did not hold within --duration ${this.options.duration} s: ${describeUntil(this.options.until)}`);
+        break;
+      }
       for (const agent of this.agents) {
         if (!serving.has(agent.id) && agent.traffic.ok > 0) {
           serving.add(agent.id);
@@ -373,6 +391,10 @@ class Demo {
         this.firstAlertS = Number(snapshot.elapsedS.toFixed(1));
         this.note(`drift alert for cohort ${DRIFTED_COHORT} after ${this.firstAlertS} s of traffic: ${describeDrift(snapshot.drift)}`);
         this.showCommand(`${CLI} drift show --model ${MODEL_NAME}`);
+      }
+      if (this.options.until !== undefined && untilHolds(this.options.until, snapshot)) {
+        this.note(`${describeUntil(this.options.until)} after ${snapshot.elapsedS.toFixed(1)} s of traffic: stopping`);
+        break;
       }
       const footer =
         endsAt === undefined ? 'Ctrl-C to stop' : `stopping in ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s (Ctrl-C to stop now)`;
@@ -459,6 +481,19 @@ class Demo {
   }
 }
 
+function describeUntil(condition: UntilCondition): string {
+  return condition === 'serving'
+    ? 'every agent answered inferences and the control plane stored telemetry of each'
+    : `every agent served, cohort ${DRIFTED_COHORT} alerted and cohort ${CLEAN_COHORT} got a verdict below alert`;
+}
+
+/** Whether the fleet, as this snapshot shows it, has reached the condition. */
+function untilHolds(condition: UntilCondition, snapshot: Awaited<ReturnType<typeof collectSnapshot>>): boolean {
+  const serving = snapshot.rows.every((row) => row.sent > 0 && (row.stored ?? 0) > 0);
+  if (condition === 'serving') return serving;
+  return serving && driftProblems(snapshot.drift).length === 0;
+}
+
 function accountOf(health: AgentHealth): AgentAccount {
   return { enqueued: health.recordsEnqueued, acknowledged: health.recordsAcknowledged, buffered: health.bufferDepth, dropped: health.recordsDropped };
 }
@@ -475,7 +510,16 @@ function describeError(err: unknown, server: string): { code: string; message: s
 const program = new Command('demo')
   .description('Run the whole Driftline loop on this machine: a control plane, agents, a deployed model, inference traffic and telemetry')
   .option('--devices <n>', 'agent processes to start', wholeNumber(1, MAX_DEVICES), 3)
-  .option('--duration <seconds>', 'seconds of traffic before stopping (default: until Ctrl-C)', positiveNumber)
+  .option('--duration <seconds>', 'seconds of traffic before stopping (default: until Ctrl-C); with --until, the most it waits (not reaching the condition by then fails the run)', positiveNumber)
+  .option(
+    '--until <condition>',
+    `stop traffic once the condition holds: serving (every agent answered inferences and its telemetry is stored) or, with --scenario drift, drift-alert (cohort ${DRIFTED_COHORT} alerts, ${CLEAN_COHORT} has a verdict below alert)`,
+    (value: string) => {
+      if (!(UNTIL_CONDITIONS as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected ${UNTIL_CONDITIONS.join(' or ')}`);
+      return value;
+    },
+  )
+  .option('--bake <seconds>', 'with --scenario rollout|bad-model: bake time of each wave (default: a fifth of --duration)', positiveNumber)
   .option('--rate <n>', 'inferences per second sent to each device', positiveNumber, 20)
   .option('--data-dir <dir>', 'an empty folder for the control plane, the agents and their logs (default: a fresh temp folder)')
   .option('--keep', 'keep the temp data folder at the end (it is always kept when something failed)')
@@ -483,7 +527,7 @@ const program = new Command('demo')
   .option(
     '--scenario <name>',
     `fleet: agents serving a deployed model; drift: the same, the model pushed with a drift reference, and devices in cohort ${DRIFTED_COHORT} fed drifted inputs (their drift alerts, ${CLEAN_COHORT}'s does not); ` +
-      'rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, --duration bounds the rollout, default 40 s)',
+      'rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, the demo stops when the rollout ends; --duration bounds it, default 40 s)',
     (value: string) => {
       if (value !== 'fleet' && value !== 'drift' && !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)) {
         throw new InvalidArgumentError(`expected fleet, drift, ${ROLLOUT_SCENARIOS.join(' or ')}`);
@@ -507,4 +551,4 @@ const demoOptions = program.opts<DemoOptions>();
 process.exitCode =
   demoOptions.scenario === 'fleet' || demoOptions.scenario === 'drift'
     ? await new Demo(demoOptions).run()
-    : await runRolloutScenario({ scenario: demoOptions.scenario, duration: demoOptions.duration, json: demoOptions.json, dataDir: demoOptions.dataDir, keep: demoOptions.keep });
+    : await runRolloutScenario({ scenario: demoOptions.scenario, duration: demoOptions.duration, bake: demoOptions.bake, json: demoOptions.json, dataDir: demoOptions.dataDir, keep: demoOptions.keep });

@@ -68,6 +68,7 @@ async function device(options: { downloadTimeoutMs?: number; arch?: string } = {
     credential: { username: 'edge-1', password: 'secret' },
     downloadTimeoutMs: options.downloadTimeoutMs ?? 30_000,
     maxModelBytes: 64 * 1024 * 1024,
+    activationRetries: 1,
     logger,
     clock,
     trust: pinned,

@@ -62,6 +62,8 @@ export interface ModelManagerOptions {
   credential: { username: string; password: string };
   downloadTimeoutMs: number;
   maxModelBytes: number;
+  /** Restarts in which an interrupted activation is tried again before it is refused (config models.activationRetries). */
+  activationRetries: number;
   logger: Logger;
   clock: Clock;
   /** The pinned root; without one (a device enrolled without a trust root) unsigned releases are accepted. */
@@ -86,6 +88,8 @@ interface Install {
   state: InstallState;
   /** DesiredState as proto JSON (bytes in base64). */
   desired: unknown;
+  /** Restarts that found this install's activation interrupted (absent: none). */
+  interruptedActivations?: number;
 }
 
 /** Everything in one agent_state value, so each transition is one atomic write. */
@@ -141,9 +145,10 @@ export class ModelManager {
   /**
    * After a restart: loads the active model after re-checking its file (falling back to the
    * previous one when the active file is gone or damaged), then finishes what was in flight:
-   * a download or a staged release resumes; an activation that was interrupted is rolled
-   * back (the old model stays active) and reported, so a model that kills the process while
-   * loading cannot put the device into a crash loop.
+   * a download or a staged release resumes; an activation that was interrupted is tried
+   * again up to activationRetries times (the process may have died of something else: a
+   * kill -9, a power cut), then rolled back (the old model stays active) and reported, so a
+   * model that kills the process while loading cannot put the device into a crash loop.
    */
   async restore(): Promise<void> {
     const p = this.persisted;
@@ -160,6 +165,12 @@ export class ModelManager {
     const install = this.persisted.install;
     if (!install) return this.collectGarbage();
     const desired = DesiredState.fromJSON(install.desired);
+    const interrupted = (install.interruptedActivations ?? 0) + (install.state === 'activating' ? 1 : 0);
+    if (install.state === 'activating' && interrupted <= this.options.activationRetries) {
+      this.options.logger.warn({ model: refOf(desired), attempt: interrupted, of: this.options.activationRetries }, 'the model activation was interrupted; trying it again');
+      this.write({ ...this.persisted, install: { ...install, interruptedActivations: interrupted } });
+      return this.apply(desired, { resume: true });
+    }
     if (install.state === 'activating') {
       const ref = refOf(desired);
       const error = new DriftlineError('RELEASE_ACTIVATION_INTERRUPTED', `activation of ${ref.name} v${ref.version} was interrupted; the previous model stays active`);
@@ -310,7 +321,10 @@ export class ModelManager {
   }
 
   private step(state: InstallState, desired: DesiredState): void {
-    this.write({ ...this.persisted, install: { state, desired: DesiredState.toJSON(desired) } });
+    // The count of interrupted activations stays with the same revision's install across its steps.
+    const current = this.persisted.install;
+    const interruptedActivations = current && DesiredState.fromJSON(current.desired).revision === desired.revision ? current.interruptedActivations : undefined;
+    this.write({ ...this.persisted, install: { state, desired: DesiredState.toJSON(desired), ...(interruptedActivations ? { interruptedActivations } : {}) } });
     this.options.onStep?.(state);
   }
 

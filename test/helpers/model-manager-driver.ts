@@ -35,6 +35,7 @@ const manager = new ModelManager({
   credential: { username: 'edge-1', password: 'secret' },
   downloadTimeoutMs: 30_000,
   maxModelBytes: 64 * 1024 * 1024,
+  activationRetries: Number(process.env.DRIVER_ACTIVATION_RETRIES ?? 1),
   logger,
   clock: systemClock,
   trust,
