@@ -18,7 +18,7 @@ import { chooseProfile, type HostProbe } from './profiles/detect.js';
 import { systemHostProbe } from './profiles/host-probe.js';
 import { inferenceSettings, providerWarnings } from './profiles/inference-settings.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
-import { startLocalApi } from './local-api/server.js';
+import { checkLocalApiPort, startLocalApi } from './local-api/server.js';
 import { runGoldenSelfTest } from './models/golden-self-test.js';
 import { ModelManager } from './models/model-manager.js';
 import { PinnedRoot } from './trust/pinned-root.js';
@@ -66,6 +66,8 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
   const startedAt = clock.now();
   let state: AgentState = 'starting';
   let finalDepth: number | undefined;
+  // Before anything is created or an enrollment token spent: a local API port that is taken fails the start now.
+  await checkLocalApiPort(config.localApi);
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
 
   // The firmware profile (named, or detected from the host's facts) supplies providers, threads, batching and limits; config overrides.

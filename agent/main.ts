@@ -105,7 +105,8 @@ program.parseAsync(process.argv).catch((err: unknown) => {
   if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') process.exit(AGENT_EXIT.ok);
   if (code?.startsWith('commander.')) process.exit(AGENT_EXIT.usage);
   if (err instanceof DriftlineError) {
-    process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}\n`);
+    const fix = err.code === 'LISTEN_FAILED' && err.details?.listener === 'local-api' ? '; choose another port with --local-port <port> (0: any free port) or serve on a unix socket with --local-socket <path>' : '';
+    process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}${fix}\n`);
     process.exit(err.kind === 'invalid' || err.kind === 'unauthenticated' || err.kind === 'forbidden' ? AGENT_EXIT.config : AGENT_EXIT.failed);
   }
   process.stderr.write(`driftline-agent: ${err instanceof Error ? err.stack : String(err)}\n`);

@@ -4,6 +4,7 @@ import { createServer, type AddressInfo, type Server } from 'node:net';
 import { Duplex } from 'node:stream';
 import { createServer as createTlsServer } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
+import { listenFailed } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe, checkDeviceWill } from './device-acl.js';
 
@@ -119,10 +120,19 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
   const server: Server = options.tls
     ? createTlsServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key) }, broker.handle)
     : createServer(broker.handle);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => resolve());
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, options.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    // The broker holds timers of its own: closed here, a failed start leaves nothing running.
+    await new Promise<void>((resolve) => broker.close(() => resolve()));
+    throw listenFailed('mqtt', `${options.host}:${options.port}`, err);
+  }
   const { port } = server.address() as AddressInfo;
   const url = `${options.tls ? 'mqtts' : 'mqtt'}://${options.host}:${port}`;
   logger.info({ url }, 'embedded mqtt broker listening');

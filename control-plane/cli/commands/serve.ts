@@ -1,10 +1,11 @@
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { readConfigFile } from '../../../common/config.js';
+import { DriftlineError } from '../../../common/errors.js';
 import { createLogger } from '../../../common/logger.js';
 import type { ControlPlaneConfigInput } from '../../config.js';
 import { integer } from '../arguments.js';
-import { EXIT } from '../connection.js';
+import { CliError, EXIT } from '../connection.js';
 
 interface ServeOptions {
   config?: string;
@@ -67,7 +68,9 @@ export function registerServe(program: Command): void {
       const logger = createLogger('driftline', options.logLevel);
       // Loaded here so that client commands do not pay for SQLite, the broker and the registry.
       const { startControlPlane } = await import('../../server.js');
-      const plane = await startControlPlane(config, { logger });
+      const plane = await startControlPlane(config, { logger }).catch((err: unknown) => {
+        throw withListenFix(err);
+      });
       const { grpc, mqtt, http } = plane.addresses;
 
       let stopping = false;
@@ -92,6 +95,19 @@ export function registerServe(program: Command): void {
       // Only now: a supervisor that signals on seeing this line must find the handlers in place.
       process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${resolve(plane.adminTokenFile)}\n`);
     });
+}
+
+const LISTEN_FIX: Record<string, string> = {
+  grpc: 'choose another port with --grpc-port <port> (0: any free port)',
+  mqtt: 'choose another port with --mqtt-port <port> (0: any free port), or use the broker that holds it with --mqtt-url',
+  http: 'choose another port with --http-port <port> (0: any free port)',
+};
+
+/** A listener that could not bind becomes LISTEN_FAILED naming the flag that changes its port (the start has cleaned up by then). */
+function withListenFix(err: unknown): unknown {
+  if (!(err instanceof DriftlineError) || err.code !== 'LISTEN_FAILED') return err;
+  const fix = LISTEN_FIX[String(err.details?.listener)];
+  return fix ? new CliError(err.code, `${err.message}; ${fix}`, EXIT.unavailable) : err;
 }
 
 /** Lays the flags that were given over the file's settings; the schema validates the result. */
