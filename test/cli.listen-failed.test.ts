@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 function run(bin: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = { ...process.env, DRIFTLINE_LOG_LEVEL: 'error' };
+  const env: NodeJS.ProcessEnv = { ...process.env, DRIFTLINE_LOG_LEVEL: 'error' };
   delete env.DRIFTLINE_TOKEN;
   return new Promise((resolve) => {
     execFile(process.execPath, [bin, ...args], { cwd: dir, env, timeout: 60_000 }, (error, stdout, stderr) =>

@@ -11,31 +11,10 @@ import {
   status,
 } from '@grpc/grpc-js';
 import { DriftlineError, ERROR_CODES, type ErrorKind, isErrorCode } from '../../common/errors.js';
+import { CliError, DEFAULT_TOKEN_FILE, EXIT, type ExitCode, usageError } from './cli-error.js';
 
-/** Exit codes are part of the CLI's contract: scripts branch on them. */
-export const EXIT = {
-  ok: 0,
-  internal: 1,
-  usage: 2,
-  auth: 3,
-  notFound: 4,
-  unavailable: 5,
-  conflict: 6,
-} as const;
+export { CliError, DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, EXIT_CODES_HELP, type ExitCode, usageError } from './cli-error.js';
 
-export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
-
-export const EXIT_CODES_HELP = `Exit codes:
-  0  ok
-  1  internal or unknown error
-  2  usage error or invalid input
-  3  authentication or permission denied
-  4  not found
-  5  control plane unavailable or timed out
-  6  conflict (already exists, already used, wrong state)`;
-
-export const DEFAULT_SERVER = '127.0.0.1:7443';
-export const DEFAULT_TOKEN_FILE = '.driftline/admin.token';
 const DEFAULT_TIMEOUT_S = 30;
 
 /** The options every client command shares (commander's global options). */
@@ -76,22 +55,6 @@ const EXIT_BY_STATUS: Partial<Record<status, ExitCode>> = {
   [status.UNAVAILABLE]: EXIT.unavailable,
   [status.DEADLINE_EXCEEDED]: EXIT.unavailable,
 };
-
-/** What the CLI reports: `error [code]: message` on stderr and the exit code. */
-export class CliError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly exitCode: ExitCode,
-  ) {
-    super(message);
-    this.name = 'CliError';
-  }
-}
-
-export function usageError(message: string): CliError {
-  return new CliError('USAGE', message, EXIT.usage);
-}
 
 function isServiceError(err: unknown): err is ServiceError {
   return err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number' && (err as Partial<ServiceError>).metadata instanceof Metadata;
