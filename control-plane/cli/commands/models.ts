@@ -22,7 +22,7 @@ import { buildManifest, signManifestBytes } from '../../../common/trust/manifest
 import { ReleaseServiceClient } from '../../../common/proto/driftline/v1/releases.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
-import { type Connection, usageError } from '../connection.js';
+import { CliError, type Connection, EXIT, usageError } from '../connection.js';
 import { withConnection } from '../context.js';
 import { bytes, relativeTime } from '../output.js';
 
@@ -55,6 +55,7 @@ export function registerModels(program: Command): void {
     .action((file: string, options: PushOptions, command: Command) =>
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
+        await assertNotEmpty(file);
         // Everything that can fail offline (keys, reference data, golden vectors) fails before the upload.
         const signing = options.sign ? await prepareSigning(file, options) : undefined;
         const { size, sha256 } = await fingerprint(file);
@@ -64,7 +65,11 @@ export function registerModels(program: Command): void {
           const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : undefined;
           metadata[REFERENCE_METADATA_KEY] = serializeReference(referenceFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {}));
         }
-        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress);
+        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress).catch(
+          (err: unknown) => {
+            throw notAModel(file, err) ?? err;
+          },
+        );
         if (!signing) {
           output.result(ModelVersion.toJSON(version), () =>
             output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
@@ -151,6 +156,25 @@ export function registerModels(program: Command): void {
 }
 
 /** The server recomputes the hash and refuses a mismatch, so a file changed mid-upload is caught. */
+async function assertNotEmpty(file: string): Promise<void> {
+  const size = await stat(file).then(
+    (s) => (s.isFile() ? s.size : -1),
+    (err: unknown) => {
+      throw usageError(`cannot read ${file}: ${(err as Error).message}`);
+    },
+  );
+  if (size < 0) throw new CliError('MODEL_INVALID', `${file} is not a file: push an .onnx model file`, EXIT.usage);
+  if (size === 0) throw new CliError('MODEL_INVALID', `${file} is empty (0 bytes): push an .onnx model file (e.g. exported with torch.onnx.export)`, EXIT.usage);
+}
+
+/** The control plane's MODEL_INVALID, said about the file the operator named. */
+function notAModel(file: string, err: unknown): CliError | undefined {
+  const service = err as Partial<ServiceError>;
+  if (!(service.metadata instanceof Object) || service.metadata?.get('driftline-error-code')[0] !== 'MODEL_INVALID') return undefined;
+  const what = service.details === 'bytes are not an ONNX model' ? 'is not an ONNX model (its bytes do not parse as one)' : `is not a usable ONNX model: ${service.details}`;
+  return new CliError('MODEL_INVALID', `${file} ${what}; push an .onnx model file`, EXIT.usage);
+}
+
 async function fingerprint(file: string): Promise<{ size: number; sha256: string }> {
   try {
     const { size } = await stat(file);
