@@ -60,7 +60,11 @@ const ENROLL_TIMEOUT_MS = 15_000;
  * Enrolls the device if it has to, then wires buffer, uplink, inference, model manager
  * and local API together. Nothing here handles signals: the entry point does.
  */
-export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: Logger; clock?: Clock; hostProbe?: HostProbe }): Promise<AgentHandle> {
+export async function startAgent(
+  config: Readonly<AgentConfig>,
+  /** onFatal: the agent cannot go on (its device was decommissioned); the entry point shuts it down and exits. */
+  deps: { logger: Logger; clock?: Clock; hostProbe?: HostProbe; onFatal?: (err: DriftlineError) => void },
+): Promise<AgentHandle> {
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
   const startedAt = clock.now();
@@ -314,6 +318,10 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       void reportState();
     } else if (status.type === 'reconnecting') {
       logger.info({ attempt: status.attempt, delayMs: status.delayMs }, 'broker unreachable; reconnecting');
+    } else if (status.type === 'refused') {
+      const err = new DriftlineError('DEVICE_DECOMMISSIONED', `the control plane refused device ${deviceId} (${status.message}): it was decommissioned; enroll it again with a new token from \`driftline devices token ${deviceId}\``);
+      logger.error({ deviceId }, err.message);
+      deps.onFatal?.(err);
     }
   });
 

@@ -7,7 +7,7 @@ import { AGENT_ENVIRONMENT, loadAgentConfig } from './config.js';
 import { formatSelftest, runSelftest } from './selftest.js';
 
 /** Exit codes of driftline-agent. */
-export const AGENT_EXIT = { ok: 0, failed: 1, usage: 2, config: 3 } as const;
+export const AGENT_EXIT = { ok: 0, failed: 1, usage: 2, config: 3, decommissioned: 4 } as const;
 
 const port = (value: string): number => {
   const n = Number(value);
@@ -54,7 +54,7 @@ program
   .addHelpText(
     'after',
     `\nPrecedence: defaults < --config file < environment < flags.\nEnvironment: ${Object.keys(AGENT_ENVIRONMENT).join(', ')}\n` +
-      `Exit codes: 0 stopped cleanly, 1 failed, 2 usage, 3 configuration or enrollment refused.`,
+      `Exit codes: 0 stopped cleanly, 1 failed, 2 usage, 3 configuration or enrollment refused, 4 the device was decommissioned (enroll it again).`,
   )
   .action(async (opts: Record<string, string | number | undefined>) => {
     const config = loadAgentConfig({
@@ -74,8 +74,19 @@ program
       },
     });
     const logger = createLogger('driftline-agent', config.logLevel);
-    const agent = await startAgent(config, { logger });
+    // A decommissioned device stops for good (the broker would refuse it forever): say so, shut down, exit 4.
     let signals = 0;
+    let fatal: ((err: DriftlineError) => void) | undefined;
+    let earlyFatal: DriftlineError | undefined;
+    const agent = await startAgent(config, { logger, onFatal: (err) => (fatal ? fatal(err) : (earlyFatal ??= err)) });
+    fatal = (err) => {
+      if (signals++ > 0) return;
+      process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}\n`);
+      agent.shutdown().then(
+        () => process.exit(AGENT_EXIT.decommissioned),
+        () => process.exit(AGENT_EXIT.decommissioned),
+      );
+    };
     const stop = (signal: string): void => {
       if (++signals > 1) process.exit(AGENT_EXIT.failed);
       logger.info({ signal }, 'stopping');
@@ -97,6 +108,7 @@ program
     process.on('SIGTERM', stop);
     // The one line scripts wait for (logs go to stderr); only now, so a signal sent on seeing it finds the handlers.
     process.stdout.write(`driftline-agent: ready device=${agent.deviceId} local-api=${agent.localApiUrl}\n`);
+    if (earlyFatal) fatal(earlyFatal);
   });
 
 // No top-level await: the packaged binary bundles this module as CommonJS (packaging/build-agent.ts).
