@@ -1,6 +1,6 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { DriftlineError } from '../common/errors.js';
-import { createLogger } from '../common/logger.js';
+import { createLogger, LOG_FORMATS, type LogFormat } from '../common/logger.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import { startAgent } from './agent.js';
 import { AGENT_ENVIRONMENT, loadAgentConfig } from './config.js';
@@ -51,6 +51,9 @@ program
   .option('--local-socket <path>', 'serve the local API on a unix socket instead')
   .option('--buffer-sync <mode>', 'SQLite synchronous mode for the buffer: FULL or NORMAL')
   .option('--log-level <level>', 'trace, debug, info, warn, error')
+  .addOption(
+    new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise').choices(LOG_FORMATS).env('DRIFTLINE_LOG_FORMAT').default('auto'),
+  )
   .addHelpText(
     'after',
     `\nPrecedence: defaults < --config file < environment < flags.\nEnvironment: ${Object.keys(AGENT_ENVIRONMENT).join(', ')}\n` +
@@ -73,7 +76,7 @@ program
         logLevel: opts.logLevel,
       },
     });
-    const logger = createLogger('driftline-agent', config.logLevel);
+    const logger = createLogger('driftline-agent', config.logLevel, opts.logFormat as LogFormat);
     // A decommissioned device stops for good (the broker would refuse it forever): say so, shut down, exit 4.
     let signals = 0;
     let fatal: ((err: DriftlineError) => void) | undefined;

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { readConfigFile } from '../../../common/config.js';
 import { DriftlineError } from '../../../common/errors.js';
-import { createLogger } from '../../../common/logger.js';
+import { createLogger, LOG_FORMATS, type LogFormat } from '../../../common/logger.js';
 import type { ControlPlaneConfigInput } from '../../config.js';
 import { integer } from '../arguments.js';
 import { CliError, EXIT } from '../connection.js';
@@ -28,6 +28,7 @@ interface ServeOptions {
   tlsKey?: string;
   tlsClientCa?: string;
   logLevel: string;
+  logFormat: LogFormat;
 }
 
 const DEFAULT_DATA_DIR = '.driftline';
@@ -60,12 +61,18 @@ export function registerServe(program: Command): void {
         .env('DRIFTLINE_LOG_LEVEL')
         .default('info'),
     )
+    .addOption(
+      new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise')
+        .choices(LOG_FORMATS)
+        .env('DRIFTLINE_LOG_FORMAT')
+        .default('auto'),
+    )
     .addHelpText('after', '\nWith serve, the global --tls-cert and --tls-key are the gRPC server certificate and key.')
     .action(async (_options: unknown, command: Command) => {
       // optsWithGlobals: --tls-cert/--tls-key are global options, read by the program wherever they appear.
       const options = command.optsWithGlobals<ServeOptions>();
       const config = withFlags(options.config ? readConfigFile(options.config) : {}, options);
-      const logger = createLogger('driftline', options.logLevel);
+      const logger = createLogger('driftline', options.logLevel, options.logFormat);
       // Loaded here so that client commands do not pay for SQLite, the broker and the registry.
       const { startControlPlane } = await import('../../server.js');
       const plane = await startControlPlane(config, { logger }).catch((err: unknown) => {
