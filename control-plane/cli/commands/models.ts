@@ -25,7 +25,7 @@ import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
 import { CliError, type Connection, EXIT, usageError } from '../connection.js';
 import { withConnection } from '../context.js';
-import { bytes, relativeTime } from '../output.js';
+import { bytes, relativeTime, restoreTerminalOnSignal } from '../output.js';
 
 /** Upload chunk size: small enough for grpc-js's default 4 MiB message limit, large enough to stream fast. */
 const CHUNK_BYTES = 64 * 1024;
@@ -265,14 +265,21 @@ async function upload(connection: Connection, file: string, header: UploadModelH
       error ? reject(error) : resolve(version),
     );
   });
-  const bar = showProgress ? new SingleBar({ stream: process.stderr, format: 'uploading [{bar}] {percentage}% {value}/{total} bytes' }, Presets.shades_classic) : undefined;
-  bar?.start(header.sizeBytes, 0);
+  const bar = showProgress
+    ? new SingleBar({ stream: process.stderr, format: 'uploading [{bar}] {percentage}% {sent} of {size} at {rate}, ETA {eta_formatted}' }, Presets.shades_classic)
+    : undefined;
+  const startedAt = systemClock.now();
+  let sentBytes = 0;
+  const progress = () => ({ sent: bytes(sentBytes), size: bytes(header.sizeBytes), rate: `${bytes(Math.round(sentBytes / Math.max(0.001, (systemClock.now() - startedAt) / 1000)))}/s` });
+  bar?.start(header.sizeBytes, 0, progress());
+  const release = bar ? restoreTerminalOnSignal(() => bar.stop()) : () => undefined;
 
   async function* messages(): AsyncGenerator<UploadModelRequest> {
     yield { part: { $case: 'header', value: header } };
     for await (const chunk of createReadStream(file, { highWaterMark: CHUNK_BYTES }) as AsyncIterable<Buffer>) {
       yield { part: { $case: 'chunk', value: chunk } };
-      bar?.increment(chunk.length);
+      sentBytes += chunk.length;
+      bar?.increment(chunk.length, progress());
     }
   }
 
@@ -293,6 +300,7 @@ async function upload(connection: Connection, file: string, header: UploadModelH
   } finally {
     stop.abort();
     await sending;
+    release();
     bar?.stop();
   }
 }
