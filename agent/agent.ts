@@ -16,7 +16,7 @@ import { chooseProfile, type HostProbe } from './profiles/detect.js';
 import { systemHostProbe } from './profiles/host-probe.js';
 import { inferenceSettings, providerWarnings } from './profiles/inference-settings.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
-import { startLocalApi } from './local-api/server.js';
+import { checkLocalApiPort, startLocalApi } from './local-api/server.js';
 import { runGoldenSelfTest } from './models/golden-self-test.js';
 import { ModelManager } from './models/model-manager.js';
 import { PinnedRoot } from './trust/pinned-root.js';
@@ -59,12 +59,18 @@ const ENROLL_TIMEOUT_MS = 15_000;
  * Enrolls the device if it has to, then wires buffer, uplink, inference, model manager
  * and local API together. Nothing here handles signals: the entry point does.
  */
-export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: Logger; clock?: Clock; hostProbe?: HostProbe }): Promise<AgentHandle> {
+export async function startAgent(
+  config: Readonly<AgentConfig>,
+  /** onFatal: the agent cannot go on (its device was decommissioned); the entry point shuts it down and exits. */
+  deps: { logger: Logger; clock?: Clock; hostProbe?: HostProbe; onFatal?: (err: DriftlineError) => void },
+): Promise<AgentHandle> {
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
   const startedAt = clock.now();
   let state: AgentState = 'starting';
   let finalDepth: number | undefined;
+  // Before anything is created or an enrollment token spent: a local API port that is taken fails the start now.
+  await checkLocalApiPort(config.localApi);
   // Created or tightened to 0700: it holds the device's credential and its buffered telemetry.
   ensurePrivateDir(config.dataDir);
 
@@ -313,6 +319,10 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
       void reportState();
     } else if (status.type === 'reconnecting') {
       logger.info({ attempt: status.attempt, delayMs: status.delayMs }, 'broker unreachable; reconnecting');
+    } else if (status.type === 'refused') {
+      const err = new DriftlineError('DEVICE_DECOMMISSIONED', `the control plane refused device ${deviceId} (${status.message}): it was decommissioned; enroll it again with a new token from \`driftline devices token ${deviceId}\``);
+      logger.error({ deviceId }, err.message);
+      deps.onFatal?.(err);
     }
   });
 

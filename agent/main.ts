@@ -1,13 +1,13 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { DriftlineError } from '../common/errors.js';
-import { createLogger } from '../common/logger.js';
+import { createLogger, LOG_FORMATS, type LogFormat } from '../common/logger.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import { startAgent } from './agent.js';
 import { AGENT_ENVIRONMENT, loadAgentConfig } from './config.js';
 import { formatSelftest, runSelftest } from './selftest.js';
 
 /** Exit codes of driftline-agent. */
-export const AGENT_EXIT = { ok: 0, failed: 1, usage: 2, config: 3 } as const;
+export const AGENT_EXIT = { ok: 0, failed: 1, usage: 2, config: 3, decommissioned: 4 } as const;
 
 const port = (value: string): number => {
   const n = Number(value);
@@ -52,10 +52,13 @@ program
   .option('--local-socket <path>', 'serve the local API on a unix socket instead')
   .option('--buffer-sync <mode>', 'SQLite synchronous mode for the buffer: FULL or NORMAL')
   .option('--log-level <level>', 'trace, debug, info, warn, error')
+  .addOption(
+    new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise').choices(LOG_FORMATS).env('DRIFTLINE_LOG_FORMAT').default('auto'),
+  )
   .addHelpText(
     'after',
     `\nPrecedence: defaults < --config file < environment < flags.\nEnvironment: ${Object.keys(AGENT_ENVIRONMENT).join(', ')}\n` +
-      `Exit codes: 0 stopped cleanly, 1 failed, 2 usage, 3 configuration or enrollment refused.`,
+      `Exit codes: 0 stopped cleanly, 1 failed, 2 usage, 3 configuration or enrollment refused, 4 the device was decommissioned (enroll it again).`,
   )
   .action(async (opts: Record<string, string | number | undefined>) => {
     const config = loadAgentConfig({
@@ -74,9 +77,20 @@ program
         logLevel: opts.logLevel,
       },
     });
-    const logger = createLogger('driftline-agent', config.logLevel);
-    const agent = await startAgent(config, { logger });
+    const logger = createLogger('driftline-agent', config.logLevel, opts.logFormat as LogFormat);
+    // A decommissioned device stops for good (the broker would refuse it forever): say so, shut down, exit 4.
     let signals = 0;
+    let fatal: ((err: DriftlineError) => void) | undefined;
+    let earlyFatal: DriftlineError | undefined;
+    const agent = await startAgent(config, { logger, onFatal: (err) => (fatal ? fatal(err) : (earlyFatal ??= err)) });
+    fatal = (err) => {
+      if (signals++ > 0) return;
+      process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}\n`);
+      agent.shutdown().then(
+        () => process.exit(AGENT_EXIT.decommissioned),
+        () => process.exit(AGENT_EXIT.decommissioned),
+      );
+    };
     const stop = (signal: string): void => {
       if (++signals > 1) process.exit(AGENT_EXIT.failed);
       logger.info({ signal }, 'stopping');
@@ -98,6 +112,7 @@ program
     process.on('SIGTERM', stop);
     // The one line scripts wait for (logs go to stderr); only now, so a signal sent on seeing it finds the handlers.
     process.stdout.write(`driftline-agent: ready device=${agent.deviceId} local-api=${agent.localApiUrl}\n`);
+    if (earlyFatal) fatal(earlyFatal);
   });
 
 // No top-level await: the packaged binary bundles this module as CommonJS (packaging/build-agent.ts).
@@ -106,7 +121,8 @@ program.parseAsync(process.argv).catch((err: unknown) => {
   if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') process.exit(AGENT_EXIT.ok);
   if (code?.startsWith('commander.')) process.exit(AGENT_EXIT.usage);
   if (err instanceof DriftlineError) {
-    process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}\n`);
+    const fix = err.code === 'LISTEN_FAILED' && err.details?.listener === 'local-api' ? '; choose another port with --local-port <port> (0: any free port) or serve on a unix socket with --local-socket <path>' : '';
+    process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}${fix}\n`);
     process.exit(err.kind === 'invalid' || err.kind === 'unauthenticated' || err.kind === 'forbidden' ? AGENT_EXIT.config : AGENT_EXIT.failed);
   }
   process.stderr.write(`driftline-agent: ${err instanceof Error ? err.stack : String(err)}\n`);

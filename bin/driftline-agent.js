@@ -1,6 +1,16 @@
 #!/usr/bin/env node
-// Runs the agent's TypeScript entry point through tsx (the packaged binary bundles it instead).
-import { register } from 'tsx/esm/api';
+// Runs the compiled agent entry point in dist/js/ (`npm run build`); the packaged binary bundles it instead.
+// DRIFTLINE_FROM_SOURCE=1 runs the TypeScript sources through tsx instead (development only: tsx is a devDependency).
+import { existsSync } from 'node:fs';
 
-register();
-await import('../agent/main.ts');
+const compiled = new URL('../dist/js/driftline-agent.js', import.meta.url);
+if (process.env.DRIFTLINE_FROM_SOURCE === '1') {
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import('../agent/main.ts');
+} else if (existsSync(compiled)) {
+  await import(compiled.href);
+} else {
+  process.stderr.write('driftline-agent: error [INTERNAL]: the compiled agent (dist/js/driftline-agent.js) is missing: run `npm run build` in the driftline checkout\n');
+  process.exit(1);
+}

@@ -2,6 +2,10 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { DriftlineError } from './errors.js';
+import { parseByteSize, parseDuration } from './units.js';
+
+// In their own module so the CLI parses durations without loading zod and yaml.
+export { parseByteSize, parseDuration };
 
 /**
  * Validates configuration once, with every problem listed by its path, and freezes it.
@@ -38,25 +42,11 @@ export const duration = z.union([
   z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 10m, 2h or 7d').transform(parseDuration),
 ]);
 
-export function parseDuration(text: string): number {
-  const m = /^(\d+)(ms|s|m|h|d)$/.exec(text);
-  if (!m) throw new DriftlineError('CONFIG_INVALID', `invalid duration ${JSON.stringify(text)}`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
-  return Number(m[1]) * unit;
-}
-
 /** Sizes such as "512KiB", "64MiB", "2GiB" or a number of bytes. */
 export const byteSize = z.union([
   z.number().int().nonnegative(),
   z.string().regex(/^\d+(B|KiB|MiB|GiB)$/, 'expected a size such as 512KiB, 64MiB or 2GiB').transform(parseByteSize),
 ]);
-
-export function parseByteSize(text: string): number {
-  const m = /^(\d+)(B|KiB|MiB|GiB)$/.exec(text);
-  if (!m) throw new DriftlineError('CONFIG_INVALID', `invalid size ${JSON.stringify(text)}`);
-  const unit = { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 }[m[2] as 'B' | 'KiB' | 'MiB' | 'GiB'];
-  return Number(m[1]) * unit;
-}
 
 function deepFreeze<T>(value: T): T {
   if (value && typeof value === 'object' && !Object.isFrozen(value)) {

@@ -127,3 +127,28 @@ export function asDriftlineError(err: unknown, fallback: ErrorCode = 'INTERNAL')
   const message = err instanceof Error ? err.message : String(err);
   return new DriftlineError(fallback, message, { cause: err });
 }
+
+/** The listeners a Driftline process opens; a LISTEN_FAILED error names which one, so its caller can name the flag to change. */
+export type ListenerName = 'grpc' | 'mqtt' | 'http' | 'local-api';
+
+const LISTENER_LABEL: Record<ListenerName, string> = { grpc: 'gRPC', mqtt: 'MQTT', http: 'artifact HTTP', 'local-api': 'the local API' };
+
+/** LISTEN_FAILED for a listener that could not bind: the port in use, a privileged port, an address this host lacks. */
+export function listenFailed(listener: ListenerName, address: string, err: unknown): DriftlineError {
+  // grpc-js reports a failed bind as text ("... EADDRINUSE ..."), node:net as an errno code.
+  const errno = (err as NodeJS.ErrnoException | undefined)?.code ?? /\b(EADDRINUSE|EACCES|EADDRNOTAVAIL)\b/.exec(err instanceof Error ? err.message : String(err))?.[1];
+  const reason =
+    errno === 'EADDRINUSE'
+      ? 'the address is already in use by another process'
+      : errno === 'EACCES'
+        ? 'permission denied (ports below 1024 need privileges)'
+        : errno === 'EADDRNOTAVAIL'
+          ? 'this host has no such address'
+          : err instanceof Error
+            ? err.message
+            : String(err);
+  return new DriftlineError('LISTEN_FAILED', `cannot listen for ${LISTENER_LABEL[listener]} on ${address}: ${reason}`, {
+    cause: err,
+    details: { listener, address, ...(errno ? { errno } : {}) },
+  });
+}

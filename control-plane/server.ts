@@ -1,3 +1,4 @@
+import { existsSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
@@ -55,6 +56,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const config = parseControlPlaneConfig(input);
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
+  // A start that fails (a port taken) leaves no half-made data dir or admin token behind.
+  const createdByThisStart = pathsNotYetThere(config.dataDir);
   // Created or tightened to 0700: it holds device secrets, tokens and telemetry.
   ensurePrivateDir(config.dataDir);
 
@@ -306,7 +309,33 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       },
     };
   } catch (err) {
+    // An admin token minted into a store that stays would lock the operator out once its file is gone.
+    const dbStays = !createdByThisStart.includes(join(config.dataDir, 'control-plane.db')) && !createdByThisStart.includes(config.dataDir);
+    if (admin.created && dbStays && admin.token) {
+      const minted = tokens.authenticate(admin.token);
+      if (minted) tokens.revoke(minted.id, clock.now());
+    }
     await shutdownAll();
+    for (const path of createdByThisStart) removeCreated(path, logger);
     throw err;
+  }
+}
+
+const DATA_DIR_ENTRIES = ['control-plane.db', 'admin.token', 'artifacts'];
+
+/** The data dir, if it does not exist yet; otherwise the entries of it that do not. */
+function pathsNotYetThere(dataDir: string): string[] {
+  if (!existsSync(dataDir)) return [dataDir];
+  return DATA_DIR_ENTRIES.map((entry) => join(dataDir, entry)).filter((path) => !existsSync(path));
+}
+
+function removeCreated(path: string, logger: Logger): void {
+  const related = path.endsWith('.db') ? [path, `${path}-wal`, `${path}-shm`] : [path];
+  for (const p of related) {
+    try {
+      rmSync(p, { recursive: true, force: true });
+    } catch (err) {
+      logger.warn({ err, path: p }, 'could not remove what the failed start created');
+    }
   }
 }

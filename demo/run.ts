@@ -21,7 +21,7 @@ import {
 import { DemoFleet } from './fleet.js';
 import { writeDemoModel } from './model/demo-model.js';
 import { vibrationRowSampler } from './model/vibration-data.js';
-import { describeExit, ProcessGroup, type DemoChild } from './processes.js';
+import { describeExit, ProcessGroup, REPO_ROOT, type DemoChild } from './processes.js';
 import { buildReport, renderSummary, type AgentAccount, type DemoModelInfo, type DeviceOutcome } from './report.js';
 import { collectSnapshot, readAgentHealth, type AgentHealth, type DemoDevice } from './snapshot.js';
 import { createStatusDisplay, type StatusDisplay } from './status-view.js';
@@ -268,7 +268,10 @@ class Demo {
     this.grpcAddress = grpc!;
     this.operatorToken = readFileSync(tokenFile!, 'utf8').trim();
     this.note(`control plane listening: gRPC ${grpc}, MQTT ${mqtt}, artifacts ${http}`);
-    this.note(`to follow along from another terminal: export DRIFTLINE_SERVER=${grpc} DRIFTLINE_TOKEN=$(cat ${tokenFile}); ${CLI} = node bin/driftline.js`);
+    // Pasteable as it stands: absolute paths, and an alias for the CLI the demo runs.
+    this.note(
+      `to follow along from another terminal: export DRIFTLINE_SERVER=${grpc} DRIFTLINE_TOKEN=$(cat ${resolve(tokenFile!)}); alias ${CLI}='node ${join(REPO_ROOT, 'bin/driftline.js')}'; ${CLI} devices list`,
+    );
     this.fleet = new DemoFleet(grpc!, this.operatorToken);
     this.watchForCrash(this.controlPlane);
     return written;

@@ -234,7 +234,7 @@ describe('local inference API on a unix socket', () => {
     try {
       expect((await overSocket(socketPath, 'GET', '/v2/health/live')).status).toBe(200);
       const second = await startLocalApi({ engine, health: () => ({ ok: true, details: {} }), metrics: registry, logger, socketPath }).catch((e: unknown) => e);
-      expect((second as { code: string }).code).toBe('INTERNAL');
+      expect((second as { code: string }).code).toBe('LISTEN_FAILED');
       expect((await overSocket(socketPath, 'GET', '/v2/health/live')).status).toBe(200);
     } finally {
       await local.close();

@@ -1,11 +1,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { systemClock, type Clock } from '../../common/clock.js';
-import { asDriftlineError, DriftlineError, type ErrorKind } from '../../common/errors.js';
+import { asDriftlineError, DriftlineError, type ErrorKind, listenFailed } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { LabelRecord } from '../../common/proto/driftline/v1/device_link.js';
 import { DRIFTLINE_VERSION } from '../../common/version.js';
@@ -396,10 +396,25 @@ async function listen(server: Server, options: LocalApiOptions): Promise<{ url: 
 }
 
 function cannotListen(where: string, err: unknown): DriftlineError {
-  return new DriftlineError('INTERNAL', `the local API cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  return listenFailed('local-api', where, err);
 }
 
-function listenOn(server: Server, target: string | { host: string; port: number }): Promise<void> {
+/**
+ * Binds the local API's TCP address for a moment and lets it go: run before enrollment, a port
+ * that is taken fails the start before a one-time enrollment token is spent. (A unix socket is
+ * checked when the API starts: a stale one is removed then.)
+ */
+export async function checkLocalApiPort(options: { host?: string | undefined; port?: number | undefined; socketPath?: string | undefined }): Promise<void> {
+  if (options.socketPath !== undefined || !options.port) return;
+  const host = options.host ?? '127.0.0.1';
+  const probe = createNetServer();
+  await listenOn(probe, { host, port: options.port }).catch((err: unknown) => {
+    throw cannotListen(`${host}:${options.port}`, err);
+  });
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+}
+
+function listenOn(server: Server | NetServer, target: string | { host: string; port: number }): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     const done = () => {

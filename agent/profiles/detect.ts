@@ -112,7 +112,7 @@ export function missingProviderFact(provider: string, facts: Pick<HostFacts, 'ar
   if (facts.platform === 'linux' && facts.arch === 'x64') {
     return {
       fact: 'x64-cuda-not-installed',
-      message: `onnxruntime-node installs the ${provider} provider on linux-x64 only with \`npm ci --onnxruntime-node-install=cuda12\` (CUDA 12, run on a host with network access)`,
+      message: `onnxruntime-node installs the ${provider} provider on linux-x64 only with \`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci\` (CUDA 12, run on a host with network access)`,
     };
   }
   return { fact: 'not-on-this-platform', message: `onnxruntime-node has no ${provider} provider on ${facts.platform}-${facts.arch}` };

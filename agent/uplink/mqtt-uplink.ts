@@ -22,6 +22,8 @@ export interface MqttUplinkOptions {
 
 const DOWN_CHANNELS: readonly DownChannel[] = ['ack', 'desired', 'command'];
 
+const CONNACK_NOT_AUTHORIZED = 5;
+
 /** MQTT 3.1.1 uplink: client id = username = device id; reconnects with backoff and jitter. */
 export class MqttUplink implements Uplink {
   private client: MqttClient | undefined;
@@ -29,6 +31,8 @@ export class MqttUplink implements Uplink {
   private statusHandlers: Array<(status: UplinkStatus) => void> = [];
   private attempt = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
+  /** Set once the broker refused the device as not authorized: reconnecting would only be refused again. */
+  private refused = false;
   private stopping = false;
   /** The down/ subscription is in place: acks and desired state can reach us. */
   private subscribed = false;
@@ -87,7 +91,15 @@ export class MqttUplink implements Uplink {
       if (!topic.startsWith(prefix) || !DOWN_CHANNELS.includes(channel)) return;
       for (const handler of this.messageHandlers) handler(channel, payload);
     });
-    client.on('error', (err) => logger.warn({ err: err.message }, 'mqtt error'));
+    client.on('error', (err) => {
+      // CONNACK 5 (3.1.1 "not authorized"): the control plane revoked this device's credential.
+      if ((err as { code?: unknown }).code === CONNACK_NOT_AUTHORIZED && !this.refused) {
+        this.refused = true;
+        this.emit({ type: 'refused', reason: 'not_authorized', message: err.message });
+        return;
+      }
+      logger.warn({ err: err.message }, 'mqtt error');
+    });
     client.on('close', () => {
       this.subscribed = false;
       if (this.stopping) return;
@@ -97,7 +109,7 @@ export class MqttUplink implements Uplink {
   }
 
   private scheduleReconnect(): void {
-    if (this.reconnectTimer || this.stopping) return;
+    if (this.reconnectTimer || this.stopping || this.refused) return;
     this.attempt++;
     const delayMs = backoffDelay(this.attempt, this.options.reconnectMinMs, this.options.reconnectMaxMs);
     this.emit({ type: 'reconnecting', attempt: this.attempt, delayMs });

@@ -3,7 +3,9 @@ import type { DownChannel, UpChannel } from '../../common/topics.js';
 export type UplinkStatus =
   | { type: 'connected' }
   | { type: 'disconnected'; reason: string }
-  | { type: 'reconnecting'; attempt: number; delayMs: number };
+  | { type: 'reconnecting'; attempt: number; delayMs: number }
+  /** Final: the broker refused this device as not authorized (it was decommissioned); the uplink stops reconnecting. */
+  | { type: 'refused'; reason: 'not_authorized'; message: string };
 
 /**
  * The agent's link to the cloud, whatever carries it (MQTT, Azure IoT Hub). Delivery

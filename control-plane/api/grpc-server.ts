@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { DriftlineError } from '../../common/errors.js';
+import { DriftlineError, listenFailed } from '../../common/errors.js';
 import { DriftServiceService } from '../../common/proto/driftline/v1/drift.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
@@ -58,8 +58,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   const address = `${options.host.includes(':') ? `[${options.host}]` : options.host}:${options.port}`;
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(address, credentials(options.tls), (err, boundPort) => {
-      if (err) reject(new DriftlineError('LISTEN_FAILED', `cannot listen for gRPC on ${address}`, { cause: err }));
-      else resolve(boundPort);
+      if (err) {
+        server.forceShutdown();
+        reject(listenFailed('grpc', address, err));
+      } else resolve(boundPort);
     });
   });
   logger.info({ host: options.host, port, tls: options.tls ? (options.tls.clientCa ? 'mtls' : 'tls') : 'none' }, 'gRPC API listening');

@@ -5,6 +5,7 @@ import { Duplex } from 'node:stream';
 import { createServer as createTlsServer } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
 import { systemClock, type Clock } from '../../common/clock.js';
+import { listenFailed } from '../../common/errors.js';
 import { MAX_DEVICE_ID_LENGTH } from '../../common/ids.js';
 import { LogThrottle } from '../../common/log-throttle.js';
 import type { Logger } from '../../common/logger.js';
@@ -229,10 +230,20 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
   const server: Server = options.tls
     ? createTlsServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key), handshakeTimeout: options.connectTimeoutMs }, accept)
     : createServer(accept);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => resolve());
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, options.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    // The broker holds timers of its own: closed here, a failed start leaves nothing running.
+    clearInterval(staleTimer);
+    await new Promise<void>((resolve) => broker.close(() => resolve()));
+    throw listenFailed('mqtt', `${options.host}:${options.port}`, err);
+  }
   const { port } = server.address() as AddressInfo;
   const url = `${options.tls ? 'mqtts' : 'mqtt'}://${options.host}:${port}`;
   logger.info({ url }, 'embedded mqtt broker listening');

@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from 'commander';
 import { systemClock } from '../../common/clock.js';
-import { parseDuration } from '../../common/config.js';
+import { parseDuration } from '../../common/units.js';
 
 /** Argument parsers for commander: a bad value becomes a usage error (exit 2) before any call is made. */
 
@@ -10,12 +10,6 @@ export function integer(min: number, max = Number.MAX_SAFE_INTEGER): (value: str
     if (!/^\d+$/.test(value) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
     return n;
   };
-}
-
-export function positiveSeconds(value: string): number {
-  const n = Number(value);
-  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected a positive number of seconds');
-  return n;
 }
 
 export function durationMs(value: string): number {

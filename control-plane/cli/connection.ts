@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -11,31 +12,10 @@ import {
   status,
 } from '@grpc/grpc-js';
 import { DriftlineError, ERROR_CODES, type ErrorKind, isErrorCode } from '../../common/errors.js';
+import { CliError, DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, type ExitCode, usageError } from './cli-error.js';
 
-/** Exit codes are part of the CLI's contract: scripts branch on them. */
-export const EXIT = {
-  ok: 0,
-  internal: 1,
-  usage: 2,
-  auth: 3,
-  notFound: 4,
-  unavailable: 5,
-  conflict: 6,
-} as const;
+export { CliError, DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, EXIT_CODES_HELP, type ExitCode, usageError } from './cli-error.js';
 
-export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
-
-export const EXIT_CODES_HELP = `Exit codes:
-  0  ok
-  1  internal or unknown error
-  2  usage error or invalid input
-  3  authentication or permission denied
-  4  not found
-  5  control plane unavailable or timed out
-  6  conflict (already exists, already used, wrong state)`;
-
-export const DEFAULT_SERVER = '127.0.0.1:7443';
-export const DEFAULT_TOKEN_FILE = '.driftline/admin.token';
 const DEFAULT_TIMEOUT_S = 30;
 
 /** The options every client command shares (commander's global options). */
@@ -77,22 +57,6 @@ const EXIT_BY_STATUS: Partial<Record<status, ExitCode>> = {
   [status.DEADLINE_EXCEEDED]: EXIT.unavailable,
 };
 
-/** What the CLI reports: `error [code]: message` on stderr and the exit code. */
-export class CliError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly exitCode: ExitCode,
-  ) {
-    super(message);
-    this.name = 'CliError';
-  }
-}
-
-export function usageError(message: string): CliError {
-  return new CliError('USAGE', message, EXIT.usage);
-}
-
 function isServiceError(err: unknown): err is ServiceError {
   return err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number' && (err as Partial<ServiceError>).metadata instanceof Metadata;
 }
@@ -109,8 +73,14 @@ export function toCliError(err: unknown, server: string): CliError {
     const trailer = err.metadata.get('driftline-error-code')[0];
     const code = typeof trailer === 'string' && trailer ? trailer : status[err.code];
     const exitCode = isErrorCode(code) ? EXIT_BY_KIND[ERROR_CODES[code]] : (EXIT_BY_STATUS[err.code] ?? EXIT.internal);
-    if (!trailer && err.code === status.UNAVAILABLE) {
-      return new CliError(code, `cannot reach the control plane at ${server}: is \`driftline serve\` running?`, exitCode);
+    if (!trailer && err.code === status.UNAVAILABLE) return unreachable(err.details, server);
+    if (code === 'AUTH_MISSING') {
+      // No token went out: none of --token, DRIFTLINE_TOKEN, --token-file, and no default file.
+      return new CliError(
+        code,
+        `no operator token: pass --token <token>, set DRIFTLINE_TOKEN, or point --token-file at a token file (looked for ${resolve(DEFAULT_TOKEN_FILE)}, which \`driftline serve\` writes under its data dir)`,
+        exitCode,
+      );
     }
     if (!trailer && err.code === status.DEADLINE_EXCEEDED) {
       return new CliError(code, `the control plane at ${server} did not answer in time (see --timeout)`, exitCode);
@@ -118,6 +88,39 @@ export function toCliError(err: unknown, server: string): CliError {
     return new CliError(code, err.details || err.message, exitCode);
   }
   return new CliError('INTERNAL', err instanceof Error ? err.message : String(err), EXIT.internal);
+}
+
+/** grpc-js's "No connection established. Last error: ... Resolution note: " as one plain sentence per cause. */
+function unreachable(details: string, server: string): CliError {
+  if (/Name resolution failed|ENOTFOUND|EAI_AGAIN/.test(details)) {
+    const host = server.replace(/:\d+$/, '');
+    return new CliError('SERVER_UNRESOLVABLE', `cannot resolve ${host} (from --server or DRIFTLINE_SERVER): check the host name`, EXIT.unavailable);
+  }
+  if (/ECONNREFUSED/.test(details)) {
+    return new CliError('UNAVAILABLE', `cannot reach the control plane at ${server}: connection refused (is \`driftline serve\` running, and is ${server} its gRPC address?)`, EXIT.unavailable);
+  }
+  const cause = /Last error: (?:Error: )?(.*?)(?:\.?\s*Resolution note:.*)?$/s.exec(details)?.[1]?.trim();
+  return new CliError('UNAVAILABLE', `cannot reach the control plane at ${server}${cause ? `: ${cause}` : ''} (is \`driftline serve\` running?)`, EXIT.unavailable);
+}
+
+const URL_SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
+
+/**
+ * --server is host:port as gRPC dials it. A URL or a host without a port is a usage error
+ * naming the fix (grpc-js would read "http" as a host name, or dial port 443).
+ */
+export function checkServerAddress(server: string): void {
+  const scheme = URL_SCHEME.exec(server);
+  if (scheme) {
+    const rest = server.slice(scheme[0].length).replace(/\/.*$/, '');
+    const tls = /^(https|grpcs)$/i.test(scheme[1]!) ? ' with --tls' : '';
+    throw new CliError('SERVER_ADDRESS_INVALID', `--server takes host:port, not a URL: use --server ${rest || 'host:7443'}${tls}`, EXIT.usage);
+  }
+  const m = /^(\[[^\]]+\]|[^:[\]]+)(?::(\d+))?$/.exec(server);
+  if (!m) throw new CliError('SERVER_ADDRESS_INVALID', `--server ${JSON.stringify(server)} is not host:port (an IPv6 address goes in brackets: [::1]:7443)`, EXIT.usage);
+  if (m[2] === undefined) throw new CliError('SERVER_ADDRESS_INVALID', `--server ${server} has no port: use --server ${server}:${DEFAULT_SERVER.split(':').pop()} (driftline serve's default gRPC port)`, EXIT.usage);
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw new CliError('SERVER_ADDRESS_INVALID', `--server ${server}: the port must be 1-65535`, EXIT.usage);
 }
 
 /** Token lookup order: --token, DRIFTLINE_TOKEN (both via commander), --token-file, ./.driftline/admin.token. */
@@ -159,6 +162,7 @@ export class Connection {
   private readonly token: string | undefined;
 
   constructor(private readonly options: ConnectionOptions) {
+    checkServerAddress(options.server);
     this.credentials = channelCredentials(options);
     this.token = resolveToken(options);
   }

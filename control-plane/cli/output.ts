@@ -66,3 +66,28 @@ export function labelsText(labels: Record<string, string>): string {
   const entries = Object.entries(labels);
   return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(',') : '-';
 }
+
+/** Shows the cursor and turns line wrap back on (what a live progress display turns off). */
+export const RESTORE_TERMINAL = '\x1b[?25h\x1b[?7h';
+
+/**
+ * Ctrl-C (or SIGTERM) during a live display: stop it, put the terminal back (cursor, line
+ * wrap), then exit as the signal would have (130, 143). Returns the function that removes
+ * the handlers once the display has ended by itself.
+ */
+export function restoreTerminalOnSignal(stop: () => void, stream: NodeJS.WriteStream = process.stderr): () => void {
+  const handler = (signal: NodeJS.Signals): void => {
+    try {
+      stop();
+    } finally {
+      if (stream.isTTY) stream.write(RESTORE_TERMINAL);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    }
+  };
+  process.once('SIGINT', handler);
+  process.once('SIGTERM', handler);
+  return () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}

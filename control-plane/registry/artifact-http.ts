@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import { Counter, type Registry } from 'prom-client';
-import type { ErrorCode } from '../../common/errors.js';
+import { listenFailed, type ErrorCode } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { CredentialVerdict } from '../fleet/fleet-store.js';
 import type { ArtifactStore } from './artifact-store.js';
@@ -129,6 +129,8 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
       server.off('error', reject);
       resolve();
     });
+  }).catch((err: unknown) => {
+    throw listenFailed('http', `${options.host}:${options.port}`, err);
   });
   const { port } = server.address() as AddressInfo;
   const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;

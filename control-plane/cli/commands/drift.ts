@@ -1,7 +1,10 @@
 import type { ServiceError } from '@grpc/grpc-js';
 import type { Command } from 'commander';
 import { DriftEvent, DriftServiceClient, DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
+import { REFERENCE_METADATA_KEY } from '../../../common/drift/reference.js';
+import { ModelServiceClient } from '../../../common/proto/driftline/v1/models.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
+import type { Connection } from '../connection.js';
 import { withConnection } from '../context.js';
 
 /** How a cohort is shown; `--cohort "(fleet)"` selects the whole-fleet events. */
@@ -27,6 +30,28 @@ const eventRow = (e: DriftEvent): Array<string | number> => [
 const eventLine = (e: DriftEvent): string =>
   `${new Date(e.atMs).toISOString()} #${e.id} ${e.model}@v${e.version} ${e.cohort || FLEET} ${e.previousStatus} -> ${e.status} drifted ${percent(e.driftedShare)} max psi ${e.maxPsi.toFixed(3)}${e.driftedFeatures.length ? ` (${e.driftedFeatures.join(', ')})` : ''}`;
 
+/** What a status without a verdict means, in words. */
+const STATUS_NOTES: Record<string, string> = {
+  no_reference: 'no drift reference for this version (push it with --reference data.csv)',
+  no_data: 'too few rows in the window for a verdict (widen --since, or wait for more traffic)',
+};
+
+/** Why `drift show` has nothing to show: no version with a reference, or no sketches in the window. */
+async function whyNoDrift(connection: Connection, options: { model: string; version?: number; since?: number }): Promise<string> {
+  const model = await connection.call(connection.client(ModelServiceClient), 'getModel', { name: options.model });
+  const versions = model.versions.filter((v) => options.version === undefined || v.version === options.version);
+  const what = options.version === undefined ? options.model : `${options.model}@v${options.version}`;
+  if (versions.length === 0) return `no drift data for ${what}: there is no such version`;
+  if (!versions.some((v) => v.metadata[REFERENCE_METADATA_KEY])) {
+    return `no drift data for ${what}: no version has a drift reference to measure against (push one with \`driftline models push ... --reference data.csv\`)`;
+  }
+  const window = options.since === undefined ? "the server's drift window" : `the last ${formatDuration(options.since)}`;
+  return `no drift data for ${what}: no device sent drift sketches in ${window} (is a version with a reference deployed and serving traffic? widen --since to look further back)`;
+}
+
+const formatDuration = (ms: number): string =>
+  ms % 86_400_000 === 0 ? `${ms / 86_400_000}d` : ms % 3_600_000 === 0 ? `${ms / 3_600_000}h` : ms % 60_000 === 0 ? `${ms / 60_000}m` : `${Math.round(ms / 1000)}s`;
+
 export function registerDrift(program: Command): void {
   const drift = program.command('drift').description('fleet drift of a model, from the sketches devices send');
 
@@ -45,7 +70,12 @@ export function registerDrift(program: Command): void {
           version: options.version ?? 0,
           sinceMs: sinceMs(options.since),
         });
-        output.result({ statuses: statuses.map((s) => DriftStatus.toJSON(s)) }, () => {
+        const note = statuses.length ? undefined : await whyNoDrift(connection, options);
+        output.result({ statuses: statuses.map((s) => DriftStatus.toJSON(s)), ...(note ? { note } : {}) }, () => {
+          if (note) {
+            output.line(note);
+            return;
+          }
           output.table(
             ['VERSION', 'COHORT', 'STATUS', 'DEVICES', 'ROWS', 'DRIFTED', 'MAX PSI', 'PREDICTIONS PSI', 'LATENCY P95', 'ERRORS'],
             statuses.map((s) => [
@@ -61,6 +91,9 @@ export function registerDrift(program: Command): void {
               `${(s.errorRate * 100).toFixed(1)}%`,
             ]),
           );
+          for (const s of statuses) {
+            if (s.status in STATUS_NOTES) output.line(`${options.model}@v${s.version} ${s.cohort || FLEET}: ${STATUS_NOTES[s.status]}`);
+          }
           for (const s of statuses) {
             const shown = s.features.filter((f) => options.features || f.drifted);
             if (shown.length === 0) continue;

@@ -18,18 +18,21 @@ import {
   type UploadModelHeader,
   type UploadModelRequest,
 } from '../../../common/proto/driftline/v1/models.js';
+import { readModelSignature } from '../../../common/onnx/signature.js';
 import { keyFolder, releaseSigner } from '../../../common/trust/key-files.js';
 import { buildManifest, signManifestBytes } from '../../../common/trust/manifest.js';
 import { ReleaseServiceClient } from '../../../common/proto/driftline/v1/releases.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
-import { type Connection, usageError } from '../connection.js';
+import { CliError, type Connection, EXIT, usageError } from '../connection.js';
 import { withConnection } from '../context.js';
-import { bytes, relativeTime } from '../output.js';
+import { bytes, relativeTime, restoreTerminalOnSignal } from '../output.js';
 
 /** Upload chunk size: small enough for grpc-js's default 4 MiB message limit, large enough to stream fast. */
 const CHUNK_BYTES = 64 * 1024;
 
+/** ONNX metadata key under which a model records its class names in output order (the demo model does). */
+const MODEL_CLASSES_KEY = 'driftline.classes';
 const shortSha = (sha256: string): string => sha256.slice(0, 12);
 const tensors = (specs: TensorSpec[]): string => specs.map((t) => `${t.name}:${t.type}[${t.shape.map((d) => (d < 0 ? '?' : d)).join(',')}]`).join(' ') || '-';
 
@@ -57,16 +60,39 @@ export function registerModels(program: Command): void {
     .action((file: string, options: PushOptions, command: Command) =>
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
+        await assertNotEmpty(file);
         // Everything that can fail offline (keys, reference data, golden vectors) fails before the upload.
         const signing = options.sign ? await prepareSigning(file, options) : undefined;
         const { size, sha256 } = await fingerprint(file);
         const showProgress = Boolean(process.stderr.isTTY) && !output.json;
         const metadata: Record<string, string> = {};
         if (options.reference) {
-          const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : undefined;
-          metadata[REFERENCE_METADATA_KEY] = serializeReference(referenceFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {}));
+          const csv = await readFile(options.reference, 'utf8').catch((err: unknown) => {
+            throw usageError(`cannot read ${options.reference}: ${(err as Error).message}`);
+          });
+          const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : await classOrder(file, options.reference, csv);
+          metadata[REFERENCE_METADATA_KEY] = serializeReference(referenceFromCsv(csv, classNames ? { classNames } : {}));
         }
-        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress);
+        // The control plane keeps one version per content: the same bytes again return that version.
+        const existing = signing ? undefined : await versionWithBytes(connection, options.name, sha256);
+        if (existing) {
+          const ignored = ignoredOptions(existing, options, metadata);
+          const line = `unchanged: ${existing.name}@v${existing.version} already has these bytes (sha256 ${shortSha(sha256)})`;
+          if (ignored.length) {
+            throw new CliError(
+              'MODEL_UNCHANGED',
+              `${line}; ignored ${ignored.join(', ')}: a version's metadata cannot change (its manifest is signed), so push changed bytes for a new version`,
+              EXIT.conflict,
+            );
+          }
+          output.result({ ...(ModelVersion.toJSON(existing) as object), unchanged: true }, () => output.line(line));
+          return;
+        }
+        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress).catch(
+          (err: unknown) => {
+            throw notAModel(file, err) ?? err;
+          },
+        );
         if (!signing) {
           output.result(ModelVersion.toJSON(version), () =>
             output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
@@ -145,11 +171,80 @@ export function registerModels(program: Command): void {
           deviceIds: options.device ?? [],
           selector: options.selector,
         });
+        if (response.devices === 0) {
+          // As `rollout start` refuses with ROLLOUT_NO_TARGETS: a deploy that reached nobody is not a success.
+          const target = options.device?.length ? `device(s) ${options.device.join(', ')}` : options.selector ? `selector ${options.selector}` : 'the fleet (no device is enrolled)';
+          throw new CliError('DEPLOY_NO_TARGETS', `no device matches ${target}: nothing was deployed (see \`driftline devices list\`)`, EXIT.usage);
+        }
         output.result(DeployModelResponse.toJSON(response), () =>
           output.line(`deployed ${response.model?.name ?? name}@v${response.model?.version ?? '?'} to ${response.devices} device(s)`),
         );
       }),
     );
+}
+
+/**
+ * The class order of a reference's label column without --classes: the model's own
+ * (metadata `driftline.classes`), or the labels' values when they are class indexes.
+ * Names in order of first appearance would measure prediction drift against the wrong
+ * classes, so name labels without either are refused.
+ */
+async function classOrder(modelFile: string, referenceFile: string, csv: string): Promise<string[] | undefined> {
+  // A file that is not a model is reported by the upload, in words; here it only has no classes.
+  const fromModel = await readFile(modelFile)
+    .then((bytes) => readModelSignature(bytes).metadata[MODEL_CLASSES_KEY])
+    .catch(() => undefined);
+  if (fromModel) return fromModel.split(',').map((c) => c.trim());
+  const lines = csv.split(/\r?\n/).filter((l) => l.trim() !== '');
+  const labelAt = (lines[0] ?? '').split(',').map((h) => h.trim()).indexOf('label');
+  if (labelAt < 0) return undefined;
+  const labels = lines.slice(1).map((l) => (l.split(',')[labelAt] ?? '').trim());
+  if (labels.every((l) => /^\d+$/.test(l))) return Array.from({ length: Math.max(...labels.map(Number)) + 1 }, (_, i) => String(i));
+  throw new CliError(
+    'DRIFT_REFERENCE_INVALID',
+    `${referenceFile} names its classes, but ${modelFile} does not record its output order (metadata ${MODEL_CLASSES_KEY}): pass --classes a,b,... in the order of the model's outputs`,
+    EXIT.usage,
+  );
+}
+
+/** The version of `name` whose bytes hash to sha256, if there is one (none while the model does not exist). */
+async function versionWithBytes(connection: Connection, name: string, sha256: string): Promise<ModelVersion | undefined> {
+  try {
+    const model = await connection.call(connection.client(ModelServiceClient), 'getModel', { name });
+    return model.versions.find((v) => v.sha256 === sha256);
+  } catch (err) {
+    if ((err as Partial<ServiceError>).metadata?.get('driftline-error-code')[0] === 'MODEL_NOT_FOUND') return undefined;
+    throw err;
+  }
+}
+
+/** The push options that would have changed the existing version's metadata. */
+function ignoredOptions(existing: ModelVersion, options: PushOptions, metadata: Record<string, string>): string[] {
+  const ignored: string[] = [];
+  if (options.description && options.description !== existing.description) ignored.push('--description');
+  const reference = metadata[REFERENCE_METADATA_KEY];
+  if (reference !== undefined && reference !== existing.metadata[REFERENCE_METADATA_KEY]) ignored.push(options.classes ? '--reference, --classes' : '--reference');
+  else if (options.classes && reference === undefined) ignored.push('--classes');
+  return ignored;
+}
+
+async function assertNotEmpty(file: string): Promise<void> {
+  const size = await stat(file).then(
+    (s) => (s.isFile() ? s.size : -1),
+    (err: unknown) => {
+      throw usageError(`cannot read ${file}: ${(err as Error).message}`);
+    },
+  );
+  if (size < 0) throw new CliError('MODEL_INVALID', `${file} is not a file: push an .onnx model file`, EXIT.usage);
+  if (size === 0) throw new CliError('MODEL_INVALID', `${file} is empty (0 bytes): push an .onnx model file (e.g. exported with torch.onnx.export)`, EXIT.usage);
+}
+
+/** The control plane's MODEL_INVALID, said about the file the operator named. */
+function notAModel(file: string, err: unknown): CliError | undefined {
+  const service = err as Partial<ServiceError>;
+  if (!(service.metadata instanceof Object) || service.metadata?.get('driftline-error-code')[0] !== 'MODEL_INVALID') return undefined;
+  const what = service.details === 'bytes are not an ONNX model' ? 'is not an ONNX model (its bytes do not parse as one)' : `is not a usable ONNX model: ${service.details}`;
+  return new CliError('MODEL_INVALID', `${file} ${what}; push an .onnx model file`, EXIT.usage);
 }
 
 /** The server recomputes the hash and refuses a mismatch, so a file changed mid-upload is caught. */
@@ -172,14 +267,21 @@ async function upload(connection: Connection, file: string, header: UploadModelH
       error ? reject(error) : resolve(version),
     );
   });
-  const bar = showProgress ? new SingleBar({ stream: process.stderr, format: 'uploading [{bar}] {percentage}% {value}/{total} bytes' }, Presets.shades_classic) : undefined;
-  bar?.start(header.sizeBytes, 0);
+  const bar = showProgress
+    ? new SingleBar({ stream: process.stderr, format: 'uploading [{bar}] {percentage}% {sent} of {size} at {rate}, ETA {eta_formatted}' }, Presets.shades_classic)
+    : undefined;
+  const startedAt = systemClock.now();
+  let sentBytes = 0;
+  const progress = () => ({ sent: bytes(sentBytes), size: bytes(header.sizeBytes), rate: `${bytes(Math.round(sentBytes / Math.max(0.001, (systemClock.now() - startedAt) / 1000)))}/s` });
+  bar?.start(header.sizeBytes, 0, progress());
+  const release = bar ? restoreTerminalOnSignal(() => bar.stop()) : () => undefined;
 
   async function* messages(): AsyncGenerator<UploadModelRequest> {
     yield { part: { $case: 'header', value: header } };
     for await (const chunk of createReadStream(file, { highWaterMark: CHUNK_BYTES }) as AsyncIterable<Buffer>) {
       yield { part: { $case: 'chunk', value: chunk } };
-      bar?.increment(chunk.length);
+      sentBytes += chunk.length;
+      bar?.increment(chunk.length, progress());
     }
   }
 
@@ -200,6 +302,7 @@ async function upload(connection: Connection, file: string, header: UploadModelH
   } finally {
     stop.abort();
     await sending;
+    release();
     bar?.stop();
   }
 }

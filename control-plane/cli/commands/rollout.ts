@@ -9,7 +9,7 @@ import { Rollout, RolloutAuditEntry, RolloutServiceClient } from '../../../commo
 import { durationMs, integer, repeated } from '../arguments.js';
 import type { Connection } from '../connection.js';
 import { withConnection } from '../context.js';
-import { relativeTime, type Output } from '../output.js';
+import { relativeTime, restoreTerminalOnSignal, type Output } from '../output.js';
 
 const GATES_HELP = `Gates (repeat --gate; default: install-failure-rate<=0.2, error-rate-delta<=0.05, p95-latency-ratio<=1.5):
   install-failure-rate<=R   failed installs / decided installs in the new version's cohort
@@ -208,6 +208,7 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
   const bars = tty ? new MultiBar({ stream: process.stderr, clearOnComplete: false, hideCursor: true, format: '{label} [{bar}] {value}/{total} {status}' }, Presets.shades_classic) : undefined;
   const waveBars: ReturnType<MultiBar['create']>[] = [];
   let last: Rollout | undefined;
+  const release = bars ? restoreTerminalOnSignal(() => bars.stop()) : () => undefined;
   await new Promise<void>((resolve, reject) => {
     const stream = client.watchRollout({ id }, connection.metadata(), connection.callOptions('stream'));
     stream.on('data', (r: Rollout) => {
@@ -226,7 +227,7 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
     });
     stream.on('end', () => resolve());
     stream.on('error', (err: ServiceError) => reject(err));
-  });
+  }).finally(release);
   bars?.stop();
   if (last && !output.json) {
     output.line('');

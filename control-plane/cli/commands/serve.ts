@@ -1,10 +1,11 @@
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { readConfigFile } from '../../../common/config.js';
-import { createLogger } from '../../../common/logger.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { createLogger, LOG_FORMATS, type LogFormat } from '../../../common/logger.js';
 import type { ControlPlaneConfigInput } from '../../config.js';
 import { integer } from '../arguments.js';
-import { EXIT } from '../connection.js';
+import { CliError, EXIT } from '../connection.js';
 
 interface ServeOptions {
   config?: string;
@@ -27,6 +28,7 @@ interface ServeOptions {
   tlsKey?: string;
   tlsClientCa?: string;
   logLevel: string;
+  logFormat: LogFormat;
 }
 
 const DEFAULT_DATA_DIR = '.driftline';
@@ -59,15 +61,23 @@ export function registerServe(program: Command): void {
         .env('DRIFTLINE_LOG_LEVEL')
         .default('info'),
     )
+    .addOption(
+      new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise')
+        .choices(LOG_FORMATS)
+        .env('DRIFTLINE_LOG_FORMAT')
+        .default('auto'),
+    )
     .addHelpText('after', '\nWith serve, the global --tls-cert and --tls-key are the gRPC server certificate and key.')
     .action(async (_options: unknown, command: Command) => {
       // optsWithGlobals: --tls-cert/--tls-key are global options, read by the program wherever they appear.
       const options = command.optsWithGlobals<ServeOptions>();
       const config = withFlags(options.config ? readConfigFile(options.config) : {}, options);
-      const logger = createLogger('driftline', options.logLevel);
+      const logger = createLogger('driftline', options.logLevel, options.logFormat);
       // Loaded here so that client commands do not pay for SQLite, the broker and the registry.
       const { startControlPlane } = await import('../../server.js');
-      const plane = await startControlPlane(config, { logger });
+      const plane = await startControlPlane(config, { logger }).catch((err: unknown) => {
+        throw withListenFix(err);
+      });
       const { grpc, mqtt, http } = plane.addresses;
 
       let stopping = false;
@@ -92,6 +102,19 @@ export function registerServe(program: Command): void {
       // Only now: a supervisor that signals on seeing this line must find the handlers in place.
       process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${resolve(plane.adminTokenFile)}\n`);
     });
+}
+
+const LISTEN_FIX: Record<string, string> = {
+  grpc: 'choose another port with --grpc-port <port> (0: any free port)',
+  mqtt: 'choose another port with --mqtt-port <port> (0: any free port), or use the broker that holds it with --mqtt-url',
+  http: 'choose another port with --http-port <port> (0: any free port)',
+};
+
+/** A listener that could not bind becomes LISTEN_FAILED naming the flag that changes its port (the start has cleaned up by then). */
+function withListenFix(err: unknown): unknown {
+  if (!(err instanceof DriftlineError) || err.code !== 'LISTEN_FAILED') return err;
+  const fix = LISTEN_FIX[String(err.details?.listener)];
+  return fix ? new CliError(err.code, `${err.message}; ${fix}`, EXIT.unavailable) : err;
 }
 
 /** Lays the flags that were given over the file's settings; the schema validates the result. */

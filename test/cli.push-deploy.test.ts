@@ -1,0 +1,97 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildDemoModel } from '../demo/model/demo-model.js';
+import { generateVibrationData, toCsv, VIBRATION_CLASSES } from '../demo/model/vibration-data.js';
+import { echoModelBytes } from './fixtures/models.js';
+import { REPO_ROOT, startProcess, stopProcess, type RunningProcess } from './helpers/processes.js';
+
+const BIN = join(REPO_ROOT, 'bin/driftline.js');
+const EXIT = { ok: 0, usage: 2, conflict: 6 };
+const cwd = mkdtempSync(join(tmpdir(), 'driftline-cli-push-'));
+let plane: RunningProcess;
+let server: string;
+let token: string;
+const csv = join(cwd, 'reference.csv');
+
+beforeAll(async () => {
+  plane = await startProcess(BIN, ['serve', '--data-dir', join(cwd, 'cp'), '--grpc-port', '0', '--mqtt-port', '0', '--http-port', '0'], /^driftline: listening grpc=(\S+) .* token-file=(\S+)$/, {
+    env: { DRIFTLINE_LOG_LEVEL: 'error' },
+  });
+  server = plane.ready[1]!;
+  token = readFileSync(plane.ready[2]!, 'utf8').trim();
+  // Name labels, and rows whose first label is not the model's first class.
+  const data = generateVibrationData({ rows: 200, seed: 7 });
+  writeFileSync(csv, toCsv(data));
+});
+afterAll(async () => {
+  await stopProcess(plane);
+  rmSync(cwd, { recursive: true, force: true });
+});
+
+function driftline(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  delete env.DRIFTLINE_TOKEN;
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, '--server', server, '--token', token, ...args], { cwd, env }, (error, stdout, stderr) =>
+      resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
+    );
+  });
+}
+const codeOf = (stderr: string): string | undefined => /^error \[([A-Z_]+)\]/m.exec(stderr)?.[1];
+function modelFile(name: string, bytes: Uint8Array): string {
+  const file = join(cwd, name);
+  writeFileSync(file, bytes);
+  return file;
+}
+
+describe('models push - the same bytes again', () => {
+  it('says unchanged and exits 0 when nothing new comes with them', async () => {
+    const file = modelFile('same.onnx', buildDemoModel({ seed: 11 }).bytes);
+    expect((await driftline('models', 'push', file, '--name', 'same')).code).toBe(EXIT.ok);
+    const again = await driftline('models', 'push', file, '--name', 'same');
+    expect(again.code).toBe(EXIT.ok);
+    expect(again.stdout).toMatch(/^unchanged: same@v1 already has these bytes/);
+  });
+
+  it('refuses with MODEL_UNCHANGED naming the options it would ignore', async () => {
+    const file = modelFile('same2.onnx', buildDemoModel({ seed: 12 }).bytes);
+    expect((await driftline('models', 'push', file, '--name', 'same2')).code).toBe(EXIT.ok);
+    const again = await driftline('models', 'push', file, '--name', 'same2', '--description', 'new words', '--reference', csv);
+    expect([again.code, codeOf(again.stderr)]).toEqual([EXIT.conflict, 'MODEL_UNCHANGED']);
+    expect(again.stderr).toContain('--description');
+    expect(again.stderr).toContain('--reference');
+    const versions = JSON.parse((await driftline('--json', 'models', 'get', 'same2')).stdout) as { versions: unknown[] };
+    expect(versions.versions).toHaveLength(1);
+  });
+});
+
+describe('models push --reference - the order of name labels', () => {
+  it('takes the class order from the model, not from the order labels appear in', async () => {
+    const file = modelFile('ordered.onnx', buildDemoModel({ seed: 13 }).bytes);
+    const pushed = await driftline('--json', 'models', 'push', file, '--name', 'ordered', '--reference', csv);
+    expect(pushed.code, pushed.stderr).toBe(EXIT.ok);
+    const version = JSON.parse(pushed.stdout) as { metadata: Record<string, string> };
+    const reference = JSON.parse(version.metadata['driftline.reference']!) as { classes: { names: string[] } };
+    expect(reference.classes.names).toEqual([...VIBRATION_CLASSES]);
+  });
+
+  it('refuses name labels for a model that does not record its classes, asking for --classes', async () => {
+    const file = modelFile('anonymous.onnx', echoModelBytes());
+    const pushed = await driftline('models', 'push', file, '--name', 'anonymous', '--reference', csv);
+    expect([pushed.code, codeOf(pushed.stderr)]).toEqual([EXIT.usage, 'DRIFT_REFERENCE_INVALID']);
+    expect(pushed.stderr).toContain('--classes');
+  });
+});
+
+describe('models deploy - a target that matches no device', () => {
+  it('refuses with DEPLOY_NO_TARGETS instead of "deployed to 0 device(s)"', async () => {
+    const file = modelFile('nobody.onnx', buildDemoModel({ seed: 14 }).bytes);
+    expect((await driftline('models', 'push', file, '--name', 'nobody')).code).toBe(EXIT.ok);
+    const deployed = await driftline('models', 'deploy', 'nobody', '--selector', 'site=nowhere');
+    expect([deployed.code, codeOf(deployed.stderr)]).toEqual([EXIT.usage, 'DEPLOY_NO_TARGETS']);
+    expect(deployed.stderr).toContain('site=nowhere');
+  });
+});
