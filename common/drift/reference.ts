@@ -18,11 +18,37 @@ export interface DriftReference {
   input?: string | undefined;
   /** Name of the probabilities output (the engine's guess when absent). */
   probabilities?: string | undefined;
-  features: Array<{ name: string; edges: number[]; counts: number[] }>;
+  /** `importance`: the feature's weight in the verdict (from the model's feature importances; 1 when absent). */
+  features: Array<{ name: string; edges: number[]; counts: number[]; importance?: number | undefined }>;
   /** Class distribution of the reference (labels, or predictions when known). */
   classes: { names: string[]; counts: number[] };
   confidence: { edges: number[]; counts: number[] };
+  /** This model's drift settings over the control plane's `drift.*` defaults. */
+  policy?: DriftPolicy | undefined;
 }
+
+/** Per-model drift settings (see control-plane/drift/evaluate.ts for what each does). */
+export interface DriftPolicy {
+  psiWarn?: number | undefined;
+  psiAlert?: number | undefined;
+  jensenShannon?: number | undefined;
+  alpha?: number | undefined;
+  datasetShare?: number | undefined;
+  belowFloor?: 'ok' | 'warn' | undefined;
+  severeImportance?: number | undefined;
+}
+
+export const driftPolicySchema = z
+  .object({
+    psiWarn: z.number().positive().optional(),
+    psiAlert: z.number().positive().optional(),
+    jensenShannon: z.number().positive().optional(),
+    alpha: z.number().gt(0).lt(1).optional(),
+    datasetShare: z.number().gt(0).max(1).optional(),
+    belowFloor: z.enum(['ok', 'warn']).optional(),
+    severeImportance: z.number().min(0).max(1).optional(),
+  })
+  .strict();
 
 export const REFERENCE_METADATA_KEY = 'driftline.reference';
 
@@ -37,9 +63,10 @@ const referenceSchema = z
     rows: z.number().int().nonnegative(),
     input: z.string().optional(),
     probabilities: z.string().optional(),
-    features: z.array(binned.and(z.object({ name: z.string().min(1).max(128) }))).max(1024),
+    features: z.array(binned.and(z.object({ name: z.string().min(1).max(128), importance: z.number().finite().nonnegative().optional() }))).max(1024),
     classes: z.object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()) }).refine((c) => c.names.length === c.counts.length, 'one count per class'),
     confidence: binned,
+    policy: driftPolicySchema.optional(),
   });
 
 /** Confidence bins when the reference has no predictions of its own: ten equal bins on [0, 1]. */

@@ -78,11 +78,11 @@ export interface DriftStatus {
   model: string;
   version: number;
   cohort: string;
-  /** ok | warn | alert | no_reference | no_data */
+  /** ok | warn | alert | no_reference | no_data (see README: how a verdict is reached) */
   status: string;
   devices: number;
   rows: number;
-  /** Share of features whose corrected test says drifted (the dataset rule). */
+  /** Importance-weighted share of drifted features (the dataset rule). */
   driftedShare: number;
   features: FeatureDrift[];
   predictions: FeatureDrift | undefined;
@@ -91,6 +91,10 @@ export interface DriftStatus {
   errorRate: number;
   windowStartMs: number;
   windowEndMs: number;
+  /** Which rule decided the status, in words. */
+  reason: string;
+  /** Rows a window needs before it gets a verdict (from the test's power). */
+  minRows: number;
 }
 
 export interface FeatureDrift {
@@ -100,11 +104,17 @@ export interface FeatureDrift {
   hellinger: number;
   ks: number;
   wasserstein: number;
-  /** Chi-square p-value before correction, and after (Benjamini-Hochberg). */
+  /**
+   * p-value of the binned chi-square and KS tests (Bonferroni over both, and over the short and
+   * long windows) before correction, and after (Benjamini-Hochberg across features).
+   */
   pValue: number;
   pAdjusted: number;
   drifted: boolean;
-  /** ok | warn | alert, from PSI (warn 0.1, alert 0.2) */
+  /**
+   * no_data (too few rows) | ok (not significant) | below_floor (significant, effect below the
+   * floors) | warn (drifted) | alert (drifted, PSI at or above the severity)
+   */
   status: string;
 }
 
@@ -766,6 +776,8 @@ function createBaseDriftStatus(): DriftStatus {
     errorRate: 0,
     windowStartMs: 0,
     windowEndMs: 0,
+    reason: "",
+    minRows: 0,
   };
 }
 
@@ -812,6 +824,12 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     }
     if (message.windowEndMs !== 0) {
       writer.uint32(112).int64(message.windowEndMs);
+    }
+    if (message.reason !== "") {
+      writer.uint32(122).string(message.reason);
+    }
+    if (message.minRows !== 0) {
+      writer.uint32(128).int64(message.minRows);
     }
     return writer;
   },
@@ -941,6 +959,22 @@ export const DriftStatus: MessageFns<DriftStatus> = {
             message.windowEndMs = longToNumber(reader.int64());
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.minRows = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -995,6 +1029,12 @@ export const DriftStatus: MessageFns<DriftStatus> = {
         : isSet(object.window_end_ms)
         ? globalThis.Number(object.window_end_ms)
         : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      minRows: isSet(object.minRows)
+        ? globalThis.Number(object.minRows)
+        : isSet(object.min_rows)
+        ? globalThis.Number(object.min_rows)
+        : 0,
     };
   },
 
@@ -1042,6 +1082,12 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     if (message.windowEndMs !== 0) {
       obj.windowEndMs = Math.round(message.windowEndMs);
     }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.minRows !== 0) {
+      obj.minRows = Math.round(message.minRows);
+    }
     return obj;
   },
 
@@ -1066,6 +1112,8 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     message.errorRate = object.errorRate ?? 0;
     message.windowStartMs = object.windowStartMs ?? 0;
     message.windowEndMs = object.windowEndMs ?? 0;
+    message.reason = object.reason ?? "";
+    message.minRows = object.minRows ?? 0;
     return message;
   },
 };
