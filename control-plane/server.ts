@@ -222,6 +222,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       evaluateIntervalMs: config.drift.evaluateInterval,
       windowMs: config.drift.window,
       eventRetentionMs: config.drift.eventRetention,
+      clearAfter: config.drift.clearAfter,
     });
 
     const grpc = await startGrpcServer({

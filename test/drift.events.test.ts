@@ -207,6 +207,11 @@ describe('drift events - watcher, gRPC and CLI', () => {
     await sendSketch('dev-a', false);
     await sendSketch('dev-b', false);
     const live = new Promise<void>((resolve) => stream.on('data', () => resolve()));
+    // Hysteresis (drift.clearAfter, 3): a lower status is recorded on the third evaluation in a row that gives it.
+    expect(cp.driftWatcher.evaluate().filter((e) => e.cohort === 'b')).toEqual([]);
+    clock.advance(MINUTE / 2);
+    expect(cp.driftWatcher.evaluate().filter((e) => e.cohort === 'b')).toEqual([]);
+    clock.advance(MINUTE / 2);
     const recorded = cp.driftWatcher.evaluate();
     await live;
     stream.cancel();
