@@ -19,7 +19,7 @@ function watcherOver(clearAfter: number, window: (n: number) => DriftStatus): { 
     source: { versions: () => [{ model: 'm', version: 1 }], status: () => [window(n++)] },
     store: new SqliteDriftEvents(db),
     clock,
-    logger: silentLogger,
+    logger: silentLogger(),
     evaluateIntervalMs: 30_000,
     windowMs: 900_000,
     eventRetentionMs: 86_400_000,
