@@ -425,25 +425,25 @@ export const DriftSketch: MessageFns<DriftSketch> = {
 
   toJSON(message: DriftSketch): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.windowStartMs !== 0) {
+    if (message.windowStartMs !== undefined) {
       obj.windowStartMs = Math.round(message.windowStartMs);
     }
-    if (message.windowEndMs !== 0) {
+    if (message.windowEndMs !== undefined) {
       obj.windowEndMs = Math.round(message.windowEndMs);
     }
-    if (message.rows !== 0) {
+    if (message.rows !== undefined) {
       obj.rows = Math.round(message.rows);
     }
-    if (message.errors !== 0) {
+    if (message.errors !== undefined) {
       obj.errors = Math.round(message.errors);
     }
-    if (message.requests !== 0) {
+    if (message.requests !== undefined) {
       obj.requests = Math.round(message.requests);
     }
     if (message.features?.length) {
@@ -455,10 +455,10 @@ export const DriftSketch: MessageFns<DriftSketch> = {
     if (message.confidenceCounts?.length) {
       obj.confidenceCounts = message.confidenceCounts.map((e) => Math.round(e));
     }
-    if (message.latencyDdsketch.length !== 0) {
+    if (message.latencyDdsketch !== undefined) {
       obj.latencyDdsketch = base64FromBytes(message.latencyDdsketch);
     }
-    if (message.referenceDigest !== "") {
+    if (message.referenceDigest !== undefined) {
       obj.referenceDigest = message.referenceDigest;
     }
     return obj;
@@ -564,7 +564,7 @@ export const FeatureBins: MessageFns<FeatureBins> = {
 
   toJSON(message: FeatureBins): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
     if (message.counts?.length) {
@@ -665,13 +665,13 @@ export const DriftStatusRequest: MessageFns<DriftStatusRequest> = {
 
   toJSON(message: DriftStatusRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
     return obj;
@@ -1040,25 +1040,25 @@ export const DriftStatus: MessageFns<DriftStatus> = {
 
   toJSON(message: DriftStatus): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.cohort !== "") {
+    if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.status !== "") {
+    if (message.status !== undefined) {
       obj.status = message.status;
     }
-    if (message.devices !== 0) {
+    if (message.devices !== undefined) {
       obj.devices = Math.round(message.devices);
     }
-    if (message.rows !== 0) {
+    if (message.rows !== undefined) {
       obj.rows = Math.round(message.rows);
     }
-    if (message.driftedShare !== 0) {
+    if (message.driftedShare !== undefined) {
       obj.driftedShare = floatToJson(message.driftedShare);
     }
     if (message.features?.length) {
@@ -1067,25 +1067,25 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     if (message.predictions !== undefined) {
       obj.predictions = FeatureDrift.toJSON(message.predictions);
     }
-    if (message.latencyP50Ms !== 0) {
+    if (message.latencyP50Ms !== undefined) {
       obj.latencyP50Ms = floatToJson(message.latencyP50Ms);
     }
-    if (message.latencyP95Ms !== 0) {
+    if (message.latencyP95Ms !== undefined) {
       obj.latencyP95Ms = floatToJson(message.latencyP95Ms);
     }
-    if (message.errorRate !== 0) {
+    if (message.errorRate !== undefined) {
       obj.errorRate = floatToJson(message.errorRate);
     }
-    if (message.windowStartMs !== 0) {
+    if (message.windowStartMs !== undefined) {
       obj.windowStartMs = Math.round(message.windowStartMs);
     }
-    if (message.windowEndMs !== 0) {
+    if (message.windowEndMs !== undefined) {
       obj.windowEndMs = Math.round(message.windowEndMs);
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
-    if (message.minRows !== 0) {
+    if (message.minRows !== undefined) {
       obj.minRows = Math.round(message.minRows);
     }
     return obj;
@@ -1302,34 +1302,34 @@ export const FeatureDrift: MessageFns<FeatureDrift> = {
 
   toJSON(message: FeatureDrift): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.psi !== 0) {
+    if (message.psi !== undefined) {
       obj.psi = floatToJson(message.psi);
     }
-    if (message.jensenShannon !== 0) {
+    if (message.jensenShannon !== undefined) {
       obj.jensenShannon = floatToJson(message.jensenShannon);
     }
-    if (message.hellinger !== 0) {
+    if (message.hellinger !== undefined) {
       obj.hellinger = floatToJson(message.hellinger);
     }
-    if (message.ks !== 0) {
+    if (message.ks !== undefined) {
       obj.ks = floatToJson(message.ks);
     }
-    if (message.wasserstein !== 0) {
+    if (message.wasserstein !== undefined) {
       obj.wasserstein = floatToJson(message.wasserstein);
     }
-    if (message.pValue !== 0) {
+    if (message.pValue !== undefined) {
       obj.pValue = floatToJson(message.pValue);
     }
-    if (message.pAdjusted !== 0) {
+    if (message.pAdjusted !== undefined) {
       obj.pAdjusted = floatToJson(message.pAdjusted);
     }
-    if (message.drifted !== false) {
+    if (message.drifted !== undefined) {
       obj.drifted = message.drifted;
     }
-    if (message.status !== "") {
+    if (message.status !== undefined) {
       obj.status = message.status;
     }
     return obj;
@@ -1572,40 +1572,40 @@ export const DriftEvent: MessageFns<DriftEvent> = {
 
   toJSON(message: DriftEvent): unknown {
     const obj: any = {};
-    if (message.id !== 0) {
+    if (message.id !== undefined) {
       obj.id = Math.round(message.id);
     }
-    if (message.atMs !== 0) {
+    if (message.atMs !== undefined) {
       obj.atMs = Math.round(message.atMs);
     }
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.cohort !== "") {
+    if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.previousStatus !== "") {
+    if (message.previousStatus !== undefined) {
       obj.previousStatus = message.previousStatus;
     }
-    if (message.status !== "") {
+    if (message.status !== undefined) {
       obj.status = message.status;
     }
-    if (message.driftedShare !== 0) {
+    if (message.driftedShare !== undefined) {
       obj.driftedShare = floatToJson(message.driftedShare);
     }
     if (message.driftedFeatures?.length) {
       obj.driftedFeatures = message.driftedFeatures;
     }
-    if (message.maxPsi !== 0) {
+    if (message.maxPsi !== undefined) {
       obj.maxPsi = floatToJson(message.maxPsi);
     }
-    if (message.rows !== 0) {
+    if (message.rows !== undefined) {
       obj.rows = Math.round(message.rows);
     }
-    if (message.devices !== 0) {
+    if (message.devices !== undefined) {
       obj.devices = Math.round(message.devices);
     }
     return obj;
@@ -1753,22 +1753,22 @@ export const ListDriftEventsRequest: MessageFns<ListDriftEventsRequest> = {
 
   toJSON(message: ListDriftEventsRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
     if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
-    if (message.afterId !== 0) {
+    if (message.afterId !== undefined) {
       obj.afterId = Math.round(message.afterId);
     }
-    if (message.limit !== 0) {
+    if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
     return obj;
@@ -1979,22 +1979,22 @@ export const WatchDriftEventsRequest: MessageFns<WatchDriftEventsRequest> = {
 
   toJSON(message: WatchDriftEventsRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
     if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
-    if (message.afterId !== 0) {
+    if (message.afterId !== undefined) {
       obj.afterId = Math.round(message.afterId);
     }
-    if (message.limit !== 0) {
+    if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
     return obj;
