@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseReference, serializeReference, type DriftReference } from '../common/drift/reference.js';
+import { parseReference, serializeReference, withDriftPolicy, type DriftReference } from '../common/drift/reference.js';
 import { DEFAULT_DRIFT_THRESHOLDS, evaluateDrift, minimumRows, type DriftThresholds } from '../control-plane/drift/evaluate.js';
 import { normalReference, normalRows, sketchOfRows, type Shift } from '../demo/model/shifted-normal.js';
 
@@ -86,6 +86,16 @@ describe('drift verdicts', () => {
     expect(alarms / 1000).toBeLessThanOrEqual(DEFAULT_DRIFT_THRESHOLDS.alpha);
     expect(alerts / 1000).toBeLessThanOrEqual(DEFAULT_DRIFT_THRESHOLDS.alpha);
   }, 60_000);
+
+  it('verdict - models push --drift-policy puts thresholds and importances into the reference, refusing bad ones with DRIFT_REFERENCE_INVALID', () => {
+    const pushed = parseReference(serializeReference(withDriftPolicy(reference, JSON.stringify({ psiAlert: 0.3, belowFloor: 'warn', importance: { f3: 0.05 } }))));
+    expect(pushed.policy).toEqual({ psiAlert: 0.3, belowFloor: 'warn' });
+    expect(pushed.features.map((f) => f.importance)).toEqual([undefined, undefined, undefined, 0.05, undefined, undefined, undefined, undefined]);
+    expect(evaluateDrift(pushed, sketchOfRows(pushed, normalRows(5, 8000, FEATURES, { feature: 0, sigma: 0.1 }))).status).toBe('warn');
+    for (const bad of ['{', '{"psiWarn":0}', '{"importance":{"nope":1}}', '{"importance":{"f0":-1}}', '{"belowFloor":"maybe"}']) {
+      expect(() => withDriftPolicy(reference, bad)).toThrow(expect.objectContaining({ code: 'DRIFT_REFERENCE_INVALID' }));
+    }
+  });
 
   it('verdict - a per-model policy in the reference is validated', () => {
     expect(() => parseReference(serializeReference({ ...reference, policy: { psiWarn: -1 } }))).toThrow(expect.objectContaining({ code: 'DRIFT_REFERENCE_INVALID' }));

@@ -190,3 +190,29 @@ export function referenceFromCsv(text: string, options: { labelColumn?: string; 
   }
   return buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) });
 }
+
+const policyFileSchema = driftPolicySchema.extend({ importance: z.record(z.string(), z.number().finite().nonnegative()).optional() }).strict();
+
+/**
+ * A reference with a model's drift policy from JSON (`models push --drift-policy`): the
+ * DriftPolicy fields, and `importance`, a weight per feature name (features left out weigh 1).
+ */
+export function withDriftPolicy(reference: DriftReference, json: string): DriftReference {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch (err) {
+    throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the drift policy is not JSON', { cause: err });
+  }
+  const parsed = policyFileSchema.safeParse(value);
+  if (!parsed.success) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift policy is invalid: ${parsed.error.issues[0]?.path.join('.') ?? ''} ${parsed.error.issues[0]?.message ?? ''}`);
+  const { importance, ...policy } = parsed.data;
+  const names = new Set(reference.features.map((f) => f.name));
+  const unknown = Object.keys(importance ?? {}).find((name) => !names.has(name));
+  if (unknown !== undefined) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift policy weighs ${JSON.stringify(unknown)}, which is not a feature of the reference`);
+  return {
+    ...reference,
+    policy,
+    features: reference.features.map((f) => (importance && Object.hasOwn(importance, f.name) ? { ...f, importance: importance[f.name]! } : f)),
+  };
+}

@@ -7,7 +7,8 @@ import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { REFERENCE_METADATA_KEY, referenceFromCsv, serializeReference } from '../../../common/drift/reference.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { REFERENCE_METADATA_KEY, referenceFromCsv, serializeReference, withDriftPolicy } from '../../../common/drift/reference.js';
 import { assertModelName } from '../../../common/ids.js';
 import {
   DeployModelResponse,
@@ -43,6 +44,7 @@ export function registerModels(program: Command): void {
     .option('--description <text>', 'what changed in this version', '')
     .option('--reference <csv>', 'drift reference data: CSV with a header of feature names and an optional label column')
     .option('--classes <a,b,...>', 'class names in the model\'s output order (for the reference\'s label column)')
+    .option('--drift-policy <json>', 'with --reference: this model\'s drift thresholds and feature importances (JSON file, see README)')
     .option('--sign', 'sign a release manifest for the assigned version (offline, with the release key in --keys-dir) and publish it')
     .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
     .option('--golden <n>', 'with --sign: golden test vectors to record (from --reference rows, else seeded inputs)', integer(0, 64), 3)
@@ -55,6 +57,7 @@ export function registerModels(program: Command): void {
     .action((file: string, options: PushOptions, command: Command) =>
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
+        if (options.driftPolicy && !options.reference) throw new DriftlineError('REQUEST_INVALID', '--drift-policy needs --reference');
         // Everything that can fail offline (keys, reference data, golden vectors) fails before the upload.
         const signing = options.sign ? await prepareSigning(file, options) : undefined;
         const { size, sha256 } = await fingerprint(file);
@@ -62,7 +65,8 @@ export function registerModels(program: Command): void {
         const metadata: Record<string, string> = {};
         if (options.reference) {
           const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : undefined;
-          metadata[REFERENCE_METADATA_KEY] = serializeReference(referenceFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {}));
+          const reference = referenceFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {});
+          metadata[REFERENCE_METADATA_KEY] = serializeReference(options.driftPolicy ? withDriftPolicy(reference, await readFile(options.driftPolicy, 'utf8')) : reference);
         }
         const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress);
         if (!signing) {
@@ -207,6 +211,7 @@ interface PushOptions {
   description: string;
   reference?: string;
   classes?: string;
+  driftPolicy?: string;
   sign?: boolean;
   keysDir: string;
   golden: number;
