@@ -20,8 +20,12 @@ export interface DriftReference {
   probabilities?: string | undefined;
   /** `importance`: the feature's weight in the verdict (from the model's feature importances; 1 when absent). */
   features: Array<{ name: string; edges: number[]; counts: number[]; importance?: number | undefined }>;
-  /** Class distribution of the reference (labels, or predictions when known). */
-  classes: { names: string[]; counts: number[] };
+  /**
+   * Class distribution of the reference: the reference data's labels, or (source
+   * 'predictions') the model's own predictions on the reference data, made at push time.
+   * Only predictions are judged against the predicted classes devices send.
+   */
+  classes: { names: string[]; counts: number[]; source?: 'labels' | 'predictions' | undefined };
   confidence: { edges: number[]; counts: number[] };
   /** This model's drift settings over the control plane's `drift.*` defaults. */
   policy?: DriftPolicy | undefined;
@@ -64,7 +68,9 @@ const referenceSchema = z
     input: z.string().optional(),
     probabilities: z.string().optional(),
     features: z.array(binned.and(z.object({ name: z.string().min(1).max(128), importance: z.number().finite().nonnegative().optional() }))).max(1024),
-    classes: z.object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()) }).refine((c) => c.names.length === c.counts.length, 'one count per class'),
+    classes: z
+      .object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()), source: z.enum(['labels', 'predictions']).optional() })
+      .refine((c) => c.names.length === c.counts.length, 'one count per class'),
     confidence: binned,
     policy: driftPolicySchema.optional(),
   });
@@ -165,6 +171,11 @@ export function buildReference(rows: readonly (readonly number[])[], options: Bu
  * output order), otherwise the order labels first appear in.
  */
 export function referenceFromCsv(text: string, options: { labelColumn?: string; classNames?: readonly string[]; bins?: number } = {}): DriftReference {
+  return referenceAndRowsFromCsv(text, options).reference;
+}
+
+/** referenceFromCsv, with the CSV's feature rows (for running the model on them at push time). */
+export function referenceAndRowsFromCsv(text: string, options: { labelColumn?: string; classNames?: readonly string[]; bins?: number } = {}): { reference: DriftReference; rows: number[][] } {
   const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '');
   const header = lines[0]?.split(',').map((h) => h.trim());
   if (!header || header.length === 0 || lines.length < 2) throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the CSV needs a header row and at least one data row');
@@ -188,7 +199,7 @@ export function referenceFromCsv(text: string, options: { labelColumn?: string; 
       labels.push(index);
     }
   }
-  return buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) });
+  return { reference: buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) }), rows };
 }
 
 const policyFileSchema = driftPolicySchema.extend({ importance: z.record(z.string(), z.number().finite().nonnegative()).optional() }).strict();
@@ -214,5 +225,22 @@ export function withDriftPolicy(reference: DriftReference, json: string): DriftR
     ...reference,
     policy,
     features: reference.features.map((f) => (importance && Object.hasOwn(importance, f.name) ? { ...f, importance: importance[f.name]! } : f)),
+  };
+}
+
+/**
+ * The reference with the model's own predictions on the reference rows (top class and its
+ * probability per row) as its class and confidence distributions: what devices' predicted
+ * classes and confidences are judged against.
+ */
+export function withPredictions(reference: DriftReference, topClasses: readonly number[], confidences: readonly number[]): DriftReference {
+  const classes = Math.max(reference.classes.names.length, ...topClasses.map((c) => c + 1));
+  const names = Array.from({ length: classes }, (_, i) => reference.classes.names[i] ?? `class_${i}`);
+  const counts = names.map(() => 0);
+  for (const c of topClasses) if (c >= 0 && c < classes) counts[c]!++;
+  return {
+    ...reference,
+    classes: { names, counts, source: 'predictions' },
+    confidence: { edges: reference.confidence.edges, counts: countOnEdges(confidences, reference.confidence.edges) },
   };
 }

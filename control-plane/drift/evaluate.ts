@@ -151,16 +151,23 @@ export function evaluateDrift(reference: DriftReference, sketch: DriftSketch, ba
   const countsOf = (s: DriftSketch | undefined, j: number): number[] | undefined => (s ? (s.features[j]?.counts ?? zeros(reference.features[j]!.counts.length)) : undefined);
   const features = reference.features.map((f, j) => featureDrift(f.name, f.counts, countsOf(sketch, j)!, countsOf(long, j), f.edges));
   const predictions = referenceHasClasses ? featureDrift('predicted_class', reference.classes.counts, sketch.classCounts, long?.classCounts, undefined) : undefined;
-  // The reference's classes are the reference data's labels, not the model's predictions, so the
-  // predicted classes are shown (uncorrected) but stay out of the correction and the verdict.
-  const all = predictions ? [...features, predictions] : features;
-  const adjusted = benjaminiHochberg(features.map((f) => f.pValue));
-  if (predictions) predictions.pAdjusted = predictions.pValue;
-  all.forEach((f, j) => {
-    if (j < features.length) f.pAdjusted = adjusted[j]!;
+  const confidence = reference.confidence.counts.some((c) => c > 0)
+    ? featureDrift('confidence', reference.confidence.counts, sketch.confidenceCounts, long?.confidenceCounts, reference.confidence.edges)
+    : undefined;
+  // Predicted classes are judged only against predictions (made at push time by running the model
+  // on the reference rows); against labels they are shown with their uncorrected p-value and stay
+  // out of the correction and the verdict. The confidence reference is always the model's.
+  const judgedPredictions = predictions && reference.classes.source === 'predictions' ? predictions : undefined;
+  const outputs = [judgedPredictions, confidence].filter((f): f is FeatureDrift => f !== undefined);
+  const tested = [...features, ...outputs];
+  const adjusted = benjaminiHochberg(tested.map((f) => f.pValue));
+  tested.forEach((f, j) => (f.pAdjusted = adjusted[j]!));
+  if (predictions && !judgedPredictions) predictions.pAdjusted = predictions.pValue;
+  const all = [...tested, ...(predictions && !judgedPredictions ? [predictions] : [])];
+  for (const f of all) {
     f.status = featureStatus(f, t);
     f.drifted = f.status === 'warn' || f.status === 'alert';
-  });
+  }
   const weights = reference.features.map((f) => (f.importance === undefined ? 1 : f.importance));
   const maxWeight = Math.max(0, ...weights);
   const totalWeight = weights.reduce((a, b) => a + b, 0);
@@ -168,9 +175,10 @@ export function evaluateDrift(reference: DriftReference, sketch: DriftSketch, ba
 
   if (sketch.rows < minRows) {
     for (const f of all) Object.assign(f, { status: 'no_data', drifted: false });
-    return { ...base0, status: 'no_data', driftedShare: 0, features, predictions, reason: `${sketch.rows} rows, fewer than the ${Number.isFinite(minRows) ? minRows : 'unreachable'} a verdict needs` };
+    return { ...base0, status: 'no_data', driftedShare: 0, features, predictions, confidence, reason: `${sketch.rows} rows, fewer than the ${Number.isFinite(minRows) ? minRows : 'unreachable'} a verdict needs` };
   }
-  const severe = features.filter((f, j) => f.status === 'alert' && maxWeight > 0 && weights[j]! / maxWeight >= t.severeImportance);
+  // The model's outputs weigh as much as the most important feature.
+  const severe = [...features.filter((f, j) => f.status === 'alert' && maxWeight > 0 && weights[j]! / maxWeight >= t.severeImportance), ...outputs.filter((f) => f.status === 'alert')];
   const names = (fs: FeatureDrift[]): string => fs.map((f) => f.name).join(', ');
   let status: Level = 'ok';
   let reason = 'no feature significantly drifted';
@@ -180,12 +188,12 @@ export function evaluateDrift(reference: DriftReference, sketch: DriftSketch, ba
   } else if (driftedShare >= t.datasetShare) {
     status = 'alert';
     reason = `drifted share ${driftedShare.toFixed(2)} >= ${t.datasetShare}: ${names(features.filter((f) => f.drifted))}`;
-  } else if (features.some((f) => f.drifted)) {
+  } else if (tested.some((f) => f.drifted)) {
     status = 'warn';
-    reason = `drifted: ${names(features.filter((f) => f.drifted))}`;
-  } else if (features.some((f) => f.status === 'below_floor')) {
+    reason = `drifted: ${names(tested.filter((f) => f.drifted))}`;
+  } else if (tested.some((f) => f.status === 'below_floor')) {
     if (t.belowFloor === 'warn') status = 'warn';
-    reason = `significant but below the effect floor (PSI ${t.psiWarn}, JS ${t.jensenShannon}): ${names(features.filter((f) => f.status === 'below_floor'))}`;
+    reason = `significant but below the effect floor (PSI ${t.psiWarn}, JS ${t.jensenShannon}): ${names(tested.filter((f) => f.status === 'below_floor'))}`;
   }
-  return { ...base0, status, driftedShare, features, predictions, reason };
+  return { ...base0, status, driftedShare, features, predictions, confidence, reason };
 }

@@ -165,7 +165,7 @@ export class SqliteDriftRepository {
     for (const version of versions) {
       const reference = this.referenceOf(lookups, request.model, version);
       const empty = (cohort: string, status: string, reason: string): DriftStatus => ({
-        model: request.model, version, cohort, status, devices: 0, rows: 0, driftedShare: 0, features: [], predictions: undefined,
+        model: request.model, version, cohort, status, devices: 0, rows: 0, driftedShare: 0, features: [], predictions: undefined, confidence: undefined,
         latencyP50Ms: 0, latencyP95Ms: 0, errorRate: 0, windowStartMs: sinceMs, windowEndMs: nowMs, reason, minRows: 0,
       });
       if (!reference) {

@@ -8,7 +8,8 @@ import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
 import { DriftlineError } from '../../../common/errors.js';
-import { REFERENCE_METADATA_KEY, referenceFromCsv, serializeReference, withDriftPolicy } from '../../../common/drift/reference.js';
+import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, withDriftPolicy } from '../../../common/drift/reference.js';
+import { referenceWithModelPredictions } from '../releases/prediction-reference.js';
 import { assertModelName } from '../../../common/ids.js';
 import {
   DeployModelResponse,
@@ -65,7 +66,9 @@ export function registerModels(program: Command): void {
         const metadata: Record<string, string> = {};
         if (options.reference) {
           const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : undefined;
-          const reference = referenceFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {});
+          const csv = referenceAndRowsFromCsv(await readFile(options.reference, 'utf8'), classNames ? { classNames } : {});
+          // The class and confidence references are the model's own predictions on the reference rows.
+          const reference = await referenceWithModelPredictions(await readFile(file), csv.reference, csv.rows);
           metadata[REFERENCE_METADATA_KEY] = serializeReference(options.driftPolicy ? withDriftPolicy(reference, await readFile(options.driftPolicy, 'utf8')) : reference);
         }
         const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress);

@@ -95,6 +95,12 @@ export interface DriftStatus {
   reason: string;
   /** Rows a window needs before it gets a verdict (from the test's power). */
   minRows: number;
+  /**
+   * Top-class confidence against the model's confidences on the reference data (when the
+   * reference has them); like predictions (when the reference holds predictions, not labels)
+   * it is corrected with the features and counts in the verdict.
+   */
+  confidence: FeatureDrift | undefined;
 }
 
 export interface FeatureDrift {
@@ -778,6 +784,7 @@ function createBaseDriftStatus(): DriftStatus {
     windowEndMs: 0,
     reason: "",
     minRows: 0,
+    confidence: undefined,
   };
 }
 
@@ -830,6 +837,9 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     }
     if (message.minRows !== 0) {
       writer.uint32(128).int64(message.minRows);
+    }
+    if (message.confidence !== undefined) {
+      FeatureDrift.encode(message.confidence, writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -975,6 +985,14 @@ export const DriftStatus: MessageFns<DriftStatus> = {
             message.minRows = longToNumber(reader.int64());
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.confidence = FeatureDrift.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1035,6 +1053,7 @@ export const DriftStatus: MessageFns<DriftStatus> = {
         : isSet(object.min_rows)
         ? globalThis.Number(object.min_rows)
         : 0,
+      confidence: isSet(object.confidence) ? FeatureDrift.fromJSON(object.confidence) : undefined,
     };
   },
 
@@ -1088,6 +1107,9 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     if (message.minRows !== undefined) {
       obj.minRows = Math.round(message.minRows);
     }
+    if (message.confidence !== undefined) {
+      obj.confidence = FeatureDrift.toJSON(message.confidence);
+    }
     return obj;
   },
 
@@ -1114,6 +1136,9 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     message.windowEndMs = object.windowEndMs ?? 0;
     message.reason = object.reason ?? "";
     message.minRows = object.minRows ?? 0;
+    message.confidence = (object.confidence !== undefined && object.confidence !== null)
+      ? FeatureDrift.fromPartial(object.confidence)
+      : undefined;
     return message;
   },
 };
