@@ -90,14 +90,27 @@ export const controlPlaneConfigSchema = z
         window: duration.prefault('15m'),
         /** Windows up to this long use 1-minute buckets, longer ones 1-hour buckets. */
         minuteBucketsUpTo: duration.prefault('6h'),
+        /** A longer window tested alongside (Bonferroni over the two), so a small persistent shift is named; 0: off. */
+        longWindow: duration.prefault('24h'),
+        /** Effect floors: a significant feature below both is below_floor, not drifted. A model's reference policy overrides these. */
         psiWarn: z.number().positive().default(0.1),
+        /** Severity: a drifted feature with PSI at or above this alerts its cohort. */
         psiAlert: z.number().positive().default(0.2),
         jensenShannon: z.number().positive().default(0.1),
         /** Significance after Benjamini-Hochberg correction across features. */
         alpha: z.number().gt(0).lt(1).default(0.05),
-        /** Share of drifted features at which the dataset counts as drifted (alert). */
+        /** Importance-weighted share of drifted features at which the dataset counts as drifted (alert). */
         datasetShare: z.number().gt(0).max(1).default(0.5),
-        minRows: z.number().int().positive().default(100),
+        /** Floor under the minimum rows from the test's power. */
+        minRows: z.number().int().positive().default(50),
+        /** Power against a psiAlert shift of one feature that sets the minimum rows of a verdict. */
+        power: z.number().gt(0).lt(1).default(0.8),
+        /** What significant-but-below-the-floors features make of the verdict. */
+        belowFloor: z.enum(['ok', 'warn']).default('ok'),
+        /** Relative feature importance at which one severely drifted feature alerts (0: any feature). */
+        severeImportance: z.number().min(0).max(1).default(0),
+        /** Hysteresis: a lower status is recorded only after this many evaluations in a row agree. */
+        clearAfter: z.number().int().positive().default(3),
         /** How often the drift watcher re-evaluates every version and cohort and records status changes as events. */
         evaluateInterval: duration.prefault('30s'),
         /** How long drift events are kept. */

@@ -226,7 +226,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     const publishDesired = (deviceId: string, desired: DesiredState): Promise<void> =>
       requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true });
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
-    const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, thresholds: config.drift } });
+    const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
       repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
@@ -249,6 +249,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       evaluateIntervalMs: config.drift.evaluateInterval,
       windowMs: config.drift.window,
       eventRetentionMs: config.drift.eventRetention,
+      clearAfter: config.drift.clearAfter,
     });
 
     const grpc = await startGrpcServer({

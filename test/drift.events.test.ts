@@ -24,6 +24,7 @@ import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../
 import { downTopic, upTopic } from '../common/topics.js';
 import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
+import { pValueText } from '../control-plane/cli/commands/drift.js';
 import { VIBRATION_CLASSES, VIBRATION_FEATURES, vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { demoModelBytes } from './fixtures/models.js';
 import { fleetApi } from './helpers/fleet-api.js';
@@ -207,6 +208,11 @@ describe('drift events - watcher, gRPC and CLI', () => {
     await sendSketch('dev-a', false);
     await sendSketch('dev-b', false);
     const live = new Promise<void>((resolve) => stream.on('data', () => resolve()));
+    // Hysteresis (drift.clearAfter, 3): a lower status is recorded on the third evaluation in a row that gives it.
+    expect(cp.driftWatcher.evaluate().filter((e) => e.cohort === 'b')).toEqual([]);
+    clock.advance(MINUTE / 2);
+    expect(cp.driftWatcher.evaluate().filter((e) => e.cohort === 'b')).toEqual([]);
+    clock.advance(MINUTE / 2);
     const recorded = cp.driftWatcher.evaluate();
     await live;
     stream.cancel();
@@ -232,6 +238,37 @@ describe('drift events - watcher, gRPC and CLI', () => {
       ['b', 'alert', 'ok'],
     ]);
     expect(events[1]).toMatchObject({ model: 'vib', version: 1, devices: 1, rows: 1000 });
+  });
+
+  it('drift show --json emits every field, defaults included; the long window names what the current one no longer shows; tiny p-values print as < 1e-300', async () => {
+    const show = (...args: string[]) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+        execFile(process.execPath, [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'drift', 'show', '--model', 'vib', ...args], { cwd: dir }, (error, out, err) =>
+          resolve({ code: error ? Number(error.code) : 0, stdout: out, stderr: err }),
+        ),
+      );
+    const json = await show('--json');
+    expect(json.stderr).toBe('');
+    const { statuses } = JSON.parse(json.stdout) as { statuses: Array<Record<string, unknown> & { features: Array<Record<string, unknown>> }> };
+    const fleet = statuses.find((s) => s.cohort === '');
+    expect(fleet).toBeDefined();
+    for (const s of statuses) {
+      expect(Object.keys(s)).toEqual(expect.arrayContaining(['cohort', 'status', 'driftedShare', 'reason', 'minRows', 'features']));
+      for (const f of s.features) expect(Object.keys(f)).toEqual(expect.arrayContaining(['name', 'psi', 'pValue', 'pAdjusted', 'drifted', 'status']));
+    }
+    // Cohort b is clean now, but the long window (drift.longWindow) still holds its drifted round:
+    // significant (p underflows to 0) with the current window's effects below the floors.
+    const b = statuses.find((s) => s.cohort === 'b')!;
+    expect(b.status).toBe('ok');
+    expect(b).toMatchObject({ driftedShare: 0 });
+    const remembered = b.features.find((f) => f.name === 'temperature_c')!;
+    expect(remembered).toMatchObject({ status: 'below_floor', drifted: false });
+    expect(remembered.pAdjusted as number).toBeLessThan(1e-10);
+    const table = await show('--features');
+    expect(table.code).toBe(0);
+    expect(table.stdout).toContain('below_floor');
+    // p-values that underflow to 0 read "< 1e-300", not 0.0e+0.
+    expect([0, 1e-320, 2e-300, 0.03].map(pValueText)).toEqual(['< 1e-300', '< 1e-300', '2.0e-300', '3.0e-2']);
   });
 
   it('drift events - the control plane\'s shutdown ends an open watch stream cleanly', async () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { benjaminiHochberg, bonferroni, chiSquare, chiSquareSurvival, hellinger, jensenShannon, ksStatistic, psi, wasserstein } from '../common/drift/statistics.js';
+import { seededRandom } from '../demo/model/seeded-random.js';
+import { benjaminiHochberg, bonferroni, chiSquare, chiSquareQuantile, chiSquareSurvival, hellinger, jensenShannon, kolmogorovSurvival, ksStatistic, ksTest, noncentralChiSquareSurvival, psi, wasserstein } from '../common/drift/statistics.js';
 
 // Independent reference values: closed forms for normal distributions, and hand-computed sums.
 function erf(x: number): number {
@@ -50,10 +51,51 @@ describe('drift statistics', () => {
     for (const d of [psi(p, p), jensenShannon(p, p), hellinger(p, p), ksStatistic(p, p), wasserstein(p, p, fineEdges)]) expect(d).toBeCloseTo(0, 6);
   });
 
-  it('PSI compares proportions, so sample size does not change it', () => {
-    expect(psi([10, 20, 30, 40], [25, 25, 25, 25])).toBeCloseTo(psi([100, 200, 300, 400], [2500, 2500, 2500, 2500]), 12);
+  it('PSI compares proportions: on large samples it is the textbook sum, whatever the sample size', () => {
     const byHand = [0.1, 0.2, 0.3, 0.4].reduce((s, r) => s + (0.25 - r) * Math.log(0.25 / r), 0);
-    expect(psi([10, 20, 30, 40], [25, 25, 25, 25])).toBeCloseTo(byHand, 12);
+    expect(psi([1e5, 2e5, 3e5, 4e5], [25e4, 25e4, 25e4, 25e4])).toBeCloseTo(byHand, 4);
+    expect(psi([1e6, 2e6, 3e6, 4e6], [25e4, 25e4, 25e4, 25e4])).toBeCloseTo(byHand, 4);
+  });
+
+  it('PSI does not reward sparsity: the empty bins of small clean windows add no more than their noise', () => {
+    // Reference deciles of 10,000 rows with empty outer bins; a clean 30-row window that left one decile empty.
+    const reference = [0, ...new Array(10).fill(1000), 0];
+    const sparse = [0, 3, 2, 4, 0, 3, 5, 3, 2, 4, 4, 0];
+    const floored = (p: number[], q: number[]) => {
+      const f = (c: number[]) => c.map((x) => Math.max(x / c.reduce((a, b) => a + b, 0), 1e-4));
+      const [a, b] = [f(p), f(q)];
+      return a.reduce((s, ai, i) => s + (b[i]! - ai) * Math.log(b[i]! / ai), 0);
+    };
+    // With a 1e-4 proportion floor the one empty decile alone costs ~0.69 (PSI "alert").
+    expect(floored(reference, sparse)).toBeGreaterThan(0.69);
+    expect(psi(reference, sparse)).toBeLessThan(0.1);
+    // 1,000 clean 100-row windows: PSI averages its sampling noise, (bins - 1) / n, and never reaches 0.69.
+    const random = seededRandom(7);
+    const values: number[] = [];
+    for (let w = 0; w < 1000; w++) {
+      const counts = new Array<number>(12).fill(0);
+      for (let i = 0; i < 100; i++) counts[1 + Math.floor(random.next() * 10)]!++;
+      values.push(psi(reference, counts));
+    }
+    expect(values.reduce((a, b) => a + b, 0) / values.length).toBeLessThan(0.1);
+    expect(Math.max(...values)).toBeLessThan(0.4);
+  });
+
+  it('the Kolmogorov and noncentral chi-square tails match scipy (kstwobign.sf, ncx2.sf)', () => {
+    expect(kolmogorovSurvival(1.0)).toBeCloseTo(0.26999967167735456, 8);
+    expect(kolmogorovSurvival(1.36)).toBeCloseTo(0.049485876755377876, 8);
+    expect(noncentralChiSquareSurvival(10, 4, 5)).toBeCloseTo(0.36177114041768893, 6);
+    expect(noncentralChiSquareSurvival(20, 9, 15)).toBeCloseTo(0.6431869596157479, 6);
+    expect(chiSquareSurvival(chiSquareQuantile(0.01, 9), 9)).toBeCloseTo(0.01, 8);
+  });
+
+  it('the binned KS test finds a location shift the chi-square needs more rows for', () => {
+    const reference = [0, ...new Array(10).fill(1000), 0];
+    // 800 rows shifted by about a quarter of a standard deviation: each decile's share tilts towards the top.
+    const shifted = [0, 56, 64, 70, 74, 78, 82, 86, 90, 96, 104, 0];
+    expect(ksTest(reference, shifted).pValue).toBeLessThan(0.01);
+    expect(ksTest(reference, shifted).pValue).toBeLessThan(chiSquare(reference, shifted).pValue);
+    expect(ksTest(reference, [0, ...new Array(10).fill(40), 0]).pValue).toBe(1);
   });
 
   it('chi-square survival matches tabulated critical values', () => {

@@ -18,11 +18,41 @@ export interface DriftReference {
   input?: string | undefined;
   /** Name of the probabilities output (the engine's guess when absent). */
   probabilities?: string | undefined;
-  features: Array<{ name: string; edges: number[]; counts: number[] }>;
-  /** Class distribution of the reference (labels, or predictions when known). */
-  classes: { names: string[]; counts: number[] };
+  /** `importance`: the feature's weight in the verdict (from the model's feature importances; 1 when absent). */
+  features: Array<{ name: string; edges: number[]; counts: number[]; importance?: number | undefined }>;
+  /**
+   * Class distribution of the reference: the reference data's labels, or (source
+   * 'predictions') the model's own predictions on the reference data, made at push time.
+   * Only predictions are judged against the predicted classes devices send.
+   */
+  classes: { names: string[]; counts: number[]; source?: 'labels' | 'predictions' | undefined };
   confidence: { edges: number[]; counts: number[] };
+  /** This model's drift settings over the control plane's `drift.*` defaults. */
+  policy?: DriftPolicy | undefined;
 }
+
+/** Per-model drift settings (see control-plane/drift/evaluate.ts for what each does). */
+export interface DriftPolicy {
+  psiWarn?: number | undefined;
+  psiAlert?: number | undefined;
+  jensenShannon?: number | undefined;
+  alpha?: number | undefined;
+  datasetShare?: number | undefined;
+  belowFloor?: 'ok' | 'warn' | undefined;
+  severeImportance?: number | undefined;
+}
+
+export const driftPolicySchema = z
+  .object({
+    psiWarn: z.number().positive().optional(),
+    psiAlert: z.number().positive().optional(),
+    jensenShannon: z.number().positive().optional(),
+    alpha: z.number().gt(0).lt(1).optional(),
+    datasetShare: z.number().gt(0).max(1).optional(),
+    belowFloor: z.enum(['ok', 'warn']).optional(),
+    severeImportance: z.number().min(0).max(1).optional(),
+  })
+  .strict();
 
 export const REFERENCE_METADATA_KEY = 'driftline.reference';
 
@@ -37,9 +67,12 @@ const referenceSchema = z
     rows: z.number().int().nonnegative(),
     input: z.string().optional(),
     probabilities: z.string().optional(),
-    features: z.array(binned.and(z.object({ name: z.string().min(1).max(128) }))).max(1024),
-    classes: z.object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()) }).refine((c) => c.names.length === c.counts.length, 'one count per class'),
+    features: z.array(binned.and(z.object({ name: z.string().min(1).max(128), importance: z.number().finite().nonnegative().optional() }))).max(1024),
+    classes: z
+      .object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()), source: z.enum(['labels', 'predictions']).optional() })
+      .refine((c) => c.names.length === c.counts.length, 'one count per class'),
     confidence: binned,
+    policy: driftPolicySchema.optional(),
   });
 
 /** Confidence bins when the reference has no predictions of its own: ten equal bins on [0, 1]. */
@@ -138,6 +171,11 @@ export function buildReference(rows: readonly (readonly number[])[], options: Bu
  * output order), otherwise the order labels first appear in.
  */
 export function referenceFromCsv(text: string, options: { labelColumn?: string; classNames?: readonly string[]; bins?: number } = {}): DriftReference {
+  return referenceAndRowsFromCsv(text, options).reference;
+}
+
+/** referenceFromCsv, with the CSV's feature rows (for running the model on them at push time). */
+export function referenceAndRowsFromCsv(text: string, options: { labelColumn?: string; classNames?: readonly string[]; bins?: number } = {}): { reference: DriftReference; rows: number[][] } {
   const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '');
   const header = lines[0]?.split(',').map((h) => h.trim());
   if (!header || header.length === 0 || lines.length < 2) throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the CSV needs a header row and at least one data row');
@@ -161,5 +199,48 @@ export function referenceFromCsv(text: string, options: { labelColumn?: string; 
       labels.push(index);
     }
   }
-  return buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) });
+  return { reference: buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) }), rows };
+}
+
+const policyFileSchema = driftPolicySchema.extend({ importance: z.record(z.string(), z.number().finite().nonnegative()).optional() }).strict();
+
+/**
+ * A reference with a model's drift policy from JSON (`models push --drift-policy`): the
+ * DriftPolicy fields, and `importance`, a weight per feature name (features left out weigh 1).
+ */
+export function withDriftPolicy(reference: DriftReference, json: string): DriftReference {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch (err) {
+    throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the drift policy is not JSON', { cause: err });
+  }
+  const parsed = policyFileSchema.safeParse(value);
+  if (!parsed.success) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift policy is invalid: ${parsed.error.issues[0]?.path.join('.') ?? ''} ${parsed.error.issues[0]?.message ?? ''}`);
+  const { importance, ...policy } = parsed.data;
+  const names = new Set(reference.features.map((f) => f.name));
+  const unknown = Object.keys(importance ?? {}).find((name) => !names.has(name));
+  if (unknown !== undefined) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift policy weighs ${JSON.stringify(unknown)}, which is not a feature of the reference`);
+  return {
+    ...reference,
+    policy,
+    features: reference.features.map((f) => (importance && Object.hasOwn(importance, f.name) ? { ...f, importance: importance[f.name]! } : f)),
+  };
+}
+
+/**
+ * The reference with the model's own predictions on the reference rows (top class and its
+ * probability per row) as its class and confidence distributions: what devices' predicted
+ * classes and confidences are judged against.
+ */
+export function withPredictions(reference: DriftReference, topClasses: readonly number[], confidences: readonly number[]): DriftReference {
+  const classes = Math.max(reference.classes.names.length, ...topClasses.map((c) => c + 1));
+  const names = Array.from({ length: classes }, (_, i) => reference.classes.names[i] ?? `class_${i}`);
+  const counts = names.map(() => 0);
+  for (const c of topClasses) if (c >= 0 && c < classes) counts[c]!++;
+  return {
+    ...reference,
+    classes: { names, counts, source: 'predictions' },
+    confidence: { edges: reference.confidence.edges, counts: countOnEdges(confidences, reference.confidence.edges) },
+  };
 }

@@ -13,10 +13,54 @@ export function proportions(counts: readonly number[], floor = 0): number[] {
   return counts.map((c) => Math.max(c / total, floor));
 }
 
-/** Population stability index: sum of (q - p) ln(q / p), proportions floored. */
+/** Expected count every pooled column reaches in both samples (Cochran's rule). */
+const MIN_EXPECTED = 5;
+
+/**
+ * Adjacent bins pooled until every expected count of a 2 x k table is at least 5 (Cochran's
+ * rule), as [reference, current] count pairs. The reference's under- and overflow bins are
+ * empty by construction and a small window leaves many bins empty; pooled, neither adds
+ * anything but what the data say. Mass that moves past the reference's range still shows,
+ * in the pooled outer column.
+ */
+export function poolSparseBins(reference: readonly number[], current: readonly number[]): Array<[number, number]> {
+  const n1 = reference.reduce((a, b) => a + b, 0);
+  const n2 = current.reduce((a, b) => a + b, 0);
+  if (n1 === 0 || n2 === 0) return reference.map((r, i) => [r, current[i] ?? 0]);
+  // A pooled column needs this many observations for both expected counts to reach 5.
+  const minColumn = (MIN_EXPECTED * (n1 + n2)) / Math.min(n1, n2);
+  const columns: Array<[number, number]> = [];
+  let open: [number, number] = [0, 0];
+  for (let i = 0; i < reference.length; i++) {
+    open = [open[0] + reference[i]!, open[1] + (current[i] ?? 0)];
+    if (open[0] + open[1] >= minColumn) {
+      columns.push(open);
+      open = [0, 0];
+    }
+  }
+  // What is left at the end joins the last column (or is the only one).
+  if (open[0] + open[1] > 0) {
+    const last = columns.pop() ?? [0, 0];
+    columns.push([last[0] + open[0], last[1] + open[1]]);
+  }
+  return columns;
+}
+
+/**
+ * Population stability index, sum of (q - p) ln(q / p), on the bins pooled as the chi-square
+ * pools them (poolSparseBins) and with half a pseudo-count per pooled bin (Jeffreys), so an
+ * empty bin of a small window adds what its sampling noise is worth rather than ~0.69 (what a
+ * proportion floor of 1e-4 charged). With fleet-sized samples both corrections vanish and this
+ * is the textbook PSI.
+ */
 export function psi(reference: readonly number[], current: readonly number[]): number {
-  const p = proportions(reference, PROPORTION_FLOOR);
-  const q = proportions(current, PROPORTION_FLOOR);
+  const columns = poolSparseBins(reference, current);
+  const smooth = (counts: number[]): number[] => {
+    const total = counts.reduce((a, b) => a + b, 0) + 0.5 * counts.length;
+    return counts.map((c) => (c + 0.5) / total);
+  };
+  const p = smooth(columns.map((c) => c[0]));
+  const q = smooth(columns.map((c) => c[1]));
   return p.reduce((sum, pi, i) => sum + (q[i]! - pi) * Math.log(q[i]! / pi), 0);
 }
 
@@ -69,33 +113,16 @@ export function wasserstein(reference: readonly number[], current: readonly numb
 }
 
 /**
- * Two-sample chi-square test of homogeneity on a 2 x k table. Adjacent bins are pooled until
- * every expected count is at least 5 (Cochran's rule): the reference's under- and overflow
- * bins are empty by construction, and one current value landing there would otherwise add
- * ~n_ref/n to the statistic and call a clean window drifted. Mass that moves past the
- * reference's range still shows, in the pooled outer bin.
+ * Two-sample chi-square test of homogeneity on a 2 x k table, on the bins pooled by
+ * poolSparseBins: one current value landing in the reference's empty overflow bin would
+ * otherwise add ~n_ref/n to the statistic and call a clean window drifted.
  */
 export function chiSquare(reference: readonly number[], current: readonly number[]): { statistic: number; df: number; pValue: number } {
   const n1 = reference.reduce((a, b) => a + b, 0);
   const n2 = current.reduce((a, b) => a + b, 0);
   if (n1 === 0 || n2 === 0) return { statistic: 0, df: 0, pValue: 1 };
   const n = n1 + n2;
-  // A pooled column needs this many observations for both expected counts to reach 5.
-  const minColumn = (MIN_EXPECTED * n) / Math.min(n1, n2);
-  const columns: Array<[number, number]> = [];
-  let open: [number, number] = [0, 0];
-  for (let i = 0; i < reference.length; i++) {
-    open = [open[0] + reference[i]!, open[1] + current[i]!];
-    if (open[0] + open[1] >= minColumn) {
-      columns.push(open);
-      open = [0, 0];
-    }
-  }
-  // What is left at the end joins the last column (or is the only one).
-  if (open[0] + open[1] > 0) {
-    const last = columns.pop() ?? [0, 0];
-    columns.push([last[0] + open[0], last[1] + open[1]]);
-  }
+  const columns = poolSparseBins(reference, current);
   let statistic = 0;
   for (const [a, b] of columns) {
     const col = a + b;
@@ -107,7 +134,72 @@ export function chiSquare(reference: readonly number[], current: readonly number
   return { statistic, df, pValue: df === 0 ? 1 : chiSquareSurvival(statistic, df) };
 }
 
-const MIN_EXPECTED = 5;
+/**
+ * Two-sample Kolmogorov-Smirnov test on binned CDFs: the statistic is the largest CDF gap at a
+ * bin edge, which is never above the exact statistic on the raw values, so the asymptotic
+ * Kolmogorov p-value (Stephens' small-sample correction) is conservative. Far more powerful
+ * than the chi-square against a shift of location or scale.
+ */
+export function ksTest(reference: readonly number[], current: readonly number[]): { statistic: number; pValue: number } {
+  const n1 = reference.reduce((a, b) => a + b, 0);
+  const n2 = current.reduce((a, b) => a + b, 0);
+  if (n1 === 0 || n2 === 0) return { statistic: 0, pValue: 1 };
+  const d = ksStatistic(reference, current);
+  const ne = Math.sqrt((n1 * n2) / (n1 + n2));
+  return { statistic: d, pValue: kolmogorovSurvival((ne + 0.12 + 0.11 / ne) * d) };
+}
+
+/** P(K > x) for the Kolmogorov distribution: 2 sum (-1)^(k-1) exp(-2 k^2 x^2). */
+export function kolmogorovSurvival(x: number): number {
+  if (x < 0.3) return 1;
+  let sum = 0;
+  for (let k = 1; k <= 100; k++) {
+    const term = Math.exp(-2 * k * k * x * x);
+    sum += (k % 2 === 1 ? 1 : -1) * term;
+    if (term < 1e-300 || term < Math.abs(sum) * 1e-16) break;
+  }
+  return Math.min(1, Math.max(0, 2 * sum));
+}
+
+/**
+ * P(X > x) for X ~ noncentral chi-square(df, lambda): the Poisson(lambda / 2) mixture of
+ * central chi-squares with df + 2j degrees of freedom. For power calculations.
+ */
+export function noncentralChiSquareSurvival(x: number, df: number, lambda: number): number {
+  if (lambda <= 0) return chiSquareSurvival(x, df);
+  const half = lambda / 2;
+  let total = 0;
+  let weightSum = 0;
+  const peak = Math.floor(half);
+  // Sum outwards from the Poisson mode until the weights are negligible.
+  const logWeight = (j: number): number => -half + j * Math.log(half) - logGamma(j + 1);
+  for (let j = peak; j >= 0; j--) {
+    const w = Math.exp(logWeight(j));
+    total += w * chiSquareSurvival(x, df + 2 * j);
+    weightSum += w;
+    if (w < 1e-12 && j < peak) break;
+  }
+  for (let j = peak + 1; j < peak + 10_000; j++) {
+    const w = Math.exp(logWeight(j));
+    total += w * chiSquareSurvival(x, df + 2 * j);
+    weightSum += w;
+    if (w < 1e-12) break;
+  }
+  return Math.min(1, total / weightSum);
+}
+
+/** The x with P(X > x) = p for X ~ chi-square(df), by bisection. */
+export function chiSquareQuantile(p: number, df: number): number {
+  let lo = 0;
+  let hi = df + 10 * Math.sqrt(2 * df) + 100;
+  while (chiSquareSurvival(hi, df) > p) hi *= 2;
+  for (let i = 0; i < 200 && hi - lo > 1e-9 * hi; i++) {
+    const mid = (lo + hi) / 2;
+    if (chiSquareSurvival(mid, df) > p) lo = mid;
+    else hi = mid;
+  }
+  return (lo + hi) / 2;
+}
 
 /** P(X > x) for X ~ chi-square(df): the regularized upper incomplete gamma Q(df/2, x/2). */
 export function chiSquareSurvival(x: number, df: number): number {

@@ -74,7 +74,14 @@ export interface DriftWatcherOptions {
   windowMs: number;
   /** Events older than this are deleted on each evaluation. */
   eventRetentionMs: number;
+  /**
+   * Hysteresis: a lower status (alert -> warn or ok, warn -> ok) is recorded only once this many
+   * evaluations in a row gave a lower status; a higher one is recorded at once. 1: no hysteresis.
+   */
+  clearAfter?: number;
 }
+
+const RANK: Record<string, number> = { no_data: 0, ok: 1, warn: 2, alert: 3 };
 
 const LEVELS: ReadonlySet<string> = new Set<DriftLevel>(['ok', 'warn', 'alert', 'no_data']);
 const keyOf = (k: DriftStatusKey): string => `${k.model}\u0000${k.version}\u0000${k.cohort}`;
@@ -95,13 +102,16 @@ export function matchesDriftFilter(event: DriftEventRecord, filter: DriftEventFi
  * version's status per cohort with the last one recorded and records a change (only a change,
  * never one per evaluation). The first verdict is a change from no_data, and a version or cohort
  * whose data stops (no sketches in the window, too few rows) goes back to no_data. Subscribers
- * hear each new event after it is committed. Tests call evaluate() with a ManualClock; run()
+ * hear each new event after it is committed. A lower verdict waits for `clearAfter` evaluations
+ * in a row (hysteresis), so a verdict near a threshold does not flap. Tests call evaluate() with a ManualClock; run()
  * only adds the timer.
  */
 export class DriftWatcher {
   private readonly listeners = new Map<DriftEventListener, (() => void) | undefined>();
   private timer: NodeJS.Timeout | undefined;
   private stateValue: DriftWatcherState = 'created';
+  /** Per key, how many evaluations in a row gave a status below the recorded one. */
+  private readonly lower = new Map<string, number>();
 
   private constructor(private readonly options: DriftWatcherOptions) {}
 
@@ -141,7 +151,18 @@ export class DriftWatcher {
     const previous = new Map(store.current().map((c) => [keyOf(c), c]));
     for (const [k, { key, status }] of verdicts) {
       const before = previous.get(k)?.status ?? 'no_data';
-      if (before === status.status) continue;
+      if (before === status.status) {
+        this.lower.delete(k);
+        continue;
+      }
+      if (RANK[status.status]! < RANK[before]!) {
+        const run = (this.lower.get(k) ?? 0) + 1;
+        if (run < (this.options.clearAfter ?? 1)) {
+          this.lower.set(k, run);
+          continue;
+        }
+      }
+      this.lower.delete(k);
       const drifted = status.features.filter((f) => f.drifted).map((f) => f.name);
       changes.push({
         atMs: now,
@@ -157,6 +178,8 @@ export class DriftWatcher {
     }
     for (const [k, before] of previous) {
       if (verdicts.has(k)) continue;
+      // Data that stopped is a fact, not a noisy verdict: no hysteresis.
+      this.lower.delete(k);
       changes.push({ atMs: now, model: before.model, version: before.version, cohort: before.cohort, previousStatus: before.status, status: 'no_data', driftedShare: 0, driftedFeatures: [], maxPsi: 0, rows: 0, devices: 0 });
     }
     if (changes.length === 0) return [];

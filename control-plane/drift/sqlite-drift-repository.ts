@@ -38,6 +38,8 @@ export interface DriftQueryOptions {
   defaultWindowMs: number;
   /** Windows up to this long are answered from 1-minute buckets, longer ones from 1-hour buckets. */
   minuteBucketsUpToMs: number;
+  /** The windowed test's long window (hour buckets); 0 or absent: off. */
+  longWindowMs?: number;
 }
 
 /**
@@ -117,48 +119,65 @@ export class SqliteDriftRepository {
     return this.references.get(key) ?? undefined;
   }
 
-  /** Drift per version of `model` (or one version), for the fleet (cohort "") and per cohort label. */
-  status(request: { model: string; version: number; sinceMs: number }, lookups: DriftLookups, options: DriftQueryOptions, nowMs: number): DriftStatus[] {
-    const sinceMs = request.sinceMs > 0 ? request.sinceMs : nowMs - options.defaultWindowMs;
-    const bucketMs = nowMs - sinceMs <= options.minuteBucketsUpToMs ? BUCKET_MINUTE_MS : BUCKET_HOUR_MS;
-    const rows = this.db
+  private rowsSince(model: string, version: number, bucketMs: number, sinceMs: number): Array<{ version: number; device_id: string; digest: string; sketch: Buffer }> {
+    return this.db
       .prepare(
         `SELECT version, device_id, digest, sketch FROM drift_rollups
          WHERE model = ? AND (? = 0 OR version = ?) AND bucket_ms = ? AND bucket_start >= ?
          ORDER BY version, device_id, bucket_start`,
       )
-      .all(request.model, request.version, request.version, bucketMs, Math.floor(sinceMs / bucketMs) * bucketMs) as Array<{ version: number; device_id: string; digest: string; sketch: Buffer }>;
+      .all(model, version, version, bucketMs, Math.floor(sinceMs / bucketMs) * bucketMs) as Array<{ version: number; device_id: string; digest: string; sketch: Buffer }>;
+  }
+
+  /** The merged sketch of the fleet ("") and of each cohort, for one version and reference digest. */
+  private groups(rows: ReadonlyArray<{ version: number; device_id: string; digest: string; sketch: Buffer }>, version: number, digest: string, lookups: DriftLookups): Map<string, { sketch: DriftSketch; devices: Set<string> }> {
+    const groups = new Map<string, { sketch: DriftSketch; devices: Set<string> }>();
+    for (const row of rows) {
+      if (row.version !== version || row.digest !== digest) continue;
+      const sketch = DriftSketch.decode(row.sketch);
+      const cohort = lookups.cohort(row.device_id);
+      for (const group of cohort ? ['', cohort] : ['']) {
+        const g = groups.get(group);
+        if (!g) groups.set(group, { sketch, devices: new Set([row.device_id]) });
+        else {
+          g.sketch = mergeSketches(g.sketch, sketch);
+          g.devices.add(row.device_id);
+        }
+      }
+    }
+    return groups;
+  }
+
+  /**
+   * Drift per version of `model` (or one version), for the fleet (cohort "") and per cohort label.
+   * For the default window (no since_ms) the same cohort over `longWindowMs` (hour buckets) is
+   * tested alongside it: the windowed test that names a small shift the short window cannot.
+   */
+  status(request: { model: string; version: number; sinceMs: number }, lookups: DriftLookups, options: DriftQueryOptions, nowMs: number): DriftStatus[] {
+    const sinceMs = request.sinceMs > 0 ? request.sinceMs : nowMs - options.defaultWindowMs;
+    const bucketMs = nowMs - sinceMs <= options.minuteBucketsUpToMs ? BUCKET_MINUTE_MS : BUCKET_HOUR_MS;
+    const rows = this.rowsSince(request.model, request.version, bucketMs, sinceMs);
+    const longMs = options.longWindowMs ?? 0;
+    const longRows = request.sinceMs === 0 && longMs > nowMs - sinceMs ? this.rowsSince(request.model, request.version, BUCKET_HOUR_MS, nowMs - longMs) : undefined;
     const versions = [...new Set(rows.map((r) => r.version))];
     if (request.version > 0 && !versions.includes(request.version)) versions.push(request.version);
     const statuses: DriftStatus[] = [];
     for (const version of versions) {
       const reference = this.referenceOf(lookups, request.model, version);
-      const empty = (cohort: string, status: string): DriftStatus => ({
-        model: request.model, version, cohort, status, devices: 0, rows: 0, driftedShare: 0, features: [], predictions: undefined,
-        latencyP50Ms: 0, latencyP95Ms: 0, errorRate: 0, windowStartMs: sinceMs, windowEndMs: nowMs,
+      const empty = (cohort: string, status: string, reason: string): DriftStatus => ({
+        model: request.model, version, cohort, status, devices: 0, rows: 0, driftedShare: 0, features: [], predictions: undefined, confidence: undefined,
+        latencyP50Ms: 0, latencyP95Ms: 0, errorRate: 0, windowStartMs: sinceMs, windowEndMs: nowMs, reason, minRows: 0,
       });
       if (!reference) {
-        statuses.push(empty('', 'no_reference'));
+        statuses.push(empty('', 'no_reference', 'the model version has no drift reference'));
         continue;
       }
       const digest = referenceDigest(reference);
-      const groups = new Map<string, { sketch: DriftSketch; devices: Set<string> }>();
-      for (const row of rows) {
-        if (row.version !== version || row.digest !== digest) continue;
-        const sketch = DriftSketch.decode(row.sketch);
-        const cohort = lookups.cohort(row.device_id);
-        for (const group of cohort ? ['', cohort] : ['']) {
-          const g = groups.get(group);
-          if (!g) groups.set(group, { sketch, devices: new Set([row.device_id]) });
-          else {
-            g.sketch = mergeSketches(g.sketch, sketch);
-            g.devices.add(row.device_id);
-          }
-        }
-      }
-      if (!groups.has('')) statuses.push(empty('', 'no_data'));
+      const groups = this.groups(rows, version, digest, lookups);
+      const long = longRows ? this.groups(longRows, version, digest, lookups) : undefined;
+      if (!groups.has('')) statuses.push(empty('', 'no_data', 'no drift sketches in the window'));
       for (const [cohort, g] of [...groups].sort(([a], [b]) => a.localeCompare(b))) {
-        statuses.push({ model: request.model, version, cohort, devices: g.devices.size, ...evaluateDrift(reference, g.sketch, options.thresholds) });
+        statuses.push({ model: request.model, version, cohort, devices: g.devices.size, ...evaluateDrift(reference, g.sketch, options.thresholds, { long: long?.get(cohort)?.sketch }) });
       }
     }
     return statuses;

@@ -24,6 +24,8 @@ export const driftRecordSink =
 export interface DriftQueryConfig {
   window: number;
   minuteBucketsUpTo: number;
+  /** The windowed test's long window; 0: off. */
+  longWindow?: number;
   thresholds: DriftThresholds;
 }
 
@@ -47,7 +49,7 @@ export function driftQueries(deps: { drift: SqliteDriftRepository; registry: Mod
   };
   return {
     status: (request) =>
-      deps.drift.status(request, lookups, { thresholds: deps.config.thresholds, defaultWindowMs: deps.config.window, minuteBucketsUpToMs: deps.config.minuteBucketsUpTo }, deps.clock.now()),
+      deps.drift.status(request, lookups, { thresholds: deps.config.thresholds, defaultWindowMs: deps.config.window, minuteBucketsUpToMs: deps.config.minuteBucketsUpTo, longWindowMs: deps.config.longWindow ?? 0 }, deps.clock.now()),
   };
 }
 

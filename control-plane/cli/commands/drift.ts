@@ -10,6 +10,8 @@ import { withConnection } from '../context.js';
 /** How a cohort is shown; `--cohort "(fleet)"` selects the whole-fleet events. */
 const FLEET = '(fleet)';
 const percent = (share: number): string => `${Math.round(share * 100)}%`;
+/** A p-value for the table; below 1e-300 (which doubles cannot tell from 0) it reads `< 1e-300`. */
+export const pValueText = (p: number): string => (p < 1e-300 ? '< 1e-300' : p.toExponential(1));
 
 /** An event as a row of `drift events`, and as the line `drift events --watch` prints. */
 const EVENT_COLUMNS = ['ID', 'AT', 'MODEL', 'VERSION', 'COHORT', 'FROM', 'TO', 'DRIFTED', 'MAX PSI', 'ROWS', 'DEVICES', 'DRIFTED FEATURES'];
@@ -95,12 +97,12 @@ export function registerDrift(program: Command): void {
             if (s.status in STATUS_NOTES) output.line(`${options.model}@v${s.version} ${s.cohort || FLEET}: ${STATUS_NOTES[s.status]}`);
           }
           for (const s of statuses) {
-            const shown = s.features.filter((f) => options.features || f.drifted);
+            const shown = s.features.filter((f) => options.features || f.drifted || f.status === 'below_floor');
             if (shown.length === 0) continue;
-            output.line(`\n${options.model}@v${s.version} ${s.cohort || FLEET}:`);
+            output.line(`\n${options.model}@v${s.version} ${s.cohort || FLEET}: ${s.status} (${s.reason})`);
             output.table(
               ['FEATURE', 'STATUS', 'PSI', 'JS', 'HELLINGER', 'KS', 'WASSERSTEIN', 'P (BH)', 'DRIFTED'],
-              shown.map((f) => [f.name, f.status, f.psi.toFixed(3), f.jensenShannon.toFixed(3), f.hellinger.toFixed(3), f.ks.toFixed(3), f.wasserstein.toPrecision(3), f.pAdjusted.toExponential(1), f.drifted ? 'yes' : 'no']),
+              shown.map((f) => [f.name, f.status, f.psi.toFixed(3), f.jensenShannon.toFixed(3), f.hellinger.toFixed(3), f.ks.toFixed(3), f.wasserstein.toPrecision(3), pValueText(f.pAdjusted), f.drifted ? 'yes' : 'no']),
             );
           }
         });

@@ -7,7 +7,9 @@ import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
-import { REFERENCE_METADATA_KEY, referenceFromCsv, serializeReference } from '../../../common/drift/reference.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, withDriftPolicy } from '../../../common/drift/reference.js';
+import { referenceWithModelPredictions } from '../releases/prediction-reference.js';
 import { assertModelName } from '../../../common/ids.js';
 import { parseExampleInputsFile } from '../../../common/onnx/example-inputs.js';
 import {
@@ -47,6 +49,7 @@ export function registerModels(program: Command): void {
     .option('--description <text>', 'what changed in this version', '')
     .option('--reference <csv>', 'drift reference data: CSV with a header of feature names and an optional label column')
     .option('--classes <a,b,...>', 'class names in the model\'s output order (for the reference\'s label column)')
+    .option('--drift-policy <json>', 'with --reference: this model\'s drift thresholds and feature importances (JSON file, see README)')
     .option('--sign', 'sign a release manifest for the assigned version (offline, with the release key in --keys-dir) and publish it')
     .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
     .option('--golden <n>', 'with --sign: golden test vectors to record (from --reference rows, else seeded inputs)', integer(0, 64), 3)
@@ -61,17 +64,21 @@ export function registerModels(program: Command): void {
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
         await assertNotEmpty(file);
+        if (options.driftPolicy && !options.reference) throw new DriftlineError('REQUEST_INVALID', '--drift-policy needs --reference');
         // Everything that can fail offline (keys, reference data, golden vectors) fails before the upload.
         const signing = options.sign ? await prepareSigning(file, options) : undefined;
         const { size, sha256 } = await fingerprint(file);
         const showProgress = Boolean(process.stderr.isTTY) && !output.json;
         const metadata: Record<string, string> = {};
         if (options.reference) {
-          const csv = await readFile(options.reference, 'utf8').catch((err: unknown) => {
+          const text = await readFile(options.reference, 'utf8').catch((err: unknown) => {
             throw usageError(`cannot read ${options.reference}: ${(err as Error).message}`);
           });
-          const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : await classOrder(file, options.reference, csv);
-          metadata[REFERENCE_METADATA_KEY] = serializeReference(referenceFromCsv(csv, classNames ? { classNames } : {}));
+          const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : await classOrder(file, options.reference, text);
+          const csv = referenceAndRowsFromCsv(text, classNames ? { classNames } : {});
+          // The class and confidence references are the model's own predictions on the reference rows.
+          const reference = await referenceWithModelPredictions(await readFile(file), csv.reference, csv.rows);
+          metadata[REFERENCE_METADATA_KEY] = serializeReference(options.driftPolicy ? withDriftPolicy(reference, await readFile(options.driftPolicy, 'utf8')) : reference);
         }
         // The control plane keeps one version per content: the same bytes again return that version.
         const existing = signing ? undefined : await versionWithBytes(connection, options.name, sha256);
@@ -312,6 +319,7 @@ interface PushOptions {
   description: string;
   reference?: string;
   classes?: string;
+  driftPolicy?: string;
   sign?: boolean;
   keysDir: string;
   golden: number;

@@ -396,10 +396,10 @@ export const TelemetryBatch: MessageFns<TelemetryBatch> = {
     if (message.records?.length) {
       obj.records = message.records.map((e) => TelemetryRecord.toJSON(e));
     }
-    if (message.sentAtMs !== 0) {
+    if (message.sentAtMs !== undefined) {
       obj.sentAtMs = Math.round(message.sentAtMs);
     }
-    if (message.deflated.length !== 0) {
+    if (message.deflated !== undefined) {
       obj.deflated = base64FromBytes(message.deflated);
     }
     return obj;
@@ -591,16 +591,16 @@ export const TelemetryRecord: MessageFns<TelemetryRecord> = {
 
   toJSON(message: TelemetryRecord): unknown {
     const obj: any = {};
-    if (message.boot !== 0) {
+    if (message.boot !== undefined) {
       obj.boot = Math.round(message.boot);
     }
-    if (message.seq !== 0) {
+    if (message.seq !== undefined) {
       obj.seq = Math.round(message.seq);
     }
-    if (message.timeMs !== 0) {
+    if (message.timeMs !== undefined) {
       obj.timeMs = Math.round(message.timeMs);
     }
-    if (message.stream !== 0) {
+    if (message.stream !== undefined) {
       obj.stream = streamToJSON(message.stream);
     }
     if (message.body?.$case === "inference") {
@@ -803,25 +803,25 @@ export const LabelRecord: MessageFns<LabelRecord> = {
 
   toJSON(message: LabelRecord): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.requestId !== "") {
+    if (message.requestId !== undefined) {
       obj.requestId = message.requestId;
     }
-    if (message.predicted !== 0) {
+    if (message.predicted !== undefined) {
       obj.predicted = Math.round(message.predicted);
     }
-    if (message.label !== 0) {
+    if (message.label !== undefined) {
       obj.label = Math.round(message.label);
     }
-    if (message.correct !== false) {
+    if (message.correct !== undefined) {
       obj.correct = message.correct;
     }
-    if (message.inferenceTimeMs !== 0) {
+    if (message.inferenceTimeMs !== undefined) {
       obj.inferenceTimeMs = Math.round(message.inferenceTimeMs);
     }
     return obj;
@@ -962,13 +962,13 @@ export const SampleRecord: MessageFns<SampleRecord> = {
 
   toJSON(message: SampleRecord): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
     if (message.inputs?.length) {
@@ -977,7 +977,7 @@ export const SampleRecord: MessageFns<SampleRecord> = {
     if (message.outputs?.length) {
       obj.outputs = message.outputs.map((e) => SampleTensor.toJSON(e));
     }
-    if (message.errorCode !== "") {
+    if (message.errorCode !== undefined) {
       obj.errorCode = message.errorCode;
     }
     return obj;
@@ -1101,16 +1101,16 @@ export const SampleTensor: MessageFns<SampleTensor> = {
 
   toJSON(message: SampleTensor): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.datatype !== "") {
+    if (message.datatype !== undefined) {
       obj.datatype = message.datatype;
     }
     if (message.shape?.length) {
       obj.shape = message.shape.map((e) => Math.round(e));
     }
-    if (message.data.length !== 0) {
+    if (message.data !== undefined) {
       obj.data = base64FromBytes(message.data);
     }
     return obj;
@@ -1304,31 +1304,31 @@ export const InferenceRecord: MessageFns<InferenceRecord> = {
 
   toJSON(message: InferenceRecord): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.provider !== "") {
+    if (message.provider !== undefined) {
       obj.provider = message.provider;
     }
-    if (message.latencyMs !== 0) {
+    if (message.latencyMs !== undefined) {
       obj.latencyMs = floatToJson(message.latencyMs);
     }
-    if (message.outcome !== 0) {
+    if (message.outcome !== undefined) {
       obj.outcome = outcomeToJSON(message.outcome);
     }
-    if (message.topClass !== 0) {
+    if (message.topClass !== undefined) {
       obj.topClass = Math.round(message.topClass);
     }
-    if (message.confidence !== 0) {
+    if (message.confidence !== undefined) {
       obj.confidence = floatToJson(message.confidence);
     }
-    if (message.errorCode !== "") {
+    if (message.errorCode !== undefined) {
       obj.errorCode = message.errorCode;
     }
-    if (message.batchSize !== 0) {
+    if (message.batchSize !== undefined) {
       obj.batchSize = Math.round(message.batchSize);
     }
     return obj;
@@ -1513,25 +1513,25 @@ export const SystemRecord: MessageFns<SystemRecord> = {
 
   toJSON(message: SystemRecord): unknown {
     const obj: any = {};
-    if (message.cpuPercent !== 0) {
+    if (message.cpuPercent !== undefined) {
       obj.cpuPercent = floatToJson(message.cpuPercent);
     }
-    if (message.rssBytes !== 0) {
+    if (message.rssBytes !== undefined) {
       obj.rssBytes = Math.round(message.rssBytes);
     }
-    if (message.memoryFreeBytes !== 0) {
+    if (message.memoryFreeBytes !== undefined) {
       obj.memoryFreeBytes = Math.round(message.memoryFreeBytes);
     }
-    if (message.diskFreeBytes !== 0) {
+    if (message.diskFreeBytes !== undefined) {
       obj.diskFreeBytes = Math.round(message.diskFreeBytes);
     }
-    if (message.bufferDepth !== 0) {
+    if (message.bufferDepth !== undefined) {
       obj.bufferDepth = Math.round(message.bufferDepth);
     }
-    if (message.gpuPercent !== 0) {
+    if (message.gpuPercent !== undefined) {
       obj.gpuPercent = floatToJson(message.gpuPercent);
     }
-    if (message.temperatureC !== 0) {
+    if (message.temperatureC !== undefined) {
       obj.temperatureC = floatToJson(message.temperatureC);
     }
     return obj;
@@ -1646,10 +1646,10 @@ export const EventRecord: MessageFns<EventRecord> = {
 
   toJSON(message: EventRecord): unknown {
     const obj: any = {};
-    if (message.kind !== "") {
+    if (message.kind !== undefined) {
       obj.kind = message.kind;
     }
-    if (message.message !== "") {
+    if (message.message !== undefined) {
       obj.message = message.message;
     }
     if (message.attributes) {
@@ -1749,10 +1749,10 @@ export const EventRecord_AttributesEntry: MessageFns<EventRecord_AttributesEntry
 
   toJSON(message: EventRecord_AttributesEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -1849,10 +1849,10 @@ export const TelemetryAck: MessageFns<TelemetryAck> = {
     if (message.ranges?.length) {
       obj.ranges = message.ranges.map((e) => SeqRange.toJSON(e));
     }
-    if (message.stored !== 0) {
+    if (message.stored !== undefined) {
       obj.stored = Math.round(message.stored);
     }
-    if (message.duplicates !== 0) {
+    if (message.duplicates !== undefined) {
       obj.duplicates = Math.round(message.duplicates);
     }
     return obj;
@@ -1947,13 +1947,13 @@ export const SeqRange: MessageFns<SeqRange> = {
 
   toJSON(message: SeqRange): unknown {
     const obj: any = {};
-    if (message.boot !== 0) {
+    if (message.boot !== undefined) {
       obj.boot = Math.round(message.boot);
     }
-    if (message.first !== 0) {
+    if (message.first !== undefined) {
       obj.first = Math.round(message.first);
     }
-    if (message.last !== 0) {
+    if (message.last !== undefined) {
       obj.last = Math.round(message.last);
     }
     return obj;
@@ -2064,7 +2064,7 @@ export const DesiredState: MessageFns<DesiredState> = {
 
   toJSON(message: DesiredState): unknown {
     const obj: any = {};
-    if (message.revision !== 0) {
+    if (message.revision !== undefined) {
       obj.revision = Math.round(message.revision);
     }
     if (message.model !== undefined) {
@@ -2073,7 +2073,7 @@ export const DesiredState: MessageFns<DesiredState> = {
     if (message.rootChain?.length) {
       obj.rootChain = message.rootChain.map((e) => base64FromBytes(e));
     }
-    if (message.rollback.length !== 0) {
+    if (message.rollback !== undefined) {
       obj.rollback = base64FromBytes(message.rollback);
     }
     return obj;
@@ -2239,25 +2239,25 @@ export const DesiredModel: MessageFns<DesiredModel> = {
 
   toJSON(message: DesiredModel): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.sha256 !== "") {
+    if (message.sha256 !== undefined) {
       obj.sha256 = message.sha256;
     }
-    if (message.sizeBytes !== 0) {
+    if (message.sizeBytes !== undefined) {
       obj.sizeBytes = Math.round(message.sizeBytes);
     }
-    if (message.artifactPath !== "") {
+    if (message.artifactPath !== undefined) {
       obj.artifactPath = message.artifactPath;
     }
-    if (message.driftReference !== "") {
+    if (message.driftReference !== undefined) {
       obj.driftReference = message.driftReference;
     }
-    if (message.envelope.length !== 0) {
+    if (message.envelope !== undefined) {
       obj.envelope = base64FromBytes(message.envelope);
     }
     return obj;
@@ -2519,37 +2519,37 @@ export const ReportedState: MessageFns<ReportedState> = {
 
   toJSON(message: ReportedState): unknown {
     const obj: any = {};
-    if (message.agentVersion !== "") {
+    if (message.agentVersion !== undefined) {
       obj.agentVersion = message.agentVersion;
     }
-    if (message.firmwareProfile !== "") {
+    if (message.firmwareProfile !== undefined) {
       obj.firmwareProfile = message.firmwareProfile;
     }
     if (message.activeModel !== undefined) {
       obj.activeModel = ActiveModel.toJSON(message.activeModel);
     }
-    if (message.bufferDepth !== 0) {
+    if (message.bufferDepth !== undefined) {
       obj.bufferDepth = Math.round(message.bufferDepth);
     }
-    if (message.boot !== 0) {
+    if (message.boot !== undefined) {
       obj.boot = Math.round(message.boot);
     }
-    if (message.uptimeS !== 0) {
+    if (message.uptimeS !== undefined) {
       obj.uptimeS = Math.round(message.uptimeS);
     }
-    if (message.desiredRevision !== 0) {
+    if (message.desiredRevision !== undefined) {
       obj.desiredRevision = Math.round(message.desiredRevision);
     }
-    if (message.lastErrorCode !== "") {
+    if (message.lastErrorCode !== undefined) {
       obj.lastErrorCode = message.lastErrorCode;
     }
-    if (message.lastError !== "") {
+    if (message.lastError !== undefined) {
       obj.lastError = message.lastError;
     }
-    if (message.droppedRecords !== 0) {
+    if (message.droppedRecords !== undefined) {
       obj.droppedRecords = Math.round(message.droppedRecords);
     }
-    if (message.reportedAtMs !== 0) {
+    if (message.reportedAtMs !== undefined) {
       obj.reportedAtMs = Math.round(message.reportedAtMs);
     }
     if (message.warnings?.length) {
@@ -2670,16 +2670,16 @@ export const ActiveModel: MessageFns<ActiveModel> = {
 
   toJSON(message: ActiveModel): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.sha256 !== "") {
+    if (message.sha256 !== undefined) {
       obj.sha256 = message.sha256;
     }
-    if (message.provider !== "") {
+    if (message.provider !== undefined) {
       obj.provider = message.provider;
     }
     return obj;
@@ -2823,10 +2823,10 @@ export const Command: MessageFns<Command> = {
 
   toJSON(message: Command): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.kind !== "") {
+    if (message.kind !== undefined) {
       obj.kind = message.kind;
     }
     if (message.args) {
@@ -2838,10 +2838,10 @@ export const Command: MessageFns<Command> = {
         });
       }
     }
-    if (message.issuedAtMs !== 0) {
+    if (message.issuedAtMs !== undefined) {
       obj.issuedAtMs = Math.round(message.issuedAtMs);
     }
-    if (message.expiresAtMs !== 0) {
+    if (message.expiresAtMs !== undefined) {
       obj.expiresAtMs = Math.round(message.expiresAtMs);
     }
     return obj;
@@ -2934,10 +2934,10 @@ export const Command_ArgsEntry: MessageFns<Command_ArgsEntry> = {
 
   toJSON(message: Command_ArgsEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -3075,16 +3075,16 @@ export const CommandResult: MessageFns<CommandResult> = {
 
   toJSON(message: CommandResult): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.ok !== false) {
+    if (message.ok !== undefined) {
       obj.ok = message.ok;
     }
-    if (message.errorCode !== "") {
+    if (message.errorCode !== undefined) {
       obj.errorCode = message.errorCode;
     }
-    if (message.message !== "") {
+    if (message.message !== undefined) {
       obj.message = message.message;
     }
     if (message.output) {
@@ -3186,10 +3186,10 @@ export const CommandResult_OutputEntry: MessageFns<CommandResult_OutputEntry> = 
 
   toJSON(message: CommandResult_OutputEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;

@@ -78,11 +78,11 @@ export interface DriftStatus {
   model: string;
   version: number;
   cohort: string;
-  /** ok | warn | alert | no_reference | no_data */
+  /** ok | warn | alert | no_reference | no_data (see README: how a verdict is reached) */
   status: string;
   devices: number;
   rows: number;
-  /** Share of features whose corrected test says drifted (the dataset rule). */
+  /** Importance-weighted share of drifted features (the dataset rule). */
   driftedShare: number;
   features: FeatureDrift[];
   predictions: FeatureDrift | undefined;
@@ -91,6 +91,16 @@ export interface DriftStatus {
   errorRate: number;
   windowStartMs: number;
   windowEndMs: number;
+  /** Which rule decided the status, in words. */
+  reason: string;
+  /** Rows a window needs before it gets a verdict (from the test's power). */
+  minRows: number;
+  /**
+   * Top-class confidence against the model's confidences on the reference data (when the
+   * reference has them); like predictions (when the reference holds predictions, not labels)
+   * it is corrected with the features and counts in the verdict.
+   */
+  confidence: FeatureDrift | undefined;
 }
 
 export interface FeatureDrift {
@@ -100,11 +110,17 @@ export interface FeatureDrift {
   hellinger: number;
   ks: number;
   wasserstein: number;
-  /** Chi-square p-value before correction, and after (Benjamini-Hochberg). */
+  /**
+   * p-value of the binned chi-square and KS tests (Bonferroni over both, and over the short and
+   * long windows) before correction, and after (Benjamini-Hochberg across features).
+   */
   pValue: number;
   pAdjusted: number;
   drifted: boolean;
-  /** ok | warn | alert, from PSI (warn 0.1, alert 0.2) */
+  /**
+   * no_data (too few rows) | ok (not significant) | below_floor (significant, effect below the
+   * floors) | warn (drifted) | alert (drifted, PSI at or above the severity)
+   */
   status: string;
 }
 
@@ -415,25 +431,25 @@ export const DriftSketch: MessageFns<DriftSketch> = {
 
   toJSON(message: DriftSketch): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.windowStartMs !== 0) {
+    if (message.windowStartMs !== undefined) {
       obj.windowStartMs = Math.round(message.windowStartMs);
     }
-    if (message.windowEndMs !== 0) {
+    if (message.windowEndMs !== undefined) {
       obj.windowEndMs = Math.round(message.windowEndMs);
     }
-    if (message.rows !== 0) {
+    if (message.rows !== undefined) {
       obj.rows = Math.round(message.rows);
     }
-    if (message.errors !== 0) {
+    if (message.errors !== undefined) {
       obj.errors = Math.round(message.errors);
     }
-    if (message.requests !== 0) {
+    if (message.requests !== undefined) {
       obj.requests = Math.round(message.requests);
     }
     if (message.features?.length) {
@@ -445,10 +461,10 @@ export const DriftSketch: MessageFns<DriftSketch> = {
     if (message.confidenceCounts?.length) {
       obj.confidenceCounts = message.confidenceCounts.map((e) => Math.round(e));
     }
-    if (message.latencyDdsketch.length !== 0) {
+    if (message.latencyDdsketch !== undefined) {
       obj.latencyDdsketch = base64FromBytes(message.latencyDdsketch);
     }
-    if (message.referenceDigest !== "") {
+    if (message.referenceDigest !== undefined) {
       obj.referenceDigest = message.referenceDigest;
     }
     return obj;
@@ -554,7 +570,7 @@ export const FeatureBins: MessageFns<FeatureBins> = {
 
   toJSON(message: FeatureBins): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
     if (message.counts?.length) {
@@ -655,13 +671,13 @@ export const DriftStatusRequest: MessageFns<DriftStatusRequest> = {
 
   toJSON(message: DriftStatusRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
     return obj;
@@ -766,6 +782,9 @@ function createBaseDriftStatus(): DriftStatus {
     errorRate: 0,
     windowStartMs: 0,
     windowEndMs: 0,
+    reason: "",
+    minRows: 0,
+    confidence: undefined,
   };
 }
 
@@ -812,6 +831,15 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     }
     if (message.windowEndMs !== 0) {
       writer.uint32(112).int64(message.windowEndMs);
+    }
+    if (message.reason !== "") {
+      writer.uint32(122).string(message.reason);
+    }
+    if (message.minRows !== 0) {
+      writer.uint32(128).int64(message.minRows);
+    }
+    if (message.confidence !== undefined) {
+      FeatureDrift.encode(message.confidence, writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -941,6 +969,30 @@ export const DriftStatus: MessageFns<DriftStatus> = {
             message.windowEndMs = longToNumber(reader.int64());
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.minRows = longToNumber(reader.int64());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.confidence = FeatureDrift.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -995,30 +1047,37 @@ export const DriftStatus: MessageFns<DriftStatus> = {
         : isSet(object.window_end_ms)
         ? globalThis.Number(object.window_end_ms)
         : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      minRows: isSet(object.minRows)
+        ? globalThis.Number(object.minRows)
+        : isSet(object.min_rows)
+        ? globalThis.Number(object.min_rows)
+        : 0,
+      confidence: isSet(object.confidence) ? FeatureDrift.fromJSON(object.confidence) : undefined,
     };
   },
 
   toJSON(message: DriftStatus): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.cohort !== "") {
+    if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.status !== "") {
+    if (message.status !== undefined) {
       obj.status = message.status;
     }
-    if (message.devices !== 0) {
+    if (message.devices !== undefined) {
       obj.devices = Math.round(message.devices);
     }
-    if (message.rows !== 0) {
+    if (message.rows !== undefined) {
       obj.rows = Math.round(message.rows);
     }
-    if (message.driftedShare !== 0) {
+    if (message.driftedShare !== undefined) {
       obj.driftedShare = floatToJson(message.driftedShare);
     }
     if (message.features?.length) {
@@ -1027,20 +1086,29 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     if (message.predictions !== undefined) {
       obj.predictions = FeatureDrift.toJSON(message.predictions);
     }
-    if (message.latencyP50Ms !== 0) {
+    if (message.latencyP50Ms !== undefined) {
       obj.latencyP50Ms = floatToJson(message.latencyP50Ms);
     }
-    if (message.latencyP95Ms !== 0) {
+    if (message.latencyP95Ms !== undefined) {
       obj.latencyP95Ms = floatToJson(message.latencyP95Ms);
     }
-    if (message.errorRate !== 0) {
+    if (message.errorRate !== undefined) {
       obj.errorRate = floatToJson(message.errorRate);
     }
-    if (message.windowStartMs !== 0) {
+    if (message.windowStartMs !== undefined) {
       obj.windowStartMs = Math.round(message.windowStartMs);
     }
-    if (message.windowEndMs !== 0) {
+    if (message.windowEndMs !== undefined) {
       obj.windowEndMs = Math.round(message.windowEndMs);
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    if (message.minRows !== undefined) {
+      obj.minRows = Math.round(message.minRows);
+    }
+    if (message.confidence !== undefined) {
+      obj.confidence = FeatureDrift.toJSON(message.confidence);
     }
     return obj;
   },
@@ -1066,6 +1134,11 @@ export const DriftStatus: MessageFns<DriftStatus> = {
     message.errorRate = object.errorRate ?? 0;
     message.windowStartMs = object.windowStartMs ?? 0;
     message.windowEndMs = object.windowEndMs ?? 0;
+    message.reason = object.reason ?? "";
+    message.minRows = object.minRows ?? 0;
+    message.confidence = (object.confidence !== undefined && object.confidence !== null)
+      ? FeatureDrift.fromPartial(object.confidence)
+      : undefined;
     return message;
   },
 };
@@ -1254,34 +1327,34 @@ export const FeatureDrift: MessageFns<FeatureDrift> = {
 
   toJSON(message: FeatureDrift): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.psi !== 0) {
+    if (message.psi !== undefined) {
       obj.psi = floatToJson(message.psi);
     }
-    if (message.jensenShannon !== 0) {
+    if (message.jensenShannon !== undefined) {
       obj.jensenShannon = floatToJson(message.jensenShannon);
     }
-    if (message.hellinger !== 0) {
+    if (message.hellinger !== undefined) {
       obj.hellinger = floatToJson(message.hellinger);
     }
-    if (message.ks !== 0) {
+    if (message.ks !== undefined) {
       obj.ks = floatToJson(message.ks);
     }
-    if (message.wasserstein !== 0) {
+    if (message.wasserstein !== undefined) {
       obj.wasserstein = floatToJson(message.wasserstein);
     }
-    if (message.pValue !== 0) {
+    if (message.pValue !== undefined) {
       obj.pValue = floatToJson(message.pValue);
     }
-    if (message.pAdjusted !== 0) {
+    if (message.pAdjusted !== undefined) {
       obj.pAdjusted = floatToJson(message.pAdjusted);
     }
-    if (message.drifted !== false) {
+    if (message.drifted !== undefined) {
       obj.drifted = message.drifted;
     }
-    if (message.status !== "") {
+    if (message.status !== undefined) {
       obj.status = message.status;
     }
     return obj;
@@ -1524,40 +1597,40 @@ export const DriftEvent: MessageFns<DriftEvent> = {
 
   toJSON(message: DriftEvent): unknown {
     const obj: any = {};
-    if (message.id !== 0) {
+    if (message.id !== undefined) {
       obj.id = Math.round(message.id);
     }
-    if (message.atMs !== 0) {
+    if (message.atMs !== undefined) {
       obj.atMs = Math.round(message.atMs);
     }
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.cohort !== "") {
+    if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.previousStatus !== "") {
+    if (message.previousStatus !== undefined) {
       obj.previousStatus = message.previousStatus;
     }
-    if (message.status !== "") {
+    if (message.status !== undefined) {
       obj.status = message.status;
     }
-    if (message.driftedShare !== 0) {
+    if (message.driftedShare !== undefined) {
       obj.driftedShare = floatToJson(message.driftedShare);
     }
     if (message.driftedFeatures?.length) {
       obj.driftedFeatures = message.driftedFeatures;
     }
-    if (message.maxPsi !== 0) {
+    if (message.maxPsi !== undefined) {
       obj.maxPsi = floatToJson(message.maxPsi);
     }
-    if (message.rows !== 0) {
+    if (message.rows !== undefined) {
       obj.rows = Math.round(message.rows);
     }
-    if (message.devices !== 0) {
+    if (message.devices !== undefined) {
       obj.devices = Math.round(message.devices);
     }
     return obj;
@@ -1705,22 +1778,22 @@ export const ListDriftEventsRequest: MessageFns<ListDriftEventsRequest> = {
 
   toJSON(message: ListDriftEventsRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
     if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
-    if (message.afterId !== 0) {
+    if (message.afterId !== undefined) {
       obj.afterId = Math.round(message.afterId);
     }
-    if (message.limit !== 0) {
+    if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
     return obj;
@@ -1931,22 +2004,22 @@ export const WatchDriftEventsRequest: MessageFns<WatchDriftEventsRequest> = {
 
   toJSON(message: WatchDriftEventsRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
     if (message.cohort !== undefined) {
       obj.cohort = message.cohort;
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
-    if (message.afterId !== 0) {
+    if (message.afterId !== undefined) {
       obj.afterId = Math.round(message.afterId);
     }
-    if (message.limit !== 0) {
+    if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
     return obj;

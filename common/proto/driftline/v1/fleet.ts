@@ -448,7 +448,7 @@ export const Device: MessageFns<Device> = {
 
   toJSON(message: Device): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     if (message.labels) {
@@ -460,16 +460,16 @@ export const Device: MessageFns<Device> = {
         });
       }
     }
-    if (message.status !== 0) {
+    if (message.status !== undefined) {
       obj.status = deviceStatusToJSON(message.status);
     }
-    if (message.enrolledAtMs !== 0) {
+    if (message.enrolledAtMs !== undefined) {
       obj.enrolledAtMs = Math.round(message.enrolledAtMs);
     }
-    if (message.lastSeenMs !== 0) {
+    if (message.lastSeenMs !== undefined) {
       obj.lastSeenMs = Math.round(message.lastSeenMs);
     }
-    if (message.online !== false) {
+    if (message.online !== undefined) {
       obj.online = message.online;
     }
     if (message.reported !== undefined) {
@@ -575,10 +575,10 @@ export const Device_LabelsEntry: MessageFns<Device_LabelsEntry> = {
 
   toJSON(message: Device_LabelsEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -696,7 +696,7 @@ export const CreateEnrollmentTokenRequest: MessageFns<CreateEnrollmentTokenReque
 
   toJSON(message: CreateEnrollmentTokenRequest): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
     if (message.labels) {
@@ -708,7 +708,7 @@ export const CreateEnrollmentTokenRequest: MessageFns<CreateEnrollmentTokenReque
         });
       }
     }
-    if (message.ttlSeconds !== 0) {
+    if (message.ttlSeconds !== undefined) {
       obj.ttlSeconds = Math.round(message.ttlSeconds);
     }
     return obj;
@@ -799,10 +799,10 @@ export const CreateEnrollmentTokenRequest_LabelsEntry: MessageFns<CreateEnrollme
 
   toJSON(message: CreateEnrollmentTokenRequest_LabelsEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -932,19 +932,19 @@ export const CreateEnrollmentTokenResponse: MessageFns<CreateEnrollmentTokenResp
 
   toJSON(message: CreateEnrollmentTokenResponse): unknown {
     const obj: any = {};
-    if (message.token !== "") {
+    if (message.token !== undefined) {
       obj.token = message.token;
     }
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.expiresAtMs !== 0) {
+    if (message.expiresAtMs !== undefined) {
       obj.expiresAtMs = Math.round(message.expiresAtMs);
     }
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.reenroll !== false) {
+    if (message.reenroll !== undefined) {
       obj.reenroll = message.reenroll;
     }
     return obj;
@@ -1039,10 +1039,10 @@ export const ReenrollDeviceRequest: MessageFns<ReenrollDeviceRequest> = {
 
   toJSON(message: ReenrollDeviceRequest): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.ttlSeconds !== 0) {
+    if (message.ttlSeconds !== undefined) {
       obj.ttlSeconds = Math.round(message.ttlSeconds);
     }
     return obj;
@@ -1132,10 +1132,10 @@ export const ListEnrollmentTokensRequest: MessageFns<ListEnrollmentTokensRequest
 
   toJSON(message: ListEnrollmentTokensRequest): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.includeInactive !== false) {
+    if (message.includeInactive !== undefined) {
       obj.includeInactive = message.includeInactive;
     }
     return obj;
@@ -1274,7 +1274,7 @@ export const RevokeEnrollmentTokenRequest: MessageFns<RevokeEnrollmentTokenReque
 
   toJSON(message: RevokeEnrollmentTokenRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     return obj;
@@ -1485,10 +1485,10 @@ export const EnrollmentToken: MessageFns<EnrollmentToken> = {
 
   toJSON(message: EnrollmentToken): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
     if (message.labels) {
@@ -1500,22 +1500,22 @@ export const EnrollmentToken: MessageFns<EnrollmentToken> = {
         });
       }
     }
-    if (message.createdAtMs !== 0) {
+    if (message.createdAtMs !== undefined) {
       obj.createdAtMs = Math.round(message.createdAtMs);
     }
-    if (message.expiresAtMs !== 0) {
+    if (message.expiresAtMs !== undefined) {
       obj.expiresAtMs = Math.round(message.expiresAtMs);
     }
-    if (message.usedAtMs !== 0) {
+    if (message.usedAtMs !== undefined) {
       obj.usedAtMs = Math.round(message.usedAtMs);
     }
-    if (message.revokedAtMs !== 0) {
+    if (message.revokedAtMs !== undefined) {
       obj.revokedAtMs = Math.round(message.revokedAtMs);
     }
-    if (message.reenroll !== false) {
+    if (message.reenroll !== undefined) {
       obj.reenroll = message.reenroll;
     }
-    if (message.state !== "") {
+    if (message.state !== undefined) {
       obj.state = message.state;
     }
     return obj;
@@ -1612,10 +1612,10 @@ export const EnrollmentToken_LabelsEntry: MessageFns<EnrollmentToken_LabelsEntry
 
   toJSON(message: EnrollmentToken_LabelsEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -1701,10 +1701,10 @@ export const ListDevicesRequest: MessageFns<ListDevicesRequest> = {
 
   toJSON(message: ListDevicesRequest): unknown {
     const obj: any = {};
-    if (message.selector !== "") {
+    if (message.selector !== undefined) {
       obj.selector = message.selector;
     }
-    if (message.includeDecommissioned !== false) {
+    if (message.includeDecommissioned !== undefined) {
       obj.includeDecommissioned = message.includeDecommissioned;
     }
     return obj;
@@ -1847,7 +1847,7 @@ export const GetDeviceRequest: MessageFns<GetDeviceRequest> = {
 
   toJSON(message: GetDeviceRequest): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
     return obj;
@@ -1960,7 +1960,7 @@ export const LabelDeviceRequest: MessageFns<LabelDeviceRequest> = {
 
   toJSON(message: LabelDeviceRequest): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
     if (message.set) {
@@ -2063,10 +2063,10 @@ export const LabelDeviceRequest_SetEntry: MessageFns<LabelDeviceRequest_SetEntry
 
   toJSON(message: LabelDeviceRequest_SetEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -2140,7 +2140,7 @@ export const DecommissionDeviceRequest: MessageFns<DecommissionDeviceRequest> = 
 
   toJSON(message: DecommissionDeviceRequest): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
     return obj;
@@ -2257,16 +2257,16 @@ export const EnrollRequest: MessageFns<EnrollRequest> = {
 
   toJSON(message: EnrollRequest): unknown {
     const obj: any = {};
-    if (message.token !== "") {
+    if (message.token !== undefined) {
       obj.token = message.token;
     }
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.firmwareProfile !== "") {
+    if (message.firmwareProfile !== undefined) {
       obj.firmwareProfile = message.firmwareProfile;
     }
-    if (message.agentVersion !== "") {
+    if (message.agentVersion !== undefined) {
       obj.agentVersion = message.agentVersion;
     }
     return obj;
@@ -2458,19 +2458,19 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
 
   toJSON(message: EnrollResponse): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.mqttUsername !== "") {
+    if (message.mqttUsername !== undefined) {
       obj.mqttUsername = message.mqttUsername;
     }
-    if (message.mqttPassword !== "") {
+    if (message.mqttPassword !== undefined) {
       obj.mqttPassword = message.mqttPassword;
     }
-    if (message.mqttUrl !== "") {
+    if (message.mqttUrl !== undefined) {
       obj.mqttUrl = message.mqttUrl;
     }
-    if (message.artifactBaseUrl !== "") {
+    if (message.artifactBaseUrl !== undefined) {
       obj.artifactBaseUrl = message.artifactBaseUrl;
     }
     if (message.labels) {
@@ -2482,7 +2482,7 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
         });
       }
     }
-    if (message.rootMetadata.length !== 0) {
+    if (message.rootMetadata !== undefined) {
       obj.rootMetadata = base64FromBytes(message.rootMetadata);
     }
     return obj;
@@ -2577,10 +2577,10 @@ export const EnrollResponse_LabelsEntry: MessageFns<EnrollResponse_LabelsEntry> 
 
   toJSON(message: EnrollResponse_LabelsEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -2662,10 +2662,10 @@ export const CreateTokenRequest: MessageFns<CreateTokenRequest> = {
 
   toJSON(message: CreateTokenRequest): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.role !== 0) {
+    if (message.role !== undefined) {
       obj.role = roleToJSON(message.role);
     }
     return obj;
@@ -2759,13 +2759,13 @@ export const CreateTokenResponse: MessageFns<CreateTokenResponse> = {
 
   toJSON(message: CreateTokenResponse): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.token !== "") {
+    if (message.token !== undefined) {
       obj.token = message.token;
     }
-    if (message.role !== 0) {
+    if (message.role !== undefined) {
       obj.role = roleToJSON(message.role);
     }
     return obj;
@@ -2940,19 +2940,19 @@ export const TokenInfo: MessageFns<TokenInfo> = {
 
   toJSON(message: TokenInfo): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.role !== 0) {
+    if (message.role !== undefined) {
       obj.role = roleToJSON(message.role);
     }
-    if (message.createdAtMs !== 0) {
+    if (message.createdAtMs !== undefined) {
       obj.createdAtMs = Math.round(message.createdAtMs);
     }
-    if (message.revoked !== false) {
+    if (message.revoked !== undefined) {
       obj.revoked = message.revoked;
     }
     return obj;
@@ -3092,7 +3092,7 @@ export const RevokeTokenRequest: MessageFns<RevokeTokenRequest> = {
 
   toJSON(message: RevokeTokenRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     return obj;

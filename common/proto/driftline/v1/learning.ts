@@ -145,13 +145,13 @@ export const StartTrainingJobRequest: MessageFns<StartTrainingJobRequest> = {
 
   toJSON(message: StartTrainingJobRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.baseVersion !== 0) {
+    if (message.baseVersion !== undefined) {
       obj.baseVersion = Math.round(message.baseVersion);
     }
-    if (message.clientRequestId !== "") {
+    if (message.clientRequestId !== undefined) {
       obj.clientRequestId = message.clientRequestId;
     }
     return obj;
@@ -220,7 +220,7 @@ export const GetTrainingJobRequest: MessageFns<GetTrainingJobRequest> = {
 
   toJSON(message: GetTrainingJobRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     return obj;
@@ -313,13 +313,13 @@ export const TrainingJob: MessageFns<TrainingJob> = {
 
   toJSON(message: TrainingJob): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.state !== "") {
+    if (message.state !== undefined) {
       obj.state = message.state;
     }
     return obj;
@@ -422,13 +422,13 @@ export const StartRoundRequest: MessageFns<StartRoundRequest> = {
 
   toJSON(message: StartRoundRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.minClients !== 0) {
+    if (message.minClients !== undefined) {
       obj.minClients = Math.round(message.minClients);
     }
-    if (message.clientRequestId !== "") {
+    if (message.clientRequestId !== undefined) {
       obj.clientRequestId = message.clientRequestId;
     }
     return obj;
@@ -497,7 +497,7 @@ export const GetRoundRequest: MessageFns<GetRoundRequest> = {
 
   toJSON(message: GetRoundRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     return obj;
@@ -590,13 +590,13 @@ export const FederatedRound: MessageFns<FederatedRound> = {
 
   toJSON(message: FederatedRound): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.state !== "") {
+    if (message.state !== undefined) {
       obj.state = message.state;
     }
     return obj;

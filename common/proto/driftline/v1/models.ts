@@ -192,10 +192,10 @@ export const TensorSpec: MessageFns<TensorSpec> = {
 
   toJSON(message: TensorSpec): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.type !== "") {
+    if (message.type !== undefined) {
       obj.type = message.type;
     }
     if (message.shape?.length) {
@@ -412,22 +412,22 @@ export const ModelVersion: MessageFns<ModelVersion> = {
 
   toJSON(message: ModelVersion): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.sha256 !== "") {
+    if (message.sha256 !== undefined) {
       obj.sha256 = message.sha256;
     }
-    if (message.sizeBytes !== 0) {
+    if (message.sizeBytes !== undefined) {
       obj.sizeBytes = Math.round(message.sizeBytes);
     }
-    if (message.createdAtMs !== 0) {
+    if (message.createdAtMs !== undefined) {
       obj.createdAtMs = Math.round(message.createdAtMs);
     }
-    if (message.opset !== 0) {
+    if (message.opset !== undefined) {
       obj.opset = Math.round(message.opset);
     }
     if (message.inputs?.length) {
@@ -436,7 +436,7 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     if (message.outputs?.length) {
       obj.outputs = message.outputs.map((e) => TensorSpec.toJSON(e));
     }
-    if (message.description !== "") {
+    if (message.description !== undefined) {
       obj.description = message.description;
     }
     if (message.metadata) {
@@ -543,10 +543,10 @@ export const ModelVersion_MetadataEntry: MessageFns<ModelVersion_MetadataEntry> 
 
   toJSON(message: ModelVersion_MetadataEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -630,7 +630,7 @@ export const Model: MessageFns<Model> = {
 
   toJSON(message: Model): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
     if (message.versions?.length) {
@@ -872,16 +872,16 @@ export const UploadModelHeader: MessageFns<UploadModelHeader> = {
 
   toJSON(message: UploadModelHeader): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.sizeBytes !== 0) {
+    if (message.sizeBytes !== undefined) {
       obj.sizeBytes = Math.round(message.sizeBytes);
     }
-    if (message.sha256 !== "") {
+    if (message.sha256 !== undefined) {
       obj.sha256 = message.sha256;
     }
-    if (message.description !== "") {
+    if (message.description !== undefined) {
       obj.description = message.description;
     }
     if (message.metadata) {
@@ -983,10 +983,10 @@ export const UploadModelHeader_MetadataEntry: MessageFns<UploadModelHeader_Metad
 
   toJSON(message: UploadModelHeader_MetadataEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -1177,7 +1177,7 @@ export const GetModelRequest: MessageFns<GetModelRequest> = {
 
   toJSON(message: GetModelRequest): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
     return obj;
@@ -1286,16 +1286,16 @@ export const DeployModelRequest: MessageFns<DeployModelRequest> = {
 
   toJSON(message: DeployModelRequest): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
     if (message.deviceIds?.length) {
       obj.deviceIds = message.deviceIds;
     }
-    if (message.selector !== "") {
+    if (message.selector !== undefined) {
       obj.selector = message.selector;
     }
     return obj;
@@ -1382,7 +1382,7 @@ export const DeployModelResponse: MessageFns<DeployModelResponse> = {
     if (message.model !== undefined) {
       obj.model = ModelVersion.toJSON(message.model);
     }
-    if (message.devices !== 0) {
+    if (message.devices !== undefined) {
       obj.devices = Math.round(message.devices);
     }
     return obj;

@@ -141,13 +141,13 @@ export const PublishReleaseRequest: MessageFns<PublishReleaseRequest> = {
 
   toJSON(message: PublishReleaseRequest): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.envelope.length !== 0) {
+    if (message.envelope !== undefined) {
       obj.envelope = base64FromBytes(message.envelope);
     }
     return obj;
@@ -230,10 +230,10 @@ export const GetReleaseRequest: MessageFns<GetReleaseRequest> = {
 
   toJSON(message: GetReleaseRequest): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
     return obj;
@@ -387,25 +387,25 @@ export const Release: MessageFns<Release> = {
 
   toJSON(message: Release): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.sha256 !== "") {
+    if (message.sha256 !== undefined) {
       obj.sha256 = message.sha256;
     }
-    if (message.sizeBytes !== 0) {
+    if (message.sizeBytes !== undefined) {
       obj.sizeBytes = Math.round(message.sizeBytes);
     }
     if (message.keyIds?.length) {
       obj.keyIds = message.keyIds;
     }
-    if (message.envelope.length !== 0) {
+    if (message.envelope !== undefined) {
       obj.envelope = base64FromBytes(message.envelope);
     }
-    if (message.publishedAtMs !== 0) {
+    if (message.publishedAtMs !== undefined) {
       obj.publishedAtMs = Math.round(message.publishedAtMs);
     }
     return obj;
@@ -567,10 +567,10 @@ export const TrustRoot: MessageFns<TrustRoot> = {
     if (message.rootChain?.length) {
       obj.rootChain = message.rootChain.map((e) => base64FromBytes(e));
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.expiresAtMs !== 0) {
+    if (message.expiresAtMs !== undefined) {
       obj.expiresAtMs = Math.round(message.expiresAtMs);
     }
     return obj;

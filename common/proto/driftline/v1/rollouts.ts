@@ -405,40 +405,40 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
 
   toJSON(message: StartRolloutRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
     if (message.wavePercents?.length) {
       obj.wavePercents = message.wavePercents.map((e) => floatToJson(e));
     }
-    if (message.bakeSeconds !== 0) {
+    if (message.bakeSeconds !== undefined) {
       obj.bakeSeconds = Math.round(message.bakeSeconds);
     }
-    if (message.minDevices !== 0) {
+    if (message.minDevices !== undefined) {
       obj.minDevices = Math.round(message.minDevices);
     }
-    if (message.target !== "") {
+    if (message.target !== undefined) {
       obj.target = message.target;
     }
-    if (message.clientRequestId !== "") {
+    if (message.clientRequestId !== undefined) {
       obj.clientRequestId = message.clientRequestId;
     }
     if (message.gates?.length) {
       obj.gates = message.gates;
     }
-    if (message.failureLimit !== 0) {
+    if (message.failureLimit !== undefined) {
       obj.failureLimit = Math.round(message.failureLimit);
     }
-    if (message.consecutiveErrorLimit !== 0) {
+    if (message.consecutiveErrorLimit !== undefined) {
       obj.consecutiveErrorLimit = Math.round(message.consecutiveErrorLimit);
     }
-    if (message.minInferences !== 0) {
+    if (message.minInferences !== undefined) {
       obj.minInferences = Math.round(message.minInferences);
     }
-    if (message.intervalSeconds !== 0) {
+    if (message.intervalSeconds !== undefined) {
       obj.intervalSeconds = Math.round(message.intervalSeconds);
     }
     return obj;
@@ -516,7 +516,7 @@ export const GetRolloutRequest: MessageFns<GetRolloutRequest> = {
 
   toJSON(message: GetRolloutRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     return obj;
@@ -601,10 +601,10 @@ export const ListRolloutsRequest: MessageFns<ListRolloutsRequest> = {
 
   toJSON(message: ListRolloutsRequest): unknown {
     const obj: any = {};
-    if (message.activeOnly !== false) {
+    if (message.activeOnly !== undefined) {
       obj.activeOnly = message.activeOnly;
     }
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
     return obj;
@@ -771,13 +771,13 @@ export const RolloutCommandRequest: MessageFns<RolloutCommandRequest> = {
 
   toJSON(message: RolloutCommandRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.clientRequestId !== "") {
+    if (message.clientRequestId !== undefined) {
       obj.clientRequestId = message.clientRequestId;
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
     return obj;
@@ -846,7 +846,7 @@ export const WatchRolloutRequest: MessageFns<WatchRolloutRequest> = {
 
   toJSON(message: WatchRolloutRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     return obj;
@@ -913,7 +913,7 @@ export const GetRolloutAuditRequest: MessageFns<GetRolloutAuditRequest> = {
 
   toJSON(message: GetRolloutAuditRequest): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
     return obj;
@@ -1315,25 +1315,25 @@ export const Rollout: MessageFns<Rollout> = {
 
   toJSON(message: Rollout): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.state !== "") {
+    if (message.state !== undefined) {
       obj.state = message.state;
     }
-    if (message.wave !== 0) {
+    if (message.wave !== undefined) {
       obj.wave = Math.round(message.wave);
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
-    if (message.target !== "") {
+    if (message.target !== undefined) {
       obj.target = message.target;
     }
     if (message.waves?.length) {
@@ -1342,7 +1342,7 @@ export const Rollout: MessageFns<Rollout> = {
     if (message.gates?.length) {
       obj.gates = message.gates;
     }
-    if (message.targetedDevices !== 0) {
+    if (message.targetedDevices !== undefined) {
       obj.targetedDevices = Math.round(message.targetedDevices);
     }
     if (message.incompatible?.length) {
@@ -1357,34 +1357,34 @@ export const Rollout: MessageFns<Rollout> = {
         });
       }
     }
-    if (message.baselineVersion !== 0) {
+    if (message.baselineVersion !== undefined) {
       obj.baselineVersion = Math.round(message.baselineVersion);
     }
     if (message.lastEvaluation?.length) {
       obj.lastEvaluation = message.lastEvaluation.map((e) => GateOutcome.toJSON(e));
     }
-    if (message.createdAtMs !== 0) {
+    if (message.createdAtMs !== undefined) {
       obj.createdAtMs = Math.round(message.createdAtMs);
     }
-    if (message.updatedAtMs !== 0) {
+    if (message.updatedAtMs !== undefined) {
       obj.updatedAtMs = Math.round(message.updatedAtMs);
     }
-    if (message.waveStartedAtMs !== 0) {
+    if (message.waveStartedAtMs !== undefined) {
       obj.waveStartedAtMs = Math.round(message.waveStartedAtMs);
     }
-    if (message.nextEvaluationAtMs !== 0) {
+    if (message.nextEvaluationAtMs !== undefined) {
       obj.nextEvaluationAtMs = Math.round(message.nextEvaluationAtMs);
     }
-    if (message.touchedDevices !== 0) {
+    if (message.touchedDevices !== undefined) {
       obj.touchedDevices = Math.round(message.touchedDevices);
     }
-    if (message.rolledBackDevices !== 0) {
+    if (message.rolledBackDevices !== undefined) {
       obj.rolledBackDevices = Math.round(message.rolledBackDevices);
     }
-    if (message.failureLimit !== 0) {
+    if (message.failureLimit !== undefined) {
       obj.failureLimit = Math.round(message.failureLimit);
     }
-    if (message.failures !== 0) {
+    if (message.failures !== undefined) {
       obj.failures = Math.round(message.failures);
     }
     return obj;
@@ -1494,10 +1494,10 @@ export const Rollout_VersionsEntry: MessageFns<Rollout_VersionsEntry> = {
 
   toJSON(message: Rollout_VersionsEntry): unknown {
     const obj: any = {};
-    if (message.key !== 0) {
+    if (message.key !== undefined) {
       obj.key = Math.round(message.key);
     }
-    if (message.value !== 0) {
+    if (message.value !== undefined) {
       obj.value = Math.round(message.value);
     }
     return obj;
@@ -1623,19 +1623,19 @@ export const RolloutWave: MessageFns<RolloutWave> = {
 
   toJSON(message: RolloutWave): unknown {
     const obj: any = {};
-    if (message.percent !== 0) {
+    if (message.percent !== undefined) {
       obj.percent = floatToJson(message.percent);
     }
-    if (message.minDevices !== 0) {
+    if (message.minDevices !== undefined) {
       obj.minDevices = Math.round(message.minDevices);
     }
-    if (message.bakeSeconds !== 0) {
+    if (message.bakeSeconds !== undefined) {
       obj.bakeSeconds = Math.round(message.bakeSeconds);
     }
-    if (message.devices !== 0) {
+    if (message.devices !== undefined) {
       obj.devices = Math.round(message.devices);
     }
-    if (message.status !== "") {
+    if (message.status !== undefined) {
       obj.status = message.status;
     }
     return obj;
@@ -1724,10 +1724,10 @@ export const IncompatibleDevice: MessageFns<IncompatibleDevice> = {
 
   toJSON(message: IncompatibleDevice): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
     return obj;
@@ -1861,22 +1861,22 @@ export const GateOutcome: MessageFns<GateOutcome> = {
 
   toJSON(message: GateOutcome): unknown {
     const obj: any = {};
-    if (message.gate !== "") {
+    if (message.gate !== undefined) {
       obj.gate = message.gate;
     }
-    if (message.verdict !== "") {
+    if (message.verdict !== undefined) {
       obj.verdict = message.verdict;
     }
-    if (message.value !== 0) {
+    if (message.value !== undefined) {
       obj.value = floatToJson(message.value);
     }
-    if (message.hasValue !== false) {
+    if (message.hasValue !== undefined) {
       obj.hasValue = message.hasValue;
     }
-    if (message.threshold !== 0) {
+    if (message.threshold !== undefined) {
       obj.threshold = floatToJson(message.threshold);
     }
-    if (message.detail !== "") {
+    if (message.detail !== undefined) {
       obj.detail = message.detail;
     }
     return obj;
@@ -2156,34 +2156,34 @@ export const RolloutAuditEntry: MessageFns<RolloutAuditEntry> = {
 
   toJSON(message: RolloutAuditEntry): unknown {
     const obj: any = {};
-    if (message.seq !== 0) {
+    if (message.seq !== undefined) {
       obj.seq = Math.round(message.seq);
     }
-    if (message.atMs !== 0) {
+    if (message.atMs !== undefined) {
       obj.atMs = Math.round(message.atMs);
     }
-    if (message.actor !== "") {
+    if (message.actor !== undefined) {
       obj.actor = message.actor;
     }
-    if (message.clientRequestId !== "") {
+    if (message.clientRequestId !== undefined) {
       obj.clientRequestId = message.clientRequestId;
     }
-    if (message.action !== "") {
+    if (message.action !== undefined) {
       obj.action = message.action;
     }
-    if (message.fromState !== "") {
+    if (message.fromState !== undefined) {
       obj.fromState = message.fromState;
     }
-    if (message.toState !== "") {
+    if (message.toState !== undefined) {
       obj.toState = message.toState;
     }
-    if (message.wave !== 0) {
+    if (message.wave !== undefined) {
       obj.wave = Math.round(message.wave);
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
-    if (message.details !== "") {
+    if (message.details !== undefined) {
       obj.details = message.details;
     }
     return obj;

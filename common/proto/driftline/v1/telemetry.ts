@@ -281,10 +281,10 @@ export const TelemetrySummaryRequest: MessageFns<TelemetrySummaryRequest> = {
 
   toJSON(message: TelemetrySummaryRequest): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
     return obj;
@@ -516,34 +516,34 @@ export const DeviceTelemetry: MessageFns<DeviceTelemetry> = {
 
   toJSON(message: DeviceTelemetry): unknown {
     const obj: any = {};
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.records !== 0) {
+    if (message.records !== undefined) {
       obj.records = Math.round(message.records);
     }
-    if (message.inferences !== 0) {
+    if (message.inferences !== undefined) {
       obj.inferences = Math.round(message.inferences);
     }
-    if (message.inferenceErrors !== 0) {
+    if (message.inferenceErrors !== undefined) {
       obj.inferenceErrors = Math.round(message.inferenceErrors);
     }
-    if (message.latencyMeanMs !== 0) {
+    if (message.latencyMeanMs !== undefined) {
       obj.latencyMeanMs = floatToJson(message.latencyMeanMs);
     }
-    if (message.latencyMaxMs !== 0) {
+    if (message.latencyMaxMs !== undefined) {
       obj.latencyMaxMs = floatToJson(message.latencyMaxMs);
     }
-    if (message.events !== 0) {
+    if (message.events !== undefined) {
       obj.events = Math.round(message.events);
     }
-    if (message.lastRecordMs !== 0) {
+    if (message.lastRecordMs !== undefined) {
       obj.lastRecordMs = Math.round(message.lastRecordMs);
     }
-    if (message.bufferDepth !== 0) {
+    if (message.bufferDepth !== undefined) {
       obj.bufferDepth = Math.round(message.bufferDepth);
     }
-    if (message.droppedRecords !== 0) {
+    if (message.droppedRecords !== undefined) {
       obj.droppedRecords = Math.round(message.droppedRecords);
     }
     if (message.refusals?.length) {
@@ -653,13 +653,13 @@ export const DeviceRefusal: MessageFns<DeviceRefusal> = {
 
   toJSON(message: DeviceRefusal): unknown {
     const obj: any = {};
-    if (message.code !== "") {
+    if (message.code !== undefined) {
       obj.code = message.code;
     }
-    if (message.count !== 0) {
+    if (message.count !== undefined) {
       obj.count = Math.round(message.count);
     }
-    if (message.lastMs !== 0) {
+    if (message.lastMs !== undefined) {
       obj.lastMs = Math.round(message.lastMs);
     }
     return obj;
@@ -783,13 +783,13 @@ export const TelemetrySummary: MessageFns<TelemetrySummary> = {
     if (message.devices?.length) {
       obj.devices = message.devices.map((e) => DeviceTelemetry.toJSON(e));
     }
-    if (message.recordsStored !== 0) {
+    if (message.recordsStored !== undefined) {
       obj.recordsStored = Math.round(message.recordsStored);
     }
-    if (message.duplicatesDropped !== 0) {
+    if (message.duplicatesDropped !== undefined) {
       obj.duplicatesDropped = Math.round(message.duplicatesDropped);
     }
-    if (message.rejectedBatches !== 0) {
+    if (message.rejectedBatches !== undefined) {
       obj.rejectedBatches = Math.round(message.rejectedBatches);
     }
     return obj;
@@ -957,28 +957,28 @@ export const TelemetryRollupsRequest: MessageFns<TelemetryRollupsRequest> = {
 
   toJSON(message: TelemetryRollupsRequest): unknown {
     const obj: any = {};
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.deviceId !== "") {
+    if (message.deviceId !== undefined) {
       obj.deviceId = message.deviceId;
     }
-    if (message.selector !== "") {
+    if (message.selector !== undefined) {
       obj.selector = message.selector;
     }
-    if (message.groupBy !== 0) {
+    if (message.groupBy !== undefined) {
       obj.groupBy = rollupGroupByToJSON(message.groupBy);
     }
-    if (message.bucket !== 0) {
+    if (message.bucket !== undefined) {
       obj.bucket = rollupBucketToJSON(message.bucket);
     }
-    if (message.sinceMs !== 0) {
+    if (message.sinceMs !== undefined) {
       obj.sinceMs = Math.round(message.sinceMs);
     }
-    if (message.limit !== 0) {
+    if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
     return obj;
@@ -1219,40 +1219,40 @@ export const TelemetryRollup: MessageFns<TelemetryRollup> = {
 
   toJSON(message: TelemetryRollup): unknown {
     const obj: any = {};
-    if (message.bucketStartMs !== 0) {
+    if (message.bucketStartMs !== undefined) {
       obj.bucketStartMs = Math.round(message.bucketStartMs);
     }
-    if (message.bucketMs !== 0) {
+    if (message.bucketMs !== undefined) {
       obj.bucketMs = Math.round(message.bucketMs);
     }
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.model !== "") {
+    if (message.model !== undefined) {
       obj.model = message.model;
     }
-    if (message.version !== 0) {
+    if (message.version !== undefined) {
       obj.version = Math.round(message.version);
     }
-    if (message.records !== 0) {
+    if (message.records !== undefined) {
       obj.records = Math.round(message.records);
     }
-    if (message.inferences !== 0) {
+    if (message.inferences !== undefined) {
       obj.inferences = Math.round(message.inferences);
     }
-    if (message.errors !== 0) {
+    if (message.errors !== undefined) {
       obj.errors = Math.round(message.errors);
     }
-    if (message.errorRate !== 0) {
+    if (message.errorRate !== undefined) {
       obj.errorRate = floatToJson(message.errorRate);
     }
-    if (message.meanLatencyMs !== 0) {
+    if (message.meanLatencyMs !== undefined) {
       obj.meanLatencyMs = floatToJson(message.meanLatencyMs);
     }
-    if (message.maxLatencyMs !== 0) {
+    if (message.maxLatencyMs !== undefined) {
       obj.maxLatencyMs = floatToJson(message.maxLatencyMs);
     }
-    if (message.events !== 0) {
+    if (message.events !== undefined) {
       obj.events = Math.round(message.events);
     }
     return obj;
@@ -1347,7 +1347,7 @@ export const TelemetryRollups: MessageFns<TelemetryRollups> = {
     if (message.rows?.length) {
       obj.rows = message.rows.map((e) => TelemetryRollup.toJSON(e));
     }
-    if (message.truncated !== false) {
+    if (message.truncated !== undefined) {
       obj.truncated = message.truncated;
     }
     return obj;
