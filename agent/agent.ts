@@ -346,6 +346,7 @@ export async function startAgent(config: Readonly<AgentConfig>, deps: { logger: 
     inferTimeoutMs: config.inference.timeout,
     // Applications label answered requests by response id; each label is one record on the inference stream.
     feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },
+    clock,
   });
 
   const every = (expression: string, name: string, task: () => unknown): Promise<ScheduledTask> =>

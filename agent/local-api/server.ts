@@ -14,6 +14,7 @@ import type { ActiveModelInfo, InferenceService, InferInput, InferOutput } from 
 import type { TensorSpec } from '../inference/model-runtime.js';
 import { BINARY_HEADER, decodeBinaryTensor, encodeBinaryTensor } from './binary-tensors.js';
 import { FeedbackLedger, parseFeedback } from './feedback.js';
+import { httpDate } from './http-date.js';
 
 const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
@@ -35,6 +36,8 @@ export interface LocalApiOptions {
   shutdownGraceMs?: number;
   /** Labels posted to .../feedback for remembered answers; without it there is no feedback route. */
   feedback?: { memory: number; record(label: LabelRecord): void; clock?: Clock };
+  /** The time of each response's Date header; the feedback clock, else the system's. */
+  clock?: Clock;
 }
 
 export interface LocalApi {
@@ -98,7 +101,11 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const ledger = options.feedback ? new FeedbackLedger(options.feedback.memory, options.feedback.clock ?? systemClock) : undefined;
 
+  const clock = options.clock ?? options.feedback?.clock ?? systemClock;
   const server = createServer((req, res) => {
+    // The Date header from the clock's UTC fields (http-date.ts says why not Node's).
+    res.sendDate = false;
+    res.setHeader('date', httpDate(clock.now()));
     handle(req, res).catch((err: unknown) => sendError(res, asDriftlineError(err)));
   });
 
