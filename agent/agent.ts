@@ -1,5 +1,4 @@
 import { join } from 'node:path';
-import cron, { type ScheduledTask } from 'node-cron';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
@@ -32,6 +31,7 @@ import { TelemetryRecorder } from './telemetry/recorder.js';
 import { TelemetryUploader } from './telemetry/uploader.js';
 import { MqttUplink } from './uplink/mqtt-uplink.js';
 import type { Uplink } from './uplink/ports.js';
+import { schedule, type ScheduledTask } from './schedule.js';
 
 export type AgentState = 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -358,15 +358,18 @@ export async function startAgent(
     inferTimeoutMs: config.inference.timeout,
     // Applications label answered requests by response id; each label is one record on the inference stream.
     feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },
+    clock,
   });
 
-  const tasks: ScheduledTask[] = [
-    cron.schedule(config.schedule.heartbeat ?? profileChoice.profile.telemetry.heartbeat, () => reportState(), { noOverlap: true, name: 'heartbeat' }),
-    cron.schedule(config.schedule.system ?? profileChoice.profile.telemetry.system, () => hostSensors.read().then((host) => recorder.system(config.dataDir, host)), { noOverlap: true, name: 'system-metrics' }),
-    cron.schedule(config.schedule.uplinkCheck, () => uploader.checkTimeouts(), { noOverlap: true, name: 'uplink-check' }),
-    cron.schedule(config.schedule.driftWindow, () => drift.flush(), { noOverlap: true, name: 'drift-window' }),
-    cron.schedule(config.schedule.bufferMaintenance, maintainBuffer, { noOverlap: true, name: 'buffer-maintenance' }),
-  ];
+  const every = (expression: string, name: string, task: () => unknown): Promise<ScheduledTask> =>
+    schedule(expression, task, { name, clock, onError: (task, err) => logger.warn({ task, err }, 'scheduled task failed') });
+  const tasks: ScheduledTask[] = await Promise.all([
+    every(config.schedule.heartbeat ?? profileChoice.profile.telemetry.heartbeat, 'heartbeat', () => reportState()),
+    every(config.schedule.system ?? profileChoice.profile.telemetry.system, 'system-metrics', () => hostSensors.read().then((host) => recorder.system(config.dataDir, host))),
+    every(config.schedule.uplinkCheck, 'uplink-check', () => uploader.checkTimeouts()),
+    every(config.schedule.driftWindow, 'drift-window', () => drift.flush()),
+    every(config.schedule.bufferMaintenance, 'buffer-maintenance', maintainBuffer),
+  ]);
   await uplink.start();
   void recorder.event('agent.started', `driftline-agent ${DRIFTLINE_VERSION}`, { boot: String(buffer.boot), profile: firmwareProfile });
   state = 'running';

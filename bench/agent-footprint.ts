@@ -48,6 +48,10 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '4' },
     /** NODE_OPTIONS for the agent; by default the ones the systemd unit sets, so the figures are the installed agent's. */
     'node-options': { type: 'string' },
+    /** A folder to write both sides' /proc/<pid>/smaps into at the idle sample (agent.smaps, bare.smaps), to see which mappings differ. */
+    'smaps-out': { type: 'string' },
+    /** Also write a V8 heap snapshot of the idle agent there (agent.heapsnapshot; its NODE_OPTIONS gain --heapsnapshot-signal). */
+    'heap-snapshot': { type: 'boolean', default: false },
   },
 });
 const unitNodeOptions = readFileSync(join(ROOT, 'packaging', 'install', 'driftline-agent.service'), 'utf8').match(/^Environment=NODE_OPTIONS=(.*)$/m)?.[1] ?? '';
@@ -71,7 +75,7 @@ const env: NodeJS.ProcessEnv = {
   HOME: home,
   DRIFTLINE_LOG_LEVEL: 'warn',
   DRIFTLINE_AGENT_NATIVE_DIR: join(scratch, 'native'),
-  ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}),
+  ...(nodeOptions || values['heap-snapshot'] ? { NODE_OPTIONS: `${nodeOptions}${values['heap-snapshot'] ? ' --heapsnapshot-signal=SIGUSR2' : ''}`.trim() } : {}),
 };
 
 function startAgent(binary: string, args: string[]): Promise<Agent> {
@@ -154,6 +158,7 @@ async function bareIdle(node: string, model: string, nodeOptions?: string): Prom
       void exited.then((code) => rej(new Error(`bare onnxruntime exited with ${code}:\n${stderr}`)));
     });
     await new Promise((r) => setTimeout(r, SETTLE_MS));
+    saveSmaps(child.pid!, nodeOptions ? 'bare-same-flags' : 'bare');
     return memory(child.pid!, node);
   } finally {
     child.kill('SIGKILL');
@@ -189,6 +194,30 @@ function freshCopy(from: string, to: string): void {
   mkdirSync(dirname(to), { recursive: true });
   writeFileSync(to, readFileSync(from));
   chmodSync(to, statSync(from).mode & 0o777);
+}
+
+function saveSmaps(pid: number, name: string): void {
+  if (!values['smaps-out']) return;
+  mkdirSync(values['smaps-out'], { recursive: true });
+  writeFileSync(join(values['smaps-out'], `${name}.smaps`), readFileSync(`/proc/${pid}/smaps`));
+}
+
+/** Asks the agent for a heap snapshot (it writes one into its working folder) and moves it to `to` once complete. */
+async function saveHeapSnapshot(child: ChildProcess, to: string): Promise<void> {
+  const written = (): string[] => readdirSync(scratch).filter((f) => f.endsWith('.heapsnapshot'));
+  const before = new Set(written());
+  child.kill('SIGUSR2');
+  let file = '';
+  let size = -1;
+  await waitUntil('the heap snapshot', async () => {
+    file = written().find((f) => !before.has(f)) ?? '';
+    if (!file) return false;
+    const now = statSync(join(scratch, file)).size;
+    const done = now > 0 && now === size;
+    size = now;
+    return done && readFileSync(join(scratch, file)).subarray(-2).toString().includes(']');
+  });
+  copyFileSync(join(scratch, file), to);
 }
 
 let binaryPath = '';
@@ -266,6 +295,8 @@ async function main(): Promise<void> {
     await waitUntil('the restored model', async () => (await fetch(`${agent.localApi}/v2/models/vibration/ready`)).ok);
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const idle = memory(agent.child.pid!);
+    saveSmaps(agent.child.pid!, 'agent');
+    if (values['heap-snapshot'] && values['smaps-out']) await saveHeapSnapshot(agent.child, join(values['smaps-out'], 'agent.heapsnapshot'));
     const vsBare = Math.round((idle.rss / bare.rss) * 100) / 100;
     log(`agent idle: ${describeMemory(idle)}; ${vsBare}x bare`);
 

@@ -8,6 +8,8 @@ import { InferenceEngine } from '../agent/inference/engine.js';
 import { registerInferenceMetrics } from '../agent/inference/metrics.js';
 import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
 import { startLocalApi, type LocalApi } from '../agent/local-api/server.js';
+import { httpDate } from '../agent/local-api/http-date.js';
+import { ManualClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import { demoModelBytes, modelFolder, type ModelFile, type ModelFolder } from './fixtures/models.js';
@@ -63,6 +65,24 @@ describe('local inference API', () => {
   it('local api - listens on loopback only, on a port the OS picked', () => {
     expect(api.url).toBe(`http://127.0.0.1:${api.port}`);
     expect(api.port).toBeGreaterThan(0);
+  });
+
+  it('local api - dates every answer (IMF-fixdate) by the injected clock, errors too', async () => {
+    const clock = new ManualClock(Date.UTC(2031, 1, 9, 7, 5, 3, 999));
+    const dated = await startLocalApi({ engine, health: () => ({ ok: true, details: {} }), metrics: registry, logger, clock });
+    try {
+      expect((await fetch(`${dated.url}/v2/health/live`)).headers.get('date')).toBe('Sun, 09 Feb 2031 07:05:03 GMT');
+      clock.advance(86_400_000 + 1);
+      const missing = await fetch(`${dated.url}/v2/nowhere`);
+      expect(missing.status).toBe(404);
+      expect(missing.headers.get('date')).toBe('Mon, 10 Feb 2031 07:05:04 GMT');
+    } finally {
+      await dated.close();
+    }
+  });
+
+  it('local api - formats Date headers exactly as toUTCString does', () => {
+    for (let t = Date.UTC(1999, 11, 31, 23, 59, 59); t < Date.UTC(2101, 0, 1); t += 86_400_000 * 37 + 3_723_456) expect(httpDate(t)).toBe(new Date(Math.floor(t / 1000) * 1000).toUTCString());
   });
 
   it('local api - answers liveness, readiness and server metadata', async () => {

@@ -15,7 +15,7 @@ import type { TensorSpec } from '../inference/model-runtime.js';
 import { BINARY_HEADER, decodeBinaryTensor, encodeBinaryTensor } from './binary-tensors.js';
 import { BODY_LIMIT_SETTING, defaultBodyLimits, MIN_BODY_BYTES, type BodyLimits } from './body-limit.js';
 import { FeedbackLedger, parseFeedback } from './feedback.js';
-import { parseRequestJson } from './request-json.js';
+import { httpDate } from './http-date.js';
 
 const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
 const SERVER_NAME = 'driftline-agent';
@@ -39,6 +39,8 @@ export interface LocalApiOptions {
   shutdownGraceMs?: number;
   /** Labels posted to .../feedback for remembered answers; without it there is no feedback route. */
   feedback?: { memory: number; record(label: LabelRecord): void; clock?: Clock };
+  /** The time of each response's Date header; the feedback clock, else the system's. */
+  clock?: Clock;
 }
 
 export interface LocalApi {
@@ -109,7 +111,11 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
   const feedbackLimit = options.maxBodyBytes ?? MIN_BODY_BYTES;
   const ledger = options.feedback ? new FeedbackLedger(options.feedback.memory, options.feedback.clock ?? systemClock) : undefined;
 
+  const clock = options.clock ?? options.feedback?.clock ?? systemClock;
   const server = createServer((req, res) => {
+    // The Date header from the clock's UTC fields (http-date.ts says why not Node's).
+    res.sendDate = false;
+    res.setHeader('date', httpDate(clock.now()));
     handle(req, res).catch((err: unknown) => sendError(req, res, asDriftlineError(err)));
   });
 
