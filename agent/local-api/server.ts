@@ -16,6 +16,7 @@ import { BINARY_HEADER, decodeBinaryTensor, encodeBinaryTensor } from './binary-
 import { BODY_LIMIT_SETTING, defaultBodyLimits, MIN_BODY_BYTES, type BodyLimits } from './body-limit.js';
 import { FeedbackLedger, parseFeedback } from './feedback.js';
 import { httpDate } from './http-date.js';
+import { parseRequestJson } from './request-json.js';
 
 const DEFAULT_SHUTDOWN_GRACE_MS = 5_000;
 const SERVER_NAME = 'driftline-agent';
