@@ -65,7 +65,7 @@ function providerName(choice: ProviderChoice): string {
 
 /**
  * onnxruntime-node lists CUDA and TensorRT on linux-x64 even when their provider libraries
- * were never downloaded (they come only with ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci), so a
+ * were never downloaded (they come only from onnxruntime-node's install script run with ONNXRUNTIME_NODE_INSTALL=cuda12; see the README), so a
  * provider counts as available when it is bundled or its library is on disk.
  */
 function availableProviders(libraryPath: string | undefined): string[] {

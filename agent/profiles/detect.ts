@@ -112,7 +112,7 @@ export function missingProviderFact(provider: string, facts: Pick<HostFacts, 'ar
   if (facts.platform === 'linux' && facts.arch === 'x64') {
     return {
       fact: 'x64-cuda-not-installed',
-      message: `onnxruntime-node installs the ${provider} provider on linux-x64 only with \`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci\` (CUDA 12, run on a host with network access)`,
+      message: `onnxruntime-node installs the ${provider} provider on linux-x64 only when its install script runs with CUDA 12 chosen: \`ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js\` on a host with network access`,
     };
   }
   return { fact: 'not-on-this-platform', message: `onnxruntime-node has no ${provider} provider on ${facts.platform}-${facts.arch}` };
