@@ -48,15 +48,16 @@ function percentile(p: Phase, q: number): number {
 }
 
 /** `clients` loops calling `call` back to back for `ms` after a warm-up; every request timed. */
-async function measure(call: () => Promise<unknown>, { clients = 1, ms = phaseMs, warmup = 50 } = {}): Promise<Phase> {
-  for (let i = 0; i < warmup; i++) await Promise.all(Array.from({ length: clients }, () => call()));
+/** `call(client)` gets the index of the concurrent client making it, so a stateful client is never shared. */
+async function measure(call: (client: number) => Promise<unknown>, { clients = 1, ms = phaseMs, warmup = 50 } = {}): Promise<Phase> {
+  for (let i = 0; i < warmup; i++) await Promise.all(Array.from({ length: clients }, (_, c) => call(c)));
   const latencies: number[] = [];
   const started = performance.now();
   const end = started + ms;
-  const loop = async () => {
+  const loop = async (_: unknown, client: number) => {
     while (performance.now() < end) {
       const t = performance.now();
-      await call();
+      await call(client);
       latencies.push(performance.now() - t);
     }
   };
@@ -199,8 +200,7 @@ try {
   const runsBefore = engine.queueStats().runs;
   const engineConcurrent = await measure(engineCall, { clients: CLIENTS });
   const batchedRuns = engine.queueStats().runs - runsBefore;
-  let next = 0;
-  const httpConcurrent = await measure(() => clients[next++ % CLIENTS]!.call(), { clients: CLIENTS });
+  const httpConcurrent = await measure((c) => clients[c]!.call(), { clients: CLIENTS });
   const bareConcurrent = await measure(bareCall, { clients: CLIENTS });
   for (const client of clients) client.close();
   await api.close();
@@ -243,7 +243,7 @@ try {
     const fields = readFileSync(`/proc/${agent.child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
     return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
   };
-  const cpuPerRequest = async (call: () => Promise<unknown>, clients: number, cpu: () => number): Promise<{ phase: Phase; cpuMs: number }> => {
+  const cpuPerRequest = async (call: (client: number) => Promise<unknown>, clients: number, cpu: () => number): Promise<{ phase: Phase; cpuMs: number }> => {
     const before = cpu();
     const phase = await measure(call, { clients, warmup: 3 });
     return { phase, cpuMs: (cpu() - before) / (phase.requests + 3 * clients) };
@@ -256,9 +256,9 @@ try {
   const [bareLargePhase, binaryLargePhase, jsonLargePhase] = await paired([bareLargeCall, () => binaryClients[0]!.call(), () => jsonClients[0]!.call()], { warmup: 3, ms: phaseMs * 2 });
   log('large model: 8 clients');
   const bareLarge8 = await cpuPerRequest(bareLargeCall, CLIENTS, selfCpuMs);
-  let nextLarge = 0;
-  const binaryLarge8 = await cpuPerRequest(() => binaryClients[nextLarge++ % CLIENTS]!.call(), CLIENTS, agentCpuMs);
-  const jsonLarge8 = await measure(() => jsonClients[nextLarge++ % CLIENTS]!.call(), { clients: CLIENTS, warmup: 1 });
+  // One keep-alive connection per concurrent client: a connection carries one request at a time.
+  const binaryLarge8 = await cpuPerRequest((c) => binaryClients[c]!.call(), CLIENTS, agentCpuMs);
+  const jsonLarge8 = await measure((c) => jsonClients[c]!.call(), { clients: CLIENTS, warmup: 1 });
   for (const client of [...binaryClients, ...jsonClients]) client.close();
   await bareLarge.release();
   await stopProcess(agent);
