@@ -10,6 +10,7 @@ import { freePort, startProcess, stopProcess, waitFor, type RunningProcess } fro
 import { rolloutApi } from '../../test/helpers/rollout-api.js';
 import { bundleEntryPoints } from './bundle.js';
 import { check, type CheckResult, type DeviceEvidence, type StoredRecord } from './checker.js';
+import { seededRandom } from '../../demo/model/seeded-random.js';
 
 const LISTENING = /^driftline: listening grpc=(\S+) mqtt=(\S+) http=(\S+) token-file=(\S+)$/;
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
@@ -62,18 +63,6 @@ const SETTLE_TIMEOUT_MS = 120_000;
 /** Answered inferences per agent after a restart before the next trial: the "short load". */
 const LOAD_AFTER_RESTART = 20;
 
-/** Small deterministic PRNG (mulberry32), so a run can be replayed with its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface Agent {
   id: string;
   dir: string;
@@ -104,7 +93,9 @@ async function health(url: string | undefined): Promise<AgentHealth | undefined>
 
 export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   const log = options.log ?? (() => undefined);
-  const random = prng(options.seed ?? Date.now());
+  // Seeded, so a run can be replayed with its seed.
+  const rng = seededRandom(options.seed ?? Date.now());
+  const random = () => rng.next();
   const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
   const kinds = options.kinds ?? KILL_KINDS;
   const started = performance.now();
