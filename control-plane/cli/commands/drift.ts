@@ -133,7 +133,7 @@ export function registerDrift(program: Command): void {
         if (!options.watch) {
           const { events } = await connection.call(client, 'listDriftEvents', request);
           output.result({ events: events.map((e) => DriftEvent.toJSON(e)) }, () =>
-            events.length === 0 ? output.line('no drift events') : output.table(EVENT_COLUMNS, events.map(eventRow)),
+            output.table(EVENT_COLUMNS, events.map(eventRow), 'No drift events found'),
           );
           return;
         }

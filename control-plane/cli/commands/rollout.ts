@@ -122,6 +122,7 @@ export function registerRollout(program: Command): void {
           output.table(
             ['ID', 'MODEL', 'VERSION', 'STATE', 'WAVE', 'TARGET', 'DEVICES', 'UPDATED', 'REASON'],
             rollouts.map((r) => [r.id, r.model, r.version, r.state, `${r.wave}/${r.waves.length}`, r.target || '(all)', r.targetedDevices, relativeTime(r.updatedAtMs, now), r.reason || '-']),
+            options.active || options.model ? 'No rollouts found matching the filters' : 'No rollouts found',
           );
         });
       }),
@@ -139,6 +140,7 @@ export function registerRollout(program: Command): void {
           output.table(
             ['TIME', 'ACTOR', 'ACTION', 'STATE', 'WAVE', 'REQUEST', 'REASON'],
             entries.map((e) => [new Date(e.atMs).toISOString(), e.actor, e.action, `${e.fromState} -> ${e.toState}`, e.wave, e.clientRequestId || '-', e.reason || '-']),
+            'No audit entries found',
           );
         });
       }),
