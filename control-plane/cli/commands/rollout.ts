@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { ServiceError } from '@grpc/grpc-js';
 import { MultiBar, Presets } from 'cli-progress';
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
 import { DriftlineError } from '../../../common/errors.js';
 import { assertModelName } from '../../../common/ids.js';
+import { formatDuration } from '../../../common/units.js';
 import { Rollout, RolloutAuditEntry, RolloutServiceClient } from '../../../common/proto/driftline/v1/rollouts.js';
 import { durationMs, integer, repeated } from '../arguments.js';
 import type { Connection } from '../connection.js';
@@ -28,6 +29,9 @@ function percents(value: string): number[] {
   return list;
 }
 
+const DEFAULT_WAVES = [1, 10, 50, 100];
+const DEFAULT_BAKE_MS = 600_000;
+
 const requestIdOption = ['--request-id <id>', 'client request id: a retry with the same id is not applied twice (default: a new one)'] as const;
 
 export function registerRollout(program: Command): void {
@@ -38,14 +42,14 @@ export function registerRollout(program: Command): void {
     .description('roll a model version out in waves that stop themselves when it is worse')
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--version <n>', 'version to roll out', integer(1))
-    .option('--waves <percents>', 'percent of the compatible targeted devices per wave, the last 100', percents, [1, 10, 50, 100])
-    .option('--bake <duration>', 'how long each wave runs before its gates are judged, e.g. 10m', durationMs, 600_000)
+    .addOption(new Option('--waves <percents>', 'percent of the compatible targeted devices per wave, the last 100').argParser(percents).default(DEFAULT_WAVES, DEFAULT_WAVES.join(',')))
+    .addOption(new Option('--bake <duration>', 'how long each wave runs before its gates are judged, e.g. 30m').argParser(durationMs).default(DEFAULT_BAKE_MS, formatDuration(DEFAULT_BAKE_MS)))
     .option('--min-devices <n>', 'smallest cohort of a wave', integer(1, 100_000), 5)
     .option('--target <selector>', "devices to target, e.g. 'profile=jetson-*,site=plant-3' (default: all)", '')
     .option('--gate <gate>', 'a gate such as p95-latency-ratio<=1.5 (repeatable; see below)', repeated)
     .option('--failure-limit <n>', 'failed evaluations tolerated per wave before aborting', integer(0, 100), 0)
-    .option('--min-inferences <n>', 'inferences per cohort needed by latency and error gates (default 50)', integer(1))
-    .option('--interval <duration>', 'time between evaluations after a failed one (default 1m)', durationMs)
+    .option('--min-inferences <n>', 'inferences per cohort needed by latency and error gates (default: 50)', integer(1))
+    .option('--interval <duration>', 'time between evaluations after a failed one (default: 1m)', durationMs)
     .option(...requestIdOption)
     .addHelpText('after', `\n${GATES_HELP}\n`)
     .action(
