@@ -8,7 +8,8 @@ import { assertModelName } from '../../../common/ids.js';
 import { formatDuration } from '../../../common/units.js';
 import { Rollout, RolloutAuditEntry, RolloutServiceClient } from '../../../common/proto/driftline/v1/rollouts.js';
 import { durationMs, integer, repeated } from '../arguments.js';
-import type { Connection } from '../connection.js';
+import { CliError, EXIT, type Connection } from '../connection.js';
+import { DeviceServiceClient } from '../../../common/proto/driftline/v1/fleet.js';
 import { withConnection } from '../context.js';
 import { relativeTime, restoreTerminalOnSignal, type Output } from '../output.js';
 
@@ -71,6 +72,19 @@ export function registerRollout(program: Command): void {
       ) =>
         withConnection(command, async (connection, output) => {
           assertModelName(options.model);
+          // --min-devices above the matching devices would make the first wave the whole target: no canary.
+          // Given on the command line, that is refused before anything starts; the default only warns (below).
+          const explicitMinimum = command.getOptionValueSource('minDevices') === 'cli';
+          if (explicitMinimum) {
+            const { devices } = await connection.call(connection.client(DeviceServiceClient), 'listDevices', { selector: options.target, includeDecommissioned: false });
+            if (devices.length < options.minDevices) {
+              throw new CliError(
+                'ROLLOUT_MIN_DEVICES_UNMET',
+                `--min-devices ${options.minDevices} is more than the ${devices.length} device(s) matching ${options.target ? `--target ${options.target}` : 'the fleet'}: the first wave would be every device (no canary); lower --min-devices or widen --target; nothing was started`,
+                EXIT.usage,
+              );
+            }
+          }
           const client = connection.client(RolloutServiceClient);
           const r = await connection.call(client, 'startRollout', {
             model: options.model,
@@ -89,6 +103,9 @@ export function registerRollout(program: Command): void {
           output.result(Rollout.toJSON(r), () => {
             output.line(`started rollout ${r.id}: ${r.model}@v${r.version} to ${r.targetedDevices} device(s) in ${r.waves.length} wave(s)`);
             if (r.incompatible.length > 0) output.line(`${r.incompatible.length} incompatible device(s) left out (driftline rollout status ${r.id})`);
+            if (!explicitMinimum && r.targetedDevices <= options.minDevices && r.waves.length > 1) {
+              output.line(`note: ${r.targetedDevices} device(s) targeted, not more than --min-devices ${options.minDevices}: the first wave covers all of them`);
+            }
             output.line(`watch it: driftline rollout status ${r.id} --watch`);
           });
         }),
