@@ -115,7 +115,7 @@ export function registerRollout(program: Command): void {
     .command('status')
     .description('waves, gates and devices per version of a rollout (default: the latest)')
     .argument('[id]', 'rollout id')
-    .option('--watch', 'keep showing changes until the rollout ends (progress bars on a terminal)')
+    .option('--watch', 'keep showing changes until the rollout ends: on a terminal a bar per wave, devices per version and gate verdicts; otherwise one line per change (JSON with --json)')
     .action((id: string | undefined, options: { watch?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.client(RolloutServiceClient);
@@ -230,6 +230,8 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
   const tty = Boolean(process.stderr.isTTY) && !output.json;
   const bars = tty ? new MultiBar({ stream: process.stderr, clearOnComplete: false, hideCursor: true, format: '{label} [{bar}] {value}/{total} {status}' }, Presets.shades_classic) : undefined;
   const waveBars: ReturnType<MultiBar['create']>[] = [];
+  // Under the wave bars, two text lines: devices per version, and the last gate verdicts.
+  let textLines: Array<ReturnType<MultiBar['create']>> | undefined;
   let last: Rollout | undefined;
   const release = bars ? restoreTerminalOnSignal(() => bars.stop()) : () => undefined;
   await new Promise<void>((resolve, reject) => {
@@ -247,6 +249,9 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
         if (!waveBars[i]) waveBars[i] = bars.create(size, value, payload);
         else waveBars[i]!.update(value, payload);
       });
+      const texts = [`${r.state}; devices per version: ${versionsText(r)}`, `gates: ${gatesText(r)}`];
+      textLines ??= texts.map((text) => bars.create(1, 0, { text }, { format: '{text}' }));
+      textLines.forEach((line, i) => line.update(0, { text: texts[i] }));
     });
     stream.on('end', () => resolve());
     stream.on('error', (err: ServiceError) => reject(err));
@@ -258,10 +263,17 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
   }
 }
 
-function summaryLine(r: Rollout): string {
-  const versions = Object.entries(r.versions)
+/** Devices per version, newest first: `v2:3 v1:5` (`(none)`: no version of the model yet). */
+const versionsText = (r: Rollout): string =>
+  Object.entries(r.versions)
     .sort(([a], [b]) => Number(b) - Number(a))
-    .map(([v, n]) => `v${v}:${n}`)
-    .join(' ');
-  return `${new Date().toISOString()} ${r.id} ${r.state} wave ${r.wave}/${r.waves.length} ${versions}${r.reason ? ` - ${r.reason}` : ''}`;
+    .map(([v, n]) => `${v === '0' ? '(none)' : `v${v}`}:${n}`)
+    .join(' ') || '-';
+
+/** The last evaluation's verdicts: `p95-latency-ratio<=1.5 pass, error-rate-delta<=0.05 inconclusive`; "not judged yet" before the first. */
+const gatesText = (r: Rollout): string => r.lastEvaluation.map((g) => `${g.gate} ${g.verdict}`).join(', ') || 'not judged yet';
+
+/** One line of `rollout status --watch` off a terminal: state, wave, devices per version, gates. */
+export function summaryLine(r: Rollout, nowMs = systemClock.now()): string {
+  return `${new Date(nowMs).toISOString()} ${r.id} ${r.state} wave ${r.wave}/${r.waves.length} versions ${versionsText(r)} gates ${gatesText(r)}${r.reason ? ` - ${r.reason}` : ''}`;
 }
