@@ -3,7 +3,7 @@ import { DriftlineError } from '../common/errors.js';
 import { createLogger, LOG_FORMATS, type LogFormat } from '../common/logger.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import { startAgent } from './agent.js';
-import { AGENT_ENVIRONMENT, loadAgentConfig } from './config.js';
+import { AGENT_ENVIRONMENT, agentConfigSchema, loadAgentConfig } from './config.js';
 import { formatSelftest, runSelftest } from './selftest.js';
 
 /** Exit codes of driftline-agent. */
@@ -14,6 +14,9 @@ const port = (value: string): number => {
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('expected a port number 0-65535');
   return n;
 };
+
+/** What a flag left out means, shown in help: the configuration schema's defaults (a commander default would override the --config file). */
+const DEFAULTS = agentConfigSchema.parse({});
 
 const program = new Command('driftline-agent')
   .description('Driftline edge agent: serves ONNX models on this device and keeps the fleet informed')
@@ -42,16 +45,16 @@ program
   .option('-c, --config <file>', 'configuration file (YAML or JSON)')
   .option('--device-id <id>', 'device id (needed to enroll)')
   .option('--enroll-token <token>', 'one-time enrollment token from `driftline devices token <id>`')
-  .option('--server <host:port>', 'control plane gRPC address used to enroll')
+  .option('--server <host:port>', `control plane gRPC address used to enroll (default: ${DEFAULTS.server})`)
   .option('--server-ca <file>', 'CA bundle for the control plane TLS certificate')
-  .option('--data-dir <dir>', 'folder for identity, buffer and models')
-  .option('--profile <name>', 'firmware profile name, or auto')
+  .option('--data-dir <dir>', `folder for identity, buffer and models (default: ${DEFAULTS.dataDir})`)
+  .option('--profile <name>', `firmware profile name, or auto (default: ${DEFAULTS.firmwareProfile})`)
   .option('--mqtt-url <url>', 'override the broker URL given at enrollment')
   .option('--mqtt-ca <file>', 'CA bundle for an mqtts:// broker')
-  .option('--local-port <port>', 'local inference API port on 127.0.0.1 (0 = any free port)', port)
+  .option('--local-port <port>', `local inference API port on 127.0.0.1, 0: any free port (default: ${DEFAULTS.localApi.port})`, port)
   .option('--local-socket <path>', 'serve the local API on a unix socket instead')
-  .option('--buffer-sync <mode>', 'SQLite synchronous mode for the buffer: FULL or NORMAL')
-  .option('--log-level <level>', 'trace, debug, info, warn, error')
+  .option('--buffer-sync <mode>', `SQLite synchronous mode for the buffer: FULL or NORMAL (default: ${DEFAULTS.buffer.synchronous})`)
+  .option('--log-level <level>', `trace, debug, info, warn, error (default: ${DEFAULTS.logLevel})`)
   .addOption(
     new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise').choices(LOG_FORMATS).env('DRIFTLINE_LOG_FORMAT').default('auto'),
   )

@@ -8,6 +8,14 @@ export function parseDuration(text: string): number {
   return Number(m[1]) * unit;
 }
 
+/** Milliseconds as a user types them, the inverse of parseDuration: 600000 -> "10m", 2592000000 -> "30d". */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
 /** "512KiB", "64MiB", "2GiB" in bytes. */
 export function parseByteSize(text: string): number {
   const m = /^(\d+)(B|KiB|MiB|GiB)$/.exec(text);

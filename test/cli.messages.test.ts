@@ -57,6 +57,31 @@ describe('CLI messages - a missing token', () => {
   });
 });
 
+// Runs before anything is pushed: the control plane of this file starts empty.
+describe('CLI messages - empty results say so', () => {
+  it.each([
+    [['devices', 'list'], 'No devices found'],
+    [['devices', 'list', '--selector', 'site=nowhere'], 'No devices found matching site=nowhere'],
+    [['devices', 'tokens'], 'No usable enrollment tokens found'],
+    [['models', 'list'], 'No models found'],
+    [['rollout', 'list'], 'No rollouts found'],
+    [['telemetry', 'summary'], 'No telemetry found'],
+    [['telemetry', 'rollups'], 'No telemetry rollups found'],
+    [['drift', 'events'], 'No drift events found'],
+  ])('%j prints "%s" instead of a bare header', async (args, message) => {
+    const { code, stdout } = await authed(...args);
+    expect(code).toBe(0);
+    expect(stdout.split('\n')[0]).toContain(message);
+    expect(stdout).not.toMatch(/^(ID|NAME|DEVICE|BUCKET)\s/m);
+  });
+
+  it('keeps the list key of models list --json consistent with the other lists (models)', async () => {
+    const { code, stdout } = await authed('--json', 'models', 'list');
+    expect(code).toBe(0);
+    expect(JSON.parse(stdout)).toEqual({ models: [] });
+  });
+});
+
 describe('CLI messages - the --server address', () => {
   it('refuses a URL and says to give host:port', async () => {
     const { code, stderr } = await driftline('--server', `http://${server}`, '--token', 'x', 'devices', 'list');

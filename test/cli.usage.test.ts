@@ -103,3 +103,41 @@ describe('driftline CLI usage', () => {
     expect(stderr).toContain(server);
   });
 });
+
+describe('driftline CLI usage - help shows defaults as a user types them', () => {
+  // Help wraps long lines: compare with the line breaks and indentation folded away.
+  const help = async (bin: string, ...args: string[]): Promise<string> => {
+    const { code, stdout } = await new Promise<{ code: number; stdout: string }>((resolve) =>
+      execFile(process.execPath, [bin, ...args, '--help'], { cwd }, (error, out) => resolve({ code: error ? Number(error.code) : 0, stdout: out })),
+    );
+    expect(code).toBe(0);
+    return stdout.replace(/\s+/g, ' ');
+  };
+
+  it('rollout start --help shows the bake as 10m and the waves as 1,10,50,100', async () => {
+    const text = await help(BIN, 'rollout', 'start');
+    expect(text).toContain('(default: 10m)');
+    expect(text).toContain('(default: 1,10,50,100)');
+    expect(text).not.toMatch(/600000|\[1,10,50,100\]|default: ""/);
+  });
+
+  it('keys show --help shows the warning window as 30d and the key folder without quotes', async () => {
+    const text = await help(BIN, 'keys', 'show');
+    expect(text).toContain('(default: 30d)');
+    expect(text).toContain('(default: ./.driftline-keys)');
+    expect(text).not.toContain('2592000000');
+  });
+
+  it('serve --help shows the default ports', async () => {
+    const text = await help(BIN, 'serve');
+    expect(text).toMatch(/--grpc-port <port> .*\(default: 7443\)/);
+    expect(text).toMatch(/--http-port <port> .*\(default: 7480\)/);
+    expect(text).toMatch(/--mqtt-port <port> .*\(default: 1883\)/);
+  });
+
+  it('driftline-agent run --help shows the default local API port and control plane address', async () => {
+    const text = await help(fileURLToPath(new URL('../bin/driftline-agent.js', import.meta.url)), 'run');
+    expect(text).toContain('(default: 7390)');
+    expect(text).toContain('(default: 127.0.0.1:7443)');
+  });
+});

@@ -52,6 +52,15 @@ describe('driftline rollout (CLI)', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  it('rollout - refuses --min-devices above the devices --target matches (ROLLOUT_MIN_DEVICES_UNMET, exit 2) and starts nothing', async () => {
+    const before = JSON.parse((await driftline('--json', 'rollout', 'list')).stdout) as { rollouts: unknown[] };
+    const refused = await driftline('rollout', 'start', '--model', 'vibration', '--version', '2', '--min-devices', '7', '--target', 'site=lab', '--gate', 'none');
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/^error \[ROLLOUT_MIN_DEVICES_UNMET\]: --min-devices 7 is more than the 6 device\(s\) matching --target site=lab/);
+    const after = JSON.parse((await driftline('--json', 'rollout', 'list')).stdout) as { rollouts: unknown[] };
+    expect(after.rollouts).toHaveLength(before.rollouts.length);
+  });
+
   it('rollout - starts, pauses, watches and aborts a rollout from the command line, idempotently, with an audit trail', async () => {
     const startArgs = ['rollout', 'start', '--model', 'vibration', '--version', '2', '--waves', '50,100', '--bake', '10m', '--min-devices', '2', '--target', 'site=lab', '--gate', 'p95-latency-ratio<=1.5', '--request-id', 'cli-start-1'];
     const started = await driftline('--json', ...startArgs);

@@ -2,6 +2,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { DRIFTLINE_VERSION } from '../../common/version.js';
 import { DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, EXIT_CODES_HELP, type ExitCode } from './cli-error.js';
 import type { GlobalOptions } from './context.js';
+import { USER_FORM_HELP } from './help.js';
 
 const TOKEN_HELP = `Token lookup order (first found wins):
   1. --token <token>
@@ -54,7 +55,7 @@ function globalProgram(): Command {
     .option('--tls-key <file>', 'key of --tls-cert')
     .option('--json', 'print one JSON document on stdout instead of tables')
     .option('--timeout <seconds>', 'deadline of each call (default: 30 s; uploads: none)', positiveSeconds)
-    .configureHelp({ showGlobalOptions: true })
+    .configureHelp({ ...USER_FORM_HELP, showGlobalOptions: true })
     // Commander's own messages get the same shape as every other error; its exits become ours.
     .configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'error [USAGE]: ')) })
     .exitOverride()

@@ -6,7 +6,8 @@ export interface Output {
   /** Prints `data` as JSON with --json, otherwise calls `human`. */
   result(data: unknown, human: () => void): void;
   line(text: string): void;
-  table(head: string[], rows: Array<Array<string | number>>): void;
+  /** A table; with no rows, the `empty` line ("No devices found") instead of a bare header. */
+  table(head: string[], rows: Array<Array<string | number>>, empty?: string): void;
 }
 
 export function createOutput(json: boolean): Output {
@@ -20,8 +21,8 @@ export function createOutput(json: boolean): Output {
     line(text) {
       write(`${text}\n`);
     },
-    table(head, rows) {
-      write(`${renderTable(head, rows)}\n`);
+    table(head, rows, empty) {
+      write(rows.length === 0 && empty !== undefined ? `${empty}\n` : `${renderTable(head, rows)}\n`);
     },
   };
 }

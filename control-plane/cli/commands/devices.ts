@@ -44,6 +44,7 @@ export function registerDevices(program: Command): void {
               d.reported?.bufferDepth ?? '-',
               labelsText(d.labels),
             ]),
+            options.selector ? `No devices found matching ${options.selector}` : 'No devices found',
           );
         });
       }),
@@ -115,6 +116,7 @@ export function registerDevices(program: Command): void {
           output.table(
             ['ID', 'DEVICE', 'KIND', 'STATE', 'CREATED', 'EXPIRES'],
             response.tokens.map((t) => [t.id, t.deviceId, t.reenroll ? 'reenroll' : 'enroll', t.state, relativeTime(t.createdAtMs, now), new Date(t.expiresAtMs).toISOString()]),
+            options.all ? 'No enrollment tokens found' : 'No usable enrollment tokens found (--all shows used, expired and revoked ones)',
           );
         });
       }),

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { DriftEvent, DriftServiceClient, DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
 import { REFERENCE_METADATA_KEY } from '../../../common/drift/reference.js';
 import { ModelServiceClient } from '../../../common/proto/driftline/v1/models.js';
+import { formatDuration } from '../../../common/units.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
 import type { Connection } from '../connection.js';
 import { withConnection } from '../context.js';
@@ -50,9 +51,6 @@ async function whyNoDrift(connection: Connection, options: { model: string; vers
   const window = options.since === undefined ? "the server's drift window" : `the last ${formatDuration(options.since)}`;
   return `no drift data for ${what}: no device sent drift sketches in ${window} (is a version with a reference deployed and serving traffic? widen --since to look further back)`;
 }
-
-const formatDuration = (ms: number): string =>
-  ms % 86_400_000 === 0 ? `${ms / 86_400_000}d` : ms % 3_600_000 === 0 ? `${ms / 3_600_000}h` : ms % 60_000 === 0 ? `${ms / 60_000}m` : `${Math.round(ms / 1000)}s`;
 
 export function registerDrift(program: Command): void {
   const drift = program.command('drift').description('fleet drift of a model, from the sketches devices send');
@@ -133,7 +131,7 @@ export function registerDrift(program: Command): void {
         if (!options.watch) {
           const { events } = await connection.call(client, 'listDriftEvents', request);
           output.result({ events: events.map((e) => DriftEvent.toJSON(e)) }, () =>
-            events.length === 0 ? output.line('no drift events') : output.table(EVENT_COLUMNS, events.map(eventRow)),
+            output.table(EVENT_COLUMNS, events.map(eventRow), 'No drift events found'),
           );
           return;
         }

@@ -1,8 +1,9 @@
 import { resolve } from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
 import { initKeys, keyFolder, latestRoot, rotateRoot } from '../../../common/trust/key-files.js';
 import { rootExpiryWarning } from '../../../common/trust/root.js';
+import { formatDuration } from '../../../common/units.js';
 import { durationMs, integer, repeated } from '../arguments.js';
 import { usageError } from '../connection.js';
 import type { GlobalOptions } from '../context.js';
@@ -80,7 +81,9 @@ export function registerKeys(program: Command): void {
     .command('show')
     .description('show the latest root version: keys, threshold, expiry; warns when it expires soon or has expired')
     .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
-    .option('--warn-within <duration>', 'warn when the root expires within this (e.g. 30d)', durationMs, DEFAULT_EXPIRY_WARNING_MS)
+    .addOption(
+      new Option('--warn-within <duration>', 'warn when the root expires within this (e.g. 7d)').argParser(durationMs).default(DEFAULT_EXPIRY_WARNING_MS, formatDuration(DEFAULT_EXPIRY_WARNING_MS)),
+    )
     .action((options: { dir: string; warnWithin: number }, command: Command) => {
       const root = latestRoot(keyFolder(options.dir));
       const warning = rootExpiryWarning(root, systemClock.now(), options.warnWithin);

@@ -125,11 +125,12 @@ export function registerModels(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.client(ModelServiceClient);
         const response = await connection.call(client, 'listModels', {});
-        output.result({ latest: response.latest.map((v) => ModelVersion.toJSON(v)) }, () => {
+        output.result({ models: response.latest.map((v) => ModelVersion.toJSON(v)) }, () => {
           const now = systemClock.now();
           output.table(
             ['NAME', 'VERSION', 'SIZE', 'SHA256', 'OPSET', 'CREATED', 'DESCRIPTION'],
             response.latest.map((v) => [v.name, v.version, bytes(v.sizeBytes), shortSha(v.sha256), v.opset, relativeTime(v.createdAtMs, now), v.description || '-']),
+            'No models found (push one with `driftline models push model.onnx --name <name>`)',
           );
         });
       }),

@@ -1,13 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import type { ServiceError } from '@grpc/grpc-js';
 import { MultiBar, Presets } from 'cli-progress';
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { systemClock } from '../../../common/clock.js';
 import { DriftlineError } from '../../../common/errors.js';
 import { assertModelName } from '../../../common/ids.js';
+import { formatDuration } from '../../../common/units.js';
 import { Rollout, RolloutAuditEntry, RolloutServiceClient } from '../../../common/proto/driftline/v1/rollouts.js';
 import { durationMs, integer, repeated } from '../arguments.js';
-import type { Connection } from '../connection.js';
+import { CliError, EXIT, type Connection } from '../connection.js';
+import { DeviceServiceClient } from '../../../common/proto/driftline/v1/fleet.js';
 import { withConnection } from '../context.js';
 import { relativeTime, restoreTerminalOnSignal, type Output } from '../output.js';
 
@@ -28,6 +30,9 @@ function percents(value: string): number[] {
   return list;
 }
 
+const DEFAULT_WAVES = [1, 10, 50, 100];
+const DEFAULT_BAKE_MS = 600_000;
+
 const requestIdOption = ['--request-id <id>', 'client request id: a retry with the same id is not applied twice (default: a new one)'] as const;
 
 export function registerRollout(program: Command): void {
@@ -38,14 +43,14 @@ export function registerRollout(program: Command): void {
     .description('roll a model version out in waves that stop themselves when it is worse')
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--version <n>', 'version to roll out', integer(1))
-    .option('--waves <percents>', 'percent of the compatible targeted devices per wave, the last 100', percents, [1, 10, 50, 100])
-    .option('--bake <duration>', 'how long each wave runs before its gates are judged, e.g. 10m', durationMs, 600_000)
+    .addOption(new Option('--waves <percents>', 'percent of the compatible targeted devices per wave, the last 100').argParser(percents).default(DEFAULT_WAVES, DEFAULT_WAVES.join(',')))
+    .addOption(new Option('--bake <duration>', 'how long each wave runs before its gates are judged, e.g. 30m').argParser(durationMs).default(DEFAULT_BAKE_MS, formatDuration(DEFAULT_BAKE_MS)))
     .option('--min-devices <n>', 'smallest cohort of a wave', integer(1, 100_000), 5)
     .option('--target <selector>', "devices to target, e.g. 'profile=jetson-*,site=plant-3' (default: all)", '')
     .option('--gate <gate>', 'a gate such as p95-latency-ratio<=1.5 (repeatable; see below)', repeated)
     .option('--failure-limit <n>', 'failed evaluations tolerated per wave before aborting', integer(0, 100), 0)
-    .option('--min-inferences <n>', 'inferences per cohort needed by latency and error gates (default 50)', integer(1))
-    .option('--interval <duration>', 'time between evaluations after a failed one (default 1m)', durationMs)
+    .option('--min-inferences <n>', 'inferences per cohort needed by latency and error gates (default: 50)', integer(1))
+    .option('--interval <duration>', 'time between evaluations after a failed one (default: 1m)', durationMs)
     .option(...requestIdOption)
     .addHelpText('after', `\n${GATES_HELP}\n`)
     .action(
@@ -67,6 +72,19 @@ export function registerRollout(program: Command): void {
       ) =>
         withConnection(command, async (connection, output) => {
           assertModelName(options.model);
+          // --min-devices above the matching devices would make the first wave the whole target: no canary.
+          // Given on the command line, that is refused before anything starts; the default only warns (below).
+          const explicitMinimum = command.getOptionValueSource('minDevices') === 'cli';
+          if (explicitMinimum) {
+            const { devices } = await connection.call(connection.client(DeviceServiceClient), 'listDevices', { selector: options.target, includeDecommissioned: false });
+            if (devices.length < options.minDevices) {
+              throw new CliError(
+                'ROLLOUT_MIN_DEVICES_UNMET',
+                `--min-devices ${options.minDevices} is more than the ${devices.length} device(s) matching ${options.target ? `--target ${options.target}` : 'the fleet'}: the first wave would be every device (no canary); lower --min-devices or widen --target; nothing was started`,
+                EXIT.usage,
+              );
+            }
+          }
           const client = connection.client(RolloutServiceClient);
           const r = await connection.call(client, 'startRollout', {
             model: options.model,
@@ -85,6 +103,9 @@ export function registerRollout(program: Command): void {
           output.result(Rollout.toJSON(r), () => {
             output.line(`started rollout ${r.id}: ${r.model}@v${r.version} to ${r.targetedDevices} device(s) in ${r.waves.length} wave(s)`);
             if (r.incompatible.length > 0) output.line(`${r.incompatible.length} incompatible device(s) left out (driftline rollout status ${r.id})`);
+            if (!explicitMinimum && r.targetedDevices <= options.minDevices && r.waves.length > 1) {
+              output.line(`note: ${r.targetedDevices} device(s) targeted, not more than --min-devices ${options.minDevices}: the first wave covers all of them`);
+            }
             output.line(`watch it: driftline rollout status ${r.id} --watch`);
           });
         }),
@@ -94,7 +115,7 @@ export function registerRollout(program: Command): void {
     .command('status')
     .description('waves, gates and devices per version of a rollout (default: the latest)')
     .argument('[id]', 'rollout id')
-    .option('--watch', 'keep showing changes until the rollout ends (progress bars on a terminal)')
+    .option('--watch', 'keep showing changes until the rollout ends: on a terminal a bar per wave, devices per version and gate verdicts; otherwise one line per change (JSON with --json)')
     .action((id: string | undefined, options: { watch?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.client(RolloutServiceClient);
@@ -122,6 +143,7 @@ export function registerRollout(program: Command): void {
           output.table(
             ['ID', 'MODEL', 'VERSION', 'STATE', 'WAVE', 'TARGET', 'DEVICES', 'UPDATED', 'REASON'],
             rollouts.map((r) => [r.id, r.model, r.version, r.state, `${r.wave}/${r.waves.length}`, r.target || '(all)', r.targetedDevices, relativeTime(r.updatedAtMs, now), r.reason || '-']),
+            options.active || options.model ? 'No rollouts found matching the filters' : 'No rollouts found',
           );
         });
       }),
@@ -139,6 +161,7 @@ export function registerRollout(program: Command): void {
           output.table(
             ['TIME', 'ACTOR', 'ACTION', 'STATE', 'WAVE', 'REQUEST', 'REASON'],
             entries.map((e) => [new Date(e.atMs).toISOString(), e.actor, e.action, `${e.fromState} -> ${e.toState}`, e.wave, e.clientRequestId || '-', e.reason || '-']),
+            'No audit entries found',
           );
         });
       }),
@@ -207,6 +230,8 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
   const tty = Boolean(process.stderr.isTTY) && !output.json;
   const bars = tty ? new MultiBar({ stream: process.stderr, clearOnComplete: false, hideCursor: true, format: '{label} [{bar}] {value}/{total} {status}' }, Presets.shades_classic) : undefined;
   const waveBars: ReturnType<MultiBar['create']>[] = [];
+  // Under the wave bars, two text lines: devices per version, and the last gate verdicts.
+  let textLines: Array<ReturnType<MultiBar['create']>> | undefined;
   let last: Rollout | undefined;
   const release = bars ? restoreTerminalOnSignal(() => bars.stop()) : () => undefined;
   await new Promise<void>((resolve, reject) => {
@@ -224,6 +249,9 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
         if (!waveBars[i]) waveBars[i] = bars.create(size, value, payload);
         else waveBars[i]!.update(value, payload);
       });
+      const texts = [`${r.state}; devices per version: ${versionsText(r)}`, `gates: ${gatesText(r)}`];
+      textLines ??= texts.map((text) => bars.create(1, 0, { text }, { format: '{text}' }));
+      textLines.forEach((line, i) => line.update(0, { text: texts[i] }));
     });
     stream.on('end', () => resolve());
     stream.on('error', (err: ServiceError) => reject(err));
@@ -235,10 +263,17 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
   }
 }
 
-function summaryLine(r: Rollout): string {
-  const versions = Object.entries(r.versions)
+/** Devices per version, newest first: `v2:3 v1:5` (`(none)`: no version of the model yet). */
+const versionsText = (r: Rollout): string =>
+  Object.entries(r.versions)
     .sort(([a], [b]) => Number(b) - Number(a))
-    .map(([v, n]) => `v${v}:${n}`)
-    .join(' ');
-  return `${new Date().toISOString()} ${r.id} ${r.state} wave ${r.wave}/${r.waves.length} ${versions}${r.reason ? ` - ${r.reason}` : ''}`;
+    .map(([v, n]) => `${v === '0' ? '(none)' : `v${v}`}:${n}`)
+    .join(' ') || '-';
+
+/** The last evaluation's verdicts: `p95-latency-ratio<=1.5 pass, error-rate-delta<=0.05 inconclusive`; "not judged yet" before the first. */
+const gatesText = (r: Rollout): string => r.lastEvaluation.map((g) => `${g.gate} ${g.verdict}`).join(', ') || 'not judged yet';
+
+/** One line of `rollout status --watch` off a terminal: state, wave, devices per version, gates. */
+export function summaryLine(r: Rollout, nowMs = systemClock.now()): string {
+  return `${new Date(nowMs).toISOString()} ${r.id} ${r.state} wave ${r.wave}/${r.waves.length} versions ${versionsText(r)} gates ${gatesText(r)}${r.reason ? ` - ${r.reason}` : ''}`;
 }

@@ -3,7 +3,7 @@ import { Option, type Command } from 'commander';
 import { readConfigFile } from '../../../common/config.js';
 import { DriftlineError } from '../../../common/errors.js';
 import { createLogger, LOG_FORMATS, type LogFormat } from '../../../common/logger.js';
-import type { ControlPlaneConfigInput } from '../../config.js';
+import { controlPlaneConfigSchema, type ControlPlaneConfigInput } from '../../config.js';
 import { integer } from '../arguments.js';
 import { CliError, EXIT } from '../connection.js';
 
@@ -33,6 +33,11 @@ interface ServeOptions {
 
 const DEFAULT_DATA_DIR = '.driftline';
 const port = integer(0, 65535);
+/**
+ * What a flag left out means, shown in help: the configuration schema's defaults. Not commander
+ * defaults, which would override the --config file (flags override it only when given).
+ */
+const DEFAULTS = controlPlaneConfigSchema.parse({ dataDir: DEFAULT_DATA_DIR });
 
 export function registerServe(program: Command): void {
   program
@@ -40,12 +45,12 @@ export function registerServe(program: Command): void {
     .description('run the control plane (gRPC API, MQTT broker, artifact HTTP server) in this process')
     .option('--config <file>', 'configuration file (.yaml or .json); flags override it')
     .option('--data-dir <dir>', `where the store, artifacts and admin token live (default: ${DEFAULT_DATA_DIR})`)
-    .option('--grpc-host <host>', 'gRPC listen address')
-    .option('--grpc-port <port>', 'gRPC port (0: any free port)', port)
-    .option('--http-host <host>', 'artifact HTTP listen address')
-    .option('--http-port <port>', 'artifact HTTP port (0: any free port)', port)
-    .option('--mqtt-host <host>', 'embedded MQTT broker listen address')
-    .option('--mqtt-port <port>', 'embedded MQTT broker port (0: any free port)', port)
+    .option('--grpc-host <host>', `gRPC listen address (default: ${DEFAULTS.grpc.host})`)
+    .option('--grpc-port <port>', `gRPC port, 0: any free port (default: ${DEFAULTS.grpc.port})`, port)
+    .option('--http-host <host>', `artifact HTTP listen address (default: ${DEFAULTS.http.host})`)
+    .option('--http-port <port>', `artifact HTTP port, 0: any free port (default: ${DEFAULTS.http.port})`, port)
+    .option('--mqtt-host <host>', `embedded MQTT broker listen address (default: ${DEFAULTS.mqtt.host})`)
+    .option('--mqtt-port <port>', `embedded MQTT broker port, 0: any free port (default: ${DEFAULTS.mqtt.port})`, port)
     .option('--mqtt-url <url>', 'use this external broker (mqtt:// or mqtts://) instead of the embedded one')
     .option('--mqtt-username <name>', 'user name on the external broker')
     .addOption(new Option('--mqtt-password <password>', 'password on the external broker').env('DRIFTLINE_MQTT_PASSWORD'))

@@ -6,7 +6,6 @@ import {
   RollupGroupBy,
   TelemetryRollup,
   TelemetryServiceClient,
-  TelemetrySummary,
 } from '../../../common/proto/driftline/v1/telemetry.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
 import { withConnection } from '../context.js';
@@ -28,25 +27,31 @@ export function registerTelemetry(program: Command): void {
           deviceId: options.device ?? '',
           sinceMs: sinceMs(options.since, now),
         });
-        output.result({ ...(TelemetrySummary.toJSON(summary) as object), devices: summary.devices.map((d) => DeviceTelemetry.toJSON(d)) }, () => {
-          output.table(
-            ['DEVICE', 'RECORDS', 'INFERENCES', 'ERRORS', 'LATENCY MEAN', 'LATENCY MAX', 'EVENTS', 'LAST RECORD', 'BUFFER', 'DROPPED', 'REFUSED'],
-            summary.devices.map((d) => [
-              d.deviceId,
-              d.records,
-              d.inferences,
-              d.inferenceErrors,
-              `${d.latencyMeanMs.toFixed(1)} ms`,
-              `${d.latencyMaxMs.toFixed(1)} ms`,
-              d.events,
-              relativeTime(d.lastRecordMs, now),
-              d.bufferDepth,
-              d.droppedRecords,
-              d.refusals.map((r) => `${r.code} ${r.count}`).join(', ') || '-',
-            ]),
-          );
-          output.line(`records stored ${summary.recordsStored}, duplicates dropped ${summary.duplicatesDropped}, rejected batches ${summary.rejectedBatches}`);
-        });
+        const rows = summary.devices.map(summaryRow);
+        output.result(
+          { devices: rows, recordsStored: summary.recordsStored, duplicatesDropped: summary.duplicatesDropped, rejectedBatches: summary.rejectedBatches },
+          () => {
+            const text = (v: number | null, unit = ''): string | number => (v === null ? '-' : unit ? `${v.toFixed(1)} ${unit}` : v);
+            output.table(
+              ['DEVICE', 'RECORDS', 'INFERENCES', 'ERRORS', 'LATENCY MEAN', 'LATENCY MAX', 'EVENTS', 'LAST RECORD', 'BUFFER', 'DROPPED', 'REFUSED'],
+              rows.map((r) => [
+                r.deviceId,
+                r.records,
+                r.inferences,
+                r.inferenceErrors,
+                text(r.latencyMeanMs, 'ms'),
+                text(r.latencyMaxMs, 'ms'),
+                r.events,
+                r.lastRecordMs === null ? '-' : relativeTime(r.lastRecordMs, now),
+                r.bufferDepth,
+                r.droppedRecords,
+                r.refusals.map((x) => `${x.code} ${x.count}`).join(', ') || '-',
+              ]),
+              options.device ? `No telemetry found for device ${options.device}` : 'No telemetry found',
+            );
+            output.line(`records stored ${summary.recordsStored}, duplicates dropped ${summary.duplicatesDropped}, rejected batches ${summary.rejectedBatches}`);
+          },
+        );
       }),
     );
 
@@ -92,11 +97,32 @@ export function registerTelemetry(program: Command): void {
                 `${r.maxLatencyMs.toFixed(1)} ms`,
                 r.events,
               ]),
+              'No telemetry rollups found',
             );
             if (result.truncated) output.line('(older rows left out: raise --limit or narrow --since)');
           });
         }),
     );
+}
+
+/**
+ * One device's line of `telemetry summary`, the same fields in the table and in --json: null
+ * (shown `-`) where there is no data, e.g. no latency before the first inference.
+ */
+export function summaryRow(d: DeviceTelemetry) {
+  return {
+    deviceId: d.deviceId,
+    records: d.records,
+    inferences: d.inferences,
+    inferenceErrors: d.inferenceErrors,
+    latencyMeanMs: d.inferences > 0 ? d.latencyMeanMs : null,
+    latencyMaxMs: d.inferences > 0 ? d.latencyMaxMs : null,
+    events: d.events,
+    lastRecordMs: d.lastRecordMs > 0 ? d.lastRecordMs : null,
+    bufferDepth: d.bufferDepth,
+    droppedRecords: d.droppedRecords,
+    refusals: d.refusals.map((r) => ({ code: r.code, count: r.count, lastMs: r.lastMs })),
+  };
 }
 
 const GROUP_BY = {

@@ -38,6 +38,7 @@ export function registerTokens(program: Command): void {
           output.table(
             ['ID', 'NAME', 'ROLE', 'CREATED', 'REVOKED'],
             response.tokens.map((t) => [t.id, t.name, roleName(t.role), relativeTime(t.createdAtMs, now), t.revoked ? 'yes' : 'no']),
+            'No tokens found',
           );
         });
       }),
