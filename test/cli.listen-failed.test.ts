@@ -1,10 +1,9 @@
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { REPO_ROOT, startProcess, stopProcess } from './helpers/processes.js';
+import { holdPort, REPO_ROOT, startProcess, stopProcess } from './helpers/processes.js';
 
 const DRIFTLINE = join(REPO_ROOT, 'bin/driftline.js');
 const AGENT = join(REPO_ROOT, 'bin/driftline-agent.js');
@@ -12,17 +11,16 @@ const EXIT_UNAVAILABLE = 5;
 const AGENT_EXIT_FAILED = 1;
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-listen-'));
-let held: Server;
+let held: Awaited<ReturnType<typeof holdPort>>;
 let heldPort: number;
 
 beforeAll(async () => {
   // A test socket holds the port, as a system mosquitto holds 1883.
-  held = createServer();
-  await new Promise<void>((resolve) => held.listen(0, '127.0.0.1', resolve));
-  heldPort = (held.address() as AddressInfo).port;
+  held = await holdPort();
+  heldPort = held.port;
 });
 afterAll(async () => {
-  await new Promise((resolve) => held.close(resolve));
+  await held.release();
   rmSync(dir, { recursive: true, force: true });
 });
 

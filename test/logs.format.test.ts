@@ -1,22 +1,20 @@
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { REPO_ROOT } from './helpers/processes.js';
+import { holdPort, REPO_ROOT } from './helpers/processes.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-log-format-'));
-let held: Server;
+let held: Awaited<ReturnType<typeof holdPort>>;
 let heldPort: number;
 beforeAll(async () => {
   // A taken MQTT port ends `serve` right after its first log lines, so each run is short.
-  held = createServer();
-  await new Promise<void>((resolve) => held.listen(0, '127.0.0.1', resolve));
-  heldPort = (held.address() as AddressInfo).port;
+  held = await holdPort();
+  heldPort = held.port;
 });
 afterAll(async () => {
-  await new Promise((resolve) => held.close(resolve));
+  await held.release();
   rmSync(dir, { recursive: true, force: true });
 });
 

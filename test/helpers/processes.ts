@@ -91,3 +91,13 @@ export async function waitFor<T>(read: () => T | Promise<T>, accept: (value: T) 
   }
   throw new Error(`timed out waiting for ${options.what ?? 'condition'}; last value: ${JSON.stringify(last)}${lastError ? `; last error: ${String(lastError)}` : ''}`);
 }
+
+/** A port held by a plain TCP listener on 127.0.0.1, as a system broker holds 1883: for tests of a taken port. */
+export async function holdPort(): Promise<{ port: number; release(): Promise<void> }> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    release: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
