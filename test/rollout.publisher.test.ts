@@ -7,7 +7,7 @@ import { driftSourceFrom } from '../control-plane/rollout/drift-adapter.js';
 import { DesiredStatePublisher, FleetStoreView, type SignedReleases } from '../control-plane/rollout/fleet-adapters.js';
 import { openDatabase } from '../control-plane/store/database.js';
 
-const version = (v: number): ModelVersion => ({ name: 'vibration', version: v, sha256: `${v}`.repeat(64).slice(0, 64), sizeBytes: 100 * v, createdAtMs: 0, opset: 17, inputs: [], outputs: [], description: '', metadata: {} });
+const version = (v: number): ModelVersion => ({ name: 'vibration', version: v, sha256: `${v}`.repeat(64).slice(0, 64), sizeBytes: 100 * v, createdAtMs: 0, opset: 17, inputs: [], outputs: [], description: '', metadata: {}, amendsVersion: 0 });
 
 function setup(releases?: SignedReleases) {
   const db = openDatabase(':memory:');

@@ -24,6 +24,11 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
     }),
     listModels: unary(ctx, 'ListModels', 'viewer', () => ({ latest: registry.listLatest() })),
     getModel: unary(ctx, 'GetModel', 'viewer', (req) => registry.get(assertModelName(req.name))),
+    amendModel: unary(ctx, 'AmendModel', 'operator', (req, caller) => {
+      const version = registry.amend(assertModelName(req.name), req.version, { description: req.description, metadata: req.metadata });
+      logger.info({ model: version.name, version: version.version, amends: version.amendsVersion, by: caller?.id }, 'model version amended');
+      return version;
+    }),
     deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
       const { version, deviceIds } = validate(deployRequest, req);
       const model = registry.resolve(assertModelName(req.name), version);
