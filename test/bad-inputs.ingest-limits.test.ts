@@ -23,7 +23,7 @@ import { silentLogger, type Logger } from '../common/logger.js';
 import { CommandResult, Outcome, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
 import type { DeviceTelemetry, TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
-import { downTopic, upTopic, type UpChannel } from '../common/topics.js';
+import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
 import type { ControlPlaneConfigInput } from '../control-plane/config.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
 import { fleetApi, type FleetApi } from './helpers/fleet-api.js';

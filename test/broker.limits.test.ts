@@ -4,7 +4,7 @@ import type { MqttClient } from 'mqtt';
 import { ManualClock } from '../common/clock.js';
 import { LogThrottle } from '../common/log-throttle.js';
 import { silentLogger } from '../common/logger.js';
-import { upTopic } from '../common/topics.js';
+import { upTopic } from '../common/device-protocol/topics.js';
 import { truncateUntrusted, UNTRUSTED_LOG_CHARS } from '../common/untrusted-text.js';
 import { startEmbeddedBroker, type EmbeddedBroker, type EmbeddedBrokerOptions } from '../control-plane/broker/embedded-broker.js';
 import { MqttPacketGate, type GateRefusal } from '../control-plane/broker/packet-gate.js';

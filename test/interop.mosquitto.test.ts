@@ -35,7 +35,7 @@ import { credentials, Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
 import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
-import { ALL_UP_FILTER } from '../common/topics.js';
+import { ALL_UP_FILTER } from '../common/device-protocol/topics.js';
 import { startAgent, type AgentHandle } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
 import { readIdentity } from '../agent/enrollment/identity.js';

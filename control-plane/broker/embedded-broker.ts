@@ -9,7 +9,7 @@ import { listenFailed } from '../../common/errors.js';
 import { MAX_DEVICE_ID_LENGTH } from '../../common/ids.js';
 import { LogThrottle } from '../../common/log-throttle.js';
 import type { Logger } from '../../common/logger.js';
-import { UP_CHANNELS, upTopic } from '../../common/topics.js';
+import { UP_CHANNELS, upTopic } from '../../common/device-protocol/topics.js';
 import { truncateUntrusted } from '../../common/untrusted-text.js';
 import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe, checkDeviceWill } from './device-acl.js';
 import { MqttPacketGate, type GateRefusal } from './packet-gate.js';

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import mqtt, { MqttClient, type IClientOptions } from 'mqtt';
 import { DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
-import { ALL_UP_FILTER, downTopic, parseUpTopic, type DownChannel, type UpChannel } from '../../common/topics.js';
+import { ALL_UP_FILTER, downTopic, parseUpTopic, type DownChannel, type UpChannel } from '../../common/device-protocol/topics.js';
 import { truncateUntrusted } from '../../common/untrusted-text.js';
 
 export interface ServiceLinkOptions {

@@ -5,7 +5,7 @@ import { DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import { DesiredState, Outcome, ReportedState, Stream, TelemetryBatch, type TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
 import { DeviceServiceClient, EnrollmentServiceClient } from '../../common/proto/driftline/v1/fleet.js';
-import { downTopic, upTopic } from '../../common/topics.js';
+import { downTopic, upTopic } from '../../common/device-protocol/topics.js';
 
 /**
  * Many simulated devices in one process, each a real MQTT client with its own credential,

@@ -1,7 +1,7 @@
 import { DriftlineError } from '../../common/errors.js';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
-import type { UpChannel } from '../../common/topics.js';
+import type { UpChannel } from '../../common/device-protocol/topics.js';
 import {
   CommandResult,
   DesiredState,
