@@ -13,7 +13,7 @@ const CORE = [
   '^agent/(buffer|uplink)/ports\\.ts$',
   '^agent/uplink/backoff\\.ts$',
   '^control-plane/telemetry/(ingest|ports|bounded-decode|device-rate-limit|refusal-ledger)\\.ts$',
-  '^control-plane/broker/device-acl\\.ts$',
+  '^control-plane/device-link/(device-acl|ports)\\.ts$',
   '^control-plane/api/ports\\.ts$',
   '^control-plane/rollout/(plan|cohorts|gates|state-machine|engine|ports)\\.ts$',
   '^control-plane/drift/(evaluate|drift-watcher)\\.ts$',

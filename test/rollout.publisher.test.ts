@@ -21,7 +21,7 @@ function setup(releases?: SignedReleases) {
     fleet,
     registry: { resolve: (_n, v) => version(v) },
     releases,
-    publishDesired: async (id, desired) => void published.push([id, desired]),
+    link: { sendDesired: async (id, desired) => void published.push([id, desired]) },
     rollbackTtlMs: 3_600_000,
     logger: silentLogger(),
   });

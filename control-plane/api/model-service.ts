@@ -109,7 +109,7 @@ function rollbackFor({ releases, config, clock }: ApiDeps, model: ModelVersion, 
  * Revisions are read and written with no await in between, so concurrent deploys cannot
  * hand a device the same revision twice.
  */
-async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], rollback: Rollback | undefined): Promise<number> {
+async function deploy({ fleet, deviceLink, logger, releases }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], rollback: Rollback | undefined): Promise<number> {
   // With a trust root the signed envelope and the root chain travel with the desired model.
   const signed = releases?.desiredModel(model);
   const desired = targets.map((device): [string, DesiredState] => [
@@ -130,7 +130,7 @@ async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: Mo
     },
   ]);
   for (const [deviceId, state] of desired) fleet.setDesired(deviceId, state);
-  const results = await Promise.allSettled(desired.map(([deviceId, state]) => fleetLink.publishDesired(deviceId, state)));
+  const results = await Promise.allSettled(desired.map(([deviceId, state]) => deviceLink.sendDesired(deviceId, state)));
   results.forEach((result, i) => {
     if (result.status === 'rejected') logger.warn({ err: result.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');
   });

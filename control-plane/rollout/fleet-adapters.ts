@@ -3,6 +3,7 @@ import { DesiredModel, DesiredState } from '../../common/proto/driftline/v1/devi
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import type { FirmwareProfile } from '../../common/firmware-profile.js';
 import { peekManifest } from '../../common/trust/manifest.js';
+import type { DeviceLink } from '../device-link/ports.js';
 import { PROFILE_LABEL, type DeviceRecord, type FleetStore } from '../fleet/fleet-store.js';
 import { artifactPath } from '../registry/artifact-store.js';
 import { constraintsFromMetadata, type ModelConstraints } from './cohorts.js';
@@ -84,7 +85,7 @@ export interface SignedReleases {
 
 /**
  * Publishes releases as desired state, like DeployModel: store the new desired state per
- * device (next revision), then publish it retained. With signed releases the desired model
+ * device (next revision), then send it over the device link. With signed releases the desired model
  * carries its DSSE envelope and the root chain, and a rollback carries a signed rollback
  * directive for exactly the devices sent back (devices refuse an older version without one;
  * without online signing the rollback is still sent and the refusal shows in their state).
@@ -95,7 +96,7 @@ export class DesiredStatePublisher implements ReleasePublisher {
       fleet: Pick<FleetStore, 'get' | 'setDesired'>;
       registry: { resolve(name: string, version: number): ModelVersion };
       releases?: SignedReleases | undefined;
-      publishDesired: (deviceId: string, desired: DesiredState) => Promise<void>;
+      link: Pick<DeviceLink, 'sendDesired'>;
       /** Lifetime of a signed rollback directive. */
       rollbackTtlMs: number;
       logger: Logger;
@@ -117,7 +118,7 @@ export class DesiredStatePublisher implements ReleasePublisher {
   }
 
   private async send(model: ModelVersion, deviceIds: readonly string[], rollback: Buffer | undefined): Promise<void> {
-    const { fleet, publishDesired, logger, releases } = this.deps;
+    const { fleet, link, logger, releases } = this.deps;
     const signed = releases?.desiredModel(model);
     const desiredModel =
       signed?.model ??
@@ -139,7 +140,7 @@ export class DesiredStatePublisher implements ReleasePublisher {
       }),
     ]);
     for (const [id, state] of desired) fleet.setDesired(id, state);
-    const results = await Promise.allSettled(desired.map(([id, state]) => publishDesired(id, state)));
+    const results = await Promise.allSettled(desired.map(([id, state]) => link.sendDesired(id, state)));
     results.forEach((r, i) => {
       if (r.status === 'rejected') logger.warn({ err: r.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');
     });
