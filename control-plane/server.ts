@@ -8,6 +8,7 @@ import { ensurePrivateDir } from '../common/private-files.js';
 import { startGrpcServer } from './api/grpc-server.js';
 import { parseControlPlaneConfig, type ControlPlaneConfigInput } from './config.js';
 import { createDeviceLink } from './device-link/create-device-link.js';
+import { DesiredStates } from './fleet/desired-states.js';
 import { FleetStore } from './fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js';
 import { artifactGrantSources, mayDownloadArtifact } from './registry/artifact-grants.js';
@@ -174,13 +175,15 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     });
     closers.push(() => artifactServer.close());
 
+    // Deploys, rollout waves and rollbacks all go through this one: stored, then sent.
+    const desiredStates = new DesiredStates({ fleet, releases, link, logger });
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
     const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
       repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
       metrics: new SqliteCohortMetrics(db),
-      publisher: new DesiredStatePublisher({ fleet, registry, releases, link, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
+      publisher: new DesiredStatePublisher({ fleet, registry, releases, desiredStates, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
       catalog: new RegistryCatalog(registry, releases),
       drift: driftSourceFrom(driftStatus),
       clock,
@@ -221,6 +224,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       drift: driftStatus,
       driftEvents: driftWatcher,
       deviceLink: link,
+      desiredStates,
       advertisedMqttUrl: () => config.mqtt.advertisedUrl ?? brokerUrl,
       advertisedHttpUrl: () => config.advertisedHttpUrl ?? artifactServer.url,
       config,

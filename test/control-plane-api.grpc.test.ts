@@ -40,6 +40,7 @@ import { RolloutServiceClient, StartRolloutRequest } from '../common/proto/drift
 import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
 import { startGrpcServer, type GrpcServer } from '../control-plane/api/grpc-server.js';
 import type { DeviceLink } from '../control-plane/device-link/ports.js';
+import { DesiredStates } from '../control-plane/fleet/desired-states.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from '../control-plane/fleet/operator-tokens.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
@@ -115,6 +116,7 @@ describe('control-plane gRPC API', () => {
       tokens,
       registry,
       deviceLink: link,
+      desiredStates: new DesiredStates({ fleet, link, logger: silentLogger() }),
       telemetry: { summary: () => TelemetrySummary.fromPartial({ recordsStored: 7 }) },
       advertisedMqttUrl: () => 'mqtt://127.0.0.1:1883',
       advertisedHttpUrl: () => 'http://127.0.0.1:7480',

@@ -5,6 +5,7 @@ import type { TelemetryRollups, TelemetryRollupsRequest, TelemetrySummary, Telem
 import type { ControlPlaneConfig } from '../config.js';
 import type { DeviceLink } from '../device-link/ports.js';
 import type { DriftEventFilter, DriftEventRecord } from '../drift/drift-watcher.js';
+import type { DesiredStates } from '../fleet/desired-states.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { OperatorTokenStore } from '../fleet/operator-tokens.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
@@ -37,8 +38,10 @@ export interface ApiDeps {
   fleet: FleetStore;
   tokens: OperatorTokenStore;
   registry: ModelRegistry;
-  /** How the API reaches devices: their desired state, and dropping a decommissioned one. */
-  deviceLink: Pick<DeviceLink, 'sendDesired' | 'disconnect'>;
+  /** Drops a decommissioned device's live connection. */
+  deviceLink: Pick<DeviceLink, 'disconnect'>;
+  /** Where deploys go: stored, then sent to the devices. */
+  desiredStates: Pick<DesiredStates, 'deploy'>;
   telemetry: TelemetryQueries;
   /** Rollups per bucket and group; without them GetRollups answers NOT_IMPLEMENTED. */
   telemetryRollups?: TelemetryRollupQueries | undefined;
