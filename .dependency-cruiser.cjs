@@ -10,11 +10,15 @@ const CORE = [
   '^agent/telemetry/',
   '^agent/models/model-manager\\.ts$',
   '^agent/inference/(engine|model-runtime|datatypes)\\.ts$',
-  '^agent/(buffer|uplink)/ports\\.ts$',
-  '^agent/uplink/backoff\\.ts$',
+  '^agent/buffer/ports\\.ts$',
+  // The uplink's port, its factory and the backoff are core; each adapter has a folder of its own (agent/uplink/mqtt/).
+  '^agent/uplink/[^/]+\\.ts$',
   '^control-plane/telemetry/(ingest|ports|bounded-decode|device-rate-limit|refusal-ledger)\\.ts$',
-  '^control-plane/device-link/(device-acl|ports)\\.ts$',
+  // The device link's port, the topic ACL and the factory are core; each adapter has a folder of its own
+  // (device-link/embedded-mqtt/, device-link/external-mqtt/, device-link/mqtt-session/ which both share).
+  '^control-plane/device-link/[^/]+\\.ts$',
   '^control-plane/api/ports\\.ts$',
+  '^control-plane/fleet/desired-states\\.ts$',
   '^control-plane/rollout/(plan|cohorts|gates|state-machine|engine|ports)\\.ts$',
   '^control-plane/drift/(evaluate|drift-watcher)\\.ts$',
 ];

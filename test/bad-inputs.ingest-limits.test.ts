@@ -17,7 +17,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
 import { TelemetryUploader } from '../agent/telemetry/uploader.js';
-import { MqttUplink } from '../agent/uplink/mqtt-uplink.js';
+import { MqttUplink } from '../agent/uplink/mqtt/mqtt-uplink.js';
 import { ManualClock, systemClock } from '../common/clock.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { CommandResult, Outcome, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';

@@ -111,7 +111,7 @@ describe.skipIf(!MOSQUITTO)(`interop - agent and control plane through Mosquitto
 
   it('interop - enrollment hands the device the Mosquitto URL and the agent connects there', async () => {
     expect(cp.addresses.mqtt).toBe(broker.url);
-    expect(readIdentity(join(dir, 'agent'))).toMatchObject({ deviceId: DEVICE, mqttUsername: DEVICE, mqttUrl: broker.url });
+    expect(readIdentity(join(dir, 'agent'))).toMatchObject({ deviceId: DEVICE, credential: { kind: 'mqtt-password', username: DEVICE }, uplinkUrl: broker.url });
     // The model came down the `desired` topic and the reported state went up: both ways work.
     const [device] = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.name === 'vibration', { what: 'reported state' });
     expect(device).toMatchObject({ id: DEVICE, online: true });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
 import { TelemetryUploader } from '../agent/telemetry/uploader.js';
-import { MqttUplink } from '../agent/uplink/mqtt-uplink.js';
+import { MqttUplink } from '../agent/uplink/mqtt/mqtt-uplink.js';
 import { systemClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { Stream, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';

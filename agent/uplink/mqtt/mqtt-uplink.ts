@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
-import { DriftlineError } from '../../common/errors.js';
-import type { Logger } from '../../common/logger.js';
-import { DOWN_CHANNELS, downPrefix, upTopic, type DownChannel, type UpChannel } from '../../common/device-protocol/topics.js';
-import { backoffDelay } from './backoff.js';
-import type { Uplink, UplinkStatus } from './ports.js';
+import { DriftlineError } from '../../../common/errors.js';
+import type { Logger } from '../../../common/logger.js';
+import { DOWN_CHANNELS, downPrefix, upTopic, type DownChannel, type UpChannel } from '../../../common/device-protocol/topics.js';
+import { backoffDelay } from '../backoff.js';
+import type { Uplink, UplinkStatus } from '../ports.js';
 
 export interface MqttUplinkOptions {
   url: string;
