@@ -35,7 +35,15 @@ module.exports = {
     },
     { name: 'agent-not-control-plane', severity: 'error', from: { path: '^agent/' }, to: { path: '^control-plane/' } },
     { name: 'control-plane-not-agent', severity: 'error', from: { path: '^control-plane/' }, to: { path: '^agent/' } },
-    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|demo)/' } },
+    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|simulator|demo)/' } },
+    {
+      name: 'simulator-is-a-device-double',
+      comment: 'The fleet simulator speaks the device protocol from common/ (and the operator API through its client), never agent or control-plane code.',
+      severity: 'error',
+      from: { path: '^simulator/' },
+      to: { path: '^(agent|control-plane|demo|cli)/' },
+    },
+    { name: 'nothing-runs-on-the-simulator', severity: 'error', from: { path: '^(agent|control-plane|common)/' }, to: { path: '^simulator/' } },
   ],
   options: {
     doNotFollow: { path: 'node_modules' },
