@@ -10,7 +10,7 @@
  * the (device, boot, seq) key turns every resend into a counted duplicate, never a second row.
  *
  * What an external broker must enforce itself. Mosquitto runs here anonymous and without
- * Driftline's device ACL; the embedded broker (control-plane/broker/device-acl.ts) is the
+ * Driftline's device ACL; the embedded broker (control-plane/device-link/device-acl.ts) is the
  * reference for what a production broker has to be configured to do, because the control
  * plane trusts the device id in the topic:
  *   - authenticate every device with its own credential (username = client id = device
