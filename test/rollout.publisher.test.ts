@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
 import { DesiredModel, ReportedState, type DesiredState } from '../common/proto/driftline/v1/device_link.js';
 import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
+import { DesiredStates } from '../control-plane/fleet/desired-states.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { driftSourceFrom } from '../control-plane/rollout/drift-adapter.js';
 import { DesiredStatePublisher, FleetStoreView, type SignedReleases } from '../control-plane/rollout/fleet-adapters.js';
@@ -21,7 +22,7 @@ function setup(releases?: SignedReleases) {
     fleet,
     registry: { resolve: (_n, v) => version(v) },
     releases,
-    publishDesired: async (id, desired) => void published.push([id, desired]),
+    desiredStates: new DesiredStates({ fleet, releases, link: { sendDesired: async (id, desired) => void published.push([id, desired]) }, logger: silentLogger() }),
     rollbackTtlMs: 3_600_000,
     logger: silentLogger(),
   });

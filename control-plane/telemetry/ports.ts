@@ -30,9 +30,3 @@ export interface DeviceStateSink {
   saveReported(deviceId: string, state: ReportedState, atMs: number): void;
   getDesired(deviceId: string): DesiredState | undefined;
 }
-
-/** Sends messages down to one device (over MQTT or IoT Hub). */
-export interface DownlinkPublisher {
-  publishAck(deviceId: string, payload: Uint8Array): Promise<void>;
-  publishDesired(deviceId: string, payload: Uint8Array): Promise<void>;
-}
