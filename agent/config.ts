@@ -58,7 +58,9 @@ export const agentConfigSchema = z
         ttl: duration.prefault('7d'),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once: the buffer takes this slice with millisecond names.
+      .transform(({ commitDelay, ttl, ...rest }) => ({ ...rest, commitDelayMs: commitDelay, ttlMs: ttl })),
     uplink: z
       .object({
         maxBatchRecords: z.number().int().min(1).max(10_000).default(500),
@@ -73,7 +75,9 @@ export const agentConfigSchema = z
         liveEvery: z.number().int().nonnegative().default(4),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once: the uploader takes this slice as its options.
+      .transform(({ batchDelay, ackTimeout, ...rest }) => ({ ...rest, batchDelayMs: batchDelay, ackTimeoutMs: ackTimeout })),
     localApi: z
       .object({
         host: z.string().default('127.0.0.1'),
@@ -107,14 +111,17 @@ export const agentConfigSchema = z
             concurrency: z.number().int().min(1).optional(),
           })
           .strict()
-          .prefault({}),
+          .prefault({})
+          .transform(({ maxQueueDelay, ...rest }) => ({ ...rest, maxQueueDelayMs: maxQueueDelay })),
         /** Deadline for each local API request; none when absent. */
         timeout: duration.optional(),
         /** A folder of firmware profiles instead of the shipped ones. */
         profilesDir: z.string().min(1).optional(),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once: inferenceSettings() takes this slice as the profile's overrides.
+      .transform(({ timeout, ...rest }) => ({ ...rest, timeoutMs: timeout })),
     /** Raw inputs and outputs kept for labelling and retraining, on the samples stream (the first evicted). */
     capture: z
       .object({

@@ -65,7 +65,7 @@ export function component(name: string, steps: ComponentSteps, clock: Clock = sy
         const expired = new Promise<'expired'>((resolve) => (cancel = clock.setTimeout(() => resolve('expired'), Math.max(0, graceMs))));
         let outcome: 'drained' | 'expired';
         try {
-          const drained = Promise.resolve(steps.drain?.(graceMs)).then((r) => (r === false ? 'expired' : 'drained') as const);
+          const drained = Promise.resolve(steps.drain?.(graceMs)).then((r): 'drained' | 'expired' => (r === false ? 'expired' : 'drained'));
           outcome = await Promise.race([drained, expired]);
         } catch (err) {
           cancel?.();

@@ -1,8 +1,9 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import { isValidDeviceId } from '../../common/ids.js';
+import { agentPaths } from '../paths.js';
 
 /** What enrollment gives a device; kept in the data folder, readable only by the agent's user. */
 export const deviceIdentitySchema = z
@@ -18,7 +19,7 @@ export const deviceIdentitySchema = z
 
 export type DeviceIdentity = z.infer<typeof deviceIdentitySchema>;
 
-export const identityFile = (dataDir: string): string => join(dataDir, 'identity.json');
+export const identityFile = (dataDir: string): string => agentPaths(dataDir).identity;
 
 export function readIdentity(dataDir: string): DeviceIdentity | undefined {
   let text: string;
