@@ -418,7 +418,7 @@ function observed(engine: InferenceService, drift: DriftMonitor, capture: Sample
       };
       try {
         const result = await engine.infer(model, inputs, options);
-        drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true);
+        drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true, result.probabilities);
         keepSample({ model: result.model, version: result.version, outputs: result.outputs });
         return result;
       } catch (err) {
