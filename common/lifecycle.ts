@@ -117,6 +117,18 @@ export class Lifecycle {
     return c;
   }
 
+  /**
+   * Adds a component whose part already started when it was made (roots that start each part
+   * as they build the next): it counts as started, in the order adopted.
+   */
+  adopt<C extends Component>(c: C): C {
+    if (this.started !== this.components.length) throw new DriftlineError('INTERNAL', 'adopt() after add(): run() starts the components added');
+    this.components.push(c);
+    this.started++;
+    void c.run().catch(() => undefined);
+    return c;
+  }
+
   names(): string[] {
     return this.components.map((c) => c.name);
   }
