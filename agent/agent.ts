@@ -1,9 +1,8 @@
-import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import { Command, CommandResult, DesiredState, Outcome, ReportedState } from '../common/proto/driftline/v1/device_link.js';
+import { Outcome } from '../common/proto/driftline/v1/device_link.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import type { AgentConfig } from './config.js';
 import { SqliteBuffer } from './buffer/sqlite-buffer.js';
@@ -15,11 +14,10 @@ import { chooseProfile, type HostProbe } from './profiles/detect.js';
 import { systemHostProbe } from './profiles/host-probe.js';
 import { inferenceSettings, providerWarnings } from './profiles/inference-settings.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
-import { checkLocalApiPort, startLocalApi } from './local-api/server.js';
+import { checkLocalApiPort, startLocalApi, type LocalApi } from './local-api/server.js';
 import { runGoldenSelfTest } from './models/golden-self-test.js';
 import { ModelManager } from './models/model-manager.js';
 import { PinnedRoot } from './trust/pinned-root.js';
-import { parseReference, type DriftReference } from '../common/drift/reference.js';
 import { ensurePrivateDir } from '../common/private-files.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
 import { dropAttributes } from './buffer/ports.js';
@@ -31,7 +29,15 @@ import { TelemetryRecorder } from './telemetry/recorder.js';
 import { TelemetryUploader } from './telemetry/uploader.js';
 import { createUplink } from './uplink/create-uplink.js';
 import type { Uplink } from './uplink/ports.js';
-import { schedule, type ScheduledTask } from './schedule.js';
+import { createScheduler, type ScheduledTask } from './schedule.js';
+import { component, Lifecycle } from '../common/lifecycle.js';
+import { DropReporter } from './buffer/drop-report.js';
+import { CommandHandler } from './commands.js';
+import { downlinkDispatcher } from './downlink.js';
+import { DriftReferences } from './drift/references.js';
+import { agentHealth } from './health.js';
+import { agentPaths } from './paths.js';
+import { stateReporter } from './reported-state.js';
 
 export type AgentState = 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -56,8 +62,10 @@ const DOWNLOAD_TIMEOUT_MS = 10 * 60_000;
 const ENROLL_TIMEOUT_MS = 15_000;
 
 /**
- * Enrolls the device if it has to, then wires buffer, uplink, inference, model manager
- * and local API together. Nothing here handles signals: the entry point does.
+ * Enrolls the device if it has to, then composes buffer, uplink, inference, model manager and
+ * local API into one ordered list of components: started in order, stopped in reverse within
+ * the configured shutdownGrace. The behaviour lives in the parts; nothing here handles signals:
+ * the entry point does.
  */
 export async function startAgent(
   config: Readonly<AgentConfig>,
@@ -67,22 +75,20 @@ export async function startAgent(
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
   const startedAt = clock.now();
+  const paths = agentPaths(config.dataDir);
   let state: AgentState = 'starting';
   let finalDepth: number | undefined;
   // Before anything is created or an enrollment token spent: a local API port that is taken fails the start now.
   await checkLocalApiPort(config.localApi);
   // Created or tightened to 0700: it holds the device's credential and its buffered telemetry.
-  ensurePrivateDir(config.dataDir);
+  ensurePrivateDir(paths.dataDir);
 
   // The firmware profile (named, or detected from the host's facts) supplies providers, threads, batching and limits; config overrides.
   const hostFacts = await (deps.hostProbe ?? systemHostProbe()).facts();
   const profileChoice = chooseProfile(config.firmwareProfile, loadFirmwareProfiles(config.inference.profilesDir), hostFacts);
-  const firmwareProfile = profileChoice.profile.name;
-  const inference = inferenceSettings(profileChoice.profile, {
-    ...config.inference,
-    batching: { ...config.inference.batching, maxQueueDelayMs: config.inference.batching.maxQueueDelay },
-    maxModelBytes: config.maxModelBytes,
-  });
+  const profile = profileChoice.profile;
+  const firmwareProfile = profile.name;
+  const inference = inferenceSettings(profile, { ...config.inference, maxModelBytes: config.maxModelBytes });
   // A device-specific onnxruntime (Jetson) must be in the process before onnxruntime-node's binding loads.
   // Without it the agent still serves, on onnxruntime-node's own library, and says why.
   const warnings = [...profileChoice.warnings];
@@ -102,19 +108,17 @@ export async function startAgent(
   for (const warning of warnings) logger.warn({ firmwareProfile }, warning);
   const identity = await ensureIdentity(config, firmwareProfile, logger, clock);
   const deviceId = identity.deviceId;
-  const { quotas } = config.buffer;
+  const { quotas, ...bufferOptions } = config.buffer;
   // Disk budget and upload cap: the firmware profile's unless the configuration sets them.
-  const bufferBudgetBytes = config.buffer.maxBytes ?? profileChoice.profile.buffer.diskBudget;
-  const uploadBytesPerSecond = config.uplink.maxBytesPerSecond ?? profileChoice.profile.telemetry.uploadBytesPerSecond;
+  const bufferBudgetBytes = config.buffer.maxBytes ?? profile.buffer.diskBudget;
+  const uploadBytesPerSecond = config.uplink.maxBytesPerSecond ?? profile.telemetry.uploadBytesPerSecond;
   const buffer = SqliteBuffer.open({
-    file: join(config.dataDir, 'buffer.db'),
-    synchronous: config.buffer.synchronous,
-    commitDelayMs: config.buffer.commitDelay,
-    maxFileBytes: config.buffer.maxFileBytes,
+    ...bufferOptions,
+    file: paths.buffer,
     limits: {
       maxBytes: bufferBudgetBytes,
       maxRecords: { [Stream.STREAM_EVENTS]: quotas.events, [Stream.STREAM_INFERENCE]: quotas.inference, [Stream.STREAM_SYSTEM]: quotas.system, [Stream.STREAM_SAMPLES]: quotas.samples },
-      ttlMs: config.buffer.ttl,
+      ttlMs: config.buffer.ttlMs,
     },
     clock,
   });
@@ -127,57 +131,25 @@ export async function startAgent(
 
   const uplink: Uplink = createUplink({ mqtt: config.mqtt, identity, logger });
   new Gauge({ name: 'driftline_agent_uplink_connected', help: '1 when connected to the broker', registers: [metrics], collect() { this.set(uplink.connected ? 1 : 0); } });
-  const uploader = new TelemetryUploader({
-    buffer,
-    uplink,
-    clock,
-    logger,
-    maxBatchRecords: config.uplink.maxBatchRecords,
-    maxInflightBatches: config.uplink.maxInflightBatches,
-    batchDelayMs: config.uplink.batchDelay,
-    ackTimeoutMs: config.uplink.ackTimeout,
-    compressMinBytes: config.uplink.compressMinBytes,
-    maxBytesPerSecond: uploadBytesPerSecond,
-    liveEvery: config.uplink.liveEvery,
-  });
+  const uploader = new TelemetryUploader({ ...config.uplink, buffer, uplink, clock, logger, maxBytesPerSecond: uploadBytesPerSecond });
   const recorder = new TelemetryRecorder(buffer, clock, logger, () => uploader.notify());
-  const hostSensors = new HostSensors({ accelerator: profileChoice.profile.accelerator });
+  const hostSensors = new HostSensors({ accelerator: profile.accelerator });
 
   // Drift: the desired model's reference is kept per version, so a restart or rollback finds it again.
   const drift = new DriftMonitor(recorder, clock, logger);
-  const referenceKey = (name: string, version: number): string => `drift.reference:${name}@${version}`;
-  const parsedReferences = new Map<string, DriftReference | undefined>();
+  const references = new DriftReferences(buffer.state, logger);
   const syncDrift = (): void => {
     const active = engine.active();
-    const json = active ? buffer.getState(referenceKey(active.name, active.version)) : undefined;
-    if (json !== undefined && !parsedReferences.has(json)) {
-      try {
-        parsedReferences.set(json, parseReference(json));
-      } catch (err) {
-        logger.warn({ err }, 'the model\'s drift reference is invalid; drift sketches are off for it');
-        parsedReferences.set(json, undefined);
-      }
-    }
-    drift.setModel(active?.name ?? '', active?.version ?? 0, json === undefined ? undefined : parsedReferences.get(json));
+    drift.setModel(active?.name ?? '', active?.version ?? 0, active ? references.forModel(active.name, active.version) : undefined);
   };
-  let reportedDrops = JSON.stringify(buffer.dropped());
+  const dropReports = new DropReporter(buffer, (drops) => recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(drops)));
   const maintainBuffer = (): void => {
     try {
       buffer.maintain();
     } catch (err) {
       logger.warn({ err }, 'buffer maintenance failed');
     }
-    // Records the policy dropped are themselves reported, as an event with the running counts.
-    const drops = JSON.stringify(buffer.dropped());
-    if (drops !== reportedDrops) {
-      reportedDrops = drops;
-      // The report is a record too: in a full buffer it pushes an older one out (in its own
-      // commit). Such drops count but do not trigger a report of their own, or an idle agent
-      // offline would report, and drop, once a tick for as long as it is offline.
-      void recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(buffer.dropped())).then(() => {
-        reportedDrops = JSON.stringify(buffer.dropped());
-      });
-    }
+    dropReports.check();
   };
 
   const inferenceMetrics = registerInferenceMetrics(metrics);
@@ -208,9 +180,9 @@ export async function startAgent(
   });
 
   const models = new ModelManager({
-    modelsDir: join(config.dataDir, 'models'),
+    modelsDir: paths.models,
     host: engine,
-    state: buffer,
+    state: buffer.state,
     artifactBaseUrl: identity.artifactBaseUrl,
     credential: artifactCredential(identity),
     downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS,
@@ -219,14 +191,14 @@ export async function startAgent(
     logger,
     clock,
     // Signed releases: verified against the root pinned at enrollment (none pinned: unsigned mode).
-    trust: PinnedRoot.open(config.dataDir),
+    trust: PinnedRoot.open(paths.dataDir),
     // What a release's constraints are checked against: the firmware profile's facts.
     device: {
       deviceId,
-      arch: profileChoice.profile.arch,
+      arch: profile.arch,
       providers: providerNames,
-      memoryBytes: profileChoice.profile.inference.memoryBudget,
-      flags: [profileChoice.profile.name, profileChoice.profile.accelerator],
+      memoryBytes: profile.inference.memoryBudget,
+      flags: [profile.name, profile.accelerator],
     },
     selfTest: (path, golden) => runGoldenSelfTest(runtime, providerNames, path, golden),
     onChange(change) {
@@ -242,66 +214,36 @@ export async function startAgent(
   await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active model'));
   syncDrift();
 
-  async function reportState(): Promise<void> {
-    if (!uplink.connected) return;
-    const active = engine.active();
-    const error = models.error;
-    const reported: ReportedState = {
-      agentVersion: DRIFTLINE_VERSION,
+  const reportState = stateReporter(
+    uplink,
+    () => ({
       firmwareProfile,
-      activeModel: active ? { name: active.name, version: active.version, sha256: active.sha256, provider: active.provider } : undefined,
+      activeModel: engine.active(),
       bufferDepth: buffer.depth(),
       boot: buffer.boot,
-      uptimeS: Math.round((clock.now() - startedAt) / 1000),
+      startedAtMs: startedAt,
+      nowMs: clock.now(),
       desiredRevision: models.desiredRevision,
-      lastErrorCode: error?.code ?? '',
-      lastError: error?.message ?? '',
+      lastError: models.error,
       droppedRecords: recorder.dropped + buffer.droppedTotal(),
-      reportedAtMs: clock.now(),
       warnings,
-    };
-    await uplink.publish('state', ReportedState.encode(reported).finish()).catch((err: unknown) => logger.debug({ err }, 'state report not sent'));
-  }
-
-  const seenCommands = new Set<string>();
-  async function runCommand(payload: Buffer): Promise<void> {
-    const command = Command.decode(payload);
-    // Replayed commands are answered again but not executed twice.
-    const replay = seenCommands.has(command.id);
-    seenCommands.add(command.id);
-    if (seenCommands.size > 1024) seenCommands.delete(seenCommands.values().next().value!);
-    let result: CommandResult;
-    if (command.expiresAtMs > 0 && command.expiresAtMs < clock.now()) {
-      result = { id: command.id, ok: false, errorCode: 'REQUEST_INVALID', message: 'command expired', output: {} };
-    } else if (command.kind === 'ping') {
-      result = { id: command.id, ok: true, errorCode: '', message: 'pong', output: { boot: String(buffer.boot) } };
-    } else if (command.kind === 'report-state') {
-      if (!replay) await reportState();
-      result = { id: command.id, ok: true, errorCode: '', message: 'state reported', output: {} };
-    } else {
-      result = { id: command.id, ok: false, errorCode: 'REQUEST_INVALID', message: `unknown command ${JSON.stringify(command.kind)}`, output: {} };
-    }
-    await uplink.publish('result', CommandResult.encode(result).finish());
-  }
-
-  uplink.onMessage((channel, payload) => {
-    if (channel === 'desired') {
-      let desired: DesiredState;
-      try {
-        desired = DesiredState.decode(payload);
-      } catch (err) {
-        logger.warn({ err }, 'ignoring malformed desired state');
-        return;
-      }
-      if (desired.model?.driftReference) buffer.setState(referenceKey(desired.model.name, desired.model.version), desired.model.driftReference);
-      void models.apply(desired).then(() => {
-        syncDrift();
-        return reportState();
-      });
-    } else if (channel === 'command') {
-      runCommand(payload).catch((err: unknown) => logger.warn({ err }, 'command failed'));
-    }
-  });
+    }),
+    logger,
+  );
+  const commands = new CommandHandler({ clock, boot: buffer.boot, reportState, publishResult: (result) => uplink.publish('result', result) });
+  uplink.onMessage(
+    downlinkDispatcher({
+      logger,
+      desired(desired) {
+        if (desired.model?.driftReference) references.remember(desired.model.name, desired.model.version, desired.model.driftReference);
+        void models.apply(desired).then(() => {
+          syncDrift();
+          return reportState();
+        });
+      },
+      command: (payload) => commands.handle(payload),
+    }),
+  );
   uplink.onStatus((status) => {
     if (status.type === 'connected') {
       logger.info('connected to the control plane broker');
@@ -315,58 +257,119 @@ export async function startAgent(
     }
   });
 
-  const localApi = await startLocalApi({
-    engine: observed(engine, drift, new SampleCapture(config.capture), recorder),
-    health: () => ({
-      ok: state === 'running',
-      details: {
-        state,
-        deviceId,
-        boot: buffer.boot,
-        uplinkConnected: uplink.connected,
-        bufferDepth: buffer.depth(),
-        bufferBytes: buffer.usedBytes(),
-        bufferBudgetBytes,
-        uploadBytesPerSecond,
-        recordsEnqueued: recorder.enqueued,
-        recordsDropped: recorder.dropped,
-        recordsAcknowledged: uploader.stats.recordsAcknowledged,
-        activeModel: engine.active() ?? null,
-        firmwareProfile,
-        warnings,
-        inferenceQueue: engine.queueStats(),
-      },
-    }),
-    metrics,
-    logger,
-    host: config.localApi.host,
-    port: config.localApi.port,
-    socketPath: config.localApi.socketPath,
-    maxBodyBytes: config.localApi.maxBodyBytes,
-    memoryBudgetBytes: profileChoice.profile.inference.memoryBudget,
-    inferTimeoutMs: config.inference.timeout,
-    // Applications label answered requests by response id; each label is one record on the inference stream.
-    feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },
+  // The components in start order; shutdown runs it backwards within config.shutdownGrace.
+  const lifecycle = new Lifecycle({
     clock,
+    onShutdownError(name, err) {
+      const error = asDriftlineError(err);
+      if (error.code === 'SHUTDOWN_GRACE_EXPIRED') logger.warn({ component: name, graceMs: error.details?.graceMs }, 'shutdown grace expired; forced');
+      else logger.error({ component: name, err }, 'component failed to shut down');
+    },
   });
-
-  const every = (expression: string, name: string, task: () => unknown): Promise<ScheduledTask> =>
-    schedule(expression, task, { name, clock, onError: (task, err) => logger.warn({ task, err }, 'scheduled task failed') });
-  const tasks: ScheduledTask[] = await Promise.all([
-    every(config.schedule.heartbeat ?? profileChoice.profile.telemetry.heartbeat, 'heartbeat', () => reportState()),
-    every(config.schedule.system ?? profileChoice.profile.telemetry.system, 'system-metrics', () => hostSensors.read().then((host) => recorder.system(config.dataDir, host))),
-    every(config.schedule.uplinkCheck, 'uplink-check', () => uploader.checkTimeouts()),
-    every(config.schedule.driftWindow, 'drift-window', () => drift.flush()),
-    every(config.schedule.bufferMaintenance, 'buffer-maintenance', maintainBuffer),
-  ]);
-  await uplink.start();
+  // Closed last, also when the grace is spent: it commits what is still waiting.
+  const closeBuffer = (): Promise<void> => {
+    // The agent's last figures, taken once nothing records any more.
+    finalDepth ??= buffer.depth();
+    return buffer.close();
+  };
+  lifecycle.add(component('buffer', { drain: closeBuffer, force: closeBuffer }, clock));
+  lifecycle.add(component('inference-engine', { drain: (graceMs) => engine.shutdown({ graceMs }) }, clock));
+  lifecycle.add(component('uplink', { drain: () => uplink.shutdown() }, clock));
+  // The last report, after the drain, so the control plane sees what stays buffered.
+  lifecycle.add(component('final-state-report', { drain: () => (uploader.stop(), reportState()) }, clock));
+  lifecycle.add(
+    component(
+      'telemetry',
+      {
+        async drain(graceMs) {
+          // The last drift window goes up with the rest.
+          drift.flush();
+          recorder.flush();
+          // Drain: give acknowledged delivery a chance before going; what is left stays buffered.
+          const drained = await uploader.drain(graceMs);
+          if (!drained) logger.warn({ remaining: buffer.depth() }, 'shutting down with unacknowledged telemetry; it stays buffered for the next start');
+          return drained;
+        },
+        force: () => uploader.stop(),
+      },
+      clock,
+    ),
+  );
+  let localApi: LocalApi | undefined;
+  lifecycle.add(
+    component(
+      'local-api',
+      {
+        async run() {
+          localApi = await startLocalApi({
+            ...config.localApi,
+            engine: observed(engine, drift, new SampleCapture(config.capture), recorder),
+            health: () =>
+              agentHealth({
+                state,
+                deviceId,
+                boot: buffer.boot,
+                uplinkConnected: uplink.connected,
+                bufferDepth: buffer.depth(),
+                bufferBytes: buffer.usedBytes(),
+                bufferBudgetBytes,
+                uploadBytesPerSecond,
+                recordsEnqueued: recorder.enqueued,
+                recordsDropped: recorder.dropped,
+                recordsAcknowledged: uploader.stats.recordsAcknowledged,
+                activeModel: engine.active(),
+                firmwareProfile,
+                warnings,
+                inferenceQueue: engine.queueStats(),
+              }),
+            metrics,
+            logger,
+            memoryBudgetBytes: profile.inference.memoryBudget,
+            inferTimeoutMs: config.inference.timeoutMs,
+            // Applications label answered requests by response id; each label is one record on the inference stream.
+            feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },
+            clock,
+          });
+        },
+        drain: (graceMs) => localApi?.close(graceMs),
+      },
+      clock,
+    ),
+  );
+  const scheduler = createScheduler({ clock, onError: (task, err) => logger.warn({ task, err }, 'scheduled task failed') });
+  let tasks: ScheduledTask[] = [];
+  lifecycle.add(
+    component(
+      'schedules',
+      {
+        async run() {
+          tasks = await Promise.all([
+            scheduler.every(config.schedule.heartbeat ?? profile.telemetry.heartbeat, 'heartbeat', () => reportState()),
+            scheduler.every(config.schedule.system ?? profile.telemetry.system, 'system-metrics', () => hostSensors.read().then((host) => recorder.system(config.dataDir, host))),
+            scheduler.every(config.schedule.uplinkCheck, 'uplink-check', () => uploader.checkTimeouts()),
+            scheduler.every(config.schedule.driftWindow, 'drift-window', () => drift.flush()),
+            scheduler.every(config.schedule.bufferMaintenance, 'buffer-maintenance', maintainBuffer),
+          ]);
+        },
+        drain: async () => {
+          for (const task of tasks) await task.destroy();
+        },
+      },
+      clock,
+    ),
+  );
+  // Connecting comes last, once everything a desired state or a command reaches is up (its shutdown is the uplink's, above).
+  lifecycle.add(component('uplink-connect', { run: () => uplink.start() }, clock));
+  await lifecycle.run();
   void recorder.event('agent.started', `driftline-agent ${DRIFTLINE_VERSION}`, { boot: String(buffer.boot), profile: firmwareProfile });
   state = 'running';
-  logger.info({ deviceId, localApi: localApi.url }, 'agent ready');
+  const localApiUrl = localApi!.url;
+  logger.info({ deviceId, localApi: localApiUrl }, 'agent ready');
 
+  let stopping: Promise<void> | undefined;
   return {
     deviceId,
-    localApiUrl: localApi.url,
+    localApiUrl,
     get state() {
       return state;
     },
@@ -378,25 +381,15 @@ export async function startAgent(
       recordsDropped: recorder.dropped + buffer.droppedTotal() - droppedAtStart,
       bufferDepth: finalDepth ?? buffer.depth(),
     }),
-    async shutdown() {
-      if (state === 'stopping' || state === 'stopped') return;
-      state = 'stopping';
-      for (const task of tasks) await task.destroy();
-      await localApi.close();
-      // The last drift window goes up with the rest.
-      drift.flush();
-      recorder.flush();
-      // Drain: give acknowledged delivery a chance before going; what is left stays buffered.
-      const drained = await uploader.drain(config.shutdownGrace);
-      if (!drained) logger.warn({ remaining: buffer.depth() }, 'shutting down with unacknowledged telemetry; it stays buffered for the next start');
-      uploader.stop();
-      await reportState();
-      await uplink.shutdown();
-      await engine.shutdown();
-      finalDepth = buffer.depth();
-      await buffer.close();
-      state = 'stopped';
-      logger.info('agent stopped');
+    shutdown() {
+      stopping ??= (async () => {
+        state = 'stopping';
+        await lifecycle.shutdown(config.shutdownGrace);
+        finalDepth ??= buffer.depth();
+        state = 'stopped';
+        logger.info('agent stopped');
+      })();
+      return stopping;
     },
   };
 }
@@ -414,7 +407,7 @@ function observed(engine: InferenceService, drift: DriftMonitor, capture: Sample
       };
       try {
         const result = await engine.infer(model, inputs, options);
-        drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true);
+        drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true, result.probabilities);
         keepSample({ model: result.model, version: result.version, outputs: result.outputs });
         return result;
       } catch (err) {

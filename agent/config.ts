@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { byteSize, duration, parseConfig, readConfigFile } from '../common/config.js';
+import { byteSize, duration, environmentLayer, layerConfig, parseConfig, readConfigFile } from '../common/config.js';
 import { EXECUTION_PROVIDERS } from '../common/firmware-profile.js';
 
 const cronExpression = z.string().regex(/^(\S+\s+){4,5}\S+$/, 'expected a cron expression (5 or 6 fields)');
@@ -58,7 +58,9 @@ export const agentConfigSchema = z
         ttl: duration.prefault('7d'),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once: the buffer takes this slice with millisecond names.
+      .transform(({ commitDelay, ttl, ...rest }) => ({ ...rest, commitDelayMs: commitDelay, ttlMs: ttl })),
     uplink: z
       .object({
         maxBatchRecords: z.number().int().min(1).max(10_000).default(500),
@@ -73,7 +75,9 @@ export const agentConfigSchema = z
         liveEvery: z.number().int().nonnegative().default(4),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once: the uploader takes this slice as its options.
+      .transform(({ batchDelay, ackTimeout, ...rest }) => ({ ...rest, batchDelayMs: batchDelay, ackTimeoutMs: ackTimeout })),
     localApi: z
       .object({
         host: z.string().default('127.0.0.1'),
@@ -107,14 +111,17 @@ export const agentConfigSchema = z
             concurrency: z.number().int().min(1).optional(),
           })
           .strict()
-          .prefault({}),
+          .prefault({})
+          .transform(({ maxQueueDelay, ...rest }) => ({ ...rest, maxQueueDelayMs: maxQueueDelay })),
         /** Deadline for each local API request; none when absent. */
         timeout: duration.optional(),
         /** A folder of firmware profiles instead of the shipped ones. */
         profilesDir: z.string().min(1).optional(),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once: inferenceSettings() takes this slice as the profile's overrides.
+      .transform(({ timeout, ...rest }) => ({ ...rest, timeoutMs: timeout })),
     /** Raw inputs and outputs kept for labelling and retraining, on the samples stream (the first evicted). */
     capture: z
       .object({
@@ -178,31 +185,11 @@ export const AGENT_ENVIRONMENT: Readonly<Record<string, (value: string) => Recor
 /** Defaults < configuration file < environment < command-line flags. */
 export function loadAgentConfig(options: { file?: string | undefined; env?: NodeJS.ProcessEnv; flags?: Record<string, unknown> }): Readonly<AgentConfig> {
   const fromFile = options.file ? readConfigFile(options.file) : {};
-  if (fromFile === null || typeof fromFile !== 'object' || Array.isArray(fromFile)) {
-    return parseConfig(agentConfigSchema, fromFile, options.file ?? 'configuration');
-  }
-  const env = options.env ?? {};
-  const fromEnv = Object.entries(AGENT_ENVIRONMENT).reduce<Record<string, unknown>>(
-    (acc, [name, set]) => (env[name] !== undefined && env[name] !== '' ? deepMerge(acc, set(env[name]!)) : acc),
-    {},
-  );
-  const merged = deepMerge(deepMerge(fromFile as Record<string, unknown>, fromEnv), options.flags ?? {});
+  const fromEnv = environmentLayer(options.env ?? {}, AGENT_ENVIRONMENT);
   const source = [options.file, Object.keys(fromEnv).length ? 'environment' : undefined, options.flags && Object.keys(options.flags).length ? 'flags' : undefined]
     .filter(Boolean)
     .join(' + ');
-  return parseConfig(agentConfigSchema, merged, source || 'defaults');
+  // A file that is not an object is named alone: the environment and flags are not what is wrong.
+  if (fromFile === null || typeof fromFile !== 'object' || Array.isArray(fromFile)) return parseConfig(agentConfigSchema, fromFile, options.file ?? 'configuration');
+  return parseConfig(agentConfigSchema, layerConfig(fromFile, fromEnv, options.flags), source || 'defaults');
 }
-
-function deepMerge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...base };
-  for (const [key, value] of Object.entries(over)) {
-    // Keys that would reach the prototype are dropped before validation sees them.
-    if (value === undefined || key === '__proto__' || key === 'constructor' || key === 'prototype') continue;
-    const current = out[key];
-    out[key] =
-      isPlainObject(current) && isPlainObject(value) ? deepMerge(current, value) : value;
-  }
-  return out;
-}
-
-const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);

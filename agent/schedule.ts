@@ -11,6 +11,10 @@ import type { Clock } from '../common/clock.js';
  * whose ICU time zone and locale data cost an idle agent about 16 MB of resident memory
  * (bench:agent-footprint). Seconds are the same in every time zone (offsets are whole minutes),
  * so both paths fire at the same moments.
+ *
+ * Seconds-only schedules wait on the injected clock's timers, so a test advances a ManualClock
+ * to fire them instead of turning them off with a cron that never fires. Calendar schedules
+ * follow the wall calendar (node-cron's own timers) whatever the clock.
  */
 export interface ScheduledTask {
   destroy(): void | Promise<void>;
@@ -45,6 +49,15 @@ export function secondsOnly(expression: string): SecondsSchedule | undefined {
   return undefined;
 }
 
+/** Schedules tasks on one clock, each failure reported the same way: what a composition root holds. */
+export interface Scheduler {
+  every(expression: string, name: string, task: () => unknown): Promise<ScheduledTask>;
+}
+
+export function createScheduler(options: { clock: Clock; onError: (name: string, err: unknown) => void }): Scheduler {
+  return { every: (expression, name, task) => schedule(expression, task, { name, clock: options.clock, onError: options.onError }) };
+}
+
 /** Runs `task` on `expression`; a run still going when the next one is due makes that one skip (node-cron's noOverlap). */
 export async function schedule(expression: string, task: () => unknown, options: ScheduleOptions): Promise<ScheduledTask> {
   const simple = secondsOnly(expression);
@@ -65,7 +78,7 @@ export async function schedule(expression: string, task: () => unknown, options:
 
 function secondsTimer({ period, offset }: SecondsSchedule, run: () => Promise<void>, clock: Clock): ScheduledTask {
   const periodMs = period * 1000;
-  let timer: NodeJS.Timeout | undefined;
+  let cancel: (() => void) | undefined;
   let last = -Infinity;
   let running = false;
   let stopped = false;
@@ -75,7 +88,7 @@ function secondsTimer({ period, offset }: SecondsSchedule, run: () => Promise<vo
     let next = Math.floor((now - offset * 1000) / periodMs + 1) * periodMs + offset * 1000;
     // A timer that fires a little early, or a clock that stands still, must not run one moment twice.
     if (next <= last) next = last + periodMs;
-    timer = setTimeout(
+    cancel = clock.setTimeout(
       () => {
         last = next;
         if (!running) {
@@ -91,7 +104,7 @@ function secondsTimer({ period, offset }: SecondsSchedule, run: () => Promise<vo
   return {
     destroy() {
       stopped = true;
-      clearTimeout(timer);
+      cancel?.();
     },
   };
 }

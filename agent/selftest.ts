@@ -8,6 +8,7 @@ import { silentLogger } from '../common/logger.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import { SqliteBuffer } from './buffer/sqlite-buffer.js';
+import { agentPaths } from './paths.js';
 import { candidateExamples, parseExampleInputsFile, type ExampleInput, type ExampleInputs } from '../common/onnx/example-inputs.js';
 import { datatypeOf } from './inference/datatypes.js';
 import { InferenceEngine, type InferInput, type InferResult, type ActiveModelInfo } from './inference/engine.js';
@@ -106,7 +107,7 @@ export async function runSelftest(options: SelftestOptions = {}): Promise<Selfte
     await check('buffer', async () => {
       const dir = options.dataDir ?? join(scratch, 'data');
       mkdirSync(dir, { recursive: true, mode: 0o700 });
-      const file = join(dir, 'buffer.db');
+      const file = agentPaths(dir).buffer;
       const buffer = SqliteBuffer.open({ file, synchronous: 'FULL' });
       try {
         if (options.dataDir) return `${file}: boot ${buffer.boot}, ${buffer.depth()} records waiting`;

@@ -36,6 +36,45 @@ export function readConfigFile(path: string): unknown {
   }
 }
 
+/** Keys that would reach an object's prototype: dropped from every layer before validation sees them. */
+const PROTOTYPE_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+/**
+ * Configuration layering, written once: each layer is laid over the ones before it (defaults <
+ * file < environment < flags; the schema supplies the defaults afterwards). Objects merge key by
+ * key, anything else replaces; undefined means "not given" and never overrides. Prototype keys
+ * are dropped at every depth, also from values that replace. A base that is not an object (a
+ * file holding a list or a string) is returned as it is, for validation to name.
+ */
+export function layerConfig(base: unknown, ...layers: ReadonlyArray<Readonly<Record<string, unknown>> | undefined>): unknown {
+  if (!isRecord(base)) return base;
+  let out = merge({}, base);
+  for (const layer of layers) if (layer) out = merge(out, layer);
+  return out;
+}
+
+/** The environment as a configuration layer: each variable that is set (and not empty) sets what its entry says. */
+export function environmentLayer(env: NodeJS.ProcessEnv, table: Readonly<Record<string, (value: string) => Record<string, unknown>>>): Record<string, unknown> {
+  let out: Record<string, unknown> = {};
+  for (const [name, set] of Object.entries(table)) {
+    const value = env[name];
+    if (value !== undefined && value !== '') out = merge(out, set(value));
+  }
+  return out;
+}
+
+function merge(base: Record<string, unknown>, over: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    if (value === undefined || PROTOTYPE_KEYS.has(key)) continue;
+    const current = out[key];
+    out[key] = isRecord(value) ? merge(isRecord(current) ? current : {}, value) : value;
+  }
+  return out;
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
 /** Durations such as "500ms", "30s", "10m", "2h", "7d" or a number of milliseconds. */
 export const duration = z.union([
   z.number().int().nonnegative(),

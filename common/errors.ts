@@ -59,6 +59,8 @@ export const ERROR_CODES = {
   UPLINK_UNAVAILABLE: 'unavailable',
   DOWNLOAD_FAILED: 'unavailable',
   SHUTTING_DOWN: 'unavailable',
+  /** A component did not drain within its shutdown grace and was forced (what it had in flight was cut, or stays for the next start). */
+  SHUTDOWN_GRACE_EXPIRED: 'deadline',
   NOT_IMPLEMENTED: 'internal',
   INTERNAL: 'internal',
   TOKEN_NOT_FOUND: 'not_found',

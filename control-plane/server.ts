@@ -1,7 +1,8 @@
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
+import { DriftlineError } from '../common/errors.js';
+import { component, Lifecycle } from '../common/lifecycle.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import type { Logger } from '../common/logger.js';
 import { ensurePrivateDir } from '../common/private-files.js';
@@ -9,6 +10,7 @@ import { startGrpcServer } from './api/grpc-server.js';
 import { parseControlPlaneConfig, type ControlPlaneConfigInput } from './config.js';
 import { createDeviceLink } from './device-link/create-device-link.js';
 import { DesiredStates } from './fleet/desired-states.js';
+import { controlPlaneMetrics } from './metrics.js';
 import { FleetStore } from './fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js';
 import { artifactGrantSources, mayDownloadArtifact } from './registry/artifact-grants.js';
@@ -47,8 +49,9 @@ export interface ControlPlane {
 
 /**
  * The composition root of `driftline serve`: SQLite store, artifact store, broker
- * (embedded or external), telemetry ingest, artifact HTTP server and the gRPC API.
- * Shutdown stops taking work first (gRPC, HTTP), then the device link, then the store.
+ * (embedded or external), telemetry ingest, artifact HTTP server and the gRPC API, each
+ * adopted into one Lifecycle as it starts. Shutdown runs it backwards within shutdownGrace:
+ * it stops taking work first (gRPC, HTTP), then the device link, then the store.
  */
 export async function startControlPlane(input: ControlPlaneConfigInput, deps: { logger: Logger; clock?: Clock }): Promise<ControlPlane> {
   const config = parseControlPlaneConfig(input);
@@ -73,14 +76,23 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
 
   // Embedded broker or external one, as configured; started once ingest can take its messages.
   const link = createDeviceLink(config.mqtt, { clock, logger, verifyDeviceCredential });
-  const closers: Array<() => Promise<void>> = [
-    async () => {
-      db.close();
+  // Each part as it starts; shutdown stops them in reverse order, all within one shutdownGrace.
+  const lifecycle = new Lifecycle({
+    clock,
+    onShutdownError(name, err) {
+      if (err instanceof DriftlineError && err.code === 'SHUTDOWN_GRACE_EXPIRED') logger.warn({ component: name, graceMs: err.details?.graceMs }, 'shutdown grace expired; forced');
+      else logger.error({ component: name, err }, 'shutdown step failed');
     },
-  ];
-  const shutdownAll = async (): Promise<void> => {
-    for (const close of closers.splice(0).reverse()) await close().catch((err: unknown) => logger.error({ err }, 'shutdown step failed'));
+  });
+  const closers = {
+    push: (name: string, close: (graceMs: number) => Promise<void> | void, force?: () => void): void => void lifecycle.adopt(component(name, { drain: close, force }, clock)),
   };
+  const closeDb = (): void => {
+    if (db.open) db.close();
+  };
+  // Closed last, also when the grace is spent.
+  closers.push('store', closeDb, closeDb);
+  const shutdownAll = (): Promise<void> => lifecycle.shutdown(config.shutdownGrace);
 
   try {
     const ingest = new TelemetryIngest({
@@ -92,50 +104,12 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       limits: config.ingest,
     });
     // Runs after the device link has stopped and before the store closes: no refusal count is lost.
-    closers.push(async () => ingest.flushRefusals());
+    closers.push('ingest-refusals', () => ingest.flushRefusals());
     await link.start((deviceId, channel, payload) => ingest.handle(deviceId, channel, payload));
-    closers.push(() => link.shutdown());
+    closers.push('device-link', () => link.shutdown());
     const brokerUrl = link.deviceUrl;
 
-    const metrics = new Registry();
-    collectDefaultMetrics({ register: metrics });
-    const gauge = (name: string, help: string, read: () => number): void => {
-      new Gauge({ name, help, registers: [metrics], collect() { this.set(read()); } });
-    };
-    gauge('driftline_ingest_batches_total', 'Telemetry batches committed', () => ingest.stats.batches);
-    gauge('driftline_ingest_records_total', 'Telemetry records stored', () => ingest.stats.recordsStored);
-    gauge('driftline_ingest_duplicates_total', 'Resent telemetry records dropped as duplicates', () => ingest.stats.duplicates);
-    gauge('driftline_ingest_rejected_batches_total', 'Telemetry batches rejected as malformed', () => ingest.stats.rejectedBatches);
-    gauge('driftline_ingest_inflated_bytes_total', 'Bytes inflated from deflated telemetry batches, refused ones included', () => ingest.stats.inflatedBytes);
-    // By code only: the counts per device are in the telemetry summary (`driftline telemetry summary`).
-    new Gauge({
-      name: 'driftline_ingest_refused_messages_total',
-      help: 'Device messages refused, by error code (DEVICE_RATE_LIMITED, PAYLOAD_TOO_LARGE, PAYLOAD_TOO_MANY_ENTRIES, PAYLOAD_MALFORMED)',
-      labelNames: ['code'],
-      registers: [metrics],
-      collect() {
-        this.reset();
-        for (const [code, count] of ingest.refusedByCode) this.set({ code }, count);
-      },
-    });
-    gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => link.stats.refusedConnects);
-    gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => link.stats.refusedPublishes);
-    gauge('driftline_broker_refused_packets_total', 'MQTT packets refused on their fixed header (too large before or after login)', () => link.stats.refusedPackets);
-    gauge('driftline_broker_refused_connections_total', 'MQTT connections closed on arrival: too many waiting to log in', () => link.stats.refusedConnections);
-    gauge('driftline_broker_connect_timeouts_total', 'MQTT connections closed for not logging in within mqtt.connectTimeout', () => link.stats.connectTimeouts);
-    gauge('driftline_broker_pending_connections', 'MQTT connections accepted and not yet logged in', () => link.stats.pendingConnections);
-    gauge('driftline_ingest_lag_seconds', 'Age of the oldest record in the last committed batch (device clock corrected)', () => ingest.stats.lagMs / 1000);
-    gauge('driftline_drift_sketches_rejected_total', 'Drift sketches stored but left out of the rollups', () => drift.rejectedSketches);
-    new Gauge({
-      name: 'driftline_device_last_seen_seconds',
-      help: 'Seconds since each device was last seen',
-      labelNames: ['device'],
-      registers: [metrics],
-      collect() {
-        this.reset();
-        for (const d of fleet.list()) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
-      },
-    });
+    const metrics = controlPlaneMetrics({ ingest, link, drift, fleet, clock, onlineWindowMs: config.onlineWindow });
     // Telemetry and drift rollups are kept as long per bucket size; rollup queries never read past it.
     const rollupRetention = { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention };
     const pruner = setInterval(() => {
@@ -149,14 +123,10 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       }
     }, config.telemetry.pruneInterval);
     pruner.unref();
-    closers.push(async () => clearInterval(pruner));
-    gauge('driftline_devices_online', 'Devices seen within the online window', () => {
-      const since = clock.now() - config.onlineWindow;
-      return fleet.list().filter((d) => d.lastSeenMs >= since).length;
-    });
+    closers.push('retention-pruner', () => clearInterval(pruner));
 
     const trustWarnings = watchTrust({ releases, fleet, config: config.trust, logger });
-    closers.push(async () => trustWarnings.stop());
+    closers.push('trust-warnings', () => trustWarnings.stop());
     const rolloutRepository = new SqliteRolloutRepository(db);
     const grants = artifactGrantSources({ fleet, rollouts: rolloutRepository, registry });
     const artifactServer = await startArtifactServer({
@@ -173,7 +143,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       }),
       logger,
     });
-    closers.push(() => artifactServer.close());
+    closers.push('artifact-http', () => artifactServer.close());
 
     // Deploys, rollout waves and rollbacks all go through this one: stored, then sent.
     const desiredStates = new DesiredStates({ fleet, releases, link, logger });
@@ -191,7 +161,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     });
     const rolloutDriver = RolloutDriver.create({ engine: rollouts, tickIntervalMs: config.rollout.tickInterval, logger });
     rolloutDriver.run();
-    closers.push(() => rolloutDriver.shutdown());
+    closers.push('rollout-driver', () => rolloutDriver.shutdown());
 
     const driftWatcher = DriftWatcher.create({
       source: driftStatusSource(drift, driftStatus),
@@ -232,10 +202,10 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       clock,
       logger,
     });
-    closers.push(() => grpc.shutdown(config.shutdownGrace));
+    closers.push('grpc', (graceMs) => grpc.shutdown(graceMs));
     // Started after the gRPC server and stopped before it: the watcher ends open drift event streams first.
     driftWatcher.run();
-    closers.push(() => driftWatcher.shutdown());
+    closers.push('drift-watcher', () => driftWatcher.shutdown());
 
     let state: ControlPlaneState = 'running';
     const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;

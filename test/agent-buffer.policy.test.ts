@@ -5,6 +5,8 @@ import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
+import type { DropReason } from '../agent/buffer/ports.js';
+import { enforceLimits, expiryCutoff, makeRoom, runPlan, type Eviction, type Freed, type StreamUsage } from '../agent/buffer/retention.js';
 import { ROW_OVERHEAD_BYTES, SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-buffer-policy-'));
@@ -135,5 +137,70 @@ describe('agent buffer on a full disk', () => {
     // The oldest went: what is left ends with the newest record.
     expect(buffer.peekNewest(0, 1)[0]!.seq).toBe(1500);
     await buffer.close();
+  });
+});
+
+/** The retention policy against a plain array of records: no SQLite, the same rules. */
+function arrayStore(records: Array<{ seq: number; stream: number; bytes: number; inFlight?: boolean }>) {
+  const dropped: Array<[number, DropReason]> = [];
+  const usage = (): Map<number, StreamUsage> => {
+    const m = new Map<number, StreamUsage>();
+    for (const r of records) {
+      const c = m.get(r.stream) ?? { records: 0, bytes: 0 };
+      c.records++;
+      c.bytes += r.bytes;
+      m.set(r.stream, c);
+    }
+    return m;
+  };
+  const evict = ({ stream, count, reason }: Eviction): Freed => {
+    const gone = records.filter((r) => r.stream === stream && !r.inFlight).slice(0, count);
+    for (const r of gone) {
+      records.splice(records.indexOf(r), 1);
+      dropped.push([r.seq, reason]);
+    }
+    return { records: gone.length, bytes: gone.reduce((n, r) => n + r.bytes, 0) };
+  };
+  return { records, dropped, usage, evict };
+}
+
+const rows = (stream: number, from: number, n: number, bytes = 10) => Array.from({ length: n }, (_, i) => ({ seq: from + i, stream, bytes }));
+
+describe('agent buffer retention policy, without SQLite', () => {
+  it('a stream over its quota loses its own oldest records', () => {
+    const store = arrayStore([...rows(Stream.STREAM_SYSTEM, 1, 8), ...rows(Stream.STREAM_EVENTS, 9, 3)]);
+    runPlan(enforceLimits(store.usage(), { maxBytes: 0, maxRecords: { [Stream.STREAM_SYSTEM]: 5 } }), store.evict);
+    expect(store.dropped).toEqual([[1, 'quota'], [2, 'quota'], [3, 'quota']]);
+  });
+
+  it('over the budget, the lowest-priority stream goes first and events last', () => {
+    const store = arrayStore([...rows(Stream.STREAM_EVENTS, 1, 5), ...rows(Stream.STREAM_INFERENCE, 6, 5), ...rows(Stream.STREAM_SAMPLES, 11, 3), ...rows(Stream.STREAM_SYSTEM, 14, 4)]);
+    runPlan(enforceLimits(store.usage(), { maxBytes: 100, maxRecords: {} }), store.evict);
+    // 17 records of 10 bytes for a budget of 100: the 3 samples, the 4 system records, then 0 inference records.
+    expect(store.dropped.map(([seq]) => seq)).toEqual([11, 12, 13, 14, 15, 16, 17]);
+    expect(store.dropped.every(([, reason]) => reason === 'budget')).toBe(true);
+    expect(store.records.length).toBe(10);
+  });
+
+  it('records in flight are never evicted: the budget takes the next stream instead, and is over by at most what is in flight', () => {
+    const store = arrayStore([...rows(Stream.STREAM_EVENTS, 1, 4), ...rows(Stream.STREAM_SAMPLES, 5, 4).map((r) => ({ ...r, inFlight: true }))]);
+    runPlan(enforceLimits(store.usage(), { maxBytes: 50, maxRecords: {} }), store.evict);
+    expect(store.dropped.map(([seq]) => seq)).toEqual([1, 2, 3]);
+    expect(store.records.map((r) => r.seq)).toEqual([4, 5, 6, 7, 8]);
+  });
+
+  it('a full disk evicts from the lowest-priority streams, never from one more important than the write', () => {
+    const store = arrayStore([...rows(Stream.STREAM_EVENTS, 1, 4), ...rows(Stream.STREAM_INFERENCE, 5, 4), ...rows(Stream.STREAM_SAMPLES, 9, 2)]);
+    runPlan(makeRoom(store.usage(), 35, Stream.STREAM_INFERENCE), store.evict);
+    expect(store.dropped).toEqual([[9, 'disk_full'], [10, 'disk_full'], [5, 'disk_full'], [6, 'disk_full']]);
+    // Samples need room too, but no more than samples can give.
+    const full = arrayStore([...rows(Stream.STREAM_EVENTS, 1, 4)]);
+    runPlan(makeRoom(full.usage(), 35, Stream.STREAM_SAMPLES), full.evict);
+    expect(full.dropped).toEqual([]);
+  });
+
+  it('expires records by the device clock only when a TTL is set', () => {
+    expect(expiryCutoff(100_000, { ttlMs: 60_000 })).toBe(40_000);
+    expect(expiryCutoff(100_000, { ttlMs: 0 })).toBeUndefined();
   });
 });

@@ -63,7 +63,7 @@ async function device(options: { downloadTimeoutMs?: number; arch?: string } = {
   const manager = new ModelManager({
     modelsDir: join(dir, 'models'),
     host: engine,
-    state: buffer,
+    state: buffer.state,
     artifactBaseUrl: server.url,
     credential: { username: 'edge-1', password: 'secret' },
     downloadTimeoutMs: options.downloadTimeoutMs ?? 30_000,

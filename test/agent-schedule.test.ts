@@ -1,15 +1,13 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { ManualClock, type Clock } from '../common/clock.js';
-import { schedule, secondsOnly } from '../agent/schedule.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ManualClock, systemClock, type Clock } from '../common/clock.js';
+import { createScheduler, schedule, secondsOnly } from '../agent/schedule.js';
 
 const START = Date.UTC(2026, 0, 1, 12, 0, 3, 500);
-const wallClock: Clock = { now: () => Date.now() };
 const noErrors = (name: string, err: unknown): never => {
   throw new Error(`${name} failed: ${String(err)}`);
 };
 
 describe('agent schedule', () => {
-  beforeEach(() => void vi.useFakeTimers({ now: START, toFake: ['setTimeout', 'clearTimeout', 'Date'] }));
   afterEach(() => void vi.useRealTimers());
 
   it('reads the schedules of the firmware profiles and the defaults as seconds-only, and calendar ones not', () => {
@@ -21,41 +19,49 @@ describe('agent schedule', () => {
     for (const calendar of ['0 0 1 1 *', '0 */5 * * * *', '*/7 * * * * *', '1-5 * * * * *', '0 0 3 * * 1']) expect(secondsOnly(calendar)).toBeUndefined();
   });
 
-  it('runs a seconds-only task on whole multiples of its period of the clock time', async () => {
+  it('runs a seconds-only task on whole multiples of its period of the clock time, as the clock advances', async () => {
+    const clock = new ManualClock(START);
     const runs: number[] = [];
-    const task = await schedule('*/15 * * * * *', () => void runs.push(Date.now()), { name: 't', clock: wallClock, onError: noErrors });
-    await vi.advanceTimersByTimeAsync(46_000);
+    const task = await schedule('*/15 * * * * *', () => void runs.push(clock.now()), { name: 't', clock, onError: noErrors });
+    await clock.advanceAsync(46_000);
     await task.destroy();
     expect(runs.map((t) => (t - Date.UTC(2026, 0, 1, 12, 0, 0)) / 1000)).toEqual([15, 30, 45]);
-    await vi.advanceTimersByTimeAsync(60_000);
+    await clock.advanceAsync(60_000);
     expect(runs).toHaveLength(3);
+    expect(clock.pendingTimers()).toBe(0);
   });
 
   it('skips a moment while the previous run is still going', async () => {
+    const clock = new ManualClock(START);
     let started = 0;
     let release: () => void = () => {};
-    const task = await schedule('* * * * * *', () => { started++; return new Promise<void>((r) => (release = r)); }, { name: 'slow', clock: wallClock, onError: noErrors });
-    await vi.advanceTimersByTimeAsync(5_000);
+    const task = await schedule('* * * * * *', () => { started++; return new Promise<void>((r) => (release = r)); }, { name: 'slow', clock, onError: noErrors });
+    await clock.advanceAsync(5_000);
     expect(started).toBe(1);
     release();
-    await vi.advanceTimersByTimeAsync(1_000);
+    await clock.advanceAsync(1_000);
     expect(started).toBe(2);
     await task.destroy();
   });
 
   it('reports a task that fails and keeps its schedule', async () => {
+    const clock = new ManualClock(START);
     const failures: string[] = [];
     let runs = 0;
-    const task = await schedule('* * * * * *', () => { runs++; throw new Error('boom'); }, { name: 'flaky', clock: wallClock, onError: (name) => void failures.push(name) });
-    await vi.advanceTimersByTimeAsync(3_000);
+    const scheduler = createScheduler({ clock, onError: (name) => void failures.push(name) });
+    const task = await scheduler.every('* * * * * *', 'flaky', () => { runs++; throw new Error('boom'); });
+    await clock.advanceAsync(3_000);
     await task.destroy();
     expect(runs).toBe(3);
     expect(failures).toEqual(['flaky', 'flaky', 'flaky']);
   });
 
-  it('neither stalls nor spins when the clock stands still', async () => {
+  it('neither stalls nor spins when the time it reads stands still while its timers run', async () => {
+    vi.useFakeTimers({ now: START, toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    // A device clock stuck at one reading, on the machine's real timers.
+    const frozen: Clock = { ...systemClock, now: () => START };
     let runs = 0;
-    const task = await schedule('*/2 * * * * *', () => void runs++, { name: 'frozen', clock: new ManualClock(START), onError: noErrors });
+    const task = await schedule('*/2 * * * * *', () => void runs++, { name: 'frozen', clock: frozen, onError: noErrors });
     await vi.advanceTimersByTimeAsync(20_000);
     await task.destroy();
     expect(runs).toBeGreaterThanOrEqual(9);
@@ -63,8 +69,8 @@ describe('agent schedule', () => {
   });
 
   it('hands calendar expressions to node-cron, which refuses a malformed one', async () => {
-    const task = await schedule('0 0 1 1 *', () => {}, { name: 'yearly', clock: wallClock, onError: noErrors });
+    const task = await schedule('0 0 1 1 *', () => {}, { name: 'yearly', clock: systemClock, onError: noErrors });
     await task.destroy();
-    await expect(schedule('0 0 99 1 *', () => {}, { name: 'bad', clock: wallClock, onError: noErrors })).rejects.toThrow();
+    await expect(schedule('0 0 99 1 *', () => {}, { name: 'bad', clock: systemClock, onError: noErrors })).rejects.toThrow();
   });
 });

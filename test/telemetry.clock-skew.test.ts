@@ -14,7 +14,7 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent, type AgentHandle } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
-import type { Clock } from '../common/clock.js';
+import { systemClock, type Clock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
@@ -30,6 +30,8 @@ const HOURS = 3_600_000;
 /** The real time shifted by an offset the test can change, like a device clock before and after NTP. */
 class SkewedClock implements Clock {
   constructor(public offsetMs: number) {}
+  readonly setTimeout = systemClock.setTimeout;
+  readonly setInterval = systemClock.setInterval;
   now(): number {
     return Date.now() + this.offsetMs;
   }

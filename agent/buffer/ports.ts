@@ -51,6 +51,16 @@ export interface TelemetryBuffer {
   close(): Promise<void>;
 }
 
+/**
+ * The agent's small key-value state: the boot counter, drop counts, the model install state,
+ * drift references. Its own port, not the buffer's: the model manager and the drift references
+ * depend on it alone. Writes are durable when they return.
+ */
+export interface AgentStateStore {
+  getState(key: string): string | undefined;
+  setState(key: string, value: string): void;
+}
+
 const STREAM_NAMES: Record<number, string> = { 1: 'events', 2: 'inference', 3: 'system', 4: 'samples' };
 
 /** Drop counts as event attributes: `inference.budget` = "12", ... (non-zero entries only). */

@@ -5,16 +5,12 @@ import { systemClock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import { tightenDatabaseFiles } from '../../common/private-files.js';
 import type { SeqRange } from '../../common/proto/driftline/v1/device_link.js';
-import { STREAM_PRIORITY, type BufferedRecord, type DropCounts, type DropReason, type NewRecord, type TelemetryBuffer } from './ports.js';
+import { enforceLimits, expiryCutoff, makeRoom, runPlan, type Freed, type RetentionLimits } from './retention.js';
+import { SqliteAgentState } from './sqlite-agent-state.js';
+import { STREAM_PRIORITY, type AgentStateStore, type BufferedRecord, type DropCounts, type DropReason, type NewRecord, type TelemetryBuffer } from './ports.js';
 
-export interface BufferLimits {
-  /** Budget for stored records (body bytes plus ROW_OVERHEAD_BYTES each); 0: unlimited. */
-  maxBytes: number;
-  /** Per-stream record quotas (stream number to count); absent or 0: unlimited. */
-  maxRecords: Partial<Record<number, number>>;
-  /** Records older than this (by the device clock) are dropped by maintain(); 0: never. */
-  ttlMs: number;
-}
+/** The retention policy's limits: the budget counts body bytes plus ROW_OVERHEAD_BYTES per record; the TTL goes by the device clock, in maintain(). */
+export type BufferLimits = RetentionLimits;
 
 export interface SqliteBufferOptions {
   file: string;
@@ -88,7 +84,8 @@ const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) 
  * the whole buffer is over its byte budget the oldest records of the lowest-priority
  * stream that has any go. Drops are counted per stream and reason in the same
  * transaction as the deletes, so the counts survive kill -9 exactly. A disk that fills up
- * before the budget does (SQLITE_FULL) gets the same policy; see flush().
+ * before the budget does (SQLITE_FULL) gets the same policy; see flush(). The policy itself
+ * (which stream, how many, why) is pure, in retention.ts; this class runs its steps as deletes.
  *
  * Records handed to the uplink and not acknowledged yet (markSent) are never dropped by
  * policy: the control plane may have stored them already, and a record must be either
@@ -97,6 +94,8 @@ const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) 
  */
 export class SqliteBuffer implements TelemetryBuffer {
   readonly boot: number;
+  /** The agent's key-value state, in this database (see SqliteAgentState). */
+  readonly state: AgentStateStore;
   private readonly db: Db;
   private readonly limits: BufferLimits;
   private readonly clock: Clock;
@@ -158,23 +157,23 @@ export class SqliteBuffer implements TelemetryBuffer {
         body BLOB NOT NULL
       );
       CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream);
-      CREATE TABLE IF NOT EXISTS agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     `);
+    this.state = new SqliteAgentState(db);
     // Buffers written by agents before the sent mark was persisted get the column on first open.
     if (!(db.pragma('table_info(outbox)') as Array<{ name: string }>).some((c) => c.name === 'sent')) {
       db.exec('ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0');
     }
     for (const { seq } of db.prepare('SELECT seq FROM outbox WHERE sent = 1').all() as Array<{ seq: number }>) this.sent.add(seq);
     this.boot = db.transaction(() => {
-      const row = db.prepare(`SELECT value FROM agent_state WHERE key = 'boot'`).get() as { value: string } | undefined;
-      const next = (row ? Number(row.value) : 0) + 1;
-      db.prepare(`INSERT INTO agent_state (key, value) VALUES ('boot', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(String(next));
+      const saved = this.state.getState('boot');
+      const next = (saved ? Number(saved) : 0) + 1;
+      this.state.setState('boot', String(next));
       return next;
     })();
     for (const s of STREAM_PRIORITY) this.counts.set(s, { records: 0, bytes: 0 });
     const rows = db.prepare('SELECT stream, count(*) AS n, coalesce(sum(length(body)), 0) AS b FROM outbox GROUP BY stream').all() as Array<{ stream: number; n: number; b: number }>;
     for (const r of rows) this.counts.set(r.stream, { records: r.n, bytes: r.b + r.n * ROW_OVERHEAD_BYTES });
-    const saved = this.getState('buffer.drops');
+    const saved = this.state.getState('buffer.drops');
     if (saved) this.drops = { ...emptyDrops(), ...(JSON.parse(saved) as DropCounts) };
     this.insert = db.prepare('INSERT INTO outbox (boot, stream, time_ms, body) VALUES (?, ?, ?, ?)');
     this.insertMany = db.prepare(`INSERT INTO outbox (boot, stream, time_ms, body) VALUES ${Array.from({ length: MULTI_ROW }, () => '(?, ?, ?, ?)').join(', ')}`);
@@ -280,25 +279,16 @@ export class SqliteBuffer implements TelemetryBuffer {
   }
 
   /**
-   * Runs inside a transaction: evicts the oldest records of the lowest-priority streams, no
-   * more important than the batch's most important record, until twice the batch's bytes
+   * Runs inside a transaction: the retention policy's makeRoom, until twice the batch's bytes
    * are free (freed pages are reused by the insert that follows; the slack keeps the next
    * commits from failing at once). Counted as disk_full drops.
    */
   private makeRoom(batch: readonly Pending[]): void {
     // Rows append at the right edge of the table, so only whole pages freed at the old end
     // make room: ask for at least a few pages, not just the batch's bytes.
-    let needed = Math.max(2 * batch.reduce((sum, p) => sum + p.record.body.length + ROW_OVERHEAD_BYTES, 0), ROOM_PAGES * this.pageSize);
+    const needed = Math.max(2 * batch.reduce((sum, p) => sum + p.record.body.length + ROW_OVERHEAD_BYTES, 0), ROOM_PAGES * this.pageSize);
     const floor = batch.reduce((min, p) => Math.min(min, p.record.stream), Infinity);
-    const candidates = [...this.counts.entries()].filter(([s, c]) => s >= floor && c.records > 0).sort(([a], [b]) => b - a);
-    for (const [stream, c] of candidates) {
-      while (needed > 0 && c.records > 0) {
-        const freed = this.evict(stream, Math.min(c.records, Math.max(1, Math.ceil(needed / (c.bytes / c.records)))), 'disk_full');
-        if (freed === 0) break;
-        needed -= freed;
-      }
-      if (needed <= 0) break;
-    }
+    runPlan(makeRoom(this.counts, needed, floor), (step) => this.evict(step.stream, step.count, step.reason));
     this.saveDrops.run(JSON.stringify(this.drops));
     this.dropsUnsaved = false;
   }
@@ -322,39 +312,22 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.dropsUnsaved = s.dropsUnsaved;
   }
 
-  /** Runs inside the commit's transaction. */
+  /** Runs inside the commit's transaction: the retention policy's quotas and budget (retention.ts). */
   private enforceLimits(): void {
     let dropped = false;
-    for (const [stream, quota] of Object.entries(this.limits.maxRecords)) {
-      const c = this.countsOf(Number(stream));
-      if (quota && c.records > quota) {
-        this.evict(Number(stream), c.records - quota, 'quota');
-        dropped = true;
-      }
-    }
-    const budget = this.limits.maxBytes;
-    if (budget > 0) {
-      let total = this.totalBytes();
-      // The lowest-priority stream that has records loses its oldest ones (the next one when
-      // all it has left is in flight: then the budget is over by at most the uplink's window).
-      for (const stream of [...this.counts.keys()].sort((a, b) => b - a)) {
-        const c = this.countsOf(stream);
-        while (total > budget && c.records > 0) {
-          if (this.evict(stream, Math.min(c.records, Math.max(1, Math.ceil((total - budget) / (c.bytes / c.records)))), 'budget') === 0) break;
-          dropped = true;
-          total = this.totalBytes();
-        }
-        if (total <= budget) break;
-      }
-    }
+    runPlan(enforceLimits(this.counts, this.limits), (step) => {
+      const freed = this.evict(step.stream, step.count, step.reason);
+      if (step.reason === 'quota' || freed.records > 0) dropped = true;
+      return freed;
+    });
     if (dropped || this.dropsUnsaved) {
       this.saveDrops.run(JSON.stringify(this.drops));
       this.dropsUnsaved = false;
     }
   }
 
-  /** Deletes the stream's n oldest records, counted as dropped for the reason; returns the bytes freed. */
-  private evict(stream: number, n: number, reason: DropReason): number {
+  /** Deletes the stream's n oldest records that are not in flight, counted as dropped for the reason; returns what that freed. */
+  private evict(stream: number, n: number, reason: DropReason): Freed {
     const rows = this.evictOldest.all(stream, JSON.stringify([...this.sent]), n) as Array<{ bytes: number }>;
     const c = this.countsOf(stream);
     const freed = rows.reduce((sum, r) => sum + r.bytes + ROW_OVERHEAD_BYTES, 0);
@@ -362,7 +335,7 @@ export class SqliteBuffer implements TelemetryBuffer {
     c.bytes -= freed;
     const d = this.dropsOf(stream);
     d[reason] = (d[reason] ?? 0) + rows.length;
-    return freed;
+    return { records: rows.length, bytes: freed };
   }
 
   private dropsOf(stream: number): DropCounts[number] {
@@ -381,11 +354,12 @@ export class SqliteBuffer implements TelemetryBuffer {
    */
   maintain(): { expired: number } {
     let expired = 0;
-    if (this.limits.ttlMs > 0) {
+    const cutoff = expiryCutoff(this.clock.now(), this.limits);
+    if (cutoff !== undefined) {
       const before = this.snapshot();
       try {
         this.db.transaction(() => {
-          const rows = this.expire.all(this.clock.now() - this.limits.ttlMs, JSON.stringify([...this.sent])) as Array<{ stream: number; bytes: number }>;
+          const rows = this.expire.all(cutoff, JSON.stringify([...this.sent])) as Array<{ stream: number; bytes: number }>;
           for (const r of rows) {
             const c = this.countsOf(r.stream);
             c.records--;
@@ -471,14 +445,6 @@ export class SqliteBuffer implements TelemetryBuffer {
     let n = 0;
     for (const d of Object.values(this.drops)) for (const r of REASONS) n += d[r] ?? 0;
     return n;
-  }
-
-  getState(key: string): string | undefined {
-    return (this.db.prepare('SELECT value FROM agent_state WHERE key = ?').get(key) as { value: string } | undefined)?.value;
-  }
-
-  setState(key: string, value: string): void {
-    this.db.prepare('INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   async close(): Promise<void> {

@@ -1,3 +1,4 @@
+import { isFloatType, probabilitiesOutput as chooseProbabilitiesOutput, topClasses, type OutputCandidate } from '../../common/classification.js';
 import type { Clock } from '../../common/clock.js';
 import { Adwin, PageHinkley, type ChangeDetector } from '../../common/drift/detectors.js';
 import type { DriftReference } from '../../common/drift/reference.js';
@@ -8,6 +9,8 @@ import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
 /** A tensor as the engine takes and returns it (only what drift needs). */
 export interface ObservedTensor {
   name: string;
+  /** The Open Inference Protocol datatype (FP32, INT64, ...); absent: taken for a float. */
+  datatype?: string;
   shape: readonly number[];
   data: ArrayLike<unknown>;
 }
@@ -55,7 +58,8 @@ export class DriftMonitor {
     this.detectors = newDetectors();
   }
 
-  observe(model: string, version: number, inputs: readonly ObservedTensor[], outputs: readonly ObservedTensor[] | undefined, latencyMs: number, ok: boolean): void {
+  /** `probabilities`: the output the engine took the top class from; the reference's own choice goes first (common/classification.ts). */
+  observe(model: string, version: number, inputs: readonly ObservedTensor[], outputs: readonly ObservedTensor[] | undefined, latencyMs: number, ok: boolean, probabilities?: string): void {
     if (!this.reference || model !== this.model || version !== this.version) return;
     const window = (this.window ??= new SketchBuilder(this.reference, model, version, this.clock.now()));
     window.observeRequest(latencyMs, ok);
@@ -63,15 +67,11 @@ export class DriftMonitor {
     if (!ok) return;
     const input = (this.reference.input ? inputs.find((t) => t.name === this.reference!.input) : undefined) ?? inputs[0];
     if (input && input.shape.length === 2) window.observeFeatures(input.data as ArrayLike<number>, input.shape[0]!, input.shape[1]!);
-    const probabilities = outputs ? pickProbabilities(outputs, this.reference.probabilities) : undefined;
-    if (!probabilities) return;
-    const [rows, classes] = [probabilities.shape[0]!, probabilities.shape[1]!];
-    const data = probabilities.data as ArrayLike<number>;
-    for (let r = 0; r < rows; r++) {
-      let best = 0;
-      for (let c = 1; c < classes; c++) if (data[r * classes + c]! > data[r * classes + best]!) best = c;
-      const confidence = data[r * classes + best]!;
-      window.observePrediction(best, confidence);
+    const name = outputs ? chooseProbabilitiesOutput(outputs.map(candidate), this.reference.probabilities ?? probabilities) : undefined;
+    const tensor = name === undefined ? undefined : outputs!.find((o) => o.name === name);
+    if (!tensor || tensor.shape.length !== 2 || !(tensor.shape[1]! >= 1)) return;
+    for (const { topClass, confidence } of topClasses(tensor.data as ArrayLike<number>, tensor.shape[0]!, tensor.shape[1]!)) {
+      window.observePrediction(topClass, confidence);
       this.feed('confidence', confidence);
     }
   }
@@ -94,7 +94,6 @@ export class DriftMonitor {
   }
 }
 
-function pickProbabilities(outputs: readonly ObservedTensor[], name: string | undefined): ObservedTensor | undefined {
-  const twoD = outputs.filter((o) => o.shape.length === 2 && o.shape[1]! > 1);
-  return (name ? twoD.find((o) => o.name === name) : undefined) ?? twoD.find((o) => /prob/i.test(o.name)) ?? twoD.at(-1);
+function candidate(tensor: ObservedTensor): OutputCandidate {
+  return { name: tensor.name, float: tensor.datatype === undefined || isFloatType(tensor.datatype), shape: tensor.shape };
 }

@@ -1,8 +1,9 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import { isValidDeviceId } from '../../common/ids.js';
+import { agentPaths } from '../paths.js';
 
 /**
  * How the device proves who it is to its uplink, whatever carries it: an MQTT broker's
@@ -66,7 +67,7 @@ export function artifactCredential(identity: DeviceIdentity): { username: string
   return { username: credential.username, password: credential.password };
 }
 
-export const identityFile = (dataDir: string): string => join(dataDir, 'identity.json');
+export const identityFile = (dataDir: string): string => agentPaths(dataDir).identity;
 
 export function readIdentity(dataDir: string): DeviceIdentity | undefined {
   let text: string;

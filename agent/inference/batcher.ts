@@ -1,3 +1,4 @@
+import type { Clock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import type { RuntimeTensor, TensorData } from './model-runtime.js';
 
@@ -15,10 +16,8 @@ export interface BatchingOptions {
   concurrency: number;
 }
 
-/** The timer the queue waits on; tests swap it. */
-export interface BatchTimers {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): () => void;
+/** The timer the queue waits on: a clock's (common/clock.ts), so a ManualClock drives it in tests. */
+export interface BatchTimers extends Pick<Clock, 'now' | 'setTimeout'> {
   /** Runs fn once the callbacks already due have run (setImmediate). */
   defer?(fn: () => void): void;
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { argmax, isFloatType, probabilitiesOutput as chooseProbabilitiesOutput, PROBABILITIES_OUTPUT_KEY } from '../../common/classification.js';
 import { systemClock, type Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError, type ErrorCode } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
@@ -10,8 +11,7 @@ import type { Batchability, BatchingOffReason, ModelRuntime, ProviderChoice, Pro
 
 export type { BatchingOptions } from './batcher.js';
 
-/** The metadata key naming the output that holds class probabilities. */
-export const PROBABILITIES_OUTPUT_KEY = 'driftline.probabilities_output';
+export { PROBABILITIES_OUTPUT_KEY } from '../../common/classification.js';
 const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 /** Without a profile: no combining, one run at a time, a generous but finite queue. */
 export const DEFAULT_BATCHING: Readonly<BatchingOptions> = Object.freeze({ defaultBatch: 1, maxBatch: 1, maxQueueDelayMs: 0, maxQueue: 1024, concurrency: 1 });
@@ -76,6 +76,8 @@ export interface InferResult {
   /** For a one-row request to a model with a probabilities output: the argmax, and how many classes there are. */
   topClass?: number;
   classes?: number;
+  /** The output the top class comes from (common/classification.ts), when the model has one: the drift monitor reads the same. */
+  probabilities?: string;
 }
 
 export interface InferOptions {
@@ -190,7 +192,8 @@ export class InferenceEngine implements InferenceService {
       const { classes, ...top } = slot.topClass(raw);
       this.record(slot, { latencyMs: performance.now() - started, ok: true, batchSize, ...top });
       const answer = batchSize === 1 && top.topClass !== undefined ? { topClass: top.topClass, classes } : {};
-      return { model: slot.info.name, version: slot.info.version, provider: slot.info.provider, outputs, ...answer };
+      const probabilities = slot.probabilitiesName === undefined ? {} : { probabilities: slot.probabilitiesName };
+      return { model: slot.info.name, version: slot.info.version, provider: slot.info.provider, outputs, ...answer, ...probabilities };
     } catch (err) {
       const error = asDriftlineError(err, 'INFERENCE_FAILED');
       this.record(slot, { latencyMs: performance.now() - started, ok: false, errorCode: error.code, batchSize });
@@ -401,9 +404,12 @@ class Slot {
     const tensor = this.probabilities === undefined ? undefined : outputs[this.probabilities];
     if (!tensor || tensor.dims.length !== 2 || tensor.dims[0] < 1 || tensor.dims[1] < 1) return {};
     const row = tensor.data as Float32Array | Float64Array;
-    let best = 0;
-    for (let c = 1; c < tensor.dims[1]; c++) if (row[c] > row[best]) best = c;
+    const best = argmax(row, 0, tensor.dims[1]);
     return { topClass: best, confidence: row[best], classes: tensor.dims[1] };
+  }
+
+  get probabilitiesName(): string | undefined {
+    return this.probabilities;
   }
 }
 
@@ -462,14 +468,11 @@ function copySpec(spec: TensorSpec): TensorSpec {
   return { name: spec.name, type: spec.type, shape: [...spec.shape] };
 }
 
-/** The named probabilities output, else the first float output of rank 2 (batch x classes). */
+/** The output holding class probabilities by the rule in common/classification.ts; one the release or metadata names must exist. */
 function probabilitiesOutput(session: RuntimeSession, override: string | undefined): string | undefined {
   const named = override ?? session.metadata[PROBABILITIES_OUTPUT_KEY];
-  if (named !== undefined) {
-    if (!session.outputs.some((o) => o.name === named)) throw new DriftlineError('MODEL_INVALID', `probabilities output ${named} is not an output of the model`);
-    return named;
-  }
-  return session.outputs.find((o) => (o.type === 'float32' || o.type === 'float64') && o.shape.length === 2)?.name;
+  if (named !== undefined && !session.outputs.some((o) => o.name === named)) throw new DriftlineError('MODEL_INVALID', `probabilities output ${named} is not an output of the model`);
+  return chooseProbabilitiesOutput(session.outputs.map((o) => ({ name: o.name, float: isFloatType(o.type), shape: o.shape })), named);
 }
 
 /**

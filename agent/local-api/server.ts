@@ -49,7 +49,8 @@ export interface LocalApi {
   url: string;
   /** 0 on a unix socket. */
   port: number;
-  close(): Promise<void>;
+  /** Stops accepting and lets requests in flight finish for up to graceMs (shutdownGraceMs when absent), then cuts them. */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** The one place an error kind becomes an HTTP status. */
@@ -239,8 +240,8 @@ export async function startLocalApi(options: LocalApiOptions): Promise<LocalApi>
   let closing: Promise<void> | undefined;
   return {
     ...address,
-    close() {
-      closing ??= shutdown(server, options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS);
+    close(graceMs) {
+      closing ??= shutdown(server, graceMs ?? options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS);
       return closing;
     },
   };

@@ -1,9 +1,10 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import type { Clock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import { peekRoot, rootMetadataSchema, updateRoot, verifyInitialRoot, type TrustedRoot } from '../../common/trust/root.js';
 import type { TrustAnchor } from '../models/model-manager.js';
+import { agentPaths } from '../paths.js';
 
 /**
  * The device's pinned root metadata: `<dataDir>/trust/root.json`, the exact signed envelope
@@ -17,7 +18,7 @@ export class PinnedRoot implements TrustAnchor {
   private constructor(private readonly file: string) {}
 
   static open(dataDir: string): PinnedRoot {
-    const store = new PinnedRoot(join(dataDir, 'trust', 'root.json'));
+    const store = new PinnedRoot(agentPaths(dataDir).trustRoot);
     if (existsSync(store.file)) {
       const envelope = readFileSync(store.file);
       // Trusted because we verified it before writing it; expiry is checked on every use.

@@ -1,5 +1,5 @@
 import type { Database } from 'better-sqlite3';
-import type { Clock } from '../../common/clock.js';
+import { ManualClock, type Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
 import type { Logger } from '../../common/logger.js';
@@ -60,7 +60,7 @@ export class ReleaseStore {
     applyMigrations(options.db, 'releases', MIGRATIONS);
     const [first, ...rest] = options.rootChain;
     // The chain must hold together (the control plane hands it to devices); expiry is checked per use.
-    const far = { now: () => 0 };
+    const far = new ManualClock(0);
     this.root = first ? updateRoot(verifyInitialRoot(first, far), rest, far) : undefined;
   }
 

@@ -30,7 +30,7 @@ const crashAt = process.env.DRIFTLINE_TEST_CRASH_AT;
 const manager = new ModelManager({
   modelsDir: join(dir, 'models'),
   host: engine,
-  state: buffer,
+  state: buffer.state,
   artifactBaseUrl: env('DRIVER_ARTIFACT_URL'),
   credential: { username: 'edge-1', password: 'secret' },
   downloadTimeoutMs: 30_000,

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { readConfigFile } from '../../../common/config.js';
+import { layerConfig, readConfigFile } from '../../../common/config.js';
 import { DriftlineError } from '../../../common/errors.js';
 import { createLogger, LOG_FORMATS, type LogFormat } from '../../../common/logger.js';
 import { controlPlaneConfigSchema, type ControlPlaneConfigInput } from '../../config.js';
@@ -144,20 +144,6 @@ function withFlags(file: unknown, o: ServeOptions): ControlPlaneConfigInput {
     advertisedHttpUrl: o.advertiseHttpUrl,
     trust: { root: o.trustRoot, rollbackKey: o.rollbackKey },
   };
-  const merged = merge(file, flags) as ControlPlaneConfigInput;
-  return isRecord(merged) && merged.dataDir === undefined ? { ...merged, dataDir: DEFAULT_DATA_DIR } : merged;
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function merge(base: unknown, over: Record<string, unknown>): unknown {
-  if (!isRecord(base)) return base;
-  const out: Record<string, unknown> = { ...base };
-  for (const [key, value] of Object.entries(over)) {
-    if (value === undefined) continue;
-    out[key] = isRecord(value) && isRecord(out[key]) ? merge(out[key], value) : isRecord(value) ? merge({}, value) : value;
-  }
-  return out;
+  const merged = layerConfig(file, flags) as ControlPlaneConfigInput;
+  return typeof merged === 'object' && merged !== null && !Array.isArray(merged) && merged.dataDir === undefined ? { ...merged, dataDir: DEFAULT_DATA_DIR } : merged;
 }

@@ -1,4 +1,5 @@
 import ort from 'onnxruntime-node';
+import { isFloatType, probabilitiesOutput, topClasses } from '../../../common/classification.js';
 import { withPredictions, type DriftReference } from '../../../common/drift/reference.js';
 import { DriftlineError } from '../../../common/errors.js';
 
@@ -9,9 +10,9 @@ const BATCH_ROWS = 256;
  * Runs the model (onnxruntime-node, CPU) on the reference rows at push time and returns the
  * reference with the model's predicted classes and top-class confidences as its class and
  * confidence distributions, so devices' predictions are judged against predictions, not labels.
- * The probabilities output is picked as the agent picks it: a 2-D output with more than one
- * column, by the reference's name, else one whose name says "prob", else the last. A model
- * without such an output keeps the reference as it is.
+ * The probabilities output is picked as the agent picks it (common/classification.ts): the
+ * reference's name, else the first float rank-2 output whose name says "prob", else the first
+ * float rank-2 output. A model without such an output keeps the reference as it is.
  */
 export async function referenceWithModelPredictions(bytes: Uint8Array, reference: DriftReference, rows: readonly (readonly number[])[]): Promise<DriftReference> {
   if (rows.length === 0) return reference;
@@ -37,17 +38,13 @@ export async function referenceWithModelPredictions(bytes: Uint8Array, reference
       } catch (err) {
         throw new DriftlineError('MODEL_INVALID', `the model does not run on the drift reference rows: ${(err as Error).message}`, { cause: err });
       }
-      const twoD = Object.entries(outputs).filter(([, t]) => (t as ort.Tensor).dims?.length === 2 && Number((t as ort.Tensor).dims[1]) > 1);
-      const picked = (reference.probabilities ? twoD.find(([n]) => n === reference.probabilities) : undefined) ?? twoD.find(([n]) => /prob/i.test(n)) ?? twoD.at(-1);
-      if (!picked) return reference;
-      const tensor = picked[1] as ort.Tensor;
-      const classes = Number(tensor.dims[1]);
-      const values = tensor.data as ArrayLike<number>;
-      for (let r = 0; r < batch.length; r++) {
-        let best = 0;
-        for (let c = 1; c < classes; c++) if (values[r * classes + c]! > values[r * classes + best]!) best = c;
-        top.push(best);
-        confidences.push(Number(values[r * classes + best]));
+      const tensors = Object.entries(outputs).filter((entry): entry is [string, ort.Tensor] => Array.isArray((entry[1] as ort.Tensor).dims));
+      const name = probabilitiesOutput(tensors.map(([n, t]) => ({ name: n, float: isFloatType(t.type), shape: t.dims.map(Number) })), reference.probabilities);
+      const tensor = tensors.find(([n]) => n === name)?.[1];
+      if (!tensor || tensor.dims.length !== 2) return reference;
+      for (const row of topClasses(tensor.data as ArrayLike<number>, batch.length, Number(tensor.dims[1]))) {
+        top.push(row.topClass);
+        confidences.push(row.confidence);
       }
     }
     return withPredictions(reference, top, confidences);

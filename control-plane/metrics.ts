@@ -1,0 +1,69 @@
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Clock } from '../common/clock.js';
+import type { DeviceLinkStats } from './device-link/ports.js';
+
+/** What the control plane's Prometheus metrics read, when scraped. */
+export interface ControlPlaneMetricSources {
+  ingest: {
+    stats: { batches: number; recordsStored: number; duplicates: number; rejectedBatches: number; inflatedBytes: number; lagMs: number };
+    refusedByCode: Iterable<[string, number]>;
+  };
+  /** The device link's refusal counts (an external broker's adapter reports 0: the broker refuses, not us). */
+  link?: { stats: DeviceLinkStats };
+  drift: { rejectedSketches: number };
+  fleet: { list(): Iterable<{ id: string; lastSeenMs: number }> };
+  clock: Clock;
+  /** A device counts as online when it was seen within this window. */
+  onlineWindowMs: number;
+}
+
+/** The control plane's metrics registry (served at /metrics by the artifact server). */
+export function controlPlaneMetrics(sources: ControlPlaneMetricSources): Registry {
+  const { ingest, link, drift, fleet, clock } = sources;
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics });
+  const gauge = (name: string, help: string, read: () => number): void => {
+    new Gauge({ name, help, registers: [metrics], collect() { this.set(read()); } });
+  };
+  gauge('driftline_ingest_batches_total', 'Telemetry batches committed', () => ingest.stats.batches);
+  gauge('driftline_ingest_records_total', 'Telemetry records stored', () => ingest.stats.recordsStored);
+  gauge('driftline_ingest_duplicates_total', 'Resent telemetry records dropped as duplicates', () => ingest.stats.duplicates);
+  gauge('driftline_ingest_rejected_batches_total', 'Telemetry batches rejected as malformed', () => ingest.stats.rejectedBatches);
+  gauge('driftline_ingest_inflated_bytes_total', 'Bytes inflated from deflated telemetry batches, refused ones included', () => ingest.stats.inflatedBytes);
+  // By code only: the counts per device are in the telemetry summary (`driftline telemetry summary`).
+  new Gauge({
+    name: 'driftline_ingest_refused_messages_total',
+    help: 'Device messages refused, by error code (DEVICE_RATE_LIMITED, PAYLOAD_TOO_LARGE, PAYLOAD_TOO_MANY_ENTRIES, PAYLOAD_MALFORMED)',
+    labelNames: ['code'],
+    registers: [metrics],
+    collect() {
+      this.reset();
+      for (const [code, count] of ingest.refusedByCode) this.set({ code }, count);
+    },
+  });
+  gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => link?.stats.refusedConnects ?? 0);
+  gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => link?.stats.refusedPublishes ?? 0);
+  gauge('driftline_broker_refused_packets_total', 'MQTT packets refused on their fixed header (too large before or after login)', () => link?.stats.refusedPackets ?? 0);
+  gauge('driftline_broker_refused_connections_total', 'MQTT connections closed on arrival: too many waiting to log in', () => link?.stats.refusedConnections ?? 0);
+  gauge('driftline_broker_connect_timeouts_total', 'MQTT connections closed for not logging in within mqtt.connectTimeout', () => link?.stats.connectTimeouts ?? 0);
+  gauge('driftline_broker_pending_connections', 'MQTT connections accepted and not yet logged in', () => link?.stats.pendingConnections ?? 0);
+  gauge('driftline_ingest_lag_seconds', 'Age of the oldest record in the last committed batch (device clock corrected)', () => ingest.stats.lagMs / 1000);
+  gauge('driftline_drift_sketches_rejected_total', 'Drift sketches stored but left out of the rollups', () => drift.rejectedSketches);
+  new Gauge({
+    name: 'driftline_device_last_seen_seconds',
+    help: 'Seconds since each device was last seen',
+    labelNames: ['device'],
+    registers: [metrics],
+    collect() {
+      this.reset();
+      for (const d of fleet.list()) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
+    },
+  });
+  gauge('driftline_devices_online', 'Devices seen within the online window', () => {
+    const since = clock.now() - sources.onlineWindowMs;
+    let online = 0;
+    for (const d of fleet.list()) if (d.lastSeenMs >= since) online++;
+    return online;
+  });
+  return metrics;
+}
