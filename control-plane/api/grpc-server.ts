@@ -1,9 +1,10 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server, ServerCredentials, setLogger } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { DriftlineError, listenFailed } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
 import { DriftServiceService } from '../../common/proto/driftline/v1/drift.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
@@ -39,9 +40,22 @@ const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 /** Services this server implements; Training and Federated answer UNIMPLEMENTED until they exist. */
 const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService', 'DriftService', 'ReleaseService'].map((s) => `driftline.v1.${s}`);
 
+/**
+ * grpc-js writes its own lines to stderr (`E No address added out of total 1 resolved` beside our
+ * LISTEN_FAILED). Each failure that matters reaches us as an error we report with a stable code,
+ * so its raw text goes to our log at debug level instead (GRPC_VERBOSITY still chooses what
+ * grpc-js hands over; DRIFTLINE_LOG_LEVEL=debug shows it). grpc-js has one logger per process.
+ */
+function routeGrpcLogs(logger: Logger): void {
+  const log = logger.child({ component: 'grpc-js' });
+  const write = (message?: unknown, ...rest: unknown[]): void => log.debug(rest.length ? { args: rest } : {}, String(message));
+  setLogger({ error: write, info: write, debug: write });
+}
+
 /** The fleet management API. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
   const { logger } = options;
+  routeGrpcLogs(logger);
   const ctx: RpcContext = { tokens: options.tokens, logger };
   const server = new Server();
   server.addService(DeviceServiceService, deviceService(options, ctx));
