@@ -9,9 +9,9 @@ import { silentLogger } from '../common/logger.js';
 import { startEmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
 import { connectServiceLink, serviceClientId, type ServiceLink } from '../control-plane/broker/service-link.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
-import { openDatabase } from '../control-plane/store/database.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
-import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 
 const { dir, deviceId } = workerData as { dir: string; deviceId: string };
 const logger = silentLogger();

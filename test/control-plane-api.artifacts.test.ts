@@ -10,7 +10,7 @@ import { silentLogger } from '../common/logger.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { startArtifactServer, type ArtifactServer } from '../control-plane/registry/artifact-http.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
-import { openDatabase, type Database } from '../control-plane/store/database.js';
+import { openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 
 describe('artifact HTTP server', () => {
   let dir: string;

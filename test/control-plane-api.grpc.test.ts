@@ -44,7 +44,7 @@ import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from '../control-plane/fleet/operator-tokens.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
 import { ModelRegistry } from '../control-plane/registry/model-registry.js';
-import { openDatabase, type Database } from '../control-plane/store/database.js';
+import { openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 
 const MAX_MODEL_BYTES = 64 * 1024;

@@ -11,7 +11,7 @@ import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from '../control-plane/fleet/operator-tokens.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
 import { ModelRegistry } from '../control-plane/registry/model-registry.js';
-import { applyMigrations, openDatabase, type Database } from '../control-plane/store/database.js';
+import { applyMigrations, openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 
 async function* chunked(bytes: Uint8Array, size = 300): AsyncGenerator<Uint8Array> {

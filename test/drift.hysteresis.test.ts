@@ -5,7 +5,7 @@ import { silentLogger } from '../common/logger.js';
 import type { DriftStatus } from '../common/proto/driftline/v1/drift.js';
 import { DriftWatcher } from '../control-plane/drift/drift-watcher.js';
 import { evaluateDrift } from '../control-plane/drift/evaluate.js';
-import { SqliteDriftEvents } from '../control-plane/drift/sqlite-drift-events.js';
+import { SqliteDriftEvents } from '../control-plane/store/sqlite/drift-events.js';
 import { normalReference, normalRows, sketchOfRows } from '../demo/model/shifted-normal.js';
 
 const reference = normalReference(1, 20_000, 8);

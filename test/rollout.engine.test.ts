@@ -10,11 +10,11 @@ import { RolloutEngine, type Actor } from '../control-plane/rollout/engine.js';
 import type { CohortStats, InstallStats } from '../control-plane/rollout/gates.js';
 import { wavesFrom, type RolloutPlanInput } from '../control-plane/rollout/plan.js';
 import type { CohortMetrics, CohortQuery, FleetView, ReleasePublisher } from '../control-plane/rollout/ports.js';
-import { SqliteCohortMetrics } from '../control-plane/rollout/sqlite-cohort-metrics.js';
-import { SqliteRolloutRepository } from '../control-plane/rollout/sqlite-rollout-repository.js';
+import { SqliteCohortMetrics } from '../control-plane/store/sqlite/cohort-metrics.js';
+import { SqliteRolloutRepository } from '../control-plane/store/sqlite/rollout-repository.js';
 import type { PlanningDevice } from '../control-plane/rollout/state-machine.js';
-import { openDatabase, type Database } from '../control-plane/store/database.js';
-import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
+import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 
 const MIN = 60_000;
 const alice: Actor = { actor: 'tok_alice', clientRequestId: '' };

@@ -2,9 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { Outcome, Stream, type TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { evaluateGates, type CohortStats } from '../control-plane/rollout/gates.js';
 import { parseGate } from '../control-plane/rollout/plan.js';
-import { SqliteCohortMetrics } from '../control-plane/rollout/sqlite-cohort-metrics.js';
-import { openDatabase } from '../control-plane/store/database.js';
-import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { SqliteCohortMetrics } from '../control-plane/store/sqlite/cohort-metrics.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
+import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 
 const inference = (seq: number, version: number): TelemetryRecord => ({
   boot: 1,

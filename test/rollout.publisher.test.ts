@@ -5,7 +5,7 @@ import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { driftSourceFrom } from '../control-plane/rollout/drift-adapter.js';
 import { DesiredStatePublisher, FleetStoreView, type SignedReleases } from '../control-plane/rollout/fleet-adapters.js';
-import { openDatabase } from '../control-plane/store/database.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
 
 const version = (v: number): ModelVersion => ({ name: 'vibration', version: v, sha256: `${v}`.repeat(64).slice(0, 64), sizeBytes: 100 * v, createdAtMs: 0, opset: 17, inputs: [], outputs: [], description: '', metadata: {} });
 

@@ -11,9 +11,9 @@ import { Stream, TelemetryBatch, TelemetryRecord } from '../common/proto/driftli
 import { startEmbeddedBroker, type EmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
 import { connectServiceLink, serviceClientId, type ServiceLink } from '../control-plane/broker/service-link.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
-import { openDatabase } from '../control-plane/store/database.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
-import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 import { waitFor } from './helpers/processes.js';
 import { defaultBrokerLimits } from './helpers/mqtt.js';
 

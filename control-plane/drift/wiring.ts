@@ -3,10 +3,10 @@ import { REFERENCE_METADATA_KEY } from '../../common/drift/reference.js';
 import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
-import type { RecordSink } from '../telemetry/sqlite-telemetry-repository.js';
+import type { RecordSink } from '../store/sqlite/telemetry-repository.js';
 import type { DriftStatusSource } from './drift-watcher.js';
 import type { DriftThresholds } from './evaluate.js';
-import type { DriftLookups, SqliteDriftRepository } from './sqlite-drift-repository.js';
+import type { DriftLookups, SqliteDriftRepository } from '../store/sqlite/drift-repository.js';
 
 /** The device label that names a device's cohort in drift status. */
 export const COHORT_LABEL = 'cohort';

@@ -3,7 +3,7 @@ import { DriftlineError } from '../../common/errors.js';
 import { newSecret, secretMatches, sha256Hex } from '../../common/hashing.js';
 import { assertDeviceId, assertLabels, matchesSelector, parseSelector } from '../../common/ids.js';
 import { DesiredState, ReportedState } from '../../common/proto/driftline/v1/device_link.js';
-import { applyMigrations } from '../store/database.js';
+import { applyMigrations } from '../store/sqlite/database.js';
 
 export type DeviceStatus = 'enrolled' | 'decommissioned';
 export type CredentialVerdict = 'ok' | 'unknown' | 'decommissioned' | 'bad_secret';

@@ -5,7 +5,7 @@ import type { Database, Statement } from 'better-sqlite3';
 import { systemClock, type Clock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import { newSecret, sha256Hex } from '../../common/hashing.js';
-import { applyMigrations } from '../store/database.js';
+import { applyMigrations } from '../store/sqlite/database.js';
 
 /** Ordered: each role may do everything the roles before it may. */
 export const ROLES = ['viewer', 'operator', 'admin'] as const;

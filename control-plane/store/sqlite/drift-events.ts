@@ -1,6 +1,6 @@
 import type { Database, Statement } from 'better-sqlite3';
-import { applyMigrations } from '../store/database.js';
-import type { DriftEventFilter, DriftEventRecord, DriftEventStore, DriftLevel, DriftStatusKey, NewDriftEvent } from './drift-watcher.js';
+import { applyMigrations } from './database.js';
+import type { DriftEventFilter, DriftEventRecord, DriftEventStore, DriftLevel, DriftStatusKey, NewDriftEvent } from '../../drift/drift-watcher.js';
 
 const MIGRATIONS = [
   // AUTOINCREMENT: an id is never reused, even after retention deletes every row, so a

@@ -1,9 +1,9 @@
 import type { Database } from 'better-sqlite3';
-import { DriftlineError } from '../../common/errors.js';
-import { applyMigrations } from '../store/database.js';
-import { ACTIVE_STATES, targetGroup } from './plan.js';
-import type { AuditRecord, RolloutRepository, StoredRequest } from './ports.js';
-import type { Rollout } from './state-machine.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { applyMigrations } from './database.js';
+import { ACTIVE_STATES, targetGroup } from '../../rollout/plan.js';
+import type { AuditRecord, RolloutRepository, StoredRequest } from '../../rollout/ports.js';
+import type { Rollout } from '../../rollout/state-machine.js';
 
 const ACTIVE_SQL = ACTIVE_STATES.map((s) => `'${s}'`).join(', ');
 

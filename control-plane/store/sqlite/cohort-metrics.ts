@@ -1,6 +1,6 @@
 import type { Database } from 'better-sqlite3';
-import type { CohortStats } from './gates.js';
-import type { CohortMetrics, CohortQuery } from './ports.js';
+import type { CohortStats } from '../../rollout/gates.js';
+import type { CohortMetrics, CohortQuery } from '../../rollout/ports.js';
 
 /**
  * Per-version cohort metrics read straight from stored telemetry (telemetry_records carries

@@ -1,11 +1,11 @@
 import type { Database, Statement } from 'better-sqlite3';
-import { DriftSketch, type DriftStatus } from '../../common/proto/driftline/v1/drift.js';
-import { mergeSketches } from '../../common/drift/sketch.js';
-import { parseReference, referenceDigest, type DriftReference } from '../../common/drift/reference.js';
-import { DriftlineError } from '../../common/errors.js';
-import type { Logger } from '../../common/logger.js';
-import { applyMigrations } from '../store/database.js';
-import { DEFAULT_DRIFT_THRESHOLDS, evaluateDrift, type DriftThresholds } from './evaluate.js';
+import { DriftSketch, type DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
+import { mergeSketches } from '../../../common/drift/sketch.js';
+import { parseReference, referenceDigest, type DriftReference } from '../../../common/drift/reference.js';
+import { DriftlineError } from '../../../common/errors.js';
+import type { Logger } from '../../../common/logger.js';
+import { applyMigrations } from './database.js';
+import { DEFAULT_DRIFT_THRESHOLDS, evaluateDrift, type DriftThresholds } from '../../drift/evaluate.js';
 
 export const BUCKET_MINUTE_MS = 60_000;
 export const BUCKET_HOUR_MS = 3_600_000;

@@ -1,9 +1,9 @@
 import type { Database } from 'better-sqlite3';
-import type { Clock } from '../../common/clock.js';
-import { DriftlineError } from '../../common/errors.js';
-import { RollupBucket, RollupGroupBy, type TelemetryRollup, type TelemetryRollups, type TelemetryRollupsRequest } from '../../common/proto/driftline/v1/telemetry.js';
-import { cohortOf } from '../drift/wiring.js';
-import { ROLLUP_BUCKETS_MS, rollupRetentionMs, type RollupRetention } from './sqlite-telemetry-repository.js';
+import type { Clock } from '../../../common/clock.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { RollupBucket, RollupGroupBy, type TelemetryRollup, type TelemetryRollups, type TelemetryRollupsRequest } from '../../../common/proto/driftline/v1/telemetry.js';
+import { cohortOf } from '../../drift/wiring.js';
+import { ROLLUP_BUCKETS_MS, rollupRetentionMs, type RollupRetention } from './telemetry-repository.js';
 
 /** Rows a rollup query returns when the request names no limit, and the most it may ask for. */
 export const DEFAULT_ROLLUP_ROWS = 1000;

@@ -1,8 +1,8 @@
 import type { Database, Statement } from 'better-sqlite3';
-import { applyMigrations } from '../store/database.js';
-import { Outcome, TelemetryRecord, type ReportedState } from '../../common/proto/driftline/v1/device_link.js';
-import type { DeviceTelemetry, TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
-import type { RefusalCount, TelemetryRepository } from './ports.js';
+import { applyMigrations } from './database.js';
+import { Outcome, TelemetryRecord, type ReportedState } from '../../../common/proto/driftline/v1/device_link.js';
+import type { DeviceTelemetry, TelemetrySummary, TelemetrySummaryRequest } from '../../../common/proto/driftline/v1/telemetry.js';
+import type { RefusalCount, TelemetryRepository } from '../../telemetry/ports.js';
 
 const MIGRATIONS = [
   `CREATE TABLE telemetry_records (

@@ -1,8 +1,8 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3, { type Database } from 'better-sqlite3';
-import { DriftlineError } from '../../common/errors.js';
-import { tightenDatabaseFiles } from '../../common/private-files.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { tightenDatabaseFiles } from '../../../common/private-files.js';
 
 export type { Database };
 
