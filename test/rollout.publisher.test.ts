@@ -71,14 +71,14 @@ describe('rollout release publisher', () => {
     report('a', 2);
     report('b', 1, 'RELEASE_SIGNATURE_INVALID');
     report('c', 1);
-    expect(new FleetStoreView(fleet).installStatus('vibration', 2, ['a', 'b', 'c'])).toEqual({ attempted: 3, installed: 1, failed: 1, pending: 1 });
+    expect(await new FleetStoreView(fleet).installStatus('vibration', 2, ['a', 'b', 'c'])).toEqual({ attempted: 3, installed: 1, failed: 1, pending: 1 });
     db.close();
   });
 
-  it('rollout - reads the worst drift status of a version from the drift rollups, and no data as not measured', () => {
+  it('rollout - reads the worst drift status of a version from the drift rollups, and no data as not measured', async () => {
     const rollup = (status: string) => ({ status }) as never;
-    expect(driftSourceFrom({ status: () => [rollup('ok'), rollup('warn')] }).status('m', 2, 0)).toBe('warning');
-    expect(driftSourceFrom({ status: () => [rollup('alert'), rollup('ok')] }).status('m', 2, 0)).toBe('drift');
-    expect(driftSourceFrom({ status: () => [rollup('no_data'), rollup('no_reference')] }).status('m', 2, 0)).toBeUndefined();
+    expect(await driftSourceFrom({ status: () => [rollup('ok'), rollup('warn')] }).status('m', 2, 0)).toBe('warning');
+    expect(await driftSourceFrom({ status: () => [rollup('alert'), rollup('ok')] }).status('m', 2, 0)).toBe('drift');
+    expect(await driftSourceFrom({ status: () => [rollup('no_data'), rollup('no_reference')] }).status('m', 2, 0)).toBeUndefined();
   });
 });

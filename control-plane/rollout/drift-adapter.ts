@@ -12,7 +12,7 @@ const RANK: Record<DriftStatus, number> = { ok: 0, warning: 1, drift: 2 };
  */
 export function driftSourceFrom(queries: { status(request: DriftStatusRequest): DriftRollup[] }): DriftSource {
   return {
-    status(model, version, sinceMs) {
+    async status(model, version, sinceMs) {
       let worst: DriftStatus | undefined;
       for (const rollup of queries.status({ model, version, sinceMs })) {
         const level = LEVEL[rollup.status];

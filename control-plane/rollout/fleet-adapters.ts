@@ -21,7 +21,7 @@ export class FleetStoreView implements FleetView {
     private readonly profiles: ReadonlyMap<string, FirmwareProfile> = new Map(),
   ) {}
 
-  devices(selector: string, model: string): PlanningDevice[] {
+  async devices(selector: string, model: string): Promise<PlanningDevice[]> {
     return this.fleet.list(selector).map((d) => {
       const profile = d.reported?.firmwareProfile || d.labels[PROFILE_LABEL] || '';
       const known = this.profiles.get(profile);
@@ -35,7 +35,7 @@ export class FleetStoreView implements FleetView {
     });
   }
 
-  installStatus(model: string, version: number, deviceIds: readonly string[]): InstallStats {
+  async installStatus(model: string, version: number, deviceIds: readonly string[]): Promise<InstallStats> {
     const stats: InstallStats = { attempted: deviceIds.length, installed: 0, failed: 0, pending: 0 };
     for (const id of deviceIds) {
       const device = this.fleet.get(id);
@@ -47,7 +47,7 @@ export class FleetStoreView implements FleetView {
     return stats;
   }
 
-  activeVersions(model: string, deviceIds: readonly string[]): Record<string, number> {
+  async activeVersions(model: string, deviceIds: readonly string[]): Promise<Record<string, number>> {
     return Object.fromEntries(deviceIds.map((id) => [id, activeVersion(this.fleet.get(id), model)]));
   }
 }
@@ -62,11 +62,11 @@ export class RegistryCatalog implements ModelCatalog {
     private readonly releases?: { envelopeOf(name: string, version: number): Buffer | undefined; assertDeployable?(name: string, version: number): void },
   ) {}
 
-  assertDeployable(model: string, version: number): void {
+  async assertDeployable(model: string, version: number): Promise<void> {
     this.releases?.assertDeployable?.(model, version);
   }
 
-  constraints(model: string, version: number): ModelConstraints {
+  async constraints(model: string, version: number): Promise<ModelConstraints> {
     const base = constraintsFromMetadata(this.registry.resolve(model, version).metadata);
     const envelope = this.releases?.envelopeOf(model, version);
     if (!envelope) return base;

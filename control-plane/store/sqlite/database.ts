@@ -59,3 +59,73 @@ export function applyMigrations(db: Database, moduleName: string, migrations: re
     })();
   }
 }
+
+/**
+ * The one write path of a connection. better-sqlite3 is synchronous and a connection has a
+ * single transaction, so a unit of work that awaits between its statements would otherwise
+ * let any other statement on the connection (an ingest commit, a second unit of work) run
+ * inside its transaction: committed or rolled back with it, and seeing its uncommitted rows.
+ * Units of work therefore queue here one after another, and so does every statement issued
+ * while one is open. When none is open a statement runs at once, with no queue hop: the
+ * telemetry group commit stays as fast as a direct call.
+ */
+export class SqliteConnection {
+  private tail: Promise<unknown> = Promise.resolve();
+  /** Units of work and statements queued or running behind one. */
+  private queued = 0;
+
+  constructor(readonly db: Database) {}
+
+  /** Runs fn (one statement or a synchronous transaction) now, or after the open unit of work. */
+  run<T>(fn: (db: Database) => T): Promise<T> {
+    if (this.queued === 0) {
+      try {
+        return Promise.resolve(fn(this.db));
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return this.enqueue(async () => fn(this.db));
+  }
+
+  /**
+   * Runs work in one transaction (BEGIN IMMEDIATE, so a second process waits for the write lock
+   * up front instead of failing at its first write); commits when it resolves, rolls back when
+   * it throws. The work must issue its statements through the handle it is given (which runs them
+   * directly), not through run(), which would wait for this very unit of work.
+   */
+  unitOfWork<T>(work: () => Promise<T>): Promise<T> {
+    return this.enqueue(async () => {
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        const result = await work();
+        this.db.exec('COMMIT');
+        return result;
+      } catch (err) {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+        throw err;
+      }
+    });
+  }
+
+  private enqueue<T>(fn: () => Promise<T>): Promise<T> {
+    this.queued++;
+    const run = this.tail.then(fn).finally(() => {
+      this.queued--;
+    });
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+}
+
+const connections = new WeakMap<Database, SqliteConnection>();
+
+/** The one SqliteConnection of a database handle, shared by every repository over it (one queue per connection). */
+export function connectionOf(db: Database): SqliteConnection {
+  let connection = connections.get(db);
+  if (!connection) {
+    connection = new SqliteConnection(db);
+    connections.set(db, connection);
+  }
+  return connection;
+}
