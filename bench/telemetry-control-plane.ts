@@ -32,7 +32,7 @@ const repository = new SqliteTelemetryRepository(db);
 let link: ServiceLink | undefined;
 const ingest = new TelemetryIngest({
   repository,
-  devices: { recordSeen: () => undefined, saveReported: () => undefined, getDesired: () => undefined },
+  devices: { recordSeen: async () => undefined, saveReported: async () => undefined, getDesired: async () => undefined },
   downlink: { publishAck: (id, payload) => link!.publish(id, 'ack', payload), publishDesired: async () => undefined },
   clock: systemClock,
   logger,

@@ -26,12 +26,13 @@ import { SqliteCohortMetrics } from './store/sqlite/cohort-metrics.js';
 import { SqliteRolloutRepository } from './store/sqlite/rollout-repository.js';
 import { openDatabase } from './store/sqlite/database.js';
 import { TelemetryIngest } from './telemetry/ingest.js';
+import { RetentionPruner } from './telemetry/retention-pruner.js';
 import { SqliteRollupQueries } from './store/sqlite/rollup-queries.js';
 import { SqliteTelemetryRepository } from './store/sqlite/telemetry-repository.js';
-import { BUCKET_HOUR_MS, BUCKET_MINUTE_MS, SqliteDriftRepository } from './store/sqlite/drift-repository.js';
+import { SqliteDriftRepository } from './store/sqlite/drift-repository.js';
 import { DriftWatcher } from './drift/drift-watcher.js';
 import { SqliteDriftEvents } from './store/sqlite/drift-events.js';
-import { driftQueries, driftRecordSink, driftStatusSource } from './drift/wiring.js';
+import { driftQueries, driftStatusSource } from './drift/wiring.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -70,7 +71,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const registry = new ModelRegistry({ db, artifacts, clock, maxModelBytes: config.maxModelBytes });
   const releases = openReleaseStore({ db, registry, clock, logger, trust: config.trust });
   const drift = new SqliteDriftRepository(db, logger);
-  const telemetry = new SqliteTelemetryRepository(db, [driftRecordSink(drift)]);
+  const telemetry = new SqliteTelemetryRepository(db, [drift.recordRoute()]);
   const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
 
   let embedded: EmbeddedBroker | undefined;
@@ -87,7 +88,11 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   try {
     const ingest = new TelemetryIngest({
       repository: telemetry,
-      devices: fleet,
+      devices: {
+        recordSeen: async (deviceId, atMs) => fleet.recordSeen(deviceId, atMs),
+        saveReported: async (deviceId, state, atMs) => fleet.saveReported(deviceId, state, atMs),
+        getDesired: async (deviceId) => fleet.getDesired(deviceId),
+      },
       downlink: {
         publishAck: (deviceId, payload) => requireLink().publish(deviceId, 'ack', payload),
         publishDesired: (deviceId, payload) => requireLink().publish(deviceId, 'desired', payload, { retain: true }),
@@ -97,7 +102,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       limits: config.ingest,
     });
     // Runs after the device link has stopped and before the store closes: no refusal count is lost.
-    closers.push(async () => ingest.flushRefusals());
+    closers.push(() => ingest.flushRefusals());
     const requireLink = (): ServiceLink => {
       if (!link) throw new Error('device link not connected yet');
       return link;
@@ -186,18 +191,15 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     });
     // Telemetry and drift rollups are kept as long per bucket size; rollup queries never read past it.
     const rollupRetention = { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention };
-    const pruner = setInterval(() => {
-      const now = clock.now();
-      try {
-        telemetry.prune(now, { rawMs: config.telemetry.rawRetention, ...rollupRetention });
-        drift.pruneOlderThan(BUCKET_MINUTE_MS, now - rollupRetention.minuteMs);
-        drift.pruneOlderThan(BUCKET_HOUR_MS, now - rollupRetention.hourMs);
-      } catch (err) {
-        logger.warn({ err }, 'telemetry retention pass failed');
-      }
-    }, config.telemetry.pruneInterval);
-    pruner.unref();
-    closers.push(async () => clearInterval(pruner));
+    const pruner = RetentionPruner.create({
+      stores: [telemetry, drift],
+      retention: { rawMs: config.telemetry.rawRetention, ...rollupRetention },
+      intervalMs: config.telemetry.pruneInterval,
+      clock,
+      logger,
+    });
+    pruner.run();
+    closers.push(() => pruner.shutdown());
     gauge('driftline_devices_online', 'Devices seen within the online window', () => {
       const since = clock.now() - config.onlineWindow;
       return fleet.list().filter((d) => d.lastSeenMs >= since).length;
@@ -263,8 +265,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       trustRoot: () => releases.latestRoot(),
       // Refusal counts are written in bulk; the summary flushes them first so it is exact.
       telemetry: {
-        summary: (request) => {
-          ingest.flushRefusals();
+        summary: async (request) => {
+          await ingest.flushRefusals();
           return telemetry.summary(request);
         },
       },

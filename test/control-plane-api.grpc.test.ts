@@ -115,7 +115,7 @@ describe('control-plane gRPC API', () => {
       tokens,
       registry,
       fleetLink: link,
-      telemetry: { summary: () => TelemetrySummary.fromPartial({ recordsStored: 7 }) },
+      telemetry: { summary: async () => TelemetrySummary.fromPartial({ recordsStored: 7 }) },
       advertisedMqttUrl: () => 'mqtt://127.0.0.1:1883',
       advertisedHttpUrl: () => 'http://127.0.0.1:7480',
       config: { enrollmentTokenTtl: TOKEN_TTL_MS, onlineWindow: 90_000, rollout: { tickInterval: 5_000, watchInterval: 1_000, rollbackTtl: 7 * 86_400_000 } },

@@ -199,9 +199,9 @@ describe('rollout cohort metrics from stored telemetry', () => {
       body: { $case: 'inference', value: { model: 'vibration', version, provider: 'cpu', latencyMs, outcome: ok ? Outcome.OUTCOME_OK : Outcome.OUTCOME_ERROR, topClass: 0, confidence: 1, errorCode: '', batchSize: 1 } },
     });
     // d-1 ran v1 then v2; old records (received before the window) must not count.
-    telemetry.commit('d-1', [record(1, 1, 1000)], 500);
-    telemetry.commit('d-1', Array.from({ length: 100 }, (_, i) => record(i + 2, 2, i + 1, i % 10 !== 0)), 1000);
-    telemetry.commit('d-2', Array.from({ length: 20 }, (_, i) => record(i + 1, 1, 5)), 1000);
+    await telemetry.commit('d-1', [record(1, 1, 1000)], 500);
+    await telemetry.commit('d-1', Array.from({ length: 100 }, (_, i) => record(i + 2, 2, i + 1, i % 10 !== 0)), 1000);
+    await telemetry.commit('d-2', Array.from({ length: 20 }, (_, i) => record(i + 1, 1, 5)), 1000);
     const metrics = new SqliteCohortMetrics(db);
     expect(await metrics.cohort({ model: 'vibration', version: 2, deviceIds: ['d-1', 'd-2'], sinceMs: 1000 })).toEqual({
       devices: 2,

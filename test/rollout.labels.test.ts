@@ -33,12 +33,12 @@ describe('rollout accuracy from device labels', () => {
     const db = openDatabase(':memory:');
     const telemetry = new SqliteTelemetryRepository(db);
     // Before the window: labels that must not count.
-    telemetry.commit('d-1', [label(1, 2, false), label(2, 2, false)], 500);
+    await telemetry.commit('d-1', [label(1, 2, false), label(2, 2, false)], 500);
     // v2 (canary) on d-1 and d-2: 100 labels, 92 right. v1 (baseline) on d-3 and d-4: 100 labels, 93 right.
-    telemetry.commit('d-1', labelled(10, 2, 60, 55), 1000);
-    telemetry.commit('d-2', labelled(1, 2, 40, 37), 1000);
-    telemetry.commit('d-3', labelled(1, 1, 50, 47), 1000);
-    telemetry.commit('d-4', labelled(1, 1, 50, 46), 1000);
+    await telemetry.commit('d-1', labelled(10, 2, 60, 55), 1000);
+    await telemetry.commit('d-2', labelled(1, 2, 40, 37), 1000);
+    await telemetry.commit('d-3', labelled(1, 1, 50, 47), 1000);
+    await telemetry.commit('d-4', labelled(1, 1, 50, 46), 1000);
     const metrics = new SqliteCohortMetrics(db);
     const devices = ['d-1', 'd-2', 'd-3', 'd-4'];
     const canary = await metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 1000 });
@@ -55,7 +55,7 @@ describe('rollout accuracy from device labels', () => {
     expect(judge(canary, baseline)).toMatchObject({ verdict: 'pass', results: [{ value: -0.01 }] });
 
     // Three more wrong canary labels: 92 of 103 (89.3%) vs 93%, past the gate.
-    telemetry.commit('d-2', [label(200, 2, false), label(201, 2, false), label(202, 2, false)], 2000);
+    await telemetry.commit('d-2', [label(200, 2, false), label(201, 2, false), label(202, 2, false)], 2000);
     const worse = await metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 1000 });
     expect(worse.labeled).toEqual({ total: 103, correct: 92 });
     expect(judge(worse, baseline).verdict).toBe('fail');

@@ -39,7 +39,7 @@ describe('telemetry uploader draining a backlog', () => {
     db = openDatabase(join(dir, 'control-plane.db'));
     ingest = new TelemetryIngest({
       repository: new SqliteTelemetryRepository(db),
-      devices: { recordSeen: () => undefined, saveReported: () => undefined, getDesired: () => undefined },
+      devices: { recordSeen: async () => undefined, saveReported: async () => undefined, getDesired: async () => undefined },
       downlink: { publishAck: (id, payload) => link.publish(id, 'ack', payload), publishDesired: async () => undefined },
       clock: systemClock,
       logger,

@@ -20,12 +20,12 @@ export interface FleetLink {
 
 /** Read side of telemetry, answered by the telemetry store. */
 export interface TelemetryQueries {
-  summary(request: TelemetrySummaryRequest): TelemetrySummary;
+  summary(request: TelemetrySummaryRequest): Promise<TelemetrySummary>;
 }
 
 /** Telemetry rollup sums per bucket and group, answered from the rollup tables. */
 export interface TelemetryRollupQueries {
-  rollups(request: TelemetryRollupsRequest): TelemetryRollups;
+  rollups(request: TelemetryRollupsRequest): Promise<TelemetryRollups>;
 }
 
 /** Drift status per model version and cohort, answered by the drift rollups. */

@@ -2,24 +2,12 @@ import type { Clock } from '../../common/clock.js';
 import { REFERENCE_METADATA_KEY } from '../../common/drift/reference.js';
 import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
+import { cohortOf } from '../fleet/labels.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
-import type { RecordSink } from '../store/sqlite/telemetry-repository.js';
 import type { DriftStatusSource } from './drift-watcher.js';
 import type { DriftThresholds } from './evaluate.js';
 import type { DriftLookups, SqliteDriftRepository } from '../store/sqlite/drift-repository.js';
 
-/** The device label that names a device's cohort in drift status. */
-export const COHORT_LABEL = 'cohort';
-
-/** A device's cohort from its labels: the `cohort` label, "" when it has none. */
-export const cohortOf = (labels: Record<string, string>): string => (Object.hasOwn(labels, COHORT_LABEL) ? labels[COHORT_LABEL]! : '');
-
-/** Feeds drift sketches, as they are committed, into the drift rollups. */
-export const driftRecordSink =
-  (drift: SqliteDriftRepository): RecordSink =>
-  (deviceId, record, atMs) => {
-    if (record.body?.$case === 'drift') drift.add(deviceId, record.body.value, atMs);
-  };
 
 export interface DriftQueryConfig {
   window: number;

@@ -4,7 +4,8 @@ import { mergeSketches } from '../../../common/drift/sketch.js';
 import { parseReference, referenceDigest, type DriftReference } from '../../../common/drift/reference.js';
 import { DriftlineError } from '../../../common/errors.js';
 import type { Logger } from '../../../common/logger.js';
-import { applyMigrations } from './database.js';
+import { applyMigrations, connectionOf } from './database.js';
+import type { RecordRoute } from '../../telemetry/ports.js';
 import { DEFAULT_DRIFT_THRESHOLDS, evaluateDrift, type DriftThresholds } from '../../drift/evaluate.js';
 
 export const BUCKET_MINUTE_MS = 60_000;
@@ -51,7 +52,7 @@ export interface DriftQueryOptions {
 export class SqliteDriftRepository {
   private readonly select: Statement;
   private readonly upsert: Statement;
-  private readonly prune: Statement;
+  private readonly deleteOlder: Statement;
   private readonly references = new Map<string, DriftReference | null>();
   rejectedSketches = 0;
 
@@ -65,7 +66,7 @@ export class SqliteDriftRepository {
       `INSERT INTO drift_rollups (model, version, device_id, bucket_ms, bucket_start, digest, rows, sketch) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (model, version, bucket_ms, bucket_start, device_id, digest) DO UPDATE SET rows = excluded.rows, sketch = excluded.sketch`,
     );
-    this.prune = db.prepare('DELETE FROM drift_rollups WHERE bucket_ms = ? AND bucket_start < ?');
+    this.deleteOlder = db.prepare('DELETE FROM drift_rollups WHERE bucket_ms = ? AND bucket_start < ?');
   }
 
   /** Adds a sketch to its buckets; runs inside the caller's transaction. `atMs` is already corrected for device clock skew. */
@@ -90,9 +91,24 @@ export class SqliteDriftRepository {
     }
   }
 
+  /** The telemetry commit's route for drift records: their sketches go into the drift rollups in the same transaction. */
+  recordRoute(): RecordRoute {
+    return {
+      kind: 'drift',
+      accept: (deviceId, record, atMs) => {
+        if (record.body?.$case === 'drift') this.add(deviceId, record.body.value, atMs);
+      },
+    };
+  }
+
   /** Drops buckets older than their retention. */
   pruneOlderThan(bucketMs: number, beforeMs: number): number {
-    return this.prune.run(bucketMs, beforeMs).changes;
+    return this.deleteOlder.run(bucketMs, beforeMs).changes;
+  }
+
+  /** Retention: minute and hour buckets as long as the telemetry rollups of their size. Resolves to the rows deleted. */
+  prune(nowMs: number, retention: { minuteMs: number; hourMs: number }): Promise<number> {
+    return connectionOf(this.db).run(() => this.pruneOlderThan(BUCKET_MINUTE_MS, nowMs - retention.minuteMs) + this.pruneOlderThan(BUCKET_HOUR_MS, nowMs - retention.hourMs));
   }
 
   /** Model versions with sketches in an hour bucket that reaches `sinceMs` or later (a superset of the versions with data since then). */
