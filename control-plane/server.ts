@@ -228,7 +228,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     const publishDesired = (deviceId: string, desired: DesiredState): Promise<void> =>
       requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true });
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
-    const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
+    const driftStatus = driftQueries({ drift, registry, fleet, clock, logger, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
       repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),

@@ -77,8 +77,8 @@ describe('rollout release publisher', () => {
 
   it('rollout - reads the worst drift status of a version from the drift rollups, and no data as not measured', async () => {
     const rollup = (status: string) => ({ status }) as never;
-    expect(await driftSourceFrom({ status: () => [rollup('ok'), rollup('warn')] }).status('m', 2, 0)).toBe('warning');
-    expect(await driftSourceFrom({ status: () => [rollup('alert'), rollup('ok')] }).status('m', 2, 0)).toBe('drift');
-    expect(await driftSourceFrom({ status: () => [rollup('no_data'), rollup('no_reference')] }).status('m', 2, 0)).toBeUndefined();
+    expect(await driftSourceFrom({ status: async () => [rollup('ok'), rollup('warn')] }).status('m', 2, 0)).toBe('warning');
+    expect(await driftSourceFrom({ status: async () => [rollup('alert'), rollup('ok')] }).status('m', 2, 0)).toBe('drift');
+    expect(await driftSourceFrom({ status: async () => [rollup('no_data'), rollup('no_reference')] }).status('m', 2, 0)).toBeUndefined();
   });
 });

@@ -30,12 +30,12 @@ export interface TelemetryRollupQueries {
 
 /** Drift status per model version and cohort, answered by the drift rollups. */
 export interface DriftQueries {
-  status(request: DriftStatusRequest): DriftStatus[];
+  status(request: DriftStatusRequest): Promise<DriftStatus[]>;
 }
 
 /** Recorded drift status changes, and a live feed of new ones (the drift watcher). */
 export interface DriftEventFeed {
-  list(filter: DriftEventFilter, limit: number): DriftEventRecord[];
+  list(filter: DriftEventFilter, limit: number): Promise<DriftEventRecord[]>;
   /** `onEnd` runs when the feed stops (shutdown); returns the unsubscribe function. */
   subscribe(listener: (event: DriftEventRecord) => void, onEnd?: () => void): () => void;
 }
