@@ -25,6 +25,8 @@ import { DesiredStatePublisher, FleetStoreView, RegistryCatalog } from './rollou
 import { SqliteCohortMetrics } from './store/sqlite/cohort-metrics.js';
 import { SqliteRolloutRepository } from './store/sqlite/rollout-repository.js';
 import { openDatabase } from './store/sqlite/database.js';
+import { SqliteFleetRepository } from './store/sqlite/fleet-repository.js';
+import { SqliteOperatorTokenRepository } from './store/sqlite/operator-token-repository.js';
 import { TelemetryIngest } from './telemetry/ingest.js';
 import { RetentionPruner } from './telemetry/retention-pruner.js';
 import { SqliteRollupQueries } from './store/sqlite/rollup-queries.js';
@@ -63,9 +65,9 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   ensurePrivateDir(config.dataDir);
 
   const db = openDatabase(join(config.dataDir, 'control-plane.db'));
-  const fleet = new FleetStore(db);
-  const tokens = new OperatorTokenStore(db);
-  const admin = ensureAdminToken(tokens, config.dataDir, clock);
+  const fleet = new FleetStore(new SqliteFleetRepository(db));
+  const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
+  const admin = await ensureAdminToken(tokens, config.dataDir, clock);
   if (admin.created) logger.info({ file: admin.file }, 'created the first admin token');
   const artifacts = new ArtifactStore(join(config.dataDir, 'artifacts'));
   const registry = new ModelRegistry({ db, artifacts, clock, maxModelBytes: config.maxModelBytes });
@@ -88,11 +90,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   try {
     const ingest = new TelemetryIngest({
       repository: telemetry,
-      devices: {
-        recordSeen: async (deviceId, atMs) => fleet.recordSeen(deviceId, atMs),
-        saveReported: async (deviceId, state, atMs) => fleet.saveReported(deviceId, state, atMs),
-        getDesired: async (deviceId) => fleet.getDesired(deviceId),
-      },
+      devices: fleet,
       downlink: {
         publishAck: (deviceId, payload) => requireLink().publish(deviceId, 'ack', payload),
         publishDesired: (deviceId, payload) => requireLink().publish(deviceId, 'desired', payload, { retain: true }),
@@ -184,9 +182,10 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       help: 'Seconds since each device was last seen',
       labelNames: ['device'],
       registers: [metrics],
-      collect() {
+      async collect() {
+        const devices = await fleet.list();
         this.reset();
-        for (const d of fleet.list()) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
+        for (const d of devices) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
       },
     });
     // Telemetry and drift rollups are kept as long per bucket size; rollup queries never read past it.
@@ -200,12 +199,17 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     });
     pruner.run();
     closers.push(() => pruner.shutdown());
-    gauge('driftline_devices_online', 'Devices seen within the online window', () => {
-      const since = clock.now() - config.onlineWindow;
-      return fleet.list().filter((d) => d.lastSeenMs >= since).length;
+    new Gauge({
+      name: 'driftline_devices_online',
+      help: 'Devices seen within the online window',
+      registers: [metrics],
+      async collect() {
+        const since = clock.now() - config.onlineWindow;
+        this.set((await fleet.list()).filter((d) => d.lastSeenMs >= since).length);
+      },
     });
 
-    const trustWarnings = watchTrust({ releases, fleet, config: config.trust, logger });
+    const trustWarnings = await watchTrust({ releases, fleet, config: config.trust, logger });
     closers.push(async () => trustWarnings.stop());
     const rolloutRepository = new SqliteRolloutRepository(db);
     const grants = artifactGrantSources({ fleet, rollouts: rolloutRepository, registry });
@@ -215,7 +219,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       artifacts,
       verifyDeviceCredential,
       mayDownload: (deviceId, sha256) => mayDownloadArtifact(deviceId, sha256, grants),
-      authenticateOperator: (token) => tokens.authenticate(token) !== undefined,
+      authenticateOperator: async (token) => (await tokens.authenticate(token)) !== undefined,
       metrics,
       health: () => ({
         ok: link?.connected ?? false,
@@ -315,8 +319,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     // An admin token minted into a store that stays would lock the operator out once its file is gone.
     const dbStays = !createdByThisStart.includes(join(config.dataDir, 'control-plane.db')) && !createdByThisStart.includes(config.dataDir);
     if (admin.created && dbStays && admin.token) {
-      const minted = tokens.authenticate(admin.token);
-      if (minted) tokens.revoke(minted.id, clock.now());
+      const minted = await tokens.authenticate(admin.token).catch(() => undefined);
+      if (minted) await tokens.revoke(minted.id, clock.now()).catch((err: unknown) => logger.warn({ err }, 'could not revoke the admin token of the failed start'));
     }
     await shutdownAll();
     for (const path of createdByThisStart) removeCreated(path, logger);

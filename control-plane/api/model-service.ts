@@ -29,7 +29,7 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       const model = registry.resolve(assertModelName(req.name), version);
       // A release every device would refuse (revoked signing key, expired root) is refused here, with the reason.
       deps.releases?.assertDeployable(model.name, model.version);
-      const targets = selectTargets(deps, deviceIds, req.selector);
+      const targets = await selectTargets(deps, deviceIds, req.selector);
       const rollback = rollbackFor(deps, model, targets, caller?.id);
       const published = await deploy(deps, model, targets, rollback);
       logger.info({ model: model.name, version: model.version, devices: targets.length, published, rolledBack: rollback?.deviceIds.size ?? 0, by: caller?.id }, 'model deployed');
@@ -59,9 +59,9 @@ async function receiveUpload(deps: ApiDeps, call: ServerReadableStream<UploadMod
  * The devices a deploy reaches: the named ones (each must exist) and/or those matching the
  * selector, or every enrolled device when neither is given. Decommissioned devices are skipped.
  */
-function selectTargets({ fleet }: ApiDeps, deviceIds: readonly string[], selector: string): DeviceRecord[] {
+async function selectTargets({ fleet }: ApiDeps, deviceIds: readonly string[], selector: string): Promise<DeviceRecord[]> {
   const terms = parseSelector(selector);
-  const named = deviceIds.length > 0 ? [...new Set(deviceIds)].map((id) => fleet.get(assertDeviceId(id))) : fleet.list();
+  const named = deviceIds.length > 0 ? await Promise.all([...new Set(deviceIds)].map((id) => fleet.get(assertDeviceId(id)))) : await fleet.list();
   return named.filter((device) => device.status === 'enrolled' && matchesSelector(device.labels, terms));
 }
 
@@ -129,7 +129,7 @@ async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: Mo
       rollback: rollback?.deviceIds.has(device.id) ? rollback.directive : Buffer.alloc(0),
     },
   ]);
-  for (const [deviceId, state] of desired) fleet.setDesired(deviceId, state);
+  for (const [deviceId, state] of desired) await fleet.setDesired(deviceId, state);
   const results = await Promise.allSettled(desired.map(([deviceId, state]) => fleetLink.publishDesired(deviceId, state)));
   results.forEach((result, i) => {
     if (result.status === 'rejected') logger.warn({ err: result.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');

@@ -22,7 +22,7 @@ export class FleetStoreView implements FleetView {
   ) {}
 
   async devices(selector: string, model: string): Promise<PlanningDevice[]> {
-    return this.fleet.list(selector).map((d) => {
+    return (await this.fleet.list(selector)).map((d) => {
       const profile = d.reported?.firmwareProfile || d.labels[PROFILE_LABEL] || '';
       const known = this.profiles.get(profile);
       return {
@@ -38,7 +38,7 @@ export class FleetStoreView implements FleetView {
   async installStatus(model: string, version: number, deviceIds: readonly string[]): Promise<InstallStats> {
     const stats: InstallStats = { attempted: deviceIds.length, installed: 0, failed: 0, pending: 0 };
     for (const id of deviceIds) {
-      const device = this.fleet.get(id);
+      const device = await this.fleet.get(id);
       if (activeVersion(device, model) === version) stats.installed++;
       // The agent keeps the old model and reports the error when an update fails.
       else if (device.reported?.lastErrorCode && device.desired?.model?.version === version) stats.failed++;
@@ -48,7 +48,8 @@ export class FleetStoreView implements FleetView {
   }
 
   async activeVersions(model: string, deviceIds: readonly string[]): Promise<Record<string, number>> {
-    return Object.fromEntries(deviceIds.map((id) => [id, activeVersion(this.fleet.get(id), model)]));
+    const devices = await Promise.all(deviceIds.map((id) => this.fleet.get(id)));
+    return Object.fromEntries(devices.map((device, i) => [deviceIds[i]!, activeVersion(device, model)]));
   }
 }
 
@@ -129,16 +130,17 @@ export class DesiredStatePublisher implements ReleasePublisher {
         artifactPath: artifactPath(model.sha256),
         driftReference: model.metadata['driftline.reference'] ?? '',
       });
-    const desired = deviceIds.map((id): [string, DesiredState] => [
+    const current = await Promise.all(deviceIds.map((id) => fleet.get(id)));
+    const desired = deviceIds.map((id, i): [string, DesiredState] => [
       id,
       DesiredState.fromPartial({
-        revision: (fleet.get(id).desired?.revision ?? 0) + 1,
+        revision: (current[i]!.desired?.revision ?? 0) + 1,
         model: desiredModel,
         rootChain: signed?.rootChain ?? [],
         ...(rollback ? { rollback } : {}),
       }),
     ]);
-    for (const [id, state] of desired) fleet.setDesired(id, state);
+    for (const [id, state] of desired) await fleet.setDesired(id, state);
     const results = await Promise.allSettled(desired.map(([id, state]) => publishDesired(id, state)));
     results.forEach((r, i) => {
       if (r.status === 'rejected') logger.warn({ err: r.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');
