@@ -10,11 +10,15 @@ const CORE = [
   '^agent/telemetry/',
   '^agent/models/model-manager\\.ts$',
   '^agent/inference/(engine|model-runtime|datatypes)\\.ts$',
-  '^agent/(buffer|uplink)/ports\\.ts$',
-  '^agent/uplink/backoff\\.ts$',
+  '^agent/buffer/ports\\.ts$',
+  // The uplink's port, its factory and the backoff are core; each adapter has a folder of its own (agent/uplink/mqtt/).
+  '^agent/uplink/[^/]+\\.ts$',
   '^control-plane/telemetry/(ingest|ports|bounded-decode|device-rate-limit|refusal-ledger)\\.ts$',
-  '^control-plane/broker/device-acl\\.ts$',
+  // The device link's port, the topic ACL and the factory are core; each adapter has a folder of its own
+  // (device-link/embedded-mqtt/, device-link/external-mqtt/, device-link/mqtt-session/ which both share).
+  '^control-plane/device-link/[^/]+\\.ts$',
   '^control-plane/api/ports\\.ts$',
+  '^control-plane/fleet/desired-states\\.ts$',
   '^control-plane/rollout/(plan|cohorts|gates|state-machine|engine|ports)\\.ts$',
   '^control-plane/drift/(evaluate|drift-watcher)\\.ts$',
 ];
@@ -31,7 +35,15 @@ module.exports = {
     },
     { name: 'agent-not-control-plane', severity: 'error', from: { path: '^agent/' }, to: { path: '^control-plane/' } },
     { name: 'control-plane-not-agent', severity: 'error', from: { path: '^control-plane/' }, to: { path: '^agent/' } },
-    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|demo)/' } },
+    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|simulator|demo)/' } },
+    {
+      name: 'simulator-is-a-device-double',
+      comment: 'The fleet simulator speaks the device protocol from common/ (and the operator API through its client), never agent or control-plane code.',
+      severity: 'error',
+      from: { path: '^simulator/' },
+      to: { path: '^(agent|control-plane|demo|cli)/' },
+    },
+    { name: 'nothing-runs-on-the-simulator', severity: 'error', from: { path: '^(agent|control-plane|common)/' }, to: { path: '^simulator/' } },
   ],
   options: {
     doNotFollow: { path: 'node_modules' },

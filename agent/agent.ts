@@ -7,7 +7,7 @@ import { Command, CommandResult, DesiredState, Outcome, ReportedState } from '..
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import type { AgentConfig } from './config.js';
 import { SqliteBuffer } from './buffer/sqlite-buffer.js';
-import { readIdentity, writeIdentity, type DeviceIdentity } from './enrollment/identity.js';
+import { artifactCredential, readIdentity, writeIdentity, type DeviceIdentity } from './enrollment/identity.js';
 import { InferenceEngine } from './inference/engine.js';
 import { registerInferenceMetrics } from './inference/metrics.js';
 import { preloadOnnxRuntimeLibrary } from './inference/onnxruntime-library.js';
@@ -29,7 +29,7 @@ import { HostSensors } from './telemetry/host-sensors.js';
 import { SampleCapture, type CaptureOutcome } from './telemetry/sample-capture.js';
 import { TelemetryRecorder } from './telemetry/recorder.js';
 import { TelemetryUploader } from './telemetry/uploader.js';
-import { MqttUplink } from './uplink/mqtt-uplink.js';
+import { createUplink } from './uplink/create-uplink.js';
 import type { Uplink } from './uplink/ports.js';
 import { schedule, type ScheduledTask } from './schedule.js';
 
@@ -125,18 +125,7 @@ export async function startAgent(
   collectDefaultMetrics({ register: metrics });
   new Gauge({ name: 'driftline_agent_buffer_depth', help: 'Telemetry records waiting for acknowledgement', registers: [metrics], collect() { this.set(buffer.depth()); } });
 
-  const uplink: Uplink = new MqttUplink({
-    url: config.mqtt.url ?? identity.mqttUrl,
-    deviceId,
-    password: identity.mqttPassword,
-    caFile: config.mqtt.caFile,
-    keepaliveSeconds: Math.max(1, Math.round(config.mqtt.keepalive / 1000)),
-    reconnectMinMs: config.mqtt.reconnectMin,
-    reconnectMaxMs: config.mqtt.reconnectMax,
-    connectTimeoutMs: config.mqtt.connectTimeout,
-    publishTimeoutMs: config.mqtt.connectTimeout,
-    logger,
-  });
+  const uplink: Uplink = createUplink({ mqtt: config.mqtt, identity, logger });
   new Gauge({ name: 'driftline_agent_uplink_connected', help: '1 when connected to the broker', registers: [metrics], collect() { this.set(uplink.connected ? 1 : 0); } });
   const uploader = new TelemetryUploader({
     buffer,
@@ -223,7 +212,7 @@ export async function startAgent(
     host: engine,
     state: buffer,
     artifactBaseUrl: identity.artifactBaseUrl,
-    credential: { username: identity.mqttUsername, password: identity.mqttPassword },
+    credential: artifactCredential(identity),
     downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS,
     activationRetries: config.models.activationRetries,
     maxModelBytes: inference.maxModelBytes,
@@ -466,9 +455,8 @@ async function ensureIdentity(config: Readonly<AgentConfig>, firmwareProfile: st
   });
   const identity: DeviceIdentity = {
     deviceId: response.deviceId,
-    mqttUsername: response.mqttUsername,
-    mqttPassword: response.mqttPassword,
-    mqttUrl: response.mqttUrl,
+    credential: { kind: 'mqtt-password', username: response.mqttUsername, password: response.mqttPassword },
+    uplinkUrl: response.mqttUrl,
     artifactBaseUrl: response.artifactBaseUrl,
     enrolledAtMs: clock.now(),
   };

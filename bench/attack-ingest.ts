@@ -22,7 +22,7 @@ import type { MqttClient } from 'mqtt';
 import { Outcome, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
 import type { TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
-import { downTopic, upTopic } from '../common/topics.js';
+import { downTopic, upTopic } from '../common/device-protocol/topics.js';
 import { fleetApi } from '../test/helpers/fleet-api.js';
 import { rpc } from '../test/helpers/grpc-calls.js';
 import { connectClient } from '../test/helpers/mqtt.js';

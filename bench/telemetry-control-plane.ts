@@ -1,13 +1,12 @@
 /**
  * The control-plane side of bench:telemetry, in a worker thread (its own core, as a
- * separate process would have): embedded broker, service link, ingest and SQLite store.
+ * separate process would have): the embedded device link (broker and service session), ingest and SQLite store.
  */
 import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { systemClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
-import { startEmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
-import { connectServiceLink, serviceClientId, type ServiceLink } from '../control-plane/broker/service-link.js';
+import { EmbeddedMqttLink } from '../control-plane/device-link/embedded-mqtt/embedded-mqtt-link.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
 import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
@@ -16,7 +15,7 @@ import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemet
 const { dir, deviceId } = workerData as { dir: string; deviceId: string };
 const logger = silentLogger();
 const { mqtt, ingest: ingestLimits } = parseControlPlaneConfig({ dataDir: dir });
-const broker = await startEmbeddedBroker({
+const link = new EmbeddedMqttLink({
   host: '127.0.0.1',
   port: 0,
   maxPacketBytes: 4 * 1024 * 1024,
@@ -29,30 +28,21 @@ const broker = await startEmbeddedBroker({
 });
 const db = openDatabase(join(dir, 'control-plane.db'));
 const repository = new SqliteTelemetryRepository(db);
-let link: ServiceLink | undefined;
 const ingest = new TelemetryIngest({
   repository,
   devices: { recordSeen: async () => undefined, saveReported: async () => undefined, getDesired: async () => undefined },
-  downlink: { publishAck: (id, payload) => link!.publish(id, 'ack', payload), publishDesired: async () => undefined },
+  downlink: link,
   clock: systemClock,
   logger,
   // The configured ingest limits without the per-device rate limit: one device sends as fast as it can here.
   limits: { ...ingestLimits, deviceRate: undefined },
 });
-link = await connectServiceLink({
-  url: broker.url,
-  username: broker.serviceCredential.username,
-  password: broker.serviceCredential.password,
-  clientId: serviceClientId(broker.serviceCredential.clientIdPrefix),
-  logger,
-  onUp: (id, channel, payload) => ingest.handle(id, channel, payload),
-});
-parentPort!.postMessage({ url: broker.url });
+await link.start((id, channel, payload) => ingest.handle(id, channel, payload));
+parentPort!.postMessage({ url: link.deviceUrl });
 parentPort!.on('message', async (message: string) => {
   if (message !== 'finish') return;
   const { stored, uniq } = db.prepare(`SELECT count(*) AS stored, count(DISTINCT boot || ':' || seq) AS uniq FROM telemetry_records WHERE device_id = ?`).get(deviceId) as { stored: number; uniq: number };
-  await link!.shutdown();
-  await broker.shutdown();
+  await link.shutdown();
   db.close();
   parentPort!.postMessage({ stored, distinct: uniq });
 });

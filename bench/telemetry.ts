@@ -15,7 +15,7 @@ import { silentLogger } from '../common/logger.js';
 import { Outcome, Stream, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
 import { TelemetryUploader } from '../agent/telemetry/uploader.js';
-import { MqttUplink } from '../agent/uplink/mqtt-uplink.js';
+import { MqttUplink } from '../agent/uplink/mqtt/mqtt-uplink.js';
 
 const BUFFER_RECORDS = Number(process.env.BENCH_BUFFER_RECORDS ?? 300_000);
 const E2E_RECORDS = Number(process.env.BENCH_E2E_RECORDS ?? 200_000);

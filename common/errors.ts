@@ -40,6 +40,8 @@ export const ERROR_CODES = {
   MODEL_INVALID: 'invalid',
   MODEL_NOT_LOADED: 'unavailable',
   MODEL_CHECKSUM_MISMATCH: 'invalid',
+  /** An amendment (or a push of bytes a version already has) that would change nothing, or whose changes would be dropped. */
+  MODEL_UNCHANGED: 'conflict',
   /** The model loaded but its warm-up inference failed (example inputs, or every size tried). */
   MODEL_WARMUP_FAILED: 'invalid',
   ARTIFACT_NOT_FOUND: 'not_found',

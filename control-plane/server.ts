@@ -1,16 +1,14 @@
 import { existsSync, rmSync } from 'node:fs';
-import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { systemClock, type Clock } from '../common/clock.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import type { Logger } from '../common/logger.js';
 import { ensurePrivateDir } from '../common/private-files.js';
-import { DesiredState } from '../common/proto/driftline/v1/device_link.js';
 import { startGrpcServer } from './api/grpc-server.js';
-import { startEmbeddedBroker, type EmbeddedBroker } from './broker/embedded-broker.js';
-import { connectServiceLink, serviceClientId, type ServiceLink } from './broker/service-link.js';
 import { parseControlPlaneConfig, type ControlPlaneConfigInput } from './config.js';
+import { createDeviceLink } from './device-link/create-device-link.js';
+import { DesiredStates } from './fleet/desired-states.js';
 import { FleetStore } from './fleet/fleet-store.js';
 import { ensureAdminToken, OperatorTokenStore } from './fleet/operator-tokens.js';
 import { artifactGrantSources, mayDownloadArtifact } from './registry/artifact-grants.js';
@@ -76,8 +74,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const telemetry = new SqliteTelemetryRepository(db, [drift.recordRoute()]);
   const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
 
-  let embedded: EmbeddedBroker | undefined;
-  let link: ServiceLink | undefined;
+  // Embedded broker or external one, as configured; started once ingest can take its messages.
+  const link = createDeviceLink(config.mqtt, { clock, logger, verifyDeviceCredential });
   const closers: Array<() => Promise<void>> = [
     async () => {
       db.close();
@@ -91,62 +89,16 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     const ingest = new TelemetryIngest({
       repository: telemetry,
       devices: fleet,
-      downlink: {
-        publishAck: (deviceId, payload) => requireLink().publish(deviceId, 'ack', payload),
-        publishDesired: (deviceId, payload) => requireLink().publish(deviceId, 'desired', payload, { retain: true }),
-      },
+      downlink: link,
       clock,
       logger,
       limits: config.ingest,
     });
     // Runs after the device link has stopped and before the store closes: no refusal count is lost.
     closers.push(() => ingest.flushRefusals());
-    const requireLink = (): ServiceLink => {
-      if (!link) throw new Error('device link not connected yet');
-      return link;
-    };
-
-    if (!config.mqtt.url) {
-      embedded = await startEmbeddedBroker({
-        host: config.mqtt.host,
-        port: config.mqtt.port,
-        tls: config.mqtt.tls,
-        maxPacketBytes: config.mqtt.maxPacketBytes,
-        maxConnectPacketBytes: config.mqtt.maxConnectPacketBytes,
-        maxPendingConnections: config.mqtt.maxPendingConnections,
-        connectTimeoutMs: config.mqtt.connectTimeout,
-        refusalLogIntervalMs: config.mqtt.refusalLogInterval,
-        clock,
-        verifyDeviceCredential,
-        logger,
-      });
-      closers.push(() => embedded!.shutdown());
-    }
-    const brokerUrl = embedded?.url ?? config.mqtt.url!;
-    link = await connectServiceLink(
-      embedded
-        ? {
-            url: embedded.url,
-            connect: () => embedded!.connectInProcess(),
-            username: embedded.serviceCredential.username,
-            password: embedded.serviceCredential.password,
-            clientId: serviceClientId(embedded.serviceCredential.clientIdPrefix),
-            logger,
-            onUp: (deviceId, channel, payload) => ingest.handle(deviceId, channel, payload),
-          }
-        : {
-            url: brokerUrl,
-            username: config.mqtt.username,
-            password: config.mqtt.password,
-            caFile: config.mqtt.caFile,
-            // Stable per host, so an external broker keeps this replica's session across restarts.
-            clientId: `driftline-cp-${hostname()}`.slice(0, 64),
-            sharedGroup: config.mqtt.sharedGroup,
-            logger,
-            onUp: (deviceId, channel, payload) => ingest.handle(deviceId, channel, payload),
-          },
-    );
-    closers.push(() => link!.shutdown());
+    await link.start((deviceId, channel, payload) => ingest.handle(deviceId, channel, payload));
+    closers.push(() => link.shutdown());
+    const brokerUrl = link.deviceUrl;
 
     const metrics = new Registry();
     collectDefaultMetrics({ register: metrics });
@@ -169,12 +121,12 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
         for (const [code, count] of ingest.refusedByCode) this.set({ code }, count);
       },
     });
-    gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => embedded?.stats.refusedConnects ?? 0);
-    gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => embedded?.stats.refusedPublishes ?? 0);
-    gauge('driftline_broker_refused_packets_total', 'MQTT packets refused on their fixed header (too large before or after login)', () => embedded?.stats.refusedPackets ?? 0);
-    gauge('driftline_broker_refused_connections_total', 'MQTT connections closed on arrival: too many waiting to log in', () => embedded?.stats.refusedConnections ?? 0);
-    gauge('driftline_broker_connect_timeouts_total', 'MQTT connections closed for not logging in within mqtt.connectTimeout', () => embedded?.stats.connectTimeouts ?? 0);
-    gauge('driftline_broker_pending_connections', 'MQTT connections accepted and not yet logged in', () => embedded?.pendingConnections ?? 0);
+    gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => link.stats.refusedConnects);
+    gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => link.stats.refusedPublishes);
+    gauge('driftline_broker_refused_packets_total', 'MQTT packets refused on their fixed header (too large before or after login)', () => link.stats.refusedPackets);
+    gauge('driftline_broker_refused_connections_total', 'MQTT connections closed on arrival: too many waiting to log in', () => link.stats.refusedConnections);
+    gauge('driftline_broker_connect_timeouts_total', 'MQTT connections closed for not logging in within mqtt.connectTimeout', () => link.stats.connectTimeouts);
+    gauge('driftline_broker_pending_connections', 'MQTT connections accepted and not yet logged in', () => link.stats.pendingConnections);
     gauge('driftline_ingest_lag_seconds', 'Age of the oldest record in the last committed batch (device clock corrected)', () => ingest.stats.lagMs / 1000);
     gauge('driftline_drift_sketches_rejected_total', 'Drift sketches stored but left out of the rollups', () => drift.rejectedSketches);
     new Gauge({
@@ -222,22 +174,22 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       authenticateOperator: async (token) => (await tokens.authenticate(token)) !== undefined,
       metrics,
       health: () => ({
-        ok: link?.connected ?? false,
-        details: { brokerConnected: link?.connected ?? false, broker: embedded ? 'embedded' : 'external', trust: { root: releases.rootVersion() ?? null, warnings: trustWarnings.current() } },
+        ok: link.connected,
+        details: { brokerConnected: link.connected, broker: link.kind, trust: { root: releases.rootVersion() ?? null, warnings: trustWarnings.current() } },
       }),
       logger,
     });
     closers.push(() => artifactServer.close());
 
-    const publishDesired = (deviceId: string, desired: DesiredState): Promise<void> =>
-      requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true });
+    // Deploys, rollout waves and rollbacks all go through this one: stored, then sent.
+    const desiredStates = new DesiredStates({ fleet, releases, link, logger });
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
     const driftStatus = driftQueries({ drift, registry, fleet, clock, logger, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
       repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
       metrics: new SqliteCohortMetrics(db),
-      publisher: new DesiredStatePublisher({ fleet, registry, releases, publishDesired, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
+      publisher: new DesiredStatePublisher({ fleet, registry, releases, desiredStates, rollbackTtlMs: config.rollout.rollbackTtl, logger }),
       catalog: new RegistryCatalog(registry, releases),
       drift: driftSourceFrom(driftStatus),
       clock,
@@ -277,13 +229,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       telemetryRollups: new SqliteRollupQueries({ db, devices: fleet, clock, retention: rollupRetention }),
       drift: driftStatus,
       driftEvents: driftWatcher,
-      fleetLink: {
-        publishDesired: (deviceId, desired) => requireLink().publish(deviceId, 'desired', DesiredState.encode(desired).finish(), { retain: true }),
-        disconnectDevice: (deviceId) => {
-          if (embedded) embedded.disconnectDevice(deviceId);
-          else logger.warn({ deviceId }, 'decommissioned device stays connected to the external broker until it revokes the credential');
-        },
-      },
+      deviceLink: link,
+      desiredStates,
       advertisedMqttUrl: () => config.mqtt.advertisedUrl ?? brokerUrl,
       advertisedHttpUrl: () => config.advertisedHttpUrl ?? artifactServer.url,
       config,

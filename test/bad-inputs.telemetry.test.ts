@@ -24,7 +24,7 @@ import {
   TelemetryRecord,
 } from '../common/proto/driftline/v1/device_link.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
-import { downTopic, upTopic, type UpChannel } from '../common/topics.js';
+import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
 import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
 import { rpc } from './helpers/grpc-calls.js';

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttClient } from 'mqtt';
 import { silentLogger } from '../common/logger.js';
-import { downTopic, upTopic } from '../common/topics.js';
-import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe } from '../control-plane/broker/device-acl.js';
-import { startEmbeddedBroker, type EmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
+import { downTopic, upTopic } from '../common/device-protocol/topics.js';
+import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe } from '../control-plane/device-link/device-acl.js';
+import { startEmbeddedBroker, type EmbeddedBroker } from '../control-plane/device-link/embedded-mqtt/embedded-broker.js';
 import { closed, connectClient, defaultBrokerLimits } from './helpers/mqtt.js';
 
 const secrets: Record<string, string> = { 'dev-a': 'secret-a', 'dev-b': 'secret-b', 'dev-gone': 'secret-gone' };

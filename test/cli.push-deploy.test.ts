@@ -68,6 +68,52 @@ describe('models push - the same bytes again', () => {
   });
 });
 
+describe('models amend - correcting a version', () => {
+  it('makes the next version from the same bytes with the corrected reference, recording the version it amends', async () => {
+    const file = modelFile('amend.onnx', buildDemoModel({ seed: 21 }).bytes);
+    const pushed = await driftline('--json', 'models', 'push', file, '--name', 'amend', '--description', 'first cut');
+    expect(pushed.code, pushed.stderr).toBe(EXIT.ok);
+    const amended = await driftline('--json', 'models', 'amend', 'amend@v1', file, '--reference', csv);
+    expect(amended.code, amended.stderr).toBe(EXIT.ok);
+    const v1 = JSON.parse(pushed.stdout) as { sha256: string };
+    const v2 = JSON.parse(amended.stdout) as { version: number; amendsVersion: number; sha256: string; description: string; metadata: Record<string, string> };
+    expect(v2).toMatchObject({ version: 2, amendsVersion: 1, sha256: v1.sha256, description: 'first cut' });
+    expect(JSON.parse(v2.metadata['driftline.reference']!)).toMatchObject({ classes: { names: [...VIBRATION_CLASSES] } });
+
+    const versions = JSON.parse((await driftline('--json', 'models', 'get', 'amend')).stdout) as { versions: Array<{ metadata?: Record<string, string> }> };
+    expect(versions.versions.map((v) => v.metadata?.['driftline.reference'] !== undefined)).toEqual([false, true]);
+    expect((await driftline('models', 'get', 'amend')).stdout).toContain('amends v1: first cut');
+  });
+
+  it('names the command from the refusal of the same bytes with new options', async () => {
+    const file = modelFile('amend-hint.onnx', buildDemoModel({ seed: 22 }).bytes);
+    expect((await driftline('models', 'push', file, '--name', 'amend-hint')).code).toBe(EXIT.ok);
+    const again = await driftline('models', 'push', file, '--name', 'amend-hint', '--reference', csv);
+    expect(codeOf(again.stderr)).toBe('MODEL_UNCHANGED');
+    expect(again.stderr).toContain(`driftline models amend amend-hint@v1 ${file}`);
+  });
+
+  it('refuses other bytes than the version\'s, an amendment that changes nothing, and a version that does not exist', async () => {
+    const file = modelFile('amend-refused.onnx', buildDemoModel({ seed: 23 }).bytes);
+    const other = modelFile('amend-other.onnx', buildDemoModel({ seed: 24 }).bytes);
+    expect((await driftline('models', 'push', file, '--name', 'amend-refused', '--description', 'same')).code).toBe(EXIT.ok);
+    const results = await Promise.all([
+      driftline('models', 'amend', 'amend-refused@v1', other, '--reference', csv),
+      driftline('models', 'amend', 'amend-refused@v1', '--description', 'same'),
+      driftline('models', 'amend', 'amend-refused@v7', '--description', 'new'),
+      driftline('models', 'amend', 'amend-refused', '--description', 'new'),
+    ]);
+    expect(results.map((r) => [r.code, codeOf(r.stderr)])).toEqual([
+      [EXIT.usage, 'MODEL_CHECKSUM_MISMATCH'],
+      [EXIT.conflict, 'MODEL_UNCHANGED'],
+      [4, 'MODEL_NOT_FOUND'],
+      [EXIT.usage, 'USAGE'],
+    ]);
+    const versions = JSON.parse((await driftline('--json', 'models', 'get', 'amend-refused')).stdout) as { versions: unknown[] };
+    expect(versions.versions).toHaveLength(1);
+  });
+});
+
 describe('models push --reference - the order of name labels', () => {
   it('takes the class order from the model, not from the order labels appear in', async () => {
     const file = modelFile('ordered.onnx', buildDemoModel({ seed: 13 }).bytes);

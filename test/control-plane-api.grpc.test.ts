@@ -39,7 +39,8 @@ import { TelemetryServiceClient, TelemetrySummary, type TelemetrySummary as Summ
 import { RolloutServiceClient, StartRolloutRequest } from '../common/proto/driftline/v1/rollouts.js';
 import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
 import { startGrpcServer, type GrpcServer } from '../control-plane/api/grpc-server.js';
-import type { FleetLink } from '../control-plane/api/ports.js';
+import type { DeviceLink } from '../control-plane/device-link/ports.js';
+import { DesiredStates } from '../control-plane/fleet/desired-states.js';
 import { SqliteFleetRepository } from '../control-plane/store/sqlite/fleet-repository.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { SqliteOperatorTokenRepository } from '../control-plane/store/sqlite/operator-token-repository.js';
@@ -52,13 +53,13 @@ import { buildDemoModel } from '../demo/model/demo-model.js';
 const MAX_MODEL_BYTES = 64 * 1024;
 const TOKEN_TTL_MS = 3_600_000;
 
-class RecordingFleetLink implements FleetLink {
+class RecordingDeviceLink implements Pick<DeviceLink, 'sendDesired' | 'disconnect'> {
   readonly published: Array<{ deviceId: string; desired: DesiredState }> = [];
   readonly disconnected: string[] = [];
-  async publishDesired(deviceId: string, desired: DesiredState): Promise<void> {
+  async sendDesired(deviceId: string, desired: DesiredState): Promise<void> {
     this.published.push({ deviceId, desired });
   }
-  disconnectDevice(deviceId: string): void {
+  disconnect(deviceId: string): void {
     this.disconnected.push(deviceId);
   }
 }
@@ -88,7 +89,7 @@ describe('control-plane gRPC API', () => {
   let fleet: FleetStore;
   let registry: ModelRegistry;
   let server: GrpcServer;
-  let link: RecordingFleetLink;
+  let link: RecordingDeviceLink;
   let clock: ManualClock;
   let admin: Metadata;
   let operator: Metadata;
@@ -106,7 +107,7 @@ describe('control-plane gRPC API', () => {
     fleet = new FleetStore(new SqliteFleetRepository(db));
     const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
     registry = new ModelRegistry({ db, artifacts: new ArtifactStore(join(dir, 'artifacts')), clock, maxModelBytes: MAX_MODEL_BYTES });
-    link = new RecordingFleetLink();
+    link = new RecordingDeviceLink();
     admin = bearer((await ensureAdminToken(tokens, dir, clock)).token!);
     operator = bearer((await tokens.create('ci', 'operator', clock.now())).secret);
     viewer = bearer((await tokens.create('dashboard', 'viewer', clock.now())).secret);
@@ -116,7 +117,8 @@ describe('control-plane gRPC API', () => {
       fleet,
       tokens,
       registry,
-      fleetLink: link,
+      deviceLink: link,
+      desiredStates: new DesiredStates({ fleet, link, logger: silentLogger() }),
       telemetry: { summary: async () => TelemetrySummary.fromPartial({ recordsStored: 7 }) },
       advertisedMqttUrl: () => 'mqtt://127.0.0.1:1883',
       advertisedHttpUrl: () => 'http://127.0.0.1:7480',

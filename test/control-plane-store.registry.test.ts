@@ -166,5 +166,39 @@ describe('control-plane store', () => {
       expect(registry.resolve('vibration', 1).version).toBe(1);
       expect(() => registry.resolve('vibration', 3)).toThrowError(expect.objectContaining({ code: 'MODEL_NOT_FOUND' }));
     });
+
+    it('amends a version as the next version with the same bytes, stored once, recording which version it corrects', async () => {
+      const first = buildDemoModel({ seed: 1 }).bytes;
+      await registry.upload(header(first, { description: 'first', metadata: { 'driftline.reference': 'wrong', team: 'vib' } }), chunked(first));
+      const second = buildDemoModel({ seed: 2 }).bytes;
+      await registry.upload(header(second), chunked(second));
+      clock.advance(1000);
+      const amended = registry.amend('vibration', 1, { description: '', metadata: { 'driftline.reference': 'right' } });
+      expect(amended).toMatchObject({ version: 3, amendsVersion: 1, sha256: sha256Hex(first), sizeBytes: first.length, description: 'first', createdAtMs: clock.now() });
+      expect(amended.metadata).toEqual({ 'driftline.reference': 'right', team: 'vib' });
+      expect(registry.resolve('vibration', 1).metadata['driftline.reference']).toBe('wrong');
+      expect(registry.resolve('vibration', 1).amendsVersion).toBe(0);
+      expect(storedArtifacts(artifactsRoot).sort()).toEqual([sha256Hex(first), sha256Hex(second)].sort());
+    });
+
+    it('refuses an amendment that changes nothing, of a missing version, or without a version', async () => {
+      const bytes = buildDemoModel({ seed: 1 }).bytes;
+      await registry.upload(header(bytes, { description: 'd', metadata: { k: 'v' } }), chunked(bytes));
+      const refusal = (fn: () => unknown): string => {
+        try {
+          fn();
+          return 'returned';
+        } catch (err) {
+          return (err as DriftlineError).code;
+        }
+      };
+      expect([
+        refusal(() => registry.amend('vibration', 1, { description: 'd', metadata: { k: 'v' } })),
+        refusal(() => registry.amend('vibration', 2, { description: 'new', metadata: {} })),
+        refusal(() => registry.amend('vibration', 0, { description: 'new', metadata: {} })),
+        refusal(() => registry.amend('absent', 1, { description: 'new', metadata: {} })),
+      ]).toEqual(['MODEL_UNCHANGED', 'MODEL_NOT_FOUND', 'REQUEST_INVALID', 'MODEL_NOT_FOUND']);
+      expect(registry.get('vibration').versions).toHaveLength(1);
+    });
   });
 });

@@ -21,7 +21,7 @@ import { silentLogger } from '../common/logger.js';
 import { Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { DriftServiceClient, ListDriftEventsRequest, WatchDriftEventsRequest, type DriftEvent, type ListDriftEventsResponse } from '../common/proto/driftline/v1/drift.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
-import { downTopic, upTopic } from '../common/topics.js';
+import { downTopic, upTopic } from '../common/device-protocol/topics.js';
 import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
 import { pValueText } from '../control-plane/cli/commands/drift.js';

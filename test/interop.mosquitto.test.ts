@@ -10,7 +10,7 @@
  * the (device, boot, seq) key turns every resend into a counted duplicate, never a second row.
  *
  * What an external broker must enforce itself. Mosquitto runs here anonymous and without
- * Driftline's device ACL; the embedded broker (control-plane/broker/device-acl.ts) is the
+ * Driftline's device ACL; the embedded broker (control-plane/device-link/device-acl.ts) is the
  * reference for what a production broker has to be configured to do, because the control
  * plane trusts the device id in the topic:
  *   - authenticate every device with its own credential (username = client id = device
@@ -35,7 +35,7 @@ import { credentials, Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
 import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
-import { ALL_UP_FILTER } from '../common/topics.js';
+import { ALL_UP_FILTER } from '../common/device-protocol/topics.js';
 import { startAgent, type AgentHandle } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
 import { readIdentity } from '../agent/enrollment/identity.js';
@@ -111,7 +111,7 @@ describe.skipIf(!MOSQUITTO)(`interop - agent and control plane through Mosquitto
 
   it('interop - enrollment hands the device the Mosquitto URL and the agent connects there', async () => {
     expect(cp.addresses.mqtt).toBe(broker.url);
-    expect(readIdentity(join(dir, 'agent'))).toMatchObject({ deviceId: DEVICE, mqttUsername: DEVICE, mqttUrl: broker.url });
+    expect(readIdentity(join(dir, 'agent'))).toMatchObject({ deviceId: DEVICE, credential: { kind: 'mqtt-password', username: DEVICE }, uplinkUrl: broker.url });
     // The model came down the `desired` topic and the reported state went up: both ways work.
     const [device] = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.name === 'vibration', { what: 'reported state' });
     expect(device).toMatchObject({ id: DEVICE, online: true });

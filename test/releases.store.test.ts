@@ -30,6 +30,7 @@ const versionOf = (r: TestRelease): ModelVersion => ({
   outputs: [],
   description: '',
   metadata: {},
+  amendsVersion: 0,
 });
 
 beforeAll(async () => {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
-import { enrollSimulatedDevices, FleetSimulator, type VersionBehavior } from '../control-plane/simulator/fleet-simulator.js';
+import { enrollSimulatedDevices, FleetSimulator, type VersionBehavior } from '../simulator/fleet-simulator.js';
 import { demoModelBytes } from './fixtures/models.js';
 import { rolloutApi, type RolloutApi } from './helpers/rollout-api.js';
 

@@ -2,13 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
 import { DesiredModel, ReportedState, type DesiredState } from '../common/proto/driftline/v1/device_link.js';
 import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
+import { DesiredStates } from '../control-plane/fleet/desired-states.js';
 import { SqliteFleetRepository } from '../control-plane/store/sqlite/fleet-repository.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { driftSourceFrom } from '../control-plane/rollout/drift-adapter.js';
 import { DesiredStatePublisher, FleetStoreView, type SignedReleases } from '../control-plane/rollout/fleet-adapters.js';
 import { openDatabase } from '../control-plane/store/sqlite/database.js';
 
-const version = (v: number): ModelVersion => ({ name: 'vibration', version: v, sha256: `${v}`.repeat(64).slice(0, 64), sizeBytes: 100 * v, createdAtMs: 0, opset: 17, inputs: [], outputs: [], description: '', metadata: {} });
+const version = (v: number): ModelVersion => ({ name: 'vibration', version: v, sha256: `${v}`.repeat(64).slice(0, 64), sizeBytes: 100 * v, createdAtMs: 0, opset: 17, inputs: [], outputs: [], description: '', metadata: {}, amendsVersion: 0 });
 
 async function setup(releases?: SignedReleases) {
   const db = openDatabase(':memory:');
@@ -22,7 +23,7 @@ async function setup(releases?: SignedReleases) {
     fleet,
     registry: { resolve: (_n, v) => version(v) },
     releases,
-    publishDesired: async (id, desired) => void published.push([id, desired]),
+    desiredStates: new DesiredStates({ fleet, releases, link: { sendDesired: async (id, desired) => void published.push([id, desired]) }, logger: silentLogger() }),
     rollbackTtlMs: 3_600_000,
     logger: silentLogger(),
   });

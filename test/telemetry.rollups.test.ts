@@ -26,7 +26,7 @@ import {
   type TelemetryRollup,
   type TelemetryRollups,
 } from '../common/proto/driftline/v1/telemetry.js';
-import { downTopic, upTopic } from '../common/topics.js';
+import { downTopic, upTopic } from '../common/device-protocol/topics.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
 import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
 import { bearer, refusalOf, rpc } from './helpers/grpc-calls.js';

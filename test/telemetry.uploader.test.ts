@@ -4,12 +4,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
 import { TelemetryUploader } from '../agent/telemetry/uploader.js';
-import { MqttUplink } from '../agent/uplink/mqtt-uplink.js';
+import { MqttUplink } from '../agent/uplink/mqtt/mqtt-uplink.js';
 import { systemClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { Stream, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
-import { startEmbeddedBroker, type EmbeddedBroker } from '../control-plane/broker/embedded-broker.js';
-import { connectServiceLink, serviceClientId, type ServiceLink } from '../control-plane/broker/service-link.js';
+import { EmbeddedMqttLink } from '../control-plane/device-link/embedded-mqtt/embedded-mqtt-link.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
 import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
@@ -18,7 +17,7 @@ import { waitFor } from './helpers/processes.js';
 import { defaultBrokerLimits } from './helpers/mqtt.js';
 
 /**
- * The uploader against the real embedded broker and ingest, no faults: a backlog drains by
+ * The uploader against the real embedded device link and ingest, no faults: a backlog drains by
  * priority, live records overtake it, and nothing is sent twice.
  */
 const DEVICE = 'edge-uploader';
@@ -26,8 +25,7 @@ const logger = silentLogger();
 
 describe('telemetry uploader draining a backlog', () => {
   let dir: string;
-  let broker: EmbeddedBroker;
-  let link: ServiceLink;
+  let link: EmbeddedMqttLink;
   let ingest: TelemetryIngest;
   let db: ReturnType<typeof openDatabase>;
   /** (seq, stream) of every record as it reached the control plane, in arrival order. */
@@ -35,33 +33,25 @@ describe('telemetry uploader draining a backlog', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-uploader-'));
-    broker = await startEmbeddedBroker({ host: '127.0.0.1', port: 0, maxPacketBytes: 1024 * 1024, ...defaultBrokerLimits(), verifyDeviceCredential: (id) => (id.startsWith(DEVICE) ? 'ok' : 'unknown'), logger });
+    link = new EmbeddedMqttLink({ host: '127.0.0.1', port: 0, maxPacketBytes: 1024 * 1024, ...defaultBrokerLimits(), verifyDeviceCredential: (id) => (id.startsWith(DEVICE) ? 'ok' : 'unknown'), logger });
     db = openDatabase(join(dir, 'control-plane.db'));
     ingest = new TelemetryIngest({
       repository: new SqliteTelemetryRepository(db),
       devices: { recordSeen: async () => undefined, saveReported: async () => undefined, getDesired: async () => undefined },
-      downlink: { publishAck: (id, payload) => link.publish(id, 'ack', payload), publishDesired: async () => undefined },
+      downlink: link,
       clock: systemClock,
       logger,
       // The configured ingest limits without the per-device rate limit: one device sends as fast as it can here.
       limits: { ...parseControlPlaneConfig({ dataDir: dir }).ingest, deviceRate: undefined },
     });
-    link = await connectServiceLink({
-      url: broker.url,
-      username: broker.serviceCredential.username,
-      password: broker.serviceCredential.password,
-      clientId: serviceClientId(broker.serviceCredential.clientIdPrefix),
-      logger,
-      onUp: (id, channel, payload) => {
-        if (channel === 'telemetry') for (const r of TelemetryBatch.decode(payload).records) arrivals.push({ seq: r.seq, stream: r.stream });
-        return ingest.handle(id, channel, payload);
-      },
+    await link.start((id, channel, payload) => {
+      if (channel === 'telemetry') for (const r of TelemetryBatch.decode(payload).records) arrivals.push({ seq: r.seq, stream: r.stream });
+      return ingest.handle(id, channel, payload);
     });
   });
 
   afterAll(async () => {
     await link?.shutdown();
-    await broker?.shutdown();
     db?.close();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
@@ -81,7 +71,7 @@ describe('telemetry uploader draining a backlog', () => {
     await enqueue(Stream.STREAM_INFERENCE, 1500);
     await enqueue(Stream.STREAM_EVENTS, 40);
     const backlogEnd = buffer.depth();
-    const uplink = new MqttUplink({ url: broker.url, deviceId: DEVICE, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
+    const uplink = new MqttUplink({ url: link.deviceUrl, deviceId: DEVICE, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
     const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger, maxBatchRecords: 50, maxInflightBatches: 2, batchDelayMs: 1, ackTimeoutMs: 60_000, compressMinBytes: 0, liveEvery: 4 });
     await uplink.start();
     // Live records arrive while the backlog drains.
@@ -111,7 +101,7 @@ describe('telemetry uploader draining a backlog', () => {
   it('under steady traffic, with live batches on, sends every record exactly once', async () => {
     arrivals.length = 0;
     const buffer = SqliteBuffer.open({ file: join(dir, 'buffer-steady.db'), synchronous: 'NORMAL' });
-    const uplink = new MqttUplink({ url: broker.url, deviceId: `${DEVICE}-steady`, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
+    const uplink = new MqttUplink({ url: link.deviceUrl, deviceId: `${DEVICE}-steady`, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
     const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger, maxBatchRecords: 20, maxInflightBatches: 4, batchDelayMs: 1, ackTimeoutMs: 60_000, compressMinBytes: 0, liveEvery: 4 });
     await uplink.start();
     const duplicatesBefore = ingest.stats.duplicates;

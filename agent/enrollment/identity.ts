@@ -4,8 +4,35 @@ import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import { isValidDeviceId } from '../../common/ids.js';
 
+/**
+ * How the device proves who it is to its uplink, whatever carries it: an MQTT broker's
+ * per-device password (what enrollment hands out today), an Azure IoT Hub shared access key,
+ * or an X.509 client certificate.
+ */
+export const deviceCredentialSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('mqtt-password'), username: z.string().min(1), password: z.string().min(1) }).strict(),
+  z.object({ kind: z.literal('sas-key'), key: z.string().min(1) }).strict(),
+  z.object({ kind: z.literal('x509'), certFile: z.string().min(1), keyFile: z.string().min(1) }).strict(),
+]);
+
+export type DeviceCredential = z.infer<typeof deviceCredentialSchema>;
+
 /** What enrollment gives a device; kept in the data folder, readable only by the agent's user. */
 export const deviceIdentitySchema = z
+  .object({
+    deviceId: z.string().refine(isValidDeviceId, 'invalid device id'),
+    credential: deviceCredentialSchema,
+    /** Where the uplink connects (the broker URL handed out at enrollment). */
+    uplinkUrl: z.string().regex(/^mqtts?:\/\//),
+    artifactBaseUrl: z.string().url(),
+    enrolledAtMs: z.number().int(),
+  })
+  .strict();
+
+export type DeviceIdentity = z.infer<typeof deviceIdentitySchema>;
+
+/** The identity file agents wrote before the credential was a tagged union; still read, rewritten on the next enrollment. */
+const mqttIdentityFileSchema = z
   .object({
     deviceId: z.string().refine(isValidDeviceId, 'invalid device id'),
     mqttUsername: z.string().min(1),
@@ -14,9 +41,30 @@ export const deviceIdentitySchema = z
     artifactBaseUrl: z.string().url(),
     enrolledAtMs: z.number().int(),
   })
-  .strict();
+  .strict()
+  .transform(
+    ({ deviceId, mqttUsername, mqttPassword, mqttUrl, artifactBaseUrl, enrolledAtMs }): DeviceIdentity => ({
+      deviceId,
+      credential: { kind: 'mqtt-password', username: mqttUsername, password: mqttPassword },
+      uplinkUrl: mqttUrl,
+      artifactBaseUrl,
+      enrolledAtMs,
+    }),
+  );
 
-export type DeviceIdentity = z.infer<typeof deviceIdentitySchema>;
+const identityFileSchema = z.union([deviceIdentitySchema, mqttIdentityFileSchema]);
+
+/**
+ * The user name and secret the artifact server takes (HTTP basic auth), which is the device's
+ * MQTT credential; a device with another kind of credential has none yet.
+ */
+export function artifactCredential(identity: DeviceIdentity): { username: string; password: string } {
+  const { credential } = identity;
+  if (credential.kind !== 'mqtt-password') {
+    throw new DriftlineError('CONFIG_INVALID', `artifact downloads need an MQTT password credential; this device has a ${credential.kind} credential`);
+  }
+  return { username: credential.username, password: credential.password };
+}
 
 export const identityFile = (dataDir: string): string => join(dataDir, 'identity.json');
 
@@ -28,7 +76,7 @@ export function readIdentity(dataDir: string): DeviceIdentity | undefined {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new DriftlineError('CONFIG_INVALID', `cannot read ${identityFile(dataDir)}`, { cause: err });
   }
-  const parsed = deviceIdentitySchema.safeParse(safeJson(text));
+  const parsed = identityFileSchema.safeParse(safeJson(text));
   if (!parsed.success) {
     throw new DriftlineError('CONFIG_INVALID', `${identityFile(dataDir)} is damaged; remove it and enroll again with a new token`);
   }

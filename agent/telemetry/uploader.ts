@@ -1,6 +1,6 @@
 import { deflateSync } from 'node:zlib';
-import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import type { Clock } from '../../common/clock.js';
+import { encodeDeflatedTelemetryBatch, encodeTelemetryBatch } from '../../common/device-protocol/telemetry-batch.js';
 import type { Logger } from '../../common/logger.js';
 import { TelemetryAck, type SeqRange } from '../../common/proto/driftline/v1/device_link.js';
 import { STREAM_PRIORITY, type BufferedRecord, type TelemetryBuffer } from '../buffer/ports.js';
@@ -188,13 +188,13 @@ export class TelemetryUploader {
 
   private encode(records: readonly BufferedRecord[]): Uint8Array {
     const sentAt = this.options.clock.now();
-    const raw = encodeBatch(records, sentAt);
+    const raw = encodeTelemetryBatch(records, sentAt);
     const min = this.options.compressMinBytes ?? 0;
     if (min <= 0 || raw.length < min) return raw;
     const deflated = deflateSync(raw, { level: 1 });
     if (deflated.length > raw.length * 0.9) return raw;
     this.stats.compressedBatches++;
-    return new BinaryWriter().uint32(16).int64(sentAt).uint32(26).bytes(deflated).finish();
+    return encodeDeflatedTelemetryBatch(deflated, sentAt);
   }
 
   private onAck(payload: Buffer): void {
@@ -271,18 +271,4 @@ function rangesKey(ranges: readonly SeqRange[]): string {
   const last = ranges[ranges.length - 1]!;
   const count = ranges.reduce((n, r) => n + (r.last - r.first + 1), 0);
   return `${first.boot}:${first.first}-${last.boot}:${last.last}#${count}`;
-}
-
-/**
- * Builds a TelemetryBatch from stored record bodies without decoding them: protobuf
- * allows fields in any order, so appending `boot` (field 1) and `seq` (field 2) to a
- * stored TelemetryRecord encoding yields the complete record.
- */
-export function encodeBatch(records: readonly BufferedRecord[], sentAtMs: number): Uint8Array {
-  const writer = new BinaryWriter();
-  for (const record of records) {
-    writer.uint32(10).fork().raw(record.body).uint32(8).uint64(record.boot).uint32(16).uint64(record.seq).join();
-  }
-  writer.uint32(16).int64(sentAtMs);
-  return writer.finish();
 }

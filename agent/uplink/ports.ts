@@ -1,4 +1,4 @@
-import type { DownChannel, UpChannel } from '../../common/topics.js';
+import type { DownChannel, UpChannel } from '../../common/device-protocol/topics.js';
 
 export type UplinkStatus =
   | { type: 'connected' }

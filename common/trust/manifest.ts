@@ -65,6 +65,8 @@ export const releaseManifestSchema = z.object({
   lineage: z
     .object({
       parentVersion: z.number().int().nonnegative().default(0),
+      /** The version whose bytes this one takes with corrected metadata (`driftline models amend`); absent otherwise, so earlier manifests keep their bytes. */
+      amendsVersion: z.number().int().min(1).optional(),
       dataSha256: z.string().default(''),
       job: z.string().max(256).default(''),
       metrics: z.record(z.string(), z.number()).default({}),
@@ -118,3 +120,4 @@ export function peekManifest(bytes: Uint8Array): ReleaseManifest {
   const envelope = decodeEnvelope(bytes, 'RELEASE_INVALID');
   return parsePayload(Buffer.from(envelope.payload, 'base64'), releaseManifestSchema, 'RELEASE_INVALID', 'release manifest');
 }
+

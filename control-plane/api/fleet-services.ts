@@ -72,7 +72,7 @@ export function deviceService(deps: ApiDeps, ctx: RpcContext): DeviceServiceServ
     }),
     decommissionDevice: unary(ctx, 'DecommissionDevice', 'operator', async (req, caller) => {
       const device = await fleet.decommission(assertDeviceId(req.deviceId));
-      deps.fleetLink.disconnectDevice(device.id);
+      deps.deviceLink.disconnect(device.id);
       deps.logger.info({ deviceId: device.id, by: caller?.id }, 'device decommissioned');
       return view(device);
     }),
@@ -88,7 +88,7 @@ export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentSer
       const enrollment = await deps.fleet.enroll({ token: req.token, deviceId, firmwareProfile }, deps.clock.now());
       // The old secret is void: a session still using it (the device this replaces, or whoever took its secret) goes now.
       // Before the response, so the new secret cannot be in use yet.
-      if (enrollment.reenrolled) deps.fleetLink.disconnectDevice(deviceId);
+      if (enrollment.reenrolled) deps.deviceLink.disconnect(deviceId);
       deps.logger.info({ deviceId, firmwareProfile, agentVersion, reenrolled: enrollment.reenrolled }, enrollment.reenrolled ? 'device re-enrolled' : 'device enrolled');
       return {
         deviceId,

@@ -2,10 +2,8 @@ import type { ServerReadableStream } from '@grpc/grpc-js';
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import { assertDeviceId, assertModelName, matchesSelector, parseSelector } from '../../common/ids.js';
-import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import type { ModelServiceServer, ModelVersion, UploadModelRequest } from '../../common/proto/driftline/v1/models.js';
 import type { DeviceRecord } from '../fleet/fleet-store.js';
-import { artifactPath } from '../registry/artifact-store.js';
 import type { ApiDeps } from './ports.js';
 import { clientStreaming, unary, validate, type RpcContext } from './rpc.js';
 
@@ -24,6 +22,11 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
     }),
     listModels: unary(ctx, 'ListModels', 'viewer', () => ({ latest: registry.listLatest() })),
     getModel: unary(ctx, 'GetModel', 'viewer', (req) => registry.get(assertModelName(req.name))),
+    amendModel: unary(ctx, 'AmendModel', 'operator', (req, caller) => {
+      const version = registry.amend(assertModelName(req.name), req.version, { description: req.description, metadata: req.metadata });
+      logger.info({ model: version.name, version: version.version, amends: version.amendsVersion, by: caller?.id }, 'model version amended');
+      return version;
+    }),
     deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
       const { version, deviceIds } = validate(deployRequest, req);
       const model = registry.resolve(assertModelName(req.name), version);
@@ -31,7 +34,7 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       deps.releases?.assertDeployable(model.name, model.version);
       const targets = await selectTargets(deps, deviceIds, req.selector);
       const rollback = rollbackFor(deps, model, targets, caller?.id);
-      const published = await deploy(deps, model, targets, rollback);
+      const published = await deps.desiredStates.deploy(model, targets, { rollback });
       logger.info({ model: model.name, version: model.version, devices: targets.length, published, rolledBack: rollback?.deviceIds.size ?? 0, by: caller?.id }, 'model deployed');
       return { model, devices: targets.length };
     }),
@@ -101,38 +104,4 @@ function rollbackFor({ releases, config, clock }: ApiDeps, model: ModelVersion, 
     );
   }
   return { directive, deviceIds: new Set(ids) };
-}
-
-/**
- * Persists every target's new desired state first, so a device that is offline (or a publish
- * that fails) still converges when the device next connects and is sent its stored state.
- * Revisions are read and written with no await in between, so concurrent deploys cannot
- * hand a device the same revision twice.
- */
-async function deploy({ fleet, fleetLink, logger, releases }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], rollback: Rollback | undefined): Promise<number> {
-  // With a trust root the signed envelope and the root chain travel with the desired model.
-  const signed = releases?.desiredModel(model);
-  const desired = targets.map((device): [string, DesiredState] => [
-    device.id,
-    {
-      revision: (device.desired?.revision ?? 0) + 1,
-      model: signed?.model ?? {
-        name: model.name,
-        version: model.version,
-        sha256: model.sha256,
-        sizeBytes: model.sizeBytes,
-        artifactPath: artifactPath(model.sha256),
-        driftReference: model.metadata['driftline.reference'] ?? '',
-        envelope: Buffer.alloc(0),
-      },
-      rootChain: signed?.rootChain ?? [],
-      rollback: rollback?.deviceIds.has(device.id) ? rollback.directive : Buffer.alloc(0),
-    },
-  ]);
-  for (const [deviceId, state] of desired) await fleet.setDesired(deviceId, state);
-  const results = await Promise.allSettled(desired.map(([deviceId, state]) => fleetLink.publishDesired(deviceId, state)));
-  results.forEach((result, i) => {
-    if (result.status === 'rejected') logger.warn({ err: result.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');
-  });
-  return results.filter((r) => r.status === 'fulfilled').length;
 }

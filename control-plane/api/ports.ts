@@ -1,22 +1,15 @@
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
-import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
 import type { TelemetryRollups, TelemetryRollupsRequest, TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
 import type { ControlPlaneConfig } from '../config.js';
+import type { DeviceLink } from '../device-link/ports.js';
 import type { DriftEventFilter, DriftEventRecord } from '../drift/drift-watcher.js';
+import type { DesiredStates } from '../fleet/desired-states.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { OperatorTokenStore } from '../fleet/operator-tokens.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import type { ReleaseStore } from '../registry/release-store.js';
-
-/** How the API reaches devices; the composition root implements it over the broker. */
-export interface FleetLink {
-  /** Sends a device its desired state (retained, so it also reaches a device that is offline now). */
-  publishDesired(deviceId: string, desired: DesiredState): Promise<void>;
-  /** Drops a device's live connection, e.g. right after it is decommissioned. */
-  disconnectDevice(deviceId: string): void;
-}
 
 /** Read side of telemetry, answered by the telemetry store. */
 export interface TelemetryQueries {
@@ -45,7 +38,10 @@ export interface ApiDeps {
   fleet: FleetStore;
   tokens: OperatorTokenStore;
   registry: ModelRegistry;
-  fleetLink: FleetLink;
+  /** Drops a decommissioned device's live connection. */
+  deviceLink: Pick<DeviceLink, 'disconnect'>;
+  /** Where deploys go: stored, then sent to the devices. */
+  desiredStates: Pick<DesiredStates, 'deploy'>;
   telemetry: TelemetryQueries;
   /** Rollups per bucket and group; without them GetRollups answers NOT_IMPLEMENTED. */
   telemetryRollups?: TelemetryRollupQueries | undefined;

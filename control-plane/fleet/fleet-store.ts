@@ -159,6 +159,25 @@ export class FleetStore {
     if (!(await this.repository.setDesired(deviceId, desired))) throw notFound(deviceId);
   }
 
+  /**
+   * Gives each device the next revision of its desired state, built by `next` from that
+   * revision, in one unit of work: concurrent deploys cannot hand a device the same revision
+   * twice, and a device that does not exist (DEVICE_NOT_FOUND) leaves every desired state as it was.
+   */
+  advanceDesired(deviceIds: readonly string[], next: (deviceId: string, revision: number) => DesiredState): Promise<Array<[string, DesiredState]>> {
+    return this.repository.transaction(async (tx) => {
+      const written: Array<[string, DesiredState]> = [];
+      for (const deviceId of deviceIds) {
+        const device = await tx.device(deviceId);
+        if (!device) throw notFound(deviceId);
+        const desired = next(deviceId, (device.desired?.revision ?? 0) + 1);
+        await tx.setDesired(deviceId, desired);
+        written.push([deviceId, desired]);
+      }
+      return written;
+    });
+  }
+
   async getDesired(deviceId: string): Promise<DesiredState | undefined> {
     return (await this.repository.device(deviceId))?.desired;
   }

@@ -22,6 +22,8 @@ const MIGRATIONS = [
      created_at_ms INTEGER NOT NULL,
      PRIMARY KEY (name, version)
    );`,
+  // The version an amendment corrects (same bytes, new metadata); 0 for an upload.
+  `ALTER TABLE model_versions ADD COLUMN amends_version INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 /** What an upload header may carry besides the name (checked with assertModelName for its own code). */
@@ -31,6 +33,20 @@ const headerSchema = z.object({
   description: z.string().max(4096),
   metadata: z.record(z.string().min(1).max(128), z.string().max(4096)).refine((m) => Object.keys(m).length <= 64, 'at most 64 metadata entries'),
 });
+
+/** What an amendment may change: the description and metadata entries, within the upload's bounds. */
+const amendSchema = z.object({
+  version: z.number().int().min(1, 'name the version to amend (1 or more)'),
+  description: headerSchema.shape.description,
+  metadata: headerSchema.shape.metadata,
+});
+
+export interface ModelAmendment {
+  /** Empty keeps the amended version's description. */
+  description: string;
+  /** Entries to set; the amended version's other entries are kept. */
+  metadata: Record<string, string>;
+}
 
 interface VersionRow {
   name: string;
@@ -43,6 +59,7 @@ interface VersionRow {
   description: string;
   metadata: string;
   created_at_ms: number;
+  amends_version: number;
 }
 
 export interface ModelRegistryOptions {
@@ -63,15 +80,17 @@ export class ModelRegistry {
   private readonly clock: Clock;
   private readonly maxModelBytes: number;
   private readonly selectLatest: Statement<[string], VersionRow>;
+  private readonly selectVersion: Statement<[string, number], VersionRow>;
   private readonly insertNext: (row: Omit<VersionRow, 'version'>) => VersionRow;
 
   constructor(options: ModelRegistryOptions) {
     ({ db: this.db, artifacts: this.artifacts, clock: this.clock, maxModelBytes: this.maxModelBytes } = options);
     applyMigrations(this.db, 'registry', MIGRATIONS);
     this.selectLatest = this.db.prepare('SELECT * FROM model_versions WHERE name = ? ORDER BY version DESC LIMIT 1');
+    this.selectVersion = this.db.prepare('SELECT * FROM model_versions WHERE name = ? AND version = ?');
     const insert = this.db.prepare(
-      `INSERT INTO model_versions (name, version, sha256, size_bytes, opset, inputs, outputs, description, metadata, created_at_ms)
-       VALUES (@name, @version, @sha256, @size_bytes, @opset, @inputs, @outputs, @description, @metadata, @created_at_ms)`,
+      `INSERT INTO model_versions (name, version, sha256, size_bytes, opset, inputs, outputs, description, metadata, created_at_ms, amends_version)
+       VALUES (@name, @version, @sha256, @size_bytes, @opset, @inputs, @outputs, @description, @metadata, @created_at_ms, @amends_version)`,
     );
     this.insertNext = this.db.transaction((row: Omit<VersionRow, 'version'>) => {
       const full = { ...row, version: (this.selectLatest.get(row.name)?.version ?? 0) + 1 };
@@ -127,6 +146,7 @@ export class ModelRegistry {
             description,
             metadata: JSON.stringify(metadata),
             created_at_ms: this.clock.now(),
+            amends_version: 0,
           }),
         );
       } catch (err) {
@@ -135,6 +155,38 @@ export class ModelRegistry {
       }
     } finally {
       await writer.abort();
+    }
+  }
+
+  /**
+   * A new version of `name` with the bytes of `version` and corrected metadata: a version
+   * never changes once recorded (a signed release describes exactly it, and devices may run
+   * it), so a wrong reference or description is corrected by the next version, which records
+   * the one it amends. The artifact is content addressed, so nothing is stored twice.
+   * Refused (MODEL_UNCHANGED) when the amendment would change nothing.
+   */
+  amend(name: string, version: number, amendment: ModelAmendment): ModelVersion {
+    assertModelName(name);
+    const parsed = amendSchema.safeParse({ version, ...amendment });
+    if (!parsed.success) {
+      throw new DriftlineError('REQUEST_INVALID', `invalid amendment: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    }
+    const source = this.selectVersion.get(name, version);
+    if (!source) throw notFound(name, version);
+    const before = JSON.parse(source.metadata) as Record<string, string>;
+    const metadata = { ...before, ...parsed.data.metadata };
+    const description = parsed.data.description || source.description;
+    if (Object.keys(metadata).length > 64) throw new DriftlineError('REQUEST_INVALID', 'invalid amendment: metadata: at most 64 metadata entries');
+    if (description === source.description && Object.entries(parsed.data.metadata).every(([k, v]) => before[k] === v)) {
+      throw new DriftlineError('MODEL_UNCHANGED', `the amendment changes nothing in ${name} v${version}`, { details: { name, version } });
+    }
+    const { sha256, size_bytes, opset, inputs, outputs } = source;
+    try {
+      return toModelVersion(
+        this.insertNext({ name, sha256, size_bytes, opset, inputs, outputs, description, metadata: JSON.stringify(metadata), created_at_ms: this.clock.now(), amends_version: version }),
+      );
+    } catch (err) {
+      throw new DriftlineError('STORE_FAILED', `cannot record the amendment of ${name} v${version}`, { cause: err });
     }
   }
 
@@ -159,7 +211,7 @@ export class ModelRegistry {
     const row =
       version === 0
         ? this.selectLatest.get(name)
-        : (this.db.prepare('SELECT * FROM model_versions WHERE name = ? AND version = ?').get(name, version) as VersionRow | undefined);
+        : this.selectVersion.get(name, version);
     if (!row) throw notFound(name, version);
     return toModelVersion(row);
   }
@@ -177,6 +229,7 @@ function toModelVersion(row: VersionRow): ModelVersion {
     outputs: JSON.parse(row.outputs) as TensorSpec[],
     description: row.description,
     metadata: JSON.parse(row.metadata) as Record<string, string>,
+    amendsVersion: row.amends_version,
   };
 }
 

@@ -1,10 +1,9 @@
 import type { Logger } from '../../common/logger.js';
-import { DesiredModel, DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import type { FirmwareProfile } from '../../common/firmware-profile.js';
 import { peekManifest } from '../../common/trust/manifest.js';
+import type { DesiredModelSigner, DesiredStates } from '../fleet/desired-states.js';
 import { PROFILE_LABEL, type DeviceRecord, type FleetStore } from '../fleet/fleet-store.js';
-import { artifactPath } from '../registry/artifact-store.js';
 import { constraintsFromMetadata, type ModelConstraints } from './cohorts.js';
 import type { InstallStats } from './gates.js';
 import type { FleetView, ModelCatalog, ReleasePublisher } from './ports.js';
@@ -78,25 +77,24 @@ export class RegistryCatalog implements ModelCatalog {
 }
 
 /** The signing side of releases (control-plane/registry/release-store.ts), when a trust root is configured. */
-export interface SignedReleases {
-  desiredModel(model: ModelVersion): { model: DesiredModel; rootChain: Buffer[] };
+export interface SignedReleases extends DesiredModelSigner {
   rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Buffer | undefined;
 }
 
 /**
- * Publishes releases as desired state, like DeployModel: store the new desired state per
- * device (next revision), then publish it retained. With signed releases the desired model
- * carries its DSSE envelope and the root chain, and a rollback carries a signed rollback
- * directive for exactly the devices sent back (devices refuse an older version without one;
+ * Publishes releases as desired state through DesiredStates.deploy, like DeployModel. With
+ * signed releases the desired model carries its DSSE envelope and the root chain, and a
+ * rollback carries a signed rollback directive for exactly the devices sent back (devices refuse an older version without one;
  * without online signing the rollback is still sent and the refusal shows in their state).
  */
 export class DesiredStatePublisher implements ReleasePublisher {
   constructor(
     private readonly deps: {
-      fleet: Pick<FleetStore, 'get' | 'setDesired'>;
+      fleet: Pick<FleetStore, 'get'>;
       registry: { resolve(name: string, version: number): ModelVersion };
-      releases?: SignedReleases | undefined;
-      publishDesired: (deviceId: string, desired: DesiredState) => Promise<void>;
+      /** Signs rollback directives; the desired models are signed by desiredStates. */
+      releases?: Pick<SignedReleases, 'rollbackDirective'> | undefined;
+      desiredStates: Pick<DesiredStates, 'deploy'>;
       /** Lifetime of a signed rollback directive. */
       rollbackTtlMs: number;
       logger: Logger;
@@ -118,32 +116,7 @@ export class DesiredStatePublisher implements ReleasePublisher {
   }
 
   private async send(model: ModelVersion, deviceIds: readonly string[], rollback: Buffer | undefined): Promise<void> {
-    const { fleet, publishDesired, logger, releases } = this.deps;
-    const signed = releases?.desiredModel(model);
-    const desiredModel =
-      signed?.model ??
-      DesiredModel.fromPartial({
-        name: model.name,
-        version: model.version,
-        sha256: model.sha256,
-        sizeBytes: model.sizeBytes,
-        artifactPath: artifactPath(model.sha256),
-        driftReference: model.metadata['driftline.reference'] ?? '',
-      });
-    const current = await Promise.all(deviceIds.map((id) => fleet.get(id)));
-    const desired = deviceIds.map((id, i): [string, DesiredState] => [
-      id,
-      DesiredState.fromPartial({
-        revision: (current[i]!.desired?.revision ?? 0) + 1,
-        model: desiredModel,
-        rootChain: signed?.rootChain ?? [],
-        ...(rollback ? { rollback } : {}),
-      }),
-    ]);
-    for (const [id, state] of desired) await fleet.setDesired(id, state);
-    const results = await Promise.allSettled(desired.map(([id, state]) => publishDesired(id, state)));
-    results.forEach((r, i) => {
-      if (r.status === 'rejected') logger.warn({ err: r.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');
-    });
+    const devices = deviceIds.map((id) => ({ id }));
+    await this.deps.desiredStates.deploy(model, devices, { rollback: rollback ? { directive: rollback, deviceIds: new Set(deviceIds) } : undefined });
   }
 }

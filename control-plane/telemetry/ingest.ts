@@ -1,12 +1,10 @@
 import { DriftlineError } from '../../common/errors.js';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
-import type { UpChannel } from '../../common/topics.js';
+import type { UpChannel } from '../../common/device-protocol/topics.js';
 import {
   CommandResult,
-  DesiredState,
   ReportedState,
-  TelemetryAck,
   TelemetryBatch,
   type SeqRange,
   type TelemetryRecord,
@@ -14,7 +12,8 @@ import {
 import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
 import { inflateBounded, scanEntries, type EntryLimit } from './bounded-decode.js';
 import { DeviceRateLimiter } from './device-rate-limit.js';
-import type { DeviceStateSink, DownlinkPublisher, TelemetryRepository } from './ports.js';
+import type { DeviceLink } from '../device-link/ports.js';
+import type { DeviceStateSink, TelemetryRepository } from './ports.js';
 import { RefusalLedger } from './refusal-ledger.js';
 
 /** What a device's messages may cost; `driftline serve` takes them from the `ingest` configuration. */
@@ -37,7 +36,8 @@ export interface IngestLimits {
 export interface IngestOptions {
   repository: TelemetryRepository;
   devices: DeviceStateSink;
-  downlink: DownlinkPublisher;
+  /** Where acks and missed desired states go back to the device. */
+  downlink: Pick<DeviceLink, 'sendAck' | 'sendDesired'>;
   clock: Clock;
   logger: Logger;
   limits: IngestLimits;
@@ -151,8 +151,7 @@ export class TelemetryIngest {
     this.stats.lagMs = Math.max(0, now - (batch.records.reduce((m, r) => Math.min(m, r.timeMs), Infinity) + offset));
     this.stats.recordsStored += stored;
     this.stats.duplicates += duplicates;
-    const ack = TelemetryAck.encode({ ranges: toRanges(batch.records), stored, duplicates }).finish();
-    this.send(deviceId, 'ack', this.options.downlink.publishAck(deviceId, ack));
+    this.send(deviceId, 'ack', this.options.downlink.sendAck(deviceId, { ranges: toRanges(batch.records), stored, duplicates }));
   }
 
   private async ingestState(deviceId: string, payload: Uint8Array): Promise<void> {
@@ -167,7 +166,7 @@ export class TelemetryIngest {
     // (offline, broker restarted, session lost), so it gets the current one again.
     const desired = await devices.getDesired(deviceId);
     if (desired && desired.revision > state.desiredRevision) {
-      this.send(deviceId, 'desired', downlink.publishDesired(deviceId, DesiredState.encode(desired).finish()));
+      this.send(deviceId, 'desired', downlink.sendDesired(deviceId, desired));
     }
   }
 

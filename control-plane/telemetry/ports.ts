@@ -47,9 +47,3 @@ export interface DeviceStateSink {
   saveReported(deviceId: string, state: ReportedState, atMs: number): Promise<void>;
   getDesired(deviceId: string): Promise<DesiredState | undefined>;
 }
-
-/** Sends messages down to one device (over MQTT or IoT Hub). */
-export interface DownlinkPublisher {
-  publishAck(deviceId: string, payload: Uint8Array): Promise<void>;
-  publishDesired(deviceId: string, payload: Uint8Array): Promise<void>;
-}

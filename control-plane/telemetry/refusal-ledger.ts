@@ -1,7 +1,7 @@
 import type { Clock } from '../../common/clock.js';
 import type { ErrorCode } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
-import type { UpChannel } from '../../common/topics.js';
+import type { UpChannel } from '../../common/device-protocol/topics.js';
 import type { RefusalStore } from './ports.js';
 
 interface Pending {

@@ -1,5 +1,5 @@
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import type { EmbeddedBrokerOptions } from '../../control-plane/broker/embedded-broker.js';
+import type { EmbeddedBrokerOptions } from '../../control-plane/device-link/embedded-mqtt/embedded-broker.js';
 import { parseControlPlaneConfig } from '../../control-plane/config.js';
 
 /** Connects and resolves with the client, or rejects with the CONNACK refusal. */

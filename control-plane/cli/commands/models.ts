@@ -22,7 +22,7 @@ import {
 } from '../../../common/proto/driftline/v1/models.js';
 import { readModelSignature } from '../../../common/onnx/signature.js';
 import { keyFolder, releaseSigner } from '../../../common/trust/key-files.js';
-import { buildManifest, signManifestBytes } from '../../../common/trust/manifest.js';
+import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../../common/trust/manifest.js';
 import { ReleaseServiceClient } from '../../../common/proto/driftline/v1/releases.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
@@ -69,17 +69,7 @@ export function registerModels(program: Command): void {
         const signing = options.sign ? await prepareSigning(file, options) : undefined;
         const { size, sha256 } = await fingerprint(file);
         const showProgress = Boolean(process.stderr.isTTY) && !output.json;
-        const metadata: Record<string, string> = {};
-        if (options.reference) {
-          const text = await readFile(options.reference, 'utf8').catch((err: unknown) => {
-            throw usageError(`cannot read ${options.reference}: ${(err as Error).message}`);
-          });
-          const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : await classOrder(file, options.reference, text);
-          const csv = referenceAndRowsFromCsv(text, classNames ? { classNames } : {});
-          // The class and confidence references are the model's own predictions on the reference rows.
-          const reference = await referenceWithModelPredictions(await readFile(file), csv.reference, csv.rows);
-          metadata[REFERENCE_METADATA_KEY] = serializeReference(options.driftPolicy ? withDriftPolicy(reference, await readFile(options.driftPolicy, 'utf8')) : reference);
-        }
+        const metadata = await referenceMetadata(file, options);
         // The control plane keeps one version per content: the same bytes again return that version.
         const existing = signing ? undefined : await versionWithBytes(connection, options.name, sha256);
         if (existing) {
@@ -88,7 +78,8 @@ export function registerModels(program: Command): void {
           if (ignored.length) {
             throw new CliError(
               'MODEL_UNCHANGED',
-              `${line}; ignored ${ignored.join(', ')}: a version's metadata cannot change (its manifest is signed), so push changed bytes for a new version`,
+              `${line}; ignored ${ignored.join(', ')}: a version never changes (its manifest is signed), so make the next version from these bytes with the corrected metadata: ` +
+                `\`driftline models amend ${existing.name}@v${existing.version} ${file}\` with those options`,
               EXIT.conflict,
             );
           }
@@ -114,6 +105,71 @@ export function registerModels(program: Command): void {
         });
         output.result({ ...(ModelVersion.toJSON(version) as object), signedBy: release.keyIds }, () =>
           output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}`),
+        );
+      }),
+    );
+
+  models
+    .command('amend')
+    .description(
+      'make the next version from the bytes of an existing one, with corrected metadata (a version never changes: devices may run it and its release is signed). ' +
+        'Nothing is uploaded again; the new version records the one it amends, and so does its signed release',
+    )
+    .argument('<name@vN>', 'the version to correct, e.g. vibration@v2')
+    .argument('[file]', 'that version\'s ONNX file (checked against its sha256); needed with --reference and --sign, which run the model')
+    .option('--description <text>', 'the new version\'s description (default: the amended version\'s)', '')
+    .option('--reference <csv>', 'corrected drift reference data: CSV with a header of feature names and an optional label column')
+    .option('--classes <a,b,...>', 'class names in the model\'s output order (for the reference\'s label column)')
+    .option('--drift-policy <json>', 'with --reference: this model\'s drift thresholds and feature importances (JSON file, see README)')
+    .option('--sign', 'sign a release manifest for the new version (needed when the amended version is signed); constraints, examples and lineage not given again are taken from its release')
+    .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
+    .option('--golden <n>', 'with --sign: golden test vectors to record (from --reference rows, else seeded inputs)', integer(0, 64), 3)
+    .option('--examples <file.json>', 'with --sign: example inputs the model runs on (default: the amended release\'s)')
+    .option('--providers <list>', 'with --sign: execution providers the model needs (default: the amended release\'s)', commaList)
+    .option('--arch <list>', 'with --sign: device architectures it runs on (default: the amended release\'s)', commaList)
+    .option('--min-memory <bytes>', 'with --sign: device memory it needs, in bytes (default: the amended release\'s)', integer(0))
+    .option('--flag <flag>', 'with --sign: a profile flag it needs (repeatable; default: the amended release\'s)', repeated)
+    .option('--job <id>', 'with --sign: lineage, the training job that produced it (default: the amended release\'s)', '')
+    .option('--metric <k=v>', 'with --sign: lineage, an evaluation metric (repeatable; default: the amended release\'s)', keyValue)
+    .action((target: string, file: string | undefined, options: Omit<PushOptions, 'name'>, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const { name, version } = parseVersionRef(target);
+        if (options.driftPolicy && !options.reference) throw new DriftlineError('REQUEST_INVALID', '--drift-policy needs --reference');
+        if (!file && (options.reference || options.sign)) throw usageError(`--reference and --sign run the model: pass ${name} v${version}'s ONNX file after ${target}`);
+        const source = (await connection.call(connection.client(ModelServiceClient), 'getModel', { name })).versions.find((v) => v.version === version);
+        if (!source) throw new CliError('MODEL_NOT_FOUND', `model ${name} has no version ${version} (see \`driftline models get ${name}\`)`, EXIT.notFound);
+        if (file) {
+          await assertNotEmpty(file);
+          const { sha256 } = await fingerprint(file);
+          if (sha256 !== source.sha256) {
+            throw new CliError(
+              'MODEL_CHECKSUM_MISMATCH',
+              `${file} (sha256 ${shortSha(sha256)}) is not the file of ${name}@v${version} (sha256 ${shortSha(source.sha256)}): amend corrects metadata; push changed bytes with \`driftline models push\``,
+              EXIT.usage,
+            );
+          }
+        }
+        // A signed version's devices pin a root and refuse an unsigned successor: sign the amendment too.
+        const amendedRelease = await releaseOf(connection, name, version);
+        if (amendedRelease && !options.sign) {
+          throw usageError(`${name}@v${version} is signed, and devices that pin the root refuse an unsigned version: add --sign (and --keys-dir if not ${DEFAULT_KEYS_DIR})`);
+        }
+        const pushOptions: PushOptions = { ...options, name };
+        const signing = options.sign ? await prepareSigning(file!, { ...pushOptions, ...(amendedRelease ? { carried: amendedRelease } : {}) }, version) : undefined;
+        const metadata = file ? await referenceMetadata(file, pushOptions) : {};
+        const amended = await connection.call(connection.client(ModelServiceClient), 'amendModel', { name, version, description: options.description, metadata });
+        const line = `amended ${name}@v${version} as ${amended.name}@v${amended.version} (same bytes, sha256 ${shortSha(amended.sha256)})`;
+        if (!signing) {
+          output.result(ModelVersion.toJSON(amended), () => output.line(line));
+          return;
+        }
+        const release = await connection.call(connection.client(ReleaseServiceClient), 'publishRelease', {
+          name: amended.name,
+          version: amended.version,
+          envelope: signing.sign(amended.version),
+        });
+        output.result({ ...(ModelVersion.toJSON(amended) as object), signedBy: release.keyIds }, () =>
+          output.line(`${line}, signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}`),
         );
       }),
     );
@@ -156,7 +212,7 @@ export function registerModels(program: Command): void {
               tensors(v.inputs),
               tensors(v.outputs),
               relativeTime(v.createdAtMs, now),
-              v.description || '-',
+              [v.amendsVersion ? `amends v${v.amendsVersion}` : '', v.description].filter(Boolean).join(': ') || '-',
             ]),
           );
         });
@@ -213,6 +269,38 @@ async function classOrder(modelFile: string, referenceFile: string, csv: string)
     `${referenceFile} names its classes, but ${modelFile} does not record its output order (metadata ${MODEL_CLASSES_KEY}): pass --classes a,b,... in the order of the model's outputs`,
     EXIT.usage,
   );
+}
+
+/** The drift reference metadata entry of a push or an amendment (empty without --reference). */
+async function referenceMetadata(file: string, options: PushOptions): Promise<Record<string, string>> {
+  if (!options.reference) return {};
+  const text = await readFile(options.reference, 'utf8').catch((err: unknown) => {
+    throw usageError(`cannot read ${options.reference}: ${(err as Error).message}`);
+  });
+  const classNames = options.classes ? options.classes.split(',').map((c) => c.trim()) : await classOrder(file, options.reference, text);
+  const csv = referenceAndRowsFromCsv(text, classNames ? { classNames } : {});
+  // The class and confidence references are the model's own predictions on the reference rows.
+  const reference = await referenceWithModelPredictions(await readFile(file), csv.reference, csv.rows);
+  return { [REFERENCE_METADATA_KEY]: serializeReference(options.driftPolicy ? withDriftPolicy(reference, await readFile(options.driftPolicy, 'utf8')) : reference) };
+}
+
+/** `name@vN` (or `name@N`) as the CLI writes versions. */
+function parseVersionRef(text: string): { name: string; version: number } {
+  const match = /^(.+)@v?(\d+)$/.exec(text);
+  if (!match || Number(match[2]) < 1) throw usageError(`${text}: name the version to amend as <name>@v<N>, e.g. vibration@v2`);
+  return { name: assertModelName(match[1]!), version: Number(match[2]) };
+}
+
+/** The signed release of a version, if it has one (none without a trust root, too). */
+async function releaseOf(connection: Connection, name: string, version: number): Promise<ReleaseManifest | undefined> {
+  try {
+    const release = await connection.call(connection.client(ReleaseServiceClient), 'getRelease', { name, version });
+    return peekManifest(release.envelope);
+  } catch (err) {
+    const code = (err as Partial<ServiceError>).metadata?.get('driftline-error-code')[0];
+    if (code === 'MODEL_NOT_FOUND' || code === 'TRUST_NOT_CONFIGURED') return undefined;
+    throw err;
+  }
 }
 
 /** The version of `name` whose bytes hash to sha256, if there is one (none while the model does not exist). */
@@ -340,9 +428,12 @@ function commaList(value: string): string[] {
 /**
  * Builds the manifest (all but the version) and loads the release key before anything is
  * uploaded; `sign(version)` then signs it for the version the server assigned.
+ * `carried`: the amended version's release, whose constraints, examples, lineage (and, without
+ * --reference, reference and golden vectors) an amendment keeps unless given again.
  */
-async function prepareSigning(file: string, options: PushOptions): Promise<{ sign(version: number): Buffer }> {
+async function prepareSigning(file: string, options: PushOptions & { carried?: ReleaseManifest }, amendsVersion?: number): Promise<{ sign(version: number): Buffer }> {
   const signer = releaseSigner(keyFolder(options.keysDir));
+  const carried = options.carried;
   let modelBytes: Buffer;
   let referenceCsv: string | undefined;
   let examplesJson: string | undefined;
@@ -369,11 +460,26 @@ async function prepareSigning(file: string, options: PushOptions): Promise<{ sig
     createdAtMs: systemClock.now(),
     referenceCsv,
     goldenVectors: options.golden,
-    ...(examplesJson !== undefined ? { examples: parseExampleInputsFile(examplesJson, options.examples!) } : {}),
-    constraints: { providers: options.providers ?? [], arch: options.arch ?? [], minMemoryBytes: options.minMemory ?? 0, flags: options.flag ?? [] },
-    lineage: { job: options.job, metrics },
+    ...(examplesJson !== undefined ? { examples: parseExampleInputsFile(examplesJson, options.examples!) } : carried?.examples ? { examples: carried.examples } : {}),
+    constraints: {
+      providers: options.providers ?? carried?.constraints.providers ?? [],
+      arch: options.arch ?? carried?.constraints.arch ?? [],
+      minMemoryBytes: options.minMemory ?? carried?.constraints.minMemoryBytes ?? 0,
+      flags: options.flag ?? carried?.constraints.flags ?? [],
+    },
+    lineage: {
+      job: options.job || carried?.lineage.job || '',
+      metrics: options.metric ? metrics : (carried?.lineage.metrics ?? {}),
+      ...(carried ? { parentVersion: carried.lineage.parentVersion } : {}),
+      ...(amendsVersion ? { amendsVersion } : {}),
+    },
   });
+  // Without a corrected reference, an amendment keeps the amended release's reference and its golden vectors (same bytes, same outputs).
+  const kept = carried && !options.reference ? { reference: carried.reference, golden: carried.golden, dataSha256: carried.lineage.dataSha256 } : undefined;
+  const manifest = kept ? { ...draft, ...(kept.reference ? { reference: kept.reference } : {}), golden: kept.golden, lineage: { ...draft.lineage, dataSha256: kept.dataSha256 } } : draft;
+  // A push descends from the version before it; an amendment from what the amended version descends from.
+  const parentOf = (version: number): number => manifest.lineage.parentVersion || (amendsVersion ? amendsVersion - 1 : version - 1);
   return {
-    sign: (version) => signManifestBytes(buildManifest({ ...draft, version, lineage: { ...draft.lineage, parentVersion: draft.lineage.parentVersion || version - 1 } }), signer),
+    sign: (version) => signManifestBytes(buildManifest({ ...manifest, version, lineage: { ...manifest.lineage, parentVersion: parentOf(version) } }), signer),
   };
 }

@@ -14,7 +14,7 @@ export const protobufFileName = "driftline/v1/device_link.proto";
 
 /**
  * Messages that travel over MQTT between one device and the control plane.
- * Topics are scoped by device (see common/topics.ts): a device publishes only under
+ * Topics are scoped by device (see common/device-protocol/topics.ts): a device publishes only under
  * driftline/v1/d/{device}/up/ and subscribes only under driftline/v1/d/{device}/down/.
  * The device id is always taken from the topic (which the broker ties to the
  * authenticated client), never from a payload.

@@ -46,6 +46,8 @@ export interface ModelVersion {
   outputs: TensorSpec[];
   description: string;
   metadata: { [key: string]: string };
+  /** The version this one corrects (AmendModel: same bytes, corrected metadata); 0 when it amends none. */
+  amendsVersion: number;
 }
 
 export interface ModelVersion_MetadataEntry {
@@ -99,6 +101,21 @@ export interface DeployModelRequest {
 export interface DeployModelResponse {
   model: ModelVersion | undefined;
   devices: number;
+}
+
+export interface AmendModelRequest {
+  name: string;
+  /** The version whose bytes the new version takes; 0 is not allowed (name it explicitly). */
+  version: number;
+  /** The new version's description; empty keeps the amended version's. */
+  description: string;
+  /** Entries to set on the new version's metadata (the others are kept from the amended version). */
+  metadata: { [key: string]: string };
+}
+
+export interface AmendModelRequest_MetadataEntry {
+  key: string;
+  value: string;
 }
 
 function createBaseTensorSpec(): TensorSpec {
@@ -228,6 +245,7 @@ function createBaseModelVersion(): ModelVersion {
     outputs: [],
     description: "",
     metadata: {},
+    amendsVersion: 0,
   };
 }
 
@@ -263,6 +281,9 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     globalThis.Object.entries(message.metadata).forEach(([key, value]: [string, string]) => {
       ModelVersion_MetadataEntry.encode({ key: key as any, value }, writer.uint32(82).fork()).join();
     });
+    if (message.amendsVersion !== 0) {
+      writer.uint32(88).int64(message.amendsVersion);
+    }
     return writer;
   },
 
@@ -362,6 +383,14 @@ export const ModelVersion: MessageFns<ModelVersion> = {
             }
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.amendsVersion = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -407,6 +436,11 @@ export const ModelVersion: MessageFns<ModelVersion> = {
           {},
         )
         : {},
+      amendsVersion: isSet(object.amendsVersion)
+        ? globalThis.Number(object.amendsVersion)
+        : isSet(object.amends_version)
+        ? globalThis.Number(object.amends_version)
+        : 0,
     };
   },
 
@@ -448,6 +482,9 @@ export const ModelVersion: MessageFns<ModelVersion> = {
         });
       }
     }
+    if (message.amendsVersion !== undefined) {
+      obj.amendsVersion = Math.round(message.amendsVersion);
+    }
     return obj;
   },
 
@@ -474,6 +511,7 @@ export const ModelVersion: MessageFns<ModelVersion> = {
       },
       {},
     );
+    message.amendsVersion = object.amendsVersion ?? 0;
     return message;
   },
 };
@@ -1401,6 +1439,240 @@ export const DeployModelResponse: MessageFns<DeployModelResponse> = {
   },
 };
 
+function createBaseAmendModelRequest(): AmendModelRequest {
+  return { name: "", version: 0, description: "", metadata: {} };
+}
+
+export const AmendModelRequest: MessageFns<AmendModelRequest> = {
+  encode(message: AmendModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.description !== "") {
+      writer.uint32(26).string(message.description);
+    }
+    globalThis.Object.entries(message.metadata).forEach(([key, value]: [string, string]) => {
+      AmendModelRequest_MetadataEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AmendModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAmendModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = AmendModelRequest_MetadataEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.metadata[entry4.key] = entry4.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AmendModelRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      metadata: isObject(object.metadata)
+        ? (globalThis.Object.entries(object.metadata) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: AmendModelRequest): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.version !== undefined) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.description !== undefined) {
+      obj.description = message.description;
+    }
+    if (message.metadata) {
+      const entries = globalThis.Object.entries(message.metadata) as [string, string][];
+      if (entries.length > 0) {
+        obj.metadata = {};
+        entries.forEach(([k, v]) => {
+          obj.metadata[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AmendModelRequest>, I>>(base?: I): AmendModelRequest {
+    return AmendModelRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AmendModelRequest>, I>>(object: I): AmendModelRequest {
+    const message = createBaseAmendModelRequest();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    message.description = object.description ?? "";
+    message.metadata = (globalThis.Object.entries(object.metadata ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseAmendModelRequest_MetadataEntry(): AmendModelRequest_MetadataEntry {
+  return { key: "", value: "" };
+}
+
+export const AmendModelRequest_MetadataEntry: MessageFns<AmendModelRequest_MetadataEntry> = {
+  encode(message: AmendModelRequest_MetadataEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AmendModelRequest_MetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAmendModelRequest_MetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AmendModelRequest_MetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: AmendModelRequest_MetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AmendModelRequest_MetadataEntry>, I>>(base?: I): AmendModelRequest_MetadataEntry {
+    return AmendModelRequest_MetadataEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AmendModelRequest_MetadataEntry>, I>>(
+    object: I,
+  ): AmendModelRequest_MetadataEntry {
+    const message = createBaseAmendModelRequest_MetadataEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
 export type ModelServiceService = typeof ModelServiceService;
 export const ModelServiceService = {
   /** Client streaming: one header, then the ONNX bytes in chunks. */
@@ -1441,6 +1713,19 @@ export const ModelServiceService = {
     responseSerialize: (value: DeployModelResponse): Buffer => Buffer.from(DeployModelResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeployModelResponse => DeployModelResponse.decode(value),
   },
+  /**
+   * A new version with an existing version's bytes and corrected metadata (versions are
+   * immutable, and signed releases describe exactly one): nothing is uploaded again.
+   */
+  amendModel: {
+    path: "/driftline.v1.ModelService/AmendModel" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AmendModelRequest): Buffer => Buffer.from(AmendModelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AmendModelRequest => AmendModelRequest.decode(value),
+    responseSerialize: (value: ModelVersion): Buffer => Buffer.from(ModelVersion.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ModelVersion => ModelVersion.decode(value),
+  },
 } as const;
 
 export interface ModelServiceServer extends UntypedServiceImplementation {
@@ -1450,6 +1735,11 @@ export interface ModelServiceServer extends UntypedServiceImplementation {
   getModel: handleUnaryCall<GetModelRequest, Model>;
   /** Sets the desired model of devices directly (staged rollouts come with RolloutService). */
   deployModel: handleUnaryCall<DeployModelRequest, DeployModelResponse>;
+  /**
+   * A new version with an existing version's bytes and corrected metadata (versions are
+   * immutable, and signed releases describe exactly one): nothing is uploaded again.
+   */
+  amendModel: handleUnaryCall<AmendModelRequest, ModelVersion>;
 }
 
 export interface ModelServiceClient extends Client {
@@ -1512,6 +1802,25 @@ export interface ModelServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeployModelResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A new version with an existing version's bytes and corrected metadata (versions are
+   * immutable, and signed releases describe exactly one): nothing is uploaded again.
+   */
+  amendModel(
+    request: AmendModelRequest,
+    callback: (error: ServiceError | null, response: ModelVersion) => void,
+  ): ClientUnaryCall;
+  amendModel(
+    request: AmendModelRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ModelVersion) => void,
+  ): ClientUnaryCall;
+  amendModel(
+    request: AmendModelRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ModelVersion) => void,
   ): ClientUnaryCall;
 }
 

@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
-import { DriftlineError } from '../../common/errors.js';
-import type { Logger } from '../../common/logger.js';
-import { downPrefix, upTopic, type DownChannel, type UpChannel } from '../../common/topics.js';
-import { backoffDelay } from './backoff.js';
-import type { Uplink, UplinkStatus } from './ports.js';
+import { DriftlineError } from '../../../common/errors.js';
+import type { Logger } from '../../../common/logger.js';
+import { DOWN_CHANNELS, downPrefix, upTopic, type DownChannel, type UpChannel } from '../../../common/device-protocol/topics.js';
+import { backoffDelay } from '../backoff.js';
+import type { Uplink, UplinkStatus } from '../ports.js';
 
 export interface MqttUplinkOptions {
   url: string;
@@ -19,8 +19,6 @@ export interface MqttUplinkOptions {
   publishTimeoutMs: number;
   logger: Logger;
 }
-
-const DOWN_CHANNELS: readonly DownChannel[] = ['ack', 'desired', 'command'];
 
 const CONNACK_NOT_AUTHORIZED = 5;
 

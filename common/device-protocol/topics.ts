@@ -1,7 +1,7 @@
-import { isValidDeviceId } from './ids.js';
+import { isValidDeviceId } from '../ids.js';
 
 /**
- * The MQTT topic contract. A device publishes only under `up/` of its own subtree and
+ * The MQTT topic contract (what travels on each channel: ./messages.ts). A device publishes only under `up/` of its own subtree and
  * subscribes only under `down/` of its own subtree; the broker's ACL (and an external
  * broker's configuration) enforce exactly these two prefixes.
  */
@@ -10,6 +10,7 @@ export const TOPIC_ROOT = 'driftline/v1/d';
 export type UpChannel = 'telemetry' | 'state' | 'result';
 export type DownChannel = 'ack' | 'desired' | 'command';
 export const UP_CHANNELS: readonly UpChannel[] = ['telemetry', 'state', 'result'];
+export const DOWN_CHANNELS: readonly DownChannel[] = ['ack', 'desired', 'command'];
 
 export const upTopic = (deviceId: string, channel: UpChannel): string => `${TOPIC_ROOT}/${deviceId}/up/${channel}`;
 export const downTopic = (deviceId: string, channel: DownChannel): string => `${TOPIC_ROOT}/${deviceId}/down/${channel}`;

@@ -1,5 +1,5 @@
 import { isValidDeviceId } from '../../common/ids.js';
-import { UP_CHANNELS, downPrefix, upPrefix, type UpChannel } from '../../common/topics.js';
+import { UP_CHANNELS, downPrefix, upPrefix, type UpChannel } from '../../common/device-protocol/topics.js';
 
 /**
  * Reasons never echo what the client sent (a topic, a client id): the caller logs those,

@@ -1,18 +1,20 @@
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import mqtt, { type MqttClient } from 'mqtt';
-import type { Clock } from '../../common/clock.js';
-import { DriftlineError } from '../../common/errors.js';
-import type { Logger } from '../../common/logger.js';
-import { DesiredState, Outcome, ReportedState, Stream, TelemetryBatch, type TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
-import { DeviceServiceClient, EnrollmentServiceClient } from '../../common/proto/driftline/v1/fleet.js';
-import { downTopic, upTopic } from '../../common/topics.js';
+import type { Clock } from '../common/clock.js';
+import { DriftlineError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { decodeDown, encodeUp } from '../common/device-protocol/messages.js';
+import { Outcome, ReportedState, Stream, TelemetryBatch, type DesiredState, type TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
+import { DeviceServiceClient, EnrollmentServiceClient } from '../common/proto/driftline/v1/fleet.js';
+import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
 
 /**
  * Many simulated devices in one process, each a real MQTT client with its own credential,
  * speaking the device protocol to the real broker: it obeys its desired state ("installs" a
  * version without running onnxruntime), reports state, and sends inference telemetry whose
  * latency and error rate depend on the version it runs. Used by the end-to-end rollout tests
- * and by the demo's rollout scenarios.
+ * and by the demo's rollout scenarios. A device double, not part of the control plane: it
+ * speaks only the device protocol in common/device-protocol/, like the agent.
  */
 
 /** How a model version behaves on a simulated device. */
@@ -127,7 +129,7 @@ export class SimulatedDevice {
       lastErrorCode: this.lastErrorCode,
       reportedAtMs: this.sim.clock.now(),
     });
-    return this.publish(upTopic(this.id, 'state'), ReportedState.encode(state).finish());
+    return this.publish('state', encodeUp('state', state));
   }
 
   /** Sends `count` inferences of the active model in one batch; a device with no model sends nothing. */
@@ -171,11 +173,11 @@ export class SimulatedDevice {
         } as TelemetryRecord);
       }
     }
-    return this.publish(upTopic(this.id, 'telemetry'), TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: now })).finish());
+    return this.publish('telemetry', encodeUp('telemetry', TelemetryBatch.fromPartial({ records, sentAtMs: now })));
   }
 
-  private publish(topic: string, payload: Uint8Array): Promise<void> {
-    return new Promise((resolve, reject) => this.client.publish(topic, Buffer.from(payload), { qos: 1 }, (err) => (err ? reject(err) : resolve())));
+  private publish(channel: UpChannel, payload: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => this.client.publish(upTopic(this.id, channel), Buffer.from(payload), { qos: 1 }, (err) => (err ? reject(err) : resolve())));
   }
 
   close(): Promise<void> {
@@ -208,7 +210,7 @@ export class FleetSimulator {
       client.on('message', (topic, payload) => {
         if (topic !== downTopic(cred.deviceId, 'desired')) return;
         queue = queue
-          .then(() => device.onDesired(DesiredState.decode(payload)))
+          .then(() => device.onDesired(decodeDown('desired', payload)))
           .catch((err: unknown) => options.logger.warn({ err, deviceId: cred.deviceId }, 'simulated device could not apply its desired state'));
       });
       await new Promise<void>((resolve, reject) =>

@@ -2,12 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import mqtt, { MqttClient, type IClientOptions } from 'mqtt';
-import { DriftlineError } from '../../common/errors.js';
-import type { Logger } from '../../common/logger.js';
-import { ALL_UP_FILTER, downTopic, parseUpTopic, type DownChannel, type UpChannel } from '../../common/topics.js';
-import { truncateUntrusted } from '../../common/untrusted-text.js';
+import { encodeDown, type DownMessages } from '../../../common/device-protocol/messages.js';
+import { ALL_UP_FILTER, downTopic, parseUpTopic, type DownChannel } from '../../../common/device-protocol/topics.js';
+import { DriftlineError } from '../../../common/errors.js';
+import type { Logger } from '../../../common/logger.js';
+import { truncateUntrusted } from '../../../common/untrusted-text.js';
+import type { UpHandler } from '../ports.js';
 
-export interface ServiceLinkOptions {
+export interface ServiceSessionOptions {
   /** Where the broker is; for the embedded broker, `connect` opens an in-process stream instead. */
   url: string;
   connect?: (() => Duplex) | undefined;
@@ -18,21 +20,27 @@ export interface ServiceLinkOptions {
   /** On an external broker, replicas share the ingest through `$share/<group>/…`. */
   sharedGroup?: string | undefined;
   logger: Logger;
-  onUp(deviceId: string, channel: UpChannel, payload: Buffer): Promise<void>;
+  onUp: UpHandler;
 }
 
-export interface ServiceLink {
-  publish(deviceId: string, channel: DownChannel, payload: Uint8Array, options?: { retain?: boolean }): Promise<void>;
+export interface ServiceSession {
+  send<C extends DownChannel>(deviceId: string, channel: C, message: DownMessages[C]): Promise<void>;
   readonly connected: boolean;
   shutdown(): Promise<void>;
 }
 
 /**
- * The control plane's own MQTT session (to the embedded broker or an external one).
- * Each inbound message is handled before its PUBACK goes out, so the broker keeps
- * anything the control plane had not finished with when it stopped.
+ * Desired state is retained: a device that is offline now finds it when it subscribes. Acks
+ * and commands are for a device that is connected now; a stale one must not greet it later.
  */
-export async function connectServiceLink(options: ServiceLinkOptions): Promise<ServiceLink> {
+const RETAINED: Readonly<Record<DownChannel, boolean>> = { desired: true, ack: false, command: false };
+
+/**
+ * The control plane's own MQTT session (to the embedded broker or an external one), shared
+ * by both MQTT device links. Each inbound message is handled before its PUBACK goes out, so
+ * the broker keeps anything the control plane had not finished with when it stopped.
+ */
+export async function connectServiceSession(options: ServiceSessionOptions): Promise<ServiceSession> {
   const { logger } = options;
   const clientOptions: IClientOptions = {
     clientId: options.clientId,
@@ -87,8 +95,8 @@ export async function connectServiceLink(options: ServiceLinkOptions): Promise<S
     get connected() {
       return client.connected;
     },
-    async publish(deviceId, channel, payload, publishOptions = {}) {
-      await client.publishAsync(downTopic(deviceId, channel), Buffer.from(payload), { qos: 1, retain: publishOptions.retain ?? false });
+    async send(deviceId, channel, message) {
+      await client.publishAsync(downTopic(deviceId, channel), Buffer.from(encodeDown(channel, message)), { qos: 1, retain: RETAINED[channel] });
     },
     async shutdown() {
       await client.endAsync();

@@ -4,14 +4,14 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { Duplex } from 'node:stream';
 import { createServer as createTlsServer } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
-import { systemClock, type Clock } from '../../common/clock.js';
-import { listenFailed } from '../../common/errors.js';
-import { MAX_DEVICE_ID_LENGTH } from '../../common/ids.js';
-import { LogThrottle } from '../../common/log-throttle.js';
-import type { Logger } from '../../common/logger.js';
-import { UP_CHANNELS, upTopic } from '../../common/topics.js';
-import { truncateUntrusted } from '../../common/untrusted-text.js';
-import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe, checkDeviceWill } from './device-acl.js';
+import { systemClock, type Clock } from '../../../common/clock.js';
+import { listenFailed } from '../../../common/errors.js';
+import { MAX_DEVICE_ID_LENGTH } from '../../../common/ids.js';
+import { LogThrottle } from '../../../common/log-throttle.js';
+import type { Logger } from '../../../common/logger.js';
+import { UP_CHANNELS, upTopic } from '../../../common/device-protocol/topics.js';
+import { truncateUntrusted } from '../../../common/untrusted-text.js';
+import { checkClientIdentity, checkDevicePublish, checkDeviceSubscribe, checkDeviceWill } from '../device-acl.js';
 import { MqttPacketGate, type GateRefusal } from './packet-gate.js';
 
 export type CredentialVerdict = 'ok' | 'unknown' | 'decommissioned' | 'bad_secret';
