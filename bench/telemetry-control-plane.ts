@@ -8,9 +8,9 @@ import { systemClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { EmbeddedMqttLink } from '../control-plane/device-link/embedded-mqtt/embedded-mqtt-link.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
-import { openDatabase } from '../control-plane/store/database.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
-import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 
 const { dir, deviceId } = workerData as { dir: string; deviceId: string };
 const logger = silentLogger();
@@ -30,7 +30,7 @@ const db = openDatabase(join(dir, 'control-plane.db'));
 const repository = new SqliteTelemetryRepository(db);
 const ingest = new TelemetryIngest({
   repository,
-  devices: { recordSeen: () => undefined, saveReported: () => undefined, getDesired: () => undefined },
+  devices: { recordSeen: async () => undefined, saveReported: async () => undefined, getDesired: async () => undefined },
   downlink: link,
   clock: systemClock,
   logger,

@@ -11,7 +11,7 @@ export interface ControlPlaneMetricSources {
   /** The device link's refusal counts (an external broker's adapter reports 0: the broker refuses, not us). */
   link?: { stats: DeviceLinkStats };
   drift: { rejectedSketches: number };
-  fleet: { list(): Iterable<{ id: string; lastSeenMs: number }> };
+  fleet: { list(): Promise<Iterable<{ id: string; lastSeenMs: number }>> | Iterable<{ id: string; lastSeenMs: number }> };
   clock: Clock;
   /** A device counts as online when it was seen within this window. */
   onlineWindowMs: number;
@@ -54,16 +54,22 @@ export function controlPlaneMetrics(sources: ControlPlaneMetricSources): Registr
     help: 'Seconds since each device was last seen',
     labelNames: ['device'],
     registers: [metrics],
-    collect() {
+    async collect() {
+      const devices = await fleet.list();
       this.reset();
-      for (const d of fleet.list()) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
+      for (const d of devices) if (d.lastSeenMs > 0) this.set({ device: d.id }, Math.max(0, (clock.now() - d.lastSeenMs) / 1000));
     },
   });
-  gauge('driftline_devices_online', 'Devices seen within the online window', () => {
-    const since = clock.now() - sources.onlineWindowMs;
-    let online = 0;
-    for (const d of fleet.list()) if (d.lastSeenMs >= since) online++;
-    return online;
+  new Gauge({
+    name: 'driftline_devices_online',
+    help: 'Devices seen within the online window',
+    registers: [metrics],
+    async collect() {
+      const since = clock.now() - sources.onlineWindowMs;
+      let online = 0;
+      for (const d of await fleet.list()) if (d.lastSeenMs >= since) online++;
+      this.set(online);
+    },
   });
   return metrics;
 }

@@ -22,16 +22,19 @@ import { driftSourceFrom } from './rollout/drift-adapter.js';
 import { RolloutDriver } from './rollout/driver.js';
 import { RolloutEngine } from './rollout/engine.js';
 import { DesiredStatePublisher, FleetStoreView, RegistryCatalog } from './rollout/fleet-adapters.js';
-import { SqliteCohortMetrics } from './rollout/sqlite-cohort-metrics.js';
-import { SqliteRolloutRepository } from './rollout/sqlite-rollout-repository.js';
-import { openDatabase } from './store/database.js';
+import { SqliteCohortMetrics } from './store/sqlite/cohort-metrics.js';
+import { SqliteRolloutRepository } from './store/sqlite/rollout-repository.js';
+import { openDatabase } from './store/sqlite/database.js';
+import { SqliteFleetRepository } from './store/sqlite/fleet-repository.js';
+import { SqliteOperatorTokenRepository } from './store/sqlite/operator-token-repository.js';
 import { TelemetryIngest } from './telemetry/ingest.js';
-import { SqliteRollupQueries } from './telemetry/rollup-queries.js';
-import { SqliteTelemetryRepository } from './telemetry/sqlite-telemetry-repository.js';
-import { BUCKET_HOUR_MS, BUCKET_MINUTE_MS, SqliteDriftRepository } from './drift/sqlite-drift-repository.js';
+import { RetentionPruner } from './telemetry/retention-pruner.js';
+import { SqliteRollupQueries } from './store/sqlite/rollup-queries.js';
+import { SqliteTelemetryRepository } from './store/sqlite/telemetry-repository.js';
+import { SqliteDriftRepository } from './store/sqlite/drift-repository.js';
 import { DriftWatcher } from './drift/drift-watcher.js';
-import { SqliteDriftEvents } from './drift/sqlite-drift-events.js';
-import { driftQueries, driftRecordSink, driftStatusSource } from './drift/wiring.js';
+import { SqliteDriftEvents } from './store/sqlite/drift-events.js';
+import { driftQueries, driftStatusSource } from './drift/wiring.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -63,15 +66,15 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   ensurePrivateDir(config.dataDir);
 
   const db = openDatabase(join(config.dataDir, 'control-plane.db'));
-  const fleet = new FleetStore(db);
-  const tokens = new OperatorTokenStore(db);
-  const admin = ensureAdminToken(tokens, config.dataDir, clock);
+  const fleet = new FleetStore(new SqliteFleetRepository(db));
+  const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
+  const admin = await ensureAdminToken(tokens, config.dataDir, clock);
   if (admin.created) logger.info({ file: admin.file }, 'created the first admin token');
   const artifacts = new ArtifactStore(join(config.dataDir, 'artifacts'));
   const registry = new ModelRegistry({ db, artifacts, clock, maxModelBytes: config.maxModelBytes });
   const releases = openReleaseStore({ db, registry, clock, logger, trust: config.trust });
   const drift = new SqliteDriftRepository(db, logger);
-  const telemetry = new SqliteTelemetryRepository(db, [driftRecordSink(drift)]);
+  const telemetry = new SqliteTelemetryRepository(db, [drift.recordRoute()]);
   const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
 
   // Embedded broker or external one, as configured; started once ingest can take its messages.
@@ -112,20 +115,17 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     const metrics = controlPlaneMetrics({ ingest, link, drift, fleet, clock, onlineWindowMs: config.onlineWindow });
     // Telemetry and drift rollups are kept as long per bucket size; rollup queries never read past it.
     const rollupRetention = { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention };
-    const pruner = setInterval(() => {
-      const now = clock.now();
-      try {
-        telemetry.prune(now, { rawMs: config.telemetry.rawRetention, ...rollupRetention });
-        drift.pruneOlderThan(BUCKET_MINUTE_MS, now - rollupRetention.minuteMs);
-        drift.pruneOlderThan(BUCKET_HOUR_MS, now - rollupRetention.hourMs);
-      } catch (err) {
-        logger.warn({ err }, 'telemetry retention pass failed');
-      }
-    }, config.telemetry.pruneInterval);
-    pruner.unref();
-    closers.push('retention-pruner', () => clearInterval(pruner));
+    const pruner = RetentionPruner.create({
+      stores: [telemetry, drift],
+      retention: { rawMs: config.telemetry.rawRetention, ...rollupRetention },
+      intervalMs: config.telemetry.pruneInterval,
+      clock,
+      logger,
+    });
+    pruner.run();
+    closers.push('retention-pruner', () => pruner.shutdown());
 
-    const trustWarnings = watchTrust({ releases, fleet, config: config.trust, logger });
+    const trustWarnings = await watchTrust({ releases, fleet, config: config.trust, logger });
     closers.push('trust-warnings', () => trustWarnings.stop());
     const rolloutRepository = new SqliteRolloutRepository(db);
     const grants = artifactGrantSources({ fleet, rollouts: rolloutRepository, registry });
@@ -135,7 +135,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       artifacts,
       verifyDeviceCredential,
       mayDownload: (deviceId, sha256) => mayDownloadArtifact(deviceId, sha256, grants),
-      authenticateOperator: (token) => tokens.authenticate(token) !== undefined,
+      authenticateOperator: async (token) => (await tokens.authenticate(token)) !== undefined,
       metrics,
       health: () => ({
         ok: link.connected,
@@ -148,7 +148,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     // Deploys, rollout waves and rollbacks all go through this one: stored, then sent.
     const desiredStates = new DesiredStates({ fleet, releases, link, logger });
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
-    const driftStatus = driftQueries({ drift, registry, fleet, clock, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
+    const driftStatus = driftQueries({ drift, registry, fleet, clock, logger, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
     const rollouts = new RolloutEngine({
       repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
@@ -185,8 +185,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       trustRoot: () => releases.latestRoot(),
       // Refusal counts are written in bulk; the summary flushes them first so it is exact.
       telemetry: {
-        summary: (request) => {
-          ingest.flushRefusals();
+        summary: async (request) => {
+          await ingest.flushRefusals();
           return telemetry.summary(request);
         },
       },
@@ -230,8 +230,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     // An admin token minted into a store that stays would lock the operator out once its file is gone.
     const dbStays = !createdByThisStart.includes(join(config.dataDir, 'control-plane.db')) && !createdByThisStart.includes(config.dataDir);
     if (admin.created && dbStays && admin.token) {
-      const minted = tokens.authenticate(admin.token);
-      if (minted) tokens.revoke(minted.id, clock.now());
+      const minted = await tokens.authenticate(admin.token).catch(() => undefined);
+      if (minted) await tokens.revoke(minted.id, clock.now()).catch((err: unknown) => logger.warn({ err }, 'could not revoke the admin token of the failed start'));
     }
     await shutdownAll();
     for (const path of createdByThisStart) removeCreated(path, logger);

@@ -90,10 +90,10 @@ describe('artifact grants', () => {
   const A = 'a'.repeat(64);
   const B = 'b'.repeat(64);
   const C = 'c'.repeat(64);
-  const sources = (desired: DesiredState | undefined, rollouts: ReturnType<ArtifactGrantSources['activeRollouts']> = []): ArtifactGrantSources => ({
-    desired: () => desired,
-    activeRollouts: () => rollouts,
-    sha256Of: (model, version) => (model === 'm' && version === 2 ? B : undefined),
+  const sources = (desired: DesiredState | undefined, rollouts: Awaited<ReturnType<ArtifactGrantSources['activeRollouts']>> = []): ArtifactGrantSources => ({
+    desired: async () => desired,
+    activeRollouts: async () => rollouts,
+    sha256Of: async (model, version) => (model === 'm' && version === 2 ? B : undefined),
   });
   const directive = (deviceIds: string[]) =>
     signRollbackDirective(
@@ -101,19 +101,19 @@ describe('artifact grants', () => {
       signerFromPem(generateKey().privateKeyPem),
     );
 
-  it('access - a device with no desired state may download nothing', () => {
-    expect([...artifactsGrantedTo('edge-1', sources(undefined))]).toEqual([]);
+  it('access - a device with no desired state may download nothing', async () => {
+    expect([...await artifactsGrantedTo('edge-1', sources(undefined))]).toEqual([]);
   });
 
-  it('access - a rollback directive grants its release only to the devices it names', () => {
+  it('access - a rollback directive grants its release only to the devices it names', async () => {
     const desired = DesiredState.fromPartial({ model: { sha256: A }, rollback: directive(['edge-1']) });
-    expect([...artifactsGrantedTo('edge-1', sources(desired))].sort()).toEqual([A, C]);
-    expect([...artifactsGrantedTo('edge-2', sources(desired))]).toEqual([A]);
+    expect([...await artifactsGrantedTo('edge-1', sources(desired))].sort()).toEqual([A, C]);
+    expect([...await artifactsGrantedTo('edge-2', sources(desired))]).toEqual([A]);
   });
 
-  it('access - a rollout in flight grants its version to the devices it sent it to, not to those still waiting', () => {
+  it('access - a rollout in flight grants its version to the devices it sent it to, not to those still waiting', async () => {
     const rollouts = [{ model: 'm', version: 2, sentTo: ['edge-1'] }];
-    expect([...artifactsGrantedTo('edge-1', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts))].sort()).toEqual([A, B]);
-    expect([...artifactsGrantedTo('edge-2', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts))]).toEqual([A]);
+    expect([...await artifactsGrantedTo('edge-1', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts))].sort()).toEqual([A, B]);
+    expect([...await artifactsGrantedTo('edge-2', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts))]).toEqual([A]);
   });
 });

@@ -7,10 +7,11 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { sha256Hex } from '../common/hashing.js';
 import { silentLogger } from '../common/logger.js';
+import { SqliteFleetRepository } from '../control-plane/store/sqlite/fleet-repository.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
 import { startArtifactServer, type ArtifactServer } from '../control-plane/registry/artifact-http.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
-import { openDatabase, type Database } from '../control-plane/store/database.js';
+import { openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 
 describe('artifact HTTP server', () => {
   let dir: string;
@@ -29,9 +30,9 @@ describe('artifact HTTP server', () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-artifacts-'));
     db = openDatabase(join(dir, 'control-plane.db'));
     const clock = new ManualClock();
-    fleet = new FleetStore(db);
-    const { token } = fleet.createEnrollmentToken('edge-1', {}, clock.now() + 60_000, clock.now());
-    secret = fleet.enroll({ token, deviceId: 'edge-1', firmwareProfile: 'generic-x86_64-cpu' }, clock.now()).secret;
+    fleet = new FleetStore(new SqliteFleetRepository(db));
+    const { token } = await fleet.createEnrollmentToken('edge-1', {}, clock.now() + 60_000, clock.now());
+    secret = (await fleet.enroll({ token, deviceId: 'edge-1', firmwareProfile: 'generic-x86_64-cpu' }, clock.now())).secret;
 
     const artifacts = new ArtifactStore(join(dir, 'artifacts'));
     content = randomBytes(100_000);
@@ -108,7 +109,7 @@ describe('artifact HTTP server', () => {
     expect((await get(artifactUrl())).status).toBe(401);
     expect((await get(artifactUrl(), basic('edge-1', 'dld_wrong'))).status).toBe(401);
     expect((await get(artifactUrl(), basic('edge-2', secret))).status).toBe(401);
-    fleet.decommission('edge-1');
+    await fleet.decommission('edge-1');
     const res = await get(artifactUrl(), basic('edge-1', secret));
     expect(res.status).toBe(401);
     expect(res.headers.get('www-authenticate')).toMatch(/^Basic/);

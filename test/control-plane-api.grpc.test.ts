@@ -41,11 +41,13 @@ import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
 import { startGrpcServer, type GrpcServer } from '../control-plane/api/grpc-server.js';
 import type { DeviceLink } from '../control-plane/device-link/ports.js';
 import { DesiredStates } from '../control-plane/fleet/desired-states.js';
+import { SqliteFleetRepository } from '../control-plane/store/sqlite/fleet-repository.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
+import { SqliteOperatorTokenRepository } from '../control-plane/store/sqlite/operator-token-repository.js';
 import { ensureAdminToken, OperatorTokenStore } from '../control-plane/fleet/operator-tokens.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
 import { ModelRegistry } from '../control-plane/registry/model-registry.js';
-import { openDatabase, type Database } from '../control-plane/store/database.js';
+import { openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 
 const MAX_MODEL_BYTES = 64 * 1024;
@@ -102,13 +104,13 @@ describe('control-plane gRPC API', () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-api-'));
     db = openDatabase(join(dir, 'control-plane.db'));
     clock = new ManualClock();
-    fleet = new FleetStore(db);
-    const tokens = new OperatorTokenStore(db);
+    fleet = new FleetStore(new SqliteFleetRepository(db));
+    const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
     registry = new ModelRegistry({ db, artifacts: new ArtifactStore(join(dir, 'artifacts')), clock, maxModelBytes: MAX_MODEL_BYTES });
     link = new RecordingDeviceLink();
-    admin = bearer(ensureAdminToken(tokens, dir, clock).token!);
-    operator = bearer(tokens.create('ci', 'operator', clock.now()).secret);
-    viewer = bearer(tokens.create('dashboard', 'viewer', clock.now()).secret);
+    admin = bearer((await ensureAdminToken(tokens, dir, clock)).token!);
+    operator = bearer((await tokens.create('ci', 'operator', clock.now())).secret);
+    viewer = bearer((await tokens.create('dashboard', 'viewer', clock.now())).secret);
     server = await startGrpcServer({
       host: '127.0.0.1',
       port: 0,
@@ -117,7 +119,7 @@ describe('control-plane gRPC API', () => {
       registry,
       deviceLink: link,
       desiredStates: new DesiredStates({ fleet, link, logger: silentLogger() }),
-      telemetry: { summary: () => TelemetrySummary.fromPartial({ recordsStored: 7 }) },
+      telemetry: { summary: async () => TelemetrySummary.fromPartial({ recordsStored: 7 }) },
       advertisedMqttUrl: () => 'mqtt://127.0.0.1:1883',
       advertisedHttpUrl: () => 'http://127.0.0.1:7480',
       config: { enrollmentTokenTtl: TOKEN_TTL_MS, onlineWindow: 90_000, rollout: { tickInterval: 5_000, watchInterval: 1_000, rollbackTtl: 7 * 86_400_000 } },
@@ -203,7 +205,7 @@ describe('control-plane gRPC API', () => {
         artifactBaseUrl: 'http://127.0.0.1:7480',
         labels: { site: 'plant-3', profile: 'generic-x86_64-cpu' },
       });
-      expect(fleet.verifyDeviceCredential('edge-1', res.mqttPassword)).toBe('ok');
+      expect(await fleet.verifyDeviceCredential('edge-1', res.mqttPassword)).toBe('ok');
       expect(await getDevice('edge-1')).toMatchObject({ status: DeviceStatus.DEVICE_STATUS_ENROLLED, labels: { site: 'plant-3', profile: 'generic-x86_64-cpu' } });
     });
 
@@ -252,7 +254,7 @@ describe('control-plane gRPC API', () => {
       const first = await enrollDevice('edge-1');
       expect(await errorOf(createToken('edge-1'))).toEqual({ status: status.FAILED_PRECONDITION, code: 'DEVICE_ALREADY_ENROLLED' });
       expect((await errorOf(enroll(spare.token, 'edge-1'))).code).toBe('DEVICE_ALREADY_ENROLLED');
-      expect(fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('ok');
+      expect(await fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('ok');
       expect(link.disconnected).toEqual([]);
     });
 
@@ -261,11 +263,11 @@ describe('control-plane gRPC API', () => {
       const grant = await rpc<CreateEnrollmentTokenResponse>((cb) => devices.reenrollDevice({ deviceId: 'edge-1', ttlSeconds: 0 }, operator, cb));
       expect(grant).toMatchObject({ deviceId: 'edge-1', reenroll: true });
       // Issuing the token changes nothing yet: the device keeps working until the token is spent.
-      expect(fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('ok');
+      expect(await fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('ok');
       const second = await enroll(grant.token, 'edge-1');
       expect(second.mqttPassword).not.toBe(first.mqttPassword);
-      expect(fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('bad_secret');
-      expect(fleet.verifyDeviceCredential('edge-1', second.mqttPassword)).toBe('ok');
+      expect(await fleet.verifyDeviceCredential('edge-1', first.mqttPassword)).toBe('bad_secret');
+      expect(await fleet.verifyDeviceCredential('edge-1', second.mqttPassword)).toBe('ok');
       expect(link.disconnected).toEqual(['edge-1']);
       expect((await errorOf(rpc((cb) => devices.reenrollDevice({ deviceId: 'edge-never', ttlSeconds: 0 }, operator, cb)))).code).toBe('DEVICE_NOT_FOUND');
     });
@@ -288,7 +290,7 @@ describe('control-plane gRPC API', () => {
     it('reports a device online only within the online window of its last contact', async () => {
       await enrollDevice('edge-1');
       expect((await getDevice('edge-1')).online).toBe(false);
-      fleet.recordSeen('edge-1', clock.now());
+      await fleet.recordSeen('edge-1', clock.now());
       expect((await getDevice('edge-1')).online).toBe(true);
       clock.advance(90_001);
       expect((await getDevice('edge-1')).online).toBe(false);
@@ -369,7 +371,7 @@ describe('control-plane gRPC API', () => {
         { deviceId: 'edge-1', desired: { revision: 1, model: expectedModel, ...unsigned } },
         { deviceId: 'edge-2', desired: { revision: 1, model: expectedModel, ...unsigned } },
       ]);
-      expect(fleet.getDesired('edge-1')).toEqual({ revision: 1, model: expectedModel, ...unsigned });
+      expect(await fleet.getDesired('edge-1')).toEqual({ revision: 1, model: expectedModel, ...unsigned });
       expect((await getDevice('edge-1')).desiredModel).toEqual(expectedModel);
 
       await rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration', version: 1, deviceIds: ['edge-2'] }), operator, cb));

@@ -7,11 +7,13 @@ import { ManualClock } from '../common/clock.js';
 import { DriftlineError } from '../common/errors.js';
 import { sha256Hex } from '../common/hashing.js';
 import { UploadModelHeader } from '../common/proto/driftline/v1/models.js';
+import { SqliteFleetRepository } from '../control-plane/store/sqlite/fleet-repository.js';
 import { FleetStore } from '../control-plane/fleet/fleet-store.js';
+import { SqliteOperatorTokenRepository } from '../control-plane/store/sqlite/operator-token-repository.js';
 import { ensureAdminToken, OperatorTokenStore } from '../control-plane/fleet/operator-tokens.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
 import { ModelRegistry } from '../control-plane/registry/model-registry.js';
-import { applyMigrations, openDatabase, type Database } from '../control-plane/store/database.js';
+import { applyMigrations, openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 
 async function* chunked(bytes: Uint8Array, size = 300): AsyncGenerator<Uint8Array> {
@@ -72,34 +74,34 @@ describe('control-plane store', () => {
   });
 
   describe('fleet', () => {
-    it('keeps reported and desired state and the last contact per device', () => {
-      const fleet = new FleetStore(db);
-      const { token } = fleet.createEnrollmentToken('edge-1', { site: 'plant-3' }, clock.now() + 1000, clock.now());
-      fleet.enroll({ token, deviceId: 'edge-1', firmwareProfile: 'jetson-orin-nano' }, clock.now());
-      fleet.saveReported('edge-1', { agentVersion: '0.1.0', firmwareProfile: 'jetson-orin-nano', activeModel: undefined, bufferDepth: 3, boot: 2, uptimeS: 10, desiredRevision: 0, lastErrorCode: '', lastError: '', droppedRecords: 0, reportedAtMs: 5, warnings: [] }, clock.now() + 10);
-      fleet.recordSeen('edge-1', clock.now() + 5);
-      fleet.setDesired('edge-1', { revision: 4, model: { name: 'm', version: 2, sha256: 'a'.repeat(64), sizeBytes: 9, artifactPath: `artifacts/sha256/${'a'.repeat(64)}`, driftReference: '', envelope: Buffer.alloc(0) }, rootChain: [], rollback: Buffer.alloc(0) });
-      const device = fleet.get('edge-1');
+    it('keeps reported and desired state and the last contact per device', async () => {
+      const fleet = new FleetStore(new SqliteFleetRepository(db));
+      const { token } = await fleet.createEnrollmentToken('edge-1', { site: 'plant-3' }, clock.now() + 1000, clock.now());
+      await fleet.enroll({ token, deviceId: 'edge-1', firmwareProfile: 'jetson-orin-nano' }, clock.now());
+      await fleet.saveReported('edge-1', { agentVersion: '0.1.0', firmwareProfile: 'jetson-orin-nano', activeModel: undefined, bufferDepth: 3, boot: 2, uptimeS: 10, desiredRevision: 0, lastErrorCode: '', lastError: '', droppedRecords: 0, reportedAtMs: 5, warnings: [] }, clock.now() + 10);
+      await fleet.recordSeen('edge-1', clock.now() + 5);
+      await fleet.setDesired('edge-1', { revision: 4, model: { name: 'm', version: 2, sha256: 'a'.repeat(64), sizeBytes: 9, artifactPath: `artifacts/sha256/${'a'.repeat(64)}`, driftReference: '', envelope: Buffer.alloc(0) }, rootChain: [], rollback: Buffer.alloc(0) });
+      const device = await fleet.get('edge-1');
       expect(device).toMatchObject({ labels: { site: 'plant-3', profile: 'jetson-orin-nano' }, lastSeenMs: clock.now() + 10, reported: { bufferDepth: 3, boot: 2 } });
-      expect(fleet.getDesired('edge-1')?.revision).toBe(4);
-      expect(fleet.verifyDeviceCredential('edge-2', 'x')).toBe('unknown');
+      expect((await fleet.getDesired('edge-1'))?.revision).toBe(4);
+      expect(await fleet.verifyDeviceCredential('edge-2', 'x')).toBe('unknown');
     });
   });
 
   describe('operator tokens', () => {
-    it('writes the first admin token to an owner-only file once', () => {
-      const tokens = new OperatorTokenStore(db);
-      const first = ensureAdminToken(tokens, dir, clock);
+    it('writes the first admin token to an owner-only file once', async () => {
+      const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
+      const first = await ensureAdminToken(tokens, dir, clock);
       expect(first.created).toBe(true);
       expect(readFileSync(first.file, 'utf8').trim()).toBe(first.token);
       expect(statSync(first.file).mode & 0o777).toBe(0o600);
-      expect(tokens.authenticate(first.token!)?.role).toBe('admin');
-      expect(ensureAdminToken(tokens, dir, clock)).toEqual({ created: false, file: first.file });
+      expect((await tokens.authenticate(first.token!))?.role).toBe('admin');
+      expect(await ensureAdminToken(tokens, dir, clock)).toEqual({ created: false, file: first.file });
     });
 
-    it('stores tokens only as hashes', () => {
-      const tokens = new OperatorTokenStore(db);
-      const { secret } = tokens.create('ci', 'operator', clock.now());
+    it('stores tokens only as hashes', async () => {
+      const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
+      const { secret } = await tokens.create('ci', 'operator', clock.now());
       const dump = JSON.stringify(db.prepare('SELECT * FROM operator_tokens').all());
       expect(dump).not.toContain(secret);
       expect(dump).toContain(sha256Hex(secret));

@@ -120,10 +120,10 @@ describe('drift events - watcher, gRPC and CLI', () => {
   });
 
   it('drift events - the first verdicts of the fleet and of each cohort are recorded as changes from no_data', async () => {
-    expect(cp.driftWatcher.evaluate()).toEqual([]);
+    expect((await cp.driftWatcher.evaluate())).toEqual([]);
     await sendSketch('dev-a', false);
     await sendSketch('dev-b', false);
-    const events = cp.driftWatcher.evaluate();
+    const events = (await cp.driftWatcher.evaluate());
     expect(transitions(events)).toEqual([
       ['', 'no_data', 'ok'],
       ['a', 'no_data', 'ok'],
@@ -141,7 +141,7 @@ describe('drift events - watcher, gRPC and CLI', () => {
     clock.advance(NEXT_ROUND);
     await sendSketch('dev-a', false);
     await sendSketch('dev-b', true);
-    const events = cp.driftWatcher.evaluate();
+    const events = (await cp.driftWatcher.evaluate());
     const b = events.filter((e) => e.cohort === 'b');
     expect(transitions(b)).toEqual([['b', 'ok', 'alert']]);
     expect(b[0]!.driftedShare).toBeGreaterThanOrEqual(0.5);
@@ -152,9 +152,9 @@ describe('drift events - watcher, gRPC and CLI', () => {
 
   it('drift events - an evaluation with nothing new records nothing', async () => {
     const before = await list({});
-    expect(cp.driftWatcher.evaluate()).toEqual([]);
+    expect((await cp.driftWatcher.evaluate())).toEqual([]);
     clock.advance(MINUTE);
-    expect(cp.driftWatcher.evaluate()).toEqual([]);
+    expect((await cp.driftWatcher.evaluate())).toEqual([]);
     expect(await list({})).toEqual(before);
   });
 
@@ -209,11 +209,11 @@ describe('drift events - watcher, gRPC and CLI', () => {
     await sendSketch('dev-b', false);
     const live = new Promise<void>((resolve) => stream.on('data', () => resolve()));
     // Hysteresis (drift.clearAfter, 3): a lower status is recorded on the third evaluation in a row that gives it.
-    expect(cp.driftWatcher.evaluate().filter((e) => e.cohort === 'b')).toEqual([]);
+    expect((await cp.driftWatcher.evaluate()).filter((e) => e.cohort === 'b')).toEqual([]);
     clock.advance(MINUTE / 2);
-    expect(cp.driftWatcher.evaluate().filter((e) => e.cohort === 'b')).toEqual([]);
+    expect((await cp.driftWatcher.evaluate()).filter((e) => e.cohort === 'b')).toEqual([]);
     clock.advance(MINUTE / 2);
-    const recorded = cp.driftWatcher.evaluate();
+    const recorded = (await cp.driftWatcher.evaluate());
     await live;
     stream.cancel();
     expect(transitions(seen)).toEqual([

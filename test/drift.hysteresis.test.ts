@@ -5,7 +5,7 @@ import { silentLogger } from '../common/logger.js';
 import type { DriftStatus } from '../common/proto/driftline/v1/drift.js';
 import { DriftWatcher } from '../control-plane/drift/drift-watcher.js';
 import { evaluateDrift } from '../control-plane/drift/evaluate.js';
-import { SqliteDriftEvents } from '../control-plane/drift/sqlite-drift-events.js';
+import { SqliteDriftEvents } from '../control-plane/store/sqlite/drift-events.js';
 import { normalReference, normalRows, sketchOfRows } from '../demo/model/shifted-normal.js';
 
 const reference = normalReference(1, 20_000, 8);
@@ -16,7 +16,7 @@ function watcherOver(clearAfter: number, window: (n: number) => DriftStatus): { 
   const clock = new ManualClock(1_790_000_000_000);
   let n = 0;
   const watcher = DriftWatcher.create({
-    source: { versions: () => [{ model: 'm', version: 1 }], status: () => [window(n++)] },
+    source: { versions: async () => [{ model: 'm', version: 1 }], status: async () => [window(n++)] },
     store: new SqliteDriftEvents(db),
     clock,
     logger: silentLogger(),
@@ -38,30 +38,30 @@ const borderline = (n: number): DriftStatus => ({
 });
 
 describe('drift watcher hysteresis', () => {
-  it('hysteresis - a borderline cohort does not flap: a lower status waits for clearAfter evaluations in a row', () => {
-    const count = (clearAfter: number): number => {
+  it('hysteresis - a borderline cohort does not flap: a lower status waits for clearAfter evaluations in a row', async () => {
+    const count = async (clearAfter: number): Promise<number> => {
       const { watcher, clock, db } = watcherOver(clearAfter, borderline);
       let events = 0;
       for (let i = 0; i < 60; i++) {
-        events += watcher.evaluate().length;
+        events += (await watcher.evaluate()).length;
         clock.advance(30_000);
       }
       db.close();
       return events;
     };
-    const plain = count(1);
-    const held = count(3);
+    const plain = await count(1);
+    const held = await count(3);
     // Without hysteresis the verdict changes on a large share of the 60 evaluations.
     expect(plain).toBeGreaterThan(10);
     expect(held).toBeLessThan(plain / 2);
   });
 
-  it('hysteresis - a higher status is recorded at once, a lower one on the clearAfter-th evaluation that gives it', () => {
+  it('hysteresis - a higher status is recorded at once, a lower one on the clearAfter-th evaluation that gives it', async () => {
     const script = ['ok', 'alert', 'ok', 'ok', 'warn', 'warn', 'ok', 'ok', 'ok'];
     const { watcher, clock, db } = watcherOver(3, (n) => ({ ...borderline(0), status: script[n]! }));
     const changes: string[] = [];
     for (let i = 0; i < script.length; i++) {
-      for (const e of watcher.evaluate()) changes.push(`${i}:${e.previousStatus}->${e.status}`);
+      for (const e of await watcher.evaluate()) changes.push(`${i}:${e.previousStatus}->${e.status}`);
       clock.advance(30_000);
     }
     db.close();

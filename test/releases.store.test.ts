@@ -9,7 +9,7 @@ import { peekManifest } from '../common/trust/manifest.js';
 import { verifyRollbackDirective } from '../common/trust/rollback.js';
 import { peekRoot, signRootBytes } from '../common/trust/root.js';
 import { ReleaseStore } from '../control-plane/registry/release-store.js';
-import { openDatabase } from '../control-plane/store/database.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { capturingLogger } from './fixtures/logs.js';
 import { demoModelBytes } from './fixtures/models.js';
 import { makeRelease, newKey, testTrust, type TestRelease, type TestTrust } from './helpers/releases.js';

@@ -2,9 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { Outcome, Stream, type TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { evaluateGates, type CohortStats } from '../control-plane/rollout/gates.js';
 import { parseGate } from '../control-plane/rollout/plan.js';
-import { SqliteCohortMetrics } from '../control-plane/rollout/sqlite-cohort-metrics.js';
-import { openDatabase } from '../control-plane/store/database.js';
-import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { SqliteCohortMetrics } from '../control-plane/store/sqlite/cohort-metrics.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
+import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 
 const inference = (seq: number, version: number): TelemetryRecord => ({
   boot: 1,
@@ -29,25 +29,25 @@ const labelled = (from: number, version: number, n: number, correct: number): Te
 ];
 
 describe('rollout accuracy from device labels', () => {
-  it('rollout - counts labels per version cohort within the window and judges the accuracy-delta gate on them', () => {
+  it('rollout - counts labels per version cohort within the window and judges the accuracy-delta gate on them', async () => {
     const db = openDatabase(':memory:');
     const telemetry = new SqliteTelemetryRepository(db);
     // Before the window: labels that must not count.
-    telemetry.commit('d-1', [label(1, 2, false), label(2, 2, false)], 500);
+    await telemetry.commit('d-1', [label(1, 2, false), label(2, 2, false)], 500);
     // v2 (canary) on d-1 and d-2: 100 labels, 92 right. v1 (baseline) on d-3 and d-4: 100 labels, 93 right.
-    telemetry.commit('d-1', labelled(10, 2, 60, 55), 1000);
-    telemetry.commit('d-2', labelled(1, 2, 40, 37), 1000);
-    telemetry.commit('d-3', labelled(1, 1, 50, 47), 1000);
-    telemetry.commit('d-4', labelled(1, 1, 50, 46), 1000);
+    await telemetry.commit('d-1', labelled(10, 2, 60, 55), 1000);
+    await telemetry.commit('d-2', labelled(1, 2, 40, 37), 1000);
+    await telemetry.commit('d-3', labelled(1, 1, 50, 47), 1000);
+    await telemetry.commit('d-4', labelled(1, 1, 50, 46), 1000);
     const metrics = new SqliteCohortMetrics(db);
     const devices = ['d-1', 'd-2', 'd-3', 'd-4'];
-    const canary = metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 1000 });
-    const baseline = metrics.cohort({ model: 'vibration', excludeVersion: 2, deviceIds: devices, sinceMs: 1000 });
+    const canary = await metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 1000 });
+    const baseline = await metrics.cohort({ model: 'vibration', excludeVersion: 2, deviceIds: devices, sinceMs: 1000 });
     // Labels leave the inference figures as they were.
     expect(canary).toEqual({ devices: 4, devicesWithData: 2, inferences: 100, errors: 0, p95LatencyMs: 2, labeled: { total: 100, correct: 92 } });
     expect(baseline).toMatchObject({ inferences: 100, labeled: { total: 100, correct: 93 } });
-    expect(metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 0 }).labeled).toEqual({ total: 102, correct: 92 });
-    expect(metrics.cohort({ model: 'other', deviceIds: devices, sinceMs: 0 }).labeled).toBeUndefined();
+    expect((await metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 0 })).labeled).toEqual({ total: 102, correct: 92 });
+    expect((await metrics.cohort({ model: 'other', deviceIds: devices, sinceMs: 0 })).labeled).toBeUndefined();
 
     const gate = [parseGate('accuracy-delta>=-0.02')];
     const judge = (c: CohortStats, b: CohortStats) => evaluateGates(gate, { install: { attempted: 2, installed: 2, failed: 0, pending: 0 }, canary: c, baseline: b }, { minDevices: 2, minInferences: 50 });
@@ -55,13 +55,13 @@ describe('rollout accuracy from device labels', () => {
     expect(judge(canary, baseline)).toMatchObject({ verdict: 'pass', results: [{ value: -0.01 }] });
 
     // Three more wrong canary labels: 92 of 103 (89.3%) vs 93%, past the gate.
-    telemetry.commit('d-2', [label(200, 2, false), label(201, 2, false), label(202, 2, false)], 2000);
-    const worse = metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 1000 });
+    await telemetry.commit('d-2', [label(200, 2, false), label(201, 2, false), label(202, 2, false)], 2000);
+    const worse = await metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 1000 });
     expect(worse.labeled).toEqual({ total: 103, correct: 92 });
     expect(judge(worse, baseline).verdict).toBe('fail');
 
     // Too few labels on either side: no verdict either way.
-    const few = metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 2000 });
+    const few = await metrics.cohort({ model: 'vibration', version: 2, deviceIds: devices, sinceMs: 2000 });
     expect(few.labeled).toEqual({ total: 3, correct: 0 });
     expect(judge({ ...canary, labeled: few.labeled }, baseline).verdict).toBe('inconclusive');
     expect(judge({ ...canary, labeled: undefined }, baseline).verdict).toBe('inconclusive');

@@ -18,7 +18,7 @@ import { systemClock, type Clock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
-import { ROLLUP_BUCKETS_MS } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { ROLLUP_BUCKETS_MS } from '../control-plane/store/sqlite/telemetry-repository.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { driveInferences, inferOnce } from './helpers/agent-traffic.js';
 import { fleetApi, type FleetApi } from './helpers/fleet-api.js';

@@ -10,9 +10,9 @@ import { silentLogger } from '../common/logger.js';
 import { Stream, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { EmbeddedMqttLink } from '../control-plane/device-link/embedded-mqtt/embedded-mqtt-link.js';
 import { parseControlPlaneConfig } from '../control-plane/config.js';
-import { openDatabase } from '../control-plane/store/database.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
-import { SqliteTelemetryRepository } from '../control-plane/telemetry/sqlite-telemetry-repository.js';
+import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 import { waitFor } from './helpers/processes.js';
 import { defaultBrokerLimits } from './helpers/mqtt.js';
 
@@ -37,7 +37,7 @@ describe('telemetry uploader draining a backlog', () => {
     db = openDatabase(join(dir, 'control-plane.db'));
     ingest = new TelemetryIngest({
       repository: new SqliteTelemetryRepository(db),
-      devices: { recordSeen: () => undefined, saveReported: () => undefined, getDesired: () => undefined },
+      devices: { recordSeen: async () => undefined, saveReported: async () => undefined, getDesired: async () => undefined },
       downlink: link,
       clock: systemClock,
       logger,

@@ -33,38 +33,47 @@ export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer
   };
 
   return {
-    getDriftStatus: unary(ctx, 'GetDriftStatus', 'viewer', (req) => {
+    getDriftStatus: unary(ctx, 'GetDriftStatus', 'viewer', async (req) => {
       validate(statusRequest, req);
       if (!deps.drift) throw new DriftlineError('NOT_IMPLEMENTED', 'drift status is not served by this control plane');
       // Refuses an unknown model with MODEL_NOT_FOUND rather than an empty answer.
       deps.registry.get(req.model);
-      return { statuses: deps.drift.status(req) };
+      return { statuses: await deps.drift.status(req) };
     }),
-    listDriftEvents: unary(ctx, 'ListDriftEvents', 'viewer', (req) => {
+    listDriftEvents: unary(ctx, 'ListDriftEvents', 'viewer', async (req) => {
       const { feed, filter, limit } = eventsQuery(req);
-      return { events: feed.list(filter, limit) };
+      return { events: await feed.list(filter, limit) };
     }),
-    watchDriftEvents: serverStreaming(ctx, 'WatchDriftEvents', 'viewer', (call) => {
+    watchDriftEvents: serverStreaming(ctx, 'WatchDriftEvents', 'viewer', async (call) => {
       const { feed, filter, limit } = eventsQuery(call.request);
-      // Subscribed before the replay is read; both run in this one synchronous turn, so no
-      // event falls between them, and an id check keeps a live event from repeating one replayed.
+      // Subscribed before the replay is read, so no event falls between them. Live events that
+      // arrive while the replay is read wait until it is sent (their ids are above what it read
+      // so far, and sending one first would skip the replay past the rest); an id check keeps
+      // a live event from repeating one replayed.
       let lastId = filter.afterId ?? 0;
       const send = (event: DriftEventRecord): void => {
         if (event.id <= lastId || !matchesDriftFilter(event, filter)) return;
         lastId = event.id;
         call.write(event);
       };
+      let held: DriftEventRecord[] | undefined = [];
+      const receive = (event: DriftEventRecord): void => {
+        if (held) held.push(event);
+        else send(event);
+      };
       // The control plane's shutdown ends the stream, so it never holds up the gRPC server's drain.
-      const unsubscribe = feed.subscribe(send, () => call.end());
+      const unsubscribe = feed.subscribe(receive, () => call.end());
       call.on('cancelled', unsubscribe);
       call.on('close', unsubscribe);
       // The replay sends every matching event after after_id, reading `limit` at a time.
       let page: DriftEventRecord[];
       do {
-        page = feed.list({ ...filter, afterId: lastId }, limit);
+        page = await feed.list({ ...filter, afterId: lastId }, limit);
         for (const event of page) send(event);
       } while (page.length === limit);
-      return Promise.resolve();
+      const waiting = held;
+      held = undefined;
+      for (const event of waiting) send(event);
     }),
   };
 }

@@ -38,40 +38,40 @@ const revokeEnrollmentToken = z.object({ id: z.string().min(1).max(64) });
 export function deviceService(deps: ApiDeps, ctx: RpcContext): DeviceServiceServer {
   const { fleet, clock, config } = deps;
   const view = (device: DeviceRecord): Device => toDeviceMessage(device, clock.now(), config.onlineWindow);
-  const issueToken = (req: { deviceId: string; ttlSeconds: number }, labels: Record<string, string>, reenroll: boolean, by: string | undefined): CreateEnrollmentTokenResponse => {
+  const issueToken = async (req: { deviceId: string; ttlSeconds: number }, labels: Record<string, string>, reenroll: boolean, by: string | undefined): Promise<CreateEnrollmentTokenResponse> => {
     const { ttlSeconds } = validate(createTokenRequest, req);
     const ttlMs = ttlSeconds === 0 ? config.enrollmentTokenTtl : ttlSeconds * 1000;
     if (ttlMs > MAX_ENROLLMENT_TOKEN_TTL_MS) {
       throw new DriftlineError('REQUEST_INVALID', `ttl_seconds may be at most ${MAX_ENROLLMENT_TOKEN_TTL_MS / 1000}`, { details: { ttlSeconds } });
     }
     const now = clock.now();
-    const grant = fleet.createEnrollmentToken(assertDeviceId(req.deviceId), labels, now + ttlMs, now, { reenroll });
+    const grant = await fleet.createEnrollmentToken(assertDeviceId(req.deviceId), labels, now + ttlMs, now, { reenroll });
     deps.logger.info({ deviceId: grant.deviceId, token: grant.id, reenroll, expiresAtMs: grant.expiresAtMs, by }, 'enrollment token created');
     return { token: grant.token, id: grant.id, deviceId: grant.deviceId, expiresAtMs: grant.expiresAtMs, reenroll };
   };
   return {
     createEnrollmentToken: unary(ctx, 'CreateEnrollmentToken', 'operator', (req, caller) => issueToken(req, req.labels, false, caller?.id)),
     reenrollDevice: unary(ctx, 'ReenrollDevice', 'operator', (req, caller) => issueToken(req, {}, true, caller?.id)),
-    listEnrollmentTokens: unary(ctx, 'ListEnrollmentTokens', 'operator', (req) => {
+    listEnrollmentTokens: unary(ctx, 'ListEnrollmentTokens', 'operator', async (req) => {
       const { deviceId } = validate(listEnrollmentTokens, req);
-      return { tokens: fleet.listEnrollmentTokens(clock.now(), { deviceId, includeInactive: req.includeInactive }).map(toTokenMessage) };
+      return { tokens: (await fleet.listEnrollmentTokens(clock.now(), { deviceId, includeInactive: req.includeInactive })).map(toTokenMessage) };
     }),
-    revokeEnrollmentToken: unary(ctx, 'RevokeEnrollmentToken', 'operator', (req, caller) => {
+    revokeEnrollmentToken: unary(ctx, 'RevokeEnrollmentToken', 'operator', async (req, caller) => {
       const { id } = validate(revokeEnrollmentToken, req);
-      const revoked = fleet.revokeEnrollmentToken(id, clock.now());
+      const revoked = await fleet.revokeEnrollmentToken(id, clock.now());
       deps.logger.info({ token: id, deviceId: revoked.deviceId, state: revoked.state, by: caller?.id }, 'enrollment token revoked');
       return toTokenMessage(revoked);
     }),
-    listDevices: unary(ctx, 'ListDevices', 'viewer', (req) => ({
-      devices: fleet.list(req.selector, { includeDecommissioned: req.includeDecommissioned }).map(view),
+    listDevices: unary(ctx, 'ListDevices', 'viewer', async (req) => ({
+      devices: (await fleet.list(req.selector, { includeDecommissioned: req.includeDecommissioned })).map(view),
     })),
-    getDevice: unary(ctx, 'GetDevice', 'viewer', (req) => view(fleet.get(assertDeviceId(req.deviceId)))),
-    labelDevice: unary(ctx, 'LabelDevice', 'operator', (req) => {
+    getDevice: unary(ctx, 'GetDevice', 'viewer', async (req) => view(await fleet.get(assertDeviceId(req.deviceId)))),
+    labelDevice: unary(ctx, 'LabelDevice', 'operator', async (req) => {
       const { remove } = validate(labelRequest, req);
-      return view(fleet.setLabels(assertDeviceId(req.deviceId), req.set, remove));
+      return view(await fleet.setLabels(assertDeviceId(req.deviceId), req.set, remove));
     }),
-    decommissionDevice: unary(ctx, 'DecommissionDevice', 'operator', (req, caller) => {
-      const device = fleet.decommission(assertDeviceId(req.deviceId));
+    decommissionDevice: unary(ctx, 'DecommissionDevice', 'operator', async (req, caller) => {
+      const device = await fleet.decommission(assertDeviceId(req.deviceId));
       deps.deviceLink.disconnect(device.id);
       deps.logger.info({ deviceId: device.id, by: caller?.id }, 'device decommissioned');
       return view(device);
@@ -81,11 +81,11 @@ export function deviceService(deps: ApiDeps, ctx: RpcContext): DeviceServiceServ
 
 export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentServiceServer {
   return {
-    enroll: unary(ctx, 'Enroll', 'public', (req) => {
+    enroll: unary(ctx, 'Enroll', 'public', async (req) => {
       if (!req.token || req.token.length > 256) throw new DriftlineError('ENROLLMENT_TOKEN_INVALID', 'an enrollment token is required');
       const deviceId = assertDeviceId(req.deviceId);
       const { firmwareProfile, agentVersion } = validate(enrollRequest, req);
-      const enrollment = deps.fleet.enroll({ token: req.token, deviceId, firmwareProfile }, deps.clock.now());
+      const enrollment = await deps.fleet.enroll({ token: req.token, deviceId, firmwareProfile }, deps.clock.now());
       // The old secret is void: a session still using it (the device this replaces, or whoever took its secret) goes now.
       // Before the response, so the new secret cannot be in use yet.
       if (enrollment.reenrolled) deps.deviceLink.disconnect(deviceId);
@@ -107,18 +107,18 @@ export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentSer
 export function accessService(deps: ApiDeps, ctx: RpcContext): AccessServiceServer {
   const { tokens, clock } = deps;
   return {
-    createToken: unary(ctx, 'CreateToken', 'admin', (req, caller) => {
+    createToken: unary(ctx, 'CreateToken', 'admin', async (req, caller) => {
       const { name, role } = validate(createOperatorToken, req);
-      const { token, secret } = tokens.create(name, roleName(role), clock.now());
+      const { token, secret } = await tokens.create(name, roleName(role), clock.now());
       deps.logger.info({ token: token.id, role: token.role, by: caller?.id }, 'operator token created');
       return { id: token.id, token: secret, role };
     }),
-    listTokens: unary(ctx, 'ListTokens', 'admin', () => ({
-      tokens: tokens.list().map((t) => ({ id: t.id, name: t.name, role: roleMessage(t.role), createdAtMs: t.createdAtMs, revoked: t.revoked })),
+    listTokens: unary(ctx, 'ListTokens', 'admin', async () => ({
+      tokens: (await tokens.list()).map((t) => ({ id: t.id, name: t.name, role: roleMessage(t.role), createdAtMs: t.createdAtMs, revoked: t.revoked })),
     })),
-    revokeToken: unary(ctx, 'RevokeToken', 'admin', (req, caller) => {
+    revokeToken: unary(ctx, 'RevokeToken', 'admin', async (req, caller) => {
       const { id } = validate(revokeOperatorToken, req);
-      tokens.revoke(id, clock.now());
+      await tokens.revoke(id, clock.now());
       deps.logger.info({ token: id, by: caller?.id }, 'operator token revoked');
       return {};
     }),

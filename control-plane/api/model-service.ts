@@ -32,7 +32,7 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       const model = registry.resolve(assertModelName(req.name), version);
       // A release every device would refuse (revoked signing key, expired root) is refused here, with the reason.
       deps.releases?.assertDeployable(model.name, model.version);
-      const targets = selectTargets(deps, deviceIds, req.selector);
+      const targets = await selectTargets(deps, deviceIds, req.selector);
       const rollback = rollbackFor(deps, model, targets, caller?.id);
       const published = await deps.desiredStates.deploy(model, targets, { rollback });
       logger.info({ model: model.name, version: model.version, devices: targets.length, published, rolledBack: rollback?.deviceIds.size ?? 0, by: caller?.id }, 'model deployed');
@@ -62,9 +62,9 @@ async function receiveUpload(deps: ApiDeps, call: ServerReadableStream<UploadMod
  * The devices a deploy reaches: the named ones (each must exist) and/or those matching the
  * selector, or every enrolled device when neither is given. Decommissioned devices are skipped.
  */
-function selectTargets({ fleet }: ApiDeps, deviceIds: readonly string[], selector: string): DeviceRecord[] {
+async function selectTargets({ fleet }: ApiDeps, deviceIds: readonly string[], selector: string): Promise<DeviceRecord[]> {
   const terms = parseSelector(selector);
-  const named = deviceIds.length > 0 ? [...new Set(deviceIds)].map((id) => fleet.get(assertDeviceId(id))) : fleet.list();
+  const named = deviceIds.length > 0 ? await Promise.all([...new Set(deviceIds)].map((id) => fleet.get(assertDeviceId(id)))) : await fleet.list();
   return named.filter((device) => device.status === 'enrolled' && matchesSelector(device.labels, terms));
 }
 

@@ -13,22 +13,22 @@ import type { ReleaseStore } from '../registry/release-store.js';
 
 /** Read side of telemetry, answered by the telemetry store. */
 export interface TelemetryQueries {
-  summary(request: TelemetrySummaryRequest): TelemetrySummary;
+  summary(request: TelemetrySummaryRequest): Promise<TelemetrySummary>;
 }
 
 /** Telemetry rollup sums per bucket and group, answered from the rollup tables. */
 export interface TelemetryRollupQueries {
-  rollups(request: TelemetryRollupsRequest): TelemetryRollups;
+  rollups(request: TelemetryRollupsRequest): Promise<TelemetryRollups>;
 }
 
 /** Drift status per model version and cohort, answered by the drift rollups. */
 export interface DriftQueries {
-  status(request: DriftStatusRequest): DriftStatus[];
+  status(request: DriftStatusRequest): Promise<DriftStatus[]>;
 }
 
 /** Recorded drift status changes, and a live feed of new ones (the drift watcher). */
 export interface DriftEventFeed {
-  list(filter: DriftEventFilter, limit: number): DriftEventRecord[];
+  list(filter: DriftEventFilter, limit: number): Promise<DriftEventRecord[]>;
   /** `onEnd` runs when the feed stops (shutdown); returns the unsubscribe function. */
   subscribe(listener: (event: DriftEventRecord) => void, onEnd?: () => void): () => void;
 }

@@ -51,16 +51,16 @@ export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ct
       );
       return toWire(rollouts, rollout);
     }),
-    getRollout: unary(ctx, 'GetRollout', 'viewer', (req) => toWire(rollouts, rollouts.get(req.id))),
-    listRollouts: unary(ctx, 'ListRollouts', 'viewer', (req) => ({
-      rollouts: rollouts.list({ activeOnly: req.activeOnly, ...(req.model ? { model: req.model } : {}) }).map((r) => toWire(rollouts, r)),
+    getRollout: unary(ctx, 'GetRollout', 'viewer', async (req) => toWire(rollouts, await rollouts.get(req.id))),
+    listRollouts: unary(ctx, 'ListRollouts', 'viewer', async (req) => ({
+      rollouts: await Promise.all((await rollouts.list({ activeOnly: req.activeOnly, ...(req.model ? { model: req.model } : {}) })).map((r) => toWire(rollouts, r))),
     })),
     pauseRollout: commandRpc('PauseRollout', 'pause'),
     resumeRollout: commandRpc('ResumeRollout', 'resume'),
     abortRollout: commandRpc('AbortRollout', 'abort'),
     promoteRollout: commandRpc('PromoteRollout', 'promote'),
-    getRolloutAudit: unary(ctx, 'GetRolloutAudit', 'viewer', (req) => ({
-      entries: rollouts.audit(req.id).map((e) => ({
+    getRolloutAudit: unary(ctx, 'GetRolloutAudit', 'viewer', async (req) => ({
+      entries: (await rollouts.audit(req.id)).map((e) => ({
         seq: e.seq,
         atMs: e.atMs,
         actor: e.actor,
@@ -76,8 +76,9 @@ export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ct
     watchRollout: serverStreaming(ctx, 'WatchRollout', 'viewer', (call) => {
       const id = call.request.id;
       let last = '';
-      const send = (r: RolloutRecord): void => {
-        const wire = toWire(rollouts, r);
+      const write = async (r: RolloutRecord): Promise<void> => {
+        const wire = await toWire(rollouts, r);
+        if (stopped) return;
         const text = JSON.stringify(wire);
         if (text !== last) {
           last = text;
@@ -85,11 +86,18 @@ export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ct
         }
         if (!isActive(r.state)) stop();
       };
+      // One send at a time, in the order the rollouts came: a slow read never reorders the stream.
+      let sending: Promise<void> = Promise.resolve();
+      const send = (next: RolloutRecord | (() => Promise<RolloutRecord>)): Promise<void> => {
+        const run = sending.then(async () => write(typeof next === 'function' ? await next() : next));
+        sending = run.catch(() => undefined);
+        return run;
+      };
       let stopped = false;
       const unsubscribe = rollouts.subscribe((r) => {
-        if (r.id === id) send(r);
+        if (r.id === id) void send(r).catch(() => undefined);
       });
-      const refresh = setInterval(() => send(rollouts.get(id)), watchIntervalMs);
+      const refresh = setInterval(() => void send(() => rollouts.get(id)).catch(() => undefined), watchIntervalMs);
       const stop = (): void => {
         if (stopped) return;
         stopped = true;
@@ -98,21 +106,18 @@ export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ct
         call.end();
       };
       call.on('cancelled', stop);
-      try {
-        send(rollouts.get(id));
-      } catch (err) {
+      return send(() => rollouts.get(id)).catch((err: unknown) => {
         stopped = true;
         unsubscribe();
         clearInterval(refresh);
-        return Promise.reject(err);
-      }
-      return Promise.resolve();
+        throw err;
+      });
     }),
   };
 }
 
-export function toWire(engine: RolloutEngine, r: RolloutRecord): Rollout {
-  const versions = engine.versionCounts(r);
+export async function toWire(engine: RolloutEngine, r: RolloutRecord): Promise<Rollout> {
+  const versions = await engine.versionCounts(r);
   return {
     id: r.id,
     model: r.plan.model,

@@ -58,16 +58,16 @@ export function serverStreaming<Req, Res>(
 }
 
 async function run<T>(ctx: RpcContext, method: string, access: Access, call: { metadata: Metadata }, fn: (caller: Caller) => T | Promise<T>): Promise<T> {
-  const caller = access === 'public' ? undefined : authorize(ctx.tokens, call.metadata, access);
+  const caller = access === 'public' ? undefined : await authorize(ctx.tokens, call.metadata, access);
   if (caller) ctx.logger.debug({ method, token: caller.id }, 'rpc');
   return fn(caller);
 }
 
-function authorize(tokens: RpcContext['tokens'], metadata: Metadata, required: OperatorRole): OperatorToken {
+async function authorize(tokens: RpcContext['tokens'], metadata: Metadata, required: OperatorRole): Promise<OperatorToken> {
   const [header] = metadata.get('authorization');
   const m = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header.trim()) : null;
   if (!m) throw new DriftlineError('AUTH_MISSING', 'this call needs "authorization: Bearer <token>" metadata');
-  const token = tokens.authenticate(m[1]!);
+  const token = await tokens.authenticate(m[1]!);
   if (!token) throw new DriftlineError('AUTH_INVALID', 'the bearer token is unknown or revoked');
   if (!roleAtLeast(token.role, required)) {
     throw new DriftlineError('ROLE_INSUFFICIENT', `this call needs the ${required} role; the token has ${token.role}`, { details: { required, role: token.role } });

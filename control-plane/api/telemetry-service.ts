@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import { assertDeviceId } from '../../common/ids.js';
 import { RollupBucket, RollupGroupBy, type TelemetryServiceServer } from '../../common/proto/driftline/v1/telemetry.js';
-import { MAX_ROLLUP_ROWS } from '../telemetry/rollup-queries.js';
+import { MAX_ROLLUP_ROWS } from '../store/sqlite/rollup-queries.js';
 import type { ApiDeps } from './ports.js';
 import { unary, validate, type RpcContext } from './rpc.js';
 

@@ -11,7 +11,7 @@ export interface DeviceLinkDeps {
   clock: Clock;
   logger: Logger;
   /** The embedded broker's check of a device's credential on CONNECT. */
-  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict;
+  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict | Promise<CredentialVerdict>;
 }
 
 /** The device link the configuration names: an external MQTT broker when `mqtt.url` is set, the embedded broker otherwise. */

@@ -1,62 +1,16 @@
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { DriftStatus } from '../../common/proto/driftline/v1/drift.js';
+import type { DriftEventFilter, DriftEventRecord, DriftEventStore, DriftLevel, DriftStatusKey, NewDriftEvent } from './ports.js';
 
-/** A verdict level the watcher records; no_data is also what a version or cohort without a verdict reads as. */
-export type DriftLevel = 'ok' | 'warn' | 'alert' | 'no_data';
-
-/** A change of the drift status of one model version and cohort ("" is the whole fleet). */
-export interface DriftEventRecord {
-  /** Monotonic; never reused, even after retention deletes older events. */
-  id: number;
-  atMs: number;
-  model: string;
-  version: number;
-  cohort: string;
-  previousStatus: DriftLevel;
-  status: DriftLevel;
-  driftedShare: number;
-  driftedFeatures: string[];
-  maxPsi: number;
-  rows: number;
-  devices: number;
-}
-
-export type NewDriftEvent = Omit<DriftEventRecord, 'id'>;
-
-/** Which events a reader wants; every field is optional. `cohort: ""` is the whole fleet, undefined every cohort. */
-export interface DriftEventFilter {
-  model?: string;
-  version?: number;
-  cohort?: string | undefined;
-  sinceMs?: number;
-  afterId?: number;
-}
-
-export interface DriftStatusKey {
-  model: string;
-  version: number;
-  cohort: string;
-}
-
-/** Where events and the last recorded status per key are kept (SQLite in the control plane). */
-export interface DriftEventStore {
-  /** The last recorded status of every key whose status is not no_data. */
-  current(): Array<DriftStatusKey & { status: DriftLevel }>;
-  /** Appends the events and moves the current statuses along, in one transaction; returns them with their ids. */
-  record(events: NewDriftEvent[]): DriftEventRecord[];
-  /** Events matching the filter, oldest first. */
-  list(filter: DriftEventFilter, limit: number): DriftEventRecord[];
-  /** Deletes events recorded before `beforeMs`. */
-  pruneOlderThan(beforeMs: number): number;
-}
+export type { DriftEventFilter, DriftEventRecord, DriftEventStore, DriftLevel, DriftStatusKey, NewDriftEvent } from './ports.js';
 
 /** What the watcher evaluates: the model versions with recent drift data, and each one's status per cohort. */
 export interface DriftStatusSource {
   /** Model versions with drift sketches since `sinceMs`. */
-  versions(sinceMs: number): Array<{ model: string; version: number }>;
+  versions(sinceMs: number): Promise<Array<{ model: string; version: number }>>;
   /** The status of one version over the configured drift window: the fleet (cohort "") and each cohort. */
-  status(model: string, version: number): DriftStatus[];
+  status(model: string, version: number): Promise<DriftStatus[]>;
 }
 
 export type DriftEventListener = (event: DriftEventRecord) => void;
@@ -112,6 +66,7 @@ export class DriftWatcher {
   private stateValue: DriftWatcherState = 'created';
   /** Per key, how many evaluations in a row gave a status below the recorded one. */
   private readonly lower = new Map<string, number>();
+  private evaluating: Promise<unknown> = Promise.resolve();
 
   private constructor(private readonly options: DriftWatcherOptions) {}
 
@@ -129,18 +84,31 @@ export class DriftWatcher {
     return () => void this.listeners.delete(listener);
   }
 
-  list(filter: DriftEventFilter, limit: number): DriftEventRecord[] {
+  list(filter: DriftEventFilter, limit: number): Promise<DriftEventRecord[]> {
     return this.options.store.list(filter, limit);
   }
 
-  /** Evaluates every version with recent drift data now; returns the events it recorded. */
-  evaluate(): DriftEventRecord[] {
+  /**
+   * Evaluates every version with recent drift data now; resolves to the events it recorded.
+   * Evaluations run one at a time (a timer's and a test's never interleave), so each compares
+   * against the statuses the previous one recorded.
+   */
+  evaluate(): Promise<DriftEventRecord[]> {
+    const run = this.evaluating.then(() => this.evaluateNow());
+    this.evaluating = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async evaluateNow(): Promise<DriftEventRecord[]> {
     const { source, store, clock } = this.options;
     const now = clock.now();
-    store.pruneOlderThan(now - this.options.eventRetentionMs);
+    await store.pruneOlderThan(now - this.options.eventRetentionMs);
     const verdicts = new Map<string, { key: DriftStatusKey; status: DriftStatus }>();
-    for (const { model, version } of source.versions(now - this.options.windowMs)) {
-      for (const status of source.status(model, version)) {
+    for (const { model, version } of await source.versions(now - this.options.windowMs)) {
+      for (const status of await source.status(model, version)) {
         // A version without a reference has no verdict to watch.
         if (!LEVELS.has(status.status) || status.status === 'no_data') continue;
         const key = { model, version, cohort: status.cohort };
@@ -148,7 +116,7 @@ export class DriftWatcher {
       }
     }
     const changes: NewDriftEvent[] = [];
-    const previous = new Map(store.current().map((c) => [keyOf(c), c]));
+    const previous = new Map((await store.current()).map((c) => [keyOf(c), c]));
     for (const [k, { key, status }] of verdicts) {
       const before = previous.get(k)?.status ?? 'no_data';
       if (before === status.status) {
@@ -183,7 +151,7 @@ export class DriftWatcher {
       changes.push({ atMs: now, model: before.model, version: before.version, cohort: before.cohort, previousStatus: before.status, status: 'no_data', driftedShare: 0, driftedFeatures: [], maxPsi: 0, rows: 0, devices: 0 });
     }
     if (changes.length === 0) return [];
-    const recorded = store.record(changes);
+    const recorded = await store.record(changes);
     for (const event of recorded) {
       for (const listener of [...this.listeners.keys()]) {
         try {
@@ -201,19 +169,16 @@ export class DriftWatcher {
     if (this.stateValue !== 'created') return;
     this.stateValue = 'running';
     this.timer = setInterval(() => {
-      try {
-        this.evaluate();
-      } catch (err) {
-        this.options.logger.error({ err }, 'drift evaluation failed');
-      }
+      this.evaluate().catch((err: unknown) => this.options.logger.error({ err }, 'drift evaluation failed'));
     }, this.options.evaluateIntervalMs);
     this.timer.unref();
   }
 
-  /** Stops evaluating (an evaluation is synchronous, so none is ever in flight here) and ends every subscription. */
+  /** Stops evaluating, waits for the evaluation in flight, and ends every subscription. */
   async shutdown(): Promise<void> {
     clearInterval(this.timer);
     this.stateValue = 'stopped';
+    await this.evaluating;
     const ends = [...this.listeners.values()];
     this.listeners.clear();
     for (const end of ends) end?.();

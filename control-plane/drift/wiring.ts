@@ -1,25 +1,12 @@
 import type { Clock } from '../../common/clock.js';
 import { REFERENCE_METADATA_KEY } from '../../common/drift/reference.js';
+import type { Logger } from '../../common/logger.js';
 import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftline/v1/drift.js';
-import type { FleetStore } from '../fleet/fleet-store.js';
-import type { ModelRegistry } from '../registry/model-registry.js';
-import type { RecordSink } from '../telemetry/sqlite-telemetry-repository.js';
+import { cohortOf } from '../fleet/labels.js';
 import type { DriftStatusSource } from './drift-watcher.js';
 import type { DriftThresholds } from './evaluate.js';
-import type { DriftLookups, SqliteDriftRepository } from './sqlite-drift-repository.js';
-
-/** The device label that names a device's cohort in drift status. */
-export const COHORT_LABEL = 'cohort';
-
-/** A device's cohort from its labels: the `cohort` label, "" when it has none. */
-export const cohortOf = (labels: Record<string, string>): string => (Object.hasOwn(labels, COHORT_LABEL) ? labels[COHORT_LABEL]! : '');
-
-/** Feeds drift sketches, as they are committed, into the drift rollups. */
-export const driftRecordSink =
-  (drift: SqliteDriftRepository): RecordSink =>
-  (deviceId, record, atMs) => {
-    if (record.body?.$case === 'drift') drift.add(deviceId, record.body.value, atMs);
-  };
+import type { DriftQueries, DriftRollupRepository } from './ports.js';
+import { DriftStatusQuery } from './status.js';
 
 export interface DriftQueryConfig {
   window: number;
@@ -29,32 +16,43 @@ export interface DriftQueryConfig {
   thresholds: DriftThresholds;
 }
 
+type MaybePromise<T> = T | Promise<T>;
+
 /** Drift status answered from the rollups, with references from the registry and cohorts from device labels. */
-export function driftQueries(deps: { drift: SqliteDriftRepository; registry: ModelRegistry; fleet: FleetStore; config: DriftQueryConfig; clock: Clock }): { status(request: DriftStatusRequest): DriftStatus[] } {
-  const lookups: DriftLookups = {
-    reference(model, version) {
-      try {
-        return deps.registry.resolve(model, version).metadata[REFERENCE_METADATA_KEY];
-      } catch {
-        return undefined;
-      }
+export function driftQueries(deps: {
+  drift: DriftRollupRepository;
+  registry: { resolve(name: string, version: number): MaybePromise<{ metadata: Record<string, string> }> };
+  fleet: { get(deviceId: string): MaybePromise<{ labels: Record<string, string> }> };
+  config: DriftQueryConfig;
+  clock: Clock;
+  logger: Logger;
+}): DriftQueries {
+  const query = new DriftStatusQuery({
+    rollups: deps.drift,
+    logger: deps.logger,
+    lookups: {
+      async reference(model, version) {
+        try {
+          return (await deps.registry.resolve(model, version)).metadata[REFERENCE_METADATA_KEY];
+        } catch {
+          return undefined;
+        }
+      },
+      async cohort(deviceId) {
+        try {
+          return cohortOf((await deps.fleet.get(deviceId)).labels);
+        } catch {
+          return '';
+        }
+      },
     },
-    cohort(deviceId) {
-      try {
-        return cohortOf(deps.fleet.get(deviceId).labels);
-      } catch {
-        return '';
-      }
-    },
-  };
-  return {
-    status: (request) =>
-      deps.drift.status(request, lookups, { thresholds: deps.config.thresholds, defaultWindowMs: deps.config.window, minuteBucketsUpToMs: deps.config.minuteBucketsUpTo, longWindowMs: deps.config.longWindow ?? 0 }, deps.clock.now()),
-  };
+  });
+  const options = { thresholds: deps.config.thresholds, defaultWindowMs: deps.config.window, minuteBucketsUpToMs: deps.config.minuteBucketsUpTo, longWindowMs: deps.config.longWindow ?? 0 };
+  return { status: (request) => query.status(request, options, deps.clock.now()) };
 }
 
 /** The drift watcher's input: versions with sketches from the rollups, their status from the drift queries (default window). */
-export const driftStatusSource = (drift: SqliteDriftRepository, queries: { status(request: DriftStatusRequest): DriftStatus[] }): DriftStatusSource => ({
+export const driftStatusSource = (drift: DriftRollupRepository, queries: { status(request: DriftStatusRequest): Promise<DriftStatus[]> }): DriftStatusSource => ({
   versions: (sinceMs) => drift.versionsSince(sinceMs),
   status: (model, version) => queries.status({ model, version, sinceMs: 0 }),
 });

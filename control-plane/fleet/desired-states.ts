@@ -24,7 +24,7 @@ export interface DeployOptions {
 export class DesiredStates {
   constructor(
     private readonly deps: {
-      fleet: Pick<FleetStore, 'setDesired'>;
+      fleet: Pick<FleetStore, 'advanceDesired'>;
       /** With a trust root the signed envelope and the root chain travel with the desired model. */
       releases?: DesiredModelSigner | undefined;
       link: Pick<DeviceLink, 'sendDesired'>;
@@ -33,26 +33,25 @@ export class DesiredStates {
   ) {}
 
   /**
-   * Gives each device the next revision of its desired state with `model`. Revisions come
-   * from the records passed in and are written with no await in between, so concurrent
-   * deploys cannot hand a device the same revision twice. Resolves with how many devices
-   * the link took it for; the others are logged and get it when they next report.
+   * Gives each device the next revision of its desired state with `model`. Revisions are read
+   * and written in one unit of work of the fleet store, so concurrent deploys cannot hand a
+   * device the same revision twice. Resolves with how many devices the link took it for; the
+   * others are logged and get it when they next report.
    */
-  async deploy(model: ModelVersion, devices: ReadonlyArray<Pick<DeviceRecord, 'id' | 'desired'>>, options: DeployOptions = {}): Promise<number> {
+  async deploy(model: ModelVersion, devices: ReadonlyArray<Pick<DeviceRecord, 'id'>>, options: DeployOptions = {}): Promise<number> {
     const { fleet, link, logger, releases } = this.deps;
     const signed = releases?.desiredModel(model);
     const desiredModel = signed?.model ?? unsignedDesiredModel(model);
     const { rollback } = options;
-    const desired = devices.map((device): [string, DesiredState] => [
-      device.id,
-      {
-        revision: (device.desired?.revision ?? 0) + 1,
+    const desired = await fleet.advanceDesired(
+      devices.map((device) => device.id),
+      (deviceId, revision): DesiredState => ({
+        revision,
         model: desiredModel,
         rootChain: signed?.rootChain ?? [],
-        rollback: rollback?.deviceIds.has(device.id) ? rollback.directive : Buffer.alloc(0),
-      },
-    ]);
-    for (const [deviceId, state] of desired) fleet.setDesired(deviceId, state);
+        rollback: rollback?.deviceIds.has(deviceId) ? rollback.directive : Buffer.alloc(0),
+      }),
+    );
     const results = await Promise.allSettled(desired.map(([deviceId, state]) => link.sendDesired(deviceId, state)));
     results.forEach((result, i) => {
       if (result.status === 'rejected') logger.warn({ err: result.reason, deviceId: desired[i]![0] }, 'desired state stored but not yet published');

@@ -1,12 +1,12 @@
-import type { Database, Statement } from 'better-sqlite3';
 import { DriftlineError } from '../../common/errors.js';
-import { newSecret, secretMatches, sha256Hex } from '../../common/hashing.js';
+import { newSecret, sha256Hex } from '../../common/hashing.js';
 import { assertDeviceId, assertLabels, matchesSelector, parseSelector } from '../../common/ids.js';
-import { DesiredState, ReportedState } from '../../common/proto/driftline/v1/device_link.js';
-import { applyMigrations } from '../store/database.js';
+import type { DesiredState, ReportedState } from '../../common/proto/driftline/v1/device_link.js';
+import { CredentialCache, type CredentialVerdict } from './credential-cache.js';
+import type { DeviceStatus, FleetRepository, StoredDevice, StoredEnrollmentToken } from './ports.js';
 
-export type DeviceStatus = 'enrolled' | 'decommissioned';
-export type CredentialVerdict = 'ok' | 'unknown' | 'decommissioned' | 'bad_secret';
+export type { CredentialVerdict } from './credential-cache.js';
+export type { DeviceStatus } from './ports.js';
 
 export interface DeviceRecord {
   id: string;
@@ -56,79 +56,21 @@ export const MAX_LISTED_ENROLLMENT_TOKENS = 1000;
 /** The label every device carries, naming the firmware profile it enrolled with. */
 export const PROFILE_LABEL = 'profile';
 
-const MIGRATIONS = [
-  `CREATE TABLE devices (
-     id TEXT PRIMARY KEY,
-     labels TEXT NOT NULL,
-     status TEXT NOT NULL CHECK (status IN ('enrolled', 'decommissioned')),
-     secret_hash TEXT,
-     enrolled_at_ms INTEGER NOT NULL,
-     last_seen_ms INTEGER NOT NULL DEFAULT 0,
-     reported BLOB,
-     desired BLOB
-   );
-   CREATE TABLE enrollment_tokens (
-     token_hash TEXT PRIMARY KEY,
-     device_id TEXT NOT NULL,
-     labels TEXT NOT NULL,
-     created_at_ms INTEGER NOT NULL,
-     expires_at_ms INTEGER NOT NULL,
-     used_at_ms INTEGER
-   );`,
-  // Tokens can be revoked, and only a token issued to re-enroll replaces an enrolled device's secret.
-  `ALTER TABLE enrollment_tokens ADD COLUMN revoked_at_ms INTEGER;
-   ALTER TABLE enrollment_tokens ADD COLUMN purpose TEXT NOT NULL DEFAULT 'enroll' CHECK (purpose IN ('enroll', 'reenroll'));
-   CREATE INDEX enrollment_tokens_by_device ON enrollment_tokens (device_id, created_at_ms);`,
-];
-
 /** A token's public id: a prefix of its hash, so it names the token without revealing it. */
 const TOKEN_ID_HEX = 16;
 const tokenId = (tokenHash: string): string => `enr_${tokenHash.slice(0, TOKEN_ID_HEX)}`;
 
-interface DeviceRow {
-  id: string;
-  labels: string;
-  status: DeviceStatus;
-  secret_hash: string | null;
-  enrolled_at_ms: number;
-  last_seen_ms: number;
-  reported: Buffer | null;
-  desired: Buffer | null;
-}
-
-interface TokenRow {
-  token_hash: string;
-  device_id: string;
-  labels: string;
-  created_at_ms: number;
-  expires_at_ms: number;
-  used_at_ms: number | null;
-  revoked_at_ms: number | null;
-  purpose: 'enroll' | 'reenroll';
-}
-
 /**
- * Devices and their enrollment in SQLite. Synchronous on purpose: the broker asks
- * `verifyDeviceCredential` on every CONNECT and ingest records state on every message.
+ * Devices and their enrollment: who may enroll with which token, device secrets (kept only
+ * as hashes), labels, reported and desired state. Storage is the FleetRepository port; device
+ * credentials are checked through an in-memory cache (the broker asks on every CONNECT) that
+ * enrollment and decommissioning invalidate.
  */
 export class FleetStore {
-  private readonly selectDevice: Statement<[string], DeviceRow>;
-  private readonly selectAll: Statement<[], DeviceRow>;
-  private readonly updateSeen: Statement;
-  private readonly updateReported: Statement;
-  private readonly updateDesired: Statement;
-  private readonly updateLabels: Statement;
-  private readonly enrollTx: (request: EnrollInput, nowMs: number) => Enrollment;
+  private readonly credentials: CredentialCache;
 
-  constructor(private readonly db: Database) {
-    applyMigrations(db, 'fleet', MIGRATIONS);
-    this.selectDevice = db.prepare('SELECT * FROM devices WHERE id = ?');
-    this.selectAll = db.prepare('SELECT * FROM devices ORDER BY id');
-    this.updateSeen = db.prepare('UPDATE devices SET last_seen_ms = max(last_seen_ms, ?) WHERE id = ?');
-    this.updateReported = db.prepare('UPDATE devices SET reported = ?, last_seen_ms = max(last_seen_ms, ?) WHERE id = ?');
-    this.updateDesired = db.prepare('UPDATE devices SET desired = ? WHERE id = ?');
-    this.updateLabels = db.prepare('UPDATE devices SET labels = ? WHERE id = ?');
-    this.enrollTx = db.transaction((request: EnrollInput, nowMs: number) => this.enrollNow(request, nowMs));
+  constructor(private readonly repository: FleetRepository) {
+    this.credentials = new CredentialCache((deviceId) => repository.device(deviceId));
   }
 
   /**
@@ -136,10 +78,10 @@ export class FleetStore {
    * with `reenroll` (the operator asked for it explicitly), so a stray or leaked token cannot
    * take over an enrolled identity and lock the real device out.
    */
-  createEnrollmentToken(deviceId: string, labels: Record<string, string>, expiresAtMs: number, nowMs: number, { reenroll = false } = {}): EnrollmentTokenGrant {
+  async createEnrollmentToken(deviceId: string, labels: Record<string, string>, expiresAtMs: number, nowMs: number, { reenroll = false } = {}): Promise<EnrollmentTokenGrant> {
     assertDeviceId(deviceId);
     const clean = assertLabels(labels);
-    const existing = this.selectDevice.get(deviceId);
+    const existing = await this.repository.device(deviceId);
     if (existing?.status === 'decommissioned') {
       throw new DriftlineError('DEVICE_DECOMMISSIONED', `device ${deviceId} is decommissioned`, { details: { deviceId } });
     }
@@ -147,124 +89,127 @@ export class FleetStore {
     if (!existing && reenroll) throw notFound(deviceId);
     const token = newSecret('dle');
     const hash = sha256Hex(token);
-    this.db
-      .prepare('INSERT INTO enrollment_tokens (token_hash, device_id, labels, created_at_ms, expires_at_ms, purpose) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(hash, deviceId, JSON.stringify(clean), nowMs, expiresAtMs, reenroll ? 'reenroll' : 'enroll');
+    await this.repository.addEnrollmentToken({ tokenHash: hash, deviceId, labels: clean, createdAtMs: nowMs, expiresAtMs, purpose: reenroll ? 'reenroll' : 'enroll' });
     return { token, id: tokenId(hash), deviceId, expiresAtMs, reenroll };
   }
 
   /** Enrollment tokens, newest first: every one, or only those still usable. */
-  listEnrollmentTokens(nowMs: number, { deviceId = '', includeInactive = false } = {}): EnrollmentTokenRecord[] {
+  async listEnrollmentTokens(nowMs: number, { deviceId = '', includeInactive = false } = {}): Promise<EnrollmentTokenRecord[]> {
     if (deviceId) assertDeviceId(deviceId);
-    const rows = this.db
-      .prepare(
-        `SELECT * FROM enrollment_tokens
-         WHERE (? = '' OR device_id = ?) AND (? = 1 OR (used_at_ms IS NULL AND revoked_at_ms IS NULL AND expires_at_ms > ?))
-         ORDER BY created_at_ms DESC, rowid DESC LIMIT ?`,
-      )
-      .all(deviceId, deviceId, includeInactive ? 1 : 0, nowMs, MAX_LISTED_ENROLLMENT_TOKENS) as TokenRow[];
-    return rows.map((row) => toTokenRecord(row, nowMs));
+    const tokens = await this.repository.enrollmentTokens({ deviceId, includeInactive, nowMs, limit: MAX_LISTED_ENROLLMENT_TOKENS });
+    return tokens.map((t) => toTokenRecord(t, nowMs));
   }
 
   /** Makes a token unusable; revoking a revoked or an already used token changes nothing (its state says which). */
-  revokeEnrollmentToken(id: string, nowMs: number): EnrollmentTokenRecord {
+  async revokeEnrollmentToken(id: string, nowMs: number): Promise<EnrollmentTokenRecord> {
     const prefix = /^enr_([0-9a-f]{16})$/.exec(id)?.[1];
-    const row = prefix ? (this.db.prepare('SELECT * FROM enrollment_tokens WHERE substr(token_hash, 1, 16) = ?').get(prefix) as TokenRow | undefined) : undefined;
-    if (!row) throw new DriftlineError('TOKEN_NOT_FOUND', `no enrollment token ${id}`, { details: { id } });
-    if (row.used_at_ms !== null) return toTokenRecord(row, nowMs);
-    this.db.prepare('UPDATE enrollment_tokens SET revoked_at_ms = coalesce(revoked_at_ms, ?) WHERE token_hash = ?').run(nowMs, row.token_hash);
-    return toTokenRecord({ ...row, revoked_at_ms: row.revoked_at_ms ?? nowMs }, nowMs);
+    const token = prefix ? await this.repository.enrollmentTokenByHashPrefix(prefix) : undefined;
+    if (!token) throw new DriftlineError('TOKEN_NOT_FOUND', `no enrollment token ${id}`, { details: { id } });
+    if (token.usedAtMs !== null) return toTokenRecord(token, nowMs);
+    await this.repository.revokeEnrollmentToken(token.tokenHash, nowMs);
+    return toTokenRecord({ ...token, revokedAtMs: token.revokedAtMs ?? nowMs }, nowMs);
   }
 
   /**
-   * Spends a one-time token and issues the device's secret, in one transaction so two
+   * Spends a one-time token and issues the device's secret, in one unit of work so two
    * racing enrollments cannot both spend it. Only a re-enrollment token replaces the secret
    * of a device that is enrolled already; any other is refused with DEVICE_ALREADY_ENROLLED.
    */
-  enroll(request: EnrollInput, nowMs: number): Enrollment {
-    return this.enrollTx(request, nowMs);
-  }
+  async enroll({ token, deviceId, firmwareProfile }: EnrollInput, nowMs: number): Promise<Enrollment> {
+    const enrollment = await this.repository.transaction(async (tx) => {
+      const row = await tx.enrollmentToken(sha256Hex(token));
+      // A token for another device reads as unknown: it must not reveal which device it is for.
+      if (!row || row.deviceId !== deviceId) throw new DriftlineError('ENROLLMENT_TOKEN_INVALID', 'enrollment token is not valid for this device');
+      if (row.revokedAtMs !== null) throw new DriftlineError('ENROLLMENT_TOKEN_REVOKED', 'enrollment token was revoked');
+      if (row.usedAtMs !== null) throw new DriftlineError('ENROLLMENT_TOKEN_USED', 'enrollment token was already used');
+      if (nowMs >= row.expiresAtMs) throw new DriftlineError('ENROLLMENT_TOKEN_EXPIRED', 'enrollment token has expired', { details: { expiresAtMs: row.expiresAtMs } });
+      const existing = await tx.device(deviceId);
+      if (existing?.status === 'decommissioned') throw new DriftlineError('DEVICE_DECOMMISSIONED', `device ${deviceId} is decommissioned`, { details: { deviceId } });
+      if (existing && row.purpose !== 'reenroll') throw alreadyEnrolled(deviceId);
 
-  private enrollNow({ token, deviceId, firmwareProfile }: EnrollInput, nowMs: number): Enrollment {
-    const row = this.db.prepare('SELECT * FROM enrollment_tokens WHERE token_hash = ?').get(sha256Hex(token)) as TokenRow | undefined;
-    // A token for another device reads as unknown: it must not reveal which device it is for.
-    if (!row || row.device_id !== deviceId) throw new DriftlineError('ENROLLMENT_TOKEN_INVALID', 'enrollment token is not valid for this device');
-    if (row.revoked_at_ms !== null) throw new DriftlineError('ENROLLMENT_TOKEN_REVOKED', 'enrollment token was revoked');
-    if (row.used_at_ms !== null) throw new DriftlineError('ENROLLMENT_TOKEN_USED', 'enrollment token was already used');
-    if (nowMs >= row.expires_at_ms) throw new DriftlineError('ENROLLMENT_TOKEN_EXPIRED', 'enrollment token has expired', { details: { expiresAtMs: row.expires_at_ms } });
-    const existing = this.selectDevice.get(deviceId);
-    if (existing?.status === 'decommissioned') throw new DriftlineError('DEVICE_DECOMMISSIONED', `device ${deviceId} is decommissioned`, { details: { deviceId } });
-    if (existing && row.purpose !== 'reenroll') throw alreadyEnrolled(deviceId);
-
-    const labels = assertLabels({
-      ...(existing ? (JSON.parse(existing.labels) as Record<string, string>) : {}),
-      ...(JSON.parse(row.labels) as Record<string, string>),
-      ...(firmwareProfile ? { [PROFILE_LABEL]: firmwareProfile } : {}),
+      const labels = assertLabels({
+        ...(existing ? existing.labels : {}),
+        ...row.labels,
+        ...(firmwareProfile ? { [PROFILE_LABEL]: firmwareProfile } : {}),
+      });
+      const secret = newSecret('dld');
+      await tx.markEnrollmentTokenUsed(row.tokenHash, nowMs);
+      await tx.saveEnrolledDevice({ id: deviceId, labels, secretHash: sha256Hex(secret), enrolledAtMs: nowMs });
+      return { deviceId, secret, labels, reenrolled: existing !== undefined };
     });
-    const secret = newSecret('dld');
-    this.db.prepare('UPDATE enrollment_tokens SET used_at_ms = ? WHERE token_hash = ?').run(nowMs, sha256Hex(token));
-    this.db
-      .prepare(
-        `INSERT INTO devices (id, labels, status, secret_hash, enrolled_at_ms) VALUES (?, ?, 'enrolled', ?, ?)
-         ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, secret_hash = excluded.secret_hash, enrolled_at_ms = excluded.enrolled_at_ms`,
-      )
-      .run(deviceId, JSON.stringify(labels), sha256Hex(secret), nowMs);
-    return { deviceId, secret, labels, reenrolled: existing !== undefined };
+    // A re-enrollment rotates the credential: the old secret must stop working now.
+    this.credentials.invalidate(deviceId);
+    return enrollment;
   }
 
-  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict {
-    const row = this.selectDevice.get(deviceId);
-    if (!row) return 'unknown';
-    if (row.status === 'decommissioned') return 'decommissioned';
-    return row.secret_hash !== null && secretMatches(secret, row.secret_hash) ? 'ok' : 'bad_secret';
+  /** Synchronous when the credential is cached (the broker's CONNECT path), from the store otherwise. */
+  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict | Promise<CredentialVerdict> {
+    return this.credentials.verify(deviceId, secret);
   }
 
-  recordSeen(deviceId: string, atMs: number): void {
-    this.updateSeen.run(atMs, deviceId);
+  recordSeen(deviceId: string, atMs: number): Promise<void> {
+    return this.repository.recordSeen(deviceId, atMs);
   }
 
-  saveReported(deviceId: string, state: ReportedState, atMs: number): void {
-    this.updateReported.run(Buffer.from(ReportedState.encode(state).finish()), atMs, deviceId);
+  saveReported(deviceId: string, state: ReportedState, atMs: number): Promise<void> {
+    return this.repository.saveReported(deviceId, state, atMs);
   }
 
-  setDesired(deviceId: string, desired: DesiredState): void {
-    const { changes } = this.updateDesired.run(Buffer.from(DesiredState.encode(desired).finish()), deviceId);
-    if (changes === 0) throw notFound(deviceId);
+  async setDesired(deviceId: string, desired: DesiredState): Promise<void> {
+    if (!(await this.repository.setDesired(deviceId, desired))) throw notFound(deviceId);
   }
 
-  getDesired(deviceId: string): DesiredState | undefined {
-    const row = this.selectDevice.get(deviceId);
-    return row?.desired ? DesiredState.decode(row.desired) : undefined;
+  /**
+   * Gives each device the next revision of its desired state, built by `next` from that
+   * revision, in one unit of work: concurrent deploys cannot hand a device the same revision
+   * twice, and a device that does not exist (DEVICE_NOT_FOUND) leaves every desired state as it was.
+   */
+  advanceDesired(deviceIds: readonly string[], next: (deviceId: string, revision: number) => DesiredState): Promise<Array<[string, DesiredState]>> {
+    return this.repository.transaction(async (tx) => {
+      const written: Array<[string, DesiredState]> = [];
+      for (const deviceId of deviceIds) {
+        const device = await tx.device(deviceId);
+        if (!device) throw notFound(deviceId);
+        const desired = next(deviceId, (device.desired?.revision ?? 0) + 1);
+        await tx.setDesired(deviceId, desired);
+        written.push([deviceId, desired]);
+      }
+      return written;
+    });
   }
 
-  get(deviceId: string): DeviceRecord {
-    const row = this.selectDevice.get(assertDeviceId(deviceId));
-    if (!row) throw notFound(deviceId);
-    return toRecord(row);
+  async getDesired(deviceId: string): Promise<DesiredState | undefined> {
+    return (await this.repository.device(deviceId))?.desired;
+  }
+
+  async get(deviceId: string): Promise<DeviceRecord> {
+    const device = await this.repository.device(assertDeviceId(deviceId));
+    if (!device) throw notFound(deviceId);
+    return toRecord(device);
   }
 
   /** Devices whose labels match a selector such as "site=plant-3,profile=jetson*". */
-  list(selector = '', { includeDecommissioned = false } = {}): DeviceRecord[] {
+  async list(selector = '', { includeDecommissioned = false } = {}): Promise<DeviceRecord[]> {
     const terms = parseSelector(selector);
-    return this.selectAll
-      .all()
-      .filter((row) => includeDecommissioned || row.status === 'enrolled')
+    return (await this.repository.devices())
+      .filter((device) => includeDecommissioned || device.status === 'enrolled')
       .map(toRecord)
       .filter((device) => matchesSelector(device.labels, terms));
   }
 
-  setLabels(deviceId: string, set: Record<string, string>, remove: readonly string[] = []): DeviceRecord {
-    const device = this.get(deviceId);
+  async setLabels(deviceId: string, set: Record<string, string>, remove: readonly string[] = []): Promise<DeviceRecord> {
+    const device = await this.get(deviceId);
     const labels: Record<string, string> = { ...device.labels, ...assertLabels(set) };
     for (const key of remove) delete labels[key];
-    this.updateLabels.run(JSON.stringify(labels), deviceId);
+    await this.repository.setLabels(deviceId, labels);
     return { ...device, labels };
   }
 
   /** Revokes the credential for good; the row (and the device's telemetry) stays for history. */
-  decommission(deviceId: string): DeviceRecord {
-    const device = this.get(deviceId);
-    this.db.prepare(`UPDATE devices SET status = 'decommissioned', secret_hash = NULL WHERE id = ?`).run(deviceId);
+  async decommission(deviceId: string): Promise<DeviceRecord> {
+    const device = await this.get(deviceId);
+    await this.repository.decommission(deviceId);
+    this.credentials.invalidate(deviceId);
     return { ...device, status: 'decommissioned' };
   }
 }
@@ -275,30 +220,30 @@ export interface EnrollInput {
   firmwareProfile: string;
 }
 
-function toRecord(row: DeviceRow): DeviceRecord {
+function toRecord(device: StoredDevice): DeviceRecord {
   return {
-    id: row.id,
-    labels: JSON.parse(row.labels) as Record<string, string>,
-    status: row.status,
-    enrolledAtMs: row.enrolled_at_ms,
-    lastSeenMs: row.last_seen_ms,
-    reported: row.reported ? ReportedState.decode(row.reported) : undefined,
-    desired: row.desired ? DesiredState.decode(row.desired) : undefined,
+    id: device.id,
+    labels: device.labels,
+    status: device.status,
+    enrolledAtMs: device.enrolledAtMs,
+    lastSeenMs: device.lastSeenMs,
+    reported: device.reported,
+    desired: device.desired,
   };
 }
 
-function toTokenRecord(row: TokenRow, nowMs: number): EnrollmentTokenRecord {
+function toTokenRecord(token: StoredEnrollmentToken, nowMs: number): EnrollmentTokenRecord {
   const state: EnrollmentTokenState =
-    row.used_at_ms !== null ? 'used' : row.revoked_at_ms !== null ? 'revoked' : nowMs >= row.expires_at_ms ? 'expired' : 'active';
+    token.usedAtMs !== null ? 'used' : token.revokedAtMs !== null ? 'revoked' : nowMs >= token.expiresAtMs ? 'expired' : 'active';
   return {
-    id: tokenId(row.token_hash),
-    deviceId: row.device_id,
-    labels: JSON.parse(row.labels) as Record<string, string>,
-    createdAtMs: row.created_at_ms,
-    expiresAtMs: row.expires_at_ms,
-    usedAtMs: row.used_at_ms,
-    revokedAtMs: row.revoked_at_ms,
-    reenroll: row.purpose === 'reenroll',
+    id: tokenId(token.tokenHash),
+    deviceId: token.deviceId,
+    labels: token.labels,
+    createdAtMs: token.createdAtMs,
+    expiresAtMs: token.expiresAtMs,
+    usedAtMs: token.usedAtMs,
+    revokedAtMs: token.revokedAtMs,
+    reenroll: token.purpose === 'reenroll',
     state,
   };
 }

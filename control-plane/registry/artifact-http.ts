@@ -11,11 +11,11 @@ export interface ArtifactServerOptions {
   host: string;
   port: number;
   artifacts: Pick<ArtifactStore, 'sizeOf' | 'read'>;
-  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict;
+  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict | Promise<CredentialVerdict>;
   /** Whether an authenticated device may download this artifact (see artifact-grants.ts). */
-  mayDownload(deviceId: string, sha256: string): boolean;
+  mayDownload(deviceId: string, sha256: string): boolean | Promise<boolean>;
   /** Whether a bearer token is a live operator token (any role): `/metrics` names every device. */
-  authenticateOperator(token: string): boolean;
+  authenticateOperator(token: string): boolean | Promise<boolean>;
   metrics: Registry;
   health: () => { ok: boolean; details: Record<string, unknown> };
   logger: Logger;
@@ -55,12 +55,12 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
 
   async function serveArtifact(req: IncomingMessage, res: ServerResponse, sha256: string): Promise<void> {
     const credentials = parseBasicAuth(req.headers.authorization);
-    if (!credentials || options.verifyDeviceCredential(credentials.user, credentials.password) !== 'ok') {
+    if (!credentials || (await options.verifyDeviceCredential(credentials.user, credentials.password)) !== 'ok') {
       responses.inc({ status: 401 });
       return refuse(res, 401, credentials ? 'AUTH_INVALID' : 'AUTH_MISSING', 'device credentials required', { 'WWW-Authenticate': 'Basic realm="driftline-artifacts", charset="UTF-8"' });
     }
     // Before the existence check, so a device cannot probe which artifacts the store holds.
-    if (!options.mayDownload(credentials.user, sha256)) {
+    if (!(await options.mayDownload(credentials.user, sha256))) {
       responses.inc({ status: 403 });
       return refuse(res, 403, 'ARTIFACT_FORBIDDEN', 'this device was not sent this artifact');
     }
@@ -103,7 +103,7 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
     }
     if (path === '/metrics') {
       const token = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];
-      if (!token || !options.authenticateOperator(token)) {
+      if (!token || !(await options.authenticateOperator(token))) {
         return refuse(res, 401, token ? 'AUTH_INVALID' : 'AUTH_MISSING', 'metrics need an operator token (Authorization: Bearer)', { 'WWW-Authenticate': 'Bearer realm="driftline-metrics"' });
       }
       const body = await options.metrics.metrics();

@@ -5,7 +5,7 @@ import { DriftlineError } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
 import { readModelSignature } from '../../common/onnx/signature.js';
 import type { Model, ModelVersion, TensorSpec, UploadModelHeader } from '../../common/proto/driftline/v1/models.js';
-import { applyMigrations } from '../store/database.js';
+import { applyMigrations } from '../store/sqlite/database.js';
 import type { ArtifactStore } from './artifact-store.js';
 
 const MIGRATIONS = [

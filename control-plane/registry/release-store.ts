@@ -10,7 +10,7 @@ import type { Signer } from '../../common/trust/keys.js';
 import { verifyRelease } from '../../common/trust/manifest.js';
 import { rootExpiryWarning, updateRoot, verifyInitialRoot, type TrustedRoot, type TrustWarning } from '../../common/trust/root.js';
 import { signRollbackDirective } from '../../common/trust/rollback.js';
-import { applyMigrations } from '../store/database.js';
+import { applyMigrations } from '../store/sqlite/database.js';
 import { artifactPath } from './artifact-store.js';
 
 const MIGRATIONS = [

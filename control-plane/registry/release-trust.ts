@@ -37,16 +37,16 @@ export function openReleaseStore(deps: {
  * Evaluated at start (each one logged) and every `trust.checkInterval`, since the expiry comes
  * closer while serve runs; /healthz reads the last result instead of scanning the fleet.
  */
-export function watchTrust(deps: {
+export async function watchTrust(deps: {
   releases: Pick<ReleaseStore, 'trustWarnings'>;
-  fleet: { list(): Array<{ desired?: { model?: { name: string; version: number } | undefined } | undefined }> };
+  fleet: { list(): Promise<Array<{ desired?: { model?: { name: string; version: number } | undefined } | undefined }>> };
   config: Pick<ControlPlaneConfig['trust'], 'expiryWarning' | 'checkInterval'>;
   logger: Logger;
-}): { current(): TrustWarning[]; stop(): void } {
+}): Promise<{ current(): TrustWarning[]; stop(): void }> {
   let warnings: TrustWarning[] = [];
-  const evaluate = (): void => {
+  const evaluate = async (): Promise<void> => {
     try {
-      const deployed = deps.fleet.list().flatMap((d) => (d.desired?.model?.name ? [{ name: d.desired.model.name, version: d.desired.model.version }] : []));
+      const deployed = (await deps.fleet.list()).flatMap((d) => (d.desired?.model?.name ? [{ name: d.desired.model.name, version: d.desired.model.version }] : []));
       const next = deps.releases.trustWarnings(deployed, deps.config.expiryWarning);
       const known = new Set(warnings.map((w) => w.message));
       for (const w of next) if (!known.has(w.message)) deps.logger.warn({ code: w.code, ...w.details }, w.message);
@@ -55,8 +55,8 @@ export function watchTrust(deps: {
       deps.logger.warn({ err }, 'trust check failed');
     }
   };
-  evaluate();
-  const timer = setInterval(evaluate, deps.config.checkInterval);
+  await evaluate();
+  const timer = setInterval(() => void evaluate(), deps.config.checkInterval);
   timer.unref();
   return { current: () => warnings, stop: () => clearInterval(timer) };
 }

@@ -10,11 +10,11 @@ const RANK: Record<DriftStatus, number> = { ok: 0, warning: 1, drift: 2 };
  * over the version's cohorts since the wave started. No reference or no sketches yet reads as
  * "not measured", which makes a configured drift gate inconclusive rather than passing.
  */
-export function driftSourceFrom(queries: { status(request: DriftStatusRequest): DriftRollup[] }): DriftSource {
+export function driftSourceFrom(queries: { status(request: DriftStatusRequest): Promise<DriftRollup[]> }): DriftSource {
   return {
-    status(model, version, sinceMs) {
+    async status(model, version, sinceMs) {
       let worst: DriftStatus | undefined;
-      for (const rollup of queries.status({ model, version, sinceMs })) {
+      for (const rollup of await queries.status({ model, version, sinceMs })) {
         const level = LEVEL[rollup.status];
         if (level && (worst === undefined || RANK[level] > RANK[worst])) worst = level;
       }

@@ -59,19 +59,20 @@ export class RolloutEngine {
     return this.serialized(async () => {
       const plan = parsePlan(input);
       const fingerprint = JSON.stringify(plan);
-      const replay = this.replayed(by, 'start', fingerprint);
+      const replay = await this.replayed(by, 'start', fingerprint);
       if (replay) return replay;
       const { repository, fleet, catalog, clock } = this.options;
       const group = targetGroup(plan.target);
-      const active = repository.findActive(plan.model, group);
+      const active = await repository.findActive(plan.model, group);
       if (active) {
         throw new DriftlineError('ROLLOUT_ACTIVE_EXISTS', `rollout ${active.id} of ${plan.model} to ${JSON.stringify(group)} is still ${active.state}`, {
           details: { id: active.id, state: active.state },
         });
       }
-      const constraints = catalog.constraints(plan.model, plan.version);
-      catalog.assertDeployable?.(plan.model, plan.version);
-      const created = createRollout({ id: this.newId(), plan, devices: fleet.devices(plan.target, plan.model), constraints, nowMs: clock.now() });
+      const constraints = await catalog.constraints(plan.model, plan.version);
+      await catalog.assertDeployable?.(plan.model, plan.version);
+      const devices = await fleet.devices(plan.target, plan.model);
+      const created = createRollout({ id: this.newId(), plan, devices, constraints, nowMs: clock.now() });
       // The first wave starts right away; the driver only has to watch the bake.
       const started = tickRollout(created.rollout, clock.now());
       const transition: Transition = { rollout: started.rollout, effects: started.effects, audit: [...created.audit, ...started.audit] };
@@ -83,31 +84,31 @@ export class RolloutEngine {
   command(id: string, cmd: OperatorCommand, by: Actor, reason = ''): Promise<Rollout> {
     return this.serialized(async () => {
       const fingerprint = JSON.stringify({ id, cmd });
-      const replay = this.replayed(by, cmd, fingerprint);
+      const replay = await this.replayed(by, cmd, fingerprint);
       if (replay) return replay;
-      const transition = applyCommand(this.require(id), cmd, this.options.clock.now(), reason);
+      const transition = applyCommand(await this.require(id), cmd, this.options.clock.now(), reason);
       await this.commit(transition, by, { request: { action: cmd, fingerprint } });
       return transition.rollout;
     });
   }
 
-  get(id: string): Rollout {
+  get(id: string): Promise<Rollout> {
     return this.require(id);
   }
 
-  list(options: { activeOnly?: boolean; model?: string; limit?: number } = {}): Rollout[] {
+  list(options: { activeOnly?: boolean; model?: string; limit?: number } = {}): Promise<Rollout[]> {
     return this.options.repository.list(options);
   }
 
-  audit(id: string): AuditRecord[] {
-    this.require(id);
+  async audit(id: string): Promise<AuditRecord[]> {
+    await this.require(id);
     return this.options.repository.audit(id);
   }
 
   /** Devices per active version of the rollout's model among its targets, now (0: none). */
-  versionCounts(r: Rollout): Record<number, number> {
+  async versionCounts(r: Rollout): Promise<Record<number, number>> {
     const counts: Record<number, number> = {};
-    for (const v of Object.values(this.options.fleet.activeVersions(r.plan.model, r.targets))) counts[v] = (counts[v] ?? 0) + 1;
+    for (const v of Object.values(await this.options.fleet.activeVersions(r.plan.model, r.targets))) counts[v] = (counts[v] ?? 0) + 1;
     return counts;
   }
 
@@ -120,10 +121,10 @@ export class RolloutEngine {
   /** One driver step: moves every active rollout along, measuring the ones whose gates are due. */
   tick(): Promise<void> {
     return this.serialized(async () => {
-      for (const rollout of this.options.repository.list({ activeOnly: true })) {
+      for (const rollout of await this.options.repository.list({ activeOnly: true })) {
         try {
           const now = this.options.clock.now();
-          const measurement = dueForEvaluation(rollout, now) ? this.measure(rollout) : undefined;
+          const measurement = dueForEvaluation(rollout, now) ? await this.measure(rollout) : undefined;
           const transition = tickRollout(rollout, now, measurement);
           if (transition.rollout !== rollout) await this.commit(transition, SYSTEM_ACTOR, {});
         } catch (err) {
@@ -134,7 +135,7 @@ export class RolloutEngine {
   }
 
   /** What the gates need, from telemetry and reported state. A failing source becomes a measurement error, never a pass. */
-  private measure(r: Rollout): Measurement {
+  private async measure(r: Rollout): Promise<Measurement> {
     const { fleet, metrics, drift } = this.options;
     try {
       const { model, version } = r.plan;
@@ -143,10 +144,10 @@ export class RolloutEngine {
       return {
         ok: true,
         observation: {
-          install: fleet.installStatus(model, version, canaryIds.filter((id) => r.fromVersions[id] !== version)),
-          canary: metrics.cohort({ model, version, deviceIds: canaryIds, sinceMs }),
-          baseline: metrics.cohort({ model, excludeVersion: version, deviceIds: untouchedDevices(r), sinceMs }),
-          drift: drift?.status(model, version, sinceMs),
+          install: await fleet.installStatus(model, version, canaryIds.filter((id) => r.fromVersions[id] !== version)),
+          canary: await metrics.cohort({ model, version, deviceIds: canaryIds, sinceMs }),
+          baseline: await metrics.cohort({ model, excludeVersion: version, deviceIds: untouchedDevices(r), sinceMs }),
+          drift: await drift?.status(model, version, sinceMs),
         },
       };
     } catch (err) {
@@ -159,11 +160,11 @@ export class RolloutEngine {
     const { repository, clock, logger } = this.options;
     const { rollout } = transition;
     const atMs = clock.now();
-    repository.transaction(() => {
-      if (how.insert) repository.insert(rollout);
-      else repository.update(rollout);
-      for (const entry of transition.audit) repository.appendAudit({ ...entry, rolloutId: rollout.id, atMs, actor: by.actor, clientRequestId: by.clientRequestId });
-      if (how.request && by.clientRequestId) repository.saveRequest({ clientRequestId: by.clientRequestId, rolloutId: rollout.id, ...how.request }, atMs);
+    await repository.transaction(async (tx) => {
+      if (how.insert) await tx.insert(rollout);
+      else await tx.update(rollout);
+      for (const entry of transition.audit) await tx.appendAudit({ ...entry, rolloutId: rollout.id, atMs, actor: by.actor, clientRequestId: by.clientRequestId });
+      if (how.request && by.clientRequestId) await tx.saveRequest({ clientRequestId: by.clientRequestId, rolloutId: rollout.id, ...how.request }, atMs);
     });
     for (const entry of transition.audit) {
       logger.info({ rollout: rollout.id, action: entry.action, state: entry.toState, wave: entry.wave + 1, reason: entry.reason || undefined, by: by.actor }, 'rollout');
@@ -193,9 +194,9 @@ export class RolloutEngine {
   }
 
   /** A replayed command (same client request id) answers with the rollout as it is now and changes nothing. */
-  private replayed(by: Actor, action: string, fingerprint: string): Rollout | undefined {
+  private async replayed(by: Actor, action: string, fingerprint: string): Promise<Rollout | undefined> {
     if (!by.clientRequestId) return undefined;
-    const stored = this.options.repository.findRequest(by.clientRequestId);
+    const stored = await this.options.repository.findRequest(by.clientRequestId);
     if (!stored) return undefined;
     if (stored.action !== action || stored.fingerprint !== fingerprint) {
       throw new DriftlineError('REQUEST_ID_REUSED', `client request id ${by.clientRequestId} was already used for another request`, {
@@ -205,8 +206,8 @@ export class RolloutEngine {
     return this.require(stored.rolloutId);
   }
 
-  private require(id: string): Rollout {
-    const rollout = this.options.repository.get(id);
+  private async require(id: string): Promise<Rollout> {
+    const rollout = await this.options.repository.get(id);
     if (!rollout) throw new DriftlineError('ROLLOUT_NOT_FOUND', `rollout ${id} does not exist`, { details: { id } });
     return rollout;
   }

@@ -20,8 +20,8 @@ export class FleetStoreView implements FleetView {
     private readonly profiles: ReadonlyMap<string, FirmwareProfile> = new Map(),
   ) {}
 
-  devices(selector: string, model: string): PlanningDevice[] {
-    return this.fleet.list(selector).map((d) => {
+  async devices(selector: string, model: string): Promise<PlanningDevice[]> {
+    return (await this.fleet.list(selector)).map((d) => {
       const profile = d.reported?.firmwareProfile || d.labels[PROFILE_LABEL] || '';
       const known = this.profiles.get(profile);
       return {
@@ -34,10 +34,10 @@ export class FleetStoreView implements FleetView {
     });
   }
 
-  installStatus(model: string, version: number, deviceIds: readonly string[]): InstallStats {
+  async installStatus(model: string, version: number, deviceIds: readonly string[]): Promise<InstallStats> {
     const stats: InstallStats = { attempted: deviceIds.length, installed: 0, failed: 0, pending: 0 };
     for (const id of deviceIds) {
-      const device = this.fleet.get(id);
+      const device = await this.fleet.get(id);
       if (activeVersion(device, model) === version) stats.installed++;
       // The agent keeps the old model and reports the error when an update fails.
       else if (device.reported?.lastErrorCode && device.desired?.model?.version === version) stats.failed++;
@@ -46,8 +46,9 @@ export class FleetStoreView implements FleetView {
     return stats;
   }
 
-  activeVersions(model: string, deviceIds: readonly string[]): Record<string, number> {
-    return Object.fromEntries(deviceIds.map((id) => [id, activeVersion(this.fleet.get(id), model)]));
+  async activeVersions(model: string, deviceIds: readonly string[]): Promise<Record<string, number>> {
+    const devices = await Promise.all(deviceIds.map((id) => this.fleet.get(id)));
+    return Object.fromEntries(devices.map((device, i) => [deviceIds[i]!, activeVersion(device, model)]));
   }
 }
 
@@ -61,11 +62,11 @@ export class RegistryCatalog implements ModelCatalog {
     private readonly releases?: { envelopeOf(name: string, version: number): Buffer | undefined; assertDeployable?(name: string, version: number): void },
   ) {}
 
-  assertDeployable(model: string, version: number): void {
+  async assertDeployable(model: string, version: number): Promise<void> {
     this.releases?.assertDeployable?.(model, version);
   }
 
-  constraints(model: string, version: number): ModelConstraints {
+  async constraints(model: string, version: number): Promise<ModelConstraints> {
     const base = constraintsFromMetadata(this.registry.resolve(model, version).metadata);
     const envelope = this.releases?.envelopeOf(model, version);
     if (!envelope) return base;
@@ -115,7 +116,7 @@ export class DesiredStatePublisher implements ReleasePublisher {
   }
 
   private async send(model: ModelVersion, deviceIds: readonly string[], rollback: Buffer | undefined): Promise<void> {
-    const devices = deviceIds.map((id) => this.deps.fleet.get(id));
+    const devices = deviceIds.map((id) => ({ id }));
     await this.deps.desiredStates.deploy(model, devices, { rollback: rollback ? { directive: rollback, deviceIds: new Set(deviceIds) } : undefined });
   }
 }

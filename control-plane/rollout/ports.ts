@@ -2,7 +2,7 @@ import type { ModelConstraints } from './cohorts.js';
 import type { CohortStats, DriftStatus, InstallStats } from './gates.js';
 import type { AuditEntry, PlanningDevice, Rollout } from './state-machine.js';
 
-/** The small interfaces the rollout engine is built on; adapters implement them over SQLite, the fleet store and the broker. */
+/** The small async interfaces the rollout engine is built on; adapters implement them over a store (control-plane/store/), the fleet and the device link. */
 
 export interface AuditRecord extends AuditEntry {
   seq: number;
@@ -21,19 +21,30 @@ export interface StoredRequest {
   rolloutId: string;
 }
 
-export interface RolloutRepository {
-  /** Runs fn in one transaction (all writes of one transition commit together). */
-  transaction<T>(fn: () => T): T;
+/** Reads of rollouts, their audit log and stored requests; inside or outside a unit of work. */
+export interface RolloutReads {
+  get(id: string): Promise<Rollout | undefined>;
+  list(options?: { activeOnly?: boolean; model?: string; limit?: number }): Promise<Rollout[]>;
+  findActive(model: string, targetGroup: string): Promise<Rollout | undefined>;
+  audit(rolloutId: string): Promise<AuditRecord[]>;
+  findRequest(clientRequestId: string): Promise<StoredRequest | undefined>;
+}
+
+/** One unit of work: its writes commit together when the work resolves, and none of them when it throws. */
+export interface RolloutTransaction extends RolloutReads {
   /** Refuses a second active rollout for the same model and target group with ROLLOUT_ACTIVE_EXISTS. */
-  insert(rollout: Rollout): void;
-  update(rollout: Rollout): void;
-  get(id: string): Rollout | undefined;
-  list(options?: { activeOnly?: boolean; model?: string; limit?: number }): Rollout[];
-  findActive(model: string, targetGroup: string): Rollout | undefined;
-  appendAudit(record: Omit<AuditRecord, 'seq'>): void;
-  audit(rolloutId: string): AuditRecord[];
-  findRequest(clientRequestId: string): StoredRequest | undefined;
-  saveRequest(request: StoredRequest, atMs: number): void;
+  insert(rollout: Rollout): Promise<void>;
+  update(rollout: Rollout): Promise<void>;
+  appendAudit(record: Omit<AuditRecord, 'seq'>): Promise<void>;
+  saveRequest(request: StoredRequest, atMs: number): Promise<void>;
+}
+
+/**
+ * Where rollouts are kept (SQLite today, PostgreSQL later). Writes happen only in a unit of
+ * work, so all writes of one transition commit together on any store.
+ */
+export interface RolloutRepository extends RolloutReads {
+  transaction<T>(work: (tx: RolloutTransaction) => Promise<T>): Promise<T>;
 }
 
 /**
@@ -48,11 +59,11 @@ export interface ReleasePublisher {
 
 export interface FleetView {
   /** Enrolled devices matching the selector, with what they run now. */
-  devices(selector: string, model: string): PlanningDevice[];
+  devices(selector: string, model: string): Promise<PlanningDevice[]>;
   /** Install outcome of `version` on these devices, from their reported state. */
-  installStatus(model: string, version: number, deviceIds: readonly string[]): InstallStats;
+  installStatus(model: string, version: number, deviceIds: readonly string[]): Promise<InstallStats>;
   /** Per device: the version of `model` it reports running (0: none). */
-  activeVersions(model: string, deviceIds: readonly string[]): Record<string, number>;
+  activeVersions(model: string, deviceIds: readonly string[]): Promise<Record<string, number>>;
 }
 
 export interface CohortQuery {
@@ -66,17 +77,17 @@ export interface CohortQuery {
 
 /** Inference metrics per version cohort, from telemetry. */
 export interface CohortMetrics {
-  cohort(query: CohortQuery): CohortStats;
+  cohort(query: CohortQuery): Promise<CohortStats>;
 }
 
 /** Drift status of a model version (issue #4's drift service); optional. */
 export interface DriftSource {
-  status(model: string, version: number, sinceMs: number): DriftStatus | undefined;
+  status(model: string, version: number, sinceMs: number): Promise<DriftStatus | undefined>;
 }
 
 /** What a model version requires of devices; throws MODEL_NOT_FOUND for an unknown version. */
 export interface ModelCatalog {
-  constraints(model: string, version: number): ModelConstraints;
+  constraints(model: string, version: number): Promise<ModelConstraints>;
   /** Throws (RELEASE_NOT_DEPLOYABLE) when every device would refuse the release, so no rollout starts with it. */
-  assertDeployable?(model: string, version: number): void;
+  assertDeployable?(model: string, version: number): Promise<void>;
 }

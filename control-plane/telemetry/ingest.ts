@@ -95,8 +95,8 @@ export class TelemetryIngest {
   }
 
   /** Writes the pending per-device refusal counts to the store: before they are read, and at shutdown. */
-  flushRefusals(): void {
-    this.refusals.flush();
+  flushRefusals(): Promise<void> {
+    return this.refusals.flush();
   }
 
   async handle(deviceId: string, channel: UpChannel, payload: Uint8Array): Promise<void> {
@@ -109,12 +109,12 @@ export class TelemetryIngest {
     const now = clock.now();
     const seen = this.seenWrittenAt.get(deviceId);
     if (seen === undefined || now < seen || now - seen >= limits.lastSeenResolution) {
-      devices.recordSeen(deviceId, now);
+      await devices.recordSeen(deviceId, now);
       this.seenWrittenAt.set(deviceId, now);
     }
     try {
       if (channel === 'telemetry') await this.ingestTelemetry(deviceId, payload);
-      else if (channel === 'state') this.ingestState(deviceId, payload);
+      else if (channel === 'state') await this.ingestState(deviceId, payload);
       else this.ingestCommandResult(deviceId, payload);
     } catch (err) {
       if (!refused(err)) throw err;
@@ -146,7 +146,7 @@ export class TelemetryIngest {
     const now = this.options.clock.now();
     // sent_at is the device's clock at sending, so this offset also corrects a skewed device clock.
     const offset = batch.sentAtMs > 0 ? now - batch.sentAtMs : 0;
-    const { stored, duplicates } = this.options.repository.commit(deviceId, batch.records, now, offset);
+    const { stored, duplicates } = await this.options.repository.commit(deviceId, batch.records, now, offset);
     this.stats.batches++;
     this.stats.lagMs = Math.max(0, now - (batch.records.reduce((m, r) => Math.min(m, r.timeMs), Infinity) + offset));
     this.stats.recordsStored += stored;
@@ -154,17 +154,17 @@ export class TelemetryIngest {
     this.send(deviceId, 'ack', this.options.downlink.sendAck(deviceId, { ranges: toRanges(batch.records), stored, duplicates }));
   }
 
-  private ingestState(deviceId: string, payload: Uint8Array): void {
+  private async ingestState(deviceId: string, payload: Uint8Array): Promise<void> {
     const { maxStateBytes, maxStateWarnings } = this.options.limits;
     checkSize(payload, maxStateBytes, 'reported state', 'ingest.maxStateBytes');
     scanEntries(payload, { field: WARNINGS_FIELD, max: maxStateWarnings, what: 'warnings', setting: 'ingest.maxStateWarnings' });
     const state = decode(ReportedState, payload, 'reported state');
     const { devices, repository, clock, downlink } = this.options;
-    devices.saveReported(deviceId, state, clock.now());
-    repository.noteDeviceState(deviceId, state);
+    await devices.saveReported(deviceId, state, clock.now());
+    await repository.noteDeviceState(deviceId, state);
     // Reconcile: a device that reports an older desired revision missed an update
     // (offline, broker restarted, session lost), so it gets the current one again.
-    const desired = devices.getDesired(deviceId);
+    const desired = await devices.getDesired(deviceId);
     if (desired && desired.revision > state.desiredRevision) {
       this.send(deviceId, 'desired', downlink.sendDesired(deviceId, desired));
     }

@@ -42,21 +42,24 @@ export class RefusalLedger {
     const last = this.lastLogged.get(deviceId);
     if (last !== undefined && now >= last && now - last < this.options.logIntervalMs) return;
     this.lastLogged.set(deviceId, now);
-    const refused = this.flushDevice(deviceId);
+    const { refused } = this.flushDevice(deviceId);
     this.options.logger.warn({ deviceId, channel, code, reason, refused, intervalMs: this.options.logIntervalMs }, 'device messages refused (logged at most once per interval per device)');
   }
 
   /** Writes every pending count to the store (before the totals are read, and at shutdown). */
-  flush(): void {
-    for (const deviceId of [...this.pending.keys()]) this.flushDevice(deviceId);
+  async flush(): Promise<void> {
+    await Promise.all([...this.pending.keys()].map((deviceId) => this.flushDevice(deviceId).written));
   }
 
-  private flushDevice(deviceId: string): Record<string, number> {
+  /** Takes the device's pending counts and writes them; a write that fails is logged (the counts are advisory, the messages were refused either way). */
+  private flushDevice(deviceId: string): { refused: Record<string, number>; written: Promise<void> } {
     const device = this.pending.get(deviceId);
-    if (!device) return {};
+    if (!device) return { refused: {}, written: Promise.resolve() };
     this.pending.delete(deviceId);
     const refusals = [...device.codes].map(([code, { count, lastMs }]) => ({ code, count, lastMs }));
-    this.options.store.noteRefusals(deviceId, refusals, device.rejectedBatches);
-    return Object.fromEntries(refusals.map((r) => [r.code, r.count]));
+    const written = this.options.store
+      .noteRefusals(deviceId, refusals, device.rejectedBatches)
+      .catch((err: unknown) => this.options.logger.warn({ err, deviceId }, 'refusal counts not stored'));
+    return { refused: Object.fromEntries(refusals.map((r) => [r.code, r.count])), written };
   }
 }

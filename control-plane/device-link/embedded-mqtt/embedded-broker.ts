@@ -31,7 +31,8 @@ export interface EmbeddedBrokerOptions {
   /** At most one log line per refusal reason per interval; the next line says how many were left out. */
   refusalLogIntervalMs: number;
   clock?: Clock | undefined;
-  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict;
+  /** Answers synchronously when it can (the fleet's credential cache), so a CONNECT costs no store round trip. */
+  verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict | Promise<CredentialVerdict>;
   logger: Logger;
 }
 
@@ -80,6 +81,7 @@ const SERVICE_CLIENT_PREFIX = 'driftline-cp-';
 
 /** MQTT CONNACK return codes (3.1.1). */
 const IDENTIFIER_REJECTED = 2;
+const SERVER_UNAVAILABLE = 3;
 const BAD_USERNAME_OR_PASSWORD = 4;
 const NOT_AUTHORIZED = 5;
 /** MQTT control packet type of PUBLISH. */
@@ -138,11 +140,25 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
         logRefusal('will', { deviceId: client.id, topic: truncateUntrusted(will?.topic), detail: willDecision.reason }, 'mqtt connect refused: will message');
         return done(authError(NOT_AUTHORIZED, willDecision.reason), false);
       }
-      const verdict = options.verifyDeviceCredential(client.id, password?.toString() ?? '');
-      if (verdict === 'ok') return done(null, true);
-      stats.refusedConnects++;
-      logRefusal(`credential_${verdict}`, { deviceId: client.id, verdict }, 'mqtt connect refused');
-      return done(authError(verdict === 'decommissioned' ? NOT_AUTHORIZED : BAD_USERNAME_OR_PASSWORD, verdict), false);
+      const decide = (verdict: CredentialVerdict): void => {
+        if (verdict === 'ok') return done(null, true);
+        stats.refusedConnects++;
+        logRefusal(`credential_${verdict}`, { deviceId: client.id, verdict }, 'mqtt connect refused');
+        return done(authError(verdict === 'decommissioned' ? NOT_AUTHORIZED : BAD_USERNAME_OR_PASSWORD, verdict), false);
+      };
+      let verdict: CredentialVerdict | Promise<CredentialVerdict>;
+      try {
+        verdict = options.verifyDeviceCredential(client.id, password?.toString() ?? '');
+      } catch (err) {
+        verdict = Promise.reject(err);
+      }
+      if (typeof verdict === 'string') return decide(verdict);
+      verdict.then(decide, (err: unknown) => {
+        // The store failed, not the device: refused as unavailable, so the agent retries.
+        stats.refusedConnects++;
+        options.logger.error({ err, deviceId: client.id }, 'mqtt connect refused: device credential could not be checked');
+        done(authError(SERVER_UNAVAILABLE, 'credential check failed'), false);
+      });
     },
     authorizePublish(client, packet, done) {
       if (!client) return done(null); // the broker's own messages

@@ -1,6 +1,6 @@
 import type { Database, Statement } from 'better-sqlite3';
-import { applyMigrations } from '../store/database.js';
-import type { DriftEventFilter, DriftEventRecord, DriftEventStore, DriftLevel, DriftStatusKey, NewDriftEvent } from './drift-watcher.js';
+import type { DriftEventFilter, DriftEventRecord, DriftEventStore, DriftLevel, DriftStatusKey, NewDriftEvent } from '../../drift/ports.js';
+import { applyMigrations, connectionOf, type SqliteConnection } from './database.js';
 
 const MIGRATIONS = [
   // AUTOINCREMENT: an id is never reused, even after retention deletes every row, so a
@@ -72,8 +72,11 @@ export class SqliteDriftEvents implements DriftEventStore {
   private readonly selectCurrent: Statement;
   private readonly selectEvents: Statement;
 
+  private readonly connection: SqliteConnection;
+
   constructor(private readonly db: Database) {
     applyMigrations(db, 'drift_events', MIGRATIONS);
+    this.connection = connectionOf(db);
     this.insert = db.prepare(
       `INSERT INTO drift_events (at_ms, model, version, cohort, previous_status, status, drifted_share, drifted_features, max_psi, rows, devices)
        VALUES (@atMs, @model, @version, @cohort, @previousStatus, @status, @driftedShare, @driftedFeatures, @maxPsi, @rows, @devices)`,
@@ -93,11 +96,15 @@ export class SqliteDriftEvents implements DriftEventStore {
     );
   }
 
-  current(): Array<DriftStatusKey & { status: DriftLevel }> {
-    return this.selectCurrent.all() as Array<DriftStatusKey & { status: DriftLevel }>;
+  current(): Promise<Array<DriftStatusKey & { status: DriftLevel }>> {
+    return this.connection.run(() => this.selectCurrent.all() as Array<DriftStatusKey & { status: DriftLevel }>);
   }
 
-  record(events: NewDriftEvent[]): DriftEventRecord[] {
+  record(events: NewDriftEvent[]): Promise<DriftEventRecord[]> {
+    return this.connection.run(() => this.recordNow(events));
+  }
+
+  private recordNow(events: NewDriftEvent[]): DriftEventRecord[] {
     return this.db.transaction(() =>
       events.map((e) => {
         const id = Number(this.insert.run({ ...e, driftedFeatures: JSON.stringify(e.driftedFeatures) }).lastInsertRowid);
@@ -108,7 +115,11 @@ export class SqliteDriftEvents implements DriftEventStore {
     )();
   }
 
-  list(filter: DriftEventFilter, limit: number): DriftEventRecord[] {
+  list(filter: DriftEventFilter, limit: number): Promise<DriftEventRecord[]> {
+    return this.connection.run(() => this.listNow(filter, limit));
+  }
+
+  private listNow(filter: DriftEventFilter, limit: number): DriftEventRecord[] {
     const rows = this.selectEvents.all({
       model: filter.model ?? '',
       version: filter.version ?? 0,
@@ -121,7 +132,7 @@ export class SqliteDriftEvents implements DriftEventStore {
     return rows.map(fromRow);
   }
 
-  pruneOlderThan(beforeMs: number): number {
-    return this.prune.run(beforeMs).changes;
+  pruneOlderThan(beforeMs: number): Promise<number> {
+    return this.connection.run(() => this.prune.run(beforeMs).changes);
   }
 }

@@ -1,9 +1,9 @@
 import type { Database } from 'better-sqlite3';
-import { DriftlineError } from '../../common/errors.js';
-import { applyMigrations } from '../store/database.js';
-import { ACTIVE_STATES, targetGroup } from './plan.js';
-import type { AuditRecord, RolloutRepository, StoredRequest } from './ports.js';
-import type { Rollout } from './state-machine.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { applyMigrations, connectionOf, type SqliteConnection } from './database.js';
+import { ACTIVE_STATES, targetGroup } from '../../rollout/plan.js';
+import type { AuditRecord, RolloutRepository, RolloutTransaction, StoredRequest } from '../../rollout/ports.js';
+import type { Rollout } from '../../rollout/state-machine.js';
 
 const ACTIVE_SQL = ACTIVE_STATES.map((s) => `'${s}'`).join(', ');
 
@@ -56,15 +56,9 @@ interface AuditRow {
   details: string;
 }
 
-/** Rollouts, their audit log and the idempotency keys of operator commands, in SQLite. */
-export class SqliteRolloutRepository implements RolloutRepository {
-  constructor(private readonly db: Database) {
-    applyMigrations(db, 'rollout', MIGRATIONS);
-  }
-
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
-  }
+/** The statements, run synchronously on the connection: by the repository's reads and inside a unit of work. */
+class RolloutStatements {
+  constructor(private readonly db: Database) {}
 
   insert(rollout: Rollout): void {
     try {
@@ -142,5 +136,54 @@ export class SqliteRolloutRepository implements RolloutRepository {
     this.db
       .prepare('INSERT INTO rollout_requests (client_request_id, action, fingerprint, rollout_id, at_ms) VALUES (?, ?, ?, ?, ?)')
       .run(request.clientRequestId, request.action, request.fingerprint, request.rolloutId, atMs);
+  }
+}
+
+/** Rollouts, their audit log and the idempotency keys of operator commands, in SQLite. */
+export class SqliteRolloutRepository implements RolloutRepository {
+  private readonly connection: SqliteConnection;
+  private readonly statements: RolloutStatements;
+
+  constructor(db: Database) {
+    applyMigrations(db, 'rollout', MIGRATIONS);
+    this.connection = connectionOf(db);
+    this.statements = new RolloutStatements(db);
+  }
+
+  transaction<T>(work: (tx: RolloutTransaction) => Promise<T>): Promise<T> {
+    const s = this.statements;
+    // Inside the unit of work the connection is this work's alone: statements run directly.
+    const tx: RolloutTransaction = {
+      get: async (id) => s.get(id),
+      list: async (options) => s.list(options),
+      findActive: async (model, group) => s.findActive(model, group),
+      audit: async (rolloutId) => s.audit(rolloutId),
+      findRequest: async (id) => s.findRequest(id),
+      insert: async (rollout) => s.insert(rollout),
+      update: async (rollout) => s.update(rollout),
+      appendAudit: async (record) => s.appendAudit(record),
+      saveRequest: async (request, atMs) => s.saveRequest(request, atMs),
+    };
+    return this.connection.unitOfWork(() => work(tx));
+  }
+
+  get(id: string): Promise<Rollout | undefined> {
+    return this.connection.run(() => this.statements.get(id));
+  }
+
+  list(options: { activeOnly?: boolean; model?: string; limit?: number } = {}): Promise<Rollout[]> {
+    return this.connection.run(() => this.statements.list(options));
+  }
+
+  findActive(model: string, group: string): Promise<Rollout | undefined> {
+    return this.connection.run(() => this.statements.findActive(model, group));
+  }
+
+  audit(rolloutId: string): Promise<AuditRecord[]> {
+    return this.connection.run(() => this.statements.audit(rolloutId));
+  }
+
+  findRequest(clientRequestId: string): Promise<StoredRequest | undefined> {
+    return this.connection.run(() => this.statements.findRequest(clientRequestId));
   }
 }

@@ -1,6 +1,7 @@
 import type { Database } from 'better-sqlite3';
-import type { CohortStats } from './gates.js';
-import type { CohortMetrics, CohortQuery } from './ports.js';
+import type { CohortStats } from '../../rollout/gates.js';
+import type { CohortMetrics, CohortQuery } from '../../rollout/ports.js';
+import { connectionOf, type SqliteConnection } from './database.js';
 
 /**
  * Per-version cohort metrics read straight from stored telemetry (telemetry_records carries
@@ -11,9 +12,17 @@ import type { CohortMetrics, CohortQuery } from './ports.js';
  * version that answered and by when the label arrived, which is often well after the inference.
  */
 export class SqliteCohortMetrics implements CohortMetrics {
-  constructor(private readonly db: Database) {}
+  private readonly connection: SqliteConnection;
 
-  cohort(query: CohortQuery): CohortStats {
+  constructor(private readonly db: Database) {
+    this.connection = connectionOf(db);
+  }
+
+  cohort(query: CohortQuery): Promise<CohortStats> {
+    return this.connection.run(() => this.cohortNow(query));
+  }
+
+  private cohortNow(query: CohortQuery): CohortStats {
     if (query.deviceIds.length === 0) return { devices: 0, devicesWithData: 0, inferences: 0, errors: 0, p95LatencyMs: null };
     const rows = this.db
       .prepare(

@@ -1,8 +1,8 @@
 import type { Database, Statement } from 'better-sqlite3';
-import { applyMigrations } from '../store/database.js';
-import { Outcome, TelemetryRecord, type ReportedState } from '../../common/proto/driftline/v1/device_link.js';
-import type { DeviceTelemetry, TelemetrySummary, TelemetrySummaryRequest } from '../../common/proto/driftline/v1/telemetry.js';
-import type { RefusalCount, TelemetryRepository } from './ports.js';
+import { applyMigrations, connectionOf, type SqliteConnection } from './database.js';
+import { Outcome, TelemetryRecord, type ReportedState } from '../../../common/proto/driftline/v1/device_link.js';
+import type { DeviceTelemetry, TelemetrySummary, TelemetrySummaryRequest } from '../../../common/proto/driftline/v1/telemetry.js';
+import type { RecordRoute, RefusalCount, TelemetryRepository } from '../../telemetry/ports.js';
 
 const MIGRATIONS = [
   `CREATE TABLE telemetry_records (
@@ -99,8 +99,6 @@ export interface RollupRetention {
 export const rollupRetentionMs = (bucketMs: (typeof ROLLUP_BUCKETS_MS)[number], retention: RollupRetention): number =>
   bucketMs === ROLLUP_BUCKETS_MS[0] ? retention.minuteMs : retention.hourMs;
 
-/** Receives each newly stored record inside the commit's transaction (drift rollups). */
-export type RecordSink = (deviceId: string, record: TelemetryRecord, correctedTimeMs: number) => void;
 
 interface TotalsDelta {
   records: number;
@@ -127,12 +125,19 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
   private readonly insertRecords: Statement;
   private readonly selectStored: Statement;
   private readonly commitTx: (deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, offsetMs: number) => { stored: number; duplicates: number };
+  private readonly connection: SqliteConnection;
+  private readonly routes: ReadonlyMap<string, ReadonlyArray<RecordRoute['accept']>>;
 
+  /** @param routes where new records of a kind also go, inside the commit (they must write to this same database) */
   constructor(
     private readonly db: Database,
-    private readonly sinks: readonly RecordSink[] = [],
+    routes: readonly RecordRoute[] = [],
   ) {
     applyMigrations(db, 'telemetry', MIGRATIONS);
+    this.connection = connectionOf(db);
+    const byKind = new Map<string, Array<RecordRoute['accept']>>();
+    for (const route of routes) byKind.set(route.kind, [...(byKind.get(route.kind) ?? []), route.accept]);
+    this.routes = byKind;
     this.insertRecords = this.insertRows(INSERT_ROWS);
     this.selectStored = db.prepare('SELECT seq FROM telemetry_records WHERE device_id = ? AND boot = ? AND seq BETWEEN ? AND ?');
     this.bumpRollup = db.prepare(
@@ -201,7 +206,8 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
             r.latencyMax = Math.max(r.latencyMax, inference.latencyMs);
           } else if (record.body?.$case === 'event') r.events++;
         }
-        for (const sink of this.sinks) sink(deviceId, record, corrected);
+        const kind = record.body?.$case;
+        if (kind) for (const accept of this.routes.get(kind) ?? []) accept(deviceId, record, corrected);
         delta.records++;
         delta.lastRecordMs = Math.max(delta.lastRecordMs, record.timeMs);
         if (inference) {
@@ -263,12 +269,16 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     return fresh;
   }
 
-  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, deviceClockOffsetMs = 0): { stored: number; duplicates: number } {
-    return this.commitTx(deviceId, records, receivedAtMs, deviceClockOffsetMs);
+  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, deviceClockOffsetMs = 0): Promise<{ stored: number; duplicates: number }> {
+    return this.connection.run(() => this.commitTx(deviceId, records, receivedAtMs, deviceClockOffsetMs));
   }
 
-  /** Retention: raw records by arrival time, rollups by bucket start. Returns rows deleted. */
-  prune(nowMs: number, retention: RollupRetention & { rawMs: number }): number {
+  /** Retention: raw records by arrival time, rollups by bucket start. Resolves to the rows deleted. */
+  prune(nowMs: number, retention: RollupRetention & { rawMs: number }): Promise<number> {
+    return this.connection.run(() => this.pruneNow(nowMs, retention));
+  }
+
+  private pruneNow(nowMs: number, retention: RollupRetention & { rawMs: number }): number {
     let n = this.db.prepare('DELETE FROM telemetry_records WHERE received_ms < ?').run(nowMs - retention.rawMs).changes;
     const del = this.db.prepare('DELETE FROM telemetry_rollups WHERE bucket_ms = ? AND bucket_start < ?');
     for (const bucketMs of ROLLUP_BUCKETS_MS) n += del.run(bucketMs, nowMs - rollupRetentionMs(bucketMs, retention)).changes;
@@ -293,8 +303,8 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     return (this.db.prepare('SELECT value FROM telemetry_counters WHERE name = ?').get(name) as { value: number } | undefined)?.value ?? 0;
   }
 
-  noteRefusals(deviceId: string, refusals: readonly RefusalCount[], rejectedBatches: number): void {
-    this.noteRefusalsTx(deviceId, refusals, rejectedBatches);
+  noteRefusals(deviceId: string, refusals: readonly RefusalCount[], rejectedBatches: number): Promise<void> {
+    return this.connection.run(() => this.noteRefusalsTx(deviceId, refusals, rejectedBatches));
   }
 
   /** Refusal counts per device, attached to the summary's rows; a device with refusals but no records gets a row of its own. */
@@ -316,11 +326,17 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     return [...byDevice.values()].sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
   }
 
-  noteDeviceState(deviceId: string, state: ReportedState): void {
-    this.setDeviceState.run(deviceId, state.bufferDepth, state.droppedRecords);
+  noteDeviceState(deviceId: string, state: ReportedState): Promise<void> {
+    return this.connection.run(() => {
+      this.setDeviceState.run(deviceId, state.bufferDepth, state.droppedRecords);
+    });
   }
 
-  summary(request: TelemetrySummaryRequest): TelemetrySummary {
+  summary(request: TelemetrySummaryRequest): Promise<TelemetrySummary> {
+    return this.connection.run(() => this.summaryNow(request));
+  }
+
+  private summaryNow(request: TelemetrySummaryRequest): TelemetrySummary {
     const windowed = request.sinceMs > 0;
     const devices = this.withRefusals(windowed ? this.windowedTotals(request) : this.runningTotals(request.deviceId), request.deviceId, !windowed);
     const counter = (name: string): number =>

@@ -1,17 +1,20 @@
 import type { Database } from 'better-sqlite3';
-import type { Clock } from '../../common/clock.js';
-import { DriftlineError } from '../../common/errors.js';
-import { RollupBucket, RollupGroupBy, type TelemetryRollup, type TelemetryRollups, type TelemetryRollupsRequest } from '../../common/proto/driftline/v1/telemetry.js';
-import { cohortOf } from '../drift/wiring.js';
-import { ROLLUP_BUCKETS_MS, rollupRetentionMs, type RollupRetention } from './sqlite-telemetry-repository.js';
+import type { Clock } from '../../../common/clock.js';
+import { DriftlineError } from '../../../common/errors.js';
+import { RollupBucket, RollupGroupBy, type TelemetryRollup, type TelemetryRollups, type TelemetryRollupsRequest } from '../../../common/proto/driftline/v1/telemetry.js';
+import { cohortOf } from '../../fleet/labels.js';
+import { connectionOf, type SqliteConnection } from './database.js';
+import { ROLLUP_BUCKETS_MS, rollupRetentionMs, type RollupRetention } from './telemetry-repository.js';
 
 /** Rows a rollup query returns when the request names no limit, and the most it may ask for. */
 export const DEFAULT_ROLLUP_ROWS = 1000;
 export const MAX_ROLLUP_ROWS = 10_000;
 
 /** What rollup queries need of the fleet: devices and their labels (the fleet store). */
+type DeviceLabels = { id: string; labels: Record<string, string> };
+
 export interface RollupDevices {
-  list(selector: string, options: { includeDecommissioned: boolean }): Array<{ id: string; labels: Record<string, string> }>;
+  list(selector: string, options: { includeDecommissioned: boolean }): Promise<DeviceLabels[]> | DeviceLabels[];
 }
 
 const [MINUTE_MS, HOUR_MS] = ROLLUP_BUCKETS_MS;
@@ -74,9 +77,13 @@ interface Row {
  * returned, whether or not the retention pass has deleted them yet.
  */
 export class SqliteRollupQueries {
-  constructor(private readonly deps: { db: Database; devices: RollupDevices; retention: RollupRetention; clock: Clock }) {}
+  private readonly connection: SqliteConnection;
 
-  rollups(request: TelemetryRollupsRequest): TelemetryRollups {
+  constructor(private readonly deps: { db: Database; devices: RollupDevices; retention: RollupRetention; clock: Clock }) {
+    this.connection = connectionOf(deps.db);
+  }
+
+  async rollups(request: TelemetryRollupsRequest): Promise<TelemetryRollups> {
     const by = grouping(request.groupBy);
     const bucketMs = bucketSize(request.bucket);
     // The limit's range and a version without a model are refused by TelemetryService's request schema.
@@ -84,12 +91,12 @@ export class SqliteRollupQueries {
     const fromMs = Math.max(Math.floor(request.sinceMs / bucketMs) * bucketMs, this.deps.clock.now() - rollupRetentionMs(bucketMs, this.deps.retention));
 
     // Decommissioned devices keep their telemetry, so they keep their labels here too.
-    const selected = request.selector.trim() ? this.deps.devices.list(request.selector, { includeDecommissioned: true }).map((d) => d.id) : null;
+    const selected = request.selector.trim() ? (await this.deps.devices.list(request.selector, { includeDecommissioned: true })).map((d) => d.id) : null;
     const cohorts =
-      by === 'cohort' ? Object.fromEntries(this.deps.devices.list('', { includeDecommissioned: true }).map((d) => [d.id, cohortOf(d.labels)])) : {};
+      by === 'cohort' ? Object.fromEntries((await this.deps.devices.list('', { includeDecommissioned: true })).map((d) => [d.id, cohortOf(d.labels)])) : {};
     const { key, groupBy, orderBy } = GROUPINGS[by];
 
-    const rows = this.deps.db
+    const rows = await this.connection.run((db) => db
       .prepare(
         `SELECT r.bucket_start AS bucket_start, ${key} AS key, r.model AS model, r.model_version AS version,
                 sum(r.records) AS records, sum(r.inferences) AS inferences, sum(r.inference_errors) AS errors,
@@ -113,7 +120,7 @@ export class SqliteRollupQueries {
         selected: selected && JSON.stringify(selected),
         cohorts: JSON.stringify(cohorts),
         limit: limit + 1,
-      }) as Row[];
+      }) as Row[]);
 
     const truncated = rows.length > limit;
     // The newest rows win the limit; they are returned oldest bucket first (a stable sort keeps the key order).
