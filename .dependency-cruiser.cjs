@@ -5,6 +5,11 @@
  * can be swapped and tests can drive the core directly.
  */
 const ADAPTER_PACKAGES = '(^|/)node_modules/(mqtt|@grpc/|onnxruntime-node|better-sqlite3|aedes|azure-iot-device)/';
+/**
+ * Registry files that still open SQLite themselves; they move behind registry ports into
+ * control-plane/store/sqlite/ (issue 11, section 1). Nothing may be added to this list.
+ */
+const NOT_YET_CORE = '^control-plane/registry/(model-registry|release-store|release-trust)\\.ts$';
 const CORE = [
   '^common/(?!proto/)',
   '^agent/telemetry/',
@@ -13,14 +18,13 @@ const CORE = [
   '^agent/buffer/ports\\.ts$',
   // The uplink's port, its factory and the backoff are core; each adapter has a folder of its own (agent/uplink/mqtt/).
   '^agent/uplink/[^/]+\\.ts$',
-  '^control-plane/telemetry/(ingest|ports|bounded-decode|device-rate-limit|refusal-ledger)\\.ts$',
+  // The domain folders are core as a whole: a new file there is core without being listed here.
+  // Their storage adapters live in control-plane/store/<database>/ (store/sqlite/ today, store/postgres/ later).
+  '^control-plane/(fleet|registry|drift|rollout|telemetry)/',
   // The device link's port, the topic ACL and the factory are core; each adapter has a folder of its own
   // (device-link/embedded-mqtt/, device-link/external-mqtt/, device-link/mqtt-session/ which both share).
   '^control-plane/device-link/[^/]+\\.ts$',
   '^control-plane/api/ports\\.ts$',
-  '^control-plane/fleet/desired-states\\.ts$',
-  '^control-plane/rollout/(plan|cohorts|gates|state-machine|engine|ports)\\.ts$',
-  '^control-plane/drift/(evaluate|drift-watcher)\\.ts$',
 ];
 
 module.exports = {
@@ -30,7 +34,7 @@ module.exports = {
       name: 'core-without-adapters',
       comment: 'Core logic depends on small interfaces; only adapters import transports, runtimes and databases.',
       severity: 'error',
-      from: { path: CORE },
+      from: { path: CORE, pathNot: NOT_YET_CORE },
       to: { path: ADAPTER_PACKAGES, dependencyTypesNot: ['type-only'] },
     },
     { name: 'agent-not-control-plane', severity: 'error', from: { path: '^agent/' }, to: { path: '^control-plane/' } },
