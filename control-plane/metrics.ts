@@ -11,7 +11,7 @@ export interface ControlPlaneMetricSources {
   /** The device link's refusal counts (an external broker's adapter reports 0: the broker refuses, not us). */
   link?: { stats: DeviceLinkStats };
   drift: { rejectedSketches: number };
-  fleet: { list(): Promise<Iterable<{ id: string; lastSeenMs: number }>> | Iterable<{ id: string; lastSeenMs: number }> };
+  fleet: { list(): Promise<Iterable<{ id: string; lastSeenMs: number }>> };
   clock: Clock;
   /** A device counts as online when it was seen within this window. */
   onlineWindowMs: number;

@@ -1,5 +1,6 @@
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
+import { PeriodicTask, type PeriodicTaskState } from '../../common/periodic-task.js';
 
 /** How long telemetry is kept: raw records by arrival, rollups by bucket size (the `telemetry` configuration). */
 export interface RetentionPolicy {
@@ -14,8 +15,6 @@ export interface PrunableStore {
   prune(nowMs: number, retention: RetentionPolicy): Promise<number>;
 }
 
-export type PrunerState = 'created' | 'running' | 'stopping' | 'stopped';
-
 export interface RetentionPrunerOptions {
   stores: readonly PrunableStore[];
   retention: RetentionPolicy;
@@ -29,28 +28,23 @@ export interface RetentionPrunerOptions {
  * one tries again: retention is housekeeping, never a reason to stop ingesting.
  */
 export class RetentionPruner {
-  private timer: NodeJS.Timeout | undefined;
-  private current: Promise<void> = Promise.resolve();
-  private stateValue: PrunerState = 'created';
+  private readonly timer: PeriodicTask;
 
-  private constructor(private readonly options: RetentionPrunerOptions) {}
+  private constructor(private readonly options: RetentionPrunerOptions) {
+    // pruneNow logs its own failures, so onError never sees one.
+    this.timer = new PeriodicTask({ intervalMs: options.intervalMs, task: () => this.pruneNow(), onError: () => {} });
+  }
 
   static create(options: RetentionPrunerOptions): RetentionPruner {
     return new RetentionPruner(options);
   }
 
-  get state(): PrunerState {
-    return this.stateValue;
+  get state(): PeriodicTaskState {
+    return this.timer.state;
   }
 
   run(): void {
-    if (this.stateValue !== 'created') return;
-    this.stateValue = 'running';
-    this.timer = setInterval(() => {
-      // One pass at a time: a slow pass delays the next rather than piling up.
-      this.current = this.current.then(() => this.pruneNow());
-    }, this.options.intervalMs);
-    this.timer.unref();
+    this.timer.run();
   }
 
   /** One retention pass over every store; failures are logged, not thrown. */
@@ -67,11 +61,7 @@ export class RetentionPruner {
   }
 
   /** Stops the timer and waits for the pass in flight. */
-  async shutdown(): Promise<void> {
-    if (this.stateValue === 'stopped') return;
-    this.stateValue = 'stopping';
-    clearInterval(this.timer);
-    await this.current;
-    this.stateValue = 'stopped';
+  shutdown(): Promise<void> {
+    return this.timer.shutdown();
   }
 }

@@ -1,18 +1,9 @@
-import type { Logger } from '../../../common/logger.js';
-import { connectServiceSession } from '../mqtt-session/service-session.js';
+import { connectServiceSession, type ServiceSessionOptions } from '../mqtt-session/service-session.js';
 import { NO_REFUSALS, SessionDeviceLink } from '../mqtt-session/session-link.js';
 import type { DeviceLinkStats, UpHandler } from '../ports.js';
 
-export interface ExternalMqttLinkOptions {
-  url: string;
-  username?: string | undefined;
-  password?: string | undefined;
-  caFile?: string | undefined;
-  clientId: string;
-  /** Replicas split the ingest through `$share/<sharedGroup>/…`. */
-  sharedGroup?: string | undefined;
-  logger: Logger;
-}
+/** The service session's options, less what only the embedded broker (an in-process stream) or the link itself (the up handler) gives. */
+export type ExternalMqttLinkOptions = Omit<ServiceSessionOptions, 'connect' | 'onUp'>;
 
 /**
  * An external MQTT broker (EMQX, HiveMQ, Mosquitto) that enforces the device ACL and
