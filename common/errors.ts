@@ -73,6 +73,7 @@ export const ERROR_CODES = {
   ROLLOUT_ACTIVE_EXISTS: 'conflict',
   ROLLOUT_STATE_INVALID: 'conflict',
   ROLLOUT_NO_TARGETS: 'invalid',
+  ROLLOUT_MIN_DEVICES_UNMET: 'invalid',
   REQUEST_ID_REUSED: 'conflict',
   TRUST_SIGNATURE_INVALID: 'forbidden',
   TRUST_KEY_UNKNOWN: 'forbidden',

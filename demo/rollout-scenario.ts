@@ -190,6 +190,8 @@ function startRequest(version: number, wavePercents: number[], bakeSeconds: numb
     consecutiveErrorLimit: 0,
     minInferences: 0,
     intervalSeconds: 0,
+    // As `--min-devices` given on the command line (the line the demo prints) would.
+    requireMinDevices: true,
     clientRequestId,
   };
 }

@@ -56,7 +56,7 @@ describe('driftline rollout (CLI)', () => {
     const before = JSON.parse((await driftline('--json', 'rollout', 'list')).stdout) as { rollouts: unknown[] };
     const refused = await driftline('rollout', 'start', '--model', 'vibration', '--version', '2', '--min-devices', '7', '--target', 'site=lab', '--gate', 'none');
     expect(refused.code).toBe(2);
-    expect(refused.stderr).toMatch(/^error \[ROLLOUT_MIN_DEVICES_UNMET\]: --min-devices 7 is more than the 6 device\(s\) matching --target site=lab/);
+    expect(refused.stderr).toMatch(/^error \[ROLLOUT_MIN_DEVICES_UNMET\]: --min-devices 7 is more than the 6 compatible device\(s\) matching site=lab: .*lower --min-devices or widen --target; nothing was started/);
     const after = JSON.parse((await driftline('--json', 'rollout', 'list')).stdout) as { rollouts: unknown[] };
     expect(after.rollouts).toHaveLength(before.rollouts.length);
   });

@@ -175,6 +175,23 @@ describe('rollout state machine', () => {
     );
   });
 
+  it('rollout - with requireMinDevices, refuses fewer compatible targets than the first wave needs (no canary) and counts the incompatible ones', () => {
+    const compatible = devices.filter((d) => d.profile.startsWith('jetson-')).length;
+    const tooMany = plan({ waves: wavesFrom([10, 100], 0, compatible + 1) });
+    const constraints = { profiles: ['jetson-*'], labels: {} };
+    expect(() => createRollout({ id: 'ro_small', plan: tooMany, devices, constraints, nowMs: 0, requireMinDevices: true })).toThrowError(
+      expect.objectContaining({
+        code: 'ROLLOUT_MIN_DEVICES_UNMET',
+        details: { minDevices: compatible + 1, compatible, incompatible: devices.length - compatible },
+      }),
+    );
+    // Without it (the CLI's default --min-devices) the first wave simply covers every target.
+    const all = createRollout({ id: 'ro_small', plan: tooMany, devices, constraints, nowMs: 0 });
+    expect(all.rollout.targets).toHaveLength(compatible);
+    // Exactly enough devices is a canary of all of them, but allowed.
+    expect(() => createRollout({ id: 'ro_exact', plan: plan({ waves: wavesFrom([10, 100], 0, compatible) }), devices, constraints, nowMs: 0, requireMinDevices: true })).not.toThrow();
+  });
+
   it('rollout - refuses waves that shrink or stop short of 100 percent', () => {
     expect(() => plan({ waves: wavesFrom([50, 10, 100], 0, 1) })).toThrowError(expect.objectContaining({ code: 'REQUEST_INVALID' }));
     expect(() => plan({ waves: wavesFrom([10, 50], 0, 1) })).toThrowError(expect.objectContaining({ code: 'REQUEST_INVALID' }));

@@ -48,6 +48,7 @@ export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ct
           ...(req.intervalSeconds > 0 ? { intervalMs: req.intervalSeconds * 1000 } : {}),
         },
         actor(caller, v.clientRequestId),
+        { requireMinDevices: req.requireMinDevices },
       );
       return toWire(rollouts, rollout);
     }),

@@ -55,7 +55,7 @@ export class RolloutEngine {
     this.newId = options.newId ?? (() => `ro_${randomBytes(6).toString('hex')}`);
   }
 
-  start(input: RolloutPlanInput, by: Actor): Promise<Rollout> {
+  start(input: RolloutPlanInput, by: Actor, options: { requireMinDevices?: boolean } = {}): Promise<Rollout> {
     return this.serialized(async () => {
       const plan = parsePlan(input);
       const fingerprint = JSON.stringify(plan);
@@ -72,7 +72,7 @@ export class RolloutEngine {
       const constraints = await catalog.constraints(plan.model, plan.version);
       await catalog.assertDeployable?.(plan.model, plan.version);
       const devices = await fleet.devices(plan.target, plan.model);
-      const created = createRollout({ id: this.newId(), plan, devices, constraints, nowMs: clock.now() });
+      const created = createRollout({ id: this.newId(), plan, devices, constraints, nowMs: clock.now(), requireMinDevices: options.requireMinDevices ?? false });
       // The first wave starts right away; the driver only has to watch the bake.
       const started = tickRollout(created.rollout, clock.now());
       const transition: Transition = { rollout: started.rollout, effects: started.effects, audit: [...created.audit, ...started.audit] };

@@ -70,7 +70,15 @@ export interface PlanningDevice extends DeviceFacts {
 }
 
 /** Plans a rollout: picks the compatible targets, orders them into cohorts, sizes the waves. */
-export function createRollout(input: { id: string; plan: RolloutPlan; devices: readonly PlanningDevice[]; constraints: ModelConstraints; nowMs: number }): Transition {
+export function createRollout(input: {
+  id: string;
+  plan: RolloutPlan;
+  devices: readonly PlanningDevice[];
+  constraints: ModelConstraints;
+  nowMs: number;
+  /** Refuse when fewer compatible devices than the first wave's minimum are targeted (no canary). */
+  requireMinDevices?: boolean;
+}): Transition {
   const { id, plan, devices, constraints, nowMs } = input;
   const incompatible: Rollout['incompatible'] = [];
   const compatible: PlanningDevice[] = [];
@@ -84,6 +92,15 @@ export function createRollout(input: { id: string; plan: RolloutPlan; devices: r
     throw new DriftlineError('ROLLOUT_NO_TARGETS', `no compatible device matches ${JSON.stringify(plan.target)} (${incompatible.length} incompatible)`, {
       details: { incompatible: incompatible.length },
     });
+  }
+  const minimum = plan.waves[0]!.minDevices;
+  if (input.requireMinDevices && compatible.length < minimum) {
+    const matching = plan.target ? `matching ${plan.target}` : 'in the fleet';
+    throw new DriftlineError(
+      'ROLLOUT_MIN_DEVICES_UNMET',
+      `--min-devices ${minimum} is more than the ${compatible.length} compatible device(s) ${matching}${incompatible.length ? ` (${incompatible.length} incompatible)` : ''}: the first wave would be every device (no canary); lower --min-devices or widen --target; nothing was started`,
+      { details: { minDevices: minimum, compatible: compatible.length, incompatible: incompatible.length } },
+    );
   }
   const targets = cohortOrder(id, compatible.map((d) => d.id));
   const fromVersions = Object.fromEntries(compatible.map((d) => [d.id, d.activeVersion]));

@@ -38,6 +38,7 @@ export function rolloutApi(address: string, tokenFile: string) {
             consecutiveErrorLimit: 0,
             minInferences: 0,
             intervalSeconds: 0,
+            requireMinDevices: false,
             ...req,
           },
           metadata,

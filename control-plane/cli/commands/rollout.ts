@@ -8,8 +8,7 @@ import { assertModelName } from '../../../common/ids.js';
 import { formatDuration } from '../../../common/units.js';
 import { Rollout, RolloutAuditEntry, RolloutServiceClient } from '../../../common/proto/driftline/v1/rollouts.js';
 import { durationMs, integer, repeated } from '../arguments.js';
-import { CliError, EXIT, type Connection } from '../connection.js';
-import { DeviceServiceClient } from '../../../common/proto/driftline/v1/fleet.js';
+import { type Connection } from '../connection.js';
 import { withConnection } from '../context.js';
 import { relativeTime, restoreTerminalOnSignal, type Output } from '../output.js';
 
@@ -72,19 +71,10 @@ export function registerRollout(program: Command): void {
       ) =>
         withConnection(command, async (connection, output) => {
           assertModelName(options.model);
-          // --min-devices above the matching devices would make the first wave the whole target: no canary.
-          // Given on the command line, that is refused before anything starts; the default only warns (below).
+          // --min-devices above the targeted devices would make the first wave the whole target: no canary.
+          // Given on the command line, the control plane refuses it before anything starts
+          // (ROLLOUT_MIN_DEVICES_UNMET); the default only notes it (below).
           const explicitMinimum = command.getOptionValueSource('minDevices') === 'cli';
-          if (explicitMinimum) {
-            const { devices } = await connection.call(connection.client(DeviceServiceClient), 'listDevices', { selector: options.target, includeDecommissioned: false });
-            if (devices.length < options.minDevices) {
-              throw new CliError(
-                'ROLLOUT_MIN_DEVICES_UNMET',
-                `--min-devices ${options.minDevices} is more than the ${devices.length} device(s) matching ${options.target ? `--target ${options.target}` : 'the fleet'}: the first wave would be every device (no canary); lower --min-devices or widen --target; nothing was started`,
-                EXIT.usage,
-              );
-            }
-          }
           const client = connection.client(RolloutServiceClient);
           const r = await connection.call(client, 'startRollout', {
             model: options.model,
@@ -98,6 +88,7 @@ export function registerRollout(program: Command): void {
             consecutiveErrorLimit: 0,
             minInferences: options.minInferences ?? 0,
             intervalSeconds: options.interval === undefined ? 0 : Math.max(1, Math.round(options.interval / 1000)),
+            requireMinDevices: explicitMinimum,
             clientRequestId: options.requestId ?? randomUUID(),
           });
           output.result(Rollout.toJSON(r), () => {

@@ -53,6 +53,12 @@ export interface StartRolloutRequest {
   minInferences: number;
   /** Time between evaluations after a failed one (0: the default, 60 s). */
   intervalSeconds: number;
+  /**
+   * Refuse (ROLLOUT_MIN_DEVICES_UNMET) instead of starting when fewer compatible devices than
+   * min_devices are targeted: the first wave would be every device, with no canary. The CLI
+   * sets it when --min-devices is given on the command line.
+   */
+  requireMinDevices: boolean;
 }
 
 export interface GetRolloutRequest {
@@ -173,6 +179,7 @@ function createBaseStartRolloutRequest(): StartRolloutRequest {
     consecutiveErrorLimit: 0,
     minInferences: 0,
     intervalSeconds: 0,
+    requireMinDevices: false,
   };
 }
 
@@ -217,6 +224,9 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
     }
     if (message.intervalSeconds !== 0) {
       writer.uint32(96).int64(message.intervalSeconds);
+    }
+    if (message.requireMinDevices !== false) {
+      writer.uint32(104).bool(message.requireMinDevices);
     }
     return writer;
   },
@@ -340,6 +350,14 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
             message.intervalSeconds = longToNumber(reader.int64());
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.requireMinDevices = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -400,6 +418,11 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
         : isSet(object.interval_seconds)
         ? globalThis.Number(object.interval_seconds)
         : 0,
+      requireMinDevices: isSet(object.requireMinDevices)
+        ? globalThis.Boolean(object.requireMinDevices)
+        : isSet(object.require_min_devices)
+        ? globalThis.Boolean(object.require_min_devices)
+        : false,
     };
   },
 
@@ -441,6 +464,9 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
     if (message.intervalSeconds !== undefined) {
       obj.intervalSeconds = Math.round(message.intervalSeconds);
     }
+    if (message.requireMinDevices !== undefined) {
+      obj.requireMinDevices = message.requireMinDevices;
+    }
     return obj;
   },
 
@@ -461,6 +487,7 @@ export const StartRolloutRequest: MessageFns<StartRolloutRequest> = {
     message.consecutiveErrorLimit = object.consecutiveErrorLimit ?? 0;
     message.minInferences = object.minInferences ?? 0;
     message.intervalSeconds = object.intervalSeconds ?? 0;
+    message.requireMinDevices = object.requireMinDevices ?? false;
     return message;
   },
 };
