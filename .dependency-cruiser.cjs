@@ -5,11 +5,6 @@
  * can be swapped and tests can drive the core directly.
  */
 const ADAPTER_PACKAGES = '(^|/)node_modules/(mqtt|@grpc/|onnxruntime-node|better-sqlite3|aedes|azure-iot-device)/';
-/**
- * Registry files that still open SQLite themselves; they move behind registry ports into
- * control-plane/store/sqlite/ (issue 11, section 1). Nothing may be added to this list.
- */
-const NOT_YET_CORE = '^control-plane/registry/(model-registry|release-store|release-trust)\\.ts$';
 const CORE = [
   '^common/(?!proto/)',
   '^agent/telemetry/',
@@ -34,8 +29,15 @@ module.exports = {
       name: 'core-without-adapters',
       comment: 'Core logic depends on small interfaces; only adapters import transports, runtimes and databases.',
       severity: 'error',
-      from: { path: CORE, pathNot: NOT_YET_CORE },
+      from: { path: CORE },
       to: { path: ADAPTER_PACKAGES, dependencyTypesNot: ['type-only'] },
+    },
+    {
+      name: 'sqlite-only-in-its-store',
+      comment: 'The control plane (and the CLI and client beside it) reaches SQLite only through the repositories in store/sqlite/ (behind each domain\'s ports); not even its types elsewhere.',
+      severity: 'error',
+      from: { path: '^(control-plane|cli|client)/', pathNot: '^control-plane/store/sqlite/' },
+      to: { path: '(^|/)node_modules/better-sqlite3/' },
     },
     { name: 'agent-not-control-plane', severity: 'error', from: { path: '^agent/' }, to: { path: '^control-plane/' } },
     { name: 'control-plane-not-agent', severity: 'error', from: { path: '^control-plane/' }, to: { path: '^agent/' } },

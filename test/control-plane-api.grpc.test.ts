@@ -47,6 +47,7 @@ import { SqliteOperatorTokenRepository } from '../control-plane/store/sqlite/ope
 import { ensureAdminToken, OperatorTokenStore } from '../control-plane/fleet/operator-tokens.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
 import { ModelRegistry } from '../control-plane/registry/model-registry.js';
+import { SqliteModelVersionRepository } from '../control-plane/store/sqlite/model-version-repository.js';
 import { openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 
@@ -106,7 +107,7 @@ describe('control-plane gRPC API', () => {
     clock = new ManualClock();
     fleet = new FleetStore(new SqliteFleetRepository(db));
     const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
-    registry = new ModelRegistry({ db, artifacts: new ArtifactStore(join(dir, 'artifacts')), clock, maxModelBytes: MAX_MODEL_BYTES });
+    registry = new ModelRegistry({ versions: new SqliteModelVersionRepository(db), artifacts: new ArtifactStore(join(dir, 'artifacts')), clock, maxModelBytes: MAX_MODEL_BYTES });
     link = new RecordingDeviceLink();
     admin = bearer((await ensureAdminToken(tokens, dir, clock)).token!);
     operator = bearer((await tokens.create('ci', 'operator', clock.now())).secret);

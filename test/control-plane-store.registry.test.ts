@@ -13,6 +13,7 @@ import { SqliteOperatorTokenRepository } from '../control-plane/store/sqlite/ope
 import { ensureAdminToken, OperatorTokenStore } from '../control-plane/fleet/operator-tokens.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
 import { ModelRegistry } from '../control-plane/registry/model-registry.js';
+import { SqliteModelVersionRepository } from '../control-plane/store/sqlite/model-version-repository.js';
 import { applyMigrations, openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 
@@ -116,7 +117,7 @@ describe('control-plane store', () => {
 
     beforeEach(() => {
       artifactsRoot = join(dir, 'artifacts');
-      registry = new ModelRegistry({ db, artifacts: new ArtifactStore(artifactsRoot), clock, maxModelBytes: 16 * 1024 });
+      registry = new ModelRegistry({ versions: new SqliteModelVersionRepository(db), artifacts: new ArtifactStore(artifactsRoot), clock, maxModelBytes: 16 * 1024 });
     });
 
     it('stores identical bytes once, however many names point at them', async () => {
@@ -142,7 +143,7 @@ describe('control-plane store', () => {
       expect(refusals).toEqual(['MODEL_CHECKSUM_MISMATCH', 'MODEL_INVALID', 'UPLOAD_INCOMPLETE', 'UPLOAD_INCOMPLETE', 'PAYLOAD_TOO_LARGE', 'REQUEST_INVALID']);
       expect(storedArtifacts(artifactsRoot)).toEqual([]);
       expect(readdirSync(join(artifactsRoot, 'tmp'))).toEqual([]);
-      expect(registry.listLatest()).toEqual([]);
+      expect(await registry.listLatest()).toEqual([]);
     });
 
     it('stops reading a stream as soon as it exceeds the declared size', async () => {
@@ -162,9 +163,9 @@ describe('control-plane store', () => {
       await registry.upload(header(first), chunked(first));
       const second = buildDemoModel({ seed: 2 }).bytes;
       await registry.upload(header(second), chunked(second));
-      expect(registry.resolve('vibration', 0).version).toBe(2);
-      expect(registry.resolve('vibration', 1).version).toBe(1);
-      expect(() => registry.resolve('vibration', 3)).toThrowError(expect.objectContaining({ code: 'MODEL_NOT_FOUND' }));
+      expect((await registry.resolve('vibration', 0)).version).toBe(2);
+      expect((await registry.resolve('vibration', 1)).version).toBe(1);
+      await expect(registry.resolve('vibration', 3)).rejects.toThrowError(expect.objectContaining({ code: 'MODEL_NOT_FOUND' }));
     });
 
     it('amends a version as the next version with the same bytes, stored once, recording which version it corrects', async () => {
@@ -173,32 +174,24 @@ describe('control-plane store', () => {
       const second = buildDemoModel({ seed: 2 }).bytes;
       await registry.upload(header(second), chunked(second));
       clock.advance(1000);
-      const amended = registry.amend('vibration', 1, { description: '', metadata: { 'driftline.reference': 'right' } });
+      const amended = await registry.amend('vibration', 1, { description: '', metadata: { 'driftline.reference': 'right' } });
       expect(amended).toMatchObject({ version: 3, amendsVersion: 1, sha256: sha256Hex(first), sizeBytes: first.length, description: 'first', createdAtMs: clock.now() });
       expect(amended.metadata).toEqual({ 'driftline.reference': 'right', team: 'vib' });
-      expect(registry.resolve('vibration', 1).metadata['driftline.reference']).toBe('wrong');
-      expect(registry.resolve('vibration', 1).amendsVersion).toBe(0);
+      expect((await registry.resolve('vibration', 1)).metadata['driftline.reference']).toBe('wrong');
+      expect((await registry.resolve('vibration', 1)).amendsVersion).toBe(0);
       expect(storedArtifacts(artifactsRoot).sort()).toEqual([sha256Hex(first), sha256Hex(second)].sort());
     });
 
     it('refuses an amendment that changes nothing, of a missing version, or without a version', async () => {
       const bytes = buildDemoModel({ seed: 1 }).bytes;
       await registry.upload(header(bytes, { description: 'd', metadata: { k: 'v' } }), chunked(bytes));
-      const refusal = (fn: () => unknown): string => {
-        try {
-          fn();
-          return 'returned';
-        } catch (err) {
-          return (err as DriftlineError).code;
-        }
-      };
       expect([
-        refusal(() => registry.amend('vibration', 1, { description: 'd', metadata: { k: 'v' } })),
-        refusal(() => registry.amend('vibration', 2, { description: 'new', metadata: {} })),
-        refusal(() => registry.amend('vibration', 0, { description: 'new', metadata: {} })),
-        refusal(() => registry.amend('absent', 1, { description: 'new', metadata: {} })),
+        await codeOf(registry.amend('vibration', 1, { description: 'd', metadata: { k: 'v' } })),
+        await codeOf(registry.amend('vibration', 2, { description: 'new', metadata: {} })),
+        await codeOf(registry.amend('vibration', 0, { description: 'new', metadata: {} })),
+        await codeOf(registry.amend('absent', 1, { description: 'new', metadata: {} })),
       ]).toEqual(['MODEL_UNCHANGED', 'MODEL_NOT_FOUND', 'REQUEST_INVALID', 'MODEL_NOT_FOUND']);
-      expect(registry.get('vibration').versions).toHaveLength(1);
+      expect((await registry.get('vibration')).versions).toHaveLength(1);
     });
   });
 });

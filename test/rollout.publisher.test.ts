@@ -21,7 +21,7 @@ async function setup(releases?: SignedReleases) {
   const published: Array<[string, DesiredState]> = [];
   const publisher = new DesiredStatePublisher({
     fleet,
-    registry: { resolve: (_n, v) => version(v) },
+    registry: { resolve: async (_n, v) => version(v) },
     releases,
     desiredStates: new DesiredStates({ fleet, releases, link: { sendDesired: async (id, desired) => void published.push([id, desired]) }, logger: silentLogger() }),
     rollbackTtlMs: 3_600_000,
@@ -48,8 +48,8 @@ describe('rollout release publisher', () => {
   it('rollout - signs a rollback directive for exactly the devices it sends back, with the signed release of the old version', async () => {
     const directives: unknown[] = [];
     const releases: SignedReleases = {
-      desiredModel: (m) => ({ model: DesiredModel.fromPartial({ name: m.name, version: m.version, sha256: m.sha256, envelope: Buffer.from(`env-${m.version}`) }), rootChain: [Buffer.from('root-1')] }),
-      rollbackDirective: (input) => {
+      desiredModel: async (m) => ({ model: DesiredModel.fromPartial({ name: m.name, version: m.version, sha256: m.sha256, envelope: Buffer.from(`env-${m.version}`) }), rootChain: [Buffer.from('root-1')] }),
+      rollbackDirective: async (input) => {
         directives.push(input);
         return Buffer.from(`rollback-${input.toVersion}-${input.deviceIds.join('+')}`);
       },

@@ -24,11 +24,11 @@ const eventsRequest = z
 
 export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer {
   /** Validates an events request and returns its filter and limit, or refuses it. */
-  const eventsQuery = (req: unknown): { feed: DriftEventFeed; filter: DriftEventFilter; limit: number } => {
+  const eventsQuery = async (req: unknown): Promise<{ feed: DriftEventFeed; filter: DriftEventFilter; limit: number }> => {
     const r = validate(eventsRequest, req);
     if (!deps.driftEvents) throw new DriftlineError('NOT_IMPLEMENTED', 'drift events are not served by this control plane');
     // An unknown model is refused with MODEL_NOT_FOUND, as GetDriftStatus does, rather than answered with nothing.
-    if (r.model) deps.registry.get(r.model);
+    if (r.model) await deps.registry.get(r.model);
     return { feed: deps.driftEvents, filter: { model: r.model, version: r.version, cohort: r.cohort, sinceMs: r.sinceMs, afterId: r.afterId }, limit: r.limit || DEFAULT_DRIFT_EVENT_LIMIT };
   };
 
@@ -37,15 +37,15 @@ export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer
       validate(statusRequest, req);
       if (!deps.drift) throw new DriftlineError('NOT_IMPLEMENTED', 'drift status is not served by this control plane');
       // Refuses an unknown model with MODEL_NOT_FOUND rather than an empty answer.
-      deps.registry.get(req.model);
+      await deps.registry.get(req.model);
       return { statuses: await deps.drift.status(req) };
     }),
     listDriftEvents: unary(ctx, 'ListDriftEvents', 'viewer', async (req) => {
-      const { feed, filter, limit } = eventsQuery(req);
+      const { feed, filter, limit } = await eventsQuery(req);
       return { events: await feed.list(filter, limit) };
     }),
     watchDriftEvents: serverStreaming(ctx, 'WatchDriftEvents', 'viewer', async (call) => {
-      const { feed, filter, limit } = eventsQuery(call.request);
+      const { feed, filter, limit } = await eventsQuery(call.request);
       // Subscribed before the replay is read, so no event falls between them. Live events that
       // arrive while the replay is read wait until it is sent (their ids are above what it read
       // so far, and sending one first would skip the replay past the rest); an id check keeps

@@ -20,20 +20,20 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       logger.info({ model: version.name, version: version.version, sha256: version.sha256, by: caller?.id }, 'model uploaded');
       return version;
     }),
-    listModels: unary(ctx, 'ListModels', 'viewer', () => ({ latest: registry.listLatest() })),
+    listModels: unary(ctx, 'ListModels', 'viewer', async () => ({ latest: await registry.listLatest() })),
     getModel: unary(ctx, 'GetModel', 'viewer', (req) => registry.get(assertModelName(req.name))),
-    amendModel: unary(ctx, 'AmendModel', 'operator', (req, caller) => {
-      const version = registry.amend(assertModelName(req.name), req.version, { description: req.description, metadata: req.metadata });
+    amendModel: unary(ctx, 'AmendModel', 'operator', async (req, caller) => {
+      const version = await registry.amend(assertModelName(req.name), req.version, { description: req.description, metadata: req.metadata });
       logger.info({ model: version.name, version: version.version, amends: version.amendsVersion, by: caller?.id }, 'model version amended');
       return version;
     }),
     deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
       const { version, deviceIds } = validate(deployRequest, req);
-      const model = registry.resolve(assertModelName(req.name), version);
+      const model = await registry.resolve(assertModelName(req.name), version);
       // A release every device would refuse (revoked signing key, expired root) is refused here, with the reason.
-      deps.releases?.assertDeployable(model.name, model.version);
+      await deps.releases?.assertDeployable(model.name, model.version);
       const targets = await selectTargets(deps, deviceIds, req.selector);
-      const rollback = rollbackFor(deps, model, targets, caller?.id);
+      const rollback = await rollbackFor(deps, model, targets, caller?.id);
       const published = await deps.desiredStates.deploy(model, targets, { rollback });
       logger.info({ model: model.name, version: model.version, devices: targets.length, published, rolledBack: rollback?.deviceIds.size ?? 0, by: caller?.id }, 'model deployed');
       return { model, devices: targets.length };
@@ -80,13 +80,13 @@ interface Rollback {
  * from the online rollback key, the way an aborted rollout sends devices back. Without online
  * signing every one of them would refuse, so the deploy is refused here, saying how to roll back.
  */
-function rollbackFor({ releases, config, clock }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], by: string | undefined): Rollback | undefined {
+async function rollbackFor({ releases, config, clock }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], by: string | undefined): Promise<Rollback | undefined> {
   if (!releases) return undefined;
   const ahead = targets.filter((d) => d.reported?.activeModel?.name === model.name && d.reported.activeModel.version > model.version);
   if (ahead.length === 0) return undefined;
   const ids = ahead.map((d) => d.id);
   const newest = Math.max(...ahead.map((d) => d.reported!.activeModel!.version));
-  const directive = releases.rollbackDirective({
+  const directive = await releases.rollbackDirective({
     model: model.name,
     toVersion: model.version,
     deviceIds: ids,

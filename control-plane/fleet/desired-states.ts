@@ -7,7 +7,7 @@ import type { DeviceRecord, FleetStore } from './fleet-store.js';
 
 /** The signing side of releases (control-plane/registry/release-store.ts), when a trust root is configured. */
 export interface DesiredModelSigner {
-  desiredModel(model: ModelVersion): { model: DesiredModel; rootChain: Buffer[] };
+  desiredModel(model: ModelVersion): Promise<{ model: DesiredModel; rootChain: Buffer[] }>;
 }
 
 export interface DeployOptions {
@@ -40,7 +40,7 @@ export class DesiredStates {
    */
   async deploy(model: ModelVersion, devices: ReadonlyArray<Pick<DeviceRecord, 'id'>>, options: DeployOptions = {}): Promise<number> {
     const { fleet, link, logger, releases } = this.deps;
-    const signed = releases?.desiredModel(model);
+    const signed = await releases?.desiredModel(model);
     const desiredModel = signed?.model ?? unsignedDesiredModel(model);
     const { rollback } = options;
     const desired = await fleet.advanceDesired(

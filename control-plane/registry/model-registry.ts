@@ -1,30 +1,11 @@
-import type { Database, Statement } from 'better-sqlite3';
 import { z } from 'zod';
 import type { Clock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
 import { readModelSignature } from '../../common/onnx/signature.js';
-import type { Model, ModelVersion, TensorSpec, UploadModelHeader } from '../../common/proto/driftline/v1/models.js';
-import { applyMigrations } from '../store/sqlite/database.js';
+import type { Model, ModelVersion, UploadModelHeader } from '../../common/proto/driftline/v1/models.js';
 import type { ArtifactStore } from './artifact-store.js';
-
-const MIGRATIONS = [
-  `CREATE TABLE model_versions (
-     name TEXT NOT NULL,
-     version INTEGER NOT NULL,
-     sha256 TEXT NOT NULL,
-     size_bytes INTEGER NOT NULL,
-     opset INTEGER NOT NULL,
-     inputs TEXT NOT NULL,
-     outputs TEXT NOT NULL,
-     description TEXT NOT NULL,
-     metadata TEXT NOT NULL,
-     created_at_ms INTEGER NOT NULL,
-     PRIMARY KEY (name, version)
-   );`,
-  // The version an amendment corrects (same bytes, new metadata); 0 for an upload.
-  `ALTER TABLE model_versions ADD COLUMN amends_version INTEGER NOT NULL DEFAULT 0;`,
-];
+import type { ModelVersionRepository, StoredModelVersion } from './ports.js';
 
 /** What an upload header may carry besides the name (checked with assertModelName for its own code). */
 const headerSchema = z.object({
@@ -48,22 +29,8 @@ export interface ModelAmendment {
   metadata: Record<string, string>;
 }
 
-interface VersionRow {
-  name: string;
-  version: number;
-  sha256: string;
-  size_bytes: number;
-  opset: number;
-  inputs: string;
-  outputs: string;
-  description: string;
-  metadata: string;
-  created_at_ms: number;
-  amends_version: number;
-}
-
 export interface ModelRegistryOptions {
-  db: Database;
+  versions: ModelVersionRepository;
   artifacts: ArtifactStore;
   clock: Clock;
   maxModelBytes: number;
@@ -75,26 +42,20 @@ export interface ModelRegistryOptions {
  * names or versions point at them.
  */
 export class ModelRegistry {
-  private readonly db: Database;
+  private readonly versions: ModelVersionRepository;
   private readonly artifacts: ArtifactStore;
   private readonly clock: Clock;
   private readonly maxModelBytes: number;
-  private readonly selectLatest: Statement<[string], VersionRow>;
-  private readonly selectVersion: Statement<[string, number], VersionRow>;
-  private readonly insertNext: (row: Omit<VersionRow, 'version'>) => VersionRow;
 
   constructor(options: ModelRegistryOptions) {
-    ({ db: this.db, artifacts: this.artifacts, clock: this.clock, maxModelBytes: this.maxModelBytes } = options);
-    applyMigrations(this.db, 'registry', MIGRATIONS);
-    this.selectLatest = this.db.prepare('SELECT * FROM model_versions WHERE name = ? ORDER BY version DESC LIMIT 1');
-    this.selectVersion = this.db.prepare('SELECT * FROM model_versions WHERE name = ? AND version = ?');
-    const insert = this.db.prepare(
-      `INSERT INTO model_versions (name, version, sha256, size_bytes, opset, inputs, outputs, description, metadata, created_at_ms, amends_version)
-       VALUES (@name, @version, @sha256, @size_bytes, @opset, @inputs, @outputs, @description, @metadata, @created_at_ms, @amends_version)`,
-    );
-    this.insertNext = this.db.transaction((row: Omit<VersionRow, 'version'>) => {
-      const full = { ...row, version: (this.selectLatest.get(row.name)?.version ?? 0) + 1 };
-      insert.run(full);
+    ({ versions: this.versions, artifacts: this.artifacts, clock: this.clock, maxModelBytes: this.maxModelBytes } = options);
+  }
+
+  /** Records `version` as the next version of its name, read and written in one unit of work. */
+  private insertNext(version: Omit<StoredModelVersion, 'version'>): Promise<StoredModelVersion> {
+    return this.versions.transaction(async (tx) => {
+      const full = { ...version, version: ((await tx.latest(version.name))?.version ?? 0) + 1 };
+      await tx.insert(full);
       return full;
     });
   }
@@ -130,25 +91,23 @@ export class ModelRegistry {
       }
       const signature = readModelSignature(await writer.readBack());
 
-      const latest = this.selectLatest.get(name);
-      if (latest?.sha256 === sha256) return toModelVersion(latest);
+      const latest = await this.versions.latest(name);
+      if (latest?.sha256 === sha256) return latest;
 
       const { created } = await writer.commit();
       try {
-        return toModelVersion(
-          this.insertNext({
-            name,
-            sha256,
-            size_bytes: sizeBytes,
-            opset: signature.opset,
-            inputs: JSON.stringify(signature.inputs),
-            outputs: JSON.stringify(signature.outputs),
-            description,
-            metadata: JSON.stringify(metadata),
-            created_at_ms: this.clock.now(),
-            amends_version: 0,
-          }),
-        );
+        return await this.insertNext({
+          name,
+          sha256,
+          sizeBytes,
+          opset: signature.opset,
+          inputs: signature.inputs,
+          outputs: signature.outputs,
+          description,
+          metadata,
+          createdAtMs: this.clock.now(),
+          amendsVersion: 0,
+        });
       } catch (err) {
         if (created) await this.artifacts.remove(sha256);
         throw new DriftlineError('STORE_FAILED', `cannot record model ${name}`, { cause: err });
@@ -165,72 +124,47 @@ export class ModelRegistry {
    * the one it amends. The artifact is content addressed, so nothing is stored twice.
    * Refused (MODEL_UNCHANGED) when the amendment would change nothing.
    */
-  amend(name: string, version: number, amendment: ModelAmendment): ModelVersion {
+  async amend(name: string, version: number, amendment: ModelAmendment): Promise<ModelVersion> {
     assertModelName(name);
     const parsed = amendSchema.safeParse({ version, ...amendment });
     if (!parsed.success) {
       throw new DriftlineError('REQUEST_INVALID', `invalid amendment: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
     }
-    const source = this.selectVersion.get(name, version);
+    const source = await this.versions.version(name, version);
     if (!source) throw notFound(name, version);
-    const before = JSON.parse(source.metadata) as Record<string, string>;
+    const before = source.metadata;
     const metadata = { ...before, ...parsed.data.metadata };
     const description = parsed.data.description || source.description;
     if (Object.keys(metadata).length > 64) throw new DriftlineError('REQUEST_INVALID', 'invalid amendment: metadata: at most 64 metadata entries');
     if (description === source.description && Object.entries(parsed.data.metadata).every(([k, v]) => before[k] === v)) {
       throw new DriftlineError('MODEL_UNCHANGED', `the amendment changes nothing in ${name} v${version}`, { details: { name, version } });
     }
-    const { sha256, size_bytes, opset, inputs, outputs } = source;
+    const { sha256, sizeBytes, opset, inputs, outputs } = source;
     try {
-      return toModelVersion(
-        this.insertNext({ name, sha256, size_bytes, opset, inputs, outputs, description, metadata: JSON.stringify(metadata), created_at_ms: this.clock.now(), amends_version: version }),
-      );
+      return await this.insertNext({ name, sha256, sizeBytes, opset, inputs, outputs, description, metadata, createdAtMs: this.clock.now(), amendsVersion: version });
     } catch (err) {
       throw new DriftlineError('STORE_FAILED', `cannot record the amendment of ${name} v${version}`, { cause: err });
     }
   }
 
   /** The latest version of every model, by name. */
-  listLatest(): ModelVersion[] {
-    return (
-      this.db
-        .prepare('SELECT * FROM model_versions m WHERE version = (SELECT max(version) FROM model_versions WHERE name = m.name) ORDER BY name')
-        .all() as VersionRow[]
-    ).map(toModelVersion);
+  listLatest(): Promise<ModelVersion[]> {
+    return this.versions.latestOfEach();
   }
 
-  get(name: string): Model {
-    const rows = this.db.prepare('SELECT * FROM model_versions WHERE name = ? ORDER BY version').all(assertModelName(name)) as VersionRow[];
-    if (rows.length === 0) throw notFound(name);
-    return { name, versions: rows.map(toModelVersion) };
+  async get(name: string): Promise<Model> {
+    const versions = await this.versions.versions(assertModelName(name));
+    if (versions.length === 0) throw notFound(name);
+    return { name, versions };
   }
 
   /** One version of a model; version 0 means the latest. */
-  resolve(name: string, version: number): ModelVersion {
+  async resolve(name: string, version: number): Promise<ModelVersion> {
     assertModelName(name);
-    const row =
-      version === 0
-        ? this.selectLatest.get(name)
-        : this.selectVersion.get(name, version);
-    if (!row) throw notFound(name, version);
-    return toModelVersion(row);
+    const found = version === 0 ? await this.versions.latest(name) : await this.versions.version(name, version);
+    if (!found) throw notFound(name, version);
+    return found;
   }
-}
-
-function toModelVersion(row: VersionRow): ModelVersion {
-  return {
-    name: row.name,
-    version: row.version,
-    sha256: row.sha256,
-    sizeBytes: row.size_bytes,
-    createdAtMs: row.created_at_ms,
-    opset: row.opset,
-    inputs: JSON.parse(row.inputs) as TensorSpec[],
-    outputs: JSON.parse(row.outputs) as TensorSpec[],
-    description: row.description,
-    metadata: JSON.parse(row.metadata) as Record<string, string>,
-    amendsVersion: row.amends_version,
-  };
 }
 
 const tooLarge = (size: number, limit: number): DriftlineError =>

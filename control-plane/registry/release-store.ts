@@ -1,4 +1,3 @@
-import type { Database } from 'better-sqlite3';
 import { ManualClock, type Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
@@ -10,39 +9,16 @@ import type { Signer } from '../../common/trust/keys.js';
 import { verifyRelease } from '../../common/trust/manifest.js';
 import { rootExpiryWarning, updateRoot, verifyInitialRoot, type TrustedRoot, type TrustWarning } from '../../common/trust/root.js';
 import { signRollbackDirective } from '../../common/trust/rollback.js';
-import { applyMigrations } from '../store/sqlite/database.js';
 import { artifactPath } from './artifact-store.js';
-
-const MIGRATIONS = [
-  `CREATE TABLE releases (
-     name TEXT NOT NULL,
-     version INTEGER NOT NULL,
-     sha256 TEXT NOT NULL,
-     size_bytes INTEGER NOT NULL,
-     key_ids TEXT NOT NULL,
-     envelope BLOB NOT NULL,
-     published_at_ms INTEGER NOT NULL,
-     PRIMARY KEY (name, version)
-   );`,
-];
-
-interface ReleaseRow {
-  name: string;
-  version: number;
-  sha256: string;
-  size_bytes: number;
-  key_ids: string;
-  envelope: Buffer;
-  published_at_ms: number;
-}
+import type { ReleaseRepository, StoredRelease } from './ports.js';
 
 export interface ReleaseStoreOptions {
-  db: Database;
+  releases: ReleaseRepository;
   clock: Clock;
   logger: Logger;
   /** Every known root version, oldest first (from `driftline keys init`/`rotate`); empty: no trust root. */
   rootChain: readonly Buffer[];
-  registry: { resolve(name: string, version: number): ModelVersion };
+  registry: { resolve(name: string, version: number): Promise<ModelVersion> };
   /** The online rollback key, when the operator opted in to online signing of rollback directives. */
   rollbackSigner?: Signer;
 }
@@ -57,7 +33,6 @@ export class ReleaseStore {
   private readonly root: TrustedRoot | undefined;
 
   constructor(private readonly options: ReleaseStoreOptions) {
-    applyMigrations(options.db, 'releases', MIGRATIONS);
     const [first, ...rest] = options.rootChain;
     // The chain must hold together (the control plane hands it to devices); expiry is checked per use.
     const far = new ManualClock(0);
@@ -86,8 +61,8 @@ export class ReleaseStore {
    * or the root expired), or undefined. Unsigned versions are not judged here: devices that
    * pinned no root accept them, and deploying one with a root configured is warned about.
    */
-  refusal(name: string, version: number): DriftlineError | undefined {
-    const envelope = this.root ? this.envelopeOf(name, version) : undefined;
+  async refusal(name: string, version: number): Promise<DriftlineError | undefined> {
+    const envelope = this.root ? await this.envelopeOf(name, version) : undefined;
     if (!this.root || !envelope) return undefined;
     try {
       verifyRelease(envelope, this.root.metadata, this.options.clock);
@@ -98,8 +73,8 @@ export class ReleaseStore {
   }
 
   /** Refuses (RELEASE_NOT_DEPLOYABLE, the devices' reason in details.reason) a release every device would refuse. */
-  assertDeployable(name: string, version: number): void {
-    const why = this.refusal(name, version);
+  async assertDeployable(name: string, version: number): Promise<void> {
+    const why = await this.refusal(name, version);
     if (!why) return;
     throw new DriftlineError('RELEASE_NOT_DEPLOYABLE', `devices will refuse ${name} v${version} (${why.code}): ${why.message}`, {
       cause: why,
@@ -108,7 +83,7 @@ export class ReleaseStore {
   }
 
   /** What an operator should hear about: the root expiring within `expiryWarningMs` or expired, and deployed releases signed by a revoked key. */
-  trustWarnings(deployed: ReadonlyArray<{ name: string; version: number }>, expiryWarningMs: number): TrustWarning[] {
+  async trustWarnings(deployed: ReadonlyArray<{ name: string; version: number }>, expiryWarningMs: number): Promise<TrustWarning[]> {
     if (!this.root) return [];
     const warnings: TrustWarning[] = [];
     const expiry = rootExpiryWarning(this.root.metadata, this.options.clock.now(), expiryWarningMs);
@@ -118,7 +93,7 @@ export class ReleaseStore {
       const key = `${name}@${version}`;
       if (seen.has(key)) continue;
       seen.add(key);
-      const why = this.refusal(name, version);
+      const why = await this.refusal(name, version);
       if (why?.code === 'TRUST_KEY_REVOKED') {
         warnings.push({
           code: 'TRUST_KEY_REVOKED',
@@ -134,56 +109,55 @@ export class ReleaseStore {
    * Stores a signed manifest for a stored version. Publishing the same envelope again is a
    * no-op; a different envelope for an already signed version is a conflict.
    */
-  publish(name: string, version: number, envelope: Buffer): Release {
+  async publish(name: string, version: number, envelope: Buffer): Promise<Release> {
     if (!this.root) throw new DriftlineError('TRUST_NOT_CONFIGURED', 'the control plane has no trust root (serve --trust-root <keys>/root)');
     assertModelName(name);
     const { manifest, keyIds } = verifyRelease(envelope, this.root.metadata, this.options.clock);
-    const stored = this.options.registry.resolve(name, version);
+    const stored = await this.options.registry.resolve(name, version);
     if (manifest.name !== stored.name || manifest.version !== stored.version || manifest.artifact.sha256 !== stored.sha256 || manifest.artifact.sizeBytes !== stored.sizeBytes) {
       throw new DriftlineError('RELEASE_MISMATCH', `the manifest (${manifest.name} v${manifest.version}) does not describe the stored ${stored.name} v${stored.version}`);
     }
-    const existing = this.row(name, version);
-    if (existing) {
-      if (Buffer.compare(existing.envelope, envelope) === 0) return toRelease(existing);
-      throw new DriftlineError('RELEASE_CONFLICT', `${name} v${version} is already signed`);
-    }
-    const row: ReleaseRow = {
-      name,
-      version,
-      sha256: stored.sha256,
-      size_bytes: stored.sizeBytes,
-      key_ids: JSON.stringify(keyIds),
-      envelope,
-      published_at_ms: this.options.clock.now(),
-    };
-    this.options.db
-      .prepare('INSERT INTO releases (name, version, sha256, size_bytes, key_ids, envelope, published_at_ms) VALUES (@name, @version, @sha256, @size_bytes, @key_ids, @envelope, @published_at_ms)')
-      .run(row);
-    this.options.logger.info({ model: name, version, keyIds }, 'signed release published');
-    return toRelease(row);
+    // Read and written in one unit of work: of two publishes of one version, the second sees the first.
+    const { release, inserted } = await this.options.releases.transaction(async (tx) => {
+      const existing = await tx.release(name, version);
+      if (existing) {
+        if (Buffer.compare(existing.envelope, envelope) === 0) return { release: existing, inserted: false };
+        throw new DriftlineError('RELEASE_CONFLICT', `${name} v${version} is already signed`);
+      }
+      const row: StoredRelease = {
+        name,
+        version,
+        sha256: stored.sha256,
+        sizeBytes: stored.sizeBytes,
+        keyIds,
+        envelope,
+        publishedAtMs: this.options.clock.now(),
+      };
+      await tx.insert(row);
+      return { release: row, inserted: true };
+    });
+    if (inserted) this.options.logger.info({ model: name, version, keyIds }, 'signed release published');
+    return copyOf(release);
   }
 
   /** The signed release of a version; version 0 means the latest signed one. */
-  get(name: string, version: number): Release {
+  async get(name: string, version: number): Promise<Release> {
     assertModelName(name);
-    const row =
-      version === 0
-        ? (this.options.db.prepare('SELECT * FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1').get(name) as ReleaseRow | undefined)
-        : this.row(name, version);
-    if (!row) throw new DriftlineError('MODEL_NOT_FOUND', `${name}${version ? ` v${version}` : ''} has no signed release`);
-    return toRelease(row);
+    const release = version === 0 ? await this.options.releases.latestRelease(name) : await this.options.releases.release(name, version);
+    if (!release) throw new DriftlineError('MODEL_NOT_FOUND', `${name}${version ? ` v${version}` : ''} has no signed release`);
+    return copyOf(release);
   }
 
-  envelopeOf(name: string, version: number): Buffer | undefined {
-    return this.row(name, version)?.envelope;
+  async envelopeOf(name: string, version: number): Promise<Buffer | undefined> {
+    return (await this.options.releases.release(name, version))?.envelope;
   }
 
   /**
    * The desired model for a version, with its signed envelope when there is one, plus the
    * root chain devices walk. What DeployModel and the rollout engine send.
    */
-  desiredModel(model: ModelVersion): { model: DesiredModel; rootChain: Buffer[] } {
-    const envelope = this.envelopeOf(model.name, model.version);
+  async desiredModel(model: ModelVersion): Promise<{ model: DesiredModel; rootChain: Buffer[] }> {
+    const envelope = await this.envelopeOf(model.name, model.version);
     if (this.root && !envelope) {
       this.options.logger.warn({ model: model.name, version: model.version }, 'deploying an unsigned version: devices with a pinned root will refuse it');
     }
@@ -206,10 +180,10 @@ export class ReleaseStore {
    * `toVersion` of `model`, signed by the online rollback key; undefined when online signing
    * is not enabled (devices then refuse the older version, and the operator signs offline).
    */
-  rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Buffer | undefined {
+  async rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Promise<Buffer | undefined> {
     const signer = this.options.rollbackSigner;
     if (!signer) return undefined;
-    const target = this.options.registry.resolve(input.model, input.toVersion);
+    const target = await this.options.registry.resolve(input.model, input.toVersion);
     const now = this.options.clock.now();
     return signRollbackDirective(
       {
@@ -226,20 +200,7 @@ export class ReleaseStore {
       signer,
     );
   }
-
-  private row(name: string, version: number): ReleaseRow | undefined {
-    return this.options.db.prepare('SELECT * FROM releases WHERE name = ? AND version = ?').get(name, version) as ReleaseRow | undefined;
-  }
 }
 
-function toRelease(row: ReleaseRow): Release {
-  return {
-    name: row.name,
-    version: row.version,
-    sha256: row.sha256,
-    sizeBytes: row.size_bytes,
-    keyIds: JSON.parse(row.key_ids) as string[],
-    envelope: Buffer.from(row.envelope),
-    publishedAtMs: row.published_at_ms,
-  };
-}
+/** A release to hand out: its key ids and envelope its own, so a caller cannot change what is stored. */
+const copyOf = (release: StoredRelease): Release => ({ ...release, keyIds: [...release.keyIds], envelope: Buffer.from(release.envelope) });

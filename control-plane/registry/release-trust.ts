@@ -1,10 +1,10 @@
-import type { Database } from 'better-sqlite3';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import { readKeyFile, readRootChain } from '../../common/trust/key-files.js';
 import type { TrustWarning } from '../../common/trust/root.js';
 import type { ControlPlaneConfig } from '../config.js';
+import type { ReleaseRepository } from './ports.js';
 import { ReleaseStore } from './release-store.js';
 
 /**
@@ -13,8 +13,8 @@ import { ReleaseStore } from './release-store.js';
  * root, releases are unsigned and the control plane says so loudly.
  */
 export function openReleaseStore(deps: {
-  db: Database;
-  registry: { resolve(name: string, version: number): ModelVersion };
+  releases: ReleaseRepository;
+  registry: { resolve(name: string, version: number): Promise<ModelVersion> };
   clock: Clock;
   logger: Logger;
   trust: ControlPlaneConfig['trust'];
@@ -25,7 +25,7 @@ export function openReleaseStore(deps: {
     logger.warn('no trust root configured (serve --trust-root): devices enrolled now accept unsigned models; run `driftline keys init` and restart with --trust-root');
   }
   const rollbackSigner = trust.rollbackKey ? readKeyFile(trust.rollbackKey, process.env[trust.rollbackKeyPassphraseEnv]) : undefined;
-  const store = new ReleaseStore({ db: deps.db, clock: deps.clock, logger, rootChain, registry: deps.registry, rollbackSigner });
+  const store = new ReleaseStore({ releases: deps.releases, clock: deps.clock, logger, rootChain, registry: deps.registry, rollbackSigner });
   const root = store.rootVersion();
   if (root) logger.info({ rootVersion: root.version, expiresAtMs: root.expiresAtMs, onlineRollbackSigning: Boolean(rollbackSigner) }, 'signed releases enabled');
   return store;
@@ -47,7 +47,7 @@ export async function watchTrust(deps: {
   const evaluate = async (): Promise<void> => {
     try {
       const deployed = (await deps.fleet.list()).flatMap((d) => (d.desired?.model?.name ? [{ name: d.desired.model.name, version: d.desired.model.version }] : []));
-      const next = deps.releases.trustWarnings(deployed, deps.config.expiryWarning);
+      const next = await deps.releases.trustWarnings(deployed, deps.config.expiryWarning);
       const known = new Set(warnings.map((w) => w.message));
       for (const w of next) if (!known.has(w.message)) deps.logger.warn({ code: w.code, ...w.details }, w.message);
       warnings = next;

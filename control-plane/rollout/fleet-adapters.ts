@@ -58,17 +58,17 @@ export class FleetStoreView implements FleetView {
  */
 export class RegistryCatalog implements ModelCatalog {
   constructor(
-    private readonly registry: { resolve(name: string, version: number): ModelVersion },
-    private readonly releases?: { envelopeOf(name: string, version: number): Buffer | undefined; assertDeployable?(name: string, version: number): void },
+    private readonly registry: { resolve(name: string, version: number): Promise<ModelVersion> },
+    private readonly releases?: { envelopeOf(name: string, version: number): Promise<Buffer | undefined>; assertDeployable?(name: string, version: number): Promise<void> },
   ) {}
 
   async assertDeployable(model: string, version: number): Promise<void> {
-    this.releases?.assertDeployable?.(model, version);
+    await this.releases?.assertDeployable?.(model, version);
   }
 
   async constraints(model: string, version: number): Promise<ModelConstraints> {
-    const base = constraintsFromMetadata(this.registry.resolve(model, version).metadata);
-    const envelope = this.releases?.envelopeOf(model, version);
+    const base = constraintsFromMetadata((await this.registry.resolve(model, version)).metadata);
+    const envelope = await this.releases?.envelopeOf(model, version);
     if (!envelope) return base;
     // The release store verified the envelope when it was published; here only its content is needed.
     const { constraints } = peekManifest(envelope);
@@ -78,7 +78,7 @@ export class RegistryCatalog implements ModelCatalog {
 
 /** The signing side of releases (control-plane/registry/release-store.ts), when a trust root is configured. */
 export interface SignedReleases extends DesiredModelSigner {
-  rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Buffer | undefined;
+  rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Promise<Buffer | undefined>;
 }
 
 /**
@@ -91,7 +91,7 @@ export class DesiredStatePublisher implements ReleasePublisher {
   constructor(
     private readonly deps: {
       fleet: Pick<FleetStore, 'get'>;
-      registry: { resolve(name: string, version: number): ModelVersion };
+      registry: { resolve(name: string, version: number): Promise<ModelVersion> };
       /** Signs rollback directives; the desired models are signed by desiredStates. */
       releases?: Pick<SignedReleases, 'rollbackDirective'> | undefined;
       desiredStates: Pick<DesiredStates, 'deploy'>;
@@ -101,17 +101,17 @@ export class DesiredStatePublisher implements ReleasePublisher {
     },
   ) {}
 
-  deploy(model: string, version: number, deviceIds: readonly string[]): Promise<void> {
-    return this.send(this.deps.registry.resolve(model, version), deviceIds, undefined);
+  async deploy(model: string, version: number, deviceIds: readonly string[]): Promise<void> {
+    return this.send(await this.deps.registry.resolve(model, version), deviceIds, undefined);
   }
 
   async rollback(model: string, devices: ReadonlyArray<{ deviceId: string; toVersion: number }>, reason: string, id: string): Promise<void> {
     const byVersion = new Map<number, string[]>();
     for (const { deviceId, toVersion } of devices) byVersion.set(toVersion, [...(byVersion.get(toVersion) ?? []), deviceId]);
     for (const [version, ids] of byVersion) {
-      const directive = this.deps.releases?.rollbackDirective({ model, toVersion: version, deviceIds: ids, reason, ttlMs: this.deps.rollbackTtlMs, id: `${id}-v${version}` });
+      const directive = await this.deps.releases?.rollbackDirective({ model, toVersion: version, deviceIds: ids, reason, ttlMs: this.deps.rollbackTtlMs, id: `${id}-v${version}` });
       this.deps.logger.warn({ model, version, devices: ids.length, reason, signed: Boolean(directive) }, 'rolling devices back');
-      await this.send(this.deps.registry.resolve(model, version), ids, directive);
+      await this.send(await this.deps.registry.resolve(model, version), ids, directive);
     }
   }
 

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { Outcome, Stream, type TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
 import type { DriftEventStore } from '../../control-plane/drift/ports.js';
 import type { FleetRepository, OperatorTokenRepository } from '../../control-plane/fleet/ports.js';
+import type { ModelVersionRepository, ReleaseRepository, StoredModelVersion, StoredRelease } from '../../control-plane/registry/ports.js';
 import { parsePlan, targetGroup, wavesFrom } from '../../control-plane/rollout/plan.js';
 import type { RolloutRepository } from '../../control-plane/rollout/ports.js';
 import { createRollout, type Rollout } from '../../control-plane/rollout/state-machine.js';
@@ -20,6 +21,8 @@ export interface StoreUnderTest {
   operatorTokens: OperatorTokenRepository;
   telemetry: TelemetryRepository & PrunableStore;
   driftEvents: DriftEventStore;
+  modelVersions: ModelVersionRepository;
+  releases: ReleaseRepository;
   close(): Promise<void> | void;
 }
 
@@ -40,6 +43,31 @@ const inference = (seq: number): TelemetryRecord => ({
   timeMs: 1_000,
   stream: Stream.STREAM_INFERENCE,
   body: { $case: 'inference', value: { model: 'vibration', version: 1, provider: 'cpu', latencyMs: 2, outcome: Outcome.OUTCOME_OK, topClass: 0, confidence: 1, errorCode: '', batchSize: 1 } },
+});
+
+const modelVersion = (name: string, version: number, extra: Partial<StoredModelVersion> = {}): StoredModelVersion => ({
+  name,
+  version,
+  sha256: `${version}`.repeat(64).slice(0, 64),
+  sizeBytes: 1_000 + version,
+  createdAtMs: 10 * version,
+  opset: 17,
+  inputs: [{ name: 'x', type: 'float32', shape: [-1, 8] }],
+  outputs: [{ name: 'probs', type: 'float32', shape: [-1, 3] }],
+  description: `v${version}`,
+  metadata: { 'driftline.reference': 'ref', team: 'vib' },
+  amendsVersion: 0,
+  ...extra,
+});
+
+const release = (name: string, version: number): StoredRelease => ({
+  name,
+  version,
+  sha256: `${version}`.repeat(64).slice(0, 64),
+  sizeBytes: 1_000 + version,
+  keyIds: ['key-a', 'key-b'],
+  envelope: Buffer.from(`envelope of ${name} v${version}`),
+  publishedAtMs: 100 * version,
 });
 
 /** Opens a store for one test and closes it afterwards, whatever the test does. */
@@ -167,6 +195,77 @@ export function describeRepositoryContract(adapter: string, open: StoreFactory):
       expect(await driftEvents.current()).toEqual([]);
       expect((await driftEvents.list({ afterId: first!.id }, 10)).map((e) => e.id)).toEqual([second!.id]);
       expect(await driftEvents.pruneOlderThan(15)).toBe(1);
+    }));
+  });
+
+  describe(`${adapter} store - model versions`, () => {
+    it('store - keeps every field of a version and reads the latest, one by number, all of a name oldest first and the latest of each name', withStore(open, async ({ modelVersions }) => {
+      await modelVersions.transaction(async (tx) => {
+        await tx.insert(modelVersion('vibration', 1));
+        await tx.insert(modelVersion('vibration', 2, { amendsVersion: 1, metadata: {} }));
+        await tx.insert(modelVersion('acoustic', 1, { inputs: [], outputs: [] }));
+      });
+      expect(await modelVersions.version('vibration', 2)).toEqual(modelVersion('vibration', 2, { amendsVersion: 1, metadata: {} }));
+      expect((await modelVersions.latest('vibration'))?.version).toBe(2);
+      expect(await modelVersions.latest('absent')).toBeUndefined();
+      expect(await modelVersions.version('vibration', 3)).toBeUndefined();
+      expect((await modelVersions.versions('vibration')).map((v) => v.version)).toEqual([1, 2]);
+      expect(await modelVersions.versions('absent')).toEqual([]);
+      expect((await modelVersions.latestOfEach()).map((v) => [v.name, v.version])).toEqual([
+        ['acoustic', 1],
+        ['vibration', 2],
+      ]);
+    }));
+
+    it('store - units of work that each read the latest version and insert the next never assign one number twice', withStore(open, async ({ modelVersions }) => {
+      const assigned = await Promise.all(
+        Array.from({ length: 5 }, () =>
+          modelVersions.transaction(async (tx) => {
+            const next = ((await tx.latest('vibration'))?.version ?? 0) + 1;
+            await tx.insert(modelVersion('vibration', next));
+            return next;
+          }),
+        ),
+      );
+      expect([...assigned].sort()).toEqual([1, 2, 3, 4, 5]);
+      expect((await modelVersions.versions('vibration')).map((v) => v.version)).toEqual([1, 2, 3, 4, 5]);
+    }));
+
+    it('store - refuses a second version with the same name and number, and a unit of work that throws records nothing', withStore(open, async ({ modelVersions }) => {
+      await modelVersions.transaction((tx) => tx.insert(modelVersion('vibration', 1)));
+      await expect(modelVersions.transaction((tx) => tx.insert(modelVersion('vibration', 1, { description: 'again' })))).rejects.toThrow();
+      await expect(
+        modelVersions.transaction(async (tx) => {
+          await tx.insert(modelVersion('vibration', 2));
+          throw new Error('artifact gone');
+        }),
+      ).rejects.toThrow('artifact gone');
+      expect(await modelVersions.versions('vibration')).toEqual([modelVersion('vibration', 1)]);
+    }));
+  });
+
+  describe(`${adapter} store - releases`, () => {
+    it('store - keeps a signed release as published and reads it by version and as the latest signed one', withStore(open, async ({ releases }) => {
+      await releases.transaction((tx) => tx.insert(release('vibration', 1)));
+      await releases.transaction((tx) => tx.insert(release('vibration', 3)));
+      expect(await releases.release('vibration', 1)).toEqual(release('vibration', 1));
+      expect(await releases.release('vibration', 2)).toBeUndefined();
+      expect((await releases.latestRelease('vibration'))?.version).toBe(3);
+      expect(await releases.latestRelease('absent')).toBeUndefined();
+    }));
+
+    it('store - refuses a second release of one version, and a unit of work that throws records nothing', withStore(open, async ({ releases }) => {
+      await releases.transaction((tx) => tx.insert(release('vibration', 1)));
+      await expect(releases.transaction((tx) => tx.insert({ ...release('vibration', 1), envelope: Buffer.from('another') }))).rejects.toThrow();
+      await expect(
+        releases.transaction(async (tx) => {
+          expect(await tx.release('vibration', 2)).toBeUndefined();
+          await tx.insert(release('vibration', 2));
+          throw new Error('refused');
+        }),
+      ).rejects.toThrow('refused');
+      expect(await releases.release('vibration', 2)).toBeUndefined();
+      expect((await releases.release('vibration', 1))?.envelope).toEqual(release('vibration', 1).envelope);
     }));
   });
 }
