@@ -58,6 +58,9 @@ export interface AgentHandle {
   shutdown(): Promise<void>;
 }
 
+/** A cron schedule of the agent, by its name in config.schedule. */
+export type ScheduleName = keyof AgentConfig['schedule'];
+
 const DOWNLOAD_TIMEOUT_MS = 10 * 60_000;
 const ENROLL_TIMEOUT_MS = 15_000;
 
@@ -70,7 +73,17 @@ const ENROLL_TIMEOUT_MS = 15_000;
 export async function startAgent(
   config: Readonly<AgentConfig>,
   /** onFatal: the agent cannot go on (its device was decommissioned); the entry point shuts it down and exits. */
-  deps: { logger: Logger; clock?: Clock; hostProbe?: HostProbe; onFatal?: (err: DriftlineError) => void },
+  deps: {
+    logger: Logger;
+    clock?: Clock;
+    /**
+     * The clock a cron schedule waits on, by its name in config.schedule; the agent's clock for
+     * those not named. A test hands the schedules it fires itself a ManualClock and advances it.
+     */
+    scheduleClocks?: Partial<Record<ScheduleName, Clock>>;
+    hostProbe?: HostProbe;
+    onFatal?: (err: DriftlineError) => void;
+  },
 ): Promise<AgentHandle> {
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
@@ -337,6 +350,8 @@ export async function startAgent(
     ),
   );
   const scheduler = createScheduler({ clock, onError: (task, err) => logger.warn({ task, err }, 'scheduled task failed') });
+  const every = (schedule: ScheduleName, expression: string, name: string, task: () => unknown): Promise<ScheduledTask> =>
+    scheduler.every(expression, name, task, deps.scheduleClocks?.[schedule]);
   let tasks: ScheduledTask[] = [];
   lifecycle.add(
     component(
@@ -344,11 +359,11 @@ export async function startAgent(
       {
         async run() {
           tasks = await Promise.all([
-            scheduler.every(config.schedule.heartbeat ?? profile.telemetry.heartbeat, 'heartbeat', () => reportState()),
-            scheduler.every(config.schedule.system ?? profile.telemetry.system, 'system-metrics', () => hostSensors.read().then((host) => recorder.system(config.dataDir, host))),
-            scheduler.every(config.schedule.uplinkCheck, 'uplink-check', () => uploader.checkTimeouts()),
-            scheduler.every(config.schedule.driftWindow, 'drift-window', () => drift.flush()),
-            scheduler.every(config.schedule.bufferMaintenance, 'buffer-maintenance', maintainBuffer),
+            every('heartbeat', config.schedule.heartbeat ?? profile.telemetry.heartbeat, 'heartbeat', () => reportState()),
+            every('system', config.schedule.system ?? profile.telemetry.system, 'system-metrics', () => hostSensors.read().then((host) => recorder.system(config.dataDir, host))),
+            every('uplinkCheck', config.schedule.uplinkCheck, 'uplink-check', () => uploader.checkTimeouts()),
+            every('driftWindow', config.schedule.driftWindow, 'drift-window', () => drift.flush()),
+            every('bufferMaintenance', config.schedule.bufferMaintenance, 'buffer-maintenance', maintainBuffer),
           ]);
         },
         drain: async () => {

@@ -28,7 +28,18 @@ export const agentConfigSchema = z
         connectTimeout: duration.prefault('10s'),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once into what the MQTT uplink takes (Temporal's compiled options): milliseconds,
+      // MQTT's keepalive in whole seconds, and a PUBACK waited for as long as a connect.
+      .transform(({ url, caFile, keepalive, reconnectMin, reconnectMax, connectTimeout }) => ({
+        url,
+        caFile,
+        keepaliveSeconds: Math.max(1, Math.round(keepalive / 1000)),
+        reconnectMinMs: reconnectMin,
+        reconnectMaxMs: reconnectMax,
+        connectTimeoutMs: connectTimeout,
+        publishTimeoutMs: connectTimeout,
+      })),
     buffer: z
       .object({
         /** FULL: nothing committed is lost even on power loss. NORMAL: faster; the last commits may be lost on power loss. */

@@ -51,11 +51,12 @@ export function secondsOnly(expression: string): SecondsSchedule | undefined {
 
 /** Schedules tasks on one clock, each failure reported the same way: what a composition root holds. */
 export interface Scheduler {
-  every(expression: string, name: string, task: () => unknown): Promise<ScheduledTask>;
+  /** Runs task on expression, on the scheduler's clock or the one given. */
+  every(expression: string, name: string, task: () => unknown, clock?: Clock): Promise<ScheduledTask>;
 }
 
 export function createScheduler(options: { clock: Clock; onError: (name: string, err: unknown) => void }): Scheduler {
-  return { every: (expression, name, task) => schedule(expression, task, { name, clock: options.clock, onError: options.onError }) };
+  return { every: (expression, name, task, clock) => schedule(expression, task, { name, clock: clock ?? options.clock, onError: options.onError }) };
 }
 
 /** Runs `task` on `expression`; a run still going when the next one is due makes that one skip (node-cron's noOverlap). */

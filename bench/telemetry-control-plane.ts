@@ -16,13 +16,11 @@ const { dir, deviceId } = workerData as { dir: string; deviceId: string };
 const logger = silentLogger();
 const { mqtt, ingest: ingestLimits } = parseControlPlaneConfig({ dataDir: dir });
 const link = new EmbeddedMqttLink({
+  ...mqtt.embedded,
   host: '127.0.0.1',
   port: 0,
+  tls: undefined,
   maxPacketBytes: 4 * 1024 * 1024,
-  maxConnectPacketBytes: mqtt.maxConnectPacketBytes,
-  maxPendingConnections: mqtt.maxPendingConnections,
-  connectTimeoutMs: mqtt.connectTimeout,
-  refusalLogIntervalMs: mqtt.refusalLogInterval,
   verifyDeviceCredential: (id) => (id === deviceId ? 'ok' : 'unknown'),
   logger,
 });

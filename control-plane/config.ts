@@ -42,7 +42,23 @@ export const controlPlaneConfigSchema = z
         refusalLogInterval: duration.prefault('10s'),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      // Compiled once into each device link's own options (Temporal's compiled options): the
+      // external broker's when url is set, the embedded broker's (durations in milliseconds).
+      .transform((m) => ({
+        external: m.url === undefined ? undefined : { url: m.url, username: m.username, password: m.password, caFile: m.caFile, sharedGroup: m.sharedGroup },
+        embedded: {
+          host: m.host,
+          port: m.port,
+          tls: m.tls,
+          maxPacketBytes: m.maxPacketBytes,
+          maxConnectPacketBytes: m.maxConnectPacketBytes,
+          maxPendingConnections: m.maxPendingConnections,
+          connectTimeoutMs: m.connectTimeout,
+          refusalLogIntervalMs: m.refusalLogInterval,
+        },
+        advertisedUrl: m.advertisedUrl,
+      })),
     /** Base URL devices use to download artifacts; defaults to the HTTP listener's own address. */
     advertisedHttpUrl: z.string().url().optional(),
     enrollmentTokenTtl: duration.prefault('24h'),

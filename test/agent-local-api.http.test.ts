@@ -8,7 +8,7 @@ import { InferenceEngine } from '../agent/inference/engine.js';
 import { registerInferenceMetrics } from '../agent/inference/metrics.js';
 import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
 import { startLocalApi, type LocalApi } from '../agent/local-api/server.js';
-import { httpDate } from '../agent/local-api/http-date.js';
+import { httpDate } from '../common/http/date.js';
 import { ManualClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';

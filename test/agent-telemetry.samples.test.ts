@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentHandle } from '../agent/agent.js';
 import { SampleCapture } from '../agent/telemetry/sample-capture.js';
 import { Stream, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import type { ControlPlane } from '../control-plane/server.js';
@@ -11,7 +10,7 @@ import { buildDemoModel } from '../demo/model/demo-model.js';
 import { inferOnce } from './helpers/agent-traffic.js';
 import type { FleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
-import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
+import { startEnrolledAgent, startTestControlPlane, type WiredAgent } from './helpers/wired-agent.js';
 
 const row = [4.1, 12, 2.9, 3.2, 2.5, 0.9, 0.4, 41];
 const features = (values: number[]) => [{ name: 'features', datatype: 'FP32', shape: [1, values.length], data: values }];
@@ -41,7 +40,7 @@ describe('sample capture on a wired agent', () => {
   let dir: string;
   let cp: ControlPlane;
   let api: FleetApi;
-  let agent: AgentHandle;
+  let agent: WiredAgent;
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-samples-'));
@@ -80,6 +79,20 @@ describe('sample capture on a wired agent', () => {
       const failed = decoded.find((s) => s?.reason === 'error')!;
       expect(failed).toMatchObject({ errorCode: 'INFERENCE_INPUT_INVALID', outputs: [] });
       expect(failed.inputs[0]!.shape).toEqual([1, 3]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('wired agent - system metrics go up when the test advances the schedules clock, not before', async () => {
+    const db = new Database(join(dir, 'cp', 'control-plane.db'), { readonly: true });
+    const systemRecords = (): number => (db.prepare(`SELECT count(*) AS n FROM telemetry_records WHERE device_id = ? AND kind = 'system'`).get('edge-capture') as { n: number }).n;
+    try {
+      // The test above waited for its records to be stored: the schedule had all that real time and did not run.
+      expect(systemRecords()).toBe(0);
+      // A minute of schedule time: every firmware profile samples the system at least once a minute.
+      await agent.schedules.advanceAsync(60_000);
+      await waitFor(systemRecords, (n) => n >= 1, { what: 'a system sample stored' });
     } finally {
       db.close();
     }

@@ -67,7 +67,7 @@ describe('bad inputs - inference requests to a fully wired agent', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-bad-inference-'));
     ({ cp, api } = await startTestControlPlane(dir));
-    // Only inferences and events make records (system metrics and drift windows are off), so the final counts are exact.
+    // Only inferences and events make records (system metrics and drift windows wait on a clock the test never advances), so the final counts are exact.
     agent = await startEnrolledAgent(cp, api, DEVICE, join(dir, 'agent'), { localApi: { maxBodyBytes: MAX_BODY_BYTES } });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);

@@ -33,6 +33,6 @@ describe('configuration layering', () => {
     const config = loadAgentConfig({ env: { DRIFTLINE_AGENT_DATA_DIR: '/from-env', DRIFTLINE_AGENT_LOG_LEVEL: 'warn' }, flags: { logLevel: 'debug', mqtt: { url: undefined } } });
     expect(config.dataDir).toBe('/from-env');
     expect(config.logLevel).toBe('debug');
-    expect(config.mqtt.keepalive).toBe(30_000);
+    expect(config.mqtt).toMatchObject({ keepaliveSeconds: 30, connectTimeoutMs: 10_000 });
   });
 });

@@ -24,7 +24,6 @@ import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent
 const dir = mkdtempSync(join(tmpdir(), 'driftline-disk-full-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const OFF = '0 0 1 1 *';
 const DISK = 96 * 1024;
 const body = (i: number, size: number): Uint8Array => new Uint8Array(size).fill(i % 251);
 
@@ -117,8 +116,8 @@ describe('telemetry on a full disk', () => {
       // The "disk": buffer.db may not grow past this; the byte budget is far away.
       buffer: { maxFileBytes: '96KiB', maxBytes: '1GiB' },
       uplink: { ackTimeout: '1s' },
-      schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: OFF, heartbeat: OFF },
-    });
+      schedule: { uplinkCheck: '* * * * * *' },
+    }, { byHand: ['bufferMaintenance', 'heartbeat', 'system', 'driftWindow'] });
     try {
       await api.uploadModel('vibration', buildDemoModel({}).bytes);
       await api.deploy('vibration', [device]);
@@ -187,8 +186,8 @@ describe('telemetry on a full disk', () => {
       buffer: { maxBytes: 12 * 1024 },
       uplink: { ackTimeout: '1s' },
       // Maintenance every second reports the drop counts as an event.
-      schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: '* * * * * *', heartbeat: OFF },
-    });
+      schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: '* * * * * *' },
+    }, { byHand: ['heartbeat', 'system', 'driftWindow'] });
     try {
       await api.uploadModel('vibration', buildDemoModel({}).bytes);
       await api.deploy('vibration', [device]);

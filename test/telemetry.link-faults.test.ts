@@ -10,25 +10,23 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentHandle } from '../agent/agent.js';
 import type { ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { inferOnce } from './helpers/agent-traffic.js';
 import type { FleetApi } from './helpers/fleet-api.js';
 import { waitFor } from './helpers/processes.js';
-import { startEnrolledAgent, startTestControlPlane } from './helpers/wired-agent.js';
+import { startEnrolledAgent, startTestControlPlane, type WiredAgent } from './helpers/wired-agent.js';
 import { startTcpProxy, type TcpProxy } from './helpers/tcp-proxy.js';
 
 const DEVICE = 'edge-bad-link';
-const OFF = '0 0 1 1 *';
 
 describe('telemetry over a link that drops, stalls and flaps', () => {
   let dir: string;
   let cp: ControlPlane;
   let api: FleetApi;
   let proxy: TcpProxy;
-  let agent: AgentHandle | undefined;
+  let agent: WiredAgent | undefined;
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-link-faults-'));
@@ -49,9 +47,9 @@ describe('telemetry over a link that drops, stalls and flaps', () => {
       // Through the proxy; short keepalive and ack timeout so a stalled link is noticed quickly.
       mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
       uplink: { maxBatchRecords: 20, batchDelay: '20ms', ackTimeout: '1s' },
-      schedule: { uplinkCheck: '* * * * * *', heartbeat: OFF },
+      schedule: { uplinkCheck: '* * * * * *' },
       shutdownGrace: '10s',
-    });
+    }, { byHand: ['heartbeat', 'system', 'driftWindow'] });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);
     let ok = 0;

@@ -14,18 +14,8 @@ export function createUplink(input: { mqtt: AgentConfig['mqtt']; identity: Devic
   const { credential } = identity;
   switch (credential.kind) {
     case 'mqtt-password':
-      return new MqttUplink({
-        url: mqtt.url ?? identity.uplinkUrl,
-        deviceId: identity.deviceId,
-        password: credential.password,
-        caFile: mqtt.caFile,
-        keepaliveSeconds: Math.max(1, Math.round(mqtt.keepalive / 1000)),
-        reconnectMinMs: mqtt.reconnectMin,
-        reconnectMaxMs: mqtt.reconnectMax,
-        connectTimeoutMs: mqtt.connectTimeout,
-        publishTimeoutMs: mqtt.connectTimeout,
-        logger,
-      });
+      // The configuration's mqtt slice is already in the uplink's terms; the enrollment gives the rest.
+      return new MqttUplink({ ...mqtt, url: mqtt.url ?? identity.uplinkUrl, deviceId: identity.deviceId, password: credential.password, logger });
     case 'sas-key':
     case 'x509':
       throw new DriftlineError('CONFIG_INVALID', `this agent has no uplink for a ${credential.kind} credential yet (only MQTT passwords); enroll the device again`);

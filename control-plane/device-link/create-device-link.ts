@@ -14,32 +14,15 @@ export interface DeviceLinkDeps {
   verifyDeviceCredential(deviceId: string, secret: string): CredentialVerdict | Promise<CredentialVerdict>;
 }
 
-/** The device link the configuration names: an external MQTT broker when `mqtt.url` is set, the embedded broker otherwise. */
-export function createDeviceLink(mqtt: ControlPlaneConfig['mqtt'], deps: DeviceLinkDeps): DeviceLink {
+/**
+ * The device link the configuration names: an external MQTT broker when `mqtt.url` is set, the
+ * embedded broker otherwise. Each takes its compiled slice of the mqtt section as it is.
+ */
+export function createDeviceLink(mqtt: Pick<ControlPlaneConfig['mqtt'], 'external' | 'embedded'>, deps: DeviceLinkDeps): DeviceLink {
   const { clock, logger, verifyDeviceCredential } = deps;
-  if (mqtt.url) {
-    return new ExternalMqttLink({
-      url: mqtt.url,
-      username: mqtt.username,
-      password: mqtt.password,
-      caFile: mqtt.caFile,
-      // Stable per host, so an external broker keeps this replica's session across restarts.
-      clientId: `driftline-cp-${hostname()}`.slice(0, 64),
-      sharedGroup: mqtt.sharedGroup,
-      logger,
-    });
+  if (mqtt.external) {
+    // The client id is stable per host, so an external broker keeps this replica's session across restarts.
+    return new ExternalMqttLink({ ...mqtt.external, clientId: `driftline-cp-${hostname()}`.slice(0, 64), logger });
   }
-  return new EmbeddedMqttLink({
-    host: mqtt.host,
-    port: mqtt.port,
-    tls: mqtt.tls,
-    maxPacketBytes: mqtt.maxPacketBytes,
-    maxConnectPacketBytes: mqtt.maxConnectPacketBytes,
-    maxPendingConnections: mqtt.maxPendingConnections,
-    connectTimeoutMs: mqtt.connectTimeout,
-    refusalLogIntervalMs: mqtt.refusalLogInterval,
-    clock,
-    verifyDeviceCredential,
-    logger,
-  });
+  return new EmbeddedMqttLink({ ...mqtt.embedded, clock, verifyDeviceCredential, logger });
 }

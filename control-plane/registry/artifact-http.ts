@@ -1,8 +1,8 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { Counter, type Registry } from 'prom-client';
-import { listenFailed, type ErrorCode } from '../../common/errors.js';
+import type { ErrorCode } from '../../common/errors.js';
+import { startHttpServer, urlHost } from '../../common/http/server.js';
 import type { Logger } from '../../common/logger.js';
 import type { CredentialVerdict } from '../fleet/fleet-store.js';
 import type { ArtifactStore } from './artifact-store.js';
@@ -115,37 +115,26 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
     send(res, 404, 'not found\n');
   }
 
-  const server = createServer((req, res) => {
-    handle(req, res).catch((err: unknown) => {
+  const http = await startHttpServer({
+    listener: 'http',
+    address: { host: options.host, port: options.port },
+    handle,
+    onError(err, req, res) {
       // A client that goes away mid-download is routine; anything else is worth a log line.
       if ((err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') logger.error({ err, url: req.url }, 'artifact request failed');
       if (!res.headersSent) send(res, 500, 'internal error\n');
       else res.destroy();
-    });
+    },
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  }).catch((err: unknown) => {
-    throw listenFailed('http', `${options.host}:${options.port}`, err);
-  });
-  const { port } = server.address() as AddressInfo;
-  const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
+  const port = http.port;
+  // The configured host, not the bound address: the URL devices are given names what the operator chose.
+  const url = `http://${urlHost(options.host)}:${port}`;
   logger.info({ url }, 'artifact server listening');
 
   return {
     url,
     port,
-    async close(graceMs = 0) {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      const force = setTimeout(() => server.closeAllConnections(), graceMs);
-      await closed;
-      clearTimeout(force);
-    },
+    close: (graceMs = 0) => http.close(graceMs),
   };
 }
 

@@ -19,14 +19,8 @@ export const closed = (client: MqttClient): Promise<void> => new Promise((resolv
 
 /** The embedded broker's connection limits as `driftline serve` configures them by default, with overrides. */
 export function defaultBrokerLimits(overrides: Partial<BrokerLimits> = {}): BrokerLimits {
-  const { mqtt: config } = parseControlPlaneConfig({ dataDir: '.' });
-  return {
-    maxConnectPacketBytes: config.maxConnectPacketBytes,
-    maxPendingConnections: config.maxPendingConnections,
-    connectTimeoutMs: config.connectTimeout,
-    refusalLogIntervalMs: config.refusalLogInterval,
-    ...overrides,
-  };
+  const { maxConnectPacketBytes, maxPendingConnections, connectTimeoutMs, refusalLogIntervalMs } = parseControlPlaneConfig({ dataDir: '.' }).mqtt.embedded;
+  return { maxConnectPacketBytes, maxPendingConnections, connectTimeoutMs, refusalLogIntervalMs, ...overrides };
 }
 
 type BrokerLimits = Pick<EmbeddedBrokerOptions, 'maxConnectPacketBytes' | 'maxPendingConnections' | 'connectTimeoutMs' | 'refusalLogIntervalMs'>;

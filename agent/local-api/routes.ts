@@ -1,0 +1,159 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import type { Registry } from 'prom-client';
+import { systemClock, type Clock } from '../../common/clock.js';
+import { asDriftlineError, DriftlineError } from '../../common/errors.js';
+import { readBody, parseJsonBody, type BodyLimit } from '../../common/http/body.js';
+import { httpDate } from '../../common/http/date.js';
+import { httpStatusOf, sendJson } from '../../common/http/json.js';
+import type { Logger } from '../../common/logger.js';
+import type { LabelRecord } from '../../common/proto/driftline/v1/device_link.js';
+import type { ActiveModelInfo, InferenceService } from '../inference/engine.js';
+import { BINARY_HEADER } from './binary-tensors.js';
+import { BODY_LIMIT_SETTING, defaultBodyLimits, MIN_BODY_BYTES, type BodyLimits } from './body-limit.js';
+import { FeedbackLedger, parseFeedback } from './feedback.js';
+import { inferResponse, modelMetadata, parseInferRequest, parseModelRoute, serverMetadata } from './inference-protocol.js';
+
+export interface LocalApiRouteOptions {
+  engine: InferenceService;
+  health: () => { ok: boolean; details: Record<string, unknown> };
+  metrics: Registry;
+  logger: Logger;
+  /** Overrides the body limits derived from the active model (localApi.maxBodyBytes). */
+  maxBodyBytes?: number;
+  /** The profile's inference memory budget: bounds the derived limit of a model with dynamic input dimensions. */
+  memoryBudgetBytes?: number;
+  /** Deadline for each inference request; none when absent. */
+  inferTimeoutMs?: number;
+  /** Labels posted to .../feedback for remembered answers; without it there is no feedback route. */
+  feedback?: { memory: number; record(label: LabelRecord): void; clock?: Clock };
+  /** The time of each response's Date header; the feedback clock, else the system's. */
+  clock?: Clock;
+}
+
+export interface LocalApiRoutes {
+  handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
+  /** Answers what handle threw: the error's code in a JSON body, under the status of its kind. */
+  onError(err: unknown, req: IncomingMessage, res: ServerResponse): void;
+}
+
+/** What a refused body's 413 says the limit is. */
+const BODY_LIMIT_REASON = "the model's largest input";
+
+/** The local API's routes: health, metrics, model metadata, inference and feedback. */
+export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
+  const { logger } = options;
+  // Derived once per loaded model (a swap brings a new info object).
+  let limitsFor: { model: ActiveModelInfo; limits: BodyLimits } | undefined;
+  const bodyLimits = (model: ActiveModelInfo): BodyLimits => {
+    if (options.maxBodyBytes !== undefined) return { json: options.maxBodyBytes, binary: options.maxBodyBytes };
+    if (limitsFor?.model !== model) limitsFor = { model, limits: defaultBodyLimits(model.inputs, options.memoryBudgetBytes) };
+    return limitsFor.limits;
+  };
+  const limit = (maxBytes: number): BodyLimit => ({ maxBytes, setting: BODY_LIMIT_SETTING, reason: BODY_LIMIT_REASON });
+  const feedbackLimit = limit(options.maxBodyBytes ?? MIN_BODY_BYTES);
+  const ledger = options.feedback ? new FeedbackLedger(options.feedback.memory, options.feedback.clock ?? systemClock) : undefined;
+  const clock = options.clock ?? options.feedback?.clock ?? systemClock;
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    // The Date header from the clock's UTC fields (common/http/date.ts says why not Node's).
+    res.sendDate = false;
+    res.setHeader('date', httpDate(clock.now()));
+    const path = (req.url ?? '/').split('?', 1)[0];
+    const method = req.method ?? 'GET';
+    if (method === 'GET') {
+      if (path === '/v2/health/live') return sendJson(res, 200, { live: true });
+      if (path === '/v2/health/ready') {
+        const ready = options.engine.active() !== undefined;
+        return sendJson(res, ready ? 200 : 503, { ready });
+      }
+      if (path === '/v2') return sendJson(res, 200, serverMetadata());
+      if (path === '/healthz') {
+        const health = options.health();
+        return sendJson(res, health.ok ? 200 : 503, health);
+      }
+      if (path === '/metrics') {
+        const text = await options.metrics.metrics();
+        res.writeHead(200, { 'content-type': options.metrics.contentType, 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+        return;
+      }
+    }
+    const route = parseModelRoute(path!);
+    if (route) {
+      const { name, version, action } = route;
+      if (method === 'GET' && action === undefined) return sendJson(res, 200, modelMetadata(activeModel(name, version)));
+      if (method === 'GET' && action === '/ready') {
+        activeModel(name, version);
+        return sendJson(res, 200, { name, ready: true });
+      }
+      if (method === 'POST' && action === '/infer') return infer(req, res, name, version);
+      if (method === 'POST' && action === '/feedback' && ledger) return feedback(req, res, ledger, name, version);
+    }
+    throw new DriftlineError('ROUTE_NOT_FOUND', `no route for ${method} ${path}`);
+  }
+
+  function activeModel(name: string, version: number | undefined): ActiveModelInfo {
+    const active = options.engine.active();
+    if (!active) throw new DriftlineError('MODEL_NOT_LOADED', 'no model is loaded yet');
+    if (active.name !== name || (version !== undefined && version !== active.version)) {
+      throw new DriftlineError('MODEL_NOT_FOUND', `model ${name}${version === undefined ? '' : ` version ${version}`} is not served here`);
+    }
+    return active;
+  }
+
+  async function infer(req: IncomingMessage, res: ServerResponse, name: string, version: number | undefined): Promise<void> {
+    // Routed before the body is read: a request for no model here costs no buffering.
+    const limits = bodyLimits(activeModel(name, version));
+    const binaryHeader = req.headers[BINARY_HEADER];
+    const raw = await readBody(req, limit(binaryHeader === undefined ? limits.json : limits.binary));
+    const { request, inputs } = parseInferRequest(raw, binaryHeader);
+    // A client that hangs up stops waiting for its result.
+    const abandoned = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) abandoned.abort();
+    });
+    const result = await options.engine.infer(name, inputs, {
+      version,
+      outputs: request.outputs?.map((o) => o.name),
+      timeoutMs: options.inferTimeoutMs,
+      signal: abandoned.signal,
+    });
+    const id = request.id ?? randomUUID();
+    ledger?.remember(id, result);
+    const response = inferResponse(request, result, id);
+    if (response.kind === 'json') return sendJson(res, 200, response.body);
+    const { header, parts } = response;
+    const length = parts.reduce((n, p) => n + p.length, header.length);
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': length, [BINARY_HEADER]: header.length });
+    res.write(header);
+    for (const part of parts) res.write(part);
+    res.end();
+  }
+
+  /** Labels for earlier answers, by response id: 202 once recorded (the telemetry goes up later). */
+  async function feedback(req: IncomingMessage, res: ServerResponse, ledger: FeedbackLedger, name: string, version: number | undefined): Promise<void> {
+    const items = parseFeedback(parseJsonBody(await readBody(req, feedbackLimit)));
+    const labels = ledger.label(items, { model: name, version });
+    for (const label of labels) options.feedback?.record(label);
+    sendJson(res, 202, { accepted: labels.length, items: labels.map((l) => ({ id: l.requestId, model_name: l.model, model_version: String(l.version), predicted: l.predicted, label: l.label, correct: l.correct })) });
+  }
+
+  function onError(err: unknown, req: IncomingMessage, res: ServerResponse): void {
+    const error = asDriftlineError(err);
+    const status = httpStatusOf(error);
+    if (status >= 500) logger.warn({ err: error, code: error.code }, 'local API request failed');
+    else logger.debug({ code: error.code, message: error.message }, 'local API request refused');
+    if (res.headersSent) {
+      res.destroy(error);
+      return;
+    }
+    // Node would otherwise read the rest of a refused body to reuse the connection; an endless one never ends.
+    const unread = error.code === 'PAYLOAD_TOO_LARGE' || !req.complete;
+    const body: Record<string, unknown> = { error: error.message, code: error.code };
+    if (error.code === 'PAYLOAD_TOO_LARGE') Object.assign(body, error.details);
+    sendJson(res, status, body, unread);
+  }
+
+  return { handle, onError };
+}
