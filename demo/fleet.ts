@@ -4,7 +4,7 @@ import { DriftServiceClient, type DriftStatus } from '../common/proto/driftline/
 import { DeviceServiceClient, type Device } from '../common/proto/driftline/v1/fleet.js';
 import { ModelServiceClient, type ModelVersion, type UploadModelRequest } from '../common/proto/driftline/v1/models.js';
 import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
-import { Connection } from '../control-plane/cli/connection.js';
+import { Connection } from '../cli/connection.js';
 
 /** Same chunking as `driftline models push`: well under grpc-js's 4 MiB message limit. */
 const UPLOAD_CHUNK_BYTES = 64 * 1024;

@@ -8,7 +8,7 @@ import { createLogger } from '../common/logger.js';
 import { sha256Hex } from '../common/hashing.js';
 import { ModelServiceClient, type ModelVersion } from '../common/proto/driftline/v1/models.js';
 import { RolloutServiceClient, type Rollout } from '../common/proto/driftline/v1/rollouts.js';
-import { Connection, toCliError } from '../control-plane/cli/connection.js';
+import { Connection, toCliError } from '../cli/connection.js';
 import { enrollSimulatedDevices, FleetSimulator, type VersionBehavior } from '../simulator/fleet-simulator.js';
 import { buildDemoModel } from './model/demo-model.js';
 import { ProcessGroup, type DemoChild } from './processes.js';

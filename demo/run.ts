@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
 import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
-import { toCliError } from '../control-plane/cli/connection.js';
+import { toCliError } from '../cli/connection.js';
 import { COHORT_LABEL } from '../control-plane/fleet/labels.js';
 import {
   CLEAN_COHORT,

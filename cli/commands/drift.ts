@@ -1,9 +1,9 @@
 import type { ServiceError } from '@grpc/grpc-js';
 import type { Command } from 'commander';
-import { DriftEvent, DriftServiceClient, DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
-import { REFERENCE_METADATA_KEY } from '../../../common/drift/reference.js';
-import { ModelServiceClient } from '../../../common/proto/driftline/v1/models.js';
-import { formatDuration } from '../../../common/units.js';
+import { DriftEvent, DriftServiceClient, DriftStatus } from '../../common/proto/driftline/v1/drift.js';
+import { REFERENCE_METADATA_KEY } from '../../common/drift/reference.js';
+import { ModelServiceClient } from '../../common/proto/driftline/v1/models.js';
+import { formatDuration } from '../../common/units.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
 import type { Connection } from '../connection.js';
 import { withConnection } from '../context.js';

@@ -6,12 +6,12 @@ import { pipeline } from 'node:stream/promises';
 import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { DriftlineError } from '../../../common/errors.js';
-import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, withDriftPolicy } from '../../../common/drift/reference.js';
+import { systemClock } from '../../common/clock.js';
+import { DriftlineError } from '../../common/errors.js';
+import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, withDriftPolicy } from '../../common/drift/reference.js';
 import { referenceWithModelPredictions } from '../releases/prediction-reference.js';
-import { assertModelName } from '../../../common/ids.js';
-import { parseExampleInputsFile } from '../../../common/onnx/example-inputs.js';
+import { assertModelName } from '../../common/ids.js';
+import { parseExampleInputsFile } from '../../common/onnx/example-inputs.js';
 import {
   DeployModelResponse,
   ModelServiceClient,
@@ -19,11 +19,11 @@ import {
   type TensorSpec,
   type UploadModelHeader,
   type UploadModelRequest,
-} from '../../../common/proto/driftline/v1/models.js';
-import { readModelSignature } from '../../../common/onnx/signature.js';
-import { keyFolder, releaseSigner } from '../../../common/trust/key-files.js';
-import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../../common/trust/manifest.js';
-import { ReleaseServiceClient } from '../../../common/proto/driftline/v1/releases.js';
+} from '../../common/proto/driftline/v1/models.js';
+import { readModelSignature } from '../../common/onnx/signature.js';
+import { keyFolder, releaseSigner } from '../../common/trust/key-files.js';
+import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../common/trust/manifest.js';
+import { ReleaseServiceClient } from '../../common/proto/driftline/v1/releases.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
 import { CliError, type Connection, EXIT, usageError } from '../connection.js';

@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { AccessServiceClient, CreateTokenResponse, Role, roleToJSON, TokenInfo } from '../../../common/proto/driftline/v1/fleet.js';
+import { systemClock } from '../../common/clock.js';
+import { AccessServiceClient, CreateTokenResponse, Role, roleToJSON, TokenInfo } from '../../common/proto/driftline/v1/fleet.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
 

@@ -1,12 +1,12 @@
 import { type Command, Option } from 'commander';
-import { systemClock } from '../../../common/clock.js';
+import { systemClock } from '../../common/clock.js';
 import {
   DeviceTelemetry,
   RollupBucket,
   RollupGroupBy,
   TelemetryRollup,
   TelemetryServiceClient,
-} from '../../../common/proto/driftline/v1/telemetry.js';
+} from '../../common/proto/driftline/v1/telemetry.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';

@@ -11,7 +11,7 @@ import {
   type ServiceError,
   status,
 } from '@grpc/grpc-js';
-import { DriftlineError, ERROR_CODES, type ErrorKind, isErrorCode } from '../../common/errors.js';
+import { DriftlineError, ERROR_CODES, type ErrorKind, isErrorCode } from '../common/errors.js';
 import { CliError, DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, type ExitCode, usageError } from './cli-error.js';
 
 export { CliError, DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, EXIT_CODES_HELP, type ExitCode, usageError } from './cli-error.js';

@@ -1,6 +1,6 @@
 import { Argument, type Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { CreateEnrollmentTokenResponse, Device, DeviceServiceClient, DeviceStatus, EnrollmentToken } from '../../../common/proto/driftline/v1/fleet.js';
+import { systemClock } from '../../common/clock.js';
+import { CreateEnrollmentTokenResponse, Device, DeviceServiceClient, DeviceStatus, EnrollmentToken } from '../../common/proto/driftline/v1/fleet.js';
 import { durationMs, keyValue, repeated } from '../arguments.js';
 import { usageError, type Connection } from '../connection.js';
 import { withConnection } from '../context.js';
