@@ -32,7 +32,7 @@ function newestSource() {
       else if (entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(path).mtimeMs);
     }
   };
-  for (const dir of ['agent', 'control-plane', 'common', 'cli']) walk(join(ROOT, dir));
+  for (const dir of ['agent', 'control-plane', 'common', 'cli', 'client']) walk(join(ROOT, dir));
   return newest;
 }
 
