@@ -9,6 +9,7 @@ import { DriftlineError } from '../common/errors.js';
 import { silentLogger } from '../common/logger.js';
 import { DeviceServiceService } from '../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../common/proto/driftline/v1/models.js';
+import { RolloutServiceService } from '../common/proto/driftline/v1/rollouts.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { freePort } from './helpers/processes.js';
@@ -92,6 +93,15 @@ describe('operator client', () => {
     const header = { name: 'client-broken', sizeBytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), description: '', metadata: {} };
     expect(await failureOf(client.uploadModel(header, failing()))).toBe(broken);
     expect(await failureOf(client.service(ModelServiceService).getModel({ name: 'client-broken' }))).toMatchObject({ code: 'MODEL_NOT_FOUND' });
+  });
+
+  it('client - a server stream is an async iterable whose refusal carries the stable code', async () => {
+    const watch = async (): Promise<number> => {
+      let seen = 0;
+      for await (const _ of client.service(RolloutServiceService).watchRollout({ id: 'no-such-rollout' })) seen++;
+      return seen;
+    };
+    expect(await failureOf(watch())).toMatchObject({ code: 'ROLLOUT_NOT_FOUND', grpcStatus: status.NOT_FOUND, method: '/driftline.v1.RolloutService/WatchRollout' });
   });
 
   it('client - a control plane that is not there is API_UNAVAILABLE, with no trailer', async () => {
