@@ -41,7 +41,28 @@ module.exports = {
     },
     { name: 'agent-not-control-plane', severity: 'error', from: { path: '^agent/' }, to: { path: '^control-plane/' } },
     { name: 'control-plane-not-agent', severity: 'error', from: { path: '^control-plane/' }, to: { path: '^agent/' } },
-    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|simulator|demo)/' } },
+    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|simulator|demo|cli|client)/' } },
+    {
+      name: 'control-plane-not-its-clients',
+      comment: 'The operator CLI and the client library call the control plane over gRPC; the control plane never imports them.',
+      severity: 'error',
+      from: { path: '^control-plane/' },
+      to: { path: '^(cli|client)/' },
+    },
+    {
+      name: 'client-is-a-library',
+      comment: 'client/ is the typed operator gRPC client: common/ and the generated wire types, nothing of the CLI, the control plane or the agent.',
+      severity: 'error',
+      from: { path: '^client/' },
+      to: { path: '^(agent|control-plane|cli|simulator|demo)/' },
+    },
+    {
+      name: 'cli-talks-over-the-client',
+      comment: 'The CLI reaches the control plane through client/; of control-plane/ it loads only the entry point and its configuration schema, for `driftline serve`.',
+      severity: 'error',
+      from: { path: '^cli/' },
+      to: { path: ['^agent/', '^simulator/', '^demo/', '^control-plane/(?!(main|config)\\.ts$)'] },
+    },
     {
       name: 'simulator-is-a-device-double',
       comment: 'The fleet simulator speaks the device protocol from common/ (and the operator API through its client), never agent or control-plane code.',
@@ -49,7 +70,7 @@ module.exports = {
       from: { path: '^simulator/' },
       to: { path: '^(agent|control-plane|demo|cli)/' },
     },
-    { name: 'nothing-runs-on-the-simulator', severity: 'error', from: { path: '^(agent|control-plane|common)/' }, to: { path: '^simulator/' } },
+    { name: 'nothing-runs-on-the-simulator', severity: 'error', from: { path: '^(agent|control-plane|common|cli|client)/' }, to: { path: '^simulator/' } },
   ],
   options: {
     doNotFollow: { path: 'node_modules' },

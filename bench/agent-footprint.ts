@@ -20,16 +20,13 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { credentials, Metadata } from '@grpc/grpc-js';
 import { silentLogger } from '../common/logger.js';
-import { DeviceServiceClient } from '../common/proto/driftline/v1/fleet.js';
-import { ModelServiceClient } from '../common/proto/driftline/v1/models.js';
+import { fleetApi } from '../test/helpers/fleet-api.js';
 import { startControlPlane } from '../control-plane/server.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { buildAgentBinary } from '../packaging/build-agent.js';
 import { agentBuildInputs, ensureNodeRuntime, type Arch } from '../packaging/node-runtime.js';
-import { createHash } from 'node:crypto';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
@@ -258,25 +255,16 @@ async function main(): Promise<void> {
   const cachedStartMs = timed(['--version']);
 
   const cp = await startControlPlane({ dataDir: join(scratch, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
-  const metadata = new Metadata();
-  metadata.set('authorization', `Bearer ${readFileSync(cp.adminTokenFile, 'utf8').trim()}`);
-  const devices = new DeviceServiceClient(cp.addresses.grpc, credentials.createInsecure());
-  const models = new ModelServiceClient(cp.addresses.grpc, credentials.createInsecure());
-  const unary = <T>(fn: (cb: (err: Error | null, v: T) => void) => void): Promise<T> => new Promise((res, rej) => fn((err, v) => (err ? rej(err) : res(v))));
+  const api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
   const dataDir = join(scratch, 'agent');
   const results: Record<string, unknown> = {};
   try {
     // Enroll once and activate the demo model, so later starts restore it from the data folder.
-    const { token } = await unary<{ token: string }>((cb) => devices.createEnrollmentToken({ deviceId: 'footprint-1', labels: {}, ttlSeconds: 600 }, metadata, cb));
+    const token = await api.createEnrollmentToken('footprint-1');
     let agent = await startAgent(binaryPath, ['--device-id', 'footprint-1', '--enroll-token', token, '--server', cp.addresses.grpc, '--data-dir', dataDir, '--local-port', '0']);
     const model = buildDemoModel().bytes;
-    await new Promise<void>((res, rej) => {
-      const stream = models.uploadModel(metadata, (err) => (err ? rej(err) : res()));
-      stream.write({ part: { $case: 'header', value: { name: 'vibration', sizeBytes: model.length, sha256: createHash('sha256').update(model).digest('hex'), description: 'footprint', metadata: {} } } });
-      stream.write({ part: { $case: 'chunk', value: Buffer.from(model) } });
-      stream.end();
-    });
-    await unary((cb) => models.deployModel({ name: 'vibration', version: 0, deviceIds: [], selector: '' }, metadata, cb));
+    await api.uploadModel('vibration', model);
+    await api.deploy('vibration');
     const sample = vibrationRowSampler(11);
     await waitUntil('the demo model on the agent', () => infer(agent.localApi, sample().features));
     await stop(agent);
@@ -358,8 +346,7 @@ async function main(): Promise<void> {
       met: { idle_rss_mb: mb(idle.rss) <= TARGETS.idle_rss_mb, idle_rss_vs_bare: vsBare <= TARGETS.idle_rss_vs_bare, ready_ms: median(readyRuns) <= TARGETS.ready_ms },
     });
   } finally {
-    devices.close();
-    models.close();
+    api.close();
     await cp.shutdown();
     rmSync(scratch, { recursive: true, force: true });
   }

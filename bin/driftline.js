@@ -8,7 +8,7 @@ let main;
 if (process.env.DRIFTLINE_FROM_SOURCE === '1') {
   const { register } = await import('tsx/esm/api');
   register();
-  ({ main } = await import('../control-plane/cli/entry.ts'));
+  ({ main } = await import('../cli/entry.ts'));
 } else if (existsSync(compiled)) {
   ({ main } = await import(compiled.href));
 } else {

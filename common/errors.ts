@@ -98,6 +98,12 @@ export const ERROR_CODES = {
   SELFTEST_FAILED: 'internal',
   DRIFT_REFERENCE_INVALID: 'invalid',
   DRIFT_SKETCH_INCOMPATIBLE: 'invalid',
+  /** A call to the control plane's API failed before reaching it (no connection, name not resolved, TLS refused): the gRPC status was UNAVAILABLE with no Driftline code. */
+  API_UNAVAILABLE: 'unavailable',
+  /** A call to the control plane's API ran past its deadline before any answer. */
+  API_DEADLINE_EXCEEDED: 'deadline',
+  /** A call to the control plane's API was cancelled by this side (a watch that stopped, an upload whose source failed). */
+  API_CANCELLED: 'unavailable',
 } as const satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -5,10 +5,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { systemClock } from '../common/clock.js';
 import { DriftlineError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
-import { sha256Hex } from '../common/hashing.js';
-import { ModelServiceClient, type ModelVersion } from '../common/proto/driftline/v1/models.js';
-import { RolloutServiceClient, type Rollout } from '../common/proto/driftline/v1/rollouts.js';
-import { Connection, toCliError } from '../control-plane/cli/connection.js';
+import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
+import { RolloutServiceService, type Rollout } from '../common/proto/driftline/v1/rollouts.js';
+import { toCliError } from '../cli/connection.js';
+import { createOperatorClient, OperatorCallError, type OperatorClient } from '../client/operator-client.js';
 import { enrollSimulatedDevices, FleetSimulator, type VersionBehavior } from '../simulator/fleet-simulator.js';
 import { buildDemoModel } from './model/demo-model.js';
 import { ProcessGroup, type DemoChild } from './processes.js';
@@ -69,7 +69,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
   const group = new ProcessGroup();
   let controlPlane: DemoChild | undefined;
   let sim: FleetSimulator | undefined;
-  let connection: Connection | undefined;
+  let client: OperatorClient | undefined;
   let traffic: Promise<void> | undefined;
   const stopTraffic = new AbortController();
   let ok = false;
@@ -82,14 +82,13 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     controlPlane = await group.start({ name: 'control plane', script: 'bin/driftline.js', args, logFile: join(dataDir, 'logs', 'control-plane.log'), ready: LISTENING, readyTimeoutMs: START_TIMEOUT_MS });
     const [, grpc, mqttUrl, , tokenFile] = controlPlane.ready;
     const token = readFileSync(tokenFile!, 'utf8').trim();
-    connection = new Connection({ server: grpc!, token, timeout: 30 });
-    const models = connection.client(ModelServiceClient);
-    const rollouts = connection.client(RolloutServiceClient);
+    client = createOperatorClient({ address: grpc!, token, timeoutMs: 30_000, streamTimeoutMs: 30_000 });
+    const rollouts = client.service(RolloutServiceService);
 
     // Two versions of the demo classifier; the model fits Jetsons and x86 boxes, not Raspberry Pis.
     const constraints = { 'driftline.profiles': 'jetson-*,x86_64-*' };
-    const v1 = await upload(connection, models, buildDemoModel({ seed: 1 }).bytes, 'current model', constraints);
-    const v2 = await upload(connection, models, buildDemoModel({ seed: 2 }).bytes, options.scenario === 'rollout' ? 'retrained: faster' : 'retrained: slower and wrong more often', constraints);
+    const v1 = await upload(client, buildDemoModel({ seed: 1 }).bytes, 'current model', constraints);
+    const v2 = await upload(client, buildDemoModel({ seed: 2 }).bytes, options.scenario === 'rollout' ? 'retrained: faster' : 'retrained: slower and wrong more often', constraints);
     say(`demo: pushed ${MODEL}@v${v1.version} and ${MODEL}@v${v2.version} (constraint driftline.profiles=${constraints['driftline.profiles']})`);
 
     const profiles = ['jetson-orin-nano-jp6', 'jetson-agx-orin-jp6', 'x86_64-nvidia-cuda12'];
@@ -103,8 +102,8 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     sim = await FleetSimulator.start({ brokerUrl: mqttUrl!, devices: creds, behavior: (v) => behavior[v] ?? behavior[1]!, clock: systemClock, logger: createLogger('simulator', 'warn') });
 
     // Everyone that fits starts on v1 (a single wave with no gates), then traffic flows all along.
-    const initial = await connection.call(rollouts, 'startRollout', startRequest(v1.version, [100], 0, ['none'], 'demo-initial'));
-    await until(async () => ((await connection!.call(rollouts, 'getRollout', { id: initial.id })).state === 'succeeded'), Math.max(CONVERGE_TIMEOUT_MS, durationS * 1000), 'the fleet to run v1');
+    const initial = await rollouts.startRollout(startRequest(v1.version, [100], 0, ['none'], 'demo-initial'));
+    await until(async () => ((await rollouts.getRollout({ id: initial.id })).state === 'succeeded'), Math.max(CONVERGE_TIMEOUT_MS, durationS * 1000), 'the fleet to run v1');
     say(`demo: ${FITS} devices run ${MODEL}@v${v1.version}; sending ${INFERENCES_PER_DEVICE_PER_S} inferences/s from each`);
     traffic = (async () => {
       while (!stopTraffic.signal.aborted) {
@@ -115,7 +114,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
 
     const gates = ['install-failure-rate<=0.2', 'error-rate-delta<=0.02', 'p95-latency-ratio<=1.5', 'accuracy-delta>=-0.02'];
     say(`demo: $ driftline rollout start --model ${MODEL} --version ${v2.version} --waves ${WAVES.join(',')} --bake ${bakeS}s --min-devices ${MIN_DEVICES} --target site=plant-3 ${gates.map((g) => `--gate '${g}'`).join(' ')}`);
-    const started = await connection.call(rollouts, 'startRollout', startRequest(v2.version, WAVES, bakeS, gates, `demo-${options.scenario}`));
+    const started = await rollouts.startRollout(startRequest(v2.version, WAVES, bakeS, gates, `demo-${options.scenario}`));
     say(`demo: rollout ${started.id}: ${started.targetedDevices} compatible devices, ${started.incompatible.length} incompatible (${started.incompatible[0]?.reason ?? '-'}); cohorts ${started.waves.map((w) => w.devices).join(' < ')}`);
     say(`demo: $ driftline rollout status ${started.id} --watch`);
 
@@ -125,7 +124,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     let current: Rollout = started;
     let lastLine = '';
     while (performance.now() < deadline) {
-      current = await connection.call(rollouts, 'getRollout', { id: started.id });
+      current = await rollouts.getRollout({ id: started.id });
       const line = statusLine(current);
       if (line !== lastLine) say(`  ${line}`);
       lastLine = line;
@@ -136,11 +135,11 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     // The rollout has decided; the devices follow by themselves (to v2, or back to v1).
     const target = current.state === 'succeeded' ? v2.version : v1.version;
     if (current.state === 'succeeded' || current.state === 'aborted') {
-      await until(async () => ((await connection!.call(rollouts, 'getRollout', { id: started.id })).versions[target] ?? 0) === FITS, convergeMs(), `every device on v${target}`).catch(
+      await until(async () => ((await rollouts.getRollout({ id: started.id })).versions[target] ?? 0) === FITS, convergeMs(), `every device on v${target}`).catch(
         () => undefined,
       );
     }
-    current = await connection.call(rollouts, 'getRollout', { id: started.id });
+    current = await rollouts.getRollout({ id: started.id });
     for (const g of current.lastEvaluation) say(`  gate ${g.gate}: ${g.verdict} - ${g.detail}`);
     const versions = Object.fromEntries(Object.entries(current.versions).filter(([v]) => v !== '0').map(([v, n]) => [v, n]));
     const expected = options.scenario === 'rollout' ? 'succeeded' : 'aborted';
@@ -161,7 +160,8 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     process.stdout.write(`${JSON.stringify(report)}\n`);
     return ok ? 0 : 1;
   } catch (err) {
-    const error = err instanceof DriftlineError ? err : toCliError(err, '');
+    // A failed call is worded as the CLI words it (the control plane's code, or why it was unreachable).
+    const error = err instanceof DriftlineError && !(err instanceof OperatorCallError) ? err : toCliError(err, '');
     const failure = { ok: false, scenario: options.scenario, error: { code: error.code, message: error.message }, dataDir };
     if (options.json) process.stdout.write(`${JSON.stringify(failure)}\n`);
     else process.stderr.write(`demo: error [${error.code}]: ${error.message} (logs in ${dataDir}/logs)\n`);
@@ -170,7 +170,7 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     stopTraffic.abort();
     await traffic;
     await sim?.shutdown().catch(() => undefined);
-    connection?.close();
+    client?.close();
     group.close();
     await controlPlane?.stop(10_000);
     if (ok && !options.keep && !options.dataDir) rmSync(dataDir, { recursive: true, force: true });
@@ -205,13 +205,8 @@ function statusLine(r: Rollout): string {
   return `wave ${r.wave}/${r.waves.length} ${r.state.padEnd(11)} ${versions}${r.reason ? `  ${r.reason}` : ''}`;
 }
 
-async function upload(connection: Connection, client: ModelServiceClient, bytes: Uint8Array, description: string, metadata: Record<string, string>): Promise<ModelVersion> {
-  return new Promise((resolve, reject) => {
-    const call = client.uploadModel(connection.metadata(), connection.callOptions('unary'), (error, version) => (error ? reject(error) : resolve(version!)));
-    call.write({ part: { $case: 'header', value: { name: MODEL, sizeBytes: bytes.length, sha256: sha256Hex(bytes), description, metadata } } });
-    call.write({ part: { $case: 'chunk', value: Buffer.from(bytes) } });
-    call.end();
-  });
+function upload(client: OperatorClient, bytes: Uint8Array, description: string, metadata: Record<string, string>): Promise<ModelVersion> {
+  return client.uploadModelBytes(bytes, { name: MODEL, description, metadata });
 }
 
 /** Polls a condition on the control plane's state until it holds (bounded). */

@@ -5,7 +5,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
 import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
-import { toCliError } from '../control-plane/cli/connection.js';
+import { toCliError } from '../cli/connection.js';
+import { OperatorCallError } from '../client/operator-client.js';
 import { COHORT_LABEL } from '../control-plane/fleet/labels.js';
 import {
   CLEAN_COHORT,
@@ -503,7 +504,7 @@ function accountOf(health: AgentHealth): AgentAccount {
 
 /** gRPC failures carry the control plane's code in a trailer; the CLI's mapping reads it. */
 function describeError(err: unknown, server: string): { code: string; message: string } {
-  if (err instanceof DriftlineError) return { code: err.code, message: err.message };
+  if (err instanceof DriftlineError && !(err instanceof OperatorCallError)) return { code: err.code, message: err.message };
   const cli = toCliError(err, server);
   if (cli.code !== 'INTERNAL') return { code: cli.code, message: cli.message };
   const error = asDriftlineError(err);

@@ -1,11 +1,11 @@
-import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Clock } from '../common/clock.js';
 import { DriftlineError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { decodeDown, encodeUp } from '../common/device-protocol/messages.js';
 import { Outcome, ReportedState, Stream, TelemetryBatch, type DesiredState, type TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
-import { DeviceServiceClient, EnrollmentServiceClient } from '../common/proto/driftline/v1/fleet.js';
+import { DeviceServiceService, EnrollmentServiceService } from '../common/proto/driftline/v1/fleet.js';
+import { createOperatorClient } from '../client/operator-client.js';
 import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
 
 /**
@@ -55,24 +55,20 @@ const AGENT_VERSION = 'simulator';
 
 /** Enrolls devices through the real API: one-time token (operator), then enrollment (public). */
 export async function enrollSimulatedDevices(options: { address: string; token: string; devices: readonly SimulatedDeviceSpec[]; concurrency?: number }): Promise<SimulatedCredential[]> {
-  const channel = credentials.createInsecure();
-  const deviceApi = new DeviceServiceClient(options.address, channel);
-  const enrollApi = new EnrollmentServiceClient(options.address, channel);
-  const metadata = new Metadata();
-  metadata.set('authorization', `Bearer ${options.token}`);
-  const call = <T>(fn: (cb: (err: ServiceError | null, value: T) => void) => unknown): Promise<T> =>
-    new Promise((resolve, reject) => fn((err, value) => (err ? reject(err) : resolve(value))));
+  // The operator (with its token) creates each one-time token; the device side enrolls with none, as an agent does.
+  const operator = createOperatorClient({ address: options.address, token: options.token });
+  const anonymous = createOperatorClient({ address: options.address });
+  const deviceApi = operator.service(DeviceServiceService);
+  const enrollApi = anonymous.service(EnrollmentServiceService);
   try {
     return await inBatches(options.devices, options.concurrency ?? 25, async (spec) => {
-      const { token } = await call<{ token: string }>((cb) => deviceApi.createEnrollmentToken({ deviceId: spec.id, labels: spec.labels ?? {}, ttlSeconds: 600 }, metadata, cb));
-      const enrolled = await call<{ mqttUsername: string; mqttPassword: string }>((cb) =>
-        enrollApi.enroll({ token, deviceId: spec.id, firmwareProfile: spec.profile, agentVersion: AGENT_VERSION }, cb),
-      );
+      const { token } = await deviceApi.createEnrollmentToken({ deviceId: spec.id, labels: spec.labels ?? {}, ttlSeconds: 600 });
+      const enrolled = await enrollApi.enroll({ token, deviceId: spec.id, firmwareProfile: spec.profile, agentVersion: AGENT_VERSION });
       return { deviceId: spec.id, username: enrolled.mqttUsername, password: enrolled.mqttPassword, profile: spec.profile };
     });
   } finally {
-    deviceApi.close();
-    enrollApi.close();
+    operator.close();
+    anonymous.close();
   }
 }
 

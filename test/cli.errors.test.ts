@@ -1,8 +1,8 @@
 import { Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { DriftlineError } from '../common/errors.js';
-import { EXIT, toCliError } from '../control-plane/cli/connection.js';
-import { relativeTime } from '../control-plane/cli/output.js';
+import { EXIT, toCliError } from '../cli/connection.js';
+import { relativeTime } from '../cli/output.js';
 
 function serviceError(code: status, trailer?: string): ServiceError {
   const metadata = new Metadata();

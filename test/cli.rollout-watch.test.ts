@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { summaryLine } from '../control-plane/cli/commands/rollout.js';
+import { summaryLine } from '../cli/commands/rollout.js';
 import { Rollout } from '../common/proto/driftline/v1/rollouts.js';
 
 describe('rollout status --watch - the line it prints off a terminal', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { summaryRow } from '../control-plane/cli/commands/telemetry.js';
+import { summaryRow } from '../cli/commands/telemetry.js';
 import type { DeviceTelemetry } from '../common/proto/driftline/v1/telemetry.js';
 
 const device = (changes: Partial<DeviceTelemetry>): DeviceTelemetry => ({

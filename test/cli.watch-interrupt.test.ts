@@ -1,12 +1,12 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
-import { RESTORE_TERMINAL } from '../control-plane/cli/output.js';
+import { RESTORE_TERMINAL } from '../cli/output.js';
 import { REPO_ROOT } from './helpers/processes.js';
 
 // A process with a live display (as `rollout status --watch` and the upload bar have), on a stream that says it is a terminal.
 const CHILD = `
-import { restoreTerminalOnSignal } from './control-plane/cli/output.ts';
+import { restoreTerminalOnSignal } from './cli/output.ts';
 const terminal = { isTTY: true, write: (text) => process.stderr.write(text) };
 restoreTerminalOnSignal(() => process.stderr.write('display stopped\\n'), terminal);
 process.stderr.write('\\x1b[?25l\\x1b[?7l');

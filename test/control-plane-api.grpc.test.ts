@@ -50,6 +50,7 @@ import { ModelRegistry } from '../control-plane/registry/model-registry.js';
 import { SqliteModelVersionRepository } from '../control-plane/store/sqlite/model-version-repository.js';
 import { openDatabase, type Database } from '../control-plane/store/sqlite/database.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
+import { bearer, rpc } from './helpers/grpc-calls.js';
 
 const MAX_MODEL_BYTES = 64 * 1024;
 const TOKEN_TTL_MS = 3_600_000;
@@ -65,10 +66,6 @@ class RecordingDeviceLink implements Pick<DeviceLink, 'sendDesired' | 'disconnec
   }
 }
 
-type Callback<T> = (err: ServiceError | null, res: T) => void;
-const rpc = <T>(invoke: (cb: Callback<T>) => unknown): Promise<T> =>
-  new Promise((resolve, reject) => invoke((err, res) => (err ? reject(err) : resolve(res))));
-
 /** The stable code from the trailer, which is what clients branch on. */
 async function errorOf(promise: Promise<unknown>): Promise<{ status: status; code: string }> {
   const err = (await promise.then(
@@ -77,12 +74,6 @@ async function errorOf(promise: Promise<unknown>): Promise<{ status: status; cod
   )) as ServiceError;
   return { status: err.code, code: String(err.metadata.get(ERROR_CODE_METADATA_KEY)[0]) };
 }
-
-const bearer = (token: string): Metadata => {
-  const md = new Metadata();
-  md.set('authorization', `Bearer ${token}`);
-  return md;
-};
 
 describe('control-plane gRPC API', () => {
   let dir: string;

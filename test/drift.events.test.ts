@@ -24,7 +24,7 @@ import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../
 import { downTopic, upTopic } from '../common/device-protocol/topics.js';
 import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
-import { pValueText } from '../control-plane/cli/commands/drift.js';
+import { pValueText } from '../cli/commands/drift.js';
 import { VIBRATION_CLASSES, VIBRATION_FEATURES, vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { demoModelBytes } from './fixtures/models.js';
 import { fleetApi } from './helpers/fleet-api.js';

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { buildReference, parseReference, serializeReference, type DriftReference } from '../common/drift/reference.js';
 import { SketchBuilder } from '../common/drift/sketch.js';
-import { referenceWithModelPredictions } from '../control-plane/cli/releases/prediction-reference.js';
+import { referenceWithModelPredictions } from '../cli/releases/prediction-reference.js';
 import { evaluateDrift } from '../control-plane/drift/evaluate.js';
 import { VIBRATION_CLASSES, VIBRATION_FEATURES, vibrationRowSampler } from '../demo/model/vibration-data.js';
 import { demoModelBytes } from './fixtures/models.js';

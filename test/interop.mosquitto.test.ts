@@ -28,13 +28,12 @@
  *   - give the control plane's own client its full-access credential and support
  *     shared subscriptions (Mosquitto >= 1.6, EMQX, HiveMQ).
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
-import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
+import type { TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
 import { ALL_UP_FILTER } from '../common/device-protocol/topics.js';
 import { startAgent, type AgentHandle } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
@@ -58,12 +57,9 @@ describe.skipIf(!MOSQUITTO)(`interop - agent and control plane through Mosquitto
   let cp: ControlPlane;
   let api: FleetApi;
   let agent: AgentHandle;
-  let telemetry: TelemetryServiceClient;
-  let admin: Metadata;
 
   /** Counted from the stored rows themselves (a window from the epoch), not from running totals. */
-  const storedRows = (): Promise<TelemetrySummary> =>
-    new Promise((resolve, reject) => telemetry.getSummary({ deviceId: DEVICE, sinceMs: 1 }, admin, (err, res) => (err ? reject(err) : resolve(res!))));
+  const storedRows = (): Promise<TelemetrySummary> => api.summary(DEVICE, 1);
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-mosquitto-'));
@@ -73,9 +69,6 @@ describe.skipIf(!MOSQUITTO)(`interop - agent and control plane through Mosquitto
       { logger: silentLogger() },
     );
     api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
-    telemetry = new TelemetryServiceClient(cp.addresses.grpc, credentials.createInsecure());
-    admin = new Metadata();
-    admin.set('authorization', `Bearer ${readFileSync(cp.adminTokenFile, 'utf8').trim()}`);
 
     const token = await api.createEnrollmentToken(DEVICE, { site: 'interop' });
     const config = loadAgentConfig({
@@ -104,7 +97,6 @@ describe.skipIf(!MOSQUITTO)(`interop - agent and control plane through Mosquitto
 
   afterAll(async () => {
     await agent?.shutdown();
-    telemetry?.close();
     api?.close();
     await cp?.shutdown();
     await broker?.kill();

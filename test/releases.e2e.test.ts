@@ -2,9 +2,9 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata } from '@grpc/grpc-js';
+import { createOperatorClient } from '../client/operator-client.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ReleaseServiceClient, type Release } from '../common/proto/driftline/v1/releases.js';
+import { ReleaseServiceService, type Release } from '../common/proto/driftline/v1/releases.js';
 import { peekManifest } from '../common/trust/manifest.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { sequenceModelBytes } from './fixtures/inference-models.js';
@@ -160,15 +160,11 @@ describe('signed releases end to end: keys init, signed push, a device that pins
   }, 90_000);
 });
 
-function getRelease(address: string, tokenFile: string, name: string, version: number): Promise<Release> {
-  const metadata = new Metadata();
-  metadata.set('authorization', `Bearer ${readFileSync(tokenFile, 'utf8').trim()}`);
-  const client = new ReleaseServiceClient(address, credentials.createInsecure());
-  return new Promise<Release>((resolve, reject) =>
-    client.getRelease({ name, version }, metadata, (err, release) => {
-      client.close();
-      if (err) reject(err);
-      else resolve(release);
-    }),
-  );
+async function getRelease(address: string, tokenFile: string, name: string, version: number): Promise<Release> {
+  const client = createOperatorClient({ address, token: readFileSync(tokenFile, 'utf8').trim() });
+  try {
+    return await client.service(ReleaseServiceService).getRelease({ name, version });
+  } finally {
+    client.close();
+  }
 }

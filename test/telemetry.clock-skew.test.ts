@@ -6,17 +6,15 @@
  * own time is kept on each record, and rollups and windowed totals use the control plane's
  * time (the device time corrected by the batch's sent_at offset, never in the future).
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, Metadata } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent, type AgentHandle } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
 import { systemClock, type Clock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
-import { TelemetryServiceClient, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
 import { ROLLUP_BUCKETS_MS } from '../control-plane/store/sqlite/telemetry-repository.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
@@ -127,19 +125,10 @@ describe('telemetry from devices with skewed clocks', () => {
     }
 
     // A window on the control plane's clock holds every record of both devices, whatever their clocks said.
-    const metadata = new Metadata();
-    metadata.set('authorization', `Bearer ${readFileSync(cp.adminTokenFile, 'utf8').trim()}`);
-    const telemetry = new TelemetryServiceClient(cp.addresses.grpc, credentials.createInsecure());
-    try {
-      const windowed = await new Promise<TelemetrySummary>((resolve, reject) =>
-        telemetry.getSummary({ deviceId: '', sinceMs: startedAt }, metadata, (err, value) => (err ? reject(err) : resolve(value))),
-      );
-      expect(windowed.devices.map((d) => [d.deviceId, d.records])).toEqual([
-        [ahead.deviceId, ahead.stats().recordsEnqueued],
-        [behind.deviceId, behind.stats().recordsEnqueued],
-      ]);
-    } finally {
-      telemetry.close();
-    }
+    const windowed = await api.summary('', startedAt);
+    expect(windowed.devices.map((d) => [d.deviceId, d.records])).toEqual([
+      [ahead.deviceId, ahead.stats().recordsEnqueued],
+      [behind.deviceId, behind.stats().recordsEnqueued],
+    ]);
   });
 });

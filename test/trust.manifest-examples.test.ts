@@ -6,7 +6,7 @@ import { canonicalJson } from '../common/trust/canonical.js';
 import { signManifestBytes, verifyRelease } from '../common/trust/manifest.js';
 import { sequenceModelBytes } from './fixtures/inference-models.js';
 import { signRaw, testTrust } from './helpers/releases.js';
-import { buildReleaseManifest } from '../control-plane/cli/releases/manifest-builder.js';
+import { buildReleaseManifest } from '../cli/releases/manifest-builder.js';
 
 const NOW = 1_700_000_000_000;
 const examples = [{ tokens: { type: 'float32', dims: [1, 96] }, step: { type: 'int64', dims: [], data: [1] }, state: { type: 'float32', dims: [1, 48] } }];

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
-import { DriftlineError, isErrorCode } from '../../common/errors.js';
+import { DriftlineError } from '../../common/errors.js';
+import { errorCodeOf } from '../../common/grpc-error-code.js';
 import { EnrollmentServiceClient, type EnrollResponse } from '../../common/proto/driftline/v1/fleet.js';
 
 export interface EnrollOptions {
@@ -31,8 +32,8 @@ export async function enrollOverGrpc(options: EnrollOptions): Promise<EnrollResp
     });
   } catch (err) {
     const serviceError = err as ServiceError;
-    const code = serviceError.metadata?.get('driftline-error-code')[0]?.toString();
-    if (code && isErrorCode(code)) throw new DriftlineError(code, `enrollment refused: ${serviceError.details}`, { cause: err });
+    const code = errorCodeOf(serviceError);
+    if (code) throw new DriftlineError(code, `enrollment refused: ${serviceError.details}`, { cause: err });
     throw new DriftlineError('UPLINK_UNAVAILABLE', `cannot enroll at ${options.server}: ${serviceError.details ?? String(err)}`, { cause: err });
   } finally {
     client.close();

@@ -1,9 +1,10 @@
 import { Metadata, status, type ServerErrorResponse, type StatusObject } from '@grpc/grpc-js';
 import { DriftlineError, type ErrorKind } from '../../common/errors.js';
+import { ERROR_CODE_METADATA_KEY } from '../../common/grpc-error-code.js';
 import type { Logger } from '../../common/logger.js';
 
-/** Trailing metadata key carrying the stable Driftline error code; clients branch on it, not on messages. */
-export const ERROR_CODE_METADATA_KEY = 'driftline-error-code';
+/** Trailing metadata key carrying the stable Driftline error code (defined once in common/, where the clients read it). */
+export { ERROR_CODE_METADATA_KEY };
 
 const STATUS_BY_KIND: Record<ErrorKind, status> = {
   invalid: status.INVALID_ARGUMENT,

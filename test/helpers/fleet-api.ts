@@ -1,38 +1,24 @@
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { credentials, Metadata, type Client, type ServiceError } from '@grpc/grpc-js';
-import { DeviceServiceClient, type Device } from '../../common/proto/driftline/v1/fleet.js';
-import { ModelServiceClient, type ModelVersion } from '../../common/proto/driftline/v1/models.js';
-import { TelemetryServiceClient, type TelemetrySummary } from '../../common/proto/driftline/v1/telemetry.js';
+import { createOperatorClient } from '../../client/operator-client.js';
+import { DeviceServiceService, type Device } from '../../common/proto/driftline/v1/fleet.js';
+import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
+import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
 
-type Callback<T> = (err: ServiceError | null, value: T) => void;
-
-/** A thin test client over the fleet management API, as an operator with the admin token. */
+/** A thin test client over the fleet management API, as an operator with the admin token (the operator client the CLI uses). */
 export function fleetApi(address: string, tokenFile: string) {
-  const metadata = new Metadata();
-  metadata.set('authorization', `Bearer ${readFileSync(tokenFile, 'utf8').trim()}`);
-  const channel = credentials.createInsecure();
-  const devices = new DeviceServiceClient(address, channel);
-  const models = new ModelServiceClient(address, channel);
-  const telemetry = new TelemetryServiceClient(address, channel);
-  const call = <T>(fn: (cb: Callback<T>) => unknown): Promise<T> => new Promise((resolve, reject) => fn((err, value) => (err ? reject(err) : resolve(value))));
+  const client = createOperatorClient({ address, token: readFileSync(tokenFile, 'utf8').trim() });
+  const devices = client.service(DeviceServiceService);
+  const models = client.service(ModelServiceService);
+  const telemetry = client.service(TelemetryServiceService);
 
   return {
     createEnrollmentToken: (deviceId: string, labels: Record<string, string> = {}, ttlSeconds = 600) =>
-      call<{ token: string }>((cb) => devices.createEnrollmentToken({ deviceId, labels, ttlSeconds }, metadata, cb)).then((r) => r.token),
-    listDevices: () => call<{ devices: Device[] }>((cb) => devices.listDevices({ selector: '', includeDecommissioned: false }, metadata, cb)).then((r) => r.devices),
-    uploadModel: (name: string, bytes: Uint8Array) =>
-      new Promise<ModelVersion>((resolve, reject) => {
-        const stream = models.uploadModel(metadata, (err, value) => (err ? reject(err) : resolve(value!)));
-        const sha256 = createHash('sha256').update(bytes).digest('hex');
-        stream.write({ part: { $case: 'header', value: { name, sizeBytes: bytes.length, sha256, description: 'test', metadata: {} } } });
-        for (let i = 0; i < bytes.length; i += 64 * 1024) stream.write({ part: { $case: 'chunk', value: Buffer.from(bytes.subarray(i, i + 64 * 1024)) } });
-        stream.end();
-      }),
-    deploy: (name: string, deviceIds: string[] = []) =>
-      call<{ devices: number }>((cb) => models.deployModel({ name, version: 0, deviceIds, selector: '' }, metadata, cb)),
-    summary: (deviceId = '') => call<TelemetrySummary>((cb) => telemetry.getSummary({ deviceId, sinceMs: 0 }, metadata, cb)),
-    close: () => [devices, models, telemetry].forEach((c: Client) => c.close()),
+      devices.createEnrollmentToken({ deviceId, labels, ttlSeconds }).then((r) => r.token),
+    listDevices: (): Promise<Device[]> => devices.listDevices({ selector: '', includeDecommissioned: false }).then((r) => r.devices),
+    uploadModel: (name: string, bytes: Uint8Array) => client.uploadModelBytes(bytes, { name, description: 'test' }),
+    deploy: (name: string, deviceIds: string[] = []) => models.deployModel({ name, version: 0, deviceIds, selector: '' }),
+    summary: (deviceId = '', sinceMs = 0) => telemetry.getSummary({ deviceId, sinceMs }),
+    close: () => client.close(),
   };
 }
 

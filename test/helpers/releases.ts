@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { buildReleaseManifest } from '../../control-plane/cli/releases/manifest-builder.js';
+import { buildReleaseManifest } from '../../cli/releases/manifest-builder.js';
 import { sha256Hex } from '../../common/hashing.js';
 import { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import { canonicalJson } from '../../common/trust/canonical.js';

@@ -1,4 +1,4 @@
-import { DRIFTLINE_VERSION } from '../../common/version.js';
+import { DRIFTLINE_VERSION } from '../common/version.js';
 import type { ExitCode } from './cli-error.js';
 
 const VERSION_WORDS = new Set(['--version', '-V', 'version']);

@@ -1,6 +1,6 @@
 import { Argument, type Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { CreateEnrollmentTokenResponse, Device, DeviceServiceClient, DeviceStatus, EnrollmentToken } from '../../../common/proto/driftline/v1/fleet.js';
+import { systemClock } from '../../common/clock.js';
+import { CreateEnrollmentTokenResponse, Device, DeviceServiceService, DeviceStatus, EnrollmentToken } from '../../common/proto/driftline/v1/fleet.js';
 import { durationMs, keyValue, repeated } from '../arguments.js';
 import { usageError, type Connection } from '../connection.js';
 import { withConnection } from '../context.js';
@@ -27,8 +27,8 @@ export function registerDevices(program: Command): void {
     .option('--all', 'include decommissioned devices')
     .action((options: { selector: string; all?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DeviceServiceClient);
-        const response = await connection.call(client, 'listDevices', { selector: options.selector, includeDecommissioned: Boolean(options.all) });
+        const client = connection.api.service(DeviceServiceService);
+        const response = await client.listDevices({ selector: options.selector, includeDecommissioned: Boolean(options.all) });
         // Lists always carry their array in JSON (proto3 JSON would drop an empty one).
         output.result({ devices: response.devices.map((d) => Device.toJSON(d)) }, () => {
           const now = systemClock.now();
@@ -56,8 +56,8 @@ export function registerDevices(program: Command): void {
     .argument('<id>', 'device id')
     .action((id: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DeviceServiceClient);
-        const device = await connection.call(client, 'getDevice', { deviceId: id });
+        const client = connection.api.service(DeviceServiceService);
+        const device = await client.getDevice({ deviceId: id });
         output.result(Device.toJSON(device), () => output.table(['FIELD', 'VALUE'], deviceFields(device, systemClock.now())));
       }),
     );
@@ -84,8 +84,8 @@ export function registerDevices(program: Command): void {
     .option('--ttl <duration>', 'how long the token stays valid, e.g. 24h (default: the server setting)', durationMs)
     .action((id: string, options: { label?: Record<string, string>; ttl?: number }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DeviceServiceClient);
-        const response = await connection.call(client, 'createEnrollmentToken', { deviceId: id, labels: options.label ?? {}, ttlSeconds: ttlSeconds(options.ttl) });
+        const client = connection.api.service(DeviceServiceService);
+        const response = await client.createEnrollmentToken({ deviceId: id, labels: options.label ?? {}, ttlSeconds: ttlSeconds(options.ttl) });
         showToken(connection, output, response);
       }),
     );
@@ -97,8 +97,8 @@ export function registerDevices(program: Command): void {
     .option('--ttl <duration>', 'how long the token stays valid, e.g. 24h (default: the server setting)', durationMs)
     .action((id: string, options: { ttl?: number }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DeviceServiceClient);
-        showToken(connection, output, await connection.call(client, 'reenrollDevice', { deviceId: id, ttlSeconds: ttlSeconds(options.ttl) }));
+        const client = connection.api.service(DeviceServiceService);
+        showToken(connection, output, await client.reenrollDevice({ deviceId: id, ttlSeconds: ttlSeconds(options.ttl) }));
       }),
     );
 
@@ -109,8 +109,8 @@ export function registerDevices(program: Command): void {
     .option('--all', 'also used, expired and revoked tokens')
     .action((options: { device?: string; all?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DeviceServiceClient);
-        const response = await connection.call(client, 'listEnrollmentTokens', { deviceId: options.device ?? '', includeInactive: Boolean(options.all) });
+        const client = connection.api.service(DeviceServiceService);
+        const response = await client.listEnrollmentTokens({ deviceId: options.device ?? '', includeInactive: Boolean(options.all) });
         output.result({ tokens: response.tokens.map((t) => EnrollmentToken.toJSON(t)) }, () => {
           const now = systemClock.now();
           output.table(
@@ -128,8 +128,8 @@ export function registerDevices(program: Command): void {
     .argument('<token-id>', 'token id (enr_..., from devices tokens)')
     .action((id: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DeviceServiceClient);
-        const token = await connection.call(client, 'revokeEnrollmentToken', { id });
+        const client = connection.api.service(DeviceServiceService);
+        const token = await client.revokeEnrollmentToken({ id });
         output.result(EnrollmentToken.toJSON(token), () =>
           output.line(token.state === 'used' ? `token ${token.id} was already used; nothing to revoke` : `revoked enrollment token ${token.id} for ${token.deviceId}`),
         );
@@ -145,8 +145,8 @@ export function registerDevices(program: Command): void {
     .action((id: string, labels: Record<string, string>, options: { remove?: string[] }, command: Command) =>
       withConnection(command, async (connection, output) => {
         if (Object.keys(labels).length === 0 && !options.remove) throw usageError('give labels to set (key=value) or --remove <key>');
-        const client = connection.client(DeviceServiceClient);
-        const device = await connection.call(client, 'labelDevice', { deviceId: id, set: labels, remove: options.remove ?? [] });
+        const client = connection.api.service(DeviceServiceService);
+        const device = await client.labelDevice({ deviceId: id, set: labels, remove: options.remove ?? [] });
         output.result(Device.toJSON(device), () => output.line(`${device.id}: ${labelsText(device.labels)}`));
       }),
     );
@@ -157,8 +157,8 @@ export function registerDevices(program: Command): void {
     .argument('<id>', 'device id')
     .action((id: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DeviceServiceClient);
-        const device = await connection.call(client, 'decommissionDevice', { deviceId: id });
+        const client = connection.api.service(DeviceServiceService);
+        const device = await client.decommissionDevice({ deviceId: id });
         output.result(Device.toJSON(device), () => output.line(`decommissioned ${device.id}`));
       }),
     );

@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from 'commander';
-import { systemClock } from '../../common/clock.js';
-import { parseDuration } from '../../common/units.js';
+import { systemClock } from '../common/clock.js';
+import { parseDuration } from '../common/units.js';
 
 /** Argument parsers for commander: a bad value becomes a usage error (exit 2) before any call is made. */
 

@@ -1,12 +1,12 @@
 import { type Command, Option } from 'commander';
-import { systemClock } from '../../../common/clock.js';
+import { systemClock } from '../../common/clock.js';
 import {
   DeviceTelemetry,
   RollupBucket,
   RollupGroupBy,
   TelemetryRollup,
-  TelemetryServiceClient,
-} from '../../../common/proto/driftline/v1/telemetry.js';
+  TelemetryServiceService,
+} from '../../common/proto/driftline/v1/telemetry.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
@@ -21,9 +21,9 @@ export function registerTelemetry(program: Command): void {
     .option('--since <duration>', 'only records from this long ago on, e.g. 10m', durationMs)
     .action((options: { device?: string; since?: number }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(TelemetryServiceClient);
+        const client = connection.api.service(TelemetryServiceService);
         const now = systemClock.now();
-        const summary = await connection.call(client, 'getSummary', {
+        const summary = await client.getSummary({
           deviceId: options.device ?? '',
           sinceMs: sinceMs(options.since, now),
         });
@@ -72,8 +72,8 @@ export function registerTelemetry(program: Command): void {
         command: Command,
       ) =>
         withConnection(command, async (connection, output) => {
-          const client = connection.client(TelemetryServiceClient);
-          const result = await connection.call(client, 'getRollups', {
+          const client = connection.api.service(TelemetryServiceService);
+          const result = await client.getRollups({
             model: options.model ?? '',
             version: options.version ?? 0,
             deviceId: options.device ?? '',

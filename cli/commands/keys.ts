@@ -1,9 +1,9 @@
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { initKeys, keyFolder, latestRoot, rotateRoot } from '../../../common/trust/key-files.js';
-import { rootExpiryWarning } from '../../../common/trust/root.js';
-import { formatDuration } from '../../../common/units.js';
+import { systemClock } from '../../common/clock.js';
+import { initKeys, keyFolder, latestRoot, rotateRoot } from '../../common/trust/key-files.js';
+import { rootExpiryWarning } from '../../common/trust/root.js';
+import { formatDuration } from '../../common/units.js';
 import { durationMs, integer, repeated } from '../arguments.js';
 import { usageError } from '../connection.js';
 import type { GlobalOptions } from '../context.js';

@@ -1,14 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import type { ServiceError } from '@grpc/grpc-js';
+import type { ServiceStub } from '../../client/operator-client.js';
 import { MultiBar, Presets } from 'cli-progress';
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { DriftlineError } from '../../../common/errors.js';
-import { assertModelName } from '../../../common/ids.js';
-import { formatDuration } from '../../../common/units.js';
-import { Rollout, RolloutAuditEntry, RolloutServiceClient } from '../../../common/proto/driftline/v1/rollouts.js';
+import { systemClock } from '../../common/clock.js';
+import { DriftlineError } from '../../common/errors.js';
+import { assertModelName } from '../../common/ids.js';
+import { formatDuration } from '../../common/units.js';
+import { Rollout, RolloutAuditEntry, RolloutServiceService } from '../../common/proto/driftline/v1/rollouts.js';
 import { durationMs, integer, repeated } from '../arguments.js';
-import { type Connection } from '../connection.js';
 import { withConnection } from '../context.js';
 import { relativeTime, restoreTerminalOnSignal, type Output } from '../output.js';
 
@@ -75,8 +74,8 @@ export function registerRollout(program: Command): void {
           // Given on the command line, the control plane refuses it before anything starts
           // (ROLLOUT_MIN_DEVICES_UNMET); the default only notes it (below).
           const explicitMinimum = command.getOptionValueSource('minDevices') === 'cli';
-          const client = connection.client(RolloutServiceClient);
-          const r = await connection.call(client, 'startRollout', {
+          const client = connection.api.service(RolloutServiceService);
+          const r = await client.startRollout({
             model: options.model,
             version: options.version,
             wavePercents: options.waves,
@@ -109,14 +108,14 @@ export function registerRollout(program: Command): void {
     .option('--watch', 'keep showing changes until the rollout ends: on a terminal a bar per wave, devices per version and gate verdicts; otherwise one line per change (JSON with --json)')
     .action((id: string | undefined, options: { watch?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(RolloutServiceClient);
-        const rolloutId = id ?? (await latest(connection, client));
+        const client = connection.api.service(RolloutServiceService);
+        const rolloutId = id ?? (await latest(client));
         if (!options.watch) {
-          const r = await connection.call(client, 'getRollout', { id: rolloutId });
+          const r = await client.getRollout({ id: rolloutId });
           output.result(Rollout.toJSON(r), () => printStatus(output, r));
           return;
         }
-        await watch(connection, client, rolloutId, output);
+        await watch(client, rolloutId, output);
       }),
     );
 
@@ -127,8 +126,8 @@ export function registerRollout(program: Command): void {
     .option('--model <name>', 'only rollouts of this model')
     .action((options: { active?: boolean; model?: string }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(RolloutServiceClient);
-        const { rollouts } = await connection.call(client, 'listRollouts', { activeOnly: Boolean(options.active), model: options.model ?? '' });
+        const client = connection.api.service(RolloutServiceService);
+        const { rollouts } = await client.listRollouts({ activeOnly: Boolean(options.active), model: options.model ?? '' });
         output.result({ rollouts: rollouts.map((r) => Rollout.toJSON(r)) }, () => {
           const now = systemClock.now();
           output.table(
@@ -146,8 +145,8 @@ export function registerRollout(program: Command): void {
     .argument('<id>', 'rollout id')
     .action((id: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(RolloutServiceClient);
-        const { entries } = await connection.call(client, 'getRolloutAudit', { id });
+        const client = connection.api.service(RolloutServiceService);
+        const { entries } = await client.getRolloutAudit({ id });
         output.result({ entries: entries.map((e) => RolloutAuditEntry.toJSON(e)) }, () => {
           output.table(
             ['TIME', 'ACTOR', 'ACTION', 'STATE', 'WAVE', 'REQUEST', 'REASON'],
@@ -173,16 +172,18 @@ export function registerRollout(program: Command): void {
       .option(...requestIdOption)
       .action((id: string, options: { reason: string; requestId?: string }, command: Command) =>
         withConnection(command, async (connection, output) => {
-          const client = connection.client(RolloutServiceClient);
-          const r = await connection.call(client, method, { id, reason: options.reason, clientRequestId: options.requestId ?? randomUUID() });
+          const client = connection.api.service(RolloutServiceService);
+          const r = await client[method]({ id, reason: options.reason, clientRequestId: options.requestId ?? randomUUID() });
           output.result(Rollout.toJSON(r), () => output.line(`rollout ${r.id} is ${r.state} (wave ${r.wave}/${r.waves.length})${r.reason ? `: ${r.reason}` : ''}`));
         }),
       );
   }
 }
 
-async function latest(connection: Connection, client: RolloutServiceClient): Promise<string> {
-  const { rollouts } = await connection.call(client, 'listRollouts', { activeOnly: false, model: '' });
+type RolloutStub = ServiceStub<typeof RolloutServiceService>;
+
+async function latest(client: RolloutStub): Promise<string> {
+  const { rollouts } = await client.listRollouts({ activeOnly: false, model: '' });
   const found = rollouts[0];
   if (!found) throw new DriftlineError('ROLLOUT_NOT_FOUND', 'there are no rollouts yet');
   return found.id;
@@ -217,7 +218,7 @@ function printStatus(output: Output, r: Rollout): void {
 }
 
 /** Streams the rollout until it ends: progress bars per wave on a terminal, one line (or JSON line) per change otherwise. */
-async function watch(connection: Connection, client: RolloutServiceClient, id: string, output: Output): Promise<void> {
+async function watch(client: RolloutStub, id: string, output: Output): Promise<void> {
   const tty = Boolean(process.stderr.isTTY) && !output.json;
   const bars = tty ? new MultiBar({ stream: process.stderr, clearOnComplete: false, hideCursor: true, format: '{label} [{bar}] {value}/{total} {status}' }, Presets.shades_classic) : undefined;
   const waveBars: ReturnType<MultiBar['create']>[] = [];
@@ -225,12 +226,17 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
   let textLines: Array<ReturnType<MultiBar['create']>> | undefined;
   let last: Rollout | undefined;
   const release = bars ? restoreTerminalOnSignal(() => bars.stop()) : () => undefined;
-  await new Promise<void>((resolve, reject) => {
-    const stream = client.watchRollout({ id }, connection.metadata(), connection.callOptions('stream'));
-    stream.on('data', (r: Rollout) => {
+  try {
+    for await (const r of client.watchRollout({ id })) {
       last = r;
-      if (output.json) return output.line(JSON.stringify(Rollout.toJSON(r)));
-      if (!bars) return output.line(summaryLine(r));
+      if (output.json) {
+        output.line(JSON.stringify(Rollout.toJSON(r)));
+        continue;
+      }
+      if (!bars) {
+        output.line(summaryLine(r));
+        continue;
+      }
       const onNew = r.versions[r.version] ?? 0;
       r.waves.forEach((w, i) => {
         const previous = i === 0 ? 0 : r.waves[i - 1]!.devices;
@@ -243,10 +249,10 @@ async function watch(connection: Connection, client: RolloutServiceClient, id: s
       const texts = [`${r.state}; devices per version: ${versionsText(r)}`, `gates: ${gatesText(r)}`];
       textLines ??= texts.map((text) => bars.create(1, 0, { text }, { format: '{text}' }));
       textLines.forEach((line, i) => line.update(0, { text: texts[i] }));
-    });
-    stream.on('end', () => resolve());
-    stream.on('error', (err: ServiceError) => reject(err));
-  }).finally(release);
+    }
+  } finally {
+    release();
+  }
   bars?.stop();
   if (last && !output.json) {
     output.line('');

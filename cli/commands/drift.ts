@@ -1,9 +1,8 @@
-import type { ServiceError } from '@grpc/grpc-js';
 import type { Command } from 'commander';
-import { DriftEvent, DriftServiceClient, DriftStatus } from '../../../common/proto/driftline/v1/drift.js';
-import { REFERENCE_METADATA_KEY } from '../../../common/drift/reference.js';
-import { ModelServiceClient } from '../../../common/proto/driftline/v1/models.js';
-import { formatDuration } from '../../../common/units.js';
+import { DriftEvent, DriftServiceService, DriftStatus } from '../../common/proto/driftline/v1/drift.js';
+import { REFERENCE_METADATA_KEY } from '../../common/drift/reference.js';
+import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
+import { formatDuration } from '../../common/units.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
 import type { Connection } from '../connection.js';
 import { withConnection } from '../context.js';
@@ -41,7 +40,7 @@ const STATUS_NOTES: Record<string, string> = {
 
 /** Why `drift show` has nothing to show: no version with a reference, or no sketches in the window. */
 async function whyNoDrift(connection: Connection, options: { model: string; version?: number; since?: number }): Promise<string> {
-  const model = await connection.call(connection.client(ModelServiceClient), 'getModel', { name: options.model });
+  const model = await connection.api.service(ModelServiceService).getModel({ name: options.model });
   const versions = model.versions.filter((v) => options.version === undefined || v.version === options.version);
   const what = options.version === undefined ? options.model : `${options.model}@v${options.version}`;
   if (versions.length === 0) return `no drift data for ${what}: there is no such version`;
@@ -64,8 +63,8 @@ export function registerDrift(program: Command): void {
     .option('--features', 'print every feature\'s statistics, not only the drifted ones')
     .action((options: { model: string; version?: number; since?: number; features?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DriftServiceClient);
-        const { statuses } = await connection.call(client, 'getDriftStatus', {
+        const client = connection.api.service(DriftServiceService);
+        const { statuses } = await client.getDriftStatus({
           model: options.model,
           version: options.version ?? 0,
           sinceMs: sinceMs(options.since),
@@ -119,7 +118,7 @@ export function registerDrift(program: Command): void {
     .option('--watch', 'after the recorded events, keep printing new ones until interrupted (one JSON line each with --json)')
     .action((options: { model?: string; version?: number; cohort?: string; since?: number; afterId?: number; limit?: number; watch?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(DriftServiceClient);
+        const client = connection.api.service(DriftServiceService);
         const request = {
           model: options.model ?? '',
           version: options.version ?? 0,
@@ -129,18 +128,13 @@ export function registerDrift(program: Command): void {
           limit: options.limit ?? 0,
         };
         if (!options.watch) {
-          const { events } = await connection.call(client, 'listDriftEvents', request);
+          const { events } = await client.listDriftEvents(request);
           output.result({ events: events.map((e) => DriftEvent.toJSON(e)) }, () =>
             output.table(EVENT_COLUMNS, events.map(eventRow), 'No drift events found'),
           );
           return;
         }
-        await new Promise<void>((resolve, reject) => {
-          const stream = client.watchDriftEvents(request, connection.metadata(), connection.callOptions('stream'));
-          stream.on('data', (e: DriftEvent) => output.line(output.json ? JSON.stringify(DriftEvent.toJSON(e)) : eventLine(e)));
-          stream.on('end', () => resolve());
-          stream.on('error', (err: ServiceError) => reject(err));
-        });
+        for await (const e of client.watchDriftEvents(request)) output.line(output.json ? JSON.stringify(DriftEvent.toJSON(e)) : eventLine(e));
       }),
     );
 }

@@ -1,11 +1,11 @@
 import ort from 'onnxruntime-node';
-import { DriftlineError } from '../../../common/errors.js';
-import { sha256Hex } from '../../../common/hashing.js';
-import { candidateExamples, describeExample, type ExampleInput, type ExampleInputs } from '../../../common/onnx/example-inputs.js';
-import { describeRuntimeFailure, explainRuntimeFailure } from '../../../common/onnx/runtime-errors.js';
-import { readModelSignature, type TensorSignature } from '../../../common/onnx/signature.js';
-import { toGoldenTensor } from '../../../common/trust/golden.js';
-import { buildManifest, type GoldenVector, type ReferenceDistributions, type ReleaseManifest, type ReleaseManifestInput } from '../../../common/trust/manifest.js';
+import { DriftlineError } from '../../common/errors.js';
+import { sha256Hex } from '../../common/hashing.js';
+import { candidateExamples, describeExample, type ExampleInput, type ExampleInputs } from '../../common/onnx/example-inputs.js';
+import { describeRuntimeFailure, explainRuntimeFailure } from '../../common/onnx/runtime-errors.js';
+import { readModelSignature, type TensorSignature } from '../../common/onnx/signature.js';
+import { toGoldenTensor } from '../../common/trust/golden.js';
+import { buildManifest, type GoldenVector, type ReferenceDistributions, type ReleaseManifest, type ReleaseManifestInput } from '../../common/trust/manifest.js';
 
 export interface ManifestBuildInput {
   bytes: Uint8Array;

@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { AccessServiceClient, CreateTokenResponse, Role, roleToJSON, TokenInfo } from '../../../common/proto/driftline/v1/fleet.js';
+import { systemClock } from '../../common/clock.js';
+import { AccessServiceService, CreateTokenResponse, Role, roleToJSON, TokenInfo } from '../../common/proto/driftline/v1/fleet.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
 
@@ -17,8 +17,8 @@ export function registerTokens(program: Command): void {
     .addOption(new Option('--role <role>', 'what the token may do').choices(Object.keys(ROLES)).makeOptionMandatory())
     .action((options: { name: string; role: keyof typeof ROLES }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(AccessServiceClient);
-        const created = await connection.call(client, 'createToken', { name: options.name, role: ROLES[options.role] });
+        const client = connection.api.service(AccessServiceService);
+        const created = await client.createToken({ name: options.name, role: ROLES[options.role] });
         output.result(CreateTokenResponse.toJSON(created), () => {
           output.line(`created ${roleName(created.role)} token ${created.id}; it is shown only once:`);
           output.line(created.token);
@@ -31,8 +31,8 @@ export function registerTokens(program: Command): void {
     .description('list operator tokens')
     .action((_options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(AccessServiceClient);
-        const response = await connection.call(client, 'listTokens', {});
+        const client = connection.api.service(AccessServiceService);
+        const response = await client.listTokens({});
         output.result({ tokens: response.tokens.map((t) => TokenInfo.toJSON(t)) }, () => {
           const now = systemClock.now();
           output.table(
@@ -50,8 +50,8 @@ export function registerTokens(program: Command): void {
     .argument('<id>', 'token id')
     .action((id: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(AccessServiceClient);
-        await connection.call(client, 'revokeToken', { id });
+        const client = connection.api.service(AccessServiceService);
+        await client.revokeToken({ id });
         output.result({ id, revoked: true }, () => output.line(`revoked token ${id}`));
       }),
     );

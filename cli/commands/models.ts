@@ -1,37 +1,32 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
-import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ClientWritableStream, ServiceError } from '@grpc/grpc-js';
+import { refusedWith, UPLOAD_CHUNK_BYTES } from '../../client/operator-client.js';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import { systemClock } from '../../../common/clock.js';
-import { DriftlineError } from '../../../common/errors.js';
-import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, withDriftPolicy } from '../../../common/drift/reference.js';
+import { systemClock } from '../../common/clock.js';
+import { DriftlineError } from '../../common/errors.js';
+import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, withDriftPolicy } from '../../common/drift/reference.js';
 import { referenceWithModelPredictions } from '../releases/prediction-reference.js';
-import { assertModelName } from '../../../common/ids.js';
-import { parseExampleInputsFile } from '../../../common/onnx/example-inputs.js';
+import { assertModelName } from '../../common/ids.js';
+import { parseExampleInputsFile } from '../../common/onnx/example-inputs.js';
 import {
   DeployModelResponse,
-  ModelServiceClient,
+  ModelServiceService,
   ModelVersion,
   type TensorSpec,
   type UploadModelHeader,
-  type UploadModelRequest,
-} from '../../../common/proto/driftline/v1/models.js';
-import { readModelSignature } from '../../../common/onnx/signature.js';
-import { keyFolder, releaseSigner } from '../../../common/trust/key-files.js';
-import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../../common/trust/manifest.js';
-import { ReleaseServiceClient } from '../../../common/proto/driftline/v1/releases.js';
+} from '../../common/proto/driftline/v1/models.js';
+import { readModelSignature } from '../../common/onnx/signature.js';
+import { keyFolder, releaseSigner } from '../../common/trust/key-files.js';
+import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../common/trust/manifest.js';
+import { ReleaseServiceService } from '../../common/proto/driftline/v1/releases.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
 import { CliError, type Connection, EXIT, usageError } from '../connection.js';
 import { withConnection } from '../context.js';
 import { bytes, relativeTime, restoreTerminalOnSignal } from '../output.js';
-
-/** Upload chunk size: small enough for grpc-js's default 4 MiB message limit, large enough to stream fast. */
-const CHUNK_BYTES = 64 * 1024;
 
 /** ONNX metadata key under which a model records its class names in output order (the demo model does). */
 const MODEL_CLASSES_KEY = 'driftline.classes';
@@ -98,7 +93,7 @@ export function registerModels(program: Command): void {
           return;
         }
         // The server assigned the version at upload; the manifest is signed for exactly that version.
-        const release = await connection.call(connection.client(ReleaseServiceClient), 'publishRelease', {
+        const release = await connection.api.service(ReleaseServiceService).publishRelease({
           name: version.name,
           version: version.version,
           envelope: signing.sign(version.version),
@@ -136,7 +131,7 @@ export function registerModels(program: Command): void {
         const { name, version } = parseVersionRef(target);
         if (options.driftPolicy && !options.reference) throw new DriftlineError('REQUEST_INVALID', '--drift-policy needs --reference');
         if (!file && (options.reference || options.sign)) throw usageError(`--reference and --sign run the model: pass ${name} v${version}'s ONNX file after ${target}`);
-        const source = (await connection.call(connection.client(ModelServiceClient), 'getModel', { name })).versions.find((v) => v.version === version);
+        const source = (await connection.api.service(ModelServiceService).getModel({ name })).versions.find((v) => v.version === version);
         if (!source) throw new CliError('MODEL_NOT_FOUND', `model ${name} has no version ${version} (see \`driftline models get ${name}\`)`, EXIT.notFound);
         if (file) {
           await assertNotEmpty(file);
@@ -157,13 +152,13 @@ export function registerModels(program: Command): void {
         const pushOptions: PushOptions = { ...options, name };
         const signing = options.sign ? await prepareSigning(file!, { ...pushOptions, ...(amendedRelease ? { carried: amendedRelease } : {}) }, version) : undefined;
         const metadata = file ? await referenceMetadata(file, pushOptions) : {};
-        const amended = await connection.call(connection.client(ModelServiceClient), 'amendModel', { name, version, description: options.description, metadata });
+        const amended = await connection.api.service(ModelServiceService).amendModel({ name, version, description: options.description, metadata });
         const line = `amended ${name}@v${version} as ${amended.name}@v${amended.version} (same bytes, sha256 ${shortSha(amended.sha256)})`;
         if (!signing) {
           output.result(ModelVersion.toJSON(amended), () => output.line(line));
           return;
         }
-        const release = await connection.call(connection.client(ReleaseServiceClient), 'publishRelease', {
+        const release = await connection.api.service(ReleaseServiceService).publishRelease({
           name: amended.name,
           version: amended.version,
           envelope: signing.sign(amended.version),
@@ -179,8 +174,8 @@ export function registerModels(program: Command): void {
     .description('list models with their latest version')
     .action((_options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(ModelServiceClient);
-        const response = await connection.call(client, 'listModels', {});
+        const client = connection.api.service(ModelServiceService);
+        const response = await client.listModels({});
         output.result({ models: response.latest.map((v) => ModelVersion.toJSON(v)) }, () => {
           const now = systemClock.now();
           output.table(
@@ -198,8 +193,8 @@ export function registerModels(program: Command): void {
     .argument('<name>', 'model name')
     .action((name: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(ModelServiceClient);
-        const model = await connection.call(client, 'getModel', { name });
+        const client = connection.api.service(ModelServiceService);
+        const model = await client.getModel({ name });
         output.result({ name: model.name, versions: model.versions.map((v) => ModelVersion.toJSON(v)) }, () => {
           const now = systemClock.now();
           output.table(
@@ -228,8 +223,8 @@ export function registerModels(program: Command): void {
     .option('--selector <k=v,...>', 'target devices whose labels match', '')
     .action((name: string, options: { version?: number; device?: string[]; selector: string }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const client = connection.client(ModelServiceClient);
-        const response = await connection.call(client, 'deployModel', {
+        const client = connection.api.service(ModelServiceService);
+        const response = await client.deployModel({
           name,
           version: options.version ?? 0,
           deviceIds: options.device ?? [],
@@ -294,11 +289,10 @@ function parseVersionRef(text: string): { name: string; version: number } {
 /** The signed release of a version, if it has one (none without a trust root, too). */
 async function releaseOf(connection: Connection, name: string, version: number): Promise<ReleaseManifest | undefined> {
   try {
-    const release = await connection.call(connection.client(ReleaseServiceClient), 'getRelease', { name, version });
+    const release = await connection.api.service(ReleaseServiceService).getRelease({ name, version });
     return peekManifest(release.envelope);
   } catch (err) {
-    const code = (err as Partial<ServiceError>).metadata?.get('driftline-error-code')[0];
-    if (code === 'MODEL_NOT_FOUND' || code === 'TRUST_NOT_CONFIGURED') return undefined;
+    if (refusedWith(err, 'MODEL_NOT_FOUND', 'TRUST_NOT_CONFIGURED')) return undefined;
     throw err;
   }
 }
@@ -306,10 +300,10 @@ async function releaseOf(connection: Connection, name: string, version: number):
 /** The version of `name` whose bytes hash to sha256, if there is one (none while the model does not exist). */
 async function versionWithBytes(connection: Connection, name: string, sha256: string): Promise<ModelVersion | undefined> {
   try {
-    const model = await connection.call(connection.client(ModelServiceClient), 'getModel', { name });
+    const model = await connection.api.service(ModelServiceService).getModel({ name });
     return model.versions.find((v) => v.sha256 === sha256);
   } catch (err) {
-    if ((err as Partial<ServiceError>).metadata?.get('driftline-error-code')[0] === 'MODEL_NOT_FOUND') return undefined;
+    if (refusedWith(err, 'MODEL_NOT_FOUND')) return undefined;
     throw err;
   }
 }
@@ -337,9 +331,8 @@ async function assertNotEmpty(file: string): Promise<void> {
 
 /** The control plane's MODEL_INVALID, said about the file the operator named. */
 function notAModel(file: string, err: unknown): CliError | undefined {
-  const service = err as Partial<ServiceError>;
-  if (!(service.metadata instanceof Object) || service.metadata?.get('driftline-error-code')[0] !== 'MODEL_INVALID') return undefined;
-  const what = service.details === 'bytes are not an ONNX model' ? 'is not an ONNX model (its bytes do not parse as one)' : `is not a usable ONNX model: ${service.details}`;
+  if (!refusedWith(err, 'MODEL_INVALID')) return undefined;
+  const what = err.message === 'bytes are not an ONNX model' ? 'is not an ONNX model (its bytes do not parse as one)' : `is not a usable ONNX model: ${err.message}`;
   return new CliError('MODEL_INVALID', `${file} ${what}; push an .onnx model file`, EXIT.usage);
 }
 
@@ -356,13 +349,6 @@ async function fingerprint(file: string): Promise<{ size: number; sha256: string
 }
 
 async function upload(connection: Connection, file: string, header: UploadModelHeader, showProgress: boolean): Promise<ModelVersion> {
-  const client = connection.client(ModelServiceClient);
-  let call!: ClientWritableStream<UploadModelRequest>;
-  const answer = new Promise<ModelVersion>((resolve, reject) => {
-    call = client.uploadModel(connection.metadata(), connection.callOptions('stream'), (error: ServiceError | null, version: ModelVersion) =>
-      error ? reject(error) : resolve(version),
-    );
-  });
   const bar = showProgress
     ? new SingleBar({ stream: process.stderr, format: 'uploading [{bar}] {percentage}% {sent} of {size} at {rate}, ETA {eta_formatted}' }, Presets.shades_classic)
     : undefined;
@@ -372,32 +358,22 @@ async function upload(connection: Connection, file: string, header: UploadModelH
   bar?.start(header.sizeBytes, 0, progress());
   const release = bar ? restoreTerminalOnSignal(() => bar.stop()) : () => undefined;
 
-  async function* messages(): AsyncGenerator<UploadModelRequest> {
-    yield { part: { $case: 'header', value: header } };
-    for await (const chunk of createReadStream(file, { highWaterMark: CHUNK_BYTES }) as AsyncIterable<Buffer>) {
-      yield { part: { $case: 'chunk', value: chunk } };
-      sentBytes += chunk.length;
-      bar?.increment(chunk.length, progress());
+  // A read failure cancels the upload and is what the operator sees (a usage error naming the file).
+  async function* chunks(): AsyncGenerator<Buffer> {
+    try {
+      yield* createReadStream(file, { highWaterMark: UPLOAD_CHUNK_BYTES }) as AsyncIterable<Buffer>;
+    } catch (err) {
+      throw usageError(`cannot read ${file}: ${(err as Error).message}`);
     }
   }
-
-  // The server may answer before the last chunk (a refusal); the answer stops the sending,
-  // and a local read failure cancels the call so the answer never hangs.
-  const stop = new AbortController();
-  let readFailure: unknown;
-  // grpc-js types the call as its own ObjectWritable; at run time it is an object-mode Writable.
-  const sending = pipeline(Readable.from(messages()), call as unknown as Writable, { signal: stop.signal }).catch((err: unknown) => {
-    if (stop.signal.aborted) return;
-    readFailure = usageError(`cannot read ${file}: ${(err as Error).message}`);
-    call.cancel();
-  });
   try {
-    return await answer;
-  } catch (err) {
-    throw readFailure ?? err;
+    return await connection.api.uploadModel(header, chunks(), {
+      onChunk: (n) => {
+        sentBytes += n;
+        bar?.increment(n, progress());
+      },
+    });
   } finally {
-    stop.abort();
-    await sending;
     release();
     bar?.stop();
   }

@@ -1,5 +1,5 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { DRIFTLINE_VERSION } from '../../common/version.js';
+import { DRIFTLINE_VERSION } from '../common/version.js';
 import { DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, EXIT_CODES_HELP, type ExitCode } from './cli-error.js';
 import type { GlobalOptions } from './context.js';
 import { USER_FORM_HELP } from './help.js';

@@ -1,9 +1,8 @@
-import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { layerConfig, readConfigFile } from '../../../common/config.js';
-import { DriftlineError } from '../../../common/errors.js';
-import { createLogger, LOG_FORMATS, type LogFormat } from '../../../common/logger.js';
-import { controlPlaneConfigSchema, type ControlPlaneConfigInput } from '../../config.js';
+import { layerConfig, readConfigFile } from '../../common/config.js';
+import { DriftlineError } from '../../common/errors.js';
+import { createLogger, LOG_FORMATS, type LogFormat } from '../../common/logger.js';
+import { controlPlaneConfigSchema, type ControlPlaneConfigInput } from '../../control-plane/config.js';
 import { integer } from '../arguments.js';
 import { CliError, EXIT } from '../connection.js';
 
@@ -79,33 +78,10 @@ export function registerServe(program: Command): void {
       const config = withFlags(options.config ? readConfigFile(options.config) : {}, options);
       const logger = createLogger('driftline', options.logLevel, options.logFormat);
       // Loaded here so that client commands do not pay for SQLite, the broker and the registry.
-      const { startControlPlane } = await import('../../server.js');
-      const plane = await startControlPlane(config, { logger }).catch((err: unknown) => {
+      const { runControlPlane } = await import('../../control-plane/main.js');
+      await runControlPlane(config, { logger }).catch((err: unknown) => {
         throw withListenFix(err);
       });
-      const { grpc, mqtt, http } = plane.addresses;
-
-      let stopping = false;
-      const stop = (signal: NodeJS.Signals): void => {
-        if (stopping) {
-          logger.warn({ signal }, 'second signal: exiting without waiting for shutdown');
-          logger.flush();
-          process.exit(EXIT.internal);
-        }
-        stopping = true;
-        logger.info({ signal }, 'shutting down');
-        plane.shutdown().then(
-          () => logger.flush(() => process.exit(EXIT.ok)),
-          (err: unknown) => {
-            logger.error({ err }, 'shutdown failed');
-            logger.flush(() => process.exit(EXIT.internal));
-          },
-        );
-      };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
-      // Only now: a supervisor that signals on seeing this line must find the handlers in place.
-      process.stdout.write(`driftline: listening grpc=${grpc} mqtt=${mqtt} http=${http} token-file=${resolve(plane.adminTokenFile)}\n`);
     });
 }
 

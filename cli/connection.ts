@@ -1,17 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import {
-  type CallOptions,
-  type ChannelCredentials,
-  type Client,
-  type ClientOptions,
-  type ClientUnaryCall,
-  credentials,
-  Metadata,
-  type ServiceError,
-  status,
-} from '@grpc/grpc-js';
-import { DriftlineError, ERROR_CODES, type ErrorKind, isErrorCode } from '../../common/errors.js';
+import { Metadata, type ServiceError, status } from '@grpc/grpc-js';
+import { createOperatorClient, OperatorCallError, type OperatorClient, type OperatorClientOptions } from '../client/operator-client.js';
+import { DriftlineError, ERROR_CODES, type ErrorKind, isErrorCode } from '../common/errors.js';
+import { ERROR_CODE_METADATA_KEY } from '../common/grpc-error-code.js';
 import { CliError, DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, type ExitCode, usageError } from './cli-error.js';
 
 export { CliError, DEFAULT_SERVER, DEFAULT_TOKEN_FILE, EXIT, EXIT_CODES_HELP, type ExitCode, usageError } from './cli-error.js';
@@ -68,26 +60,32 @@ function isServiceError(err: unknown): err is ServiceError {
  */
 export function toCliError(err: unknown, server: string): CliError {
   if (err instanceof CliError) return err;
+  if (err instanceof OperatorCallError) return fromCall(err.grpcStatus, err.trailerCode, err.message, server);
   if (err instanceof DriftlineError) return new CliError(err.code, err.message, EXIT_BY_KIND[err.kind]);
-  if (isServiceError(err)) {
-    const trailer = err.metadata.get('driftline-error-code')[0];
-    const code = typeof trailer === 'string' && trailer ? trailer : status[err.code];
-    const exitCode = isErrorCode(code) ? EXIT_BY_KIND[ERROR_CODES[code]] : (EXIT_BY_STATUS[err.code] ?? EXIT.internal);
-    if (!trailer && err.code === status.UNAVAILABLE) return unreachable(err.details, server);
-    if (code === 'AUTH_MISSING') {
-      // No token went out: none of --token, DRIFTLINE_TOKEN, --token-file, and no default file.
-      return new CliError(
-        code,
-        `no operator token: pass --token <token>, set DRIFTLINE_TOKEN, or point --token-file at a token file (looked for ${resolve(DEFAULT_TOKEN_FILE)}, which \`driftline serve\` writes under its data dir)`,
-        exitCode,
-      );
-    }
-    if (!trailer && err.code === status.DEADLINE_EXCEEDED) {
-      return new CliError(code, `the control plane at ${server} did not answer in time (see --timeout)`, exitCode);
-    }
-    return new CliError(code, err.details || err.message, exitCode);
-  }
+  if (isServiceError(err)) return fromCall(err.code, err.metadata.get(ERROR_CODE_METADATA_KEY)[0]?.toString() || undefined, err.details || err.message, server);
   return new CliError('INTERNAL', err instanceof Error ? err.message : String(err), EXIT.internal);
+}
+
+/**
+ * A failed call: the control plane's own code (trailer) wins; the gRPC status is the fallback
+ * for errors raised before the API layer, such as a connection that never opened.
+ */
+function fromCall(grpcStatus: status, trailer: string | undefined, details: string, server: string): CliError {
+  const code = trailer ?? status[grpcStatus];
+  const exitCode = isErrorCode(code) ? EXIT_BY_KIND[ERROR_CODES[code]] : (EXIT_BY_STATUS[grpcStatus] ?? EXIT.internal);
+  if (!trailer && grpcStatus === status.UNAVAILABLE) return unreachable(details, server);
+  if (code === 'AUTH_MISSING') {
+    // No token went out: none of --token, DRIFTLINE_TOKEN, --token-file, and no default file.
+    return new CliError(
+      code,
+      `no operator token: pass --token <token>, set DRIFTLINE_TOKEN, or point --token-file at a token file (looked for ${resolve(DEFAULT_TOKEN_FILE)}, which \`driftline serve\` writes under its data dir)`,
+      exitCode,
+    );
+  }
+  if (!trailer && grpcStatus === status.DEADLINE_EXCEEDED) {
+    return new CliError(code, `the control plane at ${server} did not answer in time (see --timeout)`, exitCode);
+  }
+  return new CliError(code, details, exitCode);
 }
 
 /** grpc-js's "No connection established. Last error: ... Resolution note: " as one plain sentence per cause. */
@@ -138,65 +136,31 @@ function readText(path: string, what: string): string {
   }
 }
 
-function channelCredentials(options: ConnectionOptions): ChannelCredentials {
+function tlsOf(options: ConnectionOptions): OperatorClientOptions['tls'] {
   if (Boolean(options.tlsCert) !== Boolean(options.tlsKey)) throw usageError('--tls-cert and --tls-key go together');
-  if (!options.tls && !options.tlsCa && !options.tlsCert) return credentials.createInsecure();
-  const read = (path: string | undefined, what: string) => (path ? Buffer.from(readText(path, what)) : null);
-  return credentials.createSsl(read(options.tlsCa, 'CA file'), read(options.tlsKey, 'key file'), read(options.tlsCert, 'certificate file'));
+  if (!options.tls && !options.tlsCa && !options.tlsCert) return undefined;
+  const read = (path: string | undefined, what: string) => (path ? Buffer.from(readText(path, what)) : undefined);
+  return { ca: read(options.tlsCa, 'CA file'), key: read(options.tlsKey, 'key file'), cert: read(options.tlsCert, 'certificate file') };
 }
 
-type UnaryMethod<Req, Res> = (
-  request: Req,
-  metadata: Metadata,
-  options: Partial<CallOptions>,
-  callback: (error: ServiceError | null, response: Res) => void,
-) => ClientUnaryCall;
-type RequestOf<M> = M extends UnaryMethod<infer Req, unknown> ? Req : never;
-type ResponseOf<M> = M extends UnaryMethod<never, infer Res> ? Res : never;
-type ClientConstructor<C extends Client> = new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>) => C;
-
-/** One operator session against one control plane: credentials, token, deadlines. */
+/** One operator session against one control plane: the shared operator client built from the global options. */
 export class Connection {
-  private readonly clients: Client[] = [];
-  private readonly credentials: ChannelCredentials;
-  private readonly token: string | undefined;
+  /** The typed client every command calls through (bearer token, deadlines, errors by stable code). */
+  readonly api: OperatorClient;
 
   constructor(private readonly options: ConnectionOptions) {
     checkServerAddress(options.server);
-    this.credentials = channelCredentials(options);
-    this.token = resolveToken(options);
+    const tls = tlsOf(options);
+    const timeoutMs = options.timeout === undefined ? undefined : options.timeout * 1000;
+    // Unary calls get a deadline by default; a streamed upload or watch only when --timeout is given.
+    this.api = createOperatorClient({ address: options.server, token: resolveToken(options), tls, timeoutMs: timeoutMs ?? DEFAULT_TIMEOUT_S * 1000, streamTimeoutMs: timeoutMs });
   }
 
   get server(): string {
     return this.options.server;
   }
 
-  client<C extends Client>(Ctor: ClientConstructor<C>): C {
-    const client = new Ctor(this.options.server, this.credentials);
-    this.clients.push(client);
-    return client;
-  }
-
-  metadata(): Metadata {
-    const metadata = new Metadata();
-    if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
-    return metadata;
-  }
-
-  /** Unary calls get a deadline by default; a streamed upload only when --timeout is given. */
-  callOptions(kind: 'unary' | 'stream' = 'unary'): Partial<CallOptions> {
-    const seconds = this.options.timeout ?? (kind === 'unary' ? DEFAULT_TIMEOUT_S : undefined);
-    return seconds === undefined ? {} : { deadline: Date.now() + seconds * 1000 };
-  }
-
-  call<C, K extends keyof C>(client: C, method: K, request: RequestOf<C[K]>): Promise<ResponseOf<C[K]>> {
-    const fn = client[method] as UnaryMethod<RequestOf<C[K]>, ResponseOf<C[K]>>;
-    return new Promise((resolve, reject) => {
-      fn.call(client, request, this.metadata(), this.callOptions(), (error, response) => (error ? reject(error) : resolve(response)));
-    });
-  }
-
   close(): void {
-    for (const client of this.clients) client.close();
+    this.api.close();
   }
 }

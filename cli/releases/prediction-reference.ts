@@ -1,7 +1,7 @@
 import ort from 'onnxruntime-node';
-import { isFloatType, probabilitiesOutput, topClasses } from '../../../common/classification.js';
-import { withPredictions, type DriftReference } from '../../../common/drift/reference.js';
-import { DriftlineError } from '../../../common/errors.js';
+import { isFloatType, probabilitiesOutput, topClasses } from '../../common/classification.js';
+import { withPredictions, type DriftReference } from '../../common/drift/reference.js';
+import { DriftlineError } from '../../common/errors.js';
 
 /** Reference rows run through the model per session.run call. */
 const BATCH_ROWS = 256;
