@@ -10,7 +10,13 @@ const CORE = [
   '^agent/telemetry/',
   '^agent/models/model-manager\\.ts$',
   '^agent/inference/(engine|model-runtime|datatypes)\\.ts$',
-  '^agent/buffer/ports\\.ts$',
+  // The buffer's port, its pure retention policy and the drop-report debounce; the SQLite files are the adapters.
+  '^agent/buffer/(?!sqlite-)',
+  // The parts the agent's composition root wires, and the drift monitor: pure, tested without a process.
+  '^agent/(commands|downlink|reported-state|health|paths)\\.ts$',
+  '^agent/drift/',
+  // The inference protocol's mapping is pure; routes and server.ts put it on HTTP.
+  '^agent/local-api/inference-protocol\\.ts$',
   // The uplink's port, its factory and the backoff are core; each adapter has a folder of its own (agent/uplink/mqtt/).
   '^agent/uplink/[^/]+\\.ts$',
   // The domain folders are core as a whole: a new file there is core without being listed here.
