@@ -224,9 +224,6 @@ export async function startAgent(
       void reportState();
     },
   });
-  await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active model'));
-  syncDrift();
-
   const reportState = stateReporter(
     uplink,
     () => ({
@@ -243,6 +240,10 @@ export async function startAgent(
     }),
     logger,
   );
+  // Only now: restoring may finish an interrupted activation, and its onChange reports the state.
+  await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active model'));
+  syncDrift();
+
   const commands = new CommandHandler({ clock, boot: buffer.boot, reportState, publishResult: (result) => uplink.publish('result', result) });
   uplink.onMessage(
     downlinkDispatcher({

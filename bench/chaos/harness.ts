@@ -111,7 +111,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     [
       'mqtt:\n  reconnectMin: 50ms\n  reconnectMax: 300ms\n  keepalive: 2s',
       'uplink:\n  ackTimeout: 2s\n  maxBatchRecords: 10\n  maxInflightBatches: 1',
-      `schedule:\n  uplinkCheck: '* * * * * *'\n  system: '0 0 1 1 *'\n  driftWindow: '0 0 1 1 *'`,
+      // System metrics and drift windows every 5 s: their records are committed, killed and resent with the rest.
+      `schedule:\n  uplinkCheck: '* * * * * *'\n  system: '*/5 * * * * *'\n  driftWindow: '*/5 * * * * *'`,
       'shutdownGrace: 30s\n',
     ].join('\n'),
   );
