@@ -87,6 +87,8 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
   for (const w of result.warnings) log(`  esbuild: ${w.text}${w.location ? ` (${w.location.file})` : ''}`);
   // What went into the bundle, per input file (esbuild's analyzer reads it): beside the bundle.
   writeFileSync(join(work, 'agent.meta.json'), JSON.stringify(result.metafile));
+  const unwanted = Object.keys(result.metafile.inputs).filter((f) => /node_modules[\\/](ws|socks)[\\/]/.test(f));
+  if (unwanted.length > 0) throw new Error(`the bundle holds mqtt.js transports the agent refuses (${unwanted[0]}, ...): mqtt.js loads them another way now; update the stand-in in build-agent.ts`);
 
   // 2. Assets: the native files (extracted in the packages' own layout), firmware profiles, the selftest model.
   const ortDir = join(ROOT, 'node_modules', 'onnxruntime-node', 'bin', 'napi-v6', 'linux', arch);
@@ -154,6 +156,13 @@ function seaPlugin(version: string): esbuild.Plugin {
     setup(build) {
       // better-sqlite3 finds its addon through `bindings`, which walks the file system.
       build.onResolve({ filter: /^bindings$/ }, () => ({ path: join(ROOT, 'packaging', 'shims', 'bindings.cjs') }));
+      // mqtt.js's WebSocket and SOCKS transports (with ws, socks, ip-address) would be evaluated at
+      // every start; the agent only speaks mqtt:// and mqtts://: a stand-in that refuses them.
+      build.onResolve({ filter: /^\.\/(ws|socks)$/ }, (args) => {
+        if (!/[\\/]mqtt[\\/]build[\\/]lib[\\/]connect$/.test(args.resolveDir)) return undefined;
+        if (!existsSync(join(args.resolveDir, `${args.path}.js`))) throw new Error(`mqtt.js no longer has ${args.path}.js in ${args.resolveDir}: check the transport stand-in in build-agent.ts`);
+        return { path: join(ROOT, 'packaging', 'shims', 'mqtt-transport-unsupported.cjs') };
+      });
       // onnxruntime-node requires its binding by a path relative to node_modules.
       build.onLoad({ filter: /onnxruntime-node[\\/]dist[\\/]binding\.js$/ }, (args) => {
         const source = readFileSync(args.path, 'utf8');

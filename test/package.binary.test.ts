@@ -174,5 +174,20 @@ describe('the agent as one executable', () => {
       expect(summary.devices[0]!.records).toBe(enqueued);
       expect(summary.devices[0]!.inferenceErrors).toBe(0);
     });
+
+    it("refuses mqtt.js's SOCKS proxy variable with CONFIG_INVALID (the binary carries no SOCKS or WebSocket transport)", async () => {
+      // The device enrolled above restarts from its data folder.
+      const child = spawn(binary, ['run', '--data-dir', join(scratch, 'agent-data'), '--local-port', '0'], {
+        cwd,
+        env: env({ MQTTJS_SOCKS_PROXY: 'socks5://127.0.0.1:1' }),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+      expect(stderr).toContain('error [CONFIG_INVALID]');
+      expect(stderr).toContain('a SOCKS proxy (MQTTJS_SOCKS_PROXY) is not supported');
+      expect(code).toBe(3);
+    });
   });
 });
