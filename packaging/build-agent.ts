@@ -163,6 +163,14 @@ function seaPlugin(version: string): esbuild.Plugin {
         if (!existsSync(join(args.resolveDir, `${args.path}.js`))) throw new Error(`mqtt.js no longer has ${args.path}.js in ${args.resolveDir}: check the transport stand-in in build-agent.ts`);
         return { path: join(ROOT, 'packaging', 'shims', 'mqtt-transport-unsupported.cjs') };
       });
+      // zod's z.locales namespace holds every translation of its messages (a quarter of a megabyte
+      // of the bundle, parsed and held at every start); the agent uses none but the English
+      // default, which zod's schemas import themselves.
+      build.onLoad({ filter: /[\\/]zod[\\/]v4[\\/]locales[\\/]index\.js$/ }, (args) => {
+        const english = 'export { default as en } from "./en.js";';
+        if (!readFileSync(args.path, 'utf8').includes(english)) throw new Error(`${args.path} no longer exports its English locale the way build-agent.ts expects`);
+        return { contents: english, loader: 'js', resolveDir: dirname(args.path) };
+      });
       // onnxruntime-node requires its binding by a path relative to node_modules.
       build.onLoad({ filter: /onnxruntime-node[\\/]dist[\\/]binding\.js$/ }, (args) => {
         const source = readFileSync(args.path, 'utf8');

@@ -124,6 +124,15 @@ describe('the agent as one executable', () => {
     expect(report.checks.find((c) => !c.ok)).toMatchObject({ name: 'firmware profile', code: 'PROFILE_INVALID' });
   });
 
+  it("explains a bad configuration file with exit code 3 in zod's English messages (the binary carries no other locale)", () => {
+    mkdirSync(cwd, { recursive: true });
+    writeFileSync(join(cwd, 'bad-config.json'), JSON.stringify({ localApi: { port: 'x' } }));
+    const result = runBinary(['run', '--config', 'bad-config.json', '--data-dir', join(scratch, 'bad-config-data')]);
+    expect(result.status).toBe(3);
+    expect(result.stderr).toContain('error [CONFIG_INVALID]');
+    expect(result.stderr).toContain('localApi.port: Invalid input: expected number, received string');
+  });
+
   describe('against a control plane', () => {
     let cp: ControlPlane;
     let api: FleetApi;
