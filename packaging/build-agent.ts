@@ -171,6 +171,24 @@ function seaPlugin(version: string): esbuild.Plugin {
         if (!readFileSync(args.path, 'utf8').includes(english)) throw new Error(`${args.path} no longer exports its English locale the way build-agent.ts expects`);
         return { contents: english, loader: 'js', resolveDir: dirname(args.path) };
       });
+      // The generated gRPC client constructors are built when their module loads, which evaluates
+      // all of grpc-js (and node:http2): device_link.ts imports drift.ts for DriftSketch, so every
+      // start did. Marked pure, the ones the agent never uses are left out, and with them grpc-js
+      // until enrolling imports fleet.ts (agent.ts imports it dynamically).
+      build.onResolve({ filter: /^@grpc\/grpc-js$/ }, async (args) => {
+        if (args.pluginData === 'driftline-sea' || args.importer.includes('node_modules')) return undefined;
+        const resolved = await build.resolve(args.path, { kind: args.kind, importer: args.importer, resolveDir: args.resolveDir, pluginData: 'driftline-sea' });
+        if (resolved.errors.length > 0) return { errors: resolved.errors };
+        // Our modules that import it (generated ones for their client constructors) evaluate it only if they use it.
+        return { path: resolved.path, sideEffects: false };
+      });
+      build.onLoad({ filter: /[\\/]common[\\/]proto[\\/]driftline[\\/]v1[\\/][^\\/]+\.ts$/ }, (args) => {
+        const source = readFileSync(args.path, 'utf8');
+        if (!source.includes('@grpc/grpc-js')) return undefined;
+        const marked = source.replaceAll(/= makeGenericClientConstructor\(/g, '= /* @__PURE__ */ makeGenericClientConstructor(');
+        if (marked === source) throw new Error(`${args.path} imports grpc-js but builds no client with makeGenericClientConstructor: check build-agent.ts`);
+        return { contents: marked, loader: 'ts' };
+      });
       // onnxruntime-node requires its binding by a path relative to node_modules.
       build.onLoad({ filter: /onnxruntime-node[\\/]dist[\\/]binding\.js$/ }, (args) => {
         const source = readFileSync(args.path, 'utf8');
