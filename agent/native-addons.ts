@@ -16,9 +16,16 @@ import { DriftlineError } from '../common/errors.js';
  * The folder mirrors the packages' layout (node_modules/onnxruntime-node/bin/napi-v6/...),
  * so code that resolves a file inside a package from its own location finds it there, and
  * onnxruntime_binding.node finds libonnxruntime.so.1 beside it through its RUNPATH ($ORIGIN).
+ *
+ * Everything embedded is one SEA asset, NATIVE_ARCHIVE_ASSET: a 4-byte little-endian length,
+ * the manifest (JSON), then each file's bytes at the offset its manifest entry gives. Node
+ * reads every asset's header at start, and headers of separate assets sit between their
+ * contents in the blob: with the 17 MB onnxruntime library between two of them, a start
+ * faulted in pages (2 MB folios) in the middle of the blob. One asset keeps what a start
+ * touches at the blob's head, beside the code.
  */
 
-export const NATIVE_MANIFEST_ASSET = 'native/manifest.json';
+export const NATIVE_ARCHIVE_ASSET = 'driftline/archive';
 /** Overrides where the addons are extracted (the systemd unit points it at the cache directory). */
 export const NATIVE_DIR_ENV = 'DRIFTLINE_AGENT_NATIVE_DIR';
 const COMPLETE_MARKER = '.complete';
@@ -26,8 +33,9 @@ const COMPLETE_MARKER = '.complete';
 export interface NativeFile {
   /** Path inside the extraction folder, e.g. libonnxruntime.so.1 or firmware-profiles/generic-x86_64-cpu.yaml. */
   name: string;
-  /** SEA asset key holding the gzip-compressed bytes. */
-  asset: string;
+  /** Where its gzip-compressed bytes are in the archive asset (from the archive's start) and how many. */
+  offset: number;
+  bytes: number;
   /** sha256 and size of the uncompressed file. */
   sha256: string;
   size: number;
@@ -40,6 +48,8 @@ export interface NativeManifest {
   /** sha256 over the files' names and hashes: the extraction folder's name. */
   key: string;
   files: NativeFile[];
+  /** Other embedded resources (the selftest's demo model), stored as they are, by key. */
+  resources: Record<string, { offset: number; bytes: number }>;
 }
 
 export interface NativeAddonsInfo {
@@ -85,7 +95,8 @@ export function embeddedNativeManifest(): NativeManifest {
   if (!isSingleExecutable()) throw new DriftlineError('NATIVE_ADDON_FAILED', 'embedded native addons exist only in the packaged driftline-agent binary');
   let manifest: NativeManifest;
   try {
-    manifest = JSON.parse(sea.getAsset(NATIVE_MANIFEST_ASSET, 'utf8')) as NativeManifest;
+    const head = archiveBytes(0, 4);
+    manifest = JSON.parse(Buffer.from(archiveBytes(4, new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true))).toString('utf8')) as NativeManifest;
   } catch (err) {
     throw new DriftlineError('NATIVE_ADDON_FAILED', 'the binary holds no native addon manifest; rebuild it with npm run package:agent', { cause: err });
   }
@@ -160,10 +171,22 @@ export function loadNativeAddon(name: string): unknown {
   return module.exports;
 }
 
+/**
+ * `length` bytes at `offset` of the archive asset, a view of the executable's own mapping
+ * (getRawAsset copies nothing, so only the pages read are faulted in).
+ */
+function archiveBytes(offset: number, length: number): Uint8Array {
+  const raw = sea.getRawAsset(NATIVE_ARCHIVE_ASSET) as ArrayBuffer;
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > raw.byteLength) {
+    throw new DriftlineError('NATIVE_ADDON_FAILED', `the embedded archive has no bytes ${offset}..${offset + length} (it holds ${raw.byteLength})`);
+  }
+  return new Uint8Array(raw, offset, length);
+}
+
 function writeAsset(dir: string, file: NativeFile): void {
-  const bytes = gunzipSync(new Uint8Array(sea.getRawAsset(file.asset) as ArrayBuffer));
+  const bytes = gunzipSync(archiveBytes(file.offset, file.bytes));
   if (bytes.length !== file.size || sha256(bytes) !== file.sha256) {
-    throw new DriftlineError('NATIVE_ADDON_FAILED', `embedded asset ${file.asset} does not match its manifest entry`);
+    throw new DriftlineError('NATIVE_ADDON_FAILED', `embedded file ${file.name} does not match its manifest entry`);
   }
   const path = join(dir, file.name);
   // Shared objects must be executable; resources (firmware profiles) are plain files.
@@ -206,7 +229,8 @@ function fileSha256(path: string): string {
 export function readEmbeddedAsset(key: string): Buffer | undefined {
   if (!isSingleExecutable()) return undefined;
   try {
-    return Buffer.from(sea.getAsset(key) as ArrayBuffer);
+    const resource = embeddedNativeManifest().resources[key];
+    return resource ? Buffer.from(archiveBytes(resource.offset, resource.bytes)) : undefined;
   } catch {
     return undefined;
   }

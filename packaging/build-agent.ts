@@ -21,7 +21,7 @@ import { gzipSync, constants as zlib } from 'node:zlib';
 import * as esbuild from 'esbuild';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import type { NativeFile, NativeManifest } from '../agent/native-addons.js';
-import { NATIVE_MANIFEST_ASSET } from '../agent/native-addons.js';
+import { NATIVE_ARCHIVE_ASSET } from '../agent/native-addons.js';
 import { SELFTEST_MODEL_ASSET } from '../agent/selftest.js';
 import { AGENT_NODE, agentBuildInputs, assertElfArch, type Arch } from './node-runtime.js';
 
@@ -85,6 +85,10 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
     plugins: [seaPlugin(version)],
   });
   for (const w of result.warnings) log(`  esbuild: ${w.text}${w.location ? ` (${w.location.file})` : ''}`);
+  // What went into the bundle, per input file (esbuild's analyzer reads it): beside the bundle.
+  writeFileSync(join(work, 'agent.meta.json'), JSON.stringify(result.metafile));
+  const unwanted = Object.keys(result.metafile.inputs).filter((f) => /node_modules[\\/](ws|socks)[\\/]/.test(f));
+  if (unwanted.length > 0) throw new Error(`the bundle holds mqtt.js transports the agent refuses (${unwanted[0]}, ...): mqtt.js loads them another way now; update the stand-in in build-agent.ts`);
 
   // 2. Assets: the native files (extracted in the packages' own layout), firmware profiles, the selftest model.
   const ortDir = join(ROOT, 'node_modules', 'onnxruntime-node', 'bin', 'napi-v6', 'linux', arch);
@@ -97,35 +101,24 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
       .sort()
       .map((f) => ({ name: `firmware-profiles/${f}`, path: join(ROOT, 'firmware-profiles', f), elf: false })),
   ];
-  const assets: Record<string, string> = {};
+  // One asset holds them all (agent/native-addons.ts: a start then touches only the blob's head).
   const summary: BuildResult['assets'] = [{ key: 'agent.cjs (bundled JavaScript)', bytes: statSync(bundle).size, sourceBytes: statSync(bundle).size }];
-  const files: NativeFile[] = [];
+  const contents: Array<{ bytes: Uint8Array; file?: Omit<NativeFile, 'offset' | 'bytes'>; resource?: string }> = [];
   for (const source of nativeSources) {
     if (!existsSync(source.path)) throw new Error(`missing ${source.path}`);
     if (source.elf) assertElfArch(source.path, arch);
     const bytes = readFileSync(source.path);
     const gz = gzipSync(bytes, { level: 9, memLevel: 9, strategy: zlib.Z_DEFAULT_STRATEGY });
-    const key = `native/${source.name}.gz`;
-    const staged = join(work, 'assets', `${source.name}.gz`);
-    mkdirSync(dirname(staged), { recursive: true });
-    writeFileSync(staged, gz);
-    assets[key] = staged;
-    files.push({ name: source.name, asset: key, sha256: sha256(bytes), size: bytes.length });
-    summary.push({ key, bytes: gz.length, sourceBytes: bytes.length });
+    contents.push({ bytes: gz, file: { name: source.name, sha256: sha256(bytes), size: bytes.length } });
+    summary.push({ key: `${source.name}.gz`, bytes: gz.length, sourceBytes: bytes.length });
   }
-  const manifest: NativeManifest = {
-    format: 1,
-    platform: 'linux',
-    arch,
-    key: sha256(Buffer.from(JSON.stringify({ arch, files: files.map((f) => [f.name, f.sha256]) }))).slice(0, 32),
-    files,
-  };
-  assets[NATIVE_MANIFEST_ASSET] = join(work, 'assets', 'manifest.json');
-  writeFileSync(assets[NATIVE_MANIFEST_ASSET], JSON.stringify(manifest));
   const model = buildDemoModel();
-  assets[SELFTEST_MODEL_ASSET] = join(work, 'assets', 'demo-model.onnx');
-  writeFileSync(assets[SELFTEST_MODEL_ASSET], model.bytes);
+  contents.push({ bytes: model.bytes, resource: SELFTEST_MODEL_ASSET });
   summary.push({ key: SELFTEST_MODEL_ASSET, bytes: model.bytes.length, sourceBytes: model.bytes.length });
+  const archive = nativeArchive(arch, contents);
+  const archiveFile = join(work, 'archive.bin');
+  writeFileSync(archiveFile, archive);
+  const assets: Record<string, string> = { [NATIVE_ARCHIVE_ASSET]: archiveFile };
 
   // 3. The SEA blob. V8's code cache is only valid for the Node that made it: native builds only.
   const blob = join(work, 'sea-prep.blob');
@@ -163,6 +156,39 @@ function seaPlugin(version: string): esbuild.Plugin {
     setup(build) {
       // better-sqlite3 finds its addon through `bindings`, which walks the file system.
       build.onResolve({ filter: /^bindings$/ }, () => ({ path: join(ROOT, 'packaging', 'shims', 'bindings.cjs') }));
+      // mqtt.js's WebSocket and SOCKS transports (with ws, socks, ip-address) would be evaluated at
+      // every start; the agent only speaks mqtt:// and mqtts://: a stand-in that refuses them.
+      build.onResolve({ filter: /^\.\/(ws|socks)$/ }, (args) => {
+        if (!/[\\/]mqtt[\\/]build[\\/]lib[\\/]connect$/.test(args.resolveDir)) return undefined;
+        if (!existsSync(join(args.resolveDir, `${args.path}.js`))) throw new Error(`mqtt.js no longer has ${args.path}.js in ${args.resolveDir}: check the transport stand-in in build-agent.ts`);
+        return { path: join(ROOT, 'packaging', 'shims', 'mqtt-transport-unsupported.cjs') };
+      });
+      // zod's z.locales namespace holds every translation of its messages (a quarter of a megabyte
+      // of the bundle, parsed and held at every start); the agent uses none but the English
+      // default, which zod's schemas import themselves.
+      build.onLoad({ filter: /[\\/]zod[\\/]v4[\\/]locales[\\/]index\.js$/ }, (args) => {
+        const english = 'export { default as en } from "./en.js";';
+        if (!readFileSync(args.path, 'utf8').includes(english)) throw new Error(`${args.path} no longer exports its English locale the way build-agent.ts expects`);
+        return { contents: english, loader: 'js', resolveDir: dirname(args.path) };
+      });
+      // The generated gRPC client constructors are built when their module loads, which evaluates
+      // all of grpc-js (and node:http2): device_link.ts imports drift.ts for DriftSketch, so every
+      // start did. Marked pure, the ones the agent never uses are left out, and with them grpc-js
+      // until enrolling imports fleet.ts (agent.ts imports it dynamically).
+      build.onResolve({ filter: /^@grpc\/grpc-js$/ }, async (args) => {
+        if (args.pluginData === 'driftline-sea' || args.importer.includes('node_modules')) return undefined;
+        const resolved = await build.resolve(args.path, { kind: args.kind, importer: args.importer, resolveDir: args.resolveDir, pluginData: 'driftline-sea' });
+        if (resolved.errors.length > 0) return { errors: resolved.errors };
+        // Our modules that import it (generated ones for their client constructors) evaluate it only if they use it.
+        return { path: resolved.path, sideEffects: false };
+      });
+      build.onLoad({ filter: /[\\/]common[\\/]proto[\\/]driftline[\\/]v1[\\/][^\\/]+\.ts$/ }, (args) => {
+        const source = readFileSync(args.path, 'utf8');
+        if (!source.includes('@grpc/grpc-js')) return undefined;
+        const marked = source.replaceAll(/= makeGenericClientConstructor\(/g, '= /* @__PURE__ */ makeGenericClientConstructor(');
+        if (marked === source) throw new Error(`${args.path} imports grpc-js but builds no client with makeGenericClientConstructor: check build-agent.ts`);
+        return { contents: marked, loader: 'ts' };
+      });
       // onnxruntime-node requires its binding by a path relative to node_modules.
       build.onLoad({ filter: /onnxruntime-node[\\/]dist[\\/]binding\.js$/ }, (args) => {
         const source = readFileSync(args.path, 'utf8');
@@ -190,6 +216,35 @@ function seaPlugin(version: string): esbuild.Plugin {
       });
     },
   };
+}
+
+/**
+ * The archive asset: a 4-byte little-endian manifest length, the manifest, then the contents
+ * at the offsets (from the archive's start) the manifest names. Offsets depend on the
+ * manifest's length, which depends on them: laid out again until the length holds.
+ */
+function nativeArchive(arch: Arch, contents: ReadonlyArray<{ bytes: Uint8Array; file?: Omit<NativeFile, 'offset' | 'bytes'>; resource?: string }>): Buffer {
+  const key = sha256(Buffer.from(JSON.stringify({ arch, files: contents.flatMap((c) => (c.file ? [[c.file.name, c.file.sha256]] : [])) }))).slice(0, 32);
+  let headerBytes = 4;
+  for (;;) {
+    let offset = headerBytes;
+    const files: NativeFile[] = [];
+    const resources: NativeManifest['resources'] = {};
+    for (const c of contents) {
+      if (c.file) files.push({ ...c.file, offset, bytes: c.bytes.length });
+      if (c.resource) resources[c.resource] = { offset, bytes: c.bytes.length };
+      offset += c.bytes.length;
+    }
+    const manifest: NativeManifest = { format: 1, platform: 'linux', arch, key, files, resources };
+    const json = Buffer.from(JSON.stringify(manifest), 'utf8');
+    if (4 + json.length !== headerBytes) {
+      headerBytes = 4 + json.length;
+      continue;
+    }
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(json.length);
+    return Buffer.concat([length, json, ...contents.map((c) => c.bytes)]);
+  }
 }
 
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');

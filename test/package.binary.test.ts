@@ -124,6 +124,15 @@ describe('the agent as one executable', () => {
     expect(report.checks.find((c) => !c.ok)).toMatchObject({ name: 'firmware profile', code: 'PROFILE_INVALID' });
   });
 
+  it("explains a bad configuration file with exit code 3 in zod's English messages (the binary carries no other locale)", () => {
+    mkdirSync(cwd, { recursive: true });
+    writeFileSync(join(cwd, 'bad-config.json'), JSON.stringify({ localApi: { port: 'x' } }));
+    const result = runBinary(['run', '--config', 'bad-config.json', '--data-dir', join(scratch, 'bad-config-data')]);
+    expect(result.status).toBe(3);
+    expect(result.stderr).toContain('error [CONFIG_INVALID]');
+    expect(result.stderr).toContain('localApi.port: Invalid input: expected number, received string');
+  });
+
   describe('against a control plane', () => {
     let cp: ControlPlane;
     let api: FleetApi;
@@ -173,6 +182,21 @@ describe('the agent as one executable', () => {
       const summary = await api.summary('edge-binary-1');
       expect(summary.devices[0]!.records).toBe(enqueued);
       expect(summary.devices[0]!.inferenceErrors).toBe(0);
+    });
+
+    it("refuses mqtt.js's SOCKS proxy variable with CONFIG_INVALID (the binary carries no SOCKS or WebSocket transport)", async () => {
+      // The device enrolled above restarts from its data folder.
+      const child = spawn(binary, ['run', '--data-dir', join(scratch, 'agent-data'), '--local-port', '0'], {
+        cwd,
+        env: env({ MQTTJS_SOCKS_PROXY: 'socks5://127.0.0.1:1' }),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+      expect(stderr).toContain('error [CONFIG_INVALID]');
+      expect(stderr).toContain('a SOCKS proxy (MQTTJS_SOCKS_PROXY) is not supported');
+      expect(code).toBe(3);
     });
   });
 });
