@@ -31,7 +31,7 @@ const TARGETS = { engine_vs_bare: 0.95, batching_speedup: 1.5, http_added_p50_ms
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
 const CLIENTS = 8;
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' } } });
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' }, 'agent-cpu-prof': { type: 'string' } } });
 const phaseMs = Number(values.seconds) * 1000;
 const log = (line: string): void => void process.stderr.write(`[inference] ${line}\n`);
 
@@ -222,7 +222,8 @@ try {
     'bin/driftline-agent.js',
     ['run', '--server', cp.addresses.grpc, '--device-id', device, '--enroll-token', await fleet.createEnrollmentToken(device), '--data-dir', join(dir, 'agent'), '--local-port', '0', '--profile', values.profile],
     AGENT_READY,
-    { timeoutMs: 120_000 },
+    // --agent-cpu-prof DIR: a V8 CPU profile of the agent process, written there when it stops.
+    { timeoutMs: 120_000, nodeArgs: values['agent-cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['agent-cpu-prof']] },
   );
   log(`agent ready at ${agent.ready[2]}; deploying the large model`);
   const largeUrl = new URL(`${agent.ready[2]}/v2/models/large/infer`);
