@@ -49,6 +49,44 @@ describe('request JSON numbers', () => {
     expect(mismatches(texts)).toEqual([]);
   });
 
+  it('request json - FP32 data given after its datatype parses into a Float32Array of the shape\'s size, each value the float32 of JSON.parse\'s double', () => {
+    const random = seeded(13);
+    // Float32 values printed as doubles (what clients send), random doubles, long decimals, and
+    // float32 halfway points (a float32 plus half its spacing, and its neighbours) that only an exact double decides.
+    const texts: string[] = [];
+    for (let i = 0; i < 30_000; i++) {
+      const kind = i % 4;
+      if (kind === 0) texts.push(String(Math.fround((random() - 0.5) * 10 ** Math.floor(random() * 12 - 6))));
+      else if (kind === 1) texts.push(String((random() - 0.5) * 10 ** Math.floor(random() * 80 - 40)));
+      else if (kind === 2) texts.push(`${Math.floor(random() * 1e6)}.${String(Math.floor(random() * 1e12)).padStart(12, '0')}${random() < 0.3 ? `e${Math.floor(random() * 40) - 20}` : ''}`);
+      else {
+        const f = Math.fround(random() * 2 ** Math.floor(random() * 20 - 10));
+        const half = (Math.fround(f * (1 + 2 ** -23)) - f) / 2;
+        texts.push(String(f + half), String(f + half + half * 2 ** -28), String(f + half - half * 2 ** -28));
+      }
+    }
+    const body = Buffer.from(`{"inputs":[{"name":"x","datatype":"FP32","shape":[1,${texts.length}],"data":[${texts.join(',')}]}]}`);
+    const got = (parseRequestJson(body) as { inputs: Array<{ data: unknown }> }).inputs[0]!.data;
+    const want = Float32Array.from((JSON.parse(body.toString()) as { inputs: Array<{ data: number[] }> }).inputs[0]!.data);
+    expect(got).toBeInstanceOf(Float32Array);
+    const data = got as Float32Array;
+    expect(data.length).toBe(texts.length);
+    expect(texts.filter((_, i) => !Object.is(data[i], want[i]))).toEqual([]);
+  });
+
+  it('request json - data before its datatype, or of another datatype, stays Float64Array; a shape that disagrees with the data sizes nothing wrong', () => {
+    const parse = (json: string) => (parseRequestJson(Buffer.from(json)) as { data: unknown }).data;
+    expect(parse('{"data":[0.1,2],"datatype":"FP32"}')).toEqual(Float64Array.from([0.1, 2]));
+    expect(parse('{"datatype":"FP64","data":[0.1,2]}')).toEqual(Float64Array.from([0.1, 2]));
+    expect(parse('{"datatype":"INT64","shape":[2],"data":[9007199254740991,2]}')).toEqual(Float64Array.from([9007199254740991, 2]));
+    // More values than the shape says, fewer, nested, and a shape far larger than the body could fill.
+    expect(parse('{"datatype":"FP32","shape":[2],"data":[1,2,3,4]}')).toEqual(Float32Array.from([1, 2, 3, 4]));
+    expect(parse('{"datatype":"FP32","shape":[8],"data":[1,2]}')).toEqual(Float32Array.from([1, 2]));
+    expect(parse('{"datatype":"FP32","shape":[2,2],"data":[[1,2],[3.5,4]]}')).toEqual(Float32Array.from([1, 2, 3.5, 4]));
+    expect(parse('{"datatype":"FP32","shape":[100000000000],"data":[0.5]}')).toEqual(Float32Array.from([0.5]));
+    expect(parse('{"datatype":"FP32","shape":[-1, "x"],"data":[0.5, 1e39]}')).toEqual(Float32Array.from([0.5, Infinity]));
+  });
+
   it('request json - malformed numbers in data are refused with REQUEST_INVALID', () => {
     for (const bad of ['{"data":[1.]}', '{"data":[1e]}', '{"data":[-]}', '{"data":[1,,2]}', '{"data":[1 2]}', '{"data":[1.5']) {
       expect(() => parseRequestJson(Buffer.from(bad)), bad).toThrow(expect.objectContaining({ code: 'REQUEST_INVALID' }));

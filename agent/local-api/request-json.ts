@@ -3,17 +3,24 @@ import { DriftlineError } from '../../common/errors.js';
 /**
  * JSON.parse for inference request bodies, read straight from the body's bytes. The value of
  * every `"data"` member that is an array of numbers (nested arrays are flattened row-major,
- * as the protocol allows) becomes one Float64Array: each number is parsed from the bytes into
+ * as the protocol allows) becomes one typed array: each number is parsed from the bytes into
  * it, with no string per number, no JavaScript array of the values, no flattening copy, and
  * no string of the whole body. Everything else (names, shapes, parameters) parses as
  * JSON.parse parses it, and every number gets the same double as JSON.parse gives it.
- * A `"data"` array holding anything but numbers and arrays (strings, booleans) is an
- * ordinary array, for the engine to check against the model's datatype.
+ *
+ * When the tensor's `"datatype"` ("FP32") comes before its data, as clients write it, the data
+ * is parsed into a Float32Array, the storage the engine hands onnxruntime as it is: each value
+ * the float32 that JSON.parse's double rounds to (Float32Array.from(JSON.parse(...).data)),
+ * and no conversion pass or second copy after it. Otherwise a Float64Array. A `"shape"` given
+ * before the data sizes the array once (bounded by the bytes left, so a shape cannot make it
+ * allocate more than the body could fill). A `"data"` array holding anything but numbers and
+ * arrays (strings, booleans) is an ordinary array, for the engine to check against the
+ * model's datatype.
  */
 export function parseRequestJson(bytes: Uint8Array): unknown {
   const parser = new Parser(bytes);
   parser.skipSpace();
-  const value = parser.value(false);
+  const value = parser.value();
   parser.skipSpace();
   if (parser.pos !== bytes.length) parser.fail('unexpected data after the JSON value');
   return value;
@@ -60,11 +67,11 @@ class Parser {
     while (this.pos < b.length && isSpace(b[this.pos]!)) this.pos++;
   }
 
-  /** @param tensorData the value of a "data" member: numeric arrays become one Float64Array */
-  value(tensorData: boolean): unknown {
+  /** @param tensor for the value of a "data" member: its object so far (numeric arrays become one typed array) */
+  value(tensor?: Record<string, unknown>): unknown {
     const c = this.bytes[this.pos];
     if (c === OPEN_OBJECT) return this.object();
-    if (c === OPEN_ARRAY) return tensorData ? (this.numbers() ?? this.array()) : this.array();
+    if (c === OPEN_ARRAY) return tensor ? (this.numbers(tensor.datatype === 'FP32', elementsOf(tensor.shape)) ?? this.array()) : this.array();
     if (c === QUOTE) return this.string();
     if (c === MINUS || (c !== undefined && isDigit(c))) return this.number();
     if (this.literal('true')) return true;
@@ -94,7 +101,7 @@ class Parser {
       if (this.bytes[this.pos] !== COLON) this.fail('expected ":"');
       this.pos++;
       this.skipSpace();
-      const value = this.value(key === 'data');
+      const value = this.value(key === 'data' ? out : undefined);
       // As JSON.parse: a member named __proto__ is an own property, never the prototype.
       if (key === '__proto__') Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true });
       else out[key] = value;
@@ -116,7 +123,7 @@ class Parser {
       return out;
     }
     for (;;) {
-      out.push(this.value(false));
+      out.push(this.value());
       this.skipSpace();
       const c = this.bytes[this.pos];
       this.pos++;
@@ -127,17 +134,21 @@ class Parser {
   }
 
   /**
-   * An array of numbers and arrays of numbers, flattened into one Float64Array (sized by the
-   * bytes left: a number takes at least two of them with its separator). Undefined, and the
-   * position unchanged, when it holds anything else or no number at all. One tight loop over
-   * the bytes with the position in a local: this is where a large JSON body's time goes.
+   * An array of numbers and arrays of numbers, flattened into one Float32Array (float32) or
+   * Float64Array, of `expected` elements when given, else grown as it fills; either way at
+   * most what the bytes left can hold (a number takes at least two of them with its
+   * separator). Undefined, and the position unchanged, when it holds anything else or no
+   * number at all. One tight loop over the bytes with the position in a local: this is where
+   * a large JSON body's time goes.
    */
-  private numbers(): Float64Array | undefined {
+  private numbers(float32: boolean, expected: number | undefined): Float32Array | Float64Array | undefined {
     const start = this.pos;
     const b = this.bytes;
     const length = b.length;
     let pos = start;
-    let out = new Float64Array(Math.min(1024, (length - start) >> 1) + 1);
+    const most = ((length - start) >> 1) + 1;
+    const Storage = float32 ? Float32Array : Float64Array;
+    let out: Float32Array | Float64Array = new Storage(Math.min(expected ?? 1024, most));
     let n = 0;
     let depth = 0;
     // What came last: an opening bracket, a comma, or a value (a number or a closed array).
@@ -151,11 +162,11 @@ class Parser {
       if (c === MINUS || (c >= ZERO && c <= NINE)) {
         if (last === AFTER_VALUE) this.at(pos, 'expected "," or "]"');
         if (n === out.length) {
-          const grown = new Float64Array(Math.min(out.length * 4, ((length - start) >> 1) + 1));
+          const grown = new Storage(Math.min(Math.max(out.length * 4, 1024), most));
           grown.set(out);
           out = grown;
         }
-        out[n++] = scanNumber(b, this.view, pos);
+        out[n++] = scanNumber(b, this.view, pos, float32);
         if (scanError !== undefined) this.at(scanEnd, scanError);
         pos = scanEnd;
         last = AFTER_VALUE;
@@ -192,7 +203,7 @@ class Parser {
 
   /** A JSON number, with JSON's grammar; the same double JSON.parse gives. */
   private number(): number {
-    const value = scanNumber(this.bytes, this.view, this.pos);
+    const value = scanNumber(this.bytes, this.view, this.pos, false);
     this.pos = scanEnd;
     if (scanError !== undefined) this.fail(scanError);
     return value;
@@ -231,16 +242,32 @@ const AFTER_OPEN = 0;
 const AFTER_COMMA = 1;
 const AFTER_VALUE = 2;
 
+/** v's neighbours for the float32 shortcut in scanNumber: well outside its error, far inside a float32's spacing (2^-24). */
+const FLOAT32_LOW = 1 - 2 ** -49;
+const FLOAT32_HIGH = 1 + 2 ** -49;
+
+/** The element count of a shape given before the data: a list of safe non-negative integers with a safe product; else undefined. */
+function elementsOf(shape: unknown): number | undefined {
+  if (!Array.isArray(shape)) return undefined;
+  let n = 1;
+  for (const d of shape) {
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) return undefined;
+    n *= d;
+  }
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
 /** Where the last scanNumber stopped, and what was wrong when the text is not a JSON number. */
 let scanEnd = 0;
 let scanError: string | undefined;
 
 /**
- * The JSON number at bytes[pos], with JSON's grammar, as the same double JSON.parse gives.
- * A function of locals rather than a parser method, for the speed of numbers(); it reports
- * its end and any error in scanEnd and scanError.
+ * The JSON number at bytes[pos], with JSON's grammar, as the same double JSON.parse gives;
+ * with `float32`, a double that rounds to the same float32 as that double does (all that a
+ * Float32Array keeps). A function of locals rather than a parser method, for the speed of
+ * numbers(); it reports its end and any error in scanEnd and scanError.
  */
-function scanNumber(b: Uint8Array, view: DataView, pos: number): number {
+function scanNumber(b: Uint8Array, view: DataView, pos: number, float32: boolean): number {
   const start = pos;
   const length = b.length;
   scanError = undefined;
@@ -323,7 +350,22 @@ function scanNumber(b: Uint8Array, view: DataView, pos: number): number {
   scanEnd = pos;
   if (extra === 0 && exponent >= -22 && exponent <= 22) {
     // Clinger's fast path when the digits fit a double exactly: one correctly rounded operation.
-    const value = tailDigits === 0 ? (exponent >= 0 ? head * POWERS_OF_TEN[exponent]! : head / POWERS_OF_TEN[-exponent]!) : decimalToDouble(head, tail, tailDigits, exponent);
+    if (tailDigits === 0) {
+      const value = exponent >= 0 ? head * POWERS_OF_TEN[exponent]! : head / POWERS_OF_TEN[-exponent]!;
+      return negative ? -value : value;
+    }
+    if (float32) {
+      // Three roundings of plain double arithmetic leave v within 2^-51 of the exact value,
+      // and JSON.parse's double is within 2^-53 of it: both lie between v's two neighbours at
+      // 2^-49, so when those round to one float32 (rounding is monotonic) so does JSON.parse's
+      // double, to that float32. Otherwise (v within about 2^-49 of a float32 halfway point,
+      // a few numbers in 10^8) the exact double below decides.
+      const m = head * POWERS_OF_TEN[tailDigits]! + tail;
+      const v = exponent >= 0 ? m * POWERS_OF_TEN[exponent]! : m / POWERS_OF_TEN[-exponent]!;
+      const low = Math.fround(v * FLOAT32_LOW);
+      if (low === Math.fround(v * FLOAT32_HIGH)) return negative ? -low : low;
+    }
+    const value = decimalToDouble(head, tail, tailDigits, exponent);
     if (value === value) return negative ? -value : value;
   }
   // Past what decimalToDouble decides exactly (or too close to call): the engine's own parser.
