@@ -105,6 +105,8 @@ class RawHttpClient {
       this.tryComplete();
     });
     socket.on('error', (err) => this.waiting?.reject(err));
+    // A connection the server closed fails the request waiting on it instead of leaving it hanging.
+    socket.on('close', () => this.waiting?.reject(new Error('the server closed the connection before answering')));
   }
 
   static async open(url: URL, body: string | Buffer, headers: Record<string, string | number> = {}): Promise<RawHttpClient> {
