@@ -26,9 +26,14 @@ export interface SqliteBufferOptions {
   maxFileBytes?: number;
   /**
    * How long an enqueued record may wait for company before its group commit (0: the end of
-   * the current event-loop turn). No caller waits on the commit to answer anyone (inference
-   * telemetry is acknowledged to nobody), so a few milliseconds turn one fsync per request
-   * into one per window. The uplink only ever reads committed rows, so what it sends is
+   * the current event-loop turn), and so the least time between two commits. No caller waits
+   * on the commit to answer anyone (inference telemetry is acknowledged to nobody), so a few
+   * milliseconds turn one fsync per request into one per window. A window that opens this
+   * long or longer after the last commit closes at the end of the turn instead: under light
+   * load the commit (and its fsync, which blocks the event loop) happens right after the
+   * answer that made the record, in the idle time before the next request, not in the middle
+   * of it; under load the windows follow each other and group as before, at the same most
+   * commits per second. The uplink only ever reads committed rows, so what it sends is
    * durable whatever the delay; close() commits what is still waiting.
    */
   commitDelayMs?: number;
@@ -138,6 +143,8 @@ export class SqliteBuffer implements TelemetryBuffer {
   private readonly commitDelayMs: number;
   private readonly scheduleCommit: CommitScheduler;
   private readonly commitCounts = { commits: 0, recordsCommitted: 0 };
+  /** When the last window closed (the clock's time), for the spacing of the next one. */
+  private lastCommitAt = -Infinity;
 
   static open(options: SqliteBufferOptions): SqliteBuffer {
     let db: Db;
@@ -216,7 +223,10 @@ export class SqliteBuffer implements TelemetryBuffer {
 
   /** The first write of a window opens it; the others (records, marks, deletes) ride along in its commit. */
   private openWindow(): void {
-    this.cancelFlush ??= this.scheduleCommit(() => this.flush(), this.commitDelayMs);
+    if (this.cancelFlush) return;
+    // A clock stepped either way only shortens or lengthens this window within [0, commitDelayMs].
+    const delay = Math.min(this.commitDelayMs, Math.max(0, this.lastCommitAt + this.commitDelayMs - this.clock.now()));
+    this.cancelFlush = this.scheduleCommit(() => this.flush(), delay);
   }
 
   commitStats(): BufferCommitStats {
@@ -237,6 +247,7 @@ export class SqliteBuffer implements TelemetryBuffer {
       for (const w of waiters) w.resolve();
       return;
     }
+    this.lastCommitAt = this.clock.now();
     this.commitCounts.commits++;
     this.commitCounts.recordsCommitted += batch.length;
     const before = this.snapshot();
