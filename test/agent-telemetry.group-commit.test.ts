@@ -108,6 +108,44 @@ describe('inference telemetry is group-committed off the request path', () => {
     }
   });
 
+  it('group commit - a sent mark closes the window at once, so a backlog drains a round trip per batch, not a window per batch; ack deletes wait in the window', async () => {
+    const clock = new ManualClock();
+    const delays: number[] = [];
+    const windows: Array<() => void> = [];
+    const buffer = SqliteBuffer.open({
+      file: join(dir, 'mark-now.db'),
+      synchronous: 'FULL',
+      clock,
+      commitDelayMs: 20,
+      scheduleCommit: (commit, delayMs) => {
+        delays.push(delayMs);
+        windows.push(commit);
+        return () => undefined;
+      },
+    });
+    const closeWindows = () => {
+      for (const commit of windows.splice(0)) commit();
+    };
+    try {
+      const durable = Promise.all(Array.from({ length: 20 }, (_, i) => buffer.enqueue({ stream: 2, timeMs: clock.now(), body: new Uint8Array([i]) })));
+      closeWindows();
+      await durable;
+      // The first batch was acknowledged just now: its deletes wait for the spaced window.
+      buffer.markSent(buffer.peek(10, 0));
+      closeWindows();
+      expect(buffer.acknowledge([{ boot: buffer.boot, first: 1, last: 10 }])).toBe(10);
+      expect(delays).toEqual([0, 0, 20]);
+      // The next batch's mark does not wait out that window: it closes at the end of the turn, deletes and all.
+      const marked = buffer.markSent(buffer.peek(10, 0));
+      expect(delays).toEqual([0, 0, 20, 0]);
+      windows.at(-1)!();
+      await marked;
+      expect(buffer.commitStats().commits).toBe(3);
+    } finally {
+      await buffer.close();
+    }
+  });
+
   it('group commit - close() commits what still waits for its window', async () => {
     const file = join(dir, 'close.db');
     const buffer = SqliteBuffer.open({ file, synchronous: 'FULL', commitDelayMs: 1_000, scheduleCommit: () => () => undefined });

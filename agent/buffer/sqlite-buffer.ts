@@ -99,10 +99,11 @@ const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) 
  * the batch is published (markSent resolves then), so it holds across kill -9 until the ack
  * deletes the record.
  *
- * Marks and ack deletes ride in the group commit of the current window (or open one) instead
- * of paying a transaction, and an fsync, each: under inference load one commit per window
- * holds the new records, the marks of the batch about to go and the deletes of the batches
- * acknowledged. An acknowledged record leaves the counts, the peeks and the policy at once;
+ * Marks and ack deletes ride in a group commit instead of paying a transaction, and an fsync,
+ * each: ack deletes wait in the current window; a mark closes it at the end of the turn (the
+ * next batch waits on it), taking the records and deletes waiting there. Under inference load
+ * one commit holds the new records, the marks of the batch about to go and the deletes of
+ * the batches acknowledged. An acknowledged record leaves the counts, the peeks and the policy at once;
  * its row goes with that commit. A kill -9 before it leaves the row behind, marked sent: it is
  * sent again after the restart and the control plane, which de-duplicates, acknowledges it again.
  */
@@ -139,6 +140,8 @@ export class SqliteBuffer implements TelemetryBuffer {
   private dropsUnsaved = false;
   private pending: Pending[] = [];
   private cancelFlush: (() => void) | undefined;
+  /** Whether the open window closes at the end of the turn (a sent mark waits on it). */
+  private windowImmediate = false;
   private closed = false;
   private readonly commitDelayMs: number;
   private readonly scheduleCommit: CommitScheduler;
@@ -221,11 +224,18 @@ export class SqliteBuffer implements TelemetryBuffer {
     });
   }
 
-  /** The first write of a window opens it; the others (records, marks, deletes) ride along in its commit. */
-  private openWindow(): void {
-    if (this.cancelFlush) return;
+  /**
+   * The first write of a window opens it; the others (records, marks, deletes) ride along in
+   * its commit. `now`: a sent mark, which the uplink's next batch waits on (a backlog drains
+   * one round trip per batch in flight), closes the window at the end of the turn, taking
+   * whatever records and deletes wait in it.
+   */
+  private openWindow(now = false): void {
+    if (this.cancelFlush && (this.windowImmediate || !now)) return;
+    this.cancelFlush?.();
     // A clock stepped either way only shortens or lengthens this window within [0, commitDelayMs].
-    const delay = Math.min(this.commitDelayMs, Math.max(0, this.lastCommitAt + this.commitDelayMs - this.clock.now()));
+    const delay = now ? 0 : Math.min(this.commitDelayMs, Math.max(0, this.lastCommitAt + this.commitDelayMs - this.clock.now()));
+    this.windowImmediate = delay === 0;
     this.cancelFlush = this.scheduleCommit(() => this.flush(), delay);
   }
 
@@ -491,8 +501,9 @@ export class SqliteBuffer implements TelemetryBuffer {
   }
 
   /**
-   * The mark goes into the current window's commit; the promise resolves once it is durable
-   * (publish then), or at once when every record's mark already is. A disk too full even for
+   * The mark goes into the current window's commit, which it closes at the end of the turn;
+   * the promise resolves once it is durable (publish then), or at once when every record's
+   * mark already is. A disk too full even for
    * the mark leaves it in memory for this run and resolves too.
    */
   markSent(records: readonly BufferedRecord[]): Promise<void> {
@@ -509,7 +520,7 @@ export class SqliteBuffer implements TelemetryBuffer {
     if (!waits) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.markWaiters.push({ resolve, reject });
-      this.openWindow();
+      this.openWindow(true);
     });
   }
 

@@ -173,8 +173,9 @@ export class TelemetryUploader {
         this.stats.recordsSent += records.length;
         this.stats.bytesSent += payload.length;
         // Possibly stored once published: the buffer's drop policy must not count them as
-        // dropped, so the batch goes only once that mark is durable (with the buffer's next
-        // group commit, not a transaction of its own).
+        // dropped, so the batch goes only once that mark is durable (in the buffer's group
+        // commit at the end of this turn, with the records and deletes waiting, not a
+        // transaction of its own).
         this.options.buffer
           .markSent(records)
           .then(() => uplink.publish('telemetry', payload))
