@@ -31,7 +31,7 @@ const TARGETS = { engine_vs_bare: 0.95, batching_speedup: 1.5, http_added_p50_ms
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
 const CLIENTS = 8;
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' } } });
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' }, 'agent-cpu-prof': { type: 'string' } } });
 const phaseMs = Number(values.seconds) * 1000;
 const log = (line: string): void => void process.stderr.write(`[inference] ${line}\n`);
 
@@ -93,30 +93,48 @@ async function paired(calls: Array<() => Promise<unknown>>, { ms = phaseMs, warm
  * what a client library costs (node:http's client costs about as much again).
  */
 class RawHttpClient {
-  private readonly socket: Socket;
+  private socket: Socket;
   private buffer: Buffer = Buffer.alloc(0);
   private waiting: { resolve(): void; reject(err: Error): void } | undefined;
+  private closed = false;
 
-  private constructor(socket: Socket, private readonly requestBytes: Buffer) {
-    this.socket = socket;
+  private constructor(socket: Socket, private readonly url: URL, private readonly requestBytes: Buffer) {
+    this.socket = this.attach(socket);
+  }
+
+  private attach(socket: Socket): Socket {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
       this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
       this.tryComplete();
     });
-    socket.on('error', (err) => this.waiting?.reject(err));
+    // A connection the server closed fails the request waiting on it instead of leaving it hanging.
+    socket.on('error', (err) => socket === this.socket && this.waiting?.reject(err));
+    socket.on('close', () => socket === this.socket && this.waiting?.reject(new Error('the server closed the connection before answering')));
+    return socket;
+  }
+
+  private static async connect(url: URL): Promise<Socket> {
+    const socket = connect(Number(url.port), url.hostname);
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    return socket;
   }
 
   static async open(url: URL, body: string | Buffer, headers: Record<string, string | number> = {}): Promise<RawHttpClient> {
-    const socket = connect(Number(url.port), url.hostname);
-    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    const socket = await RawHttpClient.connect(url);
     const bytes = typeof body === 'string' ? Buffer.from(body) : body;
     const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
     const head = `POST ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: application/json\r\nContent-Length: ${bytes.length}\r\n${extra}\r\n`;
-    return new RawHttpClient(socket, Buffer.concat([Buffer.from(head), bytes]));
+    return new RawHttpClient(socket, url, Buffer.concat([Buffer.from(head), bytes]));
   }
 
-  call(): Promise<void> {
+  async call(): Promise<void> {
+    // As any keep-alive client: a connection the server closed while idle (its keep-alive or
+    // headers timeout; phases can take a minute on a loaded machine) is opened again.
+    if (this.socket.destroyed && !this.closed) {
+      this.buffer = Buffer.alloc(0);
+      this.socket = this.attach(await RawHttpClient.connect(this.url));
+    }
     return new Promise((resolve, reject) => {
       this.waiting = { resolve, reject };
       this.socket.write(this.requestBytes);
@@ -138,6 +156,7 @@ class RawHttpClient {
   }
 
   close(): void {
+    this.closed = true;
     this.socket.destroy();
   }
 }
@@ -222,7 +241,8 @@ try {
     'bin/driftline-agent.js',
     ['run', '--server', cp.addresses.grpc, '--device-id', device, '--enroll-token', await fleet.createEnrollmentToken(device), '--data-dir', join(dir, 'agent'), '--local-port', '0', '--profile', values.profile],
     AGENT_READY,
-    { timeoutMs: 120_000 },
+    // --agent-cpu-prof DIR: a V8 CPU profile of the agent process, written there when it stops.
+    { timeoutMs: 120_000, nodeArgs: values['agent-cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['agent-cpu-prof']] },
   );
   log(`agent ready at ${agent.ready[2]}; deploying the large model`);
   const largeUrl = new URL(`${agent.ready[2]}/v2/models/large/infer`);
@@ -257,9 +277,12 @@ try {
   log('large model: 8 clients');
   const bareLarge8 = await cpuPerRequest(bareLargeCall, CLIENTS, selfCpuMs);
   // One keep-alive connection per concurrent client: a connection carries one request at a time.
+  log('large model: 8 clients, binary');
   const binaryLarge8 = await cpuPerRequest((c) => binaryClients[c]!.call(), CLIENTS, agentCpuMs);
+  log('large model: 8 clients, JSON');
   const jsonLarge8 = await measure((c) => jsonClients[c]!.call(), { clients: CLIENTS, warmup: 1 });
   for (const client of [...binaryClients, ...jsonClients]) client.close();
+  log('large model: measured; stopping the agent');
   await bareLarge.release();
   await stopProcess(agent);
   fleet.close();

@@ -103,7 +103,7 @@ describe('agent buffer policy across a restart', () => {
     await fill(buffer, Stream.STREAM_SAMPLES, 10, clock);
     // The uplink took the five oldest; the process dies before their ack (no close, no ack).
     const inFlight = buffer.peekStream(Stream.STREAM_SAMPLES, 0, 5);
-    buffer.markSent(inFlight);
+    await buffer.markSent(inFlight);
     buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits });
     await fill(buffer, Stream.STREAM_SAMPLES, 10, clock);
     // The budget made room from the oldest records that were never sent; the five in flight
@@ -113,6 +113,58 @@ describe('agent buffer policy across a restart', () => {
     expect(buffer.depth() + buffer.droppedTotal()).toBe(20);
     expect(buffer.acknowledge([{ boot: 1, first: 1, last: 5 }])).toBe(5);
     await buffer.close();
+  });
+});
+
+describe('agent buffer: acknowledgements between commits', () => {
+  it('an acknowledged record leaves depth, peeks and the policy at once; a crash before its delete commits leaves it marked sent, to go again', async () => {
+    const clock = new ManualClock();
+    const path = file();
+    // The test closes the commit windows: here the window after the ack never closes (kill -9).
+    const windows: Array<() => void> = [];
+    const closeWindow = () => {
+      for (const commit of windows.splice(0)) commit();
+    };
+    const perRecord = 10 + ROW_OVERHEAD_BYTES;
+    const limits = { maxBytes: 10 * perRecord };
+    let buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits, commitDelayMs: 20, scheduleCommit: (commit) => (windows.push(commit), () => undefined) });
+    const filled = fill(buffer, Stream.STREAM_INFERENCE, 10, clock);
+    closeWindow();
+    await filled;
+    const marked = buffer.markSent(buffer.peekStream(Stream.STREAM_INFERENCE, 0, 5));
+    closeWindow();
+    await marked;
+    expect(buffer.acknowledge([{ boot: 1, first: 1, last: 5 }])).toBe(5);
+    expect(buffer.acknowledge([{ boot: 1, first: 1, last: 5 }])).toBe(0);
+    expect(buffer.depth()).toBe(5);
+    expect(buffer.usedBytes()).toBe(5 * perRecord);
+    expect(buffer.peekStream(Stream.STREAM_INFERENCE, 0, 3).map((r) => r.seq)).toEqual([6, 7, 8]);
+    expect(buffer.peek(100, 0).map((r) => r.seq)).toEqual([6, 7, 8, 9, 10]);
+    expect(buffer.peekNewest(0, 100).map((r) => r.seq)).toEqual([10, 9, 8, 7, 6]);
+    const rows = (): Array<{ seq: number; sent: number }> => {
+      const db = new Database(path, { readonly: true });
+      try {
+        return db.prepare('SELECT seq, sent FROM outbox ORDER BY seq').all() as Array<{ seq: number; sent: number }>;
+      } finally {
+        db.close();
+      }
+    };
+    expect(rows()).toHaveLength(10);
+    expect(windows).toHaveLength(1);
+
+    // The process dies before that window closes: the acknowledged rows are still in the file,
+    // marked sent, so the policy leaves them alone until they go again and are acknowledged again.
+    buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits });
+    expect(buffer.depth()).toBe(10);
+    await fill(buffer, Stream.STREAM_INFERENCE, 5, clock);
+    expect(buffer.peekStream(Stream.STREAM_INFERENCE, 0, 100).map((r) => r.seq)).toEqual([1, 2, 3, 4, 5, 11, 12, 13, 14, 15]);
+    expect(buffer.dropped()[Stream.STREAM_INFERENCE]!.budget).toBe(5);
+    expect(buffer.acknowledge([{ boot: 1, first: 1, last: 5 }])).toBe(5);
+    // The acknowledged rows are never counted as dropped while their delete waits.
+    await fill(buffer, Stream.STREAM_INFERENCE, 5, clock);
+    expect(buffer.dropped()[Stream.STREAM_INFERENCE]!.budget).toBe(5);
+    await buffer.close();
+    expect(rows().map((r) => r.seq)).toEqual([11, 12, 13, 14, 15, 16, 17, 18, 19, 20]);
   });
 });
 

@@ -8,7 +8,7 @@ import { InferenceEngine } from '../agent/inference/engine.js';
 import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
 import { startLocalApi } from '../agent/local-api/server.js';
 import { TelemetryRecorder } from '../agent/telemetry/recorder.js';
-import { systemClock } from '../common/clock.js';
+import { ManualClock, systemClock } from '../common/clock.js';
 import { silentLogger } from '../common/logger.js';
 import { demoModelBytes, modelFolder } from './fixtures/models.js';
 import { waitFor } from './helpers/processes.js';
@@ -62,6 +62,87 @@ describe('inference telemetry is group-committed off the request path', () => {
       await engine.shutdown();
       await buffer.close();
       await folder.remove();
+    }
+  });
+
+  it('group commit - a record after a quiet spell commits at the end of its turn, in the idle time after its answer; records within commitDelay of the last commit wait out the rest of it', async () => {
+    const clock = new ManualClock();
+    const delays: number[] = [];
+    const windows: Array<() => void> = [];
+    const buffer = SqliteBuffer.open({
+      file: join(dir, 'spacing.db'),
+      synchronous: 'FULL',
+      clock,
+      commitDelayMs: 20,
+      scheduleCommit: (commit, delayMs) => {
+        delays.push(delayMs);
+        windows.push(commit);
+        return () => undefined;
+      },
+    });
+    const closeWindows = () => {
+      for (const commit of windows.splice(0)) commit();
+    };
+    const record = () => buffer.enqueue({ stream: 2, timeMs: clock.now(), body: new Uint8Array([1]) });
+    try {
+      // Nothing committed for a while: no wait (a few requests a second on a large model).
+      let durable: Promise<unknown> = Promise.all([record(), record()]);
+      expect(delays).toEqual([0]);
+      closeWindows();
+      await durable;
+      // 5 ms after that commit: the records wait the 15 ms left, for company (a busy agent).
+      clock.advance(5);
+      durable = Promise.all([record(), record(), record()]);
+      expect(delays).toEqual([0, 15]);
+      closeWindows();
+      await durable;
+      // A full window after the last commit: no wait again.
+      clock.advance(20);
+      durable = record();
+      expect(delays).toEqual([0, 15, 0]);
+      closeWindows();
+      await durable;
+      expect(buffer.commitStats()).toEqual({ commits: 3, recordsCommitted: 6, waiting: 0 });
+    } finally {
+      await buffer.close();
+    }
+  });
+
+  it('group commit - a sent mark closes the window at once, so a backlog drains a round trip per batch, not a window per batch; ack deletes wait in the window', async () => {
+    const clock = new ManualClock();
+    const delays: number[] = [];
+    const windows: Array<() => void> = [];
+    const buffer = SqliteBuffer.open({
+      file: join(dir, 'mark-now.db'),
+      synchronous: 'FULL',
+      clock,
+      commitDelayMs: 20,
+      scheduleCommit: (commit, delayMs) => {
+        delays.push(delayMs);
+        windows.push(commit);
+        return () => undefined;
+      },
+    });
+    const closeWindows = () => {
+      for (const commit of windows.splice(0)) commit();
+    };
+    try {
+      const durable = Promise.all(Array.from({ length: 20 }, (_, i) => buffer.enqueue({ stream: 2, timeMs: clock.now(), body: new Uint8Array([i]) })));
+      closeWindows();
+      await durable;
+      // The first batch was acknowledged just now: its deletes wait for the spaced window.
+      buffer.markSent(buffer.peek(10, 0));
+      closeWindows();
+      expect(buffer.acknowledge([{ boot: buffer.boot, first: 1, last: 10 }])).toBe(10);
+      expect(delays).toEqual([0, 0, 20]);
+      // The next batch's mark does not wait out that window: it closes at the end of the turn, deletes and all.
+      const marked = buffer.markSent(buffer.peek(10, 0));
+      expect(delays).toEqual([0, 0, 20, 0]);
+      windows.at(-1)!();
+      await marked;
+      expect(buffer.commitStats().commits).toBe(3);
+    } finally {
+      await buffer.close();
     }
   });
 

@@ -10,6 +10,7 @@ import { ManualClock } from '../common/clock.js';
 import type { DownChannel, UpChannel } from '../common/device-protocol/topics.js';
 import { silentLogger } from '../common/logger.js';
 import { Outcome, Stream, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
+import { waitFor } from './helpers/processes.js';
 
 /**
  * The uploader writes telemetry batches by hand (stored record bodies plus boot and seq,
@@ -109,6 +110,8 @@ describe('telemetry batches the uploader encodes by hand', () => {
     // Pumps at once when something is buffered; no timer involved.
     uploader.checkTimeouts();
     uploader.stop();
+    // The batch goes once its sent mark is committed, with the buffer's next group commit.
+    await waitFor(() => uplink.sent.length, (n) => n > 0, { what: 'the batch published' });
     expect(uplink.sent.map((s) => s.channel)).toEqual(['telemetry']);
     const stored = buffer.peek(100, 0);
     const expected = stored.map((r) => ({ ...TelemetryRecord.decode(r.body), boot: r.boot, seq: r.seq }));

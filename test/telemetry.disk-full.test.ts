@@ -93,7 +93,7 @@ describe('telemetry on a full disk', () => {
     await produce(buffer, clock, Stream.STREAM_INFERENCE, 10, 100);
     // The uplink sends the five oldest; the control plane may store them, the ack is not back yet.
     const inFlight = buffer.peekStream(Stream.STREAM_INFERENCE, 0, 5);
-    buffer.markSent(inFlight);
+    await buffer.markSent(inFlight);
     await produce(buffer, clock, Stream.STREAM_INFERENCE, 5, 100);
     // Five had to go: the five oldest that were not in flight (seq 6..10), not seq 1..5.
     expect(seqs(buffer, Stream.STREAM_INFERENCE)).toEqual([1, 2, 3, 4, 5, 11, 12, 13, 14, 15]);

@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +15,7 @@ import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
 import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 import { waitFor } from './helpers/processes.js';
+import { walCommits } from './helpers/sqlite-wal.js';
 import { defaultBrokerLimits } from './helpers/mqtt.js';
 
 /**
@@ -128,5 +130,87 @@ describe('telemetry uploader draining a backlog', () => {
     expect(new Set(arrivals.map((a) => a.seq)).size).toBe(enqueued);
     expect(arrivals).toHaveLength(enqueued);
     expect(ingest.stats.duplicates - duplicatesBefore).toBe(0);
+  });
+  it('group commit - sent marks and ack deletes ride in the records\' commits: one fsync\'d transaction per window, not one each', async () => {
+    arrivals.length = 0;
+    const file = join(dir, 'buffer-commits.db');
+    // The test decides when each commit window closes.
+    const windows: Array<() => void> = [];
+    const buffer = SqliteBuffer.open({
+      file,
+      synchronous: 'FULL',
+      commitDelayMs: 20,
+      scheduleCommit: (commit) => {
+        windows.push(commit);
+        return () => undefined;
+      },
+    });
+    const closeWindow = () => {
+      for (const commit of windows.splice(0)) commit();
+    };
+    const enqueue = (n: number) =>
+      Promise.all(
+        Array.from({ length: n }, () => {
+          const timeMs = Date.now();
+          const body = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream: Stream.STREAM_INFERENCE, body: { $case: 'event', value: { kind: 'test', message: '', attributes: {} } } }).finish();
+          return buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs, body });
+        }),
+      );
+    /** The rows in the file, from another connection, and which of them are marked sent. */
+    const fileRows = () => {
+      const db = new Database(file, { readonly: true });
+      try {
+        return db.prepare('SELECT seq, sent FROM outbox ORDER BY seq').all() as Array<{ seq: number; sent: number }>;
+      } finally {
+        db.close();
+      }
+    };
+    const range = (first: number, last: number) => Array.from({ length: last - first + 1 }, (_, i) => first + i);
+    const uplink = new MqttUplink({ url: link.deviceUrl, deviceId: `${DEVICE}-commits`, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
+    const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger, maxBatchRecords: 500, maxInflightBatches: 4, batchDelayMs: 1, ackTimeoutMs: 60_000, compressMinBytes: 0, liveEvery: 0 });
+    await uplink.start();
+    await waitFor(() => uplink.connected, (c) => c, { what: 'the uplink connected' });
+    const base = walCommits(file);
+    const commits = () => walCommits(file) - base;
+
+    // Window 1: ten inference records, one commit.
+    const first = enqueue(10);
+    closeWindow();
+    await first;
+    expect(commits()).toBe(1);
+
+    // The uploader takes them: their mark waits for the next window, and nothing goes out before it is durable.
+    uploader.notify();
+    await waitFor(() => windows.length, (n) => n === 1, { what: 'the sent mark waiting for a window' });
+    expect(commits()).toBe(1);
+    expect(arrivals).toHaveLength(0);
+    // Window 2: the next records and the mark, one commit; then the batch goes.
+    const second = enqueue(10);
+    closeWindow();
+    await second;
+    expect(commits()).toBe(2);
+    expect(fileRows().filter((r) => r.sent === 1).map((r) => r.seq)).toEqual(range(1, 10));
+    // Stored and acknowledged: gone from the buffer at once, the rows' delete waits for a window.
+    await waitFor(() => buffer.depth(), (d) => d === 10, { what: 'the ack of the first batch' });
+    expect(arrivals.map((a) => a.seq)).toEqual(range(1, 10));
+    expect(buffer.peek(100, 0).map((r) => r.seq)).toEqual(range(11, 20));
+    expect(commits()).toBe(2);
+    expect(fileRows()).toHaveLength(20);
+
+    // Window 3: the deletes, the second batch's mark and ten new records, one commit.
+    await waitFor(() => uploader.stats.batchesSent, (n) => n === 2, { what: 'the second batch taken' });
+    const third = enqueue(10);
+    closeWindow();
+    await third;
+    expect(commits()).toBe(3);
+    expect(fileRows()).toEqual(range(11, 30).map((seq) => ({ seq, sent: seq <= 20 ? 1 : 0 })));
+
+    // Three windows cost three transactions where the records, two marks and an ack used to cost six.
+    await waitFor(() => buffer.depth(), (d) => d === 10, { what: 'the ack of the second batch' });
+    uploader.stop();
+    await uplink.shutdown();
+    await buffer.close();
+    expect(arrivals.map((a) => a.seq)).toEqual(range(1, 20));
+    expect(fileRows().map((r) => r.seq)).toEqual(range(21, 30));
   });
 });

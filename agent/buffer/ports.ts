@@ -42,8 +42,17 @@ export interface TelemetryBuffer {
   peekStream(stream: Stream, afterSeq: number, limit: number): BufferedRecord[];
   /** The newest unacknowledged records above `aboveSeq`, newest first. */
   peekNewest(aboveSeq: number, limit: number): BufferedRecord[];
-  /** The uplink is about to send these: from now until acknowledged, the drop policy leaves them alone. */
-  markSent(records: readonly BufferedRecord[]): void;
+  /**
+   * The uplink is about to send these: from now until acknowledged, the drop policy leaves them
+   * alone. Resolves once the mark is durable (it may wait for the current group commit): the
+   * uplink publishes only then, so the mark survives kill -9 whenever the batch went out.
+   */
+  markSent(records: readonly BufferedRecord[]): Promise<void>;
+  /**
+   * The control plane has committed these: they leave depth(), the peeks and the policy at once
+   * (the rows may go with the next group commit; one left by a crash is sent again and
+   * de-duplicated). Returns how many were still buffered.
+   */
   acknowledge(ranges: readonly SeqRange[]): number;
   depth(): number;
   depthByStream(): Record<number, number>;

@@ -26,9 +26,14 @@ export interface SqliteBufferOptions {
   maxFileBytes?: number;
   /**
    * How long an enqueued record may wait for company before its group commit (0: the end of
-   * the current event-loop turn). No caller waits on the commit to answer anyone (inference
-   * telemetry is acknowledged to nobody), so a few milliseconds turn one fsync per request
-   * into one per window. The uplink only ever reads committed rows, so what it sends is
+   * the current event-loop turn), and so the least time between two commits. No caller waits
+   * on the commit to answer anyone (inference telemetry is acknowledged to nobody), so a few
+   * milliseconds turn one fsync per request into one per window. A window that opens this
+   * long or longer after the last commit closes at the end of the turn instead: under light
+   * load the commit (and its fsync, which blocks the event loop) happens right after the
+   * answer that made the record, in the idle time before the next request, not in the middle
+   * of it; under load the windows follow each other and group as before, at the same most
+   * commits per second. The uplink only ever reads committed rows, so what it sends is
    * durable whatever the delay; close() commits what is still waiting.
    */
   commitDelayMs?: number;
@@ -48,8 +53,9 @@ const realCommitScheduler: CommitScheduler = (commit, delayMs) => {
   return () => clearTimeout(timer);
 };
 
-/** Group commits so far: how many transactions the enqueue path cost, and the records they held. */
+/** Group commits so far: how many write transactions the buffer made, and the records they held. */
 export interface BufferCommitStats {
+  /** Every write transaction (each one fsync'd at synchronous=FULL): inserts, sent marks and ack deletes share them. */
   commits: number;
   recordsCommitted: number;
   /** Records enqueued and not committed yet (waiting for their window to close). */
@@ -90,7 +96,16 @@ const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) 
  * Records handed to the uplink and not acknowledged yet (markSent) are never dropped by
  * policy: the control plane may have stored them already, and a record must be either
  * stored or counted as dropped, never both. The mark is persisted (column `sent`) before
- * the batch is published, so it holds across kill -9 until the ack deletes the record.
+ * the batch is published (markSent resolves then), so it holds across kill -9 until the ack
+ * deletes the record.
+ *
+ * Marks and ack deletes ride in a group commit instead of paying a transaction, and an fsync,
+ * each: ack deletes wait in the current window; a mark closes it at the end of the turn (the
+ * next batch waits on it), taking the records and deletes waiting there. Under inference load
+ * one commit holds the new records, the marks of the batch about to go and the deletes of
+ * the batches acknowledged. An acknowledged record leaves the counts, the peeks and the policy at once;
+ * its row goes with that commit. A kill -9 before it leaves the row behind, marked sent: it is
+ * sent again after the restart and the control plane, which de-duplicates, acknowledges it again.
  */
 export class SqliteBuffer implements TelemetryBuffer {
   readonly boot: number;
@@ -104,25 +119,35 @@ export class SqliteBuffer implements TelemetryBuffer {
   private readonly selectAfter: Statement;
   private readonly selectStream: Statement;
   private readonly selectNewest: Statement;
-  private readonly deleteRange: Statement;
   private readonly evictOldest: Statement;
   private readonly expire: Statement;
   private readonly saveDrops: Statement;
   private readonly saveSent: Statement;
+  private readonly deleteSeqs: Statement;
+  private readonly selectRange: Statement;
   private readonly pageSize: number;
   /** Records and bytes per stream, kept in step with the table. */
   private readonly counts = new Map<number, { records: number; bytes: number }>();
   private drops: DropCounts = emptyDrops();
   /** Seqs handed to the uplink and not acknowledged yet: policy drops skip them. */
   private readonly sent = new Set<number>();
+  /** Sent marks not committed yet, and the markSent callers waiting for that commit. */
+  private readonly unsavedMarks = new Set<number>();
+  private markWaiters: Array<{ resolve(): void; reject(err: unknown): void }> = [];
+  /** Acknowledged seqs whose rows the next commit deletes: already out of the counts and the peeks. */
+  private readonly acked = new Set<number>();
   /** Drop counts changed by a commit that failed: saved with the next one that succeeds. */
   private dropsUnsaved = false;
   private pending: Pending[] = [];
   private cancelFlush: (() => void) | undefined;
+  /** Whether the open window closes at the end of the turn (a sent mark waits on it). */
+  private windowImmediate = false;
   private closed = false;
   private readonly commitDelayMs: number;
   private readonly scheduleCommit: CommitScheduler;
   private readonly commitCounts = { commits: 0, recordsCommitted: 0 };
+  /** When the last window closed (the clock's time), for the spacing of the next one. */
+  private lastCommitAt = -Infinity;
 
   static open(options: SqliteBufferOptions): SqliteBuffer {
     let db: Db;
@@ -180,13 +205,14 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.selectAfter = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
     this.selectStream = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?');
     this.selectNewest = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT ?');
-    this.deleteRange = db.prepare('DELETE FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ? RETURNING seq, stream, length(body) AS bytes');
     this.evictOldest = db.prepare(
       'DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes',
     );
     this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? AND seq NOT IN (SELECT value FROM json_each(?)) RETURNING stream, length(body) AS bytes');
     this.pageSize = db.pragma('page_size', { simple: true }) as number;
     this.saveSent = db.prepare('UPDATE outbox SET sent = 1 WHERE seq IN (SELECT value FROM json_each(?)) AND sent = 0');
+    this.deleteSeqs = db.prepare('DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))');
+    this.selectRange = db.prepare('SELECT seq, stream, length(body) AS bytes FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ?');
     this.saveDrops = db.prepare(`INSERT INTO agent_state (key, value) VALUES ('buffer.drops', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
   }
 
@@ -194,9 +220,23 @@ export class SqliteBuffer implements TelemetryBuffer {
     if (this.closed) return Promise.reject(new DriftlineError('SHUTTING_DOWN', 'the buffer is closed'));
     return new Promise((resolve, reject) => {
       this.pending.push({ record, resolve, reject });
-      // The first record of a window opens it; the others ride along in its commit.
-      this.cancelFlush ??= this.scheduleCommit(() => this.flush(), this.commitDelayMs);
+      this.openWindow();
     });
+  }
+
+  /**
+   * The first write of a window opens it; the others (records, marks, deletes) ride along in
+   * its commit. `now`: a sent mark, which the uplink's next batch waits on (a backlog drains
+   * one round trip per batch in flight), closes the window at the end of the turn, taking
+   * whatever records and deletes wait in it.
+   */
+  private openWindow(now = false): void {
+    if (this.cancelFlush && (this.windowImmediate || !now)) return;
+    this.cancelFlush?.();
+    // A clock stepped either way only shortens or lengthens this window within [0, commitDelayMs].
+    const delay = now ? 0 : Math.min(this.commitDelayMs, Math.max(0, this.lastCommitAt + this.commitDelayMs - this.clock.now()));
+    this.windowImmediate = delay === 0;
+    this.cancelFlush = this.scheduleCommit(() => this.flush(), delay);
   }
 
   commitStats(): BufferCommitStats {
@@ -208,18 +248,48 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.cancelFlush = undefined;
     const batch = this.pending;
     this.pending = [];
-    if (batch.length === 0) return;
+    const marks = [...this.unsavedMarks].filter((seq) => !this.acked.has(seq));
+    const deletes = [...this.acked];
+    const waiters = this.markWaiters;
+    this.unsavedMarks.clear();
+    this.markWaiters = [];
+    if (batch.length === 0 && marks.length === 0 && deletes.length === 0) {
+      for (const w of waiters) w.resolve();
+      return;
+    }
+    this.lastCommitAt = this.clock.now();
     this.commitCounts.commits++;
     this.commitCounts.recordsCommitted += batch.length;
     const before = this.snapshot();
     try {
-      this.db.transaction(() => this.insertBatch(batch))();
+      this.db.transaction(() => {
+        // The deletes first: their pages are free for the inserts, and the policy never sees the rows.
+        this.saveBookkeeping(marks, deletes);
+        if (batch.length > 0) this.insertBatch(batch);
+      })();
+      this.bookkeepingSaved(deletes, waiters);
       for (const p of batch) p.resolve();
       return;
     } catch (err) {
       this.restore(before);
-      if (!isDiskFull(err)) return rejectAll(batch, err);
+      if (!isDiskFull(err)) {
+        this.bookkeepingFailed(marks, waiters, err);
+        return rejectAll(batch, err);
+      }
     }
+    // A full disk: the marks and deletes alone first (deletes free pages, marks change no
+    // row's size). A mark that still does not fit holds in memory for this run, as before.
+    if (marks.length > 0 || deletes.length > 0) {
+      try {
+        this.commitCounts.commits++;
+        this.db.transaction(() => this.saveBookkeeping(marks, deletes))();
+        this.bookkeepingSaved(deletes, waiters);
+      } catch (err) {
+        if (isDiskFull(err)) for (const w of waiters) w.resolve();
+        else this.bookkeepingFailed(marks, waiters, err);
+      }
+    } else for (const w of waiters) w.resolve();
+    if (batch.length === 0) return;
     // The disk (or maxFileBytes) filled up before the byte budget did. Same policy as the
     // budget: the oldest records of the lowest-priority stream make room (never a stream more
     // important than any in the batch), committed on their own so their pages are free for
@@ -252,6 +322,29 @@ export class SqliteBuffer implements TelemetryBuffer {
       }
     }
     for (const p of batch) p.resolve();
+  }
+
+  /** Runs inside a transaction: the window's sent marks and ack deletes. */
+  private saveBookkeeping(marks: readonly number[], deletes: readonly number[]): void {
+    if (deletes.length > 0) this.deleteSeqs.run(JSON.stringify(deletes));
+    if (marks.length > 0) this.saveSent.run(JSON.stringify(marks));
+  }
+
+  private bookkeepingSaved(deletes: readonly number[], waiters: ReadonlyArray<{ resolve(): void }>): void {
+    for (const seq of deletes) this.acked.delete(seq);
+    for (const w of waiters) w.resolve();
+  }
+
+  /** Not committed: the deletes stay pending for the next commit; the marks' callers do not publish. */
+  private bookkeepingFailed(marks: readonly number[], waiters: ReadonlyArray<{ reject(err: unknown): void }>, cause: unknown): void {
+    for (const seq of marks) this.sent.delete(seq);
+    const error = new DriftlineError('STORE_FAILED', 'cannot mark records as sent', { cause });
+    for (const w of waiters) w.reject(error);
+  }
+
+  /** Rows the policy must leave alone: in flight (possibly stored), or acknowledged and about to be deleted. */
+  private protectedSeqs(): string {
+    return JSON.stringify(this.acked.size === 0 ? [...this.sent] : [...this.sent, ...this.acked]);
   }
 
   /** Runs inside a transaction: inserts the batch, then applies quotas and the budget. */
@@ -328,7 +421,7 @@ export class SqliteBuffer implements TelemetryBuffer {
 
   /** Deletes the stream's n oldest records that are not in flight, counted as dropped for the reason; returns what that freed. */
   private evict(stream: number, n: number, reason: DropReason): Freed {
-    const rows = this.evictOldest.all(stream, JSON.stringify([...this.sent]), n) as Array<{ bytes: number }>;
+    const rows = this.evictOldest.all(stream, this.protectedSeqs(), n) as Array<{ bytes: number }>;
     const c = this.countsOf(stream);
     const freed = rows.reduce((sum, r) => sum + r.bytes + ROW_OVERHEAD_BYTES, 0);
     c.records -= rows.length;
@@ -353,13 +446,15 @@ export class SqliteBuffer implements TelemetryBuffer {
    * truncates the WAL. Meant for a periodic task, not the enqueue path.
    */
   maintain(): { expired: number } {
+    // What waits for its window goes first: the expiry then sees the rows as they are.
+    this.flush();
     let expired = 0;
     const cutoff = expiryCutoff(this.clock.now(), this.limits);
     if (cutoff !== undefined) {
       const before = this.snapshot();
       try {
         this.db.transaction(() => {
-          const rows = this.expire.all(cutoff, JSON.stringify([...this.sent])) as Array<{ stream: number; bytes: number }>;
+          const rows = this.expire.all(cutoff, this.protectedSeqs()) as Array<{ stream: number; bytes: number }>;
           for (const r of rows) {
             const c = this.countsOf(r.stream);
             c.records--;
@@ -380,46 +475,81 @@ export class SqliteBuffer implements TelemetryBuffer {
   }
 
   peek(limit: number, afterSeq: number): BufferedRecord[] {
-    return this.selectAfter.all(afterSeq, limit) as BufferedRecord[];
+    return this.ascending((after, n) => this.selectAfter.all(after, n) as BufferedRecord[], afterSeq, limit);
   }
 
   peekStream(stream: number, afterSeq: number, limit: number): BufferedRecord[] {
-    return this.selectStream.all(stream, afterSeq, limit) as BufferedRecord[];
+    return this.ascending((after, n) => this.selectStream.all(stream, after, n) as BufferedRecord[], afterSeq, limit);
   }
 
+  /** Acknowledged rows still in the table (their delete waits for the window) are skipped. */
   peekNewest(aboveSeq: number, limit: number): BufferedRecord[] {
-    return this.selectNewest.all(aboveSeq, limit) as BufferedRecord[];
+    const rows = this.selectNewest.all(aboveSeq, limit) as BufferedRecord[];
+    return this.acked.size === 0 ? rows : rows.filter((r) => !this.acked.has(r.seq));
   }
 
-  markSent(records: readonly BufferedRecord[]): void {
-    const fresh = records.filter((r) => !this.sent.has(r.seq));
-    for (const r of fresh) this.sent.add(r.seq);
-    if (fresh.length === 0) return;
-    try {
-      this.saveSent.run(JSON.stringify(fresh.map((r) => r.seq)));
-    } catch (err) {
-      // A disk too full even for this update: the mark still holds in memory for this run.
-      if (!isDiskFull(err)) throw new DriftlineError('STORE_FAILED', 'cannot mark records as sent', { cause: err });
+  /** Up to `limit` rows after `afterSeq` in seq order, without the acknowledged rows whose delete waits for the window. */
+  private ascending(select: (afterSeq: number, limit: number) => BufferedRecord[], afterSeq: number, limit: number): BufferedRecord[] {
+    let rows = select(afterSeq, limit);
+    if (this.acked.size === 0) return rows;
+    const out: BufferedRecord[] = [];
+    for (;;) {
+      for (const r of rows) if (!this.acked.has(r.seq) && out.length < limit) out.push(r);
+      if (rows.length < limit || out.length >= limit) return out;
+      rows = select(rows[rows.length - 1]!.seq, limit);
     }
   }
 
+  /**
+   * The mark goes into the current window's commit, which it closes at the end of the turn;
+   * the promise resolves once it is durable (publish then), or at once when every record's
+   * mark already is. A disk too full even for
+   * the mark leaves it in memory for this run and resolves too.
+   */
+  markSent(records: readonly BufferedRecord[]): Promise<void> {
+    if (this.closed) return Promise.reject(new DriftlineError('SHUTTING_DOWN', 'the buffer is closed'));
+    let waits = false;
+    for (const r of records) {
+      if (this.acked.has(r.seq)) continue;
+      if (!this.sent.has(r.seq)) {
+        this.sent.add(r.seq);
+        this.unsavedMarks.add(r.seq);
+      }
+      if (this.unsavedMarks.has(r.seq)) waits = true;
+    }
+    if (!waits) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.markWaiters.push({ resolve, reject });
+      this.openWindow(true);
+    });
+  }
+
+  /**
+   * Acknowledged records leave the counts, the peeks and the policy now; their rows are deleted
+   * by the current window's commit. Returns how many of them were still buffered.
+   */
   acknowledge(ranges: readonly SeqRange[]): number {
-    type Deleted = { seq: number; stream: number; bytes: number };
-    let deleted: Deleted[];
+    type Row = { seq: number; stream: number; bytes: number };
+    let rows: Row[];
     try {
-      deleted = this.db.transaction(() => ranges.flatMap((r) => this.deleteRange.all(r.boot, r.first, r.last) as Deleted[]))();
+      rows = ranges.flatMap((r) => this.selectRange.all(r.boot, r.first, r.last) as Row[]);
     } catch (err) {
-      // Nothing was deleted; the records stay until the ack comes again after a resend.
-      throw new DriftlineError('STORE_FAILED', 'cannot delete acknowledged records', { cause: err });
+      // Nothing was counted; the records stay until the ack comes again after a resend.
+      throw new DriftlineError('STORE_FAILED', 'cannot find acknowledged records', { cause: err });
     }
-    // Counted only once the deletes are committed, so a failed commit leaves the counts true.
-    for (const row of deleted) {
+    let n = 0;
+    for (const row of rows) {
+      if (this.acked.has(row.seq)) continue;
+      n++;
+      this.acked.add(row.seq);
       this.sent.delete(row.seq);
+      this.unsavedMarks.delete(row.seq);
       const c = this.countsOf(row.stream);
       c.records--;
       c.bytes -= row.bytes + ROW_OVERHEAD_BYTES;
     }
-    return deleted.length;
+    if (n > 0) this.openWindow();
+    return n;
   }
 
   depth(): number {

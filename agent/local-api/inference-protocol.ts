@@ -34,8 +34,8 @@ const InferRequestSchema = z.object({
           shape: z.array(z.number()),
           datatype: z.string(),
           parameters: z.object({ binary_data_size: binaryDataSize.optional() }).loose().optional(),
-          // Elements are checked once, by the engine, against the model's datatype; numeric data arrives as one Float64Array.
-          data: z.custom<unknown[] | Float64Array>((v) => Array.isArray(v) || v instanceof Float64Array, 'expected an array').optional(),
+          // Elements are checked once, by the engine, against the model's datatype; numeric data arrives as one Float32Array (FP32) or Float64Array.
+          data: z.custom<unknown[] | Float32Array | Float64Array>((v) => Array.isArray(v) || v instanceof Float32Array || v instanceof Float64Array, 'expected an array').optional(),
         })
         .refine((i) => (i.data === undefined) !== (i.parameters?.binary_data_size === undefined), {
           message: 'give either data or parameters.binary_data_size (with the bytes after the JSON header)',
@@ -163,6 +163,6 @@ function toInputs(request: InferRequest, binary: Buffer): InferInput[] {
 }
 
 /** The protocol allows nested row-major arrays; the engine takes flat ones (numeric data is flat already). */
-function flatten(data: unknown[] | Float64Array): ArrayLike<unknown> {
+function flatten(data: unknown[] | Float32Array | Float64Array): ArrayLike<unknown> {
   return Array.isArray(data) && data.length > 0 && Array.isArray(data[0]) ? data.flat(Infinity) : data;
 }

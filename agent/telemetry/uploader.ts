@@ -167,18 +167,23 @@ export class TelemetryUploader {
         if (records.length === 0) break;
         const key = batchKey(records);
         this.inflight.set(key, { sentAt: clock.now(), records: records.length });
-        // Possibly stored from now on: the buffer's drop policy must not count them as dropped.
-        this.options.buffer.markSent(records);
         const payload = this.encode(records);
         this.tokens -= payload.length;
         this.stats.batchesSent++;
         this.stats.recordsSent += records.length;
         this.stats.bytesSent += payload.length;
-        uplink.publish('telemetry', payload).catch((err: unknown) => {
-          // Offline or refused: the records stay buffered and go again after reconnect.
-          this.options.logger.debug({ err }, 'telemetry batch not accepted by the broker');
-          this.inflight.delete(key);
-        });
+        // Possibly stored once published: the buffer's drop policy must not count them as
+        // dropped, so the batch goes only once that mark is durable (in the buffer's group
+        // commit at the end of this turn, with the records and deletes waiting, not a
+        // transaction of its own).
+        this.options.buffer
+          .markSent(records)
+          .then(() => uplink.publish('telemetry', payload))
+          .catch((err: unknown) => {
+            // Offline, refused, or the mark not saved: the records stay buffered and go again after reconnect or timeout.
+            this.options.logger.debug({ err }, 'telemetry batch not sent');
+            this.inflight.delete(key);
+          });
       }
     } finally {
       this.pumping = false;

@@ -18,8 +18,9 @@ export interface RunningProcess {
 }
 
 /** Starts `node <script> ...args` from the repository root and waits for a stdout line matching `ready`. */
-export async function startProcess(script: string, args: string[], ready: RegExp, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunningProcess> {
-  const child = spawn(process.execPath, [script, ...args], {
+/** nodeArgs: flags for node itself, before the script (--cpu-prof, which NODE_OPTIONS refuses). */
+export async function startProcess(script: string, args: string[], ready: RegExp, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<RunningProcess> {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), script, ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, DRIFTLINE_LOG_LEVEL: process.env.DRIFTLINE_LOG_LEVEL ?? 'warn', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],

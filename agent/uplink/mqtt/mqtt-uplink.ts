@@ -77,6 +77,9 @@ export class MqttUplink implements Uplink {
     this.client = client;
     const prefix = downPrefix(deviceId);
     client.on('connect', () => {
+      // No Nagle: a batch written just after a small packet (the PUBACK of an ack) would wait
+      // for the broker's delayed TCP ack, about 40 ms a batch, while a backlog drains.
+      (client.stream as { setNoDelay?: (noDelay: boolean) => void }).setNoDelay?.(true);
       this.attempt = 0;
       this.subscribed = false;
       client.subscribe(`${prefix}#`, { qos: 1 }, (err, granted) => {
