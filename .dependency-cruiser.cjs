@@ -40,7 +40,8 @@ module.exports = {
     },
     {
       name: 'sqlite-only-in-its-store',
-      comment: 'The control plane (and the CLI and client beside it) reaches SQLite only through the repositories in store/sqlite/ (behind each domain\'s ports); not even its types elsewhere.',
+      comment:
+        "The control plane (and the CLI and client beside it) reaches SQLite only through the repositories in store/sqlite/ (behind each domain's ports); not even its types elsewhere.",
       severity: 'error',
       from: { path: '^(control-plane|cli|client)/', pathNot: '^control-plane/store/sqlite/' },
       to: { path: '(^|/)node_modules/better-sqlite3/' },
@@ -64,7 +65,8 @@ module.exports = {
     },
     {
       name: 'cli-talks-over-the-client',
-      comment: 'The CLI reaches the control plane through client/; of control-plane/ it loads only the entry point and its configuration schema, for `driftline serve`.',
+      comment:
+        'The CLI reaches the control plane through client/; of control-plane/ it loads only the entry point and its configuration schema, for `driftline serve`.',
       severity: 'error',
       from: { path: '^cli/' },
       to: { path: ['^agent/', '^simulator/', '^demo/', '^control-plane/(?!(main|config)\\.ts$)'] },

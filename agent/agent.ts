@@ -117,7 +117,10 @@ export async function startAgent(
   const runtime = createOnnxRuntime({ logger, libraryPath: inference.libraryPath });
   const providerNames = inference.providers.map((p) => p.name);
   warnings.push(...providerWarnings(inference, runtime.availableProviders(), hostFacts));
-  logger.info({ firmwareProfile, reason: profileChoice.reason, providers: providerNames, batching: inference.batching, maxModelBytes: inference.maxModelBytes }, 'firmware profile');
+  logger.info(
+    { firmwareProfile, reason: profileChoice.reason, providers: providerNames, batching: inference.batching, maxModelBytes: inference.maxModelBytes },
+    'firmware profile',
+  );
   for (const warning of warnings) logger.warn({ firmwareProfile }, warning);
   const identity = await ensureIdentity(config, firmwareProfile, logger, clock);
   const deviceId = identity.deviceId;
@@ -130,7 +133,12 @@ export async function startAgent(
     file: paths.buffer,
     limits: {
       maxBytes: bufferBudgetBytes,
-      maxRecords: { [Stream.STREAM_EVENTS]: quotas.events, [Stream.STREAM_INFERENCE]: quotas.inference, [Stream.STREAM_SYSTEM]: quotas.system, [Stream.STREAM_SAMPLES]: quotas.samples },
+      maxRecords: {
+        [Stream.STREAM_EVENTS]: quotas.events,
+        [Stream.STREAM_INFERENCE]: quotas.inference,
+        [Stream.STREAM_SYSTEM]: quotas.system,
+        [Stream.STREAM_SAMPLES]: quotas.samples,
+      },
       ttlMs: config.buffer.ttlMs,
     },
     clock,
@@ -140,10 +148,24 @@ export async function startAgent(
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
-  new Gauge({ name: 'driftline_agent_buffer_depth', help: 'Telemetry records waiting for acknowledgement', registers: [metrics], collect() { this.set(buffer.depth()); } });
+  new Gauge({
+    name: 'driftline_agent_buffer_depth',
+    help: 'Telemetry records waiting for acknowledgement',
+    registers: [metrics],
+    collect() {
+      this.set(buffer.depth());
+    },
+  });
 
   const uplink: Uplink = createUplink({ mqtt: config.mqtt, identity, logger });
-  new Gauge({ name: 'driftline_agent_uplink_connected', help: '1 when connected to the broker', registers: [metrics], collect() { this.set(uplink.connected ? 1 : 0); } });
+  new Gauge({
+    name: 'driftline_agent_uplink_connected',
+    help: '1 when connected to the broker',
+    registers: [metrics],
+    collect() {
+      this.set(uplink.connected ? 1 : 0);
+    },
+  });
   const uploader = new TelemetryUploader({ ...config.uplink, buffer, uplink, clock, logger, maxBytesPerSecond: uploadBytesPerSecond });
   const recorder = new TelemetryRecorder(buffer, clock, logger, () => uploader.notify());
   const hostSensors = new HostSensors({ accelerator: profile.accelerator });
@@ -155,7 +177,9 @@ export async function startAgent(
     const active = engine.active();
     drift.setModel(active?.name ?? '', active?.version ?? 0, active ? references.forModel(active.name, active.version) : undefined);
   };
-  const dropReports = new DropReporter(buffer, (drops) => recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(drops)));
+  const dropReports = new DropReporter(buffer, (drops) =>
+    recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(drops)),
+  );
   const maintainBuffer = (): void => {
     try {
       buffer.maintain();
@@ -265,7 +289,10 @@ export async function startAgent(
     } else if (status.type === 'reconnecting') {
       logger.info({ attempt: status.attempt, delayMs: status.delayMs }, 'broker unreachable; reconnecting');
     } else if (status.type === 'refused') {
-      const err = new DriftlineError('DEVICE_DECOMMISSIONED', `the control plane refused device ${deviceId} (${status.message}): it was decommissioned; enroll it again with a new token from \`driftline devices token ${deviceId}\``);
+      const err = new DriftlineError(
+        'DEVICE_DECOMMISSIONED',
+        `the control plane refused device ${deviceId} (${status.message}): it was decommissioned; enroll it again with a new token from \`driftline devices token ${deviceId}\``,
+      );
       logger.error({ deviceId }, err.message);
       deps.onFatal?.(err);
     }
@@ -361,7 +388,9 @@ export async function startAgent(
         async run() {
           tasks = await Promise.all([
             every('heartbeat', config.schedule.heartbeat ?? profile.telemetry.heartbeat, 'heartbeat', () => reportState()),
-            every('system', config.schedule.system ?? profile.telemetry.system, 'system-metrics', () => hostSensors.read().then((host) => recorder.system(config.dataDir, host))),
+            every('system', config.schedule.system ?? profile.telemetry.system, 'system-metrics', () =>
+              hostSensors.read().then((host) => recorder.system(config.dataDir, host)),
+            ),
             every('uplinkCheck', config.schedule.uplinkCheck, 'uplink-check', () => uploader.checkTimeouts()),
             every('driftWindow', config.schedule.driftWindow, 'drift-window', () => drift.flush()),
             every('bufferMaintenance', config.schedule.bufferMaintenance, 'buffer-maintenance', maintainBuffer),

@@ -11,7 +11,10 @@ export const agentConfigSchema = z
     deviceId: z.string().optional(),
     dataDir: z.string().min(1).default('./.driftline-agent'),
     /** The control plane's gRPC address, used to enroll. */
-    server: z.string().regex(/^[^\s/:]+:\d+$/, 'expected host:port').default('127.0.0.1:7443'),
+    server: z
+      .string()
+      .regex(/^[^\s/:]+:\d+$/, 'expected host:port')
+      .default('127.0.0.1:7443'),
     serverCaFile: z.string().optional(),
     serverTls: z.boolean().default(false),
     enrollToken: z.string().optional(),
@@ -20,7 +23,10 @@ export const agentConfigSchema = z
     mqtt: z
       .object({
         /** Overrides the broker URL handed out at enrollment. */
-        url: z.string().regex(/^mqtts?:\/\//, 'expected mqtt:// or mqtts://').optional(),
+        url: z
+          .string()
+          .regex(/^mqtts?:\/\//, 'expected mqtt:// or mqtts://')
+          .optional(),
         caFile: z.string().optional(),
         keepalive: duration.prefault('30s'),
         reconnectMin: duration.prefault('1s'),
@@ -197,10 +203,15 @@ export const AGENT_ENVIRONMENT: Readonly<Record<string, (value: string) => Recor
 export function loadAgentConfig(options: { file?: string | undefined; env?: NodeJS.ProcessEnv; flags?: Record<string, unknown> }): Readonly<AgentConfig> {
   const fromFile = options.file ? readConfigFile(options.file) : {};
   const fromEnv = environmentLayer(options.env ?? {}, AGENT_ENVIRONMENT);
-  const source = [options.file, Object.keys(fromEnv).length ? 'environment' : undefined, options.flags && Object.keys(options.flags).length ? 'flags' : undefined]
+  const source = [
+    options.file,
+    Object.keys(fromEnv).length ? 'environment' : undefined,
+    options.flags && Object.keys(options.flags).length ? 'flags' : undefined,
+  ]
     .filter(Boolean)
     .join(' + ');
   // A file that is not an object is named alone: the environment and flags are not what is wrong.
-  if (fromFile === null || typeof fromFile !== 'object' || Array.isArray(fromFile)) return parseConfig(agentConfigSchema, fromFile, options.file ?? 'configuration');
+  if (fromFile === null || typeof fromFile !== 'object' || Array.isArray(fromFile))
+    return parseConfig(agentConfigSchema, fromFile, options.file ?? 'configuration');
   return parseConfig(agentConfigSchema, layerConfig(fromFile, fromEnv, options.flags), source || 'defaults');
 }

@@ -29,7 +29,10 @@ program
   .description('check this installation: native addons, one inference on the bundled demo model, the buffer, the firmware profile')
   .option('--data-dir <dir>', 'open (or create) the buffer in this folder instead of a temporary one')
   .option('--model <file.onnx>', 'run this model instead of the demo model bundled in the binary')
-  .option('--examples <file.json>', 'with --model: example inputs it runs on (the file `driftline models push --examples` takes); without, sizes for its dynamic dims are tried')
+  .option(
+    '--examples <file.json>',
+    'with --model: example inputs it runs on (the file `driftline models push --examples` takes); without, sizes for its dynamic dims are tried',
+  )
   .option('--profile <name>', 'firmware profile name, or auto')
   .option('--json', 'print the results as one JSON line')
   .addHelpText('after', '\nExit codes: 0 every check passed, 1 a check failed.')
@@ -56,7 +59,10 @@ program
   .option('--buffer-sync <mode>', `SQLite synchronous mode for the buffer: FULL or NORMAL (default: ${DEFAULTS.buffer.synchronous})`)
   .option('--log-level <level>', `trace, debug, info, warn, error (default: ${DEFAULTS.logLevel})`)
   .addOption(
-    new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise').choices(LOG_FORMATS).env('DRIFTLINE_LOG_FORMAT').default('auto'),
+    new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise')
+      .choices(LOG_FORMATS)
+      .env('DRIFTLINE_LOG_FORMAT')
+      .default('auto'),
   )
   .addHelpText(
     'after',
@@ -124,7 +130,10 @@ program.parseAsync(process.argv).catch((err: unknown) => {
   if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') process.exit(AGENT_EXIT.ok);
   if (code?.startsWith('commander.')) process.exit(AGENT_EXIT.usage);
   if (err instanceof DriftlineError) {
-    const fix = err.code === 'LISTEN_FAILED' && err.details?.listener === 'local-api' ? '; choose another port with --local-port <port> (0: any free port) or serve on a unix socket with --local-socket <path>' : '';
+    const fix =
+      err.code === 'LISTEN_FAILED' && err.details?.listener === 'local-api'
+        ? '; choose another port with --local-port <port> (0: any free port) or serve on a unix socket with --local-socket <path>'
+        : '';
     process.stderr.write(`driftline-agent: error [${err.code}]: ${err.message}${fix}\n`);
     process.exit(err.kind === 'invalid' || err.kind === 'unauthenticated' || err.kind === 'forbidden' ? AGENT_EXIT.config : AGENT_EXIT.failed);
   }

@@ -101,7 +101,10 @@ export function embeddedNativeManifest(): NativeManifest {
     throw new DriftlineError('NATIVE_ADDON_FAILED', 'the binary holds no native addon manifest; rebuild it with npm run package:agent', { cause: err });
   }
   if (manifest.platform !== process.platform || manifest.arch !== process.arch) {
-    throw new DriftlineError('NATIVE_ADDON_FAILED', `this binary embeds addons for ${manifest.platform}-${manifest.arch}, not ${process.platform}-${process.arch}`);
+    throw new DriftlineError(
+      'NATIVE_ADDON_FAILED',
+      `this binary embeds addons for ${manifest.platform}-${manifest.arch}, not ${process.platform}-${process.arch}`,
+    );
   }
   manifestCache = manifest;
   return manifest;
@@ -141,7 +144,11 @@ export function prepareNativeAddons(root: string = nativeCacheRoot()): NativeAdd
     return (prepared = { dir, extracted: true, files: manifest.files });
   } catch (err) {
     if (err instanceof DriftlineError) throw err;
-    throw new DriftlineError('NATIVE_ADDON_FAILED', `cannot extract the native addons into ${dir}: ${(err as Error).message} (set ${NATIVE_DIR_ENV} to a writable folder that allows executables)`, { cause: err });
+    throw new DriftlineError(
+      'NATIVE_ADDON_FAILED',
+      `cannot extract the native addons into ${dir}: ${(err as Error).message} (set ${NATIVE_DIR_ENV} to a writable folder that allows executables)`,
+      { cause: err },
+    );
   }
 }
 

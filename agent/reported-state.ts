@@ -41,6 +41,8 @@ export function reportedState(facts: ReportedStateFacts): ReportedState {
 export function stateReporter(uplink: Pick<Uplink, 'connected' | 'publish'>, facts: () => ReportedStateFacts, logger: Logger): () => Promise<void> {
   return async () => {
     if (!uplink.connected) return;
-    await uplink.publish('state', ReportedState.encode(reportedState(facts())).finish()).catch((err: unknown) => logger.debug({ err }, 'state report not sent'));
+    await uplink
+      .publish('state', ReportedState.encode(reportedState(facts())).finish())
+      .catch((err: unknown) => logger.debug({ err }, 'state report not sent'));
   };
 }

@@ -154,7 +154,8 @@ function toInferInputs(example: ExampleInput, info: ActiveModelInfo): InferInput
     const datatype = datatypeOf(spec.type) ?? spec.type;
     const size = tensor.dims.reduce((a, b) => a * b, 1);
     const zero = datatype === 'BYTES' ? '' : datatype === 'BOOL' ? false : 0;
-    const data = tensor.data ?? (info.inputs.length === 1 && datatype === 'FP32' && size === SAMPLE_ROW.length ? SAMPLE_ROW : new Array<unknown>(size).fill(zero));
+    const data =
+      tensor.data ?? (info.inputs.length === 1 && datatype === 'FP32' && size === SAMPLE_ROW.length ? SAMPLE_ROW : new Array<unknown>(size).fill(zero));
     return { name: spec.name, datatype, shape: tensor.dims, data };
   });
 }
@@ -162,7 +163,9 @@ function toInferInputs(example: ExampleInput, info: ActiveModelInfo): InferInput
 /** The report as a table people read at a terminal, ending with PASS or FAIL. */
 export function formatSelftest(report: SelftestReport): string {
   const width = Math.max(...report.checks.map((c) => c.name.length));
-  const lines = [`driftline-agent ${report.version} selftest (${report.packaged ? 'packaged binary' : 'from source'}, ${report.runtime.platform}-${report.runtime.arch}, node ${report.runtime.node})`];
+  const lines = [
+    `driftline-agent ${report.version} selftest (${report.packaged ? 'packaged binary' : 'from source'}, ${report.runtime.platform}-${report.runtime.arch}, node ${report.runtime.node})`,
+  ];
   for (const c of report.checks) lines.push(`  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name.padEnd(width)}  ${c.code ? `[${c.code}] ` : ''}${c.detail}`);
   const failed = report.checks.filter((c) => !c.ok).length;
   lines.push(report.ok ? 'selftest: PASS' : `selftest: FAIL (${failed} of ${report.checks.length} checks failed)`);

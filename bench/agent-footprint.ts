@@ -51,7 +51,8 @@ const { values } = parseArgs({
     'heap-snapshot': { type: 'boolean', default: false },
   },
 });
-const unitNodeOptions = readFileSync(join(ROOT, 'packaging', 'install', 'driftline-agent.service'), 'utf8').match(/^Environment=NODE_OPTIONS=(.*)$/m)?.[1] ?? '';
+const unitNodeOptions =
+  readFileSync(join(ROOT, 'packaging', 'install', 'driftline-agent.service'), 'utf8').match(/^Environment=NODE_OPTIONS=(.*)$/m)?.[1] ?? '';
 const nodeOptions = values['node-options'] ?? unitNodeOptions;
 const minutes = Number(values.minutes);
 const runs = Number(values.runs);
@@ -72,7 +73,9 @@ const env: NodeJS.ProcessEnv = {
   HOME: home,
   DRIFTLINE_LOG_LEVEL: 'warn',
   DRIFTLINE_AGENT_NATIVE_DIR: join(scratch, 'native'),
-  ...(nodeOptions || values['heap-snapshot'] ? { NODE_OPTIONS: `${nodeOptions}${values['heap-snapshot'] ? ' --heapsnapshot-signal=SIGUSR2' : ''}`.trim() } : {}),
+  ...(nodeOptions || values['heap-snapshot']
+    ? { NODE_OPTIONS: `${nodeOptions}${values['heap-snapshot'] ? ' --heapsnapshot-signal=SIGUSR2' : ''}`.trim() }
+    : {}),
 };
 
 function startAgent(binary: string, args: string[]): Promise<Agent> {
@@ -139,7 +142,8 @@ async function bareIdle(node: string, model: string, nodeOptions?: string): Prom
   const bareDir = join(scratch, 'bare');
   const ort = join(ROOT, 'node_modules', 'onnxruntime-node');
   const ortNative = join('bin', 'napi-v6', 'linux', process.arch);
-  for (const rel of ['package.json', 'dist', join(ortNative, 'onnxruntime_binding.node'), join(ortNative, 'libonnxruntime.so.1')]) freshCopy(join(ort, rel), join(bareDir, 'node_modules', 'onnxruntime-node', rel));
+  for (const rel of ['package.json', 'dist', join(ortNative, 'onnxruntime_binding.node'), join(ortNative, 'libonnxruntime.so.1')])
+    freshCopy(join(ort, rel), join(bareDir, 'node_modules', 'onnxruntime-node', rel));
   freshCopy(join(ROOT, 'bench', 'bare-onnxruntime.cjs'), join(bareDir, 'bare-onnxruntime.cjs'));
   const child = spawn(node, [join(bareDir, 'bare-onnxruntime.cjs'), model, 'features', '8'], {
     cwd: scratch,
@@ -261,14 +265,27 @@ async function main(): Promise<void> {
   try {
     // Enroll once and activate the demo model, so later starts restore it from the data folder.
     const token = await api.createEnrollmentToken('footprint-1');
-    let agent = await startAgent(binaryPath, ['--device-id', 'footprint-1', '--enroll-token', token, '--server', cp.addresses.grpc, '--data-dir', dataDir, '--local-port', '0']);
+    let agent = await startAgent(binaryPath, [
+      '--device-id',
+      'footprint-1',
+      '--enroll-token',
+      token,
+      '--server',
+      cp.addresses.grpc,
+      '--data-dir',
+      dataDir,
+      '--local-port',
+      '0',
+    ]);
     const model = buildDemoModel().bytes;
     await api.uploadModel('vibration', model);
     await api.deploy('vibration');
     const sample = vibrationRowSampler(11);
     await waitUntil('the demo model on the agent', () => infer(agent.localApi, sample().features));
     await stop(agent);
-    log(`enrolled; binary ${(binaryBytes / 1048576).toFixed(1)} MB; first start (extracting addons) ${firstStartMs.toFixed(0)} ms, cached ${cachedStartMs.toFixed(0)} ms`);
+    log(
+      `enrolled; binary ${(binaryBytes / 1048576).toFixed(1)} MB; first start (extracting addons) ${firstStartMs.toFixed(0)} ms, cached ${cachedStartMs.toFixed(0)} ms`,
+    );
 
     // Start to ready, as an installed, enrolled device restarts.
     const readyRuns: number[] = [];
@@ -310,7 +327,9 @@ async function main(): Promise<void> {
     // Growth over the second half of the run, when warm-up allocations are done.
     const late = samples.filter((s) => s.t >= started + (seconds * 1000) / 2);
     const growth = late.length >= 2 ? (late.at(-1)!.rss - late[0]!.rss) / 1024 / ((late.at(-1)!.t - late[0]!.t) / 60_000) : null;
-    log(`${inferences} inferences in ${seconds.toFixed(0)} s (${failures} failed); RSS after ${mb(after.rss)} MB, max ${mb(Math.max(after.rss, ...samples.map((s) => s.rss)))} MB`);
+    log(
+      `${inferences} inferences in ${seconds.toFixed(0)} s (${failures} failed); RSS after ${mb(after.rss)} MB, max ${mb(Math.max(after.rss, ...samples.map((s) => s.rss)))} MB`,
+    );
     const exit = await stop(agent);
 
     Object.assign(results, {
@@ -343,7 +362,11 @@ async function main(): Promise<void> {
       load_avg_1m: Math.round(loadavg()[0]! * 100) / 100,
       cpus: cpus().length,
       targets: TARGETS,
-      met: { idle_rss_mb: mb(idle.rss) <= TARGETS.idle_rss_mb, idle_rss_vs_bare: vsBare <= TARGETS.idle_rss_vs_bare, ready_ms: median(readyRuns) <= TARGETS.ready_ms },
+      met: {
+        idle_rss_mb: mb(idle.rss) <= TARGETS.idle_rss_mb,
+        idle_rss_vs_bare: vsBare <= TARGETS.idle_rss_vs_bare,
+        ready_ms: median(readyRuns) <= TARGETS.ready_ms,
+      },
     });
   } finally {
     api.close();

@@ -49,11 +49,15 @@ const SETTLE_MS = Number(values['settle-s']) * 1000;
 const REPO = resolve(values.repo ?? resolve(import.meta.dirname, '..'));
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-attack-broker-'));
-const server = spawn(process.execPath, [join(REPO, 'bin/driftline.js'), 'serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'], {
-  cwd: REPO,
-  env: { ...process.env, DRIFTLINE_LOG_LEVEL: 'info' },
-  stdio: ['ignore', 'pipe', 'pipe'],
-});
+const server = spawn(
+  process.execPath,
+  [join(REPO, 'bin/driftline.js'), 'serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'],
+  {
+    cwd: REPO,
+    env: { ...process.env, DRIFTLINE_LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  },
+);
 let stderrBytes = 0;
 server.stderr!.on('data', (chunk: Buffer) => (stderrBytes += chunk.length));
 
@@ -155,7 +159,14 @@ try {
   const logBefore = stderrBytes;
   for (let i = 0; i < HOSTILE_CONNECTS; i++) {
     await new Promise<void>((done) => {
-      const client = mqtt.connect(mqttUrl.href, { clientId: hostileId, username: hostileId, password: 'x', protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000 });
+      const client = mqtt.connect(mqttUrl.href, {
+        clientId: hostileId,
+        username: hostileId,
+        password: 'x',
+        protocolVersion: 4,
+        reconnectPeriod: 0,
+        connectTimeout: 5000,
+      });
       const end = (): void => {
         client.end(true);
         done();

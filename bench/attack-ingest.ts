@@ -58,7 +58,9 @@ const percentile = (sorted: number[], p: number): number => sorted[Math.min(sort
 const round = (n: number): number => Math.round(n * 10) / 10;
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-bench-attack-'));
-const child = fork(new URL('./attack-ingest-control-plane.ts', import.meta.url).pathname, [join(dir, 'cp')], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+const child = fork(new URL('./attack-ingest-control-plane.ts', import.meta.url).pathname, [join(dir, 'cp')], {
+  stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+});
 const clients: MqttClient[] = [];
 try {
   const started = await new Promise<{ addresses: { grpc: string; mqtt: string; http: string }; adminTokenFile: string }>((resolve, reject) => {
@@ -70,7 +72,9 @@ try {
   const enrollment = new EnrollmentServiceClient(addresses.grpc, credentials.createInsecure());
   const enroll = async (id: string): Promise<{ client: MqttClient; acks: TelemetryAck[] }> => {
     const token = await api.createEnrollmentToken(id);
-    const credential = await rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: id, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'bench' }), cb));
+    const credential = await rpc<EnrollResponse>((cb) =>
+      enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: id, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'bench' }), cb),
+    );
     const client = await connectClient(addresses.mqtt, { clientId: id, username: credential.mqttUsername, password: credential.mqttPassword, keepalive: 600 });
     clients.push(client);
     const acks: TelemetryAck[] = [];
@@ -110,7 +114,9 @@ try {
 
   log(`building ${EMPTY_RECORDS} empty records`);
   const bomb = Buffer.from(
-    TelemetryBatch.encode(TelemetryBatch.fromPartial({ deflated: deflateSync(Buffer.alloc(EMPTY_RECORDS * 2, Buffer.from([0x0a, 0x00])), { level: 9 }), sentAtMs: Date.now() })).finish(),
+    TelemetryBatch.encode(
+      TelemetryBatch.fromPartial({ deflated: deflateSync(Buffer.alloc(EMPTY_RECORDS * 2, Buffer.from([0x0a, 0x00])), { level: 9 }), sentAtMs: Date.now() }),
+    ).finish(),
   );
   log(`bomb: ${bomb.length} bytes on the wire, ${EMPTY_RECORDS * 2} inflated`);
   const before = memory(child.pid!);
@@ -123,18 +129,45 @@ try {
     peakKib = Math.max(peakKib, memory(child.pid!).rssKib);
   }, 50);
   const inference = (seq: number): TelemetryRecord =>
-    TelemetryRecord.fromPartial({ boot: 1, seq, timeMs: Date.now(), stream: Stream.STREAM_INFERENCE, body: { $case: 'inference', value: { model: 'm', version: 1, provider: 'cpu', latencyMs: 1, outcome: Outcome.OUTCOME_OK, topClass: 0, confidence: 0.9, errorCode: '', batchSize: 1 } } });
+    TelemetryRecord.fromPartial({
+      boot: 1,
+      seq,
+      timeMs: Date.now(),
+      stream: Stream.STREAM_INFERENCE,
+      body: {
+        $case: 'inference',
+        value: {
+          model: 'm',
+          version: 1,
+          provider: 'cpu',
+          latencyMs: 1,
+          outcome: Outcome.OUTCOME_OK,
+          topClass: 0,
+          confidence: 0.9,
+          errorCode: '',
+          batchSize: 1,
+        },
+      },
+    });
   const legitSending = (async () => {
     for (let b = 0; b < LEGIT_BATCHES; b++) {
       const records = Array.from({ length: LEGIT_RECORDS_PER_BATCH }, (_, i) => inference(b * LEGIT_RECORDS_PER_BATCH + i + 1));
-      await legit.client.publishAsync(upTopic('bench-legit', 'telemetry'), Buffer.from(TelemetryBatch.encode({ records, sentAtMs: Date.now(), deflated: Buffer.alloc(0) }).finish()), { qos: 1 });
+      await legit.client.publishAsync(
+        upTopic('bench-legit', 'telemetry'),
+        Buffer.from(TelemetryBatch.encode({ records, sentAtMs: Date.now(), deflated: Buffer.alloc(0) }).finish()),
+        { qos: 1 },
+      );
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   })();
   for (let i = 0; i < BATCHES; i++) await attacker.client.publishAsync(upTopic('bench-attacker', 'telemetry'), bomb, { qos: 1 });
   // Junk as fast as the link takes it: a hundred in flight at a time.
   for (let i = 0; i < JUNK; i += 100) {
-    await Promise.all(Array.from({ length: Math.min(100, JUNK - i) }, () => attacker.client.publishAsync(upTopic('bench-attacker', 'telemetry'), Buffer.from([0xff, 0xff, 0xff]), { qos: 1 })));
+    await Promise.all(
+      Array.from({ length: Math.min(100, JUNK - i) }, () =>
+        attacker.client.publishAsync(upTopic('bench-attacker', 'telemetry'), Buffer.from([0xff, 0xff, 0xff]), { qos: 1 }),
+      ),
+    );
   }
   await legitSending;
   // Device messages are handled in order: the legitimate device's last batch acknowledged means all before it were handled.

@@ -43,9 +43,14 @@ const median = (values: number[]): number => {
 };
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-bench-cli-'));
-const plane = await startProcess(BIN, ['serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--mqtt-port', '0', '--http-port', '0'], /^driftline: listening grpc=(\S+) .* token-file=(\S+)$/, {
-  env: { DRIFTLINE_LOG_LEVEL: 'error' },
-});
+const plane = await startProcess(
+  BIN,
+  ['serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--mqtt-port', '0', '--http-port', '0'],
+  /^driftline: listening grpc=(\S+) .* token-file=(\S+)$/,
+  {
+    env: { DRIFTLINE_LOG_LEVEL: 'error' },
+  },
+);
 try {
   const server = plane.ready[1]!;
   const token = readFileSync(plane.ready[2]!, 'utf8').trim();
@@ -61,7 +66,9 @@ try {
   for (let i = 0; i < RUNS; i++) for (const [name, args] of Object.entries(cases)) samples[name as keyof typeof cases].push(seconds(args));
   const m = Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, median(values)])) as Record<keyof typeof cases, number>;
   const round = (n: number): number => Math.round(n * 1000) / 1000;
-  log(`node -e 0 ${round(m.node)} s, bare grpc-js call ${round(m.grpc_call)} s, driftline --version ${round(m.version)} s, driftline devices list ${round(m.one_call)} s (medians of ${RUNS})`);
+  log(
+    `node -e 0 ${round(m.node)} s, bare grpc-js call ${round(m.grpc_call)} s, driftline --version ${round(m.version)} s, driftline devices list ${round(m.one_call)} s (medians of ${RUNS})`,
+  );
   console.log(
     JSON.stringify({
       bench: 'cli',

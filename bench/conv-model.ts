@@ -15,7 +15,10 @@ export const buildLargeConvModel = (seed = 11) => buildConvModel(seed, { inputSh
  * pooling and a 10-class softmax. About 3.9 million parameters, deterministic weights
  * (He-scaled, from a seeded generator) so activations stay finite. Dynamic batch dimension.
  */
-export function buildConvModel(seed = 7, options: { inputShape?: readonly [number, number, number]; stemStride?: number } = {}): { bytes: Uint8Array; parameters: number } {
+export function buildConvModel(
+  seed = 7,
+  options: { inputShape?: readonly [number, number, number]; stemStride?: number } = {},
+): { bytes: Uint8Array; parameters: number } {
   const inputShape = options.inputShape ?? CONV_INPUT_SHAPE;
   let state = seed >>> 0 || 1;
   const random = () => {
@@ -45,7 +48,12 @@ export function buildConvModel(seed = 7, options: { inputShape?: readonly [numbe
     initializers.push({ name: `w${i}`, type: 'float32', dims: [out, channels, 3, 3], values: w });
     initializers.push({ name: `b${i}`, type: 'float32', dims: [out], values: new Float32Array(out) });
     parameters += w.length + out;
-    nodes.push({ op: 'Conv', inputs: [x, `w${i}`, `b${i}`], outputs: [`c${i}`], attributes: { kernel_shape: { ints: [3, 3] }, pads: { ints: [1, 1, 1, 1] }, strides: { ints: [stride, stride] } } });
+    nodes.push({
+      op: 'Conv',
+      inputs: [x, `w${i}`, `b${i}`],
+      outputs: [`c${i}`],
+      attributes: { kernel_shape: { ints: [3, 3] }, pads: { ints: [1, 1, 1, 1] }, strides: { ints: [stride, stride] } },
+    });
     nodes.push({ op: 'Relu', inputs: [`c${i}`], outputs: [`r${i}`] });
     x = `r${i}`;
     channels = out;

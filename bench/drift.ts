@@ -104,7 +104,9 @@ function main(): void {
   const minRows = evaluateDrift(reference, new SketchBuilder(reference, 'bench', 1, 0).finish(1)).minRows;
   const clean = cleanRates(minRows);
   const clean1000 = cleanRates(1000);
-  log(`clean windows of ${minRows} rows (the minimum): ${(clean.alarms * 100).toFixed(1)} % warn or alert, ${(clean.alerts * 100).toFixed(1)} % alert; exact KS + BH ${(clean.baseline * 100).toFixed(1)} %`);
+  log(
+    `clean windows of ${minRows} rows (the minimum): ${(clean.alarms * 100).toFixed(1)} % warn or alert, ${(clean.alerts * 100).toFixed(1)} % alert; exact KS + BH ${(clean.baseline * 100).toFixed(1)} %`,
+  );
   log(`clean windows of 1000 rows: ${(clean1000.alarms * 100).toFixed(1)} % warn or alert; exact KS + BH ${(clean1000.baseline * 100).toFixed(1)} %`);
   const at = (x: number): number | null => (Number.isFinite(x) ? x : null);
   console.log(

@@ -27,11 +27,21 @@ import { buildConvModel, buildLargeConvModel, CONV_INPUT_SHAPE, LARGE_INPUT_SHAP
 import { startProcess, stopProcess, waitFor } from '../test/helpers/processes.js';
 import { startTestControlPlane } from '../test/helpers/wired-agent.js';
 
-const TARGETS = { engine_vs_bare: 0.95, batching_speedup: 1.5, http_added_p50_ms: 1, large_binary_vs_bare_8_clients: 0.8, large_binary_p50_vs_bare: 1.1, agent_cpu_vs_bare: 1.2, large_json_p50_vs_binary: 2 };
+const TARGETS = {
+  engine_vs_bare: 0.95,
+  batching_speedup: 1.5,
+  http_added_p50_ms: 1,
+  large_binary_vs_bare_8_clients: 0.8,
+  large_binary_p50_vs_bare: 1.1,
+  agent_cpu_vs_bare: 1.2,
+  large_json_p50_vs_binary: 2,
+};
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
 const CLIENTS = 8;
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' }, 'agent-cpu-prof': { type: 'string' } } });
+const { values } = parseArgs({
+  options: { seconds: { type: 'string', default: '2' }, profile: { type: 'string', default: 'generic-x86_64-cpu' }, 'agent-cpu-prof': { type: 'string' } },
+});
 const phaseMs = Number(values.seconds) * 1000;
 const log = (line: string): void => void process.stderr.write(`[inference] ${line}\n`);
 
@@ -98,7 +108,11 @@ class RawHttpClient {
   private waiting: { resolve(): void; reject(err: Error): void } | undefined;
   private closed = false;
 
-  private constructor(socket: Socket, private readonly url: URL, private readonly requestBytes: Buffer) {
+  private constructor(
+    socket: Socket,
+    private readonly url: URL,
+    private readonly requestBytes: Buffer,
+  ) {
     this.socket = this.attach(socket);
   }
 
@@ -123,7 +137,9 @@ class RawHttpClient {
   static async open(url: URL, body: string | Buffer, headers: Record<string, string | number> = {}): Promise<RawHttpClient> {
     const socket = await RawHttpClient.connect(url);
     const bytes = typeof body === 'string' ? Buffer.from(body) : body;
-    const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    const extra = Object.entries(headers)
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('');
     const head = `POST ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nContent-Type: application/json\r\nContent-Length: ${bytes.length}\r\n${extra}\r\n`;
     return new RawHttpClient(socket, url, Buffer.concat([Buffer.from(head), bytes]));
   }
@@ -191,7 +207,10 @@ try {
   const convEngine = newEngine();
   await convEngine.load({ name: 'conv', version: 1, path: convPath, sha256: '0'.repeat(64) });
   const [bareConvPhase, engineConvPhase] = await paired(
-    [() => bareConv.run({ image: new ort.Tensor('float32', image, convDims) }), () => convEngine.infer('conv', [{ name: 'image', datatype: 'FP32', shape: convDims, data: image }])],
+    [
+      () => bareConv.run({ image: new ort.Tensor('float32', image, convDims) }),
+      () => convEngine.infer('conv', [{ name: 'image', datatype: 'FP32', shape: convDims, data: image }]),
+    ],
     { warmup: 10, ms: phaseMs * 2 },
   );
   await convEngine.shutdown();
@@ -239,7 +258,21 @@ try {
   const device = 'bench-inference-1';
   const agent = await startProcess(
     'bin/driftline-agent.js',
-    ['run', '--server', cp.addresses.grpc, '--device-id', device, '--enroll-token', await fleet.createEnrollmentToken(device), '--data-dir', join(dir, 'agent'), '--local-port', '0', '--profile', values.profile],
+    [
+      'run',
+      '--server',
+      cp.addresses.grpc,
+      '--device-id',
+      device,
+      '--enroll-token',
+      await fleet.createEnrollmentToken(device),
+      '--data-dir',
+      join(dir, 'agent'),
+      '--local-port',
+      '0',
+      '--profile',
+      values.profile,
+    ],
     AGENT_READY,
     // --agent-cpu-prof DIR: a V8 CPU profile of the agent process, written there when it stops.
     { timeoutMs: 120_000, nodeArgs: values['agent-cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['agent-cpu-prof']] },
@@ -248,11 +281,23 @@ try {
   const largeUrl = new URL(`${agent.ready[2]}/v2/models/large/infer`);
   await fleet.uploadModel('large', large.bytes);
   await fleet.deploy('large', [device]);
-  await waitFor(() => fetch(`${agent.ready[2]}/v2/models/large/ready`).then((r) => r.status, () => 0), (status) => status === 200, { what: 'large model active on the agent', timeoutMs: 120_000 });
+  await waitFor(
+    () =>
+      fetch(`${agent.ready[2]}/v2/models/large/ready`).then(
+        (r) => r.status,
+        () => 0,
+      ),
+    (status) => status === 200,
+    { what: 'large model active on the agent', timeoutMs: 120_000 },
+  );
   const jsonBody = JSON.stringify({ inputs: [{ name: 'image', shape: largeDims, datatype: 'FP32', data: Array.from(largeImage) }] });
-  const header = Buffer.from(JSON.stringify({ inputs: [{ name: 'image', shape: largeDims, datatype: 'FP32', parameters: { binary_data_size: largeImage.byteLength } }] }));
+  const header = Buffer.from(
+    JSON.stringify({ inputs: [{ name: 'image', shape: largeDims, datatype: 'FP32', parameters: { binary_data_size: largeImage.byteLength } }] }),
+  );
   const binaryBody = Buffer.concat([header, Buffer.from(largeImage.buffer, largeImage.byteOffset, largeImage.byteLength)]);
-  const binaryClients = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpClient.open(largeUrl, binaryBody, { 'inference-header-content-length': header.length })));
+  const binaryClients = await Promise.all(
+    Array.from({ length: CLIENTS }, () => RawHttpClient.open(largeUrl, binaryBody, { 'inference-header-content-length': header.length })),
+  );
   const jsonClients = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpClient.open(largeUrl, jsonBody)));
   const bareLarge = await ort.InferenceSession.create(largePath, sessionOptions);
   const bareLargeCall = () => bareLarge.run({ image: new ort.Tensor('float32', largeImage, largeDims) });
@@ -273,7 +318,10 @@ try {
     return (u.user + u.system) / 1000;
   };
   log('large model active; measuring');
-  const [bareLargePhase, binaryLargePhase, jsonLargePhase] = await paired([bareLargeCall, () => binaryClients[0]!.call(), () => jsonClients[0]!.call()], { warmup: 3, ms: phaseMs * 2 });
+  const [bareLargePhase, binaryLargePhase, jsonLargePhase] = await paired([bareLargeCall, () => binaryClients[0]!.call(), () => jsonClients[0]!.call()], {
+    warmup: 3,
+    ms: phaseMs * 2,
+  });
   log('large model: 8 clients');
   const bareLarge8 = await cpuPerRequest(bareLargeCall, CLIENTS, selfCpuMs);
   // One keep-alive connection per concurrent client: a connection carries one request at a time.
@@ -305,8 +353,11 @@ try {
     [`demo   HTTP micro-batched    b1 x${CLIENTS}`, httpConcurrent],
   ];
   log('                                     req/s      p50 ms    p99 ms');
-  for (const [name, p] of rows) log(`${name}  ${throughput(p).toFixed(0).padStart(8)}  ${percentile(p, 0.5).toFixed(3).padStart(9)} ${percentile(p, 0.99).toFixed(3).padStart(9)}`);
-  log(`micro-batching: ${engineConcurrent.requests} requests in ${batchedRuns} runs (mean ${(engineConcurrent.requests / Math.max(1, batchedRuns)).toFixed(1)} rows per run; profile ${values.profile}, maxBatch ${settings.batching.maxBatch})`);
+  for (const [name, p] of rows)
+    log(`${name}  ${throughput(p).toFixed(0).padStart(8)}  ${percentile(p, 0.5).toFixed(3).padStart(9)} ${percentile(p, 0.99).toFixed(3).padStart(9)}`);
+  log(
+    `micro-batching: ${engineConcurrent.requests} requests in ${batchedRuns} runs (mean ${(engineConcurrent.requests / Math.max(1, batchedRuns)).toFixed(1)} rows per run; profile ${values.profile}, maxBatch ${settings.batching.maxBatch})`,
+  );
 
   const round3 = (n: number) => Math.round(n * 1000) / 1000;
   const figures = {

@@ -39,7 +39,9 @@ await link.start((id, channel, payload) => ingest.handle(id, channel, payload));
 parentPort!.postMessage({ url: link.deviceUrl });
 parentPort!.on('message', async (message: string) => {
   if (message !== 'finish') return;
-  const { stored, uniq } = db.prepare(`SELECT count(*) AS stored, count(DISTINCT boot || ':' || seq) AS uniq FROM telemetry_records WHERE device_id = ?`).get(deviceId) as { stored: number; uniq: number };
+  const { stored, uniq } = db
+    .prepare(`SELECT count(*) AS stored, count(DISTINCT boot || ':' || seq) AS uniq FROM telemetry_records WHERE device_id = ?`)
+    .get(deviceId) as { stored: number; uniq: number };
   await link.shutdown();
   db.close();
   parentPort!.postMessage({ stored, distinct: uniq });

@@ -31,7 +31,20 @@ function body(i: number): Uint8Array {
     seq: 0,
     timeMs: 1_700_000_000_000 + i,
     stream: Stream.STREAM_INFERENCE,
-    body: { $case: 'inference', value: { model: 'vibration', version: 3, provider: 'cpu', latencyMs: 0.8 + (i % 7) / 10, outcome: Outcome.OUTCOME_OK, topClass: i % 4, confidence: 0.9, errorCode: '', batchSize: 1 } },
+    body: {
+      $case: 'inference',
+      value: {
+        model: 'vibration',
+        version: 3,
+        provider: 'cpu',
+        latencyMs: 0.8 + (i % 7) / 10,
+        outcome: Outcome.OUTCOME_OK,
+        topClass: i % 4,
+        confidence: 0.9,
+        errorCode: '',
+        batchSize: 1,
+      },
+    },
   }).finish();
 }
 
@@ -39,7 +52,9 @@ function rawRate(bodies: Uint8Array[]): number {
   const db = new Database(join(dir, 'raw.db'));
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
-  db.exec('CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, boot INTEGER NOT NULL, stream INTEGER NOT NULL, time_ms INTEGER NOT NULL, body BLOB NOT NULL)');
+  db.exec(
+    'CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, boot INTEGER NOT NULL, stream INTEGER NOT NULL, time_ms INTEGER NOT NULL, body BLOB NOT NULL)',
+  );
   const insert = db.prepare('INSERT INTO outbox (boot, stream, time_ms, body) VALUES (?, ?, ?, ?)');
   const tx = db.transaction((from: number, to: number) => {
     for (let i = from; i < to; i++) insert.run(1, Stream.STREAM_INFERENCE, 1_700_000_000_000 + i, bodies[i]!);
@@ -56,7 +71,8 @@ async function bufferRate(bodies: Uint8Array[]): Promise<number> {
   const started = performance.now();
   for (let i = 0; i < bodies.length; i += BATCH) {
     const turn: Promise<void>[] = [];
-    for (let j = i; j < Math.min(bodies.length, i + BATCH); j++) turn.push(buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + j, body: bodies[j]! }));
+    for (let j = i; j < Math.min(bodies.length, i + BATCH); j++)
+      turn.push(buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + j, body: bodies[j]! }));
     await Promise.all(turn);
   }
   const seconds = (performance.now() - started) / 1000;
@@ -69,18 +85,44 @@ async function endToEnd(bodies: Uint8Array[]): Promise<{ rate: number; lost: num
   const deviceId = 'bench-device';
   // Worker threads do not inherit tsx's loader: the entry registers it, then imports the TypeScript module.
   const entry = new URL('./telemetry-control-plane.ts', import.meta.url).href;
-  const controlPlane = new Worker(`import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(entry)}); });`, { eval: true, workerData: { dir, deviceId } });
-  const next = (): Promise<Record<string, unknown>> => new Promise((resolve, reject) => {
-    controlPlane.once('message', resolve);
-    controlPlane.once('error', reject);
+  const controlPlane = new Worker(`import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(entry)}); });`, {
+    eval: true,
+    workerData: { dir, deviceId },
   });
+  const next = (): Promise<Record<string, unknown>> =>
+    new Promise((resolve, reject) => {
+      controlPlane.once('message', resolve);
+      controlPlane.once('error', reject);
+    });
   const { url } = (await next()) as { url: string };
   const buffer = SqliteBuffer.open({ file: join(dir, 'agent-e2e.db'), synchronous: 'FULL', limits: { maxBytes: 1024 ** 3 } });
   for (let i = 0; i < bodies.length; i += BATCH) {
-    await Promise.all(bodies.slice(i, i + BATCH).map((b, j) => buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + i + j, body: b })));
+    await Promise.all(
+      bodies.slice(i, i + BATCH).map((b, j) => buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + i + j, body: b })),
+    );
   }
-  const uplink = new MqttUplink({ url, deviceId, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
-  const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger, maxBatchRecords: 5000, maxInflightBatches: 8, batchDelayMs: 5, ackTimeoutMs: 60_000, compressMinBytes: 0 });
+  const uplink = new MqttUplink({
+    url,
+    deviceId,
+    password: 'x',
+    keepaliveSeconds: 30,
+    reconnectMinMs: 100,
+    reconnectMaxMs: 1000,
+    connectTimeoutMs: 5000,
+    publishTimeoutMs: 30_000,
+    logger,
+  });
+  const uploader = new TelemetryUploader({
+    buffer,
+    uplink,
+    clock: systemClock,
+    logger,
+    maxBatchRecords: 5000,
+    maxInflightBatches: 8,
+    batchDelayMs: 5,
+    ackTimeoutMs: 60_000,
+    compressMinBytes: 0,
+  });
   const started = performance.now();
   await uplink.start();
   const drained = await uploader.drain(120_000);

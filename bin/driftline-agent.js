@@ -11,6 +11,8 @@ if (process.env.DRIFTLINE_FROM_SOURCE === '1') {
 } else if (existsSync(compiled)) {
   await import(compiled.href);
 } else {
-  process.stderr.write('driftline-agent: error [INTERNAL]: the compiled agent (dist/js/driftline-agent.js) is missing: run `npm run build` in the driftline checkout\n');
+  process.stderr.write(
+    'driftline-agent: error [INTERNAL]: the compiled agent (dist/js/driftline-agent.js) is missing: run `npm run build` in the driftline checkout\n',
+  );
   process.exit(1);
 }

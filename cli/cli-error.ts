@@ -41,4 +41,3 @@ export class CliError extends Error {
 export function usageError(message: string): CliError {
   return new CliError('USAGE', message, EXIT.usage);
 }
-

@@ -95,10 +95,18 @@ function unreachable(details: string, server: string): CliError {
     return new CliError('SERVER_UNRESOLVABLE', `cannot resolve ${host} (from --server or DRIFTLINE_SERVER): check the host name`, EXIT.unavailable);
   }
   if (/ECONNREFUSED/.test(details)) {
-    return new CliError('UNAVAILABLE', `cannot reach the control plane at ${server}: connection refused (is \`driftline serve\` running, and is ${server} its gRPC address?)`, EXIT.unavailable);
+    return new CliError(
+      'UNAVAILABLE',
+      `cannot reach the control plane at ${server}: connection refused (is \`driftline serve\` running, and is ${server} its gRPC address?)`,
+      EXIT.unavailable,
+    );
   }
   const cause = /Last error: (?:Error: )?(.*?)(?:\.?\s*Resolution note:.*)?$/s.exec(details)?.[1]?.trim();
-  return new CliError('UNAVAILABLE', `cannot reach the control plane at ${server}${cause ? `: ${cause}` : ''} (is \`driftline serve\` running?)`, EXIT.unavailable);
+  return new CliError(
+    'UNAVAILABLE',
+    `cannot reach the control plane at ${server}${cause ? `: ${cause}` : ''} (is \`driftline serve\` running?)`,
+    EXIT.unavailable,
+  );
 }
 
 const URL_SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
@@ -115,8 +123,18 @@ export function checkServerAddress(server: string): void {
     throw new CliError('SERVER_ADDRESS_INVALID', `--server takes host:port, not a URL: use --server ${rest || 'host:7443'}${tls}`, EXIT.usage);
   }
   const m = /^(\[[^\]]+\]|[^:[\]]+)(?::(\d+))?$/.exec(server);
-  if (!m) throw new CliError('SERVER_ADDRESS_INVALID', `--server ${JSON.stringify(server)} is not host:port (an IPv6 address goes in brackets: [::1]:7443)`, EXIT.usage);
-  if (m[2] === undefined) throw new CliError('SERVER_ADDRESS_INVALID', `--server ${server} has no port: use --server ${server}:${DEFAULT_SERVER.split(':').pop()} (driftline serve's default gRPC port)`, EXIT.usage);
+  if (!m)
+    throw new CliError(
+      'SERVER_ADDRESS_INVALID',
+      `--server ${JSON.stringify(server)} is not host:port (an IPv6 address goes in brackets: [::1]:7443)`,
+      EXIT.usage,
+    );
+  if (m[2] === undefined)
+    throw new CliError(
+      'SERVER_ADDRESS_INVALID',
+      `--server ${server} has no port: use --server ${server}:${DEFAULT_SERVER.split(':').pop()} (driftline serve's default gRPC port)`,
+      EXIT.usage,
+    );
   const port = Number(m[2]);
   if (port < 1 || port > 65535) throw new CliError('SERVER_ADDRESS_INVALID', `--server ${server}: the port must be 1-65535`, EXIT.usage);
 }
@@ -153,7 +171,13 @@ export class Connection {
     const tls = tlsOf(options);
     const timeoutMs = options.timeout === undefined ? undefined : options.timeout * 1000;
     // Unary calls get a deadline by default; a streamed upload or watch only when --timeout is given.
-    this.api = createOperatorClient({ address: options.server, token: resolveToken(options), tls, timeoutMs: timeoutMs ?? DEFAULT_TIMEOUT_S * 1000, streamTimeoutMs: timeoutMs });
+    this.api = createOperatorClient({
+      address: options.server,
+      token: resolveToken(options),
+      tls,
+      timeoutMs: timeoutMs ?? DEFAULT_TIMEOUT_S * 1000,
+      streamTimeoutMs: timeoutMs,
+    });
   }
 
   get server(): string {

@@ -29,7 +29,22 @@ export function createOutput(json: boolean): Output {
 
 // Borderless, space-separated columns (as kubectl prints them), so output stays greppable.
 const PLAIN: Record<string, string> = Object.fromEntries(
-  ['top', 'top-mid', 'top-left', 'top-right', 'bottom', 'bottom-mid', 'bottom-left', 'bottom-right', 'left', 'left-mid', 'mid', 'mid-mid', 'right', 'right-mid'].map((c) => [c, '']),
+  [
+    'top',
+    'top-mid',
+    'top-left',
+    'top-right',
+    'bottom',
+    'bottom-mid',
+    'bottom-left',
+    'bottom-right',
+    'left',
+    'left-mid',
+    'mid',
+    'mid-mid',
+    'right',
+    'right-mid',
+  ].map((c) => [c, '']),
 );
 
 function renderTable(head: string[], rows: Array<Array<string | number>>): string {

@@ -1,7 +1,16 @@
 import { createHash } from 'node:crypto';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { type CallOptions, type ChannelCredentials, Client, type ClientReadableStream, type ClientWritableStream, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  Client,
+  type ClientReadableStream,
+  type ClientWritableStream,
+  credentials,
+  Metadata,
+  type ServiceError,
+} from '@grpc/grpc-js';
 import type { ModelVersion, UploadModelHeader, UploadModelRequest } from '../common/proto/driftline/v1/models.js';
 import { toOperatorCallError } from './call-error.js';
 
@@ -56,9 +65,16 @@ export interface OperatorClient {
    * may answer before the last chunk (a refusal): the answer stops the sending. A chunk source
    * that fails cancels the call and its error is what rejects.
    */
-  uploadModel(header: UploadModelHeader, chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options?: { onChunk?: (bytes: number) => void }): Promise<ModelVersion>;
+  uploadModel(
+    header: UploadModelHeader,
+    chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    options?: { onChunk?: (bytes: number) => void },
+  ): Promise<ModelVersion>;
   /** uploadModel for bytes in memory: size and sha256 computed, sent in UPLOAD_CHUNK_BYTES chunks. */
-  uploadModelBytes(bytes: Uint8Array, header: Pick<UploadModelHeader, 'name'> & Partial<Omit<UploadModelHeader, 'sizeBytes' | 'sha256'>>): Promise<ModelVersion>;
+  uploadModelBytes(
+    bytes: Uint8Array,
+    header: Pick<UploadModelHeader, 'name'> & Partial<Omit<UploadModelHeader, 'sizeBytes' | 'sha256'>>,
+  ): Promise<ModelVersion>;
   close(): void;
 }
 
@@ -84,14 +100,27 @@ export function createOperatorClient(options: OperatorClientOptions): OperatorCl
 
   const unary = (m: MethodDefinition) => (request: unknown) =>
     new Promise<unknown>((resolve, reject) => {
-      channel.makeUnaryRequest(m.path, m.requestSerialize as (v: unknown) => Buffer, m.responseDeserialize, request, metadata(), callOptions('unary'), (err, res) =>
-        err ? reject(toOperatorCallError(err, m.path)) : resolve(res),
+      channel.makeUnaryRequest(
+        m.path,
+        m.requestSerialize as (v: unknown) => Buffer,
+        m.responseDeserialize,
+        request,
+        metadata(),
+        callOptions('unary'),
+        (err, res) => (err ? reject(toOperatorCallError(err, m.path)) : resolve(res)),
       );
     });
 
   const serverStream = (m: MethodDefinition) =>
     async function* (request: unknown): AsyncGenerator<unknown> {
-      const call: ClientReadableStream<unknown> = channel.makeServerStreamRequest(m.path, m.requestSerialize as (v: unknown) => Buffer, m.responseDeserialize, request, metadata(), callOptions('stream'));
+      const call: ClientReadableStream<unknown> = channel.makeServerStreamRequest(
+        m.path,
+        m.requestSerialize as (v: unknown) => Buffer,
+        m.responseDeserialize,
+        request,
+        metadata(),
+        callOptions('stream'),
+      );
       // After a cancel the call still reports CANCELLED; nobody is listening by then.
       call.on('error', () => undefined);
       let ended = false;

@@ -78,13 +78,19 @@ const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 /** Durations such as "500ms", "30s", "10m", "2h", "7d" or a number of milliseconds. */
 export const duration = z.union([
   z.number().int().nonnegative(),
-  z.string().regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 10m, 2h or 7d').transform(parseDuration),
+  z
+    .string()
+    .regex(/^\d+(ms|s|m|h|d)$/, 'expected a duration such as 500ms, 30s, 10m, 2h or 7d')
+    .transform(parseDuration),
 ]);
 
 /** Sizes such as "512KiB", "64MiB", "2GiB" or a number of bytes. */
 export const byteSize = z.union([
   z.number().int().nonnegative(),
-  z.string().regex(/^\d+(B|KiB|MiB|GiB)$/, 'expected a size such as 512KiB, 64MiB or 2GiB').transform(parseByteSize),
+  z
+    .string()
+    .regex(/^\d+(B|KiB|MiB|GiB)$/, 'expected a size such as 512KiB, 64MiB or 2GiB')
+    .transform(parseByteSize),
 ]);
 
 function deepFreeze<T>(value: T): T {

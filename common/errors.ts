@@ -147,7 +147,8 @@ const LISTENER_LABEL: Record<ListenerName, string> = { grpc: 'gRPC', mqtt: 'MQTT
 /** LISTEN_FAILED for a listener that could not bind: the port in use, a privileged port, an address this host lacks. */
 export function listenFailed(listener: ListenerName, address: string, err: unknown): DriftlineError {
   // grpc-js reports a failed bind as text ("... EADDRINUSE ..."), node:net as an errno code.
-  const errno = (err as NodeJS.ErrnoException | undefined)?.code ?? /\b(EADDRINUSE|EACCES|EADDRNOTAVAIL)\b/.exec(err instanceof Error ? err.message : String(err))?.[1];
+  const errno =
+    (err as NodeJS.ErrnoException | undefined)?.code ?? /\b(EADDRINUSE|EACCES|EADDRNOTAVAIL)\b/.exec(err instanceof Error ? err.message : String(err))?.[1];
   const reason =
     errno === 'EADDRINUSE'
       ? 'the address is already in use by another process'

@@ -144,12 +144,17 @@ export function readFirmwareProfile(path: string): FirmwareProfile {
   try {
     input = parseYaml(readFileSync(path, 'utf8'));
   } catch (err) {
-    throw new DriftlineError('PROFILE_INVALID', `cannot read firmware profile ${path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err, details: { source: path } });
+    throw new DriftlineError('PROFILE_INVALID', `cannot read firmware profile ${path}: ${err instanceof Error ? err.message : String(err)}`, {
+      cause: err,
+      details: { source: path },
+    });
   }
   const profile = parseFirmwareProfile(input, path);
   const expected = basename(path).replace(/\.ya?ml$/, '');
   if (profile.name !== expected) {
-    throw new DriftlineError('PROFILE_INVALID', `firmware profile ${path} is named ${profile.name}; the file must be ${profile.name}.yaml`, { details: { source: path } });
+    throw new DriftlineError('PROFILE_INVALID', `firmware profile ${path} is named ${profile.name}; the file must be ${profile.name}.yaml`, {
+      details: { source: path },
+    });
   }
   return profile;
 }
@@ -158,7 +163,9 @@ export function readFirmwareProfile(path: string): FirmwareProfile {
 export function loadFirmwareProfiles(dir: string = SHIPPED_PROFILES_DIR): ReadonlyMap<string, FirmwareProfile> {
   let files: string[];
   try {
-    files = readdirSync(dir).filter((f) => /\.ya?ml$/.test(f)).sort();
+    files = readdirSync(dir)
+      .filter((f) => /\.ya?ml$/.test(f))
+      .sort();
   } catch (err) {
     throw new DriftlineError('PROFILE_INVALID', `cannot read the firmware profiles folder ${dir}`, { cause: err });
   }
@@ -168,7 +175,8 @@ export function loadFirmwareProfiles(dir: string = SHIPPED_PROFILES_DIR): Readon
     profiles.set(profile.name, profile);
   }
   for (const fallback of Object.values(FALLBACK_PROFILES)) {
-    if (!profiles.has(fallback)) throw new DriftlineError('PROFILE_INVALID', `the firmware profiles folder ${dir} has no ${fallback} profile, which unknown hardware falls back to`);
+    if (!profiles.has(fallback))
+      throw new DriftlineError('PROFILE_INVALID', `the firmware profiles folder ${dir} has no ${fallback} profile, which unknown hardware falls back to`);
   }
   return profiles;
 }

@@ -17,7 +17,10 @@ export function isValidDeviceId(id: unknown): id is string {
 
 export function assertDeviceId(id: unknown): string {
   if (!isValidDeviceId(id)) {
-    throw new DriftlineError('ID_INVALID', `device id ${JSON.stringify(id)} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    throw new DriftlineError(
+      'ID_INVALID',
+      `device id ${JSON.stringify(id)} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
   }
   return id;
 }

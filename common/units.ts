@@ -10,7 +10,12 @@ export function parseDuration(text: string): number {
 
 /** Milliseconds as a user types them, the inverse of parseDuration: 600000 -> "10m", 2592000000 -> "30d". */
 export function formatDuration(ms: number): string {
-  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+  for (const [unit, size] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
     if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
   }
   return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;

@@ -15,22 +15,37 @@ const port = z.number().int().min(0).max(65535);
 export const controlPlaneConfigSchema = z
   .object({
     dataDir: z.string().min(1),
-    grpc: z.object({ host: z.string().default('127.0.0.1'), port: port.default(7443), tls: tlsFiles.optional() }).strict().prefault({}),
-    http: z.object({ host: z.string().default('127.0.0.1'), port: port.default(7480) }).strict().prefault({}),
+    grpc: z
+      .object({ host: z.string().default('127.0.0.1'), port: port.default(7443), tls: tlsFiles.optional() })
+      .strict()
+      .prefault({}),
+    http: z
+      .object({ host: z.string().default('127.0.0.1'), port: port.default(7480) })
+      .strict()
+      .prefault({}),
     mqtt: z
       .object({
         /** When set, use this external broker (Mosquitto, EMQX, HiveMQ) instead of the embedded one. */
-        url: z.string().regex(/^mqtts?:\/\//, 'expected mqtt:// or mqtts://').optional(),
+        url: z
+          .string()
+          .regex(/^mqtts?:\/\//, 'expected mqtt:// or mqtts://')
+          .optional(),
         username: z.string().optional(),
         password: z.string().optional(),
         caFile: z.string().optional(),
         /** Shared-subscription group so several control-plane replicas split the ingest on an external broker. */
-        sharedGroup: z.string().regex(/^[A-Za-z0-9_-]+$/).default('driftline'),
+        sharedGroup: z
+          .string()
+          .regex(/^[A-Za-z0-9_-]+$/)
+          .default('driftline'),
         host: z.string().default('127.0.0.1'),
         port: port.default(1883),
         tls: tlsFiles.omit({ clientCa: true }).optional(),
         /** The broker URL handed to devices at enrollment; defaults to the broker's own address. */
-        advertisedUrl: z.string().regex(/^mqtts?:\/\//).optional(),
+        advertisedUrl: z
+          .string()
+          .regex(/^mqtts?:\/\//)
+          .optional(),
         maxPacketBytes: byteSize.prefault('1MiB'),
         /** Embedded broker: largest packet, and total bytes, a connection may send before it has logged in (a CONNECT is a few hundred bytes). */
         maxConnectPacketBytes: byteSize.prefault('8KiB'),

@@ -23,7 +23,14 @@ export function controlPlaneMetrics(sources: ControlPlaneMetricSources): Registr
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
   const gauge = (name: string, help: string, read: () => number): void => {
-    new Gauge({ name, help, registers: [metrics], collect() { this.set(read()); } });
+    new Gauge({
+      name,
+      help,
+      registers: [metrics],
+      collect() {
+        this.set(read());
+      },
+    });
   };
   gauge('driftline_ingest_batches_total', 'Telemetry batches committed', () => ingest.stats.batches);
   gauge('driftline_ingest_records_total', 'Telemetry records stored', () => ingest.stats.recordsStored);
@@ -43,9 +50,21 @@ export function controlPlaneMetrics(sources: ControlPlaneMetricSources): Registr
   });
   gauge('driftline_broker_refused_connects_total', 'MQTT connections refused', () => link?.stats.refusedConnects ?? 0);
   gauge('driftline_broker_refused_publishes_total', 'MQTT publishes refused by the device ACL', () => link?.stats.refusedPublishes ?? 0);
-  gauge('driftline_broker_refused_packets_total', 'MQTT packets refused on their fixed header (too large before or after login)', () => link?.stats.refusedPackets ?? 0);
-  gauge('driftline_broker_refused_connections_total', 'MQTT connections closed on arrival: too many waiting to log in', () => link?.stats.refusedConnections ?? 0);
-  gauge('driftline_broker_connect_timeouts_total', 'MQTT connections closed for not logging in within mqtt.connectTimeout', () => link?.stats.connectTimeouts ?? 0);
+  gauge(
+    'driftline_broker_refused_packets_total',
+    'MQTT packets refused on their fixed header (too large before or after login)',
+    () => link?.stats.refusedPackets ?? 0,
+  );
+  gauge(
+    'driftline_broker_refused_connections_total',
+    'MQTT connections closed on arrival: too many waiting to log in',
+    () => link?.stats.refusedConnections ?? 0,
+  );
+  gauge(
+    'driftline_broker_connect_timeouts_total',
+    'MQTT connections closed for not logging in within mqtt.connectTimeout',
+    () => link?.stats.connectTimeouts ?? 0,
+  );
   gauge('driftline_broker_pending_connections', 'MQTT connections accepted and not yet logged in', () => link?.stats.pendingConnections ?? 0);
   gauge('driftline_ingest_lag_seconds', 'Age of the oldest record in the last committed batch (device clock corrected)', () => ingest.stats.lagMs / 1000);
   gauge('driftline_drift_sketches_rejected_total', 'Drift sketches stored but left out of the rollups', () => drift.rejectedSketches);

@@ -85,12 +85,14 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const lifecycle = new Lifecycle({
     clock,
     onShutdownError(name, err) {
-      if (err instanceof DriftlineError && err.code === 'SHUTDOWN_GRACE_EXPIRED') logger.warn({ component: name, graceMs: err.details?.graceMs }, 'shutdown grace expired; forced');
+      if (err instanceof DriftlineError && err.code === 'SHUTDOWN_GRACE_EXPIRED')
+        logger.warn({ component: name, graceMs: err.details?.graceMs }, 'shutdown grace expired; forced');
       else logger.error({ component: name, err }, 'shutdown step failed');
     },
   });
   const closers = {
-    push: (name: string, close: (graceMs: number) => Promise<void> | void, force?: () => void): void => void lifecycle.adopt(component(name, { drain: close, force }, clock)),
+    push: (name: string, close: (graceMs: number) => Promise<void> | void, force?: () => void): void =>
+      void lifecycle.adopt(component(name, { drain: close, force }, clock)),
   };
   const closeDb = (): void => {
     if (db.open) db.close();
@@ -150,7 +152,14 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     // Deploys, rollout waves and rollbacks all go through this one: stored, then sent.
     const desiredStates = new DesiredStates({ fleet, releases, link, logger });
     // One drift status query serves the rollout gates, the drift watcher and DriftService.
-    const driftStatus = driftQueries({ drift, registry, fleet, clock, logger, config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift } });
+    const driftStatus = driftQueries({
+      drift,
+      registry,
+      fleet,
+      clock,
+      logger,
+      config: { window: config.drift.window, minuteBucketsUpTo: config.drift.minuteBucketsUpTo, longWindow: config.drift.longWindow, thresholds: config.drift },
+    });
     const rollouts = new RolloutEngine({
       repository: rolloutRepository,
       fleet: new FleetStoreView(fleet, loadFirmwareProfiles()),
@@ -233,7 +242,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     const dbStays = !createdByThisStart.includes(join(config.dataDir, 'control-plane.db')) && !createdByThisStart.includes(config.dataDir);
     if (admin.created && dbStays && admin.token) {
       const minted = await tokens.authenticate(admin.token).catch(() => undefined);
-      if (minted) await tokens.revoke(minted.id, clock.now()).catch((err: unknown) => logger.warn({ err }, 'could not revoke the admin token of the failed start'));
+      if (minted)
+        await tokens.revoke(minted.id, clock.now()).catch((err: unknown) => logger.warn({ err }, 'could not revoke the admin token of the failed start'));
     }
     await shutdownAll();
     for (const path of createdByThisStart) removeCreated(path, logger);

@@ -57,8 +57,7 @@ export interface DemoDriftReport {
 
 // Worst last; a status the demo does not know ranks lowest.
 const SEVERITY = ['no_reference', 'no_data', 'ok', 'warn', 'alert'];
-const worst = (statuses: readonly string[]): string =>
-  statuses.reduce((a, b) => (SEVERITY.indexOf(b) > SEVERITY.indexOf(a) ? b : a), 'no_data');
+const worst = (statuses: readonly string[]): string => statuses.reduce((a, b) => (SEVERITY.indexOf(b) > SEVERITY.indexOf(a) ? b : a), 'no_data');
 
 /** The newest version's drift per cohort, from GetDriftStatus; undefined when there is none yet. */
 export function summarizeDrift(statuses: readonly DriftStatus[], firstAlertS: number | null = null): DemoDriftReport | undefined {

@@ -103,7 +103,10 @@ export class DemoChild {
           throw new DriftlineError('INTERNAL', `${this.name} exited (${describeExit(exit)}) before printing ${what}; see its log ${this.spec.logFile}`);
         }),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new DriftlineError('INTERNAL', `${this.name} did not print ${what} within ${timeoutMs / 1000} s; see its log ${this.spec.logFile}`)), timeoutMs);
+          timer = setTimeout(
+            () => reject(new DriftlineError('INTERNAL', `${this.name} did not print ${what} within ${timeoutMs / 1000} s; see its log ${this.spec.logFile}`)),
+            timeoutMs,
+          );
         }),
       ]);
     } finally {

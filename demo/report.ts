@@ -160,7 +160,9 @@ export function renderSummary(report: DemoReport): string {
     `  telemetry   ${count(report.enqueued)} records enqueued by the agents, ${count(report.telemetryStored)} stored by the control plane`,
     `  lost        ${count(report.lost)} (duplicates dropped on the way: ${count(report.duplicatesDropped)})`,
     ...(report.drift
-      ? [`  drift       ${report.drift.status}: ${describeDrift(report.drift)}${report.drift.firstAlertS === null ? '' : `; first alert after ${report.drift.firstAlertS} s of traffic`}`]
+      ? [
+          `  drift       ${report.drift.status}: ${describeDrift(report.drift)}${report.drift.firstAlertS === null ? '' : `; first alert after ${report.drift.firstAlertS} s of traffic`}`,
+        ]
       : []),
     '',
     table,

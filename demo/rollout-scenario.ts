@@ -79,7 +79,14 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     writeFileSync(configFile, 'rollout:\n  tickInterval: 1s\n  watchInterval: 500ms\n');
     const args = ['serve', '--config', configFile, '--data-dir', join(dataDir, 'control-plane'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'];
     say(`demo: starting the control plane: driftline ${args.join(' ')}`);
-    controlPlane = await group.start({ name: 'control plane', script: 'bin/driftline.js', args, logFile: join(dataDir, 'logs', 'control-plane.log'), ready: LISTENING, readyTimeoutMs: START_TIMEOUT_MS });
+    controlPlane = await group.start({
+      name: 'control plane',
+      script: 'bin/driftline.js',
+      args,
+      logFile: join(dataDir, 'logs', 'control-plane.log'),
+      ready: LISTENING,
+      readyTimeoutMs: START_TIMEOUT_MS,
+    });
     const [, grpc, mqttUrl, , tokenFile] = controlPlane.ready;
     const token = readFileSync(tokenFile!, 'utf8').trim();
     client = createOperatorClient({ address: grpc!, token, timeoutMs: 30_000, streamTimeoutMs: 30_000 });
@@ -88,22 +95,41 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     // Two versions of the demo classifier; the model fits Jetsons and x86 boxes, not Raspberry Pis.
     const constraints = { 'driftline.profiles': 'jetson-*,x86_64-*' };
     const v1 = await upload(client, buildDemoModel({ seed: 1 }).bytes, 'current model', constraints);
-    const v2 = await upload(client, buildDemoModel({ seed: 2 }).bytes, options.scenario === 'rollout' ? 'retrained: faster' : 'retrained: slower and wrong more often', constraints);
+    const v2 = await upload(
+      client,
+      buildDemoModel({ seed: 2 }).bytes,
+      options.scenario === 'rollout' ? 'retrained: faster' : 'retrained: slower and wrong more often',
+      constraints,
+    );
     say(`demo: pushed ${MODEL}@v${v1.version} and ${MODEL}@v${v2.version} (constraint driftline.profiles=${constraints['driftline.profiles']})`);
 
     const profiles = ['jetson-orin-nano-jp6', 'jetson-agx-orin-jp6', 'x86_64-nvidia-cuda12'];
     const specs = [
-      ...Array.from({ length: FITS }, (_, i) => ({ id: `sim-${String(i + 1).padStart(3, '0')}`, profile: profiles[i % profiles.length]!, labels: { site: 'plant-3' } })),
+      ...Array.from({ length: FITS }, (_, i) => ({
+        id: `sim-${String(i + 1).padStart(3, '0')}`,
+        profile: profiles[i % profiles.length]!,
+        labels: { site: 'plant-3' },
+      })),
       ...Array.from({ length: DOES_NOT_FIT }, (_, i) => ({ id: `sim-pi-${i + 1}`, profile: 'raspberry-pi-5', labels: { site: 'plant-3' } })),
     ];
     say(`demo: enrolling ${specs.length} simulated devices and connecting each to the broker with its own credential`);
     const creds = await enrollSimulatedDevices({ address: grpc!, token, devices: specs });
     const behavior = BEHAVIOR[options.scenario];
-    sim = await FleetSimulator.start({ brokerUrl: mqttUrl!, devices: creds, behavior: (v) => behavior[v] ?? behavior[1]!, clock: systemClock, logger: createLogger('simulator', 'warn') });
+    sim = await FleetSimulator.start({
+      brokerUrl: mqttUrl!,
+      devices: creds,
+      behavior: (v) => behavior[v] ?? behavior[1]!,
+      clock: systemClock,
+      logger: createLogger('simulator', 'warn'),
+    });
 
     // Everyone that fits starts on v1 (a single wave with no gates), then traffic flows all along.
     const initial = await rollouts.startRollout(startRequest(v1.version, [100], 0, ['none'], 'demo-initial'));
-    await until(async () => ((await rollouts.getRollout({ id: initial.id })).state === 'succeeded'), Math.max(CONVERGE_TIMEOUT_MS, durationS * 1000), 'the fleet to run v1');
+    await until(
+      async () => (await rollouts.getRollout({ id: initial.id })).state === 'succeeded',
+      Math.max(CONVERGE_TIMEOUT_MS, durationS * 1000),
+      'the fleet to run v1',
+    );
     say(`demo: ${FITS} devices run ${MODEL}@v${v1.version}; sending ${INFERENCES_PER_DEVICE_PER_S} inferences/s from each`);
     traffic = (async () => {
       while (!stopTraffic.signal.aborted) {
@@ -113,9 +139,13 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     })();
 
     const gates = ['install-failure-rate<=0.2', 'error-rate-delta<=0.02', 'p95-latency-ratio<=1.5', 'accuracy-delta>=-0.02'];
-    say(`demo: $ driftline rollout start --model ${MODEL} --version ${v2.version} --waves ${WAVES.join(',')} --bake ${bakeS}s --min-devices ${MIN_DEVICES} --target site=plant-3 ${gates.map((g) => `--gate '${g}'`).join(' ')}`);
+    say(
+      `demo: $ driftline rollout start --model ${MODEL} --version ${v2.version} --waves ${WAVES.join(',')} --bake ${bakeS}s --min-devices ${MIN_DEVICES} --target site=plant-3 ${gates.map((g) => `--gate '${g}'`).join(' ')}`,
+    );
     const started = await rollouts.startRollout(startRequest(v2.version, WAVES, bakeS, gates, `demo-${options.scenario}`));
-    say(`demo: rollout ${started.id}: ${started.targetedDevices} compatible devices, ${started.incompatible.length} incompatible (${started.incompatible[0]?.reason ?? '-'}); cohorts ${started.waves.map((w) => w.devices).join(' < ')}`);
+    say(
+      `demo: rollout ${started.id}: ${started.targetedDevices} compatible devices, ${started.incompatible.length} incompatible (${started.incompatible[0]?.reason ?? '-'}); cohorts ${started.waves.map((w) => w.devices).join(' < ')}`,
+    );
     say(`demo: $ driftline rollout status ${started.id} --watch`);
 
     const deadline = performance.now() + durationS * 1000;
@@ -135,13 +165,19 @@ export async function runRolloutScenario(options: RolloutScenarioOptions): Promi
     // The rollout has decided; the devices follow by themselves (to v2, or back to v1).
     const target = current.state === 'succeeded' ? v2.version : v1.version;
     if (current.state === 'succeeded' || current.state === 'aborted') {
-      await until(async () => ((await rollouts.getRollout({ id: started.id })).versions[target] ?? 0) === FITS, convergeMs(), `every device on v${target}`).catch(
-        () => undefined,
-      );
+      await until(
+        async () => ((await rollouts.getRollout({ id: started.id })).versions[target] ?? 0) === FITS,
+        convergeMs(),
+        `every device on v${target}`,
+      ).catch(() => undefined);
     }
     current = await rollouts.getRollout({ id: started.id });
     for (const g of current.lastEvaluation) say(`  gate ${g.gate}: ${g.verdict} - ${g.detail}`);
-    const versions = Object.fromEntries(Object.entries(current.versions).filter(([v]) => v !== '0').map(([v, n]) => [v, n]));
+    const versions = Object.fromEntries(
+      Object.entries(current.versions)
+        .filter(([v]) => v !== '0')
+        .map(([v, n]) => [v, n]),
+    );
     const expected = options.scenario === 'rollout' ? 'succeeded' : 'aborted';
     ok = current.state === expected && versions[String(target)] === FITS;
     if (!ok) say(`demo: expected the rollout to end ${expected} with every device on v${target}`);
@@ -218,4 +254,3 @@ async function until(check: () => Promise<boolean>, timeoutMs: number, what: str
   }
   throw new DriftlineError('INTERNAL', `timed out waiting for ${what}`);
 }
-

@@ -77,11 +77,13 @@ interface RunningAgent extends DemoDevice {
   lastHealth: AgentAccount | undefined;
 }
 
-const wholeNumber = (min: number, max: number) => (value: string): number => {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}`);
-  return n;
-};
+const wholeNumber =
+  (min: number, max: number) =>
+  (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}`);
+    return n;
+  };
 
 const positiveNumber = (value: string): number => {
   const n = Number(value);
@@ -138,7 +140,10 @@ class Demo {
         throw new DriftlineError('CONFIG_INVALID', '--until drift-alert needs --scenario drift');
       }
       if (this.driftScenario && this.options.devices < 2) {
-        throw new DriftlineError('CONFIG_INVALID', `--scenario drift needs --devices 2 or more (a clean cohort ${CLEAN_COHORT} and a drifted one ${DRIFTED_COHORT})`);
+        throw new DriftlineError(
+          'CONFIG_INVALID',
+          `--scenario drift needs --devices 2 or more (a clean cohort ${CLEAN_COHORT} and a drifted one ${DRIFTED_COHORT})`,
+        );
       }
       this.prepareDataDir();
       const { report, exitCode: code } = await this.runLoop();
@@ -209,7 +214,11 @@ class Demo {
     this.note(
       `sending ${this.options.rate} inferences/s to each agent's local API` +
         (this.options.until === undefined ? '' : ` until ${describeUntil(this.options.until)}`) +
-        (this.options.duration === undefined ? (this.options.until === undefined ? ' until Ctrl-C' : '') : ` ${this.options.until === undefined ? 'for' : 'or at most'} ${this.options.duration} s`) +
+        (this.options.duration === undefined
+          ? this.options.until === undefined
+            ? ' until Ctrl-C'
+            : ''
+          : ` ${this.options.until === undefined ? 'for' : 'or at most'} ${this.options.duration} s`) +
         (this.driftScenario ? `; the applications of cohort ${DRIFTED_COHORT} read aged sensors (drifted inputs), ${CLEAN_COHORT}'s read healthy ones` : ''),
     );
     const row = vibrationRowSampler(1)().features.map((v) => Number(v.toFixed(2)));
@@ -288,7 +297,11 @@ class Demo {
       if (this.stopRequested.signal.aborted) throw new DriftlineError('SHUTTING_DOWN', 'the demo was stopped');
       // Drift status groups devices by the cohort label; the drift scenario sets it to the device's site.
       const labels = { site: siteOf(i), line: `line-${Math.floor(i / 2) + 1}`, ...(this.driftScenario ? { [COHORT_LABEL]: siteOf(i) } : {}) };
-      this.showCommand(`${CLI} devices token ${id} ${Object.entries(labels).map(([k, v]) => `--label ${k}=${v}`).join(' ')}`);
+      this.showCommand(
+        `${CLI} devices token ${id} ${Object.entries(labels)
+          .map(([k, v]) => `--label ${k}=${v}`)
+          .join(' ')}`,
+      );
       tokens.push(await fleet.createEnrollmentToken(id, labels));
     }
     const config = join(this.dataDir, 'agent.json');
@@ -299,7 +312,21 @@ class Demo {
     this.note(`starting ${ids.length} agents; each enrolls with its token, then connects to the broker`);
     const started = await Promise.allSettled(
       ids.map((id, i) => {
-        const args = ['run', '--device-id', id, '--enroll-token', tokens[i]!, '--server', grpc, '--data-dir', join(this.dataDir, 'agents', id), '--local-port', '0', '--log-level', 'warn'];
+        const args = [
+          'run',
+          '--device-id',
+          id,
+          '--enroll-token',
+          tokens[i]!,
+          '--server',
+          grpc,
+          '--data-dir',
+          join(this.dataDir, 'agents', id),
+          '--local-port',
+          '0',
+          '--log-level',
+          'warn',
+        ];
         if (this.driftScenario) args.push('--config', config);
         if (i === 0) this.showCommand(`driftline-agent ${args.map((a) => (a === tokens[i] ? '<token>' : a)).join(' ')}`);
         return this.group.start({
@@ -322,7 +349,12 @@ class Demo {
         localApiUrl,
         process: child,
         lastHealth: undefined,
-        traffic: new DeviceTraffic(localApiUrl, { model: MODEL_NAME, ratePerSecond: this.options.rate, seed: 1000 + i, drift: this.driftScenario && siteOf(i) === DRIFTED_COHORT }),
+        traffic: new DeviceTraffic(localApiUrl, {
+          model: MODEL_NAME,
+          ratePerSecond: this.options.rate,
+          seed: 1000 + i,
+          drift: this.driftScenario && siteOf(i) === DRIFTED_COHORT,
+        }),
       });
       this.watchForCrash(child);
     }
@@ -353,7 +385,19 @@ class Demo {
     const csv = join(this.dataDir, 'models', `${MODEL_NAME}-reference.csv`);
     writeReferenceCsv(csv);
     this.note(`wrote ${csv}: the rows the model was trained on, as the reference its inputs are compared with`);
-    const args = ['models', 'push', path, '--name', MODEL_NAME, '--description', 'demo vibration-fault classifier', '--reference', csv, '--classes', REFERENCE_CLASSES];
+    const args = [
+      'models',
+      'push',
+      path,
+      '--name',
+      MODEL_NAME,
+      '--description',
+      'demo vibration-fault classifier',
+      '--reference',
+      csv,
+      '--classes',
+      REFERENCE_CLASSES,
+    ];
     this.showCommand(`${CLI} ${args.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`);
     const cli = await this.interruptible(
       this.group.start({
@@ -380,13 +424,15 @@ class Demo {
     while (!signal.aborted) {
       const now = performance.now();
       if (endsAt !== undefined && now >= endsAt) {
-        if (this.options.until !== undefined) this.problems.push(`--until ${this.options.until} did not hold within --duration ${this.options.duration} s: ${describeUntil(this.options.until)}`);
+        if (this.options.until !== undefined)
+          this.problems.push(`--until ${this.options.until} did not hold within --duration ${this.options.duration} s: ${describeUntil(this.options.until)}`);
         break;
       }
       for (const agent of this.agents) {
         if (!serving.has(agent.id) && agent.traffic.ok > 0) {
           serving.add(agent.id);
-          if (serving.size === this.agents.length) this.note(`all ${serving.size} agents serving ${MODEL_NAME} (model arrived within ${((now - deployedAt) / 1000).toFixed(1)} s of the deploy)`);
+          if (serving.size === this.agents.length)
+            this.note(`all ${serving.size} agents serving ${MODEL_NAME} (model arrived within ${((now - deployedAt) / 1000).toFixed(1)} s of the deploy)`);
         }
       }
       const snapshot = await collectSnapshot(fleet, this.agents, (performance.now() - startedAt) / 1000, this.driftScenario ? MODEL_NAME : undefined);
@@ -514,7 +560,11 @@ function describeError(err: unknown, server: string): { code: string; message: s
 const program = new Command('demo')
   .description('Run the whole Driftline loop on this machine: a control plane, agents, a deployed model, inference traffic and telemetry')
   .option('--devices <n>', 'agent processes to start', wholeNumber(1, MAX_DEVICES), 3)
-  .option('--duration <seconds>', 'seconds of traffic before stopping (default: until Ctrl-C); with --until, the most it waits (not reaching the condition by then fails the run)', positiveNumber)
+  .option(
+    '--duration <seconds>',
+    'seconds of traffic before stopping (default: until Ctrl-C); with --until, the most it waits (not reaching the condition by then fails the run)',
+    positiveNumber,
+  )
   .option(
     '--until <condition>',
     `stop traffic once the condition holds: serving (every agent answered inferences and its telemetry is stored) or, with --scenario drift, drift-alert (cohort ${DRIFTED_COHORT} alerts, ${CLEAN_COHORT} has a verdict below alert)`,
@@ -555,4 +605,11 @@ const demoOptions = program.opts<DemoOptions>();
 process.exitCode =
   demoOptions.scenario === 'fleet' || demoOptions.scenario === 'drift'
     ? await new Demo(demoOptions).run()
-    : await runRolloutScenario({ scenario: demoOptions.scenario, duration: demoOptions.duration, bake: demoOptions.bake, json: demoOptions.json, dataDir: demoOptions.dataDir, keep: demoOptions.keep });
+    : await runRolloutScenario({
+        scenario: demoOptions.scenario,
+        duration: demoOptions.duration,
+        bake: demoOptions.bake,
+        json: demoOptions.json,
+        dataDir: demoOptions.dataDir,
+        keep: demoOptions.keep,
+      });

@@ -66,7 +66,12 @@ export async function collectSnapshot(fleet: DemoFleet, devices: readonly DemoDe
     fleet.listDevices().catch((): Device[] | undefined => undefined),
     fleet.summary().catch((): TelemetrySummary | undefined => undefined),
     Promise.all(devices.map((d) => readAgentHealth(d.localApiUrl))),
-    driftModel === undefined ? undefined : fleet.driftStatus(driftModel).then((s) => summarizeDrift(s), () => undefined),
+    driftModel === undefined
+      ? undefined
+      : fleet.driftStatus(driftModel).then(
+          (s) => summarizeDrift(s),
+          () => undefined,
+        ),
   ]);
   const online = new Map(listed?.map((d) => [d.id, d.online]));
   const stored = new Map(summary?.devices.map((d) => [d.deviceId, d.records]));

@@ -45,7 +45,22 @@ function accuracyText(snapshot: FleetSnapshot): string {
 
 // Borderless, space-separated columns, as `driftline devices list` prints them: fits 80 columns.
 const PLAIN_CHARS: Record<string, string> = Object.fromEntries(
-  ['top', 'top-mid', 'top-left', 'top-right', 'bottom', 'bottom-mid', 'bottom-left', 'bottom-right', 'left', 'left-mid', 'mid', 'mid-mid', 'right', 'right-mid'].map((c) => [c, '']),
+  [
+    'top',
+    'top-mid',
+    'top-left',
+    'top-right',
+    'bottom',
+    'bottom-mid',
+    'bottom-left',
+    'bottom-right',
+    'left',
+    'left-mid',
+    'mid',
+    'mid-mid',
+    'right',
+    'right-mid',
+  ].map((c) => [c, '']),
 );
 
 /** Columns after the first are numbers or short words, right-aligned so figures line up as they change. */

@@ -51,7 +51,10 @@ export class DeviceTraffic {
 
   /** Median client-side latency of the most recent requests, in ms. */
   recentP50(): number | undefined {
-    return quantile([...this.recent].sort((a, b) => a - b), 0.5);
+    return quantile(
+      [...this.recent].sort((a, b) => a - b),
+      0.5,
+    );
   }
 
   /** A uniform sample of the client-side latencies of the whole run, in ms. */

@@ -88,7 +88,10 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
   // What went into the bundle, per input file (esbuild's analyzer reads it): beside the bundle.
   writeFileSync(join(work, 'agent.meta.json'), JSON.stringify(result.metafile));
   const unwanted = Object.keys(result.metafile.inputs).filter((f) => /node_modules[\\/](ws|socks)[\\/]/.test(f));
-  if (unwanted.length > 0) throw new Error(`the bundle holds mqtt.js transports the agent refuses (${unwanted[0]}, ...): mqtt.js loads them another way now; update the stand-in in build-agent.ts`);
+  if (unwanted.length > 0)
+    throw new Error(
+      `the bundle holds mqtt.js transports the agent refuses (${unwanted[0]}, ...): mqtt.js loads them another way now; update the stand-in in build-agent.ts`,
+    );
 
   // 2. Assets: the native files (extracted in the packages' own layout), firmware profiles, the selftest model.
   const ortDir = join(ROOT, 'node_modules', 'onnxruntime-node', 'bin', 'napi-v6', 'linux', arch);
@@ -128,7 +131,8 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
 
   // 4. A copy of Node, stripped of debug symbols, with the blob injected.
   assertElfArch(options.node, arch);
-  if (!readFileSync(options.node).includes(SEA_FUSE)) throw new Error(`${options.node} has no SEA fuse: it is not a Node build that supports single executables`);
+  if (!readFileSync(options.node).includes(SEA_FUSE))
+    throw new Error(`${options.node} has no SEA fuse: it is not a Node build that supports single executables`);
   const tmp = `${options.out}.tmp-${process.pid}`;
   copyFileSync(options.node, tmp);
   chmodSync(tmp, 0o755);
@@ -138,7 +142,9 @@ export async function buildAgentBinary(options: BuildOptions): Promise<BuildResu
     if (stripped.status !== 0) log(`  note: ${stripTool} unavailable or failed; the Node binary keeps its symbols`);
   }
   // postject (LIEF) chatters on stdout and stderr; its output is shown only when it fails.
-  const postject = spawnSync(process.execPath, [require.resolve('postject/dist/cli.js'), tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE], { encoding: 'utf8' });
+  const postject = spawnSync(process.execPath, [require.resolve('postject/dist/cli.js'), tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE], {
+    encoding: 'utf8',
+  });
   if (postject.status !== 0) {
     rmSync(tmp, { force: true });
     throw new Error(`postject failed:\n${postject.stdout}${postject.stderr}`);
@@ -160,7 +166,8 @@ function seaPlugin(version: string): esbuild.Plugin {
       // every start; the agent only speaks mqtt:// and mqtts://: a stand-in that refuses them.
       build.onResolve({ filter: /^\.\/(ws|socks)$/ }, (args) => {
         if (!/[\\/]mqtt[\\/]build[\\/]lib[\\/]connect$/.test(args.resolveDir)) return undefined;
-        if (!existsSync(join(args.resolveDir, `${args.path}.js`))) throw new Error(`mqtt.js no longer has ${args.path}.js in ${args.resolveDir}: check the transport stand-in in build-agent.ts`);
+        if (!existsSync(join(args.resolveDir, `${args.path}.js`)))
+          throw new Error(`mqtt.js no longer has ${args.path}.js in ${args.resolveDir}: check the transport stand-in in build-agent.ts`);
         return { path: join(ROOT, 'packaging', 'shims', 'mqtt-transport-unsupported.cjs') };
       });
       // zod's z.locales namespace holds every translation of its messages (a quarter of a megabyte
@@ -168,7 +175,8 @@ function seaPlugin(version: string): esbuild.Plugin {
       // default, which zod's schemas import themselves.
       build.onLoad({ filter: /[\\/]zod[\\/]v4[\\/]locales[\\/]index\.js$/ }, (args) => {
         const english = 'export { default as en } from "./en.js";';
-        if (!readFileSync(args.path, 'utf8').includes(english)) throw new Error(`${args.path} no longer exports its English locale the way build-agent.ts expects`);
+        if (!readFileSync(args.path, 'utf8').includes(english))
+          throw new Error(`${args.path} no longer exports its English locale the way build-agent.ts expects`);
         return { contents: english, loader: 'js', resolveDir: dirname(args.path) };
       });
       // The generated gRPC client constructors are built when their module loads, which evaluates
@@ -194,10 +202,19 @@ function seaPlugin(version: string): esbuild.Plugin {
         const source = readFileSync(args.path, 'utf8');
         const pattern = /require\(`\.\.\/bin\/napi-v6\/\$\{process\.platform\}\/\$\{process\.arch\}\/onnxruntime_binding\.node`\)/;
         if (!pattern.test(source)) throw new Error(`${args.path} no longer loads its binding the way build-agent.ts expects`);
-        return { contents: source.replace(pattern, `require(${JSON.stringify(nativeAddons)}).loadNativeAddon(\`node_modules/onnxruntime-node/bin/napi-v6/\${process.platform}/\${process.arch}/onnxruntime_binding.node\`)`), loader: 'js' };
+        return {
+          contents: source.replace(
+            pattern,
+            `require(${JSON.stringify(nativeAddons)}).loadNativeAddon(\`node_modules/onnxruntime-node/bin/napi-v6/\${process.platform}/\${process.arch}/onnxruntime_binding.node\`)`,
+          ),
+          loader: 'js',
+        };
       });
       // The version is read from package.json at run time in development; here it is fixed at build time.
-      build.onLoad({ filter: /[\\/]common[\\/]version\.ts$/ }, () => ({ contents: `export const DRIFTLINE_VERSION: string = ${JSON.stringify(version)};`, loader: 'ts' }));
+      build.onLoad({ filter: /[\\/]common[\\/]version\.ts$/ }, () => ({
+        contents: `export const DRIFTLINE_VERSION: string = ${JSON.stringify(version)};`,
+        loader: 'ts',
+      }));
       // Our modules that locate resources through import.meta.url get a URL in the extraction folder.
       build.onLoad({ filter: /\.ts$/ }, (args) => {
         if (args.path.includes('node_modules')) return undefined;
@@ -279,7 +296,8 @@ async function main(): Promise<void> {
   const arch = values.arch as Arch;
   if (!ARCHES.includes(arch)) throw new Error(`--arch must be x64 or arm64, not ${values.arch}`);
   if (process.platform !== 'linux') throw new Error('the agent binary is built on linux');
-  if (values.node && arch !== process.arch && !values['host-node']) throw new Error(`--node for a ${arch} build on ${process.arch} needs --host-node (a ${process.arch} Node of the same version)`);
+  if (values.node && arch !== process.arch && !values['host-node'])
+    throw new Error(`--node for a ${arch} build on ${process.arch} needs --host-node (a ${process.arch} Node of the same version)`);
   const log = (line: string): void => void process.stdout.write(`${line}\n`);
   // The pinned runtime and its better-sqlite3 unless both are given.
   const inputs = values.node && values['sqlite-addon'] ? undefined : agentBuildInputs(arch, log);
@@ -296,8 +314,11 @@ async function main(): Promise<void> {
   const built = await buildAgentBinary(options);
   const width = Math.max(...built.assets.map((a) => a.key.length));
   process.stdout.write(`embedded (gzip; extracted on first start into a folder named by their hash):\n`);
-  for (const a of built.assets) process.stdout.write(`  ${a.key.padEnd(width)} ${mb(a.bytes).padStart(8)}${a.bytes !== a.sourceBytes ? `  (${mb(a.sourceBytes)} unpacked)` : ''}\n`);
-  process.stdout.write(`${relative(process.cwd(), built.out) || built.out}: ${mb(built.bytes)}, sha256 ${built.sha256}, built in ${built.seconds.toFixed(1)} s\n`);
+  for (const a of built.assets)
+    process.stdout.write(`  ${a.key.padEnd(width)} ${mb(a.bytes).padStart(8)}${a.bytes !== a.sourceBytes ? `  (${mb(a.sourceBytes)} unpacked)` : ''}\n`);
+  process.stdout.write(
+    `${relative(process.cwd(), built.out) || built.out}: ${mb(built.bytes)}, sha256 ${built.sha256}, built in ${built.seconds.toFixed(1)} s\n`,
+  );
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

@@ -50,7 +50,9 @@ try {
     console.error('build: esbuild is not installed (production install); keeping the existing dist/js/');
     process.exit(0);
   }
-  console.error('build: esbuild is not installed and dist/js/ is missing: run `npm ci` (with dev dependencies) first, then `npm ci --omit=dev` if you want to prune');
+  console.error(
+    'build: esbuild is not installed and dist/js/ is missing: run `npm ci` (with dev dependencies) first, then `npm ci --omit=dev` if you want to prune',
+  );
   process.exit(1);
 }
 

@@ -16,7 +16,21 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -133,7 +147,13 @@ export function ensureSqliteAddon(runtime: NodeRuntime, log: Log = () => undefin
     );
   }
   const key = createHash('sha256')
-    .update(JSON.stringify({ runtime: `${runtime.version}-linux-${runtime.arch}`, compiler: compiler.stdout.split('\n')[0], sources: treeHash(source, ['binding.gyp', 'package.json', 'src', 'deps']) }))
+    .update(
+      JSON.stringify({
+        runtime: `${runtime.version}-linux-${runtime.arch}`,
+        compiler: compiler.stdout.split('\n')[0],
+        sources: treeHash(source, ['binding.gyp', 'package.json', 'src', 'deps']),
+      }),
+    )
     .digest('hex')
     .slice(0, 32);
   const dir = join(buildCacheRoot(), 'better-sqlite3', key);
@@ -154,7 +174,8 @@ export function ensureSqliteAddon(runtime: NodeRuntime, log: Log = () => undefin
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const output = join(copy, 'build', 'Release', 'better_sqlite3.node');
-    if (built.status !== 0 || !existsSync(output)) throw new Error(`node-gyp failed building better-sqlite3:\n${`${built.stdout}${built.stderr}`.slice(-4000)}`);
+    if (built.status !== 0 || !existsSync(output))
+      throw new Error(`node-gyp failed building better-sqlite3:\n${`${built.stdout}${built.stderr}`.slice(-4000)}`);
     assertElfArch(output, runtime.arch);
     const out = join(tmp, 'out');
     mkdirSync(out);
@@ -196,10 +217,12 @@ function treeHash(root: string, entries: string[]): string {
     if (statSync(path).isDirectory()) {
       for (const name of readdirSync(path).sort()) walk(join(path, name));
     } else {
-      hash.update(`${relative(root, path)}\0`).update(readFileSync(path)).update('\0');
+      hash
+        .update(`${relative(root, path)}\0`)
+        .update(readFileSync(path))
+        .update('\0');
     }
   };
   for (const entry of entries) walk(join(root, entry));
   return hash.digest('hex');
 }
-

@@ -54,7 +54,12 @@ export interface InstallEvent {
 const AGENT_VERSION = 'simulator';
 
 /** Enrolls devices through the real API: one-time token (operator), then enrollment (public). */
-export async function enrollSimulatedDevices(options: { address: string; token: string; devices: readonly SimulatedDeviceSpec[]; concurrency?: number }): Promise<SimulatedCredential[]> {
+export async function enrollSimulatedDevices(options: {
+  address: string;
+  token: string;
+  devices: readonly SimulatedDeviceSpec[];
+  concurrency?: number;
+}): Promise<SimulatedCredential[]> {
   // The operator (with its token) creates each one-time token; the device side enrolls with none, as an agent does.
   const operator = createOperatorClient({ address: options.address, token: options.token });
   const anonymous = createOperatorClient({ address: options.address });
@@ -165,7 +170,18 @@ export class SimulatedDevice {
           seq: ++this.seq,
           timeMs: now,
           stream: Stream.STREAM_INFERENCE,
-          body: { $case: 'label', value: { model: active.name, version: active.version, requestId: `${this.id}-${this.seq}`, predicted: 0, label: correct ? 0 : 1, correct, inferenceTimeMs: now } },
+          body: {
+            $case: 'label',
+            value: {
+              model: active.name,
+              version: active.version,
+              requestId: `${this.id}-${this.seq}`,
+              predicted: 0,
+              label: correct ? 0 : 1,
+              correct,
+              inferenceTimeMs: now,
+            },
+          },
         } as TelemetryRecord);
       }
     }
@@ -173,7 +189,9 @@ export class SimulatedDevice {
   }
 
   private publish(channel: UpChannel, payload: Uint8Array): Promise<void> {
-    return new Promise((resolve, reject) => this.client.publish(upTopic(this.id, channel), Buffer.from(payload), { qos: 1 }, (err) => (err ? reject(err) : resolve())));
+    return new Promise((resolve, reject) =>
+      this.client.publish(upTopic(this.id, channel), Buffer.from(payload), { qos: 1 }, (err) => (err ? reject(err) : resolve())),
+    );
   }
 
   close(): Promise<void> {

@@ -28,10 +28,16 @@ describe('artifact downloads are limited to what a device was told to install', 
     enrollment = new EnrollmentServiceClient(cp.addresses.grpc, credentials.createInsecure());
     for (const deviceId of ['edge-a', 'edge-b']) {
       const token = await api.createEnrollmentToken(deviceId);
-      const res = await rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+      const res = await rpc<EnrollResponse>((cb) =>
+        enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb),
+      );
       secrets[deviceId] = res.mqttPassword;
     }
-    for (const [name, seed] of [['deployed-to-a', 1], ['deployed-to-b', 2], ['never-deployed', 3]] as const) {
+    for (const [name, seed] of [
+      ['deployed-to-a', 1],
+      ['deployed-to-b', 2],
+      ['never-deployed', 3],
+    ] as const) {
       sha[name] = (await api.uploadModel(name, buildDemoModel({ seed }).bytes)).sha256;
     }
     await api.deploy('deployed-to-a', ['edge-a']);
@@ -102,18 +108,18 @@ describe('artifact grants', () => {
     );
 
   it('access - a device with no desired state may download nothing', async () => {
-    expect([...await artifactsGrantedTo('edge-1', sources(undefined))]).toEqual([]);
+    expect([...(await artifactsGrantedTo('edge-1', sources(undefined)))]).toEqual([]);
   });
 
   it('access - a rollback directive grants its release only to the devices it names', async () => {
     const desired = DesiredState.fromPartial({ model: { sha256: A }, rollback: directive(['edge-1']) });
-    expect([...await artifactsGrantedTo('edge-1', sources(desired))].sort()).toEqual([A, C]);
-    expect([...await artifactsGrantedTo('edge-2', sources(desired))]).toEqual([A]);
+    expect([...(await artifactsGrantedTo('edge-1', sources(desired)))].sort()).toEqual([A, C]);
+    expect([...(await artifactsGrantedTo('edge-2', sources(desired)))]).toEqual([A]);
   });
 
   it('access - a rollout in flight grants its version to the devices it sent it to, not to those still waiting', async () => {
     const rollouts = [{ model: 'm', version: 2, sentTo: ['edge-1'] }];
-    expect([...await artifactsGrantedTo('edge-1', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts))].sort()).toEqual([A, B]);
-    expect([...await artifactsGrantedTo('edge-2', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts))]).toEqual([A]);
+    expect([...(await artifactsGrantedTo('edge-1', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts)))].sort()).toEqual([A, B]);
+    expect([...(await artifactsGrantedTo('edge-2', sources(DesiredState.fromPartial({ model: { sha256: A } }), rollouts)))]).toEqual([A]);
   });
 });

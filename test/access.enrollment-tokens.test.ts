@@ -61,61 +61,77 @@ describe('enrollment tokens: listed, revocable, single use per device identity',
   const listTokens = (req: Partial<ListEnrollmentTokensRequest>) =>
     rpc<ListEnrollmentTokensResponse>((cb) => devices.listEnrollmentTokens(ListEnrollmentTokensRequest.fromPartial(req), admin(), cb)).then((r) => r.tokens);
   const enroll = (token: string, deviceId: string) =>
-    rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+    rpc<EnrollResponse>((cb) =>
+      enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb),
+    );
   const connect = async (deviceId: string, password: string): Promise<MqttClient> => {
     const client = await connectClient(cp.addresses.mqtt, { clientId: deviceId, username: deviceId, password });
     clients.push(client);
     return client;
   };
 
-  it('access - `devices tokens` lists usable tokens by id without the token, and a revoked token no longer enrolls', async () => {
-    const created = await rpc<CreateEnrollmentTokenResponse>((cb) =>
-      devices.createEnrollmentToken(CreateEnrollmentTokenRequest.fromPartial({ deviceId: 'edge-tok-1', labels: { site: 'lab' } }), admin(), cb),
-    );
-    const { id, token } = created;
-    expect(id).toMatch(/^enr_[0-9a-f]{16}$/);
+  it(
+    'access - `devices tokens` lists usable tokens by id without the token, and a revoked token no longer enrolls',
+    async () => {
+      const created = await rpc<CreateEnrollmentTokenResponse>((cb) =>
+        devices.createEnrollmentToken(CreateEnrollmentTokenRequest.fromPartial({ deviceId: 'edge-tok-1', labels: { site: 'lab' } }), admin(), cb),
+      );
+      const { id, token } = created;
+      expect(id).toMatch(/^enr_[0-9a-f]{16}$/);
 
-    const listed = await driftline('devices', 'tokens');
-    expect(listed.json.tokens).toEqual([expect.objectContaining({ id, deviceId: 'edge-tok-1', state: 'active', labels: { site: 'lab' } })]);
-    expect(JSON.stringify(listed.json)).not.toContain(token);
+      const listed = await driftline('devices', 'tokens');
+      expect(listed.json.tokens).toEqual([expect.objectContaining({ id, deviceId: 'edge-tok-1', state: 'active', labels: { site: 'lab' } })]);
+      expect(JSON.stringify(listed.json)).not.toContain(token);
 
-    expect(await driftline('devices', 'revoke-token', id)).toMatchObject({ code: 0, json: { id, state: 'revoked' } });
-    expect(await refusalOf(enroll(token, 'edge-tok-1'))).toMatchObject({ code: 'ENROLLMENT_TOKEN_REVOKED' });
-    expect(await listTokens({})).toEqual([]);
-    expect(await listTokens({ deviceId: 'edge-tok-1', includeInactive: true })).toEqual([expect.objectContaining({ id, state: 'revoked' })]);
-    expect(await refusalOf(rpc((cb) => devices.revokeEnrollmentToken({ id: 'enr_0000000000000000' }, admin(), cb)))).toMatchObject({ code: 'TOKEN_NOT_FOUND' });
-  }, CLI_TEST_TIMEOUT_MS);
+      expect(await driftline('devices', 'revoke-token', id)).toMatchObject({ code: 0, json: { id, state: 'revoked' } });
+      expect(await refusalOf(enroll(token, 'edge-tok-1'))).toMatchObject({ code: 'ENROLLMENT_TOKEN_REVOKED' });
+      expect(await listTokens({})).toEqual([]);
+      expect(await listTokens({ deviceId: 'edge-tok-1', includeInactive: true })).toEqual([expect.objectContaining({ id, state: 'revoked' })]);
+      expect(await refusalOf(rpc((cb) => devices.revokeEnrollmentToken({ id: 'enr_0000000000000000' }, admin(), cb)))).toMatchObject({
+        code: 'TOKEN_NOT_FOUND',
+      });
+    },
+    CLI_TEST_TIMEOUT_MS,
+  );
 
-  it('access - a second token for an enrolled device is refused with DEVICE_ALREADY_ENROLLED and the device keeps its secret', async () => {
-    const spare = await api.createEnrollmentToken('edge-tok-2');
-    const enrolled = await enroll(await api.createEnrollmentToken('edge-tok-2'), 'edge-tok-2');
-    const live = await connect('edge-tok-2', enrolled.mqttPassword);
+  it(
+    'access - a second token for an enrolled device is refused with DEVICE_ALREADY_ENROLLED and the device keeps its secret',
+    async () => {
+      const spare = await api.createEnrollmentToken('edge-tok-2');
+      const enrolled = await enroll(await api.createEnrollmentToken('edge-tok-2'), 'edge-tok-2');
+      const live = await connect('edge-tok-2', enrolled.mqttPassword);
 
-    const second = await driftline('devices', 'token', 'edge-tok-2');
-    expect(second.code).toBe(6);
-    expect(second.stderr).toContain('error [DEVICE_ALREADY_ENROLLED]');
-    expect(await refusalOf(enroll(spare, 'edge-tok-2'))).toMatchObject({ code: 'DEVICE_ALREADY_ENROLLED' });
-    expect(live.connected).toBe(true);
-    await connect('edge-tok-2', enrolled.mqttPassword).then((again) => again.end(true));
-  }, CLI_TEST_TIMEOUT_MS);
+      const second = await driftline('devices', 'token', 'edge-tok-2');
+      expect(second.code).toBe(6);
+      expect(second.stderr).toContain('error [DEVICE_ALREADY_ENROLLED]');
+      expect(await refusalOf(enroll(spare, 'edge-tok-2'))).toMatchObject({ code: 'DEVICE_ALREADY_ENROLLED' });
+      expect(live.connected).toBe(true);
+      await connect('edge-tok-2', enrolled.mqttPassword).then((again) => again.end(true));
+    },
+    CLI_TEST_TIMEOUT_MS,
+  );
 
-  it('access - `devices reenroll` issues a token that replaces the secret and disconnects the session still using the old one', async () => {
-    const first = await enroll(await api.createEnrollmentToken('edge-tok-3'), 'edge-tok-3');
-    const old = await connect('edge-tok-3', first.mqttPassword);
+  it(
+    'access - `devices reenroll` issues a token that replaces the secret and disconnects the session still using the old one',
+    async () => {
+      const first = await enroll(await api.createEnrollmentToken('edge-tok-3'), 'edge-tok-3');
+      const old = await connect('edge-tok-3', first.mqttPassword);
 
-    const grant = await driftline('devices', 'reenroll', 'edge-tok-3');
-    expect(grant).toMatchObject({ code: 0, json: { deviceId: 'edge-tok-3', reenroll: true } });
-    expect(old.connected).toBe(true);
+      const grant = await driftline('devices', 'reenroll', 'edge-tok-3');
+      expect(grant).toMatchObject({ code: 0, json: { deviceId: 'edge-tok-3', reenroll: true } });
+      expect(old.connected).toBe(true);
 
-    const gone = closed(old);
-    const second = await enroll(grant.json.token, 'edge-tok-3');
-    await gone;
-    await expect(connect('edge-tok-3', first.mqttPassword)).rejects.toThrow();
-    const fresh = await connect('edge-tok-3', second.mqttPassword);
-    expect(fresh.connected).toBe(true);
-    expect((await listTokens({ deviceId: 'edge-tok-3', includeInactive: true })).map((t) => [t.state, t.reenroll])).toEqual([
-      ['used', true],
-      ['used', false],
-    ]);
-  }, CLI_TEST_TIMEOUT_MS);
+      const gone = closed(old);
+      const second = await enroll(grant.json.token, 'edge-tok-3');
+      await gone;
+      await expect(connect('edge-tok-3', first.mqttPassword)).rejects.toThrow();
+      const fresh = await connect('edge-tok-3', second.mqttPassword);
+      expect(fresh.connected).toBe(true);
+      expect((await listTokens({ deviceId: 'edge-tok-3', includeInactive: true })).map((t) => [t.state, t.reenroll])).toEqual([
+        ['used', true],
+        ['used', false],
+      ]);
+    },
+    CLI_TEST_TIMEOUT_MS,
+  );
 });

@@ -30,8 +30,13 @@ describe('serve warns about its trust root and refuses releases devices will ref
   let api: FleetApi;
   let trust: TestTrust;
 
-  const start = () => startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, trust: { root: rootDir } }, { logger: silentLogger() });
-  const healthz = async () => ((await (await fetch(`${cp.addresses.http}/healthz`)).json()) as { details: { trust: { warnings: Array<{ code: string }> } } }).details.trust;
+  const start = () =>
+    startControlPlane(
+      { dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, trust: { root: rootDir } },
+      { logger: silentLogger() },
+    );
+  const healthz = async () =>
+    ((await (await fetch(`${cp.addresses.http}/healthz`)).json()) as { details: { trust: { warnings: Array<{ code: string }> } } }).details.trust;
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-trust-warnings-'));
@@ -50,7 +55,9 @@ describe('serve warns about its trust root and refuses releases devices will ref
       const admin = bearer(readFileSync(cp.adminTokenFile, 'utf8').trim());
       await rpc<Release>((cb) => releases.publishRelease({ name: 'vibration', version: model.version, envelope: release.envelope }, admin, cb));
       const token = await api.createEnrollmentToken('edge-trust-1');
-      await rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: 'edge-trust-1', firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+      await rpc<EnrollResponse>((cb) =>
+        enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: 'edge-trust-1', firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb),
+      );
       await api.deploy('vibration');
     } finally {
       releases.close();
@@ -63,7 +70,13 @@ describe('serve warns about its trust root and refuses releases devices will ref
 
     const next = newKey();
     const v2 = trust.metadata(2, { releaseKeys: { [next.keyId]: next.publicKey }, revokedKeys: [trust.release.keyId] });
-    writeFileSync(join(rootDir, 'root.v2.json'), signRootBytes(v2, trust.rootKeys.slice(0, 2).map((k) => k.signer)));
+    writeFileSync(
+      join(rootDir, 'root.v2.json'),
+      signRootBytes(
+        v2,
+        trust.rootKeys.slice(0, 2).map((k) => k.signer),
+      ),
+    );
     cp = await start();
     api = fleetApi(cp.addresses.grpc, cp.adminTokenFile);
   });

@@ -127,7 +127,14 @@ describe('agent buffer: acknowledgements between commits', () => {
     };
     const perRecord = 10 + ROW_OVERHEAD_BYTES;
     const limits = { maxBytes: 10 * perRecord };
-    let buffer = SqliteBuffer.open({ file: path, synchronous: 'FULL', clock, limits, commitDelayMs: 20, scheduleCommit: (commit) => (windows.push(commit), () => undefined) });
+    let buffer = SqliteBuffer.open({
+      file: path,
+      synchronous: 'FULL',
+      clock,
+      limits,
+      commitDelayMs: 20,
+      scheduleCommit: (commit) => (windows.push(commit), () => undefined),
+    });
     const filled = fill(buffer, Stream.STREAM_INFERENCE, 10, clock);
     closeWindow();
     await filled;
@@ -222,11 +229,20 @@ describe('agent buffer retention policy, without SQLite', () => {
   it('a stream over its quota loses its own oldest records', () => {
     const store = arrayStore([...rows(Stream.STREAM_SYSTEM, 1, 8), ...rows(Stream.STREAM_EVENTS, 9, 3)]);
     runPlan(enforceLimits(store.usage(), { maxBytes: 0, maxRecords: { [Stream.STREAM_SYSTEM]: 5 } }), store.evict);
-    expect(store.dropped).toEqual([[1, 'quota'], [2, 'quota'], [3, 'quota']]);
+    expect(store.dropped).toEqual([
+      [1, 'quota'],
+      [2, 'quota'],
+      [3, 'quota'],
+    ]);
   });
 
   it('over the budget, the lowest-priority stream goes first and events last', () => {
-    const store = arrayStore([...rows(Stream.STREAM_EVENTS, 1, 5), ...rows(Stream.STREAM_INFERENCE, 6, 5), ...rows(Stream.STREAM_SAMPLES, 11, 3), ...rows(Stream.STREAM_SYSTEM, 14, 4)]);
+    const store = arrayStore([
+      ...rows(Stream.STREAM_EVENTS, 1, 5),
+      ...rows(Stream.STREAM_INFERENCE, 6, 5),
+      ...rows(Stream.STREAM_SAMPLES, 11, 3),
+      ...rows(Stream.STREAM_SYSTEM, 14, 4),
+    ]);
     runPlan(enforceLimits(store.usage(), { maxBytes: 100, maxRecords: {} }), store.evict);
     // 17 records of 10 bytes for a budget of 100: the 3 samples, the 4 system records, then 0 inference records.
     expect(store.dropped.map(([seq]) => seq)).toEqual([11, 12, 13, 14, 15, 16, 17]);
@@ -244,7 +260,12 @@ describe('agent buffer retention policy, without SQLite', () => {
   it('a full disk evicts from the lowest-priority streams, never from one more important than the write', () => {
     const store = arrayStore([...rows(Stream.STREAM_EVENTS, 1, 4), ...rows(Stream.STREAM_INFERENCE, 5, 4), ...rows(Stream.STREAM_SAMPLES, 9, 2)]);
     runPlan(makeRoom(store.usage(), 35, Stream.STREAM_INFERENCE), store.evict);
-    expect(store.dropped).toEqual([[9, 'disk_full'], [10, 'disk_full'], [5, 'disk_full'], [6, 'disk_full']]);
+    expect(store.dropped).toEqual([
+      [9, 'disk_full'],
+      [10, 'disk_full'],
+      [5, 'disk_full'],
+      [6, 'disk_full'],
+    ]);
     // Samples need room too, but no more than samples can give.
     const full = arrayStore([...rows(Stream.STREAM_EVENTS, 1, 4)]);
     runPlan(makeRoom(full.usage(), 35, Stream.STREAM_SAMPLES), full.evict);

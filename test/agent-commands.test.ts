@@ -32,7 +32,10 @@ describe('agent commands', () => {
     await send({ id: 'c1', kind: 'report-state' });
     await send({ id: 'c1', kind: 'report-state' });
     expect(reports()).toBe(1);
-    expect(published.map((r) => [r.id, r.ok])).toEqual([['c1', true], ['c1', true]]);
+    expect(published.map((r) => [r.id, r.ok])).toEqual([
+      ['c1', true],
+      ['c1', true],
+    ]);
   });
 
   it('forgets the oldest command ids beyond its memory', async () => {
@@ -44,7 +47,11 @@ describe('agent commands', () => {
 
   it('refuses an expired command and an unknown one with REQUEST_INVALID', async () => {
     const { send, clock } = handler();
-    expect(await send({ id: 'old', kind: 'ping', expiresAtMs: clock.now() - 1 })).toMatchObject({ ok: false, errorCode: 'REQUEST_INVALID', message: 'command expired' });
+    expect(await send({ id: 'old', kind: 'ping', expiresAtMs: clock.now() - 1 })).toMatchObject({
+      ok: false,
+      errorCode: 'REQUEST_INVALID',
+      message: 'command expired',
+    });
     expect(await send({ id: 'x', kind: 'reboot' })).toMatchObject({ ok: false, errorCode: 'REQUEST_INVALID' });
   });
 

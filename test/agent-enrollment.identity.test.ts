@@ -29,13 +29,29 @@ describe('device identity file', () => {
   it('reads a file written by an older agent (MQTT-named fields) as an MQTT password credential', () => {
     writeFileSync(
       identityFile(dir),
-      JSON.stringify({ deviceId: 'edge-7', mqttUsername: 'edge-7', mqttPassword: 's3cret', mqttUrl: 'mqtts://broker.example:8883', artifactBaseUrl: 'https://cp.example:7480/', enrolledAtMs: 1_700_000_000_000 }),
+      JSON.stringify({
+        deviceId: 'edge-7',
+        mqttUsername: 'edge-7',
+        mqttPassword: 's3cret',
+        mqttUrl: 'mqtts://broker.example:8883',
+        artifactBaseUrl: 'https://cp.example:7480/',
+        enrolledAtMs: 1_700_000_000_000,
+      }),
     );
     expect(readIdentity(dir)).toEqual(IDENTITY);
   });
 
   it('says a file that is neither shape is damaged (CONFIG_INVALID)', () => {
-    writeFileSync(identityFile(dir), JSON.stringify({ deviceId: 'edge-7', credential: { kind: 'mqtt-password', username: 'edge-7' }, uplinkUrl: 'mqtt://x', artifactBaseUrl: 'https://x/', enrolledAtMs: 1 }));
+    writeFileSync(
+      identityFile(dir),
+      JSON.stringify({
+        deviceId: 'edge-7',
+        credential: { kind: 'mqtt-password', username: 'edge-7' },
+        uplinkUrl: 'mqtt://x',
+        artifactBaseUrl: 'https://x/',
+        enrolledAtMs: 1,
+      }),
+    );
     expect(() => readIdentity(dir)).toThrow(expect.objectContaining({ code: 'CONFIG_INVALID' }));
   });
 

@@ -4,7 +4,14 @@ import { InferenceEngine, type BatchingOptions, type InferInput, type InferResul
 import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
 import { DriftlineError } from '../common/errors.js';
 import { silentLogger } from '../common/logger.js';
-import { fixedBatchModelBytes, flattenModelBytes, perTensorBatchNamesModelBytes, scalarInputModelBytes, statefulModelBytes, tokensModelBytes } from './fixtures/inference-models.js';
+import {
+  fixedBatchModelBytes,
+  flattenModelBytes,
+  perTensorBatchNamesModelBytes,
+  scalarInputModelBytes,
+  statefulModelBytes,
+  tokensModelBytes,
+} from './fixtures/inference-models.js';
 import { demoModelBytes, modelFolder, type ModelFile, type ModelFolder } from './fixtures/models.js';
 
 const logger = silentLogger();
@@ -183,7 +190,9 @@ describe('inference engine micro-batching', () => {
   it('batching - answers each request alone when a combined run has an output that is not per row', async () => {
     const engine = newEngine(GREEDY);
     expect((await engine.load({ name: 'flatten', version: 1, ...flatten })).batching).toEqual({ enabled: true });
-    const results = await Promise.all(Array.from({ length: 12 }, (_, i) => engine.infer('flatten', [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: [i, i, i, i] }])));
+    const results = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => engine.infer('flatten', [{ name: 'x', datatype: 'FP32', shape: [1, 4], data: [i, i, i, i] }])),
+    );
     results.forEach((r, i) => expect(Array.from(r.outputs[0]!.data as Float32Array)).toEqual([i, i, i, i]));
     expect(engine.queueStats().largestBatch).toBeGreaterThan(1);
     await engine.shutdown();
@@ -191,8 +200,16 @@ describe('inference engine micro-batching', () => {
 
   it('batching - says why it is off: a fixed first dimension, a scalar tensor, or the profile', async () => {
     const engine = newEngine(GREEDY);
-    expect((await engine.load({ name: 'fixed', version: 1, ...fixed })).batching).toMatchObject({ enabled: false, reason: 'fixed_leading_dimension', tensor: 'x' });
-    expect((await engine.load({ name: 'scalar', version: 1, ...scalar })).batching).toMatchObject({ enabled: false, reason: 'scalar_tensor', tensor: 'offset' });
+    expect((await engine.load({ name: 'fixed', version: 1, ...fixed })).batching).toMatchObject({
+      enabled: false,
+      reason: 'fixed_leading_dimension',
+      tensor: 'x',
+    });
+    expect((await engine.load({ name: 'scalar', version: 1, ...scalar })).batching).toMatchObject({
+      enabled: false,
+      reason: 'scalar_tensor',
+      tensor: 'offset',
+    });
     await engine.shutdown();
     const unbatched = newEngine(UNBATCHED);
     const info = await unbatched.load({ name: 'detector', version: 1, ...perTensor });

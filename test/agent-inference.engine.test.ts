@@ -199,7 +199,7 @@ describe('inference engine', () => {
     await engine.shutdown();
   });
 
-  it('engine - answers a shape onnxruntime says the model cannot take with INPUT_SHAPE_INVALID in the model\'s words, with its cause', async () => {
+  it("engine - answers a shape onnxruntime says the model cannot take with INPUT_SHAPE_INVALID in the model's words, with its cause", async () => {
     const records: InferenceRecord[] = [];
     const engine = newEngine((r) => records.push(r));
     await engine.load({ name: 'reshape', version: 1, ...reshape });

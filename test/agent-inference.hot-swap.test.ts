@@ -121,10 +121,7 @@ describe('inference engine hot swap', () => {
   it('hot swap - applies loads in the order they were asked for', async () => {
     const engine = InferenceEngine.create({ runtime: createOnnxRuntime({ logger }), providers: ['cpu'], logger });
     await engine.load({ name: 'vibration', version: 1, ...v1 });
-    const [second, third] = await Promise.all([
-      engine.load({ name: 'vibration', version: 2, ...v2 }),
-      engine.load({ name: 'vibration', version: 3, ...v3 }),
-    ]);
+    const [second, third] = await Promise.all([engine.load({ name: 'vibration', version: 2, ...v2 }), engine.load({ name: 'vibration', version: 3, ...v3 })]);
     expect([second.version, third.version]).toEqual([2, 3]);
     expect(engine.active()).toMatchObject({ version: 3, sha256: v3.sha256 });
     await engine.shutdown();

@@ -83,7 +83,9 @@ describe('onnxruntime runtime', () => {
   it('onnxruntime - counts a provider as available only when its library is installed', () => {
     const { logger } = capturingLogger();
     const available = createOnnxRuntime({ logger }).availableProviders();
-    const bindingDir = dirname(createRequire(import.meta.url).resolve(`onnxruntime-node/bin/napi-v6/${process.platform}/${process.arch}/onnxruntime_binding.node`));
+    const bindingDir = dirname(
+      createRequire(import.meta.url).resolve(`onnxruntime-node/bin/napi-v6/${process.platform}/${process.arch}/onnxruntime_binding.node`),
+    );
     expect(available).toContain('cpu');
     expect(available.includes('cuda')).toBe(existsSync(join(bindingDir, 'libonnxruntime_providers_cuda.so')));
   });
@@ -91,10 +93,18 @@ describe('onnxruntime runtime', () => {
 
 describe('onnxruntime library path', () => {
   const probe = (libraryDir: string, model: string) =>
-    JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'test/fixtures/onnxruntime-library-probe.ts'), libraryDir, model], { cwd: REPO_ROOT, encoding: 'utf8' }).trim()) as Record<string, unknown>;
+    JSON.parse(
+      execFileSync(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'test/fixtures/onnxruntime-library-probe.ts'), libraryDir, model], {
+        cwd: REPO_ROOT,
+        encoding: 'utf8',
+      }).trim(),
+    ) as Record<string, unknown>;
 
   it.runIf(process.platform === 'linux')('library path - runs models on the onnxruntime library from the configured folder instead of the bundled one', () => {
-    const bundled = join(dirname(createRequire(import.meta.url).resolve(`onnxruntime-node/bin/napi-v6/linux/${process.arch}/onnxruntime_binding.node`)), 'libonnxruntime.so.1');
+    const bundled = join(
+      dirname(createRequire(import.meta.url).resolve(`onnxruntime-node/bin/napi-v6/linux/${process.arch}/onnxruntime_binding.node`)),
+      'libonnxruntime.so.1',
+    );
     const libraryDir = join(folder.dir, 'device-onnxruntime');
     mkdirSync(libraryDir);
     // A copy stands in for a JetPack build: what matters is which file the process loads.

@@ -61,7 +61,7 @@ describe('inference engine warm-up', () => {
     await engine.shutdown();
   });
 
-  it('warm-up - refuses a model that runs on no size tried with MODEL_WARMUP_FAILED, in the model\'s own words', async () => {
+  it("warm-up - refuses a model that runs on no size tried with MODEL_WARMUP_FAILED, in the model's own words", async () => {
     const engine = newEngine();
     const err = await failure(engine.load({ name: 'sequence', version: 1, ...sequence48 }));
     expect(err.code).toBe('MODEL_WARMUP_FAILED');
@@ -73,7 +73,7 @@ describe('inference engine warm-up', () => {
     await engine.shutdown();
   });
 
-  it('warm-up - warms up on the release\'s example inputs when sizes alone would not do', async () => {
+  it("warm-up - warms up on the release's example inputs when sizes alone would not do", async () => {
     const engine = newEngine();
     await engine.load({ name: 'sequence', version: 1, ...sequence48, examples: sequenceExamples });
     const result = await engine.infer('sequence', [

@@ -80,7 +80,12 @@ describe('local inference API binary tensors', () => {
       { name: 'text', datatype: 'BYTES', shape: [1], bytes: bytesElements(['héllo']) },
     ];
     const header = { inputs: inputs.map(({ name, datatype, shape, bytes }) => ({ name, datatype, shape, parameters: { binary_data_size: bytes.length } })) };
-    const res = await postBinary(echoApi, '/v2/models/echo/infer', header, inputs.map((i) => i.bytes));
+    const res = await postBinary(
+      echoApi,
+      '/v2/models/echo/infer',
+      header,
+      inputs.map((i) => i.bytes),
+    );
     expect(res.status).toBe(200);
     const data = Object.fromEntries((res.json.outputs as Array<{ name: string; data: unknown[] }>).map((o) => [o.name, o.data]));
     expect(data).toEqual({ f32_out: [0.5, -2], f16_out: [1.5], i64_out: [-(2 ** 40)], i32_out: [-7], u8_out: [200], flag_out: [true], text_out: ['héllo'] });
@@ -104,17 +109,56 @@ describe('local inference API binary tensors', () => {
   });
 
   const refusals: Array<[string, unknown, Uint8Array[], string | undefined, number, string]> = [
-    ['a byte count that is not whole elements', { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], parameters: { binary_data_size: 31 } }] }, [new Uint8Array(31)], undefined, 400, 'INFERENCE_INPUT_INVALID'],
-    ['fewer bytes than declared', { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], parameters: { binary_data_size: 32 } }] }, [new Uint8Array(16)], undefined, 400, 'INFERENCE_INPUT_INVALID'],
-    ['bytes that belong to no input', { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], parameters: { binary_data_size: 32 } }] }, [new Uint8Array(40)], undefined, 400, 'REQUEST_INVALID'],
-    ['the wrong element count for the shape', { inputs: [{ name: 'features', datatype: 'FP32', shape: [2, 8], parameters: { binary_data_size: 32 } }] }, [new Uint8Array(32)], undefined, 400, 'INFERENCE_INPUT_INVALID'],
-    ['both data and binary bytes', { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], data: [1], parameters: { binary_data_size: 32 } }] }, [new Uint8Array(32)], undefined, 400, 'REQUEST_INVALID'],
+    [
+      'a byte count that is not whole elements',
+      { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], parameters: { binary_data_size: 31 } }] },
+      [new Uint8Array(31)],
+      undefined,
+      400,
+      'INFERENCE_INPUT_INVALID',
+    ],
+    [
+      'fewer bytes than declared',
+      { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], parameters: { binary_data_size: 32 } }] },
+      [new Uint8Array(16)],
+      undefined,
+      400,
+      'INFERENCE_INPUT_INVALID',
+    ],
+    [
+      'bytes that belong to no input',
+      { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], parameters: { binary_data_size: 32 } }] },
+      [new Uint8Array(40)],
+      undefined,
+      400,
+      'REQUEST_INVALID',
+    ],
+    [
+      'the wrong element count for the shape',
+      { inputs: [{ name: 'features', datatype: 'FP32', shape: [2, 8], parameters: { binary_data_size: 32 } }] },
+      [new Uint8Array(32)],
+      undefined,
+      400,
+      'INFERENCE_INPUT_INVALID',
+    ],
+    [
+      'both data and binary bytes',
+      { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], data: [1], parameters: { binary_data_size: 32 } }] },
+      [new Uint8Array(32)],
+      undefined,
+      400,
+      'REQUEST_INVALID',
+    ],
     ['a header length past the body', { inputs: [] }, [], '100000', 400, 'REQUEST_INVALID'],
   ];
 
   it.each(refusals)('local api - refuses %s with its stable code', async (_, header, parts, headerLength, status, code) => {
     const { body, headerLength: real } = binaryBody(header, parts);
-    const res = await fetch(`${demoApi.url}/v2/models/vibration/infer`, { method: 'POST', headers: { 'inference-header-content-length': headerLength ?? String(real) }, body });
+    const res = await fetch(`${demoApi.url}/v2/models/vibration/infer`, {
+      method: 'POST',
+      headers: { 'inference-header-content-length': headerLength ?? String(real) },
+      body,
+    });
     expect(res.status).toBe(status);
     expect(((await res.json()) as { code: string }).code).toBe(code);
   });
@@ -135,8 +179,15 @@ describe('local inference API binary tensors', () => {
     try {
       const rows = Float32Array.from({ length: 8 }, (_, i) => i);
       const header = { inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 8], parameters: { binary_data_size: rows.byteLength } }] };
-      const queued = [postBinary(api, '/v2/models/vibration/infer', header, [bytesOf(rows)]), postBinary(api, '/v2/models/vibration/infer', header, [bytesOf(rows)])];
-      await waitFor(() => engine.queueStats().queued, (n) => n === 2, { what: 'two queued requests' });
+      const queued = [
+        postBinary(api, '/v2/models/vibration/infer', header, [bytesOf(rows)]),
+        postBinary(api, '/v2/models/vibration/infer', header, [bytesOf(rows)]),
+      ];
+      await waitFor(
+        () => engine.queueStats().queued,
+        (n) => n === 2,
+        { what: 'two queued requests' },
+      );
       const refused = await postBinary(api, '/v2/models/vibration/infer', header, [bytesOf(rows)]);
       expect(refused.status).toBe(429);
       expect(refused.json.code).toBe('INFERENCE_OVERLOADED');

@@ -24,11 +24,15 @@ function channelMeanModel(height: number | string, width: number | string): Uint
 }
 
 /** Channel c holds the value c + 1 everywhere. */
-const image = (height: number, width: number): Float32Array => Float32Array.from({ length: 3 * height * width }, (_, i) => Math.floor(i / (height * width)) + 1);
+const image = (height: number, width: number): Float32Array =>
+  Float32Array.from({ length: 3 * height * width }, (_, i) => Math.floor(i / (height * width)) + 1);
 
 function binaryRequest(data: Float32Array, shape: number[]): { body: Buffer; headers: Record<string, string> } {
   const header = Buffer.from(JSON.stringify({ inputs: [{ name: 'images', shape, datatype: 'FP32', parameters: { binary_data_size: data.byteLength } }] }));
-  return { body: Buffer.concat([header, Buffer.from(data.buffer, data.byteOffset, data.byteLength)]), headers: { 'inference-header-content-length': String(header.length) } };
+  return {
+    body: Buffer.concat([header, Buffer.from(data.buffer, data.byteOffset, data.byteLength)]),
+    headers: { 'inference-header-content-length': String(header.length) },
+  };
 }
 
 /** Sends only the request head with this content-length and reads the answer: the server must not wait for a body it refuses. */
@@ -43,7 +47,9 @@ function declareBody(url: string, contentLength: number, extra = ''): Promise<{ 
       const [head, body] = text.split('\r\n\r\n', 2) as [string, string];
       resolve({ status: Number(head.slice(9, 12)), json: JSON.parse(body) as Record<string, unknown> });
     });
-    socket.write(`POST /v2/models/detector/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${contentLength}\r\n${extra}\r\n{"inputs":`);
+    socket.write(
+      `POST /v2/models/detector/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${contentLength}\r\n${extra}\r\n{"inputs":`,
+    );
   });
 }
 
@@ -58,7 +64,14 @@ describe('local api body limit', () => {
     const engine = InferenceEngine.create({ runtime: createOnnxRuntime({ logger }), providers: ['cpu'], logger });
     engines.push(engine);
     await engine.load({ name: 'detector', version: 1, ...(await folder.write(`detector-${engines.length}.onnx`, bytes)) });
-    const api = await startLocalApi({ engine, health: () => ({ ok: true, details: {} }), metrics: new Registry(), logger, memoryBudgetBytes: MEMORY_BUDGET, ...options });
+    const api = await startLocalApi({
+      engine,
+      health: () => ({ ok: true, details: {} }),
+      metrics: new Registry(),
+      logger,
+      memoryBudgetBytes: MEMORY_BUDGET,
+      ...options,
+    });
     apis.push(api);
     return api;
   };
@@ -91,7 +104,9 @@ describe('local api body limit', () => {
   });
 
   it('body limit - accepts a 640x480 detector input over JSON and a 1280x736 one over binary by default', async () => {
-    const json = JSON.stringify({ inputs: [{ name: 'images', shape: [1, 3, 480, 640], datatype: 'FP32', data: Array.from(image(480, 640), (v, i) => v + Math.sin(i) * 1e-3) }] });
+    const json = JSON.stringify({
+      inputs: [{ name: 'images', shape: [1, 3, 480, 640], datatype: 'FP32', data: Array.from(image(480, 640), (v, i) => v + Math.sin(i) * 1e-3) }],
+    });
     // Larger than the old fixed 8 MiB.
     expect(json.length).toBeGreaterThan(8 * 1024 ** 2);
     for (const api of [dynamicApi, fixedApi]) {
@@ -109,7 +124,10 @@ describe('local api body limit', () => {
   it('body limit - refuses a body declared larger than the limit with 413 naming localApi.maxBodyBytes, before reading it', async () => {
     const limits = defaultBodyLimits([{ name: 'images', type: 'float32', shape: [1, 3, 480, 640] }], MEMORY_BUDGET);
     const res = await declareBody(fixedApi.url, limits.json + 1);
-    expect(res).toEqual({ status: 413, json: { error: expect.stringContaining('localApi.maxBodyBytes'), code: 'PAYLOAD_TOO_LARGE', setting: 'localApi.maxBodyBytes', limit_bytes: limits.json } });
+    expect(res).toEqual({
+      status: 413,
+      json: { error: expect.stringContaining('localApi.maxBodyBytes'), code: 'PAYLOAD_TOO_LARGE', setting: 'localApi.maxBodyBytes', limit_bytes: limits.json },
+    });
     // The binary extension's limit is the tensor's bytes: far lower than JSON's.
     const binary = await declareBody(fixedApi.url, limits.binary + 1, 'Inference-Header-Content-Length: 10\r\n');
     expect(binary.json).toMatchObject({ code: 'PAYLOAD_TOO_LARGE', setting: 'localApi.maxBodyBytes', limit_bytes: limits.binary });

@@ -52,7 +52,11 @@ function inferBody(overrides: Record<string, unknown> = {}) {
 }
 
 async function post(path: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(`${api.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  const res = await fetch(`${api.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 
@@ -82,7 +86,8 @@ describe('local inference API', () => {
   });
 
   it('local api - formats Date headers exactly as toUTCString does', () => {
-    for (let t = Date.UTC(1999, 11, 31, 23, 59, 59); t < Date.UTC(2101, 0, 1); t += 86_400_000 * 37 + 3_723_456) expect(httpDate(t)).toBe(new Date(Math.floor(t / 1000) * 1000).toUTCString());
+    for (let t = Date.UTC(1999, 11, 31, 23, 59, 59); t < Date.UTC(2101, 0, 1); t += 86_400_000 * 37 + 3_723_456)
+      expect(httpDate(t)).toBe(new Date(Math.floor(t / 1000) * 1000).toUTCString());
   });
 
   it('local api - answers liveness, readiness and server metadata', async () => {
@@ -132,7 +137,10 @@ describe('local inference API', () => {
 
   it('local api - accepts nested row-major data, a pinned version and a chosen subset of outputs', async () => {
     const nested = [rows(1), rows(1)];
-    const { status, json } = await post('/v2/models/vibration/versions/1/infer', { inputs: [{ name: 'features', shape: [2, 8], datatype: 'FP32', data: nested }], outputs: [{ name: 'label' }] });
+    const { status, json } = await post('/v2/models/vibration/versions/1/infer', {
+      inputs: [{ name: 'features', shape: [2, 8], datatype: 'FP32', data: nested }],
+      outputs: [{ name: 'label' }],
+    });
     expect(status).toBe(200);
     expect(typeof json.id).toBe('string');
     expect((json.outputs as Array<{ name: string }>).map((o) => o.name)).toEqual(['label']);

@@ -44,12 +44,26 @@ describe('request JSON numbers', () => {
 
   it('request json - exact halfway points between doubles round to even as JSON.parse rounds them', () => {
     // 2^53 + 1 lies halfway between 2^53 and 2^53 + 2; the others are halfway cases and their neighbours.
-    const texts = ['9007199254740993', '9007199254740993.0', '9007199254740995', '4503599627370497.5', '4503599627370496.5', '123456789012345678e-22', '1e22', '1.7976931348623157e308', '5e-324', '0.1', '-0', '0'];
-    for (let k = 54n; k < 64n; k++) texts.push(String(2n ** k + 2n ** (k - 53n)), String(2n ** k + 2n ** (k - 53n) + 1n), String(2n ** k + 3n * 2n ** (k - 53n)));
+    const texts = [
+      '9007199254740993',
+      '9007199254740993.0',
+      '9007199254740995',
+      '4503599627370497.5',
+      '4503599627370496.5',
+      '123456789012345678e-22',
+      '1e22',
+      '1.7976931348623157e308',
+      '5e-324',
+      '0.1',
+      '-0',
+      '0',
+    ];
+    for (let k = 54n; k < 64n; k++)
+      texts.push(String(2n ** k + 2n ** (k - 53n)), String(2n ** k + 2n ** (k - 53n) + 1n), String(2n ** k + 3n * 2n ** (k - 53n)));
     expect(mismatches(texts)).toEqual([]);
   });
 
-  it('request json - FP32 data given after its datatype parses into a Float32Array of the shape\'s size, each value the float32 of JSON.parse\'s double', () => {
+  it("request json - FP32 data given after its datatype parses into a Float32Array of the shape's size, each value the float32 of JSON.parse's double", () => {
     const random = seeded(13);
     // Float32 values printed as doubles (what clients send), random doubles, long decimals, and
     // float32 halfway points (a float32 plus half its spacing, and its neighbours) that only an exact double decides.
@@ -58,7 +72,10 @@ describe('request JSON numbers', () => {
       const kind = i % 4;
       if (kind === 0) texts.push(String(Math.fround((random() - 0.5) * 10 ** Math.floor(random() * 12 - 6))));
       else if (kind === 1) texts.push(String((random() - 0.5) * 10 ** Math.floor(random() * 80 - 40)));
-      else if (kind === 2) texts.push(`${Math.floor(random() * 1e6)}.${String(Math.floor(random() * 1e12)).padStart(12, '0')}${random() < 0.3 ? `e${Math.floor(random() * 40) - 20}` : ''}`);
+      else if (kind === 2)
+        texts.push(
+          `${Math.floor(random() * 1e6)}.${String(Math.floor(random() * 1e12)).padStart(12, '0')}${random() < 0.3 ? `e${Math.floor(random() * 40) - 20}` : ''}`,
+        );
       else {
         const f = Math.fround(random() * 2 ** Math.floor(random() * 20 - 10));
         const half = (Math.fround(f * (1 + 2 ** -23)) - f) / 2;

@@ -36,11 +36,20 @@ afterAll(async () => {
 });
 
 type Input = { name: string; shape: number[]; datatype: string; data?: number[] };
-const tensor = (name: string, shape: number[], datatype = 'FP32'): Input => ({ name, shape, datatype, data: new Array<number>(shape.reduce((a, b) => a * b, 1)).fill(1) });
+const tensor = (name: string, shape: number[], datatype = 'FP32'): Input => ({
+  name,
+  shape,
+  datatype,
+  data: new Array<number>(shape.reduce((a, b) => a * b, 1)).fill(1),
+});
 
 async function infer(model: string, inputs: Input[]): Promise<{ status: number; json: Record<string, unknown> }> {
   if (engine.active()?.name !== model) await engine.load({ name: model, version: 1, ...files[model]! });
-  const res = await fetch(`${api.url}/v2/models/${model}/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ inputs }) });
+  const res = await fetch(`${api.url}/v2/models/${model}/infer`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ inputs }),
+  });
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 
@@ -56,7 +65,7 @@ const refusals: Array<[string, string, Input[], string]> = [
 ];
 
 describe('local API - shape errors', () => {
-  it.each(refusals)('shape errors - answers %s with 400 and a stable code in the model\'s own words', async (_, model, inputs, code) => {
+  it.each(refusals)("shape errors - answers %s with 400 and a stable code in the model's own words", async (_, model, inputs, code) => {
     const { status, json } = await infer(model, inputs);
     expect({ status, code: json.code }).toEqual({ status: 400, code });
     expect(String(json.error)).not.toContain('onnxruntime_src');
@@ -69,7 +78,7 @@ describe('local API - shape errors', () => {
     expect((await infer('cell', [tensor('x', [2, 4]), tensor('state', [2, 4])])).status).toBe(200);
   });
 
-  it('shape errors - keeps a failure of the runtime itself a runtime failure, not the caller\'s', () => {
+  it("shape errors - keeps a failure of the runtime itself a runtime failure, not the caller's", () => {
     const oom = explainRuntimeFailure(
       "Non-zero status code returned while running Conv node. Name:'conv_1' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to allocate memory for requested buffer of size 6553600\n",
     );
@@ -77,6 +86,11 @@ describe('local API - shape errors', () => {
     const reshape = explainRuntimeFailure(
       "Non-zero status code returned while running Reshape node. Name:'Reshape_0' Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:84 onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, onnxruntime::TensorShapeVector&, bool) size != 0 && (input_shape_size % size) == 0 was false. The input tensor cannot be reshaped to the requested shape. Input shape:{1,1}, requested shape:{-1,8}\n",
     );
-    expect(reshape).toEqual({ op: 'Reshape', node: 'Reshape_0', inputShape: true, message: 'The input tensor cannot be reshaped to the requested shape. Input shape:{1,1}, requested shape:{-1,8}' });
+    expect(reshape).toEqual({
+      op: 'Reshape',
+      node: 'Reshape_0',
+      inputShape: true,
+      message: 'The input tensor cannot be reshaped to the requested shape. Input shape:{1,1}, requested shape:{-1,8}',
+    });
   });
 });

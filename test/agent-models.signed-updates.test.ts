@@ -172,7 +172,10 @@ describe('agent model manager - signed updates', () => {
     const d = await deviceOnV1();
     const newKeys = [newKey(), newKey(), newKey()];
     const meta = trust.metadata(2, { rootKeys: Object.fromEntries(newKeys.map((k) => [k.keyId, k.publicKey])) });
-    const onlyNew = signRootBytes(meta, newKeys.map((k) => k.signer));
+    const onlyNew = signRootBytes(
+      meta,
+      newKeys.map((k) => k.signer),
+    );
     const proper = signRootBytes(meta, [trust.rootKeys[0]!.signer, trust.rootKeys[2]!.signer, newKeys[0]!.signer, newKeys[1]!.signer]);
     await expectRefusedThenRecovers(d, desiredFor(2, v2, { rootChain: [onlyNew] }), 'TRUST_KEY_UNKNOWN', { rootChain: [trust.v1, proper] });
     expect(d.rootFile().equals(proper)).toBe(true);
@@ -181,7 +184,10 @@ describe('agent model manager - signed updates', () => {
   it('refuses everything once the pinned root has expired, until a newer root arrives', async () => {
     const d = await deviceOnV1();
     clock.advance(86_400_000);
-    const fresh = signRootBytes({ ...trust.metadata(2), expiresAtMs: clock.now() + 86_400_000 }, trust.rootKeys.map((k) => k.signer));
+    const fresh = signRootBytes(
+      { ...trust.metadata(2), expiresAtMs: clock.now() + 86_400_000 },
+      trust.rootKeys.map((k) => k.signer),
+    );
     await expectRefusedThenRecovers(d, desiredFor(2, v2), 'TRUST_METADATA_EXPIRED', { rootChain: [fresh] });
   });
 
@@ -194,7 +200,17 @@ describe('agent model manager - signed updates', () => {
 
     const directive = (deviceIds: string[]) =>
       signRollbackDirective(
-        { type: 'driftline-rollback', id: 'rb-1', model: 'vibration', toVersion: 1, toSha256: v1.sha256, deviceIds, reason: 'canary gate failed', issuedAtMs: clock.now(), expiresAtMs: clock.now() + 60_000 },
+        {
+          type: 'driftline-rollback',
+          id: 'rb-1',
+          model: 'vibration',
+          toVersion: 1,
+          toSha256: v1.sha256,
+          deviceIds,
+          reason: 'canary gate failed',
+          issuedAtMs: clock.now(),
+          expiresAtMs: clock.now() + 60_000,
+        },
         trust.rollback.signer,
       );
     await d.manager.apply(desiredFor(4, v1, { rollback: directive(['edge-2']) }));
@@ -259,20 +275,31 @@ describe('agent model manager - signed updates', () => {
   it('refuses a release signed by a revoked key after a root rotation that revokes it', async () => {
     const d = await deviceOnV1();
     const newRelease = newKey();
-    const v2root = signRootBytes(trust.metadata(2, { releaseKeys: { [newRelease.keyId]: newRelease.publicKey }, revokedKeys: [trust.release.keyId] }), trust.rootKeys.map((k) => k.signer));
+    const v2root = signRootBytes(
+      trust.metadata(2, { releaseKeys: { [newRelease.keyId]: newRelease.publicKey }, revokedKeys: [trust.release.keyId] }),
+      trust.rootKeys.map((k) => k.signer),
+    );
     const resigned = await makeRelease('vibration', 2, models[1]!, newRelease.signer);
-    await expectRefusedThenRecovers(d, desiredFor(2, v2, { rootChain: [v2root] }), 'TRUST_KEY_REVOKED', { release: resigned, rootChain: [v2root], rootAdvancesTo: v2root });
+    await expectRefusedThenRecovers(d, desiredFor(2, v2, { rootChain: [v2root] }), 'TRUST_KEY_REVOKED', {
+      release: resigned,
+      rootChain: [v2root],
+      rootAdvancesTo: v2root,
+    });
   });
 
   it('refuses a release built for another architecture', async () => {
     const d = await deviceOnV1();
-    const armOnly = await makeRelease('vibration', 2, models[1]!, trust.release.signer, { constraints: { providers: [], arch: ['arm64'], minMemoryBytes: 0, flags: [] } });
+    const armOnly = await makeRelease('vibration', 2, models[1]!, trust.release.signer, {
+      constraints: { providers: [], arch: ['arm64'], minMemoryBytes: 0, flags: [] },
+    });
     await expectRefusedThenRecovers(d, desiredFor(2, armOnly), 'RELEASE_INCOMPATIBLE');
   });
 
   it('refuses a release that requires a fact of the firmware profile this device lacks', async () => {
     const d = await deviceOnV1();
-    const jetsonOnly = await makeRelease('vibration', 2, models[1]!, trust.release.signer, { constraints: { providers: [], arch: [], minMemoryBytes: 0, flags: ['jetson-agx-orin-jp6'] } });
+    const jetsonOnly = await makeRelease('vibration', 2, models[1]!, trust.release.signer, {
+      constraints: { providers: [], arch: [], minMemoryBytes: 0, flags: ['jetson-agx-orin-jp6'] },
+    });
     await expectRefusedThenRecovers(d, desiredFor(2, jetsonOnly), 'RELEASE_INCOMPATIBLE');
   });
 
@@ -299,7 +326,10 @@ describe('agent model manager - signed updates', () => {
   it('keeps the pinned root file unchanged on disk after a refused rotation', async () => {
     const d = await device();
     const before = d.rootFile();
-    const skipped = signRootBytes(trust.metadata(3), trust.rootKeys.map((k) => k.signer));
+    const skipped = signRootBytes(
+      trust.metadata(3),
+      trust.rootKeys.map((k) => k.signer),
+    );
     await d.manager.apply(desiredFor(1, v1, { rootChain: [skipped] }));
     expect(d.manager.error?.code).toBe('TRUST_ROOT_INVALID');
     expect(d.rootFile().equals(before)).toBe(true);

@@ -76,7 +76,13 @@ describe('agent parts', () => {
       droppedRecords: 2,
       warnings: ['slow disk'],
     };
-    expect(reportedState(facts)).toMatchObject({ uptimeS: 62, lastErrorCode: 'MODEL_INVALID', lastError: 'bad model', reportedAtMs: 71_600, activeModel: { name: 'vibration', version: 3 } });
+    expect(reportedState(facts)).toMatchObject({
+      uptimeS: 62,
+      lastErrorCode: 'MODEL_INVALID',
+      lastError: 'bad model',
+      reportedAtMs: 71_600,
+      activeModel: { name: 'vibration', version: 3 },
+    });
     const sent: ReportedState[] = [];
     const uplink = { connected: false, publish: async (_: string, bytes: Uint8Array) => void sent.push(ReportedState.decode(bytes)) };
     const report = stateReporter(uplink, () => facts, silentLogger());

@@ -35,7 +35,14 @@ describe('agent schedule', () => {
     const clock = new ManualClock(START);
     let started = 0;
     let release: () => void = () => {};
-    const task = await schedule('* * * * * *', () => { started++; return new Promise<void>((r) => (release = r)); }, { name: 'slow', clock, onError: noErrors });
+    const task = await schedule(
+      '* * * * * *',
+      () => {
+        started++;
+        return new Promise<void>((r) => (release = r));
+      },
+      { name: 'slow', clock, onError: noErrors },
+    );
     await clock.advanceAsync(5_000);
     expect(started).toBe(1);
     release();
@@ -49,7 +56,10 @@ describe('agent schedule', () => {
     const failures: string[] = [];
     let runs = 0;
     const scheduler = createScheduler({ clock, onError: (name) => void failures.push(name) });
-    const task = await scheduler.every('* * * * * *', 'flaky', () => { runs++; throw new Error('boom'); });
+    const task = await scheduler.every('* * * * * *', 'flaky', () => {
+      runs++;
+      throw new Error('boom');
+    });
     await clock.advanceAsync(3_000);
     await task.destroy();
     expect(runs).toBe(3);

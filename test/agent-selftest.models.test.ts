@@ -29,7 +29,10 @@ describe('selftest --model', () => {
     const without = await inference({ model: sequence48.path });
     expect(without).toMatchObject({ ok: false, code: 'MODEL_WARMUP_FAILED' });
     const file = join(folder.dir, 'examples.json');
-    writeFileSync(file, JSON.stringify([{ tokens: { type: 'float32', dims: [1, 96] }, step: { type: 'int64', dims: [], data: [1] }, state: { type: 'float32', dims: [1, 48] } }]));
+    writeFileSync(
+      file,
+      JSON.stringify([{ tokens: { type: 'float32', dims: [1, 96] }, step: { type: 'int64', dims: [], data: [1] }, state: { type: 'float32', dims: [1, 48] } }]),
+    );
     const check = await inference({ model: sequence48.path, examples: file });
     expect(check).toMatchObject({ ok: true });
     expect(check.detail).toContain('logits[1x96]');

@@ -37,18 +37,27 @@ describe('inference telemetry is group-committed off the request path', () => {
       runtime: createOnnxRuntime({ logger }),
       providers: ['cpu'],
       logger,
-      observer: { onInference: (rec) => recorder.inference({ model: rec.model, version: rec.version, provider: rec.provider, latencyMs: rec.latencyMs, batchSize: rec.batchSize }) },
+      observer: {
+        onInference: (rec) =>
+          recorder.inference({ model: rec.model, version: rec.version, provider: rec.provider, latencyMs: rec.latencyMs, batchSize: rec.batchSize }),
+      },
     });
     await engine.load({ name: 'vibration', version: 1, ...(await folder.write('demo.onnx', demoModelBytes(1))) });
     const api = await startLocalApi({ engine, health: () => ({ ok: true, details: {} }), metrics: new Registry(), logger });
     try {
       const body = JSON.stringify({ inputs: [{ name: 'features', shape: [1, 8], datatype: 'FP32', data: [4.1, 12, 2.9, 3.2, 2.5, 0.9, 0.4, 41] }] });
       const statuses = await Promise.all(
-        Array.from({ length: 24 }, () => fetch(`${api.url}/v2/models/vibration/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).then((r) => r.status)),
+        Array.from({ length: 24 }, () =>
+          fetch(`${api.url}/v2/models/vibration/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).then((r) => r.status),
+        ),
       );
       expect(statuses).toEqual(Array(24).fill(200));
       // Every request was answered while no commit had happened: none of them waited on one.
-      await waitFor(() => buffer.commitStats(), (s) => s.waiting === 24, { what: 'the records handed to the buffer' });
+      await waitFor(
+        () => buffer.commitStats(),
+        (s) => s.waiting === 24,
+        { what: 'the records handed to the buffer' },
+      );
       expect(buffer.commitStats()).toEqual({ commits: 0, recordsCommitted: 0, waiting: 24 });
       expect(buffer.peek(100, 0)).toHaveLength(0);
       // One window for all of them, and one commit when it closes.
@@ -56,7 +65,11 @@ describe('inference telemetry is group-committed off the request path', () => {
       windows[0]!();
       expect(buffer.commitStats()).toEqual({ commits: 1, recordsCommitted: 24, waiting: 0 });
       expect(buffer.peek(100, 0)).toHaveLength(24);
-      await waitFor(() => recorder.enqueued, (n) => n === 24, { what: 'the recorder counts them as durable' });
+      await waitFor(
+        () => recorder.enqueued,
+        (n) => n === 24,
+        { what: 'the recorder counts them as durable' },
+      );
     } finally {
       await api.close();
       await engine.shutdown();

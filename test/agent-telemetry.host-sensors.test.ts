@@ -56,7 +56,9 @@ describe('host sensors', () => {
     const hanging = script('nvidia-smi-hanging', 'exec sleep 30');
     const cpuWarm = sysfs({ 'class/thermal/thermal_zone0/temp': '45000\n' });
     expect(await new HostSensors({ accelerator: 'nvidia-gpu', sysRoot: cpuWarm, nvidiaSmi: failing }).read()).toEqual({ temperatureC: 45 });
-    expect(await new HostSensors({ accelerator: 'nvidia-gpu', sysRoot: cpuWarm, nvidiaSmi: hanging, commandTimeoutMs: 200 }).read()).toEqual({ temperatureC: 45 });
+    expect(await new HostSensors({ accelerator: 'nvidia-gpu', sysRoot: cpuWarm, nvidiaSmi: hanging, commandTimeoutMs: 200 }).read()).toEqual({
+      temperatureC: 45,
+    });
     expect(await new HostSensors({ accelerator: 'nvidia-gpu', sysRoot: cpuWarm, nvidiaSmi: join(root, 'absent') }).read()).toEqual({ temperatureC: 45 });
   });
 });

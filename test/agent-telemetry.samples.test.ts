@@ -26,12 +26,18 @@ describe('sample capture policy', () => {
     expect(Array.from(new Float32Array(new Uint8Array(sample.inputs[0]!.data).buffer))).toEqual(Array.from(new Float32Array(row)));
     expect(sample.outputs[0]).toMatchObject({ name: 'probabilities', datatype: 'FP32', shape: [1, 2] });
     // A failure carries no outputs and its code; input that does not fit its datatype is kept as JSON text.
-    const failed = capture.consider([{ name: 'features', datatype: 'FP32', shape: [1, 2], data: ['a', 'b'] }], { model: 'm', version: 2, errorCode: 'INFERENCE_INPUT_INVALID' });
+    const failed = capture.consider([{ name: 'features', datatype: 'FP32', shape: [1, 2], data: ['a', 'b'] }], {
+      model: 'm',
+      version: 2,
+      errorCode: 'INFERENCE_INPUT_INVALID',
+    });
     expect(failed).toMatchObject({ reason: 'error', errorCode: 'INFERENCE_INPUT_INVALID', outputs: [] });
     expect(failed!.inputs[0]).toMatchObject({ datatype: 'JSON' });
     expect(Buffer.from(failed!.inputs[0]!.data).toString()).toBe('["a","b"]');
     // 100 floats are 400 bytes, over the 64-byte cap.
-    expect(new SampleCapture({ sampleRate: 1, errors: false, maxSampleBytes: 64 }).consider(features(new Array(100).fill(1)), { model: 'm', version: 2, outputs })).toBeUndefined();
+    expect(
+      new SampleCapture({ sampleRate: 1, errors: false, maxSampleBytes: 64 }).consider(features(new Array(100).fill(1)), { model: 'm', version: 2, outputs }),
+    ).toBeUndefined();
     expect(new SampleCapture({ sampleRate: 0, errors: false, maxSampleBytes: 64 }).enabled).toBe(false);
   });
 });
@@ -48,7 +54,11 @@ describe('sample capture on a wired agent', () => {
     agent = await startEnrolledAgent(cp, api, 'edge-capture', join(dir, 'agent'), { capture: { sampleRate: 1, errors: true } });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', ['edge-capture']);
-    await waitFor(() => inferOnce(agent.localApiUrl, row).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
+    await waitFor(
+      () => inferOnce(agent.localApiUrl, row).then((r) => r.status),
+      (s) => s === 200,
+      { what: 'model active on the agent' },
+    );
   });
 
   afterAll(async () => {
@@ -66,8 +76,17 @@ describe('sample capture on a wired agent', () => {
     const db = new Database(join(dir, 'cp', 'control-plane.db'), { readonly: true });
     try {
       const samples = await waitFor(
-        () => (db.prepare(`SELECT stream, record FROM telemetry_records WHERE device_id = ? AND kind = 'sample' ORDER BY boot, seq`).all('edge-capture') as Array<{ stream: number; record: Buffer }>),
-        (rows) => rows.some((r) => TelemetryRecord.decode(r.record).body?.$case === 'sample' && (TelemetryRecord.decode(r.record).body!.value as { reason: string }).reason === 'error'),
+        () =>
+          db.prepare(`SELECT stream, record FROM telemetry_records WHERE device_id = ? AND kind = 'sample' ORDER BY boot, seq`).all('edge-capture') as Array<{
+            stream: number;
+            record: Buffer;
+          }>,
+        (rows) =>
+          rows.some(
+            (r) =>
+              TelemetryRecord.decode(r.record).body?.$case === 'sample' &&
+              (TelemetryRecord.decode(r.record).body!.value as { reason: string }).reason === 'error',
+          ),
         { what: 'a failed request captured and stored' },
       );
       expect(samples.every((s) => s.stream === Stream.STREAM_SAMPLES)).toBe(true);
@@ -86,7 +105,8 @@ describe('sample capture on a wired agent', () => {
 
   it('wired agent - system metrics go up when the test advances the schedules clock, not before', async () => {
     const db = new Database(join(dir, 'cp', 'control-plane.db'), { readonly: true });
-    const systemRecords = (): number => (db.prepare(`SELECT count(*) AS n FROM telemetry_records WHERE device_id = ? AND kind = 'system'`).get('edge-capture') as { n: number }).n;
+    const systemRecords = (): number =>
+      (db.prepare(`SELECT count(*) AS n FROM telemetry_records WHERE device_id = ? AND kind = 'system'`).get('edge-capture') as { n: number }).n;
     try {
       // The test above waited for its records to be stored: the schedule had all that real time and did not run.
       expect(systemRecords()).toBe(0);

@@ -19,7 +19,11 @@ describe('driftline-agent - a decommissioned device', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-decommissioned-'));
-    controlPlane = await startProcess('bin/driftline.js', ['serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'], LISTENING);
+    controlPlane = await startProcess(
+      'bin/driftline.js',
+      ['serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'],
+      LISTENING,
+    );
     api = fleetApi(controlPlane.ready[1]!, controlPlane.ready[4]!);
   });
   afterAll(async () => {
@@ -32,13 +36,24 @@ describe('driftline-agent - a decommissioned device', () => {
   it('says it was decommissioned and exits with code 4 instead of reconnecting forever', async () => {
     const grpc = controlPlane.ready[1]!;
     const token = await api.createEnrollmentToken('edge-gone-1', {});
-    agent = await startProcess('bin/driftline-agent.js', ['run', '--device-id', 'edge-gone-1', '--enroll-token', token, '--server', grpc, '--data-dir', join(dir, 'agent'), '--local-port', '0'], AGENT_READY);
-    await waitFor(() => api.listDevices(), (d) => d[0]?.online === true, { what: 'device online' });
+    agent = await startProcess(
+      'bin/driftline-agent.js',
+      ['run', '--device-id', 'edge-gone-1', '--enroll-token', token, '--server', grpc, '--data-dir', join(dir, 'agent'), '--local-port', '0'],
+      AGENT_READY,
+    );
+    await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.online === true,
+      { what: 'device online' },
+    );
 
     const adminToken = readFileSync(controlPlane.ready[4]!, 'utf8').trim();
     const decommission = await new Promise<number>((resolve) =>
-      execFile(process.execPath, ['bin/driftline.js', '--server', grpc, '--token', adminToken, 'devices', 'decommission', 'edge-gone-1'], { cwd: REPO_ROOT }, (error) =>
-        resolve(error ? Number(error.code) : 0),
+      execFile(
+        process.execPath,
+        ['bin/driftline.js', '--server', grpc, '--token', adminToken, 'devices', 'decommission', 'edge-gone-1'],
+        { cwd: REPO_ROOT },
+        (error) => resolve(error ? Number(error.code) : 0),
       ),
     );
     expect(decommission).toBe(0);

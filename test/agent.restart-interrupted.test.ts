@@ -37,7 +37,11 @@ describe('agent restart after an interrupted model activation', () => {
     const first = await startEnrolledAgent(cp, api, 'edge-interrupted', agentDir);
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', ['edge-interrupted']);
-    await waitFor(() => inferOnce(first.localApiUrl, row).then((r) => r.status), (s) => s === 200, { what: 'v1 active on the agent' });
+    await waitFor(
+      () => inferOnce(first.localApiUrl, row).then((r) => r.status),
+      (s) => s === 200,
+      { what: 'v1 active on the agent' },
+    );
     await first.shutdown();
 
     // What a restart finds after the activation of the next release died twice: its install still 'activating'.
@@ -48,7 +52,10 @@ describe('agent restart after an interrupted model activation', () => {
       appliedRevision: number;
     };
     const desired = { revision: persisted.appliedRevision + 1, model: { name: 'vibration', version: 2, sha256: 'ab'.repeat(32) } };
-    db.prepare('UPDATE agent_state SET value = ? WHERE key = ?').run(JSON.stringify({ ...persisted, install: { state: 'activating', desired, interruptedActivations: 5 } }), key);
+    db.prepare('UPDATE agent_state SET value = ? WHERE key = ?').run(
+      JSON.stringify({ ...persisted, install: { state: 'activating', desired, interruptedActivations: 5 } }),
+      key,
+    );
     db.close();
 
     const lines: Array<{ level: number; msg: string; code?: string; err?: { message?: string } }> = [];
@@ -57,7 +64,9 @@ describe('agent restart after an interrupted model activation', () => {
     const restarted = await startAgent(config, { logger });
     try {
       // The one error logged is the refusal itself, with its stable code.
-      expect(lines.filter((l) => l.level >= 50).map((l) => `${l.msg}: ${l.code ?? l.err?.message ?? ''}`)).toEqual(['model update refused; the running model stays: RELEASE_ACTIVATION_INTERRUPTED']);
+      expect(lines.filter((l) => l.level >= 50).map((l) => `${l.msg}: ${l.code ?? l.err?.message ?? ''}`)).toEqual([
+        'model update refused; the running model stays: RELEASE_ACTIVATION_INTERRUPTED',
+      ]);
       expect((await inferOnce(restarted.localApiUrl, row)).status).toBe(200);
       const health = (await (await fetch(`${restarted.localApiUrl}/healthz`)).json()) as { details: { activeModel: { name: string; version: number } | null } };
       expect(health.details.activeModel).toMatchObject({ name: 'vibration', version: 1 });

@@ -29,7 +29,10 @@ describe('agent shutdown', () => {
     });
     const clock = new ManualClock(Date.now());
     // Ten minutes of grace: on real timers the drain alone would outlast the test.
-    const config = loadAgentConfig({ env: {}, flags: { dataDir, localApi: { port: 0 }, shutdownGrace: '10m', mqtt: { reconnectMin: '1s', reconnectMax: '1s' } } });
+    const config = loadAgentConfig({
+      env: {},
+      flags: { dataDir, localApi: { port: 0 }, shutdownGrace: '10m', mqtt: { reconnectMin: '1s', reconnectMax: '1s' } },
+    });
     const agent = await startAgent(config, { logger: silentLogger(), clock });
     await agent.reportState();
     let stopped = false;

@@ -35,10 +35,14 @@ describe('architecture', () => {
   });
 
   it('layers hold: no cycles, core code imports no transport, runtime or database, agent and control plane meet only in common/', () => {
-    const result = spawnSync(bin('depcruise'), ['--config', '.dependency-cruiser.cjs', '--output-type', 'err', 'agent', 'control-plane', 'common', 'cli', 'client', 'simulator', 'demo'], {
-      cwd: REPO_ROOT,
-      encoding: 'utf8',
-    });
+    const result = spawnSync(
+      bin('depcruise'),
+      ['--config', '.dependency-cruiser.cjs', '--output-type', 'err', 'agent', 'control-plane', 'common', 'cli', 'client', 'simulator', 'demo'],
+      {
+        cwd: REPO_ROOT,
+        encoding: 'utf8',
+      },
+    );
     expect(result.stdout + result.stderr).toContain('no dependency violations found');
     expect(result.status).toBe(0);
   });

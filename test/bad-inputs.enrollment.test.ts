@@ -55,7 +55,18 @@ describe('bad inputs - enrollment through the agent process', () => {
 
   const enrollWith = async (deviceId: string, token: string): Promise<{ code: number | null; stderr: string; dataDir: string }> => {
     const dataDir = join(dir, `agent-${++folders}`);
-    const result = await runAgent(['--device-id', deviceId, '--enroll-token', token, '--server', cp.addresses.grpc, '--data-dir', dataDir, '--local-port', '0']);
+    const result = await runAgent([
+      '--device-id',
+      deviceId,
+      '--enroll-token',
+      token,
+      '--server',
+      cp.addresses.grpc,
+      '--data-dir',
+      dataDir,
+      '--local-port',
+      '0',
+    ]);
     return { ...result, dataDir };
   };
 
@@ -75,13 +86,19 @@ describe('bad inputs - enrollment through the agent process', () => {
   });
 
   const refusals: Array<[string, string, () => Promise<{ deviceId: string; token: string }>]> = [
-    ['a token the control plane never issued', 'ENROLLMENT_TOKEN_INVALID', async () => ({ deviceId: 'edge-enroll-1', token: 'dle_this-token-was-never-issued' })],
+    [
+      'a token the control plane never issued',
+      'ENROLLMENT_TOKEN_INVALID',
+      async () => ({ deviceId: 'edge-enroll-1', token: 'dle_this-token-was-never-issued' }),
+    ],
     [
       'a token that was already used',
       'ENROLLMENT_TOKEN_USED',
       async () => {
         const token = await api.createEnrollmentToken('edge-enroll-2');
-        await rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: 'edge-enroll-2', firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+        await rpc<EnrollResponse>((cb) =>
+          enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: 'edge-enroll-2', firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb),
+        );
         return { deviceId: 'edge-enroll-2', token };
       },
     ],
@@ -94,7 +111,11 @@ describe('bad inputs - enrollment through the agent process', () => {
         return { deviceId: 'edge-enroll-3', token };
       },
     ],
-    ['a token issued for another device', 'ENROLLMENT_TOKEN_INVALID', async () => ({ deviceId: 'edge-enroll-4', token: await api.createEnrollmentToken('edge-enroll-5') })],
+    [
+      'a token issued for another device',
+      'ENROLLMENT_TOKEN_INVALID',
+      async () => ({ deviceId: 'edge-enroll-4', token: await api.createEnrollmentToken('edge-enroll-5') }),
+    ],
   ];
 
   it.each(refusals)('bad inputs - the agent refuses to start with %s: exit 3, %s on stderr, no identity left behind', async (_, code, prepare) => {

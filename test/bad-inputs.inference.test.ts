@@ -28,9 +28,25 @@ const refusals: Array<[string, string, string, unknown, number, string, boolean]
   ['a wrong shape', 'POST', '/v2/models/vibration/infer', input({ shape: [1, 7], data: row().slice(0, 7) }), 400, 'INFERENCE_INPUT_INVALID', true],
   ['a shape that does not match the data', 'POST', '/v2/models/vibration/infer', input({ shape: [2, 8] }), 400, 'INFERENCE_INPUT_INVALID', true],
   ['a negative dimension', 'POST', '/v2/models/vibration/infer', input({ shape: [-1, 8] }), 400, 'INFERENCE_INPUT_INVALID', true],
-  ['a wrong datatype', 'POST', '/v2/models/vibration/infer', input({ datatype: 'INT64', data: [1, 2, 3, 4, 5, 6, 7, 8] }), 400, 'INFERENCE_INPUT_INVALID', true],
+  [
+    'a wrong datatype',
+    'POST',
+    '/v2/models/vibration/infer',
+    input({ datatype: 'INT64', data: [1, 2, 3, 4, 5, 6, 7, 8] }),
+    400,
+    'INFERENCE_INPUT_INVALID',
+    true,
+  ],
   ['a datatype that does not exist', 'POST', '/v2/models/vibration/infer', input({ datatype: 'FP128' }), 400, 'INFERENCE_INPUT_INVALID', true],
-  ['strings where numbers belong', 'POST', '/v2/models/vibration/infer', input({ data: ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'] }), 400, 'INFERENCE_INPUT_INVALID', true],
+  [
+    'strings where numbers belong',
+    'POST',
+    '/v2/models/vibration/infer',
+    input({ data: ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'] }),
+    400,
+    'INFERENCE_INPUT_INVALID',
+    true,
+  ],
   ['an unknown input name', 'POST', '/v2/models/vibration/infer', input({ name: 'feature' }), 400, 'INFERENCE_INPUT_INVALID', true],
   ['a body that is not JSON', 'POST', '/v2/models/vibration/infer', 'features=1,2,3', 400, 'REQUEST_INVALID', false],
   ['JSON that is not an inference request', 'POST', '/v2/models/vibration/infer', { inputs: 'features' }, 400, 'REQUEST_INVALID', false],
@@ -39,7 +55,15 @@ const refusals: Array<[string, string, string, unknown, number, string, boolean]
   ['a model name like __proto__', 'POST', '/v2/models/__proto__/infer', input(), 404, 'MODEL_NOT_FOUND', false],
   ['a version that is not served', 'POST', '/v2/models/vibration/versions/99/infer', input(), 404, 'MODEL_NOT_FOUND', false],
   ['GET on the infer route', 'GET', '/v2/models/vibration/infer', undefined, 404, 'ROUTE_NOT_FOUND', false],
-  ['a body above the configured limit', 'POST', '/v2/models/vibration/infer', input({ data: new Array(MAX_BODY_BYTES).fill(0.5) }), 413, 'PAYLOAD_TOO_LARGE', false],
+  [
+    'a body above the configured limit',
+    'POST',
+    '/v2/models/vibration/infer',
+    input({ data: new Array(MAX_BODY_BYTES).fill(0.5) }),
+    413,
+    'PAYLOAD_TOO_LARGE',
+    false,
+  ],
 ];
 
 describe('bad inputs - inference requests to a fully wired agent', () => {
@@ -93,7 +117,8 @@ describe('bad inputs - inference requests to a fully wired agent', () => {
     expect(health).toMatchObject({ status: 200, json: { ok: true, details: { state: 'running', uplinkConnected: true } } });
     const { stats, device } = await waitFor(
       async () => ({ stats: agent.stats(), device: await api.summary(DEVICE) }),
-      ({ stats, device }) => stats.bufferDepth === 0 && stats.recordsAcknowledged === stats.recordsEnqueued && device.devices[0]?.records === stats.recordsEnqueued,
+      ({ stats, device }) =>
+        stats.bufferDepth === 0 && stats.recordsAcknowledged === stats.recordsEnqueued && device.devices[0]?.records === stats.recordsEnqueued,
       { what: 'telemetry drained and stored' },
     );
     // Requests refused by the model's signature are inference errors with their code; the ones refused before routing never reach a model.

@@ -45,12 +45,33 @@ const inference = (seq: number): TelemetryRecord =>
     seq,
     timeMs: 1_700_000_000_000 + seq,
     stream: Stream.STREAM_INFERENCE,
-    body: { $case: 'inference', value: { model: 'vibration', version: 1, provider: 'cpu', latencyMs: 4.2, outcome: Outcome.OUTCOME_OK, topClass: 1, confidence: 0.9, errorCode: '', batchSize: 1 } },
+    body: {
+      $case: 'inference',
+      value: {
+        model: 'vibration',
+        version: 1,
+        provider: 'cpu',
+        latencyMs: 4.2,
+        outcome: Outcome.OUTCOME_OK,
+        topClass: 1,
+        confidence: 0.9,
+        errorCode: '',
+        batchSize: 1,
+      },
+    },
   });
 const event = (seq: number, message: string): TelemetryRecord =>
-  TelemetryRecord.fromPartial({ boot: BOOT, seq, timeMs: 1_700_000_000_000 + seq, stream: Stream.STREAM_EVENTS, body: { $case: 'event', value: { kind: 'log', message, attributes: {} } } });
-const batch = (...records: TelemetryRecord[]): Buffer => Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: 1_700_000_000_000 })).finish());
-const deflated = (inner: Buffer): Buffer => Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ deflated: deflateSync(inner, { level: 9 }), sentAtMs: 1_700_000_000_000 })).finish());
+  TelemetryRecord.fromPartial({
+    boot: BOOT,
+    seq,
+    timeMs: 1_700_000_000_000 + seq,
+    stream: Stream.STREAM_EVENTS,
+    body: { $case: 'event', value: { kind: 'log', message, attributes: {} } },
+  });
+const batch = (...records: TelemetryRecord[]): Buffer =>
+  Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: 1_700_000_000_000 })).finish());
+const deflated = (inner: Buffer): Buffer =>
+  Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ deflated: deflateSync(inner, { level: 9 }), sentAtMs: 1_700_000_000_000 })).finish());
 
 /** A device enrolled through the gRPC API, connected over MQTT, collecting its acks. */
 interface TestDevice {
@@ -66,7 +87,9 @@ interface TestDevice {
 async function enrollDevice(cp: ControlPlane, api: FleetApi, id: string): Promise<TestDevice> {
   const enrollment = new EnrollmentServiceClient(cp.addresses.grpc, credentials.createInsecure());
   const token = await api.createEnrollmentToken(id);
-  const credential = await rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: id, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+  const credential = await rpc<EnrollResponse>((cb) =>
+    enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId: id, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb),
+  );
   enrollment.close();
   const client = await connectClient(cp.addresses.mqtt, { clientId: id, username: credential.mqttUsername, password: credential.mqttPassword });
   const acks: TelemetryAck[] = [];
@@ -83,7 +106,11 @@ async function enrollDevice(cp: ControlPlane, api: FleetApi, id: string): Promis
     publish,
     async sendValid(seq) {
       await publish('telemetry', batch(inference(seq)));
-      return waitFor(() => acks.find((a) => a.ranges.some((r) => r.first <= seq && seq <= r.last)), (a) => a !== undefined, { what: `the ack for ${id} seq ${seq}` }) as Promise<TelemetryAck>;
+      return waitFor(
+        () => acks.find((a) => a.ranges.some((r) => r.first <= seq && seq <= r.last)),
+        (a) => a !== undefined,
+        { what: `the ack for ${id} seq ${seq}` },
+      ) as Promise<TelemetryAck>;
     },
   };
 }
@@ -91,8 +118,15 @@ async function enrollDevice(cp: ControlPlane, api: FleetApi, id: string): Promis
 const deviceRow = (summary: TelemetrySummary, id: string): DeviceTelemetry | undefined => summary.devices.find((d) => d.deviceId === id);
 const refused = (summary: TelemetrySummary, id: string, code: string): number => deviceRow(summary, id)?.refusals.find((r) => r.code === code)?.count ?? 0;
 
-async function startWith(dir: string, ingest: ControlPlaneConfigInput['ingest'], deps: { clock?: ManualClock; logger?: Logger } = {}): Promise<{ cp: ControlPlane; api: FleetApi }> {
-  const cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, ingest }, { logger: deps.logger ?? silentLogger(), clock: deps.clock });
+async function startWith(
+  dir: string,
+  ingest: ControlPlaneConfigInput['ingest'],
+  deps: { clock?: ManualClock; logger?: Logger } = {},
+): Promise<{ cp: ControlPlane; api: FleetApi }> {
+  const cp = await startControlPlane(
+    { dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, ingest },
+    { logger: deps.logger ?? silentLogger(), clock: deps.clock },
+  );
   return { cp, api: fleetApi(cp.addresses.grpc, cp.adminTokenFile) };
 }
 
@@ -106,7 +140,14 @@ describe('ingest limits - batches that would cost more than they are worth', () 
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-ingest-limits-'));
-    ({ cp, api } = await startWith(dir, { maxRecordsPerBatch: MAX_RECORDS_PER_BATCH, maxInflatedBytes: MAX_INFLATED_BYTES, maxStateBytes: '4KiB', maxStateWarnings: 4, maxResultBytes: '4KiB', maxResultOutputs: 4 }));
+    ({ cp, api } = await startWith(dir, {
+      maxRecordsPerBatch: MAX_RECORDS_PER_BATCH,
+      maxInflatedBytes: MAX_INFLATED_BYTES,
+      maxStateBytes: '4KiB',
+      maxStateWarnings: 4,
+      maxResultBytes: '4KiB',
+      maxResultOutputs: 4,
+    }));
     attacker = await enrollDevice(cp, api, 'edge-amplifier');
     bystander = await enrollDevice(cp, api, 'edge-bystander');
   });
@@ -170,11 +211,15 @@ describe('ingest limits - batches that would cost more than they are worth', () 
 
   it('ingest - refuses reported states and command results above their size or list limits, and keeps the last good state', async () => {
     const before = await api.summary(attacker.id);
-    const state = (fields: Partial<ReportedState>): Buffer => Buffer.from(ReportedState.encode(ReportedState.fromPartial({ agentVersion: '0.1.0', firmwareProfile: 'generic-x86_64-cpu', ...fields })).finish());
+    const state = (fields: Partial<ReportedState>): Buffer =>
+      Buffer.from(ReportedState.encode(ReportedState.fromPartial({ agentVersion: '0.1.0', firmwareProfile: 'generic-x86_64-cpu', ...fields })).finish());
     await attacker.publish('state', state({ bufferDepth: 7 }));
     await attacker.publish('state', state({ bufferDepth: 8, lastError: 'e'.repeat(8 * 1024) }));
     await attacker.publish('state', state({ bufferDepth: 9, warnings: ['a', 'b', 'c', 'd', 'e'] }));
-    await attacker.publish('result', Buffer.from(CommandResult.encode(CommandResult.fromPartial({ id: 'c1', ok: true, message: 'm'.repeat(8 * 1024) })).finish()));
+    await attacker.publish(
+      'result',
+      Buffer.from(CommandResult.encode(CommandResult.fromPartial({ id: 'c1', ok: true, message: 'm'.repeat(8 * 1024) })).finish()),
+    );
     const outputs = Object.fromEntries(Array.from({ length: 5 }, (_, i) => [`k${i}`, 'v']));
     await attacker.publish('result', Buffer.from(CommandResult.encode(CommandResult.fromPartial({ id: 'c2', ok: true, output: outputs })).finish()));
     await attacker.sendValid(nextSeq++);
@@ -246,7 +291,11 @@ describe('ingest limits - per-device rate limit', () => {
     clock.advance(60_000);
     for (let seq = 7; seq <= 11; seq++) await flooder.publish('telemetry', batch(inference(seq)));
     await neighbour.sendValid(2);
-    await waitFor(() => rateLogLines(flooder.id).length, (n) => n === 2, { what: 'the second rate-limit log line' });
+    await waitFor(
+      () => rateLogLines(flooder.id).length,
+      (n) => n === 2,
+      { what: 'the second rate-limit log line' },
+    );
     expect(refused(await api.summary(flooder.id), flooder.id, 'DEVICE_RATE_LIMITED')).toBe(7);
   });
 
@@ -256,12 +305,39 @@ describe('ingest limits - per-device rate limit', () => {
     device.client.end(true);
     const buffer = SqliteBuffer.open({ file: join(dir, 'buffer.db'), synchronous: 'NORMAL' });
     for (let i = 0; i < records; i++) {
-      const body = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs: 1_700_000_000_000 + i, stream: Stream.STREAM_EVENTS, body: { $case: 'event', value: { kind: 'test', message: String(i), attributes: {} } } }).finish();
+      const body = TelemetryRecord.encode({
+        boot: 0,
+        seq: 0,
+        timeMs: 1_700_000_000_000 + i,
+        stream: Stream.STREAM_EVENTS,
+        body: { $case: 'event', value: { kind: 'test', message: String(i), attributes: {} } },
+      }).finish();
       await buffer.enqueue({ stream: Stream.STREAM_EVENTS, timeMs: 1_700_000_000_000 + i, body });
     }
-    const uplink = new MqttUplink({ url: cp.addresses.mqtt, deviceId: device.id, password: device.credential.mqttPassword, keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger: silentLogger() });
+    const uplink = new MqttUplink({
+      url: cp.addresses.mqtt,
+      deviceId: device.id,
+      password: device.credential.mqttPassword,
+      keepaliveSeconds: 30,
+      reconnectMinMs: 100,
+      reconnectMaxMs: 1000,
+      connectTimeoutMs: 5000,
+      publishTimeoutMs: 30_000,
+      logger: silentLogger(),
+    });
     // Four batches in flight against a bucket of three with a manual refill: some are refused, none acknowledged.
-    const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger: silentLogger(), maxBatchRecords: 10, maxInflightBatches: 4, batchDelayMs: 1, ackTimeoutMs: 200, compressMinBytes: 0, liveEvery: 0 });
+    const uploader = new TelemetryUploader({
+      buffer,
+      uplink,
+      clock: systemClock,
+      logger: silentLogger(),
+      maxBatchRecords: 10,
+      maxInflightBatches: 4,
+      batchDelayMs: 1,
+      ackTimeoutMs: 200,
+      compressMinBytes: 0,
+      liveEvery: 0,
+    });
     await uplink.start();
     // The agent checks for missing acks periodically; the control plane's bucket refills a token each round.
     const ticker = setInterval(() => {

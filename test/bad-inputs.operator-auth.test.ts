@@ -39,14 +39,21 @@ describe('bad inputs - operator authentication on the running control plane', ()
   let viewer: Metadata;
 
   const createEnrollmentToken = (metadata: Metadata) =>
-    rpc<CreateEnrollmentTokenResponse>((cb) => devices.createEnrollmentToken(CreateEnrollmentTokenRequest.fromPartial({ deviceId: 'edge-auth-1' }), metadata, cb));
+    rpc<CreateEnrollmentTokenResponse>((cb) =>
+      devices.createEnrollmentToken(CreateEnrollmentTokenRequest.fromPartial({ deviceId: 'edge-auth-1' }), metadata, cb),
+    );
   const summary = (metadata: Metadata) => rpc<TelemetrySummary>((cb) => telemetry.getSummary({ deviceId: '', sinceMs: 0 }, metadata, cb));
   const listModels = (metadata: Metadata) => rpc<ListModelsResponse>((cb) => models.listModels({}, metadata, cb));
   const upload = (metadata: Metadata) =>
     rpc<ModelVersion>((cb) => {
       const bytes = buildDemoModel({ seed: 3 }).bytes;
       const stream = models.uploadModel(metadata, cb);
-      stream.write({ part: { $case: 'header', value: { name: 'vibration', sizeBytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), description: '', metadata: {} } } });
+      stream.write({
+        part: {
+          $case: 'header',
+          value: { name: 'vibration', sizeBytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), description: '', metadata: {} },
+        },
+      });
       stream.write({ part: { $case: 'chunk', value: Buffer.from(bytes) } });
       stream.end();
     });
@@ -94,7 +101,15 @@ describe('bad inputs - operator authentication on the running control plane', ()
 
   const invalid: Array<[string, () => Metadata]> = [
     ['a token that was never issued', () => bearer('dlt_this-token-was-never-issued')],
-    ['the admin token with one character changed', () => bearer(readFileSync(cp.adminTokenFile, 'utf8').trim().replace(/.$/, (c) => (c === 'a' ? 'b' : 'a')))],
+    [
+      'the admin token with one character changed',
+      () =>
+        bearer(
+          readFileSync(cp.adminTokenFile, 'utf8')
+            .trim()
+            .replace(/.$/, (c) => (c === 'a' ? 'b' : 'a')),
+        ),
+    ],
     ['an enrollment token used as an operator token', () => bearer('dle_not-an-operator-token')],
   ];
   it.each(invalid)('bad inputs - answers %s with UNAUTHENTICATED and AUTH_INVALID', async (_, metadata) => {

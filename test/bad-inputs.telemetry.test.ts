@@ -15,14 +15,7 @@ import { credentials } from '@grpc/grpc-js';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
-import {
-  Outcome,
-  ReportedState,
-  Stream,
-  TelemetryAck,
-  TelemetryBatch,
-  TelemetryRecord,
-} from '../common/proto/driftline/v1/device_link.js';
+import { Outcome, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
 import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
@@ -46,12 +39,24 @@ const inference = (seq: number, latencyMs = 4.2): TelemetryRecord =>
     stream: Stream.STREAM_INFERENCE,
     body: {
       $case: 'inference',
-      value: { model: 'vibration', version: 1, provider: 'cpu', latencyMs, outcome: Outcome.OUTCOME_OK, topClass: 1, confidence: 0.9, errorCode: '', batchSize: 1 },
+      value: {
+        model: 'vibration',
+        version: 1,
+        provider: 'cpu',
+        latencyMs,
+        outcome: Outcome.OUTCOME_OK,
+        topClass: 1,
+        confidence: 0.9,
+        errorCode: '',
+        batchSize: 1,
+      },
     },
   });
-const batch = (...records: TelemetryRecord[]): Buffer => Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: 1_700_000_000_000 })).finish());
+const batch = (...records: TelemetryRecord[]): Buffer =>
+  Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: 1_700_000_000_000 })).finish());
 
-const deflated = (bytes: Buffer): Buffer => Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ deflated: bytes, sentAtMs: 1_700_000_000_000 })).finish());
+const deflated = (bytes: Buffer): Buffer =>
+  Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ deflated: bytes, sentAtMs: 1_700_000_000_000 })).finish());
 
 /** Each malformed batch, built around the seq that the valid batch after it then uses. */
 const malformed: Array<[string, (seq: number) => Buffer]> = [
@@ -96,7 +101,11 @@ describe('bad inputs - telemetry from an authenticated device', () => {
   /** Sends one valid record and waits for its ack; every ack that came since `from` is returned. */
   const sendValid = async (seq: number, from: number): Promise<TelemetryAck[]> => {
     await publish('telemetry', batch(inference(seq)));
-    await waitFor(() => acks.length, (n) => n > from, { what: `the ack for seq ${seq}` });
+    await waitFor(
+      () => acks.length,
+      (n) => n > from,
+      { what: `the ack for seq ${seq}` },
+    );
     return acks.slice(from);
   };
 
@@ -172,7 +181,13 @@ describe('bad inputs - telemetry from an authenticated device', () => {
     const seq = nextSeq++;
     // A well-formed batch, just too large: one event whose message alone passes the packet limit.
     const oversized = batch(
-      TelemetryRecord.fromPartial({ boot: BOOT, seq, timeMs: 1, stream: Stream.STREAM_EVENTS, body: { $case: 'event', value: { kind: 'log', message: 'x'.repeat(MAX_PACKET_BYTES + 1024), attributes: {} } } }),
+      TelemetryRecord.fromPartial({
+        boot: BOOT,
+        seq,
+        timeMs: 1,
+        stream: Stream.STREAM_EVENTS,
+        body: { $case: 'event', value: { kind: 'log', message: 'x'.repeat(MAX_PACKET_BYTES + 1024), attributes: {} } },
+      }),
     );
     expect(oversized.length).toBeGreaterThan(MAX_PACKET_BYTES);
     const gone = closed(device);
@@ -201,7 +216,9 @@ describe('bad inputs - telemetry from an authenticated device', () => {
   });
 
   async function refusedPublishes(): Promise<number> {
-    const text = await (await fetch(`${cp.addresses.http}/metrics`, { headers: { authorization: `Bearer ${readFileSync(cp.adminTokenFile, 'utf8').trim()}` } })).text();
+    const text = await (
+      await fetch(`${cp.addresses.http}/metrics`, { headers: { authorization: `Bearer ${readFileSync(cp.adminTokenFile, 'utf8').trim()}` } })
+    ).text();
     return Number(/^driftline_broker_refused_publishes_total (\d+)$/m.exec(text)?.[1] ?? Number.NaN);
   }
 });

@@ -85,15 +85,22 @@ describe('embedded broker', () => {
   });
 
   it('broker - refuses a will message on a foreign topic', async () => {
-    await expect(device('dev-a', 'secret-a', { will: { topic: upTopic('dev-b', 'state'), payload: Buffer.from('x'), qos: 1, retain: false } })).rejects.toMatchObject({ code: 5 });
-    await expect(device('dev-a', 'secret-a', { will: { topic: upTopic('dev-a', 'state'), payload: Buffer.from('x'), qos: 1, retain: true } })).rejects.toMatchObject({ code: 5 });
+    await expect(
+      device('dev-a', 'secret-a', { will: { topic: upTopic('dev-b', 'state'), payload: Buffer.from('x'), qos: 1, retain: false } }),
+    ).rejects.toMatchObject({ code: 5 });
+    await expect(
+      device('dev-a', 'secret-a', { will: { topic: upTopic('dev-a', 'state'), payload: Buffer.from('x'), qos: 1, retain: true } }),
+    ).rejects.toMatchObject({ code: 5 });
   });
 
   it('broker - gives a negative suback for another device subtree, wildcards above its own and $SYS', async () => {
     const a = await device('dev-a');
     for (const filter of [downTopic('dev-b', 'desired'), 'driftline/v1/d/+/down/#', '#', '$SYS/#', upTopic('dev-a', 'telemetry')]) {
       // mqtt.js turns a 0x80 grant into a rejection carrying the SUBACK.
-      const error = await a.subscribeAsync(filter, { qos: 1 }).then(() => undefined, (err: { packet?: { granted: number[] } }) => err);
+      const error = await a.subscribeAsync(filter, { qos: 1 }).then(
+        () => undefined,
+        (err: { packet?: { granted: number[] } }) => err,
+      );
       expect(error?.packet?.granted[0], filter).toBe(128);
     }
     expect(a.connected).toBe(true);
@@ -106,7 +113,11 @@ describe('embedded broker', () => {
     const seen: string[] = [];
     await b.subscribeAsync('driftline/v1/d/dev-b/down/#', { qos: 1 });
     b.on('message', (topic) => seen.push(topic));
-    for (const [topic, retain] of [[downTopic('dev-b', 'desired'), false], ['$SYS/broker/x', false], [upTopic('dev-a', 'state'), true]] as const) {
+    for (const [topic, retain] of [
+      [downTopic('dev-b', 'desired'), false],
+      ['$SYS/broker/x', false],
+      [upTopic('dev-a', 'state'), true],
+    ] as const) {
       const a = await device('dev-a');
       const gone = closed(a);
       a.publish(topic, 'evil', { qos: 1, retain });

@@ -184,7 +184,10 @@ describe('embedded broker limits', () => {
       const written = await Promise.all(flooders.map((socket) => floodUntilClosed(socket, HUGE_CONNECT_HEADER)));
       expect(written).toHaveLength(4);
       expect(broker.stats.refusedPackets).toBe(4);
-      await waitFor(() => broker.pendingConnections, (n) => n === 0);
+      await waitFor(
+        () => broker.pendingConnections,
+        (n) => n === 0,
+      );
       const device = await connectClient(broker.url, { clientId: DEVICE, username: DEVICE, password: SECRET });
       clients.push(device);
       await device.publishAsync(upTopic(DEVICE, 'telemetry'), Buffer.alloc(16), { qos: 1 });
@@ -211,12 +214,18 @@ describe('embedded broker limits', () => {
     const broker = await startBroker({ maxPendingConnections: 2 });
     try {
       const idle = [await rawSocket(broker.url), await rawSocket(broker.url)];
-      await waitFor(() => broker.pendingConnections, (n) => n === 2);
+      await waitFor(
+        () => broker.pendingConnections,
+        (n) => n === 2,
+      );
       const third = await rawSocket(broker.url);
       await socketClosed(third);
       expect(broker.stats.refusedConnections).toBe(1);
       idle[0]!.destroy();
-      await waitFor(() => broker.pendingConnections, (n) => n === 1);
+      await waitFor(
+        () => broker.pendingConnections,
+        (n) => n === 1,
+      );
       const device = await connectClient(broker.url, { clientId: DEVICE, username: DEVICE, password: SECRET });
       clients.push(device);
       // Logged in, the device no longer counts against the limit.
@@ -236,7 +245,10 @@ describe('embedded broker limits', () => {
       clients.push(device);
       const slow = await rawSocket(broker.url);
       slow.write(Buffer.from([0x10, 0x20, 0x00, 0x04])); // the start of a CONNECT, never finished
-      await waitFor(() => broker.pendingConnections, (n) => n === 1);
+      await waitFor(
+        () => broker.pendingConnections,
+        (n) => n === 1,
+      );
       clock.advance(timeoutMs - 1);
       expect(broker.closeStaleConnections()).toBe(0);
       clock.advance(1);

@@ -26,7 +26,15 @@ function evidence(overrides: Partial<DeviceEvidence> = {}): DeviceEvidence {
 
 describe('chaos checker (total-queue check of buffers against the store)', () => {
   it('passes a run in which every committed record is stored once and every device serves its desired model', () => {
-    expect(check([evidence()])).toMatchObject({ lost: 0, duplicated: 0, unexpected: 0, models_inconsistent: 0, records_committed: 7, records_stored: 7, inferences_answered: 5 });
+    expect(check([evidence()])).toMatchObject({
+      lost: 0,
+      duplicated: 0,
+      unexpected: 0,
+      models_inconsistent: 0,
+      records_committed: 7,
+      records_stored: 7,
+      inferences_answered: 5,
+    });
   });
 
   it('counts a committed record missing from the store as lost, unless the buffer counted it as dropped or still holds it', () => {
@@ -51,11 +59,17 @@ describe('chaos checker (total-queue check of buffers against the store)', () =>
     // Boot 1 answered 4 but only 3 records are stored: the kill's group-commit window.
     expect(check([evidence({ answered: [4, 2] })])).toMatchObject({ lost: 0, inferences_unrecorded_at_kill: 1 });
     expect(check([evidence({ answered: [3, 3], attempted: [4, 3] })])).toMatchObject({ lost: 1 });
-    expect(check([evidence({ answered: [3, 3], attempted: [4, 3], lastBootStoppedCleanly: false })])).toMatchObject({ lost: 0, inferences_unrecorded_at_kill: 1 });
+    expect(check([evidence({ answered: [3, 3], attempted: [4, 3], lastBootStoppedCleanly: false })])).toMatchObject({
+      lost: 0,
+      inferences_unrecorded_at_kill: 1,
+    });
   });
 
   it('counts a device not serving its desired model as inconsistent, and says which code it reports for it', () => {
-    const result = check([evidence({ served: { name: 'vibration', version: 1 }, reportedError: 'RELEASE_ACTIVATION_INTERRUPTED' }), evidence({ deviceId: 'd2', served: null })]);
+    const result = check([
+      evidence({ served: { name: 'vibration', version: 1 }, reportedError: 'RELEASE_ACTIVATION_INTERRUPTED' }),
+      evidence({ deviceId: 'd2', served: null }),
+    ]);
     expect(result).toMatchObject({ models_inconsistent: 2, models_refused: { RELEASE_ACTIVATION_INTERRUPTED: 1 } });
   });
 });

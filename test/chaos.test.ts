@@ -8,7 +8,10 @@ describe('chaos - kill -9 of agents and control plane under load', () => {
     const lines: string[] = [];
     const result = await runChaos({ trials: KILL_KINDS.length, cycleKinds: true, seed: 7, log: (line) => lines.push(line) });
     expect(result.kills).toEqual(Object.fromEntries(KILL_KINDS.map((k) => [k, 1])));
-    expect(result.devices.filter((d) => d.lost || d.duplicated || d.unexpected || !d.modelConsistent), lines.join('\n')).toEqual([]);
+    expect(
+      result.devices.filter((d) => d.lost || d.duplicated || d.unexpected || !d.modelConsistent),
+      lines.join('\n'),
+    ).toEqual([]);
     expect(result).toMatchObject({ trials: KILL_KINDS.length, lost: 0, duplicated: 0, unexpected: 0, models_inconsistent: 0, stalls: 0, buffered: 0 });
     expect(result.records_stored).toBeGreaterThan(0);
   }, 900_000);

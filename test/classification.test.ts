@@ -42,11 +42,27 @@ describe('classification', () => {
     it('the engine and the drift monitor take the class from the same output', async () => {
       const records: InferenceRecord[] = [];
       const clock = new ManualClock();
-      const engine = await InferenceEngine.create({ runtime: createOnnxRuntime({ logger: silentLogger() }), providers: ['cpu'], logger: silentLogger(), clock, observer: { onInference: (r) => void records.push(r) } });
+      const engine = await InferenceEngine.create({
+        runtime: createOnnxRuntime({ logger: silentLogger() }),
+        providers: ['cpu'],
+        logger: silentLogger(),
+        clock,
+        observer: { onInference: (r) => void records.push(r) },
+      });
       await engine.load({ name: 'two', version: 1, ...model });
       const sketches: DriftSketch[] = [];
       const drift = new DriftMonitor({ drift: (s) => void sketches.push(s), event: () => {} }, clock, silentLogger());
-      drift.setModel('two', 1, buildReference([[0, 0, 0], [1, 1, 1]], { featureNames: ['a', 'b', 'c'], classNames: ['a', 'b', 'c'] }));
+      drift.setModel(
+        'two',
+        1,
+        buildReference(
+          [
+            [0, 0, 0],
+            [1, 1, 1],
+          ],
+          { featureNames: ['a', 'b', 'c'], classNames: ['a', 'b', 'c'] },
+        ),
+      );
       const inputs = [{ name: 'x', datatype: 'FP32', shape: [1, 3], data: [0.1, 2, 0.5] }];
       const result = await engine.infer('two', inputs);
       drift.observe(result.model, result.version, inputs, result.outputs, 1, true, result.probabilities);

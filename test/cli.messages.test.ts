@@ -17,9 +17,14 @@ let server: string;
 let token: string;
 
 beforeAll(async () => {
-  plane = await startProcess(BIN, ['serve', '--data-dir', join(cwd, 'cp'), '--grpc-port', '0', '--mqtt-port', '0', '--http-port', '0'], /^driftline: listening grpc=(\S+) .* token-file=(\S+)$/, {
-    env: { DRIFTLINE_LOG_LEVEL: 'error' },
-  });
+  plane = await startProcess(
+    BIN,
+    ['serve', '--data-dir', join(cwd, 'cp'), '--grpc-port', '0', '--mqtt-port', '0', '--http-port', '0'],
+    /^driftline: listening grpc=(\S+) .* token-file=(\S+)$/,
+    {
+      env: { DRIFTLINE_LOG_LEVEL: 'error' },
+    },
+  );
   server = plane.ready[1]!;
   token = readFileSync(plane.ready[2]!, 'utf8').trim();
 });

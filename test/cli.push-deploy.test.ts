@@ -17,9 +17,14 @@ let token: string;
 const csv = join(cwd, 'reference.csv');
 
 beforeAll(async () => {
-  plane = await startProcess(BIN, ['serve', '--data-dir', join(cwd, 'cp'), '--grpc-port', '0', '--mqtt-port', '0', '--http-port', '0'], /^driftline: listening grpc=(\S+) .* token-file=(\S+)$/, {
-    env: { DRIFTLINE_LOG_LEVEL: 'error' },
-  });
+  plane = await startProcess(
+    BIN,
+    ['serve', '--data-dir', join(cwd, 'cp'), '--grpc-port', '0', '--mqtt-port', '0', '--http-port', '0'],
+    /^driftline: listening grpc=(\S+) .* token-file=(\S+)$/,
+    {
+      env: { DRIFTLINE_LOG_LEVEL: 'error' },
+    },
+  );
   server = plane.ready[1]!;
   token = readFileSync(plane.ready[2]!, 'utf8').trim();
   // Name labels, and rows whose first label is not the model's first class.
@@ -93,7 +98,7 @@ describe('models amend - correcting a version', () => {
     expect(again.stderr).toContain(`driftline models amend amend-hint@v1 ${file}`);
   });
 
-  it('refuses other bytes than the version\'s, an amendment that changes nothing, and a version that does not exist', async () => {
+  it("refuses other bytes than the version's, an amendment that changes nothing, and a version that does not exist", async () => {
     const file = modelFile('amend-refused.onnx', buildDemoModel({ seed: 23 }).bytes);
     const other = modelFile('amend-other.onnx', buildDemoModel({ seed: 24 }).bytes);
     expect((await driftline('models', 'push', file, '--name', 'amend-refused', '--description', 'same')).code).toBe(EXIT.ok);

@@ -16,9 +16,7 @@ function driftline(...args: string[]): Promise<{ code: number; stdout: string; s
   delete env.DRIFTLINE_SERVER;
   delete env.DRIFTLINE_TOKEN;
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { cwd, env }, (error, stdout, stderr) =>
-      resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
-    );
+    execFile(process.execPath, [BIN, ...args], { cwd, env }, (error, stdout, stderr) => resolve({ code: error ? Number(error.code) : 0, stdout, stderr }));
   });
 }
 

@@ -46,11 +46,16 @@ describe('operator client', () => {
     expect(tokens.map((t) => t.deviceId)).toEqual(['client-1']);
   });
 
-  it('client - a refusal is a DriftlineError with the control plane\'s stable code from the trailer', async () => {
+  it("client - a refusal is a DriftlineError with the control plane's stable code from the trailer", async () => {
     const err = await failureOf(client.service(DeviceServiceService).getDevice({ deviceId: 'nobody' }));
     expect(err).toBeInstanceOf(OperatorCallError);
     expect(err).toBeInstanceOf(DriftlineError);
-    expect(err).toMatchObject({ code: 'DEVICE_NOT_FOUND', trailerCode: 'DEVICE_NOT_FOUND', grpcStatus: status.NOT_FOUND, method: '/driftline.v1.DeviceService/GetDevice' });
+    expect(err).toMatchObject({
+      code: 'DEVICE_NOT_FOUND',
+      trailerCode: 'DEVICE_NOT_FOUND',
+      grpcStatus: status.NOT_FOUND,
+      method: '/driftline.v1.DeviceService/GetDevice',
+    });
     expect(refusedWith(err, 'DEVICE_NOT_FOUND')).toBe(true);
     expect(refusedWith(err, 'MODEL_NOT_FOUND')).toBe(false);
   });
@@ -58,7 +63,9 @@ describe('operator client', () => {
   it('client - without a token the call is refused with AUTH_MISSING', async () => {
     const anonymous = createOperatorClient({ address: plane.addresses.grpc });
     try {
-      expect(await failureOf(anonymous.service(DeviceServiceService).listDevices({ selector: '', includeDecommissioned: false }))).toMatchObject({ code: 'AUTH_MISSING' });
+      expect(await failureOf(anonymous.service(DeviceServiceService).listDevices({ selector: '', includeDecommissioned: false }))).toMatchObject({
+        code: 'AUTH_MISSING',
+      });
     } finally {
       anonymous.close();
     }
@@ -80,7 +87,10 @@ describe('operator client', () => {
     expect(model.versions.map((v) => v.sha256)).toEqual([sha256]);
     // The in-memory form: size and hash computed, sent in 64 KiB chunks.
     const other = buildDemoModel({ seed: 2 }).bytes;
-    expect(await client.uploadModelBytes(other, { name: 'client-model' })).toMatchObject({ version: 2, sha256: createHash('sha256').update(other).digest('hex') });
+    expect(await client.uploadModelBytes(other, { name: 'client-model' })).toMatchObject({
+      version: 2,
+      sha256: createHash('sha256').update(other).digest('hex'),
+    });
   });
 
   it('client - a chunk source that fails cancels the upload and is what rejects', async () => {
@@ -101,7 +111,11 @@ describe('operator client', () => {
       for await (const _ of client.service(RolloutServiceService).watchRollout({ id: 'no-such-rollout' })) seen++;
       return seen;
     };
-    expect(await failureOf(watch())).toMatchObject({ code: 'ROLLOUT_NOT_FOUND', grpcStatus: status.NOT_FOUND, method: '/driftline.v1.RolloutService/WatchRollout' });
+    expect(await failureOf(watch())).toMatchObject({
+      code: 'ROLLOUT_NOT_FOUND',
+      grpcStatus: status.NOT_FOUND,
+      method: '/driftline.v1.RolloutService/WatchRollout',
+    });
   });
 
   it('client - a control plane that is not there is API_UNAVAILABLE, with no trailer', async () => {

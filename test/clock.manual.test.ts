@@ -9,7 +9,10 @@ describe('manual clock', () => {
     clock.setTimeout(() => fired.push(['early', clock.now()]), 100);
     clock.setTimeout(() => fired.push(['beyond', clock.now()]), 1_000);
     clock.advance(500);
-    expect(fired).toEqual([['early', 1_100], ['late', 1_300]]);
+    expect(fired).toEqual([
+      ['early', 1_100],
+      ['late', 1_300],
+    ]);
     expect(clock.now()).toBe(1_500);
     expect(clock.pendingTimers()).toBe(1);
   });

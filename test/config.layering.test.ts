@@ -30,7 +30,10 @@ describe('configuration layering', () => {
   });
 
   it('the agent: defaults < file < environment < flags', () => {
-    const config = loadAgentConfig({ env: { DRIFTLINE_AGENT_DATA_DIR: '/from-env', DRIFTLINE_AGENT_LOG_LEVEL: 'warn' }, flags: { logLevel: 'debug', mqtt: { url: undefined } } });
+    const config = loadAgentConfig({
+      env: { DRIFTLINE_AGENT_DATA_DIR: '/from-env', DRIFTLINE_AGENT_LOG_LEVEL: 'warn' },
+      flags: { logLevel: 'debug', mqtt: { url: undefined } },
+    });
     expect(config.dataDir).toBe('/from-env');
     expect(config.logLevel).toBe('debug');
     expect(config.mqtt).toMatchObject({ keepaliveSeconds: 30, connectTimeoutMs: 10_000 });

@@ -98,7 +98,12 @@ describe('control-plane gRPC API', () => {
     clock = new ManualClock();
     fleet = new FleetStore(new SqliteFleetRepository(db));
     const tokens = new OperatorTokenStore(new SqliteOperatorTokenRepository(db));
-    registry = new ModelRegistry({ versions: new SqliteModelVersionRepository(db), artifacts: new ArtifactStore(join(dir, 'artifacts')), clock, maxModelBytes: MAX_MODEL_BYTES });
+    registry = new ModelRegistry({
+      versions: new SqliteModelVersionRepository(db),
+      artifacts: new ArtifactStore(join(dir, 'artifacts')),
+      clock,
+      maxModelBytes: MAX_MODEL_BYTES,
+    });
     link = new RecordingDeviceLink();
     admin = bearer((await ensureAdminToken(tokens, dir, clock)).token!);
     operator = bearer((await tokens.create('ci', 'operator', clock.now())).secret);
@@ -135,7 +140,9 @@ describe('control-plane gRPC API', () => {
   const createToken = (deviceId: string, extra: Partial<CreateEnrollmentTokenRequest> = {}, md = operator) =>
     rpc<CreateEnrollmentTokenResponse>((cb) => devices.createEnrollmentToken(CreateEnrollmentTokenRequest.fromPartial({ deviceId, ...extra }), md, cb));
   const enroll = (token: string, deviceId: string) =>
-    rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: '0.1.0' }), cb));
+    rpc<EnrollResponse>((cb) =>
+      enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: '0.1.0' }), cb),
+    );
   const enrollDevice = async (deviceId: string, labels: Record<string, string> = {}) => enroll((await createToken(deviceId, { labels })).token, deviceId);
   const getDevice = (deviceId: string) => rpc<Device>((cb) => devices.getDevice({ deviceId }, viewer, cb));
   const upload = (bytes: Uint8Array, header: Partial<UploadModelHeader>, md = operator, chunkSize = 512) =>
@@ -198,7 +205,10 @@ describe('control-plane gRPC API', () => {
         labels: { site: 'plant-3', profile: 'generic-x86_64-cpu' },
       });
       expect(await fleet.verifyDeviceCredential('edge-1', res.mqttPassword)).toBe('ok');
-      expect(await getDevice('edge-1')).toMatchObject({ status: DeviceStatus.DEVICE_STATUS_ENROLLED, labels: { site: 'plant-3', profile: 'generic-x86_64-cpu' } });
+      expect(await getDevice('edge-1')).toMatchObject({
+        status: DeviceStatus.DEVICE_STATUS_ENROLLED,
+        labels: { site: 'plant-3', profile: 'generic-x86_64-cpu' },
+      });
     });
 
     it('refuses a token that was already used', async () => {
@@ -273,7 +283,9 @@ describe('control-plane gRPC API', () => {
         rpc<ListDevicesResponse>((cb) => devices.listDevices(ListDevicesRequest.fromPartial({ selector }), viewer, cb)).then((r) => r.devices.map((d) => d.id));
       expect(await list('site=plant-3')).toEqual(['edge-1']);
       expect(await list('site=plant*')).toEqual(['edge-1', 'edge-2']);
-      const relabelled = await rpc<Device>((cb) => devices.labelDevice({ deviceId: 'edge-2', set: { site: 'plant-3', ring: 'canary' }, remove: [] }, operator, cb));
+      const relabelled = await rpc<Device>((cb) =>
+        devices.labelDevice({ deviceId: 'edge-2', set: { site: 'plant-3', ring: 'canary' }, remove: [] }, operator, cb),
+      );
       expect(relabelled.labels).toEqual({ site: 'plant-3', ring: 'canary', profile: 'generic-x86_64-cpu' });
       expect(await list('site=plant-3')).toEqual(['edge-1', 'edge-2']);
       expect((await errorOf(list('site'))).code).toBe('REQUEST_INVALID');
@@ -297,7 +309,14 @@ describe('control-plane gRPC API', () => {
     it('stores a streamed ONNX model and lists and gets it with its signature', async () => {
       const { bytes } = buildDemoModel({ seed: 1 });
       const version = await upload(bytes, { name: 'vibration', description: 'demo', metadata: { dataset: 'synthetic' } });
-      expect(version).toMatchObject({ name: 'vibration', version: 1, sha256: sha256Hex(bytes), sizeBytes: bytes.length, description: 'demo', metadata: { dataset: 'synthetic' } });
+      expect(version).toMatchObject({
+        name: 'vibration',
+        version: 1,
+        sha256: sha256Hex(bytes),
+        sizeBytes: bytes.length,
+        description: 'demo',
+        metadata: { dataset: 'synthetic' },
+      });
       expect(version.opset).toBeGreaterThan(0);
       expect(version.inputs).toEqual([{ name: 'features', type: 'float32', shape: [-1, expect.any(Number)] }]);
       expect(version.outputs.map((o) => o.name)).toEqual(['probabilities', 'label']);
@@ -336,7 +355,9 @@ describe('control-plane gRPC API', () => {
 
     it('refuses a stream shorter than its header declared', async () => {
       const { bytes } = buildDemoModel({ seed: 1 });
-      expect((await errorOf(upload(bytes.subarray(0, 1000), { name: 'vibration', sizeBytes: bytes.length, sha256: sha256Hex(bytes) }))).code).toBe('UPLOAD_INCOMPLETE');
+      expect((await errorOf(upload(bytes.subarray(0, 1000), { name: 'vibration', sizeBytes: bytes.length, sha256: sha256Hex(bytes) }))).code).toBe(
+        'UPLOAD_INCOMPLETE',
+      );
     });
 
     it('refuses a model name that is not a valid id', async () => {
@@ -357,7 +378,15 @@ describe('control-plane gRPC API', () => {
 
       const res = await rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration' }), operator, cb));
       expect(res).toEqual({ model: v1, devices: 2 });
-      const expectedModel = { name: 'vibration', version: 1, sha256: v1.sha256, sizeBytes: v1.sizeBytes, artifactPath: `artifacts/sha256/${v1.sha256}`, driftReference: '', envelope: Buffer.alloc(0) };
+      const expectedModel = {
+        name: 'vibration',
+        version: 1,
+        sha256: v1.sha256,
+        sizeBytes: v1.sizeBytes,
+        artifactPath: `artifacts/sha256/${v1.sha256}`,
+        driftReference: '',
+        envelope: Buffer.alloc(0),
+      };
       const unsigned = { rootChain: [], rollback: Buffer.alloc(0) };
       expect(link.published).toEqual([
         { deviceId: 'edge-1', desired: { revision: 1, model: expectedModel, ...unsigned } },
@@ -366,14 +395,17 @@ describe('control-plane gRPC API', () => {
       expect(await fleet.getDesired('edge-1')).toEqual({ revision: 1, model: expectedModel, ...unsigned });
       expect((await getDevice('edge-1')).desiredModel).toEqual(expectedModel);
 
-      await rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration', version: 1, deviceIds: ['edge-2'] }), operator, cb));
+      await rpc<DeployModelResponse>((cb) =>
+        models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration', version: 1, deviceIds: ['edge-2'] }), operator, cb),
+      );
       expect(link.published.at(-1)).toEqual({ deviceId: 'edge-2', desired: { revision: 2, model: expectedModel, ...unsigned } });
     });
 
     it('refuses to deploy an unknown version or to an unknown device', async () => {
       await enrollDevice('edge-1');
       await upload(buildDemoModel({ seed: 1 }).bytes, { name: 'vibration' });
-      const deploy = (req: Partial<DeployModelRequest>) => rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial(req), operator, cb));
+      const deploy = (req: Partial<DeployModelRequest>) =>
+        rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial(req), operator, cb));
       expect((await errorOf(deploy({ name: 'vibration', version: 9 }))).code).toBe('MODEL_NOT_FOUND');
       expect((await errorOf(deploy({ name: 'vibration', deviceIds: ['ghost'] }))).code).toBe('DEVICE_NOT_FOUND');
       expect(link.published).toEqual([]);
@@ -409,7 +441,13 @@ describe('control-plane gRPC API', () => {
       call.write({ listServices: '' });
     });
     expect(services).toEqual(
-      expect.arrayContaining(['driftline.v1.DeviceService', 'driftline.v1.EnrollmentService', 'driftline.v1.ModelService', 'driftline.v1.TelemetryService', 'driftline.v1.AccessService']),
+      expect.arrayContaining([
+        'driftline.v1.DeviceService',
+        'driftline.v1.EnrollmentService',
+        'driftline.v1.ModelService',
+        'driftline.v1.TelemetryService',
+        'driftline.v1.AccessService',
+      ]),
     );
     expect(services).not.toContain('driftline.v1.RolloutService');
     client.close();

@@ -52,7 +52,7 @@ describe('control-plane store', () => {
 
   describe('migrations', () => {
     it('applies each module migration once, across reopenings', () => {
-      const migrations = ['CREATE TABLE things (id INTEGER PRIMARY KEY)', "INSERT INTO things (id) VALUES (1)"];
+      const migrations = ['CREATE TABLE things (id INTEGER PRIMARY KEY)', 'INSERT INTO things (id) VALUES (1)'];
       applyMigrations(db, 'things', migrations);
       applyMigrations(db, 'things', migrations);
       db.close();
@@ -79,11 +79,45 @@ describe('control-plane store', () => {
       const fleet = new FleetStore(new SqliteFleetRepository(db));
       const { token } = await fleet.createEnrollmentToken('edge-1', { site: 'plant-3' }, clock.now() + 1000, clock.now());
       await fleet.enroll({ token, deviceId: 'edge-1', firmwareProfile: 'jetson-orin-nano' }, clock.now());
-      await fleet.saveReported('edge-1', { agentVersion: '0.1.0', firmwareProfile: 'jetson-orin-nano', activeModel: undefined, bufferDepth: 3, boot: 2, uptimeS: 10, desiredRevision: 0, lastErrorCode: '', lastError: '', droppedRecords: 0, reportedAtMs: 5, warnings: [] }, clock.now() + 10);
+      await fleet.saveReported(
+        'edge-1',
+        {
+          agentVersion: '0.1.0',
+          firmwareProfile: 'jetson-orin-nano',
+          activeModel: undefined,
+          bufferDepth: 3,
+          boot: 2,
+          uptimeS: 10,
+          desiredRevision: 0,
+          lastErrorCode: '',
+          lastError: '',
+          droppedRecords: 0,
+          reportedAtMs: 5,
+          warnings: [],
+        },
+        clock.now() + 10,
+      );
       await fleet.recordSeen('edge-1', clock.now() + 5);
-      await fleet.setDesired('edge-1', { revision: 4, model: { name: 'm', version: 2, sha256: 'a'.repeat(64), sizeBytes: 9, artifactPath: `artifacts/sha256/${'a'.repeat(64)}`, driftReference: '', envelope: Buffer.alloc(0) }, rootChain: [], rollback: Buffer.alloc(0) });
+      await fleet.setDesired('edge-1', {
+        revision: 4,
+        model: {
+          name: 'm',
+          version: 2,
+          sha256: 'a'.repeat(64),
+          sizeBytes: 9,
+          artifactPath: `artifacts/sha256/${'a'.repeat(64)}`,
+          driftReference: '',
+          envelope: Buffer.alloc(0),
+        },
+        rootChain: [],
+        rollback: Buffer.alloc(0),
+      });
       const device = await fleet.get('edge-1');
-      expect(device).toMatchObject({ labels: { site: 'plant-3', profile: 'jetson-orin-nano' }, lastSeenMs: clock.now() + 10, reported: { bufferDepth: 3, boot: 2 } });
+      expect(device).toMatchObject({
+        labels: { site: 'plant-3', profile: 'jetson-orin-nano' },
+        lastSeenMs: clock.now() + 10,
+        reported: { bufferDepth: 3, boot: 2 },
+      });
       expect((await fleet.getDesired('edge-1'))?.revision).toBe(4);
       expect(await fleet.verifyDeviceCredential('edge-2', 'x')).toBe('unknown');
     });
@@ -117,7 +151,12 @@ describe('control-plane store', () => {
 
     beforeEach(() => {
       artifactsRoot = join(dir, 'artifacts');
-      registry = new ModelRegistry({ versions: new SqliteModelVersionRepository(db), artifacts: new ArtifactStore(artifactsRoot), clock, maxModelBytes: 16 * 1024 });
+      registry = new ModelRegistry({
+        versions: new SqliteModelVersionRepository(db),
+        artifacts: new ArtifactStore(artifactsRoot),
+        clock,
+        maxModelBytes: 16 * 1024,
+      });
     });
 
     it('stores identical bytes once, however many names point at them', async () => {
@@ -175,7 +214,14 @@ describe('control-plane store', () => {
       await registry.upload(header(second), chunked(second));
       clock.advance(1000);
       const amended = await registry.amend('vibration', 1, { description: '', metadata: { 'driftline.reference': 'right' } });
-      expect(amended).toMatchObject({ version: 3, amendsVersion: 1, sha256: sha256Hex(first), sizeBytes: first.length, description: 'first', createdAtMs: clock.now() });
+      expect(amended).toMatchObject({
+        version: 3,
+        amendsVersion: 1,
+        sha256: sha256Hex(first),
+        sizeBytes: first.length,
+        description: 'first',
+        createdAtMs: clock.now(),
+      });
       expect(amended.metadata).toEqual({ 'driftline.reference': 'right', team: 'vib' });
       expect((await registry.resolve('vibration', 1)).metadata['driftline.reference']).toBe('wrong');
       expect((await registry.resolve('vibration', 1)).amendsVersion).toBe(0);

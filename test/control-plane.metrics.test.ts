@@ -5,8 +5,17 @@ import { controlPlaneMetrics } from '../control-plane/metrics.js';
 describe('control plane metrics', () => {
   it('reads ingest, broker, drift and fleet figures when scraped, without starting a control plane', async () => {
     const clock = new ManualClock(1_000_000);
-    const ingest = { stats: { batches: 3, recordsStored: 42, duplicates: 1, rejectedBatches: 0, inflatedBytes: 0, lagMs: 2_500 }, refusedByCode: new Map([['PAYLOAD_TOO_LARGE', 2]]) };
-    const fleet = { list: async () => [{ id: 'edge-1', lastSeenMs: 990_000 }, { id: 'edge-2', lastSeenMs: 100_000 }, { id: 'edge-3', lastSeenMs: 0 }] };
+    const ingest = {
+      stats: { batches: 3, recordsStored: 42, duplicates: 1, rejectedBatches: 0, inflatedBytes: 0, lagMs: 2_500 },
+      refusedByCode: new Map([['PAYLOAD_TOO_LARGE', 2]]),
+    };
+    const fleet = {
+      list: async () => [
+        { id: 'edge-1', lastSeenMs: 990_000 },
+        { id: 'edge-2', lastSeenMs: 100_000 },
+        { id: 'edge-3', lastSeenMs: 0 },
+      ],
+    };
     const metrics = controlPlaneMetrics({ ingest, drift: { rejectedSketches: 4 }, fleet, clock, onlineWindowMs: 90_000 });
     const text = await metrics.metrics();
     expect(text).toContain('driftline_ingest_records_total 42');
@@ -20,10 +29,17 @@ describe('control plane metrics', () => {
     expect(text).toContain('driftline_devices_online 1');
   });
 
-  it('reads the device link\'s refusal counts when it has any', async () => {
+  it("reads the device link's refusal counts when it has any", async () => {
     const ingest = { stats: { batches: 0, recordsStored: 0, duplicates: 0, rejectedBatches: 0, inflatedBytes: 0, lagMs: 0 }, refusedByCode: new Map() };
     const stats = { refusedConnects: 7, refusedPublishes: 2, refusedPackets: 1, refusedConnections: 0, connectTimeouts: 3, pendingConnections: 5 };
-    const metrics = controlPlaneMetrics({ ingest, link: { stats }, drift: { rejectedSketches: 0 }, fleet: { list: async () => [] }, clock: new ManualClock(0), onlineWindowMs: 1 });
+    const metrics = controlPlaneMetrics({
+      ingest,
+      link: { stats },
+      drift: { rejectedSketches: 0 },
+      fleet: { list: async () => [] },
+      clock: new ManualClock(0),
+      onlineWindowMs: 1,
+    });
     const text = await metrics.metrics();
     expect(text).toContain('driftline_broker_refused_connects_total 7');
     expect(text).toContain('driftline_broker_connect_timeouts_total 3');

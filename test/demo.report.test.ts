@@ -5,7 +5,12 @@ import { DeviceTraffic, quantile } from '../demo/traffic.js';
 
 const model = { name: 'vibration', version: 1, sha256: 'ab'.repeat(32), accuracy: 0.93 };
 
-function device(id: string, traffic: { ok: number; failed?: number; correct?: number; lastError?: string }, account: AgentAccount | undefined, lastHealth?: AgentAccount): DeviceOutcome {
+function device(
+  id: string,
+  traffic: { ok: number; failed?: number; correct?: number; lastError?: string },
+  account: AgentAccount | undefined,
+  lastHealth?: AgentAccount,
+): DeviceOutcome {
   // Nothing is sent: the report only reads the counters.
   const t = new DeviceTraffic('http://127.0.0.1:9', { model: 'vibration', ratePerSecond: 1, seed: 1 });
   Object.assign(t, { failed: 0, correct: 0, ...traffic });
@@ -41,7 +46,17 @@ describe('demo report', () => {
       ratePerDevice: 5,
       problems: [],
     });
-    expect(report).toMatchObject({ ok: true, devices: 2, inferences: 20, failedInferences: 0, telemetryStored: 24, lost: 0, duplicatesDropped: 3, durationS: 2, liveAccuracy: 0.95 });
+    expect(report).toMatchObject({
+      ok: true,
+      devices: 2,
+      inferences: 20,
+      failedInferences: 0,
+      telemetryStored: 24,
+      lost: 0,
+      duplicatesDropped: 3,
+      durationS: 2,
+      liveAccuracy: 0.95,
+    });
     expect(report.problems).toEqual([]);
   });
 
@@ -62,7 +77,10 @@ describe('demo report', () => {
 
   it('fails on failed inferences and on an agent that did not stop cleanly, falling back to its last health figures', () => {
     const report = buildReport({
-      devices: [device('d1', { ok: 5, failed: 2, lastError: 'HTTP 500 INFERENCE_FAILED' }, clean(5)), device('d2', { ok: 5 }, undefined, { enqueued: 8, acknowledged: 6, buffered: 2, dropped: 0 })],
+      devices: [
+        device('d1', { ok: 5, failed: 2, lastError: 'HTTP 500 INFERENCE_FAILED' }, clean(5)),
+        device('d2', { ok: 5 }, undefined, { enqueued: 8, acknowledged: 6, buffered: 2, dropped: 0 }),
+      ],
       summary: summary({ d1: 5, d2: 6 }),
       model,
       durationS: 1,

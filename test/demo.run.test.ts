@@ -40,26 +40,30 @@ function processesUsing(folder: string): string[] {
 }
 
 describe('npm run demo', () => {
-  it('runs the whole loop with real processes and prints one JSON line in which nothing is lost', async () => {
-    // Until every agent served and its telemetry is stored, however long a loaded machine takes; --duration only bounds it.
-    const run = await runDemo(['--until', 'serving', '--duration', String(DEMO_BOUND_S), '--json', '--devices', '2']);
+  it(
+    'runs the whole loop with real processes and prints one JSON line in which nothing is lost',
+    async () => {
+      // Until every agent served and its telemetry is stored, however long a loaded machine takes; --duration only bounds it.
+      const run = await runDemo(['--until', 'serving', '--duration', String(DEMO_BOUND_S), '--json', '--devices', '2']);
 
-    expect(run.code, run.stderr).toBe(0);
-    const lines = run.stdout.trim().split('\n');
-    expect(lines).toHaveLength(1);
-    const result = JSON.parse(lines[0]!);
-    expect(result).toMatchObject({ ok: true, devices: 2, lost: 0, failedInferences: 0, buffered: 0, model: { name: 'vibration', version: 1 } });
-    expect(result.inferences).toBeGreaterThan(0);
-    expect(result.telemetryStored).toBeGreaterThan(0);
-    // Every record an agent enqueued reached the store, device by device.
-    for (const device of result.perDevice) expect(device.stored).toBe(device.enqueued);
+      expect(run.code, run.stderr).toBe(0);
+      const lines = run.stdout.trim().split('\n');
+      expect(lines).toHaveLength(1);
+      const result = JSON.parse(lines[0]!);
+      expect(result).toMatchObject({ ok: true, devices: 2, lost: 0, failedInferences: 0, buffered: 0, model: { name: 'vibration', version: 1 } });
+      expect(result.inferences).toBeGreaterThan(0);
+      expect(result.telemetryStored).toBeGreaterThan(0);
+      // Every record an agent enqueued reached the store, device by device.
+      for (const device of result.perDevice) expect(device.stored).toBe(device.enqueued);
 
-    // The temp folder is gone and no child process outlived the demo.
-    const dataDir = /starting the control plane .* in (\S+)/.exec(run.stderr)?.[1];
-    expect(dataDir).toBeDefined();
-    expect(existsSync(dataDir!)).toBe(false);
-    expect(processesUsing(dataDir!)).toEqual([]);
-  }, (DEMO_BOUND_S + 120) * 1000);
+      // The temp folder is gone and no child process outlived the demo.
+      const dataDir = /starting the control plane .* in (\S+)/.exec(run.stderr)?.[1];
+      expect(dataDir).toBeDefined();
+      expect(existsSync(dataDir!)).toBe(false);
+      expect(processesUsing(dataDir!)).toEqual([]);
+    },
+    (DEMO_BOUND_S + 120) * 1000,
+  );
 
   it('refuses --until drift-alert without the drift scenario, as a usage error', async () => {
     const run = await runDemo(['--until', 'drift-alert', '--json']);

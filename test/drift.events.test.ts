@@ -19,7 +19,13 @@ import { buildReference, parseReference, REFERENCE_METADATA_KEY, serializeRefere
 import { SketchBuilder } from '../common/drift/sketch.js';
 import { silentLogger } from '../common/logger.js';
 import { Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
-import { DriftServiceClient, ListDriftEventsRequest, WatchDriftEventsRequest, type DriftEvent, type ListDriftEventsResponse } from '../common/proto/driftline/v1/drift.js';
+import {
+  DriftServiceClient,
+  ListDriftEventsRequest,
+  WatchDriftEventsRequest,
+  type DriftEvent,
+  type ListDriftEventsResponse,
+} from '../common/proto/driftline/v1/drift.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
 import { downTopic, upTopic } from '../common/device-protocol/topics.js';
 import { ERROR_CODE_METADATA_KEY } from '../control-plane/api/grpc-errors.js';
@@ -40,7 +46,10 @@ const NEXT_ROUND = 16 * MINUTE;
 const referenceFrom = (seed: number, rows: number): DriftReference => {
   const next = vibrationRowSampler(seed);
   const data = Array.from({ length: rows }, next);
-  return buildReference(data.map((r) => r.features), { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) });
+  return buildReference(
+    data.map((r) => r.features),
+    { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) },
+  );
 };
 
 /** A compact view of events: [cohort, previous, status]. */
@@ -73,7 +82,15 @@ describe('drift events - watcher, gRPC and CLI', () => {
     device.seq++;
     const batch = TelemetryBatch.fromPartial({
       sentAtMs: clock.now(),
-      records: [TelemetryRecord.fromPartial({ boot: 1, seq: device.seq, timeMs: clock.now() - 1000, stream: Stream.STREAM_INFERENCE, body: { $case: 'drift', value: builder.finish(clock.now()) } })],
+      records: [
+        TelemetryRecord.fromPartial({
+          boot: 1,
+          seq: device.seq,
+          timeMs: clock.now() - 1000,
+          stream: Stream.STREAM_INFERENCE,
+          body: { $case: 'drift', value: builder.finish(clock.now()) },
+        }),
+      ],
     });
     const acked = new Promise<TelemetryAck>((resolve) => {
       const onMessage = (topic: string, payload: Buffer) => {
@@ -99,9 +116,14 @@ describe('drift events - watcher, gRPC and CLI', () => {
     await models.upload('vib', demoModelBytes(1), { [REFERENCE_METADATA_KEY]: serializeReference(reference) });
     models.close();
     const enrollment = new EnrollmentServiceClient(cp.addresses.grpc, credentials.createInsecure());
-    for (const [deviceId, cohort] of [['dev-a', 'a'], ['dev-b', 'b']] as const) {
+    for (const [deviceId, cohort] of [
+      ['dev-a', 'a'],
+      ['dev-b', 'b'],
+    ] as const) {
       const token = await api.createEnrollmentToken(deviceId, { cohort });
-      const credential = await rpc<EnrollResponse>((cb) => enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+      const credential = await rpc<EnrollResponse>((cb) =>
+        enrollment.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb),
+      );
       const client = await connectClient(cp.addresses.mqtt, { clientId: deviceId, username: credential.mqttUsername, password: credential.mqttPassword });
       await client.subscribeAsync(downTopic(deviceId, 'ack'), { qos: 1 });
       devices.set(deviceId, { client, seq: 0 });
@@ -120,10 +142,10 @@ describe('drift events - watcher, gRPC and CLI', () => {
   });
 
   it('drift events - the first verdicts of the fleet and of each cohort are recorded as changes from no_data', async () => {
-    expect((await cp.driftWatcher.evaluate())).toEqual([]);
+    expect(await cp.driftWatcher.evaluate()).toEqual([]);
     await sendSketch('dev-a', false);
     await sendSketch('dev-b', false);
-    const events = (await cp.driftWatcher.evaluate());
+    const events = await cp.driftWatcher.evaluate();
     expect(transitions(events)).toEqual([
       ['', 'no_data', 'ok'],
       ['a', 'no_data', 'ok'],
@@ -141,7 +163,7 @@ describe('drift events - watcher, gRPC and CLI', () => {
     clock.advance(NEXT_ROUND);
     await sendSketch('dev-a', false);
     await sendSketch('dev-b', true);
-    const events = (await cp.driftWatcher.evaluate());
+    const events = await cp.driftWatcher.evaluate();
     const b = events.filter((e) => e.cohort === 'b');
     expect(transitions(b)).toEqual([['b', 'ok', 'alert']]);
     expect(b[0]!.driftedShare).toBeGreaterThanOrEqual(0.5);
@@ -152,9 +174,9 @@ describe('drift events - watcher, gRPC and CLI', () => {
 
   it('drift events - an evaluation with nothing new records nothing', async () => {
     const before = await list({});
-    expect((await cp.driftWatcher.evaluate())).toEqual([]);
+    expect(await cp.driftWatcher.evaluate()).toEqual([]);
     clock.advance(MINUTE);
-    expect((await cp.driftWatcher.evaluate())).toEqual([]);
+    expect(await cp.driftWatcher.evaluate()).toEqual([]);
     expect(await list({})).toEqual(before);
   });
 
@@ -213,7 +235,7 @@ describe('drift events - watcher, gRPC and CLI', () => {
     clock.advance(MINUTE / 2);
     expect((await cp.driftWatcher.evaluate()).filter((e) => e.cohort === 'b')).toEqual([]);
     clock.advance(MINUTE / 2);
-    const recorded = (await cp.driftWatcher.evaluate());
+    const recorded = await cp.driftWatcher.evaluate();
     await live;
     stream.cancel();
     expect(transitions(seen)).toEqual([
@@ -225,8 +247,11 @@ describe('drift events - watcher, gRPC and CLI', () => {
 
   it('drift events - driftline drift events --json prints the recorded events as one JSON document', async () => {
     const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
-      execFile(process.execPath, [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'drift', 'events', '--model', 'vib', '--cohort', 'b', '--json'], { cwd: dir }, (error, out, err) =>
-        resolve({ code: error ? Number(error.code) : 0, stdout: out, stderr: err }),
+      execFile(
+        process.execPath,
+        [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'drift', 'events', '--model', 'vib', '--cohort', 'b', '--json'],
+        { cwd: dir },
+        (error, out, err) => resolve({ code: error ? Number(error.code) : 0, stdout: out, stderr: err }),
       ),
     );
     expect(stderr).toBe('');
@@ -243,8 +268,11 @@ describe('drift events - watcher, gRPC and CLI', () => {
   it('drift show --json emits every field, defaults included; the long window names what the current one no longer shows; tiny p-values print as < 1e-300', async () => {
     const show = (...args: string[]) =>
       new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
-        execFile(process.execPath, [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'drift', 'show', '--model', 'vib', ...args], { cwd: dir }, (error, out, err) =>
-          resolve({ code: error ? Number(error.code) : 0, stdout: out, stderr: err }),
+        execFile(
+          process.execPath,
+          [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'drift', 'show', '--model', 'vib', ...args],
+          { cwd: dir },
+          (error, out, err) => resolve({ code: error ? Number(error.code) : 0, stdout: out, stderr: err }),
         ),
       );
     const json = await show('--json');
@@ -271,7 +299,7 @@ describe('drift events - watcher, gRPC and CLI', () => {
     expect([0, 1e-320, 2e-300, 0.03].map(pValueText)).toEqual(['< 1e-300', '< 1e-300', '2.0e-300', '3.0e-2']);
   });
 
-  it('drift events - the control plane\'s shutdown ends an open watch stream cleanly', async () => {
+  it("drift events - the control plane's shutdown ends an open watch stream cleanly", async () => {
     const stream = drift.watchDriftEvents(WatchDriftEventsRequest.fromPartial({}), metadata);
     const outcome = new Promise<string>((resolve) => {
       stream.on('data', () => undefined);

@@ -24,9 +24,20 @@ async function windowOf(reference: DriftReference, featureRows: number[][], outp
 describe('prediction drift against predictions', () => {
   it('predictions - models push runs the model on the reference rows: classes and confidences are its predictions', async () => {
     const data = rowsOf(1, 3000);
-    const labelled = buildReference(data.map((r) => r.features), { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) });
+    const labelled = buildReference(
+      data.map((r) => r.features),
+      { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) },
+    );
     expect(labelled.confidence.counts.every((c) => c === 0)).toBe(true);
-    const reference = parseReference(serializeReference(await referenceWithModelPredictions(model, labelled, data.map((r) => r.features))));
+    const reference = parseReference(
+      serializeReference(
+        await referenceWithModelPredictions(
+          model,
+          labelled,
+          data.map((r) => r.features),
+        ),
+      ),
+    );
     expect(reference.classes.source).toBe('predictions');
     expect(reference.classes.names).toEqual(VIBRATION_CLASSES);
     expect(reference.classes.counts.reduce((a, b) => a + b, 0)).toBe(3000);
@@ -35,8 +46,15 @@ describe('prediction drift against predictions', () => {
 
   it('predictions - clean windows leave predictions and confidence ok; a shift seen only in the outputs counts in the verdict', async () => {
     const data = rowsOf(1, 3000);
-    const labelled = buildReference(data.map((r) => r.features), { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) });
-    const reference = await referenceWithModelPredictions(model, labelled, data.map((r) => r.features));
+    const labelled = buildReference(
+      data.map((r) => r.features),
+      { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) },
+    );
+    const reference = await referenceWithModelPredictions(
+      model,
+      labelled,
+      data.map((r) => r.features),
+    );
     const clean = rowsOf(2, 1500).map((r) => r.features);
     const cleanStatus = evaluateDrift(reference, await windowOf(reference, clean, clean));
     expect(cleanStatus.predictions).toMatchObject({ drifted: false });

@@ -9,7 +9,10 @@ import { VIBRATION_CLASSES, VIBRATION_FEATURES, vibrationRowSampler } from '../d
 function referenceFrom(seed: number, rows: number): DriftReference {
   const next = vibrationRowSampler(seed);
   const data = Array.from({ length: rows }, next);
-  return buildReference(data.map((r) => r.features), { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) });
+  return buildReference(
+    data.map((r) => r.features),
+    { featureNames: VIBRATION_FEATURES, classNames: VIBRATION_CLASSES, labels: data.map((r) => r.label) },
+  );
 }
 
 function sketchOf(reference: DriftReference, seed: number, rows: number, drift = false) {

@@ -1,6 +1,20 @@
 import { describe, expect, it } from 'vitest';
 import { seededRandom } from '../demo/model/seeded-random.js';
-import { benjaminiHochberg, bonferroni, chiSquare, chiSquareQuantile, chiSquareSurvival, hellinger, jensenShannon, kolmogorovSurvival, ksStatistic, ksTest, noncentralChiSquareSurvival, psi, wasserstein } from '../common/drift/statistics.js';
+import {
+  benjaminiHochberg,
+  bonferroni,
+  chiSquare,
+  chiSquareQuantile,
+  chiSquareSurvival,
+  hellinger,
+  jensenShannon,
+  kolmogorovSurvival,
+  ksStatistic,
+  ksTest,
+  noncentralChiSquareSurvival,
+  psi,
+  wasserstein,
+} from '../common/drift/statistics.js';
 
 // Independent reference values: closed forms for normal distributions, and hand-computed sums.
 function erf(x: number): number {

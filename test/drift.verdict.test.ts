@@ -9,7 +9,9 @@ const reference = normalReference(1, 20_000, FEATURES);
 const windowOf = (seed: number, rows: number, shift?: Shift, ref: DriftReference = reference, t: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS) =>
   evaluateDrift(ref, sketchOfRows(ref, normalRows(seed, rows, FEATURES, shift)), t);
 const withPolicy = (policy: DriftReference['policy'], importance?: number[]): DriftReference =>
-  parseReference(serializeReference({ ...reference, policy, features: reference.features.map((f, j) => ({ ...f, ...(importance ? { importance: importance[j] } : {}) })) }));
+  parseReference(
+    serializeReference({ ...reference, policy, features: reference.features.map((f, j) => ({ ...f, ...(importance ? { importance: importance[j] } : {}) })) }),
+  );
 
 describe('drift verdicts', () => {
   it('verdict - a 0.5 sigma shift on one feature of eight alerts its cohort (severe feature), not only warns', () => {
@@ -33,7 +35,13 @@ describe('drift verdicts', () => {
     expect(windowOf(2, 2000, { feature: 3, sigma: 0.5 }, unimportant).status).toBe('warn');
     expect(windowOf(2, 2000, { feature: 2, sigma: 0.5 }, unimportant).status).toBe('alert');
     // The share rule weighs features by importance: two important features of eight carry 2 / 7.05 of the weight.
-    const two = evaluateDrift(unimportant, sketchOfRows(unimportant, normalRows(4, 2000, FEATURES).map((r) => r.map((x, j) => (j < 2 ? x + 0.4 : x)))));
+    const two = evaluateDrift(
+      unimportant,
+      sketchOfRows(
+        unimportant,
+        normalRows(4, 2000, FEATURES).map((r) => r.map((x, j) => (j < 2 ? x + 0.4 : x))),
+      ),
+    );
     expect(two.driftedShare).toBeCloseTo(2 / 7.05, 10);
   });
 
@@ -88,7 +96,9 @@ describe('drift verdicts', () => {
   }, 60_000);
 
   it('verdict - models push --drift-policy puts thresholds and importances into the reference, refusing bad ones with DRIFT_REFERENCE_INVALID', () => {
-    const pushed = parseReference(serializeReference(withDriftPolicy(reference, JSON.stringify({ psiAlert: 0.3, belowFloor: 'warn', importance: { f3: 0.05 } }))));
+    const pushed = parseReference(
+      serializeReference(withDriftPolicy(reference, JSON.stringify({ psiAlert: 0.3, belowFloor: 'warn', importance: { f3: 0.05 } }))),
+    );
     expect(pushed.policy).toEqual({ psiAlert: 0.3, belowFloor: 'warn' });
     expect(pushed.features.map((f) => f.importance)).toEqual([undefined, undefined, undefined, 0.05, undefined, undefined, undefined, undefined]);
     expect(evaluateDrift(pushed, sketchOfRows(pushed, normalRows(5, 8000, FEATURES, { feature: 0, sigma: 0.1 }))).status).toBe('warn');
@@ -98,7 +108,11 @@ describe('drift verdicts', () => {
   });
 
   it('verdict - a per-model policy in the reference is validated', () => {
-    expect(() => parseReference(serializeReference({ ...reference, policy: { psiWarn: -1 } }))).toThrow(expect.objectContaining({ code: 'DRIFT_REFERENCE_INVALID' }));
-    expect(() => parseReference(JSON.stringify({ ...reference, policy: { psiWran: 0.1 } }))).toThrow(expect.objectContaining({ code: 'DRIFT_REFERENCE_INVALID' }));
+    expect(() => parseReference(serializeReference({ ...reference, policy: { psiWarn: -1 } }))).toThrow(
+      expect.objectContaining({ code: 'DRIFT_REFERENCE_INVALID' }),
+    );
+    expect(() => parseReference(JSON.stringify({ ...reference, policy: { psiWran: 0.1 } }))).toThrow(
+      expect.objectContaining({ code: 'DRIFT_REFERENCE_INVALID' }),
+    );
   });
 });

@@ -20,7 +20,11 @@ describe('the fleet loop, control plane and agent as processes', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-e2e-'));
-    controlPlane = await startProcess('bin/driftline.js', ['serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'], LISTENING);
+    controlPlane = await startProcess(
+      'bin/driftline.js',
+      ['serve', '--data-dir', join(dir, 'cp'), '--grpc-port', '0', '--http-port', '0', '--mqtt-port', '0'],
+      LISTENING,
+    );
     grpc = controlPlane.ready[1]!;
     api = fleetApi(grpc, controlPlane.ready[4]!);
   });
@@ -43,17 +47,33 @@ describe('the fleet loop, control plane and agent as processes', () => {
     const localApi = agent.ready[2]!;
     expect(existsSync(join(agentDir, 'identity.json'))).toBe(true);
 
-    const enrolled = await waitFor(() => api.listDevices(), (d) => d[0]?.online === true, { what: 'device online' });
+    const enrolled = await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.online === true,
+      { what: 'device online' },
+    );
     expect(enrolled.map((d) => [d.id, d.labels.site, d.labels.profile])).toEqual([['edge-e2e-1', 'lab', 'generic-x86_64-cpu']]);
 
     const model = await api.uploadModel('vibration', buildDemoModel({}).bytes);
     expect((await api.deploy('vibration')).devices).toBe(1);
-    await waitFor(() => inferOnce(localApi, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
-    const reported = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.version === model.version, { what: 'reported model' });
+    await waitFor(
+      () => inferOnce(localApi, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+      (s) => s === 200,
+      { what: 'model active on the agent' },
+    );
+    const reported = await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.reported?.activeModel?.version === model.version,
+      { what: 'reported model' },
+    );
     expect(reported[0]!.reported!.activeModel).toMatchObject({ name: 'vibration', sha256: model.sha256, provider: 'cpu' });
 
     expect(await driveInferences(localApi, 25)).toBe(25);
-    await waitFor(() => api.summary('edge-e2e-1'), (s) => (s.devices[0]?.inferences ?? 0) >= 26, { what: 'inference telemetry stored' });
+    await waitFor(
+      () => api.summary('edge-e2e-1'),
+      (s) => (s.devices[0]?.inferences ?? 0) >= 26,
+      { what: 'inference telemetry stored' },
+    );
 
     // A clean stop drains the buffer: everything the agent enqueued is acknowledged and stored once.
     await stopProcess(agent);

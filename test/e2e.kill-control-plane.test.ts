@@ -40,14 +40,32 @@ describe('kill -9 of the control plane while telemetry flows', () => {
     const token = await api.createEnrollmentToken('edge-kill-1');
     const agent = await startProcess(
       'bin/driftline-agent.js',
-      ['run', '--config', agentConfig, '--device-id', 'edge-kill-1', '--enroll-token', token, '--server', grpc, '--data-dir', join(dir, 'agent'), '--local-port', '0'],
+      [
+        'run',
+        '--config',
+        agentConfig,
+        '--device-id',
+        'edge-kill-1',
+        '--enroll-token',
+        token,
+        '--server',
+        grpc,
+        '--data-dir',
+        join(dir, 'agent'),
+        '--local-port',
+        '0',
+      ],
       AGENT_READY,
     );
     processes.push(agent);
     const localApi = agent.ready[2]!;
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration');
-    await waitFor(() => inferOnce(localApi, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active' });
+    await waitFor(
+      () => inferOnce(localApi, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+      (s) => s === 200,
+      { what: 'model active' },
+    );
     api.close();
 
     // Inference is local, so traffic goes on while the control plane is down.
@@ -62,13 +80,25 @@ describe('kill -9 of the control plane while telemetry flows', () => {
       }
     })();
 
-    await waitFor(() => sent, (n) => n >= 100, { what: 'traffic before the kill' });
+    await waitFor(
+      () => sent,
+      (n) => n >= 100,
+      { what: 'traffic before the kill' },
+    );
     controlPlane.child.kill('SIGKILL');
     await controlPlane.exited;
     const sentWhileDown = sent;
-    await waitFor(() => sent, (n) => n >= sentWhileDown + 100, { what: 'traffic while the control plane is down' });
+    await waitFor(
+      () => sent,
+      (n) => n >= sentWhileDown + 100,
+      { what: 'traffic while the control plane is down' },
+    );
     controlPlane = await startControlPlane();
-    await waitFor(() => sent, (n) => n >= sentWhileDown + 250, { what: 'traffic after the restart' });
+    await waitFor(
+      () => sent,
+      (n) => n >= sentWhileDown + 250,
+      { what: 'traffic after the restart' },
+    );
     running = false;
     await traffic;
 
@@ -80,7 +110,11 @@ describe('kill -9 of the control plane while telemetry flows', () => {
 
     await stopProcess(controlPlane);
     const db = new Database(join(dir, 'cp', 'control-plane.db'), { readonly: true });
-    const rows = db.prepare(`SELECT count(*) AS n, count(DISTINCT boot || ':' || seq) AS distinctIds, sum(kind = 'inference') AS inferences FROM telemetry_records WHERE device_id = ?`).get('edge-kill-1') as Record<string, number>;
+    const rows = db
+      .prepare(
+        `SELECT count(*) AS n, count(DISTINCT boot || ':' || seq) AS distinctIds, sum(kind = 'inference') AS inferences FROM telemetry_records WHERE device_id = ?`,
+      )
+      .get('edge-kill-1') as Record<string, number>;
     db.close();
     expect(rows).toEqual({ n: enqueued, distinctIds: enqueued, inferences: sent + 1 });
   });

@@ -69,7 +69,11 @@ describe('TLS on the device links and mTLS for operators', () => {
     );
     expect(listed.devices[0]!.id).toBe('edge-tls-1');
     // The agent's start event travels over mqtts and is acknowledged after commit.
-    await waitFor(() => agent!.stats(), (s) => s.recordsAcknowledged >= 1 && s.bufferDepth === 0, { what: 'telemetry acknowledged' });
+    await waitFor(
+      () => agent!.stats(),
+      (s) => s.recordsAcknowledged >= 1 && s.bufferDepth === 0,
+      { what: 'telemetry acknowledged' },
+    );
     const summary = await client.service(TelemetryServiceService).getSummary({ deviceId: 'edge-tls-1', sinceMs: 0 });
     expect(summary.devices[0]!.events).toBeGreaterThanOrEqual(1);
     client.close();
@@ -77,14 +81,25 @@ describe('TLS on the device links and mTLS for operators', () => {
 
   it('mtls - refuses an operator without a client certificate and serves one with it', async () => {
     const cp = await startControlPlane(
-      { dataDir: join(dir, 'cp-mtls'), grpc: { port: 0, tls: { cert: pki.serverCert, key: pki.serverKey, clientCa: pki.ca } }, http: { port: 0 }, mqtt: { port: 0 } },
+      {
+        dataDir: join(dir, 'cp-mtls'),
+        grpc: { port: 0, tls: { cert: pki.serverCert, key: pki.serverKey, clientCa: pki.ca } },
+        http: { port: 0 },
+        mqtt: { port: 0 },
+      },
       { logger: silentLogger() },
     );
     planes.push(cp);
     const list = async (tls: OperatorClientOptions['tls']): Promise<unknown> => {
       const client = operator(cp, tls);
       try {
-        return await client.service(DeviceServiceService).listDevices({ selector: '', includeDecommissioned: false }).then(() => null, (e: unknown) => e);
+        return await client
+          .service(DeviceServiceService)
+          .listDevices({ selector: '', includeDecommissioned: false })
+          .then(
+            () => null,
+            (e: unknown) => e,
+          );
       } finally {
         client.close();
       }

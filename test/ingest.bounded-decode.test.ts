@@ -10,7 +10,13 @@ const records = (n: number): Buffer =>
       TelemetryBatch.fromPartial({
         sentAtMs: 1_700_000_000_000,
         records: Array.from({ length: n }, (_, i) =>
-          TelemetryRecord.fromPartial({ boot: 1, seq: i + 1, timeMs: 1_700_000_000_000 + i, stream: Stream.STREAM_EVENTS, body: { $case: 'event', value: { kind: 'k', message: 'm'.repeat(i * 37), attributes: { a: 'b' } } } }),
+          TelemetryRecord.fromPartial({
+            boot: 1,
+            seq: i + 1,
+            timeMs: 1_700_000_000_000 + i,
+            stream: Stream.STREAM_EVENTS,
+            body: { $case: 'event', value: { kind: 'k', message: 'm'.repeat(i * 37), attributes: { a: 'b' } } },
+          }),
         ),
       }),
     ).finish(),
@@ -24,7 +30,11 @@ const codeOf = (fn: () => unknown): string | undefined => {
   }
   return undefined;
 };
-const codeOfAsync = (p: Promise<unknown>): Promise<string | undefined> => p.then(() => undefined, (err: unknown) => (err instanceof DriftlineError ? err.code : 'not a DriftlineError'));
+const codeOfAsync = (p: Promise<unknown>): Promise<string | undefined> =>
+  p.then(
+    () => undefined,
+    (err: unknown) => (err instanceof DriftlineError ? err.code : 'not a DriftlineError'),
+  );
 
 describe('ingest - wire scan before decoding', () => {
   it('ingest - counts the records of a batch the same whether fed whole or a byte at a time', () => {
@@ -60,7 +70,9 @@ describe('ingest - wire scan before decoding', () => {
       inflated += n;
     };
     const big = deflateSync(Buffer.alloc(32 * 1024 * 1024, Buffer.from([0x0a, 0x00])));
-    expect(await codeOfAsync(inflateBounded(big, { maxBytes: 64 * 1024 * 1024, setting: 's', entries: limit(1000), onInflated }))).toBe('PAYLOAD_TOO_MANY_ENTRIES');
+    expect(await codeOfAsync(inflateBounded(big, { maxBytes: 64 * 1024 * 1024, setting: 's', entries: limit(1000), onInflated }))).toBe(
+      'PAYLOAD_TOO_MANY_ENTRIES',
+    );
     expect(inflated).toBeLessThan(1024 * 1024);
     inflated = 0;
     expect(await codeOfAsync(inflateBounded(big, { maxBytes: 100_000, setting: 's', entries: limit(100_000_000), onInflated }))).toBe('PAYLOAD_TOO_LARGE');

@@ -58,7 +58,11 @@ describe('component lifecycle', () => {
     await clock.advanceAsync(10_000);
     await stopping;
     expect(done).toBe(true);
-    expect(graces).toEqual([['uploader', 10_000], ['engine', 0], ['buffer', 0]]);
+    expect(graces).toEqual([
+      ['uploader', 10_000],
+      ['engine', 0],
+      ['buffer', 0],
+    ]);
     expect(errors).toEqual(['uploader: SHUTDOWN_GRACE_EXPIRED', 'engine: SHUTDOWN_GRACE_EXPIRED', 'buffer: SHUTDOWN_GRACE_EXPIRED']);
   });
 

@@ -52,7 +52,9 @@ describe('logs - text for people, JSON for machines', () => {
 
   it('refuses a format it does not know, as a usage error', async () => {
     const code = await new Promise<number>((resolve) =>
-      execFile(process.execPath, [join(REPO_ROOT, 'bin/driftline.js'), 'serve', '--log-format', 'xml'], { cwd: dir }, (error) => resolve(error ? Number(error.code) : 0)),
+      execFile(process.execPath, [join(REPO_ROOT, 'bin/driftline.js'), 'serve', '--log-format', 'xml'], { cwd: dir }, (error) =>
+        resolve(error ? Number(error.code) : 0),
+      ),
     );
     expect(code).toBe(2);
   });

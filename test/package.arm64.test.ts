@@ -58,7 +58,12 @@ describe.skipIf(!QEMU)('the agent as one executable for linux-arm64 (under qemu-
       timeout: 600_000,
     });
     expect(result.status, result.stderr).toBe(0);
-    const report = JSON.parse(result.stdout) as { ok: boolean; packaged: boolean; runtime: unknown; checks: Array<{ name: string; ok: boolean; detail: string }> };
+    const report = JSON.parse(result.stdout) as {
+      ok: boolean;
+      packaged: boolean;
+      runtime: unknown;
+      checks: Array<{ name: string; ok: boolean; detail: string }>;
+    };
     expect(report).toMatchObject({ ok: true, packaged: true, runtime: { node: AGENT_NODE.version, platform: 'linux', arch: 'arm64' } });
     expect(report.checks.map((c) => [c.name, c.ok])).toEqual([
       ['native addons', true],

@@ -153,7 +153,19 @@ describe('the agent as one executable', () => {
       const token = await api.createEnrollmentToken('edge-binary-1');
       agent = spawn(
         binary,
-        ['run', '--device-id', 'edge-binary-1', '--enroll-token', token, '--server', cp.addresses.grpc, '--data-dir', join(scratch, 'agent-data'), '--local-port', '0'],
+        [
+          'run',
+          '--device-id',
+          'edge-binary-1',
+          '--enroll-token',
+          token,
+          '--server',
+          cp.addresses.grpc,
+          '--data-dir',
+          join(scratch, 'agent-data'),
+          '--local-port',
+          '0',
+        ],
         { cwd, env: env(), stdio: ['ignore', 'pipe', 'pipe'] },
       );
       let stderr = '';
@@ -162,16 +174,28 @@ describe('the agent as one executable', () => {
       createInterface({ input: agent.stdout! }).on('line', (line) => lines.push(line));
       const exited = new Promise<number | null>((resolve) => agent!.once('exit', (code) => resolve(code)));
       const lineMatching = (pattern: RegExp) =>
-        waitFor(() => lines.map((l) => l.match(pattern)).find(Boolean) ?? null, (m) => m !== null, { what: `a line matching ${pattern} (stderr: ${stderr.slice(-2000)})`, timeoutMs: 60_000 });
+        waitFor(
+          () => lines.map((l) => l.match(pattern)).find(Boolean) ?? null,
+          (m) => m !== null,
+          { what: `a line matching ${pattern} (stderr: ${stderr.slice(-2000)})`, timeoutMs: 60_000 },
+        );
 
       const ready = (await lineMatching(AGENT_READY))!;
       expect(ready[1]).toBe('edge-binary-1');
       const localApi = ready[2]!;
-      await waitFor(() => api.listDevices(), (d) => d[0]?.online === true, { what: 'device online' });
+      await waitFor(
+        () => api.listDevices(),
+        (d) => d[0]?.online === true,
+        { what: 'device online' },
+      );
 
       await api.uploadModel('vibration', buildDemoModel({}).bytes);
       expect((await api.deploy('vibration')).devices).toBe(1);
-      await waitFor(() => inferOnce(localApi, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
+      await waitFor(
+        () => inferOnce(localApi, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+        (s) => s === 200,
+        { what: 'model active on the agent' },
+      );
       expect(await driveInferences(localApi, 10)).toBe(10);
 
       agent.kill('SIGTERM');

@@ -39,12 +39,18 @@ describe('the agent install kit', () => {
 
   it('places binary, configuration, enrollment settings, trust root, data folder and unit with their owners and modes', () => {
     const result = run('install.sh', [
-      '--binary', fakeBinary('agent-v1', '1.0.0'),
-      '--user', user,
-      '--server', 'cp.example.com:7443',
-      '--device-id', 'edge-17',
-      '--enroll-token', 'secret-token',
-      '--trusted-root', join(scratch, 'root.json'),
+      '--binary',
+      fakeBinary('agent-v1', '1.0.0'),
+      '--user',
+      user,
+      '--server',
+      'cp.example.com:7443',
+      '--device-id',
+      'edge-17',
+      '--enroll-token',
+      'secret-token',
+      '--trusted-root',
+      join(scratch, 'root.json'),
     ]);
     expect(result.status).toBe(0);
     expect(mode('usr/local/bin/driftline-agent')).toBe('0755');
@@ -90,7 +96,16 @@ describe('the agent install kit', () => {
     writeFileSync(config, `${readFileSync(config, 'utf8')}# edited by the operator\n`);
     writeFileSync(join(scratch, 'other-root.json'), '{"signed":"someone else"}');
 
-    const result = run('install.sh', ['--binary', fakeBinary('agent-v2', '2.0.0'), '--user', user, '--enroll-token', 'new-token', '--trusted-root', join(scratch, 'other-root.json')]);
+    const result = run('install.sh', [
+      '--binary',
+      fakeBinary('agent-v2', '2.0.0'),
+      '--user',
+      user,
+      '--enroll-token',
+      'new-token',
+      '--trusted-root',
+      join(scratch, 'other-root.json'),
+    ]);
     expect(result.status).toBe(0);
     expect(spawnSync(join(dest, 'usr/local/bin/driftline-agent'), { encoding: 'utf8' }).stdout.trim()).toBe('2.0.0');
     expect(readFileSync(config, 'utf8')).toContain('# edited by the operator');

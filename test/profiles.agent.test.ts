@@ -27,7 +27,11 @@ describe('firmware profile on a fully wired agent', () => {
     agent = await startEnrolledAgent(cp, api, DEVICE, join(dir, 'agent'), {}, { hostProbe: { facts: async () => gpuServer } });
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);
-    await waitFor(() => inferOnce(agent.localApiUrl, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
+    await waitFor(
+      () => inferOnce(agent.localApiUrl, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]).then((r) => r.status),
+      (s) => s === 200,
+      { what: 'model active on the agent' },
+    );
   });
 
   afterAll(async () => {
@@ -38,7 +42,11 @@ describe('firmware profile on a fully wired agent', () => {
   });
 
   it('profile agent - detects the GPU profile, serves on CPU, and reports each fallback in the model metadata', async () => {
-    const metadata = (await (await fetch(`${agent.localApiUrl}/v2/models/vibration`)).json()) as { provider: string; provider_fallbacks: Array<{ provider: string }>; max_batch_size: number };
+    const metadata = (await (await fetch(`${agent.localApiUrl}/v2/models/vibration`)).json()) as {
+      provider: string;
+      provider_fallbacks: Array<{ provider: string }>;
+      max_batch_size: number;
+    };
     expect(metadata.provider).toBe('cpu');
     expect(metadata.provider_fallbacks.map((f) => f.provider)).toEqual(['tensorrt', 'cuda']);
     expect(metadata.max_batch_size).toBe(64);
@@ -69,15 +77,28 @@ describe('firmware profile whose onnxruntime library is missing', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('profile agent - a Jetson without its JetPack onnxruntime starts on onnxruntime-node\'s library and says which fact applies', async () => {
+  it("profile agent - a Jetson without its JetPack onnxruntime starts on onnxruntime-node's library and says which fact applies", async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-profile-lib-'));
     const emptyLibrary = join(dir, 'onnxruntime-jetpack6');
     mkdirSync(emptyLibrary);
     const started = await startTestControlPlane(dir);
     cp = started.cp;
     // A Jetson Orin Nano as its device tree and /etc/nv_tegra_release describe it.
-    const jetson: HostFacts = { arch: 'arm64', platform: 'linux', deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit', tegraRelease: '# R36 (release), REVISION: 3.0', nvidiaSmi: false };
-    agent = await startEnrolledAgent(cp, started.api, 'edge-jetson', join(dir, 'agent'), { inference: { libraryPath: emptyLibrary } }, { hostProbe: { facts: async () => jetson } });
+    const jetson: HostFacts = {
+      arch: 'arm64',
+      platform: 'linux',
+      deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit',
+      tegraRelease: '# R36 (release), REVISION: 3.0',
+      nvidiaSmi: false,
+    };
+    agent = await startEnrolledAgent(
+      cp,
+      started.api,
+      'edge-jetson',
+      join(dir, 'agent'),
+      { inference: { libraryPath: emptyLibrary } },
+      { hostProbe: { facts: async () => jetson } },
+    );
     started.api.close();
     const health = (await (await fetch(`${agent.localApiUrl}/healthz`)).json()) as {
       details: { firmwareProfile: string; warnings: string[]; bufferBudgetBytes: number; uploadBytesPerSecond: number };

@@ -15,8 +15,21 @@ afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 const host = (facts: Partial<HostFacts>): HostFacts => ({ arch: 'x64', platform: 'linux', nvidiaSmi: false, ...facts });
 
 const hosts: Array<[string, HostFacts, string]> = [
-  ['a Jetson Orin Nano on JetPack 6', host({ arch: 'arm64', deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit', tegraRelease: '# R36 (release), REVISION: 4.3, GCID: 38968081', nvidiaSmi: true }), 'jetson-orin-nano-jp6'],
-  ['a Jetson AGX Orin on JetPack 6', host({ arch: 'arm64', deviceTreeModel: 'Jetson AGX Orin Developer Kit', tegraRelease: '# R36 (release), REVISION: 3.0' }), 'jetson-agx-orin-jp6'],
+  [
+    'a Jetson Orin Nano on JetPack 6',
+    host({
+      arch: 'arm64',
+      deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit',
+      tegraRelease: '# R36 (release), REVISION: 4.3, GCID: 38968081',
+      nvidiaSmi: true,
+    }),
+    'jetson-orin-nano-jp6',
+  ],
+  [
+    'a Jetson AGX Orin on JetPack 6',
+    host({ arch: 'arm64', deviceTreeModel: 'Jetson AGX Orin Developer Kit', tegraRelease: '# R36 (release), REVISION: 3.0' }),
+    'jetson-agx-orin-jp6',
+  ],
   ['a Raspberry Pi 5', host({ arch: 'arm64', deviceTreeModel: 'Raspberry Pi 5 Model B Rev 1.0' }), 'raspberry-pi-5'],
   ['an x86_64 server with an NVIDIA GPU', host({ nvidiaSmi: true }), 'x86_64-nvidia-cuda12'],
   ['a plain x86_64 machine', host({}), 'generic-x86_64-cpu'],
@@ -44,7 +57,11 @@ describe('firmware profile detection', () => {
 
   const unknown: Array<[string, HostFacts, string]> = [
     ['an arm64 board no profile knows', host({ arch: 'arm64', deviceTreeModel: 'Pine64 RockPro64 v2.1' }), 'generic-arm64-cpu'],
-    ['a Jetson on JetPack 5 (R35)', host({ arch: 'arm64', deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit', tegraRelease: '# R35 (release), REVISION: 4.1' }), 'generic-arm64-cpu'],
+    [
+      'a Jetson on JetPack 5 (R35)',
+      host({ arch: 'arm64', deviceTreeModel: 'NVIDIA Jetson Orin Nano Developer Kit', tegraRelease: '# R35 (release), REVISION: 4.1' }),
+      'generic-arm64-cpu',
+    ],
     ['an arm64 server with nvidia-smi', host({ arch: 'arm64', nvidiaSmi: true }), 'generic-arm64-cpu'],
   ];
 
@@ -105,7 +122,12 @@ describe('inference settings from a profile', () => {
       libraryPath: '/usr/local/onnxruntime/lib',
     });
     expect(settings.providers).toEqual([{ name: 'cuda', deviceId: 0, memoryLimit: 2 * 1024 ** 3 }, { name: 'cpu' }]);
-    expect(settings).toMatchObject({ intraOpThreads: 2, batching: { defaultBatch: 4, maxBatch: 4, maxQueue: 8 }, maxModelBytes: 1024, libraryPath: '/usr/local/onnxruntime/lib' });
+    expect(settings).toMatchObject({
+      intraOpThreads: 2,
+      batching: { defaultBatch: 4, maxBatch: 4, maxQueue: 8 },
+      maxModelBytes: 1024,
+      libraryPath: '/usr/local/onnxruntime/lib',
+    });
   });
 
   it('settings - warn about each missing accelerated provider with the fact that applies to the host', () => {

@@ -4,7 +4,14 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { DriftlineError } from '../common/errors.js';
-import { FALLBACK_PROFILES, SHIPPED_PROFILES_DIR, loadFirmwareProfiles, parseFirmwareProfile, readFirmwareProfile, type FirmwareProfile } from '../common/firmware-profile.js';
+import {
+  FALLBACK_PROFILES,
+  SHIPPED_PROFILES_DIR,
+  loadFirmwareProfiles,
+  parseFirmwareProfile,
+  readFirmwareProfile,
+  type FirmwareProfile,
+} from '../common/firmware-profile.js';
 
 const SHIPPED = ['generic-arm64-cpu', 'generic-x86_64-cpu', 'jetson-agx-orin-jp6', 'jetson-orin-nano-jp6', 'raspberry-pi-5', 'x86_64-nvidia-cuda12'];
 
@@ -21,14 +28,19 @@ function thrown(work: () => unknown): DriftlineError {
   throw new Error('expected an error');
 }
 
-const generic = (): Record<string, unknown> => parseYaml(readFileSync(join(SHIPPED_PROFILES_DIR, 'generic-x86_64-cpu.yaml'), 'utf8')) as Record<string, unknown>;
+const generic = (): Record<string, unknown> =>
+  parseYaml(readFileSync(join(SHIPPED_PROFILES_DIR, 'generic-x86_64-cpu.yaml'), 'utf8')) as Record<string, unknown>;
 
 describe('firmware profiles', () => {
   const profiles = loadFirmwareProfiles();
 
   it('profiles - ships a valid profile for each supported device class, named as its file', () => {
     expect([...profiles.keys()]).toEqual(SHIPPED);
-    expect(readdirSync(SHIPPED_PROFILES_DIR).filter((f) => f.endsWith('.yaml')).sort()).toEqual(SHIPPED.map((n) => `${n}.yaml`));
+    expect(
+      readdirSync(SHIPPED_PROFILES_DIR)
+        .filter((f) => f.endsWith('.yaml'))
+        .sort(),
+    ).toEqual(SHIPPED.map((n) => `${n}.yaml`));
   });
 
   it.each(SHIPPED)('profiles - %s gives every setting the agent applies', (name) => {
@@ -56,7 +68,13 @@ describe('firmware profiles', () => {
       const jetson = profiles.get(name)!;
       expect(jetson).toMatchObject({ arch: 'arm64', accelerator: 'nvidia-jetson', onnxruntime: { libraryPath: expect.any(String) } });
       expect(chain(jetson)).toEqual(['tensorrt', 'cuda', 'cpu']);
-      expect(jetson.inference.providers[0]).toMatchObject({ name: 'tensorrt', deviceId: 0, fp16: true, workspaceSize: expect.any(Number), engineCacheDir: expect.any(String) });
+      expect(jetson.inference.providers[0]).toMatchObject({
+        name: 'tensorrt',
+        deviceId: 0,
+        fp16: true,
+        workspaceSize: expect.any(Number),
+        engineCacheDir: expect.any(String),
+      });
     }
     const cuda = profiles.get('x86_64-nvidia-cuda12')!;
     expect(cuda).toMatchObject({ arch: 'x86_64', accelerator: 'nvidia-gpu', onnxruntime: {} });
@@ -73,7 +91,11 @@ describe('firmware profiles', () => {
   const broken: Array<[string, (p: Record<string, unknown>) => void, string]> = [
     ['an unknown provider', (p) => ((p.inference as { providers: unknown[] }).providers = [{ name: 'rocm' }]), 'inference.providers.0.name'],
     ['a provider listed twice', (p) => ((p.inference as { providers: unknown[] }).providers = [{ name: 'cpu' }, { name: 'cpu' }]), 'inference.providers'],
-    ['a default batch above the maximum', (p) => ((p.inference as { batching: Record<string, unknown> }).batching.defaultBatch = 64), 'inference.batching.defaultBatch'],
+    [
+      'a default batch above the maximum',
+      (p) => ((p.inference as { batching: Record<string, unknown> }).batching.defaultBatch = 64),
+      'inference.batching.defaultBatch',
+    ],
     ['a size without a unit', (p) => ((p.inference as Record<string, unknown>).maxModelBytes = '2 gigs'), 'inference.maxModelBytes'],
     ['an unknown field', (p) => (p.gpuClock = 1300), '(root)'],
     ['a missing telemetry schedule', (p) => delete p.telemetry, 'telemetry'],

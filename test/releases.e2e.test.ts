@@ -60,28 +60,45 @@ describe('signed releases end to end: keys init, signed push, a device that pins
   it('a device enrolled with the root runs a signed push, refuses an unsigned one and keeps running, then takes the next signed one', async () => {
     const token = await api.createEnrollmentToken('edge-signed-1');
     const agentDir = join(dir, 'agent');
-    agent = await startProcess('bin/driftline-agent.js', ['run', '--device-id', 'edge-signed-1', '--enroll-token', token, '--server', grpc, '--data-dir', agentDir, '--local-port', '0'], AGENT_READY);
+    agent = await startProcess(
+      'bin/driftline-agent.js',
+      ['run', '--device-id', 'edge-signed-1', '--enroll-token', token, '--server', grpc, '--data-dir', agentDir, '--local-port', '0'],
+      AGENT_READY,
+    );
     expect(statSync(join(agentDir, 'trust', 'root.json')).isFile()).toBe(true);
-    await waitFor(() => api.listDevices(), (d) => d[0]?.online === true, { what: 'device online' });
+    await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.online === true,
+      { what: 'device online' },
+    );
 
     const v1File = join(dir, 'v1.onnx');
     writeFileSync(v1File, buildDemoModel({ seed: 1 }).bytes);
     const csv = join(dir, 'reference.csv');
     writeFileSync(csv, toCsv(generateVibrationData({ rows: 200, seed: 7 })));
-    const push = (file: string, ...extra: string[]) => driftline('--server', grpc, '--token-file', tokenFile, '--json', 'models', 'push', file, '--name', 'vibration', ...extra);
+    const push = (file: string, ...extra: string[]) =>
+      driftline('--server', grpc, '--token-file', tokenFile, '--json', 'models', 'push', file, '--name', 'vibration', ...extra);
 
     const signed = await push(v1File, '--sign', '--keys-dir', keysDir, '--reference', csv, '--metric', 'accuracy=0.93');
     expect(signed.code, signed.stderr).toBe(0);
     expect(JSON.parse(signed.stdout)).toMatchObject({ version: 1, signedBy: [expect.any(String)] });
     await api.deploy('vibration');
-    await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.version === 1, { what: 'signed v1 active', timeoutMs: 30_000 });
+    await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.reported?.activeModel?.version === 1,
+      { what: 'signed v1 active', timeoutMs: 30_000 },
+    );
 
     const v2File = join(dir, 'v2.onnx');
     writeFileSync(v2File, buildDemoModel({ seed: 2 }).bytes);
     const unsigned = await push(v2File);
     expect(unsigned.code, unsigned.stderr).toBe(0);
     await api.deploy('vibration');
-    const refused = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.lastErrorCode === 'RELEASE_UNSIGNED', { what: 'unsigned v2 refused', timeoutMs: 30_000 });
+    const refused = await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.reported?.lastErrorCode === 'RELEASE_UNSIGNED',
+      { what: 'unsigned v2 refused', timeoutMs: 30_000 },
+    );
     expect(refused[0]!.reported!.activeModel?.version).toBe(1);
 
     const v3File = join(dir, 'v3.onnx');
@@ -89,7 +106,11 @@ describe('signed releases end to end: keys init, signed push, a device that pins
     const resigned = await push(v3File, '--sign', '--keys-dir', keysDir);
     expect(resigned.code, resigned.stderr).toBe(0);
     await api.deploy('vibration');
-    const after = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.version === 3, { what: 'signed v3 active', timeoutMs: 30_000 });
+    const after = await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.reported?.activeModel?.version === 3,
+      { what: 'signed v3 active', timeoutMs: 30_000 },
+    );
     expect(after[0]!.reported!.lastErrorCode).toBe('');
     expect(readFileSync(join(agentDir, 'trust', 'root.json')).length).toBeGreaterThan(0);
 
@@ -106,7 +127,8 @@ describe('signed releases end to end: keys init, signed push, a device that pins
   it('a stateful sequence model that cannot run on a length of 1 is signed and served with the example inputs of its release', async () => {
     const file = join(dir, 'sequence.onnx');
     writeFileSync(file, sequenceModelBytes(48));
-    const push = (...extra: string[]) => driftline('--server', grpc, '--token-file', tokenFile, '--json', 'models', 'push', file, '--name', 'sequence', '--sign', '--keys-dir', keysDir, ...extra);
+    const push = (...extra: string[]) =>
+      driftline('--server', grpc, '--token-file', tokenFile, '--json', 'models', 'push', file, '--name', 'sequence', '--sign', '--keys-dir', keysDir, ...extra);
     const guessed = await push();
     expect(guessed.code).not.toBe(0);
     expect(guessed.stderr).toContain('[MODEL_WARMUP_FAILED]');
@@ -114,11 +136,20 @@ describe('signed releases end to end: keys init, signed push, a device that pins
     expect(guessed.stderr).not.toContain('onnxruntime_src');
 
     const examples = join(dir, 'sequence-examples.json');
-    writeFileSync(examples, JSON.stringify({ examples: [{ tokens: { type: 'float32', dims: [1, 96] }, step: { type: 'int64', dims: [], data: [1] }, state: { type: 'float32', dims: [1, 48] } }] }));
+    writeFileSync(
+      examples,
+      JSON.stringify({
+        examples: [{ tokens: { type: 'float32', dims: [1, 96] }, step: { type: 'int64', dims: [], data: [1] }, state: { type: 'float32', dims: [1, 48] } }],
+      }),
+    );
     const signed = await push('--examples', examples);
     expect(signed.code, signed.stderr).toBe(0);
     await api.deploy('sequence');
-    const devices = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.name === 'sequence', { what: 'sequence model active', timeoutMs: 30_000 });
+    const devices = await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.reported?.activeModel?.name === 'sequence',
+      { what: 'sequence model active', timeoutMs: 30_000 },
+    );
     expect(devices[0]!.reported!.lastErrorCode).toBe('');
     const response = await fetch(`${agent!.ready[2]}/v2/models/sequence/infer`, {
       method: 'POST',
@@ -143,7 +174,13 @@ describe('signed releases end to end: keys init, signed push, a device that pins
 
     const amended = await amend('--description', 'corrected', '--sign', '--keys-dir', keysDir);
     expect(amended.code, amended.stderr).toBe(0);
-    expect(JSON.parse(amended.stdout)).toMatchObject({ name: 'sequence', version: 2, amendsVersion: 1, description: 'corrected', signedBy: [expect.any(String)] });
+    expect(JSON.parse(amended.stdout)).toMatchObject({
+      name: 'sequence',
+      version: 2,
+      amendsVersion: 1,
+      description: 'corrected',
+      signedBy: [expect.any(String)],
+    });
     const manifest = peekManifest((await getRelease(grpc, tokenFile, 'sequence', 2)).envelope);
     const original = peekManifest((await getRelease(grpc, tokenFile, 'sequence', 1)).envelope);
     expect(manifest.lineage).toMatchObject({ amendsVersion: 1, parentVersion: original.lineage.parentVersion });
@@ -152,10 +189,14 @@ describe('signed releases end to end: keys init, signed push, a device that pins
     expect(manifest.examples).toEqual(original.examples);
 
     await api.deploy('sequence');
-    const devices = await waitFor(() => api.listDevices(), (d) => d[0]?.reported?.activeModel?.version === 2 && d[0]?.reported?.activeModel?.name === 'sequence', {
-      what: 'amended sequence v2 active',
-      timeoutMs: 30_000,
-    });
+    const devices = await waitFor(
+      () => api.listDevices(),
+      (d) => d[0]?.reported?.activeModel?.version === 2 && d[0]?.reported?.activeModel?.name === 'sequence',
+      {
+        what: 'amended sequence v2 active',
+        timeoutMs: 30_000,
+      },
+    );
     expect(devices[0]!.reported!.lastErrorCode).toBe('');
   }, 90_000);
 });

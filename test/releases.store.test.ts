@@ -110,17 +110,35 @@ describe('release store', () => {
   });
 
   it('releases - refuses to start with a root chain that does not hold together', async () => {
-    const skipped = signRootBytes(trust.metadata(3), trust.rootKeys.map((k) => k.signer));
+    const skipped = signRootBytes(
+      trust.metadata(3),
+      trust.rootKeys.map((k) => k.signer),
+    );
     expect(await codeOf(() => store({ rootChain: [trust.v1, skipped] }))).toBe('TRUST_ROOT_INVALID');
   });
 
   it('rollback directives - are signed online only when opted in, and verify on the device for the named devices', async () => {
-    expect(await store().rollbackDirective({ model: 'vibration', toVersion: 1, deviceIds: ['edge-1'], reason: 'gate', ttlMs: 60_000, id: 'r1' })).toBeUndefined();
-    const bytes = (await store({ rollback: true }).rollbackDirective({ model: 'vibration', toVersion: 1, deviceIds: ['edge-1'], reason: 'p95 latency doubled', ttlMs: 60_000, id: 'r1' }))!;
+    expect(
+      await store().rollbackDirective({ model: 'vibration', toVersion: 1, deviceIds: ['edge-1'], reason: 'gate', ttlMs: 60_000, id: 'r1' }),
+    ).toBeUndefined();
+    const bytes = (await store({ rollback: true }).rollbackDirective({
+      model: 'vibration',
+      toVersion: 1,
+      deviceIds: ['edge-1'],
+      reason: 'p95 latency doubled',
+      ttlMs: 60_000,
+      id: 'r1',
+    }))!;
     const root = peekRoot(trust.v1);
-    expect(verifyRollbackDirective(bytes, root, clock, { deviceId: 'edge-1', model: 'vibration', version: 1, sha256: v1.sha256 }).reason).toBe('p95 latency doubled');
-    expect(await codeOf(() => verifyRollbackDirective(bytes, root, clock, { deviceId: 'edge-9', model: 'vibration', version: 1, sha256: v1.sha256 }))).toBe('RELEASE_MISMATCH');
+    expect(verifyRollbackDirective(bytes, root, clock, { deviceId: 'edge-1', model: 'vibration', version: 1, sha256: v1.sha256 }).reason).toBe(
+      'p95 latency doubled',
+    );
+    expect(await codeOf(() => verifyRollbackDirective(bytes, root, clock, { deviceId: 'edge-9', model: 'vibration', version: 1, sha256: v1.sha256 }))).toBe(
+      'RELEASE_MISMATCH',
+    );
     clock.advance(60_000);
-    expect(await codeOf(() => verifyRollbackDirective(bytes, root, clock, { deviceId: 'edge-1', model: 'vibration', version: 1, sha256: v1.sha256 }))).toBe('TRUST_METADATA_EXPIRED');
+    expect(await codeOf(() => verifyRollbackDirective(bytes, root, clock, { deviceId: 'edge-1', model: 'vibration', version: 1, sha256: v1.sha256 }))).toBe(
+      'TRUST_METADATA_EXPIRED',
+    );
   });
 });

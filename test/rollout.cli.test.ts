@@ -33,13 +33,22 @@ describe('driftline rollout (CLI)', () => {
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'driftline-rollout-cli-'));
-    cp = await startControlPlane({ dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, rollout: { tickInterval: '1h', watchInterval: '100ms' } }, { logger: silentLogger(), clock });
+    cp = await startControlPlane(
+      { dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, rollout: { tickInterval: '1h', watchInterval: '100ms' } },
+      { logger: silentLogger(), clock },
+    );
     api = rolloutApi(cp.addresses.grpc, cp.adminTokenFile);
     await api.upload('vibration', demoModelBytes(1));
     await api.upload('vibration', demoModelBytes(2));
     const devices = Array.from({ length: 6 }, (_, i) => ({ id: `cli-${i}`, profile: 'generic-x86_64-cpu', labels: { site: 'lab' } }));
     const creds = await enrollSimulatedDevices({ address: cp.addresses.grpc, token: readFileSync(cp.adminTokenFile, 'utf8').trim(), devices });
-    sim = await FleetSimulator.start({ brokerUrl: cp.addresses.mqtt, devices: creds, behavior: () => ({ latencyMs: 5, errorRate: 0 }), clock, logger: silentLogger() });
+    sim = await FleetSimulator.start({
+      brokerUrl: cp.addresses.mqtt,
+      devices: creds,
+      behavior: () => ({ latencyMs: 5, errorRate: 0 }),
+      clock,
+      logger: silentLogger(),
+    });
     const initial = await api.start({ model: 'vibration', version: 1, gates: ['none'] });
     await vi.waitFor(async () => expect((await api.get(initial.id)).versions[1]).toBe(6), { timeout: 10_000, interval: 20 });
     await cp.rollouts.tick();
@@ -54,15 +63,49 @@ describe('driftline rollout (CLI)', () => {
 
   it('rollout - refuses --min-devices above the devices --target matches (ROLLOUT_MIN_DEVICES_UNMET, exit 2) and starts nothing', async () => {
     const before = JSON.parse((await driftline('--json', 'rollout', 'list')).stdout) as { rollouts: unknown[] };
-    const refused = await driftline('rollout', 'start', '--model', 'vibration', '--version', '2', '--min-devices', '7', '--target', 'site=lab', '--gate', 'none');
+    const refused = await driftline(
+      'rollout',
+      'start',
+      '--model',
+      'vibration',
+      '--version',
+      '2',
+      '--min-devices',
+      '7',
+      '--target',
+      'site=lab',
+      '--gate',
+      'none',
+    );
     expect(refused.code).toBe(2);
-    expect(refused.stderr).toMatch(/^error \[ROLLOUT_MIN_DEVICES_UNMET\]: --min-devices 7 is more than the 6 compatible device\(s\) matching site=lab: .*lower --min-devices or widen --target; nothing was started/);
+    expect(refused.stderr).toMatch(
+      /^error \[ROLLOUT_MIN_DEVICES_UNMET\]: --min-devices 7 is more than the 6 compatible device\(s\) matching site=lab: .*lower --min-devices or widen --target; nothing was started/,
+    );
     const after = JSON.parse((await driftline('--json', 'rollout', 'list')).stdout) as { rollouts: unknown[] };
     expect(after.rollouts).toHaveLength(before.rollouts.length);
   });
 
   it('rollout - starts, pauses, watches and aborts a rollout from the command line, idempotently, with an audit trail', async () => {
-    const startArgs = ['rollout', 'start', '--model', 'vibration', '--version', '2', '--waves', '50,100', '--bake', '10m', '--min-devices', '2', '--target', 'site=lab', '--gate', 'p95-latency-ratio<=1.5', '--request-id', 'cli-start-1'];
+    const startArgs = [
+      'rollout',
+      'start',
+      '--model',
+      'vibration',
+      '--version',
+      '2',
+      '--waves',
+      '50,100',
+      '--bake',
+      '10m',
+      '--min-devices',
+      '2',
+      '--target',
+      'site=lab',
+      '--gate',
+      'p95-latency-ratio<=1.5',
+      '--request-id',
+      'cli-start-1',
+    ];
     const started = await driftline('--json', ...startArgs);
     expect(started.stderr).toBe('');
     const rollout = JSON.parse(started.stdout) as { id: string; state: string; wave: number; targetedDevices: number; gates: string[] };
@@ -88,7 +131,9 @@ describe('driftline rollout (CLI)', () => {
     expect(await exited).toBe(0);
     expect(lines.at(-1)!.state).toBe('aborted');
 
-    const history = JSON.parse((await driftline('--json', 'rollout', 'history', rollout.id)).stdout) as { entries: Array<{ action: string; actor: string; clientRequestId: string }> };
+    const history = JSON.parse((await driftline('--json', 'rollout', 'history', rollout.id)).stdout) as {
+      entries: Array<{ action: string; actor: string; clientRequestId: string }>;
+    };
     expect(history.entries.map((e) => e.action)).toEqual(['create', 'start', 'pause', 'abort']);
     expect(history.entries[3]).toMatchObject({ clientRequestId: 'abort-1', actor: expect.stringMatching(/.+/) });
     expect(history.entries[3]!.actor).not.toBe('system');

@@ -47,7 +47,7 @@ describe('rollout cohorts', () => {
     expect(incompatibility(constraintsFromMetadata({}), device(''))).toBeUndefined();
   });
 
-  it('rollout - checks a signed manifest\'s hardware constraints against what the device\'s firmware profile says', () => {
+  it("rollout - checks a signed manifest's hardware constraints against what the device's firmware profile says", () => {
     const hardware = { arch: 'arm64', providers: ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider'], memoryBytes: 4 * 2 ** 30 };
     const device = (hw: typeof hardware | undefined) => ({ id: 'd', profile: 'jetson-orin-nano-jp6', labels: {}, hardware: hw });
     const needs = (c: { arch?: string[]; providers?: string[]; minMemoryBytes?: number }) => ({ profiles: [], labels: {}, ...c });

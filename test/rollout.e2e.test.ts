@@ -59,14 +59,31 @@ describe('rollout end to end over a simulated fleet', () => {
     const fits = { 'driftline.profiles': 'jetson-*' };
     for (const seed of [1, 2, 3]) await api.upload('vibration', demoModelBytes(seed), fits);
     const specs = [
-      ...Array.from({ length: COMPATIBLE }, (_, i) => ({ id: `sim-${String(i).padStart(3, '0')}`, profile: 'jetson-orin-nano-jp6', labels: { site: 'plant-3' } })),
+      ...Array.from({ length: COMPATIBLE }, (_, i) => ({
+        id: `sim-${String(i).padStart(3, '0')}`,
+        profile: 'jetson-orin-nano-jp6',
+        labels: { site: 'plant-3' },
+      })),
       ...Array.from({ length: INCOMPATIBLE }, (_, i) => ({ id: `pi-${i}`, profile: 'raspberry-pi-5', labels: { site: 'plant-3' } })),
     ];
     const creds = await enrollSimulatedDevices({ address: cp.addresses.grpc, token: readFileSync(cp.adminTokenFile, 'utf8').trim(), devices: specs });
-    sim = await FleetSimulator.start({ brokerUrl: cp.addresses.mqtt, devices: creds, behavior: (v) => BEHAVIOR[v] ?? BEHAVIOR[1]!, clock, logger: silentLogger() });
+    sim = await FleetSimulator.start({
+      brokerUrl: cp.addresses.mqtt,
+      devices: creds,
+      behavior: (v) => BEHAVIOR[v] ?? BEHAVIOR[1]!,
+      clock,
+      logger: silentLogger(),
+    });
 
     // Bring the fleet to v1 with a one-wave rollout that has no gates.
-    const initial = await api.start({ model: 'vibration', version: 1, wavePercents: [100], target: 'site=plant-3', gates: ['none'], clientRequestId: 'initial' });
+    const initial = await api.start({
+      model: 'vibration',
+      version: 1,
+      wavePercents: [100],
+      target: 'site=plant-3',
+      gates: ['none'],
+      clientRequestId: 'initial',
+    });
     await devicesOn(1, COMPATIBLE);
     await reported(initial.id, 1, COMPATIBLE);
     clock.advance(1000);
@@ -82,7 +99,15 @@ describe('rollout end to end over a simulated fleet', () => {
   });
 
   it('rollout - aborts a slower model at the canary, rolls every canary device back, and never touches a device outside the canary', async () => {
-    const start = { model: 'vibration', version: 2, wavePercents: [5, 25, 100], bakeSeconds: BAKE_S, minDevices: 5, target: 'profile=jetson-*,site=plant-3', clientRequestId: 'bad-1' };
+    const start = {
+      model: 'vibration',
+      version: 2,
+      wavePercents: [5, 25, 100],
+      bakeSeconds: BAKE_S,
+      minDevices: 5,
+      target: 'profile=jetson-*,site=plant-3',
+      clientRequestId: 'bad-1',
+    };
     const rollout = await api.start(start);
     expect(rollout).toMatchObject({ state: 'progressing', wave: 1, targetedDevices: COMPATIBLE, baselineVersion: 1 });
     expect(rollout.incompatible).toHaveLength(0); // the selector already keeps the Raspberry Pis out

@@ -53,7 +53,13 @@ class FakeMetrics implements CohortMetrics {
   async cohort(q: CohortQuery): Promise<CohortStats> {
     if (this.failing) throw new DriftlineError('STORE_FAILED', 'database is locked');
     const version = q.version ?? 1;
-    return { devices: q.deviceIds.length, devicesWithData: q.deviceIds.length, inferences: q.deviceIds.length * 100, errors: 0, p95LatencyMs: this.p95[version]! };
+    return {
+      devices: q.deviceIds.length,
+      devicesWithData: q.deviceIds.length,
+      inferences: q.deviceIds.length * 100,
+      errors: 0,
+      p95LatencyMs: this.p95[version]!,
+    };
   }
 }
 
@@ -174,7 +180,15 @@ describe('rollout engine', () => {
     const file = join(dir, 'cp.db');
     const disk = openDatabase(file);
     const repo = new SqliteRolloutRepository(disk);
-    const e1 = new RolloutEngine({ repository: repo, fleet, metrics, publisher: fleet, catalog: { constraints: async () => ({ profiles: [], labels: {} }) }, clock, logger: silentLogger() });
+    const e1 = new RolloutEngine({
+      repository: repo,
+      fleet,
+      metrics,
+      publisher: fleet,
+      catalog: { constraints: async () => ({ profiles: [], labels: {} }) },
+      clock,
+      logger: silentLogger(),
+    });
     const r = await e1.start(plan(), by('persist-1'));
     disk.close();
     const reopened = openDatabase(file);
@@ -196,12 +210,33 @@ describe('rollout cohort metrics from stored telemetry', () => {
       seq,
       timeMs: 0,
       stream: Stream.STREAM_INFERENCE,
-      body: { $case: 'inference', value: { model: 'vibration', version, provider: 'cpu', latencyMs, outcome: ok ? Outcome.OUTCOME_OK : Outcome.OUTCOME_ERROR, topClass: 0, confidence: 1, errorCode: '', batchSize: 1 } },
+      body: {
+        $case: 'inference',
+        value: {
+          model: 'vibration',
+          version,
+          provider: 'cpu',
+          latencyMs,
+          outcome: ok ? Outcome.OUTCOME_OK : Outcome.OUTCOME_ERROR,
+          topClass: 0,
+          confidence: 1,
+          errorCode: '',
+          batchSize: 1,
+        },
+      },
     });
     // d-1 ran v1 then v2; old records (received before the window) must not count.
     await telemetry.commit('d-1', [record(1, 1, 1000)], 500);
-    await telemetry.commit('d-1', Array.from({ length: 100 }, (_, i) => record(i + 2, 2, i + 1, i % 10 !== 0)), 1000);
-    await telemetry.commit('d-2', Array.from({ length: 20 }, (_, i) => record(i + 1, 1, 5)), 1000);
+    await telemetry.commit(
+      'd-1',
+      Array.from({ length: 100 }, (_, i) => record(i + 2, 2, i + 1, i % 10 !== 0)),
+      1000,
+    );
+    await telemetry.commit(
+      'd-2',
+      Array.from({ length: 20 }, (_, i) => record(i + 1, 1, 5)),
+      1000,
+    );
     const metrics = new SqliteCohortMetrics(db);
     expect(await metrics.cohort({ model: 'vibration', version: 2, deviceIds: ['d-1', 'd-2'], sinceMs: 1000 })).toEqual({
       devices: 2,
@@ -210,8 +245,14 @@ describe('rollout cohort metrics from stored telemetry', () => {
       errors: 10,
       p95LatencyMs: 95,
     });
-    expect(await metrics.cohort({ model: 'vibration', excludeVersion: 2, deviceIds: ['d-1', 'd-2'], sinceMs: 1000 })).toMatchObject({ inferences: 20, p95LatencyMs: 5 });
-    expect(await metrics.cohort({ model: 'vibration', excludeVersion: 2, deviceIds: ['d-1', 'd-2'], sinceMs: 0 })).toMatchObject({ inferences: 21, p95LatencyMs: 5 });
+    expect(await metrics.cohort({ model: 'vibration', excludeVersion: 2, deviceIds: ['d-1', 'd-2'], sinceMs: 1000 })).toMatchObject({
+      inferences: 20,
+      p95LatencyMs: 5,
+    });
+    expect(await metrics.cohort({ model: 'vibration', excludeVersion: 2, deviceIds: ['d-1', 'd-2'], sinceMs: 0 })).toMatchObject({
+      inferences: 21,
+      p95LatencyMs: 5,
+    });
     expect(await metrics.cohort({ model: 'other', deviceIds: ['d-1'], sinceMs: 0 })).toMatchObject({ inferences: 0, p95LatencyMs: null });
     db.close();
   });

@@ -3,7 +3,14 @@ import { evaluateGates, type CohortStats, type Observation } from '../control-pl
 import { DEFAULT_GATES, parseGate } from '../control-plane/rollout/plan.js';
 import { DriftlineError } from '../common/errors.js';
 
-const cohort = (over: Partial<CohortStats> = {}): CohortStats => ({ devices: 10, devicesWithData: 10, inferences: 1000, errors: 10, p95LatencyMs: 20, ...over });
+const cohort = (over: Partial<CohortStats> = {}): CohortStats => ({
+  devices: 10,
+  devicesWithData: 10,
+  inferences: 1000,
+  errors: 10,
+  p95LatencyMs: 20,
+  ...over,
+});
 const observe = (over: Partial<Observation> = {}): Observation => ({
   install: { attempted: 10, installed: 10, failed: 0, pending: 0 },
   canary: cohort(),
@@ -34,8 +41,16 @@ describe('rollout gates', () => {
     ['install-failure-rate<=0.2', observe({ install: { attempted: 10, installed: 8, failed: 2, pending: 0 } }), 'pass'],
     ['install-failure-rate<=0.2', observe({ install: { attempted: 10, installed: 7, failed: 3, pending: 0 } }), 'fail'],
     ['p95-latency-ms<=20', observe(), 'pass'],
-    ['accuracy-delta>=-0.02', observe({ canary: cohort({ labeled: { total: 100, correct: 88 } }), baseline: cohort({ labeled: { total: 100, correct: 90 } }) }), 'pass'],
-    ['accuracy-delta>=-0.02', observe({ canary: cohort({ labeled: { total: 100, correct: 87 } }), baseline: cohort({ labeled: { total: 100, correct: 90 } }) }), 'fail'],
+    [
+      'accuracy-delta>=-0.02',
+      observe({ canary: cohort({ labeled: { total: 100, correct: 88 } }), baseline: cohort({ labeled: { total: 100, correct: 90 } }) }),
+      'pass',
+    ],
+    [
+      'accuracy-delta>=-0.02',
+      observe({ canary: cohort({ labeled: { total: 100, correct: 87 } }), baseline: cohort({ labeled: { total: 100, correct: 90 } }) }),
+      'fail',
+    ],
     ['drift', observe({ drift: 'warning' }), 'pass'],
     ['drift', observe({ drift: 'drift' }), 'fail'],
   ] as const)('rollout - judges %s on the table of values at and around the threshold (case %#)', (gate, obs, expected) => {

@@ -11,7 +11,20 @@ const inference = (seq: number, version: number): TelemetryRecord => ({
   seq,
   timeMs: 0,
   stream: Stream.STREAM_INFERENCE,
-  body: { $case: 'inference', value: { model: 'vibration', version, provider: 'cpu', latencyMs: 2, outcome: Outcome.OUTCOME_OK, topClass: 1, confidence: 0.9, errorCode: '', batchSize: 1 } },
+  body: {
+    $case: 'inference',
+    value: {
+      model: 'vibration',
+      version,
+      provider: 'cpu',
+      latencyMs: 2,
+      outcome: Outcome.OUTCOME_OK,
+      topClass: 1,
+      confidence: 0.9,
+      errorCode: '',
+      batchSize: 1,
+    },
+  },
 });
 
 const label = (seq: number, version: number, correct: boolean): TelemetryRecord => ({
@@ -50,7 +63,8 @@ describe('rollout accuracy from device labels', () => {
     expect((await metrics.cohort({ model: 'other', deviceIds: devices, sinceMs: 0 })).labeled).toBeUndefined();
 
     const gate = [parseGate('accuracy-delta>=-0.02')];
-    const judge = (c: CohortStats, b: CohortStats) => evaluateGates(gate, { install: { attempted: 2, installed: 2, failed: 0, pending: 0 }, canary: c, baseline: b }, { minDevices: 2, minInferences: 50 });
+    const judge = (c: CohortStats, b: CohortStats) =>
+      evaluateGates(gate, { install: { attempted: 2, installed: 2, failed: 0, pending: 0 }, canary: c, baseline: b }, { minDevices: 2, minInferences: 50 });
     // 92% vs 93%: one point worse, within the gate.
     expect(judge(canary, baseline)).toMatchObject({ verdict: 'pass', results: [{ value: -0.01 }] });
 

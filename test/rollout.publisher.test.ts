@@ -9,7 +9,19 @@ import { driftSourceFrom } from '../control-plane/rollout/drift-adapter.js';
 import { DesiredStatePublisher, FleetStoreView, type SignedReleases } from '../control-plane/rollout/fleet-adapters.js';
 import { openDatabase } from '../control-plane/store/sqlite/database.js';
 
-const version = (v: number): ModelVersion => ({ name: 'vibration', version: v, sha256: `${v}`.repeat(64).slice(0, 64), sizeBytes: 100 * v, createdAtMs: 0, opset: 17, inputs: [], outputs: [], description: '', metadata: {}, amendsVersion: 0 });
+const version = (v: number): ModelVersion => ({
+  name: 'vibration',
+  version: v,
+  sha256: `${v}`.repeat(64).slice(0, 64),
+  sizeBytes: 100 * v,
+  createdAtMs: 0,
+  opset: 17,
+  inputs: [],
+  outputs: [],
+  description: '',
+  metadata: {},
+  amendsVersion: 0,
+});
 
 async function setup(releases?: SignedReleases) {
   const db = openDatabase(':memory:');
@@ -23,7 +35,12 @@ async function setup(releases?: SignedReleases) {
     fleet,
     registry: { resolve: async (_n, v) => version(v) },
     releases,
-    desiredStates: new DesiredStates({ fleet, releases, link: { sendDesired: async (id, desired) => void published.push([id, desired]) }, logger: silentLogger() }),
+    desiredStates: new DesiredStates({
+      fleet,
+      releases,
+      link: { sendDesired: async (id, desired) => void published.push([id, desired]) },
+      logger: silentLogger(),
+    }),
     rollbackTtlMs: 3_600_000,
     logger: silentLogger(),
   });
@@ -48,14 +65,25 @@ describe('rollout release publisher', () => {
   it('rollout - signs a rollback directive for exactly the devices it sends back, with the signed release of the old version', async () => {
     const directives: unknown[] = [];
     const releases: SignedReleases = {
-      desiredModel: async (m) => ({ model: DesiredModel.fromPartial({ name: m.name, version: m.version, sha256: m.sha256, envelope: Buffer.from(`env-${m.version}`) }), rootChain: [Buffer.from('root-1')] }),
+      desiredModel: async (m) => ({
+        model: DesiredModel.fromPartial({ name: m.name, version: m.version, sha256: m.sha256, envelope: Buffer.from(`env-${m.version}`) }),
+        rootChain: [Buffer.from('root-1')],
+      }),
       rollbackDirective: async (input) => {
         directives.push(input);
         return Buffer.from(`rollback-${input.toVersion}-${input.deviceIds.join('+')}`);
       },
     };
     const { publisher, published, db } = await setup(releases);
-    await publisher.rollback('vibration', [{ deviceId: 'a', toVersion: 1 }, { deviceId: 'b', toVersion: 1 }], 'p95 latency x2.5', 'ro_1');
+    await publisher.rollback(
+      'vibration',
+      [
+        { deviceId: 'a', toVersion: 1 },
+        { deviceId: 'b', toVersion: 1 },
+      ],
+      'p95 latency x2.5',
+      'ro_1',
+    );
     expect(directives).toEqual([{ model: 'vibration', toVersion: 1, deviceIds: ['a', 'b'], reason: 'p95 latency x2.5', ttlMs: 3_600_000, id: 'ro_1-v1' }]);
     for (const [, desired] of published) {
       expect(Buffer.from(desired.rollback).toString()).toBe('rollback-1-a+b');
@@ -69,7 +97,16 @@ describe('rollout release publisher', () => {
     const { fleet, publisher, db } = await setup();
     await publisher.deploy('vibration', 2, ['a', 'b', 'c']);
     const report = (id: string, active: number, lastErrorCode = '') =>
-      fleet.saveReported(id, ReportedState.fromPartial({ firmwareProfile: 'jetson-orin-nano-jp6', activeModel: { name: 'vibration', version: active, sha256: '', provider: 'cpu' }, boot: 1, lastErrorCode }), 5);
+      fleet.saveReported(
+        id,
+        ReportedState.fromPartial({
+          firmwareProfile: 'jetson-orin-nano-jp6',
+          activeModel: { name: 'vibration', version: active, sha256: '', provider: 'cpu' },
+          boot: 1,
+          lastErrorCode,
+        }),
+        5,
+      );
     await report('a', 2);
     await report('b', 1, 'RELEASE_SIGNATURE_INVALID');
     await report('c', 1);

@@ -6,7 +6,12 @@ import { parsePlan, wavesFrom, type RolloutPlanInput } from '../control-plane/ro
 import { command, createRollout, dueForEvaluation, tick, touchedDevices, type Measurement, type Rollout } from '../control-plane/rollout/state-machine.js';
 
 const MIN = 60_000;
-const devices = Array.from({ length: 100 }, (_, i) => ({ id: `dev-${String(i).padStart(3, '0')}`, labels: {}, profile: i < 90 ? 'jetson-orin-nano-jp6' : 'raspberry-pi-5', activeVersion: 1 }));
+const devices = Array.from({ length: 100 }, (_, i) => ({
+  id: `dev-${String(i).padStart(3, '0')}`,
+  labels: {},
+  profile: i < 90 ? 'jetson-orin-nano-jp6' : 'raspberry-pi-5',
+  activeVersion: 1,
+}));
 const constraints = { profiles: ['jetson-*'], labels: {} };
 
 function plan(over: Partial<RolloutPlanInput> = {}) {
@@ -24,7 +29,13 @@ function plan(over: Partial<RolloutPlanInput> = {}) {
   });
 }
 
-const cohort = (devicesN: number, p95: number, errors = 0): CohortStats => ({ devices: devicesN, devicesWithData: devicesN, inferences: devicesN * 100, errors, p95LatencyMs: p95 });
+const cohort = (devicesN: number, p95: number, errors = 0): CohortStats => ({
+  devices: devicesN,
+  devicesWithData: devicesN,
+  inferences: devicesN * 100,
+  errors,
+  p95LatencyMs: p95,
+});
 function healthy(r: Rollout, canaryP95 = 10, canaryErrors = 0): Measurement {
   const n = touchedDevices(r).length;
   const observation: Observation = {
@@ -83,7 +94,9 @@ describe('rollout state machine', () => {
     const t = tick(first.rollout, clock.now(), healthy(first.rollout, 20));
     expect(t.rollout).toMatchObject({ state: 'aborted', wave: 0 });
     expect(t.rollout.reason).toMatch(/p95-latency-ratio/);
-    expect(t.effects).toEqual([{ kind: 'rollback', reason: t.rollout.reason, devices: touchedDevices(first.rollout).map((deviceId) => ({ deviceId, toVersion: 1 })) }]);
+    expect(t.effects).toEqual([
+      { kind: 'rollback', reason: t.rollout.reason, devices: touchedDevices(first.rollout).map((deviceId) => ({ deviceId, toVersion: 1 })) },
+    ]);
     expect(t.audit.at(-1)).toMatchObject({ action: 'auto-abort', fromState: 'progressing', toState: 'aborted' });
   });
 
@@ -112,7 +125,13 @@ describe('rollout state machine', () => {
   it('rollout - pauses with a reason when the data is inconclusive, and judges again after resume', () => {
     const { clock, first } = started();
     clock.advance(10 * MIN);
-    const thin: Measurement = { ok: true, observation: { ...(healthy(first.rollout) as { observation: Observation }).observation, canary: { ...cohort(touchedDevices(first.rollout).length, 10), devicesWithData: 2 } } };
+    const thin: Measurement = {
+      ok: true,
+      observation: {
+        ...(healthy(first.rollout) as { observation: Observation }).observation,
+        canary: { ...cohort(touchedDevices(first.rollout).length, 10), devicesWithData: 2 },
+      },
+    };
     const paused = tick(first.rollout, clock.now(), thin);
     expect(paused.rollout.state).toBe('paused');
     expect(paused.rollout.reason).toMatch(/^inconclusive: /);
@@ -145,7 +164,11 @@ describe('rollout state machine', () => {
     clock.advance(10 * MIN);
     const slow: Measurement = {
       ok: true,
-      observation: { install: { attempted: 90, installed: 90, failed: 0, pending: 0 }, canary: cohort(90, 25), baseline: { devices: 0, devicesWithData: 0, inferences: 0, errors: 0, p95LatencyMs: null } },
+      observation: {
+        install: { attempted: 90, installed: 90, failed: 0, pending: 0 },
+        canary: cohort(90, 25),
+        baseline: { devices: 0, devicesWithData: 0, inferences: 0, errors: 0, p95LatencyMs: null },
+      },
     };
     expect(tick(wave2, clock.now(), slow).rollout.state).toBe('aborted');
   });
@@ -189,7 +212,9 @@ describe('rollout state machine', () => {
     const all = createRollout({ id: 'ro_small', plan: tooMany, devices, constraints, nowMs: 0 });
     expect(all.rollout.targets).toHaveLength(compatible);
     // Exactly enough devices is a canary of all of them, but allowed.
-    expect(() => createRollout({ id: 'ro_exact', plan: plan({ waves: wavesFrom([10, 100], 0, compatible) }), devices, constraints, nowMs: 0, requireMinDevices: true })).not.toThrow();
+    expect(() =>
+      createRollout({ id: 'ro_exact', plan: plan({ waves: wavesFrom([10, 100], 0, compatible) }), devices, constraints, nowMs: 0, requireMinDevices: true }),
+    ).not.toThrow();
   });
 
   it('rollout - refuses waves that shrink or stop short of 100 percent', () => {

@@ -39,13 +39,40 @@ type Body = NonNullable<TelemetryRecord['body']>;
 const BODIES: Array<{ stream: Stream; body: Body }> = [
   {
     stream: Stream.STREAM_INFERENCE,
-    body: { $case: 'inference', value: { model: 'm', version: 3, provider: 'cuda', latencyMs: 4.25, outcome: Outcome.OUTCOME_ERROR, topClass: 7, confidence: 0.5, errorCode: 'INFERENCE_FAILED', batchSize: 8 } },
+    body: {
+      $case: 'inference',
+      value: {
+        model: 'm',
+        version: 3,
+        provider: 'cuda',
+        latencyMs: 4.25,
+        outcome: Outcome.OUTCOME_ERROR,
+        topClass: 7,
+        confidence: 0.5,
+        errorCode: 'INFERENCE_FAILED',
+        batchSize: 8,
+      },
+    },
   },
   {
     stream: Stream.STREAM_SYSTEM,
-    body: { $case: 'system', value: { cpuPercent: 12.5, rssBytes: 1_000_000, memoryFreeBytes: 2_000_000, diskFreeBytes: 3_000_000, bufferDepth: 42, gpuPercent: 33.5, temperatureC: 61.25 } },
+    body: {
+      $case: 'system',
+      value: {
+        cpuPercent: 12.5,
+        rssBytes: 1_000_000,
+        memoryFreeBytes: 2_000_000,
+        diskFreeBytes: 3_000_000,
+        bufferDepth: 42,
+        gpuPercent: 33.5,
+        temperatureC: 61.25,
+      },
+    },
   },
-  { stream: Stream.STREAM_EVENTS, body: { $case: 'event', value: { kind: 'model_activated', message: 'v3 is live', attributes: { model: 'm', version: '3' } } } },
+  {
+    stream: Stream.STREAM_EVENTS,
+    body: { $case: 'event', value: { kind: 'model_activated', message: 'v3 is live', attributes: { model: 'm', version: '3' } } },
+  },
   {
     stream: Stream.STREAM_INFERENCE,
     body: {
@@ -80,7 +107,10 @@ const BODIES: Array<{ stream: Stream; body: Body }> = [
       },
     },
   },
-  { stream: Stream.STREAM_INFERENCE, body: { $case: 'label', value: { model: 'm', version: 3, requestId: 'req-1', predicted: 1, label: 0, correct: true, inferenceTimeMs: 1_700_000_000_500 } } },
+  {
+    stream: Stream.STREAM_INFERENCE,
+    body: { $case: 'label', value: { model: 'm', version: 3, requestId: 'req-1', predicted: 1, label: 0, correct: true, inferenceTimeMs: 1_700_000_000_500 } },
+  },
 ];
 
 describe('telemetry batches the uploader encodes by hand', () => {
@@ -102,16 +132,32 @@ describe('telemetry batches the uploader encodes by hand', () => {
   async function sendOneBatch(compressMinBytes: number): Promise<{ payload: Uint8Array; expected: TelemetryRecord[]; sentAtMs: number }> {
     const times = BODIES.map((_, i) => clock.now() - 1000 * (BODIES.length - i));
     await Promise.all(
-      BODIES.map(({ stream, body }, i) => buffer.enqueue({ stream, timeMs: times[i]!, body: TelemetryRecord.encode({ boot: 0, seq: 0, timeMs: times[i]!, stream, body }).finish() })),
+      BODIES.map(({ stream, body }, i) =>
+        buffer.enqueue({ stream, timeMs: times[i]!, body: TelemetryRecord.encode({ boot: 0, seq: 0, timeMs: times[i]!, stream, body }).finish() }),
+      ),
     );
     const uplink = new RecordingUplink();
-    const uploader = new TelemetryUploader({ buffer, uplink, clock, logger: silentLogger(), maxBatchRecords: 100, maxInflightBatches: 1, batchDelayMs: 0, ackTimeoutMs: 60_000, compressMinBytes });
+    const uploader = new TelemetryUploader({
+      buffer,
+      uplink,
+      clock,
+      logger: silentLogger(),
+      maxBatchRecords: 100,
+      maxInflightBatches: 1,
+      batchDelayMs: 0,
+      ackTimeoutMs: 60_000,
+      compressMinBytes,
+    });
     clock.advance(250);
     // Pumps at once when something is buffered; no timer involved.
     uploader.checkTimeouts();
     uploader.stop();
     // The batch goes once its sent mark is committed, with the buffer's next group commit.
-    await waitFor(() => uplink.sent.length, (n) => n > 0, { what: 'the batch published' });
+    await waitFor(
+      () => uplink.sent.length,
+      (n) => n > 0,
+      { what: 'the batch published' },
+    );
     expect(uplink.sent.map((s) => s.channel)).toEqual(['telemetry']);
     const stored = buffer.peek(100, 0);
     const expected = stored.map((r) => ({ ...TelemetryRecord.decode(r.body), boot: r.boot, seq: r.seq }));

@@ -75,7 +75,7 @@ describe('telemetry from devices with skewed clocks', () => {
     return agent;
   };
 
-  it('clock skew - records from clocks six hours ahead and behind are stored once, acknowledged, and rolled up at the control plane\'s time', async () => {
+  it("clock skew - records from clocks six hours ahead and behind are stored once, acknowledged, and rolled up at the control plane's time", async () => {
     const startedAt = Date.now();
     const aheadClock = new SkewedClock(6 * HOURS);
     const behindClock = new SkewedClock(-6 * HOURS);
@@ -84,27 +84,44 @@ describe('telemetry from devices with skewed clocks', () => {
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration');
     for (const agent of [ahead, behind]) {
-      await waitFor(() => inferOnce(agent.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active' });
+      await waitFor(
+        () => inferOnce(agent.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+        (s) => s === 200,
+        { what: 'model active' },
+      );
     }
 
     expect(await Promise.all([driveInferences(ahead.localApiUrl, 60, 1), driveInferences(behind.localApiUrl, 60, 2)])).toEqual([60, 60]);
     // Between uploads, the device that was behind gets the right time: a step of six hours forward.
-    await waitFor(() => behind.stats(), (s) => s.bufferDepth === 0, { what: 'behind device caught up' });
+    await waitFor(
+      () => behind.stats(),
+      (s) => s.bufferDepth === 0,
+      { what: 'behind device caught up' },
+    );
     behindClock.offsetMs = 0;
     expect(await driveInferences(behind.localApiUrl, 40, 3)).toBe(40);
 
     for (const agent of [ahead, behind]) {
-      await waitFor(() => agent.stats(), (s) => s.bufferDepth === 0 && s.recordsAcknowledged === s.recordsEnqueued, { what: `${agent.deviceId} drained` });
+      await waitFor(
+        () => agent.stats(),
+        (s) => s.bufferDepth === 0 && s.recordsAcknowledged === s.recordsEnqueued,
+        { what: `${agent.deviceId} drained` },
+      );
     }
     const endedAt = Date.now();
 
     const db = new Database(join(dir, 'cp', 'control-plane.db'), { readonly: true });
     try {
-      for (const [agent, skewMs] of [[ahead, 6 * HOURS], [behind, -6 * HOURS]] as const) {
+      for (const [agent, skewMs] of [
+        [ahead, 6 * HOURS],
+        [behind, -6 * HOURS],
+      ] as const) {
         const { recordsEnqueued, recordsDropped } = agent.stats();
         expect(recordsDropped).toBe(0);
         const rows = db
-          .prepare(`SELECT count(*) AS n, count(DISTINCT boot || ':' || seq) AS distinctIds, min(time_ms) AS firstDeviceTime FROM telemetry_records WHERE device_id = ?`)
+          .prepare(
+            `SELECT count(*) AS n, count(DISTINCT boot || ':' || seq) AS distinctIds, min(time_ms) AS firstDeviceTime FROM telemetry_records WHERE device_id = ?`,
+          )
           .get(agent.deviceId) as { n: number; distinctIds: number; firstDeviceTime: number };
         // Stored exactly once, and the device's own time is kept on the record.
         expect({ n: rows.n, distinctIds: rows.distinctIds }).toEqual({ n: recordsEnqueued, distinctIds: recordsEnqueued });
@@ -112,7 +129,9 @@ describe('telemetry from devices with skewed clocks', () => {
 
         // Every record is in exactly one bucket of each size, and every bucket is on the control plane's clock.
         for (const bucketMs of ROLLUP_BUCKETS_MS) {
-          const buckets = db.prepare('SELECT bucket_start AS start, records FROM telemetry_rollups WHERE bucket_ms = ? AND device_id = ?').all(bucketMs, agent.deviceId) as Array<{ start: number; records: number }>;
+          const buckets = db
+            .prepare('SELECT bucket_start AS start, records FROM telemetry_rollups WHERE bucket_ms = ? AND device_id = ?')
+            .all(bucketMs, agent.deviceId) as Array<{ start: number; records: number }>;
           expect(buckets.reduce((n, b) => n + b.records, 0)).toBe(recordsEnqueued);
           for (const { start } of buckets) {
             expect(start).toBeGreaterThanOrEqual(Math.floor(startedAt / bucketMs) * bucketMs);

@@ -49,7 +49,11 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     return p;
   };
   const startAgentProcess = async (enrollArgs: string[] = []): Promise<RunningProcess> => {
-    const p = await startProcess('bin/driftline-agent.js', ['run', '--config', join(dir, 'agent.yaml'), '--server', grpc, '--data-dir', agentDir, '--local-port', '0', ...enrollArgs], AGENT_READY);
+    const p = await startProcess(
+      'bin/driftline-agent.js',
+      ['run', '--config', join(dir, 'agent.yaml'), '--server', grpc, '--data-dir', agentDir, '--local-port', '0', ...enrollArgs],
+      AGENT_READY,
+    );
     processes.push(p);
     starts++;
     return p;
@@ -64,7 +68,8 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     try {
       const committed = (db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'outbox'`).get() as { seq: number } | undefined)?.seq ?? 0;
       const pending = (db.prepare('SELECT count(*) AS n FROM outbox').get() as { n: number }).n;
-      const state = (key: string): string | undefined => (db.prepare('SELECT value FROM agent_state WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+      const state = (key: string): string | undefined =>
+        (db.prepare('SELECT value FROM agent_state WHERE key = ?').get(key) as { value: string } | undefined)?.value;
       const drops = JSON.parse(state('buffer.drops') ?? '{}') as Record<string, Record<string, number>>;
       const dropped = Object.values(drops).reduce((n, reasons) => n + Object.values(reasons).reduce((a, b) => a + b, 0), 0);
       return { committed, pending, boot: Number(state('boot')), dropped };
@@ -76,7 +81,9 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     const db = new Database(storeFile, { readonly: true });
     try {
       return db
-        .prepare(`SELECT count(*) AS n, count(DISTINCT seq) AS distinctSeqs, min(seq) AS minSeq, max(seq) AS maxSeq, count(DISTINCT boot) AS boots FROM telemetry_records WHERE device_id = ?`)
+        .prepare(
+          `SELECT count(*) AS n, count(DISTINCT seq) AS distinctSeqs, min(seq) AS minSeq, max(seq) AS maxSeq, count(DISTINCT boot) AS boots FROM telemetry_records WHERE device_id = ?`,
+        )
         .get(DEVICE) as ReturnType<typeof readStore>;
     } finally {
       db.close();
@@ -100,7 +107,11 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
       expect({ buffered, dropped }).toEqual({ buffered: 0, dropped: 0 });
       [buffer, store] = [readBuffer(), readStore()];
     } else {
-      [buffer, store] = await waitFor(() => [readBuffer(), readStore()] as const, ([b, s]) => b.pending === 0 && s.n === b.committed, { what: 'the agent drained' });
+      [buffer, store] = await waitFor(
+        () => [readBuffer(), readStore()] as const,
+        ([b, s]) => b.pending === 0 && s.n === b.committed,
+        { what: 'the agent drained' },
+      );
     }
     expect(buffer).toMatchObject({ pending: 0, dropped: 0, boot: starts });
     // Every seq the buffer committed, across all boots, is in the store once; nothing else is.
@@ -121,7 +132,14 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
         }
       }
     })();
-    return { state, stop: async () => { state.running = false; await done; }, done };
+    return {
+      state,
+      stop: async () => {
+        state.running = false;
+        await done;
+      },
+      done,
+    };
   };
 
   beforeAll(async () => {
@@ -147,7 +165,11 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     agent = await startAgentProcess(['--device-id', DEVICE, '--enroll-token', token]);
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration');
-    await waitFor(() => inferOnce(agent.ready[2]!, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active' });
+    await waitFor(
+      () => inferOnce(agent.ready[2]!, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+      (s) => s === 200,
+      { what: 'model active' },
+    );
     api.close();
   });
 
@@ -161,7 +183,11 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     // Telemetry is committed after the answer (acknowledged to nobody), so the wait is for the
     // buffer file's own commits, not for answers: on a loaded machine commits trail answers.
     let loads = [traffic(agent.ready[2]!, 1), traffic(agent.ready[2]!, 2)];
-    await waitFor(() => readBuffer().committed, (n) => n >= 150, { what: 'telemetry committed under inference load before the kill' });
+    await waitFor(
+      () => readBuffer().committed,
+      (n) => n >= 150,
+      { what: 'telemetry committed under inference load before the kill' },
+    );
     expect(loads.every((l) => !l.state.failed)).toBe(true);
     await killAgent();
     await Promise.all(loads.map((l) => l.done));
@@ -173,7 +199,11 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     agent = await startAgentProcess();
     expect(readBuffer().boot).toBe(2);
     loads = [traffic(agent.ready[2]!, 3)];
-    await waitFor(() => loads[0]!.state.ok, (n) => n >= 50, { what: 'inference traffic after the restart' });
+    await waitFor(
+      () => loads[0]!.state.ok,
+      (n) => n >= 50,
+      { what: 'inference traffic after the restart' },
+    );
     await loads[0]!.stop();
     await expectEveryCommittedRecordStoredOnce('idle');
   });
@@ -184,10 +214,18 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     controlPlane.child.kill('SIGKILL');
     await controlPlane.exited;
     const load = traffic(agent.ready[2]!, 4);
-    await waitFor(() => load.state.ok, (n) => n >= 200, { what: 'a backlog while the control plane is down' });
+    await waitFor(
+      () => load.state.ok,
+      (n) => n >= 200,
+      { what: 'a backlog while the control plane is down' },
+    );
     await load.stop();
     // Their records are committed a window after the answers.
-    await waitFor(() => readBuffer().pending, (n) => n >= 200, { what: 'the backlog committed' });
+    await waitFor(
+      () => readBuffer().pending,
+      (n) => n >= 200,
+      { what: 'the backlog committed' },
+    );
 
     // Back up: the drain starts; the control plane is killed again in the middle of it.
     const before = storedCount();
@@ -206,7 +244,11 @@ describe('telemetry survives kill -9 of the agent and of the control plane', () 
     expect(storedCount()).toBeGreaterThan(before);
 
     agent = await startAgentProcess();
-    await waitFor(() => readBuffer().pending, (n) => n === 0, { what: 'the rest of the backlog drained after the restart' });
+    await waitFor(
+      () => readBuffer().pending,
+      (n) => n === 0,
+      { what: 'the rest of the backlog drained after the restart' },
+    );
     await expectEveryCommittedRecordStoredOnce('stop');
   });
 });

@@ -111,21 +111,40 @@ describe('telemetry on a full disk', () => {
     const device = 'edge-full-disk';
     const { cp, api } = await startTestControlPlane(dir, { name: 'cp-disk' });
     const proxy = await startTcpProxy(Number(new URL(cp.addresses.mqtt).port));
-    const agent = await startEnrolledAgent(cp, api, device, join(dir, 'agent-disk'), {
-      mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
-      // The "disk": buffer.db may not grow past this; the byte budget is far away.
-      buffer: { maxFileBytes: '96KiB', maxBytes: '1GiB' },
-      uplink: { ackTimeout: '1s' },
-      schedule: { uplinkCheck: '* * * * * *' },
-    }, { byHand: ['bufferMaintenance', 'heartbeat', 'system', 'driftWindow'] });
+    const agent = await startEnrolledAgent(
+      cp,
+      api,
+      device,
+      join(dir, 'agent-disk'),
+      {
+        mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
+        // The "disk": buffer.db may not grow past this; the byte budget is far away.
+        buffer: { maxFileBytes: '96KiB', maxBytes: '1GiB' },
+        uplink: { ackTimeout: '1s' },
+        schedule: { uplinkCheck: '* * * * * *' },
+      },
+      { byHand: ['bufferMaintenance', 'heartbeat', 'system', 'driftWindow'] },
+    );
     try {
       await api.uploadModel('vibration', buildDemoModel({}).bytes);
       await api.deploy('vibration', [device]);
-      await waitFor(() => inferOnce(agent.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
+      await waitFor(
+        () => inferOnce(agent.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+        (s) => s === 200,
+        { what: 'model active on the agent' },
+      );
       let ok = 1;
-      await waitFor(() => agent.stats(), (s) => s.bufferDepth === 0, { what: 'caught up before going offline' });
+      await waitFor(
+        () => agent.stats(),
+        (s) => s.bufferDepth === 0,
+        { what: 'caught up before going offline' },
+      );
       proxy.setMode('drop');
-      await waitFor(() => fetch(`${agent.localApiUrl}/healthz`).then((r) => r.json() as Promise<{ details: { uplinkConnected: boolean } }>), (h) => !h.details.uplinkConnected, { what: 'the agent sees the link down' });
+      await waitFor(
+        () => fetch(`${agent.localApiUrl}/healthz`).then((r) => r.json() as Promise<{ details: { uplinkConnected: boolean } }>),
+        (h) => !h.details.uplinkConnected,
+        { what: 'the agent sees the link down' },
+      );
       const next = vibrationRowSampler(11);
       // About 1,500 inference records do not fit in 96 KiB with SQLite's pages and WAL.
       const failures: unknown[] = [];
@@ -137,15 +156,24 @@ describe('telemetry on a full disk', () => {
       expect(failures).toEqual([]);
       expect(ok).toBe(1501);
       proxy.setMode('pass');
-      await waitFor(() => agent.stats(), (s) => s.bufferDepth === 0, { what: 'buffer drained' });
+      await waitFor(
+        () => agent.stats(),
+        (s) => s.bufferDepth === 0,
+        { what: 'buffer drained' },
+      );
       await agent.shutdown();
       const buffer = new Database(join(dir, 'agent-disk', 'buffer.db'), { readonly: true });
-      const drops = JSON.parse((buffer.prepare(`SELECT value FROM agent_state WHERE key = 'buffer.drops'`).get() as { value: string }).value) as Record<string, Record<string, number>>;
+      const drops = JSON.parse((buffer.prepare(`SELECT value FROM agent_state WHERE key = 'buffer.drops'`).get() as { value: string }).value) as Record<
+        string,
+        Record<string, number>
+      >;
       buffer.close();
       const inferenceDrops = Object.values(drops[Stream.STREAM_INFERENCE] ?? {}).reduce((a, b) => a + b, 0);
       expect(inferenceDrops).toBeGreaterThan(0);
       const store = new Database(join(dir, 'cp-disk', 'control-plane.db'), { readonly: true });
-      const rows = store.prepare(`SELECT count(*) AS n, count(DISTINCT seq) AS d FROM telemetry_records WHERE device_id = ? AND kind = 'inference'`).get(device) as { n: number; d: number };
+      const rows = store
+        .prepare(`SELECT count(*) AS n, count(DISTINCT seq) AS d FROM telemetry_records WHERE device_id = ? AND kind = 'inference'`)
+        .get(device) as { n: number; d: number };
       store.close();
       // Each answered request made one inference record: stored once, or counted as dropped.
       expect(rows.n).toBe(rows.d);
@@ -175,30 +203,52 @@ describe('telemetry on a full disk', () => {
       const db = new Database(join(agentDir, 'buffer.db'), { readonly: true });
       try {
         const bodies = db.prepare('SELECT body FROM outbox WHERE stream = ?').all(Stream.STREAM_EVENTS) as Array<{ body: Buffer }>;
-        return bodies.filter(({ body }) => { const b = TelemetryRecord.decode(body).body; return b?.$case === 'event' && b.value.kind === 'buffer.dropped'; }).length;
+        return bodies.filter(({ body }) => {
+          const b = TelemetryRecord.decode(body).body;
+          return b?.$case === 'event' && b.value.kind === 'buffer.dropped';
+        }).length;
       } finally {
         db.close();
       }
     };
-    const agent = await startEnrolledAgent(cp, api, device, agentDir, {
-      mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
-      // Room for a hundred or so inference records.
-      buffer: { maxBytes: 12 * 1024 },
-      uplink: { ackTimeout: '1s' },
-      // Maintenance every second reports the drop counts as an event.
-      schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: '* * * * * *' },
-    }, { byHand: ['heartbeat', 'system', 'driftWindow'] });
+    const agent = await startEnrolledAgent(
+      cp,
+      api,
+      device,
+      agentDir,
+      {
+        mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
+        // Room for a hundred or so inference records.
+        buffer: { maxBytes: 12 * 1024 },
+        uplink: { ackTimeout: '1s' },
+        // Maintenance every second reports the drop counts as an event.
+        schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: '* * * * * *' },
+      },
+      { byHand: ['heartbeat', 'system', 'driftWindow'] },
+    );
     try {
       await api.uploadModel('vibration', buildDemoModel({}).bytes);
       await api.deploy('vibration', [device]);
       let ok = 0;
-      await waitFor(() => inferOnce(agent.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
+      await waitFor(
+        () => inferOnce(agent.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+        (s) => s === 200,
+        { what: 'model active on the agent' },
+      );
       ok++;
-      await waitFor(() => agent.stats(), (s) => s.bufferDepth === 0, { what: 'caught up before going offline' });
+      await waitFor(
+        () => agent.stats(),
+        (s) => s.bufferDepth === 0,
+        { what: 'caught up before going offline' },
+      );
 
       // Offline: the link refuses every connection while inference goes on.
       proxy.setMode('drop');
-      await waitFor(() => fetch(`${agent.localApiUrl}/healthz`).then((r) => r.json() as Promise<{ details: { uplinkConnected: boolean } }>), (h) => !h.details.uplinkConnected, { what: 'the agent sees the link down' });
+      await waitFor(
+        () => fetch(`${agent.localApiUrl}/healthz`).then((r) => r.json() as Promise<{ details: { uplinkConnected: boolean } }>),
+        (h) => !h.details.uplinkConnected,
+        { what: 'the agent sees the link down' },
+      );
       const lastSeqOnline = committedSeq();
       const next = vibrationRowSampler(9);
       for (let i = 0; i < 400; i++) if ((await inferOnce(agent.localApiUrl, next().features)).status === 200) ok++;
@@ -207,24 +257,39 @@ describe('telemetry on a full disk', () => {
       await waitFor(dropReportsBuffered, (n) => n > 0, { what: 'a buffer.dropped event in the buffer' });
       expect(agent.stats().recordsDropped).toBeGreaterThan(0);
       proxy.setMode('pass');
-      await waitFor(() => agent.stats(), (s) => s.bufferDepth === 0, { what: 'buffer drained' });
+      await waitFor(
+        () => agent.stats(),
+        (s) => s.bufferDepth === 0,
+        { what: 'buffer drained' },
+      );
       // A clean stop drains and sends a last state report.
       await agent.shutdown();
       const final = agent.stats();
       const { recordsDropped } = final;
 
       // Upstream: the reported state carries the drop count, as the fleet API shows it.
-      await waitFor(() => api.summary(device), (s) => s.devices[0]?.droppedRecords === recordsDropped, { what: 'drops in the reported state' });
+      await waitFor(
+        () => api.summary(device),
+        (s) => s.devices[0]?.droppedRecords === recordsDropped,
+        { what: 'drops in the reported state' },
+      );
 
       const buffer = new Database(join(agentDir, 'buffer.db'), { readonly: true });
-      const drops = JSON.parse((buffer.prepare(`SELECT value FROM agent_state WHERE key = 'buffer.drops'`).get() as { value: string }).value) as Record<string, Record<string, number>>;
+      const drops = JSON.parse((buffer.prepare(`SELECT value FROM agent_state WHERE key = 'buffer.drops'`).get() as { value: string }).value) as Record<
+        string,
+        Record<string, number>
+      >;
       buffer.close();
       const committed = committedSeq();
       // Only inference records went, all to the budget.
       expect(drops).toMatchObject({ [Stream.STREAM_EVENTS]: { budget: 0 }, [Stream.STREAM_INFERENCE]: { quota: 0, budget: recordsDropped, ttl: 0 } });
 
       const store = new Database(join(dir, 'cp', 'control-plane.db'), { readonly: true });
-      const rows = store.prepare('SELECT seq, kind, record FROM telemetry_records WHERE device_id = ? ORDER BY seq').all(device) as Array<{ seq: number; kind: string; record: Buffer }>;
+      const rows = store.prepare('SELECT seq, kind, record FROM telemetry_records WHERE device_id = ? ORDER BY seq').all(device) as Array<{
+        seq: number;
+        kind: string;
+        record: Buffer;
+      }>;
       store.close();
       // Exact accounting: every record produced is stored once or counted as dropped.
       expect(final.recordsEnqueued).toBe(committed);
@@ -238,7 +303,10 @@ describe('telemetry on a full disk', () => {
       expect(missing[0]).toBe(lastSeqOnline + 1);
       expect(missing.at(-1)!).toBeLessThan(Math.max(...rows.filter((r) => r.kind === 'inference').map((r) => r.seq)));
       // And the drop report itself arrived, with the final counts.
-      const reports = rows.filter((r) => r.kind === 'event').map((r) => TelemetryRecord.decode(r.record).body).filter((b) => b?.$case === 'event' && b.value.kind === 'buffer.dropped');
+      const reports = rows
+        .filter((r) => r.kind === 'event')
+        .map((r) => TelemetryRecord.decode(r.record).body)
+        .filter((b) => b?.$case === 'event' && b.value.kind === 'buffer.dropped');
       expect(reports.length).toBeGreaterThan(0);
       // (Each report is itself a record, so it can push one more inference record out: counts lag by at most that.)
       const reportedCounts = reports.map((r) => (r?.$case === 'event' ? Number(r.value.attributes['inference.budget']) : 0));

@@ -43,17 +43,28 @@ describe('telemetry over a link that drops, stalls and flaps', () => {
   });
 
   it('link faults - every buffered record is stored and acknowledged exactly once after drops, stalls and flaps mid-upload', async () => {
-    agent = await startEnrolledAgent(cp, api, DEVICE, join(dir, 'agent'), {
-      // Through the proxy; short keepalive and ack timeout so a stalled link is noticed quickly.
-      mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
-      uplink: { maxBatchRecords: 20, batchDelay: '20ms', ackTimeout: '1s' },
-      schedule: { uplinkCheck: '* * * * * *' },
-      shutdownGrace: '10s',
-    }, { byHand: ['heartbeat', 'system', 'driftWindow'] });
+    agent = await startEnrolledAgent(
+      cp,
+      api,
+      DEVICE,
+      join(dir, 'agent'),
+      {
+        // Through the proxy; short keepalive and ack timeout so a stalled link is noticed quickly.
+        mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
+        uplink: { maxBatchRecords: 20, batchDelay: '20ms', ackTimeout: '1s' },
+        schedule: { uplinkCheck: '* * * * * *' },
+        shutdownGrace: '10s',
+      },
+      { byHand: ['heartbeat', 'system', 'driftWindow'] },
+    );
     await api.uploadModel('vibration', buildDemoModel({}).bytes);
     await api.deploy('vibration', [DEVICE]);
     let ok = 0;
-    await waitFor(() => inferOnce(agent!.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status), (s) => s === 200, { what: 'model active on the agent' });
+    await waitFor(
+      () => inferOnce(agent!.localApiUrl, [1, 2, 3, 4, 5, 6, 7, 8]).then((r) => r.status),
+      (s) => s === 200,
+      { what: 'model active on the agent' },
+    );
     ok++;
 
     // Inference is local: traffic goes on whatever the link does.
@@ -77,33 +88,51 @@ describe('telemetry over a link that drops, stalls and flaps', () => {
     proxy.setMode('drop');
     const refusedFrom = proxy.stats.accepted;
     const okBeforeDrop = ok;
-    await waitFor(() => [proxy.stats.accepted - refusedFrom, ok - okBeforeDrop], ([refused, made]) => refused! >= 3 && made! >= 50, { what: 'reconnects refused while records pile up' });
+    await waitFor(
+      () => [proxy.stats.accepted - refusedFrom, ok - okBeforeDrop],
+      ([refused, made]) => refused! >= 3 && made! >= 50,
+      { what: 'reconnects refused while records pile up' },
+    );
     proxy.setMode('pass');
     await moreStored('upload after the drops');
 
     // Stall: the open connection goes silent mid-upload; the agent must notice (keepalive, ack timeout) and reconnect.
     proxy.setMode('stall');
     const stalledFrom = proxy.stats.stalledAccepts;
-    await waitFor(() => proxy.stats.stalledAccepts, (n) => n >= stalledFrom + 1, { what: 'a reconnect into the stalled link' });
+    await waitFor(
+      () => proxy.stats.stalledAccepts,
+      (n) => n >= stalledFrom + 1,
+      { what: 'a reconnect into the stalled link' },
+    );
     proxy.setMode('pass');
     await moreStored('upload after the stall');
 
     // Flap: the link comes and goes every 150 ms.
     proxy.setMode('flap', { flapEveryMs: 150 });
     const cutFrom = proxy.stats.cut;
-    await waitFor(() => proxy.stats.cut, (n) => n >= cutFrom + 5, { what: 'connections cut by the flapping link' });
+    await waitFor(
+      () => proxy.stats.cut,
+      (n) => n >= cutFrom + 5,
+      { what: 'connections cut by the flapping link' },
+    );
     proxy.setMode('pass');
 
     running = false;
     await traffic;
     // Healthy again: the backlog drains to nothing.
-    await waitFor(() => agent!.stats(), (s) => s.bufferDepth === 0 && s.recordsAcknowledged === s.recordsEnqueued, { what: 'buffer drained' });
+    await waitFor(
+      () => agent!.stats(),
+      (s) => s.bufferDepth === 0 && s.recordsAcknowledged === s.recordsEnqueued,
+      { what: 'buffer drained' },
+    );
     const stats = agent.stats();
     expect(stats.recordsDropped).toBe(0);
 
     const db = new Database(join(dir, 'cp', 'control-plane.db'), { readonly: true });
     const rows = db
-      .prepare(`SELECT count(*) AS n, count(DISTINCT boot || ':' || seq) AS distinctIds, coalesce(sum(kind = 'inference' AND ok = 1), 0) AS inferences FROM telemetry_records WHERE device_id = ?`)
+      .prepare(
+        `SELECT count(*) AS n, count(DISTINCT boot || ':' || seq) AS distinctIds, coalesce(sum(kind = 'inference' AND ok = 1), 0) AS inferences FROM telemetry_records WHERE device_id = ?`,
+      )
       .get(DEVICE) as Record<string, number>;
     db.close();
     // Stored exactly once: as many rows as records enqueued, no two with the same (boot, seq),

@@ -15,7 +15,20 @@ const inference = (seq: number, timeMs: number): TelemetryRecord => ({
   seq,
   timeMs,
   stream: Stream.STREAM_INFERENCE,
-  body: { $case: 'inference', value: { model: 'vibration', version: 1, provider: 'cpu', latencyMs: 2, outcome: Outcome.OUTCOME_OK, topClass: 0, confidence: 1, errorCode: '', batchSize: 1 } },
+  body: {
+    $case: 'inference',
+    value: {
+      model: 'vibration',
+      version: 1,
+      provider: 'cpu',
+      latencyMs: 2,
+      outcome: Outcome.OUTCOME_OK,
+      topClass: 0,
+      confidence: 1,
+      errorCode: '',
+      batchSize: 1,
+    },
+  },
 });
 
 const retention = { rawMs: DAY, minuteMs: DAY, hourMs: 30 * DAY };

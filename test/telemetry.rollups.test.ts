@@ -44,7 +44,17 @@ const M2 = HOUR_START + 11 * MINUTE;
 type Sent = { version: number; error?: boolean; latencyMs: number };
 const inference = ({ version, error = false, latencyMs }: Sent) => ({
   $case: 'inference' as const,
-  value: { model: 'vib', version, provider: 'cpu', latencyMs, outcome: error ? Outcome.OUTCOME_ERROR : Outcome.OUTCOME_OK, topClass: 0, confidence: 0.9, errorCode: '', batchSize: 1 },
+  value: {
+    model: 'vib',
+    version,
+    provider: 'cpu',
+    latencyMs,
+    outcome: error ? Outcome.OUTCOME_ERROR : Outcome.OUTCOME_OK,
+    topClass: 0,
+    confidence: 0.9,
+    errorCode: '',
+    batchSize: 1,
+  },
 });
 const event = () => ({ $case: 'event' as const, value: { kind: 'model_loaded', message: 'vib loaded', attributes: {} } });
 
@@ -77,7 +87,8 @@ const DEVICES: Record<string, { cohort: string; records: Array<{ at: number; bod
 };
 
 /** A row's sums in a compact, comparable form: [bucket, key, records, inferences, errors, mean latency, max latency, events]. */
-const sums = (rows: TelemetryRollup[]) => rows.map((r) => [r.bucketStartMs, r.key, r.records, r.inferences, r.errors, Number(r.meanLatencyMs.toFixed(3)), r.maxLatencyMs, r.events]);
+const sums = (rows: TelemetryRollup[]) =>
+  rows.map((r) => [r.bucketStartMs, r.key, r.records, r.inferences, r.errors, Number(r.meanLatencyMs.toFixed(3)), r.maxLatencyMs, r.events]);
 
 describe('telemetry rollups - query API and CLI', () => {
   const clock = new ManualClock(HOUR_START + 30 * MINUTE);
@@ -109,13 +120,21 @@ describe('telemetry rollups - query API and CLI', () => {
       );
       const device = await connectClient(cp.addresses.mqtt, { clientId: deviceId, username: credential.mqttUsername, password: credential.mqttPassword });
       devices.push(device);
-      const acked = new Promise<TelemetryAck>((resolve) => device.on('message', (topic, payload) => topic === downTopic(deviceId, 'ack') && resolve(TelemetryAck.decode(payload))));
+      const acked = new Promise<TelemetryAck>((resolve) =>
+        device.on('message', (topic, payload) => topic === downTopic(deviceId, 'ack') && resolve(TelemetryAck.decode(payload))),
+      );
       await device.subscribeAsync(downTopic(deviceId, 'ack'), { qos: 1 });
       const batch = TelemetryBatch.fromPartial({
         // sent_at equal to the control plane's clock: no clock offset, so the records keep their times.
         sentAtMs: clock.now(),
         records: records.map((r, i) =>
-          TelemetryRecord.fromPartial({ boot: 1, seq: i + 1, timeMs: r.at, stream: r.body.$case === 'event' ? Stream.STREAM_EVENTS : Stream.STREAM_INFERENCE, body: r.body }),
+          TelemetryRecord.fromPartial({
+            boot: 1,
+            seq: i + 1,
+            timeMs: r.at,
+            stream: r.body.$case === 'event' ? Stream.STREAM_EVENTS : Stream.STREAM_INFERENCE,
+            body: r.body,
+          }),
         ),
       });
       await device.publishAsync(upTopic(deviceId, 'telemetry'), Buffer.from(TelemetryBatch.encode(batch).finish()), { qos: 1 });
@@ -123,7 +142,11 @@ describe('telemetry rollups - query API and CLI', () => {
       stored += records.length;
     }
     enrollment.close();
-    await waitFor(() => api.summary(), (s) => s.recordsStored === stored, { what: 'every record stored' });
+    await waitFor(
+      () => api.summary(),
+      (s) => s.recordsStored === stored,
+      { what: 'every record stored' },
+    );
   });
 
   afterAll(async () => {
@@ -200,14 +223,19 @@ describe('telemetry rollups - query API and CLI', () => {
       [HOUR_START, 'a', 2, 2, 0, 30, 40, 0],
       [HOUR_START, 'b', 2, 2, 1, 30, 50, 0],
     ]);
-    expect(v2.rows.map((r) => [r.model, r.version])).toEqual([['vib', 2], ['vib', 2]]);
+    expect(v2.rows.map((r) => [r.model, r.version])).toEqual([
+      ['vib', 2],
+      ['vib', 2],
+    ]);
     expect(await by(RollupGroupBy.ROLLUP_GROUP_BY_FLEET, hour, { deviceId: 'dev-a2' })).toEqual([[HOUR_START, 'fleet', 2, 2, 0, 30, 40, 0]]);
     expect(await by(RollupGroupBy.ROLLUP_GROUP_BY_DEVICE, RollupBucket.ROLLUP_BUCKET_ONE_MINUTE, { selector: 'cohort=b' })).toEqual([
       [M1, 'dev-b1', 1, 1, 1, 50, 50, 0],
       [M2, 'dev-b1', 2, 1, 0, 10, 10, 1],
     ]);
     // since inside minute M2 starts at M2's bucket.
-    expect(await by(RollupGroupBy.ROLLUP_GROUP_BY_FLEET, RollupBucket.ROLLUP_BUCKET_ONE_MINUTE, { sinceMs: M2 + 30_000 })).toEqual([[M2, 'fleet', 5, 3, 0, 23.333, 40, 2]]);
+    expect(await by(RollupGroupBy.ROLLUP_GROUP_BY_FLEET, RollupBucket.ROLLUP_BUCKET_ONE_MINUTE, { sinceMs: M2 + 30_000 })).toEqual([
+      [M2, 'fleet', 5, 3, 0, 23.333, 40, 2],
+    ]);
     const limited = await rollups({ groupBy: RollupGroupBy.ROLLUP_GROUP_BY_DEVICE, bucket: RollupBucket.ROLLUP_BUCKET_ONE_MINUTE, limit: 2 });
     expect(limited.truncated).toBe(true);
     expect(limited.rows.map((r) => [r.bucketStartMs, r.key])).toEqual([
@@ -238,8 +266,11 @@ describe('telemetry rollups - query API and CLI', () => {
   it('telemetry rollups - driftline telemetry rollups --by cohort prints the cohort sums as JSON and as a table', async () => {
     const cli = (...args: string[]) =>
       new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
-        execFile(process.execPath, [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'telemetry', 'rollups', '--by', 'cohort', ...args], { cwd: dir }, (error, stdout, stderr) =>
-          resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
+        execFile(
+          process.execPath,
+          [BIN, '--server', cp.addresses.grpc, '--token-file', cp.adminTokenFile, 'telemetry', 'rollups', '--by', 'cohort', ...args],
+          { cwd: dir },
+          (error, stdout, stderr) => resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
         ),
       );
     const json = await cli('--json', '--bucket', '1h');

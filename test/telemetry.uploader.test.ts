@@ -35,7 +35,14 @@ describe('telemetry uploader draining a backlog', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'driftline-uploader-'));
-    link = new EmbeddedMqttLink({ host: '127.0.0.1', port: 0, maxPacketBytes: 1024 * 1024, ...defaultBrokerLimits(), verifyDeviceCredential: (id) => (id.startsWith(DEVICE) ? 'ok' : 'unknown'), logger });
+    link = new EmbeddedMqttLink({
+      host: '127.0.0.1',
+      port: 0,
+      maxPacketBytes: 1024 * 1024,
+      ...defaultBrokerLimits(),
+      verifyDeviceCredential: (id) => (id.startsWith(DEVICE) ? 'ok' : 'unknown'),
+      logger,
+    });
     db = openDatabase(join(dir, 'control-plane.db'));
     ingest = new TelemetryIngest({
       repository: new SqliteTelemetryRepository(db),
@@ -64,7 +71,13 @@ describe('telemetry uploader draining a backlog', () => {
       Promise.all(
         Array.from({ length: n }, (_, i) => {
           const timeMs = Date.now();
-          const body = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream, body: { $case: 'event', value: { kind: 'test', message: String(i), attributes: {} } } }).finish();
+          const body = TelemetryRecord.encode({
+            boot: 0,
+            seq: 0,
+            timeMs,
+            stream,
+            body: { $case: 'event', value: { kind: 'test', message: String(i), attributes: {} } },
+          }).finish();
           return buffer.enqueue({ stream, timeMs, body });
         }),
       );
@@ -73,11 +86,36 @@ describe('telemetry uploader draining a backlog', () => {
     await enqueue(Stream.STREAM_INFERENCE, 1500);
     await enqueue(Stream.STREAM_EVENTS, 40);
     const backlogEnd = buffer.depth();
-    const uplink = new MqttUplink({ url: link.deviceUrl, deviceId: DEVICE, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
-    const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger, maxBatchRecords: 50, maxInflightBatches: 2, batchDelayMs: 1, ackTimeoutMs: 60_000, compressMinBytes: 0, liveEvery: 4 });
+    const uplink = new MqttUplink({
+      url: link.deviceUrl,
+      deviceId: DEVICE,
+      password: 'x',
+      keepaliveSeconds: 30,
+      reconnectMinMs: 100,
+      reconnectMaxMs: 1000,
+      connectTimeoutMs: 5000,
+      publishTimeoutMs: 30_000,
+      logger,
+    });
+    const uploader = new TelemetryUploader({
+      buffer,
+      uplink,
+      clock: systemClock,
+      logger,
+      maxBatchRecords: 50,
+      maxInflightBatches: 2,
+      batchDelayMs: 1,
+      ackTimeoutMs: 60_000,
+      compressMinBytes: 0,
+      liveEvery: 4,
+    });
     await uplink.start();
     // Live records arrive while the backlog drains.
-    await waitFor(async () => arrivals.length, (n) => n >= 200, { what: 'the drain under way' });
+    await waitFor(
+      async () => arrivals.length,
+      (n) => n >= 200,
+      { what: 'the drain under way' },
+    );
     await enqueue(Stream.STREAM_INFERENCE, 20);
     uploader.notify();
     expect(await uploader.drain(60_000)).toBe(true);
@@ -86,7 +124,10 @@ describe('telemetry uploader draining a backlog', () => {
     await buffer.close();
 
     const total = backlogEnd + 20;
-    const stored = db.prepare(`SELECT count(*) AS n, count(DISTINCT seq) AS d FROM telemetry_records WHERE device_id = ?`).get(DEVICE) as { n: number; d: number };
+    const stored = db.prepare(`SELECT count(*) AS n, count(DISTINCT seq) AS d FROM telemetry_records WHERE device_id = ?`).get(DEVICE) as {
+      n: number;
+      d: number;
+    };
     expect(stored).toEqual({ n: total, d: total });
     // Nothing went twice: not stored twice, not even sent twice.
     expect(arrivals).toHaveLength(total);
@@ -103,8 +144,29 @@ describe('telemetry uploader draining a backlog', () => {
   it('under steady traffic, with live batches on, sends every record exactly once', async () => {
     arrivals.length = 0;
     const buffer = SqliteBuffer.open({ file: join(dir, 'buffer-steady.db'), synchronous: 'NORMAL' });
-    const uplink = new MqttUplink({ url: link.deviceUrl, deviceId: `${DEVICE}-steady`, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
-    const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger, maxBatchRecords: 20, maxInflightBatches: 4, batchDelayMs: 1, ackTimeoutMs: 60_000, compressMinBytes: 0, liveEvery: 4 });
+    const uplink = new MqttUplink({
+      url: link.deviceUrl,
+      deviceId: `${DEVICE}-steady`,
+      password: 'x',
+      keepaliveSeconds: 30,
+      reconnectMinMs: 100,
+      reconnectMaxMs: 1000,
+      connectTimeoutMs: 5000,
+      publishTimeoutMs: 30_000,
+      logger,
+    });
+    const uploader = new TelemetryUploader({
+      buffer,
+      uplink,
+      clock: systemClock,
+      logger,
+      maxBatchRecords: 20,
+      maxInflightBatches: 4,
+      batchDelayMs: 1,
+      ackTimeoutMs: 60_000,
+      compressMinBytes: 0,
+      liveEvery: 4,
+    });
     await uplink.start();
     const duplicatesBefore = ingest.stats.duplicates;
     let enqueued = 0;
@@ -113,7 +175,13 @@ describe('telemetry uploader draining a backlog', () => {
       await Promise.all(
         Array.from({ length: 7 }, () => {
           const timeMs = Date.now();
-          const body = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream: Stream.STREAM_INFERENCE, body: { $case: 'event', value: { kind: 'test', message: '', attributes: {} } } }).finish();
+          const body = TelemetryRecord.encode({
+            boot: 0,
+            seq: 0,
+            timeMs,
+            stream: Stream.STREAM_INFERENCE,
+            body: { $case: 'event', value: { kind: 'test', message: '', attributes: {} } },
+          }).finish();
           enqueued++;
           return buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs, body });
         }),
@@ -131,7 +199,7 @@ describe('telemetry uploader draining a backlog', () => {
     expect(arrivals).toHaveLength(enqueued);
     expect(ingest.stats.duplicates - duplicatesBefore).toBe(0);
   });
-  it('group commit - sent marks and ack deletes ride in the records\' commits: one fsync\'d transaction per window, not one each', async () => {
+  it("group commit - sent marks and ack deletes ride in the records' commits: one fsync'd transaction per window, not one each", async () => {
     arrivals.length = 0;
     const file = join(dir, 'buffer-commits.db');
     // The test decides when each commit window closes.
@@ -152,7 +220,13 @@ describe('telemetry uploader draining a backlog', () => {
       Promise.all(
         Array.from({ length: n }, () => {
           const timeMs = Date.now();
-          const body = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream: Stream.STREAM_INFERENCE, body: { $case: 'event', value: { kind: 'test', message: '', attributes: {} } } }).finish();
+          const body = TelemetryRecord.encode({
+            boot: 0,
+            seq: 0,
+            timeMs,
+            stream: Stream.STREAM_INFERENCE,
+            body: { $case: 'event', value: { kind: 'test', message: '', attributes: {} } },
+          }).finish();
           return buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs, body });
         }),
       );
@@ -166,10 +240,35 @@ describe('telemetry uploader draining a backlog', () => {
       }
     };
     const range = (first: number, last: number) => Array.from({ length: last - first + 1 }, (_, i) => first + i);
-    const uplink = new MqttUplink({ url: link.deviceUrl, deviceId: `${DEVICE}-commits`, password: 'x', keepaliveSeconds: 30, reconnectMinMs: 100, reconnectMaxMs: 1000, connectTimeoutMs: 5000, publishTimeoutMs: 30_000, logger });
-    const uploader = new TelemetryUploader({ buffer, uplink, clock: systemClock, logger, maxBatchRecords: 500, maxInflightBatches: 4, batchDelayMs: 1, ackTimeoutMs: 60_000, compressMinBytes: 0, liveEvery: 0 });
+    const uplink = new MqttUplink({
+      url: link.deviceUrl,
+      deviceId: `${DEVICE}-commits`,
+      password: 'x',
+      keepaliveSeconds: 30,
+      reconnectMinMs: 100,
+      reconnectMaxMs: 1000,
+      connectTimeoutMs: 5000,
+      publishTimeoutMs: 30_000,
+      logger,
+    });
+    const uploader = new TelemetryUploader({
+      buffer,
+      uplink,
+      clock: systemClock,
+      logger,
+      maxBatchRecords: 500,
+      maxInflightBatches: 4,
+      batchDelayMs: 1,
+      ackTimeoutMs: 60_000,
+      compressMinBytes: 0,
+      liveEvery: 0,
+    });
     await uplink.start();
-    await waitFor(() => uplink.connected, (c) => c, { what: 'the uplink connected' });
+    await waitFor(
+      () => uplink.connected,
+      (c) => c,
+      { what: 'the uplink connected' },
+    );
     const base = walCommits(file);
     const commits = () => walCommits(file) - base;
 
@@ -181,7 +280,11 @@ describe('telemetry uploader draining a backlog', () => {
 
     // The uploader takes them: their mark waits for the next window, and nothing goes out before it is durable.
     uploader.notify();
-    await waitFor(() => windows.length, (n) => n === 1, { what: 'the sent mark waiting for a window' });
+    await waitFor(
+      () => windows.length,
+      (n) => n === 1,
+      { what: 'the sent mark waiting for a window' },
+    );
     expect(commits()).toBe(1);
     expect(arrivals).toHaveLength(0);
     // Window 2: the next records and the mark, one commit; then the batch goes.
@@ -189,16 +292,28 @@ describe('telemetry uploader draining a backlog', () => {
     closeWindow();
     await second;
     expect(commits()).toBe(2);
-    expect(fileRows().filter((r) => r.sent === 1).map((r) => r.seq)).toEqual(range(1, 10));
+    expect(
+      fileRows()
+        .filter((r) => r.sent === 1)
+        .map((r) => r.seq),
+    ).toEqual(range(1, 10));
     // Stored and acknowledged: gone from the buffer at once, the rows' delete waits for a window.
-    await waitFor(() => buffer.depth(), (d) => d === 10, { what: 'the ack of the first batch' });
+    await waitFor(
+      () => buffer.depth(),
+      (d) => d === 10,
+      { what: 'the ack of the first batch' },
+    );
     expect(arrivals.map((a) => a.seq)).toEqual(range(1, 10));
     expect(buffer.peek(100, 0).map((r) => r.seq)).toEqual(range(11, 20));
     expect(commits()).toBe(2);
     expect(fileRows()).toHaveLength(20);
 
     // Window 3: the deletes, the second batch's mark and ten new records, one commit.
-    await waitFor(() => uploader.stats.batchesSent, (n) => n === 2, { what: 'the second batch taken' });
+    await waitFor(
+      () => uploader.stats.batchesSent,
+      (n) => n === 2,
+      { what: 'the second batch taken' },
+    );
     const third = enqueue(10);
     closeWindow();
     await third;
@@ -206,7 +321,11 @@ describe('telemetry uploader draining a backlog', () => {
     expect(fileRows()).toEqual(range(11, 30).map((seq) => ({ seq, sent: seq <= 20 ? 1 : 0 })));
 
     // Three windows cost three transactions where the records, two marks and an ack used to cost six.
-    await waitFor(() => buffer.depth(), (d) => d === 10, { what: 'the ack of the second batch' });
+    await waitFor(
+      () => buffer.depth(),
+      (d) => d === 10,
+      { what: 'the ack of the second batch' },
+    );
     uploader.stop();
     await uplink.shutdown();
     await buffer.close();

@@ -26,8 +26,18 @@ describe('release manifests - example inputs', () => {
 
   it('manifest - carries example inputs through signing, and records golden vectors on them', async () => {
     const trust = testTrust(NOW);
-    const manifest = await buildReleaseManifest({ bytes: sequenceModelBytes(48), name: 'sequence', version: 1, createdAtMs: NOW, examples: parseExampleInputsFile(JSON.stringify(examples), 'examples.json') });
-    expect(manifest.golden.vectors.map((v) => v.inputs.tokens!.dims)).toEqual([[1, 96], [1, 96], [1, 96]]);
+    const manifest = await buildReleaseManifest({
+      bytes: sequenceModelBytes(48),
+      name: 'sequence',
+      version: 1,
+      createdAtMs: NOW,
+      examples: parseExampleInputsFile(JSON.stringify(examples), 'examples.json'),
+    });
+    expect(manifest.golden.vectors.map((v) => v.inputs.tokens!.dims)).toEqual([
+      [1, 96],
+      [1, 96],
+      [1, 96],
+    ]);
     const verified = verifyRelease(signManifestBytes(manifest, trust.release.signer), trust.metadata(1), new ManualClock(NOW));
     expect(verified.manifest.examples).toEqual(examples);
   });

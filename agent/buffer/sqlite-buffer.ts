@@ -160,7 +160,8 @@ export class SqliteBuffer implements TelemetryBuffer {
       db.pragma('journal_mode = WAL');
       if (options.file !== ':memory:') tightenDatabaseFiles(options.file);
       db.pragma(`synchronous = ${options.synchronous}`);
-      if (options.maxFileBytes) db.pragma(`max_page_count = ${Math.max(1, Math.floor(options.maxFileBytes / (db.pragma('page_size', { simple: true }) as number)))}`);
+      if (options.maxFileBytes)
+        db.pragma(`max_page_count = ${Math.max(1, Math.floor(options.maxFileBytes / (db.pragma('page_size', { simple: true }) as number)))}`);
     } catch (err) {
       throw new DriftlineError('STORE_FAILED', `cannot open the agent buffer at ${options.file}`, { cause: err });
     }
@@ -196,12 +197,18 @@ export class SqliteBuffer implements TelemetryBuffer {
       return next;
     })();
     for (const s of STREAM_PRIORITY) this.counts.set(s, { records: 0, bytes: 0 });
-    const rows = db.prepare('SELECT stream, count(*) AS n, coalesce(sum(length(body)), 0) AS b FROM outbox GROUP BY stream').all() as Array<{ stream: number; n: number; b: number }>;
+    const rows = db.prepare('SELECT stream, count(*) AS n, coalesce(sum(length(body)), 0) AS b FROM outbox GROUP BY stream').all() as Array<{
+      stream: number;
+      n: number;
+      b: number;
+    }>;
     for (const r of rows) this.counts.set(r.stream, { records: r.n, bytes: r.b + r.n * ROW_OVERHEAD_BYTES });
     const saved = this.state.getState('buffer.drops');
     if (saved) this.drops = { ...emptyDrops(), ...(JSON.parse(saved) as DropCounts) };
     this.insert = db.prepare('INSERT INTO outbox (boot, stream, time_ms, body) VALUES (?, ?, ?, ?)');
-    this.insertMany = db.prepare(`INSERT INTO outbox (boot, stream, time_ms, body) VALUES ${Array.from({ length: MULTI_ROW }, () => '(?, ?, ?, ?)').join(', ')}`);
+    this.insertMany = db.prepare(
+      `INSERT INTO outbox (boot, stream, time_ms, body) VALUES ${Array.from({ length: MULTI_ROW }, () => '(?, ?, ?, ?)').join(', ')}`,
+    );
     this.selectAfter = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
     this.selectStream = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?');
     this.selectNewest = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT ?');

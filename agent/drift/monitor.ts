@@ -59,7 +59,15 @@ export class DriftMonitor {
   }
 
   /** `probabilities`: the output the engine took the top class from; the reference's own choice goes first (common/classification.ts). */
-  observe(model: string, version: number, inputs: readonly ObservedTensor[], outputs: readonly ObservedTensor[] | undefined, latencyMs: number, ok: boolean, probabilities?: string): void {
+  observe(
+    model: string,
+    version: number,
+    inputs: readonly ObservedTensor[],
+    outputs: readonly ObservedTensor[] | undefined,
+    latencyMs: number,
+    ok: boolean,
+    probabilities?: string,
+  ): void {
     if (!this.reference || model !== this.model || version !== this.version) return;
     const window = (this.window ??= new SketchBuilder(this.reference, model, version, this.clock.now()));
     window.observeRequest(latencyMs, ok);
@@ -81,7 +89,12 @@ export class DriftMonitor {
       if (detector.update(x)) {
         const name = detectorName(detector);
         this.logger.warn({ model: this.model, version: this.version, detector: name, stream }, 'drift alarm');
-        this.sink.event('drift.alarm', `${name} detected a change in the ${stream} stream`, { model: this.model, version: String(this.version), detector: name, stream });
+        this.sink.event('drift.alarm', `${name} detected a change in the ${stream} stream`, {
+          model: this.model,
+          version: String(this.version),
+          detector: name,
+          stream,
+        });
       }
     }
   }

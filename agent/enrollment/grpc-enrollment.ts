@@ -17,9 +17,8 @@ export interface EnrollOptions {
 
 /** Presents the one-time token to the control plane and receives the device's credential. */
 export async function enrollOverGrpc(options: EnrollOptions): Promise<EnrollResponse> {
-  const channel = options.tls || options.caFile
-    ? credentials.createSsl(options.caFile ? readFileSync(options.caFile) : undefined)
-    : credentials.createInsecure();
+  const channel =
+    options.tls || options.caFile ? credentials.createSsl(options.caFile ? readFileSync(options.caFile) : undefined) : credentials.createInsecure();
   const client = new EnrollmentServiceClient(options.server, channel);
   try {
     return await new Promise<EnrollResponse>((resolve, reject) => {

@@ -43,15 +43,13 @@ const mqttIdentityFileSchema = z
     enrolledAtMs: z.number().int(),
   })
   .strict()
-  .transform(
-    ({ deviceId, mqttUsername, mqttPassword, mqttUrl, artifactBaseUrl, enrolledAtMs }): DeviceIdentity => ({
-      deviceId,
-      credential: { kind: 'mqtt-password', username: mqttUsername, password: mqttPassword },
-      uplinkUrl: mqttUrl,
-      artifactBaseUrl,
-      enrolledAtMs,
-    }),
-  );
+  .transform(({ deviceId, mqttUsername, mqttPassword, mqttUrl, artifactBaseUrl, enrolledAtMs }): DeviceIdentity => ({
+    deviceId,
+    credential: { kind: 'mqtt-password', username: mqttUsername, password: mqttPassword },
+    uplinkUrl: mqttUrl,
+    artifactBaseUrl,
+    enrolledAtMs,
+  }));
 
 const identityFileSchema = z.union([deviceIdentitySchema, mqttIdentityFileSchema]);
 

@@ -104,13 +104,26 @@ export class RequestQueue {
     }
     if (this.waiting.length >= this.options.maxQueue) {
       return Promise.reject(
-        new DriftlineError('INFERENCE_OVERLOADED', `the model is overloaded: ${this.waiting.length} requests are already waiting (limit ${this.options.maxQueue}); retry later`, {
-          details: { queued: this.waiting.length, maxQueue: this.options.maxQueue },
-        }),
+        new DriftlineError(
+          'INFERENCE_OVERLOADED',
+          `the model is overloaded: ${this.waiting.length} requests are already waiting (limit ${this.options.maxQueue}); retry later`,
+          {
+            details: { queued: this.waiting.length, maxQueue: this.options.maxQueue },
+          },
+        ),
       );
     }
     return new Promise<Outputs>((resolve, reject) => {
-      const pending: Pending = { feeds, rows, key: this.combine ? innerDimsKey(feeds) : '', enqueuedAt: this.timers.now(), resolve, reject, signal, onAbort: undefined };
+      const pending: Pending = {
+        feeds,
+        rows,
+        key: this.combine ? innerDimsKey(feeds) : '',
+        enqueuedAt: this.timers.now(),
+        resolve,
+        reject,
+        signal,
+        onAbort: undefined,
+      };
       if (signal) {
         // Waiting, the request leaves the queue; running, its caller stops waiting for the result.
         pending.onAbort = () => {
@@ -225,7 +238,10 @@ export class RequestQueue {
       const outputs = await this.run(concatenate(batch));
       let parts: Outputs[];
       try {
-        parts = split(outputs, batch.map((p) => p.rows));
+        parts = split(
+          outputs,
+          batch.map((p) => p.rows),
+        );
       } catch {
         // Batchability is judged from declared shapes; an output whose dynamic first dimension is
         // not the rows (a detector's variable box count) cannot be split, so each request runs alone.
@@ -279,9 +295,13 @@ export function split(outputs: Outputs, rows: readonly number[]): Outputs[] {
   const parts: Outputs[] = rows.map(() => ({}));
   for (const [name, tensor] of Object.entries(outputs)) {
     if (tensor.dims.length === 0 || tensor.dims[0] !== total) {
-      throw new DriftlineError('INFERENCE_FAILED', `output ${name} has dims [${tensor.dims.join(', ')}], not ${total} rows on its first dimension, so a batch cannot be split back`, {
-        details: { output: name },
-      });
+      throw new DriftlineError(
+        'INFERENCE_FAILED',
+        `output ${name} has dims [${tensor.dims.join(', ')}], not ${total} rows on its first dimension, so a batch cannot be split back`,
+        {
+          details: { output: name },
+        },
+      );
     }
     const inner = tensor.dims.slice(1);
     const perRow = inner.reduce((n, d) => n * d, 1);

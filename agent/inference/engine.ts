@@ -7,7 +7,17 @@ import { candidateExamples, describeExample, exampleInputsSchema, type ExampleIn
 import type { Logger } from '../../common/logger.js';
 import { RequestQueue, realTimers, type BatchingOptions, type BatchTimers, type RequestQueueStats } from './batcher.js';
 import { DATATYPES, datatypeOf, isDatatype, toTensorData, type Datatype } from './datatypes.js';
-import type { Batchability, BatchingOffReason, ModelRuntime, ProviderChoice, ProviderFailure, RuntimeSession, RuntimeTensor, TensorData, TensorSpec } from './model-runtime.js';
+import type {
+  Batchability,
+  BatchingOffReason,
+  ModelRuntime,
+  ProviderChoice,
+  ProviderFailure,
+  RuntimeSession,
+  RuntimeTensor,
+  TensorData,
+  TensorSpec,
+} from './model-runtime.js';
 
 export type { BatchingOptions } from './batcher.js';
 
@@ -49,8 +59,7 @@ export interface ActiveModelInfo {
  * model's shapes prevents it (see Batchability: scalar_tensor, fixed_leading_dimension, not_a_tensor).
  */
 export type BatchingInfo =
-  | { enabled: true }
-  | { enabled: false; reason: BatchingOffReason | 'profile_max_batch_1' | 'runtime_unreported'; tensor?: string; detail: string };
+  { enabled: true } | { enabled: false; reason: BatchingOffReason | 'profile_max_batch_1' | 'runtime_unreported'; tensor?: string; detail: string };
 
 export interface InferInput {
   name: string;
@@ -236,7 +245,8 @@ export class InferenceEngine implements InferenceService {
   private async swapIn(model: ModelToLoad): Promise<ActiveModelInfo> {
     if (this.state !== 'running') throw new DriftlineError('SHUTTING_DOWN', 'the inference engine is shutting down');
     const parsed = ModelToLoadSchema.safeParse(model);
-    if (!parsed.success) throw new DriftlineError('MODEL_INVALID', `model to load is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
+    if (!parsed.success)
+      throw new DriftlineError('MODEL_INVALID', `model to load is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
     const spec = parsed.data;
     assertModelName(spec.name);
     const { logger } = this.options;
@@ -266,12 +276,22 @@ export class InferenceEngine implements InferenceService {
         outputs: session.outputs.map(copySpec),
         loadedAtMs: this.clock.now(),
       };
-      slot = new Slot(info, session, session.inputDimNames ?? {}, probabilitiesOutput(session, spec.probabilitiesOutput), logger, batching, this.options.timers ?? realTimers);
+      slot = new Slot(
+        info,
+        session,
+        session.inputDimNames ?? {},
+        probabilitiesOutput(session, spec.probabilitiesOutput),
+        logger,
+        batching,
+        this.options.timers ?? realTimers,
+      );
       await warmUp(session, spec);
     } catch (err) {
       await session.release().catch((releaseErr: unknown) => logger.warn({ err: releaseErr }, 'releasing a model that failed to load failed'));
       if (err instanceof DriftlineError) throw err;
-      throw new DriftlineError('MODEL_INVALID', `${spec.name} v${spec.version} could not be prepared: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      throw new DriftlineError('MODEL_INVALID', `${spec.name} v${spec.version} could not be prepared: ${err instanceof Error ? err.message : String(err)}`, {
+        cause: err,
+      });
     }
     if (this.state !== 'running') {
       await session.release();
@@ -280,7 +300,18 @@ export class InferenceEngine implements InferenceService {
     const previous = this.current;
     this.current = slot;
     if (previous) this.retire(previous);
-    logger.info({ model: spec.name, version: spec.version, provider: session.provider, fallbacks: slot.info.fallbacks, maxBatch: slot.info.maxBatch, batching: slot.info.batching, previous: previous?.describe() }, 'model active');
+    logger.info(
+      {
+        model: spec.name,
+        version: spec.version,
+        provider: session.provider,
+        fallbacks: slot.info.fallbacks,
+        maxBatch: slot.info.maxBatch,
+        batching: slot.info.batching,
+        previous: previous?.describe(),
+      },
+      'model active',
+    );
     return slot.info;
   }
 
@@ -320,9 +351,16 @@ class Slot {
     timers: BatchTimers,
   ) {
     for (const input of info.inputs) this.inputs.set(input.name, input);
-    this.queue = new RequestQueue((feeds) => session.run(feeds), batching, info.maxBatch > 1, abortError, timers, () => {
-      if (this.retired) void this.release();
-    });
+    this.queue = new RequestQueue(
+      (feeds) => session.run(feeds),
+      batching,
+      info.maxBatch > 1,
+      abortError,
+      timers,
+      () => {
+        if (this.retired) void this.release();
+      },
+    );
     this.released = new Promise((resolve) => {
       this.markReleased = resolve;
     });
@@ -378,7 +416,10 @@ class Slot {
         const earlier = seen.get(symbol);
         if (!earlier) seen.set(symbol, { input: spec.name, size: dims[i]! });
         else if (earlier.size !== dims[i]) {
-          shapeInvalid(spec.name, `input ${spec.name} has ${dims[i]} for dimension ${JSON.stringify(symbol)} but ${earlier.input} has ${earlier.size}; inputs that share a dimension must agree on its size`);
+          shapeInvalid(
+            spec.name,
+            `input ${spec.name} has ${dims[i]} for dimension ${JSON.stringify(symbol)} but ${earlier.input} has ${earlier.size}; inputs that share a dimension must agree on its size`,
+          );
         }
       });
     }
@@ -387,7 +428,11 @@ class Slot {
     for (const spec of rest) {
       const rows = feeds[spec.name]!.dims[0];
       const headRows = feeds[head!.name]!.dims[0];
-      if (rows !== headRows) shapeInvalid(spec.name, `input ${spec.name} has ${rows} rows (dimension 0) but ${head!.name} has ${headRows}; every input needs the same number of rows`);
+      if (rows !== headRows)
+        shapeInvalid(
+          spec.name,
+          `input ${spec.name} has ${rows} rows (dimension 0) but ${head!.name} has ${headRows}; every input needs the same number of rows`,
+        );
     }
   }
 
@@ -395,7 +440,10 @@ class Slot {
     const names = this.info.outputs.map((o) => o.name);
     if (requested === undefined) return names;
     for (const name of requested) {
-      if (!names.includes(name)) throw new DriftlineError('REQUEST_INVALID', `unknown output ${JSON.stringify(name)}; the model's outputs are ${names.join(', ')}`, { details: { output: name } });
+      if (!names.includes(name))
+        throw new DriftlineError('REQUEST_INVALID', `unknown output ${JSON.stringify(name)}; the model's outputs are ${names.join(', ')}`, {
+          details: { output: name },
+        });
     }
     return [...requested];
   }
@@ -426,7 +474,8 @@ function toTensor(input: InferInput, spec: TensorSpec): RuntimeTensor {
   const fits = shape.length === spec.shape.length && spec.shape.every((d, i) => d < 0 || d === shape[i]);
   if (!fits) invalid(spec.name, `input ${spec.name} has shape ${formatShape(shape)}; expected ${formatShape(spec.shape)} (-1 is any size)`);
   const zero = shape.findIndex((d, i) => d === 0 && spec.shape[i] !== 0);
-  if (zero >= 0) shapeInvalid(spec.name, `input ${spec.name} has shape ${formatShape(shape)}: dimension ${zero} is 0, and the model declares no empty dimension there`);
+  if (zero >= 0)
+    shapeInvalid(spec.name, `input ${spec.name} has shape ${formatShape(shape)}: dimension ${zero} is 0, and the model declares no empty dimension there`);
   const elements = shape.reduce((n, d) => n * d, 1);
   const data = input.data;
   if (!Array.isArray(data) && !ArrayBuffer.isView(data)) invalid(spec.name, `input ${spec.name} has no data array`);
@@ -471,8 +520,12 @@ function copySpec(spec: TensorSpec): TensorSpec {
 /** The output holding class probabilities by the rule in common/classification.ts; one the release or metadata names must exist. */
 function probabilitiesOutput(session: RuntimeSession, override: string | undefined): string | undefined {
   const named = override ?? session.metadata[PROBABILITIES_OUTPUT_KEY];
-  if (named !== undefined && !session.outputs.some((o) => o.name === named)) throw new DriftlineError('MODEL_INVALID', `probabilities output ${named} is not an output of the model`);
-  return chooseProbabilitiesOutput(session.outputs.map((o) => ({ name: o.name, float: isFloatType(o.type), shape: o.shape })), named);
+  if (named !== undefined && !session.outputs.some((o) => o.name === named))
+    throw new DriftlineError('MODEL_INVALID', `probabilities output ${named} is not an output of the model`);
+  return chooseProbabilitiesOutput(
+    session.outputs.map((o) => ({ name: o.name, float: isFloatType(o.type), shape: o.shape })),
+    named,
+  );
 }
 
 /**
@@ -500,9 +553,13 @@ async function warmUp(session: RuntimeSession, spec: z.output<typeof ModelToLoad
   if (attempts.length === 0) return;
   const last = attempts[attempts.length - 1]!;
   const tried = given ? `its example input ${last.inputs}` : `every size tried for its dynamic dimensions (${attempts.map((a) => `[${a.inputs}]`).join('; ')})`;
-  throw new DriftlineError('MODEL_WARMUP_FAILED', `${spec.name} v${spec.version} failed its warm-up inference on ${tried}: ${last.message}${given ? '' : '; give the release example inputs (models push --examples) it can run on'}`, {
-    details: { attempts },
-  });
+  throw new DriftlineError(
+    'MODEL_WARMUP_FAILED',
+    `${spec.name} v${spec.version} failed its warm-up inference on ${tried}: ${last.message}${given ? '' : '; give the release example inputs (models push --examples) it can run on'}`,
+    {
+      details: { attempts },
+    },
+  );
 }
 
 /** An example as feeds: every input the model declares, with the example's values or zeros. */

@@ -5,33 +5,11 @@ export type { TensorSpec };
 
 /** Element types as onnxruntime names them (TensorSpec.type carries one of these). */
 export type TensorType =
-  | 'bool'
-  | 'uint8'
-  | 'uint16'
-  | 'uint32'
-  | 'uint64'
-  | 'int8'
-  | 'int16'
-  | 'int32'
-  | 'int64'
-  | 'float16'
-  | 'float32'
-  | 'float64'
-  | 'string';
+  'bool' | 'uint8' | 'uint16' | 'uint32' | 'uint64' | 'int8' | 'int16' | 'int32' | 'int64' | 'float16' | 'float32' | 'float64' | 'string';
 
 /** Flat row-major element storage; bool travels as Uint8Array and float16 as raw bits, as onnxruntime does. */
 export type TensorData =
-  | Uint8Array
-  | Uint16Array
-  | Uint32Array
-  | BigUint64Array
-  | Int8Array
-  | Int16Array
-  | Int32Array
-  | BigInt64Array
-  | Float32Array
-  | Float64Array
-  | string[];
+  Uint8Array | Uint16Array | Uint32Array | BigUint64Array | Int8Array | Int16Array | Int32Array | BigInt64Array | Float32Array | Float64Array | string[];
 
 export interface RuntimeTensor {
   type: TensorType;
@@ -62,9 +40,7 @@ export interface ProviderFailure {
  */
 export type BatchingOffReason = 'scalar_tensor' | 'fixed_leading_dimension' | 'not_a_tensor';
 
-export type Batchability =
-  | { batchable: true }
-  | { batchable: false; reason: BatchingOffReason; tensor: string; detail: string };
+export type Batchability = { batchable: true } | { batchable: false; reason: BatchingOffReason; tensor: string; detail: string };
 
 /** One loaded model; the engine owns its lifetime. */
 export interface RuntimeSession {

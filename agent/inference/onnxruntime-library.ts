@@ -17,15 +17,26 @@ const LIBRARY_SONAME = 'libonnxruntime.so.1';
  */
 export function preloadOnnxRuntimeLibrary(dir: string): string {
   if (onnxRuntimeLoaded()) {
-    throw new DriftlineError('CONFIG_INVALID', `onnxruntime is already loaded in this process, so the library in ${dir} cannot replace it; configure the library path before the agent starts`);
+    throw new DriftlineError(
+      'CONFIG_INVALID',
+      `onnxruntime is already loaded in this process, so the library in ${dir} cannot replace it; configure the library path before the agent starts`,
+    );
   }
   let file = join(dir, LIBRARY_SONAME);
   if (!existsSync(file)) {
-    const candidates = existsSync(dir) ? readdirSync(dir).filter((f) => /^libonnxruntime\.so(\.\d+)*$/.test(f)).sort() : [];
+    const candidates = existsSync(dir)
+      ? readdirSync(dir)
+          .filter((f) => /^libonnxruntime\.so(\.\d+)*$/.test(f))
+          .sort()
+      : [];
     if (candidates.length === 0) {
-      throw new DriftlineError('PROVIDER_UNAVAILABLE', `no onnxruntime library (${LIBRARY_SONAME}) in ${dir}: build or install onnxruntime for this device's JetPack there, or clear onnxruntime.libraryPath to run on CPU with onnxruntime-node's own library`, {
-        details: { libraryPath: dir },
-      });
+      throw new DriftlineError(
+        'PROVIDER_UNAVAILABLE',
+        `no onnxruntime library (${LIBRARY_SONAME}) in ${dir}: build or install onnxruntime for this device's JetPack there, or clear onnxruntime.libraryPath to run on CPU with onnxruntime-node's own library`,
+        {
+          details: { libraryPath: dir },
+        },
+      );
     }
     file = join(dir, candidates[candidates.length - 1]!);
   }
@@ -36,7 +47,10 @@ export function preloadOnnxRuntimeLibrary(dir: string): string {
     process.dlopen({ exports: {} } as NodeJS.Module, file, (RTLD_NOW ?? 0) | (RTLD_GLOBAL ?? 0) | RTLD_NODELETE);
   } catch (err) {
     if (!/self-register|did not self-register|Module did not/i.test(err instanceof Error ? err.message : String(err))) {
-      throw new DriftlineError('PROVIDER_UNAVAILABLE', `cannot load the onnxruntime library ${file}: ${err instanceof Error ? err.message : String(err)}`, { cause: err, details: { libraryPath: dir } });
+      throw new DriftlineError('PROVIDER_UNAVAILABLE', `cannot load the onnxruntime library ${file}: ${err instanceof Error ? err.message : String(err)}`, {
+        cause: err,
+        details: { libraryPath: dir },
+      });
     }
   }
   return file;
@@ -46,7 +60,14 @@ export function preloadOnnxRuntimeLibrary(dir: string): string {
 export function loadedOnnxRuntimeFiles(): string[] {
   try {
     const maps = readFileSync('/proc/self/maps', 'utf8');
-    return [...new Set(maps.split('\n').map((l) => l.slice(l.indexOf('/'))).filter((p) => /\/libonnxruntime\.so/.test(p)))];
+    return [
+      ...new Set(
+        maps
+          .split('\n')
+          .map((l) => l.slice(l.indexOf('/')))
+          .filter((p) => /\/libonnxruntime\.so/.test(p)),
+      ),
+    ];
   } catch {
     return [];
   }

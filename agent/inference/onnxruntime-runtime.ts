@@ -8,7 +8,17 @@ import { describeRuntimeFailure, explainRuntimeFailure } from '../../common/onnx
 import type { ExecutionProvider } from '../../common/firmware-profile.js';
 import type { Logger } from '../../common/logger.js';
 import { missingProviderFact } from '../profiles/detect.js';
-import type { Batchability, ModelRuntime, ProviderChoice, ProviderFailure, RuntimeLoadOptions, RuntimeSession, RuntimeTensor, TensorSpec, TensorType } from './model-runtime.js';
+import type {
+  Batchability,
+  ModelRuntime,
+  ProviderChoice,
+  ProviderFailure,
+  RuntimeLoadOptions,
+  RuntimeSession,
+  RuntimeTensor,
+  TensorSpec,
+  TensorType,
+} from './model-runtime.js';
 import { readOnnxMetadata } from './onnx-metadata.js';
 
 /** Only fatal native logs: provider fallbacks are reported through our own logger instead. */
@@ -38,11 +48,14 @@ export function createOnnxRuntime({ logger, libraryPath }: { logger: Logger; lib
         } catch (err) {
           const message = err instanceof Error ? err.message : String(err);
           // Say which fact applies when the provider is not in this onnxruntime at all.
-          const reason = available.includes(provider) ? message : `${message} (${missingProviderFact(provider, { arch: arch(), platform: platform() }, libraryPath).message})`;
+          const reason = available.includes(provider)
+            ? message
+            : `${message} (${missingProviderFact(provider, { arch: arch(), platform: platform() }, libraryPath).message})`;
           failures.push({ provider, reason });
           logger.warn({ path, provider, reason }, 'execution provider failed to load the model, trying the next one');
           // CPU is always present, so when it fails the model itself is at fault.
-          if (provider === 'cpu') throw new DriftlineError('MODEL_INVALID', `onnxruntime cannot load ${path}: ${message}`, { cause: err, details: { failures } });
+          if (provider === 'cpu')
+            throw new DriftlineError('MODEL_INVALID', `onnxruntime cannot load ${path}: ${message}`, { cause: err, details: { failures } });
           continue;
         }
         try {
@@ -52,9 +65,13 @@ export function createOnnxRuntime({ logger, libraryPath }: { logger: Logger; lib
           throw err;
         }
       }
-      throw new DriftlineError('PROVIDER_UNAVAILABLE', `none of the execution providers [${options.providers.map(providerName).join(', ')}] could load ${path}: ${failures.map((f) => `${f.provider}: ${f.reason}`).join('; ')}`, {
-        details: { failures },
-      });
+      throw new DriftlineError(
+        'PROVIDER_UNAVAILABLE',
+        `none of the execution providers [${options.providers.map(providerName).join(', ')}] could load ${path}: ${failures.map((f) => `${f.provider}: ${f.reason}`).join('; ')}`,
+        {
+          details: { failures },
+        },
+      );
     },
   };
 }
@@ -69,7 +86,9 @@ function providerName(choice: ProviderChoice): string {
  * provider counts as available when it is bundled or its library is on disk.
  */
 function availableProviders(libraryPath: string | undefined): string[] {
-  const bindingDir = dirname(createRequire(import.meta.url).resolve(`onnxruntime-node/bin/napi-v6/${process.platform}/${process.arch}/onnxruntime_binding.node`));
+  const bindingDir = dirname(
+    createRequire(import.meta.url).resolve(`onnxruntime-node/bin/napi-v6/${process.platform}/${process.arch}/onnxruntime_binding.node`),
+  );
   const folders = [bindingDir, ...(libraryPath === undefined ? [] : [libraryPath])];
   return ort
     .listSupportedBackends()
@@ -117,7 +136,11 @@ function providerOptions(provider: ExecutionProvider): ort.InferenceSession.Exec
     } as ort.InferenceSession.ExecutionProviderConfig;
   }
   if (provider.name === 'cuda') {
-    return { name: 'cuda', deviceId: provider.deviceId, ...(provider.memoryLimit === undefined ? {} : { gpu_mem_limit: provider.memoryLimit }) } as ort.InferenceSession.ExecutionProviderConfig;
+    return {
+      name: 'cuda',
+      deviceId: provider.deviceId,
+      ...(provider.memoryLimit === undefined ? {} : { gpu_mem_limit: provider.memoryLimit }),
+    } as ort.InferenceSession.ExecutionProviderConfig;
   }
   return { name: 'cpu' };
 }
@@ -176,7 +199,8 @@ export function batchabilityOf(inputs: readonly ort.InferenceSession.ValueMetada
     if (!value.isTensor) return { batchable: false, reason: 'not_a_tensor', tensor: value.name, detail: `${tensor} is not a tensor` };
     // onnxruntime reports a tensor of undeclared rank with an empty shape too.
     const shape = value.shape;
-    if (shape.length === 0) return { batchable: false, reason: 'scalar_tensor', tensor: value.name, detail: `${tensor} has no dimensions (a scalar, or its rank is not declared)` };
+    if (shape.length === 0)
+      return { batchable: false, reason: 'scalar_tensor', tensor: value.name, detail: `${tensor} has no dimensions (a scalar, or its rank is not declared)` };
     const first = shape[0];
     if (typeof first === 'number' && first >= 0) {
       return { batchable: false, reason: 'fixed_leading_dimension', tensor: value.name, detail: `${tensor} has a fixed first dimension of ${first}` };
@@ -192,17 +216,28 @@ export function batchabilityOf(inputs: readonly ort.InferenceSession.ValueMetada
  */
 function runFailure(err: unknown, feeds: Readonly<Record<string, RuntimeTensor>>): DriftlineError {
   const failure = explainRuntimeFailure(err instanceof Error ? err.message : String(err));
-  const shapes = Object.entries(feeds).map(([name, t]) => `${name} [${t.dims.join(', ')}]`).join(', ');
-  const details = { ...(failure.op ? { op: failure.op, node: failure.node } : {}), shapes: Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, [...t.dims]])) };
+  const shapes = Object.entries(feeds)
+    .map(([name, t]) => `${name} [${t.dims.join(', ')}]`)
+    .join(', ');
+  const details = {
+    ...(failure.op ? { op: failure.op, node: failure.node } : {}),
+    shapes: Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, [...t.dims]])),
+  };
   if (failure.inputShape) {
-    return new DriftlineError('INPUT_SHAPE_INVALID', `the model cannot take inputs of these shapes (${shapes}): ${describeRuntimeFailure(failure)}`, { cause: err, details });
+    return new DriftlineError('INPUT_SHAPE_INVALID', `the model cannot take inputs of these shapes (${shapes}): ${describeRuntimeFailure(failure)}`, {
+      cause: err,
+      details,
+    });
   }
   return new DriftlineError('INFERENCE_FAILED', `the model failed to run: ${describeRuntimeFailure(failure)}`, { cause: err, details });
 }
 
 function toSpec(meta: ort.InferenceSession.ValueMetadata, role: 'input' | 'output'): TensorSpec {
   if (!meta.isTensor) {
-    throw new DriftlineError('MODEL_INVALID', `${role} ${meta.name} is not a tensor (a sequence or map, such as a ZipMap); export the model with tensor ${role}s only`);
+    throw new DriftlineError(
+      'MODEL_INVALID',
+      `${role} ${meta.name} is not a tensor (a sequence or map, such as a ZipMap); export the model with tensor ${role}s only`,
+    );
   }
   // Symbolic dimensions ('batch') are dynamic; TensorSpec marks those with -1.
   return { name: meta.name, type: meta.type, shape: meta.shape.map((d) => (typeof d === 'number' ? d : -1)) };

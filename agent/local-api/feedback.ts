@@ -50,7 +50,14 @@ export class FeedbackLedger {
     if (answer.topClass === undefined || answer.classes === undefined) return;
     // Re-inserting moves a reused id to the newest end.
     this.answers.delete(id);
-    this.answers.set(id, { model: answer.model, version: answer.version, predicted: answer.topClass, classes: answer.classes, timeMs: this.clock.now(), labeled: false });
+    this.answers.set(id, {
+      model: answer.model,
+      version: answer.version,
+      predicted: answer.topClass,
+      classes: answer.classes,
+      timeMs: this.clock.now(),
+      labeled: false,
+    });
     if (this.answers.size > this.capacity) this.answers.delete(this.answers.keys().next().value!);
   }
 
@@ -65,19 +72,36 @@ export class FeedbackLedger {
       const where = items.length > 1 ? `items[${i}]` : 'id';
       const answer = this.answers.get(item.id);
       if (!answer || answer.model !== scope.model || (scope.version !== undefined && answer.version !== scope.version)) {
-        throw new DriftlineError('FEEDBACK_UNKNOWN_ID', `${where}: no answered request with id ${JSON.stringify(item.id)} is remembered for ${scope.model}${scope.version === undefined ? '' : ` v${scope.version}`} (unknown, or older than the last ${this.capacity} answers)`, { details: { id: item.id } });
+        throw new DriftlineError(
+          'FEEDBACK_UNKNOWN_ID',
+          `${where}: no answered request with id ${JSON.stringify(item.id)} is remembered for ${scope.model}${scope.version === undefined ? '' : ` v${scope.version}`} (unknown, or older than the last ${this.capacity} answers)`,
+          { details: { id: item.id } },
+        );
       }
-      if (answer.labeled || seen.has(item.id)) throw new DriftlineError('FEEDBACK_DUPLICATE', `${where}: request ${JSON.stringify(item.id)} already has a label`, { details: { id: item.id } });
+      if (answer.labeled || seen.has(item.id))
+        throw new DriftlineError('FEEDBACK_DUPLICATE', `${where}: request ${JSON.stringify(item.id)} already has a label`, { details: { id: item.id } });
       seen.add(item.id);
       if (item.label >= answer.classes) {
-        throw new DriftlineError('REQUEST_INVALID', `${items.length > 1 ? `items[${i}].` : ''}label ${item.label} is out of range: ${answer.model} v${answer.version} has classes 0..${answer.classes - 1}`, { details: { field: 'label', classes: answer.classes } });
+        throw new DriftlineError(
+          'REQUEST_INVALID',
+          `${items.length > 1 ? `items[${i}].` : ''}label ${item.label} is out of range: ${answer.model} v${answer.version} has classes 0..${answer.classes - 1}`,
+          { details: { field: 'label', classes: answer.classes } },
+        );
       }
       return answer;
     });
     return found.map((answer, i) => {
       answer.labeled = true;
       const { id, label } = items[i]!;
-      return { model: answer.model, version: answer.version, requestId: id, predicted: answer.predicted, label, correct: label === answer.predicted, inferenceTimeMs: answer.timeMs };
+      return {
+        model: answer.model,
+        version: answer.version,
+        requestId: id,
+        predicted: answer.predicted,
+        label,
+        correct: label === answer.predicted,
+        inferenceTimeMs: answer.timeMs,
+      };
     });
   }
 }

@@ -35,7 +35,12 @@ const InferRequestSchema = z.object({
           datatype: z.string(),
           parameters: z.object({ binary_data_size: binaryDataSize.optional() }).loose().optional(),
           // Elements are checked once, by the engine, against the model's datatype; numeric data arrives as one Float32Array (FP32) or Float64Array.
-          data: z.custom<unknown[] | Float32Array | Float64Array>((v) => Array.isArray(v) || v instanceof Float32Array || v instanceof Float64Array, 'expected an array').optional(),
+          data: z
+            .custom<unknown[] | Float32Array | Float64Array>(
+              (v) => Array.isArray(v) || v instanceof Float32Array || v instanceof Float64Array,
+              'expected an array',
+            )
+            .optional(),
         })
         .refine((i) => (i.data === undefined) !== (i.parameters?.binary_data_size === undefined), {
           message: 'give either data or parameters.binary_data_size (with the bytes after the JSON header)',
@@ -50,7 +55,8 @@ export type InferRequest = z.infer<typeof InferRequestSchema>;
 export function parseInferRequest(body: Buffer, binaryHeader: string | string[] | undefined): { request: InferRequest; inputs: InferInput[] } {
   const { json, binary } = splitBody(body, binaryHeader);
   const parsed = InferRequestSchema.safeParse(json);
-  if (!parsed.success) throw new DriftlineError('REQUEST_INVALID', `inference request is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
+  if (!parsed.success)
+    throw new DriftlineError('REQUEST_INVALID', `inference request is invalid: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
   return { request: parsed.data, inputs: toInputs(parsed.data, binary) };
 }
 
@@ -98,7 +104,9 @@ export type InferResponse = { kind: 'json'; body: Record<string, unknown> } | { 
 export function inferResponse(request: InferRequest, result: InferResult, id: string): InferResponse {
   const header = { model_name: result.model, model_version: String(result.version), id };
   const binaryOut = new Set(
-    result.outputs.filter((o) => request.outputs?.find((r) => r.name === o.name)?.parameters?.binary_data ?? request.parameters?.binary_data_output === true).map((o) => o.name),
+    result.outputs
+      .filter((o) => request.outputs?.find((r) => r.name === o.name)?.parameters?.binary_data ?? request.parameters?.binary_data_output === true)
+      .map((o) => o.name),
   );
   if (binaryOut.size === 0) return { kind: 'json', body: { ...header, outputs: result.outputs.map(jsonOutput) } };
   const parts: Uint8Array[] = [];
@@ -125,7 +133,8 @@ function decodeSegment(segment: string): string {
 
 function parseVersion(text: string): number {
   const version = Number(text);
-  if (!Number.isSafeInteger(version) || version < 1) throw new DriftlineError('REQUEST_INVALID', `model version ${JSON.stringify(text)} is not a positive integer`);
+  if (!Number.isSafeInteger(version) || version < 1)
+    throw new DriftlineError('REQUEST_INVALID', `model version ${JSON.stringify(text)} is not a positive integer`);
   return version;
 }
 
@@ -138,7 +147,10 @@ function splitBody(body: Buffer, headerLength: string | string[] | undefined): {
   if (headerLength === undefined) return { json: parseRequestJson(body), binary: Buffer.alloc(0) };
   const length = Number(headerLength);
   if (typeof headerLength !== 'string' || !Number.isSafeInteger(length) || length < 0 || length > body.length) {
-    throw new DriftlineError('REQUEST_INVALID', `${BINARY_HEADER} is ${JSON.stringify(headerLength)}; expected the JSON header's byte length, at most the body's ${body.length} bytes`);
+    throw new DriftlineError(
+      'REQUEST_INVALID',
+      `${BINARY_HEADER} is ${JSON.stringify(headerLength)}; expected the JSON header's byte length, at most the body's ${body.length} bytes`,
+    );
   }
   return { json: parseJsonBody(body.subarray(0, length)), binary: body.subarray(length) };
 }
@@ -150,7 +162,11 @@ function toInputs(request: InferRequest, binary: Buffer): InferInput[] {
     const size = i.parameters?.binary_data_size;
     if (size === undefined) return { name: i.name, datatype: i.datatype, shape: i.shape, data: flatten(i.data ?? []) };
     if (offset + size > binary.length) {
-      throw new DriftlineError('INFERENCE_INPUT_INVALID', `input ${i.name} declares ${size} binary bytes but only ${binary.length - offset} follow the JSON header`, { details: { input: i.name } });
+      throw new DriftlineError(
+        'INFERENCE_INPUT_INVALID',
+        `input ${i.name} declares ${size} binary bytes but only ${binary.length - offset} follow the JSON header`,
+        { details: { input: i.name } },
+      );
     }
     const data = decodeBinaryTensor(i.name, i.datatype, binary.subarray(offset, offset + size));
     offset += size;

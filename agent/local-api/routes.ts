@@ -136,7 +136,17 @@ export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
     const items = parseFeedback(parseJsonBody(await readBody(req, feedbackLimit)));
     const labels = ledger.label(items, { model: name, version });
     for (const label of labels) options.feedback?.record(label);
-    sendJson(res, 202, { accepted: labels.length, items: labels.map((l) => ({ id: l.requestId, model_name: l.model, model_version: String(l.version), predicted: l.predicted, label: l.label, correct: l.correct })) });
+    sendJson(res, 202, {
+      accepted: labels.length,
+      items: labels.map((l) => ({
+        id: l.requestId,
+        model_name: l.model,
+        model_version: String(l.version),
+        predicted: l.predicted,
+        label: l.label,
+        correct: l.correct,
+      })),
+    });
   }
 
   function onError(err: unknown, req: IncomingMessage, res: ServerResponse): void {

@@ -136,4 +136,6 @@ async function existingSize(file: string): Promise<number> {
 }
 
 const timeout = (request: DownloadRequest): DriftlineError =>
-  new DriftlineError('DOWNLOAD_TIMEOUT', `download of ${request.url} did not finish within ${request.timeoutMs} ms`, { details: { timeoutMs: request.timeoutMs } });
+  new DriftlineError('DOWNLOAD_TIMEOUT', `download of ${request.url} did not finish within ${request.timeoutMs} ms`, {
+    details: { timeoutMs: request.timeoutMs },
+  });

@@ -17,7 +17,9 @@ export async function runGoldenSelfTest(runtime: ModelRuntime, providers: readon
       try {
         outputs = await session.run(feeds);
       } catch (err) {
-        throw new DriftlineError('RELEASE_SELF_TEST_FAILED', `golden vector ${i} did not run: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+        throw new DriftlineError('RELEASE_SELF_TEST_FAILED', `golden vector ${i} did not run: ${err instanceof Error ? err.message : String(err)}`, {
+          cause: err,
+        });
       }
       compareGolden(vector.outputs, outputs, golden.tolerance, i);
     }

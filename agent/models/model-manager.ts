@@ -159,7 +159,13 @@ export class ModelManager {
     }
     const active = this.persisted.active;
     if (active) {
-      await this.options.host.load({ name: active.name, version: active.version, sha256: active.sha256, path: this.pathFor(active.sha256), ...(active.examples ? { examples: active.examples } : {}) });
+      await this.options.host.load({
+        name: active.name,
+        version: active.version,
+        sha256: active.sha256,
+        path: this.pathFor(active.sha256),
+        ...(active.examples ? { examples: active.examples } : {}),
+      });
       this.options.logger.info({ model: active.name, version: active.version }, 'restored active model');
     }
     const install = this.persisted.install;
@@ -167,13 +173,19 @@ export class ModelManager {
     const desired = DesiredState.fromJSON(install.desired);
     const interrupted = (install.interruptedActivations ?? 0) + (install.state === 'activating' ? 1 : 0);
     if (install.state === 'activating' && interrupted <= this.options.activationRetries) {
-      this.options.logger.warn({ model: refOf(desired), attempt: interrupted, of: this.options.activationRetries }, 'the model activation was interrupted; trying it again');
+      this.options.logger.warn(
+        { model: refOf(desired), attempt: interrupted, of: this.options.activationRetries },
+        'the model activation was interrupted; trying it again',
+      );
       this.write({ ...this.persisted, install: { ...install, interruptedActivations: interrupted } });
       return this.apply(desired, { resume: true });
     }
     if (install.state === 'activating') {
       const ref = refOf(desired);
-      const error = new DriftlineError('RELEASE_ACTIVATION_INTERRUPTED', `activation of ${ref.name} v${ref.version} was interrupted; the previous model stays active`);
+      const error = new DriftlineError(
+        'RELEASE_ACTIVATION_INTERRUPTED',
+        `activation of ${ref.name} v${ref.version} was interrupted; the previous model stays active`,
+      );
       this.write({ ...this.persisted, install: undefined, appliedRevision: Math.max(this.persisted.appliedRevision, desired.revision) });
       this.fail(ref, error);
       this.collectGarbage();
@@ -268,7 +280,11 @@ export class ModelManager {
   private check(desired: DesiredState): { manifest?: ReleaseManifest; rollback: boolean } {
     const model = desired.model!;
     const { trust, clock, device } = this.options;
-    if (!ARTIFACT_PATH.test(model.artifactPath) || model.artifactPath.split('/').some((seg) => seg === '..' || seg === '.') || !model.artifactPath.endsWith(model.sha256)) {
+    if (
+      !ARTIFACT_PATH.test(model.artifactPath) ||
+      model.artifactPath.split('/').some((seg) => seg === '..' || seg === '.') ||
+      !model.artifactPath.endsWith(model.sha256)
+    ) {
       throw new DriftlineError('RELEASE_MISMATCH', `artifact path ${JSON.stringify(model.artifactPath)} is not the content address of ${model.sha256}`);
     }
     if (model.sizeBytes > this.options.maxModelBytes) {
@@ -281,10 +297,16 @@ export class ModelManager {
       }
       return { rollback: false };
     }
-    if (model.envelope.length === 0) throw new DriftlineError('RELEASE_UNSIGNED', `${model.name} v${model.version} is not signed and this device has a pinned root`);
+    if (model.envelope.length === 0)
+      throw new DriftlineError('RELEASE_UNSIGNED', `${model.name} v${model.version} is not signed and this device has a pinned root`);
     const root = trust!.advance(desired.rootChain, clock);
     const { manifest } = verifyRelease(model.envelope, root.metadata, clock);
-    if (manifest.name !== model.name || manifest.version !== model.version || manifest.artifact.sha256 !== model.sha256 || manifest.artifact.sizeBytes !== model.sizeBytes) {
+    if (
+      manifest.name !== model.name ||
+      manifest.version !== model.version ||
+      manifest.artifact.sha256 !== model.sha256 ||
+      manifest.artifact.sizeBytes !== model.sizeBytes
+    ) {
       throw new DriftlineError('RELEASE_MISMATCH', `the signed manifest (${manifest.name} v${manifest.version}) does not describe the desired artifact`, {
         details: { signed: { name: manifest.name, version: manifest.version, sha256: manifest.artifact.sha256, sizeBytes: manifest.artifact.sizeBytes } },
       });
@@ -311,11 +333,13 @@ export class ModelManager {
       const c = manifest.constraints;
       const incompatible: string[] = [];
       if (c.arch.length > 0 && !c.arch.includes(device.arch)) incompatible.push(`arch ${device.arch} not in [${c.arch.join(', ')}]`);
-      if (c.providers.length > 0 && !c.providers.some((p) => device.providers.includes(p))) incompatible.push(`none of the providers [${c.providers.join(', ')}]`);
+      if (c.providers.length > 0 && !c.providers.some((p) => device.providers.includes(p)))
+        incompatible.push(`none of the providers [${c.providers.join(', ')}]`);
       if (c.minMemoryBytes > device.memoryBytes) incompatible.push(`needs ${c.minMemoryBytes} bytes of memory`);
       const missing = c.flags.filter((f) => !(device.flags ?? []).includes(f));
       if (missing.length > 0) incompatible.push(`lacks ${missing.join(', ')}`);
-      if (incompatible.length > 0) throw new DriftlineError('RELEASE_INCOMPATIBLE', `${manifest.name} v${manifest.version} does not fit this device: ${incompatible.join('; ')}`);
+      if (incompatible.length > 0)
+        throw new DriftlineError('RELEASE_INCOMPATIBLE', `${manifest.name} v${manifest.version} does not fit this device: ${incompatible.join('; ')}`);
     }
     return { manifest, rollback };
   }
@@ -398,6 +422,8 @@ function warmUpExamples(manifest: ReleaseManifest): ExampleInputs | undefined {
 
 function persistable(examples: ExampleInputs): ExampleInputs {
   return examples.map((example) =>
-    Object.fromEntries(Object.entries(example).map(([name, t]) => [name, t.data !== undefined && t.data.length > PERSISTED_EXAMPLE_VALUES ? { type: t.type, dims: t.dims } : t])),
+    Object.fromEntries(
+      Object.entries(example).map(([name, t]) => [name, t.data !== undefined && t.data.length > PERSISTED_EXAMPLE_VALUES ? { type: t.type, dims: t.dims } : t]),
+    ),
   );
 }

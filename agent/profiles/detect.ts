@@ -44,15 +44,21 @@ export function chooseProfile(requested: string, profiles: ReadonlyMap<string, F
   if (requested !== 'auto') {
     const profile = profiles.get(requested);
     if (!profile) {
-      throw new DriftlineError('CONFIG_INVALID', `unknown firmware profile ${JSON.stringify(requested)}; known profiles: ${[...profiles.keys()].join(', ')}, or auto`, {
-        details: { profile: requested },
-      });
+      throw new DriftlineError(
+        'CONFIG_INVALID',
+        `unknown firmware profile ${JSON.stringify(requested)}; known profiles: ${[...profiles.keys()].join(', ')}, or auto`,
+        {
+          details: { profile: requested },
+        },
+      );
     }
     const warnings = arch === profile.arch ? [] : [`firmware profile ${profile.name} is for ${profile.arch} but this host is ${facts.arch}`];
     return { profile, reason: 'configured', warnings };
   }
   if (arch === undefined) {
-    throw new DriftlineError('CONFIG_INVALID', `no firmware profile covers the ${facts.arch} architecture; profiles exist for x86_64 and arm64`, { details: { arch: facts.arch } });
+    throw new DriftlineError('CONFIG_INVALID', `no firmware profile covers the ${facts.arch} architecture; profiles exist for x86_64 and arm64`, {
+      details: { arch: facts.arch },
+    });
   }
   let best: { profile: FirmwareProfile; matched: string[] } | undefined;
   for (const profile of profiles.values()) {
@@ -63,7 +69,12 @@ export function chooseProfile(requested: string, profiles: ReadonlyMap<string, F
   if (best) return { profile: best.profile, reason: `detected: ${best.matched.join(', ')}`, warnings: [] };
   const fallback = profiles.get(FALLBACK_PROFILES[arch]);
   if (!fallback) throw new DriftlineError('PROFILE_INVALID', `the fallback firmware profile ${FALLBACK_PROFILES[arch]} is missing`);
-  const seen = [`arch ${facts.arch}`, facts.deviceTreeModel ? `device-tree model ${JSON.stringify(facts.deviceTreeModel)}` : undefined, facts.tegraRelease ? `tegra release ${JSON.stringify(facts.tegraRelease)}` : undefined, facts.nvidiaSmi ? 'nvidia-smi present' : undefined]
+  const seen = [
+    `arch ${facts.arch}`,
+    facts.deviceTreeModel ? `device-tree model ${JSON.stringify(facts.deviceTreeModel)}` : undefined,
+    facts.tegraRelease ? `tegra release ${JSON.stringify(facts.tegraRelease)}` : undefined,
+    facts.nvidiaSmi ? 'nvidia-smi present' : undefined,
+  ]
     .filter(Boolean)
     .join(', ');
   return {
@@ -100,14 +111,21 @@ export type MissingProviderFact = 'arm64-prebuilt-cpu-only' | 'library-lacks-pro
  * Why an accelerated provider the profile asks for is missing from this onnxruntime, in
  * terms of the fact that applies to this host, so the fix is in the message.
  */
-export function missingProviderFact(provider: string, facts: Pick<HostFacts, 'arch' | 'platform'>, libraryPath: string | undefined): { fact: MissingProviderFact; message: string } {
+export function missingProviderFact(
+  provider: string,
+  facts: Pick<HostFacts, 'arch' | 'platform'>,
+  libraryPath: string | undefined,
+): { fact: MissingProviderFact; message: string } {
   if (facts.platform === 'linux' && facts.arch === 'arm64') {
     return libraryPath === undefined
       ? {
           fact: 'arm64-prebuilt-cpu-only',
           message: `onnxruntime-node's prebuilt linux-arm64 library is CPU-only (microsoft/onnxruntime#21232): set onnxruntime.libraryPath in the firmware profile (or inference.libraryPath in the agent configuration) to a folder with an onnxruntime built for this device's JetPack`,
         }
-      : { fact: 'library-lacks-provider', message: `the onnxruntime loaded from ${libraryPath} has no ${provider} provider: it must be a build for this device's JetPack with CUDA and TensorRT enabled` };
+      : {
+          fact: 'library-lacks-provider',
+          message: `the onnxruntime loaded from ${libraryPath} has no ${provider} provider: it must be a build for this device's JetPack with CUDA and TensorRT enabled`,
+        };
   }
   if (facts.platform === 'linux' && facts.arch === 'x64') {
     return {

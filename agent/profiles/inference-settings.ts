@@ -50,9 +50,16 @@ export function inferenceSettings(profile: FirmwareProfile, overrides: Inference
  * One warning per provider in the chain that this onnxruntime does not have, naming the
  * fact that applies here: models will fall back along the chain, and the operator sees why.
  */
-export function providerWarnings(settings: Pick<InferenceSettings, 'providers' | 'libraryPath'>, available: readonly string[], facts: Pick<HostFacts, 'arch' | 'platform'>): string[] {
+export function providerWarnings(
+  settings: Pick<InferenceSettings, 'providers' | 'libraryPath'>,
+  available: readonly string[],
+  facts: Pick<HostFacts, 'arch' | 'platform'>,
+): string[] {
   const fallback = settings.providers.find((p) => available.includes(p.name))?.name;
   return settings.providers
     .filter((p) => !available.includes(p.name))
-    .map((p) => `execution provider ${p.name} is not available, models will run on ${fallback ?? 'no provider'}: ${missingProviderFact(p.name, facts, settings.libraryPath).message}`);
+    .map(
+      (p) =>
+        `execution provider ${p.name} is not available, models will run on ${fallback ?? 'no provider'}: ${missingProviderFact(p.name, facts, settings.libraryPath).message}`,
+    );
 }

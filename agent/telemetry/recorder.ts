@@ -3,7 +3,16 @@ import { freemem } from 'node:os';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
-import { Outcome, Stream, TelemetryRecord, type EventRecord, type InferenceRecord, type LabelRecord, type SampleRecord, type SystemRecord } from '../../common/proto/driftline/v1/device_link.js';
+import {
+  Outcome,
+  Stream,
+  TelemetryRecord,
+  type EventRecord,
+  type InferenceRecord,
+  type LabelRecord,
+  type SampleRecord,
+  type SystemRecord,
+} from '../../common/proto/driftline/v1/device_link.js';
 import type { TelemetryBuffer } from '../buffer/ports.js';
 import type { HostReading } from './host-sensors.js';
 
@@ -31,7 +40,10 @@ export class TelemetryRecorder {
   }
 
   inference(value: Partial<InferenceRecord> & Pick<InferenceRecord, 'model' | 'latencyMs'>): void {
-    this.record(Stream.STREAM_INFERENCE, { $case: 'inference', value: { version: 0, provider: '', outcome: Outcome.OUTCOME_OK, topClass: -1, confidence: 0, errorCode: '', batchSize: 1, ...value } });
+    this.record(Stream.STREAM_INFERENCE, {
+      $case: 'inference',
+      value: { version: 0, provider: '', outcome: Outcome.OUTCOME_OK, topClass: -1, confidence: 0, errorCode: '', batchSize: 1, ...value },
+    });
   }
 
   /** Resolves once the record is committed, or counted as dropped (never rejects). */
@@ -87,15 +99,18 @@ export class TelemetryRecorder {
     this.observed = [];
     for (const { stream, timeMs, body, settled } of observed) {
       const bytes = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream, body }).finish();
-      this.buffer.enqueue({ stream, timeMs, body: bytes }).then(() => {
-        this.enqueued++;
-        this.onRecorded();
-        settled?.();
-      }, (err: unknown) => {
-        this.dropped++;
-        this.logger.warn({ err, stream }, 'telemetry record dropped');
-        settled?.();
-      });
+      this.buffer.enqueue({ stream, timeMs, body: bytes }).then(
+        () => {
+          this.enqueued++;
+          this.onRecorded();
+          settled?.();
+        },
+        (err: unknown) => {
+          this.dropped++;
+          this.logger.warn({ err, stream }, 'telemetry record dropped');
+          settled?.();
+        },
+      );
     }
   }
 

@@ -40,7 +40,13 @@ export class SampleCapture {
   /** The record to buffer for this request, or undefined when the policy keeps nothing. */
   consider(inputs: readonly InferInput[], outcome: CaptureOutcome): SampleRecord | undefined {
     const ok = outcome.outputs !== undefined;
-    const reason = ok ? (this.policy.sampleRate > 0 && this.random() < this.policy.sampleRate ? 'sampled' : undefined) : this.policy.errors ? 'error' : undefined;
+    const reason = ok
+      ? this.policy.sampleRate > 0 && this.random() < this.policy.sampleRate
+        ? 'sampled'
+        : undefined
+      : this.policy.errors
+        ? 'error'
+        : undefined;
     if (!reason) return undefined;
     const budget = { bytes: this.policy.maxSampleBytes };
     const inputTensors = inputs.map((input) => inputTensor(input, budget));

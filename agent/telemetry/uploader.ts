@@ -119,10 +119,13 @@ export class TelemetryUploader {
     this.tokensAt = now;
     if (this.tokens > 0) return true;
     if (!this.bandwidthTimer) {
-      this.bandwidthTimer = setTimeout(() => {
-        this.bandwidthTimer = undefined;
-        this.pump();
-      }, Math.ceil((-this.tokens / rate) * 1000) + 1);
+      this.bandwidthTimer = setTimeout(
+        () => {
+          this.bandwidthTimer = undefined;
+          this.pump();
+        },
+        Math.ceil((-this.tokens / rate) * 1000) + 1,
+      );
     }
     return false;
   }

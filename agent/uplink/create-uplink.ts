@@ -18,6 +18,9 @@ export function createUplink(input: { mqtt: AgentConfig['mqtt']; identity: Devic
       return new MqttUplink({ ...mqtt, url: mqtt.url ?? identity.uplinkUrl, deviceId: identity.deviceId, password: credential.password, logger });
     case 'sas-key':
     case 'x509':
-      throw new DriftlineError('CONFIG_INVALID', `this agent has no uplink for a ${credential.kind} credential yet (only MQTT passwords); enroll the device again`);
+      throw new DriftlineError(
+        'CONFIG_INVALID',
+        `this agent has no uplink for a ${credential.kind} credential yet (only MQTT passwords); enroll the device again`,
+      );
   }
 }

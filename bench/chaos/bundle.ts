@@ -27,7 +27,15 @@ export async function bundleEntryPoints(dir: string): Promise<{ controlPlane: st
   const controlPlaneEntry = join(dir, 'driftline-entry.ts');
   writeFileSync(controlPlaneEntry, `import { main } from ${JSON.stringify(join(REPO_ROOT, 'cli/main.ts'))};\nprocess.exitCode = await main(process.argv);\n`);
   const out = { controlPlane: join(dir, 'driftline.mjs'), agent: join(dir, 'driftline-agent.mjs') };
-  const common: esbuild.BuildOptions = { bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', logLevel: 'error', plugins: [keepMetaUrl] };
+  const common: esbuild.BuildOptions = {
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    packages: 'external',
+    logLevel: 'error',
+    plugins: [keepMetaUrl],
+  };
   await esbuild.build({ ...common, entryPoints: [controlPlaneEntry], outfile: out.controlPlane });
   await esbuild.build({ ...common, entryPoints: [join(REPO_ROOT, 'agent/main.ts')], outfile: out.agent });
   return out;

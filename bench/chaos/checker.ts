@@ -100,7 +100,8 @@ export function checkDevice(e: DeviceEvidence): DeviceVerdict {
   };
   for (const r of e.stored) {
     seen.set(r.seq, (seen.get(r.seq) ?? 0) + 1);
-    if (!Number.isInteger(r.seq) || r.seq < 1 || r.seq > e.committed) flag(`seq ${r.seq} (boot ${r.boot}) was never committed by the buffer (committed 1..${e.committed})`);
+    if (!Number.isInteger(r.seq) || r.seq < 1 || r.seq > e.committed)
+      flag(`seq ${r.seq} (boot ${r.boot}) was never committed by the buffer (committed 1..${e.committed})`);
     if (!Number.isInteger(r.boot) || r.boot < 1 || r.boot > e.starts) flag(`seq ${r.seq} carries boot ${r.boot}, but the agent ran boots 1..${e.starts}`);
   }
   if (e.boot !== e.starts) flag(`the agent's boot counter is ${e.boot} after ${e.starts} starts`);
@@ -174,7 +175,10 @@ export function check(devices: readonly DeviceEvidence[]): CheckResult {
     unexpected: sum((v) => v.unexpected),
     models_inconsistent: verdicts.filter((v) => !v.modelConsistent).length,
     models_refused: Object.fromEntries(
-      [...new Set(verdicts.filter((v) => !v.modelConsistent && v.refusal).map((v) => v.refusal))].map((code) => [code, verdicts.filter((v) => !v.modelConsistent && v.refusal === code).length]),
+      [...new Set(verdicts.filter((v) => !v.modelConsistent && v.refusal).map((v) => v.refusal))].map((code) => [
+        code,
+        verdicts.filter((v) => !v.modelConsistent && v.refusal === code).length,
+      ]),
     ),
     buffered: sum((v) => v.buffered),
     dropped: sum((v) => v.dropped),
@@ -185,4 +189,3 @@ export function check(devices: readonly DeviceEvidence[]): CheckResult {
     devices: verdicts,
   };
 }
-

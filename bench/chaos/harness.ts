@@ -104,7 +104,19 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   const ports = { grpc: await freePort(), http: await freePort(), mqtt: await freePort() };
   // A rollout driver that ticks often, so a trial's kill lands among its transitions.
   writeFileSync(join(dir, 'cp.yaml'), 'rollout:\n  tickInterval: 200ms\n');
-  const serveArgs = ['serve', '--config', join(dir, 'cp.yaml'), '--data-dir', join(dir, 'cp'), '--grpc-port', `${ports.grpc}`, '--http-port', `${ports.http}`, '--mqtt-port', `${ports.mqtt}`];
+  const serveArgs = [
+    'serve',
+    '--config',
+    join(dir, 'cp.yaml'),
+    '--data-dir',
+    join(dir, 'cp'),
+    '--grpc-port',
+    `${ports.grpc}`,
+    '--http-port',
+    `${ports.http}`,
+    '--mqtt-port',
+    `${ports.mqtt}`,
+  ];
   // Small batches and one in flight: an upload is nearly always under way. Fast reconnects keep trials short.
   writeFileSync(
     join(dir, 'agent.yaml'),
@@ -204,7 +216,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   const waitServing = async (agent: Agent, what: string): Promise<boolean> => {
     const from = answeredNow(agent);
     try {
-      await waitFor(() => answeredNow(agent), (n) => n >= from + LOAD_AFTER_RESTART, { timeoutMs: RECOVER_TIMEOUT_MS, intervalMs: 20, what });
+      await waitFor(
+        () => answeredNow(agent),
+        (n) => n >= from + LOAD_AFTER_RESTART,
+        { timeoutMs: RECOVER_TIMEOUT_MS, intervalMs: 20, what },
+      );
       return true;
     } catch (err) {
       stalls++;
@@ -223,14 +239,16 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       return false;
     }
   };
-  const activeRollouts = async (): Promise<number> => (await rollouts!.list()).filter((r) => r.state === 'pending' || r.state === 'progressing' || r.state === 'paused').length;
+  const activeRollouts = async (): Promise<number> =>
+    (await rollouts!.list()).filter((r) => r.state === 'pending' || r.state === 'progressing' || r.state === 'paused').length;
   /** Pushes the next model version (bytes alternate between the two trained models). */
   const pushNext = async (): Promise<number> => {
     const version = await api!.uploadModel(MODEL, models[pushes % models.length]!);
     pushes++;
     return version.version;
   };
-  const noActiveRollout = (): Promise<number> => waitFor(activeRollouts, (n) => n === 0, { timeoutMs: SETTLE_TIMEOUT_MS, intervalMs: 100, what: 'no active rollout' });
+  const noActiveRollout = (): Promise<number> =>
+    waitFor(activeRollouts, (n) => n === 0, { timeoutMs: SETTLE_TIMEOUT_MS, intervalMs: 100, what: 'no active rollout' });
 
   try {
     await startControlPlane();
@@ -262,7 +280,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
           break;
         case 'agent-upload':
           // Records waiting and the uplink connected: a batch is on its way or about to be.
-          await waitFor(() => health(agent.url), (h) => h !== undefined && h.uplinkConnected && h.bufferDepth > 0, { timeoutMs: RECOVER_TIMEOUT_MS, intervalMs: 5, what: 'an upload under way' }).catch(() => undefined);
+          await waitFor(
+            () => health(agent.url),
+            (h) => h !== undefined && h.uplinkConnected && h.bufferDepth > 0,
+            { timeoutMs: RECOVER_TIMEOUT_MS, intervalMs: 5, what: 'an upload under way' },
+          ).catch(() => undefined);
           await sleep(random() * 20);
           await kill(agent.process);
           break;
@@ -292,7 +314,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         case 'cp-rollout': {
           await noActiveRollout();
           const version = await pushNext();
-          await rollouts!.start({ model: MODEL, version, wavePercents: [50, 100], bakeSeconds: 1, minDevices: 1, gates: ['none'], clientRequestId: `chaos-${trial}` });
+          await rollouts!.start({
+            model: MODEL,
+            version,
+            wavePercents: [50, 100],
+            bakeSeconds: 1,
+            minDevices: 1,
+            gates: ['none'],
+            clientRequestId: `chaos-${trial}`,
+          });
           // Waves, bakes and desired-state writes go by every tick (200 ms): somewhere among them.
           await sleep(random() * 2500);
           await kill(controlPlane);
@@ -331,16 +361,25 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       const healths = await Promise.all(agents.map((a) => health(a.url)));
       return healths.every((h, i) => {
         const want = desired.get(agents[i]!.id);
-        return h && h.bufferDepth === 0 && ((h.activeModel?.name === want?.name && h.activeModel?.version === want?.version) || errors.get(agents[i]!.id) !== '');
+        return (
+          h && h.bufferDepth === 0 && ((h.activeModel?.name === want?.name && h.activeModel?.version === want?.version) || errors.get(agents[i]!.id) !== '')
+        );
       });
     };
-    await waitFor(settled, (ok) => ok, { timeoutMs: SETTLE_TIMEOUT_MS, intervalMs: 200, what: 'buffers drained and every device on its desired model or reporting why not' }).catch((err: unknown) => log(`chaos: ${String(err)}`));
+    await waitFor(settled, (ok) => ok, {
+      timeoutMs: SETTLE_TIMEOUT_MS,
+      intervalMs: 200,
+      what: 'buffers drained and every device on its desired model or reporting why not',
+    }).catch((err: unknown) => log(`chaos: ${String(err)}`));
     const desired = await desiredOf();
     const reportedErrors = await reportedErrorOf();
     for (const agent of agents) {
       const h = await health(agent.url);
       const want = desired.get(agent.id);
-      if (h?.activeModel?.version !== want?.version) log(`chaos: ${agent.id} serves ${JSON.stringify(h?.activeModel)} but its desired model is ${JSON.stringify(want)}; its log:\n${agent.process?.stderr().slice(-4000)}`);
+      if (h?.activeModel?.version !== want?.version)
+        log(
+          `chaos: ${agent.id} serves ${JSON.stringify(h?.activeModel)} but its desired model is ${JSON.stringify(want)}; its log:\n${agent.process?.stderr().slice(-4000)}`,
+        );
     }
     const served = new Map(await Promise.all(agents.map(async (a) => [a.id, (await health(a.url))?.activeModel ?? null] as const)));
     for (const agent of agents) {
@@ -400,7 +439,8 @@ function readBuffer(file: string): Pick<DeviceEvidence, 'committed' | 'pendingSe
   try {
     const committed = (db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'outbox'`).get() as { seq: number } | undefined)?.seq ?? 0;
     const pendingSeqs = (db.prepare('SELECT seq FROM outbox').all() as Array<{ seq: number }>).map((r) => r.seq);
-    const state = (key: string): string | undefined => (db.prepare('SELECT value FROM agent_state WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+    const state = (key: string): string | undefined =>
+      (db.prepare('SELECT value FROM agent_state WHERE key = ?').get(key) as { value: string } | undefined)?.value;
     const drops = JSON.parse(state('buffer.drops') ?? '{}') as Record<string, Record<string, number>>;
     const dropped = Object.values(drops).reduce((n, reasons) => n + Object.values(reasons).reduce((a, b) => a + b, 0), 0);
     return { committed, pendingSeqs, dropped, boot: Number(state('boot')) };

@@ -92,7 +92,9 @@ export function registerDevices(program: Command): void {
 
   devices
     .command('reenroll')
-    .description("create a one-time token that re-enrolls an enrolled device: when spent, the device gets a new secret and sessions using the old one are dropped")
+    .description(
+      'create a one-time token that re-enrolls an enrolled device: when spent, the device gets a new secret and sessions using the old one are dropped',
+    )
     .argument('<id>', 'device id')
     .option('--ttl <duration>', 'how long the token stays valid, e.g. 24h (default: the server setting)', durationMs)
     .action((id: string, options: { ttl?: number }, command: Command) =>
@@ -115,7 +117,14 @@ export function registerDevices(program: Command): void {
           const now = systemClock.now();
           output.table(
             ['ID', 'DEVICE', 'KIND', 'STATE', 'CREATED', 'EXPIRES'],
-            response.tokens.map((t) => [t.id, t.deviceId, t.reenroll ? 'reenroll' : 'enroll', t.state, relativeTime(t.createdAtMs, now), new Date(t.expiresAtMs).toISOString()]),
+            response.tokens.map((t) => [
+              t.id,
+              t.deviceId,
+              t.reenroll ? 'reenroll' : 'enroll',
+              t.state,
+              relativeTime(t.createdAtMs, now),
+              new Date(t.expiresAtMs).toISOString(),
+            ]),
             options.all ? 'No enrollment tokens found' : 'No usable enrollment tokens found (--all shows used, expired and revoked ones)',
           );
         });
@@ -131,7 +140,9 @@ export function registerDevices(program: Command): void {
         const client = connection.api.service(DeviceServiceService);
         const token = await client.revokeEnrollmentToken({ id });
         output.result(EnrollmentToken.toJSON(token), () =>
-          output.line(token.state === 'used' ? `token ${token.id} was already used; nothing to revoke` : `revoked enrollment token ${token.id} for ${token.deviceId}`),
+          output.line(
+            token.state === 'used' ? `token ${token.id} was already used; nothing to revoke` : `revoked enrollment token ${token.id} for ${token.deviceId}`,
+          ),
         );
       }),
     );

@@ -59,8 +59,8 @@ export function registerDrift(program: Command): void {
     .description('drift status per model version and cohort (device label "cohort"), with per-feature statistics')
     .requiredOption('--model <name>', 'model name')
     .option('--version <n>', 'only this version (default: every version with data)', integer(1))
-    .option('--since <duration>', 'window, e.g. 15m or 24h (default: the server\'s drift.window)', durationMs)
-    .option('--features', 'print every feature\'s statistics, not only the drifted ones')
+    .option('--since <duration>', "window, e.g. 15m or 24h (default: the server's drift.window)", durationMs)
+    .option('--features', "print every feature's statistics, not only the drifted ones")
     .action((options: { model: string; version?: number; since?: number; features?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(DriftServiceService);
@@ -99,7 +99,17 @@ export function registerDrift(program: Command): void {
             output.line(`\n${options.model}@v${s.version} ${s.cohort || FLEET}: ${s.status} (${s.reason})`);
             output.table(
               ['FEATURE', 'STATUS', 'PSI', 'JS', 'HELLINGER', 'KS', 'WASSERSTEIN', 'P (BH)', 'DRIFTED'],
-              shown.map((f) => [f.name, f.status, f.psi.toFixed(3), f.jensenShannon.toFixed(3), f.hellinger.toFixed(3), f.ks.toFixed(3), f.wasserstein.toPrecision(3), pValueText(f.pAdjusted), f.drifted ? 'yes' : 'no']),
+              shown.map((f) => [
+                f.name,
+                f.status,
+                f.psi.toFixed(3),
+                f.jensenShannon.toFixed(3),
+                f.hellinger.toFixed(3),
+                f.ks.toFixed(3),
+                f.wasserstein.toPrecision(3),
+                pValueText(f.pAdjusted),
+                f.drifted ? 'yes' : 'no',
+              ]),
             );
           }
         });
@@ -114,27 +124,28 @@ export function registerDrift(program: Command): void {
     .option('--cohort <label>', `only this cohort ("${FLEET}" for the whole fleet)`)
     .option('--since <duration>', 'only events in this window, e.g. 24h', durationMs)
     .option('--after-id <id>', 'only events after this id (to resume)', integer(0))
-    .option('--limit <n>', 'at most this many events (default: the server\'s, 1000)', integer(1, 10_000))
+    .option('--limit <n>', "at most this many events (default: the server's, 1000)", integer(1, 10_000))
     .option('--watch', 'after the recorded events, keep printing new ones until interrupted (one JSON line each with --json)')
-    .action((options: { model?: string; version?: number; cohort?: string; since?: number; afterId?: number; limit?: number; watch?: boolean }, command: Command) =>
-      withConnection(command, async (connection, output) => {
-        const client = connection.api.service(DriftServiceService);
-        const request = {
-          model: options.model ?? '',
-          version: options.version ?? 0,
-          cohort: options.cohort === undefined ? undefined : options.cohort === FLEET ? '' : options.cohort,
-          sinceMs: sinceMs(options.since),
-          afterId: options.afterId ?? 0,
-          limit: options.limit ?? 0,
-        };
-        if (!options.watch) {
-          const { events } = await client.listDriftEvents(request);
-          output.result({ events: events.map((e) => DriftEvent.toJSON(e)) }, () =>
-            output.table(EVENT_COLUMNS, events.map(eventRow), 'No drift events found'),
-          );
-          return;
-        }
-        for await (const e of client.watchDriftEvents(request)) output.line(output.json ? JSON.stringify(DriftEvent.toJSON(e)) : eventLine(e));
-      }),
+    .action(
+      (options: { model?: string; version?: number; cohort?: string; since?: number; afterId?: number; limit?: number; watch?: boolean }, command: Command) =>
+        withConnection(command, async (connection, output) => {
+          const client = connection.api.service(DriftServiceService);
+          const request = {
+            model: options.model ?? '',
+            version: options.version ?? 0,
+            cohort: options.cohort === undefined ? undefined : options.cohort === FLEET ? '' : options.cohort,
+            sinceMs: sinceMs(options.since),
+            afterId: options.afterId ?? 0,
+            limit: options.limit ?? 0,
+          };
+          if (!options.watch) {
+            const { events } = await client.listDriftEvents(request);
+            output.result({ events: events.map((e) => DriftEvent.toJSON(e)) }, () =>
+              output.table(EVENT_COLUMNS, events.map(eventRow), 'No drift events found'),
+            );
+            return;
+          }
+          for await (const e of client.watchDriftEvents(request)) output.line(output.json ? JSON.stringify(DriftEvent.toJSON(e)) : eventLine(e));
+        }),
     );
 }

@@ -32,12 +32,23 @@ export function registerKeys(program: Command): void {
       if (options.threshold > options.rootKeys) throw usageError('--threshold cannot exceed --root-keys');
       const passphrase = options.rollbackPassphraseEnv ? process.env[options.rollbackPassphraseEnv] : undefined;
       if (options.rollbackPassphraseEnv && !passphrase) throw usageError(`$${options.rollbackPassphraseEnv} is empty`);
-      const result = initKeys({ dir: options.dir, rootKeys: options.rootKeys, threshold: options.threshold, clock: systemClock, lifetimeMs: options.expires, rollbackPassphrase: passphrase });
+      const result = initKeys({
+        dir: options.dir,
+        rootKeys: options.rootKeys,
+        threshold: options.threshold,
+        clock: systemClock,
+        lifetimeMs: options.expires,
+        rollbackPassphrase: passphrase,
+      });
       const output = createOutput(jsonOf(command));
       output.result({ ...result, rootDir: resolve(keyFolder(options.dir).rootDir) }, () => {
-        output.line(`created ${result.rootKeyIds.length} root keys (threshold ${result.threshold}), release key ${result.releaseKeyId.slice(0, 12)}, rollback key ${result.rollbackKeyId.slice(0, 12)}`);
+        output.line(
+          `created ${result.rootKeyIds.length} root keys (threshold ${result.threshold}), release key ${result.releaseKeyId.slice(0, 12)}, rollback key ${result.rollbackKeyId.slice(0, 12)}`,
+        );
         output.line(`root metadata v1 (expires ${iso(result.expiresAtMs)}): ${result.rootFile}`);
-        output.line(`next: driftline serve --trust-root ${keyFolder(options.dir).rootDir}; driftline models push model.onnx --name <name> --sign --keys-dir ${options.dir}`);
+        output.line(
+          `next: driftline serve --trust-root ${keyFolder(options.dir).rootDir}; driftline models push model.onnx --name <name> --sign --keys-dir ${options.dir}`,
+        );
       });
     });
 
@@ -53,7 +64,15 @@ export function registerKeys(program: Command): void {
     .option('--expires <duration>', 'lifetime of the new version (e.g. 365d)', durationMs)
     .action(
       (
-        options: { dir: string; addReleaseKey?: boolean; revoke?: string[]; addRootKeys?: number; removeRootKey?: string[]; threshold?: number; expires?: number },
+        options: {
+          dir: string;
+          addReleaseKey?: boolean;
+          revoke?: string[];
+          addRootKeys?: number;
+          removeRootKey?: string[];
+          threshold?: number;
+          expires?: number;
+        },
         command: Command,
       ) => {
         const { rootFile, metadata, newKeyIds } = rotateRoot(
@@ -82,7 +101,9 @@ export function registerKeys(program: Command): void {
     .description('show the latest root version: keys, threshold, expiry; warns when it expires soon or has expired')
     .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
     .addOption(
-      new Option('--warn-within <duration>', 'warn when the root expires within this (e.g. 7d)').argParser(durationMs).default(DEFAULT_EXPIRY_WARNING_MS, formatDuration(DEFAULT_EXPIRY_WARNING_MS)),
+      new Option('--warn-within <duration>', 'warn when the root expires within this (e.g. 7d)')
+        .argParser(durationMs)
+        .default(DEFAULT_EXPIRY_WARNING_MS, formatDuration(DEFAULT_EXPIRY_WARNING_MS)),
     )
     .action((options: { dir: string; warnWithin: number }, command: Command) => {
       const root = latestRoot(keyFolder(options.dir));

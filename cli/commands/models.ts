@@ -11,13 +11,7 @@ import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, wi
 import { referenceWithModelPredictions } from '../releases/prediction-reference.js';
 import { assertModelName } from '../../common/ids.js';
 import { parseExampleInputsFile } from '../../common/onnx/example-inputs.js';
-import {
-  DeployModelResponse,
-  ModelServiceService,
-  ModelVersion,
-  type TensorSpec,
-  type UploadModelHeader,
-} from '../../common/proto/driftline/v1/models.js';
+import { DeployModelResponse, ModelServiceService, ModelVersion, type TensorSpec, type UploadModelHeader } from '../../common/proto/driftline/v1/models.js';
 import { readModelSignature } from '../../common/onnx/signature.js';
 import { keyFolder, releaseSigner } from '../../common/trust/key-files.js';
 import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../common/trust/manifest.js';
@@ -43,12 +37,15 @@ export function registerModels(program: Command): void {
     .requiredOption('--name <name>', 'model name')
     .option('--description <text>', 'what changed in this version', '')
     .option('--reference <csv>', 'drift reference data: CSV with a header of feature names and an optional label column')
-    .option('--classes <a,b,...>', 'class names in the model\'s output order (for the reference\'s label column)')
-    .option('--drift-policy <json>', 'with --reference: this model\'s drift thresholds and feature importances (JSON file, see README)')
+    .option('--classes <a,b,...>', "class names in the model's output order (for the reference's label column)")
+    .option('--drift-policy <json>', "with --reference: this model's drift thresholds and feature importances (JSON file, see README)")
     .option('--sign', 'sign a release manifest for the assigned version (offline, with the release key in --keys-dir) and publish it')
     .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
     .option('--golden <n>', 'with --sign: golden test vectors to record (from --reference rows, else seeded inputs)', integer(0, 64), 3)
-    .option('--examples <file.json>', 'with --sign: example inputs the model runs on (dims and optional values per input), signed in for the device\'s warm-up and used for the golden vectors')
+    .option(
+      '--examples <file.json>',
+      "with --sign: example inputs the model runs on (dims and optional values per input), signed in for the device's warm-up and used for the golden vectors",
+    )
     .option('--providers <list>', 'with --sign: execution providers the model needs, any of (e.g. cuda,cpu)', commaList)
     .option('--arch <list>', 'with --sign: device architectures it runs on (x86_64,arm64)', commaList)
     .option('--min-memory <bytes>', 'with --sign: device memory it needs, in bytes', integer(0))
@@ -81,11 +78,14 @@ export function registerModels(program: Command): void {
           output.result({ ...(ModelVersion.toJSON(existing) as object), unchanged: true }, () => output.line(line));
           return;
         }
-        const version = await upload(connection, file, { name: options.name, sizeBytes: size, sha256, description: options.description, metadata }, showProgress).catch(
-          (err: unknown) => {
-            throw notAModel(file, err) ?? err;
-          },
-        );
+        const version = await upload(
+          connection,
+          file,
+          { name: options.name, sizeBytes: size, sha256, description: options.description, metadata },
+          showProgress,
+        ).catch((err: unknown) => {
+          throw notAModel(file, err) ?? err;
+        });
         if (!signing) {
           output.result(ModelVersion.toJSON(version), () =>
             output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
@@ -99,7 +99,9 @@ export function registerModels(program: Command): void {
           envelope: signing.sign(version.version),
         });
         output.result({ ...(ModelVersion.toJSON(version) as object), signedBy: release.keyIds }, () =>
-          output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}`),
+          output.line(
+            `pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}`,
+          ),
         );
       }),
     );
@@ -111,26 +113,30 @@ export function registerModels(program: Command): void {
         'Nothing is uploaded again; the new version records the one it amends, and so does its signed release',
     )
     .argument('<name@vN>', 'the version to correct, e.g. vibration@v2')
-    .argument('[file]', 'that version\'s ONNX file (checked against its sha256); needed with --reference and --sign, which run the model')
-    .option('--description <text>', 'the new version\'s description (default: the amended version\'s)', '')
+    .argument('[file]', "that version's ONNX file (checked against its sha256); needed with --reference and --sign, which run the model")
+    .option('--description <text>', "the new version's description (default: the amended version's)", '')
     .option('--reference <csv>', 'corrected drift reference data: CSV with a header of feature names and an optional label column')
-    .option('--classes <a,b,...>', 'class names in the model\'s output order (for the reference\'s label column)')
-    .option('--drift-policy <json>', 'with --reference: this model\'s drift thresholds and feature importances (JSON file, see README)')
-    .option('--sign', 'sign a release manifest for the new version (needed when the amended version is signed); constraints, examples and lineage not given again are taken from its release')
+    .option('--classes <a,b,...>', "class names in the model's output order (for the reference's label column)")
+    .option('--drift-policy <json>', "with --reference: this model's drift thresholds and feature importances (JSON file, see README)")
+    .option(
+      '--sign',
+      'sign a release manifest for the new version (needed when the amended version is signed); constraints, examples and lineage not given again are taken from its release',
+    )
     .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
     .option('--golden <n>', 'with --sign: golden test vectors to record (from --reference rows, else seeded inputs)', integer(0, 64), 3)
-    .option('--examples <file.json>', 'with --sign: example inputs the model runs on (default: the amended release\'s)')
-    .option('--providers <list>', 'with --sign: execution providers the model needs (default: the amended release\'s)', commaList)
-    .option('--arch <list>', 'with --sign: device architectures it runs on (default: the amended release\'s)', commaList)
-    .option('--min-memory <bytes>', 'with --sign: device memory it needs, in bytes (default: the amended release\'s)', integer(0))
-    .option('--flag <flag>', 'with --sign: a profile flag it needs (repeatable; default: the amended release\'s)', repeated)
-    .option('--job <id>', 'with --sign: lineage, the training job that produced it (default: the amended release\'s)', '')
-    .option('--metric <k=v>', 'with --sign: lineage, an evaluation metric (repeatable; default: the amended release\'s)', keyValue)
+    .option('--examples <file.json>', "with --sign: example inputs the model runs on (default: the amended release's)")
+    .option('--providers <list>', "with --sign: execution providers the model needs (default: the amended release's)", commaList)
+    .option('--arch <list>', "with --sign: device architectures it runs on (default: the amended release's)", commaList)
+    .option('--min-memory <bytes>', "with --sign: device memory it needs, in bytes (default: the amended release's)", integer(0))
+    .option('--flag <flag>', "with --sign: a profile flag it needs (repeatable; default: the amended release's)", repeated)
+    .option('--job <id>', "with --sign: lineage, the training job that produced it (default: the amended release's)", '')
+    .option('--metric <k=v>', "with --sign: lineage, an evaluation metric (repeatable; default: the amended release's)", keyValue)
     .action((target: string, file: string | undefined, options: Omit<PushOptions, 'name'>, command: Command) =>
       withConnection(command, async (connection, output) => {
         const { name, version } = parseVersionRef(target);
         if (options.driftPolicy && !options.reference) throw new DriftlineError('REQUEST_INVALID', '--drift-policy needs --reference');
-        if (!file && (options.reference || options.sign)) throw usageError(`--reference and --sign run the model: pass ${name} v${version}'s ONNX file after ${target}`);
+        if (!file && (options.reference || options.sign))
+          throw usageError(`--reference and --sign run the model: pass ${name} v${version}'s ONNX file after ${target}`);
         const source = (await connection.api.service(ModelServiceService).getModel({ name })).versions.find((v) => v.version === version);
         if (!source) throw new CliError('MODEL_NOT_FOUND', `model ${name} has no version ${version} (see \`driftline models get ${name}\`)`, EXIT.notFound);
         if (file) {
@@ -147,10 +153,14 @@ export function registerModels(program: Command): void {
         // A signed version's devices pin a root and refuse an unsigned successor: sign the amendment too.
         const amendedRelease = await releaseOf(connection, name, version);
         if (amendedRelease && !options.sign) {
-          throw usageError(`${name}@v${version} is signed, and devices that pin the root refuse an unsigned version: add --sign (and --keys-dir if not ${DEFAULT_KEYS_DIR})`);
+          throw usageError(
+            `${name}@v${version} is signed, and devices that pin the root refuse an unsigned version: add --sign (and --keys-dir if not ${DEFAULT_KEYS_DIR})`,
+          );
         }
         const pushOptions: PushOptions = { ...options, name };
-        const signing = options.sign ? await prepareSigning(file!, { ...pushOptions, ...(amendedRelease ? { carried: amendedRelease } : {}) }, version) : undefined;
+        const signing = options.sign
+          ? await prepareSigning(file!, { ...pushOptions, ...(amendedRelease ? { carried: amendedRelease } : {}) }, version)
+          : undefined;
         const metadata = file ? await referenceMetadata(file, pushOptions) : {};
         const amended = await connection.api.service(ModelServiceService).amendModel({ name, version, description: options.description, metadata });
         const line = `amended ${name}@v${version} as ${amended.name}@v${amended.version} (same bytes, sha256 ${shortSha(amended.sha256)})`;
@@ -180,7 +190,15 @@ export function registerModels(program: Command): void {
           const now = systemClock.now();
           output.table(
             ['NAME', 'VERSION', 'SIZE', 'SHA256', 'OPSET', 'CREATED', 'DESCRIPTION'],
-            response.latest.map((v) => [v.name, v.version, bytes(v.sizeBytes), shortSha(v.sha256), v.opset, relativeTime(v.createdAtMs, now), v.description || '-']),
+            response.latest.map((v) => [
+              v.name,
+              v.version,
+              bytes(v.sizeBytes),
+              shortSha(v.sha256),
+              v.opset,
+              relativeTime(v.createdAtMs, now),
+              v.description || '-',
+            ]),
             'No models found (push one with `driftline models push model.onnx --name <name>`)',
           );
         });
@@ -232,7 +250,11 @@ export function registerModels(program: Command): void {
         });
         if (response.devices === 0) {
           // As `rollout start` refuses with ROLLOUT_NO_TARGETS: a deploy that reached nobody is not a success.
-          const target = options.device?.length ? `device(s) ${options.device.join(', ')}` : options.selector ? `selector ${options.selector}` : 'the fleet (no device is enrolled)';
+          const target = options.device?.length
+            ? `device(s) ${options.device.join(', ')}`
+            : options.selector
+              ? `selector ${options.selector}`
+              : 'the fleet (no device is enrolled)';
           throw new CliError('DEPLOY_NO_TARGETS', `no device matches ${target}: nothing was deployed (see \`driftline devices list\`)`, EXIT.usage);
         }
         output.result(DeployModelResponse.toJSON(response), () =>
@@ -255,7 +277,10 @@ async function classOrder(modelFile: string, referenceFile: string, csv: string)
     .catch(() => undefined);
   if (fromModel) return fromModel.split(',').map((c) => c.trim());
   const lines = csv.split(/\r?\n/).filter((l) => l.trim() !== '');
-  const labelAt = (lines[0] ?? '').split(',').map((h) => h.trim()).indexOf('label');
+  const labelAt = (lines[0] ?? '')
+    .split(',')
+    .map((h) => h.trim())
+    .indexOf('label');
   if (labelAt < 0) return undefined;
   const labels = lines.slice(1).map((l) => (l.split(',')[labelAt] ?? '').trim());
   if (labels.every((l) => /^\d+$/.test(l))) return Array.from({ length: Math.max(...labels.map(Number)) + 1 }, (_, i) => String(i));
@@ -276,7 +301,9 @@ async function referenceMetadata(file: string, options: PushOptions): Promise<Re
   const csv = referenceAndRowsFromCsv(text, classNames ? { classNames } : {});
   // The class and confidence references are the model's own predictions on the reference rows.
   const reference = await referenceWithModelPredictions(await readFile(file), csv.reference, csv.rows);
-  return { [REFERENCE_METADATA_KEY]: serializeReference(options.driftPolicy ? withDriftPolicy(reference, await readFile(options.driftPolicy, 'utf8')) : reference) };
+  return {
+    [REFERENCE_METADATA_KEY]: serializeReference(options.driftPolicy ? withDriftPolicy(reference, await readFile(options.driftPolicy, 'utf8')) : reference),
+  };
 }
 
 /** `name@vN` (or `name@N`) as the CLI writes versions. */
@@ -313,7 +340,8 @@ function ignoredOptions(existing: ModelVersion, options: PushOptions, metadata: 
   const ignored: string[] = [];
   if (options.description && options.description !== existing.description) ignored.push('--description');
   const reference = metadata[REFERENCE_METADATA_KEY];
-  if (reference !== undefined && reference !== existing.metadata[REFERENCE_METADATA_KEY]) ignored.push(options.classes ? '--reference, --classes' : '--reference');
+  if (reference !== undefined && reference !== existing.metadata[REFERENCE_METADATA_KEY])
+    ignored.push(options.classes ? '--reference, --classes' : '--reference');
   else if (options.classes && reference === undefined) ignored.push('--classes');
   return ignored;
 }
@@ -326,13 +354,15 @@ async function assertNotEmpty(file: string): Promise<void> {
     },
   );
   if (size < 0) throw new CliError('MODEL_INVALID', `${file} is not a file: push an .onnx model file`, EXIT.usage);
-  if (size === 0) throw new CliError('MODEL_INVALID', `${file} is empty (0 bytes): push an .onnx model file (e.g. exported with torch.onnx.export)`, EXIT.usage);
+  if (size === 0)
+    throw new CliError('MODEL_INVALID', `${file} is empty (0 bytes): push an .onnx model file (e.g. exported with torch.onnx.export)`, EXIT.usage);
 }
 
 /** The control plane's MODEL_INVALID, said about the file the operator named. */
 function notAModel(file: string, err: unknown): CliError | undefined {
   if (!refusedWith(err, 'MODEL_INVALID')) return undefined;
-  const what = err.message === 'bytes are not an ONNX model' ? 'is not an ONNX model (its bytes do not parse as one)' : `is not a usable ONNX model: ${err.message}`;
+  const what =
+    err.message === 'bytes are not an ONNX model' ? 'is not an ONNX model (its bytes do not parse as one)' : `is not a usable ONNX model: ${err.message}`;
   return new CliError('MODEL_INVALID', `${file} ${what}; push an .onnx model file`, EXIT.usage);
 }
 
@@ -350,11 +380,18 @@ async function fingerprint(file: string): Promise<{ size: number; sha256: string
 
 async function upload(connection: Connection, file: string, header: UploadModelHeader, showProgress: boolean): Promise<ModelVersion> {
   const bar = showProgress
-    ? new SingleBar({ stream: process.stderr, format: 'uploading [{bar}] {percentage}% {sent} of {size} at {rate}, ETA {eta_formatted}' }, Presets.shades_classic)
+    ? new SingleBar(
+        { stream: process.stderr, format: 'uploading [{bar}] {percentage}% {sent} of {size} at {rate}, ETA {eta_formatted}' },
+        Presets.shades_classic,
+      )
     : undefined;
   const startedAt = systemClock.now();
   let sentBytes = 0;
-  const progress = () => ({ sent: bytes(sentBytes), size: bytes(header.sizeBytes), rate: `${bytes(Math.round(sentBytes / Math.max(0.001, (systemClock.now() - startedAt) / 1000)))}/s` });
+  const progress = () => ({
+    sent: bytes(sentBytes),
+    size: bytes(header.sizeBytes),
+    rate: `${bytes(Math.round(sentBytes / Math.max(0.001, (systemClock.now() - startedAt) / 1000)))}/s`,
+  });
   bar?.start(header.sizeBytes, 0, progress());
   const release = bar ? restoreTerminalOnSignal(() => bar.stop()) : () => undefined;
 
@@ -398,7 +435,10 @@ interface PushOptions {
 }
 
 function commaList(value: string): string[] {
-  return value.split(',').map((v) => v.trim()).filter(Boolean);
+  return value
+    .split(',')
+    .map((v) => v.trim())
+    .filter(Boolean);
 }
 
 /**
@@ -407,7 +447,11 @@ function commaList(value: string): string[] {
  * `carried`: the amended version's release, whose constraints, examples, lineage (and, without
  * --reference, reference and golden vectors) an amendment keeps unless given again.
  */
-async function prepareSigning(file: string, options: PushOptions & { carried?: ReleaseManifest }, amendsVersion?: number): Promise<{ sign(version: number): Buffer }> {
+async function prepareSigning(
+  file: string,
+  options: PushOptions & { carried?: ReleaseManifest },
+  amendsVersion?: number,
+): Promise<{ sign(version: number): Buffer }> {
   const signer = releaseSigner(keyFolder(options.keysDir));
   const carried = options.carried;
   let modelBytes: Buffer;
@@ -436,7 +480,11 @@ async function prepareSigning(file: string, options: PushOptions & { carried?: R
     createdAtMs: systemClock.now(),
     referenceCsv,
     goldenVectors: options.golden,
-    ...(examplesJson !== undefined ? { examples: parseExampleInputsFile(examplesJson, options.examples!) } : carried?.examples ? { examples: carried.examples } : {}),
+    ...(examplesJson !== undefined
+      ? { examples: parseExampleInputsFile(examplesJson, options.examples!) }
+      : carried?.examples
+        ? { examples: carried.examples }
+        : {}),
     constraints: {
       providers: options.providers ?? carried?.constraints.providers ?? [],
       arch: options.arch ?? carried?.constraints.arch ?? [],
@@ -452,7 +500,9 @@ async function prepareSigning(file: string, options: PushOptions & { carried?: R
   });
   // Without a corrected reference, an amendment keeps the amended release's reference and its golden vectors (same bytes, same outputs).
   const kept = carried && !options.reference ? { reference: carried.reference, golden: carried.golden, dataSha256: carried.lineage.dataSha256 } : undefined;
-  const manifest = kept ? { ...draft, ...(kept.reference ? { reference: kept.reference } : {}), golden: kept.golden, lineage: { ...draft.lineage, dataSha256: kept.dataSha256 } } : draft;
+  const manifest = kept
+    ? { ...draft, ...(kept.reference ? { reference: kept.reference } : {}), golden: kept.golden, lineage: { ...draft.lineage, dataSha256: kept.dataSha256 } }
+    : draft;
   // A push descends from the version before it; an amendment from what the amended version descends from.
   const parentOf = (version: number): number => manifest.lineage.parentVersion || (amendsVersion ? amendsVersion - 1 : version - 1);
   return {

@@ -41,8 +41,16 @@ export function registerRollout(program: Command): void {
     .description('roll a model version out in waves that stop themselves when it is worse')
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--version <n>', 'version to roll out', integer(1))
-    .addOption(new Option('--waves <percents>', 'percent of the compatible targeted devices per wave, the last 100').argParser(percents).default(DEFAULT_WAVES, DEFAULT_WAVES.join(',')))
-    .addOption(new Option('--bake <duration>', 'how long each wave runs before its gates are judged, e.g. 30m').argParser(durationMs).default(DEFAULT_BAKE_MS, formatDuration(DEFAULT_BAKE_MS)))
+    .addOption(
+      new Option('--waves <percents>', 'percent of the compatible targeted devices per wave, the last 100')
+        .argParser(percents)
+        .default(DEFAULT_WAVES, DEFAULT_WAVES.join(',')),
+    )
+    .addOption(
+      new Option('--bake <duration>', 'how long each wave runs before its gates are judged, e.g. 30m')
+        .argParser(durationMs)
+        .default(DEFAULT_BAKE_MS, formatDuration(DEFAULT_BAKE_MS)),
+    )
     .option('--min-devices <n>', 'smallest cohort of a wave', integer(1, 100_000), 5)
     .option('--target <selector>', "devices to target, e.g. 'profile=jetson-*,site=plant-3' (default: all)", '')
     .option('--gate <gate>', 'a gate such as p95-latency-ratio<=1.5 (repeatable; see below)', repeated)
@@ -94,7 +102,9 @@ export function registerRollout(program: Command): void {
             output.line(`started rollout ${r.id}: ${r.model}@v${r.version} to ${r.targetedDevices} device(s) in ${r.waves.length} wave(s)`);
             if (r.incompatible.length > 0) output.line(`${r.incompatible.length} incompatible device(s) left out (driftline rollout status ${r.id})`);
             if (!explicitMinimum && r.targetedDevices <= options.minDevices && r.waves.length > 1) {
-              output.line(`note: ${r.targetedDevices} device(s) targeted, not more than --min-devices ${options.minDevices}: the first wave covers all of them`);
+              output.line(
+                `note: ${r.targetedDevices} device(s) targeted, not more than --min-devices ${options.minDevices}: the first wave covers all of them`,
+              );
             }
             output.line(`watch it: driftline rollout status ${r.id} --watch`);
           });
@@ -105,7 +115,10 @@ export function registerRollout(program: Command): void {
     .command('status')
     .description('waves, gates and devices per version of a rollout (default: the latest)')
     .argument('[id]', 'rollout id')
-    .option('--watch', 'keep showing changes until the rollout ends: on a terminal a bar per wave, devices per version and gate verdicts; otherwise one line per change (JSON with --json)')
+    .option(
+      '--watch',
+      'keep showing changes until the rollout ends: on a terminal a bar per wave, devices per version and gate verdicts; otherwise one line per change (JSON with --json)',
+    )
     .action((id: string | undefined, options: { watch?: boolean }, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(RolloutServiceService);
@@ -132,7 +145,17 @@ export function registerRollout(program: Command): void {
           const now = systemClock.now();
           output.table(
             ['ID', 'MODEL', 'VERSION', 'STATE', 'WAVE', 'TARGET', 'DEVICES', 'UPDATED', 'REASON'],
-            rollouts.map((r) => [r.id, r.model, r.version, r.state, `${r.wave}/${r.waves.length}`, r.target || '(all)', r.targetedDevices, relativeTime(r.updatedAtMs, now), r.reason || '-']),
+            rollouts.map((r) => [
+              r.id,
+              r.model,
+              r.version,
+              r.state,
+              `${r.wave}/${r.waves.length}`,
+              r.target || '(all)',
+              r.targetedDevices,
+              relativeTime(r.updatedAtMs, now),
+              r.reason || '-',
+            ]),
             options.active || options.model ? 'No rollouts found matching the filters' : 'No rollouts found',
           );
         });
@@ -150,7 +173,15 @@ export function registerRollout(program: Command): void {
         output.result({ entries: entries.map((e) => RolloutAuditEntry.toJSON(e)) }, () => {
           output.table(
             ['TIME', 'ACTOR', 'ACTION', 'STATE', 'WAVE', 'REQUEST', 'REASON'],
-            entries.map((e) => [new Date(e.atMs).toISOString(), e.actor, e.action, `${e.fromState} -> ${e.toState}`, e.wave, e.clientRequestId || '-', e.reason || '-']),
+            entries.map((e) => [
+              new Date(e.atMs).toISOString(),
+              e.actor,
+              e.action,
+              `${e.fromState} -> ${e.toState}`,
+              e.wave,
+              e.clientRequestId || '-',
+              e.reason || '-',
+            ]),
             'No audit entries found',
           );
         });
@@ -174,7 +205,9 @@ export function registerRollout(program: Command): void {
         withConnection(command, async (connection, output) => {
           const client = connection.api.service(RolloutServiceService);
           const r = await client[method]({ id, reason: options.reason, clientRequestId: options.requestId ?? randomUUID() });
-          output.result(Rollout.toJSON(r), () => output.line(`rollout ${r.id} is ${r.state} (wave ${r.wave}/${r.waves.length})${r.reason ? `: ${r.reason}` : ''}`));
+          output.result(Rollout.toJSON(r), () =>
+            output.line(`rollout ${r.id} is ${r.state} (wave ${r.wave}/${r.waves.length})${r.reason ? `: ${r.reason}` : ''}`),
+          );
         }),
       );
   }
@@ -213,14 +246,22 @@ function printStatus(output: Output, r: Rollout): void {
   }
   if (r.incompatible.length > 0) {
     output.line('');
-    output.table(['INCOMPATIBLE DEVICE', 'REASON'], r.incompatible.slice(0, 50).map((d) => [d.deviceId, d.reason]));
+    output.table(
+      ['INCOMPATIBLE DEVICE', 'REASON'],
+      r.incompatible.slice(0, 50).map((d) => [d.deviceId, d.reason]),
+    );
   }
 }
 
 /** Streams the rollout until it ends: progress bars per wave on a terminal, one line (or JSON line) per change otherwise. */
 async function watch(client: RolloutStub, id: string, output: Output): Promise<void> {
   const tty = Boolean(process.stderr.isTTY) && !output.json;
-  const bars = tty ? new MultiBar({ stream: process.stderr, clearOnComplete: false, hideCursor: true, format: '{label} [{bar}] {value}/{total} {status}' }, Presets.shades_classic) : undefined;
+  const bars = tty
+    ? new MultiBar(
+        { stream: process.stderr, clearOnComplete: false, hideCursor: true, format: '{label} [{bar}] {value}/{total} {status}' },
+        Presets.shades_classic,
+      )
+    : undefined;
   const waveBars: ReturnType<MultiBar['create']>[] = [];
   // Under the wave bars, two text lines: devices per version, and the last gate verdicts.
   let textLines: Array<ReturnType<MultiBar['create']>> | undefined;

@@ -121,5 +121,7 @@ function withFlags(file: unknown, o: ServeOptions): ControlPlaneConfigInput {
     trust: { root: o.trustRoot, rollbackKey: o.rollbackKey },
   };
   const merged = layerConfig(file, flags) as ControlPlaneConfigInput;
-  return typeof merged === 'object' && merged !== null && !Array.isArray(merged) && merged.dataDir === undefined ? { ...merged, dataDir: DEFAULT_DATA_DIR } : merged;
+  return typeof merged === 'object' && merged !== null && !Array.isArray(merged) && merged.dataDir === undefined
+    ? { ...merged, dataDir: DEFAULT_DATA_DIR }
+    : merged;
 }

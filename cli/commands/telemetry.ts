@@ -1,12 +1,6 @@
 import { type Command, Option } from 'commander';
 import { systemClock } from '../../common/clock.js';
-import {
-  DeviceTelemetry,
-  RollupBucket,
-  RollupGroupBy,
-  TelemetryRollup,
-  TelemetryServiceService,
-} from '../../common/proto/driftline/v1/telemetry.js';
+import { DeviceTelemetry, RollupBucket, RollupGroupBy, TelemetryRollup, TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
 import { durationMs, integer, sinceMs } from '../arguments.js';
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
@@ -49,7 +43,9 @@ export function registerTelemetry(program: Command): void {
               ]),
               options.device ? `No telemetry found for device ${options.device}` : 'No telemetry found',
             );
-            output.line(`records stored ${summary.recordsStored}, duplicates dropped ${summary.duplicatesDropped}, rejected batches ${summary.rejectedBatches}`);
+            output.line(
+              `records stored ${summary.recordsStored}, duplicates dropped ${summary.duplicatesDropped}, rejected batches ${summary.rejectedBatches}`,
+            );
           },
         );
       }),
@@ -65,10 +61,19 @@ export function registerTelemetry(program: Command): void {
     .addOption(new Option('--by <grouping>', 'one row per bucket and').choices(Object.keys(GROUP_BY)).default('fleet'))
     .addOption(new Option('--bucket <size>', 'bucket size').choices(Object.keys(BUCKET)).default('1m'))
     .option('--since <duration>', "only buckets from this long ago on, e.g. 1h (default: all the server's retention keeps)", durationMs)
-    .option('--limit <n>', 'at most this many rows, the newest (default: the server\'s, 1000)', integer(1))
+    .option('--limit <n>', "at most this many rows, the newest (default: the server's, 1000)", integer(1))
     .action(
       (
-        options: { model?: string; version?: number; device?: string; selector?: string; by: keyof typeof GROUP_BY; bucket: keyof typeof BUCKET; since?: number; limit?: number },
+        options: {
+          model?: string;
+          version?: number;
+          device?: string;
+          selector?: string;
+          by: keyof typeof GROUP_BY;
+          bucket: keyof typeof BUCKET;
+          since?: number;
+          limit?: number;
+        },
         command: Command,
       ) =>
         withConnection(command, async (connection, output) => {

@@ -5,7 +5,10 @@ import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
 
 const ROLES = { viewer: Role.ROLE_VIEWER, operator: Role.ROLE_OPERATOR, admin: Role.ROLE_ADMIN } as const;
-const roleName = (role: Role): string => roleToJSON(role).replace(/^ROLE_/, '').toLowerCase();
+const roleName = (role: Role): string =>
+  roleToJSON(role)
+    .replace(/^ROLE_/, '')
+    .toLowerCase();
 
 export function registerTokens(program: Command): void {
   const tokens = program.command('tokens').description('operator API tokens (admin only)');

@@ -94,7 +94,13 @@ export function referenceOf(table: NumericTable, dataSha256: string): ReferenceD
  * (their values, or seeded values of their shapes), else on the first candidate size for
  * dynamic dims that runs. A model that runs on none is MODEL_WARMUP_FAILED in its own words.
  */
-async function goldenVectors(bytes: Uint8Array, inputs: readonly TensorSignature[], table: NumericTable | undefined, count: number, examples: ExampleInputs | undefined): Promise<GoldenVector[]> {
+async function goldenVectors(
+  bytes: Uint8Array,
+  inputs: readonly TensorSignature[],
+  table: NumericTable | undefined,
+  count: number,
+  examples: ExampleInputs | undefined,
+): Promise<GoldenVector[]> {
   if (count === 0 || inputs.length === 0) return [];
   let session: ort.InferenceSession;
   try {
@@ -113,7 +119,8 @@ async function goldenVectors(bytes: Uint8Array, inputs: readonly TensorSignature
       for (const spec of inputs) {
         const given = Object.hasOwn(example, spec.name) ? example[spec.name] : undefined;
         if (!given) throw new DriftlineError('REQUEST_INVALID', `the example inputs give no ${spec.name}, which the model needs`);
-        if (given.type !== spec.type) throw new DriftlineError('REQUEST_INVALID', `the example input ${spec.name} is ${given.type}; the model takes ${spec.type}`);
+        if (given.type !== spec.type)
+          throw new DriftlineError('REQUEST_INVALID', `the example input ${spec.name} is ${given.type}; the model takes ${spec.type}`);
         const size = given.dims.reduce((a, b) => a * b, 1);
         const row = table && inputs.length === 1 && table.rows.length > 0 ? table.rows[v % table.rows.length] : undefined;
         const values = given.data
@@ -128,21 +135,32 @@ async function goldenVectors(bytes: Uint8Array, inputs: readonly TensorSignature
     const record = async (feeds: Record<string, ort.Tensor>): Promise<GoldenVector> => {
       const outputs = await session.run(feeds);
       return {
-        inputs: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toGoldenTensor({ type: t.type, dims: t.dims, data: t.data as ArrayLike<number> })])),
+        inputs: Object.fromEntries(
+          Object.entries(feeds).map(([k, t]) => [k, toGoldenTensor({ type: t.type, dims: t.dims, data: t.data as ArrayLike<number> })]),
+        ),
         outputs: Object.fromEntries(
           Object.entries(outputs)
             .filter(([, t]) => t instanceof ort.Tensor || (t as ort.Tensor).data !== undefined)
-            .map(([k, t]) => [k, toGoldenTensor({ type: (t as ort.Tensor).type, dims: (t as ort.Tensor).dims, data: (t as ort.Tensor).data as ArrayLike<number> })]),
+            .map(([k, t]) => [
+              k,
+              toGoldenTensor({ type: (t as ort.Tensor).type, dims: (t as ort.Tensor).dims, data: (t as ort.Tensor).data as ArrayLike<number> }),
+            ]),
         ),
       };
     };
     const failed = (example: ExampleInput, err: unknown, given: boolean, tried: string[]): DriftlineError => {
       const why = describeRuntimeFailure(explainRuntimeFailure(err instanceof Error ? err.message : String(err)));
-      const on = given ? `its example input ${describeExample(example)}` : `every size tried for its dynamic dimensions (${tried.map((t) => `[${t}]`).join('; ')})`;
-      return new DriftlineError('MODEL_WARMUP_FAILED', `the model did not run on ${on}, so no golden vectors could be recorded: ${why}${given ? '' : '; give it example inputs with --examples <file.json>'}`, {
-        cause: err,
-        details: { inputs: describeExample(example) },
-      });
+      const on = given
+        ? `its example input ${describeExample(example)}`
+        : `every size tried for its dynamic dimensions (${tried.map((t) => `[${t}]`).join('; ')})`;
+      return new DriftlineError(
+        'MODEL_WARMUP_FAILED',
+        `the model did not run on ${on}, so no golden vectors could be recorded: ${why}${given ? '' : '; give it example inputs with --examples <file.json>'}`,
+        {
+          cause: err,
+          details: { inputs: describeExample(example) },
+        },
+      );
     };
     let shapes = examples;
     if (!shapes) {

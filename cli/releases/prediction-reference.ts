@@ -14,7 +14,11 @@ const BATCH_ROWS = 256;
  * reference's name, else the first float rank-2 output whose name says "prob", else the first
  * float rank-2 output. A model without such an output keeps the reference as it is.
  */
-export async function referenceWithModelPredictions(bytes: Uint8Array, reference: DriftReference, rows: readonly (readonly number[])[]): Promise<DriftReference> {
+export async function referenceWithModelPredictions(
+  bytes: Uint8Array,
+  reference: DriftReference,
+  rows: readonly (readonly number[])[],
+): Promise<DriftReference> {
   if (rows.length === 0) return reference;
   let session: ort.InferenceSession;
   try {
@@ -39,7 +43,10 @@ export async function referenceWithModelPredictions(bytes: Uint8Array, reference
         throw new DriftlineError('MODEL_INVALID', `the model does not run on the drift reference rows: ${(err as Error).message}`, { cause: err });
       }
       const tensors = Object.entries(outputs).filter((entry): entry is [string, ort.Tensor] => Array.isArray((entry[1] as ort.Tensor).dims));
-      const name = probabilitiesOutput(tensors.map(([n, t]) => ({ name: n, float: isFloatType(t.type), shape: t.dims.map(Number) })), reference.probabilities);
+      const name = probabilitiesOutput(
+        tensors.map(([n, t]) => ({ name: n, float: isFloatType(t.type), shape: t.dims.map(Number) })),
+        reference.probabilities,
+      );
       const tensor = tensors.find(([n]) => n === name)?.[1];
       if (!tensor || tensor.dims.length !== 2) return reference;
       for (const row of topClasses(tensor.data as ArrayLike<number>, batch.length, Number(tensor.dims[1]))) {

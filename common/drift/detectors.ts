@@ -137,7 +137,11 @@ export class Adwin implements ChangeDetector {
       const b = this.buckets[first + 1]!;
       const ua = a.total / a.size;
       const ub = b.total / b.size;
-      const merged: Bucket = { size: a.size + b.size, total: a.total + b.total, variance: a.variance + b.variance + (a.size * b.size * (ua - ub) ** 2) / (a.size + b.size) };
+      const merged: Bucket = {
+        size: a.size + b.size,
+        total: a.total + b.total,
+        variance: a.variance + b.variance + (a.size * b.size * (ua - ub) ** 2) / (a.size + b.size),
+      };
       this.buckets.splice(first, 2, merged);
       size *= 2;
     }

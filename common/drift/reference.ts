@@ -61,19 +61,18 @@ const binned = z
   .refine((b) => b.counts.length === b.edges.length + 1, 'counts must have edges + 1 entries')
   .refine((b) => b.edges.every((e, i) => i === 0 || e > b.edges[i - 1]!), 'edges must be strictly increasing');
 
-const referenceSchema = z
-  .object({
-    version: z.literal(1),
-    rows: z.number().int().nonnegative(),
-    input: z.string().optional(),
-    probabilities: z.string().optional(),
-    features: z.array(binned.and(z.object({ name: z.string().min(1).max(128), importance: z.number().finite().nonnegative().optional() }))).max(1024),
-    classes: z
-      .object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()), source: z.enum(['labels', 'predictions']).optional() })
-      .refine((c) => c.names.length === c.counts.length, 'one count per class'),
-    confidence: binned,
-    policy: driftPolicySchema.optional(),
-  });
+const referenceSchema = z.object({
+  version: z.literal(1),
+  rows: z.number().int().nonnegative(),
+  input: z.string().optional(),
+  probabilities: z.string().optional(),
+  features: z.array(binned.and(z.object({ name: z.string().min(1).max(128), importance: z.number().finite().nonnegative().optional() }))).max(1024),
+  classes: z
+    .object({ names: z.array(z.string()).max(10_000), counts: z.array(z.number().int().nonnegative()), source: z.enum(['labels', 'predictions']).optional() })
+    .refine((c) => c.names.length === c.counts.length, 'one count per class'),
+  confidence: binned,
+  policy: driftPolicySchema.optional(),
+});
 
 /** Confidence bins when the reference has no predictions of its own: ten equal bins on [0, 1]. */
 export const DEFAULT_CONFIDENCE_EDGES: readonly number[] = Array.from({ length: 11 }, (_, i) => i / 10);
@@ -175,10 +174,14 @@ export function referenceFromCsv(text: string, options: { labelColumn?: string; 
 }
 
 /** referenceFromCsv, with the CSV's feature rows (for running the model on them at push time). */
-export function referenceAndRowsFromCsv(text: string, options: { labelColumn?: string; classNames?: readonly string[]; bins?: number } = {}): { reference: DriftReference; rows: number[][] } {
+export function referenceAndRowsFromCsv(
+  text: string,
+  options: { labelColumn?: string; classNames?: readonly string[]; bins?: number } = {},
+): { reference: DriftReference; rows: number[][] } {
   const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '');
   const header = lines[0]?.split(',').map((h) => h.trim());
-  if (!header || header.length === 0 || lines.length < 2) throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the CSV needs a header row and at least one data row');
+  if (!header || header.length === 0 || lines.length < 2)
+    throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the CSV needs a header row and at least one data row');
   const labelAt = header.indexOf(options.labelColumn ?? 'label');
   const featureAt = header.map((_, i) => i).filter((i) => i !== labelAt);
   const classNames = [...(options.classNames ?? [])];
@@ -199,7 +202,10 @@ export function referenceAndRowsFromCsv(text: string, options: { labelColumn?: s
       labels.push(index);
     }
   }
-  return { reference: buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) }), rows };
+  return {
+    reference: buildReference(rows, { featureNames: featureAt.map((i) => header[i]!), classNames, labels, ...(options.bins ? { bins: options.bins } : {}) }),
+    rows,
+  };
 }
 
 const policyFileSchema = driftPolicySchema.extend({ importance: z.record(z.string(), z.number().finite().nonnegative()).optional() }).strict();
@@ -216,11 +222,16 @@ export function withDriftPolicy(reference: DriftReference, json: string): DriftR
     throw new DriftlineError('DRIFT_REFERENCE_INVALID', 'the drift policy is not JSON', { cause: err });
   }
   const parsed = policyFileSchema.safeParse(value);
-  if (!parsed.success) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift policy is invalid: ${parsed.error.issues[0]?.path.join('.') ?? ''} ${parsed.error.issues[0]?.message ?? ''}`);
+  if (!parsed.success)
+    throw new DriftlineError(
+      'DRIFT_REFERENCE_INVALID',
+      `the drift policy is invalid: ${parsed.error.issues[0]?.path.join('.') ?? ''} ${parsed.error.issues[0]?.message ?? ''}`,
+    );
   const { importance, ...policy } = parsed.data;
   const names = new Set(reference.features.map((f) => f.name));
   const unknown = Object.keys(importance ?? {}).find((name) => !names.has(name));
-  if (unknown !== undefined) throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift policy weighs ${JSON.stringify(unknown)}, which is not a feature of the reference`);
+  if (unknown !== undefined)
+    throw new DriftlineError('DRIFT_REFERENCE_INVALID', `the drift policy weighs ${JSON.stringify(unknown)}, which is not a feature of the reference`);
   return {
     ...reference,
     policy,

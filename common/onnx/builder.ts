@@ -29,13 +29,7 @@ export interface InitializerDecl extends TensorValue {
 
 /** One key per attribute kind, so an int is never mistaken for a float. */
 export type AttributeValue =
-  | { int: number }
-  | { float: number }
-  | { string: string }
-  | { ints: number[] }
-  | { floats: number[] }
-  | { strings: string[] }
-  | { tensor: TensorValue };
+  { int: number } | { float: number } | { string: string } | { ints: number[] } | { floats: number[] } | { strings: string[] } | { tensor: TensorValue };
 
 export interface NodeDecl {
   op: string;
@@ -78,10 +72,7 @@ export function buildModel(decl: ModelDecl): Uint8Array {
     irVersion: decl.irVersion ?? 8,
     producerName: decl.producer ?? 'driftline',
     producerVersion: DRIFTLINE_VERSION,
-    opsetImport: [
-      { domain: '', version: decl.opset ?? 17 },
-      ...Object.entries(domainOpsets).map(([domain, version]) => ({ domain, version })),
-    ],
+    opsetImport: [{ domain: '', version: decl.opset ?? 17 }, ...Object.entries(domainOpsets).map(([domain, version]) => ({ domain, version }))],
     graph: {
       name: decl.name,
       node: decl.nodes.map(nodeProto),

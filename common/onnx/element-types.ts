@@ -22,9 +22,7 @@ export type OnnxTypeName = keyof typeof ONNX_DATA_TYPES;
 
 export type OnnxElemType = Extract<OnnxTypeName, 'float32' | 'float16' | 'float64' | 'int8' | 'uint8' | 'int32' | 'int64' | 'bool' | 'string'>;
 
-const NAMES_BY_NUMBER = new Map<number, OnnxTypeName>(
-  Object.entries(ONNX_DATA_TYPES).map(([name, id]) => [id, name as OnnxTypeName]),
-);
+const NAMES_BY_NUMBER = new Map<number, OnnxTypeName>(Object.entries(ONNX_DATA_TYPES).map(([name, id]) => [id, name as OnnxTypeName]));
 
 /** The Driftline name of an ONNX data type number, or undefined for numbers ONNX does not define. */
 export function onnxTypeName(dataType: number): OnnxTypeName | undefined {

@@ -14,7 +14,10 @@ export const exampleTensorSchema = z
   .object({
     type: z.string().max(32),
     dims: z.array(z.number().int().nonnegative()).max(16),
-    data: z.array(z.union([z.number(), z.string(), z.boolean()])).max(MAX_EXAMPLE_VALUES).optional(),
+    data: z
+      .array(z.union([z.number(), z.string(), z.boolean()]))
+      .max(MAX_EXAMPLE_VALUES)
+      .optional(),
   })
   .refine((t) => elementCount(t.dims) <= MAX_EXAMPLE_ELEMENTS, { message: `an example tensor has at most ${MAX_EXAMPLE_ELEMENTS} elements` })
   .refine((t) => t.data === undefined || t.data.length === elementCount(t.dims), { message: 'data needs exactly as many values as the dims hold' });
@@ -37,7 +40,10 @@ export function parseExampleInputsFile(text: string, source: string): ExampleInp
   }
   const list = json !== null && typeof json === 'object' && !Array.isArray(json) && 'examples' in json ? (json as { examples: unknown }).examples : json;
   const parsed = exampleInputsSchema.safeParse(list);
-  if (!parsed.success) throw new DriftlineError('REQUEST_INVALID', `${source} does not hold example inputs: ${z.prettifyError(parsed.error)}`, { details: { issues: parsed.error.issues } });
+  if (!parsed.success)
+    throw new DriftlineError('REQUEST_INVALID', `${source} does not hold example inputs: ${z.prettifyError(parsed.error)}`, {
+      details: { issues: parsed.error.issues },
+    });
   return parsed.data;
 }
 

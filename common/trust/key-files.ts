@@ -69,7 +69,8 @@ export function initKeys(options: InitKeysOptions): InitKeysResult {
   if (existsSync(folder.rootDir) && readRootChain(folder.rootDir).length > 0) {
     throw new DriftlineError('KEYS_EXIST', `${options.dir} already holds root metadata; rotate instead of initializing again`);
   }
-  if (!Number.isInteger(options.rootKeys) || options.rootKeys < 1 || options.rootKeys > 16) throw new DriftlineError('REQUEST_INVALID', '--root-keys must be 1..16');
+  if (!Number.isInteger(options.rootKeys) || options.rootKeys < 1 || options.rootKeys > 16)
+    throw new DriftlineError('REQUEST_INVALID', '--root-keys must be 1..16');
   if (!Number.isInteger(options.threshold) || options.threshold < 1 || options.threshold > options.rootKeys) {
     throw new DriftlineError('REQUEST_INVALID', '--threshold must be between 1 and the number of root keys');
   }
@@ -90,8 +91,21 @@ export function initKeys(options: InitKeysOptions): InitKeysResult {
     rollbackKeys: { [rollback.keyId]: rollback.publicKey },
     revokedKeys: [],
   };
-  const rootFile = writeRootVersion(folder, signRootBytes(metadata, roots.map((k) => signerFromPem(k.privateKeyPem))));
-  return { rootFile, rootKeyIds: roots.map((k) => k.keyId), releaseKeyId: release.keyId, rollbackKeyId: rollback.keyId, threshold: options.threshold, expiresAtMs: metadata.expiresAtMs };
+  const rootFile = writeRootVersion(
+    folder,
+    signRootBytes(
+      metadata,
+      roots.map((k) => signerFromPem(k.privateKeyPem)),
+    ),
+  );
+  return {
+    rootFile,
+    rootKeyIds: roots.map((k) => k.keyId),
+    releaseKeyId: release.keyId,
+    rollbackKeyId: rollback.keyId,
+    threshold: options.threshold,
+    expiresAtMs: metadata.expiresAtMs,
+  };
 }
 
 /** Every root version in a folder (or the one file given), oldest first, as raw envelope bytes. */
@@ -196,7 +210,10 @@ export function rotateRoot(dir: string, change: RootChange, clock: Clock): { roo
   const oldSigners = available.filter((s) => Object.hasOwn(current.rootKeys, s.keyId));
   const newSigners = available.filter((s) => Object.hasOwn(rootKeys, s.keyId));
   if (oldSigners.length < current.threshold || newSigners.length < next.threshold) {
-    throw new DriftlineError('TRUST_THRESHOLD_NOT_MET', `rotation needs ${current.threshold} old and ${next.threshold} new root keys; ${oldSigners.length} and ${newSigners.length} are in ${dir}`);
+    throw new DriftlineError(
+      'TRUST_THRESHOLD_NOT_MET',
+      `rotation needs ${current.threshold} old and ${next.threshold} new root keys; ${oldSigners.length} and ${newSigners.length} are in ${dir}`,
+    );
   }
   const signers = [...new Map([...oldSigners, ...newSigners].map((s) => [s.keyId, s])).values()];
   const bytes = signRootBytes(next, signers);
@@ -204,4 +221,3 @@ export function rotateRoot(dir: string, change: RootChange, clock: Clock): { roo
   if (releasePem) writeKey(dir, 'release', releasePem);
   return { rootFile: writeRootVersion(folder, bytes), metadata: next, newKeyIds };
 }
-

@@ -1,4 +1,15 @@
-import { createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, scryptSync, sign, verify, type KeyObject } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  randomBytes,
+  scryptSync,
+  sign,
+  verify,
+  type KeyObject,
+} from 'node:crypto';
 import { z } from 'zod';
 import { DriftlineError } from '../errors.js';
 import { sha256Hex } from '../hashing.js';
@@ -76,12 +87,16 @@ export function encryptPrivateKey(pem: string, passphrase: string): string {
   const key = scryptSync(passphrase, salt, 32, { ...SCRYPT, maxmem: 64 * 1024 * 1024 });
   const cipher = createCipheriv('aes-256-gcm', key, iv);
   const ciphertext = Buffer.concat([cipher.update(pem, 'utf8'), cipher.final()]);
-  return `${JSON.stringify({
-    kind: 'driftline-encrypted-key',
-    kdf: { name: 'scrypt', salt: salt.toString('base64'), ...SCRYPT },
-    cipher: { name: 'aes-256-gcm', iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64') },
-    ciphertext: ciphertext.toString('base64'),
-  }, null, 2)}\n`;
+  return `${JSON.stringify(
+    {
+      kind: 'driftline-encrypted-key',
+      kdf: { name: 'scrypt', salt: salt.toString('base64'), ...SCRYPT },
+      cipher: { name: 'aes-256-gcm', iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64') },
+      ciphertext: ciphertext.toString('base64'),
+    },
+    null,
+    2,
+  )}\n`;
 }
 
 export const isEncryptedKey = (text: string): boolean => text.trimStart().startsWith('{');

@@ -120,4 +120,3 @@ export function peekManifest(bytes: Uint8Array): ReleaseManifest {
   const envelope = decodeEnvelope(bytes, 'RELEASE_INVALID');
   return parsePayload(Buffer.from(envelope.payload, 'base64'), releaseManifestSchema, 'RELEASE_INVALID', 'release manifest');
 }
-

@@ -52,7 +52,8 @@ export function verifyRollbackDirective(
     directive.toVersion === target.version &&
     directive.toSha256 === target.sha256 &&
     (directive.deviceIds.length === 0 || directive.deviceIds.includes(target.deviceId));
-  if (!matches) throw new DriftlineError('RELEASE_MISMATCH', `rollback directive ${directive.id} does not allow ${target.model} v${target.version} on ${target.deviceId}`);
+  if (!matches)
+    throw new DriftlineError('RELEASE_MISMATCH', `rollback directive ${directive.id} does not allow ${target.model} v${target.version} on ${target.deviceId}`);
   return directive;
 }
 

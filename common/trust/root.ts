@@ -127,11 +127,19 @@ export function rootExpiryWarning(metadata: Pick<RootMetadata, 'version' | 'expi
   const details = { version: metadata.version, expiresAtMs: metadata.expiresAtMs };
   const at = new Date(metadata.expiresAtMs).toISOString();
   if (nowMs >= metadata.expiresAtMs) {
-    return { code: 'TRUST_METADATA_EXPIRED', message: `root v${metadata.version} expired at ${at}: devices refuse every release until a new root version is published (driftline keys rotate)`, details };
+    return {
+      code: 'TRUST_METADATA_EXPIRED',
+      message: `root v${metadata.version} expired at ${at}: devices refuse every release until a new root version is published (driftline keys rotate)`,
+      details,
+    };
   }
   if (metadata.expiresAtMs - nowMs <= windowMs) {
     const days = Math.floor((metadata.expiresAtMs - nowMs) / 86_400_000);
-    return { code: 'TRUST_ROOT_EXPIRING', message: `root v${metadata.version} expires at ${at} (in ${days} days): publish the next root version (driftline keys rotate --expires ...)`, details };
+    return {
+      code: 'TRUST_ROOT_EXPIRING',
+      message: `root v${metadata.version} expires at ${at} (in ${days} days): publish the next root version (driftline keys rotate --expires ...)`,
+      details,
+    };
   }
   return undefined;
 }

@@ -29,7 +29,11 @@ export function driftService(deps: ApiDeps, ctx: RpcContext): DriftServiceServer
     if (!deps.driftEvents) throw new DriftlineError('NOT_IMPLEMENTED', 'drift events are not served by this control plane');
     // An unknown model is refused with MODEL_NOT_FOUND, as GetDriftStatus does, rather than answered with nothing.
     if (r.model) await deps.registry.get(r.model);
-    return { feed: deps.driftEvents, filter: { model: r.model, version: r.version, cohort: r.cohort, sinceMs: r.sinceMs, afterId: r.afterId }, limit: r.limit || DEFAULT_DRIFT_EVENT_LIMIT };
+    return {
+      feed: deps.driftEvents,
+      filter: { model: r.model, version: r.version, cohort: r.cohort, sinceMs: r.sinceMs, afterId: r.afterId },
+      limit: r.limit || DEFAULT_DRIFT_EVENT_LIMIT,
+    };
   };
 
   return {

@@ -38,7 +38,12 @@ const revokeEnrollmentToken = z.object({ id: z.string().min(1).max(64) });
 export function deviceService(deps: ApiDeps, ctx: RpcContext): DeviceServiceServer {
   const { fleet, clock, config } = deps;
   const view = (device: DeviceRecord): Device => toDeviceMessage(device, clock.now(), config.onlineWindow);
-  const issueToken = async (req: { deviceId: string; ttlSeconds: number }, labels: Record<string, string>, reenroll: boolean, by: string | undefined): Promise<CreateEnrollmentTokenResponse> => {
+  const issueToken = async (
+    req: { deviceId: string; ttlSeconds: number },
+    labels: Record<string, string>,
+    reenroll: boolean,
+    by: string | undefined,
+  ): Promise<CreateEnrollmentTokenResponse> => {
     const { ttlSeconds } = validate(createTokenRequest, req);
     const ttlMs = ttlSeconds === 0 ? config.enrollmentTokenTtl : ttlSeconds * 1000;
     if (ttlMs > MAX_ENROLLMENT_TOKEN_TTL_MS) {
@@ -89,7 +94,10 @@ export function enrollmentService(deps: ApiDeps, ctx: RpcContext): EnrollmentSer
       // The old secret is void: a session still using it (the device this replaces, or whoever took its secret) goes now.
       // Before the response, so the new secret cannot be in use yet.
       if (enrollment.reenrolled) deps.deviceLink.disconnect(deviceId);
-      deps.logger.info({ deviceId, firmwareProfile, agentVersion, reenrolled: enrollment.reenrolled }, enrollment.reenrolled ? 'device re-enrolled' : 'device enrolled');
+      deps.logger.info(
+        { deviceId, firmwareProfile, agentVersion, reenrolled: enrollment.reenrolled },
+        enrollment.reenrolled ? 'device re-enrolled' : 'device enrolled',
+      );
       return {
         deviceId,
         mqttUsername: deviceId,

@@ -38,7 +38,9 @@ export interface GrpcServer {
 const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
 /** Services this server implements; Training and Federated answer UNIMPLEMENTED until they exist. */
-const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService', 'DriftService', 'ReleaseService'].map((s) => `driftline.v1.${s}`);
+const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService', 'DriftService', 'ReleaseService'].map(
+  (s) => `driftline.v1.${s}`,
+);
 
 /**
  * grpc-js writes its own lines to stderr (`E No address added out of total 1 resolved` beside our

@@ -35,7 +35,10 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       const targets = await selectTargets(deps, deviceIds, req.selector);
       const rollback = await rollbackFor(deps, model, targets, caller?.id);
       const published = await deps.desiredStates.deploy(model, targets, { rollback });
-      logger.info({ model: model.name, version: model.version, devices: targets.length, published, rolledBack: rollback?.deviceIds.size ?? 0, by: caller?.id }, 'model deployed');
+      logger.info(
+        { model: model.name, version: model.version, devices: targets.length, published, rolledBack: rollback?.deviceIds.size ?? 0, by: caller?.id },
+        'model deployed',
+      );
       return { model, devices: targets.length };
     }),
   };
@@ -80,7 +83,12 @@ interface Rollback {
  * from the online rollback key, the way an aborted rollout sends devices back. Without online
  * signing every one of them would refuse, so the deploy is refused here, saying how to roll back.
  */
-async function rollbackFor({ releases, config, clock }: ApiDeps, model: ModelVersion, targets: readonly DeviceRecord[], by: string | undefined): Promise<Rollback | undefined> {
+async function rollbackFor(
+  { releases, config, clock }: ApiDeps,
+  model: ModelVersion,
+  targets: readonly DeviceRecord[],
+  by: string | undefined,
+): Promise<Rollback | undefined> {
   if (!releases) return undefined;
   const ahead = targets.filter((d) => d.reported?.activeModel?.name === model.name && d.reported.activeModel.version > model.version);
   if (ahead.length === 0) return undefined;

@@ -17,7 +17,8 @@ export function releaseService(deps: ApiDeps, ctx: RpcContext): ReleaseServiceSe
   return {
     publishRelease: unary(ctx, 'PublishRelease', 'operator', async (req, caller) => {
       const { version } = validate(publishRequest, req);
-      if (req.envelope.length === 0 || req.envelope.length > MAX_ENVELOPE_BYTES) throw new DriftlineError('REQUEST_INVALID', 'an envelope of 1 byte to 16 MiB is required');
+      if (req.envelope.length === 0 || req.envelope.length > MAX_ENVELOPE_BYTES)
+        throw new DriftlineError('REQUEST_INVALID', 'an envelope of 1 byte to 16 MiB is required');
       const release = await releases().publish(assertModelName(req.name), version, Buffer.from(req.envelope));
       deps.logger.info({ model: release.name, version: release.version, keyIds: release.keyIds, by: caller?.id }, 'release signed');
       return release;

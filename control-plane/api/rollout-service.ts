@@ -17,7 +17,11 @@ export interface RolloutApiDeps {
 const startRequest = z.object({
   version: z.number().int().positive(),
   wavePercents: z.array(z.number()).min(1).max(20),
-  bakeSeconds: z.number().int().min(0).max(30 * 86_400),
+  bakeSeconds: z
+    .number()
+    .int()
+    .min(0)
+    .max(30 * 86_400),
   minDevices: z.number().int().min(0).max(100_000),
   clientRequestId: z.string().max(128),
   gates: z.array(z.string().max(128)).max(20),
@@ -26,7 +30,10 @@ const startRequest = z.object({
 const requestId = z.string().max(128);
 
 export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ctx: RpcContext): RolloutServiceServer {
-  const actor = (caller: Caller, clientRequestId: string): Actor => ({ actor: caller?.id ?? 'anonymous', clientRequestId: validate(requestId, clientRequestId) });
+  const actor = (caller: Caller, clientRequestId: string): Actor => ({
+    actor: caller?.id ?? 'anonymous',
+    clientRequestId: validate(requestId, clientRequestId),
+  });
   const commandRpc = (name: string, cmd: OperatorCommand) =>
     unary(ctx, name, 'operator', async (req: { id: string; clientRequestId: string; reason: string }, caller) =>
       toWire(rollouts, await rollouts.command(req.id, cmd, actor(caller, req.clientRequestId), req.reason.slice(0, 500))),
@@ -54,7 +61,9 @@ export function rolloutService({ rollouts, watchIntervalMs }: RolloutApiDeps, ct
     }),
     getRollout: unary(ctx, 'GetRollout', 'viewer', async (req) => toWire(rollouts, await rollouts.get(req.id))),
     listRollouts: unary(ctx, 'ListRollouts', 'viewer', async (req) => ({
-      rollouts: await Promise.all((await rollouts.list({ activeOnly: req.activeOnly, ...(req.model ? { model: req.model } : {}) })).map((r) => toWire(rollouts, r))),
+      rollouts: await Promise.all(
+        (await rollouts.list({ activeOnly: req.activeOnly, ...(req.model ? { model: req.model } : {}) })).map((r) => toWire(rollouts, r)),
+      ),
     })),
     pauseRollout: commandRpc('PauseRollout', 'pause'),
     resumeRollout: commandRpc('ResumeRollout', 'resume'),

@@ -1,4 +1,11 @@
-import type { handleClientStreamingCall, handleServerStreamingCall, handleUnaryCall, Metadata, ServerReadableStream, ServerWritableStream } from '@grpc/grpc-js';
+import type {
+  handleClientStreamingCall,
+  handleServerStreamingCall,
+  handleUnaryCall,
+  Metadata,
+  ServerReadableStream,
+  ServerWritableStream,
+} from '@grpc/grpc-js';
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
@@ -17,7 +24,12 @@ export interface RpcContext {
 export type Caller = OperatorToken | undefined;
 
 /** Wraps a unary handler with authorization and the single error mapping. */
-export function unary<Req, Res>(ctx: RpcContext, method: string, access: Access, fn: (request: Req, caller: Caller) => Res | Promise<Res>): handleUnaryCall<Req, Res> {
+export function unary<Req, Res>(
+  ctx: RpcContext,
+  method: string,
+  access: Access,
+  fn: (request: Req, caller: Caller) => Res | Promise<Res>,
+): handleUnaryCall<Req, Res> {
   return (call, callback) => {
     run(ctx, method, access, call, (caller) => fn(call.request, caller)).then(
       (response) => callback(null, response),
@@ -70,7 +82,9 @@ async function authorize(tokens: RpcContext['tokens'], metadata: Metadata, requi
   const token = await tokens.authenticate(m[1]!);
   if (!token) throw new DriftlineError('AUTH_INVALID', 'the bearer token is unknown or revoked');
   if (!roleAtLeast(token.role, required)) {
-    throw new DriftlineError('ROLE_INSUFFICIENT', `this call needs the ${required} role; the token has ${token.role}`, { details: { required, role: token.role } });
+    throw new DriftlineError('ROLE_INSUFFICIENT', `this call needs the ${required} role; the token has ${token.role}`, {
+      details: { required, role: token.role },
+    });
   }
   return token;
 }

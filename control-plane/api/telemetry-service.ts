@@ -8,7 +8,13 @@ import { unary, validate, type RpcContext } from './rpc.js';
 
 const summaryRequest = z.object({ sinceMs: z.number().int().nonnegative() });
 
-const GROUP_BYS = [RollupGroupBy.ROLLUP_GROUP_BY_UNSPECIFIED, RollupGroupBy.ROLLUP_GROUP_BY_DEVICE, RollupGroupBy.ROLLUP_GROUP_BY_MODEL_VERSION, RollupGroupBy.ROLLUP_GROUP_BY_COHORT, RollupGroupBy.ROLLUP_GROUP_BY_FLEET];
+const GROUP_BYS = [
+  RollupGroupBy.ROLLUP_GROUP_BY_UNSPECIFIED,
+  RollupGroupBy.ROLLUP_GROUP_BY_DEVICE,
+  RollupGroupBy.ROLLUP_GROUP_BY_MODEL_VERSION,
+  RollupGroupBy.ROLLUP_GROUP_BY_COHORT,
+  RollupGroupBy.ROLLUP_GROUP_BY_FLEET,
+];
 const BUCKETS = [RollupBucket.ROLLUP_BUCKET_UNSPECIFIED, RollupBucket.ROLLUP_BUCKET_ONE_MINUTE, RollupBucket.ROLLUP_BUCKET_ONE_HOUR];
 
 const rollupsRequest = z

@@ -148,7 +148,19 @@ export class DriftWatcher {
       if (verdicts.has(k)) continue;
       // Data that stopped is a fact, not a noisy verdict: no hysteresis.
       this.lower.delete(k);
-      changes.push({ atMs: now, model: before.model, version: before.version, cohort: before.cohort, previousStatus: before.status, status: 'no_data', driftedShare: 0, driftedFeatures: [], maxPsi: 0, rows: 0, devices: 0 });
+      changes.push({
+        atMs: now,
+        model: before.model,
+        version: before.version,
+        cohort: before.cohort,
+        previousStatus: before.status,
+        status: 'no_data',
+        driftedShare: 0,
+        driftedFeatures: [],
+        maxPsi: 0,
+        rows: 0,
+        devices: 0,
+      });
     }
     if (changes.length === 0) return [];
     const recorded = await store.record(changes);

@@ -1,4 +1,14 @@
-import { benjaminiHochberg, chiSquare, chiSquareQuantile, hellinger, jensenShannon, ksTest, noncentralChiSquareSurvival, psi, wasserstein } from '../../common/drift/statistics.js';
+import {
+  benjaminiHochberg,
+  chiSquare,
+  chiSquareQuantile,
+  hellinger,
+  jensenShannon,
+  ksTest,
+  noncentralChiSquareSurvival,
+  psi,
+  wasserstein,
+} from '../../common/drift/statistics.js';
 import { latencySketch } from '../../common/drift/sketch.js';
 import type { DriftPolicy, DriftReference } from '../../common/drift/reference.js';
 import type { DriftSketch, DriftStatus, FeatureDrift } from '../../common/proto/driftline/v1/drift.js';
@@ -94,7 +104,13 @@ function statistics(reference: readonly number[], current: readonly number[], ed
   };
 }
 
-function featureDrift(name: string, reference: readonly number[], current: readonly number[], long: readonly number[] | undefined, edges: readonly number[] | undefined): FeatureDrift {
+function featureDrift(
+  name: string,
+  reference: readonly number[],
+  current: readonly number[],
+  long: readonly number[] | undefined,
+  edges: readonly number[] | undefined,
+): FeatureDrift {
   const now = statistics(reference, current, edges);
   // The windowed test: the long window sees a small persistent shift the short one has too few rows for. Bonferroni over the two.
   const pValue = long ? Math.min(1, 2 * Math.min(now.pValue, statistics(reference, long, edges).pValue)) : now.pValue;
@@ -129,7 +145,12 @@ export interface EvaluateOptions {
  *    datasetShare; it warns when any feature drifted, or, with
  *    belowFloor 'warn', when any is below_floor; otherwise ok. `reason` says which rule decided.
  */
-export function evaluateDrift(reference: DriftReference, sketch: DriftSketch, base: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS, options: EvaluateOptions = {}): Omit<DriftStatus, 'model' | 'version' | 'cohort' | 'devices'> {
+export function evaluateDrift(
+  reference: DriftReference,
+  sketch: DriftSketch,
+  base: DriftThresholds = DEFAULT_DRIFT_THRESHOLDS,
+  options: EvaluateOptions = {},
+): Omit<DriftStatus, 'model' | 'version' | 'cohort' | 'devices'> {
   const t = thresholdsFor(reference, base);
   const latency = latencySketch(sketch);
   const long = options.long && options.long.rows > sketch.rows ? options.long : undefined;
@@ -148,9 +169,12 @@ export function evaluateDrift(reference: DriftReference, sketch: DriftSketch, ba
     minRows: Number.isFinite(minRows) ? minRows : 0,
   };
   const zeros = (n: number): number[] => new Array<number>(n).fill(0);
-  const countsOf = (s: DriftSketch | undefined, j: number): number[] | undefined => (s ? (s.features[j]?.counts ?? zeros(reference.features[j]!.counts.length)) : undefined);
+  const countsOf = (s: DriftSketch | undefined, j: number): number[] | undefined =>
+    s ? (s.features[j]?.counts ?? zeros(reference.features[j]!.counts.length)) : undefined;
   const features = reference.features.map((f, j) => featureDrift(f.name, f.counts, countsOf(sketch, j)!, countsOf(long, j), f.edges));
-  const predictions = referenceHasClasses ? featureDrift('predicted_class', reference.classes.counts, sketch.classCounts, long?.classCounts, undefined) : undefined;
+  const predictions = referenceHasClasses
+    ? featureDrift('predicted_class', reference.classes.counts, sketch.classCounts, long?.classCounts, undefined)
+    : undefined;
   const confidence = reference.confidence.counts.some((c) => c > 0)
     ? featureDrift('confidence', reference.confidence.counts, sketch.confidenceCounts, long?.confidenceCounts, reference.confidence.edges)
     : undefined;
@@ -175,10 +199,21 @@ export function evaluateDrift(reference: DriftReference, sketch: DriftSketch, ba
 
   if (sketch.rows < minRows) {
     for (const f of all) Object.assign(f, { status: 'no_data', drifted: false });
-    return { ...base0, status: 'no_data', driftedShare: 0, features, predictions, confidence, reason: `${sketch.rows} rows, fewer than the ${Number.isFinite(minRows) ? minRows : 'unreachable'} a verdict needs` };
+    return {
+      ...base0,
+      status: 'no_data',
+      driftedShare: 0,
+      features,
+      predictions,
+      confidence,
+      reason: `${sketch.rows} rows, fewer than the ${Number.isFinite(minRows) ? minRows : 'unreachable'} a verdict needs`,
+    };
   }
   // The model's outputs weigh as much as the most important feature.
-  const severe = [...features.filter((f, j) => f.status === 'alert' && maxWeight > 0 && weights[j]! / maxWeight >= t.severeImportance), ...outputs.filter((f) => f.status === 'alert')];
+  const severe = [
+    ...features.filter((f, j) => f.status === 'alert' && maxWeight > 0 && weights[j]! / maxWeight >= t.severeImportance),
+    ...outputs.filter((f) => f.status === 'alert'),
+  ];
   const names = (fs: FeatureDrift[]): string => fs.map((f) => f.name).join(', ');
   let status: Level = 'ok';
   let reason = 'no feature significantly drifted';

@@ -36,7 +36,8 @@ export class DriftStatusQuery {
     const bucketMs = nowMs - sinceMs <= options.minuteBucketsUpToMs ? BUCKET_MINUTE_MS : BUCKET_HOUR_MS;
     const rows = await rollups.rowsSince(request.model, request.version, bucketMs, sinceMs);
     const longMs = options.longWindowMs ?? 0;
-    const longRows = request.sinceMs === 0 && longMs > nowMs - sinceMs ? await rollups.rowsSince(request.model, request.version, BUCKET_HOUR_MS, nowMs - longMs) : undefined;
+    const longRows =
+      request.sinceMs === 0 && longMs > nowMs - sinceMs ? await rollups.rowsSince(request.model, request.version, BUCKET_HOUR_MS, nowMs - longMs) : undefined;
     const cohorts = await this.cohortsOf([...rows, ...(longRows ?? [])]);
     const versions = [...new Set(rows.map((r) => r.version))];
     if (request.version > 0 && !versions.includes(request.version)) versions.push(request.version);
@@ -44,8 +45,23 @@ export class DriftStatusQuery {
     for (const version of versions) {
       const reference = await this.referenceOf(request.model, version);
       const empty = (cohort: string, status: string, reason: string): DriftStatus => ({
-        model: request.model, version, cohort, status, devices: 0, rows: 0, driftedShare: 0, features: [], predictions: undefined, confidence: undefined,
-        latencyP50Ms: 0, latencyP95Ms: 0, errorRate: 0, windowStartMs: sinceMs, windowEndMs: nowMs, reason, minRows: 0,
+        model: request.model,
+        version,
+        cohort,
+        status,
+        devices: 0,
+        rows: 0,
+        driftedShare: 0,
+        features: [],
+        predictions: undefined,
+        confidence: undefined,
+        latencyP50Ms: 0,
+        latencyP95Ms: 0,
+        errorRate: 0,
+        windowStartMs: sinceMs,
+        windowEndMs: nowMs,
+        reason,
+        minRows: 0,
       });
       if (!reference) {
         statuses.push(empty('', 'no_reference', 'the model version has no drift reference'));
@@ -56,7 +72,13 @@ export class DriftStatusQuery {
       const long = longRows ? groupsOf(longRows, version, digest, cohorts) : undefined;
       if (!groups.has('')) statuses.push(empty('', 'no_data', 'no drift sketches in the window'));
       for (const [cohort, g] of [...groups].sort(([a], [b]) => a.localeCompare(b))) {
-        statuses.push({ model: request.model, version, cohort, devices: g.devices.size, ...evaluateDrift(reference, g.sketch, options.thresholds, { long: long?.get(cohort)?.sketch }) });
+        statuses.push({
+          model: request.model,
+          version,
+          cohort,
+          devices: g.devices.size,
+          ...evaluateDrift(reference, g.sketch, options.thresholds, { long: long?.get(cohort)?.sketch }),
+        });
       }
     }
     return statuses;
@@ -88,7 +110,12 @@ export class DriftStatusQuery {
 }
 
 /** The merged sketch of the fleet ("") and of each cohort, for one version and reference digest. */
-function groupsOf(rows: readonly DriftRollupRow[], version: number, digest: string, cohorts: ReadonlyMap<string, string>): Map<string, { sketch: DriftSketch; devices: Set<string> }> {
+function groupsOf(
+  rows: readonly DriftRollupRow[],
+  version: number,
+  digest: string,
+  cohorts: ReadonlyMap<string, string>,
+): Map<string, { sketch: DriftSketch; devices: Set<string> }> {
   const groups = new Map<string, { sketch: DriftSketch; devices: Set<string> }>();
   for (const row of rows) {
     if (row.version !== version || row.digest !== digest) continue;

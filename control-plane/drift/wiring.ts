@@ -47,12 +47,20 @@ export function driftQueries(deps: {
       },
     },
   });
-  const options = { thresholds: deps.config.thresholds, defaultWindowMs: deps.config.window, minuteBucketsUpToMs: deps.config.minuteBucketsUpTo, longWindowMs: deps.config.longWindow ?? 0 };
+  const options = {
+    thresholds: deps.config.thresholds,
+    defaultWindowMs: deps.config.window,
+    minuteBucketsUpToMs: deps.config.minuteBucketsUpTo,
+    longWindowMs: deps.config.longWindow ?? 0,
+  };
   return { status: (request) => query.status(request, options, deps.clock.now()) };
 }
 
 /** The drift watcher's input: versions with sketches from the rollups, their status from the drift queries (default window). */
-export const driftStatusSource = (drift: DriftRollupRepository, queries: { status(request: DriftStatusRequest): Promise<DriftStatus[]> }): DriftStatusSource => ({
+export const driftStatusSource = (
+  drift: DriftRollupRepository,
+  queries: { status(request: DriftStatusRequest): Promise<DriftStatus[]> },
+): DriftStatusSource => ({
   versions: (sinceMs) => drift.versionsSince(sinceMs),
   status: (model, version) => queries.status({ model, version, sinceMs: 0 }),
 });

@@ -78,7 +78,13 @@ export class FleetStore {
    * with `reenroll` (the operator asked for it explicitly), so a stray or leaked token cannot
    * take over an enrolled identity and lock the real device out.
    */
-  async createEnrollmentToken(deviceId: string, labels: Record<string, string>, expiresAtMs: number, nowMs: number, { reenroll = false } = {}): Promise<EnrollmentTokenGrant> {
+  async createEnrollmentToken(
+    deviceId: string,
+    labels: Record<string, string>,
+    expiresAtMs: number,
+    nowMs: number,
+    { reenroll = false } = {},
+  ): Promise<EnrollmentTokenGrant> {
     assertDeviceId(deviceId);
     const clean = assertLabels(labels);
     const existing = await this.repository.device(deviceId);
@@ -89,7 +95,14 @@ export class FleetStore {
     if (!existing && reenroll) throw notFound(deviceId);
     const token = newSecret('dle');
     const hash = sha256Hex(token);
-    await this.repository.addEnrollmentToken({ tokenHash: hash, deviceId, labels: clean, createdAtMs: nowMs, expiresAtMs, purpose: reenroll ? 'reenroll' : 'enroll' });
+    await this.repository.addEnrollmentToken({
+      tokenHash: hash,
+      deviceId,
+      labels: clean,
+      createdAtMs: nowMs,
+      expiresAtMs,
+      purpose: reenroll ? 'reenroll' : 'enroll',
+    });
     return { token, id: tokenId(hash), deviceId, expiresAtMs, reenroll };
   }
 
@@ -122,9 +135,11 @@ export class FleetStore {
       if (!row || row.deviceId !== deviceId) throw new DriftlineError('ENROLLMENT_TOKEN_INVALID', 'enrollment token is not valid for this device');
       if (row.revokedAtMs !== null) throw new DriftlineError('ENROLLMENT_TOKEN_REVOKED', 'enrollment token was revoked');
       if (row.usedAtMs !== null) throw new DriftlineError('ENROLLMENT_TOKEN_USED', 'enrollment token was already used');
-      if (nowMs >= row.expiresAtMs) throw new DriftlineError('ENROLLMENT_TOKEN_EXPIRED', 'enrollment token has expired', { details: { expiresAtMs: row.expiresAtMs } });
+      if (nowMs >= row.expiresAtMs)
+        throw new DriftlineError('ENROLLMENT_TOKEN_EXPIRED', 'enrollment token has expired', { details: { expiresAtMs: row.expiresAtMs } });
       const existing = await tx.device(deviceId);
-      if (existing?.status === 'decommissioned') throw new DriftlineError('DEVICE_DECOMMISSIONED', `device ${deviceId} is decommissioned`, { details: { deviceId } });
+      if (existing?.status === 'decommissioned')
+        throw new DriftlineError('DEVICE_DECOMMISSIONED', `device ${deviceId} is decommissioned`, { details: { deviceId } });
       if (existing && row.purpose !== 'reenroll') throw alreadyEnrolled(deviceId);
 
       const labels = assertLabels({
@@ -249,9 +264,12 @@ function toTokenRecord(token: StoredEnrollmentToken, nowMs: number): EnrollmentT
 }
 
 const alreadyEnrolled = (deviceId: string): DriftlineError =>
-  new DriftlineError('DEVICE_ALREADY_ENROLLED', `device ${deviceId} is enrolled already; to give it a new identity run \`driftline devices reenroll ${deviceId}\``, {
-    details: { deviceId },
-  });
+  new DriftlineError(
+    'DEVICE_ALREADY_ENROLLED',
+    `device ${deviceId} is enrolled already; to give it a new identity run \`driftline devices reenroll ${deviceId}\``,
+    {
+      details: { deviceId },
+    },
+  );
 
-const notFound = (deviceId: string): DriftlineError =>
-  new DriftlineError('DEVICE_NOT_FOUND', `device ${deviceId} is not enrolled`, { details: { deviceId } });
+const notFound = (deviceId: string): DriftlineError => new DriftlineError('DEVICE_NOT_FOUND', `device ${deviceId} is not enrolled`, { details: { deviceId } });

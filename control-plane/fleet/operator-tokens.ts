@@ -63,7 +63,11 @@ const toToken = (stored: StoredOperatorToken): OperatorToken => ({
  * `<dataDir>/admin.token`, readable by the owner only, so the operator can bootstrap
  * the CLI without the secret ever reaching a log.
  */
-export async function ensureAdminToken(store: OperatorTokenStore, dataDir: string, clock: Clock = systemClock): Promise<{ created: boolean; token?: string; file: string }> {
+export async function ensureAdminToken(
+  store: OperatorTokenStore,
+  dataDir: string,
+  clock: Clock = systemClock,
+): Promise<{ created: boolean; token?: string; file: string }> {
   const file = join(dataDir, 'admin.token');
   if (await store.hasLiveAdmin()) return { created: false, file };
   const { secret } = await store.create('bootstrap-admin', 'admin', clock.now());

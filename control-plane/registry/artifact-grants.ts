@@ -46,7 +46,8 @@ export function artifactGrantSources(deps: {
 }): ArtifactGrantSources {
   return {
     desired: async (deviceId) => deps.fleet.getDesired(deviceId),
-    activeRollouts: async () => (await deps.rollouts.list({ activeOnly: true })).map((r) => ({ model: r.plan.model, version: r.plan.version, sentTo: r.targets.slice(0, r.touched) })),
+    activeRollouts: async () =>
+      (await deps.rollouts.list({ activeOnly: true })).map((r) => ({ model: r.plan.model, version: r.plan.version, sentTo: r.targets.slice(0, r.touched) })),
     sha256Of: async (model, version) => {
       try {
         return (await deps.registry.resolve(model, version)).sha256;

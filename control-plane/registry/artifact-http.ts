@@ -44,7 +44,12 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
   const { artifacts, logger } = options;
   const responses =
     (options.metrics.getSingleMetric('driftline_artifact_responses_total') as Counter<'status'> | undefined) ??
-    new Counter({ name: 'driftline_artifact_responses_total', help: 'Artifact HTTP responses by status code', labelNames: ['status'], registers: [options.metrics] });
+    new Counter({
+      name: 'driftline_artifact_responses_total',
+      help: 'Artifact HTTP responses by status code',
+      labelNames: ['status'],
+      registers: [options.metrics],
+    });
 
   const send = (res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}): void => {
     res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body), ...headers });
@@ -57,7 +62,9 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
     const credentials = parseBasicAuth(req.headers.authorization);
     if (!credentials || (await options.verifyDeviceCredential(credentials.user, credentials.password)) !== 'ok') {
       responses.inc({ status: 401 });
-      return refuse(res, 401, credentials ? 'AUTH_INVALID' : 'AUTH_MISSING', 'device credentials required', { 'WWW-Authenticate': 'Basic realm="driftline-artifacts", charset="UTF-8"' });
+      return refuse(res, 401, credentials ? 'AUTH_INVALID' : 'AUTH_MISSING', 'device credentials required', {
+        'WWW-Authenticate': 'Basic realm="driftline-artifacts", charset="UTF-8"',
+      });
     }
     // Before the existence check, so a device cannot probe which artifacts the store holds.
     if (!(await options.mayDownload(credentials.user, sha256))) {
@@ -104,7 +111,9 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
     if (path === '/metrics') {
       const token = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];
       if (!token || !(await options.authenticateOperator(token))) {
-        return refuse(res, 401, token ? 'AUTH_INVALID' : 'AUTH_MISSING', 'metrics need an operator token (Authorization: Bearer)', { 'WWW-Authenticate': 'Bearer realm="driftline-metrics"' });
+        return refuse(res, 401, token ? 'AUTH_INVALID' : 'AUTH_MISSING', 'metrics need an operator token (Authorization: Bearer)', {
+          'WWW-Authenticate': 'Bearer realm="driftline-metrics"',
+        });
       }
       const body = await options.metrics.metrics();
       res.writeHead(200, { 'Content-Type': options.metrics.contentType, 'Content-Length': Buffer.byteLength(body) });

@@ -87,7 +87,9 @@ export class ModelRegistry {
       if (writer.bytesWritten !== sizeBytes) throw incomplete(`received ${writer.bytesWritten} of ${sizeBytes} bytes`, sizeBytes, writer.bytesWritten);
       const sha256 = writer.digest();
       if (sha256 !== declaredSha) {
-        throw new DriftlineError('MODEL_CHECKSUM_MISMATCH', 'uploaded bytes do not match the declared sha256', { details: { declared: declaredSha, actual: sha256 } });
+        throw new DriftlineError('MODEL_CHECKSUM_MISMATCH', 'uploaded bytes do not match the declared sha256', {
+          details: { declared: declaredSha, actual: sha256 },
+        });
       }
       const signature = readModelSignature(await writer.readBack());
 
@@ -141,7 +143,18 @@ export class ModelRegistry {
     }
     const { sha256, sizeBytes, opset, inputs, outputs } = source;
     try {
-      return await this.insertNext({ name, sha256, sizeBytes, opset, inputs, outputs, description, metadata, createdAtMs: this.clock.now(), amendsVersion: version });
+      return await this.insertNext({
+        name,
+        sha256,
+        sizeBytes,
+        opset,
+        inputs,
+        outputs,
+        description,
+        metadata,
+        createdAtMs: this.clock.now(),
+        amendsVersion: version,
+      });
     } catch (err) {
       throw new DriftlineError('STORE_FAILED', `cannot record the amendment of ${name} v${version}`, { cause: err });
     }

@@ -114,8 +114,16 @@ export class ReleaseStore {
     assertModelName(name);
     const { manifest, keyIds } = verifyRelease(envelope, this.root.metadata, this.options.clock);
     const stored = await this.options.registry.resolve(name, version);
-    if (manifest.name !== stored.name || manifest.version !== stored.version || manifest.artifact.sha256 !== stored.sha256 || manifest.artifact.sizeBytes !== stored.sizeBytes) {
-      throw new DriftlineError('RELEASE_MISMATCH', `the manifest (${manifest.name} v${manifest.version}) does not describe the stored ${stored.name} v${stored.version}`);
+    if (
+      manifest.name !== stored.name ||
+      manifest.version !== stored.version ||
+      manifest.artifact.sha256 !== stored.sha256 ||
+      manifest.artifact.sizeBytes !== stored.sizeBytes
+    ) {
+      throw new DriftlineError(
+        'RELEASE_MISMATCH',
+        `the manifest (${manifest.name} v${manifest.version}) does not describe the stored ${stored.name} v${stored.version}`,
+      );
     }
     // Read and written in one unit of work: of two publishes of one version, the second sees the first.
     const { release, inserted } = await this.options.releases.transaction(async (tx) => {
@@ -180,7 +188,14 @@ export class ReleaseStore {
    * `toVersion` of `model`, signed by the online rollback key; undefined when online signing
    * is not enabled (devices then refuse the older version, and the operator signs offline).
    */
-  async rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Promise<Buffer | undefined> {
+  async rollbackDirective(input: {
+    model: string;
+    toVersion: number;
+    deviceIds: readonly string[];
+    reason: string;
+    ttlMs: number;
+    id: string;
+  }): Promise<Buffer | undefined> {
     const signer = this.options.rollbackSigner;
     if (!signer) return undefined;
     const target = await this.options.registry.resolve(input.model, input.toVersion);

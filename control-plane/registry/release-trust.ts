@@ -22,12 +22,15 @@ export function openReleaseStore(deps: {
   const { trust, logger } = deps;
   const rootChain = trust.root ? readRootChain(trust.root) : [];
   if (rootChain.length === 0) {
-    logger.warn('no trust root configured (serve --trust-root): devices enrolled now accept unsigned models; run `driftline keys init` and restart with --trust-root');
+    logger.warn(
+      'no trust root configured (serve --trust-root): devices enrolled now accept unsigned models; run `driftline keys init` and restart with --trust-root',
+    );
   }
   const rollbackSigner = trust.rollbackKey ? readKeyFile(trust.rollbackKey, process.env[trust.rollbackKeyPassphraseEnv]) : undefined;
   const store = new ReleaseStore({ releases: deps.releases, clock: deps.clock, logger, rootChain, registry: deps.registry, rollbackSigner });
   const root = store.rootVersion();
-  if (root) logger.info({ rootVersion: root.version, expiresAtMs: root.expiresAtMs, onlineRollbackSigning: Boolean(rollbackSigner) }, 'signed releases enabled');
+  if (root)
+    logger.info({ rootVersion: root.version, expiresAtMs: root.expiresAtMs, onlineRollbackSigning: Boolean(rollbackSigner) }, 'signed releases enabled');
   return store;
 }
 
@@ -46,7 +49,9 @@ export async function watchTrust(deps: {
   let warnings: TrustWarning[] = [];
   const evaluate = async (): Promise<void> => {
     try {
-      const deployed = (await deps.fleet.list()).flatMap((d) => (d.desired?.model?.name ? [{ name: d.desired.model.name, version: d.desired.model.version }] : []));
+      const deployed = (await deps.fleet.list()).flatMap((d) =>
+        d.desired?.model?.name ? [{ name: d.desired.model.name, version: d.desired.model.version }] : [],
+      );
       const next = await deps.releases.trustWarnings(deployed, deps.config.expiryWarning);
       const known = new Set(warnings.map((w) => w.message));
       for (const w of next) if (!known.has(w.message)) deps.logger.warn({ code: w.code, ...w.details }, w.message);

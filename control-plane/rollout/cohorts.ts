@@ -89,7 +89,8 @@ export function incompatibility(constraints: ModelConstraints, device: DeviceFac
     const hw = device.hardware;
     if (!hw) return `firmware profile ${device.profile || '(none)'} is not a known profile, so its hardware is unknown`;
     if (constraints.arch?.length && !constraints.arch.includes(hw.arch)) return `arch ${hw.arch} not in ${constraints.arch.join(',')}`;
-    if (constraints.providers?.length && !constraints.providers.some((p) => hw.providers.includes(p))) return `none of the providers ${constraints.providers.join(',')}`;
+    if (constraints.providers?.length && !constraints.providers.some((p) => hw.providers.includes(p)))
+      return `none of the providers ${constraints.providers.join(',')}`;
     if ((constraints.minMemoryBytes ?? 0) > hw.memoryBytes) return `needs ${constraints.minMemoryBytes} bytes of memory`;
   }
   for (const [key, pattern] of Object.entries(constraints.labels)) {

@@ -72,7 +72,14 @@ export class RolloutEngine {
       const constraints = await catalog.constraints(plan.model, plan.version);
       await catalog.assertDeployable?.(plan.model, plan.version);
       const devices = await fleet.devices(plan.target, plan.model);
-      const created = createRollout({ id: this.newId(), plan, devices, constraints, nowMs: clock.now(), requireMinDevices: options.requireMinDevices ?? false });
+      const created = createRollout({
+        id: this.newId(),
+        plan,
+        devices,
+        constraints,
+        nowMs: clock.now(),
+        requireMinDevices: options.requireMinDevices ?? false,
+      });
       // The first wave starts right away; the driver only has to watch the bake.
       const started = tickRollout(created.rollout, clock.now());
       const transition: Transition = { rollout: started.rollout, effects: started.effects, audit: [...created.audit, ...started.audit] };
@@ -144,7 +151,11 @@ export class RolloutEngine {
       return {
         ok: true,
         observation: {
-          install: await fleet.installStatus(model, version, canaryIds.filter((id) => r.fromVersions[id] !== version)),
+          install: await fleet.installStatus(
+            model,
+            version,
+            canaryIds.filter((id) => r.fromVersions[id] !== version),
+          ),
           canary: await metrics.cohort({ model, version, deviceIds: canaryIds, sinceMs }),
           baseline: await metrics.cohort({ model, excludeVersion: version, deviceIds: untouchedDevices(r), sinceMs }),
           drift: await drift?.status(model, version, sinceMs),
@@ -163,11 +174,15 @@ export class RolloutEngine {
     await repository.transaction(async (tx) => {
       if (how.insert) await tx.insert(rollout);
       else await tx.update(rollout);
-      for (const entry of transition.audit) await tx.appendAudit({ ...entry, rolloutId: rollout.id, atMs, actor: by.actor, clientRequestId: by.clientRequestId });
+      for (const entry of transition.audit)
+        await tx.appendAudit({ ...entry, rolloutId: rollout.id, atMs, actor: by.actor, clientRequestId: by.clientRequestId });
       if (how.request && by.clientRequestId) await tx.saveRequest({ clientRequestId: by.clientRequestId, rolloutId: rollout.id, ...how.request }, atMs);
     });
     for (const entry of transition.audit) {
-      logger.info({ rollout: rollout.id, action: entry.action, state: entry.toState, wave: entry.wave + 1, reason: entry.reason || undefined, by: by.actor }, 'rollout');
+      logger.info(
+        { rollout: rollout.id, action: entry.action, state: entry.toState, wave: entry.wave + 1, reason: entry.reason || undefined, by: by.actor },
+        'rollout',
+      );
     }
     for (const effect of transition.effects) await this.apply(rollout, effect);
     for (const listener of this.listeners) {

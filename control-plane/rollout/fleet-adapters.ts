@@ -9,8 +9,7 @@ import type { InstallStats } from './gates.js';
 import type { FleetView, ModelCatalog, ReleasePublisher } from './ports.js';
 import type { PlanningDevice } from './state-machine.js';
 
-const activeVersion = (device: DeviceRecord, model: string): number =>
-  device.reported?.activeModel?.name === model ? device.reported.activeModel.version : 0;
+const activeVersion = (device: DeviceRecord, model: string): number => (device.reported?.activeModel?.name === model ? device.reported.activeModel.version : 0);
 
 /** The rollout's view of the fleet: targets, what they run and how their installs went, from reported state. */
 export class FleetStoreView implements FleetView {
@@ -59,7 +58,10 @@ export class FleetStoreView implements FleetView {
 export class RegistryCatalog implements ModelCatalog {
   constructor(
     private readonly registry: { resolve(name: string, version: number): Promise<ModelVersion> },
-    private readonly releases?: { envelopeOf(name: string, version: number): Promise<Buffer | undefined>; assertDeployable?(name: string, version: number): Promise<void> },
+    private readonly releases?: {
+      envelopeOf(name: string, version: number): Promise<Buffer | undefined>;
+      assertDeployable?(name: string, version: number): Promise<void>;
+    },
   ) {}
 
   async assertDeployable(model: string, version: number): Promise<void> {
@@ -78,7 +80,14 @@ export class RegistryCatalog implements ModelCatalog {
 
 /** The signing side of releases (control-plane/registry/release-store.ts), when a trust root is configured. */
 export interface SignedReleases extends DesiredModelSigner {
-  rollbackDirective(input: { model: string; toVersion: number; deviceIds: readonly string[]; reason: string; ttlMs: number; id: string }): Promise<Buffer | undefined>;
+  rollbackDirective(input: {
+    model: string;
+    toVersion: number;
+    deviceIds: readonly string[];
+    reason: string;
+    ttlMs: number;
+    id: string;
+  }): Promise<Buffer | undefined>;
 }
 
 /**
@@ -109,7 +118,14 @@ export class DesiredStatePublisher implements ReleasePublisher {
     const byVersion = new Map<number, string[]>();
     for (const { deviceId, toVersion } of devices) byVersion.set(toVersion, [...(byVersion.get(toVersion) ?? []), deviceId]);
     for (const [version, ids] of byVersion) {
-      const directive = await this.deps.releases?.rollbackDirective({ model, toVersion: version, deviceIds: ids, reason, ttlMs: this.deps.rollbackTtlMs, id: `${id}-v${version}` });
+      const directive = await this.deps.releases?.rollbackDirective({
+        model,
+        toVersion: version,
+        deviceIds: ids,
+        reason,
+        ttlMs: this.deps.rollbackTtlMs,
+        id: `${id}-v${version}`,
+      });
       this.deps.logger.warn({ model, version, devices: ids.length, reason, signed: Boolean(directive) }, 'rolling devices back');
       await this.send(await this.deps.registry.resolve(model, version), ids, directive);
     }

@@ -80,13 +80,21 @@ function evaluateGate(gate: GateSpec, obs: Observation, limits: EvaluationLimits
     // Rounded so float noise (0.88 - 0.9 = -0.0200000000000000018) cannot fail a value at the threshold.
     const v = Math.round(value * 1e9) / 1e9;
     const ok = gate.op === '<=' ? v <= gate.threshold : v >= gate.threshold;
-    return { gate: name, verdict: ok ? 'pass' : 'fail', value: round(value), threshold: gate.threshold, detail: `${detail} (limit ${gate.op} ${gate.threshold})` };
+    return {
+      gate: name,
+      verdict: ok ? 'pass' : 'fail',
+      value: round(value),
+      threshold: gate.threshold,
+      detail: `${detail} (limit ${gate.op} ${gate.threshold})`,
+    };
   };
   const { canary, baseline, install } = obs;
   const canaryShort = (): string | undefined =>
-    canary.inferences < limits.minInferences ? `only ${canary.inferences} canary inferences (need ${limits.minInferences})`
-    : canary.devicesWithData < Math.min(limits.minDevices, canary.devices) ? `only ${canary.devicesWithData} canary devices reported inferences (need ${Math.min(limits.minDevices, canary.devices)})`
-    : undefined;
+    canary.inferences < limits.minInferences
+      ? `only ${canary.inferences} canary inferences (need ${limits.minInferences})`
+      : canary.devicesWithData < Math.min(limits.minDevices, canary.devices)
+        ? `only ${canary.devicesWithData} canary devices reported inferences (need ${Math.min(limits.minDevices, canary.devices)})`
+        : undefined;
   const baselineShort = (): string | undefined =>
     baseline.inferences < limits.minInferences ? `only ${baseline.inferences} baseline inferences (need ${limits.minInferences})` : undefined;
 
@@ -97,7 +105,8 @@ function evaluateGate(gate: GateSpec, obs: Observation, limits: EvaluationLimits
       if (install.attempted > 0 && install.failed / install.attempted > gate.threshold && gate.op === '<=') {
         return judge(install.failed / install.attempted, `${install.failed} of ${install.attempted} installs failed`);
       }
-      if (decided < Math.min(limits.minDevices, install.attempted) || decided === 0) return unsure(`only ${decided} of ${install.attempted} devices reported the install`);
+      if (decided < Math.min(limits.minDevices, install.attempted) || decided === 0)
+        return unsure(`only ${decided} of ${install.attempted} devices reported the install`);
       return judge(install.failed / decided, `${install.failed} of ${decided} installs failed`);
     }
     case 'error-rate': {

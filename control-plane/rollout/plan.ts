@@ -69,9 +69,13 @@ export function parseGate(text: string): GateSpec {
   if (text.trim() === 'drift') return { metric: 'drift', op: '<=', threshold: 1 };
   const m = GATE_TEXT.exec(text);
   if (!m || !(GATE_METRICS as readonly string[]).includes(m[1]!)) {
-    throw new DriftlineError('REQUEST_INVALID', `gate ${JSON.stringify(text)} must look like <metric><=|>=<number> with metric one of ${GATE_METRICS.join(', ')}`, {
-      details: { gate: text },
-    });
+    throw new DriftlineError(
+      'REQUEST_INVALID',
+      `gate ${JSON.stringify(text)} must look like <metric><=|>=<number> with metric one of ${GATE_METRICS.join(', ')}`,
+      {
+        details: { gate: text },
+      },
+    );
   }
   return { metric: m[1] as GateMetric, op: m[2] as '<=' | '>=', threshold: Number(m[3]) };
 }
@@ -84,7 +88,17 @@ export const rolloutPlanSchema = z
     version: z.number().int().positive(),
     target: z.string().max(512).default(''),
     waves: z
-      .array(z.object({ percent: z.number().gt(0).max(100), minDevices: z.number().int().min(1).max(100_000), bakeMs: z.number().int().min(0).max(30 * 86_400_000) }))
+      .array(
+        z.object({
+          percent: z.number().gt(0).max(100),
+          minDevices: z.number().int().min(1).max(100_000),
+          bakeMs: z
+            .number()
+            .int()
+            .min(0)
+            .max(30 * 86_400_000),
+        }),
+      )
       .min(1)
       .max(20)
       .refine((waves) => waves.every((w, i) => i === 0 || w.percent > waves[i - 1]!.percent), 'wave percents must increase')

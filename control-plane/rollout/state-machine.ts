@@ -46,8 +46,7 @@ export interface Rollout {
 }
 
 export type Effect =
-  | { kind: 'deploy'; wave: number; deviceIds: string[] }
-  | { kind: 'rollback'; devices: Array<{ deviceId: string; toVersion: number }>; reason: string };
+  { kind: 'deploy'; wave: number; deviceIds: string[] } | { kind: 'rollback'; devices: Array<{ deviceId: string; toVersion: number }>; reason: string };
 
 export interface AuditEntry {
   action: string;
@@ -102,7 +101,10 @@ export function createRollout(input: {
       { details: { minDevices: minimum, compatible: compatible.length, incompatible: incompatible.length } },
     );
   }
-  const targets = cohortOrder(id, compatible.map((d) => d.id));
+  const targets = cohortOrder(
+    id,
+    compatible.map((d) => d.id),
+  );
   const fromVersions = Object.fromEntries(compatible.map((d) => [d.id, d.activeVersion]));
   const rollout: Rollout = {
     id,
@@ -218,7 +220,14 @@ export function command(r: Rollout, cmd: OperatorCommand, nowMs: number, reason 
         return { rollout: next, effects: [], audit: [entry(next, r.state, 'resume', reason, {})] };
       }
       // Judged again at the next tick if the bake is over: data that arrived meanwhile may now suffice.
-      const next: Rollout = { ...r, state: 'progressing', reason: '', failures: 0, nextEvaluationAtMs: Math.max(r.waveStartedAtMs + r.plan.waves[r.wave]!.bakeMs, nowMs), updatedAtMs: nowMs };
+      const next: Rollout = {
+        ...r,
+        state: 'progressing',
+        reason: '',
+        failures: 0,
+        nextEvaluationAtMs: Math.max(r.waveStartedAtMs + r.plan.waves[r.wave]!.bakeMs, nowMs),
+        updatedAtMs: nowMs,
+      };
       return { rollout: next, effects: [], audit: [entry(next, r.state, 'resume', reason, {})] };
     }
     case 'abort':

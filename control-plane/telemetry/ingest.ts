@@ -2,13 +2,7 @@ import { DriftlineError } from '../../common/errors.js';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { UpChannel } from '../../common/device-protocol/topics.js';
-import {
-  CommandResult,
-  ReportedState,
-  TelemetryBatch,
-  type SeqRange,
-  type TelemetryRecord,
-} from '../../common/proto/driftline/v1/device_link.js';
+import { CommandResult, ReportedState, TelemetryBatch, type SeqRange, type TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
 import type { DriftSketch } from '../../common/proto/driftline/v1/drift.js';
 import { inflateBounded, scanEntries, type EntryLimit } from './bounded-decode.js';
 import { DeviceRateLimiter } from './device-rate-limit.js';
@@ -103,7 +97,13 @@ export class TelemetryIngest {
     const { devices, clock, limits } = this.options;
     if (this.rate && !this.rate.tryTake(deviceId)) {
       const { messagesPerSecond, burst } = limits.deviceRate!;
-      this.refusals.note(deviceId, channel, 'DEVICE_RATE_LIMITED', `more than ${burst} messages at once or ${messagesPerSecond}/s sustained (ingest.deviceRate)`, false);
+      this.refusals.note(
+        deviceId,
+        channel,
+        'DEVICE_RATE_LIMITED',
+        `more than ${burst} messages at once or ${messagesPerSecond}/s sustained (ingest.deviceRate)`,
+        false,
+      );
       return;
     }
     const now = clock.now();
@@ -203,19 +203,32 @@ function decode<T>(codec: { decode(input: Uint8Array): T }, payload: Uint8Array,
 
 function validateRecord(record: TelemetryRecord, index: number): void {
   const problem =
-    !Number.isSafeInteger(record.boot) || record.boot < 1 ? 'boot must be a positive integer'
-    : !Number.isSafeInteger(record.seq) || record.seq < 1 ? 'seq must be a positive integer'
-    : !Number.isFinite(record.timeMs) ? 'time must be finite'
-    : record.body === undefined ? 'record has no body'
-    : record.body.$case === 'inference' && !Number.isFinite(record.body.value.latencyMs) ? 'latency must be finite'
-    : record.body.$case === 'drift' && !validSketch(record.body.value) ? 'drift sketch counts must be non-negative integers'
-    : undefined;
+    !Number.isSafeInteger(record.boot) || record.boot < 1
+      ? 'boot must be a positive integer'
+      : !Number.isSafeInteger(record.seq) || record.seq < 1
+        ? 'seq must be a positive integer'
+        : !Number.isFinite(record.timeMs)
+          ? 'time must be finite'
+          : record.body === undefined
+            ? 'record has no body'
+            : record.body.$case === 'inference' && !Number.isFinite(record.body.value.latencyMs)
+              ? 'latency must be finite'
+              : record.body.$case === 'drift' && !validSketch(record.body.value)
+                ? 'drift sketch counts must be non-negative integers'
+                : undefined;
   if (problem) throw new DriftlineError('PAYLOAD_MALFORMED', `record ${index}: ${problem}`);
 }
 
 function validSketch(sketch: DriftSketch): boolean {
   const ok = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;
-  return ok(sketch.rows) && ok(sketch.errors) && ok(sketch.requests) && sketch.classCounts.every(ok) && sketch.confidenceCounts.every(ok) && sketch.features.every((f) => f.counts.every(ok));
+  return (
+    ok(sketch.rows) &&
+    ok(sketch.errors) &&
+    ok(sketch.requests) &&
+    sketch.classCounts.every(ok) &&
+    sketch.confidenceCounts.every(ok) &&
+    sketch.features.every((f) => f.counts.every(ok))
+  );
 }
 
 /** Compresses the (boot, seq) pairs of a batch into inclusive ranges for the ack. */

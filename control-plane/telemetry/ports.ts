@@ -22,7 +22,12 @@ export interface TelemetryRepository extends RefusalStore {
    * each new record is also handed to the route for its kind (see RecordRoute) in that transaction.
    * deviceClockOffsetMs: the control plane's clock minus the device's, estimated from the batch's sent_at.
    */
-  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, deviceClockOffsetMs?: number): Promise<{ stored: number; duplicates: number }>;
+  commit(
+    deviceId: string,
+    records: readonly TelemetryRecord[],
+    receivedAtMs: number,
+    deviceClockOffsetMs?: number,
+  ): Promise<{ stored: number; duplicates: number }>;
   noteDeviceState(deviceId: string, state: ReportedState): Promise<void>;
   summary(request: TelemetrySummaryRequest): Promise<TelemetrySummary>;
 }

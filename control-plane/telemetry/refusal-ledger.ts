@@ -43,7 +43,10 @@ export class RefusalLedger {
     if (last !== undefined && now >= last && now - last < this.options.logIntervalMs) return;
     this.lastLogged.set(deviceId, now);
     const { refused } = this.flushDevice(deviceId);
-    this.options.logger.warn({ deviceId, channel, code, reason, refused, intervalMs: this.options.logIntervalMs }, 'device messages refused (logged at most once per interval per device)');
+    this.options.logger.warn(
+      { deviceId, channel, code, reason, refused, intervalMs: this.options.logIntervalMs },
+      'device messages refused (logged at most once per interval per device)',
+    );
   }
 
   /** Writes every pending count to the store (before the totals are read, and at shutdown). */

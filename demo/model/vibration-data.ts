@@ -102,7 +102,14 @@ function sampleMachine(rng: SeededRandom, label: number): number[] {
 function measure(state: number[], severity: number): number[] {
   if (severity === 0) return state;
   const [rmsVelocity, peakAccel, crestFactor, kurtosis, band1x, band2x, bandBearing, temperature] = state as [
-    number, number, number, number, number, number, number, number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
   ];
   const gain = 1 + 0.35 * severity;
   return [

@@ -11,7 +11,10 @@ import { freePort, waitFor } from './processes.js';
 export function findMosquitto(): string | undefined {
   const candidates = [
     process.env.MOSQUITTO_BIN,
-    ...(process.env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, 'mosquitto')),
+    ...(process.env.PATH ?? '')
+      .split(delimiter)
+      .filter(Boolean)
+      .map((dir) => join(dir, 'mosquitto')),
     '/usr/sbin/mosquitto',
     '/usr/local/sbin/mosquitto',
     '/opt/homebrew/sbin/mosquitto',

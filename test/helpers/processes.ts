@@ -19,7 +19,12 @@ export interface RunningProcess {
 
 /** Starts `node <script> ...args` from the repository root and waits for a stdout line matching `ready`. */
 /** nodeArgs: flags for node itself, before the script (--cpu-prof, which NODE_OPTIONS refuses). */
-export async function startProcess(script: string, args: string[], ready: RegExp, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<RunningProcess> {
+export async function startProcess(
+  script: string,
+  args: string[],
+  ready: RegExp,
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; nodeArgs?: string[] } = {},
+): Promise<RunningProcess> {
   const child = spawn(process.execPath, [...(options.nodeArgs ?? []), script, ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, DRIFTLINE_LOG_LEVEL: process.env.DRIFTLINE_LOG_LEVEL ?? 'warn', ...options.env },
@@ -77,7 +82,11 @@ export async function freePort(): Promise<number> {
 }
 
 /** Polls until the condition holds; fails with the last observed value after the deadline. */
-export async function waitFor<T>(read: () => T | Promise<T>, accept: (value: T) => boolean, options: { timeoutMs?: number; intervalMs?: number; what?: string } = {}): Promise<T> {
+export async function waitFor<T>(
+  read: () => T | Promise<T>,
+  accept: (value: T) => boolean,
+  options: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
+): Promise<T> {
   const deadline = Date.now() + (options.timeoutMs ?? 30_000);
   let last: T | undefined;
   let lastError: unknown;
@@ -90,7 +99,9 @@ export async function waitFor<T>(read: () => T | Promise<T>, accept: (value: T) 
     }
     await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 100));
   }
-  throw new Error(`timed out waiting for ${options.what ?? 'condition'}; last value: ${JSON.stringify(last)}${lastError ? `; last error: ${String(lastError)}` : ''}`);
+  throw new Error(
+    `timed out waiting for ${options.what ?? 'condition'}; last value: ${JSON.stringify(last)}${lastError ? `; last error: ${String(lastError)}` : ''}`,
+  );
 }
 
 /** A port held by a plain TCP listener on 127.0.0.1, as a system broker holds 1883: for tests of a taken port. */

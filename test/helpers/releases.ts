@@ -39,7 +39,16 @@ export function testTrust(nowMs: number, lifetimeMs = 86_400_000): TestTrust {
     revokedKeys: [],
     ...changes,
   });
-  return { rootKeys, release, rollback, v1: signRootBytes(metadata(1), rootKeys.slice(0, 2).map((k) => k.signer)), metadata };
+  return {
+    rootKeys,
+    release,
+    rollback,
+    v1: signRootBytes(
+      metadata(1),
+      rootKeys.slice(0, 2).map((k) => k.signer),
+    ),
+    metadata,
+  };
 }
 
 export interface TestRelease {
@@ -49,7 +58,13 @@ export interface TestRelease {
   envelope: Buffer;
 }
 
-export async function makeRelease(name: string, version: number, bytes: Uint8Array, signer: Signer, changes: Partial<ReleaseManifestInput> = {}): Promise<TestRelease> {
+export async function makeRelease(
+  name: string,
+  version: number,
+  bytes: Uint8Array,
+  signer: Signer,
+  changes: Partial<ReleaseManifestInput> = {},
+): Promise<TestRelease> {
   const built = await buildReleaseManifest({ bytes, name, version, createdAtMs: 1, goldenVectors: 2 });
   const manifest = { ...built, ...changes } as ReleaseManifest;
   return { bytes, sha256: sha256Hex(bytes), manifest, envelope: signRaw(manifest, signer) };
@@ -59,7 +74,11 @@ export async function makeRelease(name: string, version: number, bytes: Uint8Arr
 export const signRaw = (payload: unknown, signer: Signer): Buffer =>
   encodeEnvelope(signEnvelope(MANIFEST_PAYLOAD_TYPE, Buffer.from(canonicalJson(payload)), [signer]));
 
-export function desiredFor(revision: number, release: TestRelease, extra: { rootChain?: Buffer[]; rollback?: Buffer; artifactPath?: string; envelope?: Buffer; sha256?: string; sizeBytes?: number } = {}): DesiredState {
+export function desiredFor(
+  revision: number,
+  release: TestRelease,
+  extra: { rootChain?: Buffer[]; rollback?: Buffer; artifactPath?: string; envelope?: Buffer; sha256?: string; sizeBytes?: number } = {},
+): DesiredState {
   const sha256 = extra.sha256 ?? release.sha256;
   return DesiredState.fromPartial({
     revision,

@@ -1,11 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { createOperatorClient } from '../../client/operator-client.js';
-import {
-  RolloutServiceService,
-  type Rollout,
-  type RolloutCommandRequest,
-  type StartRolloutRequest,
-} from '../../common/proto/driftline/v1/rollouts.js';
+import { RolloutServiceService, type Rollout, type RolloutCommandRequest, type StartRolloutRequest } from '../../common/proto/driftline/v1/rollouts.js';
 
 /** A thin test client over RolloutService (and model upload with metadata), as the admin (the operator client the CLI uses). */
 export function rolloutApi(address: string, tokenFile: string) {
@@ -46,7 +41,8 @@ export function rolloutApi(address: string, tokenFile: string) {
       }
       return seen;
     },
-    upload: (name: string, bytes: Uint8Array, meta: Record<string, string> = {}) => client.uploadModelBytes(bytes, { name, description: 'test', metadata: meta }),
+    upload: (name: string, bytes: Uint8Array, meta: Record<string, string> = {}) =>
+      client.uploadModelBytes(bytes, { name, description: 'test', metadata: meta }),
     close: () => client.close(),
   };
 }

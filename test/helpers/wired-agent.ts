@@ -22,7 +22,10 @@ export type WiredAgent = AgentHandle & { readonly schedules: ManualClock };
 
 /** A control plane in `<dir>/<name>` on OS-chosen ports, and an operator client with its admin token. */
 export async function startTestControlPlane(dir: string, options: { name?: string } = {}): Promise<{ cp: ControlPlane; api: FleetApi }> {
-  const cp = await startControlPlane({ dataDir: join(dir, options.name ?? 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } }, { logger: silentLogger() });
+  const cp = await startControlPlane(
+    { dataDir: join(dir, options.name ?? 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 } },
+    { logger: silentLogger() },
+  );
   return { cp, api: fleetApi(cp.addresses.grpc, cp.adminTokenFile) };
 }
 

@@ -134,7 +134,10 @@ export class MqttUplink implements Uplink {
     // until some later reconnect; callers resend from their own buffer instead.
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new DriftlineError('UPLINK_UNAVAILABLE', 'the broker did not acknowledge the message in time')), this.options.publishTimeoutMs);
+      timer = setTimeout(
+        () => reject(new DriftlineError('UPLINK_UNAVAILABLE', 'the broker did not acknowledge the message in time')),
+        this.options.publishTimeoutMs,
+      );
     });
     try {
       await Promise.race([

@@ -130,7 +130,11 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
       const identity = checkClientIdentity(client.id, username);
       if (!identity.allowed) {
         stats.refusedConnects++;
-        logRefusal('identity', { clientId: truncateUntrusted(client.id), username: truncateUntrusted(username), detail: identity.reason }, 'mqtt connect refused');
+        logRefusal(
+          'identity',
+          { clientId: truncateUntrusted(client.id), username: truncateUntrusted(username), detail: identity.reason },
+          'mqtt connect refused',
+        );
         return done(authError(IDENTIFIER_REJECTED, identity.reason), false);
       }
       const will = (client as unknown as { _will?: { topic: string; retain: boolean } })._will;
@@ -173,7 +177,11 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
       if (decision.allowed && !tooLarge) return done(null);
       stats.refusedPublishes++;
       const reason = tooLarge ? `payload of ${payloadBytes} bytes exceeds ${options.maxPacketBytes}` : (decision as { reason: string }).reason;
-      logRefusal(tooLarge ? 'publish_too_large' : 'publish_acl', { deviceId: client.id, topic: truncateUntrusted(packet.topic), detail: reason }, 'mqtt publish refused; disconnecting');
+      logRefusal(
+        tooLarge ? 'publish_too_large' : 'publish_acl',
+        { deviceId: client.id, topic: truncateUntrusted(packet.topic), detail: reason },
+        'mqtt publish refused; disconnecting',
+      );
       done(new Error(reason));
     },
     authorizeSubscribe(client, subscription, done) {
@@ -201,7 +209,11 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
   const accept = (socket: Socket): void => {
     if (pending.size >= options.maxPendingConnections) {
       stats.refusedConnections++;
-      logRefusal('too_many_pending', { pending: pending.size, limit: options.maxPendingConnections }, 'mqtt connection refused: too many connections waiting to log in');
+      logRefusal(
+        'too_many_pending',
+        { pending: pending.size, limit: options.maxPendingConnections },
+        'mqtt connection refused: too many connections waiting to log in',
+      );
       socket.destroy();
       return;
     }
@@ -220,7 +232,8 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
       closed++;
       gate.destroy();
     }
-    if (closed > 0) logRefusal('connect_timeout', { closed, timeoutMs: options.connectTimeoutMs }, 'mqtt connections closed: no login within the connect timeout');
+    if (closed > 0)
+      logRefusal('connect_timeout', { closed, timeoutMs: options.connectTimeoutMs }, 'mqtt connections closed: no login within the connect timeout');
     return closed;
   };
   const staleTimer = setInterval(closeStaleConnections, Math.max(1, Math.floor(options.connectTimeoutMs / STALE_CHECKS_PER_TIMEOUT)));
@@ -239,9 +252,7 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions): Promi
   broker.on('clientDisconnect', (client) => {
     if (clientsById.get(client.id) === client) clientsById.delete(client.id);
   });
-  broker.on('clientError', (client, err) =>
-    logger.debug({ clientId: truncateUntrusted(client.id), err: truncateUntrusted(err.message) }, 'mqtt client error'),
-  );
+  broker.on('clientError', (client, err) => logger.debug({ clientId: truncateUntrusted(client.id), err: truncateUntrusted(err.message) }, 'mqtt client error'));
 
   const server: Server = options.tls
     ? createTlsServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key), handshakeTimeout: options.connectTimeoutMs }, accept)

@@ -41,4 +41,11 @@ export abstract class SessionDeviceLink implements DeviceLink {
   }
 }
 
-export const NO_REFUSALS: DeviceLinkStats = Object.freeze({ refusedConnects: 0, refusedPublishes: 0, refusedPackets: 0, refusedConnections: 0, connectTimeouts: 0, pendingConnections: 0 });
+export const NO_REFUSALS: DeviceLinkStats = Object.freeze({
+  refusedConnects: 0,
+  refusedPublishes: 0,
+  refusedPackets: 0,
+  refusedConnections: 0,
+  connectTimeouts: 0,
+  pendingConnections: 0,
+});

@@ -40,7 +40,9 @@ export class SqliteDriftRepository implements DriftRollupRepository {
   ) {
     applyMigrations(db, 'drift', MIGRATIONS);
     this.connection = connectionOf(db);
-    this.select = db.prepare('SELECT sketch FROM drift_rollups WHERE model = ? AND version = ? AND bucket_ms = ? AND bucket_start = ? AND device_id = ? AND digest = ?');
+    this.select = db.prepare(
+      'SELECT sketch FROM drift_rollups WHERE model = ? AND version = ? AND bucket_ms = ? AND bucket_start = ? AND device_id = ? AND digest = ?',
+    );
     this.upsert = db.prepare(
       `INSERT INTO drift_rollups (model, version, device_id, bucket_ms, bucket_start, digest, rows, sketch) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (model, version, bucket_ms, bucket_start, device_id, digest) DO UPDATE SET rows = excluded.rows, sketch = excluded.sketch`,
@@ -87,7 +89,9 @@ export class SqliteDriftRepository implements DriftRollupRepository {
 
   /** Retention: minute and hour buckets as long as the telemetry rollups of their size. Resolves to the rows deleted. */
   prune(nowMs: number, retention: { minuteMs: number; hourMs: number }): Promise<number> {
-    return this.connection.run(() => this.pruneOlderThan(BUCKET_MINUTE_MS, nowMs - retention.minuteMs) + this.pruneOlderThan(BUCKET_HOUR_MS, nowMs - retention.hourMs));
+    return this.connection.run(
+      () => this.pruneOlderThan(BUCKET_MINUTE_MS, nowMs - retention.minuteMs) + this.pruneOlderThan(BUCKET_HOUR_MS, nowMs - retention.hourMs),
+    );
   }
 
   /** Model versions with sketches in an hour bucket that reaches `sinceMs` or later (a superset of the versions with data since then). */
@@ -101,14 +105,22 @@ export class SqliteDriftRepository implements DriftRollupRepository {
   }
 
   rowsSince(model: string, version: number, bucketMs: number, sinceMs: number): Promise<DriftRollupRow[]> {
-    return this.connection.run((db) => db
-      .prepare(
-        `SELECT version, device_id, digest, sketch FROM drift_rollups
+    return this.connection
+      .run(
+        (db) =>
+          db
+            .prepare(
+              `SELECT version, device_id, digest, sketch FROM drift_rollups
          WHERE model = ? AND (? = 0 OR version = ?) AND bucket_ms = ? AND bucket_start >= ?
          ORDER BY version, device_id, bucket_start`,
+            )
+            .all(model, version, version, bucketMs, Math.floor(sinceMs / bucketMs) * bucketMs) as Array<{
+            version: number;
+            device_id: string;
+            digest: string;
+            sketch: Buffer;
+          }>,
       )
-      .all(model, version, version, bucketMs, Math.floor(sinceMs / bucketMs) * bucketMs) as Array<{ version: number; device_id: string; digest: string; sketch: Buffer }>)
       .then((rows) => rows.map((r) => ({ version: r.version, deviceId: r.device_id, digest: r.digest, sketch: r.sketch })));
   }
 }
-

@@ -1,6 +1,15 @@
 import type { Database, Statement } from 'better-sqlite3';
 import { DesiredState, ReportedState } from '../../../common/proto/driftline/v1/device_link.js';
-import type { DeviceStatus, EnrollmentTokenQuery, FleetReads, FleetRepository, FleetTransaction, FleetWrites, StoredDevice, StoredEnrollmentToken } from '../../fleet/ports.js';
+import type {
+  DeviceStatus,
+  EnrollmentTokenQuery,
+  FleetReads,
+  FleetRepository,
+  FleetTransaction,
+  FleetWrites,
+  StoredDevice,
+  StoredEnrollmentToken,
+} from '../../fleet/ports.js';
 import { applyMigrations, connectionOf, type SqliteConnection } from './database.js';
 
 const MIGRATIONS = [
@@ -144,9 +153,20 @@ class FleetStatements {
 
 type Operations = FleetReads & FleetWrites;
 const OPERATIONS = [
-  'device', 'devices', 'enrollmentToken', 'enrollmentTokenByHashPrefix', 'enrollmentTokens',
-  'addEnrollmentToken', 'markEnrollmentTokenUsed', 'revokeEnrollmentToken', 'saveEnrolledDevice',
-  'recordSeen', 'saveReported', 'setDesired', 'setLabels', 'decommission',
+  'device',
+  'devices',
+  'enrollmentToken',
+  'enrollmentTokenByHashPrefix',
+  'enrollmentTokens',
+  'addEnrollmentToken',
+  'markEnrollmentTokenUsed',
+  'revokeEnrollmentToken',
+  'saveEnrolledDevice',
+  'recordSeen',
+  'saveReported',
+  'setDesired',
+  'setLabels',
+  'decommission',
 ] as const satisfies ReadonlyArray<keyof Operations>;
 
 /** The statements as async operations, each run by `runOne` (through the queue, or directly inside a unit of work). */

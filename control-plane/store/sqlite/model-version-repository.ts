@@ -48,7 +48,9 @@ class ModelVersionStatements {
     this.selectLatest = db.prepare('SELECT * FROM model_versions WHERE name = ? ORDER BY version DESC LIMIT 1');
     this.selectVersion = db.prepare('SELECT * FROM model_versions WHERE name = ? AND version = ?');
     this.selectVersions = db.prepare('SELECT * FROM model_versions WHERE name = ? ORDER BY version');
-    this.selectLatestOfEach = db.prepare('SELECT * FROM model_versions m WHERE version = (SELECT max(version) FROM model_versions WHERE name = m.name) ORDER BY name');
+    this.selectLatestOfEach = db.prepare(
+      'SELECT * FROM model_versions m WHERE version = (SELECT max(version) FROM model_versions WHERE name = m.name) ORDER BY name',
+    );
     this.insertVersion = db.prepare(
       `INSERT INTO model_versions (name, version, sha256, size_bytes, opset, inputs, outputs, description, metadata, created_at_ms, amends_version)
        VALUES (@name, @version, @sha256, @size_bytes, @opset, @inputs, @outputs, @description, @metadata, @created_at_ms, @amends_version)`,

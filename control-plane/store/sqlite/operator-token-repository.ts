@@ -21,7 +21,13 @@ interface TokenRow {
   revoked_at_ms: number | null;
 }
 
-const toToken = (row: TokenRow): StoredOperatorToken => ({ id: row.id, name: row.name, role: row.role, createdAtMs: row.created_at_ms, revokedAtMs: row.revoked_at_ms });
+const toToken = (row: TokenRow): StoredOperatorToken => ({
+  id: row.id,
+  name: row.name,
+  role: row.role,
+  createdAtMs: row.created_at_ms,
+  revokedAtMs: row.revoked_at_ms,
+});
 
 /** Operator tokens (their hashes) in SQLite. */
 export class SqliteOperatorTokenRepository implements OperatorTokenRepository {
@@ -34,7 +40,13 @@ export class SqliteOperatorTokenRepository implements OperatorTokenRepository {
 
   insert(t: { id: string; name: string; role: OperatorRoleName; tokenHash: string; createdAtMs: number }): Promise<void> {
     return this.connection.run((db) => {
-      db.prepare('INSERT INTO operator_tokens (id, name, role, token_hash, created_at_ms) VALUES (?, ?, ?, ?, ?)').run(t.id, t.name, t.role, t.tokenHash, t.createdAtMs);
+      db.prepare('INSERT INTO operator_tokens (id, name, role, token_hash, created_at_ms) VALUES (?, ?, ?, ?, ?)').run(
+        t.id,
+        t.name,
+        t.role,
+        t.tokenHash,
+        t.createdAtMs,
+      );
     });
   }
 
@@ -50,7 +62,9 @@ export class SqliteOperatorTokenRepository implements OperatorTokenRepository {
   }
 
   revoke(id: string, atMs: number): Promise<boolean> {
-    return this.connection.run((db) => db.prepare('UPDATE operator_tokens SET revoked_at_ms = coalesce(revoked_at_ms, ?) WHERE id = ?').run(atMs, id).changes > 0);
+    return this.connection.run(
+      (db) => db.prepare('UPDATE operator_tokens SET revoked_at_ms = coalesce(revoked_at_ms, ?) WHERE id = ?').run(atMs, id).changes > 0,
+    );
   }
 
   hasLiveAdmin(): Promise<boolean> {

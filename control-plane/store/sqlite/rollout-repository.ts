@@ -64,7 +64,15 @@ class RolloutStatements {
     try {
       this.db
         .prepare('INSERT INTO rollouts (id, model, target_group, state, created_at_ms, updated_at_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?)')
-        .run(rollout.id, rollout.plan.model, targetGroup(rollout.plan.target), rollout.state, rollout.createdAtMs, rollout.updatedAtMs, JSON.stringify(rollout));
+        .run(
+          rollout.id,
+          rollout.plan.model,
+          targetGroup(rollout.plan.target),
+          rollout.state,
+          rollout.createdAtMs,
+          rollout.updatedAtMs,
+          JSON.stringify(rollout),
+        );
     } catch (err) {
       if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
         throw new DriftlineError('ROLLOUT_ACTIVE_EXISTS', `another rollout of ${rollout.plan.model} to this target group is active`, { cause: err });
@@ -74,7 +82,9 @@ class RolloutStatements {
   }
 
   update(rollout: Rollout): void {
-    this.db.prepare('UPDATE rollouts SET state = ?, updated_at_ms = ?, body = ? WHERE id = ?').run(rollout.state, rollout.updatedAtMs, JSON.stringify(rollout), rollout.id);
+    this.db
+      .prepare('UPDATE rollouts SET state = ?, updated_at_ms = ?, body = ? WHERE id = ?')
+      .run(rollout.state, rollout.updatedAtMs, JSON.stringify(rollout), rollout.id);
   }
 
   get(id: string): Rollout | undefined {
@@ -94,8 +104,7 @@ class RolloutStatements {
 
   findActive(model: string, group: string): Rollout | undefined {
     const row = this.db.prepare(`SELECT body FROM rollouts WHERE model = ? AND target_group = ? AND state IN (${ACTIVE_SQL})`).get(model, group) as
-      | { body: string }
-      | undefined;
+      { body: string } | undefined;
     return row ? (JSON.parse(row.body) as Rollout) : undefined;
   }
 
@@ -126,9 +135,9 @@ class RolloutStatements {
   }
 
   findRequest(clientRequestId: string): StoredRequest | undefined {
-    const row = this.db.prepare('SELECT client_request_id, action, fingerprint, rollout_id FROM rollout_requests WHERE client_request_id = ?').get(clientRequestId) as
-      | { client_request_id: string; action: string; fingerprint: string; rollout_id: string }
-      | undefined;
+    const row = this.db
+      .prepare('SELECT client_request_id, action, fingerprint, rollout_id FROM rollout_requests WHERE client_request_id = ?')
+      .get(clientRequestId) as { client_request_id: string; action: string; fingerprint: string; rollout_id: string } | undefined;
     return row ? { clientRequestId: row.client_request_id, action: row.action, fingerprint: row.fingerprint, rolloutId: row.rollout_id } : undefined;
   }
 

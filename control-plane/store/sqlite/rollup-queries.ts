@@ -1,7 +1,13 @@
 import type { Database } from 'better-sqlite3';
 import type { Clock } from '../../../common/clock.js';
 import { DriftlineError } from '../../../common/errors.js';
-import { RollupBucket, RollupGroupBy, type TelemetryRollup, type TelemetryRollups, type TelemetryRollupsRequest } from '../../../common/proto/driftline/v1/telemetry.js';
+import {
+  RollupBucket,
+  RollupGroupBy,
+  type TelemetryRollup,
+  type TelemetryRollups,
+  type TelemetryRollupsRequest,
+} from '../../../common/proto/driftline/v1/telemetry.js';
 import { cohortOf } from '../../fleet/labels.js';
 import { connectionOf, type SqliteConnection } from './database.js';
 import { ROLLUP_BUCKETS_MS, rollupRetentionMs, type RollupRetention } from './telemetry-repository.js';
@@ -22,7 +28,11 @@ const [MINUTE_MS, HOUR_MS] = ROLLUP_BUCKETS_MS;
 /** How each grouping names its rows and orders them within a bucket. */
 const GROUPINGS: Record<'device' | 'modelVersion' | 'cohort' | 'fleet', { key: string; groupBy: string; orderBy: string }> = {
   device: { key: 'r.device_id', groupBy: 'key', orderBy: 'key' },
-  modelVersion: { key: `CASE WHEN r.model = '' THEN '' ELSE r.model || ' v' || r.model_version END`, groupBy: 'r.model, r.model_version', orderBy: 'r.model, r.model_version' },
+  modelVersion: {
+    key: `CASE WHEN r.model = '' THEN '' ELSE r.model || ' v' || r.model_version END`,
+    groupBy: 'r.model, r.model_version',
+    orderBy: 'r.model, r.model_version',
+  },
   cohort: { key: `coalesce(c.cohort, '')`, groupBy: 'key', orderBy: 'key' },
   fleet: { key: `'fleet'`, groupBy: 'key', orderBy: 'key' },
 };
@@ -96,9 +106,11 @@ export class SqliteRollupQueries {
       by === 'cohort' ? Object.fromEntries((await this.deps.devices.list('', { includeDecommissioned: true })).map((d) => [d.id, cohortOf(d.labels)])) : {};
     const { key, groupBy, orderBy } = GROUPINGS[by];
 
-    const rows = await this.connection.run((db) => db
-      .prepare(
-        `SELECT r.bucket_start AS bucket_start, ${key} AS key, r.model AS model, r.model_version AS version,
+    const rows = await this.connection.run(
+      (db) =>
+        db
+          .prepare(
+            `SELECT r.bucket_start AS bucket_start, ${key} AS key, r.model AS model, r.model_version AS version,
                 sum(r.records) AS records, sum(r.inferences) AS inferences, sum(r.inference_errors) AS errors,
                 sum(r.latency_sum) AS latency_sum, max(r.latency_max) AS latency_max, sum(r.events) AS events
          FROM telemetry_rollups r
@@ -110,39 +122,38 @@ export class SqliteRollupQueries {
          GROUP BY r.bucket_start, ${groupBy}
          ORDER BY r.bucket_start DESC, ${orderBy}
          LIMIT @limit`,
-      )
-      .all({
-        bucketMs,
-        fromMs,
-        model: request.model,
-        version: request.version,
-        deviceId: request.deviceId,
-        selected: selected && JSON.stringify(selected),
-        cohorts: JSON.stringify(cohorts),
-        limit: limit + 1,
-      }) as Row[]);
+          )
+          .all({
+            bucketMs,
+            fromMs,
+            model: request.model,
+            version: request.version,
+            deviceId: request.deviceId,
+            selected: selected && JSON.stringify(selected),
+            cohorts: JSON.stringify(cohorts),
+            limit: limit + 1,
+          }) as Row[],
+    );
 
     const truncated = rows.length > limit;
     // The newest rows win the limit; they are returned oldest bucket first (a stable sort keeps the key order).
     const kept = rows.slice(0, limit).sort((a, b) => a.bucket_start - b.bucket_start);
     return {
       truncated,
-      rows: kept.map(
-        (r): TelemetryRollup => ({
-          bucketStartMs: r.bucket_start,
-          bucketMs,
-          key: r.key,
-          model: by === 'modelVersion' ? r.model : request.model,
-          version: by === 'modelVersion' ? r.version : request.version,
-          records: r.records,
-          inferences: r.inferences,
-          errors: r.errors,
-          errorRate: r.inferences ? r.errors / r.inferences : 0,
-          meanLatencyMs: r.inferences ? r.latency_sum / r.inferences : 0,
-          maxLatencyMs: r.latency_max,
-          events: r.events,
-        }),
-      ),
+      rows: kept.map((r): TelemetryRollup => ({
+        bucketStartMs: r.bucket_start,
+        bucketMs,
+        key: r.key,
+        model: by === 'modelVersion' ? r.model : request.model,
+        version: by === 'modelVersion' ? r.version : request.version,
+        records: r.records,
+        inferences: r.inferences,
+        errors: r.errors,
+        errorRate: r.inferences ? r.errors / r.inferences : 0,
+        meanLatencyMs: r.inferences ? r.latency_sum / r.inferences : 0,
+        maxLatencyMs: r.latency_max,
+        events: r.events,
+      })),
     };
   }
 }

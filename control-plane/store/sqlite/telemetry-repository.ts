@@ -99,7 +99,6 @@ export interface RollupRetention {
 export const rollupRetentionMs = (bucketMs: (typeof ROLLUP_BUCKETS_MS)[number], retention: RollupRetention): number =>
   bucketMs === ROLLUP_BUCKETS_MS[0] ? retention.minuteMs : retention.hourMs;
 
-
 interface TotalsDelta {
   records: number;
   inferences: number;
@@ -124,7 +123,12 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
   private readonly bumpRollup: Statement;
   private readonly insertRecords: Statement;
   private readonly selectStored: Statement;
-  private readonly commitTx: (deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, offsetMs: number) => { stored: number; duplicates: number };
+  private readonly commitTx: (
+    deviceId: string,
+    records: readonly TelemetryRecord[],
+    receivedAtMs: number,
+    offsetMs: number,
+  ) => { stored: number; duplicates: number };
   private readonly connection: SqliteConnection;
   private readonly routes: ReadonlyMap<string, ReadonlyArray<RecordRoute['accept']>>;
 
@@ -163,9 +167,7 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
          events = events + excluded.events,
          last_record_ms = max(last_record_ms, excluded.last_record_ms)`,
     );
-    this.bumpCounter = db.prepare(
-      `INSERT INTO telemetry_counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`,
-    );
+    this.bumpCounter = db.prepare(`INSERT INTO telemetry_counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`);
     this.bumpRefusal = db.prepare(
       `INSERT INTO telemetry_device_refusals (device_id, code, count, last_ms) VALUES (?, ?, ?, ?)
        ON CONFLICT (device_id, code) DO UPDATE SET count = count + excluded.count, last_ms = max(last_ms, excluded.last_ms)`,
@@ -181,7 +183,21 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     this.commitTx = db.transaction((deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, offsetMs: number) => {
       const delta: TotalsDelta = { records: 0, inferences: 0, errors: 0, latencySum: 0, latencyMax: 0, events: 0, lastRecordMs: 0 };
       // Rollup deltas are summed per bucket first, so a batch costs one upsert per bucket, not per record.
-      const rollups = new Map<string, { bucketMs: number; start: number; model: string; version: number; records: number; inferences: number; errors: number; latencySum: number; latencyMax: number; events: number }>();
+      const rollups = new Map<
+        string,
+        {
+          bucketMs: number;
+          start: number;
+          model: string;
+          version: number;
+          records: number;
+          inferences: number;
+          errors: number;
+          latencySum: number;
+          latencyMax: number;
+          events: number;
+        }
+      >();
       // Records already stored (a resend) are found by key range first, so the new ones go in with multi-row INSERTs.
       const fresh = this.freshRecords(deviceId, records);
       for (let i = 0; i < fresh.length; i += INSERT_ROWS) {
@@ -197,7 +213,22 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
           const start = Math.floor(corrected / bucketMs) * bucketMs;
           const key = `${bucketMs}\u0000${start}\u0000${inference?.model ?? ''}\u0000${inference?.version ?? 0}`;
           let r = rollups.get(key);
-          if (!r) rollups.set(key, (r = { bucketMs, start, model: inference?.model ?? '', version: inference?.version ?? 0, records: 0, inferences: 0, errors: 0, latencySum: 0, latencyMax: 0, events: 0 }));
+          if (!r)
+            rollups.set(
+              key,
+              (r = {
+                bucketMs,
+                start,
+                model: inference?.model ?? '',
+                version: inference?.version ?? 0,
+                records: 0,
+                inferences: 0,
+                errors: 0,
+                latencySum: 0,
+                latencyMax: 0,
+                events: 0,
+              }),
+            );
           r.records++;
           if (inference) {
             r.inferences++;
@@ -269,7 +300,12 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
     return fresh;
   }
 
-  commit(deviceId: string, records: readonly TelemetryRecord[], receivedAtMs: number, deviceClockOffsetMs = 0): Promise<{ stored: number; duplicates: number }> {
+  commit(
+    deviceId: string,
+    records: readonly TelemetryRecord[],
+    receivedAtMs: number,
+    deviceClockOffsetMs = 0,
+  ): Promise<{ stored: number; duplicates: number }> {
     return this.connection.run(() => this.commitTx(deviceId, records, receivedAtMs, deviceClockOffsetMs));
   }
 
@@ -286,7 +322,22 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
   }
 
   /** Rollup rows (per device, model version, bucket) from sinceMs on. */
-  rollups(bucketMs: number, sinceMs: number, deviceId = ''): Array<{ bucketStart: number; deviceId: string; model: string; version: number; records: number; inferences: number; errors: number; latencyMeanMs: number; latencyMaxMs: number; events: number }> {
+  rollups(
+    bucketMs: number,
+    sinceMs: number,
+    deviceId = '',
+  ): Array<{
+    bucketStart: number;
+    deviceId: string;
+    model: string;
+    version: number;
+    records: number;
+    inferences: number;
+    errors: number;
+    latencyMeanMs: number;
+    latencyMaxMs: number;
+    events: number;
+  }> {
     const rows = this.db
       .prepare(
         `SELECT bucket_start, device_id, model, model_version, records, inferences, inference_errors, latency_sum, latency_max, events FROM telemetry_rollups
@@ -294,8 +345,16 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
       )
       .all(bucketMs, Math.floor(sinceMs / bucketMs) * bucketMs, deviceId, deviceId) as Array<Record<string, number> & { device_id: string; model: string }>;
     return rows.map((r) => ({
-      bucketStart: r.bucket_start!, deviceId: r.device_id, model: r.model, version: r.model_version!, records: r.records!, inferences: r.inferences!,
-      errors: r.inference_errors!, latencyMeanMs: r.inferences ? r.latency_sum! / r.inferences : 0, latencyMaxMs: r.latency_max!, events: r.events!,
+      bucketStart: r.bucket_start!,
+      deviceId: r.device_id,
+      model: r.model,
+      version: r.model_version!,
+      records: r.records!,
+      inferences: r.inferences!,
+      errors: r.inference_errors!,
+      latencyMeanMs: r.inferences ? r.latency_sum! / r.inferences : 0,
+      latencyMaxMs: r.latency_max!,
+      events: r.events!,
     }));
   }
 
@@ -318,7 +377,19 @@ export class SqliteTelemetryRepository implements TelemetryRepository {
       let row = byDevice.get(r.device_id);
       if (!row) {
         if (!addMissing) continue;
-        row = { deviceId: r.device_id, records: 0, inferences: 0, inferenceErrors: 0, latencyMeanMs: 0, latencyMaxMs: 0, events: 0, lastRecordMs: 0, bufferDepth: 0, droppedRecords: 0, refusals: [] };
+        row = {
+          deviceId: r.device_id,
+          records: 0,
+          inferences: 0,
+          inferenceErrors: 0,
+          latencyMeanMs: 0,
+          latencyMaxMs: 0,
+          events: 0,
+          lastRecordMs: 0,
+          bufferDepth: 0,
+          droppedRecords: 0,
+          refusals: [],
+        };
         byDevice.set(r.device_id, row);
       }
       row.refusals.push({ code: r.code, count: r.count, lastMs: r.last_ms });
