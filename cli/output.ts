@@ -28,7 +28,7 @@ export function createOutput(json: boolean): Output {
 }
 
 // Borderless, space-separated columns (as kubectl prints them), so output stays greppable.
-const PLAIN: Record<string, string> = Object.fromEntries(
+export const BORDERLESS_TABLE_CHARS: Record<string, string> = Object.fromEntries(
   [
     'top',
     'top-mid',
@@ -50,7 +50,7 @@ const PLAIN: Record<string, string> = Object.fromEntries(
 function renderTable(head: string[], rows: Array<Array<string | number>>): string {
   const table = new Table({
     head,
-    chars: { ...PLAIN, middle: '   ' },
+    chars: { ...BORDERLESS_TABLE_CHARS, middle: '   ' },
     style: { 'padding-left': 0, 'padding-right': 0, head: [], border: [], compact: true },
   });
   table.push(...rows);

@@ -1,4 +1,5 @@
 import Table from 'cli-table3';
+import { BORDERLESS_TABLE_CHARS } from '../cli/output.js';
 import { describeDrift } from './drift-scenario.js';
 import type { DeviceStatusRow, FleetSnapshot } from './snapshot.js';
 
@@ -43,31 +44,12 @@ function accuracyText(snapshot: FleetSnapshot): string {
   return sent ? `${((100 * correct) / sent).toFixed(1)}%` : '-';
 }
 
-// Borderless, space-separated columns, as `driftline devices list` prints them: fits 80 columns.
-const PLAIN_CHARS: Record<string, string> = Object.fromEntries(
-  [
-    'top',
-    'top-mid',
-    'top-left',
-    'top-right',
-    'bottom',
-    'bottom-mid',
-    'bottom-left',
-    'bottom-right',
-    'left',
-    'left-mid',
-    'mid',
-    'mid-mid',
-    'right',
-    'right-mid',
-  ].map((c) => [c, '']),
-);
-
 /** Columns after the first are numbers or short words, right-aligned so figures line up as they change. */
 export function plainTable(head: string[], rows: string[][]): string {
   const table = new Table({
     head,
-    chars: { ...PLAIN_CHARS, middle: '  ' },
+    // Borderless, as `driftline devices list` prints them, with narrower gaps: fits 80 columns.
+    chars: { ...BORDERLESS_TABLE_CHARS, middle: '  ' },
     // No colours: the table must read the same in every terminal and in a screenshot.
     style: { 'padding-left': 0, 'padding-right': 0, head: [], border: [], compact: true },
     colAligns: head.map((_, i) => (i === 0 ? 'left' : 'right')),

@@ -20,7 +20,7 @@ import { TelemetryUploader } from '../agent/telemetry/uploader.js';
 import { MqttUplink } from '../agent/uplink/mqtt/mqtt-uplink.js';
 import { ManualClock, systemClock } from '../common/clock.js';
 import { silentLogger, type Logger } from '../common/logger.js';
-import { CommandResult, Outcome, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
+import { CommandResult, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
 import type { DeviceTelemetry, TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
 import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
@@ -30,6 +30,7 @@ import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
 import { rpc } from './helpers/grpc-calls.js';
 import { connectClient } from './helpers/mqtt.js';
 import { waitFor } from './helpers/processes.js';
+import { inferenceRecord } from './helpers/telemetry-records.js';
 
 const BOOT = 1;
 const MAX_RECORDS_PER_BATCH = 1000;
@@ -40,26 +41,7 @@ const EMPTY_RECORD = Buffer.from([0x0a, 0x00]);
 const EMPTY_RECORDS = 10_000_000;
 
 const inference = (seq: number): TelemetryRecord =>
-  TelemetryRecord.fromPartial({
-    boot: BOOT,
-    seq,
-    timeMs: 1_700_000_000_000 + seq,
-    stream: Stream.STREAM_INFERENCE,
-    body: {
-      $case: 'inference',
-      value: {
-        model: 'vibration',
-        version: 1,
-        provider: 'cpu',
-        latencyMs: 4.2,
-        outcome: Outcome.OUTCOME_OK,
-        topClass: 1,
-        confidence: 0.9,
-        errorCode: '',
-        batchSize: 1,
-      },
-    },
-  });
+  inferenceRecord({ seq, boot: BOOT, timeMs: 1_700_000_000_000 + seq }, { latencyMs: 4.2, topClass: 1, confidence: 0.9 });
 const event = (seq: number, message: string): TelemetryRecord =>
   TelemetryRecord.fromPartial({
     boot: BOOT,

@@ -15,7 +15,7 @@ import { credentials } from '@grpc/grpc-js';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
-import { Outcome, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
+import { ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
 import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server.js';
@@ -23,6 +23,7 @@ import { fleetApi, type FleetApi } from './helpers/fleet-api.js';
 import { rpc } from './helpers/grpc-calls.js';
 import { closed, connectClient } from './helpers/mqtt.js';
 import { waitFor } from './helpers/processes.js';
+import { inferenceRecord } from './helpers/telemetry-records.js';
 
 const DEVICE = 'edge-bad-telemetry';
 const MAX_PACKET_BYTES = 256 * 1024;
@@ -32,26 +33,7 @@ const MAX_RECORDS_PER_BATCH = 50;
 const BOOT = 1;
 
 const inference = (seq: number, latencyMs = 4.2): TelemetryRecord =>
-  TelemetryRecord.fromPartial({
-    boot: BOOT,
-    seq,
-    timeMs: 1_700_000_000_000 + seq,
-    stream: Stream.STREAM_INFERENCE,
-    body: {
-      $case: 'inference',
-      value: {
-        model: 'vibration',
-        version: 1,
-        provider: 'cpu',
-        latencyMs,
-        outcome: Outcome.OUTCOME_OK,
-        topClass: 1,
-        confidence: 0.9,
-        errorCode: '',
-        batchSize: 1,
-      },
-    },
-  });
+  inferenceRecord({ seq, boot: BOOT, timeMs: 1_700_000_000_000 + seq }, { latencyMs, topClass: 1, confidence: 0.9 });
 const batch = (...records: TelemetryRecord[]): Buffer =>
   Buffer.from(TelemetryBatch.encode(TelemetryBatch.fromPartial({ records, sentAtMs: 1_700_000_000_000 })).finish());
 

@@ -1,35 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { silentLogger, type Logger } from '../common/logger.js';
-import { Outcome, Stream, type TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
+import { type TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { DriftlineError } from '../common/errors.js';
 import { openDatabase } from '../control-plane/store/sqlite/database.js';
 import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 import { RetentionPruner, type PrunableStore } from '../control-plane/telemetry/retention-pruner.js';
+import { inferenceRecord } from './helpers/telemetry-records.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 
-const inference = (seq: number, timeMs: number): TelemetryRecord => ({
-  boot: 1,
-  seq,
-  timeMs,
-  stream: Stream.STREAM_INFERENCE,
-  body: {
-    $case: 'inference',
-    value: {
-      model: 'vibration',
-      version: 1,
-      provider: 'cpu',
-      latencyMs: 2,
-      outcome: Outcome.OUTCOME_OK,
-      topClass: 0,
-      confidence: 1,
-      errorCode: '',
-      batchSize: 1,
-    },
-  },
-});
+const inference = (seq: number, timeMs: number): TelemetryRecord => inferenceRecord({ seq, timeMs });
 
 const retention = { rawMs: DAY, minuteMs: DAY, hourMs: 30 * DAY };
 

@@ -63,3 +63,13 @@ export interface ReleaseTransaction extends ReleaseReads {
 export interface ReleaseRepository extends ReleaseReads {
   transaction<T>(work: (tx: ReleaseTransaction) => Promise<T>): Promise<T>;
 }
+
+/** What a signed rollback directive allows: `deviceIds` (empty: any device) back to `toVersion` of `model`, for `ttlMs`. */
+export interface RollbackDirectiveRequest {
+  model: string;
+  toVersion: number;
+  deviceIds: readonly string[];
+  reason: string;
+  ttlMs: number;
+  id: string;
+}

@@ -10,7 +10,7 @@ import { verifyRelease } from '../../common/trust/manifest.js';
 import { rootExpiryWarning, updateRoot, verifyInitialRoot, type TrustedRoot, type TrustWarning } from '../../common/trust/root.js';
 import { signRollbackDirective } from '../../common/trust/rollback.js';
 import { artifactPath } from './artifact-store.js';
-import type { ReleaseRepository, StoredRelease } from './ports.js';
+import type { ReleaseRepository, RollbackDirectiveRequest, StoredRelease } from './ports.js';
 
 export interface ReleaseStoreOptions {
   releases: ReleaseRepository;
@@ -188,14 +188,7 @@ export class ReleaseStore {
    * `toVersion` of `model`, signed by the online rollback key; undefined when online signing
    * is not enabled (devices then refuse the older version, and the operator signs offline).
    */
-  async rollbackDirective(input: {
-    model: string;
-    toVersion: number;
-    deviceIds: readonly string[];
-    reason: string;
-    ttlMs: number;
-    id: string;
-  }): Promise<Buffer | undefined> {
+  async rollbackDirective(input: RollbackDirectiveRequest): Promise<Buffer | undefined> {
     const signer = this.options.rollbackSigner;
     if (!signer) return undefined;
     const target = await this.options.registry.resolve(input.model, input.toVersion);

@@ -1,6 +1,7 @@
 import type { Logger } from '../../common/logger.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import type { FirmwareProfile } from '../../common/firmware-profile.js';
+import type { RollbackDirectiveRequest } from '../registry/ports.js';
 import { peekManifest } from '../../common/trust/manifest.js';
 import type { DesiredModelSigner, DesiredStates } from '../fleet/desired-states.js';
 import { PROFILE_LABEL, type DeviceRecord, type FleetStore } from '../fleet/fleet-store.js';
@@ -80,14 +81,7 @@ export class RegistryCatalog implements ModelCatalog {
 
 /** The signing side of releases (control-plane/registry/release-store.ts), when a trust root is configured. */
 export interface SignedReleases extends DesiredModelSigner {
-  rollbackDirective(input: {
-    model: string;
-    toVersion: number;
-    deviceIds: readonly string[];
-    reason: string;
-    ttlMs: number;
-    id: string;
-  }): Promise<Buffer | undefined>;
+  rollbackDirective(input: RollbackDirectiveRequest): Promise<Buffer | undefined>;
 }
 
 /**

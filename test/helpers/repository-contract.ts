@@ -4,7 +4,7 @@
  * runs them against SQLite; a PostgreSQL adapter runs the same blocks against its own factory.
  */
 import { describe, expect, it } from 'vitest';
-import { Outcome, Stream, type TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
+import { type TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
 import type { DriftEventStore } from '../../control-plane/drift/ports.js';
 import type { FleetRepository, OperatorTokenRepository } from '../../control-plane/fleet/ports.js';
 import type { ModelVersionRepository, ReleaseRepository, StoredModelVersion, StoredRelease } from '../../control-plane/registry/ports.js';
@@ -13,6 +13,7 @@ import type { RolloutRepository } from '../../control-plane/rollout/ports.js';
 import { createRollout, type Rollout } from '../../control-plane/rollout/state-machine.js';
 import type { TelemetryRepository } from '../../control-plane/telemetry/ports.js';
 import type { PrunableStore } from '../../control-plane/telemetry/retention-pruner.js';
+import { inferenceRecord } from './telemetry-records.js';
 
 /** One open store: its repositories over one connection (or pool), and how to close it. */
 export interface StoreUnderTest {
@@ -37,26 +38,7 @@ const rolloutOf = (id: string, model = 'vibration', target = 'site=plant-3'): Ro
     nowMs: 1_000,
   }).rollout;
 
-const inference = (seq: number): TelemetryRecord => ({
-  boot: 1,
-  seq,
-  timeMs: 1_000,
-  stream: Stream.STREAM_INFERENCE,
-  body: {
-    $case: 'inference',
-    value: {
-      model: 'vibration',
-      version: 1,
-      provider: 'cpu',
-      latencyMs: 2,
-      outcome: Outcome.OUTCOME_OK,
-      topClass: 0,
-      confidence: 1,
-      errorCode: '',
-      batchSize: 1,
-    },
-  },
-});
+const inference = (seq: number): TelemetryRecord => inferenceRecord({ seq });
 
 const modelVersion = (name: string, version: number, extra: Partial<StoredModelVersion> = {}): StoredModelVersion => ({
   name,
