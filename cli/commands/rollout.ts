@@ -51,7 +51,12 @@ export function registerRollout(program: Command): void {
         .argParser(durationMs)
         .default(DEFAULT_BAKE_MS, formatDuration(DEFAULT_BAKE_MS)),
     )
-    .option('--min-devices <n>', 'smallest cohort of a wave', integer(1, 100_000), 5)
+    .option(
+      '--min-devices <n>',
+      'smallest cohort of a wave; given here, a start with fewer compatible targets is refused (ROLLOUT_MIN_DEVICES_UNMET)',
+      integer(1, 100_000),
+      5,
+    )
     .option('--target <selector>', "devices to target, e.g. 'profile=jetson-*,site=plant-3' (default: all)", '')
     .option('--gate <gate>', 'a gate such as p95-latency-ratio<=1.5 (repeatable; see below)', repeated)
     .option('--failure-limit <n>', 'failed evaluations tolerated per wave before aborting', integer(0, 100), 0)
