@@ -24,7 +24,20 @@ export function reportedState(facts: ReportedStateFacts): ReportedState {
   return {
     agentVersion: DRIFTLINE_VERSION,
     firmwareProfile: facts.firmwareProfile,
-    activeModel: active ? { name: active.name, version: active.version, sha256: active.sha256, provider: active.provider } : undefined,
+    activeModel: active
+      ? {
+          name: active.name,
+          version: active.version,
+          sha256: active.sha256,
+          provider: active.provider,
+          fallbacks: [],
+          lastErrorCode: '',
+          lastError: '',
+          memoryBytes: 0,
+          state: 'serving',
+        }
+      : undefined,
+    activeModels: [],
     bufferDepth: facts.bufferDepth,
     boot: facts.boot,
     uptimeS: Math.round((facts.nowMs - facts.startedAtMs) / 1000),

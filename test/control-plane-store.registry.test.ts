@@ -94,6 +94,7 @@ describe('control-plane store', () => {
           droppedRecords: 0,
           reportedAtMs: 5,
           warnings: [],
+          activeModels: [],
         },
         clock.now() + 10,
       );
@@ -108,9 +109,11 @@ describe('control-plane store', () => {
           artifactPath: `artifacts/sha256/${'a'.repeat(64)}`,
           driftReference: '',
           envelope: Buffer.alloc(0),
+          rollback: Buffer.alloc(0),
         },
         rootChain: [],
         rollback: Buffer.alloc(0),
+        models: [],
       });
       const device = await fleet.get('edge-1');
       expect(device).toMatchObject({

@@ -157,6 +157,7 @@ export function toDeviceMessage(device: DeviceRecord, nowMs: number, onlineWindo
     online: device.status === 'enrolled' && device.lastSeenMs > 0 && nowMs - device.lastSeenMs <= onlineWindowMs,
     reported: device.reported,
     desiredModel: device.desired?.model,
+    desiredModels: device.desired?.models ?? [],
   };
 }
 

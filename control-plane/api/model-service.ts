@@ -27,6 +27,10 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       logger.info({ model: version.name, version: version.version, amends: version.amendsVersion, by: caller?.id }, 'model version amended');
       return version;
     }),
+    // Until the control plane keeps a set of models per device (issue #12, in progress).
+    undeployModel: unary(ctx, 'UndeployModel', 'operator', () => {
+      throw new DriftlineError('NOT_IMPLEMENTED', 'UndeployModel arrives with several models per device');
+    }),
     deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
       const { version, deviceIds } = validate(deployRequest, req);
       const model = await registry.resolve(assertModelName(req.name), version);

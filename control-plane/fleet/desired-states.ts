@@ -50,6 +50,7 @@ export class DesiredStates {
         model: desiredModel,
         rootChain: signed?.rootChain ?? [],
         rollback: rollback?.deviceIds.has(deviceId) ? rollback.directive : Buffer.alloc(0),
+        models: [],
       }),
     );
     const results = await Promise.allSettled(desired.map(([deviceId, state]) => link.sendDesired(deviceId, state)));
@@ -70,5 +71,6 @@ function unsignedDesiredModel(model: ModelVersion): DesiredModel {
     artifactPath: artifactPath(model.sha256),
     driftReference: model.metadata['driftline.reference'] ?? '',
     envelope: Buffer.alloc(0),
+    rollback: Buffer.alloc(0),
   };
 }

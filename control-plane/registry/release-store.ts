@@ -178,6 +178,7 @@ export class ReleaseStore {
         artifactPath: artifactPath(model.sha256),
         driftReference: model.metadata['driftline.reference'] ?? '',
         envelope: envelope ?? Buffer.alloc(0),
+        rollback: Buffer.alloc(0),
       },
       rootChain: envelope ? this.rootChain() : [],
     };

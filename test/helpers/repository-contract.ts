@@ -165,8 +165,8 @@ export function describeRepositoryContract(adapter: string, open: StoreFactory):
           secretHash: device.secretHash,
           lastSeenMs: 50,
         });
-        expect(await fleet.setDesired('nobody', { revision: 1, model: undefined, rootChain: [], rollback: Buffer.alloc(0) })).toBe(false);
-        expect(await fleet.setDesired('edge-1', { revision: 1, model: undefined, rootChain: [], rollback: Buffer.alloc(0) })).toBe(true);
+        expect(await fleet.setDesired('nobody', { revision: 1, model: undefined, rootChain: [], rollback: Buffer.alloc(0), models: [] })).toBe(false);
+        expect(await fleet.setDesired('edge-1', { revision: 1, model: undefined, rootChain: [], rollback: Buffer.alloc(0), models: [] })).toBe(true);
         expect((await fleet.device('edge-1'))?.desired?.revision).toBe(1);
         await fleet.decommission('edge-1');
         expect(await fleet.device('edge-1')).toMatchObject({ status: 'decommissioned', secretHash: null });

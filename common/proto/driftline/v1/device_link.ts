@@ -230,19 +230,31 @@ export interface SeqRange {
   last: number;
 }
 
-/** down/desired (retained per device): what the device should be running. */
+/**
+ * down/desired (retained per device): what the device should be running.
+ * The whole set of models a device should serve; a new revision replaces the previous set.
+ *
+ * Compatibility: `models` arrived with several models per device. A control plane fills
+ * `model` and `rollback` with the first entry of `models` too, so an agent from before reads a
+ * set of one (it serves that model only). An agent reads `models`; when it is empty and `model`
+ * is set (a control plane from before), the set is that one model. An empty `models` and no
+ * `model` means: serve nothing.
+ */
 export interface DesiredState {
   revision: number;
+  /** Deprecated: the first entry of `models`, for agents that serve one model. */
   model:
     | DesiredModel
     | undefined;
   /**
    * Signed root metadata versions (DSSE envelopes, oldest first) the device walks from its
-   * pinned root before verifying the release.
+   * pinned root before verifying the releases.
    */
   rootChain: Buffer[];
-  /** A signed rollback directive (DSSE) that allows a version below the highest ever activated. */
+  /** Deprecated: the first entry's `rollback`, for agents that serve one model. */
   rollback: Buffer;
+  /** Every model the device should serve, unique by name, in the order the control plane keeps them. */
+  models: DesiredModel[];
 }
 
 export interface DesiredModel {
@@ -256,6 +268,11 @@ export interface DesiredModel {
   driftReference: string;
   /** The signed release manifest (DSSE envelope); empty for unsigned releases. */
   envelope: Buffer;
+  /**
+   * A signed rollback directive (DSSE) that lets this model go below the highest version ever
+   * activated on the device; empty otherwise.
+   */
+  rollback: Buffer;
 }
 
 /** up/state: what the device is actually doing. */
@@ -273,6 +290,13 @@ export interface ReportedState {
   reportedAtMs: number;
   /** Problems the agent wants an operator to see, e.g. unknown hardware served by the generic CPU profile. */
   warnings: string[];
+  /**
+   * Every model the device serves or was asked to serve, by name. `active_model` stays the first
+   * serving entry for control planes from before; a control plane reads `active_models`, and an
+   * agent from before (empty `active_models`) reports `active_model` only: a set of one.
+   * `last_error_code` / `last_error` above stay the device's latest error of any model.
+   */
+  activeModels: ActiveModel[];
 }
 
 export interface ActiveModel {
@@ -280,6 +304,15 @@ export interface ActiveModel {
   version: number;
   sha256: string;
   provider: string;
+  /** Providers tried before `provider` that failed to load this model (the profile's chain order). */
+  fallbacks: string[];
+  /** This model's latest refused or failed update (the version that stays is the one above). */
+  lastErrorCode: string;
+  lastError: string;
+  /** Memory the model took when it loaded (RSS growth measured by the agent), for the profile's budget. */
+  memoryBytes: number;
+  /** "serving" | "loading" | "refused" (desired but not serving: version 0 when nothing was ever active). */
+  state: string;
 }
 
 /** down/command: a one-off instruction; ids make replays harmless. */
@@ -1972,7 +2005,7 @@ export const SeqRange: MessageFns<SeqRange> = {
 };
 
 function createBaseDesiredState(): DesiredState {
-  return { revision: 0, model: undefined, rootChain: [], rollback: Buffer.alloc(0) };
+  return { revision: 0, model: undefined, rootChain: [], rollback: Buffer.alloc(0), models: [] };
 }
 
 export const DesiredState: MessageFns<DesiredState> = {
@@ -1988,6 +2021,9 @@ export const DesiredState: MessageFns<DesiredState> = {
     }
     if (message.rollback.length !== 0) {
       writer.uint32(34).bytes(message.rollback);
+    }
+    for (const v of message.models) {
+      DesiredModel.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -2037,6 +2073,14 @@ export const DesiredState: MessageFns<DesiredState> = {
             message.rollback = Buffer.from(reader.bytes());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.models.push(DesiredModel.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2059,6 +2103,7 @@ export const DesiredState: MessageFns<DesiredState> = {
         ? object.root_chain.map((e: any) => Buffer.from(bytesFromBase64(e)))
         : [],
       rollback: isSet(object.rollback) ? Buffer.from(bytesFromBase64(object.rollback)) : Buffer.alloc(0),
+      models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => DesiredModel.fromJSON(e)) : [],
     };
   },
 
@@ -2076,6 +2121,9 @@ export const DesiredState: MessageFns<DesiredState> = {
     if (message.rollback !== undefined) {
       obj.rollback = base64FromBytes(message.rollback);
     }
+    if (message.models?.length) {
+      obj.models = message.models.map((e) => DesiredModel.toJSON(e));
+    }
     return obj;
   },
 
@@ -2090,6 +2138,7 @@ export const DesiredState: MessageFns<DesiredState> = {
       : undefined;
     message.rootChain = object.rootChain?.map((e) => e) || [];
     message.rollback = object.rollback ?? Buffer.alloc(0);
+    message.models = object.models?.map((e) => DesiredModel.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2103,6 +2152,7 @@ function createBaseDesiredModel(): DesiredModel {
     artifactPath: "",
     driftReference: "",
     envelope: Buffer.alloc(0),
+    rollback: Buffer.alloc(0),
   };
 }
 
@@ -2128,6 +2178,9 @@ export const DesiredModel: MessageFns<DesiredModel> = {
     }
     if (message.envelope.length !== 0) {
       writer.uint32(58).bytes(message.envelope);
+    }
+    if (message.rollback.length !== 0) {
+      writer.uint32(66).bytes(message.rollback);
     }
     return writer;
   },
@@ -2201,6 +2254,14 @@ export const DesiredModel: MessageFns<DesiredModel> = {
             message.envelope = Buffer.from(reader.bytes());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.rollback = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2234,6 +2295,7 @@ export const DesiredModel: MessageFns<DesiredModel> = {
         ? globalThis.String(object.drift_reference)
         : "",
       envelope: isSet(object.envelope) ? Buffer.from(bytesFromBase64(object.envelope)) : Buffer.alloc(0),
+      rollback: isSet(object.rollback) ? Buffer.from(bytesFromBase64(object.rollback)) : Buffer.alloc(0),
     };
   },
 
@@ -2260,6 +2322,9 @@ export const DesiredModel: MessageFns<DesiredModel> = {
     if (message.envelope !== undefined) {
       obj.envelope = base64FromBytes(message.envelope);
     }
+    if (message.rollback !== undefined) {
+      obj.rollback = base64FromBytes(message.rollback);
+    }
     return obj;
   },
 
@@ -2275,6 +2340,7 @@ export const DesiredModel: MessageFns<DesiredModel> = {
     message.artifactPath = object.artifactPath ?? "";
     message.driftReference = object.driftReference ?? "";
     message.envelope = object.envelope ?? Buffer.alloc(0);
+    message.rollback = object.rollback ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -2293,6 +2359,7 @@ function createBaseReportedState(): ReportedState {
     droppedRecords: 0,
     reportedAtMs: 0,
     warnings: [],
+    activeModels: [],
   };
 }
 
@@ -2333,6 +2400,9 @@ export const ReportedState: MessageFns<ReportedState> = {
     }
     for (const v of message.warnings) {
       writer.uint32(98).string(v!);
+    }
+    for (const v of message.activeModels) {
+      ActiveModel.encode(v!, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -2446,6 +2516,14 @@ export const ReportedState: MessageFns<ReportedState> = {
             message.warnings.push(reader.string());
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.activeModels.push(ActiveModel.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2514,6 +2592,11 @@ export const ReportedState: MessageFns<ReportedState> = {
       warnings: globalThis.Array.isArray(object?.warnings)
         ? object.warnings.map((e: any) => globalThis.String(e))
         : [],
+      activeModels: globalThis.Array.isArray(object?.activeModels)
+        ? object.activeModels.map((e: any) => ActiveModel.fromJSON(e))
+        : globalThis.Array.isArray(object?.active_models)
+        ? object.active_models.map((e: any) => ActiveModel.fromJSON(e))
+        : [],
     };
   },
 
@@ -2555,6 +2638,9 @@ export const ReportedState: MessageFns<ReportedState> = {
     if (message.warnings?.length) {
       obj.warnings = message.warnings;
     }
+    if (message.activeModels?.length) {
+      obj.activeModels = message.activeModels.map((e) => ActiveModel.toJSON(e));
+    }
     return obj;
   },
 
@@ -2577,12 +2663,23 @@ export const ReportedState: MessageFns<ReportedState> = {
     message.droppedRecords = object.droppedRecords ?? 0;
     message.reportedAtMs = object.reportedAtMs ?? 0;
     message.warnings = object.warnings?.map((e) => e) || [];
+    message.activeModels = object.activeModels?.map((e) => ActiveModel.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseActiveModel(): ActiveModel {
-  return { name: "", version: 0, sha256: "", provider: "" };
+  return {
+    name: "",
+    version: 0,
+    sha256: "",
+    provider: "",
+    fallbacks: [],
+    lastErrorCode: "",
+    lastError: "",
+    memoryBytes: 0,
+    state: "",
+  };
 }
 
 export const ActiveModel: MessageFns<ActiveModel> = {
@@ -2598,6 +2695,21 @@ export const ActiveModel: MessageFns<ActiveModel> = {
     }
     if (message.provider !== "") {
       writer.uint32(34).string(message.provider);
+    }
+    for (const v of message.fallbacks) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.lastErrorCode !== "") {
+      writer.uint32(50).string(message.lastErrorCode);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(58).string(message.lastError);
+    }
+    if (message.memoryBytes !== 0) {
+      writer.uint32(64).int64(message.memoryBytes);
+    }
+    if (message.state !== "") {
+      writer.uint32(74).string(message.state);
     }
     return writer;
   },
@@ -2647,6 +2759,46 @@ export const ActiveModel: MessageFns<ActiveModel> = {
             message.provider = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.fallbacks.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.lastErrorCode = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.memoryBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2665,6 +2817,25 @@ export const ActiveModel: MessageFns<ActiveModel> = {
       version: isSet(object.version) ? globalThis.Number(object.version) : 0,
       sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
       provider: isSet(object.provider) ? globalThis.String(object.provider) : "",
+      fallbacks: globalThis.Array.isArray(object?.fallbacks)
+        ? object.fallbacks.map((e: any) => globalThis.String(e))
+        : [],
+      lastErrorCode: isSet(object.lastErrorCode)
+        ? globalThis.String(object.lastErrorCode)
+        : isSet(object.last_error_code)
+        ? globalThis.String(object.last_error_code)
+        : "",
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+      memoryBytes: isSet(object.memoryBytes)
+        ? globalThis.Number(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? globalThis.Number(object.memory_bytes)
+        : 0,
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
     };
   },
 
@@ -2682,6 +2853,21 @@ export const ActiveModel: MessageFns<ActiveModel> = {
     if (message.provider !== undefined) {
       obj.provider = message.provider;
     }
+    if (message.fallbacks?.length) {
+      obj.fallbacks = message.fallbacks;
+    }
+    if (message.lastErrorCode !== undefined) {
+      obj.lastErrorCode = message.lastErrorCode;
+    }
+    if (message.lastError !== undefined) {
+      obj.lastError = message.lastError;
+    }
+    if (message.memoryBytes !== undefined) {
+      obj.memoryBytes = Math.round(message.memoryBytes);
+    }
+    if (message.state !== undefined) {
+      obj.state = message.state;
+    }
     return obj;
   },
 
@@ -2694,6 +2880,11 @@ export const ActiveModel: MessageFns<ActiveModel> = {
     message.version = object.version ?? 0;
     message.sha256 = object.sha256 ?? "";
     message.provider = object.provider ?? "";
+    message.fallbacks = object.fallbacks?.map((e) => e) || [];
+    message.lastErrorCode = object.lastErrorCode ?? "";
+    message.lastError = object.lastError ?? "";
+    message.memoryBytes = object.memoryBytes ?? 0;
+    message.state = object.state ?? "";
     return message;
   },
 };

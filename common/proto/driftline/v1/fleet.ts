@@ -117,8 +117,15 @@ export interface Device {
   enrolledAtMs: number;
   lastSeenMs: number;
   online: boolean;
-  reported: ReportedState | undefined;
-  desiredModel: DesiredModel | undefined;
+  reported:
+    | ReportedState
+    | undefined;
+  /** Deprecated: the first entry of `desired_models`. */
+  desiredModel:
+    | DesiredModel
+    | undefined;
+  /** Every model the device should serve (its desired state's set). */
+  desiredModels: DesiredModel[];
 }
 
 export interface Device_LabelsEntry {
@@ -284,6 +291,7 @@ function createBaseDevice(): Device {
     online: false,
     reported: undefined,
     desiredModel: undefined,
+    desiredModels: [],
   };
 }
 
@@ -312,6 +320,9 @@ export const Device: MessageFns<Device> = {
     }
     if (message.desiredModel !== undefined) {
       DesiredModel.encode(message.desiredModel, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.desiredModels) {
+      DesiredModel.encode(v!, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -396,6 +407,14 @@ export const Device: MessageFns<Device> = {
             message.desiredModel = DesiredModel.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.desiredModels.push(DesiredModel.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -443,6 +462,11 @@ export const Device: MessageFns<Device> = {
         : isSet(object.desired_model)
         ? DesiredModel.fromJSON(object.desired_model)
         : undefined,
+      desiredModels: globalThis.Array.isArray(object?.desiredModels)
+        ? object.desiredModels.map((e: any) => DesiredModel.fromJSON(e))
+        : globalThis.Array.isArray(object?.desired_models)
+        ? object.desired_models.map((e: any) => DesiredModel.fromJSON(e))
+        : [],
     };
   },
 
@@ -478,6 +502,9 @@ export const Device: MessageFns<Device> = {
     if (message.desiredModel !== undefined) {
       obj.desiredModel = DesiredModel.toJSON(message.desiredModel);
     }
+    if (message.desiredModels?.length) {
+      obj.desiredModels = message.desiredModels.map((e) => DesiredModel.toJSON(e));
+    }
     return obj;
   },
 
@@ -506,6 +533,7 @@ export const Device: MessageFns<Device> = {
     message.desiredModel = (object.desiredModel !== undefined && object.desiredModel !== null)
       ? DesiredModel.fromPartial(object.desiredModel)
       : undefined;
+    message.desiredModels = object.desiredModels?.map((e) => DesiredModel.fromPartial(e)) || [];
     return message;
   },
 };

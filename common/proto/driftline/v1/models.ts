@@ -103,6 +103,18 @@ export interface DeployModelResponse {
   devices: number;
 }
 
+export interface UndeployModelRequest {
+  name: string;
+  /** Devices to target; empty means every enrolled device that has the model in its set. */
+  deviceIds: string[];
+  selector: string;
+}
+
+export interface UndeployModelResponse {
+  /** Devices whose set held the model and now does not. */
+  devices: number;
+}
+
 export interface AmendModelRequest {
   name: string;
   /** The version whose bytes the new version takes; 0 is not allowed (name it explicitly). */
@@ -1439,6 +1451,178 @@ export const DeployModelResponse: MessageFns<DeployModelResponse> = {
   },
 };
 
+function createBaseUndeployModelRequest(): UndeployModelRequest {
+  return { name: "", deviceIds: [], selector: "" };
+}
+
+export const UndeployModelRequest: MessageFns<UndeployModelRequest> = {
+  encode(message: UndeployModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.deviceIds) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.selector !== "") {
+      writer.uint32(26).string(message.selector);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UndeployModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUndeployModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.deviceIds.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UndeployModelRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      deviceIds: globalThis.Array.isArray(object?.deviceIds)
+        ? object.deviceIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.device_ids)
+        ? object.device_ids.map((e: any) => globalThis.String(e))
+        : [],
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+    };
+  },
+
+  toJSON(message: UndeployModelRequest): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.deviceIds?.length) {
+      obj.deviceIds = message.deviceIds;
+    }
+    if (message.selector !== undefined) {
+      obj.selector = message.selector;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UndeployModelRequest>, I>>(base?: I): UndeployModelRequest {
+    return UndeployModelRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UndeployModelRequest>, I>>(object: I): UndeployModelRequest {
+    const message = createBaseUndeployModelRequest();
+    message.name = object.name ?? "";
+    message.deviceIds = object.deviceIds?.map((e) => e) || [];
+    message.selector = object.selector ?? "";
+    return message;
+  },
+};
+
+function createBaseUndeployModelResponse(): UndeployModelResponse {
+  return { devices: 0 };
+}
+
+export const UndeployModelResponse: MessageFns<UndeployModelResponse> = {
+  encode(message: UndeployModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.devices !== 0) {
+      writer.uint32(8).int32(message.devices);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UndeployModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUndeployModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.devices = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UndeployModelResponse {
+    return { devices: isSet(object.devices) ? globalThis.Number(object.devices) : 0 };
+  },
+
+  toJSON(message: UndeployModelResponse): unknown {
+    const obj: any = {};
+    if (message.devices !== undefined) {
+      obj.devices = Math.round(message.devices);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UndeployModelResponse>, I>>(base?: I): UndeployModelResponse {
+    return UndeployModelResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UndeployModelResponse>, I>>(object: I): UndeployModelResponse {
+    const message = createBaseUndeployModelResponse();
+    message.devices = object.devices ?? 0;
+    return message;
+  },
+};
+
 function createBaseAmendModelRequest(): AmendModelRequest {
   return { name: "", version: 0, description: "", metadata: {} };
 }
@@ -1703,7 +1887,10 @@ export const ModelServiceService = {
     responseSerialize: (value: Model): Buffer => Buffer.from(Model.encode(value).finish()),
     responseDeserialize: (value: Buffer): Model => Model.decode(value),
   },
-  /** Sets the desired model of devices directly (staged rollouts come with RolloutService). */
+  /**
+   * Adds the model to each target device's set of models, or replaces the version of the same
+   * name there; the device's other models are untouched (staged rollouts come with RolloutService).
+   */
   deployModel: {
     path: "/driftline.v1.ModelService/DeployModel" as const,
     requestStream: false as const,
@@ -1712,6 +1899,17 @@ export const ModelServiceService = {
     requestDeserialize: (value: Buffer): DeployModelRequest => DeployModelRequest.decode(value),
     responseSerialize: (value: DeployModelResponse): Buffer => Buffer.from(DeployModelResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeployModelResponse => DeployModelResponse.decode(value),
+  },
+  /** Removes the model of this name from each target device's set; the others keep serving. */
+  undeployModel: {
+    path: "/driftline.v1.ModelService/UndeployModel" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UndeployModelRequest): Buffer => Buffer.from(UndeployModelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UndeployModelRequest => UndeployModelRequest.decode(value),
+    responseSerialize: (value: UndeployModelResponse): Buffer =>
+      Buffer.from(UndeployModelResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UndeployModelResponse => UndeployModelResponse.decode(value),
   },
   /**
    * A new version with an existing version's bytes and corrected metadata (versions are
@@ -1733,8 +1931,13 @@ export interface ModelServiceServer extends UntypedServiceImplementation {
   uploadModel: handleClientStreamingCall<UploadModelRequest, ModelVersion>;
   listModels: handleUnaryCall<ListModelsRequest, ListModelsResponse>;
   getModel: handleUnaryCall<GetModelRequest, Model>;
-  /** Sets the desired model of devices directly (staged rollouts come with RolloutService). */
+  /**
+   * Adds the model to each target device's set of models, or replaces the version of the same
+   * name there; the device's other models are untouched (staged rollouts come with RolloutService).
+   */
   deployModel: handleUnaryCall<DeployModelRequest, DeployModelResponse>;
+  /** Removes the model of this name from each target device's set; the others keep serving. */
+  undeployModel: handleUnaryCall<UndeployModelRequest, UndeployModelResponse>;
   /**
    * A new version with an existing version's bytes and corrected metadata (versions are
    * immutable, and signed releases describe exactly one): nothing is uploaded again.
@@ -1787,7 +1990,10 @@ export interface ModelServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Model) => void,
   ): ClientUnaryCall;
-  /** Sets the desired model of devices directly (staged rollouts come with RolloutService). */
+  /**
+   * Adds the model to each target device's set of models, or replaces the version of the same
+   * name there; the device's other models are untouched (staged rollouts come with RolloutService).
+   */
   deployModel(
     request: DeployModelRequest,
     callback: (error: ServiceError | null, response: DeployModelResponse) => void,
@@ -1802,6 +2008,22 @@ export interface ModelServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeployModelResponse) => void,
+  ): ClientUnaryCall;
+  /** Removes the model of this name from each target device's set; the others keep serving. */
+  undeployModel(
+    request: UndeployModelRequest,
+    callback: (error: ServiceError | null, response: UndeployModelResponse) => void,
+  ): ClientUnaryCall;
+  undeployModel(
+    request: UndeployModelRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UndeployModelResponse) => void,
+  ): ClientUnaryCall;
+  undeployModel(
+    request: UndeployModelRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UndeployModelResponse) => void,
   ): ClientUnaryCall;
   /**
    * A new version with an existing version's bytes and corrected metadata (versions are
