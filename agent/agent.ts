@@ -177,8 +177,8 @@ export async function startAgent(
     const active = engine.active();
     drift.setModel(active?.name ?? '', active?.version ?? 0, active ? references.forModel(active.name, active.version) : undefined);
   };
-  const dropReports = new DropReporter(buffer, (drops) =>
-    recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(drops)),
+  const dropReports = new DropReporter(buffer, (drops, byModel) =>
+    recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(drops, byModel)),
   );
   const maintainBuffer = (): void => {
     try {

@@ -72,7 +72,7 @@ async function bufferRate(bodies: Uint8Array[]): Promise<number> {
   for (let i = 0; i < bodies.length; i += BATCH) {
     const turn: Promise<void>[] = [];
     for (let j = i; j < Math.min(bodies.length, i + BATCH); j++)
-      turn.push(buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + j, body: bodies[j]! }));
+      turn.push(buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + j, body: bodies[j]!, model: 'vibration' }));
     await Promise.all(turn);
   }
   const seconds = (performance.now() - started) / 1000;
@@ -98,7 +98,9 @@ async function endToEnd(bodies: Uint8Array[]): Promise<{ rate: number; lost: num
   const buffer = SqliteBuffer.open({ file: join(dir, 'agent-e2e.db'), synchronous: 'FULL', limits: { maxBytes: 1024 ** 3 } });
   for (let i = 0; i < bodies.length; i += BATCH) {
     await Promise.all(
-      bodies.slice(i, i + BATCH).map((b, j) => buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + i + j, body: b })),
+      bodies
+        .slice(i, i + BATCH)
+        .map((b, j) => buffer.enqueue({ stream: Stream.STREAM_INFERENCE, timeMs: 1_700_000_000_000 + i + j, body: b, model: 'vibration' })),
     );
   }
   const uplink = new MqttUplink({

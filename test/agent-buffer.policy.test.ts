@@ -6,7 +6,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
 import type { DropReason } from '../agent/buffer/ports.js';
-import { enforceLimits, expiryCutoff, makeRoom, runPlan, type Eviction, type Freed, type StreamUsage } from '../agent/buffer/retention.js';
+import { enforceLimits, expiryCutoff, levelled, makeRoom, runPlan, type Eviction, type Freed, type StreamUsage } from '../agent/buffer/retention.js';
+import { dropAttributes } from '../agent/buffer/ports.js';
 import { ROW_OVERHEAD_BYTES, SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'driftline-buffer-policy-'));
@@ -200,30 +201,43 @@ describe('agent buffer on a full disk', () => {
 });
 
 /** The retention policy against a plain array of records: no SQLite, the same rules. */
-function arrayStore(records: Array<{ seq: number; stream: number; bytes: number; inFlight?: boolean }>) {
+function arrayStore(records: Array<{ seq: number; stream: number; bytes: number; model?: string; inFlight?: boolean }>) {
   const dropped: Array<[number, DropReason]> = [];
   const usage = (): Map<number, StreamUsage> => {
-    const m = new Map<number, StreamUsage>();
+    const m = new Map<number, StreamUsage & { models: Map<string, { records: number; bytes: number }> }>();
     for (const r of records) {
-      const c = m.get(r.stream) ?? { records: 0, bytes: 0 };
+      const c = m.get(r.stream) ?? { records: 0, bytes: 0, models: new Map() };
       c.records++;
       c.bytes += r.bytes;
+      const o = c.models.get(r.model ?? '') ?? { records: 0, bytes: 0 };
+      o.records++;
+      o.bytes += r.bytes;
+      c.models.set(r.model ?? '', o);
       m.set(r.stream, c);
     }
     return m;
   };
-  const evict = ({ stream, count, reason }: Eviction): Freed => {
-    const gone = records.filter((r) => r.stream === stream && !r.inFlight).slice(0, count);
+  const evict = ({ stream, model, count, reason }: Eviction): Freed => {
+    const gone = records.filter((r) => r.stream === stream && (r.model ?? '') === model && !r.inFlight).slice(0, count);
     for (const r of gone) {
       records.splice(records.indexOf(r), 1);
       dropped.push([r.seq, reason]);
     }
     return { records: gone.length, bytes: gone.reduce((n, r) => n + r.bytes, 0) };
   };
-  return { records, dropped, usage, evict };
+  /** Records left per model of a stream. */
+  const left = (stream: number): Record<string, number> => {
+    const out: Record<string, number> = {};
+    for (const r of records) if (r.stream === stream) out[r.model ?? ''] = (out[r.model ?? ''] ?? 0) + 1;
+    return out;
+  };
+  return { records, dropped, usage, evict, left };
 }
 
 const rows = (stream: number, from: number, n: number, bytes = 10) => Array.from({ length: n }, (_, i) => ({ seq: from + i, stream, bytes }));
+/** n records of `stream`, seqs from `from`, taking turns between the models: `models[i % models.length]`. */
+const interleaved = (stream: number, from: number, n: number, models: readonly string[], bytes = 10) =>
+  Array.from({ length: n }, (_, i) => ({ seq: from + i, stream, bytes, model: models[i % models.length]! }));
 
 describe('agent buffer retention policy, without SQLite', () => {
   it('a stream over its quota loses its own oldest records', () => {
@@ -275,5 +289,123 @@ describe('agent buffer retention policy, without SQLite', () => {
   it('expires records by the device clock only when a TTL is set', () => {
     expect(expiryCutoff(100_000, { ttlMs: 60_000 })).toBe(40_000);
     expect(expiryCutoff(100_000, { ttlMs: 0 })).toBeUndefined();
+  });
+});
+
+describe('agent buffer retention policy between models, without SQLite', () => {
+  it("a busy model cannot starve another's records: over the quota, the model holding the most loses its oldest", () => {
+    // 90 detector records, with 10 classifier records among the oldest, for a quota of 50.
+    const store = arrayStore([
+      ...interleaved(Stream.STREAM_INFERENCE, 1, 20, ['detector', 'classifier']),
+      ...interleaved(Stream.STREAM_INFERENCE, 21, 80, ['detector']),
+    ]);
+    runPlan(enforceLimits(store.usage(), { maxBytes: 0, maxRecords: { [Stream.STREAM_INFERENCE]: 50 } }), store.evict);
+    expect(store.left(Stream.STREAM_INFERENCE)).toEqual({ detector: 40, classifier: 10 });
+    // The detector's oldest went, every one counted as a quota drop; the classifier's oldest records stay.
+    expect(store.dropped).toHaveLength(50);
+    expect(store.dropped.every(([, reason]) => reason === 'quota')).toBe(true);
+    expect(store.records.filter((r) => r.model === 'detector').map((r) => r.seq)[0]).toBe(61);
+    expect(store.records.filter((r) => r.model === 'classifier').map((r) => r.seq)).toEqual([2, 4, 6, 8, 10, 12, 14, 16, 18, 20]);
+  });
+
+  it('each model keeps its fair share of the quota when every model is over it', () => {
+    const store = arrayStore([
+      ...interleaved(Stream.STREAM_INFERENCE, 1, 80, ['detector']),
+      ...interleaved(Stream.STREAM_INFERENCE, 81, 40, ['classifier']),
+      ...interleaved(Stream.STREAM_INFERENCE, 121, 5, ['recognizer']),
+    ]);
+    runPlan(enforceLimits(store.usage(), { maxBytes: 0, maxRecords: { [Stream.STREAM_INFERENCE]: 65 } }), store.evict);
+    // The recognizer holds less than its share (65 / 3) and keeps all; the two others level at 30 each.
+    expect(store.left(Stream.STREAM_INFERENCE)).toEqual({ detector: 30, classifier: 30, recognizer: 5 });
+  });
+
+  it("a model whose records are in flight holds the stream over its quota rather than taking another model's fair share", () => {
+    const detector = interleaved(Stream.STREAM_INFERENCE, 1, 90, ['detector']).map((r, i) => ({ ...r, inFlight: i < 80 }));
+    const store = arrayStore([...detector, ...interleaved(Stream.STREAM_INFERENCE, 91, 30, ['classifier'])]);
+    runPlan(enforceLimits(store.usage(), { maxBytes: 0, maxRecords: { [Stream.STREAM_INFERENCE]: 50 } }), store.evict);
+    // The detector gives the 10 it can; the classifier gives only what it holds above its share of 25.
+    expect(store.left(Stream.STREAM_INFERENCE)).toEqual({ detector: 80, classifier: 25 });
+  });
+
+  it("over the byte budget, a stream's models are levelled by bytes, the largest first", () => {
+    // Samples: 10 large detector samples (100 bytes) and 10 small classifier samples (10 bytes); events stay.
+    const store = arrayStore([
+      ...rows(Stream.STREAM_EVENTS, 1, 5),
+      ...interleaved(Stream.STREAM_SAMPLES, 6, 10, ['detector'], 100),
+      ...interleaved(Stream.STREAM_SAMPLES, 16, 10, ['classifier'], 10),
+    ]);
+    runPlan(enforceLimits(store.usage(), { maxBytes: 50 + 300, maxRecords: {} }), store.evict);
+    // 1,150 bytes for 350: the detector goes down to the classifier's 100 bytes, then both share the rest.
+    expect(store.records.reduce((n, r) => n + r.bytes, 0)).toBeLessThanOrEqual(350);
+    expect(store.left(Stream.STREAM_SAMPLES)).toEqual({ detector: 2, classifier: 10 });
+    expect(store.left(Stream.STREAM_EVENTS)).toEqual({ '': 5 });
+  });
+
+  it('a full disk levels the models of a stream by bytes too', () => {
+    const store = arrayStore([...interleaved(Stream.STREAM_SAMPLES, 1, 20, ['detector']), ...interleaved(Stream.STREAM_SAMPLES, 21, 4, ['classifier'])]);
+    runPlan(makeRoom(store.usage(), 100, Stream.STREAM_SAMPLES), store.evict);
+    expect(store.left(Stream.STREAM_SAMPLES)).toEqual({ detector: 10, classifier: 4 });
+    expect(store.dropped.every(([, reason]) => reason === 'disk_full')).toBe(true);
+  });
+
+  it('levelling gives exactly the excess, ties to the owner named first, and nothing below the floor', () => {
+    expect(
+      levelled(
+        [
+          ['b', 10],
+          ['a', 10],
+        ],
+        3,
+        0,
+      ),
+    ).toEqual([
+      ['a', 2],
+      ['b', 1],
+    ]);
+    expect(
+      levelled(
+        [
+          ['a', 100],
+          ['b', 7],
+        ],
+        50,
+        0,
+      ),
+    ).toEqual([['a', 50]]);
+    expect(
+      levelled(
+        [
+          ['a', 100],
+          ['b', 70],
+        ],
+        50,
+        0,
+      ),
+    ).toEqual([
+      ['a', 40],
+      ['b', 10],
+    ]);
+    expect(
+      levelled(
+        [
+          ['a', 30],
+          ['b', 30],
+        ],
+        50,
+        25,
+      ),
+    ).toEqual([
+      ['a', 5],
+      ['b', 5],
+    ]);
+    expect(levelled([['a', 20]], 5, 25)).toEqual([]);
+  });
+
+  it("drop counts per model become event attributes next to the stream's, records of no model under the stream alone", () => {
+    const attributes = dropAttributes(
+      { 1: { quota: 0, budget: 2, ttl: 0 }, 2: { quota: 12, budget: 0, ttl: 0 } },
+      { 1: { '': { budget: 2 } }, 2: { detector: { quota: 10 }, 'classifier.v2': { quota: 2 } } },
+    );
+    expect(attributes).toEqual({ 'events.budget': '2', 'inference.quota': '12', 'inference.quota@detector': '10', 'inference.quota@classifier.v2': '2' });
   });
 });

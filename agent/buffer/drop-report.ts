@@ -1,4 +1,4 @@
-import type { DropCounts } from './ports.js';
+import type { DropCounts, ModelDropCounts } from './ports.js';
 
 /**
  * Records the buffer policy dropped are themselves reported, as an event with the running
@@ -11,20 +11,26 @@ export class DropReporter {
   private reported: string;
 
   constructor(
-    private readonly source: { dropped(): DropCounts },
-    private readonly report: (drops: DropCounts) => Promise<unknown>,
+    private readonly source: { dropped(): DropCounts; droppedByModel?(): ModelDropCounts },
+    private readonly report: (drops: DropCounts, byModel: ModelDropCounts) => Promise<unknown>,
   ) {
-    this.reported = JSON.stringify(source.dropped());
+    this.reported = this.counts().json;
+  }
+
+  /** The per-stream counts and the per-model ones, which change together (a drop counts in both). */
+  private counts(): { drops: DropCounts; byModel: ModelDropCounts; json: string } {
+    const drops = this.source.dropped();
+    const byModel = this.source.droppedByModel?.() ?? {};
+    return { drops, byModel, json: JSON.stringify([drops, byModel]) };
   }
 
   /** Reports the counts when they changed; the drops the report itself causes are folded in once it is recorded. */
   check(): void {
-    const drops = this.source.dropped();
-    const json = JSON.stringify(drops);
+    const { drops, byModel, json } = this.counts();
     if (json === this.reported) return;
     this.reported = json;
-    void this.report(drops).then(() => {
-      this.reported = JSON.stringify(this.source.dropped());
+    void this.report(drops, byModel).then(() => {
+      this.reported = this.counts().json;
     });
   }
 }

@@ -14,6 +14,12 @@ export interface NewRecord {
   stream: Stream;
   timeMs: number;
   body: Uint8Array;
+  /**
+   * The model the record is about (inference, label, drift and sample records carry it); ""
+   * or absent for none (events, system records). The retention policy shares a stream's quota
+   * and the budget between the models of its records (retention.ts).
+   */
+  model?: string;
 }
 
 /** Why the buffer dropped records on its own: a stream over its quota, the disk budget, age, or a disk that filled up first. */
@@ -24,6 +30,12 @@ export type DropReason = 'quota' | 'budget' | 'ttl' | 'disk_full';
  * `disk_full` is only present once a stream has lost records to a full disk.
  */
 export type DropCounts = Record<number, Record<Exclude<DropReason, 'disk_full'>, number> & { disk_full?: number }>;
+
+/**
+ * The same drops per stream, model and reason (persisted; non-zero entries only). Records of
+ * no model count under "": a stream's entries add up to its DropCounts.
+ */
+export type ModelDropCounts = Record<number, Record<string, Partial<Record<DropReason, number>>>>;
 
 /** Streams in upload order: events first, captured samples last (the proto enum's order). */
 export const STREAM_PRIORITY: readonly Stream[] = [1, 2, 3, 4];
@@ -57,6 +69,7 @@ export interface TelemetryBuffer {
   depth(): number;
   depthByStream(): Record<number, number>;
   dropped(): DropCounts;
+  droppedByModel(): ModelDropCounts;
   close(): Promise<void>;
 }
 
@@ -72,11 +85,22 @@ export interface AgentStateStore {
 
 const STREAM_NAMES: Record<number, string> = { 1: 'events', 2: 'inference', 3: 'system', 4: 'samples' };
 
-/** Drop counts as event attributes: `inference.budget` = "12", ... (non-zero entries only). */
-export function dropAttributes(drops: DropCounts): Record<string, string> {
+/**
+ * Drop counts as event attributes: `inference.budget` = "12", ... per stream, and per model of
+ * a stream `inference.budget@detector` = "10" (model names have no "@"; records of no model
+ * have no entry of their own), non-zero entries only.
+ */
+export function dropAttributes(drops: DropCounts, byModel: ModelDropCounts = {}): Record<string, string> {
   const out: Record<string, string> = {};
+  const name = (stream: string): string => STREAM_NAMES[Number(stream)] ?? stream;
   for (const [stream, reasons] of Object.entries(drops)) {
-    for (const [reason, n] of Object.entries(reasons)) if (n > 0) out[`${STREAM_NAMES[Number(stream)] ?? stream}.${reason}`] = String(n);
+    for (const [reason, n] of Object.entries(reasons)) if (n > 0) out[`${name(stream)}.${reason}`] = String(n);
+  }
+  for (const [stream, models] of Object.entries(byModel)) {
+    for (const [model, reasons] of Object.entries(models)) {
+      if (model === '') continue;
+      for (const [reason, n] of Object.entries(reasons)) if (n && n > 0) out[`${name(stream)}.${reason}@${model}`] = String(n);
+    }
   }
   return out;
 }

@@ -5,9 +5,19 @@ import { systemClock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import { tightenDatabaseFiles } from '../../common/private-files.js';
 import type { SeqRange } from '../../common/proto/driftline/v1/device_link.js';
-import { enforceLimits, expiryCutoff, makeRoom, runPlan, type Freed, type RetentionLimits } from './retention.js';
+import { enforceLimits, expiryCutoff, makeRoom, runPlan, type Freed, type OwnerUsage, type RetentionLimits } from './retention.js';
+import { encodedRecordModel } from './record-owner.js';
 import { SqliteAgentState } from './sqlite-agent-state.js';
-import { STREAM_PRIORITY, type AgentStateStore, type BufferedRecord, type DropCounts, type DropReason, type NewRecord, type TelemetryBuffer } from './ports.js';
+import {
+  STREAM_PRIORITY,
+  type AgentStateStore,
+  type BufferedRecord,
+  type DropCounts,
+  type DropReason,
+  type ModelDropCounts,
+  type NewRecord,
+  type TelemetryBuffer,
+} from './ports.js';
 
 /** The retention policy's limits: the budget counts body bytes plus ROW_OVERHEAD_BYTES per record; the TTL goes by the device clock, in maintain(). */
 export type BufferLimits = RetentionLimits;
@@ -68,7 +78,7 @@ export const ROW_OVERHEAD_BYTES = 40;
 /** Pages a full disk's eviction frees at least (see makeRoom). */
 const ROOM_PAGES = 8;
 
-/** Rows per multi-row INSERT (4 parameters each, well under SQLite's limit of 32766). */
+/** Rows per multi-row INSERT (5 parameters each, well under SQLite's limit of 32766). */
 const MULTI_ROW = 64;
 
 interface Pending {
@@ -80,15 +90,25 @@ interface Pending {
 const REASONS: readonly DropReason[] = ['quota', 'budget', 'ttl', 'disk_full'];
 const emptyDrops = (): DropCounts => Object.fromEntries(STREAM_PRIORITY.map((s) => [s, { quota: 0, budget: 0, ttl: 0 }]));
 
+/** Records and bytes of one stream, and of each model in it ("" for records of no model), kept in step with the table. */
+interface StreamCounts extends OwnerUsage {
+  models: Map<string, OwnerUsage>;
+}
+
+/** Streams whose records carry a model (inference, labels and drift sketches; captured samples): the ones a migration reads it from. */
+const MODEL_STREAMS = [2, 4];
+
 /**
  * The outbox in SQLite (WAL). Sequence numbers are the table's AUTOINCREMENT rowid, so
  * they never repeat, even after records are deleted or the agent restarts; the boot
  * counter is persisted and bumped on every open. Enqueues in the same event-loop turn
  * share one transaction (group commit), which keeps fsyncs off the per-record path.
  *
- * Bounded: after each commit, a stream over its quota loses its oldest records, and while
- * the whole buffer is over its byte budget the oldest records of the lowest-priority
- * stream that has any go. Drops are counted per stream and reason in the same
+ * Bounded: after each commit, a stream over its quota loses records, and while the whole
+ * buffer is over its byte budget the lowest-priority stream that has any loses records;
+ * within a stream, the oldest records of the model that holds the most go first, so one busy
+ * model cannot starve another's records (column `model`, "" for records of no model; see
+ * retention.ts). Drops are counted per stream, model and reason in the same
  * transaction as the deletes, so the counts survive kill -9 exactly. A disk that fills up
  * before the budget does (SQLITE_FULL) gets the same policy; see flush(). The policy itself
  * (which stream, how many, why) is pure, in retention.ts; this class runs its steps as deletes.
@@ -121,14 +141,15 @@ export class SqliteBuffer implements TelemetryBuffer {
   private readonly selectNewest: Statement;
   private readonly evictOldest: Statement;
   private readonly expire: Statement;
-  private readonly saveDrops: Statement;
+  private readonly saveDropsStatement: Statement;
   private readonly saveSent: Statement;
   private readonly deleteSeqs: Statement;
   private readonly selectRange: Statement;
   private readonly pageSize: number;
-  /** Records and bytes per stream, kept in step with the table. */
-  private readonly counts = new Map<number, { records: number; bytes: number }>();
+  /** Records and bytes per stream and model, kept in step with the table. */
+  private readonly counts = new Map<number, StreamCounts>();
   private drops: DropCounts = emptyDrops();
+  private modelDrops: ModelDropCounts = {};
   /** Seqs handed to the uplink and not acknowledged yet: policy drops skip them. */
   private readonly sent = new Set<number>();
   /** Sent marks not committed yet, and the markSent callers waiting for that commit. */
@@ -180,15 +201,14 @@ export class SqliteBuffer implements TelemetryBuffer {
         boot INTEGER NOT NULL,
         stream INTEGER NOT NULL,
         time_ms INTEGER NOT NULL,
-        body BLOB NOT NULL
+        body BLOB NOT NULL,
+        sent INTEGER NOT NULL DEFAULT 0,
+        model TEXT NOT NULL DEFAULT ''
       );
       CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream);
     `);
     this.state = new SqliteAgentState(db);
-    // Buffers written by agents before the sent mark was persisted get the column on first open.
-    if (!(db.pragma('table_info(outbox)') as Array<{ name: string }>).some((c) => c.name === 'sent')) {
-      db.exec('ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0');
-    }
+    migrateOutbox(db);
     for (const { seq } of db.prepare('SELECT seq FROM outbox WHERE sent = 1').all() as Array<{ seq: number }>) this.sent.add(seq);
     this.boot = db.transaction(() => {
       const saved = this.state.getState('boot');
@@ -196,31 +216,36 @@ export class SqliteBuffer implements TelemetryBuffer {
       this.state.setState('boot', String(next));
       return next;
     })();
-    for (const s of STREAM_PRIORITY) this.counts.set(s, { records: 0, bytes: 0 });
-    const rows = db.prepare('SELECT stream, count(*) AS n, coalesce(sum(length(body)), 0) AS b FROM outbox GROUP BY stream').all() as Array<{
+    for (const s of STREAM_PRIORITY) this.counts.set(s, { records: 0, bytes: 0, models: new Map() });
+    const rows = db.prepare('SELECT stream, model, count(*) AS n, coalesce(sum(length(body)), 0) AS b FROM outbox GROUP BY stream, model').all() as Array<{
       stream: number;
+      model: string;
       n: number;
       b: number;
     }>;
-    for (const r of rows) this.counts.set(r.stream, { records: r.n, bytes: r.b + r.n * ROW_OVERHEAD_BYTES });
+    for (const r of rows) this.count(r.stream, r.model, r.n, r.b + r.n * ROW_OVERHEAD_BYTES);
     const saved = this.state.getState('buffer.drops');
     if (saved) this.drops = { ...emptyDrops(), ...(JSON.parse(saved) as DropCounts) };
-    this.insert = db.prepare('INSERT INTO outbox (boot, stream, time_ms, body) VALUES (?, ?, ?, ?)');
+    const savedByModel = this.state.getState('buffer.drops.models');
+    if (savedByModel) this.modelDrops = JSON.parse(savedByModel) as ModelDropCounts;
+    this.insert = db.prepare('INSERT INTO outbox (boot, stream, time_ms, body, model) VALUES (?, ?, ?, ?, ?)');
     this.insertMany = db.prepare(
-      `INSERT INTO outbox (boot, stream, time_ms, body) VALUES ${Array.from({ length: MULTI_ROW }, () => '(?, ?, ?, ?)').join(', ')}`,
+      `INSERT INTO outbox (boot, stream, time_ms, body, model) VALUES ${Array.from({ length: MULTI_ROW }, () => '(?, ?, ?, ?, ?)').join(', ')}`,
     );
     this.selectAfter = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
     this.selectStream = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?');
     this.selectNewest = db.prepare('SELECT seq, boot, stream, time_ms AS timeMs, body FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT ?');
     this.evictOldest = db.prepare(
-      'DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes',
+      'DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? AND model = ? AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?) RETURNING length(body) AS bytes',
     );
-    this.expire = db.prepare('DELETE FROM outbox WHERE time_ms < ? AND seq NOT IN (SELECT value FROM json_each(?)) RETURNING stream, length(body) AS bytes');
+    this.expire = db.prepare(
+      'DELETE FROM outbox WHERE time_ms < ? AND seq NOT IN (SELECT value FROM json_each(?)) RETURNING stream, model, length(body) AS bytes',
+    );
     this.pageSize = db.pragma('page_size', { simple: true }) as number;
     this.saveSent = db.prepare('UPDATE outbox SET sent = 1 WHERE seq IN (SELECT value FROM json_each(?)) AND sent = 0');
     this.deleteSeqs = db.prepare('DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))');
-    this.selectRange = db.prepare('SELECT seq, stream, length(body) AS bytes FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ?');
-    this.saveDrops = db.prepare(`INSERT INTO agent_state (key, value) VALUES ('buffer.drops', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
+    this.selectRange = db.prepare('SELECT seq, stream, model, length(body) AS bytes FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ?');
+    this.saveDropsStatement = db.prepare(`INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
   }
 
   enqueue(record: NewRecord): Promise<void> {
@@ -316,13 +341,10 @@ export class SqliteBuffer implements TelemetryBuffer {
       if (!isDiskFull(err)) return rejectAll(batch, err);
       // Still no room: the batch itself is dropped and counted, like any policy drop. The
       // count is saved now if the disk allows, else with the next commit that succeeds.
-      for (const { record } of batch) {
-        const d = this.dropsOf(record.stream);
-        d.disk_full = (d.disk_full ?? 0) + 1;
-      }
+      for (const { record } of batch) this.countDrops(record.stream, record.model ?? '', 'disk_full', 1);
       this.dropsUnsaved = true;
       try {
-        this.saveDrops.run(JSON.stringify(this.drops));
+        this.saveDrops();
         this.dropsUnsaved = false;
       } catch {
         // The disk is full; the counts stay in memory until the next commit.
@@ -362,19 +384,15 @@ export class SqliteBuffer implements TelemetryBuffer {
       const args: unknown[] = [];
       for (let j = i; j < i + MULTI_ROW; j++) {
         const r = batch[j]!.record;
-        args.push(this.boot, r.stream, r.timeMs, r.body);
+        args.push(this.boot, r.stream, r.timeMs, r.body, r.model ?? '');
       }
       this.insertMany.run(args);
     }
     for (; i < batch.length; i++) {
       const r = batch[i]!.record;
-      this.insert.run(this.boot, r.stream, r.timeMs, r.body);
+      this.insert.run(this.boot, r.stream, r.timeMs, r.body, r.model ?? '');
     }
-    for (const { record } of batch) {
-      const c = this.countsOf(record.stream);
-      c.records++;
-      c.bytes += record.body.length + ROW_OVERHEAD_BYTES;
-    }
+    for (const { record } of batch) this.count(record.stream, record.model ?? '', 1, record.body.length + ROW_OVERHEAD_BYTES);
     this.enforceLimits();
   }
 
@@ -388,58 +406,74 @@ export class SqliteBuffer implements TelemetryBuffer {
     // make room: ask for at least a few pages, not just the batch's bytes.
     const needed = Math.max(2 * batch.reduce((sum, p) => sum + p.record.body.length + ROW_OVERHEAD_BYTES, 0), ROOM_PAGES * this.pageSize);
     const floor = batch.reduce((min, p) => Math.min(min, p.record.stream), Infinity);
-    runPlan(makeRoom(this.counts, needed, floor), (step) => this.evict(step.stream, step.count, step.reason));
-    this.saveDrops.run(JSON.stringify(this.drops));
+    runPlan(makeRoom(this.counts, needed, floor), (step) => this.evict(step.stream, step.model, step.count, step.reason));
+    this.saveDrops();
     this.dropsUnsaved = false;
   }
 
-  private countsOf(stream: number): { records: number; bytes: number } {
+  /** Adds `records` and `bytes` (negative: removes them) to the stream's and the model's counts. */
+  private count(stream: number, model: string, records: number, bytes: number): void {
     let c = this.counts.get(stream);
-    if (!c) this.counts.set(stream, (c = { records: 0, bytes: 0 }));
-    return c;
+    if (!c) this.counts.set(stream, (c = { records: 0, bytes: 0, models: new Map() }));
+    c.records += records;
+    c.bytes += bytes;
+    const m = c.models.get(model);
+    if (m) {
+      m.records += records;
+      m.bytes += bytes;
+      // A model with nothing left leaves the map: fair shares count the models with records.
+      if (m.records <= 0) c.models.delete(model);
+    } else if (records > 0) c.models.set(model, { records, bytes });
   }
 
-  private snapshot(): { counts: Array<[number, { records: number; bytes: number }]>; drops: string; dropsUnsaved: boolean } {
-    return { counts: [...this.counts].map(([s, c]) => [s, { ...c }]), drops: JSON.stringify(this.drops), dropsUnsaved: this.dropsUnsaved };
+  private snapshot(): { counts: Array<[number, StreamCounts]>; drops: string; dropsUnsaved: boolean } {
+    return { counts: copyCounts(this.counts), drops: JSON.stringify([this.drops, this.modelDrops]), dropsUnsaved: this.dropsUnsaved };
   }
 
   private restore(s: ReturnType<SqliteBuffer['snapshot']>): void {
     this.counts.clear();
     // Copies: a snapshot may be restored twice (after each failed attempt of one flush), and
     // the counts restored the first time are mutated by the second attempt.
-    for (const [k, v] of s.counts) this.counts.set(k, { ...v });
-    this.drops = JSON.parse(s.drops) as DropCounts;
+    for (const [k, v] of copyCounts(s.counts)) this.counts.set(k, v);
+    [this.drops, this.modelDrops] = JSON.parse(s.drops) as [DropCounts, ModelDropCounts];
     this.dropsUnsaved = s.dropsUnsaved;
+  }
+
+  /** Runs inside a transaction: the drop counts, per stream and per model. */
+  private saveDrops(): void {
+    this.saveDropsStatement.run('buffer.drops', JSON.stringify(this.drops));
+    this.saveDropsStatement.run('buffer.drops.models', JSON.stringify(this.modelDrops));
+  }
+
+  private countDrops(stream: number, model: string, reason: DropReason, n: number): void {
+    if (n <= 0) return;
+    const d = (this.drops[stream] ??= { quota: 0, budget: 0, ttl: 0 });
+    d[reason] = (d[reason] ?? 0) + n;
+    const m = ((this.modelDrops[stream] ??= {})[model] ??= {});
+    m[reason] = (m[reason] ?? 0) + n;
   }
 
   /** Runs inside the commit's transaction: the retention policy's quotas and budget (retention.ts). */
   private enforceLimits(): void {
     let dropped = false;
     runPlan(enforceLimits(this.counts, this.limits), (step) => {
-      const freed = this.evict(step.stream, step.count, step.reason);
+      const freed = this.evict(step.stream, step.model, step.count, step.reason);
       if (step.reason === 'quota' || freed.records > 0) dropped = true;
       return freed;
     });
     if (dropped || this.dropsUnsaved) {
-      this.saveDrops.run(JSON.stringify(this.drops));
+      this.saveDrops();
       this.dropsUnsaved = false;
     }
   }
 
-  /** Deletes the stream's n oldest records that are not in flight, counted as dropped for the reason; returns what that freed. */
-  private evict(stream: number, n: number, reason: DropReason): Freed {
-    const rows = this.evictOldest.all(stream, this.protectedSeqs(), n) as Array<{ bytes: number }>;
-    const c = this.countsOf(stream);
+  /** Deletes the n oldest records of the model in the stream that are not in flight, counted as dropped for the reason; returns what that freed. */
+  private evict(stream: number, model: string, n: number, reason: DropReason): Freed {
+    const rows = this.evictOldest.all(stream, model, this.protectedSeqs(), n) as Array<{ bytes: number }>;
     const freed = rows.reduce((sum, r) => sum + r.bytes + ROW_OVERHEAD_BYTES, 0);
-    c.records -= rows.length;
-    c.bytes -= freed;
-    const d = this.dropsOf(stream);
-    d[reason] = (d[reason] ?? 0) + rows.length;
+    this.count(stream, model, -rows.length, -freed);
+    this.countDrops(stream, model, reason, rows.length);
     return { records: rows.length, bytes: freed };
-  }
-
-  private dropsOf(stream: number): DropCounts[number] {
-    return (this.drops[stream] ??= { quota: 0, budget: 0, ttl: 0 });
   }
 
   private totalBytes(): number {
@@ -461,15 +495,13 @@ export class SqliteBuffer implements TelemetryBuffer {
       const before = this.snapshot();
       try {
         this.db.transaction(() => {
-          const rows = this.expire.all(cutoff, this.protectedSeqs()) as Array<{ stream: number; bytes: number }>;
+          const rows = this.expire.all(cutoff, this.protectedSeqs()) as Array<{ stream: number; model: string; bytes: number }>;
           for (const r of rows) {
-            const c = this.countsOf(r.stream);
-            c.records--;
-            c.bytes -= r.bytes + ROW_OVERHEAD_BYTES;
-            this.dropsOf(r.stream).ttl++;
+            this.count(r.stream, r.model, -1, -(r.bytes + ROW_OVERHEAD_BYTES));
+            this.countDrops(r.stream, r.model, 'ttl', 1);
           }
           expired = rows.length;
-          if (expired > 0) this.saveDrops.run(JSON.stringify(this.drops));
+          if (expired > 0) this.saveDrops();
         })();
       } catch (err) {
         this.restore(before);
@@ -536,7 +568,7 @@ export class SqliteBuffer implements TelemetryBuffer {
    * by the current window's commit. Returns how many of them were still buffered.
    */
   acknowledge(ranges: readonly SeqRange[]): number {
-    type Row = { seq: number; stream: number; bytes: number };
+    type Row = { seq: number; stream: number; model: string; bytes: number };
     let rows: Row[];
     try {
       rows = ranges.flatMap((r) => this.selectRange.all(r.boot, r.first, r.last) as Row[]);
@@ -551,9 +583,7 @@ export class SqliteBuffer implements TelemetryBuffer {
       this.acked.add(row.seq);
       this.sent.delete(row.seq);
       this.unsavedMarks.delete(row.seq);
-      const c = this.countsOf(row.stream);
-      c.records--;
-      c.bytes -= row.bytes + ROW_OVERHEAD_BYTES;
+      this.count(row.stream, row.model, -1, -(row.bytes + ROW_OVERHEAD_BYTES));
     }
     if (n > 0) this.openWindow();
     return n;
@@ -578,6 +608,15 @@ export class SqliteBuffer implements TelemetryBuffer {
     return JSON.parse(JSON.stringify(this.drops)) as DropCounts;
   }
 
+  droppedByModel(): ModelDropCounts {
+    return JSON.parse(JSON.stringify(this.modelDrops)) as ModelDropCounts;
+  }
+
+  /** Records and bytes each model holds in each stream ("" for records of no model). */
+  depthByModel(): Record<number, Record<string, OwnerUsage>> {
+    return Object.fromEntries([...this.counts].map(([s, c]) => [s, Object.fromEntries([...c.models].map(([m, u]) => [m, { ...u }]))]));
+  }
+
   droppedTotal(): number {
     let n = 0;
     for (const d of Object.values(this.drops)) for (const r of REASONS) n += d[r] ?? 0;
@@ -590,6 +629,29 @@ export class SqliteBuffer implements TelemetryBuffer {
     this.closed = true;
     this.db.close();
   }
+}
+
+/**
+ * Brings a buffer written by an older agent to today's table, keeping its records: the sent
+ * mark (added when marks were persisted) and the model of each record (added with the
+ * fair shares between models), read from the bodies of the streams that carry one, in one
+ * transaction, so a crash midway leaves the old table for the next open to migrate again.
+ */
+function migrateOutbox(db: Db): void {
+  const columns = new Set((db.pragma('table_info(outbox)') as Array<{ name: string }>).map((c) => c.name));
+  db.transaction(() => {
+    if (!columns.has('sent')) db.exec('ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0');
+    if (!columns.has('model')) {
+      db.exec("ALTER TABLE outbox ADD COLUMN model TEXT NOT NULL DEFAULT ''");
+      db.function('driftline_record_model', { deterministic: true }, (body: unknown) => (body instanceof Uint8Array ? encodedRecordModel(body) : ''));
+      db.exec(`UPDATE outbox SET model = driftline_record_model(body) WHERE stream IN (${MODEL_STREAMS.join(', ')})`);
+    }
+    db.exec('CREATE INDEX IF NOT EXISTS outbox_owner ON outbox (stream, model)');
+  })();
+}
+
+function copyCounts(counts: Iterable<[number, StreamCounts]>): Array<[number, StreamCounts]> {
+  return [...counts].map(([s, c]) => [s, { records: c.records, bytes: c.bytes, models: new Map([...c.models].map(([m, u]) => [m, { ...u }])) }]);
 }
 
 /** A batch that could not be written for another reason than a full disk: its callers get the error. */

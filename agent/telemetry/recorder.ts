@@ -14,6 +14,7 @@ import {
   type SystemRecord,
 } from '../../common/proto/driftline/v1/device_link.js';
 import type { TelemetryBuffer } from '../buffer/ports.js';
+import { recordModel } from '../buffer/record-owner.js';
 import type { HostReading } from './host-sensors.js';
 
 /**
@@ -99,7 +100,7 @@ export class TelemetryRecorder {
     this.observed = [];
     for (const { stream, timeMs, body, settled } of observed) {
       const bytes = TelemetryRecord.encode({ boot: 0, seq: 0, timeMs, stream, body }).finish();
-      this.buffer.enqueue({ stream, timeMs, body: bytes }).then(
+      this.buffer.enqueue({ stream, timeMs, body: bytes, model: recordModel(body) }).then(
         () => {
           this.enqueued++;
           this.onRecorded();
