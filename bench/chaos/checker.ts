@@ -31,6 +31,11 @@ export interface DeviceEvidence {
   committed: number;
   /** Seqs still in the buffer's outbox at the end (not yet acknowledged by the control plane). */
   pendingSeqs: readonly number[];
+  /**
+   * Per boot (index 0 = boot 1): inference records answered ok that are among pendingSeqs, so
+   * neither stored nor missing: still waiting in the buffer. Absent: none.
+   */
+  pendingOkInferences?: readonly number[];
   /** Records the buffer's retention policy dropped and counted (buffer.drops). */
   dropped: number;
   /** How many times the harness started this agent (its boots are 1..starts). */
@@ -57,8 +62,11 @@ export interface DeviceVerdict {
   lost: number;
   duplicated: number;
   unexpected: number;
-  /** A few examples of each problem (seqs, or sentences for unexpected records). */
-  examples: { lost: number[]; duplicated: number[]; unexpected: string[] };
+  /**
+   * A few examples of each problem: seqs, or sentences for unexpected records and for answered
+   * inferences that have no record anywhere (never committed, so no seq to show).
+   */
+  examples: { lost: number[]; duplicated: number[]; unexpected: string[]; unrecorded: string[] };
   buffered: number;
   dropped: number;
   unrecordedAtKill: number;
@@ -76,7 +84,10 @@ export interface CheckResult {
   models_inconsistent: number;
   /** Of those, the devices that report refusing their desired model, by the code they report. */
   models_refused: Record<string, number>;
-  /** Committed records still in a buffer at the end: neither lost nor delivered. */
+  /**
+   * Committed records still in a buffer at the check (the final drain ran out of time): neither
+   * lost nor delivered, never counted in `lost`.
+   */
   buffered: number;
   dropped: number;
   records_committed: number;
@@ -116,6 +127,7 @@ export function checkDevice(e: DeviceEvidence): DeviceVerdict {
     inferencesPerBoot.set(r.boot, n);
   }
   const lostSeqs: number[] = [];
+  const unrecorded: string[] = [];
   let lostCount = 0;
   let unrecordedAtKill = 0;
   for (let boot = 1; boot <= e.starts; boot++) {
@@ -123,11 +135,14 @@ export function checkDevice(e: DeviceEvidence): DeviceVerdict {
     const attempted = e.attempted[boot - 1] ?? 0;
     const answered = e.answered[boot - 1] ?? 0;
     if (n.all > attempted) flag(`boot ${boot} has ${n.all} inference records for ${attempted} requests sent`);
-    const missing = Math.max(0, answered - n.ok);
+    // Answered, and neither stored nor still in the buffer: no record of it anywhere.
+    const missing = Math.max(0, answered - n.ok - (e.pendingOkInferences?.[boot - 1] ?? 0));
     const last = boot === e.starts;
     // Counted as lost too; a committed inference record missing from the store then counts twice (lost is an upper bound).
-    if (last && e.lastBootStoppedCleanly) lostCount += missing;
-    else unrecordedAtKill += missing;
+    if (last && e.lastBootStoppedCleanly) {
+      lostCount += missing;
+      if (missing > 0) unrecorded.push(`boot ${boot}: ${missing} of ${answered} answered inferences have no record, stored or buffered`);
+    } else unrecordedAtKill += missing;
   }
 
   const pending = new Set(e.pendingSeqs);
@@ -155,7 +170,7 @@ export function checkDevice(e: DeviceEvidence): DeviceVerdict {
     lost: lostCount,
     duplicated: duplicatedCount,
     unexpected: unexpectedCount,
-    examples: { lost: lostSeqs, duplicated, unexpected },
+    examples: { lost: lostSeqs, duplicated, unexpected, unrecorded },
     buffered: [...pending].filter((s) => !seen.has(s)).length,
     dropped: e.dropped,
     unrecordedAtKill,

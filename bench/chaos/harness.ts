@@ -11,6 +11,7 @@ import { rolloutApi } from '../../test/helpers/rollout-api.js';
 import { bundleEntryPoints } from './bundle.js';
 import { check, type CheckResult, type DeviceEvidence, type StoredRecord } from './checker.js';
 import { seededRandom } from '../../demo/model/seeded-random.js';
+import { Outcome, Stream, TelemetryRecord } from '../../common/proto/driftline/v1/device_link.js';
 
 const LISTENING = /^driftline: listening grpc=(\S+) mqtt=(\S+) http=(\S+) token-file=(\S+)$/;
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
@@ -53,6 +54,8 @@ export interface ChaosResult extends Omit<CheckResult, 'devices'> {
   /** Mean seconds from the kill to the restarted process's ready line, and on to the short load done. */
   restart_s_mean: number;
   recover_s_mean: number;
+  /** Whether the final drain emptied every buffer in time (false: `buffered` says what was left, never counted lost). */
+  drained: boolean;
   devices: CheckResult['devices'];
 }
 
@@ -62,6 +65,10 @@ const RECOVER_TIMEOUT_MS = 60_000;
 const SETTLE_TIMEOUT_MS = 120_000;
 /** Answered inferences per agent after a restart before the next trial: the "short load". */
 const LOAD_AFTER_RESTART = 20;
+/** Between two requests of one application client (at most ~1000 / (this + latency) records a second per client). */
+const CLIENT_PAUSE_MS = 5;
+/** The final drain: how long the check waits for every buffer to be empty before it reports what is left (`buffered`). */
+const DRAIN_TIMEOUT_MS = 300_000;
 
 interface Agent {
   id: string;
@@ -207,6 +214,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         await response.arrayBuffer();
         if (response.status === 200) agent.answered[boot - 1]!++;
         else await sleep(20);
+        // Paced: the load makes fewer records than the uplink's small batches drain, so the backlog
+        // a trial leaves drains by the check instead of growing with every trial.
+        await sleep(CLIENT_PAUSE_MS);
       } catch {
         await sleep(20);
       }
@@ -366,11 +376,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         );
       });
     };
-    await waitFor(settled, (ok) => ok, {
-      timeoutMs: SETTLE_TIMEOUT_MS,
+    const drained = await waitFor(settled, (ok) => ok, {
+      timeoutMs: DRAIN_TIMEOUT_MS,
       intervalMs: 200,
       what: 'buffers drained and every device on its desired model or reporting why not',
-    }).catch((err: unknown) => log(`chaos: ${String(err)}`));
+    }).then(
+      () => true,
+      (err: unknown) => (log(`chaos: ${String(err)}`), false),
+    );
     const desired = await desiredOf();
     const reportedErrors = await reportedErrorOf();
     for (const agent of agents) {
@@ -412,6 +425,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     return {
       trials: trialsRun,
       ...totals,
+      drained,
       kills,
       stalls,
       swaps_interrupted: swapsInterrupted,
@@ -434,16 +448,25 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   }
 }
 
-function readBuffer(file: string): Pick<DeviceEvidence, 'committed' | 'pendingSeqs' | 'dropped' | 'boot'> {
+function readBuffer(file: string): Pick<DeviceEvidence, 'committed' | 'pendingSeqs' | 'pendingOkInferences' | 'dropped' | 'boot'> {
   const db = new Database(file, { readonly: true, fileMustExist: true });
   try {
     const committed = (db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'outbox'`).get() as { seq: number } | undefined)?.seq ?? 0;
-    const pendingSeqs = (db.prepare('SELECT seq FROM outbox').all() as Array<{ seq: number }>).map((r) => r.seq);
+    const pending = db.prepare('SELECT seq, boot, stream, body FROM outbox').all() as Array<{ seq: number; boot: number; stream: number; body: Buffer }>;
+    const pendingSeqs = pending.map((r) => r.seq);
+    // Answered inferences whose records still wait in the buffer: not lost, buffered.
+    const pendingOkInferences: number[] = [];
+    for (const r of pending) {
+      if (r.stream !== Stream.STREAM_INFERENCE) continue;
+      const body = TelemetryRecord.decode(r.body).body;
+      if (body?.$case === 'inference' && body.value.outcome === Outcome.OUTCOME_OK)
+        pendingOkInferences[r.boot - 1] = (pendingOkInferences[r.boot - 1] ?? 0) + 1;
+    }
     const state = (key: string): string | undefined =>
       (db.prepare('SELECT value FROM agent_state WHERE key = ?').get(key) as { value: string } | undefined)?.value;
     const drops = JSON.parse(state('buffer.drops') ?? '{}') as Record<string, Record<string, number>>;
     const dropped = Object.values(drops).reduce((n, reasons) => n + Object.values(reasons).reduce((a, b) => a + b, 0), 0);
-    return { committed, pendingSeqs, dropped, boot: Number(state('boot')) };
+    return { committed, pendingSeqs, pendingOkInferences: Array.from(pendingOkInferences, (n) => n ?? 0), dropped, boot: Number(state('boot')) };
   } finally {
     db.close();
   }
