@@ -42,6 +42,8 @@ export const ERROR_CODES = {
   MODEL_CHECKSUM_MISMATCH: 'invalid',
   /** An amendment (or a push of bytes a version already has) that would change nothing, or whose changes would be dropped. */
   MODEL_UNCHANGED: 'conflict',
+  /** An undeploy of a model that no target device has in its desired set. */
+  MODEL_NOT_DEPLOYED: 'not_found',
   /** The model loaded but its warm-up inference failed (example inputs, or every size tried). */
   MODEL_WARMUP_FAILED: 'invalid',
   ARTIFACT_NOT_FOUND: 'not_found',

@@ -7,6 +7,7 @@ import { Outcome, ReportedState, Stream, TelemetryBatch, type DesiredState, type
 import { DeviceServiceService, EnrollmentServiceService } from '../common/proto/driftline/v1/fleet.js';
 import { createOperatorClient } from '../client/operator-client.js';
 import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
+import { desiredModelsOf } from '../common/device-protocol/model-set.js';
 
 /**
  * Many simulated devices in one process, each a real MQTT client with its own credential,
@@ -37,6 +38,9 @@ export interface SimulatedDeviceSpec {
   labels?: Record<string, string>;
 }
 
+/** The behaviour of `version` of `model` (one simulator can serve several models per device). */
+export type BehaviorOf = (version: number, model: string) => VersionBehavior;
+
 export interface SimulatedCredential {
   deviceId: string;
   username: string;
@@ -45,6 +49,7 @@ export interface SimulatedCredential {
 }
 
 export interface InstallEvent {
+  model: string;
   version: number;
   revision: number;
   ok: boolean;
@@ -77,11 +82,23 @@ export async function enrollSimulatedDevices(options: {
   }
 }
 
-/** One simulated device. */
+interface ServedModel {
+  name: string;
+  version: number;
+  sha256: string;
+  /** This model's latest failed install (it keeps serving `version`), '' when none. */
+  lastErrorCode: string;
+}
+
+/**
+ * One simulated device. It serves a set of models, like the agent (issue #12); with `legacy`
+ * it behaves as an agent from before the sets: it reads only the desired state's single
+ * `model` and reports only `active_model`, so tests can show such a device keeps working.
+ */
 export class SimulatedDevice {
-  active: { name: string; version: number; sha256: string } | undefined;
+  /** The models it serves, by name, in the order they were first installed. */
+  readonly models = new Map<string, ServedModel>();
   appliedRevision = 0;
-  lastErrorCode = '';
   /** Every install the device attempted, in order. */
   readonly installs: InstallEvent[] = [];
   private seq = 0;
@@ -91,40 +108,75 @@ export class SimulatedDevice {
     readonly id: string,
     readonly profile: string,
     private readonly client: MqttClient,
-    private readonly sim: { clock: Clock; behavior: (version: number) => VersionBehavior; random: () => number },
+    private readonly sim: { clock: Clock; behavior: BehaviorOf; random: () => number },
     boot: number,
+    readonly legacy = false,
   ) {
     this.boot = boot;
   }
 
-  /** Versions this device ever ran, in order (0: none at first). */
+  /** The first model it serves (the only one on a device that serves one). */
+  get active(): { name: string; version: number; sha256: string } | undefined {
+    return this.models.values().next().value;
+  }
+
+  /** Versions of `model` (default: every model) this device ever installed, in order. */
+  versionsOf(model?: string): number[] {
+    return this.installs.filter((i) => i.ok && (model === undefined || i.model === model)).map((i) => i.version);
+  }
+
+  /** Versions this device ever ran, in order. */
   get versionHistory(): number[] {
-    return this.installs.filter((i) => i.ok).map((i) => i.version);
+    return this.versionsOf();
   }
 
   async onDesired(desired: DesiredState): Promise<void> {
     if (desired.revision <= this.appliedRevision) return;
-    const model = desired.model;
-    if (model && !(this.active?.name === model.name && this.active.version === model.version)) {
-      const ok = !this.sim.behavior(model.version).installFails;
-      this.installs.push({ version: model.version, revision: desired.revision, ok, atMs: this.sim.clock.now() });
-      if (!ok) {
-        this.lastErrorCode = 'MODEL_INVALID';
-        await this.report();
-        return;
-      }
-      this.active = { name: model.name, version: model.version, sha256: model.sha256 };
+    const wanted = this.legacy ? (desired.model ? [desired.model] : []) : desiredModelsOf(desired);
+    // A model the set no longer names stops; each other entry installs on its own, and a failed
+    // install keeps that model's old version while the others go on.
+    for (const name of [...this.models.keys()]) if (!wanted.some((m) => m.name === name)) this.models.delete(name);
+    let failed = false;
+    for (const model of wanted) {
+      const current = this.models.get(model.name);
+      if (current?.version === model.version) continue;
+      const ok = !this.sim.behavior(model.version, model.name).installFails;
+      this.installs.push({ model: model.name, version: model.version, revision: desired.revision, ok, atMs: this.sim.clock.now() });
+      failed ||= !ok;
+      if (ok) this.models.set(model.name, { name: model.name, version: model.version, sha256: model.sha256, lastErrorCode: '' });
+      else if (current) current.lastErrorCode = 'MODEL_INVALID';
+      else this.models.set(model.name, { name: model.name, version: 0, sha256: '', lastErrorCode: 'MODEL_INVALID' });
     }
-    this.lastErrorCode = '';
-    this.appliedRevision = desired.revision;
+    // Like the agent: a revision with a failed install is not applied (a resend retries it).
+    if (!failed) this.appliedRevision = desired.revision;
     await this.report();
   }
 
+  /** The error of the latest failed install, device-wide (what an agent from before reports). */
+  get lastErrorCode(): string {
+    return [...this.models.values()].find((m) => m.lastErrorCode)?.lastErrorCode ?? '';
+  }
+
   report(): Promise<void> {
+    const serving = [...this.models.values()];
+    const first = serving.find((m) => m.version > 0);
     const state = ReportedState.fromPartial({
       agentVersion: AGENT_VERSION,
       firmwareProfile: this.profile,
-      ...(this.active ? { activeModel: { name: this.active.name, version: this.active.version, sha256: this.active.sha256, provider: 'cpu' } } : {}),
+      ...(first ? { activeModel: { name: first.name, version: first.version, sha256: first.sha256, provider: 'cpu' } } : {}),
+      ...(this.legacy
+        ? {}
+        : {
+            activeModels: serving.map((m) => ({
+              name: m.name,
+              version: m.version,
+              sha256: m.sha256,
+              provider: m.version > 0 ? 'cpu' : '',
+              state: m.version > 0 ? 'serving' : 'refused',
+              lastErrorCode: m.lastErrorCode,
+              lastError: m.lastErrorCode ? `simulated install of ${m.name} failed` : '',
+            })),
+          }),
       boot: this.boot,
       desiredRevision: this.appliedRevision,
       lastErrorCode: this.lastErrorCode,
@@ -133,13 +185,18 @@ export class SimulatedDevice {
     return this.publish('state', encodeUp('state', state));
   }
 
-  /** Sends `count` inferences of the active model in one batch; a device with no model sends nothing. */
+  /** Sends `count` inferences of every model it serves in one batch; a device with no model sends nothing. */
   emitInferences(count: number): Promise<void> {
-    const active = this.active;
-    if (!active || count <= 0) return Promise.resolve();
-    const behavior = this.sim.behavior(active.version);
+    const serving = [...this.models.values()].filter((m) => m.version > 0);
+    if (serving.length === 0 || count <= 0) return Promise.resolve();
     const now = this.sim.clock.now();
     const records: TelemetryRecord[] = [];
+    for (const active of serving) this.inferencesOf(active, count, now, records);
+    return this.publish('telemetry', encodeUp('telemetry', TelemetryBatch.fromPartial({ records, sentAtMs: now })));
+  }
+
+  private inferencesOf(active: ServedModel, count: number, now: number, records: TelemetryRecord[]): void {
+    const behavior = this.sim.behavior(active.version, active.name);
     for (let i = 0; i < count; i++) {
       const failed = this.sim.random() < behavior.errorRate;
       records.push({
@@ -185,7 +242,6 @@ export class SimulatedDevice {
         } as TelemetryRecord);
       }
     }
-    return this.publish('telemetry', encodeUp('telemetry', TelemetryBatch.fromPartial({ records, sentAtMs: now })));
   }
 
   private publish(channel: UpChannel, payload: Uint8Array): Promise<void> {
@@ -202,7 +258,9 @@ export class SimulatedDevice {
 export interface FleetSimulatorOptions {
   brokerUrl: string;
   devices: readonly SimulatedCredential[];
-  behavior: (version: number) => VersionBehavior;
+  behavior: BehaviorOf;
+  /** Devices that behave as agents from before the model sets (single model read and reported). */
+  legacy?: (deviceId: string) => boolean;
   clock: Clock;
   logger: Logger;
   seed?: number;
@@ -218,7 +276,7 @@ export class FleetSimulator {
     const sim = { clock: options.clock, behavior: options.behavior, random };
     const devices = await inBatches(options.devices, options.concurrency ?? 50, async (cred) => {
       const client = await connect(options.brokerUrl, cred);
-      const device = new SimulatedDevice(cred.deviceId, cred.profile, client, sim, 1);
+      const device = new SimulatedDevice(cred.deviceId, cred.profile, client, sim, 1, options.legacy?.(cred.deviceId) ?? false);
       // Desired states are handled one at a time per device, in arrival order, like the agent.
       let queue = Promise.resolve();
       client.on('message', (topic, payload) => {
@@ -237,17 +295,17 @@ export class FleetSimulator {
     return new FleetSimulator(devices);
   }
 
-  /** Every device with a model sends `perDevice` inferences; resolves when the broker has them all. */
+  /** Every device sends `perDevice` inferences of each model it serves; resolves when the broker has them all. */
   async emitInferences(perDevice: number): Promise<number> {
     await inBatches(this.devices, 100, (d) => d.emitInferences(perDevice));
-    return this.devices.filter((d) => d.active).length * perDevice;
+    return this.devices.reduce((n, d) => n + [...d.models.values()].filter((m) => m.version > 0).length, 0) * perDevice;
   }
 
-  /** Devices per active version (0: no model). */
-  versions(): Record<string, number> {
+  /** Devices per version of `model` (default: each device's first model; 0: none). */
+  versions(model?: string): Record<string, number> {
     const counts: Record<string, number> = {};
     for (const d of this.devices) {
-      const v = String(d.active?.version ?? 0);
+      const v = String((model === undefined ? d.active : d.models.get(model))?.version ?? 0);
       counts[v] = (counts[v] ?? 0) + 1;
     }
     return counts;

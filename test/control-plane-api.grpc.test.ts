@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { sha256Hex } from '../common/hashing.js';
 import { silentLogger } from '../common/logger.js';
-import type { DesiredState } from '../common/proto/driftline/v1/device_link.js';
+import { ReportedState, type DesiredState } from '../common/proto/driftline/v1/device_link.js';
 import {
   AccessServiceClient,
   CreateEnrollmentTokenRequest,
@@ -29,7 +29,9 @@ import {
 import {
   DeployModelRequest,
   ModelServiceClient,
+  UndeployModelRequest,
   UploadModelHeader,
+  type UndeployModelResponse,
   type DeployModelResponse,
   type ListModelsResponse,
   type Model,
@@ -386,19 +388,93 @@ describe('control-plane gRPC API', () => {
         artifactPath: `artifacts/sha256/${v1.sha256}`,
         driftReference: '',
         envelope: Buffer.alloc(0),
+        rollback: Buffer.alloc(0),
       };
-      const unsigned = { rootChain: [], rollback: Buffer.alloc(0) };
+      // The set, and the single-model fields an agent from before reads, filled from its first entry.
+      const unsigned = { rootChain: [], rollback: Buffer.alloc(0), models: [expectedModel] };
       expect(link.published).toEqual([
         { deviceId: 'edge-1', desired: { revision: 1, model: expectedModel, ...unsigned } },
         { deviceId: 'edge-2', desired: { revision: 1, model: expectedModel, ...unsigned } },
       ]);
       expect(await fleet.getDesired('edge-1')).toEqual({ revision: 1, model: expectedModel, ...unsigned });
       expect((await getDevice('edge-1')).desiredModel).toEqual(expectedModel);
+      expect((await getDevice('edge-1')).desiredModels).toEqual([expectedModel]);
 
       await rpc<DeployModelResponse>((cb) =>
         models.deployModel(DeployModelRequest.fromPartial({ name: 'vibration', version: 1, deviceIds: ['edge-2'] }), operator, cb),
       );
       expect(link.published.at(-1)).toEqual({ deviceId: 'edge-2', desired: { revision: 2, model: expectedModel, ...unsigned } });
+    });
+
+    it("adds a model to each device's set, replaces the entry of the same name, and an undeploy removes one model leaving the others as they were", async () => {
+      await enrollDevice('edge-1');
+      await enrollDevice('edge-2');
+      const detector = await upload(buildDemoModel({ seed: 1 }).bytes, { name: 'detector' });
+      await upload(buildDemoModel({ seed: 2 }).bytes, { name: 'classifier' });
+      const classifier2 = await upload(buildDemoModel({ seed: 3 }).bytes, { name: 'classifier' });
+      await upload(buildDemoModel({ seed: 4 }).bytes, { name: 'recognizer' });
+      const deploy = (req: Partial<DeployModelRequest>) =>
+        rpc<DeployModelResponse>((cb) => models.deployModel(DeployModelRequest.fromPartial(req), operator, cb));
+      const undeploy = (req: Partial<UndeployModelRequest>) =>
+        rpc<UndeployModelResponse>((cb) => models.undeployModel(UndeployModelRequest.fromPartial(req), operator, cb));
+      const set = async (id: string) => (await getDevice(id)).desiredModels.map((m) => `${m.name}@v${m.version}`);
+
+      // Concurrent deploys of different models to the same devices lose none of each other's entries.
+      await Promise.all([deploy({ name: 'detector' }), deploy({ name: 'classifier', version: 1 }), deploy({ name: 'recognizer', deviceIds: ['edge-1'] })]);
+      expect((await set('edge-1')).sort()).toEqual(['classifier@v1', 'detector@v1', 'recognizer@v1']);
+      expect((await set('edge-2')).sort()).toEqual(['classifier@v1', 'detector@v1']);
+      expect((await fleet.getDesired('edge-1'))?.revision).toBe(3);
+
+      const before = (await fleet.getDesired('edge-1'))!.models;
+      await deploy({ name: 'classifier', deviceIds: ['edge-1'] });
+      const after = (await fleet.getDesired('edge-1'))!;
+      expect(after.revision).toBe(4);
+      // In place, by name: the other entries are exactly as they were, in the same order.
+      expect(after.models.map((m) => m.name)).toEqual(before.map((m) => m.name));
+      expect(after.models.find((m) => m.name === 'classifier')).toMatchObject({ version: 2, sha256: classifier2.sha256 });
+      expect(after.models.filter((m) => m.name !== 'classifier')).toEqual(before.filter((m) => m.name !== 'classifier'));
+
+      expect(await undeploy({ name: 'recognizer' })).toEqual({ devices: 1 });
+      expect((await set('edge-1')).sort()).toEqual(['classifier@v2', 'detector@v1']);
+      expect(link.published.at(-1)).toMatchObject({ deviceId: 'edge-1', desired: { revision: 5 } });
+      // edge-2 never held it: its desired state (and revision) did not move.
+      expect((await fleet.getDesired('edge-2'))?.revision).toBe(2);
+
+      // Removing the first entry: the single-model fields agents from before read follow the new first one.
+      await undeploy({ name: detector.name, deviceIds: ['edge-1'] });
+      const last = (await fleet.getDesired('edge-1'))!;
+      expect(last.models.map((m) => m.name)).toEqual(['classifier']);
+      expect(last.model).toEqual(last.models[0]);
+
+      await undeploy({ name: 'classifier', deviceIds: ['edge-1'] });
+      expect(await fleet.getDesired('edge-1')).toMatchObject({ revision: 7, models: [], model: undefined });
+      expect((await getDevice('edge-1')).desiredModels).toEqual([]);
+    });
+
+    it('refuses an undeploy that would change nothing with MODEL_NOT_DEPLOYED, and a bad name or device with their codes', async () => {
+      await enrollDevice('edge-1');
+      await upload(buildDemoModel({ seed: 1 }).bytes, { name: 'vibration' });
+      const undeploy = (req: Partial<UndeployModelRequest>) =>
+        rpc<UndeployModelResponse>((cb) => models.undeployModel(UndeployModelRequest.fromPartial(req), operator, cb));
+      expect((await errorOf(undeploy({ name: 'vibration' }))).code).toBe('MODEL_NOT_DEPLOYED');
+      expect((await errorOf(undeploy({ name: 'Not A Name!' }))).code).toBe('ID_INVALID');
+      expect((await errorOf(undeploy({ name: 'vibration', deviceIds: ['ghost'] }))).code).toBe('DEVICE_NOT_FOUND');
+      const err = await errorOf(rpc<UndeployModelResponse>((cb) => models.undeployModel(UndeployModelRequest.fromPartial({ name: 'vibration' }), viewer, cb)));
+      expect(err.status).toBe(status.PERMISSION_DENIED);
+      expect(link.published).toEqual([]);
+    });
+
+    it('reads a device that reports the single-model shape of before as a set of one', async () => {
+      await enrollDevice('edge-1');
+      await fleet.saveReported(
+        'edge-1',
+        ReportedState.fromPartial({ activeModel: { name: 'vibration', version: 3, sha256: 'ab', provider: 'cpu' }, desiredRevision: 1 }),
+        1000,
+      );
+      const device = await getDevice('edge-1');
+      expect(device.reported?.activeModels).toEqual([expect.objectContaining({ name: 'vibration', version: 3, provider: 'cpu', state: 'serving' })]);
+      // The single-model field stays as it came, for clients from before.
+      expect(device.reported?.activeModel).toMatchObject({ name: 'vibration', version: 3 });
     });
 
     it('refuses to deploy an unknown version or to an unknown device', async () => {

@@ -4,7 +4,7 @@ import { CreateEnrollmentTokenResponse, Device, DeviceServiceService, DeviceStat
 import { durationMs, keyValue, repeated } from '../arguments.js';
 import { usageError, type Connection } from '../connection.js';
 import { withConnection } from '../context.js';
-import { labelsText, relativeTime, type Output } from '../output.js';
+import { bytes, labelsText, relativeTime, type Output } from '../output.js';
 
 const STATUS_TEXT: Record<number, string> = {
   [DeviceStatus.DEVICE_STATUS_ENROLLED]: 'enrolled',
@@ -12,9 +12,10 @@ const STATUS_TEXT: Record<number, string> = {
 };
 
 const status = (device: Device): string => STATUS_TEXT[device.status] ?? 'unknown';
-const activeModel = (device: Device): string => {
-  const model = device.reported?.activeModel;
-  return model?.name ? `${model.name}@v${model.version}` : '-';
+/** The models a device serves, `name@vN` each (the control plane lists a device from before as a set of one). */
+const activeModels = (device: Device): string => {
+  const serving = (device.reported?.activeModels ?? []).filter((m) => m.name && m.version > 0);
+  return serving.length > 0 ? serving.map((m) => `${m.name}@v${m.version}`).join(', ') : '-';
 };
 
 export function registerDevices(program: Command): void {
@@ -33,13 +34,13 @@ export function registerDevices(program: Command): void {
         output.result({ devices: response.devices.map((d) => Device.toJSON(d)) }, () => {
           const now = systemClock.now();
           output.table(
-            ['ID', 'STATUS', 'ONLINE', 'PROFILE', 'MODEL', 'LAST SEEN', 'BUFFER', 'LABELS'],
+            ['ID', 'STATUS', 'ONLINE', 'PROFILE', 'MODELS', 'LAST SEEN', 'BUFFER', 'LABELS'],
             response.devices.map((d) => [
               d.id,
               status(d),
               d.online ? 'yes' : 'no',
               d.reported?.firmwareProfile || '-',
-              activeModel(d),
+              activeModels(d),
               relativeTime(d.lastSeenMs, now),
               d.reported?.bufferDepth ?? '-',
               labelsText(d.labels),
@@ -58,7 +59,11 @@ export function registerDevices(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(DeviceServiceService);
         const device = await client.getDevice({ deviceId: id });
-        output.result(Device.toJSON(device), () => output.table(['FIELD', 'VALUE'], deviceFields(device, systemClock.now())));
+        output.result(Device.toJSON(device), () => {
+          output.table(['FIELD', 'VALUE'], deviceFields(device, systemClock.now()));
+          output.line('');
+          output.table(['MODEL', 'DESIRED', 'RUNNING', 'STATE', 'PROVIDER', 'MEMORY', 'LAST ERROR'], modelRows(device), 'no model desired or reported');
+        });
       }),
     );
 
@@ -177,7 +182,6 @@ export function registerDevices(program: Command): void {
 
 function deviceFields(device: Device, now: number): Array<[string, string | number]> {
   const reported = device.reported;
-  const desired = device.desiredModel;
   return [
     ['id', device.id],
     ['status', status(device)],
@@ -187,10 +191,31 @@ function deviceFields(device: Device, now: number): Array<[string, string | numb
     ['last seen', relativeTime(device.lastSeenMs, now)],
     ['profile', reported?.firmwareProfile || '-'],
     ['agent', reported?.agentVersion || '-'],
-    ['model', activeModel(device) + (reported?.activeModel?.provider ? ` (${reported.activeModel.provider})` : '')],
-    ['desired model', desired?.name ? `${desired.name}@v${desired.version}` : '-'],
     ['buffer', reported?.bufferDepth ?? '-'],
     ['dropped records', reported?.droppedRecords ?? '-'],
     ['last error', reported?.lastErrorCode ? `[${reported.lastErrorCode}] ${reported.lastError}` : '-'],
   ];
+}
+
+/**
+ * One row per model the device should run or reports, by name: what is desired, what runs
+ * (a refused update keeps the old version running), and the model's own last error.
+ */
+function modelRows(device: Device): Array<Array<string | number>> {
+  const reported = new Map((device.reported?.activeModels ?? []).map((m) => [m.name, m]));
+  const names = [...new Set([...device.desiredModels.map((m) => m.name), ...reported.keys()])];
+  return names.map((name) => {
+    const desired = device.desiredModels.find((m) => m.name === name);
+    const active = reported.get(name);
+    const fallbacks = active?.fallbacks.length ? ` (after ${active.fallbacks.join(', ')})` : '';
+    return [
+      name,
+      desired ? `v${desired.version}` : 'removed',
+      active && active.version > 0 ? `v${active.version}` : '-',
+      active?.state || (desired ? 'pending' : '-'),
+      active?.provider ? active.provider + fallbacks : '-',
+      active?.memoryBytes ? bytes(active.memoryBytes) : '-',
+      active?.lastErrorCode ? `[${active.lastErrorCode}] ${active.lastError}` : '-',
+    ];
+  });
 }

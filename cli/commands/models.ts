@@ -11,7 +11,14 @@ import { REFERENCE_METADATA_KEY, referenceAndRowsFromCsv, serializeReference, wi
 import { referenceWithModelPredictions } from '../releases/prediction-reference.js';
 import { assertModelName } from '../../common/ids.js';
 import { parseExampleInputsFile } from '../../common/onnx/example-inputs.js';
-import { DeployModelResponse, ModelServiceService, ModelVersion, type TensorSpec, type UploadModelHeader } from '../../common/proto/driftline/v1/models.js';
+import {
+  DeployModelResponse,
+  ModelServiceService,
+  ModelVersion,
+  UndeployModelResponse,
+  type TensorSpec,
+  type UploadModelHeader,
+} from '../../common/proto/driftline/v1/models.js';
 import { readModelSignature } from '../../common/onnx/signature.js';
 import { keyFolder, releaseSigner } from '../../common/trust/key-files.js';
 import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../common/trust/manifest.js';
@@ -234,7 +241,7 @@ export function registerModels(program: Command): void {
 
   models
     .command('deploy')
-    .description('set the model devices should run (every enrolled device unless narrowed)')
+    .description("add a model to the devices' sets, or replace the version of the same name (every enrolled device unless narrowed); their other models stay")
     .argument('<name>', 'model name')
     .option('--version <n>', 'version to deploy (default: the latest)', integer(1))
     .option('--device <id>', 'target this device (repeatable)', repeated)
@@ -260,6 +267,20 @@ export function registerModels(program: Command): void {
         output.result(DeployModelResponse.toJSON(response), () =>
           output.line(`deployed ${response.model?.name ?? name}@v${response.model?.version ?? '?'} to ${response.devices} device(s)`),
         );
+      }),
+    );
+
+  models
+    .command('undeploy')
+    .description("remove a model from the devices' sets (every enrolled device holding it unless narrowed); their other models keep serving")
+    .argument('<name>', 'model name')
+    .option('--device <id>', 'only this device (repeatable)', repeated)
+    .option('--selector <k=v,...>', 'only devices whose labels match', '')
+    .action((name: string, options: { device?: string[]; selector: string }, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        const client = connection.api.service(ModelServiceService);
+        const response = await client.undeployModel({ name, deviceIds: options.device ?? [], selector: options.selector });
+        output.result(UndeployModelResponse.toJSON(response), () => output.line(`removed ${name} from ${response.devices} device(s)`));
       }),
     );
 }

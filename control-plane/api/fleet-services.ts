@@ -1,3 +1,4 @@
+import { activeModelsOf, desiredModelsOf } from '../../common/device-protocol/model-set.js';
 import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import { assertDeviceId } from '../../common/ids.js';
@@ -155,9 +156,10 @@ export function toDeviceMessage(device: DeviceRecord, nowMs: number, onlineWindo
     enrolledAtMs: device.enrolledAtMs,
     lastSeenMs: device.lastSeenMs,
     online: device.status === 'enrolled' && device.lastSeenMs > 0 && nowMs - device.lastSeenMs <= onlineWindowMs,
-    reported: device.reported,
-    desiredModel: device.desired?.model,
-    desiredModels: device.desired?.models ?? [],
+    // A device from before reports only active_model: clients read the set of one here too.
+    reported: device.reported ? { ...device.reported, activeModels: activeModelsOf(device.reported) } : undefined,
+    desiredModel: desiredModelsOf(device.desired)[0],
+    desiredModels: desiredModelsOf(device.desired),
   };
 }
 

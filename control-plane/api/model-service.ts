@@ -1,5 +1,6 @@
 import type { ServerReadableStream } from '@grpc/grpc-js';
 import { z } from 'zod';
+import { activeModelsOf, desiredModelsOf } from '../../common/device-protocol/model-set.js';
 import { DriftlineError } from '../../common/errors.js';
 import { assertDeviceId, assertModelName, matchesSelector, parseSelector } from '../../common/ids.js';
 import type { ModelServiceServer, ModelVersion, UploadModelRequest } from '../../common/proto/driftline/v1/models.js';
@@ -11,6 +12,8 @@ const deployRequest = z.object({
   version: z.number().int().nonnegative(),
   deviceIds: z.array(z.string()).max(10_000),
 });
+
+const undeployRequest = z.object({ deviceIds: z.array(z.string()).max(10_000) });
 
 export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer {
   const { registry, logger } = deps;
@@ -27,9 +30,19 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
       logger.info({ model: version.name, version: version.version, amends: version.amendsVersion, by: caller?.id }, 'model version amended');
       return version;
     }),
-    // Until the control plane keeps a set of models per device (issue #12, in progress).
-    undeployModel: unary(ctx, 'UndeployModel', 'operator', () => {
-      throw new DriftlineError('NOT_IMPLEMENTED', 'UndeployModel arrives with several models per device');
+    undeployModel: unary(ctx, 'UndeployModel', 'operator', async (req, caller) => {
+      const name = assertModelName(req.name);
+      const { deviceIds } = validate(undeployRequest, req);
+      const holding = (await selectTargets(deps, deviceIds, req.selector)).filter((d) => desiredModelsOf(d.desired).some((m) => m.name === name));
+      if (holding.length === 0) {
+        const where = deviceIds.length > 0 || req.selector ? 'of the target devices' : 'enrolled device';
+        throw new DriftlineError('MODEL_NOT_DEPLOYED', `no ${where} has ${name} in its desired models; nothing to undeploy`, {
+          details: { name, deviceIds: deviceIds.slice(0, 100), selector: req.selector },
+        });
+      }
+      const removed = await deps.desiredStates.undeploy(name, holding);
+      logger.info({ model: name, devices: removed.length, by: caller?.id }, 'model undeployed');
+      return { devices: removed.length };
     }),
     deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
       const { version, deviceIds } = validate(deployRequest, req);
@@ -94,10 +107,11 @@ async function rollbackFor(
   by: string | undefined,
 ): Promise<Rollback | undefined> {
   if (!releases) return undefined;
-  const ahead = targets.filter((d) => d.reported?.activeModel?.name === model.name && d.reported.activeModel.version > model.version);
+  const runs = (d: DeviceRecord): number => activeModelsOf(d.reported).find((m) => m.name === model.name)?.version ?? 0;
+  const ahead = targets.filter((d) => runs(d) > model.version);
   if (ahead.length === 0) return undefined;
   const ids = ahead.map((d) => d.id);
-  const newest = Math.max(...ahead.map((d) => d.reported!.activeModel!.version));
+  const newest = Math.max(...ahead.map(runs));
   const directive = await releases.rollbackDirective({
     model: model.name,
     toVersion: model.version,

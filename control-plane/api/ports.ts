@@ -41,7 +41,7 @@ export interface ApiDeps {
   /** Drops a decommissioned device's live connection. */
   deviceLink: Pick<DeviceLink, 'disconnect'>;
   /** Where deploys go: stored, then sent to the devices. */
-  desiredStates: Pick<DesiredStates, 'deploy'>;
+  desiredStates: Pick<DesiredStates, 'deploy' | 'undeploy'>;
   telemetry: TelemetryQueries;
   /** Rollups per bucket and group; without them GetRollups answers NOT_IMPLEMENTED. */
   telemetryRollups?: TelemetryRollupQueries | undefined;

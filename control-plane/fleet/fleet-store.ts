@@ -176,16 +176,23 @@ export class FleetStore {
 
   /**
    * Gives each device the next revision of its desired state, built by `next` from that
-   * revision, in one unit of work: concurrent deploys cannot hand a device the same revision
-   * twice, and a device that does not exist (DEVICE_NOT_FOUND) leaves every desired state as it was.
+   * revision and the device's previous desired state (read in the same unit of work), in one
+   * unit of work: concurrent deploys cannot hand a device the same revision twice nor lose
+   * each other's models, and a device that does not exist (DEVICE_NOT_FOUND) leaves every
+   * desired state as it was. When `next` answers undefined the device keeps its desired state
+   * (and its revision) and is not in the result.
    */
-  advanceDesired(deviceIds: readonly string[], next: (deviceId: string, revision: number) => DesiredState): Promise<Array<[string, DesiredState]>> {
+  advanceDesired(
+    deviceIds: readonly string[],
+    next: (deviceId: string, revision: number, previous: DesiredState | undefined) => DesiredState | undefined,
+  ): Promise<Array<[string, DesiredState]>> {
     return this.repository.transaction(async (tx) => {
       const written: Array<[string, DesiredState]> = [];
       for (const deviceId of deviceIds) {
         const device = await tx.device(deviceId);
         if (!device) throw notFound(deviceId);
-        const desired = next(deviceId, (device.desired?.revision ?? 0) + 1);
+        const desired = next(deviceId, (device.desired?.revision ?? 0) + 1, device.desired);
+        if (!desired) continue;
         await tx.setDesired(deviceId, desired);
         written.push([deviceId, desired]);
       }

@@ -1,3 +1,4 @@
+import { desiredModelsOf } from '../../common/device-protocol/model-set.js';
 import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import { peekRollbackDirective } from '../../common/trust/rollback.js';
 
@@ -10,18 +11,20 @@ export interface ArtifactGrantSources {
 }
 
 /**
- * The artifacts (by sha256) a device may download: what its current desired state names,
- * the release a rollback directive in it names, and, while a rollout is in flight, the
+ * The artifacts (by sha256) a device may download: what its current desired state names (every
+ * model of its set), the release each model's rollback directive names, and, while a rollout is in flight, the
  * version that rollout told it to install (a download it started may outlive the desired
  * state that asked for it). Nothing else: not another device's model, not a model never deployed.
  */
 export async function artifactsGrantedTo(deviceId: string, sources: ArtifactGrantSources): Promise<Set<string>> {
   const granted = new Set<string>();
   const desired = await sources.desired(deviceId);
-  if (desired?.model?.sha256) granted.add(desired.model.sha256);
-  if (desired?.rollback && desired.rollback.length > 0) {
+  // Every model of the set, and the release each model's rollback directive names (the legacy single-model shape reads as a set of one).
+  for (const model of desiredModelsOf(desired)) {
+    if (model.sha256) granted.add(model.sha256);
+    if (model.rollback.length === 0) continue;
     try {
-      const directive = peekRollbackDirective(desired.rollback);
+      const directive = peekRollbackDirective(model.rollback);
       if (directive.deviceIds.length === 0 || directive.deviceIds.includes(deviceId)) granted.add(directive.toSha256);
     } catch {
       // A directive the control plane cannot read grants nothing; the device refuses it too.

@@ -1,3 +1,5 @@
+import { desiredModelsOf } from '../../common/device-protocol/model-set.js';
+import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
@@ -42,16 +44,14 @@ export function openReleaseStore(deps: {
  */
 export async function watchTrust(deps: {
   releases: Pick<ReleaseStore, 'trustWarnings'>;
-  fleet: { list(): Promise<Array<{ desired?: { model?: { name: string; version: number } | undefined } | undefined }>> };
+  fleet: { list(): Promise<Array<{ desired?: DesiredState | undefined }>> };
   config: Pick<ControlPlaneConfig['trust'], 'expiryWarning' | 'checkInterval'>;
   logger: Logger;
 }): Promise<{ current(): TrustWarning[]; stop(): void }> {
   let warnings: TrustWarning[] = [];
   const evaluate = async (): Promise<void> => {
     try {
-      const deployed = (await deps.fleet.list()).flatMap((d) =>
-        d.desired?.model?.name ? [{ name: d.desired.model.name, version: d.desired.model.version }] : [],
-      );
+      const deployed = (await deps.fleet.list()).flatMap((d) => desiredModelsOf(d.desired).map((m) => ({ name: m.name, version: m.version })));
       const next = await deps.releases.trustWarnings(deployed, deps.config.expiryWarning);
       const known = new Set(warnings.map((w) => w.message));
       for (const w of next) if (!known.has(w.message)) deps.logger.warn({ code: w.code, ...w.details }, w.message);

@@ -1,4 +1,6 @@
+import { activeModelsOf, desiredModelsOf } from '../../common/device-protocol/model-set.js';
 import type { Logger } from '../../common/logger.js';
+import type { ActiveModel } from '../../common/proto/driftline/v1/device_link.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import type { FirmwareProfile } from '../../common/firmware-profile.js';
 import type { RollbackDirectiveRequest } from '../registry/ports.js';
@@ -10,7 +12,23 @@ import type { InstallStats } from './gates.js';
 import type { FleetView, ModelCatalog, ReleasePublisher } from './ports.js';
 import type { PlanningDevice } from './state-machine.js';
 
-const activeVersion = (device: DeviceRecord, model: string): number => (device.reported?.activeModel?.name === model ? device.reported.activeModel.version : 0);
+/** The device's entry for `model` among the models it reports (a device from before reports a set of one). */
+const reportedEntry = (device: DeviceRecord, model: string): ActiveModel | undefined => activeModelsOf(device.reported).find((m) => m.name === model);
+
+const activeVersion = (device: DeviceRecord, model: string): number => reportedEntry(device, model)?.version ?? 0;
+
+/**
+ * The install of `version` of `model` failed on this device: the device keeps its old version
+ * of that model and reports the error on that model's entry (an agent from before: on the
+ * device, as its single model's), while its desired state still asks for that version.
+ */
+function installFailed(device: DeviceRecord, model: string, version: number): boolean {
+  if (desiredModelsOf(device.desired).find((m) => m.name === model)?.version !== version) return false;
+  const entry = reportedEntry(device, model);
+  if (entry?.state === 'refused' || entry?.lastErrorCode) return true;
+  const legacy = (device.reported?.activeModels.length ?? 0) === 0;
+  return legacy && Boolean(device.reported?.lastErrorCode);
+}
 
 /** The rollout's view of the fleet: targets, what they run and how their installs went, from reported state. */
 export class FleetStoreView implements FleetView {
@@ -39,8 +57,7 @@ export class FleetStoreView implements FleetView {
     for (const id of deviceIds) {
       const device = await this.fleet.get(id);
       if (activeVersion(device, model) === version) stats.installed++;
-      // The agent keeps the old model and reports the error when an update fails.
-      else if (device.reported?.lastErrorCode && device.desired?.model?.version === version) stats.failed++;
+      else if (installFailed(device, model, version)) stats.failed++;
       else stats.pending++;
     }
     return stats;
@@ -97,7 +114,7 @@ export class DesiredStatePublisher implements ReleasePublisher {
       registry: { resolve(name: string, version: number): Promise<ModelVersion> };
       /** Signs rollback directives; the desired models are signed by desiredStates. */
       releases?: Pick<SignedReleases, 'rollbackDirective'> | undefined;
-      desiredStates: Pick<DesiredStates, 'deploy'>;
+      desiredStates: Pick<DesiredStates, 'deploy' | 'undeploy'>;
       /** Lifetime of a signed rollback directive. */
       rollbackTtlMs: number;
       logger: Logger;
@@ -112,6 +129,15 @@ export class DesiredStatePublisher implements ReleasePublisher {
     const byVersion = new Map<number, string[]>();
     for (const { deviceId, toVersion } of devices) byVersion.set(toVersion, [...(byVersion.get(toVersion) ?? []), deviceId]);
     for (const [version, ids] of byVersion) {
+      if (version === 0) {
+        // Removing a model is no downgrade: no directive, and the device keeps its other models.
+        this.deps.logger.warn({ model, devices: ids.length, reason }, 'removing the model from devices that had none before the rollout');
+        await this.deps.desiredStates.undeploy(
+          model,
+          ids.map((id) => ({ id })),
+        );
+        continue;
+      }
       const directive = await this.deps.releases?.rollbackDirective({
         model,
         toVersion: version,

@@ -53,7 +53,10 @@ export interface RolloutRepository extends RolloutReads {
  */
 export interface ReleasePublisher {
   deploy(model: string, version: number, deviceIds: readonly string[]): Promise<void>;
-  /** `id` names the rollback (the rollout's id), so a signed directive can be traced to it. */
+  /**
+   * `id` names the rollback (the rollout's id), so a signed directive can be traced to it.
+   * A device sent to toVersion 0 had no version of the model: the model leaves its set.
+   */
   rollback(model: string, devices: ReadonlyArray<{ deviceId: string; toVersion: number }>, reason: string, id: string): Promise<void>;
 }
 

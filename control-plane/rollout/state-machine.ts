@@ -46,7 +46,9 @@ export interface Rollout {
 }
 
 export type Effect =
-  { kind: 'deploy'; wave: number; deviceIds: string[] } | { kind: 'rollback'; devices: Array<{ deviceId: string; toVersion: number }>; reason: string };
+  | { kind: 'deploy'; wave: number; deviceIds: string[] }
+  /** toVersion 0: remove the model from the device's set (it had none before the rollout). */
+  | { kind: 'rollback'; devices: Array<{ deviceId: string; toVersion: number }>; reason: string };
 
 export interface AuditEntry {
   action: string;
@@ -272,8 +274,9 @@ function startWave(r: Rollout, wave: number, nowMs: number, action: string, reas
 function abort(r: Rollout, nowMs: number, action: string, reason: string, details: Record<string, unknown> = {}): Transition {
   const devices = touchedDevices(r)
     .filter((id) => r.fromVersions[id] !== r.plan.version)
-    .map((deviceId) => ({ deviceId, toVersion: r.fromVersions[deviceId] || r.baselineVersion }))
-    .filter((d) => d.toVersion > 0);
+    // Back to what each device ran: a device that had no version of this model (it serves others
+    // beside it, issue #12) goes back to not having it, toVersion 0, and keeps its other models.
+    .map((deviceId) => ({ deviceId, toVersion: r.fromVersions[deviceId] ?? 0 }));
   const next: Rollout = { ...r, state: 'aborted', reason, updatedAtMs: nowMs, rolledBack: devices.map((d) => d.deviceId) };
   return {
     rollout: next,
