@@ -71,10 +71,13 @@ describe('artifact downloads are limited to what a device was told to install', 
     expect((await download('edge-a', sha['never-deployed']!, 'HEAD')).status).toBe(403);
   });
 
-  it('access - a device that is sent another model may no longer download the one it replaced', async () => {
+  it('access - a device may download every model of its set, and no longer one removed from it', async () => {
     await api.deploy('never-deployed', ['edge-b']);
     expect((await download('edge-b', sha['never-deployed']!)).status).toBe(200);
+    expect((await download('edge-b', sha['deployed-to-b']!)).status).toBe(200);
+    await api.undeploy('deployed-to-b', ['edge-b']);
     expect((await refusal(await download('edge-b', sha['deployed-to-b']!))).code).toBe('ARTIFACT_FORBIDDEN');
+    expect((await download('edge-b', sha['never-deployed']!)).status).toBe(200);
   });
 
   it('access - missing device credentials are refused with 401 and a stable code', async () => {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { createOperatorClient } from '../client/operator-client.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ReleaseServiceService, type Release } from '../common/proto/driftline/v1/releases.js';
+import type { Device } from '../common/proto/driftline/v1/fleet.js';
 import { peekManifest } from '../common/trust/manifest.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { sequenceModelBytes } from './fixtures/inference-models.js';
@@ -147,10 +148,10 @@ describe('signed releases end to end: keys init, signed push, a device that pins
     await api.deploy('sequence');
     const devices = await waitFor(
       () => api.listDevices(),
-      (d) => d[0]?.reported?.activeModel?.name === 'sequence',
+      (d) => serving(d[0], 'sequence') === 1,
       { what: 'sequence model active', timeoutMs: 30_000 },
     );
-    expect(devices[0]!.reported!.lastErrorCode).toBe('');
+    expect(devices[0]!.reported!.activeModels.map((m) => m.lastErrorCode)).toEqual(devices[0]!.reported!.activeModels.map(() => ''));
     const response = await fetch(`${agent!.ready[2]}/v2/models/sequence/infer`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -191,15 +192,20 @@ describe('signed releases end to end: keys init, signed push, a device that pins
     await api.deploy('sequence');
     const devices = await waitFor(
       () => api.listDevices(),
-      (d) => d[0]?.reported?.activeModel?.version === 2 && d[0]?.reported?.activeModel?.name === 'sequence',
+      (d) => serving(d[0], 'sequence') === 2,
       {
         what: 'amended sequence v2 active',
         timeoutMs: 30_000,
       },
     );
-    expect(devices[0]!.reported!.lastErrorCode).toBe('');
+    expect(devices[0]!.reported!.activeModels.find((m) => m.name === 'sequence')?.lastErrorCode).toBe('');
   }, 90_000);
 });
+
+/** The version of `model` the device serves (it serves the earlier models of its set beside it), 0 when none. */
+function serving(device: Device | undefined, model: string): number {
+  return device?.reported?.activeModels.find((m) => m.name === model && m.state === 'serving')?.version ?? 0;
+}
 
 async function getRelease(address: string, tokenFile: string, name: string, version: number): Promise<Release> {
   const client = createOperatorClient({ address, token: readFileSync(tokenFile, 'utf8').trim() });

@@ -17,6 +17,7 @@ export function fleetApi(address: string, tokenFile: string) {
     listDevices: (): Promise<Device[]> => devices.listDevices({ selector: '', includeDecommissioned: false }).then((r) => r.devices),
     uploadModel: (name: string, bytes: Uint8Array) => client.uploadModelBytes(bytes, { name, description: 'test' }),
     deploy: (name: string, deviceIds: string[] = []) => models.deployModel({ name, version: 0, deviceIds, selector: '' }),
+    undeploy: (name: string, deviceIds: string[] = []) => models.undeployModel({ name, deviceIds, selector: '' }),
     summary: (deviceId = '', sinceMs = 0) => telemetry.getSummary({ deviceId, sinceMs }),
     close: () => client.close(),
   };
