@@ -88,6 +88,8 @@ export const controlPlaneConfigSchema = z
         maxResultBytes: byteSize.prefault('64KiB'),
         /** Entries a reported state's warnings and a command result's outputs may hold. */
         maxStateWarnings: z.number().int().positive().default(64),
+        /** Models a reported state may list (active_models). */
+        maxStateModels: z.number().int().positive().default(64),
         maxResultOutputs: z.number().int().positive().default(256),
         /** Per-device token bucket over every message a device sends up; over it, refused before decoding (DEVICE_RATE_LIMITED). */
         deviceRate: z

@@ -20,7 +20,7 @@ import { TelemetryUploader } from '../agent/telemetry/uploader.js';
 import { MqttUplink } from '../agent/uplink/mqtt/mqtt-uplink.js';
 import { ManualClock, systemClock } from '../common/clock.js';
 import { silentLogger, type Logger } from '../common/logger.js';
-import { CommandResult, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
+import { ActiveModel, CommandResult, ReportedState, Stream, TelemetryAck, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { EnrollmentServiceClient, EnrollRequest, type EnrollResponse } from '../common/proto/driftline/v1/fleet.js';
 import type { DeviceTelemetry, TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
 import { downTopic, upTopic, type UpChannel } from '../common/device-protocol/topics.js';
@@ -127,6 +127,7 @@ describe('ingest limits - batches that would cost more than they are worth', () 
       maxInflatedBytes: MAX_INFLATED_BYTES,
       maxStateBytes: '4KiB',
       maxStateWarnings: 4,
+      maxStateModels: 3,
       maxResultBytes: '4KiB',
       maxResultOutputs: 4,
     }));
@@ -199,6 +200,10 @@ describe('ingest limits - batches that would cost more than they are worth', () 
     await attacker.publish('state', state({ bufferDepth: 8, lastError: 'e'.repeat(8 * 1024) }));
     await attacker.publish('state', state({ bufferDepth: 9, warnings: ['a', 'b', 'c', 'd', 'e'] }));
     await attacker.publish(
+      'state',
+      state({ bufferDepth: 10, activeModels: Array.from({ length: 4 }, (_, i) => ActiveModel.fromPartial({ name: `m${i}`, version: 1 })) }),
+    );
+    await attacker.publish(
       'result',
       Buffer.from(CommandResult.encode(CommandResult.fromPartial({ id: 'c1', ok: true, message: 'm'.repeat(8 * 1024) })).finish()),
     );
@@ -208,7 +213,7 @@ describe('ingest limits - batches that would cost more than they are worth', () 
 
     const after = await api.summary(attacker.id);
     expect(refused(after, attacker.id, 'PAYLOAD_TOO_LARGE')).toBe(refused(before, attacker.id, 'PAYLOAD_TOO_LARGE') + 2);
-    expect(refused(after, attacker.id, 'PAYLOAD_TOO_MANY_ENTRIES')).toBe(refused(before, attacker.id, 'PAYLOAD_TOO_MANY_ENTRIES') + 2);
+    expect(refused(after, attacker.id, 'PAYLOAD_TOO_MANY_ENTRIES')).toBe(refused(before, attacker.id, 'PAYLOAD_TOO_MANY_ENTRIES') + 3);
     // Not telemetry: not counted as rejected batches.
     expect(after.rejectedBatches).toBe(before.rejectedBatches);
     expect(deviceRow(after, attacker.id)?.bufferDepth).toBe(7);

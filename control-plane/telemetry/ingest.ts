@@ -18,6 +18,8 @@ export interface IngestLimits {
   maxStateBytes: number;
   maxResultBytes: number;
   maxStateWarnings: number;
+  /** Entries a reported state's active_models may hold (a device serves a set of models, issue #12). */
+  maxStateModels: number;
   maxResultOutputs: number;
   /** Per-device token bucket over every message; absent: no rate limit. */
   deviceRate?: { messagesPerSecond: number; burst: number } | undefined;
@@ -53,9 +55,10 @@ export interface IngestStats {
 const refused = (err: unknown): err is DriftlineError =>
   err instanceof DriftlineError && (err.kind === 'invalid' || err.code === 'PAYLOAD_TOO_LARGE' || err.code === 'PAYLOAD_TOO_MANY_ENTRIES');
 
-/** TelemetryBatch.records, ReportedState.warnings and CommandResult.output (a map: one entry per pair). */
+/** TelemetryBatch.records, ReportedState.warnings and active_models, and CommandResult.output (a map: one entry per pair). */
 const RECORDS_FIELD = 1;
 const WARNINGS_FIELD = 12;
+const ACTIVE_MODELS_FIELD = 13;
 const OUTPUT_FIELD = 5;
 
 /**
@@ -155,9 +158,10 @@ export class TelemetryIngest {
   }
 
   private async ingestState(deviceId: string, payload: Uint8Array): Promise<void> {
-    const { maxStateBytes, maxStateWarnings } = this.options.limits;
+    const { maxStateBytes, maxStateWarnings, maxStateModels } = this.options.limits;
     checkSize(payload, maxStateBytes, 'reported state', 'ingest.maxStateBytes');
     scanEntries(payload, { field: WARNINGS_FIELD, max: maxStateWarnings, what: 'warnings', setting: 'ingest.maxStateWarnings' });
+    scanEntries(payload, { field: ACTIVE_MODELS_FIELD, max: maxStateModels, what: 'active models', setting: 'ingest.maxStateModels' });
     const state = decode(ReportedState, payload, 'reported state');
     const { devices, repository, clock, downlink } = this.options;
     await devices.saveReported(deviceId, state, clock.now());
