@@ -2,14 +2,17 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { credentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EnrollmentServiceClient, EnrollRequest } from '../common/proto/driftline/v1/fleet.js';
+import { rpc } from './helpers/grpc-calls.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { generateVibrationData, toCsv, VIBRATION_CLASSES } from '../demo/model/vibration-data.js';
 import { echoModelBytes } from './fixtures/models.js';
 import { REPO_ROOT, startProcess, stopProcess, type RunningProcess } from './helpers/processes.js';
 
 const BIN = join(REPO_ROOT, 'bin/driftline.js');
-const EXIT = { ok: 0, usage: 2, conflict: 6 };
+const EXIT = { ok: 0, usage: 2, conflict: 6, notFound: 4 };
 const cwd = mkdtempSync(join(tmpdir(), 'driftline-cli-push-'));
 let plane: RunningProcess;
 let server: string;
@@ -46,6 +49,15 @@ function driftline(...args: string[]): Promise<{ code: number; stdout: string; s
   });
 }
 const codeOf = (stderr: string): string | undefined => /^error \[([A-Z_]+)\]/m.exec(stderr)?.[1];
+/** Enrolls a device as its agent would (no agent runs here: its desired set is what is looked at). */
+async function enrollDevice(deviceId: string, token: string): Promise<void> {
+  const client = new EnrollmentServiceClient(server, credentials.createInsecure());
+  try {
+    await rpc((cb) => client.enroll(EnrollRequest.fromPartial({ token, deviceId, firmwareProfile: 'generic-x86_64-cpu', agentVersion: 'test' }), cb));
+  } finally {
+    client.close();
+  }
+}
 function modelFile(name: string, bytes: Uint8Array): string {
   const file = join(cwd, name);
   writeFileSync(file, bytes);
@@ -144,5 +156,32 @@ describe('models deploy - a target that matches no device', () => {
     const deployed = await driftline('models', 'deploy', 'nobody', '--selector', 'site=nowhere');
     expect([deployed.code, codeOf(deployed.stderr)]).toEqual([EXIT.usage, 'DEPLOY_NO_TARGETS']);
     expect(deployed.stderr).toContain('site=nowhere');
+  });
+});
+
+describe('models undeploy - one model out of a set', () => {
+  it("removes one model from a device's set, shows the rest in devices get, and refuses a second undeploy with MODEL_NOT_DEPLOYED", async () => {
+    const created = JSON.parse((await driftline('--json', 'devices', 'token', 'edge-set')).stdout) as { token: string };
+    await enrollDevice('edge-set', created.token);
+    for (const [name, seed] of [
+      ['detector', 21],
+      ['classifier', 22],
+    ] as const) {
+      expect((await driftline('models', 'push', modelFile(`${name}.onnx`, buildDemoModel({ seed }).bytes), '--name', name)).code).toBe(EXIT.ok);
+      expect((await driftline('models', 'deploy', name, '--device', 'edge-set')).code).toBe(EXIT.ok);
+    }
+    const both = await driftline('devices', 'get', 'edge-set');
+    expect(both.stdout).toMatch(/detector\s+v1\s+-\s+pending/);
+    expect(both.stdout).toMatch(/classifier\s+v1\s+-\s+pending/);
+
+    const removed = await driftline('models', 'undeploy', 'detector', '--device', 'edge-set');
+    expect([removed.code, removed.stdout.trim()]).toEqual([EXIT.ok, 'removed detector from 1 device(s)']);
+    const device = JSON.parse((await driftline('--json', 'devices', 'get', 'edge-set')).stdout) as { desiredModels: Array<{ name: string }> };
+    expect(device.desiredModels.map((m) => m.name)).toEqual(['classifier']);
+    expect((await driftline('devices', 'get', 'edge-set')).stdout).not.toContain('detector');
+
+    const again = await driftline('models', 'undeploy', 'detector', '--device', 'edge-set');
+    expect([again.code, codeOf(again.stderr)]).toEqual([EXIT.notFound, 'MODEL_NOT_DEPLOYED']);
+    expect(again.stderr).toContain('nothing to undeploy');
   });
 });
