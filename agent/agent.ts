@@ -38,8 +38,8 @@ import { downlinkDispatcher } from './downlink.js';
 import { DriftReferences } from './drift/references.js';
 import { agentHealth } from './health.js';
 import { agentPaths } from './paths.js';
-import { stateReporter, type ReportedModelFacts } from './reported-state.js';
-import type { RepositoryEntry } from './local-api/routes.js';
+import { reportedModels, stateReporter } from './reported-state.js';
+import { repositoryIndex } from './local-api/routes.js';
 
 export type AgentState = 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -265,7 +265,7 @@ export async function startAgent(
       boot: buffer.boot,
       startedAtMs: startedAt,
       nowMs: clock.now(),
-      models: reportedModels(models, engine),
+      models: reportedModels(models.entries(), (name) => engine.model(name)),
       desiredRevision: models.desiredRevision,
       lastError: models.error,
       droppedRecords: recorder.dropped + buffer.droppedTotal(),
@@ -376,7 +376,7 @@ export async function startAgent(
               }),
             metrics,
             logger,
-            repository: () => repositoryIndex(models, engine),
+            repository: () => repositoryIndex(models.entries(), engine.models()),
             memoryBudgetBytes: profile.inference.memoryBudget,
             inferTimeoutMs: config.inference.timeoutMs,
             // Applications label answered requests by response id; each label is one record on the inference stream.
@@ -449,35 +449,6 @@ export async function startAgent(
       return stopping;
     },
   };
-}
-
-/** Every model of the desired set as the reported state lists it: what its slot says, with the engine's facts for those serving. */
-function reportedModels(models: ModelSet, engine: InferenceEngine): ReportedModelFacts[] {
-  return models.entries().map((entry) => {
-    const served = entry.state === 'serving' ? engine.model(entry.name) : undefined;
-    return {
-      name: entry.name,
-      version: entry.version,
-      sha256: entry.sha256,
-      state: entry.state,
-      ...(served ? { provider: served.provider, fallbacks: served.fallbacks, memoryBytes: served.memoryBytes } : {}),
-      error: entry.error,
-    };
-  });
-}
-
-/** POST /v2/repository/index: every model of the set with its state, in the Open Inference Protocol's repository-extension shape. */
-function repositoryIndex(models: ModelSet, engine: InferenceEngine): RepositoryEntry[] {
-  const listed = models.entries().map((entry): RepositoryEntry => ({
-    name: entry.name,
-    version: String(entry.state === 'serving' ? entry.version : entry.desiredVersion),
-    state: entry.state === 'serving' ? 'READY' : entry.state === 'loading' ? 'LOADING' : 'UNAVAILABLE',
-    reason: entry.error ? `${entry.error.code}: ${entry.error.message}` : '',
-  }));
-  // A model still served while the set removes it.
-  const names = new Set(listed.map((e) => e.name));
-  for (const m of engine.models()) if (!names.has(m.name)) listed.push({ name: m.name, version: String(m.version), state: 'UNLOADING', reason: '' });
-  return listed;
 }
 
 /** The engine as the local API sees it: every answer also feeds its model's drift monitor and the sample capture. */

@@ -3,7 +3,6 @@ import { ReportedState } from '../common/proto/driftline/v1/device_link.js';
 import { DRIFTLINE_VERSION } from '../common/version.js';
 import type { Uplink } from './uplink/ports.js';
 
-/** What the reported state is made of, read from the agent's parts at the moment of the report. */
 /** One model of the set, as its slot and the engine know it. */
 export interface ReportedModelFacts {
   name: string;
@@ -17,6 +16,25 @@ export interface ReportedModelFacts {
   error?: { code: string; message: string } | undefined;
 }
 
+/** Every model of the desired set as the reported state lists it: what its slot says, with the engine's facts for those serving. */
+export function reportedModels(
+  entries: ReadonlyArray<{ name: string; version: number; sha256: string; state: ReportedModelFacts['state']; error?: ReportedModelFacts['error'] }>,
+  served: (name: string) => { provider: string; fallbacks: ReadonlyArray<{ provider: string; reason: string }>; memoryBytes: number } | undefined,
+): ReportedModelFacts[] {
+  return entries.map((entry) => {
+    const info = entry.state === 'serving' ? served(entry.name) : undefined;
+    return {
+      name: entry.name,
+      version: entry.version,
+      sha256: entry.sha256,
+      state: entry.state,
+      ...(info ? { provider: info.provider, fallbacks: info.fallbacks, memoryBytes: info.memoryBytes } : {}),
+      error: entry.error,
+    };
+  });
+}
+
+/** What the reported state is made of, read from the agent's parts at the moment of the report. */
 export interface ReportedStateFacts {
   firmwareProfile: string;
   activeModel: { name: string; version: number; sha256: string; provider: string } | undefined;

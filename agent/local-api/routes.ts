@@ -23,6 +23,32 @@ export interface RepositoryEntry {
   reason: string;
 }
 
+/**
+ * The repository index of a device's set: each model of the desired set with its state (a refused
+ * one UNAVAILABLE with its code as the reason), then any model still served that the set no longer lists.
+ */
+export function repositoryIndex(
+  entries: ReadonlyArray<{
+    name: string;
+    version: number;
+    desiredVersion: number;
+    state: 'serving' | 'loading' | 'refused';
+    error?: { code: string; message: string } | undefined;
+  }>,
+  served: ReadonlyArray<{ name: string; version: number }>,
+): RepositoryEntry[] {
+  const listed = entries.map((entry): RepositoryEntry => ({
+    name: entry.name,
+    version: String(entry.state === 'serving' ? entry.version : entry.desiredVersion),
+    state: entry.state === 'serving' ? 'READY' : entry.state === 'loading' ? 'LOADING' : 'UNAVAILABLE',
+    reason: entry.error ? `${entry.error.code}: ${entry.error.message}` : '',
+  }));
+  // A model still served while the set removes it.
+  const names = new Set(listed.map((e) => e.name));
+  for (const m of served) if (!names.has(m.name)) listed.push({ name: m.name, version: String(m.version), state: 'UNLOADING', reason: '' });
+  return listed;
+}
+
 export interface LocalApiRouteOptions {
   engine: InferenceService;
   /** The models of the device's set with their state; without it, the models the engine serves, all READY. */
