@@ -62,6 +62,8 @@ export interface ActiveModelInfo {
   /**
    * Memory this model holds, measured across its load: the growth of the process's resident set
    * from before the session was created to after its warm-up, and never less than the model file's size.
+   * The engine's first session also starts onnxruntime itself (tens of MiB that are no model's): it
+   * counts its file's size only.
    */
   memoryBytes: number;
 }
@@ -191,6 +193,8 @@ export class InferenceEngine implements InferenceService {
   private loading: Promise<unknown> = Promise.resolve();
   private state: 'running' | 'stopping' | 'stopped' = 'running';
   private readonly clock: Clock;
+  /** Whether a session was ever created: the first creation also starts the runtime itself (tens of MiB that are no model's). */
+  private runtimeStarted = false;
 
   private constructor(private readonly options: InferenceEngineOptions) {
     this.clock = options.clock ?? systemClock;
@@ -360,15 +364,17 @@ export class InferenceEngine implements InferenceService {
         this.options.timers ?? realTimers,
       );
       await warmUp(session, spec);
-      info.memoryBytes = Math.max(fileBytes(spec.path), resident() - residentBefore);
+      info.memoryBytes = Math.max(fileBytes(spec.path), this.runtimeStarted ? resident() - residentBefore : 0);
       this.checkBudget(info, spec.admitted === true);
     } catch (err) {
+      this.runtimeStarted = true;
       await session.release().catch((releaseErr: unknown) => logger.warn({ err: releaseErr }, 'releasing a model that failed to load failed'));
       if (err instanceof DriftlineError) throw err;
       throw new DriftlineError('MODEL_INVALID', `${spec.name} v${spec.version} could not be prepared: ${err instanceof Error ? err.message : String(err)}`, {
         cause: err,
       });
     }
+    this.runtimeStarted = true;
     if (this.state !== 'running') {
       await session.release();
       throw new DriftlineError('SHUTTING_DOWN', 'the inference engine shut down while the model was loading');

@@ -1,7 +1,7 @@
 import { desiredModelsOf } from '../../common/device-protocol/model-set.js';
 import { DriftlineError } from '../../common/errors.js';
 import { DesiredState, type DesiredModel } from '../../common/proto/driftline/v1/device_link.js';
-import { ModelManager, readSingleModelState, type ModelHost, type ModelManagerOptions, type ModelRef } from './model-manager.js';
+import { ModelManager, readSingleModelState, type InstallState, type ModelHost, type ModelManagerOptions, type ModelRef } from './model-manager.js';
 
 /** The agent_state key of the set's own record. */
 export const SET_STATE_KEY = 'models.set';
@@ -39,9 +39,11 @@ export interface SetHost extends ModelHost {
   model(name: string): { name: string; version: number; sha256: string } | undefined;
 }
 
-export interface ModelSetOptions extends Omit<ModelManagerOptions, 'host' | 'stateKey' | 'retainedFiles' | 'onChange'> {
+export interface ModelSetOptions extends Omit<ModelManagerOptions, 'host' | 'stateKey' | 'retainedFiles' | 'onChange' | 'onStep'> {
   host: SetHost;
   onChange(event: Parameters<ModelManagerOptions['onChange']>[0]): void;
+  /** Test hook: called right after each state of one model's install is persisted (the kill -9 tests stop the process here). */
+  onStep?: (step: InstallState | 'activated', model: string) => void;
 }
 
 /**
@@ -63,6 +65,8 @@ export class ModelSet {
   private readonly failedAt = new Map<string, number>();
   private failures = 0;
   private setError: DriftlineError | undefined;
+  /** While a revision applies: what each model's load waits for (the loads of the entries before it), so activations follow the set's order. */
+  private readonly loadTurns = new Map<string, Promise<unknown>>();
 
   constructor(private readonly options: ModelSetOptions) {
     this.record = this.read();
@@ -152,16 +156,38 @@ export class ModelSet {
     });
     // Only the desired state removes a model; it goes before the new ones load, so its memory is free for them.
     for (const name of removed) await this.slots.get(name)?.remove(desired.revision);
-    await Promise.all(accepted.map((entry) => this.slot(entry.name).apply(perModel(desired, entry))));
+    // Downloads and checks run side by side; the loads follow the set's order, so the memory
+    // budget gives way to the models listed first, whichever download finishes first.
+    let turn: Promise<unknown> = Promise.resolve();
+    const applying = accepted.map((entry) => {
+      this.loadTurns.set(entry.name, turn);
+      const done = this.slot(entry.name).apply(perModel(desired, entry));
+      turn = done.catch(() => undefined);
+      return done;
+    });
+    try {
+      await Promise.all(applying);
+    } finally {
+      this.loadTurns.clear();
+    }
     this.write({ ...this.record, appliedRevision: Math.max(this.record.appliedRevision, desired.revision), pending: undefined });
   }
 
   private slot(name: string): ModelManager {
     let slot = this.slots.get(name);
     if (slot) return slot;
+    const { onStep, host, ...options } = this.options;
     slot = new ModelManager({
-      ...this.options,
+      ...options,
+      host: {
+        load: async (model) => {
+          await this.loadTurns.get(name);
+          return host.load(model);
+        },
+        unload: (model) => host.unload(model),
+      },
       stateKey: `${SLOT_KEY_PREFIX}${name}`,
+      ...(onStep ? { onStep: (step: InstallState | 'activated') => onStep(step, name) } : {}),
       retainedFiles: () => [...this.slots].filter(([other]) => other !== name).flatMap(([, s]) => s.filesInUse()),
       onChange: (event) => {
         if (event.kind === 'model.failed') this.failedAt.set(name, ++this.failures);
@@ -177,10 +203,12 @@ export class ModelSet {
     if (stored) return JSON.parse(stored) as SetRecord;
     // An agent that served one model: its record becomes the set's one slot, once.
     const single = readSingleModelState(this.options.state);
+    // Nothing to migrate: the first desired state writes the record (an empty one written now would hide a single-model record written later by a downgraded agent).
+    if (!single) return { appliedRevision: 0, entries: [], known: [] };
     const installing = single?.install ? DesiredState.fromJSON(single.install.desired).model : undefined;
     const model: ModelRef | undefined = single?.active ?? installing ?? single?.previous;
-    if (!single || !model || !MODEL_NAME.test(model.name)) {
-      const fresh: SetRecord = { appliedRevision: single?.appliedRevision ?? 0, entries: [], known: [] };
+    if (!model || !MODEL_NAME.test(model.name)) {
+      const fresh: SetRecord = { appliedRevision: single.appliedRevision, entries: [], known: [] };
       this.write(fresh);
       return fresh;
     }
