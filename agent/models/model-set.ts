@@ -65,8 +65,11 @@ export class ModelSet {
   private readonly failedAt = new Map<string, number>();
   private failures = 0;
   private setError: DriftlineError | undefined;
-  /** While a revision applies: what each model's load waits for (the loads of the entries before it), so activations follow the set's order. */
-  private readonly loadTurns = new Map<string, Promise<unknown>>();
+  /**
+   * While a revision applies or the set restores: what each model's load waits for (the model
+   * listed before it has loaded, or is done without loading), and what to call once it loaded.
+   */
+  private readonly loadTurns = new Map<string, { turn: Promise<unknown>; loaded(): void }>();
 
   constructor(private readonly options: ModelSetOptions) {
     this.record = this.read();
@@ -112,17 +115,13 @@ export class ModelSet {
    * being applied, if any, is applied again (the models it had already reached ignore it).
    */
   async restore(): Promise<void> {
-    const wanted = new Set(this.record.entries.map((e) => e.name));
-    await Promise.all(
-      [...this.slots].map(async ([name, slot]) => {
-        try {
-          if (wanted.has(name)) await slot.restore();
-          else if (slot.snapshot().active || slot.snapshot().install) await slot.remove(this.record.appliedRevision);
-        } catch (err) {
-          this.options.logger.error({ err, model: name }, 'could not restore the model');
-        }
-      }),
-    );
+    const wanted = this.record.entries.map((e) => e.name).filter((name) => this.slots.has(name));
+    const dropped = [...this.slots].filter(([name, slot]) => !wanted.includes(name) && (slot.snapshot().active || slot.snapshot().install));
+    const failed = (name: string) => (err: unknown) => this.options.logger.error({ err, model: name }, 'could not restore the model');
+    await Promise.all([
+      ...dropped.map(([name, slot]) => slot.remove(this.record.appliedRevision).catch(failed(name))),
+      this.inSetOrder(wanted, (name) => this.slots.get(name)!.restore().catch(failed(name))),
+    ]);
     if (this.record.pending !== undefined) await this.apply(DesiredState.fromJSON(this.record.pending), { resume: true });
   }
 
@@ -156,21 +155,32 @@ export class ModelSet {
     });
     // Only the desired state removes a model; it goes before the new ones load, so its memory is free for them.
     for (const name of removed) await this.slots.get(name)?.remove(desired.revision);
-    // Downloads and checks run side by side; the loads follow the set's order, so the memory
-    // budget gives way to the models listed first, whichever download finishes first.
+    const byName = new Map(accepted.map((entry) => [entry.name, entry]));
+    await this.inSetOrder([...byName.keys()], (name) => this.slot(name).apply(perModel(desired, byName.get(name)!)));
+    this.write({ ...this.record, appliedRevision: Math.max(this.record.appliedRevision, desired.revision), pending: undefined });
+  }
+
+  /**
+   * Runs one task per model side by side (downloads, checks), with their loads in the set's
+   * order: a model's load waits until the one listed before it has loaded or is done without
+   * loading. So the memory budget gives way to the models listed first whichever download
+   * finishes first, and the engine serves (and the reported state lists) them in that order.
+   */
+  private async inSetOrder(names: readonly string[], task: (name: string) => Promise<unknown>): Promise<void> {
     let turn: Promise<unknown> = Promise.resolve();
-    const applying = accepted.map((entry) => {
-      this.loadTurns.set(entry.name, turn);
-      const done = this.slot(entry.name).apply(perModel(desired, entry));
-      turn = done.catch(() => undefined);
+    const running = names.map((name) => {
+      let loaded!: () => void;
+      const loadedOnce = new Promise<void>((resolve) => (loaded = resolve));
+      this.loadTurns.set(name, { turn, loaded });
+      const done = task(name);
+      turn = Promise.race([loadedOnce, done.catch(() => undefined)]);
       return done;
     });
     try {
-      await Promise.all(applying);
+      await Promise.all(running);
     } finally {
-      this.loadTurns.clear();
+      for (const name of names) this.loadTurns.delete(name);
     }
-    this.write({ ...this.record, appliedRevision: Math.max(this.record.appliedRevision, desired.revision), pending: undefined });
   }
 
   private slot(name: string): ModelManager {
@@ -181,8 +191,13 @@ export class ModelSet {
       ...options,
       host: {
         load: async (model) => {
-          await this.loadTurns.get(name);
-          return host.load(model);
+          const turn = this.loadTurns.get(name);
+          await turn?.turn;
+          try {
+            return await host.load(model);
+          } finally {
+            turn?.loaded();
+          }
         },
         unload: (model) => host.unload(model),
       },
