@@ -92,7 +92,7 @@ const ok = (counts: Map<number, number>): number => counts.get(200) ?? 0;
 const failed = (counts: Map<number, number>): number => [...counts].filter(([status]) => status !== 200).reduce((n, [, c]) => n + c, 0);
 
 describe('agent model set - several models on one device', () => {
-  it('serves three models by name; an update of one under load fails no request on any of them and reloads only that one; a removed model answers 404 MODEL_NOT_FOUND while the others serve', async () => {
+  it('three models, one updated under load with no failed request on the others, one removed: each served by name, the update fails no request on any of them and reloads only that one, the removed one answers 404 MODEL_NOT_FOUND while the others serve', async () => {
     const d = await device({ localApi: true });
     await d.set.apply(desiredSet(1, [r.detector1!, r.classifier1!, r.recognizer1!]));
     expect(d.set.error).toBeUndefined();
@@ -164,7 +164,7 @@ describe('agent model set - several models on one device', () => {
     expect((await call(d, 'POST', '/v2/repository/index', '{"ready":"yes"}')).json).toMatchObject({ code: 'REQUEST_INVALID' });
   }, 120_000);
 
-  it('memory budget - a model that does not fit beside the running ones is refused with MODEL_SET_OVER_BUDGET on its entry and in last_error; the running models are untouched', async () => {
+  it('a set over the memory budget refused and reported: the model that does not fit beside the running ones is refused with MODEL_SET_OVER_BUDGET on its entry, in last_error and in active_models; the running models are untouched', async () => {
     const d = await device({ memoryBudgetBytes: 16 * 1024 * 1024 });
     await d.set.apply(desiredSet(1, [r.detector1!, r.classifier1!]));
     const running = d.engine.models();
