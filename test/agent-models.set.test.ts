@@ -1,4 +1,7 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ModelManager } from '../agent/models/model-manager.js';
@@ -23,16 +26,20 @@ const r: Record<string, TestRelease> = {};
 
 /** 24 MiB of weights summed into every output: bigger than the budgets below on its own file's size. */
 function bigModelBytes(): Uint8Array {
-  const n = 6 * 1024 * 1024;
+  return weightsModelBytes('big', 6 * 1024 * 1024, 1e-9);
+}
+
+/** A model that holds `n` float32 weights (summed into every output; `fill` makes its bytes its own). */
+function weightsModelBytes(name: string, n: number, fill: number): Uint8Array {
   return buildModel({
-    name: 'big',
+    name,
     inputs: [{ name: 'features', type: 'float32', shape: ['batch', 8] }],
     outputs: [{ name: 'y', type: 'float32', shape: ['batch', 8] }],
     nodes: [
       { op: 'ReduceSum', inputs: ['w'], outputs: ['s'] },
       { op: 'Add', inputs: ['features', 's'], outputs: ['y'] },
     ],
-    initializers: [{ name: 'w', type: 'float32', dims: [n], values: new Float32Array(n).fill(1e-9) }],
+    initializers: [{ name: 'w', type: 'float32', dims: [n], values: new Float32Array(n).fill(fill) }],
   });
 }
 
@@ -46,6 +53,9 @@ beforeAll(async () => {
   r.classifier1 = await makeRelease('classifier', 1, demoModelBytes(3), sign);
   r.recognizer1 = await makeRelease('recognizer', 1, demoModelBytes(4), sign);
   r.big1 = await makeRelease('big', 1, bigModelBytes(), sign);
+  // 10 MiB each: either fits a 16 MiB budget alone, not both.
+  r.first1 = await makeRelease('first', 1, weightsModelBytes('first', 2_500_000, 1e-9), sign);
+  r.second1 = await makeRelease('second', 1, weightsModelBytes('second', 2_500_000, 2e-9), sign);
   for (const release of Object.values(r)) server.serve(release.sha256, release.bytes);
 }, 120_000);
 afterAll(() => server.close());
@@ -55,7 +65,7 @@ afterEach(async () => {
   for (const d of devices.splice(0)) await d.close();
 });
 
-async function device(options: { memoryBudgetBytes?: number; localApi?: boolean; dir?: string } = {}): Promise<SetDevice> {
+async function device(options: { memoryBudgetBytes?: number; localApi?: boolean; dir?: string; artifactUrl?: string } = {}): Promise<SetDevice> {
   const d = await setDevice({ artifactUrl: server.url, root: trust.v1, logger: capturingLogger().logger, ...options });
   devices.push(d);
   return d;
@@ -212,6 +222,33 @@ describe('agent model set - several models on one device', () => {
     ]);
     // The same bad set is not retried until a new revision; the files of the running models stay.
     for (const x of [r.detector1!, r.classifier1!]) expect(existsSync(join(d.dir, 'models', `${x.sha256}.onnx`))).toBe(true);
+  }, 120_000);
+
+  it('the models listed first win the memory budget, whichever download finishes first: the second of the set, downloaded first, is refused with MODEL_SET_OVER_BUDGET once the first one loaded', async () => {
+    // The artifact server, behind a relay that holds the first model's download until the second one's file is complete.
+    const dir = mkdtempSync(join(tmpdir(), 'driftline-model-set-order-'));
+    const secondFile = join(dir, 'models', `${r.second1!.sha256}.onnx`);
+    const relay = createServer((req, res) => {
+      void (async () => {
+        if (req.url?.includes(r.first1!.sha256)) await waitFor(() => existsSync(secondFile), Boolean, { what: "the second model's download" });
+        const upstream = await fetch(new URL(req.url!, server.url), { headers: req.headers.range ? { range: req.headers.range } : {} });
+        const body = Buffer.from(await upstream.arrayBuffer());
+        res.writeHead(upstream.status, { 'content-length': String(body.length) }).end(body);
+      })().catch(() => res.destroy());
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    try {
+      const d = await device({ dir, memoryBudgetBytes: 16 * 1024 * 1024, artifactUrl: `http://127.0.0.1:${(relay.address() as AddressInfo).port}/` });
+      await d.set.apply(desiredSet(1, [r.first1!, r.second1!]));
+      expect(d.set.entries().map((e) => [e.name, e.state, e.error?.code])).toEqual([
+        ['first', 'serving', undefined],
+        ['second', 'refused', 'MODEL_SET_OVER_BUDGET'],
+      ]);
+      expect(d.engine.models().map((m) => m.name)).toEqual(['first']);
+    } finally {
+      relay.closeAllConnections();
+      await new Promise<void>((resolve) => relay.close(() => resolve()));
+    }
   }, 120_000);
 
   it('a refusal of one model (a version older than its highest) never disturbs the others, and its rollback directive is its own', async () => {
