@@ -12,16 +12,17 @@ import { registerInferenceMetrics } from './inference/metrics.js';
 import { preloadOnnxRuntimeLibrary } from './inference/onnxruntime-library.js';
 import { chooseProfile, type HostProbe } from './profiles/detect.js';
 import { systemHostProbe } from './profiles/host-probe.js';
-import { inferenceSettings, providerWarnings } from './profiles/inference-settings.js';
+import { inferenceSettings, providersForModel, providerWarnings } from './profiles/inference-settings.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import { checkLocalApiPort, startLocalApi, type LocalApi } from './local-api/server.js';
 import { runGoldenSelfTest } from './models/golden-self-test.js';
-import { ModelManager } from './models/model-manager.js';
+import { ModelSet } from './models/model-set.js';
+import { desiredModelsOf } from '../common/device-protocol/model-set.js';
 import { PinnedRoot } from './trust/pinned-root.js';
 import { ensurePrivateDir } from '../common/private-files.js';
 import { Stream } from '../common/proto/driftline/v1/device_link.js';
 import { dropAttributes } from './buffer/ports.js';
-import { DriftMonitor } from './drift/monitor.js';
+import { DriftMonitors } from './drift/monitor.js';
 import type { InferenceService } from './inference/engine.js';
 import { HostSensors } from './telemetry/host-sensors.js';
 import { SampleCapture, type CaptureOutcome } from './telemetry/sample-capture.js';
@@ -37,7 +38,8 @@ import { downlinkDispatcher } from './downlink.js';
 import { DriftReferences } from './drift/references.js';
 import { agentHealth } from './health.js';
 import { agentPaths } from './paths.js';
-import { stateReporter } from './reported-state.js';
+import { reportedModels, stateReporter } from './reported-state.js';
+import { repositoryIndex } from './local-api/routes.js';
 
 export type AgentState = 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -170,12 +172,11 @@ export async function startAgent(
   const recorder = new TelemetryRecorder(buffer, clock, logger, () => uploader.notify());
   const hostSensors = new HostSensors({ accelerator: profile.accelerator });
 
-  // Drift: the desired model's reference is kept per version, so a restart or rollback finds it again.
-  const drift = new DriftMonitor(recorder, clock, logger);
+  // Drift: each model's reference is kept per version, so a restart or rollback finds it again; one monitor per model served.
+  const drift = new DriftMonitors(recorder, clock, logger);
   const references = new DriftReferences(buffer.state, logger);
   const syncDrift = (): void => {
-    const active = engine.active();
-    drift.setModel(active?.name ?? '', active?.version ?? 0, active ? references.forModel(active.name, active.version) : undefined);
+    drift.setModels(engine.models().map((m) => ({ name: m.name, version: m.version, reference: references.forModel(m.name, m.version) })));
   };
   const dropReports = new DropReporter(buffer, (drops, byModel) =>
     recorder.event('buffer.dropped', 'telemetry records dropped by the buffer policy', dropAttributes(drops, byModel)),
@@ -196,6 +197,8 @@ export async function startAgent(
     intraOpThreads: inference.intraOpThreads,
     interOpThreads: inference.interOpThreads,
     batching: inference.batching,
+    // Models of the set load only while they fit the budget beside the others (measured after the load).
+    memoryBudgetBytes: profile.inference.memoryBudget,
     logger,
     clock,
     observer: {
@@ -216,9 +219,14 @@ export async function startAgent(
     },
   });
 
-  const models = new ModelManager({
+  const models = new ModelSet({
     modelsDir: paths.models,
-    host: engine,
+    // Each model on the providers the profile's inference.modelProviders rules give it (the chain by default).
+    host: {
+      load: (model) => engine.load({ ...model, providers: providersForModel(inference, model.name) }),
+      unload: (name) => engine.unload(name),
+      model: (name) => engine.model(name),
+    },
     state: buffer.state,
     artifactBaseUrl: identity.artifactBaseUrl,
     credential: artifactCredential(identity),
@@ -257,6 +265,7 @@ export async function startAgent(
       boot: buffer.boot,
       startedAtMs: startedAt,
       nowMs: clock.now(),
+      models: reportedModels(models.entries(), (name) => engine.model(name)),
       desiredRevision: models.desiredRevision,
       lastError: models.error,
       droppedRecords: recorder.dropped + buffer.droppedTotal(),
@@ -265,7 +274,7 @@ export async function startAgent(
     logger,
   );
   // Only now: restoring may finish an interrupted activation, and its onChange reports the state.
-  await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active model'));
+  await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active models'));
   syncDrift();
 
   const commands = new CommandHandler({ clock, boot: buffer.boot, reportState, publishResult: (result) => uplink.publish('result', result) });
@@ -273,7 +282,9 @@ export async function startAgent(
     downlinkDispatcher({
       logger,
       desired(desired) {
-        if (desired.model?.driftReference) references.remember(desired.model.name, desired.model.version, desired.model.driftReference);
+        for (const model of desiredModelsOf(desired)) {
+          if (model.driftReference) references.remember(model.name, model.version, model.driftReference);
+        }
         void models.apply(desired).then(() => {
           syncDrift();
           return reportState();
@@ -365,6 +376,7 @@ export async function startAgent(
               }),
             metrics,
             logger,
+            repository: () => repositoryIndex(models.entries(), engine.models()),
             memoryBudgetBytes: profile.inference.memoryBudget,
             inferTimeoutMs: config.inference.timeoutMs,
             // Applications label answered requests by response id; each label is one record on the inference stream.
@@ -439,11 +451,13 @@ export async function startAgent(
   };
 }
 
-/** The engine as the local API sees it: every answer also feeds the drift monitor and the sample capture. */
-function observed(engine: InferenceService, drift: DriftMonitor, capture: SampleCapture, recorder: TelemetryRecorder): InferenceService {
+/** The engine as the local API sees it: every answer also feeds its model's drift monitor and the sample capture. */
+function observed(engine: InferenceService, drift: DriftMonitors, capture: SampleCapture, recorder: TelemetryRecorder): InferenceService {
   return {
     active: () => engine.active(),
-    queueStats: () => engine.queueStats(),
+    models: () => engine.models(),
+    model: (name) => engine.model(name),
+    queueStats: (name) => engine.queueStats(name),
     async infer(model, inputs, options) {
       const started = performance.now();
       const keepSample = (outcome: CaptureOutcome): void => {
@@ -456,7 +470,7 @@ function observed(engine: InferenceService, drift: DriftMonitor, capture: Sample
         keepSample({ model: result.model, version: result.version, outputs: result.outputs });
         return result;
       } catch (err) {
-        const active = engine.active();
+        const active = engine.model(model);
         if (active) {
           drift.observe(active.name, active.version, inputs, undefined, performance.now() - started, false);
           keepSample({ model: active.name, version: active.version, errorCode: asDriftlineError(err).code });

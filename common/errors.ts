@@ -46,6 +46,8 @@ export const ERROR_CODES = {
   MODEL_NOT_DEPLOYED: 'not_found',
   /** The model loaded but its warm-up inference failed (example inputs, or every size tried). */
   MODEL_WARMUP_FAILED: 'invalid',
+  /** A model of a device's set does not fit the firmware profile's memory budget beside the models serving (measured after its load); they stay. */
+  MODEL_SET_OVER_BUDGET: 'exhausted',
   ARTIFACT_NOT_FOUND: 'not_found',
   ARTIFACT_FORBIDDEN: 'forbidden',
   UPLOAD_INCOMPLETE: 'invalid',

@@ -62,6 +62,32 @@ export const batchingSchema = z
   .refine((b) => b.defaultBatch <= b.maxBatch, { message: 'defaultBatch must not exceed maxBatch', path: ['defaultBatch'] });
 export type BatchingPolicy = z.output<typeof batchingSchema>;
 
+/** A model name, or a glob of them with * (any run of characters) and ? (one character). */
+const MODEL_GLOB = /^[a-z0-9*?][a-z0-9._*?-]{0,63}$/;
+
+/**
+ * Which providers serve a model of a device's set: the first rule whose model (a name or glob)
+ * matches wins, and its providers, in order, replace the profile's chain for that model (each
+ * with the options the chain gives it). A model no rule matches runs on the chain.
+ */
+export const modelProviderRuleSchema = z
+  .object({
+    model: z.string().regex(MODEL_GLOB, 'expected a model name or a glob such as detector-*'),
+    providers: z
+      .array(z.enum(EXECUTION_PROVIDERS))
+      .min(1)
+      .refine((names) => new Set(names).size === names.length, { message: 'each provider appears once' }),
+  })
+  .strict();
+export type ModelProviderRule = z.output<typeof modelProviderRuleSchema>;
+
+/** Whether a model name matches a rule's name or glob. */
+export function modelMatches(pattern: string, model: string): boolean {
+  // MODEL_GLOB leaves '.' as the one character to escape.
+  const regex = new RegExp(`^${pattern.replace(/\./g, '\\.').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  return regex.test(model);
+}
+
 export const firmwareProfileSchema = z
   .object({
     name: z.string().regex(PROFILE_NAME, 'expected a profile name such as jetson-orin-nano-jp6'),
@@ -102,6 +128,8 @@ export const firmwareProfileSchema = z
         /** Largest model file the agent accepts. */
         maxModelBytes: byteSize,
         batching: batchingSchema,
+        /** Providers per model of the device's set, by name or glob (first match wins); absent: every model runs on providers. */
+        modelProviders: z.array(modelProviderRuleSchema).optional(),
       })
       .strict()
       .refine((i) => new Set(i.providers.map((p) => p.name)).size === i.providers.length, { message: 'each provider appears once', path: ['providers'] }),

@@ -93,7 +93,10 @@ describe('local inference API', () => {
   it('local api - answers liveness, readiness and server metadata', async () => {
     expect(await get('/v2/health/live')).toEqual({ status: 200, json: { live: true } });
     expect(await get('/v2/health/ready')).toEqual({ status: 200, json: { ready: true } });
-    expect(await get('/v2')).toEqual({ status: 200, json: { name: 'driftline-agent', version: DRIFTLINE_VERSION, extensions: ['binary_tensor_data'] } });
+    expect(await get('/v2')).toEqual({
+      status: 200,
+      json: { name: 'driftline-agent', version: DRIFTLINE_VERSION, extensions: ['binary_tensor_data', 'model_repository'] },
+    });
   });
 
   it('local api - describes the active model with protocol datatypes, its provider and its sha256', async () => {

@@ -46,7 +46,7 @@ describe('agent restart after an interrupted model activation', () => {
 
     // What a restart finds after the activation of the next release died twice: its install still 'activating'.
     const db = new Database(join(agentDir, 'buffer.db'));
-    const key = 'models.manager';
+    const key = 'models.slot.vibration';
     const persisted = JSON.parse((db.prepare('SELECT value FROM agent_state WHERE key = ?').get(key) as { value: string }).value) as {
       active: { name: string; version: number; sha256: string };
       appliedRevision: number;

@@ -110,3 +110,40 @@ export class DriftMonitor {
 function candidate(tensor: ObservedTensor): OutputCandidate {
   return { name: tensor.name, float: tensor.datatype === undefined || isFloatType(tensor.datatype), shape: tensor.shape };
 }
+
+/**
+ * One DriftMonitor per model of the set, each against its own model's reference: a model's
+ * sketches and alarms carry its own name and version, and a swap of one model closes only its window.
+ */
+export class DriftMonitors {
+  private readonly monitors = new Map<string, DriftMonitor>();
+
+  constructor(
+    private readonly sink: DriftSink,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The models served now; a model no longer served has its last window closed and its monitor dropped. */
+  setModels(models: ReadonlyArray<{ name: string; version: number; reference: DriftReference | undefined }>): void {
+    const names = new Set(models.map((m) => m.name));
+    for (const [name, monitor] of this.monitors) {
+      if (names.has(name)) continue;
+      monitor.flush();
+      this.monitors.delete(name);
+    }
+    for (const m of models) {
+      let monitor = this.monitors.get(m.name);
+      if (!monitor) this.monitors.set(m.name, (monitor = new DriftMonitor(this.sink, this.clock, this.logger)));
+      monitor.setModel(m.name, m.version, m.reference);
+    }
+  }
+
+  observe(...args: Parameters<DriftMonitor['observe']>): void {
+    this.monitors.get(args[0])?.observe(...args);
+  }
+
+  flush(): void {
+    for (const monitor of this.monitors.values()) monitor.flush();
+  }
+}

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { z } from 'zod';
 import { argmax, isFloatType, probabilitiesOutput as chooseProbabilitiesOutput, PROBABILITIES_OUTPUT_KEY } from '../../common/classification.js';
 import { systemClock, type Clock } from '../../common/clock.js';
@@ -35,6 +36,13 @@ export interface ModelToLoad {
   probabilitiesOutput?: string;
   /** Inputs the model is known to run on (from its manifest); without them warm-up tries sizes for dynamic dims. */
   examples?: ExampleInputs;
+  /** This model's execution providers (the profile's inference.modelProviders rule); the engine's when absent. */
+  providers?: readonly ProviderChoice[];
+  /**
+   * The model was admitted to the memory budget before (a restart restores what was serving):
+   * it is loaded without the budget check, so a restart never refuses what ran before.
+   */
+  admitted?: boolean;
 }
 
 export interface ActiveModelInfo {
@@ -51,6 +59,13 @@ export interface ActiveModelInfo {
   inputs: TensorSpec[];
   outputs: TensorSpec[];
   loadedAtMs: number;
+  /**
+   * Memory this model holds, measured across its load: the growth of the process's resident set
+   * from before the session was created to after its warm-up, and never less than the model file's size.
+   * The engine's first session also starts onnxruntime itself (tens of MiB that are no model's): it
+   * counts its file's size only.
+   */
+  memoryBytes: number;
 }
 
 /**
@@ -119,10 +134,15 @@ export interface InferenceObserver {
 
 /** What callers of the engine (the local API) depend on. */
 export interface InferenceService {
+  /** The first model served (the one of an agent serving a single model). */
   active(): ActiveModelInfo | undefined;
+  /** Every model served, in the order they were first loaded. */
+  models(): ActiveModelInfo[];
+  /** The model served under this name. */
+  model(name: string): ActiveModelInfo | undefined;
   infer(model: string, inputs: readonly InferInput[], options?: InferOptions): Promise<InferResult>;
-  /** Requests waiting and running on the active model. */
-  queueStats(): RequestQueueStats;
+  /** Requests waiting and running on one model, or on all of them together when no name is given. */
+  queueStats(model?: string): RequestQueueStats;
 }
 
 export interface InferenceEngineOptions {
@@ -138,6 +158,14 @@ export interface InferenceEngineOptions {
   batching?: BatchingOptions;
   /** Timers for the batching delay; tests swap them. */
   timers?: BatchTimers;
+  /**
+   * Memory the models may use together (the firmware profile's inference.memoryBudget): a model
+   * whose measured memory does not fit beside the others is refused with MODEL_SET_OVER_BUDGET
+   * and the others keep serving. No check when absent.
+   */
+  memoryBudgetBytes?: number;
+  /** The resident set size of the process; tests swap it. */
+  residentBytes?: () => number;
 }
 
 const ModelToLoadSchema = z.object({
@@ -147,19 +175,26 @@ const ModelToLoadSchema = z.object({
   sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits'),
   probabilitiesOutput: z.string().min(1).optional(),
   examples: exampleInputsSchema.optional(),
+  providers: z.array(z.unknown()).min(1).optional(),
+  admitted: z.boolean().optional(),
 });
 
+const EMPTY_STATS: RequestQueueStats = { queued: 0, running: 0, peakQueued: 0, runs: 0, largestBatch: 0 };
+
 /**
- * Serves one model at a time and swaps versions without dropping a request: the new
- * version loads and warms up beside the current one, the swap is a single assignment, and
- * the old session is released once the runs already started on it have finished.
+ * Serves a set of models by name, each with its own session and request queue, and swaps one
+ * model's version without dropping a request, its own or another model's: the new version
+ * loads and warms up beside the current one, the swap is a single assignment in the map of
+ * models, and the old session is released once the runs already started on it have finished.
  */
 export class InferenceEngine implements InferenceService {
-  private current: Slot | undefined;
+  private readonly slots = new Map<string, Slot>();
   private readonly retiring = new Set<Slot>();
   private loading: Promise<unknown> = Promise.resolve();
   private state: 'running' | 'stopping' | 'stopped' = 'running';
   private readonly clock: Clock;
+  /** Whether a session was ever created: the first creation also starts the runtime itself (tens of MiB that are no model's). */
+  private runtimeStarted = false;
 
   private constructor(private readonly options: InferenceEngineOptions) {
     this.clock = options.clock ?? systemClock;
@@ -171,16 +206,53 @@ export class InferenceEngine implements InferenceService {
   }
 
   active(): ActiveModelInfo | undefined {
-    return this.current?.info;
+    return this.slots.values().next().value?.info;
   }
 
-  queueStats(): RequestQueueStats {
-    return this.current?.queue.stats() ?? { queued: 0, running: 0, peakQueued: 0, runs: 0, largestBatch: 0 };
+  models(): ActiveModelInfo[] {
+    return [...this.slots.values()].map((s) => s.info);
   }
 
-  /** Loads serialize, so two pushes in a row end with the second one active. */
+  model(name: string): ActiveModelInfo | undefined {
+    return this.slots.get(name)?.info;
+  }
+
+  queueStats(model?: string): RequestQueueStats {
+    if (model !== undefined) return this.slots.get(model)?.queue.stats() ?? { ...EMPTY_STATS };
+    const all = [...this.slots.values()].map((s) => s.queue.stats());
+    return all.reduce(
+      (sum, s) => ({
+        queued: sum.queued + s.queued,
+        running: sum.running + s.running,
+        peakQueued: Math.max(sum.peakQueued, s.peakQueued),
+        runs: sum.runs + s.runs,
+        largestBatch: Math.max(sum.largestBatch, s.largestBatch),
+      }),
+      { ...EMPTY_STATS },
+    );
+  }
+
+  /** Loads serialize (across models too, so each load's memory is measured alone): two pushes in a row end with the second one active. */
   load(model: ModelToLoad): Promise<ActiveModelInfo> {
     const next = this.loading.then(() => this.swapIn(model));
+    this.loading = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * Stops serving a model (the desired state no longer lists it): new requests for it get
+   * MODEL_NOT_FOUND, the runs already started on it finish, then its session is released. The
+   * other models are not touched. false when no model of that name was served.
+   */
+  unload(name: string): Promise<boolean> {
+    const next = this.loading.then(() => {
+      const slot = this.slots.get(name);
+      if (!slot) return false;
+      this.slots.delete(name);
+      this.retire(slot);
+      this.options.logger.info({ model: slot.describe() }, 'model unloaded');
+      return true;
+    });
     this.loading = next.catch(() => undefined);
     return next;
   }
@@ -215,8 +287,8 @@ export class InferenceEngine implements InferenceService {
     if (this.state !== 'running') return;
     this.state = 'stopping';
     await this.loading;
-    if (this.current) this.retire(this.current);
-    this.current = undefined;
+    for (const slot of this.slots.values()) this.retire(slot);
+    this.slots.clear();
     const slots = [...this.retiring];
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<void>((resolve) => {
@@ -231,10 +303,13 @@ export class InferenceEngine implements InferenceService {
   }
 
   private route(modelName: string, version: number | undefined): Slot {
-    const slot = this.current;
-    if (!slot) throw new DriftlineError('MODEL_NOT_LOADED', 'no model is loaded yet');
-    if (slot.info.name !== modelName) {
-      throw new DriftlineError('MODEL_NOT_FOUND', `model ${JSON.stringify(modelName)} is not served here; the active model is ${slot.info.name}`);
+    if (this.slots.size === 0) throw new DriftlineError('MODEL_NOT_LOADED', 'no model is loaded yet');
+    const slot = this.slots.get(modelName);
+    if (!slot) {
+      throw new DriftlineError(
+        'MODEL_NOT_FOUND',
+        `model ${JSON.stringify(modelName)} is not served here; the models served are ${[...this.slots.keys()].join(', ')}`,
+      );
     }
     if (version !== undefined && version !== slot.info.version) {
       throw new DriftlineError('MODEL_NOT_FOUND', `version ${version} of ${modelName} is not active; version ${slot.info.version} is`);
@@ -250,10 +325,12 @@ export class InferenceEngine implements InferenceService {
     const spec = parsed.data;
     assertModelName(spec.name);
     const { logger } = this.options;
+    const resident = this.options.residentBytes ?? (() => process.memoryUsage.rss());
+    const residentBefore = resident();
     let session: RuntimeSession;
     try {
       session = await this.options.runtime.load(spec.path, {
-        providers: this.options.providers,
+        providers: (model.providers as ProviderChoice[] | undefined) ?? this.options.providers,
         intraOpThreads: this.options.intraOpThreads,
         interOpThreads: this.options.interOpThreads,
       });
@@ -275,6 +352,7 @@ export class InferenceEngine implements InferenceService {
         inputs: session.inputs.map(copySpec),
         outputs: session.outputs.map(copySpec),
         loadedAtMs: this.clock.now(),
+        memoryBytes: 0,
       };
       slot = new Slot(
         info,
@@ -286,19 +364,24 @@ export class InferenceEngine implements InferenceService {
         this.options.timers ?? realTimers,
       );
       await warmUp(session, spec);
+      info.memoryBytes = Math.max(fileBytes(spec.path), this.runtimeStarted ? resident() - residentBefore : 0);
+      this.checkBudget(info, spec.admitted === true);
     } catch (err) {
+      this.runtimeStarted = true;
       await session.release().catch((releaseErr: unknown) => logger.warn({ err: releaseErr }, 'releasing a model that failed to load failed'));
       if (err instanceof DriftlineError) throw err;
       throw new DriftlineError('MODEL_INVALID', `${spec.name} v${spec.version} could not be prepared: ${err instanceof Error ? err.message : String(err)}`, {
         cause: err,
       });
     }
+    this.runtimeStarted = true;
     if (this.state !== 'running') {
       await session.release();
       throw new DriftlineError('SHUTTING_DOWN', 'the inference engine shut down while the model was loading');
     }
-    const previous = this.current;
-    this.current = slot;
+    const previous = this.slots.get(spec.name);
+    // A replaced model keeps its place in the order; a new one goes last.
+    this.slots.set(spec.name, slot);
     if (previous) this.retire(previous);
     logger.info(
       {
@@ -308,11 +391,26 @@ export class InferenceEngine implements InferenceService {
         fallbacks: slot.info.fallbacks,
         maxBatch: slot.info.maxBatch,
         batching: slot.info.batching,
+        memoryBytes: slot.info.memoryBytes,
         previous: previous?.describe(),
       },
       'model active',
     );
     return slot.info;
+  }
+
+  /** The models that stay beside this one (a new version of the same model replaces the old) must fit the budget with it. */
+  private checkBudget(info: ActiveModelInfo, admitted: boolean): void {
+    const budget = this.options.memoryBudgetBytes;
+    if (budget === undefined || admitted) return;
+    const others = [...this.slots.values()].filter((s) => s.info.name !== info.name);
+    const othersBytes = others.reduce((n, s) => n + s.info.memoryBytes, 0);
+    if (othersBytes + info.memoryBytes <= budget) return;
+    throw new DriftlineError(
+      'MODEL_SET_OVER_BUDGET',
+      `${info.name} v${info.version} needs ${info.memoryBytes} bytes once loaded; with the ${others.length} model(s) serving (${othersBytes} bytes) that exceeds the memory budget of ${budget} bytes; the running models stay`,
+      { details: { model: info.name, version: info.version, memoryBytes: info.memoryBytes, othersBytes, budgetBytes: budget } },
+    );
   }
 
   private retire(slot: Slot): void {
@@ -458,6 +556,14 @@ class Slot {
 
   get probabilitiesName(): string | undefined {
     return this.probabilities;
+  }
+}
+
+function fileBytes(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return 0;
   }
 }
 

@@ -18,7 +18,7 @@ const SERVER_NAME = 'driftline-agent';
 
 /** GET /v2: the server's metadata. */
 export function serverMetadata(): Record<string, unknown> {
-  return { name: SERVER_NAME, version: DRIFTLINE_VERSION, extensions: ['binary_tensor_data'] };
+  return { name: SERVER_NAME, version: DRIFTLINE_VERSION, extensions: ['binary_tensor_data', 'model_repository'] };
 }
 
 const binaryDataSize = z.number().int().nonnegative();

@@ -14,8 +14,45 @@ import { BODY_LIMIT_SETTING, defaultBodyLimits, MIN_BODY_BYTES, type BodyLimits 
 import { FeedbackLedger, parseFeedback } from './feedback.js';
 import { inferResponse, modelMetadata, parseInferRequest, parseModelRoute, serverMetadata } from './inference-protocol.js';
 
+/** One model in POST /v2/repository/index (the Open Inference Protocol's model repository extension). */
+export interface RepositoryEntry {
+  name: string;
+  version: string;
+  /** READY: serving; LOADING: being installed; UNAVAILABLE: refused (reason says why); UNLOADING: being removed. */
+  state: 'READY' | 'LOADING' | 'UNAVAILABLE' | 'UNLOADING';
+  reason: string;
+}
+
+/**
+ * The repository index of a device's set: each model of the desired set with its state (a refused
+ * one UNAVAILABLE with its code as the reason), then any model still served that the set no longer lists.
+ */
+export function repositoryIndex(
+  entries: ReadonlyArray<{
+    name: string;
+    version: number;
+    desiredVersion: number;
+    state: 'serving' | 'loading' | 'refused';
+    error?: { code: string; message: string } | undefined;
+  }>,
+  served: ReadonlyArray<{ name: string; version: number }>,
+): RepositoryEntry[] {
+  const listed = entries.map((entry): RepositoryEntry => ({
+    name: entry.name,
+    version: String(entry.state === 'serving' ? entry.version : entry.desiredVersion),
+    state: entry.state === 'serving' ? 'READY' : entry.state === 'loading' ? 'LOADING' : 'UNAVAILABLE',
+    reason: entry.error ? `${entry.error.code}: ${entry.error.message}` : '',
+  }));
+  // A model still served while the set removes it.
+  const names = new Set(listed.map((e) => e.name));
+  for (const m of served) if (!names.has(m.name)) listed.push({ name: m.name, version: String(m.version), state: 'UNLOADING', reason: '' });
+  return listed;
+}
+
 export interface LocalApiRouteOptions {
   engine: InferenceService;
+  /** The models of the device's set with their state; without it, the models the engine serves, all READY. */
+  repository?: () => RepositoryEntry[];
   health: () => { ok: boolean; details: Record<string, unknown> };
   metrics: Registry;
   logger: Logger;
@@ -44,11 +81,12 @@ const BODY_LIMIT_REASON = "the model's largest input";
 export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
   const { logger } = options;
   // Derived once per loaded model (a swap brings a new info object).
-  let limitsFor: { model: ActiveModelInfo; limits: BodyLimits } | undefined;
+  const limitsFor = new WeakMap<ActiveModelInfo, BodyLimits>();
   const bodyLimits = (model: ActiveModelInfo): BodyLimits => {
     if (options.maxBodyBytes !== undefined) return { json: options.maxBodyBytes, binary: options.maxBodyBytes };
-    if (limitsFor?.model !== model) limitsFor = { model, limits: defaultBodyLimits(model.inputs, options.memoryBudgetBytes) };
-    return limitsFor.limits;
+    let limits = limitsFor.get(model);
+    if (!limits) limitsFor.set(model, (limits = defaultBodyLimits(model.inputs, options.memoryBudgetBytes)));
+    return limits;
   };
   const limit = (maxBytes: number): BodyLimit => ({ maxBytes, setting: BODY_LIMIT_SETTING, reason: BODY_LIMIT_REASON });
   const feedbackLimit = limit(options.maxBodyBytes ?? MIN_BODY_BYTES);
@@ -79,6 +117,7 @@ export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
         return;
       }
     }
+    if (method === 'POST' && path === '/v2/repository/index') return repositoryIndex(req, res);
     const route = parseModelRoute(path!);
     if (route) {
       const { name, version, action } = route;
@@ -93,10 +132,23 @@ export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
     throw new DriftlineError('ROUTE_NOT_FOUND', `no route for ${method} ${path}`);
   }
 
+  /** The body may be empty or {"ready": true} (only the models ready to serve). */
+  async function repositoryIndex(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const raw = await readBody(req, feedbackLimit);
+    const body = raw.length === 0 ? {} : parseJsonBody(raw);
+    if (typeof body !== 'object' || body === null || Array.isArray(body))
+      throw new DriftlineError('REQUEST_INVALID', 'the repository index request is a JSON object');
+    const ready = (body as { ready?: unknown }).ready;
+    if (ready !== undefined && typeof ready !== 'boolean') throw new DriftlineError('REQUEST_INVALID', 'ready is true or false');
+    const entries =
+      options.repository?.() ?? options.engine.models().map((m): RepositoryEntry => ({ name: m.name, version: String(m.version), state: 'READY', reason: '' }));
+    sendJson(res, 200, ready ? entries.filter((e) => e.state === 'READY') : entries);
+  }
+
   function activeModel(name: string, version: number | undefined): ActiveModelInfo {
-    const active = options.engine.active();
-    if (!active) throw new DriftlineError('MODEL_NOT_LOADED', 'no model is loaded yet');
-    if (active.name !== name || (version !== undefined && version !== active.version)) {
+    const active = options.engine.model(name);
+    if (!active && options.engine.models().length === 0) throw new DriftlineError('MODEL_NOT_LOADED', 'no model is loaded yet');
+    if (!active || (version !== undefined && version !== active.version)) {
       throw new DriftlineError('MODEL_NOT_FOUND', `model ${name}${version === undefined ? '' : ` version ${version}`} is not served here`);
     }
     return active;

@@ -19,8 +19,13 @@ export interface ModelRef {
 
 /** The part of the inference engine the manager drives: loads beside the running model, then swaps. */
 export interface ModelHost {
-  /** examples: inputs the model is known to run on, for its warm-up. */
-  load(model: ModelRef & { path: string; examples?: ExampleInputs }): Promise<unknown>;
+  /**
+   * examples: inputs the model is known to run on, for its warm-up. admitted: a restart restores
+   * a model that was serving (the engine does not check it against the memory budget again).
+   */
+  load(model: ModelRef & { path: string; examples?: ExampleInputs; admitted?: boolean }): Promise<unknown>;
+  /** Stops serving a model by name (the desired state removed it); the set coordinator calls it. */
+  unload?(name: string): Promise<unknown>;
 }
 
 /** Example values above this many per tensor are not kept in the persisted state: a restart warms up on zeros of the same shape. */
@@ -75,16 +80,23 @@ export interface ModelManagerOptions {
   onChange(event: { kind: 'model.activated' | 'model.failed' | 'model.rolled_back'; model: ModelRef; error?: DriftlineError }): void;
   /** Test hook: called right after each state is persisted (the kill -9 tests stop the process here). */
   onStep?: (step: InstallState | 'activated') => void;
+  /**
+   * The agent_state key of this manager's record: 'models.manager' (and the keys of before) for
+   * an agent of one model; one key per model of a set (agent/models/model-set.ts).
+   */
+  stateKey?: string;
+  /** Files other managers in the same folder still need (sha256s): garbage collection keeps them. */
+  retainedFiles?: () => Iterable<string>;
 }
 
-interface Installed extends ModelRef {
+export interface Installed extends ModelRef {
   sizeBytes: number;
   revision: number;
   /** The release's warm-up inputs, so a restart warms the model up the way its activation did. */
   examples?: ExampleInputs;
 }
 
-interface Install {
+export interface Install {
   state: InstallState;
   /** DesiredState as proto JSON (bytes in base64). */
   desired: unknown;
@@ -93,7 +105,7 @@ interface Install {
 }
 
 /** Everything in one agent_state value, so each transition is one atomic write. */
-interface Persisted {
+export interface Persisted {
   active?: Installed;
   /** Kept on disk for instant local rollback. */
   previous?: Installed;
@@ -103,7 +115,8 @@ interface Persisted {
   install?: Install;
 }
 
-const STATE_KEY = 'models.manager';
+/** The key of an agent that served one model (before sets); agent/models/model-set.ts migrates it. */
+export const STATE_KEY = 'models.manager';
 const LEGACY_ACTIVE_KEY = 'models.active';
 const LEGACY_REVISION_KEY = 'models.desired_revision';
 const ARTIFACT_PATH = /^[A-Za-z0-9][A-Za-z0-9._/-]*$/;
@@ -124,9 +137,48 @@ export class ModelManager {
   private queue: Promise<void> = Promise.resolve();
   private latestDesired: DesiredState | undefined;
 
+  private readonly stateKey: string;
+
   constructor(private readonly options: ModelManagerOptions) {
     mkdirSync(options.modelsDir, { recursive: true });
+    this.stateKey = options.stateKey ?? STATE_KEY;
     this.persisted = this.read();
+  }
+
+  /** Whether an install is in flight or queued (persisted, or waiting its turn). */
+  get busy(): boolean {
+    return this.persisted.install !== undefined || this.latestDesired !== undefined;
+  }
+
+  /** The model files this manager needs: active, previous and the one being installed. */
+  filesInUse(): string[] {
+    const p = this.persisted;
+    const pending = p.install ? DesiredState.fromJSON(p.install.desired).model?.sha256 : undefined;
+    return [p.active?.sha256, p.previous?.sha256, pending].filter((sha): sha is string => !!sha);
+  }
+
+  /**
+   * The desired state no longer lists this model: it stops being served and its files may go;
+   * the highest version ever activated stays (anti-rollback holds if it comes back).
+   * Queued behind an install in flight, which it then undoes.
+   */
+  remove(revision: number): Promise<void> {
+    this.latestDesired = undefined;
+    this.queue = this.queue.then(async () => {
+      const had = this.persisted.active;
+      this.write({
+        ...this.persisted,
+        active: undefined,
+        previous: undefined,
+        install: undefined,
+        appliedRevision: Math.max(this.persisted.appliedRevision, revision),
+      });
+      this.lastError = undefined;
+      if (had) await this.options.host.unload?.(had.name);
+      this.collectGarbage();
+      if (had) this.options.logger.info({ model: had.name, version: had.version }, 'model removed by the desired state');
+    });
+    return this.queue;
   }
 
   get desiredRevision(): number {
@@ -165,6 +217,7 @@ export class ModelManager {
         sha256: active.sha256,
         path: this.pathFor(active.sha256),
         ...(active.examples ? { examples: active.examples } : {}),
+        admitted: true,
       });
       this.options.logger.info({ model: active.name, version: active.version }, 'restored active model');
     }
@@ -363,20 +416,15 @@ export class ModelManager {
   }
 
   private read(): Persisted {
-    const stored = this.options.state.getState(STATE_KEY);
-    if (stored) return JSON.parse(stored) as Persisted;
-    // Agents from before signed releases kept two keys.
-    const legacy = this.options.state.getState(LEGACY_ACTIVE_KEY);
-    const active = legacy ? (JSON.parse(legacy) as Installed) : undefined;
-    return {
-      active: active ? { ...active, sizeBytes: active.sizeBytes ?? 0 } : undefined,
-      highest: active ? { [active.name]: active.version } : {},
-      appliedRevision: Number(this.options.state.getState(LEGACY_REVISION_KEY) ?? 0),
-    };
+    if (this.stateKey !== STATE_KEY) {
+      const stored = this.options.state.getState(this.stateKey);
+      return stored ? (JSON.parse(stored) as Persisted) : { highest: {}, appliedRevision: 0 };
+    }
+    return readSingleModelState(this.options.state) ?? { highest: {}, appliedRevision: 0 };
   }
 
   private write(next: Persisted): void {
-    this.options.state.setState(STATE_KEY, JSON.stringify(next));
+    this.options.state.setState(this.stateKey, JSON.stringify(next));
     this.persisted = next;
   }
 
@@ -393,8 +441,9 @@ export class ModelManager {
     const p = this.persisted;
     const keep = new Set([p.active?.sha256, p.previous?.sha256].filter(Boolean).map((sha) => `${sha}.onnx`));
     const pending = p.install ? (DesiredState.fromJSON(p.install.desired).model?.sha256 ?? '') : '';
+    const others = [...(this.options.retainedFiles?.() ?? [])];
     for (const file of readdirSync(this.options.modelsDir)) {
-      if (keep.has(file) || (pending && file.startsWith(pending))) continue;
+      if (keep.has(file) || (pending && file.startsWith(pending)) || others.some((sha) => file.startsWith(sha))) continue;
       if (file.endsWith('.onnx') || file.endsWith('.onnx.part')) rmSync(join(this.options.modelsDir, file), { force: true });
     }
   }
@@ -403,6 +452,25 @@ export class ModelManager {
     if (!/^[0-9a-f]{64}$/.test(sha256)) throw new DriftlineError('RELEASE_INVALID', 'invalid sha256');
     return join(this.options.modelsDir, `${sha256}.onnx`);
   }
+}
+
+/**
+ * The record of an agent that served one model: the 'models.manager' key, or the two keys of
+ * agents from before signed releases. undefined when the agent never had one.
+ */
+export function readSingleModelState(state: ModelStateStore): Persisted | undefined {
+  const stored = state.getState(STATE_KEY);
+  if (stored) return JSON.parse(stored) as Persisted;
+  // Agents from before signed releases kept two keys.
+  const legacy = state.getState(LEGACY_ACTIVE_KEY);
+  const revision = state.getState(LEGACY_REVISION_KEY);
+  if (!legacy && revision === undefined) return undefined;
+  const active = legacy ? (JSON.parse(legacy) as Installed) : undefined;
+  return {
+    active: active ? { ...active, sizeBytes: active.sizeBytes ?? 0 } : undefined,
+    highest: active ? { [active.name]: active.version } : {},
+    appliedRevision: Number(revision ?? 0),
+  };
 }
 
 const refOf = (desired: DesiredState): ModelRef => ({

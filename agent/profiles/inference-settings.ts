@@ -1,4 +1,11 @@
-import { executionProviderSchema, type ExecutionProvider, type ExecutionProviderName, type FirmwareProfile } from '../../common/firmware-profile.js';
+import {
+  executionProviderSchema,
+  modelMatches,
+  type ExecutionProvider,
+  type ExecutionProviderName,
+  type FirmwareProfile,
+  type ModelProviderRule,
+} from '../../common/firmware-profile.js';
 import type { BatchingOptions } from '../inference/batcher.js';
 import { missingProviderFact, type HostFacts } from './detect.js';
 
@@ -20,6 +27,8 @@ export interface InferenceSettings {
   batching: BatchingOptions;
   maxModelBytes: number;
   libraryPath: string | undefined;
+  /** The profile's inference.modelProviders rules (empty: every model on providers). */
+  modelProviders: ModelProviderRule[];
 }
 
 /** The profile's settings with the configuration's overrides on top; a provider named in config keeps the profile's options for it. */
@@ -43,7 +52,19 @@ export function inferenceSettings(profile: FirmwareProfile, overrides: Inference
     },
     maxModelBytes: overrides.maxModelBytes ?? fromProfile.maxModelBytes,
     libraryPath: overrides.libraryPath ?? profile.onnxruntime.libraryPath,
+    modelProviders: [...(fromProfile.modelProviders ?? [])],
   };
+}
+
+/**
+ * The providers of one model of the set: those of the first inference.modelProviders rule that
+ * matches its name, in the rule's order and with the chain's options for each; the chain when no
+ * rule matches (or none is set, the default).
+ */
+export function providersForModel(settings: Pick<InferenceSettings, 'providers' | 'modelProviders'>, model: string): ExecutionProvider[] {
+  const rule = settings.modelProviders.find((r) => modelMatches(r.model, model));
+  if (!rule) return settings.providers;
+  return rule.providers.map((name) => settings.providers.find((p) => p.name === name) ?? executionProviderSchema.parse({ name }));
 }
 
 /**
