@@ -66,7 +66,7 @@ describe('npm run demo', () => {
   );
 
   it(
-    'runs the pipeline scenario: every agent serves two models in a chain, each model's inferences stored, nothing lost',
+    'runs the pipeline scenario: every agent serves two models in a chain, the inferences of each model stored, nothing lost',
     async () => {
       const run = await runDemo(['--scenario', 'pipeline', '--until', 'serving', '--duration', String(DEMO_BOUND_S), '--json', '--devices', '2']);
 
