@@ -2,7 +2,7 @@ import { createOperatorClient, type OperatorClient } from '../client/operator-cl
 import { DriftServiceService, type DriftStatus } from '../common/proto/driftline/v1/drift.js';
 import { DeviceServiceService, type Device } from '../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService, type ModelVersion } from '../common/proto/driftline/v1/models.js';
-import { TelemetryServiceService, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
+import { RollupBucket, RollupGroupBy, TelemetryServiceService, type TelemetrySummary } from '../common/proto/driftline/v1/telemetry.js';
 
 /** Deadline of each call, shorter than the CLI's: a poll that hangs must not freeze the live view. */
 const DEMO_TIMEOUT_MS = 10_000;
@@ -40,6 +40,21 @@ export class DemoFleet {
 
   summary(): Promise<TelemetrySummary> {
     return this.client.service(TelemetryServiceService).getSummary({ deviceId: '', sinceMs: 0 });
+  }
+
+  /** Inferences of one model (every version) the control plane stored, from its per-minute rollups of the whole fleet. */
+  async storedInferences(model: string): Promise<number> {
+    const rollups = await this.client.service(TelemetryServiceService).getRollups({
+      model,
+      version: 0,
+      deviceId: '',
+      selector: '',
+      groupBy: RollupGroupBy.ROLLUP_GROUP_BY_FLEET,
+      bucket: RollupBucket.ROLLUP_BUCKET_ONE_MINUTE,
+      sinceMs: 0,
+      limit: 0,
+    });
+    return rollups.rows.reduce((total, row) => total + row.inferences, 0);
   }
 
   /** What `driftline drift show --model <name>` prints: every version, the fleet ("") and each cohort, over the server's default window. */

@@ -41,6 +41,14 @@ export interface DeviceReport {
   stoppedCleanly: boolean;
 }
 
+/** With --scenario pipeline: what each device served and what each model answered and stored. */
+export interface PipelineOutcome {
+  /** Per device: the models its application got answers from, and those its last reported state lists as serving. */
+  perDevice: Record<string, { answered: string[]; reported: string[] }>;
+  /** Per model: inferences the applications got answered, and inferences the control plane stored. */
+  perModel: Record<string, { inferences: number; stored: number }>;
+}
+
 /** The demo's result: the --json line, and what the human summary shows. */
 export interface DemoReport {
   ok: boolean;
@@ -53,6 +61,10 @@ export interface DemoReport {
   lost: number;
   /** With --scenario drift: drift per cohort, as the control plane's DriftService reported it at the end. */
   drift?: DemoDriftReport;
+  /** With --scenario pipeline: the fewest models any device served (answered and reported serving). */
+  models?: number;
+  /** With --scenario pipeline: per model, inferences answered and stored. */
+  perModel?: PipelineOutcome['perModel'];
   enqueued: number;
   buffered: number;
   dropped: number;
@@ -86,6 +98,7 @@ export function buildReport(input: {
   ratePerDevice: number;
   problems: readonly string[];
   drift?: DemoDriftReport | undefined;
+  pipeline?: PipelineOutcome | undefined;
 }): DemoReport {
   const stored = new Map(input.summary.devices.map((d) => [d.deviceId, d.records]));
   const problems = [...input.problems];
@@ -121,6 +134,8 @@ export function buildReport(input: {
   const p50 = fleetPercentile(traffic, 50);
   const p95 = fleetPercentile(traffic, 95);
   if (inferences === 0) problems.push('no inference succeeded');
+  const pipeline = input.pipeline;
+  const modelsServed = pipeline ? pipelineProblems(pipeline, problems) : undefined;
   return {
     ok: problems.length === 0,
     devices: perDevice.length,
@@ -129,6 +144,7 @@ export function buildReport(input: {
     telemetryStored: input.summary.recordsStored,
     lost: sum((d) => d.lost),
     ...(input.drift ? { drift: input.drift } : {}),
+    ...(pipeline ? { models: modelsServed, perModel: pipeline.perModel } : {}),
     enqueued: sum((d) => d.enqueued),
     buffered: sum((d) => d.buffered),
     dropped: sum((d) => d.dropped),
@@ -141,6 +157,26 @@ export function buildReport(input: {
     perDevice,
     problems,
   };
+}
+
+/** Adds what the pipeline got wrong to problems; resolves with the fewest models any device served both ways. */
+function pipelineProblems(pipeline: PipelineOutcome, problems: string[]): number {
+  const models = Object.keys(pipeline.perModel);
+  let fewest = Infinity;
+  for (const [device, { answered, reported }] of Object.entries(pipeline.perDevice)) {
+    const both = answered.filter((m) => reported.includes(m));
+    fewest = Math.min(fewest, both.length);
+    const missing = models.filter((m) => !both.includes(m));
+    if (missing.length > 0)
+      problems.push(
+        `${device} did not serve ${missing.join(', ')} (answered: ${answered.join(', ') || 'none'}; reported serving: ${reported.join(', ') || 'none'})`,
+      );
+  }
+  for (const [model, { inferences, stored }] of Object.entries(pipeline.perModel)) {
+    // Stored counts every inference record, answered ones and any the agent recorded as failed; never fewer than answered.
+    if (stored < inferences) problems.push(`${model}: ${inferences} inferences answered but the control plane stored ${stored}`);
+  }
+  return Number.isFinite(fewest) ? fewest : 0;
 }
 
 const percent = (share: number | null): string => (share === null ? '-' : `${(100 * share).toFixed(1)}%`);
@@ -159,6 +195,13 @@ export function renderSummary(report: DemoReport): string {
     `  inferences  ${count(report.inferences)} ok, ${count(report.failedInferences)} failed; ${latency}`,
     `  telemetry   ${count(report.enqueued)} records enqueued by the agents, ${count(report.telemetryStored)} stored by the control plane`,
     `  lost        ${count(report.lost)} (duplicates dropped on the way: ${count(report.duplicatesDropped)})`,
+    ...(report.perModel
+      ? [
+          `  models      ${report.models} per device: ${Object.entries(report.perModel)
+            .map(([name, m]) => `${name} ${count(m.inferences)} answered, ${count(m.stored)} stored`)
+            .join('; ')}`,
+        ]
+      : []),
     ...(report.drift
       ? [
           `  drift       ${report.drift.status}: ${describeDrift(report.drift)}${report.drift.firstAlertS === null ? '' : `; first alert after ${report.drift.firstAlertS} s of traffic`}`,

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
+import { activeModelsOf } from '../common/device-protocol/model-set.js';
 import type { ModelVersion } from '../common/proto/driftline/v1/models.js';
 import { toCliError } from '../cli/connection.js';
 import { OperatorCallError } from '../client/operator-client.js';
@@ -21,9 +22,10 @@ import {
 } from './drift-scenario.js';
 import { DemoFleet } from './fleet.js';
 import { writeDemoModel } from './model/demo-model.js';
+import { MAINTENANCE_MODEL_NAME, writeMaintenanceModel } from './model/maintenance-model.js';
 import { vibrationRowSampler } from './model/vibration-data.js';
 import { describeExit, ProcessGroup, REPO_ROOT, type DemoChild } from './processes.js';
-import { buildReport, renderSummary, type AgentAccount, type DemoModelInfo, type DeviceOutcome } from './report.js';
+import { buildReport, renderSummary, type AgentAccount, type DemoModelInfo, type DeviceOutcome, type PipelineOutcome } from './report.js';
 import { collectSnapshot, readAgentHealth, type AgentHealth, type DemoDevice } from './snapshot.js';
 import { createStatusDisplay, type StatusDisplay } from './status-view.js';
 import { DeviceTraffic } from './traffic.js';
@@ -66,7 +68,7 @@ interface DemoOptions {
   dataDir?: string;
   keep?: boolean;
   json?: boolean;
-  scenario: 'fleet' | 'drift' | RolloutScenario;
+  scenario: 'fleet' | 'drift' | 'pipeline' | RolloutScenario;
 }
 
 /** What the demo reports of a pushed model, whether it went up over gRPC or through the CLI. */
@@ -128,6 +130,16 @@ class Demo {
 
   private get driftScenario(): boolean {
     return this.options.scenario === 'drift';
+  }
+
+  /** Each device serves two models in a chain: the fault classifier, then the maintenance-urgency model on its probabilities. */
+  private get pipelineScenario(): boolean {
+    return this.options.scenario === 'pipeline';
+  }
+
+  /** The models every device is given, in the order the application calls them. */
+  private get modelNames(): string[] {
+    return this.pipelineScenario ? [MODEL_NAME, MAINTENANCE_MODEL_NAME] : [MODEL_NAME];
   }
 
   /** Runs the demo and resolves with the exit code; every child process is gone when it resolves. */
@@ -207,6 +219,7 @@ class Demo {
     const fleet = this.fleet!;
     await this.interruptible(this.enrollAgents());
     const { version, deployedAt } = await this.interruptible(this.pushAndDeploy(written.path));
+    if (this.pipelineScenario) await this.interruptible(this.pushAndDeploySecond());
     const model: DemoModelInfo = { name: MODEL_NAME, version, sha256: written.sha256, accuracy: written.accuracy };
 
     const trafficStartedAt = performance.now();
@@ -219,6 +232,7 @@ class Demo {
             ? ' until Ctrl-C'
             : ''
           : ` ${this.options.until === undefined ? 'for' : 'or at most'} ${this.options.duration} s`) +
+        (this.pipelineScenario ? `; each request goes through ${this.modelNames.join(' then ')}, two models on the same agent` : '') +
         (this.driftScenario ? `; the applications of cohort ${DRIFTED_COHORT} read aged sensors (drifted inputs), ${CLEAN_COHORT}'s read healthy ones` : ''),
     );
     const row = vibrationRowSampler(1)().features.map((v) => Number(v.toFixed(2)));
@@ -237,6 +251,7 @@ class Demo {
     }
     this.showCommand(`${CLI} telemetry summary`);
     const summary = await fleet.summary();
+    const pipeline = this.pipelineScenario ? await this.pipelineOutcome(fleet) : undefined;
     let drift: DemoDriftReport | undefined;
     if (this.driftScenario) {
       // After the agents stopped: each sent its last, partial drift window on the way out.
@@ -247,7 +262,7 @@ class Demo {
     await this.stopControlPlane();
 
     const devices: DeviceOutcome[] = this.agents.map((a, i) => ({ id: a.id, traffic: a.traffic, account: accounts[i], lastHealth: a.lastHealth }));
-    const report = buildReport({ devices, summary, model, durationS, ratePerDevice: this.options.rate, problems: this.problems, drift });
+    const report = buildReport({ devices, summary, model, durationS, ratePerDevice: this.options.rate, problems: this.problems, drift, pipeline });
     return { report, exitCode: report.ok ? 0 : 1 };
   }
 
@@ -354,6 +369,7 @@ class Demo {
           ratePerSecond: this.options.rate,
           seed: 1000 + i,
           drift: this.driftScenario && siteOf(i) === DRIFTED_COHORT,
+          ...(this.pipelineScenario ? { then: MAINTENANCE_MODEL_NAME } : {}),
         }),
       });
       this.watchForCrash(child);
@@ -414,6 +430,48 @@ class Demo {
     if (exit.code !== 0) throw new DriftlineError('INTERNAL', `${CLI} models push exited with ${describeExit(exit)}; see ${cli.spec.logFile}`);
     const [, name, version, sha256] = cli.ready;
     return { name: name!, version: Number(version), sizeBytes: statSync(path).size, sha256: sha256! };
+  }
+
+  /** The pipeline's second model goes up and is deployed beside the first: each device's set then holds both. */
+  private async pushAndDeploySecond(): Promise<void> {
+    const fleet = this.fleet!;
+    const path = join(this.dataDir, 'models', `${MAINTENANCE_MODEL_NAME}.onnx`);
+    await writeMaintenanceModel(path);
+    this.note(`wrote ${path}: the maintenance-urgency model, fed with the fault classifier's probabilities`);
+    this.showCommand(`${CLI} models push ${path} --name ${MAINTENANCE_MODEL_NAME}`);
+    const pushed = await fleet.uploadModel(MAINTENANCE_MODEL_NAME, readFileSync(path), 'demo maintenance urgency from fault probabilities');
+    this.note(`pushed ${pushed.name}@v${pushed.version} (${pushed.sizeBytes} bytes, sha256 ${pushed.sha256.slice(0, 12)})`);
+    this.showCommand(`${CLI} models deploy ${MAINTENANCE_MODEL_NAME}`);
+    const deployed = await fleet.deployLatest(MAINTENANCE_MODEL_NAME);
+    this.note(`deployed ${MAINTENANCE_MODEL_NAME}@v${deployed.version} to ${deployed.devices} devices beside ${MODEL_NAME}: each device's set now holds both`);
+  }
+
+  /**
+   * How many models each device served, twice over: the models its application got answers
+   * from, and the models its last reported state lists as serving; and each model's
+   * inferences as the applications counted them and as the control plane stored them.
+   */
+  private async pipelineOutcome(fleet: DemoFleet): Promise<PipelineOutcome> {
+    this.showCommand(`${CLI} devices list`);
+    const reported = new Map(
+      (await fleet.listDevices()).map((d) => [
+        d.id,
+        activeModelsOf(d.reported)
+          .filter((m) => m.state === 'serving')
+          .map((m) => m.name),
+      ]),
+    );
+    const perModel: PipelineOutcome['perModel'] = {};
+    for (const name of this.modelNames) {
+      const answered = this.agents.reduce((total, a) => total + (a.traffic.okByModel[name] ?? 0), 0);
+      perModel[name] = { inferences: answered, stored: await fleet.storedInferences(name) };
+    }
+    return {
+      perDevice: Object.fromEntries(
+        this.agents.map((a) => [a.id, { answered: this.modelNames.filter((n) => (a.traffic.okByModel[n] ?? 0) > 0), reported: reported.get(a.id) ?? [] }]),
+      ),
+      perModel,
+    };
   }
 
   /** Shows the fleet while traffic runs, until the --until condition holds, the duration is up, Ctrl-C, or a process dies. */
@@ -581,10 +639,11 @@ const program = new Command('demo')
   .option(
     '--scenario <name>',
     `fleet: agents serving a deployed model; drift: the same, the model pushed with a drift reference, and devices in cohort ${DRIFTED_COHORT} fed drifted inputs (their drift alerts, ${CLEAN_COHORT}'s does not); ` +
+      `pipeline: every agent serves two models in a chain (${MODEL_NAME}, then ${MAINTENANCE_MODEL_NAME} on its class probabilities), each deployed on its own; ` +
       'rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, the demo stops when the rollout ends; --duration bounds it, default 40 s)',
     (value: string) => {
-      if (value !== 'fleet' && value !== 'drift' && !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)) {
-        throw new InvalidArgumentError(`expected fleet, drift, ${ROLLOUT_SCENARIOS.join(' or ')}`);
+      if (value !== 'fleet' && value !== 'drift' && value !== 'pipeline' && !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)) {
+        throw new InvalidArgumentError(`expected fleet, drift, pipeline, ${ROLLOUT_SCENARIOS.join(' or ')}`);
       }
       return value;
     },
@@ -603,7 +662,7 @@ try {
 }
 const demoOptions = program.opts<DemoOptions>();
 process.exitCode =
-  demoOptions.scenario === 'fleet' || demoOptions.scenario === 'drift'
+  demoOptions.scenario === 'fleet' || demoOptions.scenario === 'drift' || demoOptions.scenario === 'pipeline'
     ? await new Demo(demoOptions).run()
     : await runRolloutScenario({
         scenario: demoOptions.scenario,

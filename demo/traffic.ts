@@ -16,9 +16,11 @@ const RESERVOIR_SIZE = 4096;
  * and keeps score. A request slower than the interval just lowers the rate.
  */
 export class DeviceTraffic {
-  /** Inferences answered with 200. */
+  /** Requests answered with 200 by every stage (with a pipeline: both models answered). */
   ok = 0;
   failed = 0;
+  /** Inferences answered with 200, per model (a pipeline calls each of its models once per request). */
+  readonly okByModel: Record<string, number> = {};
   /** 503 MODEL_NOT_LOADED answers while the model was still arriving; not failures. */
   waitingForModel = 0;
   /** Successful inferences whose predicted class matched the row's true label. */
@@ -33,10 +35,14 @@ export class DeviceTraffic {
 
   constructor(
     private readonly localApiUrl: string,
-    /** `drift`: the rows come from aged sensors (see DriftOption). */
-    private readonly options: { model: string; ratePerSecond: number; seed: number; drift?: DriftOption },
+    /**
+     * `drift`: the rows come from aged sensors (see DriftOption). `then`: a second model the
+     * application calls with the first one's class probabilities (the pipeline scenario).
+     */
+    private readonly options: { model: string; ratePerSecond: number; seed: number; drift?: DriftOption; then?: string },
   ) {
     this.nextRow = vibrationRowSampler(options.seed, { drift: options.drift });
+    for (const model of [options.model, options.then]) if (model) this.okByModel[model] = 0;
   }
 
   start(): void {
@@ -85,32 +91,53 @@ export class DeviceTraffic {
     const row = this.nextRow();
     const started = performance.now();
     try {
-      const response = await fetch(`${this.localApiUrl}/v2/models/${encodeURIComponent(this.options.model)}/infer`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ inputs: [{ name: 'features', shape: [1, row.features.length], datatype: 'FP32', data: row.features }] }),
-        signal: AbortSignal.any([this.stopper.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]),
-      });
-      const body = (await response.json()) as InferResponse;
-      const latencyMs = performance.now() - started;
-      if (response.status === 200) {
-        this.ok++;
-        this.recordLatency(latencyMs);
-        if (predictedClass(body) === row.label) this.correct++;
-        return 'ok';
+      const first = await this.infer(this.options.model, { name: 'features', shape: [1, row.features.length], datatype: 'FP32', data: row.features });
+      if (first.outcome !== 'ok') return first.outcome;
+      if (this.options.then) {
+        const probabilities = first.body.outputs?.find((o) => o.name === 'probabilities')?.data ?? [];
+        const second = await this.infer(this.options.then, {
+          name: 'fault_probabilities',
+          shape: [1, probabilities.length],
+          datatype: 'FP32',
+          data: probabilities,
+        });
+        if (second.outcome !== 'ok') return second.outcome;
       }
-      if (response.status === 503 && body.code === 'MODEL_NOT_LOADED') {
-        this.waitingForModel++;
-        return 'model-not-loaded';
-      }
-      this.fail(`HTTP ${response.status} ${body.code ?? ''} ${body.error ?? ''}`.trim());
-      return 'failed';
+      this.ok++;
+      this.recordLatency(performance.now() - started);
+      if (predictedClass(first.body) === row.label) this.correct++;
+      return 'ok';
     } catch (err) {
       // Stopping cuts the request in flight; that is the demo ending, not the agent failing.
       if (this.stopper.signal.aborted) return 'stopped';
       this.fail(err instanceof Error ? `${err.name}: ${err.message}` : String(err));
       return 'failed';
     }
+  }
+
+  /** One call of one model's infer endpoint; a failure is counted here, a model still on its way is not. */
+  private async infer(
+    model: string,
+    input: { name: string; shape: number[]; datatype: string; data: unknown[] },
+  ): Promise<{ outcome: 'ok' | 'failed' | 'model-not-loaded'; body: InferResponse }> {
+    const response = await fetch(`${this.localApiUrl}/v2/models/${encodeURIComponent(model)}/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ inputs: [input] }),
+      signal: AbortSignal.any([this.stopper.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]),
+    });
+    const body = (await response.json()) as InferResponse;
+    if (response.status === 200) {
+      this.okByModel[model] = (this.okByModel[model] ?? 0) + 1;
+      return { outcome: 'ok', body };
+    }
+    // Before the deploy reaches the device the model is not there yet (404 for a model the agent has never had).
+    if ((response.status === 503 && body.code === 'MODEL_NOT_LOADED') || (response.status === 404 && body.code === 'MODEL_NOT_FOUND')) {
+      this.waitingForModel++;
+      return { outcome: 'model-not-loaded', body };
+    }
+    this.fail(`${model}: HTTP ${response.status} ${body.code ?? ''} ${body.error ?? ''}`.trim());
+    return { outcome: 'failed', body };
   }
 
   private fail(reason: string): void {

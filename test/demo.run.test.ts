@@ -65,6 +65,24 @@ describe('npm run demo', () => {
     (DEMO_BOUND_S + 120) * 1000,
   );
 
+  it(
+    'runs the pipeline scenario: every agent serves two models in a chain, the inferences of each model stored, nothing lost',
+    async () => {
+      const run = await runDemo(['--scenario', 'pipeline', '--until', 'serving', '--duration', String(DEMO_BOUND_S), '--json', '--devices', '2']);
+
+      expect(run.code, run.stderr).toBe(0);
+      const result = JSON.parse(run.stdout.trim());
+      expect(result).toMatchObject({ ok: true, devices: 2, lost: 0, failedInferences: 0, models: 2 });
+      expect(Object.keys(result.perModel).sort()).toEqual(['maintenance', 'vibration']);
+      for (const model of Object.values(result.perModel) as Array<{ inferences: number; stored: number }>) {
+        expect(model.inferences).toBeGreaterThan(0);
+        expect(model.stored).toBeGreaterThanOrEqual(model.inferences);
+      }
+      for (const device of result.perDevice) expect(device.stored).toBe(device.enqueued);
+    },
+    (DEMO_BOUND_S + 120) * 1000,
+  );
+
   it('refuses --until drift-alert without the drift scenario, as a usage error', async () => {
     const run = await runDemo(['--until', 'drift-alert', '--json']);
     expect(run.code).toBe(2);
