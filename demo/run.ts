@@ -37,6 +37,8 @@ const PUSHED = /^pushed (\S+)@v(\d+) \(.*, sha256 ([0-9a-f]{64})\)$/;
 const AGENT_STOPPED = /^driftline-agent: stopped device=(\S+) enqueued=(\d+) acknowledged=(\d+) buffered=(\d+) dropped=(\d+)$/;
 
 const MODEL_NAME = 'vibration';
+/** How long the pipeline scenario waits for both models to serve when neither --duration nor --until is given. */
+const PIPELINE_DEFAULT_DURATION_S = 240;
 const MAX_DEVICES = 50;
 /** First start of a process pays for tsx compiling the sources; two cores shared by everyone. */
 const START_TIMEOUT_MS = 60_000;
@@ -639,7 +641,7 @@ const program = new Command('demo')
   .option(
     '--scenario <name>',
     `fleet: agents serving a deployed model; drift: the same, the model pushed with a drift reference, and devices in cohort ${DRIFTED_COHORT} fed drifted inputs (their drift alerts, ${CLEAN_COHORT}'s does not); ` +
-      `pipeline: every agent serves two models in a chain (${MODEL_NAME}, then ${MAINTENANCE_MODEL_NAME} on its class probabilities), each deployed on its own; ` +
+      `pipeline: every agent serves two models in a chain (${MODEL_NAME}, then ${MAINTENANCE_MODEL_NAME} on its class probabilities), each deployed on its own (without --duration and --until: --until serving --duration ${PIPELINE_DEFAULT_DURATION_S}); ` +
       'rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, the demo stops when the rollout ends; --duration bounds it, default 40 s)',
     (value: string) => {
       if (value !== 'fleet' && value !== 'drift' && value !== 'pipeline' && !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)) {
@@ -661,6 +663,12 @@ try {
   process.exit(err instanceof CommanderError && err.exitCode === 0 ? 0 : EXIT_USAGE);
 }
 const demoOptions = program.opts<DemoOptions>();
+// The pipeline has an end of its own, as the rollout scenarios do: both models answered and
+// their telemetry stored on every agent, within PIPELINE_DEFAULT_DURATION_S unless told otherwise.
+if (demoOptions.scenario === 'pipeline' && demoOptions.until === undefined && demoOptions.duration === undefined) {
+  demoOptions.until = 'serving';
+  demoOptions.duration = PIPELINE_DEFAULT_DURATION_S;
+}
 process.exitCode =
   demoOptions.scenario === 'fleet' || demoOptions.scenario === 'drift' || demoOptions.scenario === 'pipeline'
     ? await new Demo(demoOptions).run()
