@@ -104,6 +104,24 @@ export const ERROR_CODES = {
   SELFTEST_FAILED: 'internal',
   DRIFT_REFERENCE_INVALID: 'invalid',
   DRIFT_SKETCH_INCOMPATIBLE: 'invalid',
+  /** A trainer (the command a training job runs) exited non-zero or was killed by a signal it was not sent by its runner; the details carry the stderr tail. */
+  TRAINER_CRASHED: 'internal',
+  /** A trainer ran past its maximum duration and was stopped (SIGTERM, then SIGKILL after a grace). */
+  TRAINER_TIMED_OUT: 'deadline',
+  /** A trainer was stopped because its job was cancelled. */
+  TRAINER_CANCELLED: 'unavailable',
+  /** A trainer's output folder holds more bytes than the cap allows. */
+  TRAINER_OUTPUT_TOO_LARGE: 'exhausted',
+  /** A trainer's model.onnx is missing, does not load in onnxruntime, or does not keep the base model's input and output names, types and shapes. */
+  TRAINER_OUTPUT_INVALID: 'invalid',
+  /** A trainer's metrics.json is missing, is not JSON, or lacks finite train and validation loss and accuracy. */
+  TRAINER_METRICS_INVALID: 'invalid',
+  /** A trainer cannot start here: its command is not found, or no Python interpreter can import torch and onnx. */
+  TRAINER_UNAVAILABLE: 'unavailable',
+  /** A training job's hyperparameters do not fit the trainer's schema. */
+  HYPERPARAMETERS_INVALID: 'invalid',
+  /** A base model has no dense head (final Gemm, or MatMul then Add, layers on float32 initializers) that a built-in trainer can train. */
+  MODEL_HEAD_UNSUPPORTED: 'invalid',
   /** A call to the control plane's API failed before reaching it (no connection, name not resolved, TLS refused): the gRPC status was UNAVAILABLE with no Driftline code. */
   API_UNAVAILABLE: 'unavailable',
   /** A call to the control plane's API ran past its deadline before any answer. */
