@@ -26,6 +26,8 @@ const CORE = [
   // (device-link/embedded-mqtt/, device-link/external-mqtt/, device-link/mqtt-session/ which both share).
   '^control-plane/device-link/[^/]+\\.ts$',
   '^control-plane/api/ports\\.ts$',
+  // The GPU worker's trainer runner and its output checks; the onnxruntime load check is their adapter (worker/onnxruntime/).
+  '^worker/trainer-[^/]+\\.ts$',
 ];
 
 module.exports = {
@@ -48,7 +50,26 @@ module.exports = {
     },
     { name: 'agent-not-control-plane', severity: 'error', from: { path: '^agent/' }, to: { path: '^control-plane/' } },
     { name: 'control-plane-not-agent', severity: 'error', from: { path: '^control-plane/' }, to: { path: '^agent/' } },
-    { name: 'common-is-a-leaf', severity: 'error', from: { path: '^common/' }, to: { path: '^(agent|control-plane|simulator|demo|cli|client)/' } },
+    {
+      name: 'common-is-a-leaf',
+      severity: 'error',
+      from: { path: '^common/' },
+      to: { path: '^(agent|control-plane|simulator|demo|cli|client|worker|trainers|bench)/' },
+    },
+    {
+      name: 'worker-talks-over-the-api',
+      comment: 'The GPU worker reaches the control plane over gRPC (through client/) and runs trainers as processes; it imports no agent or control-plane code.',
+      severity: 'error',
+      from: { path: '^worker/' },
+      to: { path: '^(agent|control-plane|cli|simulator|demo|trainers)/' },
+    },
+    {
+      name: 'trainers-are-programs',
+      comment: 'A built-in trainer is a program obeying the trainer contract, on common/ alone: users replace it with their own command.',
+      severity: 'error',
+      from: { path: '^trainers/' },
+      to: { path: '^(agent|control-plane|cli|client|simulator|demo|worker)/' },
+    },
     {
       name: 'control-plane-not-its-clients',
       comment: 'The operator CLI and the client library call the control plane over gRPC; the control plane never imports them.',
