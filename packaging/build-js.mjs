@@ -18,7 +18,8 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 // Its own folder: dist/ also holds `npm run package:agent`'s binaries, which a rebuild must leave alone.
 const DIST = join(ROOT, 'dist', 'js');
 /** What bin/ runs; the build is complete when every entry is there. */
-export const ENTRIES = { driftline: 'cli/entry.ts', 'driftline-agent': 'agent/main.ts' };
+// driftline-trainer: the built-in TypeScript trainer a GPU worker runs as a process (worker/built-in-trainers.ts).
+export const ENTRIES = { driftline: 'cli/entry.ts', 'driftline-agent': 'agent/main.ts', 'driftline-trainer': 'trainers/typescript/main.ts' };
 
 const complete = () => Object.keys(ENTRIES).every((name) => existsSync(join(DIST, `${name}.js`)));
 
@@ -32,7 +33,7 @@ function newestSource() {
       else if (entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(path).mtimeMs);
     }
   };
-  for (const dir of ['agent', 'control-plane', 'common', 'cli', 'client']) walk(join(ROOT, dir));
+  for (const dir of ['agent', 'control-plane', 'common', 'cli', 'client', 'worker', 'trainers']) walk(join(ROOT, dir));
   return newest;
 }
 
