@@ -7,6 +7,8 @@ import { DriftlineError } from '../common/errors.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
 import { buildMaintenanceModel } from '../demo/model/maintenance-model.js';
 import { runTrainer, type RunTrainerOptions, type TrainerEvent } from '../worker/trainer-process.js';
+import { REPO_ROOT } from './helpers/processes.js';
+import { driftedVibrationJob } from './helpers/trainer-datasets.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'driftline-trainer-process-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -198,5 +200,25 @@ describe('trainers - the trainer process runner', () => {
     const run = options('ok', { signal: controller.signal });
     expect(await codeOf(runTrainer(run))).toBe('TRAINER_CANCELLED');
     expect(existsSync(run.files.output)).toBe(false);
+  });
+
+  it("the README's minimal Python trainer passes the runner's checks", async () => {
+    const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+    const code = /### Bring your own trainer[\s\S]*?```python\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(code).toBeDefined();
+    const script = join(scratch, 'readme-trainer.py');
+    writeFileSync(script, code!);
+    const job = driftedVibrationJob({ rows: 100, severity: 1, hyperparameters: { epochs: 2 } });
+    try {
+      const python = process.env.DRIFTLINE_PYTHON ?? '/usr/bin/python3';
+      const outcome = await runTrainer({
+        trainer: { command: existsSync(python) ? python : 'python3', args: [script] },
+        files: { dataset: job.dataset, baseModel: job.baseModel, hyperparameters: job.hyperparameters, output: job.output },
+      });
+      expect(outcome.progressLines).toBe(2);
+      expect(outcome.metrics.validation_accuracy).toBe(0.88);
+    } finally {
+      rmSync(job.dir, { recursive: true, force: true });
+    }
   });
 });
