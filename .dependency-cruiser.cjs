@@ -58,7 +58,8 @@ module.exports = {
     },
     {
       name: 'worker-talks-over-the-api',
-      comment: 'The GPU worker reaches the control plane over gRPC (through client/) and runs trainers as processes; it imports no agent or control-plane code.',
+      comment:
+        'The GPU worker reaches the control plane over gRPC (through client/) and runs trainers as processes; it imports no agent or control-plane code.',
       severity: 'error',
       from: { path: '^worker/' },
       to: { path: '^(agent|control-plane|cli|simulator|demo|trainers)/' },

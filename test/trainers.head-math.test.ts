@@ -137,8 +137,8 @@ describe('trainers - dense head math', () => {
   it('a learning rate that makes the loss diverge fails with HYPERPARAMETERS_INVALID instead of writing NaN weights', () => {
     const data = blobs(200, 4, 3, 5, 0.5);
     const huge = { ...data, x: data.x.map((v) => v * 1e6) };
-    expect(() => trainHead(randomLayers([4, 3], 1), huge, undefined, { ...DEFAULT_HEAD_TRAINING, optimizer: 'sgd', momentum: 0, learningRate: 1e6, epochs: 5 })).toThrow(
-      expect.objectContaining({ code: 'HYPERPARAMETERS_INVALID' }),
-    );
+    expect(() =>
+      trainHead(randomLayers([4, 3], 1), huge, undefined, { ...DEFAULT_HEAD_TRAINING, optimizer: 'sgd', momentum: 0, learningRate: 1e6, epochs: 5 }),
+    ).toThrow(expect.objectContaining({ code: 'HYPERPARAMETERS_INVALID' }));
   });
 });

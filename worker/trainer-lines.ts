@@ -8,8 +8,7 @@ import { truncateUntrusted } from '../common/untrusted-text.js';
 
 /** What the runner tells its caller while a trainer runs; the worker forwards these as heartbeats. */
 export type TrainerEvent =
-  | (Extract<TrainerLine, { type: 'progress' }> & { source: 'trainer' })
-  | { type: 'log'; message: string; source: 'trainer' | 'runner' };
+  (Extract<TrainerLine, { type: 'progress' }> & { source: 'trainer' }) | { type: 'log'; message: string; source: 'trainer' | 'runner' };
 
 /** How much of a bad line a log line repeats. */
 const BAD_LINE_PREVIEW_CHARS = 200;

@@ -83,12 +83,18 @@ async function checkModel(bytes: Uint8Array, baseModel: Uint8Array, loadCheck: M
     throw new DriftlineError('TRAINER_OUTPUT_INVALID', `model.onnx does not load in onnxruntime: ${(cause as Error).message}`, { cause });
   }
   const base = readModelSignature(baseModel);
-  const differences = [
-    ...signatureDifferences('input', base.inputs, candidate.inputs),
-    ...signatureDifferences('output', base.outputs, candidate.outputs),
-  ];
+  const differences = [...signatureDifferences('input', base.inputs, candidate.inputs), ...signatureDifferences('output', base.outputs, candidate.outputs)];
   const same = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((name, i) => name === b[i]);
-  if (!same(loaded.inputNames, base.inputs.map((i) => i.name)) || !same(loaded.outputNames, base.outputs.map((o) => o.name))) {
+  if (
+    !same(
+      loaded.inputNames,
+      base.inputs.map((i) => i.name),
+    ) ||
+    !same(
+      loaded.outputNames,
+      base.outputs.map((o) => o.name),
+    )
+  ) {
     differences.push(`onnxruntime sees inputs [${loaded.inputNames.join(', ')}] and outputs [${loaded.outputNames.join(', ')}]`);
   }
   if (differences.length > 0) {

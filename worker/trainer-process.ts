@@ -113,7 +113,11 @@ export async function runTrainer(options: RunTrainerOptions): Promise<TrainerOut
   const stop = (reason: StopReason): void => {
     if (stopReason || child.pid === undefined) return;
     stopReason = reason;
-    emit({ type: 'log', source: 'runner', message: reason === 'timeout' ? `the trainer ran past ${limits.maxDurationMs} ms: stopping it` : 'the job was cancelled: stopping the trainer' });
+    emit({
+      type: 'log',
+      source: 'runner',
+      message: reason === 'timeout' ? `the trainer ran past ${limits.maxDurationMs} ms: stopping it` : 'the job was cancelled: stopping the trainer',
+    });
     killGroup(child.pid, 'SIGTERM');
     timers.push(clock.setTimeout(() => killGroup(child.pid!, 'SIGKILL'), limits.killGraceMs));
   };

@@ -90,7 +90,16 @@ function plainLoop(data: LabelledRows): number {
 export async function measureTrainer(): Promise<{ trainer_vs_loop: number; trainer_samples_per_s: number; loop_samples_per_s: number }> {
   const data = dataset();
   const samples = ROWS * EPOCHS;
-  const options = { ...DEFAULT_HEAD_TRAINING, optimizer: 'sgd' as const, momentum: 0, learningRate: LEARNING_RATE, l2: L2, batchSize: BATCH, epochs: EPOCHS, patience: 0 };
+  const options = {
+    ...DEFAULT_HEAD_TRAINING,
+    optimizer: 'sgd' as const,
+    momentum: 0,
+    learningRate: LEARNING_RATE,
+    l2: L2,
+    batchSize: BATCH,
+    epochs: EPOCHS,
+    patience: 0,
+  };
   // Warm both up (JIT), then take the best of a few alternating rounds: these machines are noisy.
   trainHead([zeroLayer()], { ...data, rows: 2000, x: data.x.subarray(0, 2000 * FEATURES), y: data.y.subarray(0, 2000) }, undefined, { ...options, epochs: 1 });
   plainLoop(data);

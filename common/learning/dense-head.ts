@@ -130,7 +130,10 @@ function checkLayers(layers: readonly DenseLayer[]): void {
   if (layers.length === 0) throw new DriftlineError('MODEL_HEAD_UNSUPPORTED', 'a dense head needs at least one layer');
   layers.forEach((layer, l) => {
     if (layer.weights.length !== layer.inputs * layer.outputs || layer.bias.length !== layer.outputs) {
-      throw new DriftlineError('MODEL_HEAD_UNSUPPORTED', `dense layer ${l} holds ${layer.weights.length} weights and ${layer.bias.length} biases for ${layer.inputs} → ${layer.outputs}`);
+      throw new DriftlineError(
+        'MODEL_HEAD_UNSUPPORTED',
+        `dense layer ${l} holds ${layer.weights.length} weights and ${layer.bias.length} biases for ${layer.inputs} → ${layer.outputs}`,
+      );
     }
     if (l > 0 && layer.inputs !== layers[l - 1]!.outputs) {
       throw new DriftlineError('MODEL_HEAD_UNSUPPORTED', `dense layer ${l} takes ${layer.inputs} inputs but layer ${l - 1} gives ${layers[l - 1]!.outputs}`);

@@ -252,7 +252,8 @@ function findIn(g: GraphIndex, options: FindHeadOptions): ClassifierHead {
   }
   const layers = found.map((f) => f.layer);
   for (let l = 1; l < layers.length; l++) {
-    if (layers[l]!.inputs !== layers[l - 1]!.outputs) throw unsupported(`dense layers ${l - 1} and ${l} do not chain (${layers[l - 1]!.outputs} → ${layers[l]!.inputs})`);
+    if (layers[l]!.inputs !== layers[l - 1]!.outputs)
+      throw unsupported(`dense layers ${l - 1} and ${l} do not chain (${layers[l - 1]!.outputs} → ${layers[l]!.inputs})`);
   }
   const input = found[0]!.input;
   return { input, inputIsGraphInput: g.inputs.has(input), layers, sources: found.map((f) => f.source), output, softmax };

@@ -2,7 +2,16 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { sealManifest, snapshotFiles, splitOf, SPLITS, UNLABELLED, writeSnapshotFolder, type SnapshotSplits, type SplitName } from '../../common/datasets/snapshot-layout.js';
+import {
+  sealManifest,
+  snapshotFiles,
+  splitOf,
+  SPLITS,
+  UNLABELLED,
+  writeSnapshotFolder,
+  type SnapshotSplits,
+  type SplitName,
+} from '../../common/datasets/snapshot-layout.js';
 import { buildDemoModel } from '../../demo/model/demo-model.js';
 import { generateVibrationData } from '../../demo/model/vibration-data.js';
 

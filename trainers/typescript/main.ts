@@ -44,7 +44,8 @@ async function main(argv: string[]): Promise<void> {
   const base = new Uint8Array(readFileSync(baseModelFile));
   const head = findClassifierHead(base, hp.head_layers === undefined ? {} : { maxLayers: hp.head_layers });
   const classes = head.layers[head.layers.length - 1]!.outputs;
-  if (classes !== manifest.classes) throw new DriftlineError('DATASET_INVALID', `the dataset has ${manifest.classes} classes; the model's head gives ${classes}`);
+  if (classes !== manifest.classes)
+    throw new DriftlineError('DATASET_INVALID', `the dataset has ${manifest.classes} classes; the model's head gives ${classes}`);
   const inputs = readModelSignature(base).inputs;
   if (inputs.length !== 1) throw new DriftlineError('MODEL_HEAD_UNSUPPORTED', `the model takes ${inputs.length} inputs; the TypeScript trainer feeds one`);
   log(

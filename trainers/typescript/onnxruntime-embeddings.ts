@@ -31,7 +31,10 @@ export async function headEmbeddings(
       const result = await session.run({ [input.name]: feed }, [head.input]);
       const embedding = result[head.input]!;
       if (embedding.data.length !== count * features) {
-        throw new DriftlineError('MODEL_HEAD_UNSUPPORTED', `the head's input ${head.input} holds ${embedding.data.length / count} values a row, not the ${features} its first layer takes`);
+        throw new DriftlineError(
+          'MODEL_HEAD_UNSUPPORTED',
+          `the head's input ${head.input} holds ${embedding.data.length / count} values a row, not the ${features} its first layer takes`,
+        );
       }
       out.set(embedding.data as Float32Array, start * features);
     }
