@@ -37,7 +37,21 @@ describe('architecture', () => {
   it('layers hold: no cycles, core code imports no transport, runtime or database, agent and control plane meet only in common/', () => {
     const result = spawnSync(
       bin('depcruise'),
-      ['--config', '.dependency-cruiser.cjs', '--output-type', 'err', 'agent', 'control-plane', 'common', 'cli', 'client', 'simulator', 'demo', 'worker', 'trainers'],
+      [
+        '--config',
+        '.dependency-cruiser.cjs',
+        '--output-type',
+        'err',
+        'agent',
+        'control-plane',
+        'common',
+        'cli',
+        'client',
+        'simulator',
+        'demo',
+        'worker',
+        'trainers',
+      ],
       {
         cwd: REPO_ROOT,
         encoding: 'utf8',
