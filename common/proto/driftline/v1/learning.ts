@@ -192,10 +192,13 @@ export interface ClassificationMetrics {
   rows: number;
   accuracy: number;
   macroF1: number;
-  /** Indexed by class. */
+  /** Indexed by class; 0 for a class with no rows (see per_class_support). */
   perClassRecall: number[];
   logLoss: number;
+  /** Over 10 equal-width confidence bins. */
   expectedCalibrationError: number;
+  /** Rows labelled with each class. */
+  perClassSupport: number[];
 }
 
 export interface SplitEvaluation {
@@ -2473,7 +2476,15 @@ export const TrainingCandidate_MetricsEntry: MessageFns<TrainingCandidate_Metric
 };
 
 function createBaseClassificationMetrics(): ClassificationMetrics {
-  return { rows: 0, accuracy: 0, macroF1: 0, perClassRecall: [], logLoss: 0, expectedCalibrationError: 0 };
+  return {
+    rows: 0,
+    accuracy: 0,
+    macroF1: 0,
+    perClassRecall: [],
+    logLoss: 0,
+    expectedCalibrationError: 0,
+    perClassSupport: [],
+  };
 }
 
 export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
@@ -2499,6 +2510,13 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
     }
     if (message.expectedCalibrationError !== 0) {
       writer.uint32(49).double(message.expectedCalibrationError);
+    }
+    if (message.perClassSupport.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.perClassSupport) {
+        writer.int64(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2574,6 +2592,24 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
             message.expectedCalibrationError = reader.double();
             continue;
           }
+          case 7: {
+            if (tag === 56) {
+              message.perClassSupport.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.perClassSupport.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2610,6 +2646,11 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
         : isSet(object.expected_calibration_error)
         ? globalThis.Number(object.expected_calibration_error)
         : 0,
+      perClassSupport: globalThis.Array.isArray(object?.perClassSupport)
+        ? object.perClassSupport.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.per_class_support)
+        ? object.per_class_support.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2633,6 +2674,9 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
     if (message.expectedCalibrationError !== undefined) {
       obj.expectedCalibrationError = floatToJson(message.expectedCalibrationError);
     }
+    if (message.perClassSupport?.length) {
+      obj.perClassSupport = message.perClassSupport.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -2647,6 +2691,7 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
     message.perClassRecall = object.perClassRecall?.map((e) => e) || [];
     message.logLoss = object.logLoss ?? 0;
     message.expectedCalibrationError = object.expectedCalibrationError ?? 0;
+    message.perClassSupport = object.perClassSupport?.map((e) => e) || [];
     return message;
   },
 };
@@ -5596,8 +5641,8 @@ export const TrainingServiceService = {
     responseDeserialize: (value: Buffer): TrainingJobUpdate => TrainingJobUpdate.decode(value),
   },
   /**
-   * A queued job is cancelled at once; a leased or running one when its worker next heartbeats
-   * (it is told to stop) or its lease expires; an ended job is refused (TRAINING_STATE_INVALID).
+   * The job is cancelled at once; a worker running it is told to stop at its next heartbeat.
+   * An ended job is refused (TRAINING_STATE_INVALID).
    */
   cancelTrainingJob: {
     path: "/driftline.v1.TrainingService/CancelTrainingJob" as const,
@@ -5632,8 +5677,8 @@ export interface TrainingServiceServer extends UntypedServiceImplementation {
    */
   watchTrainingJob: handleServerStreamingCall<WatchTrainingJobRequest, TrainingJobUpdate>;
   /**
-   * A queued job is cancelled at once; a leased or running one when its worker next heartbeats
-   * (it is told to stop) or its lease expires; an ended job is refused (TRAINING_STATE_INVALID).
+   * The job is cancelled at once; a worker running it is told to stop at its next heartbeat.
+   * An ended job is refused (TRAINING_STATE_INVALID).
    */
   cancelTrainingJob: handleUnaryCall<CancelTrainingJobRequest, TrainingJob>;
   getTrainingJobLogs: handleUnaryCall<GetTrainingJobLogsRequest, TrainingJobLogs>;
@@ -5700,8 +5745,8 @@ export interface TrainingServiceClient extends Client {
     options?: Partial<CallOptions>,
   ): ClientReadableStream<TrainingJobUpdate>;
   /**
-   * A queued job is cancelled at once; a leased or running one when its worker next heartbeats
-   * (it is told to stop) or its lease expires; an ended job is refused (TRAINING_STATE_INVALID).
+   * The job is cancelled at once; a worker running it is told to stop at its next heartbeat.
+   * An ended job is refused (TRAINING_STATE_INVALID).
    */
   cancelTrainingJob(
     request: CancelTrainingJobRequest,
@@ -5779,8 +5824,8 @@ export const WorkerServiceService = {
   },
   /**
    * Extends the lease and records progress; TRAINING_LEASE_LOST when the lease expired or the
-   * attempt went to another worker (stop the trainer, upload nothing). cancel: stop the trainer
-   * and call FailTrainingAttempt (or just stop: the job is already cancelled).
+   * attempt went to another worker (stop the trainer, upload nothing). cancel: the job was
+   * cancelled; stop the trainer (nothing more needs to be called).
    */
   heartbeatTrainingJob: {
     path: "/driftline.v1.WorkerService/HeartbeatTrainingJob" as const,
@@ -5856,8 +5901,8 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
   leaseTrainingJob: handleUnaryCall<LeaseTrainingJobRequest, LeaseTrainingJobResponse>;
   /**
    * Extends the lease and records progress; TRAINING_LEASE_LOST when the lease expired or the
-   * attempt went to another worker (stop the trainer, upload nothing). cancel: stop the trainer
-   * and call FailTrainingAttempt (or just stop: the job is already cancelled).
+   * attempt went to another worker (stop the trainer, upload nothing). cancel: the job was
+   * cancelled; stop the trainer (nothing more needs to be called).
    */
   heartbeatTrainingJob: handleUnaryCall<HeartbeatTrainingJobRequest, HeartbeatTrainingJobResponse>;
   /** The base model or the dataset a lease names, by content hash (the worker verifies it). */
@@ -5911,8 +5956,8 @@ export interface WorkerServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Extends the lease and records progress; TRAINING_LEASE_LOST when the lease expired or the
-   * attempt went to another worker (stop the trainer, upload nothing). cancel: stop the trainer
-   * and call FailTrainingAttempt (or just stop: the job is already cancelled).
+   * attempt went to another worker (stop the trainer, upload nothing). cancel: the job was
+   * cancelled; stop the trainer (nothing more needs to be called).
    */
   heartbeatTrainingJob(
     request: HeartbeatTrainingJobRequest,
