@@ -38,6 +38,8 @@ export const ERROR_CODES = {
   TOPIC_FORBIDDEN: 'forbidden',
   MODEL_NOT_FOUND: 'not_found',
   MODEL_INVALID: 'invalid',
+  /** A dataset snapshot (its manifest, an .npy array, a file's hash) is not what the driftline-dataset format says. */
+  DATASET_INVALID: 'invalid',
   MODEL_NOT_LOADED: 'unavailable',
   MODEL_CHECKSUM_MISMATCH: 'invalid',
   /** An amendment (or a push of bytes a version already has) that would change nothing, or whose changes would be dropped. */

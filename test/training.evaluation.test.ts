@@ -116,7 +116,12 @@ describe('training evaluation gates', () => {
   });
 
   it('is inconclusive on a split below the minimum size or missing, never a pass', () => {
-    const small = judgeCandidate(gates('accuracy-delta>=0', 'regression-accuracy-delta>=0'), [split('test', { accuracy: 0.9, rows: 29 }, { rows: 29 })], limits, 0);
+    const small = judgeCandidate(
+      gates('accuracy-delta>=0', 'regression-accuracy-delta>=0'),
+      [split('test', { accuracy: 0.9, rows: 29 }, { rows: 29 })],
+      limits,
+      0,
+    );
     expect(small.verdict).toBe('inconclusive');
     expect(small.gates.map((g) => g.detail)).toEqual(['only 29 rows in the test split (need 30)', 'no regression split']);
     // A failing gate on enough data wins over an inconclusive one.

@@ -31,7 +31,13 @@ const spec = (over: Partial<TrainingJobSpec> = {}): TrainingJobSpec => ({
   ...over,
 });
 const candidate = { id: 'cand_1', sha256: 'b'.repeat(64), sizeBytes: 10, attempt: 1, metrics: { loss: 0.1 } };
-const report = (verdict: EvaluationReport['verdict']): EvaluationReport => ({ verdict, reason: verdict === 'pass' ? '' : 'accuracy-delta>=0: worse', gates: [], splits: [], evaluatedAtMs: T0 });
+const report = (verdict: EvaluationReport['verdict']): EvaluationReport => ({
+  verdict,
+  reason: verdict === 'pass' ? '' : 'accuracy-delta>=0: worse',
+  gates: [],
+  splits: [],
+  evaluatedAtMs: T0,
+});
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -101,7 +107,11 @@ describe('training job state machine', () => {
   });
 
   it('re-queues a failed attempt while attempts are left', () => {
-    expect(failAttempt(leased(), 'lease-1', 'TRAINER_CRASHED', 'segfault', T0 + 5).job).toMatchObject({ state: 'queued', attempt: 2, errorCode: 'TRAINER_CRASHED' });
+    expect(failAttempt(leased(), 'lease-1', 'TRAINER_CRASHED', 'segfault', T0 + 5).job).toMatchObject({
+      state: 'queued',
+      attempt: 2,
+      errorCode: 'TRAINER_CRASHED',
+    });
   });
 
   it('refuses with TRAINING_LEASE_LOST a heartbeat, completion or failure on a lease that expired or was replaced', () => {

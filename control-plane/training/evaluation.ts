@@ -172,7 +172,12 @@ const round = (n: number): number => Math.round(n * 10_000) / 10_000;
  * Judges a candidate. A gate fails only on enough data: on a split below minSplitRows (or
  * missing) it is inconclusive, and the candidate is not accepted. A value at the threshold passes.
  */
-export function judgeCandidate(gates: readonly EvaluationGate[], splits: readonly SplitEvaluation[], limits: EvaluationLimits, nowMs: number): EvaluationReport {
+export function judgeCandidate(
+  gates: readonly EvaluationGate[],
+  splits: readonly SplitEvaluation[],
+  limits: EvaluationLimits,
+  nowMs: number,
+): EvaluationReport {
   const results = gates.map((gate) => judgeGate(gate, splits, limits));
   const failed = results.filter((r) => r.verdict === 'fail');
   const unsure = results.filter((r) => r.verdict === 'inconclusive');
@@ -188,7 +193,13 @@ function judgeGate(gate: EvaluationGate, splits: readonly SplitEvaluation[], lim
     // Rounded so float noise (0.88 - 0.9 = -0.0200000000000000018) cannot fail a value at the threshold.
     const v = Math.round(value * 1e9) / 1e9;
     const ok = gate.op === '<=' ? v <= gate.threshold : v >= gate.threshold;
-    return { gate: name, verdict: ok ? 'pass' : 'fail', value: round(value), threshold: gate.threshold, detail: `${detail} (limit ${gate.op} ${gate.threshold})` };
+    return {
+      gate: name,
+      verdict: ok ? 'pass' : 'fail',
+      value: round(value),
+      threshold: gate.threshold,
+      detail: `${detail} (limit ${gate.op} ${gate.threshold})`,
+    };
   };
   const usable = (role: SplitRole): SplitEvaluation | string => {
     const split = splits.find((s) => s.split === role);
@@ -202,17 +213,26 @@ function judgeGate(gate: EvaluationGate, splits: readonly SplitEvaluation[], lim
     case 'regression-accuracy-delta': {
       const split = usable(gate.metric === 'accuracy-delta' ? 'test' : 'regression');
       if (typeof split === 'string') return unsure(split);
-      return judge(split.candidate.accuracy - split.parent.accuracy, `${split.split} accuracy ${pct(split.candidate.accuracy)} vs ${pct(split.parent.accuracy)} for the parent`);
+      return judge(
+        split.candidate.accuracy - split.parent.accuracy,
+        `${split.split} accuracy ${pct(split.candidate.accuracy)} vs ${pct(split.parent.accuracy)} for the parent`,
+      );
     }
     case 'macro-f1-delta': {
       const split = usable('test');
       if (typeof split === 'string') return unsure(split);
-      return judge(split.candidate.macroF1 - split.parent.macroF1, `test macro F1 ${split.candidate.macroF1.toFixed(4)} vs ${split.parent.macroF1.toFixed(4)} for the parent`);
+      return judge(
+        split.candidate.macroF1 - split.parent.macroF1,
+        `test macro F1 ${split.candidate.macroF1.toFixed(4)} vs ${split.parent.macroF1.toFixed(4)} for the parent`,
+      );
     }
     case 'log-loss-delta': {
       const split = usable('test');
       if (typeof split === 'string') return unsure(split);
-      return judge(split.candidate.logLoss - split.parent.logLoss, `test log loss ${split.candidate.logLoss.toFixed(4)} vs ${split.parent.logLoss.toFixed(4)} for the parent`);
+      return judge(
+        split.candidate.logLoss - split.parent.logLoss,
+        `test log loss ${split.candidate.logLoss.toFixed(4)} vs ${split.parent.logLoss.toFixed(4)} for the parent`,
+      );
     }
     case 'class-recall-drop': {
       const judged = (['test', 'regression'] as const).map(usable).filter((s): s is SplitEvaluation => typeof s !== 'string');
