@@ -81,6 +81,22 @@ export const ERROR_CODES = {
   ROLLOUT_NO_TARGETS: 'invalid',
   ROLLOUT_MIN_DEVICES_UNMET: 'invalid',
   REQUEST_ID_REUSED: 'conflict',
+  /** No training job has this id. */
+  TRAINING_JOB_NOT_FOUND: 'not_found',
+  /** A training job command or worker call that makes no sense in the job's state (cancel an ended job, complete one that is not running). */
+  TRAINING_STATE_INVALID: 'conflict',
+  /** The worker's lease expired or the attempt went to another worker: stop the trainer, upload nothing. */
+  TRAINING_LEASE_LOST: 'conflict',
+  /** Every attempt of a training job failed or lost its lease (the job's error code). */
+  TRAINING_ATTEMPTS_EXHAUSTED: 'exhausted',
+  /** The evaluation gate could not judge a candidate (the evaluator failed; the job's error code). */
+  TRAINING_EVALUATION_FAILED: 'internal',
+  /** A worker id that was never registered (register again). */
+  TRAINING_WORKER_NOT_FOUND: 'not_found',
+  /** A candidate id this lease did not upload. */
+  TRAINING_CANDIDATE_NOT_FOUND: 'not_found',
+  /** No dataset snapshot has this id. */
+  DATASET_NOT_FOUND: 'not_found',
   TRUST_SIGNATURE_INVALID: 'forbidden',
   TRUST_KEY_UNKNOWN: 'forbidden',
   TRUST_KEY_REVOKED: 'forbidden',

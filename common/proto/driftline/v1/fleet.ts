@@ -70,6 +70,11 @@ export enum Role {
   ROLE_VIEWER = 1,
   ROLE_OPERATOR = 2,
   ROLE_ADMIN = 3,
+  /**
+   * ROLE_WORKER - Outside the order above: a training worker's token may call WorkerService and nothing
+   * else, and no operator role may call WorkerService.
+   */
+  ROLE_WORKER = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -87,6 +92,9 @@ export function roleFromJSON(object: any): Role {
     case 3:
     case "ROLE_ADMIN":
       return Role.ROLE_ADMIN;
+    case 4:
+    case "ROLE_WORKER":
+      return Role.ROLE_WORKER;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -104,6 +112,8 @@ export function roleToJSON(object: Role): string {
       return "ROLE_OPERATOR";
     case Role.ROLE_ADMIN:
       return "ROLE_ADMIN";
+    case Role.ROLE_WORKER:
+      return "ROLE_WORKER";
     case Role.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

@@ -11,37 +11,352 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleClientStreamingCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { GateOutcome } from "./rollouts.js";
 
 export const protobufPackage = "driftline.v1";
 
 export const protobufFileName = "driftline/v1/learning.proto";
 
 /**
- * Retraining jobs and federated rounds. Declared so the API has its shape; the server
- * answers UNIMPLEMENTED until the training and federated issues land.
+ * Retraining: training jobs that GPU workers lease, and federated rounds (declared so the API has
+ * its shape; FederatedService answers UNIMPLEMENTED until the federated issue lands).
+ *
+ * A training job moves queued → leased → running → evaluating → succeeded | rejected | failed |
+ * cancelled. A worker leases one attempt at a time; a lease that expires, or an attempt that fails
+ * with attempts left, puts the job back in the queue with the next attempt number.
  */
+
+/** What a job needs of the worker that runs it; a worker leases only jobs it can hold. */
+export interface TrainingResources {
+  gpus: number;
+  /** Per GPU. */
+  gpuMemoryBytes: number;
+  /** CPU cores. */
+  cpu: number;
+  memoryBytes: number;
+}
 
 export interface StartTrainingJobRequest {
   model: string;
+  /** The version the candidate is trained from (and judged against); 0 is not allowed. */
   baseVersion: number;
+  /**
+   * A replay with the same id and the same request answers with the job as it is now; the same
+   * id with a different request is refused with REQUEST_ID_REUSED.
+   */
   clientRequestId: string;
+  /** The dataset snapshot's content address (datasets create). */
+  datasetId: string;
+  /** The trainer's name (a worker leases only jobs whose trainer it offers). */
+  trainer: string;
+  /** A JSON object handed to the trainer as it is; empty: {}. */
+  hyperparametersJson: string;
+  resources:
+    | TrainingResources
+    | undefined;
+  /** An attempt running longer than this is stopped by its worker (0: the server's default). */
+  maxDurationSeconds: number;
+  /** Attempts before the job fails with TRAINING_ATTEMPTS_EXHAUSTED (0: the server's default). */
+  maxAttempts: number;
+  /** Evaluation gate rules such as "accuracy-delta>=0.01"; empty uses the defaults, ["none"] judges nothing. */
+  gates: string[];
 }
 
 export interface GetTrainingJobRequest {
   id: string;
 }
 
+export interface ListTrainingJobsRequest {
+  /** Filters, each optional. */
+  model: string;
+  state: string;
+  /** 0: the server's default (100); at most 1000. */
+  pageSize: number;
+  /** next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
+}
+
+export interface ListTrainingJobsResponse {
+  jobs: TrainingJob[];
+  /** Empty on the last page. */
+  nextPageToken: string;
+}
+
+export interface WatchTrainingJobRequest {
+  id: string;
+}
+
+export interface CancelTrainingJobRequest {
+  id: string;
+  clientRequestId: string;
+  reason: string;
+}
+
+export interface GetTrainingJobLogsRequest {
+  id: string;
+  /** Only this attempt's lines (0: every attempt). */
+  attempt: number;
+  /** Only the last lines (0: every line kept). */
+  tail: number;
+}
+
+export interface TrainingJobLogs {
+  lines: TrainingLogLine[];
+}
+
+export interface TrainingLogLine {
+  attempt: number;
+  atMs: number;
+  text: string;
+}
+
+export interface TrainingProgress {
+  epoch: number;
+  loss: number;
+  hasLoss: boolean;
+  metrics: { [key: string]: number };
+}
+
+export interface TrainingProgress_MetricsEntry {
+  key: string;
+  value: number;
+}
+
 export interface TrainingJob {
   id: string;
   model: string;
+  /** queued, leased, running, evaluating, succeeded, rejected, failed or cancelled. */
   state: string;
+  baseVersion: number;
+  datasetId: string;
+  trainer: string;
+  hyperparametersJson: string;
+  resources: TrainingResources | undefined;
+  maxDurationSeconds: number;
+  maxAttempts: number;
+  /** The current (or last) attempt, 1-based. */
+  attempt: number;
+  gates: string[];
+  createdAtMs: number;
+  updatedAtMs: number;
+  /** The stable code of a failed job (TRAINING_ATTEMPTS_EXHAUSTED, TRAINING_EVALUATION_FAILED, ...). */
+  errorCode: string;
+  /** Why the job is where it is (a failed gate, a cancel's reason, the last attempt's error). */
+  reason: string;
+  /** The worker holding the current lease; empty when none does. */
+  workerId: string;
+  leaseExpiresAtMs: number;
+  progress:
+    | TrainingProgress
+    | undefined;
+  /** The candidate the current attempt uploaded and completed with; unset until then. */
+  candidate:
+    | TrainingCandidate
+    | undefined;
+  /** The evaluation gate's report; unset until the candidate was judged. */
+  evaluation:
+    | EvaluationReport
+    | undefined;
+  /** The model version the passing candidate became (0: none, or not registered yet). */
+  resultVersion: number;
+  cancelReason: string;
+}
+
+export interface TrainingCandidate {
+  id: string;
+  sha256: string;
+  sizeBytes: number;
+  attempt: number;
+  /** What the trainer reported (metrics.json). */
+  metrics: { [key: string]: number };
+}
+
+export interface TrainingCandidate_MetricsEntry {
+  key: string;
+  value: number;
+}
+
+/** Classification metrics of one model on one split. */
+export interface ClassificationMetrics {
+  rows: number;
+  accuracy: number;
+  macroF1: number;
+  /** Indexed by class; 0 for a class with no rows (see per_class_support). */
+  perClassRecall: number[];
+  logLoss: number;
+  /** Over 10 equal-width confidence bins. */
+  expectedCalibrationError: number;
+  /** Rows labelled with each class. */
+  perClassSupport: number[];
+}
+
+export interface SplitEvaluation {
+  /** "test" (the triggering cohort's split, where the candidate must improve) or "regression". */
+  split: string;
+  candidate: ClassificationMetrics | undefined;
+  parent: ClassificationMetrics | undefined;
+}
+
+export interface EvaluationReport {
+  /** pass, fail or inconclusive. */
+  verdict: string;
+  reason: string;
+  gates: GateOutcome[];
+  splits: SplitEvaluation[];
+  evaluatedAtMs: number;
+}
+
+export interface TrainingJobUpdate {
+  job:
+    | TrainingJob
+    | undefined;
+  /** Log lines recorded since the previous update (on the first one: the last lines kept). */
+  logLines: TrainingLogLine[];
+}
+
+export interface WorkerGpu {
+  name: string;
+  memoryBytes: number;
+}
+
+export interface RegisterWorkerRequest {
+  name: string;
+  gpus: WorkerGpu[];
+  cpu: number;
+  memoryBytes: number;
+  /** Trainer names it can run. */
+  trainers: string[];
+  version: string;
+}
+
+export interface RegisterWorkerResponse {
+  workerId: string;
+  /** How often to heartbeat a lease (a fraction of its ttl). */
+  heartbeatIntervalMs: number;
+  /** How long to wait between lease calls that found nothing. */
+  pollIntervalMs: number;
+}
+
+export interface LeaseTrainingJobRequest {
+  workerId: string;
+}
+
+export interface LeaseTrainingJobResponse {
+  /** Unset: nothing this worker can run is queued. */
+  lease: TrainingLease | undefined;
+}
+
+/** An artifact the worker downloads with DownloadArtifact and verifies by its sha256. */
+export interface ArtifactRef {
+  sha256: string;
+  sizeBytes: number;
+}
+
+export interface TrainingLease {
+  jobId: string;
+  attempt: number;
+  leaseId: string;
+  leaseTtlMs: number;
+  leaseExpiresAtMs: number;
+  model: string;
+  baseVersion: number;
+  baseModel: ArtifactRef | undefined;
+  datasetId: string;
+  /** The dataset snapshot as one artifact (a driftline-dataset/1 tar). */
+  dataset: ArtifactRef | undefined;
+  trainer: string;
+  hyperparametersJson: string;
+  maxDurationSeconds: number;
+  /** The largest candidate UploadCandidate accepts. */
+  maxCandidateBytes: number;
+  resources: TrainingResources | undefined;
+}
+
+export interface TrainingMetricsReport {
+  epoch: number;
+  loss: number;
+  hasLoss: boolean;
+  metrics: { [key: string]: number };
+}
+
+export interface TrainingMetricsReport_MetricsEntry {
+  key: string;
+  value: number;
+}
+
+export interface HeartbeatTrainingJobRequest {
+  leaseId: string;
+  progress:
+    | TrainingMetricsReport
+    | undefined;
+  /** New trainer output lines since the last heartbeat (each cut to 1000 characters, at most 200 kept per heartbeat). */
+  logLines: string[];
+}
+
+export interface HeartbeatTrainingJobResponse {
+  cancel: boolean;
+  leaseTtlMs: number;
+  leaseExpiresAtMs: number;
+}
+
+export interface DownloadArtifactRequest {
+  leaseId: string;
+  sha256: string;
+}
+
+export interface DownloadArtifactChunk {
+  chunk: Buffer;
+}
+
+export interface UploadCandidateRequest {
+  part: { $case: "header"; value: UploadCandidateHeader } | { $case: "chunk"; value: Buffer } | undefined;
+}
+
+export interface UploadCandidateHeader {
+  leaseId: string;
+  sizeBytes: number;
+  /** Hex sha256 of the whole file; the server recomputes and refuses a mismatch. */
+  sha256: string;
+}
+
+export interface UploadCandidateResponse {
+  candidateId: string;
+  sha256: string;
+  sizeBytes: number;
+}
+
+export interface CompleteTrainingAttemptRequest {
+  leaseId: string;
+  candidateId: string;
+  /** The trainer's own metrics (metrics.json); NaN or infinite values are refused. */
+  metrics: { [key: string]: number };
+}
+
+export interface CompleteTrainingAttemptRequest_MetricsEntry {
+  key: string;
+  value: number;
+}
+
+export interface FailTrainingAttemptRequest {
+  leaseId: string;
+  /** A stable code such as TRAINER_CRASHED or TRAINER_TIMEOUT (upper case, digits, underscores). */
+  errorCode: string;
+  message: string;
+}
+
+export interface TrainingAttemptResult {
+  job: TrainingJob | undefined;
 }
 
 export interface StartRoundRequest {
@@ -60,8 +375,144 @@ export interface FederatedRound {
   state: string;
 }
 
+function createBaseTrainingResources(): TrainingResources {
+  return { gpus: 0, gpuMemoryBytes: 0, cpu: 0, memoryBytes: 0 };
+}
+
+export const TrainingResources: MessageFns<TrainingResources> = {
+  encode(message: TrainingResources, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.gpus !== 0) {
+      writer.uint32(8).int32(message.gpus);
+    }
+    if (message.gpuMemoryBytes !== 0) {
+      writer.uint32(16).int64(message.gpuMemoryBytes);
+    }
+    if (message.cpu !== 0) {
+      writer.uint32(24).int32(message.cpu);
+    }
+    if (message.memoryBytes !== 0) {
+      writer.uint32(32).int64(message.memoryBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingResources {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingResources();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.gpus = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.gpuMemoryBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cpu = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.memoryBytes = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingResources {
+    return {
+      gpus: isSet(object.gpus) ? globalThis.Number(object.gpus) : 0,
+      gpuMemoryBytes: isSet(object.gpuMemoryBytes)
+        ? globalThis.Number(object.gpuMemoryBytes)
+        : isSet(object.gpu_memory_bytes)
+        ? globalThis.Number(object.gpu_memory_bytes)
+        : 0,
+      cpu: isSet(object.cpu) ? globalThis.Number(object.cpu) : 0,
+      memoryBytes: isSet(object.memoryBytes)
+        ? globalThis.Number(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? globalThis.Number(object.memory_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: TrainingResources): unknown {
+    const obj: any = {};
+    if (message.gpus !== undefined) {
+      obj.gpus = Math.round(message.gpus);
+    }
+    if (message.gpuMemoryBytes !== undefined) {
+      obj.gpuMemoryBytes = Math.round(message.gpuMemoryBytes);
+    }
+    if (message.cpu !== undefined) {
+      obj.cpu = Math.round(message.cpu);
+    }
+    if (message.memoryBytes !== undefined) {
+      obj.memoryBytes = Math.round(message.memoryBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingResources>, I>>(base?: I): TrainingResources {
+    return TrainingResources.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingResources>, I>>(object: I): TrainingResources {
+    const message = createBaseTrainingResources();
+    message.gpus = object.gpus ?? 0;
+    message.gpuMemoryBytes = object.gpuMemoryBytes ?? 0;
+    message.cpu = object.cpu ?? 0;
+    message.memoryBytes = object.memoryBytes ?? 0;
+    return message;
+  },
+};
+
 function createBaseStartTrainingJobRequest(): StartTrainingJobRequest {
-  return { model: "", baseVersion: 0, clientRequestId: "" };
+  return {
+    model: "",
+    baseVersion: 0,
+    clientRequestId: "",
+    datasetId: "",
+    trainer: "",
+    hyperparametersJson: "",
+    resources: undefined,
+    maxDurationSeconds: 0,
+    maxAttempts: 0,
+    gates: [],
+  };
 }
 
 export const StartTrainingJobRequest: MessageFns<StartTrainingJobRequest> = {
@@ -74,6 +525,27 @@ export const StartTrainingJobRequest: MessageFns<StartTrainingJobRequest> = {
     }
     if (message.clientRequestId !== "") {
       writer.uint32(26).string(message.clientRequestId);
+    }
+    if (message.datasetId !== "") {
+      writer.uint32(34).string(message.datasetId);
+    }
+    if (message.trainer !== "") {
+      writer.uint32(42).string(message.trainer);
+    }
+    if (message.hyperparametersJson !== "") {
+      writer.uint32(50).string(message.hyperparametersJson);
+    }
+    if (message.resources !== undefined) {
+      TrainingResources.encode(message.resources, writer.uint32(58).fork()).join();
+    }
+    if (message.maxDurationSeconds !== 0) {
+      writer.uint32(64).int64(message.maxDurationSeconds);
+    }
+    if (message.maxAttempts !== 0) {
+      writer.uint32(72).int32(message.maxAttempts);
+    }
+    for (const v of message.gates) {
+      writer.uint32(82).string(v!);
     }
     return writer;
   },
@@ -115,6 +587,62 @@ export const StartTrainingJobRequest: MessageFns<StartTrainingJobRequest> = {
             message.clientRequestId = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.datasetId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.trainer = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.hyperparametersJson = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.resources = TrainingResources.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxDurationSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.maxAttempts = reader.int32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.gates.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -140,6 +668,31 @@ export const StartTrainingJobRequest: MessageFns<StartTrainingJobRequest> = {
         : isSet(object.client_request_id)
         ? globalThis.String(object.client_request_id)
         : "",
+      datasetId: isSet(object.datasetId)
+        ? globalThis.String(object.datasetId)
+        : isSet(object.dataset_id)
+        ? globalThis.String(object.dataset_id)
+        : "",
+      trainer: isSet(object.trainer) ? globalThis.String(object.trainer) : "",
+      hyperparametersJson: isSet(object.hyperparametersJson)
+        ? globalThis.String(object.hyperparametersJson)
+        : isSet(object.hyperparameters_json)
+        ? globalThis.String(object.hyperparameters_json)
+        : "",
+      resources: isSet(object.resources) ? TrainingResources.fromJSON(object.resources) : undefined,
+      maxDurationSeconds: isSet(object.maxDurationSeconds)
+        ? globalThis.Number(object.maxDurationSeconds)
+        : isSet(object.max_duration_seconds)
+        ? globalThis.Number(object.max_duration_seconds)
+        : 0,
+      maxAttempts: isSet(object.maxAttempts)
+        ? globalThis.Number(object.maxAttempts)
+        : isSet(object.max_attempts)
+        ? globalThis.Number(object.max_attempts)
+        : 0,
+      gates: globalThis.Array.isArray(object?.gates)
+        ? object.gates.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -154,6 +707,27 @@ export const StartTrainingJobRequest: MessageFns<StartTrainingJobRequest> = {
     if (message.clientRequestId !== undefined) {
       obj.clientRequestId = message.clientRequestId;
     }
+    if (message.datasetId !== undefined) {
+      obj.datasetId = message.datasetId;
+    }
+    if (message.trainer !== undefined) {
+      obj.trainer = message.trainer;
+    }
+    if (message.hyperparametersJson !== undefined) {
+      obj.hyperparametersJson = message.hyperparametersJson;
+    }
+    if (message.resources !== undefined) {
+      obj.resources = TrainingResources.toJSON(message.resources);
+    }
+    if (message.maxDurationSeconds !== undefined) {
+      obj.maxDurationSeconds = Math.round(message.maxDurationSeconds);
+    }
+    if (message.maxAttempts !== undefined) {
+      obj.maxAttempts = Math.round(message.maxAttempts);
+    }
+    if (message.gates?.length) {
+      obj.gates = message.gates;
+    }
     return obj;
   },
 
@@ -165,6 +739,15 @@ export const StartTrainingJobRequest: MessageFns<StartTrainingJobRequest> = {
     message.model = object.model ?? "";
     message.baseVersion = object.baseVersion ?? 0;
     message.clientRequestId = object.clientRequestId ?? "";
+    message.datasetId = object.datasetId ?? "";
+    message.trainer = object.trainer ?? "";
+    message.hyperparametersJson = object.hyperparametersJson ?? "";
+    message.resources = (object.resources !== undefined && object.resources !== null)
+      ? TrainingResources.fromPartial(object.resources)
+      : undefined;
+    message.maxDurationSeconds = object.maxDurationSeconds ?? 0;
+    message.maxAttempts = object.maxAttempts ?? 0;
+    message.gates = object.gates?.map((e) => e) || [];
     return message;
   },
 };
@@ -236,8 +819,931 @@ export const GetTrainingJobRequest: MessageFns<GetTrainingJobRequest> = {
   },
 };
 
+function createBaseListTrainingJobsRequest(): ListTrainingJobsRequest {
+  return { model: "", state: "", pageSize: 0, pageToken: "" };
+}
+
+export const ListTrainingJobsRequest: MessageFns<ListTrainingJobsRequest> = {
+  encode(message: ListTrainingJobsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.state !== "") {
+      writer.uint32(18).string(message.state);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListTrainingJobsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListTrainingJobsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListTrainingJobsRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListTrainingJobsRequest): unknown {
+    const obj: any = {};
+    if (message.model !== undefined) {
+      obj.model = message.model;
+    }
+    if (message.state !== undefined) {
+      obj.state = message.state;
+    }
+    if (message.pageSize !== undefined) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== undefined) {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListTrainingJobsRequest>, I>>(base?: I): ListTrainingJobsRequest {
+    return ListTrainingJobsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListTrainingJobsRequest>, I>>(object: I): ListTrainingJobsRequest {
+    const message = createBaseListTrainingJobsRequest();
+    message.model = object.model ?? "";
+    message.state = object.state ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListTrainingJobsResponse(): ListTrainingJobsResponse {
+  return { jobs: [], nextPageToken: "" };
+}
+
+export const ListTrainingJobsResponse: MessageFns<ListTrainingJobsResponse> = {
+  encode(message: ListTrainingJobsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.jobs) {
+      TrainingJob.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListTrainingJobsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListTrainingJobsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobs.push(TrainingJob.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListTrainingJobsResponse {
+    return {
+      jobs: globalThis.Array.isArray(object?.jobs) ? object.jobs.map((e: any) => TrainingJob.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListTrainingJobsResponse): unknown {
+    const obj: any = {};
+    if (message.jobs?.length) {
+      obj.jobs = message.jobs.map((e) => TrainingJob.toJSON(e));
+    }
+    if (message.nextPageToken !== undefined) {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListTrainingJobsResponse>, I>>(base?: I): ListTrainingJobsResponse {
+    return ListTrainingJobsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListTrainingJobsResponse>, I>>(object: I): ListTrainingJobsResponse {
+    const message = createBaseListTrainingJobsResponse();
+    message.jobs = object.jobs?.map((e) => TrainingJob.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchTrainingJobRequest(): WatchTrainingJobRequest {
+  return { id: "" };
+}
+
+export const WatchTrainingJobRequest: MessageFns<WatchTrainingJobRequest> = {
+  encode(message: WatchTrainingJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchTrainingJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchTrainingJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchTrainingJobRequest {
+    return { id: isSet(object.id) ? globalThis.String(object.id) : "" };
+  },
+
+  toJSON(message: WatchTrainingJobRequest): unknown {
+    const obj: any = {};
+    if (message.id !== undefined) {
+      obj.id = message.id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchTrainingJobRequest>, I>>(base?: I): WatchTrainingJobRequest {
+    return WatchTrainingJobRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchTrainingJobRequest>, I>>(object: I): WatchTrainingJobRequest {
+    const message = createBaseWatchTrainingJobRequest();
+    message.id = object.id ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelTrainingJobRequest(): CancelTrainingJobRequest {
+  return { id: "", clientRequestId: "", reason: "" };
+}
+
+export const CancelTrainingJobRequest: MessageFns<CancelTrainingJobRequest> = {
+  encode(message: CancelTrainingJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.clientRequestId !== "") {
+      writer.uint32(18).string(message.clientRequestId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelTrainingJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelTrainingJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientRequestId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelTrainingJobRequest {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      clientRequestId: isSet(object.clientRequestId)
+        ? globalThis.String(object.clientRequestId)
+        : isSet(object.client_request_id)
+        ? globalThis.String(object.client_request_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: CancelTrainingJobRequest): unknown {
+    const obj: any = {};
+    if (message.id !== undefined) {
+      obj.id = message.id;
+    }
+    if (message.clientRequestId !== undefined) {
+      obj.clientRequestId = message.clientRequestId;
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelTrainingJobRequest>, I>>(base?: I): CancelTrainingJobRequest {
+    return CancelTrainingJobRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelTrainingJobRequest>, I>>(object: I): CancelTrainingJobRequest {
+    const message = createBaseCancelTrainingJobRequest();
+    message.id = object.id ?? "";
+    message.clientRequestId = object.clientRequestId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseGetTrainingJobLogsRequest(): GetTrainingJobLogsRequest {
+  return { id: "", attempt: 0, tail: 0 };
+}
+
+export const GetTrainingJobLogsRequest: MessageFns<GetTrainingJobLogsRequest> = {
+  encode(message: GetTrainingJobLogsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).int32(message.attempt);
+    }
+    if (message.tail !== 0) {
+      writer.uint32(24).int32(message.tail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetTrainingJobLogsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetTrainingJobLogsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tail = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetTrainingJobLogsRequest {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      tail: isSet(object.tail) ? globalThis.Number(object.tail) : 0,
+    };
+  },
+
+  toJSON(message: GetTrainingJobLogsRequest): unknown {
+    const obj: any = {};
+    if (message.id !== undefined) {
+      obj.id = message.id;
+    }
+    if (message.attempt !== undefined) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.tail !== undefined) {
+      obj.tail = Math.round(message.tail);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetTrainingJobLogsRequest>, I>>(base?: I): GetTrainingJobLogsRequest {
+    return GetTrainingJobLogsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetTrainingJobLogsRequest>, I>>(object: I): GetTrainingJobLogsRequest {
+    const message = createBaseGetTrainingJobLogsRequest();
+    message.id = object.id ?? "";
+    message.attempt = object.attempt ?? 0;
+    message.tail = object.tail ?? 0;
+    return message;
+  },
+};
+
+function createBaseTrainingJobLogs(): TrainingJobLogs {
+  return { lines: [] };
+}
+
+export const TrainingJobLogs: MessageFns<TrainingJobLogs> = {
+  encode(message: TrainingJobLogs, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.lines) {
+      TrainingLogLine.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingJobLogs {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingJobLogs();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lines.push(TrainingLogLine.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingJobLogs {
+    return {
+      lines: globalThis.Array.isArray(object?.lines) ? object.lines.map((e: any) => TrainingLogLine.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: TrainingJobLogs): unknown {
+    const obj: any = {};
+    if (message.lines?.length) {
+      obj.lines = message.lines.map((e) => TrainingLogLine.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingJobLogs>, I>>(base?: I): TrainingJobLogs {
+    return TrainingJobLogs.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingJobLogs>, I>>(object: I): TrainingJobLogs {
+    const message = createBaseTrainingJobLogs();
+    message.lines = object.lines?.map((e) => TrainingLogLine.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTrainingLogLine(): TrainingLogLine {
+  return { attempt: 0, atMs: 0, text: "" };
+}
+
+export const TrainingLogLine: MessageFns<TrainingLogLine> = {
+  encode(message: TrainingLogLine, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.attempt !== 0) {
+      writer.uint32(8).int32(message.attempt);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(16).int64(message.atMs);
+    }
+    if (message.text !== "") {
+      writer.uint32(26).string(message.text);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingLogLine {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingLogLine();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.attempt = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingLogLine {
+    return {
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      text: isSet(object.text) ? globalThis.String(object.text) : "",
+    };
+  },
+
+  toJSON(message: TrainingLogLine): unknown {
+    const obj: any = {};
+    if (message.attempt !== undefined) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.atMs !== undefined) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.text !== undefined) {
+      obj.text = message.text;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingLogLine>, I>>(base?: I): TrainingLogLine {
+    return TrainingLogLine.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingLogLine>, I>>(object: I): TrainingLogLine {
+    const message = createBaseTrainingLogLine();
+    message.attempt = object.attempt ?? 0;
+    message.atMs = object.atMs ?? 0;
+    message.text = object.text ?? "";
+    return message;
+  },
+};
+
+function createBaseTrainingProgress(): TrainingProgress {
+  return { epoch: 0, loss: 0, hasLoss: false, metrics: {} };
+}
+
+export const TrainingProgress: MessageFns<TrainingProgress> = {
+  encode(message: TrainingProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.epoch !== 0) {
+      writer.uint32(8).int32(message.epoch);
+    }
+    if (message.loss !== 0) {
+      writer.uint32(17).double(message.loss);
+    }
+    if (message.hasLoss !== false) {
+      writer.uint32(24).bool(message.hasLoss);
+    }
+    globalThis.Object.entries(message.metrics).forEach(([key, value]: [string, number]) => {
+      TrainingProgress_MetricsEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.epoch = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.loss = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hasLoss = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = TrainingProgress_MetricsEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.metrics[entry4.key] = entry4.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingProgress {
+    return {
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      loss: isSet(object.loss) ? globalThis.Number(object.loss) : 0,
+      hasLoss: isSet(object.hasLoss)
+        ? globalThis.Boolean(object.hasLoss)
+        : isSet(object.has_loss)
+        ? globalThis.Boolean(object.has_loss)
+        : false,
+      metrics: isObject(object.metrics)
+        ? (globalThis.Object.entries(object.metrics) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: TrainingProgress): unknown {
+    const obj: any = {};
+    if (message.epoch !== undefined) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.loss !== undefined) {
+      obj.loss = floatToJson(message.loss);
+    }
+    if (message.hasLoss !== undefined) {
+      obj.hasLoss = message.hasLoss;
+    }
+    if (message.metrics) {
+      const entries = globalThis.Object.entries(message.metrics) as [string, number][];
+      if (entries.length > 0) {
+        obj.metrics = {};
+        entries.forEach(([k, v]) => {
+          obj.metrics[k] = floatToJson(v);
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingProgress>, I>>(base?: I): TrainingProgress {
+    return TrainingProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingProgress>, I>>(object: I): TrainingProgress {
+    const message = createBaseTrainingProgress();
+    message.epoch = object.epoch ?? 0;
+    message.loss = object.loss ?? 0;
+    message.hasLoss = object.hasLoss ?? false;
+    message.metrics = (globalThis.Object.entries(object.metrics ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseTrainingProgress_MetricsEntry(): TrainingProgress_MetricsEntry {
+  return { key: "", value: 0 };
+}
+
+export const TrainingProgress_MetricsEntry: MessageFns<TrainingProgress_MetricsEntry> = {
+  encode(message: TrainingProgress_MetricsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(17).double(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingProgress_MetricsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingProgress_MetricsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingProgress_MetricsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: TrainingProgress_MetricsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingProgress_MetricsEntry>, I>>(base?: I): TrainingProgress_MetricsEntry {
+    return TrainingProgress_MetricsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingProgress_MetricsEntry>, I>>(
+    object: I,
+  ): TrainingProgress_MetricsEntry {
+    const message = createBaseTrainingProgress_MetricsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
 function createBaseTrainingJob(): TrainingJob {
-  return { id: "", model: "", state: "" };
+  return {
+    id: "",
+    model: "",
+    state: "",
+    baseVersion: 0,
+    datasetId: "",
+    trainer: "",
+    hyperparametersJson: "",
+    resources: undefined,
+    maxDurationSeconds: 0,
+    maxAttempts: 0,
+    attempt: 0,
+    gates: [],
+    createdAtMs: 0,
+    updatedAtMs: 0,
+    errorCode: "",
+    reason: "",
+    workerId: "",
+    leaseExpiresAtMs: 0,
+    progress: undefined,
+    candidate: undefined,
+    evaluation: undefined,
+    resultVersion: 0,
+    cancelReason: "",
+  };
 }
 
 export const TrainingJob: MessageFns<TrainingJob> = {
@@ -250,6 +1756,66 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     }
     if (message.state !== "") {
       writer.uint32(26).string(message.state);
+    }
+    if (message.baseVersion !== 0) {
+      writer.uint32(32).int64(message.baseVersion);
+    }
+    if (message.datasetId !== "") {
+      writer.uint32(42).string(message.datasetId);
+    }
+    if (message.trainer !== "") {
+      writer.uint32(50).string(message.trainer);
+    }
+    if (message.hyperparametersJson !== "") {
+      writer.uint32(58).string(message.hyperparametersJson);
+    }
+    if (message.resources !== undefined) {
+      TrainingResources.encode(message.resources, writer.uint32(66).fork()).join();
+    }
+    if (message.maxDurationSeconds !== 0) {
+      writer.uint32(72).int64(message.maxDurationSeconds);
+    }
+    if (message.maxAttempts !== 0) {
+      writer.uint32(80).int32(message.maxAttempts);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(88).int32(message.attempt);
+    }
+    for (const v of message.gates) {
+      writer.uint32(98).string(v!);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(104).int64(message.createdAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      writer.uint32(112).int64(message.updatedAtMs);
+    }
+    if (message.errorCode !== "") {
+      writer.uint32(122).string(message.errorCode);
+    }
+    if (message.reason !== "") {
+      writer.uint32(130).string(message.reason);
+    }
+    if (message.workerId !== "") {
+      writer.uint32(138).string(message.workerId);
+    }
+    if (message.leaseExpiresAtMs !== 0) {
+      writer.uint32(144).int64(message.leaseExpiresAtMs);
+    }
+    if (message.progress !== undefined) {
+      TrainingProgress.encode(message.progress, writer.uint32(154).fork()).join();
+    }
+    if (message.candidate !== undefined) {
+      TrainingCandidate.encode(message.candidate, writer.uint32(162).fork()).join();
+    }
+    if (message.evaluation !== undefined) {
+      EvaluationReport.encode(message.evaluation, writer.uint32(170).fork()).join();
+    }
+    if (message.resultVersion !== 0) {
+      writer.uint32(176).int64(message.resultVersion);
+    }
+    if (message.cancelReason !== "") {
+      writer.uint32(186).string(message.cancelReason);
     }
     return writer;
   },
@@ -291,6 +1857,166 @@ export const TrainingJob: MessageFns<TrainingJob> = {
             message.state = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.baseVersion = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.datasetId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.trainer = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.hyperparametersJson = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.resources = TrainingResources.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.maxDurationSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.maxAttempts = reader.int32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.attempt = reader.int32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.gates.push(reader.string());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.updatedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.errorCode = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.leaseExpiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.progress = TrainingProgress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.candidate = TrainingCandidate.decode(reader, reader.uint32());
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.evaluation = EvaluationReport.decode(reader, reader.uint32());
+            continue;
+          }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.resultVersion = longToNumber(reader.int64());
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.cancelReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -308,6 +2034,76 @@ export const TrainingJob: MessageFns<TrainingJob> = {
       id: isSet(object.id) ? globalThis.String(object.id) : "",
       model: isSet(object.model) ? globalThis.String(object.model) : "",
       state: isSet(object.state) ? globalThis.String(object.state) : "",
+      baseVersion: isSet(object.baseVersion)
+        ? globalThis.Number(object.baseVersion)
+        : isSet(object.base_version)
+        ? globalThis.Number(object.base_version)
+        : 0,
+      datasetId: isSet(object.datasetId)
+        ? globalThis.String(object.datasetId)
+        : isSet(object.dataset_id)
+        ? globalThis.String(object.dataset_id)
+        : "",
+      trainer: isSet(object.trainer) ? globalThis.String(object.trainer) : "",
+      hyperparametersJson: isSet(object.hyperparametersJson)
+        ? globalThis.String(object.hyperparametersJson)
+        : isSet(object.hyperparameters_json)
+        ? globalThis.String(object.hyperparameters_json)
+        : "",
+      resources: isSet(object.resources) ? TrainingResources.fromJSON(object.resources) : undefined,
+      maxDurationSeconds: isSet(object.maxDurationSeconds)
+        ? globalThis.Number(object.maxDurationSeconds)
+        : isSet(object.max_duration_seconds)
+        ? globalThis.Number(object.max_duration_seconds)
+        : 0,
+      maxAttempts: isSet(object.maxAttempts)
+        ? globalThis.Number(object.maxAttempts)
+        : isSet(object.max_attempts)
+        ? globalThis.Number(object.max_attempts)
+        : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      gates: globalThis.Array.isArray(object?.gates)
+        ? object.gates.map((e: any) => globalThis.String(e))
+        : [],
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      updatedAtMs: isSet(object.updatedAtMs)
+        ? globalThis.Number(object.updatedAtMs)
+        : isSet(object.updated_at_ms)
+        ? globalThis.Number(object.updated_at_ms)
+        : 0,
+      errorCode: isSet(object.errorCode)
+        ? globalThis.String(object.errorCode)
+        : isSet(object.error_code)
+        ? globalThis.String(object.error_code)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      leaseExpiresAtMs: isSet(object.leaseExpiresAtMs)
+        ? globalThis.Number(object.leaseExpiresAtMs)
+        : isSet(object.lease_expires_at_ms)
+        ? globalThis.Number(object.lease_expires_at_ms)
+        : 0,
+      progress: isSet(object.progress) ? TrainingProgress.fromJSON(object.progress) : undefined,
+      candidate: isSet(object.candidate) ? TrainingCandidate.fromJSON(object.candidate) : undefined,
+      evaluation: isSet(object.evaluation) ? EvaluationReport.fromJSON(object.evaluation) : undefined,
+      resultVersion: isSet(object.resultVersion)
+        ? globalThis.Number(object.resultVersion)
+        : isSet(object.result_version)
+        ? globalThis.Number(object.result_version)
+        : 0,
+      cancelReason: isSet(object.cancelReason)
+        ? globalThis.String(object.cancelReason)
+        : isSet(object.cancel_reason)
+        ? globalThis.String(object.cancel_reason)
+        : "",
     };
   },
 
@@ -322,6 +2118,66 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     if (message.state !== undefined) {
       obj.state = message.state;
     }
+    if (message.baseVersion !== undefined) {
+      obj.baseVersion = Math.round(message.baseVersion);
+    }
+    if (message.datasetId !== undefined) {
+      obj.datasetId = message.datasetId;
+    }
+    if (message.trainer !== undefined) {
+      obj.trainer = message.trainer;
+    }
+    if (message.hyperparametersJson !== undefined) {
+      obj.hyperparametersJson = message.hyperparametersJson;
+    }
+    if (message.resources !== undefined) {
+      obj.resources = TrainingResources.toJSON(message.resources);
+    }
+    if (message.maxDurationSeconds !== undefined) {
+      obj.maxDurationSeconds = Math.round(message.maxDurationSeconds);
+    }
+    if (message.maxAttempts !== undefined) {
+      obj.maxAttempts = Math.round(message.maxAttempts);
+    }
+    if (message.attempt !== undefined) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.gates?.length) {
+      obj.gates = message.gates;
+    }
+    if (message.createdAtMs !== undefined) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.updatedAtMs !== undefined) {
+      obj.updatedAtMs = Math.round(message.updatedAtMs);
+    }
+    if (message.errorCode !== undefined) {
+      obj.errorCode = message.errorCode;
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    if (message.workerId !== undefined) {
+      obj.workerId = message.workerId;
+    }
+    if (message.leaseExpiresAtMs !== undefined) {
+      obj.leaseExpiresAtMs = Math.round(message.leaseExpiresAtMs);
+    }
+    if (message.progress !== undefined) {
+      obj.progress = TrainingProgress.toJSON(message.progress);
+    }
+    if (message.candidate !== undefined) {
+      obj.candidate = TrainingCandidate.toJSON(message.candidate);
+    }
+    if (message.evaluation !== undefined) {
+      obj.evaluation = EvaluationReport.toJSON(message.evaluation);
+    }
+    if (message.resultVersion !== undefined) {
+      obj.resultVersion = Math.round(message.resultVersion);
+    }
+    if (message.cancelReason !== undefined) {
+      obj.cancelReason = message.cancelReason;
+    }
     return obj;
   },
 
@@ -333,6 +2189,3127 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     message.id = object.id ?? "";
     message.model = object.model ?? "";
     message.state = object.state ?? "";
+    message.baseVersion = object.baseVersion ?? 0;
+    message.datasetId = object.datasetId ?? "";
+    message.trainer = object.trainer ?? "";
+    message.hyperparametersJson = object.hyperparametersJson ?? "";
+    message.resources = (object.resources !== undefined && object.resources !== null)
+      ? TrainingResources.fromPartial(object.resources)
+      : undefined;
+    message.maxDurationSeconds = object.maxDurationSeconds ?? 0;
+    message.maxAttempts = object.maxAttempts ?? 0;
+    message.attempt = object.attempt ?? 0;
+    message.gates = object.gates?.map((e) => e) || [];
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.updatedAtMs = object.updatedAtMs ?? 0;
+    message.errorCode = object.errorCode ?? "";
+    message.reason = object.reason ?? "";
+    message.workerId = object.workerId ?? "";
+    message.leaseExpiresAtMs = object.leaseExpiresAtMs ?? 0;
+    message.progress = (object.progress !== undefined && object.progress !== null)
+      ? TrainingProgress.fromPartial(object.progress)
+      : undefined;
+    message.candidate = (object.candidate !== undefined && object.candidate !== null)
+      ? TrainingCandidate.fromPartial(object.candidate)
+      : undefined;
+    message.evaluation = (object.evaluation !== undefined && object.evaluation !== null)
+      ? EvaluationReport.fromPartial(object.evaluation)
+      : undefined;
+    message.resultVersion = object.resultVersion ?? 0;
+    message.cancelReason = object.cancelReason ?? "";
+    return message;
+  },
+};
+
+function createBaseTrainingCandidate(): TrainingCandidate {
+  return { id: "", sha256: "", sizeBytes: 0, attempt: 0, metrics: {} };
+}
+
+export const TrainingCandidate: MessageFns<TrainingCandidate> = {
+  encode(message: TrainingCandidate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(18).string(message.sha256);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(24).int64(message.sizeBytes);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(32).int32(message.attempt);
+    }
+    globalThis.Object.entries(message.metrics).forEach(([key, value]: [string, number]) => {
+      TrainingCandidate_MetricsEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingCandidate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingCandidate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.attempt = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = TrainingCandidate_MetricsEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.metrics[entry5.key] = entry5.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingCandidate {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      metrics: isObject(object.metrics)
+        ? (globalThis.Object.entries(object.metrics) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: TrainingCandidate): unknown {
+    const obj: any = {};
+    if (message.id !== undefined) {
+      obj.id = message.id;
+    }
+    if (message.sha256 !== undefined) {
+      obj.sha256 = message.sha256;
+    }
+    if (message.sizeBytes !== undefined) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.attempt !== undefined) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.metrics) {
+      const entries = globalThis.Object.entries(message.metrics) as [string, number][];
+      if (entries.length > 0) {
+        obj.metrics = {};
+        entries.forEach(([k, v]) => {
+          obj.metrics[k] = floatToJson(v);
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingCandidate>, I>>(base?: I): TrainingCandidate {
+    return TrainingCandidate.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingCandidate>, I>>(object: I): TrainingCandidate {
+    const message = createBaseTrainingCandidate();
+    message.id = object.id ?? "";
+    message.sha256 = object.sha256 ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.attempt = object.attempt ?? 0;
+    message.metrics = (globalThis.Object.entries(object.metrics ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseTrainingCandidate_MetricsEntry(): TrainingCandidate_MetricsEntry {
+  return { key: "", value: 0 };
+}
+
+export const TrainingCandidate_MetricsEntry: MessageFns<TrainingCandidate_MetricsEntry> = {
+  encode(message: TrainingCandidate_MetricsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(17).double(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingCandidate_MetricsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingCandidate_MetricsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingCandidate_MetricsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: TrainingCandidate_MetricsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingCandidate_MetricsEntry>, I>>(base?: I): TrainingCandidate_MetricsEntry {
+    return TrainingCandidate_MetricsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingCandidate_MetricsEntry>, I>>(
+    object: I,
+  ): TrainingCandidate_MetricsEntry {
+    const message = createBaseTrainingCandidate_MetricsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseClassificationMetrics(): ClassificationMetrics {
+  return {
+    rows: 0,
+    accuracy: 0,
+    macroF1: 0,
+    perClassRecall: [],
+    logLoss: 0,
+    expectedCalibrationError: 0,
+    perClassSupport: [],
+  };
+}
+
+export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
+  encode(message: ClassificationMetrics, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rows !== 0) {
+      writer.uint32(8).int64(message.rows);
+    }
+    if (message.accuracy !== 0) {
+      writer.uint32(17).double(message.accuracy);
+    }
+    if (message.macroF1 !== 0) {
+      writer.uint32(25).double(message.macroF1);
+    }
+    if (message.perClassRecall.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.perClassRecall) {
+        writer.double(v);
+      }
+      writer.join();
+    }
+    if (message.logLoss !== 0) {
+      writer.uint32(41).double(message.logLoss);
+    }
+    if (message.expectedCalibrationError !== 0) {
+      writer.uint32(49).double(message.expectedCalibrationError);
+    }
+    if (message.perClassSupport.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.perClassSupport) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClassificationMetrics {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClassificationMetrics();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.rows = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.accuracy = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.macroF1 = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag === 33) {
+              message.perClassRecall.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.perClassRecall.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.logLoss = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.expectedCalibrationError = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag === 56) {
+              message.perClassSupport.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.perClassSupport.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClassificationMetrics {
+    return {
+      rows: isSet(object.rows) ? globalThis.Number(object.rows) : 0,
+      accuracy: isSet(object.accuracy) ? globalThis.Number(object.accuracy) : 0,
+      macroF1: isSet(object.macroF1)
+        ? globalThis.Number(object.macroF1)
+        : isSet(object.macro_f1)
+        ? globalThis.Number(object.macro_f1)
+        : 0,
+      perClassRecall: globalThis.Array.isArray(object?.perClassRecall)
+        ? object.perClassRecall.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.per_class_recall)
+        ? object.per_class_recall.map((e: any) => globalThis.Number(e))
+        : [],
+      logLoss: isSet(object.logLoss)
+        ? globalThis.Number(object.logLoss)
+        : isSet(object.log_loss)
+        ? globalThis.Number(object.log_loss)
+        : 0,
+      expectedCalibrationError: isSet(object.expectedCalibrationError)
+        ? globalThis.Number(object.expectedCalibrationError)
+        : isSet(object.expected_calibration_error)
+        ? globalThis.Number(object.expected_calibration_error)
+        : 0,
+      perClassSupport: globalThis.Array.isArray(object?.perClassSupport)
+        ? object.perClassSupport.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.per_class_support)
+        ? object.per_class_support.map((e: any) => globalThis.Number(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ClassificationMetrics): unknown {
+    const obj: any = {};
+    if (message.rows !== undefined) {
+      obj.rows = Math.round(message.rows);
+    }
+    if (message.accuracy !== undefined) {
+      obj.accuracy = floatToJson(message.accuracy);
+    }
+    if (message.macroF1 !== undefined) {
+      obj.macroF1 = floatToJson(message.macroF1);
+    }
+    if (message.perClassRecall?.length) {
+      obj.perClassRecall = message.perClassRecall.map((e) => floatToJson(e));
+    }
+    if (message.logLoss !== undefined) {
+      obj.logLoss = floatToJson(message.logLoss);
+    }
+    if (message.expectedCalibrationError !== undefined) {
+      obj.expectedCalibrationError = floatToJson(message.expectedCalibrationError);
+    }
+    if (message.perClassSupport?.length) {
+      obj.perClassSupport = message.perClassSupport.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClassificationMetrics>, I>>(base?: I): ClassificationMetrics {
+    return ClassificationMetrics.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClassificationMetrics>, I>>(object: I): ClassificationMetrics {
+    const message = createBaseClassificationMetrics();
+    message.rows = object.rows ?? 0;
+    message.accuracy = object.accuracy ?? 0;
+    message.macroF1 = object.macroF1 ?? 0;
+    message.perClassRecall = object.perClassRecall?.map((e) => e) || [];
+    message.logLoss = object.logLoss ?? 0;
+    message.expectedCalibrationError = object.expectedCalibrationError ?? 0;
+    message.perClassSupport = object.perClassSupport?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseSplitEvaluation(): SplitEvaluation {
+  return { split: "", candidate: undefined, parent: undefined };
+}
+
+export const SplitEvaluation: MessageFns<SplitEvaluation> = {
+  encode(message: SplitEvaluation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.split !== "") {
+      writer.uint32(10).string(message.split);
+    }
+    if (message.candidate !== undefined) {
+      ClassificationMetrics.encode(message.candidate, writer.uint32(18).fork()).join();
+    }
+    if (message.parent !== undefined) {
+      ClassificationMetrics.encode(message.parent, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SplitEvaluation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSplitEvaluation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.split = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.candidate = ClassificationMetrics.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parent = ClassificationMetrics.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SplitEvaluation {
+    return {
+      split: isSet(object.split) ? globalThis.String(object.split) : "",
+      candidate: isSet(object.candidate) ? ClassificationMetrics.fromJSON(object.candidate) : undefined,
+      parent: isSet(object.parent) ? ClassificationMetrics.fromJSON(object.parent) : undefined,
+    };
+  },
+
+  toJSON(message: SplitEvaluation): unknown {
+    const obj: any = {};
+    if (message.split !== undefined) {
+      obj.split = message.split;
+    }
+    if (message.candidate !== undefined) {
+      obj.candidate = ClassificationMetrics.toJSON(message.candidate);
+    }
+    if (message.parent !== undefined) {
+      obj.parent = ClassificationMetrics.toJSON(message.parent);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SplitEvaluation>, I>>(base?: I): SplitEvaluation {
+    return SplitEvaluation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SplitEvaluation>, I>>(object: I): SplitEvaluation {
+    const message = createBaseSplitEvaluation();
+    message.split = object.split ?? "";
+    message.candidate = (object.candidate !== undefined && object.candidate !== null)
+      ? ClassificationMetrics.fromPartial(object.candidate)
+      : undefined;
+    message.parent = (object.parent !== undefined && object.parent !== null)
+      ? ClassificationMetrics.fromPartial(object.parent)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseEvaluationReport(): EvaluationReport {
+  return { verdict: "", reason: "", gates: [], splits: [], evaluatedAtMs: 0 };
+}
+
+export const EvaluationReport: MessageFns<EvaluationReport> = {
+  encode(message: EvaluationReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.verdict !== "") {
+      writer.uint32(10).string(message.verdict);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    for (const v of message.gates) {
+      GateOutcome.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.splits) {
+      SplitEvaluation.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.evaluatedAtMs !== 0) {
+      writer.uint32(40).int64(message.evaluatedAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EvaluationReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvaluationReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.verdict = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.gates.push(GateOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.splits.push(SplitEvaluation.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.evaluatedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EvaluationReport {
+    return {
+      verdict: isSet(object.verdict) ? globalThis.String(object.verdict) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      gates: globalThis.Array.isArray(object?.gates) ? object.gates.map((e: any) => GateOutcome.fromJSON(e)) : [],
+      splits: globalThis.Array.isArray(object?.splits)
+        ? object.splits.map((e: any) => SplitEvaluation.fromJSON(e))
+        : [],
+      evaluatedAtMs: isSet(object.evaluatedAtMs)
+        ? globalThis.Number(object.evaluatedAtMs)
+        : isSet(object.evaluated_at_ms)
+        ? globalThis.Number(object.evaluated_at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: EvaluationReport): unknown {
+    const obj: any = {};
+    if (message.verdict !== undefined) {
+      obj.verdict = message.verdict;
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    if (message.gates?.length) {
+      obj.gates = message.gates.map((e) => GateOutcome.toJSON(e));
+    }
+    if (message.splits?.length) {
+      obj.splits = message.splits.map((e) => SplitEvaluation.toJSON(e));
+    }
+    if (message.evaluatedAtMs !== undefined) {
+      obj.evaluatedAtMs = Math.round(message.evaluatedAtMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EvaluationReport>, I>>(base?: I): EvaluationReport {
+    return EvaluationReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EvaluationReport>, I>>(object: I): EvaluationReport {
+    const message = createBaseEvaluationReport();
+    message.verdict = object.verdict ?? "";
+    message.reason = object.reason ?? "";
+    message.gates = object.gates?.map((e) => GateOutcome.fromPartial(e)) || [];
+    message.splits = object.splits?.map((e) => SplitEvaluation.fromPartial(e)) || [];
+    message.evaluatedAtMs = object.evaluatedAtMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseTrainingJobUpdate(): TrainingJobUpdate {
+  return { job: undefined, logLines: [] };
+}
+
+export const TrainingJobUpdate: MessageFns<TrainingJobUpdate> = {
+  encode(message: TrainingJobUpdate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.job !== undefined) {
+      TrainingJob.encode(message.job, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.logLines) {
+      TrainingLogLine.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingJobUpdate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingJobUpdate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.job = TrainingJob.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.logLines.push(TrainingLogLine.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingJobUpdate {
+    return {
+      job: isSet(object.job) ? TrainingJob.fromJSON(object.job) : undefined,
+      logLines: globalThis.Array.isArray(object?.logLines)
+        ? object.logLines.map((e: any) => TrainingLogLine.fromJSON(e))
+        : globalThis.Array.isArray(object?.log_lines)
+        ? object.log_lines.map((e: any) => TrainingLogLine.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TrainingJobUpdate): unknown {
+    const obj: any = {};
+    if (message.job !== undefined) {
+      obj.job = TrainingJob.toJSON(message.job);
+    }
+    if (message.logLines?.length) {
+      obj.logLines = message.logLines.map((e) => TrainingLogLine.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingJobUpdate>, I>>(base?: I): TrainingJobUpdate {
+    return TrainingJobUpdate.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingJobUpdate>, I>>(object: I): TrainingJobUpdate {
+    const message = createBaseTrainingJobUpdate();
+    message.job = (object.job !== undefined && object.job !== null) ? TrainingJob.fromPartial(object.job) : undefined;
+    message.logLines = object.logLines?.map((e) => TrainingLogLine.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseWorkerGpu(): WorkerGpu {
+  return { name: "", memoryBytes: 0 };
+}
+
+export const WorkerGpu: MessageFns<WorkerGpu> = {
+  encode(message: WorkerGpu, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.memoryBytes !== 0) {
+      writer.uint32(16).int64(message.memoryBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkerGpu {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkerGpu();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.memoryBytes = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkerGpu {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      memoryBytes: isSet(object.memoryBytes)
+        ? globalThis.Number(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? globalThis.Number(object.memory_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: WorkerGpu): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.memoryBytes !== undefined) {
+      obj.memoryBytes = Math.round(message.memoryBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkerGpu>, I>>(base?: I): WorkerGpu {
+    return WorkerGpu.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkerGpu>, I>>(object: I): WorkerGpu {
+    const message = createBaseWorkerGpu();
+    message.name = object.name ?? "";
+    message.memoryBytes = object.memoryBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseRegisterWorkerRequest(): RegisterWorkerRequest {
+  return { name: "", gpus: [], cpu: 0, memoryBytes: 0, trainers: [], version: "" };
+}
+
+export const RegisterWorkerRequest: MessageFns<RegisterWorkerRequest> = {
+  encode(message: RegisterWorkerRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.gpus) {
+      WorkerGpu.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.cpu !== 0) {
+      writer.uint32(24).int32(message.cpu);
+    }
+    if (message.memoryBytes !== 0) {
+      writer.uint32(32).int64(message.memoryBytes);
+    }
+    for (const v of message.trainers) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.version !== "") {
+      writer.uint32(50).string(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterWorkerRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterWorkerRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.gpus.push(WorkerGpu.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cpu = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.memoryBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.trainers.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegisterWorkerRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      gpus: globalThis.Array.isArray(object?.gpus) ? object.gpus.map((e: any) => WorkerGpu.fromJSON(e)) : [],
+      cpu: isSet(object.cpu) ? globalThis.Number(object.cpu) : 0,
+      memoryBytes: isSet(object.memoryBytes)
+        ? globalThis.Number(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? globalThis.Number(object.memory_bytes)
+        : 0,
+      trainers: globalThis.Array.isArray(object?.trainers) ? object.trainers.map((e: any) => globalThis.String(e)) : [],
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+    };
+  },
+
+  toJSON(message: RegisterWorkerRequest): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.gpus?.length) {
+      obj.gpus = message.gpus.map((e) => WorkerGpu.toJSON(e));
+    }
+    if (message.cpu !== undefined) {
+      obj.cpu = Math.round(message.cpu);
+    }
+    if (message.memoryBytes !== undefined) {
+      obj.memoryBytes = Math.round(message.memoryBytes);
+    }
+    if (message.trainers?.length) {
+      obj.trainers = message.trainers;
+    }
+    if (message.version !== undefined) {
+      obj.version = message.version;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterWorkerRequest>, I>>(base?: I): RegisterWorkerRequest {
+    return RegisterWorkerRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterWorkerRequest>, I>>(object: I): RegisterWorkerRequest {
+    const message = createBaseRegisterWorkerRequest();
+    message.name = object.name ?? "";
+    message.gpus = object.gpus?.map((e) => WorkerGpu.fromPartial(e)) || [];
+    message.cpu = object.cpu ?? 0;
+    message.memoryBytes = object.memoryBytes ?? 0;
+    message.trainers = object.trainers?.map((e) => e) || [];
+    message.version = object.version ?? "";
+    return message;
+  },
+};
+
+function createBaseRegisterWorkerResponse(): RegisterWorkerResponse {
+  return { workerId: "", heartbeatIntervalMs: 0, pollIntervalMs: 0 };
+}
+
+export const RegisterWorkerResponse: MessageFns<RegisterWorkerResponse> = {
+  encode(message: RegisterWorkerResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.workerId !== "") {
+      writer.uint32(10).string(message.workerId);
+    }
+    if (message.heartbeatIntervalMs !== 0) {
+      writer.uint32(16).int64(message.heartbeatIntervalMs);
+    }
+    if (message.pollIntervalMs !== 0) {
+      writer.uint32(24).int64(message.pollIntervalMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterWorkerResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterWorkerResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.heartbeatIntervalMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pollIntervalMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegisterWorkerResponse {
+    return {
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      heartbeatIntervalMs: isSet(object.heartbeatIntervalMs)
+        ? globalThis.Number(object.heartbeatIntervalMs)
+        : isSet(object.heartbeat_interval_ms)
+        ? globalThis.Number(object.heartbeat_interval_ms)
+        : 0,
+      pollIntervalMs: isSet(object.pollIntervalMs)
+        ? globalThis.Number(object.pollIntervalMs)
+        : isSet(object.poll_interval_ms)
+        ? globalThis.Number(object.poll_interval_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: RegisterWorkerResponse): unknown {
+    const obj: any = {};
+    if (message.workerId !== undefined) {
+      obj.workerId = message.workerId;
+    }
+    if (message.heartbeatIntervalMs !== undefined) {
+      obj.heartbeatIntervalMs = Math.round(message.heartbeatIntervalMs);
+    }
+    if (message.pollIntervalMs !== undefined) {
+      obj.pollIntervalMs = Math.round(message.pollIntervalMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterWorkerResponse>, I>>(base?: I): RegisterWorkerResponse {
+    return RegisterWorkerResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterWorkerResponse>, I>>(object: I): RegisterWorkerResponse {
+    const message = createBaseRegisterWorkerResponse();
+    message.workerId = object.workerId ?? "";
+    message.heartbeatIntervalMs = object.heartbeatIntervalMs ?? 0;
+    message.pollIntervalMs = object.pollIntervalMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseTrainingJobRequest(): LeaseTrainingJobRequest {
+  return { workerId: "" };
+}
+
+export const LeaseTrainingJobRequest: MessageFns<LeaseTrainingJobRequest> = {
+  encode(message: LeaseTrainingJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.workerId !== "") {
+      writer.uint32(10).string(message.workerId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseTrainingJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseTrainingJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseTrainingJobRequest {
+    return {
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+    };
+  },
+
+  toJSON(message: LeaseTrainingJobRequest): unknown {
+    const obj: any = {};
+    if (message.workerId !== undefined) {
+      obj.workerId = message.workerId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaseTrainingJobRequest>, I>>(base?: I): LeaseTrainingJobRequest {
+    return LeaseTrainingJobRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaseTrainingJobRequest>, I>>(object: I): LeaseTrainingJobRequest {
+    const message = createBaseLeaseTrainingJobRequest();
+    message.workerId = object.workerId ?? "";
+    return message;
+  },
+};
+
+function createBaseLeaseTrainingJobResponse(): LeaseTrainingJobResponse {
+  return { lease: undefined };
+}
+
+export const LeaseTrainingJobResponse: MessageFns<LeaseTrainingJobResponse> = {
+  encode(message: LeaseTrainingJobResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.lease !== undefined) {
+      TrainingLease.encode(message.lease, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseTrainingJobResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseTrainingJobResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lease = TrainingLease.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseTrainingJobResponse {
+    return { lease: isSet(object.lease) ? TrainingLease.fromJSON(object.lease) : undefined };
+  },
+
+  toJSON(message: LeaseTrainingJobResponse): unknown {
+    const obj: any = {};
+    if (message.lease !== undefined) {
+      obj.lease = TrainingLease.toJSON(message.lease);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaseTrainingJobResponse>, I>>(base?: I): LeaseTrainingJobResponse {
+    return LeaseTrainingJobResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaseTrainingJobResponse>, I>>(object: I): LeaseTrainingJobResponse {
+    const message = createBaseLeaseTrainingJobResponse();
+    message.lease = (object.lease !== undefined && object.lease !== null)
+      ? TrainingLease.fromPartial(object.lease)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseArtifactRef(): ArtifactRef {
+  return { sha256: "", sizeBytes: 0 };
+}
+
+export const ArtifactRef: MessageFns<ArtifactRef> = {
+  encode(message: ArtifactRef, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sha256 !== "") {
+      writer.uint32(10).string(message.sha256);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(16).int64(message.sizeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ArtifactRef {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseArtifactRef();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ArtifactRef {
+    return {
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ArtifactRef): unknown {
+    const obj: any = {};
+    if (message.sha256 !== undefined) {
+      obj.sha256 = message.sha256;
+    }
+    if (message.sizeBytes !== undefined) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ArtifactRef>, I>>(base?: I): ArtifactRef {
+    return ArtifactRef.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ArtifactRef>, I>>(object: I): ArtifactRef {
+    const message = createBaseArtifactRef();
+    message.sha256 = object.sha256 ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseTrainingLease(): TrainingLease {
+  return {
+    jobId: "",
+    attempt: 0,
+    leaseId: "",
+    leaseTtlMs: 0,
+    leaseExpiresAtMs: 0,
+    model: "",
+    baseVersion: 0,
+    baseModel: undefined,
+    datasetId: "",
+    dataset: undefined,
+    trainer: "",
+    hyperparametersJson: "",
+    maxDurationSeconds: 0,
+    maxCandidateBytes: 0,
+    resources: undefined,
+  };
+}
+
+export const TrainingLease: MessageFns<TrainingLease> = {
+  encode(message: TrainingLease, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).int32(message.attempt);
+    }
+    if (message.leaseId !== "") {
+      writer.uint32(26).string(message.leaseId);
+    }
+    if (message.leaseTtlMs !== 0) {
+      writer.uint32(32).int64(message.leaseTtlMs);
+    }
+    if (message.leaseExpiresAtMs !== 0) {
+      writer.uint32(40).int64(message.leaseExpiresAtMs);
+    }
+    if (message.model !== "") {
+      writer.uint32(50).string(message.model);
+    }
+    if (message.baseVersion !== 0) {
+      writer.uint32(56).int64(message.baseVersion);
+    }
+    if (message.baseModel !== undefined) {
+      ArtifactRef.encode(message.baseModel, writer.uint32(66).fork()).join();
+    }
+    if (message.datasetId !== "") {
+      writer.uint32(74).string(message.datasetId);
+    }
+    if (message.dataset !== undefined) {
+      ArtifactRef.encode(message.dataset, writer.uint32(82).fork()).join();
+    }
+    if (message.trainer !== "") {
+      writer.uint32(90).string(message.trainer);
+    }
+    if (message.hyperparametersJson !== "") {
+      writer.uint32(98).string(message.hyperparametersJson);
+    }
+    if (message.maxDurationSeconds !== 0) {
+      writer.uint32(104).int64(message.maxDurationSeconds);
+    }
+    if (message.maxCandidateBytes !== 0) {
+      writer.uint32(112).int64(message.maxCandidateBytes);
+    }
+    if (message.resources !== undefined) {
+      TrainingResources.encode(message.resources, writer.uint32(122).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingLease {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingLease();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.leaseTtlMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.leaseExpiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.baseVersion = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.baseModel = ArtifactRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.datasetId = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.dataset = ArtifactRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.trainer = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.hyperparametersJson = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.maxDurationSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.maxCandidateBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.resources = TrainingResources.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingLease {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      leaseTtlMs: isSet(object.leaseTtlMs)
+        ? globalThis.Number(object.leaseTtlMs)
+        : isSet(object.lease_ttl_ms)
+        ? globalThis.Number(object.lease_ttl_ms)
+        : 0,
+      leaseExpiresAtMs: isSet(object.leaseExpiresAtMs)
+        ? globalThis.Number(object.leaseExpiresAtMs)
+        : isSet(object.lease_expires_at_ms)
+        ? globalThis.Number(object.lease_expires_at_ms)
+        : 0,
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      baseVersion: isSet(object.baseVersion)
+        ? globalThis.Number(object.baseVersion)
+        : isSet(object.base_version)
+        ? globalThis.Number(object.base_version)
+        : 0,
+      baseModel: isSet(object.baseModel)
+        ? ArtifactRef.fromJSON(object.baseModel)
+        : isSet(object.base_model)
+        ? ArtifactRef.fromJSON(object.base_model)
+        : undefined,
+      datasetId: isSet(object.datasetId)
+        ? globalThis.String(object.datasetId)
+        : isSet(object.dataset_id)
+        ? globalThis.String(object.dataset_id)
+        : "",
+      dataset: isSet(object.dataset) ? ArtifactRef.fromJSON(object.dataset) : undefined,
+      trainer: isSet(object.trainer) ? globalThis.String(object.trainer) : "",
+      hyperparametersJson: isSet(object.hyperparametersJson)
+        ? globalThis.String(object.hyperparametersJson)
+        : isSet(object.hyperparameters_json)
+        ? globalThis.String(object.hyperparameters_json)
+        : "",
+      maxDurationSeconds: isSet(object.maxDurationSeconds)
+        ? globalThis.Number(object.maxDurationSeconds)
+        : isSet(object.max_duration_seconds)
+        ? globalThis.Number(object.max_duration_seconds)
+        : 0,
+      maxCandidateBytes: isSet(object.maxCandidateBytes)
+        ? globalThis.Number(object.maxCandidateBytes)
+        : isSet(object.max_candidate_bytes)
+        ? globalThis.Number(object.max_candidate_bytes)
+        : 0,
+      resources: isSet(object.resources) ? TrainingResources.fromJSON(object.resources) : undefined,
+    };
+  },
+
+  toJSON(message: TrainingLease): unknown {
+    const obj: any = {};
+    if (message.jobId !== undefined) {
+      obj.jobId = message.jobId;
+    }
+    if (message.attempt !== undefined) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.leaseId !== undefined) {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.leaseTtlMs !== undefined) {
+      obj.leaseTtlMs = Math.round(message.leaseTtlMs);
+    }
+    if (message.leaseExpiresAtMs !== undefined) {
+      obj.leaseExpiresAtMs = Math.round(message.leaseExpiresAtMs);
+    }
+    if (message.model !== undefined) {
+      obj.model = message.model;
+    }
+    if (message.baseVersion !== undefined) {
+      obj.baseVersion = Math.round(message.baseVersion);
+    }
+    if (message.baseModel !== undefined) {
+      obj.baseModel = ArtifactRef.toJSON(message.baseModel);
+    }
+    if (message.datasetId !== undefined) {
+      obj.datasetId = message.datasetId;
+    }
+    if (message.dataset !== undefined) {
+      obj.dataset = ArtifactRef.toJSON(message.dataset);
+    }
+    if (message.trainer !== undefined) {
+      obj.trainer = message.trainer;
+    }
+    if (message.hyperparametersJson !== undefined) {
+      obj.hyperparametersJson = message.hyperparametersJson;
+    }
+    if (message.maxDurationSeconds !== undefined) {
+      obj.maxDurationSeconds = Math.round(message.maxDurationSeconds);
+    }
+    if (message.maxCandidateBytes !== undefined) {
+      obj.maxCandidateBytes = Math.round(message.maxCandidateBytes);
+    }
+    if (message.resources !== undefined) {
+      obj.resources = TrainingResources.toJSON(message.resources);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingLease>, I>>(base?: I): TrainingLease {
+    return TrainingLease.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingLease>, I>>(object: I): TrainingLease {
+    const message = createBaseTrainingLease();
+    message.jobId = object.jobId ?? "";
+    message.attempt = object.attempt ?? 0;
+    message.leaseId = object.leaseId ?? "";
+    message.leaseTtlMs = object.leaseTtlMs ?? 0;
+    message.leaseExpiresAtMs = object.leaseExpiresAtMs ?? 0;
+    message.model = object.model ?? "";
+    message.baseVersion = object.baseVersion ?? 0;
+    message.baseModel = (object.baseModel !== undefined && object.baseModel !== null)
+      ? ArtifactRef.fromPartial(object.baseModel)
+      : undefined;
+    message.datasetId = object.datasetId ?? "";
+    message.dataset = (object.dataset !== undefined && object.dataset !== null)
+      ? ArtifactRef.fromPartial(object.dataset)
+      : undefined;
+    message.trainer = object.trainer ?? "";
+    message.hyperparametersJson = object.hyperparametersJson ?? "";
+    message.maxDurationSeconds = object.maxDurationSeconds ?? 0;
+    message.maxCandidateBytes = object.maxCandidateBytes ?? 0;
+    message.resources = (object.resources !== undefined && object.resources !== null)
+      ? TrainingResources.fromPartial(object.resources)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTrainingMetricsReport(): TrainingMetricsReport {
+  return { epoch: 0, loss: 0, hasLoss: false, metrics: {} };
+}
+
+export const TrainingMetricsReport: MessageFns<TrainingMetricsReport> = {
+  encode(message: TrainingMetricsReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.epoch !== 0) {
+      writer.uint32(8).int32(message.epoch);
+    }
+    if (message.loss !== 0) {
+      writer.uint32(17).double(message.loss);
+    }
+    if (message.hasLoss !== false) {
+      writer.uint32(24).bool(message.hasLoss);
+    }
+    globalThis.Object.entries(message.metrics).forEach(([key, value]: [string, number]) => {
+      TrainingMetricsReport_MetricsEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingMetricsReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingMetricsReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.epoch = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.loss = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hasLoss = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = TrainingMetricsReport_MetricsEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.metrics[entry4.key] = entry4.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingMetricsReport {
+    return {
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      loss: isSet(object.loss) ? globalThis.Number(object.loss) : 0,
+      hasLoss: isSet(object.hasLoss)
+        ? globalThis.Boolean(object.hasLoss)
+        : isSet(object.has_loss)
+        ? globalThis.Boolean(object.has_loss)
+        : false,
+      metrics: isObject(object.metrics)
+        ? (globalThis.Object.entries(object.metrics) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: TrainingMetricsReport): unknown {
+    const obj: any = {};
+    if (message.epoch !== undefined) {
+      obj.epoch = Math.round(message.epoch);
+    }
+    if (message.loss !== undefined) {
+      obj.loss = floatToJson(message.loss);
+    }
+    if (message.hasLoss !== undefined) {
+      obj.hasLoss = message.hasLoss;
+    }
+    if (message.metrics) {
+      const entries = globalThis.Object.entries(message.metrics) as [string, number][];
+      if (entries.length > 0) {
+        obj.metrics = {};
+        entries.forEach(([k, v]) => {
+          obj.metrics[k] = floatToJson(v);
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingMetricsReport>, I>>(base?: I): TrainingMetricsReport {
+    return TrainingMetricsReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingMetricsReport>, I>>(object: I): TrainingMetricsReport {
+    const message = createBaseTrainingMetricsReport();
+    message.epoch = object.epoch ?? 0;
+    message.loss = object.loss ?? 0;
+    message.hasLoss = object.hasLoss ?? false;
+    message.metrics = (globalThis.Object.entries(object.metrics ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseTrainingMetricsReport_MetricsEntry(): TrainingMetricsReport_MetricsEntry {
+  return { key: "", value: 0 };
+}
+
+export const TrainingMetricsReport_MetricsEntry: MessageFns<TrainingMetricsReport_MetricsEntry> = {
+  encode(message: TrainingMetricsReport_MetricsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(17).double(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingMetricsReport_MetricsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingMetricsReport_MetricsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingMetricsReport_MetricsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: TrainingMetricsReport_MetricsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingMetricsReport_MetricsEntry>, I>>(
+    base?: I,
+  ): TrainingMetricsReport_MetricsEntry {
+    return TrainingMetricsReport_MetricsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingMetricsReport_MetricsEntry>, I>>(
+    object: I,
+  ): TrainingMetricsReport_MetricsEntry {
+    const message = createBaseTrainingMetricsReport_MetricsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseHeartbeatTrainingJobRequest(): HeartbeatTrainingJobRequest {
+  return { leaseId: "", progress: undefined, logLines: [] };
+}
+
+export const HeartbeatTrainingJobRequest: MessageFns<HeartbeatTrainingJobRequest> = {
+  encode(message: HeartbeatTrainingJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.leaseId !== "") {
+      writer.uint32(10).string(message.leaseId);
+    }
+    if (message.progress !== undefined) {
+      TrainingMetricsReport.encode(message.progress, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.logLines) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HeartbeatTrainingJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHeartbeatTrainingJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.progress = TrainingMetricsReport.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.logLines.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HeartbeatTrainingJobRequest {
+    return {
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      progress: isSet(object.progress) ? TrainingMetricsReport.fromJSON(object.progress) : undefined,
+      logLines: globalThis.Array.isArray(object?.logLines)
+        ? object.logLines.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.log_lines)
+        ? object.log_lines.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: HeartbeatTrainingJobRequest): unknown {
+    const obj: any = {};
+    if (message.leaseId !== undefined) {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.progress !== undefined) {
+      obj.progress = TrainingMetricsReport.toJSON(message.progress);
+    }
+    if (message.logLines?.length) {
+      obj.logLines = message.logLines;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HeartbeatTrainingJobRequest>, I>>(base?: I): HeartbeatTrainingJobRequest {
+    return HeartbeatTrainingJobRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HeartbeatTrainingJobRequest>, I>>(object: I): HeartbeatTrainingJobRequest {
+    const message = createBaseHeartbeatTrainingJobRequest();
+    message.leaseId = object.leaseId ?? "";
+    message.progress = (object.progress !== undefined && object.progress !== null)
+      ? TrainingMetricsReport.fromPartial(object.progress)
+      : undefined;
+    message.logLines = object.logLines?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseHeartbeatTrainingJobResponse(): HeartbeatTrainingJobResponse {
+  return { cancel: false, leaseTtlMs: 0, leaseExpiresAtMs: 0 };
+}
+
+export const HeartbeatTrainingJobResponse: MessageFns<HeartbeatTrainingJobResponse> = {
+  encode(message: HeartbeatTrainingJobResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cancel !== false) {
+      writer.uint32(8).bool(message.cancel);
+    }
+    if (message.leaseTtlMs !== 0) {
+      writer.uint32(16).int64(message.leaseTtlMs);
+    }
+    if (message.leaseExpiresAtMs !== 0) {
+      writer.uint32(24).int64(message.leaseExpiresAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HeartbeatTrainingJobResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHeartbeatTrainingJobResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cancel = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.leaseTtlMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.leaseExpiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HeartbeatTrainingJobResponse {
+    return {
+      cancel: isSet(object.cancel) ? globalThis.Boolean(object.cancel) : false,
+      leaseTtlMs: isSet(object.leaseTtlMs)
+        ? globalThis.Number(object.leaseTtlMs)
+        : isSet(object.lease_ttl_ms)
+        ? globalThis.Number(object.lease_ttl_ms)
+        : 0,
+      leaseExpiresAtMs: isSet(object.leaseExpiresAtMs)
+        ? globalThis.Number(object.leaseExpiresAtMs)
+        : isSet(object.lease_expires_at_ms)
+        ? globalThis.Number(object.lease_expires_at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: HeartbeatTrainingJobResponse): unknown {
+    const obj: any = {};
+    if (message.cancel !== undefined) {
+      obj.cancel = message.cancel;
+    }
+    if (message.leaseTtlMs !== undefined) {
+      obj.leaseTtlMs = Math.round(message.leaseTtlMs);
+    }
+    if (message.leaseExpiresAtMs !== undefined) {
+      obj.leaseExpiresAtMs = Math.round(message.leaseExpiresAtMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HeartbeatTrainingJobResponse>, I>>(base?: I): HeartbeatTrainingJobResponse {
+    return HeartbeatTrainingJobResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HeartbeatTrainingJobResponse>, I>>(object: I): HeartbeatTrainingJobResponse {
+    const message = createBaseHeartbeatTrainingJobResponse();
+    message.cancel = object.cancel ?? false;
+    message.leaseTtlMs = object.leaseTtlMs ?? 0;
+    message.leaseExpiresAtMs = object.leaseExpiresAtMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseDownloadArtifactRequest(): DownloadArtifactRequest {
+  return { leaseId: "", sha256: "" };
+}
+
+export const DownloadArtifactRequest: MessageFns<DownloadArtifactRequest> = {
+  encode(message: DownloadArtifactRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.leaseId !== "") {
+      writer.uint32(10).string(message.leaseId);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(18).string(message.sha256);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DownloadArtifactRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDownloadArtifactRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DownloadArtifactRequest {
+    return {
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+    };
+  },
+
+  toJSON(message: DownloadArtifactRequest): unknown {
+    const obj: any = {};
+    if (message.leaseId !== undefined) {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.sha256 !== undefined) {
+      obj.sha256 = message.sha256;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DownloadArtifactRequest>, I>>(base?: I): DownloadArtifactRequest {
+    return DownloadArtifactRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DownloadArtifactRequest>, I>>(object: I): DownloadArtifactRequest {
+    const message = createBaseDownloadArtifactRequest();
+    message.leaseId = object.leaseId ?? "";
+    message.sha256 = object.sha256 ?? "";
+    return message;
+  },
+};
+
+function createBaseDownloadArtifactChunk(): DownloadArtifactChunk {
+  return { chunk: Buffer.alloc(0) };
+}
+
+export const DownloadArtifactChunk: MessageFns<DownloadArtifactChunk> = {
+  encode(message: DownloadArtifactChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.chunk.length !== 0) {
+      writer.uint32(10).bytes(message.chunk);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DownloadArtifactChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDownloadArtifactChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.chunk = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DownloadArtifactChunk {
+    return { chunk: isSet(object.chunk) ? Buffer.from(bytesFromBase64(object.chunk)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: DownloadArtifactChunk): unknown {
+    const obj: any = {};
+    if (message.chunk !== undefined) {
+      obj.chunk = base64FromBytes(message.chunk);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DownloadArtifactChunk>, I>>(base?: I): DownloadArtifactChunk {
+    return DownloadArtifactChunk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DownloadArtifactChunk>, I>>(object: I): DownloadArtifactChunk {
+    const message = createBaseDownloadArtifactChunk();
+    message.chunk = object.chunk ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseUploadCandidateRequest(): UploadCandidateRequest {
+  return { part: undefined };
+}
+
+export const UploadCandidateRequest: MessageFns<UploadCandidateRequest> = {
+  encode(message: UploadCandidateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.part?.$case) {
+      case "header":
+        UploadCandidateHeader.encode(message.part.value, writer.uint32(10).fork()).join();
+        break;
+      case "chunk":
+        writer.uint32(18).bytes(message.part.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UploadCandidateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUploadCandidateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.part = { $case: "header", value: UploadCandidateHeader.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.part = { $case: "chunk", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UploadCandidateRequest {
+    return {
+      part: isSet(object.header)
+        ? { $case: "header", value: UploadCandidateHeader.fromJSON(object.header) }
+        : isSet(object.chunk)
+        ? { $case: "chunk", value: Buffer.from(bytesFromBase64(object.chunk)) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: UploadCandidateRequest): unknown {
+    const obj: any = {};
+    if (message.part?.$case === "header") {
+      obj.header = UploadCandidateHeader.toJSON(message.part.value);
+    } else if (message.part?.$case === "chunk") {
+      obj.chunk = base64FromBytes(message.part.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UploadCandidateRequest>, I>>(base?: I): UploadCandidateRequest {
+    return UploadCandidateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UploadCandidateRequest>, I>>(object: I): UploadCandidateRequest {
+    const message = createBaseUploadCandidateRequest();
+    switch (object.part?.$case) {
+      case "header": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "header", value: UploadCandidateHeader.fromPartial(object.part.value) };
+        }
+        break;
+      }
+      case "chunk": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "chunk", value: object.part.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseUploadCandidateHeader(): UploadCandidateHeader {
+  return { leaseId: "", sizeBytes: 0, sha256: "" };
+}
+
+export const UploadCandidateHeader: MessageFns<UploadCandidateHeader> = {
+  encode(message: UploadCandidateHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.leaseId !== "") {
+      writer.uint32(10).string(message.leaseId);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(16).int64(message.sizeBytes);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(26).string(message.sha256);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UploadCandidateHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUploadCandidateHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UploadCandidateHeader {
+    return {
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+    };
+  },
+
+  toJSON(message: UploadCandidateHeader): unknown {
+    const obj: any = {};
+    if (message.leaseId !== undefined) {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.sizeBytes !== undefined) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.sha256 !== undefined) {
+      obj.sha256 = message.sha256;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UploadCandidateHeader>, I>>(base?: I): UploadCandidateHeader {
+    return UploadCandidateHeader.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UploadCandidateHeader>, I>>(object: I): UploadCandidateHeader {
+    const message = createBaseUploadCandidateHeader();
+    message.leaseId = object.leaseId ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.sha256 = object.sha256 ?? "";
+    return message;
+  },
+};
+
+function createBaseUploadCandidateResponse(): UploadCandidateResponse {
+  return { candidateId: "", sha256: "", sizeBytes: 0 };
+}
+
+export const UploadCandidateResponse: MessageFns<UploadCandidateResponse> = {
+  encode(message: UploadCandidateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.candidateId !== "") {
+      writer.uint32(10).string(message.candidateId);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(18).string(message.sha256);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(24).int64(message.sizeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UploadCandidateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUploadCandidateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.candidateId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UploadCandidateResponse {
+    return {
+      candidateId: isSet(object.candidateId)
+        ? globalThis.String(object.candidateId)
+        : isSet(object.candidate_id)
+        ? globalThis.String(object.candidate_id)
+        : "",
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: UploadCandidateResponse): unknown {
+    const obj: any = {};
+    if (message.candidateId !== undefined) {
+      obj.candidateId = message.candidateId;
+    }
+    if (message.sha256 !== undefined) {
+      obj.sha256 = message.sha256;
+    }
+    if (message.sizeBytes !== undefined) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UploadCandidateResponse>, I>>(base?: I): UploadCandidateResponse {
+    return UploadCandidateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UploadCandidateResponse>, I>>(object: I): UploadCandidateResponse {
+    const message = createBaseUploadCandidateResponse();
+    message.candidateId = object.candidateId ?? "";
+    message.sha256 = object.sha256 ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseCompleteTrainingAttemptRequest(): CompleteTrainingAttemptRequest {
+  return { leaseId: "", candidateId: "", metrics: {} };
+}
+
+export const CompleteTrainingAttemptRequest: MessageFns<CompleteTrainingAttemptRequest> = {
+  encode(message: CompleteTrainingAttemptRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.leaseId !== "") {
+      writer.uint32(10).string(message.leaseId);
+    }
+    if (message.candidateId !== "") {
+      writer.uint32(18).string(message.candidateId);
+    }
+    globalThis.Object.entries(message.metrics).forEach(([key, value]: [string, number]) => {
+      CompleteTrainingAttemptRequest_MetricsEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteTrainingAttemptRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteTrainingAttemptRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.candidateId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            const entry3 = CompleteTrainingAttemptRequest_MetricsEntry.decode(reader, reader.uint32());
+            if (entry3.value !== undefined) {
+              message.metrics[entry3.key] = entry3.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteTrainingAttemptRequest {
+    return {
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      candidateId: isSet(object.candidateId)
+        ? globalThis.String(object.candidateId)
+        : isSet(object.candidate_id)
+        ? globalThis.String(object.candidate_id)
+        : "",
+      metrics: isObject(object.metrics)
+        ? (globalThis.Object.entries(object.metrics) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: CompleteTrainingAttemptRequest): unknown {
+    const obj: any = {};
+    if (message.leaseId !== undefined) {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.candidateId !== undefined) {
+      obj.candidateId = message.candidateId;
+    }
+    if (message.metrics) {
+      const entries = globalThis.Object.entries(message.metrics) as [string, number][];
+      if (entries.length > 0) {
+        obj.metrics = {};
+        entries.forEach(([k, v]) => {
+          obj.metrics[k] = floatToJson(v);
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompleteTrainingAttemptRequest>, I>>(base?: I): CompleteTrainingAttemptRequest {
+    return CompleteTrainingAttemptRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompleteTrainingAttemptRequest>, I>>(
+    object: I,
+  ): CompleteTrainingAttemptRequest {
+    const message = createBaseCompleteTrainingAttemptRequest();
+    message.leaseId = object.leaseId ?? "";
+    message.candidateId = object.candidateId ?? "";
+    message.metrics = (globalThis.Object.entries(object.metrics ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseCompleteTrainingAttemptRequest_MetricsEntry(): CompleteTrainingAttemptRequest_MetricsEntry {
+  return { key: "", value: 0 };
+}
+
+export const CompleteTrainingAttemptRequest_MetricsEntry: MessageFns<CompleteTrainingAttemptRequest_MetricsEntry> = {
+  encode(
+    message: CompleteTrainingAttemptRequest_MetricsEntry,
+    writer: BinaryWriter = new BinaryWriter(),
+  ): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(17).double(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteTrainingAttemptRequest_MetricsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteTrainingAttemptRequest_MetricsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteTrainingAttemptRequest_MetricsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: CompleteTrainingAttemptRequest_MetricsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompleteTrainingAttemptRequest_MetricsEntry>, I>>(
+    base?: I,
+  ): CompleteTrainingAttemptRequest_MetricsEntry {
+    return CompleteTrainingAttemptRequest_MetricsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompleteTrainingAttemptRequest_MetricsEntry>, I>>(
+    object: I,
+  ): CompleteTrainingAttemptRequest_MetricsEntry {
+    const message = createBaseCompleteTrainingAttemptRequest_MetricsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseFailTrainingAttemptRequest(): FailTrainingAttemptRequest {
+  return { leaseId: "", errorCode: "", message: "" };
+}
+
+export const FailTrainingAttemptRequest: MessageFns<FailTrainingAttemptRequest> = {
+  encode(message: FailTrainingAttemptRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.leaseId !== "") {
+      writer.uint32(10).string(message.leaseId);
+    }
+    if (message.errorCode !== "") {
+      writer.uint32(18).string(message.errorCode);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailTrainingAttemptRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailTrainingAttemptRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.errorCode = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailTrainingAttemptRequest {
+    return {
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      errorCode: isSet(object.errorCode)
+        ? globalThis.String(object.errorCode)
+        : isSet(object.error_code)
+        ? globalThis.String(object.error_code)
+        : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: FailTrainingAttemptRequest): unknown {
+    const obj: any = {};
+    if (message.leaseId !== undefined) {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.errorCode !== undefined) {
+      obj.errorCode = message.errorCode;
+    }
+    if (message.message !== undefined) {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FailTrainingAttemptRequest>, I>>(base?: I): FailTrainingAttemptRequest {
+    return FailTrainingAttemptRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FailTrainingAttemptRequest>, I>>(object: I): FailTrainingAttemptRequest {
+    const message = createBaseFailTrainingAttemptRequest();
+    message.leaseId = object.leaseId ?? "";
+    message.errorCode = object.errorCode ?? "";
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseTrainingAttemptResult(): TrainingAttemptResult {
+  return { job: undefined };
+}
+
+export const TrainingAttemptResult: MessageFns<TrainingAttemptResult> = {
+  encode(message: TrainingAttemptResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.job !== undefined) {
+      TrainingJob.encode(message.job, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingAttemptResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingAttemptResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.job = TrainingJob.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingAttemptResult {
+    return { job: isSet(object.job) ? TrainingJob.fromJSON(object.job) : undefined };
+  },
+
+  toJSON(message: TrainingAttemptResult): unknown {
+    const obj: any = {};
+    if (message.job !== undefined) {
+      obj.job = TrainingJob.toJSON(message.job);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingAttemptResult>, I>>(base?: I): TrainingAttemptResult {
+    return TrainingAttemptResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingAttemptResult>, I>>(object: I): TrainingAttemptResult {
+    const message = createBaseTrainingAttemptResult();
+    message.job = (object.job !== undefined && object.job !== null) ? TrainingJob.fromPartial(object.job) : undefined;
     return message;
   },
 };
@@ -614,6 +5591,7 @@ export const FederatedRound: MessageFns<FederatedRound> = {
   },
 };
 
+/** Operators (role: operator to start and cancel, viewer to read). */
 export type TrainingServiceService = typeof TrainingServiceService;
 export const TrainingServiceService = {
   startTrainingJob: {
@@ -636,11 +5614,74 @@ export const TrainingServiceService = {
     responseSerialize: (value: TrainingJob): Buffer => Buffer.from(TrainingJob.encode(value).finish()),
     responseDeserialize: (value: Buffer): TrainingJob => TrainingJob.decode(value),
   },
+  /** Newest first, a page at a time. */
+  listTrainingJobs: {
+    path: "/driftline.v1.TrainingService/ListTrainingJobs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListTrainingJobsRequest): Buffer =>
+      Buffer.from(ListTrainingJobsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListTrainingJobsRequest => ListTrainingJobsRequest.decode(value),
+    responseSerialize: (value: ListTrainingJobsResponse): Buffer =>
+      Buffer.from(ListTrainingJobsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListTrainingJobsResponse => ListTrainingJobsResponse.decode(value),
+  },
+  /**
+   * The job now, then again after every change (with the log lines added since), until it
+   * reaches a terminal state (the stream ends) or the client cancels.
+   */
+  watchTrainingJob: {
+    path: "/driftline.v1.TrainingService/WatchTrainingJob" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchTrainingJobRequest): Buffer =>
+      Buffer.from(WatchTrainingJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchTrainingJobRequest => WatchTrainingJobRequest.decode(value),
+    responseSerialize: (value: TrainingJobUpdate): Buffer => Buffer.from(TrainingJobUpdate.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TrainingJobUpdate => TrainingJobUpdate.decode(value),
+  },
+  /**
+   * The job is cancelled at once; a worker running it is told to stop at its next heartbeat.
+   * An ended job is refused (TRAINING_STATE_INVALID).
+   */
+  cancelTrainingJob: {
+    path: "/driftline.v1.TrainingService/CancelTrainingJob" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CancelTrainingJobRequest): Buffer =>
+      Buffer.from(CancelTrainingJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CancelTrainingJobRequest => CancelTrainingJobRequest.decode(value),
+    responseSerialize: (value: TrainingJob): Buffer => Buffer.from(TrainingJob.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TrainingJob => TrainingJob.decode(value),
+  },
+  getTrainingJobLogs: {
+    path: "/driftline.v1.TrainingService/GetTrainingJobLogs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetTrainingJobLogsRequest): Buffer =>
+      Buffer.from(GetTrainingJobLogsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetTrainingJobLogsRequest => GetTrainingJobLogsRequest.decode(value),
+    responseSerialize: (value: TrainingJobLogs): Buffer => Buffer.from(TrainingJobLogs.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TrainingJobLogs => TrainingJobLogs.decode(value),
+  },
 } as const;
 
 export interface TrainingServiceServer extends UntypedServiceImplementation {
   startTrainingJob: handleUnaryCall<StartTrainingJobRequest, TrainingJob>;
   getTrainingJob: handleUnaryCall<GetTrainingJobRequest, TrainingJob>;
+  /** Newest first, a page at a time. */
+  listTrainingJobs: handleUnaryCall<ListTrainingJobsRequest, ListTrainingJobsResponse>;
+  /**
+   * The job now, then again after every change (with the log lines added since), until it
+   * reaches a terminal state (the stream ends) or the client cancels.
+   */
+  watchTrainingJob: handleServerStreamingCall<WatchTrainingJobRequest, TrainingJobUpdate>;
+  /**
+   * The job is cancelled at once; a worker running it is told to stop at its next heartbeat.
+   * An ended job is refused (TRAINING_STATE_INVALID).
+   */
+  cancelTrainingJob: handleUnaryCall<CancelTrainingJobRequest, TrainingJob>;
+  getTrainingJobLogs: handleUnaryCall<GetTrainingJobLogsRequest, TrainingJobLogs>;
 }
 
 export interface TrainingServiceClient extends Client {
@@ -674,6 +5715,69 @@ export interface TrainingServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: TrainingJob) => void,
   ): ClientUnaryCall;
+  /** Newest first, a page at a time. */
+  listTrainingJobs(
+    request: ListTrainingJobsRequest,
+    callback: (error: ServiceError | null, response: ListTrainingJobsResponse) => void,
+  ): ClientUnaryCall;
+  listTrainingJobs(
+    request: ListTrainingJobsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListTrainingJobsResponse) => void,
+  ): ClientUnaryCall;
+  listTrainingJobs(
+    request: ListTrainingJobsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListTrainingJobsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The job now, then again after every change (with the log lines added since), until it
+   * reaches a terminal state (the stream ends) or the client cancels.
+   */
+  watchTrainingJob(
+    request: WatchTrainingJobRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<TrainingJobUpdate>;
+  watchTrainingJob(
+    request: WatchTrainingJobRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<TrainingJobUpdate>;
+  /**
+   * The job is cancelled at once; a worker running it is told to stop at its next heartbeat.
+   * An ended job is refused (TRAINING_STATE_INVALID).
+   */
+  cancelTrainingJob(
+    request: CancelTrainingJobRequest,
+    callback: (error: ServiceError | null, response: TrainingJob) => void,
+  ): ClientUnaryCall;
+  cancelTrainingJob(
+    request: CancelTrainingJobRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TrainingJob) => void,
+  ): ClientUnaryCall;
+  cancelTrainingJob(
+    request: CancelTrainingJobRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TrainingJob) => void,
+  ): ClientUnaryCall;
+  getTrainingJobLogs(
+    request: GetTrainingJobLogsRequest,
+    callback: (error: ServiceError | null, response: TrainingJobLogs) => void,
+  ): ClientUnaryCall;
+  getTrainingJobLogs(
+    request: GetTrainingJobLogsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TrainingJobLogs) => void,
+  ): ClientUnaryCall;
+  getTrainingJobLogs(
+    request: GetTrainingJobLogsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TrainingJobLogs) => void,
+  ): ClientUnaryCall;
 }
 
 export const TrainingServiceClient = makeGenericClientConstructor(
@@ -682,6 +5786,264 @@ export const TrainingServiceClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): TrainingServiceClient;
   service: typeof TrainingServiceService;
+  serviceName: string;
+};
+
+/**
+ * Called by `driftline worker` with a worker token (role: worker); operator tokens are refused,
+ * and worker tokens may call nothing else.
+ */
+export type WorkerServiceService = typeof WorkerServiceService;
+export const WorkerServiceService = {
+  /**
+   * Records what the worker offers; it leases with the id it gets back. Registering again under
+   * the same name replaces the worker's resources and keeps its id.
+   */
+  registerWorker: {
+    path: "/driftline.v1.WorkerService/RegisterWorker" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RegisterWorkerRequest): Buffer =>
+      Buffer.from(RegisterWorkerRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RegisterWorkerRequest => RegisterWorkerRequest.decode(value),
+    responseSerialize: (value: RegisterWorkerResponse): Buffer =>
+      Buffer.from(RegisterWorkerResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RegisterWorkerResponse => RegisterWorkerResponse.decode(value),
+  },
+  /** The next queued job this worker can run, or no lease when there is none. */
+  leaseTrainingJob: {
+    path: "/driftline.v1.WorkerService/LeaseTrainingJob" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaseTrainingJobRequest): Buffer =>
+      Buffer.from(LeaseTrainingJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseTrainingJobRequest => LeaseTrainingJobRequest.decode(value),
+    responseSerialize: (value: LeaseTrainingJobResponse): Buffer =>
+      Buffer.from(LeaseTrainingJobResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseTrainingJobResponse => LeaseTrainingJobResponse.decode(value),
+  },
+  /**
+   * Extends the lease and records progress; TRAINING_LEASE_LOST when the lease expired or the
+   * attempt went to another worker (stop the trainer, upload nothing). cancel: the job was
+   * cancelled; stop the trainer (nothing more needs to be called).
+   */
+  heartbeatTrainingJob: {
+    path: "/driftline.v1.WorkerService/HeartbeatTrainingJob" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: HeartbeatTrainingJobRequest): Buffer =>
+      Buffer.from(HeartbeatTrainingJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): HeartbeatTrainingJobRequest => HeartbeatTrainingJobRequest.decode(value),
+    responseSerialize: (value: HeartbeatTrainingJobResponse): Buffer =>
+      Buffer.from(HeartbeatTrainingJobResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): HeartbeatTrainingJobResponse => HeartbeatTrainingJobResponse.decode(value),
+  },
+  /** The base model or the dataset a lease names, by content hash (the worker verifies it). */
+  downloadArtifact: {
+    path: "/driftline.v1.WorkerService/DownloadArtifact" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: DownloadArtifactRequest): Buffer =>
+      Buffer.from(DownloadArtifactRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DownloadArtifactRequest => DownloadArtifactRequest.decode(value),
+    responseSerialize: (value: DownloadArtifactChunk): Buffer =>
+      Buffer.from(DownloadArtifactChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DownloadArtifactChunk => DownloadArtifactChunk.decode(value),
+  },
+  /**
+   * Client streaming: one header, then the candidate ONNX bytes in chunks; the server checks the
+   * declared size against the lease's cap and the sha256, and stores the bytes content addressed.
+   */
+  uploadCandidate: {
+    path: "/driftline.v1.WorkerService/UploadCandidate" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: UploadCandidateRequest): Buffer =>
+      Buffer.from(UploadCandidateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UploadCandidateRequest => UploadCandidateRequest.decode(value),
+    responseSerialize: (value: UploadCandidateResponse): Buffer =>
+      Buffer.from(UploadCandidateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UploadCandidateResponse => UploadCandidateResponse.decode(value),
+  },
+  /** The attempt's candidate is ready: the job goes to evaluation, then succeeded or rejected. */
+  completeTrainingAttempt: {
+    path: "/driftline.v1.WorkerService/CompleteTrainingAttempt" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompleteTrainingAttemptRequest): Buffer =>
+      Buffer.from(CompleteTrainingAttemptRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompleteTrainingAttemptRequest => CompleteTrainingAttemptRequest.decode(value),
+    responseSerialize: (value: TrainingAttemptResult): Buffer =>
+      Buffer.from(TrainingAttemptResult.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TrainingAttemptResult => TrainingAttemptResult.decode(value),
+  },
+  /** The attempt failed: the job is queued again while attempts are left, else it fails. */
+  failTrainingAttempt: {
+    path: "/driftline.v1.WorkerService/FailTrainingAttempt" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FailTrainingAttemptRequest): Buffer =>
+      Buffer.from(FailTrainingAttemptRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FailTrainingAttemptRequest => FailTrainingAttemptRequest.decode(value),
+    responseSerialize: (value: TrainingAttemptResult): Buffer =>
+      Buffer.from(TrainingAttemptResult.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TrainingAttemptResult => TrainingAttemptResult.decode(value),
+  },
+} as const;
+
+export interface WorkerServiceServer extends UntypedServiceImplementation {
+  /**
+   * Records what the worker offers; it leases with the id it gets back. Registering again under
+   * the same name replaces the worker's resources and keeps its id.
+   */
+  registerWorker: handleUnaryCall<RegisterWorkerRequest, RegisterWorkerResponse>;
+  /** The next queued job this worker can run, or no lease when there is none. */
+  leaseTrainingJob: handleUnaryCall<LeaseTrainingJobRequest, LeaseTrainingJobResponse>;
+  /**
+   * Extends the lease and records progress; TRAINING_LEASE_LOST when the lease expired or the
+   * attempt went to another worker (stop the trainer, upload nothing). cancel: the job was
+   * cancelled; stop the trainer (nothing more needs to be called).
+   */
+  heartbeatTrainingJob: handleUnaryCall<HeartbeatTrainingJobRequest, HeartbeatTrainingJobResponse>;
+  /** The base model or the dataset a lease names, by content hash (the worker verifies it). */
+  downloadArtifact: handleServerStreamingCall<DownloadArtifactRequest, DownloadArtifactChunk>;
+  /**
+   * Client streaming: one header, then the candidate ONNX bytes in chunks; the server checks the
+   * declared size against the lease's cap and the sha256, and stores the bytes content addressed.
+   */
+  uploadCandidate: handleClientStreamingCall<UploadCandidateRequest, UploadCandidateResponse>;
+  /** The attempt's candidate is ready: the job goes to evaluation, then succeeded or rejected. */
+  completeTrainingAttempt: handleUnaryCall<CompleteTrainingAttemptRequest, TrainingAttemptResult>;
+  /** The attempt failed: the job is queued again while attempts are left, else it fails. */
+  failTrainingAttempt: handleUnaryCall<FailTrainingAttemptRequest, TrainingAttemptResult>;
+}
+
+export interface WorkerServiceClient extends Client {
+  /**
+   * Records what the worker offers; it leases with the id it gets back. Registering again under
+   * the same name replaces the worker's resources and keeps its id.
+   */
+  registerWorker(
+    request: RegisterWorkerRequest,
+    callback: (error: ServiceError | null, response: RegisterWorkerResponse) => void,
+  ): ClientUnaryCall;
+  registerWorker(
+    request: RegisterWorkerRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RegisterWorkerResponse) => void,
+  ): ClientUnaryCall;
+  registerWorker(
+    request: RegisterWorkerRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RegisterWorkerResponse) => void,
+  ): ClientUnaryCall;
+  /** The next queued job this worker can run, or no lease when there is none. */
+  leaseTrainingJob(
+    request: LeaseTrainingJobRequest,
+    callback: (error: ServiceError | null, response: LeaseTrainingJobResponse) => void,
+  ): ClientUnaryCall;
+  leaseTrainingJob(
+    request: LeaseTrainingJobRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaseTrainingJobResponse) => void,
+  ): ClientUnaryCall;
+  leaseTrainingJob(
+    request: LeaseTrainingJobRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaseTrainingJobResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Extends the lease and records progress; TRAINING_LEASE_LOST when the lease expired or the
+   * attempt went to another worker (stop the trainer, upload nothing). cancel: the job was
+   * cancelled; stop the trainer (nothing more needs to be called).
+   */
+  heartbeatTrainingJob(
+    request: HeartbeatTrainingJobRequest,
+    callback: (error: ServiceError | null, response: HeartbeatTrainingJobResponse) => void,
+  ): ClientUnaryCall;
+  heartbeatTrainingJob(
+    request: HeartbeatTrainingJobRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: HeartbeatTrainingJobResponse) => void,
+  ): ClientUnaryCall;
+  heartbeatTrainingJob(
+    request: HeartbeatTrainingJobRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: HeartbeatTrainingJobResponse) => void,
+  ): ClientUnaryCall;
+  /** The base model or the dataset a lease names, by content hash (the worker verifies it). */
+  downloadArtifact(
+    request: DownloadArtifactRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<DownloadArtifactChunk>;
+  downloadArtifact(
+    request: DownloadArtifactRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<DownloadArtifactChunk>;
+  /**
+   * Client streaming: one header, then the candidate ONNX bytes in chunks; the server checks the
+   * declared size against the lease's cap and the sha256, and stores the bytes content addressed.
+   */
+  uploadCandidate(
+    callback: (error: ServiceError | null, response: UploadCandidateResponse) => void,
+  ): ClientWritableStream<UploadCandidateRequest>;
+  uploadCandidate(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UploadCandidateResponse) => void,
+  ): ClientWritableStream<UploadCandidateRequest>;
+  uploadCandidate(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UploadCandidateResponse) => void,
+  ): ClientWritableStream<UploadCandidateRequest>;
+  uploadCandidate(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UploadCandidateResponse) => void,
+  ): ClientWritableStream<UploadCandidateRequest>;
+  /** The attempt's candidate is ready: the job goes to evaluation, then succeeded or rejected. */
+  completeTrainingAttempt(
+    request: CompleteTrainingAttemptRequest,
+    callback: (error: ServiceError | null, response: TrainingAttemptResult) => void,
+  ): ClientUnaryCall;
+  completeTrainingAttempt(
+    request: CompleteTrainingAttemptRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TrainingAttemptResult) => void,
+  ): ClientUnaryCall;
+  completeTrainingAttempt(
+    request: CompleteTrainingAttemptRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TrainingAttemptResult) => void,
+  ): ClientUnaryCall;
+  /** The attempt failed: the job is queued again while attempts are left, else it fails. */
+  failTrainingAttempt(
+    request: FailTrainingAttemptRequest,
+    callback: (error: ServiceError | null, response: TrainingAttemptResult) => void,
+  ): ClientUnaryCall;
+  failTrainingAttempt(
+    request: FailTrainingAttemptRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TrainingAttemptResult) => void,
+  ): ClientUnaryCall;
+  failTrainingAttempt(
+    request: FailTrainingAttemptRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TrainingAttemptResult) => void,
+  ): ClientUnaryCall;
+}
+
+export const WorkerServiceClient = makeGenericClientConstructor(
+  WorkerServiceService,
+  "driftline.v1.WorkerService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): WorkerServiceClient;
+  service: typeof WorkerServiceService;
   serviceName: string;
 };
 
@@ -754,6 +6116,18 @@ export const FederatedServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
+
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
 export type DeepPartial<T> = T extends Builtin ? T
@@ -776,6 +6150,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

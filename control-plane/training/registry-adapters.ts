@@ -1,0 +1,99 @@
+import { DriftlineError } from '../../common/errors.js';
+import type { ArtifactStore } from '../registry/artifact-store.js';
+import type { ModelRegistry } from '../registry/model-registry.js';
+import type { ArtifactRef, BaseModels, CandidateSink, DatasetCatalog, TrainingArtifacts } from './ports.js';
+
+/** The training engine's ports over the model registry and its content-addressed artifacts. */
+
+export class RegistryBaseModels implements BaseModels {
+  constructor(private readonly registry: Pick<ModelRegistry, 'resolve'>) {}
+
+  async artifact(model: string, version: number): Promise<ArtifactRef> {
+    const found = await this.registry.resolve(model, version);
+    return { sha256: found.sha256, sizeBytes: found.sizeBytes };
+  }
+}
+
+export class ArtifactStoreTrainingArtifacts implements TrainingArtifacts {
+  constructor(private readonly artifacts: ArtifactStore) {}
+
+  read(sha256: string): AsyncIterable<Uint8Array> {
+    return this.artifacts.read(sha256) as AsyncIterable<Uint8Array>;
+  }
+
+  pathOf(sha256: string): string {
+    return this.artifacts.fileOf(sha256);
+  }
+
+  async store(declared: ArtifactRef, chunks: AsyncIterable<Uint8Array>, maxBytes: number): Promise<ArtifactRef> {
+    const writer = await this.artifacts.createWriter();
+    try {
+      for await (const chunk of chunks) {
+        const total = writer.bytesWritten + chunk.length;
+        if (total > maxBytes) {
+          throw new DriftlineError('PAYLOAD_TOO_LARGE', `the upload grew past ${maxBytes} bytes`, { details: { maxBytes, received: total } });
+        }
+        if (total > declared.sizeBytes) {
+          throw new DriftlineError('UPLOAD_INCOMPLETE', `received more than the declared ${declared.sizeBytes} bytes`, {
+            details: { declared: declared.sizeBytes, received: total },
+          });
+        }
+        await writer.write(chunk);
+      }
+      if (writer.bytesWritten !== declared.sizeBytes) {
+        throw new DriftlineError('UPLOAD_INCOMPLETE', `received ${writer.bytesWritten} of ${declared.sizeBytes} bytes`, {
+          details: { declared: declared.sizeBytes, received: writer.bytesWritten },
+        });
+      }
+      const sha256 = writer.digest();
+      if (sha256 !== declared.sha256) {
+        throw new DriftlineError('MODEL_CHECKSUM_MISMATCH', 'uploaded bytes do not match the declared sha256', {
+          details: { declared: declared.sha256, actual: sha256 },
+        });
+      }
+      await writer.commit();
+      return { sha256, sizeBytes: declared.sizeBytes };
+    } finally {
+      await writer.abort();
+    }
+  }
+}
+
+/**
+ * A passing candidate becomes the model's next version in the registry, its lineage in the
+ * version's metadata (the signed manifest with lineage, golden vectors and a drift reference is
+ * the release work of issue #14 item 6; it reads these entries).
+ */
+export class RegistryCandidateSink implements CandidateSink {
+  constructor(
+    private readonly registry: Pick<ModelRegistry, 'upload'>,
+    private readonly artifacts: ArtifactStore,
+  ) {}
+
+  async accept({ job, candidate, report }: Parameters<CandidateSink['accept']>[0]): Promise<{ version: number }> {
+    const { spec } = job;
+    const version = await this.registry.upload(
+      {
+        name: spec.model,
+        sizeBytes: candidate.sizeBytes,
+        sha256: candidate.sha256,
+        description: `trained by job ${job.id} from v${spec.baseVersion} on dataset ${spec.datasetId.slice(0, 12)}`,
+        metadata: {
+          'lineage.parent_version': String(spec.baseVersion),
+          'lineage.dataset_id': spec.datasetId,
+          'lineage.job_id': job.id,
+          'lineage.attempt': String(candidate.attempt),
+          'lineage.trainer': spec.trainer,
+          'lineage.hyperparameters': spec.hyperparametersJson.slice(0, 4096),
+          'evaluation.verdict': report.verdict,
+          'evaluation.gates': JSON.stringify(report.gates.map((g) => ({ gate: g.gate, verdict: g.verdict, value: g.value }))).slice(0, 4096),
+        },
+      },
+      this.artifacts.read(candidate.sha256) as AsyncIterable<Uint8Array>,
+    );
+    return { version: version.version };
+  }
+}
+
+/** Until dataset snapshots are served (control-plane/datasets/), no dataset id resolves: starts are refused with DATASET_NOT_FOUND. */
+export const NO_DATASETS: DatasetCatalog = { describe: async () => undefined };
