@@ -314,6 +314,9 @@ export function triggerKey(trigger: TriggerFact): string {
   }
 }
 
+/** The reason a fired decision of this kind of trigger records. */
+export const FIRED_REASON: Record<TriggerKind, FiredReason> = { drift: 'drift_alert', schedule: 'schedule', labelled: 'new_labels' };
+
 export const clientRequestIdFor = (model: string, trigger: TriggerFact): string => `retrain/${model}/${triggerKey(trigger)}`;
 
 const LEVEL_RANK: Record<DriftLevel, number> = { no_data: 0, ok: 1, warn: 2, alert: 3 };

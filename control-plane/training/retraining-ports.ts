@@ -86,6 +86,9 @@ export interface TrainingJobStarter {
    * (idempotent, as TrainingService's start is): a restart never starts a second one.
    */
   start(request: TrainingJobRequest): Promise<{ jobId: string }>;
-  /** The model's job that is not finished yet (queued, leased, running, evaluating), if any. */
-  activeJob(model: string): Promise<{ jobId: string } | undefined>;
+  /**
+   * The model's job that is not finished yet (queued, leased, running, evaluating), if any, with
+   * the client request id it was started with: a job this watcher started before a crash is its own.
+   */
+  activeJob(model: string): Promise<{ jobId: string; clientRequestId: string } | undefined>;
 }

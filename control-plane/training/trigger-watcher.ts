@@ -6,6 +6,7 @@ import {
   compileCron,
   datasetQueryFor,
   decide,
+  FIRED_REASON,
   driftEventTriggers,
   latestScheduledMoment,
   triggerKey,
@@ -219,7 +220,19 @@ export class TriggerWatcher {
     const now = clock.now();
     let decision: Decision;
     try {
-      decision = decide(stored, await this.factsFor(stored, trigger, now), now);
+      const facts = await this.factsFor(stored, trigger, now);
+      // The job running is the one this very trigger asked for, before a crash kept its decision from being recorded.
+      if (facts.runningJob && facts.runningJob.clientRequestId === clientRequestIdFor(stored.model, trigger)) {
+        const { jobId } = facts.runningJob;
+        return policies.recordDecision({
+          ...this.base(stored, trigger, now),
+          fired: true,
+          reason: FIRED_REASON[trigger.kind],
+          details: { recovered: true },
+          jobId,
+        });
+      }
+      decision = decide(stored, facts, now);
     } catch (err) {
       return this.recordUnlessRepeated(stored, trigger, now, factsUnavailable(err), once);
     }
@@ -227,12 +240,16 @@ export class TriggerWatcher {
     return this.fire(stored, trigger, now, decision.reason, decision.details, decision.jobRequest);
   }
 
-  private async factsFor(stored: StoredRetrainingPolicy, trigger: TriggerFact, now: number): Promise<DecisionFacts> {
+  private async factsFor(
+    stored: StoredRetrainingPolicy,
+    trigger: TriggerFact,
+    now: number,
+  ): Promise<DecisionFacts & { runningJob: { jobId: string; clientRequestId: string } | undefined }> {
     const { policies, jobs, labelledSamples } = this.options;
     // A disabled policy decides without facts: nothing is asked of other domains for it.
     if (!stored.policy.enabled) return { trigger, runningJob: undefined, lastFiredAtMs: undefined };
     const [runningJob, lastFired] = await Promise.all([jobs.activeJob(stored.model), policies.lastFired(stored.model)]);
-    const facts: DecisionFacts = { trigger, runningJob, lastFiredAtMs: lastFired?.atMs };
+    const facts: DecisionFacts & { runningJob: typeof runningJob } = { trigger, runningJob, lastFiredAtMs: lastFired?.atMs };
     if (stored.policy.minDatasetRows > 0 && !runningJob) {
       const query = datasetQueryFor(stored.model, stored.policy, trigger, now);
       facts.datasetRows = await labelledSamples.count(stored.model, query.sinceMs, query.selector);
