@@ -469,6 +469,14 @@ describe('trigger watcher', () => {
     await expect(policies.recordDecision(row)).rejects.toMatchObject({ code: 'REQUEST_ID_REUSED' });
   });
 
+  it("retention deletes old decisions but keeps each model's last fired one, which the cooldown and the labelled window count from", async () => {
+    const base = { trigger: 'drift' as const, details: {}, clientRequestId: 'x', policyVersion: 1 };
+    await policies.recordDecision({ ...base, model: 'vibration', atMs: MONDAY, triggerKey: 'drift-1', fired: true, reason: 'drift_alert', jobId: 'job-1' });
+    await policies.recordDecision({ ...base, model: 'vibration', atMs: MONDAY + 1, triggerKey: 'drift-2', fired: false, reason: 'cooldown', jobId: '' });
+    expect(await policies.pruneDecisionsOlderThan(MONDAY + HOUR)).toBe(1);
+    expect((await policies.listDecisions({}, 10)).map((d) => d.triggerKey)).toEqual(['drift-1']);
+  });
+
   it('lists decisions newest first in pages', async () => {
     for (let i = 1; i <= 5; i++) {
       await policies.recordDecision({

@@ -87,6 +87,8 @@ export class TriggerWatcher {
   private cancelTimer: CancelTimer | undefined;
   private unsubscribe: (() => void) | undefined;
   private readonly crons = new Map<string, CompiledCron>();
+  /** A drain of drift events is queued and has not started: the events heard meanwhile are read by it. */
+  private drainQueued = false;
 
   private constructor(private readonly options: TriggerWatcherOptions) {}
 
@@ -142,8 +144,12 @@ export class TriggerWatcher {
 
   /** A new drift event: it is read back from the store after the cursor, one path for events heard live and events missed. */
   private heard(): void {
-    if (this.stateValue !== 'running') return;
-    void this.enqueue(() => this.drainDriftEvents()).catch(() => undefined);
+    if (this.stateValue !== 'running' || this.drainQueued) return;
+    this.drainQueued = true;
+    void this.enqueue(() => {
+      this.drainQueued = false;
+      return this.drainDriftEvents();
+    }).catch(() => undefined);
   }
 
   private enqueue<T>(fn: () => Promise<T>): Promise<T> {
