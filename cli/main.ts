@@ -32,6 +32,8 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   drift: async () => (await import('./commands/drift.js')).registerDrift,
   tokens: async () => (await import('./commands/tokens.js')).registerTokens,
   keys: async () => (await import('./commands/keys.js')).registerKeys,
+  // `training policy`; the training job commands join the same group (registerTrainingPolicyGroup finds or creates it).
+  training: async () => (await import('./commands/training-policy.js')).registerTrainingPolicyGroup,
 };
 
 /** The program with its global options and every command registered (help, tests). */

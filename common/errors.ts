@@ -138,6 +138,12 @@ export const ERROR_CODES = {
   HYPERPARAMETERS_INVALID: 'invalid',
   /** A base model has no dense head (final Gemm, or MatMul then Add, layers on float32 initializers) that a built-in trainer can train. */
   MODEL_HEAD_UNSUPPORTED: 'invalid',
+  /** A retraining policy (its triggers, cron expression, job template) is not what the schema allows. */
+  RETRAINING_POLICY_INVALID: 'invalid',
+  /** No retraining policy is set for the model. */
+  RETRAINING_POLICY_NOT_FOUND: 'not_found',
+  /** The trigger watcher could not start a training job: no training service is wired into this control plane (or it refused for now). */
+  TRAINING_SERVICE_UNAVAILABLE: 'unavailable',
   /** A call to the control plane's API failed before reaching it (no connection, name not resolved, TLS refused): the gRPC status was UNAVAILABLE with no Driftline code. */
   API_UNAVAILABLE: 'unavailable',
   /** A call to the control plane's API ran past its deadline before any answer. */

@@ -162,6 +162,20 @@ export const controlPlaneConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Retraining triggers: the watcher that applies each model's retraining policy (`driftline training policy`). */
+    retraining: z
+      .object({
+        /** How often schedules and labelled-sample counts are checked (drift alerts are heard as they are recorded). */
+        tickInterval: duration.prefault('1m'),
+        /** On the first start, drift events this far back are considered. */
+        driftCatchUp: duration.prefault('24h'),
+        /** A schedule moment missed while the control plane was down still fires within this. */
+        scheduleCatchUp: duration.prefault('1h'),
+        /** How long trigger decisions are kept (each model's last fired one always stays). */
+        decisionRetention: duration.prefault('180d'),
+      })
+      .strict()
+      .prefault({}),
     /** Signed releases: the root metadata (from `driftline keys init`) and, opted in, the online rollback key. */
     trust: z
       .object({

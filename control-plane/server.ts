@@ -37,6 +37,9 @@ import { SqliteDriftRepository } from './store/sqlite/drift-repository.js';
 import { DriftWatcher } from './drift/drift-watcher.js';
 import { SqliteDriftEvents } from './store/sqlite/drift-events.js';
 import { driftQueries, driftStatusSource } from './drift/wiring.js';
+import { SqliteRetrainingPolicyRepository } from './store/sqlite/retraining-policy-repository.js';
+import { TriggerWatcher, unavailableLabelledSamples, unavailableTrainingJobs } from './training/trigger-watcher.js';
+import type { LabelledSampleCounter, TrainingJobStarter } from './training/retraining-ports.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -49,6 +52,8 @@ export interface ControlPlane {
   readonly rollouts: RolloutEngine;
   /** Drift status changes as events; tests with a ManualClock call driftWatcher.evaluate() themselves. */
   readonly driftWatcher: DriftWatcher;
+  /** Retraining triggers; tests with a ManualClock advance it (or call triggerWatcher.tick()) and await triggerWatcher.idle(). */
+  readonly triggerWatcher: TriggerWatcher;
   shutdown(): Promise<void>;
 }
 
@@ -58,7 +63,15 @@ export interface ControlPlane {
  * adopted into one Lifecycle as it starts. Shutdown runs it backwards within shutdownGrace:
  * it stops taking work first (gRPC, HTTP), then the device link, then the store.
  */
-export async function startControlPlane(input: ControlPlaneConfigInput, deps: { logger: Logger; clock?: Clock }): Promise<ControlPlane> {
+export async function startControlPlane(
+  input: ControlPlaneConfigInput,
+  deps: {
+    logger: Logger;
+    clock?: Clock;
+    /** What retraining triggers start jobs with and count labelled samples by; without them decisions record TRAINING_SERVICE_UNAVAILABLE. */
+    retraining?: { jobs?: TrainingJobStarter; labelledSamples?: LabelledSampleCounter };
+  },
+): Promise<ControlPlane> {
   const config = parseControlPlaneConfig(input);
   const { logger } = deps;
   const clock = deps.clock ?? systemClock;
@@ -184,6 +197,19 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       eventRetentionMs: config.drift.eventRetention,
       clearAfter: config.drift.clearAfter,
     });
+    const retrainingPolicies = new SqliteRetrainingPolicyRepository(db);
+    const triggerWatcher = TriggerWatcher.create({
+      policies: retrainingPolicies,
+      driftEvents: driftWatcher,
+      labelledSamples: deps.retraining?.labelledSamples ?? unavailableLabelledSamples,
+      jobs: deps.retraining?.jobs ?? unavailableTrainingJobs,
+      clock,
+      logger,
+      tickIntervalMs: config.retraining.tickInterval,
+      driftCatchUpMs: config.retraining.driftCatchUp,
+      scheduleCatchUpMs: config.retraining.scheduleCatchUp,
+      decisionRetentionMs: config.retraining.decisionRetention,
+    });
 
     const grpc = await startGrpcServer({
       host: config.grpc.host,
@@ -210,6 +236,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       advertisedHttpUrl: () => config.advertisedHttpUrl ?? artifactServer.url,
       config,
       rollouts: { rollouts, watchIntervalMs: config.rollout.watchInterval },
+      retraining: { policies: retrainingPolicies, models: registry, clock },
       clock,
       logger,
     });
@@ -217,6 +244,9 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     // Started after the gRPC server and stopped before it: the watcher ends open drift event streams first.
     driftWatcher.run();
     closers.push('drift-watcher', () => driftWatcher.shutdown());
+    // Stopped before the drift watcher it listens to.
+    triggerWatcher.run();
+    closers.push('trigger-watcher', () => triggerWatcher.shutdown());
 
     let state: ControlPlaneState = 'running';
     const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;
@@ -226,6 +256,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       ingest,
       rollouts,
       driftWatcher,
+      triggerWatcher,
       get state() {
         return state;
       },

@@ -9,12 +9,14 @@ import { DriftServiceService } from '../../common/proto/driftline/v1/drift.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
 import { ReleaseServiceService } from '../../common/proto/driftline/v1/releases.js';
+import { RetrainingPolicyServiceService } from '../../common/proto/driftline/v1/retraining.js';
 import { RolloutServiceService } from '../../common/proto/driftline/v1/rollouts.js';
 import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
 import { driftService } from './drift-service.js';
 import { accessService, deviceService, enrollmentService } from './fleet-services.js';
 import { modelService } from './model-service.js';
 import { releaseService } from './release-service.js';
+import { retrainingPolicyService, type RetrainingApiDeps } from './retraining-policy-service.js';
 import type { ApiDeps } from './ports.js';
 import { rolloutService, type RolloutApiDeps } from './rollout-service.js';
 import type { RpcContext } from './rpc.js';
@@ -27,6 +29,8 @@ export interface GrpcServerOptions extends ApiDeps {
   tls?: { cert: string; key: string; clientCa?: string | undefined } | undefined;
   /** The rollout engine; without it RolloutService answers UNIMPLEMENTED. */
   rollouts?: RolloutApiDeps | undefined;
+  /** Retraining policies and their decision log; without them RetrainingPolicyService answers UNIMPLEMENTED. */
+  retraining?: RetrainingApiDeps | undefined;
 }
 
 export interface GrpcServer {
@@ -68,8 +72,14 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(DriftServiceService, driftService(options, ctx));
   server.addService(ReleaseServiceService, releaseService(options, ctx));
   if (options.rollouts) server.addService(RolloutServiceService, rolloutService(options.rollouts, ctx));
+  if (options.retraining) server.addService(RetrainingPolicyServiceService, retrainingPolicyService(options.retraining, ctx));
+  const served = [
+    ...SERVED,
+    ...(options.rollouts ? ['driftline.v1.RolloutService'] : []),
+    ...(options.retraining ? ['driftline.v1.RetrainingPolicyService'] : []),
+  ];
   // Reflection lets grpcurl and other generic tools discover the API without the .proto files.
-  new ReflectionService(loadProtos(), { services: options.rollouts ? [...SERVED, 'driftline.v1.RolloutService'] : SERVED }).addToServer(server);
+  new ReflectionService(loadProtos(), { services: served }).addToServer(server);
 
   const address = `${options.host.includes(':') ? `[${options.host}]` : options.host}:${options.port}`;
   const port = await new Promise<number>((resolve, reject) => {
