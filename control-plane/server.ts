@@ -37,6 +37,10 @@ import { SqliteDriftRepository } from './store/sqlite/drift-repository.js';
 import { DriftWatcher } from './drift/drift-watcher.js';
 import { SqliteDriftEvents } from './store/sqlite/drift-events.js';
 import { driftQueries, driftStatusSource } from './drift/wiring.js';
+import { DatasetService } from './datasets/dataset-service.js';
+import { deviceSelectionOf, modelLineageOf, snapshotBlobsOf } from './datasets/wiring.js';
+import { SqliteDatasetRepository } from './store/sqlite/dataset-repository.js';
+import { SqliteSampleRepository } from './store/sqlite/sample-repository.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -49,6 +53,14 @@ export interface ControlPlane {
   readonly rollouts: RolloutEngine;
   /** Drift status changes as events; tests with a ManualClock call driftWatcher.evaluate() themselves. */
   readonly driftWatcher: DriftWatcher;
+  /**
+   * Dataset snapshots of the captured samples. For training: `datasets.getDataset(id)` gives
+   * `{id, sha256, sizeBytes, manifest}`, `datasets.readTar(id)` the verified tar bytes,
+   * `datasets.openTar(id)` a stream of them, `datasets.getDatasetBySha256(sha256)` the record a hash names.
+   */
+  readonly datasets: DatasetService;
+  /** Captured samples: stats, and the retention pass (tests with a ManualClock call samples.prune()). */
+  readonly samples: SqliteSampleRepository;
   shutdown(): Promise<void>;
 }
 
@@ -76,7 +88,24 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   const registry = new ModelRegistry({ versions: new SqliteModelVersionRepository(db), artifacts, clock, maxModelBytes: config.maxModelBytes });
   const releases = openReleaseStore({ releases: new SqliteReleaseRepository(db), registry, clock, logger, trust: config.trust });
   const drift = new SqliteDriftRepository(db, logger);
-  const telemetry = new SqliteTelemetryRepository(db, [drift.recordRoute()]);
+  const samples = new SqliteSampleRepository(db, {
+    maxAgeMs: config.samples.maxAge,
+    maxBytes: config.samples.maxBytes,
+    maxTensorBytes: config.samples.maxTensorBytes,
+  });
+  // Samples and labels reach the sample store inside the telemetry commit: exactly once, like the records.
+  const telemetry = new SqliteTelemetryRepository(db, [drift.recordRoute(), ...samples.recordRoutes()]);
+  const datasets = new DatasetService({
+    samples,
+    policies: samples,
+    repository: new SqliteDatasetRepository(db),
+    // Their own content-addressed folder: the artifact server never serves it to devices.
+    blobs: snapshotBlobsOf(new ArtifactStore(join(config.dataDir, 'datasets'))),
+    devices: deviceSelectionOf(fleet),
+    lineage: modelLineageOf(registry),
+    clock,
+    maxRows: config.datasets.maxRows,
+  });
   const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
 
   // Embedded broker or external one, as configured; started once ingest can take its messages.
@@ -116,11 +145,12 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
     closers.push('device-link', () => link.shutdown());
     const brokerUrl = link.deviceUrl;
 
-    const metrics = controlPlaneMetrics({ ingest, link, drift, fleet, clock, onlineWindowMs: config.onlineWindow });
+    const metrics = controlPlaneMetrics({ ingest, link, drift, fleet, samples, clock, onlineWindowMs: config.onlineWindow });
     // Telemetry and drift rollups are kept as long per bucket size; rollup queries never read past it.
     const rollupRetention = { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention };
     const pruner = RetentionPruner.create({
-      stores: [telemetry, drift],
+      // Samples keep their own maxAge (samples.maxAge), whatever the telemetry retention.
+      stores: [telemetry, drift, samples],
       retention: { rawMs: config.telemetry.rawRetention, ...rollupRetention },
       intervalMs: config.telemetry.pruneInterval,
       clock,
@@ -210,6 +240,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       advertisedHttpUrl: () => config.advertisedHttpUrl ?? artifactServer.url,
       config,
       rollouts: { rollouts, watchIntervalMs: config.rollout.watchInterval },
+      datasets: { datasets, samples, clock },
       clock,
       logger,
     });
@@ -226,6 +257,8 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
       ingest,
       rollouts,
       driftWatcher,
+      datasets,
+      samples,
       get state() {
         return state;
       },
@@ -251,7 +284,7 @@ export async function startControlPlane(input: ControlPlaneConfigInput, deps: { 
   }
 }
 
-const DATA_DIR_ENTRIES = ['control-plane.db', 'admin.token', 'artifacts'];
+const DATA_DIR_ENTRIES = ['control-plane.db', 'admin.token', 'artifacts', 'datasets'];
 
 /** The data dir, if it does not exist yet; otherwise the entries of it that do not. */
 function pathsNotYetThere(dataDir: string): string[] {
