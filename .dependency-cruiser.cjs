@@ -21,7 +21,7 @@ const CORE = [
   '^agent/uplink/[^/]+\\.ts$',
   // The domain folders are core as a whole: a new file there is core without being listed here.
   // Their storage adapters live in control-plane/store/<database>/ (store/sqlite/ today, store/postgres/ later).
-  '^control-plane/(fleet|registry|drift|rollout|telemetry)/',
+  '^control-plane/(fleet|registry|drift|rollout|telemetry|datasets)/',
   // Training jobs, leases and the evaluation gate are core; training/onnxruntime/ is the evaluator's adapter.
   '^control-plane/training/(?!onnxruntime/)',
   // The device link's port, the topic ACL and the factory are core; each adapter has a folder of its own

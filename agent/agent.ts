@@ -460,8 +460,8 @@ function observed(engine: InferenceService, drift: DriftMonitors, capture: Sampl
     queueStats: (name) => engine.queueStats(name),
     async infer(model, inputs, options) {
       const started = performance.now();
-      const keepSample = (outcome: CaptureOutcome): void => {
-        const sample = capture.consider(inputs, outcome);
+      const keepSample = (outcome: Omit<CaptureOutcome, 'requestId'>): void => {
+        const sample = capture.consider(inputs, { ...outcome, requestId: options?.requestId });
         if (sample) recorder.sample(sample);
       };
       try {

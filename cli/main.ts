@@ -30,6 +30,7 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   rollout: async () => (await import('./commands/rollout.js')).registerRollout,
   telemetry: async () => (await import('./commands/telemetry.js')).registerTelemetry,
   drift: async () => (await import('./commands/drift.js')).registerDrift,
+  datasets: async () => (await import('./commands/datasets.js')).registerDatasets,
   tokens: async () => (await import('./commands/tokens.js')).registerTokens,
   keys: async () => (await import('./commands/keys.js')).registerKeys,
   // `training policy`; the training job commands join the same group (registerTrainingPolicyGroup finds or creates it).

@@ -34,6 +34,13 @@ export interface OperatorClientOptions {
   streamTimeoutMs?: number | undefined;
 }
 
+/** Where exportDataset writes: a file stream, or a tar extractor (node-tar's Unpack); the caller waits for it to close. */
+export interface ByteSink {
+  write(chunk: Uint8Array): boolean;
+  once(event: 'drain', listener: () => void): unknown;
+  end(): unknown;
+}
+
 /** One method of a generated service definition (ts-proto's `FooServiceService`). */
 interface MethodDefinition {
   path: string;
@@ -75,6 +82,16 @@ export interface OperatorClient {
     bytes: Uint8Array,
     header: Pick<UploadModelHeader, 'name'> & Partial<Omit<UploadModelHeader, 'sizeBytes' | 'sha256'>>,
   ): Promise<ModelVersion>;
+  /**
+   * Streams a dataset snapshot's tar (DatasetService.ExportDataset) into `sink`, verifying its
+   * size and sha256 as it goes: DATASET_INVALID when the bytes are not what the first chunk
+   * announced. onStart gets the total size, onChunk each chunk's byte count (a progress bar).
+   */
+  exportDataset(
+    id: string,
+    sink: ByteSink,
+    options?: { onStart?: (sizeBytes: number) => void; onChunk?: (bytes: number) => void },
+  ): Promise<{ sha256: string; sizeBytes: number }>;
   close(): void;
 }
 
@@ -201,6 +218,32 @@ export function createOperatorClient(options: OperatorClientOptions): OperatorCl
         for (let offset = 0; offset < bytes.length; offset += UPLOAD_CHUNK_BYTES) yield bytes.subarray(offset, offset + UPLOAD_CHUNK_BYTES);
       }
       return client.uploadModel(full, chunks());
+    },
+
+    async exportDataset(id, sink, exportOptions = {}) {
+      const { DatasetServiceService } = await import('../common/proto/driftline/v1/datasets.js');
+      const { DriftlineError } = await import('../common/errors.js');
+      const hash = createHash('sha256');
+      let announced: { sha256: string; sizeBytes: number } | undefined;
+      let received = 0;
+      for await (const chunk of client.service(DatasetServiceService).exportDataset({ id })) {
+        if (!announced) {
+          announced = { sha256: chunk.sha256, sizeBytes: chunk.sizeBytes };
+          exportOptions.onStart?.(chunk.sizeBytes);
+        }
+        received += chunk.data.length;
+        if (received > announced.sizeBytes)
+          throw new DriftlineError('DATASET_INVALID', `dataset ${id} sent more than the ${announced.sizeBytes} bytes it announced`);
+        hash.update(chunk.data);
+        if (!sink.write(chunk.data)) await new Promise<void>((resolve) => sink.once('drain', resolve));
+        exportOptions.onChunk?.(chunk.data.length);
+      }
+      sink.end();
+      const sha256 = hash.digest('hex');
+      if (!announced || received !== announced.sizeBytes || sha256 !== announced.sha256) {
+        throw new DriftlineError('DATASET_INVALID', `dataset ${id} arrived as ${received} bytes with sha256 ${sha256}, not as announced`);
+      }
+      return announced;
     },
 
     close() {

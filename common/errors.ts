@@ -40,6 +40,21 @@ export const ERROR_CODES = {
   MODEL_INVALID: 'invalid',
   /** A dataset snapshot (its manifest, an .npy array, a file's hash) is not what the driftline-dataset format says. */
   DATASET_INVALID: 'invalid',
+  DATASET_NOT_FOUND: 'not_found',
+  /** A snapshot would hold more rows than datasets.maxRows; refused before it is built. */
+  DATASET_TOO_LARGE: 'exhausted',
+  /** No captured sample matches the query (model, version, selector, since, labelled only). */
+  DATASET_EMPTY: 'conflict',
+  /** The model is marked "no raw capture": its samples never leave the devices, only federated learning trains it. */
+  DATASET_RAW_CAPTURE_OFF: 'forbidden',
+  /** Replay asked for the parent version's training snapshot, and its lineage names none that is kept. */
+  DATASET_PARENT_NOT_FOUND: 'not_found',
+  /** A captured sample's tensor is larger than samples.maxTensorBytes: refused at ingest and counted (the batch is acknowledged). */
+  SAMPLE_TOO_LARGE: 'exhausted',
+  /** A captured sample that cannot be a dataset row (no FP32 input, a shape that does not match its bytes): refused and counted. */
+  SAMPLE_INVALID: 'invalid',
+  /** A sample of a model marked "no raw capture": refused at ingest and counted. */
+  SAMPLE_RAW_CAPTURE_OFF: 'forbidden',
   MODEL_NOT_LOADED: 'unavailable',
   MODEL_CHECKSUM_MISMATCH: 'invalid',
   /** An amendment (or a push of bytes a version already has) that would change nothing, or whose changes would be dropped. */
@@ -95,8 +110,6 @@ export const ERROR_CODES = {
   TRAINING_WORKER_NOT_FOUND: 'not_found',
   /** A candidate id this lease did not upload. */
   TRAINING_CANDIDATE_NOT_FOUND: 'not_found',
-  /** No dataset snapshot has this id. */
-  DATASET_NOT_FOUND: 'not_found',
   TRUST_SIGNATURE_INVALID: 'forbidden',
   TRUST_KEY_UNKNOWN: 'forbidden',
   TRUST_KEY_REVOKED: 'forbidden',

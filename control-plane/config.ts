@@ -116,6 +116,26 @@ export const controlPlaneConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Captured samples (inputs and outputs the agents' capture policy sends up, joined with their labels): their own retention and disk budget. */
+    samples: z
+      .object({
+        /** Samples (and labels still waiting for their sample) older than this are dropped, counted. */
+        maxAge: duration.prefault('30d'),
+        /** Bytes the kept samples may take; over it the oldest are dropped, counted (never a silent disk fill). */
+        maxBytes: byteSize.prefault('1GiB'),
+        /** A sample whose input or output tensor is larger is refused at ingest (SAMPLE_TOO_LARGE), counted. */
+        maxTensorBytes: byteSize.prefault('1MiB'),
+      })
+      .strict()
+      .prefault({}),
+    /** Dataset snapshots of the captured samples. */
+    datasets: z
+      .object({
+        /** Rows a snapshot may hold (its replayed parent rows included); more is refused (DATASET_TOO_LARGE) before it is built. */
+        maxRows: z.number().int().positive().default(1_000_000),
+      })
+      .strict()
+      .prefault({}),
     /** Fleet drift tests on merged sketches. */
     drift: z
       .object({

@@ -1,6 +1,7 @@
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Clock } from '../common/clock.js';
 import type { DeviceLinkStats } from './device-link/ports.js';
+import type { SampleStats } from '../common/proto/driftline/v1/datasets.js';
 
 /** What the control plane's Prometheus metrics read, when scraped. */
 export interface ControlPlaneMetricSources {
@@ -11,6 +12,8 @@ export interface ControlPlaneMetricSources {
   /** The device link's refusal counts (an external broker's adapter reports 0: the broker refuses, not us). */
   link?: { stats: DeviceLinkStats };
   drift: { rejectedSketches: number };
+  /** Captured samples' counts (the sample store). */
+  samples?: { stats(): Promise<SampleStats> };
   fleet: { list(): Promise<Iterable<{ id: string; lastSeenMs: number }>> };
   clock: Clock;
   /** A device counts as online when it was seen within this window. */
@@ -19,7 +22,7 @@ export interface ControlPlaneMetricSources {
 
 /** The control plane's metrics registry (served at /metrics by the artifact server). */
 export function controlPlaneMetrics(sources: ControlPlaneMetricSources): Registry {
-  const { ingest, link, drift, fleet, clock } = sources;
+  const { ingest, link, drift, fleet, clock, samples } = sources;
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
   const gauge = (name: string, help: string, read: () => number): void => {
@@ -68,6 +71,40 @@ export function controlPlaneMetrics(sources: ControlPlaneMetricSources): Registr
   gauge('driftline_broker_pending_connections', 'MQTT connections accepted and not yet logged in', () => link?.stats.pendingConnections ?? 0);
   gauge('driftline_ingest_lag_seconds', 'Age of the oldest record in the last committed batch (device clock corrected)', () => ingest.stats.lagMs / 1000);
   gauge('driftline_drift_sketches_rejected_total', 'Drift sketches stored but left out of the rollups', () => drift.rejectedSketches);
+  if (samples) {
+    // One read of the sample store per scrape, shared by the sample metrics below.
+    let scrape: Promise<SampleStats> | undefined;
+    const stats = (): Promise<SampleStats> => (scrape ??= samples.stats().finally(() => setImmediate(() => (scrape = undefined))));
+    const sampleGauge = (name: string, help: string, labelNames: string[], set: (g: Gauge, s: SampleStats) => void): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [metrics],
+        async collect() {
+          const s = await stats();
+          this.reset();
+          set(this, s);
+        },
+      });
+    };
+    sampleGauge('driftline_samples_kept', 'Captured samples kept, by model', ['model'], (g, s) => s.models.forEach((m) => g.set({ model: m.model }, m.rows)));
+    sampleGauge('driftline_samples_bytes', 'Bytes the kept samples take (samples.maxBytes is their budget)', [], (g, s) => g.set(s.bytes));
+    sampleGauge(
+      'driftline_samples_dropped_total',
+      'Captured samples dropped, by reason: retention (samples.maxAge) or budget (samples.maxBytes)',
+      ['reason'],
+      (g, s) => {
+        g.set({ reason: 'retention' }, s.droppedRetention);
+        g.set({ reason: 'budget' }, s.droppedBudget);
+      },
+    );
+    sampleGauge('driftline_samples_refused_total', 'Captured samples refused at ingest, by error code', ['code'], (g, s) => {
+      const byCode = new Map<string, number>();
+      for (const m of s.models) for (const [code, n] of Object.entries(m.refused)) byCode.set(code, (byCode.get(code) ?? 0) + n);
+      for (const [code, n] of byCode) g.set({ code }, n);
+    });
+  }
   new Gauge({
     name: 'driftline_device_last_seen_seconds',
     help: 'Seconds since each device was last seen',

@@ -40,6 +40,10 @@ import { driftQueries, driftStatusSource } from './drift/wiring.js';
 import { SqliteRetrainingPolicyRepository } from './store/sqlite/retraining-policy-repository.js';
 import { TriggerWatcher, unavailableLabelledSamples, unavailableTrainingJobs } from './training/trigger-watcher.js';
 import type { LabelledSampleCounter, TrainingJobStarter } from './training/retraining-ports.js';
+import { DatasetService } from './datasets/dataset-service.js';
+import { deviceSelectionOf, modelLineageOf, snapshotBlobsOf } from './datasets/wiring.js';
+import { SqliteDatasetRepository } from './store/sqlite/dataset-repository.js';
+import { SqliteSampleRepository } from './store/sqlite/sample-repository.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -54,6 +58,14 @@ export interface ControlPlane {
   readonly driftWatcher: DriftWatcher;
   /** Retraining triggers; tests with a ManualClock advance it (or call triggerWatcher.tick()) and await triggerWatcher.idle(). */
   readonly triggerWatcher: TriggerWatcher;
+  /**
+   * Dataset snapshots of the captured samples. For training: `datasets.getDataset(id)` gives
+   * `{id, sha256, sizeBytes, manifest}`, `datasets.readTar(id)` the verified tar bytes,
+   * `datasets.openTar(id)` a stream of them, `datasets.getDatasetBySha256(sha256)` the record a hash names.
+   */
+  readonly datasets: DatasetService;
+  /** Captured samples: stats, and the retention pass (tests with a ManualClock call samples.prune()). */
+  readonly samples: SqliteSampleRepository;
   shutdown(): Promise<void>;
 }
 
@@ -89,7 +101,24 @@ export async function startControlPlane(
   const registry = new ModelRegistry({ versions: new SqliteModelVersionRepository(db), artifacts, clock, maxModelBytes: config.maxModelBytes });
   const releases = openReleaseStore({ releases: new SqliteReleaseRepository(db), registry, clock, logger, trust: config.trust });
   const drift = new SqliteDriftRepository(db, logger);
-  const telemetry = new SqliteTelemetryRepository(db, [drift.recordRoute()]);
+  const samples = new SqliteSampleRepository(db, {
+    maxAgeMs: config.samples.maxAge,
+    maxBytes: config.samples.maxBytes,
+    maxTensorBytes: config.samples.maxTensorBytes,
+  });
+  // Samples and labels reach the sample store inside the telemetry commit: exactly once, like the records.
+  const telemetry = new SqliteTelemetryRepository(db, [drift.recordRoute(), ...samples.recordRoutes()]);
+  const datasets = new DatasetService({
+    samples,
+    policies: samples,
+    repository: new SqliteDatasetRepository(db),
+    // Their own content-addressed folder: the artifact server never serves it to devices.
+    blobs: snapshotBlobsOf(new ArtifactStore(join(config.dataDir, 'datasets'))),
+    devices: deviceSelectionOf(fleet),
+    lineage: modelLineageOf(registry),
+    clock,
+    maxRows: config.datasets.maxRows,
+  });
   const verifyDeviceCredential = fleet.verifyDeviceCredential.bind(fleet);
 
   // Embedded broker or external one, as configured; started once ingest can take its messages.
@@ -129,11 +158,12 @@ export async function startControlPlane(
     closers.push('device-link', () => link.shutdown());
     const brokerUrl = link.deviceUrl;
 
-    const metrics = controlPlaneMetrics({ ingest, link, drift, fleet, clock, onlineWindowMs: config.onlineWindow });
+    const metrics = controlPlaneMetrics({ ingest, link, drift, fleet, samples, clock, onlineWindowMs: config.onlineWindow });
     // Telemetry and drift rollups are kept as long per bucket size; rollup queries never read past it.
     const rollupRetention = { minuteMs: config.telemetry.minuteRollupRetention, hourMs: config.telemetry.hourRollupRetention };
     const pruner = RetentionPruner.create({
-      stores: [telemetry, drift],
+      // Samples keep their own maxAge (samples.maxAge), whatever the telemetry retention.
+      stores: [telemetry, drift, samples],
       retention: { rawMs: config.telemetry.rawRetention, ...rollupRetention },
       intervalMs: config.telemetry.pruneInterval,
       clock,
@@ -237,6 +267,7 @@ export async function startControlPlane(
       config,
       rollouts: { rollouts, watchIntervalMs: config.rollout.watchInterval },
       retraining: { policies: retrainingPolicies, models: registry, clock },
+      datasets: { datasets, samples, clock },
       clock,
       logger,
     });
@@ -257,6 +288,8 @@ export async function startControlPlane(
       rollouts,
       driftWatcher,
       triggerWatcher,
+      datasets,
+      samples,
       get state() {
         return state;
       },
@@ -282,7 +315,7 @@ export async function startControlPlane(
   }
 }
 
-const DATA_DIR_ENTRIES = ['control-plane.db', 'admin.token', 'artifacts'];
+const DATA_DIR_ENTRIES = ['control-plane.db', 'admin.token', 'artifacts', 'datasets'];
 
 /** The data dir, if it does not exist yet; otherwise the entries of it that do not. */
 function pathsNotYetThere(dataDir: string): string[] {

@@ -93,7 +93,14 @@ describe('sample capture on a wired agent', () => {
       const decoded = samples.map((s) => TelemetryRecord.decode(s.record).body).map((b) => (b?.$case === 'sample' ? b.value : undefined));
       const ok = decoded.find((s) => s?.reason === 'sampled')!;
       expect(ok).toMatchObject({ model: 'vibration', version: 1, errorCode: '' });
-      expect(Array.from(new Float32Array(new Uint8Array(ok.inputs[0]!.data).buffer))).toEqual(Array.from(new Float32Array(row)));
+      // The tensor bytes live in the sample store (its own budget), with the response's id; the raw row keeps the rest.
+      expect(decoded.some((s) => s?.requestId === before.body.id)).toBe(true);
+      const stored = db.prepare('SELECT input, request_id FROM samples WHERE device_id = ? AND request_id = ?').get('edge-capture', before.body.id) as {
+        input: Buffer;
+        request_id: string;
+      };
+      expect(stored.request_id).toBe(before.body.id);
+      expect(Array.from(new Float32Array(new Uint8Array(stored.input).buffer))).toEqual(Array.from(new Float32Array(row)));
       expect(ok.outputs.length).toBeGreaterThan(0);
       const failed = decoded.find((s) => s?.reason === 'error')!;
       expect(failed).toMatchObject({ errorCode: 'INFERENCE_INPUT_INVALID', outputs: [] });

@@ -101,6 +101,7 @@ const BODIES: Array<{ stream: Stream; body: Body }> = [
         model: 'm',
         version: 3,
         reason: 'low_confidence',
+        requestId: 'req-1',
         inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 4], data: Buffer.from([0, 0, 128, 63]) }],
         outputs: [{ name: 'probabilities', datatype: 'FP32', shape: [1, 2], data: Buffer.from([0, 0, 0, 63]) }],
         errorCode: 'SHAPE_MISMATCH',

@@ -111,6 +111,8 @@ export interface InferOptions {
   outputs?: readonly string[];
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** The response's id (the local API's): the sample capture names it, so a label can later be joined to the sample. */
+  requestId?: string;
 }
 
 /** One per request that reached a loaded model, whatever its outcome. */

@@ -165,13 +165,15 @@ export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
     res.once('close', () => {
       if (!res.writableFinished) abandoned.abort();
     });
+    // Known before the inference: a captured sample carries it, so its label can find it.
+    const id = request.id ?? randomUUID();
     const result = await options.engine.infer(name, inputs, {
       version,
       outputs: request.outputs?.map((o) => o.name),
       timeoutMs: options.inferTimeoutMs,
       signal: abandoned.signal,
+      requestId: id,
     });
-    const id = request.id ?? randomUUID();
     ledger?.remember(id, result);
     const response = inferResponse(request, result, id);
     if (response.kind === 'json') return sendJson(res, 200, response.body);

@@ -18,6 +18,8 @@ export interface CaptureOutcome {
   /** The answer of a request that succeeded; undefined when it failed. */
   outputs?: readonly InferOutput[] | undefined;
   errorCode?: string | undefined;
+  /** The response's id; the label posted for it later is joined to this sample by it. */
+  requestId?: string | undefined;
 }
 
 /**
@@ -62,6 +64,7 @@ export class SampleCapture {
       inputs: inputTensors,
       outputs: outputTensors,
       errorCode: outcome.errorCode ?? '',
+      requestId: outcome.requestId ?? '',
     };
   }
 }

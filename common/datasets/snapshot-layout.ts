@@ -157,9 +157,22 @@ export function writeSnapshotFolder(dir: string, manifest: DatasetManifest, file
 
 /** Reads and verifies a snapshot folder: the manifest's schema, every file's sha256, the id, the row counts. */
 export function readSnapshotFolder(dir: string): { manifest: DatasetManifest; splits: SnapshotSplits } {
+  return readSnapshot((path) => readFileSync(join(dir, path)), dir);
+}
+
+/** readSnapshotFolder over files held in memory (a snapshot's tar, unpacked), by path inside the snapshot. */
+export function readSnapshotFiles(files: ReadonlyMap<string, Uint8Array>, where = 'snapshot'): { manifest: DatasetManifest; splits: SnapshotSplits } {
+  return readSnapshot((path) => {
+    const bytes = files.get(path);
+    if (!bytes) throw new DriftlineError('DATASET_INVALID', `${where} has no ${path}`);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }, where);
+}
+
+function readSnapshot(readFile: (path: string) => Buffer, dir: string): { manifest: DatasetManifest; splits: SnapshotSplits } {
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(join(dir, MANIFEST_FILE), 'utf8'));
+    raw = JSON.parse(readFile(MANIFEST_FILE).toString('utf8'));
   } catch (cause) {
     throw new DriftlineError('DATASET_INVALID', `${join(dir, MANIFEST_FILE)} cannot be read as JSON`, { cause });
   }
@@ -170,7 +183,7 @@ export function readSnapshotFolder(dir: string): { manifest: DatasetManifest; sp
   if (datasetIdOf(manifest) !== manifest.id) throw new DriftlineError('DATASET_INVALID', `${dir}: the manifest's id does not match its content`);
   const rowElements = manifest.input.shape.reduce((a, b) => a * b, 1);
   const read = (path: string): Buffer => {
-    const bytes = readFileSync(join(dir, path));
+    const bytes = readFile(path);
     if (sha256(bytes) !== manifest.files[path]) throw new DriftlineError('DATASET_INVALID', `${join(dir, path)} does not match the sha256 in ${MANIFEST_FILE}`);
     return bytes;
   };

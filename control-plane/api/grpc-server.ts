@@ -5,6 +5,7 @@ import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { DriftlineError, listenFailed } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import { DatasetServiceService } from '../../common/proto/driftline/v1/datasets.js';
 import { DriftServiceService } from '../../common/proto/driftline/v1/drift.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
@@ -12,6 +13,7 @@ import { ReleaseServiceService } from '../../common/proto/driftline/v1/releases.
 import { RetrainingPolicyServiceService } from '../../common/proto/driftline/v1/retraining.js';
 import { RolloutServiceService } from '../../common/proto/driftline/v1/rollouts.js';
 import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
+import { datasetService } from './dataset-service.js';
 import { driftService } from './drift-service.js';
 import { accessService, deviceService, enrollmentService } from './fleet-services.js';
 import { modelService } from './model-service.js';
@@ -42,9 +44,16 @@ export interface GrpcServer {
 const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
 /** Services this server implements; Training and Federated answer UNIMPLEMENTED until they exist. */
-const SERVED = ['DeviceService', 'EnrollmentService', 'ModelService', 'TelemetryService', 'AccessService', 'DriftService', 'ReleaseService'].map(
-  (s) => `driftline.v1.${s}`,
-);
+const SERVED = [
+  'DeviceService',
+  'EnrollmentService',
+  'ModelService',
+  'TelemetryService',
+  'AccessService',
+  'DriftService',
+  'ReleaseService',
+  'DatasetService',
+].map((s) => `driftline.v1.${s}`);
 
 /**
  * grpc-js writes its own lines to stderr (`E No address added out of total 1 resolved` beside our
@@ -71,6 +80,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(AccessServiceService, accessService(options, ctx));
   server.addService(DriftServiceService, driftService(options, ctx));
   server.addService(ReleaseServiceService, releaseService(options, ctx));
+  server.addService(DatasetServiceService, datasetService(options, ctx));
   if (options.rollouts) server.addService(RolloutServiceService, rolloutService(options.rollouts, ctx));
   if (options.retraining) server.addService(RetrainingPolicyServiceService, retrainingPolicyService(options.retraining, ctx));
   const served = [

@@ -10,6 +10,16 @@ import type { FleetStore } from '../fleet/fleet-store.js';
 import type { OperatorTokenStore } from '../fleet/operator-tokens.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import type { ReleaseStore } from '../registry/release-store.js';
+import type { DatasetService } from '../datasets/dataset-service.js';
+import type { RawCapturePolicies } from '../datasets/ports.js';
+import type { SampleStats } from '../../common/proto/driftline/v1/datasets.js';
+
+/** Datasets from the fleet: snapshots, and the captured samples they are made of. */
+export interface DatasetApi {
+  datasets: Pick<DatasetService, 'create' | 'get' | 'list' | 'openTar'>;
+  samples: Pick<RawCapturePolicies, 'setRawCapture'> & { stats(model: string): Promise<SampleStats> };
+  clock: Clock;
+}
 
 /** Read side of telemetry, answered by the telemetry store. */
 export interface TelemetryQueries {
@@ -59,4 +69,6 @@ export interface ApiDeps {
   trustRoot?: () => Buffer | undefined;
   /** Signed releases; without them ReleaseService answers TRUST_NOT_CONFIGURED and deploys are unsigned. */
   releases?: ReleaseStore;
+  /** Datasets; without them DatasetService answers NOT_IMPLEMENTED. */
+  datasets?: DatasetApi | undefined;
 }

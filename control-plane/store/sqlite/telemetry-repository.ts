@@ -1,6 +1,6 @@
 import type { Database, Statement } from 'better-sqlite3';
 import { applyMigrations, connectionOf, type SqliteConnection } from './database.js';
-import { Outcome, TelemetryRecord, type ReportedState } from '../../../common/proto/driftline/v1/device_link.js';
+import { Outcome, TelemetryRecord, type ReportedState, type SampleTensor } from '../../../common/proto/driftline/v1/device_link.js';
 import type { DeviceTelemetry, TelemetrySummary, TelemetrySummaryRequest } from '../../../common/proto/driftline/v1/telemetry.js';
 import type { RecordRoute, RefusalCount, TelemetryRepository } from '../../telemetry/ports.js';
 
@@ -82,9 +82,22 @@ function rowParams(deviceId: string, record: TelemetryRecord, receivedAtMs: numb
     inference?.version ?? label?.version ?? null,
     inference?.latencyMs ?? null,
     inference ? (inference.outcome === Outcome.OUTCOME_ERROR ? 0 : 1) : label ? (label.correct ? 1 : 0) : null,
-    TelemetryRecord.encode(record).finish(),
+    TelemetryRecord.encode(withoutTensorBytes(record)).finish(),
   ];
 }
+
+/**
+ * A sample's tensors live in the sample store (its own retention and disk budget); the raw
+ * telemetry row keeps the rest of the record, so a sample's bytes are not kept twice, and not
+ * outside that budget.
+ */
+function withoutTensorBytes(record: TelemetryRecord): TelemetryRecord {
+  if (record.body?.$case !== 'sample') return record;
+  const strip = (t: SampleTensor): SampleTensor => ({ ...t, data: EMPTY });
+  const sample = record.body.value;
+  return { ...record, body: { $case: 'sample', value: { ...sample, inputs: sample.inputs.map(strip), outputs: sample.outputs.map(strip) } } };
+}
+const EMPTY = Buffer.alloc(0);
 
 /** Rollup bucket sizes: 1 minute and 1 hour. */
 export const ROLLUP_BUCKETS_MS = [60_000, 3_600_000] as const;

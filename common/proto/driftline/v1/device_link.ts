@@ -170,6 +170,12 @@ export interface SampleRecord {
   /** What the model answered (none when the request failed). */
   outputs: SampleTensor[];
   errorCode: string;
+  /**
+   * The inference response's id, as in LabelRecord.request_id: the control plane joins a label
+   * to its sample by (device, request_id). Empty from agents before it: such a sample is kept but
+   * can never be labelled.
+   */
+  requestId: string;
 }
 
 /**
@@ -877,7 +883,7 @@ export const LabelRecord: MessageFns<LabelRecord> = {
 };
 
 function createBaseSampleRecord(): SampleRecord {
-  return { model: "", version: 0, reason: "", inputs: [], outputs: [], errorCode: "" };
+  return { model: "", version: 0, reason: "", inputs: [], outputs: [], errorCode: "", requestId: "" };
 }
 
 export const SampleRecord: MessageFns<SampleRecord> = {
@@ -899,6 +905,9 @@ export const SampleRecord: MessageFns<SampleRecord> = {
     }
     if (message.errorCode !== "") {
       writer.uint32(50).string(message.errorCode);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(58).string(message.requestId);
     }
     return writer;
   },
@@ -964,6 +973,14 @@ export const SampleRecord: MessageFns<SampleRecord> = {
             message.errorCode = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -990,6 +1007,11 @@ export const SampleRecord: MessageFns<SampleRecord> = {
         : isSet(object.error_code)
         ? globalThis.String(object.error_code)
         : "",
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -1013,6 +1035,9 @@ export const SampleRecord: MessageFns<SampleRecord> = {
     if (message.errorCode !== undefined) {
       obj.errorCode = message.errorCode;
     }
+    if (message.requestId !== undefined) {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -1027,6 +1052,7 @@ export const SampleRecord: MessageFns<SampleRecord> = {
     message.inputs = object.inputs?.map((e) => SampleTensor.fromPartial(e)) || [];
     message.outputs = object.outputs?.map((e) => SampleTensor.fromPartial(e)) || [];
     message.errorCode = object.errorCode ?? "";
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
