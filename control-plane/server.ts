@@ -38,10 +38,10 @@ import { DriftWatcher } from './drift/drift-watcher.js';
 import { SqliteDriftEvents } from './store/sqlite/drift-events.js';
 import { driftQueries, driftStatusSource } from './drift/wiring.js';
 import { SqliteRetrainingPolicyRepository } from './store/sqlite/retraining-policy-repository.js';
-import { TriggerWatcher, unavailableLabelledSamples, unavailableTrainingJobs } from './training/trigger-watcher.js';
+import { TriggerWatcher, unavailableTrainingJobs } from './training/trigger-watcher.js';
 import type { LabelledSampleCounter, TrainingJobStarter } from './training/retraining-ports.js';
 import { DatasetService } from './datasets/dataset-service.js';
-import { deviceSelectionOf, modelLineageOf, snapshotBlobsOf } from './datasets/wiring.js';
+import { deviceSelectionOf, labelledSampleCounterOf, modelLineageOf, snapshotBlobsOf } from './datasets/wiring.js';
 import { SqliteDatasetRepository } from './store/sqlite/dataset-repository.js';
 import { SqliteSampleRepository } from './store/sqlite/sample-repository.js';
 
@@ -231,7 +231,7 @@ export async function startControlPlane(
     const triggerWatcher = TriggerWatcher.create({
       policies: retrainingPolicies,
       driftEvents: driftWatcher,
-      labelledSamples: deps.retraining?.labelledSamples ?? unavailableLabelledSamples,
+      labelledSamples: deps.retraining?.labelledSamples ?? labelledSampleCounterOf(samples, deviceSelectionOf(fleet)),
       jobs: deps.retraining?.jobs ?? unavailableTrainingJobs,
       clock,
       logger,

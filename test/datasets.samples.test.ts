@@ -16,6 +16,7 @@ import { openDatabase, type Database } from '../control-plane/store/sqlite/datab
 import { SqliteSampleRepository, type SampleLimits } from '../control-plane/store/sqlite/sample-repository.js';
 import { SqliteTelemetryRepository } from '../control-plane/store/sqlite/telemetry-repository.js';
 import { TelemetryIngest } from '../control-plane/telemetry/ingest.js';
+import { labelledSampleCounterOf } from '../control-plane/datasets/wiring.js';
 import { labelRecord, sampleRecord, T0 } from './helpers/sample-records.js';
 
 const DAY = 86_400_000;
@@ -99,6 +100,19 @@ describe('captured samples at the control plane', () => {
     await send('edge-1', [labelRecord(1, 'req-c', 1)]);
     await send('edge-2', [labelRecord(3, '', 1)]);
     expect(rows().map((r) => r.label)).toEqual([null, null]);
+  });
+
+  it('counts labelled samples for the retraining triggers: by model, since a time, and only the selected devices', async () => {
+    await send('edge-1', [sampleRecord(1, { requestId: 'r1' }), sampleRecord(2, { requestId: 'r2' }), sampleRecord(3, { requestId: 'r3' })]);
+    await send('edge-2', [sampleRecord(1, { requestId: 'r4' }), sampleRecord(2, { requestId: 'r5', model: 'acoustic' })]);
+    await send('edge-1', [labelRecord(4, 'r1', 1), labelRecord(5, 'r2', 0)]);
+    await send('edge-2', [labelRecord(3, 'r4', 2), labelRecord(4, 'r5', 1, 'acoustic')]);
+    const counter = labelledSampleCounterOf(samples, { deviceIds: async (selector) => new Set(selector === 'site=north' ? ['edge-1'] : []) });
+    expect(await counter.count('vibration', 0)).toBe(3);
+    expect(await counter.count('acoustic', 0)).toBe(1);
+    expect(await counter.count('vibration', 0, 'site=north')).toBe(2);
+    expect(await counter.count('vibration', 0, 'site=nowhere')).toBe(0);
+    expect(await counter.count('vibration', clock.now() + 1)).toBe(0);
   });
 
   it('stores a resent sample once: (device, boot, seq) is its identity', async () => {

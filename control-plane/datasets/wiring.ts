@@ -1,6 +1,7 @@
 import type { ArtifactStore } from '../registry/artifact-store.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
+import type { LabelledSampleCounter } from '../training/retraining-ports.js';
 import type { DeviceSelection, ModelLineage, SnapshotBlobs } from './ports.js';
 
 /**
@@ -43,6 +44,18 @@ export function modelLineageOf(registry: Pick<ModelRegistry, 'get' | 'resolve'>)
     },
     async trainingDatasetOf(model, version) {
       return (await registry.resolve(model, version)).metadata[TRAINING_DATASET_METADATA_KEY] || undefined;
+    },
+  };
+}
+
+/** The retraining triggers' count of labelled samples, from the sample store; a selector narrows it to the devices it matches. */
+export function labelledSampleCounterOf(
+  samples: { countLabelled(model: string, sinceMs: number, deviceIds?: ReadonlySet<string>): Promise<number> },
+  devices: DeviceSelection,
+): LabelledSampleCounter {
+  return {
+    async count(model, sinceMs, selector) {
+      return samples.countLabelled(model, sinceMs, selector ? await devices.deviceIds(selector) : undefined);
     },
   };
 }

@@ -293,6 +293,20 @@ export class SqliteSampleRepository implements SampleSource, RawCapturePolicies 
     return shape;
   }
 
+  /**
+   * Labelled samples of a model captured at or after sinceMs, of the given devices when a set
+   * is given: what a retraining policy's "new labelled samples" trigger and its minimum dataset
+   * count. Counted per device in SQL, so the work is bounded by the fleet's size, not the rows'.
+   */
+  countLabelled(model: string, sinceMs: number, deviceIds?: ReadonlySet<string>): Promise<number> {
+    return this.connection.run(() => {
+      const perDevice = this.db
+        .prepare('SELECT device_id, count(*) AS n FROM samples WHERE model = ? AND time_ms >= ? AND label IS NOT NULL GROUP BY device_id')
+        .all(model, sinceMs) as Array<{ device_id: string; n: number }>;
+      return perDevice.reduce((total, row) => (deviceIds === undefined || deviceIds.has(row.device_id) ? total + row.n : total), 0);
+    });
+  }
+
   rawCaptureOf(model: string): Promise<RawCapturePolicy> {
     return this.connection.run(() => {
       const row = this.policyOf.get(model) as { raw_capture: number; updated_ms: number } | undefined;
