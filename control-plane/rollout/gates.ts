@@ -66,28 +66,33 @@ const DRIFT_LEVEL: Record<DriftStatus, number> = { ok: 0, warning: 1, drift: 2 }
  */
 export function evaluateGates(gates: readonly GateSpec[], obs: Observation, limits: EvaluationLimits): Evaluation {
   const results = gates.map((gate) => evaluateGate(gate, obs, limits));
+  return { ...combineGateResults(results), results };
+}
+
+/** Any failed gate fails; else any inconclusive one makes it inconclusive; the reason names the gates that decided. */
+export function combineGateResults(results: readonly GateResult[]): { verdict: Verdict; reason: string } {
   const failed = results.filter((r) => r.verdict === 'fail');
   const unsure = results.filter((r) => r.verdict === 'inconclusive');
   const verdict: Verdict = failed.length > 0 ? 'fail' : unsure.length > 0 ? 'inconclusive' : 'pass';
   const named = verdict === 'fail' ? failed : verdict === 'inconclusive' ? unsure : [];
-  return { verdict, results, reason: named.map((r) => `${r.gate}: ${r.detail}`).join('; ') };
+  return { verdict, reason: named.map((r) => `${r.gate}: ${r.detail}`).join('; ') };
+}
+
+/** A threshold rule's two ways to end: inconclusive with a reason, or judged on a value (one at the threshold passes). */
+export function thresholdJudge(gate: string, rule: { op: '<=' | '>='; threshold: number }) {
+  return {
+    unsure: (detail: string): GateResult => ({ gate, verdict: 'inconclusive', value: null, threshold: rule.threshold, detail }),
+    judge: (value: number, detail: string): GateResult => {
+      // Rounded so float noise (0.88 - 0.9 = -0.0200000000000000018) cannot fail a value at the threshold.
+      const v = Math.round(value * 1e9) / 1e9;
+      const ok = rule.op === '<=' ? v <= rule.threshold : v >= rule.threshold;
+      return { gate, verdict: ok ? 'pass' : 'fail', value: round(value), threshold: rule.threshold, detail: `${detail} (limit ${rule.op} ${rule.threshold})` };
+    },
+  };
 }
 
 function evaluateGate(gate: GateSpec, obs: Observation, limits: EvaluationLimits): GateResult {
-  const name = formatGate(gate);
-  const unsure = (detail: string): GateResult => ({ gate: name, verdict: 'inconclusive', value: null, threshold: gate.threshold, detail });
-  const judge = (value: number, detail: string): GateResult => {
-    // Rounded so float noise (0.88 - 0.9 = -0.0200000000000000018) cannot fail a value at the threshold.
-    const v = Math.round(value * 1e9) / 1e9;
-    const ok = gate.op === '<=' ? v <= gate.threshold : v >= gate.threshold;
-    return {
-      gate: name,
-      verdict: ok ? 'pass' : 'fail',
-      value: round(value),
-      threshold: gate.threshold,
-      detail: `${detail} (limit ${gate.op} ${gate.threshold})`,
-    };
-  };
+  const { unsure, judge } = thresholdJudge(formatGate(gate), gate);
   const { canary, baseline, install } = obs;
   const canaryShort = (): string | undefined =>
     canary.inferences < limits.minInferences

@@ -1,5 +1,5 @@
 import { DriftlineError } from '../../common/errors.js';
-import type { GateResult, Verdict } from '../rollout/gates.js';
+import { combineGateResults, thresholdJudge, type GateResult, type Verdict } from '../rollout/gates.js';
 
 /**
  * The evaluation gate, pure: classification metrics from labels and predicted probabilities,
@@ -166,8 +166,6 @@ export interface EvaluationLimits {
   minSplitRows: number;
 }
 
-const round = (n: number): number => Math.round(n * 10_000) / 10_000;
-
 /**
  * Judges a candidate. A gate fails only on enough data: on a split below minSplitRows (or
  * missing) it is inconclusive, and the candidate is not accepted. A value at the threshold passes.
@@ -179,28 +177,11 @@ export function judgeCandidate(
   nowMs: number,
 ): EvaluationReport {
   const results = gates.map((gate) => judgeGate(gate, splits, limits));
-  const failed = results.filter((r) => r.verdict === 'fail');
-  const unsure = results.filter((r) => r.verdict === 'inconclusive');
-  const verdict: Verdict = failed.length > 0 ? 'fail' : unsure.length > 0 ? 'inconclusive' : 'pass';
-  const named = verdict === 'fail' ? failed : verdict === 'inconclusive' ? unsure : [];
-  return { verdict, reason: named.map((r) => `${r.gate}: ${r.detail}`).join('; '), gates: results, splits: [...splits], evaluatedAtMs: nowMs };
+  return { ...combineGateResults(results), gates: results, splits: [...splits], evaluatedAtMs: nowMs };
 }
 
 function judgeGate(gate: EvaluationGate, splits: readonly SplitEvaluation[], limits: EvaluationLimits): GateResult {
-  const name = formatEvaluationGate(gate);
-  const unsure = (detail: string): GateResult => ({ gate: name, verdict: 'inconclusive', value: null, threshold: gate.threshold, detail });
-  const judge = (value: number, detail: string): GateResult => {
-    // Rounded so float noise (0.88 - 0.9 = -0.0200000000000000018) cannot fail a value at the threshold.
-    const v = Math.round(value * 1e9) / 1e9;
-    const ok = gate.op === '<=' ? v <= gate.threshold : v >= gate.threshold;
-    return {
-      gate: name,
-      verdict: ok ? 'pass' : 'fail',
-      value: round(value),
-      threshold: gate.threshold,
-      detail: `${detail} (limit ${gate.op} ${gate.threshold})`,
-    };
-  };
+  const { unsure, judge } = thresholdJudge(formatEvaluationGate(gate), gate);
   const usable = (role: SplitRole): SplitEvaluation | string => {
     const split = splits.find((s) => s.split === role);
     if (!split) return `no ${role} split`;
