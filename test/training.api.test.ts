@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelServiceService } from '../common/proto/driftline/v1/models.js';
-import { TrainingServiceService, WorkerServiceService, type TrainingJobUpdate } from '../common/proto/driftline/v1/learning.js';
+import { DatasetServiceService } from '../common/proto/driftline/v1/datasets.js';
+import { TrainingServiceService, WorkerServiceService, type TrainingJobUpdate, type TrainingLease } from '../common/proto/driftline/v1/learning.js';
 import { builtInTrainerCommand } from '../worker/built-in-trainers.js';
 import { runTrainer } from '../worker/trainer-process.js';
 import {
@@ -169,4 +170,66 @@ describe('training API - a job from start to a registered version', () => {
     });
     expect(replay).toMatchObject({ id: started.id, state: 'succeeded' });
   }, 120_000);
+
+  it("a second job from v2, on a snapshot that replays v2's training data (found by its dataset_id), is judged on the new test rows and on v2's own test rows; a worse candidate is rejected with its report", async () => {
+    await rig.clock.advanceAsync(60_000);
+    const second = await drifted(rig, { rows: 400, seed: 92, severity: 2.5, device: 'edge-drifted-2', sinceMsAgo: 30_000, replayParent: true });
+    const parentSnapshot = await rig.viewer.service(DatasetServiceService).getDataset({ id: second.id });
+    expect(JSON.parse(parentSnapshot.manifestJson)).toMatchObject({ parent: { id: dataset.id } });
+
+    const started = await rig.operator.service(TrainingServiceService).startTrainingJob({
+      model: 'vibration',
+      baseVersion: 2,
+      clientRequestId: 'api-test-2',
+      datasetId: second.id,
+      trainer: 'typescript',
+      hyperparametersJson: '{"epochs": 12, "seed": 4}',
+      resources: undefined,
+      maxDurationSeconds: 0,
+      maxAttempts: 0,
+      // The defaults: better on the new rows, no worse on the regression rows, no class left behind.
+      gates: [],
+    });
+    const worker = rig.worker.service(WorkerServiceService);
+    const { workerId } = await worker.registerWorker(workerRegistration('cpu-box-1'));
+    const { lease } = await worker.leaseTrainingJob({ workerId });
+    expect(lease).toMatchObject({ jobId: started.id, baseVersion: 2, dataset: { sha256: second.sha256 } });
+    const { candidate, metrics } = await trainUnder(lease!, join(dir, 'job-2'));
+    const uploaded = await rig.worker.uploadCandidate({ leaseId: lease!.leaseId, sizeBytes: candidate.length, sha256: sha256(candidate) }, chunksOf(candidate));
+    await worker.completeTrainingAttempt({ leaseId: lease!.leaseId, candidateId: uploaded.candidateId, metrics });
+    await rig.cp.training.settled();
+
+    const done = await rig.viewer.service(TrainingServiceService).getTrainingJob({ id: started.id });
+    const splits = Object.fromEntries(done.evaluation!.splits.map((s) => [s.split, s]));
+    expect(Object.keys(splits).sort()).toEqual(['regression', 'test']);
+    // The regression rows are v2's own test rows: the first snapshot's labelled test split.
+    const first = JSON.parse((await rig.viewer.service(DatasetServiceService).getDataset({ id: dataset.id })).manifestJson) as {
+      splits: { test: { labelled: number } };
+    };
+    expect(splits.regression!.parent!.rows).toBe(first.splits.test.labelled);
+    expect(splits.test!.parent!.rows).toBeGreaterThanOrEqual(20);
+    expect(done.evaluation!.gates.map((g) => g.verdict)).not.toContain('inconclusive');
+    // On this data the candidate is worse on the new rows than v2 (seeded trainer, seeded data): rejected, its report kept, nothing registered.
+    expect(done).toMatchObject({ state: 'rejected', resultVersion: 0, evaluation: { verdict: 'fail' } });
+    expect(done.reason).toMatch(/accuracy-delta>=0/);
+    expect((await rig.viewer.service(ModelServiceService).getModel({ name: 'vibration' })).versions.map((v) => v.version)).toEqual([1, 2]);
+  }, 120_000);
+
+  /** What a worker does under a lease: download both artifacts (verified), unpack the snapshot, run the TypeScript trainer. */
+  async function trainUnder(lease: TrainingLease, jobDir: string): Promise<{ candidate: Buffer; metrics: Record<string, number> }> {
+    const base = await download(rig.worker, lease.leaseId, lease.baseModel!.sha256);
+    const snapshot = await download(rig.worker, lease.leaseId, lease.dataset!.sha256);
+    expect([sha256(base.bytes), sha256(snapshot.bytes)]).toEqual([lease.baseModel!.sha256, lease.dataset!.sha256]);
+    const files = {
+      dataset: unpackSnapshot(snapshot.bytes, join(jobDir, 'dataset')),
+      baseModel: join(jobDir, 'base.onnx'),
+      hyperparameters: join(jobDir, 'hyperparameters.json'),
+      output: join(jobDir, 'output'),
+    };
+    writeFileSync(files.baseModel, base.bytes);
+    writeFileSync(files.hyperparameters, lease.hyperparametersJson);
+    const outcome = await runTrainer({ trainer: await builtInTrainerCommand('typescript'), files });
+    const metrics = Object.fromEntries(Object.entries(outcome.metrics).filter((e): e is [string, number] => typeof e[1] === 'number'));
+    return { candidate: readFileSync(outcome.modelPath), metrics };
+  }
 });

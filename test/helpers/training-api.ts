@@ -72,10 +72,16 @@ export async function startTrainingApi(dir: string, config: Partial<ControlPlane
 /**
  * Captured samples of drifted vibration rows (sensor aging: the features moved, the labels did
  * not; the clean-data v1 is poor on them) with their labels, through the control plane's real
- * ingest path, then a labelled-only snapshot of them made by the operator (DatasetService).
+ * ingest path, then a labelled-only snapshot made by the operator (DatasetService): of every
+ * sample kept, or of those captured within sinceMsAgo, replaying the latest version's training
+ * snapshot when asked.
  */
-export async function drifted(rig: TrainingApiRig, options: { rows: number; severity?: number; device?: string }): Promise<{ id: string; sha256: string }> {
-  const data = generateVibrationData({ rows: options.rows, seed: 91, drift: { severity: options.severity ?? 2 } });
+export async function drifted(
+  rig: TrainingApiRig,
+  options: { rows: number; severity?: number; seed?: number; device?: string; sinceMsAgo?: number; replayParent?: boolean },
+): Promise<{ id: string; sha256: string }> {
+  const data = generateVibrationData({ rows: options.rows, seed: options.seed ?? 91, drift: { severity: options.severity ?? 2 } });
+  const before = (await rig.cp.samples.stats('vibration')).labelled;
   const features = data.featureNames.length;
   const device = options.device ?? 'edge-drifted';
   const records: TelemetryRecord[] = [];
@@ -87,15 +93,15 @@ export async function drifted(rig: TrainingApiRig, options: { rows: number; seve
   const payload = Buffer.from(TelemetryBatch.encode({ records, sentAtMs: rig.clock.now(), deflated: Buffer.alloc(0) }).finish());
   await rig.cp.ingest.handle(device, 'telemetry', payload);
   const stats = await rig.cp.samples.stats('vibration');
-  if (stats.labelled < options.rows) throw new Error(`expected ${options.rows} labelled samples, the store has ${JSON.stringify(stats)}`);
+  if (stats.labelled < before + options.rows) throw new Error(`expected ${options.rows} more labelled samples, the store has ${JSON.stringify(stats)}`);
   const dataset = await rig.operator.service(DatasetServiceService).createDataset({
     model: 'vibration',
     version: 0,
     selector: '',
-    sinceMsAgo: 0,
+    sinceMsAgo: options.sinceMsAgo ?? 0,
     labelledOnly: true,
     replayParentId: '',
-    replayParent: false,
+    replayParent: options.replayParent ?? false,
   });
   return { id: dataset.id, sha256: dataset.sha256 };
 }
