@@ -73,8 +73,17 @@ export function workerService({ engine, pollIntervalMs }: WorkerApiDeps, ctx: Rp
       const bytes = await engine.download(r.leaseId, r.sha256, token(caller));
       for await (const chunk of rechunk(bytes, DOWNLOAD_CHUNK_BYTES)) {
         if (call.cancelled) return;
-        // Backpressure: a slow worker holds the file stream, not the server's memory.
-        if (!call.write({ chunk })) await new Promise<void>((resolve) => call.once('drain', resolve));
+        // Backpressure: a slow worker holds the file stream, not the server's memory; a worker that leaves releases it.
+        if (!call.write({ chunk }))
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              call.off('drain', done);
+              call.off('cancelled', done);
+              resolve();
+            };
+            call.once('drain', done);
+            call.once('cancelled', done);
+          });
       }
       call.end();
     }),
