@@ -11,6 +11,7 @@ import {
   Metadata,
   type ServiceError,
 } from '@grpc/grpc-js';
+import type { UploadCandidateHeader, UploadCandidateRequest, UploadCandidateResponse } from '../common/proto/driftline/v1/learning.js';
 import type { ModelVersion, UploadModelHeader, UploadModelRequest } from '../common/proto/driftline/v1/models.js';
 import { toOperatorCallError } from './call-error.js';
 
@@ -19,6 +20,7 @@ export { OperatorCallError, refusedWith, toOperatorCallError } from './call-erro
 /** Chunks of an upload: well under grpc-js's 4 MiB message limit. */
 export const UPLOAD_CHUNK_BYTES = 64 * 1024;
 const UPLOAD_METHOD = '/driftline.v1.ModelService/UploadModel';
+const UPLOAD_CANDIDATE_METHOD = '/driftline.v1.WorkerService/UploadCandidate';
 const DEFAULT_TIMEOUT_MS = 30_000;
 
 export interface OperatorClientOptions {
@@ -77,6 +79,15 @@ export interface OperatorClient {
     chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
     options?: { onChunk?: (bytes: number) => void },
   ): Promise<ModelVersion>;
+  /**
+   * A training worker's candidate to WorkerService.UploadCandidate (a worker token): the header
+   * (lease id, size, sha256), then the chunks; refusals stop the sending as uploadModel's do.
+   */
+  uploadCandidate(
+    header: UploadCandidateHeader,
+    chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    options?: { onChunk?: (bytes: number) => void },
+  ): Promise<UploadCandidateResponse>;
   /** uploadModel for bytes in memory: size and sha256 computed, sent in UPLOAD_CHUNK_BYTES chunks. */
   uploadModelBytes(
     bytes: Uint8Array,
@@ -152,6 +163,51 @@ export function createOperatorClient(options: OperatorClientOptions): OperatorCl
       }
     };
 
+  /**
+   * A client-streaming call: the header message, then one message per chunk. The control plane
+   * may answer before the last chunk (a refusal): the answer stops the sending. A chunk source
+   * that fails cancels the call and its error is what rejects.
+   */
+  async function clientStream<Req, Res>(
+    path: string,
+    serialize: (value: Req) => Buffer,
+    deserialize: (bytes: Buffer) => Res,
+    header: Req,
+    chunkMessage: (chunk: Buffer) => Req,
+    chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    onChunk: ((bytes: number) => void) | undefined,
+  ): Promise<Res> {
+    let call!: ClientWritableStream<Req>;
+    const answer = new Promise<Res>((resolve, reject) => {
+      call = channel.makeClientStreamRequest(path, serialize, deserialize, metadata(), callOptions('stream'), (error: ServiceError | null, response?: Res) =>
+        error ? reject(toOperatorCallError(error, path)) : resolve(response!),
+      );
+    });
+    async function* messages(): AsyncGenerator<Req> {
+      yield header;
+      for await (const chunk of chunks) {
+        yield chunkMessage(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        onChunk?.(chunk.byteLength);
+      }
+    }
+    const stop = new AbortController();
+    let sourceFailure: unknown;
+    // grpc-js types the call as its own ObjectWritable; at run time it is an object-mode Writable.
+    const sending = pipeline(Readable.from(messages()), call as unknown as Writable, { signal: stop.signal }).catch((err: unknown) => {
+      if (stop.signal.aborted) return;
+      sourceFailure = err;
+      call.cancel();
+    });
+    try {
+      return await answer;
+    } catch (err) {
+      throw sourceFailure ?? err;
+    } finally {
+      stop.abort();
+      await sending;
+    }
+  }
+
   const client: OperatorClient = {
     address: options.address,
     service<S extends Record<string, MethodDefinition>>(definition: S): ServiceStub<S> {
@@ -170,40 +226,28 @@ export function createOperatorClient(options: OperatorClientOptions): OperatorCl
 
     async uploadModel(header, chunks, uploadOptions = {}) {
       const { UploadModelRequest, ModelVersion } = await import('../common/proto/driftline/v1/models.js');
-      let call!: ClientWritableStream<UploadModelRequest>;
-      const answer = new Promise<ModelVersion>((resolve, reject) => {
-        call = channel.makeClientStreamRequest(
-          UPLOAD_METHOD,
-          (value: UploadModelRequest) => Buffer.from(UploadModelRequest.encode(value).finish()),
-          (bytes: Buffer) => ModelVersion.decode(bytes),
-          metadata(),
-          callOptions('stream'),
-          (error: ServiceError | null, version?: ModelVersion) => (error ? reject(toOperatorCallError(error, UPLOAD_METHOD)) : resolve(version!)),
-        );
-      });
-      async function* messages(): AsyncGenerator<UploadModelRequest> {
-        yield { part: { $case: 'header', value: header } };
-        for await (const chunk of chunks) {
-          yield { part: { $case: 'chunk', value: Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) } };
-          uploadOptions.onChunk?.(chunk.byteLength);
-        }
-      }
-      const stop = new AbortController();
-      let sourceFailure: unknown;
-      // grpc-js types the call as its own ObjectWritable; at run time it is an object-mode Writable.
-      const sending = pipeline(Readable.from(messages()), call as unknown as Writable, { signal: stop.signal }).catch((err: unknown) => {
-        if (stop.signal.aborted) return;
-        sourceFailure = err;
-        call.cancel();
-      });
-      try {
-        return await answer;
-      } catch (err) {
-        throw sourceFailure ?? err;
-      } finally {
-        stop.abort();
-        await sending;
-      }
+      return clientStream<UploadModelRequest, ModelVersion>(
+        UPLOAD_METHOD,
+        (value) => Buffer.from(UploadModelRequest.encode(value).finish()),
+        (bytes) => ModelVersion.decode(bytes),
+        { part: { $case: 'header', value: header } },
+        (chunk) => ({ part: { $case: 'chunk', value: chunk } }),
+        chunks,
+        uploadOptions.onChunk,
+      );
+    },
+
+    async uploadCandidate(header, chunks, uploadOptions = {}) {
+      const { UploadCandidateRequest, UploadCandidateResponse } = await import('../common/proto/driftline/v1/learning.js');
+      return clientStream<UploadCandidateRequest, UploadCandidateResponse>(
+        UPLOAD_CANDIDATE_METHOD,
+        (value) => Buffer.from(UploadCandidateRequest.encode(value).finish()),
+        (bytes) => UploadCandidateResponse.decode(bytes),
+        { part: { $case: 'header', value: header } },
+        (chunk) => ({ part: { $case: 'chunk', value: chunk } }),
+        chunks,
+        uploadOptions.onChunk,
+      );
     },
 
     uploadModelBytes(bytes, header) {

@@ -196,6 +196,28 @@ export const controlPlaneConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Training jobs (TrainingService) and the GPU workers that lease them (WorkerService). */
+    training: z
+      .object({
+        /** A lease not heartbeated within this expires: the sweep re-queues its job (a worker heartbeats at a third of it). */
+        leaseTtl: duration.prefault('60s'),
+        /** How often expired leases are swept (and candidates left unjudged by a stopped control plane are judged). */
+        sweepInterval: duration.prefault('10s'),
+        /** How long a worker that found nothing to lease waits before asking again. */
+        workerPollInterval: duration.prefault('10s'),
+        /** Attempts of a job that names none. */
+        defaultMaxAttempts: z.number().int().min(1).max(100).default(3),
+        /** How long an attempt of a job that names none may run before its worker stops the trainer. */
+        defaultMaxDuration: duration.prefault('6h'),
+        /** Largest candidate a worker may upload (UploadCandidate); a larger one is refused (PAYLOAD_TOO_LARGE) before a byte is stored. */
+        maxCandidateBytes: byteSize.prefault('1GiB'),
+        /** A test split with fewer labelled rows makes the evaluation gates that read it inconclusive. */
+        minSplitRows: z.number().int().positive().default(50),
+        /** Trainer log lines kept per job (the oldest go first). */
+        maxLogLinesPerJob: z.number().int().positive().max(1_000_000).default(5000),
+      })
+      .strict()
+      .prefault({}),
     /** Signed releases: the root metadata (from `driftline keys init`) and, opted in, the online rollback key. */
     trust: z
       .object({

@@ -44,6 +44,12 @@ import { DatasetService } from './datasets/dataset-service.js';
 import { deviceSelectionOf, labelledSampleCounterOf, modelLineageOf, snapshotBlobsOf } from './datasets/wiring.js';
 import { SqliteDatasetRepository } from './store/sqlite/dataset-repository.js';
 import { SqliteSampleRepository } from './store/sqlite/sample-repository.js';
+import { SqliteTrainingJobRepository } from './store/sqlite/training-job-repository.js';
+import { SnapshotDatasetCatalog, SnapshotEvaluationData, TrainingArtifactsWithSnapshots } from './training/dataset-adapters.js';
+import { TrainingEngine } from './training/engine.js';
+import { OnnxRuntimeEvaluator } from './training/onnxruntime/onnx-evaluator.js';
+import { ArtifactStoreTrainingArtifacts, RegistryBaseModels, RegistryCandidateSink, RegistryParentModels } from './training/registry-adapters.js';
+import { TrainingSweeper } from './training/sweeper.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -66,6 +72,11 @@ export interface ControlPlane {
   readonly datasets: DatasetService;
   /** Captured samples: stats, and the retention pass (tests with a ManualClock call samples.prune()). */
   readonly samples: SqliteSampleRepository;
+  /**
+   * Training jobs (TrainingService, WorkerService): tests with a ManualClock move the clock past a
+   * lease's expiry and call training.sweep() themselves; training.settled() waits for evaluations.
+   */
+  readonly training: TrainingEngine;
   shutdown(): Promise<void>;
 }
 
@@ -182,7 +193,11 @@ export async function startControlPlane(
       artifacts,
       verifyDeviceCredential,
       mayDownload: (deviceId, sha256) => mayDownloadArtifact(deviceId, sha256, grants),
-      authenticateOperator: async (token) => (await tokens.authenticate(token)) !== undefined,
+      // Operators of any role; a worker token reaches WorkerService and nothing else.
+      authenticateOperator: async (token) => {
+        const found = await tokens.authenticate(token);
+        return found !== undefined && found.role !== 'worker';
+      },
       metrics,
       health: () => ({
         ok: link.connected,
@@ -227,6 +242,35 @@ export async function startControlPlane(
       eventRetentionMs: config.drift.eventRetention,
       clearAfter: config.drift.clearAfter,
     });
+    // Training jobs: leased by GPU workers (WorkerService), judged by the evaluation gate on the
+    // snapshot's test splits with onnxruntime, registered as the model's next version with lineage.
+    const trainingDatasets = new SnapshotDatasetCatalog(datasets);
+    const training = new TrainingEngine({
+      repository: new SqliteTrainingJobRepository(db),
+      baseModels: new RegistryBaseModels(registry),
+      datasets: trainingDatasets,
+      // Workers download base models from the artifacts and snapshot tars from the datasets' own store.
+      artifacts: new TrainingArtifactsWithSnapshots(new ArtifactStoreTrainingArtifacts(artifacts), datasets),
+      evaluator: new OnnxRuntimeEvaluator({ data: new SnapshotEvaluationData(datasets), parents: new RegistryParentModels(registry, artifacts) }),
+      sink: new RegistryCandidateSink(registry, artifacts, trainingDatasets),
+      limits: {
+        leaseTtlMs: config.training.leaseTtl,
+        defaultMaxAttempts: config.training.defaultMaxAttempts,
+        defaultMaxDurationMs: config.training.defaultMaxDuration,
+        maxCandidateBytes: config.training.maxCandidateBytes,
+        minSplitRows: config.training.minSplitRows,
+        maxLogLinesPerJob: config.training.maxLogLinesPerJob,
+      },
+      clock,
+      logger,
+    });
+    // Expired leases go back to the queue on this timer; stopped after the gRPC server (no worker
+    // call starts an evaluation then), and it waits for the evaluations in flight before the store closes.
+    const trainingSweeper = TrainingSweeper.create({ engine: training, intervalMs: config.training.sweepInterval, clock, logger });
+    trainingSweeper.run();
+    closers.push('training-sweeper', () => trainingSweeper.shutdown());
+    const trainingStreams = new AbortController();
+
     const retrainingPolicies = new SqliteRetrainingPolicyRepository(db);
     const triggerWatcher = TriggerWatcher.create({
       policies: retrainingPolicies,
@@ -268,10 +312,13 @@ export async function startControlPlane(
       rollouts: { rollouts, watchIntervalMs: config.rollout.watchInterval },
       retraining: { policies: retrainingPolicies, models: registry, clock },
       datasets: { datasets, samples, clock },
+      training: { engine: training, shutdown: trainingStreams.signal, pollIntervalMs: config.training.workerPollInterval },
       clock,
       logger,
     });
     closers.push('grpc', (graceMs) => grpc.shutdown(graceMs));
+    // Runs before the gRPC server stops: open WatchTrainingJob streams end instead of holding its drain.
+    closers.push('training-watches', () => trainingStreams.abort());
     // Started after the gRPC server and stopped before it: the watcher ends open drift event streams first.
     driftWatcher.run();
     closers.push('drift-watcher', () => driftWatcher.shutdown());
@@ -290,6 +337,7 @@ export async function startControlPlane(
       triggerWatcher,
       datasets,
       samples,
+      training,
       get state() {
         return state;
       },

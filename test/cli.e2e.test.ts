@@ -133,6 +133,18 @@ describe('driftline CLI against a running control plane', () => {
     expect(refused.stderr).toMatch(/^error \[ROLE_INSUFFICIENT\]: /);
   });
 
+  it('creates a worker token that tokens list shows as worker and that no operator call takes (exit 3)', async () => {
+    const created = await driftline('--json', 'tokens', 'create', '--name', 'gpu-host', '--role', 'worker');
+    expect(created.code, created.stderr).toBe(0);
+    const { id, token, role } = JSON.parse(created.stdout) as { id: string; token: string; role: string };
+    expect(role).toBe('ROLE_WORKER');
+    const listed = await driftline('tokens', 'list');
+    expect(listed.stdout).toMatch(new RegExp(`${id}\\s+gpu-host\\s+worker\\s`));
+    const refused = await driftline('--token', token, 'devices', 'list');
+    expect(refused.code).toBe(3);
+    expect(refused.stderr).toMatch(/^error \[ROLE_INSUFFICIENT\]: /);
+  });
+
   it('shuts down on SIGTERM and exits 0', async () => {
     const exited = once(serve, 'exit');
     serve.kill('SIGTERM');

@@ -4,20 +4,23 @@ import { AccessServiceService, CreateTokenResponse, Role, roleToJSON, TokenInfo 
 import { withConnection } from '../context.js';
 import { relativeTime } from '../output.js';
 
-const ROLES = { viewer: Role.ROLE_VIEWER, operator: Role.ROLE_OPERATOR, admin: Role.ROLE_ADMIN } as const;
+/** viewer < operator < admin; worker stands apart: a training worker's token (`driftline worker --token`), WorkerService only. */
+const ROLES = { viewer: Role.ROLE_VIEWER, operator: Role.ROLE_OPERATOR, admin: Role.ROLE_ADMIN, worker: Role.ROLE_WORKER } as const;
 const roleName = (role: Role): string =>
   roleToJSON(role)
     .replace(/^ROLE_/, '')
     .toLowerCase();
 
 export function registerTokens(program: Command): void {
-  const tokens = program.command('tokens').description('operator API tokens (admin only)');
+  const tokens = program.command('tokens').description('API tokens for operators and training workers (admin only)');
 
   tokens
     .command('create')
-    .description('create an operator token; it is shown only once')
+    .description('create a token (viewer, operator or admin for people and services; worker for `driftline worker`); it is shown only once')
     .requiredOption('--name <name>', 'who or what uses the token')
-    .addOption(new Option('--role <role>', 'what the token may do').choices(Object.keys(ROLES)).makeOptionMandatory())
+    .addOption(
+      new Option('--role <role>', 'what the token may do (worker: WorkerService only, nothing else)').choices(Object.keys(ROLES)).makeOptionMandatory(),
+    )
     .action((options: { name: string; role: keyof typeof ROLES }, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(AccessServiceService);
@@ -31,7 +34,7 @@ export function registerTokens(program: Command): void {
 
   tokens
     .command('list')
-    .description('list operator tokens')
+    .description('list tokens and their roles')
     .action((_options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(AccessServiceService);
@@ -49,7 +52,7 @@ export function registerTokens(program: Command): void {
 
   tokens
     .command('revoke')
-    .description('revoke an operator token')
+    .description('revoke a token')
     .argument('<id>', 'token id')
     .action((id: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {

@@ -5,6 +5,7 @@ import { assertModelName, parseSelector } from '../../common/ids.js';
 import type { Dataset, DatasetChunk, DatasetServiceServer, ExportDatasetRequest } from '../../common/proto/driftline/v1/datasets.js';
 import type { DatasetRecord } from '../datasets/ports.js';
 import type { DatasetApi } from './ports.js';
+import { rechunk } from './byte-chunks.js';
 import { serverStreaming, unary, validate, type RpcContext } from './rpc.js';
 
 const DEFAULT_LIST_LIMIT = 100;
@@ -109,24 +110,4 @@ export function datasetService(
       return policy;
     }),
   };
-}
-
-async function* rechunk(source: AsyncIterable<unknown>, size: number): AsyncGenerator<Buffer> {
-  let pending: Buffer[] = [];
-  let pendingBytes = 0;
-  for await (const part of source) {
-    let buf = part as Buffer;
-    while (buf.length > 0) {
-      const take = Math.min(size - pendingBytes, buf.length);
-      pending.push(buf.subarray(0, take));
-      pendingBytes += take;
-      buf = buf.subarray(take);
-      if (pendingBytes === size) {
-        yield Buffer.concat(pending);
-        pending = [];
-        pendingBytes = 0;
-      }
-    }
-  }
-  if (pendingBytes > 0) yield Buffer.concat(pending);
 }

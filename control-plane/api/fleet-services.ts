@@ -13,7 +13,7 @@ import {
   type EnrollmentServiceServer,
 } from '../../common/proto/driftline/v1/fleet.js';
 import type { DeviceRecord, EnrollmentTokenRecord } from '../fleet/fleet-store.js';
-import { ROLES, type OperatorRole } from '../fleet/operator-tokens.js';
+import { TOKEN_ROLES, type TokenRole } from '../fleet/operator-tokens.js';
 import type { ApiDeps } from './ports.js';
 import { unary, validate, type RpcContext } from './rpc.js';
 
@@ -30,7 +30,9 @@ const enrollRequest = z.object({
 });
 const createOperatorToken = z.object({
   name: z.string().trim().min(1).max(64),
-  role: z.union([z.literal(Role.ROLE_VIEWER), z.literal(Role.ROLE_OPERATOR), z.literal(Role.ROLE_ADMIN)], { error: 'role must be viewer, operator or admin' }),
+  role: z.union([z.literal(Role.ROLE_VIEWER), z.literal(Role.ROLE_OPERATOR), z.literal(Role.ROLE_ADMIN), z.literal(Role.ROLE_WORKER)], {
+    error: 'role must be viewer, operator, admin or worker',
+  }),
 });
 const revokeOperatorToken = z.object({ id: z.string().min(1).max(64) });
 const listEnrollmentTokens = z.object({ deviceId: z.string().max(64) });
@@ -163,6 +165,6 @@ export function toDeviceMessage(device: DeviceRecord, nowMs: number, onlineWindo
   };
 }
 
-const ROLE_MESSAGES: Record<OperatorRole, Role> = { viewer: Role.ROLE_VIEWER, operator: Role.ROLE_OPERATOR, admin: Role.ROLE_ADMIN };
-const roleMessage = (role: OperatorRole): Role => ROLE_MESSAGES[role];
-const roleName = (role: Role): OperatorRole => ROLES.find((r) => ROLE_MESSAGES[r] === role)!;
+const ROLE_MESSAGES: Record<TokenRole, Role> = { viewer: Role.ROLE_VIEWER, operator: Role.ROLE_OPERATOR, admin: Role.ROLE_ADMIN, worker: Role.ROLE_WORKER };
+const roleMessage = (role: TokenRole): Role => ROLE_MESSAGES[role];
+const roleName = (role: Role): TokenRole => TOKEN_ROLES.find((r) => ROLE_MESSAGES[r] === role)!;

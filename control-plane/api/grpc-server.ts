@@ -10,6 +10,7 @@ import { DriftServiceService } from '../../common/proto/driftline/v1/drift.js';
 import { AccessServiceService, DeviceServiceService, EnrollmentServiceService } from '../../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService } from '../../common/proto/driftline/v1/models.js';
 import { ReleaseServiceService } from '../../common/proto/driftline/v1/releases.js';
+import { TrainingServiceService, WorkerServiceService } from '../../common/proto/driftline/v1/learning.js';
 import { RetrainingPolicyServiceService } from '../../common/proto/driftline/v1/retraining.js';
 import { RolloutServiceService } from '../../common/proto/driftline/v1/rollouts.js';
 import { TelemetryServiceService } from '../../common/proto/driftline/v1/telemetry.js';
@@ -23,6 +24,8 @@ import type { ApiDeps } from './ports.js';
 import { rolloutService, type RolloutApiDeps } from './rollout-service.js';
 import type { RpcContext } from './rpc.js';
 import { telemetryService } from './telemetry-service.js';
+import { trainingService, type TrainingApiDeps } from './training-service.js';
+import { workerService, type WorkerApiDeps } from './worker-service.js';
 
 export interface GrpcServerOptions extends ApiDeps {
   host: string;
@@ -33,6 +36,8 @@ export interface GrpcServerOptions extends ApiDeps {
   rollouts?: RolloutApiDeps | undefined;
   /** Retraining policies and their decision log; without them RetrainingPolicyService answers UNIMPLEMENTED. */
   retraining?: RetrainingApiDeps | undefined;
+  /** The training engine; without it TrainingService and WorkerService answer UNIMPLEMENTED. */
+  training?: (TrainingApiDeps & WorkerApiDeps) | undefined;
 }
 
 export interface GrpcServer {
@@ -43,7 +48,7 @@ export interface GrpcServer {
 
 const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
-/** Services this server implements; Training and Federated answer UNIMPLEMENTED until they exist. */
+/** Services this server implements; Federated answers UNIMPLEMENTED until it exists. */
 const SERVED = [
   'DeviceService',
   'EnrollmentService',
@@ -83,10 +88,15 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(DatasetServiceService, datasetService(options, ctx));
   if (options.rollouts) server.addService(RolloutServiceService, rolloutService(options.rollouts, ctx));
   if (options.retraining) server.addService(RetrainingPolicyServiceService, retrainingPolicyService(options.retraining, ctx));
+  if (options.training) {
+    server.addService(TrainingServiceService, trainingService(options.training, ctx));
+    server.addService(WorkerServiceService, workerService(options.training, ctx));
+  }
   const served = [
     ...SERVED,
     ...(options.rollouts ? ['driftline.v1.RolloutService'] : []),
     ...(options.retraining ? ['driftline.v1.RetrainingPolicyService'] : []),
+    ...(options.training ? ['driftline.v1.TrainingService', 'driftline.v1.WorkerService'] : []),
   ];
   // Reflection lets grpcurl and other generic tools discover the API without the .proto files.
   new ReflectionService(loadProtos(), { services: served }).addToServer(server);

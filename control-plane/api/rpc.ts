@@ -12,8 +12,11 @@ import type { Logger } from '../../common/logger.js';
 import { roleAtLeast, type OperatorRole, type OperatorToken, type OperatorTokenStore } from '../fleet/operator-tokens.js';
 import { toGrpcStatus } from './grpc-errors.js';
 
-/** Who may call: an operator role, or anyone (the enrollment RPC authenticates by its own token). */
-export type Access = OperatorRole | 'public';
+/**
+ * Who may call: an operator role (that role or a higher one), `worker` (worker tokens only:
+ * WorkerService), or anyone (the enrollment RPC authenticates by its own token).
+ */
+export type Access = OperatorRole | 'worker' | 'public';
 
 export interface RpcContext {
   tokens: Pick<OperatorTokenStore, 'authenticate'>;
@@ -75,13 +78,14 @@ async function run<T>(ctx: RpcContext, method: string, access: Access, call: { m
   return fn(caller);
 }
 
-async function authorize(tokens: RpcContext['tokens'], metadata: Metadata, required: OperatorRole): Promise<OperatorToken> {
+async function authorize(tokens: RpcContext['tokens'], metadata: Metadata, required: OperatorRole | 'worker'): Promise<OperatorToken> {
   const [header] = metadata.get('authorization');
   const m = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header.trim()) : null;
   if (!m) throw new DriftlineError('AUTH_MISSING', 'this call needs "authorization: Bearer <token>" metadata');
   const token = await tokens.authenticate(m[1]!);
   if (!token) throw new DriftlineError('AUTH_INVALID', 'the bearer token is unknown or revoked');
-  if (!roleAtLeast(token.role, required)) {
+  // Worker tokens and operator tokens are disjoint: neither reaches the other's calls, whatever its rank.
+  if (required === 'worker' ? token.role !== 'worker' : !roleAtLeast(token.role, required)) {
     throw new DriftlineError('ROLE_INSUFFICIENT', `this call needs the ${required} role; the token has ${token.role}`, {
       details: { required, role: token.role },
     });

@@ -10,12 +10,22 @@ import type { OperatorTokenRepository, StoredOperatorToken } from './ports.js';
 export const ROLES = ['viewer', 'operator', 'admin'] as const;
 export type OperatorRole = (typeof ROLES)[number];
 
-export const roleAtLeast = (role: OperatorRole, required: OperatorRole): boolean => ROLES.indexOf(role) >= ROLES.indexOf(required);
+/**
+ * Every role a token may have: the operator roles, and `worker` outside their order. A worker
+ * token (a training worker's, `driftline worker`) may call WorkerService and nothing else, and
+ * WorkerService takes no other token, admin included: the credential that sits on a GPU host
+ * reaches no operator call, and an operator's credential never acts as a worker.
+ */
+export const TOKEN_ROLES = [...ROLES, 'worker'] as const;
+export type TokenRole = (typeof TOKEN_ROLES)[number];
+
+/** Whether a token of `role` may make a call that needs the operator role `required`: a worker token never may. */
+export const roleAtLeast = (role: TokenRole, required: OperatorRole): boolean => role !== 'worker' && ROLES.indexOf(role) >= ROLES.indexOf(required);
 
 export interface OperatorToken {
   id: string;
   name: string;
-  role: OperatorRole;
+  role: TokenRole;
   createdAtMs: number;
   revoked: boolean;
 }
@@ -24,7 +34,7 @@ export interface OperatorToken {
 export class OperatorTokenStore {
   constructor(private readonly repository: OperatorTokenRepository) {}
 
-  async create(name: string, role: OperatorRole, nowMs: number): Promise<{ token: OperatorToken; secret: string }> {
+  async create(name: string, role: TokenRole, nowMs: number): Promise<{ token: OperatorToken; secret: string }> {
     const id = `tok_${randomBytes(8).toString('hex')}`;
     const secret = newSecret('dlt');
     await this.repository.insert({ id, name, role, tokenHash: sha256Hex(secret), createdAtMs: nowMs });

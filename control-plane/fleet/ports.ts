@@ -77,7 +77,8 @@ export interface FleetRepository extends FleetReads, FleetWrites {
   transaction<T>(work: (tx: FleetTransaction) => Promise<T>): Promise<T>;
 }
 
-export type OperatorRoleName = 'viewer' | 'operator' | 'admin';
+/** A token's role: the ordered operator roles, and `worker` (training workers: WorkerService only). */
+export type OperatorRoleName = 'viewer' | 'operator' | 'admin' | 'worker';
 
 export interface StoredOperatorToken {
   id: string;

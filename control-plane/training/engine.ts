@@ -266,10 +266,12 @@ export class TrainingEngine {
 
   /**
    * The job now (with its last log lines), then after every change with the lines added since,
-   * until it reaches a terminal state. Breaking out of the loop unsubscribes.
+   * until it reaches a terminal state or `signal` aborts (a watcher that left, shutdown): the
+   * generator then returns at once, even while it waits for a change. Breaking out of the loop unsubscribes.
    */
-  async *watch(id: string): AsyncGenerator<TrainingJobUpdate> {
+  async *watch(id: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<TrainingJobUpdate> {
     const { repository } = this.options;
+    const { signal } = options;
     let wake: (() => void) | undefined;
     let dirty = true;
     const unsubscribe = this.subscribe((changed) => {
@@ -277,12 +279,16 @@ export class TrainingEngine {
       dirty = true;
       wake?.();
     });
+    const onAbort = (): void => wake?.();
+    signal?.addEventListener('abort', onAbort);
     try {
       let lastSeq = -1;
       let lastText = '';
       for (;;) {
+        if (signal?.aborted) return;
         if (!dirty) await new Promise<void>((resolve) => (wake = resolve));
         wake = undefined;
+        if (signal?.aborted) return;
         dirty = false;
         const job = await this.get(id);
         const logLines = lastSeq < 0 ? await repository.logs(id, { tail: WATCH_REPLAY_LINES }) : await repository.logs(id, { afterSeq: lastSeq });
@@ -296,6 +302,7 @@ export class TrainingEngine {
         if (isTerminal(job.state)) return;
       }
     } finally {
+      signal?.removeEventListener('abort', onAbort);
       unsubscribe();
     }
   }

@@ -1,6 +1,9 @@
+import { readFile } from 'node:fs/promises';
 import { DriftlineError } from '../../common/errors.js';
 import type { ArtifactStore } from '../registry/artifact-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
+import { TRAINING_DATASET_METADATA_KEY } from '../datasets/wiring.js';
+import type { ClassificationMetrics } from './evaluation.js';
 import type { ArtifactRef, BaseModels, CandidateSink, DatasetCatalog, TrainingArtifacts } from './ports.js';
 
 /** The training engine's ports over the model registry and its content-addressed artifacts. */
@@ -11,6 +14,18 @@ export class RegistryBaseModels implements BaseModels {
   async artifact(model: string, version: number): Promise<ArtifactRef> {
     const found = await this.registry.resolve(model, version);
     return { sha256: found.sha256, sizeBytes: found.sizeBytes };
+  }
+}
+
+/** The parent version's ONNX bytes, for the evaluation gate (the OnnxRuntimeEvaluator's ParentModels port). */
+export class RegistryParentModels {
+  constructor(
+    private readonly registry: Pick<ModelRegistry, 'resolve'>,
+    private readonly artifacts: Pick<ArtifactStore, 'fileOf'>,
+  ) {}
+
+  async bytes(model: string, version: number): Promise<Uint8Array> {
+    return readFile(this.artifacts.fileOf((await this.registry.resolve(model, version)).sha256));
   }
 }
 
@@ -62,16 +77,20 @@ export class ArtifactStoreTrainingArtifacts implements TrainingArtifacts {
 /**
  * A passing candidate becomes the model's next version in the registry, its lineage in the
  * version's metadata (the signed manifest with lineage, golden vectors and a drift reference is
- * the release work of issue #14 item 6; it reads these entries).
+ * the release work of issue #14 item 6; it reads these entries). `dataset_id` is the key the
+ * datasets domain reads to replay a version's training snapshot (TRAINING_DATASET_METADATA_KEY).
  */
 export class RegistryCandidateSink implements CandidateSink {
   constructor(
     private readonly registry: Pick<ModelRegistry, 'upload'>,
     private readonly artifacts: ArtifactStore,
+    /** Where the dataset's sha256 comes from, for the lineage; without it the entry is left out. */
+    private readonly datasets?: DatasetCatalog,
   ) {}
 
   async accept({ job, candidate, report }: Parameters<CandidateSink['accept']>[0]): Promise<{ version: number }> {
     const { spec } = job;
+    const dataset = await this.datasets?.describe(spec.datasetId);
     const version = await this.registry.upload(
       {
         name: spec.model,
@@ -79,20 +98,41 @@ export class RegistryCandidateSink implements CandidateSink {
         sha256: candidate.sha256,
         description: `trained by job ${job.id} from v${spec.baseVersion} on dataset ${spec.datasetId.slice(0, 12)}`,
         metadata: {
+          [TRAINING_DATASET_METADATA_KEY]: spec.datasetId,
           'lineage.parent_version': String(spec.baseVersion),
           'lineage.dataset_id': spec.datasetId,
+          ...(dataset ? { 'lineage.dataset_sha256': dataset.sha256 } : {}),
           'lineage.job_id': job.id,
           'lineage.attempt': String(candidate.attempt),
           'lineage.trainer': spec.trainer,
           'lineage.hyperparameters': spec.hyperparametersJson.slice(0, 4096),
+          'lineage.metrics': boundedJson(candidate.metrics),
           'evaluation.verdict': report.verdict,
           'evaluation.gates': JSON.stringify(report.gates.map((g) => ({ gate: g.gate, verdict: g.verdict, value: g.value }))).slice(0, 4096),
+          'evaluation.splits': boundedJson(report.splits.map((s) => ({ split: s.split, candidate: summary(s.candidate), parent: summary(s.parent) }))),
+          'evaluation.evaluated_at_ms': String(report.evaluatedAtMs),
         },
       },
       this.artifacts.read(candidate.sha256) as AsyncIterable<Uint8Array>,
     );
     return { version: version.version };
   }
+}
+
+const summary = (m: ClassificationMetrics) => ({
+  rows: m.rows,
+  accuracy: round(m.accuracy),
+  macro_f1: round(m.macroF1),
+  log_loss: round(m.logLoss),
+  ece: round(m.expectedCalibrationError),
+  per_class_recall: m.perClassRecall.slice(0, 32).map(round),
+});
+const round = (v: number): number => Math.round(v * 1e6) / 1e6;
+
+/** JSON within a metadata entry's 4096 characters: whole, or `{"truncated":true}` rather than cut JSON. */
+function boundedJson(value: unknown): string {
+  const text = JSON.stringify(value);
+  return text.length <= 4096 ? text : '{"truncated":true}';
 }
 
 /** Until dataset snapshots are served (control-plane/datasets/), no dataset id resolves: starts are refused with DATASET_NOT_FOUND. */

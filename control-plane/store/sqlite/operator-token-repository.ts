@@ -11,6 +11,21 @@ const MIGRATIONS = [
      created_at_ms INTEGER NOT NULL,
      revoked_at_ms INTEGER
    );`,
+  // 2: the worker role (training workers). SQLite cannot change a CHECK constraint in place, so
+  // the table is rebuilt under its name with every row kept (no table references it). Runs in
+  // the migration's own transaction: a crash leaves version 1 as it was.
+  `CREATE TABLE operator_tokens_v2 (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL,
+     role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin', 'worker')),
+     token_hash TEXT NOT NULL UNIQUE,
+     created_at_ms INTEGER NOT NULL,
+     revoked_at_ms INTEGER
+   );
+   INSERT INTO operator_tokens_v2 (rowid, id, name, role, token_hash, created_at_ms, revoked_at_ms)
+     SELECT rowid, id, name, role, token_hash, created_at_ms, revoked_at_ms FROM operator_tokens;
+   DROP TABLE operator_tokens;
+   ALTER TABLE operator_tokens_v2 RENAME TO operator_tokens;`,
 ];
 
 interface TokenRow {

@@ -1,0 +1,144 @@
+import type { Readable } from 'node:stream';
+import { DriftlineError } from '../../common/errors.js';
+import { readSnapshotFiles, UNLABELLED, type DatasetManifest, type SplitData } from '../../common/datasets/snapshot-layout.js';
+import { untarSnapshot } from '../../common/datasets/snapshot-tar.js';
+import type { DatasetHandle } from '../datasets/dataset-service.js';
+import type { DatasetRecord } from '../datasets/ports.js';
+import type { SplitRole } from './evaluation.js';
+import type { ArtifactRef, DatasetCatalog, TrainingArtifacts } from './ports.js';
+
+/**
+ * The training engine's ports over the datasets domain: a job names a snapshot by id, a worker
+ * downloads its tar by sha256, and the evaluation gate reads its labelled test rows.
+ */
+
+/** What the training side uses of the DatasetService. */
+export interface DatasetSnapshots {
+  /** DATASET_NOT_FOUND when there is no such snapshot. */
+  getDataset(id: string): Promise<DatasetHandle>;
+  /** The whole tar, verified against its sha256. */
+  readTar(id: string): Promise<Buffer>;
+  getDatasetBySha256(sha256: string): Promise<DatasetRecord | undefined>;
+  openTar(id: string): Promise<{ record: DatasetRecord; stream: Readable }>;
+}
+
+/** Each snapshot as the one artifact a worker downloads (its tar). */
+export class SnapshotDatasetCatalog implements DatasetCatalog {
+  constructor(private readonly snapshots: Pick<DatasetSnapshots, 'getDataset'>) {}
+
+  async describe(datasetId: string): Promise<(ArtifactRef & { id: string; model: string }) | undefined> {
+    try {
+      const { id, sha256, sizeBytes, manifest } = await this.snapshots.getDataset(datasetId);
+      return { id, sha256, sizeBytes, model: manifest.model };
+    } catch (err) {
+      if (err instanceof DriftlineError && err.code === 'DATASET_NOT_FOUND') return undefined;
+      throw err;
+    }
+  }
+}
+
+/**
+ * The model artifacts, and the snapshot tars beside them: snapshots live in a store of their own
+ * (the artifact server never hands them to devices), so a download by sha256 looks there first.
+ * Candidates are stored with the model artifacts (a passing one becomes a version from there).
+ */
+export class TrainingArtifactsWithSnapshots implements TrainingArtifacts {
+  constructor(
+    private readonly models: TrainingArtifacts,
+    private readonly snapshots: Pick<DatasetSnapshots, 'getDatasetBySha256' | 'openTar'>,
+  ) {}
+
+  read(sha256: string): AsyncIterable<Uint8Array> {
+    const { models, snapshots } = this;
+    return (async function* () {
+      const snapshot = await snapshots.getDatasetBySha256(sha256);
+      if (!snapshot) {
+        yield* models.read(sha256);
+        return;
+      }
+      const { stream } = await snapshots.openTar(snapshot.id);
+      try {
+        for await (const chunk of stream) yield chunk as Uint8Array;
+      } finally {
+        stream.destroy();
+      }
+    })();
+  }
+
+  store(declared: ArtifactRef, chunks: AsyncIterable<Uint8Array>, maxBytes: number): Promise<ArtifactRef> {
+    return this.models.store(declared, chunks, maxBytes);
+  }
+
+  pathOf(sha256: string): string {
+    return this.models.pathOf(sha256);
+  }
+}
+
+/** One labelled split, flattened (the evaluator's LabelledSplit; declared here so core does not import the onnxruntime adapter). */
+export interface LabelledRows {
+  x: Float32Array;
+  rowShape: readonly number[];
+  labels: ArrayLike<number>;
+}
+
+/**
+ * The evaluation gate's splits of a snapshot, read from its tar (driftline-dataset/1):
+ * - "test": the snapshot's own labelled test rows (the cohort the job was started for);
+ * - "regression": the labelled test rows of the snapshot it replays (manifest.parent: the
+ *   parent version's training snapshot, so its own test data), leaving out any row that is in
+ *   the "test" split. A snapshot that replays nothing has no regression split: the gates that
+ *   read it are inconclusive (pass `--gate` rules that judge the test split only, or replay).
+ * A sample's split is fixed by a hash of its id, so no row the candidate trained on is here.
+ */
+export class SnapshotEvaluationData {
+  constructor(private readonly snapshots: Pick<DatasetSnapshots, 'getDataset' | 'readTar'>) {}
+
+  async classes(datasetId: string): Promise<number> {
+    return (await this.snapshots.getDataset(datasetId)).manifest.classes;
+  }
+
+  async splits(datasetId: string): Promise<Partial<Record<SplitRole, LabelledRows>>> {
+    const { manifest, test } = await this.read(datasetId);
+    const out: Partial<Record<SplitRole, LabelledRows>> = {};
+    const own = labelled(test, manifest.input.shape);
+    if (own) out.test = own;
+    if (manifest.parent) {
+      const parent = await this.read(manifest.parent.id).catch((err: unknown) => {
+        // A parent snapshot that is no longer kept leaves the regression split out (inconclusive), not the whole evaluation.
+        if (err instanceof DriftlineError && err.code === 'DATASET_NOT_FOUND') return undefined;
+        throw err;
+      });
+      if (parent) {
+        if (JSON.stringify(parent.manifest.input.shape) !== JSON.stringify(manifest.input.shape)) {
+          throw new DriftlineError('DATASET_INVALID', `the replayed snapshot ${manifest.parent.id} has another input shape than ${datasetId}`, {
+            details: { datasetId, parent: manifest.parent.id },
+          });
+        }
+        const exclude = new Set(test.ids);
+        const regression = labelled(parent.test, manifest.input.shape, exclude);
+        if (regression) out.regression = regression;
+      }
+    }
+    return out;
+  }
+
+  private async read(id: string): Promise<{ manifest: DatasetManifest; test: SplitData }> {
+    const { sizeBytes } = await this.snapshots.getDataset(id);
+    const { manifest, splits } = readSnapshotFiles(untarSnapshot(await this.snapshots.readTar(id), sizeBytes), `dataset ${id}`);
+    return { manifest, test: splits.test };
+  }
+}
+
+/** The labelled rows of a split (and not in `exclude`); undefined when none is labelled. */
+function labelled(split: SplitData, rowShape: readonly number[], exclude?: ReadonlySet<string>): LabelledRows | undefined {
+  const rowElements = rowShape.reduce((a, b) => a * b, 1);
+  const keep: number[] = [];
+  for (let r = 0; r < split.ids.length; r++) {
+    if (split.y[r] === UNLABELLED || exclude?.has(split.ids[r]!)) continue;
+    keep.push(r);
+  }
+  if (keep.length === 0) return undefined;
+  const x = new Float32Array(keep.length * rowElements);
+  keep.forEach((r, i) => x.set(split.x.subarray(r * rowElements, (r + 1) * rowElements), i * rowElements));
+  return { x, rowShape, labels: Int32Array.from(keep, (r) => Number(split.y[r])) };
+}
