@@ -77,14 +77,32 @@ export class ReleaseStore {
     }
   }
 
-  /** Refuses (RELEASE_NOT_DEPLOYABLE, the devices' reason in details.reason) a release every device would refuse. */
-  async assertDeployable(name: string, version: number): Promise<void> {
+  /**
+   * Refuses (RELEASE_NOT_DEPLOYABLE, the devices' reason in details.reason) a release every
+   * device would refuse, and, given the target devices, a canary (a release naming an audience)
+   * sent to devices it does not name: they would refuse it with RELEASE_NOT_IN_AUDIENCE.
+   */
+  async assertDeployable(name: string, version: number, deviceIds?: readonly string[]): Promise<void> {
     const why = await this.refusal(name, version);
-    if (!why) return;
-    throw new DriftlineError('RELEASE_NOT_DEPLOYABLE', `devices will refuse ${name} v${version} (${why.code}): ${why.message}`, {
-      cause: why,
-      details: { model: name, version, reason: why.code },
-    });
+    if (why) {
+      throw new DriftlineError('RELEASE_NOT_DEPLOYABLE', `devices will refuse ${name} v${version} (${why.code}): ${why.message}`, {
+        cause: why,
+        details: { model: name, version, reason: why.code },
+      });
+    }
+    const envelope = deviceIds && this.root ? await this.envelopeOf(name, version) : undefined;
+    if (!envelope || !deviceIds) return;
+    const { manifest } = verifyRelease(envelope, this.root!.metadata, this.options.clock);
+    if (!manifest.audience) return;
+    const audience = new Set(manifest.audience);
+    const outside = deviceIds.filter((id) => !audience.has(id));
+    if (outside.length === 0) return;
+    throw new DriftlineError(
+      'RELEASE_NOT_DEPLOYABLE',
+      `${name} v${version} is a canary for ${audience.size} device(s); ${outside.length} target(s) are not among them (${outside.slice(0, 5).join(', ')}${outside.length > 5 ? ', ...' : ''}) and would refuse it: ` +
+        `deploy it to its audience, or sign it fleet-wide (driftline models sign ${name} ${version})`,
+      { details: { model: name, version, reason: 'RELEASE_NOT_IN_AUDIENCE', outside: outside.slice(0, 100) } },
+    );
   }
 
   /** What an operator should hear about: the root expiring within `expiryWarningMs` or expired, and deployed releases signed by a revoked key. */
