@@ -82,6 +82,23 @@ describe('automation keys - the scope devices enforce', () => {
     expect(codeOf(() => assertInAudience({ name: 'vibration', version: 2 }, 'edge-2'))).toBe('no error');
   });
 
+  it('scope - a canary ring fixed in the root bounds which devices any canary may name, and so the total reach of a stolen key', () => {
+    const ring = parseAutomationScope({ models: ['vibration'], maxDevices: 2, devices: ['ring-1', 'ring-2', 'ring-3', 'ring-1'] });
+    expect(ring.devices).toEqual(['ring-1', 'ring-2', 'ring-3']);
+    expect(codeOf(() => assertWithinScope({ name: 'vibration', version: 2, audience: ['ring-1', 'ring-3'] }, ring, automation.keyId))).toBe('no error');
+    expect(codeOf(() => assertWithinScope({ name: 'vibration', version: 2, audience: ['ring-1', 'edge-9'] }, ring, automation.keyId))).toBe(
+      'RELEASE_OUT_OF_SCOPE',
+    );
+    expect(codeOf(() => parseAutomationScope({ models: ['vibration'], maxDevices: 2, devices: ['+'] }))).toBe('REQUEST_INVALID');
+    const ringRoot = rootMetadataSchema.parse(trust.metadata(1, { automationKeys: { [automation.keyId]: { publicKey: automation.publicKey, scope: ring } } }));
+    // However many canaries it signs, a stolen key never reaches a device outside the ring.
+    const outside = sign(manifest({ audience: ['edge-9'] }), automation);
+    expect(codeOf(() => verifyRelease(outside, ringRoot, clock, { deviceId: 'edge-9' }))).toBe('RELEASE_OUT_OF_SCOPE');
+    expect(verifyRelease(sign(manifest({ audience: ['ring-2'] }), automation), ringRoot, clock, { deviceId: 'ring-2' }).signedBy).toBe('automation-key');
+    // A root from before rings (no devices) still parses: the per-canary bound only.
+    expect(root.automationKeys[automation.keyId]!.scope.devices).toBeUndefined();
+  });
+
   it('verify - an automation-signed canary is valid on the devices it names and nowhere else', () => {
     const canary = sign(manifest({ audience: ['edge-1', 'edge-2'] }), automation);
     expect(verifyRelease(canary, root, clock, { deviceId: 'edge-1' })).toMatchObject({ signedBy: 'automation-key', keyIds: [automation.keyId] });

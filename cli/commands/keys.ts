@@ -21,6 +21,7 @@ export const AUTOMATION_PASSPHRASE_ENV = 'DRIFTLINE_AUTOMATION_KEY_PASSPHRASE';
 interface AutomationKeyOptions {
   scopeModels?: string[];
   scopeMaxDevices?: number;
+  scopeDevices?: string[];
   passphraseEnv: string;
 }
 
@@ -30,7 +31,7 @@ function automationKeyChange(options: AutomationKeyOptions): NonNullable<RootCha
     throw usageError('an automation key needs a scope: --scope-models a,b --scope-max-devices N');
   const passphrase = process.env[options.passphraseEnv];
   if (!passphrase) throw usageError(`$${options.passphraseEnv} is empty: the automation key is written encrypted with that passphrase`);
-  return { scope: parseAutomationScope({ models: options.scopeModels, maxDevices: options.scopeMaxDevices }), passphrase };
+  return { scope: parseAutomationScope({ models: options.scopeModels, maxDevices: options.scopeMaxDevices, devices: options.scopeDevices }), passphrase };
 }
 
 const commaList = (value: string): string[] =>
@@ -87,6 +88,7 @@ export function registerKeys(program: Command): void {
     .option('--add-automation-key', 'create an online automation release key (scoped canaries; needs --scope-models and --scope-max-devices)')
     .option('--scope-models <a,b>', 'with --add-automation-key: the models it may sign', commaList)
     .option('--scope-max-devices <n>', 'with --add-automation-key: the most devices one of its canaries may name', integer(1, 10_000))
+    .option('--scope-devices <a,b>', 'with --add-automation-key: the only devices its canaries may name (a canary ring; bounds its total reach)', commaList)
     .option('--passphrase-env <VAR>', 'with --add-automation-key: environment variable holding its passphrase', AUTOMATION_PASSPHRASE_ENV)
     .option('--remove-automation-key <keyid>', 'drop an automation key from the root (repeatable; --revoke also refuses what it signed)', repeated)
     .option('--add-root-keys <n>', 'create this many new root keys', integer(0, 16))
@@ -108,8 +110,8 @@ export function registerKeys(program: Command): void {
         } & AutomationKeyOptions,
         command: Command,
       ) => {
-        if (!options.addAutomationKey && (options.scopeModels || options.scopeMaxDevices !== undefined))
-          throw usageError('--scope-models and --scope-max-devices go with --add-automation-key');
+        if (!options.addAutomationKey && (options.scopeModels || options.scopeMaxDevices !== undefined || options.scopeDevices))
+          throw usageError('--scope-models, --scope-max-devices and --scope-devices go with --add-automation-key');
         const { rootFile, metadata, newKeyIds } = rotateRoot(
           options.dir,
           {
@@ -142,6 +144,7 @@ export function registerKeys(program: Command): void {
     .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
     .requiredOption('--scope-models <a,b>', 'the models it may sign', commaList)
     .requiredOption('--scope-max-devices <n>', 'the most devices one of its canaries may name', integer(1, 10_000))
+    .option('--scope-devices <a,b>', 'the only devices its canaries may name (a canary ring fixed in the root: bounds its total reach)', commaList)
     .option('--passphrase-env <VAR>', 'environment variable holding its passphrase', AUTOMATION_PASSPHRASE_ENV)
     .option('--expires <duration>', 'lifetime of the new root version (e.g. 365d)', durationMs)
     .action((options: { dir: string; expires?: number } & AutomationKeyOptions, command: Command) => {
@@ -186,7 +189,7 @@ export function registerKeys(program: Command): void {
             ...Object.entries(root.automationKeys).map(([k, a]) => [
               'automation',
               k,
-              `canaries of ${a.scope.models.join(', ')} to at most ${a.scope.maxDevices} devices`,
+              `canaries of ${a.scope.models.join(', ')} to at most ${a.scope.maxDevices} devices${a.scope.devices ? ` of ${a.scope.devices.length} canary devices` : ''}`,
             ]),
             ...root.revokedKeys.map((k) => ['revoked', k, '-']),
           ],

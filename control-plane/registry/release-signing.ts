@@ -4,7 +4,7 @@ import { assertDeviceId, assertModelName } from '../../common/ids.js';
 import type { Logger } from '../../common/logger.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import type { Release } from '../../common/proto/driftline/v1/releases.js';
-import { MAX_AUDIENCE } from '../../common/trust/automation.js';
+import { MAX_AUDIENCE, scopeViolation } from '../../common/trust/automation.js';
 import type { Signer } from '../../common/trust/keys.js';
 import { buildManifest, signManifestBytes, type ReleaseManifest, type ReleaseManifestInput } from '../../common/trust/manifest.js';
 import type { ReleaseStore } from './release-store.js';
@@ -75,12 +75,8 @@ export class ReleaseSigner implements ReleaseSigning {
     if (!signer) return awaiting('no automation key is configured (serve --automation-key): sign it with `driftline models sign`');
     const scope = releases.automationScope(signer.keyId);
     if (!scope) return awaiting(`TRUST_KEY_UNKNOWN: the root does not delegate automation key ${signer.keyId.slice(0, 12)} (or revoked it)`);
-    if (!scope.models.includes(name))
-      return awaiting(`RELEASE_OUT_OF_SCOPE: automation key ${signer.keyId.slice(0, 12)} may sign [${scope.models.join(', ')}], not ${name}`);
-    if (audience.length > scope.maxDevices)
-      return awaiting(
-        `RELEASE_OUT_OF_SCOPE: the canary names ${audience.length} devices; automation key ${signer.keyId.slice(0, 12)} may sign for ${scope.maxDevices}`,
-      );
+    const violation = scopeViolation({ name, version: draft.version, audience }, scope, signer.keyId);
+    if (violation) return awaiting(`${violation.code}: ${violation.message}`);
 
     // The draft first: a canary always has the manifest a release key promotes it with.
     await releases.recordDraft(draft, 'signed online as a canary; a release key makes it fleet-wide');
