@@ -429,7 +429,8 @@ async function releaseDraft(connection: Connection, name: string, version: numbe
     const draft = await connection.api.service(ReleaseServiceService).getReleaseDraft({ name, version });
     return buildManifest(JSON.parse(Buffer.from(draft.manifest).toString('utf8')) as ReleaseManifest);
   } catch (err) {
-    if (refusedWith(err, 'MODEL_NOT_FOUND', 'TRUST_NOT_CONFIGURED')) return undefined;
+    // A control plane from before drafts has none: the version is signed from its file.
+    if (refusedWith(err, 'MODEL_NOT_FOUND', 'TRUST_NOT_CONFIGURED', 'NOT_IMPLEMENTED')) return undefined;
     if (err instanceof SyntaxError) throw new CliError('RELEASE_INVALID', `the control plane's draft for ${name}@v${version} is not JSON`, EXIT.conflict);
     throw err;
   }
