@@ -125,6 +125,10 @@ export const ERROR_CODES = {
   RELEASE_INCOMPATIBLE: 'invalid',
   RELEASE_SELF_TEST_FAILED: 'invalid',
   RELEASE_CONFLICT: 'conflict',
+  /** A release signed only by an automation key outside the scope the root gives that key (model, audience size, no audience). */
+  RELEASE_OUT_OF_SCOPE: 'forbidden',
+  /** A release with an audience (a canary) on a device it does not name. */
+  RELEASE_NOT_IN_AUDIENCE: 'forbidden',
   RELEASE_NOT_DEPLOYABLE: 'conflict',
   RELEASE_ACTIVATION_INTERRUPTED: 'internal',
   DOWNLOAD_TIMEOUT: 'deadline',

@@ -227,6 +227,14 @@ export const controlPlaneConfigSchema = z
         rollbackKey: z.string().min(1).optional(),
         /** Environment variable holding the rollback key's passphrase. */
         rollbackKeyPassphraseEnv: z.string().default('DRIFTLINE_ROLLBACK_KEY_PASSPHRASE'),
+        /**
+         * Opt-in online signing of scoped canaries (control-plane/registry/release-signing.ts): the
+         * automation key file from `driftline keys create-automation`, always encrypted at rest.
+         * Without it a released candidate waits for `driftline models sign`.
+         */
+        automationKey: z.string().min(1).optional(),
+        /** Environment variable holding the automation key's passphrase. */
+        automationKeyPassphraseEnv: z.string().default('DRIFTLINE_AUTOMATION_KEY_PASSPHRASE'),
         /** Warn (at start, in /healthz) when the root expires within this. */
         expiryWarning: duration.prefault('30d'),
         /** How often the trust warnings are re-evaluated (the root's expiry approaches while serve runs). */

@@ -17,7 +17,8 @@ import { artifactGrantSources, mayDownloadArtifact } from './registry/artifact-g
 import { startArtifactServer } from './registry/artifact-http.js';
 import { ArtifactStore } from './registry/artifact-store.js';
 import { ModelRegistry } from './registry/model-registry.js';
-import { openReleaseStore, watchTrust } from './registry/release-trust.js';
+import type { ReleaseSigning } from './registry/release-signing.js';
+import { openReleaseSigner, openReleaseStore, watchTrust } from './registry/release-trust.js';
 import { driftSourceFrom } from './rollout/drift-adapter.js';
 import { RolloutDriver } from './rollout/driver.js';
 import { RolloutEngine } from './rollout/engine.js';
@@ -77,6 +78,11 @@ export interface ControlPlane {
    * lease's expiry and call training.sweep() themselves; training.settled() waits for evaluations.
    */
   readonly training: TrainingEngine;
+  /**
+   * Signs a released candidate as a scoped canary with the automation key (trust.automationKey),
+   * or records its draft for `driftline models sign`: `releaseSigner.signCanary({model, version, audience})`.
+   */
+  readonly releaseSigner: ReleaseSigning;
   shutdown(): Promise<void>;
 }
 
@@ -111,6 +117,7 @@ export async function startControlPlane(
   const artifacts = new ArtifactStore(join(config.dataDir, 'artifacts'));
   const registry = new ModelRegistry({ versions: new SqliteModelVersionRepository(db), artifacts, clock, maxModelBytes: config.maxModelBytes });
   const releases = openReleaseStore({ releases: new SqliteReleaseRepository(db), registry, clock, logger, trust: config.trust });
+  const releaseSigner = openReleaseSigner({ releases, registry, clock, logger, trust: config.trust });
   const drift = new SqliteDriftRepository(db, logger);
   const samples = new SqliteSampleRepository(db, {
     maxAgeMs: config.samples.maxAge,
@@ -338,6 +345,7 @@ export async function startControlPlane(
       datasets,
       samples,
       training,
+      releaseSigner,
       get state() {
         return state;
       },

@@ -38,6 +38,7 @@ function rootOf(keys: ReturnType<typeof generateKey>[], threshold: number, versi
     rootKeys: Object.fromEntries(keys.map((k) => [k.keyId, k.publicKey])),
     releaseKeys: { [release.keyId]: release.publicKey },
     rollbackKeys: {},
+    automationKeys: {},
     revokedKeys: [],
   };
 }

@@ -124,7 +124,7 @@ const ARTIFACT_PATH = /^[A-Za-z0-9][A-Za-z0-9._/-]*$/;
 /**
  * Brings the device to its desired model, crash-safely:
  *   signed desired state -> root chain walked from the pinned root -> release verified
- *   (signature, release key, expiry) -> matches the desired state -> anti-rollback (or a
+ *   (signature, release key or a scoped automation key, expiry, audience) -> matches the desired state -> anti-rollback (or a
  *   signed rollback directive) -> compatible with the device -> download (resumable, capped
  *   at the signed size, sha256) -> golden-vector self-test beside the running model ->
  *   swap -> one atomic write of the new active record.
@@ -353,7 +353,8 @@ export class ModelManager {
     if (model.envelope.length === 0)
       throw new DriftlineError('RELEASE_UNSIGNED', `${model.name} v${model.version} is not signed and this device has a pinned root`);
     const root = trust!.advance(desired.rootChain, clock);
-    const { manifest } = verifyRelease(model.envelope, root.metadata, clock);
+    // With this device's id: a canary (a release naming an audience) is refused by every device it does not name.
+    const { manifest } = verifyRelease(model.envelope, root.metadata, clock, { deviceId: device?.deviceId });
     if (
       manifest.name !== model.name ||
       manifest.version !== model.version ||

@@ -1,7 +1,9 @@
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { systemClock } from '../../common/clock.js';
-import { initKeys, keyFolder, latestRoot, rotateRoot } from '../../common/trust/key-files.js';
+import { join } from 'node:path';
+import { parseAutomationScope } from '../../common/trust/automation.js';
+import { initKeys, keyFolder, latestRoot, rotateRoot, type RootChange } from '../../common/trust/key-files.js';
 import { rootExpiryWarning } from '../../common/trust/root.js';
 import { formatDuration } from '../../common/units.js';
 import { durationMs, integer, repeated } from '../arguments.js';
@@ -12,6 +14,31 @@ import { createOutput } from '../output.js';
 export const DEFAULT_KEYS_DIR = './.driftline-keys';
 /** Matches serve's trust.expiryWarning default. */
 const DEFAULT_EXPIRY_WARNING_MS = 30 * 86_400_000;
+
+/** Where `keys create-automation` / `rotate --add-automation-key` read the automation key's passphrase; serve reads the same by default. */
+export const AUTOMATION_PASSPHRASE_ENV = 'DRIFTLINE_AUTOMATION_KEY_PASSPHRASE';
+
+interface AutomationKeyOptions {
+  scopeModels?: string[];
+  scopeMaxDevices?: number;
+  scopeDevices?: string[];
+  passphraseEnv: string;
+}
+
+/** The automation key a rotation adds: its scope from the flags, its passphrase from the environment (it is always written encrypted). */
+function automationKeyChange(options: AutomationKeyOptions): NonNullable<RootChange['addAutomationKey']> {
+  if (!options.scopeModels?.length || options.scopeMaxDevices === undefined)
+    throw usageError('an automation key needs a scope: --scope-models a,b --scope-max-devices N');
+  const passphrase = process.env[options.passphraseEnv];
+  if (!passphrase) throw usageError(`$${options.passphraseEnv} is empty: the automation key is written encrypted with that passphrase`);
+  return { scope: parseAutomationScope({ models: options.scopeModels, maxDevices: options.scopeMaxDevices, devices: options.scopeDevices }), passphrase };
+}
+
+const commaList = (value: string): string[] =>
+  value
+    .split(',')
+    .map((v) => v.trim())
+    .filter(Boolean);
 
 const jsonOf = (command: Command): boolean => Boolean(command.optsWithGlobals<GlobalOptions>().json);
 const iso = (ms: number): string => new Date(ms).toISOString();
@@ -57,7 +84,13 @@ export function registerKeys(program: Command): void {
     .description('write the next root version: rotate or revoke keys; signed by a threshold of the old and of the new root keys')
     .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
     .option('--add-release-key', 'create a new release key')
-    .option('--revoke <keyid>', 'revoke a release or rollback key (repeatable)', repeated)
+    .option('--revoke <keyid>', 'revoke a release, rollback or automation key (repeatable)', repeated)
+    .option('--add-automation-key', 'create an online automation release key (scoped canaries; needs --scope-models and --scope-max-devices)')
+    .option('--scope-models <a,b>', 'with --add-automation-key: the models it may sign', commaList)
+    .option('--scope-max-devices <n>', 'with --add-automation-key: the most devices one of its canaries may name', integer(1, 10_000))
+    .option('--scope-devices <a,b>', 'with --add-automation-key: the only devices its canaries may name (a canary ring; bounds its total reach)', commaList)
+    .option('--passphrase-env <VAR>', 'with --add-automation-key: environment variable holding its passphrase', AUTOMATION_PASSPHRASE_ENV)
+    .option('--remove-automation-key <keyid>', 'drop an automation key from the root (repeatable; --revoke also refuses what it signed)', repeated)
     .option('--add-root-keys <n>', 'create this many new root keys', integer(0, 16))
     .option('--remove-root-key <keyid>', 'drop a root key (repeatable)', repeated)
     .option('--threshold <n>', 'new root threshold', integer(1, 16))
@@ -72,9 +105,13 @@ export function registerKeys(program: Command): void {
           removeRootKey?: string[];
           threshold?: number;
           expires?: number;
-        },
+          addAutomationKey?: boolean;
+          removeAutomationKey?: string[];
+        } & AutomationKeyOptions,
         command: Command,
       ) => {
+        if (!options.addAutomationKey && (options.scopeModels || options.scopeMaxDevices !== undefined || options.scopeDevices))
+          throw usageError('--scope-models, --scope-max-devices and --scope-devices go with --add-automation-key');
         const { rootFile, metadata, newKeyIds } = rotateRoot(
           options.dir,
           {
@@ -84,6 +121,8 @@ export function registerKeys(program: Command): void {
             removeRootKeyIds: options.removeRootKey,
             threshold: options.threshold,
             lifetimeMs: options.expires,
+            ...(options.addAutomationKey ? { addAutomationKey: automationKeyChange(options) } : {}),
+            removeAutomationKeyIds: options.removeAutomationKey,
           },
           systemClock,
         );
@@ -95,6 +134,35 @@ export function registerKeys(program: Command): void {
         });
       },
     );
+
+  keys
+    .command('create-automation')
+    .description(
+      'create an online automation release key, delegated in the next root version with a scope devices enforce: it signs canaries of these models for at most N devices each; ' +
+        'written encrypted (scrypt + aes-256-gcm) for serve --automation-key',
+    )
+    .option('--dir <dir>', 'key folder', DEFAULT_KEYS_DIR)
+    .requiredOption('--scope-models <a,b>', 'the models it may sign', commaList)
+    .requiredOption('--scope-max-devices <n>', 'the most devices one of its canaries may name', integer(1, 10_000))
+    .option('--scope-devices <a,b>', 'the only devices its canaries may name (a canary ring fixed in the root: bounds its total reach)', commaList)
+    .option('--passphrase-env <VAR>', 'environment variable holding its passphrase', AUTOMATION_PASSPHRASE_ENV)
+    .option('--expires <duration>', 'lifetime of the new root version (e.g. 365d)', durationMs)
+    .action((options: { dir: string; expires?: number } & AutomationKeyOptions, command: Command) => {
+      const change = automationKeyChange(options);
+      const { rootFile, metadata, newKeyIds } = rotateRoot(options.dir, { addAutomationKey: change, lifetimeMs: options.expires }, systemClock);
+      const keyId = newKeyIds[0]!;
+      const keyFile = resolve(join(options.dir, 'automation-keys', `${keyId}.key`));
+      const output = createOutput(jsonOf(command));
+      output.result({ keyId, keyFile, scope: change.scope, rootFile, version: metadata.version, expiresAtMs: metadata.expiresAtMs }, () => {
+        output.line(
+          `created automation key ${keyId.slice(0, 12)} (models ${change.scope.models.join(', ')}; at most ${change.scope.maxDevices} devices per canary): ${keyFile}`,
+        );
+        output.line(`root metadata v${metadata.version} (expires ${iso(metadata.expiresAtMs)}): ${rootFile}`);
+        output.line(
+          `next: driftline serve --trust-root ${keyFolder(options.dir).rootDir} --automation-key ${keyFile} (its passphrase in $${AUTOMATION_PASSPHRASE_ENV})`,
+        );
+      });
+    });
 
   keys
     .command('show')
@@ -113,12 +181,17 @@ export function registerKeys(program: Command): void {
         output.line(`root v${root.version}, threshold ${root.threshold}, expires ${iso(root.expiresAtMs)}`);
         if (warning) output.line(`warning [${warning.code}]: ${warning.message}`);
         output.table(
-          ['ROLE', 'KEY ID'],
+          ['ROLE', 'KEY ID', 'SCOPE'],
           [
-            ...Object.keys(root.rootKeys).map((k) => ['root', k]),
-            ...Object.keys(root.releaseKeys).map((k) => ['release', k]),
-            ...Object.keys(root.rollbackKeys).map((k) => ['rollback', k]),
-            ...root.revokedKeys.map((k) => ['revoked', k]),
+            ...Object.keys(root.rootKeys).map((k) => ['root', k, '-']),
+            ...Object.keys(root.releaseKeys).map((k) => ['release', k, 'fleet']),
+            ...Object.keys(root.rollbackKeys).map((k) => ['rollback', k, 'rollback directives']),
+            ...Object.entries(root.automationKeys).map(([k, a]) => [
+              'automation',
+              k,
+              `canaries of ${a.scope.models.join(', ')} to at most ${a.scope.maxDevices} devices${a.scope.devices ? ` of ${a.scope.devices.length} canary devices` : ''}`,
+            ]),
+            ...root.revokedKeys.map((k) => ['revoked', k, '-']),
           ],
         );
       });

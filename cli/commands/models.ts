@@ -21,8 +21,9 @@ import {
 } from '../../common/proto/driftline/v1/models.js';
 import { readModelSignature } from '../../common/onnx/signature.js';
 import { keyFolder, releaseSigner } from '../../common/trust/key-files.js';
+import type { Signer } from '../../common/trust/keys.js';
 import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../common/trust/manifest.js';
-import { ReleaseServiceService } from '../../common/proto/driftline/v1/releases.js';
+import { ReleaseServiceService, ReleaseStatus } from '../../common/proto/driftline/v1/releases.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
 import { CliError, type Connection, EXIT, usageError } from '../connection.js';
@@ -187,22 +188,97 @@ export function registerModels(program: Command): void {
     );
 
   models
+    .command('sign')
+    .description(
+      'sign a pushed version offline with the release key in --keys-dir and publish it: the draft the control plane proposes for it ' +
+        '(a released candidate awaiting a signature, or a canary an automation key signed, which this makes fleet-wide), else a manifest built from its ONNX file',
+    )
+    .argument('<name>', 'model name')
+    .argument('<version>', 'the version to sign', integer(1))
+    .argument('[file]', "the version's ONNX file (checked against its sha256): needed when the control plane has no draft for it")
+    .option('--keys-dir <dir>', 'key folder from `driftline keys init`', DEFAULT_KEYS_DIR)
+    .option('--golden <n>', 'with a file: golden test vectors to record (seeded inputs)', integer(0, 64), 3)
+    .option('--examples <file.json>', "with a file: example inputs the model runs on, for the device's warm-up and the golden vectors")
+    .option('--providers <list>', 'with a file: execution providers the model needs, any of (e.g. cuda,cpu)', commaList)
+    .option('--arch <list>', 'with a file: device architectures it runs on (x86_64,arm64)', commaList)
+    .option('--min-memory <bytes>', 'with a file: device memory it needs, in bytes', integer(0))
+    .option('--flag <flag>', 'with a file: a profile flag it needs (repeatable)', repeated)
+    .option('--job <id>', 'with a file: lineage, the training job that produced it', '')
+    .option('--metric <k=v>', 'with a file: lineage, an evaluation metric (repeatable)', keyValue)
+    .action((name: string, version: number, file: string | undefined, options: Omit<PushOptions, 'name' | 'description'>, command: Command) =>
+      withConnection(command, async (connection, output) => {
+        assertModelName(name);
+        // The key first: a signing problem fails before anything is asked of the control plane.
+        const signer = releaseSigner(keyFolder(options.keysDir));
+        const stored = (await connection.api.service(ModelServiceService).getModel({ name })).versions.find((v) => v.version === version);
+        if (!stored) throw new CliError('MODEL_NOT_FOUND', `model ${name} has no version ${version} (see \`driftline models get ${name}\`)`, EXIT.notFound);
+        const before = (await signatureStatuses(connection, [stored])).get(`${name}@${version}`);
+        const draft = await releaseDraft(connection, name, version);
+        let envelope: Buffer;
+        if (file) {
+          await assertNotEmpty(file);
+          const { sha256 } = await fingerprint(file);
+          if (sha256 !== stored.sha256) {
+            throw new CliError(
+              'MODEL_CHECKSUM_MISMATCH',
+              `${file} (sha256 ${shortSha(sha256)}) is not the file of ${name}@v${version} (sha256 ${shortSha(stored.sha256)})`,
+              EXIT.usage,
+            );
+          }
+          // Built here from the file; what the draft knows (lineage, constraints, examples, golden vectors) is kept unless given again.
+          const signing = await prepareSigning(
+            file,
+            { ...options, name, description: '', ...(draft ? { carried: draft } : {}) },
+            stored.amendsVersion || undefined,
+            signer,
+          );
+          envelope = signing.sign(version);
+        } else {
+          if (!draft) {
+            throw usageError(
+              `the control plane has no draft for ${name}@v${version} (it proposes one for released candidates): pass the version's ONNX file, \`driftline models sign ${name} ${version} <file.onnx>\``,
+            );
+          }
+          if (
+            draft.name !== stored.name ||
+            draft.version !== stored.version ||
+            draft.artifact.sha256 !== stored.sha256 ||
+            draft.artifact.sizeBytes !== stored.sizeBytes
+          ) {
+            throw new CliError('RELEASE_MISMATCH', `the control plane's draft does not describe the stored ${name}@v${version}: not signed`, EXIT.conflict);
+          }
+          // A release key's signature without an audience: fleet-wide.
+          envelope = signManifestBytes(buildManifest({ ...draft, audience: undefined }), signer);
+        }
+        const release = await connection.api.service(ReleaseServiceService).publishRelease({ name, version, envelope });
+        const promoted = before?.status === 'canary';
+        output.result({ name, version, status: 'signed', signedBy: release.keyIds, promoted, from: draft && !file ? 'draft' : 'file' }, () =>
+          output.line(
+            `signed ${name}@v${version} with release key ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}${promoted ? ': the canary is now fleet-wide' : ''}`,
+          ),
+        );
+      }),
+    );
+
+  models
     .command('list')
     .description('list models with their latest version')
     .action((_options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(ModelServiceService);
         const response = await client.listModels({});
-        output.result({ models: response.latest.map((v) => ModelVersion.toJSON(v)) }, () => {
+        const signatures = await signatureStatuses(connection, response.latest);
+        output.result({ models: response.latest.map((v) => withSignature(v, signatures)) }, () => {
           const now = systemClock.now();
           output.table(
-            ['NAME', 'VERSION', 'SIZE', 'SHA256', 'OPSET', 'CREATED', 'DESCRIPTION'],
+            ['NAME', 'VERSION', 'SIZE', 'SHA256', 'OPSET', 'SIGNATURE', 'CREATED', 'DESCRIPTION'],
             response.latest.map((v) => [
               v.name,
               v.version,
               bytes(v.sizeBytes),
               shortSha(v.sha256),
               v.opset,
+              signatureCell(signatures.get(`${v.name}@${v.version}`)),
               relativeTime(v.createdAtMs, now),
               v.description || '-',
             ]),
@@ -220,10 +296,11 @@ export function registerModels(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(ModelServiceService);
         const model = await client.getModel({ name });
-        output.result({ name: model.name, versions: model.versions.map((v) => ModelVersion.toJSON(v)) }, () => {
+        const signatures = await signatureStatuses(connection, model.versions);
+        output.result({ name: model.name, versions: model.versions.map((v) => withSignature(v, signatures)) }, () => {
           const now = systemClock.now();
           output.table(
-            ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'CREATED', 'DESCRIPTION'],
+            ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'SIGNATURE', 'CREATED', 'DESCRIPTION'],
             model.versions.map((v) => [
               v.version,
               bytes(v.sizeBytes),
@@ -231,6 +308,7 @@ export function registerModels(program: Command): void {
               v.opset,
               tensors(v.inputs),
               tensors(v.outputs),
+              signatureCell(signatures.get(`${v.name}@${v.version}`)),
               relativeTime(v.createdAtMs, now),
               [v.amendsVersion ? `amends v${v.amendsVersion}` : '', v.description].filter(Boolean).join(': ') || '-',
             ]),
@@ -342,6 +420,59 @@ async function releaseOf(connection: Connection, name: string, version: number):
   } catch (err) {
     if (refusedWith(err, 'MODEL_NOT_FOUND', 'TRUST_NOT_CONFIGURED')) return undefined;
     throw err;
+  }
+}
+
+/** The draft the control plane proposes for a version awaiting a signature, if it has one. */
+async function releaseDraft(connection: Connection, name: string, version: number): Promise<ReleaseManifest | undefined> {
+  try {
+    const draft = await connection.api.service(ReleaseServiceService).getReleaseDraft({ name, version });
+    return buildManifest(JSON.parse(Buffer.from(draft.manifest).toString('utf8')) as ReleaseManifest);
+  } catch (err) {
+    // A control plane from before drafts has none: the version is signed from its file.
+    if (refusedWith(err, 'MODEL_NOT_FOUND', 'TRUST_NOT_CONFIGURED', 'NOT_IMPLEMENTED')) return undefined;
+    if (err instanceof SyntaxError) throw new CliError('RELEASE_INVALID', `the control plane's draft for ${name}@v${version} is not JSON`, EXIT.conflict);
+    throw err;
+  }
+}
+
+/** The signature status of each version, by `name@version`; empty when the control plane cannot say (one from before signature statuses). */
+async function signatureStatuses(connection: Connection, versions: readonly ModelVersion[]): Promise<Map<string, ReleaseStatus>> {
+  const statuses = new Map<string, ReleaseStatus>();
+  for (let i = 0; i < versions.length; i += 1000) {
+    const chunk = versions.slice(i, i + 1000).map((v) => ({ name: v.name, version: v.version }));
+    try {
+      const response = await connection.api.service(ReleaseServiceService).listReleaseStatuses({ versions: chunk });
+      for (const s of response.statuses) statuses.set(`${s.name}@${s.version}`, s);
+    } catch (err) {
+      if (refusedWith(err, 'NOT_IMPLEMENTED', 'TRUST_NOT_CONFIGURED')) return statuses;
+      throw err;
+    }
+  }
+  return statuses;
+}
+
+const withSignature = (v: ModelVersion, statuses: Map<string, ReleaseStatus>): object => {
+  const s = statuses.get(`${v.name}@${v.version}`);
+  if (!s) return ModelVersion.toJSON(v) as object;
+  const { name: _n, version: _v, ...signature } = ReleaseStatus.toJSON(s) as Record<string, unknown>;
+  return { ...(ModelVersion.toJSON(v) as object), signature };
+};
+
+/** unsigned / awaiting signature / signed (release key) / canary (automation key, N devices) / refused (code). */
+function signatureCell(status: ReleaseStatus | undefined): string {
+  if (!status) return '-';
+  switch (status.status) {
+    case 'awaiting-signature':
+      return 'awaiting signature';
+    case 'signed':
+      return 'signed (release key)';
+    case 'canary':
+      return `canary (${status.signedBy === 'automation-key' ? 'automation key' : 'release key'}, ${status.audience.length} device${status.audience.length === 1 ? '' : 's'})`;
+    case 'refused':
+      return `refused (${status.reason})`;
+    default:
+      return status.status;
   }
 }
 
@@ -472,8 +603,9 @@ async function prepareSigning(
   file: string,
   options: PushOptions & { carried?: ReleaseManifest },
   amendsVersion?: number,
+  loadedSigner?: Signer,
 ): Promise<{ sign(version: number): Buffer }> {
-  const signer = releaseSigner(keyFolder(options.keysDir));
+  const signer = loadedSigner ?? releaseSigner(keyFolder(options.keysDir));
   const carried = options.carried;
   let modelBytes: Buffer;
   let referenceCsv: string | undefined;

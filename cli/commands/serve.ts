@@ -23,6 +23,7 @@ interface ServeOptions {
   advertiseHttpUrl?: string;
   trustRoot?: string;
   rollbackKey?: string;
+  automationKey?: string;
   tlsCert?: string;
   tlsKey?: string;
   tlsClientCa?: string;
@@ -59,6 +60,10 @@ export function registerServe(program: Command): void {
     .option('--tls-client-ca <file>', 'require gRPC clients to present a certificate this CA signed (mTLS)')
     .option('--trust-root <path>', 'root metadata for signed releases: the root/ folder of `driftline keys init` (or one root.v<N>.json)')
     .option('--rollback-key <file>', 'opt in to online signing of rollback directives with this key (passphrase in $DRIFTLINE_ROLLBACK_KEY_PASSPHRASE)')
+    .option(
+      '--automation-key <file>',
+      'opt in to online signing of scoped canaries with this automation key (keys create-automation; passphrase in $DRIFTLINE_AUTOMATION_KEY_PASSPHRASE)',
+    )
     .addOption(
       new Option('--log-level <level>', 'log level (logs go to stderr)')
         .choices(['trace', 'debug', 'info', 'warn', 'error', 'silent'])
@@ -118,7 +123,7 @@ function withFlags(file: unknown, o: ServeOptions): ControlPlaneConfigInput {
       advertisedUrl: o.advertiseMqttUrl,
     },
     advertisedHttpUrl: o.advertiseHttpUrl,
-    trust: { root: o.trustRoot, rollbackKey: o.rollbackKey },
+    trust: { root: o.trustRoot, rollbackKey: o.rollbackKey, automationKey: o.automationKey },
   };
   const merged = layerConfig(file, flags) as ControlPlaneConfigInput;
   return typeof merged === 'object' && merged !== null && !Array.isArray(merged) && merged.dataDir === undefined

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { Clock } from '../clock.js';
 import { DriftlineError } from '../errors.js';
 import { decryptPrivateKey, encryptPrivateKey, generateKey, isEncryptedKey, signerFromPem, type Signer } from './keys.js';
+import type { AutomationScope } from './automation.js';
 import { peekRoot, signRootBytes, type RootMetadata } from './root.js';
 
 /**
@@ -10,6 +11,7 @@ import { peekRoot, signRootBytes, type RootMetadata } from './root.js';
  *   root-keys/<keyid>.key      root private keys (0600)
  *   release-keys/<keyid>.key   release private keys (0600)
  *   rollback-keys/<keyid>.key  online rollback key, encrypted when a passphrase was given
+ *   automation-keys/<keyid>.key online automation release keys (scoped canaries), always encrypted
  *   root/root.v<N>.json        every signed root version (public; give this folder to the control plane)
  */
 export interface KeyFolder {
@@ -89,6 +91,7 @@ export function initKeys(options: InitKeysOptions): InitKeysResult {
     rootKeys: Object.fromEntries(roots.map((k) => [k.keyId, k.publicKey])),
     releaseKeys: { [release.keyId]: release.publicKey },
     rollbackKeys: { [rollback.keyId]: rollback.publicKey },
+    automationKeys: {},
     revokedKeys: [],
   };
   const rootFile = writeRootVersion(
@@ -159,8 +162,15 @@ export interface RootChange {
   threshold?: number;
   /** Generate a new release key (rotation). */
   addReleaseKey?: boolean;
-  /** Revoke these release or rollback keys. */
+  /** Revoke these release, rollback or automation keys. */
   revokeKeyIds?: string[];
+  /**
+   * Generate an online automation release key delegated with this scope, written encrypted at
+   * rest with `passphrase` (scrypt + aes-256-gcm) under automation-keys/: the control plane holds it.
+   */
+  addAutomationKey?: { scope: AutomationScope; passphrase: string };
+  /** Drop these automation keys from the root without revoking them (the next root no longer lists them). */
+  removeAutomationKeyIds?: string[];
   lifetimeMs?: number;
 }
 
@@ -191,10 +201,24 @@ export function rotateRoot(dir: string, change: RootChange, clock: Clock): { roo
     releaseKeys[k.keyId] = k.publicKey;
     newKeyIds.push(k.keyId);
   }
+  const automationKeys = { ...current.automationKeys };
+  for (const id of change.removeAutomationKeyIds ?? []) {
+    if (!Object.hasOwn(automationKeys, id)) throw new DriftlineError('TRUST_KEY_UNKNOWN', `root v${current.version} has no automation key ${id}`);
+    delete automationKeys[id];
+  }
+  let automationPem: string | undefined;
+  if (change.addAutomationKey) {
+    if (!change.addAutomationKey.passphrase) throw new DriftlineError('REQUEST_INVALID', 'an automation key is written encrypted: a passphrase is required');
+    const k = generateKey();
+    automationPem = k.privateKeyPem;
+    automationKeys[k.keyId] = { publicKey: k.publicKey, scope: change.addAutomationKey.scope };
+    newKeyIds.push(k.keyId);
+  }
   const revoked = [...new Set([...current.revokedKeys, ...(change.revokeKeyIds ?? [])])];
   for (const id of revoked) {
     delete releaseKeys[id];
     delete rollbackKeys[id];
+    delete automationKeys[id];
   }
   const next: RootMetadata = {
     type: 'driftline-root',
@@ -204,6 +228,7 @@ export function rotateRoot(dir: string, change: RootChange, clock: Clock): { roo
     rootKeys,
     releaseKeys,
     rollbackKeys,
+    automationKeys,
     revokedKeys: revoked,
   };
   const available = [...readSigners(dir, 'root'), ...created.map(signerFromPem)];
@@ -219,5 +244,6 @@ export function rotateRoot(dir: string, change: RootChange, clock: Clock): { roo
   const bytes = signRootBytes(next, signers);
   for (const pem of created) writeKey(dir, 'root', pem);
   if (releasePem) writeKey(dir, 'release', releasePem);
+  if (automationPem) writeKey(dir, 'automation', automationPem, change.addAutomationKey!.passphrase);
   return { rootFile: writeRootVersion(folder, bytes), metadata: next, newKeyIds };
 }

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Clock } from '../clock.js';
 import { DriftlineError } from '../errors.js';
 import { exampleInputsSchema } from '../onnx/example-inputs.js';
+import { assertInAudience, assertWithinScope, deviceIdSchema, MAX_AUDIENCE } from './automation.js';
 import { canonicalJson } from './canonical.js';
 import { decodeEnvelope, encodeEnvelope, parsePayload, signEnvelope, verifyEnvelope, type Envelope } from './dsse.js';
 import type { Signer } from './keys.js';
@@ -72,6 +73,12 @@ export const releaseManifestSchema = z.object({
       metrics: z.record(z.string(), z.number()).default({}),
     })
     .prefault({}),
+  /**
+   * The devices this release is for (a canary); absent: every device. Devices not named refuse it
+   * (RELEASE_NOT_IN_AUDIENCE). A release signed only by an automation key must name one within
+   * its key's scope; a release key's signature over the version without it makes it fleet-wide.
+   */
+  audience: z.array(deviceIdSchema).min(1).max(MAX_AUDIENCE).optional(),
   createdAtMs: z.number().int().nonnegative(),
 });
 
@@ -93,26 +100,47 @@ export const signManifestBytes = (manifest: ReleaseManifest, signer: Signer): Bu
 export interface VerifiedRelease {
   manifest: ReleaseManifest;
   keyIds: string[];
+  /** Who vouches for it: a release key (fleet-wide unless it names an audience), or only an automation key (a scoped canary). */
+  signedBy: 'release-key' | 'automation-key';
 }
 
 /**
  * A release is trusted when the root has not expired, the envelope is a manifest signed by
- * a release key the root lists and has not revoked, and the manifest is well-formed.
+ * a release key the root lists and has not revoked, and the manifest is well-formed. Signed
+ * by no release key but by an unrevoked automation key, it is trusted only within that key's
+ * scope (the model is delegated to the key, the audience is within its size: else
+ * RELEASE_OUT_OF_SCOPE). With `deviceId` (on a device), a release that names an audience is
+ * trusted only on the devices it names (RELEASE_NOT_IN_AUDIENCE), whoever signed it.
  */
-export function verifyRelease(bytes: Uint8Array, root: RootMetadata, clock: Clock): VerifiedRelease {
+export function verifyRelease(bytes: Uint8Array, root: RootMetadata, clock: Clock, device?: { deviceId: string | undefined }): VerifiedRelease {
   assertNotExpired(root, clock);
   const envelope = decodeEnvelope(bytes, 'RELEASE_INVALID');
   const revokedOnly = envelope.signatures.some((s) => root.revokedKeys.includes(s.keyid));
+  const automation = activeKeys(root, 'automation');
+  const byAutomation = envelope.signatures.some((s) => Object.hasOwn(automation, s.keyid));
+  const byRelease = envelope.signatures.some((s) => Object.hasOwn(activeKeys(root, 'release'), s.keyid));
   let verified;
+  let signedBy: VerifiedRelease['signedBy'] = 'release-key';
   try {
-    verified = verifyEnvelope(envelope, MANIFEST_PAYLOAD_TYPE, activeKeys(root, 'release'), 1, 'release manifest');
+    if (byAutomation && !byRelease) {
+      verified = verifyEnvelope(envelope, MANIFEST_PAYLOAD_TYPE, automation, 1, 'release manifest');
+      signedBy = 'automation-key';
+    } else {
+      verified = verifyEnvelope(envelope, MANIFEST_PAYLOAD_TYPE, activeKeys(root, 'release'), 1, 'release manifest');
+    }
   } catch (err) {
     if (revokedOnly && err instanceof DriftlineError && err.code === 'TRUST_KEY_UNKNOWN') {
       throw new DriftlineError('TRUST_KEY_REVOKED', 'the release is signed by a revoked key');
     }
     throw err;
   }
-  return { manifest: parsePayload(verified.payload, releaseManifestSchema, 'RELEASE_INVALID', 'release manifest'), keyIds: verified.keyIds };
+  const manifest = parsePayload(verified.payload, releaseManifestSchema, 'RELEASE_INVALID', 'release manifest');
+  if (signedBy === 'automation-key') {
+    // Every automation key that signed must have the release in its scope: one key's wider scope never stretches another's.
+    for (const keyId of verified.keyIds) assertWithinScope(manifest, root.automationKeys[keyId]!.scope, keyId);
+  }
+  if (device) assertInAudience(manifest, device.deviceId);
+  return { manifest, keyIds: verified.keyIds, signedBy };
 }
 
 /** Reads a manifest without verifying it (for display and for the server's bookkeeping after verification). */

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Clock } from '../clock.js';
 import { DriftlineError } from '../errors.js';
 import { canonicalJson } from './canonical.js';
+import { automationScopeSchema } from './automation.js';
 import { decodeEnvelope, encodeEnvelope, parsePayload, signEnvelope, verifyEnvelope, type Envelope } from './dsse.js';
 import { keyIdOf, publicKeySchema, type Signer } from './keys.js';
 
@@ -11,11 +12,17 @@ const keyMap = z
   .record(z.string().regex(/^[0-9a-f]{64}$/), publicKeySchema)
   .refine((keys) => Object.entries(keys).every(([id, key]) => keyIdOf(key) === id), 'every key id must be the sha256 of its public key');
 
+const automationKeyMap = z
+  .record(z.string().regex(/^[0-9a-f]{64}$/), z.object({ publicKey: publicKeySchema, scope: automationScopeSchema }))
+  .refine((keys) => Object.entries(keys).every(([id, key]) => keyIdOf(key.publicKey) === id), 'every key id must be the sha256 of its public key');
+
 /**
  * Root metadata, in the spirit of TUF's root role: the root keys and how many of them must
  * sign (threshold), the release keys allowed to sign manifests, the online keys allowed to
- * sign rollback directives only, and the revoked key ids. Every change is a new version
- * signed by a threshold of the old and of the new root keys.
+ * sign rollback directives only, the online automation keys allowed to sign canaries within a
+ * scope (common/trust/automation.ts), and the revoked key ids. Every change is a new version
+ * signed by a threshold of the old and of the new root keys. Roots from before automation keys
+ * parse with none.
  */
 export const rootMetadataSchema = z
   .object({
@@ -26,12 +33,21 @@ export const rootMetadataSchema = z
     rootKeys: keyMap,
     releaseKeys: keyMap,
     rollbackKeys: keyMap.default({}),
+    automationKeys: automationKeyMap.default({}),
     revokedKeys: z.array(z.string()).default([]),
   })
   .refine((r) => Object.keys(r.rootKeys).length >= r.threshold, 'the threshold exceeds the number of root keys')
-  .refine((r) => Object.keys(r.releaseKeys).every((id) => !r.revokedKeys.includes(id)), 'a revoked key cannot be a release key');
+  .refine((r) => Object.keys(r.releaseKeys).every((id) => !r.revokedKeys.includes(id)), 'a revoked key cannot be a release key')
+  .refine((r) => Object.keys(r.automationKeys).every((id) => !r.revokedKeys.includes(id)), 'a revoked key cannot be an automation key')
+  .refine(
+    (r) =>
+      Object.keys(r.automationKeys).every((id) => !Object.hasOwn(r.releaseKeys, id) && !Object.hasOwn(r.rollbackKeys, id) && !Object.hasOwn(r.rootKeys, id)),
+    'an automation key cannot hold another role (its scope would not bound it)',
+  );
 
 export type RootMetadata = z.output<typeof rootMetadataSchema>;
+/** Root metadata as written by hand or by older code: the fields with defaults may be left out. */
+export type RootMetadataInput = z.input<typeof rootMetadataSchema>;
 
 /** A root that has been verified, with the exact envelope bytes it came in (what gets pinned). */
 export interface TrustedRoot {
@@ -39,12 +55,12 @@ export interface TrustedRoot {
   envelope: Buffer;
 }
 
-export function signRoot(metadata: RootMetadata, signers: readonly Signer[]): Envelope {
+export function signRoot(metadata: RootMetadataInput, signers: readonly Signer[]): Envelope {
   const checked = rootMetadataSchema.parse(metadata);
   return signEnvelope(ROOT_PAYLOAD_TYPE, Buffer.from(canonicalJson(checked)), signers);
 }
 
-export const signRootBytes = (metadata: RootMetadata, signers: readonly Signer[]): Buffer => encodeEnvelope(signRoot(metadata, signers));
+export const signRootBytes = (metadata: RootMetadataInput, signers: readonly Signer[]): Buffer => encodeEnvelope(signRoot(metadata, signers));
 
 /** Reads a root envelope without checking its signatures (to learn its version). */
 export function peekRoot(bytes: Uint8Array): RootMetadata {
@@ -109,9 +125,18 @@ export function assertNotExpired(metadata: RootMetadata, clock: Clock): void {
   }
 }
 
-/** Keys allowed for a role, minus the revoked ones. */
-export function activeKeys(root: RootMetadata, role: 'release' | 'rollback'): Record<string, string> {
-  const keys = role === 'release' ? root.releaseKeys : { ...root.releaseKeys, ...root.rollbackKeys };
+/**
+ * Keys allowed for a role, minus the revoked ones: release keys sign manifests; rollback
+ * directives are signed by release or rollback keys; automation keys sign scoped canaries
+ * (never rollback directives, never roots).
+ */
+export function activeKeys(root: RootMetadata, role: 'release' | 'rollback' | 'automation'): Record<string, string> {
+  const keys =
+    role === 'release'
+      ? root.releaseKeys
+      : role === 'rollback'
+        ? { ...root.releaseKeys, ...root.rollbackKeys }
+        : Object.fromEntries(Object.entries(root.automationKeys).map(([id, k]) => [id, k.publicKey]));
   return Object.fromEntries(Object.entries(keys).filter(([id]) => !root.revokedKeys.includes(id)));
 }
 

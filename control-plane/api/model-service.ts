@@ -47,9 +47,14 @@ export function modelService(deps: ApiDeps, ctx: RpcContext): ModelServiceServer
     deployModel: unary(ctx, 'DeployModel', 'operator', async (req, caller) => {
       const { version, deviceIds } = validate(deployRequest, req);
       const model = await registry.resolve(assertModelName(req.name), version);
-      // A release every device would refuse (revoked signing key, expired root) is refused here, with the reason.
-      await deps.releases?.assertDeployable(model.name, model.version);
       const targets = await selectTargets(deps, deviceIds, req.selector);
+      // A release every device would refuse (revoked signing key, expired root) is refused here, with the reason;
+      // so is a canary sent to devices it does not name.
+      await deps.releases?.assertDeployable(
+        model.name,
+        model.version,
+        targets.map((d) => d.id),
+      );
       const rollback = await rollbackFor(deps, model, targets, caller?.id);
       const published = await deps.desiredStates.deploy(model, targets, { rollback });
       logger.info(

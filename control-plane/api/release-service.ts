@@ -2,11 +2,15 @@ import { z } from 'zod';
 import { DriftlineError } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
 import type { ReleaseServiceServer } from '../../common/proto/driftline/v1/releases.js';
+import { MAX_STATUS_REFS } from '../registry/release-store.js';
 import type { ApiDeps } from './ports.js';
 import { unary, validate, type RpcContext } from './rpc.js';
 
 const MAX_ENVELOPE_BYTES = 16 * 1024 * 1024;
 const publishRequest = z.object({ version: z.number().int().positive() });
+const statusRequest = z.object({
+  versions: z.array(z.object({ name: z.string(), version: z.number().int().positive() })).max(MAX_STATUS_REFS),
+});
 
 /** Signed releases: publish a signed manifest for a stored version, read releases and the trust root. */
 export function releaseService(deps: ApiDeps, ctx: RpcContext): ReleaseServiceServer {
@@ -24,6 +28,16 @@ export function releaseService(deps: ApiDeps, ctx: RpcContext): ReleaseServiceSe
       return release;
     }),
     getRelease: unary(ctx, 'GetRelease', 'viewer', (req) => releases().get(assertModelName(req.name), Math.max(0, Math.trunc(req.version)))),
+    getReleaseDraft: unary(ctx, 'GetReleaseDraft', 'viewer', (req) => {
+      const { version } = validate(publishRequest, req);
+      return releases().draft(assertModelName(req.name), version);
+    }),
+    listReleaseStatuses: unary(ctx, 'ListReleaseStatuses', 'viewer', async (req) => {
+      const { versions } = validate(statusRequest, req);
+      // Without a trust root nothing is signed: every version is unsigned.
+      if (!deps.releases) return { statuses: versions.map((v) => ({ ...v, status: 'unsigned', signedBy: '', keyIds: [], audience: [], reason: '' })) };
+      return { statuses: await deps.releases.statuses(versions) };
+    }),
     getTrustRoot: unary(ctx, 'GetTrustRoot', 'viewer', () => {
       const store = releases();
       const latest = store.rootVersion();

@@ -43,17 +43,36 @@ export interface ModelVersionRepository extends ModelVersionReads {
 /** A signed release as stored, field for field the wire's Release (the DSSE envelope as published). */
 export type StoredRelease = Release;
 
+/**
+ * The unsigned manifest proposed for a version that awaits a signature (`driftline models sign`
+ * signs exactly it, offline): recorded by the release signer for a candidate the retraining loop
+ * released. `manifest` is its canonical JSON, without an audience.
+ */
+export interface StoredReleaseDraft {
+  name: string;
+  version: number;
+  manifest: Buffer;
+  recordedAtMs: number;
+  /** Why it was not signed online (no automation key configured, the model outside its scope, ...). */
+  reason: string;
+}
+
 /** Reads of signed releases; inside or outside a unit of work. */
 export interface ReleaseReads {
   release(name: string, version: number): Promise<StoredRelease | undefined>;
   /** The signed release of the highest signed version of `name`. */
   latestRelease(name: string): Promise<StoredRelease | undefined>;
+  draft(name: string, version: number): Promise<StoredReleaseDraft | undefined>;
 }
 
 /** One unit of work: its writes commit together when the work resolves, none of them when it throws. */
 export interface ReleaseTransaction extends ReleaseReads {
   /** Records a release; refuses one whose (name, version) is already signed. */
   insert(release: StoredRelease): Promise<void>;
+  /** Replaces the release of a signed version (a canary promoted by a release key's signature); refuses a version not signed yet. */
+  replace(release: StoredRelease): Promise<void>;
+  /** Records (or replaces) the draft of a version. */
+  putDraft(draft: StoredReleaseDraft): Promise<void>;
 }
 
 /**

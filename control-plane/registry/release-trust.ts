@@ -1,12 +1,14 @@
 import { desiredModelsOf } from '../../common/device-protocol/model-set.js';
 import type { DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import type { Clock } from '../../common/clock.js';
+import { DriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { ModelVersion } from '../../common/proto/driftline/v1/models.js';
 import { readKeyFile, readRootChain } from '../../common/trust/key-files.js';
 import type { TrustWarning } from '../../common/trust/root.js';
 import type { ControlPlaneConfig } from '../config.js';
 import type { ReleaseRepository } from './ports.js';
+import { ReleaseSigner } from './release-signing.js';
 import { ReleaseStore } from './release-store.js';
 
 /**
@@ -34,6 +36,38 @@ export function openReleaseStore(deps: {
   if (root)
     logger.info({ rootVersion: root.version, expiresAtMs: root.expiresAtMs, onlineRollbackSigning: Boolean(rollbackSigner) }, 'signed releases enabled');
   return store;
+}
+
+/**
+ * The release signer the retraining loop calls: with the automation key when the operator
+ * opted in with `trust.automationKey` (encrypted at rest: its passphrase in
+ * `$trust.automationKeyPassphraseEnv`, required), otherwise one that records drafts and reports
+ * awaiting-signature. A key the root does not delegate is said at start, and its canaries wait.
+ */
+export function openReleaseSigner(deps: {
+  releases: ReleaseStore;
+  registry: { resolve(name: string, version: number): Promise<ModelVersion> };
+  clock: Clock;
+  logger: Logger;
+  trust: ControlPlaneConfig['trust'];
+}): ReleaseSigner {
+  const { trust, logger, releases } = deps;
+  let automationSigner;
+  if (trust.automationKey) {
+    const passphrase = process.env[trust.automationKeyPassphraseEnv];
+    if (!passphrase)
+      throw new DriftlineError('KEY_PASSPHRASE_INVALID', `the automation key ${trust.automationKey} is encrypted: set $${trust.automationKeyPassphraseEnv}`);
+    automationSigner = readKeyFile(trust.automationKey, passphrase);
+    const scope = releases.automationScope(automationSigner.keyId);
+    if (!releases.trusted) logger.warn('an automation key without a trust root signs nothing (serve --trust-root)');
+    else if (!scope)
+      logger.warn(
+        { keyId: automationSigner.keyId },
+        'the root does not delegate this automation key (or revoked it): released candidates wait for driftline models sign',
+      );
+    else logger.info({ keyId: automationSigner.keyId, scope }, 'online canary signing enabled (automation key)');
+  }
+  return new ReleaseSigner({ releases, registry: deps.registry, clock: deps.clock, logger, ...(automationSigner ? { automationSigner } : {}) });
 }
 
 /**

@@ -36,6 +36,7 @@ export function testTrust(nowMs: number, lifetimeMs = 86_400_000): TestTrust {
     rootKeys: Object.fromEntries(rootKeys.map((k) => [k.keyId, k.publicKey])),
     releaseKeys: { [release.keyId]: release.publicKey },
     rollbackKeys: { [rollback.keyId]: rollback.publicKey },
+    automationKeys: {},
     revokedKeys: [],
     ...changes,
   });

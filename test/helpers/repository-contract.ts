@@ -331,5 +331,21 @@ export function describeRepositoryContract(adapter: string, open: StoreFactory):
         expect((await releases.release('vibration', 1))?.envelope).toEqual(release('vibration', 1).envelope);
       }),
     );
+
+    it(
+      'store - replaces the release of a signed version (a promoted canary) and keeps one draft per version',
+      withStore(open, async ({ releases }) => {
+        await expect(releases.transaction((tx) => tx.replace(release('vibration', 1)))).rejects.toThrow();
+        await releases.transaction((tx) => tx.insert(release('vibration', 1)));
+        const promoted = { ...release('vibration', 1), keyIds: ['human'], envelope: Buffer.from('fleet-wide'), publishedAtMs: 9 };
+        await releases.transaction((tx) => tx.replace(promoted));
+        expect(await releases.release('vibration', 1)).toEqual(promoted);
+        expect(await releases.draft('vibration', 2)).toBeUndefined();
+        const draft = { name: 'vibration', version: 2, manifest: Buffer.from('{"a":1}'), recordedAtMs: 5, reason: 'no automation key' };
+        await releases.transaction((tx) => tx.putDraft(draft));
+        await releases.transaction((tx) => tx.putDraft({ ...draft, reason: 'again', recordedAtMs: 6 }));
+        expect(await releases.draft('vibration', 2)).toEqual({ ...draft, reason: 'again', recordedAtMs: 6 });
+      }),
+    );
   });
 }

@@ -1,8 +1,9 @@
 import type { Database, Statement } from 'better-sqlite3';
-import type { ReleaseReads, ReleaseRepository, ReleaseTransaction, StoredRelease } from '../../registry/ports.js';
+import { DriftlineError } from '../../../common/errors.js';
+import type { ReleaseReads, ReleaseRepository, ReleaseTransaction, StoredRelease, StoredReleaseDraft } from '../../registry/ports.js';
 import { applyMigrations, connectionOf, type SqliteConnection } from './database.js';
 
-/** The releases' table; the module name ('releases') and script are those of every existing control-plane.db. */
+/** The releases' tables; the module name ('releases') and the first script are those of every existing control-plane.db. */
 const MIGRATIONS = [
   `CREATE TABLE releases (
      name TEXT NOT NULL,
@@ -14,7 +15,23 @@ const MIGRATIONS = [
      published_at_ms INTEGER NOT NULL,
      PRIMARY KEY (name, version)
    );`,
+  `CREATE TABLE release_drafts (
+     name TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     manifest BLOB NOT NULL,
+     recorded_at_ms INTEGER NOT NULL,
+     reason TEXT NOT NULL,
+     PRIMARY KEY (name, version)
+   );`,
 ];
+
+interface DraftRow {
+  name: string;
+  version: number;
+  manifest: Buffer;
+  recorded_at_ms: number;
+  reason: string;
+}
 
 interface ReleaseRow {
   name: string;
@@ -31,6 +48,9 @@ class ReleaseStatements {
   private readonly selectRelease: Statement<[string, number], ReleaseRow>;
   private readonly selectLatest: Statement<[string], ReleaseRow>;
   private readonly insertRelease: Statement<[ReleaseRow]>;
+  private readonly replaceRelease: Statement<[ReleaseRow]>;
+  private readonly selectDraft: Statement<[string, number], DraftRow>;
+  private readonly upsertDraft: Statement<[DraftRow]>;
 
   constructor(db: Database) {
     this.selectRelease = db.prepare('SELECT * FROM releases WHERE name = ? AND version = ?');
@@ -38,6 +58,28 @@ class ReleaseStatements {
     this.insertRelease = db.prepare(
       'INSERT INTO releases (name, version, sha256, size_bytes, key_ids, envelope, published_at_ms) VALUES (@name, @version, @sha256, @size_bytes, @key_ids, @envelope, @published_at_ms)',
     );
+    this.replaceRelease = db.prepare(
+      'UPDATE releases SET sha256 = @sha256, size_bytes = @size_bytes, key_ids = @key_ids, envelope = @envelope, published_at_ms = @published_at_ms WHERE name = @name AND version = @version',
+    );
+    this.selectDraft = db.prepare('SELECT * FROM release_drafts WHERE name = ? AND version = ?');
+    this.upsertDraft = db.prepare(
+      'INSERT INTO release_drafts (name, version, manifest, recorded_at_ms, reason) VALUES (@name, @version, @manifest, @recorded_at_ms, @reason) ' +
+        'ON CONFLICT (name, version) DO UPDATE SET manifest = excluded.manifest, recorded_at_ms = excluded.recorded_at_ms, reason = excluded.reason',
+    );
+  }
+
+  draft(name: string, version: number): StoredReleaseDraft | undefined {
+    const row = this.selectDraft.get(name, version);
+    return row ? { name: row.name, version: row.version, manifest: row.manifest, recordedAtMs: row.recorded_at_ms, reason: row.reason } : undefined;
+  }
+
+  putDraft(d: StoredReleaseDraft): void {
+    this.upsertDraft.run({ name: d.name, version: d.version, manifest: d.manifest, recorded_at_ms: d.recordedAtMs, reason: d.reason });
+  }
+
+  replace(r: StoredRelease): void {
+    const { changes } = this.replaceRelease.run(rowOf(r));
+    if (changes === 0) throw new DriftlineError('MODEL_NOT_FOUND', `${r.name} v${r.version} has no release to replace`);
   }
 
   release(name: string, version: number): StoredRelease | undefined {
@@ -51,15 +93,7 @@ class ReleaseStatements {
   }
 
   insert(r: StoredRelease): void {
-    this.insertRelease.run({
-      name: r.name,
-      version: r.version,
-      sha256: r.sha256,
-      size_bytes: r.sizeBytes,
-      key_ids: JSON.stringify(r.keyIds),
-      envelope: r.envelope,
-      published_at_ms: r.publishedAtMs,
-    });
+    this.insertRelease.run(rowOf(r));
   }
 }
 
@@ -68,7 +102,10 @@ function operationsOver(s: ReleaseStatements, runOne: <T>(fn: () => T) => Promis
   return {
     release: (name, version) => runOne(() => s.release(name, version)),
     latestRelease: (name) => runOne(() => s.latestRelease(name)),
+    draft: (name, version) => runOne(() => s.draft(name, version)),
     insert: (release) => runOne(() => s.insert(release)),
+    replace: (release) => runOne(() => s.replace(release)),
+    putDraft: (draft) => runOne(() => s.putDraft(draft)),
   };
 }
 
@@ -97,7 +134,20 @@ export class SqliteReleaseRepository implements ReleaseRepository {
   latestRelease(name: string): Promise<StoredRelease | undefined> {
     return this.outside.latestRelease(name);
   }
+  draft(name: string, version: number): Promise<StoredReleaseDraft | undefined> {
+    return this.outside.draft(name, version);
+  }
 }
+
+const rowOf = (r: StoredRelease): ReleaseRow => ({
+  name: r.name,
+  version: r.version,
+  sha256: r.sha256,
+  size_bytes: r.sizeBytes,
+  key_ids: JSON.stringify(r.keyIds),
+  envelope: r.envelope,
+  published_at_ms: r.publishedAtMs,
+});
 
 function toRelease(row: ReleaseRow): StoredRelease {
   return {

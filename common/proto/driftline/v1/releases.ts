@@ -64,6 +64,48 @@ export interface TrustRoot {
   expiresAtMs: number;
 }
 
+export interface GetReleaseDraftRequest {
+  name: string;
+  version: number;
+}
+
+export interface ReleaseDraft {
+  name: string;
+  version: number;
+  /** The release manifest as canonical JSON, without an audience: what a release key signs. */
+  manifest: Buffer;
+  recordedAtMs: number;
+  /** Why it was not signed online (no automation key, the model outside its scope, ...). */
+  reason: string;
+}
+
+export interface ReleaseVersionRef {
+  name: string;
+  version: number;
+}
+
+export interface ListReleaseStatusesRequest {
+  versions: ReleaseVersionRef[];
+}
+
+export interface ReleaseStatus {
+  name: string;
+  version: number;
+  /** "unsigned" | "awaiting-signature" | "canary" | "signed" | "refused" */
+  status: string;
+  /** "release-key" | "automation-key" (signed and canary only) */
+  signedBy: string;
+  keyIds: string[];
+  /** The devices a canary is for (empty: the fleet). */
+  audience: string[];
+  /** awaiting-signature: why it was not signed online; refused: the code devices refuse it with. */
+  reason: string;
+}
+
+export interface ListReleaseStatusesResponse {
+  statuses: ReleaseStatus[];
+}
+
 function createBasePublishReleaseRequest(): PublishReleaseRequest {
   return { name: "", version: 0, envelope: Buffer.alloc(0) };
 }
@@ -588,6 +630,628 @@ export const TrustRoot: MessageFns<TrustRoot> = {
   },
 };
 
+function createBaseGetReleaseDraftRequest(): GetReleaseDraftRequest {
+  return { name: "", version: 0 };
+}
+
+export const GetReleaseDraftRequest: MessageFns<GetReleaseDraftRequest> = {
+  encode(message: GetReleaseDraftRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetReleaseDraftRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetReleaseDraftRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetReleaseDraftRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+    };
+  },
+
+  toJSON(message: GetReleaseDraftRequest): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.version !== undefined) {
+      obj.version = Math.round(message.version);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetReleaseDraftRequest>, I>>(base?: I): GetReleaseDraftRequest {
+    return GetReleaseDraftRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetReleaseDraftRequest>, I>>(object: I): GetReleaseDraftRequest {
+    const message = createBaseGetReleaseDraftRequest();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    return message;
+  },
+};
+
+function createBaseReleaseDraft(): ReleaseDraft {
+  return { name: "", version: 0, manifest: Buffer.alloc(0), recordedAtMs: 0, reason: "" };
+}
+
+export const ReleaseDraft: MessageFns<ReleaseDraft> = {
+  encode(message: ReleaseDraft, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.manifest.length !== 0) {
+      writer.uint32(26).bytes(message.manifest);
+    }
+    if (message.recordedAtMs !== 0) {
+      writer.uint32(32).int64(message.recordedAtMs);
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseDraft {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseDraft();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.manifest = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.recordedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseDraft {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      manifest: isSet(object.manifest) ? Buffer.from(bytesFromBase64(object.manifest)) : Buffer.alloc(0),
+      recordedAtMs: isSet(object.recordedAtMs)
+        ? globalThis.Number(object.recordedAtMs)
+        : isSet(object.recorded_at_ms)
+        ? globalThis.Number(object.recorded_at_ms)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: ReleaseDraft): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.version !== undefined) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.manifest !== undefined) {
+      obj.manifest = base64FromBytes(message.manifest);
+    }
+    if (message.recordedAtMs !== undefined) {
+      obj.recordedAtMs = Math.round(message.recordedAtMs);
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReleaseDraft>, I>>(base?: I): ReleaseDraft {
+    return ReleaseDraft.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReleaseDraft>, I>>(object: I): ReleaseDraft {
+    const message = createBaseReleaseDraft();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    message.manifest = object.manifest ?? Buffer.alloc(0);
+    message.recordedAtMs = object.recordedAtMs ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseReleaseVersionRef(): ReleaseVersionRef {
+  return { name: "", version: 0 };
+}
+
+export const ReleaseVersionRef: MessageFns<ReleaseVersionRef> = {
+  encode(message: ReleaseVersionRef, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseVersionRef {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseVersionRef();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseVersionRef {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+    };
+  },
+
+  toJSON(message: ReleaseVersionRef): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.version !== undefined) {
+      obj.version = Math.round(message.version);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReleaseVersionRef>, I>>(base?: I): ReleaseVersionRef {
+    return ReleaseVersionRef.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReleaseVersionRef>, I>>(object: I): ReleaseVersionRef {
+    const message = createBaseReleaseVersionRef();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    return message;
+  },
+};
+
+function createBaseListReleaseStatusesRequest(): ListReleaseStatusesRequest {
+  return { versions: [] };
+}
+
+export const ListReleaseStatusesRequest: MessageFns<ListReleaseStatusesRequest> = {
+  encode(message: ListReleaseStatusesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.versions) {
+      ReleaseVersionRef.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListReleaseStatusesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListReleaseStatusesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.versions.push(ReleaseVersionRef.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListReleaseStatusesRequest {
+    return {
+      versions: globalThis.Array.isArray(object?.versions)
+        ? object.versions.map((e: any) => ReleaseVersionRef.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListReleaseStatusesRequest): unknown {
+    const obj: any = {};
+    if (message.versions?.length) {
+      obj.versions = message.versions.map((e) => ReleaseVersionRef.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListReleaseStatusesRequest>, I>>(base?: I): ListReleaseStatusesRequest {
+    return ListReleaseStatusesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListReleaseStatusesRequest>, I>>(object: I): ListReleaseStatusesRequest {
+    const message = createBaseListReleaseStatusesRequest();
+    message.versions = object.versions?.map((e) => ReleaseVersionRef.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReleaseStatus(): ReleaseStatus {
+  return { name: "", version: 0, status: "", signedBy: "", keyIds: [], audience: [], reason: "" };
+}
+
+export const ReleaseStatus: MessageFns<ReleaseStatus> = {
+  encode(message: ReleaseStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.status !== "") {
+      writer.uint32(26).string(message.status);
+    }
+    if (message.signedBy !== "") {
+      writer.uint32(34).string(message.signedBy);
+    }
+    for (const v of message.keyIds) {
+      writer.uint32(42).string(v!);
+    }
+    for (const v of message.audience) {
+      writer.uint32(50).string(v!);
+    }
+    if (message.reason !== "") {
+      writer.uint32(58).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.status = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.signedBy = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.keyIds.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.audience.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseStatus {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      status: isSet(object.status) ? globalThis.String(object.status) : "",
+      signedBy: isSet(object.signedBy)
+        ? globalThis.String(object.signedBy)
+        : isSet(object.signed_by)
+        ? globalThis.String(object.signed_by)
+        : "",
+      keyIds: globalThis.Array.isArray(object?.keyIds)
+        ? object.keyIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.key_ids)
+        ? object.key_ids.map((e: any) => globalThis.String(e))
+        : [],
+      audience: globalThis.Array.isArray(object?.audience) ? object.audience.map((e: any) => globalThis.String(e)) : [],
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: ReleaseStatus): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.version !== undefined) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.status !== undefined) {
+      obj.status = message.status;
+    }
+    if (message.signedBy !== undefined) {
+      obj.signedBy = message.signedBy;
+    }
+    if (message.keyIds?.length) {
+      obj.keyIds = message.keyIds;
+    }
+    if (message.audience?.length) {
+      obj.audience = message.audience;
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReleaseStatus>, I>>(base?: I): ReleaseStatus {
+    return ReleaseStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReleaseStatus>, I>>(object: I): ReleaseStatus {
+    const message = createBaseReleaseStatus();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    message.status = object.status ?? "";
+    message.signedBy = object.signedBy ?? "";
+    message.keyIds = object.keyIds?.map((e) => e) || [];
+    message.audience = object.audience?.map((e) => e) || [];
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseListReleaseStatusesResponse(): ListReleaseStatusesResponse {
+  return { statuses: [] };
+}
+
+export const ListReleaseStatusesResponse: MessageFns<ListReleaseStatusesResponse> = {
+  encode(message: ListReleaseStatusesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.statuses) {
+      ReleaseStatus.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListReleaseStatusesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListReleaseStatusesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.statuses.push(ReleaseStatus.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListReleaseStatusesResponse {
+    return {
+      statuses: globalThis.Array.isArray(object?.statuses)
+        ? object.statuses.map((e: any) => ReleaseStatus.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListReleaseStatusesResponse): unknown {
+    const obj: any = {};
+    if (message.statuses?.length) {
+      obj.statuses = message.statuses.map((e) => ReleaseStatus.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListReleaseStatusesResponse>, I>>(base?: I): ListReleaseStatusesResponse {
+    return ListReleaseStatusesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListReleaseStatusesResponse>, I>>(object: I): ListReleaseStatusesResponse {
+    const message = createBaseListReleaseStatusesResponse();
+    message.statuses = object.statuses?.map((e) => ReleaseStatus.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 export type ReleaseServiceService = typeof ReleaseServiceService;
 export const ReleaseServiceService = {
   publishRelease: {
@@ -618,12 +1282,55 @@ export const ReleaseServiceService = {
     responseSerialize: (value: TrustRoot): Buffer => Buffer.from(TrustRoot.encode(value).finish()),
     responseDeserialize: (value: Buffer): TrustRoot => TrustRoot.decode(value),
   },
+  /**
+   * The unsigned manifest the control plane proposes for a version awaiting a signature (a
+   * released candidate, or a canary an automation key signed): `driftline models sign` checks it
+   * describes the stored version and signs it offline. MODEL_NOT_FOUND when there is none.
+   */
+  getReleaseDraft: {
+    path: "/driftline.v1.ReleaseService/GetReleaseDraft" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetReleaseDraftRequest): Buffer =>
+      Buffer.from(GetReleaseDraftRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetReleaseDraftRequest => GetReleaseDraftRequest.decode(value),
+    responseSerialize: (value: ReleaseDraft): Buffer => Buffer.from(ReleaseDraft.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReleaseDraft => ReleaseDraft.decode(value),
+  },
+  /**
+   * The signature status of each version asked about (at most 1000): unsigned, awaiting a
+   * signature, a canary (signed by an automation key, for its audience only), signed (a release
+   * key, fleet-wide), or refused (devices would refuse the stored release now: reason).
+   */
+  listReleaseStatuses: {
+    path: "/driftline.v1.ReleaseService/ListReleaseStatuses" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListReleaseStatusesRequest): Buffer =>
+      Buffer.from(ListReleaseStatusesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListReleaseStatusesRequest => ListReleaseStatusesRequest.decode(value),
+    responseSerialize: (value: ListReleaseStatusesResponse): Buffer =>
+      Buffer.from(ListReleaseStatusesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListReleaseStatusesResponse => ListReleaseStatusesResponse.decode(value),
+  },
 } as const;
 
 export interface ReleaseServiceServer extends UntypedServiceImplementation {
   publishRelease: handleUnaryCall<PublishReleaseRequest, Release>;
   getRelease: handleUnaryCall<GetReleaseRequest, Release>;
   getTrustRoot: handleUnaryCall<GetTrustRootRequest, TrustRoot>;
+  /**
+   * The unsigned manifest the control plane proposes for a version awaiting a signature (a
+   * released candidate, or a canary an automation key signed): `driftline models sign` checks it
+   * describes the stored version and signs it offline. MODEL_NOT_FOUND when there is none.
+   */
+  getReleaseDraft: handleUnaryCall<GetReleaseDraftRequest, ReleaseDraft>;
+  /**
+   * The signature status of each version asked about (at most 1000): unsigned, awaiting a
+   * signature, a canary (signed by an automation key, for its audience only), signed (a release
+   * key, fleet-wide), or refused (devices would refuse the stored release now: reason).
+   */
+  listReleaseStatuses: handleUnaryCall<ListReleaseStatusesRequest, ListReleaseStatusesResponse>;
 }
 
 export interface ReleaseServiceClient extends Client {
@@ -671,6 +1378,46 @@ export interface ReleaseServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: TrustRoot) => void,
+  ): ClientUnaryCall;
+  /**
+   * The unsigned manifest the control plane proposes for a version awaiting a signature (a
+   * released candidate, or a canary an automation key signed): `driftline models sign` checks it
+   * describes the stored version and signs it offline. MODEL_NOT_FOUND when there is none.
+   */
+  getReleaseDraft(
+    request: GetReleaseDraftRequest,
+    callback: (error: ServiceError | null, response: ReleaseDraft) => void,
+  ): ClientUnaryCall;
+  getReleaseDraft(
+    request: GetReleaseDraftRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReleaseDraft) => void,
+  ): ClientUnaryCall;
+  getReleaseDraft(
+    request: GetReleaseDraftRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReleaseDraft) => void,
+  ): ClientUnaryCall;
+  /**
+   * The signature status of each version asked about (at most 1000): unsigned, awaiting a
+   * signature, a canary (signed by an automation key, for its audience only), signed (a release
+   * key, fleet-wide), or refused (devices would refuse the stored release now: reason).
+   */
+  listReleaseStatuses(
+    request: ListReleaseStatusesRequest,
+    callback: (error: ServiceError | null, response: ListReleaseStatusesResponse) => void,
+  ): ClientUnaryCall;
+  listReleaseStatuses(
+    request: ListReleaseStatusesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListReleaseStatusesResponse) => void,
+  ): ClientUnaryCall;
+  listReleaseStatuses(
+    request: ListReleaseStatusesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListReleaseStatusesResponse) => void,
   ): ClientUnaryCall;
 }
 
