@@ -13,6 +13,7 @@ import { readSnapshotFiles } from '../common/datasets/snapshot-layout.js';
 import { untarSnapshot } from '../common/datasets/snapshot-tar.js';
 import { Stream, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { DatasetService } from '../control-plane/datasets/dataset-service.js';
+import { featureStatistics } from '../control-plane/datasets/snapshot-builder.js';
 import { snapshotBlobsOf } from '../control-plane/datasets/wiring.js';
 import { ArtifactStore } from '../control-plane/registry/artifact-store.js';
 import { SqliteDatasetRepository } from '../control-plane/store/sqlite/dataset-repository.js';
@@ -123,5 +124,40 @@ describe('dataset snapshots - pinned format', () => {
     expect(all.manifest.classes).toBe(4);
     expect(all.manifest.versions).toEqual([1, 2]);
     expect(replay.manifest.parent).toEqual({ id: labelled.id });
+  });
+
+  it('computes feature statistics bit for bit as a row-by-row float64 sum would, over many blocks of rows', () => {
+    const rows = 1_337;
+    const rowElements = 300;
+    let state = 99;
+    const x = Float32Array.from({ length: rows * rowElements }, () => ((state = (state * 1_103_515_245 + 12345) >>> 0) / 2 ** 32) * 1e3 - 400);
+    x[5 * rowElements + 7] = NaN;
+    x[9 * rowElements + 8] = Infinity;
+    const n = 256;
+    const sum = new Float64Array(n);
+    const squares = new Float64Array(n);
+    const min = new Float64Array(n).fill(Infinity);
+    const max = new Float64Array(n).fill(-Infinity);
+    for (let r = 0; r < rows; r++) {
+      for (let f = 0; f < n; f++) {
+        const v = x[r * rowElements + f]!;
+        sum[f]! += v;
+        squares[f]! += v * v;
+        if (v < min[f]!) min[f] = v;
+        if (v > max[f]!) max[f] = v;
+      }
+    }
+    const finite = (v: number): number => (Number.isFinite(v) ? v : 0);
+    const expected = Array.from({ length: n }, (_, f) => {
+      const mean = sum[f]! / rows;
+      return {
+        index: f,
+        mean: finite(mean),
+        std: finite(Math.sqrt(Math.max(0, squares[f]! / rows - mean * mean))),
+        min: finite(min[f]!),
+        max: finite(max[f]!),
+      };
+    });
+    expect(featureStatistics(x, rows, rowElements)).toEqual(expected);
   });
 });

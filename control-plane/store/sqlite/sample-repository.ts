@@ -244,42 +244,37 @@ export class SqliteSampleRepository implements SampleSource, RawCapturePolicies 
   }
 
   async *scan(query: SampleQuery): AsyncIterable<SampleRow[]> {
-    const page = this.db.prepare(
-      `SELECT id, device_id, boot, seq, version, time_ms, input_name, input_shape, input, classes, label FROM samples
-       WHERE model = ? AND id > ? AND (? = 0 OR version = ?) AND time_ms >= ? AND (? = 0 OR label IS NOT NULL)
-       ORDER BY model, id LIMIT ?`,
-    );
+    // Raw rows (arrays, not objects) of the columns a sample row needs; the input's bytes are handed on as SQLite gave them.
+    const page = this.db
+      .prepare(
+        `SELECT id, device_id, boot, seq, version, input_name, input_shape, input, classes, label FROM samples
+         WHERE model = ? AND id > ? AND (? = 0 OR version = ?) AND time_ms >= ? AND (? = 0 OR label IS NOT NULL)
+         ORDER BY model, id LIMIT ?`,
+      )
+      .raw();
+    type Raw = [number, string, number, number, number, string, string, Buffer, number, number | null];
     let after = 0;
     for (;;) {
       const rows = await this.connection.run(
-        () =>
-          page.all(query.model, after, query.version, query.version, query.sinceMs, query.labelledOnly ? 1 : 0, SCAN_PAGE_ROWS) as Array<{
-            id: number;
-            device_id: string;
-            boot: number;
-            seq: number;
-            version: number;
-            time_ms: number;
-            input_name: string;
-            input_shape: string;
-            input: Buffer;
-            classes: number;
-            label: number | null;
-          }>,
+        () => page.all(query.model, after, query.version, query.version, query.sinceMs, query.labelledOnly ? 1 : 0, SCAN_PAGE_ROWS) as Raw[],
       );
       if (rows.length === 0) return;
-      after = rows[rows.length - 1]!.id;
-      yield rows.map((r) => ({
-        id: `${r.device_id}/${r.boot}/${r.seq}`,
-        deviceId: r.device_id,
-        version: r.version,
-        timeMs: r.time_ms,
-        inputName: r.input_name,
-        shape: this.shapeOf(r.input_shape),
-        input: float32Copy(r.input),
-        classes: r.classes,
-        label: r.label ?? undefined,
-      }));
+      after = rows[rows.length - 1]![0];
+      const out = new Array<SampleRow>(rows.length);
+      for (let i = 0; i < rows.length; i++) {
+        const r = rows[i]!;
+        out[i] = {
+          id: `${r[1]}/${r[2]}/${r[3]}`,
+          deviceId: r[1],
+          version: r[4],
+          inputName: r[5],
+          shape: this.shapeOf(r[6]),
+          input: r[7],
+          classes: r[8],
+          label: r[9] ?? undefined,
+        };
+      }
+      yield out;
       if (rows.length < SCAN_PAGE_ROWS) return;
     }
   }
@@ -386,11 +381,4 @@ function classesOf(output: SampleTensor): { classes: number; topClass: number | 
   let top = 0;
   for (let i = 1; i < classes; i++) if (view.getFloat32(i * 4, true) > view.getFloat32(top * 4, true)) top = i;
   return { classes: Number.isSafeInteger(classes) ? classes : 0, topClass: top };
-}
-
-/** Little-endian FP32 bytes as a Float32Array of their own (SQLite's buffers need not be 4-byte aligned). */
-function float32Copy(bytes: Buffer): Float32Array {
-  const out = new Float32Array(bytes.length >>> 2);
-  new Uint8Array(out.buffer).set(bytes.subarray(0, out.length * 4));
-  return out;
 }
