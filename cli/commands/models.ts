@@ -23,6 +23,7 @@ import { readModelSignature } from '../../common/onnx/signature.js';
 import { keyFolder, releaseSigner } from '../../common/trust/key-files.js';
 import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../common/trust/manifest.js';
 import { ReleaseServiceService } from '../../common/proto/driftline/v1/releases.js';
+import { DatasetServiceService } from '../../common/proto/driftline/v1/datasets.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
 import { CliError, type Connection, EXIT, usageError } from '../connection.js';
@@ -59,6 +60,10 @@ export function registerModels(program: Command): void {
     .option('--flag <flag>', 'with --sign: a profile flag it needs (repeatable)', repeated)
     .option('--job <id>', 'with --sign: lineage, the training job that produced it', '')
     .option('--metric <k=v>', 'with --sign: lineage, an evaluation metric (repeatable)', keyValue)
+    .option(
+      '--no-raw-capture',
+      'mark the model "no raw capture": its captured samples are refused at ingest and no dataset is made of them, so only federated learning trains it (`datasets capture <model> --on` undoes it)',
+    )
     .action((file: string, options: PushOptions, command: Command) =>
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
@@ -69,6 +74,22 @@ export function registerModels(program: Command): void {
         const { size, sha256 } = await fingerprint(file);
         const showProgress = Boolean(process.stderr.isTTY) && !output.json;
         const metadata = await referenceMetadata(file, options);
+        // A switch of the model, not of a version. Set before the upload when the model exists, so no sample of the new version
+        // is ever kept; a new model's right after it (the control plane knows no switch of a model it does not have, and no
+        // device runs a model before it is deployed).
+        const rawCaptureOff = options.rawCapture === false;
+        const captureOff = (): Promise<unknown> => connection.api.service(DatasetServiceService).setRawCapture({ model: options.name, rawCapture: false });
+        const captureOffSet = rawCaptureOff
+          ? await captureOff().then(
+              () => true,
+              (err: unknown) => {
+                if (refusedWith(err, 'MODEL_NOT_FOUND')) return false;
+                throw err;
+              },
+            )
+          : true;
+        const captured = rawCaptureOff ? { rawCapture: false } : {};
+        const captureNote = rawCaptureOff ? '; raw capture off (federated learning only)' : '';
         // The control plane keeps one version per content: the same bytes again return that version.
         const existing = signing ? undefined : await versionWithBytes(connection, options.name, sha256);
         if (existing) {
@@ -82,7 +103,7 @@ export function registerModels(program: Command): void {
               EXIT.conflict,
             );
           }
-          output.result({ ...(ModelVersion.toJSON(existing) as object), unchanged: true }, () => output.line(line));
+          output.result({ ...(ModelVersion.toJSON(existing) as object), unchanged: true, ...captured }, () => output.line(line + captureNote));
           return;
         }
         const version = await upload(
@@ -93,9 +114,10 @@ export function registerModels(program: Command): void {
         ).catch((err: unknown) => {
           throw notAModel(file, err) ?? err;
         });
+        if (!captureOffSet) await captureOff();
         if (!signing) {
-          output.result(ModelVersion.toJSON(version), () =>
-            output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
+          output.result({ ...(ModelVersion.toJSON(version) as object), ...captured }, () =>
+            output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})${captureNote}`),
           );
           return;
         }
@@ -105,9 +127,9 @@ export function registerModels(program: Command): void {
           version: version.version,
           envelope: signing.sign(version.version),
         });
-        output.result({ ...(ModelVersion.toJSON(version) as object), signedBy: release.keyIds }, () =>
+        output.result({ ...(ModelVersion.toJSON(version) as object), signedBy: release.keyIds, ...captured }, () =>
           output.line(
-            `pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}`,
+            `pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}${captureNote}`,
           ),
         );
       }),
@@ -219,8 +241,10 @@ export function registerModels(program: Command): void {
     .action((name: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(ModelServiceService);
-        const model = await client.getModel({ name });
-        output.result({ name: model.name, versions: model.versions.map((v) => ModelVersion.toJSON(v)) }, () => {
+        const [model, samples] = await Promise.all([client.getModel({ name }), connection.api.service(DatasetServiceService).getSampleStats({ model: name })]);
+        // The "no raw capture" switch is kept with the samples (`models push --no-raw-capture`, `datasets capture`); on unless set.
+        const rawCapture = samples.models.find((m) => m.model === name)?.rawCapture ?? true;
+        output.result({ name: model.name, rawCapture, versions: model.versions.map((v) => ModelVersion.toJSON(v)) }, () => {
           const now = systemClock.now();
           output.table(
             ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'CREATED', 'DESCRIPTION'],
@@ -235,6 +259,7 @@ export function registerModels(program: Command): void {
               [v.amendsVersion ? `amends v${v.amendsVersion}` : '', v.description].filter(Boolean).join(': ') || '-',
             ]),
           );
+          output.line(`raw capture: ${rawCapture ? 'on' : 'off (no samples kept, no datasets: federated learning only)'}`);
         });
       }),
     );
@@ -453,6 +478,8 @@ interface PushOptions {
   flag?: string[];
   job: string;
   metric?: Record<string, string>;
+  /** false with --no-raw-capture (commander's default for a --no- option is true). */
+  rawCapture?: boolean;
 }
 
 function commaList(value: string): string[] {
