@@ -241,26 +241,38 @@ export function registerModels(program: Command): void {
     .action((name: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(ModelServiceService);
-        const [model, samples] = await Promise.all([client.getModel({ name }), connection.api.service(DatasetServiceService).getSampleStats({ model: name })]);
         // The "no raw capture" switch is kept with the samples (`models push --no-raw-capture`, `datasets capture`); on unless set.
-        const rawCapture = samples.models.find((m) => m.model === name)?.rawCapture ?? true;
-        output.result({ name: model.name, rawCapture, versions: model.versions.map((v) => ModelVersion.toJSON(v)) }, () => {
-          const now = systemClock.now();
-          output.table(
-            ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'CREATED', 'DESCRIPTION'],
-            model.versions.map((v) => [
-              v.version,
-              bytes(v.sizeBytes),
-              shortSha(v.sha256),
-              v.opset,
-              tensors(v.inputs),
-              tensors(v.outputs),
-              relativeTime(v.createdAtMs, now),
-              [v.amendsVersion ? `amends v${v.amendsVersion}` : '', v.description].filter(Boolean).join(': ') || '-',
-            ]),
-          );
-          output.line(`raw capture: ${rawCapture ? 'on' : 'off (no samples kept, no datasets: federated learning only)'}`);
-        });
+        // Left out when the control plane cannot say (one without the datasets service): the versions are what was asked for.
+        const [model, rawCapture] = await Promise.all([
+          client.getModel({ name }),
+          connection.api
+            .service(DatasetServiceService)
+            .getSampleStats({ model: name })
+            .then(
+              (stats) => stats.models.find((m) => m.model === name)?.rawCapture ?? true,
+              () => undefined,
+            ),
+        ]);
+        output.result(
+          { name: model.name, ...(rawCapture === undefined ? {} : { rawCapture }), versions: model.versions.map((v) => ModelVersion.toJSON(v)) },
+          () => {
+            const now = systemClock.now();
+            output.table(
+              ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'CREATED', 'DESCRIPTION'],
+              model.versions.map((v) => [
+                v.version,
+                bytes(v.sizeBytes),
+                shortSha(v.sha256),
+                v.opset,
+                tensors(v.inputs),
+                tensors(v.outputs),
+                relativeTime(v.createdAtMs, now),
+                [v.amendsVersion ? `amends v${v.amendsVersion}` : '', v.description].filter(Boolean).join(': ') || '-',
+              ]),
+            );
+            if (rawCapture !== undefined) output.line(`raw capture: ${rawCapture ? 'on' : 'off (no samples kept, no datasets: federated learning only)'}`);
+          },
+        );
       }),
     );
 
