@@ -27,8 +27,36 @@ const encoder = new TextEncoder();
 let message = new Uint8Array(256);
 encoder.encodeInto(PREFIX, message);
 
+/** The prefix's first five message words (its 18 bytes, the fifth word's last two bytes left for the id). */
+const PREFIX_WORDS = (() => {
+  const bytes = new Uint8Array(20);
+  encoder.encodeInto(PREFIX, bytes);
+  const view = new DataView(bytes.buffer);
+  return Int32Array.from({ length: 5 }, (_, i) => view.getInt32(i * 4));
+})();
+/** ASCII ids this long or shorter fit one block with the prefix, the 0x80 byte and the length. */
+const ONE_BLOCK_ID_CHARS = 55 - PREFIX.length;
+
 /** The fraction of 2^64 that the first 8 bytes of sha256("driftline-split/1:" + sampleId) are, to 53 bits. */
 export function splitFraction(sampleId: string): number {
+  const n = sampleId.length;
+  if (n > ONE_BLOCK_ID_CHARS) return splitFractionOfBytes(sampleId);
+  // The common case, a short ASCII id: packed straight into the one block's words.
+  W.set(PREFIX_WORDS, 0);
+  W.fill(0, 5, 16);
+  let at = PREFIX.length;
+  for (let i = 0; i < n; i++, at++) {
+    const c = sampleId.charCodeAt(i);
+    if (c >= 0x80) return splitFractionOfBytes(sampleId);
+    W[at >>> 2]! |= c << ((3 - (at & 3)) << 3);
+  }
+  W[at >>> 2]! |= 0x80 << ((3 - (at & 3)) << 3);
+  W[15] = at * 8;
+  return compress(1, false);
+}
+
+/** splitFraction of any id: its UTF-8 bytes in the message buffer, as many blocks as they take. */
+function splitFractionOfBytes(sampleId: string): number {
   const start = PREFIX.length;
   // UTF-8 takes at most 3 bytes per UTF-16 unit; 72: the 0x80 byte, the 64-bit length and a block of slack.
   if (start + sampleId.length * 3 + 72 > message.length) {
@@ -60,6 +88,11 @@ export function splitFraction(sampleId: string): number {
   message[padded - 2] = bits >>> 8;
   message[padded - 1] = bits;
 
+  return compress(padded >>> 6, true);
+}
+
+/** SHA-256 over `blocks` blocks, read from the message buffer, or the one block already in W[0..15]. Returns the split fraction of the digest. */
+function compress(blocks: number, fromMessage: boolean): number {
   let h0 = 0x6a09e667 | 0;
   let h1 = 0xbb67ae85 | 0;
   let h2 = 0x3c6ef372 | 0;
@@ -69,10 +102,12 @@ export function splitFraction(sampleId: string): number {
   let h6 = 0x1f83d9ab | 0;
   let h7 = 0x5be0cd19 | 0;
   const m = message;
-  for (let block = 0; block < padded; block += 64) {
-    for (let t = 0; t < 16; t++) {
-      const at = block + t * 4;
-      W[t] = (m[at]! << 24) | (m[at + 1]! << 16) | (m[at + 2]! << 8) | m[at + 3]!;
+  for (let block = 0; block < blocks * 64; block += 64) {
+    if (fromMessage) {
+      for (let t = 0; t < 16; t++) {
+        const at = block + t * 4;
+        W[t] = (m[at]! << 24) | (m[at + 1]! << 16) | (m[at + 2]! << 8) | m[at + 3]!;
+      }
     }
     for (let t = 16; t < 64; t++) {
       const w15 = W[t - 15]!;

@@ -63,10 +63,10 @@ export const rowCountOf = (shape: readonly number[]): number => (shape.length >=
 
 /** The label of a row without one (y.npy's -1). */
 const NO_LABEL = -1;
-/** Rows of at most this many elements are copied element by element (cheaper than a subarray per row). */
-const SMALL_ROW_ELEMENTS = 64;
+/** Bytes of input rows staged per chunk. */
+const STAGING_CHUNK_BYTES = 1 << 20;
 
-/** The rows of one row shape, in arrival order: columns, and the rows' input bytes back to back. */
+/** The rows of one row shape, in arrival order: columns, and the rows' input bytes back to back in chunks (no copy to grow). */
 class ShapeGroup {
   samples = 0;
   rows = 0;
@@ -79,8 +79,9 @@ class ShapeGroup {
   /** The classes its samples imply (the model's answer, their labels). */
   classes = 0;
   readonly rowElements: number;
-  private bytes: Uint8Array;
-  private words: Int32Array;
+  private readonly rowBytes: number;
+  private readonly rowsPerChunk: number;
+  private readonly chunks: Buffer[] = [];
 
   constructor(
     readonly key: string,
@@ -88,8 +89,8 @@ class ShapeGroup {
     readonly inputName: string,
   ) {
     this.rowElements = rowShape.reduce((a, b) => a * b, 1);
-    this.bytes = new Uint8Array(Math.max(4096, this.rowElements * 4 * 64));
-    this.words = new Int32Array(this.bytes.buffer);
+    this.rowBytes = this.rowElements * 4;
+    this.rowsPerChunk = Math.max(1, Math.floor(STAGING_CHUNK_BYTES / this.rowBytes));
   }
 
   /** Appends a row; `input` holds its little-endian FP32 elements from byte `at`. */
@@ -99,31 +100,23 @@ class ShapeGroup {
     this.devices.push(device);
     this.labels.push(label);
     this.splitRows[split]!.push(row);
-    const rowBytes = this.rowElements * 4;
-    const to = row * rowBytes;
-    if (to + rowBytes > this.bytes.length) {
-      const grown = new Uint8Array(Math.max(2 * this.bytes.length, to + rowBytes));
-      grown.set(this.bytes.subarray(0, to));
-      this.bytes = grown;
-      this.words = new Int32Array(grown.buffer);
-    }
-    if (at === 0 && input.length === rowBytes) this.bytes.set(input, to);
-    else this.bytes.set(input.subarray(at, at + rowBytes), to);
+    const { rowBytes, rowsPerChunk } = this;
+    const inChunk = row % rowsPerChunk;
+    // Only the bytes rows are copied to ever leave a chunk: it need not be zeroed.
+    if (inChunk === 0) this.chunks.push(Buffer.allocUnsafeSlow(rowsPerChunk * rowBytes));
+    const chunk = this.chunks[this.chunks.length - 1]!;
+    if (at === 0 && input.length === rowBytes) chunk.set(input, inChunk * rowBytes);
+    else chunk.set(input.subarray(at, at + rowBytes), inChunk * rowBytes);
   }
 
-  /** Writes the rows, in `order`, as 32-bit words from word `at` of `out` (the bits as they came: NaNs too). */
-  copyRows(out: Int32Array, at: number, order: readonly number[]): void {
-    const n = this.rowElements;
-    const words = this.words;
-    if (n <= SMALL_ROW_ELEMENTS) {
-      let to = at;
-      for (const row of order) {
-        const from = row * n;
-        for (let e = 0; e < n; e++) out[to + e] = words[from + e]!;
-        to += n;
-      }
-    } else {
-      for (let i = 0; i < order.length; i++) out.set(words.subarray(order[i]! * n, (order[i]! + 1) * n), at + i * n);
+  /** Writes the rows, in `order`, from byte `at` of `out` (their bytes as they came: NaNs too). */
+  copyRows(out: Buffer, at: number, order: readonly number[]): void {
+    const { rowBytes, rowsPerChunk, chunks } = this;
+    let to = at;
+    for (const row of order) {
+      const from = (row % rowsPerChunk) * rowBytes;
+      chunks[(row / rowsPerChunk) | 0]!.copy(out, to, from, from + rowBytes);
+      to += rowBytes;
     }
   }
 }
@@ -241,7 +234,7 @@ export class SnapshotBuilder {
             out.set(xHeader, at);
             const data = at + xHeader.length;
             if (split === 'train') trainX = { at: data, rows: n };
-            chosen.copyRows(wordsOf(out, data, n * rowElements), 0, order);
+            chosen.copyRows(out, data, order);
           },
         },
         {
@@ -299,22 +292,13 @@ export function buildSnapshot(input: SnapshotInput): BuiltSnapshot {
   return builder.finish();
 }
 
-/**
- * Rows ordered by their ids (UTF-16 code unit order, as `<` compares strings). The ids sort
- * natively, without a comparator, and find their rows back by a map; ids that are not all
- * distinct (never, from the sample store) take a stable sort by comparator instead.
- */
+/** Rows ordered by their ids (UTF-16 code unit order, as `<` compares strings); stable. The store's order is mostly runs, which the sort exploits. */
 function byId(rows: readonly number[], ids: readonly string[]): number[] {
-  const keys = new Array<string>(rows.length);
-  const rowOf = new Map<string, number>();
-  for (let i = 0; i < rows.length; i++) {
-    const id = ids[rows[i]!]!;
-    keys[i] = id;
-    rowOf.set(id, rows[i]!);
-  }
-  if (rowOf.size !== rows.length) return [...rows].sort((a, b) => (ids[a]! < ids[b]! ? -1 : ids[a]! > ids[b]! ? 1 : 0));
-  keys.sort();
-  return keys.map((id) => rowOf.get(id)!);
+  return [...rows].sort((a, b) => {
+    const x = ids[a]!;
+    const y = ids[b]!;
+    return x < y ? -1 : x > y ? 1 : 0;
+  });
 }
 
 /** `count` 32-bit words of `out` from byte `at` (4-aligned: tar entries start on 512-byte blocks, npy data on 64 bytes). */
@@ -337,17 +321,18 @@ function writeLabels(out: Buffer, at: number, order: readonly number[], labels: 
   }
 }
 
-/** Rows, labelled rows and rows per class: the label balance (class keys in row order, as JSON keeps them). */
+/** Rows, labelled rows and rows per class: the label balance (classes in order of first appearance, as JSON keeps them). */
 function summaryOf(order: readonly number[], labels: readonly number[]): DatasetManifest['splits']['train'] {
-  const labelCounts: Record<string, number> = {};
+  const counts = new Map<number, number>();
   let labelled = 0;
   for (const row of order) {
     const label = labels[row]!;
     if (label === NO_LABEL) continue;
     labelled++;
-    const key = String(label);
-    labelCounts[key] = (labelCounts[key] ?? 0) + 1;
+    counts.set(label, (counts.get(label) ?? 0) + 1);
   }
+  const labelCounts: Record<string, number> = {};
+  for (const [label, n] of counts) labelCounts[String(label)] = n;
   return { rows: order.length, labelled, labelCounts };
 }
 
