@@ -160,4 +160,34 @@ describe('dataset snapshots - pinned format', () => {
     });
     expect(featureStatistics(x, rows, rowElements)).toEqual(expected);
   });
+
+  it("scans across pages with each sample's own input name and shape, where they change at a page's edge too", async () => {
+    const samples = new SqliteSampleRepository(db, { maxAgeMs: 30 * DAY, maxBytes: 1 << 30, maxTensorBytes: 1 << 20 });
+    const telemetry = new SqliteTelemetryRepository(db, samples.recordRoutes());
+    // A page is 4096 rows: shapes and names change just before, at and after its edges.
+    const shapeOf = (i: number): number[] => ([4095, 4096, 4097, 8192, 8193].includes(i) || i % 1000 === 0 ? [2, 2] : [1, 4]);
+    const nameOf = (i: number): string => (i >= 4097 && i < 8193 ? 'other' : 'features');
+    const total = 9000;
+    for (let first = 1; first <= total; first += 1000) {
+      const records: TelemetryRecord[] = [];
+      for (let i = first; i < first + 1000 && i <= total; i++) {
+        const record = captured(i, shapeOf(i), 1, (f) => i + f);
+        if (record.body?.$case === 'sample') {
+          record.body.value.model = 'paged';
+          record.body.value.inputs[0]!.name = nameOf(i);
+        }
+        records.push(record);
+      }
+      await telemetry.commit('edge-paged', records, clock.now());
+    }
+    const seen: Array<{ seq: number; name: string; shape: readonly number[] }> = [];
+    let pages = 0;
+    for await (const page of samples.scan({ model: 'paged', version: 0, sinceMs: 0, labelledOnly: false })) {
+      pages++;
+      for (const row of page) seen.push({ seq: Number(row.id.split('/')[2]), name: row.inputName, shape: row.shape });
+    }
+    expect(pages).toBe(3);
+    expect(seen).toHaveLength(total);
+    for (const [n, row] of seen.entries()) expect(row).toEqual({ seq: n + 1, name: nameOf(n + 1), shape: shapeOf(n + 1) });
+  });
 });

@@ -245,34 +245,64 @@ export class SqliteSampleRepository implements SampleSource, RawCapturePolicies 
 
   async *scan(query: SampleQuery): AsyncIterable<SampleRow[]> {
     // Raw rows (arrays, not objects) of the columns a sample row needs; the input's bytes are handed on as SQLite gave them.
+    // A row's input name and shape come back NULL when they are the previous page's last (nearly always): no string is
+    // made for them, and the shape's array is the one already parsed.
     const page = this.db
       .prepare(
-        `SELECT id, device_id, boot, seq, version, input_name, input_shape, input, classes, label FROM samples
+        `SELECT id, device_id, boot, seq, version,
+                CASE WHEN input_name = ? THEN NULL ELSE input_name END,
+                CASE WHEN input_shape = ? THEN NULL ELSE input_shape END,
+                input, classes, label FROM samples
          WHERE model = ? AND id > ? AND (? = 0 OR version = ?) AND time_ms >= ? AND (? = 0 OR label IS NOT NULL)
          ORDER BY model, id LIMIT ?`,
       )
       .raw();
-    type Raw = [number, string, number, number, number, string, string, Buffer, number, number | null];
+    type Raw = [number, string, number, number, number, string | null, string | null, Buffer, number, number | null];
     let after = 0;
+    // input_name and input_shape are NOT NULL: a NULL is only ever "the same as these".
+    let lastName = '';
+    let lastShapeText = '';
+    let lastShape: number[] = [];
     for (;;) {
       const rows = await this.connection.run(
-        () => page.all(query.model, after, query.version, query.version, query.sinceMs, query.labelledOnly ? 1 : 0, SCAN_PAGE_ROWS) as Raw[],
+        () =>
+          page.all(
+            lastName,
+            lastShapeText,
+            query.model,
+            after,
+            query.version,
+            query.version,
+            query.sinceMs,
+            query.labelledOnly ? 1 : 0,
+            SCAN_PAGE_ROWS,
+          ) as Raw[],
       );
       if (rows.length === 0) return;
       after = rows[rows.length - 1]![0];
+      const sameName = lastName;
+      const sameShape = lastShape;
       const out = new Array<SampleRow>(rows.length);
       for (let i = 0; i < rows.length; i++) {
         const r = rows[i]!;
+        const shapeText = r[6];
+        const name = r[5] ?? sameName;
+        const shape = shapeText === null ? sameShape : this.shapeOf(shapeText);
         out[i] = {
           id: `${r[1]}/${r[2]}/${r[3]}`,
           deviceId: r[1],
           version: r[4],
-          inputName: r[5],
-          shape: this.shapeOf(r[6]),
+          inputName: name,
+          shape,
           input: r[7],
           classes: r[8],
           label: r[9] ?? undefined,
         };
+        if (i === rows.length - 1) {
+          lastName = name;
+          if (shapeText !== null) lastShapeText = shapeText;
+          lastShape = shape;
+        }
       }
       yield out;
       if (rows.length < SCAN_PAGE_ROWS) return;
