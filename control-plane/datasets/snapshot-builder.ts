@@ -76,6 +76,8 @@ class ShapeGroup {
   /** Row indexes per split, in SPLITS order. */
   readonly splitRows: number[][] = SPLITS.map(() => []);
   readonly versions = new Set<number>();
+  /** The version last added to versions (most samples repeat it). */
+  lastVersion = Number.NaN;
   /** The classes its samples imply (the model's answer, their labels). */
   classes = 0;
   readonly rowElements: number;
@@ -133,6 +135,8 @@ export class SnapshotBuilder {
   private best: ShapeGroup | undefined;
   private readonly parentGroup: ShapeGroup | undefined;
   private samples = 0;
+  private lastShape: readonly number[] | undefined;
+  private lastShapeInfo: { group: ShapeGroup | undefined; rows: number } | undefined;
 
   constructor(private readonly options: SnapshotOptions) {
     this.splitOfId = splitterOf(options.shares ?? DEFAULT_SPLIT_SHARES);
@@ -146,7 +150,8 @@ export class SnapshotBuilder {
 
   add(sample: SampleRow): void {
     this.samples++;
-    let shape = this.shapes.get(sample.shape);
+    // Samples mostly share one shape array (the store hands one out per distinct shape): the last one is looked at first.
+    let shape = sample.shape === this.lastShape ? this.lastShapeInfo : this.shapes.get(sample.shape);
     if (!shape) {
       const { rows, rowShape } = rowsOf(sample.shape);
       const key = JSON.stringify(rowShape);
@@ -159,6 +164,8 @@ export class SnapshotBuilder {
       shape = { group, rows };
       this.shapes.set(sample.shape, shape);
     }
+    this.lastShape = sample.shape;
+    this.lastShapeInfo = shape;
     const { group, rows } = shape;
     if (!group) return;
     group.samples++;
@@ -169,7 +176,10 @@ export class SnapshotBuilder {
         'DATASET_INVALID',
         `sample ${sample.id} holds ${input.length} input bytes, its shape ${JSON.stringify(sample.shape)} needs more`,
       );
-    group.versions.add(sample.version);
+    if (sample.version !== group.lastVersion) {
+      group.versions.add(sample.version);
+      group.lastVersion = sample.version;
+    }
     group.classes = Math.max(group.classes, sample.classes, label === undefined ? 0 : label + 1);
     if (rows === 1) {
       group.push(sample.id, sample.deviceId, label ?? NO_LABEL, this.splitOfId(sample.id), input, 0);
