@@ -137,6 +137,7 @@ export class SnapshotBuilder {
   private samples = 0;
   private lastShape: readonly number[] | undefined;
   private lastShapeInfo: { group: ShapeGroup | undefined; rows: number } | undefined;
+  private finished = false;
 
   constructor(private readonly options: SnapshotOptions) {
     this.splitOfId = splitterOf(options.shares ?? DEFAULT_SPLIT_SHARES);
@@ -149,6 +150,7 @@ export class SnapshotBuilder {
   }
 
   add(sample: SampleRow): void {
+    if (this.finished) throw new DriftlineError('INTERNAL', 'a finished snapshot builder takes no more samples');
     this.samples++;
     // Samples mostly share one shape array (the store hands one out per distinct shape): the last one is looked at first.
     let shape = sample.shape === this.lastShape ? this.lastShapeInfo : this.shapes.get(sample.shape);
@@ -192,7 +194,10 @@ export class SnapshotBuilder {
     }
   }
 
+  /** The snapshot of what was added; once (the parent's rows join the staged ones). */
   finish(): BuiltSnapshot {
+    if (this.finished) throw new DriftlineError('INTERNAL', 'a snapshot builder is finished once');
+    this.finished = true;
     const { options, parentGroup } = this;
     const chosen = parentGroup ?? this.best;
     if (!chosen) throw new DriftlineError('DATASET_EMPTY', `no captured sample of ${options.model} matches`);
