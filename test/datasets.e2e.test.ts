@@ -1,10 +1,10 @@
 /**
  * Datasets end to end: a wired agent captures samples and its application posts labels; the
  * control plane joins them; the operator CLI (the compiled binary, over real gRPC) creates,
- * shows and exports a snapshot, and switches raw capture off.
+ * shows and exports a snapshot, and switches raw capture off (`datasets capture --off`, `models push --no-raw-capture`).
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -133,5 +133,38 @@ describe('datasets from a wired agent, through the CLI', () => {
       { what: 'the sample refused at ingest and counted' },
     );
     expect((await cp.samples.stats('vibration')).rows).toBe(before);
+  });
+
+  it('models push --no-raw-capture marks the model: models get shows it, its samples are refused and never kept, datasets create refuses it', async () => {
+    const file = join(dir, 'sealed.onnx');
+    writeFileSync(file, buildDemoModel({}).bytes);
+    const pushed = await driftline('--json', 'models', 'push', file, '--name', 'sealed', '--no-raw-capture');
+    expect(pushed.code, pushed.stderr).toBe(0);
+    expect(JSON.parse(pushed.stdout)).toMatchObject({ name: 'sealed', version: 1, rawCapture: false });
+    const got = await driftline('--json', 'models', 'get', 'sealed');
+    expect(got.code, got.stderr).toBe(0);
+    expect(JSON.parse(got.stdout)).toMatchObject({ name: 'sealed', rawCapture: false, versions: [{ version: 1 }] });
+    expect((await driftline('models', 'get', 'sealed')).stdout).toMatch(/raw capture: off/);
+
+    const deployed = await driftline('models', 'deploy', 'sealed', '--device', DEVICE);
+    expect(deployed.code, deployed.stderr).toBe(0);
+    const next = vibrationRowSampler(11);
+    await waitFor(
+      () => inferOnce(agent.localApiUrl, next().features, 'sealed').then((r) => r.status),
+      (s) => s === 200,
+      { what: 'the "no raw capture" model active on the agent' },
+    );
+    await waitFor(
+      () =>
+        driftline('--json', 'datasets', 'samples', '--model', 'sealed').then(
+          (r) => JSON.parse(r.stdout) as { models: Array<{ rows: number; rawCapture: boolean; refused: Record<string, number> }> },
+        ),
+      (s) => (s.models[0]?.refused.SAMPLE_RAW_CAPTURE_OFF ?? 0) >= 1,
+      { what: "the agent's sample of the model refused at ingest and counted" },
+    );
+    expect((await cp.samples.stats('sealed')).rows).toBe(0);
+    const refused = await driftline('datasets', 'create', '--model', 'sealed');
+    expect(codeOf(refused.stderr)).toBe('DATASET_RAW_CAPTURE_OFF');
+    expect(refused.stderr).toMatch(/federated learning/);
   });
 });

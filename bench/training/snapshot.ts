@@ -4,7 +4,8 @@
  * statistics, .npy files, sha256s, the tar written content-addressed and fsynced) against, in the
  * same run, a raw better-sqlite3 scan of the same rows (the input blobs copied into one
  * Float32Array, labels into an array). 20,000 samples of 64 features, half of them labelled, fed
- * in through the telemetry commit as ingest does. Median of 3 runs each.
+ * in through the telemetry commit as ingest does. Median of 3 runs each (BENCH_RUNS) after one
+ * untimed warm-up run each, the two alternating; snapshot_cpu_vs_raw is the same ratio in CPU seconds.
  * `tsx bench/training/snapshot.ts` prints one JSON line last; the lead's bench:training calls measureSnapshot().
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -24,12 +25,17 @@ import { SqliteTelemetryRepository } from '../../control-plane/store/sqlite/tele
 const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 20_000);
 const FEATURES = Number(process.env.BENCH_FEATURES ?? 64);
 const DEVICES = 20;
-const RUNS = 3;
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const T0 = 1_700_000_000_000;
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
-export async function measureSnapshot(): Promise<{ snapshot_vs_raw: number; snapshot_rows_per_s: number; raw_rows_per_s: number }> {
+export async function measureSnapshot(): Promise<{
+  snapshot_vs_raw: number;
+  snapshot_rows_per_s: number;
+  raw_rows_per_s: number;
+  snapshot_cpu_vs_raw: number;
+}> {
   const dir = mkdtempSync(join(tmpdir(), 'driftline-bench-snapshot-'));
   const db = openDatabase(join(dir, 'control-plane.db'));
   try {
@@ -89,22 +95,11 @@ export async function measureSnapshot(): Promise<{ snapshot_vs_raw: number; snap
       maxRows: 10_000_000,
     });
 
-    const snapshotSeconds: number[] = [];
-    let rows = 0;
-    for (let run = 0; run < RUNS; run++) {
-      // The same content would be found stored and not written again: each run writes its snapshot anew.
-      db.exec('DELETE FROM datasets');
-      rmSync(join(dir, 'datasets', 'sha256'), { recursive: true, force: true });
-      const started = performance.now();
-      const record = await service.create({ model: 'bench' });
-      snapshotSeconds.push((performance.now() - started) / 1000);
-      rows = record.rows;
-    }
-
-    const rawSeconds: number[] = [];
+    // The raw baseline reads and decodes every row the snapshot holds: the id's parts (to make `<device>/<boot>/<seq>`),
+    // the input's bytes copied into one Float32Array, the label; nothing a snapshot needs besides (shape, version,
+    // classes, name) and none of its work (split hash, order by id, statistics, files, sha256s, the fsynced tar).
     const scan = db.prepare('SELECT device_id, boot, seq, input, label FROM samples WHERE model = ? ORDER BY model, id').raw();
-    for (let run = 0; run < RUNS; run++) {
-      const started = performance.now();
+    const rawScan = (): number => {
       const x = new Float32Array(SAMPLES * FEATURES);
       const bytes = new Uint8Array(x.buffer);
       const ids: string[] = [];
@@ -116,16 +111,54 @@ export async function measureSnapshot(): Promise<{ snapshot_vs_raw: number; snap
         labels.push(label ?? -1);
         n++;
       }
+      return n;
+    };
+    const cpuSeconds = (since: NodeJS.CpuUsage): number => {
+      const used = process.cpuUsage(since);
+      return (used.user + used.system) / 1e6;
+    };
+
+    // One untimed run of each first (the JIT's warm-up, as a control plane that has made a snapshot before is warm); then
+    // the runs alternate (snapshot, raw, snapshot, ...) so that a load that comes and goes on a shared machine falls on both.
+    const fresh = (): void => {
+      // The same content would be found stored and not written again: each run writes its snapshot anew.
+      db.exec('DELETE FROM datasets');
+      rmSync(join(dir, 'datasets', 'sha256'), { recursive: true, force: true });
+    };
+    fresh();
+    await service.create({ model: 'bench' });
+    rawScan();
+    const snapshotSeconds: number[] = [];
+    const rawSeconds: number[] = [];
+    const snapshotCpu: number[] = [];
+    const rawCpu: number[] = [];
+    let rows = 0;
+    for (let run = 0; run < RUNS; run++) {
+      fresh();
+      let cpu = process.cpuUsage();
+      let started = performance.now();
+      const record = await service.create({ model: 'bench' });
+      snapshotSeconds.push((performance.now() - started) / 1000);
+      snapshotCpu.push(cpuSeconds(cpu));
+      rows = record.rows;
+
+      cpu = process.cpuUsage();
+      started = performance.now();
+      const n = rawScan();
       rawSeconds.push((performance.now() - started) / 1000);
+      rawCpu.push(cpuSeconds(cpu));
       if (n !== rows) throw new Error(`the raw scan read ${n} rows, the snapshot holds ${rows}`);
     }
     const snapshotRowsPerS = rows / median(snapshotSeconds);
     const rawRowsPerS = rows / median(rawSeconds);
-    log(`snapshot: ${rows} rows in ${snapshotSeconds.map((s) => s.toFixed(3)).join(', ')} s; raw scan ${rawSeconds.map((s) => s.toFixed(3)).join(', ')} s`);
+    const seconds = (values: number[]): string => values.map((v) => v.toFixed(3)).join(', ');
+    log(`snapshot: ${rows} rows in ${seconds(snapshotSeconds)} s (cpu ${seconds(snapshotCpu)}); raw scan ${seconds(rawSeconds)} s (cpu ${seconds(rawCpu)})`);
     return {
       snapshot_vs_raw: Number((snapshotRowsPerS / rawRowsPerS).toFixed(3)),
       snapshot_rows_per_s: Math.round(snapshotRowsPerS),
       raw_rows_per_s: Math.round(rawRowsPerS),
+      // The same ratio in CPU seconds (the process's, its threads' too): steadier on a loaded machine, blind to fsync waits.
+      snapshot_cpu_vs_raw: Number((median(rawCpu) / median(snapshotCpu)).toFixed(3)),
     };
   } finally {
     db.close();

@@ -24,6 +24,7 @@ import { keyFolder, releaseSigner } from '../../common/trust/key-files.js';
 import type { Signer } from '../../common/trust/keys.js';
 import { buildManifest, peekManifest, type ReleaseManifest, signManifestBytes } from '../../common/trust/manifest.js';
 import { ReleaseServiceService, ReleaseStatus } from '../../common/proto/driftline/v1/releases.js';
+import { DatasetServiceService } from '../../common/proto/driftline/v1/datasets.js';
 import { integer, keyValue, repeated } from '../arguments.js';
 import { DEFAULT_KEYS_DIR } from './keys.js';
 import { CliError, type Connection, EXIT, usageError } from '../connection.js';
@@ -60,6 +61,10 @@ export function registerModels(program: Command): void {
     .option('--flag <flag>', 'with --sign: a profile flag it needs (repeatable)', repeated)
     .option('--job <id>', 'with --sign: lineage, the training job that produced it', '')
     .option('--metric <k=v>', 'with --sign: lineage, an evaluation metric (repeatable)', keyValue)
+    .option(
+      '--no-raw-capture',
+      'mark the model "no raw capture": its captured samples are refused at ingest and no dataset is made of them, so only federated learning trains it (`datasets capture <model> --on` undoes it)',
+    )
     .action((file: string, options: PushOptions, command: Command) =>
       withConnection(command, async (connection, output) => {
         assertModelName(options.name);
@@ -70,6 +75,22 @@ export function registerModels(program: Command): void {
         const { size, sha256 } = await fingerprint(file);
         const showProgress = Boolean(process.stderr.isTTY) && !output.json;
         const metadata = await referenceMetadata(file, options);
+        // A switch of the model, not of a version. Set before the upload when the model exists, so no sample of the new version
+        // is ever kept; a new model's right after it (the control plane knows no switch of a model it does not have, and no
+        // device runs a model before it is deployed).
+        const rawCaptureOff = options.rawCapture === false;
+        const captureOff = (): Promise<unknown> => connection.api.service(DatasetServiceService).setRawCapture({ model: options.name, rawCapture: false });
+        const captureOffSet = rawCaptureOff
+          ? await captureOff().then(
+              () => true,
+              (err: unknown) => {
+                if (refusedWith(err, 'MODEL_NOT_FOUND')) return false;
+                throw err;
+              },
+            )
+          : true;
+        const captured = rawCaptureOff ? { rawCapture: false } : {};
+        const captureNote = rawCaptureOff ? '; raw capture off (federated learning only)' : '';
         // The control plane keeps one version per content: the same bytes again return that version.
         const existing = signing ? undefined : await versionWithBytes(connection, options.name, sha256);
         if (existing) {
@@ -83,7 +104,7 @@ export function registerModels(program: Command): void {
               EXIT.conflict,
             );
           }
-          output.result({ ...(ModelVersion.toJSON(existing) as object), unchanged: true }, () => output.line(line));
+          output.result({ ...(ModelVersion.toJSON(existing) as object), unchanged: true, ...captured }, () => output.line(line + captureNote));
           return;
         }
         const version = await upload(
@@ -94,9 +115,10 @@ export function registerModels(program: Command): void {
         ).catch((err: unknown) => {
           throw notAModel(file, err) ?? err;
         });
+        if (!captureOffSet) await captureOff();
         if (!signing) {
-          output.result(ModelVersion.toJSON(version), () =>
-            output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})`),
+          output.result({ ...(ModelVersion.toJSON(version) as object), ...captured }, () =>
+            output.line(`pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256})${captureNote}`),
           );
           return;
         }
@@ -106,9 +128,9 @@ export function registerModels(program: Command): void {
           version: version.version,
           envelope: signing.sign(version.version),
         });
-        output.result({ ...(ModelVersion.toJSON(version) as object), signedBy: release.keyIds }, () =>
+        output.result({ ...(ModelVersion.toJSON(version) as object), signedBy: release.keyIds, ...captured }, () =>
           output.line(
-            `pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}`,
+            `pushed ${version.name}@v${version.version} (${bytes(version.sizeBytes)}, sha256 ${version.sha256}), signed by ${release.keyIds.map((k) => k.slice(0, 12)).join(', ')}${captureNote}`,
           ),
         );
       }),
@@ -295,25 +317,40 @@ export function registerModels(program: Command): void {
     .action((name: string, _options: unknown, command: Command) =>
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(ModelServiceService);
-        const model = await client.getModel({ name });
+        // The "no raw capture" switch is kept with the samples (`models push --no-raw-capture`, `datasets capture`); on unless set.
+        // Left out when the control plane cannot say (one without the datasets service): the versions are what was asked for.
+        const [model, rawCapture] = await Promise.all([
+          client.getModel({ name }),
+          connection.api
+            .service(DatasetServiceService)
+            .getSampleStats({ model: name })
+            .then(
+              (stats) => stats.models.find((m) => m.model === name)?.rawCapture ?? true,
+              () => undefined,
+            ),
+        ]);
         const signatures = await signatureStatuses(connection, model.versions);
-        output.result({ name: model.name, versions: model.versions.map((v) => withSignature(v, signatures)) }, () => {
-          const now = systemClock.now();
-          output.table(
-            ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'SIGNATURE', 'CREATED', 'DESCRIPTION'],
-            model.versions.map((v) => [
-              v.version,
-              bytes(v.sizeBytes),
-              shortSha(v.sha256),
-              v.opset,
-              tensors(v.inputs),
-              tensors(v.outputs),
-              signatureCell(signatures.get(`${v.name}@${v.version}`)),
-              relativeTime(v.createdAtMs, now),
-              [v.amendsVersion ? `amends v${v.amendsVersion}` : '', v.description].filter(Boolean).join(': ') || '-',
-            ]),
-          );
-        });
+        output.result(
+          { name: model.name, ...(rawCapture === undefined ? {} : { rawCapture }), versions: model.versions.map((v) => withSignature(v, signatures)) },
+          () => {
+            const now = systemClock.now();
+            output.table(
+              ['VERSION', 'SIZE', 'SHA256', 'OPSET', 'INPUTS', 'OUTPUTS', 'SIGNATURE', 'CREATED', 'DESCRIPTION'],
+              model.versions.map((v) => [
+                v.version,
+                bytes(v.sizeBytes),
+                shortSha(v.sha256),
+                v.opset,
+                tensors(v.inputs),
+                tensors(v.outputs),
+                signatureCell(signatures.get(`${v.name}@${v.version}`)),
+                relativeTime(v.createdAtMs, now),
+                [v.amendsVersion ? `amends v${v.amendsVersion}` : '', v.description].filter(Boolean).join(': ') || '-',
+              ]),
+            );
+            if (rawCapture !== undefined) output.line(`raw capture: ${rawCapture ? 'on' : 'off (no samples kept, no datasets: federated learning only)'}`);
+          },
+        );
       }),
     );
 
@@ -584,6 +621,8 @@ interface PushOptions {
   flag?: string[];
   job: string;
   metric?: Record<string, string>;
+  /** false with --no-raw-capture (commander's default for a --no- option is true). */
+  rawCapture?: boolean;
 }
 
 function commaList(value: string): string[] {

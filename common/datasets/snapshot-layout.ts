@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { DriftlineError } from '../errors.js';
 import { decodeNpy, encodeNpy } from './npy.js';
+import { splitFraction } from './split-hash.js';
 
 export const DATASET_FORMAT = 'driftline-dataset/1';
 export const MANIFEST_FILE = 'dataset.json';
@@ -34,14 +35,23 @@ export const DEFAULT_SPLIT_SHARES: Readonly<Record<SplitName, number>> = { train
  * int.from_bytes(hashlib.sha256(b"driftline-split/1:" + id.encode()).digest()[:8], "big") / 2**64).
  */
 export function splitOf(sampleId: string, shares: Readonly<Record<SplitName, number>> = DEFAULT_SPLIT_SHARES): SplitName {
-  const digest = createHash('sha256').update(`driftline-split/1:${sampleId}`).digest();
-  const fraction = Number(digest.readBigUInt64BE(0) >> 11n) / 2 ** 53;
-  let upper = 0;
-  for (const split of SPLITS) {
-    upper += shares[split];
-    if (fraction < upper) return split;
-  }
-  return SPLITS[SPLITS.length - 1]!;
+  return SPLITS[splitterOf(shares)(sampleId)]!;
+}
+
+/**
+ * splitOf for many ids: the shares' bounds summed once, in SPLITS order (the same sums splitOf
+ * compares with). Returns the split's index in SPLITS.
+ */
+export function splitterOf(shares: Readonly<Record<SplitName, number>> = DEFAULT_SPLIT_SHARES): (sampleId: string) => number {
+  const upper: number[] = [];
+  let sum = 0;
+  for (const split of SPLITS) upper.push((sum += shares[split]));
+  const last = SPLITS.length - 1;
+  return (sampleId) => {
+    const fraction = splitFraction(sampleId);
+    for (let i = 0; i < last; i++) if (fraction < upper[i]!) return i;
+    return last;
+  };
 }
 
 const splitSummary = z.object({

@@ -9,25 +9,51 @@ import { MANIFEST_FILE, SPLITS, type DatasetManifest } from './snapshot-layout.j
 
 const BLOCK = 512;
 
+/** Bytes a file of `size` bytes takes in the tar: its header block and its content, padded to a block. */
+export const tarEntryBytes = (size: number): number => BLOCK + Math.ceil(size / BLOCK) * BLOCK;
+
+/** The two zero blocks that end a tar. */
+export const TAR_END_BYTES = 2 * BLOCK;
+
+/** The data files' paths in the order the tar holds them (sorted). */
+export const tarFileOrder = (paths: Iterable<string>): string[] => [...paths].sort();
+
 /** dataset.json first (a reader can stop there), then every data file by path. */
 export function snapshotTar(manifest: DatasetManifest, files: ReadonlyMap<string, Uint8Array>): Buffer {
-  const entries: Array<[string, Uint8Array]> = [[MANIFEST_FILE, Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`)]];
-  const dirs = SPLITS.map((split) => `${split}/`);
-  for (const path of [...files.keys()].sort()) entries.push([path, files.get(path)!]);
-  const size = dirs.length * BLOCK + entries.reduce((n, [, data]) => n + BLOCK + Math.ceil(data.length / BLOCK) * BLOCK, 0) + 2 * BLOCK;
-  const out = Buffer.alloc(size);
+  const paths = tarFileOrder(files.keys());
+  const body = Buffer.alloc(paths.reduce((n, path) => n + tarEntryBytes(files.get(path)!.length), 0) + TAR_END_BYTES);
   let offset = 0;
-  for (const dir of dirs) {
-    header(out, offset, dir, 0, '5');
+  for (const path of paths) {
+    const data = files.get(path)!;
+    writeTarFileHeader(body, offset, path, data.length);
+    body.set(data, offset + BLOCK);
+    offset += tarEntryBytes(data.length);
+  }
+  return Buffer.concat([snapshotTarHead(manifest), body]);
+}
+
+/**
+ * What comes before the data files: the split folders and dataset.json. A writer that lays the
+ * data files out itself (the snapshot builder) writes this, then its files as snapshotTar would
+ * (writeTarFileHeader, the content at offset + 512, tarEntryBytes apart, in tarFileOrder), then
+ * TAR_END_BYTES of zeros.
+ */
+export function snapshotTarHead(manifest: DatasetManifest): Buffer {
+  const json = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+  const out = Buffer.alloc(SPLITS.length * BLOCK + tarEntryBytes(json.length));
+  let offset = 0;
+  for (const split of SPLITS) {
+    header(out, offset, `${split}/`, 0, '5');
     offset += BLOCK;
   }
-  for (const [path, data] of entries) {
-    header(out, offset, path, data.length, '0');
-    offset += BLOCK;
-    out.set(data, offset);
-    offset += Math.ceil(data.length / BLOCK) * BLOCK;
-  }
+  header(out, offset, MANIFEST_FILE, json.length, '0');
+  out.set(json, offset + BLOCK);
   return out;
+}
+
+/** A regular file's header block at `at` (its content follows, at at + 512). */
+export function writeTarFileHeader(out: Buffer, at: number, path: string, size: number): void {
+  header(out, at, path, size, '0');
 }
 
 function header(out: Buffer, at: number, path: string, size: number, type: '0' | '5'): void {

@@ -3,19 +3,9 @@ import type { Readable } from 'node:stream';
 import type { Clock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import { readSnapshotFiles, type DatasetManifest } from '../../common/datasets/snapshot-layout.js';
-import { snapshotTar, untarSnapshot } from '../../common/datasets/snapshot-tar.js';
-import { buildSnapshot, rowsOf, type ReplayedParent } from './snapshot-builder.js';
-import type {
-  DatasetPage,
-  DatasetRecord,
-  DatasetRepository,
-  DeviceSelection,
-  ModelLineage,
-  RawCapturePolicies,
-  SampleRow,
-  SampleSource,
-  SnapshotBlobs,
-} from './ports.js';
+import { untarSnapshot } from '../../common/datasets/snapshot-tar.js';
+import { rowCountOf, SnapshotBuilder, type ReplayedParent } from './snapshot-builder.js';
+import type { DatasetPage, DatasetRecord, DatasetRepository, DeviceSelection, ModelLineage, RawCapturePolicies, SampleSource, SnapshotBlobs } from './ports.js';
 
 export interface DatasetServiceOptions {
   samples: SampleSource;
@@ -79,8 +69,8 @@ export class DatasetService {
     const chosenDevices = selector === '' ? undefined : await devices.deviceIds(selector);
     const now = clock.now();
     const sinceMsAgo = query.sinceMsAgo ?? 0;
-    const selected: SampleRow[] = [];
     let rows = parent?.train.ids.length ?? 0;
+    let samplesSelected = 0;
     const tooLarge = (): DriftlineError =>
       new DriftlineError(
         'DATASET_TOO_LARGE',
@@ -90,29 +80,25 @@ export class DatasetService {
         },
       );
     if (rows > maxRows) throw tooLarge();
-    for await (const page of samples.scan({ model, version, sinceMs: sinceMsAgo > 0 ? now - sinceMsAgo : 0, labelledOnly: query.labelledOnly ?? false })) {
+    const labelledOnly = query.labelledOnly ?? false;
+    const builder = new SnapshotBuilder({ model, parent, query: { version, selector, sinceMsAgo, labelledOnly }, createdAtMs: now });
+    for await (const page of samples.scan({ model, version, sinceMs: sinceMsAgo > 0 ? now - sinceMsAgo : 0, labelledOnly })) {
       for (const sample of page) {
         if (chosenDevices && !chosenDevices.has(sample.deviceId)) continue;
-        rows += rowsOf(sample.shape).rows;
+        rows += rowCountOf(sample.shape);
         // Refused as soon as it is known: the rows past the bound are never read.
         if (rows > maxRows) throw tooLarge();
-        selected.push(sample);
+        samplesSelected++;
+        builder.add(sample);
       }
     }
-    if (selected.length === 0 && !parent) {
+    if (samplesSelected === 0 && !parent) {
       throw new DriftlineError('DATASET_EMPTY', `no captured sample of ${model} matches (version, selector, since, labelled only)`, { details: { model } });
     }
-    const built = buildSnapshot({
-      model,
-      samples: selected,
-      parent,
-      query: { version, selector, sinceMsAgo, labelledOnly: query.labelledOnly ?? false },
-      createdAtMs: now,
-    });
+    const built = builder.finish();
     const existing = await repository.get(built.manifest.id);
     if (existing) return existing;
-    const tar = snapshotTar(built.manifest, built.files);
-    const { sha256, size } = await blobs.put(tar);
+    const { sha256, size } = await blobs.put(built.tar);
     const rowsTotal = built.manifest.splits.train.rows + built.manifest.splits.validation.rows + built.manifest.splits.test.rows;
     return repository.insertIfAbsent({ id: built.manifest.id, model, sha256, sizeBytes: size, rows: rowsTotal, createdAtMs: now, manifest: built.manifest });
   }

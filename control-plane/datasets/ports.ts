@@ -7,13 +7,14 @@ export interface SampleRow {
   id: string;
   deviceId: string;
   version: number;
-  /** Capture time, the device's clock corrected by its offset (control-plane clock). */
-  timeMs: number;
   inputName: string;
-  /** The captured input's shape, batch dimension first. */
+  /** The captured input's shape, batch dimension first (a source may hand out one array per distinct shape). */
   shape: readonly number[];
-  /** Flattened FP32 elements of the input (elementCount(shape) of them). */
-  input: Float32Array;
+  /**
+   * The input's elements as little-endian FP32 bytes, 4 × elementCount(shape) of them (as the
+   * store holds them: the snapshot copies them once, straight to where they go).
+   */
+  input: Uint8Array;
   /** Class count the model answered with (the first output's last dimension); 0 when unknown. */
   classes: number;
   /** The label joined from the application's feedback; undefined while none came. */
@@ -31,7 +32,7 @@ export interface SampleQuery {
 
 /** Where captured samples are read from (the SQLite sample store). */
 export interface SampleSource {
-  /** Matching samples, oldest first, a page at a time. */
+  /** Matching samples, oldest first, a page at a time (the rows of a page are the caller's until it asks for the next). */
   scan(query: SampleQuery): AsyncIterable<SampleRow[]>;
 }
 
@@ -77,7 +78,8 @@ export interface DatasetRepository {
 
 /** Content-addressed bytes (the snapshots' tars), like the model artifacts. */
 export interface SnapshotBlobs {
-  put(bytes: Uint8Array): Promise<{ sha256: string; size: number }>;
+  /** Stores the concatenation of `chunks` under its sha256. */
+  put(chunks: readonly Uint8Array[]): Promise<{ sha256: string; size: number }>;
   /** Streams the bytes stored under sha256. */
   read(sha256: string): Readable;
 }

@@ -13,10 +13,10 @@ export const TRAINING_DATASET_METADATA_KEY = 'dataset_id';
 /** Snapshot tars as content-addressed files, like the model artifacts (a store of their own: devices are never granted them). */
 export function snapshotBlobsOf(store: ArtifactStore): SnapshotBlobs {
   return {
-    async put(bytes) {
+    async put(chunks) {
       const writer = await store.createWriter();
       try {
-        await writer.write(bytes);
+        for (const chunk of chunks) await writer.write(chunk);
         const { sha256, size } = await writer.commit();
         return { sha256, size };
       } catch (err) {

@@ -244,42 +244,67 @@ export class SqliteSampleRepository implements SampleSource, RawCapturePolicies 
   }
 
   async *scan(query: SampleQuery): AsyncIterable<SampleRow[]> {
-    const page = this.db.prepare(
-      `SELECT id, device_id, boot, seq, version, time_ms, input_name, input_shape, input, classes, label FROM samples
-       WHERE model = ? AND id > ? AND (? = 0 OR version = ?) AND time_ms >= ? AND (? = 0 OR label IS NOT NULL)
-       ORDER BY model, id LIMIT ?`,
-    );
+    // Raw rows (arrays, not objects) of the columns a sample row needs; the input's bytes are handed on as SQLite gave them.
+    // A row's input name and shape come back NULL when they are the previous page's last (nearly always): no string is
+    // made for them, and the shape's array is the one already parsed.
+    const page = this.db
+      .prepare(
+        `SELECT id, device_id, boot, seq, version,
+                CASE WHEN input_name = ? THEN NULL ELSE input_name END,
+                CASE WHEN input_shape = ? THEN NULL ELSE input_shape END,
+                input, classes, label FROM samples
+         WHERE model = ? AND id > ? AND (? = 0 OR version = ?) AND time_ms >= ? AND (? = 0 OR label IS NOT NULL)
+         ORDER BY model, id LIMIT ?`,
+      )
+      .raw();
+    type Raw = [number, string, number, number, number, string | null, string | null, Buffer, number, number | null];
     let after = 0;
+    // input_name and input_shape are NOT NULL: a NULL is only ever "the same as these".
+    let lastName = '';
+    let lastShapeText = '';
+    let lastShape: number[] = [];
     for (;;) {
       const rows = await this.connection.run(
         () =>
-          page.all(query.model, after, query.version, query.version, query.sinceMs, query.labelledOnly ? 1 : 0, SCAN_PAGE_ROWS) as Array<{
-            id: number;
-            device_id: string;
-            boot: number;
-            seq: number;
-            version: number;
-            time_ms: number;
-            input_name: string;
-            input_shape: string;
-            input: Buffer;
-            classes: number;
-            label: number | null;
-          }>,
+          page.all(
+            lastName,
+            lastShapeText,
+            query.model,
+            after,
+            query.version,
+            query.version,
+            query.sinceMs,
+            query.labelledOnly ? 1 : 0,
+            SCAN_PAGE_ROWS,
+          ) as Raw[],
       );
       if (rows.length === 0) return;
-      after = rows[rows.length - 1]!.id;
-      yield rows.map((r) => ({
-        id: `${r.device_id}/${r.boot}/${r.seq}`,
-        deviceId: r.device_id,
-        version: r.version,
-        timeMs: r.time_ms,
-        inputName: r.input_name,
-        shape: this.shapeOf(r.input_shape),
-        input: float32Copy(r.input),
-        classes: r.classes,
-        label: r.label ?? undefined,
-      }));
+      after = rows[rows.length - 1]![0];
+      const sameName = lastName;
+      const sameShape = lastShape;
+      const out = new Array<SampleRow>(rows.length);
+      for (let i = 0; i < rows.length; i++) {
+        const r = rows[i]!;
+        const shapeText = r[6];
+        const name = r[5] ?? sameName;
+        const shape = shapeText === null ? sameShape : this.shapeOf(shapeText);
+        out[i] = {
+          id: `${r[1]}/${r[2]}/${r[3]}`,
+          deviceId: r[1],
+          version: r[4],
+          inputName: name,
+          shape,
+          input: r[7],
+          classes: r[8],
+          label: r[9] ?? undefined,
+        };
+        if (i === rows.length - 1) {
+          lastName = name;
+          if (shapeText !== null) lastShapeText = shapeText;
+          lastShape = shape;
+        }
+      }
+      yield out;
       if (rows.length < SCAN_PAGE_ROWS) return;
     }
   }
@@ -386,11 +411,4 @@ function classesOf(output: SampleTensor): { classes: number; topClass: number | 
   let top = 0;
   for (let i = 1; i < classes; i++) if (view.getFloat32(i * 4, true) > view.getFloat32(top * 4, true)) top = i;
   return { classes: Number.isSafeInteger(classes) ? classes : 0, topClass: top };
-}
-
-/** Little-endian FP32 bytes as a Float32Array of their own (SQLite's buffers need not be 4-byte aligned). */
-function float32Copy(bytes: Buffer): Float32Array {
-  const out = new Float32Array(bytes.length >>> 2);
-  new Uint8Array(out.buffer).set(bytes.subarray(0, out.length * 4));
-  return out;
 }
