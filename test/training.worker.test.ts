@@ -1,21 +1,14 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ATTEMPTS_DIR, LOCK_FILE } from '../worker/attempt-files.js';
+import { ATTEMPTS_DIR, LOCK_FILE, processAlive } from '../worker/attempt-files.js';
 import type { WorkerEvent } from '../worker/training-worker.js';
 import type { WorkerApi } from '../worker/worker-api.js';
 import { inProcessWorkerApi } from './helpers/in-process-worker-api.js';
 import { waitFor } from './helpers/processes.js';
 import { OPERATOR, workerRig, type WorkerRig } from './helpers/worker-rig.js';
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+const alive = processAlive;
 const ended = (events: WorkerEvent[]) => events.filter((e): e is Extract<WorkerEvent, { type: 'attempt-ended' }> => e.type === 'attempt-ended');
 const started = (events: WorkerEvent[]) => events.filter((e): e is Extract<WorkerEvent, { type: 'trainer-started' }> => e.type === 'trainer-started');
 

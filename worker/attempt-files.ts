@@ -23,12 +23,19 @@ export function attemptDirName(jobId: string, attempt: number): string {
   return `${jobId.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 80)}-${attempt}`;
 }
 
-function alive(pid: number): boolean {
+/** Whether a process runs: signal 0 reaches it, and (where /proc says) it is not a zombie its new parent has yet to reap. */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    // /proc/<pid>/stat: "pid (name) S ...": the state follows the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
   }
 }
 
@@ -41,7 +48,7 @@ export async function lockWorkDir(workDir: string): Promise<() => Promise<void>>
   await mkdir(join(workDir, ATTEMPTS_DIR), { recursive: true, mode: 0o700 });
   const lock = join(workDir, LOCK_FILE);
   const holder = existsSync(lock) ? Number(readFileSync(lock, 'utf8').trim()) : NaN;
-  if (heldHere.has(key) || (Number.isInteger(holder) && holder > 0 && holder !== process.pid && alive(holder))) {
+  if (heldHere.has(key) || (Number.isInteger(holder) && holder > 0 && holder !== process.pid && processAlive(holder))) {
     const pid = heldHere.has(key) ? process.pid : holder;
     throw new DriftlineError(
       'WORKER_DIR_IN_USE',
@@ -61,7 +68,7 @@ export async function lockWorkDir(workDir: string): Promise<() => Promise<void>>
 /** The trainer a killed worker left running: its pid file names it, and /proc shows it was started for that folder. */
 function leftoverTrainer(dir: string): number | undefined {
   const pid = Number((existsSync(join(dir, TRAINER_PID_FILE)) ? readFileSync(join(dir, TRAINER_PID_FILE), 'utf8') : '').trim());
-  if (!Number.isInteger(pid) || pid <= 1 || !alive(pid)) return undefined;
+  if (!Number.isInteger(pid) || pid <= 1 || !processAlive(pid)) return undefined;
   // Without /proc (not Linux) the pid cannot be checked against the folder: better leave it than kill a stranger.
   const cmdline = existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
   return cmdline.includes(dir) ? pid : undefined;
