@@ -118,6 +118,14 @@ function workerToken(options: ConnectionOptions): string {
 /** The trainers this worker offers, each resolved to its command when a lease needs it. */
 async function offeredTrainers(options: WorkerOptions, logger: ReturnType<typeof createLogger>): Promise<Record<string, () => Promise<TrainerCommand>>> {
   const trainers: Record<string, () => Promise<TrainerCommand>> = {};
+  // Your own trainers first: a mistake there is reported before the (slow) torch probe.
+  const custom: Record<string, () => Promise<TrainerCommand>> = {};
+  for (const [name, commandLine] of Object.entries(options.trainer ?? {})) {
+    if (!TRAINER_NAME.test(name)) throw new CliError('USAGE', `--trainer ${name}=...: a trainer name is letters, digits, . _ - (at most 64)`, EXIT.usage);
+    const [command, ...args] = commandLine.trim().split(/\s+/);
+    if (!command) throw new CliError('USAGE', `--trainer ${name}=: name the command that runs it`, EXIT.usage);
+    custom[name] = async () => ({ command, args });
+  }
   const asked = options.trainers;
   for (const name of asked ?? BUILT_IN_TRAINERS) {
     if (!(BUILT_IN_TRAINERS as readonly string[]).includes(name)) {
@@ -139,13 +147,7 @@ async function offeredTrainers(options: WorkerOptions, logger: ReturnType<typeof
     }
     trainers[name] = () => builtInTrainerCommand(name as BuiltInTrainer);
   }
-  for (const [name, commandLine] of Object.entries(options.trainer ?? {})) {
-    if (!TRAINER_NAME.test(name)) throw new CliError('USAGE', `--trainer ${name}=...: a trainer name is letters, digits, . _ - (at most 64)`, EXIT.usage);
-    const [command, ...args] = commandLine.trim().split(/\s+/);
-    if (!command) throw new CliError('USAGE', `--trainer ${name}=: name the command that runs it`, EXIT.usage);
-    trainers[name] = async () => ({ command, args });
-  }
-  return trainers;
+  return { ...trainers, ...custom };
 }
 
 async function runWorker(options: WorkerOptions & GlobalOptions): Promise<void> {
