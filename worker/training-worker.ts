@@ -319,6 +319,9 @@ export class TrainingWorker {
       });
       await beats.stop();
       if (stopReason()) throw new DriftlineError('TRAINER_CANCELLED', 'the attempt was stopped after its trainer finished');
+      // The trainer's last lines reach the job's log before the candidate does.
+      await beats.flush();
+      if (stopReason()) throw new DriftlineError('TRAINER_CANCELLED', 'the attempt was stopped after its trainer finished');
       const declared = await sha256OfFile(outcome.modelPath);
       const { candidateId } = await api.upload(lease.leaseId, declared, createReadStream(outcome.modelPath, { highWaterMark: 64 * 1024 }));
       const metrics = Object.fromEntries(Object.entries(outcome.metrics).filter((entry): entry is [string, number] => typeof entry[1] === 'number'));
