@@ -2,6 +2,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ATTEMPTS_DIR, LOCK_FILE, processAlive } from '../worker/attempt-files.js';
+import { builtInTrainerCommand, findTorchPython } from '../worker/built-in-trainers.js';
 import type { WorkerEvent } from '../worker/training-worker.js';
 import type { WorkerApi } from '../worker/worker-api.js';
 import { inProcessWorkerApi } from './helpers/in-process-worker-api.js';
@@ -9,6 +10,8 @@ import { waitFor } from './helpers/processes.js';
 import { OPERATOR, workerRig, type WorkerRig } from './helpers/worker-rig.js';
 
 const alive = processAlive;
+// CI installs Debian's python3-torch and python3-onnx (.ci/run): there the PyTorch case never skips.
+const python = await findTorchPython().catch(() => undefined);
 const ended = (events: WorkerEvent[]) => events.filter((e): e is Extract<WorkerEvent, { type: 'attempt-ended' }> => e.type === 'attempt-ended');
 const started = (events: WorkerEvent[]) => events.filter((e): e is Extract<WorkerEvent, { type: 'trainer-started' }> => e.type === 'trainer-started');
 
@@ -41,6 +44,27 @@ describe('training worker - the loop against the in-process engine, the real Typ
     // The attempt's folder (downloads, dataset, output) is gone.
     expect(readdirSync(join(w.workDir, ATTEMPTS_DIR))).toEqual([]);
   }, 120_000);
+
+  it.skipIf(!python)(
+    'runs the PyTorch trainer (skipped only where no python3 can import torch and onnx): the job succeeds, its string metrics stay on the worker',
+    async () => {
+      const job = await w.start({ trainer: 'pytorch' });
+      await w.worker({ trainers: { pytorch: () => builtInTrainerCommand('pytorch') } });
+      const done = await waitFor(
+        () => w.rig.engine.get(job.id),
+        (j) => ['succeeded', 'failed', 'rejected'].includes(j.state),
+        { timeoutMs: 150_000, what: 'the job to end' },
+      );
+      await w.rig.engine.settled();
+      expect(done.state, done.reason).toBe('succeeded');
+      const final = await w.rig.engine.get(job.id);
+      expect(final.resultVersion).toBe(2);
+      // metrics.json says "device": "cpu"; the wire's metrics are numbers only.
+      expect(final.candidate!.metrics).not.toHaveProperty('device');
+      expect(final.candidate!.metrics.validation_accuracy).toBeGreaterThan(0);
+    },
+    180_000,
+  );
 
   it('stops the trainer when the job is cancelled, and calls nothing more for it', async () => {
     const job = await w.start({ hyperparametersJson: JSON.stringify({ epochs: 10_000, patience: 10_000 }) });
@@ -111,6 +135,20 @@ describe('training worker - the loop against the in-process engine, the real Typ
     expect(started(events)).toEqual([]);
     expect(final.reason).toContain('TRAINING_ARTIFACT_MISMATCH');
   }, 60_000);
+
+  it("fails a candidate over the control plane's size cap with TRAINER_OUTPUT_TOO_LARGE before uploading it", async () => {
+    await w.close();
+    w = await workerRig({ limits: { maxCandidateBytes: 1000 } });
+    const job = await w.start({ maxAttempts: 1 });
+    const { events } = await w.worker();
+    const final = await waitFor(
+      () => w.rig.engine.get(job.id),
+      (j) => j.state === 'failed',
+      { timeoutMs: 60_000, what: 'the job to fail' },
+    );
+    expect(ended(events)).toEqual([expect.objectContaining({ outcome: 'failed', errorCode: 'TRAINER_OUTPUT_TOO_LARGE' })]);
+    expect(final.candidate).toBeNull();
+  }, 90_000);
 
   it('on shutdown takes no new lease, stops a trainer past the grace and fails its attempt with WORKER_SHUTDOWN (the job is queued again)', async () => {
     const job = await w.start({ hyperparametersJson: JSON.stringify({ epochs: 10_000, patience: 10_000 }) });

@@ -323,6 +323,13 @@ export class TrainingWorker {
       await beats.flush();
       if (stopReason()) throw new DriftlineError('TRAINER_CANCELLED', 'the attempt was stopped after its trainer finished');
       const declared = await sha256OfFile(outcome.modelPath);
+      if (declared.sizeBytes > lease.maxCandidateBytes) {
+        throw new DriftlineError(
+          'TRAINER_OUTPUT_TOO_LARGE',
+          `model.onnx is ${declared.sizeBytes} bytes; the control plane takes candidates of at most ${lease.maxCandidateBytes} (training.maxCandidateBytes)`,
+          { details: { sizeBytes: declared.sizeBytes, maxCandidateBytes: lease.maxCandidateBytes } },
+        );
+      }
       const { candidateId } = await api.upload(lease.leaseId, declared, createReadStream(outcome.modelPath, { highWaterMark: 64 * 1024 }));
       const metrics = Object.fromEntries(Object.entries(outcome.metrics).filter((entry): entry is [string, number] => typeof entry[1] === 'number'));
       await api.complete(lease.leaseId, candidateId, metrics);

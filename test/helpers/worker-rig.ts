@@ -13,6 +13,7 @@ import type { WorkerApi } from '../../worker/worker-api.js';
 import { inProcessWorkerApi } from './in-process-worker-api.js';
 import { driftedVibrationJob } from './trainer-datasets.js';
 import { chunksOf, sha256, trainingRig, type TrainingRig } from './training.js';
+import type { TrainingLimits } from '../../control-plane/training/engine.js';
 
 export const OPERATOR = { actor: 'tok_operator', clientRequestId: '' };
 
@@ -42,8 +43,8 @@ export interface WorkerRig {
  * on, with the gate judging on that snapshot's test split (and its validation split as the
  * regression split).
  */
-export async function workerRig(options: { rows?: number; severity?: number } = {}): Promise<WorkerRig> {
-  const rig = await trainingRig();
+export async function workerRig(options: { rows?: number; severity?: number; limits?: Partial<TrainingLimits> } = {}): Promise<WorkerRig> {
+  const rig = await trainingRig({ limits: options.limits });
   const base = buildDemoModel().bytes;
   await rig.registry.upload({ name: 'vibration', sizeBytes: base.length, sha256: sha256(base), description: '', metadata: {} }, chunksOf(base));
   const job = driftedVibrationJob({ rows: options.rows ?? 1200, severity: options.severity ?? 2, hyperparameters: {} });
