@@ -4,6 +4,7 @@ import { Presets, SingleBar } from 'cli-progress';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { ServiceStub } from '../../client/operator-client.js';
 import { systemClock } from '../../common/clock.js';
+import { DriftlineError, type ErrorCode } from '../../common/errors.js';
 import { assertModelName } from '../../common/ids.js';
 import {
   TrainingJob,
@@ -93,6 +94,25 @@ Example:
   driftline training start --model vibration --base-version 3 --dataset <id> \\
     --trainer typescript --param epochs=20 --gate "accuracy-delta>=0.01" --watch`;
 
+/** What to do about the refusals an operator can fix, added to the control plane's message. */
+const FIXES: Partial<Record<ErrorCode, string>> = {
+  DATASET_NOT_FOUND: '`driftline datasets list --model <name>` shows the snapshots, `driftline datasets create --model <name>` makes one',
+  MODEL_NOT_FOUND: '`driftline models get <name>` lists its versions',
+  TRAINING_JOB_NOT_FOUND: '`driftline training list` shows the jobs',
+  REQUEST_ID_REUSED: 'use another --request-id (or none: each start gets a new one)',
+};
+
+/** Runs a call; a refusal with a known fix is thrown again with the fix named (same code, same exit). */
+async function withFix<T>(call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (err) {
+    const fix = err instanceof DriftlineError ? FIXES[err.code] : undefined;
+    if (!fix || !(err instanceof DriftlineError)) throw err;
+    throw new DriftlineError(err.code, `${err.message}: ${fix}`, { cause: err, details: err.details });
+  }
+}
+
 /** `training start|list|status|cancel|logs`, and `training policy` in the same group. */
 export function registerTraining(program: Command): void {
   const training = program.commands.find((c) => c.name() === 'training') ?? program.command('training').description('training jobs and retraining policies');
@@ -123,18 +143,20 @@ export function registerTraining(program: Command): void {
           ...(options.hyperparameters ?? {}),
           ...Object.fromEntries(Object.entries(options.param ?? {}).map(([k, v]) => [k, paramValue(v)])),
         };
-        const job = await client.startTrainingJob({
-          model: assertModelName(options.model),
-          baseVersion: options.baseVersion,
-          clientRequestId: options.requestId ?? randomUUID(),
-          datasetId: options.dataset,
-          trainer: options.trainer,
-          hyperparametersJson: JSON.stringify(hyperparameters),
-          resources: { gpus: options.gpus, gpuMemoryBytes: options.gpuMemory, cpu: options.cpu, memoryBytes: options.memory },
-          maxDurationSeconds: options.maxDuration === undefined ? 0 : Math.ceil(options.maxDuration / 1000),
-          maxAttempts: options.maxAttempts ?? 0,
-          gates: options.gate ?? [],
-        });
+        const job = await withFix(
+          client.startTrainingJob({
+            model: assertModelName(options.model),
+            baseVersion: options.baseVersion,
+            clientRequestId: options.requestId ?? randomUUID(),
+            datasetId: options.dataset,
+            trainer: options.trainer,
+            hyperparametersJson: JSON.stringify(hyperparameters),
+            resources: { gpus: options.gpus, gpuMemoryBytes: options.gpuMemory, cpu: options.cpu, memoryBytes: options.memory },
+            maxDurationSeconds: options.maxDuration === undefined ? 0 : Math.ceil(options.maxDuration / 1000),
+            maxAttempts: options.maxAttempts ?? 0,
+            gates: options.gate ?? [],
+          }),
+        );
         if (options.watch) {
           if (!output.json) output.line(`training job ${job.id} queued: ${job.model} from v${job.baseVersion}, trainer ${job.trainer}`);
           await watch(client, job.id, output);
@@ -191,10 +213,10 @@ export function registerTraining(program: Command): void {
       withConnection(command, async (connection, output) => {
         const client = connection.api.service(TrainingServiceService);
         if (options.watch) {
-          await watch(client, id, output);
+          await withFix(watch(client, id, output));
           return;
         }
-        const job = await client.getTrainingJob({ id });
+        const job = await withFix(client.getTrainingJob({ id }));
         output.result(TrainingJob.toJSON(job), () => printStatus(output, job));
       }),
     );
@@ -207,9 +229,9 @@ export function registerTraining(program: Command): void {
     .option('--request-id <id>', 'client request id: a retry with the same id is not applied twice (default: a new one)')
     .action((id: string, options: { reason: string; requestId?: string }, command: Command) =>
       withConnection(command, async (connection, output) => {
-        const job = await connection.api
-          .service(TrainingServiceService)
-          .cancelTrainingJob({ id, reason: options.reason, clientRequestId: options.requestId ?? randomUUID() });
+        const job = await withFix(
+          connection.api.service(TrainingServiceService).cancelTrainingJob({ id, reason: options.reason, clientRequestId: options.requestId ?? randomUUID() }),
+        );
         output.result(TrainingJob.toJSON(job), () => output.line(`training job ${job.id} ${job.state}${job.cancelReason ? `: ${job.cancelReason}` : ''}`));
       }),
     );
@@ -228,7 +250,7 @@ export function registerTraining(program: Command): void {
         const print = (line: TrainingLogLine): void =>
           output.line(output.json ? JSON.stringify(TrainingLogLine.toJSON(line)) : `${new Date(line.atMs).toISOString()} [${line.attempt}] ${line.text}`);
         if (!options.follow) {
-          const { lines } = await client.getTrainingJobLogs({ id, attempt: options.attempt ?? 0, tail: options.tail ?? 0 });
+          const { lines } = await withFix(client.getTrainingJobLogs({ id, attempt: options.attempt ?? 0, tail: options.tail ?? 0 }));
           output.result({ lines: lines.map((l) => TrainingLogLine.toJSON(l)) }, () => {
             if (lines.length === 0) output.line('No log lines yet');
             for (const line of lines) print(line);
@@ -237,11 +259,15 @@ export function registerTraining(program: Command): void {
         }
         // The watch's first update replays the last lines kept; later ones carry what is new.
         let first = true;
-        for await (const update of client.watchTrainingJob({ id })) {
-          const lines = update.logLines.filter(keep);
-          for (const line of first && options.tail ? lines.slice(-options.tail) : lines) print(line);
-          first = false;
-        }
+        await withFix(
+          (async () => {
+            for await (const update of client.watchTrainingJob({ id })) {
+              const lines = update.logLines.filter(keep);
+              for (const line of first && options.tail ? lines.slice(-options.tail) : lines) print(line);
+              first = false;
+            }
+          })(),
+        );
       }),
     );
 
