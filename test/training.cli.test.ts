@@ -105,6 +105,14 @@ describe('driftline training - the job commands end to end', () => {
     const tail = await driftline('training', 'logs', job.id, '--tail', '1', '--json');
     expect((JSON.parse(tail.stdout) as { lines: unknown[] }).lines).toHaveLength(1);
 
+    // On a terminal (script(1) gives it one): a progress bar with the state, epoch of epochs and loss, then the table.
+    const tty = await new Promise<string>((resolve) => {
+      const command = [process.execPath, BIN, 'training', 'status', job.id, '--watch'].map((a) => `'${a}'`).join(' ');
+      execFile('script', ['-qec', command, '/dev/null'], { cwd: dir, env: env() }, (_error, stdout) => resolve(stdout));
+    });
+    expect(tty).toMatch(/succeeded \(attempt 1\/3\) \[[^\]]+\] epoch 6\/6 loss [\d.]+/);
+    expect(tty).toMatch(/result\s+vibration v2/);
+
     // An ended job cannot be cancelled (exit 6, the state's code).
     const late = await driftline('training', 'cancel', job.id);
     expect(late.code).toBe(6);
@@ -124,7 +132,11 @@ describe('driftline training - the job commands end to end', () => {
     expect(table.stdout).toMatch(new RegExp(`^${id}\\s.*cancelled\\s.*wrong dataset$`, 'm'));
     const missing = await driftline('training', 'status', 'tj_nosuchjob');
     expect(missing.code).toBe(4);
-    expect(missing.stderr).toMatch(/^error \[TRAINING_JOB_NOT_FOUND\]: /);
+    expect(missing.stderr).toMatch(/^error \[TRAINING_JOB_NOT_FOUND\]: .*`driftline training list` shows the jobs/);
+    expect((await driftline('training', 'status', 'tj_nosuchjob', '--watch')).code).toBe(4);
+    const noData = await driftline('training', 'start', '--model', 'vibration', '--base-version', '1', '--dataset', 'f'.repeat(64), '--trainer', 'typescript');
+    expect(noData.code).toBe(4);
+    expect(noData.stderr).toMatch(/^error \[DATASET_NOT_FOUND\]: .*driftline datasets list/);
     const none = await driftline('training', 'list', '--model', 'no-such-model');
     expect(none.stdout.trim()).toBe('No training jobs found matching the filters');
   }, 60_000);
