@@ -87,6 +87,29 @@ describe('training worker - the loop against the in-process engine, the real Typ
     expect((await w.rig.registry.get('vibration')).versions).toHaveLength(1);
   }, 120_000);
 
+  it('stops the trainer when its lease is lost (the sweep gave the attempt away) and uploads nothing', async () => {
+    const job = await w.start({ hyperparametersJson: JSON.stringify({ epochs: 10_000, patience: 10_000 }) });
+    const { events } = await w.worker();
+    const running = await waitFor(
+      () => w.rig.engine.get(job.id),
+      (j) => (j.progress?.epoch ?? 0) >= 1,
+      { timeoutMs: 60_000, what: 'the trainer to report an epoch' },
+    );
+    const [{ pid }] = started(events);
+    // The control plane's clock moves past the lease (as if the heartbeats had not arrived): the sweep re-queues the job.
+    w.rig.clock.advance(running.lease!.expiresAtMs + 1 - w.rig.clock.now());
+    await w.rig.engine.sweep();
+    await waitFor(
+      () => ended(events),
+      (e) => e.length >= 1,
+      { timeoutMs: 30_000, what: 'the attempt to end' },
+    );
+    expect(ended(events)[0]).toMatchObject({ attempt: 1, outcome: 'lease-lost', errorCode: 'TRAINING_LEASE_LOST' });
+    expect(alive(pid!)).toBe(false);
+    const audit = await w.rig.engine.audit(job.id);
+    expect(audit.filter((a) => a.attempt === 1).map((a) => a.action)).not.toContain('complete');
+  }, 120_000);
+
   it('fails a crashed trainer with TRAINER_CRASHED: the job is queued again, then fails once its attempts are spent', async () => {
     // An unknown hyperparameter makes the TypeScript trainer exit non-zero.
     const job = await w.start({ hyperparametersJson: JSON.stringify({ epoch: 3 }), maxAttempts: 2 });
