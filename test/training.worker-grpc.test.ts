@@ -111,6 +111,32 @@ describe('training worker - over the gRPC WorkerService', () => {
     expect(w.state).toBe('failed');
   });
 
+  it('SIGTERM to a `driftline worker` mid-training: past its --shutdown-grace the trainer is stopped, the attempt fails with WORKER_SHUTDOWN, the job is queued again, exit 0', async () => {
+    const job = await start({ hyperparametersJson: '{"epochs": 8, "seed": 6}' });
+    const workDir = mkdtempSync(join(dir, 'work-'));
+    const tokenFile = join(dir, 'worker.token');
+    writeFileSync(tokenFile, `${rig.tokens.worker}\n`, { mode: 0o600 });
+    const slow = join(dir, 'slow-trainer.mjs');
+    writeFileSync(slow, SLOW_TRAINER);
+    const args = ['worker', '--server', rig.cp.addresses.grpc, '--token-file', tokenFile, '--work-dir', workDir, '--trainers', 'typescript'];
+    const w = await startProcess(
+      'bin/driftline.js',
+      [...args, '--trainer', `typescript=${process.execPath} ${slow}`, '--shutdown-grace', '300ms'],
+      /trainer running \(pid (\d+)\)/,
+      {
+        timeoutMs: 60_000,
+      },
+    );
+    processes.push(w);
+    const trainer = Number(w.ready[1]);
+    w.child.kill('SIGTERM');
+    expect(await w.exited).toBe(0);
+    expect(processAlive(trainer)).toBe(false);
+    expect(w.stdoutLines.join('\n')).toMatch(new RegExp(`job ${job.id} attempt 1: shutdown WORKER_SHUTDOWN`));
+    expect(await training().getTrainingJob({ id: job.id })).toMatchObject({ state: 'queued', attempt: 2, errorCode: 'WORKER_SHUTDOWN' });
+    await training().cancelTrainingJob({ id: job.id, clientRequestId: '', reason: 'test over' });
+  }, 90_000);
+
   it('kill -9 of a `driftline worker` mid-training: the lease expires, the job is queued again, a second `driftline worker --once` finishes it, exactly one version is registered', async () => {
     const before = await versions();
     // Another seed than the first test's: the same candidate bytes would be the same version.
