@@ -17,6 +17,8 @@ export const ATTEMPTS_DIR = 'attempts';
 export const LOCK_FILE = 'worker.lock';
 /** Where an attempt's trainer pid (its process group) is kept while it runs. */
 export const TRAINER_PID_FILE = 'trainer.pid';
+/** How long a leftover trainer's group gets to go after SIGKILL. */
+const LEFTOVER_EXIT_WAIT_MS = 5_000;
 
 /** A job id and attempt as a folder name: only the id's safe characters. */
 export function attemptDirName(jobId: string, attempt: number): string {
@@ -88,6 +90,8 @@ export async function cleanLeftovers(workDir: string, logger: Logger): Promise<s
       } catch {
         // Gone in the meantime.
       }
+      // Gone before its folder goes, so it cannot write into a folder being removed.
+      for (let waited = 0; processAlive(pid) && waited < LEFTOVER_EXIT_WAIT_MS; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
     }
     await rm(dir, { recursive: true, force: true });
     removed.push(dir);
