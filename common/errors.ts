@@ -155,6 +155,8 @@ export const ERROR_CODES = {
   TRAINING_ARTIFACT_MISMATCH: 'invalid',
   /** A GPU worker was stopped (SIGTERM) while it ran an attempt and its shutdown grace ran out: the attempt failed and the job is queued again. */
   WORKER_SHUTDOWN: 'unavailable',
+  /** A GPU worker's work directory has no room for an attempt's downloads (checked before them) or filled up during one (ENOSPC, EDQUOT). */
+  WORKER_DISK_FULL: 'exhausted',
   /** Another live `driftline worker` holds this work directory (its lock file names the process): give each worker its own --work-dir. */
   WORKER_DIR_IN_USE: 'conflict',
   /** A training job's hyperparameters do not fit the trainer's schema. */

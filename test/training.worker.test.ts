@@ -173,6 +173,19 @@ describe('training worker - the loop against the in-process engine, the real Typ
     expect(final.candidate).toBeNull();
   }, 90_000);
 
+  it('fails an attempt with WORKER_DISK_FULL before downloading when the work directory has no room for it', async () => {
+    const job = await w.start({ maxAttempts: 1 });
+    const { events } = await w.worker({ freeBytes: async () => 1000 });
+    const final = await waitFor(
+      () => w.rig.engine.get(job.id),
+      (j) => j.state === 'failed',
+      { timeoutMs: 30_000, what: 'the job to fail' },
+    );
+    expect(ended(events)).toEqual([expect.objectContaining({ outcome: 'failed', errorCode: 'WORKER_DISK_FULL' })]);
+    expect(started(events)).toEqual([]);
+    expect(final.reason).toContain('--work-dir');
+  }, 60_000);
+
   it('on shutdown takes no new lease, stops a trainer past the grace and fails its attempt with WORKER_SHUTDOWN (the job is queued again)', async () => {
     const job = await w.start({ hyperparametersJson: JSON.stringify({ epochs: 10_000, patience: 10_000 }) });
     const { worker, events } = await w.worker();

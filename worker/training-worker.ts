@@ -11,7 +11,7 @@
  * trainer is stopped and the attempt fails with WORKER_SHUTDOWN (the job is queued again).
  */
 import { createReadStream } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, type CancelTimer, type Clock } from '../common/clock.js';
 import { asDriftlineError, DriftlineError } from '../common/errors.js';
@@ -63,6 +63,8 @@ export interface TrainingWorkerOptions {
   /** Waits after a call that could not reach the control plane: doubled from initialMs up to maxMs. */
   retry?: { initialMs: number; maxMs: number };
   onEvent?: (event: WorkerEvent) => void;
+  /** Free bytes where the work directory is (statfs); replaceable for tests. */
+  freeBytes?: (dir: string) => Promise<number>;
 }
 
 /** Log lines kept for the next heartbeat when the control plane is slow to answer; the oldest go first. */
@@ -298,6 +300,7 @@ export class TrainingWorker {
         output: join(dir, 'output'),
       };
       await mkdir(dir, { recursive: true, mode: 0o700 });
+      await this.checkRoom(dir, lease);
       await downloadVerified(api.download(lease.leaseId, lease.baseModel.sha256), lease.baseModel, files.baseModel, 'base model', signal);
       const tar = join(dir, 'dataset.tar');
       await downloadVerified(api.download(lease.leaseId, lease.dataset.sha256), lease.dataset, tar, 'dataset', signal);
@@ -336,7 +339,7 @@ export class TrainingWorker {
       ended('completed');
     } catch (err) {
       await beats.stop();
-      const error = asDriftlineError(err);
+      const error = diskFull(err, this.options.workDir) ?? asDriftlineError(err);
       const why = stopReason();
       if (why === 'lease-lost' || error.code === 'TRAINING_LEASE_LOST') {
         ended('lease-lost', 'TRAINING_LEASE_LOST', error.message);
@@ -357,6 +360,42 @@ export class TrainingWorker {
       await rm(dir, { recursive: true, force: true }).catch((err: unknown) => log.warn({ err }, 'the attempt folder could not be removed'));
     }
   }
+
+  /**
+   * The downloads (base model, dataset tar, then the extracted dataset beside it) must fit
+   * before they start, with room for the trainer's output: WORKER_DISK_FULL rather than a
+   * half-written dataset.
+   */
+  private async checkRoom(dir: string, lease: WorkerLease): Promise<void> {
+    // The candidate is about the base model's size (the same graph, new weights).
+    const needed = 2 * lease.baseModel.sizeBytes + 2 * lease.dataset.sizeBytes;
+    const free = await (this.options.freeBytes ?? freeBytesOf)(dir).catch(() => Number.POSITIVE_INFINITY);
+    if (free < needed) {
+      throw new DriftlineError(
+        'WORKER_DISK_FULL',
+        `the work directory ${this.options.workDir} has ${free} bytes free; this attempt needs about ${needed} (base model, dataset and its extraction, the candidate): free space or point --work-dir elsewhere`,
+        { details: { freeBytes: free, neededBytes: needed } },
+      );
+    }
+  }
+}
+
+async function freeBytesOf(dir: string): Promise<number> {
+  const stats = await statfs(dir);
+  return stats.bavail * stats.bsize;
+}
+
+/** A write that failed for want of space, as the worker's stable code. */
+function diskFull(err: unknown, workDir: string): DriftlineError | undefined {
+  let code: unknown;
+  // The tar extractor's and the runner's errors carry the file system's as their cause.
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') code = e.code;
+  }
+  if (!code) return undefined;
+  return new DriftlineError('WORKER_DISK_FULL', `the work directory ${workDir} filled up (${String(code)}): free space or point --work-dir elsewhere`, {
+    cause: err,
+  });
 }
 
 /**
