@@ -245,7 +245,14 @@ export class TrainingWorker {
         await this.register();
         continue;
       }
-      if (this.stopping) break;
+      if (this.stopping) {
+        // Leased as the stop came: handed back at once (the lease would otherwise hold the job until it expires).
+        if (lease) {
+          await api.fail(lease.leaseId, 'WORKER_SHUTDOWN', 'the worker was stopped as it leased this attempt').catch(() => undefined);
+          this.emit({ type: 'attempt-ended', jobId: lease.jobId, attempt: lease.attempt, outcome: 'shutdown', errorCode: 'WORKER_SHUTDOWN' });
+        }
+        break;
+      }
       if (!lease) {
         if (this.options.once) return;
         await this.sleep(this.session!.pollIntervalMs);
