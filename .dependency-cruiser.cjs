@@ -28,8 +28,9 @@ const CORE = [
   // (device-link/embedded-mqtt/, device-link/external-mqtt/, device-link/mqtt-session/ which both share).
   '^control-plane/device-link/[^/]+\\.ts$',
   '^control-plane/api/ports\\.ts$',
-  // The GPU worker's trainer runner and its output checks; the onnxruntime load check is their adapter (worker/onnxruntime/).
-  '^worker/trainer-[^/]+\\.ts$',
+  // The GPU worker (its loop, port, files, trainer runner and output checks) is core; its adapters have folders of
+  // their own: worker/onnxruntime/ (the candidate load check) and worker/grpc/ (WorkerService over client/).
+  '^worker/[^/]+\\.ts$',
 ];
 
 module.exports = {

@@ -154,7 +154,7 @@ function readText(path: string, what: string): string {
   }
 }
 
-function tlsOf(options: ConnectionOptions): OperatorClientOptions['tls'] {
+export function tlsOf(options: ConnectionOptions): OperatorClientOptions['tls'] {
   if (Boolean(options.tlsCert) !== Boolean(options.tlsKey)) throw usageError('--tls-cert and --tls-key go together');
   if (!options.tls && !options.tlsCa && !options.tlsCert) return undefined;
   const read = (path: string | undefined, what: string) => (path ? Buffer.from(readText(path, what)) : undefined);

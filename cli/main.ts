@@ -33,8 +33,9 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   datasets: async () => (await import('./commands/datasets.js')).registerDatasets,
   tokens: async () => (await import('./commands/tokens.js')).registerTokens,
   keys: async () => (await import('./commands/keys.js')).registerKeys,
-  // `training policy`; the training job commands join the same group (registerTrainingPolicyGroup finds or creates it).
-  training: async () => (await import('./commands/training-policy.js')).registerTrainingPolicyGroup,
+  // Training jobs and `training policy` (registerTraining adds the policy subgroup to the same group).
+  training: async () => (await import('./commands/training.js')).registerTraining,
+  worker: async () => (await import('./commands/worker.js')).registerWorkerCommand,
 };
 
 /** The program with its global options and every command registered (help, tests). */

@@ -151,6 +151,14 @@ export const ERROR_CODES = {
   TRAINER_METRICS_INVALID: 'invalid',
   /** A trainer cannot start here: its command is not found, or no Python interpreter can import torch and onnx. */
   TRAINER_UNAVAILABLE: 'unavailable',
+  /** A base model or dataset a GPU worker downloaded is not the bytes its lease named (sha256 or size differ); nothing was trained on it. */
+  TRAINING_ARTIFACT_MISMATCH: 'invalid',
+  /** A GPU worker was stopped (SIGTERM) while it ran an attempt and its shutdown grace ran out: the attempt failed and the job is queued again. */
+  WORKER_SHUTDOWN: 'unavailable',
+  /** A GPU worker's work directory has no room for an attempt's downloads (checked before them) or filled up during one (ENOSPC, EDQUOT). */
+  WORKER_DISK_FULL: 'exhausted',
+  /** Another live `driftline worker` holds this work directory (its lock file names the process): give each worker its own --work-dir. */
+  WORKER_DIR_IN_USE: 'conflict',
   /** A training job's hyperparameters do not fit the trainer's schema. */
   HYPERPARAMETERS_INVALID: 'invalid',
   /** A base model has no dense head (final Gemm, or MatMul then Add, layers on float32 initializers) that a built-in trainer can train. */

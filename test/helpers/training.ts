@@ -61,22 +61,29 @@ export function gridSplit(step: number, offset = 0): LabelledSplit {
 
 /** Datasets kept beside the test: each one's bytes stored as an artifact (what a worker downloads) and its splits in memory (what the gate reads). */
 export class TestDatasets implements DatasetCatalog, EvaluationData {
-  private readonly byId = new Map<string, { sha256: string; sizeBytes: number; model: string; splits: Partial<Record<SplitRole, LabelledSplit>> }>();
+  private readonly byId = new Map<
+    string,
+    { sha256: string; sizeBytes: number; model: string; classes: number; splits: Partial<Record<SplitRole, LabelledSplit>> }
+  >();
 
   constructor(private readonly artifacts: ArtifactStoreTrainingArtifacts) {}
 
   async add(model: string, splits: Partial<Record<SplitRole, LabelledSplit>>): Promise<string> {
-    const bytes = Buffer.from(JSON.stringify({ model, splits: Object.keys(splits) }));
+    return this.addArtifact(model, Buffer.from(JSON.stringify({ model, splits: Object.keys(splits) })), splits, 2);
+  }
+
+  /** A dataset whose artifact is these bytes (a real snapshot tar, for a worker to download and train on). */
+  async addArtifact(model: string, bytes: Uint8Array, splits: Partial<Record<SplitRole, LabelledSplit>>, classes: number): Promise<string> {
     const ref = { sha256: sha256(bytes), sizeBytes: bytes.length };
     await this.artifacts.store(
       ref,
       (async function* () {
         yield bytes;
       })(),
-      1 << 20,
+      1 << 28,
     );
     const id = sha256(Buffer.concat([bytes, Buffer.from(String(this.byId.size))]));
-    this.byId.set(id, { ...ref, model, splits });
+    this.byId.set(id, { ...ref, model, classes, splits });
     return id;
   }
 
@@ -89,8 +96,8 @@ export class TestDatasets implements DatasetCatalog, EvaluationData {
     return this.byId.get(datasetId)?.splits ?? {};
   }
 
-  async classes(): Promise<number> {
-    return 2;
+  async classes(datasetId: string): Promise<number> {
+    return this.byId.get(datasetId)?.classes ?? 2;
   }
 }
 
