@@ -1,4 +1,5 @@
 import { DriftlineError } from '../../common/errors.js';
+import { TRAINING_DATASET_METADATA_KEY } from '../datasets/wiring.js';
 import type { ArtifactStore } from '../registry/artifact-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import type { ArtifactRef, BaseModels, CandidateSink, DatasetCatalog, TrainingArtifacts } from './ports.js';
@@ -81,10 +82,20 @@ export class RegistryCandidateSink implements CandidateSink {
         metadata: {
           'lineage.parent_version': String(spec.baseVersion),
           'lineage.dataset_id': spec.datasetId,
+          // What replay reads (datasets create --replay-parent, a retraining policy's replayParent): the next job replays this one's snapshot.
+          [TRAINING_DATASET_METADATA_KEY]: spec.datasetId,
           'lineage.job_id': job.id,
           'lineage.attempt': String(candidate.attempt),
           'lineage.trainer': spec.trainer,
           'lineage.hyperparameters': spec.hyperparametersJson.slice(0, 4096),
+          ...(spec.trigger
+            ? {
+                'lineage.trigger': spec.trigger.key,
+                'lineage.trigger_request_id': spec.trigger.clientRequestId,
+                'lineage.cohort': spec.trigger.cohort,
+                ...(spec.trigger.driftEventId ? { 'lineage.drift_event_id': String(spec.trigger.driftEventId) } : {}),
+              }
+            : {}),
           'evaluation.verdict': report.verdict,
           'evaluation.gates': JSON.stringify(report.gates.map((g) => ({ gate: g.gate, verdict: g.verdict, value: g.value }))).slice(0, 4096),
         },
