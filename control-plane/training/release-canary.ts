@@ -1,7 +1,6 @@
 import type { CancelTimer, Clock } from '../../common/clock.js';
 import { DriftlineError, asDriftlineError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
-import type { ModelAmendment } from '../registry/model-registry.js';
 import type { RolloutEngine } from '../rollout/engine.js';
 import { DEFAULT_GATES, parseGate, targetGroup, wavesFrom, type RolloutPlanInput } from '../rollout/plan.js';
 import type { Rollout } from '../rollout/state-machine.js';
@@ -15,8 +14,10 @@ import { RETRAINING_ACTOR } from './trigger-starter.js';
  * The release path after the evaluation gate: a version a triggered training job registered is
  * signed as a canary for the devices of the cohort whose drift triggered the job, then rolled out
  * to them in staged waves by the model's retraining policy (`rollout`), judged by the rollout
- * gates. The outcome (the rollout's id, succeeded or aborted and why) goes on the job (its
- * `release` and an audit entry) and on the version's metadata (`release.*`).
+ * gates. The outcome (the rollout's id, succeeded or aborted and why) goes on the job: its
+ * `release` and a `release-<state>` audit entry. Not on the version: a version never changes
+ * once registered (devices may run it, its manifest is signed; an amendment mints the next
+ * version), and the version's own metadata already names its job (`lineage.job_id`).
  *
  * A driver tick, not a subscription: every step is derived from what is stored (succeeded jobs,
  * their release, the rollout's state), so a control plane that restarts carries on where it
@@ -38,9 +39,6 @@ export interface ReleaseSigning {
 
 /** What the composition root wires until release signing is: every canary waits for a signature, so nothing is rolled out by itself. */
 export const awaitingSignatureOnly: ReleaseSigning = { signCanary: async () => ({ state: 'awaiting-signature' }) };
-
-/** The version metadata keys the outcome is written under. */
-export const RELEASE_METADATA = { rolloutId: 'release.rollout_id', outcome: 'release.outcome', reason: 'release.reason', jobId: 'release.job_id' } as const;
 
 // ---------------------------------------------------------------------------------------------
 // Pure decisions
@@ -99,8 +97,6 @@ export interface ReleaseCanaryOptions {
   rollouts: Pick<RolloutEngine, 'start' | 'get' | 'list'>;
   policies: Pick<RetrainingPolicyStore, 'current'>;
   signing: ReleaseSigning;
-  /** Where the outcome is written on the version (ModelRegistry.amend). */
-  models: { amend(name: string, version: number, amendment: ModelAmendment): Promise<unknown> };
   clock: Clock;
   logger: Logger;
   tickIntervalMs: number;
@@ -225,16 +221,6 @@ export class ReleaseCanary {
     const settled = releaseOfRollout(rollout);
     if (!settled) return undefined;
     const version = job.resultVersion;
-    // The version first: a crash before the job is marked writes the same entries again on the next tick.
-    await this.options.models.amend(job.spec.model, version, {
-      description: '',
-      metadata: {
-        [RELEASE_METADATA.rolloutId]: rolloutId,
-        [RELEASE_METADATA.outcome]: settled.state,
-        [RELEASE_METADATA.reason]: settled.reason.slice(0, 4096),
-        [RELEASE_METADATA.jobId]: job.id,
-      },
-    });
     const level = settled.state === 'aborted' ? 'warn' : 'info';
     this.options.logger[level](
       { model: job.spec.model, version, job: job.id, rollout: rolloutId, reason: settled.reason || undefined },

@@ -3,7 +3,7 @@ import type { Logger } from '../../common/logger.js';
 import type { ModelLineage } from '../datasets/ports.js';
 import type { RolloutEngine } from '../rollout/engine.js';
 import type { TrainingEngine } from './engine.js';
-import { ReleaseCanary, awaitingSignatureOnly, type ReleaseCanaryOptions, type ReleaseSigning } from './release-canary.js';
+import { ReleaseCanary, awaitingSignatureOnly, type ReleaseSigning } from './release-canary.js';
 import type { RetrainingPolicyStore } from './retraining-ports.js';
 import { TriggerJobStarter, type TriggerJobStarterOptions } from './trigger-starter.js';
 
@@ -15,7 +15,6 @@ export interface RetrainingLoopOptions {
   rollouts: Pick<RolloutEngine, 'start' | 'get' | 'list'>;
   /** Absent: every canary waits for a signature (nothing rolls out by itself). */
   signing?: ReleaseSigning | undefined;
-  models: ReleaseCanaryOptions['models'];
   clock: Clock;
   logger: Logger;
   /** How often the release path looks at succeeded jobs and their rollouts. */
@@ -34,7 +33,7 @@ export interface RetrainingLoop {
  * TriggerWatcher) and gate → signature → canary rollout (ReleaseCanary, run by the caller).
  */
 export function connectRetrainingLoop(options: RetrainingLoopOptions): RetrainingLoop {
-  const { training, datasets, lineage, policies, rollouts, signing, models, clock, logger, tickIntervalMs } = options;
+  const { training, datasets, lineage, policies, rollouts, signing, clock, logger, tickIntervalMs } = options;
   return {
     jobs: new TriggerJobStarter({ engine: training, datasets, lineage, clock, logger }),
     release: ReleaseCanary.create({
@@ -42,7 +41,6 @@ export function connectRetrainingLoop(options: RetrainingLoopOptions): Retrainin
       rollouts,
       policies,
       signing: signing ?? awaitingSignatureOnly,
-      models,
       clock,
       logger,
       tickIntervalMs,

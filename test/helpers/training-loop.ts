@@ -242,7 +242,6 @@ export async function loopRig(options: {
       policies,
       rollouts,
       signing: options.signing,
-      models: registry,
       clock,
       logger,
       tickIntervalMs: MINUTE,
