@@ -8,7 +8,7 @@ import { untarSnapshot } from '../../common/datasets/snapshot-tar.js';
 import { silentLogger } from '../../common/logger.js';
 import { buildModel } from '../../common/onnx/builder.js';
 import { DriftStatus } from '../../common/proto/driftline/v1/drift.js';
-import { Stream, TelemetryRecord, type DesiredState } from '../../common/proto/driftline/v1/device_link.js';
+import { ReportedState, Stream, TelemetryRecord, type DesiredState } from '../../common/proto/driftline/v1/device_link.js';
 import { DatasetService } from '../../control-plane/datasets/dataset-service.js';
 import { deviceSelectionOf, labelledSampleCounterOf, modelLineageOf, snapshotBlobsOf } from '../../control-plane/datasets/wiring.js';
 import { DriftWatcher, type DriftStatusSource } from '../../control-plane/drift/drift-watcher.js';
@@ -152,9 +152,11 @@ export interface LoopRig {
   watcher: TriggerWatcher;
   loop: RetrainingLoop;
   drift: ReturnType<typeof scriptedDrift>;
+  /** Where devices' telemetry is committed, as ingest does. */
+  telemetry: SqliteTelemetryRepository;
   /** Desired states sent to devices, in order. */
   sent: Array<{ deviceId: string; desired: DesiredState }>;
-  /** Enrolls devices with these labels. */
+  /** Enrolls devices with these labels; they report running v1. */
   enroll(ids: readonly string[], labels: Record<string, string>): Promise<void>;
   /** Captured samples of a device, each labelled (class = the largest of its first three features). */
   capture(deviceId: string, count: number): Promise<void>;
@@ -177,6 +179,7 @@ export async function loopRig(options: {
   const logger = silentLogger();
   const seqs = new Map<string, number>();
   let workerId = '';
+  let rolloutIds = 0;
 
   const build = (wrap?: (store: SqliteRetrainingPolicyRepository) => RetrainingPolicyStore) => {
     const db = openDatabase(file);
@@ -224,6 +227,8 @@ export async function loopRig(options: {
       catalog: new RegistryCatalog(registry),
       clock,
       logger,
+      // Stable ids: a rollout's cohorts hash (rollout, device), so its waves are the same on every run.
+      newId: () => `ro_canary${++rolloutIds}`,
     });
     const policies = new SqliteRetrainingPolicyRepository(db);
     const driftWatcher = DriftWatcher.create({
@@ -272,6 +277,15 @@ export async function loopRig(options: {
       for (const id of ids) {
         const { token } = await rig.fleet.createEnrollmentToken(id, labels, clock.now() + HOUR, clock.now());
         await rig.fleet.enroll({ token, deviceId: id, firmwareProfile: 'jetson-orin-nano-jp6' }, clock.now());
+        await rig.fleet.saveReported(
+          id,
+          ReportedState.fromPartial({
+            firmwareProfile: 'jetson-orin-nano-jp6',
+            activeModel: { name: 'vibration', version: 1, sha256: '', provider: 'cpu' },
+            boot: 1,
+          }),
+          clock.now(),
+        );
       }
     },
     async capture(deviceId, count) {
