@@ -69,11 +69,16 @@ export type ReleaseStep =
   /** The rollout runs: look at its state. */
   | { kind: 'watch'; rolloutId: string };
 
+/** Whether the loop still has something to do for this job: a triggered job's registered version, its release not settled. */
+export function releasePending(job: TrainingJob): boolean {
+  if (job.state !== 'succeeded' || job.resultVersion === 0 || !job.spec.trigger) return false;
+  return !job.release || !SETTLED_RELEASE_STATES.includes(job.release.state);
+}
+
 /** What the release of this job needs next, from the job and the model's current policy alone. */
 export function releaseStep(job: TrainingJob, stored: Pick<StoredRetrainingPolicy, 'policy'> | undefined): ReleaseStep {
-  if (job.state !== 'succeeded' || job.resultVersion === 0 || !job.spec.trigger) return { kind: 'none' };
+  if (!releasePending(job)) return { kind: 'none' };
   const release = job.release;
-  if (release && SETTLED_RELEASE_STATES.includes(release.state)) return { kind: 'none' };
   if (release?.state === 'rolling-out') return { kind: 'watch', rolloutId: release.rolloutId };
   if (!stored) return { kind: 'skip', reason: 'the model has no retraining policy any more' };
   if (!stored.policy.rollout.enabled) return { kind: 'skip', reason: 'the retraining policy does not roll its versions out (rollout.enabled false)' };
@@ -168,7 +173,8 @@ export class ReleaseCanary {
   }
 
   private async advance(job: TrainingJob): Promise<TrainingJob | undefined> {
-    const step = releaseStep(job, job.spec.trigger ? await this.options.policies.current(job.spec.model) : undefined);
+    if (!releasePending(job)) return undefined;
+    const step = releaseStep(job, await this.options.policies.current(job.spec.model));
     switch (step.kind) {
       case 'none':
         return undefined;
