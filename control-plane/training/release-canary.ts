@@ -223,7 +223,15 @@ export class ReleaseCanary {
   }
 
   private async watch(job: TrainingJob, rolloutId: string): Promise<TrainingJob | undefined> {
-    const rollout = await this.options.rollouts.get(rolloutId);
+    let rollout: Rollout;
+    try {
+      rollout = await this.options.rollouts.get(rolloutId);
+    } catch (err) {
+      const e = asDriftlineError(err);
+      if (e.code !== 'ROLLOUT_NOT_FOUND') throw err;
+      // Its store lost it (a restored backup): say so once instead of failing on every tick.
+      return this.record(job, { state: 'failed', audience: job.release?.audience ?? '', rolloutId, reason: e.message, errorCode: e.code });
+    }
     const settled = releaseOfRollout(rollout);
     if (!settled) return undefined;
     const version = job.resultVersion;
