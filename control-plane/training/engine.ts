@@ -19,8 +19,10 @@ import {
   isTerminal,
   judge,
   leaseJob,
+  recordRelease as recordReleaseOf,
   recordResultVersion,
   type TrainingJob,
+  type TrainingRelease,
   type TrainingJobSpec,
   type TrainingJobState,
   type TrainingProgress,
@@ -96,6 +98,8 @@ export interface StartTrainingJobInput {
   maxDurationMs?: number | undefined;
   maxAttempts?: number | undefined;
   gates?: readonly string[] | undefined;
+  /** The retraining trigger decision that started the job (lineage); absent for an operator's job. */
+  trigger?: TrainingJobSpec['trigger'];
 }
 
 export interface WorkerRegistration {
@@ -150,6 +154,20 @@ const startSchema = z
       .optional(),
     maxAttempts: z.number().int().min(0).max(100).optional(),
     gates: z.array(z.string().max(128)).max(20).optional(),
+    trigger: z
+      .object({
+        kind: z.enum(['drift', 'schedule', 'labelled']),
+        key: z.string().max(128),
+        clientRequestId: z.string().max(256),
+        policyVersion: z.number().int().min(0),
+        driftEventId: z.number().int().min(0),
+        cohort: z.string().max(128),
+        cohortSelector: z.string().max(512),
+        datasetSelector: z.string().max(1024),
+        replayedDatasetId: z.string().max(64),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 
@@ -253,6 +271,24 @@ export class TrainingEngine {
     const page = jobs.slice(0, limit);
     const last = page.at(-1);
     return { jobs: page, nextPageToken: jobs.length > limit && last ? encodePageToken(last) : '' };
+  }
+
+  /** The job a start with this client request id created, if one did (a caller deciding whether to prepare a start again). */
+  async findByClientRequestId(clientRequestId: string): Promise<TrainingJob | undefined> {
+    const stored = clientRequestId ? await this.options.repository.findRequest(clientRequestId) : undefined;
+    return stored?.action === 'start' ? this.get(stored.jobId) : undefined;
+  }
+
+  /** Records where the release of a succeeded job's version stands (the retraining loop's canary), with an audit entry. */
+  async recordRelease(id: string, release: Omit<TrainingRelease, 'updatedAtMs'>, by: TrainingActor = SYSTEM_ACTOR): Promise<TrainingJob> {
+    const job = await this.options.repository.transaction(async (tx) => {
+      const transition = recordReleaseOf(await this.require(tx, id), { ...release, updatedAtMs: 0 }, this.options.clock.now());
+      await tx.update(transition.job);
+      await this.record(tx, transition, by);
+      return transition.job;
+    });
+    this.changed(job.id);
+    return job;
   }
 
   audit(id: string): Promise<TrainingAuditRecord[]> {
@@ -626,6 +662,7 @@ export class TrainingEngine {
       maxDurationMs: v.maxDurationMs || limits.defaultMaxDurationMs,
       maxAttempts: v.maxAttempts || limits.defaultMaxAttempts,
       gates: normalizeEvaluationGates(v.gates ?? []),
+      ...(v.trigger ? { trigger: v.trigger } : {}),
     };
   }
 

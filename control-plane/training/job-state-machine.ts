@@ -40,6 +40,49 @@ export interface TrainingJobSpec {
   maxAttempts: number;
   /** Gate rules as text ("accuracy-delta>=0.01"), already parsed once. */
   gates: string[];
+  /** Why the job exists when a retraining trigger started it (its lineage); absent for an operator's job. */
+  trigger?: TrainingTrigger | undefined;
+}
+
+/** The retraining trigger decision a job answers: what fired, for which cohort, and the dataset it chose. */
+export interface TrainingTrigger {
+  kind: 'drift' | 'schedule' | 'labelled';
+  /** The trigger's name within its model (`drift-42`): its decision is the one recorded under this key. */
+  key: string;
+  /** The id the decision asked the engine with (`retrain/<model>/<key>`). */
+  clientRequestId: string;
+  policyVersion: number;
+  /** The drift event that fired it; 0 for another trigger. */
+  driftEventId: number;
+  /** The cohort whose drift fired it ("" for the whole fleet or another trigger). */
+  cohort: string;
+  /** That cohort's devices as a label selector (`cohort=north`; "" every device): the canary's audience. */
+  cohortSelector: string;
+  /** The dataset query's device selector (the policy's, narrowed to the cohort). */
+  datasetSelector: string;
+  /** The parent's training snapshot replayed into the dataset; "" when none was (none asked, or the parent names none). */
+  replayedDatasetId: string;
+}
+
+/** Where the release path after the gate stands: signed canary, staged rollout, its outcome (control-plane/training/release-canary.ts). */
+export const TRAINING_RELEASE_STATES = ['awaiting-signature', 'rolling-out', 'succeeded', 'aborted', 'failed', 'skipped'] as const;
+export type TrainingReleaseState = (typeof TRAINING_RELEASE_STATES)[number];
+/** A release in one of these is settled: nothing more is done for the job. */
+export const SETTLED_RELEASE_STATES: readonly TrainingReleaseState[] = ['succeeded', 'aborted', 'failed', 'skipped'];
+
+export interface TrainingRelease {
+  state: TrainingReleaseState;
+  /** The version released (the job's result version). */
+  version: number;
+  /** The canary's devices as a label selector. */
+  audience: string;
+  /** The canary rollout; "" before it started. */
+  rolloutId: string;
+  /** Why it is in this state (a rollout's abort reason, the error that stopped it, why it was skipped). */
+  reason: string;
+  /** A stable code when failed. */
+  errorCode: string;
+  updatedAtMs: number;
 }
 
 export interface TrainingLease {
@@ -84,6 +127,8 @@ export interface TrainingJob {
   evaluation: EvaluationReport | null;
   /** The model version a passing candidate became; 0 until the candidate sink registered one. */
   resultVersion: number;
+  /** The release of that version by the retraining loop (canary signature, rollout, outcome); absent until it began. */
+  release?: TrainingRelease | null | undefined;
 }
 
 export interface TrainingAuditEntry {
@@ -201,6 +246,32 @@ export function recordResultVersion(job: TrainingJob, version: number, nowMs: nu
   requireState(job, ['succeeded'], 'record the version of');
   const next: TrainingJob = { ...job, resultVersion: version, updatedAtMs: nowMs };
   return { job: next, audit: [entry(next, job.state, 'register', '', { version })] };
+}
+
+/**
+ * The release path moved: the signature is awaited, the canary rollout started or ended. Only a
+ * succeeded job with a registered version is released; a settled release does not move again.
+ */
+export function recordRelease(job: TrainingJob, release: TrainingRelease, nowMs: number): TrainingTransition {
+  requireState(job, ['succeeded'], 'record the release of');
+  if (job.resultVersion === 0 || release.version !== job.resultVersion) {
+    throw new DriftlineError('TRAINING_STATE_INVALID', `training job ${job.id} registered no version ${release.version} to release`, {
+      details: { id: job.id, resultVersion: job.resultVersion, version: release.version },
+    });
+  }
+  if (job.release && SETTLED_RELEASE_STATES.includes(job.release.state)) refuse(job, `move the ${job.release.state} release of`);
+  const next: TrainingJob = { ...job, release: { ...release, updatedAtMs: nowMs }, updatedAtMs: nowMs };
+  return {
+    job: next,
+    audit: [
+      entry(next, job.state, `release-${release.state}`, release.reason, {
+        version: release.version,
+        audience: release.audience,
+        rolloutId: release.rolloutId,
+        ...(release.errorCode ? { errorCode: release.errorCode } : {}),
+      }),
+    ],
+  };
 }
 
 export function cancel(job: TrainingJob, reason: string, nowMs: number): TrainingTransition {

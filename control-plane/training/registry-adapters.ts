@@ -107,6 +107,14 @@ export class RegistryCandidateSink implements CandidateSink {
           'lineage.trainer': spec.trainer,
           'lineage.hyperparameters': spec.hyperparametersJson.slice(0, 4096),
           'lineage.metrics': boundedJson(candidate.metrics),
+          ...(spec.trigger
+            ? {
+                'lineage.trigger': spec.trigger.key,
+                'lineage.trigger_request_id': spec.trigger.clientRequestId,
+                'lineage.cohort': spec.trigger.cohort,
+                ...(spec.trigger.driftEventId ? { 'lineage.drift_event_id': String(spec.trigger.driftEventId) } : {}),
+              }
+            : {}),
           'evaluation.verdict': report.verdict,
           'evaluation.gates': JSON.stringify(report.gates.map((g) => ({ gate: g.gate, verdict: g.verdict, value: g.value }))).slice(0, 4096),
           'evaluation.splits': boundedJson(report.splits.map((s) => ({ split: s.split, candidate: summary(s.candidate), parent: summary(s.parent) }))),

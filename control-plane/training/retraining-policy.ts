@@ -5,6 +5,7 @@ import { DriftlineError } from '../../common/errors.js';
 import { parseSelector } from '../../common/ids.js';
 import type { DriftLevel } from '../drift/ports.js';
 import { COHORT_LABEL } from '../fleet/labels.js';
+import { parseGate } from '../rollout/plan.js';
 
 /**
  * A model's retraining policy and the pure decision it makes: given what just happened (a drift
@@ -30,6 +31,26 @@ const selectorText = z
       return false;
     }
   }, 'expected a label selector such as site=plant-3,profile=jetson-*');
+
+/** A rollout gate as `rollout start --gate` takes it (`p95-latency-ratio<=1.5`, `accuracy-delta>=0`, `drift`). */
+const rolloutGateText = z
+  .string()
+  .max(128)
+  .refine((g) => {
+    try {
+      parseGate(g);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 'expected a rollout gate such as p95-latency-ratio<=1.5 (see driftline rollout start --help)');
+
+const wavePercents = z
+  .array(z.number().gt(0).max(100))
+  .min(1)
+  .max(20)
+  .refine((w) => w.every((p, i) => i === 0 || p > w[i - 1]!), 'wave percents must increase')
+  .refine((w) => w.at(-1) === 100, 'the last wave must reach 100 percent');
 
 const cronText = z
   .string()
@@ -105,6 +126,32 @@ export const retrainingPolicySchema = z
           .prefault({}),
       })
       .strict(),
+    /**
+     * The release path after the evaluation gate: a version a triggered job made is signed as a
+     * canary for the devices of the cohort whose drift triggered it, then rolled out to them in
+     * these waves (as `driftline rollout start` takes them), judged by the rollout gates. The
+     * rest of the fleet gets it only through a human-signed release (the automation key signs
+     * canaries only).
+     */
+    rollout: z
+      .object({
+        /** false: the loop stops at the registered version (no signature asked, no rollout). */
+        enabled: z.boolean().default(true),
+        /** Devices of the canary besides the cohort (ANDed with `cohort=<the drifted cohort>`); "" and a fleet-wide trigger: every device. */
+        target: selectorText.default(''),
+        /** Percent of the canary's compatible devices per wave, the last 100. */
+        waves: wavePercents.default([1, 10, 50, 100]),
+        /** How long each wave runs before its gates are judged. */
+        bake: duration.prefault('10m'),
+        /** Smallest cohort of a wave. */
+        minDevices: z.number().int().min(1).max(100_000).default(5),
+        /** Rollout gates; empty: the rollout defaults (install-failure-rate<=0.2, error-rate-delta<=0.05, p95-latency-ratio<=1.5). */
+        gates: z.array(rolloutGateText).max(20).default([]),
+        /** Failed gate evaluations tolerated per wave before aborting. */
+        failureLimit: z.number().int().min(0).max(100).default(0),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 
