@@ -258,7 +258,10 @@ export async function startControlPlane(
       datasets: trainingDatasets,
       // Workers download base models from the artifacts and snapshot tars from the datasets' own store.
       artifacts: new TrainingArtifactsWithSnapshots(new ArtifactStoreTrainingArtifacts(artifacts), datasets),
-      evaluator: new OnnxRuntimeEvaluator({ data: new SnapshotEvaluationData(datasets), parents: new RegistryParentModels(registry, artifacts) }),
+      evaluator: new OnnxRuntimeEvaluator({
+        data: new SnapshotEvaluationData(datasets, deviceSelectionOf(fleet)),
+        parents: new RegistryParentModels(registry, artifacts),
+      }),
       sink: new RegistryCandidateSink(registry, artifacts, trainingDatasets),
       limits: {
         leaseTtlMs: config.training.leaseTtl,

@@ -81,44 +81,61 @@ export interface LabelledRows {
   labels: ArrayLike<number>;
 }
 
+/** Which devices a label selector names (the fleet); the evaluation gate's cohort split reads it. */
+export interface CohortDevices {
+  deviceIds(selector: string): Promise<ReadonlySet<string>>;
+}
+
 /**
  * The evaluation gate's splits of a snapshot, read from its tar (driftline-dataset/1):
- * - "test": the snapshot's own labelled test rows (the cohort the job was started for);
- * - "regression": the labelled test rows of the snapshot it replays (manifest.parent: the
- *   parent version's training snapshot, so its own test data), leaving out any row that is in
- *   the "test" split. A snapshot that replays nothing has no regression split: the gates that
- *   read it are inconclusive (pass `--gate` rules that judge the test split only, or replay).
+ * - "test": where the candidate must get better. The snapshot's labelled test rows, or, for a
+ *   job a retraining trigger started for one cohort (focusSelector), only that cohort's rows;
+ * - "regression": where it must not get worse. The other cohorts' labelled test rows of the same
+ *   snapshot, and the labelled test rows of the snapshot it replays (manifest.parent: the parent
+ *   version's training snapshot, so its own test data), leaving out any row already counted.
+ *   A snapshot of one cohort that replays nothing has no regression split: the gates that read
+ *   it are inconclusive (pass `--gate` rules that judge the test split only, or replay).
  * A sample's split is fixed by a hash of its id, so no row the candidate trained on is here.
  */
 export class SnapshotEvaluationData {
-  constructor(private readonly snapshots: Pick<DatasetSnapshots, 'getDataset' | 'readTar'>) {}
+  constructor(
+    private readonly snapshots: Pick<DatasetSnapshots, 'getDataset' | 'readTar'>,
+    private readonly cohorts?: CohortDevices,
+  ) {}
 
   async classes(datasetId: string): Promise<number> {
     return (await this.snapshots.getDataset(datasetId)).manifest.classes;
   }
 
-  async splits(datasetId: string): Promise<Partial<Record<SplitRole, LabelledRows>>> {
+  async splits(datasetId: string, options: { focusSelector?: string | undefined } = {}): Promise<Partial<Record<SplitRole, LabelledRows>>> {
     const { manifest, test } = await this.read(datasetId);
+    const shape = manifest.input.shape;
+    const focus = options.focusSelector && this.cohorts ? await this.cohorts.deviceIds(options.focusSelector) : undefined;
+    const inFocus = (r: number): boolean => !focus || focus.has(test.devices[r]!);
     const out: Partial<Record<SplitRole, LabelledRows>> = {};
-    const own = labelled(test, manifest.input.shape);
+    const own = labelled([{ split: test, keep: inFocus }], shape);
     if (own) out.test = own;
+
+    const regression: LabelledPart[] = focus ? [{ split: test, keep: (r) => !inFocus(r) }] : [];
     if (manifest.parent) {
       const parent = await this.read(manifest.parent.id).catch((err: unknown) => {
-        // A parent snapshot that is no longer kept leaves the regression split out (inconclusive), not the whole evaluation.
+        // A parent snapshot that is no longer kept leaves its rows out of the regression split, not the whole evaluation.
         if (err instanceof DriftlineError && err.code === 'DATASET_NOT_FOUND') return undefined;
         throw err;
       });
       if (parent) {
-        if (JSON.stringify(parent.manifest.input.shape) !== JSON.stringify(manifest.input.shape)) {
+        if (JSON.stringify(parent.manifest.input.shape) !== JSON.stringify(shape)) {
           throw new DriftlineError('DATASET_INVALID', `the replayed snapshot ${manifest.parent.id} has another input shape than ${datasetId}`, {
             details: { datasetId, parent: manifest.parent.id },
           });
         }
-        const exclude = new Set(test.ids);
-        const regression = labelled(parent.test, manifest.input.shape, exclude);
-        if (regression) out.regression = regression;
+        // A replayed sample is also in this snapshot's test split: counted there already.
+        const counted = new Set(test.ids);
+        regression.push({ split: parent.test, keep: (r) => !counted.has(parent.test.ids[r]!) });
       }
     }
+    const others = labelled(regression, shape);
+    if (others) out.regression = others;
     return out;
   }
 
@@ -129,16 +146,20 @@ export class SnapshotEvaluationData {
   }
 }
 
-/** The labelled rows of a split (and not in `exclude`); undefined when none is labelled. */
-function labelled(split: SplitData, rowShape: readonly number[], exclude?: ReadonlySet<string>): LabelledRows | undefined {
+interface LabelledPart {
+  split: SplitData;
+  keep: (row: number) => boolean;
+}
+
+/** The labelled rows that each part keeps, one after the other; undefined when none is labelled. */
+function labelled(parts: readonly LabelledPart[], rowShape: readonly number[]): LabelledRows | undefined {
   const rowElements = rowShape.reduce((a, b) => a * b, 1);
-  const keep: number[] = [];
-  for (let r = 0; r < split.ids.length; r++) {
-    if (split.y[r] === UNLABELLED || exclude?.has(split.ids[r]!)) continue;
-    keep.push(r);
+  const kept: Array<{ split: SplitData; row: number }> = [];
+  for (const { split, keep } of parts) {
+    for (let r = 0; r < split.ids.length; r++) if (split.y[r] !== UNLABELLED && keep(r)) kept.push({ split, row: r });
   }
-  if (keep.length === 0) return undefined;
-  const x = new Float32Array(keep.length * rowElements);
-  keep.forEach((r, i) => x.set(split.x.subarray(r * rowElements, (r + 1) * rowElements), i * rowElements));
-  return { x, rowShape, labels: Int32Array.from(keep, (r) => Number(split.y[r])) };
+  if (kept.length === 0) return undefined;
+  const x = new Float32Array(kept.length * rowElements);
+  kept.forEach(({ split, row }, i) => x.set(split.x.subarray(row * rowElements, (row + 1) * rowElements), i * rowElements));
+  return { x, rowShape, labels: Int32Array.from(kept, ({ split, row }) => Number(split.y[row])) };
 }

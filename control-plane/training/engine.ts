@@ -584,6 +584,7 @@ export class TrainingEngine {
         model: job.spec.model,
         parentVersion: job.spec.baseVersion,
         datasetId: job.spec.datasetId,
+        focusSelector: job.spec.trigger?.cohortSelector ?? '',
         candidate: { sha256: job.candidate.sha256, path: artifacts.pathOf(job.candidate.sha256) },
       });
       const report = judgeCandidate(job.spec.gates.map(parseEvaluationGate), splits, { minSplitRows: limits.minSplitRows }, clock.now());

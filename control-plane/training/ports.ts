@@ -155,6 +155,11 @@ export interface EvaluationInput {
   model: string;
   parentVersion: number;
   datasetId: string;
+  /**
+   * The devices the candidate was trained to get better on (a retraining trigger's cohort, as a
+   * label selector such as `cohort=plant-2`); "" or absent: the whole test split is the focus.
+   */
+  focusSelector?: string | undefined;
   candidate: { sha256: string; path: string };
 }
 

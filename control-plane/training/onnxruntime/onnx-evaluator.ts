@@ -21,7 +21,8 @@ export interface LabelledSplit {
  * cohorts' and the parent's own test data. A split may be missing: its gates are inconclusive.
  */
 export interface EvaluationData {
-  splits(datasetId: string): Promise<Partial<Record<SplitRole, LabelledSplit>>>;
+  /** focusSelector: see EvaluationInput (the devices whose rows make the "test" split). */
+  splits(datasetId: string, options?: { focusSelector?: string | undefined }): Promise<Partial<Record<SplitRole, LabelledSplit>>>;
   /** The class count of the dataset's model output. */
   classes(datasetId: string): Promise<number>;
 }
@@ -44,7 +45,7 @@ export class OnnxRuntimeEvaluator implements Evaluator {
   async evaluate(input: EvaluationInput): Promise<{ splits: SplitEvaluation[] }> {
     const [candidateBytes, parentBytes] = await Promise.all([readFile(input.candidate.path), this.deps.parents.bytes(input.model, input.parentVersion)]);
     const classes = await this.deps.data.classes(input.datasetId);
-    const splits = await this.deps.data.splits(input.datasetId);
+    const splits = await this.deps.data.splits(input.datasetId, { focusSelector: input.focusSelector });
     const candidate = await loadClassifier(candidateBytes, 'candidate');
     const parent = await loadClassifier(parentBytes, `parent v${input.parentVersion}`);
     try {
