@@ -38,6 +38,7 @@ const policy = (over: Partial<RetrainingPolicy> = {}): RetrainingPolicy => ({
     gates: ['accuracy-delta>=0.01'],
     dataset: undefined,
   },
+  rollout: undefined,
   version: 0,
   updatedAtMs: 0,
   updatedBy: '',
@@ -99,6 +100,8 @@ describe('retraining policy API', () => {
     // The same policy again is the same version; the job template came back with its defaults.
     expect((await api.setRetrainingPolicy({ policy: policy() })).version).toBe(1);
     expect(set.job).toMatchObject({ trainer: 'ts-dense-head', gpus: 1, maxDurationMs: 2 * 3_600_000, dataset: { labelledOnly: true, replayParent: true } });
+    // No rollout section given: the canary defaults, as `rollout start` has them.
+    expect(set.rollout).toEqual({ enabled: true, target: '', wavePercents: [1, 10, 50, 100], bakeMs: 600_000, minDevices: 5, gates: [], failureLimit: 0 });
 
     await clock.advanceAsync(5 * MINUTE);
     await cp.triggerWatcher.idle();
@@ -157,22 +160,41 @@ describe('retraining policy API', () => {
       'epochs=30',
       '--param',
       'optimizer=adam',
+      '--canary-waves',
+      '25,100',
+      '--canary-bake',
+      '30m',
+      '--canary-min-devices',
+      '2',
+      '--canary-gate',
+      'p95-latency-ratio<=1.2',
+      '--canary-target',
+      'site=plant-3',
     );
     expect(set.stderr).toBe('');
     expect(set.stdout).toMatch(/retraining policy of pressure set \(version 1\)/);
     expect(set.stdout).toMatch(/triggers\s+on drift alert \(any version, every cohort\); on schedule "0 3 \* \* \*" UTC .*; on 500 new labelled samples/);
+    expect(set.stdout).toMatch(
+      /canary\s+to the drifted cohort within site=plant-3, waves 25,100% \(at least 2 device\(s\)\), bake 30m, gates p95-latency-ratio<=1.2/,
+    );
 
     const shown = JSON.parse((await driftline('--json', 'training', 'policy', 'show', 'pressure')).stdout) as {
-      policy: { version: number; minDatasetRows: number; job: { hyperparametersJson: string } };
+      policy: { version: number; minDatasetRows: number; job: { hyperparametersJson: string }; rollout: unknown };
       decisions: unknown[];
     };
     expect(shown.policy).toMatchObject({ version: 1, minDatasetRows: 200 });
+    expect(shown.policy.rollout).toMatchObject({ enabled: true, target: 'site=plant-3', wavePercents: [25, 100], bakeMs: 1_800_000, minDevices: 2 });
     expect(JSON.parse(shown.policy.job.hyperparametersJson)).toEqual({ epochs: 30, optimizer: 'adam' });
     expect(shown.decisions).toEqual([]);
 
     const table = await driftline('training', 'policy', 'show', 'vibration');
     expect(table.stdout).toMatch(/ID\s+AT\s+TRIGGER\s+FIRED\s+REASON\s+JOB\s+DETAILS/);
     expect(table.stdout).toMatch(/schedule-\d+\s+no\s+start_failed\s+-\s+.*code=TRAINING_SERVICE_UNAVAILABLE/);
+
+    const noCanary = await driftline('training', 'policy', 'set', 'pressure', '--trainer', 'ts-dense-head', '--on-drift', '--no-canary');
+    expect(noCanary.stdout).toMatch(/canary\s+off/);
+    const badGate = await driftline('training', 'policy', 'set', 'pressure', '--trainer', 'ts-dense-head', '--on-drift', '--canary-gate', 'speed>=1');
+    expect(badGate.stderr).toMatch(/^error \[RETRAINING_POLICY_INVALID\]: .*rollout\.gates/);
 
     const refused = await driftline('training', 'policy', 'set', 'pressure', '--trainer', 'ts-dense-head', '--on-schedule', '0 0 3 * * *');
     expect(refused.code).toBe(2);

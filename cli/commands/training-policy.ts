@@ -65,6 +65,22 @@ interface SetOptions {
   replay: boolean;
   wholeFleet?: boolean;
   disable?: boolean;
+  canary: boolean;
+  canaryTarget: string;
+  canaryWaves: number[];
+  canaryBake: number;
+  canaryMinDevices: number;
+  canaryGate?: string[];
+  canaryFailureLimit: number;
+}
+
+const DEFAULT_CANARY_WAVES = [1, 10, 50, 100];
+const DEFAULT_CANARY_BAKE_MS = 600_000;
+
+function percents(value: string): number[] {
+  const list = value.split(',').map((s) => Number(s.trim()));
+  if (list.length === 0 || list.some((n) => !Number.isFinite(n) || n <= 0 || n > 100)) throw new InvalidArgumentError('expected percents such as 1,10,50,100');
+  return list;
 }
 
 const TRIGGERS_HELP = `
@@ -73,6 +89,13 @@ Triggers (at least one): --on-drift (a drift alert of the model: narrow with --d
 samples since the last job). Whatever fires, a job starts only when no job of the model runs,
 the cooldown since the last one has passed and the dataset holds --min-rows labelled rows.
 Every decision, fired or not, is recorded with its reason: driftline training policy show <model>.
+
+The release path (--canary-*): a version a triggered job registered (it passed the evaluation
+gate) is signed as a canary for the devices of the cohort whose drift triggered the job (the
+automation key, or awaiting "driftline models sign"), then rolled out to them in staged waves
+judged by the rollout gates (as "driftline rollout start" takes them). An aborted rollout rolls
+the devices back and is recorded on the job (driftline training status <job>). --no-canary
+stops the loop at the registered version.
 
 Example:
   driftline training policy set vibration --on-drift --on-schedule "0 3 * * *" --on-labelled 500 \\
@@ -113,6 +136,21 @@ export function registerTrainingPolicy(training: Command): void {
     .option('--no-replay', "leave the parent version's own training snapshot out of the dataset")
     .option('--whole-fleet', "a cohort's drift alert trains on every cohort's samples (default: that cohort's)")
     .option('--disable', 'keep the policy but start nothing (decisions record "disabled")')
+    .option('--no-canary', 'a retrained version is registered only: no canary signature asked, no rollout')
+    .option('--canary-target <selector>', "canary devices besides the drifted cohort, e.g. 'site=plant-3' (default: the cohort's all)", '')
+    .addOption(
+      new Option('--canary-waves <percents>', "percent of the canary's compatible devices per wave, the last 100")
+        .argParser(percents)
+        .default(DEFAULT_CANARY_WAVES, DEFAULT_CANARY_WAVES.join(',')),
+    )
+    .addOption(
+      new Option('--canary-bake <duration>', 'how long each canary wave runs before its gates are judged')
+        .argParser(durationMs)
+        .default(DEFAULT_CANARY_BAKE_MS, formatDuration(DEFAULT_CANARY_BAKE_MS)),
+    )
+    .option('--canary-min-devices <n>', 'smallest cohort of a canary wave', integer(1, 100_000), 5)
+    .option('--canary-gate <gate>', "a rollout gate such as p95-latency-ratio<=1.5 (repeatable; default: the rollout's defaults)", repeated)
+    .option('--canary-failure-limit <n>', 'failed gate evaluations tolerated per canary wave before aborting', integer(0, 100), 0)
     .addHelpText('after', TRIGGERS_HELP)
     .action((model: string, options: SetOptions, command: Command) =>
       withConnection(command, async (connection, output) => {
@@ -205,6 +243,15 @@ function policyFromOptions(model: string, o: SetOptions): WirePolicy {
         cohortOnly: !o.wholeFleet,
       },
     },
+    rollout: {
+      enabled: o.canary,
+      target: o.canaryTarget,
+      wavePercents: o.canaryWaves,
+      bakeMs: o.canaryBake,
+      minDevices: o.canaryMinDevices,
+      gates: o.canaryGate ?? [],
+      failureLimit: o.canaryFailureLimit,
+    },
     version: 0,
     updatedAtMs: 0,
     updatedBy: '',
@@ -255,8 +302,24 @@ function printPolicy(output: Output, p: WirePolicy): void {
               .join(', ')
           : '-',
       ],
+      ['canary', canaryText(p)],
     ],
   );
+}
+
+function canaryText(p: WirePolicy): string {
+  const r = p.rollout;
+  if (!r) return '-';
+  if (!r.enabled) return 'off (a retrained version is registered only)';
+  return [
+    `to the drifted cohort${r.target ? ` within ${r.target}` : ''}`,
+    `waves ${r.wavePercents.join(',')}% (at least ${r.minDevices} device(s))`,
+    `bake ${formatDuration(r.bakeMs)}`,
+    `gates ${r.gates.join(', ') || '(rollout defaults)'}`,
+    r.failureLimit ? `failure limit ${r.failureLimit}` : '',
+  ]
+    .filter(Boolean)
+    .join(', ');
 }
 
 function parseDetails(text: string): unknown {

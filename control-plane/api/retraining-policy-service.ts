@@ -71,8 +71,22 @@ export function policyInputFromWire(p: WirePolicy): unknown {
     }
   }
   const job = p.job;
+  const rollout = p.rollout;
   return {
     enabled: p.enabled,
+    ...(rollout
+      ? {
+          rollout: {
+            enabled: rollout.enabled,
+            target: rollout.target,
+            ...(rollout.wavePercents.length ? { waves: rollout.wavePercents } : {}),
+            ...(rollout.bakeMs ? { bake: rollout.bakeMs } : {}),
+            ...(rollout.minDevices ? { minDevices: rollout.minDevices } : {}),
+            gates: rollout.gates,
+            failureLimit: rollout.failureLimit,
+          },
+        }
+      : {}),
     ...(p.onDrift ? { onDrift: { version: p.onDrift.version, cohorts: p.onDrift.cohorts, minLevel: p.onDrift.minLevel || 'alert' } } : {}),
     ...(p.onSchedule ? { onSchedule: { cron: p.onSchedule.cron } } : {}),
     ...(p.onLabelled ? { onLabelled: { minNewSamples: p.onLabelled.minNewSamples } } : {}),
@@ -123,6 +137,15 @@ export function policyToWire(stored: StoredRetrainingPolicy, nowMs: number): Wir
         replayParent: job.dataset.replayParent,
         cohortOnly: job.dataset.cohortOnly,
       },
+    },
+    rollout: {
+      enabled: policy.rollout.enabled,
+      target: policy.rollout.target,
+      wavePercents: policy.rollout.waves,
+      bakeMs: policy.rollout.bake,
+      minDevices: policy.rollout.minDevices,
+      gates: policy.rollout.gates,
+      failureLimit: policy.rollout.failureLimit,
     },
     version: stored.version,
     updatedAtMs: stored.updatedAtMs,

@@ -58,6 +58,30 @@ export interface RetrainingPolicy {
   createdAtMs: number;
   /** Set by the server: the schedule's next moment (0: no schedule). */
   nextScheduledAtMs: number;
+  /** The release path after the evaluation gate. Absent: the defaults (a canary in waves 1,10,50,100, bake 10m). */
+  rollout: CanaryRolloutTemplate | undefined;
+}
+
+/**
+ * A version a triggered job registered is signed as a canary for the devices of the cohort whose
+ * drift triggered the job, then rolled out to them in these waves, judged by the rollout gates
+ * (as `driftline rollout start` takes them).
+ */
+export interface CanaryRolloutTemplate {
+  /** false: the loop stops at the registered version (no signature asked, no rollout). */
+  enabled: boolean;
+  /** Devices of the canary besides the cohort (ANDed with cohort=<the drifted cohort>); "": no other condition. */
+  target: string;
+  /** Percent of the canary's compatible devices per wave, increasing, the last 100; empty: 1,10,50,100. */
+  wavePercents: number[];
+  /** How long each wave runs before its gates are judged; 0: 10 minutes. */
+  bakeMs: number;
+  /** Smallest cohort of a wave; 0: 5. */
+  minDevices: number;
+  /** Rollout gates such as "p95-latency-ratio<=1.5"; empty: the rollout defaults. */
+  gates: string[];
+  /** Failed gate evaluations tolerated per wave before aborting. */
+  failureLimit: number;
 }
 
 export interface DriftTrigger {
@@ -167,6 +191,7 @@ function createBaseRetrainingPolicy(): RetrainingPolicy {
     updatedBy: "",
     createdAtMs: 0,
     nextScheduledAtMs: 0,
+    rollout: undefined,
   };
 }
 
@@ -210,6 +235,9 @@ export const RetrainingPolicy: MessageFns<RetrainingPolicy> = {
     }
     if (message.nextScheduledAtMs !== 0) {
       writer.uint32(104).int64(message.nextScheduledAtMs);
+    }
+    if (message.rollout !== undefined) {
+      CanaryRolloutTemplate.encode(message.rollout, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -331,6 +359,14 @@ export const RetrainingPolicy: MessageFns<RetrainingPolicy> = {
             message.nextScheduledAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.rollout = CanaryRolloutTemplate.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -394,6 +430,7 @@ export const RetrainingPolicy: MessageFns<RetrainingPolicy> = {
         : isSet(object.next_scheduled_at_ms)
         ? globalThis.Number(object.next_scheduled_at_ms)
         : 0,
+      rollout: isSet(object.rollout) ? CanaryRolloutTemplate.fromJSON(object.rollout) : undefined,
     };
   },
 
@@ -438,6 +475,9 @@ export const RetrainingPolicy: MessageFns<RetrainingPolicy> = {
     if (message.nextScheduledAtMs !== undefined) {
       obj.nextScheduledAtMs = Math.round(message.nextScheduledAtMs);
     }
+    if (message.rollout !== undefined) {
+      obj.rollout = CanaryRolloutTemplate.toJSON(message.rollout);
+    }
     return obj;
   },
 
@@ -467,6 +507,204 @@ export const RetrainingPolicy: MessageFns<RetrainingPolicy> = {
     message.updatedBy = object.updatedBy ?? "";
     message.createdAtMs = object.createdAtMs ?? 0;
     message.nextScheduledAtMs = object.nextScheduledAtMs ?? 0;
+    message.rollout = (object.rollout !== undefined && object.rollout !== null)
+      ? CanaryRolloutTemplate.fromPartial(object.rollout)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCanaryRolloutTemplate(): CanaryRolloutTemplate {
+  return { enabled: false, target: "", wavePercents: [], bakeMs: 0, minDevices: 0, gates: [], failureLimit: 0 };
+}
+
+export const CanaryRolloutTemplate: MessageFns<CanaryRolloutTemplate> = {
+  encode(message: CanaryRolloutTemplate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.enabled !== false) {
+      writer.uint32(8).bool(message.enabled);
+    }
+    if (message.target !== "") {
+      writer.uint32(18).string(message.target);
+    }
+    if (message.wavePercents.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.wavePercents) {
+        writer.double(v);
+      }
+      writer.join();
+    }
+    if (message.bakeMs !== 0) {
+      writer.uint32(32).int64(message.bakeMs);
+    }
+    if (message.minDevices !== 0) {
+      writer.uint32(40).int32(message.minDevices);
+    }
+    for (const v of message.gates) {
+      writer.uint32(50).string(v!);
+    }
+    if (message.failureLimit !== 0) {
+      writer.uint32(56).int32(message.failureLimit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CanaryRolloutTemplate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCanaryRolloutTemplate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.enabled = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 25) {
+              message.wavePercents.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.wavePercents.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bakeMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.minDevices = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.gates.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.failureLimit = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CanaryRolloutTemplate {
+    return {
+      enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : false,
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      wavePercents: globalThis.Array.isArray(object?.wavePercents)
+        ? object.wavePercents.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.wave_percents)
+        ? object.wave_percents.map((e: any) => globalThis.Number(e))
+        : [],
+      bakeMs: isSet(object.bakeMs)
+        ? globalThis.Number(object.bakeMs)
+        : isSet(object.bake_ms)
+        ? globalThis.Number(object.bake_ms)
+        : 0,
+      minDevices: isSet(object.minDevices)
+        ? globalThis.Number(object.minDevices)
+        : isSet(object.min_devices)
+        ? globalThis.Number(object.min_devices)
+        : 0,
+      gates: globalThis.Array.isArray(object?.gates) ? object.gates.map((e: any) => globalThis.String(e)) : [],
+      failureLimit: isSet(object.failureLimit)
+        ? globalThis.Number(object.failureLimit)
+        : isSet(object.failure_limit)
+        ? globalThis.Number(object.failure_limit)
+        : 0,
+    };
+  },
+
+  toJSON(message: CanaryRolloutTemplate): unknown {
+    const obj: any = {};
+    if (message.enabled !== undefined) {
+      obj.enabled = message.enabled;
+    }
+    if (message.target !== undefined) {
+      obj.target = message.target;
+    }
+    if (message.wavePercents?.length) {
+      obj.wavePercents = message.wavePercents.map((e) => floatToJson(e));
+    }
+    if (message.bakeMs !== undefined) {
+      obj.bakeMs = Math.round(message.bakeMs);
+    }
+    if (message.minDevices !== undefined) {
+      obj.minDevices = Math.round(message.minDevices);
+    }
+    if (message.gates?.length) {
+      obj.gates = message.gates;
+    }
+    if (message.failureLimit !== undefined) {
+      obj.failureLimit = Math.round(message.failureLimit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CanaryRolloutTemplate>, I>>(base?: I): CanaryRolloutTemplate {
+    return CanaryRolloutTemplate.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CanaryRolloutTemplate>, I>>(object: I): CanaryRolloutTemplate {
+    const message = createBaseCanaryRolloutTemplate();
+    message.enabled = object.enabled ?? false;
+    message.target = object.target ?? "";
+    message.wavePercents = object.wavePercents?.map((e) => e) || [];
+    message.bakeMs = object.bakeMs ?? 0;
+    message.minDevices = object.minDevices ?? 0;
+    message.gates = object.gates?.map((e) => e) || [];
+    message.failureLimit = object.failureLimit ?? 0;
     return message;
   },
 };
@@ -1788,6 +2026,10 @@ export const RetrainingPolicyServiceClient = makeGenericClientConstructor(
   service: typeof RetrainingPolicyServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
