@@ -39,7 +39,9 @@ import { DriftWatcher } from './drift/drift-watcher.js';
 import { SqliteDriftEvents } from './store/sqlite/drift-events.js';
 import { driftQueries, driftStatusSource } from './drift/wiring.js';
 import { SqliteRetrainingPolicyRepository } from './store/sqlite/retraining-policy-repository.js';
-import { TriggerWatcher, unavailableTrainingJobs } from './training/trigger-watcher.js';
+import { TriggerWatcher } from './training/trigger-watcher.js';
+import { connectRetrainingLoop } from './training/retraining-loop.js';
+import { canarySigningOf } from './training/wiring.js';
 import type { LabelledSampleCounter, TrainingJobStarter } from './training/retraining-ports.js';
 import { DatasetService } from './datasets/dataset-service.js';
 import { deviceSelectionOf, labelledSampleCounterOf, modelLineageOf, snapshotBlobsOf } from './datasets/wiring.js';
@@ -282,11 +284,24 @@ export async function startControlPlane(
     const trainingStreams = new AbortController();
 
     const retrainingPolicies = new SqliteRetrainingPolicyRepository(db);
+    // The closed loop: a fired trigger snapshots a dataset and starts a job; a version it made is
+    // signed as a canary for the drifted cohort (or waits for `models sign`) and rolled out to it.
+    const retrainingLoop = connectRetrainingLoop({
+      training,
+      datasets,
+      lineage: modelLineageOf(registry),
+      policies: retrainingPolicies,
+      rollouts,
+      signing: canarySigningOf({ signer: releaseSigner, fleet, registry, logger }),
+      clock,
+      logger,
+      tickIntervalMs: config.retraining.tickInterval,
+    });
     const triggerWatcher = TriggerWatcher.create({
       policies: retrainingPolicies,
       driftEvents: driftWatcher,
       labelledSamples: deps.retraining?.labelledSamples ?? labelledSampleCounterOf(samples, deviceSelectionOf(fleet)),
-      jobs: deps.retraining?.jobs ?? unavailableTrainingJobs,
+      jobs: deps.retraining?.jobs ?? retrainingLoop.jobs,
       clock,
       logger,
       tickIntervalMs: config.retraining.tickInterval,
@@ -335,6 +350,9 @@ export async function startControlPlane(
     // Stopped before the drift watcher it listens to.
     triggerWatcher.run();
     closers.push('trigger-watcher', () => triggerWatcher.shutdown());
+    // After the rollout driver is up; stopped before it and the store.
+    retrainingLoop.release.run();
+    closers.push('release-canary', () => retrainingLoop.release.shutdown());
 
     let state: ControlPlaneState = 'running';
     const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;

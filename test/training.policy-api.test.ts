@@ -1,8 +1,8 @@
 /**
  * Retraining policies over the API: a real control plane on OS-chosen ports and a ManualClock,
  * RetrainingPolicyService through the operator client, and `driftline training policy set|show`
- * as a process. No training service is wired yet: a decision that fires records start_failed
- * with TRAINING_SERVICE_UNAVAILABLE, which is what the control plane wires until it is.
+ * as a process. The model has no captured samples: a decision that fires makes no dataset and
+ * records start_failed with DATASET_EMPTY (the closed loop itself: test/training.loop*.test.ts).
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -110,7 +110,7 @@ describe('retraining policy API', () => {
     const { decisions } = await read.listTriggerDecisions({ model: 'vibration', firedOnly: false, pageSize: 0, pageToken: '' });
     expect(decisions).toHaveLength(1);
     expect(decisions[0]).toMatchObject({ trigger: 'schedule', fired: false, reason: 'start_failed', triggerKey: `schedule-${Date.UTC(2026, 0, 5, 0, 5)}` });
-    expect(JSON.parse(decisions[0]!.details)).toMatchObject({ code: 'TRAINING_SERVICE_UNAVAILABLE' });
+    expect(JSON.parse(decisions[0]!.details)).toMatchObject({ code: 'DATASET_EMPTY' });
   });
 
   it('pages through decisions newest first', async () => {
@@ -189,7 +189,7 @@ describe('retraining policy API', () => {
 
     const table = await driftline('training', 'policy', 'show', 'vibration');
     expect(table.stdout).toMatch(/ID\s+AT\s+TRIGGER\s+FIRED\s+REASON\s+JOB\s+DETAILS/);
-    expect(table.stdout).toMatch(/schedule-\d+\s+no\s+start_failed\s+-\s+.*code=TRAINING_SERVICE_UNAVAILABLE/);
+    expect(table.stdout).toMatch(/schedule-\d+\s+no\s+start_failed\s+-\s+.*code=DATASET_EMPTY/);
 
     const noCanary = await driftline('training', 'policy', 'set', 'pressure', '--trainer', 'ts-dense-head', '--on-drift', '--no-canary');
     expect(noCanary.stdout).toMatch(/canary\s+off/);

@@ -1,0 +1,59 @@
+import { DriftlineError } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import type { FleetStore } from '../fleet/fleet-store.js';
+import type { ModelRegistry } from '../registry/model-registry.js';
+import type { ReleaseSigning as ReleaseSigner } from '../registry/release-signing.js';
+import type { ReleaseSigning } from './release-canary.js';
+
+/**
+ * The release canary's signing port over the registry's ReleaseSigner: the canary's audience
+ * (a label selector: the drifted cohort) becomes the device ids the signed manifest names, and
+ * the version's lineage metadata (what the candidate sink recorded) goes into the manifest.
+ *
+ * A control plane without a trust root has nothing to sign with and its devices accept unsigned
+ * models (the unsigned mode): the canary rolls out as it would after a signature.
+ */
+export function canarySigningOf(deps: {
+  signer: ReleaseSigner;
+  fleet: Pick<FleetStore, 'list'>;
+  registry: Pick<ModelRegistry, 'resolve'>;
+  logger: Logger;
+}): ReleaseSigning {
+  const { signer, fleet, registry, logger } = deps;
+  return {
+    async signCanary({ model, version, audience }) {
+      // Decommissioned devices never install anything; sorted so a retry names the same audience.
+      const devices = (await fleet.list(audience)).map((d) => d.id).sort();
+      if (devices.length === 0) return { state: 'awaiting-signature' };
+      const metadata = (await registry.resolve(model, version)).metadata;
+      const lineage = {
+        parentVersion: Number(metadata['lineage.parent_version']) || 0,
+        dataSha256: metadata['lineage.dataset_sha256'] ?? '',
+        job: metadata['lineage.job_id'] ?? '',
+        metrics: numbersOf(metadata['lineage.metrics']),
+      };
+      try {
+        const signed = await signer.signCanary({ model, version, audience: devices, manifest: { lineage } });
+        return { state: signed.state === 'signed-canary' ? 'signed' : 'awaiting-signature' };
+      } catch (err) {
+        if (err instanceof DriftlineError && err.code === 'TRUST_NOT_CONFIGURED') {
+          logger.warn({ model, version }, 'no trust root: the retrained version rolls out unsigned (devices in unsigned mode accept it)');
+          return { state: 'signed' };
+        }
+        throw err;
+      }
+    },
+  };
+}
+
+/** The finite numbers of a JSON object (the trainer's metrics as the sink stored them); {} when it is not one. */
+function numbersOf(json: string | undefined): Record<string, number> {
+  if (!json) return {};
+  try {
+    const parsed: unknown = JSON.parse(json);
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return {};
+    return Object.fromEntries(Object.entries(parsed).filter((e): e is [string, number] => typeof e[1] === 'number' && Number.isFinite(e[1])));
+  } catch {
+    return {};
+  }
+}
