@@ -158,7 +158,13 @@ export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
     // Routed before the body is read: a request for no model here costs no buffering.
     const limits = bodyLimits(activeModel(name, version));
     const binaryHeader = req.headers[BINARY_HEADER];
-    const raw = await readBody(req, limit(binaryHeader === undefined ? limits.json : limits.binary));
+    // The raw tensor bytes start after the JSON header: aligned there, they are decoded as views on the body.
+    const raw = await readBody(
+      req,
+      binaryHeader === undefined
+        ? limit(limits.json)
+        : { ...limit(limits.binary), alignOffset: typeof binaryHeader === 'string' ? Number(binaryHeader) : undefined },
+    );
     const { request, inputs } = parseInferRequest(raw, binaryHeader);
     // A client that hangs up stops waiting for its result.
     const abandoned = new AbortController();
