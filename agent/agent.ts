@@ -342,8 +342,10 @@ export async function startAgent(
       {
         drain: async (graceMs) => {
           await engine.shutdown({ graceMs });
-          await runtime.close();
+          // The engine waited its grace for the runs in flight: any still running were given up.
+          await runtime.close({ graceMs: 0 });
         },
+        force: () => runtime.close({ graceMs: 0 }),
       },
       clock,
     ),

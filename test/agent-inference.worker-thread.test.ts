@@ -123,8 +123,10 @@ describe('onnxruntime on a worker thread', () => {
     const engine = engineOn(runtime);
     await engine.load({ name: 'conv', version: 1, ...conv });
     expect(threads).toHaveLength(1);
+    // The thread ends with the request in flight, as on a fatal error of its own: it exits on
+    // the message posted before the request, which it never reads.
+    threads[0]!.postMessage({ op: 'exit' });
     const inFlight = engine.infer('conv', [{ name: 'image', datatype: 'FP32', shape: [8, 3, 64, 64], data: images(8) }]);
-    await threads[0]!.terminate();
     expect((await failure(inFlight)).code).toBe('INFERENCE_RUNTIME_CRASHED');
     // The next request starts a new thread, creates the session there again, and answers.
     const again = await engine.infer('conv', [{ name: 'image', datatype: 'FP32', shape: [1, 3, 64, 64], data: images(1) }]);
@@ -145,6 +147,23 @@ describe('onnxruntime on a worker thread', () => {
     const late = await failure(session.run({ image: { type: 'float32', dims: [1, 3, 64, 64], data: images(1) } }));
     expect(late.code).toBe('SHUTTING_DOWN');
     expect((await failure(runtime.load(demo.path, { providers: ['cpu'] }))).code).toBe('SHUTTING_DOWN');
+  });
+
+  it('worker thread - close with a grace of 0 cuts the runs in flight with SHUTTING_DOWN and ends the thread', async () => {
+    const threads: Worker[] = [];
+    const runtime = createOnnxRuntime({ logger, thread: 'worker', onThread: (w) => threads.push(w) });
+    const session = await runtime.load(conv.path, { providers: ['cpu'] });
+    const running = session.run({ image: { type: 'float32', dims: [8, 3, 64, 64], data: images(8) } });
+    let exited = false;
+    threads[0]!.once('exit', () => (exited = true));
+    await runtime.close({ graceMs: 0 });
+    expect((await failure(running)).code).toBe('SHUTTING_DOWN');
+    // The run cut off finishes on the thread (never terminated mid-run), which then ends.
+    await waitFor(
+      () => exited,
+      (e) => e,
+      { what: 'the inference thread to end', timeoutMs: 10_000 },
+    );
   });
 
   it('worker thread - an idle runtime keeps no process alive and its thread ends with close', async () => {

@@ -30,8 +30,11 @@ const ORT_LOG_FATAL = 4;
 export interface OnnxRuntime extends ModelRuntime {
   /** Providers this onnxruntime build can actually run here. */
   availableProviders(): string[];
-  /** Lets the runs in flight finish, then stops the runtime's thread; later loads and runs get SHUTTING_DOWN. */
-  close(): Promise<void>;
+  /**
+   * Lets the runs in flight finish (for at most graceMs when given), then stops the runtime's
+   * thread; runs cut off and later loads and runs get SHUTTING_DOWN.
+   */
+  close(options?: { graceMs?: number }): Promise<void>;
 }
 
 export interface OnnxRuntimeOptions {
@@ -75,9 +78,9 @@ export function createOnnxRuntime({ logger, libraryPath, thread = 'main', onThre
   const createSession: SessionFactory = worker ? (path, options) => threadSession(worker, path, options) : mainThreadSession;
   return {
     availableProviders: () => [...available],
-    async close() {
+    async close(options) {
       closed = true;
-      await worker?.close();
+      await worker?.close(options);
     },
     async load(path, options) {
       if (closed) throw new DriftlineError('SHUTTING_DOWN', 'the inference runtime is shutting down');

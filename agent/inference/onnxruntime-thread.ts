@@ -26,6 +26,8 @@ let nextHandle = 1;
 const whole = (a) => a.byteOffset === 0 && a.byteLength === a.buffer.byteLength && !(a.buffer instanceof SharedArrayBuffer);
 const fail = (id, err) => parentPort.postMessage({ id, ok: false, message: err && err.message !== undefined ? err.message : String(err) });
 parentPort.on('message', async (m) => {
+  // Ends the thread between runs: JavaScript runs here only when no session.run is in native code.
+  if (m.op === 'exit') process.exit(0);
   try {
     if (m.op === 'create') {
       const session = await ort.InferenceSession.create(m.path, m.options);
@@ -168,15 +170,37 @@ export class OnnxRuntimeThread {
     await this.call({ op: 'release', handle }, [], { whileClosing: true });
   }
 
-  /** Lets the calls in flight finish, then ends the thread. */
-  async close(): Promise<void> {
+  /**
+   * Lets the calls in flight finish (for at most graceMs when given), then ends the thread;
+   * calls still in flight then fail with SHUTTING_DOWN. The thread is asked to exit, never
+   * terminated: terminating it in the middle of a native run aborts the whole process
+   * (onnxruntime-node's binding throws into a JavaScript environment that is going away). A
+   * run cut off finishes on the thread, unobserved, before the thread ends; it keeps no
+   * process alive meanwhile.
+   */
+  async close({ graceMs }: { graceMs?: number } = {}): Promise<void> {
     if (this.state === 'closed') return;
     this.state = 'closing';
-    if (this.pending.size > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+    if (this.pending.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.drained = resolve;
+        if (graceMs !== undefined) timer = setTimeout(resolve, Math.max(0, graceMs));
+      });
+      clearTimeout(timer);
+    }
     this.state = 'closed';
     const worker = this.worker;
     this.worker = undefined;
-    await worker?.terminate();
+    const cut = this.pending.size > 0;
+    for (const id of [...this.pending.keys()]) {
+      this.settle(id)?.reject(new DriftlineError('SHUTTING_DOWN', 'the inference runtime shut down with this request in flight'));
+    }
+    if (!worker) return;
+    worker.unref();
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    worker.postMessage({ op: 'exit' });
+    if (!cut) await exited;
   }
 
   private call(message: Record<string, unknown>, transfer: ArrayBuffer[], { whileClosing = false } = {}): Promise<Reply> {
