@@ -106,9 +106,9 @@ function transferable(data: TensorData, owned: boolean): { data: TensorData; buf
 }
 
 /**
- * The worker thread and the requests in flight on it. A thread that dies (a native crash
- * surfaces as its exit) fails what was in flight with INFERENCE_RUNTIME_CRASHED and bumps the
- * generation: sessions created in an earlier generation are created again, from their file,
+ * The worker thread and the requests in flight on it. A thread that dies (an uncaught error
+ * or an exit of its own; a native crash ends the whole process, as on the main thread) fails
+ * what was in flight with INFERENCE_RUNTIME_CRASHED and bumps the generation: sessions created in an earlier generation are created again, from their file,
  * before their next run (the model reloads). close() lets what is in flight finish, then
  * ends the thread; later calls get SHUTTING_DOWN.
  */
