@@ -1,0 +1,268 @@
+/**
+ * A retrained version's release material (issue #14 item 6), end to end on a real control plane
+ * (gRPC, SQLite, artifact store, dataset snapshots, onnxruntime): the job's candidate becomes v2
+ * with a drift reference built from its snapshot's training rows in v1's reference layout, drift
+ * for v2 is judged against it, and the canary signing port signs a manifest whose golden vectors
+ * (recorded on the snapshot's test rows) pass the agent's self-test on v2 and fail on v1.
+ */
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
+import { runGoldenSelfTest } from '../agent/models/golden-self-test.js';
+import { ManualClock } from '../common/clock.js';
+import { readSnapshotFiles, type SplitData } from '../common/datasets/snapshot-layout.js';
+import { untarSnapshot } from '../common/datasets/snapshot-tar.js';
+import {
+  REFERENCE_METADATA_KEY,
+  buildReference,
+  countOnEdges,
+  parseReference,
+  serializeReference,
+  withDriftPolicy,
+  type DriftReference,
+} from '../common/drift/reference.js';
+import { SketchBuilder } from '../common/drift/sketch.js';
+import { DriftlineError } from '../common/errors.js';
+import { silentLogger } from '../common/logger.js';
+import { TelemetryBatch, TelemetryRecord, Stream } from '../common/proto/driftline/v1/device_link.js';
+import { DriftServiceService } from '../common/proto/driftline/v1/drift.js';
+import { TrainingServiceService, WorkerServiceService } from '../common/proto/driftline/v1/learning.js';
+import { ModelServiceService, type ModelVersion } from '../common/proto/driftline/v1/models.js';
+import { verifyRelease } from '../common/trust/manifest.js';
+import { signRootBytes } from '../common/trust/root.js';
+import type { DeviceRecord } from '../control-plane/fleet/fleet-store.js';
+import { ReleaseSigner } from '../control-plane/registry/release-signing.js';
+import { ReleaseStore } from '../control-plane/registry/release-store.js';
+import { openDatabase } from '../control-plane/store/sqlite/database.js';
+import { SqliteReleaseRepository } from '../control-plane/store/sqlite/release-repository.js';
+import { OnnxRuntimeSessions } from '../control-plane/training/onnxruntime/ort-sessions.js';
+import { RetrainedReleaseData } from '../control-plane/training/release-data.js';
+import { canarySigningOf } from '../control-plane/training/wiring.js';
+import { VIBRATION_CLASSES, VIBRATION_FEATURES, generateVibrationData } from '../demo/model/vibration-data.js';
+import { builtInTrainerCommand } from '../worker/built-in-trainers.js';
+import { runTrainer } from '../worker/trainer-process.js';
+import { capturingLogger } from './fixtures/logs.js';
+import { newKey, testTrust } from './helpers/releases.js';
+import {
+  BASE_MODEL,
+  chunksOf,
+  download,
+  drifted,
+  sha256,
+  startTrainingApi,
+  unpackSnapshot,
+  workerRegistration,
+  type TrainingApiRig,
+} from './helpers/training-api.js';
+
+const FEATURES = [...VIBRATION_FEATURES];
+const CLASSES = [...VIBRATION_CLASSES];
+
+/** v1's reference as `models push --reference --drift-policy` would record it: clean data, 8 bins, a policy and a weighted feature. */
+function v1Reference(): DriftReference {
+  const clean = generateVibrationData({ rows: 2000, seed: 5 });
+  const rows = Array.from({ length: 2000 }, (_, r) => Array.from(clean.x.subarray(r * 8, (r + 1) * 8)));
+  const built = buildReference(rows, { featureNames: FEATURES, classNames: CLASSES, labels: Array.from(clean.y), bins: 8, input: 'features' });
+  return withDriftPolicy(built, JSON.stringify({ psiAlert: 0.4, belowFloor: 'warn', importance: { [FEATURES[0]!]: 3 } }));
+}
+
+/** One worker attempt over the API: lease, download, the built-in TypeScript trainer, upload, complete; the engine judges it. */
+async function trainOnce(rig: TrainingApiRig, dir: string, datasetId: string): Promise<{ jobId: string; candidate: Buffer }> {
+  const started = await rig.operator.service(TrainingServiceService).startTrainingJob({
+    model: 'vibration',
+    baseVersion: 1,
+    clientRequestId: 'release-manifest-1',
+    datasetId,
+    trainer: 'typescript',
+    hyperparametersJson: '{"epochs": 12, "learning_rate": 0.005, "seed": 3}',
+    resources: undefined,
+    maxDurationSeconds: 0,
+    maxAttempts: 0,
+    gates: ['accuracy-delta>=0.01'],
+  });
+  const worker = rig.worker.service(WorkerServiceService);
+  const { workerId } = await worker.registerWorker(workerRegistration('cpu-box-1'));
+  const { lease } = await worker.leaseTrainingJob({ workerId });
+  const job = join(dir, 'job');
+  const files = {
+    dataset: unpackSnapshot((await download(rig.worker, lease!.leaseId, lease!.dataset!.sha256)).bytes, join(job, 'dataset')),
+    baseModel: join(job, 'base.onnx'),
+    hyperparameters: join(job, 'hyperparameters.json'),
+    output: join(job, 'output'),
+  };
+  writeFileSync(files.baseModel, (await download(rig.worker, lease!.leaseId, lease!.baseModel!.sha256)).bytes);
+  writeFileSync(files.hyperparameters, lease!.hyperparametersJson);
+  const outcome = await runTrainer({ trainer: await builtInTrainerCommand('typescript'), files, onEvent: () => {} });
+  const candidate = readFileSync(outcome.modelPath);
+  const uploaded = await rig.worker.uploadCandidate({ leaseId: lease!.leaseId, sizeBytes: candidate.length, sha256: sha256(candidate) }, chunksOf(candidate));
+  const metrics = Object.fromEntries(Object.entries(outcome.metrics).filter((e): e is [string, number] => typeof e[1] === 'number'));
+  await worker.completeTrainingAttempt({ leaseId: lease!.leaseId, candidateId: uploaded.candidateId, metrics });
+  await rig.cp.training.settled();
+  const done = await rig.viewer.service(TrainingServiceService).getTrainingJob({ id: started.id });
+  expect(done.evaluation?.verdict, done.evaluation?.reason).toBe('pass');
+  expect(done).toMatchObject({ state: 'succeeded', resultVersion: 2 });
+  return { jobId: started.id, candidate };
+}
+
+const rowsOf = (split: SplitData, count = split.ids.length): number[][] =>
+  Array.from({ length: count }, (_, r) => Array.from(split.x.subarray(r * 8, (r + 1) * 8)));
+
+describe('training - a retrained version carries a drift reference from its training data and golden vectors in its canary manifest', () => {
+  let dir: string;
+  let rig: TrainingApiRig;
+  let dataset: { id: string; sha256: string };
+  let trained: { jobId: string; candidate: Buffer };
+  let train: SplitData;
+  let test: SplitData;
+  const parent = v1Reference();
+  const registry = {
+    async resolve(name: string, version: number): Promise<ModelVersion> {
+      const found = (await rig.viewer.service(ModelServiceService).getModel({ name })).versions.find((v) => v.version === version);
+      if (!found) throw new DriftlineError('MODEL_NOT_FOUND', `${name} v${version}`);
+      return found;
+    },
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'driftline-release-manifest-'));
+    rig = await startTrainingApi(
+      dir,
+      { training: { minSplitRows: 20, leaseTtl: '60s' } },
+      { baseMetadata: { [REFERENCE_METADATA_KEY]: serializeReference(parent) } },
+    );
+    dataset = await drifted(rig, { rows: 600 });
+    trained = await trainOnce(rig, dir, dataset.id);
+    const { sizeBytes } = await rig.cp.datasets.getDataset(dataset.id);
+    ({ train, test } = readSnapshotFiles(untarSnapshot(await rig.cp.datasets.readTar(dataset.id), sizeBytes)).splits);
+  }, 120_000);
+
+  afterAll(async () => {
+    await rig?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("v2's reference counts its snapshot's training rows on v1's layout (names, bins, policy), with v2's own predictions", async () => {
+    const v2 = await registry.resolve('vibration', 2);
+    const reference = parseReference(v2.metadata[REFERENCE_METADATA_KEY]!);
+    expect(train.ids.length).toBeGreaterThan(300);
+    expect(reference.rows).toBe(train.ids.length);
+    expect(reference.input).toBe('features');
+    expect(reference.features.map((f) => f.name)).toEqual(FEATURES);
+    expect(Math.max(...reference.features.map((f) => f.edges.length))).toBe(9);
+    expect(reference.policy).toEqual({ psiAlert: 0.4, belowFloor: 'warn' });
+    expect(reference.features.map((f) => f.importance)).toEqual([3, ...new Array<undefined>(7).fill(undefined)]);
+    const rows = rowsOf(train);
+    reference.features.forEach((f, j) => {
+      expect(f.counts).toEqual(
+        countOnEdges(
+          rows.map((r) => r[j]!),
+          f.edges,
+        ),
+      );
+      expect(f.edges).not.toEqual(parent.features[j]!.edges);
+    });
+    expect(reference.classes).toMatchObject({ names: CLASSES, source: 'predictions' });
+    expect(reference.classes.counts.reduce((a, b) => a + b, 0)).toBe(train.ids.length);
+    expect(reference.confidence.counts.reduce((a, b) => a + b, 0)).toBe(train.ids.length);
+  });
+
+  it("drift for v2 is judged against its own reference: a device's sketch of training-like rows is computed, not no_reference", async () => {
+    const reference = parseReference((await registry.resolve('vibration', 2)).metadata[REFERENCE_METADATA_KEY]!);
+    const builder = new SketchBuilder(reference, 'vibration', 2, rig.clock.now() - 60_000);
+    for (const row of rowsOf(train)) {
+      builder.observeFeatures(row, 1, 8);
+      builder.observeRequest(5, true);
+    }
+    const record = TelemetryRecord.fromPartial({
+      boot: 1,
+      seq: 10_000,
+      timeMs: rig.clock.now() - 1000,
+      stream: Stream.STREAM_INFERENCE,
+      body: { $case: 'drift', value: builder.finish(rig.clock.now()) },
+    });
+    await rig.cp.ingest.handle(
+      'edge-drifted',
+      'telemetry',
+      Buffer.from(TelemetryBatch.encode({ records: [record], sentAtMs: rig.clock.now(), deflated: Buffer.alloc(0) }).finish()),
+    );
+    const { statuses } = await rig.viewer.service(DriftServiceService).getDriftStatus({ model: 'vibration', version: 2, sinceMs: 0 });
+    const fleet = statuses.find((s) => s.version === 2 && s.cohort === '')!;
+    expect(fleet.status).not.toMatch(/no_reference|no_data/);
+    expect(fleet.rows).toBe(train.ids.length);
+    expect(fleet.features.map((f) => f.name)).toEqual(FEATURES);
+    for (const f of fleet.features) expect(f.psi).toBeLessThan(1e-9);
+  });
+
+  it("canarySigningOf signs v2 for the cohort's devices with golden vectors from its test rows: they pass the agent's self-test on v2 and fail on v1", async () => {
+    const clock = new ManualClock(1_700_000_000_000);
+    const trust = testTrust(clock.now());
+    const automation = newKey();
+    const root = trust.metadata(1, {
+      automationKeys: { [automation.keyId]: { publicKey: automation.publicKey, scope: { models: ['vibration'], maxDevices: 4 } } },
+    });
+    const rootBytes = signRootBytes(
+      root,
+      trust.rootKeys.slice(0, 2).map((k) => k.signer),
+    );
+    const db = openDatabase(join(dir, 'releases.db'));
+    const { logger } = capturingLogger();
+    const store = new ReleaseStore({ releases: new SqliteReleaseRepository(db), clock, logger, rootChain: [rootBytes], registry });
+    const artifacts = join(dir, 'artifacts');
+    mkdirSync(artifacts, { recursive: true });
+    writeFileSync(join(artifacts, sha256(trained.candidate)), trained.candidate);
+    writeFileSync(join(artifacts, sha256(BASE_MODEL)), BASE_MODEL);
+    // The drifted cohort: two enrolled devices (listed out of order), the rest of the fleet elsewhere.
+    const devices = [
+      { id: 'edge-b', labels: { site: 'north' } },
+      { id: 'edge-a', labels: { site: 'north' } },
+      { id: 'edge-c', labels: { site: 'south' } },
+    ];
+    const fleet = {
+      list: async (selector = ''): Promise<DeviceRecord[]> =>
+        devices.filter((d) => selector === '' || selector === `site=${d.labels.site}`).map((d) => ({ id: d.id, labels: d.labels }) as unknown as DeviceRecord),
+    };
+    const signing = canarySigningOf({
+      signer: new ReleaseSigner({ releases: store, registry, clock, logger, automationSigner: automation.signer }),
+      fleet,
+      registry,
+      logger: silentLogger(),
+      release: new RetrainedReleaseData({
+        registry,
+        artifacts: { fileOf: (sha) => join(artifacts, sha) },
+        snapshots: rig.cp.datasets,
+        sessions: new OnnxRuntimeSessions(),
+        logger: silentLogger(),
+      }),
+    });
+    expect(await signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
+
+    const v2 = await registry.resolve('vibration', 2);
+    const { model } = await store.desiredModel(v2);
+    const verified = verifyRelease(model.envelope, root, clock, { deviceId: 'edge-a' });
+    const manifest = verified.manifest;
+    expect(manifest.audience).toEqual(['edge-a', 'edge-b']);
+    expect(() => verifyRelease(model.envelope, root, clock, { deviceId: 'edge-c' })).toThrow(expect.objectContaining({ code: 'RELEASE_NOT_IN_AUDIENCE' }));
+    expect(manifest.lineage).toMatchObject({ parentVersion: 1, dataSha256: dataset.sha256, job: trained.jobId });
+    expect(manifest.examples).toEqual([{ features: { type: 'float32', dims: [1, 8] } }]);
+    expect(manifest.golden.tolerance).toEqual({ abs: 1e-4, rel: 1e-3 });
+    expect(manifest.golden.vectors).toHaveLength(3);
+    manifest.golden.vectors.forEach((v, i) => expect(v.inputs.features!.data).toEqual(Array.from(test.x.subarray(i * 8, (i + 1) * 8))));
+    const v2Reference = parseReference(v2.metadata[REFERENCE_METADATA_KEY]!);
+    expect(manifest.reference).toEqual({
+      rows: v2Reference.rows,
+      dataSha256: dataset.sha256,
+      features: v2Reference.features.map((f) => ({ name: f.name, edges: f.edges, counts: f.counts })),
+    });
+
+    const runtime = createOnnxRuntime({ logger: silentLogger() });
+    await runGoldenSelfTest(runtime, ['cpu'], join(artifacts, sha256(trained.candidate)), manifest.golden);
+    const onV1 = await runGoldenSelfTest(runtime, ['cpu'], join(artifacts, sha256(BASE_MODEL)), manifest.golden).then(
+      () => 'passed',
+      (err: unknown) => (err as DriftlineError).code,
+    );
+    expect(onV1).toBe('RELEASE_SELF_TEST_FAILED');
+    db.close();
+  }, 60_000);
+});
