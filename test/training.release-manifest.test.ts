@@ -195,7 +195,8 @@ describe('training - a retrained version carries a drift reference from its trai
     for (const f of fleet.features) expect(f.psi).toBeLessThan(1e-9);
   });
 
-  it("canarySigningOf signs v2 for the cohort's devices with golden vectors from its test rows: they pass the agent's self-test on v2 and fail on v1", async () => {
+  /** A release store on SQLite under a root delegating `vibration` to an automation key (none: no trust root), and the signing port over it. */
+  function signingRig(name: string, options: { trusted?: boolean; releaseData?: boolean } = {}) {
     const clock = new ManualClock(1_700_000_000_000);
     const trust = testTrust(clock.now());
     const automation = newKey();
@@ -206,14 +207,20 @@ describe('training - a retrained version carries a drift reference from its trai
       root,
       trust.rootKeys.slice(0, 2).map((k) => k.signer),
     );
-    const db = openDatabase(join(dir, 'releases.db'));
-    const { logger } = capturingLogger();
-    const store = new ReleaseStore({ releases: new SqliteReleaseRepository(db), clock, logger, rootChain: [rootBytes], registry });
-    const artifacts = join(dir, 'artifacts');
+    const db = openDatabase(join(dir, `${name}.db`));
+    const { logger, lines } = capturingLogger();
+    const store = new ReleaseStore({
+      releases: new SqliteReleaseRepository(db),
+      clock,
+      logger,
+      rootChain: options.trusted === false ? [] : [rootBytes],
+      registry,
+    });
+    const artifacts = join(dir, `${name}-artifacts`);
     mkdirSync(artifacts, { recursive: true });
     writeFileSync(join(artifacts, sha256(trained.candidate)), trained.candidate);
     writeFileSync(join(artifacts, sha256(BASE_MODEL)), BASE_MODEL);
-    // The drifted cohort: two enrolled devices (listed out of order), the rest of the fleet elsewhere.
+    // The drifted cohort: two enrolled devices (listed out of order); the rest of the fleet elsewhere.
     const devices = [
       { id: 'edge-b', labels: { site: 'north' } },
       { id: 'edge-a', labels: { site: 'north' } },
@@ -227,21 +234,29 @@ describe('training - a retrained version carries a drift reference from its trai
       signer: new ReleaseSigner({ releases: store, registry, clock, logger, automationSigner: automation.signer }),
       fleet,
       registry,
-      logger: silentLogger(),
-      release: new RetrainedReleaseData({
-        registry,
-        artifacts: { fileOf: (sha) => join(artifacts, sha) },
-        snapshots: rig.cp.datasets,
-        sessions: new OnnxRuntimeSessions(),
-        logger: silentLogger(),
-      }),
+      logger,
+      ...(options.releaseData === false
+        ? {}
+        : {
+            release: new RetrainedReleaseData({
+              registry,
+              artifacts: { fileOf: (sha) => join(artifacts, sha) },
+              snapshots: rig.cp.datasets,
+              sessions: new OnnxRuntimeSessions(),
+              logger,
+            }),
+          }),
     });
+    return { signing, store, root, clock, lines, artifacts, removeArtifacts: () => rmSync(artifacts, { recursive: true }), close: () => db.close() };
+  }
+
+  it("canarySigningOf signs v2 for the cohort's devices with golden vectors from its test rows: they pass the agent's self-test on v2 and fail on v1", async () => {
+    const { signing, store, root, clock, artifacts, close } = signingRig('releases');
     expect(await signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
 
     const v2 = await registry.resolve('vibration', 2);
     const { model } = await store.desiredModel(v2);
-    const verified = verifyRelease(model.envelope, root, clock, { deviceId: 'edge-a' });
-    const manifest = verified.manifest;
+    const manifest = verifyRelease(model.envelope, root, clock, { deviceId: 'edge-a' }).manifest;
     expect(manifest.audience).toEqual(['edge-a', 'edge-b']);
     expect(() => verifyRelease(model.envelope, root, clock, { deviceId: 'edge-c' })).toThrow(expect.objectContaining({ code: 'RELEASE_NOT_IN_AUDIENCE' }));
     expect(manifest.lineage).toMatchObject({ parentVersion: 1, dataSha256: dataset.sha256, job: trained.jobId });
@@ -263,6 +278,79 @@ describe('training - a retrained version carries a drift reference from its trai
       (err: unknown) => (err as DriftlineError).code,
     );
     expect(onV1).toBe('RELEASE_SELF_TEST_FAILED');
-    db.close();
+    close();
   }, 60_000);
+
+  it('canarySigningOf: a cohort with no devices awaits a signature and signs nothing; without a trust root the version rolls out unsigned (logged)', async () => {
+    const trusted = signingRig('empty-cohort');
+    expect(await trusted.signing.signCanary({ model: 'vibration', version: 2, audience: 'site=west' })).toEqual({ state: 'awaiting-signature' });
+    expect((await trusted.store.desiredModel(await registry.resolve('vibration', 2))).model.envelope).toHaveLength(0);
+    trusted.close();
+
+    const unsigned = signingRig('untrusted', { trusted: false });
+    expect(await unsigned.signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
+    expect(unsigned.lines.some((l) => String(l.msg).includes('rolls out unsigned'))).toBe(true);
+    unsigned.close();
+  }, 60_000);
+
+  it('canarySigningOf: release data that cannot be read (the artifact is gone) is logged and the canary is signed without golden vectors', async () => {
+    const { signing, store, root, clock, lines, removeArtifacts, close } = signingRig('no-artifacts');
+    removeArtifacts();
+    expect(await signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
+    const manifest = verifyRelease((await store.desiredModel(await registry.resolve('vibration', 2))).model.envelope, root, clock, {
+      deviceId: 'edge-b',
+    }).manifest;
+    expect(manifest.golden.vectors).toEqual([]);
+    expect(manifest.examples).toBeUndefined();
+    expect(lines.some((l) => String(l.msg).includes('no golden vectors'))).toBe(true);
+    close();
+  }, 60_000);
+
+  it('a parent without a drift reference gives the retrained version none, and says so in the log', async () => {
+    const { logger, lines } = capturingLogger();
+    const withoutReference = {
+      resolve: async (name: string, version: number): Promise<ModelVersion> => {
+        const found = await registry.resolve(name, version);
+        return { ...found, metadata: Object.fromEntries(Object.entries(found.metadata).filter(([k]) => k !== REFERENCE_METADATA_KEY)) };
+      },
+    };
+    const data = new RetrainedReleaseData({
+      registry: withoutReference,
+      artifacts: { fileOf: () => join(dir, 'never-read') },
+      snapshots: rig.cp.datasets,
+      sessions: new OnnxRuntimeSessions(),
+      logger,
+    });
+    expect(
+      await data.referenceFor({ model: 'vibration', parentVersion: 1, datasetId: dataset.id, candidateSha256: sha256(trained.candidate) }),
+    ).toBeUndefined();
+    expect(lines.some((l) => String(l.msg).includes('the parent version has no drift reference'))).toBe(true);
+  });
+
+  it('the reference is bounded: at most maxReferenceRows training rows are counted', async () => {
+    const data = new RetrainedReleaseData({
+      registry,
+      artifacts: { fileOf: () => join(dir, 'bounded', sha256(trained.candidate)) },
+      snapshots: rig.cp.datasets,
+      sessions: new OnnxRuntimeSessions(),
+      logger: silentLogger(),
+      maxReferenceRows: 100,
+    });
+    mkdirSync(join(dir, 'bounded'), { recursive: true });
+    writeFileSync(join(dir, 'bounded', sha256(trained.candidate)), trained.candidate);
+    const reference = parseReference(
+      (await data.referenceFor({ model: 'vibration', parentVersion: 1, datasetId: dataset.id, candidateSha256: sha256(trained.candidate) }))!,
+    );
+    expect(reference.rows).toBe(100);
+    const rows = rowsOf(train, 100);
+    reference.features.forEach((f, j) =>
+      expect(f.counts).toEqual(
+        countOnEdges(
+          rows.map((r) => r[j]!),
+          f.edges,
+        ),
+      ),
+    );
+    expect(reference.classes.counts.reduce((a, b) => a + b, 0)).toBe(100);
+  });
 });
