@@ -32,7 +32,8 @@ import { TrainingServiceService, WorkerServiceService } from '../common/proto/dr
 import { ModelServiceService, type ModelVersion } from '../common/proto/driftline/v1/models.js';
 import { verifyRelease } from '../common/trust/manifest.js';
 import { signRootBytes } from '../common/trust/root.js';
-import type { DeviceRecord } from '../control-plane/fleet/fleet-store.js';
+import { FleetStore } from '../control-plane/fleet/fleet-store.js';
+import { SqliteFleetRepository } from '../control-plane/store/sqlite/fleet-repository.js';
 import { ReleaseSigner } from '../control-plane/registry/release-signing.js';
 import { ReleaseStore } from '../control-plane/registry/release-store.js';
 import { openDatabase } from '../control-plane/store/sqlite/database.js';
@@ -196,7 +197,7 @@ describe('training - a retrained version carries a drift reference from its trai
   });
 
   /** A release store on SQLite under a root delegating `vibration` to an automation key (none: no trust root), and the signing port over it. */
-  function signingRig(name: string, options: { trusted?: boolean; releaseData?: boolean } = {}) {
+  async function signingRig(name: string, options: { trusted?: boolean } = {}) {
     const clock = new ManualClock(1_700_000_000_000);
     const trust = testTrust(clock.now());
     const automation = newKey();
@@ -220,38 +221,36 @@ describe('training - a retrained version carries a drift reference from its trai
     mkdirSync(artifacts, { recursive: true });
     writeFileSync(join(artifacts, sha256(trained.candidate)), trained.candidate);
     writeFileSync(join(artifacts, sha256(BASE_MODEL)), BASE_MODEL);
-    // The drifted cohort: two enrolled devices (listed out of order); the rest of the fleet elsewhere.
-    const devices = [
-      { id: 'edge-b', labels: { site: 'north' } },
-      { id: 'edge-a', labels: { site: 'north' } },
-      { id: 'edge-c', labels: { site: 'south' } },
-    ];
-    const fleet = {
-      list: async (selector = ''): Promise<DeviceRecord[]> =>
-        devices.filter((d) => selector === '' || selector === `site=${d.labels.site}`).map((d) => ({ id: d.id, labels: d.labels }) as unknown as DeviceRecord),
-    };
+    // The drifted cohort: two enrolled devices (enrolled out of order) and a decommissioned one; the rest of the fleet elsewhere.
+    const fleet = new FleetStore(new SqliteFleetRepository(db));
+    for (const [id, site] of [
+      ['edge-b', 'north'],
+      ['edge-a', 'north'],
+      ['edge-d', 'north'],
+      ['edge-c', 'south'],
+    ] as const) {
+      const { token } = await fleet.createEnrollmentToken(id, { site }, clock.now() + 60_000, clock.now());
+      await fleet.enroll({ token, deviceId: id, firmwareProfile: 'x86-cpu' }, clock.now());
+    }
+    await fleet.decommission('edge-d');
     const signing = canarySigningOf({
       signer: new ReleaseSigner({ releases: store, registry, clock, logger, automationSigner: automation.signer }),
       fleet,
       registry,
       logger,
-      ...(options.releaseData === false
-        ? {}
-        : {
-            release: new RetrainedReleaseData({
-              registry,
-              artifacts: { fileOf: (sha) => join(artifacts, sha) },
-              snapshots: rig.cp.datasets,
-              sessions: new OnnxRuntimeSessions(),
-              logger,
-            }),
-          }),
+      release: new RetrainedReleaseData({
+        registry,
+        artifacts: { fileOf: (sha) => join(artifacts, sha) },
+        snapshots: rig.cp.datasets,
+        sessions: new OnnxRuntimeSessions(),
+        logger,
+      }),
     });
     return { signing, store, root, clock, lines, artifacts, removeArtifacts: () => rmSync(artifacts, { recursive: true }), close: () => db.close() };
   }
 
   it("canarySigningOf signs v2 for the cohort's devices with golden vectors from its test rows: they pass the agent's self-test on v2 and fail on v1", async () => {
-    const { signing, store, root, clock, artifacts, close } = signingRig('releases');
+    const { signing, store, root, clock, artifacts, close } = await signingRig('releases');
     expect(await signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
 
     const v2 = await registry.resolve('vibration', 2);
@@ -282,19 +281,19 @@ describe('training - a retrained version carries a drift reference from its trai
   }, 60_000);
 
   it('canarySigningOf: a cohort with no devices awaits a signature and signs nothing; without a trust root the version rolls out unsigned (logged)', async () => {
-    const trusted = signingRig('empty-cohort');
+    const trusted = await signingRig('empty-cohort');
     expect(await trusted.signing.signCanary({ model: 'vibration', version: 2, audience: 'site=west' })).toEqual({ state: 'awaiting-signature' });
     expect((await trusted.store.desiredModel(await registry.resolve('vibration', 2))).model.envelope).toHaveLength(0);
     trusted.close();
 
-    const unsigned = signingRig('untrusted', { trusted: false });
+    const unsigned = await signingRig('untrusted', { trusted: false });
     expect(await unsigned.signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
     expect(unsigned.lines.some((l) => String(l.msg).includes('rolls out unsigned'))).toBe(true);
     unsigned.close();
   }, 60_000);
 
   it('canarySigningOf: release data that cannot be read (the artifact is gone) is logged and the canary is signed without golden vectors', async () => {
-    const { signing, store, root, clock, lines, removeArtifacts, close } = signingRig('no-artifacts');
+    const { signing, store, root, clock, lines, removeArtifacts, close } = await signingRig('no-artifacts');
     removeArtifacts();
     expect(await signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
     const manifest = verifyRelease((await store.desiredModel(await registry.resolve('vibration', 2))).model.envelope, root, clock, {
