@@ -3,14 +3,19 @@
  * (gRPC, SQLite, artifact store, dataset snapshots, onnxruntime): the job's candidate becomes v2
  * with a drift reference built from its snapshot's training rows in v1's reference layout, drift
  * for v2 is judged against it, and the canary signing port signs a manifest whose golden vectors
- * (recorded on the snapshot's test rows) pass the agent's self-test on v2 and fail on v1.
+ * (recorded on the snapshot's test rows) pass the agent's self-test on v2 and fail on v1: a real
+ * agent ModelManager in the cohort installs the canary through them.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SqliteBuffer } from '../agent/buffer/sqlite-buffer.js';
+import { InferenceEngine } from '../agent/inference/engine.js';
 import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
 import { runGoldenSelfTest } from '../agent/models/golden-self-test.js';
+import { ModelManager } from '../agent/models/model-manager.js';
+import { PinnedRoot } from '../agent/trust/pinned-root.js';
 import { ManualClock } from '../common/clock.js';
 import { readSnapshotFiles, type SplitData } from '../common/datasets/snapshot-layout.js';
 import { untarSnapshot } from '../common/datasets/snapshot-tar.js';
@@ -26,7 +31,7 @@ import {
 import { SketchBuilder } from '../common/drift/sketch.js';
 import { DriftlineError } from '../common/errors.js';
 import { silentLogger } from '../common/logger.js';
-import { TelemetryBatch, TelemetryRecord, Stream } from '../common/proto/driftline/v1/device_link.js';
+import { DesiredState, Stream, TelemetryBatch, TelemetryRecord } from '../common/proto/driftline/v1/device_link.js';
 import { DriftServiceService } from '../common/proto/driftline/v1/drift.js';
 import { TrainingServiceService, WorkerServiceService } from '../common/proto/driftline/v1/learning.js';
 import { ModelServiceService, type ModelVersion } from '../common/proto/driftline/v1/models.js';
@@ -45,7 +50,7 @@ import { VIBRATION_CLASSES, VIBRATION_FEATURES, generateVibrationData } from '..
 import { builtInTrainerCommand } from '../worker/built-in-trainers.js';
 import { runTrainer } from '../worker/trainer-process.js';
 import { capturingLogger } from './fixtures/logs.js';
-import { newKey, testTrust } from './helpers/releases.js';
+import { ArtifactTestServer, newKey, testTrust } from './helpers/releases.js';
 import {
   BASE_MODEL,
   chunksOf,
@@ -246,11 +251,11 @@ describe('training - a retrained version carries a drift reference from its trai
         logger,
       }),
     });
-    return { signing, store, root, clock, lines, artifacts, removeArtifacts: () => rmSync(artifacts, { recursive: true }), close: () => db.close() };
+    return { signing, store, root, rootBytes, clock, lines, artifacts, removeArtifacts: () => rmSync(artifacts, { recursive: true }), close: () => db.close() };
   }
 
   it("canarySigningOf signs v2 for the cohort's devices with golden vectors from its test rows: they pass the agent's self-test on v2 and fail on v1", async () => {
-    const { signing, store, root, clock, artifacts, close } = await signingRig('releases');
+    const { signing, store, root, rootBytes, clock, artifacts, close } = await signingRig('releases');
     expect(await signing.signCanary({ model: 'vibration', version: 2, audience: 'site=north' })).toEqual({ state: 'signed' });
 
     const v2 = await registry.resolve('vibration', 2);
@@ -277,6 +282,50 @@ describe('training - a retrained version carries a drift reference from its trai
       (err: unknown) => (err as DriftlineError).code,
     );
     expect(onV1).toBe('RELEASE_SELF_TEST_FAILED');
+
+    // A real agent in the cohort (pinned root, download, verify, warm-up on the examples, golden self-test, swap) runs the canary.
+    const server = new ArtifactTestServer();
+    await server.start();
+    server.serve(v2.sha256, trained.candidate);
+    const home = join(dir, 'edge-a');
+    mkdirSync(home, { recursive: true });
+    const agentLog = capturingLogger();
+    const agentRuntime = createOnnxRuntime({ logger: agentLog.logger });
+    const buffer = SqliteBuffer.open({ file: join(home, 'buffer.db'), synchronous: 'NORMAL' });
+    const engine = InferenceEngine.create({ runtime: agentRuntime, providers: ['cpu'], logger: agentLog.logger, clock, intraOpThreads: 1 });
+    const pinned = PinnedRoot.open(home);
+    pinned.pin(rootBytes, clock);
+    const selfTests: number[] = [];
+    const manager = new ModelManager({
+      modelsDir: join(home, 'models'),
+      host: engine,
+      state: buffer.state,
+      artifactBaseUrl: server.url,
+      credential: { username: 'edge-a', password: 'secret' },
+      downloadTimeoutMs: 30_000,
+      maxModelBytes: 64 * 1024 * 1024,
+      activationRetries: 1,
+      logger: agentLog.logger,
+      clock,
+      trust: pinned,
+      device: { deviceId: 'edge-a', arch: 'x86_64', providers: ['cpu'], memoryBytes: 8 * 1024 ** 3 },
+      selfTest: async (path, golden) => {
+        selfTests.push(golden.vectors.length);
+        await runGoldenSelfTest(agentRuntime, ['cpu'], path, golden);
+      },
+      onChange: () => {},
+    });
+    try {
+      const { model: desired, rootChain } = await store.desiredModel(v2);
+      await manager.apply(DesiredState.fromPartial({ revision: 1, model: { ...desired, rollback: Buffer.alloc(0) }, rootChain, rollback: Buffer.alloc(0) }));
+      expect(manager.error).toBeUndefined();
+      expect(engine.active()).toMatchObject({ name: 'vibration', version: 2 });
+      expect(selfTests).toEqual([3]);
+    } finally {
+      await engine.shutdown({ graceMs: 0 });
+      await buffer.close();
+      await server.close();
+    }
     close();
   }, 60_000);
 
