@@ -42,6 +42,8 @@ import { SqliteRetrainingPolicyRepository } from './store/sqlite/retraining-poli
 import { TriggerWatcher } from './training/trigger-watcher.js';
 import { connectRetrainingLoop } from './training/retraining-loop.js';
 import { canarySigningOf } from './training/wiring.js';
+import { RetrainedReleaseData } from './training/release-data.js';
+import { OnnxRuntimeSessions } from './training/onnxruntime/ort-sessions.js';
 import type { LabelledSampleCounter, TrainingJobStarter } from './training/retraining-ports.js';
 import { DatasetService } from './datasets/dataset-service.js';
 import { deviceSelectionOf, labelledSampleCounterOf, modelLineageOf, snapshotBlobsOf } from './datasets/wiring.js';
@@ -254,6 +256,8 @@ export async function startControlPlane(
     // Training jobs: leased by GPU workers (WorkerService), judged by the evaluation gate on the
     // snapshot's test splits with onnxruntime, registered as the model's next version with lineage.
     const trainingDatasets = new SnapshotDatasetCatalog(datasets);
+    // A retrained version's drift reference (its training rows) and canary golden vectors (its test rows).
+    const retrainedReleases = new RetrainedReleaseData({ registry, artifacts, snapshots: datasets, sessions: new OnnxRuntimeSessions(), logger });
     const training = new TrainingEngine({
       repository: new SqliteTrainingJobRepository(db),
       baseModels: new RegistryBaseModels(registry),
@@ -264,7 +268,7 @@ export async function startControlPlane(
         data: new SnapshotEvaluationData(datasets, deviceSelectionOf(fleet)),
         parents: new RegistryParentModels(registry, artifacts),
       }),
-      sink: new RegistryCandidateSink(registry, artifacts, trainingDatasets),
+      sink: new RegistryCandidateSink(registry, artifacts, trainingDatasets, { data: retrainedReleases, logger }),
       limits: {
         leaseTtlMs: config.training.leaseTtl,
         defaultMaxAttempts: config.training.defaultMaxAttempts,
@@ -292,7 +296,7 @@ export async function startControlPlane(
       lineage: modelLineageOf(registry),
       policies: retrainingPolicies,
       rollouts,
-      signing: canarySigningOf({ signer: releaseSigner, fleet, registry, logger }),
+      signing: canarySigningOf({ signer: releaseSigner, fleet, registry, logger, release: retrainedReleases }),
       clock,
       logger,
       tickIntervalMs: config.retraining.tickInterval,

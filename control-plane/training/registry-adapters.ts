@@ -3,8 +3,11 @@ import { DriftlineError } from '../../common/errors.js';
 import type { ArtifactStore } from '../registry/artifact-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import { TRAINING_DATASET_METADATA_KEY } from '../datasets/wiring.js';
+import { REFERENCE_METADATA_KEY } from '../../common/drift/reference.js';
+import type { Logger } from '../../common/logger.js';
 import type { ClassificationMetrics } from './evaluation.js';
 import type { ArtifactRef, BaseModels, CandidateSink, DatasetCatalog, TrainingArtifacts } from './ports.js';
+import type { RetrainedReleaseData } from './release-data.js';
 
 /** The training engine's ports over the model registry and its content-addressed artifacts. */
 
@@ -76,9 +79,10 @@ export class ArtifactStoreTrainingArtifacts implements TrainingArtifacts {
 
 /**
  * A passing candidate becomes the model's next version in the registry, its lineage in the
- * version's metadata (the signed manifest with lineage, golden vectors and a drift reference is
- * the release work of issue #14 item 6; it reads these entries). `dataset_id` is the key the
- * datasets domain reads to replay a version's training snapshot (TRAINING_DATASET_METADATA_KEY).
+ * version's metadata (the canary's signed manifest reads these entries: wiring.ts), and, given
+ * the release data, its drift reference built from its training rows (REFERENCE_METADATA_KEY;
+ * release-data.ts). `dataset_id` is the key the datasets domain reads to replay a version's
+ * training snapshot (TRAINING_DATASET_METADATA_KEY).
  */
 export class RegistryCandidateSink implements CandidateSink {
   constructor(
@@ -86,11 +90,14 @@ export class RegistryCandidateSink implements CandidateSink {
     private readonly artifacts: ArtifactStore,
     /** Where the dataset's sha256 comes from, for the lineage; without it the entry is left out. */
     private readonly datasets?: DatasetCatalog,
+    /** Where the drift reference comes from; without it the version has none (drift reports no_reference). */
+    private readonly release?: { data: Pick<RetrainedReleaseData, 'referenceFor'>; logger: Logger },
   ) {}
 
   async accept({ job, candidate, report }: Parameters<CandidateSink['accept']>[0]): Promise<{ version: number }> {
     const { spec } = job;
     const dataset = await this.datasets?.describe(spec.datasetId);
+    const reference = await this.referenceOf(job.id, spec, candidate.sha256);
     const version = await this.registry.upload(
       {
         name: spec.model,
@@ -119,11 +126,30 @@ export class RegistryCandidateSink implements CandidateSink {
           'evaluation.gates': JSON.stringify(report.gates.map((g) => ({ gate: g.gate, verdict: g.verdict, value: g.value }))).slice(0, 4096),
           'evaluation.splits': boundedJson(report.splits.map((s) => ({ split: s.split, candidate: summary(s.candidate), parent: summary(s.parent) }))),
           'evaluation.evaluated_at_ms': String(report.evaluatedAtMs),
+          ...(reference ? { [REFERENCE_METADATA_KEY]: reference } : {}),
         },
       },
       this.artifacts.read(candidate.sha256) as AsyncIterable<Uint8Array>,
     );
     return { version: version.version };
+  }
+
+  /** A reference that cannot be built (an unreadable snapshot, a parent reference that does not parse) leaves it out, not the version. */
+  private async referenceOf(
+    jobId: string,
+    spec: { model: string; baseVersion: number; datasetId: string },
+    candidateSha256: string,
+  ): Promise<string | undefined> {
+    if (!this.release) return undefined;
+    try {
+      return await this.release.data.referenceFor({ model: spec.model, parentVersion: spec.baseVersion, datasetId: spec.datasetId, candidateSha256 });
+    } catch (err) {
+      this.release.logger.warn(
+        { job: jobId, model: spec.model, code: err instanceof DriftlineError ? err.code : undefined, err: (err as Error).message },
+        'no drift reference for the retrained version: it is registered without one',
+      );
+      return undefined;
+    }
   }
 }
 

@@ -4,11 +4,16 @@ import type { FleetStore } from '../fleet/fleet-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import type { ReleaseSigning as ReleaseSigner } from '../registry/release-signing.js';
 import type { ReleaseSigning } from './release-canary.js';
+import type { RetrainedReleaseData } from './release-data.js';
 
 /**
  * The release canary's signing port over the registry's ReleaseSigner: the canary's audience
  * (a label selector: the drifted cohort) becomes the device ids the signed manifest names, and
- * the version's lineage metadata (what the candidate sink recorded) goes into the manifest.
+ * the version's lineage metadata (what the candidate sink recorded) goes into the manifest, with
+ * golden vectors recorded on its snapshot's test rows, example inputs and its drift reference's
+ * distributions (release-data.ts), so the device self-tests a retrained version like a pushed one.
+ * Release data that cannot be computed is logged and left out (the manifest's golden vectors are
+ * then none, as before).
  *
  * A control plane without a trust root has nothing to sign with and its devices accept unsigned
  * models (the unsigned mode): the canary rolls out as it would after a signature.
@@ -18,8 +23,9 @@ export function canarySigningOf(deps: {
   fleet: Pick<FleetStore, 'list'>;
   registry: Pick<ModelRegistry, 'resolve'>;
   logger: Logger;
+  release?: Pick<RetrainedReleaseData, 'manifestExtras'>;
 }): ReleaseSigning {
-  const { signer, fleet, registry, logger } = deps;
+  const { signer, fleet, registry, logger, release } = deps;
   return {
     async signCanary({ model, version, audience }) {
       // Decommissioned devices never install anything; sorted so a retry names the same audience.
@@ -32,8 +38,15 @@ export function canarySigningOf(deps: {
         job: metadata['lineage.job_id'] ?? '',
         metrics: numbersOf(metadata['lineage.metrics']),
       };
+      const extras = await release?.manifestExtras({ model, version }).catch((err: unknown) => {
+        logger.warn(
+          { model, version, code: err instanceof DriftlineError ? err.code : undefined, err: (err as Error).message },
+          'no golden vectors for the retrained version: its canary manifest carries none',
+        );
+        return undefined;
+      });
       try {
-        const signed = await signer.signCanary({ model, version, audience: devices, manifest: { lineage } });
+        const signed = await signer.signCanary({ model, version, audience: devices, manifest: { lineage, ...(extras ?? {}) } });
         return { state: signed.state === 'signed-canary' ? 'signed' : 'awaiting-signature' };
       } catch (err) {
         if (err instanceof DriftlineError && err.code === 'TRUST_NOT_CONFIGURED') {

@@ -36,9 +36,14 @@ export interface TrainingApiRig {
 /**
  * A real control plane (gRPC on an OS-chosen port, SQLite file, artifact store, onnxruntime)
  * on a ManualClock, `vibration` v1 registered, and one client per role: admin, operator,
- * viewer, and two worker tokens (`tokens create --role worker`).
+ * viewer, and two worker tokens (`tokens create --role worker`). `baseMetadata`: v1's metadata
+ * entries (a drift reference).
  */
-export async function startTrainingApi(dir: string, config: Partial<ControlPlaneConfigInput> = {}): Promise<TrainingApiRig> {
+export async function startTrainingApi(
+  dir: string,
+  config: Partial<ControlPlaneConfigInput> = {},
+  options: { baseMetadata?: Record<string, string> } = {},
+): Promise<TrainingApiRig> {
   const clock = new ManualClock();
   const cp = await startControlPlane(
     { dataDir: join(dir, 'cp'), grpc: { port: 0 }, http: { port: 0 }, mqtt: { port: 0 }, ingest: { deviceRate: { burst: 100_000 } }, ...config },
@@ -54,7 +59,7 @@ export async function startTrainingApi(dir: string, config: Partial<ControlPlane
     worker: await mint('gpu-host-1', Role.ROLE_WORKER),
     otherWorker: await mint('gpu-host-2', Role.ROLE_WORKER),
   };
-  await admin.uploadModelBytes(BASE_MODEL, { name: 'vibration', description: 'clean-data classifier' });
+  await admin.uploadModelBytes(BASE_MODEL, { name: 'vibration', description: 'clean-data classifier', metadata: options.baseMetadata ?? {} });
   const clients = { operator: client(tokens.operator), viewer: client(tokens.viewer), worker: client(tokens.worker), otherWorker: client(tokens.otherWorker) };
   return {
     cp,
