@@ -67,8 +67,8 @@ describe('driftline training - the job commands end to end', () => {
 
     const list = await driftline('training', 'list');
     expect(list.code).toBe(0);
-    expect(list.stdout.split('\n')[0]).toMatch(/^ID\s+MODEL\s+BASE\s+TRAINER\s+STATE\s+ATTEMPT\s+PROGRESS\s+RESULT\s+UPDATED\s+REASON$/);
-    expect(list.stdout).toMatch(new RegExp(`^${job.id}\\s+vibration\\s+v1\\s+typescript\\s+queued\\s+1/3\\s+-`, 'm'));
+    expect(list.stdout.split('\n')[0]).toMatch(/^ID\s+MODEL\s+BASE\s+TRAINER\s+TRIGGER\s+STATE\s+ATTEMPT\s+PROGRESS\s+RESULT\s+UPDATED\s+REASON$/);
+    expect(list.stdout).toMatch(new RegExp(`^${job.id}\\s+vibration\\s+v1\\s+typescript\\s+-\\s+queued\\s+1/3\\s+-`, 'm'));
 
     // status --watch on a pipe: one line per change until the job ends, then the job's table.
     const watcher = spawn(process.execPath, [BIN, 'training', 'status', job.id, '--watch'], { cwd: dir, env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
