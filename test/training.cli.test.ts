@@ -92,6 +92,9 @@ describe('driftline training - the job commands end to end', () => {
     expect(lines[0]).toMatch(/^queued attempt 1\/3$/);
     expect(watched).toMatch(/^running attempt 1\/3 epoch \d\/6 loss [\d.]+ worker tw_\w+$/m);
     expect(watched).toMatch(/^succeeded attempt 1\/3 epoch 6\/6/m);
+    // The stream's last update already names the version (the server holds it back until it is recorded).
+    expect(watched).toMatch(/^succeeded attempt 1\/3 epoch 6\/6 loss [\d.]+ -> v2$/m);
+    expect(watched).not.toMatch(/^succeeded attempt 1\/3 epoch 6\/6 loss [\d.]+$/m);
     expect(watched).toMatch(/^state\s+succeeded$/m);
     expect(watched).toMatch(/^result\s+vibration v2$/m);
     expect(watched).toMatch(/^accuracy-delta>=0\.01\s+pass\s/m);

@@ -418,25 +418,7 @@ async function watch(client: TrainingStub, id: string, output: Output): Promise<
   }
   if (last && !output.json) {
     if (bar) output.line('');
-    printStatus(output, await settledJob(client, last));
+    // The server ends the stream of a succeeded job only once its version is recorded.
+    printStatus(output, last);
   }
-}
-
-/** How long the final table waits for a succeeded job's version to be registered. */
-const RESULT_WAIT_MS = 3_000;
-
-/**
- * The job once its result is known: the watch ends at the first terminal state, and a succeeded
- * job's candidate is registered as a version a moment after that; read it again (briefly) so the
- * final table names the version.
- */
-async function settledJob(client: TrainingStub, job: WireJob): Promise<WireJob> {
-  if (job.state !== 'succeeded' || job.resultVersion) return job;
-  const deadline = systemClock.now() + RESULT_WAIT_MS;
-  let current = job;
-  while (!current.resultVersion && systemClock.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    current = await client.getTrainingJob({ id: job.id });
-  }
-  return current;
 }
