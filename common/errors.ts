@@ -108,6 +108,8 @@ export const ERROR_CODES = {
   TRAINING_ATTEMPTS_EXHAUSTED: 'exhausted',
   /** The evaluation gate could not judge a candidate (the evaluator failed; the job's error code). */
   TRAINING_EVALUATION_FAILED: 'internal',
+  /** A candidate passed the gate but the candidate sink could not register it as a version (the job's error code). */
+  TRAINING_REGISTRATION_FAILED: 'internal',
   /** A worker id that was never registered (register again). */
   TRAINING_WORKER_NOT_FOUND: 'not_found',
   /** A candidate id this lease did not upload. */

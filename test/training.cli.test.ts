@@ -67,8 +67,8 @@ describe('driftline training - the job commands end to end', () => {
 
     const list = await driftline('training', 'list');
     expect(list.code).toBe(0);
-    expect(list.stdout.split('\n')[0]).toMatch(/^ID\s+MODEL\s+BASE\s+TRAINER\s+STATE\s+ATTEMPT\s+PROGRESS\s+RESULT\s+UPDATED\s+REASON$/);
-    expect(list.stdout).toMatch(new RegExp(`^${job.id}\\s+vibration\\s+v1\\s+typescript\\s+queued\\s+1/3\\s+-`, 'm'));
+    expect(list.stdout.split('\n')[0]).toMatch(/^ID\s+MODEL\s+BASE\s+TRAINER\s+TRIGGER\s+STATE\s+ATTEMPT\s+PROGRESS\s+RESULT\s+UPDATED\s+REASON$/);
+    expect(list.stdout).toMatch(new RegExp(`^${job.id}\\s+vibration\\s+v1\\s+typescript\\s+-\\s+queued\\s+1/3\\s+-`, 'm'));
 
     // status --watch on a pipe: one line per change until the job ends, then the job's table.
     const watcher = spawn(process.execPath, [BIN, 'training', 'status', job.id, '--watch'], { cwd: dir, env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
@@ -92,6 +92,9 @@ describe('driftline training - the job commands end to end', () => {
     expect(lines[0]).toMatch(/^queued attempt 1\/3$/);
     expect(watched).toMatch(/^running attempt 1\/3 epoch \d\/6 loss [\d.]+ worker tw_\w+$/m);
     expect(watched).toMatch(/^succeeded attempt 1\/3 epoch 6\/6/m);
+    // The stream's last update already names the version (the server holds it back until it is recorded).
+    expect(watched).toMatch(/^succeeded attempt 1\/3 epoch 6\/6 loss [\d.]+ -> v2$/m);
+    expect(watched).not.toMatch(/^succeeded attempt 1\/3 epoch 6\/6 loss [\d.]+$/m);
     expect(watched).toMatch(/^state\s+succeeded$/m);
     expect(watched).toMatch(/^result\s+vibration v2$/m);
     expect(watched).toMatch(/^accuracy-delta>=0\.01\s+pass\s/m);

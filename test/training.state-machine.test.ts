@@ -12,6 +12,7 @@ import {
   judge,
   leaseJob,
   recordResultVersion,
+  registrationFailed,
   type TrainingJob,
   type TrainingJobSpec,
 } from '../control-plane/training/job-state-machine.js';
@@ -76,6 +77,31 @@ describe('training job state machine', () => {
     expect(j.job).toMatchObject({ state: 'succeeded', evaluation: { verdict: 'pass' } });
     expect(j.audit).toEqual([expect.objectContaining({ action: 'accept', fromState: 'evaluating', toState: 'succeeded' })]);
     expect(recordResultVersion(j.job, 2, T0 + 27_000).job.resultVersion).toBe(2);
+  });
+
+  it('fails a succeeded job whose candidate the sink could not register (TRAINING_REGISTRATION_FAILED), never one with a version', () => {
+    const succeeded = judge(completeAttempt(leased(), 'lease-1', candidate, T0 + 1).job, report('pass'), T0 + 2).job;
+    const f = registrationFailed(succeeded, 'STORE_FAILED', 'STORE_FAILED: disk full', T0 + 3);
+    expect(f.job).toMatchObject({ state: 'failed', errorCode: 'TRAINING_REGISTRATION_FAILED', resultVersion: 0, evaluation: { verdict: 'pass' } });
+    expect(f.job.reason).toBe('the candidate passed the gate but could not be registered as a version: STORE_FAILED: disk full');
+    expect(f.audit).toEqual([
+      expect.objectContaining({
+        action: 'register-failed',
+        fromState: 'succeeded',
+        toState: 'failed',
+        details: { errorCode: 'TRAINING_REGISTRATION_FAILED', cause: 'STORE_FAILED' },
+      }),
+    ]);
+    const code = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (err) {
+        return (err as DriftlineError).code;
+      }
+      return undefined;
+    };
+    expect(code(() => registrationFailed(recordResultVersion(succeeded, 2, T0 + 3).job, 'X_FAILED', 'late', T0 + 4))).toBe('TRAINING_STATE_INVALID');
+    expect(code(() => registrationFailed(f.job, 'X_FAILED', 'again', T0 + 4))).toBe('TRAINING_STATE_INVALID');
   });
 
   it('rejects a candidate that fails its gates or is inconclusive, keeping the report and reason', () => {

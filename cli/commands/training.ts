@@ -184,12 +184,13 @@ export function registerTraining(program: Command): void {
         const now = systemClock.now();
         output.result({ jobs: page.jobs.map((j) => TrainingJob.toJSON(j)), nextPageToken: page.nextPageToken || null }, () => {
           output.table(
-            ['ID', 'MODEL', 'BASE', 'TRAINER', 'STATE', 'ATTEMPT', 'PROGRESS', 'RESULT', 'UPDATED', 'REASON'],
+            ['ID', 'MODEL', 'BASE', 'TRAINER', 'TRIGGER', 'STATE', 'ATTEMPT', 'PROGRESS', 'RESULT', 'UPDATED', 'REASON'],
             page.jobs.map((j) => [
               j.id,
               j.model,
               `v${j.baseVersion}`,
               j.trainer,
+              triggerShort(j),
               j.state,
               `${j.attempt}/${j.maxAttempts}`,
               progressText(j),
@@ -282,6 +283,49 @@ function progressText(j: WireJob): string {
   return `epoch ${p.epoch}${epochs ? `/${epochs}` : ''}${p.hasLoss ? ` loss ${p.loss.toFixed(4)}` : ''}`;
 }
 
+/** The TRIGGER column: `drift plant-2`, `schedule`, `labelled`, or `-` for an operator's job. */
+export function triggerShort(j: WireJob): string {
+  const t = j.trigger;
+  if (!t) return '-';
+  return t.kind === 'drift' && t.cohort ? `drift ${t.cohort}` : t.kind;
+}
+
+/** `drift alert on cohort plant-2 (event 12, policy v3)`, with the replayed snapshot when one was. */
+export function triggerText(j: WireJob): string {
+  const t = j.trigger!;
+  const what =
+    t.kind === 'drift'
+      ? `drift alert on ${t.cohort ? `cohort ${t.cohort}` : 'the fleet'}`
+      : t.kind === 'schedule'
+        ? 'schedule'
+        : t.kind === 'labelled'
+          ? 'new labelled samples'
+          : t.kind;
+  const details = [...(t.driftEventId ? [`event ${t.driftEventId}`] : []), `policy v${t.policyVersion}`];
+  const replay = t.replayedDatasetId ? `; replays ${t.replayedDatasetId.slice(0, 12)}` : '';
+  return `${what} (${details.join(', ')})${replay}`;
+}
+
+/** `rolling out (rollout r-…)`, `awaiting signature: driftline models sign vibration 2`, `aborted: <reason>`. */
+export function releaseText(j: WireJob): string {
+  const r = j.release!;
+  const rollout = r.rolloutId ? ` (rollout ${r.rolloutId})` : '';
+  const audience = r.audience ? ` to ${r.audience}` : '';
+  switch (r.state) {
+    case 'awaiting-signature':
+      return `awaiting signature: driftline models sign ${j.model} ${r.version}${audience ? ` (canary${audience})` : ''}`;
+    case 'rolling-out':
+      return `rolling out${audience}${rollout}`;
+    case 'succeeded':
+      return `rolled out${audience}${rollout}`;
+    case 'failed':
+      return `failed: ${r.errorCode && !r.reason.includes(r.errorCode) ? `${r.errorCode}: ` : ''}${r.reason || '-'}${rollout}`;
+    default:
+      // aborted, skipped: the reason says why.
+      return `${r.state}${r.reason ? `: ${r.reason}` : ''}${rollout}`;
+  }
+}
+
 function reasonText(j: WireJob): string {
   const text = j.state === 'cancelled' ? j.cancelReason || j.reason : j.reason;
   const withCode = j.errorCode && !text.includes(j.errorCode) ? `${j.errorCode}: ${text}` : text;
@@ -305,7 +349,9 @@ function printStatus(output: Output, j: WireJob): void {
   ];
   if (j.candidate) rows.push(['candidate', `${j.candidate.id} sha256 ${j.candidate.sha256} (${j.candidate.sizeBytes} bytes, attempt ${j.candidate.attempt})`]);
   if (j.evaluation) rows.push(['evaluation', `${j.evaluation.verdict}${j.evaluation.reason ? `: ${j.evaluation.reason}` : ''}`]);
+  if (j.trigger) rows.push(['trigger', triggerText(j)]);
   if (j.resultVersion) rows.push(['result', `${j.model} v${j.resultVersion}`]);
+  if (j.release) rows.push(['release', releaseText(j)]);
   if (j.errorCode) rows.push(['error', j.errorCode]);
   if (j.reason || j.cancelReason) rows.push(['reason', j.state === 'cancelled' ? j.cancelReason || j.reason : j.reason]);
   output.table(['FIELD', 'VALUE'], rows);
@@ -372,25 +418,7 @@ async function watch(client: TrainingStub, id: string, output: Output): Promise<
   }
   if (last && !output.json) {
     if (bar) output.line('');
-    printStatus(output, await settledJob(client, last));
+    // The server ends the stream of a succeeded job only once its version is recorded.
+    printStatus(output, last);
   }
-}
-
-/** How long the final table waits for a succeeded job's version to be registered. */
-const RESULT_WAIT_MS = 3_000;
-
-/**
- * The job once its result is known: the watch ends at the first terminal state, and a succeeded
- * job's candidate is registered as a version a moment after that; read it again (briefly) so the
- * final table names the version.
- */
-async function settledJob(client: TrainingStub, job: WireJob): Promise<WireJob> {
-  if (job.state !== 'succeeded' || job.resultVersion) return job;
-  const deadline = systemClock.now() + RESULT_WAIT_MS;
-  let current = job;
-  while (!current.resultVersion && systemClock.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    current = await client.getTrainingJob({ id: job.id });
-  }
-  return current;
 }

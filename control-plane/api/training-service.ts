@@ -165,6 +165,30 @@ export function jobToWire(job: TrainingJob): WireJob {
     evaluation: job.evaluation ? reportToWire(job.evaluation) : undefined,
     resultVersion: job.resultVersion,
     cancelReason: job.cancelReason,
+    trigger: spec.trigger
+      ? {
+          kind: spec.trigger.kind,
+          key: spec.trigger.key,
+          clientRequestId: spec.trigger.clientRequestId,
+          policyVersion: spec.trigger.policyVersion,
+          driftEventId: spec.trigger.driftEventId,
+          cohort: spec.trigger.cohort,
+          cohortSelector: spec.trigger.cohortSelector,
+          datasetSelector: spec.trigger.datasetSelector,
+          replayedDatasetId: spec.trigger.replayedDatasetId,
+        }
+      : undefined,
+    release: job.release
+      ? {
+          state: job.release.state,
+          version: job.release.version,
+          audience: job.release.audience,
+          rolloutId: job.release.rolloutId,
+          reason: job.release.reason,
+          errorCode: job.release.errorCode,
+          updatedAtMs: job.release.updatedAtMs,
+        }
+      : undefined,
   };
 }
 

@@ -21,6 +21,7 @@ import {
   leaseJob,
   recordRelease as recordReleaseOf,
   recordResultVersion,
+  registrationFailed,
   type TrainingJob,
   type TrainingRelease,
   type TrainingJobSpec,
@@ -195,6 +196,11 @@ const finiteMetrics = z
 export class TrainingEngine {
   private readonly listeners = new Set<(jobId: string) => void>();
   private readonly evaluations = new Map<string, Promise<void>>();
+  /**
+   * Jobs committed `succeeded` whose candidate the sink is registering now: a watch holds their
+   * update back until the version is recorded (or the job failed), so its last update names it.
+   */
+  private readonly registering = new Set<string>();
   private readonly newId: (prefix: 'tj' | 'tl' | 'tw' | 'tc') => string;
 
   constructor(private readonly options: TrainingEngineOptions) {
@@ -304,6 +310,8 @@ export class TrainingEngine {
    * The job now (with its last log lines), then after every change with the lines added since,
    * until it reaches a terminal state or `signal` aborts (a watcher that left, shutdown): the
    * generator then returns at once, even while it waits for a change. Breaking out of the loop unsubscribes.
+   * A succeeded job is yielded only once its result version is recorded (or, when the sink failed,
+   * as the failed job it became): the last update of a succeeded job carries its version.
    */
   async *watch(id: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<TrainingJobUpdate> {
     const { repository } = this.options;
@@ -327,6 +335,9 @@ export class TrainingEngine {
         if (signal?.aborted) return;
         dirty = false;
         const job = await this.get(id);
+        // Registering: wait for the next change. A change seen meanwhile (dirty) may be the version
+        // recorded after this read, so the job is read again rather than ended with version 0.
+        if (job.state === 'succeeded' && job.resultVersion === 0 && (this.registering.has(id) || dirty)) continue;
         const logLines = lastSeq < 0 ? await repository.logs(id, { tail: WATCH_REPLAY_LINES }) : await repository.logs(id, { afterSeq: lastSeq });
         if (logLines.length > 0) lastSeq = logLines.at(-1)!.seq;
         else if (lastSeq < 0) lastSeq = 0;
@@ -574,7 +585,7 @@ export class TrainingEngine {
 
   /** The gate: the evaluator measures, the pure judge decides, a passing candidate goes to the sink. */
   private async evaluate(jobId: string): Promise<void> {
-    const { repository, evaluator, artifacts, clock, limits, logger, sink } = this.options;
+    const { evaluator, artifacts, clock, limits, logger, sink } = this.options;
     const job = await this.get(jobId);
     if (job.state !== 'evaluating' || !job.candidate) return;
     let transition: TrainingTransition;
@@ -595,27 +606,23 @@ export class TrainingEngine {
       // Whatever the evaluator threw, the job's code says the gate failed; the cause stays in the reason.
       transition = evaluationFailed(job, 'TRAINING_EVALUATION_FAILED', `${error.code}: ${error.message}`, clock.now());
     }
-    const committed = await this.commitIfStill(jobId, 'evaluating', (current) => (current.state === 'evaluating' ? transition : undefined));
-    if (!committed || committed.state !== 'succeeded' || !sink) return;
+    // Marked before the commit that watchers hear: none of them sees this succeeded job without its version.
+    if (sink && transition.job.state === 'succeeded') this.registering.add(jobId);
     try {
-      const { version } = await sink.accept({ job: committed, candidate: committed.candidate!, report: committed.evaluation! });
-      await this.commitIfStill(jobId, 'succeeded', (current) => recordResultVersion(current, version, clock.now()));
-    } catch (err) {
-      logger.error({ err, job: jobId }, 'the accepted training candidate could not be registered');
-      await repository.transaction(async (tx) =>
-        tx.appendAudit({
-          jobId,
-          atMs: clock.now(),
-          actor: 'system',
-          clientRequestId: '',
-          action: 'register-failed',
-          fromState: 'succeeded',
-          toState: 'succeeded',
-          attempt: committed.attempt,
-          reason: asDriftlineError(err).message,
-          details: { code: asDriftlineError(err).code },
-        }),
-      );
+      const committed = await this.commitIfStill(jobId, 'evaluating', (current) => (current.state === 'evaluating' ? transition : undefined));
+      if (!committed || committed.state !== 'succeeded' || !sink) return;
+      try {
+        const { version } = await sink.accept({ job: committed, candidate: committed.candidate!, report: committed.evaluation! });
+        await this.commitIfStill(jobId, 'succeeded', (current) => recordResultVersion(current, version, clock.now()));
+      } catch (err) {
+        const error = asDriftlineError(err);
+        logger.error({ err, job: jobId }, 'the accepted training candidate could not be registered');
+        await this.commitIfStill(jobId, 'succeeded', (current) =>
+          current.resultVersion === 0 ? registrationFailed(current, error.code, `${error.code}: ${error.message}`.slice(0, 2000), clock.now()) : undefined,
+        );
+      }
+    } finally {
+      if (this.registering.delete(jobId)) this.changed(jobId);
     }
   }
 

@@ -6,8 +6,9 @@ import type { EvaluationReport } from './evaluation.js';
  * and the time and returns the next job with the audit entries to record. No timers, no I/O:
  * the engine persists each transition, its sweep asks expireLease() on the injected clock.
  *
- *   queued ──lease──► leased ──heartbeat──► running ──complete──► evaluating ──pass──► succeeded
- *     ▲                 │                     │                        │  └──fail/inconclusive──► rejected
+ *   queued ──lease──► leased ──heartbeat──► running ──complete──► evaluating ──pass──► succeeded ──version registered (stays succeeded)
+ *     ▲                 │                     │                        │  │                    └──sink failed──► failed (TRAINING_REGISTRATION_FAILED)
+ *     │                 │                     │                        │  └──fail/inconclusive──► rejected
  *     └─ attempts left ─┴── lease expired / ──┘                        └──evaluator failed──► failed
  *                            attempt failed    no attempts left ──► failed (TRAINING_ATTEMPTS_EXHAUSTED)
  *   any state before the end ──cancel──► cancelled (a worker holding the lease hears it at its next heartbeat)
@@ -246,6 +247,18 @@ export function recordResultVersion(job: TrainingJob, version: number, nowMs: nu
   requireState(job, ['succeeded'], 'record the version of');
   const next: TrainingJob = { ...job, resultVersion: version, updatedAtMs: nowMs };
   return { job: next, audit: [entry(next, job.state, 'register', '', { version })] };
+}
+
+/**
+ * The candidate sink could not register the passing candidate: the job did not produce a version,
+ * so it is failed (its evaluation report kept) rather than a succeeded job with version 0.
+ */
+export function registrationFailed(job: TrainingJob, errorCode: string, message: string, nowMs: number): TrainingTransition {
+  requireState(job, ['succeeded'], 'fail the registration of');
+  if (job.resultVersion !== 0) refuse(job, `fail the registration of v${job.resultVersion} of`);
+  const reason = `the candidate passed the gate but could not be registered as a version: ${message}`;
+  const next: TrainingJob = { ...job, state: 'failed', errorCode: 'TRAINING_REGISTRATION_FAILED', reason, updatedAtMs: nowMs };
+  return { job: next, audit: [entry(next, job.state, 'register-failed', reason, { errorCode: 'TRAINING_REGISTRATION_FAILED', cause: errorCode })] };
 }
 
 /**

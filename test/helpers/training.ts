@@ -14,7 +14,7 @@ import { SqliteTrainingJobRepository } from '../../control-plane/store/sqlite/tr
 import { TrainingEngine, type TrainingLimits } from '../../control-plane/training/engine.js';
 import type { SplitRole } from '../../control-plane/training/evaluation.js';
 import { OnnxRuntimeEvaluator, type EvaluationData, type LabelledSplit } from '../../control-plane/training/onnxruntime/onnx-evaluator.js';
-import type { DatasetCatalog, Evaluator } from '../../control-plane/training/ports.js';
+import type { CandidateSink, DatasetCatalog, Evaluator } from '../../control-plane/training/ports.js';
 import { ArtifactStoreTrainingArtifacts, RegistryBaseModels, RegistryCandidateSink } from '../../control-plane/training/registry-adapters.js';
 
 export const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
@@ -126,7 +126,9 @@ export interface TrainingRig {
 }
 
 /** An engine over a real SQLite file and artifact store, judged by onnxruntime on the test datasets' splits. */
-export async function trainingRig(options: { evaluator?: (base: Evaluator) => Evaluator; limits?: Partial<TrainingLimits> } = {}): Promise<TrainingRig> {
+export async function trainingRig(
+  options: { evaluator?: (base: Evaluator) => Evaluator; sink?: (base: CandidateSink) => CandidateSink; limits?: Partial<TrainingLimits> } = {},
+): Promise<TrainingRig> {
   const dir = mkdtempSync(join(tmpdir(), 'driftline-training-'));
   const file = join(dir, 'control-plane.db');
   const clock = new ManualClock();
@@ -148,7 +150,7 @@ export async function trainingRig(options: { evaluator?: (base: Evaluator) => Ev
       datasets,
       artifacts,
       evaluator: options.evaluator ? options.evaluator(onnx) : onnx,
-      sink: new RegistryCandidateSink(reg, artifactStore),
+      sink: options.sink ? options.sink(new RegistryCandidateSink(reg, artifactStore)) : new RegistryCandidateSink(reg, artifactStore),
       limits: { ...LIMITS, ...options.limits },
       clock,
       logger: silentLogger(),

@@ -168,9 +168,56 @@ export interface TrainingJob {
   evaluation:
     | EvaluationReport
     | undefined;
-  /** The model version the passing candidate became (0: none, or not registered yet). */
+  /**
+   * The model version the passing candidate became (0: none, or not registered yet; a watch ends
+   * on succeeded only once it is set). A candidate that could not be registered fails the job
+   * with TRAINING_REGISTRATION_FAILED.
+   */
   resultVersion: number;
   cancelReason: string;
+  /** Why the job exists when a retraining trigger started it (its lineage); unset for an operator's job. */
+  trigger:
+    | TrainingTrigger
+    | undefined;
+  /** Where the release of result_version stands (signature, canary rollout, outcome); unset until it began. */
+  release: TrainingRelease | undefined;
+}
+
+/** The retraining trigger decision a job answers (training policy set). */
+export interface TrainingTrigger {
+  /** drift, schedule or labelled. */
+  kind: string;
+  /** The trigger's name within its model (drift-42). */
+  key: string;
+  /** The id the decision started the job with (retrain/<model>/<key>). */
+  clientRequestId: string;
+  policyVersion: number;
+  /** The drift event that fired it; 0 for another trigger. */
+  driftEventId: number;
+  /** The cohort whose drift fired it (empty: the whole fleet, or another trigger). */
+  cohort: string;
+  /** That cohort's devices as a label selector (empty: every device): the canary's audience. */
+  cohortSelector: string;
+  /** The dataset query's device selector. */
+  datasetSelector: string;
+  /** The parent's training snapshot replayed into the dataset; empty when none was. */
+  replayedDatasetId: string;
+}
+
+/** The release of a succeeded job's version by the retraining loop. */
+export interface TrainingRelease {
+  /** awaiting-signature, rolling-out, succeeded, aborted, failed or skipped. */
+  state: string;
+  version: number;
+  /** The canary's devices as a label selector. */
+  audience: string;
+  /** The canary rollout; empty before it started. */
+  rolloutId: string;
+  /** Why it is in this state (the rollout's abort reason, the error that stopped it, why it was skipped). */
+  reason: string;
+  /** A stable code when failed. */
+  errorCode: string;
+  updatedAtMs: number;
 }
 
 export interface TrainingCandidate {
@@ -1743,6 +1790,8 @@ function createBaseTrainingJob(): TrainingJob {
     evaluation: undefined,
     resultVersion: 0,
     cancelReason: "",
+    trigger: undefined,
+    release: undefined,
   };
 }
 
@@ -1816,6 +1865,12 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     }
     if (message.cancelReason !== "") {
       writer.uint32(186).string(message.cancelReason);
+    }
+    if (message.trigger !== undefined) {
+      TrainingTrigger.encode(message.trigger, writer.uint32(194).fork()).join();
+    }
+    if (message.release !== undefined) {
+      TrainingRelease.encode(message.release, writer.uint32(202).fork()).join();
     }
     return writer;
   },
@@ -2017,6 +2072,22 @@ export const TrainingJob: MessageFns<TrainingJob> = {
             message.cancelReason = reader.string();
             continue;
           }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.trigger = TrainingTrigger.decode(reader, reader.uint32());
+            continue;
+          }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.release = TrainingRelease.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2104,6 +2175,8 @@ export const TrainingJob: MessageFns<TrainingJob> = {
         : isSet(object.cancel_reason)
         ? globalThis.String(object.cancel_reason)
         : "",
+      trigger: isSet(object.trigger) ? TrainingTrigger.fromJSON(object.trigger) : undefined,
+      release: isSet(object.release) ? TrainingRelease.fromJSON(object.release) : undefined,
     };
   },
 
@@ -2178,6 +2251,12 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     if (message.cancelReason !== undefined) {
       obj.cancelReason = message.cancelReason;
     }
+    if (message.trigger !== undefined) {
+      obj.trigger = TrainingTrigger.toJSON(message.trigger);
+    }
+    if (message.release !== undefined) {
+      obj.release = TrainingRelease.toJSON(message.release);
+    }
     return obj;
   },
 
@@ -2217,6 +2296,420 @@ export const TrainingJob: MessageFns<TrainingJob> = {
       : undefined;
     message.resultVersion = object.resultVersion ?? 0;
     message.cancelReason = object.cancelReason ?? "";
+    message.trigger = (object.trigger !== undefined && object.trigger !== null)
+      ? TrainingTrigger.fromPartial(object.trigger)
+      : undefined;
+    message.release = (object.release !== undefined && object.release !== null)
+      ? TrainingRelease.fromPartial(object.release)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTrainingTrigger(): TrainingTrigger {
+  return {
+    kind: "",
+    key: "",
+    clientRequestId: "",
+    policyVersion: 0,
+    driftEventId: 0,
+    cohort: "",
+    cohortSelector: "",
+    datasetSelector: "",
+    replayedDatasetId: "",
+  };
+}
+
+export const TrainingTrigger: MessageFns<TrainingTrigger> = {
+  encode(message: TrainingTrigger, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.key !== "") {
+      writer.uint32(18).string(message.key);
+    }
+    if (message.clientRequestId !== "") {
+      writer.uint32(26).string(message.clientRequestId);
+    }
+    if (message.policyVersion !== 0) {
+      writer.uint32(32).int64(message.policyVersion);
+    }
+    if (message.driftEventId !== 0) {
+      writer.uint32(40).int64(message.driftEventId);
+    }
+    if (message.cohort !== "") {
+      writer.uint32(50).string(message.cohort);
+    }
+    if (message.cohortSelector !== "") {
+      writer.uint32(58).string(message.cohortSelector);
+    }
+    if (message.datasetSelector !== "") {
+      writer.uint32(66).string(message.datasetSelector);
+    }
+    if (message.replayedDatasetId !== "") {
+      writer.uint32(74).string(message.replayedDatasetId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingTrigger {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingTrigger();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.clientRequestId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.policyVersion = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.driftEventId = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.cohort = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.cohortSelector = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.datasetSelector = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.replayedDatasetId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingTrigger {
+    return {
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      clientRequestId: isSet(object.clientRequestId)
+        ? globalThis.String(object.clientRequestId)
+        : isSet(object.client_request_id)
+        ? globalThis.String(object.client_request_id)
+        : "",
+      policyVersion: isSet(object.policyVersion)
+        ? globalThis.Number(object.policyVersion)
+        : isSet(object.policy_version)
+        ? globalThis.Number(object.policy_version)
+        : 0,
+      driftEventId: isSet(object.driftEventId)
+        ? globalThis.Number(object.driftEventId)
+        : isSet(object.drift_event_id)
+        ? globalThis.Number(object.drift_event_id)
+        : 0,
+      cohort: isSet(object.cohort) ? globalThis.String(object.cohort) : "",
+      cohortSelector: isSet(object.cohortSelector)
+        ? globalThis.String(object.cohortSelector)
+        : isSet(object.cohort_selector)
+        ? globalThis.String(object.cohort_selector)
+        : "",
+      datasetSelector: isSet(object.datasetSelector)
+        ? globalThis.String(object.datasetSelector)
+        : isSet(object.dataset_selector)
+        ? globalThis.String(object.dataset_selector)
+        : "",
+      replayedDatasetId: isSet(object.replayedDatasetId)
+        ? globalThis.String(object.replayedDatasetId)
+        : isSet(object.replayed_dataset_id)
+        ? globalThis.String(object.replayed_dataset_id)
+        : "",
+    };
+  },
+
+  toJSON(message: TrainingTrigger): unknown {
+    const obj: any = {};
+    if (message.kind !== undefined) {
+      obj.kind = message.kind;
+    }
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.clientRequestId !== undefined) {
+      obj.clientRequestId = message.clientRequestId;
+    }
+    if (message.policyVersion !== undefined) {
+      obj.policyVersion = Math.round(message.policyVersion);
+    }
+    if (message.driftEventId !== undefined) {
+      obj.driftEventId = Math.round(message.driftEventId);
+    }
+    if (message.cohort !== undefined) {
+      obj.cohort = message.cohort;
+    }
+    if (message.cohortSelector !== undefined) {
+      obj.cohortSelector = message.cohortSelector;
+    }
+    if (message.datasetSelector !== undefined) {
+      obj.datasetSelector = message.datasetSelector;
+    }
+    if (message.replayedDatasetId !== undefined) {
+      obj.replayedDatasetId = message.replayedDatasetId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingTrigger>, I>>(base?: I): TrainingTrigger {
+    return TrainingTrigger.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingTrigger>, I>>(object: I): TrainingTrigger {
+    const message = createBaseTrainingTrigger();
+    message.kind = object.kind ?? "";
+    message.key = object.key ?? "";
+    message.clientRequestId = object.clientRequestId ?? "";
+    message.policyVersion = object.policyVersion ?? 0;
+    message.driftEventId = object.driftEventId ?? 0;
+    message.cohort = object.cohort ?? "";
+    message.cohortSelector = object.cohortSelector ?? "";
+    message.datasetSelector = object.datasetSelector ?? "";
+    message.replayedDatasetId = object.replayedDatasetId ?? "";
+    return message;
+  },
+};
+
+function createBaseTrainingRelease(): TrainingRelease {
+  return { state: "", version: 0, audience: "", rolloutId: "", reason: "", errorCode: "", updatedAtMs: 0 };
+}
+
+export const TrainingRelease: MessageFns<TrainingRelease> = {
+  encode(message: TrainingRelease, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.audience !== "") {
+      writer.uint32(26).string(message.audience);
+    }
+    if (message.rolloutId !== "") {
+      writer.uint32(34).string(message.rolloutId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
+    }
+    if (message.errorCode !== "") {
+      writer.uint32(50).string(message.errorCode);
+    }
+    if (message.updatedAtMs !== 0) {
+      writer.uint32(56).int64(message.updatedAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrainingRelease {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrainingRelease();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.audience = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rolloutId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.errorCode = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.updatedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrainingRelease {
+    return {
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      audience: isSet(object.audience) ? globalThis.String(object.audience) : "",
+      rolloutId: isSet(object.rolloutId)
+        ? globalThis.String(object.rolloutId)
+        : isSet(object.rollout_id)
+        ? globalThis.String(object.rollout_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      errorCode: isSet(object.errorCode)
+        ? globalThis.String(object.errorCode)
+        : isSet(object.error_code)
+        ? globalThis.String(object.error_code)
+        : "",
+      updatedAtMs: isSet(object.updatedAtMs)
+        ? globalThis.Number(object.updatedAtMs)
+        : isSet(object.updated_at_ms)
+        ? globalThis.Number(object.updated_at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: TrainingRelease): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = message.state;
+    }
+    if (message.version !== undefined) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.audience !== undefined) {
+      obj.audience = message.audience;
+    }
+    if (message.rolloutId !== undefined) {
+      obj.rolloutId = message.rolloutId;
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    if (message.errorCode !== undefined) {
+      obj.errorCode = message.errorCode;
+    }
+    if (message.updatedAtMs !== undefined) {
+      obj.updatedAtMs = Math.round(message.updatedAtMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrainingRelease>, I>>(base?: I): TrainingRelease {
+    return TrainingRelease.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrainingRelease>, I>>(object: I): TrainingRelease {
+    const message = createBaseTrainingRelease();
+    message.state = object.state ?? "";
+    message.version = object.version ?? 0;
+    message.audience = object.audience ?? "";
+    message.rolloutId = object.rolloutId ?? "";
+    message.reason = object.reason ?? "";
+    message.errorCode = object.errorCode ?? "";
+    message.updatedAtMs = object.updatedAtMs ?? 0;
     return message;
   },
 };
