@@ -63,8 +63,12 @@ const DEMO_PASSPHRASE = 'driftline closed-loop demo passphrase';
 
 /** The lead's offline fine-tuning settings: recovers the drifted cohort without costing the clean ones. */
 const HYPERPARAMETERS = { epochs: 60, learning_rate: 0.002, optimizer: 'adam', patience: 10 };
-/** Gates on the test split only: the snapshot replays nothing (v1 was pushed, it has no training snapshot), so there is no regression split. */
-const EVALUATION_GATES = ['accuracy-delta>=0'];
+/**
+ * The gate's splits for a drift-triggered job: `test` is the drifted cohort's held-out rows (its
+ * clean rows from before the drift too, so the margin is small), `regression` the clean cohort's
+ * (the policy's dataset is the whole fleet's; v1 was pushed, it has no training snapshot to replay).
+ */
+const EVALUATION_GATES = ['accuracy-delta>=0', 'regression-accuracy-delta>=-0.02'];
 /** Absolute gates: the canary's wave is the whole cohort, so no device of it is left on v1 to compare with. */
 const CANARY_GATES = ['install-failure-rate<=0', 'error-rate<=0.01'];
 const CANARY_BAKE = '10s';
@@ -471,6 +475,8 @@ export async function runClosedLoopScenario(options: ClosedLoopOptions): Promise
         drifted_cohort: "answers the agents of the drifted cohort gave, scored against each row's true label, per version and phase",
         clean_cohorts: `v1: the clean cohort's answers on the rows sent after the job started (not in its dataset); v2: the same rows run offline with onnxruntime-node (the canary never reaches the clean cohort)`,
         clean_rows: offline?.rows ?? 0,
+        // The control plane's own view of the same question: the gate's regression split (the clean cohort's held-out rows of the dataset).
+        evaluation_regression: v2 ? regressionSplit(v2) : null,
       },
       seconds,
       lineage: v2 ? lineageOf(v2, timeline.job) : null,
@@ -573,6 +579,22 @@ function lineageOf(v2: ModelVersion, job: TrainingJob | undefined): Record<strin
       splits: parse(m['evaluation.splits']),
     },
   };
+}
+
+/** The evaluation gate's regression split as the version's metadata records it: parent (v1) and candidate (v2) accuracy on the clean cohort's held-out rows. */
+function regressionSplit(v2: ModelVersion): { v1: number; v2: number; rows: number } | null {
+  try {
+    const splits = JSON.parse(v2.metadata['evaluation.splits'] ?? '[]') as Array<{
+      split: string;
+      candidate?: { rows: number; accuracy: number };
+      parent?: { accuracy: number };
+    }>;
+    const regression = splits.find((s) => s.split === 'regression');
+    if (!regression?.candidate || !regression.parent) return null;
+    return { v1: round(regression.parent.accuracy), v2: round(regression.candidate.accuracy), rows: regression.candidate.rows };
+  } catch {
+    return null;
+  }
 }
 
 /** v1's recorded answers and v2 run with onnxruntime-node on the same clean-cohort rows. */
