@@ -292,7 +292,7 @@ export async function startControlPlane(
       lineage: modelLineageOf(registry),
       policies: retrainingPolicies,
       rollouts,
-      signing: canarySigningOf({ signer: releaseSigner, fleet, registry, logger }),
+      signing: canarySigningOf({ signer: releaseSigner, fleet, registry, releases, logger }),
       clock,
       logger,
       tickIntervalMs: config.retraining.tickInterval,
