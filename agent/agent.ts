@@ -38,6 +38,7 @@ import { downlinkDispatcher } from './downlink.js';
 import { DriftReferences } from './drift/references.js';
 import { agentHealth } from './health.js';
 import { agentPaths } from './paths.js';
+import { isSingleExecutable } from './native-addons.js';
 import { reportedModels, stateReporter } from './reported-state.js';
 import { repositoryIndex } from './local-api/routes.js';
 
@@ -116,7 +117,17 @@ export async function startAgent(
     }
   }
   const { createOnnxRuntime } = await import('./inference/onnxruntime-runtime.js');
-  const runtime = createOnnxRuntime({ logger, libraryPath: inference.libraryPath });
+  // Models run on a worker thread, so an inference never stops the event loop that serves the
+  // local API, the buffer and the uplink. The single executable keeps them on the main thread:
+  // its onnxruntime-node JavaScript lives only inside the embedded bundle, which a worker
+  // thread cannot load (it would need a second embedded entry point).
+  const runtime = createOnnxRuntime({
+    logger,
+    libraryPath: inference.libraryPath,
+    thread: isSingleExecutable() ? 'main' : 'worker',
+    // The event loop shares the cores with onnxruntime's threads: spinning ones would take them between runs.
+    spinning: false,
+  });
   const providerNames = inference.providers.map((p) => p.name);
   warnings.push(...providerWarnings(inference, runtime.availableProviders(), hostFacts));
   logger.info(
@@ -325,7 +336,20 @@ export async function startAgent(
     return buffer.close();
   };
   lifecycle.add(component('buffer', { drain: closeBuffer, force: closeBuffer }, clock));
-  lifecycle.add(component('inference-engine', { drain: (graceMs) => engine.shutdown({ graceMs }) }, clock));
+  lifecycle.add(
+    component(
+      'inference-engine',
+      {
+        drain: async (graceMs) => {
+          await engine.shutdown({ graceMs });
+          // The engine waited its grace for the runs in flight: any still running were given up.
+          await runtime.close({ graceMs: 0 });
+        },
+        force: () => runtime.close({ graceMs: 0 }),
+      },
+      clock,
+    ),
+  );
   lifecycle.add(component('uplink', { drain: () => uplink.shutdown() }, clock));
   // The last report, after the drain, so the control plane sees what stays buffered.
   lifecycle.add(component('final-state-report', { drain: () => (uploader.stop(), reportState()) }, clock));

@@ -9,7 +9,7 @@
  * The engine uses the settings of the generic-x86_64-cpu firmware profile, as the agent does.
  * Progress and a table go to stderr; the last stdout line is JSON with the figures.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -313,6 +313,20 @@ try {
     const phase = await measure(call, { clients, warmup: 3 });
     return { phase, cpuMs: (cpu() - before) / (phase.requests + 3 * clients) };
   };
+  // Per thread of the agent (name from /proc/<pid>/task/<tid>/comm): where its CPU goes, for the log.
+  const agentThreadCpuMs = (): Map<string, number> => {
+    const out = new Map<string, number>();
+    for (const tid of readdirSync(`/proc/${agent.child.pid}/task`)) {
+      try {
+        const name = readFileSync(`/proc/${agent.child.pid}/task/${tid}/comm`, 'utf8').trim();
+        const fields = readFileSync(`/proc/${agent.child.pid}/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+        out.set(`${name}#${tid}`, ((Number(fields[11]) + Number(fields[12])) * 1000) / 100);
+      } catch {
+        // The thread ended meanwhile.
+      }
+    }
+    return out;
+  };
   const selfCpuMs = (): number => {
     const u = process.cpuUsage();
     return (u.user + u.system) / 1000;
@@ -326,7 +340,14 @@ try {
   const bareLarge8 = await cpuPerRequest(bareLargeCall, CLIENTS, selfCpuMs);
   // One keep-alive connection per concurrent client: a connection carries one request at a time.
   log('large model: 8 clients, binary');
+  const threadsBefore = agentThreadCpuMs();
   const binaryLarge8 = await cpuPerRequest((c) => binaryClients[c]!.call(), CLIENTS, agentCpuMs);
+  const requests8 = binaryLarge8.phase.requests + 3 * CLIENTS;
+  const perThread = [...agentThreadCpuMs()]
+    .map(([name, ms]) => [name, (ms - (threadsBefore.get(name) ?? 0)) / requests8] as const)
+    .filter(([, ms]) => ms > 0.05)
+    .sort((a, b) => b[1] - a[1]);
+  log(`agent CPU ms per inference by thread (binary, ${CLIENTS} clients): ${perThread.map(([name, ms]) => `${name} ${ms.toFixed(2)}`).join(', ')}`);
   log('large model: 8 clients, JSON');
   const jsonLarge8 = await measure((c) => jsonClients[c]!.call(), { clients: CLIENTS, warmup: 1 });
   for (const client of [...binaryClients, ...jsonClients]) client.close();

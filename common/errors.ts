@@ -74,6 +74,8 @@ export const ERROR_CODES = {
   INFERENCE_FAILED: 'internal',
   INFERENCE_OVERLOADED: 'exhausted',
   INFERENCE_TIMEOUT: 'deadline',
+  /** The runtime's inference thread died with the request in flight; the model loads again on the next request (retry). */
+  INFERENCE_RUNTIME_CRASHED: 'unavailable',
   PROVIDER_UNAVAILABLE: 'unavailable',
   BUFFER_FULL: 'exhausted',
   STORE_FAILED: 'internal',

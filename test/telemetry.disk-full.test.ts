@@ -220,7 +220,9 @@ describe('telemetry on a full disk', () => {
         mqtt: { url: `mqtt://${proxy.address}`, keepalive: '1s', reconnectMin: '50ms', reconnectMax: '300ms', connectTimeout: '1s' },
         // Room for a hundred or so inference records.
         buffer: { maxBytes: 12 * 1024 },
-        uplink: { ackTimeout: '1s' },
+        // At most 10 records in flight: the budget always finds inference records it may drop, so the
+        // events stream never has to give (records in flight stay, retention.ts), however the sends race.
+        uplink: { ackTimeout: '1s', maxBatchRecords: 10, maxInflightBatches: 1 },
         // Maintenance every second reports the drop counts as an event.
         schedule: { uplinkCheck: '* * * * * *', bufferMaintenance: '* * * * * *' },
       },

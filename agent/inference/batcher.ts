@@ -1,6 +1,7 @@
 import type { Clock } from '../../common/clock.js';
 import { DriftlineError } from '../../common/errors.js';
 import type { RuntimeTensor, TensorData } from './model-runtime.js';
+import { markOwnedTensorData } from './owned-tensors.js';
 
 /** How requests for one model queue and combine; a firmware profile supplies it. */
 export interface BatchingOptions {
@@ -286,7 +287,8 @@ function concatData(parts: TensorData[]): TensorData {
     (out as Float32Array).set(part as Float32Array, offset);
     offset += part.length;
   }
-  return out;
+  // Nobody reads the concatenation once the run has it: a runtime on another thread takes it without a copy.
+  return markOwnedTensorData(out);
 }
 
 /** Each output cut back into the requests' rows; an output without the batch rows on dim 0 cannot be split. */

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import type { Worker } from 'node:worker_threads';
 import { arch, platform } from 'node:os';
 import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
@@ -20,6 +21,8 @@ import type {
   TensorType,
 } from './model-runtime.js';
 import { readOnnxMetadata } from './onnx-metadata.js';
+import { OnnxRuntimeThread } from './onnxruntime-thread.js';
+import { isOwnedTensorData } from './owned-tensors.js';
 
 /** Only fatal native logs: provider fallbacks are reported through our own logger instead. */
 const ORT_LOG_FATAL = 4;
@@ -27,25 +30,70 @@ const ORT_LOG_FATAL = 4;
 export interface OnnxRuntime extends ModelRuntime {
   /** Providers this onnxruntime build can actually run here. */
   availableProviders(): string[];
+  /**
+   * Lets the runs in flight finish (for at most graceMs when given), then stops the runtime's
+   * thread; runs cut off and later loads and runs get SHUTTING_DOWN.
+   */
+  close(options?: { graceMs?: number }): Promise<void>;
 }
 
-/** The ModelRuntime over onnxruntime-node. libraryPath: where a device-specific onnxruntime was loaded from, for error messages. */
-export function createOnnxRuntime({ logger, libraryPath }: { logger: Logger; libraryPath?: string }): OnnxRuntime {
+export interface OnnxRuntimeOptions {
+  logger: Logger;
+  /** Where a device-specific onnxruntime was loaded from, for error messages. */
+  libraryPath?: string;
+  /**
+   * Where sessions run. 'main' (the default): on the calling thread, which onnxruntime-node's
+   * synchronous run blocks for the whole inference. 'worker': on one worker thread, so the
+   * caller's event loop keeps serving while a model runs (see onnxruntime-thread.ts).
+   */
+  thread?: 'main' | 'worker';
+  /** With thread 'worker': called with each worker thread started (tests stop one to see a crash handled). */
+  onThread?: (worker: Worker) => void;
+  /**
+   * Whether onnxruntime's thread pools spin-wait for work (its default, true). Spinning buys
+   * a little latency on idle cores; beside an event loop that has work of its own (HTTP, the
+   * buffer, the uplink) the spinning threads take the cores it needs and burn CPU between runs.
+   */
+  spinning?: boolean;
+}
+
+/** A session as the runtime sees it, wherever it runs. */
+interface OrtSession {
+  readonly inputMetadata: readonly ort.InferenceSession.ValueMetadata[];
+  readonly outputMetadata: readonly ort.InferenceSession.ValueMetadata[];
+  run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>>;
+  release(): Promise<void>;
+}
+
+type SessionFactory = (path: string, options: ort.InferenceSession.SessionOptions) => Promise<OrtSession>;
+
+/** The ModelRuntime over onnxruntime-node. */
+export function createOnnxRuntime({ logger, libraryPath, thread = 'main', onThread, spinning = true }: OnnxRuntimeOptions): OnnxRuntime {
   const available = availableProviders(libraryPath);
   // The process-wide native log level, fixed when the first session is created: a provider that
   // fails to load is reported through our logger with the fact behind it, not as native noise.
   ort.env.logLevel = 'fatal';
+  let closed = false;
+  const worker = thread === 'worker' ? new OnnxRuntimeThread(createRequire(import.meta.url).resolve('onnxruntime-node'), logger, onThread) : undefined;
+  const createSession: SessionFactory = worker ? (path, options) => threadSession(worker, path, options) : mainThreadSession;
   return {
     availableProviders: () => [...available],
+    async close(options) {
+      closed = true;
+      await worker?.close(options);
+    },
     async load(path, options) {
+      if (closed) throw new DriftlineError('SHUTTING_DOWN', 'the inference runtime is shutting down');
       const metadata = await readModelMetadata(path);
       const failures: ProviderFailure[] = [];
       for (const choice of options.providers) {
         const provider = providerName(choice);
-        let session: ort.InferenceSession;
+        let session: OrtSession;
         try {
-          session = await ort.InferenceSession.create(path, sessionOptions(choice, options));
+          session = await createSession(path, sessionOptions(choice, options, spinning));
         } catch (err) {
+          // The runtime itself failing (its thread died, it is shutting down) is no provider's fault.
+          if (err instanceof DriftlineError) throw err;
           const message = err instanceof Error ? err.message : String(err);
           // Say which fact applies when the provider is not in this onnxruntime at all.
           const reason = available.includes(provider)
@@ -73,6 +121,62 @@ export function createOnnxRuntime({ logger, libraryPath }: { logger: Logger; lib
         },
       );
     },
+  };
+}
+
+/** A session on the calling thread: onnxruntime reads the caller's buffers in place. */
+async function mainThreadSession(path: string, options: ort.InferenceSession.SessionOptions): Promise<OrtSession> {
+  const session = await ort.InferenceSession.create(path, options);
+  return {
+    inputMetadata: session.inputMetadata,
+    outputMetadata: session.outputMetadata,
+    async run(feeds) {
+      const ortFeeds: Record<string, ort.Tensor> = {};
+      for (const [name, tensor] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(tensor.type, tensor.data, tensor.dims);
+      const results = await session.run(ortFeeds);
+      const out: Record<string, RuntimeTensor> = {};
+      for (const [name, value] of Object.entries(results)) {
+        const tensor = value as ort.Tensor;
+        out[name] = { type: tensor.type as TensorType, dims: tensor.dims, data: tensor.data as RuntimeTensor['data'] };
+      }
+      return out;
+    },
+    release: () => session.release(),
+  };
+}
+
+/**
+ * A session on the runtime's worker thread. After the thread died, the next run creates the
+ * session again in the new thread (from the same file and options) before running.
+ */
+async function threadSession(thread: OnnxRuntimeThread, path: string, options: ort.InferenceSession.SessionOptions): Promise<OrtSession> {
+  let created = await thread.create(path, options);
+  let reloading: Promise<void> | undefined;
+  const reload = async (): Promise<number> => {
+    while (!thread.alive(created.generation)) {
+      reloading ??= thread.create(path, options).then(
+        (again) => {
+          created = again;
+          reloading = undefined;
+        },
+        (err: unknown) => {
+          reloading = undefined;
+          throw err;
+        },
+      );
+      await reloading;
+    }
+    return created.handle;
+  };
+  return {
+    inputMetadata: created.inputMetadata as ort.InferenceSession.ValueMetadata[],
+    outputMetadata: created.outputMetadata as ort.InferenceSession.ValueMetadata[],
+    // Posted in the caller's turn when the thread lives (a close() that follows lets it finish).
+    run: (feeds) =>
+      thread.alive(created.generation)
+        ? thread.run(created.handle, feeds, isOwnedTensorData)
+        : reload().then((handle) => thread.run(handle, feeds, isOwnedTensorData)),
+    release: () => thread.release(created.handle, created.generation),
   };
 }
 
@@ -104,12 +208,14 @@ async function readModelMetadata(path: string): Promise<Record<string, string>> 
   }
 }
 
-function sessionOptions(choice: ProviderChoice, options: RuntimeLoadOptions): ort.InferenceSession.SessionOptions {
+function sessionOptions(choice: ProviderChoice, options: RuntimeLoadOptions, spinning: boolean): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: [typeof choice === 'string' ? choice : providerOptions(choice)],
     logSeverityLevel: ORT_LOG_FATAL,
     ...(options.intraOpThreads === undefined ? {} : { intraOpNumThreads: options.intraOpThreads }),
     ...(options.interOpThreads === undefined ? {} : { interOpNumThreads: options.interOpThreads }),
+    // onnxruntime's documented session config keys (onnxruntime_session_options_config_keys.h).
+    ...(spinning ? {} : { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } }),
   };
 }
 
@@ -152,7 +258,7 @@ class OnnxRuntimeSession implements RuntimeSession {
   readonly inputDimNames: Readonly<Record<string, readonly string[]>>;
 
   constructor(
-    private readonly session: ort.InferenceSession,
+    private readonly session: OrtSession,
     readonly provider: string,
     readonly metadata: Readonly<Record<string, string>>,
     readonly fallbacks: readonly ProviderFailure[],
@@ -164,22 +270,11 @@ class OnnxRuntimeSession implements RuntimeSession {
   }
 
   async run(feeds: Readonly<Record<string, RuntimeTensor>>): Promise<Record<string, RuntimeTensor>> {
-    const ortFeeds: Record<string, ort.Tensor> = {};
-    for (const [name, tensor] of Object.entries(feeds)) {
-      ortFeeds[name] = new ort.Tensor(tensor.type, tensor.data, tensor.dims);
-    }
-    let results: ort.InferenceSession.OnnxValueMapType;
     try {
-      results = await this.session.run(ortFeeds);
+      return await this.session.run(feeds);
     } catch (err) {
       throw runFailure(err, feeds);
     }
-    const out: Record<string, RuntimeTensor> = {};
-    for (const [name, value] of Object.entries(results)) {
-      const tensor = value as ort.Tensor;
-      out[name] = { type: tensor.type as TensorType, dims: tensor.dims, data: tensor.data as RuntimeTensor['data'] };
-    }
-    return out;
   }
 
   release(): Promise<void> {
@@ -215,6 +310,8 @@ export function batchabilityOf(inputs: readonly ort.InferenceSession.ValueMetada
  * own words (operator, node, message) rather than raw native text.
  */
 function runFailure(err: unknown, feeds: Readonly<Record<string, RuntimeTensor>>): DriftlineError {
+  // The runtime's own failures (its thread died, it is shutting down) keep their codes.
+  if (err instanceof DriftlineError) return err;
   const failure = explainRuntimeFailure(err instanceof Error ? err.message : String(err));
   const shapes = Object.entries(feeds)
     .map(([name, t]) => `${name} [${t.dims.join(', ')}]`)

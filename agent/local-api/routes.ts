@@ -62,8 +62,11 @@ export interface LocalApiRouteOptions {
   memoryBudgetBytes?: number;
   /** Deadline for each inference request; none when absent. */
   inferTimeoutMs?: number;
-  /** Labels posted to .../feedback for remembered answers; without it there is no feedback route. */
-  feedback?: { memory: number; record(label: LabelRecord): void; clock?: Clock };
+  /**
+   * Labels posted to .../feedback for remembered answers; without it there is no feedback route.
+   * record() resolves once the label is durable: the 202 waits for it.
+   */
+  feedback?: { memory: number; record(label: LabelRecord): void | Promise<void>; clock?: Clock };
   /** The time of each response's Date header; the feedback clock, else the system's. */
   clock?: Clock;
 }
@@ -158,7 +161,13 @@ export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
     // Routed before the body is read: a request for no model here costs no buffering.
     const limits = bodyLimits(activeModel(name, version));
     const binaryHeader = req.headers[BINARY_HEADER];
-    const raw = await readBody(req, limit(binaryHeader === undefined ? limits.json : limits.binary));
+    // The raw tensor bytes start after the JSON header: aligned there, they are decoded as views on the body.
+    const raw = await readBody(
+      req,
+      binaryHeader === undefined
+        ? limit(limits.json)
+        : { ...limit(limits.binary), alignOffset: typeof binaryHeader === 'string' ? Number(binaryHeader) : undefined },
+    );
     const { request, inputs } = parseInferRequest(raw, binaryHeader);
     // A client that hangs up stops waiting for its result.
     const abandoned = new AbortController();
@@ -185,11 +194,12 @@ export function localApiRoutes(options: LocalApiRouteOptions): LocalApiRoutes {
     res.end();
   }
 
-  /** Labels for earlier answers, by response id: 202 once recorded (the telemetry goes up later). */
+  /** Labels for earlier answers, by response id: 202 once committed to the buffer (the telemetry goes up later). */
   async function feedback(req: IncomingMessage, res: ServerResponse, ledger: FeedbackLedger, name: string, version: number | undefined): Promise<void> {
     const items = parseFeedback(parseJsonBody(await readBody(req, feedbackLimit)));
     const labels = ledger.label(items, { model: name, version });
-    for (const label of labels) options.feedback?.record(label);
+    // Acknowledged only once recorded (committed to the buffer): a 202 is never lost to a crash.
+    await Promise.all(labels.map((label) => options.feedback?.record(label)));
     sendJson(res, 202, {
       accepted: labels.length,
       items: labels.map((l) => ({

@@ -57,9 +57,13 @@ export class TelemetryRecorder {
     this.record(Stream.STREAM_SAMPLES, { $case: 'sample', value });
   }
 
-  /** An application's label for an answered request: inference data, on the inference stream. */
-  label(value: LabelRecord): void {
-    this.record(Stream.STREAM_INFERENCE, { $case: 'label', value });
+  /**
+   * An application's label for an answered request: inference data, on the inference stream.
+   * Resolves once the record is committed, or counted as dropped (never rejects): the local API
+   * answers 202 only then, so a label it acknowledged survives kill -9.
+   */
+  label(value: LabelRecord): Promise<void> {
+    return new Promise((settled) => this.record(Stream.STREAM_INFERENCE, { $case: 'label', value }, settled));
   }
 
   /** A window's drift sketch: aggregated inference data, so it shares the inference stream's priority. */

@@ -8,7 +8,16 @@ export interface BodyLimit {
   setting: string;
   /** What the limit is, in the refusal's words ("the model's largest input"). */
   reason: string;
+  /**
+   * A byte offset into the body that should start on an 8-byte boundary of its buffer (where
+   * the binary tensor extension's raw data begins, after the JSON header), so typed arrays can
+   * be views on the body instead of copies. Only with a content-length.
+   */
+  alignOffset?: number;
 }
+
+/** Typed arrays of every element size (up to 8 bytes: BigInt64Array, Float64Array) start on this boundary. */
+const ALIGNMENT = 8;
 
 /** PAYLOAD_TOO_LARGE for a body over its limit; details name the limit and the setting. */
 export function bodyTooLarge(limit: BodyLimit): DriftlineError {
@@ -33,7 +42,7 @@ export function readBody(req: IncomingMessage, limit: BodyLimit): Promise<Buffer
       return;
     }
     // Node's parser has checked content-length is a number and never delivers more than it says.
-    const whole = declared === undefined ? undefined : Buffer.allocUnsafe(declared);
+    const whole = declared === undefined ? undefined : bodyBuffer(declared, limit.alignOffset);
     const chunks: Buffer[] = [];
     let size = 0;
     const onData = (chunk: Buffer) => {
@@ -56,6 +65,16 @@ export function readBody(req: IncomingMessage, limit: BodyLimit): Promise<Buffer
     });
     req.once('error', (err) => reject(new DriftlineError('REQUEST_INVALID', `request body could not be read: ${err.message}`, { cause: err })));
   });
+}
+
+/**
+ * A buffer for a body of `size` bytes. With alignOffset: a buffer of its own (not a slice of
+ * Node's pool) placed so that byte alignOffset of the body sits on an ALIGNMENT boundary.
+ */
+function bodyBuffer(size: number, alignOffset: number | undefined): Buffer {
+  if (alignOffset === undefined || !Number.isSafeInteger(alignOffset) || alignOffset < 0 || alignOffset > size) return Buffer.allocUnsafe(size);
+  const pad = (ALIGNMENT - (alignOffset % ALIGNMENT)) % ALIGNMENT;
+  return Buffer.allocUnsafeSlow(size + pad).subarray(pad, pad + size);
 }
 
 /** A body as JSON; REQUEST_INVALID when it is not. */
