@@ -296,7 +296,7 @@ export async function startControlPlane(
       lineage: modelLineageOf(registry),
       policies: retrainingPolicies,
       rollouts,
-      signing: canarySigningOf({ signer: releaseSigner, fleet, registry, logger, release: retrainedReleases }),
+      signing: canarySigningOf({ signer: releaseSigner, fleet, registry, releases, logger, release: retrainedReleases }),
       clock,
       logger,
       tickIntervalMs: config.retraining.tickInterval,

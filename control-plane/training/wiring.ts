@@ -3,6 +3,7 @@ import type { Logger } from '../../common/logger.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import type { ReleaseSigning as ReleaseSigner } from '../registry/release-signing.js';
+import type { ReleaseStore } from '../registry/release-store.js';
 import type { ReleaseSigning } from './release-canary.js';
 import type { RetrainedReleaseData } from './release-data.js';
 
@@ -15,6 +16,12 @@ import type { RetrainedReleaseData } from './release-data.js';
  * Release data that cannot be computed is logged and left out (the manifest's golden vectors are
  * then none, as before).
  *
+ * A version already signed is not signed again: a release key's signature given offline
+ * (`driftline models sign`, fleet-wide) or a canary for the same devices (signed before a restart
+ * cut the step short) answers `signed`. Asking the signer again would publish a second envelope
+ * for the version (RELEASE_CONFLICT), or, without an automation key or outside its scope, keep
+ * answering awaiting-signature after a human signed it.
+ *
  * A control plane without a trust root has nothing to sign with and its devices accept unsigned
  * models (the unsigned mode): the canary rolls out as it would after a signature.
  */
@@ -22,15 +29,22 @@ export function canarySigningOf(deps: {
   signer: ReleaseSigner;
   fleet: Pick<FleetStore, 'list'>;
   registry: Pick<ModelRegistry, 'resolve'>;
+  /** What is signed already; absent: the signer is always asked. */
+  releases?: Pick<ReleaseStore, 'statuses' | 'trusted'>;
   logger: Logger;
   release?: Pick<RetrainedReleaseData, 'manifestExtras'>;
 }): ReleaseSigning {
-  const { signer, fleet, registry, logger, release } = deps;
+  const { signer, fleet, registry, releases, logger, release } = deps;
   return {
     async signCanary({ model, version, audience }) {
       // Decommissioned devices never install anything; sorted so a retry names the same audience.
       const devices = (await fleet.list(audience)).map((d) => d.id).sort();
       if (devices.length === 0) return { state: 'awaiting-signature' };
+      if (releases?.trusted) {
+        const [current] = await releases.statuses([{ name: model, version }]);
+        const sameAudience = (names: readonly string[]): boolean => names.length === devices.length && [...names].sort().every((id, i) => id === devices[i]);
+        if (current?.status === 'signed' || (current?.status === 'canary' && sameAudience(current.audience))) return { state: 'signed' };
+      }
       const metadata = (await registry.resolve(model, version)).metadata;
       const lineage = {
         parentVersion: Number(metadata['lineage.parent_version']) || 0,
