@@ -128,4 +128,16 @@ describe('training evaluation gates', () => {
     const mixed = judgeCandidate(gates('accuracy-delta>=0', 'regression-accuracy-delta>=0'), [split('test', { accuracy: 0.7 })], limits, 0);
     expect(mixed.verdict).toBe('fail');
   });
+
+  it('judges the one-row latency ratio on the test split, inconclusive where it was not measured', () => {
+    const fast = judgeCandidate(gates('latency-ratio<=1.5'), [split('test', { latencyP50Ms: 0.3 }, { latencyP50Ms: 0.25 })], limits, 0);
+    expect(fast.verdict).toBe('pass');
+    expect(fast.gates[0]!.value).toBeCloseTo(1.2);
+    const slow = judgeCandidate(gates('latency-ratio<=1.5'), [split('test', { latencyP50Ms: 0.8 }, { latencyP50Ms: 0.25 })], limits, 0);
+    expect(slow.verdict).toBe('fail');
+    expect(slow.gates[0]!.detail).toMatch(/one-row p50 latency 0\.800 ms vs 0\.250 ms/);
+    const unmeasured = judgeCandidate(gates('latency-ratio<=1.5'), [split('test', {})], limits, 0);
+    expect(unmeasured.verdict).toBe('inconclusive');
+    expect(unmeasured.gates[0]!.detail).toBe('no latency measured on the test split');
+  });
 });

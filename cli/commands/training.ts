@@ -88,7 +88,8 @@ const START_HELP = `
 The job waits in the queue until a worker that offers its trainer and resources leases it
 (\`driftline worker\`). Its candidate becomes a new version only if it passes the evaluation
 gate (repeat --gate; default: accuracy-delta>=0, regression-accuracy-delta>=-0.005,
-class-recall-drop<=0.05; "none" judges nothing).
+class-recall-drop<=0.05; also macro-f1-delta, log-loss-delta and latency-ratio, the candidate's
+one-row p50 latency over the parent's on this host; "none" judges nothing).
 
 Example:
   driftline training start --model vibration --base-version 3 --dataset <id> \\
@@ -360,6 +361,27 @@ function printStatus(output: Output, j: WireJob): void {
       ['GATE', 'VERDICT', 'VALUE', 'THRESHOLD', 'DETAIL'],
       j.evaluation.gates.map((g) => [g.gate, g.verdict, g.hasValue ? Number(g.value.toFixed(4)) : '-', g.threshold, g.detail || '-']),
     );
+  }
+  if (j.evaluation?.splits.length) {
+    // Candidate against parent on each split; latency is one-row p50 on the control plane's host.
+    const pair = (c: number, p: number, digits: number): string => `${c.toFixed(digits)} / ${p.toFixed(digits)}`;
+    output.table(
+      ['SPLIT', 'ROWS', 'ACCURACY', 'MACRO F1', 'LOG LOSS', 'ECE', 'P50 MS'],
+      j.evaluation.splits.map(({ split, candidate: c, parent: p }) =>
+        c && p
+          ? [
+              split,
+              Number(c.rows),
+              pair(c.accuracy, p.accuracy, 4),
+              pair(c.macroF1, p.macroF1, 4),
+              pair(c.logLoss, p.logLoss, 4),
+              pair(c.expectedCalibrationError, p.expectedCalibrationError, 4),
+              c.latencyP50Ms && p.latencyP50Ms ? pair(c.latencyP50Ms, p.latencyP50Ms, 3) : '-',
+            ]
+          : [split, '-', '-', '-', '-', '-', '-'],
+      ),
+    );
+    output.line('(candidate / parent)');
   }
 }
 

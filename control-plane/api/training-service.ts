@@ -217,6 +217,8 @@ const metricsToWire = (m: ClassificationMetrics) => ({
   logLoss: m.logLoss,
   expectedCalibrationError: m.expectedCalibrationError,
   perClassSupport: [...m.perClassSupport],
+  latencyP50Ms: m.latencyP50Ms ?? 0,
+  latencyP95Ms: m.latencyP95Ms ?? 0,
 });
 
 const logLineToWire = (line: TrainingLogLine): WireLogLine => ({ attempt: line.attempt, atMs: line.atMs, text: line.text });

@@ -18,6 +18,13 @@ export interface ClassificationMetrics {
   logLoss: number;
   /** Over ECE_BINS equal-width confidence bins. */
   expectedCalibrationError: number;
+  /**
+   * One-row inference latency on the evaluating host (p50, p95 in ms), as a device serves one
+   * request; absent when it was not measured. The host is not the device: compare candidate with
+   * parent (latency-ratio), never with a device's figures.
+   */
+  latencyP50Ms?: number | undefined;
+  latencyP95Ms?: number | undefined;
 }
 
 export const ECE_BINS = 10;
@@ -125,6 +132,7 @@ export const EVALUATION_GATE_METRICS = [
   'log-loss-delta', // on the test split (lower is better: use <=)
   'regression-accuracy-delta', // on the regression split
   'class-recall-drop', // the largest parent − candidate recall of any class with rows, over both splits
+  'latency-ratio', // candidate ÷ parent one-row p50 latency on this host, on the test split (use <=)
 ] as const;
 export type EvaluationGateMetric = (typeof EVALUATION_GATE_METRICS)[number];
 
@@ -229,6 +237,13 @@ function judgeGate(gate: EvaluationGate, splits: readonly SplitEvaluation[], lim
       }
       if (worst.cls < 0) return unsure('no class has rows');
       return judge(worst.drop, `class ${worst.cls} recall changed by ${(-worst.drop * 100).toFixed(2)} points on the ${worst.split} split (the largest drop)`);
+    }
+    case 'latency-ratio': {
+      const split = splits.find((s) => s.split === 'test');
+      const candidate = split?.candidate.latencyP50Ms;
+      const parent = split?.parent.latencyP50Ms;
+      if (candidate === undefined || parent === undefined || !(parent > 0)) return unsure('no latency measured on the test split');
+      return judge(candidate / parent, `one-row p50 latency ${candidate.toFixed(3)} ms vs ${parent.toFixed(3)} ms for the parent on this host`);
     }
   }
 }

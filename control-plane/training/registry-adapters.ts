@@ -160,6 +160,7 @@ const summary = (m: ClassificationMetrics) => ({
   log_loss: round(m.logLoss),
   ece: round(m.expectedCalibrationError),
   per_class_recall: m.perClassRecall.slice(0, 32).map(round),
+  ...(m.latencyP50Ms === undefined ? {} : { latency_p50_ms: m.latencyP50Ms, latency_p95_ms: m.latencyP95Ms }),
 });
 const round = (v: number): number => Math.round(v * 1e6) / 1e6;
 

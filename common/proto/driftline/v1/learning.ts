@@ -246,6 +246,12 @@ export interface ClassificationMetrics {
   expectedCalibrationError: number;
   /** Rows labelled with each class. */
   perClassSupport: number[];
+  /**
+   * One-row inference latency on the evaluating host (0: not measured). Compare candidate with
+   * parent (the latency-ratio gate); the host is not the device.
+   */
+  latencyP50Ms: number;
+  latencyP95Ms: number;
 }
 
 export interface SplitEvaluation {
@@ -2977,6 +2983,8 @@ function createBaseClassificationMetrics(): ClassificationMetrics {
     logLoss: 0,
     expectedCalibrationError: 0,
     perClassSupport: [],
+    latencyP50Ms: 0,
+    latencyP95Ms: 0,
   };
 }
 
@@ -3010,6 +3018,12 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
         writer.int64(v);
       }
       writer.join();
+    }
+    if (message.latencyP50Ms !== 0) {
+      writer.uint32(65).double(message.latencyP50Ms);
+    }
+    if (message.latencyP95Ms !== 0) {
+      writer.uint32(73).double(message.latencyP95Ms);
     }
     return writer;
   },
@@ -3103,6 +3117,22 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
 
             break;
           }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.latencyP50Ms = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.latencyP95Ms = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3144,6 +3174,16 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
         : globalThis.Array.isArray(object?.per_class_support)
         ? object.per_class_support.map((e: any) => globalThis.Number(e))
         : [],
+      latencyP50Ms: isSet(object.latencyP50Ms)
+        ? globalThis.Number(object.latencyP50Ms)
+        : isSet(object.latency_p50_ms)
+        ? globalThis.Number(object.latency_p50_ms)
+        : 0,
+      latencyP95Ms: isSet(object.latencyP95Ms)
+        ? globalThis.Number(object.latencyP95Ms)
+        : isSet(object.latency_p95_ms)
+        ? globalThis.Number(object.latency_p95_ms)
+        : 0,
     };
   },
 
@@ -3170,6 +3210,12 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
     if (message.perClassSupport?.length) {
       obj.perClassSupport = message.perClassSupport.map((e) => Math.round(e));
     }
+    if (message.latencyP50Ms !== undefined) {
+      obj.latencyP50Ms = floatToJson(message.latencyP50Ms);
+    }
+    if (message.latencyP95Ms !== undefined) {
+      obj.latencyP95Ms = floatToJson(message.latencyP95Ms);
+    }
     return obj;
   },
 
@@ -3185,6 +3231,8 @@ export const ClassificationMetrics: MessageFns<ClassificationMetrics> = {
     message.logLoss = object.logLoss ?? 0;
     message.expectedCalibrationError = object.expectedCalibrationError ?? 0;
     message.perClassSupport = object.perClassSupport?.map((e) => e) || [];
+    message.latencyP50Ms = object.latencyP50Ms ?? 0;
+    message.latencyP95Ms = object.latencyP95Ms ?? 0;
     return message;
   },
 };
