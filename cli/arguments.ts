@@ -1,6 +1,7 @@
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError, Option } from 'commander';
 import { systemClock } from '../common/clock.js';
 import { parseDuration } from '../common/units.js';
+import { LOG_FORMATS } from '../common/logger.js';
 
 /** Argument parsers for commander: a bad value becomes a usage error (exit 2) before any call is made. */
 
@@ -35,3 +36,17 @@ export function keyValue(value: string, previous: Record<string, string> = {}): 
 export function repeated(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
+
+/** --log-level of the long-running commands (serve, worker): logs go to stderr. */
+export const logLevelOption = (): Option =>
+  new Option('--log-level <level>', 'log level (logs go to stderr)')
+    .choices(['trace', 'debug', 'info', 'warn', 'error', 'silent'])
+    .env('DRIFTLINE_LOG_LEVEL')
+    .default('info');
+
+/** --log-format of the long-running commands: text on a terminal, JSON lines otherwise. */
+export const logFormatOption = (): Option =>
+  new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise')
+    .choices(LOG_FORMATS)
+    .env('DRIFTLINE_LOG_FORMAT')
+    .default('auto');

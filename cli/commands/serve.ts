@@ -1,9 +1,9 @@
 import { Option, type Command } from 'commander';
 import { layerConfig, readConfigFile } from '../../common/config.js';
 import { DriftlineError } from '../../common/errors.js';
-import { createLogger, LOG_FORMATS, type LogFormat } from '../../common/logger.js';
+import { createLogger, type LogFormat } from '../../common/logger.js';
 import { controlPlaneConfigSchema, type ControlPlaneConfigInput } from '../../control-plane/config.js';
-import { integer } from '../arguments.js';
+import { integer, logFormatOption, logLevelOption } from '../arguments.js';
 import { CliError, EXIT } from '../connection.js';
 
 interface ServeOptions {
@@ -64,18 +64,8 @@ export function registerServe(program: Command): void {
       '--automation-key <file>',
       'opt in to online signing of scoped canaries with this automation key (keys create-automation; passphrase in $DRIFTLINE_AUTOMATION_KEY_PASSPHRASE)',
     )
-    .addOption(
-      new Option('--log-level <level>', 'log level (logs go to stderr)')
-        .choices(['trace', 'debug', 'info', 'warn', 'error', 'silent'])
-        .env('DRIFTLINE_LOG_LEVEL')
-        .default('info'),
-    )
-    .addOption(
-      new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise')
-        .choices(LOG_FORMATS)
-        .env('DRIFTLINE_LOG_FORMAT')
-        .default('auto'),
-    )
+    .addOption(logLevelOption())
+    .addOption(logFormatOption())
     .addHelpText('after', '\nWith serve, the global --tls-cert and --tls-key are the gRPC server certificate and key.')
     .action(async (_options: unknown, command: Command) => {
       // optsWithGlobals: --tls-cert/--tls-key are global options, read by the program wherever they appear.

@@ -2,12 +2,12 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { createLogger, LOG_FORMATS, type LogFormat } from '../../common/logger.js';
+import { createLogger, type LogFormat } from '../../common/logger.js';
 import { formatDuration } from '../../common/units.js';
 import { DRIFTLINE_VERSION } from '../../common/version.js';
 import { BUILT_IN_TRAINERS, builtInTrainerCommand, findTorchPython, type BuiltInTrainer } from '../../worker/built-in-trainers.js';
 import type { TrainerCommand } from '../../worker/trainer-process.js';
-import { durationMs, keyValue } from '../arguments.js';
+import { durationMs, keyValue, logFormatOption, logLevelOption } from '../arguments.js';
 import { CliError, EXIT, checkServerAddress, tlsOf, type ConnectionOptions } from '../connection.js';
 import type { GlobalOptions } from '../context.js';
 
@@ -76,18 +76,8 @@ export function registerWorkerCommand(program: Command): void {
         .default(DEFAULT_GRACE_MS, formatDuration(DEFAULT_GRACE_MS)),
     )
     .addOption(new Option('--nvidia-smi <path>', 'the nvidia-smi to ask for GPUs (none found: no GPU offered)').default('nvidia-smi').hideHelp())
-    .addOption(
-      new Option('--log-level <level>', 'log level (logs go to stderr)')
-        .choices(['trace', 'debug', 'info', 'warn', 'error', 'silent'])
-        .env('DRIFTLINE_LOG_LEVEL')
-        .default('info'),
-    )
-    .addOption(
-      new Option('--log-format <format>', 'log lines as text (pino-pretty) or JSON; auto: text on a terminal, JSON otherwise')
-        .choices(LOG_FORMATS)
-        .env('DRIFTLINE_LOG_FORMAT')
-        .default('auto'),
-    )
+    .addOption(logLevelOption())
+    .addOption(logFormatOption())
     .addHelpText('after', WORKER_HELP)
     .action(async (_options: unknown, command: Command) => {
       const options = command.optsWithGlobals<WorkerOptions & GlobalOptions>();
