@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { DriftlineError } from '../../common/errors.js';
-import { readSnapshotFiles, UNLABELLED, type DatasetManifest, type SplitData } from '../../common/datasets/snapshot-layout.js';
+import { readSnapshotFiles, UNLABELLED, type DatasetManifest, type SnapshotSplits, type SplitData } from '../../common/datasets/snapshot-layout.js';
 import { untarSnapshot } from '../../common/datasets/snapshot-tar.js';
 import type { DatasetHandle } from '../datasets/dataset-service.js';
 import type { DatasetRecord } from '../datasets/ports.js';
@@ -140,10 +140,18 @@ export class SnapshotEvaluationData {
   }
 
   private async read(id: string): Promise<{ manifest: DatasetManifest; test: SplitData }> {
-    const { sizeBytes } = await this.snapshots.getDataset(id);
-    const { manifest, splits } = readSnapshotFiles(untarSnapshot(await this.snapshots.readTar(id), sizeBytes), `dataset ${id}`);
+    const { manifest, splits } = await readSnapshot(this.snapshots, id);
     return { manifest, test: splits.test };
   }
+}
+
+/** A snapshot's manifest and splits, from its verified tar (never more than its recorded size). */
+export async function readSnapshot(
+  snapshots: Pick<DatasetSnapshots, 'getDataset' | 'readTar'>,
+  id: string,
+): Promise<{ manifest: DatasetManifest; splits: SnapshotSplits }> {
+  const { sizeBytes } = await snapshots.getDataset(id);
+  return readSnapshotFiles(untarSnapshot(await snapshots.readTar(id), sizeBytes), `dataset ${id}`);
 }
 
 interface LabelledPart {

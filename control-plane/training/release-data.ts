@@ -1,6 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { UNLABELLED, readSnapshotFiles, type DatasetManifest, type SnapshotSplits } from '../../common/datasets/snapshot-layout.js';
-import { untarSnapshot } from '../../common/datasets/snapshot-tar.js';
+import { UNLABELLED, type DatasetManifest, type SnapshotSplits } from '../../common/datasets/snapshot-layout.js';
 import { referenceWithPredictionsOf } from '../../common/drift/model-predictions.js';
 import {
   REFERENCE_METADATA_KEY,
@@ -19,7 +18,7 @@ import { TRAINING_DATASET_METADATA_KEY } from '../datasets/wiring.js';
 import type { ArtifactStore } from '../registry/artifact-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
 import type { ManifestExtras } from '../registry/release-signing.js';
-import type { DatasetSnapshots } from './dataset-adapters.js';
+import { readSnapshot, type DatasetSnapshots } from './dataset-adapters.js';
 
 /** Loads a model to run it (training/onnxruntime/ is the adapter); the caller releases the session. */
 export interface ModelSessions {
@@ -165,9 +164,8 @@ export class RetrainedReleaseData {
     }
   }
 
-  private async snapshot(id: string): Promise<{ manifest: DatasetManifest; splits: SnapshotSplits }> {
-    const { sizeBytes } = await this.deps.snapshots.getDataset(id);
-    return readSnapshotFiles(untarSnapshot(await this.deps.snapshots.readTar(id), sizeBytes), `dataset ${id}`);
+  private snapshot(id: string): Promise<{ manifest: DatasetManifest; splits: SnapshotSplits }> {
+    return readSnapshot(this.deps.snapshots, id);
   }
 }
 
