@@ -173,6 +173,37 @@ export const ERROR_CODES = {
   RETRAINING_POLICY_NOT_FOUND: 'not_found',
   /** The trigger watcher could not start a training job: no training service is wired into this control plane (or it refused for now). */
   TRAINING_SERVICE_UNAVAILABLE: 'unavailable',
+  /** A federated task's settings are not what the API allows (rounds, quorum, strategy, privacy, compression); the message names the field. */
+  FEDERATED_TASK_INVALID: 'invalid',
+  FEDERATED_TASK_NOT_FOUND: 'not_found',
+  /** The call does not fit the task's state (cancel an ended task). */
+  FEDERATED_STATE_INVALID: 'conflict',
+  /** No device matches the cohort and serves the base version with a trainable head. */
+  FEDERATED_NO_CLIENTS: 'conflict',
+  /** A round closed at its deadline with fewer updates than min_clients: the round (and the task) failed, no version. */
+  FEDERATED_NO_QUORUM: 'unavailable',
+  /** The privacy budget (target ε at δ) would be passed by another round. */
+  FEDERATED_BUDGET_SPENT: 'exhausted',
+  /** An update's length or encoding does not match the task's head. */
+  FEDERATED_UPDATE_SHAPE: 'invalid',
+  /** An update holds NaN or an infinite value. */
+  FEDERATED_UPDATE_NOT_FINITE: 'invalid',
+  /** An update's L2 norm is above the task's max_update_norm. */
+  FEDERATED_UPDATE_NORM: 'invalid',
+  /** An update is larger on the wire than federated.maxUpdateBytes; refused before decoding. */
+  FEDERATED_UPDATE_TOO_LARGE: 'exhausted',
+  /** An update came after its round closed, or from a head older than max_staleness (async). */
+  FEDERATED_UPDATE_STALE: 'conflict',
+  /** An update from a device that was not invited to that round, or for another task. */
+  FEDERATED_UPDATE_UNEXPECTED: 'forbidden',
+  /** A model's manifest names no trainable head (final Gemm, or MatMul+Add, layers) the learner can train. */
+  LEARNER_NO_HEAD: 'invalid',
+  /** The device holds fewer labelled samples of the model than the learner needs. */
+  LEARNER_NOT_ENOUGH_SAMPLES: 'conflict',
+  /** The firmware profile's guards (idle, temperature, time window) do not allow training now. */
+  LEARNER_NOT_ALLOWED: 'unavailable',
+  /** A round's work passed its CPU-time or memory cap on the device and was stopped. */
+  LEARNER_BUDGET_EXCEEDED: 'exhausted',
   /** A call to the control plane's API failed before reaching it (no connection, name not resolved, TLS refused): the gRPC status was UNAVAILABLE with no Driftline code. */
   API_UNAVAILABLE: 'unavailable',
   /** A call to the control plane's API ran past its deadline before any answer. */

@@ -1,5 +1,14 @@
 import type { BinaryWriter } from '@bufbuild/protobuf/wire';
-import { Command, CommandResult, DesiredState, ReportedState, TelemetryAck, TelemetryBatch } from '../proto/driftline/v1/device_link.js';
+import {
+  Command,
+  CommandResult,
+  DesiredState,
+  FederatedInvitation,
+  FederatedReport,
+  ReportedState,
+  TelemetryAck,
+  TelemetryBatch,
+} from '../proto/driftline/v1/device_link.js';
 import type { DownChannel, UpChannel } from './topics.js';
 
 /** A generated protobuf message type, as far as the device protocol needs it. */
@@ -13,6 +22,7 @@ export interface UpMessages {
   telemetry: TelemetryBatch;
   state: ReportedState;
   result: CommandResult;
+  federated: FederatedReport;
 }
 
 /** What each down/ channel carries. */
@@ -20,6 +30,7 @@ export interface DownMessages {
   ack: TelemetryAck;
   desired: DesiredState;
   command: Command;
+  federated: FederatedInvitation;
 }
 
 /**
@@ -27,8 +38,18 @@ export interface DownMessages {
  * plane. Telemetry batches leave the agent hand-encoded (./telemetry-batch.ts) and reach
  * the control plane through a bounded decode; everything else can go through these.
  */
-const UP_CODECS: { [C in UpChannel]: Codec<UpMessages[C]> } = { telemetry: TelemetryBatch, state: ReportedState, result: CommandResult };
-const DOWN_CODECS: { [C in DownChannel]: Codec<DownMessages[C]> } = { ack: TelemetryAck, desired: DesiredState, command: Command };
+const UP_CODECS: { [C in UpChannel]: Codec<UpMessages[C]> } = {
+  telemetry: TelemetryBatch,
+  state: ReportedState,
+  result: CommandResult,
+  federated: FederatedReport,
+};
+const DOWN_CODECS: { [C in DownChannel]: Codec<DownMessages[C]> } = {
+  ack: TelemetryAck,
+  desired: DesiredState,
+  command: Command,
+  federated: FederatedInvitation,
+};
 
 export const encodeUp = <C extends UpChannel>(channel: C, message: UpMessages[C]): Uint8Array => UP_CODECS[channel].encode(message).finish();
 export const decodeUp = <C extends UpChannel>(channel: C, payload: Uint8Array): UpMessages[C] => UP_CODECS[channel].decode(payload);

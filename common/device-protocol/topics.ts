@@ -7,10 +7,10 @@ import { isValidDeviceId } from '../ids.js';
  */
 export const TOPIC_ROOT = 'driftline/v1/d';
 
-export type UpChannel = 'telemetry' | 'state' | 'result';
-export type DownChannel = 'ack' | 'desired' | 'command';
-export const UP_CHANNELS: readonly UpChannel[] = ['telemetry', 'state', 'result'];
-export const DOWN_CHANNELS: readonly DownChannel[] = ['ack', 'desired', 'command'];
+export type UpChannel = 'telemetry' | 'state' | 'result' | 'federated';
+export type DownChannel = 'ack' | 'desired' | 'command' | 'federated';
+export const UP_CHANNELS: readonly UpChannel[] = ['telemetry', 'state', 'result', 'federated'];
+export const DOWN_CHANNELS: readonly DownChannel[] = ['ack', 'desired', 'command', 'federated'];
 
 export const upTopic = (deviceId: string, channel: UpChannel): string => `${TOPIC_ROOT}/${deviceId}/up/${channel}`;
 export const downTopic = (deviceId: string, channel: DownChannel): string => `${TOPIC_ROOT}/${deviceId}/down/${channel}`;

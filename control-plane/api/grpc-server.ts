@@ -48,7 +48,7 @@ export interface GrpcServer {
 
 const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
-/** Services this server implements; Federated answers UNIMPLEMENTED until it exists. */
+/** Services this server always implements. */
 const SERVED = [
   'DeviceService',
   'EnrollmentService',

@@ -118,7 +118,8 @@ export class TelemetryIngest {
     try {
       if (channel === 'telemetry') await this.ingestTelemetry(deviceId, payload);
       else if (channel === 'state') await this.ingestState(deviceId, payload);
-      else this.ingestCommandResult(deviceId, payload);
+      else if (channel === 'result') this.ingestCommandResult(deviceId, payload);
+      // 'federated' reports go to the federated rounds, not to ingest (control-plane/federated/).
     } catch (err) {
       if (!refused(err)) throw err;
       const rejectedBatch = channel === 'telemetry';

@@ -33,7 +33,7 @@ export interface ServiceSession {
  * Desired state is retained: a device that is offline now finds it when it subscribes. Acks
  * and commands are for a device that is connected now; a stale one must not greet it later.
  */
-const RETAINED: Readonly<Record<DownChannel, boolean>> = { desired: true, ack: false, command: false };
+const RETAINED: Readonly<Record<DownChannel, boolean>> = { desired: true, ack: false, command: false, federated: false };
 
 /**
  * The control plane's own MQTT session (to the embedded broker or an external one), shared

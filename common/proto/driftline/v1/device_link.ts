@@ -349,6 +349,150 @@ export interface CommandResult_OutputEntry {
   value: string;
 }
 
+/**
+ * down/federated: the control plane asks the device to take part in a federated round
+ * (federated.proto). Not retained; ids (task, round, kind) make replays harmless.
+ */
+export interface FederatedInvitation {
+  taskId: string;
+  round: number;
+  kind: FederatedInvitation_Kind;
+  /** The model and version whose backbone computes the head's inputs (the device must serve it). */
+  model: string;
+  version: number;
+  /**
+   * The global head to start from: a FederatedHead artifact, fetched from the artifact server
+   * below artifact_path with the device credential, checked against sha256.
+   */
+  headSha256: string;
+  headSizeBytes: number;
+  headArtifactPath: string;
+  localEpochs: number;
+  batchSize: number;
+  learningRate: number;
+  /** FedProx's proximal term (0: none). */
+  proximalMu: number;
+  /** float32, float16 or int8. */
+  updateCompression: string;
+  /** The device clips its own update to this L2 norm before encoding (0: no clipping on the device). */
+  clippingNorm: number;
+  /** After this (device clock, from the control plane's issued_at) the answer is late and not used. */
+  issuedAtMs: number;
+  deadlineMs: number;
+  /** The head's version within the task (async mode: staleness = current − this). */
+  headVersion: number;
+  /** Seeds the device's shuffling, so a round can be replayed. */
+  seed: number;
+}
+
+export enum FederatedInvitation_Kind {
+  KIND_UNSPECIFIED = 0,
+  /** KIND_TRAIN - Train the head from `head` on local samples and answer with an update. */
+  KIND_TRAIN = 1,
+  /** KIND_EVALUATE - Evaluate `head` on the local held-out samples and answer with metrics. */
+  KIND_EVALUATE = 2,
+  /** KIND_CANCEL - Stop any work for this task (cancelled, or the round closed). */
+  KIND_CANCEL = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function federatedInvitation_KindFromJSON(object: any): FederatedInvitation_Kind {
+  switch (object) {
+    case 0:
+    case "KIND_UNSPECIFIED":
+      return FederatedInvitation_Kind.KIND_UNSPECIFIED;
+    case 1:
+    case "KIND_TRAIN":
+      return FederatedInvitation_Kind.KIND_TRAIN;
+    case 2:
+    case "KIND_EVALUATE":
+      return FederatedInvitation_Kind.KIND_EVALUATE;
+    case 3:
+    case "KIND_CANCEL":
+      return FederatedInvitation_Kind.KIND_CANCEL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return FederatedInvitation_Kind.UNRECOGNIZED;
+  }
+}
+
+export function federatedInvitation_KindToJSON(object: FederatedInvitation_Kind): string {
+  switch (object) {
+    case FederatedInvitation_Kind.KIND_UNSPECIFIED:
+      return "KIND_UNSPECIFIED";
+    case FederatedInvitation_Kind.KIND_TRAIN:
+      return "KIND_TRAIN";
+    case FederatedInvitation_Kind.KIND_EVALUATE:
+      return "KIND_EVALUATE";
+    case FederatedInvitation_Kind.KIND_CANCEL:
+      return "KIND_CANCEL";
+    case FederatedInvitation_Kind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * The head a federated task trains: the model's final dense layers, in graph order (first
+ * layer first), the artifact a FederatedInvitation names.
+ */
+export interface FederatedHead {
+  layers: FederatedLayer[];
+}
+
+export interface FederatedLayer {
+  inputs: number;
+  outputs: number;
+  /** Row-major [outputs][inputs] (Gemm with transB=1), little-endian float32. */
+  weights: Buffer;
+  bias: Buffer;
+}
+
+/** A flat parameter vector (every layer's weights then bias, first layer first), encoded. */
+export interface FederatedTensor {
+  /** float32, float16 or int8. */
+  encoding: string;
+  /** Parameters in the vector. */
+  length: number;
+  /** Little-endian elements; int8: value = scale × q, q in [−127, 127], stochastic rounding. */
+  data: Buffer;
+  scale: number;
+}
+
+/** up/federated: the device's answer to a FederatedInvitation. */
+export interface FederatedReport {
+  taskId: string;
+  round: number;
+  kind: FederatedInvitation_Kind;
+  /** The head the work started from (its sha256 and head_version), so a stale update is seen. */
+  headSha256: string;
+  headVersion: number;
+  /**
+   * Empty when the work was done; otherwise why the device declined or failed
+   * (LEARNER_NOT_ENOUGH_SAMPLES, LEARNER_NOT_ALLOWED, LEARNER_BUDGET_EXCEEDED, ...).
+   */
+  errorCode: string;
+  message: string;
+  /** KIND_TRAIN: local samples trained on, mean training loss, and the update (trained head − starting head). */
+  sampleCount: number;
+  trainLoss: number;
+  update:
+    | FederatedTensor
+    | undefined;
+  /** KIND_EVALUATE: held-out samples, correct answers, mean cross-entropy, per-class support and correct. */
+  evalSamples: number;
+  evalCorrect: number;
+  evalLoss: number;
+  perClassSupport: number[];
+  perClassCorrect: number[];
+  /** What the work cost on the device. */
+  cpuMs: number;
+  wallMs: number;
+  /** Inference p95 while the learner ran (0: no inference ran), for the learner's latency bound. */
+  inferenceP95Ms: number;
+}
+
 function createBaseTelemetryBatch(): TelemetryBatch {
   return { records: [], sentAtMs: 0, deflated: Buffer.alloc(0) };
 }
@@ -3419,6 +3563,1167 @@ export const CommandResult_OutputEntry: MessageFns<CommandResult_OutputEntry> = 
     const message = createBaseCommandResult_OutputEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseFederatedInvitation(): FederatedInvitation {
+  return {
+    taskId: "",
+    round: 0,
+    kind: 0,
+    model: "",
+    version: 0,
+    headSha256: "",
+    headSizeBytes: 0,
+    headArtifactPath: "",
+    localEpochs: 0,
+    batchSize: 0,
+    learningRate: 0,
+    proximalMu: 0,
+    updateCompression: "",
+    clippingNorm: 0,
+    issuedAtMs: 0,
+    deadlineMs: 0,
+    headVersion: 0,
+    seed: 0,
+  };
+}
+
+export const FederatedInvitation: MessageFns<FederatedInvitation> = {
+  encode(message: FederatedInvitation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.round !== 0) {
+      writer.uint32(16).int32(message.round);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
+    }
+    if (message.model !== "") {
+      writer.uint32(34).string(message.model);
+    }
+    if (message.version !== 0) {
+      writer.uint32(40).int64(message.version);
+    }
+    if (message.headSha256 !== "") {
+      writer.uint32(50).string(message.headSha256);
+    }
+    if (message.headSizeBytes !== 0) {
+      writer.uint32(56).int64(message.headSizeBytes);
+    }
+    if (message.headArtifactPath !== "") {
+      writer.uint32(66).string(message.headArtifactPath);
+    }
+    if (message.localEpochs !== 0) {
+      writer.uint32(72).int32(message.localEpochs);
+    }
+    if (message.batchSize !== 0) {
+      writer.uint32(80).int32(message.batchSize);
+    }
+    if (message.learningRate !== 0) {
+      writer.uint32(89).double(message.learningRate);
+    }
+    if (message.proximalMu !== 0) {
+      writer.uint32(97).double(message.proximalMu);
+    }
+    if (message.updateCompression !== "") {
+      writer.uint32(106).string(message.updateCompression);
+    }
+    if (message.clippingNorm !== 0) {
+      writer.uint32(113).double(message.clippingNorm);
+    }
+    if (message.issuedAtMs !== 0) {
+      writer.uint32(120).int64(message.issuedAtMs);
+    }
+    if (message.deadlineMs !== 0) {
+      writer.uint32(128).int64(message.deadlineMs);
+    }
+    if (message.headVersion !== 0) {
+      writer.uint32(136).int64(message.headVersion);
+    }
+    if (message.seed !== 0) {
+      writer.uint32(144).uint64(message.seed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FederatedInvitation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFederatedInvitation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.round = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.version = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.headSha256 = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.headSizeBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.headArtifactPath = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.localEpochs = reader.int32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.batchSize = reader.int32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.learningRate = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.proximalMu = reader.double();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.updateCompression = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 113) {
+              break;
+            }
+
+            message.clippingNorm = reader.double();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.issuedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.deadlineMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.headVersion = longToNumber(reader.int64());
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.seed = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FederatedInvitation {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      round: isSet(object.round) ? globalThis.Number(object.round) : 0,
+      kind: isSet(object.kind) ? federatedInvitation_KindFromJSON(object.kind) : 0,
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      headSha256: isSet(object.headSha256)
+        ? globalThis.String(object.headSha256)
+        : isSet(object.head_sha256)
+        ? globalThis.String(object.head_sha256)
+        : "",
+      headSizeBytes: isSet(object.headSizeBytes)
+        ? globalThis.Number(object.headSizeBytes)
+        : isSet(object.head_size_bytes)
+        ? globalThis.Number(object.head_size_bytes)
+        : 0,
+      headArtifactPath: isSet(object.headArtifactPath)
+        ? globalThis.String(object.headArtifactPath)
+        : isSet(object.head_artifact_path)
+        ? globalThis.String(object.head_artifact_path)
+        : "",
+      localEpochs: isSet(object.localEpochs)
+        ? globalThis.Number(object.localEpochs)
+        : isSet(object.local_epochs)
+        ? globalThis.Number(object.local_epochs)
+        : 0,
+      batchSize: isSet(object.batchSize)
+        ? globalThis.Number(object.batchSize)
+        : isSet(object.batch_size)
+        ? globalThis.Number(object.batch_size)
+        : 0,
+      learningRate: isSet(object.learningRate)
+        ? globalThis.Number(object.learningRate)
+        : isSet(object.learning_rate)
+        ? globalThis.Number(object.learning_rate)
+        : 0,
+      proximalMu: isSet(object.proximalMu)
+        ? globalThis.Number(object.proximalMu)
+        : isSet(object.proximal_mu)
+        ? globalThis.Number(object.proximal_mu)
+        : 0,
+      updateCompression: isSet(object.updateCompression)
+        ? globalThis.String(object.updateCompression)
+        : isSet(object.update_compression)
+        ? globalThis.String(object.update_compression)
+        : "",
+      clippingNorm: isSet(object.clippingNorm)
+        ? globalThis.Number(object.clippingNorm)
+        : isSet(object.clipping_norm)
+        ? globalThis.Number(object.clipping_norm)
+        : 0,
+      issuedAtMs: isSet(object.issuedAtMs)
+        ? globalThis.Number(object.issuedAtMs)
+        : isSet(object.issued_at_ms)
+        ? globalThis.Number(object.issued_at_ms)
+        : 0,
+      deadlineMs: isSet(object.deadlineMs)
+        ? globalThis.Number(object.deadlineMs)
+        : isSet(object.deadline_ms)
+        ? globalThis.Number(object.deadline_ms)
+        : 0,
+      headVersion: isSet(object.headVersion)
+        ? globalThis.Number(object.headVersion)
+        : isSet(object.head_version)
+        ? globalThis.Number(object.head_version)
+        : 0,
+      seed: isSet(object.seed) ? globalThis.Number(object.seed) : 0,
+    };
+  },
+
+  toJSON(message: FederatedInvitation): unknown {
+    const obj: any = {};
+    if (message.taskId !== undefined) {
+      obj.taskId = message.taskId;
+    }
+    if (message.round !== undefined) {
+      obj.round = Math.round(message.round);
+    }
+    if (message.kind !== undefined) {
+      obj.kind = federatedInvitation_KindToJSON(message.kind);
+    }
+    if (message.model !== undefined) {
+      obj.model = message.model;
+    }
+    if (message.version !== undefined) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.headSha256 !== undefined) {
+      obj.headSha256 = message.headSha256;
+    }
+    if (message.headSizeBytes !== undefined) {
+      obj.headSizeBytes = Math.round(message.headSizeBytes);
+    }
+    if (message.headArtifactPath !== undefined) {
+      obj.headArtifactPath = message.headArtifactPath;
+    }
+    if (message.localEpochs !== undefined) {
+      obj.localEpochs = Math.round(message.localEpochs);
+    }
+    if (message.batchSize !== undefined) {
+      obj.batchSize = Math.round(message.batchSize);
+    }
+    if (message.learningRate !== undefined) {
+      obj.learningRate = floatToJson(message.learningRate);
+    }
+    if (message.proximalMu !== undefined) {
+      obj.proximalMu = floatToJson(message.proximalMu);
+    }
+    if (message.updateCompression !== undefined) {
+      obj.updateCompression = message.updateCompression;
+    }
+    if (message.clippingNorm !== undefined) {
+      obj.clippingNorm = floatToJson(message.clippingNorm);
+    }
+    if (message.issuedAtMs !== undefined) {
+      obj.issuedAtMs = Math.round(message.issuedAtMs);
+    }
+    if (message.deadlineMs !== undefined) {
+      obj.deadlineMs = Math.round(message.deadlineMs);
+    }
+    if (message.headVersion !== undefined) {
+      obj.headVersion = Math.round(message.headVersion);
+    }
+    if (message.seed !== undefined) {
+      obj.seed = Math.round(message.seed);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FederatedInvitation>, I>>(base?: I): FederatedInvitation {
+    return FederatedInvitation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FederatedInvitation>, I>>(object: I): FederatedInvitation {
+    const message = createBaseFederatedInvitation();
+    message.taskId = object.taskId ?? "";
+    message.round = object.round ?? 0;
+    message.kind = object.kind ?? 0;
+    message.model = object.model ?? "";
+    message.version = object.version ?? 0;
+    message.headSha256 = object.headSha256 ?? "";
+    message.headSizeBytes = object.headSizeBytes ?? 0;
+    message.headArtifactPath = object.headArtifactPath ?? "";
+    message.localEpochs = object.localEpochs ?? 0;
+    message.batchSize = object.batchSize ?? 0;
+    message.learningRate = object.learningRate ?? 0;
+    message.proximalMu = object.proximalMu ?? 0;
+    message.updateCompression = object.updateCompression ?? "";
+    message.clippingNorm = object.clippingNorm ?? 0;
+    message.issuedAtMs = object.issuedAtMs ?? 0;
+    message.deadlineMs = object.deadlineMs ?? 0;
+    message.headVersion = object.headVersion ?? 0;
+    message.seed = object.seed ?? 0;
+    return message;
+  },
+};
+
+function createBaseFederatedHead(): FederatedHead {
+  return { layers: [] };
+}
+
+export const FederatedHead: MessageFns<FederatedHead> = {
+  encode(message: FederatedHead, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.layers) {
+      FederatedLayer.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FederatedHead {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFederatedHead();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layers.push(FederatedLayer.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FederatedHead {
+    return {
+      layers: globalThis.Array.isArray(object?.layers) ? object.layers.map((e: any) => FederatedLayer.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: FederatedHead): unknown {
+    const obj: any = {};
+    if (message.layers?.length) {
+      obj.layers = message.layers.map((e) => FederatedLayer.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FederatedHead>, I>>(base?: I): FederatedHead {
+    return FederatedHead.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FederatedHead>, I>>(object: I): FederatedHead {
+    const message = createBaseFederatedHead();
+    message.layers = object.layers?.map((e) => FederatedLayer.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseFederatedLayer(): FederatedLayer {
+  return { inputs: 0, outputs: 0, weights: Buffer.alloc(0), bias: Buffer.alloc(0) };
+}
+
+export const FederatedLayer: MessageFns<FederatedLayer> = {
+  encode(message: FederatedLayer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.inputs !== 0) {
+      writer.uint32(8).int32(message.inputs);
+    }
+    if (message.outputs !== 0) {
+      writer.uint32(16).int32(message.outputs);
+    }
+    if (message.weights.length !== 0) {
+      writer.uint32(26).bytes(message.weights);
+    }
+    if (message.bias.length !== 0) {
+      writer.uint32(34).bytes(message.bias);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FederatedLayer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFederatedLayer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.inputs = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.outputs = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.weights = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.bias = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FederatedLayer {
+    return {
+      inputs: isSet(object.inputs) ? globalThis.Number(object.inputs) : 0,
+      outputs: isSet(object.outputs) ? globalThis.Number(object.outputs) : 0,
+      weights: isSet(object.weights) ? Buffer.from(bytesFromBase64(object.weights)) : Buffer.alloc(0),
+      bias: isSet(object.bias) ? Buffer.from(bytesFromBase64(object.bias)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: FederatedLayer): unknown {
+    const obj: any = {};
+    if (message.inputs !== undefined) {
+      obj.inputs = Math.round(message.inputs);
+    }
+    if (message.outputs !== undefined) {
+      obj.outputs = Math.round(message.outputs);
+    }
+    if (message.weights !== undefined) {
+      obj.weights = base64FromBytes(message.weights);
+    }
+    if (message.bias !== undefined) {
+      obj.bias = base64FromBytes(message.bias);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FederatedLayer>, I>>(base?: I): FederatedLayer {
+    return FederatedLayer.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FederatedLayer>, I>>(object: I): FederatedLayer {
+    const message = createBaseFederatedLayer();
+    message.inputs = object.inputs ?? 0;
+    message.outputs = object.outputs ?? 0;
+    message.weights = object.weights ?? Buffer.alloc(0);
+    message.bias = object.bias ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseFederatedTensor(): FederatedTensor {
+  return { encoding: "", length: 0, data: Buffer.alloc(0), scale: 0 };
+}
+
+export const FederatedTensor: MessageFns<FederatedTensor> = {
+  encode(message: FederatedTensor, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.encoding !== "") {
+      writer.uint32(10).string(message.encoding);
+    }
+    if (message.length !== 0) {
+      writer.uint32(16).int32(message.length);
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(26).bytes(message.data);
+    }
+    if (message.scale !== 0) {
+      writer.uint32(37).float(message.scale);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FederatedTensor {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFederatedTensor();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.encoding = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.length = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 37) {
+              break;
+            }
+
+            message.scale = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FederatedTensor {
+    return {
+      encoding: isSet(object.encoding) ? globalThis.String(object.encoding) : "",
+      length: isSet(object.length) ? globalThis.Number(object.length) : 0,
+      data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0),
+      scale: isSet(object.scale) ? globalThis.Number(object.scale) : 0,
+    };
+  },
+
+  toJSON(message: FederatedTensor): unknown {
+    const obj: any = {};
+    if (message.encoding !== undefined) {
+      obj.encoding = message.encoding;
+    }
+    if (message.length !== undefined) {
+      obj.length = Math.round(message.length);
+    }
+    if (message.data !== undefined) {
+      obj.data = base64FromBytes(message.data);
+    }
+    if (message.scale !== undefined) {
+      obj.scale = floatToJson(message.scale);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FederatedTensor>, I>>(base?: I): FederatedTensor {
+    return FederatedTensor.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FederatedTensor>, I>>(object: I): FederatedTensor {
+    const message = createBaseFederatedTensor();
+    message.encoding = object.encoding ?? "";
+    message.length = object.length ?? 0;
+    message.data = object.data ?? Buffer.alloc(0);
+    message.scale = object.scale ?? 0;
+    return message;
+  },
+};
+
+function createBaseFederatedReport(): FederatedReport {
+  return {
+    taskId: "",
+    round: 0,
+    kind: 0,
+    headSha256: "",
+    headVersion: 0,
+    errorCode: "",
+    message: "",
+    sampleCount: 0,
+    trainLoss: 0,
+    update: undefined,
+    evalSamples: 0,
+    evalCorrect: 0,
+    evalLoss: 0,
+    perClassSupport: [],
+    perClassCorrect: [],
+    cpuMs: 0,
+    wallMs: 0,
+    inferenceP95Ms: 0,
+  };
+}
+
+export const FederatedReport: MessageFns<FederatedReport> = {
+  encode(message: FederatedReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.round !== 0) {
+      writer.uint32(16).int32(message.round);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
+    }
+    if (message.headSha256 !== "") {
+      writer.uint32(34).string(message.headSha256);
+    }
+    if (message.headVersion !== 0) {
+      writer.uint32(40).int64(message.headVersion);
+    }
+    if (message.errorCode !== "") {
+      writer.uint32(50).string(message.errorCode);
+    }
+    if (message.message !== "") {
+      writer.uint32(58).string(message.message);
+    }
+    if (message.sampleCount !== 0) {
+      writer.uint32(64).int64(message.sampleCount);
+    }
+    if (message.trainLoss !== 0) {
+      writer.uint32(73).double(message.trainLoss);
+    }
+    if (message.update !== undefined) {
+      FederatedTensor.encode(message.update, writer.uint32(82).fork()).join();
+    }
+    if (message.evalSamples !== 0) {
+      writer.uint32(88).int64(message.evalSamples);
+    }
+    if (message.evalCorrect !== 0) {
+      writer.uint32(96).int64(message.evalCorrect);
+    }
+    if (message.evalLoss !== 0) {
+      writer.uint32(105).double(message.evalLoss);
+    }
+    if (message.perClassSupport.length !== 0) {
+      writer.uint32(114).fork();
+      for (const v of message.perClassSupport) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    if (message.perClassCorrect.length !== 0) {
+      writer.uint32(122).fork();
+      for (const v of message.perClassCorrect) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    if (message.cpuMs !== 0) {
+      writer.uint32(129).double(message.cpuMs);
+    }
+    if (message.wallMs !== 0) {
+      writer.uint32(137).double(message.wallMs);
+    }
+    if (message.inferenceP95Ms !== 0) {
+      writer.uint32(145).double(message.inferenceP95Ms);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FederatedReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFederatedReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.round = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.headSha256 = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.headVersion = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.errorCode = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.sampleCount = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.trainLoss = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.update = FederatedTensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.evalSamples = longToNumber(reader.int64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.evalCorrect = longToNumber(reader.int64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.evalLoss = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag === 112) {
+              message.perClassSupport.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 114) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.perClassSupport.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 15: {
+            if (tag === 120) {
+              message.perClassCorrect.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 122) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.perClassCorrect.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 16: {
+            if (tag !== 129) {
+              break;
+            }
+
+            message.cpuMs = reader.double();
+            continue;
+          }
+          case 17: {
+            if (tag !== 137) {
+              break;
+            }
+
+            message.wallMs = reader.double();
+            continue;
+          }
+          case 18: {
+            if (tag !== 145) {
+              break;
+            }
+
+            message.inferenceP95Ms = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FederatedReport {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      round: isSet(object.round) ? globalThis.Number(object.round) : 0,
+      kind: isSet(object.kind) ? federatedInvitation_KindFromJSON(object.kind) : 0,
+      headSha256: isSet(object.headSha256)
+        ? globalThis.String(object.headSha256)
+        : isSet(object.head_sha256)
+        ? globalThis.String(object.head_sha256)
+        : "",
+      headVersion: isSet(object.headVersion)
+        ? globalThis.Number(object.headVersion)
+        : isSet(object.head_version)
+        ? globalThis.Number(object.head_version)
+        : 0,
+      errorCode: isSet(object.errorCode)
+        ? globalThis.String(object.errorCode)
+        : isSet(object.error_code)
+        ? globalThis.String(object.error_code)
+        : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      sampleCount: isSet(object.sampleCount)
+        ? globalThis.Number(object.sampleCount)
+        : isSet(object.sample_count)
+        ? globalThis.Number(object.sample_count)
+        : 0,
+      trainLoss: isSet(object.trainLoss)
+        ? globalThis.Number(object.trainLoss)
+        : isSet(object.train_loss)
+        ? globalThis.Number(object.train_loss)
+        : 0,
+      update: isSet(object.update) ? FederatedTensor.fromJSON(object.update) : undefined,
+      evalSamples: isSet(object.evalSamples)
+        ? globalThis.Number(object.evalSamples)
+        : isSet(object.eval_samples)
+        ? globalThis.Number(object.eval_samples)
+        : 0,
+      evalCorrect: isSet(object.evalCorrect)
+        ? globalThis.Number(object.evalCorrect)
+        : isSet(object.eval_correct)
+        ? globalThis.Number(object.eval_correct)
+        : 0,
+      evalLoss: isSet(object.evalLoss)
+        ? globalThis.Number(object.evalLoss)
+        : isSet(object.eval_loss)
+        ? globalThis.Number(object.eval_loss)
+        : 0,
+      perClassSupport: globalThis.Array.isArray(object?.perClassSupport)
+        ? object.perClassSupport.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.per_class_support)
+        ? object.per_class_support.map((e: any) => globalThis.Number(e))
+        : [],
+      perClassCorrect: globalThis.Array.isArray(object?.perClassCorrect)
+        ? object.perClassCorrect.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.per_class_correct)
+        ? object.per_class_correct.map((e: any) => globalThis.Number(e))
+        : [],
+      cpuMs: isSet(object.cpuMs)
+        ? globalThis.Number(object.cpuMs)
+        : isSet(object.cpu_ms)
+        ? globalThis.Number(object.cpu_ms)
+        : 0,
+      wallMs: isSet(object.wallMs)
+        ? globalThis.Number(object.wallMs)
+        : isSet(object.wall_ms)
+        ? globalThis.Number(object.wall_ms)
+        : 0,
+      inferenceP95Ms: isSet(object.inferenceP95Ms)
+        ? globalThis.Number(object.inferenceP95Ms)
+        : isSet(object.inference_p95_ms)
+        ? globalThis.Number(object.inference_p95_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: FederatedReport): unknown {
+    const obj: any = {};
+    if (message.taskId !== undefined) {
+      obj.taskId = message.taskId;
+    }
+    if (message.round !== undefined) {
+      obj.round = Math.round(message.round);
+    }
+    if (message.kind !== undefined) {
+      obj.kind = federatedInvitation_KindToJSON(message.kind);
+    }
+    if (message.headSha256 !== undefined) {
+      obj.headSha256 = message.headSha256;
+    }
+    if (message.headVersion !== undefined) {
+      obj.headVersion = Math.round(message.headVersion);
+    }
+    if (message.errorCode !== undefined) {
+      obj.errorCode = message.errorCode;
+    }
+    if (message.message !== undefined) {
+      obj.message = message.message;
+    }
+    if (message.sampleCount !== undefined) {
+      obj.sampleCount = Math.round(message.sampleCount);
+    }
+    if (message.trainLoss !== undefined) {
+      obj.trainLoss = floatToJson(message.trainLoss);
+    }
+    if (message.update !== undefined) {
+      obj.update = FederatedTensor.toJSON(message.update);
+    }
+    if (message.evalSamples !== undefined) {
+      obj.evalSamples = Math.round(message.evalSamples);
+    }
+    if (message.evalCorrect !== undefined) {
+      obj.evalCorrect = Math.round(message.evalCorrect);
+    }
+    if (message.evalLoss !== undefined) {
+      obj.evalLoss = floatToJson(message.evalLoss);
+    }
+    if (message.perClassSupport?.length) {
+      obj.perClassSupport = message.perClassSupport.map((e) => Math.round(e));
+    }
+    if (message.perClassCorrect?.length) {
+      obj.perClassCorrect = message.perClassCorrect.map((e) => Math.round(e));
+    }
+    if (message.cpuMs !== undefined) {
+      obj.cpuMs = floatToJson(message.cpuMs);
+    }
+    if (message.wallMs !== undefined) {
+      obj.wallMs = floatToJson(message.wallMs);
+    }
+    if (message.inferenceP95Ms !== undefined) {
+      obj.inferenceP95Ms = floatToJson(message.inferenceP95Ms);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FederatedReport>, I>>(base?: I): FederatedReport {
+    return FederatedReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FederatedReport>, I>>(object: I): FederatedReport {
+    const message = createBaseFederatedReport();
+    message.taskId = object.taskId ?? "";
+    message.round = object.round ?? 0;
+    message.kind = object.kind ?? 0;
+    message.headSha256 = object.headSha256 ?? "";
+    message.headVersion = object.headVersion ?? 0;
+    message.errorCode = object.errorCode ?? "";
+    message.message = object.message ?? "";
+    message.sampleCount = object.sampleCount ?? 0;
+    message.trainLoss = object.trainLoss ?? 0;
+    message.update = (object.update !== undefined && object.update !== null)
+      ? FederatedTensor.fromPartial(object.update)
+      : undefined;
+    message.evalSamples = object.evalSamples ?? 0;
+    message.evalCorrect = object.evalCorrect ?? 0;
+    message.evalLoss = object.evalLoss ?? 0;
+    message.perClassSupport = object.perClassSupport?.map((e) => e) || [];
+    message.perClassCorrect = object.perClassCorrect?.map((e) => e) || [];
+    message.cpuMs = object.cpuMs ?? 0;
+    message.wallMs = object.wallMs ?? 0;
+    message.inferenceP95Ms = object.inferenceP95Ms ?? 0;
     return message;
   },
 };
