@@ -44,15 +44,17 @@ export type ReferenceDistributions = z.infer<typeof referenceSchema>;
 
 /** What a federated task's version records of how it was trained: no central data, so this stands where a dataset would. */
 export const federatedLineageSchema = z.object({
-  task: z.string().min(1).max(256),
+  taskId: z.string().min(1).max(256),
   rounds: z.number().int().nonnegative(),
   clientsPerRound: z.number().int().nonnegative(),
   strategy: z.string().max(64),
+  /** sync (rounds with a deadline) or async (FedBuff). */
+  mode: z.string().max(16),
   /** Privacy spent ((ε, δ); 0 and 0 without differential privacy). */
   epsilon: z.number().nonnegative(),
   delta: z.number().min(0).max(1),
 });
-export type FederatedLineage = z.infer<typeof federatedLineageSchema>;
+export type FederatedManifestLineage = z.infer<typeof federatedLineageSchema>;
 
 export const releaseManifestSchema = z.object({
   type: z.literal('driftline-release'),

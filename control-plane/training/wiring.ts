@@ -1,5 +1,5 @@
 import { DriftlineError } from '../../common/errors.js';
-import { federatedLineageSchema, type FederatedLineage } from '../../common/trust/manifest.js';
+import { federatedLineageSchema, type FederatedManifestLineage } from '../../common/trust/manifest.js';
 import type { Logger } from '../../common/logger.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
@@ -77,7 +77,7 @@ export function canarySigningOf(deps: {
 }
 
 /** The federated lineage a version's metadata records, when it parses; {} otherwise (a version no federated task made). */
-function federatedOf(json: string | undefined): { federated?: FederatedLineage } {
+function federatedOf(json: string | undefined): { federated?: FederatedManifestLineage } {
   if (!json) return {};
   try {
     const parsed = federatedLineageSchema.safeParse(JSON.parse(json));

@@ -77,10 +77,14 @@ const isCount = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;
  * Checks one device's sums against each other before they are added: a report that does not
  * add up is refused whole (FEDERATED_REPORT_INVALID), never partly counted.
  */
-export function checkReportSums(report: EvaluationReportSums, classes: number): void {
+export function checkReportSums(
+  report: EvaluationReportSums,
+  classes: number,
+  bounds: { maxSamples: number } = { maxSamples: MAX_EVAL_SAMPLES_PER_DEVICE },
+): void {
   const { evalSamples, evalCorrect, evalLoss, perClassSupport, perClassCorrect, perClassPredicted } = report;
-  if (!isCount(evalSamples) || evalSamples > MAX_EVAL_SAMPLES_PER_DEVICE) {
-    throw invalid(`eval_samples ${evalSamples} is not a count up to ${MAX_EVAL_SAMPLES_PER_DEVICE}`, { evalSamples });
+  if (!isCount(evalSamples) || evalSamples > bounds.maxSamples) {
+    throw invalid(`eval_samples ${evalSamples} is not a count up to ${bounds.maxSamples}`, { evalSamples });
   }
   if (!isCount(evalCorrect) || evalCorrect > evalSamples) throw invalid(`eval_correct ${evalCorrect} is not a count up to eval_samples ${evalSamples}`);
   if (!Number.isFinite(evalLoss) || evalLoss < 0) throw invalid(`eval_loss ${evalLoss} is not a finite, non-negative mean loss`);
