@@ -24,11 +24,11 @@ export function clipToNorm(delta: Float32Array, bound: number): { delta: Float32
   let scale = bound / norm;
   const out = new Float32Array(delta.length);
   // Rounding to float32 can leave the norm a few ulps above the bound; the noise is calibrated to
-  // the bound, so shrink until it holds (once is always enough in practice).
-  for (let attempt = 0; attempt < 8; attempt++) {
+  // the bound, so shrink by about one float32 ulp until it holds (once or twice in practice).
+  for (let attempt = 0; attempt < 64; attempt++) {
     for (let i = 0; i < delta.length; i++) out[i] = delta[i]! * scale;
     if (l2Norm(out) <= bound) break;
-    scale *= 1 - 2 ** -20;
+    scale *= 1 - 2 ** -23;
   }
   return { delta: out, norm, clipped: true };
 }
