@@ -1,5 +1,7 @@
 import type { DenseLayer } from '../../common/learning/dense-head.js';
-import type { FederatedInvitation } from '../../common/proto/driftline/v1/device_link.js';
+import type { FederatedInvitation, FederatedTensor } from '../../common/proto/driftline/v1/device_link.js';
+import type { FederatedStrategy } from '../../common/proto/driftline/v1/federated.js';
+import type { ClientUpdate, ServerStrategy } from './strategies/strategy.js';
 import type { EvaluationReport } from '../training/evaluation.js';
 import type { TrainingRelease } from '../training/job-state-machine.js';
 import type { FederatedRequestSpec, FederatedTask } from './task-state-machine.js';
@@ -163,6 +165,52 @@ export interface FederatedRelease {
   register(input: FederatedRegisterInput): Promise<{ version: number }>;
   /** Signs the version as a canary for the cohort and starts its rollout; the release's state now. */
   release(input: FederatedReleaseInput): Promise<Omit<TrainingRelease, 'updatedAtMs'>>;
+}
+
+/**
+ * Central DP as a round uses it (the shape of ./privacy/mechanism.ts's PrivacyMechanism). A
+ * round calls wouldExceedBudget before inviting, clip on each accepted update, privatize once on
+ * the sum, afterRound once the noised aggregate is applied.
+ */
+export interface RoundPrivacy {
+  initialState(): Record<string, unknown>;
+  clippingNorm(state: Record<string, unknown>): number;
+  clip(delta: Float32Array, state: Record<string, unknown>): { delta: Float32Array; norm: number; clipped: boolean };
+  privatize(sum: Float32Array, expectedClients: number, state: Record<string, unknown>, gaussian: () => number): Float32Array;
+  afterRound(
+    state: Record<string, unknown>,
+    round: { aggregated: number; clipped: number; samplingRate: number },
+    gaussian: () => number,
+  ): Record<string, unknown>;
+  spent(state: Record<string, unknown>): { epsilon: number; delta: number };
+  wouldExceedBudget(state: Record<string, unknown>, samplingRate: number): boolean;
+}
+
+/** FedBuff's buffer (./strategies/async-buffer.ts): staleness-scales, refuses too-stale updates, aggregates with the strategy. */
+export interface AsyncBuffer {
+  /** Throws FEDERATED_UPDATE_STALE past max_staleness; returns the staleness weight used. */
+  add(update: ClientUpdate): number;
+  readonly count: number;
+  flush(): { delta: Float32Array };
+}
+
+/**
+ * The aggregation rules and checks other folders implement (strategies/, privacy/,
+ * update-validation.ts), behind one port so the engine is wired with them in one place
+ * (./algorithms.ts) and tests can run with a reference of their own.
+ */
+export interface FederatedAlgorithms {
+  /** Throws FEDERATED_TASK_INVALID (naming the field) when the strategy or privacy settings do not fit the task. */
+  validate(spec: FederatedRequestSpec): void;
+  strategy(spec: FederatedStrategy): ServerStrategy;
+  /** The central-gaussian mechanism (privacy mode none: undefined). */
+  privacy(spec: FederatedRequestSpec, samplingRate: number): RoundPrivacy | undefined;
+  asyncBuffer(strategy: ServerStrategy, length: number, options: { bufferSize: number; maxStaleness: number }): AsyncBuffer;
+  /** Size cap before decoding, encoding, length, finite values, norm bound: throws the FEDERATED_UPDATE_* code. */
+  validateUpdate(
+    tensor: FederatedTensor | undefined,
+    limits: { headLength: number; maxUpdateNorm: number; maxBytes: number; encoding: string },
+  ): { delta: Float32Array; norm: number };
 }
 
 export type { FederatedRequestSpec };

@@ -119,6 +119,8 @@ export interface FederatedTask {
   privacyState: Record<string, unknown>;
   epsilon: number;
   delta: number;
+  /** Async: devices invited and not answered yet (training now); FedBuff keeps clients_per_round of them. */
+  outstanding: string[];
   /** The task's federated evaluation (final head vs base head). */
   evaluation: EvaluationPhase | null;
   report: EvaluationReport | null;
@@ -160,6 +162,7 @@ export function createTask(input: { id: string; spec: FederatedSpec; baseHeadSha
     headVersion: 0,
     strategyState: {},
     privacyState: {},
+    outstanding: [],
     epsilon: 0,
     delta: 0,
     evaluation: null,
@@ -268,16 +271,28 @@ export function startRound(task: FederatedTask, devices: readonly SelectableDevi
     );
   }
   const round = newRound(task, invited, nowMs);
-  const next: FederatedTask = { ...task, state: 'running', rounds: [...task.rounds, round], updatedAtMs: nowMs };
+  const outstanding = task.spec.mode === 'async' ? [...busy, ...invited] : [];
+  const next: FederatedTask = { ...task, state: 'running', rounds: [...task.rounds, round], outstanding, updatedAtMs: nowMs };
   return { task: next, effects: invited.length > 0 ? [{ kind: 'invite', purpose: 'train', round: round.round, deviceIds: invited }] : [] };
 }
 
 /** Async: devices invited in earlier aggregations that have not answered yet (still training). */
-function asyncBusy(task: FederatedTask): string[] {
-  const answered = new Set(task.rounds.flatMap((r) => r.answered));
-  const busy = new Set<string>();
-  for (const r of task.rounds) for (const id of r.invited) if (!answered.has(id)) busy.add(id);
-  return [...busy];
+const asyncBusy = (task: FederatedTask): string[] => task.outstanding ?? [];
+
+/**
+ * Async: a device answered, so one fewer is training; invite more until clients_per_round are
+ * (devices that answered in this round wait for the next one: one answer per device and round).
+ */
+export function topUpAsync(task: FederatedTask, devices: readonly SelectableDevice[], nowMs: number): Transition {
+  const round = currentRound(task);
+  if (task.spec.mode !== 'async' || task.state !== 'running' || round?.state !== 'training') return same(task);
+  const busy = asyncBusy(task);
+  const need = task.spec.clientsPerRound - busy.length;
+  if (need <= 0) return same(task);
+  const extra = selectDevices(task.id, round.round, devices, need, new Set([...busy, ...round.answered, ...round.invited]));
+  if (extra.length === 0) return same(task);
+  const next = withRound({ ...task, outstanding: [...busy, ...extra] }, { ...round, invited: [...round.invited, ...extra] }, nowMs);
+  return { task: next, effects: [{ kind: 'invite', purpose: 'train', round: round.round, deviceIds: extra }] };
 }
 
 /** How a training answer was judged by the engine. */
@@ -326,7 +341,8 @@ export function recordTrainReport(task: FederatedTask, roundNumber: number, devi
     } else if (outcome.kind === 'refused') next.refused[outcome.code] = (next.refused[outcome.code] ?? 0) + 1;
     else next.dropped += 1;
   }
-  const updated = withRound(task, next, nowMs);
+  const outstanding = outcome.kind === 'duplicate' ? task.outstanding : (task.outstanding ?? []).filter((id) => id !== deviceId);
+  const updated = withRound({ ...task, outstanding }, next, nowMs);
   return closeIfDue(updated, nowMs);
 }
 
