@@ -151,6 +151,18 @@ describe('federated privacy - Rényi-DP of the sampled Gaussian mechanism', () =
     expect(epsilonAfterRounds(1, 0.1, 0, 1e-5).epsilon).toBe(0);
   });
 
+  it('accountant - stays non-negative and defined at extreme noise and sampling rates', () => {
+    for (const sigma of [0.01, 0.3, 100, 1e4]) {
+      for (const q of [1e-9, 1e-3, 0.5, 0.999999]) {
+        const rdp = sampledGaussianRdp(q, sigma);
+        // +∞ is allowed (an order whose series does not converge, ignored by the conversion).
+        expect(rdp.every((r) => r >= 0)).toBe(true);
+        const { epsilon } = epsilonAfterRounds(sigma, q, 1000, 1e-5);
+        expect(Number.isFinite(epsilon) && epsilon >= 0).toBe(true);
+      }
+    }
+  });
+
   it('accountant - refuses a sampling rate outside [0, 1], a negative σ and orders ≤ 1', () => {
     expect(() => sampledGaussianRdp(1.5, 1)).toThrow(expect.objectContaining({ code: 'FEDERATED_TASK_INVALID' }));
     expect(() => sampledGaussianRdp(Number.NaN, 1)).toThrow(expect.objectContaining({ code: 'FEDERATED_TASK_INVALID' }));

@@ -44,7 +44,9 @@ export function sampledGaussianRdp(q: number, sigma: number, orders: readonly nu
     // No sampling: the plain Gaussian mechanism, α / (2σ²) (Mironov 2017, Proposition 7).
     if (q === 1) return alpha / (2 * sigma * sigma);
     const logA = Number.isInteger(alpha) ? logAInteger(q, sigma, alpha) : logAFractional(q, sigma, alpha);
-    return logA / (alpha - 1);
+    // A divergence is never negative; with huge σ and tiny q the true value is ~1e−20 and
+    // rounding can land just below zero.
+    return Math.max(0, logA / (alpha - 1));
   });
 }
 
