@@ -15,8 +15,10 @@
  *   bytes (target ≥ 0.5);
  * - peak_rss_mb at 10, 100, 1,000 clients of streaming aggregation (O(model size));
  * - the accuracy cost of float16 and int8 update compression.
- * Prints progress on stderr and one JSON line last. Flags: --clients, --rounds, --local-epochs,
- * --train-rows, --features, --classes, --aggregation-params, --memory-params, --dataset <dir>.
+ * Prints progress on stderr and one JSON line last. Flags: --clients, --clients-per-round,
+ * --rounds, --local-epochs, --learning-rate (local momentum SGD; 0.05 is tuned on the synthetic
+ * data, a snapshot may need its own), --central-epochs, --train-rows, --test-rows, --features,
+ * --classes, --aggregation-params, --memory-params, --seed, --dataset <dir>.
  */
 import { parseArgs } from 'node:util';
 import { readSnapshotFolder } from '../common/datasets/snapshot-layout.js';
@@ -42,6 +44,7 @@ const { values: flags } = parseArgs({
     rounds: { type: 'string', default: '50' },
     'clients-per-round': { type: 'string', default: '20' },
     'local-epochs': { type: 'string', default: '5' },
+    'learning-rate': { type: 'string', default: '0.05' },
     'central-epochs': { type: 'string', default: '10' },
     'train-rows': { type: 'string', default: '20000' },
     'test-rows': { type: 'string', default: '5000' },
@@ -67,7 +70,9 @@ const PER_ROUND = Math.min(int('clients-per-round'), CLIENTS);
 const SEED = int('seed');
 // Local training as the devices run it; tuned once for this dataset (E = 5 local epochs of
 // momentum SGD), the same optimizer centralized training uses.
-const LOCAL: LocalTraining = { localEpochs: int('local-epochs'), batchSize: 32, learningRate: 0.05, optimizer: 'sgd', momentum: 0.9, l2: 1e-4 };
+const LEARNING_RATE = Number(flags['learning-rate']);
+if (!(LEARNING_RATE > 0 && LEARNING_RATE < 10)) throw new Error('--learning-rate must be above 0 and below 10');
+const LOCAL: LocalTraining = { localEpochs: int('local-epochs'), batchSize: 32, learningRate: LEARNING_RATE, optimizer: 'sgd', momentum: 0.9, l2: 1e-4 };
 const SLOW_FRACTION = 0.3;
 const SLOW_FACTOR = 5;
 
@@ -192,6 +197,7 @@ console.log(
     clients_per_round: PER_ROUND,
     rounds: ROUNDS,
     local_epochs: LOCAL.localEpochs,
+    learning_rate: LEARNING_RATE,
     centralized_accuracy: round3(central.accuracy),
     fedavg_iid_accuracy: round3(accuracyRuns.iid!.finalAccuracy),
     fedavg_dir05_accuracy: round3(accuracyRuns.dir05!.finalAccuracy),
