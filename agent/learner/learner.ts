@@ -13,7 +13,7 @@
  */
 import type { Clock } from '../../common/clock.js';
 import { asDriftlineError, DriftlineError, type ErrorCode } from '../../common/errors.js';
-import { flattenHead, headLength, unflattenHead } from '../../common/federated/head-vector.js';
+import { flattenHead, headLength } from '../../common/federated/head-vector.js';
 import { encodeUpdate, isUpdateEncoding, l2Norm } from '../../common/federated/update-codec.js';
 import type { LearnerGuards } from '../../common/firmware-profile.js';
 import { headProbabilities, trainHead, type DenseLayer, type LabelledRows } from '../../common/learning/dense-head.js';
@@ -382,23 +382,24 @@ class RoundWork {
   /** Runs fn, counting the CPU time the process spends meanwhile against the round's cap. */
   private async metered<T>(fn: () => T | Promise<T>): Promise<T> {
     const before = this.deps.cpuTimeMs();
+    let result: T;
     try {
-      return await fn();
+      result = await fn();
     } finally {
       this.record.cpuMs += Math.max(0, this.deps.cpuTimeMs() - before);
-      const cap = this.deps.guards.cpuTimePerRound;
-      if (this.record.cpuMs > cap) {
-        // eslint-disable-next-line no-unsafe-finally -- the cap ends the round whatever the step returned
-        throw refuse(
-          'LEARNER_BUDGET_EXCEEDED',
-          `the round used ${this.record.cpuMs.toFixed(1)} ms of CPU, above the profile's learner.cpuTimePerRound of ${cap} ms`,
-          {
-            cpuMs: this.record.cpuMs,
-            cap,
-          },
-        );
-      }
     }
+    const cap = this.deps.guards.cpuTimePerRound;
+    if (this.record.cpuMs > cap) {
+      throw refuse(
+        'LEARNER_BUDGET_EXCEEDED',
+        `the round used ${this.record.cpuMs.toFixed(1)} ms of CPU, above the profile's learner.cpuTimePerRound of ${cap} ms`,
+        {
+          cpuMs: this.record.cpuMs,
+          cap,
+        },
+      );
+    }
+    return result;
   }
 
   private async embed(backbone: Backbone, samples: readonly LocalSample[]): Promise<LabelledRows> {
@@ -521,6 +522,3 @@ function checkTrainingSettings(inv: FederatedInvitation): void {
   if (inv.updateCompression !== '' && !isUpdateEncoding(inv.updateCompression))
     throw bad('update_compression', `${JSON.stringify(inv.updateCompression)} is not float32, float16 or int8`);
 }
-
-/** The unflattened layers of a vector in the head's shapes (exported for tests that rebuild the trained head from an update). */
-export const layersOf = unflattenHead;
