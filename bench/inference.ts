@@ -10,6 +10,9 @@
  *   JSON, 1 and 8 clients, against bare onnxruntime-node in this process: with onnxruntime's
  *   default session options (`large_binary_p50_vs_bare`) and with the agent's own
  *   (`large_binary_p50_vs_bare_same_options`: thread pools that do not spin, as agent.ts sets).
+ *   With the defaults, onnxruntime's pool threads keep spinning after a bare run returns
+ *   (`large_bare_cpu_ms_in_50ms_after_run`), on a core the agent's next paired call needs: on a
+ *   2-core machine that figure penalizes the agent; the same-options one does not.
  * The engine uses the settings of the generic-x86_64-cpu firmware profile, as the agent does.
  * Progress and a table go to stderr; the last stdout line is JSON with the figures.
  */
@@ -17,6 +20,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { connect, type Socket } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
@@ -355,6 +359,24 @@ try {
     warmup: 3,
     ms: phaseMs * 2,
   });
+  // What a bare run leaves behind: with onnxruntime's default options its pool threads spin
+  // after the run returns, on this process's CPU, while the next call of a paired loop (the
+  // agent's, right after it) runs. This process's CPU in a 50 ms window after each run, median
+  // of 5; the agent's options leave nothing.
+  const leftoverCpuMs = async (call: () => Promise<unknown>): Promise<number> => {
+    const samples: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      await call();
+      const before = selfCpuMs();
+      await sleep(50);
+      samples.push(selfCpuMs() - before);
+    }
+    return samples.sort((a, b) => a - b)[2]!;
+  };
+  const spinLeftover = { default: await leftoverCpuMs(bareLargeCall), agentOptions: await leftoverCpuMs(bareLargeAgentOptionsCall) };
+  log(
+    `CPU ms in the 50 ms after a bare run: ${spinLeftover.default.toFixed(1)} with onnxruntime's default options, ${spinLeftover.agentOptions.toFixed(1)} with the agent's`,
+  );
   log('large model: 8 clients');
   const bareLarge8 = await cpuPerRequest(bareLargeCall, CLIENTS, selfCpuMs);
   // One keep-alive connection per concurrent client: a connection carries one request at a time.
@@ -432,6 +454,8 @@ try {
     large_binary_p50_vs_bare: round3(percentile(binaryLargePhase, 0.5) / percentile(bareLargePhase, 0.5)),
     large_binary_p50_vs_bare_same_options: round3(percentile(binaryBesideSameOptionsPhase, 0.5) / percentile(bareSameOptionsPhase, 0.5)),
     large_bare_same_options_p50_ms: round3(percentile(bareSameOptionsPhase, 0.5)),
+    large_bare_cpu_ms_in_50ms_after_run: round3(spinLeftover.default),
+    large_bare_same_options_cpu_ms_in_50ms_after_run: round3(spinLeftover.agentOptions),
     large_json_p50_vs_binary: round3(percentile(jsonLargePhase, 0.5) / percentile(binaryLargePhase, 0.5)),
     agent_cpu_vs_bare: round3(binaryLarge8.cpuMs / bareLarge8.cpuMs),
     large_bare_p50_ms: round3(percentile(bareLargePhase, 0.5)),
