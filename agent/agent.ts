@@ -12,7 +12,7 @@ import { registerInferenceMetrics } from './inference/metrics.js';
 import { preloadOnnxRuntimeLibrary } from './inference/onnxruntime-library.js';
 import { chooseProfile, type HostProbe } from './profiles/detect.js';
 import { systemHostProbe } from './profiles/host-probe.js';
-import { inferenceSettings, providersForModel, providerWarnings } from './profiles/inference-settings.js';
+import { AGENT_ORT_SPINNING, inferenceSettings, providersForModel, providerWarnings } from './profiles/inference-settings.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import { checkLocalApiPort, startLocalApi, type LocalApi } from './local-api/server.js';
 import { runGoldenSelfTest } from './models/golden-self-test.js';
@@ -135,8 +135,7 @@ export async function startAgent(
     logger,
     libraryPath: inference.libraryPath,
     thread: isSingleExecutable() ? 'main' : 'worker',
-    // The event loop shares the cores with onnxruntime's threads: spinning ones would take them between runs.
-    spinning: false,
+    spinning: AGENT_ORT_SPINNING,
   });
   const providerNames = inference.providers.map((p) => p.name);
   warnings.push(...providerWarnings(inference, runtime.availableProviders(), hostFacts));
