@@ -57,6 +57,7 @@ import { ArtifactStoreTrainingArtifacts, RegistryBaseModels, RegistryCandidateSi
 import { TrainingSweeper } from './training/sweeper.js';
 import { FederatedEngine } from './federated/engine.js';
 import { FederatedDriver } from './federated/driver.js';
+import { defaultFederatedAlgorithms } from './federated/algorithms.js';
 import { ArtifactStoreHeads, DeviceLinkInvitations, federatedHeadsGrantedTo, FleetStoreCandidates, RegistryBaseHeads } from './federated/adapters.js';
 import type { FederatedAlgorithms, FederatedRelease } from './federated/ports.js';
 import { SqliteFederatedTaskRepository } from './store/sqlite/federated-task-repository.js';
@@ -114,9 +115,9 @@ export async function startControlPlane(
     /** What retraining triggers start jobs with and count labelled samples by; without them decisions record TRAINING_SERVICE_UNAVAILABLE. */
     retraining?: { jobs?: TrainingJobStarter; labelledSamples?: LabelledSampleCounter };
     /**
-     * Federated learning: the aggregation rules (strategies, privacy, update checks) and the
-     * judge-and-release path. Without algorithms FederatedService is not served; without a
-     * release a task that trained ends succeeded with its head stored and no version.
+     * Federated learning: the aggregation rules (default: control-plane/federated/algorithms.ts)
+     * and the judge-and-release path; without a release a task that trained ends succeeded with
+     * its head stored as an artifact and no version.
      */
     federated?: { algorithms?: FederatedAlgorithms; release?: FederatedRelease };
   },
@@ -309,7 +310,7 @@ export async function startControlPlane(
     closers.push('training-sweeper', () => trainingSweeper.shutdown());
     const trainingStreams = new AbortController();
 
-    const federatedAlgorithms = deps.federated?.algorithms;
+    const federatedAlgorithms = deps.federated?.algorithms ?? defaultFederatedAlgorithms();
     const federated = federatedAlgorithms
       ? new FederatedEngine({
           repository: federatedTasks,

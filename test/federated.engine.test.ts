@@ -379,3 +379,62 @@ describe('federated engine compression', () => {
     }
   });
 });
+
+describe('federated engine with the served algorithms', () => {
+  it('privacy - central-gaussian clips each update, sums them unweighted, divides by clients_per_round, and accounts ε per round', async () => {
+    const { defaultFederatedAlgorithms } = await import('../control-plane/federated/algorithms.js');
+    // Zero noise draws: the noised mean equals the clipped sum over clients_per_round, checkable here.
+    const rig = federatedRig({
+      algorithms: defaultFederatedAlgorithms(),
+      gaussian: () => 0,
+      devices: ['d1', 'd2', 'd3', 'd4', 'd5', 'd6', 'd7', 'd8', 'd9', 'd10'],
+    });
+    try {
+      const privacy = {
+        mode: 'central-gaussian',
+        clippingNorm: 1,
+        adaptiveClipping: false,
+        targetQuantile: 0,
+        clippingLearningRate: 0,
+        noiseMultiplier: 1.1,
+        targetEpsilon: 50,
+        delta: 1e-5,
+      };
+      const task = await rig.engine.start(startRequest({ rounds: 1, clientsPerRound: 2, minClients: 2, privacy }), operator);
+      const [a, b] = rig.devices.invitations(Kind.KIND_TRAIN, 1);
+      // Norm √8 ≈ 2.83 is clipped to 1; norm √8 × 0.1 ≈ 0.28 is kept. Sample counts do not weigh under DP.
+      await rig.engine.handleReport(a!.deviceId, trainReport(a!.invitation, filled(1), { sampleCount: 1000 }));
+      await rig.engine.handleReport(b!.deviceId, trainReport(b!.invitation, filled(0.1), { sampleCount: 1 }));
+      const now = await rig.engine.get(task.id);
+      const expected = (1 / Math.sqrt(8) + 0.1) / 2;
+      const head = await headVector(rig, now.headSha256);
+      expect(head[0]).toBeCloseTo(flattenHead(smallHead())[0]! + expected, 5);
+      expect(now.rounds[0]!.clippingNorm).toBe(1);
+      expect(now.epsilon).toBeGreaterThan(0);
+      expect(now.rounds[0]!.epsilon).toBe(now.epsilon);
+    } finally {
+      rig.close();
+    }
+  });
+
+  it('strategies - a task naming an invalid strategy is refused with FEDERATED_TASK_INVALID before it starts', async () => {
+    const { defaultFederatedAlgorithms } = await import('../control-plane/federated/algorithms.js');
+    const rig = federatedRig({ algorithms: defaultFederatedAlgorithms() });
+    try {
+      const strategy = {
+        name: 'krum',
+        serverLearningRate: 0,
+        serverMomentum: 0,
+        beta2: 0,
+        tau: 0,
+        proximalMu: 0,
+        trimFraction: 0,
+        byzantineClients: 2,
+        krumSelected: 0,
+      };
+      expect(await codeOf(rig.engine.start(startRequest({ strategy, clientsPerRound: 3, minClients: 3 }), operator))).toBe('FEDERATED_TASK_INVALID');
+    } finally {
+      rig.close();
+    }
+  });
+});

@@ -6,6 +6,7 @@ import type { Logger } from '../../common/logger.js';
 import { FederatedInvitation_Kind, FederatedReport, type FederatedInvitation } from '../../common/proto/driftline/v1/device_link.js';
 import type { StartFederatedTaskRequest } from '../../common/proto/driftline/v1/federated.js';
 import type { EvaluationReport } from '../training/evaluation.js';
+import { cryptoGaussian } from './privacy/gaussian-noise.js';
 import type {
   BaseHeads,
   FederatedAlgorithms,
@@ -63,7 +64,7 @@ export interface FederatedEngineOptions {
   clock: Clock;
   logger: Logger;
   newId?: () => string;
-  /** Standard normal draws for the DP noise (default: crypto-seeded Box–Muller). */
+  /** Standard normal draws for the DP noise (default: CSPRNG normals). */
   gaussian?: () => number;
 }
 
@@ -386,13 +387,13 @@ export class FederatedEngine {
       const aggregators = new Set<string>();
       let aggregated: Float32Array;
       let privacyState = task.privacyState;
-      let clippingNorm = task.spec.privacy.clippingNorm;
-      if (privacy) {
+      let clippingNorm: number;
+      let clipped = 0;
+      let count = 0;
+      if (privacy && task.spec.privacy.mode === 'central-gaussian') {
         // DP-FedAvg: clip each update, sum unweighted, noise the sum over the fixed clients_per_round.
         clippingNorm = privacy.clippingNorm(privacyState);
         const sum = new Float32Array(global.length);
-        let count = 0;
-        let clipped = 0;
         for await (const u of repository.updates(task.id, roundNumber)) {
           const c = privacy.clip(u.delta, privacyState);
           for (let i = 0; i < sum.length; i++) sum[i]! += c.delta[i]!;
@@ -401,26 +402,27 @@ export class FederatedEngine {
           aggregators.add(u.deviceId);
         }
         aggregated = privacy.privatize(sum, task.spec.clientsPerRound, privacyState, this.gaussian);
-        privacyState = privacy.afterRound(privacyState, { aggregated: count, clipped, samplingRate }, this.gaussian);
       } else {
-        const bound = task.spec.privacy.clippingNorm;
-        const clip = (delta: Float32Array): Float32Array => (bound > 0 ? clipToNorm(delta, bound) : delta);
-        if (task.spec.mode === 'async') {
-          const buffer = algorithms.asyncBuffer(strategy, global.length, { bufferSize: task.spec.asyncBufferSize, maxStaleness: task.spec.maxStaleness });
-          for await (const u of repository.updates(task.id, roundNumber)) {
-            buffer.add({ deviceId: u.deviceId, sampleCount: u.sampleCount, delta: clip(u.delta), staleness: u.staleness });
-            aggregators.add(u.deviceId);
-          }
-          aggregated = buffer.flush().delta;
-        } else {
-          const aggregator = strategy.createAggregator(global.length);
-          for await (const u of repository.updates(task.id, roundNumber)) {
-            aggregator.add({ deviceId: u.deviceId, sampleCount: u.sampleCount, delta: clip(u.delta), staleness: u.staleness });
-            aggregators.add(u.deviceId);
-          }
-          aggregated = aggregator.finish();
+        // Without DP a clipping bound still holds every update to it before the strategy weighs them.
+        clippingNorm = privacy ? privacy.clippingNorm(privacyState) : 0;
+        const clip = (delta: Float32Array): Float32Array => {
+          if (!privacy) return delta;
+          const c = privacy.clip(delta, privacyState);
+          if (c.clipped) clipped++;
+          return c.delta;
+        };
+        const sink =
+          task.spec.mode === 'async'
+            ? algorithms.asyncBuffer(strategy, global.length, { bufferSize: task.spec.asyncBufferSize, maxStaleness: task.spec.maxStaleness })
+            : strategy.createAggregator(global.length);
+        for await (const u of repository.updates(task.id, roundNumber)) {
+          sink.add({ deviceId: u.deviceId, sampleCount: u.sampleCount, delta: clip(u.delta), staleness: u.staleness });
+          count++;
+          aggregators.add(u.deviceId);
         }
+        aggregated = 'flush' in sink ? sink.flush().delta : sink.finish();
       }
+      if (privacy) privacyState = privacy.afterRound(privacyState, { aggregated: count, clipped, samplingRate }, this.gaussian);
       const applied = strategy.apply(global, aggregated, task.strategyState);
       if (!applied.global.every(Number.isFinite))
         throw new DriftlineError('FEDERATED_UPDATE_NOT_FINITE', `round ${roundNumber} aggregated to a head with non-finite values`);
@@ -603,8 +605,10 @@ export class FederatedEngine {
     return eligible === 0 ? 1 : Math.min(1, invitedPerRound(task.spec) / eligible);
   }
 
+  /** The clipping (and, central-gaussian, noise and accounting) of the task; undefined when it neither clips nor adds noise. */
   private privacyOf(task: FederatedTask, samplingRate: number): RoundPrivacy | undefined {
-    return task.spec.privacy.mode === 'central-gaussian' ? this.options.algorithms.privacy(task.spec, samplingRate) : undefined;
+    const { mode, clippingNorm } = task.spec.privacy;
+    return mode === 'central-gaussian' || clippingNorm > 0 ? this.options.algorithms.privacy(task.spec, samplingRate) : undefined;
   }
 
   private async headLengthOf(task: FederatedTask): Promise<number> {
@@ -645,29 +649,7 @@ function toCounts(tally: EvaluationTally | undefined): FederatedEvaluationCounts
   };
 }
 
-/** The L2 clip of an update outside DP (privacy.clipping_norm > 0 with mode none). */
-function clipToNorm(delta: Float32Array, bound: number): Float32Array {
-  let sq = 0;
-  for (let i = 0; i < delta.length; i++) sq += delta[i]! * delta[i]!;
-  const norm = Math.sqrt(sq);
-  if (norm <= bound) return delta;
-  const scale = bound / norm;
-  const out = new Float32Array(delta.length);
-  for (let i = 0; i < delta.length; i++) out[i] = delta[i]! * scale;
-  return out;
-}
-
 /** A device's shuffling seed for a round: reproducible, different per device and round. */
 function seedOf(taskId: string, round: number, deviceId: string): number {
   return createHash('sha256').update(`${taskId}\0${round}\0${deviceId}`).digest().readUInt32BE(0);
-}
-
-/** Standard normal draws from crypto randomness (Box–Muller). */
-function cryptoGaussian(): () => number {
-  return () => {
-    const b = randomBytes(8);
-    const u1 = (b.readUInt32BE(0) + 1) / 4294967297;
-    const u2 = b.readUInt32BE(4) / 4294967296;
-    return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
-  };
 }

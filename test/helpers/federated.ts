@@ -193,7 +193,9 @@ export interface FederatedRig {
 }
 
 /** The engine over a real SQLite file and artifact store, with fake devices and a ManualClock. */
-export function federatedRig(options: { release?: FederatedRelease; devices?: string[]; dir?: string } = {}): FederatedRig {
+export function federatedRig(
+  options: { release?: FederatedRelease; devices?: string[]; dir?: string; algorithms?: FederatedAlgorithms; gaussian?: () => number } = {},
+): FederatedRig {
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'driftline-federated-'));
   const clock = new ManualClock();
   const devices = new FakeDevices();
@@ -208,7 +210,8 @@ export function federatedRig(options: { release?: FederatedRelease; devices?: st
       invitations: devices,
       heads,
       baseHeads: { headOf: async () => smallHead() },
-      algorithms: referenceAlgorithms(),
+      algorithms: options.algorithms ?? referenceAlgorithms(),
+      ...(options.gaussian ? { gaussian: options.gaussian } : {}),
       release: options.release,
       limits: { maxUpdateBytes: 4096 },
       clock,
