@@ -36,6 +36,7 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   // Training jobs and `training policy` (registerTraining adds the policy subgroup to the same group).
   training: async () => (await import('./commands/training.js')).registerTraining,
   worker: async () => (await import('./commands/worker.js')).registerWorkerCommand,
+  federated: async () => (await import('./commands/federated.js')).registerFederated,
 };
 
 /** The program with its global options and every command registered (help, tests). */
