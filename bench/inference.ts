@@ -5,21 +5,29 @@
  * - the larger model (bench/conv-model.ts, ~3.9M parameters, 1x3x64x64): bare
  *   `session.run` vs the engine in-process, batch 1, one client alternating request by request;
  * - the demo model: bare batch 1; the engine in-process; the local HTTP API (JSON, one
- *   keep-alive client); 8 concurrent clients with micro-batching, in-process and over HTTP.
+ *   keep-alive client); 8 concurrent clients with micro-batching, in-process and over HTTP;
+ * - a realistic-size model (1x3x224x224) through a real agent process's local API, binary and
+ *   JSON, 1 and 8 clients, against bare onnxruntime-node in this process: with onnxruntime's
+ *   default session options (`large_binary_p50_vs_bare`) and with the agent's own
+ *   (`large_binary_p50_vs_bare_same_options`: thread pools that do not spin, as agent.ts sets).
+ *   With the defaults, onnxruntime's pool threads keep spinning after a bare run returns
+ *   (`large_bare_cpu_ms_in_50ms_after_run`), on a core the agent's next paired call needs: on a
+ *   2-core machine that figure penalizes the agent; the same-options one does not.
  * The engine uses the settings of the generic-x86_64-cpu firmware profile, as the agent does.
  * Progress and a table go to stderr; the last stdout line is JSON with the figures.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
 import { InferenceEngine, type InferenceService } from '../agent/inference/engine.js';
-import { createOnnxRuntime } from '../agent/inference/onnxruntime-runtime.js';
+import { createOnnxRuntime, sessionOptions as agentSessionOptions } from '../agent/inference/onnxruntime-runtime.js';
 import { startLocalApi } from '../agent/local-api/server.js';
-import { inferenceSettings } from '../agent/profiles/inference-settings.js';
+import { AGENT_ORT_SPINNING, inferenceSettings } from '../agent/profiles/inference-settings.js';
 import { loadFirmwareProfiles } from '../common/firmware-profile.js';
 import { silentLogger } from '../common/logger.js';
 import { buildDemoModel } from '../demo/model/demo-model.js';
@@ -185,6 +193,14 @@ const sessionOptions: ort.InferenceSession.SessionOptions = {
   ...(settings.intraOpThreads === undefined ? {} : { intraOpNumThreads: settings.intraOpThreads }),
   ...(settings.interOpThreads === undefined ? {} : { interOpNumThreads: settings.interOpThreads }),
 };
+// The agent's own options for the same profile (agent.ts: spinning off, its log level): the
+// like-with-like baseline. `sessionOptions` above is onnxruntime's defaults with the profile's
+// thread counts, the baseline a user trying bare onnxruntime-node would see; both are reported.
+const agentOptions = agentSessionOptions(
+  'cpu',
+  { providers: ['cpu'], intraOpThreads: settings.intraOpThreads, interOpThreads: settings.interOpThreads },
+  AGENT_ORT_SPINNING,
+);
 const newEngine = () =>
   InferenceEngine.create({
     runtime: createOnnxRuntime({ logger }),
@@ -301,6 +317,8 @@ try {
   const jsonClients = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpClient.open(largeUrl, jsonBody)));
   const bareLarge = await ort.InferenceSession.create(largePath, sessionOptions);
   const bareLargeCall = () => bareLarge.run({ image: new ort.Tensor('float32', largeImage, largeDims) });
+  const bareLargeAgentOptions = await ort.InferenceSession.create(largePath, agentOptions);
+  const bareLargeAgentOptionsCall = () => bareLargeAgentOptions.run({ image: new ort.Tensor('float32', largeImage, largeDims) });
   // CPU time: the agent process's from /proc/<pid>/stat (user + system, clock ticks at 100 Hz),
   // bare onnxruntime's from this process's cpuUsage() during a bare-only phase (this process
   // then does nothing else: the agent is idle, the control plane has nothing to ingest).
@@ -336,6 +354,29 @@ try {
     warmup: 3,
     ms: phaseMs * 2,
   });
+  // The same single-client comparison against bare onnxruntime with the agent's session options.
+  const [bareSameOptionsPhase, binaryBesideSameOptionsPhase] = await paired([bareLargeAgentOptionsCall, () => binaryClients[0]!.call()], {
+    warmup: 3,
+    ms: phaseMs * 2,
+  });
+  // What a bare run leaves behind: with onnxruntime's default options its pool threads spin
+  // after the run returns, on this process's CPU, while the next call of a paired loop (the
+  // agent's, right after it) runs. This process's CPU in a 50 ms window after each run, median
+  // of 5; the agent's options leave nothing.
+  const leftoverCpuMs = async (call: () => Promise<unknown>): Promise<number> => {
+    const samples: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      await call();
+      const before = selfCpuMs();
+      await sleep(50);
+      samples.push(selfCpuMs() - before);
+    }
+    return samples.sort((a, b) => a - b)[2]!;
+  };
+  const spinLeftover = { default: await leftoverCpuMs(bareLargeCall), agentOptions: await leftoverCpuMs(bareLargeAgentOptionsCall) };
+  log(
+    `CPU ms in the 50 ms after a bare run: ${spinLeftover.default.toFixed(1)} with onnxruntime's default options, ${spinLeftover.agentOptions.toFixed(1)} with the agent's`,
+  );
   log('large model: 8 clients');
   const bareLarge8 = await cpuPerRequest(bareLargeCall, CLIENTS, selfCpuMs);
   // One keep-alive connection per concurrent client: a connection carries one request at a time.
@@ -353,6 +394,7 @@ try {
   for (const client of [...binaryClients, ...jsonClients]) client.close();
   log('large model: measured; stopping the agent');
   await bareLarge.release();
+  await bareLargeAgentOptions.release();
   await stopProcess(agent);
   fleet.close();
   await cp.shutdown();
@@ -361,6 +403,8 @@ try {
     ['large  bare session.run      b1 x1', bareLargePhase],
     ['large  agent HTTP binary     b1 x1', binaryLargePhase],
     ['large  agent HTTP JSON       b1 x1', jsonLargePhase],
+    ['large  bare, agent options   b1 x1', bareSameOptionsPhase],
+    ['large  agent HTTP binary     b1 x1', binaryBesideSameOptionsPhase],
     [`large  bare session.run      b1 x${CLIENTS}`, bareLarge8.phase],
     [`large  agent HTTP binary     b1 x${CLIENTS}`, binaryLarge8.phase],
     [`large  agent HTTP JSON       b1 x${CLIENTS}`, jsonLarge8],
@@ -408,6 +452,10 @@ try {
     large_parameters: large.parameters,
     large_binary_vs_bare_8_clients: round3(throughput(binaryLarge8.phase) / throughput(bareLarge8.phase)),
     large_binary_p50_vs_bare: round3(percentile(binaryLargePhase, 0.5) / percentile(bareLargePhase, 0.5)),
+    large_binary_p50_vs_bare_same_options: round3(percentile(binaryBesideSameOptionsPhase, 0.5) / percentile(bareSameOptionsPhase, 0.5)),
+    large_bare_same_options_p50_ms: round3(percentile(bareSameOptionsPhase, 0.5)),
+    large_bare_cpu_ms_in_50ms_after_run: round3(spinLeftover.default),
+    large_bare_same_options_cpu_ms_in_50ms_after_run: round3(spinLeftover.agentOptions),
     large_json_p50_vs_binary: round3(percentile(jsonLargePhase, 0.5) / percentile(binaryLargePhase, 0.5)),
     agent_cpu_vs_bare: round3(binaryLarge8.cpuMs / bareLarge8.cpuMs),
     large_bare_p50_ms: round3(percentile(bareLargePhase, 0.5)),
@@ -418,6 +466,7 @@ try {
     large_json_8_clients_rps: round3(throughput(jsonLarge8)),
     large_bare_cpu_ms_per_inference: round3(bareLarge8.cpuMs),
     large_agent_cpu_ms_per_inference: round3(binaryLarge8.cpuMs),
+    load_avg_1m: round3(loadavg()[0]!),
     targets_met: false,
   };
   figures.targets_met =

@@ -142,6 +142,8 @@ describe('agent parts', () => {
       buffer: '/var/lib/driftline/buffer.db',
       models: '/var/lib/driftline/models',
       trustRoot: '/var/lib/driftline/trust/root.json',
+      learner: '/var/lib/driftline/learner.db',
+      learnerHeads: '/var/lib/driftline/learner-heads',
     });
   });
 });

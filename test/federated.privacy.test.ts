@@ -169,6 +169,48 @@ describe('federated privacy - the central Gaussian mechanism', () => {
     expect(sum.every((x) => x === 10)).toBe(true);
   });
 
+  it('privatize - without the noise it is the sum of clipped updates over m, and one device moves it by at most C / m', () => {
+    const random = seededRandom(9);
+    const m = 20;
+    const bound = 1.5;
+    const mechanism = mechanismFor({ clippingNorm: bound }, m);
+    const state = mechanism.initialState();
+    const updates = Array.from({ length: m }, () => vectorWithNorm(random, 16, random.uniform(0.1, 4)));
+    const aggregate = (subset: Float32Array[]): Float32Array => {
+      const sum = new Float32Array(16);
+      for (const u of subset) mechanism.clip(u, state).delta.forEach((x, i) => (sum[i] = sum[i]! + x));
+      return mechanism.privatize(sum, m, state, () => 0);
+    };
+    // The reference, computed here: each update scaled by min(1, C/‖u‖), summed in double, over m.
+    const reference = new Float64Array(16);
+    for (const u of updates) {
+      const scale = Math.min(1, bound / l2Norm(u));
+      u.forEach((x, i) => (reference[i] = reference[i]! + (x * scale) / m));
+    }
+    const all = aggregate(updates);
+    all.forEach((x, i) => expect(x).toBeCloseTo(reference[i]!, 5));
+    for (let leaveOut = 0; leaveOut < m; leaveOut++) {
+      const without = aggregate(updates.filter((_, i) => i !== leaveOut));
+      const moved = l2Norm(all.map((x, i) => x - without[i]!));
+      expect(moved).toBeLessThanOrEqual((bound / m) * (1 + 1e-5));
+    }
+  });
+
+  it('adaptive - under DP the count of unclipped updates gets noise σ_b = m/20: log C moves by η·σ_b/m', () => {
+    const random = seededRandom(10);
+    const m = 200;
+    const mechanism = mechanismFor({ adaptiveClipping: true, clippingNorm: 1, noiseMultiplier: 1 }, m);
+    const state = mechanism.initialState();
+    // Exactly the target quantile inside the bound: without noise the bound would not move.
+    const steps = Array.from({ length: 4000 }, () =>
+      Math.log(mechanism.clippingNorm(mechanism.afterRound(state, { aggregated: m, clipped: m / 2, samplingRate: 0.1 }, () => random.normal()))),
+    );
+    const expected = (0.2 * (m / 20)) / m;
+    expect(Math.abs(mean(steps))).toBeLessThan(expected / 10);
+    expect(stddev(steps) / expected).toBeGreaterThan(0.95);
+    expect(stddev(steps) / expected).toBeLessThan(1.05);
+  });
+
   it('privatize - with adaptive clipping, the update noise uses z_Δ times the current bound', () => {
     const random = seededRandom(4);
     const settings = validatePrivacySettings(privacy({ clippingNorm: 1, adaptiveClipping: true, noiseMultiplier: 1 }), { clientsPerRound: 40 });

@@ -208,7 +208,12 @@ async function readModelMetadata(path: string): Promise<Record<string, string>> 
   }
 }
 
-function sessionOptions(choice: ProviderChoice, options: RuntimeLoadOptions, spinning: boolean): ort.InferenceSession.SessionOptions {
+/**
+ * The session options a runtime created with `spinning` gives onnxruntime for one provider
+ * choice. Exported so a benchmark's bare onnxruntime baseline can run with exactly the
+ * options the agent uses (bench/inference.ts).
+ */
+export function sessionOptions(choice: ProviderChoice, options: RuntimeLoadOptions, spinning: boolean): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: [typeof choice === 'string' ? choice : providerOptions(choice)],
     logSeverityLevel: ORT_LOG_FATAL,

@@ -9,6 +9,14 @@ import {
 import type { BatchingOptions } from '../inference/batcher.js';
 import { missingProviderFact, type HostFacts } from './detect.js';
 
+/**
+ * Whether the agent's onnxruntime thread pools spin-wait for work between operators (onnxruntime's
+ * default is to spin). The event loop shares the cores with onnxruntime's threads: spinning ones
+ * would take them between runs. Here so the agent and bench/inference.ts's same-options baseline
+ * read one value.
+ */
+export const AGENT_ORT_SPINNING = false;
+
 /** What the agent's configuration may override in the profile's inference settings. */
 export interface InferenceOverrides {
   providers?: readonly ExecutionProviderName[] | undefined;

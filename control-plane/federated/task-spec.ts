@@ -1,7 +1,7 @@
 import { DriftlineError } from '../../common/errors.js';
 import { isUpdateEncoding } from '../../common/federated/update-codec.js';
 import type { FederatedPrivacy, FederatedStrategy, StartFederatedTaskRequest } from '../../common/proto/driftline/v1/federated.js';
-import { normalizeEvaluationGates } from '../training/evaluation.js';
+import { normalizeFederatedGates } from './release/federated-judge.js';
 import type { FederatedSpec } from './task-state-machine.js';
 
 /** What the control plane's config allows a task (config section `federated`). */
@@ -108,7 +108,8 @@ export function parseFederatedSpec(req: StartFederatedTaskRequest, limits: Feder
   const maxUpdateNorm = req.maxUpdateNorm === 0 ? limits.maxUpdateNorm : finiteIn('max_update_norm', req.maxUpdateNorm, 1e-12, Number.MAX_VALUE);
   let gates: string[];
   try {
-    gates = normalizeEvaluationGates(req.gates);
+    // The retraining rules a federated evaluation can measure (no regression split, no latency): release/federated-judge.ts.
+    gates = normalizeFederatedGates(req.gates);
   } catch (err) {
     throw invalid('gates', err instanceof Error ? err.message : String(err));
   }

@@ -44,7 +44,9 @@ export function sampledGaussianRdp(q: number, sigma: number, orders: readonly nu
     // No sampling: the plain Gaussian mechanism, α / (2σ²) (Mironov 2017, Proposition 7).
     if (q === 1) return alpha / (2 * sigma * sigma);
     const logA = Number.isInteger(alpha) ? logAInteger(q, sigma, alpha) : logAFractional(q, sigma, alpha);
-    return logA / (alpha - 1);
+    // A divergence is never negative; with huge σ and tiny q the true value is ~1e−20 and
+    // rounding can land just below zero.
+    return Math.max(0, logA / (alpha - 1));
   });
 }
 
@@ -68,8 +70,12 @@ function logAInteger(q: number, sigma: number, alpha: number): number {
 /**
  * log A_α for fractional α (paper §3.3): split the integral at z0, where (1−q)μ0 = qμ1, so each
  * half expands as a convergent generalized binomial series; each term carries a Gaussian tail
- * (an erfc). Binomial coefficients of a fractional α alternate in sign past k > α; the terms are
- * summed by magnitude, which can only overstate A_α (so ε), never understate it.
+ * (an erfc). Past k > α a fractional α's binomial coefficients alternate in sign: positive and
+ * negative terms are summed apart in log space and subtracted once at the end, which gives A_α
+ * itself (summing by magnitude, as dp_accounting does, overstates it by up to a few per cent at
+ * low orders). The negative terms are a small fraction of the total, so the subtraction loses
+ * little precision; should it ever come out non-positive, the magnitude sum, an upper bound, is
+ * used instead.
  */
 function logAFractional(q: number, sigma: number, alpha: number): number {
   const logQ = Math.log(q);
@@ -77,13 +83,18 @@ function logAFractional(q: number, sigma: number, alpha: number): number {
   const sigma2 = sigma * sigma;
   const z0 = sigma2 * Math.log(1 / q - 1) + 0.5;
   const sqrt2Sigma = Math.SQRT2 * sigma;
-  let logA0 = -Infinity;
-  let logA1 = -Infinity;
+  let logPositive = -Infinity;
+  let logNegative = -Infinity;
   let lastS0 = -Infinity;
   let lastS1 = -Infinity;
   let logAbsBinomial = 0; // log |C(α, 0)|
+  let negative = false; // the sign of C(α, k)
   for (let k = 0; k < MAX_SERIES_TERMS; k++) {
-    if (k > 0) logAbsBinomial += Math.log(Math.abs(alpha - k + 1)) - Math.log(k);
+    if (k > 0) {
+      const factor = (alpha - k + 1) / k;
+      if (factor < 0) negative = !negative;
+      logAbsBinomial += Math.log(Math.abs(factor));
+    }
     const j = alpha - k;
     const logT0 = logAbsBinomial + k * logQ + j * log1mQ;
     const logT1 = logAbsBinomial + j * logQ + k * log1mQ;
@@ -91,11 +102,15 @@ function logAFractional(q: number, sigma: number, alpha: number): number {
     const logE1 = Math.log(0.5) + logErfc((z0 - j) / sqrt2Sigma);
     const logS0 = logT0 + (k * k - k) / (2 * sigma2) + logE0;
     const logS1 = logT1 + (j * j - j) / (2 * sigma2) + logE1;
-    logA0 = logAdd(logA0, logS0);
-    logA1 = logAdd(logA1, logS1);
-    const total = logAdd(logA0, logA1);
+    const logTerm = logAdd(logS0, logS1);
+    if (negative) logNegative = logAdd(logNegative, logTerm);
+    else logPositive = logAdd(logPositive, logTerm);
+    const magnitude = logAdd(logPositive, logNegative);
     // Stop once both halves' terms are falling and negligible (e^−30) next to the sum.
-    if (logS0 < lastS0 && logS1 < lastS1 && Math.max(logS0, logS1) < total - 30) return total;
+    if (logS0 < lastS0 && logS1 < lastS1 && Math.max(logS0, logS1) < magnitude - 30) {
+      const difference = logPositive + Math.log1p(-Math.exp(logNegative - logPositive));
+      return Number.isFinite(difference) ? difference : magnitude;
+    }
     lastS0 = logS0;
     lastS1 = logS1;
   }
