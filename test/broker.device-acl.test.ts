@@ -25,6 +25,16 @@ describe('device topic policy', () => {
     expect(checkDeviceSubscribe('dev-a', '$SYS/#').allowed).toBe(false);
   });
 
+  it('federated - allows a device its own up/federated and down/federated, never another device’s', () => {
+    expect(checkDevicePublish('dev-a', upTopic('dev-a', 'federated'), false).allowed).toBe(true);
+    expect(checkDevicePublish('dev-a', upTopic('dev-b', 'federated'), false).allowed).toBe(false);
+    expect(checkDevicePublish('dev-a', upTopic('dev-a', 'federated'), true).allowed).toBe(false);
+    expect(checkDevicePublish('dev-a', downTopic('dev-a', 'federated'), false).allowed).toBe(false);
+    expect(checkDeviceSubscribe('dev-a', downTopic('dev-a', 'federated')).allowed).toBe(true);
+    expect(checkDeviceSubscribe('dev-a', downTopic('dev-b', 'federated')).allowed).toBe(false);
+    expect(checkDeviceSubscribe('dev-a', 'driftline/v1/d/+/down/federated').allowed).toBe(false);
+  });
+
   it('refuses client ids that are not device ids or differ from the username', () => {
     for (const id of ['+', '#', '__proto__', '$SYS', 'a/b', '', 'x'.repeat(65)]) {
       expect(checkClientIdentity(id, id).allowed, id).toBe(false);

@@ -88,6 +88,8 @@ export class FederatedEngine {
   private readonly limits: FederatedLimits;
   private readonly gaussian: () => number;
   private readonly headSizes = new Map<string, number>();
+  /** Invitations on their way to devices. */
+  private readonly sending = new Set<Promise<void>>();
 
   constructor(private readonly options: FederatedEngineOptions) {
     this.newId = options.newId ?? (() => `fl_${randomBytes(6).toString('hex')}`);
@@ -185,9 +187,10 @@ export class FederatedEngine {
     });
   }
 
-  /** Waits for the work queued so far (tests). */
-  idle(): Promise<void> {
-    return this.serialized(async () => undefined);
+  /** Waits for the work queued so far and the invitations it sent (tests). */
+  async idle(): Promise<void> {
+    await this.serialized(async () => undefined);
+    await Promise.all([...this.sending]);
   }
 
   /**
@@ -567,10 +570,14 @@ export class FederatedEngine {
           headVersion: task.headVersion,
           seed: seedOf(task.id, round, deviceId),
         };
-        // A device not connected misses it: the round counts it as dropped at its deadline.
-        await invitations
+        // Not awaited: the engine never waits on devices (the answer that closed a round is still
+        // being handled for its device while that device's evaluation invitation goes out). A
+        // device not connected misses it: the round counts it as dropped at its deadline.
+        const sending: Promise<void> = invitations
           .send(deviceId, invitation)
-          .catch((err: unknown) => logger.warn({ err, task: task.id, device: deviceId }, 'federated invitation not sent'));
+          .catch((err: unknown) => logger.warn({ err, task: task.id, device: deviceId }, 'federated invitation not sent'))
+          .finally(() => this.sending.delete(sending));
+        this.sending.add(sending);
       }
     }
   }
