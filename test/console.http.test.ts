@@ -49,7 +49,7 @@ describe('web console - sessions, cookies and CSRF over HTTP', () => {
     expect(page.body).toContain('edge-1');
   });
 
-  it('pages - carry a strict CSP, nosniff and no-referrer, and are not cached', async () => {
+  it('pages - carry a strict CSP, nosniff and a same-origin referrer policy, and are not cached', async () => {
     const { cookie } = await signIn(rig.base, rig.tokens.viewer);
     expect((await http(rig.base, '/ui/login')).headers['content-security-policy']).toBe(CONTENT_SECURITY_POLICY);
     for (const path of ['/ui/fleet', '/ui/models', '/ui/rollouts', '/ui/drift', '/ui/training', '/ui/devices/edge-1']) {
@@ -58,7 +58,7 @@ describe('web console - sessions, cookies and CSRF over HTTP', () => {
       expect(res.headers['content-security-policy']).toBe(CONTENT_SECURITY_POLICY);
       expect(res.headers['content-security-policy']).toContain("frame-ancestors 'none'");
       expect(res.headers['x-content-type-options']).toBe('nosniff');
-      expect(res.headers['referrer-policy']).toBe('no-referrer');
+      expect(res.headers['referrer-policy']).toBe('same-origin');
       expect(res.headers['cache-control']).toBe('no-store');
       // No inline script, style or event handler anywhere: the CSP would block them.
       expect(res.body).not.toMatch(/<script(?![^>]*\bsrc=)/);
