@@ -208,6 +208,12 @@ export const ERROR_CODES = {
   LEARNER_NOT_ALLOWED: 'unavailable',
   /** A round's work passed its CPU-time or memory cap on the device and was stopped. */
   LEARNER_BUDGET_EXCEEDED: 'exhausted',
+  /** A web console form came without its session's CSRF token, with another one, or from another origin. */
+  CONSOLE_CSRF_INVALID: 'forbidden',
+  /** The web console's session cookie names no live session (unknown, expired or signed out). */
+  CONSOLE_SESSION_INVALID: 'unauthenticated',
+  /** Too many failed console sign-ins from this address in the window; wait and try again. */
+  CONSOLE_LOGIN_RATE_LIMITED: 'exhausted',
   /** A call to the control plane's API failed before reaching it (no connection, name not resolved, TLS refused): the gRPC status was UNAVAILABLE with no Driftline code. */
   API_UNAVAILABLE: 'unavailable',
   /** A call to the control plane's API ran past its deadline before any answer. */

@@ -128,6 +128,24 @@ export const controlPlaneConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** The web console on the HTTP listener (/ui). */
+    console: z
+      .object({
+        /** A signed-in session ends this long after sign-in, whatever its use. */
+        sessionTtl: duration.prefault('8h'),
+        /** ...and this long after its last request. */
+        idleTimeout: duration.prefault('30m'),
+        /** Failed sign-ins one client address may make per loginWindow before sign-in is refused (CONSOLE_LOGIN_RATE_LIMITED). */
+        maxFailedLogins: z.number().int().positive().default(5),
+        loginWindow: duration.prefault('15m'),
+        /**
+         * Mark the session cookie Secure. The HTTP listener speaks plain HTTP: set this when a
+         * TLS-terminating proxy is in front of it (the cookie is Secure on its own on a TLS socket).
+         */
+        secureCookie: z.boolean().default(false),
+      })
+      .strict()
+      .prefault({}),
     /** Dataset snapshots of the captured samples. */
     datasets: z
       .object({

@@ -1,4 +1,5 @@
 import { existsSync, rmSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../common/clock.js';
 import { DriftlineError } from '../common/errors.js';
@@ -61,6 +62,7 @@ import { defaultFederatedAlgorithms } from './federated/algorithms.js';
 import { ArtifactStoreHeads, DeviceLinkInvitations, federatedHeadsGrantedTo, FleetStoreCandidates, RegistryBaseHeads } from './federated/adapters.js';
 import type { FederatedAlgorithms, FederatedRelease } from './federated/ports.js';
 import { SqliteFederatedTaskRepository } from './store/sqlite/federated-task-repository.js';
+import { createConsoleHttp, type ConsoleHttp } from './console/console-http.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -219,7 +221,18 @@ export async function startControlPlane(
     const rolloutRepository = new SqliteRolloutRepository(db);
     const grants = artifactGrantSources({ fleet, rollouts: rolloutRepository, registry });
     const federatedTasks = new SqliteFederatedTaskRepository(db);
+    // The web console shares this listener; its routes exist once the engines it reads are made (below).
+    let webConsole: ConsoleHttp | undefined;
+    const consoleRoutes = {
+      handle: async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
+        if (webConsole) return webConsole.handle(req, res);
+        res.writeHead(503, { 'Content-Type': 'text/plain; charset=utf-8', 'Retry-After': '1' });
+        res.end('the console is starting\n');
+        return true;
+      },
+    };
     const artifactServer = await startArtifactServer({
+      console: consoleRoutes,
       host: config.http.host,
       port: config.http.port,
       artifacts,
@@ -412,6 +425,31 @@ export async function startControlPlane(
     // After the rollout driver is up; stopped before it and the store.
     retrainingLoop.release.run();
     closers.push('release-canary', () => retrainingLoop.release.shutdown());
+
+    webConsole = createConsoleHttp({
+      fleet,
+      tokens,
+      registry,
+      releases,
+      rollouts,
+      drift: driftStatus,
+      driftEvents: driftWatcher,
+      training,
+      config: {
+        onlineWindowMs: config.onlineWindow,
+        sessionTtlMs: config.console.sessionTtl,
+        idleTimeoutMs: config.console.idleTimeout,
+        maxFailedLogins: config.console.maxFailedLogins,
+        loginWindowMs: config.console.loginWindow,
+        secureCookie: config.console.secureCookie,
+        watchIntervalMs: config.rollout.watchInterval,
+      },
+      clock,
+      logger,
+    });
+    // Before the HTTP server drains: open event streams would hold it.
+    const consoleStreams = webConsole;
+    closers.push('console-streams', () => consoleStreams.close());
 
     let state: ControlPlaneState = 'running';
     const grpcHost = config.grpc.host.includes(':') ? `[${config.grpc.host}]` : config.grpc.host;

@@ -296,6 +296,7 @@ class Demo {
     this.grpcAddress = grpc!;
     this.operatorToken = readFileSync(tokenFile!, 'utf8').trim();
     this.note(`control plane listening: gRPC ${grpc}, MQTT ${mqtt}, artifacts ${http}`);
+    this.note(`web console: ${http}/ui (sign in with the demo's admin token, the contents of ${resolve(tokenFile!)})`);
     // Pasteable as it stands: absolute paths, and an alias for the CLI the demo runs.
     this.note(
       `to follow along from another terminal: export DRIFTLINE_SERVER=${grpc} DRIFTLINE_TOKEN=$(cat ${resolve(tokenFile!)}); alias ${CLI}='node ${join(REPO_ROOT, 'bin/driftline.js')}'; ${CLI} devices list`,

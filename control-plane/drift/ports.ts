@@ -85,3 +85,21 @@ export interface DriftLookups {
 export interface DriftQueries {
   status(request: { model: string; version: number; sinceMs: number }): Promise<DriftStatus[]>;
 }
+
+/** Counts on a feature's reference edges: [underflow, bins..., overflow] for both. */
+export interface FeatureHistogram {
+  feature: string;
+  edges: number[];
+  reference: number[];
+  current: number[];
+  /** Rows merged into `current`. */
+  rows: number;
+  windowStartMs: number;
+  windowEndMs: number;
+}
+
+/** The same status at a past moment (the window ending then) and a feature's histograms: the web console's drift page. */
+export interface DriftHistoryQueries extends DriftQueries {
+  statusAt(request: { model: string; version: number; sinceMs: number }, atMs: number): Promise<DriftStatus[]>;
+  histogram(request: { model: string; version: number; cohort: string; feature: string; sinceMs: number }): Promise<FeatureHistogram | undefined>;
+}

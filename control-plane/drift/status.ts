@@ -3,7 +3,7 @@ import { parseReference, referenceDigest, type DriftReference } from '../../comm
 import { mergeSketches } from '../../common/drift/sketch.js';
 import { DriftSketch, type DriftStatus } from '../../common/proto/driftline/v1/drift.js';
 import { evaluateDrift, type DriftThresholds } from './evaluate.js';
-import { BUCKET_HOUR_MS, BUCKET_MINUTE_MS, type DriftLookups, type DriftRollupRepository, type DriftRollupRow } from './ports.js';
+import { BUCKET_HOUR_MS, BUCKET_MINUTE_MS, type DriftLookups, type DriftRollupRepository, type DriftRollupRow, type FeatureHistogram } from './ports.js';
 
 export interface DriftQueryOptions {
   thresholds: DriftThresholds;
@@ -82,6 +82,36 @@ export class DriftStatusQuery {
       }
     }
     return statuses;
+  }
+
+  /**
+   * One feature's reference distribution against the fleet's (or a cohort's) merged counts in
+   * the window, on the reference's edges; undefined when the version has no reference or the
+   * reference no such feature. Current counts are zeros when no sketch reached the window.
+   */
+  async histogram(
+    request: { model: string; version: number; cohort: string; feature: string; sinceMs: number },
+    options: DriftQueryOptions,
+    nowMs: number,
+  ): Promise<FeatureHistogram | undefined> {
+    const reference = await this.referenceOf(request.model, request.version);
+    const feature = reference?.features.find((f) => f.name === request.feature);
+    if (!reference || !feature) return undefined;
+    const sinceMs = request.sinceMs > 0 ? request.sinceMs : nowMs - options.defaultWindowMs;
+    const bucketMs = nowMs - sinceMs <= options.minuteBucketsUpToMs ? BUCKET_MINUTE_MS : BUCKET_HOUR_MS;
+    const rows = await this.deps.rollups.rowsSince(request.model, request.version, bucketMs, sinceMs);
+    const group = groupsOf(rows, request.version, referenceDigest(reference), await this.cohortsOf(rows)).get(request.cohort);
+    const bins = group?.sketch.features.find((f) => f.name === request.feature);
+    const current = feature.counts.map((_, i) => Number(bins?.counts[i] ?? 0));
+    return {
+      feature: feature.name,
+      edges: [...feature.edges],
+      reference: [...feature.counts],
+      current,
+      rows: Number(group?.sketch.rows ?? 0),
+      windowStartMs: sinceMs,
+      windowEndMs: nowMs,
+    };
   }
 
   /** The cohort of every device with rows, looked up once per query. */

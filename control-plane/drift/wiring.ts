@@ -5,7 +5,7 @@ import type { DriftStatus, DriftStatusRequest } from '../../common/proto/driftli
 import { cohortOf } from '../fleet/labels.js';
 import type { DriftStatusSource } from './drift-watcher.js';
 import type { DriftThresholds } from './evaluate.js';
-import type { DriftQueries, DriftRollupRepository } from './ports.js';
+import type { DriftHistoryQueries, DriftRollupRepository } from './ports.js';
 import { DriftStatusQuery } from './status.js';
 
 export interface DriftQueryConfig {
@@ -26,7 +26,7 @@ export function driftQueries(deps: {
   config: DriftQueryConfig;
   clock: Clock;
   logger: Logger;
-}): DriftQueries {
+}): DriftHistoryQueries {
   const query = new DriftStatusQuery({
     rollups: deps.drift,
     logger: deps.logger,
@@ -53,7 +53,11 @@ export function driftQueries(deps: {
     minuteBucketsUpToMs: deps.config.minuteBucketsUpTo,
     longWindowMs: deps.config.longWindow ?? 0,
   };
-  return { status: (request) => query.status(request, options, deps.clock.now()) };
+  return {
+    status: (request) => query.status(request, options, deps.clock.now()),
+    statusAt: (request, atMs) => query.status(request, options, atMs),
+    histogram: (request) => query.histogram(request, options, deps.clock.now()),
+  };
 }
 
 /** The drift watcher's input: versions with sketches from the rollups, their status from the drift queries (default window). */

@@ -3,10 +3,10 @@ import { newSecret, sha256Hex } from '../../common/hashing.js';
 import { assertDeviceId, assertLabels, matchesSelector, parseSelector } from '../../common/ids.js';
 import type { DesiredState, ReportedState } from '../../common/proto/driftline/v1/device_link.js';
 import { CredentialCache, type CredentialVerdict } from './credential-cache.js';
-import type { DeviceStatus, FleetRepository, StoredDevice, StoredEnrollmentToken } from './ports.js';
+import type { DeviceStatus, DeviceSummary, FleetRepository, StoredDevice, StoredEnrollmentToken } from './ports.js';
 
 export type { CredentialVerdict } from './credential-cache.js';
-export type { DeviceStatus } from './ports.js';
+export type { DeviceStatus, DeviceSummary } from './ports.js';
 
 export interface DeviceRecord {
   id: string;
@@ -217,6 +217,32 @@ export class FleetStore {
       .filter((device) => includeDecommissioned || device.status === 'enrolled')
       .map(toRecord)
       .filter((device) => matchesSelector(device.labels, terms));
+  }
+
+  /** The most devices one page holds: a page is rendered whole. */
+  static readonly MAX_PAGE = 500;
+
+  /** One page of devices by id, searched in the store (ids and labels), with the number that match. */
+  async page(query: {
+    search?: string;
+    offset?: number;
+    limit?: number;
+    includeDecommissioned?: boolean;
+  }): Promise<{ devices: DeviceRecord[]; total: number }> {
+    const search = (query.search ?? '').trim();
+    if (search.length > 128) throw new DriftlineError('REQUEST_INVALID', 'a device search is at most 128 characters', { details: { length: search.length } });
+    const offset = query.offset ?? 0;
+    const limit = query.limit ?? 50;
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new DriftlineError('REQUEST_INVALID', 'a page offset is a whole number of at least 0');
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > FleetStore.MAX_PAGE)
+      throw new DriftlineError('REQUEST_INVALID', `a page holds 1 to ${FleetStore.MAX_PAGE} devices`, { details: { limit } });
+    const page = await this.repository.devicePage({ search, offset, limit, includeDecommissioned: query.includeDecommissioned ?? false });
+    return { devices: page.devices.map(toRecord), total: page.total };
+  }
+
+  /** Online and offline counts, and counts by profile, agent version and model version, over the enrolled fleet. */
+  summary(onlineSinceMs: number): Promise<DeviceSummary> {
+    return this.repository.deviceSummary(onlineSinceMs);
   }
 
   async setLabels(deviceId: string, set: Record<string, string>, remove: readonly string[] = []): Promise<DeviceRecord> {

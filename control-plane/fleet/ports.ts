@@ -42,10 +42,41 @@ export interface EnrollmentTokenQuery {
   limit: number;
 }
 
+/** One page of devices for a table (the web console): searched and counted in the store, never all loaded. */
+export interface DevicePageQuery {
+  /** Matches a substring of the id or of the labels' JSON; "" matches every device. */
+  search: string;
+  offset: number;
+  limit: number;
+  includeDecommissioned: boolean;
+}
+
+export interface DevicePage {
+  devices: StoredDevice[];
+  /** Devices matching the search, over every page. */
+  total: number;
+}
+
+/** Counts over the enrolled fleet. */
+export interface DeviceSummary {
+  enrolled: number;
+  /** Seen at or after the query's onlineSinceMs. */
+  online: number;
+  /** By the `profile` label ("" when a device has none). */
+  byProfile: Record<string, number>;
+  /** By reported agent version ("" when not reported yet). */
+  byAgentVersion: Record<string, number>;
+  /** By "model vN" of every model a device serves. */
+  byModelVersion: Record<string, number>;
+}
+
 export interface FleetReads {
   device(deviceId: string): Promise<StoredDevice | undefined>;
   /** Every device, decommissioned ones included, by id. */
   devices(): Promise<StoredDevice[]>;
+  /** One page, by id. */
+  devicePage(query: DevicePageQuery): Promise<DevicePage>;
+  deviceSummary(onlineSinceMs: number): Promise<DeviceSummary>;
   enrollmentToken(tokenHash: string): Promise<StoredEnrollmentToken | undefined>;
   /** The token whose hash starts with these 16 hex digits (its public id). */
   enrollmentTokenByHashPrefix(prefix: string): Promise<StoredEnrollmentToken | undefined>;

@@ -17,6 +17,8 @@ export interface ArtifactServerOptions {
   /** Whether a bearer token is a live operator token (any role): `/metrics` names every device. */
   authenticateOperator(token: string): boolean | Promise<boolean>;
   metrics: Registry;
+  /** Routes under /ui (the web console); answers false for a path it does not serve. */
+  console?: { handle(req: IncomingMessage, res: ServerResponse): Promise<boolean> } | undefined;
   health: () => { ok: boolean; details: Record<string, unknown> };
   logger: Logger;
 }
@@ -101,6 +103,8 @@ export async function startArtifactServer(options: ArtifactServerOptions): Promi
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = new URL(req.url ?? '/', 'http://artifacts').pathname;
+    // The console takes its own methods (sign-in and actions are POST forms) and sets its own headers.
+    if (options.console && (path === '/ui' || path.startsWith('/ui/')) && (await options.console.handle(req, res))) return;
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'method not allowed\n', { Allow: 'GET, HEAD' });
     if (path === '/healthz') {
       const { ok, details } = options.health();

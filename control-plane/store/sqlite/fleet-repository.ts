@@ -1,7 +1,11 @@
 import type { Database, Statement } from 'better-sqlite3';
 import { DesiredState, ReportedState } from '../../../common/proto/driftline/v1/device_link.js';
+import { activeModelsOf } from '../../../common/device-protocol/model-set.js';
 import type {
+  DevicePage,
+  DevicePageQuery,
   DeviceStatus,
+  DeviceSummary,
   EnrollmentTokenQuery,
   FleetReads,
   FleetRepository,
@@ -86,6 +90,42 @@ class FleetStatements {
     return this.selectAll.all().map(toDevice);
   }
 
+  devicePage({ search, offset, limit, includeDecommissioned }: DevicePageQuery): DevicePage {
+    // LIKE with its wildcards escaped: a search for "50%" or "a_b" means those characters.
+    const pattern = `%${search.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    const where = `(? = 1 OR status = 'enrolled') AND (? = '' OR id LIKE ? ESCAPE '\\' OR labels LIKE ? ESCAPE '\\')`;
+    const args = [includeDecommissioned ? 1 : 0, search, pattern, pattern] as const;
+    const total = (this.db.prepare(`SELECT count(*) AS n FROM devices WHERE ${where}`).get(...args) as { n: number }).n;
+    const rows = this.db.prepare(`SELECT * FROM devices WHERE ${where} ORDER BY id LIMIT ? OFFSET ?`).all(...args, limit, offset) as DeviceRow[];
+    return { devices: rows.map(toDevice), total };
+  }
+
+  deviceSummary(onlineSinceMs: number): DeviceSummary {
+    const counts = this.db
+      .prepare(`SELECT count(*) AS enrolled, coalesce(sum(last_seen_ms > 0 AND last_seen_ms >= ?), 0) AS online FROM devices WHERE status = 'enrolled'`)
+      .get(onlineSinceMs) as { enrolled: number; online: number };
+    const byProfile: Record<string, number> = {};
+    const profiles = this.db
+      .prepare(`SELECT coalesce(json_extract(labels, '$.profile'), '') AS profile, count(*) AS n FROM devices WHERE status = 'enrolled' GROUP BY 1`)
+      .all() as Array<{ profile: string; n: number }>;
+    for (const row of profiles) byProfile[row.profile] = row.n;
+    // The versions live in the reported state's protobuf: one pass over the column, no other field decoded into records.
+    const byAgentVersion: Record<string, number> = {};
+    const byModelVersion: Record<string, number> = {};
+    const reported = this.db.prepare(`SELECT reported FROM devices WHERE status = 'enrolled'`).pluck().all() as Array<Buffer | null>;
+    for (const blob of reported) {
+      const state = blob ? ReportedState.decode(blob) : undefined;
+      const agent = state?.agentVersion ?? '';
+      byAgentVersion[agent] = (byAgentVersion[agent] ?? 0) + 1;
+      for (const m of activeModelsOf(state)) {
+        if (m.state !== 'serving' && m.state !== '') continue;
+        const key = `${m.name} v${m.version}`;
+        byModelVersion[key] = (byModelVersion[key] ?? 0) + 1;
+      }
+    }
+    return { ...counts, byProfile, byAgentVersion, byModelVersion };
+  }
+
   enrollmentToken(tokenHash: string): StoredEnrollmentToken | undefined {
     const row = this.db.prepare('SELECT * FROM enrollment_tokens WHERE token_hash = ?').get(tokenHash) as TokenRow | undefined;
     return row ? toToken(row) : undefined;
@@ -155,6 +195,8 @@ type Operations = FleetReads & FleetWrites;
 const OPERATIONS = [
   'device',
   'devices',
+  'devicePage',
+  'deviceSummary',
   'enrollmentToken',
   'enrollmentTokenByHashPrefix',
   'enrollmentTokens',
@@ -203,6 +245,12 @@ export class SqliteFleetRepository implements FleetRepository {
   }
   devices(): Promise<StoredDevice[]> {
     return this.outside.devices();
+  }
+  devicePage(query: DevicePageQuery): Promise<DevicePage> {
+    return this.outside.devicePage(query);
+  }
+  deviceSummary(onlineSinceMs: number): Promise<DeviceSummary> {
+    return this.outside.deviceSummary(onlineSinceMs);
   }
   enrollmentToken(tokenHash: string): Promise<StoredEnrollmentToken | undefined> {
     return this.outside.enrollmentToken(tokenHash);
