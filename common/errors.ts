@@ -184,6 +184,8 @@ export const ERROR_CODES = {
   FEDERATED_NO_QUORUM: 'unavailable',
   /** The privacy budget (target ε at δ) would be passed by another round. */
   FEDERATED_BUDGET_SPENT: 'exhausted',
+  /** A federated task's stored privacy state (clipping bound, the accountant's RDP at each order) is not what this control plane wrote: it is never guessed at, since ε would be wrong. */
+  FEDERATED_PRIVACY_STATE_INVALID: 'internal',
   /** An update's length or encoding does not match the task's head. */
   FEDERATED_UPDATE_SHAPE: 'invalid',
   /** An update holds NaN or an infinite value. */
