@@ -218,6 +218,26 @@ export const controlPlaneConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Federated tasks (FederatedService): rounds over the devices' own samples. */
+    federated: z
+      .object({
+        /** An update larger than this on the wire is refused (FEDERATED_UPDATE_TOO_LARGE) before it is decoded. */
+        maxUpdateBytes: byteSize.prefault('16MiB'),
+        /** The round deadline of a task that names none. */
+        defaultRoundDeadline: duration.prefault('10m'),
+        /** Most rounds a task may ask for. */
+        maxRounds: z.number().int().min(1).max(100_000).default(1000),
+        /** Most clients per round a task may ask for (over-selection included): bounds a round's kept updates. */
+        maxClientsPerRound: z.number().int().min(1).max(1_000_000).default(1000),
+        /** Updates with a larger L2 norm are refused (FEDERATED_UPDATE_NORM) when a task names no max_update_norm. */
+        maxUpdateNorm: z.number().positive().default(1000),
+        /** How often round deadlines are checked. */
+        tickInterval: duration.prefault('1s'),
+        /** How often WatchFederatedTask re-reads a task it has no event for. */
+        watchInterval: duration.prefault('1s'),
+      })
+      .strict()
+      .prefault({}),
     /** Signed releases: the root metadata (from `driftline keys init`) and, opted in, the online rollback key. */
     trust: z
       .object({

@@ -55,6 +55,11 @@ import { TrainingEngine } from './training/engine.js';
 import { OnnxRuntimeEvaluator } from './training/onnxruntime/onnx-evaluator.js';
 import { ArtifactStoreTrainingArtifacts, RegistryBaseModels, RegistryCandidateSink, RegistryParentModels } from './training/registry-adapters.js';
 import { TrainingSweeper } from './training/sweeper.js';
+import { FederatedEngine } from './federated/engine.js';
+import { FederatedDriver } from './federated/driver.js';
+import { ArtifactStoreHeads, DeviceLinkInvitations, federatedHeadsGrantedTo, FleetStoreCandidates, RegistryBaseHeads } from './federated/adapters.js';
+import type { FederatedAlgorithms, FederatedRelease } from './federated/ports.js';
+import { SqliteFederatedTaskRepository } from './store/sqlite/federated-task-repository.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -87,6 +92,11 @@ export interface ControlPlane {
    * or records its draft for `driftline models sign`: `releaseSigner.signCanary({model, version, audience})`.
    */
   readonly releaseSigner: ReleaseSigning;
+  /**
+   * Federated tasks (FederatedService), when aggregation rules are wired: tests with a
+   * ManualClock call federated.tick() themselves; federated.idle() waits for the work queued.
+   */
+  readonly federated: FederatedEngine | undefined;
   shutdown(): Promise<void>;
 }
 
@@ -103,6 +113,12 @@ export async function startControlPlane(
     clock?: Clock;
     /** What retraining triggers start jobs with and count labelled samples by; without them decisions record TRAINING_SERVICE_UNAVAILABLE. */
     retraining?: { jobs?: TrainingJobStarter; labelledSamples?: LabelledSampleCounter };
+    /**
+     * Federated learning: the aggregation rules (strategies, privacy, update checks) and the
+     * judge-and-release path. Without algorithms FederatedService is not served; without a
+     * release a task that trained ends succeeded with its head stored and no version.
+     */
+    federated?: { algorithms?: FederatedAlgorithms; release?: FederatedRelease };
   },
 ): Promise<ControlPlane> {
   const config = parseControlPlaneConfig(input);
@@ -165,6 +181,8 @@ export async function startControlPlane(
   closers.push('store', closeDb, closeDb);
   const shutdownAll = (): Promise<void> => lifecycle.shutdown(config.shutdownGrace);
 
+  // Bound once the federated engine exists (it needs the device link the ingest starts with).
+  let federatedReports: (deviceId: string, payload: Uint8Array) => Promise<void> = async () => undefined;
   try {
     const ingest = new TelemetryIngest({
       repository: telemetry,
@@ -173,6 +191,7 @@ export async function startControlPlane(
       clock,
       logger,
       limits: config.ingest,
+      federated: (deviceId, payload) => federatedReports(deviceId, payload),
     });
     // Runs after the device link has stopped and before the store closes: no refusal count is lost.
     closers.push('ingest-refusals', () => ingest.flushRefusals());
@@ -198,12 +217,15 @@ export async function startControlPlane(
     closers.push('trust-warnings', () => trustWarnings.stop());
     const rolloutRepository = new SqliteRolloutRepository(db);
     const grants = artifactGrantSources({ fleet, rollouts: rolloutRepository, registry });
+    const federatedTasks = new SqliteFederatedTaskRepository(db);
     const artifactServer = await startArtifactServer({
       host: config.http.host,
       port: config.http.port,
       artifacts,
       verifyDeviceCredential,
-      mayDownload: (deviceId, sha256) => mayDownloadArtifact(deviceId, sha256, grants),
+      // What its desired state names, and the heads of the federated rounds it is invited to.
+      mayDownload: async (deviceId, sha256) =>
+        (await mayDownloadArtifact(deviceId, sha256, grants)) || (await federatedHeadsGrantedTo(deviceId, federatedTasks)).has(sha256),
       // Operators of any role; a worker token reaches WorkerService and nothing else.
       authenticateOperator: async (token) => {
         const found = await tokens.authenticate(token);
@@ -287,6 +309,36 @@ export async function startControlPlane(
     closers.push('training-sweeper', () => trainingSweeper.shutdown());
     const trainingStreams = new AbortController();
 
+    const federatedAlgorithms = deps.federated?.algorithms;
+    const federated = federatedAlgorithms
+      ? new FederatedEngine({
+          repository: federatedTasks,
+          fleet: new FleetStoreCandidates(fleet, clock, config.onlineWindow),
+          invitations: new DeviceLinkInvitations(link),
+          heads: new ArtifactStoreHeads(artifacts),
+          baseHeads: new RegistryBaseHeads(registry, artifacts),
+          algorithms: federatedAlgorithms,
+          release: deps.federated?.release,
+          limits: {
+            maxUpdateBytes: config.federated.maxUpdateBytes,
+            defaultRoundDeadlineMs: config.federated.defaultRoundDeadline,
+            maxRounds: config.federated.maxRounds,
+            maxClientsPerRound: config.federated.maxClientsPerRound,
+            maxUpdateNorm: config.federated.maxUpdateNorm,
+          },
+          clock,
+          logger,
+        })
+      : undefined;
+    if (federated) {
+      federatedReports = (deviceId, payload) => federated.handleReport(deviceId, payload);
+      // The first tick resumes what a stopped control plane left (a round past its deadline closes then).
+      const federatedDriver = FederatedDriver.create({ engine: federated, tickIntervalMs: config.federated.tickInterval, logger });
+      federatedDriver.run();
+      closers.push('federated-driver', () => federatedDriver.shutdown());
+    }
+    const federatedStreams = new AbortController();
+
     const retrainingPolicies = new SqliteRetrainingPolicyRepository(db);
     // The closed loop: a fired trigger snapshots a dataset and starts a job; a version it made is
     // signed as a canary for the drifted cohort (or waits for `models sign`) and rolled out to it.
@@ -342,12 +394,14 @@ export async function startControlPlane(
       retraining: { policies: retrainingPolicies, models: registry, clock },
       datasets: { datasets, samples, clock },
       training: { engine: training, shutdown: trainingStreams.signal, pollIntervalMs: config.training.workerPollInterval },
+      federated: federated ? { engine: federated, shutdown: federatedStreams.signal, watchIntervalMs: config.federated.watchInterval } : undefined,
       clock,
       logger,
     });
     closers.push('grpc', (graceMs) => grpc.shutdown(graceMs));
     // Runs before the gRPC server stops: open WatchTrainingJob streams end instead of holding its drain.
     closers.push('training-watches', () => trainingStreams.abort());
+    closers.push('federated-watches', () => federatedStreams.abort());
     // Started after the gRPC server and stopped before it: the watcher ends open drift event streams first.
     driftWatcher.run();
     closers.push('drift-watcher', () => driftWatcher.shutdown());
@@ -371,6 +425,7 @@ export async function startControlPlane(
       samples,
       training,
       releaseSigner,
+      federated,
       get state() {
         return state;
       },

@@ -25,6 +25,8 @@ import { rolloutService, type RolloutApiDeps } from './rollout-service.js';
 import type { RpcContext } from './rpc.js';
 import { telemetryService } from './telemetry-service.js';
 import { trainingService, type TrainingApiDeps } from './training-service.js';
+import { federatedService, type FederatedApiDeps } from './federated-service.js';
+import { FederatedServiceService } from '../../common/proto/driftline/v1/federated.js';
 import { workerService, type WorkerApiDeps } from './worker-service.js';
 
 export interface GrpcServerOptions extends ApiDeps {
@@ -38,6 +40,8 @@ export interface GrpcServerOptions extends ApiDeps {
   retraining?: RetrainingApiDeps | undefined;
   /** The training engine; without it TrainingService and WorkerService answer UNIMPLEMENTED. */
   training?: (TrainingApiDeps & WorkerApiDeps) | undefined;
+  /** The federated engine; without it FederatedService answers UNIMPLEMENTED. */
+  federated?: FederatedApiDeps | undefined;
 }
 
 export interface GrpcServer {
@@ -88,6 +92,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(DatasetServiceService, datasetService(options, ctx));
   if (options.rollouts) server.addService(RolloutServiceService, rolloutService(options.rollouts, ctx));
   if (options.retraining) server.addService(RetrainingPolicyServiceService, retrainingPolicyService(options.retraining, ctx));
+  if (options.federated) server.addService(FederatedServiceService, federatedService(options.federated, ctx));
   if (options.training) {
     server.addService(TrainingServiceService, trainingService(options.training, ctx));
     server.addService(WorkerServiceService, workerService(options.training, ctx));
@@ -97,6 +102,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
     ...(options.rollouts ? ['driftline.v1.RolloutService'] : []),
     ...(options.retraining ? ['driftline.v1.RetrainingPolicyService'] : []),
     ...(options.training ? ['driftline.v1.TrainingService', 'driftline.v1.WorkerService'] : []),
+    ...(options.federated ? ['driftline.v1.FederatedService'] : []),
   ];
   // Reflection lets grpcurl and other generic tools discover the API without the .proto files.
   new ReflectionService(loadProtos(), { services: served }).addToServer(server);

@@ -192,7 +192,7 @@ export function jobToWire(job: TrainingJob): WireJob {
   };
 }
 
-function reportToWire(report: EvaluationReport): WireReport {
+export function reportToWire(report: EvaluationReport): WireReport {
   return {
     verdict: report.verdict,
     reason: report.reason,

@@ -1,5 +1,5 @@
 import type { UpChannel } from '../../common/device-protocol/topics.js';
-import type { Command, DesiredState, TelemetryAck } from '../../common/proto/driftline/v1/device_link.js';
+import type { Command, DesiredState, FederatedInvitation, TelemetryAck } from '../../common/proto/driftline/v1/device_link.js';
 
 /**
  * Handles one message a device sent. The link acknowledges the message to its transport
@@ -43,6 +43,8 @@ export interface DeviceLink {
   sendAck(deviceId: string, ack: TelemetryAck): Promise<void>;
   /** A one-off instruction for a device that is connected now. */
   sendCommand(deviceId: string, command: Command): Promise<void>;
+  /** A federated round's invitation (train, evaluate, cancel) for a device connected now; one offline misses it. */
+  sendFederated(deviceId: string, invitation: FederatedInvitation): Promise<void>;
   /** Drops the device's live connection, e.g. right after it is decommissioned (a transport that cannot, logs so). */
   disconnect(deviceId: string): void;
   /** Stops receiving, then stops the transport. */

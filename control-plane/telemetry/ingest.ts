@@ -37,6 +37,8 @@ export interface IngestOptions {
   clock: Clock;
   logger: Logger;
   limits: IngestLimits;
+  /** Where up/federated reports go (the federated engine); without it they are dropped. */
+  federated?: ((deviceId: string, payload: Uint8Array) => Promise<void>) | undefined;
 }
 
 export interface IngestStats {
@@ -53,7 +55,8 @@ export interface IngestStats {
 
 /** Errors that mean "this message is refused", not "the control plane failed" (a failed commit is rethrown: not acked, resent). */
 const refused = (err: unknown): err is DriftlineError =>
-  err instanceof DriftlineError && (err.kind === 'invalid' || err.code === 'PAYLOAD_TOO_LARGE' || err.code === 'PAYLOAD_TOO_MANY_ENTRIES');
+  err instanceof DriftlineError &&
+  (err.kind === 'invalid' || err.code === 'PAYLOAD_TOO_LARGE' || err.code === 'PAYLOAD_TOO_MANY_ENTRIES' || err.code.startsWith('FEDERATED_'));
 
 /** TelemetryBatch.records, ReportedState.warnings and active_models, and CommandResult.output (a map: one entry per pair). */
 const RECORDS_FIELD = 1;
@@ -119,7 +122,8 @@ export class TelemetryIngest {
       if (channel === 'telemetry') await this.ingestTelemetry(deviceId, payload);
       else if (channel === 'state') await this.ingestState(deviceId, payload);
       else if (channel === 'result') this.ingestCommandResult(deviceId, payload);
-      // 'federated' reports go to the federated rounds, not to ingest (control-plane/federated/).
+      // Federated reports go to the rounds (control-plane/federated/); their refusals are counted here like any other.
+      else if (channel === 'federated') await this.options.federated?.(deviceId, payload);
     } catch (err) {
       if (!refused(err)) throw err;
       const rejectedBatch = channel === 'telemetry';

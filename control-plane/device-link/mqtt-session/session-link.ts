@@ -1,7 +1,7 @@
 import type { DownChannel } from '../../../common/device-protocol/topics.js';
 import type { DownMessages } from '../../../common/device-protocol/messages.js';
 import { DriftlineError } from '../../../common/errors.js';
-import type { Command, DesiredState, TelemetryAck } from '../../../common/proto/driftline/v1/device_link.js';
+import type { Command, DesiredState, FederatedInvitation, TelemetryAck } from '../../../common/proto/driftline/v1/device_link.js';
 import type { DeviceLink, DeviceLinkStats, UpHandler } from '../ports.js';
 import type { ServiceSession } from './service-session.js';
 
@@ -33,6 +33,10 @@ export abstract class SessionDeviceLink implements DeviceLink {
 
   sendCommand(deviceId: string, command: Command): Promise<void> {
     return this.send(deviceId, 'command', command);
+  }
+
+  sendFederated(deviceId: string, invitation: FederatedInvitation): Promise<void> {
+    return this.send(deviceId, 'federated', invitation);
   }
 
   private async send<C extends DownChannel>(deviceId: string, channel: C, message: DownMessages[C]): Promise<void> {
