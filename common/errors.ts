@@ -198,6 +198,8 @@ export const ERROR_CODES = {
   FEDERATED_UPDATE_STALE: 'conflict',
   /** An update from a device that was not invited to that round, or for another task. */
   FEDERATED_UPDATE_UNEXPECTED: 'forbidden',
+  /** A device's federated evaluation does not add up (per-class counts that do not sum to its totals, correct above support, a loss that is not finite). */
+  FEDERATED_REPORT_INVALID: 'invalid',
   /** A model's manifest names no trainable head (final Gemm, or MatMul+Add, layers) the learner can train. */
   LEARNER_NO_HEAD: 'invalid',
   /** The device holds fewer labelled samples of the model than the learner needs. */

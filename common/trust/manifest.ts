@@ -42,6 +42,20 @@ export const referenceSchema = z.object({
 });
 export type ReferenceDistributions = z.infer<typeof referenceSchema>;
 
+/** What a federated task's version records of how it was trained: no central data, so this stands where a dataset would. */
+export const federatedLineageSchema = z.object({
+  taskId: z.string().min(1).max(256),
+  rounds: z.number().int().nonnegative(),
+  clientsPerRound: z.number().int().nonnegative(),
+  strategy: z.string().max(64),
+  /** sync (rounds with a deadline) or async (FedBuff). */
+  mode: z.string().max(16),
+  /** Privacy spent ((ε, δ); 0 and 0 without differential privacy). */
+  epsilon: z.number().nonnegative(),
+  delta: z.number().min(0).max(1),
+});
+export type FederatedManifestLineage = z.infer<typeof federatedLineageSchema>;
+
 export const releaseManifestSchema = z.object({
   type: z.literal('driftline-release'),
   name: z.string().regex(MODEL_NAME, 'invalid model name'),
@@ -71,6 +85,8 @@ export const releaseManifestSchema = z.object({
       dataSha256: z.string().default(''),
       job: z.string().max(256).default(''),
       metrics: z.record(z.string(), z.number()).default({}),
+      /** A version a federated task trained (its head learnt on the devices); absent for every other version. */
+      federated: federatedLineageSchema.optional(),
     })
     .prefault({}),
   /**

@@ -1,4 +1,5 @@
 import { DriftlineError } from '../../common/errors.js';
+import { federatedLineageSchema, type FederatedManifestLineage } from '../../common/trust/manifest.js';
 import type { Logger } from '../../common/logger.js';
 import type { FleetStore } from '../fleet/fleet-store.js';
 import type { ModelRegistry } from '../registry/model-registry.js';
@@ -51,6 +52,8 @@ export function canarySigningOf(deps: {
         dataSha256: metadata['lineage.dataset_sha256'] ?? '',
         job: metadata['lineage.job_id'] ?? '',
         metrics: numbersOf(metadata['lineage.metrics']),
+        // A federated task's version: its task, rounds, clients, strategy and privacy spent (federated/release/).
+        ...federatedOf(metadata['lineage.federated']),
       };
       const extras = await release?.manifestExtras({ model, version }).catch((err: unknown) => {
         logger.warn(
@@ -71,6 +74,17 @@ export function canarySigningOf(deps: {
       }
     },
   };
+}
+
+/** The federated lineage a version's metadata records, when it parses; {} otherwise (a version no federated task made). */
+function federatedOf(json: string | undefined): { federated?: FederatedManifestLineage } {
+  if (!json) return {};
+  try {
+    const parsed = federatedLineageSchema.safeParse(JSON.parse(json));
+    return parsed.success ? { federated: parsed.data } : {};
+  } catch {
+    return {};
+  }
 }
 
 /** The finite numbers of a JSON object (the trainer's metrics as the sink stored them); {} when it is not one. */

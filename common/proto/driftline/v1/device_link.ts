@@ -486,6 +486,12 @@ export interface FederatedReport {
   evalLoss: number;
   perClassSupport: number[];
   perClassCorrect: number[];
+  /**
+   * KIND_EVALUATE: held-out samples the head predicted as each class (right or wrong), so the
+   * control plane computes per-class precision and an exact macro F1; empty from a device that
+   * does not count them (macro F1 is then approximated from recall).
+   */
+  perClassPredicted: number[];
   /** What the work cost on the device. */
   cpuMs: number;
   wallMs: number;
@@ -4299,6 +4305,7 @@ function createBaseFederatedReport(): FederatedReport {
     evalLoss: 0,
     perClassSupport: [],
     perClassCorrect: [],
+    perClassPredicted: [],
     cpuMs: 0,
     wallMs: 0,
     inferenceP95Ms: 0,
@@ -4356,6 +4363,13 @@ export const FederatedReport: MessageFns<FederatedReport> = {
     if (message.perClassCorrect.length !== 0) {
       writer.uint32(122).fork();
       for (const v of message.perClassCorrect) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    if (message.perClassPredicted.length !== 0) {
+      writer.uint32(154).fork();
+      for (const v of message.perClassPredicted) {
         writer.int64(v);
       }
       writer.join();
@@ -4525,6 +4539,24 @@ export const FederatedReport: MessageFns<FederatedReport> = {
 
             break;
           }
+          case 19: {
+            if (tag === 152) {
+              message.perClassPredicted.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 154) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.perClassPredicted.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
           case 16: {
             if (tag !== 129) {
               break;
@@ -4622,6 +4654,11 @@ export const FederatedReport: MessageFns<FederatedReport> = {
         : globalThis.Array.isArray(object?.per_class_correct)
         ? object.per_class_correct.map((e: any) => globalThis.Number(e))
         : [],
+      perClassPredicted: globalThis.Array.isArray(object?.perClassPredicted)
+        ? object.perClassPredicted.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.per_class_predicted)
+        ? object.per_class_predicted.map((e: any) => globalThis.Number(e))
+        : [],
       cpuMs: isSet(object.cpuMs)
         ? globalThis.Number(object.cpuMs)
         : isSet(object.cpu_ms)
@@ -4687,6 +4724,9 @@ export const FederatedReport: MessageFns<FederatedReport> = {
     if (message.perClassCorrect?.length) {
       obj.perClassCorrect = message.perClassCorrect.map((e) => Math.round(e));
     }
+    if (message.perClassPredicted?.length) {
+      obj.perClassPredicted = message.perClassPredicted.map((e) => Math.round(e));
+    }
     if (message.cpuMs !== undefined) {
       obj.cpuMs = floatToJson(message.cpuMs);
     }
@@ -4721,6 +4761,7 @@ export const FederatedReport: MessageFns<FederatedReport> = {
     message.evalLoss = object.evalLoss ?? 0;
     message.perClassSupport = object.perClassSupport?.map((e) => e) || [];
     message.perClassCorrect = object.perClassCorrect?.map((e) => e) || [];
+    message.perClassPredicted = object.perClassPredicted?.map((e) => e) || [];
     message.cpuMs = object.cpuMs ?? 0;
     message.wallMs = object.wallMs ?? 0;
     message.inferenceP95Ms = object.inferenceP95Ms ?? 0;
