@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import type { Logger } from '../common/logger.js';
 import type { ControlPlaneConfigInput } from './config.js';
+import { federatedAlgorithms } from './federated/algorithms.js';
 import { startControlPlane, type ControlPlane } from './server.js';
 
 /** Exit codes of a control-plane process once it has started (`driftline serve`'s own usage and listen errors come from the CLI). */
@@ -14,7 +15,8 @@ export const CONTROL_PLANE_EXIT = { ok: 0, failed: 1 } as const;
  */
 export async function runControlPlane(config: ControlPlaneConfigInput, deps: { logger: Logger }): Promise<ControlPlane> {
   const { logger } = deps;
-  const plane = await startControlPlane(config, { logger });
+  // FederatedService with the real aggregation rules (strategies, central DP, update checks).
+  const plane = await startControlPlane(config, { logger, federated: { algorithms: federatedAlgorithms() } });
   const { grpc, mqtt, http } = plane.addresses;
 
   let stopping = false;

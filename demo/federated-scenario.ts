@@ -7,7 +7,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import ort from 'onnxruntime-node';
 import { DriftlineError } from '../common/errors.js';
 import { DatasetServiceService } from '../common/proto/driftline/v1/datasets.js';
-import { FederatedServiceService, type FederatedRoundSummary, type FederatedTask } from '../common/proto/driftline/v1/federated.js';
+import {
+  FederatedServiceService,
+  type FederatedRoundSummary,
+  type FederatedTask,
+  type StartFederatedTaskRequest,
+} from '../common/proto/driftline/v1/federated.js';
 import { DeviceServiceService } from '../common/proto/driftline/v1/fleet.js';
 import { ModelServiceService, type ModelVersion } from '../common/proto/driftline/v1/models.js';
 import { ReleaseServiceService } from '../common/proto/driftline/v1/releases.js';
@@ -81,10 +86,10 @@ const TASK = {
   rounds: 5,
   localEpochs: 2,
   batchSize: 16,
-  learningRate: 0.02,
+  learningRate: 0.3,
   roundDeadlineSeconds: 60,
   strategy: { name: 'fedprox', proximalMu: 0.01 },
-  privacy: { mode: 'central-gaussian', clippingNorm: 2, noiseMultiplier: 0.3, targetEpsilon: 200, delta: 1e-3 },
+  privacy: { mode: 'central-gaussian', clippingNorm: 2, noiseMultiplier: 0.3, targetEpsilon: 100, delta: 1e-3 },
   updateCompression: 'float32',
 } as const;
 /** Absolute gates: the canary's wave is the whole cohort, so no device is left on v1 to compare with. */
@@ -346,9 +351,10 @@ export async function runFederatedScenario(options: FederatedScenarioOptions): P
     say(`collected ${collected.reduce((a, b) => a + b, 0)} labelled rows; v1 answered ${pct(v1Live ?? 0)} of them right`);
 
     // The federated task, as an operator starts it.
-    const startArgs = federatedStartArgs(deviceCount);
-    say(`starting the federated task: driftline ${startArgs.join(' ')}`);
-    const started = JSON.parse(await driftline(startArgs, operatorEnv)) as { id: string };
+    // The federated task, as an operator starts it (FederatedService; `driftline federated start` says the same).
+    const request = federatedTaskRequest(deviceCount);
+    say(`starting the federated task: ${describeRequest(request)}`);
+    const started = await client.service(FederatedServiceService).startFederatedTask(request);
     timeline.taskStartedAtMs = Date.now();
     const task = await watchTask(client, started.id, deadline, stopper.signal, say);
     timeline.task = task;
@@ -494,16 +500,43 @@ export async function runFederatedScenario(options: FederatedScenarioOptions): P
   return ok ? 0 : 1;
 }
 
-/** `driftline federated start` for this demo's task, with --json so the demo reads the task's id. */
-function federatedStartArgs(devices: number): string[] {
-  const args = ['--json', 'federated', 'start', MODEL, '--base-version', '1', '--cohort', `${COHORT_LABEL}=${COHORT}`];
-  args.push('--rounds', String(TASK.rounds), '--clients-per-round', String(devices), '--min-clients', String(Math.max(2, devices - 1)));
-  args.push('--local-epochs', String(TASK.localEpochs), '--batch-size', String(TASK.batchSize), '--learning-rate', String(TASK.learningRate));
-  args.push('--round-deadline', `${TASK.roundDeadlineSeconds}s`, '--strategy', TASK.strategy.name, '--proximal-mu', String(TASK.strategy.proximalMu));
-  args.push('--privacy', TASK.privacy.mode, '--clipping-norm', String(TASK.privacy.clippingNorm), '--noise-multiplier', String(TASK.privacy.noiseMultiplier));
-  args.push('--target-epsilon', String(TASK.privacy.targetEpsilon), '--delta', String(TASK.privacy.delta));
-  args.push('--compression', TASK.updateCompression, '--release');
-  return args;
+/** The demo's task: every device each round (one may drop), FedProx, central DP with a budget, the result released as a canary. */
+function federatedTaskRequest(devices: number): StartFederatedTaskRequest {
+  return {
+    model: MODEL,
+    baseVersion: 1,
+    clientRequestId: `demo-federated-${Date.now()}`,
+    cohortSelector: `${COHORT_LABEL}=${COHORT}`,
+    rounds: TASK.rounds,
+    clientsPerRound: devices,
+    minClients: Math.max(2, devices - 1),
+    overSelection: 0,
+    roundDeadlineSeconds: TASK.roundDeadlineSeconds,
+    localEpochs: TASK.localEpochs,
+    batchSize: TASK.batchSize,
+    learningRate: TASK.learningRate,
+    strategy: { ...EMPTY_STRATEGY, name: TASK.strategy.name, proximalMu: TASK.strategy.proximalMu },
+    privacy: { ...EMPTY_PRIVACY, ...TASK.privacy },
+    mode: 'sync',
+    asyncBufferSize: 0,
+    maxStaleness: 0,
+    updateCompression: TASK.updateCompression,
+    maxUpdateNorm: 0,
+    gates: [],
+    release: true,
+  };
+}
+
+const EMPTY_STRATEGY = { serverLearningRate: 0, serverMomentum: 0, beta2: 0, tau: 0, proximalMu: 0, trimFraction: 0, byzantineClients: 0, krumSelected: 0 };
+const EMPTY_PRIVACY = { adaptiveClipping: false, targetQuantile: 0, clippingLearningRate: 0 };
+
+function describeRequest(r: StartFederatedTaskRequest): string {
+  return (
+    `${r.model} from v${r.baseVersion}, devices ${r.cohortSelector}, ${r.rounds} rounds of ${r.clientsPerRound} clients (quorum ${r.minClients}, deadline ${r.roundDeadlineSeconds} s), ` +
+    `${r.localEpochs} local epochs of batches of ${r.batchSize} at learning rate ${r.learningRate}, ${r.strategy?.name} (μ ${r.strategy?.proximalMu}), ` +
+    `${r.privacy?.mode} (clipping ${r.privacy?.clippingNorm}, noise multiplier ${r.privacy?.noiseMultiplier}, budget ε ${r.privacy?.targetEpsilon} at δ ${r.privacy?.delta}), ` +
+    `${r.updateCompression} updates, released as a canary`
+  );
 }
 
 /** Follows the task until it ends (or the deadline), saying each round as it closes. */
