@@ -45,6 +45,14 @@ export interface HeadTrainingOptions {
   patience: number;
   /** Start from fresh He-initialized weights instead of the given ones. */
   reinitialize: boolean;
+  /**
+   * FedProx's proximal term: loss + μ/2 · ‖w − w_center‖² over every weight and bias, which keeps
+   * a device's local training near the global head it started from (Li et al. 2020). 0 (the
+   * default): no term.
+   */
+  proximalMu?: number;
+  /** The proximal term's center, laid out like the layers; the initial layers when absent. */
+  proximalCenter?: readonly DenseLayer[];
 }
 
 export const DEFAULT_HEAD_TRAINING: HeadTrainingOptions = {
@@ -318,8 +326,16 @@ function evaluatePacked(work: Workspace, data: LabelledRows): LossAndAccuracy {
  * with respect to every weight and bias, laid out like the layers. For gradient checks and
  * for the federated learner's update.
  */
-export function headLossAndGradient(layers: readonly DenseLayer[], data: LabelledRows, l2: number): { loss: number; gradient: DenseLayer[] } {
+export function headLossAndGradient(
+  layers: readonly DenseLayer[],
+  data: LabelledRows,
+  l2: number,
+  /** FedProx's term μ/2 · ‖w − center‖², added to the loss and (as μ · (w − center)) to the gradient. */
+  proximal?: { mu: number; center: readonly DenseLayer[] },
+): { loss: number; gradient: DenseLayer[] } {
   const packed = pack(layers);
+  const center = proximal && proximal.mu > 0 ? proximalCenterOf(packed, proximal.center) : undefined;
+  const mu = center ? proximal!.mu : 0;
   checkRows(data, packed.sizes[0]!, packed.sizes[packed.sizes.length - 1]!, 'the');
   const work = new Workspace(packed);
   let loss = 0;
@@ -335,7 +351,26 @@ export function headLossAndGradient(layers: readonly DenseLayer[], data: Labelle
     g[i] = g[i]! * scale + decay[i]! * packed.values[i]!;
     penalty += decay[i]! * packed.values[i]! * packed.values[i]!;
   }
+  if (center) {
+    for (let i = 0; i < g.length; i++) {
+      const d = packed.values[i]! - center[i]!;
+      g[i]! += mu * d;
+      penalty += mu * d * d;
+    }
+  }
   return { loss: loss * scale + penalty / 2, gradient: unpack({ ...packed, values: g }) };
+}
+
+/** The proximal center as a flat vector laid out like `packed`; its layers must have the same shapes. */
+function proximalCenterOf(packed: Packed, center: readonly DenseLayer[]): Float32Array {
+  const flat = pack(center);
+  if (flat.values.length !== packed.values.length || flat.sizes.some((size, i) => size !== packed.sizes[i])) {
+    throw new DriftlineError(
+      'HYPERPARAMETERS_INVALID',
+      `the proximal center's layers (${flat.sizes.join(' → ')}) are not the head's (${packed.sizes.join(' → ')})`,
+    );
+  }
+  return flat.values;
 }
 
 /** l2 where the parameter is a weight, 0 where it is a bias. */
@@ -367,6 +402,10 @@ export function trainHead(
   if (!(options.batchSize >= 1) || !(options.epochs >= 1) || !(options.learningRate > 0)) {
     throw new DriftlineError('HYPERPARAMETERS_INVALID', 'epochs and batch size must be at least 1 and the learning rate above 0');
   }
+  const mu = options.proximalMu ?? 0;
+  if (!(mu >= 0) || !Number.isFinite(mu)) throw new DriftlineError('HYPERPARAMETERS_INVALID', `the proximal term's μ must be finite and at least 0, not ${mu}`);
+  // Taken before a reinitialization: the center is the head the run was given (the global head).
+  const center = mu > 0 ? proximalCenterOf(packed, options.proximalCenter ?? initial) : undefined;
   const rng = seededRandom(options.seed);
   if (options.reinitialize) {
     packed.weightAt.forEach((w, l) => {
@@ -416,7 +455,12 @@ export function trainHead(
         if (work.forward(x, at) === label) correct++;
         epochLoss += work.backward(x, at, label);
       }
-      const scale = 1 / (end - start);
+      let scale = 1 / (end - start);
+      if (center) {
+        // A separate pass, so a run without the term keeps the optimizer loops as they are (bench/training/trainer.ts).
+        for (let i = 0; i < n; i++) g[i] = g[i]! * scale + mu * (params[i]! - center[i]!);
+        scale = 1;
+      }
       step++;
       if (second) {
         const stepSize = (lr * Math.sqrt(1 - ADAM.beta2 ** step)) / (1 - ADAM.beta1 ** step);
