@@ -13,7 +13,7 @@ import type { Rollout } from '../../rollout/state-machine.js';
 import type { ClassificationMetrics, EvaluationLimits, EvaluationReport } from '../../training/evaluation.js';
 import type { TrainingRelease } from '../../training/job-state-machine.js';
 import { releaseOfRollout, type ReleaseSigning } from '../../training/release-canary.js';
-import { parseRetrainingPolicy, type RetrainingPolicy } from '../../training/retraining-policy.js';
+import { retrainingPolicySchema, type RetrainingPolicy } from '../../training/retraining-policy.js';
 import type { RetrainingPolicyStore } from '../../training/retraining-ports.js';
 import type {
   FederatedJudgeInput,
@@ -65,7 +65,8 @@ export interface FederatedReleaseOptions {
 }
 
 /** The rollout settings a model without a retraining policy gets (the schema's defaults). */
-const DEFAULT_ROLLOUT: RetrainingPolicy['rollout'] = parseRetrainingPolicy({}).rollout;
+// The rollout section alone: a whole policy needs a job, so parsing {} would throw when this module loads.
+const DEFAULT_ROLLOUT: RetrainingPolicy['rollout'] = retrainingPolicySchema.shape.rollout.parse(undefined);
 
 /** The canary's devices: the task's cohort, within the policy's rollout target. */
 export function federatedCanaryAudience(cohortSelector: string, rollout: RetrainingPolicy['rollout']): string {
