@@ -15,6 +15,8 @@ const CORE = [
   // The parts the agent's composition root wires, and the drift monitor: pure, tested without a process.
   '^agent/(commands|downlink|reported-state|health|paths)\\.ts$',
   '^agent/drift/',
+  // The learner's logic, guards and ports are core; its adapters have folders of their own (sqlite/, onnxruntime/, http/).
+  '^agent/learner/(?!(sqlite|onnxruntime|http)/)',
   // The inference protocol's mapping is pure; routes and server.ts put it on HTTP.
   '^agent/local-api/inference-protocol\\.ts$',
   // The uplink's port, its factory and the backoff are core; each adapter has a folder of its own (agent/uplink/mqtt/).

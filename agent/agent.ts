@@ -41,6 +41,14 @@ import { agentPaths } from './paths.js';
 import { isSingleExecutable } from './native-addons.js';
 import { reportedModels, stateReporter } from './reported-state.js';
 import { repositoryIndex } from './local-api/routes.js';
+import { FederatedReport } from '../common/proto/driftline/v1/device_link.js';
+import { join } from 'node:path';
+import { InferenceLatency } from './learner/inference-latency.js';
+import { FederatedLearner, type LearnerStats } from './learner/learner.js';
+import type { SampleStoreStats } from './learner/ports.js';
+import { SqliteLearnerStore } from './learner/sqlite/learner-store.js';
+import { HttpHeadSource } from './learner/http/head-download.js';
+import { OnnxBackboneSource } from './learner/onnxruntime/backbone.js';
 
 export type AgentState = 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -57,6 +65,8 @@ export interface AgentHandle {
   stats(): AgentStats;
   readonly localApiUrl: string;
   readonly state: AgentState;
+  /** The on-device learner, when config.learner.enabled: what it did per invitation, and its sample store. */
+  readonly learner: { stats(): LearnerStats; samples(): SampleStoreStats } | undefined;
   reportState(): Promise<void>;
   shutdown(): Promise<void>;
 }
@@ -201,6 +211,19 @@ export async function startAgent(
     dropReports.check();
   };
 
+  // The on-device learner (federated rounds): its samples in learner.db, apart from the buffer.
+  const learnerStore = config.learner.enabled
+    ? SqliteLearnerStore.open({
+        file: paths.learner,
+        maxSamples: config.learner.maxSamples,
+        maxBytes: config.learner.maxBytes,
+        maxSampleBytes: config.learner.maxSampleBytes,
+        embeddingCacheRows: config.learner.embeddingCacheRows,
+        reportMemory: config.learner.reportMemory,
+      })
+    : undefined;
+  const inferenceLatency = new InferenceLatency(clock);
+
   const inferenceMetrics = registerInferenceMetrics(metrics);
   const engine = await InferenceEngine.create({
     runtime,
@@ -215,6 +238,7 @@ export async function startAgent(
     observer: {
       onInference(rec) {
         inferenceMetrics.onInference(rec);
+        if (rec.ok) inferenceLatency.observe(rec.latencyMs);
         recorder.inference({
           model: rec.model,
           version: rec.version,
@@ -288,6 +312,33 @@ export async function startAgent(
   await models.restore().catch((err: unknown) => logger.error({ err }, 'could not restore the previously active models'));
   syncDrift();
 
+  const learner = learnerStore
+    ? new FederatedLearner({
+        samples: learnerStore,
+        embeddings: learnerStore,
+        reports: learnerStore.reportMemory(),
+        backbones: new OnnxBackboneSource((name, version) => {
+          const served = engine.model(name);
+          return served && served.version === version ? { path: join(paths.models, `${served.sha256}.onnx`), sha256: served.sha256 } : undefined;
+        }),
+        heads: new HttpHeadSource({
+          artifactBaseUrl: identity.artifactBaseUrl,
+          credential: artifactCredential(identity),
+          dir: paths.learnerHeads,
+          maxHeadBytes: config.learner.maxHeadBytes,
+          timeoutMs: DOWNLOAD_TIMEOUT_MS,
+        }),
+        publish: (report) => uplink.publish('federated', FederatedReport.encode(report).finish()),
+        latency: inferenceLatency,
+        guards: profile.learner,
+        minSamples: config.learner.minSamples,
+        maxSamplesPerRound: config.learner.maxSamples,
+        temperature: () => hostSensors.read().then((reading) => reading.temperatureC),
+        clock,
+        logger,
+      })
+    : undefined;
+
   const commands = new CommandHandler({ clock, boot: buffer.boot, reportState, publishResult: (result) => uplink.publish('result', result) });
   uplink.onMessage(
     downlinkDispatcher({
@@ -302,6 +353,7 @@ export async function startAgent(
         });
       },
       command: (payload) => commands.handle(payload),
+      ...(learner ? { federated: (invitation) => learner.handle(invitation) } : {}),
     }),
   );
   uplink.onStatus((status) => {
@@ -350,6 +402,14 @@ export async function startAgent(
       clock,
     ),
   );
+  if (learner && learnerStore) {
+    // Stopped before the engine and the uplink: training stops at its next slice, the store commits what it queued.
+    const stopLearner = async (): Promise<void> => {
+      await learner.shutdown();
+      learnerStore.close();
+    };
+    lifecycle.add(component('learner', { drain: stopLearner, force: async () => learnerStore.close() }, clock));
+  }
   lifecycle.add(component('uplink', { drain: () => uplink.shutdown() }, clock));
   // The last report, after the drain, so the control plane sees what stays buffered.
   lifecycle.add(component('final-state-report', { drain: () => (uploader.stop(), reportState()) }, clock));
@@ -379,7 +439,16 @@ export async function startAgent(
         async run() {
           localApi = await startLocalApi({
             ...config.localApi,
-            engine: observed(engine, drift, new SampleCapture(config.capture), recorder),
+            engine: observed(
+              engine,
+              drift,
+              new SampleCapture(config.capture),
+              recorder,
+              learnerStore && {
+                store: learnerStore,
+                capture: new SampleCapture({ sampleRate: config.learner.sampleRate, errors: false, maxSampleBytes: config.learner.maxSampleBytes }),
+              },
+            ),
             health: () =>
               agentHealth({
                 state,
@@ -404,7 +473,15 @@ export async function startAgent(
             memoryBudgetBytes: profile.inference.memoryBudget,
             inferTimeoutMs: config.inference.timeoutMs,
             // Applications label answered requests by response id; each label is one record on the inference stream.
-            feedback: { memory: config.localApi.feedbackMemory, record: (label) => recorder.label(label), clock },
+            // Labels also join the learner's local samples (by request id): its training data, which never leaves the device.
+            feedback: {
+              memory: config.localApi.feedbackMemory,
+              record: (label) => {
+                learnerStore?.label(label.requestId, label.model, label.label);
+                return recorder.label(label);
+              },
+              clock,
+            },
             clock,
           });
         },
@@ -455,6 +532,7 @@ export async function startAgent(
       return state;
     },
     reportState,
+    learner: learner && learnerStore ? { stats: () => learner.stats(), samples: () => learnerStore.stats() } : undefined,
     stats: () => ({
       recordsEnqueued: recorder.enqueued,
       recordsAcknowledged: uploader.stats.recordsAcknowledged,
@@ -475,8 +553,18 @@ export async function startAgent(
   };
 }
 
-/** The engine as the local API sees it: every answer also feeds its model's drift monitor and the sample capture. */
-function observed(engine: InferenceService, drift: DriftMonitors, capture: SampleCapture, recorder: TelemetryRecorder): InferenceService {
+/**
+ * The engine as the local API sees it: every answer also feeds its model's drift monitor, the
+ * sample capture and, when the learner is on, the learner's local samples (one-row requests
+ * only: a label names one answer).
+ */
+function observed(
+  engine: InferenceService,
+  drift: DriftMonitors,
+  capture: SampleCapture,
+  recorder: TelemetryRecorder,
+  learner: { store: SqliteLearnerStore; capture: SampleCapture } | undefined,
+): InferenceService {
   return {
     active: () => engine.active(),
     models: () => engine.models(),
@@ -492,6 +580,10 @@ function observed(engine: InferenceService, drift: DriftMonitors, capture: Sampl
         const result = await engine.infer(model, inputs, options);
         drift.observe(result.model, result.version, inputs, result.outputs, performance.now() - started, true, result.probabilities);
         keepSample({ model: result.model, version: result.version, outputs: result.outputs });
+        if (learner && options?.requestId && inputs.every((input) => input.shape[0] === 1)) {
+          const local = learner.capture.consider(inputs, { model: result.model, version: result.version, outputs: [], requestId: options.requestId });
+          if (local) learner.store.add({ id: options.requestId, model: result.model, version: result.version, inputs: local.inputs });
+        }
         return result;
       } catch (err) {
         const active = engine.model(model);

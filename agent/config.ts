@@ -151,6 +151,35 @@ export const agentConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * The on-device learner (federated rounds, agent/learner/): labelled samples kept on the device
+     * for local training and evaluation, whatever the upload capture does (a model marked
+     * no-raw-capture still learns here; its raw data never leaves the device). The firmware
+     * profile's learner section says when training may run.
+     */
+    learner: z
+      .object({
+        /** Keep local samples and answer federated invitations (the profile's learner.enabled must allow it too). */
+        enabled: z.boolean().default(false),
+        /** Share of answered one-row requests whose inputs are kept locally, 0 to 1. */
+        sampleRate: z.number().min(0).max(1).default(1),
+        /** Samples kept, oldest out first. */
+        maxSamples: z.number().int().min(1).max(10_000_000).default(10_000),
+        /** Bytes of inputs kept, oldest out first. */
+        maxBytes: byteSize.prefault('64MiB'),
+        /** Larger inputs are not kept. */
+        maxSampleBytes: byteSize.prefault('64KiB'),
+        /** Fewer labelled training samples than this: the device declines a round (LEARNER_NOT_ENOUGH_SAMPLES). */
+        minSamples: z.number().int().min(1).default(32),
+        /** Largest head artifact downloaded for a round. */
+        maxHeadBytes: byteSize.prefault('64MiB'),
+        /** Embeddings cached (per model sha256 and sample), newest kept. */
+        embeddingCacheRows: z.number().int().min(0).default(20_000),
+        /** Answers remembered per (task, round, kind), so a replayed invitation gets the same report without new work. */
+        reportMemory: z.number().int().min(1).max(100_000).default(1_000),
+      })
+      .strict()
+      .prefault({}),
     schedule: z
       .object({
         /** Reported state (heartbeat), with seconds: node-cron syntax; the firmware profile's when absent. */

@@ -14,6 +14,10 @@ export interface AgentPaths {
   readonly models: string;
   /** The pinned root metadata of signed releases. */
   readonly trustRoot: string;
+  /** The on-device learner's labelled samples, cached embeddings and sent reports (SQLite, apart from the buffer). */
+  readonly learner: string;
+  /** Federated heads downloaded for rounds, by sha256. */
+  readonly learnerHeads: string;
 }
 
 export function agentPaths(dataDir: string): AgentPaths {
@@ -23,5 +27,7 @@ export function agentPaths(dataDir: string): AgentPaths {
     buffer: join(dataDir, 'buffer.db'),
     models: join(dataDir, 'models'),
     trustRoot: join(dataDir, 'trust', 'root.json'),
+    learner: join(dataDir, 'learner.db'),
+    learnerHeads: join(dataDir, 'learner-heads'),
   });
 }

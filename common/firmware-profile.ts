@@ -88,6 +88,37 @@ export function modelMatches(pattern: string, model: string): boolean {
   return regex.test(model);
 }
 
+/** "HH:MM-HH:MM" in UTC; a window whose end is before its start runs past midnight. */
+const TIME_WINDOW = /^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$/;
+
+/**
+ * When and how much the on-device learner (agent/learner/) may train for federated rounds.
+ * Training shares the device with inference, which always comes first.
+ */
+export const learnerGuardsSchema = z
+  .object({
+    /** Whether this class of device takes part in federated rounds at all. */
+    enabled: z.boolean().default(true),
+    /** UTC windows ("01:00-05:00") in which training may start; empty: any time. */
+    timeWindows: z.array(z.string().regex(TIME_WINDOW, 'expected a UTC window such as 01:00-05:00')).default([]),
+    /** No training while the hottest sensor reads above this (°C); absent: no temperature guard. */
+    maxTemperatureC: z.number().min(0).max(150).optional(),
+    /** Training starts only while local inference runs below this many requests per second (over the last minute); absent: no idle guard. */
+    maxInferencesPerSecond: z.number().nonnegative().optional(),
+    /** CPU time one round's work may take (embeddings and training); past it the work stops with LEARNER_BUDGET_EXCEEDED. */
+    cpuTimePerRound: duration.prefault('60s'),
+    /** Memory one round's work may take (embeddings, head copies, optimizer state), checked before the work starts. */
+    memoryPerRound: byteSize.prefault('256MiB'),
+    /** Training pauses while inference p95 during training exceeds this multiple of the p95 before it. */
+    inferenceP95Factor: z.number().positive().default(1.5),
+    /** How long one such pause lasts before training tries again. */
+    pause: duration.prefault('200ms'),
+    /** Training batches run between two yields to the event loop (inference's answers, the uplink). */
+    batchesPerSlice: z.number().int().min(1).max(1000).default(4),
+  })
+  .strict();
+export type LearnerGuards = z.output<typeof learnerGuardsSchema>;
+
 export const firmwareProfileSchema = z
   .object({
     name: z.string().regex(PROFILE_NAME, 'expected a profile name such as jetson-orin-nano-jp6'),
@@ -145,6 +176,8 @@ export const firmwareProfileSchema = z
         uploadBytesPerSecond: byteSize.prefault(0),
       })
       .strict(),
+    /** The on-device learner's guards; every field has a default. */
+    learner: learnerGuardsSchema.prefault({}),
   })
   .strict();
 
