@@ -249,6 +249,7 @@ function emptyReport(invitation: FederatedInvitation, errorCode: string, message
     evalLoss: 0,
     perClassSupport: [],
     perClassCorrect: [],
+    perClassPredicted: [],
     cpuMs: 0,
     wallMs: 0,
     inferenceP95Ms: 0,
@@ -309,6 +310,8 @@ class RoundWork {
       const probabilities = headProbabilities(start, rows.x, rows.rows);
       const support = new Array<number>(classes).fill(0);
       const correct = new Array<number>(classes).fill(0);
+      // What the head predicted per class, right or wrong: the control plane's exact macro F1 needs it.
+      const predicted = new Array<number>(classes).fill(0);
       let loss = 0;
       let right = 0;
       for (let r = 0; r < rows.rows; r++) {
@@ -316,6 +319,7 @@ class RoundWork {
         let best = 0;
         for (let c = 1; c < classes; c++) if (probabilities[r * classes + c]! > probabilities[r * classes + best]!) best = c;
         support[label]!++;
+        predicted[best]!++;
         if (best === label) {
           correct[label]!++;
           right++;
@@ -329,6 +333,7 @@ class RoundWork {
         evalLoss: loss / rows.rows,
         perClassSupport: support,
         perClassCorrect: correct,
+        perClassPredicted: predicted,
       };
     } finally {
       await backbone.close();
