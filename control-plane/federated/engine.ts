@@ -565,8 +565,10 @@ export class FederatedEngine {
           headVersion: task.headVersion,
           seed: seedOf(task.id, round, deviceId),
         };
-        // A device not connected misses it: the round counts it as dropped at its deadline.
-        await invitations
+        // A device not connected misses it: the round counts it as dropped at its deadline. Not awaited: a
+        // report's handling runs inside the broker's delivery of it, and waiting there for our own publish
+        // to be delivered stalls the broker (MQTT keepalives time out) until the publish times out.
+        void invitations
           .send(deviceId, invitation)
           .catch((err: unknown) => logger.warn({ err, task: task.id, device: deviceId }, 'federated invitation not sent'));
       }
