@@ -1,6 +1,5 @@
 import { existsSync, rmSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../common/clock.js';
 import { DriftlineError } from '../common/errors.js';
@@ -64,8 +63,6 @@ import { ArtifactStoreHeads, DeviceLinkInvitations, federatedHeadsGrantedTo, Fle
 import type { FederatedAlgorithms, FederatedRelease } from './federated/ports.js';
 import { SqliteFederatedTaskRepository } from './store/sqlite/federated-task-repository.js';
 import { createConsoleHttp, type ConsoleHttp } from './console/console-http.js';
-import { FederatedRelease as FederatedReleasePath } from './federated/release/federated-release.js';
-import { FederatedReleaseData, releaseStoreManifests } from './federated/release/federated-release-data.js';
 
 export type ControlPlaneState = 'running' | 'stopping' | 'stopped';
 
@@ -326,37 +323,7 @@ export async function startControlPlane(
     closers.push('training-sweeper', () => trainingSweeper.shutdown());
     const trainingStreams = new AbortController();
 
-    const retrainingPolicies = new SqliteRetrainingPolicyRepository(db);
     const federatedAlgorithms = deps.federated?.algorithms ?? defaultFederatedAlgorithms();
-    // A federated task's passing head: the retraining gate on the devices' evaluations, the next
-    // version with its lineage, a canary signed for the task's cohort (golden vectors on the
-    // parent's example inputs; other versions' canaries keep the retrained data's) and its rollout.
-    const federatedRelease =
-      deps.federated?.release ??
-      new FederatedReleasePath({
-        registry,
-        modelBytes: async (model, version) => readFile(artifacts.fileOf((await registry.resolve(model, version)).sha256)),
-        rollouts,
-        policies: retrainingPolicies,
-        signing: canarySigningOf({
-          signer: releaseSigner,
-          fleet,
-          registry,
-          releases,
-          logger,
-          release: new FederatedReleaseData({
-            registry,
-            bytesOf: (sha256) => readFile(artifacts.fileOf(sha256)),
-            sessions: new OnnxRuntimeSessions(),
-            parents: releaseStoreManifests(releases),
-            logger,
-            otherwise: retrainedReleases,
-          }),
-        }),
-        limits: { minSplitRows: config.training.minSplitRows },
-        clock,
-        logger,
-      });
     const federated = federatedAlgorithms
       ? new FederatedEngine({
           repository: federatedTasks,
@@ -365,7 +332,7 @@ export async function startControlPlane(
           heads: new ArtifactStoreHeads(artifacts),
           baseHeads: new RegistryBaseHeads(registry, artifacts),
           algorithms: federatedAlgorithms,
-          release: federatedRelease,
+          release: deps.federated?.release,
           limits: {
             maxUpdateBytes: config.federated.maxUpdateBytes,
             defaultRoundDeadlineMs: config.federated.defaultRoundDeadline,
@@ -386,6 +353,7 @@ export async function startControlPlane(
     }
     const federatedStreams = new AbortController();
 
+    const retrainingPolicies = new SqliteRetrainingPolicyRepository(db);
     // The closed loop: a fired trigger snapshots a dataset and starts a job; a version it made is
     // signed as a canary for the drifted cohort (or waits for `models sign`) and rolled out to it.
     const retrainingLoop = connectRetrainingLoop({

@@ -31,7 +31,6 @@ import { createStatusDisplay, type StatusDisplay } from './status-view.js';
 import { DeviceTraffic } from './traffic.js';
 import { ROLLOUT_SCENARIOS, runRolloutScenario, type RolloutScenario } from './rollout-scenario.js';
 import { runClosedLoopScenario } from './closed-loop-scenario.js';
-import { runFederatedScenario } from './federated-scenario.js';
 
 const LISTENING = /^driftline: listening grpc=(\S+) mqtt=(\S+) http=(\S+) token-file=(\S+)$/;
 const AGENT_READY = /^driftline-agent: ready device=(\S+) local-api=(\S+)$/;
@@ -72,7 +71,7 @@ interface DemoOptions {
   dataDir?: string;
   keep?: boolean;
   json?: boolean;
-  scenario: 'fleet' | 'drift' | 'pipeline' | 'closed-loop' | 'federated' | RolloutScenario;
+  scenario: 'fleet' | 'drift' | 'pipeline' | 'closed-loop' | RolloutScenario;
 }
 
 /** What the demo reports of a pushed model, whether it went up over gRPC or through the CLI. */
@@ -646,18 +645,16 @@ const program = new Command('demo')
     `fleet: agents serving a deployed model; drift: the same, the model pushed with a drift reference, and devices in cohort ${DRIFTED_COHORT} fed drifted inputs (their drift alerts, ${CLEAN_COHORT}'s does not); ` +
       `pipeline: every agent serves two models in a chain (${MODEL_NAME}, then ${MAINTENANCE_MODEL_NAME} on its class probabilities), each deployed on its own (without --duration and --until: --until serving --duration ${PIPELINE_DEFAULT_DURATION_S}); ` +
       'rollout: a better model through every wave of a staged rollout over 100 simulated devices; bad-model: a worse one, stopped at the canary and rolled back (with these two, the demo stops when the rollout ends; --duration bounds it, default 40 s); ' +
-      `closed-loop: ${DRIFTED_COHORT} drifts, its alert retrains v2 on a worker, the gate passes, the automation key signs its canary and it rolls out to ${DRIFTED_COHORT} with no operator command (--duration bounds the traffic, default 300 s; --rate per device, default 20); ` +
-      'federated: every device labels its own mix of faults (non-IID), keeps its samples (the model is pushed --no-raw-capture), a federated task trains the head over a few rounds with central differential privacy, and the result is signed and rolled out as a canary (--devices, default 6; --duration bounds the run, default 420 s)',
+      `closed-loop: ${DRIFTED_COHORT} drifts, its alert retrains v2 on a worker, the gate passes, the automation key signs its canary and it rolls out to ${DRIFTED_COHORT} with no operator command (--duration bounds the traffic, default 300 s; --rate per device, default 20)`,
     (value: string) => {
       if (
         value !== 'fleet' &&
         value !== 'drift' &&
         value !== 'pipeline' &&
         value !== 'closed-loop' &&
-        value !== 'federated' &&
         !(ROLLOUT_SCENARIOS as readonly string[]).includes(value)
       ) {
-        throw new InvalidArgumentError(`expected fleet, drift, pipeline, closed-loop, federated, ${ROLLOUT_SCENARIOS.join(' or ')}`);
+        throw new InvalidArgumentError(`expected fleet, drift, pipeline, closed-loop, ${ROLLOUT_SCENARIOS.join(' or ')}`);
       }
       return value;
     },
@@ -692,19 +689,11 @@ process.exitCode =
           keep: demoOptions.keep,
           rate: program.getOptionValueSource('rate') === 'default' ? undefined : demoOptions.rate,
         })
-      : demoOptions.scenario === 'federated'
-        ? await runFederatedScenario({
-            duration: demoOptions.duration,
-            devices: program.getOptionValueSource('devices') === 'default' ? undefined : demoOptions.devices,
-            json: demoOptions.json,
-            dataDir: demoOptions.dataDir,
-            keep: demoOptions.keep,
-          })
-        : await runRolloutScenario({
-            scenario: demoOptions.scenario,
-            duration: demoOptions.duration,
-            bake: demoOptions.bake,
-            json: demoOptions.json,
-            dataDir: demoOptions.dataDir,
-            keep: demoOptions.keep,
-          });
+      : await runRolloutScenario({
+          scenario: demoOptions.scenario,
+          duration: demoOptions.duration,
+          bake: demoOptions.bake,
+          json: demoOptions.json,
+          dataDir: demoOptions.dataDir,
+          keep: demoOptions.keep,
+        });

@@ -44,7 +44,7 @@ describe('federated engine', () => {
     expect(task.state).toBe('running');
     const invited = rig.devices.invitations(Kind.KIND_TRAIN, 1);
     expect(invited).toHaveLength(3);
-    expect(invited[0]!.invitation.headArtifactPath).toBe(`artifacts/sha256/${task.baseHeadSha256}`);
+    expect(invited[0]!.invitation.headArtifactPath).toBe(`/artifacts/sha256/${task.baseHeadSha256}`);
     const weights = [10, 30, 60];
     const deltas = [filled(0.1), filled(-0.2), filled(0.05)];
     for (const [i, { deviceId, invitation }] of invited.entries()) {

@@ -80,12 +80,7 @@ const IDLE_WINDOW_MS = 60_000;
 const KEPT_ROUND_RECORDS = 64;
 const KEPT_CANCELLED_TASKS = 1_000;
 
-/**
- * One answer per (task, round, kind), and per head for an evaluation: the control plane asks for
- * two heads in the same round (a task's final head and the base version's), each its own answer.
- */
-const keyOf = (taskId: string, round: number, kind: Kind, headSha256: string): string =>
-  `${taskId}/${round}/${Kind[kind] ?? kind}${kind === Kind.KIND_EVALUATE ? `/${headSha256}` : ''}`;
+const keyOf = (taskId: string, round: number, kind: Kind): string => `${taskId}/${round}/${Kind[kind] ?? kind}`;
 
 /** Work stops at a slice boundary by throwing this; never reported (a cancelled task wants no answer). */
 class Cancelled extends Error {}
@@ -129,7 +124,7 @@ export class FederatedLearner {
       this.options.logger.warn({ task: invitation.taskId, kind: invitation.kind }, 'ignoring a federated invitation of an unknown kind');
       return Promise.resolve();
     }
-    const key = keyOf(invitation.taskId, invitation.round, invitation.kind, invitation.headSha256);
+    const key = keyOf(invitation.taskId, invitation.round, invitation.kind);
     if (this.cancelledTasks.has(invitation.taskId)) {
       this.counters.ignored++;
       return Promise.resolve();
@@ -146,17 +141,7 @@ export class FederatedLearner {
     }
     if (invitation.deadlineMs > 0 && this.options.clock.now() > invitation.deadlineMs) {
       this.counters.late++;
-      this.options.logger.info(
-        {
-          task: invitation.taskId,
-          round: invitation.round,
-          kind: invitation.kind,
-          issuedAtMs: invitation.issuedAtMs,
-          deadlineMs: invitation.deadlineMs,
-          nowMs: this.options.clock.now(),
-        },
-        'federated invitation arrived after its deadline; not started',
-      );
+      this.options.logger.info({ task: invitation.taskId, round: invitation.round }, 'federated invitation arrived after its deadline; not started');
       return Promise.resolve();
     }
     this.running.add(key);
@@ -215,11 +200,6 @@ export class FederatedLearner {
       record.outcome = error.code.startsWith('LEARNER_') ? 'declined' : 'failed';
       record.errorCode = error.code;
       report = emptyReport(invitation, error.code, error.message);
-      // The report carries the code to the control plane; the device's own log says why, for whoever looks at this device.
-      this.options.logger.info(
-        { task: invitation.taskId, round: invitation.round, kind: record.kind, code: error.code, reason: error.message },
-        `federated invitation ${record.outcome}`,
-      );
     }
     record.inferenceP95Ms = p95(this.options.latency.since(startMark));
     report.cpuMs = record.cpuMs;

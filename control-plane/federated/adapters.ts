@@ -59,9 +59,8 @@ export class ArtifactStoreHeads implements HeadArtifacts {
     }
   }
 
-  /** Relative, as a desired state's artifact_path: the device resolves it against its artifact base URL (which may carry a path prefix). */
   pathOf(sha256: string): string {
-    return artifactPath(sha256);
+    return `/${artifactPath(sha256)}`;
   }
 }
 

@@ -45,27 +45,17 @@ const FEATURE_COUNT = VIBRATION_FEATURES.length;
 const CLASS_WEIGHTS = [0.4, 0.2, 0.2, 0.2];
 const [NORMAL, IMBALANCE, MISALIGNMENT, BEARING_FAULT] = [0, 1, 2, 3] as const;
 
-export interface RowSamplerOptions {
-  drift?: DriftOption;
-  /**
-   * How often each class comes up (unnormalized, one per class): a site whose machines fail
-   * in their own ways. Default: the fleet's mix, mostly healthy machines.
-   */
-  classWeights?: readonly number[];
-}
-
 /** An endless stream of labelled rows; the first n rows of a seed are generateVibrationData's rows. */
-export function vibrationRowSampler(seed: number, options: RowSamplerOptions = {}): () => VibrationRow {
+export function vibrationRowSampler(seed: number, options: { drift?: DriftOption } = {}): () => VibrationRow {
   const rng = seededRandom(seed);
   const severity = driftSeverity(options.drift);
-  const weights = classWeightsOf(options.classWeights);
   return () => {
-    const label = rng.pick(weights);
+    const label = rng.pick(CLASS_WEIGHTS);
     return { features: measure(sampleMachine(rng, label), severity).map(Math.fround), label };
   };
 }
 
-export function generateVibrationData(options: { rows: number; seed: number } & RowSamplerOptions): VibrationData {
+export function generateVibrationData(options: { rows: number; seed: number; drift?: DriftOption }): VibrationData {
   const next = vibrationRowSampler(options.seed, options);
   const x = new Float32Array(options.rows * FEATURE_COUNT);
   const y = new Int32Array(options.rows);
@@ -75,17 +65,6 @@ export function generateVibrationData(options: { rows: number; seed: number } & 
     y[r] = row.label;
   }
   return { x, y, featureNames: [...VIBRATION_FEATURES], classNames: [...VIBRATION_CLASSES] };
-}
-
-function classWeightsOf(weights: readonly number[] | undefined): readonly number[] {
-  if (weights === undefined) return CLASS_WEIGHTS;
-  if (weights.length !== VIBRATION_CLASSES.length || weights.some((w) => !Number.isFinite(w) || w < 0) || !weights.some((w) => w > 0)) {
-    throw new DriftlineError(
-      'REQUEST_INVALID',
-      `class weights must be ${VIBRATION_CLASSES.length} finite numbers >= 0, not all 0; got ${JSON.stringify(weights)}`,
-    );
-  }
-  return weights;
 }
 
 function driftSeverity(drift: DriftOption | undefined): number {

@@ -65,7 +65,6 @@ export interface FederatedReleaseOptions {
 }
 
 /** The rollout settings a model without a retraining policy gets (the schema's defaults). */
-// The rollout section alone: a whole policy needs a job, so parsing {} would throw when this module loads.
 const DEFAULT_ROLLOUT: RetrainingPolicy['rollout'] = retrainingPolicySchema.shape.rollout.parse(undefined);
 
 /** The canary's devices: the task's cohort, within the policy's rollout target. */
