@@ -79,7 +79,7 @@ describe('console html - every interpolated value is escaped', () => {
     const evil = `"><script>alert('x')</script>&\``;
     const out = html`<a title="${evil}">${evil}</a>${html`<b>${'<i>'}</b>`}${[html`<br />`, '<hr>']}${null}${undefined}${false}`.text;
     expect(out).toBe(
-      '<a title="&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#96;">&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#96;</a><b>&lt;i&gt;</b><br>&lt;hr&gt;',
+      '<a title="&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#96;">&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#96;</a><b>&lt;i&gt;</b><br />&lt;hr&gt;',
     );
     expect(escapeHtml(0)).toBe('0');
   });
