@@ -4,7 +4,7 @@ import type { FederatedEngine } from '../federated/engine.js';
 import { specToRequest } from '../federated/task-spec.js';
 import { TASK_STATES, type FederatedRound, type FederatedTask } from '../federated/task-state-machine.js';
 import { reportToWire } from './training-service.js';
-import { serverStreaming, unary, type RpcContext } from './rpc.js';
+import { serverStreaming, streamWatch, unary, type RpcContext } from './rpc.js';
 
 export interface FederatedApiDeps {
   engine: FederatedEngine;
@@ -46,28 +46,12 @@ export function federatedService({ engine, shutdown, watchIntervalMs }: Federate
     watchFederatedTask: serverStreaming(ctx, 'WatchFederatedTask', 'viewer', async (call) => {
       const id = taskId(call.request.id);
       await engine.get(id);
-      const left = new AbortController();
-      const leave = (): void => left.abort();
-      call.on('cancelled', leave);
-      const signal = shutdown ? AbortSignal.any([left.signal, shutdown]) : left.signal;
-      try {
-        for await (const task of engine.watch(id, { signal, ...(watchIntervalMs ? { pollIntervalMs: watchIntervalMs } : {}) })) {
-          if (signal.aborted) break;
-          if (!call.write({ task: taskToWire(task) }))
-            await new Promise<void>((resolve) => {
-              const done = (): void => {
-                signal.removeEventListener('abort', done);
-                call.off('drain', done);
-                resolve();
-              };
-              call.once('drain', done);
-              signal.addEventListener('abort', done);
-            });
-        }
-      } finally {
-        call.off('cancelled', leave);
-      }
-      if (!call.cancelled) call.end();
+      await streamWatch(
+        call,
+        shutdown,
+        (signal) => engine.watch(id, { signal, ...(watchIntervalMs ? { pollIntervalMs: watchIntervalMs } : {}) }),
+        (task) => ({ task: taskToWire(task) }),
+      );
     }),
   };
 }

@@ -102,3 +102,39 @@ export function validate<S extends z.ZodType>(schema: S, value: unknown): z.outp
   }
   return result.data;
 }
+
+/**
+ * Writes what a watch yields to a server-streaming call until the watch ends, the client leaves
+ * or the control plane shuts down (`shutdown`), then ends the call if the client is still there.
+ * Backpressure: a slow reader holds this watch, not the server's memory; leaving or shutdown
+ * still ends it while it waits.
+ */
+export async function streamWatch<T, Res>(
+  call: ServerWritableStream<unknown, Res>,
+  shutdown: AbortSignal | undefined,
+  watch: (signal: AbortSignal) => AsyncIterable<T>,
+  toMessage: (update: T) => Res,
+): Promise<void> {
+  const left = new AbortController();
+  const leave = (): void => left.abort();
+  call.on('cancelled', leave);
+  const signal = shutdown ? AbortSignal.any([left.signal, shutdown]) : left.signal;
+  try {
+    for await (const update of watch(signal)) {
+      if (signal.aborted) break;
+      if (!call.write(toMessage(update)))
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            signal.removeEventListener('abort', done);
+            call.off('drain', done);
+            resolve();
+          };
+          call.once('drain', done);
+          signal.addEventListener('abort', done);
+        });
+    }
+  } finally {
+    call.off('cancelled', leave);
+  }
+  if (!call.cancelled) call.end();
+}

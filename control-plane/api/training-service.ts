@@ -9,7 +9,7 @@ import type { TrainingEngine } from '../training/engine.js';
 import type { ClassificationMetrics, EvaluationReport } from '../training/evaluation.js';
 import { LEASED_STATES, type TrainingJob } from '../training/job-state-machine.js';
 import type { TrainingLogLine } from '../training/ports.js';
-import { serverStreaming, unary, validate, type Caller, type RpcContext } from './rpc.js';
+import { serverStreaming, streamWatch, unary, validate, type Caller, type RpcContext } from './rpc.js';
 
 export interface TrainingApiDeps {
   engine: TrainingEngine;
@@ -100,30 +100,12 @@ export function trainingService({ engine, shutdown }: TrainingApiDeps, ctx: RpcC
       const id = validate(jobId, call.request.id);
       // An unknown job is the call's status, before anything is streamed.
       await engine.get(id);
-      const left = new AbortController();
-      const leave = (): void => left.abort();
-      call.on('cancelled', leave);
-      const signal = shutdown ? AbortSignal.any([left.signal, shutdown]) : left.signal;
-      try {
-        for await (const update of engine.watch(id, { signal })) {
-          if (signal.aborted) break;
-          const more = call.write({ job: jobToWire(update.job), logLines: update.logLines.map(logLineToWire) });
-          // Backpressure: a slow reader holds this watch, not the server's memory; shutdown still ends it.
-          if (!more)
-            await new Promise<void>((resolve) => {
-              const done = (): void => {
-                signal.removeEventListener('abort', done);
-                call.off('drain', done);
-                resolve();
-              };
-              call.once('drain', done);
-              signal.addEventListener('abort', done);
-            });
-        }
-      } finally {
-        call.off('cancelled', leave);
-      }
-      if (!call.cancelled) call.end();
+      await streamWatch(
+        call,
+        shutdown,
+        (signal) => engine.watch(id, { signal }),
+        (update) => ({ job: jobToWire(update.job), logLines: update.logLines.map(logLineToWire) }),
+      );
     }),
   };
 }
